@@ -1,0 +1,64 @@
+"""Training throughput (tokens/s) of 12-layer d=768 zoo models, fla kernel path vs pure-torch
+reference path, in one run.
+
+    python bench/bench_train.py [--batch 8 --seq 1024 --steps 20]
+
+Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
+"""
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+from interp.zoo import HybridLM, ZooConfig
+
+
+def bench(layout, backend, batch, seq, steps, warmup=3):
+    torch.manual_seed(0)
+    cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
+                    mamba_head_dim=64, mamba_state=64)
+    m = HybridLM(cfg).cuda().set_scan_backend(backend).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, 32000, (batch, seq + 1), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = m(x[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    return dict(layout=layout, backend=backend, params=m.num_params(), ms_per_step=dt * 1e3,
+                tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
+          f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
+    # the transformer has no scan, so its two paths are the same model: measured once
+    rows = [bench(l, b, a.batch, a.seq, a.steps) for l, b in
+            (("transformer", "auto"), ("gdn75", "auto"), ("gdn75", "reference"))]
+    print(f"{'layout':12s} {'backend':10s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
+    for r in rows:
+        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['params'] / 1e6:7.1f}M "
+              f"{r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
+    g = {(r["layout"], r["backend"]): r["tokens_per_s"] for r in rows}
+    print(f"gdn75 fla / torch-ref speedup: {g[('gdn75', 'auto')] / g[('gdn75', 'reference')]:.2f}x;  "
+          f"gdn75 fla / transformer: {g[('gdn75', 'auto')] / g[('transformer', 'auto')]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""What an adapter tells `hooks.core` about one model family.
+
+An adapter maps a model onto the common vocabulary (hooks.names): for each layer, which module's
+input is the residual stream, which module's output is the mixer / MLP contribution, and how to
+intercept the attention core op and the recurrent scan kernel call. The core does the rest
+(hooks, caching, pattern recomputation, per-token states, state patching through the recurrence).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+
+@dataclass
+class LayerInfo:
+    index: int
+    block: nn.Module                 # input (first arg / hidden_states) = resid_pre; output = resid_post
+    mixer_out: nn.Module             # output = what the mixer adds to the residual stream
+    mlp_out: nn.Module | None        # output = what the MLP adds (None: block has no MLP)
+    attn: nn.Module | None = None    # attention module (attn.* names), None if none
+    rec: nn.Module | None = None     # recurrent module (rec.* names), None if none
+    rec_family: str | None = None    # 'gdn' | 'gla' | 'mamba2'
+    attn_meta: dict = field(default_factory=dict)  # scale, sliding_window (None = full causal)
+
+
+class Adapter:
+    """Base class. Subclasses set ``family`` and implement ``matches``/``layers``; they override
+    the two ``patch_*`` context managers to intercept the core ops of their modules."""
+    family = "base"
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        raise NotImplementedError
+
+    def layers(self, model) -> list[LayerInfo]:
+        raise NotImplementedError
+
+    def embed(self, model) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, model, tokens):
+        """Run the model on [B, T] token ids and return logits [B, T, vocab]."""
+        out = model(tokens)
+        return getattr(out, "logits", out)
+
+    @contextmanager
+    def patch_attention(self, layer: LayerInfo, wrapper):
+        """Make the layer call ``wrapper(q, k, v, call)`` instead of its attention core op.
+        q: [B, T, H, Dh], k/v: [B, T, Hkv, Dh] (after RoPE); ``call(q, k, v)`` runs the original
+        op; the wrapper returns o [B, T, H, Dh]."""
+        raise NotImplementedError(f"{self.family}: attention interception not implemented")
+        yield
+
+    @contextmanager
+    def patch_scan(self, layer: LayerInfo, wrapper):
+        """Make the layer call ``wrapper(kwargs, call)`` instead of its scan kernel. ``kwargs`` are
+        in the signature of ``hooks.scan.<family>.scan``; ``call(**kwargs)`` runs the original
+        kernel; the wrapper returns (o, final_state)."""
+        raise NotImplementedError(f"{self.family}: scan interception not implemented")
+        yield
+
+
+@contextmanager
+def swap_attr(obj, name: str, value):
+    """Temporarily replace ``obj.name``; always restored (exceptions included)."""
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)

@@ -1,0 +1,50 @@
+"""Adapter for hybrid-interp's own zoo models (`interp.zoo.HybridLM`).
+
+Recognised structurally (hooks never imports interp): ``model.blocks[i]`` with ``.mixer`` and
+``.mlp``; attention mixers expose ``attn_fn(q, k, v)``, recurrent mixers ``scan_fn(**kwargs)``
+with ``family`` in gdn/gla/mamba2; parallel layers hold ``.attn`` and ``.rec``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from hooks.adapters.base import Adapter, LayerInfo, swap_attr
+
+
+class ZooAdapter(Adapter):
+    family = "zoo"
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        blocks = getattr(model, "blocks", None)
+        return (blocks is not None and hasattr(model, "embed") and len(blocks) > 0
+                and all(hasattr(b, "mixer") and hasattr(b, "mlp") for b in blocks))
+
+    def layers(self, model):
+        out = []
+        for i, b in enumerate(model.blocks):
+            m = b.mixer
+            attn = m if getattr(m, "family", None) == "attn" else getattr(m, "attn", None)
+            rec = m if getattr(m, "family", None) in ("gdn", "gla", "mamba2") else getattr(m, "rec", None)
+            meta = {"scale": attn.head_dim ** -0.5, "sliding_window": None} if attn is not None else {}
+            out.append(LayerInfo(index=i, block=b, mixer_out=m, mlp_out=b.mlp, attn=attn, rec=rec,
+                                 rec_family=getattr(rec, "family", None), attn_meta=meta))
+        return out
+
+    def embed(self, model):
+        return model.embed
+
+    def forward(self, model, tokens):
+        return model(tokens)
+
+    @contextmanager
+    def patch_attention(self, layer, wrapper):
+        orig = layer.attn.attn_fn
+        with swap_attr(layer.attn, "attn_fn", lambda q, k, v: wrapper(q, k, v, orig)):
+            yield
+
+    @contextmanager
+    def patch_scan(self, layer, wrapper):
+        orig = layer.rec.scan_fn
+        with swap_attr(layer.rec, "scan_fn", lambda **kw: wrapper(kw, orig)):
+            yield

@@ -1,0 +1,204 @@
+"""HookedModel: run any supported model with caches and interventions on the common hook names.
+
+Mechanism: plain torch forward(-pre) hooks on the modules an adapter names (residual stream,
+mixer and MLP outputs), plus temporary replacement of two core ops per layer: the attention call
+(to read q/k/v after RoPE, recompute the pattern, patch heads) and the recurrent scan kernel call
+(to read scan inputs, compute per-token states with `hooks.scan`, and continue the recurrence from
+patched states). Every hook and replacement is removed when the context exits, exceptions
+included.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from hooks import names as N
+from hooks import recurrence as R
+from hooks.adapters import find
+from hooks.cache import Cache
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(x, new):
+    return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
+
+
+def attention_pattern(q, k, scale: float, sliding_window=None, rows=None):
+    """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
+    k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
+    query positions."""
+    B, T, H, _ = q.shape
+    Hkv = k.shape[2]
+    kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
+    qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
+    qq = q[:, qi]
+    s = torch.einsum("bihd,bjhd->bhij", qq.float(), kk.float()) * scale
+    j = torch.arange(T, device=q.device)
+    mask = j[None, :] > qi[:, None]
+    if sliding_window:
+        mask |= j[None, :] <= qi[:, None] - sliding_window
+    return s.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+class HookedModel:
+    """Wrap a model: ``hm = HookedModel(model)`` or ``hooks.wrap(model)``.
+
+    Hook functions are called as ``fn(tensor, name)``; returning a tensor replaces the activation,
+    returning None keeps it."""
+
+    def __init__(self, model, adapter=None):
+        self.model = model
+        self.adapter = adapter or find(model)
+        self.layers = self.adapter.layers(model)
+        self.hook_names = N.valid_names(self.layers)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def __call__(self, tokens):
+        return self.adapter.forward(self.model, tokens)
+
+    def run_with_hooks(self, tokens, hooks=(), positions=None):
+        with self.hooks(hooks, positions=positions):
+            return self(tokens)
+
+    def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=()):
+        """Returns (logits, Cache). names: list of hook names (default: every residual-stream
+        name); positions: keep only these token positions (states are computed only there)."""
+        names = list(names) if names is not None else [n for n in self.hook_names
+                                                        if n.endswith(("resid_pre", "resid_post"))]
+        cache = Cache(positions=None if positions is None else [int(p) for p in positions])
+        with self.hooks(hooks, cache_names=names, positions=positions, cache=cache, cache_device=device):
+            logits = self(tokens)
+        return logits, cache
+
+    @contextmanager
+    def hooks(self, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None):
+        """Context manager: install ``hooks`` [(name, fn), ...] and caching of ``cache_names``
+        into ``cache``; remove everything on exit."""
+        fns = defaultdict(list)
+        for h in hooks:
+            if len(h) != 2 or not callable(h[1]):
+                raise TypeError(f"hooks must be (name, fn) pairs, got {h!r}")
+            fns[h[0]].append(h[1])
+        want = set(cache_names or ())
+        N.check(list(fns) + sorted(want), self.hook_names)
+        if want and cache is None:
+            raise ValueError("cache_names given without a cache to fill")
+        pos = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+        active = set(fns) | want
+
+        def apply(name, x, dim=1):
+            for fn in fns.get(name, ()):
+                r = fn(x, name)
+                if r is not None:
+                    if r.shape != x.shape:
+                        raise ValueError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
+                                         f"expected {tuple(x.shape)}")
+                    x = r
+            if name in want:
+                kept = x if pos is None else x.index_select(dim, pos.to(x.device))
+                cache[name] = kept.detach().to(cache_device) if cache_device else kept.detach()
+            return x
+
+        with ExitStack() as stack:
+            handles = []
+            stack.callback(lambda: [h.remove() for h in handles])
+            if "embed" in active:
+                emb = self.adapter.embed(self.model)
+                handles.append(emb.register_forward_hook(lambda m, a, out: apply("embed", out)))
+            for L in self.layers:
+                self._install_layer(L, active, apply, fns, want, pos, handles, stack, cache, cache_device)
+            yield self
+
+    # --- per layer -------------------------------------------------------------------------
+    def _install_layer(self, L, active, apply, fns, want, pos, handles, stack, cache, cache_device):
+        p = f"blocks.{L.index}"
+        has = lambda s: f"{p}.{s}" in active  # noqa: E731
+        pre_store = {}
+        if has("resid_pre") or has("resid_mid"):
+            def pre_hook(mod, args, kwargs):
+                if args:
+                    x = apply(f"{p}.resid_pre", args[0])
+                    pre_store["x"] = x
+                    return (x,) + tuple(args[1:]), kwargs
+                x = apply(f"{p}.resid_pre", kwargs["hidden_states"])
+                pre_store["x"] = x
+                return args, {**kwargs, "hidden_states": x}
+            handles.append(L.block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        if has("resid_post"):
+            handles.append(L.block.register_forward_hook(
+                lambda m, a, out: _replace_first(out, apply(f"{p}.resid_post", _first(out)))))
+        if has("mixer_out") or has("resid_mid"):
+            def mix_hook(m, a, out):
+                y = apply(f"{p}.mixer_out", _first(out))
+                if has("resid_mid"):
+                    mid = pre_store["x"] + y
+                    y = apply(f"{p}.resid_mid", mid) - pre_store["x"]
+                return _replace_first(out, y)
+            handles.append(L.mixer_out.register_forward_hook(mix_hook))
+        if has("mlp_out") and L.mlp_out is not None:
+            handles.append(L.mlp_out.register_forward_hook(
+                lambda m, a, out: _replace_first(out, apply(f"{p}.mlp_out", _first(out)))))
+        if L.attn is not None and any(has(f"attn.{s}") for s in N.ATTN):
+            stack.enter_context(self.adapter.patch_attention(L, self._attn_wrapper(L, p, has, fns, want, apply, pos, cache, cache_device)))
+        if L.rec is not None and any(has(f"rec.{s}") for s in N.REC):
+            stack.enter_context(self.adapter.patch_scan(L, self._scan_wrapper(L, p, has, fns, apply, pos, cache, cache_device)))
+
+    def _attn_wrapper(self, L, p, has, fns, want, apply, pos, cache, cache_device):
+        meta = L.attn_meta
+
+        def wrapper(q, k, v, call):
+            q, k, v = apply(f"{p}.attn.q", q), apply(f"{p}.attn.k", k), apply(f"{p}.attn.v", v)
+            name = f"{p}.attn.pattern"
+            if name in fns:  # the pattern is intervened on: the output is computed from it
+                pat = attention_pattern(q, k, meta["scale"], meta.get("sliding_window"))
+                pat = apply(name, pat, dim=2)
+                H, Hkv = q.shape[2], v.shape[2]
+                vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
+                o = torch.einsum("bhij,bjhd->bihd", pat, vv.float()).to(v.dtype)
+            else:
+                o = call(q, k, v)
+                if name in want:
+                    pat = attention_pattern(q, k, meta["scale"], meta.get("sliding_window"), rows=pos)
+                    cache[name] = pat.to(cache_device) if cache_device else pat
+            return apply(f"{p}.attn.head_out", o)
+        return wrapper
+
+    def _scan_wrapper(self, L, p, has, fns, apply, pos, cache, cache_device):
+        fam = L.rec_family
+
+        def wrapper(kw, call):
+            c = R.canonical(fam, kw)
+            modified = False
+            for s in ("q", "k", "v", "decay", "beta"):
+                if s in c and has(f"rec.{s}"):
+                    new = apply(f"{p}.rec.{s}", c[s])
+                    modified |= new is not c[s]
+                    c[s] = new
+            if modified:
+                o, final = R.scan(fam, c, initial_state=c["initial_state"])
+                final = final if kw.get("output_final_state") else None
+            else:
+                o, final = call(**kw)
+            sname = f"{p}.rec.state"
+            if sname in fns:
+                S = R.states(fam, c) if modified else R.family_states(fam, kw, c)
+                S_new = apply(sname, S)  # the hook sees every state; apply() caches the kept positions
+                changed = (S_new != S).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
+                if changed:
+                    o, fin = R.continue_from(fam, c, o, {t: S_new[:, t] for t in changed})
+                    if kw.get("output_final_state"):
+                        final = fin
+            elif has("rec.state"):
+                S = R.states(fam, c, positions=pos) if modified else R.family_states(fam, kw, c, positions=pos)
+                cache[sname] = S.detach().to(cache_device) if cache_device else S.detach()
+            o = apply(f"{p}.rec.readout", o)
+            return o, final
+        return wrapper

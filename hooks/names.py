@@ -1,0 +1,108 @@
+"""The hook-name vocabulary, one for every model family.
+
+Shapes: B batch, T tokens (P when ``positions=`` selects P of them), D model width, H heads,
+Hkv key/value heads (GQA), Dh head dim, K / V key / value dim of a recurrent state.
+
+=============================  ====================  ==========================================
+name                           shape                 what
+=============================  ====================  ==========================================
+``embed``                      [B, T, D]             token embeddings (input of block 0)
+``blocks.{i}.resid_pre``       [B, T, D]             residual stream entering block i
+``blocks.{i}.resid_mid``       [B, T, D]             after the mixer, before the MLP
+``blocks.{i}.resid_post``      [B, T, D]             residual stream leaving block i
+``blocks.{i}.mixer_out``       [B, T, D]             token mixer output (attention, recurrent or
+                                                     both for parallel layers), added to resid
+``blocks.{i}.mlp_out``         [B, T, D]             MLP output, added to the residual stream
+``blocks.{i}.attn.q``          [B, T, H, Dh]         queries after RoPE
+``blocks.{i}.attn.k``          [B, T, Hkv, Dh]       keys after RoPE
+``blocks.{i}.attn.v``          [B, T, Hkv, Dh]       values
+``blocks.{i}.attn.pattern``    [B, H, T(P), T]       softmax attention weights (recomputed from
+                                                     q, k with the layer's mask / window / GQA)
+``blocks.{i}.attn.head_out``   [B, T, H, Dh]         per-head output before the out-projection
+``blocks.{i}.rec.q``           [B, T, H, K]          recurrent query (GDN: after its l2-norm;
+                                                     Mamba2: C)
+``blocks.{i}.rec.k``           [B, T, H, K]          recurrent key (GDN: after l2-norm; Mamba2: B)
+``blocks.{i}.rec.v``           [B, T, H, V]          recurrent value (Mamba2: x)
+``blocks.{i}.rec.decay``       [B, T, H] or          log decay g_t (GLA: per key dim [B,T,H,K];
+                               [B, T, H, K]          Mamba2: dt*A)
+``blocks.{i}.rec.beta``        [B, T, H]             write strength (GDN: beta; Mamba2: dt);
+                                                     absent for GLA
+``blocks.{i}.rec.state``       [B, T(P), H, K, V]    state S_t after token t, float32
+                                                     (Mamba2: h_t as [N, P])
+``blocks.{i}.rec.readout``     [B, T, H, V]          scan output, as the layer consumes it
+                                                     (S_t^T (scale q_t); Mamba2 adds D x_t)
+=============================  ====================  ==========================================
+
+Recurrences, in these names (``a_t = exp(decay_t)``)::
+
+    GDN     S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T
+    GLA     S_t = diag(a_t) S_{t-1} + k_t v_t^T
+    Mamba2  S_t = a_t S_{t-1} + beta_t k_t v_t^T
+    readout_t = S_t^T (scale q_t)
+
+A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
+later tokens of that layer, and all later layers, see the change.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+
+RESID = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")
+ATTN = ("q", "k", "v", "pattern", "head_out")
+REC = ("q", "k", "v", "decay", "beta", "state", "readout")
+
+HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}.attn.{s}" for s in ATTN]
+              + [f"blocks.{{i}}.rec.{s}" for s in REC])
+
+_NAME = re.compile(r"blocks\.(\d+)\.(?:(attn|rec)\.)?(\w+)")
+
+
+class HookNameError(KeyError):
+    def __str__(self):  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+def parse(name: str):
+    """'blocks.3.rec.state' -> (3, 'rec', 'state'); 'blocks.3.resid_pre' -> (3, None, 'resid_pre');
+    'embed' -> (None, None, 'embed'). Does not check the model has that site."""
+    if name == "embed":
+        return None, None, "embed"
+    m = _NAME.fullmatch(name)
+    if not m:
+        return None
+    return int(m.group(1)), m.group(2), m.group(3)
+
+
+def valid_names(layers) -> list[str]:
+    """Concrete names for a model given its LayerInfo list (see hooks.adapters.base)."""
+    out = ["embed"]
+    for L in layers:
+        out += [f"blocks.{L.index}.{s}" for s in RESID]
+        if L.attn is not None:
+            out += [f"blocks.{L.index}.attn.{s}" for s in ATTN]
+        if L.rec is not None:
+            out += [f"blocks.{L.index}.rec.{s}" for s in REC if not (s == "beta" and L.rec_family == "gla")]
+    return out
+
+
+def check(names, valid: list[str]) -> list[str]:
+    """Raise HookNameError naming each unknown name, its close matches and the valid templates."""
+    vs = set(valid)
+    for n in names:
+        if n not in vs:
+            close = difflib.get_close_matches(n, valid, n=3, cutoff=0.6)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            p = parse(n)
+            why = ""
+            if p and p[0] is not None:
+                n_layers = sum(1 for v in valid if v.endswith(".resid_pre"))
+                if p[0] >= n_layers:
+                    why = f" (layer {p[0]} out of range 0..{n_layers - 1})"
+                elif p[1] == "rec":
+                    why = f" (layer {p[0]} has no recurrent mixer)"
+                elif p[1] == "attn":
+                    why = f" (layer {p[0]} has no attention)"
+            raise HookNameError(f"unknown hook name '{n}'{why}{hint}; valid names: "
+                                f"{', '.join(HOOK_NAMES)} (i = layer index)")
+    return list(names)

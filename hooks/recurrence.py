@@ -1,0 +1,117 @@
+"""One canonical view of the three recurrence families, for hooks and state patching.
+
+Each layer's scan kernel is called with the arguments of ``hooks.scan.<family>.scan``. Here they
+are turned into the common names of hooks.names (q, k, v, decay, beta; states [B, T, H, K, V])
+and back, so capture, intervention and "continue the recurrence from a patched state" are written
+once for all families.
+"""
+from __future__ import annotations
+
+import torch
+
+from hooks.scan import gdn, gla, mamba2
+
+
+def l2norm(x):
+    # fla's / HF's use_qk_l2norm_in_kernel: x / sqrt(sum x^2 + 1e-6), not F.normalize's clamp
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+
+def _heads(t, H):
+    """[B, T, G, N] -> [B, T, H, N] (group g serves heads g*H/G .. (g+1)*H/G - 1)."""
+    G = t.shape[2]
+    return t if G == H else t.repeat_interleave(H // G, dim=2)
+
+
+SEQ_KEYS = ("q", "k", "v", "decay", "beta")
+
+
+def canonical(family: str, kw: dict) -> dict:
+    """Kernel kwargs -> {q, k, v, decay, beta?, scale, initial_state, D?}."""
+    init = kw.get("initial_state")
+    if family == "gdn":
+        q, k = kw["q"], kw["k"]
+        if kw.get("use_qk_l2norm_in_kernel"):
+            q, k = l2norm(q), l2norm(k)
+        scale = kw.get("scale") or q.shape[-1] ** -0.5
+        return dict(q=q, k=k, v=kw["v"], decay=kw["g"], beta=kw["beta"], scale=scale, initial_state=init)
+    if family == "gla":
+        q = kw["q"]
+        scale = kw.get("scale") or q.shape[-1] ** -0.5
+        return dict(q=q, k=kw["k"], v=kw["v"], decay=kw["g"], scale=scale, initial_state=init)
+    if family == "mamba2":
+        x, dt, A = kw["x"], kw["dt"], kw["A"]
+        H = x.shape[2]
+        return dict(q=_heads(kw["C"], H), k=_heads(kw["B"], H), v=x, beta=dt,
+                    decay=dt * A.view(1, 1, -1).to(dt.dtype), scale=1.0, initial_state=init, D=kw.get("D"))
+    raise ValueError(f"unknown recurrence family '{family}'; valid: gdn, gla, mamba2")
+
+
+def scan(family: str, c: dict, initial_state=None):
+    """Run the recurrence on a canonical view; returns (readout [B,T,H,V], final_state)."""
+    if family == "gdn":
+        return gdn.scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                        initial_state=initial_state, output_final_state=True)
+    if family == "gla":
+        return gla.scan(c["q"], c["k"], c["v"], c["decay"], scale=c["scale"],
+                        initial_state=initial_state, output_final_state=True)
+    # Mamba2 in GLA form with a scalar decay broadcast over keys: v' = beta * v (= dt * x)
+    K = c["k"].shape[-1]
+    o, S = gla.scan(c["q"], c["k"], c["v"] * c["beta"][..., None].to(c["v"].dtype),
+                    c["decay"][..., None].expand(*c["decay"].shape, K).contiguous(), scale=1.0,
+                    initial_state=initial_state, output_final_state=True)
+    if c.get("D") is not None:
+        o = o + c["v"] * c["D"].view(1, 1, -1, 1).to(c["v"].dtype)
+    return o, S
+
+
+def states(family: str, c: dict, positions=None):
+    """Per-token states S_t (after token t) [B, T|P, H, K, V] float32 from a canonical view."""
+    if family == "gdn":
+        return gdn.states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                          initial_state=c["initial_state"], positions=positions)
+    if family == "gla":
+        return gla.states(c["q"], c["k"], c["v"], c["decay"], scale=c["scale"],
+                          initial_state=c["initial_state"], positions=positions)
+    K = c["k"].shape[-1]
+    return gla.states(c["q"], c["k"], c["v"] * c["beta"][..., None].to(c["v"].dtype),
+                      c["decay"][..., None].expand(*c["decay"].shape, K).contiguous(), scale=1.0,
+                      initial_state=c["initial_state"], positions=positions)
+
+
+def family_states(family: str, kw: dict, c: dict, positions=None):
+    """States from the layer's own kernel kwargs where the family module has a faster path."""
+    if family == "mamba2":
+        return mamba2.states(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"],
+                             initial_state=kw.get("initial_state"), positions=positions)
+    return states(family, c, positions)
+
+
+def readout_at(c: dict, S, t: int):
+    """o_t = S_t^T (scale q_t) (+ D v_t for Mamba2) for one position; S: [B, H, K, V]."""
+    q = c["q"][:, t].float() * c["scale"]
+    o = torch.einsum("bhk,bhkv->bhv", q, S.float())
+    if c.get("D") is not None:
+        o = o + c["v"][:, t].float() * c["D"].view(1, -1, 1).float()
+    return o
+
+
+def continue_from(family: str, c: dict, o, patched: dict):
+    """Re-run the recurrence so that S_t := patched[t] at each patched position t, continuing
+    from it (later readouts change too). o: the layer's readout [B, T, H, V]. Returns (o, S_T)."""
+    o = o.clone()
+    T = o.shape[1]
+    final = None
+    ts = sorted(patched)
+    for j, t in enumerate(ts):
+        S = patched[t].float()
+        o[:, t] = readout_at(c, S, t).to(o.dtype)
+        end = ts[j + 1] if j + 1 < len(ts) else T  # the next patched state overrides from there
+        final = S
+        if t + 1 < end:
+            seg = {key: (val[:, t + 1:end] if key in SEQ_KEYS and val is not None else val)
+                   for key, val in c.items() if key != "initial_state"}
+            o_seg, final = scan(family, seg, initial_state=S)
+            o[:, t + 1:end] = o_seg.to(o.dtype)
+    return o, final

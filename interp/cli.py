@@ -1,0 +1,134 @@
+"""The `interp` command line. Every user error prints one line `error: ...` and exits with 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from interp import InterpError
+
+
+def _kv(items) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise InterpError(f"expected KNOB=VALUE, got '{it}'")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_train(a):
+    from interp.train import TrainConfig, train
+    from interp.zoo import ZooConfig, match_params
+    from interp.tasks import VOCAB
+    model = dict(d_model=a.d_model, n_layers=a.n_layers, layout=a.layout, n_heads=a.n_heads,
+                 head_dim=a.head_dim, gdn_neg_eig=a.neg_eig)
+    if a.match_params:
+        ref = ZooConfig(vocab_size=len(VOCAB), **{**model, "layout": a.match_params})
+        from interp.zoo import HybridLM
+        target = HybridLM(ref).num_params()
+        model["mlp_hidden"] = match_params(ZooConfig(vocab_size=len(VOCAB), **model), target).mlp_hidden
+    else:
+        ZooConfig(vocab_size=len(VOCAB), **model)  # validate before any work
+    cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
+                      lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
+                      seed=a.seed, device=a.device, grid_max={},
+                      command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    m = train(cfg, resume=not a.no_resume)
+    print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
+
+
+def _load_any(spec, device="cpu"):
+    from pathlib import Path
+    from interp.demo import DEFAULTS_DIR, default_model_path
+    from interp.zoo import load_model
+    p = Path(spec)
+    if not p.exists() and "/" not in spec:
+        p = default_model_path(spec)
+    return load_model(p, device=device)
+
+
+def cmd_eval(a):
+    from interp.evaluate import sweep
+    models = {m: _load_any(m, a.device) for m in a.model}
+    knobs = {t: a.knob for t in a.task} if a.knob else None
+    res = sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)
+    print(res.to_string(index=False))
+    if a.out:
+        res.to_csv(a.out, index=False)
+        print(f"wrote {a.out}")
+
+
+def cmd_demo(a):
+    from interp.demo import run_demo
+    out = run_demo(out=a.out, n=a.n)
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/report.md, {out}/accuracy.png, {out}/results.csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from interp.tasks import TASKS
+    from interp.zoo.layouts import preset_names
+    p = argparse.ArgumentParser(prog="interp", description="hybrid-interp: where recall and state "
+                                "tracking live inside hybrid (attention + recurrence) models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a zoo model on a task mixture")
+    t.add_argument("--layout", default="gdn75", help=f"preset ({', '.join(preset_names()[:6])}, ...) "
+                   "or a comma-separated list of mixers")
+    t.add_argument("--task", action="append", default=None, help=f"task (repeatable); one of {', '.join(TASKS)}")
+    t.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    t.add_argument("--d-model", type=int, default=128)
+    t.add_argument("--n-layers", type=int, default=12)
+    t.add_argument("--n-heads", type=int, default=4)
+    t.add_argument("--head-dim", type=int, default=32)
+    t.add_argument("--neg-eig", action="store_true", help="GDN with negative eigenvalues (beta in (0,2))")
+    t.add_argument("--match-params", metavar="LAYOUT", help="size the MLP so the parameter count matches LAYOUT's")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--no-resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy against each difficulty knob")
+    e.add_argument("--model", action="append", required=True, help="model directory or default name (repeatable)")
+    e.add_argument("--task", action="append", default=None)
+    e.add_argument("--knob", action="append", default=None, help="only these knobs")
+    e.add_argument("--n", type=int, default=200)
+    e.add_argument("--seed", type=int, default=123)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="CSV path")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
+    d.add_argument("--out", default="figures/demo")
+    d.add_argument("--n", type=int, default=128, help="examples per difficulty point")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    from interp.tasks import TaskError
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "task", "x") is None and args.cmd == "train":
+            args.task = ["mqar", "state_recall"]
+        args.func(args)
+    except (InterpError, TaskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Trainer for zoo models on a mixture of reasoning-primitive tasks.
+
+AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, a progress bar,
+periodic held-out evaluation, resumable checkpoints (``<out>/checkpoint/``) and a fixed seed.
+Each step draws one batch from one task (round-robin over the mixture); one difficulty knob of
+that task is set to a random value of its difficulty grid, the others keep their defaults, so
+the model sees every knob moving on its own, as the evaluation sweeps do. The loss is next-token
+cross-entropy on the supervised answer positions (``TaskBatch.loss_mask``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from interp import InterpError
+from interp import tasks as T
+from interp.zoo import HybridLM, ZooConfig, load_model, save_model
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    model: dict                      # ZooConfig fields (vocab_size is filled in)
+    tasks: list = field(default_factory=lambda: ["mqar", "state_recall"])
+    grid_max: dict = field(default_factory=dict)  # task -> {knob: max value used in training}
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_n: int = 256
+    save_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    command: str = ""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InterpError(f"device '{device}' requested but CUDA is not available; valid: cpu, auto")
+    return torch.device(device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def training_knobs(task: str, rng: np.random.Generator, grid_max: dict | None = None) -> dict:
+    """One knob of ``task`` at a random value of its difficulty grid (capped by grid_max)."""
+    grid = T.difficulty_grid(task)
+    if not grid:
+        return {}
+    knob = list(grid)[rng.integers(len(grid))]
+    values = list(grid[knob])
+    cap = (grid_max or {}).get(knob)
+    if cap is not None:
+        kept = [v for v in values if not isinstance(v, (int, float)) or v <= cap]
+        values = kept or values[:1]
+    return {knob: values[rng.integers(len(values))]}
+
+
+def lm_loss(model, batch) -> torch.Tensor:
+    logits = model(batch.tokens)
+    mask = batch.loss_mask[:, :-1]
+    return F.cross_entropy(logits[:, :-1][mask], batch.tokens[:, 1:][mask])
+
+
+@torch.no_grad()
+def answer_accuracy(model, batch, chunk: int = 256) -> float:
+    """Fraction of answers predicted exactly (argmax of the logits at each answer position)."""
+    correct = total = 0
+    for s in range(0, batch.tokens.shape[0], chunk):
+        toks = batch.tokens[s:s + chunk]
+        pos, ans = batch.answer_pos[s:s + chunk], batch.answers[s:s + chunk]
+        logits = model(toks)
+        valid = pos >= 0
+        pred = logits.argmax(-1).gather(1, pos.clamp(min=0))
+        correct += ((pred == ans) & valid).sum().item()
+        total += valid.sum().item()
+    return correct / max(total, 1)
+
+
+def _save_checkpoint(path: Path, model, opt, step, cfg, log_rows):
+    ck = path / "checkpoint"
+    tmp = path / "checkpoint.tmp"
+    save_model(model, tmp)
+    torch.save({"optimizer": opt.state_dict(), "step": step,
+                "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
+    (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if ck.exists():
+        import shutil
+        shutil.rmtree(ck)
+    tmp.rename(ck)  # atomic-ish: a crash mid-save leaves the previous checkpoint intact
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> HybridLM:
+    unknown = [t for t in cfg.tasks if t not in T.TASKS]
+    if unknown:
+        raise InterpError(f"unknown task '{unknown[0]}'; valid tasks: {', '.join(sorted(T.TASKS))}")
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    mcfg = ZooConfig(**{**cfg.model, "vocab_size": len(T.VOCAB)})
+    start = 0
+    ck = out / "checkpoint"
+    if resume and (ck / "trainer.pt").is_file():
+        model = load_model(ck, device=device).train()
+        state = torch.load(ck / "trainer.pt", map_location="cpu", weights_only=False)
+        start = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        model = HybridLM(mcfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    if start:
+        opt.load_state_dict(state["optimizer"])
+        print(f"resuming from {ck} at step {start}", file=sys.stderr)
+    log_path = out / "train_log.jsonl"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"train {mcfg.layout}", dynamic_ncols=True)
+    t0, tokens_seen = time.time(), 0
+    model.train()
+    for step in bar:
+        task = cfg.tasks[step % len(cfg.tasks)]
+        rng = np.random.default_rng([cfg.seed, step])
+        knobs = training_knobs(task, rng, cfg.grid_max.get(task))
+        batch = T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        with autocast:
+            loss = lm_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens_seen += batch.tokens.numel()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", task=task)
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+            model.eval()
+            row = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg),
+                   "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
+            with autocast:
+                for t in cfg.tasks:  # held-out seeds (training seeds are >= 1e6)
+                    row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7).to(device))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            model.train()
+        if (step + 1) % cfg.save_every == 0 and not last:
+            _save_checkpoint(out, model, opt, step + 1, cfg, None)
+    model.eval()
+    meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(),
+            "command": cfg.command, "torch": torch.__version__, "device": str(device)}
+    save_model(model, out, extra=meta)
+    if cfg.command:
+        (out / "COMMAND.txt").write_text(cfg.command + "\n")
+    return model

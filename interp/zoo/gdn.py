@@ -1,0 +1,66 @@
+"""Gated DeltaNet mixer (fla's `GatedDeltaNet` layer, reduced to what the zoo needs).
+
+    q, k, v = silu(conv(W x))                 q, k: [B, T, H, K]   v: [B, T, H, V]
+    beta    = sigmoid(W_b x)  (x2 with negative eigenvalues)          [B, T, H]
+    g       = -exp(A_log) * softplus(W_a x + dt_bias)   (log decay)   [B, T, H]
+    o, S_T  = scan_fn(q, k, v, g, beta, scale=K**-0.5, use_qk_l2norm_in_kernel=True)
+    out     = W_o (rmsnorm(o) * silu(W_g x))
+
+``scan_fn`` is `hooks.scan.gdn.scan`: fla's chunk kernel for CUDA tensors, the pure-torch chunked
+reference otherwise. It is a module attribute so `hooks` can capture the scan inputs and states.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hooks.scan import gdn as gdn_scan
+from interp.zoo.common import GatedRMSNorm, ShortConv
+
+
+def _dt_bias(n: int) -> torch.Tensor:
+    dt = torch.exp(torch.rand(n) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+class GatedDeltaNet(nn.Module):
+    family = "gdn"
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, conv_size: int = 4,
+                 neg_eig: bool = False, norm_eps: float = 1e-5):
+        super().__init__()
+        self.n_heads, self.head_dim, self.neg_eig = n_heads, head_dim, neg_eig
+        inner = n_heads * head_dim
+        self.q_proj = nn.Linear(d_model, inner, bias=False)
+        self.k_proj = nn.Linear(d_model, inner, bias=False)
+        self.v_proj = nn.Linear(d_model, inner, bias=False)
+        self.a_proj = nn.Linear(d_model, n_heads, bias=False)
+        self.b_proj = nn.Linear(d_model, n_heads, bias=False)
+        self.g_proj = nn.Linear(d_model, inner, bias=False)
+        self.o_proj = nn.Linear(inner, d_model, bias=False)
+        self.q_conv, self.k_conv, self.v_conv = (ShortConv(inner, conv_size) for _ in range(3))
+        self.A_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1, 16)))
+        self.dt_bias = nn.Parameter(_dt_bias(n_heads))
+        self.o_norm = GatedRMSNorm(head_dim, norm_eps)
+        self.scan_fn = gdn_scan.scan
+
+    def scan_inputs(self, x):
+        B, T, _ = x.shape
+        H, K = self.n_heads, self.head_dim
+        q = self.q_conv(self.q_proj(x)).view(B, T, H, K)
+        k = self.k_conv(self.k_proj(x)).view(B, T, H, K)
+        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)
+        beta = self.b_proj(x).float().sigmoid()
+        if self.neg_eig:
+            beta = beta * 2.0
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        return dict(q=q, k=k, v=v, g=g, beta=beta, scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        o, _ = self.scan_fn(**self.scan_inputs(x))
+        gate = self.g_proj(x).view(B, T, self.n_heads, self.head_dim)
+        return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, T, -1))

@@ -1,0 +1,118 @@
+"""HybridLM: the zoo's decoder-only LM. Each layer is ``x + mixer(norm(x))`` then
+``x + mlp(norm(x))`` (pre-RMSNorm, SwiGLU MLP); the mixer of layer i is ``config.layers[i]``.
+
+Module tree (what `hooks`' zoo adapter relies on)::
+
+    HybridLM.embed                      nn.Embedding
+    HybridLM.blocks[i]                  Block: .norm1 .mixer .norm2 .mlp  (.kind = config.layers[i])
+    Block.mixer                         Attention | GatedDeltaNet | GatedLinearAttention | Mamba2
+                                        | ParallelMixer(.attn, .rec)  for 'attn+<mixer>'
+    HybridLM.norm_f, HybridLM.lm_head
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from interp.zoo.attention import Attention
+from interp.zoo.common import RMSNorm, SwiGLU
+from interp.zoo.config import ZooConfig
+from interp.zoo.gdn import GatedDeltaNet
+from interp.zoo.gla import GatedLinearAttention
+from interp.zoo.mamba2 import Mamba2
+
+
+def build_mixer(kind: str, cfg: ZooConfig, head_div: int = 1) -> nn.Module:
+    """One mixer; ``head_div=2`` builds it with half the heads (for parallel layers)."""
+    H = cfg.n_heads // head_div
+    if kind == "attn":
+        return Attention(cfg.d_model, H, cfg.head_dim, cfg.rope_theta)
+    if kind == "gdn":
+        return GatedDeltaNet(cfg.d_model, H, cfg.head_dim, cfg.conv_size, cfg.gdn_neg_eig, cfg.norm_eps)
+    if kind == "gla":
+        return GatedLinearAttention(cfg.d_model, H, cfg.head_dim, cfg.conv_size, cfg.gla_low_rank, cfg.norm_eps)
+    if kind == "mamba2":
+        mh = cfg.mamba_expand * cfg.d_model // cfg.mamba_head_dim // head_div
+        return Mamba2(cfg.d_model, mh, cfg.mamba_head_dim, cfg.mamba_state, cfg.conv_size, cfg.norm_eps)
+    if kind.startswith("attn+"):
+        return ParallelMixer(build_mixer("attn", cfg, 2), build_mixer(kind[5:], cfg, 2))
+    raise ValueError(kind)  # unreachable: ZooConfig.validate checked the kinds
+
+
+class ParallelMixer(nn.Module):
+    """Intra-layer fusion: attention and a recurrent mixer (half the heads each) read the same
+    normalised input; their outputs are summed."""
+    family = "parallel"
+
+    def __init__(self, attn: nn.Module, rec: nn.Module):
+        super().__init__()
+        self.attn, self.rec = attn, rec
+
+    def forward(self, x):
+        return self.attn(x) + self.rec(x)
+
+
+class Block(nn.Module):
+    def __init__(self, kind: str, cfg: ZooConfig):
+        super().__init__()
+        self.kind = kind
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = build_mixer(kind, cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+
+    def forward(self, x):
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: ZooConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(k, config) for k in config.layers)
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, T] LongTensor -> logits [B, T, vocab] (float32)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm_f(x)).float()
+
+    def set_scan_backend(self, backend: str = "auto") -> "HybridLM":
+        """Choose how recurrent mixers run their scan: ``auto`` (fla kernels for CUDA tensors,
+        pure-torch chunked reference otherwise), ``reference`` (pure-torch chunked, any device)
+        or ``naive`` (step-by-step loop; slow, for checks)."""
+        fn = {"auto": "scan", "reference": "chunk_torch", "naive": "naive"}
+        if backend not in fn:
+            raise ValueError(f"unknown scan backend '{backend}'; valid: {', '.join(fn)}")
+        from hooks.scan import FAMILIES
+        for m in self.modules():
+            fam = getattr(m, "family", None)
+            if fam in FAMILIES and hasattr(m, "scan_fn"):
+                m.scan_fn = getattr(FAMILIES[fam], fn[backend])
+        return self
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self):
+        return self.embed.weight.device
