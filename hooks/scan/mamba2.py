@@ -1,0 +1,86 @@
+"""Mamba2 / SSD scan in Mamba2's own parameters.
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T       h: [N, P] per head, float32
+    y_t = h_t^T C_t + D x_t
+
+Shapes: x ``[B, T, H, P]``, dt ``[B, T, H]`` (after softplus and bias), A ``[H]`` (negative),
+B, C ``[B, T, G, N]`` (G groups shared by H/G heads each), D ``[H]``, state ``[B, H, N, P]``.
+
+This is scalar-gated linear attention with q = C, k = B, v = dt x, g = dt A and scale 1
+(`to_gla_inputs`), so the GPU path is fla's simple-GLA chunk kernel and the CPU path the GLA
+chunked reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from hooks.scan import gla
+from hooks.scan._common import expect
+
+
+def _check(x, dt, A, B, C, D, initial_state):
+    b, T, H, P = x.shape
+    expect(dt, "dt", (b, T, H))
+    expect(A, "A", (H,))
+    expect(B, "B", (b, T, None, None))
+    expect(C, "C", B.shape)
+    if H % B.shape[2]:
+        raise ValueError(f"B/C have {B.shape[2]} groups, which must divide the {H} heads of x")
+    if D is not None:
+        expect(D, "D", (H,))
+    expect(initial_state, "initial_state", (b, H, B.shape[-1], P))
+
+
+def to_gla_inputs(x, dt, A, B, C):
+    """(q, k, v, g) of the equivalent simple GLA: q=C, k=B (per head), v=dt*x, g=dt*A [B,T,H]."""
+    H = x.shape[2]
+    rep = H // B.shape[2]
+    q = C.repeat_interleave(rep, dim=2) if rep > 1 else C
+    k = B.repeat_interleave(rep, dim=2) if rep > 1 else B
+    v = x * dt[..., None].to(x.dtype)
+    g = dt.float() * A.float().view(1, 1, -1)
+    return q, k, v, g
+
+
+def _skip(y, x, D):
+    return y if D is None else y + x * D.view(1, 1, -1, 1).to(x.dtype)
+
+
+def naive(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, **unused):
+    """Step loop in Mamba2's own parameters (independent of the GLA mapping)."""
+    _check(x, dt, A, B, C, D, initial_state)
+    b, T, H, P = x.shape
+    rep = H // B.shape[2]
+    h = (initial_state.float() if initial_state is not None
+         else torch.zeros(b, H, B.shape[-1], P, device=x.device))
+    ys = []
+    for t in range(T):
+        Bt = B[:, t].float().repeat_interleave(rep, 1)          # [b, H, N]
+        Ct = C[:, t].float().repeat_interleave(rep, 1)
+        dA = torch.exp(dt[:, t].float() * A.float())            # [b, H]
+        h = dA[..., None, None] * h + dt[:, t].float()[..., None, None] * Bt[..., None] * x[:, t].float()[:, :, None]
+        ys.append(torch.einsum("bhnp,bhn->bhp", h, Ct))
+    y = _skip(torch.stack(ys, 1), x.float(), D).to(x.dtype)
+    return y, (h if output_final_state else None)
+
+
+def chunk_torch(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, **unused):
+    _check(x, dt, A, B, C, D, initial_state)
+    q, k, v, g = to_gla_inputs(x, dt, A, B, C)
+    y, h = gla.chunk_torch(q, k, v, g, scale=1.0, initial_state=initial_state, output_final_state=output_final_state)
+    return _skip(y, x, D), h
+
+
+def scan(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, **unused):
+    """fla's simple-GLA chunk kernel for CUDA tensors, the GLA chunked reference otherwise."""
+    _check(x, dt, A, B, C, D, initial_state)
+    q, k, v, g = to_gla_inputs(x, dt, A, B, C)
+    y, h = gla.scan(q, k, v, g, scale=1.0, initial_state=initial_state, output_final_state=output_final_state)
+    return _skip(y, x, D), h
+
+
+def states(x, dt, A, B, C, initial_state=None, positions=None, **unused):
+    """h_t after each token: ``[B, T|P, H, N, P]`` float32."""
+    _check(x, dt, A, B, C, None, initial_state)
+    q, k, v, g = to_gla_inputs(x, dt, A, B, C)
+    return gla.states(q, k, v, g, scale=1.0, initial_state=initial_state, positions=positions)
