@@ -94,7 +94,7 @@ class HookedModel:
         pos = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
         active = set(fns) | want
 
-        def apply(name, x, dim=1):
+        def run_fns(name, x):
             for fn in fns.get(name, ()):
                 r = fn(x, name)
                 if r is not None:
@@ -102,10 +102,17 @@ class HookedModel:
                         raise ValueError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
                                          f"expected {tuple(x.shape)}")
                     x = r
+            return x
+
+        def keep(name, x, dim=1):
             if name in want:
                 kept = x if pos is None else x.index_select(dim, pos.to(x.device))
                 cache[name] = kept.detach().to(cache_device) if cache_device else kept.detach()
             return x
+
+        def apply(name, x, dim=1):
+            return keep(name, run_fns(name, x), dim)
+        apply.run_fns, apply.keep = run_fns, keep
 
         with ExitStack() as stack:
             handles = []
@@ -188,14 +195,15 @@ class HookedModel:
             else:
                 o, final = call(**kw)
             sname = f"{p}.rec.state"
-            if sname in fns:
+            if sname in fns:  # the hook sees every state; changed ones are continued from
                 S = R.states(fam, c) if modified else R.family_states(fam, kw, c)
-                S_new = apply(sname, S)  # the hook sees every state; apply() caches the kept positions
+                S_new = apply.run_fns(sname, S)
                 changed = (S_new != S).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
                 if changed:
-                    o, fin = R.continue_from(fam, c, o, {t: S_new[:, t] for t in changed})
+                    o, fin, S_new = R.continue_from(fam, c, o, {t: S_new[:, t] for t in changed}, S)
                     if kw.get("output_final_state"):
                         final = fin
+                apply.keep(sname, S_new)
             elif has("rec.state"):
                 S = R.states(fam, c, positions=pos) if modified else R.family_states(fam, kw, c, positions=pos)
                 cache[sname] = S.detach().to(cache_device) if cache_device else S.detach()

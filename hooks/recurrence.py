@@ -97,21 +97,27 @@ def readout_at(c: dict, S, t: int):
     return o
 
 
-def continue_from(family: str, c: dict, o, patched: dict):
+def continue_from(family: str, c: dict, o, patched: dict, S_all=None):
     """Re-run the recurrence so that S_t := patched[t] at each patched position t, continuing
-    from it (later readouts change too). o: the layer's readout [B, T, H, V]. Returns (o, S_T)."""
+    from it (later readouts change too). o: the layer's readout [B, T, H, V]; S_all: the
+    unpatched per-token states [B, T, H, K, V] (optional). Returns (o, S_T, states) where
+    states are the states the patched run went through (None if S_all is None)."""
     o = o.clone()
+    S_all = None if S_all is None else S_all.clone()
     T = o.shape[1]
-    final = None
     ts = sorted(patched)
     for j, t in enumerate(ts):
         S = patched[t].float()
         o[:, t] = readout_at(c, S, t).to(o.dtype)
         end = ts[j + 1] if j + 1 < len(ts) else T  # the next patched state overrides from there
         final = S
+        if S_all is not None:
+            S_all[:, t] = S
         if t + 1 < end:
             seg = {key: (val[:, t + 1:end] if key in SEQ_KEYS and val is not None else val)
                    for key, val in c.items() if key != "initial_state"}
             o_seg, final = scan(family, seg, initial_state=S)
             o[:, t + 1:end] = o_seg.to(o.dtype)
-    return o, final
+            if S_all is not None:
+                S_all[:, t + 1:end] = states(family, {**seg, "initial_state": S})
+    return o, final, S_all
