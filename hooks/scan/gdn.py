@@ -116,15 +116,19 @@ def scan(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=Fa
     return chunk_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
 
 
-def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_kernel=False, positions=None):
-    """S_t after each token t: ``[B, T, H, K, V]`` float32, or ``[B, P, H, K, V]`` for the given
-    positions (only the chunks holding them are expanded)."""
+def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_kernel=False, positions=None,
+           out_dtype=torch.float32, impl="auto"):
+    """S_t after each token t: ``[B, T, H, K, V]`` (float32 unless ``out_dtype``), or
+    ``[B, P, H, K, V]`` for the given positions (only the chunks holding them are expanded).
+    impl: ``auto`` (fla's chunk pieces + torch expansion on CUDA, torch chunks on CPU) or
+    ``torch`` (torch chunks anywhere)."""
     q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
     pos = norm_positions(positions, k.shape[1], k.device)
-    if use_kernels(k):
+    if impl == "auto" and use_kernels(k):
         from hooks.scan import fast_states
-        return fast_states.gdn_states(q, k, v, g, beta, initial_state, pos)
-    return _chunks(q, k, v, g, beta, scale, initial_state, want="all" if pos is None else pos)[2]
+        k = k.to(v.dtype)  # l2norm returns float32; the kernels want one dtype
+        return fast_states.gdn_states(q, k, v, g, beta, initial_state, pos, out_dtype)
+    return _chunks(q, k, v, g, beta, scale, initial_state, want="all" if pos is None else pos)[2].to(out_dtype)
 
 
 def readout(states_, q, scale=None):
