@@ -37,20 +37,15 @@ def cmd_train(a):
         ZooConfig(vocab_size=len(VOCAB), **model)  # validate before any work
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
-                      seed=a.seed, device=a.device, grid_max={},
+                      seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
 
 
 def _load_any(spec, device="cpu"):
-    from pathlib import Path
-    from interp.demo import DEFAULTS_DIR, default_model_path
-    from interp.zoo import load_model
-    p = Path(spec)
-    if not p.exists() and "/" not in spec:
-        p = default_model_path(spec)
-    return load_model(p, device=device)
+    from interp.models import load_any
+    return load_any(spec, device=device)[0]
 
 
 def cmd_eval(a):
@@ -69,6 +64,36 @@ def cmd_demo(a):
     out = run_demo(out=a.out, n=a.n)
     print((out / "report.md").read_text())
     print(f"wrote {out}/report.md, {out}/accuracy.png, {out}/results.csv")
+
+
+def cmd_capture(a):
+    import hooks
+    from interp.capture import capture
+    from interp.models import load_any, tokenize_text
+    model, kind = load_any(a.model, device=a.device)
+    if (a.task is None) == (a.text is None):
+        raise InterpError("give exactly one of --task or --text")
+    if a.task:
+        from interp import tasks as T
+        tokens = T.generate(a.task, a.n, seed=a.seed, **_kv(a.knob)).tokens
+        source = {"task": a.task, "n": a.n, "seed": a.seed, "knobs": _kv(a.knob)}
+    else:
+        tokens = tokenize_text(a.text, a.model, kind, a.seq_len)
+        source = {"text": a.text, "seq_len": a.seq_len}
+    names = a.names.split(",") if a.names else None
+    hm = hooks.wrap(model)
+    if names is None:
+        names = [n for n in hm.hook_names if n.endswith(("resid_post", "rec.state"))]
+    from hooks.names import check
+    check(names, hm.hook_names)
+    positions = [int(p) for p in a.positions.split(",")] if a.positions else None
+    if positions:
+        bad = [p for p in positions if not 0 <= p < tokens.shape[1]]
+        if bad:
+            raise InterpError(f"position {bad[0]} out of range 0..{tokens.shape[1] - 1}")
+    out = capture(model, tokens, names, a.out, positions=positions, max_memory=a.max_memory,
+                  batch_size=a.batch_size, meta={"model": a.model, **source})
+    print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=500)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
+                   help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
     t.add_argument("--no-resume", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -110,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="CSV path")
     e.set_defaults(func=cmd_eval)
 
+    c = sub.add_parser("capture", help="save activations / recurrent states (safetensors + JSON manifest)")
+    c.add_argument("--model", default="gdn75", help="default model name, zoo dir or local HF checkpoint dir")
+    c.add_argument("--task", help="generate inputs from this task")
+    c.add_argument("--knob", action="append", help="task knob KNOB=VALUE (repeatable)")
+    c.add_argument("--n", type=int, default=64, help="examples (with --task)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--text", help="a text file instead of a task")
+    c.add_argument("--seq-len", type=int, default=128, help="window length for --text")
+    c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
+    c.add_argument("--positions", help="comma-separated token positions to keep (default: all)")
+    c.add_argument("--max-memory", default="1GB", help="flush a shard to disk once this much is held")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_capture)
+
     d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
     d.add_argument("--out", default="figures/demo")
     d.add_argument("--n", type=int, default=128, help="examples per difficulty point")
@@ -119,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from interp.tasks import TaskError
+    from hooks.names import HookNameError
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "task", "x") is None and args.cmd == "train":
             args.task = ["mqar", "state_recall"]
         args.func(args)
-    except (InterpError, TaskError) as e:
+    except (InterpError, TaskError, HookNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -47,8 +47,8 @@ def run_demo(out="figures/demo", n: int = 128, tasks=None, seed: int = 123, prog
     res.to_csv(out / "results.csv", index=False)
     res.plot(out / "accuracy.png", title="Default models: answer accuracy vs each difficulty knob")
     lines = [f"# interp demo — {date.today().isoformat()}", "",
-             f"Models: {', '.join(f'`{m}` ({models[m].num_params() / 1e6:.2f}M params, layout '
-                                  f'{models[m].config.layout})' for m in models)}.",
+             "Models: " + ", ".join(f"`{m}` ({models[m].num_params() / 1e6:.2f}M params, layout "
+                                    f"{models[m].config.layout})" for m in models) + ".",
              f"Each cell: answer accuracy on {n} held-out examples (seed {seed}); one knob moves, the "
              "others stay at their defaults.", "", "![accuracy](accuracy.png)", ""]
     for (task, knob), g in res.groupby(["task", "knob"], sort=False):

@@ -46,6 +46,7 @@ class TrainConfig:
     save_every: int = 500
     seed: int = 0
     device: str = "auto"
+    scan_backend: str = "auto"     # auto | reference (see HybridLM.set_scan_backend)
     command: str = ""
 
 
@@ -112,7 +113,9 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, log_rows):
     tmp.rename(ck)  # atomic-ish: a crash mid-save leaves the previous checkpoint intact
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> HybridLM:
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HybridLM:
+    """Train (or resume) and save to ``cfg.out``. ``stop_after``: stop once this step is reached
+    and checkpointed (as an interrupted run would be)."""
     unknown = [t for t in cfg.tasks if t not in T.TASKS]
     if unknown:
         raise InterpError(f"unknown task '{unknown[0]}'; valid tasks: {', '.join(sorted(T.TASKS))}")
@@ -130,6 +133,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Hybri
         torch.set_rng_state(state["torch_rng"])
     else:
         model = HybridLM(mcfg).to(device)
+    model.set_scan_backend(cfg.scan_backend)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -172,8 +176,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Hybri
                 f.write(json.dumps(row) + "\n")
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             model.train()
-        if (step + 1) % cfg.save_every == 0 and not last:
+        if ((step + 1) % cfg.save_every == 0 and not last) or (stop_after is not None and step + 1 == stop_after):
             _save_checkpoint(out, model, opt, step + 1, cfg, None)
+        if stop_after is not None and step + 1 == stop_after and not last:
+            return model.eval()
     model.eval()
     meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(),
             "command": cfg.command, "torch": torch.__version__, "device": str(device)}
