@@ -37,7 +37,7 @@ def cmd_train(a):
         ZooConfig(vocab_size=len(VOCAB), **model)  # validate before any work
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
-                      seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend,
+                      seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
+    t.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early and save (0 = none)")
     t.add_argument("--no-resume", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     scan_backend: str = "auto"     # auto | reference (see HybridLM.set_scan_backend)
+    time_limit: float = 0.0        # minutes; 0 = none. Stops early, saves, records the steps done
     command: str = ""
 
 
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
                 else torch.autocast("cpu", enabled=False))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc=f"train {mcfg.layout}", dynamic_ncols=True)
-    t0, tokens_seen = time.time(), 0
+    t0, tokens_seen, steps_done = time.time(), 0, start
     model.train()
     for step in bar:
         task = cfg.tasks[step % len(cfg.tasks)]
@@ -164,7 +165,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
         tokens_seen += batch.tokens.numel()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", task=task)
-        last = step + 1 == cfg.steps
+        out_of_time = cfg.time_limit and time.time() - t0 > 60 * cfg.time_limit
+        last = step + 1 == cfg.steps or bool(out_of_time)
         if (step + 1) % cfg.eval_every == 0 or last:
             model.eval()
             row = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg),
@@ -180,8 +182,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
             _save_checkpoint(out, model, opt, step + 1, cfg, None)
         if stop_after is not None and step + 1 == stop_after and not last:
             return model.eval()
+        if last:
+            steps_done = step + 1
+            break
     model.eval()
-    meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(),
+    meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(), "steps_done": steps_done,
             "command": cfg.command, "torch": torch.__version__, "device": str(device)}
     save_model(model, out, extra=meta)
     if cfg.command:
