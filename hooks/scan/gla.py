@@ -54,20 +54,24 @@ def _chunks(q, k, v, g, scale, S0, want=None):
     q, k, v, g = tr(q) * scale, tr(k), tr(v), tr(g)
     S = S0.float() if S0 is not None else q.new_zeros(B, H, K, V)
     mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()[..., None]
+    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)[..., None]
     chunk_ids = None if want is None or isinstance(want, str) else set((want // C).tolist())
     os, states = [], {}
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
-        qc, kc, vc = q[:, :, sl], k[:, :, sl], v[:, :, sl]
-        G = g[:, :, sl].cumsum(2)                                            # [B,H,C,K]
-        dec = torch.where(mask, G[:, :, :, None] - G[:, :, None], -float("inf")).exp()  # [B,H,t,s,K]
+        qc, kc, vc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], g[:, :, sl]
+        G = gc.cumsum(2)                                                     # [B,H,C,K]
+        # seg[t, s] = sum_{s<i<=t} g_i summed directly, not as G_t - G_s: the difference of two
+        # large cumulative sums loses float32 precision under strong decay
+        seg = torch.where(strict, gc[:, :, :, None].expand(-1, -1, -1, C, -1), 0).cumsum(2)
+        dec = torch.where(mask, seg, -float("inf")).exp()                   # [B,H,t,s,K]
         A = torch.einsum("bhtk,bhtsk,bhsk->bhts", qc, dec, kc)
         os.append((qc * G.exp()) @ S + A @ vc)
         if want is not None and (chunk_ids is None or c in chunk_ids):
             states[c] = (G.exp()[..., None] * S[:, :, None]
                          + torch.einsum("bhtsk,bhsk,bhsv->bhtkv", dec, kc, vc))
         Gl = G[:, :, -1:]
-        S = Gl[:, :, 0, :, None].exp() * S + (kc * (Gl - G).exp()).transpose(-1, -2) @ vc
+        S = Gl[:, :, 0, :, None].exp() * S + (kc * dec[:, :, -1]).transpose(-1, -2) @ vc
     o = torch.cat(os, 2)[:, :, :T].transpose(1, 2)
     st = None
     if want is not None:
