@@ -1,0 +1,421 @@
+"""Adapter for HF Mamba2-family models: ``mamba2``, ``bamba``, ``falcon_h1``, ``zamba2``, ``nemotron_h``.
+
+Block ``i`` is the model's ``layers[i]`` (HF layer index = our block index). Per family:
+
+=============  =====================================================================================
+family         mapping
+=============  =====================================================================================
+mamba2         every block: norm -> Mamba2 mixer -> residual. ``mixer_out`` = ``rec`` = the mixer;
+               no MLP (``mlp_out`` is the zero term, see below).
+bamba          ``linear_attention`` blocks: ``rec`` = ``mamba``; ``full_attention`` blocks: ``attn``
+               = ``self_attn``; both: ``mixer_out`` = that module, ``mlp_out`` = ``feed_forward``.
+falcon_h1      every block runs Mamba2 and attention IN PARALLEL on the same normed input and adds
+               ``ssm_out_multiplier * mamba(x) + attention_out_multiplier * attn(attention_in_multiplier
+               * x)``, computed inline (no module outputs that sum). ``mixer_out`` is exactly that sum
+               (multipliers included): while a ``mixer_out`` / ``resid_mid`` hook is installed the
+               layer's forward is swapped for an equivalent one that routes the sum through a
+               parameterless module (`_ParallelMix`); restored when the hook is removed. ``rec`` =
+               ``mamba``, ``attn`` = ``self_attn``, ``mlp_out`` = ``feed_forward`` (its down
+               multiplier included). ``embed`` is the input of block 0, i.e. the token embedding
+               times ``embedding_multiplier`` (hooked as a pre-hook on block 0).
+zamba2         ``mamba`` blocks: norm -> mixer -> residual, as mamba2. ``hybrid`` blocks: the SHARED
+               transformer (tied weights, one module instance per hybrid layer) reads
+               ``concat(resid_pre, embeddings)``, its attention + MLP output goes through the
+               layer's ``linear`` and is added to the INPUT of the Mamba mixer, not to the residual
+               stream; only the mixer output is added to the residual. So ``mixer_out`` = ``rec`` =
+               the Mamba mixer (its output depends on the attention branch), ``attn`` = that
+               layer's ``shared_transformer.self_attn`` (attn.* names are the shared block's call
+               at this layer), and ``mlp_out`` is the zero term (the shared MLP's output is not a
+               residual-stream term; capture it with a plain torch hook if needed).
+nemotron_h     one mixer per block (``layers_block_type``): ``linear_attention`` -> ``rec`` and
+               ``mixer_out``; ``full_attention`` -> ``attn`` and ``mixer_out``; ``mlp`` / ``moe`` ->
+               ``mlp_out`` = the MLP, and ``mixer_out`` is the zero term. Mixer blocks have no MLP
+               (``mlp_out`` = zero term). Blocks are not merged: block i is HF layer i.
+=============  =====================================================================================
+
+Zero terms: a block without an MLP (or without a token mixer) still has every residual name.
+The missing term reads as zeros [B, T, D]; a hook that returns something else adds it to the
+residual stream where the term would be (mixer: after ``resid_pre``; MLP: before
+``resid_post``). So ``resid_mid = resid_pre + mixer_out`` and ``resid_post = resid_mid +
+mlp_out`` hold in every block.
+
+Recurrent scan. HF computes SSD inline (CPU: `torch_forward`-style chunk code; CUDA: mamba-ssm
+kernels), so there is no kernel call to intercept. While ``rec.*`` names are hooked, the mixer's
+``forward`` is replaced (on that instance only; always restored) by `_mixer_forward`, an
+equivalent forward written with ``hooks.scan.mamba2.scan``: in_proj -> split (gate z, xBC, dt)
+-> causal conv1d + act -> split x, B, C -> dt = clamp(softplus(dt + dt_bias), time_step_limit)
+-> A = -exp(A_log) -> scan -> gated RMSNorm with z -> out_proj. Scan inputs are float32, as in
+HF. Family specifics: falcon_h1's ``ssm_in_multiplier`` / ``mup_vector`` (``ssm_multipliers``)
+and its optional norm (``mamba_rms_norm=False``: y * silu(z)); the per-family norms are the
+modules' own ``norm`` (so version differences between transformers releases follow along).
+On CUDA the replacement runs fla's kernels through ``hooks.scan``, not mamba-ssm.
+`use_scan_forward(model)` installs the same replacement on every mixer without hooks.
+
+Supported paths of the replacement: a full-sequence forward without cache (``use_cache=False``,
+what `HookedModel` runs) or a prefill into an EMPTY cache (it writes the conv and SSM states the
+way HF does), with ``attention_mask`` None or all ones. Anything else (decoding / continuing
+from a cache, padding masks) raises NotImplementedError while rec.* hooks are installed; the
+plain replacement (`use_scan_forward`) falls back to the original forward there.
+
+Attention layers are intercepted through ``hooks.adapters.hf_common`` (shared with the other HF
+adapters).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hooks.adapters import register
+from hooks.adapters.base import Adapter, LayerInfo, swap_attr
+from hooks.scan import mamba2 as mamba2_scan
+
+MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h")
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(x, new):
+    return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
+
+
+class _Handles:
+    """Several removable things as one torch-hook-like handle."""
+
+    def __init__(self, *items):
+        self.items = items
+
+    def remove(self):
+        for h in reversed(self.items):
+            h() if callable(h) else h.remove()
+        self.items = ()
+
+
+# --- the Mamba2 mixer forward, written with hooks.scan ----------------------------------------
+
+class _Mixer:
+    """Per-family pieces of the mixer forward around the shared SSD part."""
+
+    @staticmethod
+    def project(mixer, h):
+        return mixer.in_proj(h)
+
+    @staticmethod
+    def gate_out(mixer, y, gate):
+        return mixer.norm(y, gate)
+
+
+class _FalconMixer(_Mixer):
+    @staticmethod
+    def project(mixer, h):
+        return mixer.in_proj(h * mixer.ssm_in_multiplier) * mixer.mup_vector
+
+    @staticmethod
+    def gate_out(mixer, y, gate):
+        if mixer.mamba_rms_norm:
+            return mixer.norm(y, gate)
+        return y * F.silu(gate)
+
+
+def _fam_of(mixer):
+    return _FalconMixer if hasattr(mixer, "mup_vector") else _Mixer
+
+
+def _act(name):
+    from transformers.activations import ACT2FN
+    return ACT2FN[name]
+
+
+def _unsupported(mixer, hidden_states, cache_params, attention_mask):
+    """Why the replacement forward cannot run this call (None: it can)."""
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[:2] != hidden_states.shape[:2]:
+            return f"an attention mask of shape {list(attention_mask.shape)}"
+        if not bool((attention_mask == 1).all()):
+            return "a padding attention mask"
+    if cache_params is not None:
+        try:
+            prev = cache_params.has_previous_state(mixer.layer_idx)
+        except Exception as e:  # an unknown cache type
+            return f"a cache of type {type(cache_params).__name__} ({e})"
+        if prev:
+            return "continuing from a cache (decoding / chunked prefill)"
+    return None
+
+
+def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    """Equivalent of the HF Mamba2-style mixer forward with the scan done by ``hooks.scan``;
+    ``wrapper(kw, call)`` (HookedModel's scan wrapper) sees the scan call when given."""
+    why = _unsupported(mixer, hidden_states, cache_params, attention_mask)
+    if why:
+        if wrapper is None:
+            return orig(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+        raise NotImplementedError(
+            f"{type(mixer).__name__} (layer {mixer.layer_idx}): rec.* hooks support a full-sequence "
+            f"forward without cache or a prefill into an empty cache, with no padding; this call has "
+            f"{why}. Run the prompt in one forward with use_cache=False and no padding.")
+    b, T, _ = hidden_states.shape
+    dtype = hidden_states.dtype
+    H, P, G, N = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
+    I = mixer.intermediate_size
+
+    # mask is None or all ones: HF's multiply by it is the identity
+    proj = fam.project(mixer, hidden_states)
+    gate, xBC, dt = proj.split([I, mixer.conv_dim, H], dim=-1)
+
+    xBC = xBC.transpose(1, 2)
+    if cache_params is not None:  # prefill into an empty cache (checked above)
+        xBC = cache_params.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
+    L = xBC.shape[-1]
+    xBC = _act(mixer.activation)(mixer.conv1d(xBC.to(mixer.conv1d.weight.dtype))[..., :L]).to(xBC.dtype)
+    xBC = xBC[..., -T:].transpose(1, 2)
+    x, Bm, Cm = torch.split(xBC, [I, G * N, G * N], dim=-1)
+
+    dt = F.softplus(dt + mixer.dt_bias.to(dt.dtype))
+    lim = getattr(mixer, "time_step_limit", None)
+    if lim is not None:
+        dt = torch.clamp(dt, min=lim[0], max=lim[1])
+    A = -torch.exp(mixer.A_log.float())
+    kw = dict(x=x.reshape(b, T, H, P).float(), dt=dt.float(), A=A, B=Bm.reshape(b, T, G, N).float(),
+              C=Cm.reshape(b, T, G, N).float(), D=mixer.D.float(), initial_state=None,
+              output_final_state=cache_params is not None)
+    if wrapper is None:
+        y, final = mamba2_scan.scan(**kw)
+    else:
+        y, final = wrapper(kw, mamba2_scan.scan)
+    if cache_params is not None:
+        # HF caches h as [B, H, P, N]; ours is [B, H, N, P]
+        cache_params.update_recurrent_state(final.transpose(-1, -2).contiguous(), layer_idx=mixer.layer_idx)
+    y = fam.gate_out(mixer, y.reshape(b, T, H * P), gate)
+    return mixer.out_proj(y.to(dtype))
+
+
+@contextmanager
+def _swap_mixer_forward(mixer, fam, wrapper):
+    orig = mixer.forward
+
+    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
+        return _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=cache_params,
+                              attention_mask=attention_mask, **kwargs)
+    with swap_attr(mixer, "forward", forward):
+        yield
+
+
+@contextmanager
+def use_scan_forward(model):
+    """Run every Mamba2 mixer of ``model`` with the `hooks.scan` replacement forward (no hooks);
+    unsupported calls (decoding, padding) use the original forward."""
+    with ExitStack() as stack:
+        for L in HFMambaAdapter().layers(model):
+            if L.rec is not None:
+                stack.enter_context(_swap_mixer_forward(L.rec, _fam_of(L.rec), None))
+        yield model
+
+
+# --- stand-in modules for residual terms that no HF module outputs ----------------------------
+
+class _ZeroTerm(nn.Module):
+    """A residual term a block does not have (``where='mixer'``: the token mixer of an MLP-only
+    block; ``'mlp'``: the MLP of a mixer-only block). Its "output" is zeros; a hook's replacement
+    is added to the residual stream at that place. Not part of the model."""
+
+    def __init__(self, block, where):
+        super().__init__()
+        self.where = where
+        object.__setattr__(self, "block", block)  # not a submodule
+
+    def _fire(self, hook, like):
+        z = torch.zeros_like(like)
+        r = hook(self, (), z)
+        y = z if r is None else _first(r)
+        return None if y is z else y
+
+    def register_forward_hook(self, hook, *a, **kw):
+        if self.where == "mlp":
+            def post(mod, args, out):
+                y = self._fire(hook, _first(out))
+                return None if y is None else _replace_first(out, _first(out) + y)
+            return self.block.register_forward_hook(post, prepend=True)  # before resid_post's hook
+
+        def pre(mod, args, kwargs):  # after resid_pre's pre-hook
+            x = args[0] if args else kwargs["hidden_states"]
+            y = self._fire(hook, x)
+            if y is None:
+                return None
+            if args:
+                return (x + y,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x + y}
+        return self.block.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+class _BlockInput(nn.Module):
+    """``embed`` where the embedding module's output is not the input of block 0 (falcon_h1 scales
+    it inline): a hook on this module sees, and may replace, block 0's input."""
+
+    def __init__(self, block):
+        super().__init__()
+        object.__setattr__(self, "block", block)
+
+    def register_forward_hook(self, hook, *a, **kw):
+        def pre(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            r = hook(self, (), x)
+            if r is None or _first(r) is x:
+                return None
+            y = _first(r)
+            if args:
+                return (y,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": y}
+        return self.block.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
+
+
+class _ParallelMix(nn.Module):
+    """falcon_h1: the sum a layer adds to the residual stream from its parallel Mamba and
+    attention branches (multipliers applied). Hooks on it swap the layer's forward for
+    `_falcon_layer_forward`, which calls this module; removing the last hook restores it."""
+
+    def __init__(self, layer):
+        super().__init__()
+        object.__setattr__(self, "layer", layer)
+        self._swap = None
+        self._n = 0
+
+    def forward(self, mamba_out, attn_out):
+        return mamba_out + attn_out
+
+    def register_forward_hook(self, hook, *a, **kw):
+        handle = super().register_forward_hook(hook, *a, **kw)
+        if self._n == 0:
+            layer, mix = self.layer, self
+
+            def forward(*args, **kwargs):
+                return _falcon_layer_forward(layer, mix, *args, **kwargs)
+            self._swap = swap_attr(layer, "forward", forward)
+            self._swap.__enter__()
+        self._n += 1
+
+        def release():
+            self._n -= 1
+            if self._n == 0:
+                swap, self._swap = self._swap, None
+                swap.__exit__(None, None, None)
+        return _Handles(release, handle)
+
+
+def _falcon_layer_forward(layer, mix, hidden_states, attention_mask=None, mamba_attention_mask=None,
+                          position_ids=None, past_key_values=None, use_cache=False,
+                          position_embeddings=None, **kwargs):
+    """FalconH1DecoderLayer.forward (transformers 5.17-5.23) with the branch sum through ``mix``."""
+    residual = hidden_states
+    hidden_states = layer.input_layernorm(hidden_states)
+    m = layer.mamba(hidden_states=hidden_states, cache_params=past_key_values,
+                    attention_mask=mamba_attention_mask, **kwargs)
+    m = m * layer.ssm_out_multiplier
+    a, _ = layer.self_attn(hidden_states=hidden_states * layer.attention_in_multiplier,
+                           attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=past_key_values, use_cache=use_cache,
+                           position_embeddings=position_embeddings, **kwargs)
+    a = a * layer.attn_out_multiplier
+    hidden_states = residual + mix(m, a)
+    residual = hidden_states
+    hidden_states = layer.pre_ff_layernorm(hidden_states)
+    hidden_states = layer.feed_forward(hidden_states)
+    return (residual + hidden_states,)
+
+
+# --- the adapter -------------------------------------------------------------------------------
+
+def _attn_meta(attn):
+    return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None)}
+
+
+@register
+class HFMambaAdapter(Adapter):
+    family = "hf_mamba"
+    model_types = MODEL_TYPES
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        cfg = getattr(model, "config", None)
+        return (getattr(cfg, "model_type", None) in MODEL_TYPES
+                and hasattr(getattr(model, "base_model", None), "layers"))
+
+    def _base(self, model):
+        return model.base_model
+
+    def layers(self, model):
+        kind = model.config.model_type
+        out = []
+        for i, blk in enumerate(self._base(model).layers):
+            out.append(getattr(self, f"_layer_{kind}")(i, blk))
+        return out
+
+    # one LayerInfo per HF layer, per family
+    @staticmethod
+    def _rec(i, blk, mixer, mlp=None, mixer_out=None):
+        return LayerInfo(index=i, block=blk, mixer_out=mixer_out or mixer,
+                         mlp_out=mlp if mlp is not None else _ZeroTerm(blk, "mlp"),
+                         rec=mixer, rec_family="mamba2")
+
+    @staticmethod
+    def _attn(i, blk, attn, mlp=None, mixer_out=None):
+        return LayerInfo(index=i, block=blk, mixer_out=mixer_out or attn,
+                         mlp_out=mlp if mlp is not None else _ZeroTerm(blk, "mlp"),
+                         attn=attn, attn_meta=_attn_meta(attn))
+
+    def _layer_mamba2(self, i, blk):
+        return self._rec(i, blk, blk.mixer)
+
+    def _layer_bamba(self, i, blk):
+        if blk.block_type == "full_attention":
+            return self._attn(i, blk, blk.self_attn, blk.feed_forward)
+        return self._rec(i, blk, blk.mamba, blk.feed_forward)
+
+    def _layer_falcon_h1(self, i, blk):
+        L = self._rec(i, blk, blk.mamba, blk.feed_forward, mixer_out=_ParallelMix(blk))
+        L.attn, L.attn_meta = blk.self_attn, _attn_meta(blk.self_attn)
+        return L
+
+    def _layer_zamba2(self, i, blk):
+        if hasattr(blk, "shared_transformer"):  # Zamba2HybridLayer
+            L = self._rec(i, blk, blk.mamba_decoder.mamba)
+            attn = blk.shared_transformer.self_attn
+            L.attn, L.attn_meta = attn, _attn_meta(attn)
+            return L
+        return self._rec(i, blk, blk.mamba)
+
+    def _layer_nemotron_h(self, i, blk):
+        t = blk.block_type
+        if t in ("linear_attention", "mamba"):
+            return self._rec(i, blk, blk.mixer)
+        if t in ("full_attention", "attention"):
+            return self._attn(i, blk, blk.mixer)
+        return LayerInfo(index=i, block=blk, mixer_out=_ZeroTerm(blk, "mixer"), mlp_out=blk.mixer)
+
+    def embed(self, model):
+        if model.config.model_type == "falcon_h1":
+            return _BlockInput(self._base(model).layers[0])
+        return model.get_input_embeddings()
+
+    def forward(self, model, tokens):
+        out = model(input_ids=tokens, use_cache=False)
+        logits = getattr(out, "logits", None)
+        return logits if logits is not None else out.last_hidden_state
+
+    @contextmanager
+    def patch_scan(self, layer, wrapper):
+        with _swap_mixer_forward(layer.rec, _fam_of(layer.rec), wrapper):
+            yield
+
+    @contextmanager
+    def patch_attention(self, layer, wrapper):
+        try:
+            from hooks.adapters import hf_common
+        except ModuleNotFoundError as e:
+            raise NotImplementedError("attention interception needs hooks.adapters.hf_common") from e
+        with hf_common.patch_attention(layer.attn, wrapper):
+            yield
