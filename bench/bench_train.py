@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from interp.zoo import HybridLM, ZooConfig
 
 
-def bench(layout, backend, batch, seq, steps, warmup=3):
+def bench(layout, backend, batch, seq, steps, warmup=3, train=True):
     torch.manual_seed(0)
     cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
                     mamba_head_dim=64, mamba_state=64)
@@ -28,6 +28,10 @@ def bench(layout, backend, batch, seq, steps, warmup=3):
         if i == warmup:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
+        if not train:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                m(x[:, :-1])
+            continue
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = m(x[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
@@ -36,7 +40,7 @@ def bench(layout, backend, batch, seq, steps, warmup=3):
         opt.step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
-    return dict(layout=layout, backend=backend, params=m.num_params(), ms_per_step=dt * 1e3,
+    return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(), ms_per_step=dt * 1e3,
                 tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
@@ -48,16 +52,23 @@ def main():
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
-    # the transformer has no scan, so its two paths are the same model: measured once
-    rows = [bench(l, b, a.batch, a.seq, a.steps) for l, b in
-            (("transformer", "auto"), ("gdn75", "auto"), ("gdn75", "reference"))]
-    print(f"{'layout':12s} {'backend':10s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
+    rows = []
+    for mode in ("train", "forward"):
+        # the transformer has no scan, so its two paths are the same model: measured once
+        for l, b in (("transformer", "auto"), ("gdn75", "auto"), ("gdn75", "reference")):
+            try:
+                rows.append(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"))
+            except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
+                print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
+                torch.cuda.empty_cache()
+    print(f"{'layout':12s} {'backend':10s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
     for r in rows:
-        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['params'] / 1e6:7.1f}M "
-              f"{r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
-    g = {(r["layout"], r["backend"]): r["tokens_per_s"] for r in rows}
-    print(f"gdn75 fla / torch-ref speedup: {g[('gdn75', 'auto')] / g[('gdn75', 'reference')]:.2f}x;  "
-          f"gdn75 fla / transformer: {g[('gdn75', 'auto')] / g[('transformer', 'auto')]:.2f}x")
+        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['mode']:8s} "
+              f"{r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
+    g = {(r["layout"], r["backend"], r["mode"]): r["tokens_per_s"] for r in rows}
+    for mode in ("train", "forward"):
+        if ("gdn75", "auto", mode) in g and ("gdn75", "reference", mode) in g:
+            print(f"{mode}: gdn75 fla / torch-ref = {g[('gdn75', 'auto', mode)] / g[('gdn75', 'reference', mode)]:.2f}x")
 
 
 if __name__ == "__main__":
