@@ -348,6 +348,34 @@ def test_zero_terms(models, kind, i, where):
     no_hooks_left(m)
 
 
+# --- attention layers (through hooks.adapters.hf_common) ---------------------------------------
+
+@pytest.mark.parametrize("kind", ["bamba", "falcon_h1", "zamba2", "nemotron_h"])
+def test_attention_pattern_equals_eager_weights(kind):
+    pytest.importorskip("hooks.adapters.hf_common")
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(config(kind), attn_implementation="eager").float().eval()
+    spice(m, 0)
+    hm = hooks.wrap(m)
+    att = [L.index for L in hm.layers if L.attn is not None]
+    x = toks()
+    names = [f"blocks.{i}.attn.{s}" for i in att for s in ("pattern", "q", "k", "v", "head_out")]
+    with torch.no_grad():
+        out = m(input_ids=x, use_cache=False, output_attentions=True)  # installs HF's own recorders
+        before = {id(mod): (dict(mod._forward_hooks), dict(mod._forward_pre_hooks)) for mod in m.modules()}
+        lg, c = hm.run_with_cache(x, names=names)
+        abl = hm.run_with_hooks(x, hooks=[(f"blocks.{att[0]}.attn.head_out", lambda o, n: torch.zeros_like(o))])
+    torch.testing.assert_close(lg, out.logits, atol=0, rtol=0)
+    weights = [w for w in out.attentions if w is not None]
+    assert len(weights) == len(att)
+    for i, w in zip(att, weights):
+        torch.testing.assert_close(c[f"blocks.{i}.attn.pattern"], w, atol=1e-5, rtol=1e-4)
+        B, T = x.shape
+        assert c[f"blocks.{i}.attn.q"].shape[:2] == (B, T) and c[f"blocks.{i}.attn.head_out"].shape[:2] == (B, T)
+    assert (abl - lg).abs().max() > 1e-3
+    assert before == {id(mod): (dict(mod._forward_hooks), dict(mod._forward_pre_hooks)) for mod in m.modules()}
+
+
 # --- layer map and unsupported paths ------------------------------------------------------------
 
 def test_layer_maps(models):
@@ -388,3 +416,45 @@ def test_unsupported_paths(models, kind):
         with use_scan_forward(m):
             ours = m(input_ids=x, attention_mask=mask, use_cache=False).logits
     torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+
+
+# --- CUDA: the replacement runs fla's kernels (skipped without a GPU) ---------------------------
+
+def mild(model, seed=0):
+    """Mamba2's own init ranges (A in [1, 16], dt in [1e-3, 1e-1]) on the spiced weights."""
+    g = torch.Generator().manual_seed(seed + 2000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.empty(p.shape).uniform_(1, 16, generator=g).log())
+            elif name.endswith("dt_bias"):
+                dt = torch.exp(torch.empty(p.shape).uniform_(math.log(1e-3), math.log(1e-1), generator=g))
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))
+    return model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_cuda_kernels_path(kind, dtype):
+    """fla's kernels (tf32 dots in fp32) instead of HF's torch SSD: close, not exact."""
+    from hooks.scan import use_kernels
+    dev = torch.device("cuda")
+    assert use_kernels(torch.empty(1, device=dev)), "fla kernels unavailable on this CUDA host"
+    m = mild(make(kind)).to(dev, dtype)
+    hm = hooks.wrap(m)
+    x = toks(T=150, B=2).to(dev)
+    i = rec_layers(hm)[-1]
+    names = [f"blocks.{i}.rec.state", f"blocks.{i}.rec.readout"]
+    with torch.no_grad():
+        ref = logits(m, x).float()
+        hf_cache = cache_of(m(input_ids=x, use_cache=True))
+        lg, c = hm.run_with_cache(x, names=names)
+        with use_scan_forward(m):
+            plain = logits(m, x).float()
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    errs = (rel(lg.float(), ref), rel(plain, ref), rel(c[f"blocks.{i}.rec.state"][:, -1], ssm_state(hf_cache, i).float()))
+    print(f"{kind} {dtype}: rel err hooked {errs[0]:.2e} all-fla {errs[1]:.2e} state {errs[2]:.2e}")
+    tol = 5e-3 if dtype == torch.float32 else 5e-2
+    assert max(errs) < tol, errs
+    no_hooks_left(m)

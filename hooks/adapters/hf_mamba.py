@@ -57,8 +57,10 @@ way HF does), with ``attention_mask`` None or all ones. Anything else (decoding 
 from a cache, padding masks) raises NotImplementedError while rec.* hooks are installed; the
 plain replacement (`use_scan_forward`) falls back to the original forward there.
 
-Attention layers are intercepted through ``hooks.adapters.hf_common`` (shared with the other HF
-adapters).
+Attention layers are intercepted through ``hooks.adapters.hf_common.patch_attention`` (shared
+with the other HF adapters); q / k / v are what the model hands its attention op (falcon_h1's k
+includes ``key_multiplier``; zamba2's q / k / v include the per-layer LoRA adapters), and
+``attn_meta['scale']`` is the scaling the model passes (zamba2: ``(head_dim / 2) ** -0.5``).
 """
 from __future__ import annotations
 
@@ -330,7 +332,7 @@ def _falcon_layer_forward(layer, mix, hidden_states, attention_mask=None, mamba_
 # --- the adapter -------------------------------------------------------------------------------
 
 def _attn_meta(attn):
-    return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None)}
+    return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None) or None}
 
 
 @register
@@ -413,9 +415,6 @@ class HFMambaAdapter(Adapter):
 
     @contextmanager
     def patch_attention(self, layer, wrapper):
-        try:
-            from hooks.adapters import hf_common
-        except ModuleNotFoundError as e:
-            raise NotImplementedError("attention interception needs hooks.adapters.hf_common") from e
-        with hf_common.patch_attention(layer.attn, wrapper):
+        from hooks.adapters.hf_common import patch_attention  # imported late: optional module
+        with patch_attention(layer.attn, wrapper, meta=layer.attn_meta):
             yield
