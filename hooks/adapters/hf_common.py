@@ -1,0 +1,237 @@
+"""Helpers shared by the Hugging Face adapters (hf_transformer, hf_gdn, hf_mamba).
+
+API (kept small; transformers >= 5.17, < 6):
+
+``patch_attention(attn, wrapper, meta=None)``
+    Context manager. While it is open, the HF attention module ``attn`` calls
+    ``wrapper(q, k, v, call)`` instead of its attention op: q ``[B, T, H, Dh]``, k / v
+    ``[B, T, Hkv, Dh]`` (after RoPE / q-k norms, before GQA repetition); ``call(q, k, v)`` runs the
+    model's own implementation (eager / sdpa / flash / flex, with its mask, scaling, window,
+    GQA, dropout) and returns o ``[B, T, H, Dh]``; the wrapper returns o (what goes on to the
+    output projection; for gated attention such as qwen3_next that is before the gate). ``meta``
+    (optional dict, e.g. ``LayerInfo.attn_meta``) is updated in place, before each wrapper call,
+    with the ``scale`` and ``sliding_window`` the model actually passed to its attention op.
+``attn_meta(attn)``
+    ``{'scale': attn.scaling, 'sliding_window': attn.sliding_window or None}`` (static guess,
+    refined at call time by ``patch_attention(..., meta=)``).
+``base_model(model)`` / ``decoder_layers(model)``
+    The decoder stack (``model.model``, ``model.backbone``, ... or the model itself) and its
+    ``ModuleList`` of decoder layers.
+``forward_logits(model, tokens)``
+    Logits of a cache-free forward (``last_hidden_state`` for a headless base model).
+``forward_globals(module)``
+    The module-globals dict that ``type(module).forward`` resolves names in (for patching
+    module-level kernel functions such as ``torch_chunk_gated_delta_rule``).
+``dispatch_globals(g, tag, names, make, module, entry)``
+    Context manager behind ``patch_attention`` (and hf_gdn's kernel patching): swaps globals of a
+    modeling module for per-module dispatchers while any module of it is patched.
+``HFAdapter``
+    Adapter base for HF families: ``model_types`` matching, ``embed``, ``forward``,
+    ``patch_attention`` (subclasses implement ``layers`` and, for recurrent layers, ``patch_scan``).
+
+How attention is intercepted: every HF 5.x attention ``forward`` picks its op with
+``ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)``,
+looked up in its modeling module's globals. While any attention module of that modeling module
+is patched, that global name is replaced by a stand-in whose ``get_interface`` / ``[...]`` return
+the real op wrapped by a dispatcher: modules with an installed wrapper go through it, every other
+module calls the real op unchanged. Configs are not touched (so mask creation, which also reads
+``config._attn_implementation``, is unaffected) and the eager path works like the others. The
+global is restored when the last patch on that modeling module exits (exceptions included).
+Attention modules that do not look their op up that way raise NotImplementedError.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+import torch.nn as nn
+
+from hooks.adapters.base import Adapter
+
+_ATTN_GLOBAL = "ALL_ATTENTION_FUNCTIONS"
+
+
+def forward_globals(module: nn.Module) -> dict:
+    """Globals of the function that implements ``type(module).forward`` (decorators unwrapped)."""
+    fn = inspect.unwrap(type(module).forward)
+    return fn.__globals__
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The decoder stack holding ``.layers``: model.model / model.backbone / model.transformer /
+    model.get_decoder() / the model itself."""
+    for name in ("model", "backbone", "transformer"):
+        sub = getattr(model, name, None)
+        if isinstance(sub, nn.Module) and isinstance(getattr(sub, "layers", None), nn.ModuleList):
+            return sub
+    if isinstance(getattr(model, "layers", None), nn.ModuleList):
+        return model
+    get = getattr(model, "get_decoder", None)
+    if callable(get):
+        dec = get()
+        if isinstance(getattr(dec, "layers", None), nn.ModuleList):
+            return dec
+    raise TypeError(f"{type(model).__name__}: cannot find the decoder layers (no .layers ModuleList)")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return base_model(model).layers
+
+
+def forward_logits(model, tokens):
+    out = model(input_ids=tokens, use_cache=False)
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out.last_hidden_state
+
+
+def attn_meta(attn: nn.Module) -> dict:
+    scale = getattr(attn, "scaling", None)
+    if scale is None:
+        scale = getattr(attn, "head_dim") ** -0.5
+    return {"scale": float(scale), "sliding_window": getattr(attn, "sliding_window", None) or None}
+
+
+class _GlobalsDispatch:
+    """Some globals of one modeling module replaced by stand-ins while at least one module of it
+    is patched. ``chains``: patched module -> [entry, ...]; ``running``: a stack the stand-ins
+    may use to learn the calling module."""
+    live: dict = {}  # (id(globals), tag) -> instance
+
+    def __init__(self, g: dict, names, make):
+        self.g, self.chains, self.running, self.users = g, {}, [], 0
+        self.orig = {n: g[n] for n in names if n in g}
+        self.standins = {n: make(self, fn) for n, fn in self.orig.items()}
+        g.update(self.standins)
+
+    def restore(self):
+        for n, fn in self.orig.items():
+            if self.g.get(n) is self.standins[n]:
+                self.g[n] = fn
+
+
+@contextmanager
+def dispatch_globals(g: dict, tag: str, names, make, module: nn.Module, entry):
+    """Context manager: replace the globals ``names`` of modeling-module dict ``g`` by
+    ``make(dispatch, original)`` (once per ``(g, tag)``, shared by every patched module) and add
+    ``entry`` to ``dispatch.chains[module]``; undone on exit (globals restored after the last
+    user). Yields the dispatch. Used for attention here and for GDN kernels in hf_gdn."""
+    key = (id(g), tag)
+    d = _GlobalsDispatch.live.get(key)
+    if d is None:
+        d = _GlobalsDispatch.live[key] = _GlobalsDispatch(g, names, make)
+    d.users += 1
+    chain = d.chains.setdefault(module, [])
+    chain.append(entry)
+    try:
+        yield d
+    finally:
+        for j in range(len(chain) - 1, -1, -1):
+            if chain[j] is entry:
+                del chain[j]
+                break
+        if not chain:
+            d.chains.pop(module, None)
+        d.users -= 1
+        if d.users == 0:
+            d.restore()
+            _GlobalsDispatch.live.pop(key, None)
+
+
+class _AttentionFunctions:
+    """Stands in for a modeling module's ALL_ATTENTION_FUNCTIONS: behaves like the original
+    mapping (other attributes and keys are delegated) except that the functions it hands out
+    dispatch on the calling module (``chains``: module -> [(wrapper, meta), ...])."""
+
+    def __init__(self, orig, chains):
+        self._orig, self._chains = orig, chains
+
+    def get_interface(self, attn_implementation, default):
+        return self._bind(self._orig.get_interface(attn_implementation, default))
+
+    def __getitem__(self, key):
+        return self._bind(self._orig[key])
+
+    def get(self, key, default=None):
+        fn = self._orig.get(key, default)
+        return self._bind(fn) if callable(fn) else fn
+
+    def __setitem__(self, key, value):
+        self._orig[key] = value
+
+    def __contains__(self, key):
+        return key in self._orig
+
+    def __iter__(self):
+        return iter(self._orig)
+
+    def __len__(self):
+        return len(self._orig)
+
+    def __getattr__(self, name):
+        if name in ("_orig", "_chains"):  # not yet set (copy / unpickling)
+            raise AttributeError(name)
+        return getattr(self._orig, name)
+
+    def _bind(self, fn):
+        chains = self._chains
+
+        def attention(module, query, key, value, attention_mask, *args, **kwargs):
+            chain = chains.get(module)
+            if not chain:
+                return fn(module, query, key, value, attention_mask, *args, **kwargs)
+            weights = []
+            scale = kwargs.get("scaling")
+            if scale is None:
+                scale = query.shape[-1] ** -0.5
+            window = kwargs.get("sliding_window") or None
+
+            def run(i, q, k, v):  # q [B,T,H,D]; HF ops take [B,H,T,D] and return [B,T,H,D]
+                if i == len(chain):
+                    o, w = fn(module, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                              attention_mask, *args, **kwargs)
+                    weights.append(w)
+                    return o
+                wrapper, meta = chain[i]
+                if meta is not None:
+                    meta["scale"] = float(scale)
+                    meta["sliding_window"] = window
+                return wrapper(q, k, v, lambda q_, k_, v_: run(i + 1, q_, k_, v_))
+
+            o = run(0, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+            return o, (weights[-1] if weights else None)
+        return attention
+
+
+@contextmanager
+def patch_attention(attn: nn.Module, wrapper, meta: dict | None = None):
+    """See the module docstring. Nests (several wrappers on one module run outermost-first)."""
+    g = forward_globals(attn)
+    if g.get(_ATTN_GLOBAL) is None:
+        raise NotImplementedError(
+            f"{type(attn).__name__}: its forward does not pick its op from {_ATTN_GLOBAL}; "
+            "attention interception is not supported for this module")
+    with dispatch_globals(g, "attention", (_ATTN_GLOBAL,), lambda d, orig: _AttentionFunctions(orig, d.chains),
+                          attn, (wrapper, meta)):
+        yield
+
+
+class HFAdapter(Adapter):
+    """Base for HF adapters: subclasses set ``family`` and ``model_types`` and implement
+    ``layers``."""
+    model_types: tuple[str, ...] = ()
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        cfg = getattr(model, "config", None)
+        return getattr(cfg, "model_type", None) in cls.model_types and hasattr(model, "get_input_embeddings")
+
+    def embed(self, model):
+        return model.get_input_embeddings()
+
+    def forward(self, model, tokens):
+        return forward_logits(model, tokens)
+
+    @contextmanager
+    def patch_attention(self, layer, wrapper):
+        with patch_attention(layer.attn, wrapper, meta=layer.attn_meta):
+            yield
