@@ -8,21 +8,23 @@
 Shapes: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g, beta ``[B, T, H]``, state ``[B, H, K, V]``.
 
 Paths: ``scan`` picks fla's chunk kernel for CUDA tensors and ``chunk_torch`` otherwise;
-``naive`` is the step loop; ``states`` returns S_t after every (or selected) token, exactly.
+``naive`` is the step loop; ``states`` returns S_t after every (or selected) token, exactly
+(CUDA: fla's chunk pieces + `hooks.scan.triton_states`). The pure-torch paths compute in
+float32 (float64 inputs stay float64) and are differentiable.
 
 Chunk form (written out because no installed package offers a pure-torch, differentiable,
 state-returning chunked GDN): inside a chunk that starts from S0, with G_t = sum_{i<=t} g_i,
 
     d = (I + A)^{-1} beta (v - exp(G) K S0),   A[t, s] = beta_t exp(G_t - G_s) k_t.k_s  (s < t)
     S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T
+
+with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s).
 """
 from __future__ import annotations
 
 import torch
 
-from hooks.scan._common import expect, gather_states, l2norm, norm_positions, pad_time, use_kernels
-
-CHUNK = 64
+from hooks.scan._common import CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, use_kernels, work
 
 
 def _prep(q, k, v, g, beta, scale, initial_state, l2):
@@ -55,53 +57,43 @@ def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=F
     return torch.stack(o, 1).to(v.dtype), (S if output_final_state else None)
 
 
-def _chunks(q, k, v, g, beta, scale, S0, want=None):
-    """Chunked forward in float32. q,k [B,T,H,K] (normalised), v [B,T,H,V]; want: None, 'all' or
-    a LongTensor of positions. Returns (o, S_T, states or None)."""
+def _chunks(q, k, v, g, beta, scale, S0, keep=False):
+    """Chunked forward in float32. q, k ``[B, T, H, K]`` (normalised), v ``[B, T, H, V]``.
+    Returns (o, S_T, h, d): h ``[B, NT, H, K, V]`` chunk-start states and d ``[B, T, H, V]`` the
+    effective writes when ``keep``, else None."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = CHUNK
-    tr = lambda x: pad_time(x.float().transpose(1, 2), C)  # noqa: E731  [B, H, Tp, ...]
+    tr = lambda x: pad_time(work(x).transpose(1, 2), C)  # noqa: E731  [B, H, Tp, ...]
     q, k, v, g, beta = tr(q) * scale, tr(k), tr(v), tr(g), tr(beta)
-    S = S0.float() if S0 is not None else q.new_zeros(B, H, K, V)
-    mask_le = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    mask_lt = mask_le.clone().fill_diagonal_(False)
-    chunk_ids = None
-    if want is not None and not isinstance(want, str):
-        chunk_ids = set((want // C).tolist())
-    os, states = [], {}
+    S = work(S0) if S0 is not None else q.new_zeros(B, H, K, V)
+    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+    eye = torch.eye(C, device=q.device, dtype=q.dtype)
+    os, hs, ds = [], [], []
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
-        qc, kc, vc, bc = q[:, :, sl], k[:, :, sl], v[:, :, sl], beta[:, :, sl]
-        G = g[:, :, sl].cumsum(-1)                                   # [B,H,C]
-        diff = G[..., :, None] - G[..., None, :]                     # G_t - G_s
-        decay_le = torch.where(mask_le, diff, -float("inf")).exp()   # s <= t
-        decay_lt = torch.where(mask_lt, diff, -float("inf")).exp()   # s < t
-        A = bc[..., None] * decay_lt * (kc @ kc.transpose(-1, -2))
-        rhs = bc[..., None] * (vc - G.exp()[..., None] * (kc @ S))
-        eye = torch.eye(C, device=q.device)
+        qc, kc, vc, bc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], beta[:, :, sl], g[:, :, sl]
+        eG = gc.cumsum(-1).exp()[..., None]                          # exp(G_t) [B,H,C,1]
+        dec = segsum(gc).exp()                                       # exp(G_t - G_s), s <= t
+        A = bc[..., None] * (dec * strict) * (kc @ kc.transpose(-1, -2))
+        rhs = bc[..., None] * (vc - eG * (kc @ S))
         d = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-        o = G.exp()[..., None] * (qc @ S) + (decay_le * (qc @ kc.transpose(-1, -2))) @ d
-        os.append(o)
-        if want is not None and (chunk_ids is None or c in chunk_ids):
-            # S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T  -> [B,H,C,K,V]
-            states[c] = (G.exp()[..., None, None] * S[:, :, None]
-                         + torch.einsum("bhts,bhsk,bhsv->bhtkv", decay_le, kc, d))
-        Gl = G[..., -1:]
-        S = Gl.exp()[..., None] * S + (kc * (Gl - G).exp()[..., None]).transpose(-1, -2) @ d
+        os.append(eG * (qc @ S) + (dec * (qc @ kc.transpose(-1, -2))) @ d)
+        if keep:
+            hs.append(S)
+            ds.append(d)
+        S = eG[:, :, -1:] * S + (kc * dec[:, :, -1, :, None]).transpose(-1, -2) @ d
     o = torch.cat(os, 2)[:, :, :T].transpose(1, 2)
-    st = None
-    if want is not None:
-        pos = torch.arange(T) if isinstance(want, str) else want
-        st = gather_states(states, pos, C)
-    return o, S, st
+    if not keep:
+        return o, S, None, None
+    return o, S, torch.stack(hs, 1), torch.cat(ds, 2)[:, :, :T].transpose(1, 2)
 
 
 def chunk_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                 use_qk_l2norm_in_kernel=False, **unused):
     """Pure-torch chunked scan (any device, differentiable). Same result as ``naive``."""
     q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
-    o, S, _ = _chunks(q, k, v, g, beta, scale, initial_state)
+    o, S, _, _ = _chunks(q, k, v, g, beta, scale, initial_state)
     return o.to(v.dtype), (S if output_final_state else None)
 
 
@@ -118,17 +110,21 @@ def scan(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=Fa
 
 def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_kernel=False, positions=None,
            out_dtype=torch.float32, impl="auto"):
-    """S_t after each token t: ``[B, T, H, K, V]`` (float32 unless ``out_dtype``), or
-    ``[B, P, H, K, V]`` for the given positions (only the chunks holding them are expanded).
-    impl: ``auto`` (fla's chunk pieces + torch expansion on CUDA, torch chunks on CPU) or
-    ``torch`` (torch chunks anywhere)."""
+    """S_t, the state after writing token t: ``[B, T, H, K, V]`` (float32 unless ``out_dtype``),
+    or ``[B, P, H, K, V]`` for a 1-D list/LongTensor of positions (only those are formed).
+
+    impl: ``auto`` (CUDA with fla: fla's chunk pieces h, d + the Triton expansion kernel, or the
+    torch expansion for positions; otherwise ``torch``), ``triton`` / ``einsum`` (CUDA: force the
+    expansion), ``torch`` (the pure-torch chunked path, any device, differentiable)."""
     q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
-    pos = norm_positions(positions, k.shape[1], k.device)
-    if impl == "auto" and use_kernels(k):
-        from hooks.scan import fast_states
-        k = k.to(v.dtype)  # l2norm returns float32; the kernels want one dtype
-        return fast_states.gdn_states(q, k, v, g, beta, initial_state, pos, out_dtype)
-    return _chunks(q, k, v, g, beta, scale, initial_state, want="all" if pos is None else pos)[2].to(out_dtype)
+    pos = norm_positions(positions, k.shape[1])
+    if impl != "torch" and use_kernels(k):
+        from hooks.scan import triton_states
+        return triton_states.gdn_states(k.to(v.dtype), v, g, beta, initial_state, pos, out_dtype, impl)
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
+    _, _, h, d = _chunks(q, k, v, g, beta, scale, initial_state, keep=True)
+    return expand_states(h, k, d, g, pos, out_dtype)
 
 
 def readout(states_, q, scale=None):

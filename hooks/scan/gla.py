@@ -6,36 +6,36 @@
 Shapes: q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, state ``[B, H, K, V]``.
 A scalar decay per head (``g`` of shape ``[B, T, H]``) is accepted too (simple GLA / Mamba2).
 
-Chunk form, with G_t = sum_{i<=t} g_i inside a chunk starting from S0 (differences of G are
-exponentiated, never exp(G_t) * exp(-G_s), which overflows under strong decay):
+Chunk form, with G_t = sum_{i<=t} g_i inside a chunk starting from S0 (G_t - G_s is summed
+directly as sum_{s<i<=t} g_i, see `_common.segsum`, never formed as exp(G_t) * exp(-G_s), which
+overflows under strong decay):
 
     S_t = exp(G_t) * S0 + sum_{s<=t} (exp(G_t - G_s) * k_s) v_s^T
+
+Paths: ``scan`` picks fla's ``chunk_gla`` / ``chunk_simple_gla`` for CUDA tensors and
+``chunk_torch`` otherwise; ``naive`` is the step loop; ``states`` gives S_t after every (or
+selected) token, exactly (CUDA: `hooks.scan.triton_states`).
 """
 from __future__ import annotations
 
 import torch
 
-from hooks.scan._common import expect, gather_states, norm_positions, pad_time, use_kernels
-
-CHUNK = 64
+from hooks.scan._common import CHUNK, expand_states, expect, norm_positions, pad_time, segsum, use_kernels, work
 
 
 def _prep(q, k, v, g, initial_state):
     B, T, H, K = k.shape
     expect(q, "q", (B, T, H, K))
     expect(v, "v", (B, T, H, None))
-    if g.dim() == 3:
-        expect(g, "g", (B, T, H))
-        g = g[..., None].expand(B, T, H, K)
-    expect(g, "g", (B, T, H, K))
+    expect(g, "g", (B, T, H) if g.dim() == 3 else (B, T, H, K))
     expect(initial_state, "initial_state", (B, H, K, v.shape[-1]))
-    return g
 
 
 def naive(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **unused):
-    """Step-by-step reference in float32."""
-    g = _prep(q, k, v, g, initial_state)
+    """Step-by-step reference in float32. Returns (o [B,T,H,V] in v's dtype, S_T or None)."""
+    _prep(q, k, v, g, initial_state)
     B, T, H, K = k.shape
+    g = g[..., None].expand(B, T, H, K) if g.dim() == 3 else g
     scale = K ** -0.5 if scale is None else scale
     S = (initial_state.float() if initial_state is not None
          else torch.zeros(B, H, K, v.shape[-1], device=v.device))
@@ -46,42 +46,41 @@ def naive(q, k, v, g, scale=None, initial_state=None, output_final_state=False, 
     return torch.stack(o, 1).to(v.dtype), (S if output_final_state else None)
 
 
-def _chunks(q, k, v, g, scale, S0, want=None):
+def _chunks(q, k, v, g, scale, S0, keep=False):
+    """Chunked forward in float32; g ``[B, T, H, K]`` or scalar ``[B, T, H]``. Returns (o, S_T, h):
+    h ``[B, NT, H, K, V]`` chunk-start states when ``keep``, else None."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = CHUNK
-    tr = lambda x: pad_time(x.float().transpose(1, 2), C)  # noqa: E731
+    scalar = g.dim() == 3
+    tr = lambda x: pad_time(work(x).transpose(1, 2), C)  # noqa: E731  [B, H, Tp, ...]
     q, k, v, g = tr(q) * scale, tr(k), tr(v), tr(g)
-    S = S0.float() if S0 is not None else q.new_zeros(B, H, K, V)
-    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()[..., None]
-    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)[..., None]
-    chunk_ids = None if want is None or isinstance(want, str) else set((want // C).tolist())
-    os, states = [], {}
+    S = work(S0) if S0 is not None else q.new_zeros(B, H, K, V)
+    os, hs = [], []
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
         qc, kc, vc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], g[:, :, sl]
-        G = gc.cumsum(2)                                                     # [B,H,C,K]
-        # seg[t, s] = sum_{s<i<=t} g_i summed directly, not as G_t - G_s: the difference of two
-        # large cumulative sums loses float32 precision under strong decay
-        seg = torch.where(strict, gc[:, :, :, None].expand(-1, -1, -1, C, -1), 0).cumsum(2)
-        dec = torch.where(mask, seg, -float("inf")).exp()                   # [B,H,t,s,K]
-        A = torch.einsum("bhtk,bhtsk,bhsk->bhts", qc, dec, kc)
-        os.append((qc * G.exp()) @ S + A @ vc)
-        if want is not None and (chunk_ids is None or c in chunk_ids):
-            states[c] = (G.exp()[..., None] * S[:, :, None]
-                         + torch.einsum("bhtsk,bhsk,bhsv->bhtkv", dec, kc, vc))
-        Gl = G[:, :, -1:]
-        S = Gl[:, :, 0, :, None].exp() * S + (kc * dec[:, :, -1]).transpose(-1, -2) @ vc
+        eG = gc.cumsum(2).exp()                                               # [B,H,C(,K)]
+        if scalar:
+            dec = segsum(gc).exp()                                            # [B,H,t,s]
+            A = (qc @ kc.transpose(-1, -2)) * dec
+            os.append(eG[..., None] * (qc @ S) + A @ vc)
+            kw, eGl = kc * dec[:, :, -1, :, None], eG[:, :, -1, None, None]
+        else:
+            dec = segsum(gc.transpose(-1, -2)).exp().permute(0, 1, 3, 4, 2)   # [B,H,t,s,K]
+            A = torch.einsum("bhtk,bhtsk,bhsk->bhts", qc, dec, kc)
+            os.append((qc * eG) @ S + A @ vc)
+            kw, eGl = kc * dec[:, :, -1], eG[:, :, -1, :, None]
+        if keep:
+            hs.append(S)
+        S = eGl * S + kw.transpose(-1, -2) @ vc
     o = torch.cat(os, 2)[:, :, :T].transpose(1, 2)
-    st = None
-    if want is not None:
-        st = gather_states(states, torch.arange(T) if isinstance(want, str) else want, C)
-    return o, S, st
+    return o, S, (torch.stack(hs, 1) if keep else None)
 
 
 def chunk_torch(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **unused):
-    """Pure-torch chunked scan (any device, differentiable)."""
-    g = _prep(q, k, v, g, initial_state)
+    """Pure-torch chunked scan (any device, differentiable). Same result as ``naive``."""
+    _prep(q, k, v, g, initial_state)
     scale = k.shape[-1] ** -0.5 if scale is None else scale
     o, S, _ = _chunks(q, k, v, g, scale, initial_state)
     return o.to(v.dtype), (S if output_final_state else None)
@@ -101,12 +100,19 @@ def scan(q, k, v, g, scale=None, initial_state=None, output_final_state=False, *
     return chunk_torch(q, k, v, g, scale, initial_state, output_final_state)
 
 
-def states(q, k, v, g, scale=None, initial_state=None, positions=None, **unused):
-    """S_t after each token: ``[B, T|P, H, K, V]`` float32."""
-    scalar = g.dim() == 3
-    g_full = _prep(q, k, v, g, initial_state)
-    pos = norm_positions(positions, k.shape[1], k.device)
-    if use_kernels(k):
-        from hooks.scan import fast_states
-        return fast_states.gla_states(k, v, g if scalar else g_full, initial_state, pos)
-    return _chunks(q, k, v, g_full, 1.0, initial_state, want="all" if pos is None else pos)[2]
+def states(q, k, v, g, scale=None, initial_state=None, positions=None, out_dtype=torch.float32, impl="auto",
+           **unused):
+    """S_t after each token: ``[B, T, H, K, V]`` float32 (unless ``out_dtype``), or
+    ``[B, P, H, K, V]`` for a 1-D list/LongTensor of positions. q and scale do not enter.
+
+    impl as in `hooks.scan.gdn.states`: ``auto`` (CUDA with fla: fla's chunk-start states +
+    the Triton expansion kernel / torch expansion for positions), ``triton``, ``einsum``, ``torch``."""
+    _prep(q, k, v, g, initial_state)
+    pos = norm_positions(positions, k.shape[1])
+    if impl != "torch" and use_kernels(k):
+        from hooks.scan import triton_states
+        return triton_states.gla_states(k, v, g, initial_state, pos, out_dtype, impl)
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
+    _, _, h = _chunks(q, k, v, g, 1.0, initial_state, keep=True)
+    return expand_states(h, k, v, g, pos, out_dtype)

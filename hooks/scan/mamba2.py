@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from hooks.scan import gla
-from hooks.scan._common import expect
+from hooks.scan._common import expect, work
 
 
 def _check(x, dt, A, B, C, D, initial_state):
@@ -38,7 +38,7 @@ def to_gla_inputs(x, dt, A, B, C):
     q = C.repeat_interleave(rep, dim=2) if rep > 1 else C
     k = B.repeat_interleave(rep, dim=2) if rep > 1 else B
     v = x * dt[..., None].to(x.dtype)
-    g = dt.float() * A.float().view(1, 1, -1)
+    g = work(dt) * work(A).view(1, 1, -1)
     return q, k, v, g
 
 
@@ -79,8 +79,11 @@ def scan(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, *
     return _skip(y, x, D), h
 
 
-def states(x, dt, A, B, C, initial_state=None, positions=None, **unused):
-    """h_t after each token: ``[B, T|P, H, N, P]`` float32."""
+def states(x, dt, A, B, C, initial_state=None, positions=None, out_dtype=torch.float32, impl="auto", **unused):
+    """h_t after each token: ``[B, T, H, N, P]`` float32 (unless ``out_dtype``), or ``[B, P', H, N, P]``
+    for a 1-D list/LongTensor of positions. impl as in `hooks.scan.gla.states` (CUDA: fla's
+    simple-GLA chunk-start states + the Triton expansion kernel)."""
     _check(x, dt, A, B, C, None, initial_state)
     q, k, v, g = to_gla_inputs(x, dt, A, B, C)
-    return gla.states(q, k, v, g, scale=1.0, initial_state=initial_state, positions=positions)
+    return gla.states(q, k, v, g, scale=1.0, initial_state=initial_state, positions=positions,
+                      out_dtype=out_dtype, impl=impl)

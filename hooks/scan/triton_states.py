@@ -1,0 +1,128 @@
+"""GPU path for per-token states (CUDA tensors with fla and Triton only; never import on CPU).
+
+Every family is a decayed cumulative sum of rank-1 writes, S_t = diag(exp(g_t)) S_{t-1} + k_t w_t^T
+(shared/notes/per-token-states.md). fla's chunk forward already computes, per 64-token chunk,
+the chunk-start states h ``[B, NT, H, K, V]`` and (for Gated DeltaNet) the effective writes
+w = d ("v_new": checked equal to d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t), see
+tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:
+
+* all states: `expand_triton`, one Triton program per (V-block, chunk, batch*head) that loads the
+  chunk-start state into registers and steps through the chunk, S = exp(g_t) S + k_t w_t^T,
+  storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound on
+  the write. Chunks are independent, so all run in parallel.
+* selected positions: `hooks.scan._common.expand_states` (torch), which forms only the
+  requested states: S_p = exp(seg(p, -1)) h_c + sum_{s<=p} exp(seg(p, s)) k_s w_s^T.
+
+The pieces (fla's h and d) are stored in the input dtype by fla's GDN kernel, so bf16 inputs
+give states within bf16 rounding of the fp32 reference (tests/gpu/check_scan_gpu.py).
+No autograd through this path: use ``impl="torch"`` for gradients.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hooks.scan._common import CHUNK, expand_states
+
+
+@triton.jit
+def _expand_kernel(h, k, w, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr):
+    """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K) -> out [B,T,H,K,V]."""
+    i_v = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    off_kv = o_k[:, None] * V + o_v[None, :]
+    p_h = h + ((i_b * NT + i_c) * H + i_h).to(tl.int64) * (K * V)
+    b_s = tl.load(p_h + off_kv, mask=m_kv, other=0.).to(tl.float32)
+    t0 = i_c * BT
+    for t in range(t0, tl.minimum(t0 + BT, T)):
+        row = (i_b * T + t).to(tl.int64) * H + i_h          # flat index of (b, t, h)
+        b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_w = tl.load(w + row * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        if GATE_K:
+            b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+            b_s = b_s * tl.exp(b_g)[:, None]
+        else:
+            b_s = b_s * tl.exp(tl.load(g + row).to(tl.float32))
+        b_s += b_k[:, None] * b_w[None, :]
+        tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+
+
+def expand_triton(h, k, w, g, out_dtype=torch.float32, chunk=CHUNK):
+    """All per-token states ``[B, T, H, K, V]`` from chunk-start states h ``[B, NT, H, K, V]``,
+    keys k ``[B, T, H, K]``, writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]``
+    or ``[B, T, H, K]`` (natural log). Same result as `_common.expand_states` (step order)."""
+    B, T, H, K = k.shape
+    V = w.shape[-1]
+    NT = triton.cdiv(T, chunk)
+    if h.shape != (B, NT, H, K, V):
+        raise ValueError(f"h has shape {list(h.shape)}, expected [{B}, {NT}, {H}, {K}, {V}]")
+    out = torch.empty(B, T, H, K, V, dtype=out_dtype, device=k.device)
+    BK = triton.next_power_of_2(K)
+    BV = max(16, min(triton.next_power_of_2(V), 8192 // BK))
+    grid = (triton.cdiv(V, BV), NT, B * H)
+    _expand_kernel[grid](h.contiguous(), k.contiguous(), w.contiguous(), g.contiguous(), out, T, NT,
+                         H=H, K=K, V=V, BT=chunk, BK=BK, BV=BV, GATE_K=g.dim() == 4, num_warps=4)
+    return out
+
+
+def gdn_pieces(k, v, g, beta, initial_state, chunk=CHUNK):
+    """fla's GDN chunk pieces: (h [B,NT,H,K,V] chunk-start states, d [B,T,H,V] effective writes),
+    both in k's dtype. k as the scan sees it (already l2-normalised if the layer normalises)."""
+    from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
+    from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+    k, v, beta = k.contiguous(), v.contiguous(), beta.contiguous()
+    gc = chunk_local_cumsum(g.float().contiguous(), chunk_size=chunk, scale=RCP_LN2)  # log2, per chunk
+    w, u, _ = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=gc, beta=beta, chunk_size=chunk)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    h, d, _ = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=gc, initial_state=h0, output_final_state=False,
+                                           chunk_size=chunk)
+    return h, d
+
+
+def gla_pieces(k, v, g, initial_state, chunk=CHUNK):
+    """fla's chunk-start states h ``[B, NT, H, K, V]`` (float32) for GLA (g ``[B, T, H, K]``) or
+    simple GLA / Mamba2 (scalar g ``[B, T, H]``)."""
+    from fla.ops.common.chunk_h import chunk_fwd_h
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+    gc = chunk_local_cumsum(g.float().contiguous(), chunk_size=chunk, scale=RCP_LN2)
+    gate = dict(gk=gc) if g.dim() == 4 else dict(g=gc)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    h, _ = chunk_fwd_h(k=k.contiguous(), v=v.contiguous(), h0=h0, output_final_state=False,
+                       chunk_size=chunk, states_in_fp32=True, **gate)
+    return h
+
+
+def _expand(h, k, w, g, positions, out_dtype, impl):
+    """impl ``auto``: the Triton kernel for all states, the torch formula for positions;
+    ``triton`` / ``einsum``: always that one."""
+    if impl not in ("auto", "triton", "einsum"):
+        raise ValueError(f"unknown impl '{impl}'; valid: auto, triton, einsum, torch")
+    if impl == "triton" or (impl == "auto" and positions is None):
+        S = expand_triton(h, k, w, g.float(), out_dtype)
+        return S if positions is None else S[:, positions.to(S.device)]
+    return expand_states(h, k, w, g, positions, out_dtype)
+
+
+def gdn_states(k, v, g, beta, initial_state, positions, out_dtype=torch.float32, impl="auto"):
+    """Per-token GDN states ``[B, T|P, H, K, V]``; k as the scan sees it (normalised)."""
+    h, d = gdn_pieces(k, v, g, beta, initial_state)
+    return _expand(h, k, d, g, positions, out_dtype, impl)
+
+
+def gla_states(k, v, g, initial_state, positions, out_dtype=torch.float32, impl="auto"):
+    """Per-token GLA / simple-GLA states ``[B, T|P, H, K, V]``."""
+    h = gla_pieces(k, v, g, initial_state)
+    return _expand(h, k, v, g, positions, out_dtype, impl)

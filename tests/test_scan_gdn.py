@@ -1,0 +1,251 @@
+"""hooks.scan.gdn on CPU: chunked pure-torch scan and per-token states vs step loops and fla's naive.py.
+
+Tolerances (float32, |inputs| ~ 1): chunk_torch vs naive and states vs the step loop within
+2e-5 absolute + 2e-5 relative; fla's naive.py within the same; gradients of chunk_torch vs
+naive within 1e-4; gradcheck (fast mode) in float64 at its defaults (atol 1e-5, rtol 1e-3).
+
+The last section runs the GPU path (`hooks.scan.triton_states`: fla's chunk pieces and the state
+expansion kernel) under the Triton interpreter on CPU tensors. It runs only in a separate
+environment that has triton (never the project's CPU venv) with TRITON_INTERPRET=1, e.g.
+    TRITON_INTERPRET=1 /work/venv-triton/bin/python -m pytest tests/test_scan_gdn.py -k interp
+and is skipped elsewhere.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from hooks.scan import gdn
+from hooks.scan._common import fla_reference, l2norm
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+
+def inputs(T, seed=0, B=2, H=3, K=8, V=6, normalized=True, decay=0.7, dtype=torch.float32):
+    """q, k, v, g (log decay in (-decay, 0]), beta in (0, 2) (negative-eigenvalue range), S0."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    k = r(B, T, H, K)
+    if normalized:
+        k = torch.nn.functional.normalize(k, dim=-1)
+    return dict(q=r(B, T, H, K), k=k, v=r(B, T, H, V), g=-torch.rand(B, T, H, generator=gen, dtype=dtype) * decay,
+                beta=torch.rand(B, T, H, generator=gen, dtype=dtype) * 2, S0=r(B, H, K, V))
+
+
+def args(x):
+    return x["q"], x["k"], x["v"], x["g"], x["beta"]
+
+
+def step_states(q, k, v, g, beta, S0):
+    """Independent step loop: S_t after each token [B, T, H, K, V] (k as the scan sees it)."""
+    B, T, H, K = k.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=v.dtype) if S0 is None else S0.clone()
+    out = []
+    for t in range(T):
+        S = S * g[:, t].exp()[..., None, None]
+        d = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
+        S = S + k[:, t, :, :, None] * d[:, :, None]
+        out.append(S)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 130])
+@pytest.mark.parametrize("l2", [False, True])
+@pytest.mark.parametrize("init", [False, True])
+def test_chunk_equals_naive_and_fla(T, l2, init):
+    x = inputs(T, normalized=not l2)  # with l2norm, raw keys: the normalisation must happen inside
+    S0 = x["S0"] if init else None
+    o1, s1 = gdn.naive(*args(x), initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    o2, s2 = gdn.chunk_torch(*args(x), initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    torch.testing.assert_close(o2, o1, **TOL)
+    torch.testing.assert_close(s2, s1, **TOL)
+    o0, s0 = gdn.scan(*args(x), initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    assert torch.equal(o0, o2) and torch.equal(s0, s2)  # CPU tensors: scan is chunk_torch
+    q, k = (l2norm(x["q"]), l2norm(x["k"])) if l2 else (x["q"], x["k"])
+    o3, s3 = fla_reference("gated_delta_rule").naive_recurrent_gated_delta_rule(
+        q, k, x["v"], x["beta"], x["g"], initial_state=S0, output_final_state=True)
+    torch.testing.assert_close(o1, o3, **TOL)
+    torch.testing.assert_close(s1, s3, **TOL)
+
+
+def test_l2norm_is_the_kernels_not_f_normalize():
+    """x / sqrt(sum x^2 + 1e-6), as fla's kernel and HF; F.normalize clamps the norm instead."""
+    x = torch.tensor([[3e-4, 4e-4], [3.0, 4.0]])
+    torch.testing.assert_close(l2norm(x), x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6), atol=0, rtol=1e-6)
+    assert (l2norm(x)[0] - torch.nn.functional.normalize(x, dim=-1)[0]).abs().max() > 0.1
+
+
+def test_output_dtype_and_scale():
+    x = inputs(70, seed=5)
+    o, s = gdn.chunk_torch(*(t.bfloat16() for t in args(x)), output_final_state=True)
+    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+    o1, _ = gdn.chunk_torch(*args(x), scale=0.3)
+    o2, _ = gdn.naive(*args(x), scale=0.3)
+    torch.testing.assert_close(o1, o2, **TOL)
+    o3, _ = gdn.naive(*args(x), scale=8 ** -0.5)
+    torch.testing.assert_close(gdn.naive(*args(x))[0], o3, atol=0, rtol=0)  # default scale K^-0.5
+
+
+def test_strong_decay_stays_exact():
+    """Log decays down to -30 per step: exp(G_t - G_s) is summed directly, never a product that
+    over/underflows; still within TOL of the step loop, no NaN."""
+    x = inputs(150, seed=6, decay=30.0)
+    o1, s1 = gdn.naive(*args(x), initial_state=x["S0"], output_final_state=True)
+    o2, s2 = gdn.chunk_torch(*args(x), initial_state=x["S0"], output_final_state=True)
+    torch.testing.assert_close(o2, o1, **TOL)
+    torch.testing.assert_close(s2, s1, **TOL)
+    st = gdn.states(*args(x), initial_state=x["S0"])
+    torch.testing.assert_close(st, step_states(x["k"], x["k"], x["v"], x["g"], x["beta"], x["S0"]), **TOL)
+
+
+@pytest.mark.parametrize("T", [5, 64, 150])
+@pytest.mark.parametrize("l2", [False, True])
+def test_states_every_token(T, l2):
+    x = inputs(T, seed=1, normalized=not l2)
+    st = gdn.states(*args(x), initial_state=x["S0"], use_qk_l2norm_in_kernel=l2)
+    k = l2norm(x["k"]) if l2 else x["k"]
+    assert st.shape == (2, T, 3, 8, 6) and st.dtype == torch.float32
+    torch.testing.assert_close(st, step_states(x["q"], k, x["v"], x["g"], x["beta"], x["S0"]), **TOL)
+    _, fin = gdn.scan(*args(x), initial_state=x["S0"], output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    torch.testing.assert_close(st[:, -1], fin, **TOL)
+    o = gdn.naive(*args(x), initial_state=x["S0"], use_qk_l2norm_in_kernel=l2)[0]
+    torch.testing.assert_close(gdn.readout(st, l2norm(x["q"]) if l2 else x["q"]), o, **TOL)
+
+
+def test_states_positions_and_dtype():
+    T = 150
+    x = inputs(T, seed=2)
+    full = gdn.states(*args(x))
+    for pos in ([0, 63, 64, 149], [149, 3, 3, 70], torch.tensor([5]), []):
+        got = gdn.states(*args(x), positions=pos)
+        assert got.shape == (2, len(pos), 3, 8, 6)
+        torch.testing.assert_close(got, full[:, torch.as_tensor(pos, dtype=torch.long)], atol=1e-6, rtol=1e-6)
+    bf = gdn.states(*args(x), positions=[10], out_dtype=torch.bfloat16)
+    assert bf.dtype == torch.bfloat16
+    torch.testing.assert_close(bf.float(), full[:, [10]], atol=2e-2, rtol=1e-2)
+
+
+def test_states_without_initial_state_start_from_zero():
+    x = inputs(20, seed=3)
+    st = gdn.states(*args(x))
+    torch.testing.assert_close(st, step_states(*args(x), None), **TOL)
+    # the first state is the first write alone: S_0 = k_0 (beta_0 v_0)^T
+    torch.testing.assert_close(st[:, 0], x["k"][:, 0, :, :, None] * (x["beta"][:, 0, :, None] * x["v"][:, 0])[:, :, None],
+                               **TOL)
+
+
+def test_gradients_match_naive():
+    x = inputs(70, seed=4, normalized=False)
+    leaves = {n: x[n].clone().requires_grad_() for n in ("q", "k", "v", "g", "beta", "S0")}
+    grads = []
+    for fn in (gdn.naive, gdn.chunk_torch):
+        for t in leaves.values():
+            t.grad = None
+        o, s = fn(*(leaves[n] for n in ("q", "k", "v", "g", "beta")), initial_state=leaves["S0"],
+                  output_final_state=True, use_qk_l2norm_in_kernel=True)
+        (o.square().sum() + s.sum()).backward()
+        grads.append({n: t.grad.clone() for n, t in leaves.items()})
+    for n in leaves:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-4, msg=n)
+
+
+def test_gradcheck_chunk_and_states():
+    """float64 gradcheck across a chunk boundary (T=66), through the output, final and per-token states."""
+    x = inputs(66, seed=7, B=1, H=1, K=3, V=2, dtype=torch.float64)
+    leaves = tuple(x[n].clone().requires_grad_() for n in ("q", "k", "v", "g", "beta", "S0"))
+
+    def f(q, k, v, g, beta, S0):
+        o, s = gdn.chunk_torch(q, k, v, g, beta, initial_state=S0, output_final_state=True,
+                               use_qk_l2norm_in_kernel=True)
+        st = gdn.states(q, k, v, g, beta, initial_state=S0, use_qk_l2norm_in_kernel=True, positions=[0, 63, 65],
+                        out_dtype=torch.float64)
+        return o, s, st
+    assert torch.autograd.gradcheck(f, leaves, fast_mode=True)
+
+
+def test_bad_inputs():
+    x = inputs(10)
+    q, k, v, g, beta = args(x)
+    with pytest.raises(ValueError, match=r"g has shape \[2, 10, 3, 1\], expected \[2, 10, 3\]"):
+        gdn.scan(q, k, v, g[..., None], beta)
+    with pytest.raises(ValueError, match=r"beta has shape \[2, 9, 3\], expected \[2, 10, 3\]"):
+        gdn.chunk_torch(q, k, v, g, beta[:, :9])
+    with pytest.raises(ValueError, match=r"q has shape \[2, 10, 3, 4\], expected \[2, 10, 3, 8\]"):
+        gdn.naive(q[..., :4], k, v, g, beta)
+    with pytest.raises(ValueError, match=r"v has shape \[2, 10, 6\], expected \[2, 10, 3, \*\]"):
+        gdn.scan(q, k, v[:, :, 0], g, beta)
+    with pytest.raises(ValueError, match=r"initial_state has shape \[2, 3, 6, 8\], expected \[2, 3, 8, 6\]"):
+        gdn.states(q, k, v, g, beta, initial_state=x["S0"].transpose(-1, -2))
+    with pytest.raises(ValueError, match="positions must lie in 0..9"):
+        gdn.states(q, k, v, g, beta, positions=[10])
+    with pytest.raises(ValueError, match="impl 'triton' needs CUDA"):
+        gdn.states(q, k, v, g, beta, impl="triton")
+
+
+# --- GPU path under the Triton interpreter (separate venv with triton, TRITON_INTERPRET=1) -------
+
+interp = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+                            reason="needs triton and TRITON_INTERPRET=1 (never in the CPU venv)")
+
+
+@pytest.fixture
+def ts():
+    import triton.runtime.autotuner as at
+    from hooks.scan import triton_states
+    at.Autotuner._bench = lambda self, *a, config=None, **k: [0.0, 0.0, 0.0]  # no driver to time configs on
+    return triton_states
+
+
+def fla_kernel(fn):
+    """fla 0.6.0's kernels call int.to() on loop indices, which the interpreter does not allow."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        if "has no attribute 'to'" in repr(e):
+            pytest.skip("fla's kernel does not run under this Triton interpreter (int.to)")
+        raise
+
+
+@interp
+@pytest.mark.parametrize("per_key", [False, True])
+def test_interp_expand_kernel_equals_torch(ts, per_key):
+    from hooks.scan._common import expand_states
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, K, V = 2, 70, 2, 8, 12
+    k, w = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
+    h = torch.randn(B, 2, H, K, V, generator=gen)
+    g = -torch.rand(B, T, H, *((K,) if per_key else ()), generator=gen) * 3
+    torch.testing.assert_close(ts.expand_triton(h, k, w, g), expand_states(h, k, w, g), **TOL)
+    bf = ts.expand_triton(h, k, w, g, out_dtype=torch.bfloat16)
+    assert bf.dtype == torch.bfloat16
+
+
+@interp
+def test_interp_fla_pieces(ts):
+    """fla's v_new is exactly the effective write d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t) and h
+    the chunk-start states: equal to the pure-torch chunk pieces, and the GPU-path states equal states()."""
+    x = inputs(70, seed=8)
+    q, k, v, g, beta = args(x)
+    h, d = fla_kernel(lambda: ts.gdn_pieces(k, v, g, beta, x["S0"]))
+    _, _, h_ref, d_ref = gdn._chunks(q, k, v, g, beta, 1.0, x["S0"], keep=True)
+    torch.testing.assert_close(d, d_ref, **TOL)
+    torch.testing.assert_close(h, h_ref, **TOL)
+    ref = gdn.states(*args(x), initial_state=x["S0"])
+    for impl in ("auto", "triton", "einsum"):
+        torch.testing.assert_close(ts.gdn_states(k, v, g, beta, x["S0"], None, impl=impl), ref, **TOL)
+    pos = torch.tensor([0, 63, 64, 69])
+    torch.testing.assert_close(ts.gdn_states(k, v, g, beta, x["S0"], pos), ref[:, pos], **TOL)
+
+
+@interp
+@pytest.mark.parametrize("per_key", [False, True])
+def test_interp_gla_pieces(ts, per_key):
+    from hooks.scan import gla
+    x = inputs(70, seed=9)
+    gk = torch.nn.functional.logsigmoid(torch.randn(2, 70, 3, 8)) / 4 if per_key else x["g"]
+    h = fla_kernel(lambda: ts.gla_pieces(x["k"], x["v"], gk, x["S0"]))
+    _, _, h_ref = gla._chunks(x["q"], x["k"], x["v"], gk, 1.0, x["S0"], keep=True)
+    torch.testing.assert_close(h, h_ref, **TOL)
+    ref = gla.states(x["q"], x["k"], x["v"], gk, initial_state=x["S0"])
+    torch.testing.assert_close(ts.gla_states(x["k"], x["v"], gk, x["S0"], None), ref, **TOL)
