@@ -1,16 +1,26 @@
-"""Per-token GDN states on the GPU vs the plain fused forward (one layer, B=8 T=2048 H=12
-K=V=64 bf16, as in the issue).
+"""Per-token recurrent states on the GPU vs the plain fused forward.
 
-    python bench/bench_states.py
-Prints device, date, command, a table of median times (CUDA events) and the ratios to the fused
-chunk forward: all states (bf16 and fp32 output), states at 64 positions, the memory-write floor
-for all states, and chaining the kernel over 256 segments."""
+    python bench/bench_states.py [--reps 20]
+
+One GDN layer, B=8 T=2048 H=12 K=V=64 bf16 (q, k l2-normalised in the kernel): median time
+(CUDA events, after warmup) of fla's chunk_gated_delta_rule forward; all per-token states
+(`hooks.scan.gdn.states`, fp32 output as the API returns, and bf16 output) with the Triton
+expansion kernel and with the torch expansion; states at 64 evenly spread positions; the
+memory-write floor for all states (fill of a preallocated output, fp32 and bf16); chaining
+the kernel over 256 segments (one final state per segment); fla's naive recurrent loop on a
+shorter T, scaled linearly to T. Then the same for one GLA layer (per-key decay) and one
+Mamba2 layer (simple GLA) at the same size. Ratios are to each family's fused forward.
+Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x.
+Last, exactness at a small size: states vs the fp32 pure-torch reference on the same GPU inputs.
+"""
+import argparse
 import sys
 from datetime import datetime, timezone
 
 import torch
 
-from hooks.scan import gdn
+from hooks.scan import gdn, gla, mamba2
+from hooks.scan._common import fla_reference
 
 
 def timeit(fn, reps=20, warm=3):
@@ -28,40 +38,90 @@ def timeit(fn, reps=20, warm=3):
     return sorted(ts)[len(ts) // 2]
 
 
+def table(title, rows):
+    base = rows[0][1]
+    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s}")
+    for name, ms in rows:
+        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f}")
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
     B, T, H, K, V = 8, 2048, 12, 64, 64
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
-          f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}\nshape: B={B} T={T} H={H} K=V={K} bf16")
+          f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}\nshape: B={B} T={T} H={H} K=V={K} bf16, "
+          f"median of {a.reps} (CUDA events)")
     torch.manual_seed(0)
     d = dict(device="cuda", dtype=torch.bfloat16)
     q, k, v = torch.randn(B, T, H, K, **d), torch.randn(B, T, H, K, **d), torch.randn(B, T, H, V, **d)
-    k = torch.nn.functional.normalize(k.float(), dim=-1).to(torch.bfloat16)
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda")) / 8
     beta = torch.rand(B, T, H, **d)
     pos = torch.linspace(0, T - 1, 64).long()
-    out = torch.empty(B, T, H, K, V, **d)
-    fwd = lambda: gdn.scan(q, k, v, g, beta, output_final_state=True)  # noqa: E731
+    t_ = lambda fn, **kw: timeit(fn, reps=kw.get("reps", a.reps), warm=kw.get("warm", 3))  # noqa: E731
+    l2 = dict(use_qk_l2norm_in_kernel=True)
+    gst = lambda **kw: gdn.states(q, k, v, g, beta, **l2, **kw)  # noqa: E731
 
     def chained(n=256):
         S, seg = None, T // n
         for i in range(n):
             sl = slice(i * seg, (i + 1) * seg)
-            _, S = gdn.scan(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], initial_state=S, output_final_state=True)
-    rows = [("fused chunk forward (o + final state)", timeit(fwd)),
-            ("all states, bf16 out", timeit(lambda: gdn.states(q, k, v, g, beta, out_dtype=torch.bfloat16))),
-            ("all states, fp32 out", timeit(lambda: gdn.states(q, k, v, g, beta))),
-            ("states at 64 positions", timeit(lambda: gdn.states(q, k, v, g, beta, positions=pos))),
-            ("write floor: fill all states (bf16)", timeit(lambda: out.fill_(1.0))),
-            ("chain kernel over 256 segments", timeit(chained, reps=5, warm=1))]
-    base = rows[0][1]
-    print(f"{'what':40s} {'ms':>9s} {'x fused fwd':>12s}")
-    for name, ms in rows:
-        print(f"{name:40s} {ms:9.3f} {ms / base:12.2f}")
-    # exactness at this size: GPU states vs the torch chunk formula on the same GPU inputs in fp32
-    st = gdn.states(q[:1], k[:1], v[:1], g[:1], beta[:1], positions=pos)
-    ref = gdn.states(q[:1].float(), k[:1].float(), v[:1].float(), g[:1], beta[:1].float(), positions=pos, impl="torch")
-    print(f"max rel error of states (64 positions, batch 0) vs fp32 torch reference: "
-          f"{((st - ref).abs().max() / ref.abs().max()).item():.2e}")
+            _, S = gdn.scan(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], initial_state=S,
+                            output_final_state=True, **l2)
+
+    naive_T = 256
+    fla_naive = fla_reference("gated_delta_rule").naive_recurrent_gated_delta_rule
+    qn, kn = (torch.nn.functional.normalize(x[:, :naive_T].float(), dim=-1).to(x.dtype) for x in (q, k))
+    out32 = torch.empty(B, T, H, K, V, device="cuda")
+    out16 = torch.empty(B, T, H, K, V, **d)
+    rows = [("GDN fused chunk forward (o + final state)", t_(lambda: gdn.scan(q, k, v, g, beta, output_final_state=True,
+                                                                             **l2))),
+            ("all states, fp32 out (Triton expansion)", t_(lambda: gst())),
+            ("all states, bf16 out (Triton expansion)", t_(lambda: gst(out_dtype=torch.bfloat16))),
+            ("all states, fp32 out (torch expansion)", t_(lambda: gst(impl="einsum"), reps=5)),
+            ("states at 64 positions (fp32)", t_(lambda: gst(positions=pos))),
+            ("write floor: fill all states, fp32", t_(lambda: out32.fill_(1.0))),
+            ("write floor: fill all states, bf16", t_(lambda: out16.fill_(1.0))),
+            ("chain kernel over 256 segments", t_(chained, reps=3, warm=1)),
+            (f"fla naive recurrent, T={naive_T} x {T // naive_T}",
+             t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3, warm=1)
+             * (T // naive_T))]
+    table("Gated DeltaNet", rows)
+    del out16
+
+    gk = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16
+    rows = [("GLA fused chunk forward (chunk_gla)", t_(lambda: gla.scan(q, k, v, gk, output_final_state=True))),
+            ("all states, fp32 out (Triton expansion)", t_(lambda: gla.states(q, k, v, gk))),
+            ("states at 64 positions (fp32)", t_(lambda: gla.states(q, k, v, gk, positions=pos)))]
+    table("GLA (per-key decay)", rows)
+
+    x, Bm, Cm = torch.randn(B, T, H, V, **d), torch.randn(B, T, 1, K, **d), torch.randn(B, T, 1, K, **d)
+    dt = torch.nn.functional.softplus(torch.randn(B, T, H, device="cuda") - 2)
+    A = -torch.rand(H, device="cuda") * 4
+    rows = [("Mamba2 fused chunk forward (chunk_simple_gla)", t_(lambda: mamba2.scan(x, dt, A, Bm, Cm,
+                                                                                  output_final_state=True))),
+            ("all states, fp32 out (Triton expansion)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm))),
+            ("states at 64 positions (fp32)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm, positions=pos)))]
+    table("Mamba2 (G=1 group)", rows)
+    del out32
+
+    # exactness: GPU states vs the fp32 pure-torch reference on the same GPU inputs (batch 0)
+    print()
+    s1 = (slice(0, 1),)
+    for name, fast, ref in (
+            ("gdn", lambda **kw: gdn.states(q[s1], k[s1], v[s1], g[s1], beta[s1], **l2, **kw),
+             lambda **kw: gdn.states(q[s1].float(), k[s1].float(), v[s1].float(), g[s1], beta[s1].float(), **l2,
+                                     impl="torch", **kw)),
+            ("gla", lambda **kw: gla.states(q[s1], k[s1], v[s1], gk[s1], **kw),
+             lambda **kw: gla.states(q[s1].float(), k[s1].float(), v[s1].float(), gk[s1], impl="torch", **kw)),
+            ("mamba2", lambda **kw: mamba2.states(x[s1], dt[s1], A, Bm[s1], Cm[s1], **kw),
+             lambda **kw: mamba2.states(x[s1].float(), dt[s1], A, Bm[s1].float(), Cm[s1].float(), impl="torch", **kw))):
+        for what, kw in (("all states", {}), ("64 positions", dict(positions=pos))):
+            st, rf = fast(**kw), ref(**kw)
+            e = (st - rf).abs().max().item()
+            print(f"{name:7s} {what:13s} max abs error vs fp32 torch reference (batch 0, T={T}): {e:.2e}  "
+                  f"relative to max |ref|: {e / rf.abs().max().item():.2e}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def expand_states(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     k ``[B, T, H, K]``, w ``[B, T, H, V]`` writes, g ``[B, T, H]`` or ``[B, T, H, K]`` per-step
     log decays (natural log, not cumulated), positions None (all) or a 1-D LongTensor.
     Returns ``[B, T|P, H, K, V]`` in ``out_dtype``: S_p = exp(seg(p, -1)) h_c + sum_s exp(seg(p, s)) k_s w_s^T.
-    Positions are done in blocks (``block``, default ~64 MiB of temporaries) to bound memory."""
+    Positions are done in blocks (``block``, default ~256 MiB of float32 temporaries) to bound memory."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     C = chunk
@@ -116,7 +116,7 @@ def expand_states(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     per_key = g.dim() == 4
     kp, wp, gp = (pad_time(x, C, dim=1) for x in (k, w, g))
     if block is None:
-        block = max(1, (1 << 24) // max(1, B * C * H * K))
+        block = max(1, (1 << 26) // max(1, B * C * H * max(K, V)))
     ar = torch.arange(C, device=k.device)
     out = []
     for i in range(0, pos.numel(), block):
