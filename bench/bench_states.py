@@ -39,10 +39,13 @@ def timeit(fn, reps=20, warm=3):
 
 
 def table(title, rows):
-    base = rows[0][1]
-    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s}")
-    for name, ms in rows:
-        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f}")
+    """rows: (name, thunk returning ms); printed as each finishes (a time-out keeps what was done)."""
+    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s}", flush=True)
+    base = None
+    for name, fn in rows:
+        ms = fn()
+        base = base or ms
+        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f}", flush=True)
 
 
 def main():
@@ -52,14 +55,14 @@ def main():
     B, T, H, K, V = 8, 2048, 12, 64, 64
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}\nshape: B={B} T={T} H={H} K=V={K} bf16, "
-          f"median of {a.reps} (CUDA events)")
+          f"median of {a.reps} (CUDA events)", flush=True)
     torch.manual_seed(0)
     d = dict(device="cuda", dtype=torch.bfloat16)
     q, k, v = torch.randn(B, T, H, K, **d), torch.randn(B, T, H, K, **d), torch.randn(B, T, H, V, **d)
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda")) / 8
     beta = torch.rand(B, T, H, **d)
     pos = torch.linspace(0, T - 1, 64).long()
-    t_ = lambda fn, **kw: timeit(fn, reps=kw.get("reps", a.reps), warm=kw.get("warm", 3))  # noqa: E731
+    t_ = lambda fn, **kw: lambda: timeit(fn, reps=kw.get("reps", a.reps), warm=kw.get("warm", 3))  # noqa: E731
     l2 = dict(use_qk_l2norm_in_kernel=True)
     gst = lambda **kw: gdn.states(q, k, v, g, beta, **l2, **kw)  # noqa: E731
 
@@ -80,20 +83,21 @@ def main():
             ("all states, fp32 out (Triton expansion)", t_(lambda: gst())),
             ("all states, bf16 out (Triton expansion)", t_(lambda: gst(out_dtype=torch.bfloat16))),
             ("all states, fp32 out (torch expansion)", t_(lambda: gst(impl="einsum"), reps=5)),
-            ("states at 64 positions (fp32)", t_(lambda: gst(positions=pos))),
+            ("states at 64 positions, fp32 (Triton)", t_(lambda: gst(positions=pos))),
+            ("states at 64 positions, fp32 (torch expansion)", t_(lambda: gst(positions=pos, impl="einsum"))),
             ("write floor: fill all states, fp32", t_(lambda: out32.fill_(1.0))),
             ("write floor: fill all states, bf16", t_(lambda: out16.fill_(1.0))),
             ("chain kernel over 256 segments", t_(chained, reps=3, warm=1)),
             (f"fla naive recurrent, T={naive_T} x {T // naive_T}",
-             t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3, warm=1)
-             * (T // naive_T))]
+             lambda: t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3,
+                        warm=1)() * (T // naive_T))]
     table("Gated DeltaNet", rows)
     del out16
 
     gk = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16
     rows = [("GLA fused chunk forward (chunk_gla)", t_(lambda: gla.scan(q, k, v, gk, output_final_state=True))),
             ("all states, fp32 out (Triton expansion)", t_(lambda: gla.states(q, k, v, gk))),
-            ("states at 64 positions (fp32)", t_(lambda: gla.states(q, k, v, gk, positions=pos)))]
+            ("states at 64 positions, fp32 (Triton)", t_(lambda: gla.states(q, k, v, gk, positions=pos)))]
     table("GLA (per-key decay)", rows)
 
     x, Bm, Cm = torch.randn(B, T, H, V, **d), torch.randn(B, T, 1, K, **d), torch.randn(B, T, 1, K, **d)
@@ -102,7 +106,7 @@ def main():
     rows = [("Mamba2 fused chunk forward (chunk_simple_gla)", t_(lambda: mamba2.scan(x, dt, A, Bm, Cm,
                                                                                   output_final_state=True))),
             ("all states, fp32 out (Triton expansion)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm))),
-            ("states at 64 positions (fp32)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm, positions=pos)))]
+            ("states at 64 positions, fp32 (Triton)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm, positions=pos)))]
     table("Mamba2 (G=1 group)", rows)
     del out32
 
@@ -121,7 +125,7 @@ def main():
             st, rf = fast(**kw), ref(**kw)
             e = (st - rf).abs().max().item()
             print(f"{name:7s} {what:13s} max abs error vs fp32 torch reference (batch 0, T={T}): {e:.2e}  "
-                  f"relative to max |ref|: {e / rf.abs().max().item():.2e}")
+                  f"relative to max |ref|: {e / rf.abs().max().item():.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -216,7 +216,11 @@ def test_interp_expand_kernel_equals_torch(ts, per_key):
     k, w = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
     h = torch.randn(B, 2, H, K, V, generator=gen)
     g = -torch.rand(B, T, H, *((K,) if per_key else ()), generator=gen) * 3
-    torch.testing.assert_close(ts.expand_triton(h, k, w, g), expand_states(h, k, w, g), **TOL)
+    full = expand_states(h, k, w, g)
+    torch.testing.assert_close(ts.expand_triton(h, k, w, g), full, **TOL)
+    for pos in ([69, 0, 63, 64, 64], [5], []):
+        pos = torch.tensor(pos, dtype=torch.long)
+        torch.testing.assert_close(ts.expand_triton(h, k, w, g, pos), full[:, pos], **TOL)
     bf = ts.expand_triton(h, k, w, g, out_dtype=torch.bfloat16)
     assert bf.dtype == torch.bfloat16
 
@@ -235,7 +239,13 @@ def test_interp_fla_pieces(ts):
     for impl in ("auto", "triton", "einsum"):
         torch.testing.assert_close(ts.gdn_states(k, v, g, beta, x["S0"], None, impl=impl), ref, **TOL)
     pos = torch.tensor([0, 63, 64, 69])
-    torch.testing.assert_close(ts.gdn_states(k, v, g, beta, x["S0"], pos), ref[:, pos], **TOL)
+    for impl in ("auto", "einsum"):
+        torch.testing.assert_close(ts.gdn_states(k, v, g, beta, x["S0"], pos, impl=impl), ref[:, pos], **TOL)
+    # with the kernel's l2norm on raw keys
+    x = inputs(70, seed=10, normalized=False)
+    ref = gdn.states(*args(x), initial_state=x["S0"], use_qk_l2norm_in_kernel=True)
+    got = ts.gdn_states(x["k"], x["v"], x["g"], x["beta"], x["S0"], None, l2=True)
+    torch.testing.assert_close(got, ref, **TOL)
 
 
 @interp

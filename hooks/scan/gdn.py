@@ -113,17 +113,18 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
     """S_t, the state after writing token t: ``[B, T, H, K, V]`` (float32 unless ``out_dtype``),
     or ``[B, P, H, K, V]`` for a 1-D list/LongTensor of positions (only those are formed).
 
-    impl: ``auto`` (CUDA with fla: fla's chunk pieces h, d + the Triton expansion kernel, or the
-    torch expansion for positions; otherwise ``torch``), ``triton`` / ``einsum`` (CUDA: force the
-    expansion), ``torch`` (the pure-torch chunked path, any device, differentiable)."""
-    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+    impl: ``auto`` (CUDA with fla: ``triton``; otherwise ``torch``), ``triton`` (fla's chunk
+    pieces h, d + the Triton state kernel), ``einsum`` (fla's pieces + the torch expansion),
+    ``torch`` (the pure-torch chunked path, any device, differentiable)."""
+    _prep(q, k, v, g, beta, scale, initial_state, False)  # checks only; q does not enter the states
     pos = norm_positions(positions, k.shape[1])
     if impl != "torch" and use_kernels(k):
         from hooks.scan import triton_states
-        return triton_states.gdn_states(k.to(v.dtype), v, g, beta, initial_state, pos, out_dtype, impl)
+        return triton_states.gdn_states(k, v, g, beta, initial_state, pos, out_dtype, impl, l2=use_qk_l2norm_in_kernel)
     if impl not in ("auto", "torch"):
         raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
-    _, _, h, d = _chunks(q, k, v, g, beta, scale, initial_state, keep=True)
+    k = l2norm(k) if use_qk_l2norm_in_kernel else k
+    _, _, h, d = _chunks(q, k, v, g, beta, 1.0, initial_state, keep=True)
     return expand_states(h, k, d, g, pos, out_dtype)
 
 

@@ -105,8 +105,8 @@ def states(q, k, v, g, scale=None, initial_state=None, positions=None, out_dtype
     """S_t after each token: ``[B, T, H, K, V]`` float32 (unless ``out_dtype``), or
     ``[B, P, H, K, V]`` for a 1-D list/LongTensor of positions. q and scale do not enter.
 
-    impl as in `hooks.scan.gdn.states`: ``auto`` (CUDA with fla: fla's chunk-start states +
-    the Triton expansion kernel / torch expansion for positions), ``triton``, ``einsum``, ``torch``."""
+    impl as in `hooks.scan.gdn.states`: ``auto`` (CUDA with fla: ``triton``, i.e. fla's
+    chunk-start states + the Triton state kernel; otherwise ``torch``), ``einsum``, ``torch``."""
     _prep(q, k, v, g, initial_state)
     pos = norm_positions(positions, k.shape[1])
     if impl != "torch" and use_kernels(k):

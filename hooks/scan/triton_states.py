@@ -10,8 +10,10 @@ tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:
   chunk-start state into registers and steps through the chunk, S = exp(g_t) S + k_t w_t^T,
   storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound on
   the write. Chunks are independent, so all run in parallel.
-* selected positions: `hooks.scan._common.expand_states` (torch), which forms only the
-  requested states: S_p = exp(seg(p, -1)) h_c + sum_{s<=p} exp(seg(p, s)) k_s w_s^T.
+* selected positions: the same kernel with one program per (V-block, position, batch*head),
+  stepping from the start of the position's chunk (at most 64 steps) and storing one state.
+* ``impl="einsum"``: `hooks.scan._common.expand_states`, the torch closed form
+  S_p = exp(seg(p, -1)) h_c + sum_{s<=p} exp(seg(p, s)) k_s w_s^T (fallback and cross-check).
 
 The pieces (fla's h and d) are stored in the input dtype by fla's GDN kernel, so bf16 inputs
 give states within bf16 rounding of the fp32 reference (tests/gpu/check_scan_gpu.py).
@@ -27,14 +29,24 @@ from hooks.scan._common import CHUNK, expand_states
 
 
 @triton.jit
-def _expand_kernel(h, k, w, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr):
-    """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K) -> out [B,T,H,K,V]."""
+def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
+    """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
+    ALL: program (i_v, chunk, b*h) steps through its chunk storing S after every token into
+    out [B,T,H,K,V]; else program (i_v, i, b*h) steps from the start of the chunk holding
+    pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V]."""
     i_v = tl.program_id(0)
-    i_c = tl.program_id(1)
+    i_p = tl.program_id(1)
     i_bh = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
+    if ALL:
+        i_c = i_p
+        t_end = tl.minimum((i_c + 1) * BT, T)
+    else:
+        p = tl.load(pos + i_p)
+        i_c = p // BT
+        t_end = p + 1
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
@@ -43,8 +55,7 @@ def _expand_kernel(h, k, w, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: 
     off_kv = o_k[:, None] * V + o_v[None, :]
     p_h = h + ((i_b * NT + i_c) * H + i_h).to(tl.int64) * (K * V)
     b_s = tl.load(p_h + off_kv, mask=m_kv, other=0.).to(tl.float32)
-    t0 = i_c * BT
-    for t in range(t0, tl.minimum(t0 + BT, T)):
+    for t in range(i_c * BT, t_end):
         row = (i_b * T + t).to(tl.int64) * H + i_h          # flat index of (b, t, h)
         b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
         b_w = tl.load(w + row * V + o_v, mask=m_v, other=0.).to(tl.float32)
@@ -54,24 +65,34 @@ def _expand_kernel(h, k, w, g, out, T, NT, H: tl.constexpr, K: tl.constexpr, V: 
         else:
             b_s = b_s * tl.exp(tl.load(g + row).to(tl.float32))
         b_s += b_k[:, None] * b_w[None, :]
-        tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+        if ALL:
+            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+    if not ALL:
+        p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
+        tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
 
 
-def expand_triton(h, k, w, g, out_dtype=torch.float32, chunk=CHUNK):
-    """All per-token states ``[B, T, H, K, V]`` from chunk-start states h ``[B, NT, H, K, V]``,
-    keys k ``[B, T, H, K]``, writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]``
-    or ``[B, T, H, K]`` (natural log). Same result as `_common.expand_states` (step order)."""
+def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK):
+    """Per-token states from chunk-start states h ``[B, NT, H, K, V]``, keys k ``[B, T, H, K]``,
+    writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
+    (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
+    (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
     if h.shape != (B, NT, H, K, V):
         raise ValueError(f"h has shape {list(h.shape)}, expected [{B}, {NT}, {H}, {K}, {V}]")
-    out = torch.empty(B, T, H, K, V, dtype=out_dtype, device=k.device)
+    every = positions is None
+    pos = k if every else positions.to(device=k.device, dtype=torch.long).contiguous()  # k: unused pointer
+    NP = NT if every else pos.numel()
+    out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
+    if NP == 0:
+        return out
     BK = triton.next_power_of_2(K)
     BV = max(16, min(triton.next_power_of_2(V), 8192 // BK))
-    grid = (triton.cdiv(V, BV), NT, B * H)
-    _expand_kernel[grid](h.contiguous(), k.contiguous(), w.contiguous(), g.contiguous(), out, T, NT,
-                         H=H, K=K, V=V, BT=chunk, BK=BK, BV=BV, GATE_K=g.dim() == 4, num_warps=4)
+    grid = (triton.cdiv(V, BV), NP, B * H)
+    _expand_kernel[grid](h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
+                         H=H, K=K, V=V, BT=chunk, BK=BK, BV=BV, GATE_K=g.dim() == 4, ALL=every, num_warps=4)
     return out
 
 
@@ -106,22 +127,23 @@ def gla_pieces(k, v, g, initial_state, chunk=CHUNK):
 
 
 def _expand(h, k, w, g, positions, out_dtype, impl):
-    """impl ``auto``: the Triton kernel for all states, the torch formula for positions;
-    ``triton`` / ``einsum``: always that one."""
+    """impl ``auto`` / ``triton``: the Triton kernel; ``einsum``: the torch formula."""
     if impl not in ("auto", "triton", "einsum"):
         raise ValueError(f"unknown impl '{impl}'; valid: auto, triton, einsum, torch")
-    if impl == "triton" or (impl == "auto" and positions is None):
-        S = expand_triton(h, k, w, g.float(), out_dtype)
-        return S if positions is None else S[:, positions.to(S.device)]
-    return expand_states(h, k, w, g, positions, out_dtype)
+    if impl == "einsum":
+        return expand_states(h, k, w, g, positions, out_dtype)
+    return expand_triton(h, k, w, g, positions, out_dtype)
 
 
-def gdn_states(k, v, g, beta, initial_state, positions, out_dtype=torch.float32, impl="auto"):
-    """Per-token GDN states ``[B, T|P, H, K, V]``; k as the scan sees it (normalised)."""
+def gdn_states(k, v, g, beta, initial_state, positions, out_dtype=torch.float32, impl="auto", l2=False):
+    """Per-token GDN states ``[B, T|P, H, K, V]``. l2: normalise k with fla's kernel first (as
+    chunk_gated_delta_rule(use_qk_l2norm_in_kernel=True) does)."""
+    if l2:
+        from fla.modules.norm.l2norm import l2norm_fwd
+        k, _ = l2norm_fwd(k.contiguous())
+    k = k.to(v.dtype)  # fla's kernels take one dtype for k and v
     h, d = gdn_pieces(k, v, g, beta, initial_state)
     return _expand(h, k, d, g, positions, out_dtype, impl)
-
-
 def gla_states(k, v, g, initial_state, positions, out_dtype=torch.float32, impl="auto"):
     """Per-token GLA / simple-GLA states ``[B, T|P, H, K, V]``."""
     h = gla_pieces(k, v, g, initial_state)

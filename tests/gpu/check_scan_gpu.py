@@ -42,7 +42,9 @@ def gdn_rows(dtype, dev, B, T, H, K, V, neg):
     for impl in ("auto", "triton", "einsum"):
         rows.append((f"{name} states all ({impl})", err(gdn.states(q, k, v, g, beta, impl=impl, **kw), ref_st)))
     pos = [0, 63, 64, T // 2, T - 1]
-    rows.append((f"{name} states 5 positions", err(gdn.states(q, k, v, g, beta, positions=pos, **kw), ref_st[:, pos])))
+    for impl in ("auto", "einsum"):
+        rows.append((f"{name} states 5 positions ({impl})",
+                     err(gdn.states(q, k, v, g, beta, positions=pos, impl=impl, **kw), ref_st[:, pos])))
     rows.append((f"{name} states[-1] vs kernel final", err(gdn.states(q, k, v, g, beta, positions=[T - 1], **kw)[:, 0], s)))
     return rows
 
@@ -91,7 +93,7 @@ def main():
     shape = dict(B=2, T=300, H=4, K=64, V=64)
     print("shape: " + " ".join(f"{a}={b}" for a, b in shape.items()) + " (T not a multiple of 64; initial state given)")
     ok = True
-    print(f"{'check':36s} {'dtype':9s} {'max_abs':>10s} {'rel':>10s} {'tol':>7s}")
+    print(f"{'check':36s} {'dtype':9s} {'max_abs':>10s} {'rel':>10s} {'tol':>7s}", flush=True)
     for dtype in (torch.float32, torch.bfloat16):
         tol = TOLS[dtype]
         jobs = [lambda: gdn_rows(dtype, dev, **shape, neg=False), lambda: gdn_rows(dtype, dev, **shape, neg=True),
@@ -106,7 +108,8 @@ def main():
             for name, (a, r) in rows:
                 good = r <= tol
                 ok &= good
-                print(f"{name:36s} {str(dtype)[6:]:9s} {a:10.3e} {r:10.3e} {tol:7.0e} {'ok' if good else 'FAIL'}")
+                print(f"{name:36s} {str(dtype)[6:]:9s} {a:10.3e} {r:10.3e} {tol:7.0e} {'ok' if good else 'FAIL'}",
+                      flush=True)
     print("ALL OK" if ok else "SOME CHECKS FAILED")
     sys.exit(0 if ok else 1)
 
