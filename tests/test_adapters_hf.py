@@ -411,3 +411,49 @@ def test_attention_dispatch_nests_and_falls_back():
     assert torch.equal(out, ref)
     assert g["ALL_ATTENTION_FUNCTIONS"] is orig
     assert a1 is not a0
+
+
+# --- CUDA: HF's fla kernel path (run on a CUDA host with fla installed) ----------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["olmo_hybrid", "qwen3_next"])
+def test_cuda_gdn_kernel_path(kind, dtype):
+    """With fla installed HF's GDN layers call fla's chunk kernel: capture keeps logits, per-token
+    states end in the model's cached state, a patched state changes only later positions."""
+    import inspect
+    dev = torch.device("cuda")
+    m = make(kind).to(dev, dtype)
+    hm = hooks.wrap(m)
+    snap = snapshot(m)
+    x = toks(n=150).to(dev)
+    idx = rec_layers(hm)
+    i = idx[0]
+    kernel = sys.modules[type(m.model.layers[i].linear_attn).__module__].torch_chunk_gated_delta_rule
+    impl = inspect.getclosurevars(kernel).nonlocals.get("implementation")
+    assert getattr(impl, "__module__", "").startswith("fla"), f"HF does not use fla's kernel here: {impl}"
+    names = hm.hook_names
+    with torch.no_grad():
+        ref = m(input_ids=x, use_cache=False).logits.float()
+        pkv = m(input_ids=x, use_cache=True).past_key_values
+        lg, c = hm.run_with_cache(x, names=names)
+        other = hm.run_with_cache(toks(n=150, seed=1).to(dev), names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
+    rel = lambda a, b: ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()  # noqa: E731
+    tol = 5e-3 if dtype == torch.float32 else 5e-2
+    errs = {"logits": rel(lg, ref)}
+    for j in idx:
+        errs[f"state{j}"] = rel(c[f"blocks.{j}.rec.state"][:, -1], pkv.layers[j].recurrent_states[0])
+    t = 70
+    name = f"blocks.{i}.rec.state"
+
+    def patch(S, n):
+        S = S.clone()
+        S[:, t] = other[:, t]
+        return S
+    with torch.no_grad():
+        out = hm.run_with_hooks(x, hooks=[(name, patch)]).float()
+    errs["before_t"] = rel(out[:, :t], ref[:, :t])
+    print(f"{kind} {dtype} kernel {impl.__module__}.{impl.__name__}: {errs}")
+    assert max(errs.values()) < tol, errs
+    assert rel(out[:, t + 1:], ref[:, t + 1:]) > 10 * errs["before_t"] and rel(out[:, t + 1:], ref[:, t + 1:]) > 1e-3
+    assert_clean(m, snap)
