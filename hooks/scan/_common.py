@@ -72,7 +72,13 @@ def l2norm(x):
     return xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + 1e-6)
 
 
-def norm_positions(positions, T: int, device=None):
+def torch_impl(impl: str):
+    """states() off the kernel path: only ``auto`` and ``torch`` exist there."""
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
+
+
+def norm_positions(positions, T: int):
     """None, or a 1-D LongTensor of positions in 0..T-1 (ValueError otherwise)."""
     if positions is None:
         return None

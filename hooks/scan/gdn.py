@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from hooks.scan._common import CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, use_kernels, work
+from hooks.scan._common import (CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, torch_impl,
+                                 use_kernels, work)
 
 
 def _prep(q, k, v, g, beta, scale, initial_state, l2):
@@ -121,8 +122,7 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
     if impl != "torch" and use_kernels(k):
         from hooks.scan import triton_states
         return triton_states.gdn_states(k, v, g, beta, initial_state, pos, out_dtype, impl, l2=use_qk_l2norm_in_kernel)
-    if impl not in ("auto", "torch"):
-        raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
+    torch_impl(impl)
     k = l2norm(k) if use_qk_l2norm_in_kernel else k
     _, _, h, d = _chunks(q, k, v, g, beta, 1.0, initial_state, keep=True)
     return expand_states(h, k, d, g, pos, out_dtype)

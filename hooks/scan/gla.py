@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from hooks.scan._common import CHUNK, expand_states, expect, norm_positions, pad_time, segsum, use_kernels, work
+from hooks.scan._common import (CHUNK, expand_states, expect, norm_positions, pad_time, segsum, torch_impl,
+                                 use_kernels, work)
 
 
 def _prep(q, k, v, g, initial_state):
@@ -112,7 +113,6 @@ def states(q, k, v, g, scale=None, initial_state=None, positions=None, out_dtype
     if impl != "torch" and use_kernels(k):
         from hooks.scan import triton_states
         return triton_states.gla_states(k, v, g, initial_state, pos, out_dtype, impl)
-    if impl not in ("auto", "torch"):
-        raise ValueError(f"impl '{impl}' needs CUDA tensors and fla's kernels; valid here: auto, torch")
+    torch_impl(impl)
     _, _, h = _chunks(q, k, v, g, 1.0, initial_state, keep=True)
     return expand_states(h, k, v, g, pos, out_dtype)
