@@ -1,137 +1,202 @@
 """Independent checker: recompute every task's answers and labels from the decoded words alone.
-Deliberately shares no code with interp/tasks (only the word spellings)."""
+
+Deliberately shares no code with interp/tasks (only the word spellings). Each ``check_<task>``
+reads one example's words (padding stripped) and returns a ``Check``:
+  answers     [(p, word)]: positions whose next word is determined by the prompt up to p, and that
+              word (the final answer last; copy: every predictable repeat token; state_recall with
+              cot: every ``is``, then the final answer),
+  labels      {name: per-token list}, the state after each token,
+  facts       positions whose word is the fact a clean/corrupted pair may change.
+Only state_recall needs a knob the words cannot show (``modulus``).
+"""
 import itertools
+import re
+from dataclasses import dataclass
+
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "orange",
+          "purple", "gold", "silver", "teal", "navy", "olive"]
+OPENS, CLOSES = "([{<", ")]}>"
 
 
-def num(w):
-    return int(w)
+@dataclass
+class Check:
+    answers: list
+    labels: dict
+    facts: list
 
 
-def mqar(words):
+def _index(word, prefix):
+    m = re.fullmatch(prefix + r"(\d+)", word)
+    assert m, (word, prefix)
+    return int(m.group(1))
+
+
+def check_mqar(words):
     sep = words.index("<sep>")
-    bound, ctx_pos = {}, {}
-    lab = {"bound_value": [-1] * len(words), "write_distance": [-1] * len(words)}
-    for p in range(1, sep):
-        if words[p].startswith("k"):
-            bound[words[p]] = num(words[p + 1])
-            ctx_pos[words[p]] = p
-            lab["bound_value"][p] = bound[words[p]]
+    ctx = words[1:sep]
+    bound, where = {}, {}
+    bound_value, dist = [-1] * len(words), [-1] * len(words)
+    p = 1
+    while p < sep and words[p] != "_":
+        key, val = words[p], int(words[p + 1])
+        assert key not in bound, "a key is bound twice"
+        bound[key], where[key] = val, p
+        bound_value[p] = val
+        p += 2
+    assert all(w == "_" for w in ctx[p - 1:]), "filler expected after the pairs"
     answers = []
     for p in range(sep + 1, len(words), 2):
-        lab["bound_value"][p] = bound[words[p]]
-        lab["write_distance"][p] = p - ctx_pos[words[p]]
-        answers.append((p, str(bound[words[p]])))
-    return answers, lab
+        key = words[p]
+        bound_value[p] = bound[key]
+        dist[p] = p - where[key]
+        answers.append((p, str(bound[key])))
+    last_key = words[answers[-1][0]]
+    return Check(answers, {"bound_value": bound_value, "write_distance": dist}, [where[last_key] + 1])
 
 
-def state_recall(words, n_vars, modulus):
+def check_state_recall(words, modulus):
     last_q = len(words) - 1 - words[::-1].index("?")
     qvar = words[last_q + 1]
-    vals, var_value, qv, since = {}, [], [], []
-    n_stmt, last_write, buf, answers = 0, None, [], []
-    for p, w in enumerate(words):
-        prev = words[p - 1] if p else None
-        if w == ";":
-            if buf and buf[0] != "?":
-                if buf[0] == "swap":
-                    vals[buf[1]], vals[buf[2]] = vals[buf[2]], vals[buf[1]]
-                    touched = qvar in buf[1:3]
-                elif buf[1] == "=":
-                    vals[buf[0]] = vals[buf[2]] if buf[2].startswith("x") else num(buf[2])
-                    touched = buf[0] == qvar
-                else:  # +=
-                    vals[buf[0]] = (vals[buf[0]] + num(buf[2])) % modulus
-                    touched = buf[0] == qvar
+    n_vars = 1 + max(_index(w, "x") for w in words if re.fullmatch(r"x\d+", w))
+    vals = {}
+    n_stmt, last_write = 0, None
+    var_value, q_value, since = [], [], []
+    answers, facts, stmt, stmt_start = [], [], [], None
+    p = 0
+    while p < len(words):
+        w = words[p]
+        if w == "is":                  # cot: "is v" states the queried variable's current value
+            answers.append((p, str(vals[qvar])))
+            span = [p, p + 1]
+        elif w == ";":
+            if stmt[0] != "?":         # "? xq ;" (cot) only announces the query
+                a, op, b = stmt
+                if a == "swap":
+                    vals[op], vals[b] = vals[b], vals[op]
+                    touched = qvar in (op, b)
+                else:
+                    if op == "=":
+                        vals[a] = vals[b] if b.startswith("x") else int(b)
+                    else:
+                        assert op == "+=", stmt
+                        vals[a] = (vals[a] + int(b)) % modulus
+                    if not b.startswith("x"):
+                        facts.append(stmt_start + 2)
+                    touched = a == qvar
                 n_stmt += 1
                 if touched:
                     last_write = n_stmt
-            buf = []
-        elif w == "is":
-            answers.append((p, str(vals[qvar])))
-        elif w != "<bos>" and prev != "is":
-            buf.append(w)
-        var_value.append([vals.get(f"x{j}", -1) for j in range(n_vars)])
-        qv.append(vals.get(qvar, -1))
-        since.append(-1 if last_write is None else n_stmt - last_write)
+            stmt, span = [], [p]
+        else:
+            if not stmt:
+                stmt_start = p
+            if w != "<bos>":
+                stmt.append(w)
+            span = [p]
+        for _ in span:
+            var_value.append([vals.get(f"x{j}", -1) for j in range(n_vars)])
+            q_value.append(vals.get(qvar, -1))
+            since.append(-1 if last_write is None else n_stmt - last_write)
+        p += len(span)
     answers.append((last_q + 1, str(vals[qvar])))
-    return answers, {"var_value": var_value, "query_var_value": qv, "steps_since_write": since}
+    labels = {"var_value": var_value, "query_var_value": q_value, "steps_since_write": since}
+    return Check(answers, labels, facts)
 
 
-def permutation(words):
+def check_permutation(words):
     sep = words.index("<sep>")
-    n = 3 if words[1].startswith("p3_") else 5
-    elems = list(itertools.permutations(range(n)))
+    n = int(words[1][1])
+    elements = list(itertools.permutations(range(n)))    # lexicographic, as the spelling p{n}_...
     r, run = tuple(range(n)), [-1]
     for w in words[1:sep]:
+        assert w.startswith(f"p{n}_")
         p = tuple(int(c) for c in w.split("_")[1])
-        r = tuple(p[r[i]] for i in range(n))
-        run.append(elems.index(r))
-    run += [elems.index(r)] * (len(words) - sep)
-    return [(sep, f"p{n}_" + "".join(map(str, r)))], {"running_product": run}
+        r = tuple(p[i] for i in r)                       # apply r first, then p
+        run.append(elements.index(r))
+    run += [run[-1]] * (len(words) - sep)
+    return Check([(sep, f"p{n}_" + "".join(map(str, r)))], {"running_product": run},
+                 list(range(1, sep)))
 
 
-def entity_tracking(words, n_objects):
-    order, where = [], {}
-    lab = []
-    stmt = []
-    for w in words:
+def check_entity_tracking(words):
+    order, box, last_set = [], {}, {}
+    labels, stmt = [], []
+    for p, w in enumerate(words):
         if w == ";":
             if stmt[0] == "move":
-                where[stmt[1]] = int(stmt[2][3:])
+                _, obj, b = stmt
+                assert obj in box and box[obj] != _index(b, "box"), "move to the same box"
             else:
-                order.append(stmt[0])
-                where[stmt[0]] = int(stmt[2][3:])
+                obj, kw, b = stmt
+                assert kw == "in" and obj not in box
+                order.append(obj)
+            box[obj], last_set[obj] = _index(b, "box"), p - 1
             stmt = []
         elif w != "<bos>":
             stmt.append(w)
-        lab.append([where.get(o, -1) for o in order] + [-1] * (n_objects - len(order)))
+        labels.append([box[o] for o in order])
+    n_objects = len(order)
+    labels = [row + [-1] * (n_objects - len(row)) for row in labels]
+    assert words[-4] == "where" and words[-2] == "?"
     q = words[-3]
-    return [(len(words) - 2, f"box{where[q]}")], {"box_of": lab}
+    return Check([(len(words) - 2, f"box{box[q]}")], {"box_of": labels}, [last_set[q]])
 
 
-def pronoun(words):
-    q = words[-4]
-    gender, color, ref = {}, {}, -1
-    colors = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "orange",
-              "purple", "gold", "silver", "teal", "navy", "olive"]
-    lab, stmt = [], []
-    for w in words:
+def check_pronoun(words):
+    assert words[-3:-1] == ["has", "?"]
+    pron = words[-4]
+    pronoun_of, color_of, intro_color_pos = {}, {}, {}
+    ref, ref_name, labels, stmt = -1, None, [], []
+    for p, w in enumerate(words):
         if w == ";":
             name = stmt[0]
-            if stmt[1] in ("he", "she"):
-                gender[name], color[name] = stmt[1], colors.index(stmt[2])
-            if gender[name] == q:
-                ref = color[name]
+            if stmt[1] == "waves":
+                assert name in pronoun_of
+            else:
+                assert name not in pronoun_of
+                pronoun_of[name], color_of[name] = stmt[1], COLORS.index(stmt[2])
+                intro_color_pos[name] = p - 1
+            if pronoun_of[name] == pron:      # the most recent mention with that pronoun
+                ref, ref_name = color_of[name], name
             stmt = []
         elif w != "<bos>":
             stmt.append(w)
-        lab.append(ref)
-    return [(len(words) - 2, colors[ref])], {"referent_color": lab}
+        labels.append(ref)
+    return Check([(len(words) - 2, COLORS[ref])], {"referent_color": labels}, [intro_color_pos[ref_name]])
 
 
-def brackets(words):
-    opens, closes = "([{<", ")]}>"
-    stack, exp, dep = [], [-1], [0]
-    for w in words[1:-1]:
-        if w in opens:
-            stack.append(opens.index(w))
-        elif w in closes:
-            assert stack and stack[-1] == closes.index(w), "ill-nested"
+def check_brackets(words):
+    sep = words.index("<sep>")
+    assert sep == len(words) - 2
+    stack, expected, depth = [], [], []
+    for p, w in enumerate(words):
+        if w in OPENS:
+            stack.append((OPENS.index(w), p))
+        elif w in CLOSES:
+            assert stack and stack[-1][0] == CLOSES.index(w), "ill-nested"
             stack.pop()
-        exp.append(stack[-1] if stack else -1)
-        dep.append(len(stack))
-    exp.append(-1)
-    dep.append(len(stack))
-    return [(len(words) - 2, closes[stack[-1]])], {"expected_close": exp, "depth": dep}
+        else:
+            assert w in ("<bos>", "<sep>"), w
+        if p == sep:
+            answer, innermost = CLOSES[stack[-1][0]], stack[-1][1]
+        expected.append(stack[-1][0] if stack else -1)
+        depth.append(len(stack))
+    return Check([(sep, answer)], {"expected_close": expected, "depth": depth}, [innermost])
 
 
-def copy(words):
+def check_copy(words):
     sep = words.index("<sep>")
     prefix = words[:sep]
+    assert len(set(prefix)) == len(prefix), "prefix symbols must be distinct"
     src = [-1] * len(words)
     answers = []
     for p in range(sep + 1, len(words) - 1):
         j = prefix.index(words[p])
         src[p] = j + 1
         answers.append((p, prefix[j + 1]))
-    return answers, {"copy_source": src}
+    return Check(answers, {"copy_source": src}, [src[len(words) - 2]])
+
+
+def check(task, words, modulus=None):
+    fn = globals()[f"check_{task}"]
+    return fn(words, modulus) if task == "state_recall" else fn(words)

@@ -1,9 +1,17 @@
-"""TaskBatch / PairBatch, the task registry and knob validation."""
+"""TaskBatch / PairBatch, the task registry, knob validation and batch assembly.
+
+A task registers either a per-example generator (``example(rng, **knobs) -> Example``) or a batch
+generator (``batch(rng, n, **knobs) -> Rows``); likewise ``pair`` / ``pairs`` for clean/corrupted
+prompts. Per-example generators are called n times on one numpy Generator seeded from
+(seed, the task's fixed ``uid``), so a batch never depends on process, hashing or import order.
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -15,14 +23,22 @@ class TaskError(ValueError):
     """Unknown task / knob or an impossible knob value; the message names the valid choices."""
 
 
+def _move(obj, device):
+    """Copy of a batch dataclass with every tensor (and every label tensor) on ``device``."""
+    moved = {k: v.to(device) for k, v in vars(obj).items() if isinstance(v, torch.Tensor)}
+    if "labels" in vars(obj):
+        moved["labels"] = {k: v.to(device) for k, v in obj.labels.items()}
+    return dataclasses.replace(obj, **moved)
+
+
 @dataclass
 class TaskBatch:
-    tokens: torch.Tensor            # [N, T] token ids
+    tokens: torch.Tensor            # [N, T] token ids (right-padded with <pad>=0 if lengths differ)
     answer_pos: torch.Tensor        # [N, Q] positions whose next token is an answer (-1: none)
-    answers: torch.Tensor           # [N, Q] answer ids: tokens[i, answer_pos[i, j] + 1]
-    labels: dict                    # name -> per-token ground truth [N, T, ...] (-1 undefined)
-    loss_mask: torch.Tensor         # [N, T] bool: next token is supervised
-    meta: dict = field(default_factory=dict)
+    answers: torch.Tensor           # [N, Q] answer ids = tokens[i, answer_pos[i, j] + 1] (-1: none)
+    labels: dict                    # name -> per-token ground truth [N, T, ...] (-1: undefined)
+    loss_mask: torch.Tensor         # [N, T] bool: the next token is supervised
+    meta: dict = field(default_factory=dict)   # task, knobs (all resolved), seed
 
     def __len__(self):
         return self.tokens.shape[0]
@@ -32,10 +48,7 @@ class TaskBatch:
         return len(self)
 
     def to(self, device) -> "TaskBatch":
-        mv = lambda t: t.to(device)  # noqa: E731
-        return dataclasses.replace(self, tokens=mv(self.tokens), answer_pos=mv(self.answer_pos),
-                                   answers=mv(self.answers), loss_mask=mv(self.loss_mask),
-                                   labels={k: mv(v) for k, v in self.labels.items()})
+        return _move(self, device)
 
     def words(self, i: int) -> list[str]:
         return VOCAB.decode(self.tokens[i])
@@ -48,39 +61,70 @@ class PairBatch:
     answer_pos: torch.Tensor        # [N] position whose next token is the answer (same in both)
     clean_answer: torch.Tensor      # [N]
     corrupted_answer: torch.Tensor  # [N] != clean_answer
-    diff_pos: torch.Tensor          # [N] first position where the prompts differ
+    diff_pos: torch.Tensor          # [N] first position where the prompts differ (the changed fact)
     meta: dict = field(default_factory=dict)
 
     def __len__(self):
         return self.clean.shape[0]
+
+    @property
+    def n(self):
+        return len(self)
+
+    def to(self, device) -> "PairBatch":
+        return _move(self, device)
 
 
 @dataclass
 class Example:
     words: list
     answer_pos: list                # positions p with words[p + 1] the answer
-    labels: dict                    # name -> list (per token) or list of lists
-    supervise: list | None = None   # extra supervised positions (default: answer_pos)
+    labels: dict                    # name -> per-token array-like [len(words), ...]
+    supervise: list | None = None   # supervised positions (default: answer_pos)
+
+
+@dataclass
+class Rows:
+    """A batch as numpy arrays, before it becomes a TaskBatch."""
+    tokens: np.ndarray              # [N, T] int64
+    answer_pos: np.ndarray          # [N, Q] int64, -1 padded
+    labels: dict                    # name -> [N, T, ...] int64, -1 padded
+    supervise: np.ndarray           # [N, T] bool
+
+
+class Knob(NamedTuple):
+    default: Any
+    valid: str                      # the valid values, in words
+    doc: str
 
 
 @dataclass
 class TaskSpec:
     name: str
     doc: str
-    knobs: dict                     # knob -> (default, valid text, doc)
+    uid: int                        # fixed per task: part of the RNG seed, never reused
+    knobs: dict                     # knob -> Knob(default, valid, doc)
     grid: dict                      # knob -> values easy -> hard
-    example: callable               # (rng, **knobs) -> Example
-    pair: callable                  # (rng, **knobs) -> (clean Example, corrupted Example)
-    validate: callable              # (**knobs) -> None, raises TaskError
-    index: int = 0
+    validate: Callable              # (**knobs) -> None, raises TaskError
+    batch: Callable                 # (rng, n, **knobs) -> Rows
+    pairs: Callable                 # (rng, n, **knobs) -> (clean Rows, corrupted Rows)
 
 
 TASKS: dict = {}
 
 
-def register(spec: TaskSpec) -> TaskSpec:
-    spec.index = len(TASKS) + 1
-    TASKS[spec.name] = spec
+def register(name, doc, uid, knobs, grid, validate, example=None, batch=None, pair=None, pairs=None):
+    """Register a task given ``example`` or ``batch``, and ``pair`` or ``pairs``."""
+    assert (example is None) != (batch is None) and (pair is None) != (pairs is None)
+    assert name not in TASKS and uid not in {s.uid for s in TASKS.values()}, name
+    if batch is None:
+        batch = lambda rng, n, **k: from_examples([example(rng, **k) for _ in range(n)])  # noqa: E731
+    if pairs is None:
+        def pairs(rng, n, **k):
+            ps = [pair(rng, **k) for _ in range(n)]
+            return from_examples([c for c, _ in ps]), from_examples([x for _, x in ps])
+    spec = TaskSpec(name, doc, uid, {k: Knob(*v) for k, v in knobs.items()}, grid, validate, batch, pairs)
+    TASKS[name] = spec
     return spec
 
 
@@ -95,8 +139,11 @@ def get(task: str) -> TaskSpec:
 def resolve_knobs(spec: TaskSpec, kw: dict) -> dict:
     bad = [k for k in kw if k not in spec.knobs]
     if bad:
-        raise TaskError(f"unknown knob '{bad[0]}' for task '{spec.name}'; valid knobs: {', '.join(spec.knobs)}")
-    k = {name: d[0] for name, d in spec.knobs.items()}
+        close = difflib.get_close_matches(bad[0], list(spec.knobs), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TaskError(f"unknown knob '{bad[0]}' for task '{spec.name}'{hint}; "
+                        f"valid knobs: {', '.join(spec.knobs)}")
+    k = {name: d.default for name, d in spec.knobs.items()}
     k.update(kw)
     spec.validate(**k)
     return k
@@ -107,68 +154,105 @@ def need(cond, msg):
         raise TaskError(msg)
 
 
+def is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def int_in(name, v, lo, hi):
-    need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v <= hi,
-         f"{name}={v!r} is out of range; valid: integers {lo}..{hi}")
+    need(is_int(v) and lo <= v <= hi, f"{name}={v!r} is out of range; valid: integers {lo}..{hi}")
+
+
+def one_of(name, v, choices):
+    need(v in choices, f"{name}={v!r} is not valid; valid: {', '.join(map(str, choices))}")
 
 
 def _rng(spec, seed, salt=0):
-    return np.random.default_rng([int(seed), spec.index, salt])
+    return np.random.default_rng([int(seed), spec.uid, salt])
 
 
-def _pad_stack(rows, fill):
-    T = max(len(r) for r in rows)
-    out = torch.full((len(rows), T), fill, dtype=torch.long)
+def _check_call(n, seed):
+    need(is_int(n) and n >= 1, f"n={n!r} is out of range; valid: integers >= 1")
+    need(is_int(seed) and seed >= 0, f"seed={seed!r} is out of range; valid: integers >= 0")
+
+
+def _pad(rows, fill, T=None, dtype=np.int64):
+    """Stack equal-length rows fast; right-pad ragged ones with ``fill`` (to length T)."""
+    lens = {len(r) for r in rows}
+    if len(lens) == 1 and (T is None or T == len(rows[0])):
+        return np.asarray(rows, dtype=dtype)
+    T = T or max(lens)
+    first = np.asarray(rows[0])
+    out = np.full((len(rows), T) + first.shape[1:], fill, dtype=dtype)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        out[i, :len(r)] = r
     return out
 
 
+def from_examples(exs) -> Rows:
+    ids = VOCAB._ids
+    tokens = _pad([[ids[w] for w in e.words] for e in exs], PAD)
+    N, T = tokens.shape
+    Q = max(len(e.answer_pos) for e in exs)
+    ap = _pad([e.answer_pos + [-1] * (Q - len(e.answer_pos)) for e in exs], -1)
+    sup = np.zeros((N, T), dtype=bool)
+    pos = [e.answer_pos if e.supervise is None else e.supervise for e in exs]
+    sup[np.repeat(np.arange(N), [len(p) for p in pos]), np.concatenate(pos).astype(np.int64)] = True
+    labels = {name: _pad([e.labels[name] for e in exs], -1, T) for name in exs[0].labels}
+    return Rows(tokens, ap, labels, sup)
+
+
 def generate(task: str, n: int, seed: int = 0, **knobs) -> TaskBatch:
-    """``n`` examples of ``task`` (deterministic in seed and knobs)."""
+    """``n`` examples of ``task`` (deterministic in task, n, seed and knobs)."""
     spec = get(task)
     k = resolve_knobs(spec, knobs)
-    need(isinstance(n, int) and n >= 1, f"n={n!r} must be a positive integer")
-    rng = _rng(spec, seed)
-    exs = [spec.example(rng, **k) for _ in range(n)]
-    tokens = _pad_stack([VOCAB.encode(e.words) for e in exs], PAD)
-    Q = max(len(e.answer_pos) for e in exs)
-    ap = _pad_stack([e.answer_pos + [-1] * (Q - len(e.answer_pos)) for e in exs], -1)
-    ans = torch.where(ap >= 0, tokens.gather(1, (ap + 1).clamp(min=0, max=tokens.shape[1] - 1)),
-                      torch.full_like(ap, -1))
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    for i, e in enumerate(exs):
-        mask[i, e.supervise if e.supervise is not None else e.answer_pos] = True
-    labels = {}
-    for name in exs[0].labels:
-        rows = [torch.as_tensor(e.labels[name], dtype=torch.long) for e in exs]
-        T = tokens.shape[1]
-        lab = torch.full((n, T) + tuple(rows[0].shape[1:]), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            lab[i, :r.shape[0]] = r
-        labels[name] = lab
-    return TaskBatch(tokens, ap, ans, labels, mask, {"task": task, "knobs": k, "seed": seed})
+    _check_call(n, seed)
+    r = spec.batch(_rng(spec, seed), n, **k)
+    tokens, ap = torch.from_numpy(r.tokens), torch.from_numpy(r.answer_pos)
+    ans = torch.where(ap >= 0, tokens.gather(1, (ap + 1).clamp(0, tokens.shape[1] - 1)), -1)
+    return TaskBatch(tokens, ap, ans, {name: torch.from_numpy(v) for name, v in r.labels.items()},
+                     torch.from_numpy(r.supervise), {"task": task, "knobs": k, "seed": seed})
 
 
 def make_pairs(task: str, n: int, seed: int = 0, **knobs) -> PairBatch:
-    """``n`` clean/corrupted prompt pairs differing in one controlled fact."""
+    """``n`` clean/corrupted prompt pairs of equal length differing in one controlled fact (each
+    task's docstring says which); the answers differ."""
     spec = get(task)
     k = resolve_knobs(spec, knobs)
-    need(isinstance(n, int) and n >= 1, f"n={n!r} must be a positive integer")
-    rng = _rng(spec, seed, salt=1)
-    pairs = [spec.pair(rng, **k) for _ in range(n)]
-    clean = _pad_stack([VOCAB.encode(c.words) for c, _ in pairs], PAD)
-    corr = _pad_stack([VOCAB.encode(x.words) for _, x in pairs], PAD)
-    ap = torch.tensor([c.answer_pos[-1] for c, _ in pairs])
+    _check_call(n, seed)
+    c, x = spec.pairs(_rng(spec, seed, salt=1), n, **k)
+    T = max(c.tokens.shape[1], x.tokens.shape[1])
+    clean, corr = (torch.from_numpy(_pad(list(r.tokens), PAD, T)) for r in (c, x))
+    last = (c.answer_pos >= 0).sum(1) - 1
+    ap = torch.from_numpy(c.answer_pos[np.arange(n), last])
     rows = torch.arange(n)
-    diff = (clean != corr).float().argmax(1)
+    diff = (clean != corr).to(torch.uint8).argmax(1)
     return PairBatch(clean, corr, ap, clean[rows, ap + 1], corr[rows, ap + 1], diff,
                      {"task": task, "knobs": k, "seed": seed})
 
 
 def knobs(task: str) -> dict:
+    """knob -> Knob(default, valid, doc)."""
     return dict(get(task).knobs)
 
 
 def difficulty_grid(task: str) -> dict:
+    """knob -> values from easy to hard (each swept with the other knobs at their defaults)."""
     return {k: list(v) for k, v in get(task).grid.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def statement_layout(n_stmt: int, stmt_len: int = 4, extra: tuple = (), tail: int = 3):
+    """Token -> state index for a program of ``n_stmt`` statements of ``stmt_len`` tokens each
+    (``<bos>`` first): the statement's tokens before its last one see the state before it, its
+    last token (``;``) the state after it. ``extra``: (after statement s, m tokens) inserted after
+    statement s, seeing the state after it; ``tail``: final tokens seeing the final state.
+    Returns the index array (state s = after s statements) and the start of each extra block."""
+    idx, starts = [0], {}
+    extra = dict(extra)
+    for s in range(n_stmt):
+        idx += [s] * (stmt_len - 1) + [s + 1]
+        if s in extra:
+            starts[s] = len(idx)
+            idx += [s + 1] * extra[s]
+    idx += [n_stmt] * tail
+    return np.asarray(idx), starts

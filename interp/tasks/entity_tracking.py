@@ -10,7 +10,9 @@ box if it never moves) differs.
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, TaskSpec, int_in, need, register
+import numpy as np
+
+from interp.tasks.base import Example, int_in, need, register, statement_layout
 from interp.tasks.vocab import BOXES, OBJECTS
 
 
@@ -35,24 +37,18 @@ def _story(rng, n_objects, n_boxes, n_moves):
 
 def _render(objs, start, moves, q):
     where = [-1] * len(objs)
-    words, box_of = ["<bos>"], [list(where)]
-
-    def emit(ws):
-        for w in ws:
-            words.append(w)
-            box_of.append(list(where))
+    words, states = ["<bos>"], [list(where)]  # states[s]: boxes after s statements
     for i, b in enumerate(start):
-        emit([OBJECTS[objs[i]], "in", BOXES[b]])
+        words += [OBJECTS[objs[i]], "in", BOXES[b], ";"]
         where[i] = b
-        emit([";"])
+        states.append(list(where))
     for i, b in moves:
-        emit(["move", OBJECTS[objs[i]], BOXES[b]])
+        words += ["move", OBJECTS[objs[i]], BOXES[b], ";"]
         where[i] = b
-        emit([";"])
-    emit(["where", OBJECTS[objs[q]], "?"])
-    ans = len(words) - 1
-    emit([BOXES[where[q]]])
-    return Example(words, [ans], {"box_of": box_of})
+        states.append(list(where))
+    words += ["where", OBJECTS[objs[q]], "?", BOXES[where[q]]]
+    idx, _ = statement_layout(len(states) - 1, 4, (), 4)
+    return Example(words, [len(words) - 2], {"box_of": np.asarray(states)[idx]})
 
 
 def _example(rng, n_objects, n_boxes, n_moves):
@@ -61,6 +57,8 @@ def _example(rng, n_objects, n_boxes, n_moves):
 
 
 def _pair(rng, n_objects, n_boxes, n_moves):
+    need(n_boxes >= 3 or n_moves == 0, f"make_pairs('entity_tracking') with moves needs n_boxes >= 3 "
+                                       f"(a changed move needs a third box), got n_boxes={n_boxes}")
     objs, boxes, start, moves, q = _story(rng, n_objects, n_boxes, n_moves)
     last = [m for m, (i, _) in enumerate(moves) if i == q]
     start2, moves2 = list(start), list(moves)
@@ -68,7 +66,6 @@ def _pair(rng, n_objects, n_boxes, n_moves):
         m = last[-1]
         prev = start[q] if len(last) == 1 else moves[last[-2]][1]
         choices = [b for b in boxes if b not in (prev, moves[m][1])]
-        need(choices, f"make_pairs('entity_tracking') needs n_boxes >= 3, got {n_boxes}")
         moves2[m] = (q, choices[int(rng.integers(len(choices)))])
     else:
         choices = [b for b in boxes if b != start[q]]
@@ -76,9 +73,9 @@ def _pair(rng, n_objects, n_boxes, n_moves):
     return _render(objs, start, moves, q), _render(objs, start2, moves2, q)
 
 
-register(TaskSpec(
-    name="entity_tracking", doc=__doc__,
+register(
+    name="entity_tracking", doc=__doc__, uid=4,
     knobs={"n_objects": (3, "1..16", "objects"), "n_boxes": (4, "2..16", "boxes"),
            "n_moves": (4, "0..256", "moves after the placement")},
     grid={"n_moves": [1, 2, 4, 8, 16], "n_objects": [2, 3, 5, 8]},
-    example=_example, pair=_pair, validate=_validate))
+    example=_example, pair=_pair, validate=_validate)

@@ -10,7 +10,7 @@ query keys). Pairs: the value bound to the last query's key differs.
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, TaskSpec, int_in, need, register
+from interp.tasks.base import Example, int_in, need, register
 from interp.tasks.vocab import KEYS, NUMBERS
 
 
@@ -64,12 +64,12 @@ def _pair(rng, **k):
     return clean, Example(w, clean.answer_pos, {})
 
 
-register(TaskSpec(
-    name="mqar", doc=__doc__,
+register(
+    name="mqar", doc=__doc__, uid=1,
     knobs={"n_pairs": (8, "1..n_keys", "key-value pairs in the context"),
            "n_queries": (None, "1..n_pairs or None (= min(4, n_pairs))", "queries after <sep>"),
            "n_keys": (64, "2..64", "key vocabulary used"),
            "n_values": (64, "2..64", "value vocabulary used"),
            "seq_len": (None, ">= 2+2*n_pairs+2*n_queries or None", "pad the context with filler to this length")},
     grid={"n_pairs": [2, 4, 8, 16, 32], "seq_len": [None, 64, 128, 192]},
-    example=_example, pair=_pair, validate=_validate))
+    example=_example, pair=_pair, validate=_validate)

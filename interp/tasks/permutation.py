@@ -10,7 +10,7 @@ Pairs: one element differs, so the product differs (a group is cancellative).
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, TaskSpec, int_in, need, register
+from interp.tasks.base import Example, int_in, need, register
 from interp.tasks.vocab import PERM3, PERM5, S3, S5
 
 GROUPS = {"S3": (S3, PERM3), "S5": (S5, PERM5)}
@@ -53,8 +53,8 @@ def _pair(rng, group, n_steps):
     return _render(elems, group), _render(alt, group)
 
 
-register(TaskSpec(
-    name="permutation", doc=__doc__,
+register(
+    name="permutation", doc=__doc__, uid=3,
     knobs={"group": ("S3", "S3 | S5", "the group"), "n_steps": (8, "1..256", "elements to compose")},
     grid={"n_steps": [2, 4, 8, 16, 32], "group": ["S3", "S5"]},
-    example=_example, pair=_pair, validate=_validate))
+    example=_example, pair=_pair, validate=_validate)

@@ -11,7 +11,7 @@ Pairs: the referent's color in its introduction differs.
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, TaskSpec, int_in, register
+from interp.tasks.base import Example, int_in, register
 from interp.tasks.vocab import COLORS, NAMES, PRONOUNS
 
 
@@ -68,9 +68,9 @@ def _pair(rng, n_entities, n_distractors):
     return clean, _render(names, gender, alt, waves, g)
 
 
-register(TaskSpec(
-    name="pronoun", doc=__doc__,
+register(
+    name="pronoun", doc=__doc__, uid=5,
     knobs={"n_entities": (3, "1..16", "entities introduced"),
            "n_distractors": (2, "0..256", "'name waves ;' sentences before the question")},
     grid={"n_distractors": [0, 2, 4, 8, 16], "n_entities": [2, 3, 5, 8]},
-    example=_example, pair=_pair, validate=_validate))
+    example=_example, pair=_pair, validate=_validate)

@@ -5,19 +5,24 @@
           ? x1 <answer>
 
 Statements (each 4 tokens) allowed by ``complexity``: ``assign`` (xi = c), ``copy`` (+ xi = xj),
-``arith`` (+ xi += c, mod ``modulus``), ``swap`` (+ swap xi xj). A statement takes effect at its
-``;``. With ``cot=True`` every statement is followed by ``is v`` (v = the queried variable's value
+``arith`` (+ xi += c, c in 1..modulus-1, mod ``modulus``), ``swap`` (+ swap xi xj); copy and swap
+name two different variables, so with ``n_vars=1`` only assign / arith occur. A statement takes
+effect at its ``;``. With ``cot=True`` every statement is followed by ``is v`` (v = the queried variable's value
 after that statement; supervised at ``is``), the explicit-reasoning variant, and the query comes
 first (``? xq ;`` right after the initialisation) so the model knows what to track.
 
-Labels: ``var_value`` [T, n_vars] every variable's value after each token (-1 before it is
+Labels: ``var_value`` [T, n_vars] (column j = ``xj``) every variable's value after each token (-1 before it is
 initialised), ``query_var_value`` [T] the queried variable's, ``steps_since_write`` [T] statements
 since the queried variable last changed (-1 before it is initialised).
-Pairs: one constant of the program differs, and so does the final answer.
+Pairs: one constant of the program (of an ``=`` or ``+=`` statement, initialisation included)
+differs, and so does the final answer; with ``cot=True`` the derived ``is v`` tokens after it
+differ too.
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, TaskSpec, int_in, need, register
+import numpy as np
+
+from interp.tasks.base import Example, int_in, need, one_of, register, statement_layout
 from interp.tasks.vocab import NUMBERS, VARS
 
 LEVELS = ["assign", "copy", "arith", "swap"]
@@ -27,73 +32,68 @@ def _validate(n_steps, n_vars, complexity, modulus, cot):
     int_in("n_steps", n_steps, 0, 256)
     int_in("n_vars", n_vars, 1, len(VARS))
     int_in("modulus", modulus, 2, len(NUMBERS))
-    need(complexity in LEVELS, f"complexity={complexity!r} is not valid; valid: {', '.join(LEVELS)}")
-    need(isinstance(cot, bool), f"cot={cot!r} must be true or false")
-    need(complexity not in ("copy", "swap") or n_vars >= 2 or n_steps == 0,
-         f"complexity={complexity!r} needs n_vars >= 2, got {n_vars}")
+    one_of("complexity", complexity, LEVELS)
+    need(isinstance(cot, bool), f"cot={cot!r} is not valid; valid: False, True")
 
 
 def _program(rng, n_steps, n_vars, complexity, modulus):
     ops = LEVELS[: LEVELS.index(complexity) + 1]
     if n_vars < 2:
         ops = [o for o in ops if o not in ("copy", "swap")]
-    prog = [("assign", i, int(rng.integers(modulus))) for i in range(n_vars)]
+    draw = rng.integers  # draw(0, h) is draw(h), a little faster
+    prog = [("assign", i, int(draw(0, modulus))) for i in range(n_vars)]
+    n_ops = len(ops)
     for _ in range(n_steps):
-        op = ops[rng.integers(len(ops))]
-        i = int(rng.integers(n_vars))
-        if op in ("assign", "arith"):
-            prog.append((op, i, int(rng.integers(1 if op == "arith" else 0, modulus))))
+        op = ops[draw(0, n_ops)]
+        i = int(draw(0, n_vars))
+        if op == "assign":
+            prog.append((op, i, int(draw(0, modulus))))
+        elif op == "arith":
+            prog.append((op, i, int(draw(1, modulus))))
         else:
-            j = int((i + 1 + rng.integers(n_vars - 1)) % n_vars)
-            prog.append((op, i, j))
-    return prog, int(rng.integers(n_vars))
+            prog.append((op, i, int((i + 1 + draw(0, n_vars - 1)) % n_vars)))
+    return prog, int(draw(0, n_vars))
+
+
+def _layout(n_stmt, n_vars, cot):
+    """Token -> state index, and the position of each cot ``is`` (after statement n_vars..)."""
+    extra = (((n_vars - 1, 3),) + tuple((s, 2) for s in range(n_vars, n_stmt))) if cot else ()
+    idx, starts = statement_layout(n_stmt, 4, extra, 3)
+    return idx, [starts[s] for s in range(n_vars, n_stmt)] if cot else []
 
 
 def _render(prog, q, n_vars, modulus, cot):
     vals = [-1] * n_vars
-    words, var_value, qv, since = ["<bos>"], [list(vals)], [-1], [-1]
-    supervise, last_write, n_stmt = [], None, 0
-
-    def emit(ws):
-        for w in ws:
-            words.append(w)
-            var_value.append(list(vals))
-            qv.append(vals[q])
-            since.append(-1 if last_write is None else n_stmt - last_write)
-
+    words, states, since = ["<bos>"], [list(vals)], [-1]  # states[s]: after s statements
+    last_write = None
     for s, (op, i, c) in enumerate(prog):
         if op == "assign":
-            ws = [VARS[i], "=", NUMBERS[c], ";"]
-        elif op == "copy":
-            ws = [VARS[i], "=", VARS[c], ";"]
-        elif op == "arith":
-            ws = [VARS[i], "+=", NUMBERS[c], ";"]
-        else:
-            ws = ["swap", VARS[i], VARS[c], ";"]
-        emit(ws[:-1])
-        if op == "assign":
+            words += [VARS[i], "=", NUMBERS[c], ";"]
             vals[i] = c
         elif op == "copy":
+            words += [VARS[i], "=", VARS[c], ";"]
             vals[i] = vals[c]
         elif op == "arith":
+            words += [VARS[i], "+=", NUMBERS[c], ";"]
             vals[i] = (vals[i] + c) % modulus
         else:
+            words += ["swap", VARS[i], VARS[c], ";"]
             vals[i], vals[c] = vals[c], vals[i]
-        n_stmt += 1
-        touched = i == q or (op == "swap" and c == q)
-        if touched:
-            last_write = n_stmt
-        emit([";"])
+        if i == q or (op == "swap" and c == q):
+            last_write = s + 1
+        states.append(list(vals))
+        since.append(-1 if last_write is None else s + 1 - last_write)
         if cot and s == n_vars - 1:
-            emit(["?", VARS[q], ";"])
-        if cot and s >= n_vars:
-            supervise.append(len(words))
-            emit(["is", NUMBERS[vals[q]]])
-    emit(["?", VARS[q]])
-    ans = len(words) - 1
-    emit([NUMBERS[vals[q]]])
-    labels = {"var_value": var_value, "query_var_value": qv, "steps_since_write": since}
-    return Example(words, [ans], labels, supervise + [ans]), vals[q]
+            words += ["?", VARS[q], ";"]
+        elif cot and s >= n_vars:
+            words += ["is", NUMBERS[vals[q]]]
+    words += ["?", VARS[q], NUMBERS[vals[q]]]
+    idx, cot_pos = _layout(len(prog), n_vars, cot)
+    var_value = np.asarray(states)[idx]
+    labels = {"var_value": var_value, "query_var_value": var_value[:, q],
+              "steps_since_write": np.asarray(since)[idx]}
+    ans = len(words) - 2
+    return Example(words, [ans], labels, cot_pos + [ans]), vals[q]
 
 
 def _example(rng, n_steps, n_vars, complexity, modulus, cot):
@@ -118,12 +118,12 @@ def _pair(rng, n_steps, n_vars, complexity, modulus, cot):
                 return clean, corr
 
 
-register(TaskSpec(
-    name="state_recall", doc=__doc__,
+register(
+    name="state_recall", doc=__doc__, uid=2,
     knobs={"n_steps": (8, "0..256", "statements after the initialisation"),
            "n_vars": (3, "1..16", "variables"),
            "complexity": ("copy", "assign | copy | arith | swap", "allowed statements (cumulative)"),
            "modulus": (10, "2..64", "values are taken mod this"),
            "cot": (False, "true | false", "emit the tracked value after every statement")},
     grid={"n_steps": [2, 4, 8, 16, 32], "n_vars": [2, 3, 5, 8], "complexity": LEVELS},
-    example=_example, pair=_pair, validate=_validate))
+    example=_example, pair=_pair, validate=_validate)
