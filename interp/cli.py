@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
     d.add_argument("--out", default="figures/demo")
-    d.add_argument("--n", type=int, default=128, help="examples per difficulty point")
+    d.add_argument("--n", type=int, default=96, help="examples per difficulty point")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -34,7 +34,7 @@ def load_defaults(names=DEFAULT_SET, device="cpu") -> dict:
     return {n: load_model(default_model_path(n), device=device) for n in names}
 
 
-def run_demo(out="figures/demo", n: int = 128, tasks=None, seed: int = 123, progress: bool = True) -> Path:
+def run_demo(out="figures/demo", n: int = 96, tasks=None, seed: int = 123, progress: bool = True) -> Path:
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = load_defaults()
