@@ -242,17 +242,19 @@ def difficulty_grid(task: str) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def statement_layout(n_stmt: int, stmt_len: int = 4, extra: tuple = (), tail: int = 3):
-    """Token -> state index for a program of ``n_stmt`` statements of ``stmt_len`` tokens each
-    (``<bos>`` first): the statement's tokens before its last one see the state before it, its
-    last token (``;``) the state after it. ``extra``: (after statement s, m tokens) inserted after
-    statement s, seeing the state after it; ``tail``: final tokens seeing the final state.
-    Returns the index array (state s = after s statements) and the start of each extra block."""
-    idx, starts = [0], {}
+    """Token layout of ``<bos>`` + ``n_stmt`` statements of ``stmt_len`` tokens + ``tail`` tokens.
+    A statement's tokens before its last one see the state before it, its last token (``;``) the
+    state after it. ``extra``: (s, m) pairs, m tokens inserted after statement s that see the
+    state after it; the ``tail`` tokens see the final state.
+    Returns (token -> state index [T] (state s = after s statements), statement start positions
+    [n_stmt], {s: start of the extra block after statement s})."""
+    idx, stmt, starts = [0], [], {}
     extra = dict(extra)
     for s in range(n_stmt):
+        stmt.append(len(idx))
         idx += [s] * (stmt_len - 1) + [s + 1]
         if s in extra:
             starts[s] = len(idx)
             idx += [s + 1] * extra[s]
     idx += [n_stmt] * tail
-    return np.asarray(idx), starts
+    return np.asarray(idx), np.asarray(stmt, dtype=np.int64), starts

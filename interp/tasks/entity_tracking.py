@@ -47,7 +47,7 @@ def _render(objs, start, moves, q):
         where[i] = b
         states.append(list(where))
     words += ["where", OBJECTS[objs[q]], "?", BOXES[where[q]]]
-    idx, _ = statement_layout(len(states) - 1, 4, (), 4)
+    idx = statement_layout(len(states) - 1, 4, (), 4)[0]
     return Example(words, [len(words) - 2], {"box_of": np.asarray(states)[idx]})
 
 

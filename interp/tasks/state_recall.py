@@ -20,12 +20,17 @@ differ too.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from interp.tasks.base import Example, int_in, need, one_of, register, statement_layout
-from interp.tasks.vocab import NUMBERS, VARS
+from interp.tasks.base import Rows, int_in, need, one_of, register, statement_layout
+from interp.tasks.vocab import NUMBERS, VARS, VOCAB
 
 LEVELS = ["assign", "copy", "arith", "swap"]
+ASSIGN, COPY, ARITH, SWAP = range(4)
+ID = {w: VOCAB.id(w) for w in ["<bos>", "swap", "+=", "=", ";", "?", "is"]}
+NUM_IDS, VAR_IDS = np.array(VOCAB.encode(NUMBERS)), np.array(VOCAB.encode(VARS))
 
 
 def _validate(n_steps, n_vars, complexity, modulus, cot):
@@ -37,85 +42,118 @@ def _validate(n_steps, n_vars, complexity, modulus, cot):
 
 
 def _program(rng, n_steps, n_vars, complexity, modulus):
+    """Statements (op, i, c) (c: a constant for assign / arith, a variable for copy / swap) and
+    the queried variable."""
     ops = LEVELS[: LEVELS.index(complexity) + 1]
     if n_vars < 2:
         ops = [o for o in ops if o not in ("copy", "swap")]
+    ops = [LEVELS.index(o) for o in ops]
     draw = rng.integers  # draw(0, h) is draw(h), a little faster
-    prog = [("assign", i, int(draw(0, modulus))) for i in range(n_vars)]
+    prog = [(ASSIGN, i, int(draw(0, modulus))) for i in range(n_vars)]
     n_ops = len(ops)
     for _ in range(n_steps):
         op = ops[draw(0, n_ops)]
         i = int(draw(0, n_vars))
-        if op == "assign":
+        if op == ASSIGN:
             prog.append((op, i, int(draw(0, modulus))))
-        elif op == "arith":
+        elif op == ARITH:
             prog.append((op, i, int(draw(1, modulus))))
         else:
             prog.append((op, i, int((i + 1 + draw(0, n_vars - 1)) % n_vars)))
     return prog, int(draw(0, n_vars))
 
 
+@functools.lru_cache(maxsize=64)
 def _layout(n_stmt, n_vars, cot):
-    """Token -> state index, and the position of each cot ``is`` (after statement n_vars..)."""
+    """Token -> state index, statement starts, the ``? xq ;`` start and each ``is`` (cot)."""
     extra = (((n_vars - 1, 3),) + tuple((s, 2) for s in range(n_vars, n_stmt))) if cot else ()
-    idx, starts = statement_layout(n_stmt, 4, extra, 3)
-    return idx, [starts[s] for s in range(n_vars, n_stmt)] if cot else []
+    idx, stmt, starts = statement_layout(n_stmt, 4, extra, 3)
+    return idx, stmt, starts.get(n_vars - 1), np.asarray([starts[s] for s in range(n_vars, n_stmt)] if cot else [],
+                                                        dtype=np.int64)
 
 
-def _render(prog, q, n_vars, modulus, cot):
-    vals = [-1] * n_vars
-    words, states, since = ["<bos>"], [list(vals)], [-1]  # states[s]: after s statements
-    last_write = None
+def _render(progs, qs, n_vars, modulus, cot):
+    """Rows for programs of equal length (vectorised over examples)."""
+    P = np.asarray(progs, dtype=np.int64).reshape(len(progs), -1, 3)
+    op, a, c = P[..., 0], P[..., 1], P[..., 2]
+    q = np.asarray(qs, dtype=np.int64)
+    N, S = op.shape
+    r = np.arange(N)
+    is_var = (op == COPY) | (op == SWAP)
+    cvar = np.where(is_var, c, 0)
+    vals = np.full((N, n_vars), -1, dtype=np.int64)
+    states = np.full((N, S + 1, n_vars), -1, dtype=np.int64)   # states[:, s]: after s statements
+    since = np.full((N, S + 1), -1, dtype=np.int64)
+    last = np.full(N, -1)
+    for s in range(S):
+        o, i, x = op[:, s], a[:, s], c[:, s]
+        old, other = vals[r, i], vals[r, cvar[:, s]]
+        vals[r, i] = np.choose(o, [x, other, (old + x) % modulus, other])
+        swap = o == SWAP
+        vals[r[swap], x[swap]] = old[swap]
+        last = np.where((i == q) | (swap & (x == q)), s + 1, last)
+        states[:, s + 1] = vals
+        since[:, s + 1] = np.where(last < 0, -1, s + 1 - last)
+    idx, stmt, qpos, cot_pos = _layout(S, n_vars, cot)
+    tokens = np.empty((N, len(idx)), dtype=np.int64)
+    tokens[:, 0] = ID["<bos>"]
+    tokens[:, stmt] = np.where(op == SWAP, ID["swap"], VAR_IDS[a])
+    tokens[:, stmt + 1] = np.where(op == SWAP, VAR_IDS[a], np.where(op == ARITH, ID["+="], ID["="]))
+    tokens[:, stmt + 2] = np.where(is_var, VAR_IDS[cvar], NUM_IDS[np.where(is_var, 0, c)])
+    tokens[:, stmt + 3] = ID[";"]
+    if cot:
+        tokens[:, qpos], tokens[:, qpos + 1], tokens[:, qpos + 2] = ID["?"], VAR_IDS[q], ID[";"]
+        tokens[:, cot_pos] = ID["is"]
+        tokens[:, cot_pos + 1] = NUM_IDS[states[r[:, None], np.arange(n_vars, S) + 1, q[:, None]]]
+    tokens[:, -3], tokens[:, -2], tokens[:, -1] = ID["?"], VAR_IDS[q], NUM_IDS[vals[r, q]]
+    var_value = states[:, idx]
+    labels = {"var_value": var_value, "query_var_value": var_value[r, :, q], "steps_since_write": since[:, idx]}
+    sup = np.zeros(tokens.shape, dtype=bool)
+    sup[:, cot_pos] = True
+    sup[:, -2] = True
+    return Rows(tokens, np.full((N, 1), tokens.shape[1] - 2), labels, sup)
+
+
+def _batch(rng, n, n_steps, n_vars, complexity, modulus, cot):
+    progs = [_program(rng, n_steps, n_vars, complexity, modulus) for _ in range(n)]
+    return _render([p for p, _ in progs], [q for _, q in progs], n_vars, modulus, cot)
+
+
+def _provenance(prog, q):
+    """The statements whose constant the final value of xq depends on. No statement merges two
+    values, so each such constant enters that value once: changing it changes the answer."""
+    src = {}
     for s, (op, i, c) in enumerate(prog):
-        if op == "assign":
-            words += [VARS[i], "=", NUMBERS[c], ";"]
-            vals[i] = c
-        elif op == "copy":
-            words += [VARS[i], "=", VARS[c], ";"]
-            vals[i] = vals[c]
-        elif op == "arith":
-            words += [VARS[i], "+=", NUMBERS[c], ";"]
-            vals[i] = (vals[i] + c) % modulus
+        if op == ASSIGN:
+            src[i] = {s}
+        elif op == COPY:
+            src[i] = src[c]
+        elif op == ARITH:
+            src[i] = src[i] | {s}
         else:
-            words += ["swap", VARS[i], VARS[c], ";"]
-            vals[i], vals[c] = vals[c], vals[i]
-        if i == q or (op == "swap" and c == q):
-            last_write = s + 1
-        states.append(list(vals))
-        since.append(-1 if last_write is None else s + 1 - last_write)
-        if cot and s == n_vars - 1:
-            words += ["?", VARS[q], ";"]
-        elif cot and s >= n_vars:
-            words += ["is", NUMBERS[vals[q]]]
-    words += ["?", VARS[q], NUMBERS[vals[q]]]
-    idx, cot_pos = _layout(len(prog), n_vars, cot)
-    var_value = np.asarray(states)[idx]
-    labels = {"var_value": var_value, "query_var_value": var_value[:, q],
-              "steps_since_write": np.asarray(since)[idx]}
-    ans = len(words) - 2
-    return Example(words, [ans], labels, cot_pos + [ans]), vals[q]
+            src[i], src[c] = src[c], src[i]
+    return src[q]
 
 
-def _example(rng, n_steps, n_vars, complexity, modulus, cot):
-    prog, q = _program(rng, n_steps, n_vars, complexity, modulus)
-    return _render(prog, q, n_vars, modulus, cot)[0]
-
-
-def _pair(rng, n_steps, n_vars, complexity, modulus, cot):
-    while True:
+def _pairs(rng, n, n_steps, n_vars, complexity, modulus, cot):
+    clean, corr, qs = [], [], []
+    while len(clean) < n:
         prog, q = _program(rng, n_steps, n_vars, complexity, modulus)
-        clean, a = _render(prog, q, n_vars, modulus, cot)
-        consts = [s for s, (op, _, _) in enumerate(prog) if op in ("assign", "arith")]
-        for s in rng.permutation(consts):
+        flows = _provenance(prog, q)
+        for s in rng.permutation([s for s, (op, _, _) in enumerate(prog) if op in (ASSIGN, ARITH)]):
             op, i, c = prog[s]
-            alt = list(prog)
-            choices = [x for x in range(1 if op == "arith" else 0, modulus) if x != c]
+            choices = [x for x in range(1 if op == ARITH else 0, modulus) if x != c]
             if not choices:
                 continue
-            alt[s] = (op, i, int(rng.choice(choices)))
-            corr, b = _render(alt, q, n_vars, modulus, cot)
-            if b != a:
-                return clean, corr
+            new = int(rng.choice(choices))
+            if int(s) in flows:
+                alt = list(prog)
+                alt[s] = (op, i, new)
+                clean.append(prog)
+                corr.append(alt)
+                qs.append(q)
+                break
+    return _render(clean, qs, n_vars, modulus, cot), _render(corr, qs, n_vars, modulus, cot)
 
 
 register(
@@ -126,4 +164,4 @@ register(
            "modulus": (10, "2..64", "values are taken mod this"),
            "cot": (False, "true | false", "emit the tracked value after every statement")},
     grid={"n_steps": [2, 4, 8, 16, 32], "n_vars": [2, 3, 5, 8], "complexity": LEVELS},
-    example=_example, pair=_pair, validate=_validate)
+    batch=_batch, pairs=_pairs, validate=_validate)
