@@ -3,10 +3,10 @@
 Every task is seeded and deterministic, shares one word-level vocabulary (`VOCAB`), returns
 per-token ground-truth labels (`TaskBatch.labels`) and makes clean/corrupted prompt pairs that
 differ in one controlled fact (`make_pairs`)."""
-from interp.tasks.base import (PairBatch, TaskBatch, TaskError, TASKS, difficulty_grid, generate, knobs,
+from interp.tasks.base import (Knob, PairBatch, TaskBatch, TaskError, TASKS, difficulty_grid, generate, knobs,
                                make_pairs)
 from interp.tasks.vocab import VOCAB
 from interp.tasks import mqar, state_recall, permutation, entity_tracking, pronoun, brackets, copy  # noqa: F401,E402
 
-__all__ = ["TASKS", "VOCAB", "TaskBatch", "PairBatch", "TaskError", "generate", "make_pairs", "knobs",
+__all__ = ["TASKS", "VOCAB", "TaskBatch", "PairBatch", "TaskError", "Knob", "generate", "make_pairs", "knobs",
            "difficulty_grid"]
