@@ -48,7 +48,9 @@ equivalent forward written with ``hooks.scan.mamba2.scan``: in_proj -> split (ga
 HF. Family specifics: falcon_h1's ``ssm_in_multiplier`` / ``mup_vector`` (``ssm_multipliers``)
 and its optional norm (``mamba_rms_norm=False``: y * silu(z)); the per-family norms are the
 modules' own ``norm`` (so version differences between transformers releases follow along).
-On CUDA the replacement runs fla's kernels through ``hooks.scan``, not mamba-ssm.
+On CUDA the replacement runs fla's kernels through ``hooks.scan``, not mamba-ssm (that path,
+tests/test_adapters_mamba.py::test_cuda_kernels_path, has not yet been run on a GPU; the CPU
+tests pass with transformers 5.17 and 5.23).
 `use_scan_forward(model)` installs the same replacement on every mixer without hooks.
 
 Supported paths of the replacement: a full-sequence forward without cache (``use_cache=False``,
