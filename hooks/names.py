@@ -99,10 +99,7 @@ def check(names, valid: list[str]) -> list[str]:
                 n_layers = sum(1 for v in valid if v.endswith(".resid_pre"))
                 if p[0] >= n_layers:
                     why = f" (layer {p[0]} out of range 0..{n_layers - 1})"
-                elif p[1] == "rec":
-                    why = f" (layer {p[0]} has no recurrent mixer)"
-                elif p[1] == "attn":
-                    why = f" (layer {p[0]} has no attention)"
+XX
             raise HookNameError(f"unknown hook name '{n}'{why}{hint}; valid names: "
                                 f"{', '.join(HOOK_NAMES)} (i = layer index)")
     return list(names)

@@ -234,6 +234,8 @@ def test_bad_names():
         hm.run_with_cache(toks(), names=["blocks.9.resid_pre"])
     with pytest.raises(HookNameError, match="layer 3 has no recurrent mixer"):
         hm.run_with_cache(toks(), names=["blocks.3.rec.state"])
+    with pytest.raises(HookNameError, match=r"unknown hook name 'blocks.1.rec.stat'; close matches: blocks.1.rec.state"):
+        hm.run_with_cache(toks(), names=["blocks.1.rec.stat"])
     with pytest.raises(HookNameError, match="layer 0 has no attention"):
         hm.run_with_cache(toks(), names=["blocks.0.attn.pattern"])
 
