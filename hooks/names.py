@@ -99,7 +99,8 @@ def check(names, valid: list[str]) -> list[str]:
                 n_layers = sum(1 for v in valid if v.endswith(".resid_pre"))
                 if p[0] >= n_layers:
                     why = f" (layer {p[0]} out of range 0..{n_layers - 1})"
-XX
+                elif p[1] in ("rec", "attn") and not any(v.startswith(f"blocks.{p[0]}.{p[1]}.") for v in vs):
+                    why = f" (layer {p[0]} has no {'recurrent mixer' if p[1] == 'rec' else 'attention'})"
             raise HookNameError(f"unknown hook name '{n}'{why}{hint}; valid names: "
                                 f"{', '.join(HOOK_NAMES)} (i = layer index)")
     return list(names)
