@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 from hooks.scan import gdn, gla, mamba2
+from hooks.scan._common import l2norm as _l2norm
 
 
 def l2norm(x):
-    # fla's / HF's use_qk_l2norm_in_kernel: x / sqrt(sum x^2 + 1e-6), not F.normalize's clamp
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)
+    """The scan modules' l2norm (fla's / HF's use_qk_l2norm_in_kernel), in x's dtype."""
+    return _l2norm(x).to(x.dtype)
 
 
 def _heads(t, H):
