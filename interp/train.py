@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -101,7 +101,7 @@ def answer_accuracy(model, batch, chunk: int = 256) -> float:
     return correct / max(total, 1)
 
 
-def _save_checkpoint(path: Path, model, opt, step, cfg, log_rows):
+def _save_checkpoint(path: Path, model, opt, step, cfg):
     ck = path / "checkpoint"
     tmp = path / "checkpoint.tmp"
     save_model(model, tmp)
@@ -109,7 +109,6 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, log_rows):
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
     (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if ck.exists():
-        import shutil
         shutil.rmtree(ck)
     tmp.rename(ck)  # atomic-ish: a crash mid-save leaves the previous checkpoint intact
 
@@ -179,7 +178,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             model.train()
         if ((step + 1) % cfg.save_every == 0 and not last) or (stop_after is not None and step + 1 == stop_after):
-            _save_checkpoint(out, model, opt, step + 1, cfg, None)
+            _save_checkpoint(out, model, opt, step + 1, cfg)
         if stop_after is not None and step + 1 == stop_after and not last:
             return model.eval()
         if last:
