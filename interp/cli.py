@@ -96,6 +96,19 @@ def cmd_capture(a):
     print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names)")
 
 
+def cmd_probe(a):
+    from pathlib import Path
+    from interp import probes
+    models = {Path(m).name: _load_any(m, a.device) for m in a.model}
+    df = probes.run(models, a.task, a.target, sites=a.site, n=a.n, seed=a.seed, backend=a.backend, **_kv(a.knob))
+    print(df.round(3).to_string(index=False))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "probes.csv", index=False)
+    df.plot(out / "probes.png")
+    print(f"wrote {out}/probes.csv, {out}/probes.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from interp.tasks import TASKS
     from interp.zoo.layouts import preset_names
@@ -154,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_capture)
 
+    pr = sub.add_parser("probe", help="layer-wise linear probes with control tasks and selectivity")
+    pr.add_argument("--model", action="append", default=None, help="model dir or default name (repeatable)")
+    pr.add_argument("--task", default="state_recall")
+    pr.add_argument("--target", default="var_value[0]", help="per-token label, or name[j] for a column")
+    pr.add_argument("--site", action="append", default=None, help="resid_post (default), resid_pre, mixer_out, rec.state, rec.readout")
+    pr.add_argument("--knob", action="append", help="task knob KNOB=VALUE (repeatable)")
+    pr.add_argument("--n", type=int, default=256, help="examples (split 80/20 by example)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--backend", default="torch", help="torch (batched, GPU if present) or sklearn")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--out", default="figures/probe")
+    pr.set_defaults(func=cmd_probe)
+
     d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
     d.add_argument("--out", default="figures/demo")
     d.add_argument("--n", type=int, default=96, help="examples per difficulty point")
@@ -168,6 +194,9 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "task", "x") is None and args.cmd == "train":
             args.task = ["mqar", "state_recall"]
+        if args.cmd == "probe":
+            args.model = args.model or ["transformer", "gdn75", "gdn100"]
+            args.site = args.site or ["resid_post"]
         args.func(args)
     except (InterpError, TaskError, HookNameError) as e:
         print(f"error: {e}", file=sys.stderr)
