@@ -43,20 +43,22 @@ class ProbeResult(pd.DataFrame):
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         sites = list(dict.fromkeys(self["site"]))
+        colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(self["model"]))}  # same colour in every panel
+        lo = min(-0.05, float(self["selectivity"].min()) - 0.05)
         fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 3.4), squeeze=False)
         for ax, site in zip(axes[0], sites):
             sub = self[self.site == site]
-            for i, (model, g) in enumerate(sub.groupby("model", sort=False)):
-                c = f"C{i}"
+            for model, g in sub.groupby("model", sort=False):
+                c = colour[model]
                 ax.plot(g["layer"], g["accuracy"], marker="o", color=c, label=f"{model} accuracy")
                 ax.plot(g["layer"], g["selectivity"], ls="--", color=c, label=f"{model} selectivity")
             ax.axhline(sub["majority"].max(), color="gray", lw=0.8, ls=":", label="majority")
             ax.set_title(f"{sub['target'].iloc[0]} from {site}", fontsize=10)
             ax.set_xlabel("layer")
-            ax.set_ylim(-0.05, 1.05)
+            ax.set_ylim(lo, 1.05)
+            ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
-        axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110)
