@@ -104,15 +104,17 @@ class HookedModel:
                     x = r
             return x
 
+        def store(name, x):  # x already holds only the kept positions
+            cache[name] = x.detach().to(cache_device) if cache_device else x.detach()
+
         def keep(name, x, dim=1):
             if name in want:
-                kept = x if pos is None else x.index_select(dim, pos.to(x.device))
-                cache[name] = kept.detach().to(cache_device) if cache_device else kept.detach()
+                store(name, x if pos is None else x.index_select(dim, pos.to(x.device)))
             return x
 
         def apply(name, x, dim=1):
             return keep(name, run_fns(name, x), dim)
-        apply.run_fns, apply.keep = run_fns, keep
+        apply.run_fns, apply.keep, apply.store = run_fns, keep, store
 
         with ExitStack() as stack:
             handles = []
@@ -173,8 +175,7 @@ class HookedModel:
             else:
                 o = call(q, k, v)
                 if name in want:
-                    pat = attention_pattern(q, k, meta["scale"], meta.get("sliding_window"), rows=pos)
-                    cache[name] = pat.to(cache_device) if cache_device else pat
+                    apply.store(name, attention_pattern(q, k, meta["scale"], meta.get("sliding_window"), rows=pos))
             return apply(f"{p}.attn.head_out", o)
         return wrapper
 
@@ -205,8 +206,8 @@ class HookedModel:
                         final = fin
                 apply.keep(sname, S_new)
             elif has("rec.state"):
-                S = R.states(fam, c, positions=pos) if modified else R.family_states(fam, kw, c, positions=pos)
-                cache[sname] = S.detach().to(cache_device) if cache_device else S.detach()
+                apply.store(sname, R.states(fam, c, positions=pos) if modified
+                            else R.family_states(fam, kw, c, positions=pos))
             o = apply(f"{p}.rec.readout", o)
             return o, final
         return wrapper
