@@ -199,9 +199,11 @@ class HookedModel:
             if sname in fns:  # the hook sees every state; changed ones are continued from
                 S = R.states(fam, c) if modified else R.family_states(fam, kw, c)
                 S_new = apply.run_fns(sname, S)
-                changed = (S_new != S).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
+                diff = (S_new != S).flatten(2).any(-1)  # [B, T]: which rows changed which states
+                changed = diff.any(0).nonzero().flatten().tolist()
                 if changed:
-                    o, fin, S_new = R.continue_from(fam, c, o, {t: S_new[:, t] for t in changed}, S)
+                    o, fin, S_new = R.continue_from(fam, c, o, {t: S_new[:, t] for t in changed}, S,
+                                                    rows={t: diff[:, t] for t in changed})
                     if kw.get("output_final_state"):
                         final = fin
                 apply.keep(sname, S_new)

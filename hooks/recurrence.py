@@ -97,27 +97,46 @@ def readout_at(c: dict, S, t: int):
     return o
 
 
-def continue_from(family: str, c: dict, o, patched: dict, S_all=None):
+def _slice(c: dict, a: int, b: int) -> dict:
+    """The canonical view restricted to positions [a, b) (initial_state dropped)."""
+    return {key: (val[:, a:b] if key in SEQ_KEYS and val is not None else val)
+            for key, val in c.items() if key != "initial_state"}
+
+
+def continue_from(family: str, c: dict, o, patched: dict, S_all=None, rows: dict | None = None):
     """Re-run the recurrence so that S_t := patched[t] at each patched position t, continuing
     from it (later readouts change too). o: the layer's readout [B, T, H, V]; S_all: the
-    unpatched per-token states [B, T, H, K, V] (optional). Returns (o, S_T, states) where
-    states are the states the patched run went through (None if S_all is None)."""
+    unpatched per-token states [B, T, H, K, V] (optional; needed with ``rows``); ``rows``:
+    {t: bool [B]}, the batch rows whose state is replaced at t (default: all rows). Rows not
+    replaced at t keep the state their own (possibly already patched) recurrence reaches there,
+    so one batch can hold a different patch in every row. Returns (o, S_T, states) where states
+    are the states the patched run went through (None if S_all is None)."""
     o = o.clone()
+    S_orig = S_all
     S_all = None if S_all is None else S_all.clone()
     T = o.shape[1]
     ts = sorted(patched)
+    if rows is not None and S_orig is None:
+        raise ValueError("continue_from with rows= needs S_all, the unpatched states")
+    run = None  # the patched run's state after position t - 1 (None before the first patch)
     for j, t in enumerate(ts):
         S = patched[t].float()
+        if rows is not None and not bool(rows[t].all()):
+            if run is None:  # no earlier patch: the unpatched state is exact
+                here = S_orig[:, t].float()
+            else:            # one step of the (already patched) recurrence from the running state
+                here = scan(family, _slice(c, t, t + 1), initial_state=run)[1].float()
+            S = torch.where(rows[t].view(-1, *[1] * (S.dim() - 1)), S, here)
         o[:, t] = readout_at(c, S, t).to(o.dtype)
         end = ts[j + 1] if j + 1 < len(ts) else T  # the next patched state overrides from there
         final = S
         if S_all is not None:
             S_all[:, t] = S
         if t + 1 < end:
-            seg = {key: (val[:, t + 1:end] if key in SEQ_KEYS and val is not None else val)
-                   for key, val in c.items() if key != "initial_state"}
+            seg = _slice(c, t + 1, end)
             o_seg, final = scan(family, seg, initial_state=S)
             o[:, t + 1:end] = o_seg.to(o.dtype)
             if S_all is not None:
                 S_all[:, t + 1:end] = states(family, {**seg, "initial_state": S})
+        run = final.float()
     return o, final, S_all
