@@ -17,6 +17,7 @@ import torch
 from hooks import names as N
 from hooks import recurrence as R
 from hooks.adapters import find
+from hooks.adapters.base import swap_attr
 from hooks.cache import Cache
 
 
@@ -26,6 +27,15 @@ def _first(x):
 
 def _replace_first(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
+
+
+def _map_tensors(x, fn):
+    """Apply fn to every tensor in x (a tensor, or a tuple/list of tensors and other things)."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map_tensors(v, fn) for v in x)
+    return x
 
 
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None):
@@ -126,6 +136,55 @@ class HookedModel:
                 self._install_layer(L, active, apply, fns, want, pos, handles, stack, cache, cache_device)
             yield self
 
+    # --- compute-saving interventions (used by sweeps that run many patched copies) -----------
+    @contextmanager
+    def logits_at(self, positions):
+        """Inside the context the model computes logits only at one position per row:
+        ``positions`` [B] (a tensor or list); the logits come out as [B, 1, vocab]. Saves the
+        unembedding of every other position (for real vocabularies, a large part of a forward)."""
+        head = self.adapter.unembed(self.model)
+        orig = head.forward
+        pos = torch.as_tensor(positions, dtype=torch.long)
+
+        def fwd(x, *a, **kw):
+            if x.dim() != 3 or x.shape[0] != pos.shape[0]:
+                raise ValueError(f"logits_at: hidden states {tuple(x.shape)} do not match "
+                                 f"{pos.shape[0]} positions")
+            rows = torch.arange(x.shape[0], device=x.device)
+            return orig(x[rows, pos.to(x.device)].unsqueeze(1), *a, **kw)
+        with swap_attr(head, "forward", fwd):
+            yield
+
+    def block_outputs(self, tokens) -> list:
+        """Run ``tokens`` once and return every block's raw output object (for `start_at`)."""
+        outs, handles = [None] * self.n_layers, []
+        try:
+            for L in self.layers:
+                handles.append(L.block.register_forward_hook(
+                    lambda m, a, out, i=L.index: outs.__setitem__(i, out)))
+            self(tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        return outs
+
+    @contextmanager
+    def start_at(self, layer: int, prev_output, repeat: int = 1):
+        """Inside the context blocks ``0 .. layer-1`` are not computed: they return
+        ``prev_output`` (block ``layer-1``'s output from `block_outputs`, its batch tiled
+        ``repeat`` times), so a batch of copies that differ only from block ``layer`` on costs only
+        the blocks they change. The token batch passed to the model must have the tiled size."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} out of range 0..{self.n_layers - 1}")
+        if layer == 0:
+            yield
+            return
+        tiled = _map_tensors(prev_output, lambda t: t.repeat(repeat, *[1] * (t.dim() - 1)))
+        with ExitStack() as stack:
+            for L in self.layers[:layer]:
+                stack.enter_context(swap_attr(L.block, "forward", lambda *a, **kw: tiled))
+            yield
+
     # --- per layer -------------------------------------------------------------------------
     def _install_layer(self, L, active, apply, fns, want, pos, handles, stack, cache, cache_device):
         p = f"blocks.{L.index}"
@@ -188,7 +247,9 @@ class HookedModel:
             for s in ("q", "k", "v", "decay", "beta"):
                 if s in c and has(f"rec.{s}"):
                     new = apply(f"{p}.rec.{s}", c[s])
-                    modified |= new is not c[s]
+                    # an identical replacement keeps the layer's own kernel (bit-exact clean runs);
+                    # one that carries a gradient graph must be on the path that is differentiated
+                    modified |= new is not c[s] and (new.requires_grad or not torch.equal(new, c[s]))
                     c[s] = new
             if modified:
                 o, final = R.scan(fam, c, initial_state=c["initial_state"])

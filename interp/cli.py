@@ -109,6 +109,76 @@ def cmd_probe(a):
     print(f"wrote {out}/probes.csv, {out}/probes.png")
 
 
+def _positions(spec, what="--positions"):
+    """'all' -> None; '3,5,9' or '0:30' (python slice, end exclusive) or a mix -> list of ints."""
+    if spec is None or spec == "all":
+        return None
+    out = []
+    for part in spec.split(","):
+        try:
+            if ":" in part:
+                a, b = part.split(":")
+                out += list(range(int(a), int(b)))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InterpError(f"{what} '{spec}' is not valid; valid: all, 3,5,9 or 0:30") from None
+    return out
+
+
+def cmd_patch(a):
+    from pathlib import Path
+    import hashlib
+    import hooks
+    from interp import patching, tasks as T
+    from interp.models import load_any
+    model, _ = load_any(a.model, device=a.device)
+    hm = hooks.wrap(model)
+    knobs = _kv(a.knob)
+    pairs = T.make_pairs(a.task, a.n, seed=a.seed, **knobs)
+    layers = None
+    if a.layer is not None:
+        layers = [int(x) for x in _positions(a.layer, "--layer")]
+        for i in layers:
+            if not 0 <= i < hm.n_layers:
+                raise InterpError(f"layer {i} out of range 0..{hm.n_layers - 1}")
+    if a.metric not in patching.METRICS:
+        raise InterpError(f"metric '{a.metric}' is not valid; valid: {', '.join(patching.METRICS)}")
+    sites = a.site
+    if not sites:
+        if layers is None:
+            sites = ["resid_pre"]
+        else:  # every site the chosen layer(s) have
+            have = {n.split(".", 2)[2] for n in hm.hook_names if n.startswith("blocks.")
+                    and int(n.split(".")[1]) in layers}
+            sites = [s for s in patching.SITES if s in have and s != "attn.pattern"]
+    positions = _positions(a.positions)
+    name = f"{Path(a.model).name}_{a.task}" + (f"_L{'-'.join(map(str, layers))}" if layers else "")
+    out = Path(a.out)
+    spec = json.dumps([a.model, a.task, knobs, a.n, a.seed, layers, sites, positions, a.heads, a.direction])
+    units = out / ".units" / (name + "-" + hashlib.sha1(spec.encode()).hexdigest()[:10])
+    res = patching.sweep(hm, pairs, sites=sites, layers=layers, positions=positions, heads=a.heads,
+                         direction=a.direction, batch_size=a.batch_size, out=units, model_name=Path(a.model).name)
+    b = res.attrs["baselines"]
+    print(f"{a.model} on {a.task} ({a.n} pairs, {a.direction}): logit diff clean {b['clean_logit_diff']:.3f}, "
+          f"corrupted {b['corrupted_logit_diff']:.3f}; p(clean answer) clean {b['clean_prob']:.3f}, "
+          f"corrupted {b['corrupted_prob']:.3f}")
+    print(res.ranked(a.metric, k=a.top).round(4).to_string(index=False))
+    if a.attribution:
+        att = patching.attribution(hm, pairs, sites=[s for s in sites if s not in ("rec.state", "attn.pattern")],
+                                   layers=layers, model_name=Path(a.model).name)
+        m = res.merge(att[["site", "layer", "position", "head", "logit_diff"]],
+                      on=["site", "layer", "position", "head"], suffixes=("", "_attribution"))
+        print(f"attribution patching vs exact (normalised logit diff): Pearson r = "
+              f"{m.logit_diff.corr(m.logit_diff_attribution):.3f} over {len(m)} cells")
+        m.to_csv(out / f"{name}_attribution.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    res.to_csv(out / f"{name}.csv", index=False)
+    res.to_parquet(out / f"{name}.parquet", index=False)
+    res.plot(out / f"{name}.png", metric=a.metric)
+    print(f"wrote {out}/{name}.csv, .parquet, .png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from interp.tasks import TASKS
     from interp.zoo.layouts import preset_names
@@ -179,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--out", default="figures/probe")
     pr.set_defaults(func=cmd_probe)
+
+    pa = sub.add_parser("patch", help="activation patching: layer x position (or every site of --layer) heatmaps")
+    pa.add_argument("--model", default="gdn75", help="default model name, zoo dir or local HF checkpoint dir")
+    pa.add_argument("--task", default="mqar")
+    pa.add_argument("--knob", action="append", help="task knob KNOB=VALUE (repeatable)")
+    pa.add_argument("--layer", help="patch every site of this layer (or comma list); default: resid_pre of every layer")
+    pa.add_argument("--site", action="append", help="hook site without the block prefix, e.g. resid_pre, "
+                    "mixer_out, attn.head_out, rec.state (repeatable)")
+    pa.add_argument("--positions", default="all", help="all (default), 3,5,9 or 0:30")
+    pa.add_argument("--heads", action="store_true", help="one cell per head (head sites)")
+    pa.add_argument("--metric", default="logit_diff", help="logit_diff (normalised), prob or kl: ranks and colours")
+    pa.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    pa.add_argument("--attribution", action="store_true", help="also run attribution patching and compare")
+    pa.add_argument("--n", type=int, default=64, help="prompt pairs")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--top", type=int, default=15, help="rows of the ranked table")
+    pa.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (pairs x cells)")
+    pa.add_argument("--device", default="cpu")
+    pa.add_argument("--out", default="figures/patch")
+    pa.set_defaults(func=cmd_patch)
 
     d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
     d.add_argument("--out", default="figures/demo")

@@ -40,6 +40,15 @@ class Adapter:
     def embed(self, model) -> nn.Module:
         raise NotImplementedError
 
+    def unembed(self, model) -> nn.Module:
+        """The module that maps final hidden states [B, T, D] to logits (HF: the output embeddings)."""
+        get = getattr(model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        head = head if head is not None else getattr(model, "lm_head", None)
+        if not isinstance(head, nn.Module):
+            raise TypeError(f"{type(model).__name__}: cannot find the unembedding (lm_head)")
+        return head
+
     def forward(self, model, tokens):
         """Run the model on [B, T] token ids and return logits [B, T, vocab]."""
         out = model(tokens)
