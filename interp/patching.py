@@ -269,9 +269,12 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
                     base[f"{tag}_{k}"] = base.get(f"{tag}_{k}", 0.0) + float(v.sum())
             base["n"] = base.get("n", 0) + n
             store.add_base(ci, base)
+            base_metrics = _answer_metrics(corr_lg if direction == "denoise" else clean_lg, (ca, xa), clean_logp)
             names = sorted({f"blocks.{i}.{s}" for s, i, _ in units})
             _, src_cache = hm.run_with_cache(src_tok[sl], names=names)
             outs = hm.block_outputs(base_tok[sl]) if skip_prefix else None
+            win = {ui for ui, u in enumerate(units) if skip_prefix and _window_ok(hm, *u)}
+            win_cache = _window_cache(hm, base_tok[sl], units, win)
             cells_per_fwd = max(1, batch_size // n)
             for ui, (site, layer, cells) in enumerate(units):
                 if store.done(ci, ui):
@@ -279,14 +282,23 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
                 name = f"blocks.{layer}.{site}"
                 src = src_cache[name]
                 rows = []
+                if ui in win:  # windows: one per group of nearby positions
+                    cells = sorted(cells)
                 for c0 in range(0, len(cells), cells_per_fwd):
                     cc = cells[c0:c0 + cells_per_fwd]
                     rep = len(cc)
-                    fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site))
-                    ctx_start = hm.start_at(layer, outs[layer - 1], rep) if (skip_prefix and layer > 0) else _null()
-                    with ctx_start, hm.logits_at(ans[sl].repeat(rep)):
-                        lg = hm.run_with_hooks(base_tok[sl].repeat(rep, 1), hooks=[(name, fn)])
+                    if ui in win:
+                        lg, p0 = _window_logits(hm.model, win_cache, src, n, cc, layer, ans[sl])
+                    else:
+                        fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site))
+                        ctx_start = hm.start_at(layer, outs[layer - 1], rep) if (skip_prefix and layer > 0) else _null()
+                        with ctx_start, hm.logits_at(ans[sl].repeat(rep)):
+                            lg = hm.run_with_hooks(base_tok[sl].repeat(rep, 1), hooks=[(name, fn)])
                     ld, pr, kl = _answer_metrics(lg, (ca.repeat(rep), xa.repeat(rep)), clean_logp.repeat(rep, 1))
+                    if ui in win:  # answers before the window: the patch cannot reach them
+                        early = (ans[sl] < p0).repeat(rep)
+                        for got, ref in zip((ld, pr, kl), base_metrics):
+                            got[early] = ref.repeat(rep)[early]
                     for j, (p, h) in enumerate(cc):
                         r = slice(j * n, (j + 1) * n)
                         rows.append(dict(site=site, layer=layer, position=-1 if p is None else p,
@@ -297,6 +309,38 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
             base = {}
     bar.close()
     return _assemble(store.frame(), store.baselines(), hm, pairs, model_name, direction, max_cells)
+
+
+def _window_ok(hm, site, layer, cells) -> bool:
+    """Fast path: a resid_pre patch at one position in a zoo model whose layers from ``layer`` on
+    are all attention. Only positions >= the patched one change, so the forward runs on the
+    suffix window with the unchanged run's keys/values as a KV cache (`HybridLM.forward_window`)."""
+    m = hm.model
+    return (site == "resid_pre" and hm.adapter.family == "zoo" and hasattr(m, "forward_window")
+            and all(k == "attn" for k in m.config.layers[layer:])
+            and all(p is not None and h is None for p, h in cells))
+
+
+def _window_cache(hm, tokens, units, win):
+    if not win:
+        return None
+    lo = min(units[u][1] for u in win)
+    names = {f"blocks.{i}.attn.{kv}" for i in range(lo, hm.n_layers) for kv in "kv"}
+    names |= {f"blocks.{units[u][1]}.resid_pre" for u in win}
+    return hm.run_with_cache(tokens, names=sorted(names))[1]
+
+
+def _window_logits(model, cache, src, n, cells, layer, ans):
+    """Logits at the answer for cells [(position, None)] patched into resid_pre of ``layer``,
+    computed on the window [p0, T) (p0 = first patched position of the group)."""
+    rep, p0 = len(cells), cells[0][0]
+    x = cache[f"blocks.{layer}.resid_pre"][:, p0:].repeat(rep, 1, 1)
+    for j, (p, _) in enumerate(cells):
+        x[j * n:(j + 1) * n, p - p0] = src[:, p].to(x.dtype)
+    kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][:, :p0].repeat(rep, 1, 1, 1) for t in "kv")
+          for i in range(layer, len(model.blocks))}
+    at = (ans - p0).clamp(min=0).repeat(rep)
+    return model.forward_window(x, layer, p0, kv, at=at), p0
 
 
 class _null:

@@ -70,7 +70,8 @@ def _manual_metric(hm, p, name, position, head=None):
 
 @pytest.mark.parametrize("layout,site,layer", [("gdn75", "rec.state", 1), ("gla75", "rec.state", 0),
                                                ("mamba275", "rec.state", 2), ("gdn75", "resid_pre", 3),
-                                               ("transformer", "attn.head_out", 1)])
+                                               ("transformer", "attn.head_out", 1),
+                                               ("transformer", "resid_pre", 1)])  # + gdn75 L3: the KV-window path
 def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     """Batched sweep (many cells per forward, blocks before the layer skipped) == one patch at a
     time by hand; batch size and skip_prefix do not change the numbers."""
@@ -79,6 +80,7 @@ def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     pos = [3, 8, 13, p.clean.shape[1] - 2]
     heads = site == "attn.head_out"
     a = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False)
+    assert patching._window_ok(hm, site, layer, [(3, None)]) == (site == "resid_pre")
     b = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False,
                        batch_size=7, skip_prefix=False)
     np.testing.assert_allclose(a.logit_diff, b.logit_diff, atol=1e-4)

@@ -40,3 +40,20 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = self.attn_fn(q, k, v)
         return self.o_proj(o.reshape(B, T, -1))
+
+    def forward_window(self, x, offset: int, k_prev, v_prev):
+        """The output at positions ``offset .. offset+W-1`` given their inputs x [B, W, D] and the
+        keys/values of positions ``0 .. offset-1`` (after RoPE) k_prev, v_prev [B, offset, H, D]
+        (as a KV cache would hold them): equals ``forward`` on the full sequence at those positions."""
+        B, W, _ = x.shape
+        shape = (B, W, self.n_heads, self.head_dim)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        cos, sin = rope_cache(offset + W, self.head_dim, self.rope_theta, x.device)
+        q, k = apply_rope(q, cos[offset:], sin[offset:]), apply_rope(k, cos[offset:], sin[offset:])
+        k, v = torch.cat([k_prev.to(k.dtype), k], 1), torch.cat([v_prev.to(v.dtype), v], 1)
+        i = torch.arange(W, device=x.device)[:, None] + offset
+        mask = torch.arange(offset + W, device=x.device)[None, :] <= i   # [W, offset + W]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask).transpose(1, 2)
+        return self.o_proj(o.reshape(B, W, -1))
+

@@ -96,6 +96,24 @@ class HybridLM(nn.Module):
             x = block(x)
         return self.lm_head(self.norm_f(x)).float()
 
+    def forward_window(self, x, start: int, offset: int, kv: dict, at=None):
+        """Blocks ``start ..`` on hidden states x [B, W, D] of positions ``offset ..``, with the
+        keys/values of the earlier positions given per layer (``kv[i] = (k, v)``, [B, offset, H, D],
+        after RoPE, as `hooks` captures ``blocks.{i}.attn.k/v``). Only all-attention suffixes (a
+        recurrent layer would need its state and conv window). ``at`` [B]: window index per row
+        whose logits to return ([B, 1, vocab]); default all positions. Used by activation patching
+        to recompute only what a patch at position >= offset can change."""
+        kinds = self.config.layers[start:]
+        if any(k != "attn" for k in kinds):
+            raise NotImplementedError("forward_window needs attention in every layer from `start` on")
+        for i in range(start, len(self.blocks)):
+            b = self.blocks[i]
+            x = x + b.mixer.forward_window(b.norm1(x), offset, *kv[i])
+            x = x + b.mlp(b.norm2(x))
+        if at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), at].unsqueeze(1)
+        return self.lm_head(self.norm_f(x)).float()
+
     def set_scan_backend(self, backend: str = "auto") -> "HybridLM":
         """Choose how recurrent mixers run their scan: ``auto`` (fla kernels for CUDA tensors,
         pure-torch chunked reference otherwise), ``reference`` (pure-torch chunked, any device)

@@ -1,0 +1,113 @@
+"""Full layer x position resid_pre patching sweep: interp.patching vs TransformerLens.
+
+    python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
+    python bench/bench_patch.py --small         # CPU sanity check
+
+Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
+through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
+logit difference), float32 without TF32 for both. Prints a markdown block for BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, ".")
+from interp import patching, tasks  # noqa: E402
+from interp.tasks import VOCAB  # noqa: E402
+from interp.zoo import HybridLM, ZooConfig  # noqa: E402
+from interp.zoo.hf import to_transformer_bridge  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256, help="our rows per forward")
+    ap.add_argument("--skip-tl", action="store_true")
+    a = ap.parse_args(argv)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if a.small:
+        a.pairs, a.seq_len, d, L, H = 16, 32, 64, 3, 4
+    else:
+        d, L, H = 768, 12, 12
+    torch.manual_seed(0)
+    cfg = ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout="transformer", n_heads=H, head_dim=d // H)
+    m = HybridLM(cfg).to(dev).eval()
+    with torch.no_grad():  # give the random model prompt-dependent answers
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)
+    pairs = tasks.make_pairs("mqar", a.pairs, seed=0, n_pairs=8, seq_len=a.seq_len).to(dev)
+    N, T = pairs.clean.shape
+    print(f"model {m.num_params() / 1e6:.1f}M params, {N} pairs x {T} tokens, device {dev}", flush=True)
+
+    with torch.no_grad():  # warm-up + one plain forward of the whole batch
+        m(pairs.clean)
+        sync()
+        t0 = time.perf_counter()
+        m(pairs.clean)
+        sync()
+        t_fwd = time.perf_counter() - t0
+
+    patching.sweep(m, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev),
+                   sites=["resid_pre"], layers=[L - 1], positions=[T - 3], progress=False)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    ours = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False)
+    sync()
+    t_ours = time.perf_counter() - t0
+    grid = ours.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
+    b = ours.attrs["baselines"]
+    print(f"ours: {t_ours:.2f} s", flush=True)
+
+    t_tl = err = None
+    if not a.skip_tl:
+        from transformer_lens import patching as tlp
+        bridge = to_transformer_bridge(m)
+        r = torch.arange(N, device=dev)
+
+        def metric(logits):
+            ld = (logits[r, pairs.answer_pos, pairs.clean_answer] - logits[r, pairs.answer_pos, pairs.corrupted_answer]).mean()
+            return (ld - b["corrupted_logit_diff"]) / (b["clean_logit_diff"] - b["corrupted_logit_diff"])
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(pairs.clean)
+            sync()
+            t0 = time.perf_counter()
+            tl = tlp.get_act_patch_resid_pre(bridge, pairs.corrupted, cache, metric)
+            sync()
+            t_tl = time.perf_counter() - t0
+        err = float(np.abs(tl.float().cpu().numpy() - grid).max())
+        print(f"TransformerLens: {t_tl:.2f} s, max |diff| {err:.2e}", flush=True)
+
+    name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
+    cmd = "python bench/bench_patch.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"\n### Patching sweep: layer x position resid_pre ({datetime.date.today()}, {name})\n")
+    print(f"Command: `{cmd.strip()}` (commit {commit or 'n/a'}); {L} layers, d={d}, {m.num_params() / 1e6:.1f}M params, "
+          f"{N} pairs x {T} tokens, {L * T} cells, float32 (TF32 off).\n")
+    print("| what | seconds | vs one plain forward of the batch |\n|---|---|---|")
+    print(f"| one plain forward (all {N} prompts) | {t_fwd:.4f} | 1 |")
+    print(f"| interp.patching.sweep (batch {a.batch_size} rows) | {t_ours:.2f} | {t_ours / t_fwd:.0f} |")
+    if t_tl is not None:
+        print(f"| TransformerLens get_act_patch_resid_pre | {t_tl:.2f} | {t_tl / t_fwd:.0f} |")
+        print(f"\nSpeed-up over TransformerLens: **{t_tl / t_ours:.1f}x**; max |difference| of the normalised "
+              f"logit diff grid: {err:.1e}.")
+
+
+if __name__ == "__main__":
+    main()
