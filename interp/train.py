@@ -34,6 +34,7 @@ class TrainConfig:
     model: dict                      # ZooConfig fields (vocab_size is filled in)
     tasks: list = field(default_factory=lambda: ["mqar", "state_recall"])
     grid_max: dict = field(default_factory=dict)  # task -> {knob: max value used in training}
+    knobs: dict = field(default_factory=dict)     # task -> {knob: value} fixed in every batch, e.g. cot
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -151,7 +152,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     for step in bar:
         task = cfg.tasks[step % len(cfg.tasks)]
         rng = np.random.default_rng([cfg.seed, step])
-        knobs = training_knobs(task, rng, cfg.grid_max.get(task))
+        knobs = {**training_knobs(task, rng, cfg.grid_max.get(task)), **cfg.knobs.get(task, {})}
         batch = T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -172,12 +173,14 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
                    "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
             with autocast:
                 for t in cfg.tasks:  # held-out seeds (training seeds are >= 1e6)
-                    row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7).to(device))
+                    row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7,
+                                                                        **cfg.knobs.get(t, {})).to(device))
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             model.train()
-        if ((step + 1) % cfg.save_every == 0 and not last) or (stop_after is not None and step + 1 == stop_after):
+        if (((step + 1) % cfg.save_every == 0 and not last) or (stop_after is not None and step + 1 == stop_after)
+                or (out_of_time and step + 1 < cfg.steps)):  # a later call resumes where the time ran out
             _save_checkpoint(out, model, opt, step + 1, cfg)
         if stop_after is not None and step + 1 == stop_after and not last:
             return model.eval()

@@ -197,6 +197,56 @@ def check_copy(words):
     return Check(answers, {"copy_source": src}, [src[len(words) - 2]])
 
 
+
+def check_word_problems(words):
+    assert words[-5] == "?"
+    item = words[-2]
+    count, order, labels, dis, facts, stmt = {}, [], [], [], [], []
+    for p, w in enumerate(words[:-5]):
+        if w == "<bos>":
+            labels.append([])
+            dis.append(0)
+            continue
+        stmt.append((p, w))
+        if w != ";":
+            continue
+        ws = [x for _, x in stmt]
+        who, verb = ws[0], ws[1]
+        is_dis = verb == "has" and ws[3] != "+=" and ws[3] != item
+        if verb == "has" and ws[3] == "+=":          # who has <base> += n
+            count[who] = count[ws[2]] + int(ws[4])
+            order.append(who)
+            facts.append(stmt[4][0])
+        elif verb == "has" and not is_dis:           # who has n item
+            count[who] = int(ws[2])
+            order.append(who)
+            facts.append(stmt[2][0])
+        elif verb == "+=":
+            assert ws[3] == item
+            count[who] += int(ws[2])
+            facts.append(stmt[2][0])
+        elif verb == "move":
+            n = int(ws[2])
+            assert count[who] >= n
+            count[who] -= n
+            if not ws[3].startswith("box"):
+                count[ws[3]] += n
+            facts.append(stmt[2][0])
+        else:
+            assert is_dis, ws
+        before = labels[-1]
+        labels += [before] * (len(stmt) - 1) + [[count[x] for x in order]]
+        dis += [int(is_dis)] * len(stmt)
+        stmt = []
+    assert not stmt
+    q = [x for x in words[-4:-2] if x != "_"]
+    total = sum(count[x] for x in q)
+    labels += [labels[-1]] * 5
+    dis += [0] * 5
+    n = len(order)
+    labels = [row + [-1] * (n - len(row)) for row in labels]
+    return Check([(len(words) - 2, str(total))], {"count": labels, "distractor": dis}, facts)
+
 def check(task, words, modulus=None):
     fn = globals()[f"check_{task}"]
     return fn(words, modulus) if task == "state_recall" else fn(words)

@@ -21,6 +21,8 @@ EXTRA = {
     "pronoun": [{"n_entities": 16, "n_distractors": 3}, {"n_entities": 1}],
     "brackets": [{"depth": 1, "length": 9}, {"depth": 24, "length": 24, "k": 4}, {"length": 1, "depth": 1}],
     "copy": [{"ngram": 2, "seq_len": 2}, {"distance": 9}, {"distance": 33}],
+    "word_problems": [{"n_entities": 1, "n_relations": 0, "goal": "any"}, {"n_entities": 8, "n_relations": 7, "n_steps": 64},
+                      {"n_steps": 32, "n_distractors": 32, "goal": "sum"}],
 }
 
 
