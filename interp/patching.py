@@ -282,23 +282,20 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
                 name = f"blocks.{layer}.{site}"
                 src = src_cache[name]
                 rows = []
-                if ui in win:  # windows: one per group of nearby positions
-                    cells = sorted(cells)
+                if ui in win:  # only positions >= the patch, only rows the patch changes
+                    rows = _window_unit(hm.model, win_cache, src, cells, site, layer, ans[sl], batch_size,
+                                        (ca, xa), clean_logp, base_metrics)
+                    bar.update(len(cells))
+                    store.add(ci, ui, rows)
+                    continue
                 for c0 in range(0, len(cells), cells_per_fwd):
                     cc = cells[c0:c0 + cells_per_fwd]
                     rep = len(cc)
-                    if ui in win:
-                        lg, p0 = _window_logits(hm.model, win_cache, src, n, cc, layer, ans[sl])
-                    else:
-                        fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site))
-                        ctx_start = hm.start_at(layer, outs[layer - 1], rep) if (skip_prefix and layer > 0) else _null()
-                        with ctx_start, hm.logits_at(ans[sl].repeat(rep)):
-                            lg = hm.run_with_hooks(base_tok[sl].repeat(rep, 1), hooks=[(name, fn)])
+                    fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site))
+                    ctx_start = hm.start_at(layer, outs[layer - 1], rep) if (skip_prefix and layer > 0) else _null()
+                    with ctx_start, hm.logits_at(ans[sl].repeat(rep)):
+                        lg = hm.run_with_hooks(base_tok[sl].repeat(rep, 1), hooks=[(name, fn)])
                     ld, pr, kl = _answer_metrics(lg, (ca.repeat(rep), xa.repeat(rep)), clean_logp.repeat(rep, 1))
-                    if ui in win:  # answers before the window: the patch cannot reach them
-                        early = (ans[sl] < p0).repeat(rep)
-                        for got, ref in zip((ld, pr, kl), base_metrics):
-                            got[early] = ref.repeat(rep)[early]
                     for j, (p, h) in enumerate(cc):
                         r = slice(j * n, (j + 1) * n)
                         rows.append(dict(site=site, layer=layer, position=-1 if p is None else p,
@@ -330,17 +327,47 @@ def _window_cache(hm, tokens, units, win):
     return hm.run_with_cache(tokens, names=sorted(names))[1]
 
 
-def _window_logits(model, cache, src, n, cells, layer, ans):
-    """Logits at the answer for cells [(position, None)] patched into resid_pre of ``layer``,
-    computed on the window [p0, T) (p0 = first patched position of the group)."""
-    rep, p0 = len(cells), cells[0][0]
-    x = cache[f"blocks.{layer}.resid_pre"][:, p0:].repeat(rep, 1, 1)
-    for j, (p, _) in enumerate(cells):
-        x[j * n:(j + 1) * n, p - p0] = src[:, p].to(x.dtype)
-    kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][:, :p0].repeat(rep, 1, 1, 1) for t in "kv")
-          for i in range(layer, len(model.blocks))}
-    at = (ans - p0).clamp(min=0).repeat(rep)
-    return model.forward_window(x, layer, p0, kv, at=at), p0
+def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers, clean_logp, base_metrics):
+    """All cells of one resid_pre unit on the window path. A row (pair) whose patched activation
+    equals the unchanged one (e.g. every position before the changed fact) is not run: its
+    metrics are the unchanged run's, exactly. The rest run in groups of <= batch_size rows, each
+    group on the window from its first position."""
+    base = cache[f"blocks.{layer}.resid_pre"]
+    n = base.shape[0]
+    cells = sorted(cells)
+    active = [(src[:, p].to(base.dtype) != base[:, p]).any(-1).nonzero().flatten() for p, _ in cells]
+    sums = []
+    for p, _ in cells:  # start from the unchanged run's per-pair metrics
+        sums.append([m.clone() for m in base_metrics])
+    j = 0
+    while j < len(cells):
+        k, rows = j, 0
+        while k < len(cells) and (k == j or rows + len(active[k]) <= batch_size):
+            rows += len(active[k])
+            k += 1
+        grp = [(cells[c][0], active[c], c) for c in range(j, k) if len(active[c])]
+        j = k
+        if not grp:
+            continue
+        p0 = grp[0][0]
+        idx = torch.cat([a for _, a, _ in grp])
+        x = base[idx, p0:].clone()
+        r = torch.arange(len(idx), device=x.device)
+        ppos = torch.cat([torch.full((len(a),), p, device=x.device) for p, a, _ in grp])
+        x[r, ppos - p0] = src[idx, ppos].to(x.dtype)
+        kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in range(layer, len(model.blocks))}
+        a = ans[idx]
+        lg = model.forward_window(x, layer, p0, kv, at=(a - p0).clamp(min=0))
+        got = _answer_metrics(lg, (answers[0][idx], answers[1][idx]), clean_logp[idx])
+        reach = a >= p0  # answers before the window: the patch cannot reach them
+        o = 0
+        for p, act, c in grp:
+            sl = slice(o, o + len(act))
+            o += len(act)
+            for m, g in zip(sums[c], got):
+                m[act[reach[sl]]] = g[sl][reach[sl]]
+    return [dict(site=site, layer=layer, position=p, head=-1, ld=float(s_[0].sum()), prob=float(s_[1].sum()),
+                 kl=float(s_[2].sum()), n=n) for (p, _), s_ in zip(cells, sums)]
 
 
 class _null:

@@ -41,19 +41,35 @@ class Attention(nn.Module):
         o = self.attn_fn(q, k, v)
         return self.o_proj(o.reshape(B, T, -1))
 
-    def forward_window(self, x, offset: int, k_prev, v_prev):
+    def forward_window(self, x, offset: int, k_prev, v_prev, at=None):
         """The output at positions ``offset .. offset+W-1`` given their inputs x [B, W, D] and the
         keys/values of positions ``0 .. offset-1`` (after RoPE) k_prev, v_prev [B, offset, H, D]
-        (as a KV cache would hold them): equals ``forward`` on the full sequence at those positions."""
+        (as a KV cache would hold them): equals ``forward`` on the full sequence at those positions.
+        ``at`` [B]: only the query at this window index of each row -> [B, 1, D]."""
         B, W, _ = x.shape
         shape = (B, W, self.n_heads, self.head_dim)
-        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        k, v = self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         cos, sin = rope_cache(offset + W, self.head_dim, self.rope_theta, x.device)
-        q, k = apply_rope(q, cos[offset:], sin[offset:]), apply_rope(k, cos[offset:], sin[offset:])
+        k = apply_rope(k, cos[offset:], sin[offset:])
         k, v = torch.cat([k_prev.to(k.dtype), k], 1), torch.cat([v_prev.to(v.dtype), v], 1)
-        i = torch.arange(W, device=x.device)[:, None] + offset
-        mask = torch.arange(offset + W, device=x.device)[None, :] <= i   # [W, offset + W]
+        keys = torch.arange(offset + W, device=x.device)
+        if at is None:
+            q = apply_rope(self.q_proj(x).view(shape), cos[offset:], sin[offset:])
+            mask = keys[None, :] <= torch.arange(W, device=x.device)[:, None] + offset  # [W, offset + W]
+        else:
+            rows = torch.arange(B, device=x.device)
+            pos = at.to(x.device) + offset                                               # [B]
+            q = self.q_proj(x[rows, at]).view(B, 1, self.n_heads, self.head_dim)
+            q = _rope_rows(q, cos[pos], sin[pos])
+            mask = (keys[None, :] <= pos[:, None])[:, None, None, :]                    # [B, 1, 1, S]
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            attn_mask=mask).transpose(1, 2)
-        return self.o_proj(o.reshape(B, W, -1))
+        return self.o_proj(o.reshape(B, q.shape[1], -1))
 
+
+def _rope_rows(x, cos, sin):
+    """Rotate-half RoPE with one position per row: x [B, 1, H, D], cos/sin [B, D/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d].float(), x[..., d:].float()
+    c, s = cos[:, None, None, :], sin[:, None, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)

@@ -106,12 +106,15 @@ class HybridLM(nn.Module):
         kinds = self.config.layers[start:]
         if any(k != "attn" for k in kinds):
             raise NotImplementedError("forward_window needs attention in every layer from `start` on")
-        for i in range(start, len(self.blocks)):
+        last = len(self.blocks) - 1
+        for i in range(start, last + 1):
             b = self.blocks[i]
-            x = x + b.mixer.forward_window(b.norm1(x), offset, *kv[i])
+            if i == last and at is not None:  # the last layer: only the query at `at` matters
+                x = x[torch.arange(x.shape[0], device=x.device), at].unsqueeze(1) \
+                    + b.mixer.forward_window(b.norm1(x), offset, *kv[i], at=at)
+            else:
+                x = x + b.mixer.forward_window(b.norm1(x), offset, *kv[i])
             x = x + b.mlp(b.norm2(x))
-        if at is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), at].unsqueeze(1)
         return self.lm_head(self.norm_f(x)).float()
 
     def set_scan_backend(self, backend: str = "auto") -> "HybridLM":
