@@ -97,3 +97,138 @@ def test_word_problem_errors_name_the_bad_value():
     with pytest.raises(T.TaskError, match="goal='all' is not valid; valid: one, sum, any"):
         T.generate("word_problems", 2, goal="all")
     assert np.isin(T.generate("word_problems", 8, seed=0).tokens.numpy(), np.arange(len(T.VOCAB))).all()
+
+
+# --- the experiments -------------------------------------------------------------------------------
+
+import pandas as pd  # noqa: E402
+
+from experiments import e1_state_recall as E1  # noqa: E402
+from experiments import e2_recall_gap as E2  # noqa: E402
+
+
+class _Constant(torch.nn.Module):
+    """Predicts one token everywhere and remembers its inputs."""
+
+    def __init__(self, token):
+        super().__init__()
+        self.token, self.seen = token, []
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.w.device
+
+    def forward(self, tokens):
+        self.seen.append(tokens.clone())
+        out = torch.zeros(*tokens.shape, len(T.VOCAB))
+        out[..., self.token] = 1.0
+        return out
+
+
+def test_e1_cot_is_evaluated_closed_loop():
+    b = T.generate("state_recall", 16, seed=0, n_steps=6, cot=True)
+    seven = T.VOCAB.id("7")
+    m = _Constant(seven)
+    acc, chain = E1.closed_loop(m, b)
+    last = m.seen[-1]                                     # the final query reads the model's own values
+    is_pos = (b.tokens[0] == T.VOCAB.id("is")).nonzero().flatten()
+    assert (last[:, is_pos + 1] == seven).all() and not (b.tokens[:, is_pos + 1] == seven).all()
+    assert acc == pytest.approx((b.answers[:, 0] == seven).float().mean().item())
+    assert chain == pytest.approx((b.tokens[:, is_pos + 1] == seven).float().mean().item())
+
+
+def test_e1_first_failure():
+    res = pd.DataFrame(dict(arm="a", knob="n_steps", value=["2", "4", "8", "16"], accuracy=[1.0, 0.9, 0.5, 0.9]))
+    assert E1.first_failure(res, "a", "n_steps", 0.8) == ("8", True)
+    assert E1.first_failure(res, "a", "n_steps", 0.4) == ("16", False)
+    assert E1.working_range(res.assign(arm="a"), "a", "n_steps", 0.8) == 2
+
+
+def test_e1_end_to_end_and_resume(tmp_path):
+    args = ["--profile", "test", "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs"),
+            "--no-progress", "--device", "cpu"]
+    assert E1.main(args) == 0
+    figs = tmp_path / "figs"
+    for f in ["report.md", "accuracy.png", "results.csv", "lr_sweep.csv", "probes.csv", "probes.png", "patching.csv"]:
+        assert (figs / f).is_file(), f
+    res = pd.read_csv(figs / "results.csv")
+    assert set(res.arm) == {f"{a}-{t}" for a in E1.ARCHS for t in E1.TRAININGS}
+    assert len(res) == 6 * sum(len(v) for v in E1.PROFILES["test"]["grid"].values())
+    assert res.accuracy.between(0, 1).all() and res[res.training == "cot"].chain_accuracy.notna().all()
+    sweep = pd.read_csv(figs / "lr_sweep.csv")
+    assert sweep.complete.all() and len(sweep) == 6 * len(E1.PROFILES["test"]["lrs"])
+    assert len(list(figs.glob("patch_*.png"))) == 6
+    report = (figs / "report.md").read_text()
+    assert "## Comparison with the published shape" in report and "git commit:" in report
+    before = (figs / "results.csv").read_text()
+    assert E1.main(args) == 0                              # a second call trains nothing and reuses the evaluation
+    assert (figs / "results.csv").read_text() == before
+
+
+def test_e2_arms_match_the_design():
+    A = E2.arms(E2.PROFILES["full"])
+    main = [a for a, s in A.items() if s["group"] == "main"]
+    assert len(main) == 13 and "transformer" in main and "mamba2100" in main
+    place = {a: s for a, s in A.items() if s["group"] == "placement"}
+    assert set(place) == {"gdn@0,6", "gdn@11"}
+    assert A["gdn83"]["attn_pct"] == 17 and A["gla50"]["attn_pct"] == 50 and A["mamba2100"]["mixer"] == "mamba2"
+    assert {a for a, s in A.items() if s["group"] == "width"} == {"transformer-d64", "transformer-d256",
+                                                                  "gdn100-d64", "gdn100-d256"}
+    ref = E2.S.n_params(A["transformer"]["model"])
+    for a in main:
+        assert abs(E2.S.n_params(A[a]["model"]) - ref) / ref < 0.01, a
+
+
+def test_e2_sampling_and_voting():
+    logits = torch.full((2, 10), -20.0)
+    logits[0, 3] = 10.0                                   # one token holds ~all the mass
+    logits[1, :4] = 0.0                                   # four equal tokens: all inside top-p 0.9
+    s = E2.sample_answers(logits, 64, seed=1)
+    assert (s[0] == 3).all() and set(s[1].tolist()) <= {0, 1, 2, 3} and len(set(s[1].tolist())) == 4
+    assert torch.equal(s, E2.sample_answers(logits, 64, seed=1))
+    assert E2.majority(torch.tensor([[3, 5, 5, 3], [1, 2, 2, 0]]), 10).tolist() == [3, 2]   # tie: sampled first
+    samples = torch.tensor([[1, 2, 1, 1], [2, 2, 2, 1]])
+    curve = {r["N"]: r for r in E2.vote_curve(samples, torch.tensor([1, 1]), ns=(1, 2, 4), n_vocab=5)}
+    assert curve[1]["majority_acc"] == pytest.approx(4 / 8)
+    assert curve[4]["majority_acc"] == 0.5 and curve[4]["pass_at_n"] == 1.0
+
+
+def test_e2_judge_interface_with_a_fake_judge():
+    text = E2.problem_text(PROBLEM)
+    assert text.startswith("Alice has 7 obj3. Bob has 4 more obj3 than Alice. Carol has 5 obj3.")
+    assert "Bob gives 2 obj3 to Carol." in text and text.endswith("do Alice and Bob have together now?")
+    prompts = []
+
+    def fake(prompt):
+        prompts.append(prompt)
+        return {0: " State tracking error.", 1: "binding? no: calculation", 2: "no idea"}[len(prompts) - 1]
+    got = E2.judge_errors([(text, 19, 18), (text, 19, 20), (text, 19, 40)], fake)
+    assert got == ["state_tracking", "calculation", "other"]
+    assert len(E2.RUBRIC) == 8 and all(k in prompts[0] for k in E2.RUBRIC)
+    assert "Correct answer: 19" in prompts[0] and "Student's answer: 18" in prompts[0] and text in prompts[0]
+    with pytest.raises(E2.InterpError, match="is not a local Hugging Face model directory"):
+        E2.hf_judge("/nonexistent/judge")
+
+
+def test_e2_end_to_end(tmp_path):
+    args = ["--profile", "test", "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs"),
+            "--no-progress", "--device", "cpu"]
+    assert E2.main(args) == 0
+    figs = tmp_path / "figs"
+    for f in ["report.md", "attention.png", "sweeps.png", "votes.png", "placement.png", "taxonomy.png", "width.png",
+              "results.csv", "votes.csv", "taxonomy.csv", "lr_sweep.csv"]:
+        assert (figs / f).is_file(), f
+    A = E2.arms(E2.PROFILES["test"])
+    acc = pd.read_csv(figs / "results.csv")
+    assert set(acc.arm) == set(A) and set(acc.task) == set(E2.TASKS)
+    votes = pd.read_csv(figs / "votes.csv")
+    assert set(votes.N) == set(E2.VOTE_NS) and votes.majority_acc.between(0, 1).all()
+    assert (votes.pass_at_n >= votes.majority_acc - 1e-9).all()
+    tax = pd.read_csv(figs / "taxonomy.csv")
+    assert set(tax.kind) == {"correct", *W.ERROR_TYPES}
+    assert np.allclose(tax.groupby("arm")["count"].sum(), E2.PROFILES["test"]["tax_n"])
+    chance = tax[tax.arm == "uniform guess"].set_index("kind")["count"]
+    assert chance["correct"] == 0 and chance["key_value_binding"] > 0 and chance["context_synthesis"] > 0
+    sweep = pd.read_csv(figs / "lr_sweep.csv")
+    assert sweep.complete.all() and set(sweep.lr) == set(E2.PROFILES["test"]["lrs"])

@@ -1,0 +1,415 @@
+"""E1 — state recall under graded difficulty (after Rawat et al. 2026, "Reasoning Primitives in
+Hybrid and Non-Hybrid LLMs": matched Olmo 3 transformer vs Olmo Hybrid).
+
+Three architectures of one parameter count — a transformer, a GDN hybrid with attention every 4th
+layer (``gdn75``) and an attention-free GDN (``gdn100``) — each trained on ``state_recall`` two
+ways: *direct* (the answer right after the program) and *cot* (the task's ``cot=True`` variant:
+the model states the queried variable's value after every statement, then answers). That is the
+2x2 (architecture x training) design, with a third architecture. Every arm gets the same small
+learning-rate sweep; the report uses each arm's best run (by accuracy on a validation set) and
+lists the sweep. Cot models are evaluated **closed loop**: they read their own intermediate values,
+never the gold ones.
+
+Then accuracy as each knob is raised on its own (``n_steps`` sequence length, ``n_vars``,
+``complexity``), also past the training range, and at the point where each model starts to fail
+(the first ``n_steps`` whose accuracy is below ``--threshold``) probes (``interp.probes``) and
+activation patching (``interp.patching``).
+
+    python experiments/e1_state_recall.py --quick          # CPU, a few minutes, tiny models
+    python experiments/e1_state_recall.py                  # GPU: 8.5-minute calls; call again to continue
+
+Writes ``<figures>/``: accuracy.png, probes.png, patch_<arm>.png, results.csv, lr_sweep.csv,
+probes.csv, patching.csv and report.md. Runs (checkpoints) go to ``<out>/runs``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments import _sweeps as S  # noqa: E402
+from interp import InterpError, patching, probes  # noqa: E402
+from interp import tasks as T  # noqa: E402
+from interp.tasks.vocab import VOCAB  # noqa: E402
+from interp.train import answer_accuracy  # noqa: E402
+
+ARCHS = ("transformer", "gdn75", "gdn100")
+TRAININGS = ("direct", "cot")
+TRAIN_GRID = T.difficulty_grid("state_recall")          # what the models see in training
+KNOBS = ("n_steps", "n_vars", "complexity")
+
+PROFILES = {
+    # GPU: 18 runs (3 archs x 2 trainings x 3 lrs), 8 layers d=128, in parallel processes
+    "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=2000, batch_size=64,
+                 lrs=(1e-3, 3e-3, 3e-4), warmup=150, workers=9, time_budget=8.5, eval_reserve=2.0,
+                 val_n=128, eval_n=256, probe_n=256, probe_seeds=(0, 1, 2), patch_n=48,
+                 grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64], n_vars=[2, 3, 5, 8, 12, 16],
+                           complexity=["assign", "copy", "arith", "swap"])),
+    # CPU, a few minutes: tiny models, few steps (numbers near chance; checks the pipeline end to end)
+    "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), steps=150, batch_size=32,
+                  lrs=(1e-3, 3e-3), warmup=20, workers=1, time_budget=0, eval_reserve=0,
+                  val_n=32, eval_n=64, probe_n=64, probe_seeds=(0,), patch_n=8,
+                  grid=dict(n_steps=[2, 4, 8, 16, 32, 48], n_vars=[2, 3, 5, 8, 12],
+                            complexity=["assign", "copy", "arith", "swap"])),
+    # the test suite: even smaller
+    "test": dict(model=dict(d_model=16, n_layers=4, n_heads=2, head_dim=8), steps=3, batch_size=8,
+                 lrs=(3e-3,), warmup=1, workers=1, time_budget=0, eval_reserve=0,
+                 val_n=8, eval_n=8, probe_n=16, probe_seeds=(0,), patch_n=4,
+                 grid=dict(n_steps=[2, 4], n_vars=[2, 3], complexity=["assign", "copy"]),
+                 val_grid=dict(n_steps=[2, 4], n_vars=[2], complexity=["copy"])),
+}
+VAL_SEED, TEST_SEED, PAIR_SEED = 99, 123, 5
+IS = VOCAB.id("is")
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def closed_loop(model, batch, chunk: int = 256) -> tuple[float, float]:
+    """Cot accuracy with the model's own intermediate values: at every ``is`` the model's argmax
+    is written into the sequence before going on. Returns (final-answer accuracy, fraction of
+    intermediate values right)."""
+    toks = batch.tokens.to(model.device).clone()
+    pos = (toks[0] == IS).nonzero().flatten().tolist()      # one layout per batch
+    ap = int(batch.answer_pos[0, 0])
+    right = steps = 0
+    for s in range(0, toks.shape[0], chunk):
+        t = toks[s:s + chunk]
+        for p in pos:
+            t[:, p + 1] = model(t[:, :p + 1])[:, p].argmax(-1)
+        pred = model(t[:, :ap + 1])[:, ap].argmax(-1)
+        right += (pred == batch.answers[s:s + chunk, 0].to(t.device)).sum().item()
+        if pos:
+            gold = batch.tokens[s:s + chunk][:, [p + 1 for p in pos]].to(t.device)
+            steps += (t[:, [p + 1 for p in pos]] == gold).float().mean(1).sum().item()
+    n = toks.shape[0]
+    return right / n, (steps / n if pos else float("nan"))
+
+
+def accuracy(model, cot: bool, n: int, seed: int, **knobs) -> tuple[float, float]:
+    batch = T.generate("state_recall", n, seed=seed, cot=cot, **knobs)
+    if cot:
+        return closed_loop(model, batch)
+    return answer_accuracy(model, batch.to(model.device)), float("nan")
+
+
+def grid_points(grid: dict) -> list[tuple[str, object]]:
+    return [(k, v) for k in KNOBS for v in grid[k]]
+
+
+def first_failure(res: pd.DataFrame, arm: str, knob: str, threshold: float):
+    """(value, failed): the first value of ``knob`` where ``arm``'s accuracy < threshold, else the
+    last value with failed=False."""
+    g = res[(res.arm == arm) & (res.knob == knob)]
+    below = g[g.accuracy < threshold]
+    if len(below):
+        return below["value"].iloc[0], True
+    return g["value"].iloc[-1], False
+
+
+# --- the experiment ----------------------------------------------------------------------------
+
+def arms(P) -> dict:
+    out = {}
+    for a in ARCHS:
+        model = S.matched({**P["model"], "layout": a})
+        for tr in TRAININGS:
+            out[f"{a}-{tr}"] = {"model": model, "tasks": ["state_recall"],
+                                "knobs": {"state_recall": {"cot": True}} if tr == "cot" else {}}
+    return out
+
+
+def plan(P, root, device):
+    A = arms(P)
+    return A, S.make_runs(root, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
+                          eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
+                          device=device, scan_backend="reference", seed=0)
+
+
+def validate(runs, P, root, device, deadline):
+    """Validation accuracy of every finished run: mean over the training grid points."""
+    rows = []
+    for r in runs:
+        if S.out_of_time(deadline):
+            break
+        cot = r.cfg.knobs.get("state_recall", {}).get("cot", False)
+
+        def one(r=r, cot=cot):
+            m = S.load_run(r, device).set_scan_backend("reference")
+            accs = [accuracy(m, cot, P["val_n"], VAL_SEED, **{k: v})[0]
+                    for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
+            return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
+        rows.append(S.cached(root / "eval" / f"val_{r.name}.csv", one))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
+
+
+def test_sweep(best, runs_by_name, P, root, device, deadline):
+    frames = []
+    for arm, row in best.iterrows():
+        if S.out_of_time(deadline):
+            break
+        r = runs_by_name[f"{arm}_lr{row.lr:g}"]
+        cot = arm.endswith("-cot")
+
+        def one(r=r, arm=arm, cot=cot):
+            m = S.load_run(r, device).set_scan_backend("reference")
+            out = []
+            for k, v in grid_points(P["grid"]):
+                acc, chain = accuracy(m, cot, P["eval_n"], TEST_SEED, **{k: v})
+                out.append(dict(arm=arm, arch=arm.rsplit("-", 1)[0], training=arm.rsplit("-", 1)[1], knob=k,
+                                value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
+                                in_training=v in TRAIN_GRID[k]))
+            return pd.DataFrame(out)
+        frames.append(S.cached(root / "eval" / f"test_{r.name}.csv", one))
+    res = pd.concat(frames, ignore_index=True)
+    res["value"] = res["value"].astype(str)      # ints and complexity names; the same whether cached or not
+    return res
+
+
+def _value(knob, v):
+    return v if knob == "complexity" else int(v)
+
+
+def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline, progress):
+    """Probes and patching at each arm's failure point on n_steps."""
+    p_frames, x_frames, fails = [], [], []
+    for arm, row in best.iterrows():
+        v, failed = first_failure(res, arm, "n_steps", threshold)
+        v = _value("n_steps", v)
+        fails.append(dict(arm=arm, n_steps=v, failed=failed,
+                          accuracy=float(res[(res.arm == arm) & (res.knob == "n_steps")
+                                             & (res.value.astype(str) == str(v))].accuracy.iloc[0])))
+        if S.out_of_time(deadline):
+            continue
+        m = S.load_run(runs_by_name[f"{arm}_lr{row.lr:g}"], device).set_scan_backend("reference")
+        cot = arm.endswith("-cot")
+        f = pd.DataFrame(run_probes(m, arm, P, root, progress, n_steps=v, cot=cot))
+        f["n_steps"] = v
+        p_frames.append(f)
+        pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
+        px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / arm,
+                            progress=progress, batch_size=256)
+        px.plot(figs / f"patch_{arm}.png", title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}")
+        xf = pd.DataFrame(px)
+        xf["n_steps"] = v
+        xf["clean_logit_diff"] = px.attrs["baselines"]["clean_logit_diff"]
+        xf["corrupted_logit_diff"] = px.attrs["baselines"]["corrupted_logit_diff"]
+        x_frames.append(xf)
+    pr = probes.ProbeResult(pd.concat(p_frames, ignore_index=True)) if p_frames else None
+    px = pd.concat(x_frames, ignore_index=True) if x_frames else None
+    return pd.DataFrame(fails), pr, px
+
+
+def run_probes(m, arm, P, root, progress, **knobs):
+    """`probes.run` on the queried variable's value at resid_post (+ the recurrent state read with
+    its write key, where the model has one). Uses seeds / resumable units / ``rec.state@key``
+    where this version of `interp.probes` offers them, else one seed and ``rec.state``."""
+    import inspect
+    have = inspect.signature(probes.run).parameters
+    rec = "rec.state@key" if "rec.state@key" in probes.SITES else "rec.state"
+    sites = ["resid_post"] + ([rec] if "gdn" in arm else [])
+    extra = {"seeds": list(P["probe_seeds"]), "out": root / "probes", "progress": progress}
+    return probes.run({arm: m}, task="state_recall", target="query_var_value", sites=sites, n=P["probe_n"],
+                      **{k: v for k, v in extra.items() if k in have}, **knobs)
+
+
+def best_layers(pr: pd.DataFrame, by: str) -> pd.DataFrame:
+    """(model, site) -> the layer with the highest ``by`` (pooled over distances where there are any)."""
+    d = pr[pr["distance"].isna()] if "distance" in pr else pr
+    return d.loc[d.groupby(["model", "site"], sort=False)[by].idxmax(), ["model", "site", "layer", by]]
+
+
+# --- figures and report -----------------------------------------------------------------------
+
+COLOR = {"transformer": "C0", "gdn75": "C1", "gdn100": "C2"}
+
+
+def plot_accuracy(res, path, threshold):
+    plt = S.pyplot()
+    fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.6 * len(KNOBS), 3.6))
+    for ax, knob in zip(axes, KNOBS):
+        sub = res[res.knob == knob]
+        xs = list(dict.fromkeys(sub["value"].astype(str)))
+        for arm, g in sub.groupby("arm", sort=False):
+            arch, tr = arm.rsplit("-", 1)
+            ax.plot([xs.index(str(v)) for v in g["value"]], g["accuracy"], marker="o" if tr == "direct" else "s",
+                    ls="-" if tr == "direct" else "--", color=COLOR.get(arch), label=arm)
+        inside = [i for i, x in enumerate(xs) if x in map(str, TRAIN_GRID[knob])]
+        if inside and inside[-1] < len(xs) - 1:
+            ax.axvspan(inside[-1] + 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
+            ax.text(inside[-1] + 0.6, 0.97, "beyond training", fontsize=7, va="top")
+        ax.axhline(threshold, color="gray", lw=0.8, ls=":")
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(knob)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"state_recall: {knob}", fontsize=10)
+    axes[0].set_ylabel("answer accuracy (cot: closed loop)")
+    axes[0].legend(fontsize=7)
+    S.save_fig(fig, path, 110)
+
+
+def working_range(res, arm, knob, threshold):
+    """How many grid values (from the easy end, in order) the arm keeps accuracy >= threshold."""
+    g = res[(res.arm == arm) & (res.knob == knob)]
+    ok = (g.accuracy >= threshold).tolist()
+    return ok.index(False) if False in ok else len(ok)
+
+
+def shape_verdicts(res, threshold) -> list[str]:
+    """The published shape, checked against our numbers (no tuning; disagreements said plainly)."""
+    out = []
+    archs = [a for a in ARCHS if f"{a}-direct" in set(res.arm) and f"{a}-cot" in set(res.arm)]
+    if not archs:
+        return ["Not enough arms finished to compare with the published shape."]
+    gain_cot = {a: working_range(res, f"{a}-cot", "n_steps", threshold)
+                - working_range(res, f"{a}-direct", "n_steps", threshold) for a in archs}
+    gain_arch = {}
+    for tr in TRAININGS:
+        wr = [working_range(res, f"{a}-{tr}", "n_steps", threshold) for a in archs]
+        gain_arch[tr] = max(wr) - min(wr)
+    best_cot, best_arch = max(gain_cot.values()), max(gain_arch.values())
+    ns = res[res.knob == "n_steps"]
+    mean = {arm: g.accuracy.mean() for arm, g in ns.groupby("arm")}
+    auc_cot = {a: mean[f"{a}-cot"] - mean[f"{a}-direct"] for a in archs}
+    auc_arch = {tr: max(mean[f"{a}-{tr}"] for a in archs) - min(mean[f"{a}-{tr}"] for a in archs) for tr in TRAININGS}
+    out.append(f"* **Explicit reasoning widens the working range most** (paper). Working range on n_steps = "
+               f"grid values kept at accuracy >= {threshold}. Cot minus direct, per architecture: "
+               + ", ".join(f"{a} {g:+d}" for a, g in gain_cot.items())
+               + f"; spread between architectures: direct {gain_arch['direct']}, cot {gain_arch['cot']}. "
+               + ("**Agrees**: training with explicit states moves the range more than the architecture does."
+                  if best_cot > best_arch else
+                  "**Disagrees**: in our runs the architecture moves the range at least as much as cot training."
+                  if best_cot <= best_arch and best_arch > 0 else
+                  "**Not shown**: neither cot training nor the architecture changes the working range here.")
+               + " Mean accuracy over the n_steps grid, cot minus direct: "
+               + ", ".join(f"{a} {g:+.2f}" for a, g in auc_cot.items())
+               + f"; spread between architectures: direct {auc_arch['direct']:.2f}, cot {auc_arch['cot']:.2f} ("
+               + ("cot moves it more" if max(auc_cot.values()) > max(auc_arch.values()) else
+                  "the architecture moves it at least as much") + ").")
+    if "transformer" in archs and "gdn75" in archs:
+        for tr in TRAININGS:
+            g = res[res.knob == "n_steps"]
+            longest = sorted(set(g["value"].astype(int)))[-2:]
+            long = g["value"].astype(int).isin(longest)
+            t = g[(g.arm == f"transformer-{tr}") & long].accuracy.mean()
+            h = g[(g.arm == f"gdn75-{tr}") & long].accuracy.mean()
+            t0 = g[(g.arm == f"transformer-{tr}")].accuracy.iloc[0]
+            h0 = g[(g.arm == f"gdn75-{tr}")].accuracy.iloc[0]
+            verdict = ("**inconclusive** (both near chance, accuracy < 0.1)" if max(h, t, h0, t0) < 0.1 else
+                       "**agrees**" if (h0 - h) < (t0 - t) and h >= t else
+                       "**disagrees**" if (h0 - h) > (t0 - t) or h < t else "**inconclusive**")
+            out.append(f"* **The hybrid degrades more gracefully on long state tracking** (paper), {tr}: mean "
+                       f"accuracy at n_steps in {longest} gdn75 {h:.2f} vs transformer {t:.2f}; drop from the easiest "
+                       f"n_steps gdn75 {h0 - h:+.2f}, transformer {t0 - t:+.2f}: {verdict}.")
+    return out
+
+
+def report(figs, argv, P, profile, device, started, status, val, best, res, fails, pr, px, threshold):
+    L = S.header("E1 — state recall under graded difficulty", device, started, argv)
+    n_par = {a: S.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
+    L += [f"Profile `{profile}`: {P['model']['n_layers']} layers, d={P['model']['d_model']}, parameter counts "
+          + ", ".join(f"{a} {n / 1e6:.3f}M" for a, n in n_par.items())
+          + f" (SwiGLU width matched to the transformer). Training: `state_recall` only, {P['steps']} steps x "
+          f"batch {P['batch_size']}, one difficulty knob drawn from its grid per batch "
+          f"({', '.join(f'{k}: {v}' for k, v in TRAIN_GRID.items())}); AdamW, warmup {P['warmup']}, cosine; "
+          f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} for every arm.", "",
+          "Evaluation: held-out seeds; cot arms closed loop (the model reads its own intermediate values). "
+          f"Validation (model selection): mean accuracy over the training grid, {P['val_n']} examples per point, "
+          f"seed {VAL_SEED}; test: {P['eval_n']} examples per point, seed {TEST_SEED}.", "",
+          "![accuracy](accuracy.png)", ""]
+    incomplete = status[~status.complete]
+    if len(incomplete):
+        L += [f"**{len(incomplete)} of {len(status)} runs are not finished** (budget of this call); the numbers "
+              "below use only finished runs. Run the same command again to continue.", ""]
+    L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
+    L += S.sweep_table(status, val, best)
+    L.append("")
+    for knob in KNOBS:
+        sub = res[res.knob == knob]
+        piv = sub.pivot_table(index="value", columns="arm", values="accuracy", sort=False)
+        piv = piv[[f"{a}-{t}" for a in ARCHS for t in TRAININGS if f"{a}-{t}" in piv.columns]]
+        L += [f"## Accuracy vs {knob}", "", "| " + knob + " | " + " | ".join(piv.columns) + " |",
+              "|---" * (len(piv.columns) + 1) + "|"]
+        L += ["| " + str(v) + ("" if str(v) in map(str, TRAIN_GRID[knob]) else " (beyond training)") + " | "
+              + " | ".join(f"{a:.2f}" for a in r) + " |" for v, r in zip(piv.index, piv.values)]
+        L.append("")
+    cot = res[(res.training == "cot") & (res.knob == "n_steps")]
+    if len(cot):
+        L += ["Cot arms, fraction of intermediate values right (closed loop), vs n_steps: "
+              + "; ".join(f"{a}: " + ", ".join(f"{v}={c:.2f}" for v, c in zip(g.value, g.chain_accuracy))
+                          for a, g in cot.groupby("arm", sort=False)), ""]
+    L += ["## Where each model starts to fail, and what probes and patching show there", "",
+          f"Failure point: the first n_steps with accuracy < {threshold} (else the largest n_steps tried).", ""]
+    L += S.md_table(fails)
+    L.append("")
+    if pr is not None:
+        bl = best_layers(pr, "accuracy")
+        sel = best_layers(pr, "selectivity")
+        bl = bl.merge(sel[["model", "site", "layer", "selectivity"]].rename(
+            columns={"layer": "best_sel_layer"}), on=["model", "site"])
+        seeds = pr["seeds"].iloc[0] if "seeds" in pr else 1
+        L += ["Probes (`query_var_value`, the queried variable's current value, at every token; logistic "
+              f"regression, control task, {seeds} seed(s)): best layer per arm and site.", ""]
+        L += S.md_table(bl.rename(columns={"model": "arm"})[["arm", "site", "layer", "accuracy", "best_sel_layer",
+                                                              "selectivity"]])
+        L += ["", "![probes](probes.png)", ""]
+    if px is not None:
+        L += ["Activation patching (denoising `resid_pre`, one layer x position at a time, clean/corrupted pairs "
+              "differing in one constant the answer depends on; logit_diff 1 = clean behaviour restored). "
+              "Top cells per arm:", ""]
+        for arm, g in px.groupby("model", sort=False):
+            top = g.reindex(g.logit_diff.abs().sort_values(ascending=False).index).head(3)
+            gap = g.clean_logit_diff.iloc[0] - g.corrupted_logit_diff.iloc[0]
+            L.append(f"* {arm} (n_steps={int(g.n_steps.iloc[0])}, clean LD {g.clean_logit_diff.iloc[0]:.2f}, "
+                     f"corrupted LD {g.corrupted_logit_diff.iloc[0]:.2f}): "
+                     + "; ".join(f"L{r.layer} ({r.layer_kind}) pos {r.position} '{r.token}' {r.logit_diff:.2f}"
+                                 for r in top.itertuples()) + f" — ![patch](patch_{arm}.png)"
+                     + (" — *the clean and corrupted runs barely differ (the model does not use the changed "
+                        "constant), so the normalised logit_diff is not meaningful here*" if abs(gap) < 0.5 else ""))
+        L.append("")
+    S.finish_report(figs, L, profile, shape_verdicts(res, threshold))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    S.add_common_args(ap, "e1_state_recall", PROFILES)
+    ap.add_argument("--threshold", type=float, default=0.8, help="accuracy below which a model 'fails'")
+    a = ap.parse_args(argv)
+    if not 0 < a.threshold <= 1:
+        raise InterpError(f"--threshold {a.threshold} is out of range; valid: 0 < threshold <= 1")
+    s = S.setup(a, "e1_state_recall", PROFILES, time.time())
+    P, root, figs, device, deadline, progress = s.P, s.root, s.figs, s.device, s.deadline, s.progress
+    torch.manual_seed(0)
+    A, runs = plan(P, root, device)
+    status, val, best = S.train_then_validate(runs, validate, s)
+    status.to_csv(figs / "lr_sweep_status.csv", index=False)
+    if best is None:
+        return 3
+    sweep = status.merge(val, on=["arm", "lr"], how="left")
+    sweep.to_csv(figs / "lr_sweep.csv", index=False)
+    res = test_sweep(best, {r.name: r for r in runs}, P, root, device, deadline)
+    res.to_csv(figs / "results.csv", index=False)
+    plot_accuracy(res, figs / "accuracy.png", a.threshold)
+    fails, pr, px = analyse(best, {r.name: r for r in runs}, res, P, root, figs, device, a.threshold, deadline,
+                            progress)
+    if pr is not None:
+        pd.DataFrame(pr).to_csv(figs / "probes.csv", index=False)
+        pr.plot(figs / "probes.png")
+    if px is not None:
+        px.to_csv(figs / "patching.csv", index=False)
+    report(figs, ["experiments/e1_state_recall.py", *(sys.argv[1:] if argv is None else argv)], P, s.profile,
+           device, s.started, status, val, best, res, fails, pr, px, a.threshold)
+    print(f"wrote {figs}/report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    S.cli(main)
