@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Patching heatmaps of the shipped default models (figures/patch/), on a GPU host:
+#   bash bench/patch_figures.sh OUTDIR
+# Each command is what a user types; see README "Activation patching".
+set -euo pipefail
+OUT=${1:-figures/patch}
+for M in gdn75 gdn100 transformer; do
+  for T in mqar state_recall; do
+    SITES="--site resid_pre --site mixer_out"
+    [ "$M" != transformer ] && SITES="$SITES --site rec.state"
+    python3 -m interp.cli patch --model $M --task $T $SITES --n 256 --device cuda --out "$OUT" --top 10
+  done
+done
+python3 -m interp.cli patch --layer 11 --n 256 --device cuda --out "$OUT" --attribution --top 10
