@@ -4,7 +4,7 @@
 # Each command is what a user types; see README "Activation patching".
 set -euo pipefail
 OUT=${1:-figures/patch}
-for M in gdn75 gdn100 transformer; do
+for M in ${MODELS:-gdn75 gdn100 transformer}; do
   for T in mqar state_recall; do
     SITES="--site resid_pre --site mixer_out"
     [ "$M" != transformer ] && SITES="$SITES --site rec.state"
