@@ -513,7 +513,7 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
 
     def leaf_embed(x, name):  # makes the graph start at the embeddings even with frozen weights
         return x.detach().requires_grad_(True)
-    with torch.enable_grad(), hm.logits_at(ans):
+    with torch.enable_grad(), hm.logits_at(ans), _reference_scans(hm):
         lg = hm.run_with_hooks(pairs.corrupted, hooks=[("embed", leaf_embed)] + [(n, grab) for *_, n in names])
         ld = _answer_metrics(lg, (ca, xa))[0]
         ld.sum().backward()
@@ -544,3 +544,24 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
         head=df["head"], logit_diff=df.ld / denom, prob=np.nan, kl=np.nan, raw_logit_diff=df.ld, n=N))
     res.attrs["baselines"] = {"clean_logit_diff": float(ld_clean), "corrupted_logit_diff": ld_corr, "n": N}
     return res
+
+
+class _reference_scans:
+    """Zoo models on CUDA: run the backward through the pure-torch reference scans. fla 0.6.0
+    refuses its gated chunk backward on Hopper with Triton < 3.7.1 (fla issue #640); the reference
+    computes the same recurrence."""
+
+    def __init__(self, hm):
+        m = hm.model
+        self.m = m if hasattr(m, "set_scan_backend") and _model_device(hm).type == "cuda" else None
+
+    def __enter__(self):
+        if self.m is not None:
+            self.saved = [(mod, mod.scan_fn) for mod in self.m.modules() if hasattr(mod, "scan_fn")]
+            self.m.set_scan_backend("reference")
+
+    def __exit__(self, *a):
+        if self.m is not None:
+            for mod, fn in self.saved:
+                mod.scan_fn = fn
+        return False
