@@ -82,13 +82,15 @@ def status(run: Run) -> dict:
     if not meta.is_file() and (run.out / "checkpoint" / "trainer.pt").is_file():
         import torch
         done = torch.load(run.out / "checkpoint" / "trainer.pt", map_location="cpu", weights_only=False)["step"]
+    peak = run.out / "gpu_peak.json"
     return {"run": run.name, "arm": run.arm, "lr": run.lr, "steps_done": done, "steps": run.cfg.steps,
-            "complete": done >= run.cfg.steps}
+            "complete": done >= run.cfg.steps,
+            "gpu_peak_gb": round(json.loads(peak.read_text())["peak_gb"], 2) if peak.is_file() else None}
 
 
 def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
     """Worker: train (or resume) one run until done or until the deadline; its output goes to
-    ``<out>/train.out``."""
+    ``<out>/train.out`` (and its peak GPU memory to ``<out>/gpu_peak.json``)."""
     import torch
     torch.set_num_threads(threads)
     cfg = TrainConfig(**cfg_dict)
@@ -105,15 +107,21 @@ def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
             import traceback
             traceback.print_exc()
             return f"failed: {type(e).__name__}: {e}"
+        finally:
+            if torch.cuda.is_available() and str(cfg.device) != "cpu":
+                (Path(cfg.out) / "gpu_peak.json").write_text(json.dumps(
+                    {"peak_gb": torch.cuda.max_memory_allocated() / 1e9}))
     return "ran"
 
 
 def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None, threads: int = 1,
-               progress: bool = True) -> pd.DataFrame:
+               progress: bool = True, weight=None, capacity: float | None = None) -> pd.DataFrame:
     """Train every unfinished run, highest priority (lowest number) first; ``workers`` > 1 uses that
-    many spawned processes (each with ``threads`` torch threads). A run that fails is reported
-    (column ``error``; its traceback in ``<out>/train.out``) and retried by the next call. Returns
-    the status table."""
+    many spawned processes (each with ``threads`` torch threads), starting a run only while the
+    summed ``weight(run)`` of the running ones stays within ``capacity`` (e.g. estimated GPU GB; a
+    run that does not fit waits and lighter ones go first). A run that fails is reported (column
+    ``error``; its traceback in ``<out>/train.out``) and retried by the next call. Returns the status
+    table."""
     todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
     errors = {}
     from tqdm.auto import tqdm
@@ -126,15 +134,31 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     else:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         ctx = mp.get_context("spawn")
+        pending, running = list(todo), {}
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-            futs = {ex.submit(_train_one, dataclasses.asdict(r.cfg), deadline, threads): r for r in todo}
-            for f in cf.as_completed(futs):
-                try:
-                    errors[futs[f].name] = f.result()
-                except Exception as e:  # noqa: BLE001 - a worker process died
-                    errors[futs[f].name] = f"failed: {type(e).__name__}: {e}"
-                bar.set_postfix_str(futs[f].name)
-                bar.update()
+            while (pending or running) and not any(e.startswith("failed: BrokenProcessPool") for e in errors.values()):
+                load, i = sum(w for _, w in running.values()), 0
+                while i < len(pending) and len(running) < workers:
+                    w = weight(pending[i]) if weight else 1.0
+                    if capacity is None or load + w <= capacity or not running:
+                        r = pending.pop(i)
+                        try:
+                            running[ex.submit(_train_one, dataclasses.asdict(r.cfg), deadline, threads)] = (r, w)
+                        except cf.process.BrokenProcessPool as e:   # a worker died: the pool is gone
+                            errors[r.name] = f"failed: BrokenProcessPool: {e}"
+                            break
+                        load += w
+                    else:
+                        i += 1
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    r, _ = running.pop(f)
+                    try:
+                        errors[r.name] = f.result()
+                    except Exception as e:  # noqa: BLE001 - a worker process died
+                        errors[r.name] = f"failed: {type(e).__name__}: {e}"
+                    bar.set_postfix_str(r.name)
+                    bar.update()
     bar.close()
     for name, e in errors.items():
         if e.startswith("failed"):
@@ -278,11 +302,12 @@ def setup(a, name: str, profiles: dict, started: float) -> Setup:
                  not a.no_progress, started)
 
 
-def train_then_validate(runs, validate, s: Setup):
+def train_then_validate(runs, validate, s: Setup, weight=None, capacity=None):
     """Train what is unfinished (stopping ``eval_reserve`` minutes before the deadline), then
     validate the finished runs. Returns (status, validation table, best row per arm or None)."""
     deadline = None if s.deadline is None else s.deadline - 60 * s.P["eval_reserve"]
-    st = train_runs(runs, workers=s.workers, deadline=deadline, progress=s.progress)
+    st = train_runs(runs, workers=s.workers, deadline=deadline, progress=s.progress,
+                    weight=weight if s.device != "cpu" else None, capacity=capacity)
     done = [r for r, c in zip(runs, st.complete) if c]
     if len(done) < len(runs):
         print(f"{len(runs) - len(done)} of {len(runs)} runs unfinished (time budget); run the same command again "

@@ -20,6 +20,14 @@ activation patching (``interp.patching``).
 
 Writes ``<figures>/``: accuracy.png, probes.png, patch_<arm>.png, results.csv, lr_sweep.csv,
 probes.csv, patching.csv and report.md. Runs (checkpoints) go to ``<out>/runs``.
+
+Sizing of the full profile (18 runs of 2000 steps, 8 layers, d=128): a training step of these small
+models is bound by per-op launch overhead, so its time follows the number of ops. Counted on CPU
+(torch profiler): transformer 3.7k, gdn75 7.3k (direct) / 8.0k (cot), gdn100 8.5k / 9.4k op events
+per step. The shipped default set trained on the H100 at about 13 us per op event per process (three
+processes sharing it: 71 ms per step for the 12-layer transformer's 5.5k events, 143 ms for gdn75's
+11k). That makes 53 process-minutes; 9 processes in parallel take about 6 minutes if they scale
+and 10 if they give 5x, i.e. one or two calls of the default 8.5-minute budget.
 """
 from __future__ import annotations
 
@@ -190,7 +198,7 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
             continue
         m = S.load_run(runs_by_name[f"{arm}_lr{row.lr:g}"], device).set_scan_backend("reference")
         cot = arm.endswith("-cot")
-        f = pd.DataFrame(run_probes(m, arm, P, root, progress, n_steps=v, cot=cot))
+        f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, cot=cot))
         f["n_steps"] = v
         p_frames.append(f)
         pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
@@ -207,15 +215,16 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
     return pd.DataFrame(fails), pr, px
 
 
-def run_probes(m, arm, P, root, progress, **knobs):
+def run_probes(m, arm, P, progress, **knobs):
     """`probes.run` on the queried variable's value at resid_post (+ the recurrent state read with
-    its write key, where the model has one). Uses seeds / resumable units / ``rec.state@key``
-    where this version of `interp.probes` offers them, else one seed and ``rec.state``."""
+    its write key, where the model has one). Uses seeds and ``rec.state@key``
+    where this version of `interp.probes` offers them, else one seed and ``rec.state``. Not cached
+    across calls (probes take seconds at these sizes)."""
     import inspect
     have = inspect.signature(probes.run).parameters
     rec = "rec.state@key" if "rec.state@key" in probes.SITES else "rec.state"
     sites = ["resid_post"] + ([rec] if "gdn" in arm else [])
-    extra = {"seeds": list(P["probe_seeds"]), "out": root / "probes", "progress": progress}
+    extra = {"seeds": list(P["probe_seeds"]), "progress": progress}   # no unit files: parquet may be missing
     return probes.run({arm: m}, task="state_recall", target="query_var_value", sites=sites, n=P["probe_n"],
                       **{k: v for k, v in extra.items() if k in have}, **knobs)
 

@@ -23,6 +23,14 @@ each arm's best run (validation accuracy) and lists the sweep. Reported:
 
     python experiments/e2_recall_gap.py --quick      # CPU, a few minutes, tiny models
     python experiments/e2_recall_gap.py              # GPU: 8.5-minute calls; call again to continue
+
+Sizing of the full profile (38 runs of 1200 steps, 12 layers, d=128; main arms first, then placement,
+then width): op events per training step counted on CPU (torch profiler) are 5.4k (transformer),
+9.2k-12.9k (gdn50..gdn100), 8.1k-10.7k (gla), 7.0k-8.6k (mamba2); at the ~13 us per op event per
+process measured when the default set trained on the H100, that is 94 process-minutes: about 9.5
+minutes for 10 parallel processes if they scale, 16 if they give 6x, i.e. two (or three) calls.
+GLA's pure-torch scan holds [B, H, 64, 64, K] tensors (about 0.8 GB per layer at batch 64), so runs
+are started only while their estimated memory (`gpu_gb`) fits in 60 GB.
 """
 from __future__ import annotations
 
@@ -64,17 +72,18 @@ PROFILES = {
     # GPU: 19 arms x 2 lrs = 38 runs of 12 layers, d=128, in parallel processes (two 8.5-minute calls)
     "full": dict(model=dict(d_model=128, n_layers=12, n_heads=4, head_dim=32), mixers=MIXERS, pcts=PCTS,
                  widths=(64, 256), width_archs=("transformer", "gdn100"), steps=1200, batch_size=64,
-                 lrs=(3e-3, 1e-3), warmup=100, workers=10, time_budget=8.5, eval_reserve=2.0,
+                 lrs=(3e-3, 1e-3), warmup=100, workers=10, gpu_gb=60, time_budget=8.5, eval_reserve=2.0,
                  val_n=128, eval_n=256, vote_n=256, tax_n=512),
     # CPU, a few minutes: tiny models, few steps, one lr (numbers near chance; checks the pipeline)
     "quick": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                              gla_low_rank=4), mixers=MIXERS, pcts=PCTS, widths=(32,),
-                  width_archs=("transformer", "gdn100"), steps=60, batch_size=16, lrs=(3e-3,), warmup=10,
+                  width_archs=("transformer", "gdn100"), steps=60, batch_size=16, lrs=(3e-3,), warmup=10, gpu_gb=None,
                   workers=1, time_budget=0, eval_reserve=0, val_n=32, eval_n=64, vote_n=64, tax_n=128),
     # the test suite
     "test": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                             gla_low_rank=4), mixers=("gdn",), pcts=(83, 100), widths=(8,),
                  width_archs=("transformer",), steps=2, batch_size=4, lrs=(3e-3, 1e-3), warmup=1, workers=1,
+                 gpu_gb=None,
                  time_budget=0, eval_reserve=0, val_n=8, eval_n=8, vote_n=8, tax_n=16),
 }
 
@@ -86,8 +95,8 @@ def placement_layouts(n_layers: int, mixer: str = "gdn", pct: int = 83) -> dict:
     period = PERCENTS[pct]
     preset = [i for i in range(n_layers) if (n_layers - 1 - i) % period == 0]
     start = [i - (period - 1) for i in preset if i - (period - 1) >= 0] or [0]
-    return {f"{mixer}{pct}": f"{mixer}{pct}", f"{mixer}@{','.join(map(str, start))}": f"{mixer}@{','.join(map(str, start))}",
-            f"{mixer}@{n_layers - 1}": f"{mixer}@{n_layers - 1}"}
+    names = [f"{mixer}{pct}", f"{mixer}@{','.join(map(str, start))}", f"{mixer}@{n_layers - 1}"]
+    return {n: n for n in names}
 
 
 def arms(P) -> dict:
@@ -116,6 +125,15 @@ def arms(P) -> dict:
         for w in P["widths"]:
             add(f"{a}-d{w}", a, "width", w)
     return out
+
+
+def gpu_gb(run) -> float:
+    """Estimated peak GPU memory (GB) of one training run: measured on CPU for fp32 activations of
+    sequences <= 2 scan chunks at batch 64 (GLA's per-key decay holds [B, H, C, C, K] tensors),
+    scaled by the batch; plus ~1.5 GB of context and weights. Only schedules the parallel runs."""
+    per_layer = {"attn": 0.13, "gdn": 0.26, "mamba2": 0.26, "gla": 0.8}
+    layers = ZooConfig(vocab_size=len(VOCAB), **run.cfg.model).layers
+    return 1.5 + sum(per_layer[k] for k in layers) * run.cfg.batch_size / 64 * run.cfg.model["d_model"] / 128
 
 
 def plan(P, root, device):
@@ -175,7 +193,7 @@ def answer_logits(model, batch, chunk: int = 256) -> torch.Tensor:
     ap = batch.answer_pos[:, -1]
     for s in range(0, batch.n, chunk):
         lg = model(batch.tokens[s:s + chunk].to(model.device))
-        out.append(lg[torch.arange(lg.shape[0]), ap[s:s + chunk].to(lg.device)].float().cpu())
+        out.append(lg[torch.arange(lg.shape[0], device=lg.device), ap[s:s + chunk].to(lg.device)].float().cpu())
     return torch.cat(out)
 
 
@@ -533,8 +551,9 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
         gain = pv[pv.columns.max()] - pv[pv.columns.min()]
         at64 = vw[vw.N == vw.N.max()]
         rho = _mono(at64.attn_pct.values, at64.majority_acc.values)
-        out.append(f"* Majority voting helps, and more attention helps it more (paper): word problems, gain from N=1 to "
-                   f"N={int(vw.N.max())} per model: median {gain.median():+.2f} (range {gain.min():+.2f}..{gain.max():+.2f});"
+        out.append(f"* Majority voting helps, and more attention helps it more (paper): word problems, gain from N=1 "
+                   f"to N={int(vw.N.max())} per model: median {gain.median():+.2f} (range {gain.min():+.2f}.."
+                   f"{gain.max():+.2f});"
                    f" rank correlation of accuracy at N={int(vw.N.max())} with attention % {rho:+.2f}. With one-token "
                    "answers the vote converges to the mode of the sampling distribution, i.e. about the greedy answer, "
                    "so gains are bounded by greedy accuracy (`greedy_acc` in votes.csv): "
@@ -548,11 +567,13 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
         share = wrong / max(wrong.sum(), 1)
         base = chance.set_index("kind")["count"].reindex(W.ERROR_TYPES) / chance["count"].sum()
         over = share.get("key_value_binding", 0) / max(base["key_value_binding"], 1e-9)
-        out.append(f"* Recall (binding) errors are the main error of attention-free models (paper, via an LLM judge): our "
+        out.append(f"* Recall (binding) errors are the main error of attention-free models (paper, via an LLM judge): "
+                   "our "
                    f"mechanical taxonomy over the attention-free models counts " + ", ".join(
                        f"{k} {int(v)}" for k, v in wrong.sort_values(ascending=False).items())
                    + f"; the most frequent classified type is {top}; binding's share of the wrong answers is "
-                   f"{share.get('key_value_binding', 0):.2f} against {base['key_value_binding']:.2f} for uniform guessing "
+                   f"{share.get('key_value_binding', 0):.2f} against {base['key_value_binding']:.2f} for uniform "
+                   "guessing "
                    f"({over:.1f}x): "
                    + ("**inconclusive** (no classified errors)" if top == "none" else
                       "**agrees**" if top == "key_value_binding" and over > 1.2 else
@@ -567,10 +588,12 @@ def report(figs, argv, P, profile, device, started, A, status, val, best, acc, v
     mp = P["model"]
     L += [f"Profile `{profile}`: {mp['n_layers']} layers, d={mp['d_model']}; every model's SwiGLU width is matched to "
           f"the transformer's parameter count at its width ({S.n_params(A['transformer']['model']) / 1e6:.3f}M at "
-          f"d={mp['d_model']}). Training: the task mixture {', '.join(TASKS)} (round robin), {P['steps']} steps x batch "
+          f"d={mp['d_model']}). Training: the task mixture {', '.join(TASKS)} (round robin), {P['steps']} steps x "
+          "batch "
           f"{P['batch_size']}, one difficulty knob drawn from its grid per batch, capped at {GRID_MAX}; learning rates "
           f"{', '.join(f'{x:g}' for x in P['lrs'])} for every arm, best by validation accuracy (mean over the three "
-          f"tasks at default knobs, {P['val_n']} examples each, seed {VAL_SEED}). Test: {P['eval_n']} examples per point, "
+          f"tasks at default knobs, {P['val_n']} examples each, seed {VAL_SEED}). Test: {P['eval_n']} examples per "
+          "point, "
           f"seed {TEST_SEED}.", ""]
     inc = status[~status.complete]
     if len(inc):
@@ -630,7 +653,7 @@ def main(argv=None):
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
     A, runs = plan(P, root, device)
-    status, val, best = S.train_then_validate(runs, validate, s)
+    status, val, best = S.train_then_validate(runs, validate, s, weight=gpu_gb, capacity=P["gpu_gb"])
     if best is None:
         return 3
     by_name = {r.name: r for r in runs}

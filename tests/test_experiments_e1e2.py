@@ -101,8 +101,12 @@ def test_word_problem_errors_name_the_bad_value():
 
 # --- the experiments -------------------------------------------------------------------------------
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pandas as pd  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # experiments/ is not an installed package
 from experiments import e1_state_recall as E1  # noqa: E402
 from experiments import e2_recall_gap as E2  # noqa: E402
 
@@ -232,3 +236,14 @@ def test_e2_end_to_end(tmp_path):
     assert chance["correct"] == 0 and chance["key_value_binding"] > 0 and chance["context_synthesis"] > 0
     sweep = pd.read_csv(figs / "lr_sweep.csv")
     assert sweep.complete.all() and set(sweep.lr) == set(E2.PROFILES["test"]["lrs"])
+
+
+def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):
+    from experiments import _sweeps as S
+    arms = {"ok": {"model": _tiny("gdn100")}, "bad": {"model": _tiny("transformer"), "tasks": ["nope"]}}
+    runs = S.make_runs(tmp_path, arms, [1e-3, 3e-3], steps=2, batch_size=4, eval_every=2, eval_n=4, device="cpu")
+    st = S.train_runs(runs, workers=2, weight=lambda r: 1.0, capacity=1.0, progress=False)
+    assert st.set_index("run").loc[["ok_lr0.001", "ok_lr0.003"], "complete"].all()
+    bad = st[st.arm == "bad"]
+    assert not bad.complete.any() and bad.error.str.contains("unknown task 'nope'").all()
+    assert "unknown task 'nope'" in (tmp_path / "runs" / "bad_lr0.001" / "train.out").read_text()
