@@ -192,8 +192,10 @@ def git_commit() -> str:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
+                               capture_output=True, text=True).stdout
+        files = [line[3:] for line in dirty.splitlines() if line.strip()]
+        return sha + (f" (uncommitted changes in {', '.join(files[:8])}{', ...' if len(files) > 8 else ''})"
+                      if files else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
