@@ -1,15 +1,21 @@
-"""One canonical view of the three recurrence families, for hooks and state patching.
+"""One canonical view of the recurrence families, for hooks and state patching.
 
 Each layer's scan kernel is called with the arguments of ``hooks.scan.<family>.scan``. Here they
 are turned into the common names of hooks.names (q, k, v, decay, beta; states [B, T, H, K, V])
 and back, so capture, intervention and "continue the recurrence from a patched state" are written
 once for all families.
+
+Mamba1 (``mamba1``) has its own shapes (hooks.names): its state is ``[D, N]`` per token (one
+scalar recurrence per channel d and state dim n), i.e. GLA with one head per channel, K = N and
+V = 1; q = C and k = B are ``[B, T, N]``, v = x and beta = dt ``[B, T, D]``, decay = dt A
+``[B, T, D, N]``. Because that decay is as large as all the states, the Mamba1 view forms it only
+when it is read (a ``rec.decay`` hook); otherwise the scans form dt A per step.
 """
 from __future__ import annotations
 
 import torch
 
-from hooks.scan import gdn, gla, mamba2
+from hooks.scan import gdn, gla, mamba1, mamba2
 from hooks.scan._common import l2norm as _l2norm
 
 
@@ -24,7 +30,35 @@ def _heads(t, H):
     return t if G == H else t.repeat_interleave(H // G, dim=2)
 
 
-SEQ_KEYS = ("q", "k", "v", "decay", "beta")
+SEQ_KEYS = ("q", "k", "v", "decay", "beta", "decay_dt")
+FAMILIES = ("gdn", "gla", "mamba2", "mamba1")
+
+
+class Mamba1View(dict):
+    """The canonical view of a Mamba1 scan. ``decay`` (dt A, ``[B, T, D, N]``) is formed from
+    ``decay_dt`` and ``A`` the first time it is read; until then the scans form it per step.
+    ``decay_dt`` is the dt of the layer's own call, so a hook that changes ``beta`` (dt of the
+    write) leaves the decay as it was, as for Mamba2."""
+
+    def __contains__(self, key):
+        return key == "decay" or dict.__contains__(self, key)
+
+    def __missing__(self, key):
+        if key != "decay":
+            raise KeyError(key)
+        dt = self["decay_dt"]
+        g = dt[..., None] * self["A"].to(dt.dtype)
+        self["decay"] = g
+        return g
+
+
+def _is_mamba1(c) -> bool:
+    return dict.__contains__(c, "decay_dt")
+
+
+def _mamba1_args(c):
+    """(x, dt, A, B, C) and the decay keywords of a Mamba1 view (plain dict copies work too)."""
+    return (c["v"], c["beta"], c["A"], c["k"], c["q"]), dict(g=dict.get(c, "decay"), dt_decay=c["decay_dt"])
 
 
 def canonical(family: str, kw: dict) -> dict:
@@ -45,11 +79,22 @@ def canonical(family: str, kw: dict) -> dict:
         H = x.shape[2]
         return dict(q=_heads(kw["C"], H), k=_heads(kw["B"], H), v=x, beta=dt,
                     decay=dt * A.view(1, 1, -1).to(dt.dtype), scale=1.0, initial_state=init, D=kw.get("D"))
-    raise ValueError(f"unknown recurrence family '{family}'; valid: gdn, gla, mamba2")
+    if family == "mamba1":
+        c = Mamba1View(q=kw["C"], k=kw["B"], v=kw["x"], beta=kw["dt"], A=kw["A"],
+                       decay_dt=kw.get("dt_decay") if kw.get("dt_decay") is not None else kw["dt"],
+                       scale=1.0, initial_state=init, D=kw.get("D"))
+        if kw.get("g") is not None:
+            c["decay"] = kw["g"]
+        return c
+    raise ValueError(f"unknown recurrence family '{family}'; valid: {', '.join(FAMILIES)}")
 
 
 def scan(family: str, c: dict, initial_state=None):
-    """Run the recurrence on a canonical view; returns (readout [B,T,H,V], final_state)."""
+    """Run the recurrence on a canonical view; returns (readout [B,T,H,V], final_state)
+    (Mamba1: [B, T, D] and [B, D, N])."""
+    if _is_mamba1(c):
+        args, dec = _mamba1_args(c)
+        return mamba1.scan(*args, D=c.get("D"), initial_state=initial_state, output_final_state=True, **dec)
     if family == "gdn":
         return gdn.scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
                         initial_state=initial_state, output_final_state=True)
@@ -67,7 +112,11 @@ def scan(family: str, c: dict, initial_state=None):
 
 
 def states(family: str, c: dict, positions=None):
-    """Per-token states S_t (after token t) [B, T|P, H, K, V] float32 from a canonical view."""
+    """Per-token states S_t (after token t) [B, T|P, H, K, V] float32 from a canonical view
+    (Mamba1: [B, T|P, D, N])."""
+    if _is_mamba1(c):
+        args, dec = _mamba1_args(c)
+        return mamba1.states(*args, initial_state=c["initial_state"], positions=positions, **dec)
     if family == "gdn":
         return gdn.states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
                           initial_state=c["initial_state"], positions=positions)
@@ -89,7 +138,13 @@ def family_states(family: str, kw: dict, c: dict, positions=None):
 
 
 def readout_at(c: dict, S, t: int):
-    """o_t = S_t^T (scale q_t) (+ D v_t for Mamba2) for one position; S: [B, H, K, V]."""
+    """o_t = S_t^T (scale q_t) (+ D v_t for Mamba2) for one position; S: [B, H, K, V]
+    (Mamba1: o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d], S: [B, D, N])."""
+    if _is_mamba1(c):
+        o = (S.float() * c["q"][:, t].float()[:, None, :]).sum(-1)
+        if c.get("D") is not None:
+            o = o + c["v"][:, t].float() * c["D"].float()
+        return o
     q = c["q"][:, t].float() * c["scale"]
     o = torch.einsum("bhk,bhkv->bhv", q, S.float())
     if c.get("D") is not None:

@@ -1,0 +1,180 @@
+"""Adapter for HF Mamba1-family models: ``jamba``, ``mamba`` and ``falcon_mamba``.
+
+Block ``i`` is the model's ``layers[i]`` (``model.model.layers`` / ``model.backbone.layers``).
+
+=============  =====================================================================================
+family         mapping
+=============  =====================================================================================
+jamba          ``mamba`` layers: ``rec`` = ``mixer_out`` = ``mamba``; ``attention`` layers: ``attn``
+               = ``mixer_out`` = ``self_attn`` (no RoPE, full causal); both: ``mlp_out`` =
+               ``feed_forward`` (dense MLP or sparse-MoE block).
+mamba,         every block: norm -> Mamba1 mixer -> residual. ``rec`` = ``mixer_out`` = ``mixer``;
+falcon_mamba   no MLP (``mlp_out`` is the zero term of `hooks.adapters.hf_mamba`: zeros, and a hook's
+               replacement is added to the residual stream before ``resid_post``).
+=============  =====================================================================================
+
+Scan interception. All three mixers call module-level functions of their modeling module:
+``mamba_selective_scan`` (full sequence / prefill), ``mamba_selective_state_update`` (one-token
+decoding from a cache) and, for ``mamba`` / ``falcon_mamba`` in training mode, the fused
+``mamba_inner_fn``. While ``rec.*`` names are hooked on a layer those globals are replaced by
+dispatchers (shared with other patched layers of the same modeling module, restored after the
+last one exits), and the mixer gets a forward pre-hook / forward hook (``always_call``) that
+mark it as the caller; calls from any other module go to the original function. For a patched
+mixer:
+
+* ``mamba_selective_scan(x, dt, A, B, C, D, z, delta_bias, delta_softplus, ...)`` is turned into
+  ``hooks.scan.mamba1.scan``'s signature: x ``[B, T, D]``, dt after HF's own ``+ delta_bias``
+  and ``softplus`` (same ops, same dtype), A ``[D, N]``, B / C ``[B, T, N]`` (jamba / falcon_mamba:
+  after their B / C / dt RMS norms, i.e. exactly what the kernel gets), D. ``call`` runs the
+  model's own function (HF's torch path, or mamba-ssm's kernel when installed) on those inputs
+  with no bias / softplus / gate, so a capture changes nothing; the output gate ``y * silu(z)``
+  is applied after the wrapper, so ``rec.readout`` = sum_n h_t C_t + D x_t, before the gate.
+  With ``return_last_state`` (a prefill into a cache) the final state goes to HF's cache
+  (``[B, D, N]``, the layout HF and mamba-ssm use).
+* ``mamba_inner_fn`` returns None (HF's "no fused kernel" answer), so the mixer takes the unfused
+  path above even in training mode with mamba-ssm installed.
+* ``mamba_selective_state_update`` (decoding) raises NotImplementedError: rec.* hooks need the
+  whole sequence in one forward.
+
+Padding masks need nothing special: HF zeroes padded positions before the scan, and the states
+are computed from the scan's actual inputs.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch.nn.functional as F
+
+from hooks.adapters import register
+from hooks.adapters.base import LayerInfo
+from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers, dispatch_globals, forward_globals
+from hooks.adapters.hf_gdn import _pop
+from hooks.adapters.hf_mamba import _ZeroTerm
+from hooks.scan import mamba1 as mamba1_scan
+
+MODEL_TYPES = ("jamba", "mamba", "falcon_mamba")
+SCAN, INNER, STEP = "mamba_selective_scan", "mamba_inner_fn", "mamba_selective_state_update"
+
+
+def _scan_call(orig, wrapper, args, kwargs):
+    """One ``mamba_selective_scan`` call of a patched mixer through ``wrapper(kw, call)``."""
+    names = ("hidden_states", "dt", "A", "B", "C")
+    a = dict(zip(names, args))
+    if len(args) > len(names):
+        raise TypeError(f"unexpected positional arguments to {SCAN}: {len(args)}")
+    kwargs = dict(kwargs)
+    for n in names:
+        if n in kwargs:
+            a[n] = kwargs.pop(n)
+    D, z = kwargs.pop("D", None), kwargs.pop("z", None)
+    bias, soft = kwargs.pop("delta_bias", None), kwargs.pop("delta_softplus", False)
+    last = bool(kwargs.pop("return_last_state", False))
+    rest = kwargs  # use_mambapy, use_associative_scan, ...
+    dt = a["dt"]
+    if bias is not None:  # HF's own ops, in its order and dtype
+        dt = dt + bias.to(dt.dtype)[..., None]
+    if soft:
+        dt = F.softplus(dt)
+    kw = dict(x=a["hidden_states"].transpose(1, 2), dt=dt.transpose(1, 2), A=a["A"], B=a["B"].transpose(1, 2),
+              C=a["C"].transpose(1, 2), D=D, initial_state=None, output_final_state=last)
+
+    def call(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, g=None, dt_decay=None, **unused):
+        if initial_state is not None or g is not None or dt_decay is not None:  # the kernel has none of these
+            return mamba1_scan.scan(x, dt, A, B, C, D, initial_state, output_final_state, g=g, dt_decay=dt_decay)
+        r = orig(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D=D, z=None,
+                 delta_bias=None, delta_softplus=False, return_last_state=output_final_state, **rest)
+        y, final = r if output_final_state else (r, None)
+        return y.transpose(1, 2), final
+
+    y, final = wrapper(kw, call)
+    y = y.transpose(1, 2)  # [B, D, T], as HF continues
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, final) if last else y
+
+
+@contextmanager
+def patch_mamba1_scan(mixer, wrapper):
+    """Make HF Mamba1 mixer ``mixer`` (jamba / mamba / falcon_mamba) call ``wrapper(kwargs, call)``
+    instead of its selective scan (see the module docstring)."""
+    g = forward_globals(mixer)
+    if SCAN not in g:
+        raise NotImplementedError(f"{type(mixer).__name__}: no {SCAN} found to intercept in {g.get('__name__')}")
+    names = tuple(n for n in (SCAN, INNER, STEP) if n in g)
+    with dispatch_globals(g, "mamba1", names, _make_standin, mixer, wrapper) as d:
+        handles = [mixer.register_forward_pre_hook(lambda m, a: d.running.append(m)),
+                   mixer.register_forward_hook(lambda m, a, o: _pop(d.running, m), always_call=True)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _make_standin(d, fn):
+    """dispatch_globals' ``make(dispatch, original)``: the stand-in for whichever global ``fn`` is."""
+    name = next(n for n, orig in d.orig.items() if orig is fn)
+    return _standin(d, fn, name)
+
+
+def _standin(d, fn, name):
+    """Calls from a patched mixer (the innermost one running) go through its wrappers; others to ``fn``."""
+    def active():
+        return d.chains.get(d.running[-1]) if d.running else None
+
+    if name == INNER:
+        def inner(*args, **kwargs):
+            return None if active() else fn(*args, **kwargs)
+        return inner
+    if name == STEP:
+        def step(*args, **kwargs):
+            if active():
+                raise NotImplementedError(
+                    "rec.* hooks on Mamba1 layers need the whole sequence in one forward; decoding one "
+                    "token from a cache (mamba_selective_state_update) is not supported. Run the prompt "
+                    "with use_cache=False.")
+            return fn(*args, **kwargs)
+        return step
+
+    def scan(*args, **kwargs):
+        chain = active()
+        if not chain:
+            return fn(*args, **kwargs)
+
+        def run(i, args, kwargs):
+            if i == len(chain):
+                return fn(*args, **kwargs)
+            return _scan_call(lambda *a, **k: run(i + 1, a, k), chain[i], args, kwargs)
+        return run(0, args, kwargs)
+    return scan
+
+
+@register
+class HFMamba1Adapter(HFAdapter):
+    family = "hf_mamba1"
+    model_types = MODEL_TYPES
+
+    def layers(self, model):
+        kind = model.config.model_type
+        out = []
+        for i, blk in enumerate(decoder_layers(model)):
+            if kind == "jamba":
+                if hasattr(blk, "mamba"):
+                    out.append(LayerInfo(index=i, block=blk, mixer_out=blk.mamba, mlp_out=blk.feed_forward,
+                                         rec=blk.mamba, rec_family="mamba1"))
+                elif hasattr(blk, "self_attn"):
+                    out.append(LayerInfo(index=i, block=blk, mixer_out=blk.self_attn, mlp_out=blk.feed_forward,
+                                         attn=blk.self_attn, attn_meta=attn_meta(blk.self_attn)))
+                else:
+                    raise TypeError(f"jamba layer {i} ({type(blk).__name__}) has neither 'mamba' nor 'self_attn'")
+            else:
+                if not hasattr(blk, "mixer"):
+                    raise TypeError(f"{kind} layer {i} ({type(blk).__name__}) has no 'mixer'")
+                out.append(LayerInfo(index=i, block=blk, mixer_out=blk.mixer, mlp_out=_ZeroTerm(blk, "mlp"),
+                                     rec=blk.mixer, rec_family="mamba1"))
+        return out
+
+    @contextmanager
+    def patch_scan(self, layer, wrapper):
+        with patch_mamba1_scan(layer.rec, wrapper):
+            yield
