@@ -196,13 +196,14 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
                                              & (res.value.astype(str) == str(v))].accuracy.iloc[0])))
         if S.out_of_time(deadline):
             continue
-        m = S.load_run(runs_by_name[f"{arm}_lr{row.lr:g}"], device).set_scan_backend("reference")
+        run = runs_by_name[f"{arm}_lr{row.lr:g}"]
+        m = S.load_run(run, device).set_scan_backend("reference")
         cot = arm.endswith("-cot")
         f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, cot=cot))
         f["n_steps"] = v
         p_frames.append(f)
         pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
-        px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / arm,
+        px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / f"{run.name}_n{v}",
                             progress=progress, batch_size=256)
         px.plot(figs / f"patch_{arm}.png", title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}")
         xf = pd.DataFrame(px)

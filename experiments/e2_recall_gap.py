@@ -505,7 +505,7 @@ def plot_taxonomy(tax, path):
         ax.set_title(f"wrong answers by type: {mixer}", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("fraction of problems")
-    axes[0, -1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     S.save_fig(fig, path, 110)
 
 
