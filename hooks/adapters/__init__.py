@@ -16,7 +16,7 @@ def _load_builtin():
     # HF families register themselves on import; each file is optional so one broken family
     # never hides the others.
     import importlib
-    for mod in ("hf_transformer", "hf_gdn", "hf_mamba", "hf_mamba1", "interop"):
+    for mod in ("hf_transformer", "hf_gdn", "hf_mamba", "hf_mamba1", "fla_models", "mamba_ssm", "interop"):
         try:
             importlib.import_module(f"hooks.adapters.{mod}")
         except ModuleNotFoundError as e:

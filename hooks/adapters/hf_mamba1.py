@@ -57,16 +57,21 @@ SCAN, INNER, STEP = "mamba_selective_scan", "mamba_inner_fn", "mamba_selective_s
 
 
 def _scan_call(orig, wrapper, args, kwargs):
-    """One ``mamba_selective_scan`` call of a patched mixer through ``wrapper(kw, call)``."""
-    names = ("hidden_states", "dt", "A", "B", "C")
-    a = dict(zip(names, args))
+    """One ``mamba_selective_scan`` call of a patched mixer through ``wrapper(kw, call)`` (also
+    mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+    return_last_state)``, the same function under other argument names)."""
+    names = ("hidden_states", "dt", "A", "B", "C", "D", "z")  # HF's names; mamba-ssm's are u, delta, ...
     if len(args) > len(names):
         raise TypeError(f"unexpected positional arguments to {SCAN}: {len(args)}")
     kwargs = dict(kwargs)
+    for mine, theirs in (("hidden_states", "u"), ("dt", "delta")):
+        if theirs in kwargs:
+            kwargs[mine] = kwargs.pop(theirs)
+    a = dict(zip(names, args))
     for n in names:
         if n in kwargs:
             a[n] = kwargs.pop(n)
-    D, z = kwargs.pop("D", None), kwargs.pop("z", None)
+    D, z = a.get("D"), a.get("z")
     bias, soft = kwargs.pop("delta_bias", None), kwargs.pop("delta_softplus", False)
     last = bool(kwargs.pop("return_last_state", False))
     rest = kwargs  # use_mambapy, use_associative_scan, ...
@@ -94,21 +99,36 @@ def _scan_call(orig, wrapper, args, kwargs):
 
 
 @contextmanager
-def patch_mamba1_scan(mixer, wrapper):
+def patch_mamba1_scan(mixer, wrapper, scan_name=SCAN, before=None):
     """Make HF Mamba1 mixer ``mixer`` (jamba / mamba / falcon_mamba) call ``wrapper(kwargs, call)``
-    instead of its selective scan (see the module docstring)."""
+    instead of its selective scan (see the module docstring). ``scan_name``: the global holding
+    the scan function (mamba-ssm: ``selective_scan_fn``); ``before(module, args, kwargs)``: a
+    check run as the mixer starts (may raise)."""
     g = forward_globals(mixer)
-    if SCAN not in g:
-        raise NotImplementedError(f"{type(mixer).__name__}: no {SCAN} found to intercept in {g.get('__name__')}")
-    names = tuple(n for n in (SCAN, INNER, STEP) if n in g)
-    with dispatch_globals(g, "mamba1", names, _make_standin, mixer, wrapper) as d:
-        handles = [mixer.register_forward_pre_hook(lambda m, a: d.running.append(m)),
-                   mixer.register_forward_hook(lambda m, a, o: _pop(d.running, m), always_call=True)]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    if scan_name not in g:
+        raise NotImplementedError(f"{type(mixer).__name__}: no {scan_name} found to intercept in {g.get('__name__')}")
+    names = tuple(n for n in (scan_name, INNER, STEP) if n in g)
+
+    with dispatch_globals(g, "mamba1", names, _make_standin, mixer, wrapper) as d, mark_running(mixer, d, before):
+        yield
+
+
+@contextmanager
+def mark_running(mod, d, before=None):
+    """While open, ``mod`` pushes itself on ``d.running`` as it starts (after ``before(mod, args,
+    kwargs)``, which may raise) and pops itself as it ends (exceptions included): the dispatchers
+    of ``dispatch_globals`` learn which module calls them."""
+    def enter(m, args, kwargs):
+        if before is not None:
+            before(m, args, kwargs)
+        d.running.append(m)
+    handles = [mod.register_forward_pre_hook(enter, with_kwargs=True),
+               mod.register_forward_hook(lambda m, a, o: _pop(d.running, m), always_call=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _make_standin(d, fn):

@@ -1,0 +1,345 @@
+"""GPU check of hooks' adapters for fla's own model classes (GatedDeltaNetForCausalLM, GLAForCausalLM with
+hybrid ``attn`` layers, Mamba2ForCausalLM) and mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers).
+
+Run on a CUDA host (from the repo root):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=$PWD:/tmp/site python3 tests/gpu/check_models_gpu.py [--out results.json]
+
+For every tiny random model and sequence length (T = 40 takes fla's fused-recurrent kernels,
+T = 150 its chunk kernels) it checks, and prints as a markdown table:
+  logits    capturing every residual name, every rec.state and attn.pattern leaves the logits as
+            they were (max |diff|; GDN / GLA / attention pass through the model's own kernels: 0
+            expected; fla Mamba2 and mamba-ssm layers run an equivalent forward: float rounding)
+  final     the last per-token state == the model's own final state (fla: past_key_values[i]
+            ['recurrent_state']; mamba-ssm: inference_params ssm_state), relative error
+  loop      every per-token state == a float32 step loop on the captured scan inputs, relative error
+  pattern   attn.head_out == attn.pattern @ v (the pattern is what the attention op computed)
+  patch     patching rec.state at t leaves logits before t bit-identical and changes them from t on
+  clean     no hook, replaced forward or kernel global is left behind
+fla's ``Attention`` imports flash-attn; where flash-attn is not installed a stand-in
+(``flash_attn_func`` on torch SDPA) is put in ``sys.modules`` first, and the table says so.
+The mamba-ssm part is skipped, with the reason, when ``import mamba_ssm`` fails.
+Exits 1 if any check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+TOL_LOOP = 5e-3      # fp32 Triton kernels use TF32 dots: ~1e-3 relative
+TOL_LOGITS = {"pass": 1e-6, "replaced": 5e-3}
+
+
+def flash_attn_shim():
+    """A flash_attn module whose flash_attn_func runs torch SDPA (causal, window, GQA)."""
+    try:
+        import flash_attn  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    mod = types.ModuleType("flash_attn")
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), **kw):
+        T, S, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+        k, v = k.repeat_interleave(H // Hk, 2), v.repeat_interleave(H // Hk, 2)
+        i = torch.arange(T, device=q.device)[:, None] + (S - T)
+        j = torch.arange(S, device=q.device)[None]
+        ok = torch.ones(T, S, dtype=torch.bool, device=q.device)
+        if causal:
+            ok &= j <= i
+        if window_size is not None and window_size[0] >= 0:
+            ok &= j >= i - window_size[0]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=ok,
+                                           scale=softmax_scale)
+        return o.transpose(1, 2)
+
+    def flash_attn_varlen_func(*a, **k):
+        raise NotImplementedError("flash-attn stand-in: no varlen")
+    mod.flash_attn_func, mod.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    sys.modules["flash_attn"] = mod
+    return True
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-6)).item()
+
+
+# --- float32 step loops on the captured canonical scan inputs --------------------------------------
+
+def loop_states(fam, c, p):
+    q, k, v, g = (c[f"{p}.rec.{s}"].float() for s in ("q", "k", "v", "decay"))
+    b = c[f"{p}.rec.beta"].float() if fam != "gla" else None
+    if fam == "mamba1":
+        S = torch.zeros(v.shape[0], v.shape[2], k.shape[-1], device=v.device)
+        out = []
+        for t in range(v.shape[1]):
+            S = g[:, t].exp() * S + (b[:, t] * v[:, t])[..., None] * k[:, t, None, :]
+            out.append(S)
+        return torch.stack(out, 1)
+    B, T, H, K = k.shape
+    S = torch.zeros(B, H, K, v.shape[-1], device=v.device)
+    out = []
+    for t in range(T):
+        a = g[:, t].exp()
+        if fam == "gla":
+            S = a[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        elif fam == "mamba2":
+            S = a[..., None, None] * S + b[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
+        else:  # gdn
+            S = a[..., None, None] * S
+            d = b[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
+            S = S + k[:, t, :, :, None] * d[:, :, None, :]
+        out.append(S)
+    return torch.stack(out, 1)
+
+
+def leftovers(model, globals_before):
+    bad = [type(m).__name__ for m in model.modules()
+           if m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m)]
+    for (_, name), (g, obj) in globals_before.items():
+        if g.get(name) is not obj:
+            bad.append(f"global {name}")
+    return bad
+
+
+def kernel_globals(model):
+    """(module dict, name) -> object for every global the adapters may swap."""
+    names = ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "chunk_gla", "fused_recurrent_gla",
+             "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F")
+    from hooks.adapters.hf_common import forward_globals
+    out = {}
+    for m in model.modules():
+        g = forward_globals(m)
+        for n in names:
+            if n in g:
+                out[(id(g), n)] = (g, g[n])
+    return out
+
+
+# --- one model ------------------------------------------------------------------------------------------
+
+def check(name, model, x, final_states, kind):
+    """final_states: {layer: final state in our layout} from the model's own cached forward."""
+    import hooks
+    row = {"model": name, "T": x.shape[1], "dtype": str(next(model.parameters()).dtype).split(".")[-1]}
+    hm = hooks.wrap(model)
+    row["adapter"] = type(hm.adapter).__name__
+    before = kernel_globals(model)
+    rec = [L for L in hm.layers if L.rec is not None]
+    att = [L for L in hm.layers if L.attn is not None]
+    names = [n for n in hm.hook_names if n.endswith(("resid_pre", "resid_post", "mixer_out", "mlp_out"))]
+    names += [f"blocks.{L.index}.rec.{s}" for L in rec for s in ("q", "k", "v", "decay", "beta", "state", "readout")
+              if f"blocks.{L.index}.rec.{s}" in hm.hook_names]
+    names += [f"blocks.{L.index}.attn.{s}" for L in att for s in ("q", "k", "v", "pattern", "head_out")]
+    with torch.no_grad():
+        ref = hm(x)
+        lg, c = hm.run_with_cache(x, names=names)
+    row["logits_diff"] = (lg.float() - ref.float()).abs().max().item()
+    row["logits_ok"] = row["logits_diff"] <= TOL_LOGITS[kind] * max(1.0, ref.float().abs().max().item())
+    fin, lp = [], []
+    for L in rec:
+        p = f"blocks.{L.index}"
+        S = c[f"{p}.rec.state"]
+        if L.index in final_states:
+            fin.append(rel(S[:, -1], final_states[L.index]))
+        lp.append(rel(S, loop_states(L.rec_family, c, p)))
+    row["final_rel"] = max(fin) if fin else None
+    row["loop_rel"] = max(lp) if lp else None
+    row["states_ok"] = (not fin or max(fin) <= TOL_LOOP) and (not lp or max(lp) <= TOL_LOOP) and len(fin) == len(rec)
+    pe = []
+    for L in att:
+        p = f"blocks.{L.index}"
+        pat, v, o = c[f"{p}.attn.pattern"], c[f"{p}.attn.v"].float(), c[f"{p}.attn.head_out"].float()
+        H = pat.shape[1]
+        v = v.repeat_interleave(H // v.shape[2], 2)
+        pe.append(rel(torch.einsum("bhij,bjhd->bihd", pat, v), o))
+    row["pattern_rel"] = max(pe) if pe else None
+    row["pattern_ok"] = not pe or max(pe) <= TOL_LOOP
+    # patch a state at t with another batch's: the change flows from t on, not before
+    if rec:
+        i, t = rec[0].index, x.shape[1] // 2
+        sname = f"blocks.{i}.rec.state"
+        other = x.roll(1, 0)
+        with torch.no_grad():
+            _, co = hm.run_with_cache(other, names=[sname])
+            base = hm.run_with_hooks(x, hooks=[(sname, lambda S, n: None)])
+
+            def put(S, n):
+                S = S.clone()
+                S[:, t] = co[sname][:, t]
+                return S
+            pt = hm.run_with_hooks(x, hooks=[(sname, put)])
+        scale = base.float().abs().max().item()
+        before_t = (pt[:, :t].float() - base[:, :t].float()).abs().max().item()
+        row["patch_ok"] = bool(before_t <= 1e-5 * scale and (pt[:, t:] - base[:, t:]).abs().amax() > 1e-4)
+    else:
+        row["patch_ok"] = None
+
+    def boom(tensor, n):
+        raise RuntimeError("boom")
+    try:
+        hm.run_with_hooks(x, hooks=[(names[-1], boom)])
+    except RuntimeError:
+        pass
+    bad = leftovers(model, before)
+    row["clean_ok"] = not bad
+    if bad:
+        row["leftovers"] = bad[:5]
+    row["ok"] = all(row[k] is not False for k in ("logits_ok", "states_ok", "pattern_ok", "patch_ok", "clean_ok"))
+    return row
+
+
+# --- fla ---------------------------------------------------------------------------------------------------
+
+def fla_final_states(model, x, hm_layers, v_first=True):
+    with torch.no_grad():
+        out = model(input_ids=x, use_cache=True)
+    cache = out.past_key_values
+    res = {}
+    for L in hm_layers:
+        if L.rec is None:
+            continue
+        S = cache[L.index]["recurrent_state"]
+        res[L.index] = S.transpose(-1, -2).float()  # fla: GDN/GLA [V, K] (state_v_first), Mamba2 [P, N]
+    return res
+
+
+def fla_models(dev, dtype):
+    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM, GLAConfig, GLAForCausalLM, Mamba2Config, \
+        Mamba2ForCausalLM
+    common = dict(vocab_size=512, hidden_size=256, fuse_cross_entropy=False)
+    yield "fla GDN (+attn L1, GVA 4->8)", GatedDeltaNetForCausalLM(GatedDeltaNetConfig(
+        num_hidden_layers=4, num_heads=4, num_v_heads=8, head_dim=64, expand_v=1.0,
+        attn={"layers": [1], "num_heads": 4}, **common)), "pass"
+    yield "fla GDN neg-eig", GatedDeltaNetForCausalLM(GatedDeltaNetConfig(
+        num_hidden_layers=2, num_heads=4, head_dim=64, allow_neg_eigval=True, **common)), "pass"
+    yield "fla GLA (+attn L2, window 32)", GLAForCausalLM(GLAConfig(
+        num_hidden_layers=4, num_heads=4, attn={"layers": [2], "num_heads": 4, "window_size": 32}, **common)), "pass"
+    yield "fla Mamba2", Mamba2ForCausalLM(Mamba2Config(
+        num_hidden_layers=3, num_heads=8, head_dim=64, state_size=64, expand=2, n_groups=1, chunk_size=64,
+        **common)), "replaced"
+
+
+def spice(model):
+    """O(1) random weights so that every path matters to the logits (the libraries' inits leave the
+    recurrences nearly inert and shrink output projections)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            leaf = n.rsplit(".", 1)[-1]
+            if leaf == "A_log":
+                p.copy_(torch.empty(p.shape).uniform_(0, 2, generator=g))
+            elif leaf == "dt_bias":
+                p.copy_(torch.empty(p.shape).uniform_(-3, 0, generator=g))
+            elif p.dim() >= 2 and "embed" not in n:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "needs CUDA"
+    dev = torch.device("cuda")
+    shim = flash_attn_shim()
+    print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
+          f"torch {torch.__version__}" + ("  (flash-attn not installed: SDPA stand-in for fla Attention)" if shim else ""))
+    rows = []
+    try:
+        import fla
+        print(f"fla {getattr(fla, '__version__', '?')}")
+        for name, model, kind in fla_models(dev, torch.float32):
+            torch.manual_seed(0)
+            spice(model)
+            for dtype in (torch.float32, torch.bfloat16):
+                m = model.to(dev, dtype).eval()
+                for T in (40, 150):
+                    x = torch.randint(0, 512, (2, T), device=dev, generator=torch.Generator(dev).manual_seed(T))
+                    import hooks
+                    L = hooks.wrap(m).layers
+                    try:
+                        row = check(name, m, x, fla_final_states(m, x, L), kind)
+                        if dtype != torch.float32:  # bf16: logits unchanged + clean only; states vs loop loosely
+                            row["states_ok"] = row["final_rel"] is None or row["final_rel"] < 5e-2
+                            row["pattern_ok"] = row["pattern_rel"] is None or row["pattern_rel"] < 5e-2
+                            row["ok"] = all(row[k] is not False for k in
+                                            ("logits_ok", "states_ok", "pattern_ok", "patch_ok", "clean_ok"))
+                    except Exception as e:  # noqa: BLE001  a failed model is a row, not the end of the run
+                        row = {"model": name, "T": T, "dtype": str(dtype).split(".")[-1], "ok": False,
+                               "error": f"{type(e).__name__}: {e}"[:300]}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    except ImportError as e:
+        rows.append({"model": "fla", "ok": False, "error": f"import fla failed: {e}"})
+        print(rows[-1])
+    rows += mamba_ssm_rows(dev)
+    print("\n| model | T | dtype | logits max diff | final rel | loop rel | pattern rel | patch | clean | ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "-" if v is None else (f"{v:.2e}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            print(f"| {r['model']} | {r.get('T', '')} | {r.get('dtype', '')} | {r.get('skipped') or r.get('error')} "
+                  f"| | | | | | {'skip' if 'skipped' in r else 'FAIL'} |")
+            continue
+        print(f"| {r['model']} | {r['T']} | {r['dtype']} | {fmt(r['logits_diff'])} | {fmt(r['final_rel'])} | "
+              f"{fmt(r['loop_rel'])} | {fmt(r['pattern_rel'])} | {fmt(r['patch_ok'])} | {fmt(r['clean_ok'])} | "
+              f"{'ok' if r['ok'] else 'FAIL'} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    sys.exit(0 if all(r.get("ok") or "skipped" in r for r in rows) else 1)
+
+
+# --- mamba-ssm ----------------------------------------------------------------------------------------------
+
+def mamba_ssm_rows(dev):
+    try:
+        import mamba_ssm  # noqa: F401
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+        from mamba_ssm.utils.generation import InferenceParams
+    except Exception as e:  # noqa: BLE001
+        msg = f"skipped: import mamba_ssm failed ({type(e).__name__}: {str(e)[:120]})"
+        print(f"mamba-ssm: {msg}")
+        return [{"model": "mamba-ssm MambaLMHeadModel", "skipped": msg}]
+    rows = []
+    for layer in ("Mamba1", "Mamba2"):
+        ssm = {"layer": layer} if layer == "Mamba1" else {"layer": layer, "headdim": 64, "d_state": 64, "chunk_size": 64}
+        cfg = MambaConfig(d_model=256, n_layer=4, vocab_size=512, ssm_cfg=ssm, attn_layer_idx=[1],
+                          attn_cfg={"num_heads": 4, "causal": True}, rms_norm=True, fused_add_norm=True,
+                          residual_in_fp32=True, d_intermediate=0 if layer == "Mamba1" else 512)
+        torch.manual_seed(0)
+        m = MambaLMHeadModel(cfg, device=dev, dtype=torch.float32).eval()
+        spice(m)
+        for T in (40, 150):
+            x = torch.randint(0, 512, (2, T), device=dev)
+            try:
+                ip = InferenceParams(max_seqlen=T, max_batch_size=2)
+                with torch.no_grad():
+                    m(x, inference_params=ip)
+                final = {}
+                for i, blk in enumerate(m.backbone.layers):
+                    st = ip.key_value_memory_dict.get(i)
+                    if st is not None and type(blk.mixer).__name__ in ("Mamba", "Mamba2"):
+                        s = st[1].float()
+                        final[i] = s if layer == "Mamba1" else s.transpose(-1, -2)  # Mamba2: [H, P, N] -> [H, N, P]
+                row = check(f"mamba-ssm {layer} (+MHA L1)", m, x, final, "replaced")
+            except Exception as e:  # noqa: BLE001
+                row = {"model": f"mamba-ssm {layer}", "T": T, "dtype": "float32", "ok": False,
+                       "error": f"{type(e).__name__}: {e}"[:300]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
