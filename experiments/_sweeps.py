@@ -163,8 +163,9 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     for name, e in errors.items():
         if e.startswith("failed"):
             print(f"run {name} {e}", file=sys.stderr)
-    return pd.DataFrame([{**status(r), "error": errors.get(r.name, "")
-                          if errors.get(r.name, "").startswith("failed") else ""} for r in runs])
+    return pd.DataFrame([{**status(r), "trained_now": errors.get(r.name) == "ran",
+                          "error": errors.get(r.name, "") if errors.get(r.name, "").startswith("failed") else ""}
+                         for r in runs])
 
 
 def cached(path: Path, fn) -> pd.DataFrame:
@@ -205,6 +206,12 @@ def device_name(device: str) -> str:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+def runs_note(status: pd.DataFrame) -> list[str]:
+    n = int(status["trained_now"].sum()) if "trained_now" in status else 0
+    return [f"Runs trained (or continued) in this call: {n} of {len(status)}; the others were finished by earlier "
+            "calls of the same command (their checkpoints and cached evaluations are reused).", ""]
 
 
 def header(title: str, device: str, started: float, argv: list[str]) -> list[str]:

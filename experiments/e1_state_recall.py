@@ -324,6 +324,7 @@ def shape_verdicts(res, threshold) -> list[str]:
 
 def report(figs, argv, P, profile, device, started, status, val, best, res, fails, pr, px, threshold):
     L = S.header("E1 — state recall under graded difficulty", device, started, argv)
+    L += S.runs_note(status)
     n_par = {a: S.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
     L += [f"Profile `{profile}`: {P['model']['n_layers']} layers, d={P['model']['d_model']}, parameter counts "
           + ", ".join(f"{a} {n / 1e6:.3f}M" for a, n in n_par.items())

@@ -576,6 +576,9 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
                    "guessing "
                    f"({over:.1f}x): "
                    + ("**inconclusive** (no classified errors)" if top == "none" else
+                      "**inconclusive** (these models are near chance, accuracy < 0.1: their errors show which "
+                      "numbers they emit, not how they reason)"
+                      if t0[t0.kind == "correct"]["count"].sum() < 0.1 * t0.drop_duplicates("arm")["n"].sum() else
                       "**agrees**" if top == "key_value_binding" and over > 1.2 else
                       "**not shown** (binding is the largest type but not above its base rate)"
                       if top == "key_value_binding" else "**disagrees**") + ".")
@@ -585,6 +588,7 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
 def report(figs, argv, P, profile, device, started, A, status, val, best, acc, votes, tax, chance, judged, has_width,
            has_place):
     L = S.header("E2 — the recall gap against the attention ratio", device, started, argv)
+    L += S.runs_note(status)
     mp = P["model"]
     L += [f"Profile `{profile}`: {mp['n_layers']} layers, d={mp['d_model']}; every model's SwiGLU width is matched to "
           f"the transformer's parameter count at its width ({S.n_params(A['transformer']['model']) / 1e6:.3f}M at "
