@@ -111,7 +111,9 @@ class HookedModel:
                     if r.shape != x.shape:
                         raise ValueError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
                                          f"expected {tuple(x.shape)}")
-                    x = r
+                    # a replacement made elsewhere (a cache on the CPU, another GPU of a sharded
+                    # model) goes where the activation lives
+                    x = r if r.device == x.device else r.to(x.device)
             return x
 
         def store(name, x):  # x already holds only the kept positions
@@ -206,9 +208,9 @@ class HookedModel:
         if has("mixer_out") or has("resid_mid"):
             def mix_hook(m, a, out):
                 y = apply(f"{p}.mixer_out", _first(out))
-                if has("resid_mid"):
-                    mid = pre_store["x"] + y
-                    y = apply(f"{p}.resid_mid", mid) - pre_store["x"]
+                if has("resid_mid"):  # a block's input can sit on the previous block's device
+                    x = pre_store["x"].to(y.device)
+                    y = apply(f"{p}.resid_mid", x + y) - x
                 return _replace_first(out, y)
             handles.append(L.mixer_out.register_forward_hook(mix_hook))
         if has("mlp_out") and L.mlp_out is not None:

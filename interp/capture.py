@@ -44,7 +44,8 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     if manifest["names"] != list(names) or manifest["n_examples"] != int(tokens.shape[0]):
         raise InterpError(f"{out} holds a different capture (names/examples differ); use a new --out")
     done = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
-    dev = next(model.parameters()).device
+    from interp.models import input_device
+    dev = input_device(model)  # a model spread over devices takes its inputs where it embeds them
     pending, pending_bytes, start = {}, 0, done
 
     def flush(stop):

@@ -66,11 +66,39 @@ def cmd_demo(a):
     print(f"wrote {out}/report.md, {out}/accuracy.png, {out}/results.csv")
 
 
+def _load_scaled(a):
+    """(model, kind, ctx) for capture / patch: ``--distributed`` joins the torchrun process group
+    (one model copy per rank; --device cuda -> cuda:<local rank>); ``--device-map`` spreads one
+    model over the GPUs of this host (``--gpu-memory`` caps each device); ``--dtype``."""
+    from interp.models import load_any
+    device, ctx = a.device, None
+    if a.distributed:
+        if a.device_map:
+            raise InterpError("--distributed and --device-map together are not supported: each process would "
+                              "spread its model over every GPU; use one of them")
+        from interp import distributed
+        ctx = distributed.init()
+        device = ctx.device(a.device)
+    model, kind = load_any(a.model, device=device, dtype=a.dtype, device_map=a.device_map,
+                           max_memory=a.gpu_memory)
+    return model, kind, ctx
+
+
+def _scale_args(parser):
+    parser.add_argument("--distributed", action="store_true", help="data-parallel over the processes torchrun "
+                        "starts: torchrun --nproc-per-node 2 -m interp.cli -- <command> ... --distributed (rank 0 merges)")
+    parser.add_argument("--device-map", default=None, help="spread a local HF checkpoint over this host's GPUs: "
+                        "auto, balanced, balanced_low_0 or sequential (needs accelerate)")
+    parser.add_argument("--gpu-memory", default=None, help="with --device-map: cap per device, e.g. 40GiB "
+                        "(every GPU) or 0=40GiB,1=70GiB,cpu=100GiB")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+
+
 def cmd_capture(a):
     import hooks
     from interp.capture import capture
-    from interp.models import load_any, tokenize_text
-    model, kind = load_any(a.model, device=a.device)
+    from interp.models import tokenize_text
+    model, kind, ctx = _load_scaled(a)
     if (a.task is None) == (a.text is None):
         raise InterpError("give exactly one of --task or --text")
     if a.task:
@@ -91,9 +119,17 @@ def cmd_capture(a):
         bad = [p for p in positions if not 0 <= p < tokens.shape[1]]
         if bad:
             raise InterpError(f"position {bad[0]} out of range 0..{tokens.shape[1] - 1}")
-    out = capture(model, tokens, names, a.out, positions=positions, max_memory=a.max_memory,
-                  batch_size=a.batch_size, meta={"model": a.model, **source})
-    print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names)")
+    if ctx is not None:
+        from interp import distributed
+        out = distributed.capture(model, tokens, names, a.out, ctx=ctx, positions=positions, max_memory=a.max_memory,
+                                  batch_size=a.batch_size, meta={"model": a.model, **source})
+        if not ctx.is_main:
+            return
+    else:
+        out = capture(model, tokens, names, a.out, positions=positions, max_memory=a.max_memory,
+                      batch_size=a.batch_size, meta={"model": a.model, **source})
+    procs = f", {ctx.world_size} processes" if ctx is not None and ctx.distributed else ""
+    print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names{procs})")
 
 
 def cmd_probe(a):
@@ -131,8 +167,7 @@ def cmd_patch(a):
     import hashlib
     import hooks
     from interp import patching, tasks as T
-    from interp.models import load_any
-    model, _ = load_any(a.model, device=a.device)
+    model, _, ctx = _load_scaled(a)
     hm = hooks.wrap(model)
     knobs = _kv(a.knob)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **knobs)
@@ -157,8 +192,12 @@ def cmd_patch(a):
     out = Path(a.out)
     spec = json.dumps([a.model, a.task, knobs, a.n, a.seed, layers, sites, positions, a.heads, a.direction])
     units = out / ".units" / (name + "-" + hashlib.sha1(spec.encode()).hexdigest()[:10])
-    res = patching.sweep(hm, pairs, sites=sites, layers=layers, positions=positions, heads=a.heads,
-                         direction=a.direction, batch_size=a.batch_size, out=units, model_name=Path(a.model).name)
+    kw = dict(sites=sites, layers=layers, positions=positions, heads=a.heads, direction=a.direction,
+              batch_size=a.batch_size, model_name=Path(a.model).name)
+    from interp import distributed  # --distributed: each rank runs its share into units/rank<r>/, rank 0 merges
+    res = distributed.sweep(hm, pairs, out=units, ctx=ctx or distributed.Context(), **kw)
+    if ctx is not None and not ctx.is_main:
+        return
     b = res.attrs["baselines"]
     print(f"{a.model} on {a.task} ({a.n} pairs, {a.direction}): logit diff clean {b['clean_logit_diff']:.3f}, "
           f"corrupted {b['corrupted_logit_diff']:.3f}; p(clean answer) clean {b['clean_prob']:.3f}, "
@@ -235,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--device", default="cpu")
     c.add_argument("--out", required=True)
+    _scale_args(c)
     c.set_defaults(func=cmd_capture)
 
     pr = sub.add_parser("probe", help="layer-wise linear probes with control tasks and selectivity")
@@ -268,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (pairs x cells)")
     pa.add_argument("--device", default="cpu")
     pa.add_argument("--out", default="figures/patch")
+    _scale_args(pa)
     pa.set_defaults(func=cmd_patch)
 
     d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
@@ -291,6 +332,9 @@ def main(argv=None) -> int:
     except (InterpError, TaskError, HookNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if "interp.distributed" in sys.modules:  # leave a torchrun process group cleanly
+            sys.modules["interp.distributed"].shutdown()
     return 0
 
 

@@ -207,13 +207,17 @@ def _answer_metrics(logits, pairs_rows, clean_logp=None):
 
 def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False,
           direction="denoise", batch_size=256, skip_prefix=True, out=None, progress=True,
-          model_name="model", device=None) -> PatchResult:
+          model_name="model", device=None, shard=None) -> PatchResult:
     """Patch every cell of ``sites`` x ``layers`` x ``positions`` (x heads) and measure.
 
     model: a model `hooks` supports (or a HookedModel); pairs: a `tasks.PairBatch`;
     layers: default all that have the site; positions: default every position;
     heads: one cell per head (for head sites; with ``positions=None`` each head at all positions);
     batch_size: rows per forward pass (pairs x cells); out: directory for resumable unit results.
+    shard: for one process of a distributed sweep (`interp.distributed.sweep`): a function
+    ``shard(items, costs) -> the items this process runs``, items = every (pair chunk, unit) of
+    the sweep, costs = {item: estimated cost}; the sweep then writes only those to ``out`` and
+    returns None (`merge_units` + `assemble_units` build the result from all processes' ``out``).
     """
     _check_choice("direction", direction, DIRECTIONS)
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
@@ -250,6 +254,12 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     store = _UnitStore(out, dict(sites=list(sites), layers=layers, positions=positions, heads=heads,
                                  direction=direction, n=N, T=T, model=model_name, meta=pairs.meta))
     todo = [(c, u) for c in range(len(chunks)) for u in range(len(units)) if not store.done(c, u)]
+    if shard is not None:  # one process of a distributed sweep: only its share of the items
+        items = [(c, u) for c in range(len(chunks)) for u in range(len(units))]
+        mine = set(shard(items, {(c, u): len(units[u][2]) * (n_layers - units[u][1] if skip_prefix else n_layers)
+                                 for c, u in items}))
+        store.skip = set(items) - mine
+        todo = [it for it in todo if it in mine]
     bar = _bar(len(todo) and sum(len(units[u][2]) for _, u in todo), progress, "patching")
     ans = pairs.answer_pos
     with torch.no_grad():
@@ -305,6 +315,8 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
                 store.add(ci, ui, rows)
             base = {}
     bar.close()
+    if shard is not None:
+        return None
     return _assemble(store.frame(), store.baselines(), hm, pairs, model_name, direction, max_cells)
 
 
@@ -394,6 +406,7 @@ class _UnitStore:
 
     def __init__(self, out, spec):
         self.rows, self.base, self.keys = [], [], set()
+        self.skip = set()  # items another process of a distributed sweep runs
         self.out = None if out is None else Path(out)
         if self.out is None:
             return
@@ -417,7 +430,7 @@ class _UnitStore:
             self.base = pd.read_csv(bf).to_dict("records")
 
     def done(self, c, u):
-        return (c, u) in self.keys
+        return (c, u) in self.keys or (c, u) in self.skip
 
     def add_base(self, c, base):
         if any(b["chunk"] == c for b in self.base):
@@ -469,6 +482,58 @@ def _assemble(units, base, hm, pairs, model_name, direction, _):
 
 def _is_zoo_vocab(hm):
     return hm.adapter.family == "zoo"
+
+
+# --- merging the parts of a distributed sweep (interp.distributed) ------------------------------
+def merge_units(dirs, out=None):
+    """Merge the unit sums that several processes wrote (each ran a share of one sweep, see
+    ``sweep(shard=)``; one directory each) into what a single-process sweep writes: a unit found
+    in several directories is taken from the first, rows are ordered by (chunk, unit) as one
+    process runs them, floats are read back exactly. Returns (units, baselines) DataFrames; with
+    ``out`` also writes ``out/units.csv``, ``baselines.csv`` and ``spec.json`` (a single-process
+    ``sweep(out=out)`` then finds every unit done)."""
+    specs, units, bases, seen = {}, [], [], set()
+    for d in map(Path, dirs):
+        if (d / "spec.json").is_file():
+            specs[str(d)] = json.loads((d / "spec.json").read_text())
+        if (d / "units.csv").is_file():
+            df = read_csv_exact(d / "units.csv")
+            key = list(zip(df.chunk, df.unit))
+            df = df[[k not in seen for k in key]]
+            seen |= set(key)
+            units.append(df)
+        if (d / "baselines.csv").is_file():
+            bases.append(read_csv_exact(d / "baselines.csv"))
+    if len({json.dumps(v, sort_keys=True) for v in specs.values()}) > 1:
+        raise InterpError(f"the parts to merge hold sweeps with different settings: {', '.join(specs)}")
+    if not units or not bases:
+        raise InterpError(f"nothing to merge in {', '.join(map(str, dirs))}")
+    u = pd.concat(units, ignore_index=True).sort_values(["chunk", "unit"], kind="stable").reset_index(drop=True)
+    b = pd.concat(bases, ignore_index=True).drop_duplicates("chunk").sort_values("chunk", kind="stable")
+    b = b.reset_index(drop=True)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if specs:
+            (out / "spec.json").write_text(json.dumps(next(iter(specs.values())), indent=1))
+        for name, df in (("units.csv", u), ("baselines.csv", b)):
+            df.to_csv(out / (name + ".tmp"), index=False)
+            (out / (name + ".tmp")).replace(out / name)
+    return u, b
+
+
+def read_csv_exact(path) -> pd.DataFrame:
+    """pd.read_csv with floats read back bit for bit (pandas >= 3 does by default)."""
+    if int(pd.__version__.split(".")[0]) < 3:
+        return pd.read_csv(path, float_precision="round_trip")
+    return pd.read_csv(path)
+
+
+def assemble_units(units, baselines, model, pairs, model_name="model", direction="denoise") -> PatchResult:
+    """The PatchResult of a sweep from its unit sums and per-chunk baselines (`merge_units`)."""
+    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    base = baselines.drop_duplicates("chunk").drop(columns="chunk").sum().to_dict()
+    return _assemble(units, base, hm, pairs, model_name, direction, None)
 
 
 # --- attribution patching (gradient screen) -----------------------------------------------------
