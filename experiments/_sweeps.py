@@ -273,15 +273,21 @@ def cli(main):
 
 
 def add_common_args(ap, name: str, profiles: dict):
-    ap.add_argument("--quick", action="store_true", help="CPU profile: tiny models, a few minutes")
-    ap.add_argument("--profile", choices=list(profiles), default=None, help="full (default) | quick | test")
-    ap.add_argument("--out", default=None, help=f"runs directory (default runs/{name}[_<profile>])")
-    ap.add_argument("--figures", default=None, help=f"figures + report directory (default figures/{name})")
-    ap.add_argument("--device", default="auto")
+    """The flags of `experiments._common.parser` (same names and meanings) plus ``--workers``."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="CPU profile: tiny models, a few minutes")
+    g.add_argument("--tiny", action="store_true", help="test-suite profile: seconds, numbers meaningless")
+    g.add_argument("--profile", choices=list(profiles), default=None, help="full (default) | quick | test")
+    ap.add_argument("--out", "--figures", dest="out", default=None,
+                    help=f"figures, tables and report.md (default figures/{name})")
+    ap.add_argument("--runs", default=None,
+                    help=f"checkpoints and cached evaluations (default runs/{name}[_<profile>])")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU; CPU: 1)")
     ap.add_argument("--time-budget", type=float, default=None,
-                    help="minutes for this call, evaluation included (0 = none; full profile: 8.5)")
-    ap.add_argument("--no-progress", action="store_true")
+                    help="minutes for this call, evaluation included (0 = none; full profile: 8.5); stops "
+                         "cleanly, calling again continues")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 @dataclass
@@ -298,15 +304,17 @@ class Setup:
 
 
 def setup(a, name: str, profiles: dict, started: float) -> Setup:
-    profile = a.profile or ("quick" if a.quick else "full")
+    profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
     P = profiles[profile]
     device = resolve_device(a.device)
     if a.workers is not None and a.workers < 1:
         raise InterpError(f"--workers {a.workers} is out of range; valid: integers >= 1")
-    figs = Path(a.figures or f"figures/{name}")
+    figs = Path(a.out or f"figures/{name}")
     figs.mkdir(parents=True, exist_ok=True)
     budget = P["time_budget"] if a.time_budget is None else a.time_budget
-    return Setup(profile, P, device, Path(a.out or f"runs/{name}{'' if profile == 'full' else '_' + profile}"), figs,
+    if budget < 0:
+        raise InterpError(f"--time-budget {budget} is out of range; valid: minutes >= 0 (0 = none)")
+    return Setup(profile, P, device, Path(a.runs or f"runs/{name}{'' if profile == 'full' else '_' + profile}"), figs,
                  deadline_from(budget, started), a.workers or (P["workers"] if device != "cpu" else 1),
                  not a.no_progress, started)
 

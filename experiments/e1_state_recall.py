@@ -18,8 +18,9 @@ activation patching (``interp.patching``).
     python experiments/e1_state_recall.py --quick          # CPU, a few minutes, tiny models
     python experiments/e1_state_recall.py                  # GPU: 8.5-minute calls; call again to continue
 
-Writes ``<figures>/``: accuracy.png, probes.png, patch_<arm>.png, results.csv, lr_sweep.csv,
-probes.csv, patching.csv and report.md. Runs (checkpoints) go to ``<out>/runs``.
+Writes ``--out`` (default figures/e1_state_recall): accuracy.png, probes.png, patch_<arm>.png,
+results.csv, lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and cached evaluations
+go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run experiments/e1_state_recall.toml``.
 
 Sizing of the full profile (18 runs of 2000 steps, 8 layers, d=128): a training step of these small
 models is bound by per-op launch overhead, so its time follows the number of ops. Counted on CPU

@@ -24,6 +24,11 @@ each arm's best run (validation accuracy) and lists the sweep. Reported:
     python experiments/e2_recall_gap.py --quick      # CPU, a few minutes, tiny models
     python experiments/e2_recall_gap.py              # GPU: 8.5-minute calls; call again to continue
 
+Writes ``--out`` (default figures/e2_recall_gap): attention.png, sweeps.png, width.png, votes.png,
+placement.png, taxonomy.png, results.csv, votes.csv, taxonomy.csv, lr_sweep.csv (judge.csv) and
+report.md; checkpoints and cached evaluations go to ``--runs`` (default runs/e2_recall_gap[_quick]).
+Also ``interp run experiments/e2_recall_gap.toml``.
+
 Sizing of the full profile (38 runs of 1200 steps, 12 layers, d=128; main arms first, then placement,
 then width): op events per training step counted on CPU (torch profiler) are 5.4k (transformer),
 9.2k-12.9k (gdn50..gdn100), 8.1k-10.7k (gla), 7.0k-8.6k (mamba2); at the ~13 us per op event per

@@ -150,7 +150,7 @@ def test_e1_first_failure():
 
 
 def test_e1_end_to_end_and_resume(tmp_path):
-    args = ["--profile", "test", "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs"),
+    args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"),
             "--no-progress", "--device", "cpu"]
     assert E1.main(args) == 0
     figs = tmp_path / "figs"
@@ -216,7 +216,7 @@ def test_e2_judge_interface_with_a_fake_judge():
 
 
 def test_e2_end_to_end(tmp_path):
-    args = ["--profile", "test", "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs"),
+    args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"),
             "--no-progress", "--device", "cpu"]
     assert E2.main(args) == 0
     figs = tmp_path / "figs"
