@@ -1,7 +1,7 @@
 """GPU check: the zoo's fla-kernel path equals its pure-torch reference path, and a checkpoint
 saved from GPU loads and runs on CPU with the same logits.
 
-Run on a CUDA host:  python tests/gpu/check_zoo_gpu.py [--out results.json]
+Run on a CUDA host:  python tests/gpu/check_zoo_gpu.py [--out results.json] [--layouts gdn75,gdn100]
 Prints a table (max abs / relative logit error per layout and dtype) and exits 1 if any error is
 above its tolerance (fp32: 2e-3 relative; bf16: 5e-2 relative — bf16 chunk kernels vs fp32 refs).
 """
@@ -26,14 +26,19 @@ def rel(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma list out of {LAYOUTS}")
     args = ap.parse_args()
+    layouts = args.layouts.split(",")
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad:
+        ap.error(f"unknown layout(s) {bad}; choose from {LAYOUTS}")
     assert torch.cuda.is_available(), "needs CUDA"
     from hooks.scan import use_kernels
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
           f"  torch {torch.__version__}  fla kernels: {use_kernels(torch.empty(1, device=dev))}")
     rows, ok = [], True
-    for layout in LAYOUTS:
+    for layout in layouts:
         for neg in ([False, True] if layout == "gdn100" else [False]):
             torch.manual_seed(0)
             cfg = ZooConfig(vocab_size=512, d_model=256, n_layers=4, layout=layout, n_heads=4, head_dim=64,
