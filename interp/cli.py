@@ -133,16 +133,8 @@ def cmd_capture(a):
 
 
 def cmd_probe(a):
-    from pathlib import Path
-    from interp import probes
-    models = {Path(m).name: _load_any(m, a.device) for m in a.model}
-    df = probes.run(models, a.task, a.target, sites=a.site, n=a.n, seed=a.seed, backend=a.backend, **_kv(a.knob))
-    print(df.round(3).to_string(index=False))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "probes.csv", index=False)
-    df.plot(out / "probes.png")
-    print(f"wrote {out}/probes.csv, {out}/probes.png")
+    from interp.probes import cli_run
+    cli_run(a, _load_any, _kv)
 
 
 def _positions(spec, what="--positions"):
@@ -278,16 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_capture)
 
     pr = sub.add_parser("probe", help="layer-wise linear probes with control tasks and selectivity")
-    pr.add_argument("--model", action="append", default=None, help="model dir or default name (repeatable)")
+    pr.add_argument("--model", action="append", default=None, help="model dir or default name (repeatable; "
+                    "default: transformer, gdn75, gdn100)")
     pr.add_argument("--task", default="state_recall")
     pr.add_argument("--target", default="var_value[0]", help="per-token label, or name[j] for a column")
-    pr.add_argument("--site", action="append", default=None, help="resid_post (default), resid_pre, mixer_out, rec.state, rec.readout")
+    pr.add_argument("--site", action="append", default=None,
+                    help="resid_post (default), resid_pre, resid_mid, mixer_out, mlp_out, attn.head_out, "
+                         "attn.head_out.per_head, rec.state, rec.readout, rec.state@key, rec.state@query (repeatable)")
     pr.add_argument("--knob", action="append", help="task knob KNOB=VALUE (repeatable)")
-    pr.add_argument("--n", type=int, default=256, help="examples (split 80/20 by example)")
+    pr.add_argument("--sweep", default=None, help="load sweep KNOB=V1,V2,... (one knob), e.g. n_pairs=2,4,8")
+    pr.add_argument("--n", type=int, default=256, help="examples per seed and load (split 80/20 by example)")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seeds", default=None, help="comma-separated seeds (data, split, control); 95%% CI over them")
+    pr.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (sklearn's C)")
     pr.add_argument("--backend", default="torch", help="torch (batched, GPU if present) or sklearn")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="cpu", help="where the models run")
     pr.add_argument("--out", default="figures/probe")
+    pr.add_argument("--units", default="runs/probe_units", help="finished units, for resuming (under .units/)")
     pr.set_defaults(func=cmd_probe)
 
     pa = sub.add_parser("patch", help="activation patching: layer x position (or every site of --layer) heatmaps")
