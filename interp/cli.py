@@ -210,6 +210,19 @@ def cmd_patch(a):
     print(f"wrote {out}/{name}.csv, .parquet, .png")
 
 
+def cmd_run(a):
+    """``interp run experiments/<name>.toml [flags]``: the experiment script's exit code."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent        # experiments/ lives next to interp/ in a checkout
+    if not (root / "experiments" / "_common.py").is_file():
+        raise InterpError(f"no experiments/ directory next to the interp package ({root}); `interp run` needs the "
+                          "source checkout")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from experiments._common import run_toml
+    return run_toml(a.file, a.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from interp.tasks import TASKS
     from interp.zoo.layouts import preset_names
@@ -314,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="figures/demo")
     d.add_argument("--n", type=int, default=96, help="examples per difficulty point")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="run an experiment from its TOML file (experiments/<name>.toml)")
+    r.add_argument("file", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
+    r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick")
+    r.set_defaults(func=cmd_run)
     return p
 
 
@@ -327,14 +345,14 @@ def main(argv=None) -> int:
         if args.cmd == "probe":
             args.model = args.model or ["transformer", "gdn75", "gdn100"]
             args.site = args.site or ["resid_post"]
-        args.func(args)
+        rc = args.func(args)
     except (InterpError, TaskError, HookNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         if "interp.distributed" in sys.modules:  # leave a torchrun process group cleanly
             sys.modules["interp.distributed"].shutdown()
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""E3 (token-level loss decomposition) and E4 (inter- vs intra-layer fusion): their --tiny runs end
+to end, the per-token losses against an independent computation, resuming, and `interp run`."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # experiments/ is not an installed package
+from experiments import _common as C  # noqa: E402
+from experiments import e3_token_loss as E3  # noqa: E402
+from experiments import e4_fusion as E4  # noqa: E402
+from interp import InterpError  # noqa: E402
+from interp import cli  # noqa: E402
+from interp import tokenloss as TL  # noqa: E402
+
+
+def _args(tmp):
+    return ["--tiny", "--runs", str(tmp / "runs"), "--out", str(tmp / "figs"), "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def e3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e3")
+    assert E3.main(_args(tmp)) == 0
+    return tmp
+
+
+def test_e3_writes_its_outputs(e3):
+    figs = e3 / "figs"
+    for f in ["report.md", "token_loss.png", "token_loss_excess.png", "summary.csv", "tokens.parquet", "probes.png",
+              "probes.csv", "probes_summary.csv", "corpus.csv", "training.png"]:
+        assert (figs / f).is_file(), f
+    report = (figs / "report.md").read_text()
+    for s in ["* command: `python experiments/e3_token_loss.py --tiny", "* device: CPU", "* date: ", "git commit:",
+              "## Comparison with the published shape", "pronoun / answer", "brackets / close",
+              "**not a test**"]:            # the shipped defaults never saw the probe tasks
+        assert s in report, s
+    corpus = pd.read_csv(figs / "corpus.csv")
+    assert set(corpus.split) == {"train", "val", "eval"} and not set(corpus[corpus.split == "eval"].sha1) & set(
+        corpus[corpus.split != "eval"].sha1)
+
+
+def test_e3_token_losses_match_an_independent_computation(e3):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    P = E3.PROFILES["test"]
+    tl = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    assert np.allclose(tl["diff"], tl.loss_a - tl.loss_b) and (tl.loss_a > 0).all() and (tl.loss_b > 0).all()
+    tok = PreTrainedTokenizerFast.from_pretrained(str(e3 / "runs" / "tokenizer"))
+    models = {a: AutoModelForCausalLM.from_pretrained(str(e3 / "runs" / "models" / E3.run_name(a, P["lrs"][0]))).eval()
+              for a in ("olmo3", "olmo_hybrid")}
+    L, S = P["eval_seq_len"], P["eval_seq_len"] // 2
+    docs = {d.doc_id: d for d in TL.default_corpus(bytes_per_domain=P["train_bytes"] + P["eval_bytes"],
+                                                   max_doc_bytes=P["max_doc_bytes"], seed=0)}
+    rng = np.random.default_rng(0)
+    checked = 0
+    for doc_id, g in tl.groupby("doc_id"):
+        text = docs[doc_id].text
+        ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+        assert sorted(g.pos) == list(range(1, len(ids)))          # every token scored exactly once
+        for t in rng.choice(g.pos.to_numpy(), size=2, replace=False):
+            k = max(0, math.ceil((t - L + 1) / S))                 # the first window where t is past the overlap
+            x = torch.tensor([ids[k * S:t]])                       # the context of token t
+            row = g[g.pos == t].iloc[0]
+            assert row.token_id == ids[t] and row.ctx == t - k * S
+            for col, m in (("loss_a", models["olmo3"]), ("loss_b", models["olmo_hybrid"])):
+                with torch.no_grad():
+                    lp = m(input_ids=x).logits[0, -1].float().log_softmax(-1)
+                assert row[col] == pytest.approx(-lp[ids[t]].item(), abs=2e-4), (doc_id, t, col)
+            # copy features within the window, brute force
+            w = ids[k * S:t + 1]
+            best = max([n for j in range(len(w) - 1) for n in range(1, j + 2) if w[j - n + 1:j + 1] == w[-n:]],
+                       default=0)
+            assert row.copy_len == best
+            checked += 1
+    assert checked >= 6
+
+
+def test_e3_summary_is_consistent_with_the_tokens(e3):
+    tl = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    s = pd.read_csv(e3 / "figs" / "summary.csv", keep_default_na=False, na_values=[""])
+    tags = s[(s.facet == "tag") & (s.domain == "all")].set_index("category")
+    counts = tl[tl.tag != "other"].tag.value_counts()
+    assert tags.n.to_dict() == counts.to_dict()
+    means = tl.groupby("tag")["diff"].mean()
+    for c in tags.index:
+        assert tags.loc[c, "diff"] == pytest.approx(means[c])
+        assert tags.loc[c, "excess"] == pytest.approx(means[c] - tl["diff"].mean())
+    code = s[(s.facet == "delimiter") & (s.domain == "code")].set_index("category")
+    sel = tl[(tl.domain == "code") & (tl.delim != "none")]
+    assert code.n.to_dict() == sel.delim.value_counts().to_dict()
+    ok = s.dropna(subset=["ci_lo"])
+    assert len(ok) and ((ok.ci_lo <= ok["diff"] + 1e-9) & (ok["diff"] <= ok.ci_hi + 1e-9)).all()
+
+
+def test_e3_probe_rows_are_consistent(e3):
+    df = pd.read_csv(e3 / "figs" / "probes.csv")
+    P = E3.PROFILES["test"]
+    assert set(df.model) == set(P["probe_models"].split(",")) and set(df.task) == set(TL.PROBE_TASKS)
+    assert (df.cand_loss >= 0).all() and (df.loss >= df.cand_loss - 1e-5).all()   # renormalising can only help
+    ans = df[df.role == "answer"]
+    assert (ans.groupby(["model", "task"]).size() == P["probe_n"]).all()
+    ps = pd.read_csv(e3 / "figs" / "probes_summary.csv")
+    j = ps.set_index(["task", "role"])
+    for (task, role), g in df[df.knob.isin(ps.knob)].groupby(["task", "role"]):
+        ref = g[g.model == "transformer"].cand_loss.mean()
+        assert j.loc[(task, role), "cand_loss_ref"].mean() == pytest.approx(ref)
+
+
+def test_e3_second_call_reuses_everything_and_other_settings_need_other_runs(e3):
+    before = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    assert E3.main(_args(e3)) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(e3 / "figs" / "tokens.parquet"), before)
+    with pytest.raises(InterpError, match="holds runs made with another configuration .*seed"):
+        E3.main(_args(e3) + ["--seed", "1"])
+    with pytest.raises(InterpError, match="give both --model-a and --model-b"):
+        E3.main(_args(e3) + ["--model-a", "x"])
+    with pytest.raises(InterpError, match="'/nonexistent' is not a checkpoint directory"):
+        E3.main(_args(e3) + ["--model-a", "/nonexistent", "--model-b", "/nonexistent"])
+
+
+def test_e3_with_user_checkpoints_and_corpus(e3, tmp_path):
+    """--model-a / --model-b (local HF checkpoints) on a user corpus; no training."""
+    P = E3.PROFILES["test"]
+    ma, mb = (str(e3 / "runs" / "models" / E3.run_name(a, P["lrs"][0])) for a in ("olmo3", "olmo_hybrid"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.py").write_text("def f(x):\n    return [x, (x + 1)]\n" * 3)
+    (tmp_path / "c" / "b.txt").write_text("The cat sat on the mat. " * 6)
+    args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"), "--no-progress",
+            "--device", "cpu", "--model-a", ma, "--model-b", mb, "--corpus", str(tmp_path / "c"),
+            "--probe-models", "none"]
+    assert E3.main(args) == 0
+    tl = pd.read_parquet(tmp_path / "figs" / "tokens.parquet")
+    assert set(tl.domain) == {"code", "prose"} and {"keyword", "identifier"} <= set(tl.tag)
+    assert "User-provided (`--corpus`)" in (tmp_path / "figs" / "report.md").read_text()
+
+
+def test_e4_end_to_end(tmp_path):
+    assert E4.main(_args(tmp_path)) == 0
+    figs = tmp_path / "figs"
+    for f in ["report.md", "accuracy.png", "loss.png", "throughput.png", "training.png", "results.csv",
+              "examples.parquet", "throughput.csv", "lr_sweep.csv"]:
+        assert (figs / f).is_file(), f
+    P = E4.PROFILES["test"]
+    res = pd.read_csv(figs / "results.csv")
+    assert set(res.arm) == set(P["arms"]) and res.accuracy.between(0, 1).all() and (res.loss > 0).all()
+    assert len(res) == len(P["arms"]) * sum(len(v) for g in P["grid"].values() for v in g.values())
+    ex = pd.read_parquet(figs / "examples.parquet")
+    agg = ex.groupby(["arm", "task", "knob", "value"])["correct"].mean()
+    assert np.allclose(agg.loc[[tuple(r) for r in res[["arm", "task", "knob", "value"]].astype(str).values]],
+                       res.accuracy)
+    thr = pd.read_csv(figs / "throughput.csv")
+    assert set(thr["mode"]) == {"fwd+bwd", "fwd"} and (thr.tokens_per_s > 0).all()
+    assert np.allclose(thr.tokens_per_s, thr.batch * thr.seq_len / (thr.ms_per_iter / 1e3), rtol=1e-6)
+    sweep = pd.read_csv(figs / "lr_sweep.csv")
+    assert sweep.complete.all() and len(sweep) == len(P["arms"]) * len(P["lrs"])
+    report = (figs / "report.md").read_text()
+    assert "Bae et al. 2025" in report and "**inconclusive**" in report and "* device: CPU" in report
+    # the parallel arm really has a parallel layer, and both arms match in size
+    A = E4.arms(P)
+    assert "A+G" in E4.layers_str(A["gdn75-par"]["model"]) and "A+G" not in E4.layers_str(A["gdn75"]["model"])
+    n = [E4.S.n_params(A[a]["model"]) for a in P["arms"]]
+    assert abs(n[0] - n[1]) / n[0] < 0.02
+
+
+def test_e4_paired_differences():
+    ex = pd.DataFrame(dict(arm=["s"] * 4 + ["p"] * 4, task="mqar", knob="n_pairs", value="2",
+                           example=list(range(4)) * 2, correct=[0, 0, 1, 1, 1, 1, 1, 0], loss=[2.0, 2, 1, 1, 1, 1, 1, 2]))
+    p = E4.paired(ex, "s", "p", "correct", n_boot=200).iloc[0]
+    assert p.correct_a == 0.5 and p.correct_b == 0.75 and p["diff"] == pytest.approx(0.25) and p.n == 4
+    assert p.ci_lo <= 0.25 <= p.ci_hi
+    assert E4.chance("mqar") == pytest.approx(1 / 64) and E4.chance("state_recall") == pytest.approx(0.1)
+
+
+# --- interp run ------------------------------------------------------------------------------------
+
+def test_interp_run_tiny_profile(tmp_path, capsys):
+    toml = tmp_path / "e4.toml"
+    script = Path(E4.__file__).resolve()
+    toml.write_text(f'script = "{script}"\ndescription = "test"\n[options]\ntiny = true\nno_progress = true\n'
+                    f'device = "cpu"\nruns = "{tmp_path / "runs"}"\nout = "{tmp_path / "figs"}"\n')
+    assert cli.main(["run", str(toml)]) == 0
+    assert (tmp_path / "figs" / "report.md").is_file()
+    before = (tmp_path / "figs" / "results.csv").read_text()
+    assert cli.main(["run", str(toml), "--seed", "0"]) == 0             # extra flags go to the script; resumes
+    assert (tmp_path / "figs" / "results.csv").read_text() == before
+
+
+def test_interp_run_errors(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "error: experiment file" in capsys.readouterr().err
+    root = Path(E4.__file__).resolve().parent
+    assert cli.main(["run", str(root / "nope.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "not found; available:" in err and "e3_token_loss.toml" in err and "e4_fusion.toml" in err
+    cases = {'script = "e4_fusion.py"\nbogus = 1\n': "unknown key 'bogus' in .*valid keys: script, options, description",
+             'script = "e4_fusion.py"\n[options]\ntiny = true\nlayers = 3\n':
+                 "unknown option 'layers' in \\[options\\] .*valid options for e4_fusion.py: .*quick",
+             'script = "e4_fusion.py"\n[options]\ntiny = true\nseed = "x"\n': "argument --seed: invalid int value",
+             'script = "nothere.py"\n': "script 'nothere.py' .* not found next to it; valid scripts: .*e4_fusion.py",
+             'options = 3\nscript = "e4_fusion.py"\n': "'options' in .* must be a table",
+             'script = \n': "is not valid TOML"}
+    for i, (text, msg) in enumerate(cases.items()):
+        f = root / f"_test_interp_run_{i}.toml"        # next to the scripts, as a user's file would be
+        try:
+            f.write_text(text)
+            with pytest.raises(InterpError, match=msg):
+                C.run_toml(f)
+            assert cli.main(["run", str(f)]) == 2
+            assert capsys.readouterr().err.startswith("error: ")
+        finally:
+            f.unlink()
+
+
+def test_shipped_tomls_name_their_scripts():
+    import tomllib
+    root = Path(E4.__file__).resolve().parent
+    for name in ("e1_state_recall", "e2_recall_gap", "e3_token_loss", "e4_fusion"):
+        spec = tomllib.loads((root / f"{name}.toml").read_text())
+        assert spec["script"] == f"{name}.py" and set(spec) <= set(C.TOML_KEYS)
+        assert C.toml_argv(spec.get("options", {})) == []          # the full profile unless told otherwise
+    assert C.toml_argv({"quick": True, "tiny": False, "time_budget": 7, "corpus": ["a", "b"]}) == [
+        "--quick", "--time-budget", "7", "--corpus", "a", "--corpus", "b"]
+    with pytest.raises(InterpError, match="option 'x' is a table"):
+        C.toml_argv({"x": {"y": 1}})
+    assert json.loads(json.dumps(E3.PROFILES["full"]))          # profiles are plain data (the spec check relies on it)
