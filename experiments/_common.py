@@ -199,6 +199,21 @@ def fmt_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> list[str]:
     return md_table(df, floatfmt)
 
 
+def sweep_edge_note(best_lr: dict, lrs) -> list[str]:
+    """A warning for every arm whose best learning rate is the smallest or largest one swept (its
+    optimum may lie outside the sweep, so the comparison may not use its best setting)."""
+    lrs = sorted(float(x) for x in lrs)
+    if len(lrs) < 2:
+        return [f"_Only one learning rate ({lrs[0]:g}) in this profile: no sweep._", ""] if lrs else []
+    edge = {a: float(lr) for a, lr in best_lr.items() if float(lr) in (lrs[0], lrs[-1])}
+    if not edge:
+        return []
+    return ["**Best learning rate at the edge of the sweep** for " + ", ".join(
+        f"{a} ({lr:g}, the {'largest' if lr == lrs[-1] else 'smallest'})" for a, lr in edge.items())
+        + ": the optimum may lie outside the swept range, so these arms may be under-tuned relative to the others.",
+        ""]
+
+
 # --- `interp run <file>.toml` --------------------------------------------------------------------
 
 TOML_KEYS = ("script", "options", "description")

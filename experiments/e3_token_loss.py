@@ -503,7 +503,8 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
             layers=" ".join("A" if k == "full_attention" else "G" for k in m["layer_types"]),
             final_train_loss=m["final_loss"], val_loss=m["val_loss"],
             train_tokens_per_s=f"{m['tokens_per_s']:.0f}") for m in metas]))
-        L += ["", "![training](training.png)", ""]
+        L += [""] + C.sweep_edge_note({m["arch"]: m["lr"] for m in metas if m.get("best")}, P["lrs"])
+        L += ["![training](training.png)", ""]
     L += corpus_section(corpus, user_corpus)
     L += ["## Held-out loss per domain", ""]
     dom = tl.groupby("domain").agg(tokens=("diff", "size"), loss_a=("loss_a", "mean"), loss_b=("loss_b", "mean"),
@@ -539,6 +540,8 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
     if probe_sweep is not None:
         L += ["Learning-rate sweep of the probe models (validation accuracy, mean over the probe tasks' grids):", ""]
         L += C.fmt_table(probe_sweep[["arm", "lr", "steps_done", "steps", "val_acc"]]) + [""]
+        bl = probe_sweep.sort_values("lr").groupby("arm", sort=False)["val_acc"].idxmax()
+        L += C.sweep_edge_note({a: probe_sweep.loc[i, "lr"] for a, i in bl.items()}, P["probe_train"]["lrs"])
     if ps is not None and len(ps):
         L += ["Candidate loss (nats; the answer's loss among the task's candidates: 16 colours, 16 boxes, 4 closing "
               "brackets) pooled over each knob's values; diff = loss(ref) - loss(model) with a 95% bootstrap "
@@ -557,12 +560,25 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
         V += verdict_probes(ps, pdf, hyb, ref, chance_acc, probe_trained)
     allrows = summ[summ.domain == "all"]
     sig = allrows[(allrows.ci_lo > 0) | (allrows.ci_hi < 0)]
-    V += ["", "Corpus: the issue names no expected per-category shape for natural text (only for the synthetic "
-              "probes above), so here is what the intervals say, without a verdict:", ""]
+    V += ["", "Corpus: the issue states expectations for the synthetic probes only; closing brackets are the "
+              "natural-text counterpart of the bracket probe, the other categories are reported without a verdict:",
+          ""]
     dom = tl.groupby("domain")["diff"].mean()
     V += ["* overall: " + ", ".join(f"{d} {dom[d]:+.3f}" for d in TL.DOMAINS if d in dom)
           + f" nats per token ({b if dom.mean() > 0 else a} better on average); {len(sig)} of {len(allrows)} categories "
           "(domains pooled) have a difference whose interval excludes 0."]
+    cb = allrows[(allrows.facet == "delimiter") & (allrows.category == "close_bracket")]
+    if len(cb):
+        r = cb.iloc[0]
+        hyb_is_b = any(x in b.lower() for x in ("hybrid", "gdn", "deltanet", "mamba", "gla"))   # else: no verdict
+        rel = ("inconclusive (the interval contains 0 or there is none)" if not (r.excess_lo > 0 or r.excess_hi < 0)
+               else f"relative to the average token, {b if r.excess_lo > 0 else a} does better on closing brackets")
+        agrees = "" if not hyb_is_b or not (r.excess_lo > 0 or r.excess_hi < 0) else (
+            ": **agrees** with the bracket-closing expectation" if r.excess_hi < 0 else
+            ": **disagrees** with the bracket-closing expectation")
+        V.append(f"* closing brackets in natural text (the corpus counterpart of the bracket probe; expected: the "
+                 f"transformer relatively better): excess {r.excess:+.3f} [{r.excess_lo:+.3f}, {r.excess_hi:+.3f}] "
+                 f"(n={r.n}), {rel}{agrees}.")
     for sign, word in ((1, "larger"), (-1, "smaller")):
         ex = allrows[(allrows.excess_lo > 0) if sign > 0 else (allrows.excess_hi < 0)]
         ex = ex.reindex(ex.excess.abs().sort_values(ascending=False).index)
@@ -655,6 +671,10 @@ def main(argv=None) -> int:
     corpus = pd.concat([TL.corpus_table(train_docs, "train"), TL.corpus_table(val_docs, "val"),
                         TL.corpus_table(eval_docs, "eval")], ignore_index=True)
     corpus.to_csv(ctx.out / "corpus.csv", index=False)
+    if ctx.out_of_time(reserve_s=150):
+        print("not enough of this call's time budget left to score the evaluation text; run the same command again "
+              "to continue", file=sys.stderr)
+        return 3
     # per-token losses (finished units are reused by a later call with the same models and text)
     units = ctx.runs / "units" / ("_vs_".join(names) if not a.model_a else
                                   "_vs_".join(names) + "_" + checkpoint_fingerprint(a.model_a, a.model_b))

@@ -363,7 +363,8 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
         L += [f"**{len(inc)} of {len(status)} runs are not finished** (budget of this call); numbers use finished "
               "runs only. Run the same command again to continue.", ""]
     L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
-    L += S.sweep_table(status, val, best) + ["", "![training](training.png)", ""]
+    L += S.sweep_table(status, val, best) + [""] + C.sweep_edge_note(best["lr"].to_dict(), P["lrs"])
+    L += ["![training](training.png)", ""]
     L += ["## Accuracy and answer loss per difficulty knob (best run per arm)", "", "![accuracy](accuracy.png)", "",
           "![loss](loss.png)", ""]
     for (task, knob), g in res.groupby(["task", "knob"], sort=False):

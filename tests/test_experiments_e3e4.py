@@ -228,3 +228,11 @@ def test_shipped_tomls_name_their_scripts():
     with pytest.raises(InterpError, match="option 'x' is a table"):
         C.toml_argv({"x": {"y": 1}})
     assert json.loads(json.dumps(E3.PROFILES["full"]))          # profiles are plain data (the spec check relies on it)
+
+
+def test_sweep_edge_note():
+    assert C.sweep_edge_note({"a": 3e-3, "b": 1e-3}, (1e-3, 3e-3, 1e-2)) == [
+        "**Best learning rate at the edge of the sweep** for b (0.001, the smallest): the optimum may lie outside "
+        "the swept range, so these arms may be under-tuned relative to the others.", ""]
+    assert C.sweep_edge_note({"a": 3e-3}, (1e-3, 3e-3, 1e-2)) == []
+    assert "Only one learning rate" in C.sweep_edge_note({"a": 3e-3}, (3e-3,))[0]
