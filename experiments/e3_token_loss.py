@@ -571,9 +571,9 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
     if len(cb):
         r = cb.iloc[0]
         hyb_is_b = any(x in b.lower() for x in ("hybrid", "gdn", "deltanet", "mamba", "gla"))   # else: no verdict
-        absolute = (f"; in absolute terms {a} is better (diff {r.diff:+.3f})" if r.ci_hi < 0 else
-                    f"; in absolute terms {b} is still better (diff {r.diff:+.3f})" if r.ci_lo > 0 else
-                    f"; in absolute terms no resolvable difference (diff {r.diff:+.3f})")
+        absolute = (f"; in absolute terms {a} is better (diff {r['diff']:+.3f})" if r.ci_hi < 0 else
+                    f"; in absolute terms {b} is still better (diff {r['diff']:+.3f})" if r.ci_lo > 0 else
+                    f"; in absolute terms no resolvable difference (diff {r['diff']:+.3f})")
         rel = ("inconclusive (the interval contains 0 or there is none)" if not (r.excess_lo > 0 or r.excess_hi < 0)
                else f"{b}'s advantage is {'larger' if r.excess_lo > 0 else 'smaller'} on closing brackets than on "
                     f"the average token{absolute}")

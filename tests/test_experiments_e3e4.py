@@ -38,7 +38,8 @@ def test_e3_writes_its_outputs(e3):
     report = (figs / "report.md").read_text()
     for s in ["* command: `python experiments/e3_token_loss.py --tiny", "* device: CPU", "* date: ", "git commit:",
               "## Comparison with the published shape", "pronoun / answer", "brackets / close",
-              "**not a test**"]:            # the shipped defaults never saw the probe tasks
+              "**not a test**",             # the shipped defaults never saw the probe tasks
+              "* closing brackets in natural text", "in absolute terms"]:
         assert s in report, s
     corpus = pd.read_csv(figs / "corpus.csv")
     assert set(corpus.split) == {"train", "val", "eval"} and not set(corpus[corpus.split == "eval"].sha1) & set(
