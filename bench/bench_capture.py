@@ -6,8 +6,10 @@ nnsight saving the same layer outputs.
 
 Part 1, zoo ``gdn75`` (9 Gated DeltaNet + 3 attention layers, 12 heads of 64): a plain forward vs
 ``hm.run_with_cache`` of every ``resid_pre`` / ``resid_post`` and every GDN layer's ``rec.state`` (all
-T per-token states, float32, kept on the device), and each of the two alone. Issue #3 target:
-residuals + states <= 1.5x the plain forward.
+T per-token states, float32, kept on the device), and each of the two alone; then the states again
+with ``state_dtype=torch.bfloat16`` (computed in float32, written in bf16 by the state kernel: half
+the bytes), with the largest difference to the float32 states rounded to bf16 for one layer.
+Issue #3 target: residuals + states <= 1.5x the plain forward.
 
 Part 2, a random-init HF ``LlamaForCausalLM`` of the same size (12 layers, d=768, SDPA): a plain
 forward vs saving every layer's input and output (= resid_pre / resid_post) with hooks, with
@@ -81,13 +83,26 @@ def zoo_part(a, dev, dtype, x, rows):
     with torch.no_grad():
         t_plain, _ = timed(lambda: m(x), a.reps)
         rows.append((label, "plain forward", t_plain, 1.0, ""))
-        for what, names in (("run_with_cache: residuals", resid), ("run_with_cache: all rec.state", states),
-                            ("run_with_cache: residuals + all rec.state", resid + states)):
+        bf16 = " (bf16 states)"
+        for what, names, sd in (("run_with_cache: residuals", resid, None),
+                                ("run_with_cache: all rec.state", states, None),
+                                ("run_with_cache: residuals + all rec.state", resid + states, None),
+                                ("run_with_cache: all rec.state" + bf16, states, torch.bfloat16),
+                                ("run_with_cache: residuals + all rec.state" + bf16, resid + states, torch.bfloat16)):
             free()
-            t, (lg, c) = timed(lambda names=names: hm.run_with_cache(x, names=names), a.reps)
+            t, (lg, c) = timed(lambda names=names, sd=sd: hm.run_with_cache(x, names=names, state_dtype=sd), a.reps)
             gb = sum(v.numel() * v.element_size() for v in c.values()) / 1e9
-            rows.append((label, what, t, t / t_plain, f"{gb:.2f} GB cached"))
-            del lg, c
+            note = f"{gb:.2f} GB cached"
+            if sd is not None:  # one layer against the float32 states rounded to bf16 (0 = bit-equal)
+                del lg
+                _, ref = hm.run_with_cache(x, names=states[:1])
+                d = (c[states[0]].float() - ref[states[0]].to(sd).float()).abs()
+                note += f"; {states[0]} vs fp32->bf16: max diff {d.max().item():.1e}, {(d > 0).float().mean().item():.1e} of values differ"
+                del ref, d
+            else:
+                del lg
+            rows.append((label, what, t, t / t_plain, note))
+            del c
             free()
     del m, hm
     free()

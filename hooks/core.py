@@ -38,6 +38,27 @@ def _map_tensors(x, fn):
     return x
 
 
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+
+def resolve_state_dtype(dtype) -> torch.dtype:
+    """The dtype cached ``rec.state`` tensors are written in: None -> float32 (exact); a torch
+    dtype or its name among float32, bfloat16, float16 (aliases fp32, bf16, fp16). Anything else
+    raises a ValueError naming the valid choices."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        key = _STATE_ALIASES.get(key, key)
+        if key in STATE_DTYPES:
+            return STATE_DTYPES[key]
+    elif isinstance(dtype, torch.dtype) and dtype in STATE_DTYPES.values():
+        return dtype
+    raise ValueError(f"state_dtype {dtype!r} is not supported; valid: None (float32), "
+                     f"{', '.join(STATE_DTYPES)} (a torch dtype or its name)")
+
+
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None):
     """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
     k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
@@ -78,20 +99,27 @@ class HookedModel:
         with self.hooks(hooks, positions=positions):
             return self(tokens)
 
-    def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=()):
+    def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=(), state_dtype=None):
         """Returns (logits, Cache). names: list of hook names (default: every residual-stream
-        name); positions: keep only these token positions (states are computed only there)."""
+        name); positions: keep only these token positions (states are computed only there);
+        device: move cached tensors there; state_dtype: the dtype of cached ``rec.state`` tensors
+        (None = float32, exact; bfloat16 / float16 halve their bytes: the states are computed in
+        float32 and rounded once where they are written). Hooks on ``rec.state`` still see float32."""
         names = list(names) if names is not None else [n for n in self.hook_names
                                                         if n.endswith(("resid_pre", "resid_post"))]
         cache = Cache(positions=None if positions is None else [int(p) for p in positions])
-        with self.hooks(hooks, cache_names=names, positions=positions, cache=cache, cache_device=device):
+        with self.hooks(hooks, cache_names=names, positions=positions, cache=cache, cache_device=device,
+                        state_dtype=state_dtype):
             logits = self(tokens)
         return logits, cache
 
     @contextmanager
-    def hooks(self, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None):
+    def hooks(self, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None):
         """Context manager: install ``hooks`` [(name, fn), ...] and caching of ``cache_names``
-        into ``cache``; remove everything on exit."""
+        into ``cache``; remove everything on exit. ``state_dtype``: dtype of the *cached*
+        ``rec.state`` tensors (see `run_with_cache`); a hook function on ``rec.state`` always
+        receives (and may return) float32 states, whatever this is."""
+        sdtype = resolve_state_dtype(state_dtype)
         fns = defaultdict(list)
         for h in hooks:
             if len(h) != 2 or not callable(h[1]):
@@ -116,12 +144,15 @@ class HookedModel:
                     x = r if r.device == x.device else r.to(x.device)
             return x
 
-        def store(name, x):  # x already holds only the kept positions
-            cache[name] = x.detach().to(cache_device) if cache_device else x.detach()
+        def store(name, x, dtype=None):  # x already holds only the kept positions
+            x = x.detach()
+            if cache_device or (dtype is not None and dtype != x.dtype):
+                x = x.to(device=cache_device, dtype=dtype)  # one copy: cast and move together
+            cache[name] = x
 
-        def keep(name, x, dim=1):
+        def keep(name, x, dim=1, dtype=None):
             if name in want:
-                store(name, x if pos is None else x.index_select(dim, pos.to(x.device)))
+                store(name, x if pos is None else x.index_select(dim, pos.to(x.device)), dtype)
             return x
 
         def apply(name, x, dim=1):
@@ -135,7 +166,7 @@ class HookedModel:
                 emb = self.adapter.embed(self.model)
                 handles.append(emb.register_forward_hook(lambda m, a, out: apply("embed", out)))
             for L in self.layers:
-                self._install_layer(L, active, apply, fns, want, pos, handles, stack, cache, cache_device)
+                self._install_layer(L, active, apply, fns, want, pos, handles, stack, cache, cache_device, sdtype)
             yield self
 
     # --- compute-saving interventions (used by sweeps that run many patched copies) -----------
@@ -188,7 +219,7 @@ class HookedModel:
             yield
 
     # --- per layer -------------------------------------------------------------------------
-    def _install_layer(self, L, active, apply, fns, want, pos, handles, stack, cache, cache_device):
+    def _install_layer(self, L, active, apply, fns, want, pos, handles, stack, cache, cache_device, sdtype):
         p = f"blocks.{L.index}"
         has = lambda s: f"{p}.{s}" in active  # noqa: E731
         pre_store = {}
@@ -219,7 +250,7 @@ class HookedModel:
         if L.attn is not None and any(has(f"attn.{s}") for s in N.ATTN):
             stack.enter_context(self.adapter.patch_attention(L, self._attn_wrapper(L, p, has, fns, want, apply, pos, cache, cache_device)))
         if L.rec is not None and any(has(f"rec.{s}") for s in N.REC):
-            stack.enter_context(self.adapter.patch_scan(L, self._scan_wrapper(L, p, has, fns, apply, pos, cache, cache_device)))
+            stack.enter_context(self.adapter.patch_scan(L, self._scan_wrapper(L, p, has, fns, apply, pos, sdtype)))
 
     def _attn_wrapper(self, L, p, has, fns, want, apply, pos, cache, cache_device):
         meta = L.attn_meta
@@ -240,7 +271,10 @@ class HookedModel:
             return apply(f"{p}.attn.head_out", o)
         return wrapper
 
-    def _scan_wrapper(self, L, p, has, fns, apply, pos, cache, cache_device):
+    def _scan_wrapper(self, L, p, has, fns, apply, pos, sdtype):
+        """``sdtype``: the dtype cached states are written in. Hooked states are float32 (the
+        hook sees and returns them so); only the cached copy is cast. Unhooked cached states are
+        written in ``sdtype`` by the state kernel itself (no float32 copy of all of them)."""
         fam = L.rec_family
 
         def wrapper(kw, call):
@@ -269,10 +303,10 @@ class HookedModel:
                                                     rows={t: diff[:, t] for t in changed})
                     if kw.get("output_final_state"):
                         final = fin
-                apply.keep(sname, S_new)
+                apply.keep(sname, S_new, dtype=sdtype)
             elif has("rec.state"):
-                apply.store(sname, R.states(fam, c, positions=pos) if modified
-                            else R.family_states(fam, kw, c, positions=pos))
+                apply.store(sname, R.states(fam, c, positions=pos, out_dtype=sdtype) if modified
+                            else R.family_states(fam, kw, c, positions=pos, out_dtype=sdtype))
             o = apply(f"{p}.rec.readout", o)
             return o, final
         return wrapper

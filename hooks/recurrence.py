@@ -111,30 +111,31 @@ def scan(family: str, c: dict, initial_state=None):
     return o, S
 
 
-def states(family: str, c: dict, positions=None):
-    """Per-token states S_t (after token t) [B, T|P, H, K, V] float32 from a canonical view
-    (Mamba1: [B, T|P, D, N])."""
+def states(family: str, c: dict, positions=None, out_dtype=torch.float32):
+    """Per-token states S_t (after token t) [B, T|P, H, K, V] from a canonical view (Mamba1:
+    [B, T|P, D, N]), computed in float32 and written in ``out_dtype`` (default float32)."""
+    od = dict(positions=positions, out_dtype=out_dtype)
     if _is_mamba1(c):
         args, dec = _mamba1_args(c)
-        return mamba1.states(*args, initial_state=c["initial_state"], positions=positions, **dec)
+        return mamba1.states(*args, initial_state=c["initial_state"], **od, **dec)
     if family == "gdn":
         return gdn.states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
-                          initial_state=c["initial_state"], positions=positions)
+                          initial_state=c["initial_state"], **od)
     if family == "gla":
         return gla.states(c["q"], c["k"], c["v"], c["decay"], scale=c["scale"],
-                          initial_state=c["initial_state"], positions=positions)
+                          initial_state=c["initial_state"], **od)
     K = c["k"].shape[-1]
     return gla.states(c["q"], c["k"], c["v"] * c["beta"][..., None].to(c["v"].dtype),
                       c["decay"][..., None].expand(*c["decay"].shape, K).contiguous(), scale=1.0,
-                      initial_state=c["initial_state"], positions=positions)
+                      initial_state=c["initial_state"], **od)
 
 
-def family_states(family: str, kw: dict, c: dict, positions=None):
+def family_states(family: str, kw: dict, c: dict, positions=None, out_dtype=torch.float32):
     """States from the layer's own kernel kwargs where the family module has a faster path."""
     if family == "mamba2":
         return mamba2.states(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"],
-                             initial_state=kw.get("initial_state"), positions=positions)
-    return states(family, c, positions)
+                             initial_state=kw.get("initial_state"), positions=positions, out_dtype=out_dtype)
+    return states(family, c, positions, out_dtype)
 
 
 def readout_at(c: dict, S, t: int):

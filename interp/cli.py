@@ -122,12 +122,13 @@ def cmd_capture(a):
     if ctx is not None:
         from interp import distributed
         out = distributed.capture(model, tokens, names, a.out, ctx=ctx, positions=positions, max_memory=a.max_memory,
-                                  batch_size=a.batch_size, meta={"model": a.model, **source})
+                                  batch_size=a.batch_size, meta={"model": a.model, **source},
+                                  state_dtype=a.state_dtype)
         if not ctx.is_main:
             return
     else:
         out = capture(model, tokens, names, a.out, positions=positions, max_memory=a.max_memory,
-                      batch_size=a.batch_size, meta={"model": a.model, **source})
+                      batch_size=a.batch_size, meta={"model": a.model, **source}, state_dtype=a.state_dtype)
     procs = f", {ctx.world_size} processes" if ctx is not None and ctx.distributed else ""
     print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names{procs})")
 
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
     c.add_argument("--positions", help="comma-separated token positions to keep (default: all)")
     c.add_argument("--max-memory", default="1GB", help="flush a shard to disk once this much is held")
+    c.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype rec.state tensors are stored in (bfloat16/float16: half the bytes, rounded once "
+                        "from float32)")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--device", default="cpu")
     c.add_argument("--out", required=True)

@@ -360,7 +360,8 @@ def merge_captures(out, ranges, meta=None) -> Path:
         for s in m["shards"]:
             shards.append({**s, "file": f"rank{r}/{s['file']}", "start": s["start"] + a, "stop": s["stop"] + a})
     manifest = {"names": head["names"], "positions": head["positions"], "n_examples": ranges[-1][1],
-                "seq_len": head["seq_len"], "meta": meta or {}, "shards": shards, "ranks": len(ranges)}
+                "seq_len": head["seq_len"], "state_dtype": head.get("state_dtype", "float32"), "meta": meta or {},
+                "shards": shards, "ranks": len(ranges)}
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(out / "manifest.json")
