@@ -29,7 +29,7 @@ at every closing bracket.
     python experiments/e3_token_loss.py --device cuda   # GPU; 7-minute calls, call again to continue
     python experiments/e3_token_loss.py --model-a ckpt/olmo3 --model-b ckpt/olmo-hybrid --corpus code:src/
 
-Writes ``<out>/``: token_loss.png, token_loss_excess.png, summary.csv, tokens.parquet, probes.png, probes.csv,
+Writes ``<out>/``: token_loss.png, token_loss_excess.png, summary.csv, tokens.parquet, probes.png, probes.parquet,
 probes_summary.csv, corpus.csv, training.png (own pair), report.md.
 """
 from __future__ import annotations
@@ -721,7 +721,7 @@ def main(argv=None) -> int:
                        "unseen format, not the published comparison (the full profile trains models on the probe "
                        "tasks)." if untrained else ""))
         pdf = run_probes(pm, ctx, P, sources)
-        pdf.to_csv(ctx.out / "probes.csv", index=False)
+        pdf.to_parquet(ctx.out / "probes.parquet", index=False)
         ps = TL.paired_summary(pdf, ref=ref)
         ps.to_csv(ctx.out / "probes_summary.csv", index=False)
         plot_probes(pdf, ctx.out / "probes.png", chance)

@@ -33,7 +33,7 @@ def e3(tmp_path_factory):
 def test_e3_writes_its_outputs(e3):
     figs = e3 / "figs"
     for f in ["report.md", "token_loss.png", "token_loss_excess.png", "summary.csv", "tokens.parquet", "probes.png",
-              "probes.csv", "probes_summary.csv", "corpus.csv", "training.png"]:
+              "probes.parquet", "probes_summary.csv", "corpus.csv", "training.png"]:
         assert (figs / f).is_file(), f
     report = (figs / "report.md").read_text()
     for s in ["* command: `python experiments/e3_token_loss.py --tiny", "* device: CPU", "* date: ", "git commit:",
@@ -99,7 +99,7 @@ def test_e3_summary_is_consistent_with_the_tokens(e3):
 
 
 def test_e3_probe_rows_are_consistent(e3):
-    df = pd.read_csv(e3 / "figs" / "probes.csv")
+    df = pd.read_parquet(e3 / "figs" / "probes.parquet")
     P = E3.PROFILES["test"]
     assert set(df.model) == set(P["probe_models"].split(",")) and set(df.task) == set(TL.PROBE_TASKS)
     assert (df.cand_loss >= 0).all() and (df.loss >= df.cand_loss - 1e-5).all()   # renormalising can only help
