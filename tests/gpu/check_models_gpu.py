@@ -44,7 +44,16 @@ def flash_attn_shim():
         return False
     except ImportError:
         pass
+    # transformers checks for flash_attn with importlib.util.find_spec (lru-cached); let it run while
+    # flash_attn is truly absent, and give the stand-in a spec so later find_spec calls don't raise
+    # "flash_attn.__spec__ is None" (what the 21:44 UTC GPU run hit)
+    try:
+        import transformers.activations  # noqa: F401  (imports transformers.integrations.flash_attention)
+    except Exception:  # noqa: BLE001
+        pass
+    import importlib.machinery
     mod = types.ModuleType("flash_attn")
+    mod.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
 
     def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), **kw):
         T, S, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
