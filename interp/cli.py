@@ -38,6 +38,8 @@ def cmd_train(a):
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
                       seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
+                      induction_steps=(min(2000, a.steps // 4) if a.induction_steps is None else a.induction_steps),
+                      induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
@@ -246,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--induction-steps", type=int, default=None, metavar="N",
+                   help="warm up on short induction sequences for at most the first N steps, before the task "
+                        "mixture (a softmax transformer does not form its recall circuit from the tasks' "
+                        "answer-only loss in budget otherwise; see interp.train); default min(2000, steps/4); 0 = off")
+    t.add_argument("--induction-until", type=float, default=0.9, metavar="ACC",
+                   help="end the warm-up early once held-out induction accuracy reaches ACC (default 0.9)")
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--save-every", type=int, default=500)
     t.add_argument("--seed", type=int, default=0)
