@@ -96,7 +96,7 @@ def part_shard(a, work: Path, lines: list):
                                                                 pad_token_id=0, eos_token_id=1)),
                                layer_types=[("full_attention" if i % 4 == 3 else "linear_attention") for i in range(L)],
                                initializer_range=0.02)
-    ck = work / "olmo_hybrid_random"
+    ck = work / f"olmo_hybrid_random_{L}x{d}_{DTYPE}"
     t0 = time.perf_counter()
     if not (ck / "config.json").is_file():
         torch.manual_seed(0)
@@ -314,6 +314,9 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/bench_distributed")
     ap.add_argument("--layers", type=int, default=32, help="(a) olmo_hybrid layers (32 = the 7B shape)")
     ap.add_argument("--gpu-memory", default=None, help="(a) max memory per GPU for device_map, e.g. 0=8GiB,1=120GiB")
+    ap.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                    help="(a) model dtype (default bfloat16 on CUDA, float32 on CPU); float32 separates "
+                         "bf16 rounding from a sharding error")
     ap.add_argument("--shard-pairs", type=int, default=64)
     ap.add_argument("--shard-examples", type=int, default=128)
     ap.add_argument("--shard-batch", type=int, default=128)
@@ -327,6 +330,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.worker:
         return dp_worker(a)
+    global DTYPE
+    DTYPE = a.dtype or DTYPE
     if a.quick:
         a.pairs, a.seq_len, a.batch_size = 32, 48, 64
         a.shard_pairs, a.shard_examples, a.shard_batch = 8, 16, 64

@@ -38,11 +38,22 @@ def cmd_train(a):
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
                       seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
-                      induction_steps=(min(2000, a.steps // 4) if a.induction_steps is None else a.induction_steps),
+                      induction_steps=(_default_induction_steps(model, a.steps) if a.induction_steps is None
+                                       else a.induction_steps),
                       induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
+
+
+def _default_induction_steps(model: dict, steps: int) -> int:
+    """min(2000, steps // 4) for layouts with attention, 0 for pure recurrence: in the default-set
+    training (BENCHMARKS.md sections 4 and 9) the warm-up let the transformer and gdn75 recall
+    (mqar 0.17 -> 1.00, 0.94 -> 1.00) but the attention-free gdn100 did not reach the threshold in
+    2500 warm-up steps and ended worse than without it (mqar 0.60 vs 0.97)."""
+    from interp.zoo.layouts import resolve_layout
+    kinds = resolve_layout(model["layout"], model["n_layers"])
+    return min(2000, steps // 4) if any("attn" in k for k in kinds) else 0
 
 
 def _load_any(spec, device="cpu"):
@@ -251,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--induction-steps", type=int, default=None, metavar="N",
                    help="warm up on short induction sequences for at most the first N steps, before the task "
                         "mixture (a softmax transformer does not form its recall circuit from the tasks' "
-                        "answer-only loss in budget otherwise; see interp.train); default min(2000, steps/4); 0 = off")
+                        "answer-only loss in budget otherwise; see interp.train); default min(2000, steps/4) for "
+                        "layouts with attention, 0 (off) for attention-free ones")
     t.add_argument("--induction-until", type=float, default=0.9, metavar="ACC",
                    help="end the warm-up early once held-out induction accuracy reaches ACC (default 0.9)")
     t.add_argument("--eval-every", type=int, default=250)

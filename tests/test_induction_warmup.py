@@ -106,3 +106,12 @@ def test_cli_default_induction_steps(tmp_path, monkeypatch):
     assert meta["train_config"]["induction_steps"] == 5            # min(2000, steps // 4)
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert "acc/induction" in log[-1]
+
+
+def test_cli_default_induction_off_without_attention(tmp_path, monkeypatch):
+    """Attention-free layouts get no warm-up by default (it hurt gdn100: BENCHMARKS.md section 9)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--layout", "gdn100", "--task", "mqar", "--d-model", "32", "--n-layers", "2",
+                 "--n-heads", "2", "--head-dim", "16", "--steps", "8", "--batch-size", "4", "--eval-every", "8",
+                 "--device", "cpu", "--out", "run"]) == 0
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["train_config"]["induction_steps"] == 0

@@ -51,6 +51,16 @@ from hooks.adapters.base import Adapter
 _ATTN_GLOBAL = "ALL_ATTENTION_FUNCTIONS"
 
 
+def cache_kw(fn, legacy: str) -> str:
+    """The keyword under which ``fn`` takes the cache: ``cache`` from transformers 5.24 on, where
+    ``cache_params`` / ``past_key_values`` were renamed (the old names still work there, deprecated,
+    until 5.40), else ``legacy``. Our replacement forwards accept both and call HF code with this."""
+    try:
+        return "cache" if "cache" in inspect.signature(fn).parameters else legacy
+    except (TypeError, ValueError):
+        return legacy
+
+
 def forward_globals(module: nn.Module) -> dict:
     """Globals of the function that implements ``type(module).forward`` (decorators unwrapped)."""
     fn = inspect.unwrap(type(module).forward)

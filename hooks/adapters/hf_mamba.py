@@ -73,6 +73,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.adapters import register
+from hooks.adapters.hf_common import cache_kw
 from hooks.adapters.base import Adapter, LayerInfo, swap_attr
 from hooks.scan import mamba2 as mamba2_scan
 
@@ -157,7 +158,8 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
     why = _unsupported(mixer, hidden_states, cache_params, attention_mask)
     if why:
         if wrapper is None:
-            return orig(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+            return orig(hidden_states, attention_mask=attention_mask,
+                        **{cache_kw(type(mixer).forward, "cache_params"): cache_params}, **kwargs)
         raise NotImplementedError(
             f"{type(mixer).__name__} (layer {mixer.layer_idx}): rec.* hooks support a full-sequence "
             f"forward without cache or a prefill into an empty cache, with no padding; this call has "
@@ -202,8 +204,10 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
 def _swap_mixer_forward(mixer, fam, wrapper):
     orig = mixer.forward
 
-    def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        return _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=cache_params,
+    def forward(hidden_states, cache_params=None, attention_mask=None, cache=None, **kwargs):
+        # transformers >= 5.24 passes the cache as `cache`, earlier versions as `cache_params`
+        return _mixer_forward(mixer, fam, wrapper, orig, hidden_states,
+                              cache_params=cache if cache is not None else cache_params,
                               attention_mask=attention_mask, **kwargs)
     with swap_attr(mixer, "forward", forward):
         yield
@@ -312,16 +316,19 @@ class _ParallelMix(nn.Module):
 
 def _falcon_layer_forward(layer, mix, hidden_states, attention_mask=None, mamba_attention_mask=None,
                           position_ids=None, past_key_values=None, use_cache=False,
-                          position_embeddings=None, **kwargs):
-    """FalconH1DecoderLayer.forward (transformers 5.17-5.23) with the branch sum through ``mix``."""
+                          position_embeddings=None, cache=None, **kwargs):
+    """FalconH1DecoderLayer.forward (transformers 5.17-5.24: the cache comes as ``past_key_values``
+    before 5.24, as ``cache`` from 5.24 on) with the branch sum through ``mix``."""
+    past_key_values = cache if cache is not None else past_key_values
     residual = hidden_states
     hidden_states = layer.input_layernorm(hidden_states)
-    m = layer.mamba(hidden_states=hidden_states, cache_params=past_key_values,
-                    attention_mask=mamba_attention_mask, **kwargs)
+    m = layer.mamba(hidden_states=hidden_states, attention_mask=mamba_attention_mask,
+                    **{cache_kw(type(layer.mamba).forward, "cache_params"): past_key_values}, **kwargs)
     m = m * layer.ssm_out_multiplier
     a, _ = layer.self_attn(hidden_states=hidden_states * layer.attention_in_multiplier,
                            attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=past_key_values, use_cache=use_cache,
+                           **{cache_kw(type(layer.self_attn).forward, "past_key_values"): past_key_values},
+                           use_cache=use_cache,
                            position_embeddings=position_embeddings, **kwargs)
     a = a * layer.attn_out_multiplier
     hidden_states = residual + mix(m, a)
