@@ -26,7 +26,7 @@ import pandas as pd
 
 from interp import InterpError
 from interp.tasks import VOCAB
-from interp.train import TrainConfig, train
+from interp.train import TrainConfig, default_induction_steps, train
 from interp.zoo import HybridLM, ZooConfig, load_model, match_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +71,8 @@ def make_runs(root, arms: dict, lrs, priority=None, **train_kw) -> list[Run]:
     for i, (arm, spec) in enumerate(arms.items()):
         for j, lr in enumerate(lrs):
             kw = {**train_kw, **{k: v for k, v in spec.items() if k != "model"}}
+            # the trainer's induction warm-up for arms with attention, as for the shipped defaults
+            kw.setdefault("induction_steps", default_induction_steps(spec["model"], kw.get("steps", 0)))
             cfg = TrainConfig(out=str(Path(root) / "runs" / f"{arm}_lr{lr:g}"), model=dict(spec["model"]), lr=lr, **kw)
             runs.append(Run(arm, lr, cfg, priority=(priority or {}).get(arm, 0) * 1000 + j * 100 + i))
     return runs

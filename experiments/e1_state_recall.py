@@ -10,6 +10,11 @@ learning-rate sweep; the report uses each arm's best run (by accuracy on a valid
 lists the sweep. Cot models are evaluated **closed loop**: they read their own intermediate values,
 never the gold ones.
 
+Arms with attention (transformer, gdn75) start with the trainer's induction warm-up
+(``interp.train.default_induction_steps``: at most min(2000, steps/4) steps of dense induction
+sequences), as the shipped defaults did; without it the transformer never formed its recall circuit
+in budget (BENCHMARKS.md sections 4 and 9). The attention-free gdn100 gets none.
+
 Then accuracy as each knob is raised on its own (``n_steps`` sequence length, ``n_vars``,
 ``complexity``), also past the training range, and at the point where each model starts to fail
 (the first ``n_steps`` whose accuracy is below ``--threshold``) probes (``interp.probes``) and

@@ -6,7 +6,9 @@ Zoo models of one size and one parameter count: mixer in {gdn, gla, mamba2} x la
 {50, 75, 83, 100} (% recurrent layers) plus the transformer, all trained on one mixture of
 ``mqar`` (recall), ``state_recall`` (state tracking) and ``word_problems`` (multi-step arithmetic
 word problems with exact answers). Every arm gets the same learning-rate sweep; the report uses
-each arm's best run (validation accuracy) and lists the sweep. Reported:
+each arm's best run (validation accuracy) and lists the sweep. Arms with attention start with the
+trainer's induction warm-up (``interp.train.default_induction_steps``), as the shipped defaults did;
+attention-free arms (``<mixer>100``) get none. Reported:
 
 * accuracy against the attention percentage, per task; ``mqar`` against the number of pairs, from
   few to past the training range, and against model width (a transformer and ``gdn100`` at more

@@ -23,7 +23,7 @@ def _kv(items) -> dict:
 
 
 def cmd_train(a):
-    from interp.train import TrainConfig, train
+    from interp.train import TrainConfig, default_induction_steps, train
     from interp.zoo import ZooConfig, match_params
     from interp.tasks import VOCAB
     model = dict(d_model=a.d_model, n_layers=a.n_layers, layout=a.layout, n_heads=a.n_heads,
@@ -38,22 +38,12 @@ def cmd_train(a):
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
                       seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
-                      induction_steps=(_default_induction_steps(model, a.steps) if a.induction_steps is None
+                      induction_steps=(default_induction_steps(model, a.steps) if a.induction_steps is None
                                        else a.induction_steps),
                       induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
-
-
-def _default_induction_steps(model: dict, steps: int) -> int:
-    """min(2000, steps // 4) for layouts with attention, 0 for pure recurrence: in the default-set
-    training (BENCHMARKS.md sections 4 and 9) the warm-up let the transformer and gdn75 recall
-    (mqar 0.17 -> 1.00, 0.94 -> 1.00) but the attention-free gdn100 did not reach the threshold in
-    2500 warm-up steps and ended worse than without it (mqar 0.60 vs 0.97)."""
-    from interp.zoo.layouts import resolve_layout
-    kinds = resolve_layout(model["layout"], model["n_layers"])
-    return min(2000, steps // 4) if any("attn" in k for k in kinds) else 0
 
 
 def _load_any(spec, device="cpu"):

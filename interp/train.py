@@ -101,6 +101,17 @@ def training_knobs(task: str, rng: np.random.Generator, grid_max: dict | None = 
 INDUCTION_CHECK = 50  # steps between the warm-up's held-out checks
 
 
+def default_induction_steps(model: dict, steps: int) -> int:
+    """The warm-up length `interp train` and the experiments use unless told otherwise:
+    min(2000, steps // 4) for layouts with attention, 0 for attention-free ones. In the default-set
+    training (BENCHMARKS.md sections 4 and 9) the warm-up let the transformer and gdn75 recall
+    (mqar 0.17 -> 1.00, 0.94 -> 1.00), but the attention-free gdn100 did not reach the threshold in
+    2500 warm-up steps and ended worse than without it (mqar 0.60 vs 0.97)."""
+    from interp.zoo.layouts import resolve_layout
+    kinds = resolve_layout(model["layout"], model["n_layers"])
+    return min(2000, steps // 4) if any("attn" in k for k in kinds) else 0
+
+
 def induction_batch(n: int, seed, length: int = 16) -> T.TaskBatch:
     """``n`` sequences ``<bos> x1..xL <sep> y1..yL``: x are ``length`` distinct words of the task
     vocabulary (no <pad>/<bos>/<eos>/<sep>), y is x rotated by a random shift, so each y_{i+1}
