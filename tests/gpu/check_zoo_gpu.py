@@ -4,9 +4,15 @@ saved from GPU loads and runs on CPU with the same logits.
 Run on a CUDA host:  python tests/gpu/check_zoo_gpu.py [--out results.json] [--layouts gdn75,gdn100]
 Prints a table (max abs / relative logit error per layout and dtype) and exits 1 if any error is
 above its tolerance (fp32: 2e-3 relative; bf16: 5e-2 relative — bf16 chunk kernels vs fp32 refs).
+
+fp32 here means fp32 tensors: on TF32-capable GPUs Triton computes fp32 ``tl.dot`` in TF32 unless
+``TRITON_F32_DEFAULT=ieee`` (fla's own test suite sets it; fla sets it only for GPUs without TF32),
+and fla's GDN chunk kernels leave most dots at that default. ``--ieee`` sets it before any kernel
+compiles, to tell TF32 rounding apart from a kernel error (BENCHMARKS.md section 1).
 """
 import argparse
 import json
+import os
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -27,7 +33,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma list out of {LAYOUTS}")
+    ap.add_argument("--ieee", action="store_true",
+                    help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
     args = ap.parse_args()
+    if args.ieee:
+        os.environ["TRITON_F32_DEFAULT"] = "ieee"
     layouts = args.layouts.split(",")
     bad = [x for x in layouts if x not in LAYOUTS]
     if bad:
@@ -36,7 +46,8 @@ def main():
     from hooks.scan import use_kernels
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
-          f"  torch {torch.__version__}  fla kernels: {use_kernels(torch.empty(1, device=dev))}")
+          f"  torch {torch.__version__}  fla kernels: {use_kernels(torch.empty(1, device=dev))}"
+          f"  fp32 Triton dots: {os.environ.get('TRITON_F32_DEFAULT', 'tf32 (default)')}")
     rows, ok = [], True
     for layout in layouts:
         for neg in ([False, True] if layout == "gdn100" else [False]):
