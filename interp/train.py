@@ -175,6 +175,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     unknown = [t for t in cfg.tasks if t not in T.TASKS]
     if unknown:
         raise InterpError(f"unknown task '{unknown[0]}'; valid tasks: {', '.join(sorted(T.TASKS))}")
+    if not (isinstance(cfg.induction_steps, int) and 0 <= cfg.induction_steps < cfg.steps):
+        raise InterpError(f"induction_steps={cfg.induction_steps!r} is out of range; valid: integers "
+                          f"0..{cfg.steps - 1} (fewer than steps={cfg.steps})")
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,10 +208,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
                desc=f"train {mcfg.layout}", dynamic_ncols=True)
     t0, tokens_seen, steps_done = time.time(), 0, start
     model.train()
-    if not (isinstance(cfg.induction_steps, int) and 0 <= cfg.induction_steps < cfg.steps):
-        raise InterpError(f"induction_steps={cfg.induction_steps!r} is out of range; valid: integers "
-                          f"0..{cfg.steps - 1} (fewer than steps={cfg.steps})")
-    induction_eval = (induction_batch(cfg.eval_n, [cfg.seed, 7, 7], cfg.induction_len)
+    induction_eval = (induction_batch(cfg.eval_n, [cfg.seed, 7, 7], cfg.induction_len).to(device)
                       if cfg.induction_steps else None)
     if done_at is None and start >= cfg.induction_steps:
         done_at = cfg.induction_steps
@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
         if done_at is None and step > 0 and (step % INDUCTION_CHECK == 0 or step >= cfg.induction_steps):
             model.eval()
             with autocast:
-                acc = answer_accuracy(model, induction_eval.to(device))
+                acc = answer_accuracy(model, induction_eval)
             model.train()
             if acc >= cfg.induction_until or step >= cfg.induction_steps:
                 done_at = step
@@ -253,7 +253,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
                     row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7,
                                                                         **cfg.knobs.get(t, {})).to(device))
                 if induction_eval is not None:
-                    row["acc/induction"] = answer_accuracy(model, induction_eval.to(device))
+                    row["acc/induction"] = answer_accuracy(model, induction_eval)
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -41,6 +41,7 @@ Attention modules that do not look their op up that way raise NotImplementedErro
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 
@@ -51,6 +52,7 @@ from hooks.adapters.base import Adapter
 _ATTN_GLOBAL = "ALL_ATTENTION_FUNCTIONS"
 
 
+@functools.lru_cache(maxsize=None)  # called on every forward of a replaced layer; signatures don't change
 def cache_kw(fn, legacy: str) -> str:
     """The keyword under which ``fn`` takes the cache: ``cache`` from transformers 5.24 on, where
     ``cache_params`` / ``past_key_values`` were renamed (the old names still work there, deprecated,
