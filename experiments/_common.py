@@ -25,8 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments._sweeps import (REPO, cli, device_name, git_commit, md_table, out_of_time, pyplot,  # noqa: E402,F401
-                                 resolve_device, save_fig)
+from experiments._sweeps import (REPO, add_run_args, cli, device_name, git_commit, md_table,  # noqa: E402,F401
+                                 out_of_time, pyplot, resolve_device, save_fig, train_devices)
 from interp import InterpError  # noqa: E402
 
 PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
@@ -50,6 +50,7 @@ def parser(name: str, doc: str | None, profiles: dict) -> argparse.ArgumentParse
     ap.add_argument("--time-budget", type=float, default=None,
                     help="minutes for this call (0 = none); stops cleanly, calling again continues")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_args(ap)
     return ap
 
 
@@ -68,6 +69,8 @@ class Ctx:
     deadline: float | None
     progress: bool
     notes: list = field(default_factory=list)   # lines the report adds under the header
+    train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
+    train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
 
     @property
     def command(self) -> str:
@@ -94,7 +97,8 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv) -> Ctx:
     started = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     return Ctx(name, profile, P, out, runs, device, a.seed, argv, started,
-               started + 60 * budget if budget else None, not a.no_progress)
+               started + 60 * budget if budget else None, not a.no_progress,
+               train_only=a.train_only, train_devices=train_devices(a.train_devices, device))
 
 
 # --- resumable results -------------------------------------------------------------------------

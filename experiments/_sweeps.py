@@ -96,6 +96,8 @@ def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
     import torch
     torch.set_num_threads(threads)
     cfg = TrainConfig(**cfg_dict)
+    if str(cfg.device).startswith("cuda:"):
+        torch.cuda.set_device(cfg.device)      # no stray context on cuda:0 for a run placed elsewhere
     if deadline is not None:
         left = (deadline - time.time()) / 60
         if left < 0.25:
@@ -112,18 +114,32 @@ def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
         finally:
             if torch.cuda.is_available() and str(cfg.device) != "cpu":
                 (Path(cfg.out) / "gpu_peak.json").write_text(json.dumps(
-                    {"peak_gb": torch.cuda.max_memory_allocated() / 1e9}))
+                    {"peak_gb": torch.cuda.max_memory_allocated(cfg.device) / 1e9, "device": str(cfg.device)}))
     return "ran"
 
 
+_NOWHERE = object()
+
+
+def place(loads: dict, w: float, capacity: float | None):
+    """The device a run of weight ``w`` starts on: of ``loads`` ({device: weights of its running
+    runs}), the one with the fewest running runs (first listed on ties), if the run fits within
+    ``capacity`` there or nothing runs there; else ``_NOWHERE`` (the run waits)."""
+    dev = min(loads, key=lambda d: (len(loads[d]), list(loads).index(d)))
+    return dev if capacity is None or sum(loads[dev]) + w <= capacity or not loads[dev] else _NOWHERE
+
+
 def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None, threads: int = 1,
-               progress: bool = True, weight=None, capacity: float | None = None) -> pd.DataFrame:
+               progress: bool = True, weight=None, capacity: float | None = None,
+               devices: list[str] | None = None) -> pd.DataFrame:
     """Train every unfinished run, highest priority (lowest number) first; ``workers`` > 1 uses that
     many spawned processes (each with ``threads`` torch threads), starting a run only while the
     summed ``weight(run)`` of the running ones stays within ``capacity`` (e.g. estimated GPU GB; a
-    run that does not fit waits and lighter ones go first). A run that fails is reported (column
-    ``error``; its traceback in ``<out>/train.out``) and retried by the next call. Returns the status
-    table."""
+    run that does not fit waits and lighter ones go first). ``devices`` (e.g. ``["cuda:0",
+    "cuda:1"]``) spreads the runs over several GPUs: each run goes to the device with the fewest
+    running runs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
+    trains). A run that fails is reported (column ``error``; its traceback
+    in ``<out>/train.out``) and retried by the next call. Returns the status table."""
     todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
     errors = {}
     from tqdm.auto import tqdm
@@ -136,25 +152,29 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     else:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         ctx = mp.get_context("spawn")
-        pending, running = list(todo), {}
+        pending, running = list(todo), {}       # running: future -> (run, weight, device)
+        devs = list(devices or [None])
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
             while (pending or running) and not any(e.startswith("failed: BrokenProcessPool") for e in errors.values()):
-                load, i = sum(w for _, w in running.values()), 0
+                i = 0
                 while i < len(pending) and len(running) < workers:
                     w = weight(pending[i]) if weight else 1.0
-                    if capacity is None or load + w <= capacity or not running:
+                    dev = place({d: [x for _, x, rd in running.values() if rd == d] for d in devs}, w, capacity)
+                    if dev is not _NOWHERE:
                         r = pending.pop(i)
+                        cfg = dataclasses.asdict(r.cfg)
+                        if dev is not None:
+                            cfg["device"] = dev
                         try:
-                            running[ex.submit(_train_one, dataclasses.asdict(r.cfg), deadline, threads)] = (r, w)
+                            running[ex.submit(_train_one, cfg, deadline, threads)] = (r, w, dev)
                         except cf.process.BrokenProcessPool as e:   # a worker died: the pool is gone
                             errors[r.name] = f"failed: BrokenProcessPool: {e}"
                             break
-                        load += w
                     else:
                         i += 1
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for f in done:
-                    r, _ = running.pop(f)
+                    r, _, _ = running.pop(f)
                     try:
                         errors[r.name] = f.result()
                     except Exception as e:  # noqa: BLE001 - a worker process died
@@ -200,7 +220,9 @@ def git_commit() -> str:
         return sha + (f" (uncommitted changes in {', '.join(files[:8])}{', ...' if len(files) > 8 else ''})"
                       if files else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copy of the tree without .git (e.g. shipped to a GPU host): the commit its sender named
+        return os.environ.get("INTERP_GIT_COMMIT", "unknown") + (" (from INTERP_GIT_COMMIT)" if
+                                                                 os.environ.get("INTERP_GIT_COMMIT") else "")
 
 
 def device_name(device: str) -> str:
@@ -290,6 +312,32 @@ def add_common_args(ap, name: str, profiles: dict):
                     help="minutes for this call, evaluation included (0 = none; full profile: 8.5); stops "
                          "cleanly, calling again continues")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_args(ap)
+
+
+def add_run_args(ap):
+    """``--train-only`` and ``--train-devices``, shared by every experiment that trains runs."""
+    ap.add_argument("--train-only", action="store_true",
+                    help="train (or continue) the runs and stop, without evaluating; exit 0 once all are finished, "
+                         "3 while some are not")
+    ap.add_argument("--train-devices", default=None,
+                    help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (default: "
+                         "--device); evaluation runs on --device")
+
+
+def train_devices(spec: str | None, device: str) -> list[str] | None:
+    """``--train-devices`` checked: None (train on ``device``) or a list of available CUDA devices."""
+    if not spec:
+        return None
+    import torch
+    n = torch.cuda.device_count()
+    valid = [f"cuda:{i}" for i in range(n)]
+    devs = [d.strip() for d in spec.split(",") if d.strip()]
+    bad = [d for d in devs if d not in valid]
+    if bad or not devs:
+        raise InterpError(f"--train-devices '{spec}': {', '.join(bad) or 'empty'} not available; valid: "
+                          f"{', '.join(valid) or 'none (no CUDA device here)'}")
+    return devs
 
 
 @dataclass
@@ -303,6 +351,8 @@ class Setup:
     workers: int
     progress: bool
     started: float
+    train_only: bool = False
+    train_devices: list[str] | None = None
 
 
 def setup(a, name: str, profiles: dict, started: float) -> Setup:
@@ -318,19 +368,23 @@ def setup(a, name: str, profiles: dict, started: float) -> Setup:
         raise InterpError(f"--time-budget {budget} is out of range; valid: minutes >= 0 (0 = none)")
     return Setup(profile, P, device, Path(a.runs or f"runs/{name}{'' if profile == 'full' else '_' + profile}"), figs,
                  deadline_from(budget, started), a.workers or (P["workers"] if device != "cpu" else 1),
-                 not a.no_progress, started)
+                 not a.no_progress, started, a.train_only, train_devices(a.train_devices, device))
 
 
 def train_then_validate(runs, validate, s: Setup, weight=None, capacity=None):
-    """Train what is unfinished (stopping ``eval_reserve`` minutes before the deadline), then
-    validate the finished runs. Returns (status, validation table, best row per arm or None)."""
-    deadline = None if s.deadline is None else s.deadline - 60 * s.P["eval_reserve"]
+    """Train what is unfinished (stopping ``eval_reserve`` minutes before the deadline, or at it
+    with ``train_only``), then validate the finished runs. Returns (status, validation table, best
+    row per arm or None); with ``train_only`` the table is empty and best is None."""
+    deadline = None if s.deadline is None else s.deadline - (0 if s.train_only else 60 * s.P["eval_reserve"])
     st = train_runs(runs, workers=s.workers, deadline=deadline, progress=s.progress,
-                    weight=weight if s.device != "cpu" else None, capacity=capacity)
+                    weight=weight if s.device != "cpu" else None, capacity=capacity, devices=s.train_devices)
     done = [r for r, c in zip(runs, st.complete) if c]
     if len(done) < len(runs):
         print(f"{len(runs) - len(done)} of {len(runs)} runs unfinished (time budget); run the same command again "
               "to continue", file=sys.stderr)
+    if s.train_only:
+        print(f"--train-only: {len(done)} of {len(runs)} runs finished; no evaluation", file=sys.stderr)
+        return st, pd.DataFrame(), None
     val = validate(done, s.P, s.root, s.device, s.deadline)
     if val.empty:
         print("no finished runs to evaluate yet", file=sys.stderr)

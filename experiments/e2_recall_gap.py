@@ -79,7 +79,7 @@ PROFILES = {
     # GPU: 19 arms x 2 lrs = 38 runs of 12 layers, d=128, in parallel processes (two 8.5-minute calls)
     "full": dict(model=dict(d_model=128, n_layers=12, n_heads=4, head_dim=32), mixers=MIXERS, pcts=PCTS,
                  widths=(64, 256), width_archs=("transformer", "gdn100"), steps=1200, batch_size=64,
-                 lrs=(3e-3, 1e-3), warmup=100, workers=10, gpu_gb=60, time_budget=8.5, eval_reserve=2.0,
+                 lrs=(3e-3, 1e-3), warmup=100, workers=12, gpu_gb=60, time_budget=8.5, eval_reserve=2.0,
                  val_n=128, eval_n=256, vote_n=256, tax_n=512),
     # CPU, a few minutes: tiny models, few steps, one lr (numbers near chance; checks the pipeline)
     "quick": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
@@ -666,7 +666,7 @@ def main(argv=None):
     A, runs = plan(P, root, device)
     status, val, best = S.train_then_validate(runs, validate, s, weight=gpu_gb, capacity=P["gpu_gb"])
     if best is None:
-        return 3
+        return 0 if s.train_only and status.complete.all() else 3
     by_name = {r.name: r for r in runs}
     accs, votes, taxs = [], [], []
     for arm, row in best.iterrows():

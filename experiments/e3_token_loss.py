@@ -34,6 +34,7 @@ probes_summary.csv, corpus.csv, training.png (own pair), report.md.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import inspect
 import json
@@ -62,7 +63,7 @@ PROFILES = {
                  lrs=(1e-3, 3e-3), warmup=200, val_windows=256, eval_seq_len=512, eval_batch=16, time_budget=7.0,
                  threads=None, probe_models="train", probe_n=256, probe_train=dict(
                      model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=2000, batch_size=64,
-                     lrs=(1e-3, 3e-3), warmup=150, workers=6, val_n=128, eval_reserve=1.0)),
+                     lrs=(1e-3, 3e-3), warmup=150, workers=4, val_n=128, eval_reserve=1.0)),
     # CPU, a few minutes: a 4-layer d=64 pair (2 learning rates each), 250 steps on ~1.2 MB
     "quick": dict(train_bytes=400_000, eval_bytes=40_000, val_bytes=15_000, max_doc_bytes=12_000, vocab=1024,
                   model=dict(d=64, layers=4, heads=2, head_dim=32), seq_len=128, batch=16, steps=250,
@@ -310,6 +311,30 @@ def training_tasks(spec: str) -> list | None:
         return None
 
 
+def probe_runs(ctx: C.Ctx, P: dict) -> list:
+    """The probe models' training runs: matched transformer, gdn75 and gdn100 on the probe tasks,
+    one per learning rate of ``P["probe_train"]``."""
+    from experiments import _sweeps as S
+    Q = P["probe_train"]
+    arms = {a: {"model": S.matched({**Q["model"], "layout": a}), "tasks": list(TL.PROBE_TASKS)}
+            for a in ("transformer", "gdn75", "gdn100")}
+    return S.make_runs(ctx.runs / "probe_models", arms, Q["lrs"], steps=Q["steps"], batch_size=Q["batch_size"],
+                       warmup=Q["warmup"], eval_every=max(1, Q["steps"] // 4), eval_n=128,
+                       save_every=max(50, Q["steps"] // 10), device=ctx.device, scan_backend="reference", seed=0)
+
+
+def train_probe_runs(ctx: C.Ctx, P: dict, progress: bool = False):
+    """Train (or continue) the probe models in worker processes until done or until the call's
+    deadline less ``eval_reserve``. Returns (runs, status table). Safe to call again: finished runs
+    are skipped (so the GPU path can start it in a thread while the text pair trains)."""
+    from experiments import _sweeps as S
+    Q, runs = P["probe_train"], probe_runs(ctx, P)
+    deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * Q["eval_reserve"])
+    st = S.train_runs(runs, workers=Q["workers"] if ctx.device != "cpu" else 1, deadline=deadline,
+                      progress=progress, devices=ctx.train_devices)
+    return runs, st
+
+
 def probe_models(ctx: C.Ctx, P: dict, spec: str):
     """{name: zoo model}: shipped defaults / zoo directories, or ``train``: matched transformer, gdn75
     and gdn100 trained on the probe tasks (learning-rate sweep, best run by validation accuracy)."""
@@ -330,14 +355,7 @@ def probe_models(ctx: C.Ctx, P: dict, spec: str):
     from experiments import _sweeps as S
     from interp.train import answer_accuracy
     Q = P["probe_train"]
-    arms = {a: {"model": S.matched({**Q["model"], "layout": a}), "tasks": list(TL.PROBE_TASKS)}
-            for a in ("transformer", "gdn75", "gdn100")}
-    runs = S.make_runs(ctx.runs / "probe_models", arms, Q["lrs"], steps=Q["steps"], batch_size=Q["batch_size"],
-                       warmup=Q["warmup"], eval_every=max(1, Q["steps"] // 4), eval_n=128,
-                       save_every=max(50, Q["steps"] // 10), device=ctx.device, scan_backend="reference", seed=0)
-    deadline = None if ctx.deadline is None else ctx.deadline - 60 * Q["eval_reserve"]
-    st = S.train_runs(runs, workers=Q["workers"] if ctx.device != "cpu" else 1, deadline=deadline,
-                      progress=ctx.progress)
+    runs, st = train_probe_runs(ctx, P, progress=ctx.progress)
     done = [r for r, c in zip(runs, st.complete) if c]
     rows = []
     for r in done:
@@ -614,6 +632,9 @@ def main(argv=None) -> int:
     threads = a.threads or P.get("threads")
     if threads:
         torch.set_num_threads(threads)
+    if ctx.train_only and a.model_a:
+        raise InterpError("--train-only trains the experiment's own pair; with --model-a/--model-b there is nothing "
+                          "to train")
     if (a.model_a is None) != (a.model_b is None):
         raise InterpError("give both --model-a and --model-b (or neither: the experiment trains its own pair)")
     seq_len = a.seq_len or P["eval_seq_len"]
@@ -655,12 +676,28 @@ def main(argv=None) -> int:
         tok = train_tokenizer(train_docs, P["vocab"], ctx.runs / "tokenizer")
         cfgs = pair_configs(len(tok), P["model"], max(P["seq_len"], seq_len))
         stream, val_stream = token_stream(train_docs, tok), token_stream(val_docs, tok)
+        # on a GPU the probe models train in worker processes while this process trains the text pair
+        spec0 = a.probe_models or P["probe_models"]
+        bg = (cf.ThreadPoolExecutor(1).submit(train_probe_runs, ctx, P)
+              if spec0 == "train" and ctx.device != "cpu" else None)
         for arch, cfg in cfgs.items():
             for lr in P["lrs"]:
                 meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
                 if meta is None:
+                    if bg is not None:
+                        bg.result()
                     return 3
                 metas.append(meta)
+        if bg is not None:
+            bg.result()
+        if ctx.train_only:
+            left = 0
+            if spec0 == "train":
+                _, st = train_probe_runs(ctx, P, progress=ctx.progress)
+                left = int((~st.complete).sum())
+            print(f"--train-only: text pair trained, {left} probe-model runs unfinished; no evaluation",
+                  file=sys.stderr)
+            return 0 if not left else 3
         best = {}
         for m in metas:     # lowest validation loss per architecture (ties: the smaller lr, listed first)
             if m["arch"] not in best or m["val_loss"] < best[m["arch"]]["val_loss"]:

@@ -48,10 +48,10 @@ LAYOUTS = {"transformer": "transformer", "gdn100": "gdn100", "gdn75": "gdn75", "
            "par-all": "par-all"}   # par-all: attn+gdn in every layer (resolved per depth)
 SEQUENTIAL, PARALLEL = "gdn75", "gdn75-par"
 PROFILES = {
-    # GPU: 15 runs (5 arms x 3 lrs) of 2000 steps, 8 layers d=128, in parallel processes
+    # GPU: 10 runs (5 arms x 2 lrs) of 2000 steps, 8 layers d=128, in parallel processes
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32),
                  arms=("transformer", "gdn100", "gdn75", "gdn75-par", "par-all"), steps=2000, batch_size=64,
-                 lrs=(3e-4, 1e-3, 3e-3), warmup=150, workers=8, time_budget=7.0, eval_reserve=2.5, val_n=128,
+                 lrs=(1e-3, 3e-3), warmup=150, workers=6, time_budget=7.0, eval_reserve=2.5, val_n=128,
                  eval_n=256, thr_seq=(256, 1024, 4096), thr_tokens=16384, thr_iters=10, threads=None),
     # CPU, a few minutes: the two hybrids, tiny, a few hundred steps
     "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), arms=("gdn75", "gdn75-par"),
@@ -420,10 +420,11 @@ def main(argv=None) -> int:
                        eval_every=max(1, P["steps"] // 6), eval_n=128, save_every=max(50, P["steps"] // 10),
                        device=ctx.device, scan_backend="reference", seed=ctx.seed)
     s = S.Setup(ctx.profile, P, ctx.device, ctx.runs, ctx.out, ctx.deadline,
-                a.workers or (P["workers"] if ctx.device != "cpu" else 1), ctx.progress, ctx.started)
+                a.workers or (P["workers"] if ctx.device != "cpu" else 1), ctx.progress, ctx.started,
+                ctx.train_only, ctx.train_devices)
     status, val, best = S.train_then_validate(runs, validate, s)
     if best is None:
-        return 3
+        return 0 if s.train_only and status.complete.all() else 3
     status.merge(val, on=["arm", "lr"], how="left").to_csv(ctx.out / "lr_sweep.csv", index=False)
     by_name = {r.name: r for r in runs}
     ex = test_eval(best, by_name, ctx, P)

@@ -152,8 +152,10 @@ def test_e1_first_failure():
 def test_e1_end_to_end_and_resume(tmp_path):
     args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"),
             "--no-progress", "--device", "cpu"]
-    assert E1.main(args) == 0
     figs = tmp_path / "figs"
+    assert E1.main(args + ["--train-only"]) == 0           # trains every run, evaluates nothing
+    assert pd.read_csv(figs / "lr_sweep_status.csv").complete.all() and not (figs / "report.md").exists()
+    assert E1.main(args) == 0
     for f in ["report.md", "accuracy.png", "results.csv", "lr_sweep.csv", "probes.csv", "probes.png", "patching.csv"]:
         assert (figs / f).is_file(), f
     res = pd.read_csv(figs / "results.csv")
@@ -247,3 +249,22 @@ def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):
     bad = st[st.arm == "bad"]
     assert not bad.complete.any() and bad.error.str.contains("unknown task 'nope'").all()
     assert "unknown task 'nope'" in (tmp_path / "runs" / "bad_lr0.001" / "train.out").read_text()
+
+
+def test_runs_are_placed_on_the_least_busy_device_within_capacity():
+    from experiments import _sweeps as S
+    assert S.place({"cuda:0": [1.0], "cuda:1": []}, 1.0, None) == "cuda:1"
+    assert S.place({"cuda:0": [1.0], "cuda:1": [2.0]}, 1.0, None) == "cuda:0"      # ties: first listed
+    assert S.place({None: [5.0, 5.0]}, 1.0, None) is None                          # one device (None = as configured)
+    assert S.place({"a": [50.0], "b": [50.0]}, 20.0, 60.0) is S._NOWHERE            # fits nowhere: waits
+    assert S.place({"a": [50.0], "b": []}, 80.0, 60.0) == "b"                       # alone on a device: always starts
+    assert S.place({"a": [10.0], "b": [10.0, 10.0]}, 40.0, 60.0) == "a"
+
+
+def test_train_devices_are_checked():
+    from experiments import _sweeps as S
+    assert S.train_devices(None, "cpu") is None
+    from interp import InterpError
+    spec = "cuda:0,cuda:99" if torch.cuda.is_available() else "cuda:99"
+    with pytest.raises(InterpError, match=f"'{spec}': cuda:99 not available; valid: "):
+        S.train_devices(spec, "cuda")

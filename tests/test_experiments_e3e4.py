@@ -26,6 +26,9 @@ def _args(tmp):
 @pytest.fixture(scope="module")
 def e3(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e3")
+    assert E3.main(_args(tmp) + ["--train-only"]) == 0     # trains the text pair, scores nothing
+    assert len(list((tmp / "runs" / "models").glob("*/meta.json"))) == 2 * len(E3.PROFILES["test"]["lrs"])
+    assert not (tmp / "figs" / "report.md").exists()
     assert E3.main(_args(tmp)) == 0
     return tmp
 

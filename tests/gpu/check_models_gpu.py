@@ -256,7 +256,15 @@ def spice(model):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--only", default=None,
+                    help="comma list of row-name words to run, e.g. GLA,Mamba2 (matched case-insensitively "
+                         "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla Mamba2', "
+                         "'mamba-ssm')")
     args = ap.parse_args()
+    only = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
+
+    def wanted(name):
+        return not only or any(w in name.lower() for w in only)
     assert torch.cuda.is_available(), "needs CUDA"
     dev = torch.device("cuda")
     shim = flash_attn_shim()
@@ -267,6 +275,8 @@ def main():
         import fla
         print(f"fla {getattr(fla, '__version__', '?')}")
         for name, model, kind in fla_models(dev, torch.float32):
+            if not wanted(name):
+                continue
             torch.manual_seed(0)
             spice(model)
             for dtype in (torch.float32, torch.bfloat16):
@@ -290,7 +300,8 @@ def main():
     except ImportError as e:
         rows.append({"model": "fla", "ok": False, "error": f"import fla failed: {e}"})
         print(rows[-1])
-    rows += mamba_ssm_rows(dev)
+    if wanted("mamba-ssm"):
+        rows += mamba_ssm_rows(dev)
     print("\n| model | T | dtype | logits max diff | final rel | loop rel | pattern rel | patch | clean | ok |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "-" if v is None else (f"{v:.2e}" if isinstance(v, float) else str(v))  # noqa: E731

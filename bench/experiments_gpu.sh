@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Full runs of experiments E1-E4 at once on one GPU host (two GPUs; one works too), as their own
+# commands with --time-budget, so a call of a limited length stops cleanly and the same call again
+# continues from the checkpoints:
+#
+#   bash bench/experiments_gpu.sh MINUTES [--train-only]      # e.g. 9 --train-only, then 9, 9, ...
+#
+# Placement: E1 and E4 train and evaluate on cuda:0; E3 on the last GPU; E2's 38 runs are spread over
+# all GPUs (--train-devices) and it evaluates on the last. ROOT (default runs/gpu) holds checkpoints
+# (ROOT/<experiment>), figures and reports (ROOT/figures/<experiment>) and logs (ROOT/logs).
+# After a call in which all four finished, E4's throughput table is measured again with the GPU to
+# itself (the first measurement shared the GPUs with the other experiments).
+set -uo pipefail
+MIN=${1:?usage: bash bench/experiments_gpu.sh MINUTES [--train-only]}; shift
+ROOT=${ROOT:-runs/gpu}
+mkdir -p "$ROOT/logs" "$ROOT/figures"
+N=$(python3 -c "import torch; print(torch.cuda.device_count())")
+[ "$N" -ge 1 ] || { echo "error: no CUDA device" >&2; exit 2; }
+LAST=cuda:$((N - 1))
+ALL=$(python3 -c "print(','.join(f'cuda:{i}' for i in range($N)))")
+stamp() { date -u +%H:%M:%S; }
+run() {   # run NAME DEVICE ARGS...: one experiment, its log appended to ROOT/logs/NAME.log
+  local name=$1 dev=$2; shift 2
+  echo "== $(stamp) $name $*" >>"$ROOT/logs/$name.log"
+  python3 "experiments/$name.py" --time-budget "$MIN" --no-progress --device "$dev" \
+    --runs "$ROOT/$name" --out "$ROOT/figures/$name" "$@" >>"$ROOT/logs/$name.log" 2>&1
+  local rc=$?
+  echo "== $(stamp) $name exit $rc" >>"$ROOT/logs/$name.log"
+  echo "$name exit $rc"
+  return $rc
+}
+echo "$(stamp) start: $N GPU(s), $MIN min, extra: $*"
+run e1_state_recall cuda:0 "$@" &
+run e4_fusion cuda:0 "$@" &
+run e2_recall_gap "$LAST" --train-devices "$ALL" "$@" &
+run e3_token_loss "$LAST" "$@" &
+fail=0
+for j in $(jobs -p); do wait "$j" || fail=1; done
+echo "$(stamp) all four returned"
+python3 bench/runs_status.py "$ROOT" | grep -E "runs finished"
+if [ $fail = 0 ] && [[ " $* " != *" --train-only "* ]] && [ -f "$ROOT/figures/e4_fusion/report.md" ] \
+   && [ ! -f "$ROOT/e4_fusion/.throughput_alone" ]; then
+  echo "$(stamp) E4 throughput again, GPU to itself"
+  mv "$ROOT/e4_fusion/throughput.csv" "$ROOT/e4_fusion/throughput_shared.csv" 2>/dev/null
+  MIN=0 run e4_fusion cuda:0 && touch "$ROOT/e4_fusion/.throughput_alone"
+fi
+exit $fail
