@@ -8,6 +8,7 @@
 # Placement: E1 and E4 train and evaluate on cuda:0; E3 on the last GPU; E2's 38 runs are spread over
 # all GPUs (--train-devices) and it evaluates on the last. ROOT (default runs/gpu) holds checkpoints
 # (ROOT/<experiment>), figures and reports (ROOT/figures/<experiment>) and logs (ROOT/logs).
+# With --train-only, an experiment whose runs all finish early is evaluated in the call's time left.
 # After a call in which all four finished, E4's throughput table is measured again with the GPU to
 # itself (the first measurement shared the GPUs with the other experiments).
 set -uo pipefail
@@ -19,14 +20,31 @@ N=$(python3 -c "import torch; print(torch.cuda.device_count())")
 LAST=cuda:$((N - 1))
 ALL=$(python3 -c "print(','.join(f'cuda:{i}' for i in range($N)))")
 stamp() { date -u +%H:%M:%S; }
-run() {   # run NAME DEVICE ARGS...: one experiment, its log appended to ROOT/logs/NAME.log
-  local name=$1 dev=$2; shift 2
-  echo "== $(stamp) $name $*" >>"$ROOT/logs/$name.log"
-  python3 "experiments/$name.py" --time-budget "$MIN" --no-progress --device "$dev" \
+T0=$(date +%s)
+once() {  # once NAME DEVICE MINUTES ARGS...: one call of one experiment, its log appended to ROOT/logs/NAME.log
+  local name=$1 dev=$2 min=$3; shift 3
+  echo "== $(stamp) $name --time-budget $min $*" >>"$ROOT/logs/$name.log"
+  python3 "experiments/$name.py" --time-budget "$min" --no-progress --device "$dev" \
     --runs "$ROOT/$name" --out "$ROOT/figures/$name" "$@" >>"$ROOT/logs/$name.log" 2>&1
   local rc=$?
   echo "== $(stamp) $name exit $rc" >>"$ROOT/logs/$name.log"
-  echo "$name exit $rc"
+  echo "$(stamp) $name exit $rc"
+  return $rc
+}
+run() {   # run NAME DEVICE ARGS...: with --train-only, an experiment whose training is done evaluates in the time left
+  local name=$1 dev=$2; shift 2
+  once "$name" "$dev" "$MIN" "$@"
+  local rc=$?
+  if [ $rc = 0 ] && [[ " $* " == *" --train-only "* ]]; then
+    local left
+    left=$(python3 -c "import time; print(round($MIN - (time.time() - $T0) / 60 - 0.2, 2))")
+    if python3 -c "import sys; sys.exit(0 if $left >= 2.5 else 1)"; then
+      local rest=()
+      for x in "$@"; do [ "$x" != --train-only ] && rest+=("$x"); done
+      once "$name" "$dev" "$left" "${rest[@]}"
+      rc=$?
+    fi
+  fi
   return $rc
 }
 echo "$(stamp) start: $N GPU(s), $MIN min, extra: $*"
@@ -42,6 +60,6 @@ if [ $fail = 0 ] && [[ " $* " != *" --train-only "* ]] && [ -f "$ROOT/figures/e4
    && [ ! -f "$ROOT/e4_fusion/.throughput_alone" ]; then
   echo "$(stamp) E4 throughput again, GPU to itself"
   mv "$ROOT/e4_fusion/throughput.csv" "$ROOT/e4_fusion/throughput_shared.csv" 2>/dev/null
-  MIN=0 run e4_fusion cuda:0 && touch "$ROOT/e4_fusion/.throughput_alone"
+  once e4_fusion cuda:0 0 && touch "$ROOT/e4_fusion/.throughput_alone"
 fi
 exit $fail
