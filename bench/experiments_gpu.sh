@@ -11,6 +11,8 @@
 # With --train-only, an experiment whose runs all finish early is evaluated in the call's time left.
 # After a call in which all four finished, E4's throughput table is measured again with the GPU to
 # itself (the first measurement shared the GPUs with the other experiments).
+# On a host whose copy of .git is not the tree's (a GPU host fed a copy of the working tree), set
+# INTERP_GIT_COMMIT=<sha> so that the reports name the commit that ran.
 set -uo pipefail
 MIN=${1:?usage: bash bench/experiments_gpu.sh MINUTES [--train-only]}; shift
 ROOT=${ROOT:-runs/gpu}

@@ -38,15 +38,13 @@ def _arm(args: dict) -> str:
 
 def collect(root: Path, arms: list[dict]):
     import pandas as pd
+    from interp.train import read_log
     rows = []
     for a in arms:
         log = Path(a["out"]) / "train_log.jsonl"
         if not log.is_file():
             continue
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            if "induction_done_at" in r:
-                continue
+        for r in read_log(log):
             for k, v in r.items():
                 if k.startswith("acc/"):
                     rows.append({"layout": a["model"]["layout"], "induction_steps": a["induction_steps"],

@@ -211,6 +211,9 @@ def best_by(scores: pd.DataFrame, key="arm", score="val_acc") -> pd.DataFrame:
 
 
 def git_commit() -> str:
+    if os.environ.get("INTERP_GIT_COMMIT"):
+        # set by whoever shipped this tree to another host (e.g. a GPU host whose copy of .git can be stale)
+        return os.environ["INTERP_GIT_COMMIT"] + " (from INTERP_GIT_COMMIT)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -220,9 +223,7 @@ def git_commit() -> str:
         return sha + (f" (uncommitted changes in {', '.join(files[:8])}{', ...' if len(files) > 8 else ''})"
                       if files else "")
     except (OSError, subprocess.CalledProcessError):
-        # a copy of the tree without .git (e.g. shipped to a GPU host): the commit its sender named
-        return os.environ.get("INTERP_GIT_COMMIT", "unknown") + (" (from INTERP_GIT_COMMIT)" if
-                                                                 os.environ.get("INTERP_GIT_COMMIT") else "")
+        return "unknown"
 
 
 def device_name(device: str) -> str:

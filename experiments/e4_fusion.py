@@ -261,14 +261,14 @@ def plot_throughput(thr: pd.DataFrame, path):
 
 
 def plot_training(best, by_name, path):
-    import json
+    from interp.train import read_log
     plt = C.pyplot()
     fig, axes = plt.subplots(1, len(TASKS) + 1, figsize=(4 * (len(TASKS) + 1), 3.1))
     for arm, row in best.iterrows():
         f = by_name[f"{arm}_lr{row.lr:g}"].out / "train_log.jsonl"
         if not f.is_file():
             continue
-        log = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        log = read_log(f)
         steps = [r["step"] for r in log]
         axes[0].plot(steps, [r["loss"] for r in log], marker=".", label=f"{arm} (lr {row.lr:g})")
         for ax, t in zip(axes[1:], TASKS):
@@ -392,8 +392,8 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
     for arm, row in best.iterrows():
         f = ctx.runs / "runs" / f"{arm}_lr{row.lr:g}" / "train_log.jsonl"
         if f.is_file():
-            import json
-            last = [json.loads(x) for x in f.read_text().splitlines() if x.strip()][-1]
+            from interp.train import read_log
+            last = read_log(f)[-1]
             tr.append(f"{arm} {last.get('tokens_per_s', float('nan')):,.0f}")
     if tr:
         L += ["", "Training-loop tokens/s from the best runs' logs (includes data generation and evaluation; runs may "

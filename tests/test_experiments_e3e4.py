@@ -240,3 +240,19 @@ def test_sweep_edge_note():
         "the swept range, so these arms may be under-tuned relative to the others.", ""]
     assert C.sweep_edge_note({"a": 3e-3}, (1e-3, 3e-3, 1e-2)) == []
     assert "Only one learning rate" in C.sweep_edge_note({"a": 3e-3}, (3e-3,))[0]
+
+
+def test_e4_training_plot_reads_logs_with_the_warmup_row(tmp_path):
+    """A run with the induction warm-up logs a row without a loss when the warm-up ends; the full
+    GPU run of E4 stopped at its training plot on that row (2026-11-30)."""
+    from types import SimpleNamespace
+    from interp.train import read_log
+    run = tmp_path / "gdn75_lr0.001"
+    run.mkdir()
+    rows = [{"step": 10, "loss": 3.0, "acc/mqar": 0.1}, {"step": 10, "induction_done_at": 10, "acc/induction": 0.9},
+            {"step": 20, "loss": 2.0, "acc/mqar": 0.5, "tokens_per_s": 100.0}]
+    (run / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [r["step"] for r in read_log(run / "train_log.jsonl")] == [10, 20]
+    best = pd.DataFrame({"lr": [1e-3]}, index=pd.Index(["gdn75"], name="arm"))
+    E4.plot_training(best, {"gdn75_lr0.001": SimpleNamespace(out=run)}, tmp_path / "training.png")
+    assert (tmp_path / "training.png").stat().st_size > 0
