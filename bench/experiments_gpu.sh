@@ -50,13 +50,21 @@ run() {   # run NAME DEVICE ARGS...: with --train-only, an experiment whose trai
   return $rc
 }
 echo "$(stamp) start: $N GPU(s), $MIN min, extra: $*"
-run e1_state_recall cuda:0 "$@" &
-run e4_fusion cuda:0 "$@" &
-run e2_recall_gap "$LAST" --train-devices "$ALL" "$@" &
-run e3_token_loss "$LAST" "$@" &
+SMI=
+if command -v nvidia-smi >/dev/null; then   # GPU utilisation every 30 s, with timestamps, for BENCHMARKS.md
+  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 30 \
+    >>"$ROOT/logs/smi.log" 2>&1 &
+  SMI=$!
+fi
+PIDS=()
+run e1_state_recall cuda:0 "$@" & PIDS+=($!)
+run e4_fusion cuda:0 "$@" & PIDS+=($!)
+run e2_recall_gap "$LAST" --train-devices "$ALL" "$@" & PIDS+=($!)
+run e3_token_loss "$LAST" "$@" & PIDS+=($!)
 fail=0
-for j in $(jobs -p); do wait "$j" || fail=1; done
+for j in "${PIDS[@]}"; do wait "$j" || fail=1; done
 echo "$(stamp) all four returned"
+[ -n "$SMI" ] && kill "$SMI" 2>/dev/null
 python3 bench/runs_status.py "$ROOT" | grep -E "runs finished"
 if [ $fail = 0 ] && [[ " $* " != *" --train-only "* ]] && [ -f "$ROOT/figures/e4_fusion/report.md" ] \
    && [ ! -f "$ROOT/e4_fusion/.throughput_alone" ]; then
