@@ -319,7 +319,10 @@ def shape_verdicts(res, threshold) -> list[str]:
             h = g[(g.arm == f"gdn75-{tr}") & long].accuracy.mean()
             t0 = g[(g.arm == f"transformer-{tr}")].accuracy.iloc[0]
             h0 = g[(g.arm == f"gdn75-{tr}")].accuracy.iloc[0]
+            unlearned = [n for n, a0 in (("transformer", t0), ("gdn75", h0)) if a0 < threshold]
             verdict = ("**inconclusive** (both near chance, accuracy < 0.1)" if max(h, t, h0, t0) < 0.1 else
+                       f"**inconclusive** ({' and '.join(unlearned)} already below {threshold} at the easiest "
+                       "n_steps: a model that never learned the task has no degradation to compare)" if unlearned else
                        "**agrees**" if (h0 - h) < (t0 - t) and h >= t else
                        "**disagrees**" if (h0 - h) > (t0 - t) or h < t else "**inconclusive**")
             out.append(f"* **The hybrid degrades more gracefully on long state tracking** (paper), {tr}: mean "
