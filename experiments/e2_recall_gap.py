@@ -526,6 +526,9 @@ def _mono(xs, ys):
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+STRONG_RHO = 0.8   # a "clear trend" over the 4 attention ratios of one mixer: (nearly) monotone
+
+
 def shape_verdicts(acc, votes, tax, chance) -> list[str]:
     out = []
     main = acc[(acc.group == "main")]
@@ -536,9 +539,12 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
         rhos = {m: _mono(g.attn_pct.values, g.accuracy.values) for m, g in sub[sub.mixer != "transformer"]
                 .groupby("mixer")}
         ok = [r for r in rhos.values() if not np.isnan(r)]
+        n = sub[sub.mixer != "transformer"].groupby("mixer").size().max() if len(sub) else 0
         v = ("**inconclusive** (every model near chance, accuracy < 0.1)" if sub.accuracy.max() < 0.1 else
-             "**agrees**" if ok and all(r > 0 for r in ok) else "**disagrees**" if ok and all(r <= 0 for r in ok)
-             else "**mixed / inconclusive**")
+             "**agrees**" if ok and all(r >= STRONG_RHO for r in ok) else
+             f"**weak / inconclusive** (positive, but a rank correlation below {STRONG_RHO} over {n} layouts is "
+             "far from a clear trend)" if ok and all(r > 0 for r in ok) else
+             "**disagrees**" if ok and all(r <= 0 for r in ok) else "**mixed / inconclusive**")
         out.append(f"* More attention layers, better {label} (paper: a clear trend): Spearman rank correlation of "
                    f"accuracy with attention % per mixer: " + ", ".join(f"{m} {r:+.2f}" for m, r in rhos.items())
                    + f": {v}.")
