@@ -211,7 +211,10 @@ def throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
                 del m
     df = log.frame()
     df["error"] = df["error"].astype(object).where(df["error"].notna(), "") if "error" in df else ""
-    return df[df.arm.isin(list(A)) & (df.device == where)].reset_index(drop=True)
+    # this device's rows first, then any other device's measured earlier into the same cache (e.g. a GPU
+    # host's `--throughput-only` rows next to a CPU report)
+    df = df[df.arm.isin(list(A))].assign(_here=lambda d: d.device != where)
+    return df.sort_values("_here", kind="stable").drop(columns="_here").reset_index(drop=True)
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -247,9 +250,11 @@ def plot_throughput(thr: pd.DataFrame, path):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, mode in zip(axes, modes):
         sub = thr[(thr["mode"] == mode) & thr.tokens_per_s.notna()]
-        for (arm, be), g in sub.groupby(["arm", "backend"], sort=False):
-            ax.plot(g.seq_len, g.tokens_per_s, marker="o", ls="-" if be == "reference" else ":",
-                    label=f"{arm} ({be})")
+        devices = list(dict.fromkeys(thr.device)) if "device" in thr else [None]
+        for (dev, arm, be), g in sub.groupby(["device", "arm", "backend"], sort=False):
+            short = "" if len(devices) < 2 else f", {str(dev).split(' (')[0]}"
+            ax.plot(g.seq_len, g.tokens_per_s, marker="o" if devices.index(dev) == 0 else "x",
+                    ls="-" if be == "reference" else ":", label=f"{arm} ({be}{short})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
@@ -376,14 +381,18 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
             L.append("| " + str(v) + " | " + " | ".join(f"{piv.loc[v, ('accuracy', a)]:.2f} / "
                                                       f"{piv.loc[v, ('loss', a)]:.2f}" for a in cols) + " |")
         L.append("")
-    L += ["## Throughput (measured in this run)", "",
+    devs = list(dict.fromkeys(thr.device))
+    L += ["## Throughput", "",
           f"Forward+backward (the training step without the optimizer) and forward-only, {P['thr_tokens']} tokens per "
-          f"batch, mean of {P['thr_iters']} iterations after a warm-up, one arm at a time.", "",
+          f"batch, mean of {P['thr_iters']} iterations after a warm-up, one arm at a time, measured on "
+          + "; ".join(f"`{d}`" for d in devs) + " (the first is this call's device; others were measured into the "
+          "same `--runs` cache with `--throughput-only`).", "",
           "![throughput](throughput.png)", ""]
     t = thr.copy()
     t["tokens_per_s"] = [f"{x:,.0f}" if x == x else "failed" for x in t.tokens_per_s]
     t["ms_per_iter"] = [f"{x:.1f}" if x == x else "" for x in t.ms_per_iter]
-    L += C.fmt_table(t[["arm", "backend", "mode", "seq_len", "batch", "ms_per_iter", "tokens_per_s"]])
+    cols = ["arm", "backend", "mode", "seq_len", "batch", "ms_per_iter", "tokens_per_s"]
+    L += C.fmt_table(t[(["device"] if t.device.nunique() > 1 else []) + cols])
     errs = thr[thr.error.astype(str) != ""]
     if len(errs):
         L += ["", "Failed measurements: " + "; ".join(f"{r.arm} {r.backend} {r.mode} T={r.seq_len}: {r.error}"
@@ -405,6 +414,9 @@ def main(argv=None) -> int:
     ap = C.parser(NAME, __doc__, PROFILES)
     ap.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU; CPU: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="measure the throughput table on --device for every arm (no training, no checkpoints "
+                         "needed), write throughput.csv / .png and stop")
     a = ap.parse_args(argv)
     ctx = C.setup(a, NAME, PROFILES, argv)
     P = ctx.P
@@ -414,6 +426,12 @@ def main(argv=None) -> int:
     if a.workers is not None and a.workers < 1:
         raise InterpError(f"--workers {a.workers} is out of range; valid: integers >= 1")
     A = arms(P)
+    if a.throughput_only:
+        thr = throughput(A, ctx, P)
+        thr.to_csv(ctx.out / "throughput.csv", index=False)
+        plot_throughput(thr, ctx.out / "throughput.png")
+        print(f"wrote {ctx.out}/throughput.csv")
+        return 0
     C.check_runs_spec(ctx, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
         "steps", "batch_size", "lrs", "warmup", "val_n", "eval_n", "grid")}))
     runs = S.make_runs(ctx.runs, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],

@@ -256,3 +256,22 @@ def test_e4_training_plot_reads_logs_with_the_warmup_row(tmp_path):
     best = pd.DataFrame({"lr": [1e-3]}, index=pd.Index(["gdn75"], name="arm"))
     E4.plot_training(best, {"gdn75_lr0.001": SimpleNamespace(out=run)}, tmp_path / "training.png")
     assert (tmp_path / "training.png").stat().st_size > 0
+
+
+def test_e4_throughput_only_and_rows_from_another_device(tmp_path):
+    """`--throughput-only` measures without training; rows another host measured into the same cache
+    (a GPU's, next to a report assembled on CPU) are reported with their device, this device's first."""
+    args, figs = _args(tmp_path), tmp_path / "figs"
+    assert E4.main(args + ["--throughput-only"]) == 0
+    thr = pd.read_csv(figs / "throughput.csv")
+    assert set(thr.arm) == set(E4.PROFILES["test"]["arms"]) and (thr.tokens_per_s > 0).all()
+    assert not (tmp_path / "runs" / "runs").exists()                     # nothing trained
+    cache = tmp_path / "runs" / "throughput.csv"
+    df = pd.read_csv(cache)
+    pd.concat([df, df.assign(device="NVIDIA H200 (torch 2.11.0+cu130)", tokens_per_s=df.tokens_per_s * 10)]
+              ).to_csv(cache, index=False)
+    assert E4.main(args) == 0
+    thr = pd.read_csv(figs / "throughput.csv")
+    assert thr.device.nunique() == 2 and thr.device.iloc[0].startswith("CPU")
+    report = (figs / "report.md").read_text()
+    assert "`NVIDIA H200 (torch 2.11.0+cu130)`" in report and "| device | arm |" in report
