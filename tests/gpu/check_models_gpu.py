@@ -260,7 +260,14 @@ def main():
                     help="comma list of row-name words to run, e.g. GLA,Mamba2 (matched case-insensitively "
                          "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla Mamba2', "
                          "'mamba-ssm')")
+    ap.add_argument("--first-config", action="store_true",
+                    help="fla's autotuned kernels run their first config, no benchmarking (fast start on a fresh "
+                         "host; values only, never timings): tests/gpu/first_config.py")
     args = ap.parse_args()
+    if args.first_config:
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+        from first_config import first_config_only
+        first_config_only()
     only = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
 
     def wanted(name):

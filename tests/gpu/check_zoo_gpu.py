@@ -35,7 +35,14 @@ def main():
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma list out of {LAYOUTS}")
     ap.add_argument("--ieee", action="store_true",
                     help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
+    ap.add_argument("--first-config", action="store_true",
+                    help="fla's autotuned kernels run their first config, no benchmarking (fast start on a fresh "
+                         "host; values only, never timings): tests/gpu/first_config.py")
     args = ap.parse_args()
+    if args.first_config:
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+        from first_config import first_config_only
+        first_config_only()
     if args.ieee:
         os.environ["TRITON_F32_DEFAULT"] = "ieee"
     layouts = args.layouts.split(",")

@@ -1,0 +1,29 @@
+"""``--first-config`` for the GPU check scripts: every ``@triton.autotune`` kernel defined after the
+call gets only the first of its configs, so nothing is benchmarked.
+
+Why by hand: on a fresh GPU host fla's first autotuning of its GLA / Mamba2 kernels took longer than
+our check calls (BENCHMARKS.md sections 10 and 11), and neither Triton nor fla 0.6.0 has a switch to
+skip it (fla's ``FLA_CACHE_RESULTS`` only caches timings). The checks compare values, not speed, and
+a kernel's result does not depend on its block configuration beyond float rounding, so the first
+config is enough there. Never use it for timings. Call it before fla is imported (its decorators run
+at import).
+"""
+from __future__ import annotations
+
+
+def first_config_only(triton_module=None) -> None:
+    """Replace ``triton.autotune`` by one that keeps only the first config (idempotent)."""
+    if triton_module is None:
+        import triton as triton_module
+    orig = triton_module.autotune
+    if getattr(orig, "_first_config_only", False):
+        return
+
+    def autotune(configs=None, key=None, *args, **kw):
+        if configs:                     # a one-config autotuner runs that config without benchmarking
+            configs = list(configs)[:1]
+        kw.pop("prune_configs_by", None)   # a pruner may expect several configs
+        return orig(configs, key, *args, **kw)
+
+    autotune._first_config_only = True
+    triton_module.autotune = autotune
