@@ -4,9 +4,10 @@
 # continues from the checkpoints:
 #
 #   bash bench/experiments_gpu.sh MINUTES [--train-only]      # e.g. 9 --train-only, then 9, 9, ...
+#   ONLY="e3_token_loss" bash bench/experiments_gpu.sh 9       # a subset (space-separated names)
 #
-# Placement: E1 and E4 train and evaluate on cuda:0; E3 on the last GPU; E2's 38 runs are spread over
-# all GPUs (--train-devices) and it evaluates on the last. ROOT (default runs/gpu) holds checkpoints
+# Placement: E1 and E4 train and evaluate on cuda:0; E2's 38 runs and E3's probe models are spread over
+# all GPUs (--train-devices); E2 evaluates, and E3 trains its text pair and evaluates, on the last GPU. ROOT (default runs/gpu) holds checkpoints
 # (ROOT/<experiment>), figures and reports (ROOT/figures/<experiment>) and logs (ROOT/logs).
 # With --train-only, an experiment whose runs all finish early is evaluated in the call's time left.
 # After a call in which all four finished, E4's throughput table is measured again with the GPU to
@@ -57,16 +58,17 @@ if command -v nvidia-smi >/dev/null; then   # GPU utilisation every 30 s, with t
   SMI=$!
 fi
 PIDS=()
-run e1_state_recall cuda:0 "$@" & PIDS+=($!)
-run e4_fusion cuda:0 "$@" & PIDS+=($!)
-run e2_recall_gap "$LAST" --train-devices "$ALL" "$@" & PIDS+=($!)
-run e3_token_loss "$LAST" "$@" & PIDS+=($!)
+want() { [[ " ${ONLY:-e1_state_recall e2_recall_gap e3_token_loss e4_fusion} " == *" $1 "* ]]; }
+want e1_state_recall && { run e1_state_recall cuda:0 "$@" & PIDS+=($!); }
+want e4_fusion && { run e4_fusion cuda:0 "$@" & PIDS+=($!); }
+want e2_recall_gap && { run e2_recall_gap "$LAST" --train-devices "$ALL" "$@" & PIDS+=($!); }
+want e3_token_loss && { run e3_token_loss "$LAST" --train-devices "$ALL" "$@" & PIDS+=($!); }
 fail=0
 for j in "${PIDS[@]}"; do wait "$j" || fail=1; done
-echo "$(stamp) all four returned"
+echo "$(stamp) all returned"
 [ -n "$SMI" ] && kill "$SMI" 2>/dev/null
 python3 bench/runs_status.py "$ROOT" | grep -E "runs finished"
-if [ $fail = 0 ] && [[ " $* " != *" --train-only "* ]] && [ -f "$ROOT/figures/e4_fusion/report.md" ] \
+if [ $fail = 0 ] && want e4_fusion && [[ " $* " != *" --train-only "* ]] && [ -f "$ROOT/figures/e4_fusion/report.md" ] \
    && [ ! -f "$ROOT/e4_fusion/.throughput_alone" ]; then
   echo "$(stamp) E4 throughput again, GPU to itself"
   mv "$ROOT/e4_fusion/throughput.csv" "$ROOT/e4_fusion/throughput_shared.csv" 2>/dev/null
