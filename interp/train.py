@@ -142,7 +142,6 @@ def lm_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1][mask], batch.tokens[:, 1:][mask])
 
 
-@torch.no_grad()
 def read_log(path) -> list[dict]:
     """The periodic rows of a run's ``train_log.jsonl`` (step, loss, lr, tokens_per_s, acc/<task>),
     without the one-off row that marks the end of the induction warm-up (it has no loss)."""
@@ -150,6 +149,7 @@ def read_log(path) -> list[dict]:
     return [r for r in rows if "induction_done_at" not in r]
 
 
+@torch.no_grad()
 def answer_accuracy(model, batch, chunk: int = 256) -> float:
     """Fraction of answers predicted exactly (argmax of the logits at each answer position)."""
     correct = total = 0

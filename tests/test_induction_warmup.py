@@ -115,3 +115,13 @@ def test_cli_default_induction_off_without_attention(tmp_path, monkeypatch):
                  "--n-heads", "2", "--head-dim", "16", "--steps", "8", "--batch-size", "4", "--eval-every", "8",
                  "--device", "cpu", "--out", "run"]) == 0
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["train_config"]["induction_steps"] == 0
+
+
+def test_answer_accuracy_runs_without_autograd():
+    """Evaluation inside the training loop (the warm-up check, periodic evals) must not build graphs."""
+    from interp.zoo import HybridLM, ZooConfig
+    m = HybridLM(ZooConfig(vocab_size=len(T.VOCAB), d_model=16, n_layers=2, n_heads=2, head_dim=8, layout="transformer"))
+    seen = []
+    m.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    answer_accuracy(m, induction_batch(4, 0))
+    assert seen == [False]
