@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
+import first_config  # tests/gpu/first_config.py, a sibling of this script
+
 TOL_LOOP = 5e-3      # fp32 Triton kernels use TF32 dots: ~1e-3 relative
 TOL_LOGITS = {"pass": 1e-6, "replaced": 5e-3}
 
@@ -260,14 +262,9 @@ def main():
                     help="comma list of row-name words to run, e.g. GLA,Mamba2 (matched case-insensitively "
                          "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla Mamba2', "
                          "'mamba-ssm')")
-    ap.add_argument("--first-config", action="store_true",
-                    help="fla's autotuned kernels run their first config, no benchmarking (fast start on a fresh "
-                         "host; values only, never timings): tests/gpu/first_config.py")
+    first_config.add_flag(ap)
     args = ap.parse_args()
-    if args.first_config:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-        from first_config import first_config_only
-        first_config_only()
+    first_config.apply(args)
     only = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
 
     def wanted(name):

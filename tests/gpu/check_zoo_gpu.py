@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 
 import torch
 
+import first_config  # tests/gpu/first_config.py, a sibling of this script
+
 from interp.zoo import HybridLM, ZooConfig, load_model, save_model
 
 LAYOUTS = ["gdn75", "gla75", "mamba275", "gdn75-par", "gdn100"]
@@ -35,14 +37,9 @@ def main():
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma list out of {LAYOUTS}")
     ap.add_argument("--ieee", action="store_true",
                     help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
-    ap.add_argument("--first-config", action="store_true",
-                    help="fla's autotuned kernels run their first config, no benchmarking (fast start on a fresh "
-                         "host; values only, never timings): tests/gpu/first_config.py")
+    first_config.add_flag(ap)
     args = ap.parse_args()
-    if args.first_config:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-        from first_config import first_config_only
-        first_config_only()
+    first_config.apply(args)
     if args.ieee:
         os.environ["TRITON_F32_DEFAULT"] = "ieee"
     layouts = args.layouts.split(",")

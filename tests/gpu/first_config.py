@@ -6,7 +6,8 @@ our check calls (BENCHMARKS.md sections 10 and 11), and neither Triton nor fla 0
 skip it (fla's ``FLA_CACHE_RESULTS`` only caches timings). The checks compare values, not speed, and
 a kernel's result does not depend on its block configuration beyond float rounding, so the first
 config is enough there. Never use it for timings. Call it before fla is imported (its decorators run
-at import).
+at import). The check scripts import this module as a sibling (``python tests/gpu/<script>.py`` puts
+tests/gpu on the path) and take the flag with ``add_flag`` / ``apply``.
 """
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def first_config_only(triton_module=None) -> None:
 
     autotune._first_config_only = True
     triton_module.autotune = autotune
+
+
+def add_flag(ap) -> None:
+    ap.add_argument("--first-config", action="store_true",
+                    help="fla's autotuned kernels run their first config, no benchmarking (fast start on a fresh "
+                         "host; values only, never timings): tests/gpu/first_config.py")
+
+
+def apply(args) -> None:
+    if args.first_config:
+        first_config_only()
