@@ -680,21 +680,21 @@ def main(argv=None) -> int:
         spec0 = a.probe_models or P["probe_models"]
         bg = (cf.ThreadPoolExecutor(1).submit(train_probe_runs, ctx, P)
               if spec0 == "train" and ctx.device != "cpu" else None)
-        for arch, cfg in cfgs.items():
-            for lr in P["lrs"]:
-                meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
-                if meta is None:
-                    if bg is not None:
-                        bg.result()
-                    return 3
-                metas.append(meta)
-        if bg is not None:
-            bg.result()
+        try:
+            for arch, cfg in cfgs.items():
+                for lr in P["lrs"]:
+                    meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
+                    if meta is None:
+                        return 3
+                    metas.append(meta)
+        finally:        # the probe-model workers are waited for on every way out
+            probe_st = bg.result()[1] if bg is not None else None
         if ctx.train_only:
             left = 0
             if spec0 == "train":
-                _, st = train_probe_runs(ctx, P, progress=ctx.progress)
-                left = int((~st.complete).sum())
+                if probe_st is None:
+                    _, probe_st = train_probe_runs(ctx, P, progress=ctx.progress)
+                left = int((~probe_st.complete).sum())
             print(f"--train-only: text pair trained, {left} probe-model runs unfinished; no evaluation",
                   file=sys.stderr)
             return 0 if not left else 3
