@@ -248,9 +248,9 @@ def plot_throughput(thr: pd.DataFrame, path):
     plt = C.pyplot()
     modes = ["fwd+bwd", "fwd"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    devices = list(dict.fromkeys(thr.device))
     for ax, mode in zip(axes, modes):
         sub = thr[(thr["mode"] == mode) & thr.tokens_per_s.notna()]
-        devices = list(dict.fromkeys(thr.device)) if "device" in thr else [None]
         for (dev, arm, be), g in sub.groupby(["device", "arm", "backend"], sort=False):
             short = "" if len(devices) < 2 else f", {str(dev).split(' (')[0]}"
             ax.plot(g.seq_len, g.tokens_per_s, marker="o" if devices.index(dev) == 0 else "x",
