@@ -52,6 +52,9 @@ def main():
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
+    from hooks.scan import fla_dqkwg, use_kernels
+    if use_kernels(torch.empty(1, device="cuda")):   # fla's gated backward on Hopper + Triton < 3.7.1: fla #640
+        print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (torch): {fla_dqkwg.install()}")
     rows = []
     for mode in ("train", "forward"):
         # the transformer has no scan, so its two paths are the same model: measured once

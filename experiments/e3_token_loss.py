@@ -61,7 +61,7 @@ PROFILES = {
     "full": dict(train_bytes=3_000_000, eval_bytes=300_000, val_bytes=100_000, max_doc_bytes=32_000, vocab=4096,
                  model=dict(d=256, layers=8, heads=4, head_dim=64), seq_len=512, batch=32, steps=2000,
                  lrs=(1e-3, 3e-3), warmup=200, val_windows=256, eval_seq_len=512, eval_batch=16, time_budget=7.0,
-                 threads=None, probe_models="train", probe_n=256, probe_train=dict(
+                 threads=None, pair_workers=4, probe_models="train", probe_n=256, probe_train=dict(
                      model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=2000, batch_size=64,
                      lrs=(1e-3, 3e-3), warmup=150, workers=4, val_n=128, eval_reserve=1.0)),
     # CPU, a few minutes: a 4-layer d=64 pair (2 learning rates each), 250 steps on ~1.2 MB
@@ -268,6 +268,51 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
     if ck.is_file():
         ck.unlink()
     return meta
+
+
+def _pair_worker(arch: str, cfg, lr: float, stream, val_stream, ctx: C.Ctx, P: dict, device: str) -> bool:
+    """Worker process: `train_hf` for one pair run on ``device``, its output appended to
+    ``<runs>/models/<run>/train.out``. True once the run is finished, False if the time ran out."""
+    import contextlib
+    import dataclasses
+    from transformers import PreTrainedTokenizerFast
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+    torch.set_num_threads(1)
+    ctx = dataclasses.replace(ctx, device=device, progress=False)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(ctx.runs / "tokenizer"))
+    out = ctx.runs / "models" / run_name(arch, lr)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P) is not None
+
+
+def train_pair(cfgs: dict, stream, val_stream, tok, ctx: C.Ctx, P: dict) -> list | None:
+    """Train (or resume) the pair's runs, every architecture at every learning rate; returns their
+    metas, or None if the time budget ran out first. With ``P["pair_workers"]`` > 1 the runs train
+    at once in that many spawned processes, spread round-robin over ``--train-devices`` (a small
+    model leaves most of a GPU idle; a run's batches and seed do not depend on where it trains)."""
+    jobs = [(arch, cfg, lr) for arch, cfg in cfgs.items() for lr in P["lrs"]]
+    workers = min(P.get("pair_workers", 1), len(jobs))
+    if workers <= 1:
+        metas = []
+        for arch, cfg, lr in jobs:
+            meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
+            if meta is None:
+                return None
+            metas.append(meta)
+        return metas
+    import multiprocessing as mp
+    devs = ctx.train_devices or [ctx.device]
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futs = [ex.submit(_pair_worker, arch, cfg, lr, stream, val_stream, ctx, P, devs[i % len(devs)])
+                for i, (arch, cfg, lr) in enumerate(jobs)]
+        finished = [f.result() for f in futs]
+    if not all(finished):
+        print("time budget reached before the pair finished; checkpoints saved, run the same command again to "
+              "continue", file=sys.stderr)
+        return None
+    return [json.loads((ctx.runs / "models" / run_name(arch, lr) / "meta.json").read_text()) for arch, _, lr in jobs]
 
 
 def checkpoint_fingerprint(*dirs) -> str:
@@ -671,7 +716,8 @@ def main(argv=None) -> int:
         if not train_docs or not val_docs:
             raise InterpError("no training or validation text left after the evaluation split; give a larger --corpus")
         C.check_runs_spec(ctx, dict(profile=ctx.profile, seed=ctx.seed, P={k: v for k, v in P.items() if k not in (
-            "time_budget", "threads", "probe_n", "probe_models", "probe_grid", "probe_train", "eval_batch")},
+            "time_budget", "threads", "pair_workers", "probe_n", "probe_models", "probe_grid", "probe_train",
+            "eval_batch")},
             corpus=[[d.domain, d.doc_id, hashlib.sha1(d.text.encode()).hexdigest()[:10]] for d in docs]))
         tok = train_tokenizer(train_docs, P["vocab"], ctx.runs / "tokenizer")
         cfgs = pair_configs(len(tok), P["model"], max(P["seq_len"], seq_len))
@@ -681,12 +727,9 @@ def main(argv=None) -> int:
         bg = (cf.ThreadPoolExecutor(1).submit(train_probe_runs, ctx, P)
               if spec0 == "train" and ctx.device != "cpu" else None)
         try:
-            for arch, cfg in cfgs.items():
-                for lr in P["lrs"]:
-                    meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
-                    if meta is None:
-                        return 3
-                    metas.append(meta)
+            metas = train_pair(cfgs, stream, val_stream, tok, ctx, P)
+            if metas is None:
+                return 3
         finally:        # the probe-model workers are waited for on every way out
             probe_st = bg.result()[1] if bg is not None else None
         if ctx.train_only:

@@ -33,6 +33,21 @@ def e3(tmp_path_factory):
     return tmp
 
 
+def test_e3_pair_in_worker_processes_equals_the_sequential_pair(e3, tmp_path, monkeypatch):
+    """pair_workers > 1 trains the pair's runs in spawned processes; each run sees the same batches and
+    seed, so the checkpoints equal the fixture's, trained one after the other in this process."""
+    from safetensors.torch import load_file
+    monkeypatch.setitem(E3.PROFILES["test"], "pair_workers", 2)
+    assert E3.main(_args(tmp_path) + ["--train-only", "--probe-models", "none"]) == 0
+    runs = sorted(p.name for p in (e3 / "runs" / "models").iterdir())
+    assert runs == sorted(p.name for p in (tmp_path / "runs" / "models").iterdir()) and len(runs) == 2
+    for r in runs:
+        a, b = (load_file(str(d / "runs" / "models" / r / "model.safetensors")) for d in (e3, tmp_path))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a), r
+        assert "train_s" in (tmp_path / "runs" / "models" / r / "meta.json").read_text()
+        assert (tmp_path / "runs" / "models" / r / "train.out").is_file()
+
+
 def test_e3_writes_its_outputs(e3):
     figs = e3 / "figs"
     for f in ["report.md", "token_loss.png", "token_loss_excess.png", "summary.csv", "tokens.parquet", "probes.png",

@@ -27,9 +27,13 @@ def fla_available() -> bool:
     try:
         import triton  # noqa: F401
         import fla.ops  # noqa: F401
-        return torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            return False
     except Exception:
         return False
+    from hooks.scan import fla_dqkwg
+    fla_dqkwg.install()     # fla refuses the gated backward on Hopper + Triton < 3.7.1: see that module
+    return True
 
 
 def use_kernels(t: torch.Tensor) -> bool:

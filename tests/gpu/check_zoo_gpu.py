@@ -32,20 +32,7 @@ def rel(a, b):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out")
-    ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma list out of {LAYOUTS}")
-    ap.add_argument("--ieee", action="store_true",
-                    help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
-    first_config.add_flag(ap)
-    args = ap.parse_args()
-    first_config.apply(args)
-    if args.ieee:
-        os.environ["TRITON_F32_DEFAULT"] = "ieee"
-    layouts = args.layouts.split(",")
-    bad = [x for x in layouts if x not in LAYOUTS]
-    if bad:
-        ap.error(f"unknown layout(s) {bad}; choose from {LAYOUTS}")
+    args, layouts = first_config.parse_check_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), LAYOUTS)
     assert torch.cuda.is_available(), "needs CUDA"
     from hooks.scan import use_kernels
     dev = torch.device("cuda")

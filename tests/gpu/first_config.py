@@ -1,5 +1,6 @@
-"""``--first-config`` for the GPU check scripts: every ``@triton.autotune`` kernel defined after the
-call gets only the first of its configs, so nothing is benchmarked.
+"""``--first-config`` for the GPU check scripts (and their other shared options, `parse_check_args`):
+every ``@triton.autotune`` kernel defined after the call gets only the first of its configs, so nothing
+is benchmarked.
 
 Why by hand: on a fresh GPU host fla's first autotuning of its GLA / Mamba2 kernels took longer than
 our check calls (BENCHMARKS.md sections 10 and 11), and neither Triton nor fla 0.6.0 has a switch to
@@ -39,3 +40,24 @@ def add_flag(ap) -> None:
 def apply(args) -> None:
     if args.first_config:
         first_config_only()
+
+
+def parse_check_args(ap, layouts: list[str]):
+    """The zoo check scripts' shared options: ``--out``, ``--layouts`` (checked against ``layouts``),
+    ``--ieee`` (fp32 Triton dots in IEEE fp32 instead of TF32: ``TRITON_F32_DEFAULT=ieee``, set before any
+    kernel compiles) and ``--first-config`` (applied). Returns (args, the chosen layouts)."""
+    import os
+    ap.add_argument("--out")
+    ap.add_argument("--layouts", default=",".join(layouts), help=f"comma list out of {layouts}")
+    ap.add_argument("--ieee", action="store_true",
+                    help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
+    add_flag(ap)
+    args = ap.parse_args()
+    apply(args)
+    if args.ieee:
+        os.environ["TRITON_F32_DEFAULT"] = "ieee"
+    chosen = args.layouts.split(",")
+    bad = [x for x in chosen if x not in layouts]
+    if bad:
+        ap.error(f"unknown layout(s) {bad}; choose from {layouts}")
+    return args, chosen

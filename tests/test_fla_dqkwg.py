@@ -1,0 +1,76 @@
+"""hooks.scan.fla_dqkwg: the torch stand-in for fla's gated ``chunk_bwd_dqkwg`` against autograd of the
+chunk equations it differentiates (float64, so the tolerance is tight), with GVA heads, a length that is not
+a multiple of the chunk, and both state layouts."""
+import math
+
+import pytest
+import torch
+
+from hooks.scan import fla_dqkwg as D
+
+
+def _chunk_objective(q, k, v, w, g, h, do, dh, dv, scale, BT):
+    """sum over chunks c of <do, o_c> + <dh_c, h_{c+1}> + <dv, -(w h_c)>, where (g: chunk-local cumulative
+    log2 decay, h_c the chunk-start state, held fixed)
+        o_c     = scale exp2(g) q h_c + (tril(exp2(g_i - g_j)) * scale q k^T) v
+        h_{c+1} = exp2(g_last) h_c + (exp2(g_last - g) k)^T v.
+    Its gradients are what the kernel computes (dg without the ln 2 of d exp2)."""
+    B, T, H, K = q.shape
+    HV = v.shape[2]
+    qh, kh = q.repeat_interleave(HV // H, 2), k.repeat_interleave(HV // H, 2)
+    total = 0
+    for c in range(math.ceil(T / BT)):
+        s = slice(c * BT, min(T, (c + 1) * BT))
+        qc, kc, vc, gc = qh[:, s], kh[:, s], v[:, s], g[:, s]
+        hc = h[:, c]                                                    # [B, HV, K, V]
+        gl = gc[:, -1]                                                  # [B, HV]
+        n = gc.shape[1]
+        mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        dec = torch.exp2(torch.where(mask[None, None], gc.transpose(1, 2)[..., :, None] - gc.transpose(1, 2)[..., None, :],
+                                     float("-inf")))                    # [B, HV, i, j]
+        A = torch.einsum("bihk,bjhk->bhij", qc, kc) * dec * scale
+        o = torch.einsum("bihk,bhkv->bihv", qc * torch.exp2(gc)[..., None], hc) * scale + torch.einsum("bhij,bjhv->bihv", A, vc)
+        hn = torch.exp2(gl)[..., None, None] * hc + torch.einsum("bjhk,bjhv->bhkv", kc * torch.exp2(gl[:, None] - gc)[..., None], vc)
+        u = -torch.einsum("bihk,bhkv->bihv", w[:, s], hc)
+        total = total + (do[:, s] * o).sum() + (dh[:, c] * hn).sum() + (dv[:, s] * u).sum()
+    return total
+
+
+@pytest.mark.parametrize("T,H,HV,state_v_first", [(150, 2, 2, False), (64, 1, 2, False), (100, 2, 4, True)])
+def test_torch_dqkwg_equals_autograd_of_the_chunk_equations(T, H, HV, state_v_first):
+    torch.manual_seed(0)
+    B, K, V, BT = 2, 16, 8, 32
+    NT = math.ceil(T / BT)
+    f = dict(dtype=torch.float64)
+    q, k = torch.randn(B, T, H, K, **f), torch.randn(B, T, H, K, **f) / K ** 0.5
+    v, do, dv = torch.randn(B, T, HV, V, **f), torch.randn(B, T, HV, V, **f), torch.randn(B, T, HV, V, **f)
+    w = torch.randn(B, T, HV, K, **f)
+    logd = -torch.rand(B, T, HV, **f) * 0.3
+    g = torch.cat([logd[:, i:i + BT].cumsum(1) for i in range(0, T, BT)], 1)   # chunk-local cumulative log2 decay
+    h, dh = torch.randn(B, NT, HV, K, V, **f), torch.randn(B, NT, HV, K, V, **f)
+    scale = K ** -0.5
+    leaves = [x.clone().requires_grad_() for x in (q, k, w, g)]
+    _chunk_objective(*leaves[:2], v, leaves[2], leaves[3], h, do, dh, dv, scale, BT).backward()
+    ref_dq, ref_dk, ref_dw, ref_dg = (x.grad for x in leaves)
+    hh, dhh = (h.transpose(-1, -2).contiguous(), dh.transpose(-1, -2).contiguous()) if state_v_first else (h, dh)
+    dq, dk, dw, dg = D.chunk_bwd_dqkwg(q, k, v, do, hh, dhh, w=w, g=g, dv=dv, scale=scale,
+                                       state_v_first=state_v_first, chunk_size=BT)
+    for name, a, b in [("dq", dq, ref_dq), ("dk", dk, ref_dk), ("dw", dw, ref_dw), ("dg", dg * math.log(2), ref_dg)]:
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a.double(), b, rtol=1e-9, atol=1e-9, msg=name)
+    # without w (simple GLA's call) there is no dw and the rest is unchanged
+    dq2, dk2, dw2, dg2 = D.chunk_bwd_dqkwg(q, k, v, do, hh, dhh, g=g, scale=scale, state_v_first=state_v_first,
+                                          chunk_size=BT)
+    assert dw2 is None and torch.equal(dq2, dq) and torch.equal(dk2, dk) and torch.equal(dg2, dg)
+
+
+def test_verifier_sends_other_calls_back_to_fla(monkeypatch):
+    x = torch.zeros(1, 8, 2, 4)
+    assert D.verify(x, x, x, x, None, None, g=torch.zeros(1, 8, 2)) == (True, None)
+    assert not D.verify(x, x, x, x, None, None, g=None)[0]
+    assert not D.verify(x, x, x, x, None, None, g=torch.zeros(1, 8, 2), cu_seqlens=torch.tensor([0, 8]))[0]
+    assert not D.verify(x, x, torch.zeros(1, 8, 3, 4), x, None, None, g=torch.zeros(1, 8, 3))[0]
+    monkeypatch.setenv("HYBRID_INTERP_DQKWG", "0")
+    assert not D.needed()
+    monkeypatch.setenv("HYBRID_INTERP_DQKWG", "1")
+    assert D.needed()
