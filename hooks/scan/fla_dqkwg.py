@@ -97,7 +97,9 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     if G > 1:
         dq = dq.view(B, T, H, G, K).sum(3)
         dk = dk.view(B, T, H, G, K).sum(3)
-    return (dq.to(q.dtype), dk.to(k.dtype), None if dw is None else unchunk(dw).to(w.dtype), dg)
+    # contiguous, as the kernel's outputs are: fla's next steps view() them (l2norm_bwd)
+    return (dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(),
+            None if dw is None else unchunk(dw).to(w.dtype).contiguous(), dg.contiguous())
 
 
 def verify(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
