@@ -261,7 +261,7 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     meta = dict(name=name, arch=arch, model_type=cfg.model_type, params=sum(p.numel() for p in model.parameters()),
-                steps=steps, batch=B, seq_len=T, lr=lr, log=log, train_s=t_train,
+                steps=steps, batch=B, seq_len=T, lr=lr, log=log, train_s=t_train, train_tokens=len(stream),
                 tokens_per_s=n_tok / max(t_train, 1e-9), final_loss=float(np.mean([v for _, v in log[-5:]])),
                 val_loss=val, layer_types=list(cfg.layer_types))
     done.write_text(json.dumps(meta))
@@ -313,6 +313,20 @@ def train_pair(cfgs: dict, stream, val_stream, tok, ctx: C.Ctx, P: dict) -> list
               "continue", file=sys.stderr)
         return None
     return [json.loads((ctx.runs / "models" / run_name(arch, lr) / "meta.json").read_text()) for arch, _, lr in jobs]
+
+
+def overfit_note(best: list[dict], gap: float = 1.0) -> list[str]:
+    """A warning when an analysed run's validation loss exceeds its final training loss by more than
+    ``gap`` nats: the pair then compares how two memorising models generalise."""
+    over = [m for m in best if m["val_loss"] - m["final_loss"] > gap]
+    if not over:
+        return []
+    passes = [f", {m['steps'] * m['batch'] * m['seq_len'] / m['train_tokens']:.0f} passes over its "
+              f"{m['train_tokens'] / 1e6:.2f}M training tokens" if m.get("train_tokens") else "" for m in over]
+    return ["**The pair overfits its training split**: " + "; ".join(
+        f"{m['name']} final training loss {m['final_loss']:.2f} vs validation {m['val_loss']:.2f} nats{x}"
+        for m, x in zip(over, passes)) + ". The per-token differences below compare how two memorising models "
+        "generalise; more text (`--corpus`) or fewer steps would change them.", ""]
 
 
 def checkpoint_fingerprint(*dirs) -> str:
@@ -567,6 +581,7 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
             final_train_loss=m["final_loss"], val_loss=m["val_loss"],
             train_tokens_per_s=f"{m['tokens_per_s']:.0f}") for m in metas]))
         L += [""] + C.sweep_edge_note({m["arch"]: m["lr"] for m in metas if m.get("best")}, P["lrs"])
+        L += overfit_note([m for m in metas if m.get("best")])
         L += ["![training](training.png)", ""]
     L += corpus_section(corpus, user_corpus)
     L += ["## Held-out loss per domain", ""]

@@ -290,3 +290,12 @@ def test_e4_throughput_only_and_rows_from_another_device(tmp_path):
     assert thr.device.nunique() == 2 and thr.device.iloc[0].startswith("CPU")
     report = (figs / "report.md").read_text()
     assert "`NVIDIA H200 (torch 2.11.0+cu130)`" in report and "| device | arm |" in report
+
+
+def test_e3_overfit_note_names_the_gap_and_the_passes():
+    m = dict(name="olmo3_lr0.001", final_loss=0.68, val_loss=3.74, steps=2000, batch=32, seq_len=512,
+             train_tokens=1_600_000)
+    note = E3.overfit_note([m])[0]
+    assert "overfits" in note and "0.68 vs validation 3.74" in note and "20 passes over its 1.60M" in note
+    assert E3.overfit_note([{**m, "final_loss": 3.0}]) == []               # a gap under 1 nat: no note
+    assert "passes" not in E3.overfit_note([{k: v for k, v in m.items() if k != "train_tokens"}])[0]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 import types
 from datetime import datetime, timezone
 
@@ -297,6 +298,7 @@ def main():
                             row["ok"] = all(row[k] is not False for k in
                                             ("logits_ok", "states_ok", "pattern_ok", "patch_ok", "clean_ok"))
                     except Exception as e:  # noqa: BLE001  a failed model is a row, not the end of the run
+                        traceback.print_exc()
                         row = {"model": name, "T": T, "dtype": str(dtype).split(".")[-1], "ok": False,
                                "error": f"{type(e).__name__}: {e}"[:300]}
                     rows.append(row)
@@ -358,6 +360,7 @@ def mamba_ssm_rows(dev):
                         final[i] = s if layer == "Mamba1" else s.transpose(-1, -2)  # Mamba2: [H, P, N] -> [H, N, P]
                 row = check(f"mamba-ssm {layer} (+MHA L1)", m, x, final, "replaced")
             except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
                 row = {"model": f"mamba-ssm {layer}", "T": T, "dtype": "float32", "ok": False,
                        "error": f"{type(e).__name__}: {e}"[:300]}
             rows.append(row)
