@@ -3,12 +3,16 @@ saved from GPU loads and runs on CPU with the same logits.
 
 Run on a CUDA host:  python tests/gpu/check_zoo_gpu.py [--out results.json] [--layouts gdn75,gdn100]
 Prints a table (max abs / relative logit error per layout and dtype) and exits 1 if any error is
-above its tolerance (fp32: 2e-3 relative; bf16: 5e-2 relative — bf16 chunk kernels vs fp32 refs).
+above its tolerance (bf16: 5e-2 relative, bf16 chunk kernels vs fp32 refs; fp32: 2e-3 with ``--ieee``, 5e-3 with
+TF32 dots, the default).
 
 fp32 here means fp32 tensors: on TF32-capable GPUs Triton computes fp32 ``tl.dot`` in TF32 unless
 ``TRITON_F32_DEFAULT=ieee`` (fla's own test suite sets it; fla sets it only for GPUs without TF32),
 and fla's GDN chunk kernels leave most dots at that default. ``--ieee`` sets it before any kernel
-compiles, to tell TF32 rounding apart from a kernel error (BENCHMARKS.md section 1).
+compiles, to tell TF32 rounding apart from a kernel error (BENCHMARKS.md section 1). The TF32 tolerance
+comes from ``bench/tf32_emulation_cpu.py``: TF32-rounded products in our own chunk scan alone move these
+models' logits by 0.9-1.7e-3 on CPU, and the GPU's fp32 errors were 1.7-1.9x the emulated ones for every
+model (fla's chunk algorithm has more products), so 2e-3 was tighter than TF32 arithmetic allows.
 """
 import argparse
 import json
@@ -24,7 +28,7 @@ import first_config  # tests/gpu/first_config.py, a sibling of this script
 from interp.zoo import HybridLM, ZooConfig, load_model, save_model
 
 LAYOUTS = ["gdn75", "gla75", "mamba275", "gdn75-par", "gdn100"]
-TOL = {torch.float32: 2e-3, torch.bfloat16: 5e-2}
+TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2}   # fp32 with TF32 dots; 2e-3 with --ieee (main)
 
 
 def rel(a, b):
@@ -33,6 +37,8 @@ def rel(a, b):
 
 def main():
     args, layouts = first_config.parse_check_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), LAYOUTS)
+    if args.ieee:
+        TOL[torch.float32] = 2e-3
     assert torch.cuda.is_available(), "needs CUDA"
     from hooks.scan import use_kernels
     dev = torch.device("cuda")
