@@ -7,7 +7,7 @@
 # "MAMBA_SSM FAILED (...)". Scratch: TARGET.build (sources + objects), TARGET.ninja (only if ninja was missing).
 # MAMBA_SMOKE=0 skips the smoke test (tests/gpu/check_models_gpu.py --only mamba-ssm checks the adapter anyway).
 #
-# The kit lives in .mamba/ (git-ignored; on the device runner pass carry=[".mamba"]):
+# The kit lives in .mamba/ (git-ignored; made by `bash bench/make_mamba_kit.sh`; on the device runner pass carry=[".mamba"]):
 #  mamba_ssm-2.3.2.post1/  the PyPI sdist, stripped and patched (every patch is marked "[kit]"):
 #   - dropped: tests/, README.md, PKG-INFO, egg-info, mamba_ssm/ops/tilelang and ops/cute (Mamba-3 MIMO / CuTe
 #     step kernels; their imports in modules/mamba3.py are try/except ImportError and need tilelang,
