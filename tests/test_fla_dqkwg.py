@@ -101,3 +101,16 @@ def test_torch_dqkwg_with_bfloat16_inputs_stays_close_to_exact():
                           [x.grad for x in leaves]):
         err = ((a.double() - b).abs().max() / b.abs().max()).item()
         assert err < 1e-2, (name, err)
+
+
+def test_16bit_simple_gla_calls_warn_once_that_they_are_unverified():
+    D._warn_unverified.cache_clear()
+    x, g = torch.randn(1, 64, 1, 16, dtype=torch.bfloat16), torch.zeros(1, 64, 1)
+    h = torch.zeros(1, 1, 1, 16, 16)
+    with pytest.warns(RuntimeWarning, match="not verified"):
+        D.chunk_bwd_dqkwg(x, x, x, x, h, h, g=g, chunk_size=64)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.chunk_bwd_dqkwg(x, x, x, x, h, h, g=g, chunk_size=64)                    # once per process
+        D.chunk_bwd_dqkwg(x, x, x, x, h, h, w=x, g=g, dv=x, chunk_size=64)          # the delta rule: verified

@@ -1,29 +1,46 @@
 """CPU-side checks of helpers the GPU scripts use (the scripts themselves need CUDA and fla)."""
 import sys
-import types
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
 from first_config import first_config_only  # noqa: E402
 
 
-def test_first_config_only_passes_one_config_and_keeps_the_rest():
-    seen = []
+def test_first_config_only_runs_the_first_config_that_launches_and_keeps_it():
+    """A stand-in for Triton's Autotuner (its run benchmarks when it has several configs) and for fla's
+    subclass, whose run calls the base one: after the patch, neither benchmarks, configs that run out of
+    resources are skipped, and the chosen config stays for later calls."""
+    class OOR(Exception):
+        pass
 
-    def autotune(configs, key, prune_configs_by=None, reset_to_zero=None, **kw):
-        seen.append(dict(configs=configs, key=key, prune=prune_configs_by, reset=reset_to_zero, kw=kw))
-        return lambda fn: fn
+    class Autotuner:
+        def __init__(self, configs):
+            self.configs, self.cache, self.benchmarked, self.launched = list(configs), {}, 0, []
 
-    fake = types.SimpleNamespace(autotune=autotune)
-    first_config_only(fake)
-    first_config_only(fake)                                  # idempotent: not wrapped twice
+        def run(self, *args, **kwargs):
+            if len(self.configs) > 1:
+                self.benchmarked += 1
+            cfg = self.configs[0]
+            if cfg.startswith("big"):
+                raise OOR(cfg)
+            self.launched.append(cfg)
+            return cfg
 
-    @fake.autotune(configs=["c1", "c2", "c3"], key=["T"], prune_configs_by={"early_config_prune": len},
-                   reset_to_zero=["o"], warmup=5)
-    def kernel():
-        return 1
+    class FlaAutotuner(Autotuner):             # fla 0.6's CachedAutotuner: own run, then the base one
+        def run(self, *args, **kwargs):
+            return super().run(*args, **kwargs)
 
-    fake.autotune(["d1", "d2"], ["K"])(kernel)                # positional form
-    assert kernel() == 1
-    assert seen[0] == dict(configs=["c1"], key=["T"], prune=None, reset=["o"], kw={"warmup": 5})
-    assert seen[1]["configs"] == ["d1"] and seen[1]["key"] == ["K"]
+    first_config_only(Autotuner, OOR)
+    first_config_only(Autotuner, OOR)          # idempotent: not wrapped twice
+    a = FlaAutotuner(["big1", "big2", "c3", "c4"])
+    assert a.run(1) == "c3" and a.run(2) == "c3" and a.configs == ["c3"]
+    assert a.benchmarked == 0 and a.launched == ["c3", "c3"]
+    b = Autotuner(["only"])
+    assert b.run() == "only"
+    c = Autotuner(["big1", "big2"])
+    with pytest.raises(OOR):                   # nothing launches: the last error, and the configs restored
+        c.run()
+    assert c.configs == ["big1", "big2"]
+

@@ -42,6 +42,8 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     below sends every other call back to fla). q, k ``[B, T, H, K]``; v, do, dv ``[B, T, HV, V]``;
     w ``[B, T, HV, K]``; h, dh ``[B, NT, HV, K, V]`` (``[..., V, K]`` if ``state_v_first``); g
     ``[B, T, HV]``. Returns (dq, dk ``[B, T, H, K]``, dw or None, dg ``[B, T, HV]`` float32)."""
+    if w is None and q.dtype in (torch.bfloat16, torch.float16):
+        _warn_unverified()
     B, T, H, K = k.shape
     HV = v.shape[2]
     BT, G = chunk_size, HV // H
@@ -100,6 +102,18 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     # contiguous, as the kernel's outputs are: fla's next steps view() them (l2norm_bwd)
     return (dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(),
             None if dw is None else unchunk(dw).to(w.dtype).contiguous(), dg.contiguous())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unverified():
+    """Once per process: 16-bit gradients of simple-GLA (our Mamba2 path) through fla + this stand-in
+    are not verified (BENCHMARKS.md section 2: a Mamba2 model's A_log gradient was 0.74 off in bf16)."""
+    import warnings
+    warnings.warn("hooks.scan.fla_dqkwg: 16-bit training of simple-GLA / Mamba2 layers on fla's kernels with this "
+                  "stand-in is not verified (its A_log gradients differed from the reference path by 0.74 relative "
+                  "in bf16 on an H200; fp32 matched to 2.5e-3; BENCHMARKS.md section 2). Train those layers in "
+                  "fp32 or on the reference path (set_scan_backend('reference')) for verified gradients.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def verify(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,

@@ -1,34 +1,54 @@
 """``--first-config`` for the GPU check scripts (and their other shared options, `parse_check_args`):
-every ``@triton.autotune`` kernel defined after the call gets only the first of its configs, so nothing
-is benchmarked.
+every autotuned Triton kernel runs the first of its configs that launches, so nothing is benchmarked.
 
 Why by hand: on a fresh GPU host fla's first autotuning of its GLA / Mamba2 kernels took longer than
 our check calls (BENCHMARKS.md sections 10 and 11), and neither Triton nor fla 0.6.0 has a switch to
-skip it (fla's ``FLA_CACHE_RESULTS`` only caches timings). The checks compare values, not speed, and
-a kernel's result does not depend on its block configuration beyond float rounding, so the first
-config is enough there. Never use it for timings. Call it before fla is imported (its decorators run
-at import). The check scripts import this module as a sibling (``python tests/gpu/<script>.py`` puts
-tests/gpu on the path) and take the flag with ``add_flag`` / ``apply``.
+skip it (fla's ``FLA_CACHE_MODE`` needs tuned configs for the GPU, which fla 0.6.0 does not ship for
+the H200). The checks compare values, not speed, and a kernel's result does not depend on its block
+configuration beyond float rounding, so one config is enough there. Never use it for timings.
+
+How: ``triton.runtime.autotuner.Autotuner.run`` is patched, so it covers kernels decorated with
+``triton.autotune`` and fla 0.6's own ``fla_cache_autotune`` (a subclass whose ``run`` calls the base
+one), whenever they were defined. (Until 2026-11-30 this patched ``triton.autotune`` at import instead,
+which fla 0.6's kernels never call: its "first config" runs were autotuning those kernels all along.) On
+an autotuner's first call the configs are tried in order, each alone (a one-config autotuner runs it
+without benchmarking), and the first that does not raise ``OutOfResources`` (e.g. too much shared
+memory: mamba-ssm lists large configs first) is kept for every later call. The check scripts import
+this module as a sibling (``python tests/gpu/<script>.py`` puts tests/gpu on the path) and take the
+flag with ``add_flag`` / ``apply``.
 """
 from __future__ import annotations
 
 
-def first_config_only(triton_module=None) -> None:
-    """Replace ``triton.autotune`` by one that keeps only the first config (idempotent)."""
-    if triton_module is None:
-        import triton as triton_module
-    orig = triton_module.autotune
+def first_config_only(autotuner_cls=None, out_of_resources=None) -> None:
+    """Patch ``autotuner_cls.run`` (default Triton's ``Autotuner``) to keep the first config that
+    launches instead of benchmarking all of them (idempotent). ``out_of_resources``: the exception
+    type that moves on to the next config (default Triton's ``OutOfResources``)."""
+    if autotuner_cls is None:
+        from triton.runtime.autotuner import Autotuner as autotuner_cls
+        from triton.runtime.errors import OutOfResources as out_of_resources
+    orig = autotuner_cls.run
     if getattr(orig, "_first_config_only", False):
         return
 
-    def autotune(configs=None, key=None, *args, **kw):
-        if configs:                     # a one-config autotuner runs that config without benchmarking
-            configs = list(configs)[:1]
-        kw.pop("prune_configs_by", None)   # a pruner may expect several configs
-        return orig(configs, key, *args, **kw)
+    def run(self, *args, **kwargs):
+        if getattr(self, "_first_config_chosen", False) or len(self.configs) <= 1:
+            return orig(self, *args, **kwargs)
+        configs = list(self.configs)
+        for i, cfg in enumerate(configs):
+            self.configs, self.cache = [cfg], {}
+            try:
+                out = orig(self, *args, **kwargs)
+            except out_of_resources:
+                if i + 1 == len(configs):
+                    self.configs = configs
+                    raise
+                continue
+            self._first_config_chosen = True
+            return out
 
-    autotune._first_config_only = True
-    triton_module.autotune = autotune
+    run._first_config_only = True
+    autotuner_cls.run = run
 
 
 def add_flag(ap) -> None:
