@@ -26,7 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments._sweeps import (REPO, add_run_args, cli, device_name, git_commit, md_table,  # noqa: E402,F401
-                                 out_of_time, pyplot, resolve_device, save_fig, train_devices)
+                                 out_of_time, pyplot, resolve_device, save_fig, train_devices, with_steps)
 from interp import InterpError  # noqa: E402
 
 PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
@@ -84,12 +84,12 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv) -> Ctx:
     profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
     if profile not in profiles:
         raise InterpError(f"profile '{profile}' is not valid; valid: {', '.join(profiles)}")
-    P = dict(profiles[profile])
     device = resolve_device(a.device)
     suffix = "" if profile == "full" else f"_{profile}"
+    P, runs_suffix = with_steps(dict(profiles[profile]), a.steps, suffix)
     out = Path(a.out or (f"figures/{name}" if profile != "test" else f"figures/{name}{suffix}"))
     out.mkdir(parents=True, exist_ok=True)
-    runs = Path(a.runs or f"runs/{name}{suffix}")
+    runs = Path(a.runs or f"runs/{name}{runs_suffix}")
     runs.mkdir(parents=True, exist_ok=True)
     budget = P.get("time_budget", 0) if a.time_budget is None else a.time_budget
     if budget is not None and budget < 0:

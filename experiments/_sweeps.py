@@ -324,6 +324,33 @@ def add_run_args(ap):
     ap.add_argument("--train-devices", default=None,
                     help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (default: "
                          "--device); evaluation runs on --device")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps instead of the profile's (a longer budget; the induction warm-up of "
+                         "attention arms scales with it: min(2000, steps/4)); the default --runs directory gets a "
+                         "_steps<N> suffix")
+
+
+def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]:
+    """``--steps`` applied: (the profile with ``steps`` replaced, the default runs-directory suffix)."""
+    if steps is None:
+        return P, runs_suffix
+    if steps < 1:
+        raise InterpError(f"--steps {steps} is out of range; valid: integers >= 1")
+    return {**P, "steps": steps}, f"{runs_suffix}_steps{steps}"
+
+
+def check_steps(root: Path, profile: str, steps: int) -> None:
+    """``<root>/sweep.json`` records the profile and steps its runs were trained with; another
+    configuration in the same directory is an error (a finished 2000-step run is not a 4000-step one)."""
+    f, spec = Path(root) / "sweep.json", {"profile": profile, "steps": steps}
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != spec:
+            raise InterpError(f"'{root}' holds runs of profile {old.get('profile')} with {old.get('steps')} steps, "
+                              f"not {profile} with {steps}; give another --runs (or leave it out)")
+    else:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(spec))
 
 
 def train_devices(spec: str | None, device: str) -> list[str] | None:
@@ -358,7 +385,7 @@ class Setup:
 
 def setup(a, name: str, profiles: dict, started: float) -> Setup:
     profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
-    P = profiles[profile]
+    P, suffix = with_steps(profiles[profile], a.steps, "" if profile == "full" else "_" + profile)
     device = resolve_device(a.device)
     if a.workers is not None and a.workers < 1:
         raise InterpError(f"--workers {a.workers} is out of range; valid: integers >= 1")
@@ -367,7 +394,9 @@ def setup(a, name: str, profiles: dict, started: float) -> Setup:
     budget = P["time_budget"] if a.time_budget is None else a.time_budget
     if budget < 0:
         raise InterpError(f"--time-budget {budget} is out of range; valid: minutes >= 0 (0 = none)")
-    return Setup(profile, P, device, Path(a.runs or f"runs/{name}{'' if profile == 'full' else '_' + profile}"), figs,
+    root = Path(a.runs or f"runs/{name}{suffix}")
+    check_steps(root, profile, P["steps"])
+    return Setup(profile, P, device, root, figs,
                  deadline_from(budget, started), a.workers or (P["workers"] if device != "cpu" else 1),
                  not a.no_progress, started, a.train_only, train_devices(a.train_devices, device))
 

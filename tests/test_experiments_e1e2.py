@@ -299,3 +299,23 @@ def test_e2_trend_verdict_needs_a_clear_trend():
     mono.loc[sel, "accuracy"] = mono.loc[sel, "attn_pct"] / 100 + 0.01
     recall = next(x for x in E2.shape_verdicts(mono, votes, tax, chance) if "better recall" in x)
     assert recall.endswith("**agrees**.")
+
+
+def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):
+    """--steps replaces the profile's steps; the default runs directory gets a suffix, and a runs directory
+    trained with other steps is refused instead of being resumed or reused."""
+    from experiments import _sweeps as S
+    from interp import InterpError
+    assert S.with_steps({"steps": 5, "lr": 1}, None, "_test") == ({"steps": 5, "lr": 1}, "_test")
+    assert S.with_steps({"steps": 5, "lr": 1}, 40, "") == ({"steps": 40, "lr": 1}, "_steps40")
+    with pytest.raises(InterpError, match="--steps 0"):
+        S.with_steps({"steps": 5}, 0, "")
+    args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"), "--no-progress",
+            "--device", "cpu", "--train-only"]
+    assert E1.main(args + ["--steps", "4"]) == 0
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "runs").glob("*/meta.json")]
+    assert metas and all(m["steps_done"] == 4 and m["train_config"]["steps"] == 4 for m in metas)
+    with pytest.raises(InterpError, match="with 4 steps, not test with 3"):
+        E1.main(args + ["--steps", "3"])
+    with pytest.raises(InterpError, match="with 4 steps"):
+        E1.main(args)                                          # the profile's 3 steps: also another configuration
