@@ -33,7 +33,8 @@ import functools
 import os
 
 import torch
-import torch.nn.functional as F
+
+from hooks.scan._common import pad_time, work
 
 
 def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
@@ -48,13 +49,10 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     HV = v.shape[2]
     BT, G = chunk_size, HV // H
     NT = -(-T // BT)
-    pad = NT * BT - T
     scale = K ** -0.5 if scale is None else scale
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32   # float64 only for the CPU check
 
-    def chunks(x, dtype=None):   # [B, T, ...] -> [B, NT, BT, ...] in acc, zero-padded like the kernel's masked loads
-        x = x if dtype is None else x.to(dtype)
-        x = F.pad(x.to(acc), (0, 0) * (x.dim() - 2) + (0, pad))
+    def chunks(x):               # [B, T, ...] -> [B, NT, BT, ...] in float32 (float64 stays: the CPU check),
+        x = pad_time(work(x), BT, dim=1)   # zero-padded like the kernel's masked loads
         return x.reshape(B, NT, BT, *x.shape[2:])
 
     def heads(x):                # q / k heads repeated to the value heads (GVA: head i reads i // G)
@@ -64,20 +62,19 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
         h, dh = h.transpose(-1, -2), dh.transpose(-1, -2)
     qc, kc = chunks(heads(q)), chunks(heads(k))                            # [B, NT, BT, HV, K]
     vc, doc = chunks(v), chunks(do)                                        # [B, NT, BT, HV, V]
-    hf = h.to(do.dtype).to(acc)                                            # the kernel casts h to do's dtype
-    dhf = dh.to(v.dtype).to(acc)
+    hf = work(h.to(do.dtype))                                              # the kernel casts h to do's dtype
+    dhf = work(dh.to(v.dtype))
     dq = torch.einsum("bntjv,bnjkv->bntjk", doc, hf)
     dk = torch.einsum("bntjv,bnjkv->bntjk", vc, dhf)
     ds = torch.einsum("bnijv,bnsjv->bnjis", doc, vc)                       # [B, NT, HV, BT(i), BT(s)]
     dw = None
     if w is not None:
-        dw = -torch.einsum("bntjv,bnjkv->bntjk", chunks(dv, v.dtype), h.to(v.dtype).to(acc))
+        dw = -torch.einsum("bntjv,bnjkv->bntjk", chunks(dv.to(v.dtype)), work(h.to(v.dtype)))
     valid = (torch.arange(NT * BT, device=k.device) < T).view(NT, BT)
     last = (torch.arange(NT, device=k.device) * BT + BT).clamp(max=T) - 1  # each chunk's last token
-    gf = g.to(acc)
-    gc = chunks(gf)                                                        # [B, NT, BT, HV]
-    g_last = gf[:, last]                                                   # [B, NT, HV]
-    dg_last = (h.to(acc) * dh.to(acc)).sum((-2, -1)) * torch.exp2(g_last)   # the kernel reads h, dh unrounded here
+    gc = chunks(g)                                                         # [B, NT, BT, HV]
+    g_last = work(g)[:, last]                                              # [B, NT, HV]
+    dg_last = (work(h) * work(dh)).sum((-2, -1)) * torch.exp2(g_last)      # the kernel reads h, dh unrounded here
     dq = dq * (torch.exp2(gc) * scale)[..., None]
     dk = dk * torch.where(valid[None, :, :, None], torch.exp2(g_last[:, :, None] - gc), 0)[..., None]
     dg_last = dg_last + (dk * kc).sum((2, 4))
@@ -85,17 +82,15 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     causal = torch.tril(torch.ones(BT, BT, dtype=torch.bool, device=k.device))
     mask = causal[None] & valid[:, :, None] & valid[:, None, :]            # [NT, BT, BT]
     ds = torch.where(mask[None, :, None], ds * torch.exp2(gi[..., :, None] - gi[..., None, :]), 0) * scale
-    ds = ds.to(k.dtype).to(acc)
+    ds = work(ds.to(k.dtype))
     dq = dq + torch.einsum("bnjis,bnsjk->bnijk", ds, kc)
     dk = dk + torch.einsum("bnjis,bnijk->bnsjk", ds, qc)
     dg = (dq * qc).sum(-1) - (dk * kc).sum(-1)                             # [B, NT, BT, HV]
-    is_last = torch.zeros(NT, BT, dtype=torch.bool, device=k.device)
-    is_last[torch.arange(NT, device=k.device), last - torch.arange(NT, device=k.device) * BT] = True
-    dg = dg + torch.where(is_last[None, :, :, None], dg_last[:, :, None], 0)
 
     def unchunk(x):
         return x.reshape(B, NT * BT, *x.shape[3:])[:, :T]
     dq, dk, dg = unchunk(dq), unchunk(dk), unchunk(dg)
+    dg[:, last] += dg_last                                                 # at each chunk's last token
     if G > 1:
         dq = dq.view(B, T, H, G, K).sum(3)
         dk = dk.view(B, T, H, G, K).sum(3)
