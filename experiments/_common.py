@@ -26,7 +26,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments._sweeps import (REPO, add_run_args, cli, device_name, git_commit, md_table,  # noqa: E402,F401
-                                 out_of_time, pyplot, resolve_device, save_fig, train_devices, with_steps)
+                                 check_spec, out_of_time, pyplot, resolve_device, save_fig, train_devices,
+                                 with_steps)
 from interp import InterpError  # noqa: E402
 
 PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
@@ -152,16 +153,13 @@ def check_runs_spec(ctx: Ctx, spec: dict) -> None:
     ``ctx.runs`` were made with; a later call with another configuration (profile, seed, corpus,
     ...) must use another ``--runs`` instead of silently reusing them."""
     import json
-    f = ctx.runs / "spec.json"
     spec = json.loads(json.dumps(spec))
-    if f.is_file():
-        old = json.loads(f.read_text())
-        if old != spec:
-            diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-            raise InterpError(f"'{ctx.runs}' holds runs made with another configuration (differs in: "
-                              f"{', '.join(diff)}); delete it or give another --runs")
-    else:
-        f.write_text(json.dumps(spec, indent=1))
+
+    def mismatch(old):
+        diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+        return (f"'{ctx.runs}' holds runs made with another configuration (differs in: {', '.join(diff)}); delete "
+                "it or give another --runs")
+    check_spec(ctx.runs, spec, mismatch)
 
 
 # --- figures and report ------------------------------------------------------------------------

@@ -339,18 +339,26 @@ def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]
     return {**P, "steps": steps}, f"{runs_suffix}_steps{steps}"
 
 
-def check_steps(root: Path, profile: str, steps: int) -> None:
-    """``<root>/sweep.json`` records the profile and steps its runs were trained with; another
-    configuration in the same directory is an error (a finished 2000-step run is not a 4000-step one)."""
-    f, spec = Path(root) / "sweep.json", {"profile": profile, "steps": steps}
+def check_spec(root: Path, spec: dict, mismatch) -> None:
+    """``<root>/spec.json`` records the configuration that the checkpoints and cached results in
+    ``root`` were made with; another configuration raises ``InterpError(mismatch(recorded))`` instead
+    of silently reusing them (a finished 2000-step run is not a 4000-step one)."""
+    f = Path(root) / "spec.json"
+    spec = json.loads(json.dumps(spec))
     if f.is_file():
         old = json.loads(f.read_text())
         if old != spec:
-            raise InterpError(f"'{root}' holds runs of profile {old.get('profile')} with {old.get('steps')} steps, "
-                              f"not {profile} with {steps}; give another --runs (or leave it out)")
+            raise InterpError(mismatch(old))
     else:
         Path(root).mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(spec))
+        f.write_text(json.dumps(spec, indent=1))
+
+
+def check_steps(root: Path, profile: str, steps: int) -> None:
+    """`check_spec` for the sweeps of E1 / E2: the profile and the steps their runs were trained with."""
+    check_spec(root, {"profile": profile, "steps": steps}, lambda old: (
+        f"'{root}' holds runs of profile {old.get('profile')} with {old.get('steps')} steps, not {profile} with "
+        f"{steps}; give another --runs (or leave it out)"))
 
 
 def train_devices(spec: str | None, device: str) -> list[str] | None:
@@ -420,6 +428,12 @@ def train_then_validate(runs, validate, s: Setup, weight=None, capacity=None):
         print("no finished runs to evaluate yet", file=sys.stderr)
         return st, val, None
     return st, val, best_by(val)
+
+
+def unevaluated_exit(s: Setup, status: pd.DataFrame) -> int:
+    """The exit code of a call that evaluated nothing: 0 for ``--train-only`` once every run is
+    finished, else 3 (run the same command again to continue)."""
+    return 0 if s.train_only and status.complete.all() else 3
 
 
 def resolve_device(device: str) -> str:

@@ -412,7 +412,7 @@ def main(argv=None):
     status, val, best = S.train_then_validate(runs, validate, s)
     status.to_csv(figs / "lr_sweep_status.csv", index=False)
     if best is None:
-        return 0 if s.train_only and status.complete.all() else 3
+        return S.unevaluated_exit(s, status)
     sweep = status.merge(val, on=["arm", "lr"], how="left")
     sweep.to_csv(figs / "lr_sweep.csv", index=False)
     res = test_sweep(best, {r.name: r for r in runs}, P, root, device, deadline)

@@ -672,7 +672,7 @@ def main(argv=None):
     A, runs = plan(P, root, device)
     status, val, best = S.train_then_validate(runs, validate, s, weight=gpu_gb, capacity=P["gpu_gb"])
     if best is None:
-        return 0 if s.train_only and status.complete.all() else 3
+        return S.unevaluated_exit(s, status)
     by_name = {r.name: r for r in runs}
     accs, votes, taxs = [], [], []
     for arm, row in best.iterrows():

@@ -698,6 +698,7 @@ def main(argv=None) -> int:
     if (a.model_a is None) != (a.model_b is None):
         raise InterpError("give both --model-a and --model-b (or neither: the experiment trains its own pair)")
     seq_len = a.seq_len or P["eval_seq_len"]
+    spec = a.probe_models or P["probe_models"]     # the synthetic probes' models
     # corpus
     if a.corpus:
         docs = TL.user_corpus(a.corpus)
@@ -738,9 +739,8 @@ def main(argv=None) -> int:
         cfgs = pair_configs(len(tok), P["model"], max(P["seq_len"], seq_len))
         stream, val_stream = token_stream(train_docs, tok), token_stream(val_docs, tok)
         # on a GPU the probe models train in worker processes while this process trains the text pair
-        spec0 = a.probe_models or P["probe_models"]
         bg = (cf.ThreadPoolExecutor(1).submit(train_probe_runs, ctx, P)
-              if spec0 == "train" and ctx.device != "cpu" else None)
+              if spec == "train" and ctx.device != "cpu" else None)
         try:
             metas = train_pair(cfgs, stream, val_stream, tok, ctx, P)
             if metas is None:
@@ -749,7 +749,7 @@ def main(argv=None) -> int:
             probe_st = bg.result()[1] if bg is not None else None
         if ctx.train_only:
             left = 0
-            if spec0 == "train":
+            if spec == "train":
                 if probe_st is None:
                     _, probe_st = train_probe_runs(ctx, P, progress=ctx.progress)
                 left = int((~probe_st.complete).sum())
@@ -787,7 +787,6 @@ def main(argv=None) -> int:
     tl.plot(ctx.out / "token_loss_excess.png", summary=summ, value="excess")
     del models
     # synthetic probes
-    spec = a.probe_models or P["probe_models"]
     from interp.tasks.vocab import BOXES, CLOSE, COLORS
     chance = {"pronoun": math.log(len(COLORS)), "entity_tracking": math.log(len(BOXES)),
               "brackets": math.log(len(CLOSE))}

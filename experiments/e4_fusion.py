@@ -217,6 +217,14 @@ def throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
     return df.sort_values("_here", kind="stable").drop(columns="_here").reset_index(drop=True)
 
 
+def write_throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
+    """`throughput` for the arms ``A``, written to ``<out>/throughput.csv`` and ``throughput.png``."""
+    thr = throughput(A, ctx, P)
+    thr.to_csv(ctx.out / "throughput.csv", index=False)
+    plot_throughput(thr, ctx.out / "throughput.png")
+    return thr
+
+
 # --- figures ------------------------------------------------------------------------------------
 
 def plot_metric(res: pd.DataFrame, metric: str, path, ylabel: str, ylim=None):
@@ -427,9 +435,7 @@ def main(argv=None) -> int:
         raise InterpError(f"--workers {a.workers} is out of range; valid: integers >= 1")
     A = arms(P)
     if a.throughput_only:
-        thr = throughput(A, ctx, P)
-        thr.to_csv(ctx.out / "throughput.csv", index=False)
-        plot_throughput(thr, ctx.out / "throughput.png")
+        write_throughput(A, ctx, P)
         print(f"wrote {ctx.out}/throughput.csv")
         return 0
     C.check_runs_spec(ctx, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
@@ -442,7 +448,7 @@ def main(argv=None) -> int:
                 ctx.train_only, ctx.train_devices)
     status, val, best = S.train_then_validate(runs, validate, s)
     if best is None:
-        return 0 if s.train_only and status.complete.all() else 3
+        return S.unevaluated_exit(s, status)
     status.merge(val, on=["arm", "lr"], how="left").to_csv(ctx.out / "lr_sweep.csv", index=False)
     by_name = {r.name: r for r in runs}
     ex = test_eval(best, by_name, ctx, P)
@@ -453,9 +459,7 @@ def main(argv=None) -> int:
     plot_metric(res, "accuracy", ctx.out / "accuracy.png", "answer accuracy", (-0.02, 1.02))
     plot_metric(res, "loss", ctx.out / "loss.png", "answer loss (nats)")
     plot_training(best, by_name, ctx.out / "training.png")
-    thr = throughput({k: A[k] for k in best.index}, ctx, P)
-    thr.to_csv(ctx.out / "throughput.csv", index=False)
-    plot_throughput(thr, ctx.out / "throughput.png")
+    thr = write_throughput({k: A[k] for k in best.index}, ctx, P)
     report(ctx, P, A, status, val, best, res, ex, thr)
     print(f"wrote {ctx.out}/report.md")
     return 0
