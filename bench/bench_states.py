@@ -3,14 +3,17 @@
     python bench/bench_states.py [--reps 20]
 
 One GDN layer, B=8 T=2048 H=12 K=V=64 bf16 (q, k l2-normalised in the kernel): median time
-(CUDA events, after warmup) of fla's chunk_gated_delta_rule forward; all per-token states
+(CUDA events, after warmup) of fla's chunk_gated_delta_rule forward; that forward plus all per-token
+states expanded from the chunk pieces it computed (what ``run_with_cache`` does for a GDN layer:
+`gdn.kept_pieces`), fp32 and bf16, and plus states at 64 positions; all per-token states
 (`hooks.scan.gdn.states`, fp32 output as the API returns, and bf16 output) with the Triton
 expansion kernel and with the torch expansion; states at 64 evenly spread positions; the
 memory-write floor for all states (fill of a preallocated output, fp32 and bf16); chaining
 the kernel over 256 segments (one final state per segment); fla's naive recurrent loop on a
 shorter T, scaled linearly to T. Then the same for one GLA layer (per-key decay) and one
 Mamba2 layer (simple GLA) at the same size. Ratios are to each family's fused forward.
-Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x.
+Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x. The fused forward is timed
+again last, to show how much the ratios' denominator drifted during the run.
 Last, exactness at a small size: states vs the fp32 pure-torch reference on the same GPU inputs.
 """
 import argparse
@@ -56,6 +59,10 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}\nshape: B={B} T={T} H={H} K=V={K} bf16, "
           f"median of {a.reps} (CUDA events)", flush=True)
+    spin = torch.randn(4096, 4096, device="cuda")
+    for _ in range(200):  # ~1 s of matmuls first, so the first rows do not meet a GPU still raising its clocks
+        spin @ spin
+    del spin
     torch.manual_seed(0)
     d = dict(device="cuda", dtype=torch.bfloat16)
     q, k, v = torch.randn(B, T, H, K, **d), torch.randn(B, T, H, K, **d), torch.randn(B, T, H, V, **d)
@@ -78,8 +85,17 @@ def main():
     qn, kn = (torch.nn.functional.normalize(x[:, :naive_T].float(), dim=-1).to(x.dtype) for x in (q, k))
     out32 = torch.empty(B, T, H, K, V, device="cuda")
     out16 = torch.empty(B, T, H, K, V, **d)
-    rows = [("GDN fused chunk forward (o + final state)", t_(lambda: gdn.scan(q, k, v, g, beta, output_final_state=True,
-                                                                             **l2))),
+    fused = lambda: gdn.scan(q, k, v, g, beta, output_final_state=True, **l2)  # noqa: E731
+
+    def fused_and_states(**kw):  # what run_with_cache does: the layer's own call, its chunk pieces expanded
+        with gdn.kept_pieces(k) as got:
+            fused()
+        return gdn.states_from_kept(got, g, **kw)
+
+    rows = [("GDN fused chunk forward (o + final state)", t_(fused)),
+            ("fused forward + all states from its pieces, fp32", t_(lambda: fused_and_states())),
+            ("fused forward + all states from its pieces, bf16", t_(lambda: fused_and_states(out_dtype=torch.bfloat16))),
+            ("fused forward + states at 64 positions, fp32", t_(lambda: fused_and_states(positions=pos))),
             ("all states, fp32 out (Triton expansion)", t_(lambda: gst())),
             ("all states, bf16 out (Triton expansion)", t_(lambda: gst(out_dtype=torch.bfloat16))),
             ("all states, fp32 out (torch expansion)", t_(lambda: gst(impl="einsum"), reps=5)),
@@ -90,7 +106,9 @@ def main():
             ("chain kernel over 256 segments", t_(chained, reps=3, warm=1)),
             (f"fla naive recurrent, T={naive_T} x {T // naive_T}",
              lambda: t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3,
-                        warm=1)() * (T // naive_T))]
+                        warm=1)() * (T // naive_T)),
+            # the baseline again: how far the ratios' denominator drifts within one run (clocks, other work)
+            ("GDN fused chunk forward, again at the end", t_(fused))]
     table("Gated DeltaNet", rows)
     del out16
 

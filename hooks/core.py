@@ -287,12 +287,15 @@ class HookedModel:
                     # one that carries a gradient graph must be on the path that is differentiated
                     modified |= new is not c[s] and (new.requires_grad or not torch.equal(new, c[s]))
                     c[s] = new
+            sname = f"{p}.rec.state"
+            cached = None  # states to cache that the layer's own call produced along the way
             if modified:
                 o, final = R.scan(fam, c, initial_state=c["initial_state"])
                 final = final if kw.get("output_final_state") else None
+            elif has("rec.state") and sname not in fns:
+                o, final, cached = R.call_with_states(fam, call, kw, c, positions=pos, out_dtype=sdtype)
             else:
                 o, final = call(**kw)
-            sname = f"{p}.rec.state"
             if sname in fns:  # the hook sees every state; changed ones are continued from
                 S = R.states(fam, c) if modified else R.family_states(fam, kw, c)
                 S_new = apply.run_fns(sname, S)
@@ -305,8 +308,7 @@ class HookedModel:
                         final = fin
                 apply.keep(sname, S_new, dtype=sdtype)
             elif has("rec.state"):
-                apply.store(sname, R.states(fam, c, positions=pos, out_dtype=sdtype) if modified
-                            else R.family_states(fam, kw, c, positions=pos, out_dtype=sdtype))
+                apply.store(sname, R.states(fam, c, positions=pos, out_dtype=sdtype) if modified else cached)
             o = apply(f"{p}.rec.readout", o)
             return o, final
         return wrapper

@@ -138,6 +138,22 @@ def family_states(family: str, kw: dict, c: dict, positions=None, out_dtype=torc
     return states(family, c, positions, out_dtype)
 
 
+def call_with_states(family: str, call, kw: dict, c: dict, positions=None, out_dtype=torch.float32):
+    """The layer's own kernel call ``call(**kw)`` -> (readout, final state, per-token states as
+    `family_states`). For GDN on fla's kernels the states are expanded from the chunk pieces that very
+    call computed (`gdn.kept_pieces`), so capturing them costs no second chunk pass; the call's
+    results are the same as without capture."""
+    if family == "gdn" and not kw.get("use_gate_in_kernel"):
+        with gdn.kept_pieces(c["k"]) as got:
+            o, final = call(**kw)
+        S = gdn.states_from_kept(got, c["decay"], positions, out_dtype)
+        if S is not None:
+            return o, final, S
+    else:
+        o, final = call(**kw)
+    return o, final, family_states(family, kw, c, positions, out_dtype)
+
+
 def readout_at(c: dict, S, t: int):
     """o_t = S_t^T (scale q_t) (+ D v_t for Mamba2) for one position; S: [B, H, K, V]
     (Mamba1: o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d], S: [B, D, N])."""

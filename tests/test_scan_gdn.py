@@ -202,7 +202,7 @@ def fla_kernel(fn):
     try:
         return fn()
     except Exception as e:  # noqa: BLE001
-        if "has no attribute 'to'" in repr(e):
+        if "has no attribute 'to'" in str(e):  # str: repr escapes the quotes of a wrapped error
             pytest.skip("fla's kernel does not run under this Triton interpreter (int.to)")
         raise
 
@@ -259,3 +259,38 @@ def test_interp_gla_pieces(ts, per_key):
     torch.testing.assert_close(h, h_ref, **TOL)
     ref = gla.states(x["q"], x["k"], x["v"], gk, initial_state=x["S0"])
     torch.testing.assert_close(ts.gla_states(x["k"], x["v"], gk, x["S0"], None), ref, **TOL)
+
+
+@interp
+def test_interp_kept_pieces(ts, monkeypatch):
+    """kept_gdn_pieces records what fla's chunk forward looks up as chunk_gated_delta_rule_fwd_h (here
+    a stand-in computing the pure-torch pieces, since fla's kernel does not run under the interpreter),
+    passes its results through untouched, expands them to the states, and restores the function on
+    every exit; a call it cannot expand (variable lengths) or a second call gives None."""
+    import fla.ops.gated_delta_rule.chunk as chunk_mod
+    x = inputs(70, seed=11)
+    q, k, v, g, beta = args(x)
+
+    def fwd_h(k, w, u, g=None, initial_state=None, cu_seqlens=None, chunk_size=64, **kw):
+        _, _, h, d = gdn._chunks(q, k, v, x["g"], beta, 1.0, x["S0"], keep=True)
+        return h, d, None
+    monkeypatch.setattr(chunk_mod, "chunk_gated_delta_rule_fwd_h", fwd_h)
+    call = lambda **kw: chunk_mod.chunk_gated_delta_rule_fwd_h(k=k, w=None, u=None, **kw)  # noqa: E731
+    with ts.kept_gdn_pieces() as got:
+        h, d, _ = call()
+    assert chunk_mod.chunk_gated_delta_rule_fwd_h is fwd_h
+    assert len(got) == 1 and got[0][1] is h and got[0][2] is d
+    ref = gdn.states(*args(x), initial_state=x["S0"])
+    torch.testing.assert_close(ts.expand_kept(got, g, None), ref, **TOL)
+    pos = torch.tensor([3, 64, 69])
+    torch.testing.assert_close(ts.expand_kept(got, g, pos), ref[:, pos], **TOL)
+    with ts.kept_gdn_pieces() as got:
+        call(cu_seqlens=torch.tensor([0, 70]))
+    assert got == [None] and ts.expand_kept(got, g, None) is None
+    with ts.kept_gdn_pieces() as got:
+        call(), call()
+    assert ts.expand_kept(got, g, None) is None
+    with pytest.raises(RuntimeError, match="boom"):
+        with ts.kept_gdn_pieces():
+            raise RuntimeError("boom")
+    assert chunk_mod.chunk_gated_delta_rule_fwd_h is fwd_h

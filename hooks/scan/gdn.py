@@ -22,6 +22,8 @@ with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hooks.scan._common import (CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, torch_impl,
@@ -126,6 +128,28 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
     k = l2norm(k) if use_qk_l2norm_in_kernel else k
     _, _, h, d = _chunks(q, k, v, g, beta, 1.0, initial_state, keep=True)
     return expand_states(h, k, d, g, pos, out_dtype)
+
+
+@contextlib.contextmanager
+def kept_pieces(k):
+    """For CUDA tensors with fla: fla's chunked forward, called inside the block, records its chunk
+    pieces (`triton_states.kept_gdn_pieces`) so that `states_from_kept` expands them without a second
+    chunk pass. Otherwise (pure-torch path) nothing is recorded."""
+    if not use_kernels(k):
+        yield []
+        return
+    from hooks.scan import triton_states
+    with triton_states.kept_gdn_pieces() as got:
+        yield got
+
+
+def states_from_kept(got, g, positions=None, out_dtype=torch.float32):
+    """Per-token states (as ``states``) from the pieces `kept_pieces` recorded for one call with log
+    decays g ``[B, T, H]``, or None when they cannot be used (nothing or more than one call recorded)."""
+    if not got:
+        return None
+    from hooks.scan import triton_states
+    return triton_states.expand_kept(got, g, norm_positions(positions, g.shape[1]), out_dtype)
 
 
 def readout(states_, q, scale=None):

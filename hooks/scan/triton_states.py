@@ -21,6 +21,8 @@ No autograd through this path: use ``impl="torch"`` for gradients.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -28,13 +30,31 @@ import triton.language as tl
 from hooks.scan._common import CHUNK, expand_states
 
 
+def _prune(configs, named_args, **kwargs):
+    """Drop V-blocks wider than V needs or holding more than 8192 state values per program."""
+    K, V = kwargs.get("K", named_args.get("K")), kwargs.get("V", named_args.get("V"))
+    BK = triton.next_power_of_2(K)
+    cap = max(16, min(triton.next_power_of_2(V), 8192 // BK))
+    kept = [c for c in configs if c.kwargs["BV"] <= cap]
+    return kept or configs[:1]
+
+
+# The first config is the one this kernel used before it was autotuned (and the one `--first-config`
+# check runs take); the others trade V-block width (programs in flight) against warps per program.
+_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
+            [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
+
+
+@triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
 def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
     ALL: program (i_v, chunk, b*h) steps through its chunk storing S after every token into
     out [B,T,H,K,V]; else program (i_v, i, b*h) steps from the start of the chunk holding
-    pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V]."""
+    pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V].
+    Token t+1's k, w, g are loaded before token t's state is formed and stored, so the loads'
+    latency hides behind the store instead of stalling every step."""
     i_v = tl.program_id(0)
     i_p = tl.program_id(1)
     i_bh = tl.program_id(2)
@@ -55,18 +75,28 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
     off_kv = o_k[:, None] * V + o_v[None, :]
     p_h = h + ((i_b * NT + i_c) * H + i_h).to(tl.int64) * (K * V)
     b_s = tl.load(p_h + off_kv, mask=m_kv, other=0.).to(tl.float32)
+    row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h          # flat index of (b, t, h)
+    b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_w = tl.load(w + row * V + o_v, mask=m_v, other=0.).to(tl.float32)
+    if GATE_K:
+        b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    else:
+        b_g = tl.load(g + row).to(tl.float32)
     for t in range(i_c * BT, t_end):
-        row = (i_b * T + t).to(tl.int64) * H + i_h          # flat index of (b, t, h)
-        b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
-        b_w = tl.load(w + row * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        nrow = row + H                                       # token t + 1 (loads masked off past the end)
+        more = t + 1 < t_end
+        n_k = tl.load(k + nrow * K + o_k, mask=m_k & more, other=0.).to(tl.float32)
+        n_w = tl.load(w + nrow * V + o_v, mask=m_v & more, other=0.).to(tl.float32)
         if GATE_K:
-            b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+            n_g = tl.load(g + nrow * K + o_k, mask=m_k & more, other=0.).to(tl.float32)
             b_s = b_s * tl.exp(b_g)[:, None]
         else:
-            b_s = b_s * tl.exp(tl.load(g + row).to(tl.float32))
+            n_g = tl.load(g + nrow, mask=more, other=0.).to(tl.float32)
+            b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
             tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+        row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
@@ -76,7 +106,8 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     """Per-token states from chunk-start states h ``[B, NT, H, K, V]``, keys k ``[B, T, H, K]``,
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
-    (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`."""
+    (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
+    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -88,12 +119,49 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
     if NP == 0:
         return out
-    BK = triton.next_power_of_2(K)
-    BV = max(16, min(triton.next_power_of_2(V), 8192 // BK))
-    grid = (triton.cdiv(V, BV), NP, B * H)
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), NP, B * H)  # noqa: E731
     _expand_kernel[grid](h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
-                         H=H, K=K, V=V, BT=chunk, BK=BK, BV=BV, GATE_K=g.dim() == 4, ALL=every, num_warps=4)
+                         H=H, K=K, V=V, BT=chunk, BK=triton.next_power_of_2(K), GATE_K=g.dim() == 4, ALL=every)
     return out
+
+
+@contextlib.contextmanager
+def kept_gdn_pieces():
+    """Within the block, every call of fla's chunked GDN forward appends to the yielded list its chunk
+    pieces ``(k, h, d)``: k ``[B, T, H, K]`` as the kernel saw it (l2-normalised where the call asks),
+    h ``[B, NT, H, K, V]`` chunk-start states, d ``[B, T, H, V]`` effective writes (fla's ``v_new``),
+    i.e. what `gdn_pieces` would compute again - or None for a call this module cannot expand
+    (variable lengths, state_v_first, another chunk size). The call's own results are untouched.
+    Why by hand: fla returns only o and the final state; its pieces are locals of
+    ``chunk_gated_delta_rule_fwd``, which looks ``chunk_gated_delta_rule_fwd_h`` up in its module."""
+    import fla.ops.gated_delta_rule.chunk as chunk_mod
+    orig = chunk_mod.chunk_gated_delta_rule_fwd_h
+    got = []
+
+    def keep(*args, **kw):
+        out = orig(*args, **kw)
+        usable = (not args and kw.get("cu_seqlens") is None and not kw.get("state_v_first")
+                  and kw.get("chunk_size", CHUNK) == CHUNK)
+        got.append((kw["k"], out[0], out[1]) if usable else None)
+        return out
+
+    chunk_mod.chunk_gated_delta_rule_fwd_h = keep
+    try:
+        yield got
+    finally:
+        chunk_mod.chunk_gated_delta_rule_fwd_h = orig
+
+
+def expand_kept(got, g, positions, out_dtype=torch.float32):
+    """States from the pieces `kept_gdn_pieces` recorded for exactly one call with per-token log
+    decays g ``[B, T, H]``; None when there is not exactly one usable record or its heads differ
+    from g's (grouped value heads: `gdn_pieces` handles those)."""
+    if len(got) != 1 or got[0] is None:
+        return None
+    k, h, d = got[0]
+    if k.shape[:3] != g.shape or d.shape[:3] != g.shape:
+        return None
+    return expand_triton(h, k, d, g, positions, out_dtype)
 
 
 def gdn_pieces(k, v, g, beta, initial_state, chunk=CHUNK):

@@ -128,6 +128,12 @@ def kernel_globals(model):
              "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F")
     from hooks.adapters.hf_common import forward_globals
     out = {}
+    try:  # the function run_with_cache wraps while a GDN call runs (hooks.scan.triton_states.kept_gdn_pieces)
+        import fla.ops.gated_delta_rule.chunk as gdn_chunk
+        g = vars(gdn_chunk)
+        out[(id(g), "chunk_gated_delta_rule_fwd_h")] = (g, g["chunk_gated_delta_rule_fwd_h"])
+    except ImportError:
+        pass
     for m in model.modules():
         g = forward_globals(m)
         for n in names:

@@ -7,7 +7,8 @@ vs the pure-torch states, for gdn (beta in (0,1) and in (0,2)), gla and mamba2, 
 The references run in float32 on the same GPU from the same (dtype-rounded) inputs. Error is
 max |a - ref| and that divided by max |ref|. Tolerance on the relative error: 5e-3 for fp32
 inputs (fla's kernels use TF32 dot products), 2e-2 for bf16 inputs (fla stores its chunk pieces
-in bf16). Prints device, date and the table; exits 1 if any row is over tolerance or failed.
+in bf16); 0 for rows marked "(0 expected)" (states from the pieces a scan call kept vs a second
+pass of the same kernels, and the call's output with and without keeping them). Prints device, date and the table; exits 1 if any row is over tolerance or failed.
 """
 import sys
 import traceback
@@ -46,6 +47,15 @@ def gdn_rows(dtype, dev, B, T, H, K, V, neg):
         rows.append((f"{name} states 5 positions ({impl})",
                      err(gdn.states(q, k, v, g, beta, positions=pos, impl=impl, **kw), ref_st[:, pos])))
     rows.append((f"{name} states[-1] vs kernel final", err(gdn.states(q, k, v, g, beta, positions=[T - 1], **kw)[:, 0], s)))
+    # states expanded from the pieces the layer's own kernel call computed (what run_with_cache uses)
+    with gdn.kept_pieces(k) as got:
+        o2, _ = gdn.scan(q, k, v, g, beta, output_final_state=True, **kw)
+    kept = gdn.states_from_kept(got, g)
+    rows.append((f"{name} states all (kept pieces of the call)", err(kept, ref_st) if kept is not None
+                 else (float("nan"), float("nan"))))
+    rows.append((f"{name} kept pieces vs second pass (0 expected)",
+                 err(kept, gdn.states(q, k, v, g, beta, **kw)) if kept is not None else (float("nan"), float("nan"))))
+    rows.append((f"{name} scan o with pieces kept vs without (0 expected)", err(o2, o)))
     return rows
 
 
@@ -93,7 +103,7 @@ def main():
     shape = dict(B=2, T=300, H=12, K=64, V=64)  # H, K, V as in bench_states.py: shares its kernel autotuning
     print("shape: " + " ".join(f"{a}={b}" for a, b in shape.items()) + " (T not a multiple of 64; initial state given)")
     ok = True
-    print(f"{'check':36s} {'dtype':9s} {'max_abs':>10s} {'rel':>10s} {'tol':>7s}", flush=True)
+    print(f"{'check':52s} {'dtype':9s} {'max_abs':>10s} {'rel':>10s} {'tol':>7s}", flush=True)
     for dtype in (torch.bfloat16, torch.float32):
         tol = TOLS[dtype]
         jobs = [lambda: gdn_rows(dtype, dev, **shape, neg=False), lambda: gdn_rows(dtype, dev, **shape, neg=True),
@@ -106,9 +116,10 @@ def main():
                 ok = False
                 continue
             for name, (a, r) in rows:
-                good = r <= tol
+                t = 0.0 if name.endswith("(0 expected)") else tol  # the same kernels on the same inputs
+                good = r <= t
                 ok &= good
-                print(f"{name:36s} {str(dtype)[6:]:9s} {a:10.3e} {r:10.3e} {tol:7.0e} {'ok' if good else 'FAIL'}",
+                print(f"{name:52s} {str(dtype)[6:]:9s} {a:10.3e} {r:10.3e} {t:7.0e} {'ok' if good else 'FAIL'}",
                       flush=True)
     print("ALL OK" if ok else "SOME CHECKS FAILED")
     sys.exit(0 if ok else 1)
