@@ -27,13 +27,13 @@ Writes ``--out`` (default figures/e1_state_recall): accuracy.png, probes.png, pa
 results.csv, lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and cached evaluations
 go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run experiments/e1_state_recall.toml``.
 
-Sizing of the full profile (18 runs of 2000 steps, 8 layers, d=128): a training step of these small
-models is bound by per-op launch overhead, so its time follows the number of ops. Counted on CPU
-(torch profiler): transformer 3.7k, gdn75 7.3k (direct) / 8.0k (cot), gdn100 8.5k / 9.4k op events
-per step. The shipped default set trained on the H100 at about 13 us per op event per process (three
-processes sharing it: 71 ms per step for the 12-layer transformer's 5.5k events, 143 ms for gdn75's
-11k). That makes 53 process-minutes; 9 processes in parallel take about 6 minutes if they scale
-and 10 if they give 5x, i.e. one or two calls of the default 8.5-minute budget.
+Sizing of the full profile (12 runs of 4000 steps, 8 layers, d=128): the small models' steps are bound
+by per-op launch overhead, so the runs train in parallel processes. On a host with 2 x H200 the 12 runs
+at once (``--workers 12 --train-devices cuda:0,cuda:1``, 6 per GPU) trained in about 11 minutes at
+19-61k tokens/s each, and the evaluation took about 3 minutes more (BENCHMARKS.md section 12). The
+profile had 2000 steps until 2026-11-30: then the transformers' warm-up (min(2000, steps/4) = 500
+steps) ended before their recall circuit formed (section 9); that run is kept in
+figures/e1_state_recall_steps2000/ (``--steps 2000`` reproduces it).
 """
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ KNOBS = ("n_steps", "n_vars", "complexity")
 
 PROFILES = {
     # GPU: 12 runs (3 archs x 2 trainings x 2 lrs), 8 layers d=128, in parallel processes
-    "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=2000, batch_size=64,
-                 lrs=(1e-3, 3e-3), warmup=150, workers=8, time_budget=8.5, eval_reserve=2.0,
+    "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=4000, batch_size=64,
+                 lrs=(1e-3, 3e-3), warmup=150, workers=12, time_budget=8.5, eval_reserve=2.0,
                  val_n=128, eval_n=256, probe_n=256, probe_seeds=(0, 1, 2), patch_n=48,
                  grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64], n_vars=[2, 3, 5, 8, 12, 16],
                            complexity=["assign", "copy", "arith", "swap"])),
