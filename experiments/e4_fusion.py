@@ -255,13 +255,15 @@ def plot_metric(res: pd.DataFrame, metric: str, path, ylabel: str, ylim=None):
 def plot_throughput(thr: pd.DataFrame, path):
     plt = C.pyplot()
     modes = ["fwd+bwd", "fwd"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     devices = list(dict.fromkeys(thr.device))
-    for ax, mode in zip(axes, modes):
+    arms = list(dict.fromkeys(thr.arm))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, mode in zip(axes, modes):  # colour: arm; line: backend; marker: device
         sub = thr[(thr["mode"] == mode) & thr.tokens_per_s.notna()]
         for (dev, arm, be), g in sub.groupby(["device", "arm", "backend"], sort=False):
             short = "" if len(devices) < 2 else f", {str(dev).split(' (')[0]}"
-            ax.plot(g.seq_len, g.tokens_per_s, marker="o" if devices.index(dev) == 0 else "x",
+            ax.plot(g.seq_len, g.tokens_per_s, marker="os^dv"[devices.index(dev) % 5], color=colors[arms.index(arm) % len(colors)],
                     ls="-" if be == "reference" else ":", label=f"{arm} ({be}{short})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -269,7 +271,7 @@ def plot_throughput(thr: pd.DataFrame, path):
         ax.set_ylabel("tokens / s")
         ax.set_title(mode, fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     C.save_figure(fig, path)
 
 
@@ -291,7 +293,7 @@ def plot_training(best, by_name, path):
         ax.set_xlabel("step")
         ax.set_title(t if t == "loss" else f"held-out accuracy: {t}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     C.save_figure(fig, path)
 
 
