@@ -311,4 +311,7 @@ class HookedModel:
                 apply.store(sname, R.states(fam, c, positions=pos, out_dtype=sdtype) if modified else cached)
             o = apply(f"{p}.rec.readout", o)
             return o, final
+        # no hook function on this layer's rec names: adapters whose hooked forward is an equivalent of the
+        # model's (not its own kernel) keep the model's own output and run the equivalent beside it
+        wrapper.capture_only = not any(f"{p}.rec.{s}" in fns for s in N.REC)
         return wrapper

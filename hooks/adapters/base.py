@@ -66,7 +66,11 @@ class Adapter:
     def patch_scan(self, layer: LayerInfo, wrapper):
         """Make the layer call ``wrapper(kwargs, call)`` instead of its scan kernel. ``kwargs`` are
         in the signature of ``hooks.scan.<family>.scan``; ``call(**kwargs)`` runs the original
-        kernel; the wrapper returns (o, final_state)."""
+        kernel; the wrapper returns (o, final_state). An adapter that cannot reach the layer's own
+        kernel and runs an equivalent forward instead should, when ``wrapper.capture_only`` is true
+        (no hook function on the layer's rec names, only caching), return the layer's own output
+        and run the equivalent beside it, without the cache, so that capture leaves the outputs as
+        they were (fla and HF Mamba2 mixers do)."""
         raise NotImplementedError(f"{self.family}: scan interception not implemented")
         yield
 

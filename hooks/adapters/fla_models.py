@@ -37,13 +37,16 @@ Interception (everything restored on exit, exceptions included):
   that global is dispatched the same way (q, k, v ``[B, T, H(kv), D]``; ``sliding_window`` =
   ``window_size``; padding masks / decoding raise NotImplementedError while attn names are hooked).
 * Mamba2: fla computes SSD inline (``torch_forward``, or mamba-ssm kernels when installed), so
-  while rec names are hooked the layer's ``forward`` is replaced by an equivalent written with
+  while rec names are hooked the layer runs an equivalent forward written with
   ``hooks.scan.mamba2`` (in_proj -> conv -> x, B, C -> dt = clamp(softplus(dt + dt_bias), dt_limit)
   -> scan -> gated norm -> out_proj), as for HF's Mamba2 (`hooks.adapters.hf_mamba`). Groups map to
   heads as in mamba-ssm (head h uses group h // (H / G)); fla 0.6's torch path tiles them instead
   (``B.repeat``), so with ``n_groups > 1`` fla's own CPU/torch path and its CUDA path differ, and we
   follow the CUDA one. A per-channel ``D`` (``D_has_hdim``) is added after the scan (then
   ``rec.readout`` excludes it). Decoding from a cache and padding masks raise NotImplementedError.
+  When rec names are only cached (``wrapper.capture_only``) the layer's own forward gives the output,
+  bit for bit, and the equivalent runs beside it without the cache; a hook function on a rec name
+  makes the equivalent's output the layer's.
 """
 from __future__ import annotations
 
@@ -231,9 +234,14 @@ def _mamba2_forward(mixer, wrapper, orig, hidden_states, attention_mask=None, pa
         raise NotImplementedError(f"fla Mamba2 (layer {mixer.layer_idx}): rec.* hooks need a full-sequence forward "
                                   f"without padding; this call has {bad}")
     b, T, _ = hidden_states.shape
+    orig_call = lambda: orig(hidden_states, attention_mask=attention_mask,  # noqa: E731
+                             past_key_values=past_key_values, use_cache=use_cache,
+                             output_attentions=output_attentions, **kwargs)
     if T == 0:
-        return orig(hidden_states, attention_mask=attention_mask, past_key_values=past_key_values,
-                    use_cache=use_cache, output_attentions=output_attentions, **kwargs)
+        return orig_call()
+    own = None
+    if getattr(wrapper, "capture_only", False):  # the layer's own output; ours beside it, without the cache
+        own, past_key_values, use_cache = orig_call(), None, False
     H, P, G, N, I = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size, mixer.intermediate_size
     proj = mixer.in_proj(hidden_states)
     d_mlp = (proj.shape[-1] - 2 * I - 2 * G * N - H) // 2
@@ -263,7 +271,7 @@ def _mamba2_forward(mixer, wrapper, orig, hidden_states, attention_mask=None, pa
         # as fla's torch_forward: the final state [B, H, P, N] (ours is [B, H, N, P]) and the conv window
         g["update_layer_cache"](mixer, past_key_values, recurrent_state=_flip(final, True), conv_state=conv_state,
                                 offset=T)
-    return out, None, past_key_values
+    return (out, None, past_key_values) if own is None else own
 
 
 @contextmanager

@@ -53,6 +53,11 @@ tests/test_adapters_mamba.py::test_cuda_kernels_path, has not yet been run on a 
 tests pass with transformers 5.17 and 5.23).
 `use_scan_forward(model)` installs the same replacement on every mixer without hooks.
 
+While rec.* names are only cached (no hook function on them), the mixer's own forward still gives
+the output, bit for bit as without hooks, and the replacement runs beside it without the cache
+(``wrapper.capture_only``); a hook function on a rec.* name makes the replacement's output the
+mixer's, so that the change flows on.
+
 Supported paths of the replacement: a full-sequence forward without cache (``use_cache=False``,
 what `HookedModel` runs) or a prefill into an EMPTY cache (it writes the conv and SSM states the
 way HF does), with ``attention_mask`` None or all ones. Anything else (decoding / continuing
@@ -154,16 +159,22 @@ def _unsupported(mixer, hidden_states, cache_params, attention_mask):
 
 def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, attention_mask=None, **kwargs):
     """Equivalent of the HF Mamba2-style mixer forward with the scan done by ``hooks.scan``;
-    ``wrapper(kw, call)`` (HookedModel's scan wrapper) sees the scan call when given."""
+    ``wrapper(kw, call)`` (HookedModel's scan wrapper) sees the scan call when given. With
+    ``wrapper.capture_only`` the mixer's own forward gives the output (bit for bit as without hooks)
+    and the equivalent runs after it, without the cache, only for what the wrapper caches."""
     why = _unsupported(mixer, hidden_states, cache_params, attention_mask)
+    orig_call = lambda: orig(hidden_states, attention_mask=attention_mask,  # noqa: E731
+                             **{cache_kw(type(mixer).forward, "cache_params"): cache_params}, **kwargs)
     if why:
         if wrapper is None:
-            return orig(hidden_states, attention_mask=attention_mask,
-                        **{cache_kw(type(mixer).forward, "cache_params"): cache_params}, **kwargs)
+            return orig_call()
         raise NotImplementedError(
             f"{type(mixer).__name__} (layer {mixer.layer_idx}): rec.* hooks support a full-sequence "
             f"forward without cache or a prefill into an empty cache, with no padding; this call has "
             f"{why}. Run the prompt in one forward with use_cache=False and no padding.")
+    own = None
+    if getattr(wrapper, "capture_only", False):
+        own, cache_params = orig_call(), None
     b, T, _ = hidden_states.shape
     dtype = hidden_states.dtype
     H, P, G, N = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
@@ -197,7 +208,8 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
         # HF caches h as [B, H, P, N]; ours is [B, H, N, P]
         cache_params.update_recurrent_state(final.transpose(-1, -2).contiguous(), layer_idx=mixer.layer_idx)
     y = fam.gate_out(mixer, y.reshape(b, T, H * P), gate)
-    return mixer.out_proj(y.to(dtype))
+    out = mixer.out_proj(y.to(dtype))
+    return out if own is None else own
 
 
 @contextmanager

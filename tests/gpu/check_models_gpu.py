@@ -9,10 +9,9 @@ Run on a CUDA host (from the repo root):
 For every tiny random model and sequence length (T = 40 takes fla's fused-recurrent kernels,
 T = 150 its chunk kernels) it checks, and prints as a markdown table:
   logits    capturing every residual name, every rec.state and attn.pattern leaves the logits as
-            they were (max |diff|; GDN / GLA / attention pass through the model's own kernels: 0
-            expected; fla Mamba2 and mamba-ssm layers run an equivalent forward: float rounding; in
-            bf16 the fla Mamba2 equivalent, whose scan runs in fp32, must be no further from the fp32
-            model's logits than 1.25x the model's own bf16 forward is)
+            they were (max |diff|; GDN / GLA / attention pass through the model's own kernels and
+            fla Mamba2 keeps its own forward while an equivalent runs beside it for the capture: 0
+            expected; mamba-ssm layers run their unfused path: float rounding)
   final     the last per-token state == the model's own final state (fla: past_key_values[i]
             ['recurrent_state']; mamba-ssm: inference_params ssm_state), relative error
   loop      every per-token state == a float32 step loop on the captured scan inputs, relative error
@@ -40,10 +39,6 @@ import first_config  # tests/gpu/first_config.py, a sibling of this script
 
 TOL_LOOP = 5e-3      # fp32 Triton kernels use TF32 dots: ~1e-3 relative
 TOL_LOGITS = {"pass": 1e-6, "replaced": 5e-3}
-# A replaced forward in bf16 is judged against the same weights in fp32: its logits may be at most this
-# many times as far from them as the model's own bf16 forward is (its scan runs in fp32, the model's own
-# torch SSD in bf16, so comparing the two bf16 forwards directly measures the model's rounding).
-SLACK_BF16_REPLACED = 1.25
 
 
 def flash_attn_shim():
@@ -150,9 +145,8 @@ def kernel_globals(model):
 
 # --- one model ------------------------------------------------------------------------------------------
 
-def check(name, model, x, final_states, kind, ref_fp32=None):
-    """final_states: {layer: final state in our layout} from the model's own cached forward.
-    ref_fp32: logits of the same weights in float32 (a bf16 "replaced" model is judged against them)."""
+def check(name, model, x, final_states, kind):
+    """final_states: {layer: final state in our layout} from the model's own cached forward."""
     import hooks
     row = {"model": name, "T": x.shape[1], "dtype": str(next(model.parameters()).dtype).split(".")[-1]}
     hm = hooks.wrap(model)
@@ -169,10 +163,6 @@ def check(name, model, x, final_states, kind, ref_fp32=None):
         lg, c = hm.run_with_cache(x, names=names)
     row["logits_diff"] = (lg.float() - ref.float()).abs().max().item()
     row["logits_ok"] = row["logits_diff"] <= TOL_LOGITS[kind] * max(1.0, ref.float().abs().max().item())
-    if kind == "replaced" and ref_fp32 is not None:
-        row["native_vs_fp32"] = (ref.float() - ref_fp32).abs().max().item()
-        row["capture_vs_fp32"] = (lg.float() - ref_fp32).abs().max().item()
-        row["logits_ok"] = row["capture_vs_fp32"] <= SLACK_BF16_REPLACED * row["native_vs_fp32"] + 1e-6
     fin, lp = [], []
     for L in rec:
         p = f"blocks.{L.index}"
@@ -254,7 +244,7 @@ def fla_models(dev, dtype):
         num_hidden_layers=4, num_heads=4, attn={"layers": [2], "num_heads": 4, "window_size": 32}, **common)), "pass"
     yield "fla Mamba2", Mamba2ForCausalLM(Mamba2Config(
         num_hidden_layers=3, num_heads=8, head_dim=64, state_size=64, expand=2, n_groups=1, chunk_size=64,
-        **common)), "replaced"
+        **common)), "pass"  # capture keeps the layer's own forward (the equivalent runs beside it)
 
 
 def spice(model):
@@ -301,7 +291,6 @@ def main():
                 continue
             torch.manual_seed(0)
             spice(model)
-            ref32 = {}
             for dtype in (torch.float32, torch.bfloat16):
                 m = model.to(dev, dtype).eval()
                 for T in (40, 150):
@@ -309,11 +298,7 @@ def main():
                     import hooks
                     L = hooks.wrap(m).layers
                     try:
-                        if dtype == torch.float32:
-                            with torch.no_grad():
-                                ref32[T] = m(input_ids=x, use_cache=False).logits.float()
-                        row = check(name, m, x, fla_final_states(m, x, L), kind,
-                                    ref_fp32=ref32.get(T) if dtype != torch.float32 else None)
+                        row = check(name, m, x, fla_final_states(m, x, L), kind)
                         if dtype != torch.float32:  # bf16: logits unchanged + clean only; states vs loop loosely
                             row["states_ok"] = row["final_rel"] is None or row["final_rel"] < 5e-2
                             row["pattern_ok"] = row["pattern_rel"] is None or row["pattern_rel"] < 5e-2
@@ -338,9 +323,7 @@ def main():
             print(f"| {r['model']} | {r.get('T', '')} | {r.get('dtype', '')} | {r.get('skipped') or r.get('error')} "
                   f"| | | | | | {'skip' if 'skipped' in r else 'FAIL'} |")
             continue
-        lg = fmt(r["logits_diff"]) + (f" (vs fp32: {fmt(r['capture_vs_fp32'])}, own bf16 forward {fmt(r['native_vs_fp32'])})"
-                                      if "capture_vs_fp32" in r else "")
-        print(f"| {r['model']} | {r['T']} | {r['dtype']} | {lg} | {fmt(r['final_rel'])} | "
+        print(f"| {r['model']} | {r['T']} | {r['dtype']} | {fmt(r['logits_diff'])} | {fmt(r['final_rel'])} | "
               f"{fmt(r['loop_rel'])} | {fmt(r['pattern_rel'])} | {fmt(r['patch_ok'])} | {fmt(r['clean_ok'])} | "
               f"{'ok' if r['ok'] else 'FAIL'} |")
     if args.out:
