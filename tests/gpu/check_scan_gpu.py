@@ -2,7 +2,7 @@
 per-token states (fla's chunk pieces + the Triton expansion kernel, or the torch expansion)
 vs the pure-torch states, for gdn (beta in (0,1) and in (0,2)), gla and mamba2, fp32 and bf16.
 
-    python tests/gpu/check_scan_gpu.py
+    python tests/gpu/check_scan_gpu.py [--first-config]
 
 The references run in float32 on the same GPU from the same (dtype-rounded) inputs. Error is
 max |a - ref| and that divided by max |ref|. Tolerance on the relative error: 5e-3 for fp32
@@ -10,11 +10,14 @@ inputs (fla's kernels use TF32 dot products), 2e-2 for bf16 inputs (fla stores i
 in bf16); 0 for rows marked "(0 expected)" (states from the pieces a scan call kept vs a second
 pass of the same kernels, and the call's output with and without keeping them). Prints device, date and the table; exits 1 if any row is over tolerance or failed.
 """
+import argparse
 import sys
 import traceback
 from datetime import datetime, timezone
 
 import torch
+
+import first_config  # tests/gpu/first_config.py, a sibling of this script
 
 from hooks.scan import gdn, gla, mamba2, use_kernels
 
@@ -96,6 +99,9 @@ def mamba2_rows(dtype, dev, B, T, H, K, V):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    first_config.add_flag(ap)  # on a fresh host fla's fp32 autotuning made this script outlast 400 s
+    first_config.apply(ap.parse_args())
     dev = "cuda"
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}  fla kernels used: {use_kernels(torch.empty(1, device=dev))}")
