@@ -26,7 +26,6 @@ import argparse
 import copy
 import datetime
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,6 +33,7 @@ import torch
 
 sys.path.insert(0, ".")
 import hooks  # noqa: E402
+from experiments._sweeps import git_commit  # noqa: E402
 from interp.tasks import VOCAB  # noqa: E402
 from interp.zoo import HybridLM, ZooConfig  # noqa: E402
 
@@ -62,13 +62,6 @@ def timed(fn, reps):
 def free():
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def git_rev():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
 
 
 def zoo_part(a, dev, dtype, x, rows):
@@ -200,7 +193,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     cmd = "python bench/bench_capture.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n### Capture overhead (`{cmd.strip()}`, "
-          f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, git {git_rev()})\n")
+          f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, git {git_commit()})\n")
     print(f"device: {name}; torch {torch.__version__}; B={a.batch}, T={a.seq_len}, {str(dtype).split('.')[-1]}; "
           f"median of {a.reps} after a warm-up\n")
     print("| model | run | ms | x plain | note |")

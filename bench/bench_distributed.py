@@ -355,8 +355,8 @@ def main(argv=None):
     if a.part in ("all", "dp"):
         part_dp(a, work, lines)
     cmd = "python bench/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                                              capture_output=True, text=True).stdout.strip()
+    from experiments._sweeps import git_commit
+    commit = git_commit()
     print(f"\n### Scale out: sharded model and data-parallel sweeps (issue #7) ({datetime.date.today()}, {dev})\n")
     print(f"Command: `{cmd.strip()}` (commit {commit or 'n/a'}); torch {torch.__version__}, accelerate {acc}.\n")
     print("\n".join(lines))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import subprocess
 import sys
 import time
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
+from experiments._sweeps import git_commit  # noqa: E402
 from interp import patching, tasks  # noqa: E402
 from interp.tasks import VOCAB  # noqa: E402
 from interp.zoo import HybridLM, ZooConfig  # noqa: E402
@@ -97,8 +96,7 @@ def main(argv=None):
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
     cmd = "python bench/bench_patch.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                                              capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     print(f"\n### Patching sweep: layer x position resid_pre ({datetime.date.today()}, {name})\n")
     print(f"Command: `{cmd.strip()}` (commit {commit or 'n/a'}); {L} layers, d={d}, {m.num_params() / 1e6:.1f}M params, "
           f"{N} pairs x {T} tokens, {L * T} cells, float32 (TF32 off).\n")
