@@ -40,12 +40,12 @@ def C():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fla_mamba2_capture(C, dtype):
     import hooks
-    name, model, kind = [m for m in C.fla_models("cpu", torch.float32) if m[0] == "fla Mamba2"][0]
+    name, model = [m for m in C.fla_models("cpu", torch.float32) if m[0] == "fla Mamba2"][0]
     torch.manual_seed(0)
     C.spice(model)
     m = model.to(dtype).eval()
     x = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(40))
-    row = C.check(name, m, x, C.fla_final_states(m, x, hooks.wrap(m).layers), kind)
+    row = C.check(name, m, x, C.fla_final_states(m, x, hooks.wrap(m).layers))
     assert row["logits_diff"] == 0.0, row  # capture keeps the layer's own forward
     tol = C.TOL_LOOP if dtype == torch.float32 else 5e-2
     assert row["final_rel"] <= tol and row["loop_rel"] <= tol, row

@@ -103,14 +103,14 @@ def patch_mamba1_scan(mixer, wrapper, scan_name=SCAN, before=None):
     """Make HF Mamba1 mixer ``mixer`` (jamba / mamba / falcon_mamba) call ``wrapper(kwargs, call)``
     instead of its selective scan (see the module docstring). ``scan_name``: the global holding
     the scan function (mamba-ssm: ``selective_scan_fn``); ``before(module, args, kwargs)``: a
-    check run as the mixer starts (may raise)."""
+    check run as the mixer starts (may raise). Yields the dispatch (`hf_common.dispatch_globals`)."""
     g = forward_globals(mixer)
     if scan_name not in g:
         raise NotImplementedError(f"{type(mixer).__name__}: no {scan_name} found to intercept in {g.get('__name__')}")
     names = tuple(n for n in (scan_name, INNER, STEP) if n in g)
 
     with dispatch_globals(g, "mamba1", names, _make_standin, mixer, wrapper) as d, mark_running(mixer, d, before):
-        yield
+        yield d
 
 
 @contextmanager

@@ -19,6 +19,9 @@ them hands the block ``(new, None)`` (its add is then the identity) or makes it 
 
 Scans and attention (while their names are hooked; everything restored on exit):
 
+* Capture only (rec names cached, no hook function on them): the layer's own forward gives the output,
+  its fused path included, bit for bit; the unfused path described next runs beside it, without
+  ``inference_params``, for the capture (`own_output_beside`). With a hook function:
 * ``Mamba`` (Mamba1): the instance's ``use_fast_path`` is turned off, so the layer calls
   ``selective_scan_fn`` (not the fused ``mamba_inner_fn``); that global is dispatched for patched
   layers exactly as HF's ``mamba_selective_scan`` (`hooks.adapters.hf_mamba1`: dt after bias and
@@ -36,6 +39,7 @@ Scans and attention (while their names are hooked; everything restored on exit):
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -176,14 +180,42 @@ def _ssd_standin(d, fn):
 
 @contextmanager
 def patch_mamba2(mixer, wrapper):
+    """Dispatch the mixer's ``mamba_chunk_scan_combined`` calls to ``wrapper``; yields the dispatch. (The
+    fused path, ``use_mem_eff_path``, does not call it: `MambaSSMAdapter.patch_scan` turns that off.)"""
     g = forward_globals(mixer)
     if "mamba_chunk_scan_combined" not in g:
         raise NotImplementedError(f"{type(mixer).__name__}: no mamba_chunk_scan_combined to intercept")
     with ExitStack() as st:
-        st.enter_context(swap_attr(mixer, "use_mem_eff_path", False))
         d = st.enter_context(dispatch_globals(g, "mamba_ssm-ssd", ("mamba_chunk_scan_combined",),
                                               _ssd_standin, mixer, wrapper))
         st.enter_context(mark_running(mixer, d, _check_no_decode("rec")))
+        yield d
+
+
+@contextmanager
+def own_output_beside(mixer, d, fused_flag: str):
+    """For a capture only (``wrapper.capture_only``): the mixer's own forward, its kernel calls not
+    dispatched, gives the output (the fused path when the layer takes it: bit for bit as without hooks);
+    then the unfused path (``fused_flag`` off), whose kernel calls the wrapper sees, runs beside it
+    without ``inference_params`` and its output is dropped. Why by hand: mamba-ssm's fused kernels
+    expose no scan call to intercept, and the unfused path's output differs from theirs by rounding."""
+    orig = mixer.forward
+    sig = inspect.signature(orig)
+
+    def forward(*args, **kwargs):
+        chain = d.chains.pop(mixer, None)  # the stand-ins pass a mixer without a chain to the kernel
+        try:
+            out = orig(*args, **kwargs)
+        finally:
+            if chain is not None:
+                d.chains[mixer] = chain
+        bound = sig.bind(*args, **kwargs)
+        if "inference_params" in sig.parameters:
+            bound.arguments["inference_params"] = None
+        with swap_attr(mixer, fused_flag, False):
+            orig(*bound.args, **bound.kwargs)
+        return out
+    with swap_attr(mixer, "forward", forward):
         yield
 
 
@@ -279,13 +311,19 @@ class MambaSSMAdapter(Adapter):
 
     @contextmanager
     def patch_scan(self, layer, wrapper):
+        mix = layer.rec
         with ExitStack() as st:
             if layer.rec_family == "mamba1":
-                st.enter_context(swap_attr(layer.rec, "use_fast_path", False))
-                st.enter_context(patch_mamba1_scan(layer.rec, wrapper, scan_name="selective_scan_fn",
-                                                   before=_check_no_decode("rec")))
+                flag = "use_fast_path"
+                d = st.enter_context(patch_mamba1_scan(mix, wrapper, scan_name="selective_scan_fn",
+                                                       before=_check_no_decode("rec")))
             else:
-                st.enter_context(patch_mamba2(layer.rec, wrapper))
+                flag = "use_mem_eff_path"
+                d = st.enter_context(patch_mamba2(mix, wrapper))
+            if getattr(wrapper, "capture_only", False) and d.chains.get(mix) == [wrapper]:
+                st.enter_context(own_output_beside(mix, d, flag))
+            else:  # a hook function (or another HookedModel on the same layer): the unfused path's output
+                st.enter_context(swap_attr(mix, flag, False))
             yield
 
 
