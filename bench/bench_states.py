@@ -12,8 +12,8 @@ memory-write floor for all states (fill of a preallocated output, fp32 and bf16)
 the kernel over 256 segments (one final state per segment); fla's naive recurrent loop on a
 shorter T, scaled linearly to T. Then the same for one GLA layer (per-key decay) and one
 Mamba2 layer (simple GLA) at the same size. Ratios are to each family's fused forward.
-Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x. The fused forward is timed
-again last, to show how much the ratios' denominator drifted during the run.
+Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x. Every row is also divided by
+the fused forward timed again right after it ("x adjacent"), since that denominator drifted within a run.
 Last, exactness at a small size: states vs the fp32 pure-torch reference on the same GPU inputs.
 """
 import argparse
@@ -42,13 +42,16 @@ def timeit(fn, reps=20, warm=3):
 
 
 def table(title, rows):
-    """rows: (name, thunk returning ms); printed as each finishes (a time-out keeps what was done)."""
-    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s}", flush=True)
-    base = None
-    for name, fn in rows:
+    """rows: (name, thunk returning ms), the first the family's fused forward; printed as each finishes (a
+    time-out keeps what was done). Each later row is divided by the first row's time and by the fused
+    forward timed again right after it ("adjacent"): the baseline drifted 1.3x within one run before."""
+    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s} {'x adjacent':>11s}", flush=True)
+    (name0, base_fn), *rest = rows
+    base = base_fn()
+    print(f"{name0:52s} {base:9.3f} {1.0:12.2f} {1.0:11.2f}", flush=True)
+    for name, fn in rest:
         ms = fn()
-        base = base or ms
-        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f}", flush=True)
+        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f} {ms / base_fn():11.2f}", flush=True)
 
 
 def main():
