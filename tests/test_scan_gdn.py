@@ -290,6 +290,7 @@ def test_interp_kept_pieces(ts, monkeypatch):
     with ts.kept_gdn_pieces() as got:
         call(), call()
     assert ts.expand_kept(got, g, None) is None
+    assert ts.expand_kept([(k, torch.cat([h, h], 2), torch.cat([d, d], 2))], g, None) is None  # grouped value heads
     with pytest.raises(RuntimeError, match="boom"):
         with ts.kept_gdn_pieces():
             raise RuntimeError("boom")
