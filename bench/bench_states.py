@@ -109,9 +109,7 @@ def main():
             ("chain kernel over 256 segments", t_(chained, reps=3, warm=1)),
             (f"fla naive recurrent, T={naive_T} x {T // naive_T}",
              lambda: t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3,
-                        warm=1)() * (T // naive_T)),
-            # the baseline again: how far the ratios' denominator drifts within one run (clocks, other work)
-            ("GDN fused chunk forward, again at the end", t_(fused))]
+                        warm=1)() * (T // naive_T))]
     table("Gated DeltaNet", rows)
     del out16
 

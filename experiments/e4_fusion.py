@@ -263,8 +263,9 @@ def plot_throughput(thr: pd.DataFrame, path):
         sub = thr[(thr["mode"] == mode) & thr.tokens_per_s.notna()]
         for (dev, arm, be), g in sub.groupby(["device", "arm", "backend"], sort=False):
             short = "" if len(devices) < 2 else f", {str(dev).split(' (')[0]}"
-            ax.plot(g.seq_len, g.tokens_per_s, marker="os^dv"[devices.index(dev) % 5], color=colors[arms.index(arm) % len(colors)],
-                    ls="-" if be == "reference" else ":", label=f"{arm} ({be}{short})")
+            ax.plot(g.seq_len, g.tokens_per_s, marker="os^dv"[devices.index(dev) % 5],
+                    color=colors[arms.index(arm) % len(colors)], ls="-" if be == "reference" else ":",
+                    label=f"{arm} ({be}{short})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
@@ -293,7 +294,7 @@ def plot_training(best, by_name, path):
         ax.set_xlabel("step")
         ax.set_title(t if t == "loss" else f"held-out accuracy: {t}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0].legend(fontsize=7)
     C.save_figure(fig, path)
 
 
