@@ -18,7 +18,9 @@ model) and with nnsight (``LanguageModel.trace`` + ``.save()`` of each layer's i
 Each framework's saved tensors are compared with ours (max |diff|). A framework that is not
 installed is reported as such.
 
-Times are medians of ``--reps`` runs after one warm-up, with a device sync; prints a markdown block.
+Times are medians of ``--reps`` runs after one warm-up, with a device sync; each capture row is also
+given as the median of its per-rep ratios to a plain forward timed right before it ("paired"), since
+the plain forward's own time drifts between runs. Prints a markdown block.
 """
 from __future__ import annotations
 
@@ -43,20 +45,29 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed(fn, reps):
-    """(median seconds, last result); one warm-up call first."""
+def timed(fn, reps, base=None):
+    """(median seconds, last result, median of the per-rep ratios to ``base`` or None); one warm-up call
+    first. With ``base`` (the plain forward), each rep times ``base`` right before ``fn``, so every ratio
+    has its own adjacent denominator: the plain forward's time moved 1.3x between runs (27.6 vs 36.2 ms for
+    the same model on H200s), and a ratio to one separately timed baseline carried that spread."""
+    def once(f):
+        t0 = time.perf_counter()
+        r = f()
+        sync()
+        return time.perf_counter() - t0, r
     out = fn()
     del out
     sync()
-    ts = []
+    ts, ratios = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
+        tb = once(base)[0] if base is not None else None
+        t, out = once(fn)
+        ts.append(t)
+        if tb is not None:
+            ratios.append(t / tb)
         if _ < reps - 1:
             del out
-    return statistics.median(ts), out
+    return statistics.median(ts), out, (statistics.median(ratios) if ratios else None)
 
 
 def free():
@@ -74,8 +85,9 @@ def zoo_part(a, dev, dtype, x, rows):
     states = [f"blocks.{L.index}.rec.state" for L in hm.layers if L.rec is not None]
     label = f"zoo gdn75 ({len(states)} GDN + {a.layers - len(states)} attn layers, {m.num_params() / 1e6:.0f}M)"
     with torch.no_grad():
-        t_plain, _ = timed(lambda: m(x), a.reps)
-        rows.append((label, "plain forward", t_plain, 1.0, ""))
+        plain = lambda: m(x)  # noqa: E731
+        t_plain, _, _ = timed(plain, a.reps)
+        rows.append((label, "plain forward", t_plain, 1.0, 1.0, ""))
         bf16 = " (bf16 states)"
         for what, names, sd in (("run_with_cache: residuals", resid, None),
                                 ("run_with_cache: all rec.state", states, None),
@@ -83,7 +95,8 @@ def zoo_part(a, dev, dtype, x, rows):
                                 ("run_with_cache: all rec.state" + bf16, states, torch.bfloat16),
                                 ("run_with_cache: residuals + all rec.state" + bf16, resid + states, torch.bfloat16)):
             free()
-            t, (lg, c) = timed(lambda names=names, sd=sd: hm.run_with_cache(x, names=names, state_dtype=sd), a.reps)
+            t, (lg, c), paired = timed(lambda names=names, sd=sd: hm.run_with_cache(x, names=names, state_dtype=sd),
+                                       a.reps, base=plain)
             gb = sum(v.numel() * v.element_size() for v in c.values()) / 1e9
             note = f"{gb:.2f} GB cached"
             if sd is not None:  # one layer against the float32 states rounded to bf16 (0 = bit-equal)
@@ -94,7 +107,7 @@ def zoo_part(a, dev, dtype, x, rows):
                 del ref, d
             else:
                 del lg
-            rows.append((label, what, t, t / t_plain, note))
+            rows.append((label, what, t, t / t_plain, paired, note))
             del c
             free()
     del m, hm
@@ -117,10 +130,11 @@ def hf_part(a, dev, dtype, x, rows):
     hm = hooks.wrap(hf)
     names = [f"blocks.{i}.{s}" for i in range(L) for s in ("resid_pre", "resid_post")]
     with torch.no_grad():
-        t_plain, _ = timed(lambda: hf(input_ids=x, use_cache=False).logits, a.reps)
-        rows.append((label, "plain forward", t_plain, 1.0, ""))
-        t, (lg, ours) = timed(lambda: hm.run_with_cache(x, names=names), a.reps)
-        rows.append((label, "hooks run_with_cache (resid_pre + resid_post)", t, t / t_plain, ""))
+        plain = lambda: hf(input_ids=x, use_cache=False).logits  # noqa: E731
+        t_plain, _, _ = timed(plain, a.reps)
+        rows.append((label, "plain forward", t_plain, 1.0, 1.0, ""))
+        t, (lg, ours), paired = timed(lambda: hm.run_with_cache(x, names=names), a.reps, base=plain)
+        rows.append((label, "hooks run_with_cache (resid_pre + resid_post)", t, t / t_plain, paired, ""))
     ref = {n: v for n, v in ours.items()}
     del lg
     free()
@@ -133,14 +147,15 @@ def hf_part(a, dev, dtype, x, rows):
                                                  tokenizer=word_tokenizer(), device=str(dev), dtype=dtype)
         keep = {f"blocks.{i}.hook_resid_pre" for i in range(L)} | {f"blocks.{i}.hook_resid_post" for i in range(L)}
         with torch.no_grad():
-            t, (_, tl) = timed(lambda: br.run_with_cache(x, names_filter=lambda n: n in keep), a.reps)
+            t, (_, tl), paired = timed(lambda: br.run_with_cache(x, names_filter=lambda n: n in keep), a.reps,
+                                       base=plain)
         diff = max((tl[f"blocks.{i}.hook_{s}"].float() - ref[f"blocks.{i}.{s}"].float()).abs().max().item()
                    for i in range(L) for s in ("resid_pre", "resid_post"))
-        rows.append((label, "TransformerLens TransformerBridge.run_with_cache (same names)", t, t / t_plain,
+        rows.append((label, "TransformerLens TransformerBridge.run_with_cache (same names)", t, t / t_plain, paired,
                      f"max diff to ours {diff:.1e}"))
         del br, tl
     except Exception as e:  # noqa: BLE001  (not installed, or it failed: say so in the table)
-        rows.append((label, "TransformerLens", None, None, f"not run: {type(e).__name__}: {str(e)[:80]}"))
+        rows.append((label, "TransformerLens", None, None, None, f"not run: {type(e).__name__}: {str(e)[:80]}"))
     free()
 
     # nnsight: save each decoder layer's input and output inside a trace
@@ -157,15 +172,15 @@ def hf_part(a, dev, dtype, x, rows):
                     saved.append((layer.input.save(), layer.output.save()))
             return saved
         with torch.no_grad():
-            t, saved = timed(trace, a.reps)
+            t, saved, paired = timed(trace, a.reps, base=plain)
         first = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
         diff = max(max((first(i_).float() - ref[f"blocks.{k}.resid_pre"].float()).abs().max().item(),
                        (first(o_).float() - ref[f"blocks.{k}.resid_post"].float()).abs().max().item())
                    for k, (i_, o_) in enumerate(saved))
-        rows.append((label, "nnsight LanguageModel.trace + save (layer inputs + outputs)", t, t / t_plain,
+        rows.append((label, "nnsight LanguageModel.trace + save (layer inputs + outputs)", t, t / t_plain, paired,
                      f"max diff to ours {diff:.1e}"))
     except Exception as e:  # noqa: BLE001
-        rows.append((label, "nnsight", None, None, f"not run: {type(e).__name__}: {str(e)[:80]}"))
+        rows.append((label, "nnsight", None, None, None, f"not run: {type(e).__name__}: {str(e)[:80]}"))
     free()
 
 
@@ -195,13 +210,14 @@ def main(argv=None):
     print(f"\n### Capture overhead (`{cmd.strip()}`, "
           f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, git {git_commit()})\n")
     print(f"device: {name}; torch {torch.__version__}; B={a.batch}, T={a.seq_len}, {str(dtype).split('.')[-1]}; "
-          f"median of {a.reps} after a warm-up\n")
-    print("| model | run | ms | x plain | note |")
-    print("|---|---|---|---|---|")
-    for model, what, t, ratio, note in rows:
+          f"median of {a.reps} after a warm-up; \"x plain\": to the plain forward row; \"x plain, paired\": median "
+          f"of each rep's ratio to a plain forward timed right before it\n")
+    print("| model | run | ms | x plain | x plain, paired | note |")
+    print("|---|---|---|---|---|---|")
+    for model, what, t, ratio, paired, note in rows:
         ms = "-" if t is None else f"{t * 1e3:.1f}"
-        r = "-" if ratio is None else f"{ratio:.2f}"
-        print(f"| {model} | {what} | {ms} | {r} | {note} |")
+        r, rp = ("-" if v is None else f"{v:.2f}" for v in (ratio, paired))
+        print(f"| {model} | {what} | {ms} | {r} | {rp} | {note} |")
 
 
 if __name__ == "__main__":

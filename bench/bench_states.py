@@ -13,7 +13,8 @@ the kernel over 256 segments (one final state per segment); fla's naive recurren
 shorter T, scaled linearly to T. Then the same for one GLA layer (per-key decay) and one
 Mamba2 layer (simple GLA) at the same size. Ratios are to each family's fused forward.
 Targets (GDN): all states <= 2x the fused forward, 64 positions <= 1.3x. Every row is also divided by
-the fused forward timed again right after it ("x adjacent"), since that denominator drifted within a run.
+the fused forward timed again right after it ("x adjacent"), since that denominator drifted within a run,
+and the rows' GPU kernel time alone (torch profiler; launch gaps left out) is divided by the fused forward's.
 Last, exactness at a small size: states vs the fp32 pure-torch reference on the same GPU inputs.
 """
 import argparse
@@ -41,17 +42,37 @@ def timeit(fn, reps=20, warm=3):
     return sorted(ts)[len(ts) // 2]
 
 
+def kernel_ms(fn, reps=5):
+    """GPU time of ``fn``'s kernels alone (ms per call): the summed durations of the device events torch's
+    profiler records over ``reps`` calls, after one warm-up. Unlike the CUDA-event time it leaves out the
+    gaps in which the GPU waits for the host to launch the next kernel, so it tells whether a row is bound
+    by the GPU or by Python launch overhead (the fused forward's event time moved 0.8-1.7 ms across runs)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    us = sum(e.time_range.elapsed_us() for e in p.events() if e.device_type == DeviceType.CUDA)
+    return us / 1e3 / reps if us else float("nan")
+
+
 def table(title, rows):
-    """rows: (name, thunk returning ms), the first the family's fused forward; printed as each finishes (a
-    time-out keeps what was done). Each later row is divided by the first row's time and by the fused
-    forward timed again right after it ("adjacent"): the baseline drifted 1.3x within one run before."""
-    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s} {'x adjacent':>11s}", flush=True)
+    """rows: (name, thunk returning (ms, kernel ms or None)), the first the family's fused forward; printed as
+    each finishes (a time-out keeps what was done). Each later row is divided by the first row's time, by the
+    fused forward timed again right after it ("adjacent": the baseline drifted 1.3x within one run before),
+    and by kernel time: its kernels' GPU time over the fused forward's ("kernels")."""
+    print(f"\n{title}\n{'what':52s} {'ms':>9s} {'x fused fwd':>12s} {'x adjacent':>11s} {'kernel ms':>10s} "
+          f"{'x kernels':>10s}", flush=True)
     (name0, base_fn), *rest = rows
-    base = base_fn()
-    print(f"{name0:52s} {base:9.3f} {1.0:12.2f} {1.0:11.2f}", flush=True)
+    base, kbase = base_fn()
+    print(f"{name0:52s} {base:9.3f} {1.0:12.2f} {1.0:11.2f} {kbase:10.3f} {1.0:10.2f}", flush=True)
     for name, fn in rest:
-        ms = fn()
-        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f} {ms / base_fn():11.2f}", flush=True)
+        ms, k = fn()
+        kern = f"{k:10.3f} {k / kbase:10.2f}" if k is not None else f"{'-':>10s} {'-':>10s}"
+        print(f"{name:52s} {ms:9.3f} {ms / base:12.2f} {ms / base_fn()[0]:11.2f} {kern}", flush=True)
 
 
 def main():
@@ -72,7 +93,8 @@ def main():
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda")) / 8
     beta = torch.rand(B, T, H, **d)
     pos = torch.linspace(0, T - 1, 64).long()
-    t_ = lambda fn, **kw: lambda: timeit(fn, reps=kw.get("reps", a.reps), warm=kw.get("warm", 3))  # noqa: E731
+    def t_(fn, reps=a.reps, warm=3, kernels=True):  # a row's thunk: (event ms, kernel ms or None)
+        return lambda: (timeit(fn, reps=reps, warm=warm), kernel_ms(fn) if kernels else None)
     l2 = dict(use_qk_l2norm_in_kernel=True)
     gst = lambda **kw: gdn.states(q, k, v, g, beta, **l2, **kw)  # noqa: E731
 
@@ -101,15 +123,15 @@ def main():
             ("fused forward + states at 64 positions, fp32", t_(lambda: fused_and_states(positions=pos))),
             ("all states, fp32 out (Triton expansion)", t_(lambda: gst())),
             ("all states, bf16 out (Triton expansion)", t_(lambda: gst(out_dtype=torch.bfloat16))),
-            ("all states, fp32 out (torch expansion)", t_(lambda: gst(impl="einsum"), reps=5)),
+            ("all states, fp32 out (torch expansion)", t_(lambda: gst(impl="einsum"), reps=5, kernels=False)),
             ("states at 64 positions, fp32 (Triton)", t_(lambda: gst(positions=pos))),
             ("states at 64 positions, fp32 (torch expansion)", t_(lambda: gst(positions=pos, impl="einsum"))),
             ("write floor: fill all states, fp32", t_(lambda: out32.fill_(1.0))),
             ("write floor: fill all states, bf16", t_(lambda: out16.fill_(1.0))),
-            ("chain kernel over 256 segments", t_(chained, reps=3, warm=1)),
+            ("chain kernel over 256 segments", t_(chained, reps=3, warm=1, kernels=False)),
             (f"fla naive recurrent, T={naive_T} x {T // naive_T}",
-             lambda: t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3,
-                        warm=1)() * (T // naive_T))]
+             lambda: (t_(lambda: fla_naive(qn, kn, v[:, :naive_T], beta[:, :naive_T], g[:, :naive_T]), reps=3,
+                         warm=1, kernels=False)()[0] * (T // naive_T), None))]
     table("Gated DeltaNet", rows)
     del out16
 
