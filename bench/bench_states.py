@@ -5,7 +5,7 @@
 One GDN layer, B=8 T=2048 H=12 K=V=64 bf16 (q, k l2-normalised in the kernel): median time
 (CUDA events, after warmup) of fla's chunk_gated_delta_rule forward; that forward plus all per-token
 states expanded from the chunk pieces it computed (what ``run_with_cache`` does for a GDN layer:
-`gdn.kept_pieces`), fp32 and bf16, and plus states at 64 positions; all per-token states
+`gdn.kept_states`), fp32 and bf16, and plus states at 64 positions; all per-token states
 (`hooks.scan.gdn.states`, fp32 output as the API returns, and bf16 output) with the Triton
 expansion kernel and with the torch expansion; states at 64 evenly spread positions; the
 memory-write floor for all states (fill of a preallocated output, fp32 and bf16); chaining
@@ -113,9 +113,9 @@ def main():
     fused = lambda: gdn.scan(q, k, v, g, beta, output_final_state=True, **l2)  # noqa: E731
 
     def fused_and_states(**kw):  # what run_with_cache does: the layer's own call, its chunk pieces expanded
-        with gdn.kept_pieces(k) as got:
+        with gdn.kept_states(k, g, **kw) as got:
             fused()
-        return gdn.states_from_kept(got, g, **kw)
+        return gdn.states_from_kept(got)
 
     rows = [("GDN fused chunk forward (o + final state)", t_(fused)),
             ("fused forward + all states from its pieces, fp32", t_(lambda: fused_and_states())),
@@ -150,6 +150,10 @@ def main():
             ("states at 64 positions, fp32 (Triton)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm, positions=pos)))]
     table("Mamba2 (G=1 group)", rows)
     del out32
+    from hooks.scan.triton_states import _expand_kernel
+    print("\nstate-expansion kernel, autotuned configs (key: K, V, all states?, per-key decay?, arg dtypes):")
+    for key, cfg in _expand_kernel.cache.items():
+        print(f"  {key}: {cfg}")
 
     # exactness: GPU states vs the fp32 pure-torch reference on the same GPU inputs (batch 0)
     print()

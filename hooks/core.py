@@ -278,7 +278,10 @@ class HookedModel:
         fam = L.rec_family
 
         def wrapper(kw, call):
-            c = R.canonical(fam, kw)
+            sname = f"{p}.rec.state"
+            # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
+            inputs_read = sname in fns or any(has(f"rec.{s}") for s in ("q", "k", "v", "decay", "beta"))
+            c = R.canonical(fam, kw, lazy_qk=not inputs_read)
             modified = False
             for s in ("q", "k", "v", "decay", "beta"):
                 if s in c and has(f"rec.{s}"):
@@ -287,7 +290,6 @@ class HookedModel:
                     # one that carries a gradient graph must be on the path that is differentiated
                     modified |= new is not c[s] and (new.requires_grad or not torch.equal(new, c[s]))
                     c[s] = new
-            sname = f"{p}.rec.state"
             cached = None  # states to cache that the layer's own call produced along the way
             if modified:
                 o, final = R.scan(fam, c, initial_state=c["initial_state"])

@@ -61,15 +61,21 @@ def _mamba1_args(c):
     return (c["v"], c["beta"], c["A"], c["k"], c["q"]), dict(g=dict.get(c, "decay"), dt_decay=c["decay_dt"])
 
 
-def canonical(family: str, kw: dict) -> dict:
-    """Kernel kwargs -> {q, k, v, decay, beta?, scale, initial_state, D?}."""
+def canonical(family: str, kw: dict, lazy_qk: bool = False) -> dict:
+    """Kernel kwargs -> {q, k, v, decay, beta?, scale, initial_state, D?}. ``lazy_qk``: a GDN layer
+    that l2-normalises q, k in its kernel gets them raw, marked ``qk_l2``, and `materialize` normalises
+    them when first needed (capturing states from the layer's own call never needs them)."""
     init = kw.get("initial_state")
     if family == "gdn":
         q, k = kw["q"], kw["k"]
-        if kw.get("use_qk_l2norm_in_kernel"):
+        l2 = bool(kw.get("use_qk_l2norm_in_kernel"))
+        if l2 and not lazy_qk:
             q, k = l2norm(q), l2norm(k)
         scale = kw.get("scale") or q.shape[-1] ** -0.5
-        return dict(q=q, k=k, v=kw["v"], decay=kw["g"], beta=kw["beta"], scale=scale, initial_state=init)
+        c = dict(q=q, k=k, v=kw["v"], decay=kw["g"], beta=kw["beta"], scale=scale, initial_state=init)
+        if l2 and lazy_qk:
+            c["qk_l2"] = True
+        return c
     if family == "gla":
         q = kw["q"]
         scale = kw.get("scale") or q.shape[-1] ** -0.5
@@ -87,6 +93,13 @@ def canonical(family: str, kw: dict) -> dict:
             c["decay"] = kw["g"]
         return c
     raise ValueError(f"unknown recurrence family '{family}'; valid: {', '.join(FAMILIES)}")
+
+
+def materialize(c: dict) -> dict:
+    """The view with the q, k a ``canonical(..., lazy_qk=True)`` left raw l2-normalised (in place)."""
+    if c.pop("qk_l2", False):
+        c["q"], c["k"] = l2norm(c["q"]), l2norm(c["k"])
+    return c
 
 
 def scan(family: str, c: dict, initial_state=None):
@@ -141,17 +154,17 @@ def family_states(family: str, kw: dict, c: dict, positions=None, out_dtype=torc
 def call_with_states(family: str, call, kw: dict, c: dict, positions=None, out_dtype=torch.float32):
     """The layer's own kernel call ``call(**kw)`` -> (readout, final state, per-token states as
     `family_states`). For GDN on fla's kernels the states are expanded from the chunk pieces that very
-    call computed (`gdn.kept_pieces`), so capturing them costs no second chunk pass; the call's
-    results are the same as without capture."""
+    call computed (`gdn.kept_states`), so capturing them costs no second chunk pass; the call's
+    results are the same as without capture. ``c`` may be a lazy view (`materialize`)."""
     if family == "gdn" and not kw.get("use_gate_in_kernel"):
-        with gdn.kept_pieces(c["k"]) as got:
+        with gdn.kept_states(c["k"], c["decay"], positions, out_dtype) as got:
             o, final = call(**kw)
-        S = gdn.states_from_kept(got, c["decay"], positions, out_dtype)
+        S = gdn.states_from_kept(got)
         if S is not None:
             return o, final, S
     else:
         o, final = call(**kw)
-    return o, final, family_states(family, kw, c, positions, out_dtype)
+    return o, final, family_states(family, kw, materialize(c), positions, out_dtype)
 
 
 def readout_at(c: dict, S, t: int):

@@ -265,8 +265,8 @@ def test_interp_gla_pieces(ts, per_key):
 def test_interp_kept_pieces(ts, monkeypatch):
     """kept_gdn_pieces records what fla's chunk forward looks up as chunk_gated_delta_rule_fwd_h (here
     a stand-in computing the pure-torch pieces, since fla's kernel does not run under the interpreter),
-    passes its results through untouched, expands them to the states, and restores the function on
-    every exit; a call it cannot expand (variable lengths) or a second call gives None."""
+    passes its results through untouched, expands them to the states (afterwards, or at once with
+    ``expand``), and restores the function on every exit; a call it cannot expand (variable lengths) or a second call gives None."""
     import fla.ops.gated_delta_rule.chunk as chunk_mod
     x = inputs(70, seed=11)
     q, k, v, g, beta = args(x)
@@ -284,6 +284,10 @@ def test_interp_kept_pieces(ts, monkeypatch):
     torch.testing.assert_close(ts.expand_kept(got, g, None), ref, **TOL)
     pos = torch.tensor([3, 64, 69])
     torch.testing.assert_close(ts.expand_kept(got, g, pos), ref[:, pos], **TOL)
+    with ts.kept_gdn_pieces(expand=lambda *rec: ts.expand_kept([rec], g, pos)) as got:  # expanded at once
+        call()
+    assert len(got) == 1
+    torch.testing.assert_close(got[0], ref[:, pos], **TOL)
     with ts.kept_gdn_pieces() as got:
         call(cu_seqlens=torch.tensor([0, 70]))
     assert got == [None] and ts.expand_kept(got, g, None) is None

@@ -131,25 +131,29 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
 
 
 @contextlib.contextmanager
-def kept_pieces(k):
-    """For CUDA tensors with fla: fla's chunked forward, called inside the block, records its chunk
-    pieces (`triton_states.kept_gdn_pieces`) so that `states_from_kept` expands them without a second
-    chunk pass. Otherwise (pure-torch path) nothing is recorded."""
+def kept_states(k, g, positions=None, out_dtype=torch.float32):
+    """For CUDA tensors with fla: fla's chunked forward, called inside the block with log decays g
+    ``[B, T, H]``, expands its per-token states (as ``states``) from the chunk pieces it computes
+    (`triton_states.kept_gdn_pieces`), as soon as they exist, so capture runs no second chunk pass and
+    the expansion overlaps the rest of the call's host work. Read the result with `states_from_kept`.
+    Otherwise (pure-torch path) nothing is recorded."""
     if not use_kernels(k):
         yield []
         return
     from hooks.scan import triton_states
-    with triton_states.kept_gdn_pieces() as got:
+    pos = norm_positions(positions, g.shape[1])
+    pos = None if pos is None else pos.to(k.device)  # copied now, not in the middle of the call
+
+    def expand(k_, h, d):
+        return triton_states.expand_kept([(k_, h, d)], g, pos, out_dtype)
+    with triton_states.kept_gdn_pieces(expand) as got:
         yield got
 
 
-def states_from_kept(got, g, positions=None, out_dtype=torch.float32):
-    """Per-token states (as ``states``) from the pieces `kept_pieces` recorded for one call with log
-    decays g ``[B, T, H]``, or None when they cannot be used (nothing or more than one call recorded)."""
-    if not got:
-        return None
-    from hooks.scan import triton_states
-    return triton_states.expand_kept(got, g, norm_positions(positions, g.shape[1]), out_dtype)
+def states_from_kept(got):
+    """The states `kept_states` recorded for exactly one call, or None (nothing or more than one call
+    recorded, or a call whose pieces cannot be expanded here, e.g. grouped value heads)."""
+    return got[0] if len(got) == 1 else None
 
 
 def readout(states_, q, scale=None):

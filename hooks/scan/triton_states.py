@@ -40,15 +40,18 @@ def _prune(configs, named_args, **kwargs):
 
 
 # The first config is the one this kernel used before it was autotuned (and the one `--first-config`
-# check runs take); the others trade V-block width (programs in flight) against warps per program.
-_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
+# check runs take); the others trade V-block width (programs in flight) against warps per program, each
+# with plain and with streaming (".cs", evict-first) stores: the states are written once and never
+# re-read by this kernel, and at B=8 T=2048 they are 50x the L2 cache.
+_CONFIGS = [triton.Config(dict(BV=bv, STREAM=cs), num_warps=nw) for cs in (False, True) for bv, nw in
             [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
 def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr,
+                   STREAM: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
     ALL: program (i_v, chunk, b*h) steps through its chunk storing S after every token into
     out [B,T,H,K,V]; else program (i_v, i, b*h) steps from the start of the chunk holding
@@ -95,7 +98,10 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
-            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+            if STREAM:
+                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv, cache_modifier=".cs")
+            else:
+                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
         row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
@@ -107,7 +113,7 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
     (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
-    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
+    The V-block width, warps and store kind are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -126,12 +132,14 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
 
 
 @contextlib.contextmanager
-def kept_gdn_pieces():
+def kept_gdn_pieces(expand=None):
     """Within the block, every call of fla's chunked GDN forward appends to the yielded list its chunk
     pieces ``(k, h, d)``: k ``[B, T, H, K]`` as the kernel saw it (l2-normalised where the call asks),
     h ``[B, NT, H, K, V]`` chunk-start states, d ``[B, T, H, V]`` effective writes (fla's ``v_new``),
     i.e. what `gdn_pieces` would compute again - or None for a call this module cannot expand
-    (variable lengths, state_v_first, another chunk size). The call's own results are untouched.
+    (variable lengths, state_v_first, another chunk size). With ``expand``, it appends ``expand(k, h, d)``
+    instead, called as soon as the pieces exist: the work it queues on the GPU (the state expansion)
+    then runs while the host still launches the call's output kernel. The call's own results are untouched.
     Why by hand: fla returns only o and the final state; its pieces are locals of
     ``chunk_gated_delta_rule_fwd``, which looks ``chunk_gated_delta_rule_fwd_h`` up in its module."""
     import fla.ops.gated_delta_rule.chunk as chunk_mod
@@ -142,7 +150,8 @@ def kept_gdn_pieces():
         out = orig(*args, **kw)
         usable = (not args and kw.get("cu_seqlens") is None and not kw.get("state_v_first")
                   and kw.get("chunk_size", CHUNK) == CHUNK)
-        got.append((kw["k"], out[0], out[1]) if usable else None)
+        rec = (kw["k"], out[0], out[1]) if usable else None
+        got.append(expand(*rec) if expand is not None and rec is not None else rec)
         return out
 
     chunk_mod.chunk_gated_delta_rule_fwd_h = keep
@@ -212,6 +221,8 @@ def gdn_states(k, v, g, beta, initial_state, positions, out_dtype=torch.float32,
     k = k.to(v.dtype)  # fla's kernels take one dtype for k and v
     h, d = gdn_pieces(k, v, g, beta, initial_state)
     return _expand(h, k, d, g, positions, out_dtype, impl)
+
+
 def gla_states(k, v, g, initial_state, positions, out_dtype=torch.float32, impl="auto"):
     """Per-token GLA / simple-GLA states ``[B, T|P, H, K, V]``."""
     h = gla_pieces(k, v, g, initial_state)

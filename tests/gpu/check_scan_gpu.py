@@ -51,9 +51,9 @@ def gdn_rows(dtype, dev, B, T, H, K, V, neg):
                      err(gdn.states(q, k, v, g, beta, positions=pos, impl=impl, **kw), ref_st[:, pos])))
     rows.append((f"{name} states[-1] vs kernel final", err(gdn.states(q, k, v, g, beta, positions=[T - 1], **kw)[:, 0], s)))
     # states expanded from the pieces the layer's own kernel call computed (what run_with_cache uses)
-    with gdn.kept_pieces(k) as got:
+    with gdn.kept_states(k, g) as got:
         o2, _ = gdn.scan(q, k, v, g, beta, output_final_state=True, **kw)
-    kept = gdn.states_from_kept(got, g)
+    kept = gdn.states_from_kept(got)
     rows.append((f"{name} states all (kept pieces of the call)", err(kept, ref_st) if kept is not None
                  else (float("nan"), float("nan"))))
     rows.append((f"{name} kept pieces vs second pass (0 expected)",
