@@ -40,18 +40,17 @@ def _prune(configs, named_args, **kwargs):
 
 
 # The first config is the one this kernel used before it was autotuned (and the one `--first-config`
-# check runs take); the others trade V-block width (programs in flight) against warps per program, each
-# with plain and with streaming (".cs", evict-first) stores: the states are written once and never
-# re-read by this kernel, and at B=8 T=2048 they are 50x the L2 cache.
-_CONFIGS = [triton.Config(dict(BV=bv, STREAM=cs), num_warps=nw) for cs in (False, True) for bv, nw in
+# check runs take); the others trade V-block width (programs in flight) against warps per program.
+# (Streaming ".cs" stores as a further axis were tried on an H200: no gain, 1.067 vs 1.064 ms for all
+# states in fp32, and twice the first call's autotuning; BENCHMARKS.md section 3.)
+_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
             [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
 def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr,
-                   STREAM: tl.constexpr):
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
     ALL: program (i_v, chunk, b*h) steps through its chunk storing S after every token into
     out [B,T,H,K,V]; else program (i_v, i, b*h) steps from the start of the chunk holding
@@ -98,10 +97,7 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
-            if STREAM:
-                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv, cache_modifier=".cs")
-            else:
-                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
         row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
@@ -113,7 +109,7 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
     (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
-    The V-block width, warps and store kind are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
+    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
