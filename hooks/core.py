@@ -276,15 +276,16 @@ class HookedModel:
         hook sees and returns them so); only the cached copy is cast. Unhooked cached states are
         written in ``sdtype`` by the state kernel itself (no float32 copy of all of them)."""
         fam = L.rec_family
+        sname = f"{p}.rec.state"
+        inputs = [s for s in ("q", "k", "v", "decay", "beta") if has(f"rec.{s}")]
+        # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
+        lazy_qk = not inputs and sname not in fns
 
         def wrapper(kw, call):
-            sname = f"{p}.rec.state"
-            # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
-            inputs_read = sname in fns or any(has(f"rec.{s}") for s in ("q", "k", "v", "decay", "beta"))
-            c = R.canonical(fam, kw, lazy_qk=not inputs_read)
+            c = R.canonical(fam, kw, lazy_qk=lazy_qk)
             modified = False
-            for s in ("q", "k", "v", "decay", "beta"):
-                if s in c and has(f"rec.{s}"):
+            for s in inputs:
+                if s in c:
                     new = apply(f"{p}.rec.{s}", c[s])
                     # an identical replacement keeps the layer's own kernel (bit-exact clean runs);
                     # one that carries a gradient graph must be on the path that is differentiated
