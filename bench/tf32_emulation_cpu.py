@@ -16,14 +16,11 @@ import argparse
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from hooks.scan import gdn  # noqa: E402
-from interp.zoo import HybridLM, ZooConfig  # noqa: E402
+from hooks.scan import gdn
+from interp.zoo import HybridLM, ZooConfig
 
 
 def tf32(x: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,25 @@ pytestmark = pytest.mark.skipif(
     reason="needs triton, fla and TRITON_INTERPRET=1 (never in the CPU venv)")
 
 
+def _gpu_script(name):
+    """tests/gpu/<name>.py imported by file path and registered under its plain name in sys.modules, where
+    check_models_gpu's own ``import first_config`` (a sibling import) finds it."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "gpu" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def C():
-    sys.path.insert(0, str(Path(__file__).parent / "gpu"))
-    import check_models_gpu
-    import first_config
+    first_config = _gpu_script("first_config")
+    check_models_gpu = _gpu_script("check_models_gpu")
     if check_models_gpu.flash_attn_shim() and "fla.layers.attn" in sys.modules:
         # fla's Attention module was imported (by another test) before the stand-in existed
         attn = sys.modules["fla.layers.attn"]

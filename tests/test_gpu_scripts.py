@@ -1,11 +1,15 @@
 """CPU-side checks of helpers the GPU scripts use (the scripts themselves need CUDA and fla)."""
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
-from first_config import first_config_only  # noqa: E402
+# tests/gpu/first_config.py, imported by file path (tests/gpu is not a package)
+_spec = importlib.util.spec_from_file_location("first_config",
+                                               Path(__file__).resolve().parent / "gpu" / "first_config.py")
+_first_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_first_config)
+first_config_only = _first_config.first_config_only
 
 
 def test_first_config_only_runs_the_first_config_that_launches_and_keeps_it():

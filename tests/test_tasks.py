@@ -152,9 +152,9 @@ def _fingerprint():
 
 def test_determinism_across_processes():
     here = Path(__file__).resolve().parent
-    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_tasks; print(test_tasks._fingerprint())"
+    code = "import test_tasks; print(test_tasks._fingerprint())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=here.parent, env={"PYTHONHASHSEED": "123", "PATH": ""})
+                         cwd=here.parent, env={"PYTHONHASHSEED": "123", "PATH": "", "PYTHONPATH": str(here)})
     assert out.stdout.strip() == _fingerprint()
 
 
