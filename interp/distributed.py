@@ -20,7 +20,9 @@ its results incrementally to ``<out>/rank<r>/``. After a barrier rank 0 merges: 
 sums become the same DataFrame (and ``<out>/units.csv``) a single-process run produces, the
 capture's shards are listed in one ``<out>/manifest.json`` that reads like a single-process
 capture. An interrupted run resumes: finished items (in any ``rank*/`` directory or the merged
-files) are not run again, also when the number of processes changes (patching).
+files) are not run again, also when the number of processes changes (patching). A capture's
+``<out>`` and each ``rank<r>/`` are `interp.store` result folders (spec-checked, locked, written
+atomically); a capture resumes with the same number of processes.
 
 Backend: NCCL for CUDA hosts, gloo otherwise; the ranks exchange only small control messages
 (barriers, the list of finished items) and never tensors, over a gloo group in both cases.
@@ -28,7 +30,6 @@ Without torchrun's environment variables everything runs as one process (rank 0 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from interp import InterpError
+from interp.store import atomic_write_json, read_json, read_spec, spec_diff
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BACKENDS = ("gloo", "nccl")
@@ -292,77 +294,99 @@ def _raise_any(msgs):
 
 # --- capture ------------------------------------------------------------------------------------------
 def capture(model, tokens, names, out, ctx: Context | None = None, batch_size: int = 16, meta=None,
-            progress=None, **kw) -> Path:
+            progress=None, overwrite: bool = False, **kw) -> Path:
     """`interp.capture.capture` spread over the ranks: rank r captures a contiguous run of whole
     batches (the batches a single process would run, so the numbers are the same) into
-    ``out/rank<r>/``; rank 0 then writes ``out/manifest.json`` listing every shard in example
-    order, so `load_capture(out)` reads it like a single-process capture. Resumable with the same
-    number of processes. ``kw``: positions, max_memory (per rank)."""
-    from interp.capture import capture as capture_one
+    ``out/rank<r>/``, a capture folder of its own; rank 0 then writes ``out/manifest.json``
+    listing every shard in example order, so `load_capture(out)` reads it like a single-process
+    capture. ``out`` gets the spec a single-process capture would (checked, and locked by rank 0
+    for the whole run); resumable with the same number of processes; ``overwrite=True`` replaces
+    what ``out`` holds. ``kw``: positions, max_memory (per rank), state_dtype."""
+    from interp.capture import capture as capture_one, capture_spec, open_store
     ctx = ctx or init()
     out = Path(out)
     if progress is None:
         progress = ctx.is_main
     names = list(names)
     if not ctx.distributed:
-        return capture_one(model, tokens, names, out, batch_size=batch_size, meta=meta, progress=progress, **kw)
+        return capture_one(model, tokens, names, out, batch_size=batch_size, meta=meta, progress=progress,
+                           overwrite=overwrite, **kw)
     N = int(tokens.shape[0])
     n_batches = -(-N // batch_size)
     parts = [shard(range(n_batches), r, ctx.world_size) for r in range(ctx.world_size)]
     ranges = [(min(N, p[0] * batch_size), min(N, (p[-1] + 1) * batch_size)) if p else (N, N) for p in parts]
+    held = {}
 
-    def check():
-        mf = out / "manifest.json"
-        if mf.is_file():
-            m = json.loads(mf.read_text())
-            if m.get("names") != names or m.get("n_examples") != N:
-                raise InterpError(f"{out} holds a different capture (names/examples differ); use a new --out")
-            single_done = bool(m["shards"]) and m["shards"][-1]["stop"] == N
-            if "ranks" not in m and not single_done:
-                raise InterpError(f"{out} holds an unfinished single-process capture; finish it without "
-                                  "--distributed or use a new --out")
-        for r, (a, b) in enumerate(ranges):
-            f = out / f"rank{r}" / "manifest.json"
-            if f.is_file():
-                got = json.loads(f.read_text()).get("meta", {}).get("range")
-                if got != [a, b]:
-                    raise InterpError(f"{out}/rank{r} holds examples {got}, but with {ctx.world_size} processes rank {r} "
-                                      f"captures {[a, b]}; resume with the same number of processes or use a new --out")
-        return mf.is_file() and "ranks" not in json.loads(mf.read_text())
-    if ctx.on_main(check):  # a finished single-process capture: nothing to do
-        return out
-    a, b = ranges[ctx.rank]
-    err = None
-    if a < b:
-        try:
-            capture_one(model, tokens[a:b], names, out / f"rank{ctx.rank}", batch_size=batch_size,
-                        meta={**(meta or {}), "range": [a, b]}, progress=progress, **kw)
-        except InterpError as e:
-            err = str(e)
-    _raise_any(ctx.gather(("error", err) if err else ("ok", None)))
-    ctx.on_main(lambda: merge_captures(out, ranges, meta=meta), share=False)
+    def open_out():  # rank 0, before any rank writes: check and lock out; True if it is complete
+        spec = capture_spec(model, tokens, names, batch_size=batch_size, meta=meta, **kw)
+        held["store"] = open_store(out, spec, overwrite)
+        return _capture_state(out, N, ranges)
+    try:
+        if ctx.on_main(open_out):  # finished (by one process or by these): nothing to do
+            return out
+        a, b = ranges[ctx.rank]
+        err = None
+        if a < b:
+            try:
+                capture_one(model, tokens[a:b], names, out / f"rank{ctx.rank}", batch_size=batch_size,
+                            meta={**(meta or {}), "range": [a, b]}, progress=progress, **kw)
+            except InterpError as e:
+                err = str(e)
+        _raise_any(ctx.gather(("error", err) if err else ("ok", None)))
+        ctx.on_main(lambda: merge_captures(out, ranges, meta=meta), share=False)
+    finally:
+        if "store" in held:
+            held["store"].close()
     return out
 
 
+def _capture_state(out: Path, n: int, ranges) -> bool:
+    """True if ``out`` holds a finished capture of ``n`` examples; refuses an unfinished
+    single-process capture and rank folders cut for another number of processes."""
+    mf = out / "manifest.json"
+    if mf.is_file():
+        m = read_json(mf)
+        if m["shards"] and m["shards"][-1]["stop"] == n:
+            return True
+        if "ranks" not in m:
+            raise InterpError(f"{out} holds an unfinished single-process capture; finish it without "
+                              "--distributed, or use --overwrite or a new --out")
+    for r, (a, b) in enumerate(ranges):
+        head = read_spec(out / f"rank{r}")
+        got = head["spec"].get("source", {}).get("range") if isinstance(head, dict) else None
+        if head is not None and got != [a, b]:
+            raise InterpError(f"{out}/rank{r} holds examples {got}, but with {len(ranges)} processes rank {r} "
+                              f"captures {[a, b]}; resume with the same number of processes, or use --overwrite "
+                              "or a new --out")
+    return False
+
+
 def merge_captures(out, ranges, meta=None) -> Path:
-    """Write ``out/manifest.json`` for the rank directories ``out/rank<r>/`` (rank r holds the
-    examples ``ranges[r]``): the shards of every rank in example order, file names relative to
-    ``out``, as a single-process capture of all examples would list them."""
+    """Write ``out/manifest.json`` (atomically) for the rank directories ``out/rank<r>/`` (rank r
+    holds the examples ``ranges[r]``): the shards of every rank in example order, file names
+    relative to ``out``, as a single-process capture of all examples would list them. The ranks'
+    specs must agree but for their example ranges (an InterpError names the fields)."""
     out = Path(out)
-    shards, head = [], None
+    shards, head, first = [], None, None
     for r, (a, b) in enumerate(ranges):
         if a >= b:
             continue
-        m = json.loads((out / f"rank{r}" / "manifest.json").read_text())
-        if not m["shards"] or m["shards"][-1]["stop"] != b - a:
-            raise InterpError(f"{out}/rank{r} is incomplete (examples {a}..{b})")
+        d = out / f"rank{r}"
+        m = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else None
+        if m is None or not m["shards"] or m["shards"][-1]["stop"] != b - a:
+            raise InterpError(f"{d} is incomplete (examples {a}..{b})")
+        spec = (read_spec(d) or {}).get("spec", {})
+        spec = {k: ({**v, "range": None} if k == "source" else v) for k, v in spec.items() if k != "tokens"}
+        first = first or (r, spec)
+        diff = spec_diff(first[1], spec)
+        if diff:
+            raise InterpError(f"{d} was captured with other settings than {out}/rank{first[0]}: {'; '.join(diff[:6])}; "
+                              "capture again with --overwrite or into a new --out")
         head = head or m
         for s in m["shards"]:
             shards.append({**s, "file": f"rank{r}/{s['file']}", "start": s["start"] + a, "stop": s["stop"] + a})
     manifest = {"names": head["names"], "positions": head["positions"], "n_examples": ranges[-1][1],
                 "seq_len": head["seq_len"], "state_dtype": head.get("state_dtype", "float32"), "meta": meta or {},
                 "shards": shards, "ranks": len(ranges)}
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / "manifest.json")
+    atomic_write_json(out / "manifest.json", manifest)
     return out

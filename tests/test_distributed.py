@@ -167,8 +167,37 @@ def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_pat
     assert {k: v for k, v in ma.items() if k not in ("shards", "ranks")} == \
         {k: v for k, v in mb.items() if k != "shards"}
     # a single-process resume on the merged directory has nothing left to do
-    capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], progress=False)
+    capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], max_memory=30000, meta={"x": 1},
+            progress=False)
     assert json.loads((tmp / "cap" / "manifest.json").read_text()) == ma
+
+
+def test_merge_captures_checks_rank_specs_and_process_counts(tmp_path, one_thread):
+    """Rank folders captured alone merge into what one process writes; a rank captured with other
+    settings is named by the merge; rank folders cut for another number of processes, or an
+    unfinished distributed capture resumed by one process, are refused."""
+    from interp.capture import OWNS, capture_spec
+    from interp.store import Store
+    m, x, out = make_model(tmp_path / "model"), tokens(), tmp_path / "cap"
+    kw = dict(batch_size=2, positions=[2, 5, 9], max_memory=30000, progress=False)
+    ranges = [(0, 4), (4, 7)]
+    spec = capture_spec(m, x, NAMES, positions=[2, 5, 9], max_memory=30000, batch_size=2, meta={"x": 1})
+    Store(out, "capture", spec, owns=OWNS).open().close()     # what rank 0 does first
+    for r, (a, b) in enumerate(ranges):
+        capture(m, x[a:b], NAMES, out / f"rank{r}", meta={"x": 1, "range": [a, b]}, **kw)
+    distributed.merge_captures(out, ranges, meta={"x": 1})
+    one = load_capture(capture(m, x, NAMES, tmp_path / "one", meta={"x": 1}, **kw))
+    assert all(torch.equal(load_capture(out)[k], one[k]) for k in NAMES)
+    (out / "manifest.json").unlink()
+    with pytest.raises(InterpError, match=r"rank0 holds examples \[0, 4\], but with 3 processes rank 0 captures \[0, 2\]"):
+        distributed._capture_state(out, 7, [(0, 2), (2, 4), (4, 7)])
+    with pytest.raises(InterpError, match="holds an unfinished distributed capture"):
+        capture(m, x, NAMES, out, meta={"x": 1}, **kw)
+    capture(m, x[4:7], NAMES, out / "rank1", meta={"x": 1, "range": [4, 7]}, overwrite=True,
+            **{**kw, "positions": [2, 5, 8]})
+    with pytest.raises(InterpError, match=r"rank1 was captured with other settings than .*rank0: "
+                                          r"positions: \[2, 5, 9\] -> \[2, 5, 8\]"):
+        distributed.merge_captures(out, ranges)
 
 
 def test_cli_distributed_equals_single(dist_run, one_thread, tmp_path):
@@ -254,7 +283,6 @@ def test_merge_refuses_mixed_settings(tmp_path):
 
 # --- models spread over devices (accelerate) -------------------------------------------------------
 def _hf_checkpoint(path, kind="qwen3_next"):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_adapters_hf import CONFIGS, COMMON
     from transformers import AutoConfig, AutoModelForCausalLM
     mt, kw = CONFIGS[kind]
