@@ -93,14 +93,17 @@ def parse(name: str):
 
 
 def valid_names(layers) -> list[str]:
-    """Concrete names for a model given its LayerInfo list (see hooks.adapters.base)."""
+    """Concrete names for a model given its LayerInfo list (see hooks.adapters.base). A recurrent
+    layer has the rec.* names of the scan inputs its family has (GLA: no beta)."""
+    from hooks.recurrence import get_family  # imported here: `hooks.names` alone stays free of torch
     out = ["embed"]
     for L in layers:
         out += [f"blocks.{L.index}.{s}" for s in RESID]
         if L.attn is not None:
             out += [f"blocks.{L.index}.attn.{s}" for s in ATTN]
         if L.rec is not None:
-            out += [f"blocks.{L.index}.rec.{s}" for s in REC if not (s == "beta" and L.rec_family == "gla")]
+            has = get_family(L.rec_family).inputs
+            out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has or s in ("state", "readout")]
     return out
 
 

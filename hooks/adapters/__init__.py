@@ -1,27 +1,57 @@
-"""One adapter per model family; `find(model)` picks the one that matches."""
+"""One adapter per model family; `find(model)` picks the one that matches.
+
+``BUILTIN`` is the registry of the adapters that ship with hooks: each one once, as (module in
+hooks.adapters, class), in the order they are tried. Each module is imported on first use, and a
+missing one never hides the others. Adapters added with `register` are tried after them.
+"""
 from __future__ import annotations
 
-from hooks.adapters.base import Adapter, LayerInfo
-from hooks.adapters.zoo import ZooAdapter
+import importlib
 
-ADAPTERS: list[type[Adapter]] = [ZooAdapter]
+from hooks.adapters.base import Adapter, LayerInfo  # noqa: F401  (public here)
+
+BUILTIN = (
+    # wrappers first: their attribute forwarding (nnsight envoys mirror the wrapped module's children)
+    # could make them look like the model they wrap to another adapter
+    ("interop", "InteropAdapter"),
+    # fla's and mamba-ssm's model classes ahead of the HF adapters: their configs reuse HF model_type
+    # names (fla's Mamba2Config is 'mamba2')
+    ("mamba_ssm", "MambaSSMAdapter"),
+    ("fla_models", "FLAModelAdapter"),
+    ("zoo", "ZooAdapter"),
+    ("hf_transformer", "HFTransformerAdapter"),
+    ("hf_gdn", "HFGDNAdapter"),
+    ("hf_mamba", "HFMambaAdapter"),
+    ("hf_mamba1", "HFMamba1Adapter"),
+)
+
+ADAPTERS: list[type[Adapter]] = []  # the adapters in the order they are tried (BUILTIN, then registered)
+_loaded = False
 
 
 def register(adapter_cls: type[Adapter]) -> type[Adapter]:
-    ADAPTERS.append(adapter_cls)
+    """Add an adapter class (tried after the built-in ones); returns it, so it works as a decorator."""
+    if adapter_cls not in ADAPTERS:
+        ADAPTERS.append(adapter_cls)
     return adapter_cls
 
 
 def _load_builtin():
-    # HF families register themselves on import; each file is optional so one broken family
-    # never hides the others.
-    import importlib
-    for mod in ("hf_transformer", "hf_gdn", "hf_mamba", "hf_mamba1", "fla_models", "mamba_ssm", "interop"):
+    """Import the ``BUILTIN`` adapters (once) and put them ahead of the registered ones."""
+    global _loaded
+    if _loaded:
+        return
+    found = []
+    for mod, cls in BUILTIN:
         try:
-            importlib.import_module(f"hooks.adapters.{mod}")
+            m = importlib.import_module(f"hooks.adapters.{mod}")
         except ModuleNotFoundError as e:
             if e.name != f"hooks.adapters.{mod}":
                 raise
+            continue
+        found.append(getattr(m, cls))
+    ADAPTERS[:0] = [a for a in found if a not in ADAPTERS]
+    _loaded = True
 
 
 def supported_families() -> list[str]:

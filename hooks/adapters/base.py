@@ -21,7 +21,7 @@ class LayerInfo:
     mlp_out: nn.Module | None        # output = what the MLP adds (None: block has no MLP)
     attn: nn.Module | None = None    # attention module (attn.* names), None if none
     rec: nn.Module | None = None     # recurrent module (rec.* names), None if none
-    rec_family: str | None = None    # 'gdn' | 'gla' | 'mamba2'
+    rec_family: str | None = None    # a name in hooks.scan.FAMILIES: 'gdn' | 'gla' | 'mamba2' | 'mamba1'
     attn_meta: dict = field(default_factory=dict)  # scale, sliding_window (None = full causal)
 
 
@@ -58,7 +58,7 @@ class Adapter:
     def patch_attention(self, layer: LayerInfo, wrapper):
         """Make the layer call ``wrapper(q, k, v, call)`` instead of its attention core op.
         q: [B, T, H, Dh], k/v: [B, T, Hkv, Dh] (after RoPE); ``call(q, k, v)`` runs the original
-        op; the wrapper returns o [B, T, H, Dh]."""
+        op; the wrapper returns o [B, T, H, Dh] (`hooks.session.AttentionHook`)."""
         raise NotImplementedError(f"{self.family}: attention interception not implemented")
         yield
 
@@ -66,7 +66,7 @@ class Adapter:
     def patch_scan(self, layer: LayerInfo, wrapper):
         """Make the layer call ``wrapper(kwargs, call)`` instead of its scan kernel. ``kwargs`` are
         in the signature of ``hooks.scan.<family>.scan``; ``call(**kwargs)`` runs the original
-        kernel; the wrapper returns (o, final_state). An adapter that cannot reach the layer's own
+        kernel; the wrapper (`hooks.session.ScanHook`) returns (o, final_state). An adapter that cannot reach the layer's own
         kernel and runs an equivalent forward instead should, when ``wrapper.capture_only`` is true
         (no hook function on the layer's rec names, only caching), return the layer's own output
         and run the equivalent beside it, without the cache, so that capture leaves the outputs as

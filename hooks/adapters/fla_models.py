@@ -55,7 +55,6 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 
-from hooks.adapters import ADAPTERS
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, dispatch_globals, forward_globals
 from hooks.adapters.hf_mamba import _ZeroTerm
@@ -341,8 +340,3 @@ class FLAModelAdapter(HFAdapter):
             else:
                 st.enter_context(patch_kernels(layer.rec, layer.rec_family, wrapper))
             yield
-
-
-# ahead of the HF adapters: fla's configs reuse HF model_type names (fla's Mamba2Config is 'mamba2')
-if FLAModelAdapter not in ADAPTERS:
-    ADAPTERS.insert(0, FLAModelAdapter)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 
-from hooks.adapters import register
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, decoder_layers, dispatch_globals, forward_globals
 from hooks.adapters.hf_transformer import transformer_layer
@@ -123,7 +122,6 @@ def _pop(stack, m):
             return
 
 
-@register
 class HFGDNAdapter(HFAdapter):
     family = "hf_gdn"
     model_types = MODEL_TYPES

@@ -77,7 +77,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hooks.adapters import register
 from hooks.adapters.hf_common import cache_kw
 from hooks.adapters.base import Adapter, LayerInfo, swap_attr
 from hooks.scan import mamba2 as mamba2_scan
@@ -356,7 +355,6 @@ def _attn_meta(attn):
     return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None) or None}
 
 
-@register
 class HFMambaAdapter(Adapter):
     family = "hf_mamba"
     model_types = MODEL_TYPES

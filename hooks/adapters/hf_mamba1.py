@@ -45,7 +45,6 @@ from contextlib import contextmanager
 
 import torch.nn.functional as F
 
-from hooks.adapters import register
 from hooks.adapters.base import LayerInfo
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers, dispatch_globals, forward_globals
 from hooks.adapters.hf_gdn import _pop
@@ -169,7 +168,6 @@ def _standin(d, fn, name):
     return scan
 
 
-@register
 class HFMamba1Adapter(HFAdapter):
     family = "hf_mamba1"
     model_types = MODEL_TYPES

@@ -20,7 +20,6 @@ its attention op while attention names are hooked.
 """
 from __future__ import annotations
 
-from hooks.adapters import register
 from hooks.adapters.base import LayerInfo
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers
 
@@ -45,7 +44,6 @@ def transformer_layer(i, blk, post_norm: bool, config=None) -> LayerInfo:
     return LayerInfo(index=i, block=blk, mixer_out=attn, mlp_out=blk.mlp, attn=attn, attn_meta=meta)
 
 
-@register
 class HFTransformerAdapter(HFAdapter):
     family = "hf_transformer"
     model_types = PRE_NORM + POST_NORM

@@ -30,7 +30,6 @@ import copy
 
 import torch.nn as nn
 
-from hooks.adapters import ADAPTERS
 from hooks.adapters.base import Adapter
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
@@ -169,9 +168,3 @@ class InteropAdapter(Adapter):
 
     def patch_scan(self, layer, wrapper):
         return self.inner.patch_scan(layer, wrapper)
-
-
-# first in line: a wrapper's attribute forwarding (nnsight envoys mirror the wrapped module's
-# children) could otherwise make it look like the model it wraps to another adapter
-if InteropAdapter not in ADAPTERS:
-    ADAPTERS.insert(0, InteropAdapter)

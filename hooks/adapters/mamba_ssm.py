@@ -46,7 +46,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hooks.adapters import ADAPTERS
 from hooks.adapters.base import Adapter, LayerInfo, swap_attr
 from hooks.adapters.hf_common import dispatch_globals, forward_globals
 from hooks.adapters.hf_mamba import _ZeroTerm
@@ -325,8 +324,3 @@ class MambaSSMAdapter(Adapter):
             else:  # a hook function (or another HookedModel on the same layer): the unfused path's output
                 st.enter_context(swap_attr(mix, flag, False))
             yield
-
-
-# ahead of the HF adapters: fla's configs reuse HF model_type names (fla's Mamba2Config is 'mamba2')
-if MambaSSMAdapter not in ADAPTERS:
-    ADAPTERS.insert(0, MambaSSMAdapter)

@@ -2,13 +2,15 @@
 
 Recognised structurally (hooks never imports interp): ``model.blocks[i]`` with ``.mixer`` and
 ``.mlp``; attention mixers expose ``attn_fn(q, k, v)``, recurrent mixers ``scan_fn(**kwargs)``
-with ``family`` in gdn/gla/mamba2; parallel layers hold ``.attn`` and ``.rec``.
+with ``family`` a recurrence family of ``hooks.scan.FAMILIES`` (the zoo has gdn, gla, mamba2); parallel
+layers hold ``.attn`` and ``.rec``.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 from hooks.adapters.base import Adapter, LayerInfo, swap_attr
+from hooks.scan import FAMILIES
 
 
 class ZooAdapter(Adapter):
@@ -25,7 +27,7 @@ class ZooAdapter(Adapter):
         for i, b in enumerate(model.blocks):
             m = b.mixer
             attn = m if getattr(m, "family", None) == "attn" else getattr(m, "attn", None)
-            rec = m if getattr(m, "family", None) in ("gdn", "gla", "mamba2") else getattr(m, "rec", None)
+            rec = m if getattr(m, "family", None) in FAMILIES else getattr(m, "rec", None)
             meta = {"scale": attn.head_dim ** -0.5, "sliding_window": None} if attn is not None else {}
             out.append(LayerInfo(index=i, block=b, mixer_out=m, mlp_out=b.mlp, attn=attn, rec=rec,
                                  rec_family=getattr(rec, "family", None), attn_meta=meta))

@@ -1,8 +1,12 @@
 """State-scan modules, one per recurrence family, each with a step-loop reference (`naive`), a
-pure-torch chunked path (`chunk_torch`), a dispatcher (`scan`: fla kernels for CUDA tensors only)
-and exact per-token states (`states`)."""
+pure-torch chunked path (`chunk_torch`), a dispatcher (`scan`: fla kernels for CUDA tensors only),
+exact per-token states (`states`) and ``FAMILY``, the family as `hooks` sees it (`hooks.scan.family`).
+
+``FAMILIES`` is the registry of recurrence families (name -> scan module): `hooks.recurrence`, the
+hook names and the zoo adapter look families up there. Adding a family is a scan module with a
+``FAMILY``, one line here and an adapter for the models that use it."""
 from hooks.scan import gdn, gla, mamba1, mamba2
-from hooks.scan._common import use_kernels
+from hooks.scan.kernels import use_kernels
 
 FAMILIES = {"gdn": gdn, "gla": gla, "mamba2": mamba2, "mamba1": mamba1}
 

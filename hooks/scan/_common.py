@@ -1,7 +1,7 @@
-"""Shared pieces of the scan modules: input checks, kernel availability, chunk padding, segment
+"""Shared pieces of the scan modules: input checks, fla's pure-torch references, chunk padding, segment
 sums of log decays, and the per-token state expansion used by every family.
 
-Every recurrence here is a decayed cumulative sum of rank-1 writes (shared/notes/per-token-states.md):
+Every recurrence here is a decayed cumulative sum of rank-1 writes (docs/per-token-states.md):
 
     S_t = diag(a_t) S_{t-1} + k_t w_t^T        a_t = exp(g_t), scalar or per key dim
 
@@ -14,31 +14,9 @@ that starts from h_c, with seg(t, s) = sum_{s<i<=t} g_i:
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 CHUNK = 64
-
-
-@functools.lru_cache(maxsize=None)
-def fla_available() -> bool:
-    """True when fla's Triton kernels can be imported (a CUDA host with triton). Checked once."""
-    try:
-        import triton  # noqa: F401
-        import fla.ops  # noqa: F401
-        if not torch.cuda.is_available():
-            return False
-    except Exception:
-        return False
-    from hooks.scan import fla_dqkwg
-    fla_dqkwg.install()     # fla refuses the gated backward on Hopper + Triton < 3.7.1: see that module
-    return True
-
-
-def use_kernels(t: torch.Tensor) -> bool:
-    """Kernels only for CUDA tensors: CPU tensors must never reach Triton."""
-    return t.is_cuda and fla_available()
 
 
 def fla_reference(family: str):

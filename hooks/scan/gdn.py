@@ -18,7 +18,8 @@ state-returning chunked GDN): inside a chunk that starts from S0, with G_t = sum
     d = (I + A)^{-1} beta (v - exp(G) K S0),   A[t, s] = beta_t exp(G_t - G_s) k_t.k_s  (s < t)
     S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T
 
-with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s).
+with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s)
+(docs/per-token-states.md). ``FAMILY`` is this family for `hooks` (canonical view, states, patching).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import contextlib
 import torch
 
 from hooks.scan._common import (CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, torch_impl,
-                                 use_kernels, work)
+                                 work)
+from hooks.scan.family import Family, materialize
+from hooks.scan.kernels import use_kernels
 
 
 def _prep(q, k, v, g, beta, scale, initial_state, l2):
@@ -160,3 +163,46 @@ def readout(states_, q, scale=None):
     """o_t = S_t^T (scale q_t) for states [B, T, H, K, V] and q [B, T, H, K]."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.einsum("bthkv,bthk->bthv", states_, q.float() * scale)
+
+
+class GDNFamily(Family):
+    """Gated DeltaNet in the hook names: q, k (l2-normalised where the layer asks), v, decay = g, beta."""
+    name = "gdn"
+
+    def canonical(self, kw, lazy_qk=False):
+        """A view of a `scan` call; ``lazy_qk``: a layer that l2-normalises q, k in its kernel gets them
+        raw, marked ``qk_l2``, and `hooks.scan.family.materialize` normalises them when first needed
+        (capturing states from the layer's own call never needs them)."""
+        q, k = kw["q"], kw["k"]
+        l2 = bool(kw.get("use_qk_l2norm_in_kernel"))
+        if l2 and not lazy_qk:
+            q, k = l2norm(q).to(q.dtype), l2norm(k).to(k.dtype)
+        c = self.view(q=q, k=k, v=kw["v"], decay=kw["g"], beta=kw["beta"], scale=kw.get("scale") or q.shape[-1] ** -0.5,
+                      initial_state=kw.get("initial_state"))
+        if l2 and lazy_qk:
+            c["qk_l2"] = True
+        return c
+
+    def scan(self, c, initial_state=None):
+        return scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                    initial_state=initial_state, output_final_state=True)
+
+    def states(self, c, positions=None, out_dtype=torch.float32):
+        return states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                      initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype)
+
+    def call_with_states(self, call, kw, c, positions=None, out_dtype=torch.float32):
+        """On fla's kernels the states are expanded from the chunk pieces that very call computed
+        (`kept_states`), so capturing them costs no second chunk pass; the call's results are the same
+        as without capture."""
+        if kw.get("use_gate_in_kernel"):
+            return super().call_with_states(call, kw, c, positions, out_dtype)
+        with kept_states(c["k"], c["decay"], positions, out_dtype) as got:
+            o, final = call(**kw)
+        S = states_from_kept(got)
+        if S is None:
+            S = self.own_states(kw, materialize(c), positions, out_dtype)
+        return o, final, S
+
+
+FAMILY = GDNFamily()

@@ -14,14 +14,17 @@ overflows under strong decay):
 
 Paths: ``scan`` picks fla's ``chunk_gla`` / ``chunk_simple_gla`` for CUDA tensors and
 ``chunk_torch`` otherwise; ``naive`` is the step loop; ``states`` gives S_t after every (or
-selected) token, exactly (CUDA: `hooks.scan.triton_states`).
+selected) token, exactly (CUDA: `hooks.scan.triton_states`). ``FAMILY`` is this family for `hooks`
+(docs/per-token-states.md).
 """
 from __future__ import annotations
 
 import torch
 
 from hooks.scan._common import (CHUNK, expand_states, expect, norm_positions, pad_time, segsum, torch_impl,
-                                 use_kernels, work)
+                                 work)
+from hooks.scan.family import Family
+from hooks.scan.kernels import use_kernels
 
 
 def _prep(q, k, v, g, initial_state):
@@ -116,3 +119,25 @@ def states(q, k, v, g, scale=None, initial_state=None, positions=None, out_dtype
     torch_impl(impl)
     _, _, h = _chunks(q, k, v, g, 1.0, initial_state, keep=True)
     return expand_states(h, k, v, g, pos, out_dtype)
+
+
+class GLAFamily(Family):
+    """GLA in the hook names: q, k, v, decay = g (per key dim); no write strength (no rec.beta)."""
+    name = "gla"
+    inputs = ("q", "k", "v", "decay")
+
+    def canonical(self, kw, lazy_qk=False):
+        q = kw["q"]
+        return self.view(q=q, k=kw["k"], v=kw["v"], decay=kw["g"], scale=kw.get("scale") or q.shape[-1] ** -0.5,
+                         initial_state=kw.get("initial_state"))
+
+    def scan(self, c, initial_state=None):
+        return scan(c["q"], c["k"], c["v"], c["decay"], scale=c["scale"], initial_state=initial_state,
+                    output_final_state=True)
+
+    def states(self, c, positions=None, out_dtype=torch.float32):
+        return states(c["q"], c["k"], c["v"], c["decay"], scale=c["scale"], initial_state=c["initial_state"],
+                      positions=positions, out_dtype=out_dtype)
+
+
+FAMILY = GLAFamily()

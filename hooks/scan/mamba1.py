@@ -24,7 +24,8 @@ paths here are elementwise, not matrix products:
 
 The fused kernels (mamba-ssm's ``selective_scan_fn``, HF's slow path) are what models run; the
 adapters pass the layer's own kernel through unchanged and use these functions for states,
-for changed scan inputs and to continue from a patched state.
+for changed scan inputs and to continue from a patched state (``FAMILY``, with its view
+`Mamba1View`; docs/per-token-states.md).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import math
 import torch
 
 from hooks.scan._common import expect, norm_positions, torch_impl, work
+from hooks.scan.family import Family, View
 
 
 def _check(x, dt, A, B, C, D, initial_state, g=None, dt_decay=None):
@@ -173,3 +175,63 @@ def states(x, dt, A, B, C, initial_state=None, positions=None, out_dtype=torch.f
     pos = norm_positions(positions, x.shape[1])
     _, _, S = _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, False, pos, pos is None, out_dtype)
     return S
+
+
+class Mamba1View(View):
+    """The canonical view of a Mamba1 scan. ``decay`` (dt A, ``[B, T, D, N]``) is formed from
+    ``decay_dt`` and ``A`` the first time it is read; until then the scans form it per step.
+    ``decay_dt`` is the dt of the layer's own call, so a hook that changes ``beta`` (dt of the
+    write) leaves the decay as it was, as for Mamba2."""
+
+    def __contains__(self, key):
+        return key == "decay" or dict.__contains__(self, key)
+
+    def __missing__(self, key):
+        if key != "decay":
+            raise KeyError(key)
+        dt = self["decay_dt"]
+        g = dt[..., None] * self["A"].to(dt.dtype)
+        self["decay"] = g
+        return g
+
+
+def _args(c):
+    """(x, dt, A, B, C) and the decay keywords of a Mamba1 view (a decay not yet formed stays None)."""
+    return (c["v"], c["beta"], c["A"], c["k"], c["q"]), dict(g=dict.get(c, "decay"), dt_decay=c["decay_dt"])
+
+
+class Mamba1Family(Family):
+    """Mamba1 in the hook names, with its own shapes (hooks.names): q = C and k = B ``[B, T, N]``, v = x and
+    beta = dt ``[B, T, D]``, decay = dt A ``[B, T, D, N]`` (formed when read, `Mamba1View`), skip weight D;
+    states ``[B, T, D, N]``."""
+    name = "mamba1"
+
+    def view(self, **entries):
+        return Mamba1View(self, entries)
+
+    def canonical(self, kw, lazy_qk=False):
+        c = self.view(q=kw["C"], k=kw["B"], v=kw["x"], beta=kw["dt"], A=kw["A"],
+                       decay_dt=kw.get("dt_decay") if kw.get("dt_decay") is not None else kw["dt"],
+                       scale=1.0, initial_state=kw.get("initial_state"), D=kw.get("D"))
+        if kw.get("g") is not None:
+            c["decay"] = kw["g"]
+        return c
+
+    def scan(self, c, initial_state=None):
+        """(readout ``[B, T, D]``, final state ``[B, D, N]``)."""
+        args, dec = _args(c)
+        return scan(*args, D=c.get("D"), initial_state=initial_state, output_final_state=True, **dec)
+
+    def states(self, c, positions=None, out_dtype=torch.float32):
+        args, dec = _args(c)
+        return states(*args, initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype, **dec)
+
+    def readout_at(self, c, S, t):
+        """o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d], S ``[B, D, N]``."""
+        o = (S.float() * c["q"][:, t].float()[:, None, :]).sum(-1)
+        if c.get("D") is not None:
+            o = o + c["v"][:, t].float() * c["D"].float()
+        return o
+
+
+FAMILY = Mamba1Family()

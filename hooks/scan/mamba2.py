@@ -8,7 +8,7 @@ B, C ``[B, T, G, N]`` (G groups shared by H/G heads each), D ``[H]``, state ``[B
 
 This is scalar-gated linear attention with q = C, k = B, v = dt x, g = dt A and scale 1
 (`to_gla_inputs`), so the GPU path is fla's simple-GLA chunk kernel and the CPU path the GLA
-chunked reference.
+chunked reference. ``FAMILY`` is this family for `hooks` (docs/per-token-states.md).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 
 from hooks.scan import gla
 from hooks.scan._common import expect, work
+from hooks.scan.family import Family
 
 
 def _check(x, dt, A, B, C, D, initial_state):
@@ -87,3 +88,48 @@ def states(x, dt, A, B, C, initial_state=None, positions=None, out_dtype=torch.f
     q, k, v, g = to_gla_inputs(x, dt, A, B, C)
     return gla.states(q, k, v, g, scale=1.0, initial_state=initial_state, positions=positions,
                       out_dtype=out_dtype, impl=impl)
+
+
+def _heads(t, H):
+    """[B, T, G, N] -> [B, T, H, N] (group g serves heads g*H/G .. (g+1)*H/G - 1)."""
+    G = t.shape[2]
+    return t if G == H else t.repeat_interleave(H // G, dim=2)
+
+
+class Mamba2Family(Family):
+    """Mamba2 in the hook names: q = C, k = B (per head), v = x, beta = dt, decay = dt A (scalar per head),
+    scale 1, skip weight D; the views run as GLA with v' = beta v and the decay broadcast over the keys."""
+    name = "mamba2"
+
+    def canonical(self, kw, lazy_qk=False):
+        x, dt, A = kw["x"], kw["dt"], kw["A"]
+        H = x.shape[2]
+        return self.view(q=_heads(kw["C"], H), k=_heads(kw["B"], H), v=x, beta=dt,
+                         decay=dt * A.view(1, 1, -1).to(dt.dtype), scale=1.0, initial_state=kw.get("initial_state"),
+                         D=kw.get("D"))
+
+    @staticmethod
+    def _gla(c):
+        """(q, k, v', g) of the GLA form of a view: v' = beta v, g the decay broadcast over the keys."""
+        K = c["k"].shape[-1]
+        return (c["q"], c["k"], c["v"] * c["beta"][..., None].to(c["v"].dtype),
+                c["decay"][..., None].expand(*c["decay"].shape, K).contiguous())
+
+    def scan(self, c, initial_state=None):
+        o, S = gla.scan(*self._gla(c), scale=1.0, initial_state=initial_state, output_final_state=True)
+        if c.get("D") is not None:
+            o = o + c["v"] * c["D"].view(1, 1, -1, 1).to(c["v"].dtype)
+        return o, S
+
+    def states(self, c, positions=None, out_dtype=torch.float32):
+        return gla.states(*self._gla(c), scale=1.0, initial_state=c["initial_state"], positions=positions,
+                          out_dtype=out_dtype)
+
+    def own_states(self, kw, c, positions=None, out_dtype=torch.float32):
+        """From the kernel's own arguments: `states`, on the scalar-decay (simple GLA) path rather than the
+        view's decay broadcast over the keys."""
+        return states(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], initial_state=kw.get("initial_state"),
+                      positions=positions, out_dtype=out_dtype)
+
+
+FAMILY = Mamba2Family()

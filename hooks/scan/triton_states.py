@@ -1,7 +1,7 @@
 """GPU path for per-token states (CUDA tensors with fla and Triton only; never import on CPU).
 
 Every family is a decayed cumulative sum of rank-1 writes, S_t = diag(exp(g_t)) S_{t-1} + k_t w_t^T
-(shared/notes/per-token-states.md). fla's chunk forward already computes, per 64-token chunk,
+(docs/per-token-states.md). fla's chunk forward already computes, per 64-token chunk,
 the chunk-start states h ``[B, NT, H, K, V]`` and (for Gated DeltaNet) the effective writes
 w = d ("v_new": checked equal to d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t), see
 tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:

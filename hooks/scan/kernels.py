@@ -1,0 +1,28 @@
+"""Whether the scans use fla's Triton kernels: `fla_available` (checked once; installs the torch stand-in of
+`hooks.scan.fla_dqkwg` where fla needs it) and `use_kernels` (CUDA tensors only)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from hooks.scan import fla_dqkwg
+
+
+@functools.lru_cache(maxsize=None)
+def fla_available() -> bool:
+    """True when fla's Triton kernels can be imported (a CUDA host with triton). Checked once."""
+    try:
+        import triton  # noqa: F401
+        import fla.ops  # noqa: F401
+        if not torch.cuda.is_available():
+            return False
+    except Exception:
+        return False
+    fla_dqkwg.install()     # fla refuses the gated backward on Hopper + Triton < 3.7.1: see that module
+    return True
+
+
+def use_kernels(t: torch.Tensor) -> bool:
+    """Kernels only for CUDA tensors: CPU tensors must never reach Triton."""
+    return t.is_cuda and fla_available()

@@ -1,0 +1,266 @@
+"""HookSession: the state of one `HookedModel.hooks(...)` call, which installs its hooks and op replacements
+and removes all of them when it exits (exceptions included).
+
+What it installs, per layer (`HookSession._install_layer`): plain torch forward(-pre) hooks on the modules
+the adapter names (residual stream, mixer and MLP outputs), and through the adapter the replacement of
+two core ops: the attention call (`AttentionHook`: q/k/v after RoPE, the recomputed pattern, per-head
+outputs) and the recurrent scan kernel call (`ScanHook`: scan inputs, per-token states, continuing the
+recurrence from patched states; docs/per-token-states.md).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+
+import torch
+
+from hooks import names as N
+from hooks import recurrence as R
+
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+
+def resolve_state_dtype(dtype) -> torch.dtype:
+    """The dtype cached ``rec.state`` tensors are written in: None -> float32 (exact); a torch
+    dtype or its name among float32, bfloat16, float16 (aliases fp32, bf16, fp16). Anything else
+    raises a ValueError naming the valid choices."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        key = _STATE_ALIASES.get(key, key)
+        if key in STATE_DTYPES:
+            return STATE_DTYPES[key]
+    elif isinstance(dtype, torch.dtype) and dtype in STATE_DTYPES.values():
+        return dtype
+    raise ValueError(f"state_dtype {dtype!r} is not supported; valid: None (float32), "
+                     f"{', '.join(STATE_DTYPES)} (a torch dtype or its name)")
+
+
+def attention_pattern(q, k, scale: float, sliding_window=None, rows=None):
+    """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
+    k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
+    query positions."""
+    B, T, H, _ = q.shape
+    Hkv = k.shape[2]
+    kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
+    qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
+    qq = q[:, qi]
+    s = torch.einsum("bihd,bjhd->bhij", qq.float(), kk.float()) * scale
+    j = torch.arange(T, device=q.device)
+    mask = j[None, :] > qi[:, None]
+    if sliding_window:
+        mask |= j[None, :] <= qi[:, None] - sliding_window
+    return s.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(x, new):
+    return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
+
+
+class HookSession:
+    """One ``hooks(...)`` call on a `HookedModel` ``hm``: hook functions by name, the cache to fill and the
+    names to cache, the kept positions, the cache device and the dtype of cached states. A context
+    manager: entering installs everything, exiting removes everything (an error while installing
+    removes what was installed so far). Arguments as `HookedModel.hooks`."""
+
+    def __init__(self, hm, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None):
+        self.hm = hm
+        self.state_dtype = resolve_state_dtype(state_dtype)
+        self.fns = defaultdict(list)
+        for h in hooks:
+            if len(h) != 2 or not callable(h[1]):
+                raise TypeError(f"hooks must be (name, fn) pairs, got {h!r}")
+            self.fns[h[0]].append(h[1])
+        self.want = set(cache_names or ())
+        N.check(list(self.fns) + sorted(self.want), hm.hook_names)
+        if self.want and cache is None:
+            raise ValueError("cache_names given without a cache to fill")
+        self.cache, self.cache_device = cache, cache_device
+        self.positions = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+        self.active = set(self.fns) | self.want
+        self._stack = self._handles = None
+
+    # --- what happens to an activation with a hook name ------------------------------------------
+    def run_fns(self, name, x):
+        """Run the hook functions on ``name``; a returned tensor replaces x (same shape)."""
+        for fn in self.fns.get(name, ()):
+            r = fn(x, name)
+            if r is not None:
+                if r.shape != x.shape:
+                    raise ValueError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
+                                     f"expected {tuple(x.shape)}")
+                # a replacement made elsewhere (a cache on the CPU, another GPU of a sharded
+                # model) goes where the activation lives
+                x = r if r.device == x.device else r.to(x.device)
+        return x
+
+    def store(self, name, x, dtype=None):
+        """Cache ``x``, which already holds only the kept positions."""
+        x = x.detach()
+        if self.cache_device or (dtype is not None and dtype != x.dtype):
+            x = x.to(device=self.cache_device, dtype=dtype)  # one copy: cast and move together
+        self.cache[name] = x
+
+    def keep(self, name, x, dim=1, dtype=None):
+        """Cache ``x`` (its kept positions along ``dim``) if ``name`` is cached; returns x."""
+        if name in self.want:
+            pos = self.positions
+            self.store(name, x if pos is None else x.index_select(dim, pos.to(x.device)), dtype)
+        return x
+
+    def apply(self, name, x, dim=1):
+        """Hook functions, then caching: what every hook point does with its activation."""
+        return self.keep(name, self.run_fns(name, x), dim)
+
+    # --- installing and removing -----------------------------------------------------------------
+    def __enter__(self):
+        stack, self._handles = ExitStack(), []
+        handles = self._handles
+        stack.callback(lambda: [h.remove() for h in handles])  # torch hooks go last, after the op patches
+        try:
+            if "embed" in self.active:
+                emb = self.hm.adapter.embed(self.hm.model)
+                handles.append(emb.register_forward_hook(lambda m, a, out: self.apply("embed", out)))
+            for L in self.hm.layers:
+                self._install_layer(L, stack)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc):
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc)
+
+    def _install_layer(self, L, stack):
+        p = f"blocks.{L.index}"
+        has = lambda s: f"{p}.{s}" in self.active  # noqa: E731
+        apply, handles, pre_store = self.apply, self._handles, {}
+        if has("resid_pre") or has("resid_mid"):
+            def pre_hook(mod, args, kwargs):
+                if args:
+                    x = apply(f"{p}.resid_pre", args[0])
+                    pre_store["x"] = x
+                    return (x,) + tuple(args[1:]), kwargs
+                x = apply(f"{p}.resid_pre", kwargs["hidden_states"])
+                pre_store["x"] = x
+                return args, {**kwargs, "hidden_states": x}
+            handles.append(L.block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        if has("resid_post"):
+            handles.append(L.block.register_forward_hook(
+                lambda m, a, out: _replace_first(out, apply(f"{p}.resid_post", _first(out)))))
+        if has("mixer_out") or has("resid_mid"):
+            def mix_hook(m, a, out):
+                y = apply(f"{p}.mixer_out", _first(out))
+                if has("resid_mid"):  # a block's input can sit on the previous block's device
+                    x = pre_store["x"].to(y.device)
+                    y = apply(f"{p}.resid_mid", x + y) - x
+                return _replace_first(out, y)
+            handles.append(L.mixer_out.register_forward_hook(mix_hook))
+        if has("mlp_out") and L.mlp_out is not None:
+            handles.append(L.mlp_out.register_forward_hook(
+                lambda m, a, out: _replace_first(out, apply(f"{p}.mlp_out", _first(out)))))
+        if L.attn is not None and any(has(f"attn.{s}") for s in N.ATTN):
+            stack.enter_context(self.hm.adapter.patch_attention(L, AttentionHook(self, L)))
+        if L.rec is not None and any(has(f"rec.{s}") for s in N.REC):
+            stack.enter_context(self.hm.adapter.patch_scan(L, ScanHook(self, L)))
+
+
+class AttentionHook:
+    """What a layer calls instead of its attention op while attn.* names are hooked:
+    ``hook(q, k, v, call)`` (the adapters' protocol, `hooks.adapters.base.Adapter.patch_attention`)."""
+
+    def __init__(self, session: HookSession, L):
+        self.s, self.meta, self.p = session, L.attn_meta, f"blocks.{L.index}"
+
+    def __call__(self, q, k, v, call):
+        s, p, meta = self.s, self.p, self.meta
+        q, k, v = s.apply(f"{p}.attn.q", q), s.apply(f"{p}.attn.k", k), s.apply(f"{p}.attn.v", v)
+        name = f"{p}.attn.pattern"
+        if name in s.fns:  # the pattern is intervened on: the output is computed from it
+            pat = attention_pattern(q, k, meta["scale"], meta.get("sliding_window"))
+            pat = s.apply(name, pat, dim=2)
+            H, Hkv = q.shape[2], v.shape[2]
+            vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
+            o = torch.einsum("bhij,bjhd->bihd", pat, vv.float()).to(v.dtype)
+        else:
+            o = call(q, k, v)
+            if name in s.want:
+                s.store(name, attention_pattern(q, k, meta["scale"], meta.get("sliding_window"), rows=s.positions))
+        return s.apply(f"{p}.attn.head_out", o)
+
+
+class ScanHook:
+    """What a layer calls instead of its scan kernel while rec.* names are hooked: ``hook(kw, call)``
+    with ``kw`` in the signature of ``hooks.scan.<family>.scan`` (the adapters' protocol,
+    `hooks.adapters.base.Adapter.patch_scan`); returns (readout, final state).
+
+    ``capture_only``: no hook function on this layer's rec names, only caching; adapters whose hooked
+    forward is an equivalent of the model's (not its own kernel) then keep the model's own output and
+    run the equivalent beside it. Cached states are written in the session's ``state_dtype``; hooked
+    states are float32 (the hook sees and returns them so), only their cached copy is cast."""
+
+    def __init__(self, session: HookSession, L):
+        self.s, self.family = session, R.get_family(L.rec_family)
+        p = self.p = f"blocks.{L.index}"
+        self.sname = f"{p}.rec.state"
+        self.inputs = [x for x in self.family.inputs if f"{p}.rec.{x}" in session.active]
+        self.cache_state = self.sname in session.active
+        self.patch_state = self.sname in session.fns
+        # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
+        self.lazy_qk = not self.inputs and not self.patch_state
+        self.capture_only = not any(f"{p}.rec.{x}" in session.fns for x in N.REC)
+
+    def __call__(self, kw, call):
+        s, fam, pos, sdtype = self.s, self.family, self.s.positions, self.s.state_dtype
+        c = fam.canonical(kw, lazy_qk=self.lazy_qk)
+        modified = self._apply_inputs(c)
+        cached = None  # states to cache that the layer's own call produced along the way
+        if modified:
+            o, final = fam.scan(c, initial_state=c["initial_state"])
+            final = final if kw.get("output_final_state") else None
+        elif self.cache_state and not self.patch_state:
+            o, final, cached = fam.call_with_states(call, kw, c, positions=pos, out_dtype=sdtype)
+        else:
+            o, final = call(**kw)
+        if self.patch_state:  # the hook sees every state; changed ones are continued from
+            S = fam.states(c) if modified else fam.own_states(kw, c)
+            o, fin = self._patch_states(c, o, S)
+            if fin is not None and kw.get("output_final_state"):
+                final = fin
+        elif self.cache_state:
+            s.store(self.sname, fam.states(c, positions=pos, out_dtype=sdtype) if modified else cached)
+        return s.apply(f"{self.p}.rec.readout", o), final
+
+    def _apply_inputs(self, c) -> bool:
+        """Hook functions and caching on the hooked scan inputs of view ``c`` (replaced in place);
+        whether any of them changed."""
+        modified = False
+        for x in self.inputs:
+            if x in c:
+                new = self.s.apply(f"{self.p}.rec.{x}", c[x])
+                # an identical replacement keeps the layer's own kernel (bit-exact clean runs);
+                # one that carries a gradient graph must be on the path that is differentiated
+                modified |= new is not c[x] and (new.requires_grad or not torch.equal(new, c[x]))
+                c[x] = new
+        return modified
+
+    def _patch_states(self, c, o, S):
+        """Run the hook functions on the states S; continue the recurrence from the states they changed
+        and cache the states the run went through. Returns (readout, final state or None if unchanged)."""
+        S_new = self.s.run_fns(self.sname, S)
+        diff = (S_new != S).flatten(2).any(-1)  # [B, T]: which rows changed which states
+        changed = diff.any(0).nonzero().flatten().tolist()
+        fin = None
+        if changed:
+            o, fin, S_new = self.family.continue_from(c, o, {t: S_new[:, t] for t in changed}, S,
+                                                      rows={t: diff[:, t] for t in changed})
+        self.s.keep(self.sname, S_new, dtype=self.s.state_dtype)
+        return o, fin
