@@ -17,12 +17,11 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, ".")
-from experiments._sweeps import git_commit  # noqa: E402
-from interp import patching, tasks  # noqa: E402
-from interp.tasks import VOCAB  # noqa: E402
-from interp.zoo import HybridLM, ZooConfig  # noqa: E402
-from interp.zoo.hf import to_transformer_bridge  # noqa: E402
+from interp import patching, tasks
+from interp.experiment import git_commit
+from interp.tasks import VOCAB
+from interp.zoo import HybridLM, ZooConfig
+from interp.zoo.hf import to_transformer_bridge
 
 
 def sync():

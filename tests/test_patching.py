@@ -1,8 +1,6 @@
 """Activation patching: identities, state patching through the recurrence, batching/skip-prefix
 invariance, resume, TransformerLens agreement, attribution, HF models, CLI and errors."""
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +12,6 @@ from interp import InterpError, patching
 from interp import tasks as T
 from interp.tasks import VOCAB
 from interp.zoo import HybridLM, ZooConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def make(layout, seed=0, n_layers=4):

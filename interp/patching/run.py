@@ -1,0 +1,40 @@
+"""One patched run (`run_patched`) and the answer metrics that every patching path measures."""
+from __future__ import annotations
+
+import torch
+
+import hooks
+from interp import InterpError
+from interp.patching.sites import SITES, _check_choice, _write, plan_cells
+
+
+def run_patched(model, base_tokens, source_tokens, site: str, layer: int, position=None, head=None):
+    """Logits of ``base_tokens`` with ``blocks.{layer}.{site}`` at ``position`` (None = all) and
+    ``head`` (None = all) taken from the run on ``source_tokens`` (same shape)."""
+    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    _check_choice("site", site, SITES)
+    if not 0 <= int(layer) < hm.n_layers:
+        raise InterpError(f"layer {layer} out of range 0..{hm.n_layers - 1}")
+    name = f"blocks.{layer}.{site}"
+    plan_cells(hm, site, layer, [], False, base_tokens.shape[1])  # validates site vs layer
+    with torch.no_grad():
+        _, src = hm.run_with_cache(source_tokens, names=[name])
+        return hm.run_with_hooks(base_tokens, hooks=[(name, lambda x, _: _write(x, src[name], x.shape[0],
+                                                                                [(position, head)], site))])
+
+
+def _answer_metrics(logits, pairs_rows, clean_logp=None):
+    """logits [R, 1, V] at the answer -> (logit diff [R], p(clean answer) [R], KL(clean||run) [R])."""
+    lg = logits[:, 0].float()
+    ca, xa = pairs_rows
+    ld = lg.gather(1, ca[:, None])[:, 0] - lg.gather(1, xa[:, None])[:, 0]
+    logp = lg.log_softmax(-1)
+    prob = logp.gather(1, ca[:, None])[:, 0].exp()
+    kl = torch.zeros_like(ld) if clean_logp is None else (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    return ld, prob, kl
+
+
+def _model_device(hm):
+    for p in hm.model.parameters():
+        return p.device
+    return torch.device("cpu")
