@@ -30,8 +30,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from interp import probes  # noqa: E402
+from interp import probes
 
 
 def features(L, N, D, K, seed=0):
