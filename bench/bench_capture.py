@@ -33,11 +33,10 @@ import time
 
 import torch
 
-sys.path.insert(0, ".")
-import hooks  # noqa: E402
-from experiments._sweeps import git_commit  # noqa: E402
-from interp.tasks import VOCAB  # noqa: E402
-from interp.zoo import HybridLM, ZooConfig  # noqa: E402
+import hooks
+from interp.experiment import git_commit
+from interp.tasks import VOCAB
+from interp.zoo import HybridLM, ZooConfig
 
 
 def sync():

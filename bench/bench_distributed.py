@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # this host's GPUs are shared: NVLink multicast stays off in every process we start
 for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
     os.environ.setdefault(k, v)
@@ -355,7 +354,7 @@ def main(argv=None):
     if a.part in ("all", "dp"):
         part_dp(a, work, lines)
     cmd = "python bench/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from experiments._sweeps import git_commit
+    from interp.experiment import git_commit
     commit = git_commit()
     print(f"\n### Scale out: sharded model and data-parallel sweeps (issue #7) ({datetime.date.today()}, {dev})\n")
     print(f"Command: `{cmd.strip()}` (commit {commit or 'n/a'}); torch {torch.__version__}, accelerate {acc}.\n")

@@ -37,22 +37,17 @@ figures/e1_state_recall_steps2000/ (``--steps 2000`` reproduces it).
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from interp import InterpError, patching, probes
+from interp import experiment as X
+from interp import tasks as T
+from interp.tasks.vocab import VOCAB
+from interp.train import answer_accuracy
 
-from experiments import _sweeps as S  # noqa: E402
-from interp import InterpError, patching, probes  # noqa: E402
-from interp import tasks as T  # noqa: E402
-from interp.tasks.vocab import VOCAB  # noqa: E402
-from interp.train import answer_accuracy  # noqa: E402
+NAME = "e1_state_recall"
 
 ARCHS = ("transformer", "gdn75", "gdn100")
 TRAININGS = ("direct", "cot")
@@ -133,7 +128,7 @@ def first_failure(res: pd.DataFrame, arm: str, knob: str, threshold: float):
 def arms(P) -> dict:
     out = {}
     for a in ARCHS:
-        model = S.matched({**P["model"], "layout": a})
+        model = X.matched({**P["model"], "layout": a})
         for tr in TRAININGS:
             out[f"{a}-{tr}"] = {"model": model, "tasks": ["state_recall"],
                                 "knobs": {"state_recall": {"cot": True}} if tr == "cot" else {}}
@@ -142,7 +137,7 @@ def arms(P) -> dict:
 
 def plan(P, root, device):
     A = arms(P)
-    return A, S.make_runs(root, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
+    return A, X.make_runs(root, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                           eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
                           device=device, scan_backend="reference", seed=0)
 
@@ -151,29 +146,29 @@ def validate(runs, P, root, device, deadline):
     """Validation accuracy of every finished run: mean over the training grid points."""
     rows = []
     for r in runs:
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             break
         cot = r.cfg.knobs.get("state_recall", {}).get("cot", False)
 
         def one(r=r, cot=cot):
-            m = S.load_run(r, device).set_scan_backend("reference")
+            m = X.load_run(r, device).set_scan_backend("reference")
             accs = [accuracy(m, cot, P["val_n"], VAL_SEED, **{k: v})[0]
                     for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
             return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(S.cached(root / "eval" / f"val_{r.name}.csv", one))
+        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
 
 
 def test_sweep(best, runs_by_name, P, root, device, deadline):
     frames = []
     for arm, row in best.iterrows():
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             break
         r = runs_by_name[f"{arm}_lr{row.lr:g}"]
         cot = arm.endswith("-cot")
 
         def one(r=r, arm=arm, cot=cot):
-            m = S.load_run(r, device).set_scan_backend("reference")
+            m = X.load_run(r, device).set_scan_backend("reference")
             out = []
             for k, v in grid_points(P["grid"]):
                 acc, chain = accuracy(m, cot, P["eval_n"], TEST_SEED, **{k: v})
@@ -181,7 +176,7 @@ def test_sweep(best, runs_by_name, P, root, device, deadline):
                                 value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
                                 in_training=v in TRAIN_GRID[k]))
             return pd.DataFrame(out)
-        frames.append(S.cached(root / "eval" / f"test_{r.name}.csv", one))
+        frames.append(X.ResultLog(root / "eval" / f"test_{r.name}.csv").once(one))
     res = pd.concat(frames, ignore_index=True)
     res["value"] = res["value"].astype(str)      # ints and complexity names; the same whether cached or not
     return res
@@ -200,10 +195,10 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
         fails.append(dict(arm=arm, n_steps=v, failed=failed,
                           accuracy=float(res[(res.arm == arm) & (res.knob == "n_steps")
                                              & (res.value.astype(str) == str(v))].accuracy.iloc[0])))
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             continue
         run = runs_by_name[f"{arm}_lr{row.lr:g}"]
-        m = S.load_run(run, device).set_scan_backend("reference")
+        m = X.load_run(run, device).set_scan_backend("reference")
         cot = arm.endswith("-cot")
         f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, cot=cot))
         f["n_steps"] = v
@@ -248,7 +243,7 @@ COLOR = {"transformer": "C0", "gdn75": "C1", "gdn100": "C2"}
 
 
 def plot_accuracy(res, path, threshold):
-    plt = S.pyplot()
+    plt = X.pyplot()
     fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.6 * len(KNOBS), 3.6))
     for ax, knob in zip(axes, KNOBS):
         sub = res[res.knob == knob]
@@ -269,7 +264,7 @@ def plot_accuracy(res, path, threshold):
         ax.set_title(f"state_recall: {knob}", fontsize=10)
     axes[0].set_ylabel("answer accuracy (cot: closed loop)")
     axes[0].legend(fontsize=7)
-    S.save_fig(fig, path, 110)
+    X.save_figure(fig, path, 110)
 
 
 def working_range(res, arm, knob, threshold):
@@ -331,10 +326,10 @@ def shape_verdicts(res, threshold) -> list[str]:
     return out
 
 
-def report(figs, argv, P, profile, device, started, status, val, best, res, fails, pr, px, threshold):
-    L = S.header("E1 — state recall under graded difficulty", device, started, argv)
-    L += S.runs_note(status)
-    n_par = {a: S.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
+def report(ctx, status, val, best, res, fails, pr, px, threshold):
+    P, profile = ctx.P, ctx.profile
+    L = X.runs_note(status)
+    n_par = {a: X.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
     L += [f"Profile `{profile}`: {P['model']['n_layers']} layers, d={P['model']['d_model']}, parameter counts "
           + ", ".join(f"{a} {n / 1e6:.3f}M" for a, n in n_par.items())
           + f" (SwiGLU width matched to the transformer). Training: `state_recall` only, {P['steps']} steps x "
@@ -350,7 +345,7 @@ def report(figs, argv, P, profile, device, started, status, val, best, res, fail
         L += [f"**{len(incomplete)} of {len(status)} runs are not finished** (budget of this call); the numbers "
               "below use only finished runs. Run the same command again to continue.", ""]
     L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
-    L += S.sweep_table(status, val, best)
+    L += X.sweep_table(status, val, best)
     L.append("")
     for knob in KNOBS:
         sub = res[res.knob == knob]
@@ -368,7 +363,7 @@ def report(figs, argv, P, profile, device, started, status, val, best, res, fail
                           for a, g in cot.groupby("arm", sort=False)), ""]
     L += ["## Where each model starts to fail, and what probes and patching show there", "",
           f"Failure point: the first n_steps with accuracy < {threshold} (else the largest n_steps tried).", ""]
-    L += S.md_table(fails)
+    L += X.md_table(fails)
     L.append("")
     if pr is not None:
         bl = best_layers(pr, "accuracy")
@@ -378,7 +373,7 @@ def report(figs, argv, P, profile, device, started, status, val, best, res, fail
         seeds = pr["seeds"].iloc[0] if "seeds" in pr else 1
         L += ["Probes (`query_var_value`, the queried variable's current value, at every token; logistic "
               f"regression, control task, {seeds} seed(s)): best layer per arm and site.", ""]
-        L += S.md_table(bl.rename(columns={"model": "arm"})[["arm", "site", "layer", "accuracy", "best_sel_layer",
+        L += X.md_table(bl.rename(columns={"model": "arm"})[["arm", "site", "layer", "accuracy", "best_sel_layer",
                                                               "selectivity"]])
         L += ["", "![probes](probes.png)", ""]
     if px is not None:
@@ -395,24 +390,28 @@ def report(figs, argv, P, profile, device, started, status, val, best, res, fail
                      + (" — *the clean and corrupted runs barely differ (the model does not use the changed "
                         "constant), so the normalised logit_diff is not meaningful here*" if abs(gap) < 0.5 else ""))
         L.append("")
-    S.finish_report(figs, L, profile, shape_verdicts(res, threshold))
+    X.write_report(ctx, "E1 — state recall under graded difficulty", L, shape_verdicts(res, threshold))
+
+
+def build_parser():
+    ap = X.parser(NAME, __doc__, PROFILES, workers=True)
+    ap.add_argument("--threshold", type=float, default=0.8, help="accuracy below which a model 'fails'")
+    return ap
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    S.add_common_args(ap, "e1_state_recall", PROFILES)
-    ap.add_argument("--threshold", type=float, default=0.8, help="accuracy below which a model 'fails'")
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     if not 0 < a.threshold <= 1:
         raise InterpError(f"--threshold {a.threshold} is out of range; valid: 0 < threshold <= 1")
-    s = S.setup(a, "e1_state_recall", PROFILES, time.time())
-    P, root, figs, device, deadline, progress = s.P, s.root, s.figs, s.device, s.deadline, s.progress
+    ctx = X.setup(a, NAME, PROFILES, argv)
+    P, root, figs, device, deadline, progress = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline, ctx.progress
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]})
     torch.manual_seed(0)
     A, runs = plan(P, root, device)
-    status, val, best = S.train_then_validate(runs, validate, s)
+    status, val, best = X.train_then_validate(runs, validate, ctx)
     status.to_csv(figs / "lr_sweep_status.csv", index=False)
     if best is None:
-        return S.unevaluated_exit(s, status)
+        return X.unevaluated_exit(ctx, status)
     sweep = status.merge(val, on=["arm", "lr"], how="left")
     sweep.to_csv(figs / "lr_sweep.csv", index=False)
     res = test_sweep(best, {r.name: r for r in runs}, P, root, device, deadline)
@@ -425,11 +424,10 @@ def main(argv=None):
         pr.plot(figs / "probes.png")
     if px is not None:
         px.to_csv(figs / "patching.csv", index=False)
-    report(figs, ["experiments/e1_state_recall.py", *(sys.argv[1:] if argv is None else argv)], P, s.profile,
-           device, s.started, status, val, best, res, fails, pr, px, a.threshold)
+    report(ctx, status, val, best, res, fails, pr, px, a.threshold)
     print(f"wrote {figs}/report.md")
     return 0
 
 
 if __name__ == "__main__":
-    S.cli(main)
+    X.cli(main)

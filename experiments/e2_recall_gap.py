@@ -41,9 +41,7 @@ are started only while their estimated memory (`gpu_gb`) fits in 60 GB.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -51,16 +49,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from interp import InterpError
+from interp import experiment as X
+from interp import tasks as T
+from interp.tasks import word_problems as W
+from interp.tasks.vocab import NUMBERS, VOCAB
+from interp.train import answer_accuracy
+from interp.zoo import ZooConfig
+from interp.zoo.layouts import PERCENTS
 
-from experiments import _sweeps as S  # noqa: E402
-from interp import InterpError  # noqa: E402
-from interp import tasks as T  # noqa: E402
-from interp.tasks import word_problems as W  # noqa: E402
-from interp.tasks.vocab import NUMBERS, VOCAB  # noqa: E402
-from interp.train import answer_accuracy  # noqa: E402
-from interp.zoo import ZooConfig  # noqa: E402
-from interp.zoo.layouts import PERCENTS  # noqa: E402
+NAME = "e2_recall_gap"
 
 TASKS = ("mqar", "state_recall", "word_problems")
 MIXERS = ("gdn", "gla", "mamba2")
@@ -113,7 +111,7 @@ def arms(P) -> dict:
     out, seen = {}, {}
 
     def add(name, layout, group, width=None):
-        model = S.matched({**base, "layout": layout, **({"d_model": width} if width else {})})
+        model = X.matched({**base, "layout": layout, **({"d_model": width} if width else {})})
         layers = tuple(ZooConfig(vocab_size=len(VOCAB), **model).layers)
         key = (layers, model["d_model"])
         if key in seen:           # the same model under another name (e.g. placement == preset)
@@ -121,7 +119,7 @@ def arms(P) -> dict:
         seen[key] = name
         mixer = next(m for m in ("transformer", "mamba2", "gdn", "gla") if layout.startswith(m))
         out[name] = {"model": model, "group": group, "mixer": mixer,
-                     "attn_pct": round(100 * S.attention_fraction(model)), "width": model["d_model"]}
+                     "attn_pct": round(100 * X.attention_fraction(model)), "width": model["d_model"]}
     add("transformer", "transformer", "main")
     for m in P["mixers"]:
         for p in P["pcts"]:
@@ -147,7 +145,7 @@ def plan(P, root, device):
     A = arms(P)
     prio = {a: {"main": 0, "placement": 1, "width": 2}[s["group"]] for a, s in A.items()}
     specs = {a: {"model": s["model"]} for a, s in A.items()}
-    runs = S.make_runs(root, specs, P["lrs"], priority=prio, tasks=list(TASKS), grid_max=GRID_MAX,
+    runs = X.make_runs(root, specs, P["lrs"], priority=prio, tasks=list(TASKS), grid_max=GRID_MAX,
                        steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                        eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
                        device=device, scan_backend="reference", seed=0)
@@ -289,21 +287,21 @@ def hf_judge(path: str, device: str = "cpu", max_new_tokens: int = 12) -> Callab
 def validate(runs, P, root, device, deadline):
     rows = []
     for r in runs:
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             break
 
         def one(r=r):
-            m = S.load_run(r, device).set_scan_backend("reference")
+            m = X.load_run(r, device).set_scan_backend("reference")
             accs = {t: answer_accuracy(m, T.generate(t, P["val_n"], seed=VAL_SEED).to(device)) for t in TASKS}
             return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(list(accs.values()))),
                                   **{f"val_{t}": a for t, a in accs.items()}}])
-        rows.append(S.cached(root / "eval" / f"val_{r.name}.csv", one))
+        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
 
 
 def evaluate_arm(arm, spec, run, P, root, device):
     """Accuracy sweeps, voting curves and the error taxonomy of one arm's best run (cached)."""
-    m = S.load_run(run, device).set_scan_backend("reference")
+    m = X.load_run(run, device).set_scan_backend("reference")
     info = dict(arm=arm, mixer=spec["mixer"], attn_pct=spec["attn_pct"], group=spec["group"], width=spec["width"])
 
     def acc():
@@ -338,11 +336,11 @@ def evaluate_arm(arm, spec, run, P, root, device):
         wrong = pd.DataFrame([dict(arm=arm, i=i, problem=" ".join(b.words(i)[:-1]), correct=b.words(i)[-1],
                                    answer=VOCAB.words[int(p)], kind=k)
                               for i, (p, k) in enumerate(zip(pred, kinds)) if k != "correct"])
-        wrong.to_csv(root / "eval" / f"wrong_{run.name}.csv", index=False)
+        X.ResultLog(root / "eval" / f"wrong_{run.name}.csv").replace(wrong)
         return pd.DataFrame(rows)
     d = root / "eval"
-    return (S.cached(d / f"acc_{run.name}.csv", acc), S.cached(d / f"votes_{run.name}.csv", votes),
-            S.cached(d / f"taxonomy_{run.name}.csv", taxonomy))
+    return (X.ResultLog(d / f"acc_{run.name}.csv").once(acc), X.ResultLog(d / f"votes_{run.name}.csv").once(votes),
+            X.ResultLog(d / f"taxonomy_{run.name}.csv").once(taxonomy))
 
 
 def chance_taxonomy(n: int) -> pd.DataFrame:
@@ -377,7 +375,7 @@ MIXER_COLOR = {"gdn": "C1", "gla": "C2", "mamba2": "C3", "transformer": "C0"}
 
 
 def plot_attention(acc, path):
-    plt = S.pyplot()
+    plt = X.pyplot()
     main = acc[(acc.group == "main") & (acc.knob == "default")]
     mq = acc[(acc.group == "main") & (acc.task == "mqar") & (acc.value == "32")].assign(task="mqar (32 pairs)")
     d = pd.concat([main, mq])
@@ -398,13 +396,13 @@ def plot_attention(acc, path):
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("answer accuracy")
     axes[0, 0].legend(fontsize=7)
-    S.save_fig(fig, path, 110)
+    X.save_figure(fig, path, 110)
 
 
 def _task_by_mixer(df):
     """A figure with one panel per (task, recurrent mixer) of the main arms; yields each panel
     with the rows of that mixer's models and the transformer."""
-    plt = S.pyplot()
+    plt = X.pyplot()
     main = df[df.group == "main"]
     tasks = list(dict.fromkeys(main.task))
     mixers = [m for m in MIXER_COLOR if m != "transformer" and m in set(main.mixer)]
@@ -430,11 +428,11 @@ def plot_sweeps(acc, path):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    S.save_fig(fig, path, 100)
+    X.save_figure(fig, path, 100)
 
 
 def plot_width(acc, path):
-    plt = S.pyplot()
+    plt = X.pyplot()
     d = acc[(acc.task == "mqar") & (acc.knob == "n_pairs")]
     archs = sorted({a.split("-d")[0] for a in d[d.group == "width"].arm})
     if not archs:
@@ -450,7 +448,7 @@ def plot_width(acc, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("answer accuracy")
-    S.save_fig(fig, path, 110)
+    X.save_figure(fig, path, 110)
     return True
 
 
@@ -467,11 +465,11 @@ def plot_votes(votes, path):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    S.save_fig(fig, path, 100)
+    X.save_figure(fig, path, 100)
 
 
 def plot_placement(acc, arms_, path):
-    plt = S.pyplot()
+    plt = X.pyplot()
     names = [a for a, s in arms_.items() if s["group"] == "placement"]
     names = [a for a in arms_ if a.startswith("gdn83")] + names
     d = acc[acc.arm.isin(names) & (acc.knob == "default")]
@@ -490,12 +488,12 @@ def plot_placement(acc, arms_, path):
     ax.set_ylabel("answer accuracy")
     ax.set_title("attention placement (83% recurrent)", fontsize=10)
     ax.legend(fontsize=7)
-    S.save_fig(fig, path, 110)
+    X.save_figure(fig, path, 110)
     return True
 
 
 def plot_taxonomy(tax, path):
-    plt = S.pyplot()
+    plt = X.pyplot()
     d = tax[tax.group == "main"]
     mixers = [m for m in MIXER_COLOR if m != "transformer" and m in set(d.mixer)]
     fig, axes = plt.subplots(1, len(mixers), figsize=(4.6 * len(mixers), 3.6), squeeze=False, sharey=True)
@@ -513,7 +511,7 @@ def plot_taxonomy(tax, path):
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("fraction of problems")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    S.save_fig(fig, path, 110)
+    X.save_figure(fig, path, 110)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -598,13 +596,12 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
     return out
 
 
-def report(figs, argv, P, profile, device, started, A, status, val, best, acc, votes, tax, chance, judged, has_width,
-           has_place):
-    L = S.header("E2 — the recall gap against the attention ratio", device, started, argv)
-    L += S.runs_note(status)
+def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width, has_place):
+    P, profile = ctx.P, ctx.profile
+    L = X.runs_note(status)
     mp = P["model"]
     L += [f"Profile `{profile}`: {mp['n_layers']} layers, d={mp['d_model']}; every model's SwiGLU width is matched to "
-          f"the transformer's parameter count at its width ({S.n_params(A['transformer']['model']) / 1e6:.3f}M at "
+          f"the transformer's parameter count at its width ({X.n_params(A['transformer']['model']) / 1e6:.3f}M at "
           f"d={mp['d_model']}). Training: the task mixture {', '.join(TASKS)} (round robin), {P['steps']} steps x "
           "batch "
           f"{P['batch_size']}, one difficulty knob drawn from its grid per batch, capped at {GRID_MAX}; learning rates "
@@ -621,62 +618,66 @@ def report(figs, argv, P, profile, device, started, A, status, val, best, acc, v
     piv = d.pivot_table(index=["arm", "attn_pct"], columns="task", values="accuracy", sort=False).reset_index()
     mq32 = acc[(acc.group == "main") & (acc.task == "mqar") & (acc.value == "32")].set_index("arm").accuracy
     piv["mqar 32 pairs"] = piv.arm.map(mq32)
-    L += S.md_table(piv.sort_values(["attn_pct", "arm"]))
+    L += X.md_table(piv.sort_values(["attn_pct", "arm"]))
     L += ["", "Per-task sweeps (the shaded range is beyond what the models saw in training):", "",
           "![sweeps](sweeps.png)", ""]
     if has_width:
         w = acc[(acc.task == "mqar") & (acc.knob == "n_pairs")]
         w = w[w.arm.isin([a for a in A if a in P["width_archs"] or a.split("-d")[0] in P["width_archs"]])]
         pw = w.pivot_table(index=["arm", "width"], columns="value", values="accuracy", sort=False).reset_index()
-        L += ["## MQAR against model width", "", "![width](width.png)", ""] + S.md_table(pw) + [""]
+        L += ["## MQAR against model width", "", "![width](width.png)", ""] + X.md_table(pw) + [""]
     L += ["## Majority voting (parallel test-time scaling)", "",
           f"{P['vote_n']} problems per task; {max(VOTE_NS)} answers sampled per problem at the answer position "
           f"(temperature {TEMPERATURE}, top-p {TOP_P}); accuracy of the majority of N samples (ties: the earliest "
           "sampled), averaged over the disjoint groups of N; dotted: pass@N.", "", "![votes](votes.png)", ""]
     vt = votes[(votes.group == "main")].pivot_table(index=["task", "arm", "attn_pct", "greedy_acc"], columns="N",
                                                     values="majority_acc", sort=False).reset_index()
-    L += S.md_table(vt) + [""]
+    L += X.md_table(vt) + [""]
     if has_place:
         pl = acc[acc.arm.isin([a for a in A if a.startswith("gdn83")] +
                               [a for a, s in A.items() if s["group"] == "placement"]) & (acc.knob == "default")]
         pp = pl.pivot_table(index="arm", columns="task", values="accuracy", sort=False).reset_index()
         pp.insert(1, "attention layers", [ZooConfig(vocab_size=len(VOCAB), **A[a]["model"]).attention_layers
                                           for a in pp.arm])
-        L += ["## Attention placement (83% recurrent)", "", "![placement](placement.png)", ""] + S.md_table(pp) + [""]
+        L += ["## Attention placement (83% recurrent)", "", "![placement](placement.png)", ""] + X.md_table(pp) + [""]
     L += ["## Error taxonomy of wrong word-problem answers (mechanical)", "",
           f"{P['tax_n']} problems with knobs {TAXONOMY_KNOBS}; each wrong answer is classified from the generator's "
           "facts (`interp.tasks.word_problems.classify`, first match in this order): " + ", ".join(W.ERROR_TYPES)
           + ". Fractions of all problems:", "", "![taxonomy](taxonomy.png)", ""]
     L += ["Accuracy, and the share of each type among the wrong answers; `uniform guess` is the base rate (a wrong "
           "answer drawn uniformly from 0..63, classified the same way):", ""]
-    L += S.md_table(wrong_shares(pd.concat([tax, chance], ignore_index=True))) + [""]
+    L += X.md_table(wrong_shares(pd.concat([tax, chance], ignore_index=True))) + [""]
     if judged is not None:
         agree = (judged.kind == judged.judge).mean() if len(judged) else float("nan")
         L += [f"LLM judge ({len(judged)} wrong answers): agreement with the mechanical label {agree:.2f}; "
               "see judge.csv.", ""]
     L += ["## Learning-rate sweep", ""]
-    L += S.sweep_table(status, val, best, [f"val_{t}" for t in TASKS])
-    S.finish_report(figs, L, profile, shape_verdicts(acc, votes, tax, chance))
+    L += X.sweep_table(status, val, best, [f"val_{t}" for t in TASKS])
+    X.write_report(ctx, "E2 — the recall gap against the attention ratio", L, shape_verdicts(acc, votes, tax, chance))
+
+
+def build_parser():
+    ap = X.parser(NAME, __doc__, PROFILES, workers=True)
+    ap.add_argument("--judge", default=None, help="local HF model directory for the optional LLM judge (off)")
+    ap.add_argument("--judge-max", type=int, default=100, help="wrong answers sent to the judge")
+    return ap
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    S.add_common_args(ap, "e2_recall_gap", PROFILES)
-    ap.add_argument("--judge", default=None, help="local HF model directory for the optional LLM judge (off)")
-    ap.add_argument("--judge-max", type=int, default=100, help="wrong answers sent to the judge")
-    a = ap.parse_args(argv)
-    s = S.setup(a, "e2_recall_gap", PROFILES, time.time())
-    P, root, figs, device, deadline = s.P, s.root, s.figs, s.device, s.deadline
+    a = build_parser().parse_args(argv)
+    ctx = X.setup(a, NAME, PROFILES, argv)
+    P, root, figs, device, deadline = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]})
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
     A, runs = plan(P, root, device)
-    status, val, best = S.train_then_validate(runs, validate, s, weight=gpu_gb, capacity=P["gpu_gb"])
+    status, val, best = X.train_then_validate(runs, validate, ctx, weight=gpu_gb, capacity=P["gpu_gb"])
     if best is None:
-        return S.unevaluated_exit(s, status)
+        return X.unevaluated_exit(ctx, status)
     by_name = {r.name: r for r in runs}
     accs, votes, taxs = [], [], []
     for arm, row in best.iterrows():
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             print("time budget reached during evaluation; run the same command again to continue", file=sys.stderr)
             break
         x, v, t = evaluate_arm(arm, A[arm], by_name[f"{arm}_lr{row.lr:g}"], P, root, device)
@@ -684,12 +685,13 @@ def main(argv=None):
         votes.append(v)
         taxs.append(t)
     acc, vote, tax = (pd.concat(f, ignore_index=True) for f in (accs, votes, taxs))
-    chance = S.cached(root / "eval" / f"taxonomy_chance_{P['tax_n']}.csv", lambda: chance_taxonomy(P["tax_n"]))
+    chance = X.ResultLog(root / "eval" / f"taxonomy_chance_{P['tax_n']}.csv").once(
+        lambda: chance_taxonomy(P["tax_n"]))
     acc["value"] = acc["value"].astype(str)
     judged = None
     if judge is not None:
-        wrong = pd.concat([pd.read_csv(root / "eval" / f"wrong_{arm}_lr{row.lr:g}.csv") for arm, row in best.iterrows()
-                           if (root / "eval" / f"wrong_{arm}_lr{row.lr:g}.csv").is_file()], ignore_index=True)
+        wrong = [X.ResultLog(root / "eval" / f"wrong_{arm}_lr{row.lr:g}.csv").frame() for arm, row in best.iterrows()]
+        wrong = pd.concat([w for w in wrong if not w.empty], ignore_index=True)
         wrong = wrong.head(a.judge_max)
         items = [(problem_text(p.split()), c, ans) for p, c, ans in zip(wrong.problem, wrong.correct, wrong.answer)]
         judged = wrong.assign(judge=judge_errors(items, judge))
@@ -703,11 +705,10 @@ def main(argv=None):
     plot_votes(vote, figs / "votes.png")
     has_place = plot_placement(acc, A, figs / "placement.png")
     plot_taxonomy(tax, figs / "taxonomy.png")
-    report(figs, ["experiments/e2_recall_gap.py", *(sys.argv[1:] if argv is None else argv)], P, s.profile, device,
-           s.started, A, status, val, best, acc, vote, tax, chance, judged, has_width, has_place)
+    report(ctx, A, status, val, best, acc, vote, tax, chance, judged, has_width, has_place)
     print(f"wrote {figs}/report.md")
     return 0
 
 
 if __name__ == "__main__":
-    S.cli(main)
+    X.cli(main)

@@ -48,12 +48,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments import _common as C  # noqa: E402
-from interp import InterpError  # noqa: E402
-from interp import tasks as T  # noqa: E402
-from interp import tokenloss as TL  # noqa: E402
+from interp import InterpError
+from interp import experiment as X
+from interp import tasks as T
+from interp import tokenloss as TL
+from interp.stats import boot_ci
 
 NAME = "e3_token_loss"
 PROFILES = {
@@ -81,6 +80,7 @@ PROFILES = {
                  probe_grid={"pronoun": {"n_distractors": [2]}, "entity_tracking": {"n_moves": [2]},
                              "brackets": {"depth": [2]}}),
 }
+F3 = "{:.3f}"                       # the report's tables: floats to 3 decimals
 EXPECTED = {"pronoun": +1, "entity_tracking": +1, "brackets": -1}   # sign of loss(transformer) - loss(hybrid)
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 
@@ -134,13 +134,12 @@ def reference_kernels(model):
     """While open, HF linear-attention layers use transformers' pure-torch functions instead of
     fla / causal-conv1d kernels (fla 0.6's gated-chunk backward refuses Hopper with Triton < 3.7.1,
     fla issue #640). The parameters are the same on both paths."""
-    from hooks.adapters.hf_common import forward_globals
     names = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn",
              "causal_conv1d_update", "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")
     saved = []
     for m in model.modules():
         try:
-            g = forward_globals(m)
+            g = inspect.unwrap(type(m).forward).__globals__     # the globals its forward calls through
         except (TypeError, AttributeError):
             continue
         for n in names:
@@ -182,7 +181,7 @@ def run_name(arch: str, lr: float) -> str:
     return f"{arch}_lr{lr:g}"
 
 
-def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarray, tok, ctx: C.Ctx,
+def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarray, tok, ctx: X.Ctx,
              P: dict) -> dict | None:
     """Train (or resume) one run (architecture ``arch`` at learning rate ``lr``) on random windows of
     ``stream``; every run sees the same windows (seeded by step). A checkpoint is written every
@@ -270,7 +269,7 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
     return meta
 
 
-def _pair_worker(arch: str, cfg, lr: float, stream, val_stream, ctx: C.Ctx, P: dict, device: str) -> bool:
+def _pair_worker(arch: str, cfg, lr: float, stream, val_stream, ctx: X.Ctx, P: dict, device: str) -> bool:
     """Worker process: `train_hf` for one pair run on ``device``, its output appended to
     ``<runs>/models/<run>/train.out``. True once the run is finished, False if the time ran out."""
     import contextlib
@@ -287,7 +286,7 @@ def _pair_worker(arch: str, cfg, lr: float, stream, val_stream, ctx: C.Ctx, P: d
         return train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P) is not None
 
 
-def train_pair(cfgs: dict, stream, val_stream, tok, ctx: C.Ctx, P: dict) -> list | None:
+def train_pair(cfgs: dict, stream, val_stream, tok, ctx: X.Ctx, P: dict) -> list | None:
     """Train (or resume) the pair's runs, every architecture at every learning rate; returns their
     metas, or None if the time budget ran out first. With ``P["pair_workers"]`` > 1 the runs train
     at once in that many spawned processes, spread round-robin over ``--train-devices`` (a small
@@ -304,8 +303,9 @@ def train_pair(cfgs: dict, stream, val_stream, tok, ctx: C.Ctx, P: dict) -> list
         return metas
     import multiprocessing as mp
     devs = ctx.train_devices or [ctx.device]
+    worker = X.script_function(_pair_worker)      # each worker loads this script from its file
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(_pair_worker, arch, cfg, lr, stream, val_stream, ctx, P, devs[i % len(devs)])
+        futs = [ex.submit(worker, arch, cfg, lr, stream, val_stream, ctx, P, devs[i % len(devs)])
                 for i, (arch, cfg, lr) in enumerate(jobs)]
         finished = [f.result() for f in futs]
     if not all(finished):
@@ -343,7 +343,7 @@ def checkpoint_fingerprint(*dirs) -> str:
 
 
 def plot_training(metas: list[dict], path):
-    plt = C.pyplot()
+    plt = X.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     arches = list(dict.fromkeys(m["arch"] for m in metas))
     for m in metas:
@@ -354,7 +354,7 @@ def plot_training(metas: list[dict], path):
     ax.set_ylabel("train loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    C.save_figure(fig, path)
+    X.save_figure(fig, path)
 
 
 # --- synthetic probes ---------------------------------------------------------------------------
@@ -370,31 +370,29 @@ def training_tasks(spec: str) -> list | None:
         return None
 
 
-def probe_runs(ctx: C.Ctx, P: dict) -> list:
+def probe_runs(ctx: X.Ctx, P: dict) -> list:
     """The probe models' training runs: matched transformer, gdn75 and gdn100 on the probe tasks,
     one per learning rate of ``P["probe_train"]``."""
-    from experiments import _sweeps as S
     Q = P["probe_train"]
-    arms = {a: {"model": S.matched({**Q["model"], "layout": a}), "tasks": list(TL.PROBE_TASKS)}
+    arms = {a: {"model": X.matched({**Q["model"], "layout": a}), "tasks": list(TL.PROBE_TASKS)}
             for a in ("transformer", "gdn75", "gdn100")}
-    return S.make_runs(ctx.runs / "probe_models", arms, Q["lrs"], steps=Q["steps"], batch_size=Q["batch_size"],
+    return X.make_runs(ctx.runs / "probe_models", arms, Q["lrs"], steps=Q["steps"], batch_size=Q["batch_size"],
                        warmup=Q["warmup"], eval_every=max(1, Q["steps"] // 4), eval_n=128,
                        save_every=max(50, Q["steps"] // 10), device=ctx.device, scan_backend="reference", seed=0)
 
 
-def train_probe_runs(ctx: C.Ctx, P: dict, progress: bool = False):
+def train_probe_runs(ctx: X.Ctx, P: dict, progress: bool = False):
     """Train (or continue) the probe models in worker processes until done or until the call's
     deadline less ``eval_reserve``. Returns (runs, status table). Safe to call again: finished runs
     are skipped (so the GPU path can start it in a thread while the text pair trains)."""
-    from experiments import _sweeps as S
     Q, runs = P["probe_train"], probe_runs(ctx, P)
     deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * Q["eval_reserve"])
-    st = S.train_runs(runs, workers=Q["workers"] if ctx.device != "cpu" else 1, deadline=deadline,
+    st = X.train_runs(runs, workers=Q["workers"] if ctx.device != "cpu" else 1, deadline=deadline,
                       progress=progress, devices=ctx.train_devices)
     return runs, st
 
 
-def probe_models(ctx: C.Ctx, P: dict, spec: str):
+def probe_models(ctx: X.Ctx, P: dict, spec: str):
     """{name: zoo model}: shipped defaults / zoo directories, or ``train``: matched transformer, gdn75
     and gdn100 trained on the probe tasks (learning-rate sweep, best run by validation accuracy)."""
     from interp.models import load_any
@@ -411,7 +409,6 @@ def probe_models(ctx: C.Ctx, P: dict, spec: str):
             d = Path(s) if Path(s).is_dir() else default_model_path(s)
             sources[Path(s).name] = f"{s}@{checkpoint_fingerprint(d)}"
         return out, None, sources
-    from experiments import _sweeps as S
     from interp.train import answer_accuracy
     Q = P["probe_train"]
     runs, st = train_probe_runs(ctx, P, progress=ctx.progress)
@@ -419,28 +416,28 @@ def probe_models(ctx: C.Ctx, P: dict, spec: str):
     rows = []
     for r in done:
         def val(r=r):
-            m = S.load_run(r, ctx.device).set_scan_backend("reference")
+            m = X.load_run(r, ctx.device).set_scan_backend("reference")
             accs = [answer_accuracy(m, T.generate(t, Q["val_n"], seed=99, **{k: v}).to(m.device))
                     for t in TL.PROBE_TASKS for k, vs in T.difficulty_grid(t).items() for v in vs]
             return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(S.cached(ctx.runs / "probe_models" / "eval" / f"val_{r.name}.csv", val))
+        rows.append(X.ResultLog(ctx.runs / "probe_models" / "eval" / f"val_{r.name}.csv").once(val))
     if len(done) < len(runs):
         return None, st, None
     val = pd.concat(rows, ignore_index=True)
-    best = S.best_by(val)
+    best = X.best_by(val)
     by_name = {r.name: r for r in runs}
-    models = {a: S.load_run(by_name[f"{a}_lr{row.lr:g}"], ctx.device).set_scan_backend("reference")
+    models = {a: X.load_run(by_name[f"{a}_lr{row.lr:g}"], ctx.device).set_scan_backend("reference")
               for a, row in best.iterrows()}
     return models, st.merge(val, on=["arm", "lr"], how="left"), {a: f"train:{a}_lr{row.lr:g}"
                                                                  for a, row in best.iterrows()}
 
 
-def run_probes(models: dict, ctx: C.Ctx, P: dict, sources: dict | None = None) -> pd.DataFrame:
+def run_probes(models: dict, ctx: X.Ctx, P: dict, sources: dict | None = None) -> pd.DataFrame:
     """Per-token probe losses of ``models``, cached in ``<runs>/probes.csv`` per (model source, task,
     knob, value) so a later call continues; ``sources`` {name: where the model came from} keeps a
     shipped default apart from a trained model of the same name."""
     sources = sources or {n: n for n in models}
-    log = C.ResultLog(ctx.runs / "probes.csv", ["source", "model", "task", "knob", "value"])
+    log = X.ResultLog(ctx.runs / "probes.csv", ["source", "model", "task", "knob", "value"])
     for task in TL.PROBE_TASKS:
         grid = P.get("probe_grid", {}).get(task)
         for name, m in models.items():
@@ -458,7 +455,7 @@ def run_probes(models: dict, ctx: C.Ctx, P: dict, sources: dict | None = None) -
 
 
 def plot_probes(df: pd.DataFrame, path, chance: dict):
-    plt = C.pyplot()
+    plt = X.pyplot()
     combos = list(dict.fromkeys(zip(df.task, df.role)))
     ncol = max(len(set(df[df.task == t].knob)) for t, _ in combos)
     fig, axes = plt.subplots(len(combos), ncol, figsize=(3.6 * ncol, 2.7 * len(combos)), squeeze=False)
@@ -483,7 +480,7 @@ def plot_probes(df: pd.DataFrame, path, chance: dict):
         axes[i, 0].set_ylabel("candidate loss (nats)", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Synthetic probes: loss among the candidates (dotted: uniform guess)", fontsize=10)
-    C.save_figure(fig, path)
+    X.save_figure(fig, path)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -506,8 +503,8 @@ def corpus_section(corpus: pd.DataFrame, user: bool) -> list[str]:
             L.append(f"* {dom}: " + "; ".join(label for label, _ in srcs))
         L.append("")
     tab = corpus.groupby(["split", "domain"]).agg(documents=("doc_id", "size"), bytes=("bytes", "sum")).reset_index()
-    L += C.fmt_table(tab) + ["", "Evaluation documents (all files of both splits, with sha1 prefixes, are in "
-                                 "[corpus.csv](corpus.csv)):", ""]
+    L += X.md_table(tab, F3) + ["", "Evaluation documents (all files of both splits, with sha1 prefixes, are in "
+                                     "[corpus.csv](corpus.csv)):", ""]
     ev = corpus[corpus.split == "eval"]
     for dom, g in ev.groupby("domain", sort=False):
         L.append(f"* {dom}: " + ", ".join(f"`{'/'.join(Path(d).parts[-2:]) if '/' in d else d}` ({b / 1000:.1f} kB)"
@@ -531,7 +528,7 @@ def verdict_probes(ps: pd.DataFrame, df: pd.DataFrame, hybrid: str, ref: str, ch
             j = a.merge(b, on=keys, suffixes=("_r", "_h"))
             j["diff"] = j.cand_loss_r - j.cand_loss_h
             agg = j.groupby(["knob", "value", "example"])["diff"].agg(["sum", "count"])
-            lo, hi = TL._boot_ci(agg["sum"].to_numpy(float), agg["count"].to_numpy(float), 1000,
+            lo, hi = boot_ci(agg["sum"].to_numpy(float), agg["count"].to_numpy(float), 1000,
                                  np.random.default_rng(0))
             d = j["diff"].mean()
             acc_r, acc_h = j.correct_r.mean(), j.correct_h.mean()
@@ -574,20 +571,20 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
               f"Each architecture gets the same learning-rate sweep ({', '.join(f'{x:g}' for x in P['lrs'])}); the "
               "run with the lowest loss on the validation split (held out from training, not the evaluation text) "
               "is the one analysed (**bold**). GDN layers trained on transformers' pure-torch path.", ""]
-        L += C.fmt_table(pd.DataFrame([dict(
+        L += X.md_table(pd.DataFrame([dict(
             run=f"**{m['name']}**" if m.get("best") else m["name"], type=m["model_type"],
             params=f"{m['params'] / 1e6:.3f}M",
             layers=" ".join("A" if k == "full_attention" else "G" for k in m["layer_types"]),
             final_train_loss=m["final_loss"], val_loss=m["val_loss"],
-            train_tokens_per_s=f"{m['tokens_per_s']:.0f}") for m in metas]))
-        L += [""] + C.sweep_edge_note({m["arch"]: m["lr"] for m in metas if m.get("best")}, P["lrs"])
+            train_tokens_per_s=f"{m['tokens_per_s']:.0f}") for m in metas]), F3)
+        L += [""] + X.sweep_edge_note({m["arch"]: m["lr"] for m in metas if m.get("best")}, P["lrs"])
         L += overfit_note([m for m in metas if m.get("best")])
         L += ["![training](training.png)", ""]
     L += corpus_section(corpus, user_corpus)
     L += ["## Held-out loss per domain", ""]
     dom = tl.groupby("domain").agg(tokens=("diff", "size"), loss_a=("loss_a", "mean"), loss_b=("loss_b", "mean"),
                                    diff=("diff", "mean")).reset_index()
-    L += C.fmt_table(dom.rename(columns={"loss_a": f"loss {a}", "loss_b": f"loss {b}"})) + [""]
+    L += X.md_table(dom.rename(columns={"loss_a": f"loss {a}", "loss_b": f"loss {b}"}), F3) + [""]
     def tables(value, lo_col, hi_col, with_n):
         out = []
         for f, g in summ.groupby("facet", sort=False):
@@ -617,17 +614,17 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
     L += ["## Synthetic probes", "", probe_note, ""]
     if probe_sweep is not None:
         L += ["Learning-rate sweep of the probe models (validation accuracy, mean over the probe tasks' grids):", ""]
-        L += C.fmt_table(probe_sweep[["arm", "lr", "steps_done", "steps", "val_acc"]]) + [""]
+        L += X.md_table(probe_sweep[["arm", "lr", "steps_done", "steps", "val_acc"]], F3) + [""]
         bl = probe_sweep.sort_values("lr").groupby("arm", sort=False)["val_acc"].idxmax()
-        L += C.sweep_edge_note({a: probe_sweep.loc[i, "lr"] for a, i in bl.items()}, P["probe_train"]["lrs"])
+        L += X.sweep_edge_note({a: probe_sweep.loc[i, "lr"] for a, i in bl.items()}, P["probe_train"]["lrs"])
     if ps is not None and len(ps):
         L += ["Candidate loss (nats; the answer's loss among the task's candidates: 16 colours, 16 boxes, 4 closing "
               "brackets) pooled over each knob's values; diff = loss(ref) - loss(model) with a 95% bootstrap "
               "interval over examples.", ""]
         pooled = pdf.groupby(["task", "role", "model"], sort=False).agg(
             cand_loss=("cand_loss", "mean"), cand_acc=("correct", "mean"), n=("cand_loss", "size")).reset_index()
-        L += C.fmt_table(pooled) + ["", "![probes](probes.png)", "",
-                                    "Per knob value: [probes_summary.csv](probes_summary.csv).", ""]
+        L += X.md_table(pooled, F3) + ["", "![probes](probes.png)", "",
+                                        "Per knob value: [probes_summary.csv](probes_summary.csv).", ""]
     # verdicts
     V = []
     if ps is not None and len(ps):
@@ -667,13 +664,13 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
         V.append(f"* {b}'s advantage significantly {word} than average (domains pooled): "
                  + ("; ".join(f"{r.facet} = {r.category} {r.excess:+.3f} (diff {r.diff:+.3f}, n={r.n})"
                               for r in ex.itertuples()) or "none") + ".")
-    C.write_report(ctx, "E3 — which tokens does the hybrid predict better? (token-level loss decomposition)", L, V)
+    X.write_report(ctx, "E3 — which tokens does the hybrid predict better? (token-level loss decomposition)", L, V)
 
 
 # --- main ---------------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
-    ap = C.parser(NAME, __doc__, PROFILES)
+def build_parser():
+    ap = X.parser(NAME, __doc__, PROFILES, seed=True)
     ap.add_argument("--model-a", help="local HF checkpoint dir (model A, e.g. the transformer); default: train a pair")
     ap.add_argument("--model-b", help="local HF checkpoint dir (model B, e.g. the hybrid)")
     ap.add_argument("--corpus", action="append", help="file or directory (repeatable; prefix prose:, code: or "
@@ -683,8 +680,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=None, help="evaluation window (tokens)")
     ap.add_argument("--stride", type=int, default=None, help="evaluation stride (default seq_len / 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    a = ap.parse_args(argv)
-    ctx = C.setup(a, NAME, PROFILES, argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    ctx = X.setup(a, NAME, PROFILES, argv)
     P = ctx.P
     if not ctx.progress:
         from transformers.utils import logging as hf_logging
@@ -731,7 +732,7 @@ def main(argv=None) -> int:
         train_docs, val_docs = TL.split_docs(train_docs, P["val_bytes"])
         if not train_docs or not val_docs:
             raise InterpError("no training or validation text left after the evaluation split; give a larger --corpus")
-        C.check_runs_spec(ctx, dict(profile=ctx.profile, seed=ctx.seed, P={k: v for k, v in P.items() if k not in (
+        X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, P={k: v for k, v in P.items() if k not in (
             "time_budget", "threads", "pair_workers", "probe_n", "probe_models", "probe_grid", "probe_train",
             "eval_batch")},
             corpus=[[d.domain, d.doc_id, hashlib.sha1(d.text.encode()).hexdigest()[:10]] for d in docs]))
@@ -825,4 +826,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    C.cli(main)
+    X.cli(main)

@@ -24,29 +24,26 @@ value), examples.parquet (per example), throughput.csv, lr_sweep.csv and report.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments import _common as C  # noqa: E402
-from experiments import _sweeps as S  # noqa: E402
-from interp import InterpError  # noqa: E402
-from interp import tasks as T  # noqa: E402
-from interp.tasks.vocab import VOCAB  # noqa: E402
-from interp.zoo import HybridLM, ZooConfig  # noqa: E402
+from interp import InterpError
+from interp import experiment as X
+from interp import tasks as T
+from interp.stats import boot_ci
+from interp.tasks.vocab import VOCAB
+from interp.zoo import HybridLM, ZooConfig
 
 NAME = "e4_fusion"
 TASKS = ("mqar", "state_recall")
 LAYOUTS = {"transformer": "transformer", "gdn100": "gdn100", "gdn75": "gdn75", "gdn75-par": "gdn75-par",
            "par-all": "par-all"}   # par-all: attn+gdn in every layer (resolved per depth)
 SEQUENTIAL, PARALLEL = "gdn75", "gdn75-par"
+F3 = "{:.3f}"                       # the report's tables: floats to 3 decimals
 PROFILES = {
     # GPU: 10 runs (5 arms x 2 lrs) of 2000 steps, 8 layers d=128, in parallel processes
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32),
@@ -77,7 +74,7 @@ def arms(P) -> dict:
     bad = [a for a in P["arms"] if a not in LAYOUTS]
     if bad:
         raise InterpError(f"arm '{bad[0]}' is not valid; valid: {', '.join(LAYOUTS)}")
-    return {a: {"model": S.matched({**P["model"], "layout": layout(a, P["model"]["n_layers"])}),
+    return {a: {"model": X.matched({**P["model"], "layout": layout(a, P["model"]["n_layers"])}),
                 "tasks": list(TASKS)} for a in P["arms"]}
 
 
@@ -111,20 +108,20 @@ def validate(runs, P, root, device, deadline):
     """Mean answer accuracy over the grid points of both tasks (validation seed)."""
     rows = []
     for r in runs:
-        if S.out_of_time(deadline):
+        if X.out_of_time(deadline):
             break
 
         def one(r=r):
-            m = S.load_run(r, device).set_scan_backend("reference")
+            m = X.load_run(r, device).set_scan_backend("reference")
             accs = [per_example(m, t, P["val_n"], VAL_SEED, **{k: v})["correct"].mean()
                     for t, g in grid(P).items() for k, vs in g.items() for v in vs]
             return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(S.cached(root / "eval" / f"val_{r.name}.csv", one))
+        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
 
 
 def test_eval(best, by_name, ctx, P) -> pd.DataFrame:
-    log = C.ResultLog(ctx.runs / "eval" / "test_examples.csv", ["arm", "lr", "task", "knob", "value"])
+    log = X.ResultLog(ctx.runs / "eval" / "test_examples.csv", ["arm", "lr", "task", "knob", "value"])
     from tqdm.auto import tqdm
     for arm, row in best.iterrows():
         run = by_name[f"{arm}_lr{row.lr:g}"]
@@ -133,7 +130,7 @@ def test_eval(best, by_name, ctx, P) -> pd.DataFrame:
         for t, k, v in tqdm(pts, desc=f"test {arm}", disable=not ctx.progress, dynamic_ncols=True):
             if log.done(arm=arm, lr=row.lr, task=t, knob=k, value=v):
                 continue
-            m = m or S.load_run(run, ctx.device).set_scan_backend("reference")
+            m = m or X.load_run(run, ctx.device).set_scan_backend("reference")
             df = per_example(m, t, P["eval_n"], TEST_SEED, **{k: v})
             log.add(df.assign(arm=arm, lr=row.lr, task=t, knob=k, value=str(v)))
     ex = log.frame()
@@ -146,7 +143,6 @@ def test_eval(best, by_name, ctx, P) -> pd.DataFrame:
 def paired(ex: pd.DataFrame, a: str, b: str, metric: str, by=("task",), n_boot: int = 1000, seed: int = 0):
     """metric(b) - metric(a) on the same examples, mean and 95% bootstrap interval over examples,
     per ``by`` group."""
-    from interp.tokenloss import _boot_ci
     rng = np.random.default_rng(seed)
     keys = ["task", "knob", "value", "example"]
     j = ex[ex.arm == a].merge(ex[ex.arm == b], on=keys, suffixes=("_a", "_b"))
@@ -154,7 +150,7 @@ def paired(ex: pd.DataFrame, a: str, b: str, metric: str, by=("task",), n_boot: 
     rows = []
     for k, g in j.groupby(list(by), sort=False):
         k = k if isinstance(k, tuple) else (k,)
-        lo, hi = _boot_ci(g["d"].to_numpy(float), np.ones(len(g)), n_boot, rng)
+        lo, hi = boot_ci(g["d"].to_numpy(float), np.ones(len(g)), n_boot, rng)
         rows.append({**dict(zip(by, k)), "a": a, "b": b, "metric": metric, f"{metric}_a": g[f"{metric}_a"].mean(),
                      f"{metric}_b": g[f"{metric}_b"].mean(), "diff": g["d"].mean(), "ci_lo": lo, "ci_hi": hi,
                      "n": len(g)})
@@ -163,14 +159,14 @@ def paired(ex: pd.DataFrame, a: str, b: str, metric: str, by=("task",), n_boot: 
 
 # --- throughput ---------------------------------------------------------------------------------
 
-def throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
+def throughput(A: dict, ctx: X.Ctx, P: dict) -> pd.DataFrame:
     """Tokens/s of forward+backward (loss.backward(), no optimizer step) and of the forward pass,
     per arm and sequence length, measured here one arm at a time (``thr_tokens`` tokens per batch,
     ``thr_iters`` timed iterations after one warm-up). Scans: the pure-torch reference (what
     training used); on CUDA also fla's kernels (``auto``), whose backward may refuse (fla #640)."""
-    log = C.ResultLog(ctx.runs / "throughput.csv", ["device", "arm", "backend", "seq_len", "mode"])
+    log = X.ResultLog(ctx.runs / "throughput.csv", ["device", "arm", "backend", "seq_len", "mode"])
     dev = torch.device(ctx.device)
-    where = C.device_name(ctx.device)
+    where = X.device_name(ctx.device)
     backends = ["reference"] + (["auto"] if dev.type == "cuda" else [])
     for arm, spec in A.items():
         for be in backends:
@@ -217,7 +213,7 @@ def throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
     return df.sort_values("_here", kind="stable").drop(columns="_here").reset_index(drop=True)
 
 
-def write_throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
+def write_throughput(A: dict, ctx: X.Ctx, P: dict) -> pd.DataFrame:
     """`throughput` for the arms ``A``, written to ``<out>/throughput.csv`` and ``throughput.png``."""
     thr = throughput(A, ctx, P)
     thr.to_csv(ctx.out / "throughput.csv", index=False)
@@ -228,7 +224,7 @@ def write_throughput(A: dict, ctx: C.Ctx, P: dict) -> pd.DataFrame:
 # --- figures ------------------------------------------------------------------------------------
 
 def plot_metric(res: pd.DataFrame, metric: str, path, ylabel: str, ylim=None):
-    plt = C.pyplot()
+    plt = X.pyplot()
     panels = list(dict.fromkeys(zip(res.task, res.knob)))
     ncol = min(3, len(panels))
     nrow = (len(panels) + ncol - 1) // ncol
@@ -249,11 +245,11 @@ def plot_metric(res: pd.DataFrame, metric: str, path, ylabel: str, ylim=None):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    C.save_figure(fig, path)
+    X.save_figure(fig, path)
 
 
 def plot_throughput(thr: pd.DataFrame, path):
-    plt = C.pyplot()
+    plt = X.pyplot()
     modes = ["fwd+bwd", "fwd"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     devices = list(dict.fromkeys(thr.device))
@@ -273,12 +269,12 @@ def plot_throughput(thr: pd.DataFrame, path):
         ax.set_title(mode, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    C.save_figure(fig, path)
+    X.save_figure(fig, path)
 
 
 def plot_training(best, by_name, path):
     from interp.train import read_log
-    plt = C.pyplot()
+    plt = X.pyplot()
     fig, axes = plt.subplots(1, len(TASKS) + 1, figsize=(4 * (len(TASKS) + 1), 3.1))
     for arm, row in best.iterrows():
         f = by_name[f"{arm}_lr{row.lr:g}"].out / "train_log.jsonl"
@@ -295,7 +291,7 @@ def plot_training(best, by_name, path):
         ax.set_title(t if t == "loss" else f"held-out accuracy: {t}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    C.save_figure(fig, path)
+    X.save_figure(fig, path)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -366,8 +362,8 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
           f"{P['model']['n_heads']} heads of {P['model']['head_dim']}; SwiGLU width matched to the transformer's "
           "parameter count. Layers: A attention, G Gated DeltaNet, A+G attention and GDN in parallel (half the "
           "heads each, outputs summed).", ""]
-    L += C.fmt_table(pd.DataFrame([dict(arm=a, layers=layers_str(s["model"]), mlp_hidden=s["model"]["mlp_hidden"],
-                                        params=f"{S.n_params(s['model']) / 1e6:.4f}M") for a, s in A.items()]))
+    L += X.md_table(pd.DataFrame([dict(arm=a, layers=layers_str(s["model"]), mlp_hidden=s["model"]["mlp_hidden"],
+                                       params=f"{X.n_params(s['model']) / 1e6:.4f}M") for a, s in A.items()]), F3)
     L += ["", f"Training (`interp.train`): {', '.join(TASKS)} round-robin, one difficulty knob drawn from its grid "
               f"per batch; {P['steps']} steps x batch {P['batch_size']}, AdamW, warmup {P['warmup']}, cosine; "
               f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} for every arm; scans on the pure-torch "
@@ -379,7 +375,7 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
         L += [f"**{len(inc)} of {len(status)} runs are not finished** (budget of this call); numbers use finished "
               "runs only. Run the same command again to continue.", ""]
     L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
-    L += S.sweep_table(status, val, best) + [""] + C.sweep_edge_note(best["lr"].to_dict(), P["lrs"])
+    L += X.sweep_table(status, val, best) + [""] + X.sweep_edge_note(best["lr"].to_dict(), P["lrs"])
     L += ["![training](training.png)", ""]
     L += ["## Accuracy and answer loss per difficulty knob (best run per arm)", "", "![accuracy](accuracy.png)", "",
           "![loss](loss.png)", ""]
@@ -403,7 +399,7 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
     t["tokens_per_s"] = [f"{x:,.0f}" if x == x else "failed" for x in t.tokens_per_s]
     t["ms_per_iter"] = [f"{x:.1f}" if x == x else "" for x in t.ms_per_iter]
     cols = ["arm", "backend", "mode", "seq_len", "batch", "ms_per_iter", "tokens_per_s"]
-    L += C.fmt_table(t[(["device"] if t.device.nunique() > 1 else []) + cols])
+    L += X.md_table(t[(["device"] if t.device.nunique() > 1 else []) + cols], F3)
     errs = thr[thr.error.astype(str) != ""]
     if len(errs):
         L += ["", "Failed measurements: " + "; ".join(f"{r.arm} {r.backend} {r.mode} T={r.seq_len}: {r.error}"
@@ -418,40 +414,38 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
     if tr:
         L += ["", "Training-loop tokens/s from the best runs' logs (includes data generation and evaluation; runs may "
                   "have shared the device with other runs): " + ", ".join(tr) + "."]
-    C.write_report(ctx, "E4 — inter-layer vs intra-layer fusion", L, verdicts(ex))
+    X.write_report(ctx, "E4 — inter-layer vs intra-layer fusion", L, verdicts(ex))
 
 
-def main(argv=None) -> int:
-    ap = C.parser(NAME, __doc__, PROFILES)
-    ap.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU; CPU: 1)")
+def build_parser():
+    ap = X.parser(NAME, __doc__, PROFILES, seed=True, workers=True)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--throughput-only", action="store_true",
                     help="measure the throughput table on --device for every arm (no training, no checkpoints "
                          "needed), write throughput.csv / .png and stop")
-    a = ap.parse_args(argv)
-    ctx = C.setup(a, NAME, PROFILES, argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    ctx = X.setup(a, NAME, PROFILES, argv)
     P = ctx.P
     threads = a.threads or P.get("threads")
     if threads:
         torch.set_num_threads(threads)
-    if a.workers is not None and a.workers < 1:
-        raise InterpError(f"--workers {a.workers} is out of range; valid: integers >= 1")
     A = arms(P)
     if a.throughput_only:
         write_throughput(A, ctx, P)
         print(f"wrote {ctx.out}/throughput.csv")
         return 0
-    C.check_runs_spec(ctx, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
+    X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
         "steps", "batch_size", "lrs", "warmup", "val_n", "eval_n", "grid")}))
-    runs = S.make_runs(ctx.runs, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
+    runs = X.make_runs(ctx.runs, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                        eval_every=max(1, P["steps"] // 6), eval_n=128, save_every=max(50, P["steps"] // 10),
                        device=ctx.device, scan_backend="reference", seed=ctx.seed)
-    s = S.Setup(ctx.profile, P, ctx.device, ctx.runs, ctx.out, ctx.deadline,
-                a.workers or (P["workers"] if ctx.device != "cpu" else 1), ctx.progress, ctx.started,
-                ctx.train_only, ctx.train_devices)
-    status, val, best = S.train_then_validate(runs, validate, s)
+    status, val, best = X.train_then_validate(runs, validate, ctx)
     if best is None:
-        return S.unevaluated_exit(s, status)
+        return X.unevaluated_exit(ctx, status)
     status.merge(val, on=["arm", "lr"], how="left").to_csv(ctx.out / "lr_sweep.csv", index=False)
     by_name = {r.name: r for r in runs}
     ex = test_eval(best, by_name, ctx, P)
@@ -469,4 +463,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    C.cli(main)
+    X.cli(main)

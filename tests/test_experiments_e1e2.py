@@ -101,14 +101,15 @@ def test_word_problem_errors_name_the_bad_value():
 
 # --- the experiments -------------------------------------------------------------------------------
 
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # experiments/ is not an installed package
-from experiments import e1_state_recall as E1  # noqa: E402
-from experiments import e2_recall_gap as E2  # noqa: E402
+from interp import experiment as X  # noqa: E402
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"   # scripts, not an installed package
+E1 = X.load_experiment(EXPERIMENTS / "e1_state_recall.py")
+E2 = X.load_experiment(EXPERIMENTS / "e2_recall_gap.py")
 
 
 class _Constant(torch.nn.Module):
@@ -181,9 +182,9 @@ def test_e2_arms_match_the_design():
     assert A["gdn83"]["attn_pct"] == 17 and A["gla50"]["attn_pct"] == 50 and A["mamba2100"]["mixer"] == "mamba2"
     assert {a for a, s in A.items() if s["group"] == "width"} == {"transformer-d64", "transformer-d256",
                                                                   "gdn100-d64", "gdn100-d256"}
-    ref = E2.S.n_params(A["transformer"]["model"])
+    ref = X.n_params(A["transformer"]["model"])
     for a in main:
-        assert abs(E2.S.n_params(A[a]["model"]) - ref) / ref < 0.01, a
+        assert abs(X.n_params(A[a]["model"]) - ref) / ref < 0.01, a
 
 
 def test_e2_sampling_and_voting():
@@ -241,7 +242,7 @@ def test_e2_end_to_end(tmp_path):
 
 
 def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):
-    from experiments import _sweeps as S
+    from interp.experiment import runs as S
     arms = {"ok": {"model": _tiny("gdn100")}, "bad": {"model": _tiny("transformer"), "tasks": ["nope"]}}
     runs = S.make_runs(tmp_path, arms, [1e-3, 3e-3], steps=2, batch_size=4, eval_every=2, eval_n=4, device="cpu")
     st = S.train_runs(runs, workers=2, weight=lambda r: 1.0, capacity=1.0, progress=False)
@@ -252,7 +253,7 @@ def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):
 
 
 def test_runs_are_placed_on_the_least_busy_device_within_capacity():
-    from experiments import _sweeps as S
+    from interp.experiment import runs as S
     assert S.place({"cuda:0": [1.0], "cuda:1": []}, 1.0, None) == "cuda:1"
     assert S.place({"cuda:0": [1.0], "cuda:1": [2.0]}, 1.0, None) == "cuda:0"      # ties: first listed
     assert S.place({None: [5.0, 5.0]}, 1.0, None) is None                          # one device (None = as configured)
@@ -262,7 +263,7 @@ def test_runs_are_placed_on_the_least_busy_device_within_capacity():
 
 
 def test_train_devices_are_checked():
-    from experiments import _sweeps as S
+    from interp import experiment as S
     assert S.train_devices(None, "cpu") is None
     from interp import InterpError
     spec = "cuda:0,cuda:99" if torch.cuda.is_available() else "cuda:99"
@@ -304,7 +305,7 @@ def test_e2_trend_verdict_needs_a_clear_trend():
 def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):
     """--steps replaces the profile's steps; the default runs directory gets a suffix, and a runs directory
     trained with other steps is refused instead of being resumed or reused."""
-    from experiments import _sweeps as S
+    from interp import experiment as S
     from interp import InterpError
     assert S.with_steps({"steps": 5, "lr": 1}, None, "_test") == ({"steps": 5, "lr": 1}, "_test")
     assert S.with_steps({"steps": 5, "lr": 1}, 40, "") == ({"steps": 40, "lr": 1}, "_steps40")

@@ -2,7 +2,6 @@
 to end, the per-token losses against an independent computation, resuming, and `interp run`."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # experiments/ is not an installed package
-from experiments import _common as C  # noqa: E402
-from experiments import e3_token_loss as E3  # noqa: E402
-from experiments import e4_fusion as E4  # noqa: E402
-from interp import InterpError  # noqa: E402
-from interp import cli  # noqa: E402
-from interp import tokenloss as TL  # noqa: E402
+from interp import InterpError
+from interp import cli
+from interp import experiment as C
+from interp import tokenloss as TL
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"   # scripts, not an installed package
+E3 = C.load_experiment(EXPERIMENTS / "e3_token_loss.py")
+E4 = C.load_experiment(EXPERIMENTS / "e4_fusion.py")
 
 
 def _args(tmp):
@@ -182,7 +182,7 @@ def test_e4_end_to_end(tmp_path):
     # the parallel arm really has a parallel layer, and both arms match in size
     A = E4.arms(P)
     assert "A+G" in E4.layers_str(A["gdn75-par"]["model"]) and "A+G" not in E4.layers_str(A["gdn75"]["model"])
-    n = [E4.S.n_params(A[a]["model"]) for a in P["arms"]]
+    n = [C.n_params(A[a]["model"]) for a in P["arms"]]
     assert abs(n[0] - n[1]) / n[0] < 0.02
 
 

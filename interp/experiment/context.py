@@ -1,0 +1,202 @@
+"""The run context of one experiment call: the command line every experiment takes (`parser`), the
+settings it resolves to (`Ctx`, made by `setup`), the time budget (`out_of_time`), the device, and
+the facts a report names (`device_name`, `git_commit`).
+
+Profiles: ``full`` (the experiment, meant for a GPU), ``quick`` (``--quick``: CPU, a few minutes)
+and ``test`` (``--tiny``: the test suite's size, seconds; its numbers mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from interp import InterpError
+
+REPO = Path(__file__).resolve().parents[2]      # the source checkout: experiments/ and .git live here
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def parser(name: str, doc: str | None, profiles: dict, seed: bool = False,
+           workers: bool = False) -> argparse.ArgumentParser:
+    """The flags every experiment takes (`add_common_args`), plus ``--seed`` and ``--workers`` where
+    the experiment uses them; the script adds its own."""
+    ap = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=(doc or "").split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(ap, name, profiles)
+    if seed:
+        ap.add_argument("--seed", type=int, default=0)
+    if workers:
+        ap.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU; CPU: 1)")
+    return ap
+
+
+def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> None:
+    """Profile, output and runs directories, device, time budget, progress bars, and `add_run_args`."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="CPU profile: tiny models, a few minutes")
+    g.add_argument("--tiny", action="store_true", help="test-suite profile: seconds, numbers meaningless")
+    g.add_argument("--profile", choices=list(profiles), default=None, help="full (default) | quick | test")
+    ap.add_argument("--out", "--figures", dest="out", default=None,
+                    help=f"figures, tables and report.md (default figures/{name}, or figures/{name}_<profile> "
+                         "for --tiny)")
+    ap.add_argument("--runs", default=None, help=f"checkpoints and resumable intermediate results "
+                                                 f"(default runs/{name}[_<profile>])")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="minutes for this call, evaluation included (0 = none; default: the profile's); stops "
+                         "cleanly, calling again continues")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_args(ap)
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """``--train-only``, ``--train-devices`` and ``--steps``, shared by every experiment that trains runs."""
+    ap.add_argument("--train-only", action="store_true",
+                    help="train (or continue) the runs and stop, without evaluating; exit 0 once all are finished, "
+                         "3 while some are not")
+    ap.add_argument("--train-devices", default=None,
+                    help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (default: "
+                         "--device); evaluation runs on --device")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps instead of the profile's (a longer budget; the induction warm-up of "
+                         "attention arms scales with it: min(2000, steps/4)); the default --runs directory gets a "
+                         "_steps<N> suffix")
+
+
+def cli(main):
+    """Run ``main()`` as a command: an `InterpError` prints ``error: ...`` and exits with 2."""
+    try:
+        sys.exit(main())
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- the resolved context -----------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    """The resolved run context of one experiment call."""
+    name: str
+    profile: str
+    P: dict                     # the profile's settings (``--steps`` applied)
+    out: Path                   # figures + report
+    runs: Path                  # checkpoints, cached results
+    device: str
+    seed: int
+    argv: list
+    started: float
+    deadline: float | None
+    progress: bool
+    workers: int = 1                             # parallel training processes (`train_runs`)
+    notes: list = field(default_factory=list)   # lines the report adds under the header
+    train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
+    train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
+
+    @property
+    def command(self) -> str:
+        return " ".join(["python", f"experiments/{self.name}.py", *map(shlex.quote, self.argv)])
+
+    def out_of_time(self, reserve_s: float = 0.0) -> bool:
+        return out_of_time(self.deadline, reserve_s)
+
+
+def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
+    """The `Ctx` of the parsed flags ``a``; makes the figures and runs directories. ``argv``: the
+    flags as given (default ``sys.argv[1:]``), for the report's command line."""
+    started = time.time()
+    profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
+    if profile not in profiles:
+        raise InterpError(f"profile '{profile}' is not valid; valid: {', '.join(profiles)}")
+    device = resolve_device(a.device)
+    suffix = "" if profile == "full" else f"_{profile}"
+    P, runs_suffix = with_steps(dict(profiles[profile]), a.steps, suffix)
+    workers = getattr(a, "workers", None)
+    if workers is not None and workers < 1:
+        raise InterpError(f"--workers {workers} is out of range; valid: integers >= 1")
+    out = Path(a.out or (f"figures/{name}" if profile != "test" else f"figures/{name}{suffix}"))
+    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(a.runs or f"runs/{name}{runs_suffix}")
+    runs.mkdir(parents=True, exist_ok=True)
+    budget = P.get("time_budget", 0) if a.time_budget is None else a.time_budget
+    if budget is not None and budget < 0:
+        raise InterpError(f"--time-budget {budget} is out of range; valid: minutes >= 0 (0 = none)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return Ctx(name, profile, P, out, runs, device, getattr(a, "seed", 0), argv, started,
+               deadline_from(budget, started), not a.no_progress,
+               workers or (P.get("workers", 1) if device != "cpu" else 1),
+               train_only=a.train_only, train_devices=train_devices(a.train_devices, device))
+
+
+def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]:
+    """``--steps`` applied: (the profile with ``steps`` replaced, the default runs-directory suffix)."""
+    if steps is None:
+        return P, runs_suffix
+    if steps < 1:
+        raise InterpError(f"--steps {steps} is out of range; valid: integers >= 1")
+    return {**P, "steps": steps}, f"{runs_suffix}_steps{steps}"
+
+
+def deadline_from(minutes: float | None, started: float) -> float | None:
+    return None if not minutes else started + 60 * minutes
+
+
+def out_of_time(deadline: float | None, reserve_s: float = 0.0) -> bool:
+    return deadline is not None and time.time() > deadline - reserve_s
+
+
+# --- devices and the report's facts -------------------------------------------------------------
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InterpError(f"device '{device}' requested but CUDA is not available; valid: cpu, auto")
+    return device
+
+
+def train_devices(spec: str | None, device: str) -> list[str] | None:
+    """``--train-devices`` checked: None (train on ``device``) or a list of available CUDA devices."""
+    if not spec:
+        return None
+    import torch
+    n = torch.cuda.device_count()
+    valid = [f"cuda:{i}" for i in range(n)]
+    devs = [d.strip() for d in spec.split(",") if d.strip()]
+    bad = [d for d in devs if d not in valid]
+    if bad or not devs:
+        raise InterpError(f"--train-devices '{spec}': {', '.join(bad) or 'empty'} not available; valid: "
+                          f"{', '.join(valid) or 'none (no CUDA device here)'}")
+    return devs
+
+
+def device_name(device: str) -> str:
+    import torch
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+def git_commit() -> str:
+    if os.environ.get("INTERP_GIT_COMMIT"):
+        # set by whoever shipped this tree to another host (e.g. a GPU host whose copy of .git can be stale)
+        return os.environ["INTERP_GIT_COMMIT"] + " (from INTERP_GIT_COMMIT)"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout
+        files = [line[3:] for line in dirty.splitlines() if line.strip()]
+        return sha + (f" (uncommitted changes in {', '.join(files[:8])}{', ...' if len(files) > 8 else ''})"
+                      if files else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

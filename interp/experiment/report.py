@@ -1,0 +1,101 @@
+"""An experiment's report and figures: the markdown header (command, profile, device, date, git
+commit), markdown tables, the learning-rate sweep's table and notes, ``report.md`` itself, and
+figures saved with matplotlib's Agg backend.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from interp.experiment.context import Ctx, device_name, git_commit
+
+PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
+
+
+def header(ctx: Ctx, title: str) -> list[str]:
+    return [f"# {title}", "",
+            f"* command: `{ctx.command}` (or `interp run experiments/{ctx.name}.toml`"
+            + (f" `{PROFILE_FLAGS[ctx.profile]}`" if ctx.profile in PROFILE_FLAGS else "") + ")",
+            f"* profile: `{ctx.profile}`",
+            f"* device: {device_name(ctx.device)}",
+            f"* date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; this call took "
+            f"{(time.time() - ctx.started) / 60:.1f} min",
+            f"* git commit: {git_commit()}", ""] + ctx.notes
+
+
+def write_report(ctx: Ctx, title: str, body: list[str], verdicts: list[str] | None = None) -> Path:
+    """``<out>/report.md``: the header, the body and the comparison with the published shape."""
+    lines = header(ctx, title) + body
+    if verdicts is not None:
+        lines += ["", "## Comparison with the published shape", ""] + verdicts
+    if ctx.profile != "full":
+        lines += ["", f"_Profile `{ctx.profile}` uses tiny models trained briefly on CPU: it checks the pipeline end "
+                      "to end; its numbers say little about the architectures. The full profile (GPU) is the "
+                      "experiment._"]
+    path = ctx.out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> list[str]:
+    """``df`` as markdown table lines; floats formatted with ``floatfmt``."""
+    cols = list(df.columns)
+    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        out.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in row) + " |")
+    return out
+
+
+# --- the learning-rate sweep --------------------------------------------------------------------
+
+def runs_note(status: pd.DataFrame) -> list[str]:
+    n = int(status["trained_now"].sum()) if "trained_now" in status else 0
+    return [f"Runs trained (or continued) in this call: {n} of {len(status)}; the others were finished by earlier "
+            "calls of the same command (their checkpoints and cached evaluations are reused).", ""]
+
+
+def sweep_table(status: pd.DataFrame, val: pd.DataFrame, best: pd.DataFrame, extra=()) -> list[str]:
+    """The learning-rate sweep as a markdown table; each arm's best run in bold."""
+    sw = status.merge(val, on=["arm", "lr"], how="left").sort_values(["arm", "lr"], kind="stable")
+    isbest = [bool(a in best.index and best.loc[a, "lr"] == lr) for a, lr in zip(sw.arm, sw.lr)]
+    cols = ["arm", "lr", "steps_done", "steps", "val_acc"] + [c for c in extra if c in sw]
+    return md_table(sw.assign(lr=[f"{x:g}" for x in sw.lr],
+                              val_acc=[f"**{v:.3f}**" if b else f"{v:.3f}" for v, b in zip(sw.val_acc, isbest)])[cols])
+
+
+def sweep_edge_note(best_lr: dict, lrs) -> list[str]:
+    """A warning for every arm whose best learning rate is the smallest or largest one swept (its
+    optimum may lie outside the sweep, so the comparison may not use its best setting)."""
+    lrs = sorted(float(x) for x in lrs)
+    if len(lrs) < 2:
+        return [f"_Only one learning rate ({lrs[0]:g}) in this profile: no sweep._", ""] if lrs else []
+    edge = {a: float(lr) for a, lr in best_lr.items() if float(lr) in (lrs[0], lrs[-1])}
+    if not edge:
+        return []
+    return ["**Best learning rate at the edge of the sweep** for " + ", ".join(
+        f"{a} ({lr:g}, the {'largest' if lr == lrs[-1] else 'smallest'})" for a, lr in edge.items())
+        + ": the optimum may lie outside the swept range, so these arms may be under-tuned relative to the others.",
+        ""]
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """tight_layout, save (PNG), close; returns the path."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -1,0 +1,237 @@
+"""Training sweeps: learning-rate sweeps of zoo models, trained in parallel worker processes under a
+time budget and resumable across calls, and the best run per arm.
+
+A *run* is one (arm, learning rate); an *arm* is one architecture / training variant. Runs go to
+``<root>/runs/<arm>_lr<lr>/`` (`interp.train` checkpoints, ``meta.json`` with ``steps_done``). A
+call trains what is not finished, highest priority first, and stops every run cleanly before its
+deadline (`TrainConfig.time_limit` leaves a checkpoint); calling again continues.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from interp.experiment.context import Ctx
+from interp.tasks import VOCAB
+from interp.train import TrainConfig, default_induction_steps, train
+from interp.zoo import HybridLM, ZooConfig, load_model, match_params
+
+
+# --- model specs --------------------------------------------------------------------------------
+
+def matched(model: dict, ref_layout: str = "transformer") -> dict:
+    """``model`` with its SwiGLU width set so its parameter count matches ``ref_layout`` at the
+    same width and depth (as the shipped default set is matched)."""
+    ref = HybridLM(ZooConfig(vocab_size=len(VOCAB), **{**model, "layout": ref_layout, "mlp_hidden": 0}))
+    cfg = match_params(ZooConfig(vocab_size=len(VOCAB), **{**model, "mlp_hidden": 0}), ref.num_params())
+    return {**model, "mlp_hidden": cfg.mlp_hidden}
+
+
+def n_params(model: dict) -> int:
+    return HybridLM(ZooConfig(vocab_size=len(VOCAB), **model)).num_params()
+
+
+def attention_fraction(model: dict) -> float:
+    cfg = ZooConfig(vocab_size=len(VOCAB), **model)
+    return len(cfg.attention_layers) / cfg.n_layers
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    arm: str
+    lr: float
+    cfg: TrainConfig
+    priority: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}_lr{self.lr:g}"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def make_runs(root, arms: dict, lrs, priority=None, **train_kw) -> list[Run]:
+    """One Run per (arm, lr). arms: {name: {"model": {...}, optional "knobs", "tasks"}}."""
+    runs = []
+    for i, (arm, spec) in enumerate(arms.items()):
+        for j, lr in enumerate(lrs):
+            kw = {**train_kw, **{k: v for k, v in spec.items() if k != "model"}}
+            # the trainer's induction warm-up for arms with attention, as for the shipped defaults
+            kw.setdefault("induction_steps", default_induction_steps(spec["model"], kw.get("steps", 0)))
+            cfg = TrainConfig(out=str(Path(root) / "runs" / f"{arm}_lr{lr:g}"), model=dict(spec["model"]), lr=lr, **kw)
+            runs.append(Run(arm, lr, cfg, priority=(priority or {}).get(arm, 0) * 1000 + j * 100 + i))
+    return runs
+
+
+def status(run: Run) -> dict:
+    meta = run.out / "meta.json"
+    done = json.loads(meta.read_text())["steps_done"] if meta.is_file() else 0
+    if not meta.is_file() and (run.out / "checkpoint" / "trainer.pt").is_file():
+        import torch
+        done = torch.load(run.out / "checkpoint" / "trainer.pt", map_location="cpu", weights_only=False)["step"]
+    peak = run.out / "gpu_peak.json"
+    return {"run": run.name, "arm": run.arm, "lr": run.lr, "steps_done": done, "steps": run.cfg.steps,
+            "complete": done >= run.cfg.steps,
+            "gpu_peak_gb": round(json.loads(peak.read_text())["peak_gb"], 2) if peak.is_file() else None}
+
+
+def load_run(run: Run, device="cpu"):
+    return load_model(run.out, device=device).eval()
+
+
+def best_by(scores: pd.DataFrame, key="arm", score="val_acc") -> pd.DataFrame:
+    """The row with the highest score per arm (ties: the smaller lr, i.e. the earlier row)."""
+    idx = scores.sort_values(["lr"]).groupby(key, sort=False)[score].idxmax()
+    return scores.loc[idx].set_index(key)
+
+
+# --- training in worker processes ---------------------------------------------------------------
+
+def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
+    """Worker: train (or resume) one run until done or until the deadline; its output goes to
+    ``<out>/train.out`` (and its peak GPU memory to ``<out>/gpu_peak.json``)."""
+    import torch
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(**cfg_dict)
+    if str(cfg.device).startswith("cuda:"):
+        torch.cuda.set_device(cfg.device)      # no stray context on cuda:0 for a run placed elsewhere
+    if deadline is not None:
+        left = (deadline - time.time()) / 60
+        if left < 0.25:
+            return "skipped"
+        cfg.time_limit = left - 0.1
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.out) / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            train(cfg, resume=True, progress=False)
+        except Exception as e:  # noqa: BLE001 - one failed run (e.g. out of GPU memory) must not stop the others
+            import traceback
+            traceback.print_exc()
+            return f"failed: {type(e).__name__}: {e}"
+        finally:
+            if torch.cuda.is_available() and str(cfg.device) != "cpu":
+                (Path(cfg.out) / "gpu_peak.json").write_text(json.dumps(
+                    {"peak_gb": torch.cuda.max_memory_allocated(cfg.device) / 1e9, "device": str(cfg.device)}))
+    return "ran"
+
+
+_NOWHERE = object()
+
+
+def place(loads: dict, w: float, capacity: float | None):
+    """The device a run of weight ``w`` starts on: of ``loads`` ({device: weights of its running
+    runs}), the one with the fewest running runs (first listed on ties), if the run fits within
+    ``capacity`` there or nothing runs there; else ``_NOWHERE`` (the run waits)."""
+    dev = min(loads, key=lambda d: (len(loads[d]), list(loads).index(d)))
+    return dev if capacity is None or sum(loads[dev]) + w <= capacity or not loads[dev] else _NOWHERE
+
+
+def _train_parallel(todo: list[Run], errors: dict, bar, workers: int, deadline, threads: int, weight, capacity,
+                    devices) -> None:
+    """`train_runs` with ``workers`` spawned processes; each run's outcome goes to ``errors``."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    ctx = mp.get_context("spawn")
+    pending, running = list(todo), {}       # running: future -> (run, weight, device)
+    devs = list(devices or [None])
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        while (pending or running) and not any(e.startswith("failed: BrokenProcessPool") for e in errors.values()):
+            i = 0
+            while i < len(pending) and len(running) < workers:
+                w = weight(pending[i]) if weight else 1.0
+                dev = place({d: [x for _, x, rd in running.values() if rd == d] for d in devs}, w, capacity)
+                if dev is not _NOWHERE:
+                    r = pending.pop(i)
+                    cfg = dataclasses.asdict(r.cfg)
+                    if dev is not None:
+                        cfg["device"] = dev
+                    try:
+                        running[ex.submit(_train_one, cfg, deadline, threads)] = (r, w, dev)
+                    except cf.process.BrokenProcessPool as e:   # a worker died: the pool is gone
+                        errors[r.name] = f"failed: BrokenProcessPool: {e}"
+                        break
+                else:
+                    i += 1
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                r, _, _ = running.pop(f)
+                try:
+                    errors[r.name] = f.result()
+                except Exception as e:  # noqa: BLE001 - a worker process died
+                    errors[r.name] = f"failed: {type(e).__name__}: {e}"
+                bar.set_postfix_str(r.name)
+                bar.update()
+
+
+def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None, threads: int = 1,
+               progress: bool = True, weight=None, capacity: float | None = None,
+               devices: list[str] | None = None) -> pd.DataFrame:
+    """Train every unfinished run, highest priority (lowest number) first; ``workers`` > 1 uses that
+    many spawned processes (each with ``threads`` torch threads), starting a run only while the
+    summed ``weight(run)`` of the running ones stays within ``capacity`` (e.g. estimated GPU GB; a
+    run that does not fit waits and lighter ones go first). ``devices`` (e.g. ``["cuda:0",
+    "cuda:1"]``) spreads the runs over several GPUs: each run goes to the device with the fewest
+    running runs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
+    trains). A run that fails is reported (column ``error``; its traceback
+    in ``<out>/train.out``) and retried by the next call. Returns the status table."""
+    todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
+    errors = {}
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(todo), desc="train runs", disable=not progress, dynamic_ncols=True)
+    if workers <= 1:
+        for r in todo:
+            bar.set_postfix_str(r.name)
+            errors[r.name] = _train_one(dataclasses.asdict(r.cfg), deadline, threads)
+            bar.update()
+    else:
+        _train_parallel(todo, errors, bar, workers, deadline, threads, weight, capacity, devices)
+    bar.close()
+    for name, e in errors.items():
+        if e.startswith("failed"):
+            print(f"run {name} {e}", file=sys.stderr)
+    return pd.DataFrame([{**status(r), "trained_now": errors.get(r.name) == "ran",
+                          "error": errors.get(r.name, "") if errors.get(r.name, "").startswith("failed") else ""}
+                         for r in runs])
+
+
+# --- one experiment call's sweep ----------------------------------------------------------------
+
+def train_then_validate(runs, validate, ctx: Ctx, weight=None, capacity=None):
+    """Train what is unfinished (in ``ctx.workers`` processes, stopping ``eval_reserve`` minutes
+    before the deadline, or at it with ``--train-only``), then validate the finished runs with
+    ``validate(runs, P, runs_dir, device, deadline)``. Returns (status, validation table, best row
+    per arm or None); with ``--train-only`` the table is empty and best is None."""
+    deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * ctx.P["eval_reserve"])
+    st = train_runs(runs, workers=ctx.workers, deadline=deadline, progress=ctx.progress,
+                    weight=weight if ctx.device != "cpu" else None, capacity=capacity, devices=ctx.train_devices)
+    done = [r for r, c in zip(runs, st.complete) if c]
+    if len(done) < len(runs):
+        print(f"{len(runs) - len(done)} of {len(runs)} runs unfinished (time budget); run the same command again "
+              "to continue", file=sys.stderr)
+    if ctx.train_only:
+        print(f"--train-only: {len(done)} of {len(runs)} runs finished; no evaluation", file=sys.stderr)
+        return st, pd.DataFrame(), None
+    val = validate(done, ctx.P, ctx.runs, ctx.device, ctx.deadline)
+    if val.empty:
+        print("no finished runs to evaluate yet", file=sys.stderr)
+        return st, val, None
+    return st, val, best_by(val)
+
+
+def unevaluated_exit(ctx: Ctx, status: pd.DataFrame) -> int:
+    """The exit code of a call that evaluated nothing: 0 for ``--train-only`` once every run is
+    finished, else 3 (run the same command again to continue)."""
+    return 0 if ctx.train_only and status.complete.all() else 3

@@ -1,0 +1,99 @@
+"""``interp run <file>.toml``: read an experiment file (``script``, ``[options]``, ``description``),
+check its options against the script's own parser, and call the script's ``main(argv)`` with the
+options as flags (`run_toml`). The script is loaded from its file (`load_experiment`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from interp import InterpError
+from interp.experiment.scripts import load_experiment
+
+TOML_KEYS = ("script", "options", "description")
+
+
+def toml_argv(options: dict) -> list[str]:
+    """{"quick": true, "out": "x", "lr": [1, 2]} -> ["--quick", "--out", "x", "--lr", "1", "--lr", "2"]."""
+    argv = []
+    for k, v in options.items():
+        flag = "--" + str(k).replace("_", "-")
+        if isinstance(v, bool):
+            argv += [flag] if v else []
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, (dict, list)):
+                    raise InterpError(f"option '{k}': list items must be strings or numbers, got {x!r}")
+                argv += [flag, str(x)]
+        elif isinstance(v, dict):
+            raise InterpError(f"option '{k}' is a table; options take strings, numbers, booleans or lists")
+        else:
+            argv += [flag, str(v)]
+    return argv
+
+
+def check_options(mod, toml_path, script: str, options: dict, argv: list[str]) -> None:
+    """Every key of the TOML's ``[options]`` must name a flag of the script's parser
+    (``mod.build_parser()``), and ``argv`` must parse; else `InterpError` naming the valid keys
+    (``--help`` prints the help and exits)."""
+    if not callable(getattr(mod, "build_parser", None)):
+        raise InterpError(f"script '{script}' defines no build_parser() function; an experiment script run from a "
+                          "TOML file must (its [options] are checked against that parser)")
+    ap = mod.build_parser()
+    keys = sorted({o[2:].replace("-", "_") for act in ap._actions for o in act.option_strings
+                   if o.startswith("--") and o != "--help"})
+    bad = [k for k in options if str(k).replace("-", "_") not in keys]
+    if bad:
+        raise InterpError(f"unknown option '{bad[0]}' in [options] of '{toml_path}'; valid options for {script}: "
+                          f"{', '.join(keys)}")
+
+    def error(message):
+        raise InterpError(f"{script} (run from '{toml_path}'): {message}; valid options: {', '.join(keys)}")
+    ap.error = error            # this parser only: a bad value or an unknown extra flag raises instead of exiting
+    ap.parse_args(argv)
+
+
+def _read(toml_path) -> tuple[Path, dict]:
+    """The TOML file's path and its checked top-level keys."""
+    import tomllib
+    p = Path(toml_path)
+    if not p.is_file():
+        here = sorted(str(x) for x in (p.parent if p.parent.is_dir() else Path("experiments")).glob("*.toml"))
+        raise InterpError(f"experiment file '{toml_path}' not found" + (f"; available: {', '.join(here)}"
+                                                                         if here else ""))
+    try:
+        spec = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InterpError(f"'{toml_path}' is not valid TOML: {e}") from None
+    bad = [k for k in spec if k not in TOML_KEYS]
+    if bad:
+        raise InterpError(f"unknown key '{bad[0]}' in '{toml_path}'; valid keys: {', '.join(TOML_KEYS)}")
+    if not isinstance(spec.get("script"), str) or not spec.get("script"):
+        raise InterpError(f"'{toml_path}' needs script = \"<name>.py\" (the experiment to run)")
+    if not isinstance(spec.get("options", {}), dict):
+        raise InterpError(f"'options' in '{toml_path}' must be a table ([options]), got {spec['options']!r}")
+    return p, spec
+
+
+def run_toml(toml_path, extra=()) -> int:
+    """Read ``toml_path`` (``script = "<name>.py"``, optional ``[options]`` and ``description``),
+    resolve the script next to the TOML file, and call its ``main(argv)`` with the options as flags
+    followed by ``extra``. Returns what main returns (0 = success, 3 = unfinished: call again).
+    A missing file, an unknown key, an option the script does not take or a bad value raises
+    `InterpError`."""
+    p, spec = _read(toml_path)
+    script, options = spec["script"], spec.get("options", {})
+    found = next((c for c in (p.parent / script, Path(script)) if c.is_file() and c.suffix == ".py"), None)
+    if found is None:
+        have = sorted(x.name for x in p.parent.glob("*.py") if not x.name.startswith("_"))
+        raise InterpError(f"script '{script}' named in '{toml_path}' not found next to it; valid scripts: "
+                          f"{', '.join(have) or 'none'}")
+    argv = toml_argv(options) + list(extra)
+    mod = load_experiment(found)
+    try:
+        check_options(mod, toml_path, found.name, options, argv)
+        rc = mod.main(argv)
+    except SystemExit as e:          # --help
+        if e.code in (0, None):
+            return 0
+        raise
+    return int(rc or 0)
