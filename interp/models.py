@@ -1,5 +1,6 @@
 """Load a model by name or path: a shipped default (`gdn75`), a zoo directory, or a local HF
-checkpoint directory (no hub downloads)."""
+checkpoint directory (no hub downloads); with it the parsers of the placement options it takes
+(dtype, memory sizes, per-device memory caps)."""
 from __future__ import annotations
 
 import json
@@ -22,12 +23,23 @@ def parse_dtype(s):
     return getattr(torch, s)
 
 
+def parse_size(s) -> int:
+    """A memory size -> bytes: '512MB', '2GiB', '1e9' or a number (binary units: 1GB = 2**30)."""
+    if isinstance(s, (int, float)):
+        return int(s)
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = str(s).strip().lower().rstrip("ib").rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(float(t))
+    except (ValueError, KeyError):
+        raise InterpError(f"invalid memory size '{s}'; examples: 512MB, 2GB, 1e9") from None
+
+
 def parse_max_memory(spec):
     """Per-device memory caps for ``device_map`` placement: '20GiB' (every GPU) or
     '0=20GiB,1=30GiB,cpu=64GiB' -> {0: '20GiB', 1: '30GiB', 'cpu': '64GiB'} (None stays None)."""
     if spec is None or isinstance(spec, dict):
         return spec
-    from interp.capture import parse_size
     out = {}
     for part in str(spec).split(","):
         dev, _, size = part.rpartition("=")

@@ -176,21 +176,24 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None):
     tmp.rename(ck)  # atomic-ish: a crash mid-save leaves the previous checkpoint intact
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HybridLM:
-    """Train (or resume) and save to ``cfg.out``. ``stop_after``: stop once this step is reached
-    and checkpointed (as an interrupted run would be)."""
+def _append_log(path: Path, row: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _check_config(cfg: TrainConfig):
     unknown = [t for t in cfg.tasks if t not in T.TASKS]
     if unknown:
         raise InterpError(f"unknown task '{unknown[0]}'; valid tasks: {', '.join(sorted(T.TASKS))}")
     if not (isinstance(cfg.induction_steps, int) and 0 <= cfg.induction_steps < cfg.steps):
         raise InterpError(f"induction_steps={cfg.induction_steps!r} is out of range; valid: integers "
                           f"0..{cfg.steps - 1} (fewer than steps={cfg.steps})")
-    device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    mcfg = ZooConfig(**{**cfg.model, "vocab_size": len(T.VOCAB)})
-    start, done_at = 0, None
+
+
+def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
+    """(model, optimizer, start step, induction_done_at): a fresh model, or the checkpoint's
+    model, optimizer, step and torch RNG state when resuming."""
+    start, done_at, state = 0, None, None
     ck = out / "checkpoint"
     if resume and (ck / "trainer.pt").is_file():
         model = load_model(ck, device=device).train()
@@ -208,6 +211,77 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     if start:
         opt.load_state_dict(state["optimizer"])
         print(f"resuming from {ck} at step {start}", file=sys.stderr)
+    return model, opt, start, done_at
+
+
+def _warmup_over(model, induction_eval, cfg: TrainConfig, step: int, autocast, log_path: Path, bar):
+    """The warm-up's held-out check at ``step``: the step it ends at (logged), or None while it goes on."""
+    model.eval()
+    with autocast:
+        acc = answer_accuracy(model, induction_eval)
+    model.train()
+    if acc >= cfg.induction_until or step >= cfg.induction_steps:
+        _append_log(log_path, {"step": step, "induction_done_at": step, "acc/induction": acc})
+        bar.write(f"induction warm-up done at step {step} (held-out induction accuracy {acc:.3f})")
+        return step
+    return None
+
+
+def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
+    """(task name, batch) of ``step``: an induction batch during the warm-up, else the mixture's task."""
+    if warming_up:
+        return "induction", induction_batch(cfg.batch_size, [cfg.seed, step, 1], cfg.induction_len).to(device)
+    task = cfg.tasks[step % len(cfg.tasks)]
+    knobs = {**training_knobs(task, rng, cfg.grid_max.get(task)), **cfg.knobs.get(task, {})}
+    return task, T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
+
+
+def _optimizer_step(model, opt, batch, cfg: TrainConfig, step: int, autocast) -> torch.Tensor:
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, cfg)
+    with autocast:
+        loss = lm_loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss
+
+
+def _held_out_row(model, cfg: TrainConfig, row: dict, induction_eval, autocast, device) -> dict:
+    """``row`` with the held-out accuracy of every task (and of the induction sequences) added."""
+    model.eval()
+    with autocast:
+        for t in cfg.tasks:  # held-out seeds (training seeds are >= 1e6)
+            row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7,
+                                                                **cfg.knobs.get(t, {})).to(device))
+        if induction_eval is not None:
+            row["acc/induction"] = answer_accuracy(model, induction_eval)
+    model.train()
+    return row
+
+
+def _finish(model, cfg: TrainConfig, out: Path, steps_done: int, done_at, device) -> HybridLM:
+    model.eval()
+    meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(), "steps_done": steps_done,
+            "induction_done_at": done_at,
+            "command": cfg.command, "torch": torch.__version__, "device": str(device)}
+    save_model(model, out, extra=meta)
+    if cfg.command:
+        (out / "COMMAND.txt").write_text(cfg.command + "\n")
+    return model
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HybridLM:
+    """Train (or resume) and save to ``cfg.out``. ``stop_after``: stop once this step is reached
+    and checkpointed (as an interrupted run would be)."""
+    _check_config(cfg)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    mcfg = ZooConfig(**{**cfg.model, "vocab_size": len(T.VOCAB)})
+    model, opt, start, done_at = _build(cfg, mcfg, out, device, resume)
     log_path = out / "train_log.jsonl"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
@@ -222,49 +296,20 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
         if done_at is None and step > 0 and (step % INDUCTION_CHECK == 0 or step >= cfg.induction_steps):
-            model.eval()
-            with autocast:
-                acc = answer_accuracy(model, induction_eval)
-            model.train()
-            if acc >= cfg.induction_until or step >= cfg.induction_steps:
-                done_at = step
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "induction_done_at": step, "acc/induction": acc}) + "\n")
-                bar.write(f"induction warm-up done at step {step} (held-out induction accuracy {acc:.3f})")
-        if done_at is None:
-            task = "induction"
-            batch = induction_batch(cfg.batch_size, [cfg.seed, step, 1], cfg.induction_len).to(device)
-        else:
-            task = cfg.tasks[step % len(cfg.tasks)]
-            knobs = {**training_knobs(task, rng, cfg.grid_max.get(task)), **cfg.knobs.get(task, {})}
-            batch = T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with autocast:
-            loss = lm_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+            done_at = _warmup_over(model, induction_eval, cfg, step, autocast, log_path, bar)
+        task, batch = _next_batch(cfg, step, rng, done_at is None, device)
+        loss = _optimizer_step(model, opt, batch, cfg, step, autocast)
         tokens_seen += batch.tokens.numel()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", task=task)
         out_of_time = cfg.time_limit and time.time() - t0 > 60 * cfg.time_limit
         last = step + 1 == cfg.steps or bool(out_of_time)
         if (step + 1) % cfg.eval_every == 0 or last:
-            model.eval()
-            row = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg),
-                   "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
-            with autocast:
-                for t in cfg.tasks:  # held-out seeds (training seeds are >= 1e6)
-                    row[f"acc/{t}"] = answer_accuracy(model, T.generate(t, cfg.eval_n, seed=7,
-                                                                        **cfg.knobs.get(t, {})).to(device))
-                if induction_eval is not None:
-                    row["acc/induction"] = answer_accuracy(model, induction_eval)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            row = _held_out_row(model, cfg, {"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg),
+                                             "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)},
+                                induction_eval, autocast, device)
+            _append_log(log_path, row)
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            model.train()
         if (((step + 1) % cfg.save_every == 0 and not last) or (stop_after is not None and step + 1 == stop_after)
                 or (out_of_time and step + 1 < cfg.steps)):  # a later call resumes where the time ran out
             _save_checkpoint(out, model, opt, step + 1, cfg, done_at)
@@ -273,11 +318,4 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
         if last:
             steps_done = step + 1
             break
-    model.eval()
-    meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(), "steps_done": steps_done,
-            "induction_done_at": done_at,
-            "command": cfg.command, "torch": torch.__version__, "device": str(device)}
-    save_model(model, out, extra=meta)
-    if cfg.command:
-        (out / "COMMAND.txt").write_text(cfg.command + "\n")
-    return model
+    return _finish(model, cfg, out, steps_done, done_at, device)

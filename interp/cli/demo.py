@@ -1,0 +1,18 @@
+"""`interp demo`: evaluate the shipped default models; write figures and a report (interp.demo)."""
+from __future__ import annotations
+
+from interp.cli.options import add_n
+
+
+def add_parser(sub):
+    d = sub.add_parser("demo", help="evaluate the shipped default models; write figures and a report")
+    d.add_argument("--out", default="figures/demo")
+    add_n(d, 96, help="examples per difficulty point")
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(a):
+    from interp.demo import run_demo
+    out = run_demo(out=a.out, n=a.n)
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/report.md, {out}/accuracy.png, {out}/results.csv")

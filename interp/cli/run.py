@@ -1,0 +1,25 @@
+"""`interp run`: run an experiment from its TOML file (interp.experiment.run_toml)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from interp import InterpError
+
+
+def add_parser(sub):
+    r = sub.add_parser("run", help="run an experiment from its TOML file (experiments/<name>.toml)")
+    r.add_argument("file", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
+    r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick")
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_run(a):
+    """``interp run experiments/<name>.toml [flags]``: the experiment script's exit code."""
+    import interp
+    root = Path(interp.__file__).resolve().parent.parent  # experiments/ lives next to interp/ in a checkout
+    if not (root / "experiments").is_dir():
+        raise InterpError(f"no experiments/ directory next to the interp package ({root}); `interp run` needs the "
+                          "source checkout")
+    from interp.experiment import run_toml
+    return run_toml(a.file, a.args)

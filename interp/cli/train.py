@@ -1,0 +1,76 @@
+"""`interp train`: train a zoo model on a task mixture (interp.train)."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+from interp.cli.options import add_seed, add_device
+
+DEFAULT_TASKS = ["mqar", "state_recall"]
+
+
+def add_parser(sub):
+    from interp.tasks import TASKS
+    from interp.zoo.layouts import preset_names
+    t = sub.add_parser("train", help="train a zoo model on a task mixture")
+    t.add_argument("--layout", default="gdn75", help=f"preset ({', '.join(preset_names()[:6])}, ...) "
+                   "or a comma-separated list of mixers")
+    t.add_argument("--task", action="append", default=None, help=f"task (repeatable); one of {', '.join(TASKS)}")
+    t.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    t.add_argument("--d-model", type=int, default=128)
+    t.add_argument("--n-layers", type=int, default=12)
+    t.add_argument("--n-heads", type=int, default=4)
+    t.add_argument("--head-dim", type=int, default=32)
+    t.add_argument("--neg-eig", action="store_true", help="GDN with negative eigenvalues (beta in (0,2))")
+    t.add_argument("--match-params", metavar="LAYOUT", help="size the MLP so the parameter count matches LAYOUT's")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--induction-steps", type=int, default=None, metavar="N",
+                   help="warm up on short induction sequences for at most the first N steps, before the task "
+                        "mixture (a softmax transformer does not form its recall circuit from the tasks' "
+                        "answer-only loss in budget otherwise; see interp.train); default min(2000, steps/4) for "
+                        "layouts with attention, 0 (off) for attention-free ones")
+    t.add_argument("--induction-until", type=float, default=0.9, metavar="ACC",
+                   help="end the warm-up early once held-out induction accuracy reaches ACC (default 0.9)")
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--save-every", type=int, default=500)
+    add_seed(t)
+    add_device(t, "auto", help="auto, cpu or cuda")
+    t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
+                   help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
+    t.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early and save (0 = none)")
+    t.add_argument("--no-resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+
+def _model_fields(a) -> dict:
+    """The ZooConfig fields of the command's model, validated (--match-params sizes its MLP)."""
+    from interp.tasks import VOCAB
+    from interp.zoo import HybridLM, ZooConfig, match_params
+    model = dict(d_model=a.d_model, n_layers=a.n_layers, layout=a.layout, n_heads=a.n_heads,
+                 head_dim=a.head_dim, gdn_neg_eig=a.neg_eig)
+    if a.match_params:
+        ref = ZooConfig(vocab_size=len(VOCAB), **{**model, "layout": a.match_params})
+        target = HybridLM(ref).num_params()
+        model["mlp_hidden"] = match_params(ZooConfig(vocab_size=len(VOCAB), **model), target).mlp_hidden
+    else:
+        ZooConfig(vocab_size=len(VOCAB), **model)  # validate before any work
+    return model
+
+
+def cmd_train(a):
+    from interp.train import TrainConfig, default_induction_steps, train
+    if a.task is None:
+        a.task = list(DEFAULT_TASKS)
+    model = _model_fields(a)
+    cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
+                      lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
+                      seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
+                      induction_steps=(default_induction_steps(model, a.steps) if a.induction_steps is None
+                                       else a.induction_steps),
+                      induction_until=a.induction_until,
+                      command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    m = train(cfg, resume=not a.no_resume)
+    print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
