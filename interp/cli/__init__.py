@@ -8,14 +8,14 @@ import argparse
 import sys
 
 from interp import InterpError
-from interp.cli import capture, demo, evaluate, patch, probe, run, train
+from interp.cli import capture, das, demo, evaluate, intervene, patch, probe, run, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interp", description="hybrid-interp: where recall and state "
                                 "tracking live inside hybrid (attention + recurrence) models")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for command in (train, evaluate, capture, probe, patch, demo, run):
+    for command in (train, evaluate, capture, probe, patch, intervene, das, demo, run):
         command.add_parser(sub)
     return p
 

@@ -1,0 +1,212 @@
+"""Distributed alignment search (DAS): learn an orthonormal rank-r subspace at a site that maximises
+interchange intervention accuracy (Geiger et al. 2023; pyvene's LowRankRotatedSpaceIntervention).
+
+    res = train_das(model, pairs, Site("blocks.0.rec.state", side="key"), rank=1)
+    res.summary()        # das train/val/test, random (mean over seeds), full, with n kept pairs
+    res.R                # [rank, width]
+
+R = W^T with W [width, rank] kept orthonormal by ``torch.nn.utils.parametrizations.orthogonal`` (as
+pyvene does), W initialised as `subspace.random_basis(width, rank, seed)`, the parametrisation set up
+as pyvene's is after ``torch.manual_seed(seed)`` (`Rotation`). Training: Adam on W, minibatches of
+training pairs in a seeded order,
+cross-entropy of the intervened base run's logits at the answer position toward the *source's* answer;
+after each epoch the validation IIA (ties: lower validation loss) decides early stopping (``patience``
+epochs without improvement) and which epoch's R is kept. Only pairs the model answers correctly on both
+prompts are trained on and counted. Splits are by task pair (both orders of a pair fall in one split).
+The model's weights are frozen during training; source activations and the blocks before the site's
+layer are computed once, not per step.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import hooks
+from interp import InterpError
+from interp.interventions.intervene import InterchangePairs, Interchanger, describe_positions, result_row, site_width
+from interp.interventions.site import Site
+from interp.interventions.subspace import check_basis, check_rank, random_basis
+
+
+@dataclass
+class DASConfig:
+    """Training settings. ``split``: fractions of task pairs for train / val / test; ``seed``: the
+    initial R, the split and the batch order; ``random_seeds``: the random-subspace baseline (same rank)."""
+    rank: int = 1
+    epochs: int = 20
+    lr: float = 1e-2
+    batch_size: int = 64
+    patience: int = 3
+    split: tuple = (0.6, 0.2, 0.2)
+    seed: int = 0
+    random_seeds: tuple = (0, 1, 2, 3, 4)
+    order: str = "both"
+    positions: object = None
+
+    def check(self):
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or min(self.split[:2]) <= 0:
+            raise InterpError(f"split {tuple(self.split)} is not valid: three fractions (train, val, test) summing "
+                              "to 1, train and val above 0")
+        for k in ("epochs", "batch_size", "patience"):
+            if int(getattr(self, k)) < 1:
+                raise InterpError(f"{k} must be at least 1, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise InterpError(f"lr must be positive, got {self.lr}")
+
+
+class Rotation(torch.nn.Module):
+    """The trainable subspace: ``weight`` W [width, rank] with orthonormal columns (orthogonal
+    parametrisation, Householder map), ``R`` = W^T [rank, width]. Built exactly as pyvene builds its
+    LowRankRotateLayer after ``torch.manual_seed(seed)``: W drawn by ``orthogonal_``, then the
+    parametrisation registered, which completes W to a full orthogonal base with ``torch.randn`` (the
+    base shapes the optimisation path, so it is seeded too). The global RNG is left as it was.
+    ``init`` [rank, width] replaces the drawn W (the completion stays seeded)."""
+
+    def __init__(self, width: int, rank: int, seed: int = 0, init=None):
+        super().__init__()
+        check_rank(rank, width)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            W0 = torch.empty(width, rank)
+            torch.nn.init.orthogonal_(W0)
+            if init is not None:
+                W0 = check_basis(init, width, "init").T.contiguous()
+                if W0.shape[1] != rank:
+                    raise InterpError(f"init has rank {W0.shape[1]}, expected {rank}")
+            self.weight = torch.nn.Parameter(W0)
+            torch.nn.utils.parametrizations.orthogonal(self, "weight")
+
+    @property
+    def R(self) -> torch.Tensor:
+        return self.weight.T
+
+
+@contextmanager
+def frozen(model):
+    """Parameters of ``model`` do not require gradients inside (restored on exit)."""
+    ps = [p for p in model.parameters() if p.requires_grad]
+    for p in ps:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in ps:
+            p.requires_grad_(True)
+
+
+def split_pairs(ix: Interchanger, fractions, seed: int) -> dict:
+    """{'train'|'val'|'test': ordered-pair rows} from a seeded permutation of the task pairs."""
+    pairs = torch.unique(ix.ip.pair)
+    perm = pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(int(seed)))]
+    n_tr = int(round(fractions[0] * len(perm)))
+    n_va = int(round(fractions[1] * len(perm)))
+    parts = {"train": perm[:n_tr], "val": perm[n_tr:n_tr + n_va], "test": perm[n_tr + n_va:]}
+    return {k: torch.isin(ix.ip.pair, v).nonzero().flatten() for k, v in parts.items()}
+
+
+def _eval(ix: Interchanger, R, rows) -> tuple[float, float]:
+    """(IIA, mean cross-entropy toward the source answer) over the correct ``rows``."""
+    rows = rows[ix.correct[rows]]
+    if len(rows) == 0:
+        return float("nan"), float("nan")
+    hit = loss = 0.0
+    with torch.no_grad():
+        for s in range(0, len(rows), ix.batch_size):
+            r = rows[s:s + ix.batch_size]
+            lg = ix.logits(R, r).float()
+            tgt = ix.ip.source_answer[r].to(lg.device)
+            hit += float((lg.argmax(-1) == tgt).sum())
+            loss += float(F.cross_entropy(lg, tgt, reduction="sum"))
+    return hit / len(rows), loss / len(rows)
+
+
+def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, progress=False):
+    """Train ``rot`` on the correct ``train_rows``; returns (best R, history, best epoch)."""
+    train_rows = train_rows[ix.correct[train_rows]]
+    if len(train_rows) == 0:
+        raise InterpError("no training pair is answered correctly on both prompts: nothing to train on")
+    opt = torch.optim.Adam(rot.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    best, best_R, best_epoch, bad, hist = None, rot.R.detach().clone(), 0, 0, []
+    with frozen(ix.hm.model):
+        for epoch in range(1, cfg.epochs + 1):
+            t0, total = time.perf_counter(), 0.0
+            perm = train_rows[torch.randperm(len(train_rows), generator=g)]
+            for s in range(0, len(perm), cfg.batch_size):
+                r = perm[s:s + cfg.batch_size]
+                lg = ix.logits(rot.R, r).float()
+                loss = F.cross_entropy(lg, ix.ip.source_answer[r].to(lg.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(r)
+            t_train = time.perf_counter() - t0
+            R = rot.R.detach().clone()
+            v_iia, v_loss = _eval(ix, R, val_rows)
+            hist.append(dict(epoch=epoch, train_loss=total / len(perm), val_iia=v_iia, val_loss=v_loss,
+                             seconds_train=t_train, seconds=time.perf_counter() - t0))
+            if progress:
+                print(f"epoch {epoch}: train loss {total / len(perm):.4f}, val IIA {v_iia:.3f} "
+                      f"(loss {v_loss:.4f}), {time.perf_counter() - t0:.2f}s", flush=True)
+            key = (v_iia if v_iia == v_iia else -1.0, -v_loss if v_loss == v_loss else 0.0)
+            if best is None or key > best:
+                best, best_R, best_epoch, bad = key, R, epoch, 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+    return best_R, hist, best_epoch
+
+
+def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | None = None, model_name="model",
+              batch_size_eval: int | None = None, init=None, progress: bool = False, **overrides):
+    """Learn a rank-``rank`` subspace at ``site`` (a `Site` or a hook name) on ``pairs`` (a
+    `tasks.PairBatch`). ``config`` (or keyword overrides of `DASConfig` fields) sets the training.
+    Returns a `DASResult`: rows ``das`` (train/val/test), ``random`` (test, one per random seed) and
+    ``full`` (test); ``.R`` the learned subspace; ``attrs['spec']`` every setting, seed and split."""
+    from interp.interventions.result import DASResult
+    cfg = DASConfig(**{**(asdict(config) if config else {}), **overrides, **({"rank": rank} if rank else {})})
+    cfg.check()
+    site = Site(site) if isinstance(site, str) else site
+    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    first = pairs.base[:1] if isinstance(pairs, InterchangePairs) else pairs.clean[:1]
+    from interp.models import input_device
+    check_rank(cfg.rank, site_width(hm, site, first.to(input_device(hm.model))))   # before the costly preparation
+    t0 = time.perf_counter()
+    ix = Interchanger(hm, pairs, site, cfg.positions, cfg.order, batch_size_eval or max(cfg.batch_size, 64))
+    t_prep = time.perf_counter() - t0
+    splits = split_pairs(ix, cfg.split, cfg.seed)
+    dev = ix.src.device
+    rot = Rotation(ix.width, cfg.rank, cfg.seed, init).to(dev)
+    R, hist, best_epoch = fit(ix, rot, splits["train"], splits["val"], cfg, progress)
+    rows = []
+
+    def add(label, Rx, r, split, seed):
+        v, _ = _eval(ix, Rx, splits[split])
+        rows.append(result_row(site, ix, model_name, pairs, cfg.positions, label, r, split, seed, v,
+                               int(ix.correct[splits[split]].sum()), len(splits[split])))
+    for split in ("train", "val", "test"):
+        add("das", R, cfg.rank, split, -1)
+    for sd in cfg.random_seeds:
+        add("random", random_basis(ix.width, cfg.rank, sd).to(dev), cfg.rank, "test", sd)
+    add("full", None, ix.width, "test", -1)
+    res = DASResult(rows)
+    res.R = R.cpu()
+    res.attrs["history"] = hist
+    res.attrs["spec"] = _spec(site, ix, cfg, pairs, splits, best_epoch, model_name, t_prep)
+    return res
+
+
+def _spec(site: Site, ix: Interchanger, cfg: DASConfig, pairs, splits, best_epoch, model_name, t_prep) -> dict:
+    cfgd = asdict(cfg)
+    cfgd["positions"] = describe_positions(cfg.positions, site)
+    return dict(model=model_name, site=site.name, head=site.head, side=site.side, layer=site.layer,
+                width=ix.width, config=cfgd, task=dict(getattr(pairs, "meta", {}) or {}), n_pairs=len(pairs),
+                n_ordered=len(ix.ip), n_kept=int(ix.correct.sum()), best_epoch=best_epoch,
+                seconds_prepare=t_prep, torch=torch.__version__,
+                splits={k: sorted(set(ix.ip.pair[v].tolist())) for k, v in splits.items()},
+                kept={k: int(ix.correct[v].sum()) for k, v in splits.items()})

@@ -1,0 +1,36 @@
+"""Files of a subspace: R [rank, width] as safetensors (key ``R``) and its spec (site, rank, width,
+seeds, splits, ...) as JSON next to it: ``<stem>.safetensors`` and ``<stem>.spec.json``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from interp import InterpError
+
+
+def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
+    """Write R and spec; returns (safetensors path, json path)."""
+    from safetensors.torch import save_file
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    st, js = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".spec.json")
+    save_file({"R": R.detach().float().cpu().contiguous()}, str(st))
+    js.write_text(json.dumps({**spec, "rank": int(R.shape[0]), "width": int(R.shape[1])}, indent=1, default=str))
+    return st, js
+
+
+def load_subspace(path) -> tuple[torch.Tensor, dict]:
+    """(R, spec) from ``<stem>.safetensors`` (or the stem); spec is {} when no JSON lies beside it."""
+    from safetensors.torch import load_file
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        p = p.with_name(p.name + ".safetensors")
+    if not p.is_file():
+        raise InterpError(f"subspace file '{p}' not found")
+    d = load_file(str(p))
+    if "R" not in d:
+        raise InterpError(f"'{p}' holds no tensor 'R' (keys: {', '.join(d) or 'none'})")
+    js = p.with_name(p.name[:-len(".safetensors")] + ".spec.json")
+    return d["R"], (json.loads(js.read_text()) if js.is_file() else {})
