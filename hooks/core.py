@@ -9,7 +9,7 @@ removes it all when the context exits, exceptions included.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
@@ -18,6 +18,7 @@ from hooks.adapters import find
 from hooks.adapters.base import swap_attr
 from hooks.cache import Cache
 from hooks.session import STATE_DTYPES, HookSession, attention_pattern, resolve_state_dtype  # noqa: F401  (public here)
+from hooks.session import positions_list
 
 
 def _map_tensors(x, fn):
@@ -29,42 +30,166 @@ def _map_tensors(x, fn):
     return x
 
 
+def _unknown_token(tok):
+    """(text, id) of the token a tokenizer maps unknown text to (an HF tokenizer's ``unk_token``, or its
+    backend model's), or None."""
+    text = getattr(tok, "unk_token", None) or getattr(getattr(getattr(tok, "backend_tokenizer", None), "model", None),
+                                                       "unk_token", None)
+    if not text or not hasattr(tok, "convert_tokens_to_ids"):
+        return None
+    i = tok.convert_tokens_to_ids(str(text))
+    return None if i is None else (str(text), i)
+
+
 class HookedModel:
-    """Wrap a model: ``hm = HookedModel(model)`` or ``hooks.wrap(model)``.
+    """Wrap a model: ``hm = HookedModel(model)`` or ``hooks.wrap(model, tokenizer=None)``.
 
-    Hook functions are called as ``fn(tensor, name)``; returning a tensor replaces the activation,
-    returning None keeps it."""
+    Hook functions are called as ``fn(tensor, name)``; returning a tensor (same shape and dtype)
+    replaces the activation, returning None keeps it. The name is a `hooks.names.HookPoint`, a ``str``
+    with ``.name`` and ``.layer()``, so TransformerLens-style ``fn(tensor, hook)`` functions work too.
+    Tokens are ``[B, T]`` integer ids or, with a tokenizer (``tokenizer=``, else ``model.tokenizer``),
+    a string or a list of strings."""
 
-    def __init__(self, model, adapter=None):
+    def __init__(self, model, adapter=None, tokenizer=None):
         self.model = model
         self.adapter = adapter or find(model)
         self.layers = self.adapter.layers(model)
         self.hook_names = N.valid_names(self.layers)
+        self._tokenizer = tokenizer
 
     @property
     def n_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def tokenizer(self):
+        """The tokenizer string prompts go through: the one given to `hooks.wrap`, else the model's
+        ``tokenizer`` attribute (``interp.zoo.hf.attach_tokenizer`` sets the task vocabulary's on a zoo
+        model; a TransformerLens bridge or nnsight LanguageModel carries its own), else None."""
+        return self._tokenizer if self._tokenizer is not None else getattr(self.model, "tokenizer", None)
+
+    def name(self, site: str, layer=None):
+        """The hook name of ``site`` at ``layer`` on this model (negative layers count from the end; a
+        list of layers gives a list); an error if the layer has no such site."""
+        if layer is not None and not isinstance(layer, int) and hasattr(layer, "__iter__"):
+            return [self.name(site, i) for i in layer]
+        if layer is not None:
+            i = N.as_int(layer, "layer")
+            if not -self.n_layers <= i < self.n_layers:
+                raise N.HookError(f"layer {i} out of range for {self.n_layers} layers (valid: 0..{self.n_layers - 1}, "
+                                  f"or -{self.n_layers}..-1 from the end)")
+            layer = i % self.n_layers
+        return N.check([N.name(site, layer)], self.hook_names)[0]
+
+    def to_tokens(self, tokens) -> torch.Tensor:
+        """``tokens`` as a checked ``[B, T]`` tensor of token ids: a string or a list of strings goes
+        through `tokenizer` (each prompt must give the same number of tokens); ids must be integers
+        within the model's vocabulary."""
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens
+                                       and all(isinstance(t, str) for t in tokens)):
+            return self._encode([tokens] if isinstance(tokens, str) else list(tokens))
+        if not isinstance(tokens, torch.Tensor):
+            try:
+                tokens = torch.as_tensor(tokens)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise N.HookError(f"tokens must be a [batch, seq] tensor of token ids, a string or a list of "
+                                  f"strings; got {type(tokens).__name__} ({e})") from None
+        if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+            hint = "; use tokens.long() if they are whole numbers" if tokens.is_floating_point() else ""
+            raise N.HookError(f"tokens must be integer token ids, got dtype {tokens.dtype}{hint}")
+        if tokens.dim() != 2:
+            hint = " (one sequence: tokens[None])" if tokens.dim() == 1 else ""
+            raise N.HookError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}{hint}")
+        if tokens.dtype not in (torch.long, torch.int32):
+            tokens = tokens.long()
+        V = getattr(self._embedding(), "num_embeddings", None)
+        if tokens.numel() and V:
+            lo, hi = (int(v) for v in torch.aminmax(tokens))
+            if lo < 0 or hi >= V:
+                raise N.HookError(f"token id {lo if lo < 0 else hi} out of range: the model's vocabulary has {V} "
+                                  f"ids (valid: 0..{V - 1})")
+        return tokens
+
+    def _embedding(self):
+        emb = self.adapter.embed(self.model)
+        if not hasattr(emb, "num_embeddings") and hasattr(self.model, "get_input_embeddings"):
+            emb = self.model.get_input_embeddings()
+        return emb
+
+    def _encode(self, prompts: list) -> torch.Tensor:
+        tok = self.tokenizer
+        if tok is None:
+            raise N.HookError(
+                "string prompts need a tokenizer and this model has none: hooks.wrap(model, tokenizer=...) "
+                "(zoo models: interp.zoo.hf.attach_tokenizer(model)), or pass token ids [batch, seq]")
+        ids, unk = [], _unknown_token(tok)
+        for p in prompts:
+            e = tok.encode(p) if hasattr(tok, "encode") else tok(p)["input_ids"]
+            e = list(getattr(e, "ids", e))
+            if unk is not None and unk[1] in e and unk[0] not in p:
+                raise N.HookError(f"prompt {p!r} holds text the tokenizer does not know (it became the unknown "
+                                  f"token {unk[0]!r})")
+            ids.append(e)
+        if len({len(e) for e in ids}) > 1:
+            raise N.HookError(f"the prompts give different numbers of tokens ({', '.join(str(len(e)) for e in ids)}); "
+                              "hooks runs them without padding: give prompts of one length, or token ids")
+        w = getattr(self._embedding(), "weight", None)
+        return self.to_tokens(torch.tensor(ids, dtype=torch.long, device=None if w is None else w.device))
+
+    def to_single_token(self, word: str) -> int:
+        """The id of ``word``, which the tokenizer must turn into exactly one token (no special tokens)."""
+        tok = self.tokenizer
+        if tok is None:
+            raise N.HookError(f"{word!r}: strings need a tokenizer and this model has none: hooks.wrap(model, "
+                              "tokenizer=...), or give the token id")
+        e = tok.encode(word, add_special_tokens=False)
+        ids = list(getattr(e, "ids", e))
+        if len(ids) != 1:
+            raise N.HookError(f"{word!r} is {len(ids)} tokens {ids}; an answer needs a single token")
+        return ids[0]
+
     def __call__(self, tokens):
-        return self.adapter.forward(self.model, tokens)
+        return self.adapter.forward(self.model, self.to_tokens(tokens))
 
     def run_with_hooks(self, tokens, hooks=(), positions=None):
-        with self.hooks(hooks, positions=positions):
-            return self(tokens)
+        """Logits with ``hooks`` ([(name, fn), ...], one pair, or {name: fn}; a name may be a filter
+        function) installed; ``positions``: what ``positions`` hooks (rec.state, attn.pattern rows) see."""
+        tokens = self.to_tokens(tokens)
+        with self.hooks(hooks, positions=positions_list(positions, tokens.shape[1])):
+            return self.adapter.forward(self.model, tokens)
 
-    def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=(), state_dtype=None):
-        """Returns (logits, Cache). names: list of hook names (default: every residual-stream
-        name); positions: keep only these token positions (states are computed only there);
-        device: move cached tensors there; state_dtype: the dtype of cached ``rec.state`` tensors
-        (None = float32, exact; bfloat16 / float16 halve their bytes: the states are computed in
-        float32 and rounded once where they are written). Hooks on ``rec.state`` still see float32."""
-        names = list(names) if names is not None else [n for n in self.hook_names
-                                                        if n.endswith(("resid_pre", "resid_post"))]
-        cache = Cache(positions=None if positions is None else [int(p) for p in positions])
-        with self.hooks(hooks, cache_names=names, positions=positions, cache=cache, cache_device=device,
-                        state_dtype=state_dtype):
-            logits = self(tokens)
+    def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=(), state_dtype=None,
+                       heads=False, backward=None):
+        """Returns (logits, Cache). names: a hook name, a list of them or a filter function (default:
+        every ``resid_pre`` / ``resid_post``); positions: keep only these token positions (states are
+        computed only there; negative ones count from the end); device: move cached tensors there;
+        state_dtype: the dtype of cached ``rec.state`` tensors (None = float32, exact; bfloat16 /
+        float16 halve their bytes: the states are computed in float32 and rounded once where they
+        are written). Hooks on ``rec.state`` still see float32. ``heads``: also cache what per-head
+        results need (every ``attn.head_out`` / ``rec.readout`` and the out-projection inputs,
+        `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar
+        metric; ``cache.grad`` then holds d metric / d activation at the same names. The cache knows
+        this model (``cache.model``) for its analysis methods."""
+        if backward is not None and not callable(backward):
+            raise N.HookError(f"backward must be a function of the logits returning a scalar, got {backward!r}")
+        tokens = self.to_tokens(tokens)
+        default = [n for n in self.hook_names if n.endswith(("resid_pre", "resid_post"))]
+        names = N.select(names, self.hook_names, default)
+        if heads:
+            names += [n for n in self._head_names() if n not in names]
+        pos = positions_list(positions, tokens.shape[1])
+        cache = Cache(positions=pos, model=self)
+        with HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=device,
+                         state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names) as s, \
+                (nullcontext() if backward is None else torch.enable_grad()):
+            logits = self.adapter.forward(self.model, tokens)
+            if backward is not None:
+                cache.grad = Cache(s.gradients(backward(logits)), positions=pos, model=self)
         return logits, cache
+
+    def _head_names(self) -> list[str]:
+        return [f"blocks.{L.index}.{k}" for L in self.layers
+                for k, m in (("attn.head_out", L.attn), ("rec.readout", L.rec)) if m is not None]
 
     @contextmanager
     def hooks(self, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None):

@@ -31,6 +31,9 @@ name                           shape                 what
                                                      (Mamba2: h_t as [N, P])
 ``blocks.{i}.rec.readout``     [B, T, H, V]          scan output, as the layer consumes it
                                                      (S_t^T (scale q_t); Mamba2 adds D x_t)
+``blocks.{i}.rec.pattern``     [B, H, T(P), T]       exact effective attention A[t, s] of the
+                                                     recurrence: readout_t = sum_s A[t, s] v_s
+                                                     (+ D v_t); cache only (hooks.effective)
 =============================  ====================  ==========================================
 
 Recurrences, in these names (``a_t = exp(decay_t)``)::
@@ -56,6 +59,8 @@ mamba-ssm's ``ssm_state`` layout, ``[B, D, N]``) rather than ``[H=D, K=N, V=1]``
                                                      it is as large as all the states)
 ``blocks.{i}.rec.state``       [B, T(P), D, N]       h_t, float32
 ``blocks.{i}.rec.readout``     [B, T, D]             sum_n h_t C_t + D x_t, before the z gate
+``blocks.{i}.rec.pattern``     [B, D, T(P), T]       one exact pattern per channel d: readout_t[d]
+                                                     = sum_s A[d, t, s] x_s[d] + D[d] x_t[d]
 =============================  ====================  ==========================================
 
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
@@ -64,11 +69,12 @@ later tokens of that layer, and all later layers, see the change.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 
 RESID = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")
 ATTN = ("q", "k", "v", "pattern", "head_out")
-REC = ("q", "k", "v", "decay", "beta", "state", "readout")
+REC = ("q", "k", "v", "decay", "beta", "state", "readout", "pattern")
 
 HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}.attn.{s}" for s in ATTN]
               + [f"blocks.{{i}}.rec.{s}" for s in REC])
@@ -76,9 +82,31 @@ HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}
 _NAME = re.compile(r"blocks\.(\d+)\.(?:(attn|rec)\.)?(\w+)")
 
 
-class HookNameError(KeyError):
+class HookError(ValueError):
+    """A mistake in how hooks was called (a bad argument, tokens, positions, hook return value): the
+    message names the bad value and what is valid."""
+
+
+class HookNameError(HookError, KeyError):
+    """An unknown hook name (or one a cache does not hold); a KeyError too."""
+
     def __str__(self):  # KeyError quotes its message; show it plainly
         return str(self.args[0])
+
+
+class HookPoint(str):
+    """The name a hook function receives: a plain ``str`` (``fn(x, name)``) that also serves
+    TransformerLens-style functions ``fn(tensor, hook)``: ``hook.name`` and ``hook.layer()``."""
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def layer(self) -> int:
+        p = parse(self)
+        if not p or p[0] is None:
+            raise HookError(f"hook point '{self}' belongs to no layer")
+        return p[0]
 
 
 def parse(name: str):
@@ -103,7 +131,7 @@ def valid_names(layers) -> list[str]:
             out += [f"blocks.{L.index}.attn.{s}" for s in ATTN]
         if L.rec is not None:
             has = get_family(L.rec_family).inputs
-            out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has or s in ("state", "readout")]
+            out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has or s in ("state", "readout", "pattern")]
     return out
 
 
@@ -111,6 +139,9 @@ def check(names, valid: list[str]) -> list[str]:
     """Raise HookNameError naming each unknown name, its close matches and the valid templates."""
     vs = set(valid)
     for n in names:
+        if not isinstance(n, str):
+            raise HookNameError(f"hook names are strings such as 'blocks.0.resid_pre', got {n!r} "
+                                f"({type(n).__name__}); valid names: {', '.join(HOOK_NAMES)} (i = layer index)")
         if n not in vs:
             close = difflib.get_close_matches(n, valid, n=3, cutoff=0.6)
             hint = f"; close matches: {', '.join(close)}" if close else ""
@@ -125,3 +156,70 @@ def check(names, valid: list[str]) -> list[str]:
             raise HookNameError(f"unknown hook name '{n}'{why}{hint}; valid names: "
                                 f"{', '.join(HOOK_NAMES)} (i = layer index)")
     return list(names)
+
+
+# TransformerLens' names for our sites (README, "Handing over other frameworks' models")
+TL_ALIASES = {"hook_embed": "embed", "attn_out": "mixer_out", "hook_attn_out": "mixer_out", "hook_mlp_out": "mlp_out",
+              "rot_q": "attn.q", "rot_k": "attn.k", "z": "attn.head_out", "hook_z": "attn.head_out",
+              "pattern": "attn.pattern", "hook_pattern": "attn.pattern"}
+
+
+def sites() -> list[str]:
+    """Every site a name can end in: ``embed``, the residual sites, ``attn.*`` and ``rec.*``."""
+    return ["embed", *RESID, *(f"attn.{s}" for s in ATTN), *(f"rec.{s}" for s in REC)]
+
+
+def name(site: str, layer=None):
+    """The hook name of ``site`` at ``layer``: ``name('resid_pre', 3)`` -> ``'blocks.3.resid_pre'``,
+    ``name('rec.state', 2)``, ``name('embed')``; a list of layers (or a range) gives a list of names.
+    TransformerLens' site names are accepted too (``hook_resid_pre``, ``attn_out``, ``z``,
+    ``pattern``, ...). Negative layers need the model: `hooks.HookedModel.name`."""
+    if not isinstance(site, str):
+        raise HookError(f"site must be a string such as 'resid_pre', got {site!r}")
+    s = site.removeprefix("blocks.").removeprefix("attn.hook_")
+    s = TL_ALIASES.get(s, TL_ALIASES.get(site, s.removeprefix("hook_")))
+    valid = sites()
+    if s not in valid:
+        close = difflib.get_close_matches(site, valid, n=3, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise HookNameError(f"unknown site '{site}'{hint}; valid sites: {', '.join(valid)}")
+    if s == "embed":
+        if layer is not None:
+            raise HookError(f"'embed' has no layer (got layer={layer!r})")
+        return "embed"
+    if layer is None:
+        raise HookError(f"site '{s}' needs a layer: name('{s}', 3) -> 'blocks.3.{s}'")
+    if not isinstance(layer, int) and hasattr(layer, "__iter__") and not isinstance(layer, str):
+        return [name(s, i) for i in layer]
+    i = as_int(layer, "layer")
+    if i < 0:
+        raise HookError(f"layer {i}: a negative layer needs the model's depth; use hm.name('{s}', {i})")
+    return f"blocks.{i}.{s}"
+
+
+def as_int(v, what: str) -> int:
+    """``v`` as a Python int if it is an integer (int, numpy integer, integer 0-d tensor), else a
+    HookError naming it. Floats are refused, not truncated; so are bools."""
+    if isinstance(v, bool) or "bool" in str(getattr(v, "dtype", "")):
+        raise HookError(f"{what} must be an integer, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise HookError(f"{what} must be an integer, got {v!r} ({type(v).__name__})") from None
+
+
+def select(names, valid: list[str], default) -> list[str]:
+    """The names a ``names=`` argument means: None -> ``default``; a string -> that one name; a
+    callable -> every valid name it accepts (``names=lambda n: n.endswith('mixer_out')``); an
+    iterable -> its names. Unknown names raise HookNameError (`check`)."""
+    if names is None:
+        return list(default)
+    if isinstance(names, str):
+        names = [names]
+    elif callable(names):
+        names = [n for n in valid if names(n)]
+    elif hasattr(names, "__iter__"):
+        names = list(names)
+    else:
+        raise HookError(f"names must be a hook name, a list of them or a filter function, got {names!r}")
+    return check(names, valid)

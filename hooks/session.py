@@ -14,6 +14,7 @@ from contextlib import ExitStack
 
 import torch
 
+from hooks import effective
 from hooks import names as N
 from hooks import recurrence as R
 
@@ -63,38 +64,109 @@ def _replace_first(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
 
 
+def hook_pairs(hooks, valid) -> list:
+    """``hooks`` as a list of (name, fn): a list of pairs, one pair, or a dict {name: fn}; a name
+    may be a filter function (TransformerLens style), which stands for every valid name it accepts."""
+    if isinstance(hooks, dict):
+        hooks = list(hooks.items())
+    elif isinstance(hooks, tuple) and len(hooks) == 2 and (isinstance(hooks[0], str) or callable(hooks[0])) \
+            and callable(hooks[1]):
+        hooks = [hooks]
+    out = []
+    for h in hooks:
+        if not isinstance(h, (tuple, list)) or len(h) != 2 or not callable(h[1]):
+            raise TypeError(f"hooks must be (name, fn) pairs such as [('blocks.0.resid_pre', fn)], got {h!r}")
+        name, fn = h
+        out += [(n, fn) for n in valid if name(n)] if callable(name) and not isinstance(name, str) else [(name, fn)]
+    return out
+
+
+def positions_list(positions, T: int | None = None) -> list[int] | None:
+    """``positions`` (None, an integer or integers) as a list of ints; with ``T`` (the number of tokens)
+    negative positions count from the end and each must lie in -T..T-1. Floats are refused."""
+    if positions is None:
+        return None
+    if isinstance(positions, torch.Tensor) and positions.dim() == 0 or not hasattr(positions, "__iter__"):
+        positions = [positions]
+    if isinstance(positions, str):
+        raise N.HookError(f"positions must be integers, got {positions!r}")
+    out = [N.as_int(p, "position") for p in positions]
+    for p in out:
+        if T is None and p < 0:
+            raise N.HookError(f"position {p}: negative positions count from the end of the sequence, which "
+                              "is known only with the tokens; give them to run_with_cache / run_with_hooks")
+        if T is not None and not -T <= p < T:
+            raise N.HookError(f"position {p} out of range for {T} tokens (valid: 0..{T - 1}, or -{T}..-1 "
+                              "from the end)")
+    return out if T is None else [p % T for p in out]
+
+
+def _grad_fn(name):
+    """The hook function a backward cache adds on ``name`` (after the user's): it makes the activation
+    lie on the path to the logits (a leaf where nothing upstream carries a gradient; a copy for scan
+    inputs, which then feed the scan; on attention patterns its presence makes the output come from the
+    pattern)."""
+    _, kind, site = N.parse(name)
+    if kind == "rec" and site in ("state", "pattern"):
+        raise N.HookError(f"no gradient for '{name}': it is computed beside the layer, not on the path to the "
+                          "logits; valid for the backward cache: residual names, mixer_out, mlp_out, attn.*, "
+                          "rec.q/k/v/decay/beta/readout")
+    copy = kind == "rec" and site != "readout"
+
+    def fn(x, n):
+        if not x.requires_grad:
+            return x.detach().clone().requires_grad_()
+        return x.clone() if copy else None
+    return fn
+
+
 class HookSession:
     """One ``hooks(...)`` call on a `HookedModel` ``hm``: hook functions by name, the cache to fill and the
     names to cache, the kept positions, the cache device and the dtype of cached states. A context
     manager: entering installs everything, exiting removes everything (an error while installing
-    removes what was installed so far). Arguments as `HookedModel.hooks`."""
+    removes what was installed so far). Arguments as `HookedModel.hooks`; ``heads``: record the
+    out-projection inputs per-head results need (`hooks.cache.Cache.head_results`) into
+    ``cache.head_inputs``; ``grad_names``: names whose activations `gradients` differentiates."""
 
-    def __init__(self, hm, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None):
+    def __init__(self, hm, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None,
+                 heads=False, grad_names=()):
         self.hm = hm
         self.state_dtype = resolve_state_dtype(state_dtype)
         self.fns = defaultdict(list)
-        for h in hooks:
-            if len(h) != 2 or not callable(h[1]):
-                raise TypeError(f"hooks must be (name, fn) pairs, got {h!r}")
-            self.fns[h[0]].append(h[1])
+        for name, fn in hook_pairs(hooks, hm.hook_names):
+            self.fns[name].append(fn)
         self.want = set(cache_names or ())
-        N.check(list(self.fns) + sorted(self.want), hm.hook_names)
+        self.grad_want = set(grad_names or ())
+        N.check(list(self.fns) + sorted(self.want | self.grad_want, key=str), hm.hook_names)
+        for name in sorted(self.grad_want):
+            self.fns[name].append(_grad_fn(name))
         if self.want and cache is None:
             raise ValueError("cache_names given without a cache to fill")
-        self.cache, self.cache_device = cache, cache_device
-        self.positions = None if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+        self.cache, self.cache_device, self.heads = cache, cache_device, bool(heads) and cache is not None
+        pos = positions_list(positions)
+        self.positions = None if pos is None else torch.as_tensor(pos, dtype=torch.long)
         self.active = set(self.fns) | self.want
+        self._points = {n: N.HookPoint(n) for n in self.active}
+        self.grad_src = []  # (name, activation on the path, dim of positions)
         self._stack = self._handles = None
 
     # --- what happens to an activation with a hook name ------------------------------------------
     def run_fns(self, name, x):
-        """Run the hook functions on ``name``; a returned tensor replaces x (same shape)."""
+        """Run the hook functions on ``name`` (called as ``fn(x, name)``; the name is a `HookPoint`, so
+        TransformerLens-style ``fn(tensor, hook)`` works too); a returned tensor replaces x (same
+        shape and dtype)."""
         for fn in self.fns.get(name, ()):
-            r = fn(x, name)
+            r = fn(x, self._points.get(name, name))
             if r is not None:
+                if not isinstance(r, torch.Tensor):
+                    raise N.HookError(f"hook on '{name}' returned {type(r).__name__}; return a tensor of shape "
+                                      f"{tuple(x.shape)} and dtype {x.dtype} (the replacement) or None (keep it)")
                 if r.shape != x.shape:
-                    raise ValueError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
-                                     f"expected {tuple(x.shape)}")
+                    raise N.HookError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
+                                      f"expected {tuple(x.shape)}")
+                if r.dtype != x.dtype:
+                    raise N.HookError(f"hook on '{name}' returned dtype {r.dtype}, expected {x.dtype} (the "
+                                      f"activation's); return r.to({x.dtype})")
                 # a replacement made elsewhere (a cache on the CPU, another GPU of a sharded
                 # model) goes where the activation lives
                 x = r if r.device == x.device else r.to(x.device)
@@ -109,6 +181,8 @@ class HookSession:
 
     def keep(self, name, x, dim=1, dtype=None):
         """Cache ``x`` (its kept positions along ``dim``) if ``name`` is cached; returns x."""
+        if name in self.grad_want:
+            self.grad_src.append((name, x, dim))
         if name in self.want:
             pos = self.positions
             self.store(name, x if pos is None else x.index_select(dim, pos.to(x.device)), dtype)
@@ -171,6 +245,48 @@ class HookSession:
             stack.enter_context(self.hm.adapter.patch_attention(L, AttentionHook(self, L)))
         if L.rec is not None and any(has(f"rec.{s}") for s in N.REC):
             stack.enter_context(self.hm.adapter.patch_scan(L, ScanHook(self, L)))
+        if self.heads:
+            self._install_heads(L)
+
+    def _install_heads(self, L):
+        """Record the input of layer L's out-projections whose input is not a cached name (gated norms,
+        output gates) into ``cache.head_inputs[(layer, kind)]``, at the kept positions; the first call
+        of a forward counts (mixers that run an equivalent beside their own forward call it twice)."""
+        store = self.cache.head_inputs
+        for kind, mod in (("attn", L.attn), ("rec", L.rec)):
+            if mod is None:
+                continue
+            try:
+                spec = self.hm.adapter.head_projection(self.hm.model, L, kind)
+            except NotImplementedError:
+                continue  # Cache.head_results says why
+            if spec.input_is_cached:
+                continue
+
+            def pre(m, args, key=(L.index, kind)):
+                if key not in store:
+                    x, pos = args[0].detach(), self.positions
+                    x = x if pos is None else x.index_select(1, pos.to(x.device))
+                    store[key] = x.to(self.cache_device) if self.cache_device else x
+            self._handles.append(spec.proj.register_forward_pre_hook(pre))
+
+    def gradients(self, metric) -> dict:
+        """d metric / d activation for every ``grad_names`` activation of the forward just run (at the kept
+        positions, moved to the cache device); an activation the metric does not depend on gets zeros."""
+        if not isinstance(metric, torch.Tensor) or metric.numel() != 1:
+            raise N.HookError(f"backward= must return a scalar tensor (e.g. logits[:, -1, answer].sum()), got "
+                              f"{tuple(metric.shape) if isinstance(metric, torch.Tensor) else type(metric).__name__}")
+        if not metric.requires_grad:
+            raise N.HookError("backward=: the metric carries no gradient (was it detached or computed under "
+                              "torch.no_grad()?)")
+        src = self.grad_src
+        grads = torch.autograd.grad(metric, [x for _, x, _ in src], allow_unused=True)
+        out, pos = {}, self.positions
+        for (name, x, dim), g in zip(src, grads):
+            g = torch.zeros_like(x) if g is None else g
+            g = g if pos is None else g.index_select(dim, pos.to(g.device))
+            out[name] = g.detach().to(self.cache_device) if self.cache_device else g.detach()
+        return out
 
 
 class AttentionHook:
@@ -214,14 +330,18 @@ class ScanHook:
         self.inputs = [x for x in self.family.inputs if f"{p}.rec.{x}" in session.active]
         self.cache_state = self.sname in session.active
         self.patch_state = self.sname in session.fns
+        self.pattern = f"{p}.rec.pattern" in session.active  # the effective attention (hooks.effective)
         # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
-        self.lazy_qk = not self.inputs and not self.patch_state
-        self.capture_only = not any(f"{p}.rec.{x}" in session.fns for x in N.REC)
+        self.lazy_qk = not self.inputs and not self.patch_state and not self.pattern
+        # a hook function on rec.pattern only observes it (`_pattern`): the layer's own output is kept
+        self.capture_only = not any(f"{p}.rec.{x}" in session.fns for x in N.REC if x != "pattern")
 
     def __call__(self, kw, call):
         s, fam, pos, sdtype = self.s, self.family, self.s.positions, self.s.state_dtype
         c = fam.canonical(kw, lazy_qk=self.lazy_qk)
         modified = self._apply_inputs(c)
+        if self.pattern:
+            self._pattern(c)
         cached = None  # states to cache that the layer's own call produced along the way
         if modified:
             o, final = fam.scan(c, initial_state=c["initial_state"])
@@ -238,6 +358,21 @@ class ScanHook:
         elif self.cache_state:
             s.store(self.sname, fam.states(c, positions=pos, out_dtype=sdtype) if modified else cached)
         return s.apply(f"{self.p}.rec.readout", o), final
+
+    def _pattern(self, c):
+        """``rec.pattern``: the exact effective attention of view ``c`` (after the hooks on its inputs) at
+        the kept query rows, `hooks.effective.hook_pattern`. Hook functions on it see it; one that
+        changes it raises NotImplementedError (the pattern is not fed back into the layer)."""
+        name = f"{self.p}.rec.pattern"
+        A = effective.hook_pattern(name, self.family.name, c, self.s.positions)
+        if name in self.s.fns:
+            new = self.s.run_fns(name, A)
+            if new is not A and not torch.equal(new, A):
+                raise NotImplementedError(f"'{name}' can be cached and read, not changed: the layer's output is "
+                                          "not recomputed from a patched effective attention; patch rec.q/k/v/"
+                                          "decay/beta or rec.state instead")
+        if name in self.s.want:
+            self.s.store(name, A)
 
     def _apply_inputs(self, c) -> bool:
         """Hook functions and caching on the hooked scan inputs of view ``c`` (replaced in place);

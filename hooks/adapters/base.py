@@ -4,6 +4,8 @@ An adapter maps a model onto the common vocabulary (hooks.names): for each layer
 input is the residual stream, which module's output is the mixer / MLP contribution, and how to
 intercept the attention core op and the recurrent scan kernel call. The core does the rest
 (hooks, caching, pattern recomputation, per-token states, state patching through the recurrence).
+For the cache's analysis methods (`hooks.cache.Cache`: logit lens, direct logit attribution, per-head
+results) it also names the model's final norm, its unembedding and each layer's out-projections.
 """
 from __future__ import annotations
 
@@ -23,6 +25,26 @@ class LayerInfo:
     rec: nn.Module | None = None     # recurrent module (rec.* names), None if none
     rec_family: str | None = None    # a name in hooks.scan.FAMILIES: 'gdn' | 'gla' | 'mamba2' | 'mamba1'
     attn_meta: dict = field(default_factory=dict)  # scale, sliding_window (None = full causal)
+
+
+@dataclass
+class HeadProjection:
+    """How the heads of one kind ('attn' / 'rec') of one layer reach the residual stream
+    (`Adapter.head_projection`): ``proj`` (a Linear) maps the heads' outputs, concatenated
+    ``[.., n_heads * Dv]``, to ``[.., D]``; head h's result is its ``Dv`` input channels through the
+    matching columns of ``proj.weight``, times ``multiplier``, through ``post_norm`` (a norm the
+    layer applies to ``proj``'s output before adding it, with its scale frozen at the layer's actual
+    output) if there is one. ``input_is_cached``: ``proj``'s input is the cached ``attn.head_out``
+    itself; otherwise (output gates, gated norms after the readout) ``run_with_cache(heads=True)``
+    records ``proj``'s input."""
+    proj: nn.Module
+    n_heads: int
+    input_is_cached: bool = False
+    multiplier: float = 1.0
+    post_norm: nn.Module | None = None
+
+
+FINAL_NORMS = ("norm_f", "final_layernorm", "final_layer_norm", "norm", "ln_f")
 
 
 class Adapter:
@@ -48,6 +70,30 @@ class Adapter:
         if not isinstance(head, nn.Module):
             raise TypeError(f"{type(model).__name__}: cannot find the unembedding (lm_head)")
         return head
+
+    def unembed_weight(self, model):
+        """(W [vocab, D], bias [vocab] or None) with logits = final_norm(x) @ W.T + bias (multipliers
+        the model applies to its logits folded into W and bias)."""
+        head = self.unembed(model)
+        return head.weight, getattr(head, "bias", None)
+
+    def final_norm(self, model) -> nn.Module:
+        """The norm between the last block and the unembedding (found by its usual attribute names
+        on the model or its decoder stack)."""
+        for owner in (model, getattr(model, "model", None), getattr(model, "backbone", None),
+                      getattr(model, "base_model", None)):
+            for a in FINAL_NORMS:
+                m = getattr(owner, a, None) if isinstance(owner, nn.Module) else None
+                if isinstance(m, nn.Module):
+                    return m
+        raise NotImplementedError(f"{self.family}: cannot find the final norm of {type(model).__name__} "
+                                  f"(looked for {', '.join(FINAL_NORMS)})")
+
+    def head_projection(self, model, layer: LayerInfo, kind: str) -> HeadProjection:
+        """How the heads of ``kind`` ('attn' or 'rec') of ``layer`` reach the residual stream
+        (`HeadProjection`); NotImplementedError (saying why) where per-head results cannot be
+        given exactly."""
+        raise NotImplementedError(f"{self.family}: per-head results are not provided for this family")
 
     def forward(self, model, tokens):
         """Run the model on [B, T] token ids and return logits [B, T, vocab]."""

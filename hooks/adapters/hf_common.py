@@ -27,7 +27,8 @@ API (kept small; transformers >= 5.17, < 6):
     modeling module for per-module dispatchers while any module of it is patched.
 ``HFAdapter``
     Adapter base for HF families: ``model_types`` matching, ``embed``, ``forward``,
-    ``patch_attention`` (subclasses implement ``layers`` and, for recurrent layers, ``patch_scan``).
+    ``patch_attention``, ``head_projection`` (subclasses implement ``layers`` and, for recurrent
+    layers, ``patch_scan``).
 
 How attention is intercepted: every HF 5.x attention ``forward`` picks its op with
 ``ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)``,
@@ -47,7 +48,7 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from hooks.adapters.base import Adapter
+from hooks.adapters.base import Adapter, HeadProjection
 
 _ATTN_GLOBAL = "ALL_ATTENTION_FUNCTIONS"
 
@@ -242,6 +243,24 @@ class HFAdapter(Adapter):
 
     def forward(self, model, tokens):
         return forward_logits(model, tokens)
+
+    def head_projection(self, model, layer, kind):
+        """Attention: ``o_proj`` of the cached ``attn.head_out`` (recorded instead where the layer
+        gates it first: qwen3_next's output gate, whose ``q_proj`` also yields the gate). GDN:
+        ``o_proj`` / ``out_proj`` of the gated per-head norm's output. Post-norm layers (olmo2,
+        olmo3, olmo_hybrid attention) apply their ``mixer_out`` norm to it."""
+        if kind == "rec" and layer.rec_family == "mamba1":
+            raise NotImplementedError(
+                f"layer {layer.index}: a Mamba1 layer has no heads (one recurrence per channel, gated per channel "
+                f"before out_proj); per-head results are not provided: use blocks.{layer.index}.mixer_out")
+        m = layer.attn if kind == "attn" else layer.rec
+        proj = m.o_proj if hasattr(m, "o_proj") else m.out_proj
+        post = None if layer.mixer_out is m else layer.mixer_out
+        if kind == "attn":
+            q = getattr(m, "q_proj", None)
+            gated = isinstance(q, nn.Linear) and q.out_features == 2 * proj.in_features
+            return HeadProjection(proj, proj.in_features // m.head_dim, input_is_cached=not gated, post_norm=post)
+        return HeadProjection(proj, getattr(m, "num_v_heads", None) or m.num_heads, post_norm=post)
 
     @contextmanager
     def patch_attention(self, layer, wrapper):

@@ -78,7 +78,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.adapters.hf_common import cache_kw
-from hooks.adapters.base import Adapter, LayerInfo, swap_attr
+from hooks.adapters.base import Adapter, HeadProjection, LayerInfo, swap_attr
 from hooks.scan import mamba2 as mamba2_scan
 
 MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h")
@@ -426,6 +426,29 @@ class HFMambaAdapter(Adapter):
         out = model(input_ids=tokens, use_cache=False)
         logits = getattr(out, "logits", None)
         return logits if logits is not None else out.last_hidden_state
+
+    def unembed_weight(self, model):
+        W, b = super().unembed_weight(model)
+        mult = getattr(self._base(model), "lm_head_multiplier", 1.0)  # falcon_h1
+        return (W, b) if mult == 1.0 else (W * mult, None if b is None else b * mult)
+
+    def head_projection(self, model, layer, kind):
+        """Mamba2 mixers: ``out_proj`` of the gated norm's output (its scale per group of heads is the
+        layer's own); attention: ``o_proj`` of the cached ``attn.head_out``. falcon_h1: times the
+        branch's output multiplier. zamba2's shared attention has no heads of its own in the
+        residual stream (its output enters the Mamba mixer's input)."""
+        blk = layer.block
+        if kind == "attn":
+            if model.config.model_type == "zamba2":
+                raise NotImplementedError(
+                    f"layer {layer.index} (zamba2): the shared transformer's attention output is added to the "
+                    "Mamba mixer's input, not to the residual stream; its heads have no direct contribution "
+                    "(per-head results are given for the Mamba heads)")
+            proj = layer.attn.o_proj
+            return HeadProjection(proj, proj.in_features // layer.attn.head_dim, input_is_cached=True,
+                                  multiplier=float(getattr(blk, "attn_out_multiplier", 1.0)))
+        return HeadProjection(layer.rec.out_proj, layer.rec.num_heads,
+                              multiplier=float(getattr(blk, "ssm_out_multiplier", 1.0)))
 
     @contextmanager
     def patch_scan(self, layer, wrapper):

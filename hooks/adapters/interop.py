@@ -163,6 +163,18 @@ class InteropAdapter(Adapter):
         m, a = self._resolve(model)
         return a.forward(m, tokens)
 
+    def unembed_weight(self, model):
+        m, a = self._resolve(model)
+        return a.unembed_weight(m)
+
+    def final_norm(self, model):
+        m, a = self._resolve(model)
+        return a.final_norm(m)
+
+    def head_projection(self, model, layer, kind):
+        m, a = self._resolve(model)
+        return a.head_projection(m, layer, kind)
+
     def patch_attention(self, layer, wrapper):
         return self.inner.patch_attention(layer, wrapper)
 

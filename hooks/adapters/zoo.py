@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from hooks.adapters.base import Adapter, LayerInfo, swap_attr
+from hooks.adapters.base import Adapter, HeadProjection, LayerInfo, swap_attr
 from hooks.scan import FAMILIES
 
 
@@ -38,6 +38,17 @@ class ZooAdapter(Adapter):
 
     def forward(self, model, tokens):
         return model(tokens)
+
+    def final_norm(self, model):
+        return model.norm_f
+
+    def head_projection(self, model, layer, kind):
+        """Attention: ``o_proj`` of the cached ``attn.head_out``. GDN / GLA: ``o_proj`` of the gated
+        per-head norm's output; Mamba2: ``out_proj`` of its gated norm's output (one RMSNorm over
+        all heads: its scale is the layer's own, shared by the heads)."""
+        m = layer.attn if kind == "attn" else layer.rec
+        proj = m.o_proj if hasattr(m, "o_proj") else m.out_proj
+        return HeadProjection(proj, m.n_heads, input_is_cached=kind == "attn")
 
     @contextmanager
     def patch_attention(self, layer, wrapper):

@@ -8,8 +8,13 @@ TransformerLens `TransformerBridge`.
 The zoo block (pre-RMSNorm, RoPE rotate-half, SwiGLU, no biases) is exactly Llama's, so the
 mapping is a renaming of weights. Used to check our patching against TransformerLens' own
 `patching` functions on the same weights, and to hand a zoo transformer to HF/TL tooling.
+
+The task vocabulary's word tokenizer (`word_tokenizer`) is what `attach_tokenizer` gives a zoo model,
+so that `hooks` (which never imports interp) can run string prompts on it.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -59,6 +64,18 @@ def word_tokenizer():
     d = tempfile.mkdtemp(prefix="interp-tok-")
     fast.save_pretrained(d)
     return AutoTokenizer.from_pretrained(d, local_files_only=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_word_tokenizer():
+    return word_tokenizer()
+
+
+def attach_tokenizer(model, tokenizer=None):
+    """Set ``model.tokenizer`` (default: the task vocabulary's word tokenizer, one shared instance), the
+    tokenizer `hooks` turns string prompts into token ids with; returns the model."""
+    model.tokenizer = tokenizer if tokenizer is not None else _shared_word_tokenizer()
+    return model
 
 
 def to_transformer_bridge(model):
