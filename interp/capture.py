@@ -16,6 +16,7 @@ Folders written before ``spec.json`` existed (shards beside the manifest) still 
 """
 from __future__ import annotations
 
+import numbers
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 import hooks
 from interp import InterpError
-from interp.models import input_device, parse_size  # noqa: F401 (parse_size: kept importable from here)
+from interp.models import input_device, parse_size
 from interp.store import Store, atomic_write_json, load_unit, model_digest, read_json, read_spec, tensor_digest
 
 # what a capture folder holds beside spec.json and units/ (older layouts and distributed parts
@@ -62,6 +63,7 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     ``overwrite=True``, which replaces it."""
     sdtype = _state_dtype(state_dtype)
     names, out = list(names), Path(out)
+    check_inputs(model, tokens, batch_size, max_memory)
     spec = capture_spec(model, tokens, names, positions, max_memory, batch_size, meta, sdtype)
     store = open_store(out, spec, overwrite)
     try:
@@ -86,6 +88,36 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     finally:
         store.close()
     return out
+
+
+def check_inputs(model, tokens, batch_size, max_memory):
+    """Refuse, before anything is written, a batch size below 1, a memory budget that is no size,
+    and tokens that are not a non-empty [N, T] integer tensor of ids the model's embedding has."""
+    if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise InterpError(f"batch size {batch_size!r} is not valid; valid: integers >= 1")
+    parse_size(max_memory)
+    if not (isinstance(tokens, torch.Tensor) and tokens.dim() == 2 and tokens.numel() > 0):
+        shape = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise InterpError(f"tokens {shape} are not valid; valid: a non-empty [N, T] tensor of token ids")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise InterpError(f"tokens of dtype {str(tokens.dtype).replace('torch.', '')} are not valid; valid: an "
+                          "integer tensor (e.g. torch.long)")
+    try:
+        vocab = hooks.wrap(model).adapter.embed(model).num_embeddings
+    except (AttributeError, TypeError, NotImplementedError):
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab:
+        raise InterpError(f"token id {lo if lo < 0 else hi} is out of range for this model; valid: 0..{vocab - 1}")
+
+
+def is_complete(out, n: int) -> bool:
+    """Whether ``out`` holds a finished capture of ``n`` examples (its manifest reaches example ``n``)."""
+    mf = Path(out) / "manifest.json"
+    if not mf.is_file():
+        return False
+    shards = read_json(mf).get("shards") or []
+    return bool(shards) and shards[-1].get("stop") == n
 
 
 def open_store(out, spec: dict, overwrite: bool = False) -> Store:

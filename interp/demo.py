@@ -15,6 +15,7 @@ import torch
 
 from interp import InterpError
 from interp.evaluate import sweep
+from interp.store import atomic_write_text, save_csv
 from interp.zoo import load_model
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
@@ -34,7 +35,7 @@ def load_defaults(names=DEFAULT_SET, device="cpu") -> dict:
     return {n: load_model(default_model_path(n), device=device) for n in names}
 
 
-def run_demo(out="figures/demo", n: int = 96, tasks=None, seed: int = 123, progress: bool = True) -> Path:
+def run_demo(out="runs/demo", n: int = 96, tasks=None, seed: int = 123, progress: bool = True) -> Path:
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = load_defaults()
@@ -44,7 +45,7 @@ def run_demo(out="figures/demo", n: int = 96, tasks=None, seed: int = 123, progr
     res = sweep(models, tasks=tasks, n=n, seed=seed, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / "results.csv", index=False)
+    save_csv(out / "results.csv", res, index=False)
     res.plot(out / "accuracy.png", title="Default models: answer accuracy vs each difficulty knob")
     lines = [f"# interp demo — {date.today().isoformat()}", "",
              "Models: " + ", ".join(f"`{m}` ({models[m].num_params() / 1e6:.2f}M params, layout "
@@ -60,5 +61,5 @@ def run_demo(out="figures/demo", n: int = 96, tasks=None, seed: int = 123, progr
         lines.append("")
     lines.append(f"_{time.time() - t0:.0f} s on {platform.processor() or platform.machine()}, "
                  f"{torch.get_num_threads()} threads._")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out

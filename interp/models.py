@@ -1,9 +1,12 @@
-"""Load a model by name or path: a shipped default (`gdn75`), a zoo directory, or a local HF
-checkpoint directory (no hub downloads); with it the parsers of the placement options it takes
-(dtype, memory sizes, per-device memory caps)."""
+"""Load a model by name or path: a shipped default (`gdn75`), a zoo directory, a local HF
+checkpoint directory or, where the machine reaches the Hugging Face hub, a hub model name; with it
+the parsers and checks of the placement options it takes (device, dtype, memory sizes,
+per-device memory caps) and the reader of `interp capture --text` files."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 from interp import InterpError
@@ -23,16 +26,38 @@ def parse_dtype(s):
     return getattr(torch, s)
 
 
+def check_device(device, valid: str = "cpu, cuda, cuda:N"):
+    """``device`` (a string or torch.device) as a torch.device, checked: an unknown name, CUDA on a
+    machine without it, or a GPU index past the last one is an InterpError naming ``valid``."""
+    import torch
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InterpError(f"device '{device}' is not valid; valid: {valid}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InterpError(f"device '{device}' requested but CUDA is not available on this machine; valid: "
+                              + ", ".join(v for v in valid.split(", ") if not v.startswith("cuda")))
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise InterpError(f"device '{device}' is not valid: this machine has {n} GPU(s); valid: cpu, "
+                              f"cuda:0..cuda:{n - 1}")
+    return d
+
+
 def parse_size(s) -> int:
-    """A memory size -> bytes: '512MB', '2GiB', '1e9' or a number (binary units: 1GB = 2**30)."""
-    if isinstance(s, (int, float)):
-        return int(s)
+    """A memory size -> bytes: '512MB', '2GiB', '1e9' or a number (binary units: 1GB = 2**30);
+    finite and >= 0."""
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = str(s).strip().lower().rstrip("ib").rstrip("b")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(float(t))
+        v = float(s) if isinstance(s, (int, float)) else (
+            float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t))
     except (ValueError, KeyError):
-        raise InterpError(f"invalid memory size '{s}'; examples: 512MB, 2GB, 1e9") from None
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise InterpError(f"invalid memory size '{s}'; valid: a finite size >= 0 such as 512MB, 2GB, 1e9")
+    return int(v)
 
 
 def parse_max_memory(spec):
@@ -62,7 +87,10 @@ def parse_max_memory(spec):
 def load_any(spec: str, device="cpu", dtype=None, device_map=None, max_memory=None):
     """Returns (model, kind) with kind 'zoo' or 'hf'.
 
-    ``device_map`` (local HF checkpoints only; needs `accelerate`): 'auto' (also 'balanced',
+    ``spec``: a shipped default name (transformer, gdn75, gdn100), a zoo model directory, a local
+    HF checkpoint directory, or else a Hugging Face hub model name (downloaded where the hub is
+    reachable and ``HF_HUB_OFFLINE`` is not set; otherwise an InterpError says to pass a local path).
+    ``device_map`` (HF checkpoints only; needs `accelerate`): 'auto' (also 'balanced',
     'balanced_low_0', 'sequential' or an explicit {module: device} dict) spreads the layers over
     the GPUs of this host (then the CPU); ``max_memory`` ({0: '20GiB', 'cpu': '64GiB'} or the
     string form of `parse_max_memory`) caps what each device gets, e.g. to force a split.
@@ -75,35 +103,83 @@ def load_any(spec: str, device="cpu", dtype=None, device_map=None, max_memory=No
                           "or a {module: device} dict")
     if max_memory is not None and device_map is None:
         raise InterpError("max memory per device applies only with a device map (e.g. device_map='auto')")
+    if device_map is None:
+        check_device(device)
     p = Path(spec)
     if not p.exists():
         if "/" not in spec and (DEFAULTS_DIR / spec).is_dir():
             _no_zoo_map(spec, device_map)
             return load_model(default_model_path(spec), device=device, dtype=dtype), "zoo"
         avail = sorted(d.name for d in DEFAULTS_DIR.iterdir() if d.is_dir()) if DEFAULTS_DIR.is_dir() else []
-        raise InterpError(f"model '{spec}' not found: not a directory and not a default model "
-                          f"({', '.join(avail)})")
+        _check_hub(spec, avail)
+        return _load_hf(spec, device, dtype, device_map, max_memory, local=False), "hf"
     cfgf = p / "config.json"
     if not cfgf.is_file():
-        raise InterpError(f"no config.json in '{p}'")
-    cfg = json.loads(cfgf.read_text())
-    if "model_type" in cfg:  # a Hugging Face checkpoint on local disk
-        import torch
-        from transformers import AutoModelForCausalLM
-        if device_map is None:
-            m = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True,
-                                                     dtype=dtype or torch.float32).to(device).eval()
-            return m, "hf"
+        raise InterpError(f"no config.json in '{p}'; valid: a zoo model directory (config.json, model.safetensors), "
+                          "a Hugging Face checkpoint directory or a default model name")
+    try:
+        cfg = json.loads(cfgf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InterpError(f"{cfgf} is not valid JSON ({e}); valid: the config.json of a zoo model or of a "
+                          "Hugging Face checkpoint") from None
+    if isinstance(cfg, dict) and "model_type" in cfg:  # a Hugging Face checkpoint on local disk
+        return _load_hf(str(p), device, dtype, device_map, max_memory, local=True), "hf"
+    _no_zoo_map(spec, device_map)
+    return load_model(p, device=device, dtype=dtype), "zoo"
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE",
+                                                                                      "TRANSFORMERS_OFFLINE"))
+
+
+def _check_hub(spec: str, avail: list):
+    """Return if ``spec`` names a model on a reachable Hugging Face hub; else one InterpError
+    saying why not (not a valid hub name, offline, unreachable, no such model)."""
+    base = (f"model '{spec}' not found: not a local directory or default model name (valid: "
+            f"{', '.join(avail + ['a zoo or Hugging Face model directory'])})")
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:
+        raise InterpError(base) from None
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        raise InterpError(base) from None
+    if _hub_offline():
+        raise InterpError(f"{base}; no hub access (HF_HUB_OFFLINE is set): pass a local path") from None
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except Exception as e:  # noqa: BLE001 - every failure becomes the one message below
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 404):
+            raise InterpError(f"{base}, and no model '{spec}' on the Hugging Face hub") from None
+        raise InterpError(f"{base}; no hub access ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                          "pass a local path") from None
+
+
+def _load_hf(src: str, device, dtype, device_map, max_memory, local: bool):
+    """A Hugging Face causal LM from a local directory (``local``) or the hub, in eval mode; a
+    checkpoint that does not load is an InterpError naming it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    kw = dict(local_files_only=local, dtype=dtype or torch.float32)
+    if device_map is not None:
         try:
             import accelerate  # noqa: F401
         except ImportError:
             raise InterpError("device_map needs the 'accelerate' package: pip install accelerate "
                               "(or pip install -e '.[shard]')") from None
-        m = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=dtype or torch.float32,
-                                                 device_map=device_map, max_memory=parse_max_memory(max_memory))
-        return m.eval(), "hf"
-    _no_zoo_map(spec, device_map)
-    return load_model(p, device=device, dtype=dtype), "zoo"
+        kw.update(device_map=device_map, max_memory=parse_max_memory(max_memory))
+    try:
+        m = AutoModelForCausalLM.from_pretrained(src, **kw)
+    except InterpError:
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged files, unknown architectures, mismatched weights
+        first = next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)
+        raise InterpError(f"cannot load the Hugging Face checkpoint '{src}': {first}") from None
+    return (m if device_map is not None else m.to(device)).eval()
 
 
 def _no_zoo_map(spec, device_map):
@@ -134,11 +210,29 @@ def device_summary(model) -> dict:
     return out
 
 
+def read_text(path) -> str:
+    """The UTF-8 text of ``path`` (`interp capture --text`); a missing, unreadable or binary file is
+    an InterpError naming it."""
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as e:
+        raise InterpError(f"--text '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); valid: a UTF-8 "
+                          "text file") from None
+    except OSError as e:
+        raise InterpError(f"--text '{path}' cannot be read ({e.strerror}); valid: a readable UTF-8 text "
+                          "file") from None
+    if "\x00" in text:
+        raise InterpError(f"--text '{path}' holds NUL bytes (a binary file?); valid: a UTF-8 text file")
+    return text
+
+
 def tokenize_text(path, model_dir, kind: str, seq_len: int):
     """A text file -> [N, seq_len] token ids (zoo: the task vocabulary, whitespace-split words;
     HF: the checkpoint's tokenizer)."""
     import torch
-    text = Path(path).read_text()
+    if not (isinstance(seq_len, int) and seq_len >= 1):
+        raise InterpError(f"--seq-len {seq_len!r} is not valid; valid: integers >= 1")
+    text = read_text(path)
     if kind == "zoo":
         from interp.tasks import VOCAB
         words = text.split()
@@ -149,7 +243,12 @@ def tokenize_text(path, model_dir, kind: str, seq_len: int):
         ids = VOCAB.encode(words)
     else:
         from transformers import AutoTokenizer
-        ids = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)(text)["input_ids"]
+        try:
+            tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=Path(model_dir).is_dir())
+        except Exception as e:  # noqa: BLE001 - no or damaged tokenizer files
+            raise InterpError(f"cannot load the tokenizer of '{model_dir}' for --text: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        ids = tok(text)["input_ids"]
     n = len(ids) // seq_len
     if n == 0:
         raise InterpError(f"text has {len(ids)} tokens, fewer than --seq-len {seq_len}")

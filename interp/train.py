@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import shutil
 import sys
 import time
@@ -72,9 +73,8 @@ class TrainConfig:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InterpError(f"device '{device}' requested but CUDA is not available; valid: cpu, auto")
-    return torch.device(device)
+    from interp.models import check_device
+    return check_device(device, valid="auto, cpu, cuda, cuda:N")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -165,15 +165,47 @@ def answer_accuracy(model, batch, chunk: int = 256) -> float:
 
 
 def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None):
-    ck = path / "checkpoint"
-    tmp = path / "checkpoint.tmp"
+    """``<path>/checkpoint/``: the model (safetensors + JSON), ``trainer.pt`` (optimizer state,
+    step, RNG state: tensors and plain values only, loaded with ``weights_only=True``) and the
+    config. Written beside it and swapped in by renames: a crash or Ctrl-C at any point leaves a
+    whole checkpoint (the new one, or the previous one as ``checkpoint.old``)."""
+    ck, tmp, old = path / "checkpoint", path / "checkpoint.tmp", path / "checkpoint.old"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that stopped half-way
     save_model(model, tmp)
     torch.save({"optimizer": opt.state_dict(), "step": step, "induction_done_at": induction_done_at,
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
     (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if ck.exists():
-        shutil.rmtree(ck)
-    tmp.rename(ck)  # atomic-ish: a crash mid-save leaves the previous checkpoint intact
+        if old.exists():
+            shutil.rmtree(old)
+        ck.rename(old)
+    tmp.rename(ck)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_trainer_state(ck) -> dict:
+    """The trainer state of checkpoint folder ``ck`` (``trainer.pt``: optimizer state, step,
+    induction_done_at, torch_rng), unpickled with ``weights_only=True``: a crafted file cannot run
+    code, it is refused (InterpError) as is a damaged one."""
+    f = Path(ck) / "trainer.pt"
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise InterpError(f"checkpoint {f} is damaged or holds more than tensors and plain values "
+                          f"({type(e).__name__}); "
+                          "valid: a trainer.pt written by interp.train (train again with --no-resume or a new "
+                          "--out)") from None
+
+
+def _checkpoint_dir(out: Path) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint/``, or ``checkpoint.old/`` where a save stopped
+    between its two renames; None if there is none."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (out / name / "trainer.pt").is_file():
+            return out / name
+    return None
 
 
 def _append_log(path: Path, row: dict):
@@ -181,23 +213,61 @@ def _append_log(path: Path, row: dict):
         f.write(json.dumps(row) + "\n")
 
 
+def _warn(msg: str):
+    tqdm.write(f"warning: {msg}", file=sys.stderr)
+
+
 def _check_config(cfg: TrainConfig):
+    """Refuse a config that cannot train (InterpError naming the field, its value and what is
+    valid) before anything is written."""
     unknown = [t for t in cfg.tasks if t not in T.TASKS]
     if unknown:
         raise InterpError(f"unknown task '{unknown[0]}'; valid tasks: {', '.join(sorted(T.TASKS))}")
+    if not cfg.tasks:
+        raise InterpError(f"tasks=[] is empty; valid: one or more of {', '.join(sorted(T.TASKS))}")
+    ints = {"steps": 1, "batch_size": 1, "eval_every": 1, "eval_n": 1, "save_every": 1, "warmup": 0, "seed": 0}
+    for name, lo in ints.items():
+        v = getattr(cfg, name)
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo):
+            raise InterpError(f"{name}={v!r} is out of range; valid: integers >= {lo}")
+    for name, lo, hi in (("lr", 0, math.inf), ("weight_decay", 0, math.inf), ("grad_clip", 0, math.inf),
+                         ("min_lr_ratio", 0, 1), ("induction_until", 0, 1), ("time_limit", 0, math.inf)):
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+        if not ok or (name == "lr" and v == 0):
+            rng = f"{'> 0' if name == 'lr' else f'>= {lo}'}" + ("" if hi == math.inf else f" and <= {hi}")
+            raise InterpError(f"{name}={v!r} is out of range; valid: finite numbers {rng}")
     if not (isinstance(cfg.induction_steps, int) and 0 <= cfg.induction_steps < cfg.steps):
         raise InterpError(f"induction_steps={cfg.induction_steps!r} is out of range; valid: integers "
                           f"0..{cfg.steps - 1} (fewer than steps={cfg.steps})")
+
+
+def _warn_config(cfg: TrainConfig):
+    """Warn (stderr) about a config that trains but badly."""
+    if cfg.warmup > cfg.steps:
+        _warn(f"the learning-rate warm-up ({cfg.warmup} steps) is longer than training ({cfg.steps} steps): "
+              f"the learning rate never reaches {cfg.lr:g}")
+
+
+def _make_out(cfg: TrainConfig) -> Path:
+    """Create ``cfg.out`` (an OSError becomes an InterpError naming it)."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InterpError(f"cannot create the output directory '{out}' ({e.strerror}); valid: a new or existing "
+                          "directory in a writable place") from None
+    return out
 
 
 def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
     """(model, optimizer, start step, induction_done_at): a fresh model, or the checkpoint's
     model, optimizer, step and torch RNG state when resuming."""
     start, done_at, state = 0, None, None
-    ck = out / "checkpoint"
-    if resume and (ck / "trainer.pt").is_file():
+    ck = _checkpoint_dir(out) if resume else None
+    if ck is not None:
+        state = load_trainer_state(ck)
         model = load_model(ck, device=device).train()
-        state = torch.load(ck / "trainer.pt", map_location="cpu", weights_only=False)
         start = state["step"]
         done_at = state.get("induction_done_at")
         torch.set_rng_state(state["torch_rng"])
@@ -223,6 +293,9 @@ def _warmup_over(model, induction_eval, cfg: TrainConfig, step: int, autocast, l
     if acc >= cfg.induction_until or step >= cfg.induction_steps:
         _append_log(log_path, {"step": step, "induction_done_at": step, "acc/induction": acc})
         bar.write(f"induction warm-up done at step {step} (held-out induction accuracy {acc:.3f})")
+        if acc == 0:
+            _warn(f"the induction warm-up ended at step {step} with held-out induction accuracy 0: no "
+                  "induction circuit formed (more --induction-steps or another --lr may help)")
         return step
     return None
 
@@ -277,11 +350,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     and checkpointed (as an interrupted run would be)."""
     _check_config(cfg)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    mcfg = ZooConfig.from_dict({**cfg.model, "vocab_size": len(T.VOCAB)})
+    out = _make_out(cfg)
     torch.manual_seed(cfg.seed)
-    mcfg = ZooConfig(**{**cfg.model, "vocab_size": len(T.VOCAB)})
     model, opt, start, done_at = _build(cfg, mcfg, out, device, resume)
+    _warn_config(cfg)
     log_path = out / "train_log.jsonl"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))

@@ -207,3 +207,25 @@ def test_old_folders_load_and_are_not_resumed(tmp_path):
         load_capture(old)
     with pytest.raises(InterpError, match="holds no capture: no manifest.json"):
         load_capture(tmp_path / "model")
+
+
+def test_cli_overwrite_and_complete_rerun(tmp_path, capsys):
+    """`interp capture` again with the same settings: 'already complete', no 'wrote', files untouched;
+    with other settings refused; with --overwrite replaced (and then 'wrote')."""
+    small_model(tmp_path)
+    out = tmp_path / "c"
+    base = ["capture", "--model", str(tmp_path / "model"), "--task", "mqar", "--n", "4", "--names",
+            "blocks.0.rec.state", "--positions", "0,3", "--out", str(out)]
+    assert main(base) == 0
+    assert "wrote" in capsys.readouterr().out
+    first = files(out)
+    assert main(base) == 0
+    got = capsys.readouterr()
+    assert "wrote" not in got.out and "capture already complete (4 examples); nothing to do" in got.err
+    assert files(out) == first
+    assert main(base + ["--seed", "1"]) == 2
+    assert "source.seed: 0 -> 1" in capsys.readouterr().err and files(out) == first
+    assert main(base + ["--seed", "1", "--overwrite"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert files(out) != first and json.loads((out / "spec.json").read_text())["spec"]["source"]["seed"] == 1
+    assert load_capture(out)["blocks.0.rec.state"].shape[:2] == (4, 2)

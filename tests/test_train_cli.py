@@ -66,3 +66,81 @@ def test_cli_help_everywhere():
     for cmd in ([], ["train"], ["eval"], ["demo"], ["capture"]):
         r = subprocess.run([sys.executable, "-m", "interp.cli", *cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: interp" in r.stdout
+
+
+# --- #18: resume loads trainer.pt with weights_only=True; crash-safe checkpoints; warnings; help -----
+def test_resume_is_bit_exact(tmp_path):
+    """A run stopped at step 2 and resumed (trainer.pt read with weights_only=True) ends with the
+    very same weights as one that never stopped; also when the stop fell between the two renames of
+    a checkpoint save (only ``checkpoint.old/`` is left)."""
+    short = dict(steps=4, save_every=2, eval_every=4)
+    a = train(cfg(tmp_path / "a", **short), progress=False)
+    for name, crash_between_renames in (("b", False), ("c", True)):
+        train(cfg(tmp_path / name, **short), progress=False, stop_after=2)
+        ck = tmp_path / name / "run" / "checkpoint"
+        if crash_between_renames:
+            ck.rename(ck.with_name("checkpoint.old"))
+        b = train(cfg(tmp_path / name, **short), progress=False)
+        for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(p, q), (name, n)
+
+
+class _Marker:
+    """Unpickling this calls Path.touch(<marker>): the code a crafted checkpoint would run."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+        return (Path.touch, (Path(self.path),))
+
+
+def test_crafted_trainer_pt_does_not_run(tmp_path, capsys):
+    from interp import InterpError
+    train(cfg(tmp_path, steps=4, save_every=2), progress=False, stop_after=2)
+    ck = tmp_path / "run" / "checkpoint"
+    marker = tmp_path / "pwned"
+    torch.save({"step": 2, "optimizer": _Marker(str(marker))}, ck / "trainer.pt")
+    with pytest.raises(InterpError, match=r"trainer.pt is damaged or holds more than tensors and plain values"):
+        train(cfg(tmp_path, steps=4, save_every=2), progress=False)
+    assert not marker.exists()
+    torch.load(ck / "trainer.pt", weights_only=False)   # the file does run code when unpickled unsafely
+    assert marker.exists()
+    marker.unlink()
+    argv = ["train", "--layout", "gdn50", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--head-dim", "16",
+            "--task", "mqar", "--steps", "4", "--batch-size", "8", "--warmup", "2", "--device", "cpu",
+            "--out", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-resume" in err[0] and not marker.exists()
+    assert main(argv + ["--no-resume"]) == 0
+
+
+def test_warnings(tmp_path, capsys):
+    """The learning-rate warm-up longer than training and an induction warm-up ending at accuracy 0
+    are warned about (stderr), and training goes on."""
+    train(cfg(tmp_path, steps=3, warmup=10, induction_steps=1, eval_every=3), progress=False)
+    err = capsys.readouterr().err
+    assert "warning: the learning-rate warm-up (10 steps) is longer than training (3 steps)" in err
+    assert "warning: the induction warm-up ended at step 1 with held-out induction accuracy 0" in err
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_every_option_shows_its_default():
+    """Every command's help gives each option a help text and its default (where there is one)."""
+    import argparse
+    from interp.cli import build_parser
+    sub = build_parser()._subparsers._group_actions[0]
+    assert {"train", "eval", "capture", "probe", "patch", "intervene", "das", "demo", "run"} <= set(sub.choices)
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())
+        for act in parser._actions:
+            if not act.option_strings or act.default in (None, False, argparse.SUPPRESS):
+                continue
+            shown = parser._get_formatter()._expand_help(act) if act.help else ""
+            assert "default" in shown, (name, act.option_strings, shown)
+            assert " ".join(shown.split()) in text
+    assert "--batch-size BATCH_SIZE examples per forward pass (default: 16)" in " ".join(
+        sub.choices["capture"].format_help().split())
+    assert "(default: runs/demo)" in " ".join(sub.choices["demo"].format_help().split())

@@ -1,7 +1,9 @@
 """The `interp` command line. Every user error prints one line `error: ...` and exits with 2.
 
-One module per command (train, evaluate, capture, probe, patch, demo, run), each with its
-``add_parser(sub)`` and ``cmd_*``; the options they share are in `interp.cli.options`."""
+One module per command (train, eval, capture, probe, patch, intervene, das, demo, run), each with
+its ``add_parser(sub)`` and ``cmd_*``; the options they share are in `interp.cli.options`. The
+parser class here gives every command's help the defaults of its options and turns argparse's
+usage errors into the same one line (exit 2); Ctrl-C prints one line and exits with 130."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +12,44 @@ import sys
 from interp import InterpError
 from interp.cli import capture, das, demo, evaluate, intervene, patch, probe, run, train
 
+INTERRUPTED = "interrupted; run again to resume"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is
+    none to say (no default, a flag that is off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d is argparse.SUPPRESS or "%(default)" in text or "(default" in text
+                or "default:" in text):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class Parser(argparse.ArgumentParser):
+    """`interp`'s parser (and, through add_subparsers, every command's): defaults in the help,
+    an option without help text still shows its default, and a usage error is one line on
+    stderr (``error: interp <cmd>: ...``, exit 2) instead of the usage block."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+
+    def add_argument(self, *args, **kw):
+        action = super().add_argument(*args, **kw)
+        if action.option_strings and action.help is None and action.default is not None and action.default is not False:
+            action.help = "(default: %(default)s)"
+        return action
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interp", description="hybrid-interp: where recall and state "
-                                "tracking live inside hybrid (attention + recurrence) models")
+    p = Parser(prog="interp", description="hybrid-interp: where recall and state "
+               "tracking live inside hybrid (attention + recurrence) models")
     sub = p.add_subparsers(dest="cmd", required=True)
     for command in (train, evaluate, capture, probe, patch, intervene, das, demo, run):
         command.add_parser(sub)
@@ -28,6 +64,14 @@ def main(argv=None) -> int:
         rc = args.func(args)
     except (InterpError, TaskError, HookNameError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except OSError as e:  # a file system refusal the commands did not foresee (disk full, permissions)
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"error: cannot use{where}: {e.strerror or e}; valid: a readable input / writable output path",
+              file=sys.stderr)
         return 2
     finally:
         if "interp.distributed" in sys.modules:  # leave a torchrun process group cleanly

@@ -1,36 +1,39 @@
 """`interp capture`: save activations / recurrent states of a task or a text file (interp.capture)."""
 from __future__ import annotations
 
+import sys
+
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_model, add_n, add_seed, kv, load_scaled, scale_args
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, check_out, int_at_least, kv,
+                                load_scaled, make_out, positions, scale_args)
 
 
 def add_parser(sub):
     c = sub.add_parser("capture", help="save activations / recurrent states (safetensors + JSON manifest)")
     add_model(c)
-    c.add_argument("--task", help="generate inputs from this task")
+    c.add_argument("--task", help="generate inputs from this task (or give --text)")
     add_knob(c)
     add_n(c, 64, help="examples (with --task)")
     add_seed(c)
-    c.add_argument("--text", help="a text file instead of a task")
-    c.add_argument("--seq-len", type=int, default=128, help="window length for --text")
+    c.add_argument("--text", help="a UTF-8 text file instead of a task")
+    c.add_argument("--seq-len", type=int_at_least(1), default=128, help="window length for --text")
     c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
-    c.add_argument("--positions", help="comma-separated token positions to keep (default: all)")
+    c.add_argument("--positions", help="token positions to keep: 3,5,9 or 0:30 or a mix (default: all)")
     c.add_argument("--max-memory", default="1GB", help="flush a shard to disk once this much is held")
     c.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype rec.state tensors are stored in (bfloat16/float16: half the bytes, rounded once "
                         "from float32)")
-    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--batch-size", type=int_at_least(1), default=16, help="examples per forward pass")
     add_device(c)
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="output directory (a run with the same settings resumes there)")
+    c.add_argument("--overwrite", action="store_true", help="replace a capture with other settings in --out "
+                   "(without it such a folder is refused, and one with the same settings is resumed)")
     scale_args(c)
     c.set_defaults(func=cmd_capture)
 
 
 def _inputs(a, kind):
     """(tokens, source for the manifest) from --task or --text (exactly one of them)."""
-    if (a.task is None) == (a.text is None):
-        raise InterpError("give exactly one of --task or --text")
     if a.task:
         from interp import tasks as T
         tokens = T.generate(a.task, a.n, seed=a.seed, **kv(a.knob)).tokens
@@ -46,30 +49,48 @@ def _names_and_positions(a, hm, length: int):
     if names is None:
         names = [n for n in hm.hook_names if n.endswith(("resid_post", "rec.state"))]
     check(names, hm.hook_names)
-    positions = [int(p) for p in a.positions.split(",")] if a.positions else None
-    if positions:
-        bad = [p for p in positions if not 0 <= p < length]
+    keep = positions(a.positions)
+    if keep:
+        bad = [p for p in keep if not 0 <= p < length]
         if bad:
-            raise InterpError(f"position {bad[0]} out of range 0..{length - 1}")
-    return names, positions
+            raise InterpError(f"position {bad[0]} out of range; valid: 0..{length - 1} (the input has {length} "
+                              "tokens)")
+    return names, keep
 
 
 def cmd_capture(a):
     import hooks
-    from interp.capture import capture
+    from interp.capture import capture, is_complete
+    from interp.models import parse_size, read_text
+    if (a.task is None) == (a.text is None):
+        raise InterpError(f"give exactly one of --task or --text (got {'both' if a.task else 'neither'}); valid: "
+                          "--task TASK or --text FILE")
+    check_out(a.out)  # what can be checked before the model loads
+    parse_size(a.max_memory)
+    positions(a.positions)
+    if a.text is not None:
+        read_text(a.text)
     model, kind, ctx = load_scaled(a)
     tokens, source = _inputs(a, kind)
     hm = hooks.wrap(model)
-    names, positions = _names_and_positions(a, hm, tokens.shape[1])
+    names, keep = _names_and_positions(a, hm, tokens.shape[1])
     meta = {"model": a.model, **source}
+    done = not a.overwrite and is_complete(a.out, tokens.shape[0])
+    kw = dict(positions=keep, max_memory=a.max_memory, batch_size=a.batch_size, meta=meta,
+              state_dtype=a.state_dtype, overwrite=a.overwrite)
+    if ctx is None or ctx.is_main:
+        make_out(a.out)
     if ctx is not None:
         from interp import distributed
-        out = distributed.capture(model, tokens, names, a.out, ctx=ctx, positions=positions, max_memory=a.max_memory,
-                                  batch_size=a.batch_size, meta=meta, state_dtype=a.state_dtype)
+        out = distributed.capture(model, tokens, names, a.out, ctx=ctx, **kw)
         if not ctx.is_main:
             return
+        if done and ctx.distributed:  # a single process says so itself
+            print(f"{out}: capture already complete ({tokens.shape[0]} examples); nothing to do "
+                  "(--overwrite captures again)", file=sys.stderr)
     else:
-        out = capture(model, tokens, names, a.out, positions=positions, max_memory=a.max_memory,
-                      batch_size=a.batch_size, meta=meta, state_dtype=a.state_dtype)
+        out = capture(model, tokens, names, a.out, **kw)
+    if done:
+        return
     procs = f", {ctx.world_size} processes" if ctx is not None and ctx.distributed else ""
     print(f"wrote {out}/manifest.json ({tokens.shape[0]} examples, {len(names)} names{procs})")

@@ -1,13 +1,18 @@
 """Options and helpers the `interp` commands share: the --model/--knob/--n/--seed/--device options,
-the scale-out options of capture and patch, KNOB=VALUE and position parsing, and model loading.
+the scale-out options of capture and patch, checked number types, KNOB=VALUE and position parsing,
+output-path checks and model loading.
 (--task and --out differ in every command: default, repeatable or required; each command defines its own.)"""
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
+from pathlib import Path
 
 from interp import InterpError
 
-MODEL_HELP = "default model name, zoo dir or local HF checkpoint dir"
+MODEL_HELP = "default model name, zoo dir, local HF checkpoint dir or HF hub name (where the hub is reachable)"
 
 
 def add_model(p):
@@ -20,15 +25,73 @@ def add_knob(p, help="task knob KNOB=VALUE (repeatable)"):
 
 
 def add_n(p, default: int, help=None):
-    p.add_argument("--n", type=int, default=default, help=help)
+    p.add_argument("--n", type=int_at_least(1), default=default, help=help or "examples")
 
 
-def add_seed(p, default: int = 0):
-    p.add_argument("--seed", type=int, default=default)
+def add_seed(p, default: int = 0, help="random seed"):
+    p.add_argument("--seed", type=int_at_least(0), default=default, help=help)
 
 
 def add_device(p, default: str = "cpu", help=None):
-    p.add_argument("--device", default=default, help=help)
+    p.add_argument("--device", default=default, help=help or "cpu, cuda or cuda:N")
+
+
+def int_at_least(lo: int):
+    """An argparse type: an integer >= ``lo`` (the error names the value and the valid range)."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not an integer; valid: integers >= {lo}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is out of range; valid: integers >= {lo}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def finite_float(lo: float = -math.inf, hi: float = math.inf, above: bool = False):
+    """An argparse type: a finite number in [lo, hi] (``above``: > lo)."""
+    valid = f"finite numbers {'>' if above else '>='} {lo:g}" + ("" if hi == math.inf else f" and <= {hi:g}")
+
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a number; valid: {valid}") from None
+        if not (math.isfinite(v) and (v > lo if above else v >= lo) and v <= hi):
+            raise argparse.ArgumentTypeError(f"{s} is out of range; valid: {valid}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def check_out(path, what: str = "--out", file: bool = False):
+    """Refuse an output path that cannot be written, before any work: a file where a directory
+    goes (or a directory where a file goes, ``file``), a path below a file, or a non-writable
+    place. Nothing is created."""
+    p = Path(path)
+    if p.exists() and p.is_dir() == file:
+        want = "a file path (not a directory)" if file else "a directory (new or existing)"
+        raise InterpError(f"{what} '{path}' is a {'directory' if p.is_dir() else 'file'}; valid: {want}")
+    for up in p.parents:
+        if up.exists() and not up.is_dir():
+            raise InterpError(f"{what} '{path}' is below the file '{up}'; valid: a path in a directory")
+        if up.exists():
+            if not os.access(up, os.W_OK | os.X_OK):
+                raise InterpError(f"{what} '{path}': '{up}' is not writable; valid: a path in a writable place")
+            break
+
+
+def make_out(path, what: str = "--out") -> Path:
+    """`check_out`, then create the output directory (an OSError becomes an InterpError naming it)."""
+    check_out(path, what)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InterpError(f"{what} '{path}' cannot be created ({e.strerror}); valid: a path in a writable "
+                          "place") from None
+    return Path(path)
 
 
 def scale_args(parser):
@@ -46,7 +109,7 @@ def kv(items) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise InterpError(f"expected KNOB=VALUE, got '{it}'")
+            raise InterpError(f"--knob '{it}' is not valid; valid: KNOB=VALUE, e.g. n_pairs=8")
         k, v = it.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -62,13 +125,15 @@ def positions(spec, what="--positions"):
     out = []
     for part in spec.split(","):
         try:
-            if ":" in part:
-                a, b = part.split(":")
-                out += list(range(int(a), int(b)))
-            else:
-                out.append(int(part))
+            ends = [int(x) for x in part.split(":")]
         except ValueError:
-            raise InterpError(f"{what} '{spec}' is not valid; valid: all, 3,5,9 or 0:30") from None
+            ends = []
+        if not 1 <= len(ends) <= 2:
+            raise InterpError(f"{what} '{spec}' is not valid; valid: all, 3,5,9 or 0:30")
+        if len(ends) == 2 and ends[1] <= ends[0]:
+            raise InterpError(f"{what} '{spec}': the range '{part}' is empty; valid: a:b with a < b (end exclusive), "
+                              "e.g. 0:30")
+        out += list(range(*ends)) if len(ends) == 2 else ends
     return out
 
 

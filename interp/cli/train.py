@@ -4,7 +4,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from interp.cli.options import add_seed, add_device
+from interp.cli.options import add_device, add_seed, check_out, finite_float, int_at_least
 
 DEFAULT_TASKS = ["mqar", "state_recall"]
 
@@ -15,33 +15,34 @@ def add_parser(sub):
     t = sub.add_parser("train", help="train a zoo model on a task mixture")
     t.add_argument("--layout", default="gdn75", help=f"preset ({', '.join(preset_names()[:6])}, ...) "
                    "or a comma-separated list of mixers")
-    t.add_argument("--task", action="append", default=None, help=f"task (repeatable); one of {', '.join(TASKS)}")
+    t.add_argument("--task", action="append", default=None,
+                   help=f"task (repeatable; default: {', '.join(DEFAULT_TASKS)}); one of {', '.join(TASKS)}")
     t.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
-    t.add_argument("--d-model", type=int, default=128)
-    t.add_argument("--n-layers", type=int, default=12)
-    t.add_argument("--n-heads", type=int, default=4)
-    t.add_argument("--head-dim", type=int, default=32)
+    t.add_argument("--d-model", type=int_at_least(1), default=128, help="residual stream width")
+    t.add_argument("--n-layers", type=int_at_least(1), default=12, help="layers")
+    t.add_argument("--n-heads", type=int_at_least(1), default=4, help="attention / recurrent heads per layer")
+    t.add_argument("--head-dim", type=int_at_least(2), default=32, help="dimension per head (even, for RoPE)")
     t.add_argument("--neg-eig", action="store_true", help="GDN with negative eigenvalues (beta in (0,2))")
     t.add_argument("--match-params", metavar="LAYOUT", help="size the MLP so the parameter count matches LAYOUT's")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup", type=int, default=100)
-    t.add_argument("--induction-steps", type=int, default=None, metavar="N",
+    t.add_argument("--steps", type=int_at_least(1), default=2000, help="optimizer steps")
+    t.add_argument("--batch-size", type=int_at_least(1), default=64, help="sequences per step")
+    t.add_argument("--lr", type=finite_float(0, above=True), default=1e-3, help="peak learning rate (AdamW)")
+    t.add_argument("--warmup", type=int_at_least(0), default=100, help="linear learning-rate warm-up steps")
+    t.add_argument("--induction-steps", type=int_at_least(0), default=None, metavar="N",
                    help="warm up on short induction sequences for at most the first N steps, before the task "
                         "mixture (a softmax transformer does not form its recall circuit from the tasks' "
                         "answer-only loss in budget otherwise; see interp.train); default min(2000, steps/4) for "
                         "layouts with attention, 0 (off) for attention-free ones")
-    t.add_argument("--induction-until", type=float, default=0.9, metavar="ACC",
-                   help="end the warm-up early once held-out induction accuracy reaches ACC (default 0.9)")
-    t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--induction-until", type=finite_float(0, 1), default=0.9, metavar="ACC",
+                   help="end the warm-up early once held-out induction accuracy reaches ACC")
+    t.add_argument("--eval-every", type=int_at_least(1), default=250, help="steps between held-out evaluations")
+    t.add_argument("--save-every", type=int_at_least(1), default=500, help="steps between checkpoints")
     add_seed(t)
-    add_device(t, "auto", help="auto, cpu or cuda")
+    add_device(t, "auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
-    t.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early and save (0 = none)")
-    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--time-limit", type=finite_float(0), default=0.0, help="minutes; stop early and save (0 = none)")
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     t.set_defaults(func=cmd_train)
 
 
@@ -64,6 +65,7 @@ def cmd_train(a):
     from interp.train import TrainConfig, default_induction_steps, train
     if a.task is None:
         a.task = list(DEFAULT_TASKS)
+    check_out(a.out)
     model = _model_fields(a)
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,

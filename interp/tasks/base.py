@@ -163,7 +163,11 @@ def int_in(name, v, lo, hi):
 
 
 def one_of(name, v, choices):
-    need(v in choices, f"{name}={v!r} is not valid; valid: {', '.join(map(str, choices))}")
+    try:
+        ok = v in choices
+    except TypeError:  # an unhashable value (a list, a dict) against a set or dict of choices
+        ok = False
+    need(ok, f"{name}={v!r} is not valid; valid: {', '.join(map(str, choices))}")
 
 
 def _rng(spec, seed, salt=0):

@@ -10,14 +10,14 @@ Pairs: one element differs, so the product differs (a group is cancellative).
 """
 from __future__ import annotations
 
-from interp.tasks.base import Example, int_in, need, register
+from interp.tasks.base import Example, int_in, one_of, register
 from interp.tasks.vocab import PERM3, PERM5, S3, S5
 
 GROUPS = {"S3": (S3, PERM3), "S5": (S5, PERM5)}
 
 
 def _validate(group, n_steps):
-    need(group in GROUPS, f"group={group!r} is not valid; valid: {', '.join(GROUPS)}")
+    one_of("group", group, GROUPS)
     int_in("n_steps", n_steps, 1, 256)
 
 

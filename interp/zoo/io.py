@@ -34,9 +34,18 @@ def load_config(path) -> ZooConfig:
                           "config.json and model.safetensors)")
     try:
         d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InterpError(f"invalid model config {f}: not JSON ({e}); valid: the config.json save_model "
+                          "writes") from None
+    if not isinstance(d, dict):
+        raise InterpError(f"invalid model config {f}: a JSON {type(d).__name__}; valid: a JSON object of "
+                          "ZooConfig fields")
+    try:
+        return ZooConfig.from_dict(d)
+    except InterpError as e:
+        raise InterpError(f"{e} (in {f})") from None
+    except (TypeError, ValueError) as e:
         raise InterpError(f"invalid model config {f}: {e}") from None
-    return ZooConfig.from_dict(d)
 
 
 def load_model(path, device="cpu", dtype=None) -> HybridLM:
@@ -47,13 +56,22 @@ def load_model(path, device="cpu", dtype=None) -> HybridLM:
     if not wf.is_file():
         raise InterpError(f"no weights at '{wf}'")
     model = HybridLM(cfg)
-    state = load_file(str(wf), device="cpu")
-    if cfg.tie_embeddings:
+    try:
+        state = load_file(str(wf), device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for damaged files
+        raise InterpError(f"weights file {wf} is damaged or not safetensors ({e}); valid: the "
+                          "model.safetensors save_model writes (train again or restore the file)") from None
+    if cfg.tie_embeddings and "embed.weight" in state:
         state["lm_head.weight"] = state["embed.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ from config.json's
+        lines = [x.strip() for x in str(e).splitlines() if "mismatch" in x]
+        raise InterpError(f"weights in {wf} do not match config.json: {(lines or [str(e)])[0]}; valid: the weights "
+                          "saved with this config.json") from None
     if missing or unexpected:
         raise InterpError(f"weights in {wf} do not match config.json: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+                          f"unexpected {unexpected[:5]}; valid: the weights saved with this config.json")
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.to(device=device, dtype=dtype)
