@@ -34,6 +34,9 @@ the adapters do); Mamba1: ``[B, D, T|P, T]``, one pattern per channel. Mamba1's 
 (`contribution_norms`) is ``[B, T|P, T]``: the L2 norm over channels of what source s adds to
 readout t, which is exact as that norm (the size of the change of readout_t when x_s is zeroed,
 skip term aside) but is no attention weight: every channel has its own A.
+
+The hook point ``blocks.{i}.rec.pattern`` (`hooks.session.ScanHook`) is `hook_pattern` on the view of the
+layer's scan call, at the capture's ``positions=`` rows, checked against `DEFAULT_BUDGET` first.
 """
 from __future__ import annotations
 
@@ -41,10 +44,16 @@ from types import SimpleNamespace
 
 import torch
 
+from hooks.names import HookError
 from hooks.recurrence import FAMILIES, l2norm
 from hooks.scan._common import CHUNK, norm_positions, pad_time, segsum, work
 
-DEFAULT_BUDGET = 2 << 30   # bytes of one requested result (2 GiB)
+DEFAULT_BUDGET = 2 << 30   # bytes of one requested result (2 GiB); `hook_pattern` reads it at call time
+
+
+class PatternMemoryError(HookError):
+    """A requested effective-attention result is above the memory budget (a `hooks.names.HookError`, so
+    a ValueError); the message names its shape and size and suggests ``positions=``."""
 
 
 # --- the canonical view in one internal layout: [B, H, T, ...], time padded to chunks ----------
@@ -256,16 +265,23 @@ def pattern_bytes(family, c, rows=None, heads=None, what="pattern") -> int:
     return B * H * P * T * (V if what == "contributions" else 1) * item
 
 
-def check_memory(family, c, rows=None, budget=DEFAULT_BUDGET, heads=None, what="pattern") -> int:
-    """The bytes of the requested result (`pattern_bytes`); raises ValueError naming its size when
-    that is above ``budget`` (None: no limit), suggesting ``positions=`` (``rows=`` here)."""
+def check_memory(family, c, rows=None, budget=DEFAULT_BUDGET, heads=None, what="pattern", hook=None) -> int:
+    """The bytes of the requested result (`pattern_bytes`); raises PatternMemoryError (a HookError)
+    naming its shape and size when that is above ``budget`` (None: no limit), suggesting ``positions=``
+    (``rows=`` here). ``hook``: the hook name the result is for (the message then speaks of
+    ``run_with_cache``)."""
     n = pattern_bytes(family, c, rows, heads, what)
     if budget is not None and n > budget:
         B, H, P, T, V = _sizes(family, c, rows, heads)
         shape = [B, H, P, T] if what == "pattern" else [B, P, T, H, V]
-        raise ValueError(f"the effective attention {what} of this {family} layer, {shape}, takes "
-                         f"{n / 2**30:.2f} GiB, above the budget of {budget / 2**30:.2f} GiB: pass positions= "
-                         f"(rows= here) to form only some query rows, heads= for some heads, or a larger budget")
+        msg = (f"the effective attention {what} of this {family} layer, {shape}, takes {n / 2**30:.2f} GiB, "
+               f"above the budget of {budget / 2**30:.2f} GiB: ")
+        if hook is not None:
+            msg = (f"'{hook}': {msg}pass positions= to run_with_cache (e.g. positions=[{T - 1}]) to form only "
+                   f"those query rows, or raise hooks.effective.DEFAULT_BUDGET")
+        else:
+            msg += "pass positions= (rows= here) to form only some query rows, heads= for some heads, or a larger budget"
+        raise PatternMemoryError(msg)
     return n
 
 
@@ -278,6 +294,15 @@ def pattern(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET):
     P = _prep(family, c, heads)
     A, _ = _carry(P, _rows(P, rows))
     return A[..., :P.T]
+
+
+def hook_pattern(name, family, c, positions=None):
+    """What the ``rec.pattern`` hook point holds: `pattern` of view ``c`` at the query rows ``positions``
+    (the capture's ``positions=``; None: all), checked against `DEFAULT_BUDGET` as it is when called
+    (set ``hooks.effective.DEFAULT_BUDGET`` to change it); above it a PatternMemoryError names ``name``,
+    the shape, the size and ``positions=``."""
+    check_memory(family, c, positions, DEFAULT_BUDGET, hook=name)
+    return pattern(family, c, rows=positions, budget=None)
 
 
 def contributions(family, c, rows, heads=None, budget=DEFAULT_BUDGET):

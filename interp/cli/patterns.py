@@ -1,0 +1,82 @@
+"""`interp patterns`: draw one example's pattern at one layer, softmax attention or a recurrent layer's exact
+effective attention, with its tokens; or, with --who-reads, the who-reads-the-fact map (interp.patterns)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from interp import InterpError
+from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, kv, load_any
+
+
+def add_parser(sub):
+    c = sub.add_parser("patterns", help="draw one example's attention / effective-attention pattern at a layer, "
+                       "or (--who-reads) which heads read the task's fact")
+    c.add_argument("--model", action="append", default=None,
+                   help=MODEL_HELP + " (default gdn75; repeatable with --who-reads, default there: the three "
+                        "shipped models)")
+    c.add_argument("--task", action="append", default=None,
+                   help="task (default mqar; repeatable with --who-reads, default there: mqar and state_recall)")
+    add_knob(c, help="task knob KNOB=VALUE (repeatable; on top of state_recall's complexity=assign default)")
+    c.add_argument("--layer", type=int, help="the layer to draw (required without --who-reads)")
+    c.add_argument("--kind", choices=["attn", "rec"], help="which mixer of a layer that has both (parallel fusion)")
+    c.add_argument("--example", type=int, default=0, help="which example of the task batch to draw")
+    add_seed(c)
+    c.add_argument("--who-reads", action="store_true",
+                   help="per layer and head, the share of the answer row's pattern on the ground-truth source "
+                        "token, over --n examples: who_reads.png, results.csv, report.md")
+    add_n(c, 128, help="examples per (model, task) with --who-reads")
+    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the 95%% intervals")
+    add_device(c)
+    c.add_argument("--out", default="runs/patterns")
+    c.set_defaults(func=cmd_patterns)
+
+
+def _knobs(a, task):
+    from interp.patterns import DEFAULT_KNOBS
+    return {**DEFAULT_KNOBS.get(task, {}), **kv(a.knob)}
+
+
+def _draw(a):
+    from interp import patterns as P
+    from interp import tasks as T
+    if a.layer is None:
+        raise InterpError("give --layer (the layer to draw), or --who-reads for the map")
+    if len(a.model or []) > 1 or len(a.task or []) > 1:
+        raise InterpError("one --model and one --task for a pattern figure (several only with --who-reads)")
+    spec, task = (a.model or ["gdn75"])[0], (a.task or ["mqar"])[0]
+    if a.example < 0:
+        raise InterpError(f"--example {a.example} must be >= 0")
+    batch = T.generate(task, a.example + 1, seed=a.seed, **_knobs(a, task))
+    A, kind, words = P.example_pattern(load_any(spec, a.device), batch, a.layer, a.example, a.kind)
+    rows, src = P.example_marks(batch, a.example)
+    name = Path(spec).name
+    title = (f"{name} / {task} example {a.example} (seed {a.seed}), layer {a.layer} ({kind})\norange: answer rows"
+             + ("; green: their ground-truth source" if src else ""))
+    path = Path(a.out) / f"{name}_{task}_L{a.layer}{a.kind or ''}_ex{a.example}.png"
+    P.plot_pattern(A, kind, words, path, title, rows, src)
+    print(f"wrote {path} ({A.shape[0]} {'map' if A.shape[0] == 1 else 'heads'}, {A.shape[-1]} tokens)")
+
+
+def _who_reads(a):
+    from interp import patterns as P
+    from interp.demo import DEFAULT_SET
+    res = []
+    for spec in a.model or list(DEFAULT_SET):
+        model = load_any(spec, a.device)
+        for task in a.task or list(P.SOURCE_TASKS):
+            r = P.who_reads(model, task, n=a.n, seed=a.seed, name=Path(spec).name, n_boot=a.n_boot,
+                            knobs=_knobs(a, task))
+            best = r.table.sort_values("share").iloc[-1]
+            print(f"{r.model:>12} {task:>13}: kept {r.kept}/{r.items}; top head L{best['layer']} {best['kind']} "
+                  f"h{best['head']} share {best['share']:.2f} [{best['lo']:.2f}, {best['hi']:.2f}]")
+            res.append(r)
+    out = P.write_who_reads(res, a.out, n_boot=a.n_boot)
+    print(f"wrote {out}/who_reads.png, {out}/results.csv, {out}/report.md")
+
+
+def cmd_patterns(a):
+    from hooks.effective import PatternMemoryError
+    try:
+        _who_reads(a) if a.who_reads else _draw(a)
+    except PatternMemoryError as e:
+        raise InterpError(str(e)) from None

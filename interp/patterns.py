@@ -1,0 +1,405 @@
+"""Who reads the fact: per layer and head, the share of the answer position's pattern that falls on the task's
+ground-truth source token, for softmax attention and recurrent mixers alike; and single-example pattern figures.
+
+Patterns are the hook points ``blocks.{i}.attn.pattern`` (softmax weights) and ``blocks.{i}.rec.pattern`` (the
+exact effective attention of a recurrent layer, `hooks.effective`: readout_t = sum_s A[t, s] v_s + D v_t), both
+read at the answer rows only (``positions=``). For a head with pattern A, answer row t and source token src:
+
+    weight share = |A[t, src]| / sum_{s <= t} |A[t, s]|
+    value share  = ||A[t, src] v_src|| / sum_{s <= t} ||A[t, s] v_s|| = |A[t, src]| ||v_src|| / sum_s |A[t, s]| ||v_s||
+
+The weight share is the map's measure. For softmax heads it *is* the attention weight on src (the weights are
+non-negative and sum to 1), so attention and recurrent heads are read on one scale. A recurrent A is signed (the
+delta rule's key removal gives negative entries) and does not sum to 1, so its magnitudes are normalised over
+the row: the fraction of the row's total |A| mass on src. It ignores what the values hold; the value share weighs
+each source by the size of the vector it adds, i.e. the share of the per-source contribution norms of
+`hooks.effective.contributions` (reported beside it). Neither counts the skip D v_t of Mamba layers (not part
+of A). Mamba1 layers have one pattern per channel, not per head; they are not mapped here (use `contributions`).
+
+Ground-truth source (`fact_sources`): mqar, the value token bound to the queried key in the context; state_recall,
+the value token of the last statement that wrote the queried variable (with ``complexity=assign``, the default
+here, that constant is the answer). Only answers the model gets right are kept; intervals are 95% bootstraps
+over examples (`interp.stats.boot_ci`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+import hooks
+from hooks.core import HookedModel
+from interp import InterpError
+from interp import tasks as T
+from interp.stats import boot_ci
+from interp.tasks.vocab import PAD
+
+SOURCE_TASKS = ("mqar", "state_recall")
+DEFAULT_KNOBS = {"mqar": {}, "state_recall": {"complexity": "assign"}}
+
+
+def _hm(model) -> HookedModel:
+    return model if isinstance(model, HookedModel) else hooks.wrap(model)
+
+
+# --- the fact and where it sits --------------------------------------------------------------------
+
+def fact_sources(batch) -> tuple[list[int], torch.Tensor]:
+    """(rows, src): the answer rows (positions whose next token is an answer; the same in every example)
+    and the ground-truth source position of each answer ``[N, Q]`` (module docstring)."""
+    task = batch.meta.get("task")
+    if task not in SOURCE_TASKS:
+        raise InterpError(f"no ground-truth source token for task '{task}'; valid: {', '.join(SOURCE_TASKS)}")
+    ap = batch.answer_pos
+    if (ap < 0).any() or not bool((ap == ap[:1]).all()):
+        raise InterpError("the answer positions differ between examples; use a fixed-length batch "
+                          "(mqar without seq_len varies nothing, state_recall never does)")
+    if task == "mqar":          # write_distance at a query key: tokens since its key was written
+        src = ap - batch.labels["write_distance"].gather(1, ap) + 1
+    else:
+        if batch.meta["knobs"].get("cot"):
+            raise InterpError("state_recall with cot=True is not supported here (its layout differs)")
+        Tn = batch.tokens.shape[1]
+        since = batch.labels["steps_since_write"][:, Tn - 2]        # statements since xq last changed
+        S = (Tn - 4) // 4                                           # <bos>, S statements of 4, '? xq a'
+        src = (1 + 4 * (S - since - 1) + 2)[:, None]                # the third token of that statement
+    return ap[0].tolist(), src
+
+
+def example_marks(batch, example: int) -> tuple[list[int], list[int]]:
+    """(answer rows, their ground-truth sources) of one example, for marking a figure; no sources (and
+    the answer rows alone) for a task without them."""
+    import dataclasses
+    one = dataclasses.replace(batch, tokens=batch.tokens[example:example + 1],
+                              answer_pos=batch.answer_pos[example:example + 1],
+                              answers=batch.answers[example:example + 1],
+                              labels={k: v[example:example + 1] for k, v in batch.labels.items()},
+                              loss_mask=batch.loss_mask[example:example + 1])
+    rows = [int(p) for p in one.answer_pos[0] if p >= 0]
+    if batch.meta.get("task") not in SOURCE_TASKS or batch.meta["knobs"].get("cot"):
+        return rows, []
+    rows, src = fact_sources(one)
+    return rows, src[0].tolist()
+
+
+# --- per-head shares --------------------------------------------------------------------------------
+
+class Unit(NamedTuple):
+    layer: int
+    kind: str           # 'attn' or the recurrence family
+    pattern: str        # its pattern hook name
+    v: str              # its value hook name
+
+
+def units(hm) -> list[Unit]:
+    """The attention and multi-head recurrent mixers of a model, in layer order (a parallel layer has both)."""
+    out = []
+    for L in hm.layers:
+        p = f"blocks.{L.index}"
+        if L.attn is not None:
+            out.append(Unit(L.index, "attn", f"{p}.attn.pattern", f"{p}.attn.v"))
+        if L.rec is not None:
+            if L.rec_family == "mamba1":
+                raise InterpError(f"layer {L.index} is Mamba1: its effective attention is one pattern per "
+                                  "channel, not per head; use interp.patterns.contributions for it")
+            out.append(Unit(L.index, L.rec_family, f"{p}.rec.pattern", f"{p}.rec.v"))
+    return out
+
+
+def _shares(A, v, src):
+    """Weight and value shares ``[N, Q, H]`` from a pattern ``[N, H, Q, T]``, values ``[N, T, Hv, Dv]``
+    (Hv divides H: GQA groups are repeated) and sources ``[N, Q]``."""
+    H = A.shape[1]
+    vn = v.float().norm(dim=-1)
+    vn = vn.repeat_interleave(H // vn.shape[2], dim=2) if vn.shape[2] != H else vn
+    W = A.float().abs()
+    C = W * vn.permute(0, 2, 1)[:, :, None, :]
+    idx = src[:, None, :, None].expand(-1, H, -1, 1).to(A.device)
+    share = lambda M: (M.gather(-1, idx)[..., 0] / M.sum(-1).clamp_min(1e-30)).permute(0, 2, 1)  # noqa: E731
+    return share(W), share(C)
+
+
+def head_shares(model, tokens, rows, src, batch_size: int = 64):
+    """(preds ``[N, Q]``, {unit: (weight share, value share) ``[N, Q, H]``}): one forward per batch with
+    the patterns cached at ``rows`` only and the values read (whole) by hook functions."""
+    hm = _hm(model)
+    us = units(hm)
+    preds, out = [], {u: ([], []) for u in us}
+    for a in range(0, tokens.shape[0], batch_size):
+        vs = {}
+        grab = lambda x, name: vs.__setitem__(name, x.detach())  # noqa: E731
+        with torch.no_grad():
+            lg, cache = hm.run_with_cache(tokens[a:a + batch_size], names=[u.pattern for u in us], positions=rows,
+                                          hooks=[(u.v, grab) for u in us])
+        preds.append(lg[:, rows].argmax(-1).cpu())
+        for u in us:
+            w, c = _shares(cache[u.pattern], vs[u.v], src[a:a + batch_size])
+            out[u][0].append(w.cpu())
+            out[u][1].append(c.cpu())
+    return torch.cat(preds), {u: (torch.cat(w), torch.cat(c)) for u, (w, c) in out.items()}
+
+
+@dataclass
+class WhoReads:
+    """Per (layer, kind, head): mean weight / value share on the source over the kept answers with 95%
+    bootstrap intervals (``table``), from ``n`` examples of which ``kept`` answers (of ``items``) were right;
+    ``uniform``: the share a flat row would give, 1/(t+1) averaged over the answer rows t."""
+    model: str
+    task: str
+    knobs: dict
+    seed: int
+    n: int
+    items: int
+    kept: int
+    uniform: float
+    table: object = field(repr=False)     # pandas DataFrame
+
+
+def _mean_ci(x, keep, n_boot, rng):
+    sums = (x * keep).sum(1).numpy().astype(float)
+    counts = keep.sum(1).numpy().astype(float)
+    mean = sums.sum() / max(counts.sum(), 1e-12)
+    lo, hi = boot_ci(sums, counts, n_boot, rng)
+    return mean, lo, hi
+
+
+def who_reads(model, task: str, n: int = 128, seed: int = 0, name: str = "model", batch_size: int = 64,
+              n_boot: int = 2000, knobs=None) -> WhoReads:
+    """The who-reads-the-fact table of one model on one task (module docstring). ``knobs``: task knobs
+    (default `DEFAULT_KNOBS`)."""
+    import pandas as pd
+    knobs = dict(DEFAULT_KNOBS.get(task, {}) if knobs is None else knobs)
+    batch = T.generate(task, n, seed=seed, **knobs)
+    rows, src = fact_sources(batch)
+    preds, sh = head_shares(model, batch.tokens, rows, src, batch_size)
+    keep = (preds == batch.answers).float()
+    rng = np.random.default_rng(seed)
+    recs = []
+    for u, (w, c) in sh.items():
+        for h in range(w.shape[-1]):
+            m, lo, hi = _mean_ci(w[..., h], keep, n_boot, rng)
+            vm, vlo, vhi = _mean_ci(c[..., h], keep, n_boot, rng)
+            recs.append(dict(model=name, task=task, layer=u.layer, kind=u.kind, head=h, share=m, lo=lo, hi=hi,
+                             value_share=vm, value_lo=vlo, value_hi=vhi))
+    return WhoReads(name, task, batch.meta["knobs"], seed, n, keep.numel(), int(keep.sum()),
+                    float(np.mean([1 / (t + 1) for t in rows])), pd.DataFrame(recs))
+
+
+# --- per-source contribution vectors ----------------------------------------------------------------
+
+class Contributions(NamedTuple):
+    """``contributions`` A[t, s] v_s ``[B, P, T, H, V]`` (Mamba1 ``[B, P, T, D]``), the layer's ``readout`` at
+    those rows ``[B, P, H, V]`` (Mamba1 ``[B, P, D]``) and ``rest`` = readout - sum_s contributions (the
+    skip D v_t of Mamba layers; zero for GDN / GLA), for query rows ``positions``."""
+    contributions: torch.Tensor
+    readout: torch.Tensor
+    rest: torch.Tensor
+    positions: list
+
+
+def contributions(model, tokens, layer: int, positions) -> Contributions:
+    """What each source token adds to recurrent layer ``layer``'s readout at the query ``positions``: one
+    forward with ``rec.pattern`` and ``rec.readout`` cached at ``positions`` and the whole ``rec.v`` read by a
+    hook function; exact (`hooks.effective`), contributions.sum(2) + rest == readout."""
+    hm = _hm(model)
+    if not 0 <= layer < hm.n_layers or hm.layers[layer].rec is None:
+        raise InterpError(f"layer {layer} has no recurrent mixer; recurrent layers: "
+                          f"{[L.index for L in hm.layers if L.rec is not None]}")
+    positions = [int(p) for p in positions]
+    p, vs = f"blocks.{layer}.rec", {}
+    with torch.no_grad():
+        _, cache = hm.run_with_cache(tokens, names=[f"{p}.pattern", f"{p}.readout"], positions=positions,
+                                     hooks=[(f"{p}.v", lambda x, name: vs.__setitem__("v", x.detach()))])
+    A, v = cache[f"{p}.pattern"], vs["v"].float().to(cache[f"{p}.pattern"].device)
+    if hm.layers[layer].rec_family == "mamba1":
+        con = torch.einsum("bdps,bsd->bpsd", A, v)
+    else:
+        con = torch.einsum("bhps,bshv->bpshv", A, v)
+    o = cache[f"{p}.readout"].float()
+    return Contributions(con, o, o - con.sum(2), positions)
+
+
+# --- one example's pattern --------------------------------------------------------------------------
+
+def example_pattern(model, batch, layer: int, example: int = 0, kind: str | None = None):
+    """(pattern ``[H, T, T]`` as numpy, kind, words) of one example at ``layer``: the softmax pattern
+    (``kind='attn'``) or the recurrent layer's effective attention (``kind='rec'``; Mamba1: the reduced
+    view, the norm over channels of A[d, t, s] x_s[d], one map). ``kind`` may be left out where the layer
+    has one mixer."""
+    hm = _hm(model)
+    if not 0 <= layer < hm.n_layers:
+        raise InterpError(f"layer {layer} out of range 0..{hm.n_layers - 1}")
+    if not 0 <= example < len(batch):
+        raise InterpError(f"example {example} out of range 0..{len(batch) - 1}")
+    L = hm.layers[layer]
+    have = [k for k, m in (("attn", L.attn), ("rec", L.rec)) if m is not None]
+    kind = kind or (have[0] if len(have) == 1 else None)
+    if kind not in have:
+        raise InterpError(f"layer {layer} has no attention or recurrent mixer" if not have else
+                          f"layer {layer} has {' and '.join(have)}: pick one of {', '.join(have)}")
+    toks = batch.tokens[example]
+    toks = toks[:int((toks != PAD).nonzero().max()) + 1][None]
+    name = f"blocks.{layer}.{kind}.pattern"
+    vs = {}
+    fns = [(f"blocks.{layer}.rec.v", lambda x, n: vs.__setitem__("v", x.detach()))] \
+        if kind == "rec" and L.rec_family == "mamba1" else []
+    with torch.no_grad():
+        _, cache = hm.run_with_cache(toks, names=[name], hooks=fns)
+    A = cache[name][0].float()
+    if vs:                                                           # Mamba1's reduced view
+        A = (A * vs["v"][0].float().T[:, None, :]).norm(dim=0, keepdim=True)
+    return A.cpu().numpy(), ("attn" if kind == "attn" else L.rec_family), batch.words(example)[:toks.shape[1]]
+
+
+# --- figures and the report -------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _label_axes(ax, words, rows=(), src=()):
+    """Tokens on both axes (every k-th for long sequences); answer rows' labels orange, sources' green."""
+    Tn = len(words)
+    step = max(1, -(-Tn // 60))
+    fs = max(3.5, min(8.0, 360 / max(Tn, 1)))
+    ticks = sorted(set(range(0, Tn, step)) | set(rows) | set(src))
+    ax.set_xticks(ticks, [words[t] for t in ticks], rotation=90, fontsize=fs)
+    ax.set_yticks(ticks, [f"{words[t]} {t}" for t in ticks], fontsize=fs)
+    for labels, marked, color in ((ax.get_yticklabels(), rows, "darkorange"), (ax.get_xticklabels(), src, "green")):
+        for t, lab in zip(ticks, labels):
+            if t in marked:
+                lab.set_color(color)
+                lab.set_fontweight("bold")
+
+
+def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
+    """One panel per head of a pattern ``[H, T, T]`` (query rows down, source tokens across), tokens on
+    both axes; the labels of the answer ``rows`` are orange, those of their sources green, and each
+    (row, ``src``) cell is outlined in green. Softmax weights and Mamba1's norms on a white-blue scale from
+    0, a recurrent A on a red-blue scale centred at 0 (it is signed). Writes ``path`` (png), returns it."""
+    from matplotlib.patches import Rectangle
+    plt = _plt()
+    H, Tn = A.shape[0], A.shape[-1]
+    ncol = min(H, 2 if H <= 4 else 4)
+    nrow = -(-H // ncol)
+    side = min(7.0, max(3.8, Tn * 0.11))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1, side * nrow + 0.6), squeeze=False)
+    signed = kind not in ("attn", "mamba1")
+    what = "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind == "mamba1"
+                                                     else f"{kind} effective attention A (signed)")
+    for h, ax in enumerate(axes.flat):
+        if h >= H:
+            ax.axis("off")
+            continue
+        m = float(np.abs(A[h]).max()) or 1.0
+        im = ax.imshow(A[h], cmap="RdBu_r" if signed else "Blues", vmin=-m if signed else 0, vmax=m,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        _label_axes(ax, words, rows, src)
+        for r, s in zip(rows, src):
+            ax.add_patch(Rectangle((s - 0.5, r - 0.5), 1, 1, fill=False, ec="lime", lw=1.8))
+        ax.set_title(f"head {h}: {what}" if H > 1 else what, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _grid(table):
+    """(unit labels, is-attention flags, share matrix [U, Hmax]) of one WhoReads table."""
+    keys = list(dict.fromkeys(zip(table.layer, table.kind)))
+    Hm = int(table["head"].max()) + 1
+    M = np.full((len(keys), Hm), np.nan)
+    for r in table.itertuples():
+        M[keys.index((r.layer, r.kind)), r.head] = r.share
+    return [f"L{i} {k}" for i, k in keys], [k == "attn" for _, k in keys], M
+
+
+def plot_who_reads(results, path, title="Who reads the fact: share of the answer row's |pattern| on the source"):
+    """Heatmaps layers x heads of the weight share, one panel per (task, model) of ``results`` (WhoReads);
+    attention layers labelled in red, recurrent ones in blue. Writes ``path`` and returns it."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(r.task for r in results))
+    models = list(dict.fromkeys(r.model for r in results))
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(3.4 * len(models) + 1.2, 4.8 * len(tasks)),
+                             squeeze=False, gridspec_kw=dict(wspace=0.42, hspace=0.3))
+    im = None
+    for r in results:
+        ax = axes[tasks.index(r.task), models.index(r.model)]
+        labels, attn, M = _grid(r.table)
+        im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        for (i, j), x in np.ndenumerate(M):
+            if np.isfinite(x):
+                ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=6.5, color="black" if x > 0.6 else "white")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7.5)
+        for t, a in zip(ax.get_yticklabels(), attn):
+            t.set_color("tab:red" if a else "tab:blue")
+            t.set_fontweight("bold" if a else "normal")
+        ax.set_xticks(range(M.shape[1]), [f"h{h}" for h in range(M.shape[1])], fontsize=7.5)
+        ax.set_title(f"{r.model} / {r.task}\nkept {r.kept}/{r.items} answers; flat row {r.uniform:.3f}", fontsize=9)
+    fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02, label="weight share on the source")
+    fig.suptitle(title, fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def _cell(r, value=False):
+    """'mean [lo, hi]' of one head's record (a dict of its `WhoReads` table row)."""
+    p = "value_" if value else ""
+    return f"{r[p + 'share']:.2f} [{r[p + 'lo']:.2f}, {r[p + 'hi']:.2f}]"
+
+
+def report_lines(results, n_boot: int) -> list[str]:
+    """The markdown of `write_who_reads`: setting, kept counts, the best head of every layer and the top
+    heads of every (model, task), with 95% bootstrap intervals."""
+    r0 = results[0]
+    lines = ["# Who reads the fact", "",
+             f"{r0.n} examples per (model, task), data seed {r0.seed} (held out: training data seeds are >= 1e6); "
+             "one training seed per model; only correctly answered answers kept; 95% bootstrap intervals over examples "
+             f"({n_boot} resamples). Measure: weight share |A[t, src]| / sum_s |A[t, s]| at the answer row t "
+             "(the attention weight for softmax heads); value share: the same with each source weighed by "
+             "||v_s|| (interp/patterns.py).", "",
+             f"`interp patterns --who-reads --n {r0.n} --seed {r0.seed} --n-boot {n_boot}"
+             + "".join(f" --model {m}" for m in dict.fromkeys(r.model for r in results))
+             + "".join(f" --task {t}" for t in dict.fromkeys(r.task for r in results)) + "`", "",
+             "![who reads](who_reads.png)", "",
+             "| model | task | knobs | answers kept | flat-row share 1/(t+1) |", "|---|---|---|---|---|"]
+    lines += [f"| {r.model} | {r.task} | {r.knobs} | {r.kept}/{r.items} | {r.uniform:.3f} |" for r in results]
+    for task in dict.fromkeys(r.task for r in results):
+        rs = [r for r in results if r.task == task]
+        lines += ["", f"## {task}: the head with the largest weight share in each layer", "",
+                  "| layer | " + " | ".join(r.model for r in rs) + " |", "|---" * (len(rs) + 1) + "|"]
+        for layer in sorted({int(x) for r in rs for x in r.table.layer}):
+            cells = []
+            for r in rs:
+                t = r.table[r.table.layer == layer]
+                best = [t[t.kind == k].sort_values("share").iloc[-1].to_dict() for k in dict.fromkeys(t.kind)]
+                cells.append(" / ".join(f"{b['kind']} h{b['head']} {_cell(b)}" for b in best))
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        lines += ["", f"## {task}: top 3 heads per model", "", "| model | layer | kind | head | weight share | "
+                  "value share |", "|---|---|---|---|---|---|"]
+        for r in rs:
+            for b in r.table.sort_values("share", ascending=False).head(3).to_dict("records"):
+                lines.append(f"| {r.model} | {b['layer']} | {b['kind']} | {b['head']} | {_cell(b)} | {_cell(b, True)} |")
+    return lines
+
+
+def write_who_reads(results, out, n_boot: int = 2000) -> Path:
+    """``out``/who_reads.png (`plot_who_reads`), results.csv (every head) and report.md (`report_lines`)."""
+    import pandas as pd
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_who_reads(results, out / "who_reads.png")
+    pd.concat([r.table for r in results]).to_csv(out / "results.csv", index=False, float_format="%.4f")
+    (out / "report.md").write_text("\n".join(report_lines(results, n_boot)) + "\n")
+    return out
