@@ -2,6 +2,9 @@
 ``meta.json`` (finished or stopped by a time limit) or its ``checkpoint/trainer.pt`` (interrupted).
 
     python bench/runs_status.py runs/            # one line per run, then a total per experiment
+
+Checkpoints are read as data (`interp.zoo.load_trainer_state`, torch's weights-only unpickler): a
+``trainer.pt`` holding anything else is reported, never run.
 """
 from __future__ import annotations
 
@@ -10,6 +13,18 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from interp import InterpError
+from interp.zoo import load_trainer_state
+
+
+def _state(ck: Path) -> dict:
+    """The checkpoint's dict, or {} (with a line on stderr) if it is refused or damaged."""
+    try:
+        return load_trainer_state(ck)
+    except InterpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return {}
+
 
 def runs(root: Path):
     for meta in sorted(root.rglob("meta.json")):
@@ -17,14 +32,12 @@ def runs(root: Path):
         total = d.get("train_config", {}).get("steps") or d.get("steps")    # zoo run | E3 text-pair run
         done = d.get("steps_done", total if "val_loss" in d else None)    # an E3 meta.json exists once finished
         if done is None and (meta.parent / "checkpoint" / "trainer.pt").is_file():
-            import torch
-            done = torch.load(meta.parent / "checkpoint" / "trainer.pt", map_location="cpu", weights_only=False)["step"]
+            done = _state(meta.parent / "checkpoint" / "trainer.pt").get("step")
         yield meta.parent, done, total
     for ck in sorted(root.rglob("trainer.pt")):
         run = ck.parent.parent if ck.parent.name == "checkpoint" else ck.parent
         if not (run / "meta.json").is_file():
-            import torch
-            st = torch.load(ck, map_location="cpu", weights_only=False)
+            st = _state(ck)
             yield run, st.get("step"), st.get("steps")
 
 

@@ -23,9 +23,10 @@ activation patching (``interp.patching``).
     python experiments/e1_state_recall.py --quick          # CPU, a few minutes, tiny models
     python experiments/e1_state_recall.py                  # GPU: 8.5-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e1_state_recall): accuracy.png, probes.png, patch_<arm>.png,
-results.csv, lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and cached evaluations
-go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run experiments/e1_state_recall.toml``.
+Writes ``--out`` (default figures/e1_state_recall; figures/e1_state_recall_quick for --quick): accuracy.png,
+probes.png, patch_<arm>.png, results.csv, lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and
+cached evaluations go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run
+experiments/e1_state_recall.toml``.
 
 Sizing of the full profile (12 runs of 4000 steps, 8 layers, d=128): the small models' steps are bound
 by per-op launch overhead, so the runs train in parallel processes. On a host with 2 x H200 the 12 runs
@@ -204,9 +205,11 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
         f["n_steps"] = v
         p_frames.append(f)
         pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
+        # every pair (keep_all): at the failure point many pairs are answered wrongly, and they are what is studied
         px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / f"{run.name}_n{v}",
-                            progress=progress, batch_size=256)
-        px.plot(figs / f"patch_{arm}.png", title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}")
+                            progress=progress, batch_size=256, keep_all=True)
+        X.save_with(figs / f"patch_{arm}.png",
+                    lambda f: px.plot(f, title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}"))
         xf = pd.DataFrame(px)
         xf["n_steps"] = v
         xf["clean_logit_diff"] = px.attrs["baselines"]["clean_logit_diff"]
@@ -403,28 +406,32 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     if not 0 < a.threshold <= 1:
         raise InterpError(f"--threshold {a.threshold} is out of range; valid: 0 < threshold <= 1")
-    ctx = X.setup(a, NAME, PROFILES, argv)
+    with X.setup(a, NAME, PROFILES, argv) as ctx:      # holds the runs and figures directories' writer locks
+        return experiment(ctx, a.threshold)
+
+
+def experiment(ctx, threshold):
     P, root, figs, device, deadline, progress = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline, ctx.progress
-    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]})
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
     torch.manual_seed(0)
     A, runs = plan(P, root, device)
     status, val, best = X.train_then_validate(runs, validate, ctx)
-    status.to_csv(figs / "lr_sweep_status.csv", index=False)
+    X.save_table(status, figs / "lr_sweep_status.csv")
     if best is None:
         return X.unevaluated_exit(ctx, status)
     sweep = status.merge(val, on=["arm", "lr"], how="left")
-    sweep.to_csv(figs / "lr_sweep.csv", index=False)
+    X.save_table(sweep, figs / "lr_sweep.csv")
     res = test_sweep(best, {r.name: r for r in runs}, P, root, device, deadline)
-    res.to_csv(figs / "results.csv", index=False)
-    plot_accuracy(res, figs / "accuracy.png", a.threshold)
-    fails, pr, px = analyse(best, {r.name: r for r in runs}, res, P, root, figs, device, a.threshold, deadline,
+    X.save_table(res, figs / "results.csv")
+    plot_accuracy(res, figs / "accuracy.png", threshold)
+    fails, pr, px = analyse(best, {r.name: r for r in runs}, res, P, root, figs, device, threshold, deadline,
                             progress)
     if pr is not None:
-        pd.DataFrame(pr).to_csv(figs / "probes.csv", index=False)
-        pr.plot(figs / "probes.png")
+        X.save_table(pd.DataFrame(pr), figs / "probes.csv")
+        X.save_with(figs / "probes.png", pr.plot)
     if px is not None:
-        px.to_csv(figs / "patching.csv", index=False)
-    report(ctx, status, val, best, res, fails, pr, px, a.threshold)
+        X.save_table(px, figs / "patching.csv")
+    report(ctx, status, val, best, res, fails, pr, px, threshold)
     print(f"wrote {figs}/report.md")
     return 0
 

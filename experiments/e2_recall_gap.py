@@ -26,9 +26,9 @@ attention-free arms (``<mixer>100``) get none. Reported:
     python experiments/e2_recall_gap.py --quick      # CPU, a few minutes, tiny models
     python experiments/e2_recall_gap.py              # GPU: 8.5-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e2_recall_gap): attention.png, sweeps.png, width.png, votes.png,
-placement.png, taxonomy.png, results.csv, votes.csv, taxonomy.csv, lr_sweep.csv (judge.csv) and
-report.md; checkpoints and cached evaluations go to ``--runs`` (default runs/e2_recall_gap[_quick]).
+Writes ``--out`` (default figures/e2_recall_gap; figures/e2_recall_gap_quick for --quick): attention.png,
+sweeps.png, width.png, votes.png, placement.png, taxonomy.png, results.csv, votes.csv, taxonomy.csv, lr_sweep.csv
+(judge.csv) and report.md; checkpoints and cached evaluations go to ``--runs`` (default runs/e2_recall_gap[_quick]).
 Also ``interp run experiments/e2_recall_gap.toml``.
 
 Sizing of the full profile (38 runs of 1200 steps, 12 layers, d=128; main arms first, then placement,
@@ -658,16 +658,21 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
 
 def build_parser():
     ap = X.parser(NAME, __doc__, PROFILES, workers=True)
-    ap.add_argument("--judge", default=None, help="local HF model directory for the optional LLM judge (off)")
+    ap.add_argument("--judge", default=None,
+                    help="local HF model directory for the optional LLM judge (None: no judge)")
     ap.add_argument("--judge-max", type=int, default=100, help="wrong answers sent to the judge")
     return ap
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    ctx = X.setup(a, NAME, PROFILES, argv)
+    with X.setup(a, NAME, PROFILES, argv) as ctx:      # holds the runs and figures directories' writer locks
+        return experiment(ctx, a)
+
+
+def experiment(ctx, a):
     P, root, figs, device, deadline = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline
-    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]})
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
     A, runs = plan(P, root, device)
@@ -695,10 +700,10 @@ def main(argv=None):
         wrong = wrong.head(a.judge_max)
         items = [(problem_text(p.split()), c, ans) for p, c, ans in zip(wrong.problem, wrong.correct, wrong.answer)]
         judged = wrong.assign(judge=judge_errors(items, judge))
-        judged.to_csv(figs / "judge.csv", index=False)
+        X.save_table(judged, figs / "judge.csv")
     for df, name in ((acc, "results"), (vote, "votes"), (pd.concat([tax, chance], ignore_index=True), "taxonomy")):
-        df.to_csv(figs / f"{name}.csv", index=False)
-    status.merge(val, on=["arm", "lr"], how="left").to_csv(figs / "lr_sweep.csv", index=False)
+        X.save_table(df, figs / f"{name}.csv")
+    X.save_table(status.merge(val, on=["arm", "lr"], how="left"), figs / "lr_sweep.csv")
     plot_attention(acc, figs / "attention.png")
     plot_sweeps(acc, figs / "sweeps.png")
     has_width = plot_width(acc, figs / "width.png")

@@ -29,8 +29,9 @@ at every closing bracket.
     python experiments/e3_token_loss.py --device cuda   # GPU; 7-minute calls, call again to continue
     python experiments/e3_token_loss.py --model-a ckpt/olmo3 --model-b ckpt/olmo-hybrid --corpus code:src/
 
-Writes ``<out>/``: token_loss.png, token_loss_excess.png, summary.csv, tokens.parquet, probes.png, probes.parquet,
-probes_summary.csv, corpus.csv, training.png (own pair), report.md.
+Writes ``<out>/`` (default figures/e3_token_loss; figures/e3_token_loss_quick for --quick): token_loss.png,
+token_loss_excess.png, summary.csv, tokens.parquet, probes.png, probes.parquet, probes_summary.csv, corpus.csv,
+training.png (own pair), report.md.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ import hashlib
 import inspect
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -53,6 +56,8 @@ from interp import experiment as X
 from interp import tasks as T
 from interp import tokenloss as TL
 from interp.stats import boot_ci
+from interp.store import atomic_save, atomic_write_json
+from interp.zoo import load_trainer_state
 
 NAME = "e3_token_loss"
 PROFILES = {
@@ -88,7 +93,8 @@ SPECIALS = ["<pad>", "<bos>", "<eos>"]
 # --- the model pair ------------------------------------------------------------------------------
 
 def train_tokenizer(docs, vocab: int, path: Path):
-    """A byte-level BPE tokenizer trained on ``docs`` (saved as a PreTrainedTokenizerFast)."""
+    """A byte-level BPE tokenizer trained on ``docs`` (saved as a PreTrainedTokenizerFast in the
+    folder ``path``, which appears whole: written as ``<path>.tmp-<pid>`` and renamed)."""
     from transformers import PreTrainedTokenizerFast
     if (path / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -100,7 +106,11 @@ def train_tokenizer(docs, vocab: int, path: Path):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator((d.text for d in docs), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    fast.save_pretrained(str(path))
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)        # a folder without tokenizer.json: left by an older version
+    os.replace(tmp, path)
     return fast
 
 
@@ -200,7 +210,7 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     ck, start, log, t_train, n_tok = out / "trainer.pt", 0, [], 0.0, 0
     if ck.is_file():
-        st = torch.load(ck, map_location=dev, weights_only=False)
+        st = load_trainer_state(ck, map_location=dev)   # tensors and plain data only: no code in it runs
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start, log, t_train, n_tok = st["step"], st["log"], st["t_train"], st["tokens"]
@@ -216,10 +226,8 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
         return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
     def save(step):
-        tmp = ck.with_suffix(".tmp")
-        torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, log=log, t_train=t_train,
-                        tokens=n_tok), tmp)
-        tmp.replace(ck)
+        state = dict(model=model.state_dict(), opt=opt.state_dict(), step=step, log=log, t_train=t_train, tokens=n_tok)
+        atomic_save(ck, lambda tmp: torch.save(state, tmp))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                       enabled=False)
     every = max(10, steps // 10)
@@ -263,7 +271,7 @@ def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarr
                 steps=steps, batch=B, seq_len=T, lr=lr, log=log, train_s=t_train, train_tokens=len(stream),
                 tokens_per_s=n_tok / max(t_train, 1e-9), final_loss=float(np.mean([v for _, v in log[-5:]])),
                 val_loss=val, layer_types=list(cfg.layer_types))
-    done.write_text(json.dumps(meta))
+    atomic_write_json(done, meta)      # the run's completion mark: written last, whole or not at all
     if ck.is_file():
         ck.unlink()
     return meta
@@ -671,21 +679,26 @@ def report(ctx, P, names, metas, corpus, user_corpus, tl, summ, pdf, ps, probe_n
 
 def build_parser():
     ap = X.parser(NAME, __doc__, PROFILES, seed=True)
-    ap.add_argument("--model-a", help="local HF checkpoint dir (model A, e.g. the transformer); default: train a pair")
-    ap.add_argument("--model-b", help="local HF checkpoint dir (model B, e.g. the hybrid)")
+    ap.add_argument("--model-a", help="local HF checkpoint dir (model A, e.g. the transformer); None: train a pair")
+    ap.add_argument("--model-b", help="local HF checkpoint dir (model B, e.g. the hybrid); None: train a pair")
     ap.add_argument("--corpus", action="append", help="file or directory (repeatable; prefix prose:, code: or "
-                                                      "markup: to fix the domain); default: text on this machine")
+                                                      "markup: to fix the domain); None: text on this machine")
     ap.add_argument("--probe-models", default=None, help="comma-separated zoo models (default names or dirs) for "
-                    "the synthetic probes, the first is the reference; 'train' trains them; 'none' skips")
-    ap.add_argument("--seq-len", type=int, default=None, help="evaluation window (tokens)")
-    ap.add_argument("--stride", type=int, default=None, help="evaluation stride (default seq_len / 2)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+                    "the synthetic probes, the first is the reference; 'train' trains them; 'none' skips; None: the "
+                    "profile's")
+    ap.add_argument("--seq-len", type=int, default=None, help="evaluation window (tokens; None: the profile's)")
+    ap.add_argument("--stride", type=int, default=None, help="evaluation stride (None: seq_len / 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: the profile's)")
     return ap
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    ctx = X.setup(a, NAME, PROFILES, argv)
+    with X.setup(a, NAME, PROFILES, argv) as ctx:      # holds the runs and figures directories' writer locks
+        return experiment(ctx, a)
+
+
+def experiment(ctx, a) -> int:
     P = ctx.P
     if not ctx.progress:
         from transformers.utils import logging as hf_logging
@@ -735,7 +748,7 @@ def main(argv=None) -> int:
         X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, P={k: v for k, v in P.items() if k not in (
             "time_budget", "threads", "pair_workers", "probe_n", "probe_models", "probe_grid", "probe_train",
             "eval_batch")},
-            corpus=[[d.domain, d.doc_id, hashlib.sha1(d.text.encode()).hexdigest()[:10]] for d in docs]))
+            corpus=[[d.domain, d.doc_id, hashlib.sha1(d.text.encode()).hexdigest()[:10]] for d in docs]), kind=NAME)
         tok = train_tokenizer(train_docs, P["vocab"], ctx.runs / "tokenizer")
         cfgs = pair_configs(len(tok), P["model"], max(P["seq_len"], seq_len))
         stream, val_stream = token_stream(train_docs, tok), token_stream(val_docs, tok)
@@ -770,7 +783,7 @@ def main(argv=None) -> int:
     names = list(models)
     corpus = pd.concat([TL.corpus_table(train_docs, "train"), TL.corpus_table(val_docs, "val"),
                         TL.corpus_table(eval_docs, "eval")], ignore_index=True)
-    corpus.to_csv(ctx.out / "corpus.csv", index=False)
+    X.save_table(corpus, ctx.out / "corpus.csv")
     if ctx.out_of_time(reserve_s=150):
         print("not enough of this call's time budget left to score the evaluation text; run the same command again "
               "to continue", file=sys.stderr)
@@ -780,12 +793,13 @@ def main(argv=None) -> int:
                                   "_vs_".join(names) + "_" + checkpoint_fingerprint(a.model_a, a.model_b))
     tl = TL.compare(models, tok, eval_docs, seq_len=seq_len, stride=a.stride, batch_size=P["eval_batch"], out=units,
                     progress=ctx.progress)
-    tl.to_parquet(ctx.out / "tokens.parquet", index=False)
+    X.save_table(tl, ctx.out / "tokens.parquet")
     summ = tl.stratify()
-    summ.to_csv(ctx.out / "summary.csv", index=False)
-    tl.plot(ctx.out / "token_loss.png", summary=summ,
-            title=f"loss({names[0]}) - loss({names[1]}) per token (> 0: {names[1]} better), 95% bootstrap CI")
-    tl.plot(ctx.out / "token_loss_excess.png", summary=summ, value="excess")
+    X.save_table(summ, ctx.out / "summary.csv")
+    X.save_with(ctx.out / "token_loss.png", lambda f: tl.plot(
+        f, summary=summ, title=f"loss({names[0]}) - loss({names[1]}) per token (> 0: {names[1]} better), 95% "
+                               "bootstrap CI"))
+    X.save_with(ctx.out / "token_loss_excess.png", lambda f: tl.plot(f, summary=summ, value="excess"))
     del models
     # synthetic probes
     from interp.tasks.vocab import BOXES, CLOSE, COLORS
@@ -816,9 +830,9 @@ def main(argv=None) -> int:
                        "unseen format, not the published comparison (the full profile trains models on the probe "
                        "tasks)." if untrained else ""))
         pdf = run_probes(pm, ctx, P, sources)
-        pdf.to_parquet(ctx.out / "probes.parquet", index=False)
+        X.save_table(pdf, ctx.out / "probes.parquet")
         ps = TL.paired_summary(pdf, ref=ref)
-        ps.to_csv(ctx.out / "probes_summary.csv", index=False)
+        X.save_table(ps, ctx.out / "probes_summary.csv")
         plot_probes(pdf, ctx.out / "probes.png", chance)
     report(ctx, P, names, metas, corpus, bool(a.corpus), tl, summ, pdf, ps, note, sweep, chance, chance_acc, trained)
     print(f"wrote {ctx.out}/report.md")

@@ -19,8 +19,9 @@ and of the forward pass, per sequence length, one arm at a time on an otherwise 
     python experiments/e4_fusion.py --quick        # CPU, tiny models, a few minutes
     python experiments/e4_fusion.py --device cuda  # GPU; 7-minute calls, call again to continue
 
-Writes ``<out>/``: accuracy.png, loss.png, throughput.png, training.png, results.csv (per knob
-value), examples.parquet (per example), throughput.csv, lr_sweep.csv and report.md.
+Writes ``<out>/`` (default figures/e4_fusion; figures/e4_fusion_quick for --quick): accuracy.png, loss.png,
+throughput.png, training.png, results.csv (per knob value), examples.parquet (per example), throughput.csv,
+lr_sweep.csv and report.md.
 """
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ def throughput(A: dict, ctx: X.Ctx, P: dict) -> pd.DataFrame:
 def write_throughput(A: dict, ctx: X.Ctx, P: dict) -> pd.DataFrame:
     """`throughput` for the arms ``A``, written to ``<out>/throughput.csv`` and ``throughput.png``."""
     thr = throughput(A, ctx, P)
-    thr.to_csv(ctx.out / "throughput.csv", index=False)
+    X.save_table(thr, ctx.out / "throughput.csv")
     plot_throughput(thr, ctx.out / "throughput.png")
     return thr
 
@@ -419,7 +420,7 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
 
 def build_parser():
     ap = X.parser(NAME, __doc__, PROFILES, seed=True, workers=True)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: the profile's)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="measure the throughput table on --device for every arm (no training, no checkpoints "
                          "needed), write throughput.csv / .png and stop")
@@ -428,7 +429,11 @@ def build_parser():
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    ctx = X.setup(a, NAME, PROFILES, argv)
+    with X.setup(a, NAME, PROFILES, argv) as ctx:      # holds the runs and figures directories' writer locks
+        return experiment(ctx, a)
+
+
+def experiment(ctx, a):
     P = ctx.P
     threads = a.threads or P.get("threads")
     if threads:
@@ -439,20 +444,20 @@ def main(argv=None) -> int:
         print(f"wrote {ctx.out}/throughput.csv")
         return 0
     X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
-        "steps", "batch_size", "lrs", "warmup", "val_n", "eval_n", "grid")}))
+        "steps", "batch_size", "lrs", "warmup", "val_n", "eval_n", "grid")}), kind=NAME)
     runs = X.make_runs(ctx.runs, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                        eval_every=max(1, P["steps"] // 6), eval_n=128, save_every=max(50, P["steps"] // 10),
                        device=ctx.device, scan_backend="reference", seed=ctx.seed)
     status, val, best = X.train_then_validate(runs, validate, ctx)
     if best is None:
         return X.unevaluated_exit(ctx, status)
-    status.merge(val, on=["arm", "lr"], how="left").to_csv(ctx.out / "lr_sweep.csv", index=False)
+    X.save_table(status.merge(val, on=["arm", "lr"], how="left"), ctx.out / "lr_sweep.csv")
     by_name = {r.name: r for r in runs}
     ex = test_eval(best, by_name, ctx, P)
-    ex.to_parquet(ctx.out / "examples.parquet", index=False)
+    X.save_table(ex, ctx.out / "examples.parquet")
     res = ex.groupby(["arm", "task", "knob", "value"], sort=False).agg(
         accuracy=("correct", "mean"), loss=("loss", "mean"), n=("example", "size")).reset_index()
-    res.to_csv(ctx.out / "results.csv", index=False)
+    X.save_table(res, ctx.out / "results.csv")
     plot_metric(res, "accuracy", ctx.out / "accuracy.png", "answer accuracy", (-0.02, 1.02))
     plot_metric(res, "loss", ctx.out / "loss.png", "answer loss (nats)")
     plot_training(best, by_name, ctx.out / "training.png")

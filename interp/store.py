@@ -267,7 +267,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _Lock:
+class Lock:
     """``<folder>/.lock``: created whole or not at all (a hard link of a written temp file, the
     O_EXCL of file systems with content), holding pid, host and time."""
 
@@ -380,7 +380,7 @@ class Store:
 
     def open(self) -> "Store":
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = _Lock(self.path)
+        self._lock = Lock(self.path)
         self._lock.acquire()
         try:
             for f in [f for d in (self.path, self.units) if d.is_dir() for f in d.iterdir() if is_temp(f)]:

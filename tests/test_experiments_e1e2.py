@@ -80,7 +80,7 @@ def test_train_time_limit_leaves_a_resumable_checkpoint(tmp_path):
     train(cfg, progress=False)
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["steps_done"] == 1
-    assert torch.load(tmp_path / "r" / "checkpoint" / "trainer.pt", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "r" / "checkpoint" / "trainer.pt", weights_only=True)["step"] == 1
     cfg.time_limit = 0.0
     train(cfg, progress=False)
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())

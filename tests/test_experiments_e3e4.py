@@ -281,10 +281,9 @@ def test_e4_throughput_only_and_rows_from_another_device(tmp_path):
     thr = pd.read_csv(figs / "throughput.csv")
     assert set(thr.arm) == set(E4.PROFILES["test"]["arms"]) and (thr.tokens_per_s > 0).all()
     assert not (tmp_path / "runs" / "runs").exists()                     # nothing trained
-    cache = tmp_path / "runs" / "throughput.csv"
-    df = pd.read_csv(cache)
-    pd.concat([df, df.assign(device="NVIDIA H200 (torch 2.11.0+cu130)", tokens_per_s=df.tokens_per_s * 10)]
-              ).to_csv(cache, index=False)
+    cache = C.ResultLog(tmp_path / "runs" / "throughput.csv", ["device", "arm", "backend", "seq_len", "mode"])
+    df = cache.frame()
+    cache.add(df.assign(device="NVIDIA H200 (torch 2.11.0+cu130)", tokens_per_s=df.tokens_per_s * 10))
     assert E4.main(args) == 0
     thr = pd.read_csv(figs / "throughput.csv")
     assert thr.device.nunique() == 2 and thr.device.iloc[0].startswith("CPU")

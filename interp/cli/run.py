@@ -9,17 +9,21 @@ from interp import InterpError
 
 def add_parser(sub):
     r = sub.add_parser("run", help="run an experiment from its TOML file (experiments/<name>.toml)")
+    r.add_argument("--allow-any-script", action="store_true",
+                   help="also run a TOML file whose script is not one of the experiments the toolkit ships "
+                        "(experiments/e<N>_*.py): that file's code runs, so only for scripts you trust")
     r.add_argument("file", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
     r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick")
     r.set_defaults(func=cmd_run)
 
 
 def cmd_run(a):
-    """``interp run experiments/<name>.toml [flags]``: the experiment script's exit code."""
+    """``interp run [--allow-any-script] experiments/<name>.toml [flags]``: the experiment script's
+    exit code. Only the shipped experiments run unless ``--allow-any-script`` is given."""
     import interp
     root = Path(interp.__file__).resolve().parent.parent  # experiments/ lives next to interp/ in a checkout
     if not (root / "experiments").is_dir():
         raise InterpError(f"no experiments/ directory next to the interp package ({root}); `interp run` needs the "
                           "source checkout")
     from interp.experiment import run_toml
-    return run_toml(a.file, a.args)
+    return run_toml(a.file, a.args, allow_any_script=a.allow_any_script)

@@ -6,33 +6,36 @@ An experiment is ``experiments/<name>.py`` with ``PROFILES``, ``build_parser()``
 same flags). Every call is resumable: it stops cleanly at its ``--time-budget`` and the same command
 again continues from the checkpoints and cached results.
 
-* `interp.experiment.context`: the command line (`parser`), the run context (`setup` -> `Ctx`),
-  the time budget, devices, `git_commit`;
+* `interp.experiment.context`: the command line (`parser`), the run context (``with setup(...) as
+  ctx:``, a `Ctx` holding the writer locks of its runs and figures directories), the time budget,
+  devices, `git_commit`;
 * `interp.experiment.runs`: learning-rate sweeps of zoo models trained in worker processes
   (`make_runs`, `train_runs`, `train_then_validate`, `best_by`, `matched`);
-* `interp.experiment.results`: cached result rows (`ResultLog`) and the runs directory's
-  configuration (`check_spec`);
-* `interp.experiment.report`: ``report.md`` (`header`, `write_report`, `md_table`, `sweep_table`)
-  and figures (`pyplot`, `save_figure`);
+* `interp.experiment.results`: cached result rows (`ResultLog`, one unit file per ``add``), the runs
+  directory's configuration (`check_spec`) and the writer locks (`WriterLocks`), all written
+  atomically with `interp.store`;
+* `interp.experiment.report`: ``report.md`` (`header`, `write_report`, `md_table`, `sweep_table`),
+  figures (`pyplot`, `save_figure`) and tables (`save_table`, `save_with`), written atomically;
 * `interp.experiment.scripts` / `interp.experiment.toml`: scripts loaded by file path
-  (`load_experiment`, `script_function`) and ``interp run`` (`run_toml`).
+  (`load_experiment`, `script_function`, `shipped_scripts`) and ``interp run`` (`run_toml`: only the
+  experiments the toolkit ships, unless told otherwise).
 """
 from interp.experiment.context import (REPO, Ctx, add_common_args, add_run_args, cli, deadline_from, device_name,
                                        git_commit, out_of_time, parser, resolve_device, setup, train_devices,
                                        with_steps)
-from interp.experiment.report import (PROFILE_FLAGS, header, md_table, pyplot, runs_note, save_figure,
-                                      sweep_edge_note, sweep_table, write_report)
-from interp.experiment.results import ResultLog, check_spec
+from interp.experiment.report import (PROFILE_FLAGS, header, md_table, pyplot, runs_note, save_figure, save_table,
+                                      save_with, sweep_edge_note, sweep_table, write_report)
+from interp.experiment.results import ResultLog, WriterLocks, check_spec
 from interp.experiment.runs import (Run, attention_fraction, best_by, load_run, make_runs, matched, n_params,
                                     place, status, train_runs, train_then_validate, unevaluated_exit)
-from interp.experiment.scripts import ScriptFunction, load_experiment, script_function
+from interp.experiment.scripts import ScriptFunction, load_experiment, script_function, shipped_scripts
 from interp.experiment.toml import TOML_KEYS, check_options, run_toml, toml_argv
 
 __all__ = ["REPO", "Ctx", "add_common_args", "add_run_args", "cli", "deadline_from", "device_name", "git_commit",
            "out_of_time", "parser", "resolve_device", "setup", "train_devices", "with_steps",
-           "PROFILE_FLAGS", "header", "md_table", "pyplot", "runs_note", "save_figure", "sweep_edge_note",
-           "sweep_table", "write_report", "ResultLog", "check_spec",
+           "PROFILE_FLAGS", "header", "md_table", "pyplot", "runs_note", "save_figure", "save_table", "save_with",
+           "sweep_edge_note", "sweep_table", "write_report", "ResultLog", "WriterLocks", "check_spec",
            "Run", "attention_fraction", "best_by", "load_run", "make_runs", "matched", "n_params", "place", "status",
            "train_runs", "train_then_validate", "unevaluated_exit",
-           "ScriptFunction", "load_experiment", "script_function", "TOML_KEYS", "check_options", "run_toml",
-           "toml_argv"]
+           "ScriptFunction", "load_experiment", "script_function", "shipped_scripts", "TOML_KEYS", "check_options",
+           "run_toml", "toml_argv"]

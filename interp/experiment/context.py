@@ -1,5 +1,6 @@
 """The run context of one experiment call: the command line every experiment takes (`parser`), the
-settings it resolves to (`Ctx`, made by `setup`), the time budget (`out_of_time`), the device, and
+settings it resolves to (`Ctx`, made by `setup`; ``with setup(...) as ctx:`` holds the writer locks of
+its runs and figures directories), the time budget (`out_of_time`), the device, and
 the facts a report names (`device_name`, `git_commit`).
 
 Profiles: ``full`` (the experiment, meant for a GPU), ``quick`` (``--quick``: CPU, a few minutes)
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp import InterpError
+from interp.experiment.results import WriterLocks
 
 REPO = Path(__file__).resolve().parents[2]      # the source checkout: experiments/ and .git live here
 
@@ -32,9 +34,10 @@ def parser(name: str, doc: str | None, profiles: dict, seed: bool = False,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(ap, name, profiles)
     if seed:
-        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--seed", type=int, default=0, help="seed of the models' initialisation and data")
     if workers:
-        ap.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU; CPU: 1)")
+        ap.add_argument("--workers", type=int, default=None,
+                        help="parallel training processes (None: the profile's on a GPU, 1 on CPU)")
     return ap
 
 
@@ -43,15 +46,17 @@ def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> N
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="CPU profile: tiny models, a few minutes")
     g.add_argument("--tiny", action="store_true", help="test-suite profile: seconds, numbers meaningless")
-    g.add_argument("--profile", choices=list(profiles), default=None, help="full (default) | quick | test")
+    g.add_argument("--profile", choices=list(profiles), default=None,
+                   help="full | quick | test (None: full, or quick / test with --quick / --tiny)")
     ap.add_argument("--out", "--figures", dest="out", default=None,
-                    help=f"figures, tables and report.md (default figures/{name}, or figures/{name}_<profile> "
-                         "for --tiny)")
-    ap.add_argument("--runs", default=None, help=f"checkpoints and resumable intermediate results "
-                                                 f"(default runs/{name}[_<profile>])")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+                    help=f"figures, tables and report.md (None: figures/{name} for the full profile, "
+                         f"figures/{name}_quick for --quick, figures/{name}_test for --tiny; with --steps N a "
+                         "_steps<N> suffix)")
+    ap.add_argument("--runs", default=None, help=f"checkpoints and resumable intermediate results (None: "
+                                                 f"runs/{name}[_<profile>][_steps<N>])")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     ap.add_argument("--time-budget", type=float, default=None,
-                    help="minutes for this call, evaluation included (0 = none; default: the profile's); stops "
+                    help="minutes for this call, evaluation included (0 = none; None: the profile's); stops "
                          "cleanly, calling again continues")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_run_args(ap)
@@ -63,12 +68,12 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                     help="train (or continue) the runs and stop, without evaluating; exit 0 once all are finished, "
                          "3 while some are not")
     ap.add_argument("--train-devices", default=None,
-                    help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (default: "
+                    help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (None: "
                          "--device); evaluation runs on --device")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps instead of the profile's (a longer budget; the induction warm-up of "
-                         "attention arms scales with it: min(2000, steps/4)); the default --runs directory gets a "
-                         "_steps<N> suffix")
+                         "attention arms scales with it: min(2000, steps/4); None: the profile's); the default "
+                         "--runs and --out directories get a _steps<N> suffix")
 
 
 def cli(main):
@@ -101,6 +106,20 @@ class Ctx:
     train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
     train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
 
+    def __enter__(self) -> "Ctx":
+        """Take the writer locks of the runs and figures directories for this call (a second call
+        into either is refused while it runs); released on leaving the ``with`` block."""
+        self._locks = WriterLocks(self.runs, self.out).acquire()
+        return self
+
+    def __exit__(self, *exc):
+        locks = self.__dict__.pop("_locks", None)
+        if locks is not None:
+            locks.release()
+
+    def __getstate__(self):     # a copy sent to a worker process holds no locks
+        return {k: v for k, v in self.__dict__.items() if k != "_locks"}
+
     @property
     def command(self) -> str:
         return " ".join(["python", f"experiments/{self.name}.py", *map(shlex.quote, self.argv)])
@@ -111,7 +130,12 @@ class Ctx:
 
 def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     """The `Ctx` of the parsed flags ``a``; makes the figures and runs directories. ``argv``: the
-    flags as given (default ``sys.argv[1:]``), for the report's command line."""
+    flags as given (default ``sys.argv[1:]``), for the report's command line. Use it as ``with
+    setup(...) as ctx:`` so that the call holds its directories' writer locks.
+
+    Default directories: ``figures/<name>`` and ``runs/<name>`` for the full profile (the committed
+    gallery); ``--quick`` / ``--tiny`` and ``--steps N`` add ``_quick`` / ``_test`` and ``_steps<N>``,
+    so a smoke run never overwrites the committed figures."""
     started = time.time()
     profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
     if profile not in profiles:
@@ -122,7 +146,7 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     workers = getattr(a, "workers", None)
     if workers is not None and workers < 1:
         raise InterpError(f"--workers {workers} is out of range; valid: integers >= 1")
-    out = Path(a.out or (f"figures/{name}" if profile != "test" else f"figures/{name}{suffix}"))
+    out = Path(a.out or f"figures/{name}{runs_suffix}")
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(a.runs or f"runs/{name}{runs_suffix}")
     runs.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,19 @@
-"""An experiment's report and figures: the markdown header (command, profile, device, date, git
-commit), markdown tables, the learning-rate sweep's table and notes, ``report.md`` itself, and
-figures saved with matplotlib's Agg backend.
+"""An experiment's report and outputs: the markdown header (command, profile, device, date, git
+commit), markdown tables, the learning-rate sweep's table and notes, ``report.md`` itself, figures
+saved with matplotlib's Agg backend, and tables. Every output file is written with `interp.store`'s
+atomic writes (`write_report`, `save_figure`, `save_table`, `save_with`): a call killed while writing
+leaves the previous file or the new one, never a part.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from interp.experiment.context import Ctx, device_name, git_commit
+from interp.store import atomic_save, atomic_write_bytes, atomic_write_text
 
 PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
 
@@ -34,9 +38,7 @@ def write_report(ctx: Ctx, title: str, body: list[str], verdicts: list[str] | No
         lines += ["", f"_Profile `{ctx.profile}` uses tiny models trained briefly on CPU: it checks the pipeline end "
                       "to end; its numbers say little about the architectures. The full profile (GPU) is the "
                       "experiment._"]
-    path = ctx.out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(ctx.out / "report.md", "\n".join(lines) + "\n")
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> list[str]:
@@ -91,11 +93,36 @@ def pyplot():
 
 
 def save_figure(fig, path, dpi: int = 120) -> Path:
-    """tight_layout, save (PNG), close; returns the path."""
+    """tight_layout, save (atomically, in the format of ``path``'s extension, PNG by default), close;
+    returns the path."""
     import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"))
+    finally:
+        plt.close(fig)
     return path
+
+
+# --- tables and other outputs -------------------------------------------------------------------
+
+def save_table(df: pd.DataFrame, path) -> Path:
+    """``df`` without its index as ``path`` (.csv or .parquet, as pandas writes them), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        return atomic_save(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_save(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def save_with(path, write) -> Path:
+    """An output that a library writes itself (e.g. ``ProbeResult.plot(path)``) written atomically:
+    ``write(p)`` writes a file of ``path``'s name in a private temporary folder, which then replaces
+    ``path`` with `interp.store`'s atomic write."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="interp-out-") as d:
+        tmp = Path(d) / path.name
+        write(tmp)
+        return atomic_write_bytes(path, tmp.read_bytes())

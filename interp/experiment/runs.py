@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -22,9 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from interp.experiment.context import Ctx
+from interp.store import atomic_write_json, read_json
 from interp.tasks import VOCAB
 from interp.train import TrainConfig, default_induction_steps, train
-from interp.zoo import HybridLM, ZooConfig, load_model, match_params
+from interp.zoo import HybridLM, ZooConfig, load_model, load_trainer_state, match_params
 
 
 # --- model specs --------------------------------------------------------------------------------
@@ -79,14 +79,13 @@ def make_runs(root, arms: dict, lrs, priority=None, **train_kw) -> list[Run]:
 
 def status(run: Run) -> dict:
     meta = run.out / "meta.json"
-    done = json.loads(meta.read_text())["steps_done"] if meta.is_file() else 0
-    if not meta.is_file() and (run.out / "checkpoint" / "trainer.pt").is_file():
-        import torch
-        done = torch.load(run.out / "checkpoint" / "trainer.pt", map_location="cpu", weights_only=False)["step"]
+    done = read_json(meta)["steps_done"] if meta.is_file() else 0
+    if not meta.is_file() and (run.out / "checkpoint" / "trainer.pt").is_file():   # read as data: no code runs
+        done = load_trainer_state(run.out / "checkpoint" / "trainer.pt")["step"]
     peak = run.out / "gpu_peak.json"
     return {"run": run.name, "arm": run.arm, "lr": run.lr, "steps_done": done, "steps": run.cfg.steps,
             "complete": done >= run.cfg.steps,
-            "gpu_peak_gb": round(json.loads(peak.read_text())["peak_gb"], 2) if peak.is_file() else None}
+            "gpu_peak_gb": round(read_json(peak)["peak_gb"], 2) if peak.is_file() else None}
 
 
 def load_run(run: Run, device="cpu"):
@@ -124,8 +123,8 @@ def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
             return f"failed: {type(e).__name__}: {e}"
         finally:
             if torch.cuda.is_available() and str(cfg.device) != "cpu":
-                (Path(cfg.out) / "gpu_peak.json").write_text(json.dumps(
-                    {"peak_gb": torch.cuda.max_memory_allocated(cfg.device) / 1e9, "device": str(cfg.device)}))
+                atomic_write_json(Path(cfg.out) / "gpu_peak.json", {
+                    "peak_gb": torch.cuda.max_memory_allocated(cfg.device) / 1e9, "device": str(cfg.device)})
     return "ran"
 
 

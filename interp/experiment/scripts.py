@@ -1,5 +1,6 @@
-"""Experiment scripts by file path: import one (`load_experiment`), and name one of its functions so
-that a spawned worker process can call it (`script_function`). The scripts under ``experiments/``
+"""Experiment scripts by file path: the ones the toolkit ships (`shipped_scripts`), import one
+(`load_experiment`), and name one of its functions so that a spawned worker process can call it
+(`script_function`). The scripts under ``experiments/``
 are not an installed package, so nothing imports them by module name; a worker loads the script
 from its file instead.
 
@@ -14,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interp import InterpError
+from interp.experiment.context import REPO
+
+
+def shipped_scripts() -> list[Path]:
+    """The experiments the toolkit ships: ``experiments/e<N>_*.py`` of the source checkout (resolved
+    paths)."""
+    return sorted(p.resolve() for p in (REPO / "experiments").glob("e[0-9]*.py"))
 
 
 def load_experiment(path):

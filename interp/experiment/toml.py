@@ -1,13 +1,17 @@
 """``interp run <file>.toml``: read an experiment file (``script``, ``[options]``, ``description``),
-check its options against the script's own parser, and call the script's ``main(argv)`` with the
-options as flags (`run_toml`). The script is loaded from its file (`load_experiment`).
+check that its script is one of the experiments the toolkit ships (`shipped_scripts`; any other
+script only with ``allow_any_script``), check its options against the script's own parser, and call
+the script's ``main(argv)`` with the options as flags (`run_toml`). The script is loaded from its
+file (`load_experiment`).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 from interp import InterpError
-from interp.experiment.scripts import load_experiment
+from interp.experiment.scripts import load_experiment, shipped_scripts
 
 TOML_KEYS = ("script", "options", "description")
 
@@ -33,8 +37,8 @@ def toml_argv(options: dict) -> list[str]:
 
 def check_options(mod, toml_path, script: str, options: dict, argv: list[str]) -> None:
     """Every key of the TOML's ``[options]`` must name a flag of the script's parser
-    (``mod.build_parser()``), and ``argv`` must parse; else `InterpError` naming the valid keys
-    (``--help`` prints the help and exits)."""
+    (``mod.build_parser()``), and ``argv`` must parse; else `InterpError` with the parser's message
+    and the valid keys (``--help`` prints the help and exits)."""
     if not callable(getattr(mod, "build_parser", None)):
         raise InterpError(f"script '{script}' defines no build_parser() function; an experiment script run from a "
                           "TOML file must (its [options] are checked against that parser)")
@@ -45,11 +49,15 @@ def check_options(mod, toml_path, script: str, options: dict, argv: list[str]) -
     if bad:
         raise InterpError(f"unknown option '{bad[0]}' in [options] of '{toml_path}'; valid options for {script}: "
                           f"{', '.join(keys)}")
-
-    def error(message):
-        raise InterpError(f"{script} (run from '{toml_path}'): {message}; valid options: {', '.join(keys)}")
-    ap.error = error            # this parser only: a bad value or an unknown extra flag raises instead of exiting
-    ap.parse_args(argv)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):    # argparse prints its usage and message there, then exits 2
+            ap.parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None):                   # --help
+            raise
+        message = " ".join(err.getvalue().rpartition(": error: ")[2].split()) or "invalid options"
+        raise InterpError(f"{script} (run from '{toml_path}'): {message}; valid options: {', '.join(keys)}") from None
 
 
 def _read(toml_path) -> tuple[Path, dict]:
@@ -74,19 +82,33 @@ def _read(toml_path) -> tuple[Path, dict]:
     return p, spec
 
 
-def run_toml(toml_path, extra=()) -> int:
-    """Read ``toml_path`` (``script = "<name>.py"``, optional ``[options]`` and ``description``),
-    resolve the script next to the TOML file, and call its ``main(argv)`` with the options as flags
-    followed by ``extra``. Returns what main returns (0 = success, 3 = unfinished: call again).
-    A missing file, an unknown key, an option the script does not take or a bad value raises
-    `InterpError`."""
-    p, spec = _read(toml_path)
-    script, options = spec["script"], spec.get("options", {})
+def _script(p: Path, script: str, toml_path, allow_any_script: bool) -> Path:
+    """The script a TOML file names, next to it (or as given); unless ``allow_any_script``, only one
+    of the experiments the toolkit ships (after resolving links)."""
     found = next((c for c in (p.parent / script, Path(script)) if c.is_file() and c.suffix == ".py"), None)
     if found is None:
         have = sorted(x.name for x in p.parent.glob("*.py") if not x.name.startswith("_"))
         raise InterpError(f"script '{script}' named in '{toml_path}' not found next to it; valid scripts: "
                           f"{', '.join(have) or 'none'}")
+    shipped = shipped_scripts()
+    if not allow_any_script and found.resolve() not in shipped:
+        raise InterpError(f"script '{script}' named in '{toml_path}' is {found.resolve()}, not one of the experiments "
+                          f"the toolkit ships (experiments/{', '.join(x.name for x in shipped)}); `interp run` runs "
+                          "only those: pass --allow-any-script to run this file's code anyway")
+    return found
+
+
+def run_toml(toml_path, extra=(), allow_any_script: bool = False) -> int:
+    """Read ``toml_path`` (``script = "<name>.py"``, optional ``[options]`` and ``description``),
+    resolve the script next to the TOML file, and call its ``main(argv)`` with the options as flags
+    followed by ``extra``. Returns what main returns (0 = success, 3 = unfinished: call again).
+    A missing file, an unknown key, a script that is not one of the shipped experiments (unless
+    ``allow_any_script``), an option the script does not take or a bad value raises `InterpError`;
+    nothing of the script runs before its file and options are checked (its module is imported
+    only once the file is known to be a shipped experiment, ``main`` only once the options parse)."""
+    p, spec = _read(toml_path)
+    script, options = spec["script"], spec.get("options", {})
+    found = _script(p, script, toml_path, allow_any_script)
     argv = toml_argv(options) + list(extra)
     mod = load_experiment(found)
     try:

@@ -1,5 +1,6 @@
 """The zoo: small controlled hybrids (attention + GDN / GLA / Mamba2) with one code path on CPU
 (pure-torch reference scans) and CUDA (fla kernels)."""
+from interp.zoo.checkpoint import load_trainer_state
 from interp.zoo.config import ZooConfig
 from interp.zoo.io import load_config, load_model, save_model
 from interp.zoo.layouts import preset_names, resolve_layout, valid_kinds
@@ -18,4 +19,4 @@ def match_params(cfg: ZooConfig, target: int) -> ZooConfig:
 
 
 __all__ = ["ZooConfig", "HybridLM", "Block", "ParallelMixer", "save_model", "load_model", "load_config",
-           "resolve_layout", "preset_names", "valid_kinds", "match_params"]
+           "resolve_layout", "preset_names", "valid_kinds", "match_params", "load_trainer_state"]
