@@ -187,14 +187,14 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None):
 
 def load_trainer_state(ck) -> dict:
     """The trainer state of checkpoint folder ``ck`` (``trainer.pt``: optimizer state, step,
-    induction_done_at, torch_rng), unpickled with ``weights_only=True``: a crafted file cannot run
-    code, it is refused (InterpError) as is a damaged one."""
+    induction_done_at, torch_rng), read by `interp.zoo.load_trainer_state` (``weights_only=True``): a
+    crafted file cannot run code, it is refused (InterpError) as is a damaged one."""
+    from interp.zoo import load_trainer_state as read_state
     f = Path(ck) / "trainer.pt"
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ...
-        raise InterpError(f"checkpoint {f} is damaged or holds more than tensors and plain values "
-                          f"({type(e).__name__}); "
+        return read_state(f)
+    except InterpError as e:
+        raise InterpError(f"checkpoint {f} is damaged or holds more than tensors and plain values ({e}); "
                           "valid: a trainer.pt written by interp.train (train again with --no-resume or a new "
                           "--out)") from None
 
