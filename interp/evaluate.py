@@ -20,6 +20,11 @@ class SweepResult(pd.DataFrame):
     def _constructor(self):
         return SweepResult
 
+    def pivot(self) -> pd.DataFrame:
+        """Accuracy as a wide table: one row per (task, knob, value), one column per model."""
+        return self.pivot_table(index=["task", "knob", "value"], columns="model", values="accuracy",
+                                sort=False).reindex(columns=list(dict.fromkeys(self["model"])))
+
     def plot(self, path=None, title=None):  # noqa: D102 - documented on the class
         import matplotlib
         if path is not None:
@@ -46,7 +51,8 @@ class SweepResult(pd.DataFrame):
         fig.tight_layout()
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110)
+            from interp.store import atomic_save
+            atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:] or "png"))
             plt.close(fig)
         return fig
 

@@ -15,7 +15,7 @@ def add_parser(sub):
     add_n(e, 200, help="examples per difficulty point")
     add_seed(e, 123)
     add_device(e)
-    e.add_argument("--out", help="also write the table to this CSV file")
+    e.add_argument("--out", help="also write the table to this CSV file, and its figure next to it (.png)")
     e.set_defaults(func=cmd_eval)
 
 
@@ -30,8 +30,11 @@ def cmd_eval(a):
     models = {m: load_any(m, a.device) for m in a.model}
     knobs = {t: a.knob for t in a.task} if a.knob else None
     res = sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)
-    print(res.to_string(index=False))
+    print(res.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
+    print(f"(answer accuracy; {a.n} examples per point, seed {a.seed}; one trained model per column)")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         save_csv(a.out, res, index=False)
-        print(f"wrote {a.out}")
+        png = Path(a.out).with_suffix(".png")
+        res.plot(png)
+        print(f"wrote {a.out}, {png}")
