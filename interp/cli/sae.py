@@ -1,0 +1,101 @@
+"""`interp sae train|eval`: TopK sparse dictionaries (eai-sparsify) on a residual stream, readout,
+per-head recurrent state or factored write of one block (interp.sae); training resumes in --out,
+evaluation writes a tidy table, a figure and a summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from interp import InterpError
+from interp.cli.options import add_device, add_knob, add_model, add_seed, kv, load_any
+
+
+def _site_args(p):
+    p.add_argument("--site", required=True, help="blocks.<i>.resid_post|resid_pre|resid_mid|mixer_out|mlp_out|"
+                   "rec.readout|rec.state|rec.write|rec.write_kd, e.g. blocks.0.rec.state")
+    p.add_argument("--head", type=int, default=None, help="one head of a rec.* site (default: all heads)")
+    p.add_argument("--task", default="mqar")
+    add_knob(p)
+
+
+def add_parser(sub):
+    pa = sub.add_parser("sae", help="train / evaluate TopK sparse autoencoders on states, writes, readouts, "
+                        "residual streams")
+    s2 = pa.add_subparsers(dest="sae_cmd", required=True)
+    tr = s2.add_parser("train", help="train one dictionary (resumable in --out)")
+    add_model(tr)
+    _site_args(tr)
+    tr.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
+    tr.add_argument("--features", type=int, default=4096, help="dictionary size")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=32, help="task examples per step (all their tokens)")
+    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14)")
+    tr.add_argument("--auxk-alpha", type=float, default=1 / 32)
+    tr.add_argument("--dead-tokens", type=int, default=50_000, help="a latent silent this many rows counts as dead")
+    tr.add_argument("--save-every", type=int, default=100)
+    tr.add_argument("--capture", default=None, help="train on an `interp capture` folder instead of streaming")
+    add_seed(tr)
+    add_device(tr)
+    tr.add_argument("--out", default=None, help="default runs/sae/<model>_<site>_k<k>_f<features>")
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(func=cmd_train)
+    ev = s2.add_parser("eval", help="FVU, dead/dense, spliced-in accuracy/KL, ground-truth AUROC, interchange")
+    ev.add_argument("--coder", required=True, help="a trained run (--out of train) or its coder/ folder")
+    add_model(ev)
+    _site_args(ev)
+    ev.add_argument("--n", type=int, default=256, help="held-out examples")
+    ev.add_argument("--n-pairs", type=int, default=256)
+    ev.add_argument("--target", default="bound_value", help="task label, e.g. bound_value, var_value[0]; none: skip")
+    ev.add_argument("--where", default="answer", help="answer (answer positions) or all (every labelled token)")
+    ev.add_argument("--offset", type=int, default=0, help="read the site this many tokens after each point")
+    ev.add_argument("--n-align", type=int, default=1, help="aligned latents per value swapped in interchange")
+    ev.add_argument("--no-probe", action="store_true", help="skip the latents-needed probes")
+    ev.add_argument("--eval-seed", type=int, default=None, help="held-out data seed (default interp.sae.run.EVAL_SEED)")
+    add_device(ev)
+    ev.add_argument("--out", default=None, help="default: <coder run>/eval")
+    ev.set_defaults(func=cmd_eval)
+
+
+def _site(a):
+    from interp.sae import SaeSite
+    return SaeSite(a.site, a.head)
+
+
+def cmd_train(a):
+    from interp.sae import CaptureSource, ModelSource, train
+    from interp.sae.data import family_of, wrap
+    site = _site(a)
+    model = load_any(a.model, device=a.device)
+    if a.capture:
+        src = CaptureSource(a.capture, site, batch_rows=a.batch_size * 32, seed=a.seed,
+                            family=family_of(wrap(model), site.layer))
+    else:
+        src = ModelSource(model, site, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
+    out = a.out or f"runs/sae/{Path(a.model).name}_{site.label()}_k{a.k}_f{a.features}"
+    res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
+                save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
+                model_name=Path(a.model).name, overwrite=a.overwrite)
+    last = res.metrics.iloc[-1] if len(res.metrics) else None
+    if last is not None:
+        print(f"{site.label()}: step {int(last.step)}, training FVU {last.fvu:.4f}, dead {last.dead_frac:.3f}")
+    print(f"wrote {res.path} (loads with sparsify.SparseCoder.load_from_disk)")
+
+
+def cmd_eval(a):
+    from interp.sae import load, run_eval
+    from interp.sae.run import EVAL_SEED
+    p = Path(a.coder)
+    folder = p / "coder" if (p / "coder" / "cfg.json").is_file() else p
+    if not (folder / "cfg.json").is_file():
+        raise InterpError(f"{a.coder} holds no coder (no cfg.json there or in coder/); train one with interp sae train")
+    coder, meta = load(folder)
+    site = _site(a)
+    if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
+        raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
+    model = load_any(a.model, device=a.device)
+    ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
+                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
+                  target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
+                  n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
+    print(ev.summary().round(4).to_string(index=False))
+    out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
+    print("wrote " + ", ".join(str(x) for x in ev.save(out)))

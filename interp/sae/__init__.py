@@ -1,0 +1,25 @@
+"""Sparse dictionaries (TopK sparse autoencoders) on residual streams, readouts, per-head recurrent
+states and factored per-token writes: data streamed from the model's forward (or capture shards),
+the coder from eai-sparsify (`sparsify.SparseCoder`), resumable training, and evaluation (FVU,
+dead / dense latents, splicing the reconstruction into the run with the recurrence continuing,
+ground-truth AUROC per task value, interchange of aligned latents against random ones). docs/sae.md.
+
+    from interp.sae import SaeSite, ModelSource, train, run_eval
+    site = SaeSite("blocks.0.rec.state", head=0)
+    res = train(model, site, ModelSource(model, site, "mqar"), k=16, features=1024, steps=500, out="runs/sae/x")
+    ev = run_eval(model, res.coder, site, "mqar"); ev.plot("sae.png")
+"""
+from interp.sae.coder import dense_latents, fold, load, reconstruct, save
+from interp.sae.data import CaptureSource, ModelSource, site_vectors
+from interp.sae.evaluate import quality, splice
+from interp.sae.groundtruth import best_features, features_needed, groundtruth
+from interp.sae.interchange import interchange
+from interp.sae.result import SaeEval
+from interp.sae.run import run_eval
+from interp.sae.sites import SaeSite, splice_hooks, vectors
+from interp.sae.train import TrainResult, train
+from interp.sae.writes import factored, gdn_delta, outer
+
+__all__ = ["SaeSite", "ModelSource", "CaptureSource", "train", "TrainResult", "run_eval", "SaeEval", "quality",
+           "splice", "groundtruth", "best_features", "features_needed", "interchange", "splice_hooks", "vectors",
+           "site_vectors", "factored", "gdn_delta", "outer", "dense_latents", "reconstruct", "fold", "save", "load"]
