@@ -7,7 +7,7 @@ reads one example's words (padding stripped) and returns a ``Check``:
               cot: every ``is``, then the final answer),
   labels      {name: per-token list}, the state after each token,
   facts       positions whose word is the fact a clean/corrupted pair may change.
-Only state_recall needs a knob the words cannot show (``modulus``).
+Only state_recall and parity need a knob the words cannot show (``modulus``).
 """
 import itertools
 import re
@@ -247,6 +247,19 @@ def check_word_problems(words):
     labels = [row + [-1] * (n - len(row)) for row in labels]
     return Check([(len(words) - 2, str(total))], {"count": labels, "distractor": dis}, facts)
 
+
+def check_parity(words, modulus):
+    sep = words.index("<sep>")
+    assert words[0] == "<bos>" and sep == len(words) - 2
+    count, running = 0, [-1]
+    for w in words[1:sep]:
+        assert w in ("0", "1"), w
+        count = (count + int(w)) % modulus
+        running.append(count)
+    running += [count, count]
+    return Check([(sep, str(count))], {"running_count": running}, list(range(1, sep)))
+
+
 def check(task, words, modulus=None):
     fn = globals()[f"check_{task}"]
-    return fn(words, modulus) if task == "state_recall" else fn(words)
+    return fn(words, modulus) if task in ("state_recall", "parity") else fn(words)

@@ -17,6 +17,7 @@ EXTRA = {
     "state_recall": [{"cot": True}, {"cot": True, "complexity": "swap", "n_vars": 5, "modulus": 3},
                      {"n_vars": 1, "complexity": "swap"}, {"n_steps": 0}, {"complexity": "arith", "modulus": 64}],
     "permutation": [{"group": "S5", "n_steps": 32}, {"n_steps": 1}],
+    "parity": [{"modulus": 3, "n_bits": 40}, {"n_bits": 1}, {"modulus": 5, "n_bits": 300}, {"modulus": 64}],
     "entity_tracking": [{"n_boxes": 2}, {"n_objects": 16, "n_boxes": 16, "n_moves": 0}],
     "pronoun": [{"n_entities": 16, "n_distractors": 3}, {"n_entities": 1}],
     "brackets": [{"depth": 1, "length": 9}, {"depth": 24, "length": 24, "k": 4}, {"length": 1, "depth": 1}],
@@ -101,6 +102,9 @@ def test_knobs_shape_the_examples(task, knobs):
         assert words & {"=", "+=", "swap"} <= allowed[k["complexity"]]
     elif task == "permutation":
         assert L == k["n_steps"] + 3 and all(w.startswith("p" + k["group"][1]) for w in b.words(0)[1:-2])
+    elif task == "parity":
+        assert L == k["n_bits"] + 3 and set(b.tokens[:, 1:-2].unique().tolist()) <= set(T.VOCAB.encode(["0", "1"]))
+        assert b.labels["running_count"].max() < k["modulus"] and (b.answer_pos[:, 0] == L - 2).all()
     elif task == "entity_tracking":
         assert b.labels["box_of"].shape == (N, L, k["n_objects"])
         assert L == 1 + 4 * (k["n_objects"] + k["n_moves"]) + 4
@@ -236,6 +240,9 @@ def test_vocab():
     (lambda: T.generate("state_recall", 2, modulus=65), "modulus=65 is out of range; valid: integers 2..64"),
     (lambda: T.generate("permutation", 2, group="S4"), "group='S4' is not valid; valid: S3, S5"),
     (lambda: T.generate("permutation", 2, n_steps=0), "n_steps=0 is out of range; valid: integers 1..256"),
+    (lambda: T.generate("parity", 2, n_bits=0), "n_bits=0 is out of range; valid: integers 1..4096"),
+    (lambda: T.generate("parity", 2, modulus=1), "modulus=1 is out of range; valid: integers 2..64"),
+    (lambda: T.make_pairs("parity", 2, n_bit=3), "unknown knob 'n_bit' for task 'parity' (did you mean n_bits?)"),
     (lambda: T.generate("entity_tracking", 2, n_boxes=1), "n_boxes=1 is out of range; valid: integers 2..16"),
     (lambda: T.generate("entity_tracking", 2, n_objects=17), "n_objects=17 is out of range; valid: integers 1..16"),
     (lambda: T.make_pairs("entity_tracking", 20, n_boxes=2), "with moves needs n_boxes >= 3 (a changed move needs a third box), got n_boxes=2"),
