@@ -34,6 +34,12 @@ name                           shape                 what
 ``blocks.{i}.rec.pattern``     [B, H, T(P), T]       exact effective attention A[t, s] of the
                                                      recurrence: readout_t = sum_s A[t, s] v_s
                                                      (+ D v_t); cache only (hooks.effective)
+``blocks.{i}.attn.out``        [B, T, D]             parallel layers only (zoo ``-par``,
+``blocks.{i}.rec.out``                               falcon_h1): one branch's term of mixer_out,
+                                                     after its out-projection and multiplier;
+                                                     attn.out + rec.out = mixer_out (the model's
+                                                     own sum). A hook's replacement is what the
+                                                     layer sums
 =============================  ====================  ==========================================
 
 Recurrences, in these names (``a_t = exp(decay_t)``)::
@@ -75,9 +81,10 @@ import re
 RESID = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")
 ATTN = ("q", "k", "v", "pattern", "head_out")
 REC = ("q", "k", "v", "decay", "beta", "state", "readout", "pattern")
+BRANCHES = ("attn", "rec")  # parallel layers: blocks.{i}.attn.out / rec.out, each branch's term of mixer_out
 
 HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}.attn.{s}" for s in ATTN]
-              + [f"blocks.{{i}}.rec.{s}" for s in REC])
+              + [f"blocks.{{i}}.rec.{s}" for s in REC] + [f"blocks.{{i}}.{b}.out" for b in BRANCHES])
 
 _NAME = re.compile(r"blocks\.(\d+)\.(?:(attn|rec)\.)?(\w+)")
 
@@ -122,7 +129,8 @@ def parse(name: str):
 
 def valid_names(layers) -> list[str]:
     """Concrete names for a model given its LayerInfo list (see hooks.adapters.base). A recurrent
-    layer has the rec.* names of the scan inputs its family has (GLA: no beta)."""
+    layer has the rec.* names of the scan inputs its family has (GLA: no beta); a parallel layer (one
+    whose LayerInfo names ``branches``) has ``attn.out`` and ``rec.out``."""
     from hooks.recurrence import get_family  # imported here: `hooks.names` alone stays free of torch
     out = ["embed"]
     for L in layers:
@@ -132,6 +140,7 @@ def valid_names(layers) -> list[str]:
         if L.rec is not None:
             has = get_family(L.rec_family).inputs
             out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has or s in ("state", "readout", "pattern")]
+        out += [f"blocks.{L.index}.{b}.out" for b in BRANCHES if b in getattr(L, "branches", {})]
     return out
 
 
@@ -153,6 +162,9 @@ def check(names, valid: list[str]) -> list[str]:
                     why = f" (layer {p[0]} out of range 0..{n_layers - 1})"
                 elif p[1] in ("rec", "attn") and not any(v.startswith(f"blocks.{p[0]}.{p[1]}.") for v in vs):
                     why = f" (layer {p[0]} has no {'recurrent mixer' if p[1] == 'rec' else 'attention'})"
+                elif p[1] in BRANCHES and p[2] == "out":
+                    why = (f" (layer {p[0]} is not a parallel layer: attn.out / rec.out exist only where attention "
+                           "and a recurrent mixer run side by side; its mixer's output is mixer_out)")
             raise HookNameError(f"unknown hook name '{n}'{why}{hint}; valid names: "
                                 f"{', '.join(HOOK_NAMES)} (i = layer index)")
     return list(names)
@@ -165,8 +177,9 @@ TL_ALIASES = {"hook_embed": "embed", "attn_out": "mixer_out", "hook_attn_out": "
 
 
 def sites() -> list[str]:
-    """Every site a name can end in: ``embed``, the residual sites, ``attn.*`` and ``rec.*``."""
-    return ["embed", *RESID, *(f"attn.{s}" for s in ATTN), *(f"rec.{s}" for s in REC)]
+    """Every site a name can end in: ``embed``, the residual sites, ``attn.*``, ``rec.*`` and the branch
+    outputs ``attn.out`` / ``rec.out`` of parallel layers."""
+    return ["embed", *RESID, *(f"attn.{s}" for s in ATTN), *(f"rec.{s}" for s in REC), *(f"{b}.out" for b in BRANCHES)]
 
 
 def name(site: str, layer=None):

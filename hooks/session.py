@@ -2,10 +2,10 @@
 and removes all of them when it exits (exceptions included).
 
 What it installs, per layer (`HookSession._install_layer`): plain torch forward(-pre) hooks on the modules
-the adapter names (residual stream, mixer and MLP outputs), and through the adapter the replacement of
-two core ops: the attention call (`AttentionHook`: q/k/v after RoPE, the recomputed pattern, per-head
-outputs) and the recurrent scan kernel call (`ScanHook`: scan inputs, per-token states, continuing the
-recurrence from patched states; docs/per-token-states.md).
+the adapter names (residual stream, mixer and MLP outputs, the branches of parallel layers), and through
+the adapter the replacement of two core ops: the attention call (`AttentionHook`: q/k/v after RoPE, the
+recomputed pattern, per-head outputs) and the recurrent scan kernel call (`ScanHook`: scan inputs,
+per-token states, continuing the recurrence from patched states; docs/per-token-states.md).
 """
 from __future__ import annotations
 
@@ -230,6 +230,10 @@ class HookSession:
         if has("resid_post"):
             handles.append(L.block.register_forward_hook(
                 lambda m, a, out: _replace_first(out, apply(f"{p}.resid_post", _first(out)))))
+        for kind, mod in L.branches.items():  # parallel layers: each branch's term, before the layer sums them
+            if has(f"{kind}.out"):
+                handles.append(mod.register_forward_hook(
+                    lambda m, a, out, n=f"{p}.{kind}.out": _replace_first(out, apply(n, _first(out)))))
         if has("mixer_out") or has("resid_mid"):
             def mix_hook(m, a, out):
                 y = apply(f"{p}.mixer_out", _first(out))

@@ -14,10 +14,12 @@ falcon_h1      every block runs Mamba2 and attention IN PARALLEL on the same nor
                * x)``, computed inline (no module outputs that sum). ``mixer_out`` is exactly that sum
                (multipliers included): while a ``mixer_out`` / ``resid_mid`` hook is installed the
                layer's forward is swapped for an equivalent one that routes the sum through a
-               parameterless module (`_ParallelMix`); restored when the hook is removed. ``rec`` =
-               ``mamba``, ``attn`` = ``self_attn``, ``mlp_out`` = ``feed_forward`` (its down
-               multiplier included). ``embed`` is the input of block 0, i.e. the token embedding
-               times ``embedding_multiplier`` (hooked as a pre-hook on block 0).
+               parameterless module (`_ParallelMix`); restored when the hook is removed. Its two
+               terms are ``rec.out`` and ``attn.out`` (`_MixBranch`: pre-hooks on that module, so a
+               replaced term is what it sums; the same swap). ``rec`` = ``mamba``, ``attn`` =
+               ``self_attn``, ``mlp_out`` = ``feed_forward`` (its down multiplier included). ``embed``
+               is the input of block 0, i.e. the token embedding times ``embedding_multiplier``
+               (hooked as a pre-hook on block 0).
 zamba2         ``mamba`` blocks: norm -> mixer -> residual, as mamba2. ``hybrid`` blocks: the SHARED
                transformer (tied weights, one module instance per hybrid layer) reads
                ``concat(resid_pre, embeddings)``, its attention + MLP output goes through the
@@ -294,8 +296,9 @@ class _BlockInput(nn.Module):
 
 class _ParallelMix(nn.Module):
     """falcon_h1: the sum a layer adds to the residual stream from its parallel Mamba and
-    attention branches (multipliers applied). Hooks on it swap the layer's forward for
-    `_falcon_layer_forward`, which calls this module; removing the last hook restores it."""
+    attention branches (multipliers applied). Hooks on it (or on its `_MixBranch` terms) swap the
+    layer's forward for `_falcon_layer_forward`, which calls this module; removing the last hook
+    restores it."""
 
     def __init__(self, layer):
         super().__init__()
@@ -306,8 +309,8 @@ class _ParallelMix(nn.Module):
     def forward(self, mamba_out, attn_out):
         return mamba_out + attn_out
 
-    def register_forward_hook(self, hook, *a, **kw):
-        handle = super().register_forward_hook(hook, *a, **kw)
+    def hold(self):
+        """Keep the layer's forward swapped until the returned function is called."""
         if self._n == 0:
             layer, mix = self.layer, self
 
@@ -322,7 +325,31 @@ class _ParallelMix(nn.Module):
             if self._n == 0:
                 swap, self._swap = self._swap, None
                 swap.__exit__(None, None, None)
-        return _Handles(release, handle)
+        return release
+
+    def register_forward_hook(self, hook, *a, **kw):
+        handle = super().register_forward_hook(hook, *a, **kw)
+        return _Handles(self.hold(), handle)
+
+
+class _MixBranch(nn.Module):
+    """falcon_h1: one term of `_ParallelMix`'s sum (``arg`` 0: ``ssm_out_multiplier * mamba(x)``,
+    ``rec.out``; 1: ``attn_out_multiplier * attn(...)``, ``attn.out``). A forward hook on it sees,
+    and may replace, that term before the layer sums the two."""
+
+    def __init__(self, mix, arg):
+        super().__init__()
+        object.__setattr__(self, "mix", mix)
+        self.arg = arg
+
+    def register_forward_hook(self, hook, *a, **kw):
+        def pre(mod, args):
+            r = hook(self, (), args[self.arg])
+            if r is None or _first(r) is args[self.arg]:
+                return None
+            return tuple(_first(r) if j == self.arg else x for j, x in enumerate(args))
+        handle = self.mix.register_forward_pre_hook(pre)
+        return _Handles(self.mix.hold(), handle)
 
 
 def _falcon_layer_forward(layer, mix, hidden_states, attention_mask=None, mamba_attention_mask=None,
@@ -397,8 +424,10 @@ class HFMambaAdapter(Adapter):
         return self._rec(i, blk, blk.mamba, blk.feed_forward)
 
     def _layer_falcon_h1(self, i, blk):
-        L = self._rec(i, blk, blk.mamba, blk.feed_forward, mixer_out=_ParallelMix(blk))
+        mix = _ParallelMix(blk)
+        L = self._rec(i, blk, blk.mamba, blk.feed_forward, mixer_out=mix)
         L.attn, L.attn_meta = blk.self_attn, _attn_meta(blk.self_attn)
+        L.branches = {"attn": _MixBranch(mix, 1), "rec": _MixBranch(mix, 0)}
         return L
 
     def _layer_zamba2(self, i, blk):

@@ -3,7 +3,8 @@
 Recognised structurally (hooks never imports interp): ``model.blocks[i]`` with ``.mixer`` and
 ``.mlp``; attention mixers expose ``attn_fn(q, k, v)``, recurrent mixers ``scan_fn(**kwargs)``
 with ``family`` a recurrence family of ``hooks.scan.FAMILIES`` (the zoo has gdn, gla, mamba2); parallel
-layers hold ``.attn`` and ``.rec``.
+layers hold ``.attn`` and ``.rec`` and return ``attn(x) + rec(x)``: those two modules' outputs are the
+branch names ``attn.out`` / ``rec.out`` (a forward hook's replacement enters the sum).
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ class ZooAdapter(Adapter):
             attn = m if getattr(m, "family", None) == "attn" else getattr(m, "attn", None)
             rec = m if getattr(m, "family", None) in FAMILIES else getattr(m, "rec", None)
             meta = {"scale": attn.head_dim ** -0.5, "sliding_window": None} if attn is not None else {}
+            par = attn is not None and rec is not None and attn is not m  # ParallelMixer: attn(x) + rec(x)
             out.append(LayerInfo(index=i, block=b, mixer_out=m, mlp_out=b.mlp, attn=attn, rec=rec,
-                                 rec_family=getattr(rec, "family", None), attn_meta=meta))
+                                 rec_family=getattr(rec, "family", None), attn_meta=meta,
+                                 branches={"attn": attn, "rec": rec} if par else {}))
         return out
 
     def embed(self, model):
