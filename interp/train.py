@@ -73,7 +73,7 @@ class TrainConfig:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from interp.models import check_device
+    from interp.devices import check_device
     return check_device(device, valid="auto, cpu, cuda, cuda:N")
 
 
