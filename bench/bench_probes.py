@@ -7,9 +7,10 @@
 Synthetic but residual-like features, one block per layer: X = s_l * onehot(y) A + Z B + e with
 A a random class code, Z B rank-64 correlated noise with a few large-variance directions
 (residual streams are strongly anisotropic) and e isotropic noise; the signal s_l rises with the
-layer so test accuracy spans roughly 0.4 to 0.95. 80/20 split, features standardised with train
-statistics (what `interp.probes.probe` does). Fitted: multinomial logistic regression, C=1 (same
-objective for both), tolerance 1e-4 on the gradient:
+layer so test accuracy spans roughly 0.4 to 0.95. 80/20 train/test split, features standardised
+with train statistics (`interp.probes.probe` fits the same way on its training split, 60% of the
+examples by default, and predicts its val and test points together). Fitted: multinomial logistic
+regression, C=1 (same objective for both), tolerance 1e-4 on the gradient:
 
 * sklearn: `LogisticRegression(C=1, solver="lbfgs", tol=1e-4, max_iter=1000)`, one fit per layer,
   on the host CPU (all its BLAS threads);

@@ -1,5 +1,5 @@
 """Probes: torch backend vs scikit-learn on the same data, sites (head outputs, state read-outs),
-distance / load / seeds, controls, errors, CLI."""
+distance / load / seeds, controls, errors, CLI (#19's checks: tests/test_probes_checked.py)."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,9 +122,10 @@ def test_state_recall_distance_and_write_positions():
 
 
 def test_run_seeds_sweep_distance_and_save(tmp_path):
+    opts = dict(controls=("shuffled",), causal=None)   # the other controls and the causal check: test_probes_checked
     res = probes.run({"a": model(), "t": model("transformer")}, "mqar", "bound_value",
                      sites=["resid_post", "rec.state@key"], n=48, seeds=[0, 1], sweep={"n_pairs": [2, 6]},
-                     out=tmp_path, progress=False, n_values=8)
+                     out=tmp_path, progress=False, n_values=8, **opts)
     need = {"model", "layer", "site", "target", "distance", "accuracy", "control", "selectivity", "n", "load",
             "acc_lo", "acc_hi", "majority", "surface"}
     assert need <= set(res.columns)
@@ -135,8 +136,9 @@ def test_run_seeds_sweep_distance_and_save(tmp_path):
     assert ((pooled["acc_lo"] <= pooled["accuracy"]) & (pooled["accuracy"] <= pooled["acc_hi"])).all()
     assert res["distance"].notna().any() and (res["distance"].dropna() > 0).all()
     # per-distance test counts add up to the pooled count
-    g = res[res["distance"].notna()].groupby(["model", "load", "layer", "site"])["n"].sum()
-    p = pooled.set_index(["model", "load", "layer", "site"])["n"]
+    one = res[res["control_kind"] == "shuffled"]
+    g = one[one["distance"].notna()].groupby(["model", "load", "layer", "site"])["n"].sum()
+    p = one.pooled().set_index(["model", "load", "layer", "site"])["n"]
     assert (g == p.loc[g.index]).all()
     csv, pq = res.save(tmp_path)
     assert len(pd.read_csv(csv)) == len(res) == len(pd.read_parquet(pq))
@@ -145,23 +147,23 @@ def test_run_seeds_sweep_distance_and_save(tmp_path):
         getattr(res, f)(tmp_path / f"{f}.png", **kw)
         assert (tmp_path / f"{f}.png").stat().st_size > 1000
     # resumable: a second run reads the units back instead of recomputing
-    units = sorted((tmp_path / ".units").rglob("*.parquet"))
+    units = sorted((tmp_path / "units").glob("probe*.parquet"))
     assert len(units) == 2 * 2 * 2
     stamp = [u.stat().st_mtime_ns for u in units]
     again = probes.run({"a": model(), "t": model("transformer")}, "mqar", "bound_value",
                        sites=["resid_post", "rec.state@key"], n=48, seeds=[0, 1], sweep={"n_pairs": [2, 6]},
-                       out=tmp_path, progress=False, n_values=8)
+                       out=tmp_path, progress=False, n_values=8, **opts)
     assert [u.stat().st_mtime_ns for u in units] == stamp
     pd.testing.assert_frame_equal(pd.DataFrame(again), pd.DataFrame(res))
 
 
 def test_seeds_change_data_and_ci():
     per = probes.run({"a": model()}, "state_recall", "var_value[0]", n=24, seeds=[0, 1, 2], keep_seeds=True,
-                     progress=False)
-    acc = per[per.distance.isna() & (per.layer == 3)].set_index("seed")["accuracy"]
+                     progress=False, controls=("shuffled",), causal=None)
+    acc = per[per.distance.isna() & (per.layer == 3) & (per.answered == "all")].set_index("seed")["accuracy"]
     assert acc.nunique() > 1
     agg = probes.aggregate(per)
-    row = agg[agg.distance.isna() & (agg.layer == 3)].iloc[0]
+    row = agg[agg.distance.isna() & (agg.layer == 3) & (agg.answered == "all")].iloc[0]
     half = 4.302653 * acc.std(ddof=1) / np.sqrt(3)          # t(0.975, 2)
     assert row["accuracy"] == pytest.approx(acc.mean())
     assert row["acc_hi"] - row["accuracy"] == pytest.approx(half)
@@ -186,6 +188,8 @@ def test_errors(kw, msg):
 def test_run_errors():
     m = {"a": model()}
     with pytest.raises(InterpError, match="too few examples per class"):
+        probes.run(m, "mqar", "bound_value", n=12, progress=False)
+    with pytest.raises(InterpError, match="n=2 examples is too few"):
         probes.run(m, "mqar", "bound_value", n=2, progress=False)
     with pytest.raises(InterpError, match="unknown knob 'n_pair' for task 'mqar'"):
         probes.run(m, "mqar", "bound_value", sweep={"n_pair": [2]}, progress=False)
@@ -199,15 +203,14 @@ def test_run_errors():
 
 def test_cli_probe(tmp_path, capsys):
     assert main(["probe", "--model", "gdn100", "--task", "mqar", "--target", "bound_value", "--n", "48",
-                 "--seeds", "0,1", "--sweep", "n_pairs=2,4", "--knob", "n_values=8", "--site", "resid_post", "--out", str(tmp_path),
-                 "--units", str(tmp_path / "u")]) == 0
-    assert len(list((tmp_path / "u" / ".units").rglob("*.parquet"))) == 4     # 2 seeds x 2 loads
+                 "--seeds", "0,1", "--sweep", "n_pairs=2,4", "--knob", "n_values=8", "--site", "resid_post",
+                 "--controls", "shuffled", "--causal", "none", "--out", str(tmp_path)]) == 0
+    assert len(list((tmp_path / "units").glob("probe*.parquet"))) == 4     # 2 seeds x 2 loads
     for f in ("probes.csv", "probes.parquet", "probes.png", "distance.png", "load.png"):
         assert (tmp_path / f).is_file(), f
     df = pd.read_parquet(tmp_path / "probes.parquet")
     assert set(df["model"]) == {"gdn100"} and set(df["load"]) == {2, 4}
-    assert main(["probe", "--model", "transformer", "--site", "rec.state", "--n", "8", "--out", str(tmp_path),
-                 "--units", str(tmp_path / "u")]) == 2
+    assert main(["probe", "--model", "transformer", "--site", "rec.state", "--n", "10", "--out", str(tmp_path)]) == 2
     assert "not present in" in capsys.readouterr().err
     assert main(["probe", "--model", "gdn100", "--sweep", "n_steps", "--out", str(tmp_path)]) == 2
     assert "KNOB=V1,V2" in capsys.readouterr().err

@@ -4,8 +4,9 @@ rather than the probe's?
 
     from interp import probes
     df = probes.run(models, task="state_recall", target="query_var_value",
-                    sites=["resid_post", "rec.state@key"], seeds=[0, 1, 2])
-    df.plot()                  # accuracy (band: 95% CI over seeds) and selectivity against layer
+                    sites=["resid_post", "rec.state@key"], seeds=[0, 1, 2], out="runs/probe")
+    df.best_layers()           # per site: the layer chosen on val, its test accuracy, controls, IIA
+    df.plot()                  # accuracy (band: 95% CI over seeds) above selectivity, against layer
     df.plot_distance()         # accuracy against steps since the fact was written
     probes.run(..., sweep={"n_pairs": [2, 4, 8]}).plot_load()
 
@@ -42,31 +43,62 @@ wrote it, the token that completes the fact in the input):
   two give the same probe up to optimisation tolerance; a check); for Mamba2 it lacks the D x_t
   skip term.
 
-**Protocol.** Train/test split **by example** (never by token); multinomial logistic regression per
-(layer, site) on standardised features (train statistics); a **control task** (Hewitt & Liang 2019)
-re-labels each point by a fixed random map of the token id at the probed position into the same
-number of classes, so it measures how much the probe can memorise surface identity there;
-**selectivity** = accuracy - control. Also reported: ``majority`` (predict the most frequent training
-class) and ``surface`` (predict the most frequent training class of the probed token's id: what
-the current token alone tells). ``seeds=[...]`` repeats everything (task data, split, control
-map) per seed and reports the mean and a 95% t-interval over seeds (``acc_lo``, ``acc_hi``,
-``sel_lo``, ``sel_hi``).
+**Protocol.** Examples are split train/val/test by example (never by token; ``split``, default
+60/20/20, seeded); multinomial logistic regression per (layer, site) on standardised features
+(train statistics), fitted on train; ``val_accuracy`` on val picks a site's layer
+(`ProbeResult.best_layers`), ``accuracy`` on test is what is reported for it. Baselines:
+``majority`` (the most frequent training class) and ``surface`` (the most frequent training class
+of the probed token's id: what the current token alone tells). Every pooled row is also split by
+whether the model answered the example correctly (``answered``: all / correct / wrong).
+
+**Controls** (``controls``; each scored on the same test points, ``selectivity`` = accuracy -
+control, one row per control kind): ``shuffled`` (default) fits the probe to labels permuted among
+the points that share a token id (each token keeps its label distribution, nothing else does: at
+most the surface accuracy); ``untrained`` (default) fits it to the true labels on the same
+architecture freshly initialised (`controls.untrained_copy`: what any network of this shape
+exposes); ``hewitt_liang`` (Hewitt & Liang 2019) to a fixed random class per token id - with few
+token types (program tokens, keys) this control approaches 1 and says nothing, so a control >=
+``flag_at`` (0.9) is flagged ``uninformative``.
+
+**Causal check** (``causal='best'``, default: at each site's layer chosen on val; ``'all'``:
+every layer): the probe's subspace (the row space of its class directions, rank <= classes - 1)
+is interchanged between test examples whose answer is the target's value and whose labels differ,
+at the probed site and the answer position (`interp.interventions`); ``iia`` = how often the
+model's answer follows the source's label, against ``iia_random`` (random subspaces of the same
+rank) and ``iia_full`` (the whole site). `interp.probes.causal` states the details.
+
+``seeds=[...]`` repeats everything (task data, split, controls, untrained init) per seed and
+reports the mean and a 95% t-interval over seeds (``acc_lo``, ``acc_hi``, ``sel_lo``,
+``sel_hi``, ``iia_lo``, ``iia_hi``).
 
 **Backends**, one interface: ``torch`` fits every (layer, site) probe of one feature width, task
-and control together, as one batched problem (full-batch L-BFGS on a stacked weight tensor;
+and label control together, as one batched problem (full-batch L-BFGS on a stacked weight tensor;
 CUDA if available), ``sklearn`` (LogisticRegression, lbfgs) is the reference. Both minimise the
 same objective, mean cross-entropy + ||W||^2 / (2 C N) (sklearn's, divided by C N).
 
-Files: ``targets`` (probe points), ``features`` (sites, `collect`), ``fit`` (backends, `probe`),
-``result`` (`ProbeResult`, `aggregate`), ``runs`` (`run`), ``units`` (resumable units on disk),
-``cli`` (`interp probe`).
-"""
-from interp.probes.cli import cli_run
-from interp.probes.features import PLAIN, SITES, collect
-from interp.probes.fit import BACKENDS, _standardize, fit_sklearn, fit_torch, probe, split
-from interp.probes.result import KEYS, ProbeResult, aggregate
-from interp.probes.runs import run
-from interp.probes.targets import Points, points, target_labels
+**Storage.** ``out``: a result folder of kind 'probe' (`interp.store.Store`): spec.json (models'
+digests, task, target, knobs, sweep, sites, n, seeds, C, backend, split, controls, causal
+settings), one unit file per finished (model, load, seed) under units/ (probe rows; causal rows),
+each written atomically; an interrupted run resumes, a run with other settings is refused naming
+the fields (``overwrite=True`` replaces it), a second writer is refused; ``save=True`` also writes
+probes.csv / .parquet and the figures there.
 
-__all__ = ["run", "collect", "probe", "points", "target_labels", "Points", "ProbeResult", "aggregate", "fit_torch",
-           "fit_sklearn", "split", "BACKENDS", "SITES", "PLAIN", "KEYS", "cli_run"]
+Files: ``targets`` (probe points, answer labels), ``features`` (sites, `collect`), ``fit``
+(backends), ``controls`` (control labels, untrained copy), ``protocol`` (splits, `probe`),
+``causal`` (the causal check), ``result`` (`ProbeResult`, `aggregate`), ``plots``, ``runs``
+(`run`, `check_run`), ``units`` (the probe folder), ``cli`` (`interp probe`).
+"""
+from interp.probes.causal import check as causal_check
+from interp.probes.cli import cli_run
+from interp.probes.controls import CONTROLS, FLAG_AT, hewitt_liang, shuffled, untrained_copy
+from interp.probes.features import PLAIN, SITES, collect
+from interp.probes.fit import BACKENDS, _standardize, fit_sklearn, fit_torch, fit_weights
+from interp.probes.protocol import SPLIT, assign, probe, split
+from interp.probes.result import KEYS, ProbeResult, aggregate
+from interp.probes.runs import check_run, run, save_outputs
+from interp.probes.targets import Points, answer_labels, points, target_labels
+
+__all__ = ["run", "check_run", "save_outputs", "collect", "probe", "points", "target_labels", "answer_labels", "Points",
+           "ProbeResult", "aggregate", "fit_torch", "fit_sklearn", "fit_weights", "split", "assign", "SPLIT", "BACKENDS",
+           "SITES", "PLAIN", "KEYS", "CONTROLS", "FLAG_AT", "shuffled", "hewitt_liang", "untrained_copy",
+           "causal_check", "cli_run"]

@@ -1,5 +1,6 @@
-"""`interp probe`, the command line of the probes: parse --sweep / --seeds, run, print the pooled
-table, write the results and figures."""
+"""`interp probe`, the command line of the probes: parse --sweep / --seeds / --split, check every
+setting before a model loads, run (resumable in the --out folder), print the per-layer table, the
+layer chosen on val per site and the controls flagged uninformative; the files are written by `run`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from interp import InterpError
-from interp.probes.runs import run
+from interp.probes.runs import check_run, run
+
+N_DEFAULT = {"cuda": 2048, "cpu": 256}
+PAIRS_DEFAULT = {"cuda": 1024, "cpu": 256}
 
 
 def _parse_sweep(spec):
@@ -31,28 +35,61 @@ def _parse_seeds(spec, seed):
         raise InterpError(f"--seeds '{spec}' is not valid; expected comma-separated integers, e.g. 0,1,2") from None
 
 
+def _parse_split(spec):
+    try:
+        return tuple(float(x) for x in spec.split(","))
+    except ValueError:
+        raise InterpError(f"--split '{spec}' is not valid; expected three fractions train,val,test, e.g. "
+                          "0.6,0.2,0.2") from None
+
+
+def _settings(a, parse_knobs) -> dict:
+    """run()'s keyword arguments from the options, checked (before any model loads)."""
+    if a.units is not None:
+        raise InterpError("--units is no longer used: a probe run keeps its units in its --out folder "
+                          "(spec.json, units/) and resumes from there; drop --units (old runs/probe_units/.units/ "
+                          "folders are not read: re-run)")
+    dev = "cuda" if str(a.device).startswith("cuda") else "cpu"
+    kw = dict(task=a.task, target=a.target, sites=a.site, n=a.n if a.n is not None else N_DEFAULT[dev],
+              seeds=_parse_seeds(a.seeds, a.seed), sweep=_parse_sweep(a.sweep), backend=a.backend, C=a.C,
+              split=_parse_split(a.split), controls=a.controls, flag_at=a.flag_at, knobs=parse_knobs(a.knob))
+    check_run(None, kw["task"], kw["target"], kw["sites"], kw["n"], kw["seeds"], kw["sweep"], kw["backend"], kw["C"],
+              kw["split"], kw["controls"], kw["flag_at"], 64, kw["knobs"])
+    kw.update(causal=None if a.causal == "none" else a.causal, causal_rank=a.causal_rank,
+              causal_pairs=a.causal_pairs if a.causal_pairs is not None else PAIRS_DEFAULT[dev])
+    return kw
+
+
+def _print(res, sweep, seeds):
+    pd.set_option("display.width", 220)
+    pd.set_option("display.max_columns", 40)
+    kinds = [k for k in res.controls() if k != "none"]
+    lead = ["model"] + (["load"] if sweep else [])
+    ci = ["acc_lo", "acc_hi"] if len(seeds) > 1 else []
+    w = res.wide()
+    per = lead + ["layer", "site", "val_accuracy", "accuracy"] + ci + [f"{p}_{k}" for k in kinds
+                                                                       for p in ("control", "sel")]
+    print(w[per + ["majority", "surface", "n"]].round(3).to_string(index=False))
+    best = res.best_layers()
+    extra = [c for c in ("acc_correct", "acc_wrong", "iia", "iia_random", "iia_full", "n_iia") if c in best]
+    print("\nlayer chosen on val per site (accuracy on test):")
+    print(best[lead + ["site", "layer", "val_accuracy", "accuracy"] + ci + [f"sel_{k}" for k in kinds] + extra]
+          .round(3).to_string(index=False))
+    for k in kinds:
+        flagged = int(w[f"flag_{k}"].sum())
+        if flagged:
+            print(f"note: the {k} control is >= {res.attrs['flag_at']} at {flagged} of {len(w)} (model, layer, site) "
+                  f"rows: selectivity against it is uninformative there (column flag_{k})")
+
+
 def cli_run(a, load_model, parse_knobs):
-    """`interp probe`: run, print the pooled table, write probes.csv / .parquet and the figures
-    (probes.png; distance.png when the target has distances; load.png with --sweep)."""
+    """`interp probe`: check the settings, run into the --out folder (resuming it; probes.csv /
+    .parquet, probes.png, distance.png when the target has distances, load.png with --sweep), print."""
     import time
     t0 = time.time()
-    sweep, seeds = _parse_sweep(a.sweep), _parse_seeds(a.seeds, a.seed)
+    kw = _settings(a, parse_knobs)
     models = {Path(m).name: load_model(m, a.device) for m in a.model}
-    res = run(models, a.task, a.target, sites=a.site, n=a.n, seeds=seeds, sweep=sweep, backend=a.backend, C=a.C,
-              out=a.units, **parse_knobs(a.knob))
-    show = ["model"] + (["load"] if sweep else []) + ["layer", "site", "accuracy"] + \
-        (["acc_lo", "acc_hi"] if len(seeds) > 1 else []) + ["control", "selectivity", "majority", "surface", "n"]
-    pd.set_option("display.width", 200)
-    print(pd.DataFrame(res.pooled())[show].round(3).to_string(index=False))
-    out = Path(a.out)
-    written = [p.name for p in res.save(out)]
-    res.plot(out / "probes.png")
-    written.append("probes.png")
-    if res["distance"].notna().any():
-        d = res[res["distance"].notna()]
-        res.plot_distance(out / "distance.png", min_n=min(20, int(d["n"].max())))
-        written.append("distance.png")
-    if sweep:
-        res.plot_load(out / "load.png")
-        written.append("load.png")
-    print(f"wrote {', '.join(f'{out}/{w}' for w in written)} ({time.time() - t0:.0f} s)")
+    knobs = kw.pop("knobs")
+    res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
+    _print(res, kw["sweep"], kw["seeds"])
+    print(f"wrote {', '.join(f'{a.out}/{w}' for w in res.attrs['written'])} ({time.time() - t0:.0f} s)")

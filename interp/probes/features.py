@@ -14,9 +14,9 @@ PLAIN = ("resid_post", "resid_pre", "resid_mid", "mixer_out", "mlp_out", "attn.h
 SITES = PLAIN + ("attn.head_out.per_head", "rec.state@key", "rec.state@query")
 
 
-def _site_names(hm, sites, skip_missing=False):
-    """[(site, layer, [hook names])] for every (site, layer) the model has."""
-    out = []
+def _site_names(hm, sites, skip_missing=False, layers=None):
+    """[(site, layer, [hook names])] for every (site, layer) the model has (of ``layers``, if given)."""
+    out, keep = [], None if layers is None else set(layers)
     for s in sites:
         if s not in SITES:
             raise InterpError(f"unknown probe site '{s}'; valid sites: {', '.join(SITES)}")
@@ -26,15 +26,15 @@ def _site_names(hm, sites, skip_missing=False):
             need = ["attn.head_out"]
         else:
             need = ["rec.state", "rec.k" if s.endswith("@key") else "rec.q"]
-        layers = [i for i in range(hm.n_layers) if all(f"blocks.{i}.{x}" in hm.hook_names for x in need)]
-        if not layers:
+        have = [i for i in range(hm.n_layers) if all(f"blocks.{i}.{x}" in hm.hook_names for x in need)]
+        if not have:
             if skip_missing:
                 continue
             fam = "a recurrent mixer" if need[0].startswith("rec.") else \
                 "attention" if need[0].startswith("attn.") else "it"
             raise InterpError(f"site '{s}' is not present in this model (no layer has {fam}; the model's sites: "
                               f"{', '.join(_present(hm))})")
-        out += [(s, i, [f"blocks.{i}.{x}" for x in need]) for i in layers]
+        out += [(s, i, [f"blocks.{i}.{x}" for x in need]) for i in have if keep is None or i in keep]
     return out
 
 
@@ -49,15 +49,16 @@ def _present(hm):
 
 
 def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, seed: int = 0,
-            batch_size: int = 64, skip_missing: bool = False, batch=None, **knobs):
+            batch_size: int = 64, skip_missing: bool = False, batch=None, layers=None, **knobs):
     """Features at the probe points of ``target`` (see `points`).
 
-    Returns (feats {(layer, site): [N_points, F] float32}, Points). ``batch``: a TaskBatch to use
-    instead of generating ``n`` examples."""
+    Returns (feats {(layer, site): [N_points, F] float32}, Points); ``Points.correct`` says whether
+    this model answered each point's example correctly (argmax at every answer position). ``batch``:
+    a TaskBatch to use instead of generating ``n`` examples; ``layers``: only these layers."""
     batch = batch if batch is not None else T.generate(task, n, seed=seed, **knobs)
     pts = points(batch, target)
     hm = hooks.wrap(model)
-    plan = _site_names(hm, sites, skip_missing)
+    plan = _site_names(hm, sites, skip_missing, layers)
     if any(s == "rec.state@key" for s, _, _ in plan) and (pts.write < 0).any():
         raise InterpError(f"site 'rec.state@key' needs the write position of each probed fact, which target "
                           f"'{target}' of task '{batch.meta['task']}' does not define; targets with one: "
@@ -66,17 +67,20 @@ def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, 
     feats = {}
     dev = next(model.parameters()).device
     N, L = batch.tokens.shape
+    right = torch.zeros(N, dtype=torch.bool)
     for s0 in range(0, N, batch_size):
         sel = (pts.ex >= s0) & (pts.ex < s0 + batch_size)
         p = pts.select(sel)
-        if not len(p) or not names:
-            continue
         need = torch.unique(torch.cat([p.pos, p.write[p.write >= 0]]))
         look = torch.full((L,), -1, dtype=torch.long)
         look[need] = torch.arange(len(need))
         with torch.no_grad():
-            _, cache = hm.run_with_cache(batch.tokens[s0:s0 + batch_size].to(dev), names=names,
-                                         positions=need.tolist() if len(need) < L else None)
+            logits, cache = hm.run_with_cache(batch.tokens[s0:s0 + batch_size].to(dev), names=names,
+                                              positions=need.tolist() if 0 < len(need) < L else None)
+        right[s0:s0 + batch_size] = _answered(logits, batch.answer_pos[s0:s0 + batch_size],
+                                              batch.answers[s0:s0 + batch_size])
+        if not len(p) or not names:
+            continue
         rows = p.ex - s0
         at = look[p.pos] if len(need) < L else p.pos
         wat = (look[p.write.clamp(min=0)] if len(need) < L else p.write.clamp(min=0))
@@ -96,4 +100,13 @@ def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, 
                 feats.setdefault((i, site), []).append(x.cpu())
         del cache
     feats = {k: torch.cat(v) for k, v in feats.items()}
+    pts.correct = right[pts.ex]
     return feats, pts
+
+
+def _answered(logits, answer_pos, answers):
+    """bool [B]: the argmax at every answer position (-1: none) is the answer."""
+    ok = answer_pos < 0
+    rows = torch.arange(logits.shape[0])[:, None].expand_as(answer_pos)
+    pred = logits[rows.to(logits.device), answer_pos.clamp(min=0).to(logits.device)].argmax(-1).cpu()
+    return (ok | (pred == answers)).all(1)

@@ -1,13 +1,12 @@
-"""Probe fitting: train/test split by example, standardisation, the two logistic-regression
-backends (`fit_torch`, batched L-BFGS; `fit_sklearn`, the reference) and `probe`, which fits and
-scores one probe per feature block against the task, control, majority and surface baselines."""
+"""Probe fitting: standardisation and the two multinomial logistic-regression backends
+(`fit_torch`, batched L-BFGS; `fit_sklearn`, the reference), which predict and, on request, return
+the fitted class directions (`fit_weights`: one probe's, for the causal check)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from interp import InterpError
-from interp.probes.targets import Points
 
 
 def _standardize(tr, te):
@@ -16,7 +15,7 @@ def _standardize(tr, te):
 
 
 def fit_torch(Xtr, ys, Xte, n_classes, C=1.0, max_iter=300, tol=1e-4, device=None, history=10, whiten=None,
-              curvature=None, stats=None):
+              curvature=None, stats=None, return_weights=False):
     """Batched multinomial logistic regression. Xtr [P, N, D]: P feature sets on the same points;
     ys: label vectors [N] (e.g. task and control), each fitted on every feature set: P*len(ys)
     independent problems, solved together. Per problem: mean cross-entropy + ||W||^2 / (2 C N),
@@ -30,7 +29,9 @@ def fit_torch(Xtr, ys, Xte, n_classes, C=1.0, max_iter=300, tol=1e-4, device=Non
     softmax curvature, default 1 / n_classes): the Hessian in W' is then close to a multiple of the
     identity and L-BFGS converges in tens of iterations instead of hundreds; the penalty is the
     same ||W||^2 written in W'. float32, CUDA if available. Returns predictions on Xte [P, M, D]
-    as [P, len(ys), M]; ``stats`` (a dict) receives iterations, evaluations, converged, problems."""
+    as [P, len(ys), M]; ``stats`` (a dict) receives iterations, evaluations, converged, problems.
+    ``return_weights``: also the weights and intercepts in the coordinates of ``Xtr`` (logits =
+    x W^T + b), W [P, len(ys), K, D] and b [P, len(ys), K], on the CPU."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     X = Xtr.to(dev, torch.float32)
     Xt = Xte.to(dev, torch.float32)
@@ -38,7 +39,7 @@ def fit_torch(Xtr, ys, Xte, n_classes, C=1.0, max_iter=300, tol=1e-4, device=Non
     lam = 1.0 / (C * N)
     if whiten is None:
         whiten = D <= 8192
-    X, Xt, reg, Minv = _precondition(X, Xt, lam, curvature or 1.0 / n_classes, whiten)
+    X, Xt, reg, Minv, mu, M = _precondition(X, Xt, lam, curvature or 1.0 / n_classes, whiten)
     Y = torch.stack([torch.as_tensor(y) for y in ys]).to(dev).t()          # [N, G]
     obj = _Objective(X, Y, n_classes, lam, reg, Minv)
     W, g, it, n_eval = _lbfgs(obj, max_iter, tol, history)
@@ -47,17 +48,25 @@ def fit_torch(Xtr, ys, Xte, n_classes, C=1.0, max_iter=300, tol=1e-4, device=Non
         stats.update(iterations=it, evaluations=n_eval,
                      converged=int((obj.gmax(g) <= tol).sum()), problems=P * G)
     z = torch.bmm(torch.cat([Xt, Xt.new_ones(P, Xt.shape[1], 1)], -1), W.view(P, D + 1, G * K))
-    return z.view(P, -1, G, K).argmax(-1).permute(0, 2, 1).cpu()
+    pred = z.view(P, -1, G, K).argmax(-1).permute(0, 2, 1).cpu()
+    if not return_weights:
+        return pred
+    Wd, b = W[:, :D], W[:, D]                                                # [P, D, G, K], [P, G, K]
+    if M is not None:  # back from the whitened coordinates: x' = (x - mu) M
+        Wd = torch.einsum("pde,pegk->pdgk", M, Wd)
+        b = b - torch.einsum("pd,pdgk->pgk", mu[:, 0], Wd)
+    return pred, Wd.permute(0, 2, 3, 1).cpu(), b.cpu()
 
 
 def _precondition(X, Xt, lam, curvature, whiten):
     """The intercept column and, with ``whiten``, the exact change of variables W = V diag(s) W'
     of `fit_torch` (centring only moves the intercept). Returns (X [P, N, D+1], Xt [P, M, D], the
     per-coordinate penalty weights reg [P, D+1, 1, 1] (0 on the intercept), Minv [P, D, D] mapping
-    a gradient in W' to one in W, for the stopping test; None without ``whiten``)."""
+    a gradient in W' to one in W, for the stopping test, the mean mu [P, 1, D] and M [P, D, D] of
+    x' = (x - mu) M; the last three None without ``whiten``)."""
     P, N, D = X.shape
     reg = torch.ones(P, D + 1, 1, 1, device=X.device)
-    Minv = None
+    Minv = mu = M = None
     if whiten:
         mu = X.mean(1, keepdim=True)
         e, V = torch.linalg.eigh(((X - mu).transpose(1, 2) @ (X - mu)).double() / N)
@@ -68,7 +77,7 @@ def _precondition(X, Xt, lam, curvature, whiten):
         reg[:, :D] = scale.square().float()[:, :, None, None]
     X = torch.cat([X, X.new_ones(P, N, 1)], -1)                              # intercept column
     reg[:, D] = 0
-    return X, Xt, reg, Minv
+    return X, Xt, reg, Minv, mu, M
 
 
 def _dot(a, b):
@@ -177,76 +186,44 @@ def _line_search(fg, W, f, g, d, gd, active):
     return Wn, fn, gn, todo, n_eval
 
 
-def fit_sklearn(Xtr, ys, Xte, n_classes, C=1.0, max_iter=1000, tol=1e-4, **_):
-    """The reference: one scikit-learn LogisticRegression(lbfgs) per problem and label set."""
+def fit_sklearn(Xtr, ys, Xte, n_classes, C=1.0, max_iter=1000, tol=1e-4, return_weights=False, **_):
+    """The reference: one scikit-learn LogisticRegression(lbfgs) per problem and label set.
+    ``return_weights``: as `fit_torch` (a class absent from the training labels gets weight 0 and
+    intercept -inf; two classes: sklearn's one direction w as -w/2, +w/2)."""
     import warnings
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    out = torch.empty(Xtr.shape[0], len(ys), Xte.shape[1], dtype=torch.long)
-    for p in range(Xtr.shape[0]):
+    P, D = Xtr.shape[0], Xtr.shape[2]
+    out = torch.empty(P, len(ys), Xte.shape[1], dtype=torch.long)
+    W = torch.zeros(P, len(ys), n_classes, D)
+    b = torch.full((P, len(ys), n_classes), float("-inf"))
+    for p in range(P):
         for g, y in enumerate(ys):
             clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf.fit(Xtr[p].double().numpy(), np.asarray(y))
             out[p, g] = torch.as_tensor(clf.predict(Xte[p].double().numpy()))
-    return out
+            coef, icpt = torch.as_tensor(clf.coef_).float(), torch.as_tensor(clf.intercept_).float()
+            if len(clf.classes_) == 2:
+                coef, icpt = torch.cat([-coef / 2, coef / 2]), torch.cat([-icpt / 2, icpt / 2])
+            cls = torch.as_tensor(clf.classes_, dtype=torch.long)
+            W[p, g, cls], b[p, g, cls] = coef, icpt
+    return (out, W, b) if return_weights else out
 
 
 BACKENDS = {"torch": fit_torch, "sklearn": fit_sklearn}
 
 
-def split(ex, test_frac=0.2, seed=0):
-    """Boolean test mask over points: a random ``test_frac`` of the examples (by example id)."""
-    n_ex = int(ex.max()) + 1
-    test_ex = torch.as_tensor(np.random.default_rng(seed).permutation(n_ex)[: max(1, round(n_ex * test_frac))])
-    return torch.isin(ex, test_ex)
-
-
-def probe(feats, pts: Points, test_frac=0.2, seed=0, backend="torch", C=1.0, min_per_class=2, **fit_kw):
-    """Train/evaluate one probe per feature block (task and control). Returns row dicts: one per
-    (layer, site) pooled over distances (distance None) and one per (layer, site, distance)."""
+def check_backend(backend):
     if backend not in BACKENDS:
         raise InterpError(f"unknown probe backend '{backend}'; valid: {', '.join(BACKENDS)}")
-    if not feats:
-        raise InterpError("nothing to probe: no features")
-    te = split(pts.ex, test_frac, seed)
-    tr = ~te
-    classes, y = torch.unique(pts.y, return_inverse=True)
-    C_ = len(classes)
-    counts = torch.bincount(y[tr], minlength=C_)
-    if C_ < 2 or int(tr.sum()) < min_per_class * C_:
-        raise InterpError(f"too few examples per class to train a probe ({int(tr.sum())} training points for "
-                          f"{C_} classes, counts {counts.tolist()}); use more examples (n / --n)")
-    # control task: a fixed random class per token id (Hewitt & Liang), same number of classes
-    cmap = torch.as_tensor(np.random.default_rng([seed, 1]).integers(0, C_, int(pts.token.max()) + 1))
-    yc = cmap[pts.token]
-    maj = counts.argmax()
-    # surface baseline: the most frequent training class of each token id
-    tok_tr, y_tr = pts.token[tr], y[tr]
-    table = torch.zeros(int(pts.token.max()) + 1, C_, dtype=torch.long)
-    table.index_put_((tok_tr, y_tr), torch.ones_like(y_tr), accumulate=True)
-    surf = torch.where(table.sum(1) > 0, table.argmax(1), maj)[pts.token]
-    dist_te = pts.distance[te]
-    groups = [(None, torch.ones(int(te.sum()), dtype=torch.bool))]
-    if (dist_te >= 0).any():
-        groups += [(int(d), dist_te == d) for d in torch.unique(dist_te[dist_te >= 0])]
-    by_dim = {}
-    for key, X in feats.items():
-        by_dim.setdefault(X.shape[1], []).append(key)
-    fit = BACKENDS[backend]
-    rows = []
-    for keys in by_dim.values():
-        X = torch.stack([feats[k] for k in keys])                         # [P, N, D]
-        Xtr, Xte = _standardize(X[:, tr], X[:, te])
-        pred = fit(Xtr, [y[tr], yc[tr]], Xte, C_, C=C, **fit_kw)          # [P, 2, M]
-        ok, okc = pred[:, 0] == y[te], pred[:, 1] == yc[te]
-        ok_maj, ok_surf = y[te] == maj, surf[te] == y[te]
-        for j, (layer, site) in enumerate(keys):
-            for d, m in groups:
-                acc, ctl = ok[j, m].float().mean().item(), okc[j, m].float().mean().item()
-                rows.append(dict(layer=layer, site=site, distance=d, accuracy=acc, control=ctl,
-                                 selectivity=acc - ctl, majority=ok_maj[m].float().mean().item(),
-                                 surface=ok_surf[m].float().mean().item(), n=int(m.sum()),
-                                 n_train=int(tr.sum())))
-    return rows
+
+
+def fit_weights(Xtr, y, n_classes, backend="torch", C=1.0, **fit_kw) -> torch.Tensor:
+    """One probe on standardised features Xtr [N, D], labels y [N] in 0..n_classes-1: the class
+    directions W [k, D] of the k classes present in ``y`` (an absent class's row says nothing about
+    the features)."""
+    check_backend(backend)
+    _, W, _ = BACKENDS[backend](Xtr[None], [y], Xtr[None, :1], n_classes, C=C, return_weights=True, **fit_kw)
+    return W[0, 0][torch.bincount(torch.as_tensor(y), minlength=n_classes) > 0]

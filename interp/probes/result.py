@@ -1,5 +1,7 @@
-"""Probe results: the tidy `ProbeResult` table (one row per model, load, layer, site, target,
-distance), the seed aggregation that builds it (`aggregate`) and its plots."""
+"""Probe results: the tidy `ProbeResult` table (one row per model, load, layer, site, target, answered,
+control kind, distance), the seed aggregation that builds it (`aggregate`, `aggregate_causal`), its
+wide views (`wide`, `best_layers`: the layer chosen on val, reported on test) and its files; the plots
+are in `interp.probes.plots`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,37 +9,76 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interp import InterpError
-from interp.stats import t975
+from interp.probes.controls import FLAG_AT, uninformative
+from interp.stats import seed_interval, t975
 
-KEYS = ["model", "load", "layer", "site", "target", "distance"]
+KEYS = ["model", "load", "layer", "site", "target", "answered", "control_kind", "distance"]
+MEANS = ["accuracy", "val_accuracy", "control", "selectivity", "majority", "surface", "n_train"]
+COLUMNS = KEYS + ["accuracy", "acc_lo", "acc_hi", "val_accuracy", "control", "selectivity", "sel_lo", "sel_hi",
+                  "uninformative", "majority", "surface", "n", "n_val", "n_train", "seeds"]
+CAUSAL = ["iia", "iia_lo", "iia_hi", "iia_random", "iia_full", "n_iia", "n_pairs", "causal_rank", "causal_site"]
+UNIT = ["model", "load", "layer", "site"]
 
 
-def aggregate(per_seed: pd.DataFrame) -> "ProbeResult":
-    """Mean over seeds per (model, load, layer, site, target, distance) and 95% t-intervals
-    (NaN with one seed); ``n`` sums test points over seeds, ``seeds`` counts them."""
+def aggregate(per_seed: pd.DataFrame, flag_at: float = FLAG_AT) -> "ProbeResult":
+    """Mean over seeds per `KEYS` and 95% t-intervals (NaN with one seed); ``n`` and ``n_val`` sum
+    points over seeds, ``seeds`` counts them; ``uninformative``: the mean control >= ``flag_at``."""
     g = per_seed.groupby(KEYS, sort=False, dropna=False)
-    out = g[["accuracy", "control", "selectivity", "majority", "surface", "n_train"]].mean()
-    out["n"] = g["n"].sum()
+    out = g[MEANS].mean()
+    out["n"], out["n_val"] = g["n"].sum(), g["n_val"].sum()
     out["seeds"] = g["seed"].nunique()
     for col, pre in (("accuracy", "acc"), ("selectivity", "sel")):
         sd, k = g[col].std(ddof=1), out["seeds"]
         half = np.array([t975(int(s) - 1) if s > 1 else np.nan for s in k]) * sd / np.sqrt(k)
         out[f"{pre}_lo"], out[f"{pre}_hi"] = out[col] - half, out[col] + half
-    out = out.reset_index()
-    cols = KEYS + ["accuracy", "acc_lo", "acc_hi", "control", "selectivity", "sel_lo", "sel_hi", "majority",
-                   "surface", "n", "n_train", "seeds"]
-    res = ProbeResult(out[cols])
+    out["uninformative"] = uninformative(out["control"], flag_at)
+    res = ProbeResult(out.reset_index()[COLUMNS])
     res["distance"] = res["distance"].astype("Int64")
     return res
 
 
+def aggregate_causal(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Causal-check rows (one per model, load, layer, site, seed) -> mean IIA with a 95% t-interval
+    over seeds, mean random and full IIA, kept and drawn pairs summed over seeds."""
+    rows = []
+    for k, g in per_seed.groupby(UNIT, sort=False, dropna=False):
+        m, lo, hi = seed_interval(g["iia"])
+        rows.append(dict(zip(UNIT, k), iia=m, iia_lo=lo, iia_hi=hi, iia_random=g["iia_random"].mean(),
+                         iia_full=g["iia_full"].mean(), n_iia=int(g["n_iia"].sum()), n_pairs=int(g["n_pairs"].sum()),
+                         causal_rank=int(g["rank"].max()), causal_site=g["causal_site"].iloc[0]))
+    return pd.DataFrame(rows, columns=UNIT + CAUSAL)
+
+
+def attach_causal(res: pd.DataFrame, causal: pd.DataFrame) -> pd.DataFrame:
+    """``res`` with the `CAUSAL` columns filled on its pooled rows (answered 'all', no distance) of
+    each (model, load, layer, site) in ``causal`` (with a ``seed`` column: per seed), NaN elsewhere."""
+    res = res.copy()
+    keys = UNIT + (["seed"] if "seed" in causal and "seed" in res else [])
+    look = dict(zip(_keys(causal, keys), (r for _, r in causal.iterrows())))
+    pooled = (res["answered"] == "all") & res["distance"].isna()
+    hit = [look.get(k) if p else None for k, p in zip(_keys(res, keys), pooled)]
+    for c in CAUSAL:
+        src = "rank" if c == "causal_rank" and c not in causal else c
+        vals = [np.nan if h is None or src not in h else h[src] for h in hit]
+        res[c] = pd.Series(vals, index=res.index, dtype=object if c == "causal_site" else float)
+    return res
+
+
+def _keys(df, cols) -> list:
+    """Row keys over ``cols`` as tuples of strings (so that <NA> loads match)."""
+    return [tuple(str(v) for v in r) for r in df[cols].itertuples(index=False)]
+
+
 class ProbeResult(pd.DataFrame):
-    """Tidy results, one row per (model, load, layer, site, target, distance): ``distance`` <NA>
-    pools all distances, an integer d holds the test points written d steps before; ``load`` is
-    the swept knob's value (<NA> without a sweep; the knob is ``attrs['load_knob']``).
-    Columns: accuracy (acc_lo, acc_hi), control, selectivity (sel_lo, sel_hi), majority, surface,
-    n (test points, summed over seeds), n_train, seeds."""
+    """Tidy results, one row per (model, load, layer, site, target, answered, control_kind,
+    distance): ``distance`` <NA> pools all distances, an integer d holds the test points written d
+    steps before; ``answered`` 'all', or pooled over the examples the model answered 'correct'ly /
+    'wrong'ly; ``control_kind`` the control of ``control`` / ``selectivity`` (the probe's own
+    columns repeat across kinds); ``load`` the swept knob's value (<NA> without a sweep; the knob is
+    ``attrs['load_knob']``). Columns: accuracy (test; acc_lo, acc_hi), val_accuracy, control,
+    selectivity (sel_lo, sel_hi), uninformative, majority, surface, n (test points, summed over
+    seeds), n_val, n_train, seeds; with the causal check, on the pooled rows of the checked layers:
+    iia (iia_lo, iia_hi), iia_random, iia_full, n_iia, n_pairs, causal_rank, causal_site."""
 
     _metadata = []
 
@@ -45,153 +86,88 @@ class ProbeResult(pd.DataFrame):
     def _constructor(self):
         return ProbeResult
 
+    def controls(self) -> list:
+        return list(dict.fromkeys(self["control_kind"]))
+
     def pooled(self) -> "ProbeResult":
-        return self[self["distance"].isna()]
+        """Rows pooled over distances and over all examples (answered 'all')."""
+        return self[self["distance"].isna() & (self["answered"] == "all")]
+
+    def by_answered(self) -> pd.DataFrame:
+        """Pooled accuracy over all examples and split by whether the model answered them correctly
+        (one row per model, load, layer, site; columns acc_<answered>, n_<answered>)."""
+        d = pd.DataFrame(self[self["distance"].isna() & (self["control_kind"] == self.controls()[0])])
+        out = d[d["answered"] == "all"][UNIT].reset_index(drop=True)
+        key = _keys(out, UNIT)
+        for a in dict.fromkeys(d["answered"]):
+            sub = d[d["answered"] == a]
+            sub.index = _keys(sub, UNIT)
+            out[f"acc_{a}"] = [sub["accuracy"].get(x, np.nan) for x in key]
+            out[f"n_{a}"] = [sub["n"].get(x, 0) for x in key]
+        return out
+
+    def wide(self) -> pd.DataFrame:
+        """The pooled rows, one per (model, load, layer, site, target): the probe's columns, then per
+        control kind control_<kind>, sel_<kind> (sel_<kind>_lo/_hi) and flag_<kind> (uninformative),
+        acc_correct / acc_wrong where known, and the causal columns where present."""
+        d = pd.DataFrame(self.pooled())
+        kinds = self.controls()
+        own = [c for c in COLUMNS if c not in KEYS and c not in ("control", "selectivity", "sel_lo", "sel_hi",
+                                                                 "uninformative")]
+        out = d[d["control_kind"] == kinds[0]][UNIT + ["target"] + own + [c for c in CAUSAL if c in d]]
+        out = out.reset_index(drop=True)
+        key = _keys(out, UNIT)
+        for k in kinds:
+            sub = d[d["control_kind"] == k]
+            sub.index = _keys(sub, UNIT)
+            for c, name in (("control", f"control_{k}"), ("selectivity", f"sel_{k}"), ("sel_lo", f"sel_{k}_lo"),
+                            ("sel_hi", f"sel_{k}_hi"), ("uninformative", f"flag_{k}")):
+                out[name] = [sub[c].get(x, np.nan) for x in key]
+        if (self["answered"] != "all").any():
+            ba = self.by_answered()
+            ba.index = _keys(ba, UNIT)
+            for c in ("acc_correct", "acc_wrong", "n_correct", "n_wrong"):
+                out[c] = [ba[c].get(x, np.nan) if c in ba else np.nan for x in key]
+        return out
+
+    def best_layers(self, by="val_accuracy") -> pd.DataFrame:
+        """(model, site, load) -> the row of `wide` at the layer with the highest pooled ``by``
+        (default: the validation accuracy; then ``accuracy`` is an unbiased test estimate)."""
+        d = self.wide()
+        by = f"sel_{self.controls()[0]}" if by == "selectivity" else by
+        idx = d.groupby(["model", "site", "load"], sort=False, dropna=False)[by].idxmax().dropna()
+        return d.loc[idx].reset_index(drop=True)
+
+    def _at_layer(self, layer):
+        if layer is None:
+            best = self.best_layers()
+            key = {(m, s, str(ld)): la for m, s, ld, la in zip(best["model"], best["site"], best["load"], best["layer"])}
+            keep = [key.get((m, s, str(ld)), None) == la for m, s, ld, la in
+                    zip(self["model"], self["site"], self["load"], self["layer"])]
+            return self[keep]
+        return self[self["layer"] == layer]
 
     def save(self, out, name="probes"):
-        """Write ``name``.csv and ``name``.parquet under ``out``; returns the paths."""
+        """Write ``name``.csv and ``name``.parquet under ``out`` (each atomically); returns the paths."""
+        from interp.store import save_csv, save_parquet
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         df = pd.DataFrame(self)
         df["load"] = df["load"].astype(str).where(df["load"].notna(), None) if df["load"].dtype == object \
             else df["load"]
-        df.to_csv(out / f"{name}.csv", index=False)
-        df.to_parquet(out / f"{name}.parquet", index=False)
-        return out / f"{name}.csv", out / f"{name}.parquet"
-
-    # -- plots --------------------------------------------------------------------------------
-    def _fig(self, n_panels, path, width=4.6):
-        import matplotlib
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 3.5), squeeze=False)
-        return plt, fig, axes[0]
-
-    def _done(self, plt, fig, path):
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
-
-    def _colours(self):
-        return {m: f"C{i}" for i, m in enumerate(dict.fromkeys(self["model"]))}
+        return save_csv(out / f"{name}.csv", df, index=False), save_parquet(out / f"{name}.parquet", df.reset_index(drop=True))
 
     def plot(self, path=None, load=None):
-        """Layer-wise curve: accuracy (solid, band = 95% CI over seeds) and selectivity (dashed)
-        against layer, one colour per model, one panel per site; pooled over distances; with a
-        load sweep, the largest load unless ``load`` is given."""
-        d = self.pooled()
-        if d["load"].notna().any():
-            d = d[d["load"] == (load if load is not None else d["load"].max())]
-        sites = list(dict.fromkeys(d["site"]))
-        plt, fig, axes = self._fig(len(sites), path)
-        colour = self._colours()
-        lo = min(-0.05, float(d["selectivity"].min()) - 0.05)
-        for ax, site in zip(axes, sites):
-            sub = d[d.site == site]
-            for model, g in sub.groupby("model", sort=False):
-                c = colour[model]
-                ax.plot(g["layer"], g["accuracy"], marker="o", color=c, label=f"{model} accuracy")
-                if g["acc_lo"].notna().any():
-                    ax.fill_between(g["layer"], g["acc_lo"].clip(0, 1), g["acc_hi"].clip(0, 1), color=c, alpha=0.2,
-                                    lw=0)
-                    ax.fill_between(g["layer"], g["sel_lo"].clip(-1, 1), g["sel_hi"].clip(-1, 1), color=c, alpha=0.1,
-                                    lw=0)
-                ax.plot(g["layer"], g["selectivity"], ls="--", color=c, label=f"{model} selectivity")
-            ax.axhline(sub["majority"].max(), color="gray", lw=0.8, ls=":", label="majority")
-            title = f"{sub['target'].iloc[0]} from {site}"
-            if sub["load"].notna().any():
-                title += f" ({self.attrs.get('load_knob', 'load')}={sub['load'].iloc[0]})"
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("layer")
-            ax.set_ylim(lo, 1.05)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("test accuracy")
-        axes[0].legend(fontsize=7)
-        return self._done(plt, fig, path)
-
-    def best_layers(self, by="accuracy") -> pd.DataFrame:
-        """(model, site, load) -> the layer with the highest pooled ``by``."""
-        d = self.pooled()
-        idx = d.groupby(["model", "site", "load"], sort=False, dropna=False)[by].idxmax()
-        return d.loc[idx, ["model", "site", "load", "layer", by]].reset_index(drop=True)
-
-    def _at_layer(self, layer):
-        if layer is None:
-            best = self.best_layers()
-            key = best.set_index(["model", "site", "load"])["layer"]
-            keep = [key.get((m, s, ld), None) == la for m, s, ld, la in
-                    zip(self["model"], self["site"], self["load"], self["layer"])]
-            return self[keep]
-        return self[self["layer"] == layer]
+        """Accuracy and selectivity against layer (`interp.probes.plots.plot_layers`)."""
+        from interp.probes.plots import plot_layers
+        return plot_layers(self, path, load)
 
     def plot_distance(self, path=None, layer=None, min_n=20, max_distance=None, bin_width=None):
-        """Accuracy (band: 95% CI over seeds) against distance (steps since the fact was
-        written), at each model's best layer per site (or ``layer``); distances with fewer than
-        ``min_n`` test points are left out. ``bin_width``: pool distances [0, w), [w, 2w), ...
-        (accuracy weighted by test points, plotted at the bin start; no band). With a load sweep,
-        one line per (model, load)."""
-        d = self._at_layer(layer)
-        d = d[d["distance"].notna()]
-        if bin_width:
-            d = d.assign(distance=(d["distance"] // bin_width) * bin_width, _w=d["accuracy"] * d["n"])
-            keys = ["model", "load", "layer", "site", "target", "distance"]
-            d = d.groupby(keys, sort=False, dropna=False).agg(_w=("_w", "sum"), n=("n", "sum")).reset_index()
-            d = d.assign(accuracy=d["_w"] / d["n"], acc_lo=np.nan, acc_hi=np.nan)
-        d = d[d["n"] >= min_n]
-        if max_distance is not None:
-            d = d[d["distance"] <= max_distance]
-        if d.empty:
-            raise InterpError("no distance rows to plot (the target has no distance, or every distance has "
-                              f"fewer than min_n={min_n} test points)")
-        sites = list(dict.fromkeys(d["site"]))
-        plt, fig, axes = self._fig(len(sites), path)
-        colour = self._colours()
-        loads = list(dict.fromkeys(d["load"].dropna()))
-        for ax, site in zip(axes, sites):
-            sub = d[d.site == site]
-            for (model, load), g in sub.groupby(["model", "load"], sort=False, dropna=False):
-                g = g.sort_values("distance")
-                alpha = 1.0 if pd.isna(load) else 0.35 + 0.65 * (loads.index(load) + 1) / len(loads)
-                lab = f"{model} (L{g['layer'].iloc[0]})" + ("" if pd.isna(load) else f" {load}")
-                x = g["distance"].astype(float)
-                ax.plot(x, g["accuracy"], marker=".", color=colour[model], alpha=alpha, label=lab)
-                if g["acc_lo"].notna().any():
-                    ax.fill_between(x, g["acc_lo"].clip(0, 1), g["acc_hi"].clip(0, 1), color=colour[model],
-                                    alpha=0.15 * alpha, lw=0)
-            ax.set_title(f"{sub['target'].iloc[0]} from {site}", fontsize=10)
-            ax.set_xlabel("distance (steps since written)")
-            ax.set_ylim(-0.05, 1.05)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        axes[0].set_ylabel("test accuracy")
-        return self._done(plt, fig, path)
+        """Accuracy against distance (`interp.probes.plots.plot_distance`)."""
+        from interp.probes.plots import plot_distance
+        return plot_distance(self, path, layer, min_n, max_distance, bin_width)
 
     def plot_load(self, path=None, layer=None):
-        """Pooled accuracy (band: 95% CI) and selectivity (dashed) against the swept load, at each
-        model's best layer per (site, load) (or ``layer``)."""
-        d = self._at_layer(layer).pooled()
-        if d["load"].isna().all():
-            raise InterpError("no load sweep in these results; run with sweep={knob: [values]}")
-        sites = list(dict.fromkeys(d["site"]))
-        plt, fig, axes = self._fig(len(sites), path)
-        colour = self._colours()
-        for ax, site in zip(axes, sites):
-            sub = d[d.site == site]
-            for model, g in sub.groupby("model", sort=False):
-                g = g.sort_values("load")
-                c = colour[model]
-                ax.plot(g["load"], g["accuracy"], marker="o", color=c, label=f"{model} accuracy")
-                if g["acc_lo"].notna().any():
-                    ax.fill_between(g["load"].astype(float), g["acc_lo"].clip(0, 1), g["acc_hi"].clip(0, 1), color=c,
-                                    alpha=0.2, lw=0)
-                ax.plot(g["load"], g["selectivity"], ls="--", color=c, label=f"{model} selectivity")
-            ax.set_title(f"{sub['target'].iloc[0]} from {site} (best layer)", fontsize=10)
-            ax.set_xlabel(self.attrs.get("load_knob", "load"))
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("test accuracy")
-        axes[0].legend(fontsize=7)
-        return self._done(plt, fig, path)
-
+        """Accuracy and selectivity against the swept load (`interp.probes.plots.plot_load`)."""
+        from interp.probes.plots import plot_load
+        return plot_load(self, path, layer)

@@ -1,5 +1,6 @@
 """Probe points: which tokens a probe reads for a target, their labels, the distance since each
-fact was written and the position that wrote it (the rules are in the package doc)."""
+fact was written and the position that wrote it (the rules are in the package doc); and, for the
+causal check, which examples' answer is the target's value (`answer_labels`)."""
 from __future__ import annotations
 
 import re
@@ -14,19 +15,22 @@ from interp import InterpError
 @dataclass
 class Points:
     """Probe points: example, position, label, distance (-1: unknown), write position (-1:
-    unknown) and the token id at the position."""
+    unknown), the token id at the position and ``correct``: whether the model answered the
+    point's example correctly (every answer of the example; None: not known)."""
     ex: torch.Tensor
     pos: torch.Tensor
     y: torch.Tensor
     distance: torch.Tensor
     write: torch.Tensor
     token: torch.Tensor
+    correct: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.y)
 
     def select(self, m):
-        return Points(*(getattr(self, f)[m] for f in ("ex", "pos", "y", "distance", "write", "token")))
+        return Points(*(getattr(self, f)[m] for f in ("ex", "pos", "y", "distance", "write", "token")),
+                      correct=None if self.correct is None else self.correct[m])
 
 
 def target_labels(batch, target: str):
@@ -40,8 +44,11 @@ def target_labels(batch, target: str):
         raise InterpError(f"target '{target}' is not produced by task '{task}'; valid targets: {', '.join(valid)}")
     lab = batch.labels[m.group(1)]
     if lab.dim() == 3:
-        if m.group(2) is None or int(m.group(2)) >= lab.shape[-1]:
+        if m.group(2) is None:
             raise InterpError(f"target '{target}' needs a column index; valid targets: {', '.join(valid)}")
+        if int(m.group(2)) >= lab.shape[-1]:
+            raise InterpError(f"target '{target}': column {int(m.group(2))} is out of range; '{m.group(1)}' has "
+                              f"columns 0..{lab.shape[-1] - 1} with these knobs (valid targets: {', '.join(valid)})")
         return lab[..., int(m.group(2))], int(m.group(2))
     if m.group(2) is not None:
         raise InterpError(f"target '{m.group(1)}' has no columns; valid targets: {', '.join(valid)}")
@@ -94,3 +101,30 @@ def points(batch, target: str) -> Points:
     ex = torch.arange(N)[:, None].expand(N, L)[mask]
     pos = torch.arange(L)[None].expand(N, L)[mask]
     return Points(ex, pos, lab[mask], dist[mask], write[mask], batch.tokens[mask])
+
+
+CAUSAL_TARGETS = "state_recall var_value[j] / query_var_value, mqar bound_value"
+
+
+def answer_labels(batch, target: str):
+    """For the causal check: per example, the answer position (the last one), the answer token and
+    the target's label there, kept (``keep`` [N]) where the example's answer *is* the target's
+    value: ``state_recall`` ``var_value[j]`` when the query asks for ``xj``, ``query_var_value``
+    always, ``mqar`` ``bound_value`` always (the value bound to the last query's key); and the
+    answer token is the label's number. Returns (answer_pos [N], answer [N], label [N], keep [N])."""
+    from interp.tasks.vocab import NUMBERS, VARS, VOCAB
+    lab, col = target_labels(batch, target)
+    task, name = batch.meta["task"], target.split("[")[0]
+    if not ((task == "state_recall" and name in ("var_value", "query_var_value"))
+            or (task == "mqar" and name == "bound_value")):
+        raise InterpError(f"the causal check needs a target whose value is the model's answer; '{target}' of task "
+                          f"'{task}' is not one (targets with one: {CAUSAL_TARGETS})")
+    rows = torch.arange(len(batch))
+    last = ((batch.answer_pos >= 0).sum(1) - 1).clamp(min=0)
+    ap, ans = batch.answer_pos[rows, last], batch.answers[rows, last]
+    y = lab[rows, ap.clamp(min=0)]
+    num = torch.as_tensor(VOCAB.encode(NUMBERS))
+    keep = (ap >= 0) & (y >= 0) & (ans == num[y.clamp(min=0, max=len(NUMBERS) - 1)])
+    if name == "var_value":
+        keep &= batch.tokens[rows, ap.clamp(min=0)] == VOCAB.id(VARS[col])
+    return ap, ans, y, keep

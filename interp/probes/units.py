@@ -1,53 +1,62 @@
-"""Resumable probe units on disk: each finished (model, load, seed) unit of a run is one parquet
-file under ``out/.units/<digest>/``, the digest naming the run's spec and the models' weights, and
-is read back instead of recomputed when the same run is repeated."""
+"""Probe result folders on disk (`interp.store.Store`, kind 'probe'): the spec of a run, one unit
+file per finished (model, load, seed) probe unit and per causal-check unit, and the run's outputs
+(probes.csv / .parquet and the figures), every file written atomically. An interrupted run resumes
+from its units; other settings, a second writer or an old-format folder are refused."""
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from pathlib import Path
 
-import pandas as pd
-import torch
+from interp import InterpError
+from interp.store import Store, model_digest
+
+# what a probe folder holds beside spec.json and units/ (with the old layout's .units/): --overwrite
+# removes these, and their presence without a spec.json marks an older or damaged folder
+OWNS = ("probes.csv", "probes.parquet", "probes.png", "distance.png", "load.png", ".units")
+
+
+def probe_spec(models: dict, task, target, sites, n, seeds, knob, loads, knobs, backend, C, split, controls,
+               flag_at, causal, batch_size) -> dict:
+    """Everything that determines a probe folder's contents (``causal``: a dict of its settings, or
+    None)."""
+    return {"models": {name: model_digest(m) for name, m in models.items()}, "task": task, "target": target,
+            "knobs": dict(knobs), "sweep": None if knob is None else {knob: list(loads)}, "sites": list(sites),
+            "n": int(n), "seeds": [int(s) for s in seeds], "C": float(C), "backend": backend,
+            "split": {"train": split[0], "val": split[1], "test": split[2]}, "controls": list(controls),
+            "flag_at": float(flag_at), "causal": causal, "batch_size": int(batch_size)}
+
+
+def open_store(out, spec: dict, overwrite: bool = False) -> Store:
+    """The probe folder ``out`` opened for writing (locked, spec checked; close it when done). A
+    folder of the old layout (``.units/<digest>/`` parquet files) is refused with how to re-run."""
+    out = Path(out)
+    if (out / ".units").is_dir() and not overwrite:
+        raise InterpError(f"{out} holds probe units in the old layout ({out / '.units'}/<digest>/), which this "
+                          "version does not read; re-run with --overwrite (overwrite=True) to replace them, or use a "
+                          "new --out")
+    return Store(out, "probe", spec, overwrite=overwrite, owns=OWNS).open()
+
+
+def unit_key(kind: str, name: str, load, seed: int) -> str:
+    """'probe/model=<name>/load=<load>/seed=<seed>' ('causal/...' for a causal-check unit)."""
+    return f"{kind}/model={name}/load={load}/seed={seed}"
 
 
 class Units:
-    """The finished units of one run (nothing is stored with ``out`` None). ``spec``: the run's
-    parameters (a JSON-serialisable list); ``models``: {name: model}, fingerprinted into the digest
-    so that resumed units never mix different weights."""
+    """The finished units of one run: in ``store`` (an open `Store`), or in memory when it is None.
+    `get` returns a unit as it reads back from its file, so a resumed run and an uninterrupted one
+    see the same frames."""
 
-    def __init__(self, out, spec: list, models: dict):
-        self.dir = None
-        if out is not None:
-            key = json.dumps(spec + [{k: _fingerprint(m) for k, m in models.items()}], sort_keys=True, default=str)
-            self.dir = Path(out) / ".units" / hashlib.sha1(key.encode()).hexdigest()[:12]
-            self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: Store | None = None):
+        self.store, self.mem = store, {}
 
-    def _path(self, name, load, seed):
-        return None if self.dir is None else self.dir / f"{_safe(name)}__{_safe(str(load))}__{seed}.parquet"
+    def get(self, key):
+        if self.store is None:
+            return self.mem.get(key)
+        return self.store.get(key) if self.store.has(key) else None
 
-    def get(self, name, load, seed) -> pd.DataFrame | None:
-        """The stored rows of unit (name, load, seed), or None."""
-        path = self._path(name, load, seed)
-        return pd.read_parquet(path) if path is not None and path.is_file() else None
-
-    def put(self, name, load, seed, frame: pd.DataFrame):
-        """Store the rows of unit (name, load, seed) (a no-op without ``out``)."""
-        path = self._path(name, load, seed)
-        if path is not None:
-            frame.to_parquet(path, index=False)
-
-
-def _fingerprint(model) -> str:
-    """A cheap digest of a model's parameters (so resumed units never mix different weights)."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            x = p.detach().double()
-            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.10e}{x.abs().sum().item():.10e}".encode())
-    return h.hexdigest()[:12]
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", s)
+    def put(self, key, frame):
+        if self.store is None:
+            self.mem[key] = frame
+            return frame
+        self.store.put(key, frame.reset_index(drop=True))
+        return self.store.get(key)
