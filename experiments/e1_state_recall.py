@@ -229,7 +229,8 @@ def run_probes(m, arm, P, progress, **knobs):
     have = inspect.signature(probes.run).parameters
     rec = "rec.state@key" if "rec.state@key" in probes.SITES else "rec.state"
     sites = ["resid_post"] + ([rec] if "gdn" in arm else [])
-    extra = {"seeds": list(P["probe_seeds"]), "progress": progress}   # no unit files: parquet may be missing
+    extra = {"seeds": list(P["probe_seeds"]), "progress": progress,   # no unit files: parquet may be missing
+             "controls": ("shuffled",), "causal": None}                 # E1 reads accuracy by layer only
     return probes.run({arm: m}, task="state_recall", target="query_var_value", sites=sites, n=P["probe_n"],
                       **{k: v for k, v in extra.items() if k in have}, **knobs)
 
@@ -237,6 +238,8 @@ def run_probes(m, arm, P, progress, **knobs):
 def best_layers(pr: pd.DataFrame, by: str) -> pd.DataFrame:
     """(model, site) -> the layer with the highest ``by`` (pooled over distances where there are any)."""
     d = pr[pr["distance"].isna()] if "distance" in pr else pr
+    if "answered" in d:                          # one row per control kind and answered-subset: all examples
+        d = d[(d["answered"] == "all") & (d["control_kind"] == "shuffled")]
     return d.loc[d.groupby(["model", "site"], sort=False)[by].idxmax(), ["model", "site", "layer", by]]
 
 
