@@ -38,6 +38,8 @@ figures/e1_state_recall_steps2000/ (``--steps 2000`` reproduces it).
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import torch
@@ -205,9 +207,11 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
         f["n_steps"] = v
         p_frames.append(f)
         pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
-        # every pair (keep_all): at the failure point many pairs are answered wrongly, and they are what is studied
+        # every pair (keep_all, where the sweep filters by default): at the failure point many pairs are answered
+        # wrongly, and they are what is studied
+        keep = {"keep_all": True} if "keep_all" in inspect.signature(patching.sweep).parameters else {}
         px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / f"{run.name}_n{v}",
-                            progress=progress, batch_size=256, keep_all=True)
+                            progress=progress, batch_size=256, **keep)
         X.save_with(figs / f"patch_{arm}.png",
                     lambda f: px.plot(f, title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}"))
         xf = pd.DataFrame(px)
