@@ -160,24 +160,26 @@ def _run(model, tokens, names, store, manifest, done, positions, budget, batch_s
         bar.update(min(batch_size, n - s))
         return dict(cache)
 
-    first, start = forward(done), done
-    rows = first[names[0]].shape[0] if names else 1
-    per_batch = sum(v.numel() * v.element_size() for v in first.values()) // rows * batch_size
-    per_shard = max(1, -(-budget // max(1, per_batch))) * batch_size
-    while start < n:
-        stop, key = min(n, start + per_shard), f"shard-{len(manifest['shards']):05d}"
+    try:
+        first, start = forward(done), done
+        rows = first[names[0]].shape[0] if names else 1
+        per_batch = sum(v.numel() * v.element_size() for v in first.values()) // rows * batch_size
+        per_shard = max(1, -(-budget // max(1, per_batch))) * batch_size
+        while start < n:
+            stop, key = min(n, start + per_shard), f"shard-{len(manifest['shards']):05d}"
 
-        def fill(tmp, start=start, stop=stop, first=first):
-            with open(tmp, "wb") as fh:
-                w = ShardWriter(fh, first, stop - start, {KEY_META: key})
-                for s in range(start, stop, batch_size):
-                    w.write(first if s == start else forward(s))
-        path = atomic_save(store.units / f"{key}.safetensors", fill)
-        manifest["shards"].append(shard_entry(path, store.path, start, stop, first))
-        atomic_write_json(store.path / "manifest.json", manifest)
-        start = stop
-        first = forward(start) if start < n else None
-    bar.close()
+            def fill(tmp, start=start, stop=stop, first=first):
+                with open(tmp, "wb") as fh:
+                    w = ShardWriter(fh, first, stop - start, {KEY_META: key})
+                    for s in range(start, stop, batch_size):
+                        w.write(first if s == start else forward(s))
+            path = atomic_save(store.units / f"{key}.safetensors", fill)
+            manifest["shards"].append(shard_entry(path, store.path, start, stop, first))
+            atomic_write_json(store.path / "manifest.json", manifest)
+            start = stop
+            first = forward(start) if start < n else None
+    finally:   # the bar's last line is written before any error or 'interrupted' message
+        bar.close()
 
 
 def _save_inputs(store, tokens, inputs):

@@ -64,7 +64,7 @@ class TrainConfig:
     device: str = "auto"
     scan_backend: str = "auto"     # auto | reference (see HybridLM.set_scan_backend)
     induction_steps: int = 0       # at most this many first steps on induction sequences (module doc)
-    induction_until: float = 0.9   # ... ending early once held-out accuracy on them reaches this
+    induction_until: float = 0.9   # ... ending early once held-out accuracy on them reaches this (> 1: never)
     induction_len: int = 16        # n, distinct words before <sep> in those sequences
     time_limit: float = 0.0        # minutes; 0 = none. Stops early, saves, records the steps done
     command: str = ""
@@ -231,7 +231,7 @@ def _check_config(cfg: TrainConfig):
         if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo):
             raise InterpError(f"{name}={v!r} is out of range; valid: integers >= {lo}")
     for name, lo, hi in (("lr", 0, math.inf), ("weight_decay", 0, math.inf), ("grad_clip", 0, math.inf),
-                         ("min_lr_ratio", 0, 1), ("induction_until", 0, 1), ("time_limit", 0, math.inf)):
+                         ("min_lr_ratio", 0, 1), ("induction_until", 0, math.inf), ("time_limit", 0, math.inf)):
         v = getattr(cfg, name)
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
         if not ok or (name == "lr" and v == 0):
