@@ -134,7 +134,7 @@ def part_shard(a, work: Path, lines: list):
         # warm-up outside the timings: fla autotunes its kernels on the first call in a process
         # (it would otherwise be charged to whichever configuration runs first)
         patching.sweep(hm, tasks.make_pairs("mqar", 2, seed=5, n_pairs=8), sites=["resid_pre", "rec.state"],
-                       layers=layers, positions=[2], progress=False)
+                       layers=layers, positions=[2], progress=False, keep_all=True)
         sync()
         reset_peaks()
         out = work / f"capture_{tag}"
@@ -150,7 +150,8 @@ def part_shard(a, work: Path, lines: list):
         reset_peaks()
         t0 = time.perf_counter()
         res = patching.sweep(hm, pairs, sites=["resid_pre", "rec.state"], layers=layers,
-                             positions=list(range(2, T, max(1, T // 8))), batch_size=a.shard_batch, progress=False)
+                             positions=list(range(2, T, max(1, T // 8))), batch_size=a.shard_batch, progress=False,
+                             keep_all=True)
         sync()
         t_sweep = time.perf_counter() - t0
         pk_sweep = peaks()
@@ -228,13 +229,13 @@ def dp_worker(a):
     pairs = tasks.make_pairs("mqar", a.pairs, seed=0, n_pairs=8, seq_len=a.seq_len)
     from interp import patching
     patching.sweep(m, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len), sites=["resid_pre"],
-                   layers=[0, m.config.n_layers - 1], positions=[3, a.seq_len - 3], progress=False)  # warm-up
+                   layers=[0, m.config.n_layers - 1], positions=[3, a.seq_len - 3], progress=False, keep_all=True)  # warm-up
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     ctx.barrier()
     t0 = time.perf_counter()
     res = distributed.sweep(m, pairs, out=a.out, ctx=ctx, sites=["resid_pre"], batch_size=a.batch_size,
-                            model_name="dp")
+                            model_name="dp", keep_all=True)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t = time.perf_counter() - t0

@@ -13,16 +13,16 @@ In Python, inside a script that torchrun starts::
     res = distributed.sweep(model, pairs, out="runs/sweep", sites=["resid_pre"])  # rank 0: the PatchResult
     distributed.capture(model, tokens, names, "runs/cap")                         # rank 0 merges the manifest
 
-Each process (rank) takes a deterministic, contiguous share of the work items (patching: (pair
-chunk, site x layer unit) items, balanced by an estimate of their cost; capture: whole batches of
+Each process (rank) takes a deterministic, contiguous share of the work items (patching: (direction,
+pair chunk, site x layer unit) items, balanced by an estimate of their cost; capture: whole batches of
 examples), runs them exactly as one process would (same batches, so the same numbers) and writes
-its results incrementally to ``<out>/rank<r>/``. After a barrier rank 0 merges: the sweep's unit
-sums become the same DataFrame (and ``<out>/units.csv``) a single-process run produces, the
-capture's shards are listed in one ``<out>/manifest.json`` that reads like a single-process
+its results incrementally to ``<out>/rank<r>/``. After a barrier rank 0 merges: the sweep's units
+are copied into ``<out>`` and assembled into the same PatchResult a single-process run produces,
+the capture's shards are listed in one ``<out>/manifest.json`` that reads like a single-process
 capture. An interrupted run resumes: finished items (in any ``rank*/`` directory or the merged
-files) are not run again, also when the number of processes changes (patching). A capture's
-``<out>`` and each ``rank<r>/`` are `interp.store` result folders (spec-checked, locked, written
-atomically); a capture resumes with the same number of processes.
+folder) are not run again, also when the number of processes changes (patching). ``<out>`` and
+each ``rank<r>/`` are `interp.store` result folders (spec-checked, locked, written atomically);
+a capture resumes with the same number of processes.
 
 Backend: NCCL for CUDA hosts, gloo otherwise; the ranks exchange only small control messages
 (barriers, the list of finished items) and never tensors, over a gloo group in both cases.
@@ -219,69 +219,66 @@ def shard(items, rank: int, world_size: int, costs=None) -> list:
 
 # --- patching ---------------------------------------------------------------------------------------
 def _rank_dirs(out: Path):
-    return sorted((d for d in out.glob("rank*") if d.is_dir() and d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
+    """The ``rank<r>/`` parts of a distributed sweep in ``out``, by rank."""
+    from interp.patching import rank_dirs
+    return rank_dirs(out)
 
 
-def _done_items(out: Path) -> list:
-    import pandas as pd
-    done = set()
-    for d in [out] + _rank_dirs(out):
-        f = d / "units.csv"
-        if f.is_file():
-            df = pd.read_csv(f, usecols=["chunk", "unit"])
-            done |= set(zip(df.chunk.astype(int), df.unit.astype(int)))
-    return sorted(done)
+def _done_items(store, plan) -> list:
+    """The items of ``plan`` whose units ``store`` (the sweep's folder, opened by rank 0 before
+    any rank writes, the ranks' parts merged in) holds."""
+    from interp.patching.plan import unit_key
+    return [it for it in plan.items if store.has(unit_key(*it))]
 
 
-def sweep(model, pairs, out, ctx: Context | None = None, progress=None, **kw):
+def sweep(model, pairs, out, ctx: Context | None = None, progress=None, overwrite: bool = False,
+          keep_all: bool = False, n_boot: int = 1000, **kw):
     """`interp.patching.sweep` spread over the ranks of ``ctx`` (default: `init()`). Every rank
-    calls it with the same arguments and its own copy of the model (e.g. on cuda:<local rank>);
-    each runs its share of the (pair chunk, unit) items into ``out/rank<r>/``; rank 0 merges them
-    into ``out/units.csv`` / ``baselines.csv`` and returns the PatchResult (equal to a
-    single-process ``sweep``), the other ranks return None. ``out`` is required (the ranks meet
-    there); ``kw``: the other arguments of `interp.patching.sweep`."""
+    calls it with the same arguments and its own copy of the model (e.g. on cuda:<local rank>).
+    Rank 0 opens ``out`` (the sweep's `interp.store.Store`: spec-checked against the settings,
+    locked for the whole run, ``overwrite=True`` replaces it) and lists the finished items; each
+    rank runs a share of the rest (balanced by estimated cost) into its part ``out/rank<r>/`` (a
+    store with the same spec); rank 0 merges the parts into ``out`` and returns the PatchResult
+    (equal to a single-process ``sweep``), the other ranks return None. ``out`` is required (the
+    ranks meet there); ``kw``: the other arguments of `interp.patching.sweep`."""
     from interp import patching
+    from interp.patching.plan import unit_key
+    from interp.patching.units import KIND
+    from interp.store import Store
     ctx = ctx or init()
     if out is None:
         raise InterpError("a distributed sweep needs an output directory (out=) where the ranks write their parts")
     out = Path(out)
     if progress is None:
         progress = ctx.is_main
-    if not ctx.distributed:
-        if _rank_dirs(out) and any((d / "units.csv").is_file() for d in _rank_dirs(out)):
-            patching.merge_units([out] + _rank_dirs(out), out=out)  # resume what a distributed run left
-        return patching.sweep(model, pairs, out=out, progress=progress, **kw)
-    state = {}
+    if not ctx.distributed:  # one process: a plain sweep (it merges what an interrupted distributed run left)
+        return patching.sweep(model, pairs, out=out, progress=progress, overwrite=overwrite, keep_all=keep_all,
+                              n_boot=n_boot, **kw)
+    plan = patching.plan_sweep(model, pairs, **kw)
+    held = {}
 
-    def select(items, costs):
-        # the one meeting point before any work: every rank reports whether it got here, rank 0
-        # adds the items already finished (read before anyone writes: the others wait here)
-        state["items"] = items
-        msgs = ctx.gather(("ok", _done_items(out) if ctx.is_main else None))
-        _raise_any(msgs)
-        done = set(map(tuple, msgs[0][1]))
-        return shard([it for it in items if it not in done], ctx.rank, ctx.world_size, costs)
-
-    err = None
+    def open_out():  # rank 0, before any rank writes: check and lock out; the finished items
+        held["store"] = patching.open_units(out, plan.spec, overwrite)
+        return _done_items(held["store"], plan)
     try:
-        patching.sweep(model, pairs, out=out / f"rank{ctx.rank}", progress=progress, shard=select, **kw)
-    except InterpError as e:
-        if getattr(e, "agreed", False):  # every rank raises it
-            raise
-        if "items" not in state:  # failed before the meeting point: tell the others there
-            _raise_any(ctx.gather(("error", str(e))))
-        err = str(e)
-    _raise_any(ctx.gather(("error", err) if err else ("ok", None)))
+        done = set(map(tuple, ctx.on_main(open_out)))
+        mine = shard([it for it in plan.items if it not in done], ctx.rank, ctx.world_size,
+                     {it: plan.cost(it) for it in plan.items})
+        err = None
+        try:
+            with Store(out / f"rank{ctx.rank}", KIND, plan.spec) as part:
+                patching.run_items(plan, part, [it for it in mine if not part.has(unit_key(*it))], progress)
+        except InterpError as e:
+            err = str(e)
+        _raise_any(ctx.gather(("error", err) if err else ("ok", None)))
 
-    def merge():
-        units, base = patching.merge_units([out] + _rank_dirs(out), out=out)
-        have = set(zip(units.chunk.astype(int), units.unit.astype(int)))
-        lost = [it for it in state["items"] if it not in have]
-        if lost:
-            raise InterpError(f"merged sweep in {out} lacks {len(lost)} unit(s), e.g. {lost[:3]}")
-        return patching.assemble_units(units, base, model, pairs, model_name=kw.get("model_name", "model"),
-                                       direction=kw.get("direction", "denoise"))
-    return ctx.on_main(merge, share=False)
+        def merge():
+            patching.merge_units(_rank_dirs(out), out=held["store"])
+            return patching.assemble(plan, held["store"], keep_all=keep_all, n_boot=n_boot)
+        return ctx.on_main(merge, share=False)
+    finally:
+        if "store" in held:
+            held["store"].close()
 
 
 def _raise_any(msgs):

@@ -39,3 +39,28 @@ def seed_interval(values) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     half = t975(len(x) - 1) * float(x.std(ddof=1)) / np.sqrt(len(x))
     return m, m - half, m + half
+
+
+def boot_ratio_cis(sums: np.ndarray, counts: np.ndarray, n_boot: int, rng, block: int = 4096):
+    """95% percentile intervals of many ratios at once: column j is sum(sums[:, j]) / sum(counts[:, j])
+    (``counts`` [C] is shared by every column), the C rows (clusters, e.g. prompt pairs) resampled
+    with replacement, the same resamples for every column (so differences between columns are
+    paired). A cluster that does not belong to a column has 0 in both. Returns (lo [J], hi [J]);
+    NaN with fewer than two clusters or where a resampled count is 0."""
+    import warnings
+    sums = np.asarray(sums, dtype=float)
+    C, J = sums.shape
+    if C < 2:
+        return np.full(J, np.nan), np.full(J, np.nan)
+    w = rng.multinomial(C, np.full(C, 1.0 / C), size=n_boot).astype(float)   # [B, C]
+    counts = np.asarray(counts, dtype=float)
+    lo, hi = np.empty(J), np.empty(J)
+    for a in range(0, J, block):
+        num = w @ sums[:, a:a + block]
+        den = w @ (counts[:, a:a + block] if counts.ndim == 2 else counts[:, None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+        with warnings.catch_warnings():  # a column with no finite resample: NaN bounds
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo[a:a + block], hi[a:a + block] = np.nanpercentile(r, [2.5, 97.5], axis=0)
+    return lo, hi

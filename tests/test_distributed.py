@@ -1,7 +1,7 @@
 """Scale out (#7): data-parallel patching sweeps and captures on torch.distributed (gloo, 2 CPU
 processes) equal single-process runs exactly (also through the CLI under torchrun, and after a
-resume); HF models dispatched by accelerate (device_map) give the same hooks, captures and sweeps;
-sharding and errors. A 2-GPU check runs where two GPUs are present."""
+resume, also after a rank is killed inside a write); HF models dispatched by accelerate (device_map)
+give the same hooks, captures and sweeps; sharding and errors. A 2-GPU check runs where two GPUs are present."""
 import json
 import os
 import pickle
@@ -24,10 +24,10 @@ from interp.zoo import HybridLM, ZooConfig, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = dict(sites=["resid_pre", "rec.state", "mixer_out"], positions=None, batch_size=4,
-             model_name="m")                              # 6 pairs -> 2 pair chunks; layer 3 = KV-window path
+             model_name="m", keep_all=True)               # 6 pairs -> 2 pair chunks; layer 3 = KV-window path
 NAMES = ["blocks.0.rec.state", "blocks.3.attn.pattern", "blocks.2.resid_post"]
 PATCH_CLI = ["patch", "--task", "mqar", "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
-             "--site", "rec.state", "--batch-size", "4"]
+             "--site", "rec.state", "--batch-size", "4", "--keep-all"]
 CAPTURE_CLI = ["capture", "--task", "mqar", "--n", "7", "--names", ",".join(NAMES), "--positions", "2,5,9",
                "--batch-size", "2", "--max-memory", "30000"]
 
@@ -51,6 +51,12 @@ def tokens():
     return T.generate("mqar", 7, seed=3, n_pairs=4).tokens
 
 
+def unit_files(d):
+    """The unit files (not baselines) of a sweep folder, by key order."""
+    return sorted(Path(d).glob("units/*.unit=*.safetensors"), key=lambda f: [int(x) for x in
+                  f.name.split(".chunk=")[1].split(".safetensors")[0].split(".unit=")])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,20 +76,18 @@ def _worker(rank, world, port, tmp):
     m = load_model(tmp / "model")
     res = distributed.sweep(m, pairs(), out=tmp / "sweep", **SWEEP)
     assert (res is None) == (rank != 0)
-    ran = len(pd.read_csv(tmp / "sweep" / f"rank{rank}" / "units.csv").groupby(["chunk", "unit"]))
+    ran = len(unit_files(tmp / "sweep" / f"rank{rank}"))
     cost = {1: 0}
-    # interrupted run: the merged files are lost and rank 1 lost its last unit; the rerun runs only that
+    # interrupted run: the merged units are lost and rank 1 lost its last unit; the rerun runs only that
     ctx.barrier()
     if rank == 0:
-        (tmp / "sweep" / "units.csv").unlink()
-        f = tmp / "sweep" / "rank1" / "units.csv"
-        df = patching.read_csv_exact(f)
-        last = df[["chunk", "unit"]].drop_duplicates().iloc[-1]
-        df[(df.chunk != last.chunk) | (df.unit != last.unit)].to_csv(f, index=False)
+        for f in unit_files(tmp / "sweep"):
+            f.unlink()
+        unit_files(tmp / "sweep" / "rank1")[-1].unlink()
     ctx.barrier()
-    before = [len(pd.read_csv(tmp / "sweep" / f"rank{r}" / "units.csv")) for r in range(world)]
+    before = [len(unit_files(tmp / "sweep" / f"rank{r}")) for r in range(world)]
     res2 = distributed.sweep(m, pairs(), out=tmp / "sweep", **SWEEP)
-    after = [len(pd.read_csv(tmp / "sweep" / f"rank{r}" / "units.csv")) for r in range(world)]
+    after = [len(unit_files(tmp / "sweep" / f"rank{r}")) for r in range(world)]
     cost[1] = sum(after) - sum(before)
     distributed.capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], max_memory=30000,
                         meta={"x": 1})
@@ -127,12 +131,9 @@ def test_distributed_sweep_equals_single_process(dist_run, one_thread):
 def test_distributed_resume_runs_only_missing_units(dist_run, one_thread):
     tmp, got = dist_run
     pd.testing.assert_frame_equal(got["res2"], got["res"], check_exact=True)
-    u = pd.read_csv(tmp / "sweep" / "units.csv")
-    n_units = u.groupby(["chunk", "unit"]).ngroups
-    per_unit = u.groupby(["chunk", "unit"]).size()
-    assert 0 < got["rerun_rows"] <= per_unit.max()   # one unit re-run, not the sweep
-    keys = [set(zip(*[pd.read_csv(d / "units.csv")[c] for c in ("chunk", "unit")]))
-            for d in sorted((tmp / "sweep").glob("rank*"))]
+    n_units = len(unit_files(tmp / "sweep"))
+    assert n_units == 2 * 11 and got["rerun_rows"] == 1    # one unit re-run, not the sweep
+    keys = [{f.name for f in unit_files(d)} for d in sorted((tmp / "sweep").glob("rank*"))]
     assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == n_units  # no unit ran twice
 
 
@@ -142,14 +143,47 @@ def test_single_process_resumes_from_rank_parts(dist_run, one_thread, monkeypatc
     tmp, got = dist_run
     d = tmp_path / "sweep"
     shutil.copytree(tmp / "sweep", d)
-    for f in ("units.csv", "baselines.csv"):
-        (d / f).unlink()
+    for f in (d / "units").iterdir():
+        f.unlink()
 
     def no_forward(*a, **k):
         raise AssertionError("a finished unit was run again")
     monkeypatch.setattr(hooks.HookedModel, "__call__", no_forward)
     again = distributed.sweep(load_model(tmp / "model"), pairs(), out=d, ctx=distributed.Context(), **SWEEP)
     pd.testing.assert_frame_equal(again, got["res"], check_exact=True)
+
+
+def _kill_worker(rank, world, port, tmp, kill):
+    """One rank of a distributed sweep into ``tmp/killed``; rank 1 SIGKILLs itself at ``kill``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if kill and rank == 1:
+        os.environ["INTERP_STORE_KILL"] = kill
+    torch.set_num_threads(1)
+    tmp = Path(tmp)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    res = distributed.sweep(load_model(tmp / "model"), pairs(), out=tmp / "killed", ctx=distributed.init(), **SWEEP)
+    if rank == 0:
+        (tmp / "killed.pkl").write_bytes(pickle.dumps(res))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    distributed.shutdown()
+
+
+def test_killed_distributed_sweep_resumes_bit_for_bit(dist_run, one_thread):
+    """Rank 1 SIGKILLed inside the spec write of its part, then (resumed) inside its first baseline
+    write, inside a unit write, between two units (the other rank is stopped with it each time);
+    the last resume equals the single-process sweep exactly, with every unit once in the merged
+    folder."""
+    tmp, got = dist_run
+    for kill in ("write:spec.json:1", "write:base.chunk=*:1", "write:denoise.chunk=*:2", "after:denoise.chunk=*:1"):
+        with pytest.raises(Exception):
+            torch.multiprocessing.spawn(_kill_worker, args=(2, free_port(), str(tmp), kill), nprocs=2, join=True)
+        assert not (tmp / "killed.pkl").exists()
+    torch.multiprocessing.spawn(_kill_worker, args=(2, free_port(), str(tmp), ""), nprocs=2, join=True)
+    res = pickle.loads((tmp / "killed.pkl").read_bytes())
+    pd.testing.assert_frame_equal(res, got["res"], check_exact=True)
+    assert [f.name for f in unit_files(tmp / "killed")] == [f.name for f in unit_files(tmp / "sweep")]
 
 
 def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_path):
@@ -208,7 +242,7 @@ def test_cli_distributed_equals_single(dist_run, one_thread, tmp_path):
     a = patching.read_csv_exact(tmp / "cli_patch_dist" / "model_mqar.csv")
     b = patching.read_csv_exact(tmp_path / "p" / "model_mqar.csv")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert list((tmp / "cli_patch_dist" / ".units").glob("*/rank1/units.csv"))
+    assert list((tmp / "cli_patch_dist" / ".units").glob("*/rank1/units/*.safetensors"))
     ca, cb = load_capture(tmp / "cli_cap_dist"), load_capture(tmp_path / "c")
     assert all(torch.equal(ca[k], cb[k]) for k in NAMES)
 
@@ -219,7 +253,7 @@ def test_torchrun_cli_patch(tmp_path, one_thread):
     from interp.cli import main
     make_model(tmp_path / "model")
     args = ["--task", "state_recall", "--n", "4", "--site", "resid_pre", "--positions", "3:9",
-            "--model", str(tmp_path / "model")]
+            "--model", str(tmp_path / "model"), "--keep-all"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "interp.cli", "--", "patch", *args, "--out", str(tmp_path / "d"), "--distributed"],
@@ -259,8 +293,10 @@ def test_single_process_context_and_errors(tmp_path, monkeypatch):
     assert ctx.device("cpu") == torch.device("cpu")
     assert ctx.on_main(lambda: 5) == 5
     m = make_model(tmp_path / "model")
-    res = distributed.sweep(m, pairs(), out=tmp_path / "s", sites=["resid_pre"], layers=[1], positions=[2, 3])
-    assert len(res) == 2 and (tmp_path / "s" / "units.csv").is_file()   # one process: a plain sweep
+    res = distributed.sweep(m, pairs(), out=tmp_path / "s", sites=["resid_pre"], layers=[1], positions=[2, 3],
+                            keep_all=True)
+    assert len(res) == 2 and (tmp_path / "s" / "spec.json").is_file()   # one process: a plain sweep
+    assert not list((tmp_path / "s").glob("rank*"))
     with pytest.raises(InterpError, match="needs an output directory"):
         distributed.sweep(m, pairs(), out=None)
     monkeypatch.setenv("RANK", "0")
@@ -273,9 +309,11 @@ def test_single_process_context_and_errors(tmp_path, monkeypatch):
 
 def test_merge_refuses_mixed_settings(tmp_path):
     m = make_model(tmp_path / "model")
-    patching.sweep(m, pairs(), out=tmp_path / "a", sites=["resid_pre"], layers=[1], positions=[2], progress=False)
-    patching.sweep(m, pairs(), out=tmp_path / "b", sites=["resid_pre"], layers=[2], positions=[2], progress=False)
-    with pytest.raises(InterpError, match="different settings"):
+    patching.sweep(m, pairs(), out=tmp_path / "a", sites=["resid_pre"], layers=[1], positions=[2], progress=False,
+                   keep_all=True)
+    patching.sweep(m, pairs(), out=tmp_path / "b", sites=["resid_pre"], layers=[2], positions=[2], progress=False,
+                   keep_all=True)
+    with pytest.raises(InterpError, match=r"different settings than .*a: layers: \[1\] -> \[2\]"):
         patching.merge_units([tmp_path / "a", tmp_path / "b"])
     with pytest.raises(InterpError, match="nothing to merge"):
         patching.merge_units([tmp_path / "empty"])
@@ -328,7 +366,8 @@ def test_accelerate_dispatched_hf_model_hooks_capture_sweep(tmp_path, kind="qwen
     capture(disp, x, names, tmp_path / "cd", batch_size=4, progress=False)
     a, b = load_capture(tmp_path / "cp"), load_capture(tmp_path / "cd")
     assert all(torch.equal(a[k], b[k]) for k in names)
-    kw = dict(sites=["resid_mid", "rec.state"], layers=[i], positions=[5, 12], batch_size=64, progress=False)
+    kw = dict(sites=["resid_mid", "rec.state"], layers=[i], positions=[5, 12], batch_size=64, progress=False,
+              keep_all=True)
     ra, rb = patching.sweep(hp, pairs(), **kw), patching.sweep(hd, pairs(), **kw)
     assert ra.logit_diff.abs().max() > 0.01
     pd.testing.assert_frame_equal(ra, rb, check_exact=True)
@@ -389,7 +428,8 @@ def test_two_gpu_split_equals_one_gpu(tmp_path, kind):
         return S
     with torch.no_grad():
         assert rel(h2.run_with_hooks(x, hooks=[(name, put)]).cpu(), h1.run_with_hooks(x, hooks=[(name, put)]).cpu()) < 1e-4
-    kw = dict(sites=["resid_pre", "resid_mid", "rec.state"], layers=[i], positions=[2, 5, 9, 12], progress=False)
+    kw = dict(sites=["resid_pre", "resid_mid", "rec.state"], layers=[i], positions=[2, 5, 9, 12], progress=False,
+              keep_all=True)
     a, b = patching.sweep(h1, pairs(), **kw), patching.sweep(h2, pairs(), **kw)
     assert (a.logit_diff - b.logit_diff).abs().max() < 1e-3
     capture(two, x.cpu(), [name, "blocks.3.resid_post"], tmp_path / "c2", batch_size=4, progress=False)

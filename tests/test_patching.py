@@ -14,6 +14,16 @@ from interp.tasks import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine many threads of several processes slow each
+    other down far more than one thread each."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make(layout, seed=0, n_layers=4):
     torch.manual_seed(seed)
     cfg = ZooConfig(vocab_size=len(VOCAB), d_model=32, n_layers=n_layers, layout=layout, n_heads=2,
@@ -75,10 +85,10 @@ def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     hm = hooks.wrap(m)
     pos = [3, 8, 13, p.clean.shape[1] - 2]
     heads = site == "attn.head_out"
-    a = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False)
+    a = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False, keep_all=True)
     assert patching._window_ok(hm, site, layer, [(3, None)]) == (site == "resid_pre")
     b = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False,
-                       batch_size=7, skip_prefix=False)
+                       batch_size=7, skip_prefix=False, keep_all=True)
     np.testing.assert_allclose(a.logit_diff, b.logit_diff, atol=1e-4)
     np.testing.assert_allclose(a.kl, b.kl, atol=1e-4)
     for _, row in a.iloc[:3].iterrows():
@@ -92,7 +102,7 @@ def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
 
 def test_noising_and_metrics_consistent():
     m, p = make("gdn75"), pairs()
-    res = patching.sweep(m, p, sites=["resid_pre"], layers=[0], direction="noise", progress=False)
+    res = patching.sweep(m, p, sites=["resid_pre"], layers=[0], direction="noise", progress=False, keep_all=True)
     b = res.attrs["baselines"]
     # noising every token the prompts share changes nothing: normalised value 1 there (clean run)
     same = (p.clean == p.corrupted).all(0).nonzero().flatten().tolist()
@@ -103,26 +113,28 @@ def test_noising_and_metrics_consistent():
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """A sweep stopped after its 4th unit (each unit one file of the sweep's store) resumes and
+    equals an uninterrupted run exactly; other settings are refused, naming the field."""
+    from interp.store import Store
     m, p = make("gdn75"), pairs(n=8)
-    kw = dict(sites=["resid_pre", "rec.state"], positions=[2, 5, 9], batch_size=4, progress=False)
+    kw = dict(sites=["resid_pre", "rec.state"], positions=[2, 5, 9], batch_size=4, progress=False, keep_all=True)
     full = patching.sweep(m, p, **kw)
     calls = {"n": 0}
-    orig = patching._UnitStore.add
+    orig = Store.put
 
-    def flaky(self, *a, **k):
-        calls["n"] += 1
+    def flaky(self, key, payload):
+        calls["n"] += 1 if ".unit=" in key else 0
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return orig(self, *a, **k)
-    monkeypatch.setattr(patching._UnitStore, "add", flaky)
+        return orig(self, key, payload)
+    monkeypatch.setattr(Store, "put", flaky)
     with pytest.raises(KeyboardInterrupt):
         patching.sweep(m, p, out=tmp_path / "run", **kw)
-    monkeypatch.setattr(patching._UnitStore, "add", orig)
-    assert len(pd.read_csv(tmp_path / "run" / "units.csv").drop_duplicates(["chunk", "unit"])) == 4
+    monkeypatch.setattr(Store, "put", orig)
+    assert len(list((tmp_path / "run" / "units").glob("denoise.*"))) == 4
     resumed = patching.sweep(m, p, out=tmp_path / "run", **kw)
-    pd.testing.assert_frame_equal(pd.DataFrame(full).reset_index(drop=True),
-                                  pd.DataFrame(resumed).reset_index(drop=True), atol=1e-6)
-    with pytest.raises(InterpError, match="different settings"):
+    pd.testing.assert_frame_equal(full, resumed, check_exact=True)
+    with pytest.raises(InterpError, match=r"positions: \[2, 5, 9\] -> \[1\]"):
         patching.sweep(m, p, out=tmp_path / "run", **{**kw, "positions": [1]})
 
 
@@ -136,7 +148,7 @@ def test_equals_transformerlens_resid_pre():
     bridge = to_transformer_bridge(m)
     with torch.no_grad():
         torch.testing.assert_close(bridge(p.clean), m(p.clean), atol=1e-4, rtol=1e-4)
-    ours = patching.sweep(m, p, sites=["resid_pre"], progress=False)
+    ours = patching.sweep(m, p, sites=["resid_pre"], progress=False, keep_all=True)
     b = ours.attrs["baselines"]
     r = torch.arange(len(p))
 
@@ -167,8 +179,8 @@ def test_attribution_screen():
     top_at = mm.loc[mm.logit_diff_at.idxmax(), ["layer", "position"]].tolist()
     assert top_ex == top_at
     assert mm.logit_diff.corr(mm.logit_diff_at) > 0.8
-    with pytest.raises(InterpError, match="rec.state"):
-        patching.attribution(m, p, sites=["rec.state"])
+    with pytest.raises(InterpError, match="site 'rec.stat' is not valid"):
+        patching.attribution(m, p, sites=["rec.stat"])
 
 
 def test_hf_models_skip_prefix_and_logits_at():
@@ -189,8 +201,8 @@ def test_hf_models_skip_prefix_and_logits_at():
         kw = dict(sites=["resid_pre", site], layers=[layer + 1 if site == "resid_pre" else layer],
                   positions=[2, 3, 5], progress=False)
         kw["layers"] = [layer]
-        a = patching.sweep(hm, pb, **kw)
-        b = patching.sweep(hm, pb, batch_size=3, skip_prefix=False, **kw)
+        a = patching.sweep(hm, pb, keep_all=True, **kw)
+        b = patching.sweep(hm, pb, batch_size=3, skip_prefix=False, keep_all=True, **kw)
         np.testing.assert_allclose(a.logit_diff, b.logit_diff, atol=1e-4)
         np.testing.assert_allclose(a.kl, b.kl, atol=1e-5)
         with torch.no_grad(), hm.logits_at(pb.answer_pos):
@@ -215,6 +227,28 @@ def test_errors():
         patching.sweep(m, p, positions=[500])
     with pytest.raises(InterpError, match="direction 'sideways'"):
         patching.sweep(m, p, direction="sideways")
+    T_ = p.clean.shape[1]
+    with pytest.raises(InterpError, match=f"position -1 out of range 0..{T_ - 1}"):
+        patching.sweep(m, p, positions=[-1])
+    with pytest.raises(InterpError, match="no layer selected; valid: 0..3"):
+        patching.sweep(m, p, layers=[])
+    with pytest.raises(InterpError, match="no position selected"):
+        patching.sweep(m, p, positions=[])
+    # run_patched: negative / out-of-range positions, base and source of other shapes, heads
+    with pytest.raises(InterpError, match=f"position -1 out of range 0..{T_ - 1}"):
+        patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=-1)
+    with pytest.raises(InterpError, match=f"position {T_} out of range"):
+        patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=T_)
+    with pytest.raises(InterpError, match=r"same shape .*got \[6, %d\] and \[6, %d\]" % (T_, T_ - 1)):
+        patching.run_patched(m, p.corrupted, p.clean[:, :-1], "resid_pre", 1)
+    with pytest.raises(InterpError, match=r"got \[6, %d\] and \[3, %d\]" % (T_, T_)):
+        patching.run_patched(m, p.corrupted, p.clean[:3], "resid_pre", 1)
+    with pytest.raises(InterpError, match="head 5 out of range 0..1"):
+        patching.run_patched(m, p.corrupted, p.clean, "attn.head_out", 1, head=5)
+    with pytest.raises(InterpError, match="site 'resid_pre' has no heads"):
+        patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, head=0)
+    assert patching.sites_of(hooks.wrap(m).hook_names, None) == ["resid_pre"]
+    assert "attn.q" in patching.sites_of(hooks.wrap(m).hook_names, [1])
 
 
 def test_cli_patch_layer(tmp_path, capsys):
@@ -222,10 +256,20 @@ def test_cli_patch_layer(tmp_path, capsys):
     assert main(["patch", "--layer", "11", "--n", "8", "--positions", "20:26", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "logit diff clean" in out and "rec.state" not in out.split("\n")[0]
+    assert "pairs kept" in out.split("\n")[0] and "denoise" in out and "noise" in out
     assert (tmp_path / "gdn75_mqar_L11.png").stat().st_size > 1000
     df = pd.read_csv(tmp_path / "gdn75_mqar_L11.csv")
     assert set(df.layer) == {11} and {"resid_pre", "attn.head_out", "mlp_out"} <= set(df.site)
+    assert set(df.direction) == {"denoise", "noise"} and {"logit_diff_lo", "position_class"} <= set(df.columns)
     assert main(["patch", "--layer", "99"]) == 2
     assert "error: layer 99 out of range 0..11" in capsys.readouterr().err
     assert main(["patch", "--metric", "acc", "--n", "2"]) == 2
     assert "metric 'acc' is not valid" in capsys.readouterr().err
+    for args, msg in [(["--layer", "3:1"], "--layer '3:1': the range '3:1' is empty"),
+                      (["--positions", "-1"], "position -1 out of range 0..25"),
+                      (["--positions", "5:2"], "--positions '5:2': the range '5:2' is empty"),
+                      (["--layer", "-1"], "layer -1 out of range 0..11"),
+                      (["--positions", "30"], "position 30 out of range 0..25")]:
+        assert main(["patch", "--n", "2", "--out", str(tmp_path / "bad"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err

@@ -15,7 +15,16 @@ position, reported for every patch:
   with LD = logit[clean answer] - logit[corrupted answer] averaged over pairs (0 = corrupted run,
   1 = clean run; the IOI-paper convention, also TransformerLens' demos);
 * ``prob``: mean probability of the clean answer;
-* ``kl``: mean KL(clean run || patched run) of the next-token distribution.
+* ``kl``: mean KL(clean run || patched run) of the next-token distribution;
+
+each with a 95% bootstrap interval over pairs (``*_lo``, ``*_hi``). ``direction='both'`` gives
+denoising and noising side by side (sufficiency and necessity). Pairs are kept only where the
+model answers both prompts correctly (``keep_all=True`` keeps all; ``res.attrs['pairs']`` counts
+them). Every position is classed by the task's ground truth (changed fact, write, between, query;
+``prefix`` / ``after`` and the residual stream at a changed token are trivial): ``res.ranked()``
+leaves trivial cells out (``res[res.trivial]`` has them), ``res.summary()`` aligns each class across pairs and ``res.paths()``
+names the path from the fact to the answer; ``res.difference(a, b)`` compares two cells with a
+paired interval.
 
 Sites are hook names without the block prefix (``resid_pre``, ``mixer_out``, ``attn.head_out``,
 ``rec.state``, ...; see `hooks.names`). A patch is a *cell* (site, layer, position, head): position
@@ -27,24 +36,32 @@ read-out).
 Speed, written by hand because neither TransformerLens nor nnsight does it: many cells run in one
 forward pass (each block of batch rows carries a different cell); blocks before the patched layer
 are not recomputed (`HookedModel.start_at` returns the unchanged run's block output); logits are
-computed only at the answer position (`HookedModel.logits_at`). Work is split into units (a pair
-chunk x a site and layer); each finished unit's sums are appended to ``<out>/units.csv`` so an
-interrupted sweep resumes where it stopped.
+computed only at the answer position (`HookedModel.logits_at`). Work is split into items (a
+direction x a pair chunk x a site and layer); with ``out`` each finished item's per-pair metrics
+are one file of an `interp.store.Store` (atomic, spec-checked, locked), so an interrupted sweep
+resumes where it stopped and gives the numbers of a run that never stopped.
 
-Files, one job each: ``sites`` (site names, cells, writing a cell), ``run`` (one patched run, answer
-metrics), ``sweep`` (the sweep loop), ``window`` (its zoo-only KV-window fast path), ``units``
-(resumable unit storage, merging, assembling), ``result`` (`PatchResult`), ``attribution``
-(attribution patching).
+Files, one job each: ``sites`` (site names, checks, cells, writing a cell), ``run`` (one patched
+run, answer metrics), ``plan`` (units, chunks, items, the result spec), ``sweep`` (the sweep loop),
+``window`` (its zoo-only KV-window fast path), ``units`` (the sweep's store, merging distributed
+parts), ``assemble`` (filtering, cell statistics), ``classes`` (position classes), ``result``
+(`PatchResult`), ``evidence`` (summaries by class, paths, paired differences), ``plot``
+(heatmaps), ``attribution`` (attribution patching and its comparison with exact patching).
 """
-from interp.patching.sites import (DIRECTIONS, HEAD_SITES, METRICS, RESID_SITES, SITES, layer_kind,
-                                   plan_cells)
+from interp.patching.sites import (DIRECTION_CHOICES, DIRECTIONS, HEAD_SITES, METRICS, RESID_SITES, SITES,
+                                   check_layers, check_positions, layer_kind, plan_cells, sites_of)
 from interp.patching.run import run_patched
 from interp.patching.result import PatchResult
-from interp.patching.units import _UnitStore, assemble_units, merge_units, read_csv_exact
+from interp.patching.classes import CLASSES, position_classes
+from interp.patching.plan import Plan, plan_sweep
+from interp.patching.units import merge_units, open_units, rank_dirs, read_csv_exact, run_name, units_dir
 from interp.patching.window import _window_ok
-from interp.patching.sweep import sweep
-from interp.patching.attribution import attribution
+from interp.patching.sweep import run_items, sweep
+from interp.patching.assemble import assemble
+from interp.patching.attribution import attribution, compare_attribution
 
-__all__ = ["DIRECTIONS", "HEAD_SITES", "METRICS", "RESID_SITES", "SITES", "PatchResult", "assemble_units",
-           "attribution", "layer_kind", "merge_units", "plan_cells", "read_csv_exact", "run_patched", "sweep",
-           "_UnitStore", "_window_ok"]
+__all__ = ["CLASSES", "DIRECTIONS", "DIRECTION_CHOICES", "HEAD_SITES", "METRICS", "RESID_SITES", "SITES",
+           "PatchResult", "Plan", "assemble", "attribution", "check_layers", "check_positions",
+           "compare_attribution", "layer_kind", "merge_units", "open_units", "plan_cells", "plan_sweep",
+           "position_classes", "rank_dirs", "read_csv_exact", "run_items", "run_name", "run_patched", "sites_of",
+           "sweep", "units_dir", "_window_ok"]

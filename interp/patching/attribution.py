@@ -1,5 +1,6 @@
 """Attribution patching: a first-order screen of every cell's denoising effect from one forward and
-one backward pass."""
+one backward pass (a state patch's gradient for ``rec.state``), and its comparison with exact
+patching."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,41 +11,70 @@ import hooks
 from interp import InterpError
 from interp.patching.result import PatchResult, _is_zoo_vocab
 from interp.patching.run import _answer_metrics, _model_device
-from interp.patching.sites import RESID_SITES, SITES, _check_choice, layer_kind, plan_cells
+from interp.patching.sites import RESID_SITES, SITES, _check_choice, check_layers, layer_kind, plan_cells
 
 
 def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, model_name="model",
-                device=None) -> PatchResult:
-    """First-order estimate of the *denoising* effect of every cell, from one forward and one
-    backward pass (Nanda's attribution patching): effect(a) ~ (a_clean - a_corrupted) . dLD/da at
-    the corrupted run, normalised like ``logit_diff``. Same frame as `sweep` (``logit_diff`` holds
-    the estimate; ``prob`` and ``kl`` are NaN). ``rec.state`` is not on the forward path of the
-    kernels (states are recomputed beside it), so it has no gradient here: use `sweep` for it."""
+                device=None, keep_all=False, batch_size=256) -> PatchResult:
+    """First-order estimate of the *denoising* effect of every cell (Nanda's attribution patching):
+    effect(a) ~ (a_clean - a_corrupted) . dLD/da at the corrupted run, normalised like
+    ``logit_diff``, from one forward and one backward pass. Same frame as `sweep` (``logit_diff``
+    holds the estimate; ``prob``, ``kl`` and the intervals are NaN); pairs filtered as `sweep` does
+    (``keep_all``). ``rec.state`` has no gradient on the kernels' path (states are computed beside
+    it), so its estimate is the gradient of the state patch itself, d LD / d eps of
+    S_t + eps (S_t,clean - S_t): one forward and backward over pairs x positions rows
+    (``batch_size`` rows at a time) per layer, as costly as the exact sweep of that site."""
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
     for s in sites:
         _check_choice("site", s, SITES)
-        if s in ("rec.state", "attn.pattern"):
-            raise InterpError(f"attribution does not support site '{s}' (not on the gradient path of "
-                              "the fused ops); use patching.sweep for it")
-    device = device or _model_device(hm)
-    pairs = pairs.to(device)
+    layers = check_layers(layers, hm.n_layers)
+    pairs = pairs.to(device or _model_device(hm))
     N, T = pairs.clean.shape
     names = []
     for s in sites:
-        for i in (range(hm.n_layers) if layers is None else [int(x) for x in layers]):
-            if not 0 <= i < hm.n_layers:
-                raise InterpError(f"layer {i} out of range 0..{hm.n_layers - 1}")
+        for i in (range(hm.n_layers) if layers is None else layers):
             L = hm.layers[i]
             if (s.startswith("attn.") and L.attn is None) or (s.startswith("rec.") and L.rec is None):
                 if layers is not None:
                     plan_cells(hm, s, i, None, False, T)  # raises the clear error
                 continue
             names.append((s, i, f"blocks.{i}.{s}"))
+    grad_names = [x for x in names if x[0] != "rec.state"]
+    clean_cache, acts, ld_c, ld_x, keep = _forward_backward(hm, pairs, grad_names, [n for s, _, n in names])
+    if keep_all:
+        keep[:] = True
+    if not keep.any():
+        raise InterpError(f"the model answers none of the {N} pairs correctly on both prompts; use keep_all=True "
+                          "(--keep-all) to keep every pair")
+    K = int(keep.sum())
+    denom = float(ld_c[keep].mean() - ld_x[keep].mean())
+    rows = []
+    for s, i, n in names:
+        if s == "rec.state":
+            per = _state_effects(hm, pairs, i, clean_cache[n], keep, batch_size)       # [K, T]
+            rows += [dict(site=s, layer=i, position=p, head=-1, ld=float(per[:, p].sum()) / K) for p in range(T)]
+            continue
+        d = ((clean_cache[n].float() - acts[n].detach().float()) * acts[n].grad.float())[keep]  # [K, ...]
+        per = d.sum(0).transpose(0, 1) if s == "attn.pattern" else d.sum(0)   # [T, (H, ...)]
+        if s in RESID_SITES or not heads:
+            v = per.reshape(T, -1).sum(-1) / K
+            rows += [dict(site=s, layer=i, position=p, head=-1, ld=float(v[p])) for p in range(T)]
+        else:
+            v = per.reshape(T, per.shape[1], -1).sum(-1) / K
+            rows += [dict(site=s, layer=i, position=p, head=h, ld=float(v[p, h]))
+                     for h in range(per.shape[1]) for p in range(T)]
+    return _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, denom, keep_all)
+
+
+def _forward_backward(hm, pairs, grad_names, cache_names):
+    """The clean run (cache of every name) and the corrupted run with the gradient of the summed
+    logit diff at every name of ``grad_names``. Returns (clean cache, corrupted activations with
+    .grad, per-pair clean / corrupted logit diff, the pairs answered correctly on both)."""
     ans, ca, xa = pairs.answer_pos, pairs.clean_answer, pairs.corrupted_answer
     with torch.no_grad(), hm.logits_at(ans):
-        _, clean_cache = hm.run_with_cache(pairs.clean, names=[n for *_, n in names])
-        ld_clean = _answer_metrics(hm(pairs.clean), (ca, xa))[0].mean()
-    grads, acts = {}, {}
+        clean_lg, clean_cache = hm.run_with_cache(pairs.clean, names=cache_names)
+        ld_c = _answer_metrics(clean_lg, (ca, xa))[0]
+    acts = {}
 
     def grab(x, name):
         y = x + 0          # a fresh node on the graph: its grad is dLD/d(activation)
@@ -55,36 +85,83 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
     def leaf_embed(x, name):  # makes the graph start at the embeddings even with frozen weights
         return x.detach().requires_grad_(True)
     with torch.enable_grad(), hm.logits_at(ans), _reference_scans(hm):
-        lg = hm.run_with_hooks(pairs.corrupted, hooks=[("embed", leaf_embed)] + [(n, grab) for *_, n in names])
+        lg = hm.run_with_hooks(pairs.corrupted, hooks=[("embed", leaf_embed)] + [(n, grab) for *_, n in grad_names])
         ld = _answer_metrics(lg, (ca, xa))[0]
-        ld.sum().backward()
-    for *_, n in names:
-        grads[n] = acts[n].grad.detach()
-    ld_corr = float(ld.mean().detach())
-    denom = float(ld_clean) - ld_corr
-    rows = []
-    for s, i, n in names:
-        d = (clean_cache[n].float() - acts[n].detach().float()) * grads[n].float()  # [N, ...]
-        if s == "attn.pattern":
-            continue
-        per = d.sum(0)                                   # [T, (H, ...)]
-        if s in RESID_SITES or not heads:
-            v = per.reshape(T, -1).sum(-1) / N
-            rows += [dict(site=s, layer=i, position=p, head=-1, ld=float(v[p])) for p in range(T)]
-        else:
-            v = per.reshape(T, per.shape[1], -1).sum(-1) / N
-            rows += [dict(site=s, layer=i, position=p, head=h, ld=float(v[p, h]))
-                     for h in range(per.shape[1]) for p in range(T)]
+        if grad_names:
+            ld.sum().backward()
+    keep = ((clean_lg[:, 0].argmax(-1) == ca) & (lg[:, 0].detach().argmax(-1) == xa)).cpu().numpy()
+    return clean_cache, acts, ld_c.detach().cpu().double(), ld.detach().cpu().double(), keep
+
+
+def _state_effects(hm, pairs, layer, clean_states, keep, batch_size, eps=1e-3) -> torch.Tensor:
+    """Per kept pair and position t, d LD / d eps of the corrupted run with the state of ``layer``
+    at t set to S_t + eps (S_t,clean - S_t), continuing the recurrence: [K, T]."""
+    idx = torch.as_tensor(np.flatnonzero(keep), device=pairs.clean.device)
+    base, src = pairs.corrupted[idx], clean_states[idx]
+    K, T = base.shape
+    ans, ca, xa = pairs.answer_pos[idx], pairs.clean_answer[idx], pairs.corrupted_answer[idx]
+    out = torch.zeros(K, T, dtype=torch.float64)
+    per_fwd = max(1, batch_size // K)
+    name = f"blocks.{layer}.rec.state"
+    for t0 in range(0, T, per_fwd):
+        ts = list(range(t0, min(T, t0 + per_fwd)))
+        e = torch.full((len(ts) * K,), eps, device=base.device, requires_grad=True)
+
+        def put(S, _name, ts=ts, e=e):
+            S = S.clone()
+            for j, t in enumerate(ts):
+                r = slice(j * K, (j + 1) * K)
+                S[r, t] = S[r, t] + e[r].view(-1, *[1] * (S.dim() - 2)) * (src[:, t].to(S.dtype) - S[r, t].detach())
+            return S
+        with torch.enable_grad(), hm.logits_at(ans.repeat(len(ts))), _reference_scans(hm):
+            lg = hm.run_with_hooks(base.repeat(len(ts), 1), hooks=[(name, put)])
+            ld = _answer_metrics(lg, (ca.repeat(len(ts)), xa.repeat(len(ts))))[0]
+            g = torch.autograd.grad(ld.sum(), e, allow_unused=True)[0] if ld.requires_grad else None
+        if g is not None:
+            out[:, ts] = g.detach().double().cpu().view(len(ts), K).T
+    return out
+
+
+def _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, denom, keep_all) -> PatchResult:
     df = pd.DataFrame(rows)
     from interp.tasks import VOCAB
-    tok0 = pairs.clean[0].tolist()
+    first = int(np.flatnonzero(keep)[0]) if keep.any() else 0
+    tok0 = pairs.clean[first].tolist()
     res = PatchResult(dict(
         model=model_name, task=pairs.meta.get("task", ""), direction="attribution", site=df.site,
         layer=df.layer, layer_kind=[layer_kind(hm.layers[i]) for i in df.layer], position=df.position,
         token=[VOCAB.decode([tok0[p]])[0] if _is_zoo_vocab(hm) else "" for p in df.position],
-        head=df["head"], logit_diff=df.ld / denom, prob=np.nan, kl=np.nan, raw_logit_diff=df.ld, n=N))
-    res.attrs["baselines"] = {"clean_logit_diff": float(ld_clean), "corrupted_logit_diff": ld_corr, "n": N}
+        head=df["head"], logit_diff=df.ld / denom, prob=np.nan, kl=np.nan, raw_logit_diff=df.ld, n=int(keep.sum())))
+    res.attrs["baselines"] = {"clean_logit_diff": float(ld_c[keep].mean()),
+                              "corrupted_logit_diff": float(ld_x[keep].mean()), "n": int(keep.sum())}
+    res.attrs["pairs"] = {"n": len(keep), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
+                          "filter": "all pairs" if keep_all else "answered correctly on both prompts"}
     return res
+
+
+def compare_attribution(res, att, by=("site",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attribution estimates against exact denoising cells: (the cells side by side, with
+    ``logit_diff_attribution``; one row per group of ``by`` with cells, Pearson r, Spearman rho,
+    the share of cells with an exact effect >= 0.05 whose estimate has the same sign, the largest
+    |estimate - exact| and where it is)."""
+    exact = res[res.direction == "denoise"] if "direction" in res else res
+    m = pd.DataFrame(exact).merge(pd.DataFrame(att)[["site", "layer", "position", "head", "logit_diff"]],
+                                  on=["site", "layer", "position", "head"], suffixes=("", "_attribution"))
+    if m.empty:
+        raise InterpError("no cell is in both the exact result and the attribution result")
+    rows = []
+    for key, g in m.groupby(list(by), sort=False):
+        err = (g.logit_diff_attribution - g.logit_diff).abs()
+        big = g[g.logit_diff.abs() >= 0.05]
+        w = g.loc[err.idxmax()]
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "cells": len(g),
+                     "pearson_r": g.logit_diff.corr(g.logit_diff_attribution),
+                     "spearman_rho": g.logit_diff.corr(g.logit_diff_attribution, method="spearman"),
+                     "sign_agree": (np.sign(big.logit_diff) == np.sign(big.logit_diff_attribution)).mean()
+                     if len(big) else np.nan, "n_effect": len(big), "max_abs_err": float(err.max()),
+                     "worst": f"L{w.layer} pos {w.position}" + (f" h{w['head']}" if w["head"] >= 0 else "")
+                     + f": exact {w.logit_diff:.3f}, estimate {w.logit_diff_attribution:.3f}"})
+    return m, pd.DataFrame(rows)
 
 
 class _reference_scans:

@@ -5,18 +5,30 @@ import torch
 
 import hooks
 from interp import InterpError
-from interp.patching.sites import SITES, _check_choice, _write, plan_cells
+from interp.patching.sites import (HEAD_SITES, RESID_SITES, SITES, _check_choice, _n_heads, _write, check_layers,
+                                   check_positions, plan_cells)
 
 
 def run_patched(model, base_tokens, source_tokens, site: str, layer: int, position=None, head=None):
     """Logits of ``base_tokens`` with ``blocks.{layer}.{site}`` at ``position`` (None = all) and
-    ``head`` (None = all) taken from the run on ``source_tokens`` (same shape)."""
+    ``head`` (None = all) taken from the run on ``source_tokens`` (same shape [B, T])."""
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
     _check_choice("site", site, SITES)
-    if not 0 <= int(layer) < hm.n_layers:
-        raise InterpError(f"layer {layer} out of range 0..{hm.n_layers - 1}")
+    check_layers([layer], hm.n_layers)
+    if tuple(base_tokens.shape) != tuple(source_tokens.shape) or base_tokens.dim() != 2:
+        raise InterpError(f"base and source tokens must have the same shape [batch, positions]; got "
+                          f"{list(base_tokens.shape)} and {list(source_tokens.shape)}")
+    T = base_tokens.shape[1]
+    if position is not None:
+        check_positions([position], T)
     name = f"blocks.{layer}.{site}"
-    plan_cells(hm, site, layer, [], False, base_tokens.shape[1])  # validates site vs layer
+    plan_cells(hm, site, layer, [], False, T)  # validates site vs layer
+    if head is not None:
+        if site in RESID_SITES:
+            raise InterpError(f"site '{site}' has no heads; head={head} needs one of {', '.join(HEAD_SITES)}")
+        H = _n_heads(hm.layers[layer], site)
+        if not 0 <= int(head) < H:
+            raise InterpError(f"head {head} out of range 0..{H - 1}")
     with torch.no_grad():
         _, src = hm.run_with_cache(source_tokens, names=[name])
         return hm.run_with_hooks(base_tokens, hooks=[(name, lambda x, _: _write(x, src[name], x.shape[0],

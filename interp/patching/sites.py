@@ -1,5 +1,6 @@
-"""Patch sites and cells: the valid names, which layers have a site, the cells of one (site, layer),
-and writing a cell's source activation into a batch of patched runs."""
+"""Patch sites and cells: the valid names, which layers have a site (`sites_of`), checking layers
+and positions, the cells of one (site, layer), and writing a cell's source activation into a batch
+of patched runs."""
 from __future__ import annotations
 
 from hooks import names as HN
@@ -7,6 +8,7 @@ from interp import InterpError
 
 METRICS = ("logit_diff", "prob", "kl")
 DIRECTIONS = ("denoise", "noise")
+DIRECTION_CHOICES = DIRECTIONS + ("both",)
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")      # [B, T, D]
 HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.head_out",                         # [B, T, H, ...]
               "rec.q", "rec.k", "rec.v", "rec.decay", "rec.beta", "rec.readout", "rec.state")
@@ -16,6 +18,53 @@ SITES = RESID_SITES + HEAD_SITES + ("attn.pattern",)                            
 def _check_choice(what, value, valid):
     if value not in valid:
         raise InterpError(f"{what} '{value}' is not valid; valid: {', '.join(valid)}")
+
+
+def directions_of(direction) -> tuple:
+    """'denoise' | 'noise' | 'both' -> the directions a sweep runs."""
+    _check_choice("direction", direction, DIRECTION_CHOICES)
+    return DIRECTIONS if direction == "both" else (direction,)
+
+
+def check_layers(layers, n_layers: int, what="layer"):
+    """``layers`` (None = every layer) as checked ints: a value out of range or an empty list is an
+    InterpError naming it and the valid range."""
+    if layers is None:
+        return None
+    layers = [int(i) for i in layers]
+    if not layers:
+        raise InterpError(f"no {what} selected; valid: 0..{n_layers - 1} (e.g. 3, 3,7 or 0:4)")
+    for i in layers:
+        if not 0 <= i < n_layers:
+            raise InterpError(f"{what} {i} out of range 0..{n_layers - 1}")
+    return layers
+
+
+def check_positions(positions, T: int, what="position"):
+    """``positions`` (None = every position) as checked ints in 0..T-1 (negative positions are
+    refused, not counted from the end)."""
+    if positions is None:
+        return None
+    positions = [int(p) for p in positions]
+    if not positions:
+        raise InterpError(f"no {what} selected; valid: 0..{T - 1} (e.g. 3,5,9 or 0:30)")
+    for p in positions:
+        if not 0 <= p < T:
+            raise InterpError(f"{what} {p} out of range 0..{T - 1}")
+    return positions
+
+
+def sites_of(hook_names, layers) -> list:
+    """Every patchable site (``attn.pattern`` aside) that ``layers`` have, in `SITES` order; with
+    ``layers`` None: ``['resid_pre']``."""
+    if layers is None:
+        return ["resid_pre"]
+    layers = {int(i) for i in layers}
+    have = {n.split(".", 2)[2] for n in hook_names if n.startswith("blocks.") and int(n.split(".")[1]) in layers}
+    sites = [s for s in SITES if s in have and s != "attn.pattern"]
+    if not sites:
+        raise InterpError(f"layer(s) {', '.join(map(str, sorted(layers)))} have no patchable site")
+    return sites
 
 
 def layer_kind(L) -> str:

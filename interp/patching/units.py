@@ -1,121 +1,121 @@
-"""Resumable unit storage of a sweep: per-unit sums and per-chunk baselines (in memory or appended
-under ``out``), merging what several processes wrote, and the PatchResult built from them. All
-on-disk writing of units lives here."""
+"""Where a sweep keeps its finished units: an `interp.store.Store` of kind 'patch' (one file per
+unit and per pair chunk's baselines, written atomically, spec-checked, locked) or, without an
+output folder, memory; the parts a distributed sweep's processes wrote (``rank<r>/``, each a
+store with the same spec) and merging them. All on-disk writing of units lives here."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pandas as pd
-
-import hooks
 from interp import InterpError
-from interp.patching.result import PatchResult, _assemble
+
+KIND = "patch"
+# what a sweep folder holds beside spec.json and units/: the layout before interp.store (its
+# presence without a spec.json marks an old folder) and the parts of a distributed sweep
+OWNS = ("units.csv", "baselines.csv", "rank[0-9]*")
 
 
-class _UnitStore:
-    """Per-unit sums; in memory, or appended to ``out/units.csv`` (+ baselines) for resuming."""
+class MemoryUnits:
+    """The units of a sweep without an output folder (the `interp.store.Store` unit methods)."""
+    path = None
 
-    def __init__(self, out, spec):
-        self.rows, self.base, self.keys = [], [], set()
-        self.skip = set()  # items another process of a distributed sweep runs
-        self.out = None if out is None else Path(out)
-        if self.out is None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        sp = self.out / "spec.json"
-        spec = json.loads(json.dumps(spec, default=str))
-        if sp.exists():
-            old = json.loads(sp.read_text())
-            if old != spec:
-                diff = [k for k in spec if old.get(k) != spec.get(k)]
-                raise InterpError(f"{self.out} holds a sweep with different settings ({', '.join(diff)}); "
-                                  "use another --out or delete it")
-        else:
-            sp.write_text(json.dumps(spec, indent=1))
-        uf, bf = self.out / "units.csv", self.out / "baselines.csv"
-        if uf.exists():
-            df = pd.read_csv(uf)
-            self.rows = df.to_dict("records")
-            self.keys = set(zip(df.chunk, df.unit))
-        if bf.exists():
-            self.base = pd.read_csv(bf).to_dict("records")
+    def __init__(self):
+        self._units = {}
 
-    def done(self, c, u):
-        return (c, u) in self.keys or (c, u) in self.skip
+    def close(self):
+        pass
 
-    def add_base(self, c, base):
-        if any(b["chunk"] == c for b in self.base):
-            return
-        self.base.append(dict(chunk=c, **base))
-        self._append("baselines.csv", [self.base[-1]])
+    def has(self, key: str) -> bool:
+        return key in self._units
 
-    def add(self, c, u, rows):
-        rows = [dict(chunk=c, unit=u, **r) for r in rows]
-        self.rows += rows
-        self.keys.add((c, u))
-        self._append("units.csv", rows)
+    def put(self, key: str, payload):
+        self._units[key] = payload
 
-    def _append(self, fname, rows):
-        if self.out is not None:
-            f = self.out / fname
-            pd.DataFrame(rows).to_csv(f, mode="a", index=False, header=not f.exists())
+    def get(self, key: str):
+        return self._units[key]
 
-    def frame(self):
-        return pd.DataFrame(self.rows)
-
-    def baselines(self):
-        b = pd.DataFrame(self.base).drop_duplicates("chunk")
-        return b.drop(columns="chunk").sum().to_dict()
+    def keys(self) -> list:
+        return sorted(self._units)
 
 
-# --- merging the parts of a distributed sweep (interp.distributed) ------------------------------
-def merge_units(dirs, out=None):
-    """Merge the unit sums that several processes wrote (each ran a share of one sweep, see
-    ``sweep(shard=)``; one directory each) into what a single-process sweep writes: a unit found
-    in several directories is taken from the first, rows are ordered by (chunk, unit) as one
-    process runs them, floats are read back exactly. Returns (units, baselines) DataFrames; with
-    ``out`` also writes ``out/units.csv``, ``baselines.csv`` and ``spec.json`` (a single-process
-    ``sweep(out=out)`` then finds every unit done)."""
-    specs, units, bases, seen = {}, [], [], set()
+def open_units(out, spec: dict, overwrite: bool = False):
+    """The store of a sweep writing to ``out`` (None: memory), opened: locked, its spec checked
+    (or written) and, from an interrupted distributed run, the units of its ``rank<r>/`` parts
+    merged in. Close it when done."""
+    if out is None:
+        return MemoryUnits()
+    from interp.store import Store
+    store = Store(out, KIND, spec, overwrite=overwrite, owns=OWNS).open()
+    try:
+        parts = [d for d in rank_dirs(store.path) if (d / "spec.json").is_file()]  # (a part killed before its spec)
+        if parts:
+            merge_units(parts, out=store)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def run_name(model: str, task: str, layers=None) -> str:
+    """Stem of a command's output files: '<model dir name>_<task>[_L<layers>]'."""
+    return f"{Path(model).name}_{task}" + (f"_L{'-'.join(map(str, layers))}" if layers else "")
+
+
+def units_dir(out, name: str) -> Path:
+    """The sweep folder (store) of run ``name`` under the output folder ``out``: ``<out>/.units/<name>``.
+    One per run name, so a re-run resumes it and a run with other settings is refused (naming the
+    settings) until ``--overwrite`` or another ``--out``."""
+    return Path(out) / ".units" / name
+
+
+def rank_dirs(out) -> list:
+    """The ``rank<r>/`` parts of a distributed sweep in ``out``, by rank."""
+    out = Path(out)
+    return sorted((d for d in out.glob("rank*") if d.is_dir() and d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
+
+
+def _part(path):
+    """A sweep folder to read units from (not locked: it is only read), and its spec."""
+    from interp.store import Store, read_spec
+    head = read_spec(path)
+    if head is None or head.get("kind") != KIND:
+        return None, None
+    return Store(path, KIND, head["spec"]), head["spec"]
+
+
+def merge_units(dirs, out=None) -> dict:
+    """The units of the sweep folders ``dirs`` (several processes' shares of one sweep): {key: unit},
+    a key found in several taken from the first. Their specs (and ``out``'s, an open
+    `interp.store.Store`) must agree: folders made with other settings are named with the fields
+    that differ. With ``out``, the units it lacks are written there (a sweep resuming from ``out``
+    then finds them done)."""
+    from interp.store import spec_diff
+    ref = (str(out.path), out.spec) if out is not None else None
+    found, units = 0, {}
     for d in map(Path, dirs):
-        if (d / "spec.json").is_file():
-            specs[str(d)] = json.loads((d / "spec.json").read_text())
-        if (d / "units.csv").is_file():
-            df = read_csv_exact(d / "units.csv")
-            key = list(zip(df.chunk, df.unit))
-            df = df[[k not in seen for k in key]]
-            seen |= set(key)
-            units.append(df)
-        if (d / "baselines.csv").is_file():
-            bases.append(read_csv_exact(d / "baselines.csv"))
-    if len({json.dumps(v, sort_keys=True) for v in specs.values()}) > 1:
-        raise InterpError(f"the parts to merge hold sweeps with different settings: {', '.join(specs)}")
-    if not units or not bases:
-        raise InterpError(f"nothing to merge in {', '.join(map(str, dirs))}")
-    u = pd.concat(units, ignore_index=True).sort_values(["chunk", "unit"], kind="stable").reset_index(drop=True)
-    b = pd.concat(bases, ignore_index=True).drop_duplicates("chunk").sort_values("chunk", kind="stable")
-    b = b.reset_index(drop=True)
+        store, spec = _part(d)
+        if store is None:
+            continue
+        found += 1
+        if ref is None:
+            ref = (str(d), spec)
+        diff = spec_diff(ref[1], spec)
+        if diff:
+            raise InterpError(f"{d} holds a sweep with different settings than {ref[0]}: {'; '.join(diff[:6])}; "
+                              "re-run with --overwrite (overwrite=True) or use a new --out")
+        for key in store.keys():
+            if key not in units and (out is None or not out.has(key)):
+                units[key] = store.get(key)
+    if not found:
+        raise InterpError(f"nothing to merge in {', '.join(map(str, dirs))}: no sweep folder (spec.json) there")
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        if specs:
-            (out / "spec.json").write_text(json.dumps(next(iter(specs.values())), indent=1))
-        for name, df in (("units.csv", u), ("baselines.csv", b)):
-            df.to_csv(out / (name + ".tmp"), index=False)
-            (out / (name + ".tmp")).replace(out / name)
-    return u, b
+        for key, unit in units.items():
+            out.put(key, unit)
+    return units
 
 
-def read_csv_exact(path) -> pd.DataFrame:
+def read_csv_exact(path):
     """pd.read_csv with floats read back bit for bit (pandas >= 3 does by default)."""
+    import pandas as pd
     if int(pd.__version__.split(".")[0]) < 3:
         return pd.read_csv(path, float_precision="round_trip")
     return pd.read_csv(path)
-
-
-def assemble_units(units, baselines, model, pairs, model_name="model", direction="denoise") -> PatchResult:
-    """The PatchResult of a sweep from its unit sums and per-chunk baselines (`merge_units`)."""
-    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
-    base = baselines.drop_duplicates("chunk").drop(columns="chunk").sum().to_dict()
-    return _assemble(units, base, hm, pairs, model_name, direction, None)

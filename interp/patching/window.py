@@ -31,9 +31,10 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
     """All cells of one resid_pre unit on the window path. A row (pair) whose patched activation
     equals the unchanged one (e.g. every position before the changed fact) is not run: its
     metrics are the unchanged run's, exactly. The rest run in groups of <= batch_size rows, each
-    group on the window from its first position."""
+    group on the window from its first position. Returns [(ld, prob, kl) [n] per cell], in the
+    order of ``cells``."""
     base = cache[f"blocks.{layer}.resid_pre"]
-    n = base.shape[0]
+    given = list(cells)
     cells = sorted(cells)
     active = [(src[:, p].to(base.dtype) != base[:, p]).any(-1).nonzero().flatten() for p, _ in cells]
     sums = []
@@ -66,5 +67,5 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
             o += len(act)
             for m, g in zip(sums[c], got):
                 m[act[reach[sl]]] = g[sl][reach[sl]]
-    return [dict(site=site, layer=layer, position=p, head=-1, ld=float(s_[0].sum()), prob=float(s_[1].sum()),
-                 kl=float(s_[2].sum()), n=n) for (p, _), s_ in zip(cells, sums)]
+    by_cell = {c: tuple(s_) for c, s_ in zip(cells, sums)}
+    return [by_cell[c] for c in given]

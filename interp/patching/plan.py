@@ -1,0 +1,112 @@
+"""Planning a sweep: the checked arguments, the (site, layer) units and their cells, the pair chunks,
+the work items (direction, pair chunk, unit) with their estimated costs, and the spec of the
+sweep's result folder (everything that changes its numbers)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hooks
+from interp import InterpError
+from interp.patching.run import _model_device
+from interp.patching.sites import SITES, _check_choice, check_layers, check_positions, directions_of, plan_cells
+
+
+@dataclass
+class Plan:
+    """What a sweep runs: ``units`` [(site, layer, cells)], ``chunks`` [(first pair, end)],
+    ``directions`` ('denoise', 'noise' or both); ``spec`` describes it for its result folder
+    (computed when first asked for: it hashes the model's weights)."""
+    hm: object
+    pairs: object
+    units: list
+    chunks: list
+    directions: tuple
+    batch_size: int
+    skip_prefix: bool
+    model_name: str
+    settings: dict
+    _spec: dict | None = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> dict:
+        if self._spec is None:
+            self._spec = sweep_spec(self.hm, self.pairs, self.model_name, **self.settings)
+        return self._spec
+
+    @property
+    def items(self) -> list:
+        """Every (direction, chunk, unit), in the order one process runs them."""
+        return [(d, c, u) for c in range(len(self.chunks)) for d in self.directions for u in range(len(self.units))]
+
+    def cost(self, item) -> int:
+        """Patched rows x blocks run: the estimate by which a distributed sweep shares the items."""
+        _, c, u = item
+        _, layer, cells = self.units[u]
+        a, b = self.chunks[c]
+        blocks = self.hm.n_layers - layer if self.skip_prefix else self.hm.n_layers
+        return len(cells) * blocks * (b - a)
+
+
+def unit_key(direction: str, chunk: int, unit: int) -> str:
+    """The key of one unit's per-pair metrics in the sweep's store."""
+    return f"{direction}.chunk={chunk}.unit={unit}"
+
+
+def base_key(chunk: int) -> str:
+    """The key of one pair chunk's unpatched runs (per-pair metrics) in the sweep's store."""
+    return f"base.chunk={chunk}"
+
+
+def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False, direction="denoise",
+               batch_size=256, skip_prefix=True, model_name="model", device=None) -> Plan:
+    """Check the arguments and plan the sweep (see `interp.patching.sweep`)."""
+    dirs = directions_of(direction)
+    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    sites = list(sites)
+    if not sites:
+        raise InterpError(f"no site selected; valid: {', '.join(SITES)}")
+    for s in sites:
+        _check_choice("site", s, SITES)
+    if int(batch_size) < 1:
+        raise InterpError(f"batch size {batch_size} is not valid; valid: integers >= 1")
+    layers = check_layers(layers, hm.n_layers)
+    pairs = pairs.to(device or _model_device(hm))
+    N, T = pairs.clean.shape
+    positions = check_positions(positions, T)
+    units = _plan_units(hm, sites, layers, positions, heads, T)
+    pair_chunk = max(1, min(N, int(batch_size)))
+    chunks = [(a, min(N, a + pair_chunk)) for a in range(0, N, pair_chunk)]
+    settings = dict(sites=sites, layers=layers, positions=positions, heads=bool(heads), direction=direction,
+                    batch_size=int(batch_size), skip_prefix=bool(skip_prefix))
+    return Plan(hm, pairs, units, chunks, dirs, int(batch_size), bool(skip_prefix), model_name, settings)
+
+
+def _plan_units(hm, sites, layers, positions, heads, T):
+    """The units: (site, layer, cells) for every site x layer; layers that lack a site are skipped
+    when ``layers`` is None."""
+    units = []
+    for s in sites:
+        for i in (range(hm.n_layers) if layers is None else layers):
+            L = hm.layers[i]
+            lacks = (s.startswith("attn.") and L.attn is None) or (s.startswith("rec.") and L.rec is None)
+            if layers is None and lacks:
+                continue
+            units.append((s, i, plan_cells(hm, s, i, positions, heads, T)))
+    if not units:
+        raise InterpError(f"no layer of this model has site(s) {', '.join(sites)}")
+    return units
+
+
+def sweep_spec(hm, pairs, model_name, **settings) -> dict:
+    """The spec of a sweep's result folder: the model (name and weights digest), the pairs (task,
+    knobs, seed, n, length and a digest of their tokens and answers), the settings of the sweep
+    (sites, layers, positions, heads, direction, batch size, skip_prefix) and the device type:
+    everything that changes the stored numbers. (Which pairs are kept is decided when the result
+    is assembled, so the filtering options are not part of it.)"""
+    from interp.store import model_digest, spec_digest, tensor_digest
+    tensors = [pairs.clean, pairs.corrupted, pairs.answer_pos, pairs.clean_answer, pairs.corrupted_answer]
+    meta = dict(pairs.meta or {})
+    return {"model": {"name": model_name, "digest": model_digest(hm)},
+            "pairs": {**meta, "n": int(pairs.clean.shape[0]), "T": int(pairs.clean.shape[1]),
+                      "digest": spec_digest([tensor_digest(t.cpu()) for t in tensors])},
+            **settings, "device": _model_device(hm).type}
