@@ -42,19 +42,23 @@ are started only while their estimated memory (`gpu_gb`) fits in 60 GB.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from interp import InterpError
+# voting, the error taxonomy and the judge live in interp.voting / interp.taxonomy, the figures in
+# interp.mixer_figures; the names imported but unused here stay reachable as this script's (the tests use them)
+from interp import InterpError  # noqa: F401
 from interp import experiment as X
 from interp import tasks as T
+from interp.mixer_figures import plot_attention, plot_placement, plot_sweeps, plot_taxonomy, plot_votes, plot_width
 from interp.tasks import word_problems as W
-from interp.tasks.vocab import NUMBERS, VOCAB
+from interp.tasks.vocab import VOCAB
+from interp.taxonomy import (RUBRIC, chance_taxonomy, classify_answers, hf_judge, judge_errors,  # noqa: F401
+                             problem_text, wrong_shares)
 from interp.train import answer_accuracy
+from interp.voting import majority, sample_answers, vote_curve, vote_rows  # noqa: F401
 from interp.zoo import ZooConfig
 from interp.zoo.layouts import PERCENTS
 
@@ -152,136 +156,6 @@ def plan(P, root, device):
     return A, runs
 
 
-# --- sampling and voting -----------------------------------------------------------------------
-
-def sample_answers(logits: torch.Tensor, k: int, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> torch.Tensor:
-    """k samples per row from softmax(logits / temperature) restricted to the top-p nucleus
-    (the smallest set of most likely tokens whose mass reaches top_p). logits [n, V] -> [n, k]."""
-    probs = (logits.float() / temperature).softmax(-1)
-    sp, si = probs.sort(-1, descending=True)
-    keep = sp.cumsum(-1) - sp < top_p          # a token is kept if the mass before it is < top_p
-    sp = torch.where(keep, sp, torch.zeros_like(sp))
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    draws = torch.multinomial(sp.cpu() / sp.sum(-1, keepdim=True).cpu(), k, replacement=True, generator=g)
-    return si.cpu().gather(1, draws)
-
-
-def majority(samples: torch.Tensor, n_vocab: int) -> torch.Tensor:
-    """The most frequent token per row of samples [n, N]; ties go to the one sampled first."""
-    n, N = samples.shape
-    counts = torch.zeros(n, n_vocab).scatter_add_(1, samples, torch.ones(n, N))
-    first = torch.full((n, n_vocab), float(N))
-    first.scatter_reduce_(1, samples, torch.arange(N, dtype=torch.float).expand(n, N), reduce="amin")
-    return (counts - first / (N + 1)).argmax(-1)
-
-
-def vote_curve(samples: torch.Tensor, answers: torch.Tensor, ns=VOTE_NS, n_vocab=len(VOCAB)) -> list[dict]:
-    """Majority-vote accuracy and pass@N for each N, averaged over the disjoint groups of N of
-    the samples [n, K] (K // N groups)."""
-    K = samples.shape[1]
-    rows = []
-    for N in ns:
-        if N > K:
-            continue
-        groups = samples[:, : (K // N) * N].reshape(samples.shape[0], K // N, N)
-        maj = torch.stack([majority(groups[:, g], n_vocab) for g in range(groups.shape[1])], 1)
-        acc = (maj == answers[:, None]).float().mean().item()
-        cover = (groups == answers[:, None, None]).any(-1).float().mean().item()
-        rows.append(dict(N=N, majority_acc=acc, pass_at_n=cover, groups=K // N))
-    return rows
-
-
-@torch.no_grad()
-def answer_logits(model, batch, chunk: int = 256) -> torch.Tensor:
-    """Logits at each example's last answer position [n, V]."""
-    out = []
-    ap = batch.answer_pos[:, -1]
-    for s in range(0, batch.n, chunk):
-        lg = model(batch.tokens[s:s + chunk].to(model.device))
-        out.append(lg[torch.arange(lg.shape[0], device=lg.device), ap[s:s + chunk].to(lg.device)].float().cpu())
-    return torch.cat(out)
-
-
-# --- the optional LLM judge ---------------------------------------------------------------------
-
-RUBRIC = {
-    "key_value_binding": "used a quantity that belongs to another person or item, or misread a given number",
-    "state_tracking": "used an out-of-date value of the right quantity (missed a later change)",
-    "context_synthesis": "used a number that is irrelevant to the question (a distractor)",
-    "calculation": "set the problem up right but made an arithmetic slip",
-    "goal_interpretation": "answered an intermediate or different quantity than the one asked for",
-    "operation": "applied the wrong operation (e.g. added instead of subtracting, or a transfer the wrong way)",
-    "incomplete": "gave no final number or stopped before the last step",
-    "other": "none of the above",
-}
-
-
-def problem_text(words) -> str:
-    """A word problem's words as English sentences (for a judge)."""
-    words = [w for w in words if w not in ("<bos>", "<pad>")]
-    qi = len(words) - 1 - words[::-1].index("?")
-    item = words[qi + 3]
-    out, cur = [], []
-    cap = str.capitalize
-    for w in words[:qi]:
-        if w != ";":
-            cur.append(w)
-            continue
-        a, verb, x = cur[0], cur[1], cur[2]
-        if verb == "has" and len(cur) == 5:
-            out.append(f"{cap(a)} has {cur[4]} more {item} than {cap(x)}.")
-        elif verb == "has":
-            out.append(f"{cap(a)} has {x} {cur[3]}.")
-        elif verb == "+=":
-            out.append(f"{cap(a)} gets {x} more {item}.")
-        elif cur[3].startswith("box"):
-            out.append(f"{cap(a)} puts {x} {item} into {cur[3]}.")
-        else:
-            out.append(f"{cap(a)} gives {x} {item} to {cap(cur[3])}.")
-        cur = []
-    who = [w for w in words[qi + 1:qi + 3] if w != "_"]
-    q = (f"How many {item} does {cap(who[0])} have now?" if len(who) == 1 else
-         f"How many {item} do {cap(who[0])} and {cap(who[1])} have together now?")
-    return " ".join(out + [q])
-
-
-def judge_prompt(problem: str, correct, answer) -> str:
-    cats = "\n".join(f"- {k}: {v}" for k, v in RUBRIC.items())
-    return (f"A student answered a math word problem wrongly. Classify the error into exactly one category.\n\n"
-            f"Problem: {problem}\nCorrect answer: {correct}\nStudent's answer: {answer}\n\nCategories:\n{cats}\n\n"
-            "Reply with the category name only.\nCategory:")
-
-
-def parse_judgement(text: str) -> str:
-    """The first rubric category named in the judge's reply ('other' if none)."""
-    t = text.lower().replace("-", "_").replace(" ", "_")
-    hits = [(t.find(k), k) for k in RUBRIC if k in t]
-    return min(hits)[1] if hits else "other"
-
-
-def judge_errors(items, judge: Callable[[str], str]) -> list[str]:
-    """items: [(problem text, correct answer, given answer)]; judge: prompt -> reply text."""
-    return [parse_judgement(judge(judge_prompt(p, c, a))) for p, c, a in items]
-
-
-def hf_judge(path: str, device: str = "cpu", max_new_tokens: int = 12) -> Callable[[str], str]:
-    """A judge from a local Hugging Face causal LM directory (no downloads), greedy decoding."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise InterpError(f"--judge '{path}' is not a local Hugging Face model directory (no config.json)")
-    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True).to(device).eval()
-
-    def judge(prompt: str) -> str:
-        ids = tok(prompt, return_tensors="pt").to(device)
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    return judge
-
-
 # --- evaluation units ---------------------------------------------------------------------------
 
 def validate(runs, P, root, device, deadline):
@@ -318,200 +192,18 @@ def evaluate_arm(arm, spec, run, P, root, device):
         return pd.DataFrame(rows)
 
     def votes():
-        rows = []
-        for t in VOTE_TASKS:
-            b = T.generate(t, P["vote_n"], seed=VOTE_SEED)
-            lg = answer_logits(m, b)
-            ans = b.answers[:, -1]
-            smp = sample_answers(lg, max(VOTE_NS), seed=VOTE_SEED)
-            greedy = (lg.argmax(-1) == ans).float().mean().item()
-            rows += [dict(**info, task=t, greedy_acc=greedy, **r) for r in vote_curve(smp, ans)]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([dict(**info, task=t, **r) for t in VOTE_TASKS for r in vote_rows(
+            m, T.generate(t, P["vote_n"], seed=VOTE_SEED), VOTE_NS, TEMPERATURE, TOP_P, seed=VOTE_SEED)])
 
     def taxonomy():
         b = T.generate("word_problems", P["tax_n"], seed=TEST_SEED, **TAXONOMY_KNOBS)
-        pred = answer_logits(m, b).argmax(-1)
-        kinds = [W.classify(b.words(i)[:-1], VOCAB.words[int(p)]) for i, p in enumerate(pred)]
-        rows = [dict(**info, kind=k, count=kinds.count(k), n=len(kinds)) for k in ["correct"] + W.ERROR_TYPES]
-        wrong = pd.DataFrame([dict(arm=arm, i=i, problem=" ".join(b.words(i)[:-1]), correct=b.words(i)[-1],
-                                   answer=VOCAB.words[int(p)], kind=k)
-                              for i, (p, k) in enumerate(zip(pred, kinds)) if k != "correct"])
+        kinds, wrong = classify_answers(m, b, arm=arm)
         X.ResultLog(root / "eval" / f"wrong_{run.name}.csv").replace(wrong)
-        return pd.DataFrame(rows)
+        return pd.DataFrame([dict(**info, kind=k, count=kinds.count(k), n=len(kinds))
+                             for k in ["correct"] + W.ERROR_TYPES])
     d = root / "eval"
     return (X.ResultLog(d / f"acc_{run.name}.csv").once(acc), X.ResultLog(d / f"votes_{run.name}.csv").once(votes),
             X.ResultLog(d / f"taxonomy_{run.name}.csv").once(taxonomy))
-
-
-def chance_taxonomy(n: int) -> pd.DataFrame:
-    """The base rate of each error type: the types a wrong answer drawn uniformly from the other
-    numbers 0..63 would get, on the taxonomy problems (a big set, e.g. other people's values,
-    catches many guesses; compare model shares with these)."""
-    b = T.generate("word_problems", n, seed=TEST_SEED, **TAXONOMY_KNOBS)
-    tot = dict.fromkeys(["correct"] + W.ERROR_TYPES, 0.0)
-    for i in range(n):
-        words, ans = b.words(i)[:-1], int(b.words(i)[-1])
-        for v in range(len(NUMBERS)):
-            if v != ans:
-                tot[W.classify(words, v)] += 1 / (len(NUMBERS) - 1)
-    return pd.DataFrame([dict(arm="uniform guess", mixer="chance", attn_pct=-1, group="chance", width=0, kind=k,
-                              count=c, n=n) for k, c in tot.items()])
-
-
-def wrong_shares(tax: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: accuracy and the share of each error type among the wrong answers."""
-    rows = []
-    for arm, g in tax.groupby("arm", sort=False):
-        c = g.set_index("kind")["count"]
-        wrong = c.drop("correct").sum()
-        rows.append({"arm": arm, "attn_pct": g.attn_pct.iloc[0], "accuracy": c["correct"] / g.n.iloc[0],
-                     **{k: (c[k] / wrong if wrong else float("nan")) for k in W.ERROR_TYPES}})
-    return pd.DataFrame(rows)
-
-
-# --- figures ------------------------------------------------------------------------------------
-
-MIXER_COLOR = {"gdn": "C1", "gla": "C2", "mamba2": "C3", "transformer": "C0"}
-
-
-def plot_attention(acc, path):
-    plt = X.pyplot()
-    main = acc[(acc.group == "main") & (acc.knob == "default")]
-    mq = acc[(acc.group == "main") & (acc.task == "mqar") & (acc.value == "32")].assign(task="mqar (32 pairs)")
-    d = pd.concat([main, mq])
-    panels = list(dict.fromkeys(d.task))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, t in zip(axes[0], panels):
-        sub = d[d.task == t]
-        tr = sub[sub.mixer == "transformer"]
-        for mixer, g in sub[sub.mixer != "transformer"].groupby("mixer", sort=False):
-            g = g.sort_values("attn_pct")
-            ax.plot(g.attn_pct, g.accuracy, marker="o", color=MIXER_COLOR[mixer], label=mixer)
-        if len(tr):
-            ax.plot(tr.attn_pct, tr.accuracy, marker="*", ms=12, ls="none", color=MIXER_COLOR["transformer"],
-                    label="transformer")
-        ax.set_title(t, fontsize=10)
-        ax.set_xlabel("attention layers (%)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("answer accuracy")
-    axes[0, 0].legend(fontsize=7)
-    X.save_figure(fig, path, 110)
-
-
-def _task_by_mixer(df):
-    """A figure with one panel per (task, recurrent mixer) of the main arms; yields each panel
-    with the rows of that mixer's models and the transformer."""
-    plt = X.pyplot()
-    main = df[df.group == "main"]
-    tasks = list(dict.fromkeys(main.task))
-    mixers = [m for m in MIXER_COLOR if m != "transformer" and m in set(main.mixer)]
-    fig, axes = plt.subplots(len(tasks), len(mixers), figsize=(4 * len(mixers), 3.1 * len(tasks)), squeeze=False)
-    panels = [(axes[i, j], t, m, main[(main.task == t) & main.mixer.isin([m, "transformer"])])
-              for i, t in enumerate(tasks) for j, m in enumerate(mixers)]
-    return fig, panels
-
-
-def plot_sweeps(acc, path):
-    fig, panels = _task_by_mixer(acc[acc.knob != "default"])
-    for ax, t, mixer, sub in panels:
-        for arm, g in sub.groupby("arm", sort=False):
-            ax.plot(g.value.astype(str), g.accuracy, marker="o", label=f"{arm} ({g.attn_pct.iloc[0]}% attn)",
-                    color="C0" if arm == "transformer" else None, ls=":" if arm == "transformer" else "-")
-        out = sub[~sub.in_training.astype(bool)]
-        if len(out):
-            xs = list(dict.fromkeys(sub.value.astype(str)))
-            first = xs.index(str(out.value.iloc[0]))
-            ax.axvspan(first - 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
-        ax.set_title(f"{t}: {mixer}", fontsize=9)
-        ax.set_xlabel(sub.knob.iloc[0] if len(sub) else "")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    X.save_figure(fig, path, 100)
-
-
-def plot_width(acc, path):
-    plt = X.pyplot()
-    d = acc[(acc.task == "mqar") & (acc.knob == "n_pairs")]
-    archs = sorted({a.split("-d")[0] for a in d[d.group == "width"].arm})
-    if not archs:
-        return False
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.4 * len(archs), 3.4), squeeze=False)
-    for ax, a in zip(axes[0], archs):
-        sub = d[(d.arm == a) | d.arm.str.startswith(f"{a}-d")]
-        for w, g in sorted(sub.groupby("width"), key=lambda x: x[0]):
-            ax.plot(g.value.astype(str), g.accuracy, marker="o", label=f"d={w}")
-        ax.set_title(f"mqar: {a}, widths", fontsize=10)
-        ax.set_xlabel("n_pairs")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("answer accuracy")
-    X.save_figure(fig, path, 110)
-    return True
-
-
-def plot_votes(votes, path):
-    fig, panels = _task_by_mixer(votes)
-    for ax, t, mixer, sub in panels:
-        for k, (arm, g) in enumerate(sub.groupby("arm", sort=False)):
-            c = "C0" if arm == "transformer" else f"C{k + 1}"
-            ax.plot(g.N, g.majority_acc, marker="o", color=c, label=f"{arm} ({g.attn_pct.iloc[0]}%)")
-            ax.plot(g.N, g.pass_at_n, ls=":", color=c, lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{t}: {mixer} (solid: majority, dotted: pass@N)", fontsize=8)
-        ax.set_xlabel("N samples")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    X.save_figure(fig, path, 100)
-
-
-def plot_placement(acc, arms_, path):
-    plt = X.pyplot()
-    names = [a for a, s in arms_.items() if s["group"] == "placement"]
-    names = [a for a in arms_ if a.startswith("gdn83")] + names
-    d = acc[acc.arm.isin(names) & (acc.knob == "default")]
-    if d.empty:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    tasks = list(dict.fromkeys(d.task))
-    present = [a for a in names if a in set(d.arm)]
-    w = 0.8 / max(1, len(present))
-    for k, a in enumerate(present):
-        g = d[d.arm == a].set_index("task").reindex(tasks)
-        layers = ZooConfig(vocab_size=len(VOCAB), **arms_[a]["model"]).attention_layers
-        ax.bar(np.arange(len(tasks)) + k * w, g.accuracy, w, label=f"{a}: attention at {layers}")
-    ax.set_xticks(np.arange(len(tasks)) + w * (len(present) - 1) / 2, tasks)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("answer accuracy")
-    ax.set_title("attention placement (83% recurrent)", fontsize=10)
-    ax.legend(fontsize=7)
-    X.save_figure(fig, path, 110)
-    return True
-
-
-def plot_taxonomy(tax, path):
-    plt = X.pyplot()
-    d = tax[tax.group == "main"]
-    mixers = [m for m in MIXER_COLOR if m != "transformer" and m in set(d.mixer)]
-    fig, axes = plt.subplots(1, len(mixers), figsize=(4.6 * len(mixers), 3.6), squeeze=False, sharey=True)
-    for ax, mixer in zip(axes[0], mixers):
-        sub = d[d.mixer.isin([mixer, "transformer"])]
-        arms_ = sub.drop_duplicates("arm").sort_values("attn_pct")
-        x = np.arange(len(arms_))
-        bottom = np.zeros(len(arms_))
-        for k, kind in enumerate(W.ERROR_TYPES):
-            v = np.array([sub[(sub.arm == a) & (sub.kind == kind)].eval("count / n").sum() for a in arms_.arm])
-            ax.bar(x, v, 0.7, bottom=bottom, label=kind, color=f"C{k}")
-            bottom += v
-        ax.set_xticks(x, [f"{a}\n{p}%" for a, p in zip(arms_.arm, arms_.attn_pct)], fontsize=7)
-        ax.set_title(f"wrong answers by type: {mixer}", fontsize=10)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].set_ylabel("fraction of problems")
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    X.save_figure(fig, path, 110)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -691,7 +383,7 @@ def experiment(ctx, a):
         taxs.append(t)
     acc, vote, tax = (pd.concat(f, ignore_index=True) for f in (accs, votes, taxs))
     chance = X.ResultLog(root / "eval" / f"taxonomy_chance_{P['tax_n']}.csv").once(
-        lambda: chance_taxonomy(P["tax_n"]))
+        lambda: chance_taxonomy(P["tax_n"], TEST_SEED, TAXONOMY_KNOBS))
     acc["value"] = acc["value"].astype(str)
     judged = None
     if judge is not None:

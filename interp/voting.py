@@ -1,0 +1,68 @@
+"""Majority voting over sampled answers (parallel test-time scaling): the logits at the answer
+position, top-p sampling at a temperature, the majority of N samples, and accuracy and pass@N against N."""
+from __future__ import annotations
+
+import torch
+
+from interp.tasks.vocab import VOCAB
+
+VOTE_NS = (1, 2, 4, 8, 16, 32, 64)
+TEMPERATURE, TOP_P = 0.8, 0.9
+
+
+def sample_answers(logits: torch.Tensor, k: int, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> torch.Tensor:
+    """k samples per row from softmax(logits / temperature) restricted to the top-p nucleus
+    (the smallest set of most likely tokens whose mass reaches top_p). logits [n, V] -> [n, k]."""
+    probs = (logits.float() / temperature).softmax(-1)
+    sp, si = probs.sort(-1, descending=True)
+    keep = sp.cumsum(-1) - sp < top_p          # a token is kept if the mass before it is < top_p
+    sp = torch.where(keep, sp, torch.zeros_like(sp))
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    draws = torch.multinomial(sp.cpu() / sp.sum(-1, keepdim=True).cpu(), k, replacement=True, generator=g)
+    return si.cpu().gather(1, draws)
+
+
+def majority(samples: torch.Tensor, n_vocab: int) -> torch.Tensor:
+    """The most frequent token per row of samples [n, N]; ties go to the one sampled first."""
+    n, N = samples.shape
+    counts = torch.zeros(n, n_vocab).scatter_add_(1, samples, torch.ones(n, N))
+    first = torch.full((n, n_vocab), float(N))
+    first.scatter_reduce_(1, samples, torch.arange(N, dtype=torch.float).expand(n, N), reduce="amin")
+    return (counts - first / (N + 1)).argmax(-1)
+
+
+def vote_curve(samples: torch.Tensor, answers: torch.Tensor, ns=VOTE_NS, n_vocab=len(VOCAB)) -> list[dict]:
+    """Majority-vote accuracy and pass@N for each N, averaged over the disjoint groups of N of
+    the samples [n, K] (K // N groups)."""
+    K = samples.shape[1]
+    rows = []
+    for N in ns:
+        if N > K:
+            continue
+        groups = samples[:, : (K // N) * N].reshape(samples.shape[0], K // N, N)
+        maj = torch.stack([majority(groups[:, g], n_vocab) for g in range(groups.shape[1])], 1)
+        acc = (maj == answers[:, None]).float().mean().item()
+        cover = (groups == answers[:, None, None]).any(-1).float().mean().item()
+        rows.append(dict(N=N, majority_acc=acc, pass_at_n=cover, groups=K // N))
+    return rows
+
+
+@torch.no_grad()
+def answer_logits(model, batch, chunk: int = 256) -> torch.Tensor:
+    """Logits at each example's last answer position [n, V]."""
+    out = []
+    ap = batch.answer_pos[:, -1]
+    for s in range(0, batch.n, chunk):
+        lg = model(batch.tokens[s:s + chunk].to(model.device))
+        out.append(lg[torch.arange(lg.shape[0], device=lg.device), ap[s:s + chunk].to(lg.device)].float().cpu())
+    return torch.cat(out)
+
+
+def vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> list[dict]:
+    """``vote_curve`` of ``max(ns)`` answers sampled per example of ``batch`` (its last answer
+    position), each row with ``greedy_acc``, the accuracy of the most likely answer."""
+    lg = answer_logits(model, batch)
+    ans = batch.answers[:, -1]
+    smp = sample_answers(lg, max(ns), temperature=temperature, top_p=top_p, seed=seed)
+    greedy = (lg.argmax(-1) == ans).float().mean().item()
+    return [dict(greedy_acc=greedy, **r) for r in vote_curve(smp, ans, ns)]
