@@ -2,6 +2,7 @@
 
     python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
     python bench/bench_patch.py --small         # CPU sanity check
+    python bench/bench_patch.py --skip-tl --extra  # + both directions, and gdn75 sites (issue 26 rows)
 
 Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
 through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
@@ -36,6 +37,10 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=256, help="our rows per forward")
     ap.add_argument("--skip-tl", action="store_true")
+    ap.add_argument("--extra", action="store_true", help="also time direction='both' on the transformer and a gdn75 "
+                    "of the same width and depth at resid_pre, mixer_out and rec.state (every layer and position)")
+    ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would start after "
+                    "this are skipped (and said so)")
     a = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -64,16 +69,18 @@ def main(argv=None):
         t_fwd = time.perf_counter() - t0
 
     patching.sweep(m, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev),
-                   sites=["resid_pre"], layers=[L - 1], positions=[T - 3], progress=False)  # warm-up
+                   sites=["resid_pre"], layers=[L - 1], positions=[T - 3], progress=False, keep_all=True)  # warm-up
     sync()
     t0 = time.perf_counter()
-    ours = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False)
+    # every pair (the random model answers few correctly), as TransformerLens' metric below averages them all
+    ours = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False, keep_all=True)
     sync()
     t_ours = time.perf_counter() - t0
     grid = ours.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
     b = ours.attrs["baselines"]
     print(f"ours: {t_ours:.2f} s", flush=True)
 
+    extra = timed_extra(a, m, d, L, H, dev, pairs) if a.extra else []
     t_tl = err = None
     if not a.skip_tl:
         from transformer_lens import patching as tlp
@@ -104,8 +111,43 @@ def main(argv=None):
     print(f"| interp.patching.sweep (batch {a.batch_size} rows) | {t_ours:.2f} | {t_ours / t_fwd:.0f} |")
     if t_tl is not None:
         print(f"| TransformerLens get_act_patch_resid_pre | {t_tl:.2f} | {t_tl / t_fwd:.0f} |")
+    for what, t in extra:
+        print(f"| {what} | {t:.2f} | {t / t_fwd:.0f} |" if t is not None else f"| {what} | not run (time budget) | |")
+    if t_tl is not None:
         print(f"\nSpeed-up over TransformerLens: **{t_tl / t_ours:.1f}x**; max |difference| of the normalised "
               f"logit diff grid: {err:.1e}.")
+
+
+def timed_extra(a, m, d, L, H, dev, pairs):
+    """Issue 26's rows: the same sweep with both directions, and a gdn75 zoo model of the same width and
+    depth swept at resid_pre, mixer_out and rec.state; (label, seconds or None when over the budget)."""
+    start, rows = time.perf_counter(), []
+
+    def one(label, model, site, direction="denoise"):
+        if time.perf_counter() - start > a.time_budget:
+            rows.append((label, None))
+            return
+        sync()
+        t0 = time.perf_counter()
+        patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=a.batch_size, progress=False,
+                       keep_all=True)
+        sync()
+        rows.append((label, time.perf_counter() - t0))
+        print(f"{label}: {rows[-1][1]:.2f} s", flush=True)
+
+    one("interp.patching.sweep, direction both", m, "resid_pre", "both")
+    torch.manual_seed(0)
+    g = HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout="gdn75", n_heads=H,
+                           head_dim=d // H)).to(dev).eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)
+    patching.sweep(g, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev), sites=["rec.state"],
+                   layers=[1], positions=[3], progress=False, keep_all=True)  # warm-up (fla autotuning)
+    for site in ("resid_pre", "mixer_out", "rec.state"):
+        one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position)", g, site)
+    return rows
 
 
 if __name__ == "__main__":

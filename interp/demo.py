@@ -6,7 +6,9 @@ Writes ``<out>/accuracy.png`` (one panel per task x knob, one line per model),
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 import time
 from datetime import date
 from pathlib import Path
@@ -22,7 +24,38 @@ DEFAULTS_DIR = Path(__file__).parent / "defaults"
 DEFAULT_SET = ("transformer", "gdn75", "gdn100")
 
 
+SEEDS_ENV = "INTERP_SEEDS_DIR"
+SEEDS_MAKE = 'bash bench/train_defaults.sh runs/defaults "1 2"'
+
+
+def seeds_dir() -> Path:
+    """Where ``<name>@seed<k>`` models are looked up: $INTERP_SEEDS_DIR, else ``runs/defaults``."""
+    return Path(os.environ.get(SEEDS_ENV) or "runs/defaults")
+
+
+def is_default_name(name: str) -> bool:
+    """A shipped default (``gdn75``) or one of its extra training seeds (``gdn75@seed1``)."""
+    base = name.split("@", 1)[0]
+    return "/" not in name and (DEFAULTS_DIR / base).is_dir()
+
+
 def default_model_path(name: str) -> Path:
+    """The folder of a shipped default model; ``<name>@seed<k>``: the same command trained with seed k
+    (seed 0 is the shipped model; the others are not in the repository: ``SEEDS_MAKE`` makes them)."""
+    m = re.fullmatch(r"([A-Za-z0-9_]+)@seed(\d+)", name)
+    if m and int(m.group(2)) == 0:
+        name = m.group(1)
+    elif m:
+        default_model_path(m.group(1))           # the base name must be a shipped default
+        p = seeds_dir() / name
+        if not (p / "config.json").is_file():
+            raise InterpError(f"model '{name}' is not on this machine (looked in {p}); the extra seeds are not "
+                              f"shipped: make them with `{SEEDS_MAKE}` on a GPU host (8 minutes) or set "
+                              f"{SEEDS_ENV} to the folder holding {name}/")
+        return p
+    elif "@" in name:
+        raise InterpError(f"model name '{name}' is not valid; valid: a default name or <name>@seed<k>, "
+                          f"e.g. gdn75@seed1")
     p = DEFAULTS_DIR / name
     if not (p / "config.json").is_file():
         avail = sorted(d.name for d in DEFAULTS_DIR.iterdir() if (d / "config.json").is_file()) \

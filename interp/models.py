@@ -77,7 +77,7 @@ def load_any(spec: str, device="cpu", dtype=None, device_map=None, max_memory=No
     the GPUs of this host (then the CPU); ``max_memory`` ({0: '20GiB', 'cpu': '64GiB'} or the
     string form of `parse_max_memory`) caps what each device gets, e.g. to force a split.
     ``device`` is ignored when ``device_map`` is given; hooks move tensors between the devices."""
-    from interp.demo import DEFAULTS_DIR, default_model_path
+    from interp.demo import DEFAULTS_DIR, default_model_path, is_default_name
     from interp.zoo import load_model
     dtype = parse_dtype(dtype)
     if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
@@ -89,7 +89,7 @@ def load_any(spec: str, device="cpu", dtype=None, device_map=None, max_memory=No
         check_device(device)
     p = Path(spec)
     if not p.exists():
-        if "/" not in spec and (DEFAULTS_DIR / spec).is_dir():
+        if is_default_name(spec):
             _no_zoo_map(spec, device_map)
             return load_model(default_model_path(spec), device=device, dtype=dtype), "zoo"
         avail = sorted(d.name for d in DEFAULTS_DIR.iterdir() if d.is_dir()) if DEFAULTS_DIR.is_dir() else []

@@ -1,0 +1,115 @@
+"""Effective-attention speed (issue 21): the full pattern A of one GDN layer, and its rows for 64 query
+positions, against that layer's fused forward (fla's ``chunk_gated_delta_rule`` where fla is installed,
+else our chunked torch scan), in one run.
+
+    python bench/bench_effective.py --quick                    # CPU, seconds (smoke run)
+    python bench/bench_effective.py --device cuda --out x.json # the numbers for BENCHMARKS.md
+
+Setting: random q, k (l2-normalised in the kernel, as Qwen3-Next's layers do), v, log decays
+``logsigmoid(N(0,1)) / 4`` and write strengths ``sigmoid(N(0,1))``; B=8, T=2048, H=12, K=V=64, no
+initial state, float32. Each time is the median of ``--reps`` CUDA-event (CPU: perf_counter) timings after
+one warm-up call. The readout A implies (sum_s A[t, s] v_s) is checked against the fused output (relative
+error printed). Nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+from hooks import effective as E
+from hooks import recurrence as R
+from hooks.scan import gdn
+from hooks.scan.kernels import use_kernels
+
+FULL = dict(B=8, T=2048, H=12, K=64, V=64, rows=64)
+QUICK = dict(B=1, T=256, H=2, K=16, V=16, rows=8)
+
+
+def make_kw(B, T, H, K, V, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    return dict(q=r(B, T, H, K), k=r(B, T, H, K), v=r(B, T, H, V), g=F.logsigmoid(r(B, T, H)) / 4,
+                beta=torch.sigmoid(r(B, T, H)), use_qk_l2norm_in_kernel=True)
+
+
+def timed(fn, device, reps):
+    """Median seconds of ``reps`` calls after one warm-up call; returns (seconds, last result)."""
+    out = fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            a.record()
+            out = fn()
+            b.record()
+            torch.cuda.synchronize(device)
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@torch.no_grad()
+def run(p, device, reps):
+    kw = make_kw(p["B"], p["T"], p["H"], p["K"], p["V"], device)
+    c = R.canonical("gdn", kw)
+    budget = 1 << 40
+    rows = torch.linspace(0, p["T"] - 1, p["rows"]).round().long().tolist()
+    t_fused, (o, _) = timed(lambda: gdn.scan(**kw), device, reps)
+    t_torch, _ = timed(lambda: gdn.chunk_torch(**kw), device, reps)
+    t_full, A = timed(lambda: E.pattern("gdn", c, budget=budget), device, reps)
+    t_rows, Ar = timed(lambda: E.pattern("gdn", c, rows=rows, budget=budget), device, reps)
+    o_hat = torch.einsum("bhts,bshv->bthv", A, kw["v"])
+    o_rows = torch.einsum("bhts,bshv->bthv", Ar, kw["v"])
+    return dict(fused_backend="fla chunk_gated_delta_rule" if use_kernels(kw["q"]) else "torch chunk scan",
+                fused_s=t_fused, torch_scan_s=t_torch, full_s=t_full, rows_s=t_rows,
+                full_over_fused=t_full / t_fused, rows_over_fused=t_rows / t_fused,
+                readout_rel_err=rel(o_hat.float(), o.float()), rows_rel_err=rel(o_rows.float(), o[:, rows].float()),
+                pattern_bytes=A.numel() * A.element_size())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", help="also write the numbers as JSON here")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    p = QUICK if a.quick else FULL
+    res = dict(p, **run(p, device, a.reps))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    res.update(date=datetime.now(timezone.utc).isoformat(timespec="minutes"), torch=torch.__version__,
+               device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+               command="python bench/bench_effective.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+               commit=commit)
+    print(f"| what | seconds | vs fused forward |\n|---|---|---|\n"
+          f"| fused forward ({res['fused_backend']}) | {res['fused_s']:.4f} | 1 |\n"
+          f"| torch chunk scan | {res['torch_scan_s']:.4f} | {res['torch_scan_s'] / res['fused_s']:.2f} |\n"
+          f"| full A [B, H, T, T] | {res['full_s']:.4f} | {res['full_over_fused']:.2f} |\n"
+          f"| A rows for {p['rows']} query positions | {res['rows_s']:.4f} | {res['rows_over_fused']:.2f} |\n"
+          f"readout from A vs fused output: rel err {res['readout_rel_err']:.2e} (rows {res['rows_rel_err']:.2e})")
+    print(json.dumps(res))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
