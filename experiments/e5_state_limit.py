@@ -224,11 +224,11 @@ def per_seed(res: pd.DataFrame) -> pd.DataFrame:
 def summary(res: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per task, arm, length: mean [lo, hi] over seeds; per task and arm: in distribution and beyond
     training, with labels and the at-chance flag)."""
-    rows = [dict(task=t, arm=a, length=n, **dict(zip(("mean", "lo", "hi"), seed_interval(g.accuracy))), seeds=len(g))
+    rows = [dict(task=t, arm=a, length=n, **dict(zip(("mean", "lo", "hi"), seed_interval(g.accuracy, bounds=(0, 1)))), seeds=len(g))
             for (t, a, n), g in res.groupby(["task", "arm", "length"], sort=False)]
     cells = []
     for (t, a), g in per_seed(res).groupby(["task", "arm"], sort=False):
-        i, b = seed_interval(g.acc_in), seed_interval(g.acc_beyond)
+        i, b = seed_interval(g.acc_in, bounds=(0, 1)), seed_interval(g.acc_beyond, bounds=(0, 1))
         cells.append(dict(task=t, arm=a, seeds=len(g), in_mean=i[0], in_lo=i[1], in_hi=i[2], in_label=label(*i[1:]),
                           beyond_mean=b[0], beyond_lo=b[1], beyond_hi=b[2], beyond_label=label(*b[1:]),
                           at_chance=bool(b[2] < 1 / CLASSES[t] + 0.1)))
@@ -254,7 +254,7 @@ def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         if kind == "improves":
             a, b = (ps[(ps.task == task) & (ps.arm == x)].sort_values("seed").acc_beyond.to_numpy() for x in arms)
             k = min(len(a), len(b))
-            m, lo, hi = seed_interval(a[:k] - b[:k])
+            m, lo, hi = seed_interval(a[:k] - b[:k], bounds=(-1, 1))
             verdict = "agrees" if lo > 0 else "disagrees" if hi < 0 else "inconclusive"
             nums = f"{arms[0]} minus {arms[1]} beyond training: {_fmt(m, lo, hi)}"
         else:

@@ -195,7 +195,7 @@ def test(ctx, runs, best, specs) -> pd.DataFrame:
 def summary(res: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for k, g in res.groupby(KEYS, sort=False):
-        m, lo, hi = seed_interval(g.accuracy)
+        m, lo, hi = seed_interval(g.accuracy, bounds=(0, 1))
         rows.append(dict(zip(KEYS, k), mean=m, lo=lo, hi=hi, seeds=len(g), label=E5.label(lo, hi, THETA),
                          state=g.state.iloc[0], rec_layers=int(g.rec_layers.iloc[0]), params=int(g.params.iloc[0])))
     return pd.DataFrame(rows)

@@ -3,12 +3,20 @@
 * `boot_ci(sums, counts, n_boot, rng)`: 95% percentile interval of a ratio of sums when whole
   clusters (examples, context windows, pairs) are resampled with replacement.
 * `t975(k)`: the 0.975 quantile of Student's t with k degrees of freedom.
-* `seed_interval(values)`: mean and 95% t-interval over independent training seeds or data seeds;
-  NaN bounds with fewer than two.
+* `seed_interval(values, bounds=None)`: mean and 95% t-interval over independent training seeds
+  or data seeds; NaN bounds with fewer than two; ``bounds=(0, 1)`` clips it to what an accuracy can be
+  (`clip_interval` does that for arrays of bounds).
+* `few_seeds(k)` / `warn_few_seeds(k, what)`: an interval over fewer than `MIN_SEEDS` (3) seeds is
+  flagged (a column of the caller's table) and warned about once, naming the count (with 2 seeds the
+  t quantile is 12.7: the interval says little and can leave [0, 1]).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+MIN_SEEDS = 3
 
 
 def t975(k: int) -> float:
@@ -28,8 +36,9 @@ def boot_ci(sums: np.ndarray, counts: np.ndarray, n_boot: int, rng) -> tuple[flo
     return float(lo), float(hi)
 
 
-def seed_interval(values) -> tuple[float, float, float]:
-    """(mean, lo, hi): mean over seeds with a 95% t-interval (NaN bounds below two seeds)."""
+def seed_interval(values, bounds=None) -> tuple[float, float, float]:
+    """(mean, lo, hi): mean over seeds with a 95% t-interval (NaN bounds below two seeds);
+    ``bounds`` (lo, hi), e.g. (0, 1) for an accuracy: the interval clipped to them."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
@@ -38,7 +47,39 @@ def seed_interval(values) -> tuple[float, float, float]:
     if len(x) < 2:
         return m, float("nan"), float("nan")
     half = t975(len(x) - 1) * float(x.std(ddof=1)) / np.sqrt(len(x))
-    return m, m - half, m + half
+    lo, hi = clip_interval(m - half, m + half, bounds)
+    return m, float(lo), float(hi)
+
+
+def clip_interval(lo, hi, bounds=None):
+    """(lo, hi) (numbers or arrays) clipped to ``bounds`` (lo, hi); unchanged without; NaN stays NaN."""
+    if bounds is None:
+        return lo, hi
+    return np.clip(lo, *bounds), np.clip(hi, *bounds)
+
+
+def few_seeds(k):
+    """Whether an interval over ``k`` seeds (a number or an array) rests on fewer than `MIN_SEEDS`."""
+    return np.asarray(k) < MIN_SEEDS
+
+
+def warn_few_seeds(k, what: str = "results", stacklevel: int = 2) -> bool:
+    """One UserWarning when any of the seed counts ``k`` (a number, or one per row of a table) gives
+    an interval from fewer than `MIN_SEEDS` seeds (two: one seed has no interval, its bounds are NaN),
+    naming the count (and how many rows, where not all). ``what`` names the numbers and where they
+    are flagged. Returns whether it warned."""
+    k = np.atleast_1d(np.asarray(k, dtype=float))
+    bad = np.isfinite(k) & (k >= 2) & (k < MIN_SEEDS)
+    if not bad.any():
+        return False
+    counts = sorted({int(s) for s in k[bad]})
+    n = " or ".join(map(str, counts)) + " seeds"
+    if not bad.all():
+        n += f" in {int(bad.sum())} of {len(k)} rows"
+    warnings.warn(f"{what}: 95% intervals from {n} (fewer than {MIN_SEEDS}; t quantile "
+                  f"{t975(counts[0] - 1):.1f} with {counts[0] - 1} degree(s) of freedom) are unreliable; "
+                  f"use {MIN_SEEDS} or more seeds", UserWarning, stacklevel=stacklevel + 1)
+    return True
 
 
 def boot_ratio_cis(sums: np.ndarray, counts: np.ndarray, n_boot: int, rng, block: int = 4096):
@@ -47,7 +88,6 @@ def boot_ratio_cis(sums: np.ndarray, counts: np.ndarray, n_boot: int, rng, block
     with replacement, the same resamples for every column (so differences between columns are
     paired). A cluster that does not belong to a column has 0 in both. Returns (lo [J], hi [J]);
     NaN with fewer than two clusters or where a resampled count is 0."""
-    import warnings
     sums = np.asarray(sums, dtype=float)
     C, J = sums.shape
     if C < 2:

@@ -137,14 +137,14 @@ def check_e5(figs: Path, P):
     assert (res.beyond == [n > max(E5.train_lengths(t, P)) for t, n in zip(res.task, res.length)]).all()
     for (t, a, n), g in res.groupby(["task", "arm", "length"]):       # summary = intervals over the seeds
         row = summ[(summ.task == t) & (summ.arm == a) & (summ.length == n)].iloc[0]
-        assert all(_close(x, y) for x, y in zip(seed_interval(g.accuracy), row[["mean", "lo", "hi"]]))
+        assert all(_close(x, y) for x, y in zip(seed_interval(g.accuracy, bounds=(0, 1)), row[["mean", "lo", "hi"]]))
         line = next(x for x in report.split(f"## {t}: accuracy against length")[1].splitlines()
                     if x.split(" | ")[0] in (f"| {n}", f"| {n} (beyond)"))
         assert E5._fmt(row["mean"], row.lo, row.hi) in line
     for (t, a), g in res.groupby(["task", "arm"]):                    # in distribution / beyond: per-seed means
         per = g.groupby("seed").apply(lambda x: x[~x.beyond].accuracy.mean(), include_groups=False)
         c = cells[(cells.task == t) & (cells.arm == a)].iloc[0]
-        m, lo, hi = seed_interval(per)
+        m, lo, hi = seed_interval(per, bounds=(0, 1))         # accuracies: the interval is clipped to [0, 1]
         assert _close(m, c.in_mean) and _close(lo, c.in_lo) and c.in_label == E5.label(lo, hi)
     pd.testing.assert_frame_equal(E5.verdicts(res, cells), verd, check_dtype=False)
     for r in verd.itertuples():
@@ -169,7 +169,7 @@ def check_e6(figs: Path, P):
     assert len(summ) == len(E6.units(P, P["seq_lens"]))
     for k, g in res.groupby(E6.KEYS):
         row = summ.set_index(E6.KEYS).loc[k]
-        m, lo, hi = seed_interval(g.accuracy)
+        m, lo, hi = seed_interval(g.accuracy, bounds=(0, 1))
         assert _close(m, row["mean"]) and _close(lo, row.lo) and row.label == E5.label(lo, hi)
         assert E5._fmt(m, lo, hi) in report
     for r in wn.itertuples():                                       # the smallest width whose interval clears 0.9

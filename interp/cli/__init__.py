@@ -3,11 +3,13 @@
 One module per command (train, eval, capture, probe, patch, patterns, intervene, das, sae, demo, run), each with
 its ``add_parser(sub)`` and ``cmd_*``; the options they share are in `interp.cli.options`. The
 parser class here gives every command's help the defaults of its options and turns argparse's
-usage errors into the same one line (exit 2); Ctrl-C prints one line and exits with 130."""
+usage errors into the same one line (exit 2); Ctrl-C prints one line and exits with 130; warnings
+print as one line ``warning: ...`` on stderr (above any progress bar)."""
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from interp import InterpError
 from interp.cli import capture, das, demo, evaluate, intervene, patch, patterns, probe, run, sae, train
@@ -56,12 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one line on stderr (above a progress bar), like the CLI's errors."""
+    from tqdm.auto import tqdm
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from interp.tasks import TaskError
     from hooks.names import HookError
     try:
         args = build_parser().parse_args(argv)
-        rc = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            rc = args.func(args)
     except (InterpError, TaskError, HookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

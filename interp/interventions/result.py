@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from interp.stats import seed_interval
+from interp.stats import MIN_SEEDS, seed_interval, warn_few_seeds
 
 COLUMNS = ["model", "task", "site", "layer", "head", "side", "positions", "subspace", "rank", "split", "seed",
            "iia", "n", "n_total"]
@@ -30,23 +30,25 @@ class InterventionResult(pd.DataFrame):
 
     def summary(self) -> pd.DataFrame:
         """Mean IIA over seeds per (model, site, subspace, rank, split) with a 95% t-interval over
-        seeds (NaN with one seed)."""
+        seeds (NaN with one seed), clipped to [0, 1]; ``few_seeds``: fewer than 3 seeds (warned once)."""
         keys = ["model", "task", "site", "subspace", "rank", "split"]
         rows = []
         for k, g in pd.DataFrame(self).groupby(keys, sort=False, dropna=False):
-            m, lo, hi = seed_interval(g["iia"])
-            rows.append(dict(zip(keys, k), iia=m, iia_lo=lo, iia_hi=hi, seeds=len(g), n=int(g["n"].iloc[0]),
-                             n_total=int(g["n_total"].iloc[0])))
-        return pd.DataFrame(rows)
+            m, lo, hi = seed_interval(g["iia"], bounds=(0, 1))
+            rows.append(dict(zip(keys, k), iia=m, iia_lo=lo, iia_hi=hi, seeds=len(g), few_seeds=len(g) < MIN_SEEDS,
+                             n=int(g["n"].iloc[0]), n_total=int(g["n_total"].iloc[0])))
+        out = pd.DataFrame(rows)
+        if len(out):
+            warn_few_seeds(out.seeds, "intervention IIA (iia_lo/iia_hi; column few_seeds)", stacklevel=3)
+        return out
 
     def save(self, out, name: str, plot: bool = True):
         """Write ``name``.csv, .parquet (and .png) under ``out``; returns the paths written."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         df = pd.DataFrame(self)
-        paths = [out / f"{name}.csv", out / f"{name}.parquet"]
-        df.to_csv(paths[0], index=False)
-        df.to_parquet(paths[1], index=False)
+        from interp.store import save_csv, save_parquet
+        paths = [save_csv(out / f"{name}.csv", df, index=False), save_parquet(out / f"{name}.parquet", df)]
         if plot:
             paths.append(out / f"{name}.png")
             self.plot(paths[-1])

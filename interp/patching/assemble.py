@@ -1,7 +1,10 @@
 """Building a sweep's PatchResult from its stored units: per-pair metrics of every chunk joined,
 pairs filtered to those the model answers correctly on both prompts (unless ``keep_all``), cell
-means normalised, 95% bootstrap intervals over pairs, position classes."""
+means normalised (a warning where the clean - corrupted gap is too small to normalise by), 95%
+bootstrap intervals over pairs, position classes."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -9,6 +12,7 @@ import torch
 from interp import InterpError
 from interp.patching.plan import base_key, unit_key
 
+MIN_LD_GAP = 0.1   # nats: a smaller clean - corrupted gap is too small to normalise by (a warning)
 BASE_FIELDS = ("clean_ld", "corrupted_ld", "clean_prob", "corrupted_prob", "corrupted_kl", "clean_top", "corrupted_top")
 
 
@@ -69,13 +73,22 @@ def cell_stats(sums, per_pair, clean, corrupted, baselines, n_boot: int, seed: i
     and per-pair metrics ``per_pair`` (same keys, [cells, K]) over the K kept pairs, their
     per-pair clean / corrupted logit differences [K] and the baselines (means): normalised logit
     diff (from the means), mean prob and KL, each with its 95% bootstrap interval over pairs (the
-    same resamples for every cell and metric)."""
+    same resamples for every cell and metric). Warns when the mean clean and corrupted logit
+    differences are closer than `MIN_LD_GAP` nats or the clean one is not positive."""
     from interp.stats import boot_ratio_cis
     x, c, K = baselines["corrupted_logit_diff"], baselines["clean_logit_diff"], baselines["n"]
     denom = c - x
     if abs(denom) < 1e-6:
         raise InterpError(f"clean and corrupted runs have the same mean logit difference ({c:.4f}): "
                           "the model does not tell the pair apart, so normalised effects are undefined")
+    why = ([f"they differ by {abs(denom):.4f} nats, under {MIN_LD_GAP}, too little to normalise by"]
+           if abs(denom) < MIN_LD_GAP else []) + \
+        (["the clean one is not positive (the model does not prefer the clean answer on the clean prompt)"]
+         if c <= 0 else [])
+    if why:
+        warnings.warn(f"patching: mean logit differences clean {c:.4f}, corrupted {x:.4f} over {K} pairs: "
+                      f"{'; '.join(why)}; the normalised logit_diff, (patched - corrupted) / (clean - corrupted), "
+                      "is unreliable: read raw_logit_diff and prob", UserWarning, stacklevel=3)
     raw = sums["ld"] / K
     out = {"logit_diff": (raw - x) / denom, "prob": sums["prob"] / K, "kl": sums["kl"] / K, "raw_logit_diff": raw}
     ones = np.ones(len(clean))

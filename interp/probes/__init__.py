@@ -69,7 +69,10 @@ rank) and ``iia_full`` (the whole site). `interp.probes.causal` states the detai
 
 ``seeds=[...]`` repeats everything (task data, split, controls, untrained init) per seed and
 reports the mean and a 95% t-interval over seeds (``acc_lo``, ``acc_hi``, ``sel_lo``,
-``sel_hi``, ``iia_lo``, ``iia_hi``).
+``sel_hi``, ``iia_lo``, ``iia_hi``), clipped to what the number can be (accuracies and IIA [0, 1],
+selectivity [-1, 1]); ``few_seeds`` flags rows from fewer than 3 seeds, and a warning names the
+count where 2 seeds gave intervals (`interp.stats.warn_few_seeds`). A class with fewer than 5 test
+points is warned about (`protocol.warn_small_classes`); `interp probe` prints the points per split.
 
 **Backends**, one interface: ``torch`` fits every (layer, site) probe of one feature width, task
 and label control together, as one batched problem (full-batch L-BFGS on a stacked weight tensor;

@@ -1,10 +1,14 @@
 """`interp probe`, the command line of the probes: parse --sweep / --seeds / --split, check every
-setting before a model loads, run (resumable in the --out folder), print the per-layer table, the
-layer chosen on val per site and the controls flagged uninformative; the files are written by `run`."""
+setting before a model loads, run (resumable in the --out folder; its warnings one line each), print
+the points per split, the per-layer table, the layer chosen on val per site and the controls flagged
+uninformative; the files are written by `run`."""
 from __future__ import annotations
 
 import json
 import re
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -60,9 +64,23 @@ def _settings(a, parse_knobs) -> dict:
     return kw
 
 
+def _sizes(res, sweep) -> list[str]:
+    """Lines with the probe points of the target per split (per seed: the mean over the seeds), per
+    load with a sweep (the points depend on the data, not on the model, layer or site)."""
+    d = res.pooled()
+    d = d[d["control_kind"] == res.controls()[0]].drop_duplicates("load")
+    lines = []
+    for r in d.itertuples():
+        where = f" at {res.attrs.get('load_knob')}={r.load}" if sweep else ""
+        lines.append(f"probe points of {r.target}{where}, per seed (mean over {r.seeds}): train {r.n_train:.0f}, "
+                     f"val {r.n_val / r.seeds:.0f}, test {r.n / r.seeds:.0f}")
+    return lines
+
+
 def _print(res, sweep, seeds):
     pd.set_option("display.width", 220)
     pd.set_option("display.max_columns", 40)
+    print("\n".join(_sizes(res, sweep)))
     kinds = [k for k in res.controls() if k != "none"]
     lead = ["model"] + (["load"] if sweep else [])
     ci = ["acc_lo", "acc_hi"] if len(seeds) > 1 else []
@@ -82,14 +100,29 @@ def _print(res, sweep, seeds):
                   f"rows: selectivity against it is uninformative there (column flag_{k})")
 
 
+@contextmanager
+def _warnings_as_lines():
+    """Inside: a warning shown (as the filters say) as one line ``warning: <message>`` on stderr
+    (above a progress bar)."""
+    from tqdm.auto import tqdm
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def cli_run(a, load_model, parse_knobs):
     """`interp probe`: check the settings, run into the --out folder (resuming it; probes.csv /
-    .parquet, probes.png, distance.png when the target has distances, load.png with --sweep), print."""
+    .parquet, probes.png, distance.png when the target has distances, load.png with --sweep; its
+    warnings one line each on stderr), print."""
     import time
     t0 = time.time()
     kw = _settings(a, parse_knobs)
     models = {Path(m).name: load_model(m, a.device) for m in a.model}
     knobs = kw.pop("knobs")
-    res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
+    with _warnings_as_lines():
+        res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
     _print(res, kw["sweep"], kw["seeds"])
     print(f"wrote {', '.join(f'{a.out}/{w}' for w in res.attrs['written'])} ({time.time() - t0:.0f} s)")

@@ -1,10 +1,12 @@
 """The probe protocol: train/val/test split by example (`assign`; the older two-way `split`), then
 `probe`, which fits one probe per feature block and scores it on val and test against the controls
 (label controls and the untrained model) and the majority and surface baselines, pooled, per
-distance and per whether the model answered the example correctly."""
+distance and per whether the model answered the example correctly; it warns when a class has fewer
+than `MIN_TEST_PER_CLASS` test points (`warn_small_classes`)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from interp.probes.targets import Points
 SPLIT = (0.6, 0.2, 0.2)
 TRAIN, VAL, TEST = 0, 1, 2
 MIN_EXAMPLES = 10
+MIN_TEST_PER_CLASS = 5
 
 
 def check_split(split) -> tuple:
@@ -60,6 +63,23 @@ def split(ex, test_frac=0.2, seed=0):
     n_ex = int(ex.max()) + 1
     test_ex = torch.as_tensor(np.random.default_rng(seed).permutation(n_ex)[: max(1, round(n_ex * test_frac))])
     return torch.isin(ex, test_ex)
+
+
+def warn_small_classes(classes, y, role, seed=0) -> bool:
+    """Warn (UserWarning) when a class of the labels ``y`` (indices into ``classes``, the label
+    values) has fewer than `MIN_TEST_PER_CLASS` test points under ``role``, naming the fewest; the
+    accuracy on such a class rests on a handful of points. Returns whether it warned."""
+    te = torch.bincount(y[role == TEST], minlength=len(classes))
+    small = torch.nonzero(te < MIN_TEST_PER_CLASS).flatten()
+    if not len(small):
+        return False
+    small = small[torch.argsort(te[small], stable=True)]
+    fewest = ", ".join(f"label {classes[i].item()}: {int(te[i])}" for i in small[:5])
+    warnings.warn(f"probe test split (seed {seed}): {len(small)} of {len(classes)} classes have fewer than "
+                  f"{MIN_TEST_PER_CLASS} test points ({fewest}{', ...' if len(small) > 5 else ''}; "
+                  f"{int(te.sum())} test points in all): their accuracy rests on a few points; use more "
+                  "examples (n / --n)", UserWarning, stacklevel=3)
+    return True
 
 
 def _baselines(pts: Points, y, tr, n_classes):
@@ -122,7 +142,8 @@ def probe(feats, pts: Points, split=SPLIT, seed=0, backend="torch", C=1.0, contr
     ``untrained``, the same blocks from the untrained model). Returns row dicts, one per (layer,
     site, distance (None: pooled), answered ('all', or 'correct' / 'wrong' when ``pts.correct`` is
     known), control_kind) with accuracy, val_accuracy, control, selectivity (= accuracy - control),
-    uninformative (control >= ``flag_at``), majority, surface, n (test points), n_val, n_train."""
+    uninformative (control >= ``flag_at``), majority, surface, n (test points), n_val, n_train.
+    A class with fewer than `MIN_TEST_PER_CLASS` test points is warned about (`warn_small_classes`)."""
     check_backend(backend)
     C, controls = check_C(C), check_controls(controls)
     if not feats:
@@ -135,6 +156,7 @@ def probe(feats, pts: Points, split=SPLIT, seed=0, backend="torch", C=1.0, contr
     if K < 2 or int(tr.sum()) < min_per_class * K:
         raise InterpError(f"too few examples per class to train a probe ({int(tr.sum())} training points for "
                           f"{K} classes, counts {counts.tolist()}); use more examples (n / --n)")
+    warn_small_classes(classes, y, role, seed)
     labels = {"task": y, **label_controls(controls, y, pts.token, K, seed)}
     preds = _fit_blocks(feats, list(feats), role, labels, K, backend, C, fit_kw)
     if "untrained" in controls and untrained is not None:

@@ -10,27 +10,32 @@ import numpy as np
 import pandas as pd
 
 from interp.probes.controls import FLAG_AT, uninformative
-from interp.stats import seed_interval, t975
+from interp.stats import clip_interval, few_seeds, seed_interval, t975, warn_few_seeds
 
 KEYS = ["model", "load", "layer", "site", "target", "answered", "control_kind", "distance"]
 MEANS = ["accuracy", "val_accuracy", "control", "selectivity", "majority", "surface", "n_train"]
 COLUMNS = KEYS + ["accuracy", "acc_lo", "acc_hi", "val_accuracy", "control", "selectivity", "sel_lo", "sel_hi",
-                  "uninformative", "majority", "surface", "n", "n_val", "n_train", "seeds"]
+                  "uninformative", "majority", "surface", "n", "n_val", "n_train", "seeds", "few_seeds"]
 CAUSAL = ["iia", "iia_lo", "iia_hi", "iia_random", "iia_full", "n_iia", "n_pairs", "causal_rank", "causal_site"]
 UNIT = ["model", "load", "layer", "site"]
+BOUNDS = {"acc": (0.0, 1.0), "sel": (-1.0, 1.0)}   # what an accuracy and a difference of two can be
 
 
 def aggregate(per_seed: pd.DataFrame, flag_at: float = FLAG_AT) -> "ProbeResult":
-    """Mean over seeds per `KEYS` and 95% t-intervals (NaN with one seed); ``n`` and ``n_val`` sum
-    points over seeds, ``seeds`` counts them; ``uninformative``: the mean control >= ``flag_at``."""
+    """Mean over seeds per `KEYS` and 95% t-intervals (NaN with one seed), clipped to what the
+    number can be (accuracy [0, 1], selectivity [-1, 1]); ``n`` and ``n_val`` sum points over
+    seeds, ``seeds`` counts them, ``few_seeds`` flags fewer than 3 (a warning names the count
+    where 2 seeds gave intervals); ``uninformative``: the mean control >= ``flag_at``."""
     g = per_seed.groupby(KEYS, sort=False, dropna=False)
     out = g[MEANS].mean()
     out["n"], out["n_val"] = g["n"].sum(), g["n_val"].sum()
     out["seeds"] = g["seed"].nunique()
+    out["few_seeds"] = few_seeds(out["seeds"])
+    warn_few_seeds(out["seeds"], "probe accuracy and selectivity (acc_lo/acc_hi, sel_lo/sel_hi; column few_seeds)")
     for col, pre in (("accuracy", "acc"), ("selectivity", "sel")):
         sd, k = g[col].std(ddof=1), out["seeds"]
         half = np.array([t975(int(s) - 1) if s > 1 else np.nan for s in k]) * sd / np.sqrt(k)
-        out[f"{pre}_lo"], out[f"{pre}_hi"] = out[col] - half, out[col] + half
+        out[f"{pre}_lo"], out[f"{pre}_hi"] = clip_interval(out[col] - half, out[col] + half, BOUNDS[pre])
     out["uninformative"] = uninformative(out["control"], flag_at)
     res = ProbeResult(out.reset_index()[COLUMNS])
     res["distance"] = res["distance"].astype("Int64")
@@ -39,10 +44,10 @@ def aggregate(per_seed: pd.DataFrame, flag_at: float = FLAG_AT) -> "ProbeResult"
 
 def aggregate_causal(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Causal-check rows (one per model, load, layer, site, seed) -> mean IIA with a 95% t-interval
-    over seeds, mean random and full IIA, kept and drawn pairs summed over seeds."""
+    over seeds (clipped to [0, 1]), mean random and full IIA, kept and drawn pairs summed over seeds."""
     rows = []
     for k, g in per_seed.groupby(UNIT, sort=False, dropna=False):
-        m, lo, hi = seed_interval(g["iia"])
+        m, lo, hi = seed_interval(g["iia"], bounds=BOUNDS["acc"])
         rows.append(dict(zip(UNIT, k), iia=m, iia_lo=lo, iia_hi=hi, iia_random=g["iia_random"].mean(),
                          iia_full=g["iia_full"].mean(), n_iia=int(g["n_iia"].sum()), n_pairs=int(g["n_pairs"].sum()),
                          causal_rank=int(g["rank"].max()), causal_site=g["causal_site"].iloc[0]))
@@ -77,8 +82,9 @@ class ProbeResult(pd.DataFrame):
     columns repeat across kinds); ``load`` the swept knob's value (<NA> without a sweep; the knob is
     ``attrs['load_knob']``). Columns: accuracy (test; acc_lo, acc_hi), val_accuracy, control,
     selectivity (sel_lo, sel_hi), uninformative, majority, surface, n (test points, summed over
-    seeds), n_val, n_train, seeds; with the causal check, on the pooled rows of the checked layers:
-    iia (iia_lo, iia_hi), iia_random, iia_full, n_iia, n_pairs, causal_rank, causal_site."""
+    seeds), n_val, n_train, seeds, few_seeds (fewer than 3 seeds: intervals unreliable or absent);
+    with the causal check, on the pooled rows of the checked layers: iia (iia_lo, iia_hi),
+    iia_random, iia_full, n_iia, n_pairs, causal_rank, causal_site."""
 
     _metadata = []
 
