@@ -99,6 +99,7 @@ def training_knobs(task: str, rng: np.random.Generator, grid_max: dict | None = 
 
 
 INDUCTION_CHECK = 50  # steps between the warm-up's held-out checks
+INDUCTION_NEAR_ZERO = 0.05  # a warm-up ending below this held-out accuracy formed no induction circuit (warned)
 
 
 def default_induction_steps(model: dict, steps: int) -> int:
@@ -164,17 +165,18 @@ def answer_accuracy(model, batch, chunk: int = 256) -> float:
     return correct / max(total, 1)
 
 
-def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None):
+def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None, torch_rng=None):
     """``<path>/checkpoint/``: the model (safetensors + JSON), ``trainer.pt`` (optimizer state,
-    step, RNG state: tensors and plain values only, loaded with ``weights_only=True``) and the
-    config. Written beside it and swapped in by renames: a crash or Ctrl-C at any point leaves a
-    whole checkpoint (the new one, or the previous one as ``checkpoint.old``)."""
+    step, RNG state (``torch_rng``, default the current one): tensors and plain values only, loaded
+    with ``weights_only=True``) and the config. Written beside it and swapped in by renames: a crash
+    or Ctrl-C at any point leaves a whole checkpoint (the new one, or the previous one as
+    ``checkpoint.old``)."""
     ck, tmp, old = path / "checkpoint", path / "checkpoint.tmp", path / "checkpoint.old"
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a save that stopped half-way
     save_model(model, tmp)
     torch.save({"optimizer": opt.state_dict(), "step": step, "induction_done_at": induction_done_at,
-                "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
+                "torch_rng": torch.get_rng_state() if torch_rng is None else torch_rng}, tmp / "trainer.pt")
     (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if ck.exists():
         if old.exists():
@@ -243,10 +245,14 @@ def _check_config(cfg: TrainConfig):
 
 
 def _warn_config(cfg: TrainConfig):
-    """Warn (stderr) about a config that trains but badly."""
+    """Warn (stderr) about a config that trains but badly: a learning-rate warm-up not shorter than
+    training."""
     if cfg.warmup > cfg.steps:
         _warn(f"the learning-rate warm-up ({cfg.warmup} steps) is longer than training ({cfg.steps} steps): "
               f"the learning rate never reaches {cfg.lr:g}")
+    elif cfg.warmup == cfg.steps:
+        _warn(f"the learning-rate warm-up ({cfg.warmup} steps) is as long as training ({cfg.steps} steps): "
+              f"the learning rate reaches {cfg.lr:g} only at the last step and never decays")
 
 
 def _make_out(cfg: TrainConfig) -> Path:
@@ -258,6 +264,14 @@ def _make_out(cfg: TrainConfig) -> Path:
         raise InterpError(f"cannot create the output directory '{out}' ({e.strerror}); valid: a new or existing "
                           "directory in a writable place") from None
     return out
+
+
+def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95) with weight decay on the parameters with >= 2 dims only (the first group)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
 
 def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
@@ -274,10 +288,7 @@ def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
     else:
         model = HybridLM(mcfg).to(device)
     model.set_scan_backend(cfg.scan_backend)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = _make_optimizer(model, cfg)
     if start:
         opt.load_state_dict(state["optimizer"])
         print(f"resuming from {ck} at step {start}", file=sys.stderr)
@@ -285,7 +296,8 @@ def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
 
 
 def _warmup_over(model, induction_eval, cfg: TrainConfig, step: int, autocast, log_path: Path, bar):
-    """The warm-up's held-out check at ``step``: the step it ends at (logged), or None while it goes on."""
+    """The warm-up's held-out check at ``step``: the step it ends at (logged; a warning when its
+    accuracy is below `INDUCTION_NEAR_ZERO`), or None while it goes on."""
     model.eval()
     with autocast:
         acc = answer_accuracy(model, induction_eval)
@@ -293,9 +305,11 @@ def _warmup_over(model, induction_eval, cfg: TrainConfig, step: int, autocast, l
     if acc >= cfg.induction_until or step >= cfg.induction_steps:
         _append_log(log_path, {"step": step, "induction_done_at": step, "acc/induction": acc})
         bar.write(f"induction warm-up done at step {step} (held-out induction accuracy {acc:.3f})")
-        if acc == 0:
-            _warn(f"the induction warm-up ended at step {step} with held-out induction accuracy 0: no "
-                  "induction circuit formed (more --induction-steps or another --lr may help)")
+        if acc < INDUCTION_NEAR_ZERO:
+            _warn(f"the induction warm-up ended at step {step} with held-out induction accuracy {acc:.3f} (below "
+                  f"{INDUCTION_NEAR_ZERO}; --induction-steps {cfg.induction_steps}, --induction-until "
+                  f"{cfg.induction_until:g}, --lr {cfg.lr:g}): no induction circuit formed (more --induction-steps "
+                  "or another --lr may help)")
         return step
     return None
 

@@ -1,8 +1,11 @@
-"""`interp train`: train a zoo model on a task mixture (interp.train)."""
+"""`interp train`: train a zoo model on a task mixture (interp.train; --seeds: several at once, interp.stacked)."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import shlex
 import sys
+from pathlib import Path
 
 from interp.cli.options import add_device, add_seed, check_out, finite_float, int_at_least
 
@@ -27,7 +30,8 @@ def add_parser(sub):
     t.add_argument("--steps", type=int_at_least(1), default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int_at_least(1), default=64, help="sequences per step")
     t.add_argument("--lr", type=finite_float(0, above=True), default=1e-3, help="peak learning rate (AdamW)")
-    t.add_argument("--warmup", type=int_at_least(0), default=100, help="linear learning-rate warm-up steps")
+    t.add_argument("--warmup", type=int_at_least(0), default=100,
+                   help="linear learning-rate warm-up steps (a warning when not fewer than --steps)")
     t.add_argument("--induction-steps", type=int_at_least(0), default=None, metavar="N",
                    help="warm up on short induction sequences for at most the first N steps, before the task "
                         "mixture (a softmax transformer does not form its recall circuit from the tasks' "
@@ -38,12 +42,27 @@ def add_parser(sub):
     t.add_argument("--eval-every", type=int_at_least(1), default=250, help="steps between held-out evaluations")
     t.add_argument("--save-every", type=int_at_least(1), default=500, help="steps between checkpoints")
     add_seed(t)
+    t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                   help="instead of --seed: one run per seed, trained at once as one stacked module "
+                        "(interp.stacked), each saved to <out>/seed<S> as a single run would be")
     add_device(t, "auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
     t.add_argument("--time-limit", type=finite_float(0), default=0.0, help="minutes; stop early and save (0 = none)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     t.set_defaults(func=cmd_train)
+
+
+def _seed_list(s: str) -> list[int]:
+    """An argparse type: distinct comma-separated seeds >= 0."""
+    try:
+        seeds = [int(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of integers; "
+                                         "valid: e.g. 0,1,2") from None
+    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"'{s}' has a negative or repeated seed; valid: distinct integers >= 0")
+    return seeds
 
 
 def _model_fields(a) -> dict:
@@ -74,5 +93,11 @@ def cmd_train(a):
                                        else a.induction_steps),
                       induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    if a.seeds:
+        from interp.stacked import train_stacked
+        cfgs = [dataclasses.replace(cfg, seed=s, out=str(Path(a.out) / f"seed{s}")) for s in a.seeds]
+        for c, m in zip(cfgs, train_stacked(cfgs, resume=not a.no_resume)):
+            print(f"saved {c.out} ({m.num_params() / 1e6:.2f}M params)")
+        return
     m = train(cfg, resume=not a.no_resume)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
