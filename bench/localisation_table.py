@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from interp.stats import seed_interval
+from interp.stats import seed_interval, warn_few_seeds
 from interp.store import atomic_write_text, save_csv
 
 RESTORE, RESTORE_LO, NONE, SPREAD = 0.9, 0.8, 0.1, 0.6
@@ -112,7 +112,7 @@ def read_runs(root: Path) -> dict:
     pairs kept (answered correctly on both prompts), from the sweep's JSON."""
     out = {}
     for f in sorted(root.glob("*@seed*_*.csv")):
-        m = re.fullmatch(r"(.+)@seed(\d+)_(mqar|state_recall)\.csv", f.name)
+        m = re.fullmatch(r"(.+)@seed(\d+)_(mqar|state_recall)(_L[0-9_,:-]+)?\.csv", f.name)
         if m:
             df = pd.read_csv(f)
             info = json.loads(f.with_suffix(".json").read_text()).get("pairs", {})
@@ -140,7 +140,8 @@ def table(runs: dict) -> pd.DataFrame:
             shown += bool(ok)
             vals.append(v if v is not None else float("nan"))
             row[f"seed{s}"] = ("yes: " if ok else "no: ") + detail + f" (n={int(df.n.iloc[0])})"
-        m, lo, hi = seed_interval(vals)
+        m, lo, hi = seed_interval(vals)   # normalised logit differences: no bounds
+        warn_few_seeds(len(vals), f"{model} {task}: '{text}'")
         row["seeds showing it"] = f"{shown} of {len(vals)}" + (f" ({unlearned} not learned)" if unlearned else "")
         row["mean [95% CI over seeds]"] = f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if len(vals) > 1 else f"{m:.2f}"
         rows.append(row)
