@@ -20,6 +20,7 @@ BUILTIN = (
     ("fla_models", "FLAModelAdapter"),
     ("zoo", "ZooAdapter"),
     ("hf_transformer", "HFTransformerAdapter"),
+    ("hf_gpt", "HFGPTAdapter"),
     ("hf_gdn", "HFGDNAdapter"),
     ("hf_mamba", "HFMambaAdapter"),
     ("hf_mamba1", "HFMamba1Adapter"),

@@ -1,4 +1,4 @@
-"""Helpers shared by the Hugging Face adapters (hf_transformer, hf_gdn, hf_mamba).
+"""Helpers shared by the Hugging Face adapters (hf_transformer, hf_gpt, hf_gdn, hf_mamba).
 
 API (kept small; transformers >= 5.17, < 6):
 
@@ -10,7 +10,8 @@ API (kept small; transformers >= 5.17, < 6):
     GQA, dropout) and returns o ``[B, T, H, Dh]``; the wrapper returns o (what goes on to the
     output projection; for gated attention such as qwen3_next that is before the gate). ``meta``
     (optional dict, e.g. ``LayerInfo.attn_meta``) is updated in place, before each wrapper call,
-    with the ``scale`` and ``sliding_window`` the model actually passed to its attention op.
+    with the ``scale``, ``sliding_window`` and ``softcap`` (attention logit soft-capping, gemma2;
+    None where the op is given none) the model actually passed to its attention op.
 ``attn_meta(attn)``
     ``{'scale': attn.scaling, 'sliding_window': attn.sliding_window or None}`` (static guess,
     refined at call time by ``patch_attention(..., meta=)``).
@@ -197,6 +198,7 @@ class _AttentionFunctions:
             if scale is None:
                 scale = query.shape[-1] ** -0.5
             window = kwargs.get("sliding_window") or None
+            softcap = kwargs.get("softcap") or None  # gemma2's attention logit soft-capping
 
             def run(i, q, k, v):  # q [B,T,H,D]; HF ops take [B,H,T,D] and return [B,T,H,D]
                 if i == len(chain):
@@ -208,6 +210,7 @@ class _AttentionFunctions:
                 if meta is not None:
                     meta["scale"] = float(scale)
                     meta["sliding_window"] = window
+                    meta["softcap"] = softcap
                 return wrapper(q, k, v, lambda q_, k_, v_: run(i + 1, q_, k_, v_))
 
             o = run(0, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))

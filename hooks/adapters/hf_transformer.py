@@ -1,30 +1,57 @@
 """Adapter for plain HF decoder-only transformers (attention + MLP in every layer).
 
-Block ``i`` is ``model.model.layers[i]``; ``embed`` is the token embedding (= input of block 0 for
-all families listed here). Per family:
+Block ``i`` is ``model.model.layers[i]``; ``embed`` is the token embedding module, whose output is
+the input of block 0 for all families listed here (gemma's embedding module multiplies by
+``sqrt(hidden_size)`` itself, so ``embed`` holds the *scaled* embedding, the residual stream block 0
+receives, and embed + sum(mixer_out + mlp_out) = the last ``resid_post`` holds). Per family:
 
 =====================================  ==========================================================
 family                                 residual terms
 =====================================  ==========================================================
-llama, mistral, qwen2, qwen3, olmo     pre-norm: ``mixer_out`` = ``self_attn`` (first output),
-                                       ``mlp_out`` = ``mlp``
+llama, mistral, qwen2, qwen3, olmo,    pre-norm: ``mixer_out`` = ``self_attn`` (first output),
+gemma, phi3, qwen2_moe, qwen3_moe      ``mlp_out`` = ``mlp`` (MoE blocks: the sparse block's
+                                       output, routed experts plus shared expert, the first
+                                       element where a block returns a tuple); phi3: its residual
+                                       dropouts come after (identity in eval), ``mixer_out`` /
+                                       ``mlp_out`` are the dropouts' outputs
 olmo2, olmo3                           post-norm: the sublayer output is normed before it is
                                        added, so ``mixer_out`` = ``post_attention_layernorm`` and
                                        ``mlp_out`` = ``post_feedforward_layernorm``
+gemma2, gemma3_text                    sandwich norms (a norm before and after each sublayer):
+                                       as post-norm, ``mixer_out`` = ``post_attention_layernorm``,
+                                       ``mlp_out`` = ``post_feedforward_layernorm`` (the normed
+                                       outputs that are added)
 =====================================  ==========================================================
 
-``attn`` = ``self_attn`` (intercepted through `hooks.adapters.hf_common`); ``attn_meta`` holds
-its ``scaling`` and per-layer sliding window (olmo3 / qwen2 / qwen3 ``sliding_attention``
-layers; mistral's config-wide window), and is refreshed from what the layer actually passes to
-its attention op while attention names are hooked.
+``attn`` = ``self_attn`` (intercepted through `hooks.adapters.hf_common`; phi3's fused
+``qkv_proj`` is split by the layer before its op, so q / k / v are the usual per-head tensors);
+``attn_meta`` holds its ``scaling``, per-layer sliding window (olmo3 / qwen2 / qwen3 / gemma2 /
+gemma3 ``sliding_attention`` layers; mistral's and phi3's config-wide window) and ``softcap``
+(gemma2's attention logit soft-capping), and is refreshed from what the layer actually passes to
+its attention op while attention names are hooked. On a soft-capped layer ``attn.pattern`` is
+``softmax(mask(softcap * tanh(scale * q k^T / softcap)))``, the model's own weights
+(`SoftcapPattern`).
+
+gemma2 (and gemma3 configs that set it) also soft-cap the *final* logits,
+``cap * tanh(lm_head(norm(x)) / cap)``: `forward` returns the model's capped logits, while the
+cache's linear read-outs (``Cache.unembed``, the logit lens, direct logit attribution) give the
+logits before that cap (it is not linear; ``final_logit_softcapping`` in the config).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
 
 from hooks.adapters.base import LayerInfo
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers
 
-PRE_NORM = ("llama", "mistral", "qwen2", "qwen3", "olmo")
-POST_NORM = ("olmo2", "olmo3")
+PRE_NORM = ("llama", "mistral", "qwen2", "qwen3", "olmo", "gemma", "phi3", "qwen2_moe", "qwen3_moe")
+POST_NORM = ("olmo2", "olmo3", "gemma2", "gemma3_text")  # gemma2/3: sandwich norms, same residual terms
+CONFIG_WINDOW = ("mistral", "phi3")  # one sliding window for every layer, read from the config
+SOFTCAP = ("gemma2",)  # families whose attention op is passed ``softcap=``
+RESID_DROPOUT = {"phi3": ("resid_attn_dropout", "resid_mlp_dropout")}  # last op before each residual add
 
 
 def transformer_layer(i, blk, post_norm: bool, config=None) -> LayerInfo:
@@ -35,13 +62,63 @@ def transformer_layer(i, blk, post_norm: bool, config=None) -> LayerInfo:
             raise TypeError(f"layer {i} ({type(blk).__name__}) has no '{need}'; not a supported layout")
     attn = blk.self_attn
     meta = attn_meta(attn)
-    if meta["sliding_window"] is None and not hasattr(attn, "sliding_window") and config is not None \
-            and getattr(config, "model_type", None) == "mistral":
+    model_type = getattr(config, "model_type", None)
+    if meta["sliding_window"] is None and not hasattr(attn, "sliding_window") and model_type in CONFIG_WINDOW:
         meta["sliding_window"] = getattr(config, "sliding_window", None) or None
+    meta["softcap"] = (getattr(attn, "attn_logit_softcapping", None) or None) if model_type in SOFTCAP else None
     if post_norm:
         return LayerInfo(index=i, block=blk, mixer_out=blk.post_attention_layernorm,
                          mlp_out=blk.post_feedforward_layernorm, attn=attn, attn_meta=meta)
-    return LayerInfo(index=i, block=blk, mixer_out=attn, mlp_out=blk.mlp, attn=attn, attn_meta=meta)
+    mix, mlp = (getattr(blk, n) for n in RESID_DROPOUT[model_type]) if model_type in RESID_DROPOUT \
+        else (attn, blk.mlp)
+    return LayerInfo(index=i, block=blk, mixer_out=mix, mlp_out=mlp, attn=attn, attn_meta=meta)
+
+
+def softcap_pattern(q, k, scale: float, softcap: float, sliding_window=None, rows=None):
+    """`hooks.session.attention_pattern` with the logits soft-capped as gemma2's attention op does
+    (``softcap * tanh(scale * q k^T / softcap)``, then the causal / window mask, then softmax):
+    [B, H, T(P), T] float32 from q [B, T, H, D], k [B, T, Hkv, D]."""
+    B, T, H, _ = q.shape
+    Hkv = k.shape[2]
+    kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
+    qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
+    s = torch.einsum("bihd,bjhd->bhij", q[:, qi].float(), kk.float()) * scale
+    s = torch.tanh(s / softcap) * softcap
+    j = torch.arange(T, device=q.device)
+    mask = j[None, :] > qi[:, None]
+    if sliding_window:
+        mask |= j[None, :] <= qi[:, None] - sliding_window
+    return s.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+class SoftcapPattern:
+    """Stands in for the session's attention hook (`hooks.session.AttentionHook`) on a layer whose
+    op is called with a soft-cap: the same protocol and names, with ``attn.pattern`` computed
+    through the cap (cached from q / k after their hooks; a hook on it makes the output
+    ``pattern @ v``, as the session does). Calls without a cap (``attn_meta['softcap']`` None, read
+    at call time) and wrappers other than the session's go to the wrapped hook unchanged."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, q, k, v, call):
+        h = self.hook
+        meta, s, p = getattr(h, "meta", None), getattr(h, "s", None), getattr(h, "p", None)
+        cap = (meta or {}).get("softcap")
+        if not cap or s is None or p is None:
+            return h(q, k, v, call)
+        q, k, v = s.apply(f"{p}.attn.q", q), s.apply(f"{p}.attn.k", k), s.apply(f"{p}.attn.v", v)
+        name, scale, window = f"{p}.attn.pattern", meta["scale"], meta.get("sliding_window")
+        if name in s.fns:  # the pattern is intervened on: the output is computed from it
+            pat = s.apply(name, softcap_pattern(q, k, scale, cap, window), dim=2)
+            H, Hkv = q.shape[2], v.shape[2]
+            vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
+            o = torch.einsum("bhij,bjhd->bihd", pat, vv.float()).to(v.dtype)
+        else:
+            o = call(q, k, v)
+            if name in s.want:
+                s.store(name, softcap_pattern(q, k, scale, cap, window, rows=s.positions))
+        return s.apply(f"{p}.attn.head_out", o)
 
 
 class HFTransformerAdapter(HFAdapter):
@@ -51,3 +128,18 @@ class HFTransformerAdapter(HFAdapter):
     def layers(self, model):
         post = model.config.model_type in POST_NORM
         return [transformer_layer(i, blk, post, model.config) for i, blk in enumerate(decoder_layers(model))]
+
+    def head_projection(self, model, layer, kind):
+        """As `HFAdapter.head_projection`; a residual dropout after the out-projection (phi3) is
+        not a norm to apply (identity in eval)."""
+        spec = super().head_projection(model, layer, kind)
+        if isinstance(spec.post_norm, nn.Dropout):
+            spec.post_norm = None
+        return spec
+
+    @contextmanager
+    def patch_attention(self, layer, wrapper):
+        """As `HFAdapter.patch_attention`; the session's hook goes through `SoftcapPattern`, so a
+        soft-capped call's pattern includes the cap."""
+        with super().patch_attention(layer, SoftcapPattern(wrapper)):
+            yield

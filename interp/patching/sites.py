@@ -96,6 +96,9 @@ def _n_heads(L, site):
     for a in ("n_heads", "num_heads", "num_attention_heads", "num_v_heads"):
         if isinstance(getattr(mod, a, None), int):
             return getattr(mod, a)
+    n = getattr(getattr(mod, "config", None), "num_attention_heads", None) if site.startswith("attn.") else None
+    if isinstance(n, int):          # HF attention modules (llama, gemma, phi3, ...) keep it in their config
+        return n
     raise InterpError(f"cannot tell the number of heads of layer {L.index}'s {site.split('.')[0]} module")
 
 
