@@ -1,29 +1,42 @@
 """`interp capture`: run a task or a text file through a model and save activations/states.
 
 Output directory, a result folder of kind 'capture' (`interp.store.Store`): ``spec.json`` (what
-determines the contents: model name and weights digest, source (task, n, seed, knobs / text file
-and seq_len, as the caller's ``meta``), a digest of the token ids, hook names, positions,
-``state_dtype``, batch size and memory budget), ``units/shard-00000.safetensors``, ...,
-``units/inputs.safetensors`` (the input ``tokens`` and, given a task batch, its labels and answer
-positions) and ``manifest.json`` (model, source, hook names, per-shard files and example ranges,
-shapes and dtypes, positions, ``state_dtype``: the dtype ``rec.state`` tensors are stored in). The layout is
-`hooks.Cache.save`'s (`hooks.cache`); `load_capture` gives a `hooks.Cache`
-(memory-mapped with ``lazy=True``). Each shard holds the captures of consecutive examples, the
-fewest whole batches that reach ``--max-memory`` bytes; it is written into its file batch by batch,
-so memory holds one batch's captures, never a shard's (`bench/bench_capture_memory.py`). Every file is
-written atomically and the manifest after each shard, so a run that stops, even killed inside a
-write, resumes where its manifest ends and gives the same files as a run that never stopped.
+determines the contents: model name and weights digest, source (task, n, seed, knobs / text file and
+seq_len, as the caller's ``meta``), a digest of the token ids, hook names, positions,
+``state_dtype``, batch size, memory budget and a shard size if given),
+``units/shard-00000.safetensors``, ..., ``units/inputs.safetensors`` (the input ``tokens`` and,
+given a task batch, its labels and answer positions) and ``manifest.json`` (model, source, hook
+names, per-shard files and example ranges, shapes and dtypes, positions, ``state_dtype``: the dtype
+``rec.state`` tensors are stored in). The layout is `hooks.Cache.save`'s (`hooks.cache`);
+`load_capture` gives a `hooks.Cache` (memory-mapped with ``lazy=True``). ``--max-memory`` bounds the
+memory a capture uses: each batch runs as near-equal forwards of at most the examples whose working
+memory (captures included, measured on the first examples: `fit_batch`) fits it, a warning saying
+when that is fewer than ``--batch-size`` (the same shards and rows; bit for bit where the model's
+kernels do not depend on the batch size), and a budget below one example's forward is refused,
+naming what it needs. Each shard holds the captures of consecutive examples, the fewest whole
+batches that reach ``shard_size`` (default ``--max-memory``) bytes; it is written into its file
+forward by forward, so memory holds one forward's captures, never a shard's
+(`bench/bench_capture_memory.py`). Every file is written atomically and the manifest after each
+shard, so a run that stops, even killed inside a write, resumes where its manifest ends and gives
+the same files as a run that never stopped.
 Resuming with other settings is refused, naming the fields that differ (``overwrite=True``,
 ``--overwrite``: capture again); a second capture into a folder being written is refused.
 Folders written before ``spec.json`` existed (shards beside the manifest) still load.
 """
 from __future__ import annotations
 
+import ctypes
+import math
 import numbers
 import sys
+import warnings
+import weakref
+from functools import partial
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
 import hooks
@@ -47,11 +60,14 @@ def _state_dtype(state_dtype) -> str:
 
 
 def capture_spec(model, tokens: torch.Tensor, names, positions=None, max_memory="1GB", batch_size=16,
-                 meta: dict | None = None, state_dtype=None, inputs=None) -> dict:
-    """The spec of a capture folder: everything that determines its files (``inputs``: their digests)."""
+                 meta: dict | None = None, state_dtype=None, inputs=None, shard_size=None) -> dict:
+    """The spec of a capture folder: everything that determines its files (``inputs``: their digests;
+    ``shard_size`` only when given, so that folders captured before it existed resume)."""
     meta = dict(meta or {})
     extra = {} if inputs is None else \
         {"inputs": {k: tensor_digest(v) for k, v in sorted(_input_tensors(inputs, tokens.shape[0]).items())}}
+    if shard_size is not None:
+        extra["shard_size"] = parse_size(shard_size)
     return {**extra, "model": {"name": meta.pop("model", None), "digest": model_digest(model)},
             "source": meta,
             "tokens": {"shape": list(tokens.shape), "dtype": str(tokens.dtype).replace("torch.", ""),
@@ -62,19 +78,21 @@ def capture_spec(model, tokens: torch.Tensor, names, positions=None, max_memory=
 
 def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory="1GB", batch_size=16,
             meta: dict | None = None, progress: bool = True, state_dtype=None, overwrite: bool = False,
-            inputs=None) -> Path:
+            inputs=None, shard_size=None) -> Path:
     """Capture ``names`` for every example of ``tokens`` [N, T]; write shards under ``out``.
     ``state_dtype``: store ``rec.state`` tensors in float32 (None, default, exact), bfloat16 or
     float16 (half the bytes; computed in float32 and rounded once). ``inputs``: a task's batch
     (`interp.tasks.TaskBatch`) or {name: tensor [N, ...]}, stored with ``tokens`` (`load_capture`
-    gives them back as ``.tokens`` and ``.labels``). ``meta`` (model name and
-    source) goes into the manifest and the spec. An existing ``out`` with the same spec is
-    resumed (nothing runs if it is complete); with another spec it is refused, unless
-    ``overwrite=True``, which replaces it."""
+    gives them back as ``.tokens`` and ``.labels``). ``max_memory``: the memory budget (forwards are
+    sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
+    (None: ``max_memory``). ``meta`` (model name and source) goes into the manifest and the spec. An
+    existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
+    spec it is refused, unless ``overwrite=True``, which replaces it."""
     sdtype = _state_dtype(state_dtype)
     names, out = list(names), Path(out)
     check_inputs(model, tokens, batch_size, max_memory)
-    spec = capture_spec(model, tokens, names, positions, max_memory, batch_size, meta, sdtype, inputs)
+    shard_bytes = parse_size(max_memory if shard_size is None else shard_size)
+    spec = capture_spec(model, tokens, names, positions, max_memory, batch_size, meta, sdtype, inputs, shard_size)
     store = open_store(out, spec, overwrite)
     try:
         n = int(tokens.shape[0])
@@ -93,9 +111,11 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
                 print(f"{out}: capture already complete ({n} examples); nothing to do "
                       "(--overwrite captures again)", file=sys.stderr)
             return out
+        forward = _forward(model, tokens, names, positions, sdtype)
+        budget = parse_size(max_memory)
+        step, shapes = fit_batch(forward, n, budget, batch_size, max_memory)   # a refusal writes nothing more
         _save_inputs(store, tokens, inputs)
-        _run(model, tokens, names, store, manifest, done, positions, parse_size(max_memory), batch_size, sdtype,
-             progress)
+        _run(forward, n, store, manifest, done, shard_bytes, batch_size, step, shapes, progress)
     finally:
         store.close()
     return out
@@ -144,42 +164,156 @@ def open_store(out, spec: dict, overwrite: bool = False) -> Store:
         raise
 
 
-def _run(model, tokens, names, store, manifest, done, positions, budget, batch_size, sdtype, progress):
-    """Capture examples ``done``.. in batches, streamed: each shard (a store unit) is written batch by
-    batch into its file (`hooks.cache.ShardWriter`; no shard-sized tensor is held), then the manifest.
-    A shard holds the fewest whole batches whose captures reach ``budget`` bytes."""
+def _forward(model, tokens, names, positions, sdtype):
+    """forward(a, b): {name: tensor on the CPU} of examples a..b of ``tokens``, captured without grad."""
     hm = hooks.wrap(model)
     dev = input_device(model)  # a model spread over devices takes its inputs where it embeds them
-    n = int(tokens.shape[0])
-    bar = tqdm(total=n - done, disable=not progress, desc="capture")
 
-    def forward(s):
+    def forward(a, b):
         with torch.no_grad():
-            _, cache = hm.run_with_cache(tokens[s:s + batch_size].to(dev), names=names, positions=positions,
-                                         device="cpu", state_dtype=sdtype)
-        bar.update(min(batch_size, n - s))
+            _, cache = hm.run_with_cache(tokens[a:b].to(dev), names=names, positions=positions, device="cpu",
+                                         state_dtype=sdtype)
         return dict(cache)
+    return forward
 
+
+def _run(forward, n, store, manifest, done, shard_bytes, batch_size, step, shapes, progress):
+    """Capture examples ``done``..``n`` streamed: each shard (a store unit) is written into its file
+    forward by forward (`hooks.cache.ShardWriter`; no shard-sized tensor is held), then the manifest.
+    A shard holds the fewest whole batches of ``batch_size`` whose captures (``shapes``: per example)
+    reach ``shard_bytes``; each batch runs as forwards of at most ``step`` examples (`pieces`)."""
+    per_batch = sum(math.prod(v.shape[1:]) * v.element_size() for v in shapes.values()) * batch_size
+    per_shard = max(1, -(-shard_bytes // max(1, per_batch))) * batch_size
+    bar = tqdm(total=n - done, disable=not progress, desc="capture")
     try:
-        first, start = forward(done), done
-        rows = first[names[0]].shape[0] if names else 1
-        per_batch = sum(v.numel() * v.element_size() for v in first.values()) // rows * batch_size
-        per_shard = max(1, -(-budget // max(1, per_batch))) * batch_size
-        while start < n:
+        for start in range(done, n, per_shard):
             stop, key = min(n, start + per_shard), f"shard-{len(manifest['shards']):05d}"
 
-            def fill(tmp, start=start, stop=stop, first=first):
+            def fill(tmp, start=start, stop=stop):
                 with open(tmp, "wb") as fh:
-                    w = ShardWriter(fh, first, stop - start, {KEY_META: key})
-                    for s in range(start, stop, batch_size):
-                        w.write(first if s == start else forward(s))
+                    w = ShardWriter(fh, shapes, stop - start, {KEY_META: key})
+                    for a, b in pieces(start, stop, batch_size, step):
+                        w.write(forward(a, b))
+                        release_free_memory()
+                        bar.update(b - a)
             path = atomic_save(store.units / f"{key}.safetensors", fill)
-            manifest["shards"].append(shard_entry(path, store.path, start, stop, first))
+            manifest["shards"].append(shard_entry(path, store.path, start, stop, shapes))
             atomic_write_json(store.path / "manifest.json", manifest)
-            start = stop
-            first = forward(start) if start < n else None
     finally:   # the bar's last line is written before any error or 'interrupted' message
         bar.close()
+
+
+def pieces(start: int, stop: int, batch_size: int, step: int):
+    """(a, b) example ranges of the forwards over ``start..stop``: each batch of ``batch_size`` (counted
+    from example 0) split into the fewest near-equal forwards of at most ``step`` examples, so that the
+    forwards, and the numbers they give, are the same whichever shard or process runs a batch."""
+    for s in range(start - start % batch_size, stop, batch_size):
+        a, e = max(s, start), min(s + batch_size, stop)
+        k = -(-(e - a) // step)
+        for i in range(k):
+            yield a + (e - a) * i // k, a + (e - a) * (i + 1) // k
+
+
+# host memory planned per byte of tensors: glibc's heap keeps blocks a forward frees resident until
+# it ends (`release_free_memory`), so a CPU forward's resident set runs above the bytes its tensors
+# hold at once (1.2-1.9x in bench/bench_capture_memory.py, budgets 12MB-100MB, forwards planned at
+# 1x); accelerators' allocators are counted 1:1
+HEAP_ALLOWANCE = 2.0
+
+
+def fit_batch(forward, n: int, budget: int, batch_size: int, said=None):
+    """(the most examples, at most ``batch_size``, whose forward fits ``budget`` bytes, {name: empty
+    tensor [0, ...]} of the captures' per-example shapes and dtypes). ``forward(a, b)`` captures
+    examples a..b; it is measured (`ForwardPeak`: tensor bytes per device, captures included; on the
+    CPU times `HEAP_ALLOWANCE`) for 1 example and, unless ``batch_size`` times that fits, for 2 (if
+    they fit): a fixed part plus one per example. A budget below one example's forward is refused
+    naming the budget needed; a lower batch size than asked is said (a warning). ``said``: the budget
+    as the user gave it, for the messages."""
+    said = _size(budget) if said is None else said
+    with ForwardPeak() as one:
+        cache = forward(0, 1)
+    shapes = {k: torch.empty((0, *v.shape[1:]), dtype=v.dtype) for k, v in cache.items()}
+    del cache
+    scale = {d: HEAP_ALLOWANCE if d == "cpu" else 1.0 for d in one.peak}
+    need = max((math.ceil(p * scale[d]) for d, p in one.peak.items()), default=0)
+    if need > budget:
+        raise InterpError(f"--max-memory {said} cannot hold the forward of one example with these hook names "
+                          f"and positions (it needs about {_size(need)}); valid: --max-memory {_size(need)} or more")
+    step = batch_size if batch_size * need <= budget else 1   # (a fixed part + b per example <= b x one example)
+    if step == 1 < min(n, batch_size) and 2 * need <= budget:
+        with ForwardPeak() as two:
+            forward(0, 2)
+        fits = []
+        for d, p1 in one.peak.items():
+            each = max(1, two.peak.get(d, 0) - p1)
+            fits.append(int((budget / scale[d] - p1) // each) + 1)   # the most b with p1 + (b - 1) each in it
+        step = max(1, min(batch_size, *fits))
+    if step < min(n, batch_size):
+        warnings.warn(f"capture: --max-memory {said} holds the forward of {step} example"
+                      f"{'s' * (step > 1)} at a time with these hook names and positions (one needs about "
+                      f"{_size(need)}); running batches of at most {step} instead of --batch-size {batch_size} "
+                      "(the same shards and rows)", stacklevel=3)
+    return step, shapes
+
+
+class ForwardPeak(TorchFunctionMode):
+    """Within ``with ForwardPeak() as p``: ``p.peak`` {device: the most bytes held at once by tensors
+    created inside the block}: each storage that a torch function or tensor method returns and that
+    none of its arguments held is counted from then until it is freed. Memory a function uses only
+    inside itself (one kernel's scratch space) is not seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.now, self.peak = {}, {}, {}
+
+    def _freed(self, key, _ref=None):
+        self.now[key[0]] -= self.live.pop(key)[1]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        given = None
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.is_meta or t.layout != torch.strided:
+                continue
+            st = t.untyped_storage()
+            key, nbytes = (str(t.device), st.data_ptr()), st.nbytes()
+            if nbytes == 0 or key in self.live:
+                continue
+            if given is None:   # an argument's storage returned (a view, an in-place op) is not new
+                given = {x.untyped_storage().data_ptr() for x in tree_flatten((args, kwargs))[0]
+                         if isinstance(x, torch.Tensor) and not x.is_meta and x.layout == torch.strided}
+            if key[1] in given:
+                continue
+            self.live[key] = (weakref.ref(st, partial(self._freed, key)), nbytes)
+            self.now[key[0]] = self.now.get(key[0], 0) + nbytes
+            self.peak[key[0]] = max(self.peak.get(key[0], 0), self.now[key[0]])
+        return out
+
+
+def release_free_memory():
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing):
+    without it the freed working memory of earlier forwards stays resident, scattered between live
+    blocks, and the resident set grows past the budget though the tensors held do not."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError, TypeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+def _size(nbytes: int) -> str:
+    """Bytes as a --max-memory value (binary units, as `interp.models.parse_size` reads them), rounded up."""
+    for unit, b in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if nbytes >= b:
+            return f"{math.ceil(nbytes / b * 10) / 10:g}{unit}"
+    return f"{nbytes}B"
 
 
 def _save_inputs(store, tokens, inputs):

@@ -209,9 +209,14 @@ def test_seq_len_longer_than_text(world, tmp_path, capsys):
 RUN = ("import signal, sys, torch\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
        "torch.set_num_threads(1)\n{prelude}"
        "from interp.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-HOLD = ("import hooks, time\nreal = hooks.HookedModel.run_with_cache\ncalls = []\n"
-        "def held(*a, **k):\n    calls.append(1)\n    if len(calls) == 3:\n        print('running', flush=True)\n"
-        "        time.sleep(300)\n    return real(*a, **k)\nhooks.HookedModel.run_with_cache = held\n")
+# holds the third capture forward (counted once the inputs are saved: capture's memory-measuring forwards
+# come before) until the test interrupts it
+HOLD = ("import hooks, time\nimport interp.capture as C\nreal = hooks.HookedModel.run_with_cache\ncalls = []\n"
+        "save = C._save_inputs\n"
+        "def saved(*a, **k):\n    calls.append(0)\n    return save(*a, **k)\nC._save_inputs = saved\n"
+        "def held(*a, **k):\n    if calls:\n        calls.append(1)\n    if len(calls) == 4:\n"
+        "        print('running', flush=True)\n        time.sleep(300)\n    return real(*a, **k)\n"
+        "hooks.HookedModel.run_with_cache = held\n")
 
 
 def interrupt(argv, ready, prelude=""):
@@ -246,7 +251,7 @@ def one_thread():
 
 def test_ctrl_c_capture_exits_130_and_resumes(world, tmp_path, capsys, one_thread):
     base = ["capture", "--model", str(world / "model"), "--task", "mqar", "--n", "10", "--names",
-            "blocks.0.rec.state", "--batch-size", "2", "--max-memory", "1000"]
+            "blocks.0.rec.state", "--batch-size", "2", "--shard-size", "1000"]
     rc, err = interrupt(base + ["--out", str(tmp_path / "cap")], None, prelude=HOLD)
     assert rc == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted; run again to resume" and "Traceback" not in err

@@ -31,8 +31,8 @@ def test_streams_shards_and_matches_direct(tmp_path):
     m = small_model(tmp_path)
     x = torch.randint(0, 50, (10, 24))
     names = ["blocks.1.rec.state", "blocks.3.resid_post"]
-    # budget of ~1 batch -> several shards
-    out = capture(m, x, names, tmp_path / "cap", positions=[5, 23], max_memory=20_000, batch_size=2,
+    # shards of ~1 batch -> several shards
+    out = capture(m, x, names, tmp_path / "cap", positions=[5, 23], shard_size=20_000, batch_size=2,
                   progress=False)
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["shards"]) > 1 and man["shards"][-1]["stop"] == 10
@@ -65,7 +65,7 @@ NAMES = ["blocks.1.rec.state", "blocks.3.resid_post"]
 RUN = ("import sys, torch\ntorch.set_num_threads(1)\nfrom interp.capture import capture\n"
        "from interp.zoo import load_model\n{prelude}"
        "x = torch.randint(0, 50, (10, 24), generator=torch.Generator().manual_seed(0))\n"
-       f"capture(load_model(sys.argv[1]), x, {NAMES!r}, sys.argv[2], positions=[5, 23], max_memory=10_000, "
+       f"capture(load_model(sys.argv[1]), x, {NAMES!r}, sys.argv[2], positions=[5, 23], shard_size=10_000, "
        "batch_size=2, progress=False)\n")
 
 
@@ -78,7 +78,7 @@ def run_capture(model_dir, out, env=None, prelude=""):
 
 def run_here(model_dir, out, **kw):
     x = torch.randint(0, 50, (10, 24), generator=torch.Generator().manual_seed(0))
-    return capture(load_model(model_dir), x, NAMES, out, positions=[5, 23], max_memory=10_000, batch_size=2,
+    return capture(load_model(model_dir), x, NAMES, out, positions=[5, 23], shard_size=10_000, batch_size=2,
                    progress=False, **kw)
 
 
@@ -129,7 +129,7 @@ def test_resume_with_other_settings_is_refused_naming_the_field(tmp_path, capsys
     small_model(tmp_path)
     out = tmp_path / "c"
     base = ["capture", "--model", str(tmp_path / "model"), "--task", "mqar", "--n", "6", "--names",
-            "blocks.0.rec.state", "--positions", "0,3", "--max-memory", "3000", "--batch-size", "2", "--out", str(out)]
+            "blocks.0.rec.state", "--positions", "0,3", "--shard-size", "3000", "--batch-size", "2", "--out", str(out)]
     assert main(base) == 0
     first = files(out)
     capsys.readouterr()

@@ -22,7 +22,7 @@ def model():
 
 def test_capture_stores_inputs_and_loads_lazily(tmp_path):
     m, b = model(), tasks.generate("mqar", n=10, seed=0)
-    out = capture(m, b.tokens, NAMES, tmp_path / "cap", positions=[2, 5], max_memory=20_000, batch_size=2,
+    out = capture(m, b.tokens, NAMES, tmp_path / "cap", positions=[2, 5], shard_size=20_000, batch_size=2,
                   progress=False, inputs=b)
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["shards"]) > 1 and (out / "units" / "inputs.safetensors").is_file()

@@ -29,7 +29,7 @@ NAMES = ["blocks.0.rec.state", "blocks.3.attn.pattern", "blocks.2.resid_post"]
 PATCH_CLI = ["patch", "--task", "mqar", "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
              "--site", "rec.state", "--batch-size", "4", "--keep-all"]
 CAPTURE_CLI = ["capture", "--task", "mqar", "--n", "7", "--names", ",".join(NAMES), "--positions", "2,5,9",
-               "--batch-size", "2", "--max-memory", "30000"]
+               "--batch-size", "2", "--shard-size", "30000"]
 
 
 def make_model(path):
@@ -89,7 +89,7 @@ def _worker(rank, world, port, tmp):
     res2 = distributed.sweep(m, pairs(), out=tmp / "sweep", **SWEEP)
     after = [len(unit_files(tmp / "sweep" / f"rank{r}")) for r in range(world)]
     cost[1] = sum(after) - sum(before)
-    distributed.capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], max_memory=30000,
+    distributed.capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], shard_size=30000,
                         meta={"x": 1})
     from interp.cli import main
     assert main(PATCH_CLI + ["--model", str(tmp / "model"), "--out", str(tmp / "cli_patch_dist"), "--distributed"]) == 0
@@ -189,7 +189,7 @@ def test_killed_distributed_sweep_resumes_bit_for_bit(dist_run, one_thread):
 def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_path):
     tmp, _ = dist_run
     m = load_model(tmp / "model")
-    capture(m, tokens(), NAMES, tmp_path / "one", batch_size=2, positions=[2, 5, 9], max_memory=30000,
+    capture(m, tokens(), NAMES, tmp_path / "one", batch_size=2, positions=[2, 5, 9], shard_size=30000,
             meta={"x": 1}, progress=False)
     a, b = load_capture(tmp / "cap"), load_capture(tmp_path / "one")
     assert a.keys() == b.keys() == set(NAMES)
@@ -201,7 +201,7 @@ def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_pat
     assert {k: v for k, v in ma.items() if k not in ("shards", "ranks")} == \
         {k: v for k, v in mb.items() if k != "shards"}
     # a single-process resume on the merged directory has nothing left to do
-    capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], max_memory=30000, meta={"x": 1},
+    capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], shard_size=30000, meta={"x": 1},
             progress=False)
     assert json.loads((tmp / "cap" / "manifest.json").read_text()) == ma
 
@@ -213,9 +213,9 @@ def test_merge_captures_checks_rank_specs_and_process_counts(tmp_path, one_threa
     from interp.capture import OWNS, capture_spec
     from interp.store import Store
     m, x, out = make_model(tmp_path / "model"), tokens(), tmp_path / "cap"
-    kw = dict(batch_size=2, positions=[2, 5, 9], max_memory=30000, progress=False)
+    kw = dict(batch_size=2, positions=[2, 5, 9], shard_size=30000, progress=False)
     ranges = [(0, 4), (4, 7)]
-    spec = capture_spec(m, x, NAMES, positions=[2, 5, 9], max_memory=30000, batch_size=2, meta={"x": 1})
+    spec = capture_spec(m, x, NAMES, positions=[2, 5, 9], shard_size=30000, batch_size=2, meta={"x": 1})
     Store(out, "capture", spec, owns=OWNS).open().close()     # what rank 0 does first
     for r, (a, b) in enumerate(ranges):
         capture(m, x[a:b], NAMES, out / f"rank{r}", meta={"x": 1, "range": [a, b]}, **kw)

@@ -19,7 +19,9 @@ def add_parser(sub):
     c.add_argument("--seq-len", type=int_at_least(1), default=128, help="window length for --text")
     c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
     c.add_argument("--positions", help="token positions to keep: 3,5,9 or 0:30 or a mix (default: all)")
-    c.add_argument("--max-memory", default="1GB", help="flush a shard to disk once this much is held")
+    c.add_argument("--max-memory", default="1GB", help="memory budget: forwards are sized to fit it (a smaller "
+                   "batch than --batch-size is said), one that cannot hold one example is refused")
+    c.add_argument("--shard-size", help="bytes of captures per shard file (default: --max-memory)")
     c.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype rec.state tensors are stored in (bfloat16/float16: half the bytes, rounded once "
                         "from float32)")
@@ -67,6 +69,8 @@ def cmd_capture(a):
                           "--task TASK or --text FILE")
     check_out(a.out)  # what can be checked before the model loads
     parse_size(a.max_memory)
+    if a.shard_size is not None:
+        parse_size(a.shard_size)
     positions(a.positions)
     if a.text is not None:
         read_text(a.text)
@@ -76,7 +80,7 @@ def cmd_capture(a):
     names, keep = _names_and_positions(a, hm, tokens.shape[1])
     meta = {"model": a.model, **source}
     done = not a.overwrite and is_complete(a.out, tokens.shape[0])
-    kw = dict(positions=keep, max_memory=a.max_memory, batch_size=a.batch_size, meta=meta,
+    kw = dict(positions=keep, max_memory=a.max_memory, shard_size=a.shard_size, batch_size=a.batch_size, meta=meta,
               state_dtype=a.state_dtype, overwrite=a.overwrite)
     if ctx is None or ctx.is_main:
         make_out(a.out)
