@@ -64,8 +64,9 @@ class HookedModel:
     @property
     def tokenizer(self):
         """The tokenizer string prompts go through: the one given to `hooks.wrap`, else the model's
-        ``tokenizer`` attribute (``interp.zoo.hf.attach_tokenizer`` sets the task vocabulary's on a zoo
-        model; a TransformerLens bridge or nnsight LanguageModel carries its own), else None."""
+        ``tokenizer`` attribute (zoo models from ``interp.zoo.load_model`` carry the task vocabulary's,
+        ``interp.zoo.hf.attach_tokenizer`` sets it on others; a TransformerLens bridge or nnsight
+        LanguageModel carries its own), else None."""
         return self._tokenizer if self._tokenizer is not None else getattr(self.model, "tokenizer", None)
 
     def name(self, site: str, layer=None):
@@ -121,7 +122,7 @@ class HookedModel:
         if tok is None:
             raise N.HookError(
                 "string prompts need a tokenizer and this model has none: hooks.wrap(model, tokenizer=...) "
-                "(zoo models: interp.zoo.hf.attach_tokenizer(model)), or pass token ids [batch, seq]")
+                "(a zoo model built in code: interp.zoo.hf.attach_tokenizer(model)), or pass token ids [batch, seq]")
         ids, unk = [], _unknown_token(tok)
         for p in prompts:
             e = tok.encode(p) if hasattr(tok, "encode") else tok(p)["input_ids"]

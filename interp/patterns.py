@@ -224,6 +224,37 @@ def contributions(model, tokens, layer: int, positions) -> Contributions:
 
 # --- one example's pattern --------------------------------------------------------------------------
 
+def _read_patterns(hm, toks, mixers) -> list:
+    """The pattern ``[H, T, T]`` (numpy) of each ``(layer, 'attn' | 'rec')`` in ``mixers``, all from one
+    forward of ``toks`` ``[1, T]``; Mamba1 layers give their reduced view (`example_pattern`)."""
+    vs = {}
+
+    def grab(i):
+        return lambda x, n: vs.__setitem__(i, x.detach())
+    names = [f"blocks.{i}.{k}.pattern" for i, k in mixers]
+    fns = [(f"blocks.{i}.rec.v", grab(i)) for i, k in mixers if k == "rec" and hm.layers[i].rec_family == "mamba1"]
+    with torch.no_grad():
+        _, cache = hm.run_with_cache(toks, names=names, hooks=fns)
+    out = []
+    for (i, k), name in zip(mixers, names):
+        A = cache[name][0].float()
+        if k == "rec" and i in vs:                                   # Mamba1's reduced view
+            A = (A * vs[i][0].float().T[:, None, :]).norm(dim=0, keepdim=True)
+        out.append(A.cpu().numpy())
+    return out
+
+
+def _example_tokens(batch, example: int):
+    if not 0 <= example < len(batch):
+        raise InterpError(f"example {example} out of range 0..{len(batch) - 1}")
+    toks = batch.tokens[example]
+    return toks[:int((toks != PAD).nonzero().max()) + 1][None]
+
+
+def _kind(L, kind) -> str:
+    return "attn" if kind == "attn" else L.rec_family
+
+
 def example_pattern(model, batch, layer: int, example: int = 0, kind: str | None = None):
     """(pattern ``[H, T, T]`` as numpy, kind, words) of one example at ``layer``: the softmax pattern
     (``kind='attn'``) or the recurrent layer's effective attention (``kind='rec'``; Mamba1: the reduced
@@ -232,26 +263,28 @@ def example_pattern(model, batch, layer: int, example: int = 0, kind: str | None
     hm = _hm(model)
     if not 0 <= layer < hm.n_layers:
         raise InterpError(f"layer {layer} out of range 0..{hm.n_layers - 1}")
-    if not 0 <= example < len(batch):
-        raise InterpError(f"example {example} out of range 0..{len(batch) - 1}")
+    toks = _example_tokens(batch, example)
     L = hm.layers[layer]
     have = [k for k, m in (("attn", L.attn), ("rec", L.rec)) if m is not None]
     kind = kind or (have[0] if len(have) == 1 else None)
     if kind not in have:
         raise InterpError(f"layer {layer} has no attention or recurrent mixer" if not have else
                           f"layer {layer} has {' and '.join(have)}: pick one of {', '.join(have)}")
-    toks = batch.tokens[example]
-    toks = toks[:int((toks != PAD).nonzero().max()) + 1][None]
-    name = f"blocks.{layer}.{kind}.pattern"
-    vs = {}
-    fns = [(f"blocks.{layer}.rec.v", lambda x, n: vs.__setitem__("v", x.detach()))] \
-        if kind == "rec" and L.rec_family == "mamba1" else []
-    with torch.no_grad():
-        _, cache = hm.run_with_cache(toks, names=[name], hooks=fns)
-    A = cache[name][0].float()
-    if vs:                                                           # Mamba1's reduced view
-        A = (A * vs["v"][0].float().T[:, None, :]).norm(dim=0, keepdim=True)
-    return A.cpu().numpy(), ("attn" if kind == "attn" else L.rec_family), batch.words(example)[:toks.shape[1]]
+    A, = _read_patterns(hm, toks, [(layer, kind)])
+    return A, _kind(L, kind), batch.words(example)[:toks.shape[1]]
+
+
+def example_patterns(model, batch, example: int = 0):
+    """([(layer, kind, pattern ``[H, T, T]``)], words): every attention and recurrent mixer's pattern of one
+    example (`example_pattern`'s, a parallel layer giving both), in layer order, from one forward."""
+    hm = _hm(model)
+    toks = _example_tokens(batch, example)
+    mixers = [(L.index, k) for L in hm.layers for k, m in (("attn", L.attn), ("rec", L.rec)) if m is not None]
+    if not mixers:
+        raise InterpError("this model has no attention or recurrent mixer to draw")
+    As = _read_patterns(hm, toks, mixers)
+    return ([(i, _kind(hm.layers[i], k), A) for (i, k), A in zip(mixers, As)],
+            batch.words(example)[:toks.shape[1]])
 
 
 # --- figures and the report -------------------------------------------------------------------------
@@ -278,6 +311,11 @@ def _label_axes(ax, words, rows=(), src=()):
                 lab.set_fontweight("bold")
 
 
+def _what(kind: str) -> str:
+    return "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind == "mamba1"
+                                                     else f"{kind} effective attention A (signed)")
+
+
 def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
     """One panel per head of a pattern ``[H, T, T]`` (query rows down, source tokens across), tokens on
     both axes; the labels of the answer ``rows`` are orange, those of their sources green, and each
@@ -290,9 +328,7 @@ def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
     nrow = -(-H // ncol)
     side = min(7.0, max(3.8, Tn * 0.11))
     fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1, side * nrow + 0.6), squeeze=False)
-    signed = kind not in ("attn", "mamba1")
-    what = "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind == "mamba1"
-                                                     else f"{kind} effective attention A (signed)")
+    signed, what = kind not in ("attn", "mamba1"), _what(kind)
     for h, ax in enumerate(axes.flat):
         if h >= H:
             ax.axis("off")
@@ -310,6 +346,60 @@ def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return Path(path)
+
+
+def circuitsvis_js() -> str:
+    """circuitsvis's bundled JavaScript (``dist/cdn/iife.js``, what its own offline rendering inlines)."""
+    try:
+        import circuitsvis
+    except ImportError:
+        raise InterpError("the interactive HTML view needs circuitsvis: pip install circuitsvis") from None
+    f = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not f.is_file():
+        raise InterpError(f"circuitsvis {getattr(circuitsvis, '__version__', '?')} has no bundled {f.name}: "
+                          "pip install circuitsvis==1.43.3")
+    return f.read_text(encoding="utf-8").replace("</script", "<\\/script")
+
+
+def _panel(n: int, layer: int, kind: str, A, words) -> list[str]:
+    """One circuitsvis AttentionHeads view: heading, its div and the script that renders into it."""
+    import html
+    import json
+    m = float(np.abs(A).max()) or 1.0
+    signed = kind not in ("attn", "mamba1")
+    props = dict(attention=np.round(A.astype(np.float64), max(0, 4 - int(np.floor(np.log10(m))))).tolist(),
+                 tokens=[str(w) for w in words], maskUpperTri=True, maxValue=m, minValue=-m if signed else 0.0,
+                 attentionHeadNames=[f"L{layer} h{h}" for h in range(A.shape[0])],
+                 positiveColor="red" if signed else "blue", negativeColor="blue")
+    scale = f"blue &lt; 0 &lt; red, |A| up to {m:.3g}" if signed else f"0 to {m:.3g}"
+    js = json.dumps(props).replace("</", "<\\/").replace("<!--", "<\\u0021--")  # nothing that ends a script
+    return [f"<h3>layer {layer}: {html.escape(_what(kind))} ({scale})</h3>", f'<div id="p{n}"></div>',
+            f"<script>CircuitsVis.render('p{n}', CircuitsVis.AttentionHeads, {js});</script>"]
+
+
+def pattern_html(panels, words, path, title: str = "", rows=(), src=()):
+    """An interactive page of one example's patterns, one circuitsvis ``AttentionHeads`` view per panel (click
+    a head to enlarge it, hover a cell for its value), circuitsvis's JavaScript inlined so the file opens
+    offline. ``panels``: [(layer, kind, A ``[H, T, T]``)] (`example_patterns`); colours as in `plot_pattern`
+    (a signed recurrent A blue < 0 < red on a scale symmetric about 0; softmax weights and Mamba1's norms
+    blue from 0), one scale per panel, values to 4 significant digits of its max; the answer ``rows`` and
+    their sources ``src`` are listed above the views. Needs circuitsvis (otherwise an InterpError naming
+    ``pip install circuitsvis``). Writes ``path`` (html), returns it."""
+    import html
+    js = circuitsvis_js()
+    body = [f"<h2>{html.escape(title)}</h2>"] if title else []
+    w = [html.escape(repr(str(x))) for x in words]
+    if rows:
+        marks = [f"{r} {w[r]}" + (f" &rarr; source {s} {w[s]}" if s is not None else "")
+                 for r, s in zip(rows, [*src, *[None] * len(rows)])]
+        body.append(f"<p>answer rows: {'; '.join(marks)}</p>")
+    for n, (layer, kind, A) in enumerate(panels):
+        body += _panel(n, layer, kind, A, words)
+    page = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title or 'patterns')}</title>",
+            f"<script>{js}</script>", '</head><body style="font-family: sans-serif">', *body, "</body></html>"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(page) + "\n", encoding="utf-8")
     return Path(path)
 
 

@@ -15,6 +15,11 @@ from hooks.adapters import hf_common
 from hooks.cache import Cache
 from hooks.names import HookNameError
 
+
+def _cache(out):
+    """The model's cache in its output: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
 V = 64
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
               num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=None,
@@ -256,7 +261,7 @@ def test_attention_qkv_and_head_out(kind):
 def model_cache_states(m, x):
     with torch.no_grad():
         out = m(input_ids=x, use_cache=True)
-    return {i: out.past_key_values.layers[i].recurrent_states[0] for i in range(len(m.model.layers))
+    return {i: _cache(out).layers[i].recurrent_states[0] for i in range(len(m.model.layers))
             if hasattr(m.model.layers[i], "linear_attn")}
 
 
@@ -303,13 +308,13 @@ def test_gdn_decode_step_uses_recurrent_kernel(kind):
     i = rec_layers(hm)[0]
     x = toks(n=T + 1)
     with torch.no_grad():
-        pkv = m(input_ids=x[:, :T], use_cache=True).past_key_values
+        pkv = _cache(m(input_ids=x[:, :T], use_cache=True))
         cache = Cache()
         with hm.hooks(cache_names=[f"blocks.{i}.rec.state", f"blocks.{i}.rec.v"], cache=cache):
-            out = m(input_ids=x[:, T:], past_key_values=pkv, use_cache=True)
+            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, 'past_key_values'): pkv}, use_cache=True)
         full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
     assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], out.past_key_values.layers[i].recurrent_states[0],
+    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], _cache(out).layers[i].recurrent_states[0],
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
 
@@ -380,11 +385,12 @@ def test_unknown_hook_name_lists_close_matches():
 
 def test_unsupported_model_names_supported_families():
     torch.manual_seed(0)
-    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2,
-                                                                 vocab_size=32, n_positions=16))
-    with pytest.raises(TypeError, match="unsupported model 'gpt2'") as e:
-        hooks.wrap(gpt2)
-    for fam in ("llama", "olmo3", "olmo_hybrid", "qwen3_next"):
+    opt = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "opt", num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2, vocab_size=32,
+        max_position_embeddings=16, word_embed_proj_dim=16, pad_token_id=1, bos_token_id=2, eos_token_id=2))
+    with pytest.raises(TypeError, match="unsupported model 'opt'") as e:
+        hooks.wrap(opt)
+    for fam in ("llama", "olmo3", "olmo_hybrid", "qwen3_next", "gpt2", "gemma2"):
         assert fam in str(e.value)
 
 
@@ -435,7 +441,7 @@ def test_cuda_gdn_kernel_path(kind, dtype):
     names = hm.hook_names
     with torch.no_grad():
         ref = m(input_ids=x, use_cache=False).logits.float()
-        pkv = m(input_ids=x, use_cache=True).past_key_values
+        pkv = _cache(m(input_ids=x, use_cache=True))
         lg, c = hm.run_with_cache(x, names=names)
         other = hm.run_with_cache(toks(n=150, seed=1).to(dev), names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
     rel = lambda a, b: ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()  # noqa: E731

@@ -8,6 +8,7 @@ import torch
 import hooks
 from hooks import recurrence as R
 from hooks.adapters import find
+from hooks.adapters.hf_common import cache_kw as hf_cache_kw
 from hooks.adapters.hf_mamba1 import HFMamba1Adapter
 from hooks.scan import mamba1
 
@@ -63,8 +64,13 @@ def logits(m, x):
 
 
 def cache_of(out):
-    c = getattr(out, "past_key_values", None)
-    return c if c is not None else out.cache_params
+    """The model's cache in its output: ``cache`` from transformers 5.24 on, ``cache_params`` before."""
+    return out["cache"] if "cache" in out else out.cache_params
+
+
+def with_cache(m, cache) -> dict:
+    """The cache as a keyword ``m`` takes (``cache`` from transformers 5.24 on; the old name deprecated)."""
+    return {hf_cache_kw(m.forward, "cache_params"): cache}
 
 
 def modeling(m):
@@ -224,12 +230,11 @@ def test_prefill_with_cache_under_hooks(models, kind):
     x = toks(T=12)
     i = rec_layers(hm)[0]
     cache = {}
-    key = "past_key_values" if kind == "jamba" else "cache_params"
     with torch.no_grad():
         with hm.hooks(cache_names=[f"blocks.{i}.rec.state"], cache=cache):
             out = m(input_ids=x[:, :-1], use_cache=True)
         own = cache_of(out).get_recurrent_state(i, state_idx=0).float().clone()  # decoding updates it in place
-        step = m(input_ids=x[:, -1:], **{key: cache_of(out)}, use_cache=True).logits
+        step = m(input_ids=x[:, -1:], **with_cache(m, cache_of(out)), use_cache=True).logits
         full = logits(m, x)
     torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, -1], own)
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-4)
@@ -374,7 +379,7 @@ def test_decoding_and_training_paths(models, monkeypatch):
         out = m(input_ids=x, use_cache=True)
         with pytest.raises(NotImplementedError, match="decoding one token"):
             with hm.hooks(cache_names=[name], cache={}):
-                m(input_ids=x[:, :1], cache_params=cache_of(out), use_cache=True)
+                m(input_ids=x[:, :1], **with_cache(m, cache_of(out)), use_cache=True)
     no_hooks_left(m)
 
     # training mode: a fused mamba_inner_fn (as with mamba-ssm) is bypassed while rec hooks are on

@@ -7,6 +7,7 @@ import torch
 
 import hooks
 from hooks.adapters import find
+from hooks.adapters.hf_common import cache_kw as hf_cache_kw
 from hooks.adapters.hf_mamba import HFMambaAdapter, use_scan_forward
 
 transformers = pytest.importorskip("transformers")
@@ -93,8 +94,8 @@ def f32_tol(m, x, ref):
 
 
 def cache_of(out):
-    c = getattr(out, "past_key_values", None)
-    return c if c is not None else out.cache_params
+    """The model's cache in its output: ``cache`` from transformers 5.24 on, ``cache_params`` before."""
+    return out["cache"] if "cache" in out else out.cache_params
 
 
 def ssm_state(cache, i):
@@ -409,12 +410,11 @@ def test_unsupported_paths(models, kind):
         no_hooks_left(m)
         # decoding on from a cache: the plain replacement falls back to HF, hooks refuse clearly
         out = m(input_ids=x, use_cache=True)
-        key = "cache_params" if kind == "mamba2" else "past_key_values"
         nxt = toks(T=1, seed=5)
         extra = {"cache_position": torch.tensor([x.shape[1]])} if kind == "mamba2" else {}
         with pytest.raises(NotImplementedError, match="continuing from a cache"):
             with hm.hooks([(f"blocks.{i}.rec.k", lambda S, n: None)]):
-                m(input_ids=nxt, use_cache=True, **{key: cache_of(out)}, **extra)
+                m(input_ids=nxt, use_cache=True, **{hf_cache_kw(m.forward, 'cache_params'): cache_of(out)}, **extra)
         no_hooks_left(m)
         ref = m(input_ids=x, attention_mask=mask, use_cache=False).logits
         with use_scan_forward(m):

@@ -1,5 +1,6 @@
 """`interp patterns`: draw one example's pattern at one layer, softmax attention or a recurrent layer's exact
-effective attention, with its tokens; or, with --who-reads, the who-reads-the-fact map (interp.patterns)."""
+effective attention, with its tokens (a PNG, or with --html an interactive circuitsvis page, which without
+--layer holds every layer); or, with --who-reads, the who-reads-the-fact map (interp.patterns)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,14 @@ def add_parser(sub):
     c.add_argument("--task", action="append", default=None,
                    help="task (default mqar; repeatable with --who-reads, default there: mqar and state_recall)")
     add_knob(c, help="task knob KNOB=VALUE (repeatable; on top of state_recall's complexity=assign default)")
-    c.add_argument("--layer", type=int, help="the layer to draw (required without --who-reads)")
+    c.add_argument("--layer", type=int, help="the layer to draw (required without --who-reads or --html)")
     c.add_argument("--kind", choices=["attn", "rec"], help="which mixer of a layer that has both (parallel fusion)")
     c.add_argument("--example", type=int, default=0, help="which example of the task batch to draw")
+    c.add_argument("--html", action="store_true",
+                   help="write an interactive HTML view (circuitsvis; its JavaScript inlined, so the file opens "
+                        "offline) instead of the PNG: --layer's pattern, or without --layer every attention and "
+                        "recurrent layer of the example on one page. Needs circuitsvis (pip install circuitsvis, "
+                        "or the notebook extra); without it an error says so (exit 2)")
     add_seed(c)
     c.add_argument("--who-reads", action="store_true",
                    help="per layer and head, the share of the answer row's pattern on the ground-truth source "
@@ -39,27 +45,42 @@ def _knobs(a, task):
 def _draw(a):
     from interp import patterns as P
     from interp import tasks as T
-    if a.layer is None:
-        raise InterpError("give --layer (the layer to draw), or --who-reads for the map")
+    if a.layer is None and not a.html:
+        raise InterpError("give --layer (the layer to draw), --html for every layer's interactive view, or "
+                          "--who-reads for the map")
+    if a.html:
+        P.circuitsvis_js()  # fail before the model runs where circuitsvis is missing
     if len(a.model or []) > 1 or len(a.task or []) > 1:
         raise InterpError("one --model and one --task for a pattern figure (several only with --who-reads)")
     spec, task = (a.model or ["gdn75"])[0], (a.task or ["mqar"])[0]
     if a.example < 0:
         raise InterpError(f"--example {a.example} must be >= 0")
     batch = T.generate(task, a.example + 1, seed=a.seed, **_knobs(a, task))
-    A, kind, words = P.example_pattern(load_any(spec, a.device), batch, a.layer, a.example, a.kind)
+    model = load_any(spec, a.device)
     rows, src = P.example_marks(batch, a.example)
-    name = Path(spec).name
-    title = (f"{name} / {task} example {a.example} (seed {a.seed}), layer {a.layer} ({kind})\norange: answer rows"
-             + ("; green: their ground-truth source" if src else ""))
-    path = Path(a.out) / f"{name}_{task}_L{a.layer}{a.kind or ''}_ex{a.example}.png"
-    P.plot_pattern(A, kind, words, path, title, rows, src)
+    name, where = Path(spec).name, f"{task} example {a.example} (seed {a.seed})"
+    if a.layer is None:                                  # --html, every layer
+        panels, words = P.example_patterns(model, batch, a.example)
+        path = P.pattern_html(panels, words, Path(a.out) / f"{name}_{task}_ex{a.example}.html",
+                              f"{name} / {where}, every layer", rows, src)
+        print(f"wrote {path} ({len(panels)} patterns, {len(words)} tokens)")
+        return
+    A, kind, words = P.example_pattern(model, batch, a.layer, a.example, a.kind)
+    title = f"{name} / {where}, layer {a.layer} ({kind})"
+    path = Path(a.out) / f"{name}_{task}_L{a.layer}{a.kind or ''}_ex{a.example}.{'html' if a.html else 'png'}"
+    if a.html:
+        P.pattern_html([(a.layer, kind, A)], words, path, title, rows, src)
+    else:
+        P.plot_pattern(A, kind, words, path, title + "\norange: answer rows"
+                       + ("; green: their ground-truth source" if src else ""), rows, src)
     print(f"wrote {path} ({A.shape[0]} {'map' if A.shape[0] == 1 else 'heads'}, {A.shape[-1]} tokens)")
 
 
 def _who_reads(a):
     from interp import patterns as P
     from interp.demo import DEFAULT_SET
+    if a.html:
+        raise InterpError("--html draws one example's patterns; the --who-reads map has no HTML view")
     res = []
     for spec in a.model or list(DEFAULT_SET):
         model = load_any(spec, a.device)

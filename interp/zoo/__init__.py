@@ -2,6 +2,7 @@
 (pure-torch reference scans) and CUDA (fla kernels)."""
 from interp.zoo.checkpoint import load_trainer_state
 from interp.zoo.config import ZooConfig
+from interp.zoo.hf import WordTokenizer, attach_tokenizer
 from interp.zoo.io import load_config, load_model, save_model
 from interp.zoo.layouts import preset_names, resolve_layout, valid_kinds
 from interp.zoo.model import Block, HybridLM, ParallelMixer
@@ -19,4 +20,5 @@ def match_params(cfg: ZooConfig, target: int) -> ZooConfig:
 
 
 __all__ = ["ZooConfig", "HybridLM", "Block", "ParallelMixer", "save_model", "load_model", "load_config",
-           "resolve_layout", "preset_names", "valid_kinds", "match_params", "load_trainer_state"]
+           "resolve_layout", "preset_names", "valid_kinds", "match_params", "load_trainer_state",
+           "attach_tokenizer", "WordTokenizer"]

@@ -9,8 +9,10 @@ The zoo block (pre-RMSNorm, RoPE rotate-half, SwiGLU, no biases) is exactly Llam
 mapping is a renaming of weights. Used to check our patching against TransformerLens' own
 `patching` functions on the same weights, and to hand a zoo transformer to HF/TL tooling.
 
-The task vocabulary's word tokenizer (`word_tokenizer`) is what `attach_tokenizer` gives a zoo model,
-so that `hooks` (which never imports interp) can run string prompts on it.
+The task vocabulary's word tokenizer (`word_tokenizer`) is what `attach_tokenizer` gives a zoo model
+(`interp.zoo.load_model` attaches it to every model it loads), so that `hooks` (which never imports interp)
+can run string prompts on it. It is attached as a `WordTokenizer`, which builds the tokenizer (and imports
+transformers) only when a string is first encoded, so loading a zoo model stays as fast as before.
 """
 from __future__ import annotations
 
@@ -71,10 +73,36 @@ def _shared_word_tokenizer():
     return word_tokenizer()
 
 
+class WordTokenizer:
+    """The task vocabulary's word tokenizer, built on first use: every attribute and call goes to the one
+    shared `word_tokenizer` instance (``tok.encode("<bos> k1 5")``, ``tok.decode(ids)``, ``tok(...)``).
+    Copies (``copy.deepcopy`` of a model carrying it) and pickles stay this small handle."""
+
+    def _tok(self):
+        return _shared_word_tokenizer()
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):            # copy / pickle probe dunders: not the tokenizer's
+            raise AttributeError(attr)
+        return getattr(self._tok(), attr)
+
+    def __call__(self, *args, **kwargs):
+        return self._tok()(*args, **kwargs)
+
+    def __len__(self):
+        return len(self._tok())
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self):
+        return "WordTokenizer(the task vocabulary's words, built on first use)"
+
+
 def attach_tokenizer(model, tokenizer=None):
-    """Set ``model.tokenizer`` (default: the task vocabulary's word tokenizer, one shared instance), the
-    tokenizer `hooks` turns string prompts into token ids with; returns the model."""
-    model.tokenizer = tokenizer if tokenizer is not None else _shared_word_tokenizer()
+    """Set ``model.tokenizer`` (default: the task vocabulary's word tokenizer, a `WordTokenizer` handle on
+    one shared instance), the tokenizer `hooks` turns string prompts into token ids with; returns the model."""
+    model.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
     return model
 
 

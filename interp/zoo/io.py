@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from interp import InterpError
 from interp.zoo.config import ZooConfig
+from interp.zoo.hf import attach_tokenizer
 from interp.zoo.model import HybridLM
 
 
@@ -49,7 +50,9 @@ def load_config(path) -> ZooConfig:
 
 
 def load_model(path, device="cpu", dtype=None) -> HybridLM:
-    """Load a zoo model saved by `save_model` (weights trained on GPU load on CPU)."""
+    """Load a zoo model saved by `save_model` (weights trained on GPU load on CPU), with the task
+    vocabulary's word tokenizer attached (``model.tokenizer``, `interp.zoo.hf.attach_tokenizer`), so
+    ``hooks.wrap(model).run_with_cache("<bos> k1 5 ...")`` takes string prompts."""
     path = Path(path)
     cfg = load_config(path)
     wf = path / "model.safetensors"
@@ -75,4 +78,4 @@ def load_model(path, device="cpu", dtype=None) -> HybridLM:
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.to(device=device, dtype=dtype)
-    return model.eval()
+    return attach_tokenizer(model).eval()
