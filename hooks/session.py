@@ -39,16 +39,19 @@ def resolve_state_dtype(dtype) -> torch.dtype:
                      f"{', '.join(STATE_DTYPES)} (a torch dtype or its name)")
 
 
-def attention_pattern(q, k, scale: float, sliding_window=None, rows=None):
+def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None):
     """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
     k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
-    query positions."""
+    query positions. ``softcap``: the logits are soft-capped before the mask, as gemma2's attention
+    op does (``softcap * tanh(scale * q k^T / softcap)``)."""
     B, T, H, _ = q.shape
     Hkv = k.shape[2]
     kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
     qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
     qq = q[:, qi]
     s = torch.einsum("bihd,bjhd->bhij", qq.float(), kk.float()) * scale
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
     j = torch.arange(T, device=q.device)
     mask = j[None, :] > qi[:, None]
     if sliding_window:
@@ -239,7 +242,10 @@ class HookSession:
                 y = apply(f"{p}.mixer_out", _first(out))
                 if has("resid_mid"):  # a block's input can sit on the previous block's device
                     x = pre_store["x"].to(y.device)
-                    y = apply(f"{p}.resid_mid", x + y) - x
+                    if f"{p}.resid_mid" in self.fns:  # hooked: the mixer's term becomes (hooked mid) - pre
+                        y = apply(f"{p}.resid_mid", x + y) - x
+                    else:  # only cached: the term is handed on as it is (bit-exact, parallel blocks too)
+                        self.keep(f"{p}.resid_mid", x + y)
                 return _replace_first(out, y)
             handles.append(L.mixer_out.register_forward_hook(mix_hook))
         if has("mlp_out") and L.mlp_out is not None:
@@ -304,8 +310,10 @@ class AttentionHook:
         s, p, meta = self.s, self.p, self.meta
         q, k, v = s.apply(f"{p}.attn.q", q), s.apply(f"{p}.attn.k", k), s.apply(f"{p}.attn.v", v)
         name = f"{p}.attn.pattern"
+        # meta is read at call time: HF adapters refresh it from what the layer passes its op
+        pat_kw = dict(sliding_window=meta.get("sliding_window"), softcap=meta.get("softcap"))
         if name in s.fns:  # the pattern is intervened on: the output is computed from it
-            pat = attention_pattern(q, k, meta["scale"], meta.get("sliding_window"))
+            pat = attention_pattern(q, k, meta["scale"], **pat_kw)
             pat = s.apply(name, pat, dim=2)
             H, Hkv = q.shape[2], v.shape[2]
             vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
@@ -313,7 +321,7 @@ class AttentionHook:
         else:
             o = call(q, k, v)
             if name in s.want:
-                s.store(name, attention_pattern(q, k, meta["scale"], meta.get("sliding_window"), rows=s.positions))
+                s.store(name, attention_pattern(q, k, meta["scale"], rows=s.positions, **pat_kw))
         return s.apply(f"{p}.attn.head_out", o)
 
 

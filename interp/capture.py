@@ -133,13 +133,28 @@ def check_inputs(model, tokens, batch_size, max_memory):
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
         raise InterpError(f"tokens of dtype {str(tokens.dtype).replace('torch.', '')} are not valid; valid: an "
                           "integer tensor (e.g. torch.long)")
-    try:
-        vocab = hooks.wrap(model).adapter.embed(model).num_embeddings
-    except (AttributeError, TypeError, NotImplementedError):
+    vocab = _vocab_size(model)
+    if vocab is None:
         return
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab:
         raise InterpError(f"token id {lo if lo < 0 else hi} is out of range for this model; valid: 0..{vocab - 1}")
+
+
+def _vocab_size(model) -> int | None:
+    """How many token ids ``model`` embeds: its adapter's ``embed`` module's ``num_embeddings``, else
+    (gpt2 / gpt_neox, whose ``embed`` is an embedding dropout) its input embeddings'; None if neither
+    tells."""
+    try:
+        n = getattr(hooks.wrap(model).adapter.embed(model), "num_embeddings", None)
+    except (AttributeError, TypeError, NotImplementedError):
+        n = None
+    if n is None and callable(getattr(model, "get_input_embeddings", None)):
+        try:
+            n = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        except (AttributeError, TypeError, NotImplementedError):
+            n = None
+    return n
 
 
 def is_complete(out, n: int) -> bool:

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import hooks
 from hooks.adapters import hf_common
-from hooks.adapters.hf_transformer import softcap_pattern
+from hooks.adapters.hf_transformer import softcap_pattern  # attention_pattern(..., softcap=)
 from hooks.session import attention_pattern
 
 V = 64
@@ -110,19 +110,44 @@ def test_capture_everything_keeps_logits(kind):
     assert hm.n_layers == 4 and all(L.attn is not None and L.rec is None for L in hm.layers)
     x, snap = toks(), snapshot(m)
     ref = logits(m, x)
-    # the session caches resid_mid by handing on (resid_pre + mixer_out) - resid_pre as the mixer's
-    # term; a parallel block (gpt_neox) sums that term with the MLP's, so its rounding shows (~1e-7)
-    parallel = kind == "gpt_neox"
-    names = [n for n in hm.hook_names if not (parallel and n.endswith("resid_mid"))]
+    # a cached (not hooked) resid_mid hands the mixer's term on unchanged: exact on parallel blocks too
+    names = [n for n in hm.hook_names if not n.endswith("resid_mid")]
     with torch.no_grad():
         out, cache = hm.run_with_cache(x, names=names)
         out_all, cache_all = hm.run_with_cache(x, names=hm.hook_names)
     assert torch.equal(out, ref)
     torch.testing.assert_close(out_all, ref, atol=1e-6, rtol=0)
-    assert torch.equal(out_all, ref) or parallel
+    assert torch.equal(out_all, ref)
     assert set(cache_all) == set(hm.hook_names)
     assert_clean(m, snap)
     assert torch.equal(logits(m, x), ref)
+
+
+def test_parallel_resid_mid_cached_exactly_and_hookable():
+    """Parallel gpt_neox: caching every name (resid_mid included, at all or some positions) keeps the
+    logits bit-exact and caches resid_mid = resid_pre + mixer_out; a hook function on resid_mid still
+    changes the attention term (as the same change to mixer_out does)."""
+    m = model("gpt_neox")
+    assert m.config.use_parallel_residual
+    hm, x = hooks.wrap(m), toks()
+    ref = logits(m, x)
+    with torch.no_grad():
+        for pos in (None, [0, 4, T - 1]):
+            out, c = hm.run_with_cache(x, names=hm.hook_names, positions=pos)
+            assert torch.equal(out, ref)
+            for i in range(hm.n_layers):
+                p = f"blocks.{i}"
+                assert torch.equal(c[f"{p}.resid_mid"], c[f"{p}.resid_pre"] + c[f"{p}.mixer_out"])
+        d = torch.randn(32, generator=torch.Generator().manual_seed(3))
+        mid = hm.run_with_hooks(x, hooks=[("blocks.1.resid_mid", lambda t, n: t + d)])
+        mix = hm.run_with_hooks(x, hooks=[("blocks.1.mixer_out", lambda t, n: t + d)])
+        out, c = hm.run_with_cache(x, names=["blocks.1.resid_mid", "blocks.1.resid_pre", "blocks.1.mixer_out"],
+                                   hooks=[("blocks.1.resid_mid", lambda t, n: t + d)])
+    assert (mid - ref).abs().max() > 1e-3
+    torch.testing.assert_close(mid, mix, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, mid, atol=0, rtol=0)
+    torch.testing.assert_close(c["blocks.1.resid_mid"], c["blocks.1.resid_pre"] + c["blocks.1.mixer_out"] + d,
+                               atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))

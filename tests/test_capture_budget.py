@@ -157,6 +157,29 @@ def test_shard_size_sets_the_shards_apart_from_the_budget(tmp_path):
         assert torch.equal(load_capture(out)[n], load_capture(plain)[n])
 
 
+@pytest.mark.parametrize("mt,kw", [
+    ("gpt2", dict(n_embd=16, n_layer=1, n_head=2, n_positions=16)),
+    ("gpt_neox", dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)),
+])
+def test_token_ids_beyond_the_vocabulary_refused_where_embed_is_a_dropout(tmp_path, mt, kw):
+    """gpt2 / gpt_neox hook ``embed`` on an embedding dropout (no ``num_embeddings``): the id range
+    is read from the model's input embeddings, so an id >= vocab is the one-line InterpError."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from interp import InterpError
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, vocab_size=40, pad_token_id=0, bos_token_id=1,
+                                                              eos_token_id=1, **kw)).eval()
+    assert not hasattr(hooks.wrap(m).adapter.embed(m), "num_embeddings")
+    x = torch.randint(0, 40, (2, 6))
+    x[1, 3] = 40
+    with pytest.raises(InterpError, match=r"^token id 40 is out of range for this model; valid: 0\.\.39$"):
+        capture(m, x, ["blocks.0.resid_post"], tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+    x[1, 3] = 39
+    assert load_capture(capture(m, x, ["blocks.0.resid_post"], tmp_path / "c", progress=False))[
+        "blocks.0.resid_post"].shape[:2] == (2, 6)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_peak_rss_within_the_budget():
     """bench/bench_capture_memory.py at a small scale: peak RSS above the baseline <= 1.3x the budget."""

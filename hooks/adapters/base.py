@@ -24,7 +24,7 @@ class LayerInfo:
     attn: nn.Module | None = None    # attention module (attn.* names), None if none
     rec: nn.Module | None = None     # recurrent module (rec.* names), None if none
     rec_family: str | None = None    # a name in hooks.scan.FAMILIES: 'gdn' | 'gla' | 'mamba2' | 'mamba1'
-    attn_meta: dict = field(default_factory=dict)  # scale, sliding_window (None = full causal)
+    attn_meta: dict = field(default_factory=dict)  # scale, sliding_window (None = full causal), softcap
     # parallel layers only: {'attn': module, 'rec': module}, each module's output that branch's term of
     # mixer_out (hooked as blocks.{i}.attn.out / rec.out; a hook's replacement is what the layer sums)
     branches: dict = field(default_factory=dict)

@@ -30,7 +30,8 @@ gemma3 ``sliding_attention`` layers; mistral's and phi3's config-wide window) an
 (gemma2's attention logit soft-capping), and is refreshed from what the layer actually passes to
 its attention op while attention names are hooked. On a soft-capped layer ``attn.pattern`` is
 ``softmax(mask(softcap * tanh(scale * q k^T / softcap)))``, the model's own weights
-(`SoftcapPattern`).
+(`hooks.session.attention_pattern` with ``softcap``, which the session's attention hook passes from
+``attn_meta``; `softcap_pattern` is that call).
 
 gemma2 (and gemma3 configs that set it) also soft-cap the *final* logits,
 ``cap * tanh(lm_head(norm(x)) / cap)``: `forward` returns the model's capped logits, while the
@@ -39,13 +40,11 @@ logits before that cap (it is not linear; ``final_logit_softcapping`` in the con
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
-import torch
 import torch.nn as nn
 
 from hooks.adapters.base import LayerInfo
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers
+from hooks.session import attention_pattern
 
 PRE_NORM = ("llama", "mistral", "qwen2", "qwen3", "olmo", "gemma", "phi3", "qwen2_moe", "qwen3_moe")
 POST_NORM = ("olmo2", "olmo3", "gemma2", "gemma3_text")  # gemma2/3: sandwich norms, same residual terms
@@ -76,49 +75,8 @@ def transformer_layer(i, blk, post_norm: bool, config=None) -> LayerInfo:
 
 def softcap_pattern(q, k, scale: float, softcap: float, sliding_window=None, rows=None):
     """`hooks.session.attention_pattern` with the logits soft-capped as gemma2's attention op does
-    (``softcap * tanh(scale * q k^T / softcap)``, then the causal / window mask, then softmax):
-    [B, H, T(P), T] float32 from q [B, T, H, D], k [B, T, Hkv, D]."""
-    B, T, H, _ = q.shape
-    Hkv = k.shape[2]
-    kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
-    qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
-    s = torch.einsum("bihd,bjhd->bhij", q[:, qi].float(), kk.float()) * scale
-    s = torch.tanh(s / softcap) * softcap
-    j = torch.arange(T, device=q.device)
-    mask = j[None, :] > qi[:, None]
-    if sliding_window:
-        mask |= j[None, :] <= qi[:, None] - sliding_window
-    return s.masked_fill(mask, float("-inf")).softmax(-1)
-
-
-class SoftcapPattern:
-    """Stands in for the session's attention hook (`hooks.session.AttentionHook`) on a layer whose
-    op is called with a soft-cap: the same protocol and names, with ``attn.pattern`` computed
-    through the cap (cached from q / k after their hooks; a hook on it makes the output
-    ``pattern @ v``, as the session does). Calls without a cap (``attn_meta['softcap']`` None, read
-    at call time) and wrappers other than the session's go to the wrapped hook unchanged."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def __call__(self, q, k, v, call):
-        h = self.hook
-        meta, s, p = getattr(h, "meta", None), getattr(h, "s", None), getattr(h, "p", None)
-        cap = (meta or {}).get("softcap")
-        if not cap or s is None or p is None:
-            return h(q, k, v, call)
-        q, k, v = s.apply(f"{p}.attn.q", q), s.apply(f"{p}.attn.k", k), s.apply(f"{p}.attn.v", v)
-        name, scale, window = f"{p}.attn.pattern", meta["scale"], meta.get("sliding_window")
-        if name in s.fns:  # the pattern is intervened on: the output is computed from it
-            pat = s.apply(name, softcap_pattern(q, k, scale, cap, window), dim=2)
-            H, Hkv = q.shape[2], v.shape[2]
-            vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
-            o = torch.einsum("bhij,bjhd->bihd", pat, vv.float()).to(v.dtype)
-        else:
-            o = call(q, k, v)
-            if name in s.want:
-                s.store(name, softcap_pattern(q, k, scale, cap, window, rows=s.positions))
-        return s.apply(f"{p}.attn.head_out", o)
+    (``softcap * tanh(scale * q k^T / softcap)``, then the causal / window mask, then softmax)."""
+    return attention_pattern(q, k, scale, sliding_window, rows, softcap=softcap)
 
 
 class HFTransformerAdapter(HFAdapter):
@@ -136,10 +94,3 @@ class HFTransformerAdapter(HFAdapter):
         if isinstance(spec.post_norm, nn.Dropout):
             spec.post_norm = None
         return spec
-
-    @contextmanager
-    def patch_attention(self, layer, wrapper):
-        """As `HFAdapter.patch_attention`; the session's hook goes through `SoftcapPattern`, so a
-        soft-capped call's pattern includes the cap."""
-        with super().patch_attention(layer, SoftcapPattern(wrapper)):
-            yield
