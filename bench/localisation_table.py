@@ -12,7 +12,9 @@ with its interval's lower end >= 0.8; "no state matters" is every state cell's d
 is no single cell >= 0.6. A seed whose model answers fewer than half of the pairs correctly on both prompts
 (``<name>.json``: pairs kept / asked) did not learn the task: it is shown as "not learned" and left out of
 the count and the mean (a rule added after gdn100@seed1, trained for fewer steps, kept 3 of 256 pairs). Writes ``claims.md`` (claim | per seed | seeds showing it | mean [95% t-interval
-over seeds] of the claim's number) and ``claims.csv``.
+over seeds] of the claim's number), ``claims.csv`` and ``seeds.png`` (per model, task and seed: the best
+denoising value per site and layer over absolute positions: where the written fact's position moves between
+pairs, as in mqar, its effect is spread over positions there; the role-aligned paths in ``claims.md`` are not).
 """
 from __future__ import annotations
 
@@ -108,15 +110,18 @@ LEARNED = 0.5
 
 
 def read_runs(root: Path) -> dict:
-    """{(model, seed, task): frame} of every sweep CSV under ``root``; ``frame.attrs['kept']``: the share of
+    """{(model, seed, task): frame} of every sweep CSV (or parquet) under ``root``; ``frame.attrs['kept']``: the share of
     pairs kept (answered correctly on both prompts), from the sweep's JSON."""
     out = {}
-    for f in sorted(root.glob("*@seed*_*.csv")):
-        m = re.fullmatch(r"(.+)@seed(\d+)_(mqar|state_recall)(_L[0-9_,:-]+)?\.csv", f.name)
+    files = {f.with_suffix(""): f for ext in ("parquet", "csv") for f in sorted(root.glob(f"*@seed*_*.{ext}"))}
+    for f in files.values():                     # the CSV where both are there
+        m = re.fullmatch(r"(.+)@seed(\d+)_(mqar|state_recall)(_L[0-9_,:-]+)?\.(csv|parquet)", f.name)
         if m:
-            df = pd.read_csv(f)
-            info = json.loads(f.with_suffix(".json").read_text()).get("pairs", {})
+            df = pd.read_csv(f) if f.suffix == ".csv" else pd.read_parquet(f)
+            js = json.loads(f.with_suffix(".json").read_text())
+            info = js.get("pairs", {})
             df.attrs["kept"] = info.get("kept", len(df)) / max(1, info.get("n", 1))
+            df.attrs["paths"] = js.get("paths", [])
             out[(m.group(1), int(m.group(2)), m.group(3))] = df
     return out
 
@@ -148,6 +153,57 @@ def table(runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plot_grid(runs: dict, path: Path):
+    """One panel per model x task (rows) and seed (columns): the best non-trivial denoising value over
+    positions per site (rows of the panel) and layer (columns); attention layers' labels in red."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    keys = sorted({(m, t) for m, _, t in runs}, key=lambda k: (["gdn75", "gdn100", "transformer"].index(k[0])
+                                                                if k[0] in ("gdn75", "gdn100", "transformer") else 9, k[1]))
+    seeds = sorted({s for _, s, _ in runs})
+    fig, axes = plt.subplots(len(keys), len(seeds), figsize=(3.4 * len(seeds) + 1.2, 1.25 * len(keys) + 0.8),
+                             squeeze=False, layout="constrained")
+    im = None
+    for r, (model, task) in enumerate(keys):
+        for c, seed in enumerate(seeds):
+            ax, df = axes[r, c], runs.get((model, seed, task))
+            ax.set_xticks([]), ax.set_yticks([])
+            if df is None:
+                ax.set_title(f"{model}@seed{seed} {task}: not run", fontsize=7)
+                continue
+            d = df[(df.direction == "denoise") & (~df.trivial)]
+            sites = sorted(d.site.unique())
+            n_layers = 1 + max(int(f.layer.max()) for (m, _, _), f in runs.items() if m == model)
+            layers = list(range(n_layers))                     # layers not swept stay grey
+            grid = np.full((len(sites), len(layers)), np.nan)
+            for (site, layer), g in d.groupby(["site", "layer"]):
+                grid[sites.index(site), layers.index(layer)] = g.logit_diff.max()
+            cmap = matplotlib.colormaps["Reds"].copy()
+            cmap.set_bad("0.85")
+            im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap=cmap, aspect="auto")
+            kinds = df.drop_duplicates("layer").set_index("layer").layer_kind
+            ax.set_xticks(range(len(layers)), [str(x) for x in layers], fontsize=6)
+            for lab, layer in zip(ax.get_xticklabels(), layers):
+                lab.set_color("red" if kinds.get(layer) == "attn" else "black")
+            ax.set_yticks(range(len(sites)), sites if c == 0 else [""] * len(sites), fontsize=6)
+            kept = df.attrs.get("kept", 1.0)
+            flag = "" if kept >= LEARNED else " (not learned)"
+            swept = sorted(df.layer.unique())
+            if len(swept) < n_layers:
+                flag += f", layer {swept[0]} swept" if len(swept) == 1 else f", layers {swept[0]}-{swept[-1]} swept"
+            ax.set_title(f"{model}@seed{seed}, {task}{flag}, n={int(df.n.iloc[0])}", fontsize=7, pad=2)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="best denoising value over non-trivial positions")
+    fig.suptitle("Where patching restores the answer, per training seed (layer on x; attention layers in red; grey: "
+                 "no such site or not swept)",
+                 fontsize=9)
+    from interp.store import atomic_save
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", help="the folder bench/localisation_seeds.sh wrote")
@@ -163,7 +219,12 @@ def main(argv=None):
     save_csv(out / "claims.csv", t, index=False)
     md = "| " + " | ".join(t.columns) + " |\n|" + "---|" * len(t.columns) + "\n"
     md += "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in t.itertuples(index=False))
+    md += ("\nPaths by position class (role-aligned: in every pair the positions of one role, e.g. the queried "
+           "fact's write position, which moves between mqar pairs; 95% intervals over pairs), from each sweep's JSON:\n\n")
+    md += "".join(f"* `{m}@seed{s}` {t} (kept {df.attrs['kept']:.0%}): " + "; ".join(df.attrs.get("paths", [])) + "\n"
+                  for (m, s, t), df in sorted(runs.items()))
     atomic_write_text(out / "claims.md", md)
+    plot_grid(runs, out / "seeds.png")
     print(md)
 
 
