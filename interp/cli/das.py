@@ -26,7 +26,7 @@ def add_parser(sub):
     add_n(pa, 512, help="task pairs (each gives two ordered pairs with --order both)")
     add_seed(pa)
     add_device(pa)
-    pa.add_argument("--out", default="figures/das")
+    pa.add_argument("--out", default="runs/das")
     pa.set_defaults(func=cmd_das)
 
 

@@ -69,7 +69,7 @@ def add_parser(sub):
     add_seed(pa)
     pa.add_argument("--batch-size", type=int, default=64)
     add_device(pa)
-    pa.add_argument("--out", default="figures/intervene")
+    pa.add_argument("--out", default="runs/intervene")
     pa.set_defaults(func=cmd_intervene)
 
 

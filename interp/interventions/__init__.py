@@ -6,7 +6,7 @@ recurrent state, restricted to a subspace (docs/interventions.md states every fo
     site = iv.Site("blocks.0.rec.state", side="key")
     iv.intervene(model, pairs, site, subspaces=["full", "random", "write_key"], rank=1)   # IIA table
     res = iv.train_das(model, pairs, site, rank=1)       # learned R; IIA train/val/test, random, full
-    res.plot(); res.save("figures/das", "gdn100_mqar")
+    res.plot(); res.save("runs/das", "gdn100_mqar")
 
 Files: ``subspace`` (bases and the interchange op), ``site`` (sites, heads, state sides),
 ``intervene`` (pairs, positions, running interchanges, IIA), ``das`` (training), ``result`` (tables
