@@ -57,8 +57,12 @@ def test_e3_writes_its_outputs(e3):
     for s in ["* command: `python experiments/e3_token_loss.py --tiny", "* device: CPU", "* date: ", "git commit:",
               "## Comparison with the published shape", "pronoun / answer", "brackets / close",
               "**not a test**",             # the shipped defaults never saw the probe tasks
-              "* closing brackets in natural text", "in absolute terms"]:
+              "* closing brackets in natural text"]:
         assert s in report, s
+    # the bracket verdict gives the absolute difference whenever its relative reading is conclusive (which
+    # one it is depends on the tiny run's corpus, assembled from the text installed on the machine)
+    line = next(x for x in report.splitlines() if x.startswith("* closing brackets in natural text"))
+    assert ("in absolute terms" in line) != ("inconclusive (the interval contains 0" in line), line
     corpus = pd.read_csv(figs / "corpus.csv")
     assert set(corpus.split) == {"train", "val", "eval"} and not set(corpus[corpus.split == "eval"].sha1) & set(
         corpus[corpus.split != "eval"].sha1)
@@ -107,8 +111,9 @@ def test_e3_summary_is_consistent_with_the_tokens(e3):
     assert tags.n.to_dict() == counts.to_dict()
     means = tl.groupby("tag")["diff"].mean()
     for c in tags.index:
-        assert tags.loc[c, "diff"] == pytest.approx(means[c])
-        assert tags.loc[c, "excess"] == pytest.approx(means[c] - tl["diff"].mean())
+        # float32 losses summed in another order than pandas' means: equal to float32 rounding
+        assert tags.loc[c, "diff"] == pytest.approx(means[c], rel=1e-5, abs=1e-7)
+        assert tags.loc[c, "excess"] == pytest.approx(means[c] - tl["diff"].mean(), rel=1e-5, abs=1e-7)
     code = s[(s.facet == "delimiter") & (s.domain == "code")].set_index("category")
     sel = tl[(tl.domain == "code") & (tl.delim != "none")]
     assert code.n.to_dict() == sel.delim.value_counts().to_dict()
