@@ -12,7 +12,10 @@
 # without attention): with it, it did not reach 0.9 in 2500 steps and ended worse (mqar 0.60 vs 0.97).
 # The shipped gdn100 is the earlier run of its command (interp/defaults/gdn100/COMMAND.txt, 8 minutes).
 # The training loop stops after 7 minutes (--time-limit), so the whole script takes under 8; the
-# number of steps reached depends on how many runs share the GPU (meta.json: steps_done).
+# number of steps reached depends on how many runs share the GPU (meta.json: steps_done). With six runs
+# at once (SEEDS "1 2") gdn100 reached ~2200 steps and had not learned mqar (0.07 / 0.65); running the
+# same command again resumes from the checkpoint (it did: 0.86 / 0.99 at ~4600 steps, BENCHMARKS.md
+# section 4). Check acc/mqar in each train_log.jsonl before using a seed.
 set -euo pipefail
 OUT=${1:-runs/defaults}
 SEEDS=${2:-0}
