@@ -25,6 +25,18 @@ from interp.zoo import HybridLM, ZooConfig
 from interp.zoo.hf import to_transformer_bridge
 
 
+def random_zoo(d, L, H, layout, dev):
+    """A seeded random zoo model whose weight matrices are scaled up 3x, so its answers depend on the prompt."""
+    torch.manual_seed(0)
+    m = HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout=layout, n_heads=H,
+                           head_dim=d // H)).to(dev).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)
+    return m
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -49,13 +61,7 @@ def main(argv=None):
         a.pairs, a.seq_len, d, L, H = 16, 32, 64, 3, 4
     else:
         d, L, H = 768, 12, 12
-    torch.manual_seed(0)
-    cfg = ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout="transformer", n_heads=H, head_dim=d // H)
-    m = HybridLM(cfg).to(dev).eval()
-    with torch.no_grad():  # give the random model prompt-dependent answers
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.mul_(3.0)
+    m = random_zoo(d, L, H, "transformer", dev)
     pairs = tasks.make_pairs("mqar", a.pairs, seed=0, n_pairs=8, seq_len=a.seq_len).to(dev)
     N, T = pairs.clean.shape
     print(f"model {m.num_params() / 1e6:.1f}M params, {N} pairs x {T} tokens, device {dev}", flush=True)
@@ -136,13 +142,7 @@ def timed_extra(a, m, d, L, H, dev, pairs):
         print(f"{label}: {rows[-1][1]:.2f} s", flush=True)
 
     one("interp.patching.sweep, direction both", m, "resid_pre", "both")
-    torch.manual_seed(0)
-    g = HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout="gdn75", n_heads=H,
-                           head_dim=d // H)).to(dev).eval()
-    with torch.no_grad():
-        for p in g.parameters():
-            if p.dim() > 1:
-                p.mul_(3.0)
+    g = random_zoo(d, L, H, "gdn75", dev)
     patching.sweep(g, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev), sites=["rec.state"],
                    layers=[1], positions=[3], progress=False, keep_all=True)  # warm-up (fla autotuning)
     for site in ("resid_pre", "mixer_out", "rec.state"):

@@ -163,6 +163,9 @@ def plot_grid(runs: dict, path: Path):
     keys = sorted({(m, t) for m, _, t in runs}, key=lambda k: (["gdn75", "gdn100", "transformer"].index(k[0])
                                                                 if k[0] in ("gdn75", "gdn100", "transformer") else 9, k[1]))
     seeds = sorted({s for _, s, _ in runs})
+    depth = {}                                                 # model -> layers, from its widest sweep
+    for (m, _, _), f in runs.items():
+        depth[m] = max(depth.get(m, 0), 1 + int(f.layer.max()))
     fig, axes = plt.subplots(len(keys), len(seeds), figsize=(3.4 * len(seeds) + 1.2, 1.25 * len(keys) + 0.8),
                              squeeze=False, layout="constrained")
     im = None
@@ -175,7 +178,7 @@ def plot_grid(runs: dict, path: Path):
                 continue
             d = df[(df.direction == "denoise") & (~df.trivial)]
             sites = sorted(d.site.unique())
-            n_layers = 1 + max(int(f.layer.max()) for (m, _, _), f in runs.items() if m == model)
+            n_layers = depth[model]
             layers = list(range(n_layers))                     # layers not swept stay grey
             grid = np.full((len(sites), len(layers)), np.nan)
             for (site, layer), g in d.groupby(["site", "layer"]):

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -100,29 +97,15 @@ def _print(res, sweep, seeds):
                   f"rows: selectivity against it is uninformative there (column flag_{k})")
 
 
-@contextmanager
-def _warnings_as_lines():
-    """Inside: a warning shown (as the filters say) as one line ``warning: <message>`` on stderr
-    (above a progress bar)."""
-    from tqdm.auto import tqdm
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        tqdm.write(f"warning: {message}", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
-
-
 def cli_run(a, load_model, parse_knobs):
     """`interp probe`: check the settings, run into the --out folder (resuming it; probes.csv /
     .parquet, probes.png, distance.png when the target has distances, load.png with --sweep; its
-    warnings one line each on stderr), print."""
+    warnings one line each on stderr, as `interp.cli.main` shows every command's), print."""
     import time
     t0 = time.time()
     kw = _settings(a, parse_knobs)
     models = {Path(m).name: load_model(m, a.device) for m in a.model}
     knobs = kw.pop("knobs")
-    with _warnings_as_lines():
-        res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
+    res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
     _print(res, kw["sweep"], kw["seeds"])
     print(f"wrote {', '.join(f'{a.out}/{w}' for w in res.attrs['written'])} ({time.time() - t0:.0f} s)")

@@ -157,10 +157,15 @@ def _probe_units(r: _Run, models, units: Units) -> pd.DataFrame:
             f["distance"] = f["distance"].astype("Int64")
             f = units.put(key, f)
         frames.append(f)
-    per_seed = pd.concat(frames, ignore_index=True)
+    return _concat(frames, r)
+
+
+def _concat(frames, r: _Run) -> pd.DataFrame:
+    """The units' frames as one; without a --sweep knob the ``load`` column is all NA (Int64)."""
+    out = pd.concat(frames, ignore_index=True)
     if r.knob is None:
-        per_seed["load"] = pd.array([pd.NA] * len(per_seed), dtype="Int64")
-    return per_seed
+        out["load"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    return out
 
 
 def _unit(r: _Run, model, seed, knobs) -> pd.DataFrame:
@@ -209,10 +214,7 @@ def _causal_units(r: _Run, models, units: Units, chosen: dict) -> pd.DataFrame:
             f["seed"] = sd
             f = units.put(key, f)
         frames.append(f)
-    per = pd.concat(frames, ignore_index=True)
-    if r.knob is None:
-        per["load"] = pd.array([pd.NA] * len(per), dtype="Int64")
-    return per
+    return _concat(frames, r)
 
 
 def save_outputs(res: ProbeResult, out) -> list:
