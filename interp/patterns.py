@@ -35,6 +35,7 @@ from hooks.core import HookedModel
 from interp import InterpError
 from interp import tasks as T
 from interp.stats import boot_ci
+from interp.figsave import save_fig
 from interp.tasks.vocab import PAD
 
 SOURCE_TASKS = ("mqar", "state_recall")
@@ -343,8 +344,7 @@ def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
         ax.set_title(f"head {h}: {what}" if H > 1 else what, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_fig(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -437,8 +437,7 @@ def plot_who_reads(results, path, title="Who reads the fact: share of the answer
         ax.set_title(f"{r.model} / {r.task}\nkept {r.kept}/{r.items} answers; flat row {r.uniform:.3f}", fontsize=9)
     fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02, label="weight share on the source")
     fig.suptitle(title, fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_fig(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 

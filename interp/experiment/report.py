@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from interp.experiment.context import Ctx, device_name, git_commit
+from interp.figsave import save_fig
 from interp.store import atomic_save, atomic_write_bytes, atomic_write_text
 
 PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
@@ -96,11 +97,9 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
     """tight_layout, save (atomically, in the format of ``path``'s extension, PNG by default), close;
     returns the path."""
     import matplotlib.pyplot as plt
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"))
+        path = save_fig(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from interp.stats import MIN_SEEDS, seed_interval, warn_few_seeds
+from interp.figsave import save_fig
 
 COLUMNS = ["model", "task", "site", "layer", "head", "side", "positions", "subspace", "rank", "split", "seed",
            "iia", "n", "n_total"]
@@ -87,7 +88,7 @@ class InterventionResult(pd.DataFrame):
         ax.legend(fontsize=7)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=110)
+            save_fig(fig, path, dpi=110)
             plt.close(fig)
         return fig
 

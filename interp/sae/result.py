@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from interp.store import atomic_write_text, save_csv, save_parquet
+from interp.figsave import save_fig
 
 COLUMNS = ["section", "metric", "condition", "variable", "feature", "value", "n"]
 
@@ -73,8 +74,7 @@ class SaeEval(pd.DataFrame):
                      f"dead {q.get('dead_frac', np.nan):.2f}, dense {q.get('dense_frac', np.nan):.2f}", fontsize=10)
         fig.tight_layout()
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110)
+            save_fig(fig, path, dpi=110)
             plt.close(fig)
         return fig
 

@@ -1,13 +1,13 @@
 """The bar figure of a `stratify` summary: one panel per facet, one colour per domain, 95% intervals."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from interp import InterpError
+from interp.figsave import save_fig
 from interp.tokenloss.lexicon import DOMAINS
+
 
 def plot_summary(summary: pd.DataFrame, names, path=None, title=None, value: str = "diff"):
     """Bars of the mean loss difference per category (one panel per facet, one colour per domain),
@@ -47,7 +47,6 @@ def plot_summary(summary: pd.DataFrame, names, path=None, title=None, value: str
                  fontsize=10)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        save_fig(fig, path, dpi=120)
         plt.close(fig)
     return fig
