@@ -45,6 +45,11 @@ def add_parser(sub):
     t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                    help="instead of --seed: one run per seed, trained at once as one stacked module "
                         "(interp.stacked), each saved to <out>/seed<S> as a single run would be")
+    t.add_argument("--lrs", type=_lr_list, default=None, metavar="LR1,LR2,...",
+                   help="instead of --lr: a learning-rate sweep, one run per rate (and per seed of --seeds, "
+                        "default --seed), trained at once as one stack into <out>/lr<LR>_seed<S>; writes "
+                        "<out>/sweep.csv and sweep_summary.csv (accuracy per rate, 95%% intervals over seeds) and "
+                        "says whether the best rate lies inside the range (interp.lrsweep)")
     add_device(t, "auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
@@ -63,6 +68,19 @@ def _seed_list(s: str) -> list[int]:
     if min(seeds) < 0 or len(set(seeds)) < len(seeds):
         raise argparse.ArgumentTypeError(f"'{s}' has a negative or repeated seed; valid: distinct integers >= 0")
     return seeds
+
+
+def _lr_list(s: str) -> list[float]:
+    """An argparse type: distinct comma-separated positive learning rates."""
+    try:
+        lrs = [float(x) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers; "
+                                         "valid: e.g. 3e-4,1e-3,3e-3") from None
+    if not all(0 < x < float("inf") for x in lrs) or len(set(lrs)) < len(lrs):
+        raise argparse.ArgumentTypeError(f"'{s}' has a rate that is not positive and finite, or a repeated one; "
+                                         "valid: distinct rates > 0")
+    return lrs
 
 
 def _model_fields(a) -> dict:
@@ -93,6 +111,14 @@ def cmd_train(a):
                                        else a.induction_steps),
                       induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    if a.lrs:
+        from interp import lrsweep
+        from interp.stacked import train_stacked
+        cfgs = lrsweep.sweep_configs(cfg, a.lrs, a.seeds or [a.seed])
+        lrsweep.claim(a.out, cfgs)
+        train_stacked(cfgs, resume=not a.no_resume)
+        print(lrsweep.report(a.out, cfgs))
+        return
     if a.seeds:
         from interp.stacked import train_stacked
         cfgs = [dataclasses.replace(cfg, seed=s, out=str(Path(a.out) / f"seed{s}")) for s in a.seeds]

@@ -1,0 +1,67 @@
+"""interp.lrsweep and `interp train --lrs`: runs per (rate, seed), intervals over seeds, the edge flag, spec refusal."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from interp import InterpError, lrsweep
+from interp.train import TrainConfig
+
+
+def _runs(acc):
+    """acc: {lr: [acc per seed]} -> a collect()-shaped frame for one task."""
+    return pd.DataFrame([{"lr": lr, "seed": s, "acc/mqar": a} for lr, v in acc.items() for s, a in enumerate(v)])
+
+
+def test_interval_is_the_t_interval_over_seeds():
+    vals = [0.5, 0.7, 0.65]
+    summ, best, _ = lrsweep.summarise(_runs({1e-3: vals, 3e-3: [0.1, 0.2, 0.3]}), ["mqar"])
+    row = summ[(summ.lr == 1e-3) & (summ.task == "mqar")].iloc[0]
+    half = stats.t.ppf(0.975, 2) * np.std(vals, ddof=1) / np.sqrt(3)
+    assert row.acc == pytest.approx(np.mean(vals))
+    assert (row.lo, row.hi) == pytest.approx((np.mean(vals) - half, np.mean(vals) + half))
+    assert row.seeds == 3 and best == 1e-3
+
+
+@pytest.mark.parametrize("acc,where", [({1e-3: [0.2] * 3, 3e-3: [0.9] * 3, 1e-2: [0.5] * 3}, "inside"),
+                                       ({1e-3: [0.2] * 3, 3e-3: [0.5] * 3, 1e-2: [0.9] * 3}, "largest"),
+                                       ({1e-3: [0.9] * 3, 3e-3: [0.5] * 3}, "smallest")])
+def test_best_rate_at_the_edge_is_flagged(acc, where):
+    _, best, note = lrsweep.summarise(_runs(acc), ["mqar"])
+    assert best == max(acc, key=lambda k: acc[k][0])
+    assert where in note and "seed" not in note
+
+
+def test_few_seeds_said():
+    _, _, note = lrsweep.summarise(_runs({1e-3: [0.2], 3e-3: [0.9], 1e-2: [0.5]}), ["mqar"])
+    assert "1 seed(s)" in note
+
+
+def test_claim_refuses_another_sweep_naming_the_field(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), model={"d_model": 16}, steps=10)
+    lrsweep.claim(tmp_path, lrsweep.sweep_configs(cfg, [1e-3, 3e-3], [0]))
+    lrsweep.claim(tmp_path, lrsweep.sweep_configs(cfg, [3e-3, 1e-3], [0]))        # same sweep: accepted
+    with pytest.raises(InterpError, match="train.steps: 10 -> 20"):
+        lrsweep.claim(tmp_path, lrsweep.sweep_configs(TrainConfig(**{**cfg.__dict__, "steps": 20}), [1e-3, 3e-3], [0]))
+    with pytest.raises(InterpError, match="repeats a rate"):
+        lrsweep.sweep_configs(cfg, [1e-3, 1e-3], [0])
+
+
+def test_cli_sweep_trains_every_run_and_reports_its_log(tmp_path, capsys):
+    from interp.cli import main
+    out = tmp_path / "sw"
+    main(["train", "--layout", "gdn75", "--task", "mqar", "--d-model", "16", "--n-layers", "2", "--n-heads", "2",
+          "--head-dim", "8", "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--lrs", "1e-3,1e-2",
+          "--seeds", "0,1", "--device", "cpu", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "lr0.001_seed0", "lr0.001_seed1", "lr0.01_seed0", "lr0.01_seed1"]
+    runs = pd.read_csv(out / "sweep.csv")
+    for _, r in runs.iterrows():
+        d = out / f"lr{r.lr:g}_seed{int(r.seed)}"
+        assert json.loads((d / "config.json").read_text()) is not None
+        last = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines() if '"acc/mqar"' in x][-1]
+        assert r["acc/mqar"] == pytest.approx(last["acc/mqar"])
+    assert "best rate" in capsys.readouterr().out
+    assert set(pd.read_csv(out / "sweep_summary.csv").task) == {"mqar", "mean"}
