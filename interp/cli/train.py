@@ -58,29 +58,23 @@ def add_parser(sub):
     t.set_defaults(func=cmd_train)
 
 
-def _seed_list(s: str) -> list[int]:
-    """An argparse type: distinct comma-separated seeds >= 0."""
-    try:
-        seeds = [int(x) for x in s.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of integers; "
-                                         "valid: e.g. 0,1,2") from None
-    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise argparse.ArgumentTypeError(f"'{s}' has a negative or repeated seed; valid: distinct integers >= 0")
-    return seeds
+def _distinct_list(cast, kind: str, noun: str, example: str, ok, valid: str):
+    """An argparse type: distinct comma-separated values of ``cast`` for which ``ok`` holds."""
+    def parse(s: str) -> list:
+        try:
+            vals = [cast(x) for x in s.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of {kind}; "
+                                             f"valid: e.g. {example}") from None
+        if not all(ok(x) for x in vals) or len(set(vals)) < len(vals):
+            raise argparse.ArgumentTypeError(f"'{s}' has a repeated {noun} or one out of range; valid: {valid}")
+        return vals
+    return parse
 
 
-def _lr_list(s: str) -> list[float]:
-    """An argparse type: distinct comma-separated positive learning rates."""
-    try:
-        lrs = [float(x) for x in s.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers; "
-                                         "valid: e.g. 3e-4,1e-3,3e-3") from None
-    if not all(0 < x < float("inf") for x in lrs) or len(set(lrs)) < len(lrs):
-        raise argparse.ArgumentTypeError(f"'{s}' has a rate that is not positive and finite, or a repeated one; "
-                                         "valid: distinct rates > 0")
-    return lrs
+_seed_list = _distinct_list(int, "integers", "seed", "0,1,2", lambda x: x >= 0, "distinct integers >= 0")
+_lr_list = _distinct_list(float, "numbers", "rate", "3e-4,1e-3,3e-3", lambda x: 0 < x < float("inf"),
+                          "distinct rates > 0")
 
 
 def _model_fields(a) -> dict:
