@@ -104,7 +104,7 @@ class HookedModel:
         if tokens.dtype not in (torch.long, torch.int32):
             tokens = tokens.long()
         V = getattr(self._embedding(), "num_embeddings", None)
-        if tokens.numel() and V:
+        if tokens.numel() and V and not _capturing(tokens):   # no host sync inside a CUDA-graph capture
             lo, hi = (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= V:
                 raise N.HookError(f"token id {lo if lo < 0 else hi} out of range: the model's vocabulary has {V} "
@@ -250,3 +250,8 @@ class HookedModel:
             for L in self.layers[:layer]:
                 stack.enter_context(swap_attr(L.block, "forward", lambda *a, **kw: tiled))
             yield
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives on a CUDA device whose current stream is being captured into a CUDA graph."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()

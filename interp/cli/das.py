@@ -23,6 +23,9 @@ def add_parser(sub):
     pa.add_argument("--patience", type=int, default=3, help="epochs without a better val IIA before stopping")
     pa.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the task pairs")
     pa.add_argument("--random-seeds", default="0,1,2,3,4", help="seeds of the random-subspace baseline")
+    pa.add_argument("--cuda-graphs", action="store_true",
+                    help="on a GPU, replay each training and evaluation batch from a CUDA graph (fewer launches; "
+                         "experimental: not yet checked on a GPU)")
     add_n(pa, 512, help="task pairs (each gives two ordered pairs with --order both)")
     add_seed(pa)
     add_device(pa)
@@ -43,7 +46,7 @@ def cmd_das(a):
     cfg = iv.DASConfig(rank=a.rank, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, patience=a.patience,
                        split=_split(a.split), seed=a.seed,
                        random_seeds=tuple(parse_ints(a.random_seeds, "--random-seeds")),
-                       order=a.order, positions=parse_positions(a.positions))
+                       order=a.order, positions=parse_positions(a.positions), cuda_graphs=a.cuda_graphs)
     cfg.check()
     model = load_any(a.model, device=a.device)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)

@@ -8,7 +8,8 @@ interchange intervention accuracy (Geiger et al. 2023; pyvene's LowRankRotatedSp
 R = W^T with W [width, rank] kept orthonormal by ``torch.nn.utils.parametrizations.orthogonal`` (as
 pyvene does), W initialised as `subspace.random_basis(width, rank, seed)`, the parametrisation set up
 as pyvene's is after ``torch.manual_seed(seed)`` (`Rotation`). Training: Adam on W, minibatches of
-training pairs in a seeded order,
+training pairs in a seeded order (with ``cuda_graphs`` on a GPU, each full batch's pass is replayed
+from a CUDA graph, `interp.interventions.graphs`),
 cross-entropy of the intervened base run's logits at the answer position toward the *source's* answer;
 after each epoch the validation IIA (ties: lower validation loss) decides early stopping (``patience``
 epochs without improvement) and which epoch's R is kept. Only pairs the model answers correctly on both
@@ -19,6 +20,7 @@ layer are computed once, not per step.
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -35,7 +37,10 @@ from interp.interventions.subspace import check_basis, check_rank, random_basis
 @dataclass
 class DASConfig:
     """Training settings. ``split``: fractions of task pairs for train / val / test; ``seed``: the
-    initial R, the split and the batch order; ``random_seeds``: the random-subspace baseline (same rank)."""
+    initial R, the split and the batch order; ``random_seeds``: the random-subspace baseline (same rank);
+    ``cuda_graphs``: on a GPU, replay each full batch's pass from a CUDA graph (meant to give the eager
+    numbers with fewer launches; a model whose forward cannot be captured runs eagerly, with a warning).
+    Off by default: not yet run on a GPU (tests/gpu/check_das_graphs_gpu.py is the check to run)."""
     rank: int = 1
     epochs: int = 20
     lr: float = 1e-2
@@ -46,6 +51,7 @@ class DASConfig:
     random_seeds: tuple = (0, 1, 2, 3, 4)
     order: str = "both"
     positions: object = None
+    cuda_graphs: bool = False
 
     def check(self):
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or min(self.split[:2]) <= 0:
@@ -108,45 +114,91 @@ def split_pairs(ix: Interchanger, fractions, seed: int) -> dict:
     return {k: torch.isin(ix.ip.pair, v).nonzero().flatten() for k, v in parts.items()}
 
 
-def _eval(ix: Interchanger, R, rows) -> tuple[float, float]:
-    """(IIA, mean cross-entropy toward the source answer) over the correct ``rows``."""
+def _eval(ix: Interchanger, R, rows, ev=None) -> tuple[float, float]:
+    """(IIA, mean cross-entropy toward the source answer) over the correct ``rows``; ``ev``: an
+    `graphs.EvalStep` replayed for full batches of a tensor R of its shape."""
     rows = rows[ix.correct[rows]]
     if len(rows) == 0:
         return float("nan"), float("nan")
-    hit = loss = 0.0
+    dev = ix.src.device
+    rows_d = rows.to(dev)
+    graphed = ev is not None and isinstance(R, torch.Tensor) and R.shape == ev.R.shape
+    hit = torch.zeros((), dtype=torch.float64, device=dev)
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
     with torch.no_grad():
-        for s in range(0, len(rows), ix.batch_size):
-            r = rows[s:s + ix.batch_size]
-            lg = ix.logits(R, r).float()
-            tgt = ix.ip.source_answer[r].to(lg.device)
-            hit += float((lg.argmax(-1) == tgt).sum())
-            loss += float(F.cross_entropy(lg, tgt, reduction="sum"))
-    return hit / len(rows), loss / len(rows)
+        for s in range(0, len(rows_d), ix.batch_size):
+            r = rows_d[s:s + ix.batch_size]
+            if graphed and len(r) == ev.B:
+                h, lo = ev(R, r)
+            else:
+                lg = ix.logits(R, r).float()
+                tgt = ix._at(ix.ip.source_answer, r).to(lg.device)
+                h, lo = (lg.argmax(-1) == tgt).sum(), F.cross_entropy(lg, tgt, reduction="sum")
+            hit += h.double()
+            loss += lo.double()
+    return float(hit) / len(rows), float(loss) / len(rows)
+
+
+def _loss(ix: Interchanger, R, rows) -> torch.Tensor:
+    """Mean cross-entropy of the intervened base runs of ``rows`` toward the source answers."""
+    lg = ix.logits(R, rows).float()
+    return F.cross_entropy(lg, ix._at(ix.ip.source_answer, rows).to(lg.device))
+
+
+def _graphable(dev: torch.device) -> bool:
+    return dev.type == "cuda"
+
+
+def _graphs(ix: Interchanger, rot: Rotation, cfg: DASConfig, train_rows) -> tuple:
+    """(GradStep | None, EvalStep | None, how): CUDA-graph replays of a training batch and an evaluation
+    batch when ``cfg.cuda_graphs`` and the model is on a GPU; ``how`` says which (or why not)."""
+    dev = ix.src.device
+    if not cfg.cuda_graphs or not _graphable(dev):
+        return None, None, "off" if _graphable(dev) else "off (not on a GPU)"
+    from interp.interventions.graphs import EvalStep, GradStep, GraphUnavailable
+    R0 = rot.R.detach()
+    try:
+        step = GradStep(lambda R, r: _loss(ix, R, r), R0, train_rows[:cfg.batch_size].to(dev))
+        target = ix.ip.source_answer.to(dev)
+        ev = EvalStep(ix.logits, target, R0, torch.arange(min(ix.batch_size, len(ix.ip)), device=dev))
+    except GraphUnavailable as e:
+        warnings.warn(f"DAS runs without CUDA graphs: capturing the step failed ({e})", stacklevel=3)
+        return None, None, f"off (capture failed: {e})"
+    return step, ev, "on"
 
 
 def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, progress=False):
-    """Train ``rot`` on the correct ``train_rows``; returns (best R, history, best epoch)."""
+    """Train ``rot`` on the correct ``train_rows``; returns (best R, history, best epoch, (GradStep |
+    None, EvalStep | None, {"cuda_graphs": how, "seconds_capture": s}))."""
     train_rows = train_rows[ix.correct[train_rows]]
     if len(train_rows) == 0:
         raise InterpError("no training pair is answered correctly on both prompts: nothing to train on")
     opt = torch.optim.Adam(rot.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(int(cfg.seed))
     best, best_R, best_epoch, bad, hist = None, rot.R.detach().clone(), 0, 0, []
+    dev = ix.src.device
     with frozen(ix.hm.model):
+        t_cap = time.perf_counter()
+        step, ev, how = _graphs(ix, rot, cfg, train_rows)
+        info = {"cuda_graphs": how, "seconds_capture": time.perf_counter() - t_cap}
         for epoch in range(1, cfg.epochs + 1):
-            t0, total = time.perf_counter(), 0.0
-            perm = train_rows[torch.randperm(len(train_rows), generator=g)]
+            t0, total = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=dev)
+            perm = train_rows[torch.randperm(len(train_rows), generator=g)].to(dev)
             for s in range(0, len(perm), cfg.batch_size):
-                r = perm[s:s + cfg.batch_size]
-                lg = ix.logits(rot.R, r).float()
-                loss = F.cross_entropy(lg, ix.ip.source_answer[r].to(lg.device))
+                r, R = perm[s:s + cfg.batch_size], rot.R
                 opt.zero_grad()
-                loss.backward()
+                if step is not None and len(r) == step.B:
+                    loss, grad = step(R, r)
+                    R.backward(grad)
+                else:
+                    loss = _loss(ix, R, r)
+                    loss.backward()
                 opt.step()
-                total += loss.item() * len(r)
+                total += loss.detach().double() * len(r)
+            total = float(total)
             t_train = time.perf_counter() - t0
             R = rot.R.detach().clone()
-            v_iia, v_loss = _eval(ix, R, val_rows)
+            v_iia, v_loss = _eval(ix, R, val_rows, ev)
             hist.append(dict(epoch=epoch, train_loss=total / len(perm), val_iia=v_iia, val_loss=v_loss,
                              seconds_train=t_train, seconds=time.perf_counter() - t0))
             if progress:
@@ -159,7 +211,7 @@ def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, p
                 bad += 1
                 if bad >= cfg.patience:
                     break
-    return best_R, hist, best_epoch
+    return best_R, hist, best_epoch, (step, ev, info)
 
 
 def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | None = None, model_name="model",
@@ -182,11 +234,11 @@ def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | N
     splits = split_pairs(ix, cfg.split, cfg.seed)
     dev = ix.src.device
     rot = Rotation(ix.width, cfg.rank, cfg.seed, init).to(dev)
-    R, hist, best_epoch = fit(ix, rot, splits["train"], splits["val"], cfg, progress)
+    R, hist, best_epoch, (_, ev, info) = fit(ix, rot, splits["train"], splits["val"], cfg, progress)
     rows = []
 
     def add(label, Rx, r, split, seed):
-        v, _ = _eval(ix, Rx, splits[split])
+        v, _ = _eval(ix, Rx, splits[split], ev)
         rows.append(result_row(site, ix, model_name, pairs, cfg.positions, label, r, split, seed, v,
                                int(ix.correct[splits[split]].sum()), len(splits[split])))
     for split in ("train", "val", "test"):
@@ -197,7 +249,7 @@ def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | N
     res = DASResult(rows)
     res.R = R.cpu()
     res.attrs["history"] = hist
-    res.attrs["spec"] = _spec(site, ix, cfg, pairs, splits, best_epoch, model_name, t_prep)
+    res.attrs["spec"] = {**_spec(site, ix, cfg, pairs, splits, best_epoch, model_name, t_prep), **info}
     return res
 
 

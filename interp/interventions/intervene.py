@@ -233,7 +233,7 @@ class Interchanger:
         self.device = input_device(self.hm.model)
         self.pos = resolve_positions(positions, self.ip, site)
         self.width = site_width(self.hm, site, self.ip.base[:1].to(self.device))
-        self.keys, self._key_spec = None, (write_at, key_from)
+        self.keys, self._key_spec, self._copies = None, (write_at, key_from), {}
         self._prepare(skip_prefix)
 
     def _prepare(self, skip_prefix):
@@ -281,23 +281,36 @@ class Interchanger:
     def logits(self, R=None, rows=None) -> torch.Tensor:
         """Logits [n, vocab] at the answer of the intervened base runs of ``rows`` (default all), in
         one forward (no batching, gradients flow to R): R [r, width], None (full patch) or
-        'write_key' (the rank-1 state form)."""
+        'write_key' (the rank-1 state form). ``rows`` on a CUDA device index device-resident copies
+        of the pair tables (made once), so a step reads nothing from the host (CUDA-graph capture)."""
         rows = torch.arange(len(self.ip)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-        pos, src = self.pos[rows], self.src[rows.to(self.src.device)]
+        pos, src = self._at(self.pos, rows), self._at(self.src, rows)
         keys = None
         if isinstance(R, str):
             if R != "write_key":
                 raise InterpError(f"subspace '{R}' is not valid here; valid: a tensor [rank, width], "
                                   "None (full), write_key")
-            keys = self.write_keys()[rows.to(self.src.device)]
+            keys = self._at(self.write_keys(), rows)
         site = self.site
 
         def fn(x, name):
             return edit_site(x, site, pos, src, R, keys)
-        start = (self.hm.start_at(site.layer, _take_rows(self._prefix_u, self._base_u[rows])) if self.skips_prefix
-                 else nullcontext())
-        with self.hm.logits_at(self.ip.answer_pos[rows]), start:
-            return self.hm.run_with_hooks(self.ip.base[rows].to(self.device), hooks=[(site.name, fn)])[:, 0]
+        start = (self.hm.start_at(site.layer, _take_rows(self._prefix_u, self._at(self._base_u, rows)))
+                 if self.skips_prefix else nullcontext())
+        with self.hm.logits_at(self._at(self.ip.answer_pos, rows)), start:
+            return self.hm.run_with_hooks(self._at(self.ip.base, rows).to(self.device), hooks=[(site.name, fn)])[:, 0]
+
+    def _at(self, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``table[rows]``: host rows index the table where it lives; CUDA rows index a copy of the
+        table on their device (made on first use, kept)."""
+        if rows.device == table.device:
+            return table[rows]
+        if rows.device.type == "cpu":
+            return table[rows.to(table.device)]
+        key = (id(table), str(rows.device))
+        if key not in self._copies:
+            self._copies[key] = (table, table.to(rows.device))    # the table is held so its id stays its own
+        return self._copies[key][1][rows]
 
     def switched(self, R=None, rows=None) -> torch.Tensor:
         """bool [n]: the intervened base run's argmax is the source's answer (batched, no grad)."""
