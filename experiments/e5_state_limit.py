@@ -138,31 +138,6 @@ def make(ctx, unit, spec, lrs, seed):
     return runs
 
 
-def sweep_and_seeds(ctx, specs: dict, make, validate):
-    """Seed 0 at every learning rate, validated; then the other seeds at each unit's best learning rate
-    (once its sweep is finished). ``make(ctx, unit, spec, lrs, seed)`` -> runs (with ``.unit``, ``.seed``);
-    ``validate(ctx, runs)`` -> rows (unit, lr, seed, val_acc). Returns (status, validation table, {unit:
-    best lr}, every run). (E6 uses it too.)"""
-    P = ctx.P
-    dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
-    kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl)
-    sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
-    st = X.train_runs(sweep, **kw)
-    val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
-    best = {}
-    if len(val):
-        for u, g in val[val.seed == P["seeds"][0]].groupby("unit"):
-            if len(g) == len(P["lrs"]):
-                best[u] = float(X.best_by(g, key="unit", score="val_acc").lr.iloc[0])
-    extra = [r for u, lr in best.items() for s in P["seeds"][1:] for r in make(ctx, u, specs[u], [lr], s)]
-    if extra:
-        st = pd.concat([st, X.train_runs(extra, **kw)], ignore_index=True)
-        val = pd.concat([val, validate(ctx, [r for r in extra if X.status(r)["complete"]])], ignore_index=True)
-    n_all = len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
-    print(f"{int(st.complete.sum())} of {n_all} runs finished", flush=True)
-    return st, val, best, sweep + extra
-
-
 def _model(ctx, r):
     return X.load_run(r, ctx.device).set_scan_backend(ctx.P["scan_backend"])
 
@@ -209,10 +184,8 @@ def test(ctx, runs, best) -> pd.DataFrame:
 # --- verdicts -------------------------------------------------------------------------------------
 
 def label(lo: float, hi: float, theta: float = THETA) -> str:
-    """solves / fails / undecided: the 95% interval [lo, hi] against ``theta`` (E6 uses it too)."""
-    if np.isnan(lo) or np.isnan(hi):
-        return "undecided"
-    return "solves" if lo >= theta else "fails" if hi < theta else "undecided"
+    """solves / fails / undecided: the 95% interval [lo, hi] against ``theta`` (`X.label`)."""
+    return X.label(lo, hi, theta)
 
 
 def per_seed(res: pd.DataFrame) -> pd.DataFrame:
@@ -239,10 +212,6 @@ def not_converged(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells.in_label == "fails"]
 
 
-def _fmt(m, lo, hi) -> str:
-    return f"{m:.2f}" + ("" if np.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
-
-
 def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """One row per claim of `CLAIMS` that the finished arms can test, by the rule of the module doc."""
     out, ps = [], per_seed(res)
@@ -256,12 +225,12 @@ def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             k = min(len(a), len(b))
             m, lo, hi = seed_interval(a[:k] - b[:k], bounds=(-1, 1))
             verdict = "agrees" if lo > 0 else "disagrees" if hi < 0 else "inconclusive"
-            nums = f"{arms[0]} minus {arms[1]} beyond training: {_fmt(m, lo, hi)}"
+            nums = f"{arms[0]} minus {arms[1]} beyond training: {X.fmt(m, lo, hi)}"
         else:
             labs = c.beyond_label.tolist()
             good, bad = ("fails", "solves") if kind == "cannot" else ("solves", "fails")
             verdict = "agrees" if all(x == good for x in labs) else "disagrees" if bad in labs else "inconclusive"
-            nums = "; ".join(f"{a} {_fmt(r.beyond_mean, r.beyond_lo, r.beyond_hi)} ({r.beyond_label}"
+            nums = "; ".join(f"{a} {X.fmt(r.beyond_mean, r.beyond_lo, r.beyond_hi)} ({r.beyond_label}"
                              + (", at chance" if r.at_chance else "") + ")" for a, r in c.iterrows())
             stuck = [a for a, r in c.iterrows() if r.in_label == "fails"]
             if kind == "cannot" and verdict == "agrees" and stuck:
@@ -272,21 +241,6 @@ def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def lr_edges(val: pd.DataFrame, lrs, seed0: int) -> pd.DataFrame:
-    """Per unit: the best learning rate and where it lies: ``inside`` the sweep, at an ``edge`` (better than
-    every inner one by more than 0.01), or ``flat`` (all within 0.01: no optimum to place). (E6 uses it too.)"""
-    rows, lrs = [], sorted(lrs)
-    for u, g in val[val.seed == seed0].groupby("unit", sort=False):
-        acc = g.set_index("lr").val_acc.reindex(lrs)
-        best = float(acc.idxmax())
-        inner = acc.iloc[1:-1].max() if len(lrs) > 2 else -np.inf
-        where = ("flat" if acc.max() - acc.min() <= 0.01 else
-                 "edge" if best in (lrs[0], lrs[-1]) and acc.max() - inner > 0.01 else "inside")
-        rows.append(dict(unit=u, best_lr=best, best_val=float(acc.max()), where=where))
-    return pd.DataFrame(rows)
-
-
-# --- the toolkit: where the running state lives -----------------------------------------------------
 
 def run_probes(m, task: str, arm: str, P, out):
     """Probes of the running count / product at resid_post (and rec.state where the model has one), at
@@ -391,7 +345,7 @@ def report(ctx, st, val, best, summ, cells, verd, edges, bl, das):
     if not st.complete.all():
         L += [f"**{int((~st.complete).sum())} of {len(st)} runs are not finished**: the tables use finished runs.", ""]
     for task, g in summ.groupby("task", sort=False):
-        piv = g.assign(v=[_fmt(*x) for x in zip(g["mean"], g.lo, g.hi)]).pivot(index="length", columns="arm",
+        piv = g.assign(v=[X.fmt(*x) for x in zip(g["mean"], g.lo, g.hi)]).pivot(index="length", columns="arm",
                                                                                values="v")
         top = max(train_lengths(task, P))
         L += [f"## {task}: accuracy against length (mean [95% CI] over seeds; chance {1 / CLASSES[task]:.3f})", ""]
@@ -399,7 +353,7 @@ def report(ctx, st, val, best, summ, cells, verd, edges, bl, das):
             length=lambda d: [f"{n}" + (" (beyond)" if n > top else "") for n in d.length]))
         L.append("")
     L += ["## In distribution and beyond training (per-seed means, then mean [95% CI] over seeds)", ""]
-    cell = (lambda w: [f"{_fmt(m, lo, hi)} {lab}" for m, lo, hi, lab in
+    cell = (lambda w: [f"{X.fmt(m, lo, hi)} {lab}" for m, lo, hi, lab in
                        zip(cells[f"{w}_mean"], cells[f"{w}_lo"], cells[f"{w}_hi"], cells[f"{w}_label"])])
     L += X.md_table(cells.assign(in_distribution=cell("in"), beyond_training=cell("beyond"))[
         ["task", "arm", "seeds", "in_distribution", "beyond_training", "at_chance"]])
@@ -464,7 +418,7 @@ def _main(a, ctx):
     X.check_spec(ctx.runs, {"profile": ctx.profile, **{k: P[k] for k in SPEC}}, kind=NAME)
     torch.manual_seed(0)
     specs = units(P)
-    st, val, best, runs = sweep_and_seeds(ctx, specs, make, validate)
+    st, val, best, runs = X.sweep_and_seeds(ctx, specs, make, validate)
     X.save_table(st, out / "lr_sweep_status.csv")
     complete = bool(st.complete.all()) and len(st) == len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
     if ctx.train_only:
@@ -475,7 +429,7 @@ def _main(a, ctx):
         print("no finished runs to test yet; run the same command again")
         return 3
     summ, cells = summary(res)
-    edges = lr_edges(val, P["lrs"], P["seeds"][0])
+    edges = X.lr_edges(val, P["lrs"], P["seeds"][0])
     verd = verdicts(res, cells)
     nc = not_converged(cells)
     print("did not converge (fail at the training lengths): "

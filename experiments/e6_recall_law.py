@@ -238,7 +238,7 @@ def verdicts(summ: pd.DataFrame, res: pd.DataFrame, win: pd.DataFrame, P) -> pd.
         labs, no = tr.label.tolist(), "inconclusive"
         out.append(("Attention solves MQAR at small width", "Arora et al. 2312.04927",
                     f"transformer d={w0}, {d0} layers: " + "; ".join(
-                        f"{p} pairs {E5._fmt(m, lo, hi)}" for p, m, lo, hi in zip(tr.pairs, tr["mean"], tr.lo, tr.hi)),
+                        f"{p} pairs {X.fmt(m, lo, hi)}" for p, m, lo, hi in zip(tr.pairs, tr["mean"], tr.lo, tr.hi)),
                     "agrees" if all(x == "solves" for x in labs) else "disagrees" if "fails" in labs else no))
     wn, per, nums = width_needed(base[base.depth == d0]), {}, []
     for a in free:
@@ -265,7 +265,7 @@ def verdicts(summ: pd.DataFrame, res: pd.DataFrame, win: pd.DataFrame, P) -> pd.
                          for p in P["pairs"] for w, w2 in zip(ws, ws[1:])] or [np.nan]) for s in P["seeds"]]
         m, lo, hi = seed_interval(d)
         per[a] = "agrees" if lo > 0 else "disagrees" if hi < 0 else "inconclusive"
-        nums.append(f"{a} {E5._fmt(m, lo, hi)} ({per[a]})")
+        nums.append(f"{a} {X.fmt(m, lo, hi)} ({per[a]})")
     if per:
         out.append(("Recurrent models prefer width over depth", "Okpekpe & Orvieto 2508.19029",
                     f"acc(next width, {d0} layers) - acc(width, {d1} layers), mean over pairs and widths: "
@@ -398,7 +398,7 @@ def report(ctx, st, val, summ, wn, edges, win, verd, pb, xf, pk, specs):
     for (d, t), g in summ.groupby(["depth", "seq_len"], sort=False):
         L += [f"## Accuracy, {d} layers, {t} tokens (mean [95% CI] over seeds; state of a recurrent layer H x K x V)",
               ""]
-        tab = _pivot(g, "pairs", lambda r: E5._fmt(r.mean, r.lo, r.hi))
+        tab = _pivot(g, "pairs", lambda r: X.fmt(r.mean, r.lo, r.hi))
         L += X.md_table(tab.merge(g[["arm", "width", "state", "params"]].drop_duplicates(), on=["arm", "width"])) + [""]
     L += ["## Width needed: the smallest width that solves each pair count (its state per recurrent layer)", ""]
     tab = wn.assign(v=["none" if np.isnan(w) else f"{w:.0f} ({s} x {n})" for w, s, n in zip(
@@ -458,7 +458,7 @@ def _main(a, ctx):
     X.check_spec(ctx.runs, {"profile": ctx.profile, **{k: P[k] for k in SPEC}}, kind=NAME)
     torch.manual_seed(0)
     specs = units(P, P["seq_lens"])
-    st, val, best, runs = E5.sweep_and_seeds(ctx, {u: s for u, (_, s) in specs.items()}, make, validate)
+    st, val, best, runs = X.sweep_and_seeds(ctx, {u: s for u, (_, s) in specs.items()}, make, validate)
     X.save_table(st, out / "lr_sweep_status.csv")
     complete = bool(st.complete.all()) and len(st) == len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
     if ctx.train_only:
@@ -470,7 +470,7 @@ def _main(a, ctx):
         return 3
     summ = summary(res)
     wn = width_needed(summ)
-    edges, win = E5.lr_edges(val, P["lrs"], P["seeds"][0]), lr_window(val, specs, P["seeds"][0])
+    edges, win = X.lr_edges(val, P["lrs"], P["seeds"][0]), lr_window(val, specs, P["seeds"][0])
     verd = verdicts(summ, res, win, P)
     nc = not_converged(summ)
     print("did not converge (not solved at the fewest pairs): "

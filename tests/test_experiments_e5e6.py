@@ -61,7 +61,7 @@ def test_e5_label_and_verdicts():
 def test_lr_edges():
     val = pd.DataFrame(dict(unit=["in"] * 3 + ["edge"] * 3 + ["flat"] * 3, seed=0, lr=[1e-3, 3e-3, 1e-2] * 3,
                             val_acc=[0.5, 0.9, 0.6, 0.5, 0.6, 0.9, 0.7, 0.705, 0.7]))
-    e = E5.lr_edges(val, [1e-2, 1e-3, 3e-3], 0).set_index("unit")
+    e = X.lr_edges(val, [1e-2, 1e-3, 3e-3], 0).set_index("unit")
     assert e.loc["in", "where"] == "inside" and e.loc["in", "best_lr"] == 3e-3
     assert e.loc["edge", "where"] == "edge" and e.loc["edge", "best_lr"] == 1e-2
     assert e.loc["flat", "where"] == "flat"
@@ -140,7 +140,7 @@ def check_e5(figs: Path, P):
         assert all(_close(x, y) for x, y in zip(seed_interval(g.accuracy, bounds=(0, 1)), row[["mean", "lo", "hi"]]))
         line = next(x for x in report.split(f"## {t}: accuracy against length")[1].splitlines()
                     if x.split(" | ")[0] in (f"| {n}", f"| {n} (beyond)"))
-        assert E5._fmt(row["mean"], row.lo, row.hi) in line
+        assert X.fmt(row["mean"], row.lo, row.hi) in line
     for (t, a), g in res.groupby(["task", "arm"]):                    # in distribution / beyond: per-seed means
         per = g.groupby("seed").apply(lambda x: x[~x.beyond].accuracy.mean(), include_groups=False)
         c = cells[(cells.task == t) & (cells.arm == a)].iloc[0]
@@ -171,7 +171,7 @@ def check_e6(figs: Path, P):
         row = summ.set_index(E6.KEYS).loc[k]
         m, lo, hi = seed_interval(g.accuracy, bounds=(0, 1))
         assert _close(m, row["mean"]) and _close(lo, row.lo) and row.label == E5.label(lo, hi)
-        assert E5._fmt(m, lo, hi) in report
+        assert X.fmt(m, lo, hi) in report
     for r in wn.itertuples():                                       # the smallest width whose interval clears 0.9
         ok = summ[(summ.arm == r.arm) & (summ.depth == r.depth) & (summ.pairs == r.pairs) & (summ.lo >= 0.9)]
         assert _close(r.width, float(ok.width.min()) if len(ok) else np.nan)

@@ -1,0 +1,68 @@
+"""Training seeds of an experiment: a learning-rate sweep on the first seed, the other seeds at each unit's best
+rate, where that rate lies in the sweep, and verdict labels from intervals over seeds.
+
+A *unit* is what one verdict is about (an arm, or an arm on one task); its runs are `interp.experiment.Run`
+objects that carry ``.unit`` and ``.seed`` (made by the experiment's ``make``). `sweep_and_seeds` trains
+seed ``seeds[0]`` at every rate of ``lrs``, validates them, picks each unit's best rate (`best_by`: ties go
+to the smaller rate) once its whole sweep is finished, then trains the other seeds there, so every number a
+report gives about a unit can carry a 95% interval over training seeds (`interp.stats.seed_interval`).
+`lr_edges` says whether each best rate lies inside the sweep; `label` reads an interval against a threshold.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from interp.experiment.runs import best_by, status, train_runs
+
+
+def sweep_and_seeds(ctx, specs: dict, make, validate):
+    """Seed 0 at every learning rate, validated; then the other seeds at each unit's best learning rate
+    (once its sweep is finished). ``make(ctx, unit, spec, lrs, seed)`` -> runs (with ``.unit``, ``.seed``);
+    ``validate(ctx, runs)`` -> rows (unit, lr, seed, val_acc). ``ctx.P`` holds ``lrs``, ``seeds`` and
+    ``eval_reserve`` (minutes kept for evaluation before the deadline). Returns (status, validation table,
+    {unit: best lr}, every run)."""
+    P = ctx.P
+    dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
+    kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl)
+    sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
+    st = train_runs(sweep, **kw)
+    val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
+    best = {}
+    if len(val):
+        for u, g in val[val.seed == P["seeds"][0]].groupby("unit"):
+            if len(g) == len(P["lrs"]):
+                best[u] = float(best_by(g, key="unit", score="val_acc").lr.iloc[0])
+    extra = [r for u, lr in best.items() for s in P["seeds"][1:] for r in make(ctx, u, specs[u], [lr], s)]
+    if extra:
+        st = pd.concat([st, train_runs(extra, **kw)], ignore_index=True)
+        val = pd.concat([val, validate(ctx, [r for r in extra if status(r)["complete"]])], ignore_index=True)
+    n_all = len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
+    print(f"{int(st.complete.sum())} of {n_all} runs finished", flush=True)
+    return st, val, best, sweep + extra
+
+
+def lr_edges(val: pd.DataFrame, lrs, seed0: int) -> pd.DataFrame:
+    """Per unit: the best learning rate and where it lies: ``inside`` the sweep, at an ``edge`` (better than
+    every inner one by more than 0.01), or ``flat`` (all within 0.01: no optimum to place)."""
+    rows, lrs = [], sorted(lrs)
+    for u, g in val[val.seed == seed0].groupby("unit", sort=False):
+        acc = g.set_index("lr").val_acc.reindex(lrs)
+        best = float(acc.idxmax())
+        inner = acc.iloc[1:-1].max() if len(lrs) > 2 else -np.inf
+        where = ("flat" if acc.max() - acc.min() <= 0.01 else
+                 "edge" if best in (lrs[0], lrs[-1]) and acc.max() - inner > 0.01 else "inside")
+        rows.append(dict(unit=u, best_lr=best, best_val=float(acc.max()), where=where))
+    return pd.DataFrame(rows)
+
+
+def label(lo: float, hi: float, theta: float) -> str:
+    """solves / fails / undecided: the 95% interval [lo, hi] against ``theta``."""
+    if np.isnan(lo) or np.isnan(hi):
+        return "undecided"
+    return "solves" if lo >= theta else "fails" if hi < theta else "undecided"
+
+
+def fmt(m, lo, hi) -> str:
+    """``0.93 [0.88, 0.98]`` (the interval left out where it is undefined, e.g. one seed)."""
+    return f"{m:.2f}" + ("" if np.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
