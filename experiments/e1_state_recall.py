@@ -5,10 +5,17 @@ Three architectures of one parameter count — a transformer, a GDN hybrid with 
 layer (``gdn75``) and an attention-free GDN (``gdn100``) — each trained on ``state_recall`` two
 ways: *direct* (the answer right after the program) and *cot* (the task's ``cot=True`` variant:
 the model states the queried variable's value after every statement, then answers). That is the
-2x2 (architecture x training) design, with a third architecture. Every arm gets the same small
-learning-rate sweep; the report uses each arm's best run (by accuracy on a validation set) and
-lists the sweep. Cot models are evaluated **closed loop**: they read their own intermediate values,
-never the gold ones.
+2x2 (architecture x training) design, with a third architecture. Every arm gets the same
+learning-rate sweep on training seed 0 (four log-spaced rates in the full profile; the report says
+where each arm's best rate lies: inside the sweep or at an edge), then the other training seeds at
+its best rate (by accuracy on a validation set; `interp.experiment.sweep_and_seeds`). Cot models are
+evaluated **closed loop**: they read their own intermediate values, never the gold ones.
+
+Verdict rule (fixed before the run). Every accuracy is the mean over the arm's training seeds with a
+95% t-interval over them (not over test examples). An arm *converged* when its validation accuracy's
+interval lies above ``--threshold``; the report counts the arms that did not. Each comparison with the
+published shape is made on the seed means and repeated on every seed alone, and the report gives how
+many seeds show the same verdict (e.g. "agrees 2 of 3"); fewer than 3 seeds is not a model-level claim.
 
 Arms with attention (transformer, gdn75) start with the trainer's induction warm-up
 (``interp.train.default_induction_steps``: at most min(2000, steps/4) steps of dense induction
@@ -28,17 +35,17 @@ probes.png, patch_<arm>.png, results.csv, lr_sweep.csv, probes.csv, patching.csv
 cached evaluations go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run
 experiments/e1_state_recall.toml``.
 
-Sizing of the full profile (12 runs of 4000 steps, 8 layers, d=128): the small models' steps are bound
-by per-op launch overhead, so the runs train in parallel processes. On a host with 2 x H200 the 12 runs
-at once (``--workers 12 --train-devices cuda:0,cuda:1``, 6 per GPU) trained in about 11 minutes at
-19-61k tokens/s each, and the evaluation took about 3 minutes more (BENCHMARKS.md section 12). The
-profile had 2000 steps until 2026-11-30: then the transformers' warm-up (min(2000, steps/4) = 500
-steps) ended before their recall circuit formed (section 9); that run is kept in
-figures/e1_state_recall_steps2000/ (``--steps 2000`` reproduces it).
+Sizing of the full profile (6 arms x (4 rates + 2 more seeds) = 36 runs of 4000 steps, 8 layers, d=128):
+the small models' steps are bound by per-op launch overhead, so runs that differ only in rate or seed
+train as one stacked module (``--stack``, 4 per process; 6 processes at once). One-run-per-process
+timing for reference: on 2 x H200, 12 runs at once (6 per GPU) trained in about 11 minutes and the
+evaluation took about 3 minutes more (BENCHMARKS.md section 12); stacking gave 2.0-2.4x more runs per
+GPU-hour than six one-run processes at 300 steps (section 19), so the 36 runs need roughly 15-20
+GPU-minutes (not yet run). The profile had 2000 steps until 2026-11-30 and two rates until 2026-12-05;
+the earlier runs are kept in figures/e1_state_recall_steps2000/ and figures/e1_state_recall/ (one
+seed; ``--steps 2000`` reproduces the former).
 """
 from __future__ import annotations
-
-import inspect
 
 import numpy as np
 import pandas as pd
@@ -47,6 +54,7 @@ import torch
 from interp import InterpError, patching, probes
 from interp import experiment as X
 from interp import tasks as T
+from interp.stats import seed_interval
 from interp.tasks.vocab import VOCAB
 from interp.train import answer_accuracy
 
@@ -56,23 +64,25 @@ ARCHS = ("transformer", "gdn75", "gdn100")
 TRAININGS = ("direct", "cot")
 TRAIN_GRID = T.difficulty_grid("state_recall")          # what the models see in training
 KNOBS = ("n_steps", "n_vars", "complexity")
+ARM_ORDER = [f"{a}-{t}" for a in ARCHS for t in TRAININGS]
 
 PROFILES = {
-    # GPU: 12 runs (3 archs x 2 trainings x 2 lrs), 8 layers d=128, in parallel processes
+    # GPU: 36 runs (3 archs x 2 trainings x (4 lrs + 2 seeds)), 8 layers d=128, stacked in parallel processes
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=4000, batch_size=64,
-                 lrs=(1e-3, 3e-3), warmup=150, workers=12, time_budget=8.5, eval_reserve=2.0,
+                 lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=150, workers=6, time_budget=8.5,
+                 eval_reserve=2.0,
                  val_n=128, eval_n=256, probe_n=256, probe_seeds=(0, 1, 2), patch_n=48,
                  grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64], n_vars=[2, 3, 5, 8, 12, 16],
                            complexity=["assign", "copy", "arith", "swap"])),
     # CPU, a few minutes: tiny models, few steps (numbers near chance; checks the pipeline end to end)
     "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), steps=150, batch_size=32,
-                  lrs=(1e-3, 3e-3), warmup=20, workers=1, time_budget=0, eval_reserve=0,
+                  lrs=(1e-3, 3e-3), seeds=(0, 1), warmup=20, workers=1, time_budget=0, eval_reserve=0,
                   val_n=32, eval_n=64, probe_n=64, probe_seeds=(0,), patch_n=8,
                   grid=dict(n_steps=[2, 4, 8, 16, 32, 48], n_vars=[2, 3, 5, 8, 12],
                             complexity=["assign", "copy", "arith", "swap"])),
     # the test suite: even smaller
     "test": dict(model=dict(d_model=16, n_layers=4, n_heads=2, head_dim=8), steps=3, batch_size=8,
-                 lrs=(3e-3,), warmup=1, workers=1, time_budget=0, eval_reserve=0,
+                 lrs=(3e-3,), seeds=(0, 1), warmup=1, workers=1, time_budget=0, eval_reserve=0,
                  val_n=8, eval_n=8, probe_n=16, probe_seeds=(0,), patch_n=4,
                  grid=dict(n_steps=[2, 4], n_vars=[2, 3], complexity=["assign", "copy"]),
                  val_grid=dict(n_steps=[2, 4], n_vars=[2], complexity=["copy"])),
@@ -138,45 +148,57 @@ def arms(P) -> dict:
     return out
 
 
-def plan(P, root, device):
-    A = arms(P)
-    return A, X.make_runs(root, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
-                          eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
-                          device=device, scan_backend="reference", seed=0)
+def make(ctx, unit, spec, lrs, seed):
+    """The runs of arm ``unit`` at ``lrs`` for training seed ``seed`` (`X.sweep_and_seeds`)."""
+    P = ctx.P
+    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {**spec, "seed": seed}}, lrs, steps=P["steps"],
+                       batch_size=P["batch_size"], warmup=P["warmup"], eval_every=max(1, P["steps"] // 4), eval_n=128,
+                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
+    for r in runs:
+        r.unit, r.seed = unit, seed
+    return runs
 
 
-def validate(runs, P, root, device, deadline):
+def _cot(r) -> bool:
+    return r.cfg.knobs.get("state_recall", {}).get("cot", False)
+
+
+def validate(ctx, runs):
     """Validation accuracy of every finished run: mean over the training grid points."""
-    rows = []
+    P, rows = ctx.P, []
+    for r in runs:
+        if ctx.out_of_time():
+            break
+
+        def one(r=r):
+            m = X.load_run(r, ctx.device).set_scan_backend("reference")
+            accs = [accuracy(m, _cot(r), P["val_n"], VAL_SEED, **{k: v})[0]
+                    for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
+            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, "val_acc": float(np.mean(accs))}])
+        rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
+
+
+def chosen(runs, best) -> list:
+    """The finished runs at each arm's best learning rate, every seed."""
+    return [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
+
+
+def test_sweep(runs, P, root, device, deadline):
+    """Accuracy on the test grid of every run in ``runs`` (one per arm and seed)."""
+    frames = []
     for r in runs:
         if X.out_of_time(deadline):
             break
-        cot = r.cfg.knobs.get("state_recall", {}).get("cot", False)
+        arm = r.unit
 
-        def one(r=r, cot=cot):
-            m = X.load_run(r, device).set_scan_backend("reference")
-            accs = [accuracy(m, cot, P["val_n"], VAL_SEED, **{k: v})[0]
-                    for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
-            return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
-
-
-def test_sweep(best, runs_by_name, P, root, device, deadline):
-    frames = []
-    for arm, row in best.iterrows():
-        if X.out_of_time(deadline):
-            break
-        r = runs_by_name[f"{arm}_lr{row.lr:g}"]
-        cot = arm.endswith("-cot")
-
-        def one(r=r, arm=arm, cot=cot):
+        def one(r=r, arm=arm):
             m = X.load_run(r, device).set_scan_backend("reference")
             out = []
             for k, v in grid_points(P["grid"]):
-                acc, chain = accuracy(m, cot, P["eval_n"], TEST_SEED, **{k: v})
-                out.append(dict(arm=arm, arch=arm.rsplit("-", 1)[0], training=arm.rsplit("-", 1)[1], knob=k,
-                                value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
+                acc, chain = accuracy(m, _cot(r), P["eval_n"], TEST_SEED, **{k: v})
+                out.append(dict(arm=arm, arch=arm.rsplit("-", 1)[0], training=arm.rsplit("-", 1)[1], seed=r.seed,
+                                knob=k, value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
                                 in_training=v in TRAIN_GRID[k]))
             return pd.DataFrame(out)
         frames.append(X.ResultLog(root / "eval" / f"test_{r.name}.csv").once(one))
@@ -185,14 +207,20 @@ def test_sweep(best, runs_by_name, P, root, device, deadline):
     return res
 
 
+def seed_means(res: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, knob and value: the mean accuracy over seeds with its 95% interval (and mean chain accuracy)."""
+    return X.seed_means(res, ["arm", "arch", "training", "knob", "value", "in_training"], also=["chain_accuracy"])
+
+
 def _value(knob, v):
     return v if knob == "complexity" else int(v)
 
 
-def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline, progress):
-    """Probes and patching at each arm's failure point on n_steps."""
+def analyse(runs0, res, P, root, figs, device, threshold, deadline, progress):
+    """Probes and patching at each arm's failure point on n_steps (of the mean over seeds ``res``), on the
+    first seed's run ``runs0[arm]``."""
     p_frames, x_frames, fails = [], [], []
-    for arm, row in best.iterrows():
+    for arm, run in runs0.items():
         v, failed = first_failure(res, arm, "n_steps", threshold)
         v = _value("n_steps", v)
         fails.append(dict(arm=arm, n_steps=v, failed=failed,
@@ -200,7 +228,6 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
                                              & (res.value.astype(str) == str(v))].accuracy.iloc[0])))
         if X.out_of_time(deadline):
             continue
-        run = runs_by_name[f"{arm}_lr{row.lr:g}"]
         m = X.load_run(run, device).set_scan_backend("reference")
         cot = arm.endswith("-cot")
         f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, cot=cot))
@@ -209,9 +236,8 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
         pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
         # every pair (keep_all, where the sweep filters by default): at the failure point many pairs are answered
         # wrongly, and they are what is studied
-        keep = {"keep_all": True} if "keep_all" in inspect.signature(patching.sweep).parameters else {}
         px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / f"{run.name}_n{v}",
-                            progress=progress, batch_size=256, **keep)
+                            progress=progress, batch_size=256, keep_all=True)
         X.save_with(figs / f"patch_{arm}.png",
                     lambda f: px.plot(f, title=f"{arm}: denoise logit_diff, resid_pre, n_steps={v}"))
         xf = pd.DataFrame(px)
@@ -225,18 +251,12 @@ def analyse(best, runs_by_name, res, P, root, figs, device, threshold, deadline,
 
 
 def run_probes(m, arm, P, progress, **knobs):
-    """`probes.run` on the queried variable's value at resid_post (+ the recurrent state read with
-    its write key, where the model has one). Uses seeds and ``rec.state@key``
-    where this version of `interp.probes` offers them, else one seed and ``rec.state``. Not cached
-    across calls (probes take seconds at these sizes)."""
-    import inspect
-    have = inspect.signature(probes.run).parameters
-    rec = "rec.state@key" if "rec.state@key" in probes.SITES else "rec.state"
-    sites = ["resid_post"] + ([rec] if "gdn" in arm else [])
-    extra = {"seeds": list(P["probe_seeds"]), "progress": progress,   # no unit files: parquet may be missing
-             "controls": ("shuffled",), "causal": None}                 # E1 reads accuracy by layer only
+    """`probes.run` on the queried variable's value at resid_post (+ the recurrent state read with its write
+    key, ``rec.state@key``, where the model has one). Not cached across calls (seconds at these sizes)."""
+    sites = ["resid_post"] + (["rec.state@key"] if "gdn" in arm else [])
     return probes.run({arm: m}, task="state_recall", target="query_var_value", sites=sites, n=P["probe_n"],
-                      **{k: v for k, v in extra.items() if k in have}, **knobs)
+                      seeds=list(P["probe_seeds"]), progress=progress, controls=("shuffled",), causal=None,
+                      **knobs)    # E1 reads accuracy by layer only: no causal check here
 
 
 def best_layers(pr: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -260,8 +280,11 @@ def plot_accuracy(res, path, threshold):
         xs = list(dict.fromkeys(sub["value"].astype(str)))
         for arm, g in sub.groupby("arm", sort=False):
             arch, tr = arm.rsplit("-", 1)
-            ax.plot([xs.index(str(v)) for v in g["value"]], g["accuracy"], marker="o" if tr == "direct" else "s",
+            x = [xs.index(str(v)) for v in g["value"]]
+            ax.plot(x, g["accuracy"], marker="o" if tr == "direct" else "s",
                     ls="-" if tr == "direct" else "--", color=COLOR.get(arch), label=arm)
+            if "lo" in g and g["lo"].notna().any():          # 95% interval over training seeds
+                ax.fill_between(x, g["lo"], g["hi"], color=COLOR.get(arch), alpha=0.12, lw=0)
         inside = [i for i, x in enumerate(xs) if x in map(str, TRAIN_GRID[knob])]
         if inside and inside[-1] < len(xs) - 1:
             ax.axvspan(inside[-1] + 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
@@ -272,7 +295,7 @@ def plot_accuracy(res, path, threshold):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.set_title(f"state_recall: {knob}", fontsize=10)
-    axes[0].set_ylabel("answer accuracy (cot: closed loop)")
+    axes[0].set_ylabel("answer accuracy (cot: closed loop)\nmean, 95% interval over seeds")
     axes[0].legend(fontsize=7)
     X.save_figure(fig, path, 110)
 
@@ -336,7 +359,20 @@ def shape_verdicts(res, threshold) -> list[str]:
     return out
 
 
-def report(ctx, status, val, best, res, fails, pr, px, threshold):
+def seed_table(val, best, res, threshold) -> pd.DataFrame:
+    """Per arm: its learning rate, seeds finished, validation accuracy over seeds and whether it converged
+    (`X.label` of that interval against ``threshold``), and mean test accuracy over the n_steps grid."""
+    rows = []
+    for arm, lr in sorted(best.items(), key=lambda x: ARM_ORDER.index(x[0])):
+        v = val[(val.unit == arm) & (val.lr == lr)].val_acc
+        t = res[(res.arm == arm) & (res.knob == "n_steps")].groupby("seed").accuracy.mean()
+        vi, ti = seed_interval(v, bounds=(0, 1)), seed_interval(t, bounds=(0, 1))
+        rows.append(dict(arm=arm, lr=f"{lr:g}", seeds=len(v), val_acc=X.fmt(*vi), converged=X.label(*vi[1:], threshold),
+                         n_steps_mean_acc=X.fmt(*ti)))
+    return pd.DataFrame(rows)
+
+
+def report(ctx, status, val, best, res, resm, fails, pr, px, threshold):
     P, profile = ctx.P, ctx.profile
     L = X.runs_note(status)
     n_par = {a: X.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
@@ -345,28 +381,39 @@ def report(ctx, status, val, best, res, fails, pr, px, threshold):
           + f" (SwiGLU width matched to the transformer). Training: `state_recall` only, {P['steps']} steps x "
           f"batch {P['batch_size']}, one difficulty knob drawn from its grid per batch "
           f"({', '.join(f'{k}: {v}' for k, v in TRAIN_GRID.items())}); AdamW, warmup {P['warmup']}, cosine; "
-          f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} for every arm.", "",
+          f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} on training seed {P['seeds'][0]}, then seeds "
+          f"{', '.join(map(str, P['seeds'][1:])) or '(none)'} at each arm's best rate.", "",
           "Evaluation: held-out seeds; cot arms closed loop (the model reads its own intermediate values). "
           f"Validation (model selection): mean accuracy over the training grid, {P['val_n']} examples per point, "
-          f"seed {VAL_SEED}; test: {P['eval_n']} examples per point, seed {TEST_SEED}.", "",
+          f"seed {VAL_SEED}; test: {P['eval_n']} examples per point, seed {TEST_SEED}. Numbers are means over "
+          "training seeds with 95% t-intervals over them.", "", X.rule_text(__doc__), "",
           "![accuracy](accuracy.png)", ""]
     incomplete = status[~status.complete]
     if len(incomplete):
         L += [f"**{len(incomplete)} of {len(status)} runs are not finished** (budget of this call); the numbers "
               "below use only finished runs. Run the same command again to continue.", ""]
-    L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
-    L += X.sweep_table(status, val, best)
+    edges = X.lr_edges(val, P["lrs"], P["seeds"][0])
+    piv = val[val.seed == P["seeds"][0]].pivot_table(index="unit", columns="lr", values="val_acc", sort=False)
+    L += [f"## Learning-rate sweep (validation accuracy, seed {P['seeds'][0]})", ""]
+    L += X.md_table(piv.reset_index().rename(columns={"unit": "arm", **{c: f"{c:g}" for c in piv.columns}}).round(3))
+    L += ["", "Best rate per arm and where it lies (`inside` the sweep, at an `edge`, or `flat`):", ""]
+    L += X.md_table(edges.rename(columns={"unit": "arm"}).assign(best_lr=[f"{x:g}" for x in edges.best_lr]).round(3))
     L.append("")
+    st = seed_table(val, best, res, threshold)
+    L += ["## Training seeds at the chosen rate", "",
+          f"**{int((st.converged != 'solves').sum())} of {len(st)} arms not shown to converge** (validation "
+          f"accuracy's 95% interval over seeds not above {threshold}).", ""] + X.md_table(st) + [""]
     for knob in KNOBS:
-        sub = res[res.knob == knob]
-        piv = sub.pivot_table(index="value", columns="arm", values="accuracy", sort=False)
-        piv = piv[[f"{a}-{t}" for a in ARCHS for t in TRAININGS if f"{a}-{t}" in piv.columns]]
-        L += [f"## Accuracy vs {knob}", "", "| " + knob + " | " + " | ".join(piv.columns) + " |",
-              "|---" * (len(piv.columns) + 1) + "|"]
+        sub = resm[resm.knob == knob]
+        piv = sub.assign(cell=[X.fmt(*x) for x in zip(sub.accuracy, sub.lo, sub.hi)]).pivot(
+            index="value", columns="arm", values="cell")
+        piv = piv.reindex(list(dict.fromkeys(sub.value)))[[a for a in ARM_ORDER if a in piv.columns]]
+        L += [f"## Accuracy vs {knob} (mean [95% interval] over seeds)", "",
+              "| " + knob + " | " + " | ".join(piv.columns) + " |", "|---" * (len(piv.columns) + 1) + "|"]
         L += ["| " + str(v) + ("" if str(v) in map(str, TRAIN_GRID[knob]) else " (beyond training)") + " | "
-              + " | ".join(f"{a:.2f}" for a in r) + " |" for v, r in zip(piv.index, piv.values)]
+              + " | ".join(r) + " |" for v, r in zip(piv.index, piv.values)]
         L.append("")
-    cot = res[(res.training == "cot") & (res.knob == "n_steps")]
+    cot = resm[(resm.training == "cot") & (resm.knob == "n_steps")]
     if len(cot):
         L += ["Cot arms, fraction of intermediate values right (closed loop), vs n_steps: "
               + "; ".join(f"{a}: " + ", ".join(f"{v}={c:.2f}" for v, c in zip(g.value, g.chain_accuracy))
@@ -381,8 +428,9 @@ def report(ctx, status, val, best, res, fails, pr, px, threshold):
         bl = bl.merge(sel[["model", "site", "layer", "selectivity"]].rename(
             columns={"layer": "best_sel_layer"}), on=["model", "site"])
         seeds = pr["seeds"].iloc[0] if "seeds" in pr else 1
-        L += ["Probes (`query_var_value`, the queried variable's current value, at every token; logistic "
-              f"regression, control task, {seeds} seed(s)): best layer per arm and site.", ""]
+        L += ["Probes and patching below use each arm's first training seed's model. Probes (`query_var_value`, "
+              "the queried variable's current value, at every token; logistic regression, control task, "
+              f"{seeds} probe seed(s)): best layer per arm and site.", ""]
         L += X.md_table(bl.rename(columns={"model": "arm"})[["arm", "site", "layer", "accuracy", "best_sel_layer",
                                                               "selectivity"]])
         L += ["", "![probes](probes.png)", ""]
@@ -400,7 +448,9 @@ def report(ctx, status, val, best, res, fails, pr, px, threshold):
                      + (" — *the clean and corrupted runs barely differ (the model does not use the changed "
                         "constant), so the normalised logit_diff is not meaningful here*" if abs(gap) < 0.5 else ""))
         L.append("")
-    X.write_report(ctx, "E1 — state recall under graded difficulty", L, shape_verdicts(res, threshold))
+    per_seed = {sd: shape_verdicts(seed_means(g), threshold) for sd, g in res.groupby("seed")}
+    X.write_report(ctx, "E1 — state recall under graded difficulty", L,
+                   X.replicated(shape_verdicts(resm, threshold), per_seed))
 
 
 def build_parser():
@@ -421,24 +471,26 @@ def experiment(ctx, threshold):
     P, root, figs, device, deadline, progress = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline, ctx.progress
     X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
     torch.manual_seed(0)
-    A, runs = plan(P, root, device)
-    status, val, best = X.train_then_validate(runs, validate, ctx)
+    status, val, best, runs = X.sweep_and_seeds(ctx, arms(P), make, validate)
     X.save_table(status, figs / "lr_sweep_status.csv")
-    if best is None:
-        return X.unevaluated_exit(ctx, status)
-    sweep = status.merge(val, on=["arm", "lr"], how="left")
-    X.save_table(sweep, figs / "lr_sweep.csv")
-    res = test_sweep(best, {r.name: r for r in runs}, P, root, device, deadline)
+    if ctx.train_only or not best:
+        every = len(status) == len(arms(P)) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
+        return X.unevaluated_exit(ctx, status) if every else 3
+    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
+    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), figs / "lr_sweep.csv")
+    picked = chosen(runs, best)
+    res = test_sweep(picked, P, root, device, deadline)
     X.save_table(res, figs / "results.csv")
-    plot_accuracy(res, figs / "accuracy.png", threshold)
-    fails, pr, px = analyse(best, {r.name: r for r in runs}, res, P, root, figs, device, threshold, deadline,
-                            progress)
+    resm = seed_means(res)
+    plot_accuracy(resm, figs / "accuracy.png", threshold)
+    runs0 = {r.unit: r for r in picked if r.seed == P["seeds"][0]}
+    fails, pr, px = analyse(runs0, resm, P, root, figs, device, threshold, deadline, progress)
     if pr is not None:
         X.save_table(pd.DataFrame(pr), figs / "probes.csv")
         X.save_with(figs / "probes.png", pr.plot)
     if px is not None:
         X.save_table(px, figs / "patching.csv")
-    report(ctx, status, val, best, res, fails, pr, px, threshold)
+    report(ctx, status, val, best, res, resm, fails, pr, px, threshold)
     print(f"wrote {figs}/report.md")
     return 0
 

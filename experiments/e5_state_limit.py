@@ -327,8 +327,8 @@ def plot_accuracy(summ: pd.DataFrame, P, path):
 
 
 def rule_text(doc: str = __doc__) -> str:
-    """The paragraph of ``doc`` that states the verdict rule, on one line."""
-    return next(" ".join(p.split()) for p in doc.split("\n\n") if p.startswith("Verdict rule"))
+    """The paragraph of ``doc`` that states the verdict rule, on one line (`X.rule_text`)."""
+    return X.rule_text(doc)
 
 
 def report(ctx, st, val, best, summ, cells, verd, edges, bl, das):

@@ -161,13 +161,17 @@ def test_e1_end_to_end_and_resume(tmp_path):
         assert (figs / f).is_file(), f
     res = pd.read_csv(figs / "results.csv")
     assert set(res.arm) == {f"{a}-{t}" for a in E1.ARCHS for t in E1.TRAININGS}
-    assert len(res) == 6 * sum(len(v) for v in E1.PROFILES["test"]["grid"].values())
+    seeds = E1.PROFILES["test"]["seeds"]
+    assert len(res) == 6 * len(seeds) * sum(len(v) for v in E1.PROFILES["test"]["grid"].values())
+    assert sorted(res.seed.unique()) == sorted(seeds)
     assert res.accuracy.between(0, 1).all() and res[res.training == "cot"].chain_accuracy.notna().all()
     sweep = pd.read_csv(figs / "lr_sweep.csv")
-    assert sweep.complete.all() and len(sweep) == 6 * len(E1.PROFILES["test"]["lrs"])
+    assert sweep.complete.all() and len(sweep) == 6 * (len(E1.PROFILES["test"]["lrs"]) + len(seeds) - 1)
     assert len(list(figs.glob("patch_*.png"))) == 6
     report = (figs / "report.md").read_text()
     assert "## Comparison with the published shape" in report and "git commit:" in report
+    assert "Verdict rule (fixed before the run)" in report and "arms not shown to converge" in report
+    assert f"of {len(seeds)})" in report                   # each verdict says how many seeds show it
     before = (figs / "results.csv").read_text()
     assert E1.main(args) == 0                              # a second call trains nothing and reuses the evaluation
     assert (figs / "results.csv").read_text() == before
@@ -320,3 +324,31 @@ def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):
         E1.main(args + ["--steps", "3"])
     with pytest.raises(InterpError, match="with 4 steps"):
         E1.main(args)                                          # the profile's 3 steps: also another configuration
+
+
+def test_stacked_jobs_group_only_runs_that_can_stack(tmp_path):
+    from interp.experiment import runs as S
+    arms = {"a": {"model": _tiny("gdn100")}, "b": {"model": _tiny("transformer")}}
+    runs = S.make_runs(tmp_path, arms, [1e-3, 3e-3, 1e-2], steps=2, batch_size=4, eval_every=2, eval_n=4,
+                       device="cpu")
+    jobs = S.jobs_of(sorted(runs, key=lambda r: r.priority), 2)
+    assert sorted(sorted(r.name for r in j) for j in jobs) == [
+        ["a_lr0.001", "a_lr0.003"], ["a_lr0.01"], ["b_lr0.001", "b_lr0.003"], ["b_lr0.01"]]
+    assert [len(j) for j in S.jobs_of(runs, 1)] == [1] * 6
+
+
+def test_stacked_training_in_train_runs_equals_single_runs(tmp_path):
+    from interp.experiment import runs as S
+    from interp.train import read_log
+    arms = {"a": {"model": _tiny("gdn100")}}
+    kw = dict(steps=4, batch_size=4, eval_every=2, eval_n=8, device="cpu", seed=0)
+    single = S.make_runs(tmp_path / "single", arms, [1e-3, 1e-2], **kw)
+    stacked = S.make_runs(tmp_path / "stacked", arms, [1e-3, 1e-2], **kw)
+    S.train_runs(single, progress=False)
+    st = S.train_runs(stacked, progress=False, stack=2)
+    assert st.complete.all() and st.trained_now.all()
+    assert "stack of 2 runs" in (tmp_path / "stacked" / "runs" / "a_lr0.001" / "train.out").read_text()
+    for r1, r2 in zip(single, stacked):
+        l1, l2 = read_log(r1.out / "train_log.jsonl"), read_log(r2.out / "train_log.jsonl")
+        assert [x["step"] for x in l1] == [x["step"] for x in l2]
+        assert [x["loss"] for x in l2] == pytest.approx([x["loss"] for x in l1], rel=1e-4)

@@ -63,13 +63,18 @@ def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> N
 
 
 def add_run_args(ap: argparse.ArgumentParser) -> None:
-    """``--train-only``, ``--train-devices`` and ``--steps``, shared by every experiment that trains runs."""
+    """``--train-only``, ``--train-devices``, ``--stack`` and ``--steps``, shared by every experiment that trains
+    runs."""
     ap.add_argument("--train-only", action="store_true",
                     help="train (or continue) the runs and stop, without evaluating; exit 0 once all are finished, "
                          "3 while some are not")
     ap.add_argument("--train-devices", default=None,
                     help="comma-separated GPUs to spread the training runs over, e.g. cuda:0,cuda:1 (None: "
                          "--device); evaluation runs on --device")
+    ap.add_argument("--stack", type=int, default=None,
+                    help="train up to this many runs that differ only in seed / learning rate as one stacked "
+                         "module per worker process (interp.stacked; several times more runs per GPU-hour at "
+                         "d=128, BENCHMARKS.md section 19); 1 = one run per process (None: the profile's, else 1)")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps instead of the profile's (a longer budget; the induction warm-up of "
                          "attention arms scales with it: min(2000, steps/4); None: the profile's); the default "
@@ -102,6 +107,7 @@ class Ctx:
     deadline: float | None
     progress: bool
     workers: int = 1                             # parallel training processes (`train_runs`)
+    stack: int = 1                               # runs trained as one stacked module per process (`train_runs`)
     notes: list = field(default_factory=list)   # lines the report adds under the header
     train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
     train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
@@ -146,6 +152,9 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     workers = getattr(a, "workers", None)
     if workers is not None and workers < 1:
         raise InterpError(f"--workers {workers} is out of range; valid: integers >= 1")
+    stack = getattr(a, "stack", None)
+    if stack is not None and stack < 1:
+        raise InterpError(f"--stack {stack} is out of range; valid: integers >= 1")
     out = Path(a.out or f"figures/{name}{runs_suffix}")
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(a.runs or f"runs/{name}{runs_suffix}")
@@ -157,7 +166,8 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     return Ctx(name, profile, P, out, runs, device, getattr(a, "seed", 0), argv, started,
                deadline_from(budget, started), not a.no_progress,
                workers or (P.get("workers", 1) if device != "cpu" else 1),
-               train_only=a.train_only, train_devices=train_devices(a.train_devices, device))
+               train_only=a.train_only, train_devices=train_devices(a.train_devices, device),
+               stack=stack or P.get("stack", 1))
 
 
 def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]:

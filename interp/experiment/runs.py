@@ -100,32 +100,59 @@ def best_by(scores: pd.DataFrame, key="arm", score="val_acc") -> pd.DataFrame:
 
 # --- training in worker processes ---------------------------------------------------------------
 
-def _train_one(cfg_dict: dict, deadline: float | None, threads: int) -> str:
-    """Worker: train (or resume) one run until done or until the deadline; its output goes to
-    ``<out>/train.out`` (and its peak GPU memory to ``<out>/gpu_peak.json``)."""
+def _train_job(cfg_dicts: list, deadline: float | None, threads: int) -> str:
+    """Worker: train (or resume) one run, or several as one stack (`interp.stacked.train_stacked`), until
+    done or until the deadline; the output goes to the first run's ``<out>/train.out`` (and the peak GPU
+    memory to each run's ``<out>/gpu_peak.json``)."""
     import torch
     torch.set_num_threads(threads)
-    cfg = TrainConfig(**cfg_dict)
-    if str(cfg.device).startswith("cuda:"):
-        torch.cuda.set_device(cfg.device)      # no stray context on cuda:0 for a run placed elsewhere
+    cfgs = [TrainConfig(**c) for c in cfg_dicts]
+    dev = str(cfgs[0].device)
+    if dev.startswith("cuda:"):
+        torch.cuda.set_device(dev)      # no stray context on cuda:0 for a run placed elsewhere
     if deadline is not None:
         left = (deadline - time.time()) / 60
         if left < 0.25:
             return "skipped"
-        cfg.time_limit = left - 0.1
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.out) / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        for c in cfgs:
+            c.time_limit = left - 0.1
+    for c in cfgs:
+        Path(c.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfgs[0].out) / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
-            train(cfg, resume=True, progress=False)
+            if len(cfgs) == 1:
+                train(cfgs[0], resume=True, progress=False)
+            else:
+                from interp.stacked import train_stacked
+                print(f"stack of {len(cfgs)} runs: {', '.join(c.out for c in cfgs)}", flush=True)
+                train_stacked(cfgs, resume=True, progress=False)
         except Exception as e:  # noqa: BLE001 - one failed run (e.g. out of GPU memory) must not stop the others
             import traceback
             traceback.print_exc()
             return f"failed: {type(e).__name__}: {e}"
         finally:
-            if torch.cuda.is_available() and str(cfg.device) != "cpu":
-                atomic_write_json(Path(cfg.out) / "gpu_peak.json", {
-                    "peak_gb": torch.cuda.max_memory_allocated(cfg.device) / 1e9, "device": str(cfg.device)})
+            if torch.cuda.is_available() and dev != "cpu":
+                for c in cfgs:
+                    atomic_write_json(Path(c.out) / "gpu_peak.json", {
+                        "peak_gb": torch.cuda.max_memory_allocated(dev) / 1e9, "device": dev})
     return "ran"
+
+
+def jobs_of(todo: list[Run], stack: int) -> list[list[Run]]:
+    """``todo`` (in priority order) as jobs: with ``stack`` > 1, runs that may train as one stack (equal but
+    for `interp.stacked.MAY_DIFFER`, and at the same step so far) go together, at most ``stack`` per job,
+    in the order of their first run; else one run per job."""
+    if stack <= 1:
+        return [[r] for r in todo]
+    from interp.stacked import MAY_DIFFER
+    groups: dict = {}
+    for r in todo:
+        key = (repr(sorted((k, repr(v)) for k, v in dataclasses.asdict(r.cfg).items() if k not in MAY_DIFFER)),
+               status(r)["steps_done"])
+        groups.setdefault(key, []).append(r)
+    jobs = [g[i:i + stack] for g in groups.values() for i in range(0, len(g), stack)]
+    order = {r.name: i for i, r in enumerate(todo)}
+    return sorted(jobs, key=lambda j: order[j[0].name])
 
 
 _NOWHERE = object()
@@ -139,64 +166,68 @@ def place(loads: dict, w: float, capacity: float | None):
     return dev if capacity is None or sum(loads[dev]) + w <= capacity or not loads[dev] else _NOWHERE
 
 
-def _train_parallel(todo: list[Run], errors: dict, bar, workers: int, deadline, threads: int, weight, capacity,
+def _train_parallel(jobs: list, errors: dict, bar, workers: int, deadline, threads: int, weight, capacity,
                     devices) -> None:
-    """`train_runs` with ``workers`` spawned processes; each run's outcome goes to ``errors``."""
+    """`train_runs` with ``workers`` spawned processes, one job (a run or a stack, `jobs_of`) each; every
+    run's outcome goes to ``errors``."""
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     ctx = mp.get_context("spawn")
-    pending, running = list(todo), {}       # running: future -> (run, weight, device)
+    pending, running = list(jobs), {}       # running: future -> (job, weight, device)
     devs = list(devices or [None])
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
         while (pending or running) and not any(e.startswith("failed: BrokenProcessPool") for e in errors.values()):
             i = 0
             while i < len(pending) and len(running) < workers:
-                w = weight(pending[i]) if weight else 1.0
+                w = sum(weight(r) for r in pending[i]) if weight else 1.0
                 dev = place({d: [x for _, x, rd in running.values() if rd == d] for d in devs}, w, capacity)
                 if dev is not _NOWHERE:
-                    r = pending.pop(i)
-                    cfg = dataclasses.asdict(r.cfg)
-                    if dev is not None:
-                        cfg["device"] = dev
+                    job = pending.pop(i)
+                    cfgs = [{**dataclasses.asdict(r.cfg), **({"device": dev} if dev is not None else {})} for r in job]
                     try:
-                        running[ex.submit(_train_one, cfg, deadline, threads)] = (r, w, dev)
+                        running[ex.submit(_train_job, cfgs, deadline, threads)] = (job, w, dev)
                     except cf.process.BrokenProcessPool as e:   # a worker died: the pool is gone
-                        errors[r.name] = f"failed: BrokenProcessPool: {e}"
+                        errors.update({r.name: f"failed: BrokenProcessPool: {e}" for r in job})
                         break
                 else:
                     i += 1
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for f in done:
-                r, _, _ = running.pop(f)
+                job, _, _ = running.pop(f)
                 try:
-                    errors[r.name] = f.result()
+                    out = f.result()
                 except Exception as e:  # noqa: BLE001 - a worker process died
-                    errors[r.name] = f"failed: {type(e).__name__}: {e}"
-                bar.set_postfix_str(r.name)
-                bar.update()
+                    out = f"failed: {type(e).__name__}: {e}"
+                errors.update({r.name: out for r in job})
+                bar.set_postfix_str(job[0].name)
+                bar.update(len(job))
 
 
 def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None, threads: int = 1,
                progress: bool = True, weight=None, capacity: float | None = None,
-               devices: list[str] | None = None) -> pd.DataFrame:
+               devices: list[str] | None = None, stack: int = 1) -> pd.DataFrame:
     """Train every unfinished run, highest priority (lowest number) first; ``workers`` > 1 uses that
-    many spawned processes (each with ``threads`` torch threads), starting a run only while the
+    many spawned processes (each with ``threads`` torch threads), starting a job only while the
     summed ``weight(run)`` of the running ones stays within ``capacity`` (e.g. estimated GPU GB; a
-    run that does not fit waits and lighter ones go first). ``devices`` (e.g. ``["cuda:0",
-    "cuda:1"]``) spreads the runs over several GPUs: each run goes to the device with the fewest
-    running runs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
-    trains). A run that fails is reported (column ``error``; its traceback
-    in ``<out>/train.out``) and retried by the next call. Returns the status table."""
+    job that does not fit waits and lighter ones go first). ``devices`` (e.g. ``["cuda:0",
+    "cuda:1"]``) spreads the jobs over several GPUs: each goes to the device with the fewest
+    running jobs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
+    trains). ``stack`` > 1: runs that differ only in seed / learning rate train up to ``stack`` at a
+    time as one stacked module (`jobs_of`; `interp.stacked`: the same losses as single runs up to float
+    rounding). A run that fails is reported (column ``error``; its traceback in ``<out>/train.out``, of
+    the stack's first run) and retried by the next call. Returns the status table."""
     todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
+    jobs = jobs_of(todo, stack)
     errors = {}
     from tqdm.auto import tqdm
     bar = tqdm(total=len(todo), desc="train runs", disable=not progress, dynamic_ncols=True)
     if workers <= 1:
-        for r in todo:
-            bar.set_postfix_str(r.name)
-            errors[r.name] = _train_one(dataclasses.asdict(r.cfg), deadline, threads)
-            bar.update()
+        for job in jobs:
+            bar.set_postfix_str(job[0].name)
+            out = _train_job([dataclasses.asdict(r.cfg) for r in job], deadline, threads)
+            errors.update({r.name: out for r in job})
+            bar.update(len(job))
     else:
-        _train_parallel(todo, errors, bar, workers, deadline, threads, weight, capacity, devices)
+        _train_parallel(jobs, errors, bar, workers, deadline, threads, weight, capacity, devices)
     bar.close()
     for name, e in errors.items():
         if e.startswith("failed"):
@@ -215,7 +246,8 @@ def train_then_validate(runs, validate, ctx: Ctx, weight=None, capacity=None):
     per arm or None); with ``--train-only`` the table is empty and best is None."""
     deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * ctx.P["eval_reserve"])
     st = train_runs(runs, workers=ctx.workers, deadline=deadline, progress=ctx.progress,
-                    weight=weight if ctx.device != "cpu" else None, capacity=capacity, devices=ctx.train_devices)
+                    weight=weight if ctx.device != "cpu" else None, capacity=capacity, devices=ctx.train_devices,
+                    stack=ctx.stack)
     done = [r for r, c in zip(runs, st.complete) if c]
     if len(done) < len(runs):
         print(f"{len(runs) - len(done)} of {len(runs)} runs unfinished (time budget); run the same command again "

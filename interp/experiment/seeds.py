@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from interp.experiment.runs import best_by, status, train_runs
+from interp.stats import seed_interval
 
 
 def sweep_and_seeds(ctx, specs: dict, make, validate):
@@ -24,7 +25,8 @@ def sweep_and_seeds(ctx, specs: dict, make, validate):
     {unit: best lr}, every run)."""
     P = ctx.P
     dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
-    kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl)
+    kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl,
+              stack=getattr(ctx, "stack", 1))
     sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
     st = train_runs(sweep, **kw)
     val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
@@ -66,3 +68,41 @@ def label(lo: float, hi: float, theta: float) -> str:
 def fmt(m, lo, hi) -> str:
     """``0.93 [0.88, 0.98]`` (the interval left out where it is undefined, e.g. one seed)."""
     return f"{m:.2f}" + ("" if np.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
+
+
+def rule_text(doc: str) -> str:
+    """The paragraph of a script's docstring that states its verdict rule (starts "Verdict rule"), on one line."""
+    return next((" ".join(x.split()) for x in doc.split("\n\n") if x.startswith("Verdict rule")), "")
+
+
+VERDICT_WORDS = ("agrees", "disagrees", "inconclusive", "not shown")
+
+
+def replicated(mean_lines: list[str], per_seed: dict) -> list[str]:
+    """``mean_lines`` (verdicts on the mean over seeds) each followed by how the same verdict came out on each
+    seed alone (``per_seed``: {seed: that seed's lines, in the same order}), e.g. "per seed: agrees 2 of 3,
+    inconclusive 1". A line whose verdict word cannot be read stays as it is."""
+    def word(line):
+        found = [w for w in VERDICT_WORDS if f"**{w}" in line.lower()]
+        return found[-1] if found else None
+    out = []
+    for i, line in enumerate(mean_lines):
+        words = [word(lines[i]) for lines in per_seed.values() if i < len(lines)]
+        words = [w for w in words if w]
+        if word(line) is None or not words or len(per_seed) < 2:
+            out.append(line)
+            continue
+        counts = {w: words.count(w) for w in VERDICT_WORDS if w in words}
+        out.append(f"{line} (per seed: " + ", ".join(f"{w} {n} of {len(words)}" for w, n in counts.items()) + ")")
+    return out
+
+
+def seed_means(res: pd.DataFrame, keys: list, value: str = "accuracy", also=(), bounds=(0, 1)) -> pd.DataFrame:
+    """Per ``keys``: ``value``'s mean over the rows (one per training seed) with its 95% t-interval (``lo``,
+    ``hi``, clipped to ``bounds``), the number of rows (``seeds``), and the plain mean of each column in ``also``."""
+    rows = []
+    for k, g in res.groupby(keys, sort=False):
+        m, lo, hi = seed_interval(g[value], bounds=bounds)
+        rows.append({**dict(zip(keys, k)), value: m, "lo": lo, "hi": hi, "seeds": len(g),
+                     **{c: g[c].mean() for c in also}})
+    return pd.DataFrame(rows)
