@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,8 @@ from interp.tasks import TaskError
 EXTRA = {
     "mqar": [{"n_keys": 4, "n_values": 2, "n_pairs": 4}, {"n_pairs": 1, "n_queries": 1, "seq_len": 16}],
     "state_recall": [{"cot": True}, {"cot": True, "complexity": "swap", "n_vars": 5, "modulus": 3},
-                     {"n_vars": 1, "complexity": "swap"}, {"n_steps": 0}, {"complexity": "arith", "modulus": 64}],
+                     {"n_vars": 1, "complexity": "swap"}, {"n_steps": 0}, {"complexity": "arith", "modulus": 64},
+                     {"query_first": True, "complexity": "swap"}],
     "permutation": [{"group": "S5", "n_steps": 32}, {"n_steps": 1}],
     "parity": [{"modulus": 3, "n_bits": 40}, {"n_bits": 1}, {"modulus": 5, "n_bits": 300}, {"modulus": 64}],
     "entity_tracking": [{"n_boxes": 2}, {"n_objects": 16, "n_boxes": 16, "n_moves": 0}],
@@ -96,7 +98,8 @@ def test_knobs_shape_the_examples(task, knobs):
         assert b.labels["var_value"].shape == (N, L, k["n_vars"])
         assert b.labels["var_value"].max() < k["modulus"]
         n_stmt = k["n_vars"] + k["n_steps"]
-        assert L == 1 + 4 * n_stmt + 2 + 1 + (3 + 2 * k["n_steps"] if k["cot"] else 0)
+        assert L == 1 + 4 * n_stmt + 2 + 1 + (2 * k["n_steps"] if k["cot"] else 0) + \
+            (3 if k["cot"] or k["query_first"] else 0)
         words = {w for i in range(N) for w in b.words(i)}
         allowed = {"assign": {"="}, "copy": {"="}, "arith": {"=", "+="}, "swap": {"=", "+=", "swap"}}
         assert words & {"=", "+=", "swap"} <= allowed[k["complexity"]]
@@ -261,3 +264,20 @@ def test_errors(call, msg):
     with pytest.raises(TaskError) as e:
         call()
     assert msg in str(e.value), str(e.value)
+
+
+def test_state_recall_query_first_is_cot_without_its_is_tokens():
+    """query_first puts cot's '? xq ;' block after the initialisation and nothing else: its tokens and labels
+    are cot's with every 'is v' pair removed, and its pairs differ in one constant and in the answer."""
+    from interp.tasks.vocab import VOCAB
+    kw = dict(n_steps=6, n_vars=3, complexity="swap")
+    qf = T.generate("state_recall", 16, seed=3, query_first=True, **kw)
+    cot = T.generate("state_recall", 16, seed=3, cot=True, **kw)
+    keep = ~np.isin(np.arange(cot.tokens.shape[1]), np.concatenate(
+        [np.flatnonzero(cot.tokens[0].numpy() == VOCAB.id("is")) + d for d in (0, 1)]))
+    assert np.array_equal(qf.tokens.numpy(), cot.tokens.numpy()[:, keep])
+    assert np.array_equal(np.asarray(qf.labels["query_var_value"]), np.asarray(cot.labels["query_var_value"])[:, keep])
+    assert (qf.tokens[:, 1 + 3 * 4] == VOCAB.id("?")).all()           # right after the 3 initialisations
+    pairs = T.make_pairs("state_recall", 16, seed=1, query_first=True, **kw)
+    clean, corr = pairs.clean, pairs.corrupted
+    assert ((clean != corr).sum(1) == 2).all()                     # one constant and the answer

@@ -9,7 +9,9 @@ Statements (each 4 tokens) allowed by ``complexity``: ``assign`` (xi = c), ``cop
 name two different variables, so with ``n_vars=1`` only assign / arith occur. A statement takes
 effect at its ``;``. With ``cot=True`` every statement is followed by ``is v`` (v = the queried variable's value
 after that statement; supervised at ``is``), the explicit-reasoning variant, and the query comes
-first (``? xq ;`` right after the initialisation) so the model knows what to track.
+first (``? xq ;`` right after the initialisation) so the model knows what to track. ``query_first=True``
+puts that ``? xq ;`` block in without the ``is v`` tokens: the direct answer with the query known from
+the start (it separates cot's knowing-what-to-track from its reasoning tokens).
 
 Labels: ``var_value`` [T, n_vars] (column j = ``xj``) every variable's value after each token (-1 before it is
 initialised), ``query_var_value`` [T] the queried variable's, ``steps_since_write`` [T] statements
@@ -33,12 +35,13 @@ ID = {w: VOCAB.id(w) for w in ["<bos>", "swap", "+=", "=", ";", "?", "is"]}
 NUM_IDS, VAR_IDS = np.array(VOCAB.encode(NUMBERS)), np.array(VOCAB.encode(VARS))
 
 
-def _validate(n_steps, n_vars, complexity, modulus, cot):
+def _validate(n_steps, n_vars, complexity, modulus, cot, query_first):
     int_in("n_steps", n_steps, 0, 256)
     int_in("n_vars", n_vars, 1, len(VARS))
     int_in("modulus", modulus, 2, len(NUMBERS))
     one_of("complexity", complexity, LEVELS)
     need(isinstance(cot, bool), f"cot={cot!r} is not valid; valid: False, True")
+    need(isinstance(query_first, bool), f"query_first={query_first!r} is not valid; valid: False, True")
 
 
 def _program(rng, n_steps, n_vars, complexity, modulus):
@@ -64,15 +67,15 @@ def _program(rng, n_steps, n_vars, complexity, modulus):
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(n_stmt, n_vars, cot):
-    """Token -> state index, statement starts, the ``? xq ;`` start and each ``is`` (cot)."""
-    extra = (((n_vars - 1, 3),) + tuple((s, 2) for s in range(n_vars, n_stmt))) if cot else ()
+def _layout(n_stmt, n_vars, cot, qfirst=False):
+    """Token -> state index, statement starts, the ``? xq ;`` start (cot or qfirst) and each ``is`` (cot)."""
+    extra = (((n_vars - 1, 3),) if cot or qfirst else ()) + (tuple((s, 2) for s in range(n_vars, n_stmt)) if cot else ())
     idx, stmt, starts = statement_layout(n_stmt, 4, extra, 3)
     return idx, stmt, starts.get(n_vars - 1), np.asarray([starts[s] for s in range(n_vars, n_stmt)] if cot else [],
                                                         dtype=np.int64)
 
 
-def _render(progs, qs, n_vars, modulus, cot):
+def _render(progs, qs, n_vars, modulus, cot, qfirst=False):
     """Rows for programs of equal length (vectorised over examples)."""
     P = np.asarray(progs, dtype=np.int64).reshape(len(progs), -1, 3)
     op, a, c = P[..., 0], P[..., 1], P[..., 2]
@@ -94,15 +97,16 @@ def _render(progs, qs, n_vars, modulus, cot):
         last = np.where((i == q) | (swap & (x == q)), s + 1, last)
         states[:, s + 1] = vals
         since[:, s + 1] = np.where(last < 0, -1, s + 1 - last)
-    idx, stmt, qpos, cot_pos = _layout(S, n_vars, cot)
+    idx, stmt, qpos, cot_pos = _layout(S, n_vars, cot, qfirst)
     tokens = np.empty((N, len(idx)), dtype=np.int64)
     tokens[:, 0] = ID["<bos>"]
     tokens[:, stmt] = np.where(op == SWAP, ID["swap"], VAR_IDS[a])
     tokens[:, stmt + 1] = np.where(op == SWAP, VAR_IDS[a], np.where(op == ARITH, ID["+="], ID["="]))
     tokens[:, stmt + 2] = np.where(is_var, VAR_IDS[cvar], NUM_IDS[np.where(is_var, 0, c)])
     tokens[:, stmt + 3] = ID[";"]
-    if cot:
+    if cot or qfirst:
         tokens[:, qpos], tokens[:, qpos + 1], tokens[:, qpos + 2] = ID["?"], VAR_IDS[q], ID[";"]
+    if cot:
         tokens[:, cot_pos] = ID["is"]
         tokens[:, cot_pos + 1] = NUM_IDS[states[r[:, None], np.arange(n_vars, S) + 1, q[:, None]]]
     tokens[:, -3], tokens[:, -2], tokens[:, -1] = ID["?"], VAR_IDS[q], NUM_IDS[vals[r, q]]
@@ -114,9 +118,9 @@ def _render(progs, qs, n_vars, modulus, cot):
     return Rows(tokens, np.full((N, 1), tokens.shape[1] - 2), labels, sup)
 
 
-def _batch(rng, n, n_steps, n_vars, complexity, modulus, cot):
+def _batch(rng, n, n_steps, n_vars, complexity, modulus, cot, query_first):
     progs = [_program(rng, n_steps, n_vars, complexity, modulus) for _ in range(n)]
-    return _render([p for p, _ in progs], [q for _, q in progs], n_vars, modulus, cot)
+    return _render([p for p, _ in progs], [q for _, q in progs], n_vars, modulus, cot, query_first)
 
 
 def _provenance(prog, q):
@@ -135,7 +139,7 @@ def _provenance(prog, q):
     return src[q]
 
 
-def _pairs(rng, n, n_steps, n_vars, complexity, modulus, cot):
+def _pairs(rng, n, n_steps, n_vars, complexity, modulus, cot, query_first):
     clean, corr, qs = [], [], []
     while len(clean) < n:
         prog, q = _program(rng, n_steps, n_vars, complexity, modulus)
@@ -153,7 +157,8 @@ def _pairs(rng, n, n_steps, n_vars, complexity, modulus, cot):
                 corr.append(alt)
                 qs.append(q)
                 break
-    return _render(clean, qs, n_vars, modulus, cot), _render(corr, qs, n_vars, modulus, cot)
+    return (_render(clean, qs, n_vars, modulus, cot, query_first),
+            _render(corr, qs, n_vars, modulus, cot, query_first))
 
 
 register(
@@ -162,6 +167,7 @@ register(
            "n_vars": (3, "1..16", "variables"),
            "complexity": ("copy", "assign | copy | arith | swap", "allowed statements (cumulative)"),
            "modulus": (10, "2..64", "values are taken mod this"),
-           "cot": (False, "true | false", "emit the tracked value after every statement")},
+           "cot": (False, "true | false", "emit the tracked value after every statement"),
+           "query_first": (False, "true | false", "the query also right after the initialisation (without cot)")},
     grid={"n_steps": [2, 4, 8, 16, 32], "n_vars": [2, 3, 5, 8], "complexity": LEVELS},
     batch=_batch, pairs=_pairs, validate=_validate)
