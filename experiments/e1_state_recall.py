@@ -2,10 +2,14 @@
 Hybrid and Non-Hybrid LLMs": matched Olmo 3 transformer vs Olmo Hybrid).
 
 Three architectures of one parameter count — a transformer, a GDN hybrid with attention every 4th
-layer (``gdn75``) and an attention-free GDN (``gdn100``) — each trained on ``state_recall`` two
-ways: *direct* (the answer right after the program) and *cot* (the task's ``cot=True`` variant:
-the model states the queried variable's value after every statement, then answers). That is the
-2x2 (architecture x training) design, with a third architecture. Every arm gets the same
+layer (``gdn75``) and an attention-free GDN (``gdn100``) — each trained on ``state_recall`` three
+ways: *direct* (the answer right after the program), *cot* (the task's ``cot=True`` variant: the
+query comes first and the model states the queried variable's value after every statement, then
+answers) and *qfirst* (``query_first=True``: direct answers with cot's query-first block, so that
+cot's advantage from knowing what to track is set apart from its reasoning tokens). That is the
+paper's 2x2 (architecture x training) design with a third architecture and a control. Training draws
+n_steps up to 64 (the task's grid stops at 32), so tests up to 64 are in distribution and 96 / 128
+are extrapolation. Every arm gets the same
 learning-rate sweep on training seed 0 (four log-spaced rates in the full profile; the report says
 where each arm's best rate lies: inside the sweep or at an edge), then the other training seeds at
 its best rate (by accuracy on a validation set; `interp.experiment.sweep_and_seeds`). Cot models are
@@ -35,15 +39,13 @@ probes.png, patch_<arm>.png, results.csv, lr_sweep.csv, probes.csv, patching.csv
 cached evaluations go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run
 experiments/e1_state_recall.toml``.
 
-Sizing of the full profile (6 arms x (4 rates + 2 more seeds) = 36 runs of 4000 steps, 8 layers, d=128):
-the small models' steps are bound by per-op launch overhead, so runs that differ only in rate or seed
-train as one stacked module (``--stack``, 4 per process; 6 processes at once). One-run-per-process
-timing for reference: on 2 x H200, 12 runs at once (6 per GPU) trained in about 11 minutes and the
-evaluation took about 3 minutes more (BENCHMARKS.md section 12); stacking gave 2.0-2.4x more runs per
-GPU-hour than six one-run processes at 300 steps (section 19), so the 36 runs need roughly 15-20
-GPU-minutes (not yet run). The profile had 2000 steps until 2026-11-30 and two rates until 2026-12-05;
-the earlier runs are kept in figures/e1_state_recall_steps2000/ and figures/e1_state_recall/ (one
-seed; ``--steps 2000`` reproduces the former).
+Sizing of the full profile (9 arms x (4 rates + 2 more seeds) = 54 runs of 4000 steps, 8 layers, d=128):
+runs that differ only in rate or seed train as one stacked module (``--stack``, 4 per process, 6
+processes). One run per process, 12 at once on 2 x H200, took about 11 minutes plus 3 of evaluation
+(BENCHMARKS.md section 12); stacking gave 2.0-2.4x more runs per GPU-hour (section 19), so the 54
+runs need roughly half a GPU-hour (not yet run; ``--train-devices`` spreads them over GPUs). The
+earlier runs (2000 / 4000 steps, two rates, one seed, no qfirst arm, training n_steps <= 32) are kept
+in figures/e1_state_recall_steps2000/ and figures/e1_state_recall/.
 """
 from __future__ import annotations
 
@@ -54,31 +56,33 @@ import torch
 from interp import InterpError, patching, probes
 from interp import experiment as X
 from interp import tasks as T
+from interp.closedloop import closed_loop
 from interp.stats import seed_interval
-from interp.tasks.vocab import VOCAB
 from interp.train import answer_accuracy
 
 NAME = "e1_state_recall"
 
 ARCHS = ("transformer", "gdn75", "gdn100")
-TRAININGS = ("direct", "cot")
-TRAIN_GRID = T.difficulty_grid("state_recall")          # what the models see in training
+TRAININGS = ("direct", "qfirst", "cot")                 # qfirst: direct with the query also stated first
+# what the models see in training: the task's grid, n_steps up to 64 (the longest tests are in distribution)
+TRAIN_GRID = {**T.difficulty_grid("state_recall"), "n_steps": [2, 4, 8, 16, 32, 48, 64]}
+KNOBS_OF = {"direct": {}, "qfirst": {"query_first": True}, "cot": {"cot": True}}
 KNOBS = ("n_steps", "n_vars", "complexity")
 ARM_ORDER = [f"{a}-{t}" for a in ARCHS for t in TRAININGS]
 
 PROFILES = {
-    # GPU: 36 runs (3 archs x 2 trainings x (4 lrs + 2 seeds)), 8 layers d=128, stacked in parallel processes
+    # GPU: 54 runs (3 archs x 3 trainings x (4 lrs + 2 seeds)), 8 layers d=128, stacked in parallel processes
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=4000, batch_size=64,
                  lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=150, workers=6, time_budget=8.5,
                  eval_reserve=2.0,
                  val_n=128, eval_n=256, probe_n=256, probe_seeds=(0, 1, 2), patch_n=48,
-                 grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64], n_vars=[2, 3, 5, 8, 12, 16],
+                 grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64, 96, 128], n_vars=[2, 3, 5, 8, 12, 16],
                            complexity=["assign", "copy", "arith", "swap"])),
     # CPU, a few minutes: tiny models, few steps (numbers near chance; checks the pipeline end to end)
     "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), steps=150, batch_size=32,
                   lrs=(1e-3, 3e-3), seeds=(0, 1), warmup=20, workers=1, time_budget=0, eval_reserve=0,
                   val_n=32, eval_n=64, probe_n=64, probe_seeds=(0,), patch_n=8,
-                  grid=dict(n_steps=[2, 4, 8, 16, 32, 48], n_vars=[2, 3, 5, 8, 12],
+                  grid=dict(n_steps=[2, 4, 8, 16, 32, 64, 96], n_vars=[2, 3, 5, 8, 12],
                             complexity=["assign", "copy", "arith", "swap"])),
     # the test suite: even smaller
     "test": dict(model=dict(d_model=16, n_layers=4, n_heads=2, head_dim=8), steps=3, batch_size=8,
@@ -88,36 +92,14 @@ PROFILES = {
                  val_grid=dict(n_steps=[2, 4], n_vars=[2], complexity=["copy"])),
 }
 VAL_SEED, TEST_SEED, PAIR_SEED = 99, 123, 5
-IS = VOCAB.id("is")
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-@torch.no_grad()
-def closed_loop(model, batch, chunk: int = 256) -> tuple[float, float]:
-    """Cot accuracy with the model's own intermediate values: at every ``is`` the model's argmax
-    is written into the sequence before going on. Returns (final-answer accuracy, fraction of
-    intermediate values right)."""
-    toks = batch.tokens.to(model.device).clone()
-    pos = (toks[0] == IS).nonzero().flatten().tolist()      # one layout per batch
-    ap = int(batch.answer_pos[0, 0])
-    right = steps = 0
-    for s in range(0, toks.shape[0], chunk):
-        t = toks[s:s + chunk]
-        for p in pos:
-            t[:, p + 1] = model(t[:, :p + 1])[:, p].argmax(-1)
-        pred = model(t[:, :ap + 1])[:, ap].argmax(-1)
-        right += (pred == batch.answers[s:s + chunk, 0].to(t.device)).sum().item()
-        if pos:
-            gold = batch.tokens[s:s + chunk][:, [p + 1 for p in pos]].to(t.device)
-            steps += (t[:, [p + 1 for p in pos]] == gold).float().mean(1).sum().item()
-    n = toks.shape[0]
-    return right / n, (steps / n if pos else float("nan"))
-
-
-def accuracy(model, cot: bool, n: int, seed: int, **knobs) -> tuple[float, float]:
-    batch = T.generate("state_recall", n, seed=seed, cot=cot, **knobs)
-    if cot:
+def accuracy(model, fixed: dict, n: int, seed: int, **knobs) -> tuple[float, float]:
+    """(answer accuracy, chain accuracy) on ``n`` examples with the arm's fixed knobs ``fixed`` (`KNOBS_OF`)."""
+    batch = T.generate("state_recall", n, seed=seed, **fixed, **knobs)
+    if fixed.get("cot"):
         return closed_loop(model, batch)
     return answer_accuracy(model, batch.to(model.device)), float("nan")
 
@@ -143,8 +125,8 @@ def arms(P) -> dict:
     for a in ARCHS:
         model = X.matched({**P["model"], "layout": a})
         for tr in TRAININGS:
-            out[f"{a}-{tr}"] = {"model": model, "tasks": ["state_recall"],
-                                "knobs": {"state_recall": {"cot": True}} if tr == "cot" else {}}
+            out[f"{a}-{tr}"] = {"model": model, "tasks": ["state_recall"], "grid": {"state_recall": TRAIN_GRID},
+                                "knobs": {"state_recall": KNOBS_OF[tr]} if KNOBS_OF[tr] else {}}
     return out
 
 
@@ -159,8 +141,8 @@ def make(ctx, unit, spec, lrs, seed):
     return runs
 
 
-def _cot(r) -> bool:
-    return r.cfg.knobs.get("state_recall", {}).get("cot", False)
+def _fixed(r) -> dict:
+    return r.cfg.knobs.get("state_recall", {})
 
 
 def validate(ctx, runs):
@@ -172,7 +154,7 @@ def validate(ctx, runs):
 
         def one(r=r):
             m = X.load_run(r, ctx.device).set_scan_backend("reference")
-            accs = [accuracy(m, _cot(r), P["val_n"], VAL_SEED, **{k: v})[0]
+            accs = [accuracy(m, _fixed(r), P["val_n"], VAL_SEED, **{k: v})[0]
                     for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
             return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, "val_acc": float(np.mean(accs))}])
         rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
@@ -196,7 +178,7 @@ def test_sweep(runs, P, root, device, deadline):
             m = X.load_run(r, device).set_scan_backend("reference")
             out = []
             for k, v in grid_points(P["grid"]):
-                acc, chain = accuracy(m, _cot(r), P["eval_n"], TEST_SEED, **{k: v})
+                acc, chain = accuracy(m, _fixed(r), P["eval_n"], TEST_SEED, **{k: v})
                 out.append(dict(arm=arm, arch=arm.rsplit("-", 1)[0], training=arm.rsplit("-", 1)[1], seed=r.seed,
                                 knob=k, value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
                                 in_training=v in TRAIN_GRID[k]))
@@ -229,11 +211,11 @@ def analyse(runs0, res, P, root, figs, device, threshold, deadline, progress):
         if X.out_of_time(deadline):
             continue
         m = X.load_run(run, device).set_scan_backend("reference")
-        cot = arm.endswith("-cot")
-        f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, cot=cot))
+        fixed = KNOBS_OF[arm.rsplit("-", 1)[1]]
+        f = pd.DataFrame(run_probes(m, arm, P, progress, n_steps=v, **fixed))
         f["n_steps"] = v
         p_frames.append(f)
-        pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, cot=cot)
+        pairs = T.make_pairs("state_recall", P["patch_n"], seed=PAIR_SEED, n_steps=v, **fixed)
         # every pair (keep_all, where the sweep filters by default): at the failure point many pairs are answered
         # wrongly, and they are what is studied
         px = patching.sweep(m, pairs, sites=["resid_pre"], model_name=arm, out=root / "patch" / f"{run.name}_n{v}",
@@ -307,6 +289,22 @@ def working_range(res, arm, knob, threshold):
     return ok.index(False) if False in ok else len(ok)
 
 
+def query_first_verdict(res, archs, threshold) -> str:
+    """Does cot's gain over direct remain against direct answers that also know the query first?"""
+    wr = {(a, tr): working_range(res, f"{a}-{tr}", "n_steps", threshold) for a in archs for tr in TRAININGS}
+    over_q = {a: wr[a, "cot"] - wr[a, "qfirst"] for a in archs}
+    over_d = {a: wr[a, "cot"] - wr[a, "direct"] for a in archs}
+    verdict = ("**agrees**: cot keeps a wider range than query-first direct answers in every architecture"
+               if min(over_q.values()) > 0 else
+               "**disagrees**: knowing the query first gives direct answers cot's range" if max(over_d.values()) > 0
+               and max(over_q.values()) <= 0 else "**inconclusive**: cot widens the range neither over direct nor "
+               "over query-first answers in every architecture")
+    return ("* **Explicit reasoning, not knowing the query first, widens the range** (our control for the paper's "
+            "cot arm, whose query comes first). Working range on n_steps, cot minus query-first direct: "
+            + ", ".join(f"{a} {g:+d}" for a, g in over_q.items()) + "; cot minus direct: "
+            + ", ".join(f"{a} {g:+d}" for a, g in over_d.items()) + f": {verdict}.")
+
+
 def shape_verdicts(res, threshold) -> list[str]:
     """The published shape, checked against our numbers (no tuning; disagreements said plainly)."""
     out = []
@@ -315,15 +313,16 @@ def shape_verdicts(res, threshold) -> list[str]:
         return ["Not enough arms finished to compare with the published shape."]
     gain_cot = {a: working_range(res, f"{a}-cot", "n_steps", threshold)
                 - working_range(res, f"{a}-direct", "n_steps", threshold) for a in archs}
+    trs = [tr for tr in TRAININGS if all(f"{a}-{tr}" in set(res.arm) for a in archs)]
     gain_arch = {}
-    for tr in TRAININGS:
+    for tr in trs:
         wr = [working_range(res, f"{a}-{tr}", "n_steps", threshold) for a in archs]
         gain_arch[tr] = max(wr) - min(wr)
-    best_cot, best_arch = max(gain_cot.values()), max(gain_arch.values())
+    best_cot, best_arch = max(gain_cot.values()), max(gain_arch["direct"], gain_arch["cot"])
     ns = res[res.knob == "n_steps"]
     mean = {arm: g.accuracy.mean() for arm, g in ns.groupby("arm")}
     auc_cot = {a: mean[f"{a}-cot"] - mean[f"{a}-direct"] for a in archs}
-    auc_arch = {tr: max(mean[f"{a}-{tr}"] for a in archs) - min(mean[f"{a}-{tr}"] for a in archs) for tr in TRAININGS}
+    auc_arch = {tr: max(mean[f"{a}-{tr}"] for a in archs) - min(mean[f"{a}-{tr}"] for a in archs) for tr in trs}
     out.append(f"* **Explicit reasoning widens the working range most** (paper). Working range on n_steps = "
                f"grid values kept at accuracy >= {threshold}. Cot minus direct, per architecture: "
                + ", ".join(f"{a} {g:+d}" for a, g in gain_cot.items())
@@ -338,8 +337,10 @@ def shape_verdicts(res, threshold) -> list[str]:
                + f"; spread between architectures: direct {auc_arch['direct']:.2f}, cot {auc_arch['cot']:.2f} ("
                + ("cot moves it more" if max(auc_cot.values()) > max(auc_arch.values()) else
                   "the architecture moves it at least as much") + ").")
+    if "qfirst" in trs:
+        out.append(query_first_verdict(res, archs, threshold))
     if "transformer" in archs and "gdn75" in archs:
-        for tr in TRAININGS:
+        for tr in trs:
             g = res[res.knob == "n_steps"]
             longest = sorted(set(g["value"].astype(int)))[-2:]
             long = g["value"].astype(int).isin(longest)

@@ -61,8 +61,9 @@ def fact_sources(batch) -> tuple[list[int], torch.Tensor]:
     if task == "mqar":          # write_distance at a query key: tokens since its key was written
         src = ap - batch.labels["write_distance"].gather(1, ap) + 1
     else:
-        if batch.meta["knobs"].get("cot"):
-            raise InterpError("state_recall with cot=True is not supported here (its layout differs)")
+        if batch.meta["knobs"].get("cot") or batch.meta["knobs"].get("query_first"):
+            raise InterpError("state_recall with cot=True or query_first=True is not supported here (its layout "
+                              "differs)")
         Tn = batch.tokens.shape[1]
         since = batch.labels["steps_since_write"][:, Tn - 2]        # statements since xq last changed
         S = (Tn - 4) // 4                                           # <bos>, S statements of 4, '? xq a'
@@ -80,7 +81,8 @@ def example_marks(batch, example: int) -> tuple[list[int], list[int]]:
                               labels={k: v[example:example + 1] for k, v in batch.labels.items()},
                               loss_mask=batch.loss_mask[example:example + 1])
     rows = [int(p) for p in one.answer_pos[0] if p >= 0]
-    if batch.meta.get("task") not in SOURCE_TASKS or batch.meta["knobs"].get("cot"):
+    k = batch.meta["knobs"]
+    if batch.meta.get("task") not in SOURCE_TASKS or k.get("cot") or k.get("query_first"):
         return rows, []
     rows, src = fact_sources(one)
     return rows, src[0].tolist()

@@ -49,6 +49,7 @@ class TrainConfig:
     model: dict                      # ZooConfig fields (vocab_size is filled in)
     tasks: list = field(default_factory=lambda: ["mqar", "state_recall"])
     grid_max: dict = field(default_factory=dict)  # task -> {knob: max value used in training}
+    grid: dict = field(default_factory=dict)      # task -> {knob: values} replacing the task's grid in training
     knobs: dict = field(default_factory=dict)     # task -> {knob: value} fixed in every batch, e.g. cot
     steps: int = 2000
     batch_size: int = 64
@@ -84,9 +85,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def training_knobs(task: str, rng: np.random.Generator, grid_max: dict | None = None) -> dict:
-    """One knob of ``task`` at a random value of its difficulty grid (capped by grid_max)."""
-    grid = T.difficulty_grid(task)
+def training_knobs(task: str, rng: np.random.Generator, grid_max: dict | None = None,
+                   grid: dict | None = None) -> dict:
+    """One knob of ``task`` at a random value of its difficulty grid (``grid``'s values replacing the
+    registered ones of the knobs it names; capped by grid_max)."""
+    grid = {**T.difficulty_grid(task), **(grid or {})}
     if not grid:
         return {}
     knob = list(grid)[rng.integers(len(grid))]
@@ -239,6 +242,14 @@ def _check_config(cfg: TrainConfig):
         if not ok or (name == "lr" and v == 0):
             rng = f"{'> 0' if name == 'lr' else f'>= {lo}'}" + ("" if hi == math.inf else f" and <= {hi}")
             raise InterpError(f"{name}={v!r} is out of range; valid: finite numbers {rng}")
+    for task, g in cfg.grid.items():
+        known = T.difficulty_grid(task) if task in cfg.tasks else None
+        bad = [k for k, v in g.items() if k not in known or not isinstance(v, (list, tuple)) or not v] \
+            if known is not None else [task]
+        if bad:
+            raise InterpError(f"grid {task}: {bad[0]!r} is not valid; valid: a task being trained "
+                              f"({', '.join(cfg.tasks)}) mapped to {{knob: non-empty list}} for its grid knobs "
+                              f"({', '.join(known or [])})")
     if not (isinstance(cfg.induction_steps, int) and 0 <= cfg.induction_steps < cfg.steps):
         raise InterpError(f"induction_steps={cfg.induction_steps!r} is out of range; valid: integers "
                           f"0..{cfg.steps - 1} (fewer than steps={cfg.steps})")
@@ -319,7 +330,8 @@ def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
     if warming_up:
         return "induction", induction_batch(cfg.batch_size, [cfg.seed, step, 1], cfg.induction_len).to(device)
     task = cfg.tasks[step % len(cfg.tasks)]
-    knobs = {**training_knobs(task, rng, cfg.grid_max.get(task)), **cfg.knobs.get(task, {})}
+    knobs = {**training_knobs(task, rng, cfg.grid_max.get(task), cfg.grid.get(task)),
+             **cfg.knobs.get(task, {})}
     return task, T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
 
 

@@ -74,6 +74,23 @@ def test_train_fixed_knobs_reach_every_batch(tmp_path, monkeypatch):
     assert len(seen) == 4 and all(kw.get("cot") is True for kw in seen)   # 3 training batches + the eval
 
 
+def test_train_grid_replaces_the_task_grid_in_training(tmp_path, monkeypatch):
+    import numpy as np
+    from interp import InterpError
+    from interp.train import training_knobs
+    draws = [training_knobs("state_recall", np.random.default_rng(s), grid={"n_steps": [48, 64]}) for s in range(200)]
+    steps = {d["n_steps"] for d in draws if "n_steps" in d}
+    assert steps == {48, 64} and any("n_vars" in d for d in draws)        # the other knobs keep their grids
+    base = [training_knobs("state_recall", np.random.default_rng(s)) for s in range(50)]
+    assert base == [training_knobs("state_recall", np.random.default_rng(s), grid={}) for s in range(50)]
+    with pytest.raises(InterpError, match="grid state_recall: 'n_step' is not valid"):
+        train(TrainConfig(out=str(tmp_path / "r"), model=_tiny(), tasks=["state_recall"], steps=3,
+                          grid={"state_recall": {"n_step": [64]}}, device="cpu"), progress=False)
+    with pytest.raises(InterpError, match="grid mqar"):
+        train(TrainConfig(out=str(tmp_path / "r"), model=_tiny(), tasks=["state_recall"], steps=3,
+                          grid={"mqar": {"n_pairs": [4]}}, device="cpu"), progress=False)
+
+
 def test_train_time_limit_leaves_a_resumable_checkpoint(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "r"), model=_tiny(), tasks=["mqar"], steps=5, batch_size=4, eval_every=100,
                       eval_n=4, device="cpu", time_limit=1e-9)
@@ -162,12 +179,13 @@ def test_e1_end_to_end_and_resume(tmp_path):
     res = pd.read_csv(figs / "results.csv")
     assert set(res.arm) == {f"{a}-{t}" for a in E1.ARCHS for t in E1.TRAININGS}
     seeds = E1.PROFILES["test"]["seeds"]
-    assert len(res) == 6 * len(seeds) * sum(len(v) for v in E1.PROFILES["test"]["grid"].values())
+    n_arms = len(E1.ARCHS) * len(E1.TRAININGS)
+    assert len(res) == n_arms * len(seeds) * sum(len(v) for v in E1.PROFILES["test"]["grid"].values())
     assert sorted(res.seed.unique()) == sorted(seeds)
     assert res.accuracy.between(0, 1).all() and res[res.training == "cot"].chain_accuracy.notna().all()
     sweep = pd.read_csv(figs / "lr_sweep.csv")
-    assert sweep.complete.all() and len(sweep) == 6 * (len(E1.PROFILES["test"]["lrs"]) + len(seeds) - 1)
-    assert len(list(figs.glob("patch_*.png"))) == 6
+    assert sweep.complete.all() and len(sweep) == n_arms * (len(E1.PROFILES["test"]["lrs"]) + len(seeds) - 1)
+    assert len(list(figs.glob("patch_*.png"))) == n_arms
     report = (figs / "report.md").read_text()
     assert "## Comparison with the published shape" in report and "git commit:" in report
     assert "Verdict rule (fixed before the run)" in report and "arms not shown to converge" in report

@@ -62,7 +62,7 @@ def _state_recall_writes(batch, var):
     from interp.tasks.vocab import VARS, VOCAB
     k = batch.meta["knobs"]
     S = k["n_vars"] + k["n_steps"]
-    idx, stmt, _, _ = _layout(S, k["n_vars"], k["cot"])
+    idx, stmt, _, _ = _layout(S, k["n_vars"], k["cot"], k.get("query_first", False))
     tok = batch.tokens.numpy()
     vi = np.full(len(VOCAB), -1)
     vi[VOCAB.encode(VARS)] = np.arange(len(VARS))
