@@ -393,13 +393,7 @@ def report(ctx, status, val, best, res, resm, fails, pr, px, threshold):
     if len(incomplete):
         L += [f"**{len(incomplete)} of {len(status)} runs are not finished** (budget of this call); the numbers "
               "below use only finished runs. Run the same command again to continue.", ""]
-    edges = X.lr_edges(val, P["lrs"], P["seeds"][0])
-    piv = val[val.seed == P["seeds"][0]].pivot_table(index="unit", columns="lr", values="val_acc", sort=False)
-    L += [f"## Learning-rate sweep (validation accuracy, seed {P['seeds'][0]})", ""]
-    L += X.md_table(piv.reset_index().rename(columns={"unit": "arm", **{c: f"{c:g}" for c in piv.columns}}).round(3))
-    L += ["", "Best rate per arm and where it lies (`inside` the sweep, at an `edge`, or `flat`):", ""]
-    L += X.md_table(edges.rename(columns={"unit": "arm"}).assign(best_lr=[f"{x:g}" for x in edges.best_lr]).round(3))
-    L.append("")
+    L += ["## Learning-rate sweep and training seeds", ""] + X.sweep_lines(val, best, P["lrs"], P["seeds"])
     st = seed_table(val, best, res, threshold)
     L += ["## Training seeds at the chosen rate", "",
           f"**{int((st.converged != 'solves').sum())} of {len(st)} arms not shown to converge** (validation "

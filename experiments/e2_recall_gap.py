@@ -5,8 +5,10 @@ hybrid study).
 Zoo models of one size and one parameter count: mixer in {gdn, gla, mamba2} x layout in
 {50, 75, 83, 100} (% recurrent layers) plus the transformer, all trained on one mixture of
 ``mqar`` (recall), ``state_recall`` (state tracking) and ``word_problems`` (multi-step arithmetic
-word problems with exact answers). Every arm gets the same learning-rate sweep; the report uses
-each arm's best run (validation accuracy) and lists the sweep. Arms with attention start with the
+word problems with exact answers). Every arm gets the same learning-rate sweep on training seed 0
+(four rates in the full profile; the report says where each best rate lies), then the other training
+seeds at its best rate (`interp.experiment.sweep_and_seeds`); accuracies are means over seeds and each
+published-shape verdict says how many seeds show it alone. Arms with attention start with the
 trainer's induction warm-up (``interp.train.default_induction_steps``), as the shipped defaults did;
 attention-free arms (``<mixer>100``) get none. Reported:
 
@@ -31,8 +33,9 @@ sweeps.png, width.png, votes.png, placement.png, taxonomy.png, results.csv, vote
 (judge.csv) and report.md; checkpoints and cached evaluations go to ``--runs`` (default runs/e2_recall_gap[_quick]).
 Also ``interp run experiments/e2_recall_gap.toml``.
 
-Sizing of the full profile (38 runs of 1200 steps, 12 layers, d=128; main arms first, then placement,
-then width): op events per training step counted on CPU (torch profiler) are 5.4k (transformer),
+Sizing of the full profile (19 arms x (4 rates + 2 seeds) = 114 runs of 1200 steps, 12 layers, d=128,
+stacked 4 per process with ``--stack``; main arms first, then placement, then width; not yet run: the
+figures in figures/e2_recall_gap/ are the earlier run of 38 one-seed runs at two rates). For that run: op events per training step counted on CPU (torch profiler) are 5.4k (transformer),
 9.2k-12.9k (gdn50..gdn100), 8.1k-10.7k (gla), 7.0k-8.6k (mamba2); at the ~13 us per op event per
 process measured when the default set trained on the H100, that is 94 process-minutes: about 9.5
 minutes for 10 parallel processes if they scale, 16 if they give 6x, i.e. two (or three) calls.
@@ -78,20 +81,22 @@ TEMPERATURE, TOP_P = 0.8, 0.9
 VAL_SEED, TEST_SEED, VOTE_SEED = 99, 123, 321
 
 PROFILES = {
-    # GPU: 19 arms x 2 lrs = 38 runs of 12 layers, d=128, in parallel processes (two 8.5-minute calls)
+    # GPU: 19 arms x (4 lrs + 2 seeds) = 114 runs of 12 layers, d=128, stacked in parallel processes (several calls)
     "full": dict(model=dict(d_model=128, n_layers=12, n_heads=4, head_dim=32), mixers=MIXERS, pcts=PCTS,
                  widths=(64, 256), width_archs=("transformer", "gdn100"), steps=1200, batch_size=64,
-                 lrs=(3e-3, 1e-3), warmup=100, workers=12, gpu_gb=60, time_budget=8.5, eval_reserve=2.0,
+                 lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=100, workers=6, gpu_gb=60,
+                 time_budget=8.5, eval_reserve=2.0,
                  val_n=128, eval_n=256, vote_n=256, tax_n=512),
     # CPU, a few minutes: tiny models, few steps, one lr (numbers near chance; checks the pipeline)
     "quick": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                              gla_low_rank=4), mixers=MIXERS, pcts=PCTS, widths=(32,),
-                  width_archs=("transformer", "gdn100"), steps=60, batch_size=16, lrs=(3e-3,), warmup=10, gpu_gb=None,
+                  width_archs=("transformer", "gdn100"), steps=60, batch_size=16, lrs=(3e-3,), seeds=(0, 1), warmup=10,
+                  gpu_gb=None,
                   workers=1, time_budget=0, eval_reserve=0, val_n=32, eval_n=64, vote_n=64, tax_n=128),
     # the test suite
     "test": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                             gla_low_rank=4), mixers=("gdn",), pcts=(83, 100), widths=(8,),
-                 width_archs=("transformer",), steps=2, batch_size=4, lrs=(3e-3, 1e-3), warmup=1, workers=1,
+                 width_archs=("transformer",), steps=2, batch_size=4, lrs=(3e-3, 1e-3), seeds=(0, 1), warmup=1, workers=1,
                  gpu_gb=None,
                  time_budget=0, eval_reserve=0, val_n=8, eval_n=8, vote_n=8, tax_n=16),
 }
@@ -145,38 +150,43 @@ def gpu_gb(run) -> float:
     return 1.5 + sum(per_layer[k] for k in layers) * run.cfg.batch_size / 64 * run.cfg.model["d_model"] / 128
 
 
-def plan(P, root, device):
-    A = arms(P)
-    prio = {a: {"main": 0, "placement": 1, "width": 2}[s["group"]] for a, s in A.items()}
-    specs = {a: {"model": s["model"]} for a, s in A.items()}
-    runs = X.make_runs(root, specs, P["lrs"], priority=prio, tasks=list(TASKS), grid_max=GRID_MAX,
-                       steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
-                       eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
-                       device=device, scan_backend="reference", seed=0)
-    return A, runs
+def make(ctx, unit, spec, lrs, seed):
+    """The runs of arm ``unit`` at ``lrs`` for training seed ``seed`` (`X.sweep_and_seeds`); main arms first."""
+    P = ctx.P
+    prio = {f"{unit}_s{seed}": {"main": 0, "placement": 1, "width": 2}[spec["group"]]}
+    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {"model": spec["model"], "seed": seed}}, lrs, priority=prio,
+                       tasks=list(TASKS), grid_max=GRID_MAX, steps=P["steps"], batch_size=P["batch_size"],
+                       warmup=P["warmup"], eval_every=max(1, P["steps"] // 4), eval_n=128,
+                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
+    for r in runs:
+        r.unit, r.seed = unit, seed
+    return runs
 
 
 # --- evaluation units ---------------------------------------------------------------------------
 
-def validate(runs, P, root, device, deadline):
-    rows = []
+def validate(ctx, runs):
+    """Validation accuracy of every finished run: the mean over the three tasks at default knobs."""
+    P, rows = ctx.P, []
     for r in runs:
-        if X.out_of_time(deadline):
+        if ctx.out_of_time():
             break
 
         def one(r=r):
-            m = X.load_run(r, device).set_scan_backend("reference")
-            accs = {t: answer_accuracy(m, T.generate(t, P["val_n"], seed=VAL_SEED).to(device)) for t in TASKS}
-            return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(list(accs.values()))),
+            m = X.load_run(r, ctx.device).set_scan_backend("reference")
+            accs = {t: answer_accuracy(m, T.generate(t, P["val_n"], seed=VAL_SEED).to(ctx.device)) for t in TASKS}
+            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed,
+                                  "val_acc": float(np.mean(list(accs.values()))),
                                   **{f"val_{t}": a for t, a in accs.items()}}])
-        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
+        rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
 
 
 def evaluate_arm(arm, spec, run, P, root, device):
-    """Accuracy sweeps, voting curves and the error taxonomy of one arm's best run (cached)."""
+    """Accuracy sweeps, voting curves and the error taxonomy of one of an arm's runs at its best rate (cached)."""
     m = X.load_run(run, device).set_scan_backend("reference")
-    info = dict(arm=arm, mixer=spec["mixer"], attn_pct=spec["attn_pct"], group=spec["group"], width=spec["width"])
+    info = dict(arm=arm, seed=run.seed, mixer=spec["mixer"], attn_pct=spec["attn_pct"], group=spec["group"],
+                width=spec["width"])
 
     def acc():
         rows = []
@@ -288,7 +298,7 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
     return out
 
 
-def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width, has_place):
+def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width, has_place, verdicts):
     P, profile = ctx.P, ctx.profile
     L = X.runs_note(status)
     mp = P["model"]
@@ -297,10 +307,11 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
           f"d={mp['d_model']}). Training: the task mixture {', '.join(TASKS)} (round robin), {P['steps']} steps x "
           "batch "
           f"{P['batch_size']}, one difficulty knob drawn from its grid per batch, capped at {GRID_MAX}; learning rates "
-          f"{', '.join(f'{x:g}' for x in P['lrs'])} for every arm, best by validation accuracy (mean over the three "
-          f"tasks at default knobs, {P['val_n']} examples each, seed {VAL_SEED}). Test: {P['eval_n']} examples per "
-          "point, "
-          f"seed {TEST_SEED}.", ""]
+          f"{', '.join(f'{x:g}' for x in P['lrs'])} for every arm on training seed {P['seeds'][0]}, best by validation "
+          f"accuracy (mean over the three tasks at default knobs, {P['val_n']} examples each, seed {VAL_SEED}), then "
+          f"training seeds {', '.join(map(str, P['seeds'][1:])) or '(none)'} at that rate. Test: {P['eval_n']} "
+          f"examples per point, seed {TEST_SEED}. Accuracies are means over training seeds (tables and figures); "
+          "error counts are pooled over them; each verdict says how many seeds show it alone.", ""]
     inc = status[~status.complete]
     if len(inc):
         L += [f"**{len(inc)} of {len(status)} runs are not finished** (time budget of this call): "
@@ -343,9 +354,8 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
         agree = (judged.kind == judged.judge).mean() if len(judged) else float("nan")
         L += [f"LLM judge ({len(judged)} wrong answers): agreement with the mechanical label {agree:.2f}; "
               "see judge.csv.", ""]
-    L += ["## Learning-rate sweep", ""]
-    L += X.sweep_table(status, val, best, [f"val_{t}" for t in TASKS])
-    X.write_report(ctx, "E2 — the recall gap against the attention ratio", L, shape_verdicts(acc, votes, tax, chance))
+    L += ["## Learning-rate sweep and training seeds", ""] + X.sweep_lines(val, best, P["lrs"], P["seeds"])
+    X.write_report(ctx, "E2 — the recall gap against the attention ratio", L, verdicts)
 
 
 def build_parser():
@@ -367,42 +377,49 @@ def experiment(ctx, a):
     X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
-    A, runs = plan(P, root, device)
-    status, val, best = X.train_then_validate(runs, validate, ctx, weight=gpu_gb, capacity=P["gpu_gb"])
-    if best is None:
-        return X.unevaluated_exit(ctx, status)
-    by_name = {r.name: r for r in runs}
+    A = arms(P)
+    status, val, best, runs = X.sweep_and_seeds(ctx, A, make, validate, weight=gpu_gb, capacity=P["gpu_gb"])
+    X.save_table(status, figs / "lr_sweep_status.csv")
+    if ctx.train_only or not best:
+        every = len(status) == len(A) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
+        return X.unevaluated_exit(ctx, status) if every else 3
+    picked = [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
     accs, votes, taxs = [], [], []
-    for arm, row in best.iterrows():
+    for r in picked:
         if X.out_of_time(deadline):
             print("time budget reached during evaluation; run the same command again to continue", file=sys.stderr)
             break
-        x, v, t = evaluate_arm(arm, A[arm], by_name[f"{arm}_lr{row.lr:g}"], P, root, device)
-        accs.append(x)
-        votes.append(v)
-        taxs.append(t)
+        for f, x in zip((accs, votes, taxs), evaluate_arm(r.unit, A[r.unit], r, P, root, device)):
+            f.append(x)
     acc, vote, tax = (pd.concat(f, ignore_index=True) for f in (accs, votes, taxs))
     chance = X.ResultLog(root / "eval" / f"taxonomy_chance_{P['tax_n']}.csv").once(
         lambda: chance_taxonomy(P["tax_n"], TEST_SEED, TAXONOMY_KNOBS))
     acc["value"] = acc["value"].astype(str)
     judged = None
     if judge is not None:
-        wrong = [X.ResultLog(root / "eval" / f"wrong_{arm}_lr{row.lr:g}.csv").frame() for arm, row in best.iterrows()]
-        wrong = pd.concat([w for w in wrong if not w.empty], ignore_index=True)
-        wrong = wrong.head(a.judge_max)
+        wrong = [X.ResultLog(root / "eval" / f"wrong_{r.name}.csv").frame() for r in picked]
+        wrong = pd.concat([w for w in wrong if not w.empty], ignore_index=True).head(a.judge_max)
         items = [(problem_text(p.split()), c, ans) for p, c, ans in zip(wrong.problem, wrong.correct, wrong.answer)]
         judged = wrong.assign(judge=judge_errors(items, judge))
         X.save_table(judged, figs / "judge.csv")
     for df, name in ((acc, "results"), (vote, "votes"), (pd.concat([tax, chance], ignore_index=True), "taxonomy")):
         X.save_table(df, figs / f"{name}.csv")
-    X.save_table(status.merge(val, on=["arm", "lr"], how="left"), figs / "lr_sweep.csv")
-    plot_attention(acc, figs / "attention.png")
-    plot_sweeps(acc, figs / "sweeps.png")
-    has_width = plot_width(acc, figs / "width.png")
-    plot_votes(vote, figs / "votes.png")
-    has_place = plot_placement(acc, A, figs / "placement.png")
-    plot_taxonomy(tax, figs / "taxonomy.png")
-    report(ctx, A, status, val, best, acc, vote, tax, chance, judged, has_width, has_place)
+    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
+    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), figs / "lr_sweep.csv")
+    arm_keys = ["arm", "mixer", "attn_pct", "group", "width"]
+    accm = X.seed_means(acc, arm_keys + ["task", "knob", "value", "in_training"])
+    votem = X.seed_means(vote, arm_keys + ["task", "N"], value="majority_acc", also=["pass_at_n", "greedy_acc"])
+    taxm = tax.groupby(arm_keys + ["kind"], sort=False)[["count", "n"]].sum().reset_index()   # pooled over seeds
+    plot_attention(accm, figs / "attention.png")
+    plot_sweeps(accm, figs / "sweeps.png")
+    has_width = plot_width(accm, figs / "width.png")
+    plot_votes(votem, figs / "votes.png")
+    has_place = plot_placement(accm, A, figs / "placement.png")
+    plot_taxonomy(taxm, figs / "taxonomy.png")
+    per_seed = {sd: shape_verdicts(acc[acc.seed == sd], vote[vote.seed == sd], tax[tax.seed == sd], chance)
+                for sd in sorted(acc.seed.unique())}
+    verdicts = X.replicated(shape_verdicts(accm, votem, taxm, chance), per_seed)
+    report(ctx, A, status, val, best, accm, votem, taxm, chance, judged, has_width, has_place, verdicts)
     print(f"wrote {figs}/report.md")
     return 0
 

@@ -256,11 +256,16 @@ def test_e2_end_to_end(tmp_path):
     assert (votes.pass_at_n >= votes.majority_acc - 1e-9).all()
     tax = pd.read_csv(figs / "taxonomy.csv")
     assert set(tax.kind) == {"correct", *W.ERROR_TYPES}
-    assert np.allclose(tax.groupby("arm")["count"].sum(), E2.PROFILES["test"]["tax_n"])
+    models, seeds = tax[tax.arm != "uniform guess"], E2.PROFILES["test"]["seeds"]
+    assert np.allclose(models.groupby(["arm", "seed"])["count"].sum(), E2.PROFILES["test"]["tax_n"])
+    assert set(models.seed) == set(acc.seed) == set(seeds)
     chance = tax[tax.arm == "uniform guess"].set_index("kind")["count"]
     assert chance["correct"] == 0 and chance["key_value_binding"] > 0 and chance["context_synthesis"] > 0
     sweep = pd.read_csv(figs / "lr_sweep.csv")
     assert sweep.complete.all() and set(sweep.lr) == set(E2.PROFILES["test"]["lrs"])
+    assert len(sweep) == len(A) * (len(E2.PROFILES["test"]["lrs"]) + len(seeds) - 1)
+    report = (figs / "report.md").read_text()
+    assert "Best rate per unit" in report and f"of {len(seeds)})" in report
 
 
 def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):

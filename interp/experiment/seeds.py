@@ -13,26 +13,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interp.experiment.report import md_table
 from interp.experiment.runs import best_by, status, train_runs
 from interp.stats import seed_interval
 
 
-def sweep_and_seeds(ctx, specs: dict, make, validate):
+def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None):
     """Seed 0 at every learning rate, validated; then the other seeds at each unit's best learning rate
     (once its sweep is finished). ``make(ctx, unit, spec, lrs, seed)`` -> runs (with ``.unit``, ``.seed``);
     ``validate(ctx, runs)`` -> rows (unit, lr, seed, val_acc). ``ctx.P`` holds ``lrs``, ``seeds`` and
-    ``eval_reserve`` (minutes kept for evaluation before the deadline). Returns (status, validation table,
-    {unit: best lr}, every run)."""
+    ``eval_reserve`` (minutes kept for evaluation before the deadline); ``weight`` / ``capacity``: as
+    `train_runs` takes them (on a GPU only). Returns (status, validation table, {unit: best lr}, every run)."""
     P = ctx.P
     dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
     kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl,
-              stack=getattr(ctx, "stack", 1))
+              stack=getattr(ctx, "stack", 1), weight=weight if ctx.device != "cpu" else None, capacity=capacity)
     sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
     st = train_runs(sweep, **kw)
     val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
     best = {}
     if len(val):
-        for u, g in val[val.seed == P["seeds"][0]].groupby("unit"):
+        for u, g in val[val.seed == P["seeds"][0]].groupby("unit", sort=False):
             if len(g) == len(P["lrs"]):
                 best[u] = float(best_by(g, key="unit", score="val_acc").lr.iloc[0])
     extra = [r for u, lr in best.items() for s in P["seeds"][1:] for r in make(ctx, u, specs[u], [lr], s)]
@@ -101,8 +102,24 @@ def seed_means(res: pd.DataFrame, keys: list, value: str = "accuracy", also=(), 
     """Per ``keys``: ``value``'s mean over the rows (one per training seed) with its 95% t-interval (``lo``,
     ``hi``, clipped to ``bounds``), the number of rows (``seeds``), and the plain mean of each column in ``also``."""
     rows = []
-    for k, g in res.groupby(keys, sort=False):
+    for k, g in res.groupby(keys, sort=False, dropna=False):     # a key may be NaN (e.g. no training range)
         m, lo, hi = seed_interval(g[value], bounds=bounds)
         rows.append({**dict(zip(keys, k)), value: m, "lo": lo, "hi": hi, "seeds": len(g),
                      **{c: g[c].mean() for c in also}})
     return pd.DataFrame(rows)
+
+
+def sweep_lines(val: pd.DataFrame, best: dict, lrs, seeds) -> list[str]:
+    """Markdown for a report: validation accuracy per unit and rate on the first seed, where each unit's best
+    rate lies (`lr_edges`), and the validation accuracy at that rate over every seed (mean [95% interval])."""
+    first = val[val.seed == seeds[0]]
+    piv = first.pivot_table(index="unit", columns="lr", values="val_acc", sort=False)
+    edges = lr_edges(val, lrs, seeds[0])
+    over = [dict(unit=u, lr=f"{lr:g}", seeds=int((v := val[(val.unit == u) & (val.lr == lr)].val_acc).size),
+                 val_acc=fmt(*seed_interval(v, bounds=(0, 1)))) for u, lr in best.items()]
+    return ([f"Validation accuracy, training seed {seeds[0]}, per learning rate:", ""]
+            + md_table(piv.reset_index().rename(columns={c: f"{c:g}" for c in piv.columns}).round(3))
+            + ["", "Best rate per unit and where it lies (`inside` the sweep, at an `edge`, or `flat`):", ""]
+            + md_table(edges.assign(best_lr=[f"{x:g}" for x in edges.best_lr]).round(3))
+            + ["", f"Validation accuracy at the best rate over training seeds {', '.join(map(str, seeds))}:", ""]
+            + md_table(pd.DataFrame(over)) + [""])
