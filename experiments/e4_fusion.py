@@ -10,9 +10,11 @@ The full profile adds references: the transformer, attention-free ``gdn100`` and
 least as good as sequential, both better than the homogeneous models; the report says where ours differs.
 
 Each arm is trained with `interp.train` on ``mqar`` (recall) and ``state_recall`` (state
-tracking) with the same small learning-rate sweep; the best run per arm (validation accuracy) is
-reported and the sweep listed. Reported: answer accuracy and answer loss (cross-entropy at the
-answer) as each difficulty knob moves on its own, paired differences with 95% intervals, and
+tracking): a learning-rate sweep on the first training seed (four rates in the full profile; the report
+says where each best rate lies), then the other seeds at the arm's best rate (`X.sweep_and_seeds`).
+Reported: answer accuracy and answer loss (cross-entropy at the answer) as each difficulty knob moves
+on its own (means over seeds), paired differences with 95% intervals over training seeds
+(`X.paired_diff`; with one seed, over test examples, which is not a model-level claim), and
 throughput measured here: tokens/s of forward+backward (the training step without the optimizer)
 and of the forward pass, per sequence length, one arm at a time on an otherwise idle device.
 
@@ -35,7 +37,6 @@ import torch.nn.functional as F
 from interp import InterpError
 from interp import experiment as X
 from interp import tasks as T
-from interp.stats import boot_ci
 from interp.tasks.vocab import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 
@@ -46,19 +47,23 @@ LAYOUTS = {"transformer": "transformer", "gdn100": "gdn100", "gdn75": "gdn75", "
 SEQUENTIAL, PARALLEL = "gdn75", "gdn75-par"
 F3 = "{:.3f}"                       # the report's tables: floats to 3 decimals
 PROFILES = {
-    # GPU: 10 runs (5 arms x 2 lrs) of 2000 steps, 8 layers d=128, in parallel processes
+    # GPU: 30 runs (5 arms x (4 lrs + 2 seeds)) of 4000 steps (at 2000 the transformer's warm-up ends before its
+    # recall circuit forms, BENCHMARKS.md section 12), 8 layers d=128, stacked in parallel processes; not yet run
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32),
-                 arms=("transformer", "gdn100", "gdn75", "gdn75-par", "par-all"), steps=2000, batch_size=64,
-                 lrs=(1e-3, 3e-3), warmup=150, workers=6, time_budget=7.0, eval_reserve=2.5, val_n=128,
+                 arms=("transformer", "gdn100", "gdn75", "gdn75-par", "par-all"), steps=4000, batch_size=64,
+                 lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=150, workers=6, time_budget=7.0,
+                 eval_reserve=2.5, val_n=128,
                  eval_n=256, thr_seq=(256, 1024, 4096), thr_tokens=16384, thr_iters=10, threads=None),
     # CPU, a few minutes: the two hybrids, tiny, a few hundred steps
     "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), arms=("gdn75", "gdn75-par"),
-                  steps=300, batch_size=32, lrs=(1e-3, 3e-3), warmup=30, workers=1, time_budget=0, eval_reserve=0,
+                  steps=300, batch_size=32, lrs=(1e-3, 3e-3), seeds=(0, 1), warmup=30, workers=1, time_budget=0,
+                  eval_reserve=0,
                   val_n=32, eval_n=64, thr_seq=(64, 256), thr_tokens=1024, thr_iters=3, threads=1),
     # the test suite: seconds (mamba_head_dim=8: ZooConfig checks for even mamba heads in any parallel layer)
     "test": dict(model=dict(d_model=16, n_layers=2, n_heads=2, head_dim=8, mamba_head_dim=8),
                  arms=("gdn75", "gdn75-par"), steps=3,
-                 batch_size=8, lrs=(3e-3,), warmup=1, workers=1, time_budget=0, eval_reserve=0, val_n=8, eval_n=8,
+                 batch_size=8, lrs=(3e-3,), seeds=(0, 1), warmup=1, workers=1, time_budget=0, eval_reserve=0,
+                 val_n=8, eval_n=8,
                  thr_seq=(32,), thr_tokens=64, thr_iters=1, threads=1,
                  grid={"mqar": {"n_pairs": [2, 4]}, "state_recall": {"n_steps": [2, 4]}}),
 }
@@ -105,57 +110,54 @@ def per_example(model, task: str, n: int, seed: int, **knobs) -> pd.DataFrame:
                          "loss": ((loss * valid).sum(1) / q).cpu().numpy()})
 
 
-def validate(runs, P, root, device, deadline):
-    """Mean answer accuracy over the grid points of both tasks (validation seed)."""
-    rows = []
+def make(ctx, unit, spec, lrs, seed):
+    """The runs of arm ``unit`` at ``lrs`` for training seed ``seed`` (`X.sweep_and_seeds`)."""
+    P = ctx.P
+    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {**spec, "seed": seed}}, lrs, steps=P["steps"],
+                       batch_size=P["batch_size"], warmup=P["warmup"], eval_every=max(1, P["steps"] // 6), eval_n=128,
+                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
     for r in runs:
-        if X.out_of_time(deadline):
+        r.unit, r.seed = unit, seed
+    return runs
+
+
+def validate(ctx, runs):
+    """Mean answer accuracy over the grid points of both tasks (validation seed)."""
+    P, rows = ctx.P, []
+    for r in runs:
+        if ctx.out_of_time():
             break
 
         def one(r=r):
-            m = X.load_run(r, device).set_scan_backend("reference")
+            m = X.load_run(r, ctx.device).set_scan_backend("reference")
             accs = [per_example(m, t, P["val_n"], VAL_SEED, **{k: v})["correct"].mean()
                     for t, g in grid(P).items() for k, vs in g.items() for v in vs]
-            return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(X.ResultLog(root / "eval" / f"val_{r.name}.csv").once(one))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["arm", "lr", "val_acc"])
+            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, "val_acc": float(np.mean(accs))}])
+        rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
 
 
-def test_eval(best, by_name, ctx, P) -> pd.DataFrame:
-    log = X.ResultLog(ctx.runs / "eval" / "test_examples.csv", ["arm", "lr", "task", "knob", "value"])
+def test_eval(picked, ctx, P) -> pd.DataFrame:
+    """Per test example: every run in ``picked`` (each arm's runs at its best rate, one per seed)."""
+    log = X.ResultLog(ctx.runs / "eval" / "test_examples.csv", ["arm", "lr", "seed", "task", "knob", "value"])
     from tqdm.auto import tqdm
-    for arm, row in best.iterrows():
-        run = by_name[f"{arm}_lr{row.lr:g}"]
-        m = None
+    for run in picked:
+        m, arm = None, run.unit
         pts = [(t, k, v) for t, g in grid(P).items() for k, vs in g.items() for v in vs]
-        for t, k, v in tqdm(pts, desc=f"test {arm}", disable=not ctx.progress, dynamic_ncols=True):
-            if log.done(arm=arm, lr=row.lr, task=t, knob=k, value=v):
+        for t, k, v in tqdm(pts, desc=f"test {arm} seed {run.seed}", disable=not ctx.progress, dynamic_ncols=True):
+            if log.done(arm=arm, lr=run.lr, seed=run.seed, task=t, knob=k, value=v):
                 continue
             m = m or X.load_run(run, ctx.device).set_scan_backend("reference")
             df = per_example(m, t, P["eval_n"], TEST_SEED, **{k: v})
-            log.add(df.assign(arm=arm, lr=row.lr, task=t, knob=k, value=str(v)))
+            log.add(df.assign(arm=arm, lr=run.lr, seed=run.seed, task=t, knob=k, value=str(v)))
     ex = log.frame()
-    keep = [(a, r.lr) for a, r in best.iterrows()]
-    ex = ex[[(a, lr) in keep for a, lr in zip(ex.arm, ex.lr)]].copy()
+    keep = {(r.unit, r.lr, r.seed) for r in picked}
+    ex = ex[[x in keep for x in zip(ex.arm, ex.lr, ex.seed)]].copy()
     ex["value"] = ex["value"].astype(str)
     return ex.reset_index(drop=True)
 
 
-def paired(ex: pd.DataFrame, a: str, b: str, metric: str, by=("task",), n_boot: int = 1000, seed: int = 0):
-    """metric(b) - metric(a) on the same examples, mean and 95% bootstrap interval over examples,
-    per ``by`` group."""
-    rng = np.random.default_rng(seed)
-    keys = ["task", "knob", "value", "example"]
-    j = ex[ex.arm == a].merge(ex[ex.arm == b], on=keys, suffixes=("_a", "_b"))
-    j["d"] = j[f"{metric}_b"] - j[f"{metric}_a"]
-    rows = []
-    for k, g in j.groupby(list(by), sort=False):
-        k = k if isinstance(k, tuple) else (k,)
-        lo, hi = boot_ci(g["d"].to_numpy(float), np.ones(len(g)), n_boot, rng)
-        rows.append({**dict(zip(by, k)), "a": a, "b": b, "metric": metric, f"{metric}_a": g[f"{metric}_a"].mean(),
-                     f"{metric}_b": g[f"{metric}_b"].mean(), "diff": g["d"].mean(), "ci_lo": lo, "ci_hi": hi,
-                     "n": len(g)})
-    return pd.DataFrame(rows)
+paired = X.paired_diff     # the tests and E4's verdicts: over training seeds, or examples of one run
 
 
 # --- throughput ---------------------------------------------------------------------------------
@@ -273,17 +275,18 @@ def plot_throughput(thr: pd.DataFrame, path):
     X.save_figure(fig, path)
 
 
-def plot_training(best, by_name, path):
+def plot_training(runs0: dict, path):
+    """Training curves of one run per arm (``runs0``: {arm: run}, the first seed at the best rate)."""
     from interp.train import read_log
     plt = X.pyplot()
     fig, axes = plt.subplots(1, len(TASKS) + 1, figsize=(4 * (len(TASKS) + 1), 3.1))
-    for arm, row in best.iterrows():
-        f = by_name[f"{arm}_lr{row.lr:g}"].out / "train_log.jsonl"
+    for arm, run in runs0.items():
+        f = run.out / "train_log.jsonl"
         if not f.is_file():
             continue
         log = read_log(f)
         steps = [r["step"] for r in log]
-        axes[0].plot(steps, [r["loss"] for r in log], marker=".", label=f"{arm} (lr {row.lr:g})")
+        axes[0].plot(steps, [r["loss"] for r in log], marker=".", label=f"{arm} (lr {run.lr:g})")
         for ax, t in zip(axes[1:], TASKS):
             ax.plot(steps, [r.get(f"acc/{t}", np.nan) for r in log], marker=".", label=arm)
     axes[0].set_ylabel("train loss (last batch)")
@@ -314,8 +317,11 @@ PUBLISHED = ("Published shape (Bae et al. 2025, *Hybrid Architectures for Langua
 def verdicts(ex: pd.DataFrame) -> list[str]:
     if not {SEQUENTIAL, PARALLEL} <= set(ex.arm):
         return ["Both hybrids are needed for the comparison; one of them has not finished."]
-    out = [PUBLISHED, "", "Paired differences, parallel minus sequential, on the same test examples (95% bootstrap "
-           "interval over examples, all knob values pooled):", ""]
+    n_seeds = ex.seed.nunique() if "seed" in ex else 1
+    over = (f"95% t-interval over {n_seeds} training seeds of each seed's mean difference" if n_seeds >= 2 else
+            "95% bootstrap interval over the examples of one training run: **not a model-level claim**")
+    out = [PUBLISHED, "", f"Paired differences, parallel minus sequential, on the same test examples ({over}; all "
+           "knob values pooled):", ""]
     acc = ex.groupby(["arm", "task"])["correct"].mean()
     near = {t: max(acc[SEQUENTIAL, t], acc[PARALLEL, t]) < chance(t) + 0.05 for t in TASKS if (SEQUENTIAL, t) in acc}
     for metric, better in (("correct", "higher"), ("loss", "lower")):
@@ -357,7 +363,7 @@ def verdicts(ex: pd.DataFrame) -> list[str]:
     return out
 
 
-def report(ctx, P, A, status, val, best, res, ex, thr):
+def report(ctx, P, A, status, val, best, res, ex, thr, runs0):
     L = []
     L += [f"Arms (profile `{ctx.profile}`): {P['model']['n_layers']} layers, d={P['model']['d_model']}, "
           f"{P['model']['n_heads']} heads of {P['model']['head_dim']}; SwiGLU width matched to the transformer's "
@@ -367,7 +373,9 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
                                        params=f"{X.n_params(s['model']) / 1e6:.4f}M") for a, s in A.items()]), F3)
     L += ["", f"Training (`interp.train`): {', '.join(TASKS)} round-robin, one difficulty knob drawn from its grid "
               f"per batch; {P['steps']} steps x batch {P['batch_size']}, AdamW, warmup {P['warmup']}, cosine; "
-              f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} for every arm; scans on the pure-torch "
+              f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} for every arm on training seed "
+              f"{P['seeds'][0]}, then seeds {', '.join(map(str, P['seeds'][1:])) or '(none)'} at its best rate (tables "
+              "and figures: means over seeds; the training curves: the first seed); scans on the pure-torch "
               f"reference path. Validation (model selection): mean answer accuracy over both tasks' grids, "
               f"{P['val_n']} examples per point (seed {VAL_SEED}); test: {P['eval_n']} per point (seed {TEST_SEED}).",
           ""]
@@ -375,10 +383,9 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
     if len(inc):
         L += [f"**{len(inc)} of {len(status)} runs are not finished** (budget of this call); numbers use finished "
               "runs only. Run the same command again to continue.", ""]
-    L += ["## Learning-rate sweep (validation accuracy; best per arm in bold)", ""]
-    L += X.sweep_table(status, val, best) + [""] + X.sweep_edge_note(best["lr"].to_dict(), P["lrs"])
+    L += ["## Learning-rate sweep and training seeds", ""] + X.sweep_lines(val, best, P["lrs"], P["seeds"])
     L += ["![training](training.png)", ""]
-    L += ["## Accuracy and answer loss per difficulty knob (best run per arm)", "", "![accuracy](accuracy.png)", "",
+    L += ["## Accuracy and answer loss per difficulty knob (each arm at its best rate, mean over seeds)", "", "![accuracy](accuracy.png)", "",
           "![loss](loss.png)", ""]
     for (task, knob), g in res.groupby(["task", "knob"], sort=False):
         piv = g.pivot_table(index="value", columns="arm", values=["accuracy", "loss"], sort=False)
@@ -406,15 +413,15 @@ def report(ctx, P, A, status, val, best, res, ex, thr):
         L += ["", "Failed measurements: " + "; ".join(f"{r.arm} {r.backend} {r.mode} T={r.seq_len}: {r.error}"
                                                        for r in errs.itertuples())]
     tr = []
-    for arm, row in best.iterrows():
-        f = ctx.runs / "runs" / f"{arm}_lr{row.lr:g}" / "train_log.jsonl"
+    for arm, run in runs0.items():
+        f = run.out / "train_log.jsonl"
         if f.is_file():
             from interp.train import read_log
             last = read_log(f)[-1]
             tr.append(f"{arm} {last.get('tokens_per_s', float('nan')):,.0f}")
     if tr:
-        L += ["", "Training-loop tokens/s from the best runs' logs (includes data generation and evaluation; runs may "
-                  "have shared the device with other runs): " + ", ".join(tr) + "."]
+        L += ["", "Training-loop tokens/s from the first seed's logs (includes data generation and evaluation; runs "
+                  "may have shared the device or a stack with other runs): " + ", ".join(tr) + "."]
     X.write_report(ctx, "E4 — inter-layer vs intra-layer fusion", L, verdicts(ex))
 
 
@@ -444,25 +451,28 @@ def experiment(ctx, a):
         print(f"wrote {ctx.out}/throughput.csv")
         return 0
     X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
-        "steps", "batch_size", "lrs", "warmup", "val_n", "eval_n", "grid")}), kind=NAME)
-    runs = X.make_runs(ctx.runs, A, P["lrs"], steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
-                       eval_every=max(1, P["steps"] // 6), eval_n=128, save_every=max(50, P["steps"] // 10),
-                       device=ctx.device, scan_backend="reference", seed=ctx.seed)
-    status, val, best = X.train_then_validate(runs, validate, ctx)
-    if best is None:
-        return X.unevaluated_exit(ctx, status)
-    X.save_table(status.merge(val, on=["arm", "lr"], how="left"), ctx.out / "lr_sweep.csv")
-    by_name = {r.name: r for r in runs}
-    ex = test_eval(best, by_name, ctx, P)
+        "steps", "batch_size", "lrs", "seeds", "warmup", "val_n", "eval_n", "grid")}), kind=NAME)
+    ctx.P = P = {**P, "seeds": tuple(ctx.seed + s for s in P["seeds"])}    # --seed shifts the training seeds
+    status, val, best, runs = X.sweep_and_seeds(ctx, A, make, validate)
+    X.save_table(status, ctx.out / "lr_sweep_status.csv")
+    if ctx.train_only or not best:
+        every = len(status) == len(A) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
+        return X.unevaluated_exit(ctx, status) if every else 3
+    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
+    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), ctx.out / "lr_sweep.csv")
+    picked = [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
+    ex = test_eval(picked, ctx, P)
     X.save_table(ex, ctx.out / "examples.parquet")
-    res = ex.groupby(["arm", "task", "knob", "value"], sort=False).agg(
+    res = ex.groupby(["arm", "seed", "task", "knob", "value"], sort=False).agg(
         accuracy=("correct", "mean"), loss=("loss", "mean"), n=("example", "size")).reset_index()
     X.save_table(res, ctx.out / "results.csv")
-    plot_metric(res, "accuracy", ctx.out / "accuracy.png", "answer accuracy", (-0.02, 1.02))
-    plot_metric(res, "loss", ctx.out / "loss.png", "answer loss (nats)")
-    plot_training(best, by_name, ctx.out / "training.png")
-    thr = write_throughput({k: A[k] for k in best.index}, ctx, P)
-    report(ctx, P, A, status, val, best, res, ex, thr)
+    resm = res.groupby(["arm", "task", "knob", "value"], sort=False)[["accuracy", "loss"]].mean().reset_index()
+    plot_metric(resm, "accuracy", ctx.out / "accuracy.png", "answer accuracy (mean over seeds)", (-0.02, 1.02))
+    plot_metric(resm, "loss", ctx.out / "loss.png", "answer loss (nats, mean over seeds)")
+    runs0 = {r.unit: r for r in picked if r.seed == P["seeds"][0]}
+    plot_training(runs0, ctx.out / "training.png")
+    thr = write_throughput({k: A[k] for k in best}, ctx, P)
+    report(ctx, P, A, status, val, best, resm, ex, thr, runs0)
     print(f"wrote {ctx.out}/report.md")
     return 0
 

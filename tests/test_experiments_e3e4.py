@@ -172,17 +172,19 @@ def test_e4_end_to_end(tmp_path):
     P = E4.PROFILES["test"]
     res = pd.read_csv(figs / "results.csv")
     assert set(res.arm) == set(P["arms"]) and res.accuracy.between(0, 1).all() and (res.loss > 0).all()
-    assert len(res) == len(P["arms"]) * sum(len(v) for g in P["grid"].values() for v in g.values())
+    assert len(res) == len(P["arms"]) * len(P["seeds"]) * sum(len(v) for g in P["grid"].values() for v in g.values())
     ex = pd.read_parquet(figs / "examples.parquet")
-    agg = ex.groupby(["arm", "task", "knob", "value"])["correct"].mean()
-    assert np.allclose(agg.loc[[tuple(r) for r in res[["arm", "task", "knob", "value"]].astype(str).values]],
-                       res.accuracy)
+    assert set(ex.seed) == set(res.seed) == set(P["seeds"])
+    agg = ex.groupby(["arm", "seed", "task", "knob", "value"])["correct"].mean()
+    keys = res[["arm", "seed", "task", "knob", "value"]].astype({"value": str})
+    assert np.allclose(agg.loc[[tuple(r) for r in keys.itertuples(index=False)]], res.accuracy)
     thr = pd.read_csv(figs / "throughput.csv")
     assert set(thr["mode"]) == {"fwd+bwd", "fwd"} and (thr.tokens_per_s > 0).all()
     assert np.allclose(thr.tokens_per_s, thr.batch * thr.seq_len / (thr.ms_per_iter / 1e3), rtol=1e-6)
     sweep = pd.read_csv(figs / "lr_sweep.csv")
-    assert sweep.complete.all() and len(sweep) == len(P["arms"]) * len(P["lrs"])
+    assert sweep.complete.all() and len(sweep) == len(P["arms"]) * (len(P["lrs"]) + len(P["seeds"]) - 1)
     report = (figs / "report.md").read_text()
+    assert f"95% t-interval over {len(P['seeds'])} training seeds" in report
     assert "Bae et al. 2025" in report and "**inconclusive**" in report and "* device: CPU" in report
     # the parallel arm really has a parallel layer, and both arms match in size
     A = E4.arms(P)
@@ -196,7 +198,13 @@ def test_e4_paired_differences():
                            example=list(range(4)) * 2, correct=[0, 0, 1, 1, 1, 1, 1, 0], loss=[2.0, 2, 1, 1, 1, 1, 1, 2]))
     p = E4.paired(ex, "s", "p", "correct", n_boot=200).iloc[0]
     assert p.correct_a == 0.5 and p.correct_b == 0.75 and p["diff"] == pytest.approx(0.25) and p.n == 4
-    assert p.ci_lo <= 0.25 <= p.ci_hi
+    assert p.ci_lo <= 0.25 <= p.ci_hi and p.over == "examples"
+    two = pd.concat([ex.assign(seed=0), ex.assign(seed=1, correct=[0, 0, 0, 1, 1, 1, 1, 1])])   # diffs 0.25, 0.75
+    q = E4.paired(two, "s", "p", "correct").iloc[0]
+    from scipy import stats
+    half = stats.t.ppf(0.975, 1) * np.std([0.25, 0.75], ddof=1) / np.sqrt(2)
+    assert q.over == "seeds" and q.seeds == 2 and q["diff"] == pytest.approx(0.5)
+    assert (q.ci_lo, q.ci_hi) == pytest.approx((0.5 - half, 0.5 + half))
     assert E4.chance("mqar") == pytest.approx(1 / 64) and E4.chance("state_recall") == pytest.approx(0.1)
 
 
@@ -273,8 +281,7 @@ def test_e4_training_plot_reads_logs_with_the_warmup_row(tmp_path):
             {"step": 20, "loss": 2.0, "acc/mqar": 0.5, "tokens_per_s": 100.0}]
     (run / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert [r["step"] for r in read_log(run / "train_log.jsonl")] == [10, 20]
-    best = pd.DataFrame({"lr": [1e-3]}, index=pd.Index(["gdn75"], name="arm"))
-    E4.plot_training(best, {"gdn75_lr0.001": SimpleNamespace(out=run)}, tmp_path / "training.png")
+    E4.plot_training({"gdn75": SimpleNamespace(out=run, lr=1e-3)}, tmp_path / "training.png")
     assert (tmp_path / "training.png").stat().st_size > 0
 
 

@@ -13,7 +13,8 @@ again continues from the checkpoints and cached results.
   (`make_runs`, `train_runs`, `train_then_validate`, `best_by`, `matched`);
 * `interp.experiment.seeds`: the sweep on the first training seed and the other seeds at each unit's best
   rate (`sweep_and_seeds`), where each best rate lies (`lr_edges`), verdict labels and numbers with
-  intervals over seeds (`label`, `fmt`, `seed_means`), the sweep's report lines (`sweep_lines`), the verdict rule of a script's docstring (`rule_text`) and how a
+  intervals over seeds (`label`, `fmt`, `seed_means`), the sweep's report lines (`sweep_lines`), paired
+  differences between two arms over seeds (`paired_diff`), the verdict rule of a script's docstring (`rule_text`) and how a
   verdict on the mean replicates seed by seed (`replicated`);
 * `interp.experiment.results`: cached result rows (`ResultLog`, one unit file per ``add``), the runs
   directory's configuration (`check_spec`) and the writer locks (`WriterLocks`), all written
@@ -32,7 +33,7 @@ from interp.experiment.report import (PROFILE_FLAGS, header, md_table, pyplot, r
 from interp.experiment.results import ResultLog, WriterLocks, check_spec
 from interp.experiment.runs import (Run, attention_fraction, best_by, load_run, make_runs, matched, n_params,
                                     place, status, train_runs, train_then_validate, unevaluated_exit)
-from interp.experiment.seeds import (fmt, label, lr_edges, replicated, rule_text, seed_means,
+from interp.experiment.seeds import (fmt, label, lr_edges, paired_diff, replicated, rule_text, seed_means,
                                      sweep_and_seeds, sweep_lines)
 from interp.experiment.scripts import ScriptFunction, load_experiment, script_function, shipped_scripts
 from interp.experiment.toml import TOML_KEYS, check_options, run_toml, toml_argv
@@ -43,6 +44,6 @@ __all__ = ["REPO", "Ctx", "add_common_args", "add_run_args", "cli", "deadline_fr
            "sweep_edge_note", "sweep_table", "write_report", "ResultLog", "WriterLocks", "check_spec",
            "Run", "attention_fraction", "best_by", "load_run", "make_runs", "matched", "n_params", "place", "status",
            "train_runs", "train_then_validate", "unevaluated_exit", "fmt", "label", "lr_edges", "replicated", "rule_text",
-           "seed_means", "sweep_and_seeds", "sweep_lines",
+           "seed_means", "sweep_and_seeds", "sweep_lines", "paired_diff",
            "ScriptFunction", "load_experiment", "script_function", "shipped_scripts", "TOML_KEYS", "check_options",
            "run_toml", "toml_argv"]

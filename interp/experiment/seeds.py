@@ -15,7 +15,7 @@ import pandas as pd
 
 from interp.experiment.report import md_table
 from interp.experiment.runs import best_by, status, train_runs
-from interp.stats import seed_interval
+from interp.stats import boot_ci, seed_interval
 
 
 def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None):
@@ -123,3 +123,29 @@ def sweep_lines(val: pd.DataFrame, best: dict, lrs, seeds) -> list[str]:
             + md_table(edges.assign(best_lr=[f"{x:g}" for x in edges.best_lr]).round(3))
             + ["", f"Validation accuracy at the best rate over training seeds {', '.join(map(str, seeds))}:", ""]
             + md_table(pd.DataFrame(over)) + [""])
+
+
+def paired_diff(ex: pd.DataFrame, a: str, b: str, metric: str, by=("task",), n_boot: int = 1000, seed: int = 0,
+                keys=("task", "knob", "value", "example")) -> pd.DataFrame:
+    """``metric`` of arm ``b`` minus arm ``a`` on the same test examples (rows of ``ex``: arm, the ``keys``,
+    optionally ``seed``), per ``by`` group. With two or more training seeds the interval is over seeds: each
+    seed's mean difference over its examples, then the mean and 95% t-interval of those (``over`` =
+    "seeds"; seed s of one arm is set against seed s of the other, independent runs, as E5 does). With one
+    seed it is a 95% bootstrap interval over the examples of that one run (``over`` = "examples"), which
+    says nothing about another training run."""
+    rng = np.random.default_rng(seed)
+    keys = list(keys) + (["seed"] if "seed" in ex else [])
+    j = ex[ex.arm == a].merge(ex[ex.arm == b], on=keys, suffixes=("_a", "_b"))
+    j["d"] = j[f"{metric}_b"] - j[f"{metric}_a"]
+    rows = []
+    for k, g in j.groupby(list(by), sort=False):
+        k = k if isinstance(k, tuple) else (k,)
+        n_seeds = g["seed"].nunique() if "seed" in g else 1
+        if n_seeds >= 2:
+            m, lo, hi = seed_interval(g.groupby("seed")["d"].mean())
+        else:
+            m, (lo, hi) = g["d"].mean(), boot_ci(g["d"].to_numpy(float), np.ones(len(g)), n_boot, rng)
+        rows.append({**dict(zip(by, k)), "a": a, "b": b, "metric": metric, f"{metric}_a": g[f"{metric}_a"].mean(),
+                     f"{metric}_b": g[f"{metric}_b"].mean(), "diff": m, "ci_lo": lo, "ci_hi": hi, "n": len(g),
+                     "seeds": n_seeds, "over": "seeds" if n_seeds >= 2 else "examples"})
+    return pd.DataFrame(rows)
