@@ -133,12 +133,9 @@ def arms(P) -> dict:
 def make(ctx, unit, spec, lrs, seed):
     """The runs of arm ``unit`` at ``lrs`` for training seed ``seed`` (`X.sweep_and_seeds`)."""
     P = ctx.P
-    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {**spec, "seed": seed}}, lrs, steps=P["steps"],
-                       batch_size=P["batch_size"], warmup=P["warmup"], eval_every=max(1, P["steps"] // 4), eval_n=128,
-                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
-    for r in runs:
-        r.unit, r.seed = unit, seed
-    return runs
+    return X.unit_runs(ctx, unit, spec, lrs, seed, steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
+                       eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
+                       device=ctx.device, scan_backend="reference")
 
 
 def _fixed(r) -> dict:
@@ -147,18 +144,10 @@ def _fixed(r) -> dict:
 
 def validate(ctx, runs):
     """Validation accuracy of every finished run: mean over the training grid points."""
-    P, rows = ctx.P, []
-    for r in runs:
-        if ctx.out_of_time():
-            break
-
-        def one(r=r):
-            m = X.load_run(r, ctx.device).set_scan_backend("reference")
-            accs = [accuracy(m, _fixed(r), P["val_n"], VAL_SEED, **{k: v})[0]
-                    for k, v in grid_points(P.get("val_grid", TRAIN_GRID))]
-            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, "val_acc": float(np.mean(accs))}])
-        rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
+    P = ctx.P
+    points = grid_points(P.get("val_grid", TRAIN_GRID))
+    return X.validate_runs(ctx, runs, lambda m, r: {"val_acc": float(np.mean([
+        accuracy(m, _fixed(r), P["val_n"], VAL_SEED, **{k: v})[0] for k, v in points]))})
 
 
 def chosen(runs, best) -> list:

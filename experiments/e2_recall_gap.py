@@ -153,33 +153,23 @@ def gpu_gb(run) -> float:
 def make(ctx, unit, spec, lrs, seed):
     """The runs of arm ``unit`` at ``lrs`` for training seed ``seed`` (`X.sweep_and_seeds`); main arms first."""
     P = ctx.P
-    prio = {f"{unit}_s{seed}": {"main": 0, "placement": 1, "width": 2}[spec["group"]]}
-    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {"model": spec["model"], "seed": seed}}, lrs, priority=prio,
+    return X.unit_runs(ctx, unit, {"model": spec["model"]}, lrs, seed,
+                       priority={f"{unit}_s{seed}": {"main": 0, "placement": 1, "width": 2}[spec["group"]]},
                        tasks=list(TASKS), grid_max=GRID_MAX, steps=P["steps"], batch_size=P["batch_size"],
                        warmup=P["warmup"], eval_every=max(1, P["steps"] // 4), eval_n=128,
                        save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
-    for r in runs:
-        r.unit, r.seed = unit, seed
-    return runs
 
 
 # --- evaluation units ---------------------------------------------------------------------------
 
 def validate(ctx, runs):
     """Validation accuracy of every finished run: the mean over the three tasks at default knobs."""
-    P, rows = ctx.P, []
-    for r in runs:
-        if ctx.out_of_time():
-            break
+    P = ctx.P
 
-        def one(r=r):
-            m = X.load_run(r, ctx.device).set_scan_backend("reference")
-            accs = {t: answer_accuracy(m, T.generate(t, P["val_n"], seed=VAL_SEED).to(ctx.device)) for t in TASKS}
-            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed,
-                                  "val_acc": float(np.mean(list(accs.values()))),
-                                  **{f"val_{t}": a for t, a in accs.items()}}])
-        rows.append(X.ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
+    def score(m, r):
+        accs = {t: answer_accuracy(m, T.generate(t, P["val_n"], seed=VAL_SEED).to(ctx.device)) for t in TASKS}
+        return {"val_acc": float(np.mean(list(accs.values()))), **{f"val_{t}": a for t, a in accs.items()}}
+    return X.validate_runs(ctx, runs, score)
 
 
 def evaluate_arm(arm, spec, run, P, root, device):

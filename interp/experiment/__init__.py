@@ -11,7 +11,8 @@ again continues from the checkpoints and cached results.
   devices, `git_commit`;
 * `interp.experiment.runs`: learning-rate sweeps of zoo models trained in worker processes
   (`make_runs`, `train_runs`, `train_then_validate`, `best_by`, `matched`);
-* `interp.experiment.seeds`: the sweep on the first training seed and the other seeds at each unit's best
+* `interp.experiment.seeds`: each unit's runs per seed (`unit_runs`) and their cached validation
+  (`validate_runs`), the sweep on the first training seed and the other seeds at each unit's best
   rate (`sweep_and_seeds`), where each best rate lies (`lr_edges`), verdict labels and numbers with
   intervals over seeds (`label`, `fmt`, `seed_means`), the sweep's report lines (`sweep_lines`), paired
   differences between two arms over seeds (`paired_diff`), the verdict rule of a script's docstring (`rule_text`) and how a
@@ -34,7 +35,7 @@ from interp.experiment.results import ResultLog, WriterLocks, check_spec
 from interp.experiment.runs import (Run, attention_fraction, best_by, load_run, make_runs, matched, n_params,
                                     place, status, train_runs, train_then_validate, unevaluated_exit)
 from interp.experiment.seeds import (fmt, label, lr_edges, paired_diff, replicated, rule_text, seed_means,
-                                     sweep_and_seeds, sweep_lines)
+                                     sweep_and_seeds, sweep_lines, unit_runs, validate_runs)
 from interp.experiment.scripts import ScriptFunction, load_experiment, script_function, shipped_scripts
 from interp.experiment.toml import TOML_KEYS, check_options, run_toml, toml_argv
 
@@ -44,6 +45,6 @@ __all__ = ["REPO", "Ctx", "add_common_args", "add_run_args", "cli", "deadline_fr
            "sweep_edge_note", "sweep_table", "write_report", "ResultLog", "WriterLocks", "check_spec",
            "Run", "attention_fraction", "best_by", "load_run", "make_runs", "matched", "n_params", "place", "status",
            "train_runs", "train_then_validate", "unevaluated_exit", "fmt", "label", "lr_edges", "replicated", "rule_text",
-           "seed_means", "sweep_and_seeds", "sweep_lines", "paired_diff",
+           "seed_means", "sweep_and_seeds", "sweep_lines", "paired_diff", "unit_runs", "validate_runs",
            "ScriptFunction", "load_experiment", "script_function", "shipped_scripts", "TOML_KEYS", "check_options",
            "run_toml", "toml_argv"]

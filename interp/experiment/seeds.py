@@ -14,8 +14,34 @@ import numpy as np
 import pandas as pd
 
 from interp.experiment.report import md_table
-from interp.experiment.runs import best_by, status, train_runs
+from interp.experiment.results import ResultLog
+from interp.experiment.runs import best_by, load_run, make_runs, status, train_runs
 from interp.stats import boot_ci, seed_interval
+
+
+def unit_runs(ctx, unit: str, spec: dict, lrs, seed: int, **train_kw) -> list:
+    """The runs of ``unit`` at each rate of ``lrs`` for training seed ``seed`` (`make_runs` with ``spec`` and
+    ``train_kw``; named ``<unit>_s<seed>_lr<lr>``), each with ``.unit`` and ``.seed``: what
+    `sweep_and_seeds` expects its ``make`` to return."""
+    runs = make_runs(ctx.runs, {f"{unit}_s{seed}": {**spec, "seed": seed}}, lrs, **train_kw)
+    for r in runs:
+        r.unit, r.seed = unit, seed
+    return runs
+
+
+def validate_runs(ctx, runs, score, backend: str = "reference") -> pd.DataFrame:
+    """Validation rows (unit, lr, seed and the dict ``score(model, run)`` returns, which holds ``val_acc``) of
+    the finished ``runs``, each cached in ``<runs>/eval/val_<run>.csv``; stops at the call's deadline."""
+    rows = []
+    for r in runs:
+        if ctx.out_of_time():
+            break
+
+        def one(r=r):
+            m = load_run(r, ctx.device).set_scan_backend(backend)
+            return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, **score(m, r)}])
+        rows.append(ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
 
 
 def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None):
