@@ -129,13 +129,9 @@ def units(P) -> dict:
 
 def make(ctx, unit, spec, lrs, seed):
     P = ctx.P
-    runs = X.make_runs(ctx.runs, {f"{unit}_s{seed}": {**spec, "seed": seed}}, lrs, steps=P["steps"],
-                       batch_size=P["batch_size"], warmup=P["warmup"], eval_every=max(1, P["steps"] // 5), eval_n=128,
-                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend=P["scan_backend"],
-                       induction_steps=P["induction_steps"])
-    for r in runs:
-        r.unit, r.seed = unit, seed
-    return runs
+    return X.unit_runs(ctx, unit, spec, lrs, seed, steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
+                       eval_every=max(1, P["steps"] // 5), eval_n=128, save_every=max(50, P["steps"] // 10),
+                       device=ctx.device, scan_backend=P["scan_backend"], induction_steps=P["induction_steps"])
 
 
 def _model(ctx, r):
