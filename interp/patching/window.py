@@ -1,6 +1,6 @@
-"""The zoo-only KV-window fast path of the sweep: a resid_pre patch at one position with only
-attention layers from the patched one on runs on the suffix window, with the unchanged run's keys
-and values as a KV cache."""
+"""The zoo-only window fast path of the sweep: a resid_pre patch at one position, with attention and Gated
+DeltaNet layers from the patched one on, runs on the suffix window, with the unchanged run's keys and values
+as a KV cache and each GDN layer resuming from the state the unchanged run's earlier positions leave."""
 from __future__ import annotations
 
 import torch
@@ -10,11 +10,11 @@ from interp.patching.run import _answer_metrics
 
 def _window_ok(hm, site, layer, cells) -> bool:
     """Fast path: a resid_pre patch at one position in a zoo model whose layers from ``layer`` on
-    are all attention. Only positions >= the patched one change, so the forward runs on the
-    suffix window with the unchanged run's keys/values as a KV cache (`HybridLM.forward_window`)."""
+    are attention or GDN (`HybridLM.window_ok`). Only positions >= the patched one change, so the
+    forward runs on the suffix window with the unchanged run's keys/values as a KV cache and each GDN
+    layer resuming from the unchanged run's earlier inputs (`HybridLM.forward_window`)."""
     m = hm.model
-    return (site == "resid_pre" and hm.adapter.family == "zoo" and hasattr(m, "forward_window")
-            and all(k == "attn" for k in m.config.layers[layer:])
+    return (site == "resid_pre" and hm.adapter.family == "zoo" and hasattr(m, "window_ok") and m.window_ok(layer)
             and all(p is not None and h is None for p, h in cells))
 
 
@@ -22,8 +22,10 @@ def _window_cache(hm, tokens, units, win):
     if not win:
         return None
     lo = min(units[u][1] for u in win)
-    names = {f"blocks.{i}.attn.{kv}" for i in range(lo, hm.n_layers) for kv in "kv"}
+    kinds = hm.model.config.layers
+    names = {f"blocks.{i}.attn.{kv}" for i in range(lo, hm.n_layers) if kinds[i] == "attn" for kv in "kv"}
     names |= {f"blocks.{units[u][1]}.resid_pre" for u in win}
+    names |= {f"blocks.{i}.resid_pre" for i in range(lo, hm.n_layers) if kinds[i] != "attn"}
     return hm.run_with_cache(tokens, names=sorted(names))[1]
 
 
@@ -56,9 +58,12 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
         r = torch.arange(len(idx), device=x.device)
         ppos = torch.cat([torch.full((len(a),), p, device=x.device) for p, a, _ in grp])
         x[r, ppos - p0] = src[idx, ppos].to(x.dtype)
-        kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in range(layer, len(model.blocks))}
+        later = range(layer, len(model.blocks))
+        attn = [i for i in later if model.config.layers[i] == "attn"]
+        kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in attn}
+        prev = {i: cache[f"blocks.{i}.resid_pre"][idx, :p0] for i in later if i not in attn}
         a = ans[idx]
-        lg = model.forward_window(x, layer, p0, kv, at=(a - p0).clamp(min=0))
+        lg = model.forward_window(x, layer, p0, kv, at=(a - p0).clamp(min=0), prev=prev)
         got = _answer_metrics(lg, (answers[0][idx], answers[1][idx]), clean_logp[idx])
         reach = a >= p0  # answers before the window: the patch cannot reach them
         o = 0

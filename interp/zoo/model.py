@@ -96,24 +96,29 @@ class HybridLM(nn.Module):
             x = block(x)
         return self.lm_head(self.norm_f(x)).float()
 
-    def forward_window(self, x, start: int, offset: int, kv: dict, at=None):
-        """Blocks ``start ..`` on hidden states x [B, W, D] of positions ``offset ..``, with the
-        keys/values of the earlier positions given per layer (``kv[i] = (k, v)``, [B, offset, H, D],
-        after RoPE, as `hooks` captures ``blocks.{i}.attn.k/v``). Only all-attention suffixes (a
-        recurrent layer would need its state and conv window). ``at`` [B]: window index per row
-        whose logits to return ([B, 1, vocab]); default all positions. Used by activation patching
-        to recompute only what a patch at position >= offset can change."""
-        kinds = self.config.layers[start:]
-        if any(k != "attn" for k in kinds):
-            raise NotImplementedError("forward_window needs attention in every layer from `start` on")
-        last = len(self.blocks) - 1
+    def window_ok(self, start: int) -> bool:
+        """Whether `forward_window` can run blocks ``start ..``: attention and Gated DeltaNet layers only."""
+        return all(k in ("attn", "gdn") for k in self.config.layers[start:])
+
+    def forward_window(self, x, start: int, offset: int, kv: dict, at=None, prev: dict | None = None):
+        """Blocks ``start ..`` on hidden states x [B, W, D] of positions ``offset ..``, given what the
+        earlier positions left: for attention layers their keys/values (``kv[i] = (k, v)``, [B, offset,
+        H, D], after RoPE, as `hooks` captures ``blocks.{i}.attn.k/v``), for GDN layers their block inputs
+        (``prev[i]`` [B, offset, D], ``blocks.{i}.resid_pre``: the layer resumes from the state they
+        leave, `GatedDeltaNet.forward_window`). Other layers are refused (`window_ok`). ``at`` [B]: window
+        index per row whose logits to return ([B, 1, vocab]); default all positions. Used by activation
+        patching to recompute only what a patch at position >= offset can change."""
+        if not self.window_ok(start):
+            raise NotImplementedError("forward_window needs attention or GDN in every layer from `start` on")
+        last, rows = len(self.blocks) - 1, torch.arange(x.shape[0], device=x.device)
         for i in range(start, last + 1):
-            b = self.blocks[i]
-            if i == last and at is not None:  # the last layer: only the query at `at` matters
-                x = x[torch.arange(x.shape[0], device=x.device), at].unsqueeze(1) \
-                    + b.mixer.forward_window(b.norm1(x), offset, *kv[i], at=at)
+            b, only = self.blocks[i], i == last and at is not None   # the last layer: only the query at `at`
+            if b.kind == "attn":
+                y = b.mixer.forward_window(b.norm1(x), offset, *kv[i], at=at if only else None)
+                x = (x[rows, at].unsqueeze(1) if only else x) + y
             else:
-                x = x + b.mixer.forward_window(b.norm1(x), offset, *kv[i])
+                x = x + b.mixer.forward_window(b.norm1(x), b.norm1(prev[i]))
+                x = x[rows, at].unsqueeze(1) if only else x
             x = x + b.mlp(b.norm2(x))
         return self.lm_head(self.norm_f(x)).float()
 
