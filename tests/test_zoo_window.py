@@ -47,3 +47,22 @@ def test_window_refuses_other_mixers():
     assert not m.window_ok(0) and m.window_ok(3)
     with pytest.raises(NotImplementedError, match="attention or GDN"):
         m.forward_window(torch.zeros(1, 2, 16), 0, 1, {})
+
+
+@pytest.mark.parametrize("layout,start", [("gdn75", 1), ("gdn75", 3), ("transformer", 0)])
+def test_model_window_after_a_mixer_equals_full_forward(layout, start):
+    """mixer_done: the window starts from block ``start``'s residual after its mixer (resid_pre + mixer_out)."""
+    torch.manual_seed(2)
+    m = HybridLM(ZooConfig(vocab_size=len(T.VOCAB), d_model=16, n_layers=4, layout=layout, n_heads=2,
+                           head_dim=8)).eval()
+    tok, offset = T.generate("mqar", 3, seed=1).tokens, 4
+    with torch.no_grad():
+        full, c = hooks.wrap(m).run_with_cache(tok, names=lambda n: n.endswith(
+            ("resid_pre", "mixer_out", "attn.k", "attn.v")))
+        kinds, later = m.config.layers, range(start + 1, 4)
+        kv = {i: (c[f"blocks.{i}.attn.k"][:, :offset], c[f"blocks.{i}.attn.v"][:, :offset])
+              for i in later if kinds[i] == "attn"}
+        prev = {i: c[f"blocks.{i}.resid_pre"][:, :offset] for i in later if kinds[i] != "attn"}
+        x = (c[f"blocks.{start}.resid_pre"] + c[f"blocks.{start}.mixer_out"])[:, offset:]
+        win = m.forward_window(x, start, offset, kv, prev=prev, mixer_done=True)
+    torch.testing.assert_close(win, full[:, offset:], atol=1e-5, rtol=0)

@@ -100,20 +100,24 @@ class HybridLM(nn.Module):
         """Whether `forward_window` can run blocks ``start ..``: attention and Gated DeltaNet layers only."""
         return all(k in ("attn", "gdn") for k in self.config.layers[start:])
 
-    def forward_window(self, x, start: int, offset: int, kv: dict, at=None, prev: dict | None = None):
+    def forward_window(self, x, start: int, offset: int, kv: dict, at=None, prev: dict | None = None,
+                       mixer_done: bool = False):
         """Blocks ``start ..`` on hidden states x [B, W, D] of positions ``offset ..``, given what the
         earlier positions left: for attention layers their keys/values (``kv[i] = (k, v)``, [B, offset,
         H, D], after RoPE, as `hooks` captures ``blocks.{i}.attn.k/v``), for GDN layers their block inputs
         (``prev[i]`` [B, offset, D], ``blocks.{i}.resid_pre``: the layer resumes from the state they
         leave, `GatedDeltaNet.forward_window`). Other layers are refused (`window_ok`). ``at`` [B]: window
-        index per row whose logits to return ([B, 1, vocab]); default all positions. Used by activation
-        patching to recompute only what a patch at position >= offset can change."""
-        if not self.window_ok(start):
+        index per row whose logits to return ([B, 1, vocab]); default all positions. ``mixer_done``: x is
+        block ``start``'s residual after its mixer (resid_pre + mixer_out), so that block runs its MLP only.
+        Used by activation patching to recompute only what a patch at position >= offset can change."""
+        if not self.window_ok(start + mixer_done):
             raise NotImplementedError("forward_window needs attention or GDN in every layer from `start` on")
         last, rows = len(self.blocks) - 1, torch.arange(x.shape[0], device=x.device)
         for i in range(start, last + 1):
             b, only = self.blocks[i], i == last and at is not None   # the last layer: only the query at `at`
-            if b.kind == "attn":
+            if i == start and mixer_done:
+                x = x[rows, at].unsqueeze(1) if only else x
+            elif b.kind == "attn":
                 y = b.mixer.forward_window(b.norm1(x), offset, *kv[i], at=at if only else None)
                 x = (x[rows, at].unsqueeze(1) if only else x) + y
             else:
