@@ -57,6 +57,7 @@ from interp import InterpError, patching, probes
 from interp import experiment as X
 from interp import tasks as T
 from interp.closedloop import closed_loop
+from interp.figsave import save_fig
 from interp.stats import seed_interval
 from interp.train import answer_accuracy
 
@@ -244,31 +245,38 @@ COLOR = {"transformer": "C0", "gdn75": "C1", "gdn100": "C2"}
 
 
 def plot_accuracy(res, path, threshold):
+    """One row per training (direct / qfirst / cot), one column per knob, one colour per architecture; the
+    band is the 95% interval over training seeds."""
     plt = X.pyplot()
-    fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.6 * len(KNOBS), 3.6))
-    for ax, knob in zip(axes, KNOBS):
-        sub = res[res.knob == knob]
-        xs = list(dict.fromkeys(sub["value"].astype(str)))
-        for arm, g in sub.groupby("arm", sort=False):
-            arch, tr = arm.rsplit("-", 1)
-            x = [xs.index(str(v)) for v in g["value"]]
-            ax.plot(x, g["accuracy"], marker="o" if tr == "direct" else "s",
-                    ls="-" if tr == "direct" else "--", color=COLOR.get(arch), label=arm)
-            if "lo" in g and g["lo"].notna().any():          # 95% interval over training seeds
-                ax.fill_between(x, g["lo"], g["hi"], color=COLOR.get(arch), alpha=0.12, lw=0)
-        inside = [i for i, x in enumerate(xs) if x in map(str, TRAIN_GRID[knob])]
-        if inside and inside[-1] < len(xs) - 1:
-            ax.axvspan(inside[-1] + 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
-            ax.text(inside[-1] + 0.6, 0.97, "beyond training", fontsize=7, va="top")
-        ax.axhline(threshold, color="gray", lw=0.8, ls=":")
-        ax.set_xticks(range(len(xs)), xs)
+    trs = [t for t in TRAININGS if (res.training == t).any()]
+    fig, axes = plt.subplots(len(trs), len(KNOBS), figsize=(4.6 * len(KNOBS), 2.7 * len(trs) + 0.6), squeeze=False)
+    for row, tr in zip(axes, trs):
+        for ax, knob in zip(row, KNOBS):
+            sub = res[(res.knob == knob) & (res.training == tr)]
+            xs = list(dict.fromkeys(res[res.knob == knob]["value"].astype(str)))
+            for arm, g in sub.groupby("arm", sort=False):
+                arch, x = arm.rsplit("-", 1)[0], [xs.index(str(v)) for v in g["value"]]
+                ax.plot(x, g["accuracy"], marker="o", color=COLOR.get(arch), label=arch)
+                if "lo" in g and g["lo"].notna().any():          # 95% interval over training seeds
+                    ax.fill_between(x, g["lo"], g["hi"], color=COLOR.get(arch), alpha=0.15, lw=0)
+            inside = [i for i, x in enumerate(xs) if x in map(str, TRAIN_GRID[knob])]
+            if inside and inside[-1] < len(xs) - 1:
+                ax.axvspan(inside[-1] + 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
+                ax.text(inside[-1] + 0.6, 0.97, "beyond\ntraining", fontsize=7, va="top")
+            ax.axhline(threshold, color="gray", lw=0.8, ls=":")
+            ax.set_xticks(range(len(xs)), xs)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{tr}: accuracy vs {knob}", fontsize=9)
+        row[0].set_ylabel("answer accuracy" + (" (closed loop)" if tr == "cot" else ""))
+    for ax, knob in zip(axes[-1], KNOBS):
         ax.set_xlabel(knob)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"state_recall: {knob}", fontsize=10)
-    axes[0].set_ylabel("answer accuracy (cot: closed loop)\nmean, 95% interval over seeds")
-    axes[0].legend(fontsize=7)
-    X.save_figure(fig, path, 110)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("state_recall: mean over training seeds, band = 95% interval over seeds", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))      # room for the legend below (X.save_figure would re-lay it out)
+    save_fig(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def working_range(res, arm, knob, threshold):
