@@ -307,10 +307,14 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
         L += [f"**{len(inc)} of {len(status)} runs are not finished** (time budget of this call): "
               + ", ".join(inc.run) + ". Numbers use finished runs only; run the same command again to continue.", ""]
     L += ["## Accuracy against the attention percentage", "", "![attention](attention.png)", ""]
-    d = acc[(acc.group == "main") & (acc.knob == "default")]
-    piv = d.pivot_table(index=["arm", "attn_pct"], columns="task", values="accuracy", sort=False).reset_index()
-    mq32 = acc[(acc.group == "main") & (acc.task == "mqar") & (acc.value == "32")].set_index("arm").accuracy
+    cell = acc.assign(cell=[X.fmt(*x) for x in zip(acc.accuracy, acc.lo, acc.hi)]) if "lo" in acc else \
+        acc.assign(cell=acc.accuracy.map("{:.2f}".format))     # mean [95% interval over training seeds]
+    d = cell[(cell.group == "main") & (cell.knob == "default")]
+    piv = d.pivot_table(index=["arm", "attn_pct"], columns="task", values="cell", aggfunc="first",
+                        sort=False).reset_index()
+    mq32 = cell[(cell.group == "main") & (cell.task == "mqar") & (cell.value == "32")].set_index("arm").cell
     piv["mqar 32 pairs"] = piv.arm.map(mq32)
+    L += ["Accuracy at the default knobs: mean [95% interval] over training seeds.", ""]
     L += X.md_table(piv.sort_values(["attn_pct", "arm"]))
     L += ["", "Per-task sweeps (the shaded range is beyond what the models saw in training):", "",
           "![sweeps](sweeps.png)", ""]
