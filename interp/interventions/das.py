@@ -128,15 +128,17 @@ def _eval(ix: Interchanger, R, rows, ev=None) -> tuple[float, float]:
     with torch.no_grad():
         for s in range(0, len(rows_d), ix.batch_size):
             r = rows_d[s:s + ix.batch_size]
-            if graphed and len(r) == ev.B:
-                h, lo = ev(R, r)
-            else:
-                lg = ix.logits(R, r).float()
-                tgt = ix._at(ix.ip.source_answer, r).to(lg.device)
-                h, lo = (lg.argmax(-1) == tgt).sum(), F.cross_entropy(lg, tgt, reduction="sum")
+            h, lo = ev(R, r) if graphed and len(r) == ev.B else _hits_loss(ix, R, r)
             hit += h.double()
             loss += lo.double()
     return float(hit) / len(rows), float(loss) / len(rows)
+
+
+def _hits_loss(ix: Interchanger, R, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(how many intervened base runs of ``rows`` give the source answer, their summed cross-entropy toward it)."""
+    lg = ix.logits(R, rows).float()
+    tgt = ix._at(ix.ip.source_answer, rows).to(lg.device)
+    return (lg.argmax(-1) == tgt).sum(), F.cross_entropy(lg, tgt, reduction="sum")
 
 
 def _loss(ix: Interchanger, R, rows) -> torch.Tensor:
@@ -159,8 +161,7 @@ def _graphs(ix: Interchanger, rot: Rotation, cfg: DASConfig, train_rows) -> tupl
     R0 = rot.R.detach()
     try:
         step = GradStep(lambda R, r: _loss(ix, R, r), R0, train_rows[:cfg.batch_size].to(dev))
-        target = ix.ip.source_answer.to(dev)
-        ev = EvalStep(ix.logits, target, R0, torch.arange(min(ix.batch_size, len(ix.ip)), device=dev))
+        ev = EvalStep(lambda R, r: _hits_loss(ix, R, r), R0, torch.arange(min(ix.batch_size, len(ix.ip)), device=dev))
     except GraphUnavailable as e:
         warnings.warn(f"DAS runs without CUDA graphs: capturing the step failed ({e})", stacklevel=3)
         return None, None, f"off (capture failed: {e})"

@@ -19,7 +19,6 @@ shape); `capture` then raises `GraphUnavailable` and the caller runs eagerly (da
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 class GraphUnavailable(RuntimeError):
@@ -79,18 +78,12 @@ class GradStep(_Static):
 
 
 class EvalStep(_Static):
-    """Replays (hits, summed cross-entropy) of ``logits_fn(R, rows)`` [B, vocab] toward ``target`` [N] (on the
-    device) at the rows, without gradients, for batches of ``len(rows0)`` rows."""
+    """Replays ``fn(R, rows)`` -> (hits, summed cross-entropy) of one evaluation batch, without gradients, for
+    batches of ``len(rows0)`` rows."""
 
-    def __init__(self, logits_fn, target, R0, rows0):
+    def __init__(self, fn, R0, rows0):
         super().__init__(R0, rows0, grad=False)
-
-        @torch.no_grad()
-        def body():
-            lg = logits_fn(self.R, self.rows).float()
-            tgt = target[self.rows]
-            return (lg.argmax(-1) == tgt).sum(), F.cross_entropy(lg, tgt, reduction="sum")
-        self.graph, (self.hits, self.loss) = capture(body)
+        self.graph, (self.hits, self.loss) = capture(torch.no_grad()(lambda: fn(self.R, self.rows)))
 
     def __call__(self, R, rows):
         self.load(R, rows)
