@@ -62,15 +62,16 @@ class GatedDeltaNet(nn.Module):
     def forward_window(self, x, prev):
         """The outputs at positions P.. given their inputs x [B, W, D] and the inputs of positions 0..P-1,
         ``prev`` [B, P, D], as `forward` on the whole sequence computes them: the state enters from the
-        prefix (a scan over ``prev`` keeping only its final state), the short convolutions see ``prev``'s
-        last conv_size - 1 inputs. Used by activation patching to recompute only what a patch at a
-        position >= P can change."""
+        prefix (a scan over ``prev`` keeping only its final state); the scan inputs of both parts come from
+        one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). Used by activation
+        patching to recompute only what a patch at a position >= P can change."""
         B, W, _ = x.shape
-        S0 = self.scan_fn(**self.scan_inputs(prev), output_final_state=True)[1] if prev.shape[1] else None
-        c = min(prev.shape[1], self.q_conv.kernel_size - 1)
-        inp = self.scan_inputs(torch.cat([prev[:, prev.shape[1] - c:], x], 1))
-        inp = {k: v[:, c:] if torch.is_tensor(v) else v for k, v in inp.items()}
-        o, _ = self.scan_fn(**inp, initial_state=S0)
+        P = prev.shape[1]
+        inp = self.scan_inputs(torch.cat([prev, x], 1))
+        part = [{k: v[:, sl] if torch.is_tensor(v) else v for k, v in inp.items()}
+                for sl in (slice(0, P), slice(P, None))]
+        S0 = self.scan_fn(**part[0], output_final_state=True)[1] if P else None
+        o, _ = self.scan_fn(**part[1], initial_state=S0)
         gate = self.g_proj(x).view(B, W, self.n_heads, self.head_dim)
         return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, W, -1))
 
