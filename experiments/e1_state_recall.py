@@ -151,11 +151,6 @@ def validate(ctx, runs):
         accuracy(m, _fixed(r), P["val_n"], VAL_SEED, **{k: v})[0] for k, v in points]))})
 
 
-def chosen(runs, best) -> list:
-    """The finished runs at each arm's best learning rate, every seed."""
-    return [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
-
-
 def test_sweep(runs, P, root, device, deadline):
     """Accuracy on the test grid of every run in ``runs`` (one per arm and seed)."""
     frames = []
@@ -466,11 +461,9 @@ def experiment(ctx, threshold):
     status, val, best, runs = X.sweep_and_seeds(ctx, arms(P), make, validate)
     X.save_table(status, figs / "lr_sweep_status.csv")
     if ctx.train_only or not best:
-        every = len(status) == len(arms(P)) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
-        return X.unevaluated_exit(ctx, status) if every else 3
-    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
-    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), figs / "lr_sweep.csv")
-    picked = chosen(runs, best)
+        return 0 if ctx.train_only and X.sweep_complete(status, P, len(arms(P))) else 3
+    X.save_table(X.sweep_frame(runs, val), figs / "lr_sweep.csv")
+    picked = X.chosen(runs, best)
     res = test_sweep(picked, P, root, device, deadline)
     X.save_table(res, figs / "results.csv")
     resm = seed_means(res)

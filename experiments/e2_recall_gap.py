@@ -375,9 +375,8 @@ def experiment(ctx, a):
     status, val, best, runs = X.sweep_and_seeds(ctx, A, make, validate, weight=gpu_gb, capacity=P["gpu_gb"])
     X.save_table(status, figs / "lr_sweep_status.csv")
     if ctx.train_only or not best:
-        every = len(status) == len(A) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
-        return X.unevaluated_exit(ctx, status) if every else 3
-    picked = [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
+        return 0 if ctx.train_only and X.sweep_complete(status, P, len(A)) else 3
+    picked = X.chosen(runs, best)
     accs, votes, taxs = [], [], []
     for r in picked:
         if X.out_of_time(deadline):
@@ -398,8 +397,7 @@ def experiment(ctx, a):
         X.save_table(judged, figs / "judge.csv")
     for df, name in ((acc, "results"), (vote, "votes"), (pd.concat([tax, chance], ignore_index=True), "taxonomy")):
         X.save_table(df, figs / f"{name}.csv")
-    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
-    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), figs / "lr_sweep.csv")
+    X.save_table(X.sweep_frame(runs, val), figs / "lr_sweep.csv")
     arm_keys = ["arm", "mixer", "attn_pct", "group", "width"]
     accm = X.seed_means(acc, arm_keys + ["task", "knob", "value", "in_training"])
     votem = X.seed_means(vote, arm_keys + ["task", "N"], value="majority_acc", also=["pass_at_n", "greedy_acc"])

@@ -445,11 +445,9 @@ def experiment(ctx, a):
     status, val, best, runs = X.sweep_and_seeds(ctx, A, make, validate)
     X.save_table(status, ctx.out / "lr_sweep_status.csv")
     if ctx.train_only or not best:
-        every = len(status) == len(A) * (len(P["lrs"]) + len(P["seeds"]) - 1)    # the seeds' runs exist too
-        return X.unevaluated_exit(ctx, status) if every else 3
-    sweep = pd.DataFrame([{**X.status(r), "unit": r.unit, "seed": r.seed} for r in runs])
-    X.save_table(sweep.merge(val, on=["unit", "lr", "seed"], how="left"), ctx.out / "lr_sweep.csv")
-    picked = [r for r in runs if r.unit in best and r.lr == best[r.unit] and X.status(r)["complete"]]
+        return 0 if ctx.train_only and X.sweep_complete(status, P, len(A)) else 3
+    X.save_table(X.sweep_frame(runs, val), ctx.out / "lr_sweep.csv")
+    picked = X.chosen(runs, best)
     ex = test_eval(picked, ctx, P)
     X.save_table(ex, ctx.out / "examples.parquet")
     res = ex.groupby(["arm", "seed", "task", "knob", "value"], sort=False).agg(

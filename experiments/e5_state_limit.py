@@ -416,7 +416,7 @@ def _main(a, ctx):
     specs = units(P)
     st, val, best, runs = X.sweep_and_seeds(ctx, specs, make, validate)
     X.save_table(st, out / "lr_sweep_status.csv")
-    complete = bool(st.complete.all()) and len(st) == len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
+    complete = X.sweep_complete(st, P, len(specs))
     if ctx.train_only:
         print(f"--train-only: {int(st.complete.sum())} runs finished; the sweep validated, nothing tested")
         return 0 if complete else 3

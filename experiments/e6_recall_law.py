@@ -176,7 +176,7 @@ def validate(ctx, runs):
 
 def test(ctx, runs, best, specs) -> pd.DataFrame:
     """Test accuracy of every finished run at its unit's best learning rate, with its configuration."""
-    done = [r for r in runs if best.get(r.unit) == r.lr and X.status(r)["complete"]]
+    done = X.chosen(runs, best)
     res = _evaluate(ctx, done, "test").rename(columns={"acc": "accuracy"})
     if res.empty:
         return res
@@ -457,7 +457,7 @@ def _main(a, ctx):
     specs = units(P, P["seq_lens"])
     st, val, best, runs = X.sweep_and_seeds(ctx, {u: s for u, (_, s) in specs.items()}, make, validate)
     X.save_table(st, out / "lr_sweep_status.csv")
-    complete = bool(st.complete.all()) and len(st) == len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
+    complete = X.sweep_complete(st, P, len(specs))
     if ctx.train_only:
         print(f"--train-only: {int(st.complete.sum())} runs finished; the sweep validated, nothing tested")
         return 0 if complete else 3

@@ -10,9 +10,10 @@ again continues from the checkpoints and cached results.
   ctx:``, a `Ctx` holding the writer locks of its runs and figures directories), the time budget,
   devices, `git_commit`;
 * `interp.experiment.runs`: learning-rate sweeps of zoo models trained in worker processes
-  (`make_runs`, `train_runs`, `train_then_validate`, `best_by`, `matched`);
+  (`make_runs`, `train_runs`, `best_by`, `matched`);
 * `interp.experiment.seeds`: each unit's runs per seed (`unit_runs`) and their cached validation
-  (`validate_runs`), the sweep on the first training seed and the other seeds at each unit's best
+  (`validate_runs`), how many there are and whether all are done (`n_runs`, `sweep_complete`), the runs
+  at each best rate (`chosen`), the sweep table (`sweep_frame`), the sweep on the first training seed and the other seeds at each unit's best
   rate (`sweep_and_seeds`), where each best rate lies (`lr_edges`), verdict labels and numbers with
   intervals over seeds (`label`, `fmt`, `seed_means`), the sweep's report lines (`sweep_lines`), paired
   differences between two arms over seeds (`paired_diff`), the verdict rule of a script's docstring (`rule_text`) and how a
@@ -20,7 +21,7 @@ again continues from the checkpoints and cached results.
 * `interp.experiment.results`: cached result rows (`ResultLog`, one unit file per ``add``), the runs
   directory's configuration (`check_spec`) and the writer locks (`WriterLocks`), all written
   atomically with `interp.store`;
-* `interp.experiment.report`: ``report.md`` (`header`, `write_report`, `md_table`, `sweep_table`),
+* `interp.experiment.report`: ``report.md`` (`header`, `write_report`, `md_table`, `sweep_edge_note`),
   figures (`pyplot`, `save_figure`) and tables (`save_table`, `save_with`), written atomically;
 * `interp.experiment.scripts` / `interp.experiment.toml`: scripts loaded by file path
   (`load_experiment`, `script_function`, `shipped_scripts`) and ``interp run`` (`run_toml`: only the
@@ -30,21 +31,23 @@ from interp.experiment.context import (REPO, Ctx, add_common_args, add_run_args,
                                        git_commit, out_of_time, parser, resolve_device, setup, train_devices,
                                        with_steps)
 from interp.experiment.report import (PROFILE_FLAGS, header, md_table, pyplot, runs_note, save_figure, save_table,
-                                      save_with, sweep_edge_note, sweep_table, write_report)
+                                      save_with, sweep_edge_note, write_report)
 from interp.experiment.results import ResultLog, WriterLocks, check_spec
 from interp.experiment.runs import (Run, attention_fraction, best_by, load_run, make_runs, matched, n_params,
-                                    place, status, train_runs, train_then_validate, unevaluated_exit)
-from interp.experiment.seeds import (fmt, label, lr_edges, paired_diff, replicated, rule_text, seed_means,
-                                     sweep_and_seeds, sweep_lines, unit_runs, validate_runs)
+                                    place, status, train_runs)
+from interp.experiment.seeds import (chosen, fmt, label, lr_edges, n_runs, paired_diff, replicated, rule_text,
+                                     seed_means, sweep_and_seeds, sweep_complete, sweep_frame, sweep_lines, unit_runs,
+                                     validate_runs)
 from interp.experiment.scripts import ScriptFunction, load_experiment, script_function, shipped_scripts
 from interp.experiment.toml import TOML_KEYS, check_options, run_toml, toml_argv
 
 __all__ = ["REPO", "Ctx", "add_common_args", "add_run_args", "cli", "deadline_from", "device_name", "git_commit",
            "out_of_time", "parser", "resolve_device", "setup", "train_devices", "with_steps",
            "PROFILE_FLAGS", "header", "md_table", "pyplot", "runs_note", "save_figure", "save_table", "save_with",
-           "sweep_edge_note", "sweep_table", "write_report", "ResultLog", "WriterLocks", "check_spec",
+           "sweep_edge_note", "write_report", "ResultLog", "WriterLocks", "check_spec",
            "Run", "attention_fraction", "best_by", "load_run", "make_runs", "matched", "n_params", "place", "status",
-           "train_runs", "train_then_validate", "unevaluated_exit", "fmt", "label", "lr_edges", "replicated", "rule_text",
+           "train_runs", "fmt", "label", "lr_edges", "replicated", "rule_text",
            "seed_means", "sweep_and_seeds", "sweep_lines", "paired_diff", "unit_runs", "validate_runs",
+           "chosen", "n_runs", "sweep_complete", "sweep_frame",
            "ScriptFunction", "load_experiment", "script_function", "shipped_scripts", "TOML_KEYS", "check_options",
            "run_toml", "toml_argv"]

@@ -59,15 +59,6 @@ def runs_note(status: pd.DataFrame) -> list[str]:
             "calls of the same command (their checkpoints and cached evaluations are reused).", ""]
 
 
-def sweep_table(status: pd.DataFrame, val: pd.DataFrame, best: pd.DataFrame, extra=()) -> list[str]:
-    """The learning-rate sweep as a markdown table; each arm's best run in bold."""
-    sw = status.merge(val, on=["arm", "lr"], how="left").sort_values(["arm", "lr"], kind="stable")
-    isbest = [bool(a in best.index and best.loc[a, "lr"] == lr) for a, lr in zip(sw.arm, sw.lr)]
-    cols = ["arm", "lr", "steps_done", "steps", "val_acc"] + [c for c in extra if c in sw]
-    return md_table(sw.assign(lr=[f"{x:g}" for x in sw.lr],
-                              val_acc=[f"**{v:.3f}**" if b else f"{v:.3f}" for v, b in zip(sw.val_acc, isbest)])[cols])
-
-
 def sweep_edge_note(best_lr: dict, lrs) -> list[str]:
     """A warning for every arm whose best learning rate is the smallest or largest one swept (its
     optimum may lie outside the sweep, so the comparison may not use its best setting)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from interp.experiment.context import Ctx
 from interp.store import atomic_write_json, read_json
 from interp.tasks import VOCAB
 from interp.train import TrainConfig, default_induction_steps, train
@@ -235,34 +234,3 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     return pd.DataFrame([{**status(r), "trained_now": errors.get(r.name) == "ran",
                           "error": errors.get(r.name, "") if errors.get(r.name, "").startswith("failed") else ""}
                          for r in runs])
-
-
-# --- one experiment call's sweep ----------------------------------------------------------------
-
-def train_then_validate(runs, validate, ctx: Ctx, weight=None, capacity=None):
-    """Train what is unfinished (in ``ctx.workers`` processes, stopping ``eval_reserve`` minutes
-    before the deadline, or at it with ``--train-only``), then validate the finished runs with
-    ``validate(runs, P, runs_dir, device, deadline)``. Returns (status, validation table, best row
-    per arm or None); with ``--train-only`` the table is empty and best is None."""
-    deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * ctx.P["eval_reserve"])
-    st = train_runs(runs, workers=ctx.workers, deadline=deadline, progress=ctx.progress,
-                    weight=weight if ctx.device != "cpu" else None, capacity=capacity, devices=ctx.train_devices,
-                    stack=ctx.stack)
-    done = [r for r, c in zip(runs, st.complete) if c]
-    if len(done) < len(runs):
-        print(f"{len(runs) - len(done)} of {len(runs)} runs unfinished (time budget); run the same command again "
-              "to continue", file=sys.stderr)
-    if ctx.train_only:
-        print(f"--train-only: {len(done)} of {len(runs)} runs finished; no evaluation", file=sys.stderr)
-        return st, pd.DataFrame(), None
-    val = validate(done, ctx.P, ctx.runs, ctx.device, ctx.deadline)
-    if val.empty:
-        print("no finished runs to evaluate yet", file=sys.stderr)
-        return st, val, None
-    return st, val, best_by(val)
-
-
-def unevaluated_exit(ctx: Ctx, status: pd.DataFrame) -> int:
-    """The exit code of a call that evaluated nothing: 0 for ``--train-only`` once every run is
-    finished, else 3 (run the same command again to continue)."""
-    return 0 if ctx.train_only and status.complete.all() else 3

@@ -53,7 +53,7 @@ def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None
     P = ctx.P
     dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
     kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl,
-              stack=getattr(ctx, "stack", 1), weight=weight if ctx.device != "cpu" else None, capacity=capacity)
+              stack=ctx.stack, weight=weight if ctx.device != "cpu" else None, capacity=capacity)
     sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
     st = train_runs(sweep, **kw)
     val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
@@ -66,9 +66,31 @@ def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None
     if extra:
         st = pd.concat([st, train_runs(extra, **kw)], ignore_index=True)
         val = pd.concat([val, validate(ctx, [r for r in extra if status(r)["complete"]])], ignore_index=True)
-    n_all = len(specs) * (len(P["lrs"]) + len(P["seeds"]) - 1)
-    print(f"{int(st.complete.sum())} of {n_all} runs finished", flush=True)
+    print(f"{int(st.complete.sum())} of {n_runs(P, len(specs))} runs finished", flush=True)
     return st, val, best, sweep + extra
+
+
+def n_runs(P: dict, n_units: int) -> int:
+    """How many runs `sweep_and_seeds` makes for ``n_units`` units: every rate on the first seed, the other
+    seeds at one rate."""
+    return n_units * (len(P["lrs"]) + len(P["seeds"]) - 1)
+
+
+def sweep_complete(status: pd.DataFrame, P: dict, n_units: int) -> bool:
+    """Whether every run of the sweep and of the other seeds exists and is finished (the seeds' runs exist only
+    once their unit's sweep has been validated)."""
+    return bool(status.complete.all()) and len(status) == n_runs(P, n_units)
+
+
+def chosen(runs, best: dict) -> list:
+    """The finished runs at each unit's best learning rate, every seed."""
+    return [r for r in runs if best.get(r.unit) == r.lr and status(r)["complete"]]
+
+
+def sweep_frame(runs, val: pd.DataFrame) -> pd.DataFrame:
+    """Every run's status (`status`) with its unit, seed and validation row: a report's ``lr_sweep.csv``."""
+    rows = pd.DataFrame([{**status(r), "unit": r.unit, "seed": r.seed} for r in runs])
+    return rows.merge(val, on=["unit", "lr", "seed"], how="left")
 
 
 def lr_edges(val: pd.DataFrame, lrs, seed0: int) -> pd.DataFrame:
