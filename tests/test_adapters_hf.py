@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+from hf_tiny import assert_clean, logits, snapshot
 import hooks
 from hooks.adapters import hf_common
 from hooks.cache import Cache
@@ -63,22 +65,11 @@ def make(kind, attn_implementation=None):
     return m
 
 
-_models = {}
-
-
-def model(kind):
-    if kind not in _models:
-        _models[kind] = make(kind)
-    return _models[kind]
+model = H.cached(make)
 
 
 def toks(B=2, seed=0, n=T):
-    return torch.randint(2, V, (B, n), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(m, x):
-    with torch.no_grad():
-        return m(input_ids=x, use_cache=False).logits
+    return H.toks(V, B, seed, n)
 
 
 def setup(kind):
@@ -86,28 +77,6 @@ def setup(kind):
     m = model(kind)
     x = toks()
     return m, hooks.wrap(m), x, logits(m, x)
-
-
-KERNEL_GLOBALS = ("ALL_ATTENTION_FUNCTIONS", "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule")
-
-
-def snapshot(m):
-    mods = {type(mod).__module__ for mod in m.modules()}
-    glob = {(mn, g): sys.modules[mn].__dict__.get(g) for mn in mods for g in KERNEL_GLOBALS}
-    attrs = {id(mod): set(vars(mod)) for mod in m.modules()}
-    return glob, attrs
-
-
-def assert_clean(m, snap):
-    glob, attrs = snap
-    for mod in m.modules():
-        for d in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_always_called",
-                  "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
-            assert not getattr(mod, d, None), (type(mod).__name__, d)
-        assert set(vars(mod)) == attrs[id(mod)], type(mod).__name__
-    for (mn, g), v in glob.items():
-        assert sys.modules[mn].__dict__.get(g) is v, (mn, g)
-    assert not hf_common._GlobalsDispatch.live
 
 
 def attn_layers(hm):

@@ -4,14 +4,14 @@ name works, residual bookkeeping (gemma's scaled embedding, sandwich norms, MoE 
 residual), attention patterns vs the model's own eager weights (gemma2's logit soft-cap and sliding
 layers), per-head results, patching, clean-up, errors. Tiny random models, CPU, float32."""
 import math
-import sys
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+from hf_tiny import assert_clean, logits, snapshot
 import hooks
-from hooks.adapters import hf_common
 from hooks.adapters.hf_transformer import softcap_pattern  # attention_pattern(..., softcap=)
 from hooks.session import attention_pattern
 
@@ -56,40 +56,11 @@ def make(kind, attn_implementation=None):
     return m
 
 
-_models = {}
-
-
-def model(kind):
-    if kind not in _models:
-        _models[kind] = make(kind)
-    return _models[kind]
+model = H.cached(make)
 
 
 def toks(B=2, seed=0, n=T):
-    return torch.randint(2, V, (B, n), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(m, x):
-    with torch.no_grad():
-        return m(input_ids=x, use_cache=False).logits
-
-
-def snapshot(m):
-    mods = {type(mod).__module__ for mod in m.modules()}
-    glob = {(mn, "ALL_ATTENTION_FUNCTIONS"): sys.modules[mn].__dict__.get("ALL_ATTENTION_FUNCTIONS") for mn in mods}
-    return glob, {id(mod): set(vars(mod)) for mod in m.modules()}
-
-
-def assert_clean(m, snap):
-    glob, attrs = snap
-    for mod in m.modules():
-        for d in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_always_called",
-                  "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
-            assert not getattr(mod, d, None), (type(mod).__name__, d)
-        assert set(vars(mod)) == attrs[id(mod)], type(mod).__name__
-    for (mn, g), v in glob.items():
-        assert sys.modules[mn].__dict__.get(g) is v, (mn, g)
-    assert not hf_common._GlobalsDispatch.live
+    return H.toks(V, B, seed, n)
 
 
 def final_logits(m, kind, resid):

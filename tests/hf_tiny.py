@@ -1,0 +1,51 @@
+"""Shared helpers of the HF adapter tests: a per-kind cache of tiny models, token batches, plain logits, and the
+check that a hooked model is left exactly as it was (no hook, attribute or patched global behind)."""
+import sys
+
+import torch
+
+from hooks.adapters import hf_common
+
+# module globals an adapter may patch while hooks are on (attention dispatch, GDN kernels)
+KERNEL_GLOBALS = ("ALL_ATTENTION_FUNCTIONS", "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule")
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_always_called", "_forward_hooks_with_kwargs",
+              "_forward_pre_hooks_with_kwargs")
+
+
+def cached(make):
+    """``model(kind)``: ``make(kind)`` built once per kind and reused."""
+    models = {}
+
+    def model(kind):
+        if kind not in models:
+            models[kind] = make(kind)
+        return models[kind]
+    return model
+
+
+def toks(V: int, B: int = 2, seed: int = 0, n: int = 11) -> torch.Tensor:
+    """[B, n] random token ids in 2..V-1 (no pad or special ids), seeded."""
+    return torch.randint(2, V, (B, n), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(m, x):
+    with torch.no_grad():
+        return m(input_ids=x, use_cache=False).logits
+
+
+def snapshot(m):
+    """What `assert_clean` compares against: the kernel globals of the model's modules and each module's attributes."""
+    mods = {type(mod).__module__ for mod in m.modules()}
+    glob = {(mn, g): sys.modules[mn].__dict__.get(g) for mn in mods for g in KERNEL_GLOBALS}
+    return glob, {id(mod): set(vars(mod)) for mod in m.modules()}
+
+
+def assert_clean(m, snap):
+    glob, attrs = snap
+    for mod in m.modules():
+        for d in HOOK_DICTS:
+            assert not getattr(mod, d, None), (type(mod).__name__, d)
+        assert set(vars(mod)) == attrs[id(mod)], type(mod).__name__
+    for (mn, g), v in glob.items():
+        assert sys.modules[mn].__dict__.get(g) is v, (mn, g)
+    assert not hf_common._GlobalsDispatch.live
