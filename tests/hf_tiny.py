@@ -49,3 +49,13 @@ def assert_clean(m, snap):
     for (mn, g), v in glob.items():
         assert sys.modules[mn].__dict__.get(g) is v, (mn, g)
     assert not hf_common._GlobalsDispatch.live
+
+
+def eager_twin(make, kind, m, x):
+    """(``m``'s eager-attention twin: ``make(kind, attn_implementation="eager")`` with ``m``'s weights, its
+    output on tokens ``x`` with attention weights): the reference for hooked attention patterns."""
+    eager = make(kind, attn_implementation="eager")
+    eager.load_state_dict(m.state_dict())
+    assert eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        return eager, eager(input_ids=x, use_cache=False, output_attentions=True)

@@ -181,13 +181,8 @@ def test_residual_bookkeeping(kind):
 
 @pytest.mark.parametrize("kind", MAIN + ["qwen3_5_text", "mistral", "qwen2", "qwen3", "olmo", "olmo2"])
 def test_pattern_equals_eager_weights(kind):
-    m = model(kind)
-    eager = make(kind, attn_implementation="eager")
-    eager.load_state_dict(m.state_dict())
-    assert eager.config._attn_implementation == "eager"
-    x = toks()
-    with torch.no_grad():
-        ref = eager(input_ids=x, use_cache=False, output_attentions=True)
+    m, x = model(kind), toks()
+    eager, ref = H.eager_twin(make, kind, m, x)
     hm = hooks.wrap(m)
     idx = attn_layers(hm)
     assert len(ref.attentions) == len(idx) > 0

@@ -222,13 +222,8 @@ def test_terms_are_what_the_layer_adds(kind):
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_pattern_equals_eager_weights(kind):
-    m = model(kind)
-    eager = make(kind, attn_implementation="eager")
-    eager.load_state_dict(m.state_dict())
-    assert eager.config._attn_implementation == "eager"
-    x = toks()
-    with torch.no_grad():
-        ref = eager(input_ids=x, use_cache=False, output_attentions=True)
+    m, x = model(kind), toks()
+    eager, ref = H.eager_twin(make, kind, m, x)
     hm = hooks.wrap(m)
     names = [f"blocks.{i}.attn.pattern" for i in range(4)]
     with torch.no_grad():
