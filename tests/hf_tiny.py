@@ -59,3 +59,16 @@ def eager_twin(make, kind, m, x):
     assert eager.config._attn_implementation == "eager"
     with torch.no_grad():
         return eager, eager(input_ids=x, use_cache=False, output_attentions=True)
+
+
+def assert_identity_hooks_keep_logits(hm, x, ref):
+    """Identity hooks on every hook name of ``hm`` leave the logits ``ref`` of tokens ``x`` as they were: exactly
+    where the hooked tensor is the one the model computes, to float error with hooks on attn.pattern / resid_mid
+    (they recompute: the attention output from the pattern; mid - pre)."""
+    recomputed = (".attn.pattern", ".resid_mid")
+    exact = [n for n in hm.hook_names if not n.endswith(recomputed)]
+    with torch.no_grad():
+        out = hm.run_with_hooks(x, hooks=[(n, lambda t, name: t) for n in exact])
+        out_all = hm.run_with_hooks(x, hooks=[(n, lambda t, name: t) for n in hm.hook_names])
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(out_all, ref, atol=1e-5, rtol=0)

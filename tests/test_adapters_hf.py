@@ -123,14 +123,7 @@ def test_capture_everything_keeps_logits(kind):
 @pytest.mark.parametrize("kind", MAIN)
 def test_identity_hooks_keep_logits(kind):
     m, hm, x, ref = setup(kind)
-    # hooks on attn.pattern / resid_mid recompute (o from the pattern; mid - pre): equal up to float error
-    recomputed = (".attn.pattern", ".resid_mid")
-    exact = [n for n in hm.hook_names if not n.endswith(recomputed)]
-    with torch.no_grad():
-        out = hm.run_with_hooks(x, hooks=[(n, lambda t, name: t) for n in exact])
-        out_all = hm.run_with_hooks(x, hooks=[(n, lambda t, name: t) for n in hm.hook_names])
-    assert torch.equal(out, ref)
-    torch.testing.assert_close(out_all, ref, atol=1e-5, rtol=0)
+    H.assert_identity_hooks_keep_logits(hm, x, ref)
 
 
 @pytest.mark.parametrize("kind", MAIN)
