@@ -462,7 +462,7 @@ def experiment(ctx, threshold):
     X.save_table(status, figs / "lr_sweep_status.csv")
     if ctx.train_only or not best:
         return 0 if ctx.train_only and X.sweep_complete(status, P, len(arms(P))) else 3
-    X.save_table(X.sweep_frame(runs, val), figs / "lr_sweep.csv")
+    X.save_table(X.sweep_frame(status, runs, val), figs / "lr_sweep.csv")
     picked = X.chosen(runs, best)
     res = test_sweep(picked, P, root, device, deadline)
     X.save_table(res, figs / "results.csv")

@@ -397,7 +397,7 @@ def experiment(ctx, a):
         X.save_table(judged, figs / "judge.csv")
     for df, name in ((acc, "results"), (vote, "votes"), (pd.concat([tax, chance], ignore_index=True), "taxonomy")):
         X.save_table(df, figs / f"{name}.csv")
-    X.save_table(X.sweep_frame(runs, val), figs / "lr_sweep.csv")
+    X.save_table(X.sweep_frame(status, runs, val), figs / "lr_sweep.csv")
     arm_keys = ["arm", "mixer", "attn_pct", "group", "width"]
     accm = X.seed_means(acc, arm_keys + ["task", "knob", "value", "in_training"])
     votem = X.seed_means(vote, arm_keys + ["task", "N"], value="majority_acc", also=["pass_at_n", "greedy_acc"])

@@ -446,7 +446,7 @@ def experiment(ctx, a):
     X.save_table(status, ctx.out / "lr_sweep_status.csv")
     if ctx.train_only or not best:
         return 0 if ctx.train_only and X.sweep_complete(status, P, len(A)) else 3
-    X.save_table(X.sweep_frame(runs, val), ctx.out / "lr_sweep.csv")
+    X.save_table(X.sweep_frame(status, runs, val), ctx.out / "lr_sweep.csv")
     picked = X.chosen(runs, best)
     ex = test_eval(picked, ctx, P)
     X.save_table(ex, ctx.out / "examples.parquet")

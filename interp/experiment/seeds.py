@@ -87,10 +87,11 @@ def chosen(runs, best: dict) -> list:
     return [r for r in runs if best.get(r.unit) == r.lr and status(r)["complete"]]
 
 
-def sweep_frame(runs, val: pd.DataFrame) -> pd.DataFrame:
-    """Every run's status (`status`) with its unit, seed and validation row: a report's ``lr_sweep.csv``."""
-    rows = pd.DataFrame([{**status(r), "unit": r.unit, "seed": r.seed} for r in runs])
-    return rows.merge(val, on=["unit", "lr", "seed"], how="left")
+def sweep_frame(st: pd.DataFrame, runs, val: pd.DataFrame) -> pd.DataFrame:
+    """The status table ``st`` of `sweep_and_seeds` with each run's unit, seed and validation row: a report's
+    ``lr_sweep.csv``."""
+    ids = pd.DataFrame([{"run": r.name, "unit": r.unit, "seed": r.seed} for r in runs])
+    return st.merge(ids, on="run").merge(val, on=["unit", "lr", "seed"], how="left")
 
 
 def lr_edges(val: pd.DataFrame, lrs, seed0: int) -> pd.DataFrame:
