@@ -188,6 +188,13 @@ class HookedModel:
                 cache.grad = Cache(s.gradients(backward(logits)), positions=pos, model=self)
         return logits, cache
 
+    def generate(self, tokens, max_new_tokens: int = 16, **kw):
+        """Greedy or sampled continuation of ``tokens`` under hook functions and step hooks, with an
+        optional capture of the generated sequence; returns a `hooks.generate.Generation`. Options and
+        the two decode paths (the model's own cache; recomputation under hooks): `hooks.generate`."""
+        from hooks.generate import generate
+        return generate(self, tokens, max_new_tokens, **kw)
+
     def _head_names(self) -> list[str]:
         return [f"blocks.{L.index}.{k}" for L in self.layers
                 for k, m in (("attn.head_out", L.attn), ("rec.readout", L.rec)) if m is not None]

@@ -1,5 +1,6 @@
 """Majority voting over sampled answers (parallel test-time scaling): the logits at the answer
-position, top-p sampling at a temperature, the majority of N samples, and accuracy and pass@N against N."""
+position, top-p sampling at a temperature, the majority of N samples, and accuracy and pass@N against N;
+the same over sampled multi-token chains of thought (`chain_vote_rows`)."""
 from __future__ import annotations
 
 import torch
@@ -66,3 +67,16 @@ def vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP_P, se
     smp = sample_answers(lg, max(ns), temperature=temperature, top_p=top_p, seed=seed)
     greedy = (lg.argmax(-1) == ans).float().mean().item()
     return [dict(greedy_acc=greedy, **r) for r in vote_curve(smp, ans, ns)]
+
+
+def chain_vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> list[dict]:
+    """``vote_curve`` over ``max(ns)`` sampled chains of thought per example of a chain-of-thought
+    ``batch`` (`interp.closedloop.sample_chains`: every intermediate value and the answer sampled by the
+    model, so the vote is over multi-token reasoning, not over one answer distribution); each row also
+    has ``greedy_acc`` (the greedy chain's answer, closed loop) and ``chain_acc`` (the sampled chains'
+    share of intermediate values right)."""
+    from interp.closedloop import sample_chains
+    greedy = sample_chains(model, batch, 1)
+    c = sample_chains(model, batch, max(ns), sample=True, temperature=temperature, top_p=top_p, seed=seed)
+    extra = dict(greedy_acc=greedy["right"].float().mean().item(), chain_acc=c["steps_right"].mean().item())
+    return [dict(**extra, **r) for r in vote_curve(c["answers"], batch.answers[:, 0].cpu(), ns)]

@@ -1,6 +1,6 @@
 """The `interp` command line. Every user error prints one line `error: ...` and exits with 2.
 
-One module per command (train, eval, capture, probe, patch, patterns, intervene, das, sae, demo, run), each with
+One module per command (train, eval, capture, probe, patch, patterns, intervene, das, generate, sae, demo, run), each with
 its ``add_parser(sub)`` and ``cmd_*``; the options they share are in `interp.cli.options`. The
 parser class here gives every command's help the defaults of its options and turns argparse's
 usage errors into the same one line (exit 2); Ctrl-C prints one line and exits with 130; warnings
@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from interp import InterpError
-from interp.cli import capture, das, demo, evaluate, intervene, patch, patterns, probe, run, sae, train
+from interp.cli import capture, das, demo, evaluate, generate, intervene, patch, patterns, probe, run, sae, train
 
 INTERRUPTED = "interrupted; run again to resume"
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="interp", description="hybrid-interp: where recall and state "
                "tracking live inside hybrid (attention + recurrence) models")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for command in (train, evaluate, capture, probe, patch, patterns, intervene, das, sae, demo, run):
+    for command in (train, evaluate, capture, probe, patch, patterns, intervene, das, generate, sae, demo, run):
         command.add_parser(sub)
     return p
 

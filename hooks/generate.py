@@ -1,0 +1,248 @@
+"""Generation under hooks: greedy or sampled continuations, hook functions on every step, step hooks on
+the newest token that stay in effect, and a capture of the whole generated sequence.
+
+    g = hm.generate(tokens, max_new_tokens=20)                          # greedy
+    g = hm.generate(tokens, 20, sample=True, temperature=0.8, top_p=0.95, seed=1)
+    g = hm.generate(tokens, 20, hooks=[("blocks.3.rec.state", fn)],     # on every position, every step
+                    step_hooks=[("blocks.3.rec.state", step_fn)],       # on the newest token only
+                    cache_names=["blocks.3.rec.state"])                 # capture of the final sequence
+    g.tokens, g.new_tokens, g.scores, g.cache, g.text
+
+Two decode paths choose the same tokens (tests/test_generate.py compares them on tiny HF models):
+
+* **the model's own cache**: an HF model with ``generate`` and neither hook functions nor step hooks
+  runs ``model.generate`` (its KV / recurrent cache); our token chooser is its last logits processor,
+  so greedy and sampled choices are made by the same code, from the same random stream, as on the
+  other path;
+* **recomputation**: otherwise (hook functions or step hooks given; models without a decode cache,
+  e.g. the zoo) every step runs the hooked model over the sequence so far and reads the last position.
+
+Hook functions (``hooks=``) are called as in `run_with_hooks`, on every position, at every step, so a
+patch at a prompt position acts on the generation exactly as it acts on a prefill of the same tokens.
+Step hooks (``step_hooks=``) are called as ``fn(x_new, name, step)`` on the positions a step adds:
+step 0 is the prompt (``x[:, :T0]``), step s >= 1 the token chosen at step s - 1 (position T0 + s - 1),
+and the last call covers the last generated token (made by the capture pass). A returned tensor
+replaces those positions and the edit is kept: later steps see the edited values at those positions,
+as a decode loop would keep an edited state or residual in its cache (a ``rec.state`` edit continues
+the recurrence from the edited state). The models are causal, so activations at position p do not
+depend on later tokens: the capture (one pass over the final sequence with the same hook functions and
+the kept edits) holds, at every position, what the step that processed it computed.
+
+Sampling: softmax(logits / temperature) restricted to the top-p nucleus (the smallest set of most
+likely tokens whose probability reaches top_p), drawn with a CPU ``torch.Generator`` seeded by
+``seed`` (the same draws on CPU and GPU). ``eos_token_id``: rows that produce it are padded with it
+from then on, and generation stops when every row has; None (default) never stops early (the model's
+own generation config is not consulted, so both paths behave the same).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hooks import names as N
+
+
+@dataclass
+class Generation:
+    """What `generate` returns: ``tokens`` [B, T0 + n] (prompt and continuation), ``prompt_len`` T0,
+    ``scores`` [B, n, vocab] float32 (the logits each new token was chosen from, before temperature),
+    ``cache`` (a `hooks.Cache` of the final sequence, or None), ``path`` ('cache' or 'recompute')."""
+    tokens: torch.Tensor
+    prompt_len: int
+    scores: torch.Tensor
+    cache: object = None
+    path: str = "recompute"
+    tokenizer: object = None
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.tokens[:, self.prompt_len:]
+
+    @property
+    def text(self) -> list[str] | None:
+        """The continuations decoded by the model's tokenizer (None without one)."""
+        tok = self.tokenizer
+        if tok is None or not hasattr(tok, "decode"):
+            return None
+        return [tok.decode(row.tolist()) for row in self.new_tokens.cpu()]
+
+
+def check_sampling(sample: bool, temperature: float, top_p: float):
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise N.HookError(f"temperature must be a number > 0, got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise N.HookError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def choose(logits: torch.Tensor, sample: bool, temperature: float = 1.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token per row of ``logits`` [B, V]: the argmax, or a nucleus sample (module docstring)."""
+    if not sample:
+        return logits.argmax(-1)
+    p = torch.softmax(logits.detach().double().cpu() / temperature, -1)
+    if top_p < 1:
+        srt, idx = p.sort(-1, descending=True)
+        drop = (srt.cumsum(-1) - srt) >= top_p       # tokens after the nucleus is already full
+        p = p.scatter(-1, idx, srt.masked_fill(drop, 0.0))
+    return torch.multinomial(p, 1, generator=generator)[:, 0].to(logits.device)
+
+
+class _Steps:
+    """Step hooks and the edits they made: one hook function per name that replays the kept edits and
+    calls the step hooks on the positions of the current step."""
+
+    def __init__(self, hm, step_hooks, prompt_len: int):
+        from hooks.session import hook_pairs
+        self.fns = {}
+        for name, fn in hook_pairs(step_hooks, hm.hook_names):
+            self.fns.setdefault(name, []).append(fn)
+        N.check(list(self.fns), hm.hook_names)
+        bad = [n for n in self.fns if n.endswith("pattern")]
+        if bad:
+            raise N.HookError(f"step hooks cannot be put on {', '.join(bad)}: patterns are [B, H, T, T] and "
+                              "cannot be changed; hook attn.q/k/v, rec.* inputs, rec.state or the residual stream")
+        self.edits = {}  # name -> {position: tensor [B, ...]}
+        self.T0, self.step = prompt_len, 0
+
+    def span(self):
+        return (0, self.T0) if self.step == 0 else (self.T0 + self.step - 1, self.T0 + self.step)
+
+    def hooks(self) -> list:
+        return [(name, self._fn(name)) for name in sorted(set(self.fns) | set(self.edits))]
+
+    def _fn(self, name):
+        def fn(x, hp):
+            out, kept = x, self.edits.get(name, {})
+            if kept:
+                out = x.clone()
+                for p, v in kept.items():
+                    out[:, p] = v
+            lo, hi = self.span()
+            if name in self.fns and hi <= x.shape[1]:
+                old = out[:, lo:hi]
+                new = old.clone()   # an in-place edit by a step hook is seen (and kept) like a returned one
+                for f in self.fns[name]:
+                    r = f(new, hp, self.step)
+                    if r is not None:
+                        if not isinstance(r, torch.Tensor) or r.shape != new.shape or r.dtype != new.dtype:
+                            raise N.HookError(f"step hook on '{name}' must return None or a tensor of shape "
+                                              f"{tuple(new.shape)} and dtype {new.dtype}; got "
+                                              f"{getattr(r, 'shape', type(r).__name__)}")
+                        new = r
+                if not torch.equal(new, old):
+                    out = out.clone() if out is x else out
+                    out[:, lo:hi] = new
+                    for j in range(hi - lo):
+                        self.edits.setdefault(name, {})[lo + j] = new[:, j].detach().clone()
+            return None if out is x else out
+        return fn
+
+
+def _check_force(force, tokens, n):
+    if force is None:
+        return None
+    force = torch.as_tensor(force)
+    if force.dtype not in (torch.long, torch.int32) or tuple(force.shape) != (tokens.shape[0], n):
+        raise N.HookError(f"force must be an integer tensor of shape ({tokens.shape[0]}, {n}) (batch, "
+                          f"max_new_tokens; -1 = choose), got {force.dtype} {tuple(force.shape)}")
+    return force.long().cpu()
+
+
+def _own_cache_ok(hm) -> bool:
+    """Whether the model decodes with its own cache through transformers' ``generate`` (HF and fla
+    models; not the zoo, mamba-ssm's own generation mixin, or a TransformerLens / nnsight wrapper)."""
+    try:
+        from transformers import GenerationMixin
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(hm.model, GenerationMixin) and hm.adapter.family != "interop"
+
+
+def _hf_generate(hm, tokens, n, pick, eos):
+    """``model.generate`` with the model's own cache; ``pick(scores) -> tokens`` chooses every token."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    scores = []
+
+    class Chooser(LogitsProcessor):
+        def __call__(self, input_ids, s):
+            scores.append(s.float().clone())
+            out = torch.full_like(s, float("-inf"))
+            return out.scatter_(1, pick(s.float(), len(scores) - 1)[:, None], 0.0)
+
+    # every option that could add a logits processor or stop early is set here: generate fills what is not
+    # given from the model's generation config (a checkpoint's repetition penalty, eos, ...)
+    opts = dict(max_new_tokens=n, min_new_tokens=0, do_sample=False, num_beams=1, repetition_penalty=1.0,
+                no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+                forced_bos_token_id=None, forced_eos_token_id=None, eos_token_id=eos,
+                pad_token_id=0 if eos is None else eos)
+    with torch.no_grad():
+        out = hm.model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens),
+                                logits_processor=LogitsProcessorList([Chooser()]), **opts)
+    return out, torch.stack(scores, 1)
+
+
+def _recompute(hm, tokens, n, pick, eos, hooks, steps):
+    seq, scores = tokens, []
+    done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for s in range(n):
+        steps.step = s
+        with torch.no_grad():
+            logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks())
+        last = logits[:, -1].float()
+        scores.append(last)
+        nxt = pick(last, s)
+        if eos is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            done |= nxt == eos
+        seq = torch.cat([seq, nxt[:, None].to(seq.dtype)], 1)
+        if eos is not None and bool(done.all()):
+            break
+    steps.step = seq.shape[1] - tokens.shape[1]
+    return seq, torch.stack(scores, 1)
+
+
+def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temperature: float = 1.0,
+             top_p: float = 1.0, seed: int = 0, hooks=(), step_hooks=(), cache_names=None, positions=None,
+             state_dtype=None, eos_token_id: int | None = None, force=None, use_cache: bool = True) -> Generation:
+    """Continue ``tokens`` (``[B, T]`` ids or prompts of one token length) by ``max_new_tokens`` tokens
+    (module docstring). ``force``: ``[B, max_new_tokens]`` token ids that step s must take where
+    ``force[:, s] >= 0`` (a template whose -1 entries are chosen: e.g. a task's fixed tokens around sampled
+    chain-of-thought values; the scores are still those of the model). ``cache_names`` / ``positions`` / ``state_dtype``: a capture of the final
+    sequence as in `run_with_cache`. ``use_cache=False`` forces the recomputation path."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise N.HookError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_sampling(sample, temperature, top_p)
+    tokens = hm.to_tokens(tokens)
+    V = getattr(hm._embedding(), "num_embeddings", None)
+    if eos_token_id is not None and (not isinstance(eos_token_id, int) or not 0 <= eos_token_id < (V or 1 << 62)):
+        raise N.HookError(f"eos_token_id must be a token id in 0..{(V or 0) - 1}, got {eos_token_id!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+
+    force = _check_force(force, tokens, max_new_tokens)
+
+    def pick(logits, step):
+        nxt = choose(logits, sample, temperature, top_p, gen)
+        if force is not None:
+            f = force[:, step].to(nxt.device)
+            nxt = torch.where(f >= 0, f, nxt)
+        return nxt
+
+    from hooks.session import hook_pairs
+    hooks = hook_pairs(hooks, hm.hook_names)
+    steps = _Steps(hm, step_hooks, tokens.shape[1])
+    if use_cache and not hooks and not steps.fns and _own_cache_ok(hm):
+        seq, scores = _hf_generate(hm, tokens, max_new_tokens, pick, eos_token_id)
+        path = "cache"
+        steps.step = seq.shape[1] - tokens.shape[1]
+    else:
+        seq, scores = _recompute(hm, tokens, max_new_tokens, pick, eos_token_id, hooks, steps)
+        path = "recompute"
+    cache = None
+    if cache_names is not None:
+        with torch.no_grad():
+            _, cache = hm.run_with_cache(seq, cache_names, positions=positions, hooks=list(hooks) + steps.hooks(),
+                                         state_dtype=state_dtype)
+    return Generation(tokens=seq, prompt_len=tokens.shape[1], scores=scores, cache=cache, path=path,
+                      tokenizer=hm.tokenizer)
