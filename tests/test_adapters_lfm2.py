@@ -408,3 +408,22 @@ def test_scan_module_paths_agree():
     assert torch.equal(shortconv.states(x, B, C, w, bias, S0, positions=[1, 7]), S[:, [1, 7]])
     with pytest.raises(ValueError, match="expected"):
         shortconv.scan(x, B, C, w[:, None], bias)
+
+
+def test_padding_mask_capture_matches_the_cache():
+    """With a left-padded batch (HF zeroes padded inputs of the conv layers) capture keeps the logits and the
+    last windows are HF's conv cache."""
+    m = model("lfm2")
+    hm = hooks.wrap(m)
+    x = toks()
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[0, :3] = 0
+    names = [f"blocks.{i}.rec.state" for i in conv_layers(hm)]
+    c = Cache()
+    with torch.no_grad():
+        plain = m(input_ids=x, attention_mask=mask, use_cache=True)
+        with hm.hooks(cache_names=names, cache=c):
+            hooked = m(input_ids=x, attention_mask=mask, use_cache=False)
+    assert torch.equal(hooked.logits, plain.logits)
+    for i, name in zip(conv_layers(hm), names):
+        assert torch.equal(c[name][:, -1], _cache(plain).get_conv_state(i))
