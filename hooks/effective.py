@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import torch
 
 from hooks.names import HookError
-from hooks.recurrence import FAMILIES, l2norm
+from hooks.recurrence import FAMILIES, get_family, l2norm
 from hooks.scan._common import CHUNK, norm_positions, pad_time, segsum, work
 
 DEFAULT_BUDGET = 2 << 30   # bytes of one requested result (2 GiB); `hook_pattern` reads it at call time
@@ -75,10 +75,20 @@ def _check_family(family):
         raise ValueError(f"unknown recurrence family '{family}'; valid: {', '.join(FAMILIES)}")
 
 
+def _own_pattern(family):
+    """The family's own ``pattern(c, rows, heads)`` where it has one (families that are no linear attention
+    over their values with a diagonal or delta-rule transition: ``shortconv``), else None."""
+    return getattr(get_family(family), "pattern", None)
+
+
 def _prep(family, c, heads=None):
     """The view as q (scale folded in), k ``[B, H, Tp, K]``, v ``[B, H, T, V]``, write strength w
     ``[B, H, Tp]`` (Mamba) or beta (GDN), a per-chunk log decay ``g(j)`` ``[B, H, C(, K)]``, S0, D."""
     _check_family(family)
+    if _own_pattern(family) is not None:
+        raise NotImplementedError(f"the {family} family provides its effective attention (pattern, rec.pattern) "
+                                  "only; contributions, init_term, skip_term, readout and contribution_norms "
+                                  "are not implemented for it")
     if family == "mamba1":
         return _prep_mamba1(c, heads)
     q, k, v = work(c["q"]), work(c["k"]), work(c["v"])
@@ -291,6 +301,9 @@ def pattern(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET):
     ``rows``: only these query positions; ``heads``: only these (value) heads / Mamba1 channels;
     ``budget``: bytes allowed for the result (`check_memory`). float32 (float64 inputs: float64)."""
     check_memory(family, c, rows, budget, heads)
+    own = _own_pattern(family)
+    if own is not None:
+        return own(c, rows=rows, heads=heads)
     P = _prep(family, c, heads)
     A, _ = _carry(P, _rows(P, rows))
     return A[..., :P.T]

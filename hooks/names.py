@@ -69,6 +69,25 @@ mamba-ssm's ``ssm_state`` layout, ``[B, D, N]``) rather than ``[H=D, K=N, V=1]``
                                                      = sum_s A[d, t, s] x_s[d] + D[d] x_t[d]
 =============================  ====================  ==========================================
 
+The gated short convolution (``shortconv``: LFM2's ``conv`` layers, lfm2 / lfm2_moe / lfm3;
+hooks.scan.shortconv) is ``y_t = C_t (.) conv(B (.) x)_t`` per channel d (D = hidden size) with a
+depthwise kernel w ``[D, L]`` (L = ``conv_L_cache``). Its state is the window of the last L writes
+B (.) x, i.e. the conv cache HF keeps: ``S_t[d, j] = B_{t-L+1+j}[d] x_{t-L+1+j}[d]``, oldest first,
+zeros before the sequence; ``y_t[d] = C_t[d] (sum_j w[d, j] S_t[d, j] + bias[d])``. It has no decay or
+beta; a changed S_t changes this layer's readouts at t .. t+L-1 only (the window then slides past it):
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, D]             C_t, the output gate
+``blocks.{i}.rec.k``           [B, T, D]             B_t, the input gate
+``blocks.{i}.rec.v``           [B, T, D]             x_t
+``blocks.{i}.rec.state``       [B, T(P), D, L]       the window S_t after token t (HF's conv
+                                                     cache layout [B, D, L], newest last), float32
+``blocks.{i}.rec.readout``     [B, T, D]             C_t (.) (conv + bias), before out_proj
+``blocks.{i}.rec.pattern``     [B, D, T(P), T]       per channel: A[d, t, s] = C_t[d] w[d, L-1-(t-s)]
+                                                     B_s[d] for 0 <= t-s < L (banded), so readout_t
+                                                     = sum_s A[d, t, s] x_s[d] + C_t[d] bias[d]
+=============================  ====================  ==========================================
+
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.
 """
