@@ -69,6 +69,22 @@ mamba-ssm's ``ssm_state`` layout, ``[B, D, N]``) rather than ``[H=D, K=N, V=1]``
                                                      = sum_s A[d, t, s] x_s[d] + D[d] x_t[d]
 =============================  ====================  ==========================================
 
+RG-LRU (recurrent_gemma's recurrent blocks) is this recurrence with N = 1 (one scalar state per channel
+d of ``lru_width``), so it is the ``mamba1`` family in the same layout:
+h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t), with x_t the conv output, i_t its input gate and
+log a_t = -8 r_t softplus(Lambda); a_t = 0 at a reset (position 0):
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, 1]             ones (C: the whole state is read out)
+``blocks.{i}.rec.k``           [B, T, 1]             ones (B: the whole input is written)
+``blocks.{i}.rec.v``           [B, T, D]             i_t x_t, the gated input
+``blocks.{i}.rec.beta``        [B, T, D]             sqrt(1 - a_t^2) (1 at a reset)
+``blocks.{i}.rec.decay``       [B, T, D, 1]          log a_t (-inf at a reset)
+``blocks.{i}.rec.state``       [B, T(P), D, 1]       h_t, float32
+``blocks.{i}.rec.readout``     [B, T, D]             h_t, before the GeLU branch's gate
+``blocks.{i}.rec.pattern``     [B, D, T(P), T]       readout_t[d] = sum_s A[d, t, s] v_s[d]
+=============================  ====================  ==========================================
+
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.
 """

@@ -24,6 +24,7 @@ BUILTIN = (
     ("hf_gdn", "HFGDNAdapter"),
     ("hf_mamba", "HFMambaAdapter"),
     ("hf_mamba1", "HFMamba1Adapter"),
+    ("hf_recurrent_gemma", "HFRecurrentGemmaAdapter"),
 )
 
 ADAPTERS: list[type[Adapter]] = []  # the adapters in the order they are tried (BUILTIN, then registered)
