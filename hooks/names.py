@@ -85,6 +85,11 @@ log a_t = -8 r_t softplus(Lambda); a_t = 0 at a reset (position 0):
 ``blocks.{i}.rec.pattern``     [B, D, T(P), T]       readout_t[d] = sum_s A[d, t, s] v_s[d]
 =============================  ====================  ==========================================
 
+MiniMax's lightning attention is GLA with one scalar decay per head, constant in time and scale 1:
+S_t = exp(-s_h) S_{t-1} + k_t v_t^T, readout_t = S_t^T q_t, so it has the GLA shapes above with
+``rec.decay`` = -s_h ``[B, T, H]`` (the layer's ``slope_rate``) and no ``rec.beta``; ``rec.state``
+``[B, T(P), H, K, V]`` is the layout of the model's linear cache (K^T V per head).
+
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.
 """

@@ -223,6 +223,13 @@ def test_local_attention_pattern_equals_eager():
         assert pat[:, :, T - 1, :T - WINDOW].abs().max() == 0 and pat[:, :, T - 1, T - WINDOW:].min() > 0  # windowed
         vv = c[f"{p}.v"].repeat_interleave(2, dim=2)
         torch.testing.assert_close(torch.einsum("bhij,bjhd->bihd", pat, vv), c[f"{p}.head_out"], atol=1e-5, rtol=0)
+    # per-head results (o_proj has a bias): the heads plus the bias are the layer's mixer_out
+    with torch.no_grad():
+        _, c = hm.run_with_cache(x, names=[f"blocks.{ATT[0]}.attn.head_out", f"blocks.{ATT[0]}.mixer_out"])
+        heads = c.head_results(ATT[0])
+    assert heads.shape == (2, T, HEADS, D)
+    bias = m.model.layers[ATT[0]].temporal_block.o_proj.bias
+    torch.testing.assert_close(heads.sum(2) + bias, c[f"blocks.{ATT[0]}.mixer_out"], atol=1e-5, rtol=0)
 
 
 # --- RG-LRU states: a float64 step loop and the model's own cache ----------------------------------
