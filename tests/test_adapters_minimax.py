@@ -356,3 +356,23 @@ def test_padding_mask():
     assert (c["blocks.1.rec.state"][0, :3] == 0).all() and (c["blocks.1.rec.k"][0, :3] == 0).all()
     assert c["blocks.1.rec.state"][0, 3].abs().max() > 0
     torch.testing.assert_close(c2["blocks.1.rec.state"], c["blocks.1.rec.state"], atol=1e-6, rtol=0)
+
+
+def test_nested_sessions():
+    m = model("minimax")
+    hm = hooks.wrap(m)
+    x = toks()
+    snap = snapshot(m)
+    names = ["blocks.1.rec.state", "blocks.1.mixer_out", "blocks.0.attn.pattern"]
+    with torch.no_grad():
+        ref = logits(m, x)
+        _, one = hm.run_with_cache(x, names=names)
+        outer, inner = {}, {}
+        with hm.hooks(cache_names=names, cache=outer):
+            with hm.hooks(cache_names=names[:2], cache=inner):
+                out = logits(m, x)
+    assert torch.equal(out, ref)
+    for c in (outer, inner):
+        for n, t in c.items():
+            assert torch.equal(t, one[n]), n
+    assert_clean(m, snap)

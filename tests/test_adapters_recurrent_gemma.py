@@ -361,3 +361,24 @@ def test_read_and_write_scales_and_write_strength():
             torch.testing.assert_close(cs[f"{p}.state"], 2 * c0[f"{p}.state"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cq[f"{p}.state"], c0[f"{p}.state"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cq[f"{p}.readout"], 2 * c0[f"{p}.readout"], atol=1e-6, rtol=1e-5)
+
+
+def test_nested_sessions():
+    """A capture inside another on the same layers: both see the model's own scan (logits exact), both caches
+    equal a single capture's, and everything is restored when both have exited."""
+    m = model("rg")
+    hm = hooks.wrap(m)
+    x = toks()
+    snap = snapshot(m)
+    with torch.no_grad():
+        ref = logits(m, x)
+        _, one = hm.run_with_cache(x, names=["blocks.0.rec.state", "blocks.0.rec.v", "blocks.2.attn.pattern"])
+        outer, inner = {}, {}
+        with hm.hooks(cache_names=["blocks.0.rec.state", "blocks.2.attn.pattern"], cache=outer):
+            with hm.hooks(cache_names=["blocks.0.rec.v", "blocks.0.rec.state"], cache=inner):
+                out = logits(m, x)
+    assert torch.equal(out, ref)
+    for c in (outer, inner):
+        for n, t in c.items():
+            assert torch.equal(t, one[n]), n
+    assert_clean(m, snap)
