@@ -131,7 +131,7 @@ def _lightning_forward(mod, wrapper, orig, hidden_states, attention_mask=None, c
         cache = None
     b, T, _ = hidden_states.shape
     q, k, v = lightning_qkv(mod, hidden_states, attention_mask)
-    g = (-mod.slope_rate.reshape(1, 1, -1)).to(q.dtype).expand(b, T, -1)
+    g = (-mod.slope_rate.reshape(1, 1, -1)).to(q.dtype).expand(b, T, -1).contiguous()  # a hook may edit it
     kw = dict(q=q, k=k, v=v, g=g, scale=1.0, initial_state=None if h0 is None or isinstance(h0, list) else h0,
               output_final_state=True)
     o, final = wrapper(kw, gla_scan.scan)
