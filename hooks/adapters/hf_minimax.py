@@ -45,13 +45,10 @@ import torch.nn as nn
 
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, attn_meta, cache_kw, decoder_layers, forward_globals
+from hooks.adapters.hf_mamba import _first, _Handles
 from hooks.scan import gla as gla_scan
 
 MODEL_TYPES = ("minimax",)
-
-
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
 
 
 def _with_first(args, kwargs, key, new):
@@ -59,15 +56,6 @@ def _with_first(args, kwargs, key, new):
     if args:
         return (new,) + tuple(args[1:]), kwargs
     return args, {**kwargs, key: new}
-
-
-class _Handles:
-    def __init__(self, *handles):
-        self.handles = handles
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
 
 
 class _Delta(nn.Module):

@@ -76,8 +76,7 @@ def rglru_inputs(lru, activations, position_ids):
 
 def _view_kwargs(lru, gated, mult, log_a, reset, recurrent_states):
     """The Mamba1 scan kwargs (`hooks.scan.mamba1.scan`'s signature) of one RG-LRU call, N = 1."""
-    b, T, W = gated.shape
-    ones = gated.new_ones(b, T, 1)
+    ones = gated.new_ones(*gated.shape[:2], 1)
     g = log_a.masked_fill(reset, -float("inf"))[..., None]
     A = (-8.0 * F.softplus(lru.recurrent_param)).to(gated.dtype)[:, None]
     h0 = None if recurrent_states is None else recurrent_states.to(gated.device)[..., None]
