@@ -76,8 +76,7 @@ B (.) x, i.e. the conv cache HF keeps: ``S_t[d, j] = B_{t-L+1+j}[d] x_{t-L+1+j}[
 zeros before the sequence; ``y_t[d] = C_t[d] (sum_j w[d, j] S_t[d, j] + bias[d])``. It has no decay or
 beta; a changed S_t changes this layer's readouts at t .. t+L-1 only (the window then slides past it):
 
-=============================  ====================  ==========================================
-``blocks.{i}.rec.q``           [B, T, D]             C_t, the output gate
+=============================  ====================  ===================================``blocks.{i}.rec.q``           [B, T, D]             C_t, the output gate
 ``blocks.{i}.rec.k``           [B, T, D]             B_t, the input gate
 ``blocks.{i}.rec.v``           [B, T, D]             x_t
 ``blocks.{i}.rec.state``       [B, T(P), D, L]       the window S_t after token t (HF's conv
@@ -87,6 +86,28 @@ beta; a changed S_t changes this layer's readouts at t .. t+L-1 only (the window
                                                      B_s[d] for 0 <= t-s < L (banded), so readout_t
                                                      = sum_s A[d, t, s] x_s[d] + C_t[d] bias[d]
 =============================  ====================  ==========================================
+
+=======
+RG-LRU (recurrent_gemma's recurrent blocks) is this recurrence with N = 1 (one scalar state per channel
+d of ``lru_width``), so it is the ``mamba1`` family in the same layout:
+h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t), with x_t the conv output, i_t its input gate and
+log a_t = -8 r_t softplus(Lambda); a_t = 0 at a reset (position 0):
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, 1]             ones (C: the whole state is read out)
+``blocks.{i}.rec.k``           [B, T, 1]             ones (B: the whole input is written)
+``blocks.{i}.rec.v``           [B, T, D]             i_t x_t, the gated input
+``blocks.{i}.rec.beta``        [B, T, D]             sqrt(1 - a_t^2) (1 at a reset)
+``blocks.{i}.rec.decay``       [B, T, D, 1]          log a_t (-inf at a reset)
+``blocks.{i}.rec.state``       [B, T(P), D, 1]       h_t, float32
+``blocks.{i}.rec.readout``     [B, T, D]             h_t, before the GeLU branch's gate
+``blocks.{i}.rec.pattern``     [B, D, T(P), T]       readout_t[d] = sum_s A[d, t, s] v_s[d]
+=============================  ====================  ==========================================
+
+MiniMax's lightning attention is GLA with one scalar decay per head, constant in time and scale 1:
+S_t = exp(-s_h) S_{t-1} + k_t v_t^T, readout_t = S_t^T q_t, so it has the GLA shapes above with
+``rec.decay`` = -s_h ``[B, T, H]`` (the layer's ``slope_rate``) and no ``rec.beta``; ``rec.state``
+``[B, T(P), H, K, V]`` is the layout of the model's linear cache (K^T V per head).
 
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.

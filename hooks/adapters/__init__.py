@@ -25,6 +25,8 @@ BUILTIN = (
     ("hf_mamba", "HFMambaAdapter"),
     ("hf_mamba1", "HFMamba1Adapter"),
     ("hf_lfm2", "HFLfm2Adapter"),
+    ("hf_recurrent_gemma", "HFRecurrentGemmaAdapter"),
+    ("hf_minimax", "HFMiniMaxAdapter"),
 )
 
 ADAPTERS: list[type[Adapter]] = []  # the adapters in the order they are tried (BUILTIN, then registered)
