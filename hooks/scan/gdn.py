@@ -19,7 +19,9 @@ state-returning chunked GDN): inside a chunk that starts from S0, with G_t = sum
     S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T
 
 with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s)
-(docs/per-token-states.md). ``FAMILY`` is this family for `hooks` (canonical view, states, patching).
+(docs/per-token-states.md). ``naive``, ``chunk_torch`` and the chunk form also take a decay per key
+dim, g ``[B, T, H, K]`` (exp(G) then a diagonal matrix): Kimi Delta Attention, `hooks.scan.kda`.
+``FAMILY`` is this family for `hooks` (canonical view, states, patching).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def _prep(q, k, v, g, beta, scale, initial_state, l2):
     B, T, H, K = k.shape
     expect(q, "q", (B, T, H, K))
     expect(v, "v", (B, T, H, None))
-    expect(g, "g", (B, T, H))
+    expect(g, "g", (B, T, H) if g.dim() == 3 else (B, T, H, K))
     expect(beta, "beta", (B, T, H))
     expect(initial_state, "initial_state", (B, H, K, v.shape[-1]))
     if l2:
@@ -55,18 +57,37 @@ def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=F
          else torch.zeros(B, H, K, v.shape[-1], device=v.device))
     q, k, vf, g, beta = q.float(), k.float(), v.float(), g.float(), beta.float()
     o = []
+    a = g.exp()[..., None, None] if g.dim() == 3 else g.exp()[..., None]  # scalar / per key dim (KDA)
     for t in range(T):
-        S = S * g[:, t].exp()[..., None, None]
+        S = S * a[:, t]
         d = beta[:, t, :, None] * (vf[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
         S = S + k[:, t, :, :, None] * d[:, :, None, :]
         o.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t] * scale))
     return torch.stack(o, 1).to(v.dtype), (S if output_final_state else None)
 
 
+def chunk_decays(gc):
+    """One chunk's log decays gc ``[B, H, C]`` (scalar) or ``[B, H, C, K]`` (per key dim, KDA) ->
+    (exp(G_t) broadcastable against ``[B, H, C, K]``, gram(x, y, mask=None) = [exp(G_t - G_s) x_t.y_s]_{t,s}
+    (s <= t, 0 above; times a 0/1 ``mask``), exp(G_end - G_s) broadcastable against ``[B, H, C, K]``)."""
+    if gc.dim() == 3:
+        dec = segsum(gc).exp()                                   # exp(G_t - G_s), s <= t
+
+        def gram(x, y, mask=None):
+            return (dec if mask is None else dec * mask) * (x @ y.transpose(-1, -2))
+        return gc.cumsum(-1).exp()[..., None], gram, dec[:, :, -1, :, None]
+    dec = segsum(gc.transpose(-1, -2)).exp()                     # [B, H, K, t, s]
+
+    def gram(x, y, mask=None):
+        out = torch.einsum("bhtk,bhkts,bhsk->bhts", x, dec, y)
+        return out if mask is None else out * mask
+    return gc.cumsum(2).exp(), gram, dec[:, :, :, -1].transpose(-1, -2)
+
+
 def _chunks(q, k, v, g, beta, scale, S0, keep=False):
-    """Chunked forward in float32. q, k ``[B, T, H, K]`` (normalised), v ``[B, T, H, V]``.
-    Returns (o, S_T, h, d): h ``[B, NT, H, K, V]`` chunk-start states and d ``[B, T, H, V]`` the
-    effective writes when ``keep``, else None."""
+    """Chunked forward in float32. q, k ``[B, T, H, K]`` (normalised), v ``[B, T, H, V]``, g ``[B, T, H]``
+    or, per key dim (KDA), ``[B, T, H, K]``. Returns (o, S_T, h, d): h ``[B, NT, H, K, V]`` chunk-start
+    states and d ``[B, T, H, V]`` the effective writes when ``keep``, else None."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = CHUNK
@@ -79,16 +100,16 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
         qc, kc, vc, bc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], beta[:, :, sl], g[:, :, sl]
-        eG = gc.cumsum(-1).exp()[..., None]                          # exp(G_t) [B,H,C,1]
-        dec = segsum(gc).exp()                                       # exp(G_t - G_s), s <= t
-        A = bc[..., None] * (dec * strict) * (kc @ kc.transpose(-1, -2))
-        rhs = bc[..., None] * (vc - eG * (kc @ S))
+        eG, gram, tail = chunk_decays(gc)                            # exp(G_t), gram, exp(G_end - G_s)
+        A = bc[..., None] * gram(kc, kc, strict)
+        scalar = gc.dim() == 3
+        rhs = bc[..., None] * (vc - (eG * (kc @ S) if scalar else (eG * kc) @ S))
         d = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-        os.append(eG * (qc @ S) + (dec * (qc @ kc.transpose(-1, -2))) @ d)
+        os.append((eG * (qc @ S) if scalar else (eG * qc) @ S) + gram(qc, kc) @ d)
         if keep:
             hs.append(S)
             ds.append(d)
-        S = eG[:, :, -1:] * S + (kc * dec[:, :, -1, :, None]).transpose(-1, -2) @ d
+        S = eG[:, :, -1, :, None] * S + (kc * tail).transpose(-1, -2) @ d
     o = torch.cat(os, 2)[:, :, :T].transpose(1, 2)
     if not keep:
         return o, S, None, None
