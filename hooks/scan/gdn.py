@@ -19,8 +19,9 @@ state-returning chunked GDN): inside a chunk that starts from S0, with G_t = sum
     S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T
 
 with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s)
-(docs/per-token-states.md). ``naive``, ``chunk_torch`` and the chunk form also take a decay per key
-dim, g ``[B, T, H, K]`` (exp(G) then a diagonal matrix): Kimi Delta Attention, `hooks.scan.kda`.
+(docs/per-token-states.md). ``naive`` and ``chunk_torch`` with ``per_key_decay=True`` (and the chunk
+form) take a decay per key dim, g ``[B, T, H, K]`` (exp(G) then a diagonal matrix): Kimi Delta
+Attention, `hooks.scan.kda`.
 ``FAMILY`` is this family for `hooks` (canonical view, states, patching).
 """
 from __future__ import annotations
@@ -35,11 +36,11 @@ from hooks.scan.family import Family, materialize
 from hooks.scan.kernels import use_kernels
 
 
-def _prep(q, k, v, g, beta, scale, initial_state, l2):
+def _prep(q, k, v, g, beta, scale, initial_state, l2, per_key=False):
     B, T, H, K = k.shape
     expect(q, "q", (B, T, H, K))
     expect(v, "v", (B, T, H, None))
-    expect(g, "g", (B, T, H) if g.dim() == 3 else (B, T, H, K))
+    expect(g, "g", (B, T, H, K) if per_key else (B, T, H))
     expect(beta, "beta", (B, T, H))
     expect(initial_state, "initial_state", (B, H, K, v.shape[-1]))
     if l2:
@@ -49,9 +50,10 @@ def _prep(q, k, v, g, beta, scale, initial_state, l2):
 
 
 def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-          use_qk_l2norm_in_kernel=False, **unused):
-    """Step-by-step reference in float32. Returns (o [B,T,H,V] in v's dtype, S_T or None)."""
-    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+          use_qk_l2norm_in_kernel=False, per_key_decay=False, **unused):
+    """Step-by-step reference in float32. Returns (o [B,T,H,V] in v's dtype, S_T or None).
+    ``per_key_decay``: g is ``[B, T, H, K]`` (KDA, `hooks.scan.kda`)."""
+    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel, per_key_decay)
     B, T, H, K = k.shape
     S = (initial_state.float() if initial_state is not None
          else torch.zeros(B, H, K, v.shape[-1], device=v.device))
@@ -117,9 +119,9 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
 
 
 def chunk_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                use_qk_l2norm_in_kernel=False, **unused):
+                use_qk_l2norm_in_kernel=False, per_key_decay=False, **unused):
     """Pure-torch chunked scan (any device, differentiable). Same result as ``naive``."""
-    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel, per_key_decay)
     o, S, _, _ = _chunks(q, k, v, g, beta, scale, initial_state)
     return o.to(v.dtype), (S if output_final_state else None)
 

@@ -43,14 +43,16 @@ def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=F
     """Step-by-step reference in float32 (`hooks.scan.gdn.naive` with g per key dim).
     Returns (o [B,T,H,V] in v's dtype, S_T or None)."""
     _check(k, g)
-    return gdn.naive(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+    return gdn.naive(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                     per_key_decay=True)
 
 
 def chunk_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                 use_qk_l2norm_in_kernel=False, **unused):
     """Pure-torch chunked scan (any device, differentiable). Same result as ``naive``."""
     _check(k, g)
-    return gdn.chunk_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+    return gdn.chunk_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                           per_key_decay=True)
 
 
 def scan(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
@@ -70,7 +72,7 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
     ``[B, P, H, K, V]`` for a 1-D list/LongTensor of positions. Pure torch on every device (``impl``:
     ``auto`` or ``torch``); q and scale do not enter."""
     _check(k, g)
-    gdn._prep(q, k, v, g, beta, scale, initial_state, False)  # shape checks
+    gdn._prep(q, k, v, g, beta, scale, initial_state, False, per_key=True)  # shape checks
     torch_impl(impl)
     pos = norm_positions(positions, k.shape[1])
     k = l2norm(k) if use_qk_l2norm_in_kernel else k
