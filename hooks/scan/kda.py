@@ -10,12 +10,13 @@
 i.e. Gated DeltaNet (`hooks.scan.gdn`) with its scalar a_t replaced by diag(a_t): the decay acts on
 the key rows of the state first, then the delta write. This is the order of fla's
 ``naive_recurrent_kda`` and of HF's ``recurrent_kimi_delta_attention`` / ``chunk_kimi_delta_attention``
-(checked step by step against them in tests/test_adapters_kimi.py).
+(tests/test_scan_kda.py checks this module against fla's naive and a float64 step loop;
+tests/test_adapters_kimi.py checks HF's kernel outputs and cached state against such a loop).
 
 Shapes: q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, beta ``[B, T, H]``, state ``[B, H, K, V]``.
 
 Paths: ``naive`` (step loop) and ``chunk_torch`` (pure-torch chunked, differentiable, any device) are
-`hooks.scan.gdn`'s, which take a per-key-dim decay (the chunk form there, with exp(G_t) a diagonal
+`hooks.scan.gdn`'s, called with ``per_key_decay=True`` (the chunk form there, with exp(G_t) a diagonal
 matrix); ``scan`` calls fla's ``fla.ops.kda.chunk_kda`` for CUDA tensors when fla's kernels are
 usable (as `hooks.scan.gdn` calls ``chunk_gated_delta_rule``) and ``chunk_torch`` otherwise.
 ``states`` (S_t after every or selected tokens) is the pure-torch chunk form on every device, CUDA
