@@ -150,7 +150,7 @@ def _pieces_gdn(P, j, intra):
     strict = torch.ones(C, C, dtype=torch.bool, device=P.device).tril(-1)
     eye = torch.eye(C, dtype=P.dtype, device=P.device)
     eG, gram, tail = chunk_decays(g)                                    # exp(G_t) [B,H,C,1|K], ...
-    L = beta[..., None] * gram(k, k, strict)
+    L = gram(k, k, strict, rows=beta)
     X = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta), upper=False, unitriangular=True)
     Lqk = gram(q, k)
     W = X @ (eG * k)                                                    # [C, K]

@@ -70,19 +70,23 @@ def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=F
 
 def chunk_decays(gc):
     """One chunk's log decays gc ``[B, H, C]`` (scalar) or ``[B, H, C, K]`` (per key dim, KDA) ->
-    (exp(G_t) broadcastable against ``[B, H, C, K]``, gram(x, y, mask=None) = [exp(G_t - G_s) x_t.y_s]_{t,s}
-    (s <= t, 0 above; times a 0/1 ``mask``), exp(G_end - G_s) broadcastable against ``[B, H, C, K]``)."""
+    (exp(G_t) broadcastable against ``[B, H, C, K]``, gram(x, y, mask=None, rows=None) =
+    [rows_t exp(G_t - G_s) x_t.y_s]_{t,s} (s <= t, 0 above; times a 0/1 ``mask``; ``rows`` ``[B, H, C]``),
+    exp(G_end - G_s) broadcastable against ``[B, H, C, K]``). The scalar case multiplies in the order
+    GDN always has (rows * (dec * mask)) * (x y^T), so its results are unchanged to the bit."""
     if gc.dim() == 3:
         dec = segsum(gc).exp()                                   # exp(G_t - G_s), s <= t
 
-        def gram(x, y, mask=None):
-            return (dec if mask is None else dec * mask) * (x @ y.transpose(-1, -2))
+        def gram(x, y, mask=None, rows=None):
+            m = dec if mask is None else dec * mask
+            return (m if rows is None else rows[..., None] * m) * (x @ y.transpose(-1, -2))
         return gc.cumsum(-1).exp()[..., None], gram, dec[:, :, -1, :, None]
     dec = segsum(gc.transpose(-1, -2)).exp()                     # [B, H, K, t, s]
 
-    def gram(x, y, mask=None):
+    def gram(x, y, mask=None, rows=None):
         out = torch.einsum("bhtk,bhkts,bhsk->bhts", x, dec, y)
-        return out if mask is None else out * mask
+        out = out if mask is None else out * mask
+        return out if rows is None else rows[..., None] * out
     return gc.cumsum(2).exp(), gram, dec[:, :, :, -1].transpose(-1, -2)
 
 
@@ -103,7 +107,7 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
         sl = slice(c * C, (c + 1) * C)
         qc, kc, vc, bc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], beta[:, :, sl], g[:, :, sl]
         eG, gram, tail = chunk_decays(gc)                            # exp(G_t), gram, exp(G_end - G_s)
-        A = bc[..., None] * gram(kc, kc, strict)
+        A = gram(kc, kc, strict, rows=bc)
         scalar = gc.dim() == 3
         rhs = bc[..., None] * (vc - (eG * (kc @ S) if scalar else (eG * kc) @ S))
         d = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
