@@ -11,6 +11,7 @@ with ``a_t = exp(decay_t)`` and the products of transitions taken in time order 
     Mamba2  A[t, s] = exp(sum_{s<r<=t} g_r) (q_t . k_s) beta_s              (q = C, k = B, v = x, beta = dt)
     Mamba1  A[d, t, s] = beta_s[d] sum_n q_t[n] exp(sum_{s<r<=t} g_r[d, n]) k_s[n]   (per channel d)
     GDN     A[t, s] = scale beta_s q_t^T M_{t,s} k_s,  M_{t,s} = prod_{r=t..s+1} a_r (I - beta_r k_r k_r^T)
+    KDA     as GDN with M_{t,s} = prod_{r=t..s+1} (I - beta_r k_r k_r^T) diag(a_r)   (a_r per key dim)
     init_t  = scale q_t^T M_{t,-1} S_0   (GLA / Mamba: M diagonal, exp of the summed log decays)
     skip_t  = D v_t (Mamba2, Mamba1), 0 otherwise
 
@@ -27,6 +28,8 @@ query vector carried backwards over the chunks between them:
   (s < t), Lqk[t, s] = exp(G_t - G_s) q_t.k_s (s <= t), K~_s = exp(G_end - G_s) k_s, W = X diag(e^G) K:
   the chunk's own block is Lqk X, Q_i = diag(e^G) Q - Lqk W, U_j = K~^T X and the K x K transition
   Phi_j = exp(G_end) I - K~^T W (G: log decays summed inside the chunk, exp(G_t - G_s) by `segsum`).
+  KDA: the same with exp(G) a diagonal matrix (a decay per key dim), k_t.k_s -> sum_i k_ti exp(G_ti - G_si) k_si
+  (`hooks.scan.gdn.chunk_decays`).
   Cost O(T^2 K^2 / C) per head for the full pattern. beta in (0, 2) is allowed.
 
 Shapes (`pattern`): ``[B, H, T|P, T]`` (H = the value heads; GVA q/k groups are repeated to them as
@@ -47,7 +50,9 @@ import torch
 from hooks.names import HookError
 from hooks.recurrence import FAMILIES, get_family, l2norm
 from hooks.scan._common import CHUNK, norm_positions, pad_time, segsum, work
+from hooks.scan.gdn import chunk_decays
 
+DELTA = ("gdn", "kda")     # the delta-rule families (WY / UT form; KDA: GDN with a decay per key dim)
 DEFAULT_BUDGET = 2 << 30   # bytes of one requested result (2 GiB); `hook_pattern` reads it at call time
 
 
@@ -97,12 +102,13 @@ def _prep(family, c, heads=None):
     H = v.shape[2]
     heads = None if heads is None else torch.as_tensor(heads, dtype=torch.long).flatten()
     tr = lambda x: pad_time(_pick(work(x).transpose(1, 2), heads), CHUNK)  # noqa: E731
-    scale = c.get("scale") or (q.shape[-1] ** -0.5 if family in ("gdn", "gla") else 1.0)  # the kernels' default
+    scale = c.get("scale") or (q.shape[-1] ** -0.5 if family in DELTA + ("gla",) else 1.0)  # the kernels' default
     g = tr(c["decay"])
     beta = c.get("beta")
+    delta = family in DELTA
     P = SimpleNamespace(family=family, q=tr(_heads(q, H)) * float(scale), k=tr(_heads(k, H)),
-                        v=_pick(v.transpose(1, 2), heads), per_key=g.dim() == 4, gdn=family == "gdn",
-                        w=tr(beta) if family == "mamba2" else None, beta=tr(beta) if family == "gdn" else None,
+                        v=_pick(v.transpose(1, 2), heads), per_key=g.dim() == 4, gdn=delta,
+                        w=tr(beta) if family == "mamba2" else None, beta=tr(beta) if delta else None,
                         S0=_pick(c.get("initial_state"), heads), D=c.get("D") if family == "mamba2" else None,
                         heads=heads)
     P.g = lambda j: g[:, :, j * CHUNK:(j + 1) * CHUNK]
@@ -146,20 +152,19 @@ def _shape(P, T):
 # --- one chunk's pieces ----------------------------------------------------------------------------
 
 def _pieces_gdn(P, j, intra):
-    """GDN chunk j in the WY / UT form (module docstring): src = U^T ``[C, K]``, Phi ``[K, K]``,
+    """GDN / KDA chunk j in the WY / UT form (module docstring): src = U^T ``[C, K]``, Phi ``[K, K]``,
     Q the query vectors ``[C, K]`` and (``intra``) the chunk's own block ``[C, C]``."""
     sl = slice(j * CHUNK, (j + 1) * CHUNK)
     q, k, g, beta = P.q[:, :, sl], P.k[:, :, sl], P.g(j), P.beta[:, :, sl]
     C = CHUNK
     strict = torch.ones(C, C, dtype=torch.bool, device=P.device).tril(-1)
     eye = torch.eye(C, dtype=P.dtype, device=P.device)
-    eG = g.cumsum(-1).exp()[..., None]                                  # exp(G_t)      [B,H,C,1]
-    dec = segsum(g).exp()                                               # exp(G_t - G_s), s <= t
-    L = beta[..., None] * (dec * strict) * (k @ k.transpose(-1, -2))
+    eG, gram, tail = chunk_decays(g)                                    # exp(G_t) [B,H,C,1|K], ...
+    L = gram(k, k, strict, rows=beta)
     X = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta), upper=False, unitriangular=True)
-    Lqk = dec * (q @ k.transpose(-1, -2))
+    Lqk = gram(q, k)
     W = X @ (eG * k)                                                    # [C, K]
-    Kt = dec[:, :, -1, :, None] * k                                     # exp(G_end - G_s) k_s
+    Kt = tail * k                                                       # exp(G_end - G_s) k_s
     Phi = eG[:, :, -1, :, None] * torch.eye(P.K, dtype=P.dtype, device=P.device) - Kt.transpose(-1, -2) @ W
     return dict(src=X.transpose(-1, -2) @ Kt, Phi=Phi, Q=eG * q - Lqk @ W, intra=Lqk @ X if intra else None)
 

@@ -19,13 +19,14 @@ name                           shape                 what
 ``blocks.{i}.attn.pattern``    [B, H, T(P), T]       softmax attention weights (recomputed from
                                                      q, k with the layer's mask / window / GQA)
 ``blocks.{i}.attn.head_out``   [B, T, H, Dh]         per-head output before the out-projection
-``blocks.{i}.rec.q``           [B, T, H, K]          recurrent query (GDN: after its l2-norm;
+``blocks.{i}.rec.q``           [B, T, H, K]          recurrent query (GDN, KDA: after its l2-norm;
                                                      Mamba2: C)
-``blocks.{i}.rec.k``           [B, T, H, K]          recurrent key (GDN: after l2-norm; Mamba2: B)
+``blocks.{i}.rec.k``           [B, T, H, K]          recurrent key (GDN, KDA: after l2-norm;
+                                                     Mamba2: B)
 ``blocks.{i}.rec.v``           [B, T, H, V]          recurrent value (Mamba2: x)
-``blocks.{i}.rec.decay``       [B, T, H] or          log decay g_t (GLA: per key dim [B,T,H,K];
-                               [B, T, H, K]          Mamba2: dt*A)
-``blocks.{i}.rec.beta``        [B, T, H]             write strength (GDN: beta; Mamba2: dt);
+``blocks.{i}.rec.decay``       [B, T, H] or          log decay g_t (GLA, KDA: per key dim
+                               [B, T, H, K]          [B,T,H,K]; Mamba2: dt*A)
+``blocks.{i}.rec.beta``        [B, T, H]             write strength (GDN, KDA: beta; Mamba2: dt);
                                                      absent for GLA
 ``blocks.{i}.rec.state``       [B, T(P), H, K, V]    state S_t after token t, float32
                                                      (Mamba2: h_t as [N, P])
@@ -45,6 +46,7 @@ name                           shape                 what
 Recurrences, in these names (``a_t = exp(decay_t)``)::
 
     GDN     S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T
+    KDA     S_t = diag(a_t) S_{t-1} + beta_t k_t (v_t - (diag(a_t) S_{t-1})^T k_t)^T   (a_t per key dim)
     GLA     S_t = diag(a_t) S_{t-1} + k_t v_t^T
     Mamba2  S_t = a_t S_{t-1} + beta_t k_t v_t^T
     readout_t = S_t^T (scale q_t)

@@ -22,6 +22,7 @@ BUILTIN = (
     ("hf_transformer", "HFTransformerAdapter"),
     ("hf_gpt", "HFGPTAdapter"),
     ("hf_gdn", "HFGDNAdapter"),
+    ("hf_kimi", "HFKimiAdapter"),
     ("hf_mamba", "HFMambaAdapter"),
     ("hf_mamba1", "HFMamba1Adapter"),
     ("hf_lfm2", "HFLfm2Adapter"),

@@ -90,10 +90,13 @@ def _kernel_standin(d, fn):
 
 
 @contextmanager
-def patch_gdn_scan(rec, wrapper):
+def patch_gdn_scan(rec, wrapper, kernels=None):
     """Make GDN module ``rec`` (olmo_hybrid / qwen3_next style) call ``wrapper(kwargs, call)``
-    instead of its chunk / recurrent kernel (see the module docstring)."""
-    own = [a for a in KERNELS.values() if callable(vars(rec).get(a))]
+    instead of its chunk / recurrent kernel (see the module docstring). ``kernels``: {module-level
+    kernel name: instance attribute name} of a layer laid out the same way with other kernel names
+    (default `KERNELS`; hf_kimi's KDA layers)."""
+    kernels = KERNELS if kernels is None else kernels
+    own = [a for a in kernels.values() if callable(vars(rec).get(a))]
     if own:  # kernels held on the instance
         with ExitStack() as st:
             for a in own:
@@ -102,10 +105,10 @@ def patch_gdn_scan(rec, wrapper):
             yield
         return
     g = forward_globals(rec)
-    if not any(name in g for name in KERNELS):
+    if not any(name in g for name in kernels):
         raise NotImplementedError(f"{type(rec).__name__}: no gated-delta-rule kernel found to intercept "
-                                  f"(looked for {', '.join(KERNELS)} in {g.get('__name__')})")
-    with dispatch_globals(g, "gdn", tuple(KERNELS), _kernel_standin, rec, wrapper) as d:
+                                  f"(looked for {', '.join(kernels)} in {g.get('__name__')})")
+    with dispatch_globals(g, "gdn", tuple(kernels), _kernel_standin, rec, wrapper) as d:
         handles = [rec.register_forward_pre_hook(lambda m, a: d.running.append(m)),
                    rec.register_forward_hook(lambda m, a, o: _pop(d.running, m), always_call=True)]
         try:

@@ -19,7 +19,10 @@ state-returning chunked GDN): inside a chunk that starts from S0, with G_t = sum
     S_t = exp(G_t) S0 + sum_{s<=t} exp(G_t - G_s) k_s d_s^T
 
 with G_t - G_s summed directly as sum_{s<i<=t} g_i (`_common.segsum`), never exp(G_t) exp(-G_s)
-(docs/per-token-states.md). ``FAMILY`` is this family for `hooks` (canonical view, states, patching).
+(docs/per-token-states.md). ``naive`` and ``chunk_torch`` with ``per_key_decay=True`` (and the chunk
+form) take a decay per key dim, g ``[B, T, H, K]`` (exp(G) then a diagonal matrix): Kimi Delta
+Attention, `hooks.scan.kda`.
+``FAMILY`` is this family for `hooks` (canonical view, states, patching).
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ from hooks.scan.family import Family, materialize
 from hooks.scan.kernels import use_kernels
 
 
-def _prep(q, k, v, g, beta, scale, initial_state, l2):
+def _prep(q, k, v, g, beta, scale, initial_state, l2, per_key=False):
     B, T, H, K = k.shape
     expect(q, "q", (B, T, H, K))
     expect(v, "v", (B, T, H, None))
-    expect(g, "g", (B, T, H))
+    expect(g, "g", (B, T, H, K) if per_key else (B, T, H))
     expect(beta, "beta", (B, T, H))
     expect(initial_state, "initial_state", (B, H, K, v.shape[-1]))
     if l2:
@@ -47,26 +50,50 @@ def _prep(q, k, v, g, beta, scale, initial_state, l2):
 
 
 def naive(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-          use_qk_l2norm_in_kernel=False, **unused):
-    """Step-by-step reference in float32. Returns (o [B,T,H,V] in v's dtype, S_T or None)."""
-    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+          use_qk_l2norm_in_kernel=False, per_key_decay=False, **unused):
+    """Step-by-step reference in float32. Returns (o [B,T,H,V] in v's dtype, S_T or None).
+    ``per_key_decay``: g is ``[B, T, H, K]`` (KDA, `hooks.scan.kda`)."""
+    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel, per_key_decay)
     B, T, H, K = k.shape
     S = (initial_state.float() if initial_state is not None
          else torch.zeros(B, H, K, v.shape[-1], device=v.device))
     q, k, vf, g, beta = q.float(), k.float(), v.float(), g.float(), beta.float()
     o = []
+    a = g.exp()[..., None, None] if g.dim() == 3 else g.exp()[..., None]  # scalar / per key dim (KDA)
     for t in range(T):
-        S = S * g[:, t].exp()[..., None, None]
+        S = S * a[:, t]
         d = beta[:, t, :, None] * (vf[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
         S = S + k[:, t, :, :, None] * d[:, :, None, :]
         o.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t] * scale))
     return torch.stack(o, 1).to(v.dtype), (S if output_final_state else None)
 
 
+def chunk_decays(gc):
+    """One chunk's log decays gc ``[B, H, C]`` (scalar) or ``[B, H, C, K]`` (per key dim, KDA) ->
+    (exp(G_t) broadcastable against ``[B, H, C, K]``, gram(x, y, mask=None, rows=None) =
+    [rows_t exp(G_t - G_s) x_t.y_s]_{t,s} (s <= t, 0 above; times a 0/1 ``mask``; ``rows`` ``[B, H, C]``),
+    exp(G_end - G_s) broadcastable against ``[B, H, C, K]``). The scalar case multiplies in the order
+    GDN always has (rows * (dec * mask)) * (x y^T), so its results are unchanged to the bit."""
+    if gc.dim() == 3:
+        dec = segsum(gc).exp()                                   # exp(G_t - G_s), s <= t
+
+        def gram(x, y, mask=None, rows=None):
+            m = dec if mask is None else dec * mask
+            return (m if rows is None else rows[..., None] * m) * (x @ y.transpose(-1, -2))
+        return gc.cumsum(-1).exp()[..., None], gram, dec[:, :, -1, :, None]
+    dec = segsum(gc.transpose(-1, -2)).exp()                     # [B, H, K, t, s]
+
+    def gram(x, y, mask=None, rows=None):
+        out = torch.einsum("bhtk,bhkts,bhsk->bhts", x, dec, y)
+        out = out if mask is None else out * mask
+        return out if rows is None else rows[..., None] * out
+    return gc.cumsum(2).exp(), gram, dec[:, :, :, -1].transpose(-1, -2)
+
+
 def _chunks(q, k, v, g, beta, scale, S0, keep=False):
-    """Chunked forward in float32. q, k ``[B, T, H, K]`` (normalised), v ``[B, T, H, V]``.
-    Returns (o, S_T, h, d): h ``[B, NT, H, K, V]`` chunk-start states and d ``[B, T, H, V]`` the
-    effective writes when ``keep``, else None."""
+    """Chunked forward in float32. q, k ``[B, T, H, K]`` (normalised), v ``[B, T, H, V]``, g ``[B, T, H]``
+    or, per key dim (KDA), ``[B, T, H, K]``. Returns (o, S_T, h, d): h ``[B, NT, H, K, V]`` chunk-start
+    states and d ``[B, T, H, V]`` the effective writes when ``keep``, else None."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = CHUNK
@@ -79,16 +106,16 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
         qc, kc, vc, bc, gc = q[:, :, sl], k[:, :, sl], v[:, :, sl], beta[:, :, sl], g[:, :, sl]
-        eG = gc.cumsum(-1).exp()[..., None]                          # exp(G_t) [B,H,C,1]
-        dec = segsum(gc).exp()                                       # exp(G_t - G_s), s <= t
-        A = bc[..., None] * (dec * strict) * (kc @ kc.transpose(-1, -2))
-        rhs = bc[..., None] * (vc - eG * (kc @ S))
+        eG, gram, tail = chunk_decays(gc)                            # exp(G_t), gram, exp(G_end - G_s)
+        A = gram(kc, kc, strict, rows=bc)
+        scalar = gc.dim() == 3
+        rhs = bc[..., None] * (vc - (eG * (kc @ S) if scalar else (eG * kc) @ S))
         d = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-        os.append(eG * (qc @ S) + (dec * (qc @ kc.transpose(-1, -2))) @ d)
+        os.append((eG * (qc @ S) if scalar else (eG * qc) @ S) + gram(qc, kc) @ d)
         if keep:
             hs.append(S)
             ds.append(d)
-        S = eG[:, :, -1:] * S + (kc * dec[:, :, -1, :, None]).transpose(-1, -2) @ d
+        S = eG[:, :, -1, :, None] * S + (kc * tail).transpose(-1, -2) @ d
     o = torch.cat(os, 2)[:, :, :T].transpose(1, 2)
     if not keep:
         return o, S, None, None
@@ -96,9 +123,9 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
 
 
 def chunk_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                use_qk_l2norm_in_kernel=False, **unused):
+                use_qk_l2norm_in_kernel=False, per_key_decay=False, **unused):
     """Pure-torch chunked scan (any device, differentiable). Same result as ``naive``."""
-    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel)
+    q, k, scale = _prep(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel, per_key_decay)
     o, S, _, _ = _chunks(q, k, v, g, beta, scale, initial_state)
     return o.to(v.dtype), (S if output_final_state else None)
 
