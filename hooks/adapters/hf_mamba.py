@@ -1,4 +1,5 @@
-"""Adapter for HF Mamba2-family models: ``mamba2``, ``bamba``, ``falcon_h1``, ``zamba2``, ``nemotron_h``.
+"""Adapter for HF Mamba2-family models: ``mamba2``, ``bamba``, ``falcon_h1``, ``zamba2``, ``nemotron_h``,
+``granitemoehybrid``.
 
 Block ``i`` is the model's ``layers[i]`` (HF layer index = our block index). Per family:
 
@@ -33,6 +34,12 @@ nemotron_h     one mixer per block (``layers_block_type``): ``linear_attention``
                ``mixer_out``; ``full_attention`` -> ``attn`` and ``mixer_out``; ``mlp`` / ``moe`` ->
                ``mlp_out`` = the MLP, and ``mixer_out`` is the zero term. Mixer blocks have no MLP
                (``mlp_out`` = zero term). Blocks are not merged: block i is HF layer i.
+granitemoe-    as bamba (``linear_attention`` blocks: ``rec`` = ``mamba``, a Mamba2 mixer like bamba's;
+hybrid         attention blocks: ``attn`` = ``self_attn``), but the layer adds ``residual_multiplier *
+               mixer(x)`` and ``residual_multiplier * (moe(x) + shared_mlp(x))`` inline: ``mixer_out``
+               / ``mlp_out`` are exactly those products (the layer's forward is swapped while they
+               are hooked, `hooks.adapters.hf_mamba_layers`). ``embed`` is block 0's input, the
+               embedding times ``embedding_multiplier``; the unembedding folds in 1 / ``logits_scaling``.
 =============  =====================================================================================
 
 Zero terms: a block without an MLP (or without a token mixer) still has every residual name.
@@ -80,10 +87,10 @@ import torch.nn.functional as F
 
 from hooks.adapters.hf_common import cache_kw
 from hooks.adapters.base import Adapter, HeadProjection, LayerInfo, swap_attr
-from hooks.adapters.hf_mamba_layers import _BlockInput, _MixBranch, _ParallelMix, _ZeroTerm  # noqa: F401 (_ZeroTerm: public here)
+from hooks.adapters.hf_mamba_layers import _BlockInput, _MixBranch, _ParallelMix, _ZeroTerm, granite_terms
 from hooks.scan import mamba2 as mamba2_scan
 
-MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h")
+MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h", "granitemoehybrid")
 
 
 # --- the Mamba2 mixer forward, written with hooks.scan ----------------------------------------
@@ -219,6 +226,12 @@ def use_scan_forward(model):
 
 # --- the adapter -------------------------------------------------------------------------------
 
+def _mult(blk, branch):
+    """The factor a layer applies to a branch's out-projection: falcon_h1's per-branch multiplier,
+    granitemoehybrid's ``residual_multiplier``, else 1."""
+    return float(getattr(blk, branch, getattr(blk, "residual_multiplier", 1.0)))
+
+
 def _attn_meta(attn):
     return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None) or None}
 
@@ -287,8 +300,14 @@ class HFMambaAdapter(Adapter):
             return self._attn(i, blk, blk.mixer)
         return LayerInfo(index=i, block=blk, mixer_out=_ZeroTerm(blk, "mixer"), mlp_out=blk.mixer)
 
+    def _layer_granitemoehybrid(self, i, blk):
+        mix, mlp = granite_terms(blk)
+        if blk.mamba is not None:
+            return self._rec(i, blk, blk.mamba, mlp, mixer_out=mix)
+        return self._attn(i, blk, blk.self_attn, mlp, mixer_out=mix)
+
     def embed(self, model):
-        if model.config.model_type == "falcon_h1":
+        if model.config.model_type in ("falcon_h1", "granitemoehybrid"):  # the embedding is scaled inline
             return _BlockInput(self._base(model).layers[0])
         return model.get_input_embeddings()
 
@@ -300,13 +319,16 @@ class HFMambaAdapter(Adapter):
     def unembed_weight(self, model):
         W, b = super().unembed_weight(model)
         mult = getattr(self._base(model), "lm_head_multiplier", 1.0)  # falcon_h1
+        if model.config.model_type == "granitemoehybrid":
+            mult = mult / getattr(model.config, "logits_scaling", 1.0)
         return (W, b) if mult == 1.0 else (W * mult, None if b is None else b * mult)
 
     def head_projection(self, model, layer, kind):
         """Mamba2 mixers: ``out_proj`` of the gated norm's output (its scale per group of heads is the
         layer's own); attention: ``o_proj`` of the cached ``attn.head_out``. falcon_h1: times the
         branch's output multiplier. zamba2's shared attention has no heads of its own in the
-        residual stream (its output enters the Mamba mixer's input)."""
+        residual stream (its output enters the Mamba mixer's input). granitemoehybrid: times
+        ``residual_multiplier``."""
         blk = layer.block
         if kind == "attn":
             if model.config.model_type == "zamba2":
@@ -316,9 +338,8 @@ class HFMambaAdapter(Adapter):
                     "(per-head results are given for the Mamba heads)")
             proj = layer.attn.o_proj
             return HeadProjection(proj, proj.in_features // layer.attn.head_dim, input_is_cached=True,
-                                  multiplier=float(getattr(blk, "attn_out_multiplier", 1.0)))
-        return HeadProjection(layer.rec.out_proj, layer.rec.num_heads,
-                              multiplier=float(getattr(blk, "ssm_out_multiplier", 1.0)))
+                                  multiplier=_mult(blk, "attn_out_multiplier"))
+        return HeadProjection(layer.rec.out_proj, layer.rec.num_heads, multiplier=_mult(blk, "ssm_out_multiplier"))
 
     @contextmanager
     def patch_scan(self, layer, wrapper):

@@ -1,4 +1,4 @@
-"""Stand-in modules for the residual terms of HF Mamba-family layers that no HF module outputs, and the layer forwards that route them.
+"""Stand-ins for the residual terms of HF Mamba-family layers that no HF module outputs; layer forwards routing them.
 
 Used by `hooks.adapters.hf_mamba` (and, for `_ZeroTerm`, by the other adapters of mixer-only blocks):
 
