@@ -401,3 +401,21 @@ def test_zamba_rec_pattern_rebuilds_the_readout():
     D = hm.layers[1].rec.D.flatten()
     o = torch.einsum("bdts,bsd->btd", A, v) + v * D
     torch.testing.assert_close(o, c[f"{p}.rec.readout"], atol=1e-5, rtol=1e-4)
+
+
+def test_zamba_padding_mask_under_hooks():
+    """Left padding: HF zeroes padded positions before the scan; the hooked forward does the same (bit-exact), so
+    nothing is written into the states there."""
+    m = model("zamba")
+    hm, x, snap = hooks.wrap(m), toks(n=9), snapshot(m)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    got = {}
+    with torch.no_grad():
+        ref = m(input_ids=x, attention_mask=mask, use_cache=False).logits
+        with hm.hooks([("blocks.1.rec.v", lambda t, n: t.clone())], cache_names=["blocks.1.rec.state"], cache=got):
+            out = m(input_ids=x, attention_mask=mask, use_cache=False).logits
+    assert torch.equal(out, ref)
+    S = got["blocks.1.rec.state"]
+    assert (S[0, :3] == 0).all() and S[0, 3:].abs().amax() > 0 and S[1, :3].abs().amax() > 0
+    assert_clean(m, snap)

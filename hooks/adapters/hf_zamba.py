@@ -69,7 +69,7 @@ def _head_scans(mixer, scan_fn, heads, output_final_state):
     for x, dt, A, B, C, D in heads:
         r = scan_fn(x, dt, A, B, C, D=D, z=None, delta_bias=None, delta_softplus=False,
                     return_last_state=output_final_state, use_mambapy=False,
-                    use_associative_scan=mixer.use_associative_scan)
+                    use_associative_scan=getattr(mixer, "use_associative_scan", False))
         y, f = r if output_final_state else (r, None)
         ys.append(y)
         finals.append(f)
@@ -96,7 +96,7 @@ def _scan_call(mixer, scan_fn, kw, own_heads):
 
 
 def _forward(mixer, wrapper, hidden_states, cache=None, attention_mask=None, **kwargs):
-    """ZambaMambaMixer.forward (transformers 5.x) with its scans through ``wrapper(kw, call)``."""
+    """ZambaMambaMixer.forward (as in transformers 5.25) with its scans through ``wrapper(kw, call)``."""
     g = forward_globals(mixer)
     mask, conv, scan_fn = g["apply_mask_to_padding_states"], g["causal_conv1d_forward"], g["mamba_selective_scan"]
     if cache is not None and cache.get_recurrent_state(mixer.layer_idx, state_idx=0) is not None:
