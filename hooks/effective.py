@@ -119,12 +119,17 @@ def _prep(family, c, heads=None):
 
 def _prep_mamba1(c, heads):
     """Mamba1 as GLA with one head per channel d (H = D), K = N, V = 1, q = C and k = B shared by
-    all channels; its decay ``[B, T, D, N]`` is used when the view holds it, else formed per chunk
-    from dt (``decay_dt``) and A, as the scans do."""
+    all channels (grouped ``[B, T, G, N]``: each group's for its channels); its decay ``[B, T, D, N]``
+    is used when the view holds it, else formed per chunk from dt (``decay_dt``) and A, as the scans do."""
     heads = None if heads is None else torch.as_tensor(heads, dtype=torch.long).flatten()
     x = _pick(work(c["v"]).transpose(1, 2), heads)                    # [B, D, T]
     B_, Dn, T = x.shape
-    shared = lambda t: pad_time(work(t)[:, None], CHUNK).expand(B_, Dn, -1, -1)  # noqa: E731
+
+    def shared(t):  # [B, T, N] or [B, T, G, N] -> [B, D, T', N]
+        if t.dim() == 3:
+            return pad_time(work(t)[:, None], CHUNK).expand(B_, Dn, -1, -1)
+        t = work(t).transpose(1, 2)
+        return pad_time(_pick(t.repeat_interleave(c["v"].shape[2] // t.shape[1], dim=1), heads), CHUNK)
     P = SimpleNamespace(family="mamba1", q=shared(c["q"]), k=shared(c["k"]), v=x[..., None], per_key=True,
                         gdn=False, w=pad_time(_pick(work(c["beta"]).transpose(1, 2), heads), CHUNK), beta=None,
                         heads=heads)

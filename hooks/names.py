@@ -53,14 +53,16 @@ Recurrences, in these names (``a_t = exp(decay_t)``)::
     Mamba1  S_t[d, n] = a_t[d, n] S_{t-1}[d, n] + beta_t[d] v_t[d] k_t[n]
     readout_t[d] = sum_n S_t[d, n] q_t[n] + D[d] v_t[d]
 
-Mamba1 (selective scan; jamba, mamba, falcon_mamba, mamba-ssm's Mamba layers) has its own
+Mamba1 (selective scan; jamba, mamba, falcon_mamba, zamba, mamba-ssm's Mamba layers) has its own
 shapes. Its state is one scalar recurrence per channel d (D = d_inner) and state dim n, i.e. GLA
 with one head per channel, K = N and V = 1; the state is kept as ``[D, N]`` (HF's and
 mamba-ssm's ``ssm_state`` layout, ``[B, D, N]``) rather than ``[H=D, K=N, V=1]``:
 
 =============================  ====================  ==========================================
-``blocks.{i}.rec.q``           [B, T, N]             C_t (shared by all channels)
-``blocks.{i}.rec.k``           [B, T, N]             B_t
+``blocks.{i}.rec.q``           [B, T, N]             C_t (shared by all channels; zamba: [B, T,
+                                                     H, N], one per mamba head, channel d in head
+                                                     d // (D / H))
+``blocks.{i}.rec.k``           [B, T, N]             B_t (zamba: [B, T, H, N], as q)
 ``blocks.{i}.rec.v``           [B, T, D]             x_t (after the conv)
 ``blocks.{i}.rec.beta``        [B, T, D]             dt_t (after bias and softplus)
 ``blocks.{i}.rec.decay``       [B, T, D, N]          dt_t[d] A[d, n] (formed only when hooked:

@@ -9,9 +9,10 @@ canonical view, scan, states and readout). The algebra: docs/per-token-states.md
 
 Mamba1 (``mamba1``) has its own shapes (hooks.names): its state is ``[D, N]`` per token (one
 scalar recurrence per channel d and state dim n), i.e. GLA with one head per channel, K = N and
-V = 1; q = C and k = B are ``[B, T, N]``, v = x and beta = dt ``[B, T, D]``, decay = dt A
-``[B, T, D, N]``. Because that decay is as large as all the states, the Mamba1 view forms it only
-when it is read (a ``rec.decay`` hook); otherwise the scans form dt A per step.
+V = 1; q = C and k = B are ``[B, T, N]`` (zamba: ``[B, T, H, N]``, per mamba head), v = x and
+beta = dt ``[B, T, D]``, decay = dt A ``[B, T, D, N]``. Because that decay is as large as all the
+states, the Mamba1 view forms it only when it is read (a ``rec.decay`` hook); otherwise the scans
+form dt A per step.
 """
 from __future__ import annotations
 

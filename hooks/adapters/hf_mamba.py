@@ -1,4 +1,5 @@
-"""Adapter for HF Mamba2-family models: ``mamba2``, ``bamba``, ``falcon_h1``, ``zamba2``, ``nemotron_h``.
+"""Adapter for HF Mamba2-family models: ``mamba2``, ``bamba``, ``falcon_h1``, ``zamba2``, ``nemotron_h``,
+``granitemoehybrid``.
 
 Block ``i`` is the model's ``layers[i]`` (HF layer index = our block index). Per family:
 
@@ -33,6 +34,12 @@ nemotron_h     one mixer per block (``layers_block_type``): ``linear_attention``
                ``mixer_out``; ``full_attention`` -> ``attn`` and ``mixer_out``; ``mlp`` / ``moe`` ->
                ``mlp_out`` = the MLP, and ``mixer_out`` is the zero term. Mixer blocks have no MLP
                (``mlp_out`` = zero term). Blocks are not merged: block i is HF layer i.
+granitemoe-    as bamba (``linear_attention`` blocks: ``rec`` = ``mamba``, a Mamba2 mixer like bamba's;
+hybrid         attention blocks: ``attn`` = ``self_attn``), but the layer adds ``residual_multiplier *
+               mixer(x)`` and ``residual_multiplier * (moe(x) + shared_mlp(x))`` inline: ``mixer_out``
+               / ``mlp_out`` are exactly those products (the layer's forward is swapped while they
+               are hooked, `hooks.adapters.hf_mamba_layers`). ``embed`` is block 0's input, the
+               embedding times ``embedding_multiplier``; the unembedding folds in 1 / ``logits_scaling``.
 =============  =====================================================================================
 
 Zero terms: a block without an MLP (or without a token mixer) still has every residual name.
@@ -76,34 +83,14 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.adapters.hf_common import cache_kw
 from hooks.adapters.base import Adapter, HeadProjection, LayerInfo, swap_attr
+from hooks.adapters.hf_mamba_layers import _BlockInput, _MixBranch, _ParallelMix, _ZeroTerm, granite_terms
 from hooks.scan import mamba2 as mamba2_scan
 
-MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h")
-
-
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
-
-
-def _replace_first(x, new):
-    return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
-
-
-class _Handles:
-    """Several removable things as one torch-hook-like handle."""
-
-    def __init__(self, *items):
-        self.items = items
-
-    def remove(self):
-        for h in reversed(self.items):
-            h() if callable(h) else h.remove()
-        self.items = ()
+MODEL_TYPES = ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h", "granitemoehybrid")
 
 
 # --- the Mamba2 mixer forward, written with hooks.scan ----------------------------------------
@@ -237,146 +224,13 @@ def use_scan_forward(model):
         yield model
 
 
-# --- stand-in modules for residual terms that no HF module outputs ----------------------------
-
-class _ZeroTerm(nn.Module):
-    """A residual term a block does not have (``where='mixer'``: the token mixer of an MLP-only
-    block; ``'mlp'``: the MLP of a mixer-only block). Its "output" is zeros; a hook's replacement
-    is added to the residual stream at that place. Not part of the model."""
-
-    def __init__(self, block, where):
-        super().__init__()
-        self.where = where
-        object.__setattr__(self, "block", block)  # not a submodule
-
-    def _fire(self, hook, like):
-        z = torch.zeros_like(like)
-        r = hook(self, (), z)
-        y = z if r is None else _first(r)
-        return None if y is z else y
-
-    def register_forward_hook(self, hook, *a, **kw):
-        if self.where == "mlp":
-            def post(mod, args, out):
-                y = self._fire(hook, _first(out))
-                return None if y is None else _replace_first(out, _first(out) + y)
-            return self.block.register_forward_hook(post, prepend=True)  # before resid_post's hook
-
-        def pre(mod, args, kwargs):  # after resid_pre's pre-hook
-            x = args[0] if args else kwargs["hidden_states"]
-            y = self._fire(hook, x)
-            if y is None:
-                return None
-            if args:
-                return (x + y,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": x + y}
-        return self.block.register_forward_pre_hook(pre, with_kwargs=True)
-
-
-class _BlockInput(nn.Module):
-    """``embed`` where the embedding module's output is not the input of block 0 (falcon_h1 scales
-    it inline): a hook on this module sees, and may replace, block 0's input."""
-
-    def __init__(self, block):
-        super().__init__()
-        object.__setattr__(self, "block", block)
-
-    def register_forward_hook(self, hook, *a, **kw):
-        def pre(mod, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            r = hook(self, (), x)
-            if r is None or _first(r) is x:
-                return None
-            y = _first(r)
-            if args:
-                return (y,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": y}
-        return self.block.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
-
-
-class _ParallelMix(nn.Module):
-    """falcon_h1: the sum a layer adds to the residual stream from its parallel Mamba and
-    attention branches (multipliers applied). Hooks on it (or on its `_MixBranch` terms) swap the
-    layer's forward for `_falcon_layer_forward`, which calls this module; removing the last hook
-    restores it."""
-
-    def __init__(self, layer):
-        super().__init__()
-        object.__setattr__(self, "layer", layer)
-        self._swap = None
-        self._n = 0
-
-    def forward(self, mamba_out, attn_out):
-        return mamba_out + attn_out
-
-    def hold(self):
-        """Keep the layer's forward swapped until the returned function is called."""
-        if self._n == 0:
-            layer, mix = self.layer, self
-
-            def forward(*args, **kwargs):
-                return _falcon_layer_forward(layer, mix, *args, **kwargs)
-            self._swap = swap_attr(layer, "forward", forward)
-            self._swap.__enter__()
-        self._n += 1
-
-        def release():
-            self._n -= 1
-            if self._n == 0:
-                swap, self._swap = self._swap, None
-                swap.__exit__(None, None, None)
-        return release
-
-    def register_forward_hook(self, hook, *a, **kw):
-        handle = super().register_forward_hook(hook, *a, **kw)
-        return _Handles(self.hold(), handle)
-
-
-class _MixBranch(nn.Module):
-    """falcon_h1: one term of `_ParallelMix`'s sum (``arg`` 0: ``ssm_out_multiplier * mamba(x)``,
-    ``rec.out``; 1: ``attn_out_multiplier * attn(...)``, ``attn.out``). A forward hook on it sees,
-    and may replace, that term before the layer sums the two."""
-
-    def __init__(self, mix, arg):
-        super().__init__()
-        object.__setattr__(self, "mix", mix)
-        self.arg = arg
-
-    def register_forward_hook(self, hook, *a, **kw):
-        def pre(mod, args):
-            r = hook(self, (), args[self.arg])
-            if r is None or _first(r) is args[self.arg]:
-                return None
-            return tuple(_first(r) if j == self.arg else x for j, x in enumerate(args))
-        handle = self.mix.register_forward_pre_hook(pre)
-        return _Handles(self.mix.hold(), handle)
-
-
-def _falcon_layer_forward(layer, mix, hidden_states, attention_mask=None, mamba_attention_mask=None,
-                          position_ids=None, past_key_values=None, use_cache=False,
-                          position_embeddings=None, cache=None, **kwargs):
-    """FalconH1DecoderLayer.forward (transformers 5.17-5.24: the cache comes as ``past_key_values``
-    before 5.24, as ``cache`` from 5.24 on) with the branch sum through ``mix``."""
-    past_key_values = cache if cache is not None else past_key_values
-    residual = hidden_states
-    hidden_states = layer.input_layernorm(hidden_states)
-    m = layer.mamba(hidden_states=hidden_states, attention_mask=mamba_attention_mask,
-                    **{cache_kw(type(layer.mamba).forward, "cache_params"): past_key_values}, **kwargs)
-    m = m * layer.ssm_out_multiplier
-    a, _ = layer.self_attn(hidden_states=hidden_states * layer.attention_in_multiplier,
-                           attention_mask=attention_mask, position_ids=position_ids,
-                           **{cache_kw(type(layer.self_attn).forward, "past_key_values"): past_key_values},
-                           use_cache=use_cache,
-                           position_embeddings=position_embeddings, **kwargs)
-    a = a * layer.attn_out_multiplier
-    hidden_states = residual + mix(m, a)
-    residual = hidden_states
-    hidden_states = layer.pre_ff_layernorm(hidden_states)
-    hidden_states = layer.feed_forward(hidden_states)
-    return (residual + hidden_states,)
-
-
 # --- the adapter -------------------------------------------------------------------------------
+
+def _mult(blk, branch):
+    """The factor a layer applies to a branch's out-projection: falcon_h1's per-branch multiplier,
+    granitemoehybrid's ``residual_multiplier``, else 1."""
+    return float(getattr(blk, branch, getattr(blk, "residual_multiplier", 1.0)))
+
 
 def _attn_meta(attn):
     return {"scale": float(attn.scaling), "sliding_window": getattr(attn, "sliding_window", None) or None}
@@ -446,8 +300,14 @@ class HFMambaAdapter(Adapter):
             return self._attn(i, blk, blk.mixer)
         return LayerInfo(index=i, block=blk, mixer_out=_ZeroTerm(blk, "mixer"), mlp_out=blk.mixer)
 
+    def _layer_granitemoehybrid(self, i, blk):
+        mix, mlp = granite_terms(blk)
+        if blk.mamba is not None:
+            return self._rec(i, blk, blk.mamba, mlp, mixer_out=mix)
+        return self._attn(i, blk, blk.self_attn, mlp, mixer_out=mix)
+
     def embed(self, model):
-        if model.config.model_type == "falcon_h1":
+        if model.config.model_type in ("falcon_h1", "granitemoehybrid"):  # the embedding is scaled inline
             return _BlockInput(self._base(model).layers[0])
         return model.get_input_embeddings()
 
@@ -459,13 +319,16 @@ class HFMambaAdapter(Adapter):
     def unembed_weight(self, model):
         W, b = super().unembed_weight(model)
         mult = getattr(self._base(model), "lm_head_multiplier", 1.0)  # falcon_h1
+        if model.config.model_type == "granitemoehybrid":
+            mult = mult / getattr(model.config, "logits_scaling", 1.0)
         return (W, b) if mult == 1.0 else (W * mult, None if b is None else b * mult)
 
     def head_projection(self, model, layer, kind):
         """Mamba2 mixers: ``out_proj`` of the gated norm's output (its scale per group of heads is the
         layer's own); attention: ``o_proj`` of the cached ``attn.head_out``. falcon_h1: times the
         branch's output multiplier. zamba2's shared attention has no heads of its own in the
-        residual stream (its output enters the Mamba mixer's input)."""
+        residual stream (its output enters the Mamba mixer's input). granitemoehybrid: times
+        ``residual_multiplier``."""
         blk = layer.block
         if kind == "attn":
             if model.config.model_type == "zamba2":
@@ -475,9 +338,8 @@ class HFMambaAdapter(Adapter):
                     "(per-head results are given for the Mamba heads)")
             proj = layer.attn.o_proj
             return HeadProjection(proj, proj.in_features // layer.attn.head_dim, input_is_cached=True,
-                                  multiplier=float(getattr(blk, "attn_out_multiplier", 1.0)))
-        return HeadProjection(layer.rec.out_proj, layer.rec.num_heads,
-                              multiplier=float(getattr(blk, "ssm_out_multiplier", 1.0)))
+                                  multiplier=_mult(blk, "attn_out_multiplier"))
+        return HeadProjection(layer.rec.out_proj, layer.rec.num_heads, multiplier=_mult(blk, "ssm_out_multiplier"))
 
     @contextmanager
     def patch_scan(self, layer, wrapper):

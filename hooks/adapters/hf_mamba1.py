@@ -1,4 +1,4 @@
-"""Adapter for HF Mamba1-family models: ``jamba``, ``mamba`` and ``falcon_mamba``.
+"""Adapter for HF Mamba1-family models: ``jamba``, ``mamba``, ``falcon_mamba`` and ``zamba`` (v1).
 
 Block ``i`` is the model's ``layers[i]`` (``model.model.layers`` / ``model.backbone.layers``).
 
@@ -11,7 +11,23 @@ jamba          ``mamba`` layers: ``rec`` = ``mixer_out`` = ``mamba``; ``attentio
 mamba,         every block: norm -> Mamba1 mixer -> residual. ``rec`` = ``mixer_out`` = ``mixer``;
 falcon_mamba   no MLP (``mlp_out`` is the zero term of `hooks.adapters.hf_mamba`: zeros, and a hook's
                replacement is added to the residual stream before ``resid_post``).
+zamba          Mamba1 with several mamba heads (B_t, C_t per head: `hooks.adapters.hf_zamba`).
+               ``mamba`` blocks (ZambaMambaDecoderLayer): norm -> mixer -> residual, ``rec`` =
+               ``mixer_out`` = ``mamba``. ``hybrid`` blocks (ZambaHybridLayer): as zamba2 in
+               `hooks.adapters.hf_mamba`, the shared transformer (tied weights, one module instance
+               per hybrid layer) reads ``concat(resid_pre, embeddings)`` and its output, through the
+               layer's ``linear``, is added to the INPUT of the Mamba mixer, not to the residual
+               stream: ``rec`` = ``mixer_out`` = ``mamba_decoder.mamba``, ``attn`` = that layer's
+               ``shared_transf.self_attn`` (attn.* names are the shared block's call at this layer;
+               ``attn_meta['scale']`` = ``(head_dim / 2) ** -0.5``, as the model passes). No MLP in
+               the residual stream: ``mlp_out`` is the zero term (the shared MLP's output is part of
+               what enters the mixer).
 =============  =====================================================================================
+
+zamba's rec.* names: ``rec.q`` / ``rec.k`` are ``[B, T, H, N]`` (C_t, B_t per mamba head), the
+others as for every Mamba1 layer with D = H * Dh channels, heads folded (channel d = h * Dh + j):
+``rec.state`` ``[B, T, D, N]`` (HF's cache: ``[B, H, Dh, N]``). Its scans are reached by replacing
+the mixer's forward (`hooks.adapters.hf_zamba`), not through the globals below.
 
 Scan interception. All three mixers call module-level functions of their modeling module:
 ``mamba_selective_scan`` (full sequence / prefill), ``mamba_selective_state_update`` (one-token
@@ -45,13 +61,14 @@ from contextlib import contextmanager
 
 import torch.nn.functional as F
 
-from hooks.adapters.base import LayerInfo
+from hooks.adapters.base import HeadProjection, LayerInfo
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers, dispatch_globals, forward_globals
 from hooks.adapters.hf_gdn import _pop
 from hooks.adapters.hf_mamba import _ZeroTerm
+from hooks.adapters.hf_zamba import is_zamba_mixer, patch_zamba_scan
 from hooks.scan import mamba1 as mamba1_scan
 
-MODEL_TYPES = ("jamba", "mamba", "falcon_mamba")
+MODEL_TYPES = ("jamba", "mamba", "falcon_mamba", "zamba")
 SCAN, INNER, STEP = "mamba_selective_scan", "mamba_inner_fn", "mamba_selective_state_update"
 
 
@@ -185,6 +202,8 @@ class HFMamba1Adapter(HFAdapter):
                                          attn=blk.self_attn, attn_meta=attn_meta(blk.self_attn)))
                 else:
                     raise TypeError(f"jamba layer {i} ({type(blk).__name__}) has neither 'mamba' nor 'self_attn'")
+            elif kind == "zamba":
+                out.append(_zamba_layer(i, blk))
             else:
                 if not hasattr(blk, "mixer"):
                     raise TypeError(f"{kind} layer {i} ({type(blk).__name__}) has no 'mixer'")
@@ -192,7 +211,33 @@ class HFMamba1Adapter(HFAdapter):
                                      rec=blk.mixer, rec_family="mamba1"))
         return out
 
+    def head_projection(self, model, layer, kind):
+        """zamba: the mamba heads' outputs (gated per channel) through ``out_proj``; its shared
+        attention has no heads in the residual stream. Other Mamba1 layers: no heads (`HFAdapter`)."""
+        if model.config.model_type != "zamba":
+            return super().head_projection(model, layer, kind)
+        if kind == "attn":
+            raise NotImplementedError(
+                f"layer {layer.index} (zamba): the shared transformer's attention output is added to the Mamba "
+                "mixer's input, not to the residual stream; its heads have no direct contribution (per-head results "
+                "are given for the mamba heads)")
+        return HeadProjection(layer.rec.out_proj, layer.rec.n_mamba_heads)
+
     @contextmanager
     def patch_scan(self, layer, wrapper):
-        with patch_mamba1_scan(layer.rec, wrapper):
+        patch = patch_zamba_scan if is_zamba_mixer(layer.rec) else patch_mamba1_scan
+        with patch(layer.rec, wrapper):
             yield
+
+
+def _zamba_layer(i, blk):
+    """ZambaMambaDecoderLayer (``mamba``) or ZambaHybridLayer (``hybrid``: shared attention feeding the mixer)."""
+    dec = getattr(blk, "mamba_decoder", blk)
+    if not hasattr(dec, "mamba"):
+        raise TypeError(f"zamba layer {i} ({type(blk).__name__}) has no Mamba mixer")
+    L = LayerInfo(index=i, block=blk, mixer_out=dec.mamba, mlp_out=_ZeroTerm(blk, "mlp"), rec=dec.mamba,
+                  rec_family="mamba1")
+    if dec is not blk:
+        attn = blk.shared_transf.self_attn
+        L.attn, L.attn_meta = attn, attn_meta(attn)
+    return L

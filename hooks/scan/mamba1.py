@@ -4,10 +4,11 @@
     y_t[d]    = sum_n h_t[d, n] C_t[n] + D[d] x_t[d]
 
 Shapes: x, dt ``[B, T, D]`` (D = d_inner channels; dt after its bias and softplus), A ``[D, N]``
-(negative), B, C ``[B, T, N]`` (shared by all channels), D ``[D]``, state ``[B, D, N]``; the
-per-token states are ``[B, T, D, N]``. Optional ``g`` ``[B, T, D, N]``: the log decay, replacing
-``dt A`` (a hook changed it); optional ``dt_decay`` ``[B, T, D]``: the dt that enters the decay
-when it differs from the dt of the write (a hook changed only the write strength).
+(negative), B, C ``[B, T, N]`` (shared by all channels) or ``[B, T, G, N]`` (grouped: group g's
+B_t, C_t serve channels g D/G .. (g+1) D/G - 1; zamba's mamba heads), D ``[D]``, state
+``[B, D, N]``; the per-token states are ``[B, T, D, N]``. Optional ``g`` ``[B, T, D, N]``: the log
+decay, replacing ``dt A`` (a hook changed it); optional ``dt_decay`` ``[B, T, D]``: the dt that
+enters the decay when it differs from the dt of the write (a hook changed only the write strength).
 
 In the terms of hooks.scan.gla this is GLA with one head per channel (H = D), K = N, V = 1:
 q = C, k = B, v = dt x, g = dt A. Every (d, n) is an independent scalar recurrence, so the
@@ -44,13 +45,24 @@ def _check(x, dt, A, B, C, D, initial_state, g=None, dt_decay=None):
     expect(dt, "dt", (b, T, Dn))
     expect(A, "A", (Dn, None))
     N = A.shape[1]
-    expect(B, "B", (b, T, N))
-    expect(C, "C", (b, T, N))
+    if B.dim() == 4:  # grouped: [B, T, G, N]
+        expect(B, "B", (b, T, None, N))
+        if Dn % B.shape[2]:
+            raise ValueError(f"B/C have {B.shape[2]} groups, which must divide the {Dn} channels of x")
+    else:
+        expect(B, "B", (b, T, N))
+    expect(C, "C", tuple(B.shape))
     if D is not None:
         expect(D, "D", (Dn,))
     expect(initial_state, "initial_state", (b, Dn, N))
     expect(g, "g", (b, T, Dn, N))
     expect(dt_decay, "dt_decay", (b, T, Dn))
+
+
+def per_channel(t, Dn: int, grouped: bool):
+    """A slice of B or C, ``[..., N]`` (shared) or ``[..., G, N]`` (``grouped``), as ``[..., 1 | D, N]``:
+    broadcast over the D channels, or each group repeated for its D/G channels."""
+    return t.repeat_interleave(Dn // t.shape[-2], dim=-2) if grouped else t.unsqueeze(-2)
 
 
 def _log_decay(dt, A, g, dt_decay):
@@ -69,10 +81,11 @@ def naive(x, dt, A, B, C, D=None, initial_state=None, output_final_state=False, 
     b, T, Dn = x.shape
     dec = _log_decay(dt, A, g, dt_decay)
     h = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, A.shape[1], dtype=torch.float32)
-    ys = []
+    ys, grp = [], B.dim() == 4
     for t in range(T):
-        h = dec(slice(t, t + 1))[:, 0].exp() * h + (work(dt[:, t]) * work(x[:, t]))[..., None] * work(B[:, t])[:, None, :]
-        ys.append((h * work(C[:, t])[:, None, :]).sum(-1))
+        h = (dec(slice(t, t + 1))[:, 0].exp() * h
+             + (work(dt[:, t]) * work(x[:, t]))[..., None] * per_channel(work(B[:, t]), Dn, grp))
+        ys.append((h * per_channel(work(C[:, t]), Dn, grp)).sum(-1))
     y = torch.stack(ys, 1) if ys else x.new_zeros(b, 0, Dn, dtype=torch.float32)
     if D is not None:
         y = y + work(x) * work(D)
@@ -102,7 +115,9 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
         return t.view(b, NT, Cn, *t.shape[2:])
 
     u = tiles(work(dt) * work(x))                        # dt x    [B, NT, C, D]
-    Bt = tiles(B)                                         # [B, NT, C, N]
+    Bt = tiles(B)                                         # [B, NT, C, (G,) N]
+    grp = B.dim() == 4
+    Bj = lambda j: per_channel(Bt[:, :, j], Dn, grp)  # noqa: E731   [B, NT, 1 | D, N]
     Ct = tiles(C) if want_y else None
     if g is not None:
         gt = tiles(g)                                     # [B, NT, C, D, N]
@@ -117,7 +132,7 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
     for j in range(Cn):
         gj = G(j)
         tot += gj
-        h = gj.exp() * h + u[:, :, j, :, None] * Bt[:, :, j, None, :]
+        h = gj.exp() * h + u[:, :, j, :, None] * Bj(j)
     # (2) carry the state across chunk starts
     start = []
     s = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, N, dtype=torch.float32)
@@ -135,9 +150,9 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
         pc, pj = positions // Cn, positions % Cn
     if want_y or all_states or (positions is not None and positions.numel()):
         for j in range(Cn):
-            h = G(j).exp() * h + u[:, :, j, :, None] * Bt[:, :, j, None, :]
+            h = G(j).exp() * h + u[:, :, j, :, None] * Bj(j)
             if want_y:
-                ys[:, :, j] = (h * Ct[:, :, j, None, :]).sum(-1)
+                ys[:, :, j] = (h * per_channel(Ct[:, :, j], Dn, grp)).sum(-1)
             if all_states:
                 S_all[:, :, j] = h
             if S_pos is not None:
@@ -201,9 +216,9 @@ def _args(c):
 
 
 class Mamba1Family(Family):
-    """Mamba1 in the hook names, with its own shapes (hooks.names): q = C and k = B ``[B, T, N]``, v = x and
-    beta = dt ``[B, T, D]``, decay = dt A ``[B, T, D, N]`` (formed when read, `Mamba1View`), skip weight D;
-    states ``[B, T, D, N]``."""
+    """Mamba1 in the hook names, with its own shapes (hooks.names): q = C and k = B ``[B, T, N]`` (grouped:
+    ``[B, T, G, N]``), v = x and beta = dt ``[B, T, D]``, decay = dt A ``[B, T, D, N]`` (formed when read,
+    `Mamba1View`), skip weight D; states ``[B, T, D, N]``."""
     name = "mamba1"
 
     def view(self, **entries):
@@ -227,8 +242,8 @@ class Mamba1Family(Family):
         return states(*args, initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype, **dec)
 
     def readout_at(self, c, S, t):
-        """o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d], S ``[B, D, N]``."""
-        o = (S.float() * c["q"][:, t].float()[:, None, :]).sum(-1)
+        """o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d] (C_t of d's group when grouped), S ``[B, D, N]``."""
+        o = (S.float() * per_channel(c["q"][:, t].float(), S.shape[1], c["q"].dim() == 4)).sum(-1)
         if c.get("D") is not None:
             o = o + c["v"][:, t].float() * c["D"].float()
         return o
