@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, attn_meta, cache_kw, decoder_layers, forward_globals
-from hooks.adapters.hf_mamba import _first, _Handles
+from hooks.adapters.hf_mamba_layers import _first, _Handles
 from hooks.scan import gla as gla_scan
 
 MODEL_TYPES = ("minimax",)

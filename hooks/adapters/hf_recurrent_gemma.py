@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers, forward_globals
-from hooks.adapters.hf_mamba import _BlockInput
+from hooks.adapters.hf_mamba_layers import _BlockInput
 from hooks.scan import mamba1 as mamba1_scan
 
 MODEL_TYPES = ("recurrent_gemma",)
