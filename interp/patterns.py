@@ -40,6 +40,7 @@ from interp.tasks.vocab import PAD
 
 SOURCE_TASKS = ("mqar", "state_recall")
 DEFAULT_KNOBS = {"mqar": {}, "state_recall": {"complexity": "assign"}}
+PER_CHANNEL = ("mamba1", "shortconv")   # recurrences with one pattern per channel, not per head
 
 
 def _hm(model) -> HookedModel:
@@ -105,8 +106,8 @@ def units(hm) -> list[Unit]:
         if L.attn is not None:
             out.append(Unit(L.index, "attn", f"{p}.attn.pattern", f"{p}.attn.v"))
         if L.rec is not None:
-            if L.rec_family == "mamba1":
-                raise InterpError(f"layer {L.index} is Mamba1: its effective attention is one pattern per "
+            if L.rec_family in PER_CHANNEL:
+                raise InterpError(f"layer {L.index} is {L.rec_family}: its effective attention is one pattern per "
                                   "channel, not per head; use interp.patterns.contributions for it")
             out.append(Unit(L.index, L.rec_family, f"{p}.rec.pattern", f"{p}.rec.v"))
     return out
@@ -217,7 +218,7 @@ def contributions(model, tokens, layer: int, positions) -> Contributions:
         _, cache = hm.run_with_cache(tokens, names=[f"{p}.pattern", f"{p}.readout"], positions=positions,
                                      hooks=[(f"{p}.v", lambda x, name: vs.__setitem__("v", x.detach()))])
     A, v = cache[f"{p}.pattern"], vs["v"].float().to(cache[f"{p}.pattern"].device)
-    if hm.layers[layer].rec_family == "mamba1":
+    if hm.layers[layer].rec_family in PER_CHANNEL:
         con = torch.einsum("bdps,bsd->bpsd", A, v)
     else:
         con = torch.einsum("bhps,bshv->bpshv", A, v)
@@ -235,7 +236,7 @@ def _read_patterns(hm, toks, mixers) -> list:
     def grab(i):
         return lambda x, n: vs.__setitem__(i, x.detach())
     names = [f"blocks.{i}.{k}.pattern" for i, k in mixers]
-    fns = [(f"blocks.{i}.rec.v", grab(i)) for i, k in mixers if k == "rec" and hm.layers[i].rec_family == "mamba1"]
+    fns = [(f"blocks.{i}.rec.v", grab(i)) for i, k in mixers if k == "rec" and hm.layers[i].rec_family in PER_CHANNEL]
     with torch.no_grad():
         _, cache = hm.run_with_cache(toks, names=names, hooks=fns)
     out = []
@@ -315,7 +316,7 @@ def _label_axes(ax, words, rows=(), src=()):
 
 
 def _what(kind: str) -> str:
-    return "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind == "mamba1"
+    return "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind in PER_CHANNEL
                                                      else f"{kind} effective attention A (signed)")
 
 
@@ -331,7 +332,7 @@ def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
     nrow = -(-H // ncol)
     side = min(7.0, max(3.8, Tn * 0.11))
     fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1, side * nrow + 0.6), squeeze=False)
-    signed, what = kind not in ("attn", "mamba1"), _what(kind)
+    signed, what = kind not in ("attn",) + PER_CHANNEL, _what(kind)
     for h, ax in enumerate(axes.flat):
         if h >= H:
             ax.axis("off")
@@ -369,7 +370,7 @@ def _panel(n: int, layer: int, kind: str, A, words) -> list[str]:
     import html
     import json
     m = float(np.abs(A).max()) or 1.0
-    signed = kind not in ("attn", "mamba1")
+    signed = kind not in ("attn",) + PER_CHANNEL
     props = dict(attention=np.round(A.astype(np.float64), max(0, 4 - int(np.floor(np.log10(m))))).tolist(),
                  tokens=[str(w) for w in words], maskUpperTri=True, maxValue=m, minValue=-m if signed else 0.0,
                  attentionHeadNames=[f"L{layer} h{h}" for h in range(A.shape[0])],

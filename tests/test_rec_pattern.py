@@ -17,6 +17,7 @@ from interp import tasks
 
 transformers = pytest.importorskip("transformers")
 from test_adapters_jamba import make as mamba1_make  # noqa: E402
+from test_adapters_lfm2 import make as lfm2_make  # noqa: E402
 from test_adapters_mamba import make as mamba2_make  # noqa: E402
 from test_effective import HF_COMMON, HF_GDN, HF_V, hf, rel, zoo  # noqa: E402
 from test_hooks_zoo import make as zoo_make  # noqa: E402
@@ -40,7 +41,9 @@ MODELS = {
     "olmo_hybrid": lambda: hf("olmo_hybrid"),
     **{k: (lambda k=k: mamba2_make(k)) for k in ("mamba2", "bamba", "falcon_h1", "zamba2", "nemotron_h")},
     **{k: (lambda k=k: mamba1_make(k)) for k in ("mamba", "falcon_mamba", "jamba")},
+    "lfm2": lambda: lfm2_make("lfm2"),
 }
+SCAN_MODELS = [k for k in MODELS if k != "lfm2"]   # lfm2's conv pattern is checked in test_adapters_lfm2.py
 _built = {}
 
 
@@ -86,7 +89,7 @@ def skip(L, v):
 
 # --- (a) capture: logits unchanged, the pattern rebuilds the readout ------------------------------
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", SCAN_MODELS)
 def test_pattern_rebuilds_the_layers_readout(kind):
     m = model(kind)
     hm = hooks.wrap(m)
@@ -165,7 +168,7 @@ def test_memory_guard_names_size_and_positions(monkeypatch):
 
 # --- (d) interp.patterns ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["zoo_mamba275", "qwen3_next", "mamba"])
+@pytest.mark.parametrize("kind", ["zoo_mamba275", "qwen3_next", "mamba", "lfm2"])
 def test_contributions_sum_to_the_readout(kind):
     m = model(kind)
     hm = hooks.wrap(m)
@@ -173,13 +176,20 @@ def test_contributions_sum_to_the_readout(kind):
     L = rec_layers(hm)[0]
     r = P.contributions(m, x, L.index, [89, 3, 64])
     fam = L.rec_family
-    assert r.contributions.shape[:3] == (B, 3, 90) and r.contributions.dim() == (4 if fam == "mamba1" else 5)
+    assert r.contributions.shape[:3] == (B, 3, 90) and r.contributions.dim() == (4 if fam in P.PER_CHANNEL else 5)
     torch.testing.assert_close(r.contributions.sum(2) + r.rest, r.readout, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         _, c = hm.run_with_cache(x, names=[f"blocks.{L.index}.rec.v", f"blocks.{L.index}.rec.readout"])
     v = c[f"blocks.{L.index}.rec.v"]
     torch.testing.assert_close(r.readout, c[f"blocks.{L.index}.rec.readout"][:, [89, 3, 64]].float())
-    assert rel(r.rest, skip(L, v)[:, [89, 3, 64]]) < 1e-5 if fam != "gdn" else r.rest.abs().max() < 1e-5
+    if fam == "shortconv":   # the rest is C_t * bias, the conv's bias term (zero without one)
+        bias = getattr(L.rec.conv, "bias", None)
+        with torch.no_grad():
+            _, cq = hm.run_with_cache(x, names=[f"blocks.{L.index}.rec.q"])
+        want = torch.zeros_like(r.rest) if bias is None else cq[f"blocks.{L.index}.rec.q"][:, [89, 3, 64]] * bias
+        torch.testing.assert_close(r.rest, want.float(), atol=1e-6, rtol=1e-5)
+    else:
+        assert rel(r.rest, skip(L, v)[:, [89, 3, 64]]) < 1e-5 if fam != "gdn" else r.rest.abs().max() < 1e-5
     with pytest.raises(InterpError, match="no recurrent mixer"):
         P.contributions(m, x, next((i.index for i in hm.layers if i.rec is None), hm.n_layers), [0])
 
@@ -252,12 +262,13 @@ def test_cli_turns_the_memory_guard_into_a_user_error(cli, tmp_path, monkeypatch
         cli("--model", "gdn75", "--task", "mqar", "--layer", "2", "--out", str(tmp_path))
 
 
-def test_mamba1_reduced_view_figure(tmp_path):
-    m = model("mamba")
+@pytest.mark.parametrize("name,fam", [("mamba", "mamba1"), ("lfm2", "shortconv")])
+def test_per_channel_reduced_view_figure(tmp_path, name, fam):
+    m = model(name)
     b = tasks.generate("mqar", 1, seed=0)
     b.tokens = b.tokens.clamp_max(vocab(m) - 1)
     A, kind, words = P.example_pattern(m, b, 0)
-    assert kind == "mamba1" and A.shape == (1, b.tokens.shape[1], b.tokens.shape[1]) and (A >= 0).all()
+    assert kind == fam and A.shape == (1, b.tokens.shape[1], b.tokens.shape[1]) and (A >= 0).all()
     hm = hooks.wrap(m)
     with torch.no_grad():
         _, c = hm.run_with_cache(b.tokens, names=["blocks.0.rec.pattern", "blocks.0.rec.v"])
