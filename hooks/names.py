@@ -35,6 +35,16 @@ name                           shape                 what
 ``blocks.{i}.rec.pattern``     [B, H, T(P), T]       exact effective attention A[t, s] of the
                                                      recurrence: readout_t = sum_s A[t, s] v_s
                                                      (+ D v_t); cache only (hooks.effective)
+``blocks.{i}.rec.write_k``     [B, T(P), H, K]       token t's write to the state, factored:
+``blocks.{i}.rec.write_v``     [B, T(P), H, V]       S_t = a_t S_{t-1} + write_k_t write_v_t^T;
+                                                     GDN / KDA (k_t, d_t) with the delta-rule
+                                                     write d_t = beta_t (v_t - a_t S_{t-1}^T k_t),
+                                                     GLA (k_t, v_t), Mamba2 (k_t, beta_t v_t),
+                                                     Mamba1 (k_t [B,T,N], beta_t v_t [B,T,D]);
+                                                     float32. A hook that changes a write makes
+                                                     the recurrence continue from it; later
+                                                     tokens' writes follow the edited past (GDN's
+                                                     d_t is recomputed from it)
 ``blocks.{i}.attn.out``        [B, T, D]             parallel layers only (zoo ``-par``,
 ``blocks.{i}.rec.out``                               falcon_h1): one branch's term of mixer_out,
                                                      after its out-projection and multiplier;
@@ -124,7 +134,7 @@ import re
 
 RESID = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")
 ATTN = ("q", "k", "v", "pattern", "head_out")
-REC = ("q", "k", "v", "decay", "beta", "state", "readout", "pattern")
+REC = ("q", "k", "v", "decay", "beta", "state", "readout", "pattern", "write_k", "write_v")
 BRANCHES = ("attn", "rec")  # parallel layers: blocks.{i}.attn.out / rec.out, each branch's term of mixer_out
 
 HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}.attn.{s}" for s in ATTN]
@@ -173,7 +183,8 @@ def parse(name: str):
 
 def valid_names(layers) -> list[str]:
     """Concrete names for a model given its LayerInfo list (see hooks.adapters.base). A recurrent
-    layer has the rec.* names of the scan inputs its family has (GLA: no beta); a parallel layer (one
+    layer has the rec.* names of the scan inputs its family has (GLA: no beta), and the factored writes
+    (rec.write_k / rec.write_v) where its state is a decayed sum of rank-1 writes; a parallel layer (one
     whose LayerInfo names ``branches``) has ``attn.out`` and ``rec.out``."""
     from hooks.recurrence import get_family  # imported here: `hooks.names` alone stays free of torch
     out = ["embed"]
@@ -182,8 +193,9 @@ def valid_names(layers) -> list[str]:
         if L.attn is not None:
             out += [f"blocks.{L.index}.attn.{s}" for s in ATTN]
         if L.rec is not None:
-            has = get_family(L.rec_family).inputs
-            out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has or s in ("state", "readout", "pattern")]
+            fam = get_family(L.rec_family)
+            has = fam.inputs + ("state", "readout", "pattern") + (("write_k", "write_v") if fam.writes else ())
+            out += [f"blocks.{L.index}.rec.{s}" for s in REC if s in has]
         out += [f"blocks.{L.index}.{b}.out" for b in BRANCHES if b in getattr(L, "branches", {})]
     return out
 

@@ -17,6 +17,7 @@ import torch
 from hooks import effective
 from hooks import names as N
 from hooks import recurrence as R
+from hooks.scan.family import previous
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -343,8 +344,11 @@ class ScanHook:
         self.cache_state = self.sname in session.active
         self.patch_state = self.sname in session.fns
         self.pattern = f"{p}.rec.pattern" in session.active  # the effective attention (hooks.effective)
+        self.wnames = (f"{p}.rec.write_k", f"{p}.rec.write_v")   # the factored per-token writes
+        self.writes = any(n in session.active for n in self.wnames)
+        self.rewrite = any(n in session.fns for n in self.wnames)
         # q, k are l2-normalised only if something reads them (states taken from the layer's own call do not)
-        self.lazy_qk = not self.inputs and not self.patch_state and not self.pattern
+        self.lazy_qk = not self.inputs and not self.patch_state and not self.pattern and not self.writes
         # a hook function on rec.pattern only observes it (`_pattern`): the layer's own output is kept
         self.capture_only = not any(f"{p}.rec.{x}" in session.fns for x in N.REC if x != "pattern")
 
@@ -358,18 +362,37 @@ class ScanHook:
         if modified:
             o, final = fam.scan(c, initial_state=c["initial_state"])
             final = final if kw.get("output_final_state") else None
-        elif self.cache_state and not self.patch_state:
+        elif self.cache_state and not self.patch_state and not self.writes:
             o, final, cached = fam.call_with_states(call, kw, c, positions=pos, out_dtype=sdtype)
         else:
             o, final = call(**kw)
-        if self.patch_state:  # the hook sees every state; changed ones are continued from
+        S = None
+        if self.writes:       # the writes need every state (S_{t-1}); changed ones are continued from
             S = fam.states(c) if modified else fam.own_states(kw, c)
+            o, fin, S = self._writes(c, o, S)
+            if fin is not None and kw.get("output_final_state"):
+                final = fin
+        if self.patch_state:  # the hook sees every state; changed ones are continued from
+            S = S if S is not None else fam.states(c) if modified else fam.own_states(kw, c)
             o, fin = self._patch_states(c, o, S)
             if fin is not None and kw.get("output_final_state"):
                 final = fin
         elif self.cache_state:
-            s.store(self.sname, fam.states(c, positions=pos, out_dtype=sdtype) if modified else cached)
+            if S is not None:
+                s.keep(self.sname, S, dtype=sdtype)
+            else:
+                s.store(self.sname, fam.states(c, positions=pos, out_dtype=sdtype) if modified else cached)
         return s.apply(f"{self.p}.rec.readout", o), final
+
+    def _writes(self, c, o, S):
+        """Hook functions and caching on ``rec.write_k`` / ``rec.write_v``; changed writes are continued
+        from (`Family.rewrite`). Returns (readout, final state or None if unchanged, states)."""
+        fam = self.family
+        old = fam.write_factors(c, previous(S.float(), c.get("initial_state")))
+        new = tuple(self.s.apply(n, w) for n, w in zip(self.wnames, old))
+        if not self.rewrite:
+            return o, None, S
+        return fam.rewrite(c, o, S, old, new)
 
     def _pattern(self, c):
         """``rec.pattern``: the exact effective attention of view ``c`` (after the hooks on its inputs) at

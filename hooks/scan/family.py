@@ -49,11 +49,30 @@ class View(dict):
         return out
 
 
+def _changed(a, b):
+    """[B, T] bool: where two per-token tensors ``[B, T, ...]`` differ."""
+    return (a != b).flatten(2).any(-1) if a.dim() > 2 else a != b
+
+
+def previous(S, initial_state=None):
+    """S_{t-1} for every t: states ``[B, T, ...]`` shifted by one token (S_{-1} = the initial state or 0)."""
+    first = (torch.zeros_like(S[:, :1]) if initial_state is None
+             else initial_state.to(S.dtype).unsqueeze(1))
+    return torch.cat([first, S[:, :-1]], 1)
+
+
 class Family:
     """Base class of one recurrence family (see the module docstring). Subclasses set ``name`` and
-    implement ``canonical``, ``scan`` and ``states``."""
+    implement ``canonical``, ``scan`` and ``states``.
+
+    Families whose state is a decayed sum of rank-1 writes (``writes = True``) also give the per-token
+    write in factored form, the hook names ``rec.write_k`` / ``rec.write_v``: S_t = decayed_t(S_{t-1}) +
+    outer(write_k_t, write_v_t) (`decayed`, `write_factors`, `outer`; the defaults are those of the
+    ``[H, K, V]`` families with v' = beta v, GLA / Mamba2), and `rewrite` continues the recurrence from
+    changed writes."""
     name = "base"
     inputs = ("q", "k", "v", "decay", "beta")  # the scan inputs it has, as rec.* hook names
+    writes = False
 
     def __repr__(self):
         return f"<recurrence family {self.name}>"
@@ -91,6 +110,50 @@ class Family:
         if c.get("D") is not None:
             o = o + c["v"][:, t].float() * c["D"].view(1, -1, 1).float()
         return o
+
+    # --- per-token writes ------------------------------------------------------------------------------
+    def decayed(self, c: dict, S_prev):
+        """a_t S_{t-1} for every t of the view: ``S_prev`` ``[B, T, H, K, V]`` holds S_{t-1} at t; the
+        decay is a scalar per head, or per key dim (GLA, KDA: ``[B, T, H, K]``)."""
+        a = c["decay"].float().exp()
+        return S_prev.float() * (a[..., None] if a.dim() == S_prev.dim() - 1 else a[..., None, None])
+
+    def write_factors(self, c: dict, S_prev):
+        """(write_k ``[B, T, H, K]``, write_v ``[B, T, H, V]``) of every token, float32: here k and beta v
+        (v where the family has no beta)."""
+        v = c["v"].float()
+        if c.get("beta") is not None:
+            v = v * c["beta"].float()[..., None]
+        return c["k"].float(), v
+
+    def outer(self, wk, wv):
+        """The write as the state holds it: ``[..., K, V]`` = write_k write_v^T."""
+        return wk[..., :, None] * wv[..., None, :]
+
+    def rewrite(self, c: View, o, S, old, new):
+        """Continue the recurrence from changed writes: where (row, t) has ``new`` = (write_k, write_v)
+        different from ``old``, S'_t = decayed_t(S'_{t-1}) + outer(new); every other token takes its own
+        step from the edited past (so GDN's delta write is recomputed from it). ``S``: the unchanged
+        per-token states; ``o``: the readout. Returns (o, final state or None if nothing changed, states)."""
+        diff = _changed(old[0], new[0]) | _changed(old[1], new[1])
+        ts = diff.any(0).nonzero().flatten().tolist()
+        if not ts:
+            return o, None, S
+        init, patched, run, last = c.get("initial_state"), {}, None, -1
+        for t in ts:
+            if run is None:    # before the first changed write the states are the unchanged ones
+                prev = S[:, t - 1].float() if t else (torch.zeros_like(S[:, 0], dtype=torch.float32)
+                                                      if init is None else init.float())
+            elif t > last + 1:
+                prev = self.scan(c.sliced(last + 1, t, initial_state=run), initial_state=run)[1].float()
+            else:
+                prev = run
+            step = c.sliced(t, t + 1, initial_state=prev)
+            own = self.scan(step, initial_state=prev)[1].float()
+            mine = self.decayed(step, prev[:, None])[:, 0] + self.outer(new[0][:, t].float(), new[1][:, t].float())
+            run = patched[t] = torch.where(diff[:, t].view(-1, *[1] * (own.dim() - 1)), mine, own)
+            last = t
+        return self.continue_from(c, o, patched, S)
 
     def continue_from(self, c: View, o, patched: dict, S_all=None, rows: dict | None = None):
         """Re-run the recurrence so that S_t := patched[t] at each patched position t, continuing

@@ -195,6 +195,13 @@ def readout(states_, q, scale=None):
 class GDNFamily(Family):
     """Gated DeltaNet in the hook names: q, k (l2-normalised where the layer asks), v, decay = g, beta."""
     name = "gdn"
+    writes = True
+
+    def write_factors(self, c, S_prev):
+        """(k_t, d_t): the delta-rule write d_t = beta_t (v_t - (a_t S_{t-1})^T k_t), k after its l2-norm."""
+        k = materialize(c)["k"].float()
+        pred = torch.einsum("...hkv,...hk->...hv", self.decayed(c, S_prev), k)
+        return k, c["beta"].float()[..., None] * (c["v"].float() - pred)
 
     def canonical(self, kw, lazy_qk=False):
         """A view of a `scan` call; ``lazy_qk``: a layer that l2-normalises q, k in its kernel gets them

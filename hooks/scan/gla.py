@@ -125,6 +125,7 @@ class GLAFamily(Family):
     """GLA in the hook names: q, k, v, decay = g (per key dim); no write strength (no rec.beta)."""
     name = "gla"
     inputs = ("q", "k", "v", "decay")
+    writes = True   # S_t = diag(a_t) S_{t-1} + k_t v_t^T
 
     def canonical(self, kw, lazy_qk=False):
         q = kw["q"]

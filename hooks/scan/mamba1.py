@@ -241,6 +241,20 @@ class Mamba1Family(Family):
         args, dec = _args(c)
         return states(*args, initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype, **dec)
 
+    writes = True   # S_t[d, n] = exp(decay_t[d, n]) S_{t-1}[d, n] + (beta_t v_t)[d] k_t[n]
+
+    def decayed(self, c, S_prev):
+        """exp(dt A) (.) S_{t-1}, elementwise ``[B, T, D, N]``."""
+        return S_prev.float() * c["decay"].float().exp()
+
+    def write_factors(self, c, S_prev):
+        """(write_k = B_t ``[B, T, N]`` (grouped ``[B, T, G, N]``), write_v = dt_t x_t ``[B, T, D]``)."""
+        return c["k"].float(), c["beta"].float() * c["v"].float()
+
+    def outer(self, wk, wv):
+        """``[..., D, N]``: write_v[d] write_k[n] (write_k of d's group when grouped)."""
+        return wv[..., :, None] * per_channel(wk, wv.shape[-1], wk.dim() == wv.dim() + 1)
+
     def readout_at(self, c, S, t):
         """o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d] (C_t of d's group when grouped), S ``[B, D, N]``."""
         o = (S.float() * per_channel(c["q"][:, t].float(), S.shape[1], c["q"].dim() == 4)).sum(-1)

@@ -100,6 +100,7 @@ class Mamba2Family(Family):
     """Mamba2 in the hook names: q = C, k = B (per head), v = x, beta = dt, decay = dt A (scalar per head),
     scale 1, skip weight D; the views run as GLA with v' = beta v and the decay broadcast over the keys."""
     name = "mamba2"
+    writes = True   # S_t = a_t S_{t-1} + k_t (beta_t v_t)^T
 
     def canonical(self, kw, lazy_qk=False):
         x, dt, A = kw["x"], kw["dt"], kw["A"]
