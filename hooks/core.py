@@ -149,18 +149,62 @@ class HookedModel:
             raise N.HookError(f"{word!r} is {len(ids)} tokens {ids}; an answer needs a single token")
         return ids[0]
 
-    def __call__(self, tokens):
-        return self.adapter.forward(self.model, self.to_tokens(tokens))
-
-    def run_with_hooks(self, tokens, hooks=(), positions=None):
-        """Logits with ``hooks`` ([(name, fn), ...], one pair, or {name: fn}; a name may be a filter
-        function) installed; ``positions``: what ``positions`` hooks (rec.state, attn.pattern rows) see."""
+    def __call__(self, tokens, attention_mask=None):
         tokens = self.to_tokens(tokens)
-        with self.hooks(hooks, positions=positions_list(positions, tokens.shape[1])):
+        return self._forward(tokens, self._mask(tokens, attention_mask))
+
+    def pad(self, prompts, side: str = "left"):
+        """(tokens ``[B, T]``, attention_mask ``[B, T]``) of string prompts of different token lengths, padded
+        on ``side`` ('left', as for generation, or 'right') with the tokenizer's pad id (else 0). Pass the
+        mask to `run_with_cache` / `run_with_hooks` as ``attention_mask=``."""
+        if side not in ("left", "right"):
+            raise N.HookError(f"side '{side}' is not valid; valid: left, right")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [self._encode([p])[0].tolist() for p in prompts]
+        T = max(len(e) for e in ids)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        rows = [([pad_id] * (T - len(e)) + e) if side == "left" else (e + [pad_id] * (T - len(e))) for e in ids]
+        mask = [([0] * (T - len(e)) + [1] * len(e)) if side == "left" else ([1] * len(e) + [0] * (T - len(e)))
+                for e in ids]
+        w = getattr(self._embedding(), "weight", None)
+        dev = None if w is None else w.device
+        return (torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(mask, dtype=torch.long, device=dev))
+
+    def _mask(self, tokens, attention_mask):
+        """The checked padding mask as ``[B, T]`` bool (True: a real token), or None where there is no padding."""
+        if attention_mask is None:
+            return None
+        m = torch.as_tensor(attention_mask)
+        if tuple(m.shape) != tuple(tokens.shape):
+            raise N.HookError(f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(m.shape)}")
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise N.HookError("attention_mask must hold 0 (padding) and 1 (a real token)")
+        m = m.to(tokens.device).bool()
+        if bool(m.all()):
+            return None
+        if not bool(m.any(-1).all()):
+            raise N.HookError("a row of attention_mask has no real token")
+        if not self.adapter.padding:
+            raise N.HookError(f"{self.adapter.family}: padded batches are supported for HF models (hf_* adapters); "
+                              "this model runs prompts of one length (run them in groups of equal length)")
+        return m
+
+    def _forward(self, tokens, mask=None):
+        if mask is None:
             return self.adapter.forward(self.model, tokens)
+        return self.adapter.forward(self.model, tokens, attention_mask=mask)
+
+    def run_with_hooks(self, tokens, hooks=(), positions=None, attention_mask=None):
+        """Logits with ``hooks`` ([(name, fn), ...], one pair, or {name: fn}; a name may be a filter
+        function) installed; ``positions``: what ``positions`` hooks (rec.state, attn.pattern rows) see;
+        ``attention_mask``: [B, T] 1 for real tokens, 0 for padding (HF models; `pad`)."""
+        tokens = self.to_tokens(tokens)
+        mask = self._mask(tokens, attention_mask)
+        with HookSession(self, hooks, positions=positions_list(positions, tokens.shape[1]), key_mask=mask):
+            return self._forward(tokens, mask)
 
     def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=(), state_dtype=None,
-                       heads=False, backward=None):
+                       heads=False, backward=None, attention_mask=None):
         """Returns (logits, Cache). names: a hook name, a list of them or a filter function (default:
         every ``resid_pre`` / ``resid_post``); positions: keep only these token positions (states are
         computed only there; negative ones count from the end); device: move cached tensors there;
@@ -170,20 +214,26 @@ class HookedModel:
         results need (every ``attn.head_out`` / ``rec.readout`` and the out-projection inputs,
         `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar
         metric; ``cache.grad`` then holds d metric / d activation at the same names. The cache knows
-        this model (``cache.model``) for its analysis methods."""
+        this model (``cache.model``) for its analysis methods. ``attention_mask``: [B, T], 1 for real tokens and
+        0 for padding (HF models; `pad` makes both): pads write nothing into recurrent states, patterns give
+        them weight 0, positions count real tokens; the cache keeps the mask (``cache.attention_mask``, bool)
+        so that results can leave pads out."""
         if backward is not None and not callable(backward):
             raise N.HookError(f"backward must be a function of the logits returning a scalar, got {backward!r}")
         tokens = self.to_tokens(tokens)
+        mask = self._mask(tokens, attention_mask)
         default = [n for n in self.hook_names if n.endswith(("resid_pre", "resid_post"))]
         names = N.select(names, self.hook_names, default)
         if heads:
             names += [n for n in self._head_names() if n not in names]
         pos = positions_list(positions, tokens.shape[1])
         cache = Cache(positions=pos, model=self)
+        cache.attention_mask = mask
         with HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=device,
-                         state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names) as s, \
+                         state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names,
+                         key_mask=mask) as s, \
                 (nullcontext() if backward is None else torch.enable_grad()):
-            logits = self.adapter.forward(self.model, tokens)
+            logits = self._forward(tokens, mask)
             if backward is not None:
                 cache.grad = Cache(s.gradients(backward(logits)), positions=pos, model=self)
         return logits, cache

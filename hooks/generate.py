@@ -159,7 +159,7 @@ def _own_cache_ok(hm) -> bool:
     return isinstance(hm.model, GenerationMixin) and hm.adapter.family != "interop"
 
 
-def _hf_generate(hm, tokens, n, pick, eos):
+def _hf_generate(hm, tokens, n, pick, eos, mask=None):
     """``model.generate`` with the model's own cache; ``pick(scores) -> tokens`` chooses every token."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -178,18 +178,18 @@ def _hf_generate(hm, tokens, n, pick, eos):
                 forced_bos_token_id=None, forced_eos_token_id=None, eos_token_id=eos,
                 pad_token_id=0 if eos is None else eos)
     with torch.no_grad():
-        out = hm.model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens),
+        out = hm.model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens) if mask is None else mask.long(),
                                 logits_processor=LogitsProcessorList([Chooser()]), **opts)
     return out, torch.stack(scores, 1)
 
 
-def _recompute(hm, tokens, n, pick, eos, hooks, steps):
+def _recompute(hm, tokens, n, pick, eos, hooks, steps, mask=None):
     seq, scores = tokens, []
     done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     for s in range(n):
         steps.step = s
         with torch.no_grad():
-            logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks())
+            logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks(), attention_mask=mask)
         last = logits[:, -1].float()
         scores.append(last)
         nxt = pick(last, s)
@@ -197,6 +197,8 @@ def _recompute(hm, tokens, n, pick, eos, hooks, steps):
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             done |= nxt == eos
         seq = torch.cat([seq, nxt[:, None].to(seq.dtype)], 1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         if eos is not None and bool(done.all()):
             break
     steps.step = seq.shape[1] - tokens.shape[1]
@@ -205,16 +207,22 @@ def _recompute(hm, tokens, n, pick, eos, hooks, steps):
 
 def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temperature: float = 1.0,
              top_p: float = 1.0, seed: int = 0, hooks=(), step_hooks=(), cache_names=None, positions=None,
-             state_dtype=None, eos_token_id: int | None = None, force=None, use_cache: bool = True) -> Generation:
+             state_dtype=None, eos_token_id: int | None = None, force=None, attention_mask=None,
+             use_cache: bool = True) -> Generation:
     """Continue ``tokens`` (``[B, T]`` ids or prompts of one token length) by ``max_new_tokens`` tokens
     (module docstring). ``force``: ``[B, max_new_tokens]`` token ids that step s must take where
     ``force[:, s] >= 0`` (a template whose -1 entries are chosen: e.g. a task's fixed tokens around sampled
-    chain-of-thought values; the scores are still those of the model). ``cache_names`` / ``positions`` / ``state_dtype``: a capture of the final
+    chain-of-thought values; the scores are still those of the model). ``attention_mask``: left-padded
+    prompts of different lengths (HF models; `HookedModel.pad`); the generated tokens are real ones. ``cache_names`` / ``positions`` / ``state_dtype``: a capture of the final
     sequence as in `run_with_cache`. ``use_cache=False`` forces the recomputation path."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise N.HookError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     check_sampling(sample, temperature, top_p)
     tokens = hm.to_tokens(tokens)
+    mask = hm._mask(tokens, attention_mask)
+    if mask is not None and not bool(mask[:, -1].all()):
+        raise N.HookError("generation continues the last token of every row: pad prompts on the left (hm.pad(..., "
+                          "side='left'))")
     V = getattr(hm._embedding(), "num_embeddings", None)
     if eos_token_id is not None and (not isinstance(eos_token_id, int) or not 0 <= eos_token_id < (V or 1 << 62)):
         raise N.HookError(f"eos_token_id must be a token id in 0..{(V or 0) - 1}, got {eos_token_id!r}")
@@ -233,16 +241,17 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
     hooks = hook_pairs(hooks, hm.hook_names)
     steps = _Steps(hm, step_hooks, tokens.shape[1])
     if use_cache and not hooks and not steps.fns and _own_cache_ok(hm):
-        seq, scores = _hf_generate(hm, tokens, max_new_tokens, pick, eos_token_id)
+        seq, scores = _hf_generate(hm, tokens, max_new_tokens, pick, eos_token_id, mask)
         path = "cache"
         steps.step = seq.shape[1] - tokens.shape[1]
     else:
-        seq, scores = _recompute(hm, tokens, max_new_tokens, pick, eos_token_id, hooks, steps)
+        seq, scores = _recompute(hm, tokens, max_new_tokens, pick, eos_token_id, hooks, steps, mask)
         path = "recompute"
     cache = None
     if cache_names is not None:
         with torch.no_grad():
+            full = None if mask is None else torch.cat([mask, torch.ones_like(seq[:, mask.shape[1]:], dtype=torch.bool)], 1)
             _, cache = hm.run_with_cache(seq, cache_names, positions=positions, hooks=list(hooks) + steps.hooks(),
-                                         state_dtype=state_dtype)
+                                         state_dtype=state_dtype, attention_mask=full)
     return Generation(tokens=seq, prompt_len=tokens.shape[1], scores=scores, cache=cache, path=path,
                       tokenizer=hm.tokenizer)

@@ -40,11 +40,12 @@ def resolve_state_dtype(dtype) -> torch.dtype:
                      f"{', '.join(STATE_DTYPES)} (a torch dtype or its name)")
 
 
-def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None):
+def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None, key_mask=None):
     """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
     k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
     query positions. ``softcap``: the logits are soft-capped before the mask, as gemma2's attention
-    op does (``softcap * tanh(scale * q k^T / softcap)``)."""
+    op does (``softcap * tanh(scale * q k^T / softcap)``). ``key_mask``: [B, T] bool, the real
+    (not padding) tokens; padding keys get weight 0 and padding queries' rows are all zeros."""
     B, T, H, _ = q.shape
     Hkv = k.shape[2]
     kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
@@ -57,7 +58,11 @@ def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softca
     mask = j[None, :] > qi[:, None]
     if sliding_window:
         mask |= j[None, :] <= qi[:, None] - sliding_window
-    return s.masked_fill(mask, float("-inf")).softmax(-1)
+    if key_mask is None:
+        return s.masked_fill(mask, float("-inf")).softmax(-1)
+    km = key_mask.to(q.device, torch.bool)
+    mask = mask[None, None] | ~km[:, None, None, :]
+    return s.masked_fill(mask, float("-inf")).softmax(-1).nan_to_num(0.0) * km[:, None, qi, None]
 
 
 def _first(x):
@@ -133,8 +138,9 @@ class HookSession:
     ``cache.head_inputs``; ``grad_names``: names whose activations `gradients` differentiates."""
 
     def __init__(self, hm, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None,
-                 heads=False, grad_names=()):
+                 heads=False, grad_names=(), key_mask=None):
         self.hm = hm
+        self.key_mask = key_mask   # [B, T] bool of real tokens (padded batches), or None
         self.state_dtype = resolve_state_dtype(state_dtype)
         self.fns = defaultdict(list)
         for name, fn in hook_pairs(hooks, hm.hook_names):
@@ -313,6 +319,8 @@ class AttentionHook:
         name = f"{p}.attn.pattern"
         # meta is read at call time: HF adapters refresh it from what the layer passes its op
         pat_kw = dict(sliding_window=meta.get("sliding_window"), softcap=meta.get("softcap"))
+        if s.key_mask is not None and s.key_mask.shape[-1] == q.shape[1]:   # (not a decode step)
+            pat_kw["key_mask"] = s.key_mask
         if name in s.fns:  # the pattern is intervened on: the output is computed from it
             pat = attention_pattern(q, k, meta["scale"], **pat_kw)
             pat = s.apply(name, pat, dim=2)

@@ -259,3 +259,19 @@ def test_cli_generate_bad_input(tmp_path, capsys, args, match):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", HF_KINDS)
+def test_left_padded_prompts_generate_as_alone(kind):
+    """A left-padded batch continues each prompt as it continues alone, on both decode paths."""
+    m = hf_model(kind)
+    hm = hooks.wrap(m)
+    a, b = H.toks(vocab(m), B=1, n=4, seed=1), H.toks(vocab(m), B=1, n=7, seed=2)
+    toks = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), a], 1), b])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    for use_cache in (True, False):
+        g = hm.generate(toks, 5, attention_mask=mask, use_cache=use_cache)
+        assert torch.equal(g.new_tokens[0], hm.generate(a, 5).new_tokens[0]), use_cache
+        assert torch.equal(g.new_tokens[1], hm.generate(b, 5).new_tokens[0]), use_cache
+    with pytest.raises(HookError, match="left"):
+        hm.generate(toks, 2, attention_mask=mask.flip(-1))

@@ -98,6 +98,8 @@ class Adapter:
         given exactly."""
         raise NotImplementedError(f"{self.family}: per-head results are not provided for this family")
 
+    padding = False   # whether forward takes a padding attention_mask (HF adapters)
+
     def forward(self, model, tokens):
         """Run the model on [B, T] token ids and return logits [B, T, vocab]."""
         out = model(tokens)

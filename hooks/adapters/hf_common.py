@@ -92,8 +92,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return base_model(model).layers
 
 
-def forward_logits(model, tokens):
-    out = model(input_ids=tokens, use_cache=False)
+def forward_logits(model, tokens, attention_mask=None):
+    """Logits of one forward without cache. With a padding ``attention_mask`` [B, T] the positions count
+    real tokens only (``position_ids`` = cumsum(mask) - 1, as HF's generate does for left padding),
+    where the model takes position ids, so a padded prompt is encoded as it is alone."""
+    kw = {}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask.long()
+        if "position_ids" in inspect.signature(model.forward).parameters:
+            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=tokens, use_cache=False, **kw)
     logits = getattr(out, "logits", None)
     return logits if logits is not None else out.last_hidden_state
 
@@ -244,8 +252,10 @@ class HFAdapter(Adapter):
     def embed(self, model):
         return model.get_input_embeddings()
 
-    def forward(self, model, tokens):
-        return forward_logits(model, tokens)
+    padding = True   # forward takes a padding attention_mask
+
+    def forward(self, model, tokens, attention_mask=None):
+        return forward_logits(model, tokens, attention_mask)
 
     def head_projection(self, model, layer, kind):
         """Attention: ``o_proj`` of the cached ``attn.head_out`` (recorded instead where the layer

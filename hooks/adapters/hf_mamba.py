@@ -85,7 +85,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 
-from hooks.adapters.hf_common import cache_kw
+from hooks.adapters.hf_common import cache_kw, forward_globals, forward_logits
 from hooks.adapters.base import Adapter, HeadProjection, LayerInfo, swap_attr
 from hooks.adapters.hf_mamba_layers import _BlockInput, _MixBranch, _ParallelMix, _ZeroTerm, granite_terms
 from hooks.scan import mamba2 as mamba2_scan
@@ -133,8 +133,6 @@ def _unsupported(mixer, hidden_states, cache_params, attention_mask):
     if attention_mask is not None:
         if attention_mask.dim() != 2 or attention_mask.shape[:2] != hidden_states.shape[:2]:
             return f"an attention mask of shape {list(attention_mask.shape)}"
-        if not bool((attention_mask == 1).all()):
-            return "a padding attention mask"
     if cache_params is not None:
         try:
             prev = cache_params.has_previous_state(mixer.layer_idx)
@@ -158,8 +156,8 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
             return orig_call()
         raise NotImplementedError(
             f"{type(mixer).__name__} (layer {mixer.layer_idx}): rec.* hooks support a full-sequence "
-            f"forward without cache or a prefill into an empty cache, with no padding; this call has "
-            f"{why}. Run the prompt in one forward with use_cache=False and no padding.")
+            f"forward without cache or a prefill into an empty cache; this call has "
+            f"{why}. Run the prompt in one forward with use_cache=False.")
     own = None
     if getattr(wrapper, "capture_only", False):
         own, cache_params = orig_call(), None
@@ -168,8 +166,13 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
     H, P, G, N = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
     I = mixer.intermediate_size
 
-    # mask is None or all ones: HF's multiply by it is the identity
-    proj = fam.project(mixer, hidden_states)
+    # padding: the model's own apply_mask_to_padding_states zeroes pad tokens before in_proj and after the
+    # conv, as HF's forward does (so pads write nothing into the state)
+    pad = forward_globals(mixer).get("apply_mask_to_padding_states")
+    if attention_mask is not None and pad is None and not bool((attention_mask == 1).all()):
+        raise NotImplementedError(f"{type(mixer).__name__}: no apply_mask_to_padding_states to follow for a padding mask")
+    masked = (lambda h: pad(h, attention_mask)) if attention_mask is not None and pad is not None else (lambda h: h)
+    proj = fam.project(mixer, masked(hidden_states))
     gate, xBC, dt = proj.split([I, mixer.conv_dim, H], dim=-1)
 
     xBC = xBC.transpose(1, 2)
@@ -177,7 +180,7 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
         xBC = cache_params.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
     L = xBC.shape[-1]
     xBC = _act(mixer.activation)(mixer.conv1d(xBC.to(mixer.conv1d.weight.dtype))[..., :L]).to(xBC.dtype)
-    xBC = xBC[..., -T:].transpose(1, 2)
+    xBC = masked(xBC[..., -T:].transpose(1, 2))
     x, Bm, Cm = torch.split(xBC, [I, G * N, G * N], dim=-1)
 
     dt = F.softplus(dt + mixer.dt_bias.to(dt.dtype))
@@ -311,10 +314,10 @@ class HFMambaAdapter(Adapter):
             return _BlockInput(self._base(model).layers[0])
         return model.get_input_embeddings()
 
-    def forward(self, model, tokens):
-        out = model(input_ids=tokens, use_cache=False)
-        logits = getattr(out, "logits", None)
-        return logits if logits is not None else out.last_hidden_state
+    padding = True
+
+    def forward(self, model, tokens, attention_mask=None):
+        return forward_logits(model, tokens, attention_mask)
 
     def unembed_weight(self, model):
         W, b = super().unembed_weight(model)

@@ -1,0 +1,123 @@
+"""Padded batches (hooks): a batch of prompts of different lengths, left or right padded with an attention mask,
+gives at every real token what each prompt gives alone: logits, residuals, per-token recurrent states and attention
+patterns (pads get weight 0); hook functions act on padded batches as on the prompts alone; the zoo refuses masks."""
+import pytest
+import torch
+
+import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+import hooks
+from hooks.names import HookError
+from test_adapters_granite_zamba import make as granite_zamba_make
+from test_adapters_hf import make as hf_make
+from test_adapters_jamba import make as mamba1_make
+from test_adapters_kimi import make as kimi_make
+from test_adapters_lfm2 import make as lfm2_make
+from test_adapters_mamba import make as mamba2_make
+from test_adapters_minimax import make as minimax_make
+
+MODELS = {
+    "llama": lambda: hf_make("llama"), "mistral_window": lambda: hf_make("mistral"),
+    "qwen3_next": lambda: hf_make("qwen3_next"), "olmo_hybrid": lambda: hf_make("olmo_hybrid"),
+    "mamba2": lambda: mamba2_make("mamba2"), "bamba": lambda: mamba2_make("bamba"),
+    "mamba": lambda: mamba1_make("mamba"), "jamba": lambda: mamba1_make("jamba"),
+    "zamba": lambda: granite_zamba_make("zamba"), "lfm2": lambda: lfm2_make("lfm2"),
+    "minimax": lambda: minimax_make(), "kimi": lambda: kimi_make("kimi"),
+}
+model = H.cached(lambda kind: MODELS[kind]())
+LENS = (6, 10)
+
+
+def names_of(hm):
+    rec = next((L.index for L in hm.layers if L.rec is not None), None)
+    att = next((L.index for L in hm.layers if L.attn is not None), None)
+    out = [f"blocks.{hm.n_layers - 1}.resid_post"]
+    out += [] if rec is None else [f"blocks.{rec}.rec.state", f"blocks.{rec}.rec.readout"]
+    out += [] if att is None else [f"blocks.{att}.attn.pattern"]
+    return out
+
+
+def padded(prompts, side, pad_id=0):
+    T = max(len(p) for p in prompts)
+    toks = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        sl = slice(T - len(p), T) if side == "left" else slice(0, len(p))
+        toks[r, sl], mask[r, sl] = p, 1
+    return toks, mask
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_padded_batch_equals_each_prompt_alone(kind, side):
+    m = model(kind)
+    hm = hooks.wrap(m)
+    V = m.config.vocab_size
+    prompts = [H.toks(V, B=1, n=n, seed=n)[0] for n in LENS]
+    toks, mask = padded(prompts, side)
+    names = names_of(hm)
+    with torch.no_grad():
+        lg, c = hm.run_with_cache(toks, names=names, attention_mask=mask)
+    assert torch.equal(c.attention_mask, mask.bool())
+    for r, p in enumerate(prompts):
+        real = mask[r].bool()
+        with torch.no_grad():
+            lg1, c1 = hm.run_with_cache(p[None], names=names)
+        torch.testing.assert_close(lg[r, real], lg1[0], atol=2e-5, rtol=1e-4)
+        for n in names:
+            if n.endswith("attn.pattern"):
+                A = c[n][r]
+                torch.testing.assert_close(A[:, real][:, :, real], c1[n][0], atol=2e-5, rtol=1e-4)
+                assert (A[:, :, ~real] == 0).all() and (A[:, ~real] == 0).all()
+            else:
+                torch.testing.assert_close(c[n][r, real], c1[n][0], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["qwen3_next", "mamba2", "llama"])
+def test_hooks_on_a_padded_batch_act_as_on_the_prompt_alone(kind):
+    """A hook that zeroes one real token's residual (or state) in a left-padded batch changes that row exactly
+    as the same hook on the prompt alone."""
+    m = model(kind)
+    hm = hooks.wrap(m)
+    prompts = [H.toks(m.config.vocab_size, B=1, n=n, seed=n)[0] for n in LENS]
+    toks, mask = padded(prompts, "left")
+    rec = next((L.index for L in hm.layers if L.rec is not None), None)
+    name = f"blocks.{rec}.rec.state" if rec is not None else "blocks.0.resid_post"
+
+    def zero_at(t):
+        def fn(x, _):
+            x = x.clone()
+            x[:, t] = 0
+            return x
+        return fn
+    shift = toks.shape[1] - LENS[0]
+    with torch.no_grad():
+        lg = hm.run_with_hooks(toks[:1], hooks=[(name, zero_at(shift + 3))], attention_mask=mask[:1])
+        alone = hm.run_with_hooks(prompts[0][None], hooks=[(name, zero_at(3))])
+        plain = hm(prompts[0][None])
+    torch.testing.assert_close(lg[0, shift:], alone[0], atol=2e-5, rtol=1e-4)
+    assert (alone[0, 3:] - plain[0, 3:]).abs().max() > 1e-4
+
+
+def test_pad_helper_and_bad_masks():
+    from interp.tasks.vocab import VOCAB
+    from interp.zoo import HybridLM, ZooConfig
+    from interp.zoo.hf import attach_tokenizer
+    zoo = attach_tokenizer(HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=32, n_layers=2, layout="gdn50",
+                                              n_heads=2, head_dim=16)).eval())
+    hm = hooks.wrap(zoo)
+    with pytest.raises(HookError, match="padded batches are supported for HF models"):
+        hm.run_with_cache(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1, 1]] * 2))
+    # all ones is no padding: fine everywhere
+    hm.run_with_hooks(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5))
+    m = model("llama")
+    hl = hooks.wrap(m)
+    x = torch.ones(2, 5, dtype=torch.long)
+    for bad, match in [(torch.ones(2, 4), "shape"), (torch.full((2, 5), 2), "0 \\(padding\\)"),
+                       (torch.tensor([[0] * 5, [1] * 5]), "no real token")]:
+        with pytest.raises(HookError, match=match):
+            hl.run_with_cache(x, attention_mask=bad)
+    toks, mask = hooks.wrap(zoo).pad(["<bos> x0 = 3", "<bos> x0 = 3 ; x1 = 5"], side="left")
+    assert toks.shape == mask.shape == (2, 8) and mask[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert toks[0, 4:].tolist() == toks[1, :4].tolist()
+    with pytest.raises(HookError, match="side"):
+        hooks.wrap(zoo).pad(["a"], side="middle")
