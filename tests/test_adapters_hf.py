@@ -135,7 +135,8 @@ def test_residual_bookkeeping(kind):
 @pytest.mark.parametrize("kind", MAIN + ["qwen3_5_text", "mistral", "qwen2", "qwen3", "olmo", "olmo2"])
 def test_pattern_equals_eager_weights(kind):
     # (olmo3, mistral: a windowed layer really is windowed)
-    H.assert_patterns_equal_eager(make, kind, model(kind), toks(), [0, 5, T - 1], {"olmo3": 3, "mistral": 4}.get(kind))
+    window = {"olmo3": 3, "mistral": 4}.get(kind)
+    H.assert_patterns_equal_eager(make, kind, model(kind), toks(), [0, 5, T - 1], window)
 
 
 @pytest.mark.parametrize("kind", ["llama", "olmo3", "qwen3_next"])
