@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import hooks
 from hooks.adapters import hf_common
+from hooks.cache import Cache
 
 # module globals an adapter may patch while hooks are on (attention dispatch, GDN kernels, kimi's KDA kernels)
 KERNEL_GLOBALS = ("ALL_ATTENTION_FUNCTIONS", "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule",
@@ -145,10 +146,13 @@ def assert_raising_hooks_leave_nothing(hm, x, ref, names, snap, every_name=False
     assert torch.equal(logits(m, x), ref)
 
 
-def assert_residual_bookkeeping(hm, c, out, norm, atol=1e-5):
-    """In a cache ``c`` of every name (and its logits ``out``): each block's resid_pre is the embedding / the
-    previous block's resid_post (exactly); resid_mid = resid_pre + mixer_out, resid_post = resid_mid + mlp_out
-    = resid_pre + mixer_out + mlp_out (to ``atol``); the logits are lm_head(``norm``(last resid_post))."""
+def assert_residual_bookkeeping(hm, x, norm, atol=1e-5):
+    """In a capture of every name on tokens ``x``: each block's resid_pre is the embedding / the previous
+    block's resid_post (exactly); resid_mid = resid_pre + mixer_out, resid_post = resid_mid + mlp_out =
+    resid_pre + mixer_out + mlp_out (to ``atol``); the logits are lm_head(``norm``(last resid_post)).
+    Returns (logits, cache)."""
+    with torch.no_grad():
+        out, c = hm.run_with_cache(x, names=hm.hook_names)
     n = hm.n_layers
     close = lambda a, b: torch.testing.assert_close(a, b, atol=atol, rtol=0)  # noqa: E731
     for i in range(n):
@@ -160,6 +164,25 @@ def assert_residual_bookkeeping(hm, c, out, norm, atol=1e-5):
         close(c[f"{p}.resid_post"], pre + c[f"{p}.mixer_out"] + c[f"{p}.mlp_out"])
     with torch.no_grad():
         close(hm.model.lm_head(norm(c[f"blocks.{n - 1}.resid_post"])), out)
+    return out, c
+
+
+def assert_decode_step_continues_the_state(hm, i, x, also=()):
+    """One-token decoding from the model's cache (filled by a prefill of ``x`` but its last token) through
+    layer ``i``'s recurrent kernel: its hooks see the cached state as the initial state; the new state (one
+    position) is the model's cached recurrent state after the step and the full run's last state (1e-5).
+    ``also``: further names cached during the step."""
+    m, T = hm.model, x.shape[1] - 1
+    name = f"blocks.{i}.rec.state"
+    with torch.no_grad():
+        pkv = cache_of(m(input_ids=x[:, :T], use_cache=True))
+        cache = Cache()
+        with hm.hooks(cache_names=[name, *also], cache=cache):
+            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, "past_key_values"): pkv}, use_cache=True)
+        full = hm.run_with_cache(x, names=[name])[1][name]
+    assert cache[name].shape[1] == 1
+    torch.testing.assert_close(cache[name][:, 0], cache_of(out).layers[i].recurrent_states[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache[name][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
 
 
 def assert_patterns_equal_eager(make, kind, m, x, positions, window=None):

@@ -14,7 +14,6 @@ import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
 from hf_tiny import assert_clean, attn_layers, cache_of, logits, rec_layers, snapshot
 import hooks
 from hooks.adapters import hf_common
-from hooks.cache import Cache
 from hooks.names import HookNameError
 
 V = 64
@@ -87,19 +86,10 @@ def fla_naive():
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_capture_everything_keeps_logits(kind):
-    m = model(kind)
-    hm = hooks.wrap(m)
+    hm = hooks.wrap(model(kind))
     fam = "hf_gdn" if kind.startswith(("olmo_hybrid", "qwen3_")) and kind != "qwen3" else "hf_transformer"
     assert hm.adapter.family == fam
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
-    with torch.no_grad():
-        out, cache = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)
-    assert set(cache) == set(hm.hook_names)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    H.assert_capture_everything_keeps_logits(hm, toks())
 
 
 @pytest.mark.parametrize("kind", MAIN)
@@ -124,10 +114,7 @@ def test_hook_that_raises_leaves_nothing_behind(kind):
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_residual_bookkeeping(kind):
     m = model(kind)
-    hm = hooks.wrap(m)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(toks(), names=hm.hook_names)
-    H.assert_residual_bookkeeping(hm, c, out, hf_common.base_model(m).norm)
+    H.assert_residual_bookkeeping(hooks.wrap(m), toks(), hf_common.base_model(m).norm)
 
 
 # --- attention patterns vs the model's own eager weights -----------------------------------------
@@ -201,20 +188,9 @@ def test_gdn_states_match_cache_and_naive(kind):
 def test_gdn_decode_step_uses_recurrent_kernel(kind):
     """One-token decoding with a cache goes through the recurrent kernel; its hooks see the
     cached state as the initial state and the new state equals the model's."""
-    m = model(kind)
-    hm = hooks.wrap(m)
+    hm = hooks.wrap(model(kind))
     i = rec_layers(hm)[0]
-    x = toks(n=T + 1)
-    with torch.no_grad():
-        pkv = cache_of(m(input_ids=x[:, :T], use_cache=True))
-        cache = Cache()
-        with hm.hooks(cache_names=[f"blocks.{i}.rec.state", f"blocks.{i}.rec.v"], cache=cache):
-            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, 'past_key_values'): pkv}, use_cache=True)
-        full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
-    assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], cache_of(out).layers[i].recurrent_states[0],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
+    H.assert_decode_step_continues_the_state(hm, i, toks(n=T + 1), also=[f"blocks.{i}.rec.v"])
 
 
 # --- interventions ---------------------------------------------------------------------------------

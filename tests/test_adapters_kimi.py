@@ -9,11 +9,9 @@ import torch
 from transformers import AutoConfig
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
-from hf_tiny import attn_layers, cache_of, logits, rec_layers, snapshot
+from hf_tiny import attn_layers, cache_of, rec_layers, snapshot
 import hooks
-from hooks.adapters import hf_common
 from hooks.adapters.hf_kimi import KERNELS
-from hooks.cache import Cache
 
 V, T = 64, 11
 HQK, HV = 12, 8  # MLA head dims: qk_nope + qk_rope, v
@@ -94,14 +92,12 @@ def test_residual_bookkeeping_and_moe_mlp_out():
     hs = [blk.mlp.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, o))
           for i, blk in enumerate(m.model.layers)]
     try:
-        with torch.no_grad():
-            out, c = hm.run_with_cache(x, names=hm.hook_names)
+        _, c = H.assert_residual_bookkeeping(hm, x, m.model.norm)
     finally:
         for h in hs:
             h.remove()
     for i in range(4):
         assert torch.equal(c[f"blocks.{i}.mlp_out"], seen[i])  # the MoE block's output (routed + shared experts)
-    H.assert_residual_bookkeeping(hm, c, out, m.model.norm)
 
 
 def test_hook_that_raises_leaves_nothing_behind():
@@ -203,19 +199,8 @@ def test_changing_scan_inputs_reruns_the_scan():
 def test_decode_step_uses_recurrent_kernel():
     """One-token decoding with a cache goes through the recurrent kernel: its hooks see the cached state as
     the initial state and the new state equals the model's and the full run's state at T."""
-    m, hm, _, _ = setup()
-    i = 0
-    x = toks(n=T + 1)
-    with torch.no_grad():
-        pkv = cache_of(m(input_ids=x[:, :T], use_cache=True))
-        cache = Cache()
-        with hm.hooks(cache_names=[f"blocks.{i}.rec.state"], cache=cache):
-            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, "past_key_values"): pkv}, use_cache=True)
-        full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
-    assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], cache_of(out).layers[i].recurrent_states[0],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
+    _, hm, _, _ = setup()
+    H.assert_decode_step_continues_the_state(hm, 0, toks(n=T + 1))
 
 
 def test_rec_pattern_rebuilds_the_readout():
