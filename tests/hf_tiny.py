@@ -212,6 +212,18 @@ def assert_patterns_equal_eager(make, kind, m, x, positions, window=None):
     return hm, c
 
 
+def rec_layer_captures(hm, x, positions):
+    """For each recurrent layer i of ``hm``: (i, ``blocks.i``, a capture on tokens ``x`` of its rec.q, k, v,
+    decay, beta, state, readout, a capture of its rec.state at ``positions``), each layer captured on its own."""
+    for i in rec_layers(hm):
+        p = f"blocks.{i}"
+        names = [f"{p}.rec.{s}" for s in ("q", "k", "v", "decay", "beta", "state", "readout")]
+        with torch.no_grad():
+            _, c = hm.run_with_cache(x, names=names)
+            _, cp = hm.run_with_cache(x, names=[f"{p}.rec.state"], positions=positions)
+        yield i, p, c, cp
+
+
 def put_state(src, t):
     """A hook function on rec.state: the state at position t replaced by ``src[:, t]`` (in a copy)."""
     def put(S, name):

@@ -226,12 +226,7 @@ def test_states_equal_step_loop_and_hf_cache(kind):
     hm, x = hooks.wrap(m), toks(n=23)
     with torch.no_grad():
         hf_cache = cache_of(m(input_ids=x, use_cache=True))  # HF's own forward and its final states
-    for i in rec_layers(hm):
-        p = f"blocks.{i}"
-        names = [f"{p}.rec.{s}" for s in ("q", "k", "v", "decay", "beta", "state", "readout")]
-        with torch.no_grad():
-            _, c = hm.run_with_cache(x, names=names)
-            _, cp = hm.run_with_cache(x, names=[f"{p}.rec.state"], positions=[0, 9, 22])
+    for i, p, c, cp in H.rec_layer_captures(hm, x, positions=[0, 9, 22]):
         S = c[f"{p}.rec.state"]
         assert S.dtype == torch.float32
         torch.testing.assert_close(S.double(), loop_states(m, c, p), atol=1e-5, rtol=1e-4)
