@@ -1,7 +1,8 @@
 """Shared helpers of the HF adapter tests: tiny models (built from a config, cached per kind), token batches,
 plain logits, the layer lists, the check that a hooked model is left exactly as it was (no hook, attribute or
-patched global behind), and the checks every adapter's tests make the same way (capture of every name, a hook
-that raises, residual bookkeeping, patterns vs eager attention, state patches, nested sessions)."""
+patched global behind), and the checks several adapters' tests make the same way (capture of every name, a hook
+that raises, residual bookkeeping, patterns vs eager attention, per-layer scan captures, state patches, a decode
+step from the model's cache, nested sessions)."""
 import sys
 
 import pytest
