@@ -7,7 +7,7 @@ import torch
 
 import hooks
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
-from hf_tiny import assert_clean, snapshot
+from hf_tiny import assert_clean, attn_layers, rec_layers, snapshot
 from hooks.adapters import find
 from hooks.adapters.hf_common import cache_kw
 from hooks.adapters.hf_mamba import HFMambaAdapter, use_scan_forward
@@ -16,7 +16,6 @@ from hooks.scan import mamba1
 from test_adapters_mamba import spice  # O(1) random weights, so that every path matters to the logits
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM  # noqa: E402
 
 V = 64
 KINDS = ["granite", "granite_dense", "zamba"]
@@ -42,9 +41,8 @@ def config(kind):
     raise ValueError(kind)
 
 
-def make(kind, seed=0, **kw):
-    torch.manual_seed(seed)
-    m = AutoModelForCausalLM.from_config(config(kind), **kw).float().eval()
+def make(kind, attn_implementation=None, seed=0):
+    m = H.from_config(config(kind), attn_implementation, seed)
     spice(m, seed)
     return m
 
@@ -57,15 +55,7 @@ def toks(B=2, seed=0, n=19):
 
 
 def cache_of(out):
-    return out["cache"] if "cache" in out else out.cache_params
-
-
-def rec_layers(hm):
-    return [L.index for L in hm.layers if L.rec is not None]
-
-
-def attn_layers(hm):
-    return [L.index for L in hm.layers if L.attn is not None]
+    return H.cache_of(out, "cache_params")
 
 
 def hf_final_state(m, cache, i):
@@ -183,18 +173,13 @@ def test_every_hook_name_changes_the_output(kind):
 
 @pytest.mark.parametrize("kind", MAIN)
 def test_hooks_removed_after_every_exit_path(kind):
-    m = model(kind)
-    hm, snap = hooks.wrap(m), snapshot(m)
-
-    def boom(t, n):
-        raise RuntimeError("boom")
+    m, hm, x, ref = H.setup(model(kind), toks())
+    snap = snapshot(m)
     r, a = rec_layers(hm)[-1], attn_layers(hm)[0]
-    for name in (f"blocks.{r}.rec.state", f"blocks.{r}.rec.k", f"blocks.{r}.rec.readout", f"blocks.{r}.mixer_out",
-                 f"blocks.{r}.mlp_out", f"blocks.{a}.attn.pattern", f"blocks.{a}.attn.head_out",
-                 "blocks.1.resid_mid", "embed"):
-        with pytest.raises(RuntimeError, match="boom"):
-            hm.run_with_hooks(toks(), hooks=[(name, boom)])
-        assert_clean(m, snap)
+    names = (f"blocks.{r}.rec.state", f"blocks.{r}.rec.k", f"blocks.{r}.rec.readout", f"blocks.{r}.mixer_out",
+             f"blocks.{r}.mlp_out", f"blocks.{a}.attn.pattern", f"blocks.{a}.attn.head_out", "blocks.1.resid_mid",
+             "embed")
+    H.assert_raising_hooks_leave_nothing(hm, x, ref, names, snap)
     # decoding on from a cache with rec.* hooks on: a clear error, nothing left behind
     x = toks(n=8)
     with torch.no_grad():
@@ -241,12 +226,7 @@ def test_states_equal_step_loop_and_hf_cache(kind):
     hm, x = hooks.wrap(m), toks(n=23)
     with torch.no_grad():
         hf_cache = cache_of(m(input_ids=x, use_cache=True))  # HF's own forward and its final states
-    for i in rec_layers(hm):
-        p = f"blocks.{i}"
-        names = [f"{p}.rec.{s}" for s in ("q", "k", "v", "decay", "beta", "state", "readout")]
-        with torch.no_grad():
-            _, c = hm.run_with_cache(x, names=names)
-            _, cp = hm.run_with_cache(x, names=[f"{p}.rec.state"], positions=[0, 9, 22])
+    for i, p, c, cp in H.rec_layer_captures(hm, x, positions=[0, 9, 22]):
         S = c[f"{p}.rec.state"]
         assert S.dtype == torch.float32
         torch.testing.assert_close(S.double(), loop_states(m, c, p), atol=1e-5, rtol=1e-4)
@@ -284,21 +264,13 @@ def test_state_patch_continues_the_recurrence(kind):
     p = f"blocks.{i}"
     name = f"{p}.rec.state"
     ins = [f"{p}.rec.{s}" for s in ("q", "k", "v", "beta", "decay")]
-    with torch.no_grad():
-        _, clean = hm.run_with_cache(a, names=[name])
-        base, cb = hm.run_with_cache(b, names=ins + [f"{p}.rec.readout"], hooks=[(name, lambda S, n: None)])
-
-        def put(S, n):
-            S = S.clone()
-            S[:, t] = clean[name][:, t]
-            return S
-        patched, after = hm.run_with_cache(b, names=[name, f"{p}.rec.readout"], hooks=[(name, put)])
+    # (every logit from t on moves; the patched run holds a's state at t)
+    clean, base, cb, patched, after = H.state_patch_runs(hm, a, b, f"{p}.rec", ins, t,
+                                                         base_hooks=[(name, lambda S, n: None)])
     # (granite's MoE batches a different token set per expert after t: float rounding before t)
     torch.testing.assert_close(patched[:, :t], base[:, :t], atol=1e-5 if kind == "granite" else 0, rtol=0)
-    assert ((patched - base).abs().amax(-1)[0, t:] > 1e-4).all()
     # the layer's inputs are unchanged; from t on the states are the step loop from the patched S_t
-    torch.testing.assert_close(after[name][:, t], clean[name][:, t])
-    ref = loop_states(m, cb, p, S0=clean[name][:, t], t0=t + 1)
+    ref = loop_states(m, cb, p, S0=clean[:, t], t0=t + 1)
     torch.testing.assert_close(after[name][:, t + 1:].double(), ref, atol=1e-5, rtol=1e-4)
     ro = readout_of(m, cb, p, after[name])
     torch.testing.assert_close(after[f"{p}.rec.readout"][:, t:].double(), ro[:, t:], atol=1e-5, rtol=1e-4)

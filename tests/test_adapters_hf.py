@@ -11,16 +11,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
-from hf_tiny import assert_clean, logits, snapshot
+from hf_tiny import assert_clean, attn_layers, cache_of, logits, rec_layers, snapshot
 import hooks
 from hooks.adapters import hf_common
-from hooks.cache import Cache
 from hooks.names import HookNameError
-
-
-def _cache(out):
-    """The model's cache in its output: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
-    return out["cache"] if "cache" in out else out.past_key_values
 
 V = 64
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -53,10 +47,7 @@ T = 11
 
 def make(kind, attn_implementation=None):
     mt, kw = CONFIGS[kind]
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(mt, **{**COMMON, **kw})
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    m = AutoModelForCausalLM.from_config(cfg, **extra).float().eval()
+    m = H.from_config(AutoConfig.for_model(mt, **{**COMMON, **kw}), attn_implementation)
     if kind.startswith("olmo_hybrid"):  # random init leaves beta ~ 0.5: spread b_proj so beta*2 > 1 occurs
         with torch.no_grad():
             for blk in m.model.layers:
@@ -74,17 +65,7 @@ def toks(B=2, seed=0, n=T):
 
 def setup(kind):
     """(model, HookedModel, tokens, plain logits)"""
-    m = model(kind)
-    x = toks()
-    return m, hooks.wrap(m), x, logits(m, x)
-
-
-def attn_layers(hm):
-    return [L.index for L in hm.layers if L.attn is not None]
-
-
-def rec_layers(hm):
-    return [L.index for L in hm.layers if L.rec is not None]
+    return H.setup(model(kind), toks())
 
 
 def fla_naive():
@@ -105,19 +86,10 @@ def fla_naive():
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_capture_everything_keeps_logits(kind):
-    m = model(kind)
-    hm = hooks.wrap(m)
+    hm = hooks.wrap(model(kind))
     fam = "hf_gdn" if kind.startswith(("olmo_hybrid", "qwen3_")) and kind != "qwen3" else "hf_transformer"
     assert hm.adapter.family == fam
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
-    with torch.no_grad():
-        out, cache = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)
-    assert set(cache) == set(hm.hook_names)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    H.assert_capture_everything_keeps_logits(hm, toks())
 
 
 @pytest.mark.parametrize("kind", MAIN)
@@ -129,23 +101,12 @@ def test_identity_hooks_keep_logits(kind):
 @pytest.mark.parametrize("kind", MAIN)
 def test_hook_that_raises_leaves_nothing_behind(kind):
     m, hm, x, ref = setup(kind)
-    snap = snapshot(m)
-
-    def boom(t, name):
-        raise RuntimeError("boom")
     a, r = attn_layers(hm)[0], (rec_layers(hm) or [None])[0]
     names = [f"blocks.{a}.attn.pattern", f"blocks.{a}.attn.head_out", f"blocks.{hm.n_layers - 1}.resid_post", "embed"]
     if r is not None:  # raised inside the scan kernel call, while the GDN module is marked running
         names += [f"blocks.{r}.rec.q", f"blocks.{r}.rec.state", f"blocks.{r}.rec.readout"]
-    for name in names:
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, boom)])
-        assert_clean(m, snap)
-    # and a failure inside the model (bad token ids) while every hook is installed
-    with pytest.raises(Exception), torch.no_grad():
-        hm.run_with_cache(torch.full((1, 4), V + 5), names=hm.hook_names)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    # (then a failure inside the model, bad token ids, while every hook is installed)
+    H.assert_raising_hooks_leave_nothing(hm, x, ref, names, snapshot(m), every_name=True)
 
 
 # --- residual stream bookkeeping ----------------------------------------------------------------
@@ -153,49 +114,16 @@ def test_hook_that_raises_leaves_nothing_behind(kind):
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_residual_bookkeeping(kind):
     m = model(kind)
-    hm = hooks.wrap(m)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(toks(), names=hm.hook_names)
-    n = hm.n_layers
-    torch.testing.assert_close(c["blocks.0.resid_pre"], c["embed"], atol=0, rtol=0)
-    for i in range(n):
-        p = f"blocks.{i}"
-        if i:
-            torch.testing.assert_close(c[f"{p}.resid_pre"], c[f"blocks.{i-1}.resid_post"], atol=0, rtol=0)
-        torch.testing.assert_close(c[f"{p}.resid_mid"], c[f"{p}.resid_pre"] + c[f"{p}.mixer_out"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(c[f"{p}.resid_post"],
-                                   c[f"{p}.resid_pre"] + c[f"{p}.mixer_out"] + c[f"{p}.mlp_out"], atol=1e-5, rtol=0)
-    base = hf_common.base_model(m)
-    with torch.no_grad():
-        torch.testing.assert_close(m.lm_head(base.norm(c[f"blocks.{n-1}.resid_post"])), out, atol=1e-5, rtol=0)
+    H.assert_residual_bookkeeping(hooks.wrap(m), toks(), hf_common.base_model(m).norm)
 
 
 # --- attention patterns vs the model's own eager weights -----------------------------------------
 
 @pytest.mark.parametrize("kind", MAIN + ["qwen3_5_text", "mistral", "qwen2", "qwen3", "olmo", "olmo2"])
 def test_pattern_equals_eager_weights(kind):
-    m, x = model(kind), toks()
-    eager, ref = H.eager_twin(make, kind, m, x)
-    hm = hooks.wrap(m)
-    idx = attn_layers(hm)
-    assert len(ref.attentions) == len(idx) > 0
-    names = [f"blocks.{i}.attn.pattern" for i in idx]
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=names)
-        _, cp = hm.run_with_cache(x, names=names, positions=[0, 5, T - 1])
-        eo, ce = hooks.wrap(eager).run_with_cache(x, names=names)  # eager path intercepted too
-    torch.testing.assert_close(eo, ref.logits, atol=0, rtol=0)
-    for i, w in zip(idx, ref.attentions):
-        pat = c[f"blocks.{i}.attn.pattern"]
-        assert pat.shape == (2, 4, T, T)
-        torch.testing.assert_close(pat, w.float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(ce[f"blocks.{i}.attn.pattern"], w.float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(cp[f"blocks.{i}.attn.pattern"], w[:, :, [0, 5, T - 1]].float(), atol=1e-5, rtol=0)
-    if kind in ("olmo3", "mistral"):  # a windowed layer really is windowed
-        w = {"olmo3": 3, "mistral": 4}[kind]
-        L = hm.layers[idx[0]]
-        assert L.attn_meta["sliding_window"] == w
-        assert c[f"blocks.{idx[0]}.attn.pattern"][:, :, T - 1, :T - w].abs().max() == 0
+    # (olmo3, mistral: a windowed layer really is windowed)
+    window = {"olmo3": 3, "mistral": 4}.get(kind)
+    H.assert_patterns_equal_eager(make, kind, model(kind), toks(), [0, 5, T - 1], window)
 
 
 @pytest.mark.parametrize("kind", ["llama", "olmo3", "qwen3_next"])
@@ -218,7 +146,7 @@ def test_attention_qkv_and_head_out(kind):
 def model_cache_states(m, x):
     with torch.no_grad():
         out = m(input_ids=x, use_cache=True)
-    return {i: _cache(out).layers[i].recurrent_states[0] for i in range(len(m.model.layers))
+    return {i: cache_of(out).layers[i].recurrent_states[0] for i in range(len(m.model.layers))
             if hasattr(m.model.layers[i], "linear_attn")}
 
 
@@ -260,20 +188,9 @@ def test_gdn_states_match_cache_and_naive(kind):
 def test_gdn_decode_step_uses_recurrent_kernel(kind):
     """One-token decoding with a cache goes through the recurrent kernel; its hooks see the
     cached state as the initial state and the new state equals the model's."""
-    m = model(kind)
-    hm = hooks.wrap(m)
+    hm = hooks.wrap(model(kind))
     i = rec_layers(hm)[0]
-    x = toks(n=T + 1)
-    with torch.no_grad():
-        pkv = _cache(m(input_ids=x[:, :T], use_cache=True))
-        cache = Cache()
-        with hm.hooks(cache_names=[f"blocks.{i}.rec.state", f"blocks.{i}.rec.v"], cache=cache):
-            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, 'past_key_values'): pkv}, use_cache=True)
-        full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
-    assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], _cache(out).layers[i].recurrent_states[0],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
+    H.assert_decode_step_continues_the_state(hm, i, toks(n=T + 1), also=[f"blocks.{i}.rec.v"])
 
 
 # --- interventions ---------------------------------------------------------------------------------
@@ -303,13 +220,7 @@ def test_patching_state_changes_only_later_positions(kind):
     with torch.no_grad():
         ref = logits(m, x)
         other = hm.run_with_cache(y, names=[name])[1][name]
-
-    def patch(S, n):
-        S = S.clone()
-        S[:, t] = other[:, t]
-        return S
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=[name], hooks=[(name, patch)])
+        out, c = hm.run_with_cache(x, names=[name], hooks=[(name, H.put_state(other, t))])
     torch.testing.assert_close(out[:, :t], ref[:, :t], atol=0, rtol=0)
     assert (out[:, t + 1:] - ref[:, t + 1:]).abs().amax(-1).min() > 1e-6
     torch.testing.assert_close(c[name][:, t], other[:, t], atol=0, rtol=0)  # cached as the run saw it
@@ -398,7 +309,7 @@ def test_cuda_gdn_kernel_path(kind, dtype):
     names = hm.hook_names
     with torch.no_grad():
         ref = m(input_ids=x, use_cache=False).logits.float()
-        pkv = _cache(m(input_ids=x, use_cache=True))
+        pkv = cache_of(m(input_ids=x, use_cache=True))
         lg, c = hm.run_with_cache(x, names=names)
         other = hm.run_with_cache(toks(n=150, seed=1).to(dev), names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
     rel = lambda a, b: ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()  # noqa: E731
@@ -408,13 +319,8 @@ def test_cuda_gdn_kernel_path(kind, dtype):
         errs[f"state{j}"] = rel(c[f"blocks.{j}.rec.state"][:, -1], pkv.layers[j].recurrent_states[0])
     t = 70
     name = f"blocks.{i}.rec.state"
-
-    def patch(S, n):
-        S = S.clone()
-        S[:, t] = other[:, t]
-        return S
     with torch.no_grad():
-        out = hm.run_with_hooks(x, hooks=[(name, patch)]).float()
+        out = hm.run_with_hooks(x, hooks=[(name, H.put_state(other, t))]).float()
     errs["before_t"] = rel(out[:, :t], ref[:, :t])
     print(f"{kind} {dtype} kernel {impl.__module__}.{impl.__name__}: {errs}")
     assert max(errs.values()) < tol, errs

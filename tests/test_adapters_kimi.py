@@ -6,14 +6,12 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
-from hf_tiny import logits
+from hf_tiny import attn_layers, cache_of, rec_layers, snapshot
 import hooks
-from hooks.adapters import hf_common
 from hooks.adapters.hf_kimi import KERNELS
-from hooks.cache import Cache
 
 V, T = 64, 11
 HQK, HV = 12, 8  # MLA head dims: qk_nope + qk_rope, v
@@ -24,15 +22,13 @@ CONFIGS = {
 
 
 def make(kind, attn_implementation=None):
-    torch.manual_seed(0)
     cfg = AutoConfig.for_model(
         "kimi_linear", vocab_size=V, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=4,
         qk_nope_head_dim=8, v_head_dim=HV, num_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
         linear_head_dim=8, linear_num_heads=4, linear_conv_kernel_dim=4, pad_token_id=0, bos_token_id=None,
         eos_token_id=1, layer_types=["linear_attention", "full_attention"] * 2, **CONFIGS[kind])
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    m = AutoModelForCausalLM.from_config(cfg, **extra).float().eval()
+    m = H.from_config(cfg, attn_implementation)
     with torch.no_grad():  # spread beta over (0, 1) and the per-key decays (random init leaves beta ~ 0.5)
         for blk in m.model.layers:
             if blk.block_type == "linear_attention":
@@ -49,34 +45,7 @@ def toks(B=2, seed=0, n=T):
 
 
 def setup(kind="kimi"):
-    m = model(kind)
-    x = toks()
-    return m, hooks.wrap(m), x, logits(m, x)
-
-
-def rec_layers(hm):
-    return [L.index for L in hm.layers if L.rec is not None]
-
-
-def attn_layers(hm):
-    return [L.index for L in hm.layers if L.attn is not None]
-
-
-def snapshot(m):
-    """hf_tiny's snapshot plus the KDA kernel globals of the kimi modeling module."""
-    g = sys.modules[type(m).__module__].__dict__
-    return H.snapshot(m), {n: g[n] for n in KERNELS}, g
-
-
-def assert_clean(m, snap):
-    base, kernels, g = snap
-    H.assert_clean(m, base)
-    for n, fn in kernels.items():
-        assert g[n] is fn, n
-
-
-def _cache(out):
-    return out["cache"] if "cache" in out else out.past_key_values
+    return H.setup(model(kind), toks())
 
 
 def step_loop(q, k, v, g, beta, S=None):
@@ -102,18 +71,14 @@ REC = ("q", "k", "v", "decay", "beta", "state", "readout")
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_capture_everything_keeps_logits(kind):
-    m, hm, x, ref = setup(kind)
+    m, hm, x, _ = setup(kind)
     assert hm.adapter.family == "hf_kimi"
     assert [hm.layers[i].rec_family for i in rec_layers(hm)] == ["kda", "kda"] and attn_layers(hm) == [1, 3]
-    snap = snapshot(m)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)
-    assert set(c) == set(hm.hook_names)
+    # the KDA kernel globals are among those hf_tiny's snapshot / assert_clean check are restored
+    assert set(KERNELS) <= set(sys.modules[type(m).__module__].__dict__) and set(KERNELS) <= set(H.KERNEL_GLOBALS)
+    c, _ = H.assert_capture_everything_keeps_logits(hm, x)
     assert c["blocks.0.rec.decay"].shape == (2, T, 4, 8) and c["blocks.0.rec.state"].shape == (2, T, 4, 8, 8)
     assert c["blocks.1.attn.q"].shape == (2, T, 4, HQK) and c["blocks.1.attn.v"].shape == (2, T, 4, HV)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
 
 
 def test_identity_hooks_keep_logits():
@@ -127,37 +92,20 @@ def test_residual_bookkeeping_and_moe_mlp_out():
     hs = [blk.mlp.register_forward_hook(lambda mod, a, o, i=i: seen.__setitem__(i, o))
           for i, blk in enumerate(m.model.layers)]
     try:
-        with torch.no_grad():
-            out, c = hm.run_with_cache(x, names=hm.hook_names)
+        _, c = H.assert_residual_bookkeeping(hm, x, m.model.norm)
     finally:
         for h in hs:
             h.remove()
     for i in range(4):
-        p = f"blocks.{i}"
-        assert torch.equal(c[f"{p}.mlp_out"], seen[i])  # the MoE block's output (routed + shared experts)
-        if i:
-            assert torch.equal(c[f"{p}.resid_pre"], c[f"blocks.{i - 1}.resid_post"])
-        torch.testing.assert_close(c[f"{p}.resid_post"], c[f"{p}.resid_pre"] + c[f"{p}.mixer_out"] + c[f"{p}.mlp_out"],
-                                   atol=1e-5, rtol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(m.lm_head(m.model.norm(c["blocks.3.resid_post"])), out, atol=1e-5, rtol=0)
+        assert torch.equal(c[f"blocks.{i}.mlp_out"], seen[i])  # the MoE block's output (routed + shared experts)
 
 
 def test_hook_that_raises_leaves_nothing_behind():
     m, hm, x, ref = setup()
-    snap = snapshot(m)
-
-    def boom(t, name):
-        raise RuntimeError("boom")
-    for name in ["embed", "blocks.0.rec.q", "blocks.0.rec.decay", "blocks.2.rec.state", "blocks.0.rec.readout",
-                 "blocks.0.rec.pattern", "blocks.1.attn.pattern", "blocks.3.attn.head_out", "blocks.3.resid_post"]:
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, boom)])
-        assert_clean(m, snap)
-    with pytest.raises(Exception), torch.no_grad():  # a failure inside the model while every hook is on
-        hm.run_with_cache(torch.full((1, 4), V + 5), names=hm.hook_names)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    names = ["embed", "blocks.0.rec.q", "blocks.0.rec.decay", "blocks.2.rec.state", "blocks.0.rec.readout",
+             "blocks.0.rec.pattern", "blocks.1.attn.pattern", "blocks.3.attn.head_out", "blocks.3.resid_post"]
+    # (then a failure inside the model while every hook is on)
+    H.assert_raising_hooks_leave_nothing(hm, x, ref, names, snapshot(m), every_name=True)
 
 
 # --- KDA states ------------------------------------------------------------------------------------
@@ -176,7 +124,7 @@ def test_kda_states_match_step_loop_and_cache():
             h.remove()
     with torch.no_grad():
         _, cp = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state" for i in idx], positions=[2, T - 1])
-        own = _cache(m(input_ids=x, use_cache=True))
+        own = cache_of(m(input_ids=x, use_cache=True))
     for i in idx:
         q, k, v, g, beta, S, o = (c[f"blocks.{i}.rec.{s}"] for s in REC)
         assert S.dtype == torch.float32 and g.shape == (2, T, 4, 8)
@@ -215,13 +163,7 @@ def test_state_patch_continues_the_recurrence():
     p = f"blocks.{i}.rec"
     with torch.no_grad():
         other = hm.run_with_cache(toks(seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
-
-    def patch(S, n):
-        S = S.clone()
-        S[:, t] = other[:, t]
-        return S
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in REC], hooks=[(f"{p}.state", patch)])
+        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in REC], hooks=[(f"{p}.state", H.put_state(other, t))])
     q, k, v, g, beta, S, o = (c[f"{p}.{s}"] for s in REC)
     o_ref, S_ref = step_loop(q[:, t + 1:], k[:, t + 1:], v[:, t + 1:], g[:, t + 1:], beta[:, t + 1:], S=other[:, t])
     o_t = torch.einsum("bhkv,bhk->bhv", other[:, t].double(), q[:, t].double()) * 8 ** -0.5
@@ -257,19 +199,8 @@ def test_changing_scan_inputs_reruns_the_scan():
 def test_decode_step_uses_recurrent_kernel():
     """One-token decoding with a cache goes through the recurrent kernel: its hooks see the cached state as
     the initial state and the new state equals the model's and the full run's state at T."""
-    m, hm, _, _ = setup()
-    i = 0
-    x = toks(n=T + 1)
-    with torch.no_grad():
-        pkv = _cache(m(input_ids=x[:, :T], use_cache=True))
-        cache = Cache()
-        with hm.hooks(cache_names=[f"blocks.{i}.rec.state"], cache=cache):
-            out = m(input_ids=x[:, T:], **{hf_common.cache_kw(m.forward, "past_key_values"): pkv}, use_cache=True)
-        full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state"])[1][f"blocks.{i}.rec.state"]
-    assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], _cache(out).layers[i].recurrent_states[0],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[:, T], atol=1e-5, rtol=1e-5)
+    _, hm, _, _ = setup()
+    H.assert_decode_step_continues_the_state(hm, 0, toks(n=T + 1))
 
 
 def test_rec_pattern_rebuilds_the_readout():

@@ -4,10 +4,10 @@ patches continue as a step loop from the edited window (and reach HF's cache), c
 CPU, float32."""
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
-from hf_tiny import assert_clean, logits, snapshot
+from hf_tiny import attn_layers, cache_of, logits, snapshot
 import hooks
 from hooks.adapters import hf_common
 from hooks.adapters.hf_lfm2 import patch_shortconv
@@ -31,10 +31,7 @@ T = 11
 
 def make(kind, attn_implementation=None):
     mt, kw = CONFIGS[kind]
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(mt, **{**COMMON, **kw})
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    m = AutoModelForCausalLM.from_config(cfg, **extra).float().eval()
+    m = H.from_config(AutoConfig.for_model(mt, **{**COMMON, **kw}), attn_implementation)
     with torch.no_grad():  # random init leaves the sandwich norms at 1 and the biases at 0: make them count
         for name, p in m.named_parameters():
             if name.endswith(("conv.bias", "post_operator_norm.weight")):
@@ -49,16 +46,7 @@ def toks(B=2, seed=0, n=T):
     return H.toks(V, B, seed, n)
 
 
-def conv_layers(hm):
-    return [L.index for L in hm.layers if L.rec is not None]
-
-
-def attn_layers(hm):
-    return [L.index for L in hm.layers if L.attn is not None]
-
-
-def _cache(out):
-    return out["cache"] if "cache" in out else out.past_key_values
+conv_layers = H.rec_layers  # the short-conv layers are the recurrent ones
 
 
 def taps(layer):
@@ -89,19 +77,11 @@ def test_capture_everything_keeps_logits(kind):
     hm = hooks.wrap(m)
     assert hm.adapter.family == "hf_lfm2"
     assert [L.rec_family for L in hm.layers if L.rec is not None] == ["shortconv"] * len(conv_layers(hm))
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)
-    assert set(c) == set(hm.hook_names)
+    c, _ = H.assert_capture_everything_keeps_logits(hm, toks())
     i = conv_layers(hm)[0]
     L = m.config.conv_L_cache
     assert c[f"blocks.{i}.rec.state"].shape == (2, T, 32, L) and c[f"blocks.{i}.rec.state"].dtype == torch.float32
     assert c[f"blocks.{i}.rec.pattern"].shape == (2, 32, T, T)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -115,51 +95,22 @@ def test_identity_hooks_keep_logits(kind):
 def test_residual_bookkeeping_and_final_norm(kind):
     m = model(kind)
     hm = hooks.wrap(m)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(toks(), names=hm.hook_names)
-    n = hm.n_layers
-    for i in range(n):
-        p = f"blocks.{i}"
-        pre = c["embed"] if i == 0 else c[f"blocks.{i - 1}.resid_post"]
-        assert torch.equal(c[f"{p}.resid_pre"], pre)
-        torch.testing.assert_close(c[f"{p}.resid_mid"], pre + c[f"{p}.mixer_out"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(c[f"{p}.resid_post"], c[f"{p}.resid_mid"] + c[f"{p}.mlp_out"], atol=1e-5, rtol=0)
+    assert hm.adapter.final_norm(m) is m.model.embedding_norm
+    _, c = H.assert_residual_bookkeeping(hm, toks(), m.model.embedding_norm)
     for i in conv_layers(hm):  # mixer_out is out_proj(readout) (lfm3: then its post-operator norm)
         blk = m.model.layers[i]
         with torch.no_grad():
             y = blk.conv.out_proj(c[f"blocks.{i}.rec.readout"])
             y = blk.post_operator_norm(y) if hasattr(blk, "post_operator_norm") else y
         assert torch.equal(y, c[f"blocks.{i}.mixer_out"])
-    assert hm.adapter.final_norm(m) is m.model.embedding_norm
-    with torch.no_grad():
-        torch.testing.assert_close(m.lm_head(m.model.embedding_norm(c[f"blocks.{n - 1}.resid_post"])), out,
-                                   atol=1e-5, rtol=0)
 
 
 # --- attention ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pattern_equals_eager_weights(kind):
-    m, x = model(kind), toks()
-    eager, ref = H.eager_twin(make, kind, m, x)
-    hm = hooks.wrap(m)
-    idx = attn_layers(hm)
-    names = [f"blocks.{i}.attn.pattern" for i in idx]
-    with torch.no_grad():
-        _, c = hm.run_with_cache(x, names=names)
-        _, cp = hm.run_with_cache(x, names=names, positions=[0, 5, T - 1])
-        eo, ce = hooks.wrap(eager).run_with_cache(x, names=names)
-    assert torch.equal(eo, ref.logits)
-    assert len(ref.attentions) == len(idx) > 0
-    for i, w in zip(idx, ref.attentions):
-        assert c[f"blocks.{i}.attn.pattern"].shape == (2, 4, T, T)
-        torch.testing.assert_close(c[f"blocks.{i}.attn.pattern"], w.float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(ce[f"blocks.{i}.attn.pattern"], w.float(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(cp[f"blocks.{i}.attn.pattern"], w[:, :, [0, 5, T - 1]].float(), atol=1e-5, rtol=0)
-    if kind == "lfm3":  # the sliding layer really is windowed
-        i = idx[0]
-        assert hm.layers[i].attn_meta["sliding_window"] == 3
-        assert c[f"blocks.{i}.attn.pattern"][:, :, T - 1, :T - 3].abs().max() == 0
+    # (lfm3: the sliding layer really is windowed)
+    H.assert_patterns_equal_eager(make, kind, model(kind), toks(), [0, 5, T - 1], 3 if kind == "lfm3" else None)
 
 
 @pytest.mark.parametrize("kind", ["lfm2", "lfm3"])
@@ -194,7 +145,7 @@ def test_conv_states_match_step_loop_and_cache(kind, n):
     with torch.no_grad():
         _, c = hm.run_with_cache(x, names=[nm for i in idx for nm in _scan_names(i)])
         _, cp = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state" for i in idx], positions=[0, n - 1])
-        hf = _cache(m(input_ids=x, use_cache=True))
+        hf = cache_of(m(input_ids=x, use_cache=True))
     for i in idx:
         p, conv = f"blocks.{i}.rec", m.model.layers[i].conv
         C, B, xx, S, y = (c[f"{p}.{s}"] for s in ("q", "k", "v", "state", "readout"))
@@ -221,14 +172,14 @@ def test_decode_step_states_and_cache(kind):
     x = toks(n=T + 1)
     kw = hf_common.cache_kw(m.forward, "past_key_values")
     with torch.no_grad():
-        pkv = _cache(m(input_ids=x[:, :T], use_cache=True))
+        pkv = cache_of(m(input_ids=x[:, :T], use_cache=True))
         cache = Cache()
         with hm.hooks(cache_names=[f"blocks.{i}.rec.state", f"blocks.{i}.rec.readout"], cache=cache):
             out = m(input_ids=x[:, T:], **{kw: pkv}, use_cache=True)
         _, full = hm.run_with_cache(x, names=[f"blocks.{i}.rec.state", f"blocks.{i}.rec.readout"])
         ref = logits(m, x)
     assert cache[f"blocks.{i}.rec.state"].shape[1] == 1
-    assert torch.equal(cache[f"blocks.{i}.rec.state"][:, 0], _cache(out).get_conv_state(i))
+    assert torch.equal(cache[f"blocks.{i}.rec.state"][:, 0], cache_of(out).get_conv_state(i))
     # (the layers before it decode from a cache: their outputs, so this layer's inputs, agree to float error)
     torch.testing.assert_close(cache[f"blocks.{i}.rec.state"][:, 0], full[f"blocks.{i}.rec.state"][:, T],
                                atol=1e-6, rtol=1e-5)
@@ -254,13 +205,8 @@ def test_state_patch_continues_as_step_loop(kind):
         ref = logits(m, x)
         _, clean = hm.run_with_cache(x, names=_scan_names(i))
         other = hm.run_with_cache(other_x, names=[f"{p}.state"])[1][f"{p}.state"]
-
-    def patch(S, n):
-        S = S.clone()
-        S[:, t] = other[:, t]
-        return S
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=[f"{p}.state", f"{p}.readout"], hooks=[(f"{p}.state", patch)])
+        out, c = hm.run_with_cache(x, names=[f"{p}.state", f"{p}.readout"],
+                                   hooks=[(f"{p}.state", H.put_state(other, t))])
         C, B, xx = (clean[f"{p}.{s}"] for s in ("q", "k", "v"))
         w, b = taps(conv)
         y_t = C[:, t] * ((other[:, t] * w).sum(-1) + b)
@@ -314,7 +260,7 @@ def test_state_patch_reaches_the_cache(kind):
     with torch.no_grad():
         full = hm.run_with_hooks(x, hooks=[(name, patch)])
         with hm.hooks(hooks=[(name, patch)]):
-            pkv = _cache(m(input_ids=x[:, :T], use_cache=True))
+            pkv = cache_of(m(input_ids=x[:, :T], use_cache=True))
         assert torch.equal(pkv.get_conv_state(i), new)
         step = m(input_ids=x[:, T:], **{kw: pkv}, use_cache=True).logits
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
@@ -347,20 +293,11 @@ def test_changing_scan_inputs_reruns_the_conv(kind):
 def test_hook_that_raises_leaves_nothing_behind(kind):
     m = model(kind)
     hm = hooks.wrap(m)
-    x, ref, snap = toks(), logits(m, toks()), snapshot(m)
     a, r = attn_layers(hm)[0], conv_layers(hm)[0]
-
-    def boom(t, name):
-        raise RuntimeError("boom")
-    for name in [f"blocks.{r}.rec.q", f"blocks.{r}.rec.state", f"blocks.{r}.rec.readout", f"blocks.{r}.rec.pattern",
-                 f"blocks.{a}.attn.pattern", f"blocks.{r}.mixer_out", "embed"]:
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, boom)])
-        assert_clean(m, snap)
-    with pytest.raises(Exception), torch.no_grad():  # a failure inside the model while every hook is on
-        hm.run_with_cache(torch.full((1, 4), V + 5), names=hm.hook_names)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    names = [f"blocks.{r}.rec.q", f"blocks.{r}.rec.state", f"blocks.{r}.rec.readout", f"blocks.{r}.rec.pattern",
+             f"blocks.{a}.attn.pattern", f"blocks.{r}.mixer_out", "embed"]
+    # (then a failure inside the model while every hook is on)
+    H.assert_raising_hooks_leave_nothing(hm, toks(), logits(m, toks()), names, snapshot(m), every_name=True)
 
 
 def test_shortconv_wrappers_nest_and_are_removed():
@@ -426,4 +363,4 @@ def test_padding_mask_capture_matches_the_cache():
             hooked = m(input_ids=x, attention_mask=mask, use_cache=False)
     assert torch.equal(hooked.logits, plain.logits)
     for i, name in zip(conv_layers(hm), names):
-        assert torch.equal(c[name][:, -1], _cache(plain).get_conv_state(i))
+        assert torch.equal(c[name][:, -1], cache_of(plain).get_conv_state(i))

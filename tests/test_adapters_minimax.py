@@ -5,7 +5,7 @@ cache, decoding from that cache, state patches continue the recurrence, a change
 that decay, padding, nothing left behind. Tiny random models, CPU, float32."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, MiniMaxConfig
+from transformers import MiniMaxConfig
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
 from hf_tiny import assert_clean, logits, snapshot
@@ -23,9 +23,7 @@ def make(kind="minimax", attn_implementation=None):
     cfg = MiniMaxConfig(vocab_size=V, hidden_size=D, intermediate_size=24, num_hidden_layers=4,
                         num_attention_heads=HEADS, num_key_value_heads=2, head_dim=HD, num_local_experts=2,
                         num_experts_per_tok=1, block_size=4, **FACTORS)  # block_size < T: HF's blockwise path
-    torch.manual_seed(0)
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    m = AutoModelForCausalLM.from_config(cfg, **extra).float().eval()
+    m = H.from_config(cfg, attn_implementation)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # O(1) weights (HF's init, std 0.02, leaves every sublayer nearly inert)
         for name, w in m.named_parameters():
@@ -96,21 +94,11 @@ def test_layer_map_and_names():
 
 
 def test_capture_everything_keeps_logits():
-    m = model("minimax")
-    hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)  # the model's own lightning forward gave the output
-    assert set(c) == set(hm.hook_names)
+    c, _ = H.assert_capture_everything_keeps_logits(hooks.wrap(model("minimax")), toks())  # the model's own forward
     for i in REC:
         p = f"blocks.{i}.rec"
         assert c[f"{p}.state"].shape == (2, T, HEADS, HD, HD) and c[f"{p}.decay"].shape == (2, T, HEADS)
         assert c[f"{p}.pattern"].shape == (2, HEADS, T, T)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
 
 
 def test_identity_hooks_keep_logits():
@@ -128,20 +116,10 @@ def test_identity_hooks_keep_logits():
 
 
 def test_hook_that_raises_leaves_nothing_behind():
-    m = model("minimax")
-    hm = hooks.wrap(m)
-    x = toks()
-    ref = logits(m, x)
-    snap = snapshot(m)
-
-    def boom(t, n):
-        raise RuntimeError("boom")
-    for name in ("embed", "blocks.1.rec.q", "blocks.1.rec.state", "blocks.3.rec.readout", "blocks.3.rec.pattern",
-                 "blocks.0.attn.pattern", "blocks.1.mixer_out", "blocks.2.mlp_out", "blocks.3.resid_mid"):
-        with pytest.raises(RuntimeError, match="boom"):
-            hm.run_with_hooks(x, hooks=[(name, boom)])
-        assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
+    m, hm, x, ref = H.setup(model("minimax"), toks())
+    names = ("embed", "blocks.1.rec.q", "blocks.1.rec.state", "blocks.3.rec.readout", "blocks.3.rec.pattern",
+             "blocks.0.attn.pattern", "blocks.1.mixer_out", "blocks.2.mlp_out", "blocks.3.resid_mid")
+    H.assert_raising_hooks_leave_nothing(hm, x, ref, names, snapshot(m))
 
 
 # --- the DeepNorm-style residual terms -------------------------------------------------------------
@@ -292,20 +270,11 @@ def test_state_patch_continues_the_recurrence():
     t, p = 5, "blocks.1.rec"
     name = f"{p}.state"
     ins = [f"{p}.{s}" for s in ("q", "k", "v", "decay")]
-    with torch.no_grad():
-        _, clean = hm.run_with_cache(a, names=[name])
-        base, cb = hm.run_with_cache(b, names=ins + [f"{p}.readout"])
-
-        def put(S, n):
-            S = S.clone()
-            S[:, t] = clean[name][:, t]
-            return S
-        patched, after = hm.run_with_cache(b, names=[name, f"{p}.readout"], hooks=[(name, put)])
+    # (every logit from t on moves; the patched run holds a's state at t)
+    clean, base, cb, patched, after = H.state_patch_runs(hm, a, b, p, ins, t)
     torch.testing.assert_close(patched[:, :t], base[:, :t], atol=1e-5, rtol=0)  # the equivalent forward before t
-    assert ((patched - base).abs().amax(-1)[0, t:] > 1e-4).all()
     q, k, v, g = (cb[n] for n in ins)
-    ref = gla_loop(clean[name][:, t], k[:, t + 1:], v[:, t + 1:], g[:, t + 1:])
-    torch.testing.assert_close(after[name][:, t], clean[name][:, t], atol=0, rtol=0)
+    ref = gla_loop(clean[:, t], k[:, t + 1:], v[:, t + 1:], g[:, t + 1:])
     torch.testing.assert_close(after[name][:, t + 1:].double(), ref, atol=1e-5, rtol=1e-5)
     ro = torch.einsum("bthk,bthkv->bthv", q, after[name])
     torch.testing.assert_close(after[f"{p}.readout"][:, t:], ro[:, t:], atol=1e-5, rtol=1e-5)
@@ -359,20 +328,5 @@ def test_padding_mask():
 
 
 def test_nested_sessions():
-    m = model("minimax")
-    hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
     names = ["blocks.1.rec.state", "blocks.1.mixer_out", "blocks.0.attn.pattern"]
-    with torch.no_grad():
-        ref = logits(m, x)
-        _, one = hm.run_with_cache(x, names=names)
-        outer, inner = {}, {}
-        with hm.hooks(cache_names=names, cache=outer):
-            with hm.hooks(cache_names=names[:2], cache=inner):
-                out = logits(m, x)
-    assert torch.equal(out, ref)
-    for c in (outer, inner):
-        for n, t in c.items():
-            assert torch.equal(t, one[n]), n
-    assert_clean(m, snap)
+    H.assert_nested_sessions(hooks.wrap(model("minimax")), toks(), names, names[:2])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, RecurrentGemmaConfig
+from transformers import DynamicCache, RecurrentGemmaConfig
 
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
 from hf_tiny import assert_clean, logits, snapshot
@@ -23,9 +23,7 @@ def make(kind="rg", attn_implementation=None):
     cfg = RecurrentGemmaConfig(vocab_size=V, hidden_size=D, intermediate_size=48, num_hidden_layers=4,
                                num_attention_heads=HEADS, num_key_value_heads=2, lru_width=W,
                                attention_window_size=WINDOW, conv1d_width=4, logits_soft_cap=30.0)
-    torch.manual_seed(0)
-    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    m = AutoModelForCausalLM.from_config(cfg, **extra).float().eval()
+    m = H.from_config(cfg, attn_implementation)
     spice(m)
     return m
 
@@ -122,24 +120,14 @@ def test_layer_map_and_names():
 
 
 def test_capture_everything_keeps_logits():
-    m = model("rg")
-    hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
+    c, ref = H.assert_capture_everything_keeps_logits(hooks.wrap(model("rg")), toks())  # the model's own scan ran
     assert ref.abs().max() > 1
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)  # the model's own RG-LRU scan ran, bit for bit
-    assert set(c) == set(hm.hook_names)
     for i in REC:
         p = f"blocks.{i}.rec"
         assert c[f"{p}.state"].shape == (2, T, W, 1) and c[f"{p}.state"].dtype == torch.float32
         assert c[f"{p}.q"].shape == c[f"{p}.k"].shape == (2, T, 1) and (c[f"{p}.q"] == 1).all()
         assert c[f"{p}.v"].shape == c[f"{p}.beta"].shape == c[f"{p}.readout"].shape == (2, T, W)
         assert c[f"{p}.decay"].shape == (2, T, W, 1) and c[f"{p}.pattern"].shape == (2, W, T, T)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
 
 
 def test_identity_hooks_keep_logits():
@@ -149,19 +137,11 @@ def test_identity_hooks_keep_logits():
 
 
 def test_hook_that_raises_leaves_nothing_behind(monkeypatch):
-    m = model("rg")
-    hm = hooks.wrap(m)
-    x = toks()
-    ref = logits(m, x)
+    m, hm, x, ref = H.setup(model("rg"), toks())
     snap = snapshot(m)
-
-    def boom(t, n):
-        raise RuntimeError("boom")
-    for name in ("embed", "blocks.0.rec.v", "blocks.1.rec.state", "blocks.1.rec.readout", "blocks.3.rec.pattern",
-                 "blocks.2.attn.pattern", "blocks.2.attn.head_out", "blocks.1.mixer_out", "blocks.3.resid_mid"):
-        with pytest.raises(RuntimeError, match="boom"):
-            hm.run_with_hooks(x, hooks=[(name, boom)])
-        assert_clean(m, snap)
+    names = ("embed", "blocks.0.rec.v", "blocks.1.rec.state", "blocks.1.rec.readout", "blocks.3.rec.pattern",
+             "blocks.2.attn.pattern", "blocks.2.attn.head_out", "blocks.1.mixer_out", "blocks.3.resid_mid")
+    H.assert_raising_hooks_leave_nothing(hm, x, ref, names, snap)
     # the stand-in's own check fails (the model's scan inputs are not the recomputed ones): an error, no trace
     real = hf_recurrent_gemma.rglru_inputs
     monkeypatch.setattr(hf_recurrent_gemma, "rglru_inputs", lambda *a: (lambda v, b, g, r: (2 * v, b, g, r))(*real(*a)))
@@ -303,20 +283,11 @@ def test_state_patch_continues_the_recurrence(layer):
     t, p = 6, f"blocks.{layer}.rec"
     name = f"{p}.state"
     ins = [f"{p}.{s}" for s in ("v", "beta", "decay")]
-    with torch.no_grad():
-        _, clean = hm.run_with_cache(a, names=[name])
-        base, cb = hm.run_with_cache(b, names=ins + [f"{p}.readout"])
-
-        def put(S, n):
-            S = S.clone()
-            S[:, t] = clean[name][:, t]
-            return S
-        patched, after = hm.run_with_cache(b, names=[name, f"{p}.readout"], hooks=[(name, put)])
+    # (every logit from t on moves; the patched run holds a's state at t)
+    clean, base, cb, patched, after = H.state_patch_runs(hm, a, b, p, ins, t)
     torch.testing.assert_close(patched[:, :t], base[:, :t], atol=0, rtol=0)
-    assert ((patched - base).abs().amax(-1)[0, t:] > 1e-4).all()
     v, beta, g = (cb[n] for n in ins)
-    ref = loop_from(clean[name][:, t, :, 0], v[:, t + 1:], beta[:, t + 1:], g[:, t + 1:, :, 0])
-    torch.testing.assert_close(after[name][:, t], clean[name][:, t], atol=0, rtol=0)
+    ref = loop_from(clean[:, t, :, 0], v[:, t + 1:], beta[:, t + 1:], g[:, t + 1:, :, 0])
     torch.testing.assert_close(after[name][:, t + 1:, :, 0].double(), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(after[f"{p}.readout"][:, t:], after[name][:, t:, :, 0], atol=1e-6, rtol=0)
     torch.testing.assert_close(after[f"{p}.readout"][:, :t], cb[f"{p}.readout"][:, :t], atol=0, rtol=0)
@@ -366,19 +337,5 @@ def test_read_and_write_scales_and_write_strength():
 def test_nested_sessions():
     """A capture inside another on the same layers: both see the model's own scan (logits exact), both caches
     equal a single capture's, and everything is restored when both have exited."""
-    m = model("rg")
-    hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
-    with torch.no_grad():
-        ref = logits(m, x)
-        _, one = hm.run_with_cache(x, names=["blocks.0.rec.state", "blocks.0.rec.v", "blocks.2.attn.pattern"])
-        outer, inner = {}, {}
-        with hm.hooks(cache_names=["blocks.0.rec.state", "blocks.2.attn.pattern"], cache=outer):
-            with hm.hooks(cache_names=["blocks.0.rec.v", "blocks.0.rec.state"], cache=inner):
-                out = logits(m, x)
-    assert torch.equal(out, ref)
-    for c in (outer, inner):
-        for n, t in c.items():
-            assert torch.equal(t, one[n]), n
-    assert_clean(m, snap)
+    H.assert_nested_sessions(hooks.wrap(model("rg")), toks(), ["blocks.0.rec.state", "blocks.2.attn.pattern"],
+                             ["blocks.0.rec.v", "blocks.0.rec.state"])

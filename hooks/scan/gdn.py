@@ -193,8 +193,11 @@ def readout(states_, q, scale=None):
 
 
 class GDNFamily(Family):
-    """Gated DeltaNet in the hook names: q, k (l2-normalised where the layer asks), v, decay = g, beta."""
+    """Gated DeltaNet in the hook names: q, k (l2-normalised where the layer asks), v, decay = g, beta.
+    ``run_scan`` / ``run_states`` are the module-level paths `scan` and `states` call (a subclass with the
+    same view and other paths, e.g. `hooks.scan.kda`, sets its own)."""
     name = "gdn"
+    run_scan, run_states = staticmethod(scan), staticmethod(states)
     writes = True
 
     def write_factors(self, c, S_prev):
@@ -218,12 +221,12 @@ class GDNFamily(Family):
         return c
 
     def scan(self, c, initial_state=None):
-        return scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
-                    initial_state=initial_state, output_final_state=True)
+        return self.run_scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                             initial_state=initial_state, output_final_state=True)
 
     def states(self, c, positions=None, out_dtype=torch.float32):
-        return states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
-                      initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype)
+        return self.run_states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
+                               initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype)
 
     def call_with_states(self, call, kw, c, positions=None, out_dtype=torch.float32):
         """On fla's kernels the states are expanded from the chunk pieces that very call computed

@@ -83,16 +83,10 @@ def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_ke
 
 class KDAFamily(gdn.GDNFamily):
     """KDA in the hook names: q, k (l2-normalised where the layer asks), v, decay = g ``[B, T, H, K]``
-    (per key dim), beta. The canonical view is GDN's; the scan and states are this module's."""
+    (per key dim), beta. The canonical view and its scan / states calls are GDN's; the paths they run
+    are this module's."""
     name = "kda"
-
-    def scan(self, c, initial_state=None):
-        return scan(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
-                    initial_state=initial_state, output_final_state=True)
-
-    def states(self, c, positions=None, out_dtype=torch.float32):
-        return states(c["q"], c["k"], c["v"], c["decay"], c["beta"], scale=c["scale"],
-                      initial_state=c["initial_state"], positions=positions, out_dtype=out_dtype)
+    run_scan, run_states = staticmethod(scan), staticmethod(states)
 
     call_with_states = Family.call_with_states  # no kept fla pieces for KDA: the layer's call, then `states`
 
