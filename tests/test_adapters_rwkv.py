@@ -381,3 +381,25 @@ def test_backward_cache_matches_finite_differences():
         fd = (up - down) / (2 * eps)
         assert abs(c.grad[n][b, t, d]) > 1e-4
         torch.testing.assert_close(fd, c.grad[n][b, t, d], atol=2e-5, rtol=2e-2)
+
+
+def test_patch_at_every_position_reads_each_patched_state():
+    """A hook that edits S_t at every t (consecutive patches): readout t + 1 is read from the edited S_t, readout 0
+    keeps its value, and the cached states are the edited ones."""
+    m = model("plain")
+    hm = hooks.wrap(m)
+    x = toks()
+    i = 2
+    f = lambda s, name: torch.stack([0.5 * s[..., 0] + 0.2 * s[..., 1], 1.5 * s[..., 1]], -1)  # noqa: E731
+    with torch.no_grad():
+        _, c = hm.run_with_cache(x, names=rec_names(i))
+        _, cp = hm.run_with_cache(x, names=rec_names(i), hooks=[(f"blocks.{i}.rec.state", f)])
+    q, k, v, S = (c[f"blocks.{i}.rec.{s}"].double() for s in ("q", "k", "v", "state"))
+    u = m.rwkv.blocks[i].attention.time_first.detach().double()
+    E = f(S, None)
+    b = torch.exp(u + k[:, 1:])
+    want = q[:, 1:] * (E[:, :-1, :, 0] + b * v[:, 1:]) / (E[:, :-1, :, 1] + b)
+    y = cp[f"blocks.{i}.rec.readout"]
+    assert torch.equal(y[:, 0], c[f"blocks.{i}.rec.readout"][:, 0])
+    torch.testing.assert_close(y[:, 1:].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cp[f"blocks.{i}.rec.state"].double(), E, rtol=1e-6, atol=1e-6)

@@ -44,6 +44,9 @@ function on the layer's own inputs, so capture leaves every output bit as it was
 `hooks.scan.wkv.scan`. A final state the wrapper changed goes back to HF's cache as (num, den, max = 0), so
 prefill with ``use_cache=True`` and one-token decoding from HF's ``state`` work under hooks (states
 continue from the cache's triple exactly). Several wrappers on one layer nest (outermost first).
+HF's one-token step (``hidden.size(1) == 1`` with a state) broadcasts the token-shift state ``[B, D]`` against
+``[B, 1, D]`` (transformers 5.25), which mixes the rows of a batch of more than one; hooks run HF's code as it
+is and share that (decode one row at a time, or two tokens at a time, which take the other branch).
 """
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ scale (num' e^m, den' e^m), float32, not HF's triple. The pair is the state of a
 (S_t = e^{w} S_{t-1} + e^{k_t} (v_t, 1)), so a patched, interpolated, averaged or added-to state means
 what it says and wkv is a function of it alone; the triple is one of many representations of one state
 (any shift of m with num', den' scaled to match), so triples of two runs cannot be mixed. The cost:
-the real pair leaves float32's range where keys exceed ~ 88 (e^k); RWKV-4's keys stay far below that,
-and the scans themselves never form it (they keep the triple; a pair is formed only where written out).
+the pair leaves float32's range where e^{k} does (keys above ~ 88; float16 states: above ~ 11), where it
+is written out as inf or nan; the scans themselves never form it (they carry the triple and form a pair only
+where a state is written out), so the readouts stay finite wherever HF's do.
 Initial states are accepted as a pair ``[B, D, 2]`` or as HF's triple ``[B, D, 3]`` (decoding from HF's
 cache, continued exactly). A hook that changes S_t changes this layer's readouts from t + 1 on (wkv_t
 reads S_{t-1}), so ``continue_from`` is this family's own.
