@@ -123,6 +123,27 @@ S_t = exp(-s_h) S_{t-1} + k_t v_t^T, readout_t = S_t^T q_t, so it has the GLA sh
 ``rec.decay`` = -s_h ``[B, T, H]`` (the layer's ``slope_rate``) and no ``rec.beta``; ``rec.state``
 ``[B, T(P), H, K, V]`` is the layout of the model's linear cache (K^T V per head).
 
+RWKV-4's WKV (``wkv``: HF ``rwkv``'s time mix; hooks.scan.wkv) is one recurrence per channel d (D =
+``attention_hidden_size``) with a constant log decay w = -exp(time_decay) and a bonus u = time_first for the
+current token: num_t = e^w num_{t-1} + e^{k_t} v_t, den_t = e^w den_{t-1} + e^{k_t},
+wkv_t = (num_{t-1} + e^{u+k_t} v_t) / (den_{t-1} + e^{u+k_t}), readout_t = q_t (.) wkv_t. It has no beta;
+a changed S_t changes the readouts from t + 1 on (wkv_t reads S_{t-1}):
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, D]             sigmoid(receptance), the output gate
+``blocks.{i}.rec.k``           [B, T, D]             key (after the token-shift mix)
+``blocks.{i}.rec.v``           [B, T, D]             value (after the token-shift mix)
+``blocks.{i}.rec.decay``       [B, T, D]             w = -exp(time_decay), the same at every token
+``blocks.{i}.rec.state``       [B, T(P), D, 2]       (num_t, den_t) in their real scale, float32
+                                                     (HF's cache keeps (num', den', max) with
+                                                     num = num' e^max: not mixable across runs)
+``blocks.{i}.rec.readout``     [B, T, D]             q_t (.) wkv_t, the input of attention.output
+``blocks.{i}.rec.pattern``     [B, D, T(P), T]       per channel, a normalised attention gated by
+                                                     q: A[d, t, s] = q_t e^{L[t, s]} / sum_s' e^{L[t, s']},
+                                                     L[t, s] = k_s + sum_{s<r<t} w_r (s < t),
+                                                     L[t, t] = u + k_t; readout_t = sum_s A v_s
+=============================  ====================  ==========================================
+
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.
 """
