@@ -201,7 +201,8 @@ def training_lines(ctx, tr: dict) -> list[str]:
     L += S.overfit_lines(tr["metas"], tr["overfit"]) + [""]
     piv = tr["overfit"].pivot_table(index="step", columns="arm", values=["train_loss", "val_loss"], sort=False)
     piv.columns = [f"{arm} {'train' if k == 'train_loss' else 'val'}" for k, arm in piv.columns]
-    L += X.md_table(piv.reset_index().astype({"step": int}), F3) + ["", "![training](training.png)", ""]
+    L += X.md_table(piv.reset_index().assign(step=lambda d: d.step.astype(int).astype(str)), F3)
+    L += ["", "![training](training.png)", ""]
     return L
 
 
@@ -246,9 +247,10 @@ def report(ctx, tr, corpus, user_corpus, frames, summ, vals, probes):
     st = None if tr is None else tr["seed_table"]
     nc = "" if st is None else f"**Arms that did not converge: {int((st.converged != 'yes').sum())} of {len(st)}**; "
     seeds = ", ".join(map(str, P["seeds"])) if tr else "(none: given checkpoints)"
-    V = [X.rule_text(__doc__), "", f"{nc}training seeds {seeds}. Li & Merrill compared Olmo 3 7B, whose layers are "
-         "mostly sliding-window, with Olmo Hybrid 7B, so `olmo3_swa vs olmo_hybrid` is the closer counterpart; "
-         "`olmo3 vs olmo_hybrid` shows what the window changes. No setting was tuned toward the published shape.", ""]
+    V = [X.rule_text(__doc__), "", f"{nc}training seeds {seeds}." + (
+        " Li & Merrill compared Olmo 3 7B, whose layers are mostly sliding-window, with Olmo Hybrid 7B, so `olmo3_swa "
+        "vs olmo_hybrid` is the closer counterpart; `olmo3 vs olmo_hybrid` shows what the window changes." if tr else
+        "") + " No setting was tuned toward the published shape.", ""]
     V += S.findings_table(rows) + [""] + probes["verdicts"]
     X.write_report(ctx, "E3 — which tokens does the hybrid predict better? (token-level loss decomposition)", L, V)
 
