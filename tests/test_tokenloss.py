@@ -298,3 +298,36 @@ def test_unigram_loss_and_the_convergence_column():
                           val_loss=[2.0, 2.1, 2.2, 2.9, 3.1, 3.0]))
     t = S.seed_table(v, {"a": 1e-3, "b": 1e-3}, unigram=3.0).set_index("arm")
     assert t.converged.tolist() == ["yes", "no"] and t.loc["a", "val_loss"].startswith("2.100 [")
+
+
+def test_a_text_run_stopped_by_the_time_budget_resumes_to_the_uninterrupted_weights(tmp_path):
+    """train_hf stopped after 2 of 6 steps leaves a checkpoint and a meta.json that `status` reads as 2 steps
+    done; the next call resumes there and ends with the weights of a run never interrupted."""
+    import torch
+    from types import SimpleNamespace
+    from safetensors.torch import load_file
+    from interp.experiment import status
+    from interp.tokenloss.pair import TextCfg, TextRun, arm_configs, train_hf, train_tokenizer
+    docs = [TL.Document(f"d{i}", "prose", "The cat sat on the mat because it was warm. " * 20) for i in range(3)]
+    tok = train_tokenizer(docs, 300, tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    stream, val = rng.integers(3, len(tok), 800), rng.integers(3, len(tok), 200)
+    P = dict(seq_len=16, batch=2, steps=6, warmup=1, val_windows=4, ckpt_windows=2, eval_batch=4, reserve_s=0)
+    cfg = arm_configs(len(tok), dict(d=16, layers=4, heads=2, head_dim=8), 16)["olmo_hybrid"]
+
+    def ctx(stop_after=None):
+        calls = iter(range(10**6))
+        return SimpleNamespace(runs=tmp_path, seed=1, device="cpu", progress=False,
+                               out_of_time=lambda reserve_s=0: stop_after is not None and next(calls) + 1 >= stop_after)
+    run = TextRun("olmo_hybrid", 1e-3, 1, TextCfg(cfg, 6), tmp_path)
+    assert train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(stop_after=2), P, out=run.out) is None
+    st = status(run)
+    assert st["steps_done"] == 2 and not st["complete"] and (run.out / "trainer.pt").is_file()
+    meta = train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(), P, out=run.out)
+    assert status(run)["complete"] and not (run.out / "trainer.pt").exists()
+    assert [e[0] for e in meta["evals"]] == [1, 2, 3, 4, 5, 6] and meta["passes"] == pytest.approx(6 * 2 / 49)
+    ref = train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(), P, out=tmp_path / "ref")
+    a, b = load_file(str(run.out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert meta["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-5)
+    assert np.allclose(np.array(meta["evals"], float), np.array(ref["evals"], float), atol=1e-5)
