@@ -26,87 +26,130 @@ def _args(tmp):
 @pytest.fixture(scope="module")
 def e3(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e3")
-    assert E3.main(_args(tmp) + ["--train-only"]) == 0     # trains the text pair, scores nothing
-    assert len(list((tmp / "runs" / "models").glob("*/meta.json"))) == 2 * len(E3.PROFILES["test"]["lrs"])
+    P = E3.PROFILES["test"]
+    assert E3.main(_args(tmp) + ["--train-only"]) == 0     # trains the arms' sweep and seeds, scores nothing
+    n = len(E3.ARMS) * (len(P["lrs"]) + len(P["seeds"]) - 1)
+    metas = [json.loads(f.read_text()) for f in (tmp / "runs" / "models").glob("*/meta.json")]
+    assert len(metas) == n and all(m["steps_done"] == m["steps"] == P["steps"] for m in metas)
     assert not (tmp / "figs" / "report.md").exists()
     assert E3.main(_args(tmp)) == 0
     return tmp
 
 
-def test_e3_pair_in_worker_processes_equals_the_sequential_pair(e3, tmp_path, monkeypatch):
-    """pair_workers > 1 trains the pair's runs in spawned processes; each run sees the same batches and
-    seed, so the checkpoints equal the fixture's, trained one after the other in this process."""
+def _chosen(e3, arm, seed=0):
+    """The run directory of ``arm``'s chosen rate at training seed ``seed`` (named in the units' cache)."""
+    runs = {r for d in (e3 / "runs" / "units").iterdir() for r in d.name.split("_vs_")}
+    return e3 / "runs" / "models" / next(r for r in runs if r.startswith(f"{arm}_s{seed}_"))
+
+
+def test_e3_runs_in_worker_processes_equal_the_sequential_runs(e3, tmp_path, monkeypatch):
+    """pair_workers > 1 trains the runs in spawned processes; each run sees the batches and init of its seed,
+    so the checkpoints equal the fixture's, trained one after the other in this process."""
     from safetensors.torch import load_file
     monkeypatch.setitem(E3.PROFILES["test"], "pair_workers", 2)
+    monkeypatch.setitem(E3.PROFILES["test"], "lrs", (1e-3,))       # one run per arm: the fixture's seed-0 runs
+    monkeypatch.setitem(E3.PROFILES["test"], "seeds", (0,))
     assert E3.main(_args(tmp_path) + ["--train-only", "--probe-models", "none"]) == 0
-    runs = sorted(p.name for p in (e3 / "runs" / "models").iterdir())
-    assert runs == sorted(p.name for p in (tmp_path / "runs" / "models").iterdir()) and len(runs) == 2
+    runs = sorted(p.name for p in (tmp_path / "runs" / "models").iterdir())
+    assert runs == [f"{a}_s0_lr0.001" for a in sorted(E3.ARMS)]
     for r in runs:
         a, b = (load_file(str(d / "runs" / "models" / r / "model.safetensors")) for d in (e3, tmp_path))
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a), r
-        assert "train_s" in (tmp_path / "runs" / "models" / r / "meta.json").read_text()
         assert (tmp_path / "runs" / "models" / r / "train.out").is_file()
 
 
 def test_e3_writes_its_outputs(e3):
-    figs = e3 / "figs"
-    for f in ["report.md", "token_loss.png", "token_loss_excess.png", "summary.csv", "tokens.parquet", "probes.png",
-              "probes.parquet", "probes_summary.csv", "corpus.csv", "training.png"]:
+    figs, P = e3 / "figs", E3.PROFILES["test"]
+    for f in ["report.md", "token_loss.png", "token_loss_excess.png", "token_loss_swa.png", "token_loss_excess_swa.png",
+              "summary.csv", "summary_seeds.csv", "findings.csv", "tokens.parquet", "probes.png", "probes.parquet",
+              "probes_summary.csv", "corpus.csv", "training.png", "overfit.csv", "lr_sweep.csv"]:
         assert (figs / f).is_file(), f
     report = (figs / "report.md").read_text()
     for s in ["* command: `python experiments/e3_token_loss.py --tiny", "* device: CPU", "* date: ", "git commit:",
-              "## Comparison with the published shape", "pronoun / answer", "brackets / close",
-              "**not a test**",             # the shipped defaults never saw the probe tasks
-              "* closing brackets in natural text"]:
+              "## The arms (trained here)", "| olmo3_swa | olmo3 | S S S A | 16 |", "G G G A",
+              "## Learning-rate sweep and training seeds", "Best rate per unit and where it lies",
+              "**Arms that did not converge: 3 of 3**", "## Passes over the training text and the overfit check",
+              "passes over", "validation loss", "## olmo3 vs olmo_hybrid: loss difference by token category",
+              "## olmo3_swa vs olmo_hybrid: loss difference by token category",
+              "## Comparison with the published shape", "Verdict rule (fixed before the run)",
+              "| published finding", "Li & Merrill", "pronoun / answer", "brackets / close",
+              "**not a test**"]:             # the shipped defaults never saw the probe tasks
         assert s in report, s
-    # the bracket verdict gives the absolute difference whenever its relative reading is conclusive (which
-    # one it is depends on the tiny run's corpus, assembled from the text installed on the machine)
-    line = next(x for x in report.splitlines() if x.startswith("* closing brackets in natural text"))
-    assert ("in absolute terms" in line) != ("inconclusive (the interval contains 0" in line), line
+    # the rule and the count of arms that did not converge stand next to the findings
+    verdicts = report.split("## Comparison with the published shape")[1]
+    assert "Verdict rule" in verdicts and "Arms that did not converge" in verdicts.split("| published finding")[0]
+    sweep = pd.read_csv(figs / "lr_sweep.csv")
+    assert sweep.complete.all() and len(sweep) == len(E3.ARMS) * (len(P["lrs"]) + len(P["seeds"]) - 1)
+    assert set(sweep.unit) == set(E3.ARMS) and set(sweep.seed) == set(P["seeds"]) and sweep.val_acc.between(0, 1).all()
+    for arm, g in sweep.groupby("unit"):
+        assert sorted(g[g.seed == 0].lr) == sorted(P["lrs"]) and g[g.seed == 1].lr.nunique() == 1
+    found = pd.read_csv(figs / "findings.csv")
+    assert len(found) == 5 * 2 and set(found.comparison) == {"olmo3 vs olmo_hybrid", "olmo3_swa vs olmo_hybrid"}
+    # tiny models never beat the unigram loss: every verdict is inconclusive, and says why
+    assert found.verdict.str.startswith("**inconclusive**").all() and found.verdict.str.contains("converge").all()
+    over = pd.read_csv(figs / "overfit.csv")
+    assert set(over.arm) == set(E3.ARMS) and (over.seeds == len(P["seeds"])).all()
+    assert sorted(set(over.step)) == list(range(1, P["steps"] + 1))
     corpus = pd.read_csv(figs / "corpus.csv")
     assert set(corpus.split) == {"train", "val", "eval"} and not set(corpus[corpus.split == "eval"].sha1) & set(
         corpus[corpus.split != "eval"].sha1)
+    assert not set(corpus[corpus.split == "train"].sha1) & set(corpus[corpus.split == "val"].sha1)
+
+
+def test_e3_arms_match_in_size_and_the_swa_arm_has_olmo3s_pattern(e3):
+    metas = {m["arch"]: m for m in (json.loads(f.read_text()) for f in (e3 / "runs" / "models").glob("*/meta.json"))}
+    n = [metas[a]["params"] for a in E3.ARMS]
+    assert max(n) / min(n) - 1 < 0.02
+    assert metas["olmo3_swa"]["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
+    assert metas["olmo3_swa"]["sliding_window"] == E3.PROFILES["test"]["seq_len"] // 2
+    assert metas["olmo3"]["layer_types"] == ["full_attention"] * 4
+    assert metas["olmo_hybrid"]["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
 
 
 def test_e3_token_losses_match_an_independent_computation(e3):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     P = E3.PROFILES["test"]
-    tl = pd.read_parquet(e3 / "figs" / "tokens.parquet")
-    assert np.allclose(tl["diff"], tl.loss_a - tl.loss_b) and (tl.loss_a > 0).all() and (tl.loss_b > 0).all()
+    tokens = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    assert set(tokens.pair) == {"olmo3 vs olmo_hybrid", "olmo3_swa vs olmo_hybrid"}
     tok = PreTrainedTokenizerFast.from_pretrained(str(e3 / "runs" / "tokenizer"))
-    models = {a: AutoModelForCausalLM.from_pretrained(str(e3 / "runs" / "models" / E3.run_name(a, P["lrs"][0]))).eval()
-              for a in ("olmo3", "olmo_hybrid")}
+    models = {a: AutoModelForCausalLM.from_pretrained(str(_chosen(e3, a))).eval() for a in E3.ARMS}
     L, S = P["eval_seq_len"], P["eval_seq_len"] // 2
     docs = {d.doc_id: d for d in TL.default_corpus(bytes_per_domain=P["train_bytes"] + P["eval_bytes"],
                                                    max_doc_bytes=P["max_doc_bytes"], seed=0)}
     rng = np.random.default_rng(0)
     checked = 0
-    for doc_id, g in tl.groupby("doc_id"):
-        text = docs[doc_id].text
-        ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
-        assert sorted(g.pos) == list(range(1, len(ids)))          # every token scored exactly once
-        for t in rng.choice(g.pos.to_numpy(), size=2, replace=False):
-            k = max(0, math.ceil((t - L + 1) / S))                 # the first window where t is past the overlap
-            x = torch.tensor([ids[k * S:t]])                       # the context of token t
-            row = g[g.pos == t].iloc[0]
-            assert row.token_id == ids[t] and row.ctx == t - k * S
-            for col, m in (("loss_a", models["olmo3"]), ("loss_b", models["olmo_hybrid"])):
-                with torch.no_grad():
-                    lp = m(input_ids=x).logits[0, -1].float().log_softmax(-1)
-                assert row[col] == pytest.approx(-lp[ids[t]].item(), abs=2e-4), (doc_id, t, col)
-            # copy features within the window, brute force
-            w = ids[k * S:t + 1]
-            best = max([n for j in range(len(w) - 1) for n in range(1, j + 2) if w[j - n + 1:j + 1] == w[-n:]],
-                       default=0)
-            assert row.copy_len == best
-            checked += 1
+    for pair, tl in tokens.groupby("pair"):
+        a, b = pair.split(" vs ")
+        assert np.allclose(tl["diff"], tl.loss_a - tl.loss_b) and (tl.loss_a > 0).all() and (tl.loss_b > 0).all()
+        for doc_id, g in tl.groupby("doc_id"):
+            text = docs[doc_id].text
+            ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+            assert sorted(g.pos) == list(range(1, len(ids)))          # every token scored exactly once
+            for t in rng.choice(g.pos.to_numpy(), size=1, replace=False):
+                k = max(0, math.ceil((t - L + 1) / S))                 # the first window where t is past the overlap
+                x = torch.tensor([ids[k * S:t]])                       # the context of token t
+                row = g[g.pos == t].iloc[0]
+                assert row.token_id == ids[t] and row.ctx == t - k * S
+                for col, m in (("loss_a", models[a]), ("loss_b", models[b])):
+                    with torch.no_grad():
+                        lp = m(input_ids=x).logits[0, -1].float().log_softmax(-1)
+                    assert row[col] == pytest.approx(-lp[ids[t]].item(), abs=2e-4), (doc_id, t, col)
+                # copy features within the window, brute force
+                w = ids[k * S:t + 1]
+                best = max([n for j in range(len(w) - 1) for n in range(1, j + 2) if w[j - n + 1:j + 1] == w[-n:]],
+                           default=0)
+                assert row.copy_len == best
+                checked += 1
     assert checked >= 6
 
 
-def test_e3_summary_is_consistent_with_the_tokens(e3):
+def test_e3_summaries_are_consistent_with_the_tokens_and_the_seeds(e3):
+    from scipy import stats
     tl = pd.read_parquet(e3 / "figs" / "tokens.parquet")
-    s = pd.read_csv(e3 / "figs" / "summary.csv", keep_default_na=False, na_values=[""])
-    tags = s[(s.facet == "tag") & (s.domain == "all")].set_index("category")
+    tl = tl[tl.pair == "olmo3 vs olmo_hybrid"]
+    per = pd.read_csv(e3 / "figs" / "summary_seeds.csv", keep_default_na=False, na_values=[""])
+    s0 = per[(per.pair == "olmo3 vs olmo_hybrid") & (per.seed == 0)]
+    tags = s0[(s0.facet == "tag") & (s0.domain == "all")].set_index("category")
     counts = tl[tl.tag != "other"].tag.value_counts()
     assert tags.n.to_dict() == counts.to_dict()
     means = tl.groupby("tag")["diff"].mean()
@@ -114,11 +157,34 @@ def test_e3_summary_is_consistent_with_the_tokens(e3):
         # float32 losses summed in another order than pandas' means: equal to float32 rounding
         assert tags.loc[c, "diff"] == pytest.approx(means[c], rel=1e-5, abs=1e-7)
         assert tags.loc[c, "excess"] == pytest.approx(means[c] - tl["diff"].mean(), rel=1e-5, abs=1e-7)
-    code = s[(s.facet == "delimiter") & (s.domain == "code")].set_index("category")
+    code = s0[(s0.facet == "delimiter") & (s0.domain == "code")].set_index("category")
     sel = tl[(tl.domain == "code") & (tl.delim != "none")]
     assert code.n.to_dict() == sel.delim.value_counts().to_dict()
-    ok = s.dropna(subset=["ci_lo"])
-    assert len(ok) and ((ok.ci_lo <= ok["diff"] + 1e-9) & (ok["diff"] <= ok.ci_hi + 1e-9)).all()
+    # over seeds: the mean of the seeds' values and a t-interval over them (two seeds: t with 1 df)
+    s = pd.read_csv(e3 / "figs" / "summary.csv", keep_default_na=False, na_values=[""])
+    keys = ["pair", "facet", "category", "domain"]
+    j = s.merge(per.groupby(keys)["diff"].agg(["mean", "std", "count"]).reset_index(), on=keys)
+    assert len(j) == len(s) and (j["count"] == 2).all() and (j.seeds == 2).all()
+    half = stats.t.ppf(0.975, 1) * j["std"] / np.sqrt(2)
+    assert np.allclose(j["diff"], j["mean"]) and np.allclose(j.ci_lo, j["mean"] - half, atol=1e-9)
+    assert np.allclose(j.ci_hi, j["mean"] + half, atol=1e-9)
+
+
+def test_e3_findings_are_computed_from_each_seeds_tokens(e3):
+    """The first seed's finding values, recomputed from its tokens by hand."""
+    from interp.tokenloss.seeds import finding_values
+    tl = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    tl = tl[tl.pair == "olmo3 vs olmo_hybrid"]
+    v = finding_values(tl)
+    d = tl["diff"].astype(float)
+    assert v["overall"] == pytest.approx(d.mean())
+    assert v["content_minus_function"] == pytest.approx(d[tl.tag == "content"].mean() - d[tl.tag == "function"].mean())
+    rep = tl.copy_len >= TL.COPY_MIN
+    assert v["copy_excess"] == pytest.approx(d[rep].mean() - d.mean())
+    closers = tl.delim.isin(["close_bracket", "close_quote", "close_tag"]) & (tl.delim_span > 0)
+    assert v["close_excess"] == pytest.approx(d[closers].mean() - d.mean())
+    tags = [t for t in TL.TAGS if t != "other" and (tl.tag == t).any()]
+    assert v["tags_better"] == pytest.approx(np.mean([d[tl.tag == t].mean() > 0 for t in tags]))
 
 
 def test_e3_probe_rows_are_consistent(e3):
@@ -135,12 +201,18 @@ def test_e3_probe_rows_are_consistent(e3):
         assert j.loc[(task, role), "cand_loss_ref"].mean() == pytest.approx(ref)
 
 
-def test_e3_second_call_reuses_everything_and_other_settings_need_other_runs(e3):
+def test_e3_second_call_reuses_everything_and_other_settings_need_other_runs(e3, monkeypatch):
     before = pd.read_parquet(e3 / "figs" / "tokens.parquet")
+    stamps = {f: f.stat().st_mtime_ns for f in (e3 / "runs" / "models").glob("*/model.safetensors")}
     assert E3.main(_args(e3)) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(e3 / "figs" / "tokens.parquet"), before)
+    assert stamps == {f: f.stat().st_mtime_ns for f in (e3 / "runs" / "models").glob("*/model.safetensors")}
     with pytest.raises(InterpError, match="holds runs made with another configuration .*seed"):
         E3.main(_args(e3) + ["--seed", "1"])
+    monkeypatch.setitem(E3.PROFILES["test"], "lrs", (1e-3, 3e-3, 1e-2))
+    with pytest.raises(InterpError, match="holds runs made with another configuration .*lrs"):
+        E3.main(_args(e3))
+    monkeypatch.undo()
     with pytest.raises(InterpError, match="give both --model-a and --model-b"):
         E3.main(_args(e3) + ["--model-a", "x"])
     with pytest.raises(InterpError, match="'/nonexistent' is not a checkpoint directory"):
@@ -148,9 +220,9 @@ def test_e3_second_call_reuses_everything_and_other_settings_need_other_runs(e3)
 
 
 def test_e3_with_user_checkpoints_and_corpus(e3, tmp_path):
-    """--model-a / --model-b (local HF checkpoints) on a user corpus; no training."""
-    P = E3.PROFILES["test"]
-    ma, mb = (str(e3 / "runs" / "models" / E3.run_name(a, P["lrs"][0])) for a in ("olmo3", "olmo_hybrid"))
+    """--model-a / --model-b (local HF checkpoints) on a user corpus; no training; intervals over context
+    windows of the one pair, and no verdict beyond inconclusive."""
+    ma, mb = (str(_chosen(e3, a)) for a in ("olmo3", "olmo_hybrid"))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.py").write_text("def f(x):\n    return [x, (x + 1)]\n" * 3)
     (tmp_path / "c" / "b.txt").write_text("The cat sat on the mat. " * 6)
@@ -160,7 +232,11 @@ def test_e3_with_user_checkpoints_and_corpus(e3, tmp_path):
     assert E3.main(args) == 0
     tl = pd.read_parquet(tmp_path / "figs" / "tokens.parquet")
     assert set(tl.domain) == {"code", "prose"} and {"keyword", "identifier"} <= set(tl.tag)
-    assert "User-provided (`--corpus`)" in (tmp_path / "figs" / "report.md").read_text()
+    report = (tmp_path / "figs" / "report.md").read_text()
+    assert "User-provided (`--corpus`)" in report and "bootstrap over context windows of one model pair" in report
+    assert not (tmp_path / "runs" / "models").exists()
+    found = pd.read_csv(tmp_path / "figs" / "findings.csv")
+    assert found.verdict.str.startswith("**inconclusive** (1 training seed, fewer than 3").all()
 
 
 def test_e4_end_to_end(tmp_path):
@@ -303,10 +379,32 @@ def test_e4_throughput_only_and_rows_from_another_device(tmp_path):
     assert "`NVIDIA H200 (torch 2.11.0+cu130)`" in report and "| device | arm |" in report
 
 
-def test_e3_overfit_note_names_the_gap_and_the_passes():
-    m = dict(name="olmo3_lr0.001", final_loss=0.68, val_loss=3.74, steps=2000, batch=32, seq_len=512,
-             train_tokens=1_600_000)
-    note = E3.overfit_note([m])[0]
-    assert "overfits" in note and "0.68 vs validation 3.74" in note and "20 passes over its 1.60M" in note
-    assert E3.overfit_note([{**m, "final_loss": 3.0}]) == []               # a gap under 1 nat: no note
-    assert "passes" not in E3.overfit_note([{k: v for k, v in m.items() if k != "train_tokens"}])[0]
+def test_e3_overfit_lines_name_the_passes_and_a_rising_validation_loss():
+    from interp.tokenloss import seeds as S
+    m = dict(arch="olmo3", seed=0, passes=2.0, train_tokens=1_600_000, steps=200, batch=32, seq_len=512,
+             evals=[(100, 3.0, 3.2), (200, 2.0, 3.5)])
+    tab = S.overfit_table([m, {**m, "seed": 1, "evals": [(100, 3.2, 3.4), (200, 2.2, 3.7)]}])
+    assert tab[["step", "seeds"]].values.tolist() == [[100, 2], [200, 2]]
+    assert tab.val_loss.tolist() == pytest.approx([3.3, 3.6]) and tab.gap.tolist() == pytest.approx([0.2, 1.5])
+    line = S.overfit_lines([m], tab)[0]
+    assert "2.00 passes over 1.600M training tokens" in line and "**rose** by 0.300 nats" in line and "step 100" in line
+    flat = S.overfit_table([{**m, "evals": [(100, 3.0, 3.2), (200, 2.9, 3.1)]}])
+    assert "did not rise" in S.overfit_lines([m], flat)[0]
+
+
+def test_e3_trains_probe_models_with_seeds(e3, tmp_path):
+    """``--probe-models train``: matched transformer / gdn75 / gdn100 on the probe tasks, a sweep on the first
+    seed and the other seeds at the best rate; the probe verdicts are then over training seeds."""
+    P = E3.PROFILES["test"]
+    args = ["--tiny", "--runs", str(e3 / "runs"), "--out", str(tmp_path / "figs"), "--no-progress", "--device", "cpu",
+            "--probe-models", "train"]
+    assert E3.main(args) == 0                                # the text arms are reused from the fixture
+    df = pd.read_parquet(tmp_path / "figs" / "probes.parquet")
+    assert set(df.model) == {"transformer", "gdn75", "gdn100"} and set(df.seed) == set(P["seeds"])
+    runs = sorted(p.name for p in (e3 / "runs" / "probe_models" / "runs").iterdir())
+    n = 3 * (len(P["probe_train"]["lrs"]) + len(P["seeds"]) - 1)
+    assert len(runs) == n and {r.split("_")[1] for r in runs} == {"s0", "s1"}
+    report = (tmp_path / "figs" / "report.md").read_text()
+    assert "Learning-rate sweep and seeds of the probe models" in report
+    assert report.count(f"95% interval over {len(P['seeds'])} training seeds") == 4    # pronoun, entity, 2 x brackets
+    assert "**not a test**" not in report

@@ -220,3 +220,114 @@ def test_default_corpus_is_offline_seeded_and_english():
     assert all(d.n_bytes <= 1500 * 4 for d in a)     # cut to max_doc_bytes characters
     assert all(TL.english_score(d.text) >= 0.2 for d in a if d.domain != "code")
     assert len({d.text for d in a}) == len(a)
+
+
+# --- E3's arms, batches and statistics over training seeds ---------------------------------------
+
+def test_arm_configs_match_in_size_and_the_window_is_honoured():
+    """The three arms have (nearly) equal parameter counts; olmo3_swa is olmo3 with Olmo 3's S S S A pattern:
+    with the same weights it gives olmo3's logits wherever the whole prefix fits in the window, and other
+    logits past it (the window is really applied)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from interp.tokenloss.pair import ARMS, arm_configs, layers_str
+    cfgs = arm_configs(64, dict(d=16, layers=4, heads=2, head_dim=8), 32, window=6)
+    assert list(cfgs) == list(ARMS)
+    assert [layers_str(cfgs[a]) for a in ARMS] == ["A A A A", "S S S A", "G G G A"]
+    n = {a: sum(p.numel() for p in AutoModelForCausalLM.from_config(c).parameters()) for a, c in cfgs.items()}
+    assert max(n.values()) / min(n.values()) - 1 < 0.02 and n["olmo3"] == n["olmo3_swa"]
+    torch.manual_seed(0)
+    full = AutoModelForCausalLM.from_config(cfgs["olmo3"]).eval()
+    swa = AutoModelForCausalLM.from_config(cfgs["olmo3_swa"]).eval()
+    swa.load_state_dict(full.state_dict())
+    x = torch.randint(3, 64, (2, 20))
+    with torch.no_grad():
+        a, b = full(input_ids=x).logits, swa(input_ids=x).logits
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-5)          # positions 0..5 see at most 6 tokens
+    assert (a[:, 6:] - b[:, 6:]).abs().amax() > 1e-3
+    assert arm_configs(64, dict(d=16, layers=4, heads=2, head_dim=8), 32)["olmo3_swa"].sliding_window == 16
+
+
+def test_batch_starts_read_every_window_once_per_pass_and_depend_only_on_the_seed():
+    from interp.tokenloss.pair import batch_starts, n_steps, passes
+    n_tok, T, B = 1000, 10, 7                       # 99 windows of 10 tokens (a window needs its next token)
+    one_pass = np.concatenate([batch_starts(s, B, n_tok, T, seed=3) for s in range(99 // B)])
+    assert len(set(one_pass)) == len(one_pass) and set(one_pass) <= set(range(0, 990, 10))
+    two = np.concatenate([batch_starts(s, B, n_tok, T, seed=3) for s in range(2 * 99 // B + 1)])
+    counts = pd.Series(two[:2 * 99]).value_counts()
+    assert (counts == 2).all() and len(counts) == 99           # two passes: every window exactly twice
+    assert (batch_starts(5, B, n_tok, T, seed=3) == batch_starts(5, B, n_tok, T, seed=3)).all()
+    assert not (batch_starts(5, B, n_tok, T, seed=3) == batch_starts(5, B, n_tok, T, seed=4)).all()
+    P = dict(passes=1, seq_len=T, batch=B)
+    assert n_steps(P, n_tok) == 14 and passes(P, 14, n_tok) == pytest.approx(14 * 7 / 99)
+    assert n_steps({**P, "steps": 5}, n_tok) == 5
+
+
+def test_seed_summary_findings_and_verdicts():
+    from scipy import stats
+    from interp.tokenloss import seeds as S
+    per = pd.DataFrame(dict(pair="a vs b", facet="tag", category="content", domain="all", n=10, loss_a=2.0,
+                            loss_b=1.0, diff=[0.1, 0.3, 0.2], excess=[-0.1, -0.2, -0.3], seed=[0, 1, 2]))
+    s = S.seed_summary(per).iloc[0]
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert s.seeds == 3 and s["diff"] == pytest.approx(0.2) and (s.ci_lo, s.ci_hi) == pytest.approx((0.2 - half,
+                                                                                                     0.2 + half))
+    assert s.excess == pytest.approx(-0.2) and s.excess_hi == pytest.approx(-0.2 + half)
+    assert S.verdict(0.2, 0.1, 0.3, +1) == "agrees" and S.verdict(0.2, 0.1, 0.3, -1) == "disagrees"
+    assert S.verdict(0.2, -0.1, 0.3, +1) == "inconclusive" and S.verdict(0.2, np.nan, np.nan, +1) == "inconclusive"
+    assert S.verdict(0.7, 0.6, 0.8, +1, at=0.5) == "agrees"
+    vals = pd.DataFrame(dict(pair="x vs y", seed=[0, 1, 2], overall=[0.2, 0.21, 0.22], tags_better=[1.0, 0.9, 1.0],
+                             content_minus_function=[0.1, -0.1, 0.05], copy_excess=[-0.2, -0.3, -0.25],
+                             close_excess=[0.2, 0.21, 0.22]))
+    rows = S.findings_rows(vals, set()).set_index("measured")
+    words = rows.verdict.str.extract(r"\*\*(\w+)\*\*")[0].tolist()
+    assert words == ["agrees", "agrees", "inconclusive", "agrees", "disagrees"]
+    assert rows.seeds_on_published_side.tolist() == ["3 of 3", "3 of 3", "2 of 3", "3 of 3", "0 of 3"]
+    assert S.findings_rows(vals, {"y"}).verdict.str.contains(r"\*\*inconclusive\*\* \(y not shown").all()
+    one = S.findings_rows(vals[vals.seed == 0], set()).verdict
+    assert one.str.startswith("**inconclusive** (1 training seed, fewer than 3").all()
+    two = S.findings_rows(vals.assign(overall=[0.2, 0.201, 0.3])[vals.seed < 2], set()).verdict
+    assert two.iloc[0] == "**inconclusive** (2 training seeds, fewer than 3; the interval alone reads agrees)"
+
+
+def test_unigram_loss_and_the_convergence_column():
+    from interp.tokenloss import seeds as S
+    train, val = np.array([0, 0, 0, 1]), np.array([5, 0, 1])   # counts +1 over 3 symbols: 4/7, 2/7, 1/7
+    assert S.unigram_loss(train, val, 3) == pytest.approx(-(np.log(4 / 7) + np.log(2 / 7)) / 2)
+    v = pd.DataFrame(dict(unit=["a"] * 3 + ["b"] * 3, lr=1e-3, seed=[0, 1, 2] * 2, val_acc=0.5,
+                          val_loss=[2.0, 2.1, 2.2, 2.9, 3.1, 3.0]))
+    t = S.seed_table(v, {"a": 1e-3, "b": 1e-3}, unigram=3.0).set_index("arm")
+    assert t.converged.tolist() == ["yes", "no"] and t.loc["a", "val_loss"].startswith("2.100 [")
+
+
+def test_a_text_run_stopped_by_the_time_budget_resumes_to_the_uninterrupted_weights(tmp_path):
+    """train_hf stopped after 2 of 6 steps leaves a checkpoint and a meta.json that `status` reads as 2 steps
+    done; the next call resumes there and ends with the weights of a run never interrupted."""
+    import torch
+    from types import SimpleNamespace
+    from safetensors.torch import load_file
+    from interp.experiment import status
+    from interp.tokenloss.pair import TextCfg, TextRun, arm_configs, train_hf, train_tokenizer
+    docs = [TL.Document(f"d{i}", "prose", "The cat sat on the mat because it was warm. " * 20) for i in range(3)]
+    tok = train_tokenizer(docs, 300, tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    stream, val = rng.integers(3, len(tok), 800), rng.integers(3, len(tok), 200)
+    P = dict(seq_len=16, batch=2, steps=6, warmup=1, val_windows=4, ckpt_windows=2, eval_batch=4, reserve_s=0)
+    cfg = arm_configs(len(tok), dict(d=16, layers=4, heads=2, head_dim=8), 16)["olmo_hybrid"]
+
+    def ctx(stop_after=None):
+        calls = iter(range(10**6))
+        return SimpleNamespace(runs=tmp_path, seed=1, device="cpu", progress=False,
+                               out_of_time=lambda reserve_s=0: stop_after is not None and next(calls) + 1 >= stop_after)
+    run = TextRun("olmo_hybrid", 1e-3, 1, TextCfg(cfg, 6), tmp_path)
+    assert train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(stop_after=2), P, out=run.out) is None
+    st = status(run)
+    assert st["steps_done"] == 2 and not st["complete"] and (run.out / "trainer.pt").is_file()
+    meta = train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(), P, out=run.out)
+    assert status(run)["complete"] and not (run.out / "trainer.pt").exists()
+    assert [e[0] for e in meta["evals"]] == [1, 2, 3, 4, 5, 6] and meta["passes"] == pytest.approx(6 * 2 / 49)
+    ref = train_hf("olmo_hybrid", cfg, 1e-3, stream, val, tok, ctx(), P, out=tmp_path / "ref")
+    a, b = load_file(str(run.out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert meta["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-5)
+    assert np.allclose(np.array(meta["evals"], float), np.array(ref["evals"], float), atol=1e-5)

@@ -44,18 +44,21 @@ def validate_runs(ctx, runs, score, backend: str = "reference") -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
 
 
-def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None):
+def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None, train=None):
     """Seed 0 at every learning rate, validated; then the other seeds at each unit's best learning rate
     (once its sweep is finished). ``make(ctx, unit, spec, lrs, seed)`` -> runs (with ``.unit``, ``.seed``);
     ``validate(ctx, runs)`` -> rows (unit, lr, seed, val_acc). ``ctx.P`` holds ``lrs``, ``seeds`` and
     ``eval_reserve`` (minutes kept for evaluation before the deadline); ``weight`` / ``capacity``: as
-    `train_runs` takes them (on a GPU only). Returns (status, validation table, {unit: best lr}, every run)."""
+    `train_runs` takes them (on a GPU only). ``train``: what trains the runs, with `train_runs`' keywords and
+    its status table (default `train_runs`, zoo models; E3 passes its HF-model trainer, whose runs `status`
+    reads the same way). Returns (status, validation table, {unit: best lr}, every run)."""
     P = ctx.P
     dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
     kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl,
               stack=ctx.stack, weight=weight if ctx.device != "cpu" else None, capacity=capacity)
+    train = train or train_runs
     sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
-    st = train_runs(sweep, **kw)
+    st = train(sweep, **kw)
     val = validate(ctx, [r for r, c in zip(sweep, st.complete) if c])
     best = {}
     if len(val):
@@ -64,7 +67,7 @@ def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None
                 best[u] = float(best_by(g, key="unit", score="val_acc").lr.iloc[0])
     extra = [r for u, lr in best.items() for s in P["seeds"][1:] for r in make(ctx, u, specs[u], [lr], s)]
     if extra:
-        st = pd.concat([st, train_runs(extra, **kw)], ignore_index=True)
+        st = pd.concat([st, train(extra, **kw)], ignore_index=True)
         val = pd.concat([val, validate(ctx, [r for r in extra if status(r)["complete"]])], ignore_index=True)
     print(f"{int(st.complete.sum())} of {n_runs(P, len(specs))} runs finished", flush=True)
     return st, val, best, sweep + extra

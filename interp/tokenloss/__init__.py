@@ -32,8 +32,9 @@ token is scored once, in the first window where it is not in the overlap, so it 
 Files: `lexicon` (label sets, function words), `tagging` (character-level annotation), `features`
 (per-token and copy features), `corpus`, `tokenizer`, `losses` (`compare`, `task_losses`),
 `summary` (`stratify`, `paired_summary`), `plot` (`plot_summary`). Experiment E3's parts, imported
-from their modules (not re-exported here): `pair` (the transformer / hybrid pair trained from scratch),
-`probes` (the synthetic probes' models and losses), `report` (its report's sections and verdicts).
+from their modules (not re-exported here): `pair` (the three arms trained from scratch: transformer,
+sliding-window transformer, GDN hybrid), `seeds` (numbers and verdicts over training seeds), `probes`
+(the synthetic probes' models and losses), `report` (its report's sections).
 """
 
 from interp.stats import boot_ci as _boot_ci  # noqa: F401  old private name; experiments e3, e4 still import it

@@ -1,10 +1,11 @@
-"""The model pair of the token-loss comparison, trained from scratch: a byte-level BPE tokenizer, an
-Olmo-3-style transformer and an Olmo-Hybrid-style GDN hybrid matched in parameter count, trained
-(resumably, optionally in worker processes) on the same windows; their training curves, and the
+"""The text models of the token-loss comparison, trained from scratch: a byte-level BPE tokenizer and three
+arms matched in parameter count (an Olmo-3-style transformer with full attention, the same with Olmo 3's
+sliding-window layers, an Olmo-Hybrid-style GDN hybrid), each run trained (resumably, optionally in worker
+processes) on the windows its training seed draws, every window once per pass over the text; and the
 fingerprint of given checkpoints.
 
-A run is ``<runs>/models/<arch>_lr<lr>/``: the HF checkpoint with its tokenizer and ``meta.json``
-(written last: the run's completion mark), ``trainer.pt`` while it is unfinished.
+A run is ``<runs>/models/<arm>_s<seed>_lr<lr>/``: the HF checkpoint with its tokenizer and ``meta.json``
+(``steps_done``; the finished run's, with its losses, written last), ``trainer.pt`` while it is unfinished.
 """
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from interp import InterpError
 from interp.experiment.context import Ctx
-from interp.experiment.report import pyplot, save_figure
 from interp.store import atomic_save, atomic_write_json
 from interp.zoo import load_trainer_state
 
@@ -54,16 +56,29 @@ def train_tokenizer(docs, vocab: int, path: Path):
     return fast
 
 
-def pair_configs(vocab_size: int, M: dict, max_len: int) -> dict:
-    """Olmo-3-style transformer and Olmo-Hybrid-style GDN hybrid (attention every 4th layer, last
-    layer attention), the transformer's MLP width chosen to match the hybrid's parameter count."""
+ARMS = ("olmo3", "olmo3_swa", "olmo_hybrid")   # the transformer, its sliding-window variant, the hybrid
+
+
+def layer_kinds(n_layers: int, other: str) -> list[str]:
+    """Olmo-Hybrid's layer pattern: full attention every 4th layer counted from the last (which is full
+    attention), ``other`` elsewhere; for 4k layers that is Olmo 3's (3 ``other`` then 1 full) x k."""
+    return ["full_attention" if (n_layers - 1 - i) % 4 == 0 else other for i in range(n_layers)]
+
+
+def arm_configs(vocab_size: int, M: dict, max_len: int, window: int | None = None) -> dict:
+    """The three arms' transformers configs: ``olmo_hybrid`` (3 Gated DeltaNet layers per attention layer),
+    ``olmo3`` (full attention in every layer) and ``olmo3_swa`` (Olmo 3's pattern: sliding-window attention of
+    ``window`` tokens in the hybrid's GDN slots, full attention in its attention slots; None: ``max_len // 2``,
+    Olmo 3's window / pretraining-context ratio of 4096 / 8192). Both transformers get the MLP width that
+    matches the hybrid's parameter count (a sliding window adds no parameters)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     L = M["layers"]
+    window = window or max(1, max_len // 2)
     common = dict(vocab_size=vocab_size, hidden_size=M["d"], num_hidden_layers=L, num_attention_heads=M["heads"],
                   num_key_value_heads=M["heads"], pad_token_id=0, bos_token_id=1, eos_token_id=2,
                   tie_word_embeddings=True, max_position_embeddings=max(max_len, 64))
-    kinds = ["full_attention" if (L - 1 - i) % 4 == 0 else "linear_attention" for i in range(L)]
-    hyb = AutoConfig.for_model("olmo_hybrid", **common, intermediate_size=3 * M["d"], layer_types=kinds,
+    hyb = AutoConfig.for_model("olmo_hybrid", **common, intermediate_size=3 * M["d"],
+                               layer_types=layer_kinds(L, "linear_attention"),
                                linear_num_key_heads=M["heads"], linear_num_value_heads=M["heads"],
                                linear_key_head_dim=M["head_dim"], linear_value_head_dim=M["head_dim"])
 
@@ -72,11 +87,21 @@ def pair_configs(vocab_size: int, M: dict, max_len: int) -> dict:
             return sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
     target = n_params(hyb)
 
-    def tf(inter):
-        return AutoConfig.for_model("olmo3", **common, intermediate_size=inter, layer_types=["full_attention"] * L)
-    n1, n2 = n_params(tf(1)), n_params(tf(2))
+    def tf(inter, kinds):
+        return AutoConfig.for_model("olmo3", **common, intermediate_size=inter, layer_types=kinds,
+                                    sliding_window=window)
+    n1, n2 = n_params(tf(1, ["full_attention"] * L)), n_params(tf(2, ["full_attention"] * L))
     inter = max(1, round(1 + (target - n1) / (n2 - n1)))
-    return {"olmo3": tf(inter), "olmo_hybrid": hyb}
+    return {"olmo3": tf(inter, ["full_attention"] * L), "olmo3_swa": tf(inter, layer_kinds(L, "sliding_attention")),
+            "olmo_hybrid": hyb}
+
+
+pair_configs = arm_configs      # the name earlier callers use
+
+
+def layers_str(cfg) -> str:
+    """A config's layers: A full attention, S sliding-window attention, G Gated DeltaNet."""
+    return " ".join({"full_attention": "A", "sliding_attention": "S"}.get(k, "G") for k in cfg.layer_types)
 
 
 @contextmanager
@@ -112,19 +137,26 @@ def token_stream(docs, tok) -> np.ndarray:
 
 
 @torch.no_grad()
-def stream_loss(model, stream: np.ndarray, seq_len: int, n_windows: int, batch: int, device) -> float:
-    """Mean next-token loss (nats) over the first ``n_windows`` non-overlapping windows of ``stream``."""
-    from interp.tokenloss.losses import token_nll
+def stream_eval(model, stream: np.ndarray, seq_len: int, n_windows: int, batch: int, device) -> tuple[float, float]:
+    """(mean next-token loss in nats, top-1 next-token accuracy) over the first ``n_windows``
+    non-overlapping windows of ``stream``."""
     starts = list(range(0, max(len(stream) - seq_len, 0) + 1, seq_len))[:n_windows]
     if not starts or len(stream) < 2:
         raise InterpError(f"the validation text has {len(stream)} tokens; too little for one window")
-    tot = n = 0.0
+    tot = right = n = 0.0
     for i in range(0, len(starts), batch):
         x = torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts[i:i + batch]])).to(device)
-        nll = token_nll(model, x)
-        tot += float(nll.sum())
-        n += nll.numel()
-    return tot / n
+        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        y = x[:, 1:]
+        tot += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        right += float((logits.argmax(-1) == y).sum())
+        n += y.numel()
+    return tot / n, right / n
+
+
+def stream_loss(model, stream: np.ndarray, seq_len: int, n_windows: int, batch: int, device) -> float:
+    """Mean next-token loss (nats) over the first ``n_windows`` non-overlapping windows of ``stream``."""
+    return stream_eval(model, stream, seq_len, n_windows, batch, device)[0]
 
 
 def run_name(arch: str, lr: float) -> str:
@@ -139,47 +171,88 @@ def _lr_at(s: int, lr: float, warmup: int, steps: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
+def n_steps(P: dict, n_tokens: int) -> int:
+    """Training steps: ``P["steps"]`` if set (e.g. ``--steps``), else ``P["passes"]`` passes over the
+    ``n_tokens`` training tokens in windows of ``seq_len`` (``batch`` windows a step)."""
+    if P.get("steps"):
+        return int(P["steps"])
+    return max(1, round(P["passes"] * window_count(n_tokens, P["seq_len"]) / P["batch"]))
+
+
+def passes(P: dict, steps: int, n_tokens: int) -> float:
+    """How many passes over the training text ``steps`` steps make (windows drawn without replacement)."""
+    return steps * P["batch"] / window_count(n_tokens, P["seq_len"])
+
+
+def window_count(n_tokens: int, seq_len: int) -> int:
+    """How many non-overlapping training windows of ``seq_len`` tokens the text holds (at least 1)."""
+    return max(1, (n_tokens - 1) // seq_len)
+
+
+def batch_starts(step: int, batch: int, n_tokens: int, seq_len: int, seed: int) -> np.ndarray:
+    """Start offsets of step ``step``'s windows: the text cut into non-overlapping windows of ``seq_len``,
+    read in a seeded random order, every window once per pass before any repeats (pass k: the
+    permutation seeded by (seed, k)); the same seed gives every arm the same batches."""
+    n = window_count(n_tokens, seq_len)
+    idx = step * batch + np.arange(batch)
+    out = np.empty(batch, np.int64)
+    for k in np.unique(idx // n):
+        perm = np.random.default_rng([seed, int(k)]).permutation(n)
+        sel = idx // n == k
+        out[sel] = perm[idx[sel] % n]
+    return out * seq_len
+
+
 def _save(ck: Path, model, opt, st: dict):
     state = dict(model=model.state_dict(), opt=opt.state_dict(), step=st["step"], log=st["log"],
-                 t_train=st["t_train"], tokens=st["tokens"])
+                 t_train=st["t_train"], tokens=st["tokens"], evals=st["evals"])
     atomic_save(ck, lambda tmp: torch.save(state, tmp))
 
 
 def _start(cfg, lr: float, ck: Path, ctx: Ctx, name: str):
     """A freshly seeded model and its AdamW, resumed from the checkpoint ``ck`` if there is one;
-    returns (model, optimizer, state: step, log, t_train, tokens)."""
+    returns (model, optimizer, state: step, log, t_train, tokens, evals)."""
     from transformers import AutoModelForCausalLM
     torch.manual_seed(ctx.seed)
     dev = torch.device(ctx.device)
     model = AutoModelForCausalLM.from_config(cfg).float().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    st = dict(step=0, log=[], t_train=0.0, tokens=0)
+    st = dict(step=0, log=[], t_train=0.0, tokens=0, evals=[])
     if ck.is_file():
         saved = load_trainer_state(ck, map_location=dev)   # tensors and plain data only: no code in it runs
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        st = dict(step=saved["step"], log=saved["log"], t_train=saved["t_train"], tokens=saved["tokens"])
+        st = {k: saved.get(k, []) for k in st}
         print(f"{name}: resuming at step {st['step']}", file=sys.stderr)
     return model, opt, st
 
 
-def _train_steps(model, opt, st: dict, lr: float, stream: np.ndarray, ck: Path, ctx: Ctx, P: dict,
-                 name: str) -> bool:
-    """The training loop from ``st["step"]`` to ``P["steps"]`` on random windows of ``stream``
-    (seeded by step), updating ``st``; True once done, False if the time budget ran out (then the
-    checkpoint is saved)."""
+def _checkpoint_eval(model, stream, val_stream, P: dict, dev) -> tuple[float, float]:
+    """(loss on the first ``ckpt_windows`` windows of the training text, loss on as many validation windows)."""
+    model.eval()
+    n = P.get("ckpt_windows", 16)
+    out = (stream_loss(model, stream, P["seq_len"], n, P["eval_batch"], dev),
+           stream_loss(model, val_stream, P["seq_len"], n, P["eval_batch"], dev))
+    model.train()
+    return out
+
+
+def _train_steps(model, opt, st: dict, lr: float, data: tuple, ck: Path, ctx: Ctx, P: dict, name: str) -> bool:
+    """The training loop from ``st["step"]`` to its ``steps`` on windows of the training text (`batch_starts`,
+    seeded by the training seed), with the train / validation loss every tenth of the run (``st["evals"]``);
+    True once done, False if the time budget ran out (then the checkpoint is saved)."""
+    stream, val_stream = data
     dev = torch.device(ctx.device)
-    T, B, steps = P["seq_len"], P["batch"], P["steps"]
+    T, B, steps = P["seq_len"], P["batch"], n_steps(P, len(stream))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                       enabled=False)
-    every = max(10, steps // 10)
+    every = max(1, steps // 10)
     from tqdm.auto import tqdm
     model.train()
     bar = tqdm(range(st["step"], steps), initial=st["step"], total=steps, desc=f"train {name}",
                disable=not ctx.progress, dynamic_ncols=True)
     for step in bar:
-        rng = np.random.default_rng([ctx.seed, step])
-        starts = rng.integers(0, len(stream) - T, size=B)
+        starts = batch_starts(step, B, len(stream), T, ctx.seed)
         x = torch.from_numpy(np.stack([stream[s:s + T] for s in starts])).to(dev)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, lr, P["warmup"], steps)
@@ -197,110 +270,154 @@ def _train_steps(model, opt, st: dict, lr: float, stream: np.ndarray, ck: Path, 
         if step % 10 == 0 or step + 1 == steps:
             st["log"].append((step + 1, float(loss.item())))
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % every == 0 or step + 1 == steps:
+            with autocast:
+                st["evals"].append((step + 1, *_checkpoint_eval(model, stream, val_stream, P, dev)))
+            if step + 1 < steps:
+                _save(ck, model, opt, {**st, "step": step + 1})
+                atomic_write_json(ck.parent / "meta.json", {"steps_done": step + 1, "steps": steps})
         if step + 1 < steps and ctx.out_of_time(reserve_s=P.get("reserve_s", 60)):
             _save(ck, model, opt, {**st, "step": step + 1})
+            atomic_write_json(ck.parent / "meta.json", {"steps_done": step + 1, "steps": steps})
             print(f"{name}: time budget reached at step {step + 1}/{steps}; checkpoint saved, run the same "
                   "command again to continue", file=sys.stderr)
             return False
-        if (step + 1) % every == 0 and step + 1 < steps:
-            _save(ck, model, opt, {**st, "step": step + 1})
     return True
 
 
 def train_hf(arch: str, cfg, lr: float, stream: np.ndarray, val_stream: np.ndarray, tok, ctx: Ctx,
-             P: dict) -> dict | None:
-    """Train (or resume) one run (architecture ``arch`` at learning rate ``lr``) on random windows of
-    ``stream``; every run sees the same windows (seeded by step). A checkpoint is written every
-    ``steps // 10`` steps and when the time budget runs out. Returns the meta dict (with the
-    validation loss on ``val_stream``) once finished, None if the time ran out."""
-    name = run_name(arch, lr)
-    out = ctx.runs / "models" / name
+             P: dict, out: Path | None = None) -> dict | None:
+    """Train (or resume) one run (architecture ``arch`` at learning rate ``lr``, training seed ``ctx.seed``:
+    its initialisation and its batches) into ``out`` (default ``<runs>/models/<arch>_lr<lr>``). A checkpoint
+    and the train / validation loss are written every tenth of the run and when the time budget runs out.
+    Returns the meta dict (with the final validation loss and next-token accuracy on ``val_stream``) once
+    finished (``steps_done`` = ``steps``), None if the time ran out."""
+    out = Path(out or ctx.runs / "models" / run_name(arch, lr))
     done = out / "meta.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        meta = json.loads(done.read_text())
+        if meta.get("steps_done", 0) >= meta.get("steps", 1) and "val_loss" in meta:
+            return meta
     out.mkdir(parents=True, exist_ok=True)
     ck = out / "trainer.pt"
-    model, opt, st = _start(cfg, lr, ck, ctx, name)
-    T, B, steps = P["seq_len"], P["batch"], P["steps"]
+    model, opt, st = _start(cfg, lr, ck, ctx, out.name)
+    T, B = P["seq_len"], P["batch"]
     if len(stream) <= T + 1:
         raise InterpError(f"the training corpus has {len(stream)} tokens, fewer than seq_len {T}; give more text")
+    steps = n_steps(P, len(stream))
     with reference_kernels(model):
-        if not _train_steps(model, opt, st, lr, stream, ck, ctx, P, name):
+        if not _train_steps(model, opt, st, lr, (stream, val_stream), ck, ctx, P, out.name):
             return None
         model.eval()
-        val = stream_loss(model, val_stream, T, P["val_windows"], P["eval_batch"], torch.device(ctx.device))
+        val, acc = stream_eval(model, val_stream, T, P["val_windows"], P["eval_batch"], torch.device(ctx.device))
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     log = st["log"]
-    meta = dict(name=name, arch=arch, model_type=cfg.model_type, params=sum(p.numel() for p in model.parameters()),
-                steps=steps, batch=B, seq_len=T, lr=lr, log=log, train_s=st["t_train"], train_tokens=len(stream),
+    meta = dict(name=out.name, arch=arch, seed=ctx.seed, model_type=cfg.model_type,
+                params=sum(p.numel() for p in model.parameters()), steps=steps, steps_done=steps, batch=B, seq_len=T,
+                lr=lr, log=log, evals=st["evals"], train_s=st["t_train"], train_tokens=len(stream),
+                tokens_seen=st["tokens"], passes=passes(P, steps, len(stream)),
                 tokens_per_s=st["tokens"] / max(st["t_train"], 1e-9),
-                final_loss=float(np.mean([v for _, v in log[-5:]])), val_loss=val, layer_types=list(cfg.layer_types))
+                final_loss=float(np.mean([v for _, v in log[-5:]])), val_loss=val, val_acc=acc,
+                layer_types=list(cfg.layer_types), sliding_window=getattr(cfg, "sliding_window", None))
     atomic_write_json(done, meta)      # the run's completion mark: written last, whole or not at all
     if ck.is_file():
         ck.unlink()
     return meta
 
 
-def _pair_worker(arch: str, cfg, lr: float, stream, val_stream, ctx: Ctx, P: dict, device: str) -> bool:
-    """Worker process: `train_hf` for one pair run on ``device``, its output appended to
-    ``<runs>/models/<run>/train.out``. True once the run is finished, False if the time ran out."""
-    import contextlib
+# --- the arms' runs, as `interp.experiment.sweep_and_seeds` takes them ----------------------------
+
+@dataclass
+class TextCfg:
+    """A text run's training settings: its transformers config and its number of steps."""
+    hf: object
+    steps: int
+
+
+@dataclass
+class TextRun:
+    """One (arm, training seed, learning rate) of the text models, at ``<root>/models/<name>``; `status`
+    (`interp.experiment.runs`) reads it like a zoo run (``meta.json``'s ``steps_done``)."""
+    unit: str
+    lr: float
+    seed: int
+    cfg: TextCfg
+    root: Path
+
+    @property
+    def arm(self) -> str:
+        return self.unit
+
+    @property
+    def name(self) -> str:
+        return f"{self.unit}_s{self.seed}_lr{self.lr:g}"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.root) / "models" / self.name
+
+
+@dataclass
+class TextData:
+    """What every text run trains and validates on: token streams and the tokenizer's folder."""
+    stream: np.ndarray
+    val_stream: np.ndarray
+    tok_dir: Path
+
+
+def _train_run(run: TextRun, data: TextData, ctx: Ctx, P: dict, tok=None) -> bool:
     import dataclasses
     from transformers import PreTrainedTokenizerFast
+    tok = tok or PreTrainedTokenizerFast.from_pretrained(str(data.tok_dir))
+    c = dataclasses.replace(ctx, seed=run.seed)
+    return train_hf(run.unit, run.cfg.hf, run.lr, data.stream, data.val_stream, tok, c, P, out=run.out) is not None
+
+
+def _text_worker(run: TextRun, data: TextData, ctx: Ctx, P: dict, device: str) -> bool:
+    """Worker process: `train_hf` for one run on ``device``, its output appended to ``<run>/train.out``."""
+    import contextlib
+    import dataclasses
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
     torch.set_num_threads(1)
     ctx = dataclasses.replace(ctx, device=device, progress=False)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(ctx.runs / "tokenizer"))
-    out = ctx.runs / "models" / run_name(arch, lr)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P) is not None
+    run.out.mkdir(parents=True, exist_ok=True)
+    with open(run.out / "train.out", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return _train_run(run, data, ctx, P)
 
 
-def train_pair(cfgs: dict, stream, val_stream, tok, ctx: Ctx, P: dict) -> list | None:
-    """Train (or resume) the pair's runs, every architecture at every learning rate; returns their
-    metas, or None if the time budget ran out first. With ``P["pair_workers"]`` > 1 the runs train
-    at once in that many spawned processes, spread round-robin over ``--train-devices`` (a small
-    model leaves most of a GPU idle; a run's batches and seed do not depend on where it trains)."""
-    jobs = [(arch, cfg, lr) for arch, cfg in cfgs.items() for lr in P["lrs"]]
-    workers = min(P.get("pair_workers", 1), len(jobs))
+def train_text_runs(runs: list, data: TextData, ctx: Ctx, P: dict, deadline=None, progress: bool = True,
+                    devices=None, **_) -> pd.DataFrame:
+    """`interp.experiment.train_runs` for text runs: train every unfinished run until done or until
+    ``deadline`` (one after the other here, or ``P["pair_workers"]`` at once in spawned processes spread
+    round-robin over ``devices``: a run's batches and seed do not depend on where it trains). Returns the
+    status table (`status` per run, ``trained_now``, ``error``: a worker's failure; here a failure raises)."""
+    import dataclasses
+    from interp.experiment.runs import status
+    c = dataclasses.replace(ctx, deadline=deadline, progress=progress)
+    todo = [r for r in runs if not status(r)["complete"]]
+    workers = min(P.get("pair_workers", 1), len(todo))
+    result = {}
     if workers <= 1:
-        metas = []
-        for arch, cfg, lr in jobs:
-            meta = train_hf(arch, cfg, lr, stream, val_stream, tok, ctx, P)
-            if meta is None:
-                return None
-            metas.append(meta)
-        return metas
-    import multiprocessing as mp
-    devs = ctx.train_devices or [ctx.device]
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(_pair_worker, arch, cfg, lr, stream, val_stream, ctx, P, devs[i % len(devs)])
-                for i, (arch, cfg, lr) in enumerate(jobs)]
-        finished = [f.result() for f in futs]
-    if not all(finished):
-        print("time budget reached before the pair finished; checkpoints saved, run the same command again to "
-              "continue", file=sys.stderr)
-        return None
-    return [json.loads((ctx.runs / "models" / run_name(arch, lr) / "meta.json").read_text()) for arch, _, lr in jobs]
-
-
-def plot_training(metas: list[dict], path):
-    """The pair's training-loss curves (solid: the run analysed per architecture)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    arches = list(dict.fromkeys(m["arch"] for m in metas))
-    for m in metas:
-        s, v = zip(*m["log"])
-        ax.plot(s, v, color=f"C{arches.index(m['arch'])}", ls="-" if m.get("best") else ":", lw=1.2,
-                label=f"{m['name']} ({m['params'] / 1e6:.2f}M){' best' if m.get('best') else ''}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+        for r in todo:
+            if c.out_of_time(reserve_s=P.get("reserve_s", 60)):
+                break
+            result[r.name] = "ran" if _train_run(r, data, c, P) else "stopped"
+    else:
+        import multiprocessing as mp
+        devs = devices or [ctx.device]
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_text_worker, r, data, c, P, devs[i % len(devs)]): r for i, r in enumerate(todo)}
+            for f in cf.as_completed(futs):
+                try:
+                    result[futs[f].name] = "ran" if f.result() else "stopped"
+                except Exception as e:  # noqa: BLE001 - one failed run (e.g. out of memory) must not stop the others
+                    result[futs[f].name] = f"failed: {type(e).__name__}: {e}"
+                    print(f"run {futs[f].name} failed: {e} (see its train.out)", file=sys.stderr)
+    return pd.DataFrame([{**status(r), "trained_now": result.get(r.name) == "ran",
+                          "error": result.get(r.name, "") if result.get(r.name, "").startswith("failed") else ""}
+                         for r in runs])
 
 
 def checkpoint_fingerprint(*dirs) -> str:

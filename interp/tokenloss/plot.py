@@ -37,7 +37,7 @@ def plot_summary(summary: pd.DataFrame, names, path=None, title=None, value: str
         ax.set_xticks(range(len(cats)), [f"{c}\n(n={int(sub[(sub.category == c) & (sub.domain == 'all')].n.sum())})"
                                          if "all" in doms else c for c in cats], fontsize=7)
         ax.set_title(f, fontsize=10, loc="left")
-        ax.set_ylabel(f"loss({names[0]}) - loss({names[1]})" + ("\nminus domain mean" if value == "excess" else ""),
+        ax.set_ylabel(f"loss({names[0]})\n- loss({names[1]})" + ("\nminus domain mean" if value == "excess" else ""),
                       fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=len(doms), loc="upper right")
@@ -45,7 +45,7 @@ def plot_summary(summary: pd.DataFrame, names, path=None, title=None, value: str
                            if value == "diff" else f"Loss difference minus the domain's mean difference (> 0: "
                            f"{names[1]}'s advantage larger than average), 95% bootstrap CI"),
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))     # room for a two-line title
     if path is not None:
         save_fig(fig, path, dpi=120)
         plt.close(fig)

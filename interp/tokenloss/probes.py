@@ -16,7 +16,8 @@ from interp import tasks as T
 from interp.experiment.context import Ctx
 from interp.experiment.report import pyplot, save_figure
 from interp.experiment.results import ResultLog
-from interp.experiment.runs import best_by, load_run, make_runs, matched, train_runs
+from interp.experiment.runs import load_run, matched
+from interp.experiment.seeds import chosen, sweep_and_seeds, sweep_complete, sweep_frame, unit_runs, validate_runs
 from interp.tokenloss.losses import PROBE_TASKS, task_losses
 from interp.tokenloss.pair import checkpoint_fingerprint
 
@@ -32,26 +33,49 @@ def training_tasks(spec: str) -> list | None:
         return None
 
 
-def probe_runs(ctx: Ctx, P: dict) -> list:
-    """The probe models' training runs: matched transformer, gdn75 and gdn100 on the probe tasks,
-    one per learning rate of ``P["probe_train"]``."""
+def probe_ctx(ctx: Ctx, P: dict) -> Ctx:
+    """The context the probe models train in: runs under ``<runs>/probe_models``, ``P["probe_train"]``'s
+    settings (learning rates, steps, ...) with the experiment's training seeds, its worker count on a GPU."""
+    import dataclasses
     Q = P["probe_train"]
-    arms = {a: {"model": matched({**Q["model"], "layout": a}), "tasks": list(PROBE_TASKS)}
+    return dataclasses.replace(ctx, runs=ctx.runs / "probe_models", P={**Q, "seeds": tuple(P["seeds"])},
+                               workers=Q["workers"] if ctx.device != "cpu" else 1)
+
+
+def probe_specs(P: dict) -> dict:
+    """Matched transformer, gdn75 and gdn100 trained on the probe tasks."""
+    Q = P["probe_train"]
+    return {a: {"model": matched({**Q["model"], "layout": a}), "tasks": list(PROBE_TASKS)}
             for a in ("transformer", "gdn75", "gdn100")}
-    return make_runs(ctx.runs / "probe_models", arms, Q["lrs"], steps=Q["steps"], batch_size=Q["batch_size"],
-                     warmup=Q["warmup"], eval_every=max(1, Q["steps"] // 4), eval_n=128,
-                     save_every=max(50, Q["steps"] // 10), device=ctx.device, scan_backend="reference", seed=0)
+
+
+def _make(c: Ctx, unit: str, spec: dict, lrs, seed: int) -> list:
+    Q = c.P
+    return unit_runs(c, unit, spec, lrs, seed, steps=Q["steps"], batch_size=Q["batch_size"], warmup=Q["warmup"],
+                     eval_every=max(1, Q["steps"] // 4), eval_n=128, save_every=max(50, Q["steps"] // 10),
+                     device=c.device, scan_backend="reference")
+
+
+def _validate(c: Ctx, runs) -> pd.DataFrame:
+    """Answer accuracy over the probe tasks' grids (validation seed 99), cached per run."""
+    from interp.train import answer_accuracy
+
+    def score(m, r):
+        grid = [(t, k, v) for t in PROBE_TASKS for k, vs in T.difficulty_grid(t).items() for v in vs]
+        return {"val_acc": float(np.mean([answer_accuracy(m, T.generate(t, c.P["val_n"], seed=99, **{k: v}).to(
+            m.device)) for t, k, v in grid]))}
+    return validate_runs(c, runs, score)
 
 
 def train_probe_runs(ctx: Ctx, P: dict, progress: bool = False):
-    """Train (or continue) the probe models in worker processes until done or until the call's
-    deadline less ``eval_reserve``. Returns (runs, status table). Safe to call again: finished runs
-    are skipped (so the GPU path can start it in a thread while the text pair trains)."""
-    Q, runs = P["probe_train"], probe_runs(ctx, P)
-    deadline = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * Q["eval_reserve"])
-    st = train_runs(runs, workers=Q["workers"] if ctx.device != "cpu" else 1, deadline=deadline,
-                    progress=progress, devices=ctx.train_devices)
-    return runs, st
+    """Train (or continue) the probe models: the learning-rate sweep on the first training seed, then the other
+    seeds at each arm's best rate (`interp.experiment.sweep_and_seeds`), until done or until the call's deadline
+    less ``eval_reserve``. Returns (sweep_and_seeds' result, its status table). Safe to call again: finished runs
+    are skipped (so the GPU path can start it in a thread while the text arms train)."""
+    import dataclasses
+    c = dataclasses.replace(probe_ctx(ctx, P), progress=progress)
+    out = sweep_and_seeds(c, probe_specs(P), _make, _validate)
+    return out, out[0]
 
 
 def _given_models(ctx: Ctx, spec: str):
@@ -72,34 +96,24 @@ def _given_models(ctx: Ctx, spec: str):
 
 
 def probe_models(ctx: Ctx, P: dict, spec: str):
-    """{name: zoo model}: shipped defaults / zoo directories, or ``train``: matched transformer, gdn75
-    and gdn100 trained on the probe tasks (learning-rate sweep, best run by validation accuracy).
-    Returns (models or None while the training is unfinished, the sweep's status table or None,
-    {name: source})."""
+    """{seed: {name: zoo model}}: shipped defaults / zoo directories (one "seed", None), or ``train``: matched
+    transformer, gdn75 and gdn100 trained on the probe tasks (learning-rate sweep on the first seed, the other
+    seeds at each arm's best rate). Returns (models or None while the training is unfinished, the sweep's
+    table or None, {seed: {name: source}})."""
     if spec != "train":
         out, sources = _given_models(ctx, spec)
-        return out, None, sources
-    from interp.train import answer_accuracy
+        return {None: out}, None, {None: sources}
+    (st, val, best, runs), _ = train_probe_runs(ctx, P, progress=ctx.progress)
     Q = P["probe_train"]
-    runs, st = train_probe_runs(ctx, P, progress=ctx.progress)
-    done = [r for r, c in zip(runs, st.complete) if c]
-    rows = []
-    for r in done:
-        def val(r=r):
-            m = load_run(r, ctx.device).set_scan_backend("reference")
-            accs = [answer_accuracy(m, T.generate(t, Q["val_n"], seed=99, **{k: v}).to(m.device))
-                    for t in PROBE_TASKS for k, vs in T.difficulty_grid(t).items() for v in vs]
-            return pd.DataFrame([{"arm": r.arm, "lr": r.lr, "val_acc": float(np.mean(accs))}])
-        rows.append(ResultLog(ctx.runs / "probe_models" / "eval" / f"val_{r.name}.csv").once(val))
-    if len(done) < len(runs):
+    if not sweep_complete(st, {**Q, "seeds": P["seeds"]}, len(probe_specs(P))):
         return None, st, None
-    val = pd.concat(rows, ignore_index=True)
-    best = best_by(val)
-    by_name = {r.name: r for r in runs}
-    models = {a: load_run(by_name[f"{a}_lr{row.lr:g}"], ctx.device).set_scan_backend("reference")
-              for a, row in best.iterrows()}
-    return models, st.merge(val, on=["arm", "lr"], how="left"), {a: f"train:{a}_lr{row.lr:g}"
-                                                                 for a, row in best.iterrows()}
+    models, sources = {}, {}
+    for r in chosen(runs, best):
+        models.setdefault(r.seed, {})[r.unit] = load_run(r, ctx.device).set_scan_backend("reference")
+        sources.setdefault(r.seed, {})[r.unit] = f"train:{r.name}"
+    order = list(probe_specs(P))
+    models = {s: {a: m[a] for a in order if a in m} for s, m in models.items()}
+    return models, sweep_frame(st, runs, val), sources
 
 
 def probe_note(spec: str, models: dict, P: dict):
@@ -110,8 +124,9 @@ def probe_note(spec: str, models: dict, P: dict):
         Q = P["probe_train"]
         return {n: list(PROBE_TASKS) for n in models}, (
             f"Probe models trained here on {', '.join(PROBE_TASKS)} (matched parameter count, "
-            f"{Q['steps']} steps, learning rates {', '.join(f'{x:g}' for x in Q['lrs'])}; best run per arm "
-            f"by validation accuracy). Reference: `{ref}`.")
+            f"{Q['steps']} steps; learning rates {', '.join(f'{x:g}' for x in Q['lrs'])} on the first training "
+            f"seed, the best by validation accuracy, then seeds {', '.join(map(str, P['seeds'][1:])) or '(none)'} "
+            f"there). Reference: `{ref}`.")
     trained = {n: training_tasks(x) for n, x in zip(models, [x for x in spec.split(",") if x])}
     untrained = sorted(n for n, t in trained.items() if t is not None and not set(PROBE_TASKS) <= set(t))
     return trained, (f"Probe models: {', '.join(f'`{n}`' for n in models)} (reference `{ref}`)."

@@ -1,6 +1,5 @@
-"""Markdown sections of the token-loss comparison's report: the trained pair (with an overfitting
-note), the corpus, the per-category tables, and the verdicts (synthetic probes against their expected
-signs; corpus categories, closing brackets first)."""
+"""Markdown sections of the token-loss comparison's report: the arms trained here, the corpus, the
+per-category tables, and the synthetic probes' verdicts against their expected signs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interp.experiment.report import md_table, sweep_edge_note
-from interp.stats import boot_ci
+from interp.experiment.report import md_table
+from interp.stats import MIN_SEEDS, boot_ci, seed_interval
 from interp.tokenloss.corpus import corpus_sources
 from interp.tokenloss.lexicon import DOMAINS
 
@@ -17,40 +16,28 @@ F3 = "{:.3f}"                       # the report's tables: floats to 3 decimals
 EXPECTED = {"pronoun": +1, "entity_tracking": +1, "brackets": -1}   # sign of loss(transformer) - loss(hybrid)
 
 
-def overfit_note(best: list[dict], gap: float = 1.0) -> list[str]:
-    """A warning when an analysed run's validation loss exceeds its final training loss by more than
-    ``gap`` nats: the pair then compares how two memorising models generalise."""
-    over = [m for m in best if m["val_loss"] - m["final_loss"] > gap]
-    if not over:
-        return []
-    passes = [f", {m['steps'] * m['batch'] * m['seq_len'] / m['train_tokens']:.0f} passes over its "
-              f"{m['train_tokens'] / 1e6:.2f}M training tokens" if m.get("train_tokens") else "" for m in over]
-    return ["**The pair overfits its training split**: " + "; ".join(
-        f"{m['name']} final training loss {m['final_loss']:.2f} vs validation {m['val_loss']:.2f} nats{x}"
-        for m, x in zip(over, passes)) + ". The per-token differences below compare how two memorising models "
-        "generalise; more text (`--corpus`) or fewer steps would change them.", ""]
-
-
-def pair_section(P: dict, seed: int, metas: list[dict]) -> list[str]:
-    """The pair trained here: its recipe, the learning-rate sweep's runs (the analysed one per
-    architecture in bold) and the training figure."""
-    L = ["## The model pair (trained here)", "",
-         f"Byte-level BPE tokenizer ({P['vocab']} tokens, trained on the training split with `tokenizers`); "
-         f"both models: {P['model']['layers']} layers, d={P['model']['d']}, {P['model']['heads']} heads of "
-         f"{P['model']['head_dim']}; random init (seed {seed}), AdamW (warmup {P['warmup']}, cosine to 0.1x), "
-         f"{P['steps']} steps x {P['batch']} windows of {P['seq_len']} tokens, the same windows for every run. "
-         f"Each architecture gets the same learning-rate sweep ({', '.join(f'{x:g}' for x in P['lrs'])}); the "
-         "run with the lowest loss on the validation split (held out from training, not the evaluation text) "
-         "is the one analysed (**bold**). GDN layers trained on transformers' pure-torch path.", ""]
-    L += md_table(pd.DataFrame([dict(
-        run=f"**{m['name']}**" if m.get("best") else m["name"], type=m["model_type"],
-        params=f"{m['params'] / 1e6:.3f}M",
-        layers=" ".join("A" if k == "full_attention" else "G" for k in m["layer_types"]),
-        final_train_loss=m["final_loss"], val_loss=m["val_loss"],
-        train_tokens_per_s=f"{m['tokens_per_s']:.0f}") for m in metas]), F3)
-    L += [""] + sweep_edge_note({m["arch"]: m["lr"] for m in metas if m.get("best")}, P["lrs"])
-    L += overfit_note([m for m in metas if m.get("best")])
-    return L + ["![training](training.png)", ""]
+def arms_section(P: dict, cfgs: dict, metas: list[dict], steps: int, train_tokens: int, seeds) -> list[str]:
+    """The arms trained here: their layers and sizes, and the training recipe."""
+    from interp.tokenloss.pair import layers_str, passes
+    by_arm = {m["arch"]: m for m in metas}
+    rows = [dict(arm=a, type=c.model_type, layers=layers_str(c),
+                 window=c.sliding_window if "sliding_attention" in c.layer_types else "",
+                 params=f"{by_arm[a]['params'] / 1e6:.3f}M" if a in by_arm else "",
+                 mlp=c.intermediate_size) for a, c in cfgs.items()]
+    return (["## The arms (trained here)", "",
+             "Layers: A full attention, S sliding-window attention (window in tokens), G Gated DeltaNet. The "
+             "transformers' MLP width is set to match the hybrid's parameter count; the sliding window adds no "
+             "parameters. Olmo 3 uses a 4096-token window with an 8192-token pretraining context (S S S A); ours "
+             f"keeps that ratio: a window of half the {P['seq_len']}-token training context.", ""]
+            + md_table(pd.DataFrame(rows), F3)
+            + ["", f"Byte-level BPE tokenizer ({P['vocab']} tokens, trained on the training split with `tokenizers`); "
+               f"{P['model']['layers']} layers, d={P['model']['d']}, {P['model']['heads']} heads of "
+               f"{P['model']['head_dim']}; AdamW (warmup {P['warmup']}, cosine to 0.1x), {steps} steps x "
+               f"{P['batch']} windows of {P['seq_len']} tokens = {passes(P, steps, train_tokens):.2f} passes over "
+               f"the {train_tokens / 1e6:.3f}M training tokens (windows drawn without replacement within a pass). "
+               f"Training seeds {', '.join(map(str, seeds))}: seed s initialises every arm's seed-s run and draws its "
+               "batches, so seed s of two arms saw the same batches. GDN layers on transformers' pure-torch path.",
+               ""])
 
 
 def corpus_section(corpus: pd.DataFrame, user: bool) -> list[str]:
@@ -97,85 +84,56 @@ def category_tables(summ: pd.DataFrame, value: str, lo_col: str, hi_col: str, wi
     return out
 
 
-def _probe_verdict(sign: int, lo: float, hi: float, near: bool, unseen: list, task: str) -> str:
+def _probe_verdict(sign: int, lo: float, hi: float, near: bool, unseen: list, task: str, seeds: int) -> str:
     if unseen:
         return (f"**not a test**: {' and '.join(f'`{m}`' for m in unseen)} never trained on {task} (what is left is "
                 "transfer from other tasks)")
     if near:
         return "**inconclusive**: both models pick the right candidate at about chance"
-    if (lo > 0 and sign > 0) or (hi < 0 and sign < 0):
-        return "**agrees**"
-    if (lo > 0 and sign < 0) or (hi < 0 and sign > 0):
-        return "**disagrees**"
-    return "**inconclusive** (the interval contains 0)"
+    side = ("the expected sign" if (lo > 0 and sign > 0) or (hi < 0 and sign < 0) else
+            "the opposite sign" if (lo > 0 and sign < 0) or (hi < 0 and sign > 0) else "")
+    if not side:
+        return "**inconclusive** (the interval contains 0" + (")" if seeds > 1 else " or there is none)")
+    if seeds >= MIN_SEEDS:
+        return "**agrees**" if side == "the expected sign" else "**disagrees**"
+    if seeds > 1:
+        return f"**inconclusive**: {seeds} training seeds, fewer than {MIN_SEEDS} (the interval has {side})"
+    return (f"**inconclusive**: one model per arm, so there is no interval over training seeds (over the test "
+            f"examples of these two models the difference has {side})")
 
 
 def verdict_probes(ps: pd.DataFrame, df: pd.DataFrame, hybrid: str, ref: str, chance_acc: dict,
                    trained: dict | None = None) -> list[str]:
-    """One line per probe task / role: the paired candidate-loss difference and whether it agrees
-    with the expected sign. ``trained``: {model: tasks it was trained on, or None if unknown}; a
-    task that the reference or the hybrid never saw in training is reported as not a test."""
+    """One line per probe task / role: the paired candidate-loss difference, loss(ref) - loss(hybrid), and
+    whether it agrees with the expected sign. With two or more training seeds (column ``seed``) the interval is
+    a 95% t-interval over the seeds' mean differences (seed s against seed s); with one model per arm it is a
+    95% bootstrap over test examples and the verdict at most inconclusive. ``trained``: {model: tasks it was
+    trained on, or None if unknown}; a task that the reference or the hybrid never saw is not a test."""
     out = []
+    seeded = "seed" in df and df["seed"].nunique() > 1
     for task, sign in EXPECTED.items():
         for role in [r for r in ("answer", "close") if ((ps.task == task) & (ps.role == r)).any()]:
             a = df[(df.task == task) & (df.role == role) & (df.model == ref)]
             b = df[(df.task == task) & (df.role == role) & (df.model == hybrid)]
             if a.empty or b.empty:
                 continue
-            keys = ["knob", "value", "example", "position"]
+            keys = ["knob", "value", "example", "position"] + (["seed"] if "seed" in df else [])
             j = a.merge(b, on=keys, suffixes=("_r", "_h"))
             j["diff"] = j.cand_loss_r - j.cand_loss_h
-            agg = j.groupby(["knob", "value", "example"])["diff"].agg(["sum", "count"])
-            lo, hi = boot_ci(agg["sum"].to_numpy(float), agg["count"].to_numpy(float), 1000,
-                             np.random.default_rng(0))
-            d = j["diff"].mean()
+            if seeded:
+                d, lo, hi = seed_interval(j.groupby("seed")["diff"].mean())
+                over = f"95% interval over {j.seed.nunique()} training seeds"
+            else:
+                agg = j.groupby(["knob", "value", "example"])["diff"].agg(["sum", "count"])
+                lo, hi = boot_ci(agg["sum"].to_numpy(float), agg["count"].to_numpy(float), 1000,
+                                 np.random.default_rng(0))
+                d, over = j["diff"].mean(), "95% bootstrap over examples"
             acc_r, acc_h = j.correct_r.mean(), j.correct_h.mean()
             near = max(acc_r, acc_h) < chance_acc[task] + 0.05
             better = "hybrid" if sign > 0 else "transformer"
             unseen = [m for m in (ref, hybrid) if trained and trained.get(m) is not None and task not in trained[m]]
-            v = _probe_verdict(sign, lo, hi, near, unseen, task)
-            out.append(f"* {task} / {role} (expected: {better} better): loss({ref}) - loss({hybrid}) = {d:+.3f} "
-                       f"[{lo:+.3f}, {hi:+.3f}] nats over all knob values; candidate accuracy {ref} {acc_r:.2f}, "
-                       f"{hybrid} {acc_h:.2f} (chance {chance_acc[task]:.2f}): {v}.")
+            v = _probe_verdict(sign, lo, hi, near, unseen, task, j.seed.nunique() if seeded else 1)
+            out.append(f"* {task} / {role} (Li & Merrill 2026: {better} better): loss({ref}) - loss({hybrid}) = "
+                       f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] nats over all knob values ({over}); candidate accuracy "
+                       f"{ref} {acc_r:.2f}, {hybrid} {acc_h:.2f} (chance {chance_acc[task]:.2f}): {v}.")
     return out
-
-
-def _close_bracket_verdict(r, a: str, b: str) -> str:
-    """The verdict line of the closing-bracket row ``r`` of the pooled summary (A = ``a``, B = ``b``)."""
-    hyb_is_b = any(x in b.lower() for x in ("hybrid", "gdn", "deltanet", "mamba", "gla"))   # else: no verdict
-    absolute = (f"; in absolute terms {a} is better (diff {r['diff']:+.3f})" if r.ci_hi < 0 else
-                f"; in absolute terms {b} is still better (diff {r['diff']:+.3f})" if r.ci_lo > 0 else
-                f"; in absolute terms no resolvable difference (diff {r['diff']:+.3f})")
-    rel = ("inconclusive (the interval contains 0 or there is none)" if not (r.excess_lo > 0 or r.excess_hi < 0)
-           else f"{b}'s advantage is {'larger' if r.excess_lo > 0 else 'smaller'} on closing brackets than on "
-                f"the average token{absolute}")
-    agrees = "" if not hyb_is_b or not (r.excess_lo > 0 or r.excess_hi < 0) else (
-        ": **agrees** with the bracket-closing expectation (read relative to the average token)"
-        if r.excess_hi < 0 else ": **disagrees** with the bracket-closing expectation")
-    return (f"* closing brackets in natural text (the corpus counterpart of the bracket probe; expected: the "
-            f"transformer relatively better): excess {r.excess:+.3f} [{r.excess_lo:+.3f}, {r.excess_hi:+.3f}] "
-            f"(n={r.n}), {rel}{agrees}.")
-
-
-def corpus_verdicts(tl: pd.DataFrame, summ: pd.DataFrame, a: str, b: str) -> list[str]:
-    """The corpus lines of the verdicts: the mean difference per domain, closing brackets (the
-    natural-text counterpart of the bracket probe) and the categories whose excess is significant."""
-    allrows = summ[summ.domain == "all"]
-    sig = allrows[(allrows.ci_lo > 0) | (allrows.ci_hi < 0)]
-    V = ["", "Corpus: the issue states expectations for the synthetic probes only; closing brackets are the "
-             "natural-text counterpart of the bracket probe, the other categories are reported without a verdict:",
-         ""]
-    dom = tl.groupby("domain")["diff"].mean()
-    V += ["* overall: " + ", ".join(f"{d} {dom[d]:+.3f}" for d in DOMAINS if d in dom)
-          + f" nats per token ({b if dom.mean() > 0 else a} better on average); {len(sig)} of {len(allrows)} categories "
-          "(domains pooled) have a difference whose interval excludes 0."]
-    cb = allrows[(allrows.facet == "delimiter") & (allrows.category == "close_bracket")]
-    if len(cb):
-        V.append(_close_bracket_verdict(cb.iloc[0], a, b))
-    for sign, word in ((1, "larger"), (-1, "smaller")):
-        ex = allrows[(allrows.excess_lo > 0) if sign > 0 else (allrows.excess_hi < 0)]
-        ex = ex.reindex(ex.excess.abs().sort_values(ascending=False).index)
-        V.append(f"* {b}'s advantage significantly {word} than average (domains pooled): "
-                 + ("; ".join(f"{r.facet} = {r.category} {r.excess:+.3f} (diff {r.diff:+.3f}, n={r.n})"
-                              for r in ex.itertuples()) or "none") + ".")
-    return V
