@@ -40,7 +40,7 @@ from interp.tasks.vocab import PAD
 
 SOURCE_TASKS = ("mqar", "state_recall")
 DEFAULT_KNOBS = {"mqar": {}, "state_recall": {"complexity": "assign"}}
-PER_CHANNEL = ("mamba1", "shortconv")   # recurrences with one pattern per channel, not per head
+PER_CHANNEL = ("mamba1", "shortconv", "wkv")   # recurrences with one pattern per channel, not per head
 
 
 def _hm(model) -> HookedModel:
