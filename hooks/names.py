@@ -50,6 +50,8 @@ Recurrences, in these names (``a_t = exp(decay_t)``)::
     GLA     S_t = diag(a_t) S_{t-1} + k_t v_t^T
     Mamba2  S_t = a_t S_{t-1} + beta_t k_t v_t^T
     readout_t = S_t^T (scale q_t)
+    mLSTM   S_t = f'_t S_{t-1} + i'_t k_t v_t^T,   n_t = f'_t n_{t-1} + i'_t k_t   (stabilised; see below)
+    readout_t = S_t^T (scale q_t) / (max(|n_t . scale q_t|, exp(-m_t)) + eps)
     Mamba1  S_t[d, n] = a_t[d, n] S_{t-1}[d, n] + beta_t[d] v_t[d] k_t[n]
     readout_t[d] = sum_n S_t[d, n] q_t[n] + D[d] v_t[d]
 
@@ -112,6 +114,26 @@ MiniMax's lightning attention is GLA with one scalar decay per head, constant in
 S_t = exp(-s_h) S_{t-1} + k_t v_t^T, readout_t = S_t^T q_t, so it has the GLA shapes above with
 ``rec.decay`` = -s_h ``[B, T, H]`` (the layer's ``slope_rate``) and no ``rec.beta``; ``rec.state``
 ``[B, T(P), H, K, V]`` is the layout of the model's linear cache (K^T V per head).
+
+xLSTM's mLSTM (``mlstm``, hooks.scan.mlstm; HF ``xlstm``) has the GLA shapes, with a normaliser n_t
+``[K]`` and a max-state m_t (a scalar) per head beside its matrix memory, all three stabilised as HF computes
+them: m_t = max(decay_t + m_{t-1}, beta_t), f'_t = exp(decay_t + m_{t-1} - m_t), i'_t = exp(beta_t - m_t)
+(the unstabilised memory is exp(m_t) S_t). n_t and m_t have no hook names: they depend on k, decay and beta
+only (`hooks.scan.mlstm.norm_states`), and a ``rec.state`` patch keeps them:
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q`` / ``k``   [B, T, H, K]          query / key as the layer forms them (scale
+                                                     K^-0.5 applied to q in the readout)
+``blocks.{i}.rec.decay``       [B, T, H]             log forget gate, logsigmoid(f_t)
+``blocks.{i}.rec.beta``        [B, T, H]             log input gate i_t (soft-capped pre-
+                                                     activation; the write strength is exp(i_t))
+``blocks.{i}.rec.state``       [B, T(P), H, K, V]    the stabilised memory S_t, float32 (HF's
+                                                     cache C after token t)
+``blocks.{i}.rec.readout``     [B, T, H, V]          h_t, before the per-head norm and out gate
+``blocks.{i}.rec.pattern``     [B, H, T(P), T]       A[t, s] = scale (q_t . k_s) exp(sum_{s<j<=t}
+                                                     decay_j + beta_s - m_t) / den_t: exact, as
+                                                     den_t does not depend on v
+=============================  ====================  ==========================================
 
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.

@@ -28,6 +28,7 @@ BUILTIN = (
     ("hf_lfm2", "HFLfm2Adapter"),
     ("hf_recurrent_gemma", "HFRecurrentGemmaAdapter"),
     ("hf_minimax", "HFMiniMaxAdapter"),
+    ("hf_xlstm", "HFXLSTMAdapter"),
 )
 
 ADAPTERS: list[type[Adapter]] = []  # the adapters in the order they are tried (BUILTIN, then registered)
