@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, xLSTMConfig
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
 from hf_tiny import assert_clean, logits, snapshot
 import hooks
-from hooks.adapters import find
+from hooks.adapters import find, supported_families
 from hooks.adapters.hf_xlstm import HFXLSTMAdapter
 from hooks.scan import mlstm
 
@@ -166,6 +166,7 @@ def test_layer_map_and_names():
     m = model("xlstm")
     hm = hooks.wrap(m)
     assert isinstance(hm.adapter, HFXLSTMAdapter) and isinstance(find(m), HFXLSTMAdapter)
+    assert "xlstm" in supported_families()
     assert [(L.attn, L.rec_family) for L in hm.layers] == [(None, "mlstm")] * 2
     for i in LAYERS:
         assert {f"blocks.{i}.rec.{s}" for s in REC_NAMES} <= set(hm.hook_names)
@@ -290,6 +291,17 @@ def test_pattern_rows_and_heads():
                              scale=K ** -0.5, eps=EPS, initial_state=None)
     sub = effective.pattern("mlstm", view, rows=[T - 1, 2], heads=[3, 0])
     torch.testing.assert_close(sub, A[:, [3, 0]][:, :, [T - 1, 2]], atol=1e-6, rtol=1e-6)
+
+
+def test_interp_contributions_add_up_to_the_readout():
+    """interp.patterns.contributions (rec.pattern times the values) of an mLSTM layer: what each source adds sums
+    to the readout, with no rest (no initial state)."""
+    from interp import patterns
+    m = model("xlstm")
+    con = patterns.contributions(m, toks(), 1, [2, T - 1])
+    assert con.contributions.shape == (2, 2, T, HEADS, K)
+    scale = con.readout.abs().max()
+    assert scale > 1e-2 and con.rest.abs().max() <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("hooked", [False, True])

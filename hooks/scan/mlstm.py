@@ -13,10 +13,11 @@ gate g_t = logsigmoid(f_t) and the log input gate i_t (the input gate is exp(i_t
 (k is not scaled; eps is the config's ``eps``). C_t, n_t are the stabilised states, the ones HF keeps in its
 cache (``xLSTMCache.rnn_state[layer] = (C, n, m)``, m ``[B, H, 1]``): the unstabilised memory of the xLSTM
 paper, C_t = f_t C_{t-1} + i_t k_t v_t^T with f_t = sigmoid(f_t~), i_t = exp(i_t~), is exp(m_t) C_t (and
-exp(m_t) n_t); unrolled, with seg(t, s) = sum_{s<j<=t} g_j and the initial state (C_0, n_0, m_0)::
+exp(m_t) n_t); unrolled, with seg(t, s) = sum_{s<j<=t} g_j (seg(t, -1): all of 0..t) and the initial state
+(C_0, n_0, m_0) before token 0::
 
-    m_t = max(seg(t, 0) + m_0, max_{s<=t} seg(t, s) + i_s)
-    C_t = exp(seg(t, 0) + m_0 - m_t) C_0 + sum_{s<=t} exp(seg(t, s) + i_s - m_t) k_s v_s^T      (n_t: k_s for v)
+    m_t = max(seg(t, -1) + m_0, max_{s<=t} seg(t, s) + i_s)
+    C_t = exp(seg(t, -1) + m_0 - m_t) C_0 + sum_{s<=t} exp(seg(t, s) + i_s - m_t) k_s v_s^T      (n_t: k_s for v)
 
 Every exponent there is <= 0 (m_t is their maximum), which is how ``chunk_torch`` evaluates it: chunks of
 `CHUNK` tokens, seg summed directly inside a chunk (`_common.segsum`), the chunk-start (C, n, m) carried
@@ -37,12 +38,13 @@ so the readout is exactly linear in the values::
 
     h_t = sum_{s<=t} A[t, s] v_s + init_t
     A[t, s] = scale (q_t . k_s) exp(seg(t, s) + i_s - m_t) / d_t,      d_t = max(|n_t . scale q_t|, exp(-m_t)) + eps
-    init_t  = exp(seg(t, 0) + m_0 - m_t) C_0^T (scale q_t) / d_t       (0 without an initial state)
+    init_t  = exp(seg(t, -1) + m_0 - m_t) C_0^T (scale q_t) / d_t       (0 without an initial state)
 
 (A is signed and its rows do not sum to 1.) O(B H T^2 K), as softmax attention.
 
-GPU: there is no fla / Triton kernel for this form in the installed packages; every path here is pure torch
-(CUDA tensors run it on the GPU). The model's own kernels (HF's chunkwise / sequence / step natives) run the
+GPU: the GPU path is this torch reference (CUDA tensors run it on the GPU): fla has no mLSTM op, and NX-AI's
+Triton kernels (``mlstm-kernels``, which HF uses only with the external ``xlstm`` package) are no dependency
+here. The model's own kernels (HF's chunkwise / sequence / step natives) run the
 model; these functions give the states, re-run from changed inputs and continue from patched states.
 """
 from __future__ import annotations
@@ -102,7 +104,7 @@ def naive(q, k, v, g, i, scale=None, eps=1e-6, initial_state=None, output_final_
 
 def _chunk_weights(gc, ic, m0):
     """One chunk (``[B, H, L]`` log gates, m0 ``[B, H]``) -> (W ``[B, H, L, L]`` = exp(seg(t, s) + i_s - m_t)
-    (0 above the diagonal), a ``[B, H, L]`` = exp(seg(t, 0) + m0 - m_t), m ``[B, H, L]``)."""
+    (0 above the diagonal), a ``[B, H, L]`` = exp(seg(t, -1) + m0 - m_t), m ``[B, H, L]``)."""
     logw = segsum(gc) + ic[..., None, :]
     logstart = gc.cumsum(-1) + m0[..., None]
     m = torch.maximum(logstart, logw.max(-1).values)
@@ -235,7 +237,7 @@ def pattern(q, k, v, g, i, scale=None, eps=1e-6, initial_state=None, rows=None, 
     mask = s[None, :] <= r[:, None]                                                      # [P, T]: s <= t
     # seg(t, s) = sum_{s<j<=t} g_j as suffix sums over j <= t (no differences of cumulative sums)
     incl = torch.where(mask, gg[:, :, None, :], 0).flip(-1).cumsum(-1).flip(-1)           # sum_{s<=j<=t}
-    seg = incl - torch.where(mask, gg[:, :, None, :], 0)
+    seg = torch.cat([incl[..., 1:], torch.zeros_like(incl[..., :1])], -1)               # sum_{s<j<=t}
     logw = torch.where(mask, seg + ii[:, :, None, :] - pick(m).transpose(1, 2)[..., None], -float("inf"))
     qk = torch.einsum("bphk,bshk->bhps", qs, pick(work(k)))
     return qk * logw.exp() / den.transpose(1, 2)[..., None]
