@@ -60,6 +60,8 @@ Recurrences, in these names (``a_t = exp(decay_t)``)::
     GLA     S_t = diag(a_t) S_{t-1} + k_t v_t^T
     Mamba2  S_t = a_t S_{t-1} + beta_t k_t v_t^T
     readout_t = S_t^T (scale q_t)
+    mLSTM   S_t = f'_t S_{t-1} + i'_t k_t v_t^T,   n_t = f'_t n_{t-1} + i'_t k_t   (stabilised; see below)
+    readout_t = S_t^T (scale q_t) / (max(|n_t . scale q_t|, exp(-m_t)) + eps)
     Mamba1  S_t[d, n] = a_t[d, n] S_{t-1}[d, n] + beta_t[d] v_t[d] k_t[n]
     readout_t[d] = sum_n S_t[d, n] q_t[n] + D[d] v_t[d]
 
@@ -90,7 +92,8 @@ B (.) x, i.e. the conv cache HF keeps: ``S_t[d, j] = B_{t-L+1+j}[d] x_{t-L+1+j}[
 zeros before the sequence; ``y_t[d] = C_t[d] (sum_j w[d, j] S_t[d, j] + bias[d])``. It has no decay or
 beta; a changed S_t changes this layer's readouts at t .. t+L-1 only (the window then slides past it):
 
-=============================  ====================  ===================================``blocks.{i}.rec.q``           [B, T, D]             C_t, the output gate
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, D]             C_t, the output gate
 ``blocks.{i}.rec.k``           [B, T, D]             B_t, the input gate
 ``blocks.{i}.rec.v``           [B, T, D]             x_t
 ``blocks.{i}.rec.state``       [B, T(P), D, L]       the window S_t after token t (HF's conv
@@ -101,7 +104,6 @@ beta; a changed S_t changes this layer's readouts at t .. t+L-1 only (the window
                                                      = sum_s A[d, t, s] x_s[d] + C_t[d] bias[d]
 =============================  ====================  ==========================================
 
-=======
 RG-LRU (recurrent_gemma's recurrent blocks) is this recurrence with N = 1 (one scalar state per channel
 d of ``lru_width``), so it is the ``mamba1`` family in the same layout:
 h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t), with x_t the conv output, i_t its input gate and
@@ -142,6 +144,26 @@ a changed S_t changes the readouts from t + 1 on (wkv_t reads S_{t-1}):
                                                      q: A[d, t, s] = q_t e^{L[t, s]} / sum_s' e^{L[t, s']},
                                                      L[t, s] = k_s + sum_{s<r<t} w_r (s < t),
                                                      L[t, t] = u + k_t; readout_t = sum_s A v_s
+=============================  ====================  ==========================================
+
+xLSTM's mLSTM (``mlstm``, hooks.scan.mlstm; HF ``xlstm``) has the GLA shapes, with a normaliser n_t
+``[K]`` and a max-state m_t (a scalar) per head beside its matrix memory, all three stabilised as HF computes
+them: m_t = max(decay_t + m_{t-1}, beta_t), f'_t = exp(decay_t + m_{t-1} - m_t), i'_t = exp(beta_t - m_t)
+(the unstabilised memory is exp(m_t) S_t). n_t and m_t have no hook names: they depend on k, decay and beta
+only (`hooks.scan.mlstm.norm_states`), and a ``rec.state`` patch keeps them:
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q`` / ``k``   [B, T, H, K]          query / key as the layer forms them (scale
+                                                     K^-0.5 applied to q in the readout)
+``blocks.{i}.rec.decay``       [B, T, H]             log forget gate, logsigmoid(f_t)
+``blocks.{i}.rec.beta``        [B, T, H]             log input gate i_t (soft-capped pre-
+                                                     activation; the write strength is exp(i_t))
+``blocks.{i}.rec.state``       [B, T(P), H, K, V]    the stabilised memory S_t, float32 (HF's
+                                                     cache C after token t)
+``blocks.{i}.rec.readout``     [B, T, H, V]          h_t, before the per-head norm and out gate
+``blocks.{i}.rec.pattern``     [B, H, T(P), T]       A[t, s] = scale (q_t . k_s) exp(sum_{s<j<=t}
+                                                     decay_j + beta_s - m_t) / den_t: exact, as
+                                                     den_t does not depend on v
 =============================  ====================  ==========================================
 
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:

@@ -29,6 +29,7 @@ BUILTIN = (
     ("hf_recurrent_gemma", "HFRecurrentGemmaAdapter"),
     ("hf_minimax", "HFMiniMaxAdapter"),
     ("hf_rwkv", "HFRwkvAdapter"),
+    ("hf_xlstm", "HFXLSTMAdapter"),
 )
 
 ADAPTERS: list[type[Adapter]] = []  # the adapters in the order they are tried (BUILTIN, then registered)
