@@ -47,11 +47,15 @@ from hooks.scan import shortconv
 MODEL_TYPES = ("lfm2", "lfm2_moe", "lfm3")
 _CONV_FNS = ("apply_mask_to_padding_states", "causal_conv1d_forward")
 
-try:  # fire accelerate's hooks of the conv child as HF's own forward does (offloading)
-    from transformers.integrations.accelerate import force_accelerate_hooks
-except ImportError:  # pragma: no cover - older transformers
-    def force_accelerate_hooks(names):
+
+def force_accelerate_hooks(names):
+    """transformers' decorator that fires accelerate's hooks of the conv child as HF's own forward does
+    (offloading); imported when first used, so that loading `hooks` does not import transformers."""
+    try:
+        from transformers.integrations.accelerate import force_accelerate_hooks as fah
+    except ImportError:  # pragma: no cover - older transformers
         return lambda fn: fn
+    return fah(names)
 
 
 def _is_identity(m) -> bool:
