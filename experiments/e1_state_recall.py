@@ -7,7 +7,12 @@ ways: *direct* (the answer right after the program), *cot* (the task's ``cot=Tru
 query comes first and the model states the queried variable's value after every statement, then
 answers) and *qfirst* (``query_first=True``: direct answers with cot's query-first block, so that
 cot's advantage from knowing what to track is set apart from its reasoning tokens). That is the
-paper's 2x2 (architecture x training) design with a third architecture and a control. Training draws
+paper's 2x2 (architecture x training) design with a third architecture and a control. The same
+architectures are also trained on flat multi-hop retrieval (``multihop``: chains of bindings all stated at
+once in random order, the answer ``hops`` links from the query; arms ``<arch>-mh_direct`` and ``<arch>-mh_cot``,
+cot writing each intermediate symbol after ``is``, closed loop as above), where the paper's v2 finds the
+transformer with reasoning the more robust, against the hybrid's robustness on state_recall's sequential
+updates (their ``hops`` from 1 to 4 in training, 6 and 8 beyond it in the full profile). Training draws
 n_steps up to 64 (the task's grid stops at 32), so tests up to 64 are in distribution and 96 / 128
 are extrapolation. Every arm gets the same
 learning-rate sweep on training seed 0 (four log-spaced rates in the full profile; the report says
@@ -20,6 +25,12 @@ Verdict rule (fixed before the run). Every accuracy is the mean over the arm's t
 interval lies above ``--threshold``; the report counts the arms that did not. Each comparison with the
 published shape is made on the seed means and repeated on every seed alone, and the report gives how
 many seeds show the same verdict (e.g. "agrees 2 of 3"); fewer than 3 seeds is not a model-level claim.
+Flat vs sequential (added with the multihop arms, before any of them ran): per training (direct, cot), the
+robustness gap on a task is the transformer's drop from the easiest value to the two hardest minus gdn75's
+(state_recall over n_steps, multihop over hops); the published shape *agrees* when the gap is > 0 on
+state_recall and < 0 on multihop, *disagrees* when the multihop gap is not below the state_recall one, and is
+*inconclusive* when an arm is below ``--threshold`` at its easiest value or the gap shifts without crossing
+(`interp.experiment.robustness.crossover_verdict`).
 
 Arms with attention (transformer, gdn75) start with the trainer's induction warm-up
 (``interp.train.default_induction_steps``: at most min(2000, steps/4) steps of dense induction
@@ -35,11 +46,13 @@ activation patching (``interp.patching``).
     python experiments/e1_state_recall.py                  # GPU: 8.5-minute calls; call again to continue
 
 Writes ``--out`` (default figures/e1_state_recall; figures/e1_state_recall_quick for --quick): accuracy.png,
-probes.png, patch_<arm>.png, results.csv, lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and
+multihop.png, probes.png, patch_<arm>.png (state_recall arms), results.csv (state_recall), results_multihop.csv,
+lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and
 cached evaluations go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run
 experiments/e1_state_recall.toml``.
 
-Sizing of the full profile (9 arms x (4 rates + 2 more seeds) = 54 runs of 4000 steps, 8 layers, d=128):
+Sizing of the full profile (15 arms x (4 rates + 2 more seeds) = 90 runs of 4000 steps, 8 layers, d=128; the
+figures below are for the 9 state_recall arms, 54 runs; the 6 multihop arms add two thirds):
 runs that differ only in rate or seed train as one stacked module (``--stack``, 4 per process, 6
 processes). One run per process, 12 at once on 2 x H200, took about 11 minutes plus 3 of evaluation
 (BENCHMARKS.md section 12); stacking gave 2.0-2.4x more runs per GPU-hour (section 19), so the 54
@@ -57,7 +70,7 @@ from interp import InterpError, patching, probes
 from interp import experiment as X
 from interp import tasks as T
 from interp.closedloop import closed_loop
-from interp.figsave import save_fig
+from interp.experiment.robustness import crossover_verdict, first_failure, knob_table, plot_knobs, working_range
 from interp.stats import seed_interval
 from interp.train import answer_accuracy
 
@@ -67,56 +80,57 @@ ARCHS = ("transformer", "gdn75", "gdn100")
 TRAININGS = ("direct", "qfirst", "cot")                 # qfirst: direct with the query also stated first
 # what the models see in training: the task's grid, n_steps up to 64 (the longest tests are in distribution)
 TRAIN_GRID = {**T.difficulty_grid("state_recall"), "n_steps": [2, 4, 8, 16, 32, 48, 64]}
-KNOBS_OF = {"direct": {}, "qfirst": {"query_first": True}, "cot": {"cot": True}}
+MH_TRAININGS = ("mh_direct", "mh_cot")                  # flat multi-hop retrieval (task multihop)
+MH_TRAIN_GRID = T.difficulty_grid("multihop")           # hops 1..4, n_chains 1..8
+KNOBS_OF = {"direct": {}, "qfirst": {"query_first": True}, "cot": {"cot": True},
+            "mh_direct": {}, "mh_cot": {"cot": True}}
 KNOBS = ("n_steps", "n_vars", "complexity")
-ARM_ORDER = [f"{a}-{t}" for a in ARCHS for t in TRAININGS]
+ARM_ORDER = [f"{a}-{t}" for a in ARCHS for t in TRAININGS + MH_TRAININGS]
 
 PROFILES = {
-    # GPU: 54 runs (3 archs x 3 trainings x (4 lrs + 2 seeds)), 8 layers d=128, stacked in parallel processes
+    # GPU: 90 runs (3 archs x (3 state_recall + 2 multihop trainings) x (4 lrs + 2 seeds)), 8 layers d=128,
+    # stacked in parallel processes
     "full": dict(model=dict(d_model=128, n_layers=8, n_heads=4, head_dim=32), steps=4000, batch_size=64,
                  lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=150, workers=6, time_budget=8.5,
                  eval_reserve=2.0,
                  val_n=128, eval_n=256, probe_n=256, probe_seeds=(0, 1, 2), patch_n=48,
                  grid=dict(n_steps=[2, 4, 8, 16, 32, 48, 64, 96, 128], n_vars=[2, 3, 5, 8, 12, 16],
-                           complexity=["assign", "copy", "arith", "swap"])),
+                           complexity=["assign", "copy", "arith", "swap"]), mh_grid=dict(hops=[1, 2, 3, 4, 6, 8])),
     # CPU, a few minutes: tiny models, few steps (numbers near chance; checks the pipeline end to end)
     "quick": dict(model=dict(d_model=32, n_layers=4, n_heads=2, head_dim=16), steps=150, batch_size=32,
                   lrs=(1e-3, 3e-3), seeds=(0, 1), warmup=20, workers=1, time_budget=0, eval_reserve=0,
                   val_n=32, eval_n=64, probe_n=64, probe_seeds=(0,), patch_n=8,
                   grid=dict(n_steps=[2, 4, 8, 16, 32, 64, 96], n_vars=[2, 3, 5, 8, 12],
-                            complexity=["assign", "copy", "arith", "swap"])),
+                            complexity=["assign", "copy", "arith", "swap"]), mh_grid=dict(hops=[1, 2, 3, 4, 6])),
     # the test suite: even smaller
     "test": dict(model=dict(d_model=16, n_layers=4, n_heads=2, head_dim=8), steps=3, batch_size=8,
                  lrs=(3e-3,), seeds=(0, 1), warmup=1, workers=1, time_budget=0, eval_reserve=0,
                  val_n=8, eval_n=8, probe_n=16, probe_seeds=(0,), patch_n=4,
                  grid=dict(n_steps=[2, 4], n_vars=[2, 3], complexity=["assign", "copy"]),
-                 val_grid=dict(n_steps=[2, 4], n_vars=[2], complexity=["copy"])),
+                 val_grid=dict(n_steps=[2, 4], n_vars=[2], complexity=["copy"]), mh_grid=dict(hops=[1, 2]),
+                 mh_val_grid=dict(hops=[1, 2])),
 }
 VAL_SEED, TEST_SEED, PAIR_SEED = 99, 123, 5
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-def accuracy(model, fixed: dict, n: int, seed: int, **knobs) -> tuple[float, float]:
-    """(answer accuracy, chain accuracy) on ``n`` examples with the arm's fixed knobs ``fixed`` (`KNOBS_OF`)."""
-    batch = T.generate("state_recall", n, seed=seed, **fixed, **knobs)
+def accuracy(model, fixed: dict, n: int, seed: int, task: str = "state_recall", **knobs) -> tuple[float, float]:
+    """(answer accuracy, chain accuracy) on ``n`` examples of ``task`` with the arm's fixed knobs ``fixed``
+    (`KNOBS_OF`)."""
+    batch = T.generate(task, n, seed=seed, **fixed, **knobs)
     if fixed.get("cot"):
         return closed_loop(model, batch)
     return answer_accuracy(model, batch.to(model.device)), float("nan")
 
 
 def grid_points(grid: dict) -> list[tuple[str, object]]:
-    return [(k, v) for k in KNOBS for v in grid[k]]
+    return [(k, v) for k in KNOBS if k in grid for v in grid[k]] + [(k, v) for k in grid if k not in KNOBS
+                                                                    for v in grid[k]]
 
 
-def first_failure(res: pd.DataFrame, arm: str, knob: str, threshold: float):
-    """(value, failed): the first value of ``knob`` where ``arm``'s accuracy < threshold, else the
-    last value with failed=False."""
-    g = res[(res.arm == arm) & (res.knob == knob)]
-    below = g[g.accuracy < threshold]
-    if len(below):
-        return below["value"].iloc[0], True
-    return g["value"].iloc[-1], False
+def task_of(arm: str) -> str:
+    return "multihop" if arm.rsplit("-", 1)[1] in MH_TRAININGS else "state_recall"
 
 
 # --- the experiment ----------------------------------------------------------------------------
@@ -125,9 +139,11 @@ def arms(P) -> dict:
     out = {}
     for a in ARCHS:
         model = X.matched({**P["model"], "layout": a})
-        for tr in TRAININGS:
-            out[f"{a}-{tr}"] = {"model": model, "tasks": ["state_recall"], "grid": {"state_recall": TRAIN_GRID},
-                                "knobs": {"state_recall": KNOBS_OF[tr]} if KNOBS_OF[tr] else {}}
+        for tr in TRAININGS + MH_TRAININGS:
+            task = task_of(f"{a}-{tr}")
+            out[f"{a}-{tr}"] = {"model": model, "tasks": [task],
+                                "grid": {task: MH_TRAIN_GRID if task == "multihop" else TRAIN_GRID},
+                                "knobs": {task: KNOBS_OF[tr]} if KNOBS_OF[tr] else {}}
     return out
 
 
@@ -140,19 +156,21 @@ def make(ctx, unit, spec, lrs, seed):
 
 
 def _fixed(r) -> dict:
-    return r.cfg.knobs.get("state_recall", {})
+    return r.cfg.knobs.get(r.cfg.tasks[0], {})
 
 
 def validate(ctx, runs):
-    """Validation accuracy of every finished run: mean over the training grid points."""
+    """Validation accuracy of every finished run: mean over its task's training grid points."""
     P = ctx.P
-    points = grid_points(P.get("val_grid", TRAIN_GRID))
-    return X.validate_runs(ctx, runs, lambda m, r: {"val_acc": float(np.mean([
-        accuracy(m, _fixed(r), P["val_n"], VAL_SEED, **{k: v})[0] for k, v in points]))})
+    points = {"state_recall": grid_points(P.get("val_grid", TRAIN_GRID)),
+              "multihop": grid_points(P.get("mh_val_grid", MH_TRAIN_GRID))}
+    return X.validate_runs(ctx, runs, lambda m, r: {"val_acc": float(np.mean([accuracy(
+        m, _fixed(r), P["val_n"], VAL_SEED, r.cfg.tasks[0], **{k: v})[0] for k, v in points[r.cfg.tasks[0]]]))})
 
 
 def test_sweep(runs, P, root, device, deadline):
-    """Accuracy on the test grid of every run in ``runs`` (one per arm and seed)."""
+    """Accuracy on the test grid of every run in ``runs`` (one per arm and seed): state_recall arms on ``P["grid"]``,
+    multihop arms over ``P["mh_grid"]``'s hops."""
     frames = []
     for r in runs:
         if X.out_of_time(deadline):
@@ -161,12 +179,13 @@ def test_sweep(runs, P, root, device, deadline):
 
         def one(r=r, arm=arm):
             m = X.load_run(r, device).set_scan_backend("reference")
-            out = []
-            for k, v in grid_points(P["grid"]):
-                acc, chain = accuracy(m, _fixed(r), P["eval_n"], TEST_SEED, **{k: v})
+            out, task = [], r.cfg.tasks[0]
+            train = MH_TRAIN_GRID if task == "multihop" else TRAIN_GRID
+            for k, v in grid_points(P["mh_grid"] if task == "multihop" else P["grid"]):
+                acc, chain = accuracy(m, _fixed(r), P["eval_n"], TEST_SEED, task, **{k: v})
                 out.append(dict(arm=arm, arch=arm.rsplit("-", 1)[0], training=arm.rsplit("-", 1)[1], seed=r.seed,
                                 knob=k, value=v, accuracy=acc, chain_accuracy=chain, n=P["eval_n"],
-                                in_training=v in TRAIN_GRID[k]))
+                                in_training=v in train[k]))
             return pd.DataFrame(out)
         frames.append(X.ResultLog(root / "eval" / f"test_{r.name}.csv").once(one))
     res = pd.concat(frames, ignore_index=True)
@@ -239,46 +258,12 @@ def best_layers(pr: pd.DataFrame, by: str) -> pd.DataFrame:
 COLOR = {"transformer": "C0", "gdn75": "C1", "gdn100": "C2"}
 
 
-def plot_accuracy(res, path, threshold):
-    """One row per training (direct / qfirst / cot), one column per knob, one colour per architecture; the
-    band is the 95% interval over training seeds."""
-    plt = X.pyplot()
-    trs = [t for t in TRAININGS if (res.training == t).any()]
-    fig, axes = plt.subplots(len(trs), len(KNOBS), figsize=(4.6 * len(KNOBS), 2.7 * len(trs) + 0.6), squeeze=False)
-    for row, tr in zip(axes, trs):
-        for ax, knob in zip(row, KNOBS):
-            sub = res[(res.knob == knob) & (res.training == tr)]
-            xs = list(dict.fromkeys(res[res.knob == knob]["value"].astype(str)))
-            for arm, g in sub.groupby("arm", sort=False):
-                arch, x = arm.rsplit("-", 1)[0], [xs.index(str(v)) for v in g["value"]]
-                ax.plot(x, g["accuracy"], marker="o", color=COLOR.get(arch), label=arch)
-                if "lo" in g and g["lo"].notna().any():          # 95% interval over training seeds
-                    ax.fill_between(x, g["lo"], g["hi"], color=COLOR.get(arch), alpha=0.15, lw=0)
-            inside = [i for i, x in enumerate(xs) if x in map(str, TRAIN_GRID[knob])]
-            if inside and inside[-1] < len(xs) - 1:
-                ax.axvspan(inside[-1] + 0.5, len(xs) - 0.5, color="gray", alpha=0.12, lw=0)
-                ax.text(inside[-1] + 0.6, 0.97, "beyond\ntraining", fontsize=7, va="top")
-            ax.axhline(threshold, color="gray", lw=0.8, ls=":")
-            ax.set_xticks(range(len(xs)), xs)
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{tr}: accuracy vs {knob}", fontsize=9)
-        row[0].set_ylabel("answer accuracy" + (" (closed loop)" if tr == "cot" else ""))
-    for ax, knob in zip(axes[-1], KNOBS):
-        ax.set_xlabel(knob)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("state_recall: mean over training seeds, band = 95% interval over seeds", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))      # room for the legend below (X.save_figure would re-lay it out)
-    save_fig(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def working_range(res, arm, knob, threshold):
-    """How many grid values (from the easy end, in order) the arm keeps accuracy >= threshold."""
-    g = res[(res.arm == arm) & (res.knob == knob)]
-    ok = (g.accuracy >= threshold).tolist()
-    return ok.index(False) if False in ok else len(ok)
+def plot_accuracy(res, path, threshold, trainings=TRAININGS, knobs=KNOBS, train_grid=TRAIN_GRID, task="state_recall"):
+    """`plot_knobs`: one row per training, one column per knob, one colour per architecture (band: 95% interval
+    over seeds)."""
+    sep = " " if len(knobs) > 1 else "\n"                # one column: the title on two lines
+    plot_knobs(res, path, threshold, [t for t in trainings if (res.training == t).any()], knobs, train_grid,
+               f"{task}: mean over training seeds,{sep}band = 95% interval over seeds", COLOR)
 
 
 def query_first_verdict(res, archs, threshold) -> str:
@@ -354,26 +339,43 @@ def shape_verdicts(res, threshold) -> list[str]:
 
 def seed_table(val, best, res, threshold) -> pd.DataFrame:
     """Per arm: its learning rate, seeds finished, validation accuracy over seeds and whether it converged
-    (`X.label` of that interval against ``threshold``), and mean test accuracy over the n_steps grid."""
+    (`X.label` of that interval against ``threshold``), and mean test accuracy over the n_steps grid (the hops
+    grid for multihop arms)."""
     rows = []
     for arm, lr in sorted(best.items(), key=lambda x: ARM_ORDER.index(x[0])):
         v = val[(val.unit == arm) & (val.lr == lr)].val_acc
-        t = res[(res.arm == arm) & (res.knob == "n_steps")].groupby("seed").accuracy.mean()
+        knob = "hops" if task_of(arm) == "multihop" else "n_steps"
+        t = res[(res.arm == arm) & (res.knob == knob)].groupby("seed").accuracy.mean()
         vi, ti = seed_interval(v, bounds=(0, 1)), seed_interval(t, bounds=(0, 1))
         rows.append(dict(arm=arm, lr=f"{lr:g}", seeds=len(v), val_acc=X.fmt(*vi), converged=X.label(*vi[1:], threshold),
-                         n_steps_mean_acc=X.fmt(*ti)))
+                         test_mean_acc=X.fmt(*ti)))
     return pd.DataFrame(rows)
 
 
-def report(ctx, status, val, best, res, resm, fails, pr, px, threshold):
+def flat_verdicts(resm, mhm, threshold) -> list[str]:
+    """The published flat-vs-sequential contrast (paper v2), per training: `crossover_verdict` of transformer vs gdn75
+    on state_recall (n_steps) and multihop (hops)."""
+    out = []
+    for tr, mtr in (("direct", "mh_direct"), ("cot", "mh_cot")):
+        attn, hyb = (f"transformer-{tr}", f"transformer-{mtr}"), (f"gdn75-{tr}", f"gdn75-{mtr}")
+        if {attn[0], hyb[0]} <= set(resm.get("arm", ())) and {attn[1], hyb[1]} <= set(mhm.get("arm", ())):
+            out.append(crossover_verdict(
+                resm, "n_steps", mhm, "hops", attn, hyb, threshold,
+                "The hybrid is more robust on sequential updates, the transformer on flat multi-hop retrieval "
+                f"(paper v2), {tr}"))
+    return out
+
+
+def report(ctx, status, val, best, res, resm, mh, mhm, fails, pr, px, threshold):
     P, profile = ctx.P, ctx.profile
     L = X.runs_note(status)
     n_par = {a: X.n_params(arms(P)[f"{a}-direct"]["model"]) for a in ARCHS}
     L += [f"Profile `{profile}`: {P['model']['n_layers']} layers, d={P['model']['d_model']}, parameter counts "
           + ", ".join(f"{a} {n / 1e6:.3f}M" for a, n in n_par.items())
-          + f" (SwiGLU width matched to the transformer). Training: `state_recall` only, {P['steps']} steps x "
-          f"batch {P['batch_size']}, one difficulty knob drawn from its grid per batch "
-          f"({', '.join(f'{k}: {v}' for k, v in TRAIN_GRID.items())}); AdamW, warmup {P['warmup']}, cosine; "
+          + f" (SwiGLU width matched to the transformer). Training: one task per arm, {P['steps']} steps x "
+          f"batch {P['batch_size']}, one difficulty knob drawn from its grid per batch (`state_recall`: "
+          f"{', '.join(f'{k}: {v}' for k, v in TRAIN_GRID.items())}; `multihop`, the mh_ arms: "
+          f"{', '.join(f'{k}: {v}' for k, v in MH_TRAIN_GRID.items())}); AdamW, warmup {P['warmup']}, cosine; "
           f"learning rates {', '.join(f'{x:g}' for x in P['lrs'])} on training seed {P['seeds'][0]}, then seeds "
           f"{', '.join(map(str, P['seeds'][1:])) or '(none)'} at each arm's best rate.", "",
           "Evaluation: held-out seeds; cot arms closed loop (the model reads its own intermediate values). "
@@ -386,25 +388,24 @@ def report(ctx, status, val, best, res, resm, fails, pr, px, threshold):
         L += [f"**{len(incomplete)} of {len(status)} runs are not finished** (budget of this call); the numbers "
               "below use only finished runs. Run the same command again to continue.", ""]
     L += ["## Learning-rate sweep and training seeds", ""] + X.sweep_lines(val, best, P["lrs"], P["seeds"])
-    st = seed_table(val, best, res, threshold)
+    st = seed_table(val, best, pd.concat([res, mh], ignore_index=True), threshold)
     L += ["## Training seeds at the chosen rate", "",
           f"**{int((st.converged != 'solves').sum())} of {len(st)} arms not shown to converge** (validation "
           f"accuracy's 95% interval over seeds not above {threshold}).", ""] + X.md_table(st) + [""]
     for knob in KNOBS:
-        sub = resm[resm.knob == knob]
-        piv = sub.assign(cell=[X.fmt(*x) for x in zip(sub.accuracy, sub.lo, sub.hi)]).pivot(
-            index="value", columns="arm", values="cell")
-        piv = piv.reindex(list(dict.fromkeys(sub.value)))[[a for a in ARM_ORDER if a in piv.columns]]
-        L += [f"## Accuracy vs {knob} (mean [95% interval] over seeds)", "",
-              "| " + knob + " | " + " | ".join(piv.columns) + " |", "|---" * (len(piv.columns) + 1) + "|"]
-        L += ["| " + str(v) + ("" if str(v) in map(str, TRAIN_GRID[knob]) else " (beyond training)") + " | "
-              + " | ".join(r) + " |" for v, r in zip(piv.index, piv.values)]
-        L.append("")
-    cot = resm[(resm.training == "cot") & (resm.knob == "n_steps")]
-    if len(cot):
-        L += ["Cot arms, fraction of intermediate values right (closed loop), vs n_steps: "
-              + "; ".join(f"{a}: " + ", ".join(f"{v}={c:.2f}" for v, c in zip(g.value, g.chain_accuracy))
-                          for a, g in cot.groupby("arm", sort=False)), ""]
+        L += [f"## Accuracy vs {knob} (mean [95% interval] over seeds)", ""]
+        L += knob_table(resm, knob, ARM_ORDER, TRAIN_GRID[knob]) + [""]
+    if len(mhm):
+        L += ["## Flat multi-hop retrieval (`multihop`): accuracy vs hops (mean [95% interval] over seeds)", "",
+              f"n_chains at the task's default ({T.knobs('multihop')['n_chains'].default}: the queried chain and "
+              "distractors); ![multihop](multihop.png)", ""]
+        L += knob_table(mhm, "hops", ARM_ORDER, MH_TRAIN_GRID["hops"]) + [""]
+    for cot, knob in ((resm[(resm.training == "cot") & (resm.knob == "n_steps")], "n_steps"),
+                      (mhm[(mhm.training == "mh_cot") & (mhm.chain_accuracy.notna())], "hops")):
+        if len(cot):
+            L += [f"Cot arms, fraction of intermediate values right (closed loop), vs {knob}: "
+                  + "; ".join(f"{a}: " + ", ".join(f"{v}={c:.2f}" for v, c in zip(g.value, g.chain_accuracy))
+                              for a, g in cot.groupby("arm", sort=False)), ""]
     L += ["## Where each model starts to fail, and what probes and patching show there", "",
           f"Failure point: the first n_steps with accuracy < {threshold} (else the largest n_steps tried).", ""]
     L += X.md_table(fails)
@@ -435,9 +436,10 @@ def report(ctx, status, val, best, res, resm, fails, pr, px, threshold):
                      + (" — *the clean and corrupted runs barely differ (the model does not use the changed "
                         "constant), so the normalised logit_diff is not meaningful here*" if abs(gap) < 0.5 else ""))
         L.append("")
-    per_seed = {sd: shape_verdicts(seed_means(g), threshold) for sd, g in res.groupby("seed")}
+    per_seed = {sd: shape_verdicts(seed_means(g), threshold) + flat_verdicts(
+        seed_means(g), seed_means(mh[mh.seed == sd]) if len(mh) else mhm, threshold) for sd, g in res.groupby("seed")}
     X.write_report(ctx, "E1 — state recall under graded difficulty", L,
-                   X.replicated(shape_verdicts(resm, threshold), per_seed))
+                   X.replicated(shape_verdicts(resm, threshold) + flat_verdicts(resm, mhm, threshold), per_seed))
 
 
 def build_parser():
@@ -464,18 +466,23 @@ def experiment(ctx, threshold):
         return 0 if ctx.train_only and X.sweep_complete(status, P, len(arms(P))) else 3
     X.save_table(X.sweep_frame(status, runs, val), figs / "lr_sweep.csv")
     picked = X.chosen(runs, best)
-    res = test_sweep(picked, P, root, device, deadline)
+    both = test_sweep(picked, P, root, device, deadline)
+    flat = both.arm.map(task_of) == "multihop"
+    res, mh = both[~flat].reset_index(drop=True), both[flat].reset_index(drop=True)
     X.save_table(res, figs / "results.csv")
-    resm = seed_means(res)
+    X.save_table(mh, figs / "results_multihop.csv")
+    resm, mhm = seed_means(res), seed_means(mh) if len(mh) else mh.assign(lo=[], hi=[])
     plot_accuracy(resm, figs / "accuracy.png", threshold)
-    runs0 = {r.unit: r for r in picked if r.seed == P["seeds"][0]}
+    if len(mhm):
+        plot_accuracy(mhm, figs / "multihop.png", threshold, MH_TRAININGS, ("hops",), MH_TRAIN_GRID, "multihop")
+    runs0 = {r.unit: r for r in picked if r.seed == P["seeds"][0] and task_of(r.unit) == "state_recall"}
     fails, pr, px = analyse(runs0, resm, P, root, figs, device, threshold, deadline, progress)
     if pr is not None:
         X.save_table(pd.DataFrame(pr), figs / "probes.csv")
         X.save_with(figs / "probes.png", pr.plot)
     if px is not None:
         X.save_table(px, figs / "patching.csv")
-    report(ctx, status, val, best, res, resm, fails, pr, px, threshold)
+    report(ctx, status, val, best, res, resm, mh, mhm, fails, pr, px, threshold)
     print(f"wrote {figs}/report.md")
     return 0
 

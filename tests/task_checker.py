@@ -260,6 +260,52 @@ def check_parity(words, modulus):
     return Check([(sep, str(count))], {"running_count": running}, list(range(1, sep)))
 
 
+def check_multihop(words):
+    """Bindings ``a = b ;`` until the first ``?``; the chains they form; the query's chain followed link by link."""
+    first_q = words.index("?")
+    link, back = {}, {}
+    for p in range(1, first_q, 4):
+        a, eq, b, semi = words[p:p + 4]
+        assert eq == "=" and semi == ";" and a not in link and b not in back, words[p:p + 4]
+        link[a], back[b] = b, a
+    starts = [a for a in link if a not in back]
+    chains = []
+    for s in starts:
+        chain = [s]
+        while chain[-1] in link:
+            chain.append(link[chain[-1]])
+        chains.append(chain)
+    assert sum(len(c) - 1 for c in chains) == len(link), "a cycle"
+    hops = len(chains[0]) - 1
+    assert all(len(c) - 1 == hops for c in chains), "chains of unequal length"
+    q = words[first_q + 1]
+    qchain = next(c for c in chains if c[0] == q)
+    where = {s: (c[0] == q, j) for c in chains for j, s in enumerate(c)}
+    answers, seen = [], set()
+    hop_of, on_q, resolved = [], [], []
+    for p, w in enumerate(words):
+        if w == "is":
+            k = sum(1 for x in words[:p] if x == "is") + 1
+            answers.append((p, qchain[k]))
+        if w == ";" and p < first_q:
+            seen.add(words[p - 3])
+        on, j = where.get(w, (None, -1))
+        hop_of.append(j)
+        on_q.append(-1 if on is None else int(on))
+        row = [_index(q, "c")] + [-1] * hops
+        for j in range(hops):
+            if qchain[j] not in seen:
+                break
+            row[j + 1] = _index(qchain[j + 1], "c")
+        resolved.append(row)
+    last_q = len(words) - 1 - words[::-1].index("?")
+    assert words[last_q + 1] == q
+    answers.append((last_q + 1, qchain[-1]))
+    facts = [p + 2 for p in range(1, first_q, 4) if words[p] in qchain]
+    labels = {"query_hop_value": resolved, "hop_of": hop_of, "on_query_chain": on_q}
+    return Check(answers, labels, facts)
+
+
 def check(task, words, modulus=None):
     fn = globals()[f"check_{task}"]
     return fn(words, modulus) if task in ("state_recall", "parity") else fn(words)

@@ -174,7 +174,8 @@ def test_e1_end_to_end_and_resume(tmp_path):
     assert E1.main(args + ["--train-only"]) == 0           # trains every run, evaluates nothing
     assert pd.read_csv(figs / "lr_sweep_status.csv").complete.all() and not (figs / "report.md").exists()
     assert E1.main(args) == 0
-    for f in ["report.md", "accuracy.png", "results.csv", "lr_sweep.csv", "probes.csv", "probes.png", "patching.csv"]:
+    for f in ["report.md", "accuracy.png", "multihop.png", "results.csv", "results_multihop.csv", "lr_sweep.csv",
+              "probes.csv", "probes.png", "patching.csv"]:
         assert (figs / f).is_file(), f
     res = pd.read_csv(figs / "results.csv")
     assert set(res.arm) == {f"{a}-{t}" for a in E1.ARCHS for t in E1.TRAININGS}
@@ -184,9 +185,17 @@ def test_e1_end_to_end_and_resume(tmp_path):
     assert sorted(res.seed.unique()) == sorted(seeds)
     assert res.accuracy.between(0, 1).all() and res[res.training == "cot"].chain_accuracy.notna().all()
     sweep = pd.read_csv(figs / "lr_sweep.csv")
-    assert sweep.complete.all() and len(sweep) == n_arms * (len(E1.PROFILES["test"]["lrs"]) + len(seeds) - 1)
-    assert len(list(figs.glob("patch_*.png"))) == n_arms
+    all_arms = len(E1.arms(E1.PROFILES["test"]))
+    assert all_arms == n_arms + len(E1.ARCHS) * len(E1.MH_TRAININGS)
+    assert sweep.complete.all() and len(sweep) == all_arms * (len(E1.PROFILES["test"]["lrs"]) + len(seeds) - 1)
+    assert len(list(figs.glob("patch_*.png"))) == n_arms          # probes and patching: state_recall arms only
+    mh = pd.read_csv(figs / "results_multihop.csv")
+    assert set(mh.arm) == {f"{a}-{t}" for a in E1.ARCHS for t in E1.MH_TRAININGS} and set(mh.knob) == {"hops"}
+    assert len(mh) == len(E1.ARCHS) * len(E1.MH_TRAININGS) * len(seeds) * len(E1.PROFILES["test"]["mh_grid"]["hops"])
+    assert mh.accuracy.between(0, 1).all() and mh[mh.training == "mh_direct"].chain_accuracy.isna().all()
+    assert mh[(mh.training == "mh_cot") & (mh.value > 1)].chain_accuracy.notna().all()   # hops 1: no marker
     report = (figs / "report.md").read_text()
+    assert "accuracy vs hops" in report and report.count("transformer on flat multi-hop retrieval (paper v2)") == 2
     assert "## Comparison with the published shape" in report and "git commit:" in report
     assert "Verdict rule (fixed before the run)" in report and "arms not shown to converge" in report
     assert f"of {len(seeds)})" in report                   # each verdict says how many seeds show it
@@ -311,6 +320,28 @@ def test_e1_degradation_verdict_needs_models_that_learned():
                                                                                             0.3, 0.2]
     direct = next(x for x in E1.shape_verdicts(easy, 0.8) if "), direct:" in x)
     assert direct.endswith("**agrees**.")
+
+
+def test_e1_flat_vs_sequential_verdict():
+    """The crossover rule: the hybrid more robust on state_recall (smaller drop over n_steps) and the transformer
+    on multihop (smaller drop over hops) agrees; the hybrid ahead on both is no shift: disagrees; an arm that
+    never learned the easy end makes it inconclusive."""
+    def frame(task_knob, vals, **acc):
+        return pd.DataFrame([dict(arm=a, knob=task_knob, value=str(v), accuracy=x, training=a.rsplit("-", 1)[1])
+                             for a, xs in acc.items() for v, x in zip(vals, xs)])
+    seq = frame("n_steps", [2, 8, 32, 64],
+                **{"transformer-cot": [1.0, 0.9, 0.5, 0.3], "gdn75-cot": [1.0, 0.95, 0.9, 0.8]})
+    flat = frame("hops", [1, 2, 3, 4],
+                 **{"transformer-mh_cot": [1.0, 0.95, 0.9, 0.9], "gdn75-mh_cot": [1.0, 0.8, 0.5, 0.4]})
+    line = E1.flat_verdicts(seq, flat, 0.8)
+    assert len(line) == 1 and line[0].endswith("**agrees**.")
+    assert "sequential +0.45, flat -0.45" in line[0] and "hops in 3, 4" in line[0]
+    both = flat.assign(arm=flat.arm.map({"transformer-mh_cot": "gdn75-mh_cot", "gdn75-mh_cot": "transformer-mh_cot"}))
+    assert E1.flat_verdicts(seq, both, 0.8)[0].endswith("**disagrees**.")
+    weak = flat.copy()
+    weak.loc[weak.arm == "gdn75-mh_cot", "accuracy"] = [0.5, 0.4, 0.3, 0.3]
+    assert "**inconclusive** (gdn75-mh_cot below 0.8 at the easiest value" in E1.flat_verdicts(seq, weak, 0.8)[0]
+    assert E1.flat_verdicts(seq, flat[flat.arm != "gdn75-mh_cot"], 0.8) == []        # an arm missing: no line
 
 
 def test_e2_trend_verdict_needs_a_clear_trend():

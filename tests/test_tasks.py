@@ -26,6 +26,8 @@ EXTRA = {
     "copy": [{"ngram": 2, "seq_len": 2}, {"distance": 9}, {"distance": 33}],
     "word_problems": [{"n_entities": 1, "n_relations": 0, "goal": "any"}, {"n_entities": 8, "n_relations": 7, "n_steps": 64},
                       {"n_steps": 32, "n_distractors": 32, "goal": "sum"}],
+    "multihop": [{"cot": True}, {"cot": True, "hops": 1}, {"hops": 8, "n_chains": 7},
+                 {"cot": True, "hops": 4, "n_chains": 12}],
 }
 
 
@@ -119,6 +121,11 @@ def test_knobs_shape_the_examples(task, knobs):
         assert L == k["length"] + 3
         assert (b.labels["depth"][:, :-2].amax(1) == k["depth"]).all()
         assert b.labels["expected_close"].max() < k["k"]
+    elif task == "multihop":
+        h = k["hops"]
+        assert L == 1 + 4 * k["n_chains"] * h + 3 + (3 + 2 * (h - 1) if k["cot"] else 0)
+        assert b.labels["query_hop_value"].shape == (N, L, h + 1) and b.labels["hop_of"].max() == h
+        assert (b.loss_mask.sum(1) == (h if k["cot"] else 1)).all()
     elif task == "copy":
         assert L == k["seq_len"] + 2 + k["ngram"]
         if k["distance"] is not None:
@@ -257,6 +264,10 @@ def test_vocab():
     (lambda: T.generate("copy", 2, ngram=40, seq_len=10), "ngram=40 is out of range; valid: integers 2..10"),
     (lambda: T.generate("copy", 2, seq_len=64), "seq_len=64 is out of range; valid: integers 2..63"),
     (lambda: T.generate("copy", 2, distance=8), "distance=8 is out of range; valid: integers 9..33"),
+    (lambda: T.generate("multihop", 2, hops=0), "hops=0 is out of range; valid: integers 1..8"),
+    (lambda: T.generate("multihop", 2, hops=4, n_chains=13), "n_chains=13 is out of range; valid: integers 1..12"),
+    (lambda: T.make_pairs("multihop", 2, cot=1), "cot=1 is not valid; valid: False, True"),
+    (lambda: T.generate("multihop", 2, n_hops=2), "unknown knob 'n_hops' for task 'multihop' (did you mean hops?)"),
     (lambda: T.generate("mqar", 0), "n=0 is out of range; valid: integers >= 1"),
     (lambda: T.make_pairs("mqar", 2, seed=-1), "seed=-1 is out of range; valid: integers >= 0"),
 ])

@@ -18,6 +18,9 @@ again continues from the checkpoints and cached results.
   intervals over seeds (`label`, `fmt`, `seed_means`), the sweep's report lines (`sweep_lines`), paired
   differences between two arms over seeds (`paired_diff`), the verdict rule of a script's docstring (`rule_text`) and how a
   verdict on the mean replicates seed by seed (`replicated`);
+* `interp.experiment.robustness`: how trained arms hold up as one difficulty knob rises (`first_failure`,
+  `working_range`, `degradation`), the report table and figure per knob (`knob_table`, `plot_knobs`) and the
+  verdict comparing two architectures' robustness on a sequential and a flat task (`crossover_verdict`);
 * `interp.experiment.results`: cached result rows (`ResultLog`, one unit file per ``add``), the runs
   directory's configuration (`check_spec`) and the writer locks (`WriterLocks`), all written
   atomically with `interp.store`;

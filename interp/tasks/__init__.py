@@ -6,7 +6,7 @@ differ in one controlled fact (`make_pairs`)."""
 from interp.tasks.base import (Knob, PairBatch, TaskBatch, TaskError, TASKS, difficulty_grid, generate, knobs,
                                make_pairs)
 from interp.tasks.vocab import VOCAB
-from interp.tasks import mqar, state_recall, permutation, entity_tracking, pronoun, brackets, copy, word_problems, parity  # noqa: F401,E402,E501
+from interp.tasks import mqar, state_recall, permutation, entity_tracking, pronoun, brackets, copy, word_problems, parity, multihop  # noqa: F401,E402,E501
 
 __all__ = ["TASKS", "VOCAB", "TaskBatch", "PairBatch", "TaskError", "Knob", "generate", "make_pairs", "knobs",
            "difficulty_grid"]
