@@ -33,6 +33,10 @@ def add_parser(sub):
     tr.add_argument("--dead-tokens", type=int, default=50_000, help="a latent silent this many rows counts as dead")
     tr.add_argument("--save-every", type=int, default=100)
     tr.add_argument("--capture", default=None, help="train on an `interp capture` folder instead of streaming")
+    tr.add_argument("--transcode", action="store_true", help="a transcoder: predict --target from --site")
+    tr.add_argument("--target", default=None, help="the transcoder's target site, e.g. blocks.0.mlp_out or "
+                    "blocks.0.rec.write_kd (with --transcode)")
+    tr.add_argument("--target-head", type=int, default=None, help="one head of a rec.* target (default: all)")
     add_seed(tr)
     add_device(tr)
     tr.add_argument("--out", default=None, help="default runs/sae/<model>_<site>_k<k>_f<features>")
@@ -60,20 +64,41 @@ def _site(a):
     return SaeSite(a.site, a.head)
 
 
+def _target(a):
+    """The transcoder target of `interp sae train` (None without --transcode), checked before the model loads."""
+    from interp.sae import SaeSite
+    from interp.sae.transcode import check_pair
+    if not a.transcode:
+        if a.target is not None or a.target_head is not None:
+            raise InterpError("--target / --target-head name a transcoder's target: add --transcode")
+        return None
+    if a.target is None:
+        raise InterpError("--transcode needs --target SITE, e.g. --site blocks.0.resid_mid --target blocks.0.mlp_out")
+    if a.capture:
+        raise InterpError("--transcode streams from the model; --capture is supported for autoencoders only")
+    target = SaeSite(a.target, a.target_head)
+    check_pair(_site(a), target)
+    return target
+
+
 def cmd_train(a):
     from interp.sae import CaptureSource, ModelSource, train
     from interp.sae.data import family_of, wrap
-    site = _site(a)
+    from interp.sae.transcode import PairSource
+    site, target = _site(a), _target(a)
     model = load_any(a.model, device=a.device)
-    if a.capture:
+    if target is not None:
+        src = PairSource(model, site, target, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
+    elif a.capture:
         src = CaptureSource(a.capture, site, batch_rows=a.batch_size * 32, seed=a.seed,
                             family=family_of(wrap(model), site.layer))
     else:
         src = ModelSource(model, site, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
-    out = a.out or f"runs/sae/{Path(a.model).name}_{site.label()}_k{a.k}_f{a.features}"
+    tag = site.label() + (f"_to_{target.label()}" if target else "")
+    out = a.out or f"runs/sae/{Path(a.model).name}_{tag}_k{a.k}_f{a.features}"
     res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
                 save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
-                model_name=Path(a.model).name, overwrite=a.overwrite)
+                model_name=Path(a.model).name, overwrite=a.overwrite, target=target)
     last = res.metrics.iloc[-1] if len(res.metrics) else None
     if last is not None:
         print(f"{site.label()}: step {int(last.step)}, training FVU {last.fvu:.4f}, dead {last.dead_frac:.3f}")
@@ -92,10 +117,17 @@ def cmd_eval(a):
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
-    ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
-                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                  target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
-                  n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
+    if meta.get("target"):
+        from interp.sae import SaeSite
+        from interp.sae.transcode import run_eval_transcoder
+        ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
+                                 kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
+                                 model_name=Path(a.model).name)
+    else:
+        ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
+                      seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
+                      target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
+                      n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
     print(ev.summary().round(4).to_string(index=False))
     out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
     print("wrote " + ", ".join(str(x) for x in ev.save(out)))

