@@ -28,7 +28,8 @@ def add_parser(sub):
     tr.add_argument("--features", type=int, default=4096, help="dictionary size")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=32, help="task examples per step (all their tokens)")
-    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14)")
+    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14); "
+                    "1e-3 with --rank1")
     tr.add_argument("--auxk-alpha", type=float, default=1 / 32)
     tr.add_argument("--dead-tokens", type=int, default=50_000, help="a latent silent this many rows counts as dead")
     tr.add_argument("--save-every", type=int, default=100)
@@ -36,6 +37,8 @@ def add_parser(sub):
     tr.add_argument("--transcode", action="store_true", help="a transcoder: predict --target from --site")
     tr.add_argument("--target", default=None, help="the transcoder's target site, e.g. blocks.0.mlp_out or "
                     "blocks.0.rec.write_kd (with --transcode)")
+    tr.add_argument("--rank1", action="store_true", help="rank-1 atoms u v^T for one head's factored write "
+                    "(--site blocks.<i>.rec.write_kd --head H; hand-written, interp.sae.rank1)")
     tr.add_argument("--target-head", type=int, default=None, help="one head of a rec.* target (default: all)")
     add_seed(tr)
     add_device(tr)
@@ -74,8 +77,8 @@ def _target(a):
         return None
     if a.target is None:
         raise InterpError("--transcode needs --target SITE, e.g. --site blocks.0.resid_mid --target blocks.0.mlp_out")
-    if a.capture:
-        raise InterpError("--transcode streams from the model; --capture is supported for autoencoders only")
+    if a.capture or a.rank1:
+        raise InterpError("--transcode streams from the model; --capture and --rank1 are for autoencoders only")
     target = SaeSite(a.target, a.target_head)
     check_pair(_site(a), target)
     return target
@@ -86,6 +89,9 @@ def cmd_train(a):
     from interp.sae.data import family_of, wrap
     from interp.sae.transcode import PairSource
     site, target = _site(a), _target(a)
+    if a.rank1:
+        from interp.sae.rank1 import check_site
+        check_site(site)
     model = load_any(a.model, device=a.device)
     if target is not None:
         src = PairSource(model, site, target, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
@@ -96,13 +102,20 @@ def cmd_train(a):
         src = ModelSource(model, site, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
     tag = site.label() + (f"_to_{target.label()}" if target else "")
     out = a.out or f"runs/sae/{Path(a.model).name}_{tag}_k{a.k}_f{a.features}"
-    res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
-                save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
-                model_name=Path(a.model).name, overwrite=a.overwrite, target=target)
+    if a.rank1:
+        from interp.sae.rank1 import train_rank1
+        res = train_rank1(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr or 1e-3,
+                          seed=a.seed, out=out + ("" if a.out else "_rank1"), save_every=a.save_every,
+                          model_name=Path(a.model).name, overwrite=a.overwrite)
+    else:
+        res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
+                    save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
+                    model_name=Path(a.model).name, overwrite=a.overwrite, target=target)
     last = res.metrics.iloc[-1] if len(res.metrics) else None
     if last is not None:
         print(f"{site.label()}: step {int(last.step)}, training FVU {last.fvu:.4f}, dead {last.dead_frac:.3f}")
-    print(f"wrote {res.path} (loads with sparsify.SparseCoder.load_from_disk)")
+    how = "interp.sae.rank1.load" if a.rank1 else "sparsify.SparseCoder.load_from_disk"
+    print(f"wrote {res.path} (loads with {how})")
 
 
 def cmd_eval(a):
@@ -112,12 +125,16 @@ def cmd_eval(a):
     folder = p / "coder" if (p / "coder" / "cfg.json").is_file() else p
     if not (folder / "cfg.json").is_file():
         raise InterpError(f"{a.coder} holds no coder (no cfg.json there or in coder/); train one with interp sae train")
-    coder, meta = load(folder)
+    from interp.sae import rank1
+    coder, meta = rank1.load(folder) if rank1.is_rank1(folder) else load(folder)
     site = _site(a)
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
-    if meta.get("target"):
+    if isinstance(coder, rank1.Rank1Coder):
+        ev = rank1.run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
+                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name)
+    elif meta.get("target"):
         from interp.sae import SaeSite
         from interp.sae.transcode import run_eval_transcoder
         ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
