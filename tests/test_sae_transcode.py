@@ -84,14 +84,20 @@ def test_transcoder_eval_table(tmp_path):
     assert all(p.exists() for p in ev.save(tmp_path / "ev"))
 
 
-def test_resume_refuses_changed_target(tmp_path):
+def test_transcoder_resume_equals_uninterrupted_and_refuses_changed_target(tmp_path):
     m = tiny()
     s, t = SaeSite("blocks.0.resid_mid"), SaeSite("blocks.0.mlp_out")
-    kw = dict(k=4, features=16, steps=2, save_every=1, progress=False, out=tmp_path / "r")
-    train(m, s, PairSource(m, s, t, "mqar", KNOBS, batch_size=4), target=t, **kw)
+    kw = dict(k=4, features=16, lr=3e-3, save_every=2, progress=False, target=t)
+    src = lambda tt=t: PairSource(m, s, tt, "mqar", KNOBS, batch_size=4)  # noqa: E731
+    full = train(m, s, src(), steps=6, out=tmp_path / "a", **kw)
+    train(m, s, src(), steps=3, out=tmp_path / "r", **kw)        # stopped after step 3 (checkpoints at 2, 3)
+    resumed = train(m, s, src(), steps=6, out=tmp_path / "r", **kw)
+    for (n, p), q in zip(full.coder.state_dict().items(), resumed.coder.state_dict().values()):
+        assert torch.equal(p, q), n
+    assert full.metrics.fvu.tolist() == resumed.metrics.fvu.tolist() and resumed.scale == full.scale
     t2 = SaeSite("blocks.0.resid_post")
     with pytest.raises(Exception, match="other settings.*target"):
-        train(m, s, PairSource(m, s, t2, "mqar", KNOBS, batch_size=4), target=t2, **kw)
+        train(m, s, src(t2), steps=6, out=tmp_path / "r", **{**kw, "target": t2})
 
 
 def _cli(tmp_path, capsys, *argv):
