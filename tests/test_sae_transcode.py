@@ -228,6 +228,11 @@ def test_cli_rank1(tmp_path, capsys):
                          "blocks.0.rec.write_kd"], "--rank1")]:
         rc, err = _cli(tmp_path, capsys, *argv)
         assert rc == 2 and err.count("\n") == 0 and err.startswith("error:") and word in err, (argv, err)
+    save_model(tiny("gdn75"), tmp_path / "hybrid")                      # block 1 is attention
+    rc = main(["sae", "train", "--model", str(tmp_path / "hybrid"), "--site", "blocks.1.rec.write_kd", "--head", "0",
+               "--rank1", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "attention" in err, err
     rc, _ = _cli(tmp_path, capsys, "--site", "blocks.0.rec.write_kd", "--head", "1", "--rank1", "--k", "2",
                  "--features", "8", "--steps", "2", "--batch-size", "2", "--knob", "n_pairs=4",
                  "--out", str(tmp_path / "r1"))

@@ -84,6 +84,18 @@ def _target(a):
     return target
 
 
+def _check_writes(model, *sites):
+    """Write sites need a layer whose factored writes interp.sae.writes computes (exit 2 otherwise)."""
+    from interp.sae import writes as W
+    from interp.sae.data import family_of, wrap
+    for s in sites:
+        if s is not None and s.kind in ("write", "write_kd"):
+            fam = family_of(wrap(model), s.layer)
+            if fam not in W.FAMILIES:
+                raise InterpError(f"{s.name}: block {s.layer} is {fam or 'attention'}; factored writes exist for "
+                                  f"{', '.join(W.FAMILIES)} layers")
+
+
 def cmd_train(a):
     from interp.sae import CaptureSource, ModelSource, train
     from interp.sae.data import family_of, wrap
@@ -93,6 +105,7 @@ def cmd_train(a):
         from interp.sae.rank1 import check_site
         check_site(site)
     model = load_any(a.model, device=a.device)
+    _check_writes(model, site, target)
     if target is not None:
         src = PairSource(model, site, target, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
     elif a.capture:
