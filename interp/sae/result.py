@@ -73,7 +73,8 @@ class SaeEval(pd.DataFrame):
         site = sp.get("site", "") + (f" -> {sp['target_site']}" if sp.get("target_site") else "")
         kind = {"transcoder": "transcoder, ", "rank1": "rank-1 atoms, "}.get(sp.get("coder"), "")
         fig.suptitle(title or f"{sp.get('model', '')} {site} on {sp.get('task', '')}: {kind}"
-                     f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents, FVU {q.get('fvu', np.nan):.3f}, "
+                     + ("\n" if len(panels) < 3 else "")
+                     + f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents, FVU {q.get('fvu', np.nan):.3f}, "
                      f"dead {q.get('dead_frac', np.nan):.2f}, dense {q.get('dense_frac', np.nan):.2f}", fontsize=10)
         fig.tight_layout()
         if path is not None:
@@ -86,7 +87,7 @@ class SaeEval(pd.DataFrame):
         ax.bar(sp.condition, sp.value, color=["0.5", "C0", "C3"][:len(sp)])
         for i, r in enumerate(sp.itertuples()):
             kl = self.get("splice", "kl", r.condition).value
-            ax.text(i, r.value + 0.02, f"{r.value:.2f}\nKL {float(kl.iloc[0]) if len(kl) else 0:.2f}",
+            ax.text(i, r.value + 0.02, f"{r.value:.2f}\nKL {float(kl.iloc[0]) if len(kl) else 0:.2g}",
                     ha="center", fontsize=8)
         ax.set_ylim(0, 1.25)
         ax.set_ylabel("answer accuracy")
