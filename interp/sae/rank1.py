@@ -70,7 +70,10 @@ class Rank1Coder(nn.Module):
     def encode_full(self, W):
         """The same code from full writes ``W`` [N, K, V] (p_i^T W q_i + b_i)."""
         W = W.to(self.p.dtype)
-        return self._select(torch.einsum("nkv,fk,fv->nf", W, self.p, self.q) + self.b_enc)
+        n = max(1, 2 ** 24 // (self.K * self.num_latents))  # rows per chunk: [n, K, features] at a time
+        pre = torch.cat([W.new_zeros(0, self.num_latents)] +
+                        [((W[i:i + n] @ self.q.T) * self.p.T).sum(1) for i in range(0, W.shape[0], n)])
+        return self._select(pre + self.b_enc)
 
     # --- decoder ----------------------------------------------------------------------------------
     def decode_full(self, acts, idx):
