@@ -175,6 +175,16 @@ def test_rank1_matches_float64_reference():
         assert abs(q["fvu"] - float((W - ref).pow(2).sum() / (W - W.mean(0)).pow(2).sum())) < 1e-10
 
 
+def test_rank1_encode_full_in_chunks_matches_einsum():
+    c = R.Rank1Coder(64, 8, 4096, 3).double()             # 64 rows per chunk: 130 rows are three chunks
+    W = torch.randn(130, 64, 8, dtype=torch.float64)
+    acts, idx = c.encode_full(W)
+    with torch.no_grad():
+        ref = (torch.einsum("nkv,fk,fv->nf", W, c.p, c.q) + c.b_enc).clamp_min(0).topk(3)
+    assert torch.equal(idx.sort(1).values, ref.indices.sort(1).values)
+    torch.testing.assert_close(acts.sort(1).values, ref.values.sort(1).values, rtol=1e-12, atol=1e-12)
+
+
 def test_rank1_initialised_from_true_atoms_reconstructs_toy():
     toy = Rank1Toy()
     key, val = R.split_kd(toy.rows(7), 16)
