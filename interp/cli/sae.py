@@ -28,11 +28,18 @@ def add_parser(sub):
     tr.add_argument("--features", type=int, default=4096, help="dictionary size")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=32, help="task examples per step (all their tokens)")
-    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14)")
+    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14); "
+                    "1e-3 with --rank1")
     tr.add_argument("--auxk-alpha", type=float, default=1 / 32)
     tr.add_argument("--dead-tokens", type=int, default=50_000, help="a latent silent this many rows counts as dead")
     tr.add_argument("--save-every", type=int, default=100)
     tr.add_argument("--capture", default=None, help="train on an `interp capture` folder instead of streaming")
+    tr.add_argument("--transcode", action="store_true", help="a transcoder: predict --target from --site")
+    tr.add_argument("--target", default=None, help="the transcoder's target site, e.g. blocks.0.mlp_out or "
+                    "blocks.0.rec.write_kd (with --transcode)")
+    tr.add_argument("--rank1", action="store_true", help="rank-1 atoms u v^T for one head's factored write "
+                    "(--site blocks.<i>.rec.write_kd --head H; hand-written, interp.sae.rank1)")
+    tr.add_argument("--target-head", type=int, default=None, help="one head of a rec.* target (default: all)")
     add_seed(tr)
     add_device(tr)
     tr.add_argument("--out", default=None, help="default runs/sae/<model>_<site>_k<k>_f<features>")
@@ -60,24 +67,68 @@ def _site(a):
     return SaeSite(a.site, a.head)
 
 
+def _target(a):
+    """The transcoder target of `interp sae train` (None without --transcode), checked before the model loads."""
+    from interp.sae import SaeSite
+    from interp.sae.transcode import check_pair
+    if not a.transcode:
+        if a.target is not None or a.target_head is not None:
+            raise InterpError("--target / --target-head name a transcoder's target: add --transcode")
+        return None
+    if a.target is None:
+        raise InterpError("--transcode needs --target SITE, e.g. --site blocks.0.resid_mid --target blocks.0.mlp_out")
+    if a.capture or a.rank1:
+        raise InterpError("--transcode streams from the model; --capture and --rank1 are for autoencoders only")
+    target = SaeSite(a.target, a.target_head)
+    check_pair(_site(a), target)
+    return target
+
+
+def _check_writes(model, *sites):
+    """Write sites need a layer whose factored writes interp.sae.writes computes (exit 2 otherwise)."""
+    from interp.sae import writes as W
+    from interp.sae.data import family_of, wrap
+    for s in sites:
+        if s is not None and s.kind in ("write", "write_kd"):
+            fam = family_of(wrap(model), s.layer)
+            if fam not in W.FAMILIES:
+                raise InterpError(f"{s.name}: block {s.layer} is {fam or 'attention'}; factored writes exist for "
+                                  f"{', '.join(W.FAMILIES)} layers")
+
+
 def cmd_train(a):
     from interp.sae import CaptureSource, ModelSource, train
     from interp.sae.data import family_of, wrap
-    site = _site(a)
+    from interp.sae.transcode import PairSource
+    site, target = _site(a), _target(a)
+    if a.rank1:
+        from interp.sae.rank1 import check_site
+        check_site(site)
     model = load_any(a.model, device=a.device)
-    if a.capture:
+    _check_writes(model, site, target)
+    if target is not None:
+        src = PairSource(model, site, target, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
+    elif a.capture:
         src = CaptureSource(a.capture, site, batch_rows=a.batch_size * 32, seed=a.seed,
                             family=family_of(wrap(model), site.layer))
     else:
         src = ModelSource(model, site, a.task, kv(a.knob), a.batch_size, a.seed, a.device)
-    out = a.out or f"runs/sae/{Path(a.model).name}_{site.label()}_k{a.k}_f{a.features}"
-    res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
-                save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
-                model_name=Path(a.model).name, overwrite=a.overwrite)
+    tag = site.label() + (f"_to_{target.label()}" if target else "")
+    out = a.out or f"runs/sae/{Path(a.model).name}_{tag}_k{a.k}_f{a.features}"
+    if a.rank1:
+        from interp.sae.rank1 import train_rank1
+        res = train_rank1(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr or 1e-3,
+                          seed=a.seed, out=out + ("" if a.out else "_rank1"), save_every=a.save_every,
+                          model_name=Path(a.model).name, overwrite=a.overwrite)
+    else:
+        res = train(model, site, src, k=a.k, features=a.features, steps=a.steps, lr=a.lr, seed=a.seed, out=out,
+                    save_every=a.save_every, auxk_alpha=a.auxk_alpha, dead_tokens=a.dead_tokens,
+                    model_name=Path(a.model).name, overwrite=a.overwrite, target=target)
     last = res.metrics.iloc[-1] if len(res.metrics) else None
     if last is not None:
         print(f"{site.label()}: step {int(last.step)}, training FVU {last.fvu:.4f}, dead {last.dead_frac:.3f}")
-    print(f"wrote {res.path} (loads with sparsify.SparseCoder.load_from_disk)")
+    how = "interp.sae.rank1.load" if a.rank1 else "sparsify.SparseCoder.load_from_disk"
+    print(f"wrote {res.path} (loads with {how})")
 
 
 def cmd_eval(a):
@@ -87,15 +138,26 @@ def cmd_eval(a):
     folder = p / "coder" if (p / "coder" / "cfg.json").is_file() else p
     if not (folder / "cfg.json").is_file():
         raise InterpError(f"{a.coder} holds no coder (no cfg.json there or in coder/); train one with interp sae train")
-    coder, meta = load(folder)
+    from interp.sae import rank1
+    coder, meta = rank1.load(folder) if rank1.is_rank1(folder) else load(folder)
     site = _site(a)
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
-    ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
-                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                  target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
-                  n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
+    if isinstance(coder, rank1.Rank1Coder):
+        ev = rank1.run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
+                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name)
+    elif meta.get("target"):
+        from interp.sae import SaeSite
+        from interp.sae.transcode import run_eval_transcoder
+        ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
+                                 kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
+                                 model_name=Path(a.model).name)
+    else:
+        ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
+                      seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
+                      target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
+                      n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
     print(ev.summary().round(4).to_string(index=False))
     out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
     print("wrote " + ", ".join(str(x) for x in ev.save(out)))

@@ -52,16 +52,23 @@ def reconstruct(coder, x):
     return coder.decode(acts, idx)
 
 
-def fold(coder, scale: float):
-    """A copy of ``coder`` (trained on x / scale) that acts on raw x: same top-k choice and latents,
-    reconstruction times scale."""
+def pad(x, width: int):
+    """``x`` [N, d] with zero columns appended up to ``width`` (sparsify's coders have one width for input and
+    output: a transcoder between widths reads and writes the wider one, the narrower side zero-padded)."""
+    return x if x.shape[-1] >= width else torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+
+
+def fold(coder, scale: float, out_scale: float | None = None):
+    """A copy of ``coder`` (trained on x / scale, with targets y / out_scale; default out_scale = scale) that
+    acts on raw x: same top-k choice and latents, output times out_scale."""
+    out_scale = scale if out_scale is None else out_scale
     sp = _sparsify()
     out = sp.SparseCoder(coder.d_in, coder.cfg, device="cpu", dtype=coder.dtype)
     with torch.no_grad():
         out.encoder.weight.copy_(coder.encoder.weight / scale)
         out.encoder.bias.copy_(coder.encoder.bias)
-        out.W_dec.copy_(coder.W_dec * scale)
-        out.b_dec.copy_(coder.b_dec * scale)
+        out.W_dec.copy_(coder.W_dec * out_scale)
+        out.b_dec.copy_(coder.b_dec * out_scale)
     return out
 
 

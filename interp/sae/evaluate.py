@@ -16,13 +16,14 @@ from interp.tasks.vocab import PAD
 
 
 @torch.no_grad()
-def quality(coder, X, dense_threshold: float = 0.1) -> dict:
-    """FVU (sum of squared errors over the total variance of ``X`` [N, d]), ``dead_frac`` (latents that
-    never fire on X), ``dense_frac`` (latents firing on more than ``dense_threshold`` of the rows),
-    ``l0`` (mean active latents per row) and ``rows``."""
-    acts, idx, _ = coder.encode(X.to(coder.dtype))
-    rec = coder.decode(acts, idx)
-    fvu = (X - rec).pow(2).sum() / (X - X.mean(0)).pow(2).sum()
+def quality(coder, X, dense_threshold: float = 0.1, Y=None) -> dict:
+    """FVU (sum of squared errors over the total variance of the target: ``X`` [N, d], or ``Y`` [N, d'] for
+    a transcoder reading X), ``dead_frac`` (latents that never fire on X), ``dense_frac`` (latents firing
+    on more than ``dense_threshold`` of the rows), ``l0`` (mean active latents per row) and ``rows``."""
+    Y = X if Y is None else Y
+    acts, idx, _ = coder.encode(C.pad(X, coder.d_in).to(coder.dtype))
+    rec = coder.decode(acts, idx)[:, :Y.shape[1]]
+    fvu = (Y - rec).pow(2).sum() / (Y - Y.mean(0)).pow(2).sum()
     counts = torch.zeros(coder.num_latents)
     counts.index_add_(0, idx[acts > 0].flatten(), torch.ones(int((acts > 0).sum())))
     freq = counts / X.shape[0]
@@ -58,20 +59,21 @@ def clean_run(hm, site, tokens):
 
 
 @torch.no_grad()
-def splice(hm, site, coder, batch, mask=None) -> list[dict]:
+def splice(hm, site, coder, batch, mask=None, edit=None, hooks=()) -> list[dict]:
     """One row per condition (clean, sae, mean): accuracy, answer_ce, kl and their change from clean,
-    with the site replaced where ``mask`` [B, T] is set (default: every non-pad token)."""
+    with the site replaced where ``mask`` [B, T] is set (default: every non-pad token) by the coder's
+    reconstruction (or ``edit(x, rows, positions)``, run with the extra ``hooks`` before the splice's)."""
     from interp.sae.sites import splice_hooks
     fam = family_of(hm, site.layer)
     mask = (batch.tokens != PAD) if mask is None else mask
     logits, X, cache = clean_run(hm, site, batch.tokens)
     base, ref = answer_metrics(logits, batch)
     mu = X[mask].mean(0)
-    edits = {"sae": lambda x, b, t: C.reconstruct(coder, x).to(x.dtype),
+    edits = {"sae": edit or (lambda x, b, t: C.reconstruct(coder, x).to(x.dtype)),
              "mean": lambda x, b, t: mu.expand_as(x).clone()}
     rows = [{"condition": "clean", **base, "kl": 0.0}]
-    for name, edit in edits.items():
-        lg = hm.run_with_hooks(batch.tokens, hooks=splice_hooks(site, edit, mask, fam, cache))
+    for name, fn in edits.items():
+        lg = hm.run_with_hooks(batch.tokens, hooks=list(hooks) + splice_hooks(site, fn, mask, fam, cache))
         m, _ = answer_metrics(lg, batch, ref)
         rows.append({"condition": name, **m})
     for r in rows:

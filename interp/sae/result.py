@@ -28,7 +28,7 @@ class SaeEval(pd.DataFrame):
     def from_rows(cls, rows, spec: dict) -> "SaeEval":
         df = cls(pd.DataFrame(rows).reindex(columns=COLUMNS))
         df["feature"] = df["feature"].fillna(-1).astype(int)
-        df[["condition", "variable"]] = df[["condition", "variable"]].fillna("")
+        df[["condition", "variable"]] = df[["condition", "variable"]].astype(object).fillna("")
         df.attrs["spec"] = spec
         return df
 
@@ -62,15 +62,19 @@ class SaeEval(pd.DataFrame):
         if path is not None:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 4, figsize=(18, 3.8))
-        self._plot_splice(ax[0])
-        self._plot_auroc(ax[1])
-        self._plot_needed(ax[2])
-        self._plot_interchange(ax[3])
+        panels = [(sec, fn) for sec, fn in (("splice", self._plot_splice), ("groundtruth", self._plot_auroc),
+                                            ("needed", self._plot_needed), ("interchange", self._plot_interchange))
+                  if sec == "splice" or (self.section == sec).any()]   # transcoders / rank-1: splice only
+        fig, ax = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 0.5, 3.8), squeeze=False)
+        for a, (_, fn) in zip(ax[0], panels):
+            fn(a)
         sp = self.attrs.get("spec", {})
         q = {r.metric: r.value for r in self.get("quality").itertuples()}
-        fig.suptitle(title or f"{sp.get('model', '')} {sp.get('site', '')} on {sp.get('task', '')}: "
-                     f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents, FVU {q.get('fvu', np.nan):.3f}, "
+        site = sp.get("site", "") + (f" -> {sp['target_site']}" if sp.get("target_site") else "")
+        kind = {"transcoder": "transcoder, ", "rank1": "rank-1 atoms, "}.get(sp.get("coder"), "")
+        fig.suptitle(title or f"{sp.get('model', '')} {site} on {sp.get('task', '')}: {kind}"
+                     + ("\n" if len(panels) < 3 else "")
+                     + f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents, FVU {q.get('fvu', np.nan):.3f}, "
                      f"dead {q.get('dead_frac', np.nan):.2f}, dense {q.get('dense_frac', np.nan):.2f}", fontsize=10)
         fig.tight_layout()
         if path is not None:
@@ -83,7 +87,7 @@ class SaeEval(pd.DataFrame):
         ax.bar(sp.condition, sp.value, color=["0.5", "C0", "C3"][:len(sp)])
         for i, r in enumerate(sp.itertuples()):
             kl = self.get("splice", "kl", r.condition).value
-            ax.text(i, r.value + 0.02, f"{r.value:.2f}\nKL {float(kl.iloc[0]) if len(kl) else 0:.2f}",
+            ax.text(i, r.value + 0.02, f"{r.value:.2f}\nKL {float(kl.iloc[0]) if len(kl) else 0:.2g}",
                     ha="center", fontsize=8)
         ax.set_ylim(0, 1.25)
         ax.set_ylabel("answer accuracy")

@@ -28,7 +28,7 @@ KIND = "sae"
 class TrainResult:
     coder: object            # the trained sparsify SparseCoder, folded to raw activations
     metrics: pd.DataFrame    # step, fvu, auxk, dead_frac (fraction of latents dead at that step)
-    scale: float             # the training scale (RMS of the first batch)
+    scale: object            # the training scale (RMS of the first batch); (input, target) for transcoders
     path: Path | None        # <out>/coder, or None without out
 
 
@@ -41,6 +41,8 @@ def _state(coder, opt, fired, step, scale) -> dict:
 
 
 def _restore(ck, coder, opt, fired):
+    """Load a checkpoint into coder / Adam / counters; returns (step, scale) (scale: a float, or a tuple of
+    floats for coders with several input scales)."""
     coder.load_state_dict({k[6:]: v for k, v in ck.items() if k.startswith("coder.")})
     state = {}
     for k, v in ck.items():
@@ -49,67 +51,111 @@ def _restore(ck, coder, opt, fired):
             state.setdefault(int(i), {})[n] = v
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     fired.copy_(ck["fired"])
-    return int(ck["step"]), float(ck["scale"])
+    s = ck["scale"].tolist()
+    return int(ck["step"]), (tuple(s) if isinstance(s, list) else float(s))
 
 
-def _one_step(coder, opt, x, dead, auxk_alpha):
-    out = coder(x, dead_mask=dead if auxk_alpha > 0 else None)
+def _one_step(coder, opt, x, y, dead, auxk_alpha):
+    out = coder(x, y=y, dead_mask=dead if auxk_alpha > 0 else None)
     loss = out.fvu + auxk_alpha * out.auxk_loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    coder.remove_gradient_parallel_to_decoder_directions()
+    if y is None:  # sparsify's trainer keeps unit decoder rows for autoencoders only (transcoders start at 0)
+        coder.remove_gradient_parallel_to_decoder_directions()
     opt.step()
-    coder.set_decoder_norm_to_unit_norm()
-    return out
+    if y is None:
+        coder.set_decoder_norm_to_unit_norm()
+    return {"fvu": float(out.fvu.detach()), "auxk": float(out.auxk_loss.detach())}, out.latent_indices
 
 
-def spec_of(model, site, source, k, features, lr, auxk_alpha, dead_tokens, seed, model_name=None) -> dict:
+def spec_of(model, site, source, k, features, lr, auxk_alpha, dead_tokens, seed, model_name=None,
+            target=None) -> dict:
     """What determines a training run's coder (the number of steps does not: a longer run continues a shorter)."""
-    return {"model": {"name": model_name, "digest": model_digest(model)}, "site": site.label(),
+    spec = {"model": {"name": model_name, "digest": model_digest(model)}, "site": site.label(),
             "source": source.spec(), "coder": {"k": k, "features": features, "lr": lr, "auxk_alpha": auxk_alpha,
                                                 "dead_tokens": dead_tokens, "seed": seed, "lib": "eai-sparsify"}}
+    if target is not None:
+        spec["target"] = target.label()
+    return spec
+
+
+def rms(x) -> float:
+    """The training scale of a batch: its root mean square (floored)."""
+    return float(x.pow(2).mean().sqrt().clamp_min(1e-12))
+
+
+def split(batch):
+    """(inputs, targets or None) of a source's rows (a tensor, or an (inputs, targets) pair)."""
+    return batch if isinstance(batch, tuple) else (batch, None)
+
+
+def fit(coder, opt, source, steps, step_fn, scale, store=None, save_every=100, progress=True, desc="sae",
+        dead_tokens=50_000, x0=None):
+    """The resumable loop every coder shares: per step one batch ``source.rows(step)`` (``x0`` for step 0),
+    ``step_fn(batch, scale, dead_mask) -> (metrics dict, latent indices fired)``; with an open `Store`,
+    metrics and a checkpoint every ``save_every`` steps, and a run that finds a checkpoint continues from
+    it. ``coder.num_latents`` latents. Returns (metrics DataFrame, scale)."""
+    fired = torch.zeros(coder.num_latents, dtype=torch.long)  # rows since each latent last fired
+    start = 0
+    if store and store.has("checkpoint"):
+        start, scale = _restore(store.get("checkpoint"), coder, opt, fired)
+    rows = []
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc)
+    for step in range(start, steps):
+        batch = x0 if step == 0 and x0 is not None else source.rows(step)
+        m, idx = step_fn(batch, scale, fired > dead_tokens)
+        n = int(split(batch)[0].shape[0])
+        fired += n
+        fired[idx.flatten().unique()] = 0
+        rows.append({"step": step + 1, **m, "dead_frac": float((fired > dead_tokens).float().mean()), "rows": n})
+        bar.update(1)
+        bar.set_postfix(fvu=f"{rows[-1]['fvu']:.3f}")
+        if store and ((step + 1) % save_every == 0 or step + 1 == steps):
+            store.put(f"metrics/step={step + 1:08d}", pd.DataFrame(rows))
+            store.put("checkpoint", _state(coder, opt, fired, step + 1, scale))
+            rows = []
+    bar.close()
+    return _metrics(store, rows), scale
 
 
 def train(model, site, source, k: int = 32, features: int = 4096, steps: int = 1000, lr: float | None = None,
           seed: int = 0, out=None, save_every: int = 100, auxk_alpha: float = 1 / 32, dead_tokens: int = 50_000,
-          model_name: str | None = None, overwrite: bool = False, progress: bool = True) -> TrainResult:
+          model_name: str | None = None, overwrite: bool = False, progress: bool = True,
+          target=None) -> TrainResult:
     """Train a TopK coder (``k`` of ``features`` latents) on ``source``'s rows of ``site`` for ``steps``
-    steps; with ``out`` resumable there (see the module docstring). Returns a `TrainResult`."""
+    steps; with ``out`` resumable there (see the module docstring). With ``target`` (an `SaeSite`) a
+    transcoder: ``source.rows`` gives (input, target) row pairs (`interp.sae.transcode.PairSource`) and
+    the coder predicts the target from the input (sparsify's ``transcode=True``; inputs and targets have
+    a scale each, and the narrower side is padded with zeros, `interp.sae.transcode`). Returns a
+    `TrainResult` (``scale``: a float, or (input scale, target scale) for a transcoder)."""
     x0 = source.rows(0)
+    xi, yi = split(x0)
     lr = lr if lr is not None else 2e-4 / (features / 2 ** 14) ** 0.5
-    coder = C.new(x0.shape[1], k, features, seed)
+    width = xi.shape[1] if yi is None else max(xi.shape[1], yi.shape[1])
+    coder = C.new(width, k, features, seed, transcode=yi is not None)
     opt = torch.optim.Adam(coder.parameters(), lr=lr)
-    fired = torch.zeros(features, dtype=torch.long)  # rows since each latent last fired
-    scale = float(x0.pow(2).mean().sqrt().clamp_min(1e-12))
+    scale = rms(xi) if yi is None else (rms(xi), rms(yi))
     with torch.no_grad():
-        coder.b_dec.copy_(x0.mean(0) / scale)
-    spec = spec_of(model, site, source, k, features, lr, auxk_alpha, dead_tokens, seed, model_name)
+        coder.b_dec.copy_(C.pad((xi if yi is None else yi).mean(0)[None], width)[0] /
+                          (scale if yi is None else scale[1]))
+    spec = spec_of(model, site, source, k, features, lr, auxk_alpha, dead_tokens, seed, model_name, target)
+
+    def step_fn(batch, sc, dead):
+        x, y = split(batch)
+        if y is None:
+            return _one_step(coder, opt, x / sc, None, dead, auxk_alpha)
+        return _one_step(coder, opt, C.pad(x / sc[0], width), C.pad(y / sc[1], width), dead, auxk_alpha)
     store = Store(out, KIND, spec, overwrite=overwrite, owns=("coder", "metrics.parquet")) if out else None
     with store if store else contextlib.nullcontext():
-        start = 0
-        if store and store.has("checkpoint"):
-            start, scale = _restore(store.get("checkpoint"), coder, opt, fired)
-        rows = []
-        bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"sae {site.label()}")
-        for step in range(start, steps):
-            x = (x0 if step == 0 else source.rows(step)) / scale
-            res = _one_step(coder, opt, x, fired > dead_tokens, auxk_alpha)
-            fired += x.shape[0]
-            fired[res.latent_indices.flatten().unique()] = 0
-            rows.append({"step": step + 1, "fvu": float(res.fvu.detach()), "auxk": float(res.auxk_loss.detach()),
-                         "dead_frac": float((fired > dead_tokens).float().mean()), "rows": int(x.shape[0])})
-            bar.update(1)
-            bar.set_postfix(fvu=f"{rows[-1]['fvu']:.3f}")
-            if store and ((step + 1) % save_every == 0 or step + 1 == steps):
-                store.put(f"metrics/step={step + 1:08d}", pd.DataFrame(rows))
-                store.put("checkpoint", _state(coder, opt, fired, step + 1, scale))
-                rows = []
-        bar.close()
-        metrics = _metrics(store, rows)
-        folded = C.fold(coder, scale)
+        metrics, scale = fit(coder, opt, source, steps, step_fn, scale, store, save_every, progress,
+                             f"{'transcoder' if target else 'sae'} {site.label()}", dead_tokens, x0)
+        folded = C.fold(coder, *(scale if isinstance(scale, tuple) else (scale,)))
         path = None
         if store:
             meta = {"site": site.name, "head": site.head, "model": model_name, "scale": scale, "spec": spec}
+            if target is not None:
+                meta.update(target=target.name, target_head=target.head, d_in=int(xi.shape[1]),
+                            d_out=int(yi.shape[1]))
             path = C.save(folded, Path(out) / "coder", meta)
             save_parquet(Path(out) / "metrics.parquet", metrics)
     return TrainResult(folded, metrics, scale, path)
