@@ -49,7 +49,7 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from hooks.adapters.base import Adapter, HeadProjection
+from hooks.adapters.base import Adapter, HeadProjection, swap_attr
 
 _ATTN_GLOBAL = "ALL_ATTENTION_FUNCTIONS"
 
@@ -237,6 +237,30 @@ def patch_attention(attn: nn.Module, wrapper, meta: dict | None = None):
     with dispatch_globals(g, "attention", (_ATTN_GLOBAL,), lambda d, orig: _AttentionFunctions(orig, d.chains),
                           attn, (wrapper, meta)):
         yield
+
+
+_FORWARD_CHAINS: dict = {}  # module -> its wrappers (outermost first) while its forward is swapped
+
+
+@contextmanager
+def chained_forward(module: nn.Module, wrapper, make_forward):
+    """Swap ``module.forward`` for ``make_forward(module, chain)`` (a forward that hands its recurrence to the
+    wrappers in ``chain``, outermost first) while ``wrapper`` is installed; a nested call on the same module
+    appends its wrapper to the installed chain instead of swapping again. Restored on exit."""
+    chain = _FORWARD_CHAINS.get(module)
+    if chain is not None:  # nested: the installed forward reads the shared chain
+        chain.append(wrapper)
+        try:
+            yield
+        finally:
+            chain.remove(wrapper)
+        return
+    chain = _FORWARD_CHAINS[module] = [wrapper]
+    try:
+        with swap_attr(module, "forward", make_forward(module, chain)):
+            yield
+    finally:
+        del _FORWARD_CHAINS[module]
 
 
 class HFAdapter(Adapter):

@@ -40,8 +40,8 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from hooks.adapters.base import HeadProjection, LayerInfo, swap_attr
-from hooks.adapters.hf_common import HFAdapter, attn_meta, decoder_layers, forward_globals
+from hooks.adapters.base import HeadProjection, LayerInfo
+from hooks.adapters.hf_common import HFAdapter, attn_meta, chained_forward, decoder_layers, forward_globals
 from hooks.scan import shortconv
 
 MODEL_TYPES = ("lfm2", "lfm2_moe", "lfm3")
@@ -115,26 +115,9 @@ def _conv_forward(rec, chain):
     return types.MethodType(force_accelerate_hooks("conv")(forward), rec)
 
 
-_CHAINS: dict = {}  # short-conv module -> its wrappers (outermost first) while patched
-
-
-@contextmanager
 def patch_shortconv(rec, wrapper):
     """Make LFM2 short-conv module ``rec`` hand B, C, x to ``wrapper(kwargs, call)`` (module docstring)."""
-    chain = _CHAINS.get(rec)
-    if chain is not None:  # nested: the installed forward reads the shared chain
-        chain.append(wrapper)
-        try:
-            yield
-        finally:
-            chain.remove(wrapper)
-        return
-    chain = _CHAINS[rec] = [wrapper]
-    try:
-        with swap_attr(rec, "forward", _conv_forward(rec, chain)):
-            yield
-    finally:
-        del _CHAINS[rec]
+    return chained_forward(rec, wrapper, _conv_forward)
 
 
 class HFLfm2Adapter(HFAdapter):

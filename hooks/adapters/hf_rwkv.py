@@ -55,8 +55,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from hooks.adapters.base import LayerInfo, swap_attr
-from hooks.adapters.hf_common import HFAdapter, forward_globals
+from hooks.adapters.base import LayerInfo
+from hooks.adapters.hf_common import HFAdapter, chained_forward, forward_globals
 from hooks.scan import wkv
 
 MODEL_TYPES = ("rwkv",)
@@ -158,26 +158,9 @@ def _attention_forward(mod, chain):
     return forward
 
 
-_CHAINS: dict = {}  # time-mix module -> its wrappers (outermost first) while patched
-
-
-@contextmanager
 def patch_wkv(mod, wrapper):
     """Make HF time-mix module ``mod`` hand its WKV call to ``wrapper(kwargs, call)`` (module docstring)."""
-    chain = _CHAINS.get(mod)
-    if chain is not None:  # nested: the installed forward reads the shared chain
-        chain.append(wrapper)
-        try:
-            yield
-        finally:
-            chain.remove(wrapper)
-        return
-    chain = _CHAINS[mod] = [wrapper]
-    try:
-        with swap_attr(mod, "forward", _attention_forward(mod, chain)):
-            yield
-    finally:
-        del _CHAINS[mod]
+    return chained_forward(mod, wrapper, _attention_forward)
 
 
 class HFRwkvAdapter(HFAdapter):
