@@ -149,12 +149,19 @@ def _check_force(force, tokens, n):
     return force.long().cpu()
 
 
-def _own_cache_ok(hm) -> bool:
+# model types whose own one-token step is wrong for batches of several rows (transformers 5.25's rwkv
+# broadcasts its token-shift state across rows): they decode by recomputation when B > 1
+_OWN_STEP_ONE_ROW = ("rwkv",)
+
+
+def _own_cache_ok(hm, batch: int) -> bool:
     """Whether the model decodes with its own cache through transformers' ``generate`` (HF and fla
     models; not the zoo, mamba-ssm's own generation mixin, or a TransformerLens / nnsight wrapper)."""
     try:
         from transformers import GenerationMixin
     except ImportError:  # pragma: no cover
+        return False
+    if batch > 1 and getattr(getattr(hm.model, "config", None), "model_type", None) in _OWN_STEP_ONE_ROW:
         return False
     return isinstance(hm.model, GenerationMixin) and hm.adapter.family != "interop"
 
@@ -240,7 +247,7 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
     from hooks.session import hook_pairs
     hooks = hook_pairs(hooks, hm.hook_names)
     steps = _Steps(hm, step_hooks, tokens.shape[1])
-    if use_cache and not hooks and not steps.fns and _own_cache_ok(hm):
+    if use_cache and not hooks and not steps.fns and _own_cache_ok(hm, tokens.shape[0]):
         seq, scores = _hf_generate(hm, tokens, max_new_tokens, pick, eos_token_id, mask)
         path = "cache"
         steps.step = seq.shape[1] - tokens.shape[1]

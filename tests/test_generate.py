@@ -275,3 +275,17 @@ def test_left_padded_prompts_generate_as_alone(kind):
         assert torch.equal(g.new_tokens[1], hm.generate(b, 5).new_tokens[0]), use_cache
     with pytest.raises(HookError, match="left"):
         hm.generate(toks, 2, attention_mask=mask.flip(-1))
+
+
+def test_rwkv_batches_decode_by_recomputation():
+    """transformers' rwkv one-token step mixes the rows of a batch: several rows go the recomputation way and
+    continue each prompt as it continues alone (one row may use the model's own cache)."""
+    from test_adapters_rwkv import make as rwkv_make
+    m = rwkv_make("plain")
+    hm = hooks.wrap(m)
+    x = H.toks(m.config.vocab_size, B=2, n=5)
+    g = hm.generate(x, 4)
+    assert g.path == "recompute"
+    for r in range(2):
+        one = hm.generate(x[r:r + 1], 4)
+        assert one.path == "cache" and torch.equal(one.tokens[0], g.tokens[r])
