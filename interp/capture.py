@@ -83,7 +83,8 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     ``state_dtype``: store ``rec.state`` tensors in float32 (None, default, exact), bfloat16 or
     float16 (half the bytes; computed in float32 and rounded once). ``inputs``: a task's batch
     (`interp.tasks.TaskBatch`) or {name: tensor [N, ...]}, stored with ``tokens`` (`load_capture`
-    gives them back as ``.tokens`` and ``.labels``). ``max_memory``: the memory budget (forwards are
+    gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them marks padded
+    examples (1: a real token), which then run as padded batches (HF models). ``max_memory``: the memory budget (forwards are
     sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
     (None: ``max_memory``). ``meta`` (model name and source) goes into the manifest and the spec. An
     existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
@@ -111,7 +112,7 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
                 print(f"{out}: capture already complete ({n} examples); nothing to do "
                       "(--overwrite captures again)", file=sys.stderr)
             return out
-        forward = _forward(model, tokens, names, positions, sdtype)
+        forward = _forward(model, tokens, names, positions, sdtype, padding_mask(inputs))
         budget = parse_size(max_memory)
         step, shapes = fit_batch(forward, n, budget, batch_size, max_memory)   # a refusal writes nothing more
         _save_inputs(store, tokens, inputs)
@@ -179,15 +180,23 @@ def open_store(out, spec: dict, overwrite: bool = False) -> Store:
         raise
 
 
-def _forward(model, tokens, names, positions, sdtype):
-    """forward(a, b): {name: tensor on the CPU} of examples a..b of ``tokens``, captured without grad."""
+def padding_mask(inputs):
+    """The ``attention_mask`` [N, T] among ``inputs`` (padded examples, e.g. `interp capture --text --lines`),
+    or None."""
+    return inputs.get("attention_mask") if isinstance(inputs, dict) else None
+
+
+def _forward(model, tokens, names, positions, sdtype, mask=None):
+    """forward(a, b): {name: tensor on the CPU} of examples a..b of ``tokens``, captured without grad; with a
+    padding ``mask`` [N, T] (1: real token) each forward gets its rows of it (`hooks`: pads write nothing)."""
     hm = hooks.wrap(model)
     dev = input_device(model)  # a model spread over devices takes its inputs where it embeds them
 
     def forward(a, b):
         with torch.no_grad():
             _, cache = hm.run_with_cache(tokens[a:b].to(dev), names=names, positions=positions, device="cpu",
-                                         state_dtype=sdtype)
+                                         state_dtype=sdtype,
+                                         attention_mask=None if mask is None else torch.as_tensor(mask)[a:b].to(dev))
         return dict(cache)
     return forward
 

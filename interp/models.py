@@ -208,6 +208,49 @@ def read_text(path) -> str:
     return text
 
 
+def tokenize_lines(path, model_dir, kind: str, seq_len: int):
+    """A text file -> (tokens [N, T], attention_mask [N, T]): one example per non-empty line, cut to its first
+    ``seq_len`` tokens and left-padded to the longest (the tokenizer's pad id, else 0), for HF models (zoo
+    models run examples of one length: their lines must give equal word counts)."""
+    import torch
+    if not (isinstance(seq_len, int) and seq_len >= 1):
+        raise InterpError(f"--seq-len {seq_len!r} is not valid; valid: integers >= 1")
+    lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
+    if not lines:
+        raise InterpError(f"{path}: no non-empty line to capture")
+    ids, pad = _encode_lines(lines, model_dir, kind)
+    ids = [e[:seq_len] for e in ids]
+    T = max(len(e) for e in ids)
+    if kind == "zoo" and any(len(e) != T for e in ids):
+        raise InterpError(f"{path}: lines of {min(len(e) for e in ids)} to {T} words; zoo models run examples of one "
+                          "length (no padding): give lines of equal word counts, or drop --lines")
+    tokens = torch.tensor([[pad] * (T - len(e)) + e for e in ids])
+    mask = torch.tensor([[0] * (T - len(e)) + [1] * len(e) for e in ids])
+    return tokens, mask
+
+
+def _encode_lines(lines, model_dir, kind):
+    """(token ids per line, pad id) with the model's tokenizer (zoo: the task vocabulary)."""
+    if kind == "zoo":
+        from interp.tasks import VOCAB
+        bad = sorted({w for ln in lines for w in ln.split() if w not in VOCAB})
+        if bad:
+            raise InterpError(f"{len(bad)} word(s) not in the zoo vocabulary, e.g. {bad[:5]}; zoo models "
+                              "read the task vocabulary only (see interp.tasks.VOCAB)")
+        return [VOCAB.encode(ln.split()) for ln in lines], 0
+    tok = _hf_tokenizer(model_dir)
+    return [tok(ln)["input_ids"] for ln in lines], tok.pad_token_id or 0
+
+
+def _hf_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=Path(model_dir).is_dir())
+    except Exception as e:  # noqa: BLE001 - no or damaged tokenizer files
+        raise InterpError(f"cannot load the tokenizer of '{model_dir}' for --text: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def tokenize_text(path, model_dir, kind: str, seq_len: int):
     """A text file -> [N, seq_len] token ids (zoo: the task vocabulary, whitespace-split words;
     HF: the checkpoint's tokenizer)."""
@@ -224,13 +267,7 @@ def tokenize_text(path, model_dir, kind: str, seq_len: int):
                               "read the task vocabulary only (see interp.tasks.VOCAB)")
         ids = VOCAB.encode(words)
     else:
-        from transformers import AutoTokenizer
-        try:
-            tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=Path(model_dir).is_dir())
-        except Exception as e:  # noqa: BLE001 - no or damaged tokenizer files
-            raise InterpError(f"cannot load the tokenizer of '{model_dir}' for --text: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        ids = tok(text)["input_ids"]
+        ids = _hf_tokenizer(model_dir)(text)["input_ids"]
     n = len(ids) // seq_len
     if n == 0:
         raise InterpError(f"text has {len(ids)} tokens, fewer than --seq-len {seq_len}")

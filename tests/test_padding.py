@@ -121,3 +121,47 @@ def test_pad_helper_and_bad_masks():
     assert toks[0, 4:].tolist() == toks[1, :4].tolist()
     with pytest.raises(HookError, match="side"):
         hooks.wrap(zoo).pad(["a"], side="middle")
+
+
+def _hf_checkpoint(path):
+    """A tiny qwen3_next (GDN + attention) saved with a word-level tokenizer (no downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    words = ["<pad>", "<unk>"] + [f"w{i}" for i in range(40)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
+    model("qwen3_next").save_pretrained(path)
+    return path
+
+
+def test_capture_text_lines_pads_and_equals_each_line_alone(tmp_path):
+    """`interp capture --text F --lines`: one example per line, left-padded; the stored mask marks the real tokens,
+    and the captures there equal each line captured alone."""
+    from interp.capture import load_capture
+    from interp.cli import main
+    ckpt = _hf_checkpoint(tmp_path / "ckpt")
+    lines = ["w3 w5 w7", "w1 w2 w3 w4 w5 w6", "", "w9 w8 w7 w6 w5"]
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    names = "blocks.0.rec.state,blocks.3.attn.pattern,blocks.3.resid_post"
+    out = tmp_path / "cap"
+    assert main(["capture", "--model", str(ckpt), "--text", str(tmp_path / "t.txt"), "--lines", "--names", names,
+                 "--out", str(out), "--batch-size", "2"]) == 0
+    c = load_capture(out)
+    mask = c.labels["attention_mask"].bool()
+    assert c.tokens.shape == mask.shape == (3, 6) and mask.sum(1).tolist() == [3, 6, 5]
+    hm = hooks.wrap(model("qwen3_next"))
+    for r, ln in enumerate([ln for ln in lines if ln]):
+        ids = torch.tensor([[int(w[1:]) + 2 for w in ln.split()]])
+        assert torch.equal(c.tokens[r, mask[r]], ids[0])
+        with torch.no_grad():
+            _, one = hm.run_with_cache(ids, names=names.split(","))
+        torch.testing.assert_close(c["blocks.0.rec.state"][r, mask[r]], one["blocks.0.rec.state"][0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(c["blocks.3.resid_post"][r, mask[r]], one["blocks.3.resid_post"][0], atol=2e-5, rtol=1e-4)
+        A = c["blocks.3.attn.pattern"][r]
+        torch.testing.assert_close(A[:, mask[r]][:, :, mask[r]], one["blocks.3.attn.pattern"][0], atol=2e-5, rtol=1e-4)
+    # --lines without --text, or with a zoo model and lines of different lengths: one line, exit 2
+    assert main(["capture", "--model", str(ckpt), "--task", "mqar", "--lines", "--out", str(tmp_path / "x")]) == 2
+    (tmp_path / "z.txt").write_text("x0 = 3\nx0 = 3 ; x1 = 5\n")
+    assert main(["capture", "--model", "gdn75", "--text", str(tmp_path / "z.txt"), "--lines",
+                 "--out", str(tmp_path / "y")]) == 2

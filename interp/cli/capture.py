@@ -16,7 +16,10 @@ def add_parser(sub):
     add_n(c, 64, help="examples (with --task)")
     add_seed(c)
     c.add_argument("--text", help="a UTF-8 text file instead of a task")
-    c.add_argument("--seq-len", type=int_at_least(1), default=128, help="window length for --text")
+    c.add_argument("--seq-len", type=int_at_least(1), default=128, help="window length for --text (with --lines: "
+                   "the most tokens kept of a line)")
+    c.add_argument("--lines", action="store_true", help="with --text: one example per non-empty line, left-padded "
+                   "to the longest (HF models; pads write nothing, the mask is stored with the inputs)")
     c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
     c.add_argument("--positions", help="token positions to keep: 3,5,9 or 0:30 or a mix (default: all)")
     c.add_argument("--max-memory", default="1GB", help="memory budget: forwards are sized to fit it (a smaller "
@@ -35,13 +38,16 @@ def add_parser(sub):
 
 
 def _inputs(a, kind):
-    """(tokens, source for the manifest) from --task or --text (exactly one of them)."""
+    """(tokens, source for the manifest, stored inputs or None) from --task or --text (exactly one of them)."""
     if a.task:
         from interp import tasks as T
         tokens = T.generate(a.task, a.n, seed=a.seed, **kv(a.knob)).tokens
-        return tokens, {"task": a.task, "n": a.n, "seed": a.seed, "knobs": kv(a.knob)}
-    from interp.models import tokenize_text
-    return tokenize_text(a.text, a.model, kind, a.seq_len), {"text": a.text, "seq_len": a.seq_len}
+        return tokens, {"task": a.task, "n": a.n, "seed": a.seed, "knobs": kv(a.knob)}, None
+    from interp.models import tokenize_lines, tokenize_text
+    if a.lines:
+        tokens, mask = tokenize_lines(a.text, a.model, kind, a.seq_len)
+        return tokens, {"text": a.text, "seq_len": a.seq_len, "lines": True}, {"attention_mask": mask}
+    return tokenize_text(a.text, a.model, kind, a.seq_len), {"text": a.text, "seq_len": a.seq_len}, None
 
 
 def _names_and_positions(a, hm, length: int):
@@ -67,6 +73,10 @@ def cmd_capture(a):
     if (a.task is None) == (a.text is None):
         raise InterpError(f"give exactly one of --task or --text (got {'both' if a.task else 'neither'}); valid: "
                           "--task TASK or --text FILE")
+    if a.lines and a.text is None:
+        raise InterpError("--lines reads --text FILE one example per line; give --text")
+    if a.lines and a.distributed:
+        raise InterpError("--lines with --distributed is not supported yet; capture the lines in one process")
     check_out(a.out)  # what can be checked before the model loads
     parse_size(a.max_memory)
     if a.shard_size is not None:
@@ -75,13 +85,13 @@ def cmd_capture(a):
     if a.text is not None:
         read_text(a.text)
     model, kind, ctx = load_scaled(a)
-    tokens, source = _inputs(a, kind)
+    tokens, source, inputs = _inputs(a, kind)
     hm = hooks.wrap(model)
     names, keep = _names_and_positions(a, hm, tokens.shape[1])
     meta = {"model": a.model, **source}
     done = not a.overwrite and is_complete(a.out, tokens.shape[0])
     kw = dict(positions=keep, max_memory=a.max_memory, shard_size=a.shard_size, batch_size=a.batch_size, meta=meta,
-              state_dtype=a.state_dtype, overwrite=a.overwrite)
+              state_dtype=a.state_dtype, overwrite=a.overwrite, **({} if inputs is None else {"inputs": inputs}))
     if ctx is None or ctx.is_main:
         make_out(a.out)
     if ctx is not None:
