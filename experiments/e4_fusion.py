@@ -21,9 +21,11 @@ and of the forward pass, per sequence length, one arm at a time on an otherwise 
     python experiments/e4_fusion.py --quick        # CPU, tiny models, a few minutes
     python experiments/e4_fusion.py --device cuda  # GPU; 7-minute calls, call again to continue
 
+Also held-out accuracy against cumulative training FLOPs (`interp.flops`), next to the throughput.
+
 Writes ``<out>/`` (default figures/e4_fusion; figures/e4_fusion_quick for --quick): accuracy.png, loss.png,
-throughput.png, training.png, results.csv (per knob value), examples.parquet (per example), throughput.csv,
-lr_sweep.csv and report.md.
+flops.png, throughput.png, training.png, results.csv (per knob value), examples.parquet (per example), flops.csv,
+throughput.csv, lr_sweep.csv and report.md.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from interp import InterpError
 from interp import experiment as X
 from interp import tasks as T
+from interp.flops import accuracy_vs_flops
 from interp.tasks.vocab import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 
@@ -287,6 +290,24 @@ def plot_training(runs0: dict, path):
     X.save_figure(fig, path)
 
 
+def plot_flops(fl: pd.DataFrame, path):
+    """Held-out accuracy against cumulative training FLOPs (log scale), one panel per task."""
+    plt = X.pyplot()
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 3.1), squeeze=False)
+    for ax, t in zip(axes[0], TASKS):
+        for arm, g in fl.groupby("arm", sort=False):
+            ax.plot(g.flops, g[t], marker=".", label=arm)
+        ax.set(xlabel="training FLOPs (fwd+bwd matmuls)", ylabel="held-out accuracy", title=f"{t} (first seed)",
+               ylim=(-0.02, 1.02))
+        if len(fl) and fl.flops.max() > 20 * fl.flops.min():   # log scale where the FLOPs span decades
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    X.save_figure(fig, path)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 def chance(task: str) -> float:
@@ -352,7 +373,7 @@ def verdicts(ex: pd.DataFrame) -> list[str]:
     return out
 
 
-def report(ctx, P, A, status, val, best, res, ex, thr, runs0):
+def report(ctx, P, A, status, val, best, res, ex, thr, runs0, fl):
     L = []
     L += [f"Arms (profile `{ctx.profile}`): {P['model']['n_layers']} layers, d={P['model']['d_model']}, "
           f"{P['model']['n_heads']} heads of {P['model']['head_dim']}; SwiGLU width matched to the transformer's "
@@ -385,8 +406,14 @@ def report(ctx, P, A, status, val, best, res, ex, thr, runs0):
             L.append("| " + str(v) + " | " + " | ".join(f"{piv.loc[v, ('accuracy', a)]:.2f} / "
                                                       f"{piv.loc[v, ('loss', a)]:.2f}" for a in cols) + " |")
         L.append("")
+    L += ["## Accuracy against training FLOPs", "", "Held-out accuracy of each arm's first-seed run against its "
+          "cumulative training FLOPs (`interp.flops`: matrix products of forward+backward as torch's FlopCounterMode "
+          "counts them, summed over the batches the run trained on; elementwise work not counted). FLOPs to first "
+          "reach 0.9 accuracy (- : never):", "", "![flops](flops.png)", ""]
+    L += X.md_table(pd.DataFrame([dict(arm=a, **{t: next((f"{r.flops:.3g}" for r in g.itertuples() if getattr(r, t) >= 0.9),
+                                                     "-") for t in TASKS}) for a, g in fl.groupby("arm", sort=False)]), F3)
     devs = list(dict.fromkeys(thr.device))
-    L += ["## Throughput", "",
+    L += ["", "## Throughput", "",
           f"Forward+backward (the training step without the optimizer) and forward-only, {P['thr_tokens']} tokens per "
           f"batch, mean of {P['thr_iters']} iterations after a warm-up, one arm at a time, measured on "
           + "; ".join(f"`{d}`" for d in devs) + " (the first is this call's device; others were measured into the "
@@ -458,8 +485,11 @@ def experiment(ctx, a):
     plot_metric(resm, "loss", ctx.out / "loss.png", "answer loss (nats, mean over seeds)")
     runs0 = {r.unit: r for r in picked if r.seed == P["seeds"][0]}
     plot_training(runs0, ctx.out / "training.png")
+    fl = accuracy_vs_flops(runs0, TASKS)
+    X.save_table(fl, ctx.out / "flops.csv")
+    plot_flops(fl, ctx.out / "flops.png")
     thr = write_throughput({k: A[k] for k in best}, ctx, P)
-    report(ctx, P, A, status, val, best, resm, ex, thr, runs0)
+    report(ctx, P, A, status, val, best, resm, ex, thr, runs0, fl)
     print(f"wrote {ctx.out}/report.md")
     return 0
 

@@ -325,14 +325,23 @@ def _warmup_over(model, induction_eval, cfg: TrainConfig, step: int, autocast, l
     return None
 
 
-def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
-    """(task name, batch) of ``step``: an induction batch during the warm-up, else the mixture's task."""
+def batch_spec(cfg: TrainConfig, step: int, rng, warming_up: bool):
+    """(task, knobs, data seed) of ``step``'s batch (``rng``: numpy's default_rng([cfg.seed, step])): the
+    induction warm-up's task ('induction', no knobs) or the mixture's task with its drawn knobs."""
     if warming_up:
-        return "induction", induction_batch(cfg.batch_size, [cfg.seed, step, 1], cfg.induction_len).to(device)
+        return "induction", {}, [cfg.seed, step, 1]
     task = cfg.tasks[step % len(cfg.tasks)]
     knobs = {**training_knobs(task, rng, cfg.grid_max.get(task), cfg.grid.get(task)),
              **cfg.knobs.get(task, {})}
-    return task, T.generate(task, cfg.batch_size, seed=int(rng.integers(2**31)) + 1_000_000, **knobs).to(device)
+    return task, knobs, int(rng.integers(2**31)) + 1_000_000
+
+
+def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
+    """(task name, batch) of ``step``: an induction batch during the warm-up, else the mixture's task."""
+    task, knobs, seed = batch_spec(cfg, step, rng, warming_up)
+    if task == "induction":
+        return task, induction_batch(cfg.batch_size, seed, cfg.induction_len).to(device)
+    return task, T.generate(task, cfg.batch_size, seed=seed, **knobs).to(device)
 
 
 def _optimizer_step(model, opt, batch, cfg: TrainConfig, step: int, autocast) -> torch.Tensor:

@@ -243,9 +243,12 @@ def test_e4_end_to_end(tmp_path):
     assert E4.main(_args(tmp_path)) == 0
     figs = tmp_path / "figs"
     for f in ["report.md", "accuracy.png", "loss.png", "throughput.png", "training.png", "results.csv",
-              "examples.parquet", "throughput.csv", "lr_sweep.csv"]:
+              "examples.parquet", "throughput.csv", "lr_sweep.csv", "flops.png", "flops.csv"]:
         assert (figs / f).is_file(), f
     P = E4.PROFILES["test"]
+    fl = pd.read_csv(figs / "flops.csv")    # one row per logged step of each arm's first-seed run, FLOPs growing
+    assert set(fl.arm) == set(P["arms"]) and (fl.groupby("arm").flops.diff().dropna() > 0).all()
+    assert "## Accuracy against training FLOPs" in (figs / "report.md").read_text()
     res = pd.read_csv(figs / "results.csv")
     assert set(res.arm) == set(P["arms"]) and res.accuracy.between(0, 1).all() and (res.loss > 0).all()
     assert len(res) == len(P["arms"]) * len(P["seeds"]) * sum(len(v) for g in P["grid"].values() for v in g.values())
