@@ -1,5 +1,6 @@
 """GPU check of hooks' adapters for fla's own model classes (GatedDeltaNetForCausalLM, GLAForCausalLM with
-hybrid ``attn`` layers, Mamba2ForCausalLM) and mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers).
+hybrid ``attn`` layers, Mamba2ForCausalLM), mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers) and HF
+kimi_linear (KDA through fla's kernels on CUDA; `kimi_rows` also runs on a CPU device as a plumbing check).
 
 Run on a CUDA host (from the repo root):
 
@@ -106,8 +107,8 @@ def loop_states(fam, c, p):
             S = a[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
         elif fam == "mamba2":
             S = a[..., None, None] * S + b[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
-        else:  # gdn
-            S = a[..., None, None] * S
+        else:  # gdn, kda (kda: the decay per key dim)
+            S = (a[..., None] if a.dim() == 3 else a[..., None, None]) * S
             d = b[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
             S = S + k[:, t, :, :, None] * d[:, :, None, :]
         out.append(S)
@@ -126,7 +127,8 @@ def leftovers(model, globals_before):
 def kernel_globals(model):
     """(module dict, name) -> object for every global the adapters may swap."""
     names = ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "chunk_gla", "fused_recurrent_gla",
-             "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F")
+             "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F",
+             "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention")
     from hooks.adapters.hf_common import forward_globals
     out = {}
     try:  # the function run_with_cache wraps while a GDN call runs (hooks.scan.triton_states.kept_gdn_pieces)
@@ -315,6 +317,8 @@ def main():
         print(rows[-1])
     if wanted("mamba-ssm"):
         rows += mamba_ssm_rows(dev)
+    if wanted("hf kimi_linear"):
+        rows += kimi_rows(dev)
     print("\n| model | T | dtype | logits max diff | final rel | loop rel | pattern rel | patch | clean | ok |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "-" if v is None else (f"{v:.2e}" if isinstance(v, float) else str(v))  # noqa: E731
@@ -330,6 +334,40 @@ def main():
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
     sys.exit(0 if all(r.get("ok") or "skipped" in r for r in rows) else 1)
+
+
+# --- HF kimi_linear (KDA through fla's kernels on CUDA) -----------------------------------------------------
+
+def kimi_rows(dev):
+    """HF kimi_linear on CUDA: its KDA layers call fla's chunk / fused-recurrent KDA kernels where fla is
+    installed (transformers' hub-kernel fallback), which `hooks.adapters.hf_kimi` intercepts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model(
+        "kimi_linear", vocab_size=512, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=64, qk_rope_head_dim=16,
+        qk_nope_head_dim=48, v_head_dim=64, num_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+        linear_head_dim=64, linear_num_heads=4, linear_conv_kernel_dim=4, pad_token_id=0, bos_token_id=None,
+        eos_token_id=1, layer_types=["linear_attention", "full_attention"] * 2, q_lora_rank=None,
+        mlp_layer_types=["dense"] * 4)
+    rows = []
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).to(dev, torch.float32).eval()
+    for T in (40, 150):
+        x = torch.randint(2, 512, (2, T), device=dev, generator=torch.Generator(dev).manual_seed(T))
+        try:
+            with torch.no_grad():
+                out = m(input_ids=x, use_cache=True)
+            cache = out.past_key_values
+            final = {i: cache.layers[i].recurrent_states[0].float() for i, blk in enumerate(m.model.layers)
+                     if blk.block_type == "linear_attention"}
+            row = check("HF kimi_linear (KDA + MLA)", m, x, final)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            row = {"model": "HF kimi_linear", "T": T, "dtype": "float32", "ok": False,
+                   "error": f"{type(e).__name__}: {e}"[:300]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 # --- mamba-ssm ----------------------------------------------------------------------------------------------
