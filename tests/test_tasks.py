@@ -147,13 +147,16 @@ def test_state_recall_cot_states_intermediate_values():
 
 @pytest.mark.parametrize("knobs", [{}, {"n_steps": 3, "complexity": "swap"}, {"n_vars": 1, "modulus": 64}])
 def test_state_recall_cot_alias_is_state_recall_with_cot(knobs):
-    a, b = T.generate("state_recall_cot", 12, seed=7, **knobs), T.generate("state_recall", 12, seed=7, cot=True, **knobs)
+    a = T.generate("state_recall_cot", 12, seed=7, **knobs)
+    b = T.generate("state_recall", 12, seed=7, cot=True, **knobs)
     for x in ("tokens", "answer_pos", "answers", "loss_mask"):
         assert torch.equal(getattr(a, x), getattr(b, x)), x
     assert a.labels.keys() == b.labels.keys() and all(torch.equal(a.labels[k], b.labels[k]) for k in a.labels)
     assert (a.tokens == T.VOCAB.id("is")).any() and a.meta["task"] == "state_recall_cot"
-    p, q = T.make_pairs("state_recall_cot", 6, seed=7, **knobs), T.make_pairs("state_recall", 6, seed=7, cot=True, **knobs)
-    assert torch.equal(p.clean, q.clean) and torch.equal(p.corrupted, q.corrupted) and torch.equal(p.diff_pos, q.diff_pos)
+    p = T.make_pairs("state_recall_cot", 6, seed=7, **knobs)
+    q = T.make_pairs("state_recall", 6, seed=7, cot=True, **knobs)
+    for x in ("clean", "corrupted", "answer_pos", "clean_answer", "corrupted_answer", "diff_pos"):
+        assert torch.equal(getattr(p, x), getattr(q, x)), x
     assert "cot" not in T.knobs("state_recall_cot") and T.difficulty_grid("state_recall_cot") == \
         T.difficulty_grid("state_recall")
     with pytest.raises(TaskError, match="unknown knob 'cot' for task 'state_recall_cot'; valid knobs: n_steps"):

@@ -137,7 +137,8 @@ def alias(name, of, fixed, doc):
     assert name not in TASKS and set(fixed) <= set(t.knobs), name
     spec = TaskSpec(name, doc, t.uid, {k: v for k, v in t.knobs.items() if k not in fixed},
                     {k: v for k, v in t.grid.items() if k not in fixed}, lambda **k: t.validate(**k, **fixed),
-                    lambda rng, n, **k: t.batch(rng, n, **k, **fixed), lambda rng, n, **k: t.pairs(rng, n, **k, **fixed))
+                    lambda rng, n, **k: t.batch(rng, n, **k, **fixed),
+                    lambda rng, n, **k: t.pairs(rng, n, **k, **fixed))
     TASKS[name] = spec
     return spec
 
