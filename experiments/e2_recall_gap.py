@@ -4,8 +4,9 @@ hybrid study).
 
 Zoo models of one size and one parameter count: mixer in {gdn, gla, mamba2} x layout in
 {50, 75, 83, 100} (% recurrent layers) plus the transformer, all trained on one mixture of
-``mqar`` (recall), ``state_recall`` (state tracking) and ``word_problems`` (multi-step arithmetic
-word problems with exact answers). Every arm gets the same learning-rate sweep on training seed 0
+``mqar`` (recall), ``state_recall`` (state tracking, direct answer), ``state_recall_cot`` (the same with a
+chain of thought: the tracked value after every statement, `interp.tasks.state_recall`) and ``word_problems``
+(multi-step arithmetic word problems with exact answers). Every arm gets the same learning-rate sweep on training seed 0
 (four rates in the full profile; the report says where each best rate lies), then the other training
 seeds at its best rate (`interp.experiment.sweep_and_seeds`); accuracies are means over seeds and each
 published-shape verdict says how many seeds show it alone. Arms with attention start with the
@@ -15,8 +16,12 @@ attention-free arms (``<mixer>100``) get none. Reported:
 * accuracy against the attention percentage, per task; ``mqar`` against the number of pairs, from
   few to past the training range, and against model width (a transformer and ``gdn100`` at more
   widths: recurrent recall should need width that grows with the pairs, attention not);
-* parallel test-time scaling: majority voting over N sampled answers (N = 1..64, temperature 0.8,
-  top-p 0.9), accuracy against N per model (and pass@N, the chance that any sample is right);
+* parallel test-time scaling: majority voting over N = 1..64 sampled chains of thought on ``state_recall_cot``
+  (temperature 0.8, top-p 0.9; every intermediate value and the answer written by the model,
+  `interp.voting.chain_vote_rows`), accuracy against N per model (and pass@N, the chance that any sample is
+  right); the published-shape verdict uses these. Beside them, votes over single sampled answer tokens on
+  ``word_problems`` and ``mqar`` (labelled "single" in votes.csv's ``kind``): they converge to about the
+  greedy answer by construction, so they show the baseline, not the claim;
 * attention placement for the 83% layout: the preset ({5,11} at 12 layers) vs the start of each
   period ({0,6}) vs the last layer only;
 * a mechanical error taxonomy of the wrong word-problem answers (the generator knows every fact:
@@ -35,7 +40,14 @@ Also ``interp run experiments/e2_recall_gap.toml``.
 
 Sizing of the full profile (19 arms x (4 rates + 2 seeds) = 114 runs of 1200 steps, 12 layers, d=128,
 stacked 4 per process with ``--stack``; main arms first, then placement, then width; not yet run: the
-figures in figures/e2_recall_gap/ are the earlier run of 38 one-seed runs at two rates). For that run: op events per training step counted on CPU (torch profiler) are 5.4k (transformer),
+figures in figures/e2_recall_gap/ are the earlier run of 38 one-seed runs at two rates on three tasks,
+without ``state_recall_cot`` or chain votes; ``--runs`` of that mixture are refused). The fourth task
+keeps every training sequence within 128 tokens (``state_recall_cot`` at its cap of 16 steps: 115) and
+takes a quarter of the 1200 round-robin steps. Chain voting adds, per evaluated run, 128 problems x 64
+chains x 9 prefills (8 ``is`` markers and the answer) of <= 66 tokens, in chunks of 256 rows: 288
+forward passes (about a sixth of a run's training compute in tokens; launch-bound at this size, some
+10 s per run at the 13 us per op event below; an estimate, not measured). For the earlier run: op
+events per training step counted on CPU (torch profiler) are 5.4k (transformer),
 9.2k-12.9k (gdn50..gdn100), 8.1k-10.7k (gla), 7.0k-8.6k (mamba2); at the ~13 us per op event per
 process measured when the default set trained on the H100, that is 94 process-minutes: about 9.5
 minutes for 10 parallel processes if they scale, 16 if they give 6x, i.e. two (or three) calls.
@@ -61,21 +73,23 @@ from interp.tasks.vocab import VOCAB
 from interp.taxonomy import (RUBRIC, chance_taxonomy, classify_answers, hf_judge, judge_errors,  # noqa: F401
                              problem_text, wrong_shares)
 from interp.train import answer_accuracy
-from interp.voting import majority, sample_answers, vote_curve, vote_rows  # noqa: F401
+from interp.voting import chain_vote_rows, majority, sample_answers, vote_curve, vote_gains, vote_rows  # noqa: F401
 from interp.zoo import ZooConfig
 from interp.zoo.layouts import PERCENTS
 
 NAME = "e2_recall_gap"
 
-TASKS = ("mqar", "state_recall", "word_problems")
+TASKS = ("mqar", "state_recall", "state_recall_cot", "word_problems")
 MIXERS = ("gdn", "gla", "mamba2")
 PCTS = (50, 75, 83, 100)
 # training caps keep every sequence within two scan chunks (<= 128 tokens): memory of 10 parallel runs
-GRID_MAX = {"mqar": {"seq_len": 128}, "state_recall": {"n_steps": 16}, "word_problems": {"n_steps": 8}}
+GRID_MAX = {"mqar": {"seq_len": 128}, "state_recall": {"n_steps": 16}, "state_recall_cot": {"n_steps": 16},
+            "word_problems": {"n_steps": 8}}
 SWEEPS = {"mqar": ("n_pairs", [2, 4, 8, 16, 32, 48, 64]), "state_recall": ("n_steps", [2, 4, 8, 16, 32]),
-          "word_problems": ("n_steps", [0, 1, 2, 4, 8, 16])}
+          "state_recall_cot": ("n_steps", [2, 4, 8, 16, 32]), "word_problems": ("n_steps", [0, 1, 2, 4, 8, 16])}
 TAXONOMY_KNOBS = {"n_steps": 4, "n_distractors": 4}
-VOTE_TASKS = ("word_problems", "mqar")
+VOTE_TASKS = ("word_problems", "mqar")      # single answers: the vote collapses to about the greedy answer
+CHAIN_TASK = "state_recall_cot"            # sampled chains of thought: the test of the published claim
 VOTE_NS = (1, 2, 4, 8, 16, 32, 64)
 TEMPERATURE, TOP_P = 0.8, 0.9
 VAL_SEED, TEST_SEED, VOTE_SEED = 99, 123, 321
@@ -86,19 +100,19 @@ PROFILES = {
                  widths=(64, 256), width_archs=("transformer", "gdn100"), steps=1200, batch_size=64,
                  lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), stack=4, warmup=100, workers=6, gpu_gb=60,
                  time_budget=8.5, eval_reserve=2.0,
-                 val_n=128, eval_n=256, vote_n=256, tax_n=512),
+                 val_n=128, eval_n=256, vote_n=256, chain_n=128, tax_n=512),
     # CPU, a few minutes: tiny models, few steps, one lr (numbers near chance; checks the pipeline)
     "quick": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                              gla_low_rank=4), mixers=MIXERS, pcts=PCTS, widths=(32,),
                   width_archs=("transformer", "gdn100"), steps=60, batch_size=16, lrs=(3e-3,), seeds=(0, 1), warmup=10,
                   gpu_gb=None,
-                  workers=1, time_budget=0, eval_reserve=0, val_n=32, eval_n=64, vote_n=64, tax_n=128),
+                  workers=1, time_budget=0, eval_reserve=0, val_n=32, eval_n=64, vote_n=64, chain_n=32, tax_n=128),
     # the test suite
     "test": dict(model=dict(d_model=16, n_layers=6, n_heads=2, head_dim=8, mamba_head_dim=8, mamba_state=8,
                             gla_low_rank=4), mixers=("gdn",), pcts=(83, 100), widths=(8,),
                  width_archs=("transformer",), steps=2, batch_size=4, lrs=(3e-3, 1e-3), seeds=(0, 1), warmup=1, workers=1,
                  gpu_gb=None,
-                 time_budget=0, eval_reserve=0, val_n=8, eval_n=8, vote_n=8, tax_n=16),
+                 time_budget=0, eval_reserve=0, val_n=8, eval_n=8, vote_n=8, chain_n=4, tax_n=16),
 }
 
 
@@ -163,7 +177,7 @@ def make(ctx, unit, spec, lrs, seed):
 # --- evaluation units ---------------------------------------------------------------------------
 
 def validate(ctx, runs):
-    """Validation accuracy of every finished run: the mean over the three tasks at default knobs."""
+    """Validation accuracy of every finished run: the mean over the tasks at default knobs (teacher-forced)."""
     P = ctx.P
 
     def score(m, r):
@@ -191,8 +205,10 @@ def evaluate_arm(arm, spec, run, P, root, device):
                                  in_training=v <= cap))
         return pd.DataFrame(rows)
 
-    def votes():
-        return pd.DataFrame([dict(**info, task=t, **r) for t in VOTE_TASKS for r in vote_rows(
+    def votes():        # chains first (the figure's first row), then the single answers
+        chain = [dict(**info, kind="chain", task=CHAIN_TASK, **r) for r in chain_vote_rows(
+            m, T.generate(CHAIN_TASK, P["chain_n"], seed=VOTE_SEED), VOTE_NS, TEMPERATURE, TOP_P, seed=VOTE_SEED)]
+        return pd.DataFrame(chain + [dict(**info, kind="single", task=t, **r) for t in VOTE_TASKS for r in vote_rows(
             m, T.generate(t, P["vote_n"], seed=VOTE_SEED), VOTE_NS, TEMPERATURE, TOP_P, seed=VOTE_SEED)])
 
     def taxonomy():
@@ -219,7 +235,9 @@ def _mono(xs, ys):
 STRONG_RHO = 0.8   # a "clear trend" over the 4 attention ratios of one mixer: (nearly) monotone
 
 
-def shape_verdicts(acc, votes, tax, chance) -> list[str]:
+def shape_verdicts(acc, votes, tax, chance, gains=None) -> list[str]:
+    """The published-shape verdicts on ``acc`` / ``votes`` / ``tax`` (seed means or one seed's rows); ``gains``
+    (optional): the chain-vote gain per main arm with its interval over training seeds (`X.seed_means`)."""
     out = []
     main = acc[(acc.group == "main")]
     mq = main[(main.task == "mqar") & (main.value == "32")]
@@ -248,20 +266,7 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
                  "**agrees**" if b.accuracy >= tr.iloc[0] - 0.02 else "**disagrees**")
             out.append(f"* GDN hybrids can match or beat the transformer on the arithmetic problems (paper): best GDN "
                        f"hybrid {b.arm} {b.accuracy:.2f} vs transformer {tr.iloc[0]:.2f}: {v}.")
-    vw = votes[(votes.group == "main") & (votes.task == "word_problems")]
-    if len(vw):
-        pv = vw.pivot_table(index="arm", columns="N", values="majority_acc")
-        gain = pv[pv.columns.max()] - pv[pv.columns.min()]
-        at64 = vw[vw.N == vw.N.max()]
-        rho = _mono(at64.attn_pct.values, at64.majority_acc.values)
-        out.append(f"* Majority voting helps, and more attention helps it more (paper): word problems, gain from N=1 "
-                   f"to N={int(vw.N.max())} per model: median {gain.median():+.2f} (range {gain.min():+.2f}.."
-                   f"{gain.max():+.2f});"
-                   f" rank correlation of accuracy at N={int(vw.N.max())} with attention % {rho:+.2f}. With one-token "
-                   "answers the vote converges to the mode of the sampling distribution, i.e. about the greedy answer, "
-                   "so gains are bounded by greedy accuracy (`greedy_acc` in votes.csv): "
-                   + ("**inconclusive** (every model near chance, greedy accuracy < 0.1)" if vw.greedy_acc.max() < 0.1
-                      else "**agrees**" if gain.median() > 0 and rho > 0 else "**disagrees / not shown**") + ".")
+    out += vote_verdicts(votes, gains)
     t0 = tax[(tax.group == "main") & (tax.attn_pct == 0)]
     if len(t0):
         wrong = t0[t0.kind.isin(W.ERROR_TYPES)].groupby("kind")["count"].sum()
@@ -288,6 +293,38 @@ def shape_verdicts(acc, votes, tax, chance) -> list[str]:
     return out
 
 
+def vote_verdicts(votes, gains=None) -> list[str]:
+    """Majority voting (paper: helps, and helps more with more attention), tested on sampled chains of thought
+    (``kind`` chain); the single-answer votes are reported beside it, not tested (they collapse to about the
+    greedy answer). A votes.csv without ``kind`` (older runs) holds single-answer votes only."""
+    main = votes[votes.group == "main"]
+    main = main.assign(kind=main["kind"] if "kind" in main else "single")
+    vc, vs = main[main.kind == "chain"], main[(main.kind == "single") & (main.task == "word_problems")]
+    single = ""
+    if len(vs):
+        g = vote_gains(vs, ["arm"]).gain
+        single = (f" Single-answer votes (word problems, one sampled answer token each) gain median {g.median():+.2f}: "
+                  "they converge to the mode of one answer distribution, i.e. about the greedy answer, so they "
+                  "cannot test the claim.")
+    if not len(vc):
+        return [f"* Majority voting over sampled reasoning helps, and more attention helps it more (paper): no chain "
+                f"votes in these results: **inconclusive**.{single}"]
+    g = vote_gains(vc, ["arm"]).set_index("arm").gain
+    top = vc[vc.N == vc.N.max()]
+    rho = _mono(top.attn_pct.values, top.majority_acc.values)
+    n_up = "" if gains is None else (f"; {int((gains.lo > 0).sum())} of {len(gains)} models gain with the 95% "
+                                     "interval over training seeds above 0")
+    clear = gains is None or (gains.lo > 0).sum() * 2 >= len(gains)
+    v = ("**inconclusive** (closed-loop greedy accuracy < 0.2 for every model, chance 0.1)"
+         if vc.greedy_acc.max() < 0.2 else "**disagrees / not shown**" if not (g.median() > 0 and rho > 0) else
+         "**agrees**" if clear else "**weak / inconclusive** (most models' gains are within seed noise)")
+    return [f"* Majority voting over sampled reasoning helps, and more attention helps it more (paper): {CHAIN_TASK}, "
+            f"{int(vc.N.max())} chains of thought sampled per problem (every `is` value and the answer written by the "
+            f"model), gain from N=1 to N={int(vc.N.max())} per model: median {g.median():+.2f} (range {g.min():+.2f}.."
+            f"{g.max():+.2f}){n_up}; rank correlation of accuracy at N={int(vc.N.max())} with attention % {rho:+.2f}: "
+            f"{v}.{single}"]
+
+
 def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width, has_place, verdicts):
     P, profile = ctx.P, ctx.profile
     L = X.runs_note(status)
@@ -298,7 +335,8 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
           "batch "
           f"{P['batch_size']}, one difficulty knob drawn from its grid per batch, capped at {GRID_MAX}; learning rates "
           f"{', '.join(f'{x:g}' for x in P['lrs'])} for every arm on training seed {P['seeds'][0]}, best by validation "
-          f"accuracy (mean over the three tasks at default knobs, {P['val_n']} examples each, seed {VAL_SEED}), then "
+          f"accuracy (mean over the {len(TASKS)} tasks at default knobs, teacher-forced, {P['val_n']} examples each, "
+          f"seed {VAL_SEED}), then "
           f"training seeds {', '.join(map(str, P['seeds'][1:])) or '(none)'} at that rate. Test: {P['eval_n']} "
           f"examples per point, seed {TEST_SEED}. Accuracies are means over training seeds (tables and figures); "
           "error counts are pooled over them; each verdict says how many seeds show it alone.", ""]
@@ -314,7 +352,8 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
                         sort=False).reset_index()
     mq32 = cell[(cell.group == "main") & (cell.task == "mqar") & (cell.value == "32")].set_index("arm").cell
     piv["mqar 32 pairs"] = piv.arm.map(mq32)
-    L += ["Accuracy at the default knobs: mean [95% interval] over training seeds.", ""]
+    L += ["Accuracy at the default knobs: mean [95% interval] over training seeds (`state_recall_cot` teacher-forced, "
+          "the gold intermediate values given; its closed-loop accuracy is the chain votes' `greedy_acc` below).", ""]
     L += X.md_table(piv.sort_values(["attn_pct", "arm"]))
     L += ["", "Per-task sweeps (the shaded range is beyond what the models saw in training):", "",
           "![sweeps](sweeps.png)", ""]
@@ -323,13 +362,26 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
         w = w[w.arm.isin([a for a in A if a in P["width_archs"] or a.split("-d")[0] in P["width_archs"]])]
         pw = w.pivot_table(index=["arm", "width"], columns="value", values="accuracy", sort=False).reset_index()
         L += ["## MQAR against model width", "", "![width](width.png)", ""] + X.md_table(pw) + [""]
+    votes, gains = votes
     L += ["## Majority voting (parallel test-time scaling)", "",
-          f"{P['vote_n']} problems per task; {max(VOTE_NS)} answers sampled per problem at the answer position "
-          f"(temperature {TEMPERATURE}, top-p {TOP_P}); accuracy of the majority of N samples (ties: the earliest "
-          "sampled), averaged over the disjoint groups of N; dotted: pass@N.", "", "![votes](votes.png)", ""]
-    vt = votes[(votes.group == "main")].pivot_table(index=["task", "arm", "attn_pct", "greedy_acc"], columns="N",
-                                                    values="majority_acc", sort=False).reset_index()
+          f"**Sampled chains of thought** (the test of the published claim): {P['chain_n']} `{CHAIN_TASK}` problems; "
+          f"{max(VOTE_NS)} chains sampled per problem (temperature {TEMPERATURE}, top-p {TOP_P}), each writing every "
+          "value after an `is` marker and then the answer itself (`interp.closedloop.sample_chains`); the vote is over "
+          "the chains' final answers. `greedy_acc` is the greedy chain's (closed-loop) accuracy, `chain_acc` the "
+          "sampled chains' share of right intermediate values. **Single answers** (kept for comparison): "
+          f"{P['vote_n']} problems per task of {', '.join(VOTE_TASKS)}, {max(VOTE_NS)} answer tokens sampled at the "
+          "answer position: their vote converges to the mode of one answer distribution, i.e. about the greedy "
+          "answer, so it cannot show what the paper claims. Accuracy of the majority of N samples (ties: the earliest "
+          "sampled), averaged over the disjoint groups of N, mean [95% interval] over training seeds; dotted in the "
+          "figure: pass@N.", "", "![votes](votes.png)", ""]
+    vc = votes.assign(cell=[X.fmt(*x) for x in zip(votes.majority_acc, votes.lo, votes.hi)])
+    vt = vc[(vc.group == "main")].pivot_table(index=["kind", "task", "arm", "attn_pct", "greedy_acc"], columns="N",
+                                              values="cell", aggfunc="first", sort=False).reset_index()
     L += X.md_table(vt) + [""]
+    if len(gains):
+        L += [f"Chain-vote gain from N=1 to N={max(VOTE_NS)} per model, mean [95% interval] over training seeds:", ""]
+        L += X.md_table(gains.assign(gain=[X.fmt(*x) for x in zip(gains.gain, gains.lo, gains.hi)])[
+            ["arm", "attn_pct", "greedy_acc", "gain", "seeds"]]) + [""]
     if has_place:
         pl = acc[acc.arm.isin([a for a in A if a.startswith("gdn83")] +
                               [a for a, s in A.items() if s["group"] == "placement"]) & (acc.knob == "default")]
@@ -368,7 +420,7 @@ def main(argv=None):
 
 def experiment(ctx, a):
     P, root, figs, device, deadline = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline
-    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"], "tasks": list(TASKS)}, kind=NAME)
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
     A = arms(P)
@@ -400,7 +452,10 @@ def experiment(ctx, a):
     X.save_table(X.sweep_frame(status, runs, val), figs / "lr_sweep.csv")
     arm_keys = ["arm", "mixer", "attn_pct", "group", "width"]
     accm = X.seed_means(acc, arm_keys + ["task", "knob", "value", "in_training"])
-    votem = X.seed_means(vote, arm_keys + ["task", "N"], value="majority_acc", also=["pass_at_n", "greedy_acc"])
+    votem = X.seed_means(vote, arm_keys + ["kind", "task", "N"], value="majority_acc",
+                         also=["pass_at_n", "greedy_acc", "chain_acc"])
+    gains = X.seed_means(vote_gains(vote[(vote.kind == "chain") & (vote.group == "main")], arm_keys + ["seed"]),
+                         arm_keys, value="gain", also=["greedy_acc"], bounds=(-1, 1))    # chain-vote gain per arm
     taxm = tax.groupby(arm_keys + ["kind"], sort=False)[["count", "n"]].sum().reset_index()   # pooled over seeds
     plot_attention(accm, figs / "attention.png")
     plot_sweeps(accm, figs / "sweeps.png")
@@ -410,8 +465,8 @@ def experiment(ctx, a):
     plot_taxonomy(taxm, figs / "taxonomy.png")
     per_seed = {sd: shape_verdicts(acc[acc.seed == sd], vote[vote.seed == sd], tax[tax.seed == sd], chance)
                 for sd in sorted(acc.seed.unique())}
-    verdicts = X.replicated(shape_verdicts(accm, votem, taxm, chance), per_seed)
-    report(ctx, A, status, val, best, accm, votem, taxm, chance, judged, has_width, has_place, verdicts)
+    verdicts = X.replicated(shape_verdicts(accm, votem, taxm, chance, gains if len(gains) else None), per_seed)
+    report(ctx, A, status, val, best, accm, (votem, gains), taxm, chance, judged, has_width, has_place, verdicts)
     print(f"wrote {figs}/report.md")
     return 0
 

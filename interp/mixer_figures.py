@@ -105,15 +105,17 @@ def plot_width(acc, path):
 
 
 def plot_votes(votes, path):
-    """Majority-vote accuracy (solid) and pass@N (dotted) against N per (task, mixer)."""
+    """Majority-vote accuracy (solid) and pass@N (dotted) against N per (task, mixer); a task whose rows have
+    ``kind`` "chain" (votes over sampled chains of thought) is titled so, the others as single-answer votes."""
     fig, panels = _task_by_mixer(votes)
     for ax, t, mixer, sub in panels:
+        what = "sampled chains" if "kind" in sub and (sub.kind == "chain").any() else "single answers"
         for k, (arm, g) in enumerate(sub.groupby("arm", sort=False)):
             c = "C0" if arm == "transformer" else f"C{k + 1}"
             ax.plot(g.N, g.majority_acc, marker="o", color=c, label=f"{arm} ({g.attn_pct.iloc[0]}%)")
             ax.plot(g.N, g.pass_at_n, ls=":", color=c, lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{t}: {mixer} (solid: majority, dotted: pass@N)", fontsize=8)
+        ax.set_title(f"{t}, {what}: {mixer}\n(solid: majority, dotted: pass@N)", fontsize=8)
         ax.set_xlabel("N samples")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -1,8 +1,9 @@
 """Majority voting over sampled answers (parallel test-time scaling): the logits at the answer
 position, top-p sampling at a temperature, the majority of N samples, and accuracy and pass@N against N;
-the same over sampled multi-token chains of thought (`chain_vote_rows`)."""
+the same over sampled multi-token chains of thought (`chain_vote_rows`); the gain from N=1 (`vote_gains`)."""
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from interp.tasks.vocab import VOCAB
@@ -80,3 +81,14 @@ def chain_vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP
     c = sample_chains(model, batch, max(ns), sample=True, temperature=temperature, top_p=top_p, seed=seed)
     extra = dict(greedy_acc=greedy["right"].float().mean().item(), chain_acc=c["steps_right"].mean().item())
     return [dict(**extra, **r) for r in vote_curve(c["answers"], batch.answers[:, 0].cpu(), ns)]
+
+
+def vote_gains(votes: pd.DataFrame, keys: list) -> pd.DataFrame:
+    """Per group of ``keys`` (one voting curve each, e.g. arm, kind, task, seed): ``gain``, the majority-vote
+    accuracy at the largest N minus that at the smallest (N=1), with that ``N`` and the mean ``greedy_acc``."""
+    rows = []
+    for k, g in votes.groupby(keys, sort=False):
+        g = g.sort_values("N")
+        rows.append({**dict(zip(keys, k)), "gain": g.majority_acc.iloc[-1] - g.majority_acc.iloc[0],
+                     "N": int(g.N.iloc[-1]), "greedy_acc": g.greedy_acc.mean()})
+    return pd.DataFrame(rows)

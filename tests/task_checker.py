@@ -306,6 +306,9 @@ def check_multihop(words):
     return Check(answers, labels, facts)
 
 
+check_state_recall_cot = check_state_recall     # the alias: state_recall with cot=True fixed
+
+
 def check(task, words, modulus=None):
     fn = globals()[f"check_{task}"]
-    return fn(words, modulus) if task in ("state_recall", "parity") else fn(words)
+    return fn(words, modulus) if task in ("state_recall", "state_recall_cot", "parity") else fn(words)

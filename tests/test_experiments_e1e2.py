@@ -263,6 +263,10 @@ def test_e2_end_to_end(tmp_path):
     votes = pd.read_csv(figs / "votes.csv")
     assert set(votes.N) == set(E2.VOTE_NS) and votes.majority_acc.between(0, 1).all()
     assert (votes.pass_at_n >= votes.majority_acc - 1e-9).all()
+    chain, single = votes[votes.kind == "chain"], votes[votes.kind == "single"]
+    assert set(chain.task) == {E2.CHAIN_TASK} and set(single.task) == set(E2.VOTE_TASKS)
+    assert len(chain) + len(single) == len(votes)
+    assert chain.chain_acc.between(0, 1).all() and set(chain.arm) == set(A)
     tax = pd.read_csv(figs / "taxonomy.csv")
     assert set(tax.kind) == {"correct", *W.ERROR_TYPES}
     models, seeds = tax[tax.arm != "uniform guess"], E2.PROFILES["test"]["seeds"]
@@ -275,6 +279,39 @@ def test_e2_end_to_end(tmp_path):
     assert len(sweep) == len(A) * (len(E2.PROFILES["test"]["lrs"]) + len(seeds) - 1)
     report = (figs / "report.md").read_text()
     assert "Best rate per unit" in report and f"of {len(seeds)})" in report
+    assert "**Sampled chains of thought**" in report and "Chain-vote gain from N=1 to N=64" in report
+    assert "* Majority voting over sampled reasoning helps" in report
+
+
+def _votes(gain_of_attn, greedy=0.5, kind="chain"):
+    """Voting curves of three main arms: accuracy greedy at N=1 rising linearly in log N by gain_of_attn(attn %)."""
+    rows = []
+    for arm, pct in (("transformer", 100), ("gdn50", 50), ("gdn100", 0)):
+        for j, n in enumerate(E2.VOTE_NS):
+            acc = greedy + gain_of_attn(pct) * j / (len(E2.VOTE_NS) - 1)
+            rows.append(dict(arm=arm, attn_pct=pct, group="main", kind=kind, task=E2.CHAIN_TASK, N=n,
+                             majority_acc=acc, pass_at_n=min(1, acc + 0.1), greedy_acc=greedy))
+    return pd.DataFrame(rows)
+
+
+def test_e2_vote_verdict_tests_chain_votes_with_seed_intervals():
+    up = _votes(lambda p: 0.1 + p / 1000)                     # gains 0.1 .. 0.2, more with more attention
+    gains = E2.vote_gains(up, ["arm"])
+    assert np.allclose(gains.set_index("arm").gain, [0.2, 0.15, 0.1])
+    line = E2.vote_verdicts(up)[0]
+    assert "median +0.15" in line and "+1.00" in line and line.endswith("**agrees**.")
+    wide = gains.assign(lo=[0.05, -0.1, -0.1], hi=0.3)        # two of three intervals reach below 0
+    line = E2.vote_verdicts(up, wide)[0]
+    assert "1 of 3 models gain" in line and "**weak / inconclusive**" in line
+    assert E2.vote_verdicts(up, gains.assign(lo=0.01, hi=0.3))[0].endswith("**agrees**.")
+    assert "**disagrees / not shown**" in E2.vote_verdicts(_votes(lambda p: -0.05))[0]
+    assert "**inconclusive** (closed-loop greedy" in E2.vote_verdicts(_votes(lambda p: 0.05, greedy=0.05))[0]
+    single = _votes(lambda p: 0.0, kind="single").assign(task="word_problems").drop(columns="kind")  # an older csv
+    line = E2.vote_verdicts(single)[0]
+    assert "no chain votes" in line and "**inconclusive**" in line and "gain median +0.00" in line
+    both = E2.vote_verdicts(pd.concat([up, _votes(lambda p: 0.0, kind="single").assign(task="word_problems")]))[0]
+    assert both.startswith("* Majority voting over sampled reasoning") and "**agrees**." in both
+    assert "Single-answer votes" in both
 
 
 def test_parallel_runs_respect_capacity_and_survive_a_failure(tmp_path):
@@ -406,3 +443,12 @@ def test_stacked_training_in_train_runs_equals_single_runs(tmp_path):
         l1, l2 = read_log(r1.out / "train_log.jsonl"), read_log(r2.out / "train_log.jsonl")
         assert [x["step"] for x in l1] == [x["step"] for x in l2]
         assert [x["loss"] for x in l2] == pytest.approx([x["loss"] for x in l1], rel=1e-4)
+
+
+def test_e2_refuses_runs_of_the_three_task_mixture(tmp_path):
+    """Runs trained before state_recall_cot joined the mixture are not reused for the four-task design."""
+    X.check_spec(tmp_path / "runs", {"profile": "test", "steps": E2.PROFILES["test"]["steps"]}, kind=E2.NAME)
+    args = ["--tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"), "--no-progress",
+            "--device", "cpu"]
+    with pytest.raises(E2.InterpError, match="another configuration .*tasks"):
+        E2.main(args)

@@ -18,6 +18,7 @@ EXTRA = {
     "state_recall": [{"cot": True}, {"cot": True, "complexity": "swap", "n_vars": 5, "modulus": 3},
                      {"n_vars": 1, "complexity": "swap"}, {"n_steps": 0}, {"complexity": "arith", "modulus": 64},
                      {"query_first": True, "complexity": "swap"}],
+    "state_recall_cot": [{"complexity": "swap", "n_vars": 5, "modulus": 3}, {"n_vars": 1, "n_steps": 0}],
     "permutation": [{"group": "S5", "n_steps": 32}, {"n_steps": 1}],
     "parity": [{"modulus": 3, "n_bits": 40}, {"n_bits": 1}, {"modulus": 5, "n_bits": 300}, {"modulus": 64}],
     "entity_tracking": [{"n_boxes": 2}, {"n_objects": 16, "n_boxes": 16, "n_moves": 0}],
@@ -96,7 +97,8 @@ def test_knobs_shape_the_examples(task, knobs):
         assert ((b.answer_pos >= 0).sum(1) == (k["n_queries"] or min(4, k["n_pairs"]))).all()
         assert L == (k["seq_len"] or 2 + 2 * k["n_pairs"] + 2 * b.answer_pos.shape[1])
         assert b.labels["bound_value"].max() < k["n_values"]
-    elif task == "state_recall":
+    elif task in ("state_recall", "state_recall_cot"):
+        k.setdefault("cot", True)                 # the alias has cot=True fixed
         assert b.labels["var_value"].shape == (N, L, k["n_vars"])
         assert b.labels["var_value"].max() < k["modulus"]
         n_stmt = k["n_vars"] + k["n_steps"]
@@ -141,6 +143,26 @@ def test_state_recall_cot_states_intermediate_values():
         sup = b.loss_mask[i].nonzero().flatten().tolist()
         assert [words[p] for p in sup] == ["is"] * 6 + ["x" + words[-2][1:]]
         assert b.answer_pos[i].tolist() == [sup[-1]]
+
+
+@pytest.mark.parametrize("knobs", [{}, {"n_steps": 3, "complexity": "swap"}, {"n_vars": 1, "modulus": 64}])
+def test_state_recall_cot_alias_is_state_recall_with_cot(knobs):
+    a = T.generate("state_recall_cot", 12, seed=7, **knobs)
+    b = T.generate("state_recall", 12, seed=7, cot=True, **knobs)
+    for x in ("tokens", "answer_pos", "answers", "loss_mask"):
+        assert torch.equal(getattr(a, x), getattr(b, x)), x
+    assert a.labels.keys() == b.labels.keys() and all(torch.equal(a.labels[k], b.labels[k]) for k in a.labels)
+    assert (a.tokens == T.VOCAB.id("is")).any() and a.meta["task"] == "state_recall_cot"
+    p = T.make_pairs("state_recall_cot", 6, seed=7, **knobs)
+    q = T.make_pairs("state_recall", 6, seed=7, cot=True, **knobs)
+    for x in ("clean", "corrupted", "answer_pos", "clean_answer", "corrupted_answer", "diff_pos"):
+        assert torch.equal(getattr(p, x), getattr(q, x)), x
+    assert "cot" not in T.knobs("state_recall_cot") and T.difficulty_grid("state_recall_cot") == \
+        T.difficulty_grid("state_recall")
+    with pytest.raises(TaskError, match="unknown knob 'cot' for task 'state_recall_cot'; valid knobs: n_steps"):
+        T.generate("state_recall_cot", 2, cot=False)
+    with pytest.raises(TaskError, match="n_vars=0 is out of range"):
+        T.make_pairs("state_recall_cot", 2, n_vars=0)
 
 
 @pytest.mark.parametrize("task", sorted(T.TASKS))
@@ -192,7 +214,7 @@ def test_pairs_differ_in_one_fact(task):
             diffs = [j for j, (u, v) in enumerate(zip(cw, xw)) if u != v]
             prompt_diffs = [j for j in diffs if j <= ap]
             assert prompt_diffs[0] == int(p.diff_pos[i])
-            if task == "state_recall" and resolved(task, knobs)["cot"]:
+            if task == "state_recall_cot" or task == "state_recall" and resolved(task, knobs)["cot"]:
                 assert all(cw[j - 1] == "is" for j in prompt_diffs[1:]), (cw, xw)  # derived values
             else:
                 assert len(prompt_diffs) == 1, (task, cw, xw)
@@ -231,7 +253,7 @@ def test_vocab():
 @pytest.mark.parametrize("call,msg", [
     (lambda: T.generate("mqr", 2), "unknown task 'mqr' (did you mean mqar?); valid tasks: brackets, copy, "),
     (lambda: T.make_pairs("nonsense", 2), "unknown task 'nonsense'; valid tasks: brackets, copy, entity_tracking"),
-    (lambda: T.knobs("stat_recall"), "did you mean state_recall?"),
+    (lambda: T.knobs("stat_recall"), "did you mean state_recall, state_recall_cot?"),
     (lambda: T.difficulty_grid("x"), "unknown task 'x'"),
     (lambda: T.generate("mqar", 2, n_pair=3), "unknown knob 'n_pair' for task 'mqar' (did you mean n_pairs?); "
                                               "valid knobs: n_pairs, n_queries, n_keys, n_values, seq_len"),

@@ -128,6 +128,21 @@ def register(name, doc, uid, knobs, grid, validate, example=None, batch=None, pa
     return spec
 
 
+def alias(name, of, fixed, doc):
+    """Register ``name`` as task ``of`` with the knobs ``fixed`` set (they are no longer knobs of ``name``).
+    It shares ``of``'s uid, so ``generate(name, n, seed, **k)`` and ``make_pairs`` give exactly what ``of``
+    gives with ``**fixed, **k`` (only ``meta`` differs). A trainer keys fixed knobs by task name, so an alias
+    lets one mixture hold a task twice (e.g. ``state_recall`` and ``state_recall_cot``)."""
+    t = get(of)
+    assert name not in TASKS and set(fixed) <= set(t.knobs), name
+    spec = TaskSpec(name, doc, t.uid, {k: v for k, v in t.knobs.items() if k not in fixed},
+                    {k: v for k, v in t.grid.items() if k not in fixed}, lambda **k: t.validate(**k, **fixed),
+                    lambda rng, n, **k: t.batch(rng, n, **k, **fixed),
+                    lambda rng, n, **k: t.pairs(rng, n, **k, **fixed))
+    TASKS[name] = spec
+    return spec
+
+
 def get(task: str) -> TaskSpec:
     if task not in TASKS:
         close = difflib.get_close_matches(str(task), list(TASKS), n=2)

@@ -26,7 +26,7 @@ import functools
 
 import numpy as np
 
-from interp.tasks.base import Rows, int_in, need, one_of, register, statement_layout
+from interp.tasks.base import Rows, alias, int_in, need, one_of, register, statement_layout
 from interp.tasks.vocab import NUMBERS, VARS, VOCAB
 
 LEVELS = ["assign", "copy", "arith", "swap"]
@@ -171,3 +171,7 @@ register(
            "query_first": (False, "true | false", "the query also right after the initialisation (without cot)")},
     grid={"n_steps": [2, 4, 8, 16, 32], "n_vars": [2, 3, 5, 8], "complexity": LEVELS},
     batch=_batch, pairs=_pairs, validate=_validate)
+
+alias("state_recall_cot", "state_recall", {"cot": True},
+      "state_recall with cot=True fixed (every statement followed by ``is v``), so a training mixture can hold "
+      "both variants.\n\n" + __doc__)
