@@ -185,8 +185,8 @@ class HookedModel:
         if not bool(m.any(-1).all()):
             raise N.HookError("a row of attention_mask has no real token")
         if not self.adapter.padding:
-            raise N.HookError(f"{self.adapter.family}: padded batches are supported for HF models (hf_* adapters); "
-                              "this model runs prompts of one length (run them in groups of equal length)")
+            raise N.HookError(f"{self.adapter.family}: padded batches are supported for HF models (hf_* adapters) and "
+                              "the zoo; this model runs prompts of one length (run them in groups of equal length)")
         return m
 
     def _forward(self, tokens, mask=None):

@@ -14,6 +14,7 @@ from test_adapters_kimi import make as kimi_make
 from test_adapters_lfm2 import make as lfm2_make
 from test_adapters_mamba import make as mamba2_make
 from test_adapters_minimax import make as minimax_make
+from test_hooks_zoo import make as zoo_make
 
 MODELS = {
     "llama": lambda: hf_make("llama"), "mistral_window": lambda: hf_make("mistral"),
@@ -22,6 +23,7 @@ MODELS = {
     "mamba": lambda: mamba1_make("mamba"), "jamba": lambda: mamba1_make("jamba"),
     "zamba": lambda: granite_zamba_make("zamba"), "lfm2": lambda: lfm2_make("lfm2"),
     "minimax": lambda: minimax_make(), "kimi": lambda: kimi_make("kimi"),
+    **{f"zoo_{lay}": (lambda lay=lay: zoo_make(lay)) for lay in ("gdn75", "gla75-par", "mamba275", "transformer")},
 }
 model = H.cached(lambda kind: MODELS[kind]())
 LENS = (6, 10)
@@ -72,7 +74,7 @@ def test_padded_batch_equals_each_prompt_alone(kind, side):
                 torch.testing.assert_close(c[n][r, real], c1[n][0], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["qwen3_next", "mamba2", "llama"])
+@pytest.mark.parametrize("kind", ["qwen3_next", "mamba2", "llama", "zoo_gdn75"])
 def test_hooks_on_a_padded_batch_act_as_on_the_prompt_alone(kind):
     """A hook that zeroes one real token's residual (or state) in a left-padded batch changes that row exactly
     as the same hook on the prompt alone."""
@@ -98,13 +100,15 @@ def test_hooks_on_a_padded_batch_act_as_on_the_prompt_alone(kind):
     assert (alone[0, 3:] - plain[0, 3:]).abs().max() > 1e-4
 
 
-def test_pad_helper_and_bad_masks():
+def test_pad_helper_and_bad_masks(monkeypatch):
     from interp.tasks.vocab import VOCAB
     from interp.zoo import HybridLM, ZooConfig
     from interp.zoo.hf import attach_tokenizer
     zoo = attach_tokenizer(HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=32, n_layers=2, layout="gdn50",
                                               n_heads=2, head_dim=16)).eval())
     hm = hooks.wrap(zoo)
+    hm.run_with_cache(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1, 1]] * 2))
+    monkeypatch.setattr(type(hm.adapter), "padding", False)   # an adapter without padding (interop, mamba-ssm)
     with pytest.raises(HookError, match="padded batches are supported for HF models"):
         hm.run_with_cache(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1, 1]] * 2))
     # all ones is no padding: fine everywhere

@@ -39,8 +39,10 @@ class ZooAdapter(Adapter):
     def embed(self, model):
         return model.embed
 
-    def forward(self, model, tokens):
-        return model(tokens)
+    padding = True   # HybridLM.forward takes a padding attention_mask
+
+    def forward(self, model, tokens, attention_mask=None):
+        return model(tokens) if attention_mask is None else model(tokens, attention_mask=attention_mask)
 
     def final_norm(self, model):
         return model.norm_f
@@ -56,7 +58,9 @@ class ZooAdapter(Adapter):
     @contextmanager
     def patch_attention(self, layer, wrapper):
         orig = layer.attn.attn_fn
-        with swap_attr(layer.attn, "attn_fn", lambda q, k, v: wrapper(q, k, v, orig)):
+        # a padded batch's key mask (``mask=``) stays with the layer's own op
+        with swap_attr(layer.attn, "attn_fn",
+                       lambda q, k, v, **kw: wrapper(q, k, v, lambda q_, k_, v_: orig(q_, k_, v_, **kw))):
             yield
 
     @contextmanager

@@ -12,11 +12,25 @@ import torch.nn.functional as F
 from interp.zoo.common import apply_rope, rope_cache
 
 
-def causal_attention(q, k, v):
-    """q, k, v: [B, T, H, D] -> o: [B, T, H, D] (SDPA; flash/efficient kernels on CUDA)."""
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       is_causal=True)
+def causal_attention(q, k, v, mask=None):
+    """q, k, v: [B, T, H, D] -> o: [B, T, H, D] (SDPA; flash/efficient kernels on CUDA). ``mask``: a boolean
+    ``[B, 1, T, T]`` of the keys each query may read (padded batches, `pad_mask`), else causal."""
+    if mask is None:
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True)
+    else:
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask)
     return o.transpose(1, 2)
+
+
+def pad_mask(pad):
+    """The keys each query may read in a padded batch (``pad`` [B, T] bool, True: a real token): causal, real
+    keys only; a padding query reads itself alone (its output is never used, but stays finite)."""
+    T = pad.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=pad.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=pad.device)
+    return ((causal & pad[:, None, :]) | (eye & ~pad[:, :, None]))[:, None]
 
 
 class Attention(nn.Module):
@@ -32,13 +46,20 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(inner, d_model, bias=False)
         self.attn_fn = causal_attention
 
-    def forward(self, x):
+    def forward(self, x, pad=None):
+        """x [B, T, D]; ``pad`` [B, T] bool (True: a real token) for left/right padded batches: positions count
+        real tokens only (RoPE) and padding keys are not read."""
         B, T, _ = x.shape
         shape = (B, T, self.n_heads, self.head_dim)
         q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         cos, sin = rope_cache(T, self.head_dim, self.rope_theta, x.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = self.attn_fn(q, k, v)
+        if pad is None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            o = self.attn_fn(q, k, v)
+        else:
+            pos = (pad.long().cumsum(-1) - 1).clamp(min=0)                 # [B, T]
+            q, k = _rope_at(q, cos[pos], sin[pos]), _rope_at(k, cos[pos], sin[pos])
+            o = self.attn_fn(q, k, v, mask=pad_mask(pad))
         return self.o_proj(o.reshape(B, T, -1))
 
     def forward_window(self, x, offset: int, k_prev, v_prev, at=None):
@@ -65,6 +86,14 @@ class Attention(nn.Module):
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            attn_mask=mask).transpose(1, 2)
         return self.o_proj(o.reshape(B, q.shape[1], -1))
+
+
+def _rope_at(x, cos, sin):
+    """Rotate-half RoPE with a position per row and token: x [B, T, H, D], cos/sin [B, T, D/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d].float(), x[..., d:].float()
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
 def _rope_rows(x, cos, sin):

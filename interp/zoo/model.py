@@ -48,8 +48,8 @@ class ParallelMixer(nn.Module):
         super().__init__()
         self.attn, self.rec = attn, rec
 
-    def forward(self, x):
-        return self.attn(x) + self.rec(x)
+    def forward(self, x, pad=None):
+        return self.attn(x, pad=pad) + self.rec(x)
 
 
 class Block(nn.Module):
@@ -61,8 +61,15 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
-    def forward(self, x):
-        x = x + self.mixer(self.norm1(x))
+    def forward(self, x, pad=None):
+        """``pad`` [B, T] bool (True: a real token), for padded batches: the mixer reads zeros at padding tokens
+        (so recurrences write nothing there and short convolutions see zeros, as before a sequence starts), and
+        attention positions and keys count real tokens only."""
+        if pad is None:
+            x = x + self.mixer(self.norm1(x))
+        else:
+            h = torch.where(pad[..., None], self.norm1(x), 0.0)
+            x = x + (self.mixer(h, pad=pad) if self.mixer.family in ("attn", "parallel") else self.mixer(h))
         return x + self.mlp(self.norm2(x))
 
 
@@ -87,13 +94,17 @@ class HybridLM(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: [B, T] LongTensor -> logits [B, T, vocab] (float32)."""
+    def forward(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """tokens: [B, T] LongTensor -> logits [B, T, vocab] (float32). ``attention_mask`` [B, T] (1: a real
+        token, 0: padding; left or right): each row gives at its real tokens what it gives alone (`Block`)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        pad = None if attention_mask is None else attention_mask.to(tokens.device).bool()
+        if pad is not None and bool(pad.all()):
+            pad = None
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if pad is None else block(x, pad=pad)
         return self.lm_head(self.norm_f(x)).float()
 
     def window_ok(self, start: int) -> bool:
