@@ -144,15 +144,18 @@ def cmd_eval(a):
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
+    label = None if a.target == "none" else a.target
+    causal = dict(n_pairs=a.n_pairs, where=a.where, offset=a.offset, n_align=a.n_align, probe=not a.no_probe)
     if isinstance(coder, rank1.Rank1Coder):
         ev = rank1.run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
-                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name)
+                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name,
+                                  target=label, **causal)
     elif meta.get("target"):
         from interp.sae import SaeSite
         from interp.sae.transcode import run_eval_transcoder
         ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
                                  kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                                 model_name=Path(a.model).name)
+                                 model_name=Path(a.model).name, target_label=label, **causal)
     else:
         ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
                       seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
