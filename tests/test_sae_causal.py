@@ -152,3 +152,70 @@ def test_cli_eval_rank1_groundtruth(tmp_path, capsys):
                  "--no-probe"]) == 0
     out = capsys.readouterr().out
     assert "auroc_mean" in out and "kl[sae]" in out
+
+
+# --- the WriteSAE substitution protocol -----------------------------------------------------------------
+def _subst_setup(coder=None, n=4):
+    from interp.sae import substitute as S
+    m = tiny()
+    hm = hooks.wrap(m)
+    site = SaeSite("blocks.0.rec.write_kd", head=HEAD)
+    b = generate("mqar", n, seed=11, **KNOBS)
+    coder = coder or _exact_coder(hm, site, b.tokens)
+    wc = S.write_coder(m, coder, site)
+    from interp.sae.evaluate import clean_run
+    clean, X, cache = clean_run(hm, wc.site, b.tokens)
+    return S, m, hm, wc, b, clean, X, cache
+
+
+def _subst_logits(S, hm, wc, b, X, cache, mask, cond):
+    from interp.tasks.vocab import PAD
+    fns = S.edits(wc, X[b.tokens != PAD].mean(0), b.tokens.shape)
+    return hm.run_with_hooks(b.tokens, hooks=splice_hooks(wc.site, fns[cond], mask, family_of(hm, 0), cache))
+
+
+@pytest.mark.parametrize("where", ["firing", "all"])
+def test_substitution_identity_and_exact_atom_change_nothing_zero_equals_hooks(where):
+    S, m, hm, wc, b, clean, X, cache = _subst_setup()
+    mask = S.positions(wc, X, b, where)
+    assert mask.any() and (where == "all" or (mask.sum(1) <= 1).all())
+    for cond in ("identity", "atom", "reconstruction"):   # one atom per write, the write itself (k = 1)
+        lg = _subst_logits(S, hm, wc, b, X, cache, mask, cond)
+        assert torch.allclose(lg, clean, atol=1e-4), (cond, (lg - clean).abs().max())
+    lg = _subst_logits(S, hm, wc, b, X, cache, mask, "zero")
+
+    def zero_k(x, name):                                  # hooks-level: the head's write_k zeroed there
+        x = x.clone()
+        x[..., HEAD, :][mask] = 0
+        return x
+    ref = hm.run_with_hooks(b.tokens, hooks=[("blocks.0.rec.write_k", zero_k)])
+    assert (ref - clean).abs().max() > 1e-3
+    assert torch.allclose(lg, ref, atol=1e-4), (lg - ref).abs().max()
+
+
+def test_substitution_rows_and_random_atom_norm():
+    S, m, hm, wc, b, clean, X, cache = _subst_setup(R.Rank1Coder(16, 16, 12, 2, seed=3), n=6)
+    fns = S.edits(wc, X[0, 0], b.tokens.shape, seed=1)
+    x = X[0, 2:5]
+    bb, tt = torch.zeros(3, dtype=torch.long), torch.arange(2, 5)
+    ra, at = fns["random_atom"](x, bb, tt).view(3, 16, 16), fns["atom"](x, bb, tt).view(3, 16, 16)
+    assert torch.allclose(ra.flatten(1).norm(dim=1), at.flatten(1).norm(dim=1), atol=1e-5)
+    assert (torch.linalg.matrix_rank(ra) <= 1).all() and (torch.linalg.matrix_rank(at) <= 1).all()
+    rows = S.substitution_rows(hm, wc, b, "all", n_boot=200)
+    get = {(r["condition"], r["metric"]): r for r in rows}
+    assert abs(get["identity", "kl"]["value"]) < 1e-8 and abs(get["identity", "d_loss"]["value"]) < 1e-5
+    assert get["zero", "kl"]["value"] > 1e-4 and get["zero", "kl"]["lo"] <= get["zero", "kl"]["value"] <= get["zero", "kl"]["hi"]
+    assert 0 <= get["atom", "win_vs_zero"]["value"] <= 1 and get["atom", "kl"]["n"] == 6
+
+
+def test_cli_eval_substitution(tmp_path, capsys):
+    save_model(tiny(), tmp_path / "model")
+    base = ["--model", str(tmp_path / "model"), "--site", "blocks.0.rec.write_kd", "--head", "1",
+            "--knob", "n_pairs=4"]
+    assert main(["sae", "train", *base, "--rank1", "--k", "2", "--features", "8", "--steps", "2",
+                 "--batch-size", "2", "--out", str(tmp_path / "r1")]) == 0
+    capsys.readouterr()
+    assert main(["sae", "eval", "--coder", str(tmp_path / "r1"), *base, "--n", "6", "--substitution", "firing"]) == 0
+    out = capsys.readouterr().out
+    assert "kl[atom]" in out and "win_vs_zero[atom]" in out
+    assert (tmp_path / "r1" / "eval" / "substitution_firing.csv").is_file()
