@@ -56,6 +56,9 @@ def add_parser(sub):
     ev.add_argument("--offset", type=int, default=0, help="read the site this many tokens after each point")
     ev.add_argument("--n-align", type=int, default=1, help="aligned latents per value swapped in interchange")
     ev.add_argument("--no-probe", action="store_true", help="skip the latents-needed probes")
+    ev.add_argument("--substitution", choices=("firing", "all"), default=None,
+                    help="WriteSAE's substitution protocol for a write dictionary (one head's rec.write_kd rank-1, "
+                         "or rec.write): the write replaced at one firing token per example, or at all tokens")
     ev.add_argument("--eval-seed", type=int, default=None, help="held-out data seed (default interp.sae.run.EVAL_SEED)")
     add_device(ev)
     ev.add_argument("--out", default=None, help="default: <coder run>/eval")
@@ -144,15 +147,20 @@ def cmd_eval(a):
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
+    if a.substitution:
+        return _substitution(a, model, coder, site, folder)
+    label = None if a.target == "none" else a.target
+    causal = dict(n_pairs=a.n_pairs, where=a.where, offset=a.offset, n_align=a.n_align, probe=not a.no_probe)
     if isinstance(coder, rank1.Rank1Coder):
         ev = rank1.run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
-                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name)
+                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name,
+                                  target=label, **causal)
     elif meta.get("target"):
         from interp.sae import SaeSite
         from interp.sae.transcode import run_eval_transcoder
         ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
                                  kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                                 model_name=Path(a.model).name)
+                                 model_name=Path(a.model).name, target_label=label, **causal)
     else:
         ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
                       seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
@@ -161,3 +169,13 @@ def cmd_eval(a):
     print(ev.summary().round(4).to_string(index=False))
     out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
     print("wrote " + ", ".join(str(x) for x in ev.save(out)))
+
+
+def _substitution(a, model, coder, site, folder):
+    from interp.sae.run import EVAL_SEED
+    from interp.sae.substitute import substitution
+    ev = substitution(model, coder, site, a.task, kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else
+                      a.eval_seed, where=a.substitution, model_name=Path(a.model).name)
+    print(ev.summary().round(4).to_string(index=False))
+    out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
+    print("wrote " + ", ".join(str(x) for x in ev.save(out, stem=f"substitution_{a.substitution}")))

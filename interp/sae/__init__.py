@@ -11,7 +11,9 @@ ground-truth AUROC per task value, interchange of aligned latents against random
 
 Transcoders (`interp.sae.transcode`: predict a later site from an earlier one) and rank-1 write
 dictionaries (`interp.sae.rank1`: atoms u v^T over one head's factored writes) train and evaluate the
-same way: ``train(..., target=SaeSite("blocks.0.mlp_out"))`` with a `PairSource`; `train_rank1`.
+same way: ``train(..., target=SaeSite("blocks.0.mlp_out"))`` with a `PairSource`; `train_rank1`. Their
+ground truth and interchange go through `interp.sae.views` (latents read at one site, decoded at another);
+`interp.sae.substitute` is WriteSAE's substitution protocol for write dictionaries.
 """
 from interp.sae.coder import dense_latents, fold, load, reconstruct, save
 from interp.sae.data import CaptureSource, ModelSource, site_vectors
@@ -25,8 +27,11 @@ from interp.sae.train import TrainResult, train
 from interp.sae.writes import factored, gdn_delta, outer
 from interp.sae.transcode import PairSource, run_eval_transcoder
 from interp.sae.rank1 import Rank1Coder, run_eval_rank1, train_rank1
+from interp.sae.substitute import substitution
+from interp.sae.views import Latents, rank1_view, sae_view, transcoder_view
 
 __all__ = ["SaeSite", "ModelSource", "CaptureSource", "train", "TrainResult", "run_eval", "SaeEval", "quality",
            "splice", "groundtruth", "best_features", "features_needed", "interchange", "splice_hooks", "vectors",
            "site_vectors", "factored", "gdn_delta", "outer", "dense_latents", "reconstruct", "fold", "save", "load",
-           "PairSource", "run_eval_transcoder", "Rank1Coder", "train_rank1", "run_eval_rank1"]
+           "PairSource", "run_eval_transcoder", "Rank1Coder", "train_rank1", "run_eval_rank1", "substitution", "Latents",
+           "rank1_view", "sae_view", "transcoder_view"]

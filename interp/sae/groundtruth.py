@@ -119,13 +119,15 @@ def features_needed(Z, X, y, groups, ranking: dict, per_value=(1, 2, 4, 8), tol:
 def groundtruth(coder, X, batch, target: str, where: str = "answer", offset: int = 0, top: int = 16,
                 probe: bool = True, seed: int = 0):
     """(per-value table of `best_features`, ranking, `features_needed` table or None) for the site
-    vectors ``X`` [B, T, d] of ``batch``."""
+    vectors ``X`` [B, T, d] of ``batch``; ``coder``: a TopK coder or an `interp.sae.views.Latents` (then
+    ``X`` are its read site's vectors: a transcoder's input, a rank-1 dictionary's ``write_kd``)."""
     from interp.sae.coder import dense_latents
+    from interp.sae.views import Latents
     b, t, y = points(batch, target, where, offset)
     if len(y) == 0:
         raise InterpError(f"no points for target '{target}' (where={where}, offset={offset})")
     x = X[b, t]
-    Z = dense_latents(coder, x).numpy()
+    Z = (coder.encode(x) if isinstance(coder, Latents) else dense_latents(coder, x)).float().numpy()
     table, ranking = best_features(Z, y.numpy(), top)
     need = features_needed(Z, x.numpy(), y.numpy(), b.numpy(), ranking, seed=seed) if probe else None
     return table, ranking, need

@@ -8,14 +8,18 @@ answer position changed so that chosen latents take their values from the clean 
 among those the model answers correctly on both prompts, whose edited answer is the clean one.
 Conditions: ``aligned`` F = the top ``n_align`` latents (by AUROC, `interp.sae.groundtruth`) of the
 clean and of the corrupted answer's value; ``random`` the same number of random latents per pair (one
-row per seed); ``all`` every latent (z' = z_source; the ceiling of what the dictionary carries)."""
+row per seed); ``all`` every latent (z' = z_source; the ceiling of what the dictionary carries).
+
+``coder`` may be an `interp.sae.views.Latents`: latents read at its ``read`` site, the change
+decode(z') - decode(z_base) added at its ``edit`` site (a transcoder: input -> target; a rank-1
+dictionary: the head's ``write_kd`` -> its full write, spliced through the recurrence)."""
 from __future__ import annotations
 
 import torch
 
-from interp.sae import coder as C
 from interp.sae.data import family_of
 from interp.sae.sites import splice_hooks
+from interp.sae.views import as_view
 from interp.tasks import VOCAB
 
 
@@ -41,27 +45,33 @@ def _sets(ranking, a, b, n_align):
 
 
 @torch.no_grad()
-def interchange(hm, site, coder, pairs, ranking: dict, n_align: int = 1, seeds=(0, 1, 2, 3, 4)) -> list[dict]:
-    """Rows (condition, seed, iia, changed, n_features, n): see the module docstring."""
+def interchange(hm, site, coder, pairs, ranking: dict, n_align: int = 1, seeds=(0, 1, 2, 3, 4),
+                only_correct: bool = True) -> list[dict]:
+    """Rows (condition, seed, iia, changed, n_features, n): see the module docstring (``only_correct=False``
+    keeps every pair, also those the model gets wrong)."""
     from interp.sae.evaluate import clean_run
+    view = as_view(coder, site)
     ap, rows = pairs.answer_pos, torch.arange(pairs.n)
-    lc, Xc, _ = clean_run(hm, site, pairs.clean)
-    lx, Xx, cache = clean_run(hm, site, pairs.corrupted)
+    lc, Xc, _ = clean_run(hm, view.read, pairs.clean)
+    lx, Xx, cache = clean_run(hm, view.read, pairs.corrupted)
+    if view.edit != view.read:
+        cache = clean_run(hm, view.edit, pairs.corrupted)[2]
     ok = (lc[rows, ap].argmax(-1) == pairs.clean_answer) & (lx[rows, ap].argmax(-1) == pairs.corrupted_answer)
+    ok |= not only_correct
     idx = ok.nonzero().flatten()
     if idx.numel() == 0:
         return []
     tok, ap, ca, xa = pairs.corrupted[idx], ap[idx], pairs.clean_answer[idx], pairs.corrupted_answer[idx]
     cache = {k: v[idx] for k, v in cache.items()}
     xb, xs = Xx[idx, ap], Xc[idx, ap]
-    zb, zs = C.dense_latents(coder, xb), C.dense_latents(coder, xs)
+    zb, zs = view.encode(xb), view.encode(xs)
     va = torch.tensor([value_of(t) for t in ca])
     vb = torch.tensor([value_of(t) for t in xa])
     aligned = _sets(ranking, va, vb, n_align)
     conds = [("aligned", None, aligned)]
     for s in seeds:
         g = torch.Generator().manual_seed(int(s))
-        conds.append(("random", int(s), [torch.randperm(coder.num_latents, generator=g)[:len(f)].tolist()
+        conds.append(("random", int(s), [torch.randperm(view.num_latents, generator=g)[:len(f)].tolist()
                                           for f in aligned]))
     conds.append(("all", None, None))
     out = []
@@ -70,9 +80,9 @@ def interchange(hm, site, coder, pairs, ranking: dict, n_align: int = 1, seeds=(
         if sets is not None:
             for i, f in enumerate(sets):
                 z[i, f] = zs[i, f]
-        delta = C.decode_dense(coder, z) - C.decode_dense(coder, zb)
-        pred = _run(hm, site, tok, ap, delta, cache)
-        nf = coder.num_latents if sets is None else sum(len(f) for f in sets) / max(1, len(sets))
+        delta = view.decode(z) - view.decode(zb)
+        pred = _run(hm, view.edit, tok, ap, delta, cache)
+        nf = view.num_latents if sets is None else sum(len(f) for f in sets) / max(1, len(sets))
         out.append({"condition": name, "seed": seed, "iia": float((pred == ca).float().mean()),
                     "changed": float((pred != xa).float().mean()), "n_features": float(nf), "n": int(idx.numel())})
     return out

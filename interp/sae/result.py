@@ -1,7 +1,8 @@
 """`SaeEval`: one dictionary's evaluation as a tidy DataFrame, with ``.plot()`` and ``.save()``.
 
-Columns: ``section`` (quality | splice | groundtruth | needed | interchange), ``metric``, ``condition``,
-``variable`` (e.g. ``bound_value=17``), ``feature`` (latent index, -1 if none), ``value``, ``n``; the
+Columns: ``section`` (quality | splice | groundtruth | needed | interchange | substitution), ``metric``, ``condition``,
+``variable`` (e.g. ``bound_value=17``), ``feature`` (latent index, -1 if none), ``value``, ``lo`` / ``hi`` (95%
+bootstrap interval where one is computed: substitution), ``n``; the
 site, model and task are in ``attrs['spec']``."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 from interp.store import atomic_write_text, save_csv, save_parquet
 from interp.figsave import save_fig
 
-COLUMNS = ["section", "metric", "condition", "variable", "feature", "value", "n"]
+COLUMNS = ["section", "metric", "condition", "variable", "feature", "value", "lo", "hi", "n"]
 
 
 class SaeEval(pd.DataFrame):
@@ -55,6 +56,9 @@ class SaeEval(pd.DataFrame):
         if len(ic):
             g = ic.groupby("condition", sort=False).value.mean()
             out.append(pd.DataFrame({"metric": [f"iia[{c}]" for c in g.index], "value": g.values}))
+        su = self.get("substitution")
+        if len(su):
+            out.append(su.assign(metric=su.metric + "[" + su.condition + "]")[["metric", "value"]])
         return pd.concat(out, ignore_index=True)
 
     def plot(self, path=None, title=None):  # noqa: D102 - documented on the class
@@ -63,8 +67,9 @@ class SaeEval(pd.DataFrame):
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         panels = [(sec, fn) for sec, fn in (("splice", self._plot_splice), ("groundtruth", self._plot_auroc),
-                                            ("needed", self._plot_needed), ("interchange", self._plot_interchange))
-                  if sec == "splice" or (self.section == sec).any()]   # transcoders / rank-1: splice only
+                                            ("needed", self._plot_needed), ("interchange", self._plot_interchange),
+                                            ("substitution", self._plot_substitution))
+                  if (self.section == sec).any() or (sec == "splice" and not (self.section == "substitution").any())]
         fig, ax = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 0.5, 3.8), squeeze=False)
         for a, (_, fn) in zip(ax[0], panels):
             fn(a)
@@ -92,6 +97,15 @@ class SaeEval(pd.DataFrame):
         ax.set_ylim(0, 1.25)
         ax.set_ylabel("answer accuracy")
         ax.set_title("spliced in (site -> reconstruction)", fontsize=9)
+
+    def _plot_substitution(self, ax):
+        su = self.get("substitution", "kl")
+        err = np.array([su.value - su.lo, su.hi - su.value]).clip(min=0)
+        ax.bar(su.condition, su.value, yerr=np.nan_to_num(err), color="C0", capsize=3)
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.set_ylabel("KL(clean || edited) at answers (95% CI)")
+        ax.set_title(f"write substituted ({self.attrs.get('spec', {}).get('where', '')})", fontsize=9)
 
     def _plot_auroc(self, ax):
         g = self.get("groundtruth", "auroc")

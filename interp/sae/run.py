@@ -36,6 +36,22 @@ def _gt_rows(table, need, target):
 
 
 @torch.no_grad()
+def causal_rows(hm, coder, site, X, batch, task: str, knobs: dict, n_pairs: int = 256, seed: int = EVAL_SEED,
+                target: str = "bound_value", where: str = "answer", offset: int = 0, n_align: int = 1,
+                seeds=(0, 1, 2, 3, 4), probe: bool = True) -> list[dict]:
+    """The ground-truth, needed and interchange rows of ``coder`` (a TopK coder on ``site`` or an
+    `interp.sae.views.Latents`; ``X``: its read site's vectors [B, T, d] on ``batch``)."""
+    table, ranking, need = groundtruth(coder, X, batch, target, where, offset, probe=probe)
+    rows = _gt_rows(table, need, target)
+    pairs = T.make_pairs(task, n_pairs, seed=seed, **knobs)
+    for r in interchange(hm, site, coder, pairs, ranking, n_align=n_align, seeds=seeds):
+        rows += [{"section": "interchange", "metric": m, "condition": r["condition"],
+                  "variable": "" if r["seed"] is None else f"seed={r['seed']}", "value": r[m], "n": r["n"]}
+                 for m in ("iia", "changed", "n_features")]
+    return rows
+
+
+@torch.no_grad()
 def run_eval(model, coder, site, task: str = "mqar", knobs: dict | None = None, n: int = 256, n_pairs: int = 256,
              seed: int = EVAL_SEED, target: str | None = "bound_value", where: str = "answer", offset: int = 0,
              n_align: int = 1, seeds=(0, 1, 2, 3, 4), probe: bool = True, model_name: str | None = None,
@@ -51,13 +67,8 @@ def run_eval(model, coder, site, task: str = "mqar", knobs: dict | None = None, 
         rows += [{"section": "splice", "metric": m, "condition": r["condition"], "value": r[m], "n": n}
                  for m in ("accuracy", "answer_ce", "kl", "d_accuracy", "d_answer_ce")]
     if target is not None:
-        table, ranking, need = groundtruth(coder, X, batch, target, where, offset, probe=probe)
-        rows += _gt_rows(table, need, target)
-        pairs = T.make_pairs(task, n_pairs, seed=seed, **knobs)
-        for r in interchange(hm, site, coder, pairs, ranking, n_align=n_align, seeds=seeds):
-            rows += [{"section": "interchange", "metric": m, "condition": r["condition"],
-                      "variable": "" if r["seed"] is None else f"seed={r['seed']}", "value": r[m], "n": r["n"]}
-                     for m in ("iia", "changed", "n_features")]
+        rows += causal_rows(hm, coder, site, X, batch, task, knobs, n_pairs=n_pairs, seed=seed, target=target,
+                            where=where, offset=offset, n_align=n_align, seeds=seeds, probe=probe)
     spec = {"model": model_name, "site": site.label(), "task": task, "knobs": knobs, "n": n, "n_pairs": n_pairs,
             "seed": seed, "target": target, "where": where, "offset": offset, "n_align": n_align,
             "k": coder.cfg.k, "features": coder.num_latents}

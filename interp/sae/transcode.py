@@ -92,10 +92,13 @@ def input_hook(site: SaeSite, box: dict):
 @torch.no_grad()
 def run_eval_transcoder(model, coder, site: SaeSite, target: SaeSite, task: str = "mqar",
                         knobs: dict | None = None, n: int = 256, seed: int = 999_999_937,
-                        model_name: str | None = None, dense_threshold: float = 0.1) -> SaeEval:
+                        model_name: str | None = None, dense_threshold: float = 0.1, target_label: str | None = None,
+                        **causal) -> SaeEval:
     """Quality (FVU of the target, dead / dense, l0) on held-out ``tasks.generate(task, n, seed=seed)`` and
     splicing: the target replaced at every non-pad token by the prediction from the input read live in
-    the spliced run (``sae`` condition; ``mean``: the target's mean, ``clean``: unedited)."""
+    the spliced run (``sae`` condition; ``mean``: the target's mean, ``clean``: unedited). With
+    ``target_label`` (a task label) also ground truth (latents read from the input site) and interchange
+    (their change decoded into the target site; `interp.sae.run.causal_rows`, ``causal`` its options)."""
     check_pair(site, target)
     hm, knobs = wrap(model), dict(knobs or {})
     batch = T.generate(task, n, seed=seed, **knobs)
@@ -112,7 +115,12 @@ def run_eval_transcoder(model, coder, site: SaeSite, target: SaeSite, task: str 
     for r in E.splice(hm, target, coder, batch, edit=edit, hooks=[input_hook(site, box)]):
         rows += [{"section": "splice", "metric": m, "condition": r["condition"], "value": r[m], "n": n}
                  for m in ("accuracy", "answer_ce", "kl", "d_accuracy", "d_answer_ce")]
+    if target_label is not None:
+        from interp.sae.run import causal_rows
+        from interp.sae.views import transcoder_view
+        rows += causal_rows(hm, transcoder_view(coder, site, target, d_out), site, X, batch, task, knobs,
+                            seed=seed, target=target_label, **causal)
     spec = {"model": model_name, "site": site.label(), "target_site": target.label(), "task": task,
             "knobs": knobs, "n": n, "seed": seed, "k": coder.cfg.k, "features": coder.num_latents,
-            "coder": "transcoder"}
+            "coder": "transcoder", "target": target_label, **causal}
     return SaeEval.from_rows(rows, spec)
