@@ -141,13 +141,19 @@ def test_rank1_and_transcoder_evals_carry_groundtruth_and_interchange():
     assert {"groundtruth"} <= set(ev.section) and "needed" not in set(ev.section)
 
 
-def test_cli_eval_rank1_groundtruth(tmp_path, capsys):
+def _trained_rank1(tmp_path, capsys) -> list:
+    """The CLI options of a tiny model's head-1 write site, after `interp sae train --rank1` into tmp/r1."""
     save_model(tiny(), tmp_path / "model")
     base = ["--model", str(tmp_path / "model"), "--site", "blocks.0.rec.write_kd", "--head", "1",
             "--knob", "n_pairs=4"]
     assert main(["sae", "train", *base, "--rank1", "--k", "2", "--features", "8", "--steps", "2",
                  "--batch-size", "2", "--out", str(tmp_path / "r1")]) == 0
     capsys.readouterr()
+    return base
+
+
+def test_cli_eval_rank1_groundtruth(tmp_path, capsys):
+    base = _trained_rank1(tmp_path, capsys)
     assert main(["sae", "eval", "--coder", str(tmp_path / "r1"), *base, "--n", "12", "--n-pairs", "6",
                  "--no-probe"]) == 0
     out = capsys.readouterr().out
@@ -209,12 +215,7 @@ def test_substitution_rows_and_random_atom_norm():
 
 
 def test_cli_eval_substitution(tmp_path, capsys):
-    save_model(tiny(), tmp_path / "model")
-    base = ["--model", str(tmp_path / "model"), "--site", "blocks.0.rec.write_kd", "--head", "1",
-            "--knob", "n_pairs=4"]
-    assert main(["sae", "train", *base, "--rank1", "--k", "2", "--features", "8", "--steps", "2",
-                 "--batch-size", "2", "--out", str(tmp_path / "r1")]) == 0
-    capsys.readouterr()
+    base = _trained_rank1(tmp_path, capsys)
     assert main(["sae", "eval", "--coder", str(tmp_path / "r1"), *base, "--n", "6", "--substitution", "firing"]) == 0
     out = capsys.readouterr().out
     assert "kl[atom]" in out and "win_vs_zero[atom]" in out
