@@ -10,6 +10,7 @@ from interp.cli import main
 from interp.sae import SaeSite
 from interp.sae import coder as C
 from interp.sae import rank1 as R
+from interp.sae.run import run_eval_rank1
 from interp.sae.data import family_of, site_vectors
 from interp.sae.groundtruth import best_features, groundtruth, points
 from interp.sae.interchange import interchange
@@ -129,7 +130,7 @@ def test_transcoder_latents_read_input_and_interchange_lands_at_target():
 def test_rank1_and_transcoder_evals_carry_groundtruth_and_interchange():
     m = tiny()
     site = SaeSite("blocks.0.rec.write_kd", head=0)
-    ev = R.run_eval_rank1(m, R.Rank1Coder(16, 16, 24, 2), site, "mqar", KNOBS, n=16, target="bound_value",
+    ev = run_eval_rank1(m, R.Rank1Coder(16, 16, 24, 2), site, "mqar", KNOBS, n=16, target="bound_value",
                           n_pairs=8, seeds=(0,))
     assert {"quality", "splice", "groundtruth", "needed"} <= set(ev.section)
     au = ev.get("groundtruth", "auroc").value

@@ -124,7 +124,8 @@ def test_cli_transcode_bad_input_exits_2(tmp_path, capsys):
 
 
 # --- rank-1 write dictionaries -------------------------------------------------------------------------
-from interp.sae import rank1 as R  # noqa: E402
+from interp.sae import rank1 as R
+from interp.sae.run import run_eval_rank1  # noqa: E402
 
 
 class Rank1Toy:
@@ -205,7 +206,7 @@ def test_rank1_initialised_from_model_writes_splices_exactly():
     X, _ = site_vectors(hooks.wrap(m), site, b.tokens)
     key, val = R.split_kd(X[b.tokens != PAD], 16)
     coder = R.Rank1Coder(16, 16, key.shape[0], 1).init_from(key, val)
-    ev = R.run_eval_rank1(m, coder, site, "mqar", KNOBS, n=3)
+    ev = run_eval_rank1(m, coder, site, "mqar", KNOBS, n=3)
     assert ev.get("quality", "fvu").value.iloc[0] < 1e-8
     kl = {r.condition: r.value for r in ev.get("splice", "kl").itertuples()}
     assert kl["sae"] < 1e-6 and kl["mean"] > 20 * kl["sae"], kl

@@ -152,9 +152,10 @@ def cmd_eval(a):
     label = None if a.target == "none" else a.target
     causal = dict(n_pairs=a.n_pairs, where=a.where, offset=a.offset, n_align=a.n_align, probe=not a.no_probe)
     if isinstance(coder, rank1.Rank1Coder):
-        ev = rank1.run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
-                                  seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name,
-                                  target=label, **causal)
+        from interp.sae.run import run_eval_rank1
+        ev = run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
+                            seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name,
+                            target=label, **causal)
     elif meta.get("target"):
         from interp.sae import SaeSite
         from interp.sae.transcode import run_eval_transcoder

@@ -21,12 +21,12 @@ from interp.sae.evaluate import quality, splice
 from interp.sae.groundtruth import best_features, features_needed, groundtruth
 from interp.sae.interchange import interchange
 from interp.sae.result import SaeEval
-from interp.sae.run import run_eval
+from interp.sae.run import run_eval, run_eval_rank1
 from interp.sae.sites import SaeSite, splice_hooks, vectors
 from interp.sae.train import TrainResult, train
 from interp.sae.writes import factored, gdn_delta, outer
 from interp.sae.transcode import PairSource, run_eval_transcoder
-from interp.sae.rank1 import Rank1Coder, run_eval_rank1, train_rank1
+from interp.sae.rank1 import Rank1Coder, train_rank1
 from interp.sae.substitute import substitution
 from interp.sae.views import Latents, rank1_view, sae_view, transcoder_view
 

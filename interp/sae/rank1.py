@@ -135,45 +135,6 @@ def fvu(coder, key, val) -> float:
 
 
 @torch.no_grad()
-def run_eval_rank1(model, coder, site, task: str = "mqar", knobs: dict | None = None, n: int = 256,
-                   seed: int = 999_999_937, model_name: str | None = None, dense_threshold: float = 0.1,
-                   target: str | None = None, **causal):
-    """Quality on held-out ``tasks.generate(task, n, seed=seed)`` writes of ``site`` (one head's
-    ``rec.write_kd``) and splicing: that head's writes replaced at every non-pad token by the
-    reconstruction (read from the write the re-run recurrence computes), the recurrence continuing
-    (`interp.sae.sites`; conditions sae / mean / clean). With ``target`` (a task label) also ground truth
-    and interchange of the latents (`interp.sae.run.causal_rows` on `interp.sae.views.rank1_view`;
-    ``causal``: its other options). An `interp.sae.result.SaeEval`."""
-    from interp import tasks as T
-    from interp.sae import evaluate as E
-    from interp.sae.data import site_vectors, wrap
-    from interp.sae.result import SaeEval
-    from interp.sae.sites import SaeSite
-    from interp.tasks.vocab import PAD
-    check_site(site)
-    hm, knobs = wrap(model), dict(knobs or {})
-    batch = T.generate(task, n, seed=seed, **knobs)
-    X, _ = site_vectors(hm, site, batch.tokens)
-    q = quality(coder, *split_kd(X[batch.tokens != PAD], coder.K), dense_threshold)
-    rows = [{"section": "quality", "metric": k, "value": float(v), "n": q["rows"]} for k, v in q.items() if k != "rows"]
-    full = SaeSite(f"blocks.{site.layer}.rec.write", site.head)
-
-    def edit(x, b, t):
-        W = x.reshape(-1, coder.K, coder.V)
-        return coder.reconstruct_full(W.to(coder.u.dtype)).reshape(x.shape).to(x.dtype)
-    for r in E.splice(hm, full, coder, batch, edit=edit):
-        rows += [{"section": "splice", "metric": m, "condition": r["condition"], "value": r[m], "n": n}
-                 for m in ("accuracy", "answer_ce", "kl", "d_accuracy", "d_answer_ce")]
-    if target is not None:
-        from interp.sae.run import causal_rows
-        from interp.sae.views import rank1_view
-        rows += causal_rows(hm, rank1_view(coder, site), site, X, batch, task, knobs, seed=seed, target=target,
-                            **causal)
-    spec = {"model": model_name, "site": site.label(), "task": task, "knobs": knobs, "n": n, "seed": seed,
-            "k": coder.k, "features": coder.num_latents, "coder": "rank1", "target": target, **causal}
-    return SaeEval.from_rows(rows, spec)
-
-
 def fold(coder, k_scale: float, v_scale: float):
     """A copy of ``coder`` (trained on key / k_scale, val / v_scale) that acts on raw writes: the encoder's
     pre-activations and the activations grow by k_scale * v_scale (only the bias changes), atoms unchanged."""
