@@ -108,6 +108,19 @@ def assert_identity_hooks_keep_logits(hm, x, ref):
     torch.testing.assert_close(out_all, ref, atol=1e-5, rtol=0)
 
 
+def unit_scale_weights(m, seed: int = 1):
+    """Re-draw ``m``'s weights at O(1) scale (vectors ~ 1 + 0.2 N(0, 1), matrices ~ N(0, 1/fan_in), the embedding
+    with fan-in 4), so that gates and every branch of a tiny random model vary (HF's std-0.02 init leaves most
+    sublayers nearly inert). Returns ``m``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, w in m.named_parameters():
+            fan_in = 4 if "embed" in name else w.shape[-1]
+            w.copy_(1 + 0.2 * torch.randn(w.shape, generator=g) if w.dim() == 1
+                    else torch.randn(w.shape, generator=g) / fan_in ** 0.5)
+    return m
+
+
 def assert_capture_everything_keeps_logits(hm, x):
     """Capturing every hook name of ``hm`` on tokens ``x`` gives the plain logits bit for bit and a cache of
     every name, and leaves the model as it was (its logits too). Returns (cache, plain logits)."""

@@ -24,13 +24,7 @@ def make(kind="minimax", attn_implementation=None):
                         num_attention_heads=HEADS, num_key_value_heads=2, head_dim=HD, num_local_experts=2,
                         num_experts_per_tok=1, block_size=4, **FACTORS)  # block_size < T: HF's blockwise path
     m = H.from_config(cfg, attn_implementation)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # O(1) weights (HF's init, std 0.02, leaves every sublayer nearly inert)
-        for name, w in m.named_parameters():
-            fan_in = 4 if "embed" in name else w.shape[-1]
-            w.copy_(1 + 0.2 * torch.randn(w.shape, generator=g) if w.dim() == 1
-                    else torch.randn(w.shape, generator=g) / fan_in ** 0.5)
-    return m
+    return H.unit_scale_weights(m)   # O(1) weights (HF's init, std 0.02, leaves every sublayer nearly inert)
 
 
 model = H.cached(lambda kind: make(kind))

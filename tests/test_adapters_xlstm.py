@@ -27,13 +27,7 @@ def make(kind="xlstm", **over):
                                 gate_soft_cap=CAP, eps=EPS), **over})
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(cfg).float().eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # O(1) weights, so gates, stabiliser and both branches of the denominator vary
-        for name, w in m.named_parameters():
-            fan_in = 4 if "embed" in name else w.shape[-1]
-            w.copy_(1 + 0.2 * torch.randn(w.shape, generator=g) if w.dim() == 1
-                    else torch.randn(w.shape, generator=g) / fan_in ** 0.5)
-    return m
+    return H.unit_scale_weights(m)   # O(1) weights: gates, stabiliser and both branches of the denominator vary
 
 
 model = H.cached(lambda kind: make(kind))
@@ -179,20 +173,12 @@ def test_layer_map_and_names():
 def test_capture_everything_keeps_logits():
     m = model("xlstm")
     hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
-    ref = logits(m, x)
-    with torch.no_grad():
-        out, c = hm.run_with_cache(x, names=hm.hook_names)
-    assert torch.equal(out, ref)  # the model's own backend gave every output
-    assert set(c) == set(hm.hook_names)
+    c, _ = H.assert_capture_everything_keeps_logits(hm, toks())  # the model's own backend gave every output
     for i in LAYERS:
         p = f"blocks.{i}.rec"
         assert c[f"{p}.state"].shape == (2, T, HEADS, K, K) and c[f"{p}.state"].dtype == torch.float32
         assert c[f"{p}.decay"].shape == (2, T, HEADS) and c[f"{p}.beta"].shape == (2, T, HEADS)
         assert c[f"{p}.pattern"].shape == (2, HEADS, T, T) and c[f"{p}.readout"].shape == (2, T, HEADS, K)
-    assert_clean(m, snap)
-    assert torch.equal(logits(m, x), ref)
 
 
 def test_identity_hooks_keep_logits():
@@ -423,19 +409,5 @@ def test_rec_head_results_sum_to_mixer_out():
 
 def test_nested_sessions():
     m = model("xlstm")
-    hm = hooks.wrap(m)
-    x = toks()
-    snap = snapshot(m)
     names = ["blocks.1.rec.state", "blocks.1.mixer_out", "blocks.0.rec.q"]
-    with torch.no_grad():
-        ref = logits(m, x)
-        _, one = hm.run_with_cache(x, names=names)
-        outer, inner = {}, {}
-        with hm.hooks(cache_names=names, cache=outer):
-            with hm.hooks(cache_names=names[:2], cache=inner):
-                out = logits(m, x)
-    assert torch.equal(out, ref)
-    for c in (outer, inner):
-        for n, t in c.items():
-            assert torch.equal(t, one[n]), n
-    assert_clean(m, snap)
+    H.assert_nested_sessions(hooks.wrap(m), toks(), names, names[:2])

@@ -6,13 +6,16 @@
 
 with ``a_t = exp(decay_t)`` in the hook names (`hooks.names`). The write of token t is the rank-1
 outer product ``key_t val_t^T`` ([H, K, V] per token); `factored` returns its two factors
-(key ``[B, T, H, K]``, value ``[B, T, H, V]``). Only GDN's value factor needs the previous state:
-it is computed here from the cached ``rec.state`` (S_{t-1}; S_{-1} = 0 for a run without an
-initial state). Mamba1 (per-channel states ``[D, N]``) is not covered yet.
+(key ``[B, T, H, K]``, value ``[B, T, H, V]``), the numbers the hook names ``rec.write_k`` /
+``rec.write_v`` give (the algebra is the families' own, `hooks.scan.family.Family.write_factors`). Only
+GDN's value factor needs the previous state: it is computed here from the cached ``rec.state`` (S_{t-1};
+S_{-1} = 0 for a run without an initial state). Mamba1 (per-channel states ``[D, N]``) is not covered
+here yet.
 """
 from __future__ import annotations
 
-import torch
+from hooks.recurrence import get_family
+from hooks.scan.family import previous as previous_states  # noqa: F401  (S_{t-1} for every t; public here)
 
 FAMILIES = ("gdn", "gla", "mamba2")
 
@@ -31,29 +34,18 @@ def needs(family: str) -> list[str]:
 
 
 def decayed(family: str, S, decay):
-    """a_t S_{t-1}: S ``[..., H, K, V]``, decay ``[..., H]`` (GLA ``[..., H, K]``), in float32."""
+    """a_t S_{t-1}: S ``[..., H, K, V]``, decay ``[..., H]`` (GLA ``[..., H, K]``), in float32
+    (`hooks.scan.family.Family.decayed`)."""
     _check(family)
-    a = decay.float().exp()
-    return S.float() * (a[..., None] if family == "gla" else a[..., None, None])
+    return get_family(family).decayed({"decay": decay}, S)
 
 
 def write_value(family: str, S_prev, k, v, beta=None, decay=None):
     """The value factor of one token's write given the state before it (shapes ``[..., H, *]``):
-    GDN d_t = beta_t (v_t - a_t S_{t-1}^T k_t); GLA v_t; Mamba2 beta_t v_t."""
+    GDN d_t = beta_t (v_t - a_t S_{t-1}^T k_t); GLA v_t; Mamba2 beta_t v_t (the family's own
+    `hooks.scan.family.Family.write_factors`, which the hook name ``rec.write_v`` gives)."""
     _check(family)
-    if family == "gla":
-        return v.float()
-    if family == "mamba2":
-        return beta.float()[..., None] * v.float()
-    pred = torch.einsum("...hkv,...hk->...hv", decayed(family, S_prev, decay), k.float())
-    return beta.float()[..., None] * (v.float() - pred)
-
-
-def previous_states(states, initial_state=None):
-    """S_{t-1} for every t: ``states`` [B, T, H, K, V] shifted by one token (S_{-1} = initial state or 0)."""
-    first = (torch.zeros_like(states[:, :1]) if initial_state is None
-             else initial_state.to(states.dtype).unsqueeze(1))
-    return torch.cat([first, states[:, :-1]], 1)
+    return get_family(family).write_factors({"k": k, "v": v, "beta": beta, "decay": decay}, S_prev)[1]
 
 
 def gdn_delta(k, v, beta, decay, states, initial_state=None):
