@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from hooks import names as N
+from hooks.session import hook_pairs
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Generation:
         return [tok.decode(row.tolist()) for row in self.new_tokens.cpu()]
 
 
-def check_sampling(sample: bool, temperature: float, top_p: float):
+def check_sampling(temperature: float, top_p: float):
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise N.HookError(f"temperature must be a number > 0, got {temperature!r}")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
@@ -93,7 +94,6 @@ class _Steps:
     calls the step hooks on the positions of the current step."""
 
     def __init__(self, hm, step_hooks, prompt_len: int):
-        from hooks.session import hook_pairs
         self.fns = {}
         for name, fn in hook_pairs(step_hooks, hm.hook_names):
             self.fns.setdefault(name, []).append(fn)
@@ -190,13 +190,20 @@ def _hf_generate(hm, tokens, n, pick, eos, mask=None):
     return out, torch.stack(scores, 1)
 
 
+def _grown(mask, seq):
+    """A prompt's padding mask extended over the tokens generated after it (all real), or None."""
+    if mask is None:
+        return None
+    return torch.cat([mask, torch.ones_like(seq[:, mask.shape[1]:], dtype=torch.bool)], 1)
+
+
 def _recompute(hm, tokens, n, pick, eos, hooks, steps, mask=None):
     seq, scores = tokens, []
     done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     for s in range(n):
         steps.step = s
         with torch.no_grad():
-            logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks(), attention_mask=mask)
+            logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks(), attention_mask=_grown(mask, seq))
         last = logits[:, -1].float()
         scores.append(last)
         nxt = pick(last, s)
@@ -204,11 +211,8 @@ def _recompute(hm, tokens, n, pick, eos, hooks, steps, mask=None):
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             done |= nxt == eos
         seq = torch.cat([seq, nxt[:, None].to(seq.dtype)], 1)
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         if eos is not None and bool(done.all()):
             break
-    steps.step = seq.shape[1] - tokens.shape[1]
     return seq, torch.stack(scores, 1)
 
 
@@ -220,11 +224,12 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
     (module docstring). ``force``: ``[B, max_new_tokens]`` token ids that step s must take where
     ``force[:, s] >= 0`` (a template whose -1 entries are chosen: e.g. a task's fixed tokens around sampled
     chain-of-thought values; the scores are still those of the model). ``attention_mask``: left-padded
-    prompts of different lengths (HF models; `HookedModel.pad`); the generated tokens are real ones. ``cache_names`` / ``positions`` / ``state_dtype``: a capture of the final
-    sequence as in `run_with_cache`. ``use_cache=False`` forces the recomputation path."""
+    prompts of different lengths (HF and zoo models; `HookedModel.pad`); the generated tokens are real ones.
+    ``cache_names`` / ``positions`` / ``state_dtype``: a capture of the final sequence as in `run_with_cache`.
+    ``use_cache=False`` forces the recomputation path."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise N.HookError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    check_sampling(sample, temperature, top_p)
+    check_sampling(temperature, top_p)
     tokens = hm.to_tokens(tokens)
     mask = hm._mask(tokens, attention_mask)
     if mask is not None and not bool(mask[:, -1].all()):
@@ -244,21 +249,19 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
             nxt = torch.where(f >= 0, f, nxt)
         return nxt
 
-    from hooks.session import hook_pairs
     hooks = hook_pairs(hooks, hm.hook_names)
     steps = _Steps(hm, step_hooks, tokens.shape[1])
     if use_cache and not hooks and not steps.fns and _own_cache_ok(hm, tokens.shape[0]):
         seq, scores = _hf_generate(hm, tokens, max_new_tokens, pick, eos_token_id, mask)
         path = "cache"
-        steps.step = seq.shape[1] - tokens.shape[1]
     else:
         seq, scores = _recompute(hm, tokens, max_new_tokens, pick, eos_token_id, hooks, steps, mask)
         path = "recompute"
     cache = None
     if cache_names is not None:
+        steps.step = seq.shape[1] - tokens.shape[1]   # the capture pass adds the last generated token
         with torch.no_grad():
-            full = None if mask is None else torch.cat([mask, torch.ones_like(seq[:, mask.shape[1]:], dtype=torch.bool)], 1)
             _, cache = hm.run_with_cache(seq, cache_names, positions=positions, hooks=list(hooks) + steps.hooks(),
-                                         state_dtype=state_dtype, attention_mask=full)
+                                         state_dtype=state_dtype, attention_mask=_grown(mask, seq))
     return Generation(tokens=seq, prompt_len=tokens.shape[1], scores=scores, cache=cache, path=path,
                       tokenizer=hm.tokenizer)

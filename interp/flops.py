@@ -28,13 +28,13 @@ def step_flops(model, T_len: int, cache: dict | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     dev = next(model.parameters()).device
     x = torch.zeros(1, T_len, dtype=torch.long, device=dev)
+    params = [p for p in model.parameters() if p.requires_grad]
     was = model.training
     model.train()
-    try:
+    try:   # the backward of every parameter, as training runs it, without touching their .grad
         with FlopCounterMode(display=False) as fc:
-            model(x).float().logsumexp(-1).mean().backward()
+            torch.autograd.grad(model(x).float().logsumexp(-1).mean(), params)
     finally:
-        model.zero_grad(set_to_none=True)
         model.train(was)
     n = int(fc.get_total_flops())
     if cache is not None:
