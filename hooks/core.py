@@ -30,6 +30,16 @@ def _map_tensors(x, fn):
     return x
 
 
+def pad_ids(ids: list, pad_id: int, side: str = "left"):
+    """(tokens ``[B, T]``, attention_mask ``[B, T]``, both long) of token-id lists of different lengths,
+    padded with ``pad_id`` on ``side`` ('left' or 'right') to the longest; the mask is 1 at real tokens."""
+    T = max(len(e) for e in ids)
+    fill = [[pad_id] * (T - len(e)) for e in ids]
+    rows = [f + list(e) if side == "left" else list(e) + f for f, e in zip(fill, ids)]
+    mask = [[0] * len(f) + [1] * len(e) if side == "left" else [1] * len(e) + [0] * len(f) for f, e in zip(fill, ids)]
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
 def _unknown_token(tok):
     """(text, id) of the token a tokenizer maps unknown text to (an HF tokenizer's ``unk_token``, or its
     backend model's), or None."""
@@ -161,14 +171,9 @@ class HookedModel:
             raise N.HookError(f"side '{side}' is not valid; valid: left, right")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self._encode([p])[0].tolist() for p in prompts]
-        T = max(len(e) for e in ids)
-        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
-        rows = [([pad_id] * (T - len(e)) + e) if side == "left" else (e + [pad_id] * (T - len(e))) for e in ids]
-        mask = [([0] * (T - len(e)) + [1] * len(e)) if side == "left" else ([1] * len(e) + [0] * (T - len(e)))
-                for e in ids]
+        tokens, mask = pad_ids(ids, getattr(self.tokenizer, "pad_token_id", None) or 0, side)
         w = getattr(self._embedding(), "weight", None)
-        dev = None if w is None else w.device
-        return (torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(mask, dtype=torch.long, device=dev))
+        return (tokens, mask) if w is None else (tokens.to(w.device), mask.to(w.device))
 
     def _mask(self, tokens, attention_mask):
         """The checked padding mask as ``[B, T]`` bool (True: a real token), or None where there is no padding."""
@@ -197,7 +202,7 @@ class HookedModel:
     def run_with_hooks(self, tokens, hooks=(), positions=None, attention_mask=None):
         """Logits with ``hooks`` ([(name, fn), ...], one pair, or {name: fn}; a name may be a filter
         function) installed; ``positions``: what ``positions`` hooks (rec.state, attn.pattern rows) see;
-        ``attention_mask``: [B, T] 1 for real tokens, 0 for padding (HF models; `pad`)."""
+        ``attention_mask``: [B, T] 1 for real tokens, 0 for padding (HF and zoo models; `pad`)."""
         tokens = self.to_tokens(tokens)
         mask = self._mask(tokens, attention_mask)
         with HookSession(self, hooks, positions=positions_list(positions, tokens.shape[1]), key_mask=mask):
@@ -215,7 +220,7 @@ class HookedModel:
         `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar
         metric; ``cache.grad`` then holds d metric / d activation at the same names. The cache knows
         this model (``cache.model``) for its analysis methods. ``attention_mask``: [B, T], 1 for real tokens and
-        0 for padding (HF models; `pad` makes both): pads write nothing into recurrent states, patterns give
+        0 for padding (HF and zoo models; `pad` makes both): pads write nothing into recurrent states, patterns give
         them weight 0, positions count real tokens; the cache keeps the mask (``cache.attention_mask``, bool)
         so that results can leave pads out."""
         if backward is not None and not callable(backward):

@@ -212,7 +212,6 @@ def tokenize_lines(path, model_dir, kind: str, seq_len: int):
     """A text file -> (tokens [N, T], attention_mask [N, T]): one example per non-empty line, cut to its first
     ``seq_len`` tokens and left-padded to the longest (the tokenizer's pad id, else 0), for HF models (zoo
     models run examples of one length: their lines must give equal word counts)."""
-    import torch
     if not (isinstance(seq_len, int) and seq_len >= 1):
         raise InterpError(f"--seq-len {seq_len!r} is not valid; valid: integers >= 1")
     lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
@@ -224,9 +223,8 @@ def tokenize_lines(path, model_dir, kind: str, seq_len: int):
     if kind == "zoo" and any(len(e) != T for e in ids):
         raise InterpError(f"{path}: lines of {min(len(e) for e in ids)} to {T} words; zoo models run examples of one "
                           "length (no padding): give lines of equal word counts, or drop --lines")
-    tokens = torch.tensor([[pad] * (T - len(e)) + e for e in ids])
-    mask = torch.tensor([[0] * (T - len(e)) + [1] * len(e) for e in ids])
-    return tokens, mask
+    from hooks.core import pad_ids
+    return pad_ids(ids, pad, side="left")
 
 
 def _encode_lines(lines, model_dir, kind):
