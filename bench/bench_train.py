@@ -2,10 +2,13 @@
 reference path, in one run.
 
     python bench/bench_train.py [--batch 8 --seq 1024 --steps 20]
+    python bench/bench_train.py --profile        # + where gdn75's fla training step spends its GPU time
+    HYBRID_INTERP_DQKWG_COMPILE=1 python bench/bench_train.py   # the torch dqkwg stand-in through torch.compile
 
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
 import argparse
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -49,6 +52,9 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
+    ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of gdn75 on fla: the "
+                    "top GPU ops and the share of hooks.scan.fla_dqkwg's stand-in")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
@@ -56,7 +62,8 @@ def main():
     if use_kernels(torch.empty(1, device="cuda")):   # fla's gated backward on Hopper + Triton < 3.7.1: fla #640
         print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (torch): {fla_dqkwg.install()}")
     rows = []
-    for mode in ("train", "forward"):
+    print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
+    for mode in a.modes.split(","):
         # the transformer has no scan, so its two paths are the same model: measured once
         for l, b in (("transformer", "auto"), ("gdn75", "auto"), ("gdn75", "reference")):
             try:
@@ -72,6 +79,25 @@ def main():
     for mode in ("train", "forward"):
         if ("gdn75", "auto", mode) in g and ("gdn75", "reference", mode) in g:
             print(f"{mode}: gdn75 fla / torch-ref = {g[('gdn75', 'auto', mode)] / g[('gdn75', 'reference', mode)]:.2f}x")
+        if ("gdn75", "auto", mode) in g and ("transformer", "auto", mode) in g:
+            print(f"{mode}: gdn75 fla / transformer = {g[('gdn75', 'auto', mode)] / g[('transformer', 'auto', mode)]:.2f}x")
+    if a.profile:
+        profile(a.batch, a.seq)
+
+
+def profile(batch, seq, steps=3):
+    """Print the top GPU ops of ``steps`` gdn75 training steps on fla, and the stand-in's share."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+    bench("gdn75", "auto", batch, seq, 2)                   # warm (autotuning, compile)
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        bench("gdn75", "auto", batch, seq, steps, warmup=0)
+    ev = p.key_averages()
+    total = sum(e.self_device_time_total for e in ev if e.key != "hybrid_interp_dqkwg")
+    stand = sum(e.device_time_total for e in ev if e.key == "hybrid_interp_dqkwg")
+    print(f"profile of {steps} gdn75 fla training steps: GPU time {total / 1e3:.1f} ms, "
+          f"hybrid_interp_dqkwg {stand / 1e3:.1f} ms ({stand / max(total, 1):.1%})")
+    print(ev.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ Checked on CPU against autograd of the chunk equations (tests/test_fla_dqkwg.py)
 
 ``install()`` registers it once, only where fla itself would raise (Hopper, Triton in [3.4, 3.7.1),
 no TileLang); ``HYBRID_INTERP_DQKWG=0`` turns it off, ``=1`` forces it on other GPUs (for checks).
+``HYBRID_INTERP_DQKWG_COMPILE=1`` registers it through ``torch.compile`` (its elementwise steps fused;
+bench/bench_train.py measures both). Each call is labelled ``hybrid_interp_dqkwg`` in the torch profiler.
 """
 from __future__ import annotations
 
@@ -45,6 +47,12 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
     ``[B, T, HV]``. Returns (dq, dk ``[B, T, H, K]``, dw or None, dg ``[B, T, HV]`` float32)."""
     if w is None and q.dtype in (torch.bfloat16, torch.float16):
         _warn_unverified()
+    with torch.profiler.record_function("hybrid_interp_dqkwg"):
+        return _dqkwg(q, k, v, do, h, dh, w, g, dv, scale, state_v_first, chunk_size)
+
+
+def _dqkwg(q, k, v, do, h, dh, w, g, dv, scale, state_v_first, chunk_size):
+    """The body of `chunk_bwd_dqkwg` (compiled as one graph under ``HYBRID_INTERP_DQKWG_COMPILE=1``)."""
     B, T, H, K = k.shape
     HV = v.shape[2]
     BT, G = chunk_size, HV // H
@@ -153,6 +161,9 @@ def install() -> bool:
 
         def chunk_bwd_dqkwg(self, *args, **kwargs):
             return chunk_bwd_dqkwg(*args, **kwargs)
+    if os.environ.get("HYBRID_INTERP_DQKWG_COMPILE") == "1":
+        global _dqkwg
+        _dqkwg = torch.compile(_dqkwg, dynamic=False)
 
         def chunk_bwd_dqkwg_verifier(self, *args, **kwargs):
             return verify(*args, **kwargs)
