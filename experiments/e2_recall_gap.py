@@ -71,7 +71,7 @@ from interp.mixer_figures import plot_attention, plot_placement, plot_sweeps, pl
 from interp.tasks import word_problems as W
 from interp.tasks.vocab import VOCAB
 from interp.taxonomy import (RUBRIC, chance_taxonomy, classify_answers, hf_judge, judge_errors,  # noqa: F401
-                             problem_text, wrong_shares)
+                             problem_text, taxonomy_rows, wrong_shares)
 from interp.train import answer_accuracy
 from interp.voting import chain_vote_rows, majority, sample_answers, vote_curve, vote_gains, vote_rows  # noqa: F401
 from interp.zoo import ZooConfig
@@ -213,10 +213,9 @@ def evaluate_arm(arm, spec, run, P, root, device):
 
     def taxonomy():
         b = T.generate("word_problems", P["tax_n"], seed=TEST_SEED, **TAXONOMY_KNOBS)
-        kinds, wrong = classify_answers(m, b, arm=arm)
+        types, wrong = classify_answers(m, b, arm=arm)
         X.ResultLog(root / "eval" / f"wrong_{run.name}.csv").replace(wrong)
-        return pd.DataFrame([dict(**info, kind=k, count=kinds.count(k), n=len(kinds))
-                             for k in ["correct"] + W.ERROR_TYPES])
+        return taxonomy_rows(types, len(types), **info)
     d = root / "eval"
     return (X.ResultLog(d / f"acc_{run.name}.csv").once(acc), X.ResultLog(d / f"votes_{run.name}.csv").once(votes),
             X.ResultLog(d / f"taxonomy_{run.name}.csv").once(taxonomy))
@@ -269,28 +268,38 @@ def shape_verdicts(acc, votes, tax, chance, gains=None) -> list[str]:
     out += vote_verdicts(votes, gains)
     t0 = tax[(tax.group == "main") & (tax.attn_pct == 0)]
     if len(t0):
-        wrong = t0[t0.kind.isin(W.ERROR_TYPES)].groupby("kind")["count"].sum()
-        mech = wrong.drop("other", errors="ignore")
-        top = mech.idxmax() if mech.sum() else "none"
-        share = wrong / max(wrong.sum(), 1)
-        base = chance.set_index("kind")["count"].reindex(W.ERROR_TYPES) / chance["count"].sum()
-        over = share.get("key_value_binding", 0) / max(base["key_value_binding"], 1e-9)
-        out.append(f"* Recall (binding) errors are the main error of attention-free models (paper, via an LLM judge): "
-                   "our "
-                   f"mechanical taxonomy over the attention-free models counts " + ", ".join(
-                       f"{k} {int(v)}" for k, v in wrong.sort_values(ascending=False).items())
-                   + f"; the most frequent classified type is {top}; binding's share of the wrong answers is "
-                   f"{share.get('key_value_binding', 0):.2f} against {base['key_value_binding']:.2f} for uniform "
-                   "guessing "
-                   f"({over:.1f}x): "
-                   + ("**inconclusive** (no classified errors)" if top == "none" else
-                      "**inconclusive** (these models are near chance, accuracy < 0.1: their errors show which "
-                      "numbers they emit, not how they reason)"
-                      if t0[t0.kind == "correct"]["count"].sum() < 0.1 * t0.drop_duplicates("arm")["n"].sum() else
-                      "**agrees**" if top == "key_value_binding" and over > 1.2 else
-                      "**not shown** (binding is the largest type but not above its base rate)"
-                      if top == "key_value_binding" else "**disagrees**") + ".")
+        out.append(binding_verdict(t0, chance))
     return out
+
+
+def binding_verdict(t0, chance) -> str:
+    """The taxonomy verdict over the attention-free models ``t0``: binding's share of the wrong answers that fit
+    one type only (answers wrong in more than one way are counted apart; taxonomies without ``only``: first
+    type), against the same share for uniform guessing (``chance``)."""
+    col = "only" if "only" in t0 and "only" in chance else "count"
+    wrong = t0[t0.kind.isin(W.ERROR_TYPES)].groupby("kind")[col].sum()
+    amb = 1 - wrong.sum() / max(t0[t0.kind.isin(W.ERROR_TYPES)]["count"].sum(), 1) if col == "only" else 0.0
+    mech = wrong.drop("other", errors="ignore")
+    top = mech.idxmax() if mech.sum() else "none"
+    share = wrong / max(wrong.sum(), 1)
+    cw = chance[chance.kind.isin(W.ERROR_TYPES)].set_index("kind")[col].reindex(W.ERROR_TYPES)
+    base = cw / max(cw.sum(), 1e-9)
+    over = share.get("key_value_binding", 0) / max(base["key_value_binding"], 1e-9)
+    what = ("wrong answers that fit one type only" + f" ({amb:.2f} of the wrong answers fit several and are set "
+            "apart)" if col == "only" else "wrong answers (first type)")
+    return (f"* Recall (binding) errors are the main error of attention-free models (paper, via an LLM judge): our "
+            f"mechanical taxonomy over the attention-free models counts, among the {what}: " + ", ".join(
+                f"{k} {v:g}" for k, v in wrong.sort_values(ascending=False).items())
+            + f"; the most frequent classified type is {top}; binding's share is "
+            f"{share.get('key_value_binding', 0):.2f} against {base['key_value_binding']:.2f} for uniform guessing "
+            f"({over:.1f}x): "
+            + ("**inconclusive** (no classified errors)" if top == "none" else
+               "**inconclusive** (these models are near chance, accuracy < 0.1: their errors show which "
+               "numbers they emit, not how they reason)"
+               if t0[t0.kind == "correct"]["count"].sum() < 0.1 * t0.drop_duplicates("arm")["n"].sum() else
+               "**agrees**" if top == "key_value_binding" and over > 1.2 else
+               "**not shown** (binding is the largest type but not above its base rate)"
+               if top == "key_value_binding" else "**disagrees**") + ".")
 
 
 def vote_verdicts(votes, gains=None) -> list[str]:
@@ -391,8 +400,11 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
         L += ["## Attention placement (83% recurrent)", "", "![placement](placement.png)", ""] + X.md_table(pp) + [""]
     L += ["## Error taxonomy of wrong word-problem answers (mechanical)", "",
           f"{P['tax_n']} problems with knobs {TAXONOMY_KNOBS}; each wrong answer is classified from the generator's "
-          "facts (`interp.tasks.word_problems.classify`, first match in this order): " + ", ".join(W.ERROR_TYPES)
-          + ". Fractions of all problems:", "", "![taxonomy](taxonomy.png)", ""]
+          "facts (`interp.tasks.word_problems.error_types`; the figure and the first columns take the first type in "
+          "this order: " + ", ".join(W.ERROR_TYPES) + "). An answer can be wrong in more than one way (e.g. another "
+          "person's count that is also an earlier value of the asked one): `ambiguous` is the share of wrong answers "
+          "that fit several types, and the `alone` columns are the shares among those that fit one. Fractions of "
+          "all problems:", "", "![taxonomy](taxonomy.png)", ""]
     L += ["Accuracy, and the share of each type among the wrong answers; `uniform guess` is the base rate (a wrong "
           "answer drawn uniformly from 0..63, classified the same way):", ""]
     L += X.md_table(wrong_shares(pd.concat([tax, chance], ignore_index=True))) + [""]

@@ -1,6 +1,11 @@
 """Error taxonomy of wrong word-problem answers: a model's answers classified by the mechanical
-`interp.tasks.word_problems.classify`, the share of each type among the wrong answers, the base
-rate of uniform guessing, and an optional LLM judge (a local Hugging Face model, an 8-category rubric)."""
+`interp.tasks.word_problems.error_types`, the share of each type among the wrong answers, the base
+rate of uniform guessing, and an optional LLM judge (a local Hugging Face model, an 8-category rubric).
+
+A wrong answer can fit several types (wrong in more than one way: another person's count that is also
+an earlier value of the asked one). Each taxonomy row counts a type three ways: ``count`` (the first type
+in `W.ERROR_TYPES` order, so the counts sum to the problems), ``only`` (answers of that type alone) and
+``any`` (answers of that type among others); `wrong_shares` reports the ambiguous share next to them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,15 +21,34 @@ from interp.tasks.vocab import NUMBERS, VOCAB
 from interp.voting import answer_logits
 
 
-def classify_answers(model, batch, **cols) -> tuple[list[str], pd.DataFrame]:
-    """The type of each greedy answer of ``model`` on the word problems ``batch`` ("correct" or one
-    of `W.ERROR_TYPES`) and a frame of the wrong ones (``cols``, i, problem, correct, answer, kind)."""
+def classify_answers(model, batch, **cols) -> tuple[list[list[str]], pd.DataFrame]:
+    """All types of each greedy answer of ``model`` on the word problems ``batch`` (`W.error_types`: ["correct"]
+    or the error types it fits) and a frame of the wrong ones (``cols``, i, problem, correct, answer, kind (the
+    first type), types (all, ';'-joined), ambiguous)."""
     pred = answer_logits(model, batch).argmax(-1)
-    kinds = [W.classify(batch.words(i)[:-1], VOCAB.words[int(p)]) for i, p in enumerate(pred)]
+    types = [W.error_types(batch.words(i)[:-1], VOCAB.words[int(p)]) for i, p in enumerate(pred)]
     wrong = pd.DataFrame([dict(**cols, i=i, problem=" ".join(batch.words(i)[:-1]), correct=batch.words(i)[-1],
-                               answer=VOCAB.words[int(p)], kind=k)
-                          for i, (p, k) in enumerate(zip(pred, kinds)) if k != "correct"])
-    return kinds, wrong
+                               answer=VOCAB.words[int(p)], kind=t[0], types=";".join(t), ambiguous=len(t) > 1)
+                          for i, (p, t) in enumerate(zip(pred, types)) if t != ["correct"]])
+    return types, wrong
+
+
+def type_counts(types: list[list[str]], weights=None) -> dict:
+    """{kind: (count, only, any)} over answers given as lists of types (``weights``: one per answer, default 1)."""
+    out = {k: [0.0, 0.0, 0.0] for k in ["correct"] + W.ERROR_TYPES}
+    for t, w in zip(types, weights if weights is not None else [1.0] * len(types)):
+        out[t[0]][0] += w
+        if len(t) == 1:
+            out[t[0]][1] += w
+        for k in t:
+            out[k][2] += w
+    return out
+
+
+def taxonomy_rows(types: list[list[str]], n: int, weights=None, **info) -> pd.DataFrame:
+    """One row per kind (``info`` columns, kind, count, only, any, n) from `type_counts`."""
+    return pd.DataFrame([dict(**info, kind=k, count=c, only=o, any=a, n=n)
+                         for k, (c, o, a) in type_counts(types, weights).items()])
 
 
 def chance_taxonomy(n: int, seed: int, knobs: dict) -> pd.DataFrame:
@@ -32,24 +56,31 @@ def chance_taxonomy(n: int, seed: int, knobs: dict) -> pd.DataFrame:
     numbers 0..63 would get, on ``n`` word problems (``seed``, ``knobs``; a big set, e.g. other
     people's values, catches many guesses; compare model shares with these)."""
     b = T.generate("word_problems", n, seed=seed, **knobs)
-    tot = dict.fromkeys(["correct"] + W.ERROR_TYPES, 0.0)
+    types, weights = [], []
     for i in range(n):
         words, ans = b.words(i)[:-1], int(b.words(i)[-1])
         for v in range(len(NUMBERS)):
             if v != ans:
-                tot[W.classify(words, v)] += 1 / (len(NUMBERS) - 1)
-    return pd.DataFrame([dict(arm="uniform guess", mixer="chance", attn_pct=-1, group="chance", width=0, kind=k,
-                              count=c, n=n) for k, c in tot.items()])
+                types.append(W.error_types(words, v))
+                weights.append(1 / (len(NUMBERS) - 1))
+    return taxonomy_rows(types, n, weights, arm="uniform guess", mixer="chance", attn_pct=-1, group="chance",
+                         width=0)
 
 
 def wrong_shares(tax: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: accuracy and the share of each error type among the wrong answers."""
+    """Per arm: accuracy, the share of each error type among the wrong answers (first type, as ``count``), the
+    share of wrong answers that fit more than one type (``ambiguous``) and, among the unambiguous wrong answers,
+    each type's share (``<type> alone``; NaN where a taxonomy has no ``only`` column)."""
     rows = []
     for arm, g in tax.groupby("arm", sort=False):
         c = g.set_index("kind")["count"]
-        wrong = c.drop("correct").sum()
+        o = g.set_index("kind")["only"] if "only" in g else c * float("nan")
+        wrong, single = c.drop("correct").sum(), o.drop("correct").sum()
+        nan = float("nan")
         rows.append({"arm": arm, "attn_pct": g.attn_pct.iloc[0], "accuracy": c["correct"] / g.n.iloc[0],
-                     **{k: (c[k] / wrong if wrong else float("nan")) for k in W.ERROR_TYPES}})
+                     **{k: (c[k] / wrong if wrong else nan) for k in W.ERROR_TYPES},
+                     "ambiguous": (1 - single / wrong) if wrong else nan,
+                     **{f"{k} alone": (o[k] / single if single else nan) for k in W.ERROR_TYPES}})
     return pd.DataFrame(rows)
 
 

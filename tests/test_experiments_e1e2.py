@@ -37,6 +37,28 @@ def test_word_problem_classify(pred, kind):
     assert W.classify(PROBLEM, pred) == kind
 
 
+@pytest.mark.parametrize("pred,types", [(19, ["correct"]), (7, ["goal_interpretation", "key_value_binding"]),
+                                        (21, ["state_tracking", "calculation"]), (10, ["goal_interpretation"]),
+                                        (13, ["context_synthesis"]), (40, ["other"]), ("obj3", ["other"])])
+def test_word_problem_error_types_lists_every_fitting_type(pred, types):
+    assert W.error_types(PROBLEM, pred) == types
+    assert W.classify(PROBLEM, pred) == types[0]
+
+
+def test_taxonomy_counts_ambiguous_answers_apart():
+    from interp.taxonomy import taxonomy_rows, wrong_shares
+    types = [["correct"], ["goal_interpretation", "key_value_binding"], ["key_value_binding"], ["other"],
+             ["state_tracking", "calculation"]]
+    tax = taxonomy_rows(types, len(types), arm="a", attn_pct=0).set_index("kind")
+    assert tax["count"].sum() == 5 and tax.loc["goal_interpretation", "count"] == 1
+    assert tax.loc["key_value_binding", ["count", "only", "any"]].tolist() == [1, 1, 2]
+    assert tax.loc["goal_interpretation", ["only", "any"]].tolist() == [0, 1]
+    sh = wrong_shares(tax.reset_index()).iloc[0]
+    assert sh.accuracy == pytest.approx(0.2) and sh.ambiguous == pytest.approx(0.5)
+    assert sh["key_value_binding alone"] == pytest.approx(0.5) and sh["other alone"] == pytest.approx(0.5)
+    assert sh.key_value_binding == pytest.approx(0.25) and sh.state_tracking == pytest.approx(0.25)
+
+
 def test_generated_word_problems_classify_consistently():
     b = T.generate("word_problems", 300, seed=3, n_steps=4, n_distractors=4)
     kinds = set()

@@ -29,7 +29,9 @@ Because the generator knows every fact, a wrong answer can be classified mechani
 ``goal_interpretation`` (an intermediate quantity: a summand of a total, or the value a relation
 read), ``key_value_binding`` (a value of another entity, or a constant of the problem misread as
 the answer), ``context_synthesis`` (a distractor number), ``calculation`` (off by 1 or 2) and
-``other``; the first matching category in this order wins (`ERROR_TYPES`).
+``other``. A wrong answer can belong to several categories (e.g. another person's count that is also an
+earlier value of the asked one): `error_types` gives all of them, `classify` the first in this order
+(`ERROR_TYPES`); `interp.taxonomy` reports ambiguous answers apart.
 """
 from __future__ import annotations
 
@@ -277,18 +279,24 @@ def answer(words) -> int:
     return _answer(simulate(stmts, E), query)
 
 
-def classify(words, predicted) -> str:
-    """'correct' or the error type (`ERROR_TYPES`) of the predicted answer word (or int)."""
+def error_types(words, predicted) -> list[str]:
+    """``["correct"]``, or every error type (`ERROR_TYPES` order) the predicted answer word (or int) fits;
+    ``["other"]`` when it fits none. More than one type: the answer is wrong in more than one way."""
     stmts, query, E = parse(words)
     ans = _answer(simulate(stmts, E), query)
     try:
         a = int(predicted)
     except (TypeError, ValueError):
-        return "other"
+        return ["other"]
     if a == ans:
-        return "correct"
+        return ["correct"]
     sets = error_sets_of(stmts, query, E)
-    return next((t for t in ERROR_TYPES[:-1] if a in sets[t]), "other")
+    return [t for t in ERROR_TYPES[:-1] if a in sets[t]] or ["other"]
+
+
+def classify(words, predicted) -> str:
+    """'correct' or the first error type (`ERROR_TYPES` order) of the predicted answer word (or int)."""
+    return error_types(words, predicted)[0]
 
 
 register(
