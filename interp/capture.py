@@ -84,7 +84,7 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     float16 (half the bytes; computed in float32 and rounded once). ``inputs``: a task's batch
     (`interp.tasks.TaskBatch`) or {name: tensor [N, ...]}, stored with ``tokens`` (`load_capture`
     gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them marks padded
-    examples (1: a real token), which then run as padded batches (HF models). ``max_memory``: the memory budget (forwards are
+    examples (1: a real token), which then run as padded batches (HF and zoo models). ``max_memory``: the memory budget (forwards are
     sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
     (None: ``max_memory``). ``meta`` (model name and source) goes into the manifest and the spec. An
     existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
