@@ -181,9 +181,9 @@ def open_store(out, spec: dict, overwrite: bool = False) -> Store:
 
 
 def padding_mask(inputs):
-    """The ``attention_mask`` [N, T] among ``inputs`` (padded examples, e.g. `interp capture --text --lines`),
-    or None."""
-    return inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    """The ``attention_mask`` [N, T] among ``inputs`` (padded examples, e.g. `interp capture --text --lines`, or
+    a padded `interp.tasks.TaskBatch`), or None."""
+    return inputs.get("attention_mask") if isinstance(inputs, dict) else getattr(inputs, "attention_mask", None)
 
 
 def _forward(model, tokens, names, positions, sdtype, mask=None):
@@ -353,8 +353,10 @@ def _input_tensors(inputs, n: int) -> dict:
     if inputs is None:
         return {}
     if not isinstance(inputs, dict):
+        mask = getattr(inputs, "attention_mask", None)   # a padded task batch (`interp.tasks.pad_batches`)
         inputs = {"answer_pos": inputs.answer_pos, "answers": inputs.answers,
-                  **{f"labels.{k}": v for k, v in inputs.labels.items()}}
+                  **{f"labels.{k}": v for k, v in inputs.labels.items()},
+                  **({} if mask is None else {"attention_mask": mask})}
     out = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in inputs.items()}
     bad = [k for k, v in out.items() if v.dim() == 0 or v.shape[0] != n]
     if bad:

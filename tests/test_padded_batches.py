@@ -168,3 +168,53 @@ def test_probe_on_a_padded_task_batch_equals_the_examples_unpadded():
             torch.testing.assert_close(feats[k], feats_ref[k], atol=1e-5, rtol=1e-5)
         acc = pd.DataFrame(probes.probe(feats, pts, **fit))
         pd.testing.assert_frame_equal(acc, acc_ref)
+
+
+@pytest.mark.filterwarnings("ignore:patching")
+def test_cli_patch_pairs_file(tmp_path, capsys):
+    """`interp patch --pairs FILE`: real prompt pairs of two lengths, padded; the written cells equal the API's sweep
+    of the same pairs; bad files and option mixes exit 2 with one line."""
+    from interp.cli import main
+    from interp.models import load_any
+    words = []
+    for g in zoo_groups():
+        for i in range(len(g)):
+            ap = int(g.answer_pos[i])
+            words.append([" ".join(T.VOCAB.decode(x[i, :ap + 1])) for x in (g.clean, g.corrupted)]
+                         + T.VOCAB.decode(torch.stack([g.clean_answer[i], g.corrupted_answer[i]])))
+    f = tmp_path / "pairs.tsv"
+    f.write_text("\n".join("\t".join(w) for w in words) + "\n")
+    args = ["patch", "--model", "gdn75", "--pairs", str(f), "--layer", "1", "--site", "rec.state", "--keep-all",
+            "--direction", "denoise", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    got = pd.read_csv(tmp_path / "out" / "gdn75_pairs_L1.csv")
+    m = load_any("gdn75")[0]
+    pairs = patching.prompt_pairs(m, *zip(*words))
+    ref = patching.sweep(m, pairs, sites=["rec.state"], layers=[1], keep_all=True, progress=False)
+    np.testing.assert_allclose(got.logit_diff, ref.logit_diff, atol=1e-6)
+    assert got.n.tolist() == ref.n.tolist() and sorted(set(got.n)) == [4, 8]
+    capsys.readouterr()
+    f.write_text(f.read_text() + "<bos> x0\tx0\n")
+    assert main(args) == 2 and "line 9 has 2 tab-separated fields" in capsys.readouterr().err
+    f.write_text("<bos> k1 3 k1\t<bos> k1 3 k2 k1\t3\t4\n")
+    assert main(args) == 2 and "pair 0: the clean prompt has 4 tokens and the corrupted one 5" in capsys.readouterr().err
+    assert main(args + ["--task", "mqar"]) == 2 and "not both" in capsys.readouterr().err
+
+
+def test_capture_of_a_padded_task_batch_keeps_its_mask_and_equals_each_part(tmp_path):
+    from interp.capture import capture, load_capture
+    m = model("gdn75")
+    parts = [T.generate("state_recall", 3, seed=s, n_steps=k) for s, k in ((0, 2), (1, 4))]
+    pb = T.pad_batches(parts, side="left")
+    names = ["blocks.1.rec.state", "blocks.3.resid_post"]
+    capture(m, pb.tokens, names, tmp_path / "c", inputs=pb, progress=False, batch_size=4)
+    c = load_capture(tmp_path / "c")
+    assert torch.equal(c.labels["attention_mask"], pb.attention_mask)
+    hm = hooks.wrap(m)
+    for part, orig in zip(pb.meta["parts"], parts):
+        (a, b), off, n = part["rows"], part["offset"], part["length"]
+        assert torch.equal(pb.tokens[a:b, off:off + n], orig.tokens)
+        with torch.no_grad():
+            _, one = hm.run_with_cache(orig.tokens, names=names)
+        for k in names:
+            torch.testing.assert_close(c[k][a:b, off:off + n], one[k], atol=2e-5, rtol=1e-4)
