@@ -83,9 +83,9 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     ``state_dtype``: store ``rec.state`` tensors in float32 (None, default, exact), bfloat16 or
     float16 (half the bytes; computed in float32 and rounded once). ``inputs``: a task's batch
     (`interp.tasks.TaskBatch`) or {name: tensor [N, ...]}, stored with ``tokens`` (`load_capture`
-    gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them marks padded
-    examples (1: a real token), which then run as padded batches (HF and zoo models). ``max_memory``: the memory budget (forwards are
-    sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
+    gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them (or a padded
+    task batch's, `interp.tasks.pad_batches`) marks padded examples (1: a real token), which then run as
+    padded batches (HF and zoo models). ``max_memory``: the memory budget (forwards are sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
     (None: ``max_memory``). ``meta`` (model name and source) goes into the manifest and the spec. An
     existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
     spec it is refused, unless ``overwrite=True``, which replaces it."""

@@ -197,7 +197,8 @@ def test_cli_patch_pairs_file(tmp_path, capsys):
     f.write_text(f.read_text() + "<bos> x0\tx0\n")
     assert main(args) == 2 and "line 9 has 2 tab-separated fields" in capsys.readouterr().err
     f.write_text("<bos> k1 3 k1\t<bos> k1 3 k2 k1\t3\t4\n")
-    assert main(args) == 2 and "pair 0: the clean prompt has 4 tokens and the corrupted one 5" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "pair 0: the clean prompt has 4 tokens and the corrupted one 5" in capsys.readouterr().err
     assert main(args + ["--task", "mqar"]) == 2 and "not both" in capsys.readouterr().err
 
 
@@ -218,3 +219,20 @@ def test_capture_of_a_padded_task_batch_keeps_its_mask_and_equals_each_part(tmp_
             _, one = hm.run_with_cache(orig.tokens, names=names)
         for k in names:
             torch.testing.assert_close(c[k][a:b, off:off + n], one[k], atol=2e-5, rtol=1e-4)
+
+
+def test_probe_points_of_a_padded_batch_without_parts():
+    """A padded batch made elsewhere (no parts): points at real tokens from its labels (mqar bound_value: the
+    same points as per part); targets that need each part's layout are refused."""
+    import dataclasses
+    parts = [T.generate("mqar", 3, seed=s, n_pairs=k) for s, k in ((0, 3), (1, 5))]
+    for side in ("left", "right"):
+        pb = T.pad_batches(parts, side=side)
+        bare = dataclasses.replace(pb, meta={"task": "mqar"})
+        a, b = probes.points(pb, "bound_value"), probes.points(bare, "bound_value")
+        for f in ("ex", "pos", "y", "distance", "write", "token"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+        assert len(a) and bool(pb.attention_mask.bool()[a.ex, a.pos].all())
+    sr = T.pad_batches([T.generate("state_recall", 2, seed=0, n_steps=k) for k in (2, 4)])
+    with pytest.raises(InterpError, match="pad the batches with interp.tasks.pad_batches"):
+        probes.points(dataclasses.replace(sr, meta={"task": "state_recall"}), "query_var_value")
