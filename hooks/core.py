@@ -283,14 +283,15 @@ class HookedModel:
         with swap_attr(head, "forward", fwd):
             yield
 
-    def block_outputs(self, tokens) -> list:
-        """Run ``tokens`` once and return every block's raw output object (for `start_at`)."""
+    def block_outputs(self, tokens, attention_mask=None) -> list:
+        """Run ``tokens`` once (``attention_mask``: of a padded batch) and return every block's raw output
+        object (for `start_at`)."""
         outs, handles = [None] * self.n_layers, []
         try:
             for L in self.layers:
                 handles.append(L.block.register_forward_hook(
                     lambda m, a, out, i=L.index: outs.__setitem__(i, out)))
-            self(tokens)
+            self(tokens, attention_mask)
         finally:
             for h in handles:
                 h.remove()

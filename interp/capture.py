@@ -83,9 +83,9 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     ``state_dtype``: store ``rec.state`` tensors in float32 (None, default, exact), bfloat16 or
     float16 (half the bytes; computed in float32 and rounded once). ``inputs``: a task's batch
     (`interp.tasks.TaskBatch`) or {name: tensor [N, ...]}, stored with ``tokens`` (`load_capture`
-    gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them marks padded
-    examples (1: a real token), which then run as padded batches (HF models). ``max_memory``: the memory budget (forwards are
-    sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
+    gives them back as ``.tokens`` and ``.labels``); an ``attention_mask`` [N, T] among them (or a padded
+    task batch's, `interp.tasks.pad_batches`) marks padded examples (1: a real token), which then run as
+    padded batches (HF and zoo models). ``max_memory``: the memory budget (forwards are sized to it; see the module docstring); ``shard_size``: the bytes of captures a shard reaches
     (None: ``max_memory``). ``meta`` (model name and source) goes into the manifest and the spec. An
     existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
     spec it is refused, unless ``overwrite=True``, which replaces it."""
@@ -181,9 +181,9 @@ def open_store(out, spec: dict, overwrite: bool = False) -> Store:
 
 
 def padding_mask(inputs):
-    """The ``attention_mask`` [N, T] among ``inputs`` (padded examples, e.g. `interp capture --text --lines`),
-    or None."""
-    return inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    """The ``attention_mask`` [N, T] among ``inputs`` (padded examples, e.g. `interp capture --text --lines`, or
+    a padded `interp.tasks.TaskBatch`), or None."""
+    return inputs.get("attention_mask") if isinstance(inputs, dict) else getattr(inputs, "attention_mask", None)
 
 
 def _forward(model, tokens, names, positions, sdtype, mask=None):
@@ -353,8 +353,10 @@ def _input_tensors(inputs, n: int) -> dict:
     if inputs is None:
         return {}
     if not isinstance(inputs, dict):
+        mask = getattr(inputs, "attention_mask", None)   # a padded task batch (`interp.tasks.pad_batches`)
         inputs = {"answer_pos": inputs.answer_pos, "answers": inputs.answers,
-                  **{f"labels.{k}": v for k, v in inputs.labels.items()}}
+                  **{f"labels.{k}": v for k, v in inputs.labels.items()},
+                  **({} if mask is None else {"attention_mask": mask})}
     out = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in inputs.items()}
     bad = [k for k, v in out.items() if v.dim() == 0 or v.shape[0] != n]
     if bad:

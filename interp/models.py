@@ -210,8 +210,8 @@ def read_text(path) -> str:
 
 def tokenize_lines(path, model_dir, kind: str, seq_len: int):
     """A text file -> (tokens [N, T], attention_mask [N, T]): one example per non-empty line, cut to its first
-    ``seq_len`` tokens and left-padded to the longest (the tokenizer's pad id, else 0), for HF models (zoo
-    models run examples of one length: their lines must give equal word counts)."""
+    ``seq_len`` tokens and left-padded to the longest (the tokenizer's pad id, else 0; zoo models: the task
+    vocabulary's <pad>), for HF and zoo models (both run padded batches as each example alone)."""
     if not (isinstance(seq_len, int) and seq_len >= 1):
         raise InterpError(f"--seq-len {seq_len!r} is not valid; valid: integers >= 1")
     lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
@@ -219,10 +219,6 @@ def tokenize_lines(path, model_dir, kind: str, seq_len: int):
         raise InterpError(f"{path}: no non-empty line to capture")
     ids, pad = _encode_lines(lines, model_dir, kind)
     ids = [e[:seq_len] for e in ids]
-    T = max(len(e) for e in ids)
-    if kind == "zoo" and any(len(e) != T for e in ids):
-        raise InterpError(f"{path}: lines of {min(len(e) for e in ids)} to {T} words; zoo models run examples of one "
-                          "length (no padding): give lines of equal word counts, or drop --lines")
     from hooks.core import pad_ids
     return pad_ids(ids, pad, side="left")
 

@@ -164,8 +164,32 @@ def test_capture_text_lines_pads_and_equals_each_line_alone(tmp_path):
         torch.testing.assert_close(c["blocks.3.resid_post"][r, mask[r]], one["blocks.3.resid_post"][0], atol=2e-5, rtol=1e-4)
         A = c["blocks.3.attn.pattern"][r]
         torch.testing.assert_close(A[:, mask[r]][:, :, mask[r]], one["blocks.3.attn.pattern"][0], atol=2e-5, rtol=1e-4)
-    # --lines without --text, or with a zoo model and lines of different lengths: one line, exit 2
+    # --lines without --text: one line, exit 2
     assert main(["capture", "--model", str(ckpt), "--task", "mqar", "--lines", "--out", str(tmp_path / "x")]) == 2
-    (tmp_path / "z.txt").write_text("x0 = 3\nx0 = 3 ; x1 = 5\n")
-    assert main(["capture", "--model", "gdn75", "--text", str(tmp_path / "z.txt"), "--lines",
-                 "--out", str(tmp_path / "y")]) == 2
+
+
+def test_capture_text_lines_pads_zoo_lines_and_equals_each_line_alone(tmp_path):
+    """Zoo lines of different word counts: left-padded with the task vocabulary's <pad>, captures at real tokens equal
+    each line captured alone."""
+    from interp.capture import load_capture
+    from interp.cli import main
+    from interp.models import load_any
+    from interp.tasks import VOCAB
+    lines = ["<bos> x0 = 3 ;", "<bos> x0 = 3 ; x1 = 5 ; x0 += x1 ;", "<bos> x1 = 2 ; x1 += x1 ;"]
+    (tmp_path / "z.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "y"
+    assert main(["capture", "--model", "gdn75", "--text", str(tmp_path / "z.txt"), "--lines", "--out", str(out),
+                 "--batch-size", "2"]) == 0
+    c = load_capture(out)
+    mask = c.labels["attention_mask"].bool()
+    assert mask.sum(1).tolist() == [len(ln.split()) for ln in lines] and mask[:, -1].all()
+    hm = hooks.wrap(load_any("gdn75")[0])
+    names = [n for n in hm.hook_names if n.endswith(("resid_post", "rec.state"))]
+    assert sorted(c) == sorted(names)
+    for r, ln in enumerate(lines):
+        ids = torch.tensor([VOCAB.encode(ln.split())])
+        assert torch.equal(c.tokens[r, mask[r]], ids[0]) and (c.tokens[r, ~mask[r]] == VOCAB.id("<pad>")).all()
+        with torch.no_grad():
+            _, one = hm.run_with_cache(ids, names=names)
+        for n in names:
+            torch.testing.assert_close(c[n][r, mask[r]], one[n][0], atol=2e-5, rtol=1e-4)

@@ -19,7 +19,7 @@ def add_parser(sub):
     c.add_argument("--seq-len", type=int_at_least(1), default=128, help="window length for --text (with --lines: "
                    "the most tokens kept of a line)")
     c.add_argument("--lines", action="store_true", help="with --text: one example per non-empty line, left-padded "
-                   "to the longest (HF models; pads write nothing, the mask is stored with the inputs)")
+                   "to the longest (HF and zoo models; pads write nothing, the mask is stored with the inputs)")
     c.add_argument("--names", help="comma-separated hook names (default: every resid_post and rec.state)")
     c.add_argument("--positions", help="token positions to keep: 3,5,9 or 0:30 or a mix (default: all)")
     c.add_argument("--max-memory", default="1GB", help="memory budget: forwards are sized to fit it (a smaller "

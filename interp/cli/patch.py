@@ -12,8 +12,13 @@ from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed
 def add_parser(sub):
     pa = sub.add_parser("patch", help="activation patching: layer x position (or every site of --layer) heatmaps")
     add_model(pa)
-    pa.add_argument("--task", default="mqar")
+    pa.add_argument("--task", help="task whose prompt pairs to patch (default mqar; or give --pairs)")
     add_knob(pa)
+    pa.add_argument("--pairs", help="a UTF-8 file of real prompt pairs instead of --task, one per line: clean<TAB>"
+                    "corrupted<TAB>clean answer<TAB>corrupted answer (an answer is one token; zoo models read "
+                    "task-vocabulary words); a pair's prompts must give equal token counts, pairs of different "
+                    "lengths are padded (--pad-side) and positions count each pair's real tokens")
+    pa.add_argument("--pad-side", default="left", choices=["left", "right"], help="where --pairs are padded")
     pa.add_argument("--layer", help="patch every site of this layer (or comma list); default: resid_pre of every layer")
     pa.add_argument("--site", action="append", help="hook site without the block prefix, e.g. resid_pre, "
                     "mixer_out, attn.head_out, rec.state (repeatable)")
@@ -56,9 +61,37 @@ def _positions(spec, T: int):
     return check_positions(pos, T)
 
 
+def _read_pairs(path, hm, kind, model, side):
+    """The padded PairBatch of a --pairs file (`interp.patching.prompt_pairs`)."""
+    from interp import patching
+    from interp.models import _hf_tokenizer
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InterpError(f"--pairs '{path}' cannot be read as UTF-8 text ({e}); valid: a readable UTF-8 file of "
+                          "clean<TAB>corrupted<TAB>clean answer<TAB>corrupted answer lines") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != 4 or not all(x.strip() for x in f):
+            raise InterpError(f"--pairs '{path}' line {i} has {len(f)} tab-separated fields; valid: clean<TAB>"
+                              "corrupted<TAB>clean answer<TAB>corrupted answer, none empty")
+        rows.append([x.strip() for x in f])
+    if not rows:
+        raise InterpError(f"--pairs '{path}' holds no pair")
+    if hm.tokenizer is None and kind == "hf":
+        import hooks
+        hm = hooks.wrap(hm.model, tokenizer=_hf_tokenizer(model))
+    cols = list(zip(*rows))
+    return patching.prompt_pairs(hm, *cols, side=side, meta={"file": str(path)})
+
+
 def _print_result(a, res):
     b, p = res.attrs["baselines"], res.attrs["pairs"]
-    print(f"{a.model} on {a.task}: {p['kept']} of {p['n']} pairs kept ({p['filter']}; {p['dropped']} dropped), "
+    print(f"{a.model} on {a.task or a.pairs or 'mqar'}: {p['kept']} of {p['n']} pairs kept ({p['filter']}; "
+          f"{p['dropped']} dropped), "
           f"{'/'.join(dict.fromkeys(res.direction))}: logit diff clean {b['clean_logit_diff']:.3f}, "
           f"corrupted {b['corrupted_logit_diff']:.3f}; p(clean answer) clean {b['clean_prob']:.3f}, "
           f"corrupted {b['corrupted_prob']:.3f}")
@@ -93,10 +126,17 @@ def _compare_attribution(hm, pairs, res, sites, layers, a, path: Path):
 def cmd_patch(a):
     import hooks
     from interp import distributed, patching, tasks as T
-    model, _, ctx = load_scaled(a)
+    if a.pairs is not None and (a.task is not None or a.knob):
+        raise InterpError("give --task (with --knob) or --pairs, not both")
+    if a.pairs is not None and a.attribution:
+        raise InterpError("--attribution takes task pairs of one length; drop it with --pairs")
+    model, kind, ctx = load_scaled(a)
     hm = hooks.wrap(model)
-    knobs = kv(a.knob)
-    pairs = T.make_pairs(a.task, a.n, seed=a.seed, **knobs)
+    if a.pairs is not None:
+        pairs, task = _read_pairs(a.pairs, hm, kind, a.model, a.pad_side), Path(a.pairs).stem
+    else:
+        task = a.task or "mqar"
+        pairs = T.make_pairs(task, a.n, seed=a.seed, **kv(a.knob))
     layers = _layers(a.layer, hm.n_layers)
     if a.metric not in patching.METRICS:
         raise InterpError(f"metric '{a.metric}' is not valid; valid: {', '.join(patching.METRICS)}")
@@ -104,7 +144,7 @@ def cmd_patch(a):
         raise InterpError("--attribution estimates denoising effects; use it with --direction denoise or both")
     sites = a.site or patching.sites_of(hm.hook_names, layers)
     pos = _positions(a.positions, pairs.clean.shape[1])
-    name, out, model_name = patching.run_name(a.model, a.task, layers), Path(a.out), Path(a.model).name
+    name, out, model_name = patching.run_name(a.model, task, layers), Path(a.out), Path(a.model).name
     res = distributed.sweep(hm, pairs, out=patching.units_dir(out, name), ctx=ctx or distributed.Context(),
                             sites=sites, layers=layers, positions=pos, heads=a.heads, direction=a.direction,
                             batch_size=a.batch_size, model_name=model_name, overwrite=a.overwrite,

@@ -65,6 +65,7 @@ def interchange_pairs(pairs, order: str = "both") -> InterchangePairs:
     """Ordered base/source pairs from a `tasks.PairBatch` (see the module docstring for ``order``)."""
     if order not in ORDERS:
         raise InterpError(f"order '{order}' is not valid; valid: {', '.join(ORDERS)}")
+    pairs.check_unpadded("interchange interventions (interp.interventions)")
     n = len(pairs)
     c = (pairs.clean, pairs.corrupted, pairs.clean_answer, pairs.corrupted_answer)
     cb = InterchangePairs(c[1], c[0], pairs.answer_pos, c[3], c[2], pairs.diff_pos, torch.arange(n),

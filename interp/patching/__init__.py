@@ -33,6 +33,17 @@ state S_t (all heads or one head) and the corrupted run continues its recurrence
 tokens and layers see the change (TransformerLens' state hook only changes the same-position
 read-out).
 
+**Padded pairs.** Pairs of different lengths run as one batch padded on the left or right
+(``pairs = tasks.pad_pairs([tasks.make_pairs("mqar", 64, n_pairs=4), tasks.make_pairs("mqar", 64, n_pairs=6)])``,
+or real prompts: ``patching.prompt_pairs(model, clean, corrupted, clean_answers, corrupted_answers)``): the
+``attention_mask`` of a `tasks.PairBatch` is shared by its clean and corrupted prompt, which must have one
+length (a pair of two lengths is refused, naming it). Each pair is read at its own answer position and a
+position counts each pair's real tokens (position p: its p-th real token, wherever the padding is); a cell's
+numbers are over the pairs that have its position (``n`` per cell; the others have NaN per-pair values,
+are left out of its class share and, normalising its logit diff, of the clean / corrupted means), so a
+padded sweep gives each pair the numbers of its length group swept alone. Padded sweeps take the general
+path (not the zoo window path); attribution patching and interventions refuse padded pairs.
+
 Speed, written by hand because neither TransformerLens nor nnsight does it: many cells run in one
 forward pass (each block of batch rows carries a different cell); blocks before the patched layer
 are not recomputed (`HookedModel.start_at` returns the unchanged run's block output); logits are
@@ -45,14 +56,15 @@ resumes where it stopped and gives the numbers of a run that never stopped.
 
 Files, one job each: ``sites`` (site names, checks, cells, writing a cell), ``run`` (one patched
 run, answer metrics), ``plan`` (units, chunks, items, the result spec), ``sweep`` (the sweep loop),
-``window`` (its zoo-only window fast path), ``units`` (the sweep's store, merging distributed
-parts), ``assemble`` (filtering, cell statistics), ``classes`` (position classes), ``result``
+``window`` (its zoo-only window fast path), ``pairs`` (padded pairs from real prompts), ``units`` (the
+sweep's store, merging distributed parts), ``assemble`` (filtering, cell statistics), ``classes`` (position classes), ``result``
 (`PatchResult`), ``evidence`` (summaries by class, paths, paired differences), ``plot``
 (heatmaps), ``attribution`` (attribution patching and its comparison with exact patching).
 """
 from interp.patching.sites import (DIRECTION_CHOICES, DIRECTIONS, HEAD_SITES, METRICS, RESID_SITES, SITES,
                                    check_layers, check_positions, layer_kind, plan_cells, sites_of)
 from interp.patching.run import run_patched
+from interp.patching.pairs import prompt_pairs
 from interp.patching.result import PatchResult
 from interp.patching.classes import CLASSES, position_classes
 from interp.patching.plan import Plan, plan_sweep
@@ -65,5 +77,5 @@ from interp.patching.attribution import attribution, compare_attribution
 __all__ = ["CLASSES", "DIRECTIONS", "DIRECTION_CHOICES", "HEAD_SITES", "METRICS", "RESID_SITES", "SITES",
            "PatchResult", "Plan", "assemble", "attribution", "check_layers", "check_positions",
            "compare_attribution", "layer_kind", "merge_units", "open_units", "plan_cells", "plan_sweep",
-           "position_classes", "rank_dirs", "read_csv_exact", "run_items", "run_name", "run_patched", "sites_of",
-           "sweep", "units_dir", "_window_ok"]
+           "position_classes", "prompt_pairs", "rank_dirs", "read_csv_exact", "run_items", "run_name", "run_patched",
+           "sites_of", "sweep", "units_dir", "_window_ok"]

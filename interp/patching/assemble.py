@@ -1,7 +1,8 @@
 """Building a sweep's PatchResult from its stored units: per-pair metrics of every chunk joined,
 pairs filtered to those the model answers correctly on both prompts (unless ``keep_all``), cell
 means normalised (a warning where the clean - corrupted gap is too small to normalise by), 95%
-bootstrap intervals over pairs, position classes."""
+bootstrap intervals over pairs, position classes; on padded pairs each cell over the pairs that have
+its position (`padded_stats`)."""
 from __future__ import annotations
 
 import warnings
@@ -77,6 +78,44 @@ def cell_stats(sums, per_pair, clean, corrupted, baselines, n_boot: int, seed: i
     differences are closer than `MIN_LD_GAP` nats or the clean one is not positive."""
     from interp.stats import boot_ratio_cis
     x, c, K = baselines["corrupted_logit_diff"], baselines["clean_logit_diff"], baselines["n"]
+    denom = _check_gap(c, x, K)
+    raw = sums["ld"] / K
+    out = {"logit_diff": (raw - x) / denom, "prob": sums["prob"] / K, "kl": sums["kl"] / K, "raw_logit_diff": raw}
+    ones = np.ones(len(clean))
+    for m, num, den in (("logit_diff", per_pair["ld"] - corrupted, clean - corrupted), ("prob", per_pair["prob"], ones),
+                        ("kl", per_pair["kl"], ones)):
+        lo, hi = boot_ratio_cis(num.T, den, n_boot, np.random.default_rng(seed))
+        out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
+    return out
+
+
+def padded_stats(per_pair, clean, corrupted, baselines, n_boot: int, seed: int = 0) -> dict:
+    """`cell_stats` of a sweep on padded pairs, whose per-pair metrics ``per_pair`` [cells, K] are NaN
+    where a pair lacks the cell's position: each cell over the pairs that have it (``n`` per cell), its
+    logit diff normalised by those pairs' own clean and corrupted logit differences (so a cell only the
+    longer pairs have equals their sweep alone), the bootstrap resampling pairs with weight 0 where absent."""
+    from interp.stats import boot_ratio_cis
+    _check_gap(baselines["clean_logit_diff"], baselines["corrupted_logit_diff"], baselines["n"])
+    has = np.isfinite(per_pair["ld"])
+    n = has.sum(1)
+    z = {k: np.where(has, v, 0.0) for k, v in per_pair.items()}
+    x, c = has @ corrupted, has @ clean
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = z["ld"].sum(1) / n
+        out = {"logit_diff": (z["ld"].sum(1) - x) / (c - x), "prob": z["prob"].sum(1) / n, "kl": z["kl"].sum(1) / n,
+               "raw_logit_diff": raw}
+    w = has.astype(float)
+    for m, num, den in (("logit_diff", z["ld"] - w * corrupted, w * (clean - corrupted)), ("prob", z["prob"], w),
+                        ("kl", z["kl"], w)):
+        lo, hi = boot_ratio_cis(num.T, den.T, n_boot, np.random.default_rng(seed))
+        out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
+    out["n"] = n
+    return out
+
+
+def _check_gap(c, x, K):
+    """The normaliser clean - corrupted of the mean logit differences ``c`` and ``x`` over ``K`` pairs: an
+    InterpError where it is 0, a warning where it is under `MIN_LD_GAP` nats or ``c`` is not positive."""
     denom = c - x
     if abs(denom) < 1e-6:
         raise InterpError(f"clean and corrupted runs have the same mean logit difference ({c:.4f}): "
@@ -88,15 +127,8 @@ def cell_stats(sums, per_pair, clean, corrupted, baselines, n_boot: int, seed: i
     if why:
         warnings.warn(f"patching: mean logit differences clean {c:.4f}, corrupted {x:.4f} over {K} pairs: "
                       f"{'; '.join(why)}; the normalised logit_diff, (patched - corrupted) / (clean - corrupted), "
-                      "is unreliable: read raw_logit_diff and prob", UserWarning, stacklevel=3)
-    raw = sums["ld"] / K
-    out = {"logit_diff": (raw - x) / denom, "prob": sums["prob"] / K, "kl": sums["kl"] / K, "raw_logit_diff": raw}
-    ones = np.ones(len(clean))
-    for m, num, den in (("logit_diff", per_pair["ld"] - corrupted, clean - corrupted), ("prob", per_pair["prob"], ones),
-                        ("kl", per_pair["kl"], ones)):
-        lo, hi = boot_ratio_cis(num.T, den, n_boot, np.random.default_rng(seed))
-        out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
-    return out
+                      "is unreliable: read raw_logit_diff and prob", UserWarning, stacklevel=4)
+    return denom
 
 
 def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
@@ -111,7 +143,7 @@ def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
     for (d, u), m in units.items():
         site, layer, cells = plan.units[u]
         pos = [-1 if p is None else p for p, _ in cells]
-        effect = np.abs(m["ld"][:, keep].astype(np.float64) - unpatched[d])
+        effect = np.nan_to_num(np.abs(m["ld"][:, keep].astype(np.float64) - unpatched[d]))  # (pads: no effect)
         names, shares, triv = cell_classes(codes, trivial(site, codes, differs), pos, effect)
         frames.append(dict(direction=d, site=site, layer=layer, position=pos,
                            head=[-1 if h is None else h for _, h in cells],
@@ -119,7 +151,7 @@ def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
         for k in metrics:
             metrics[k].append(m[k])
     values = {k: np.concatenate(v) for k, v in metrics.items()}
-    sums = {k: chunk_sums(v, keep, plan.chunks) for k, v in values.items()}
+    sums = {k: chunk_sums(v, keep, plan.chunks) for k, v in values.items()} if plan.span is None else None
     per_pair = {k: v[:, keep].astype(np.float64) for k, v in values.items()}
     K = int(keep.sum())
     bsum = {f: chunk_sums(base[f][None], keep, plan.chunks)[0] / K for f in BASE_FIELDS if not f.endswith("_top")}
@@ -127,7 +159,8 @@ def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
                  "clean_prob": bsum["clean_prob"], "corrupted_prob": bsum["corrupted_prob"],
                  "corrupted_kl": bsum["corrupted_kl"], "n": K}
     clean, corr = (base[f][keep].astype(np.float64) for f in ("clean_ld", "corrupted_ld"))
-    stats = cell_stats(sums, per_pair, clean, corr, baselines, n_boot, seed)
+    stats = (cell_stats(sums, per_pair, clean, corr, baselines, n_boot, seed) if plan.span is None
+             else padded_stats(per_pair, clean, corr, baselines, n_boot, seed))
     pair_data = dict(ld=per_pair["ld"], clean=clean, corrupted=corr, pairs=np.flatnonzero(keep), codes=codes,
                      differs=differs, n_boot=n_boot, seed=seed)
     return build_result(plan, frames, stats, baselines, info, pair_data, int(np.flatnonzero(keep)[0]))

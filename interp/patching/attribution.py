@@ -25,6 +25,7 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
     S_t + eps (S_t,clean - S_t): one forward and backward over pairs x positions rows
     (``batch_size`` rows at a time) per layer, as costly as the exact sweep of that site."""
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    pairs.check_unpadded("attribution patching")
     for s in sites:
         _check_choice("site", s, SITES)
     layers = check_layers(layers, hm.n_layers)

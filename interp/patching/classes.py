@@ -14,6 +14,9 @@ Classes, first match wins:
 
 ``prefix`` and ``after`` are trivial (a patch there changes nothing); so is the residual stream at
 a token whose input differs (it carries the changed input itself), see `trivial`.
+
+Padded pairs are classed by their real tokens (position p: a pair's p-th real token); where a pair has no
+position p its code is `PAD` (no class, not counted in a position's class share, trivial).
 """
 from __future__ import annotations
 
@@ -23,12 +26,30 @@ CLASSES = ("prefix", "changed", "write", "between", "query", "after")
 TRIVIAL = ("prefix", "after")
 PATH = ("changed", "write", "between", "query")  # the order a path through the prompt takes
 RESIDUAL = ("resid_pre", "resid_mid", "resid_post")
+PAD = len(CLASSES)   # the code of a position a padded pair does not have
+
+
+def real_tokens(pairs) -> tuple:
+    """(clean [N, T], corrupted [N, T], answer position [N], real tokens [N]) as numpy arrays, each pair's
+    real tokens from position 0 on (padded pairs: their pads moved to the end, filled with 0)."""
+    clean, corr = pairs.clean.cpu().numpy(), pairs.corrupted.cpu().numpy()
+    ans = pairs.answer_pos.cpu().numpy()
+    N, T = clean.shape
+    if pairs.attention_mask is None:
+        return clean, corr, ans, np.full(N, T)
+    from interp.tasks.padded import real_span
+    off, n = (t.numpy() for t in real_span(pairs.attention_mask))
+    idx = np.arange(T)[None] + off[:, None]
+    real = np.arange(T)[None] < n[:, None]
+    take = np.where(real, idx, 0)
+    rows = np.arange(N)[:, None]
+    return np.where(real, clean[rows, take], 0), np.where(real, corr[rows, take], 0), ans - off, n
 
 
 def position_classes(pairs) -> tuple[np.ndarray, np.ndarray]:
-    """(codes [N, T] int8 indexing `CLASSES`, differs [N, T] bool: the prompts' tokens differ)."""
-    clean, corr = pairs.clean.cpu().numpy(), pairs.corrupted.cpu().numpy()
-    ans = pairs.answer_pos.cpu().numpy()
+    """(codes [N, T] int8 indexing `CLASSES` (`PAD` where a padded pair has no such position), differs
+    [N, T] bool: the prompts' tokens differ)."""
+    clean, corr, ans, length = real_tokens(pairs)
     N, T = clean.shape
     differs = clean != corr
     task = (pairs.meta or {}).get("task")
@@ -43,6 +64,7 @@ def position_classes(pairs) -> tuple[np.ndarray, np.ndarray]:
         c[pos < first] = CLASSES.index("prefix")
         c[list(query)] = CLASSES.index("query")
         c[pos > ans[i]] = CLASSES.index("after")
+        c[pos >= length[i]] = PAD
         codes[i] = c
     return codes, differs
 
@@ -86,8 +108,8 @@ def _state_recall_write(tokens, ans) -> set:
 
 def trivial(site: str, codes, differs) -> np.ndarray:
     """Where a patch of ``site`` is trivial, per pair and position (arrays as `position_classes`
-    gives): a trivial class, or the residual stream at a token whose input differs."""
-    out = np.isin(codes, [CLASSES.index(c) for c in TRIVIAL])
+    gives): a trivial class, a pad, or the residual stream at a token whose input differs."""
+    out = np.isin(codes, [CLASSES.index(c) for c in TRIVIAL] + [PAD])
     if site in RESIDUAL:
         out |= differs
     return out
@@ -98,18 +120,19 @@ def cell_classes(codes, trivial_mask, positions, effect) -> tuple[list, list, li
     of pairs that do, and whether the cell is trivial: the patch is trivial for every pair, or the
     pairs for which it is trivial carry most of its effect (``effect`` [cells, K]: per pair, how
     far the patch moves the logit diff from the unpatched run), as the residual stream at the
-    changed token does at positions where some pairs have it."""
+    changed token does at positions where some pairs have it. Pairs without the position (padded, `PAD`)
+    are not counted in its class or share."""
     names, shares, triv = [], [], []
     K = codes.shape[0]
     for c, p in enumerate(positions):
-        if p < 0 or K == 0:
+        counts = np.bincount(codes[:, p], minlength=PAD + 1)[:PAD] if p >= 0 and K else None
+        if p < 0 or K == 0 or not counts.sum():
             names.append("all" if p < 0 else "")
             shares.append(1.0 if p < 0 else np.nan)
-            triv.append(False)
+            triv.append(False if p < 0 or K == 0 else True)
             continue
-        counts = np.bincount(codes[:, p], minlength=len(CLASSES))
         names.append(CLASSES[int(counts.argmax())])
-        shares.append(float(counts.max() / K))
+        shares.append(float(counts.max() / counts.sum()))
         t, total = trivial_mask[:, p], effect[c].sum()
         triv.append(bool(t.all() or (total > 0 and effect[c][t].sum() > 0.5 * total)))
     return names, shares, triv

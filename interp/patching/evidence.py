@@ -170,8 +170,11 @@ def difference(res, a: dict, b: dict) -> dict:
     rows = [_row(res, pdata, c) for c in (a, b)]
     ld, clean, corr = pdata["ld"], pdata["clean"], pdata["corrupted"]
     num, den = ld[rows[0]] - ld[rows[1]], clean - corr
+    has = np.isfinite(num)
+    if not has.all():  # padded pairs: the pairs that have both cells' positions
+        num, den = np.where(has, num, 0.0), np.where(has, den, 0.0)[:, None]
     lo, hi = boot_ratio_cis(num[:, None], den, pdata["n_boot"], np.random.default_rng(pdata["seed"]))
-    return {"difference": float(num.sum() / den.sum()), "lo": float(lo[0]), "hi": float(hi[0]), "n": len(clean)}
+    return {"difference": float(num.sum() / den.sum()), "lo": float(lo[0]), "hi": float(hi[0]), "n": int(has.sum())}
 
 
 def _row(res, pdata, cell: dict) -> int:

@@ -14,7 +14,8 @@ from interp.patching.sites import SITES, _check_choice, check_layers, check_posi
 @dataclass
 class Plan:
     """What a sweep runs: ``units`` [(site, layer, cells)], ``chunks`` [(first pair, end)],
-    ``directions`` ('denoise', 'noise' or both); ``spec`` describes it for its result folder
+    ``directions`` ('denoise', 'noise' or both); ``span``: of padded pairs, each pair's first real
+    index and real tokens ([N] each; None: unpadded); ``spec`` describes it for its result folder
     (computed when first asked for: it hashes the model's weights)."""
     hm: object
     pairs: object
@@ -25,7 +26,15 @@ class Plan:
     skip_prefix: bool
     model_name: str
     settings: dict
+    span: tuple | None = None
     _spec: dict | None = field(default=None, repr=False)
+
+    def chunk(self, c: int):
+        """(the padding mask, the span) of pair chunk ``c``'s rows; (None, None) for unpadded pairs."""
+        if self.span is None:
+            return None, None
+        a, b = self.chunks[c]
+        return self.pairs.attention_mask[a:b], (self.span[0][a:b], self.span[1][a:b])
 
     @property
     def spec(self) -> dict:
@@ -73,13 +82,34 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
     pairs = pairs.to(device or _model_device(hm))
     N, T = pairs.clean.shape
     positions = check_positions(positions, T)
+    span = _span(pairs)
     units = _plan_units(hm, sites, layers, positions, heads, T)
     pair_chunk = max(1, min(N, int(batch_size)))
     chunks = [(a, min(N, a + pair_chunk)) for a in range(0, N, pair_chunk)]
     settings = dict(sites=sites, layers=layers, positions=positions, heads=bool(heads), direction=direction,
                     batch_size=int(batch_size), skip_prefix=bool(skip_prefix))
-    return Plan(hm, pairs, units, chunks, dirs, int(batch_size), bool(skip_prefix), model_name, settings)
+    return Plan(hm, pairs, units, chunks, dirs, int(batch_size), bool(skip_prefix), model_name, settings, span)
 
+
+def _span(pairs):
+    """(first real index [N], real tokens [N]) of padded pairs, on their device (None: unpadded); their
+    answer positions must be real tokens."""
+    mask = pairs.attention_mask
+    if mask is None or bool(mask.bool().all()):
+        pairs.attention_mask = None
+        return None
+    from interp.tasks.padded import real_span
+    if tuple(mask.shape) != tuple(pairs.clean.shape):
+        raise InterpError(f"the pairs' attention_mask has shape {list(mask.shape)}, their tokens "
+                          f"{list(pairs.clean.shape)}; valid: the same shape")
+    off, n = real_span(mask)
+    ap = pairs.answer_pos.cpu()
+    bad = ((ap < off) | (ap >= off + n)).nonzero().flatten()
+    if len(bad):
+        raise InterpError(f"pair {int(bad[0])}: its answer position {int(ap[bad[0]])} is a pad; valid: a real "
+                          f"token, {int(off[bad[0]])}..{int(off[bad[0]] + n[bad[0]] - 1)}")
+    dev = pairs.clean.device
+    return off.to(dev), n.to(dev)
 
 def _plan_units(hm, sites, layers, positions, heads, T):
     """The units: (site, layer, cells) for every site x layer; layers that lack a site are skipped
@@ -105,6 +135,7 @@ def sweep_spec(hm, pairs, model_name, **settings) -> dict:
     is assembled, so the filtering options are not part of it.)"""
     from interp.store import model_digest, spec_digest, tensor_digest
     tensors = [pairs.clean, pairs.corrupted, pairs.answer_pos, pairs.clean_answer, pairs.corrupted_answer]
+    tensors += [] if pairs.attention_mask is None else [pairs.attention_mask.long()]
     meta = dict(pairs.meta or {})
     return {"model": {"name": model_name, "digest": model_digest(hm)},
             "pairs": {**meta, "n": int(pairs.clean.shape[0]), "T": int(pairs.clean.shape[1]),

@@ -17,9 +17,10 @@ COLUMNS = ["model", "task", "direction", "site", "layer", "layer_kind", "positio
 
 class PatchResult(pd.DataFrame):
     """One row per patched cell and direction: model, task, direction ('denoise' / 'noise'), site,
-    layer, layer_kind, position (-1 = all), token (of the first kept pair), head (-1 = all),
-    logit_diff, prob, kl, raw_logit_diff, n (pairs), ``<metric>_lo`` / ``_hi`` (95% bootstrap
-    interval over pairs), position_class (the role most pairs give the position, see
+    layer, layer_kind, position (-1 = all; padded pairs: each pair's p-th real token), token (of the
+    first kept pair), head (-1 = all), logit_diff, prob, kl, raw_logit_diff, n (pairs; padded pairs:
+    those that have the position), ``<metric>_lo`` / ``_hi`` (95% bootstrap interval over pairs),
+    position_class (the role most pairs give the position, see
     `interp.patching.classes`), class_share (the share of pairs that do) and trivial (the patch is
     trivial for every pair, or the pairs it is trivial for carry most of its effect). ``attrs['baselines']`` holds the clean and corrupted runs' metrics,
     ``attrs['pairs']`` how many pairs were kept; ``pair_data`` the kept pairs' per-pair values
@@ -134,23 +135,26 @@ def build_result(plan, frames, stats, baselines, info, pair_data, first: int) ->
     """The PatchResult of a sweep from the per-unit cell frames, the cell statistics
     (`interp.patching.assemble.cell_stats`), the baselines, the pair counts and the per-pair data;
     tokens are read from pair ``first`` (the first kept one)."""
+    from interp.patching.classes import real_tokens
+    from interp.tasks import VOCAB
     hm, pairs = plan.hm, plan.pairs
     df = pd.concat([pd.DataFrame(f) for f in frames], ignore_index=True)
-    from interp.tasks import VOCAB
-    tok0 = pairs.clean[first].tolist()
+    clean, _, _, length = real_tokens(pairs)   # positions count a padded pair's real tokens
+    tok0 = clean[first].tolist()
     zoo = _is_zoo_vocab(hm)
     df["model"], df["task"] = plan.model_name, (pairs.meta or {}).get("task", "")
     df["layer_kind"] = [layer_kind(hm.layers[i]) for i in df.layer]
-    df["token"] = [VOCAB.decode([tok0[p]])[0] if p >= 0 and zoo else "" for p in df.position]
+    df["token"] = [VOCAB.decode([tok0[p]])[0] if 0 <= p < length[first] and zoo else "" for p in df.position]
     for k, v in stats.items():
         df[k] = v
-    df["n"] = int(baselines["n"])
+    if "n" not in stats:   # (padded pairs: per cell, the pairs that have its position)
+        df["n"] = int(baselines["n"])
     df["layer"], df["position"], df["head"] = (df[c].astype(int) for c in ("layer", "position", "head"))
     res = PatchResult(df[COLUMNS])
     res.attrs["baselines"] = baselines
     res.attrs["pairs"] = info
     pair_data["index"] = pd.MultiIndex.from_frame(df[KEYS])
-    pair_data["tokens"] = pairs.clean.cpu().numpy()[pair_data["pairs"]] if zoo else None
+    pair_data["tokens"] = clean[pair_data["pairs"]] if zoo else None
     res.pair_data = pair_data
     return res
 

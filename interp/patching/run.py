@@ -9,9 +9,12 @@ from interp.patching.sites import (HEAD_SITES, RESID_SITES, SITES, _check_choice
                                    check_positions, plan_cells)
 
 
-def run_patched(model, base_tokens, source_tokens, site: str, layer: int, position=None, head=None):
+def run_patched(model, base_tokens, source_tokens, site: str, layer: int, position=None, head=None,
+                attention_mask=None):
     """Logits of ``base_tokens`` with ``blocks.{layer}.{site}`` at ``position`` (None = all) and
-    ``head`` (None = all) taken from the run on ``source_tokens`` (same shape [B, T])."""
+    ``head`` (None = all) taken from the run on ``source_tokens`` (same shape [B, T]). ``attention_mask``
+    [B, T] (1: a real token), shared by both runs, for padded prompts: ``position`` then counts each row's
+    real tokens (a row without it is not patched)."""
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
     _check_choice("site", site, SITES)
     check_layers([layer], hm.n_layers)
@@ -23,6 +26,14 @@ def run_patched(model, base_tokens, source_tokens, site: str, layer: int, positi
         check_positions([position], T)
     name = f"blocks.{layer}.{site}"
     plan_cells(hm, site, layer, [], False, T)  # validates site vs layer
+    span = None
+    if attention_mask is not None:
+        from interp.tasks.padded import real_span
+        attention_mask = torch.as_tensor(attention_mask)
+        if tuple(attention_mask.shape) != tuple(base_tokens.shape):
+            raise InterpError(f"attention_mask must have the tokens' shape {list(base_tokens.shape)}, got "
+                              f"{list(attention_mask.shape)}")
+        span = tuple(t.to(base_tokens.device) for t in real_span(attention_mask))
     if head is not None:
         if site in RESID_SITES:
             raise InterpError(f"site '{site}' has no heads; head={head} needs one of {', '.join(HEAD_SITES)}")
@@ -30,9 +41,10 @@ def run_patched(model, base_tokens, source_tokens, site: str, layer: int, positi
         if not 0 <= int(head) < H:
             raise InterpError(f"head {head} out of range 0..{H - 1}")
     with torch.no_grad():
-        _, src = hm.run_with_cache(source_tokens, names=[name])
+        _, src = hm.run_with_cache(source_tokens, names=[name], attention_mask=attention_mask)
         return hm.run_with_hooks(base_tokens, hooks=[(name, lambda x, _: _write(x, src[name], x.shape[0],
-                                                                                [(position, head)], site))])
+                                                                                [(position, head)], site, span))],
+                                 attention_mask=attention_mask)
 
 
 def _answer_metrics(logits, pairs_rows, clean_logp=None):

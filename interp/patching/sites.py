@@ -102,10 +102,20 @@ def _n_heads(L, site):
     raise InterpError(f"cannot tell the number of heads of layer {L.index}'s {site.split('.')[0]} module")
 
 
-def _write(x, src, rows, cells, site):
-    """Return x with, for row block j (rows[j]), cell j's part replaced by src (batch of one block)."""
+def _write(x, src, rows, cells, site, span=None):
+    """Return x with, for row block j (rows[j]), cell j's part replaced by src (batch of one block). ``span``
+    (first real index [rows], real tokens [rows]) of a padded block: a cell's position counts each row's real
+    tokens, and a row without that position is left alone."""
     y = x.clone()
     for j, (p, h) in enumerate(cells):
+        if span is not None and p is not None:
+            i = (p < span[1]).nonzero().flatten()
+            t = span[0][i] + p
+            idx = (i, slice(None), t) if site == "attn.pattern" else (i, t)
+            if h is not None:
+                idx = (i, h, t) if site == "attn.pattern" else (i, t, h)
+            y[(j * rows + i,) + idx[1:]] = src[idx].to(y.dtype)
+            continue
         r = slice(j * rows, (j + 1) * rows)
         if site == "attn.pattern":       # [B, H, T(query), T]
             idx = (slice(None), slice(None) if h is None else h, slice(None) if p is None else p)

@@ -65,7 +65,7 @@ def _run_chunk(plan, store, ci, items, bar):
     a, b = plan.chunks[ci]
     sl = slice(a, b)
     answers = (pairs.clean_answer[sl], pairs.corrupted_answer[sl])
-    base, clean_logp, runs = _chunk_baselines(hm, pairs, sl, answers)
+    base, clean_logp, runs = _chunk_baselines(hm, pairs, sl, answers, plan.chunk(ci)[0])
     if not store.has(base_key(ci)):
         store.put(base_key(ci), base)
     for direction in plan.directions:
@@ -84,10 +84,11 @@ def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp
     base_tok, src_tok = tokens
     a, b = plan.chunks[ci]
     ans = plan.pairs.answer_pos[a:b]
+    mask, span = plan.chunk(ci)
     names = sorted({f"blocks.{units[u][1]}.{units[u][0]}" for u in todo})
-    _, src_cache = hm.run_with_cache(src_tok, names=names)
-    outs = hm.block_outputs(base_tok) if plan.skip_prefix else None
-    win = {u for u in todo if plan.skip_prefix and _window_ok(hm, *units[u])}
+    _, src_cache = hm.run_with_cache(src_tok, names=names, attention_mask=mask)
+    outs = hm.block_outputs(base_tok, mask) if plan.skip_prefix else None
+    win = {u for u in todo if plan.skip_prefix and mask is None and _window_ok(hm, *units[u])}
     win_cache = _window_cache(hm, base_tok, units, win)
     for u in todo:
         site, layer, cells = units[u]
@@ -98,7 +99,7 @@ def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp
             bar.update(len(cells))
         else:
             per_pair = _batched_unit(hm, base_tok, src, site, layer, cells, ans, answers, clean_logp, outs,
-                                     plan.batch_size, bar)
+                                     plan.batch_size, bar, (mask, span))
         store.put(unit_key(direction, ci, u), _payload(cells, per_pair))
 
 
@@ -110,12 +111,12 @@ def _payload(cells, per_pair) -> dict:
     return {"ld": ld, "prob": pr, "kl": kl, "cells": cell}
 
 
-def _chunk_baselines(hm, pairs, sl, answers):
-    """The unpatched runs of one pair chunk: (their per-pair metrics as stored: logit diff, p(clean
-    answer), the corrupted run's KL to the clean one, each run's top token; the clean run's
-    log-probs at the answer; {'clean', 'corrupted'}: (ld, prob, kl) per pair)."""
+def _chunk_baselines(hm, pairs, sl, answers, mask=None):
+    """The unpatched runs of one pair chunk (``mask``: its padding mask): (their per-pair metrics as
+    stored: logit diff, p(clean answer), the corrupted run's KL to the clean one, each run's top token;
+    the clean run's log-probs at the answer; {'clean', 'corrupted'}: (ld, prob, kl) per pair)."""
     with hm.logits_at(pairs.answer_pos[sl]):
-        clean_lg, corr_lg = hm(pairs.clean[sl]), hm(pairs.corrupted[sl])
+        clean_lg, corr_lg = hm(pairs.clean[sl], mask), hm(pairs.corrupted[sl], mask)
     clean_logp = clean_lg[:, 0].float().log_softmax(-1)
     runs, base = {}, {}
     for tag, lg in (("clean", clean_lg), ("corrupted", corr_lg)):
@@ -128,11 +129,15 @@ def _chunk_baselines(hm, pairs, sl, answers):
     return base, clean_logp, runs
 
 
-def _batched_unit(hm, base_tok, src, site, layer, cells, ans, answers, clean_logp, outs, batch_size, bar):
+def _batched_unit(hm, base_tok, src, site, layer, cells, ans, answers, clean_logp, outs, batch_size, bar,
+                  padded=(None, None)):
     """One unit's per-pair metrics on the general path: [(ld, prob, kl) [n] per cell]; each forward
     pass carries up to ``batch_size // n`` cells, one block of the chunk's n pairs each; with
-    ``outs`` (the unchanged run's block outputs) the blocks before ``layer`` are not recomputed."""
+    ``outs`` (the unchanged run's block outputs) the blocks before ``layer`` are not recomputed.
+    ``padded``: (padding mask, span) of padded pairs: positions count each pair's real tokens and a
+    pair without a cell's position gets NaN metrics there."""
     n = base_tok.shape[0]
+    mask, span = padded
     name = f"blocks.{layer}.{site}"
     ca, xa = answers
     out = []
@@ -140,11 +145,16 @@ def _batched_unit(hm, base_tok, src, site, layer, cells, ans, answers, clean_log
     for c0 in range(0, len(cells), cells_per_fwd):
         cc = cells[c0:c0 + cells_per_fwd]
         rep = len(cc)
-        fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site))
+        fn = (lambda x, _name, cc=cc: _write(x, src, n, cc, site, span))
         ctx_start = hm.start_at(layer, outs[layer - 1], rep) if (outs is not None and layer > 0) else nullcontext()
         with ctx_start, hm.logits_at(ans.repeat(rep)):
-            lg = hm.run_with_hooks(base_tok.repeat(rep, 1), hooks=[(name, fn)])
+            lg = hm.run_with_hooks(base_tok.repeat(rep, 1), hooks=[(name, fn)],
+                                   attention_mask=None if mask is None else mask.repeat(rep, 1))
         ld, pr, kl = _answer_metrics(lg, (ca.repeat(rep), xa.repeat(rep)), clean_logp.repeat(rep, 1))
-        out += [(ld[j * n:(j + 1) * n], pr[j * n:(j + 1) * n], kl[j * n:(j + 1) * n]) for j in range(rep)]
+        for j, (p, _) in enumerate(cc):
+            m = tuple(x[j * n:(j + 1) * n] for x in (ld, pr, kl))
+            if span is not None and p is not None:   # pairs without position p: no value
+                m = tuple(torch.where(p < span[1], x, torch.nan) for x in m)
+            out.append(m)
         bar.update(rep)
     return out

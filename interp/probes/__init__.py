@@ -74,6 +74,11 @@ selectivity [-1, 1]); ``few_seeds`` flags rows from fewer than 3 seeds, and a wa
 count where 2 seeds gave intervals (`interp.stats.warn_few_seeds`). A class with fewer than 5 test
 points is warned about (`protocol.warn_small_classes`); `interp probe` prints the points per split.
 
+**Padded batches.** ``collect(model, task, target, sites, batch=tasks.pad_batches([b1, b2], side="left"))``
+probes examples of different lengths in one padded batch: each runs with the batch's attention mask (as it
+runs alone), probe points are at real tokens only (labels are -1 at pads; a `pad_batches` batch finds each
+part's points as the part alone gives them), and `probe` on the result fits what the examples unpadded give.
+
 **Backends**, one interface: ``torch`` fits every (layer, site) probe of one feature width, task
 and label control together, as one batched problem (full-batch L-BFGS on a stacked weight tensor;
 CUDA if available), ``sklearn`` (LogisticRegression, lbfgs) is the reference. Both minimise the

@@ -54,7 +54,9 @@ def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, 
 
     Returns (feats {(layer, site): [N_points, F] float32}, Points); ``Points.correct`` says whether
     this model answered each point's example correctly (argmax at every answer position). ``batch``:
-    a TaskBatch to use instead of generating ``n`` examples; ``layers``: only these layers."""
+    a TaskBatch to use instead of generating ``n`` examples (a padded one, e.g. `interp.tasks.pad_batches`,
+    runs with its ``attention_mask``: points at real tokens only, each example's features as it gives
+    them alone); ``layers``: only these layers."""
     batch = batch if batch is not None else T.generate(task, n, seed=seed, **knobs)
     pts = points(batch, target)
     hm = hooks.wrap(model)
@@ -74,9 +76,11 @@ def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, 
         need = torch.unique(torch.cat([p.pos, p.write[p.write >= 0]]))
         look = torch.full((L,), -1, dtype=torch.long)
         look[need] = torch.arange(len(need))
+        mask = None if batch.attention_mask is None else batch.attention_mask[s0:s0 + batch_size].to(dev)
         with torch.no_grad():
             logits, cache = hm.run_with_cache(batch.tokens[s0:s0 + batch_size].to(dev), names=names,
-                                              positions=need.tolist() if 0 < len(need) < L else None)
+                                              positions=need.tolist() if 0 < len(need) < L else None,
+                                              attention_mask=mask)
         right[s0:s0 + batch_size] = _answered(logits, batch.answer_pos[s0:s0 + batch_size],
                                               batch.answers[s0:s0 + batch_size])
         if not len(p) or not names:

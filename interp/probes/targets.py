@@ -3,6 +3,7 @@ fact was written and the position that wrote it (the rules are in the package do
 causal check, which examples' answer is the target's value (`answer_labels`)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -79,7 +80,11 @@ def _state_recall_writes(batch, var):
 
 
 def points(batch, target: str) -> Points:
-    """The probe points of ``target`` in ``batch`` (see the package doc, `interp.probes`)."""
+    """The probe points of ``target`` in ``batch`` (see the package doc, `interp.probes`). A padded batch
+    (``attention_mask``) has points at real tokens only, positions in its padded rows: one from
+    `interp.tasks.pad_batches` has each part's points (as the part alone gives them, moved to its rows)."""
+    if batch.attention_mask is not None:
+        return _padded_points(batch, target)
     lab, col = target_labels(batch, target)
     task = batch.meta["task"]
     N, L = lab.shape
@@ -101,6 +106,26 @@ def points(batch, target: str) -> Points:
     ex = torch.arange(N)[:, None].expand(N, L)[mask]
     pos = torch.arange(L)[None].expand(N, L)[mask]
     return Points(ex, pos, lab[mask], dist[mask], write[mask], batch.tokens[mask])
+
+
+def _padded_points(batch, target: str) -> Points:
+    """`points` of a padded batch: per part of a `pad_batches` batch, or from the labels at real tokens."""
+    parts = (batch.meta or {}).get("parts")
+    if not parts:
+        task, name = batch.meta.get("task"), target.split("[")[0]
+        if task == "state_recall" and name in ("var_value", "query_var_value"):
+            raise InterpError(f"target '{target}' of a padded state_recall batch needs its parts' layouts: pad the "
+                              "batches with interp.tasks.pad_batches")
+        out = points(dataclasses.replace(batch, attention_mask=None), target)
+        real = batch.attention_mask.bool()[out.ex, out.pos]
+        return out.select(real)
+    from interp.tasks.padded import part_view
+    got = []
+    for part in parts:
+        p = points(part_view(batch, part), target)
+        got.append(Points(p.ex + part["rows"][0], p.pos + part["offset"], p.y, p.distance,
+                          torch.where(p.write >= 0, p.write + part["offset"], -1), p.token))
+    return Points(*(torch.cat([getattr(p, f) for p in got]) for f in ("ex", "pos", "y", "distance", "write", "token")))
 
 
 CAUSAL_TARGETS = "state_recall var_value[j] / query_var_value, mqar bound_value"

@@ -50,6 +50,7 @@ def interchange(hm, site, coder, pairs, ranking: dict, n_align: int = 1, seeds=(
     """Rows (condition, seed, iia, changed, n_features, n): see the module docstring (``only_correct=False``
     keeps every pair, also those the model gets wrong)."""
     from interp.sae.evaluate import clean_run
+    pairs.check_unpadded("the SAE interchange test")
     view = as_view(coder, site)
     ap, rows = pairs.answer_pos, torch.arange(pairs.n)
     lc, Xc, _ = clean_run(hm, view.read, pairs.clean)

@@ -39,6 +39,7 @@ class TaskBatch:
     labels: dict                    # name -> per-token ground truth [N, T, ...] (-1: undefined)
     loss_mask: torch.Tensor         # [N, T] bool: the next token is supervised
     meta: dict = field(default_factory=dict)   # task, knobs (all resolved), seed
+    attention_mask: torch.Tensor | None = None  # [N, T] 1 at real tokens of a padded batch (`pad_batches`)
 
     def __len__(self):
         return self.tokens.shape[0]
@@ -63,6 +64,8 @@ class PairBatch:
     corrupted_answer: torch.Tensor  # [N] != clean_answer
     diff_pos: torch.Tensor          # [N] first position where the prompts differ (the changed fact)
     meta: dict = field(default_factory=dict)
+    attention_mask: torch.Tensor | None = None  # [N, T] 1 at real tokens, shared by clean and corrupted
+    # (a padded batch: `interp.tasks.pad_pairs` / `pairs_from_ids`; positions above index the padded rows)
 
     def __len__(self):
         return self.clean.shape[0]
@@ -73,6 +76,13 @@ class PairBatch:
 
     def to(self, device) -> "PairBatch":
         return _move(self, device)
+
+    def check_unpadded(self, what: str):
+        """Refuse a padded batch (``attention_mask`` set) in ``what``, which runs prompts of one length."""
+        if self.attention_mask is not None:
+            from interp import InterpError
+            raise InterpError(f"{what} takes pairs of one length; these are padded (attention_mask set): patching "
+                              "(interp.patching.sweep) takes padded pairs, or run each length group alone")
 
 
 @dataclass
