@@ -398,6 +398,24 @@ def test_raising_hooks_leave_nothing_behind(kind):
         assert torch.equal(m(input_ids=x).logits, ref)
 
 
+@pytest.mark.parametrize("kind", ("deltanet", "kda", "hgrn2"))
+def test_head_results(kind):
+    """DeltaNet / KDA: per-head results (o_proj's columns of each head) sum to mixer_out; HGRN2 (one norm over
+    all heads, fused with o_proj) says it has none."""
+    m = make(kind)
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    with torch.no_grad():
+        _, c = hm.run_with_cache(x, names=["blocks.0.mixer_out"], heads=True)
+    if kind == "hgrn2":
+        with pytest.raises(NotImplementedError, match="HGRN2 normalises all heads' readouts together"):
+            c.head_results(0, "rec")
+        return
+    r = c.head_results(0, "rec")
+    assert r.shape == (2, T, 4 if kind == "kda" else 2, 32)
+    torch.testing.assert_close(r.sum(-2), c["blocks.0.mixer_out"], atol=1e-5, rtol=1e-5)
+
+
 def test_unknown_mixer_is_refused_naming_the_supported_layers():
     m = make("deltanet")
     odd = ForCausalLM([nn.Identity(), nn.Identity()])

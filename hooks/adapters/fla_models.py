@@ -379,6 +379,15 @@ class FLAModelAdapter(HFAdapter):
             out.append(L)
         return out
 
+    def head_projection(self, model, layer, kind):
+        """As `HFAdapter.head_projection`; HGRN2 has no per-head results: one RMSNorm over all heads' readouts,
+        fused with ``o_proj`` (``rms_norm_linear``, so o_proj is never called as a module)."""
+        if kind == "rec" and type(layer.rec).__name__ == "HGRN2Attention":
+            raise NotImplementedError(f"layer {layer.index}: HGRN2 normalises all heads' readouts together before "
+                                      f"o_proj (fused rms_norm_linear), so its heads have no separate results; use "
+                                      f"blocks.{layer.index}.mixer_out or blocks.{layer.index}.rec.readout")
+        return super().head_projection(model, layer, kind)
+
     @contextmanager
     def patch_attention(self, layer, wrapper):
         with patch_kernels(layer.attn, "attn", (wrapper, layer.attn_meta)):
