@@ -1,12 +1,15 @@
 """Adapter for flash-linear-attention's own model classes (fla 0.6): ``GatedDeltaNetForCausalLM``,
-``GLAForCausalLM`` (each with its hybrid ``attn`` layers, ``config.attn = {'layers': [...], ...}``)
-and ``Mamba2ForCausalLM``.
+``GLAForCausalLM``, ``DeltaNetForCausalLM``, ``KDAForCausalLM``, ``HGRN2ForCausalLM`` (each with its hybrid
+``attn`` layers, ``config.attn = {'layers': [...], ...}``) and ``Mamba2ForCausalLM``. ``RWKV7ForCausalLM``
+is refused (its generalised delta rule, S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, is none of
+our scans).
 
 fla's models import Triton, so nothing here imports fla: models are recognised by the module
 path of their class (``fla.models.*``) and layers by their class (``fla.layers.<name>``); kernel
-functions are found in the globals of each layer's ``forward``. The layers run on CUDA only
-(their projections, norms and convolutions are Triton kernels); checked by
-``tests/gpu/check_models_gpu.py``.
+functions are found in the globals of each layer's ``forward``. The layers run on CUDA (their
+projections, norms and convolutions are Triton kernels); checked by ``tests/gpu/check_models_gpu.py``
+and, on CPU under the Triton interpreter (fused-recurrent kernels, T <= 64, no grad), by
+``tests/test_adapters_fla_interp.py`` and ``tests/test_adapters_fla_classes_interp.py``.
 
 Block ``i`` is ``model.model.layers[i]`` (``backbone.layers`` for Mamba2):
 
@@ -14,10 +17,12 @@ Block ``i`` is ``model.model.layers[i]`` (``backbone.layers`` for Mamba2):
 block                  mapping
 =====================  =============================================================================
 GatedDeltaNetBlock,    ``attn_norm -> attn -> + -> mlp_norm -> mlp -> +``: ``mixer_out`` = ``attn``
-GLABlock               (first output), ``mlp_out`` = ``mlp``; ``attn`` is the recurrent layer
-                       (``rec``, family gdn / gla) or, on the layers of ``config.attn``, fla's
-                       softmax ``Attention`` (``attn``). Blocks with attention residuals
-                       (``attnres_block_size``) have no single residual stream: refused.
+GLABlock, DeltaNet-,   (first output), ``mlp_out`` = ``mlp``; ``attn`` is the recurrent layer
+KDA-, HGRN2Block       (``rec``: GatedDeltaNet -> family gdn, GatedLinearAttention -> gla, DeltaNet
+                       -> gdn with g = 0, KimiDeltaAttention -> kda, HGRN2Attention -> gla) or, on
+                       the layers of ``config.attn``, fla's softmax ``Attention`` (``attn``). Blocks
+                       with attention residuals (``attnres_block_size``) have no single residual
+                       stream: refused.
 Mamba2Block            ``norm -> mixer -> +``: ``rec`` = ``mixer_out`` = ``mixer`` (family mamba2),
                        no MLP (``mlp_out`` is the zero term of `hooks.adapters.hf_mamba`).
 =====================  =============================================================================
@@ -32,7 +37,16 @@ Interception (everything restored on exit, exceptions included):
   ``allow_neg_eigval``), q / k repeated to the value heads (GVA), states in our ``[K, V]`` layout
   (fla's layers keep ``state_v_first`` ``[V, K]``; converted both ways). ``call`` runs the layer's
   own kernel call unchanged, so capture changes nothing.
+* DeltaNet: ``chunk_delta_rule`` / ``fused_recurrent_delta_rule`` likewise, as GDN with ``g`` = 0
+  (``rec.decay`` is a float32 zero ``[B, T, H]``; ``beta`` = sigmoid(b_proj), times 2 with
+  ``allow_neg_eigval``, or ones without ``use_beta``); its state is already ``[K, V]``.
+* KDA (``KimiDeltaAttention``): ``chunk_kda`` / ``fused_recurrent_kda`` likewise, family kda: the
+  in-kernel gate per key dim ``g = -exp(A_log) softplus(f + dt_bias)`` (or, with ``lower_bound``,
+  ``lower_bound sigmoid(exp(A_log) (f + dt_bias))``) ``[B, T, HV, K]``, beta as GDN, q / k repeated to
+  the value heads, states converted from ``state_v_first``.
 * GLA: ``chunk_gla`` / ``fused_recurrent_gla`` likewise (``g`` / ``gk`` is the log decay, per key dim).
+  HGRN2 calls the same kernels: q = swish(q_proj), decay = logsigmoid(f_proj) (after the model's
+  ``lower_bound`` mix), k = 1 - exp(decay), v = i_proj (``mode='fused_chunk'`` is refused by fla itself).
 * Attention: fla's ``Attention`` calls ``flash_attn_func(q, k, v, causal=True, window_size=...)``;
   that global is dispatched the same way (q, k, v ``[B, T, H(kv), D]``; ``sliding_window`` =
   ``window_size``; padding masks / decoding raise NotImplementedError while attn names are hooked).
@@ -61,19 +75,30 @@ from hooks.adapters.hf_mamba import _ZeroTerm
 from hooks.adapters.hf_mamba1 import mark_running
 from hooks.scan import gdn as gdn_scan
 from hooks.scan import gla as gla_scan
+from hooks.scan import kda as kda_scan
 from hooks.scan import mamba2 as mamba2_scan
 
 LAYERS = {("fla.layers.gated_deltanet", "GatedDeltaNet"): "gdn",
           ("fla.layers.gla", "GatedLinearAttention"): "gla",
+          ("fla.layers.delta_net", "DeltaNet"): "delta",
+          ("fla.layers.kda", "KimiDeltaAttention"): "kda",
+          ("fla.layers.hgrn2", "HGRN2Attention"): "gla",
           ("fla.layers.mamba2", "Mamba2"): "mamba2",
           ("fla.layers.attn", "Attention"): "attn"}
 KERNELS = {"gdn": ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
            "gla": ("chunk_gla", "fused_recurrent_gla"),
+           "delta": ("chunk_delta_rule", "fused_recurrent_delta_rule"),
+           "kda": ("chunk_kda", "fused_recurrent_kda"),
            "attn": ("flash_attn_func", "flash_attn_varlen_func")}
+KIND_OF = {name: kind for kind, names in KERNELS.items() for name in names}
+FAMILY_OF = {"delta": "gdn"}  # layer kind -> recurrence family where they differ
+SUPPORTED = ("GatedDeltaNet", "GatedLinearAttention", "DeltaNet", "KimiDeltaAttention", "HGRN2Attention", "Mamba2",
+             "Attention")
 
 
 def layer_kind(m) -> str | None:
-    """'gdn' / 'gla' / 'mamba2' / 'attn' for fla's layer classes (matched by name, no import)."""
+    """'gdn' / 'gla' / 'delta' / 'kda' / 'mamba2' / 'attn' for fla's layer classes (matched by name, no
+    import; HGRN2Attention is 'gla')."""
     for c in type(m).__mro__:
         k = LAYERS.get((c.__module__, c.__name__))
         if k:
@@ -116,14 +141,35 @@ def _own_call(orig, args, kwargs, given, keys, flip):
     return call
 
 
-def _gdn_call(orig, wrapper, args, kwargs):
-    a = _args(("q", "k", "v", "g", "beta", "scale", "initial_state", "output_final_state"), args, kwargs)
+def _kernel_gate(a, g):
+    """fla's in-kernel gate (``use_gate_in_kernel``) on the raw ``g`` ``[B, T, HV]`` (GDN) or ``[B, T, HV, K]``
+    (KDA): -exp(A_log) softplus(g + dt_bias), or lower_bound sigmoid(exp(A_log) (g + dt_bias))."""
+    per_key = g.dim() == 4
+    HV = g.shape[2]
+    x = g.float()
+    if a.get("dt_bias") is not None:
+        x = x + (a["dt_bias"].float().view(HV, -1) if per_key else a["dt_bias"].float())
+    A = a.get("A_log")
+    A = None if A is None else (A.float().view(HV, 1) if per_key else A.float())
+    if a.get("lower_bound") is not None:
+        return a["lower_bound"] * torch.sigmoid(x if A is None else A.exp() * x)
+    return -A.exp() * F.softplus(x)
+
+
+def _delta_call(orig, wrapper, args, kwargs, kind="gdn"):
+    """A delta-rule kernel call (``kind`` gdn, kda: g per key dim, delta: DeltaNet, no g) in
+    ``hooks.scan.gdn.scan`` / ``hooks.scan.kda.scan``'s signature."""
+    a = _args(("q", "k", "v", "beta") if kind == "delta" else ("q", "k", "v", "g", "beta"), args, kwargs)
     if a.get("gk") is not None or a.get("gv") is not None:
         raise NotImplementedError("GDN with per-key / per-value gates (gk / gv) is not supported")
-    q, k, v, g, beta = a["q"], a["k"], a["v"], a["g"], a["beta"]
+    q, k, v, beta = a["q"], a["k"], a["v"], a.get("beta")
+    if kind == "delta":  # DeltaNet: the gated delta rule without decay
+        g = torch.zeros(v.shape[:3], dtype=torch.float32, device=v.device)
+        beta = torch.ones_like(q[..., 0]) if beta is None else beta
+    else:
+        g = a["g"]
     if a.get("use_gate_in_kernel"):
-        x = g.float() + (a["dt_bias"].float() if a.get("dt_bias") is not None else 0.0)
-        g = -a["A_log"].float().exp() * F.softplus(x)
+        g = _kernel_gate(a, g)
     if a.get("use_beta_sigmoid_in_kernel"):
         beta = beta.float().sigmoid() * (2.0 if a.get("allow_neg_eigval") else 1.0)
     H, HV = q.shape[2], v.shape[2]
@@ -135,10 +181,11 @@ def _gdn_call(orig, wrapper, args, kwargs):
               use_qk_l2norm_in_kernel=bool(a.get("use_qk_l2norm_in_kernel")))
     own = _own_call(orig, args, kwargs, dict(kw), ("q", "k", "v", "g", "beta", "initial_state",
                                                   "use_qk_l2norm_in_kernel"), flip)
+    ours = kda_scan.scan if kind == "kda" else gdn_scan.scan
 
     def call(**kw2):
         r = own(**kw2)
-        return r if r is not None else gdn_scan.scan(**kw2)
+        return r if r is not None else ours(**kw2)
     o, fin = wrapper(kw, call)
     return o, _flip(fin, flip)
 
@@ -190,10 +237,12 @@ def _standin(d, fn, name):
             if i == len(chain):
                 return fn(*args, **kwargs)
             nxt = lambda *a, **k: run(i + 1, a, k)  # noqa: E731
-            entry = chain[i]
-            if name in KERNELS["attn"]:
+            entry, kind = chain[i], KIND_OF[name]
+            if kind == "attn":
                 return _attn_call(nxt, entry[0], entry[1], args, kwargs)
-            return (_gdn_call if name in KERNELS["gdn"] else _gla_call)(nxt, entry, args, kwargs)
+            if kind == "gla":
+                return _gla_call(nxt, entry, args, kwargs)
+            return _delta_call(nxt, entry, args, kwargs, kind)
         return run(0, args, kwargs)
     return kernel
 
@@ -205,7 +254,7 @@ def _make_standin(d, fn):
 
 @contextmanager
 def patch_kernels(layer, kind, entry):
-    """Dispatch the kernel globals of fla layer ``layer`` (``kind`` gdn / gla / attn) to ``entry``
+    """Dispatch the kernel globals of fla layer ``layer`` (``kind`` gdn / gla / delta / kda / attn) to ``entry``
     (a scan wrapper, or ``(attention wrapper, meta)``) while it runs."""
     g = forward_globals(layer)
     names = tuple(n for n in KERNELS[kind] if n in g)
@@ -289,7 +338,8 @@ def patch_mamba2(mixer, wrapper):
 
 class FLAModelAdapter(HFAdapter):
     family = "fla"
-    model_types = ("fla GatedDeltaNetForCausalLM", "fla GLAForCausalLM", "fla Mamba2ForCausalLM")
+    model_types = ("fla GatedDeltaNetForCausalLM", "fla GLAForCausalLM", "fla DeltaNetForCausalLM",
+                   "fla KDAForCausalLM", "fla HGRN2ForCausalLM", "fla Mamba2ForCausalLM")
 
     @classmethod
     def matches(cls, model) -> bool:
@@ -314,18 +364,29 @@ class FLAModelAdapter(HFAdapter):
                 mix = getattr(blk, "mixer", None)
             kind = layer_kind(mix) if mix is not None else None
             if kind is None:
+                why = (" (RWKV-7's generalised delta rule S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T is none "
+                       "of hooks' scans)" if type(mix).__name__ == "RWKV7Attention" else "")
                 raise TypeError(f"{type(model).__name__} layer {i} ({type(blk).__name__}): mixer "
-                                f"{type(mix).__name__} is not one of fla's GatedDeltaNet, GatedLinearAttention, "
-                                "Mamba2, Attention")
+                                f"{type(mix).__name__} is not supported{why}; supported fla layers: "
+                                f"{', '.join(SUPPORTED)} (models: {', '.join(self.model_types)})")
             mlp = getattr(blk, "mlp", None)
             L = LayerInfo(index=i, block=blk, mixer_out=mix, mlp_out=mlp if mlp is not None else _ZeroTerm(blk, "mlp"))
             if kind == "attn":
                 L.attn = mix
                 L.attn_meta = {"scale": mix.head_dim ** -0.5, "sliding_window": getattr(mix, "window_size", None)}
             else:
-                L.rec, L.rec_family = mix, kind
+                L.rec, L.rec_family = mix, FAMILY_OF.get(kind, kind)
             out.append(L)
         return out
+
+    def head_projection(self, model, layer, kind):
+        """As `HFAdapter.head_projection`; HGRN2 has no per-head results: one RMSNorm over all heads' readouts,
+        fused with ``o_proj`` (``rms_norm_linear``, so o_proj is never called as a module)."""
+        if kind == "rec" and type(layer.rec).__name__ == "HGRN2Attention":
+            raise NotImplementedError(f"layer {layer.index}: HGRN2 normalises all heads' readouts together before "
+                                      f"o_proj (fused rms_norm_linear), so its heads have no separate results; use "
+                                      f"blocks.{layer.index}.mixer_out or blocks.{layer.index}.rec.readout")
+        return super().head_projection(model, layer, kind)
 
     @contextmanager
     def patch_attention(self, layer, wrapper):
@@ -338,5 +399,5 @@ class FLAModelAdapter(HFAdapter):
             if layer.rec_family == "mamba2":
                 st.enter_context(patch_mamba2(layer.rec, wrapper))
             else:
-                st.enter_context(patch_kernels(layer.rec, layer.rec_family, wrapper))
+                st.enter_context(patch_kernels(layer.rec, layer_kind(layer.rec), wrapper))
             yield

@@ -1,5 +1,5 @@
 """GPU check of hooks' adapters for fla's own model classes (GatedDeltaNetForCausalLM, GLAForCausalLM with
-hybrid ``attn`` layers, Mamba2ForCausalLM), mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers) and HF
+hybrid ``attn`` layers, DeltaNetForCausalLM, KDAForCausalLM, HGRN2ForCausalLM, Mamba2ForCausalLM), mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers) and HF
 kimi_linear (KDA through fla's kernels on CUDA; `kimi_rows` also runs on a CPU device as a plumbing check).
 
 Run on a CUDA host (from the repo root):
@@ -15,6 +15,7 @@ T = 150 its chunk kernels) it checks, and prints as a markdown table:
             their unfused path runs beside it for the capture)
   final     the last per-token state == the model's own final state (fla: past_key_values[i]
             ['recurrent_state']; mamba-ssm: inference_params ssm_state), relative error
+(fla's chunk_delta_rule refuses float32, so the DeltaNet rows at T = 150 are bf16 only; `fla_skip`)
   loop      every per-token state == a float32 step loop on the captured scan inputs, relative error
   pattern   attn.head_out == attn.pattern @ v (the pattern is what the attention op computed)
   patch     patching rec.state at t leaves logits before t bit-identical and changes them from t on
@@ -127,6 +128,7 @@ def leftovers(model, globals_before):
 def kernel_globals(model):
     """(module dict, name) -> object for every global the adapters may swap."""
     names = ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "chunk_gla", "fused_recurrent_gla",
+             "chunk_delta_rule", "fused_recurrent_delta_rule", "chunk_kda", "fused_recurrent_kda",
              "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F",
              "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention")
     from hooks.adapters.hf_common import forward_globals
@@ -220,7 +222,8 @@ def check(name, model, x, final_states):
 
 # --- fla ---------------------------------------------------------------------------------------------------
 
-def fla_final_states(model, x, hm_layers, v_first=True):
+def fla_final_states(model, x, hm_layers):
+    from hooks.adapters.fla_models import layer_kind
     with torch.no_grad():
         out = model(input_ids=x, use_cache=True)
     cache = out.past_key_values
@@ -228,13 +231,22 @@ def fla_final_states(model, x, hm_layers, v_first=True):
     for L in hm_layers:
         if L.rec is None:
             continue
-        S = cache[L.index]["recurrent_state"]
-        res[L.index] = S.transpose(-1, -2).float()  # fla: GDN/GLA [V, K] (state_v_first), Mamba2 [P, N]
+        S = cache[L.index]["recurrent_state"].float()
+        # fla: GDN / GLA / HGRN2 / KDA [V, K] (state_v_first), Mamba2 [P, N]; DeltaNet already [K, V]
+        res[L.index] = S if layer_kind(L.rec) == "delta" else S.transpose(-1, -2)
     return res
 
 
+def fla_skip(name, dtype, T):
+    """Why a row is not run (None: it is)."""
+    if "DeltaNet" in name and dtype == torch.float32 and T > 64:
+        return "skipped: fla's chunk_delta_rule (T > 64) refuses float32"
+    return None
+
+
 def fla_models(dev, dtype):
-    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM, GLAConfig, GLAForCausalLM, Mamba2Config, \
+    from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM, \
+        GLAConfig, GLAForCausalLM, HGRN2Config, HGRN2ForCausalLM, KDAConfig, KDAForCausalLM, Mamba2Config, \
         Mamba2ForCausalLM
     common = dict(vocab_size=512, hidden_size=256, fuse_cross_entropy=False)
     yield "fla GDN (+attn L1, GVA 4->8)", GatedDeltaNetForCausalLM(GatedDeltaNetConfig(
@@ -244,6 +256,15 @@ def fla_models(dev, dtype):
         num_hidden_layers=2, num_heads=4, head_dim=64, allow_neg_eigval=True, **common))
     yield "fla GLA (+attn L2, window 32)", GLAForCausalLM(GLAConfig(
         num_hidden_layers=4, num_heads=4, attn={"layers": [2], "num_heads": 4, "window_size": 32}, **common))
+    yield "fla DeltaNet (+attn L1)", DeltaNetForCausalLM(DeltaNetConfig(
+        num_hidden_layers=3, num_heads=4, attn={"layers": [1], "num_heads": 4}, **common))
+    yield "fla DeltaNet neg-eig, sum-norm", DeltaNetForCausalLM(DeltaNetConfig(
+        num_hidden_layers=2, num_heads=4, allow_neg_eigval=True, qk_norm="sum", qk_activation="relu", **common))
+    yield "fla KDA (+attn L1, GVA 4->8)", KDAForCausalLM(KDAConfig(
+        num_hidden_layers=3, num_heads=4, num_v_heads=8, head_dim=64, attn={"layers": [1], "num_heads": 4}, **common))
+    yield "fla KDA safe-gate lower-bound", KDAForCausalLM(KDAConfig(
+        num_hidden_layers=2, num_heads=4, head_dim=64, safe_gate=True, lower_bound=-5.0, **common))
+    yield "fla HGRN2", HGRN2ForCausalLM(HGRN2Config(num_hidden_layers=3, expand_ratio=64, **common))
     yield "fla Mamba2", Mamba2ForCausalLM(Mamba2Config(
         num_hidden_layers=3, num_heads=8, head_dim=64, state_size=64, expand=2, n_groups=1, chunk_size=64,
         **common))
@@ -270,8 +291,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--only", default=None,
                     help="comma list of row-name words to run, e.g. GLA,Mamba2 (matched case-insensitively "
-                         "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla Mamba2', "
-                         "'mamba-ssm')")
+                         "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla DeltaNet ...', "
+                         "'fla KDA ...', 'fla HGRN2', 'fla Mamba2', 'mamba-ssm', 'HF kimi_linear')")
     first_config.add_flag(ap)
     args = ap.parse_args()
     first_config.apply(args)
@@ -296,6 +317,11 @@ def main():
             for dtype in (torch.float32, torch.bfloat16):
                 m = model.to(dev, dtype).eval()
                 for T in (40, 150):
+                    if fla_skip(name, dtype, T):
+                        rows.append({"model": name, "T": T, "dtype": str(dtype).split(".")[-1],
+                                     "skipped": fla_skip(name, dtype, T)})
+                        print(json.dumps(rows[-1]), flush=True)
+                        continue
                     x = torch.randint(0, 512, (2, T), device=dev, generator=torch.Generator(dev).manual_seed(T))
                     import hooks
                     L = hooks.wrap(m).layers

@@ -1,0 +1,299 @@
+"""fla's DeltaNetForCausalLM, KDAForCausalLM and HGRN2ForCausalLM through the fla adapter on CPU, under the
+Triton interpreter (RWKV7ForCausalLM: refused with an error naming the supported classes).
+
+As tests/test_adapters_fla_interp.py: fla's model classes need triton, so this runs only in a separate
+environment with triton and fla (never the project's CPU venv) with TRITON_INTERPRET=1, e.g.
+    TRITON_INTERPRET=1 /work/venv-triton/bin/python -m pytest tests/test_adapters_fla_classes_interp.py
+and is skipped elsewhere. Sequences are <= 64 tokens and run without grad, so the layers take fla's
+fused-recurrent kernels (the chunk kernels call int.to() under the interpreter; KDA takes them whenever grad is
+on; the T = 150 rows run on the GPU only). Checked here: the GPU script's own row check on tiny versions of its
+rows (also on fla's GatedDeltaNet with GVA and GLA, whose kernel calls go through the same code); every per-token state and readout equals a
+float64 step loop written here from the layer's own parameters (projections, causal convolutions, gates,
+norms; not from our captured scan inputs), whose last state is the model's cached one; a one-token decode
+step from fla's cache continues the state; a state patch continues the recurrence (float64 loop from the
+patched state); hooks, dispatchers and kernel globals are gone after a raising hook and a failing model.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None
+    or importlib.util.find_spec("fla") is None,
+    reason="needs triton, fla and TRITON_INTERPRET=1 (never in the CPU venv)")
+
+V, T = 64, 8
+REC = ("q", "k", "v", "decay", "beta", "state", "readout")
+KINDS = ("deltanet", "deltanet_neg", "kda", "kda_lb", "hgrn2")
+MAIN = ("deltanet", "kda", "hgrn2")  # the GPU rows' plain configs (the interpreter is slow: ~1 s a forward)
+OLD = ("gdn", "gla")  # the adapter's earlier classes, whose kernel calls share the new code (no_grad, T <= 64)
+_MODELS = {}
+
+
+@pytest.fixture(scope="module")
+def C():
+    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/check_models_gpu.py
+    first_config = _gpu_script("first_config")
+    first_config.first_config_only()  # no driver to benchmark configs on
+    return _gpu_script("check_models_gpu")
+
+
+def make(kind):
+    """A tiny float32 fla model of ``kind`` with O(1) random weights (the GPU script's `spice`), cached."""
+    if kind not in _MODELS:
+        from fla import models as M
+        from test_adapters_fla_interp import _gpu_script
+        common = dict(vocab_size=V, hidden_size=32, fuse_cross_entropy=False, num_hidden_layers=1)
+        cfg = {"deltanet": lambda: M.DeltaNetConfig(num_heads=2, **common),
+               "deltanet_neg": lambda: M.DeltaNetConfig(num_heads=2, allow_neg_eigval=True, qk_norm="sum",
+                                                        qk_activation="relu", **common),
+               "kda": lambda: M.KDAConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
+               "kda_lb": lambda: M.KDAConfig(num_heads=2, head_dim=16, safe_gate=True, lower_bound=-5.0, **common),
+               "hgrn2": lambda: M.HGRN2Config(expand_ratio=16, **common),
+               "gdn": lambda: M.GatedDeltaNetConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
+               "gla": lambda: M.GLAConfig(num_heads=2, **common)}[kind]()
+        torch.manual_seed(0)
+        m = _cls(kind)(cfg)
+        _gpu_script("check_models_gpu").spice(m)
+        _MODELS[kind] = m.float().eval()
+    return _MODELS[kind]
+
+
+def _cls(kind):
+    from fla import models as M
+    return {"deltanet": M.DeltaNetForCausalLM, "deltanet_neg": M.DeltaNetForCausalLM, "kda": M.KDAForCausalLM,
+            "kda_lb": M.KDAForCausalLM, "hgrn2": M.HGRN2ForCausalLM, "gdn": M.GatedDeltaNetForCausalLM,
+            "gla": M.GLAForCausalLM}[kind]
+
+
+def toks(seed=0, n=T):
+    return torch.randint(0, V, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+# --- float64 references from the layer's own parameters ----------------------------------------------------
+
+def conv(mod, x):
+    """fla's ShortConvolution (depthwise causal conv1d, optional SiLU) in float64."""
+    w = mod.weight.double()
+    y = F.conv1d(x.transpose(1, 2), w, None if mod.bias is None else mod.bias.double(), padding=w.shape[-1] - 1,
+                 groups=x.shape[-1])[..., :x.shape[1]].transpose(1, 2)
+    return F.silu(y) if mod.activation else y
+
+
+def lin(mod, x):
+    return F.linear(x, mod.weight.double(), None if mod.bias is None else mod.bias.double())
+
+
+def heads(x, d):
+    return x.reshape(*x.shape[:2], -1, d)
+
+
+def l2(x):
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+def l1(x):
+    return x / x.abs().sum(-1, keepdim=True).clamp(min=1e-6)
+
+
+def scan_inputs(layer, h, lower_bound=None):
+    """(q, k, v, log decay, beta) of fla layer ``layer`` on its input ``h`` in float64, written from fla's
+    layer code: q / k normalised, q / k repeated to the value heads, decay ``[B, T, H]`` or ``[B, T, H, K]``,
+    beta ``[B, T, H]`` or None (GLA-like: no write strength)."""
+    h = h.double()
+    name = type(layer).__name__
+    if name == "HGRN2Attention":
+        dk = layer.head_f_dim
+        q = F.silu(heads(lin(layer.q_proj, h), dk))
+        g = F.logsigmoid(lin(layer.f_proj, h))
+        if lower_bound is not None and layer.layer_idx > 0:
+            lb = lower_bound.double()
+            g = torch.logaddexp(lb.log(), torch.log1p(-lb) + g)
+        return q, heads(1 - g.exp(), dk), heads(lin(layer.i_proj, h), layer.head_i_dim), heads(g, dk), None
+    dk, dv = layer.head_k_dim, layer.head_v_dim
+    q, k, v = (conv(getattr(layer, f"{s}_conv1d"), lin(getattr(layer, f"{s}_proj"), h)) for s in "qkv")
+    q, k, v = heads(q, dk), heads(k, dk), heads(v, dv)
+    if name == "DeltaNet":
+        if layer.qk_activation == "relu":
+            q, k = q.relu(), k.relu()
+        q, k = (l2(q), l2(k)) if layer.qk_norm == "l2" else (l1(q), l1(k))
+        beta = lin(layer.b_proj, h).sigmoid() * (2.0 if layer.allow_neg_eigval else 1.0)
+        return q, k, v, torch.zeros_like(beta), beta
+    # KimiDeltaAttention: per-key-dim gate of the value heads, GVA
+    HV = layer.num_v_heads
+    x = heads(lin(layer.f_proj[1], lin(layer.f_proj[0], h)), dk) + layer.dt_bias.double().view(HV, dk)
+    A = layer.A_log.double().exp().view(HV, 1)
+    g = layer.lower_bound * torch.sigmoid(A * x) if layer.lower_bound is not None else -A * F.softplus(x)
+    beta = lin(layer.b_proj, h).sigmoid() * (2.0 if layer.allow_neg_eigval else 1.0)
+    r = HV // layer.num_heads
+    return l2(q).repeat_interleave(r, 2), l2(k).repeat_interleave(r, 2), v, g, beta
+
+
+def step_loop(q, k, v, g, beta, S=None):
+    """float64 per-token states S_t [B, T, H, K, V] and readouts: the delta rule S_t = a_t S_{t-1} + k_t (beta_t
+    (v_t - (a_t S_{t-1})^T k_t))^T (beta None: S_t = a_t S_{t-1} + k_t v_t^T), a_t = exp(g_t) per head or per
+    key dim; o_t = S_t^T q_t / sqrt(K)."""
+    q, k, v, g = (t.double() for t in (q, k, v, g))
+    B, n, H, K = k.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64) if S is None else S.double()
+    Ss, os_ = [], []
+    for t in range(n):
+        a = g[:, t].exp()
+        S = S * (a[..., None] if a.dim() == 3 else a[..., None, None])
+        if beta is None:
+            S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        else:
+            d = beta[:, t].double()[..., None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
+            S = S + k[:, t, :, :, None] * d[:, :, None, :]
+        Ss.append(S)
+        os_.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]) * K ** -0.5)
+    return torch.stack(Ss, 1), torch.stack(os_, 1)
+
+
+def mixer_inputs(m, x, idx):
+    """{layer: (the hidden states it was called with, its lower_bound kwarg)} on tokens x, from a plain forward."""
+    seen, hs = {}, []
+    for i in idx:
+        hs.append(m.model.layers[i].attn.register_forward_pre_hook(
+            lambda mod, a, kw, i=i: seen.__setitem__(i, (kw["hidden_states"], kw.get("lower_bound"))),
+            with_kwargs=True))
+    try:
+        with torch.no_grad():
+            m(input_ids=x, use_cache=False)
+    finally:
+        for h in hs:
+            h.remove()
+    return seen
+
+
+def own_state(layer, S):
+    """fla's cached recurrent state in our [K, V] layout (DeltaNet keeps [K, V]; KDA / HGRN2 [V, K])."""
+    return S.float() if type(layer).__name__ == "DeltaNet" else S.float().transpose(-1, -2)
+
+
+# --- tests ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", MAIN + OLD)
+def test_gpu_row_check(C, kind):
+    """The GPU script's row check (logits unchanged by capture, last state = fla's cache, states = its float32 loop
+    on the captured inputs, a state patch flows forward only, nothing left behind) on a tiny model."""
+    import hooks
+    m, x = make(kind), toks()
+    hm = hooks.wrap(m)
+    assert type(hm.adapter).__name__ == "FLAModelAdapter"
+    with torch.no_grad():  # (KDA takes its chunk kernel, which the interpreter cannot run, whenever grad is on)
+        row = C.check(kind, m, x, C.fla_final_states(m, x, hm.layers))
+    assert row["logits_diff"] == 0.0, row  # capture runs the layers' own kernel calls
+    assert row["final_rel"] <= 1e-5 and row["loop_rel"] <= 1e-5, row
+    assert row["patch_ok"] and row["clean_ok"] and row["ok"], row
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_states_equal_float64_loop_from_layer_parameters(kind):
+    import hooks
+    m, x = make(kind), toks()
+    hm = hooks.wrap(m)
+    idx = [L.index for L in hm.layers if L.rec is not None]
+    assert idx == [0]
+    seen = mixer_inputs(m, x, idx)
+    with torch.no_grad():
+        _, c = hm.run_with_cache(x, names=[f"blocks.{i}.rec.{s}" for i in idx for s in REC if
+                                           f"blocks.{i}.rec.{s}" in hm.hook_names])
+        own = m(input_ids=x, use_cache=True).past_key_values
+    for i in idx:
+        layer, p = m.model.layers[i].attn, f"blocks.{i}.rec"
+        q, k, v, g, beta = scan_inputs(layer, *seen[i])
+        S_ref, o_ref = step_loop(q, k, v, g, beta)
+        S = c[f"{p}.state"]
+        assert S.shape == S_ref.shape and S.dtype == torch.float32
+        torch.testing.assert_close(S.double(), S_ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.decay"].double(), g, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(S[:, -1], own_state(layer, own[i]["recurrent_state"]), atol=1e-5, rtol=1e-5)
+        if beta is not None:
+            torch.testing.assert_close(c[f"{p}.beta"].double(), beta, atol=1e-6, rtol=1e-5)
+            assert beta.max() > 1.0 if "neg" in kind else beta.max() < 1.0
+        else:
+            assert f"{p}.beta" not in hm.hook_names  # HGRN2 is GLA: no write strength
+    if kind.startswith("kda"):
+        assert (g.amax(-1) - g.amin(-1)).min() > 1e-4  # really a decay per key dim
+
+
+@pytest.mark.parametrize("kind", MAIN)
+def test_decode_step_continues_from_the_cache(kind):
+    """One-token decoding from fla's cache (a prefill of all but the last token) under hooks: the step's state is
+    the full run's last state and the model's cached state after the step (the cache's state layout converted)."""
+    import hooks
+    from hooks.cache import Cache
+    m, x = make(kind), toks()
+    hm = hooks.wrap(m)
+    name = "blocks.0.rec.state"
+    with torch.no_grad():
+        pkv = m(input_ids=x[:, :-1], use_cache=True).past_key_values
+        cache = Cache()
+        with hm.hooks(cache_names=[name], cache=cache):
+            out = m(input_ids=x[:, -1:], past_key_values=pkv, use_cache=True)
+        full = hm.run_with_cache(x, names=[name])[1][name]
+    assert cache[name].shape[1] == 1
+    torch.testing.assert_close(cache[name][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache[name][:, 0], own_state(m.model.layers[0].attn, out.past_key_values[0]
+                                                            ["recurrent_state"]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", MAIN)
+def test_state_patch_continues_the_recurrence(kind):
+    """S_t := another prompt's state at t: states and readouts from t on are the float64 loop continued from it;
+    the logits before t are bit-identical, every later position moves."""
+    import hooks
+    import hf_tiny as H
+    m, x = make(kind), toks()
+    hm = hooks.wrap(m)
+    p, t = "blocks.0.rec", 3
+    ins = [s for s in ("q", "k", "v", "decay", "beta") if f"{p}.{s}" in hm.hook_names]
+    with torch.no_grad():
+        ref = m(input_ids=x, use_cache=False).logits
+        other = hm.run_with_cache(toks(seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
+        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ins + ["state", "readout"]],
+                                   hooks=[(f"{p}.state", H.put_state(other, t))])
+    q, k, v, g = (c[f"{p}.{s}"][:, t + 1:] for s in ("q", "k", "v", "decay"))
+    beta = c[f"{p}.beta"][:, t + 1:] if "beta" in ins else None
+    S_ref, o_ref = step_loop(q, k, v, g, beta, S=other[:, t])
+    assert torch.equal(c[f"{p}.state"][:, t], other[:, t])
+    torch.testing.assert_close(c[f"{p}.state"][:, t + 1:].double(), S_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c[f"{p}.readout"][:, t + 1:].double(), o_ref, atol=1e-5, rtol=1e-4)
+    assert torch.equal(out[:, :t], ref[:, :t])
+    assert (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
+
+
+def test_hooks_gone_after_errors(C):
+    import hooks
+    import hf_tiny as H
+    m, x = make("kda"), toks()
+    hm = hooks.wrap(m)
+    before, snap = C.kernel_globals(m), H.snapshot(m)
+    with torch.no_grad():
+        ref = m(input_ids=x, use_cache=False).logits
+    for name in ("blocks.0.rec.decay", "blocks.0.rec.state", "blocks.0.rec.readout", "blocks.0.mixer_out"):
+        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, H.boom)])
+        assert C.leftovers(m, before) == []
+        H.assert_clean(m, snap)
+    with pytest.raises(Exception), torch.no_grad():  # a failure inside the model with every hook on
+        hm.run_with_cache(torch.full((1, 4), V + 5), names=hm.hook_names)
+    assert C.leftovers(m, before) == []
+    H.assert_clean(m, snap)
+    with torch.no_grad():
+        assert torch.equal(m(input_ids=x, use_cache=False).logits, ref)
+
+
+def test_rwkv7_is_refused_naming_the_supported_classes():
+    import hooks
+    from fla.models import RWKV7Config, RWKV7ForCausalLM
+    m = RWKV7ForCausalLM(RWKV7Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, head_dim=16,
+                                     decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8))
+    with pytest.raises(TypeError, match="RWKV7Attention is not supported.*generalised delta rule.*"
+                                        "DeltaNet, KimiDeltaAttention, HGRN2Attention"):
+        hooks.wrap(m).layers
