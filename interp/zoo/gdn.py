@@ -72,11 +72,15 @@ class GatedDeltaNet(nn.Module):
                 for sl in (slice(0, P), slice(P, None))]
         S0 = self.scan_fn(**part[0], output_final_state=True)[1] if P else None
         o, _ = self.scan_fn(**part[1], initial_state=S0)
-        gate = self.g_proj(x).view(B, W, self.n_heads, self.head_dim)
-        return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, W, -1))
+        return self.output(o, x)
 
-    def forward(self, x):
+    def output(self, o, x):
+        """The layer's output from the scan's readout o [B, T, H, V] and the layer's inputs x [B, T, D] (the
+        output gate): W_o (rmsnorm(o) * silu(W_g x))."""
         B, T, _ = x.shape
-        o, _ = self.scan_fn(**self.scan_inputs(x))
         gate = self.g_proj(x).view(B, T, self.n_heads, self.head_dim)
         return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, T, -1))
+
+    def forward(self, x):
+        o, _ = self.scan_fn(**self.scan_inputs(x))
+        return self.output(o, x)
