@@ -81,8 +81,8 @@ def _manual_metric(hm, p, name, position, head=None):
                                                ("gdn75", "mixer_out", 3), ("transformer", "mixer_out", 2),
                                                ("transformer", "attn.head_out", 1),
                                                ("transformer", "resid_pre", 1)])
-# the window path: transformer and gdn75 resid_pre / rec.state (L3 attention only after it; L1 / L2 GDN layers resume from
-# the unchanged run's state; mixer_out: the layer's MLP, then the window); gla75 has no window path
+# the window path: transformer and gdn75 resid_pre / rec.state (L3 attention only after it; L1 / L2 GDN layers
+# resume from the unchanged run's state; mixer_out: the layer's MLP, then the window); gla75 has no window path
 def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     """Batched sweep (many cells per forward, blocks before the layer skipped) == one patch at a
     time by hand; batch size and skip_prefix do not change the numbers."""
