@@ -109,3 +109,22 @@ def test_both_directions_resume_one_missing_direction(tmp_path):
         store.close()
     resumed = patching.sweep(hm, p, direction="both", out=tmp_path, **kw)
     np.testing.assert_allclose(resumed.raw_logit_diff, full.raw_logit_diff, atol=1e-6)
+
+
+def test_forward_window_from_given_state_equals_forward():
+    """`HybridLM.forward_window` with each GDN layer given the state its prefix leaves and only the prefix's
+    last conv inputs (the sweep's `Prefix`) gives the full forward's logits at the window's positions."""
+    from interp.patching.window import Prefix
+    hm, p = make("gdn75"), T.make_pairs("mqar", 3, seed=4, n_pairs=4)
+    m, tok = hm.model, p.clean
+    names = [f"blocks.{i}.{x}" for i in range(4) for x in ("resid_pre", "attn.k", "attn.v")
+             if x == "resid_pre" or m.config.layers[i] == "attn"]
+    with torch.no_grad():
+        want = m(tok)
+        cache = hm.run_with_cache(tok, names=names)[1]
+        prefix, idx = Prefix(m, cache, 1), torch.tensor([2, 0])
+        for p0 in (0, 2, 7, tok.shape[1] - 1):   # the windows move right; the states advance with them
+            kv, prev = prefix(idx, p0)
+            assert all(isinstance(v, tuple) and v[0].shape[1] == min(p0, 3) for v in prev.values())
+            got = m.forward_window(cache["blocks.1.resid_pre"][idx, p0:], 1, p0, kv, prev=prev)
+            np.testing.assert_allclose(got.numpy(), want[idx, p0:].numpy(), atol=1e-4, rtol=1e-5)

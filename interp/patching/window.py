@@ -60,14 +60,17 @@ def _window_cache(hm, tokens, units, win):
     return hm.run_with_cache(tokens, names=sorted(names))[1]
 
 
-def _groups(cells, active, batch_size):
+def _groups(cells, active, batch_size, half=None):
     """Runs of consecutive (sorted) cells holding <= ``batch_size`` active rows together (a cell with more
-    is a run of its own); cells without active rows are left out. Yields lists of cell indices."""
+    is a run of its own); cells without active rows are left out. Yields lists of cell indices. ``half``:
+    the rows are both directions' (`Source`), counted per direction, so that each direction's windows are
+    those of a sweep of that direction alone."""
+    size = [len(a) if half is None else max(int((a < half).sum()), int((a >= half).sum())) for a in active]
     j = 0
     while j < len(cells):
         k, rows = j, 0
-        while k < len(cells) and (k == j or rows + len(active[k]) <= batch_size):
-            rows += len(active[k])
+        while k < len(cells) and (k == j or rows + size[k] <= batch_size):
+            rows += size[k]
             k += 1
         grp = [c for c in range(j, k) if len(active[c])]
         j = k
@@ -75,14 +78,39 @@ def _groups(cells, active, batch_size):
             yield grp
 
 
-def _later(model, cache, idx, first, p0):
-    """What the layers from ``first`` on need of positions < p0 for rows ``idx``: attention keys/values,
-    the other layers' inputs."""
-    later = range(first, len(model.blocks))
-    attn = [i for i in later if model.config.layers[i] == "attn"]
-    kv = {i: tuple(cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in attn}
-    prev = {i: cache[f"blocks.{i}.resid_pre"][idx, :p0] for i in later if i not in attn}
-    return kv, prev
+class Prefix:
+    """What the layers from ``first`` on need of the positions before a window, for rows of the unchanged
+    run's cache: attention keys/values; for GDN layers the state those positions leave, for every row,
+    advanced as the windows move right (so a unit scans each layer's prefix once, not once per window),
+    and their last inputs (for the short convolutions)."""
+
+    def __init__(self, model, cache, first):
+        self.model, self.cache, self.at = model, cache, 0
+        later = range(first, len(model.blocks))
+        self.attn = [i for i in later if model.config.layers[i] == "attn"]
+        self.gdn = [i for i in later if model.config.layers[i] == "gdn"]
+        self.inputs, self.state = {}, dict.fromkeys(self.gdn)
+        for i in self.gdn:
+            b = model.blocks[i]
+            self.inputs[i] = b.mixer.scan_inputs(b.norm1(cache[f"blocks.{i}.resid_pre"]))
+
+    def __call__(self, idx, p0):
+        """(kv, prev) of `HybridLM.forward_window` for rows ``idx`` and a window from ``p0``."""
+        if p0 < self.at:  # (a sweep's windows only move right) start over
+            self.at, self.state = 0, dict.fromkeys(self.gdn)
+        for i in self.gdn:
+            if p0 > self.at:
+                seg = {k: v[:, self.at:p0] if torch.is_tensor(v) else v for k, v in self.inputs[i].items()}
+                fn = self.model.blocks[i].mixer.scan_fn
+                self.state[i] = fn(**seg, initial_state=self.state[i], output_final_state=True)[1]
+        self.at = p0
+        kv = {i: tuple(self.cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in self.attn}
+        prev = {}
+        for i in self.gdn:
+            tail = max(0, p0 - self.model.blocks[i].mixer.q_conv.kernel_size + 1)
+            prev[i] = (self.cache[f"blocks.{i}.resid_pre"][idx, tail:p0],
+                       None if self.state[i] is None else self.state[i][idx])
+        return kv, prev
 
 
 def _store(sums, grp, active, got):
@@ -110,7 +138,8 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
     cells = sorted(cells)
     active = [((srcs[:, p].to(base.dtype) != base[:, p]).any(-1) & (ans >= p)).nonzero().flatten() for p, _ in cells]
     sums = [[m.clone() for m in base_metrics] for _ in cells]  # start from the unchanged run's per-pair metrics
-    for grp in _groups(cells, active, batch_size):
+    prefix = Prefix(model, cache, layer + mixer)
+    for grp in _groups(cells, active, batch_size, src.half):
         p0 = cells[grp[0]][0]
         idx = torch.cat([active[c] for c in grp])
         x = base[idx, p0:].clone()
@@ -119,7 +148,7 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
         x[r, ppos - p0] = srcs[idx, ppos].to(x.dtype)
         if mixer:                                 # the patched mixer output joins the unchanged residual stream
             x = cache[f"blocks.{layer}.resid_pre"][idx, p0:] + x
-        kv, prev = _later(model, cache, idx, layer + mixer, p0)
+        kv, prev = prefix(idx, p0)
         lg = model.forward_window(x, layer, p0, kv, at=ans[idx] - p0, prev=prev, mixer_done=mixer)
         _store(sums, grp, active, _answer_metrics(lg, (answers[0][idx], answers[1][idx]), clean_logp[idx]))
     by_cell = {c: tuple(s_) for c, s_ in zip(cells, sums)}

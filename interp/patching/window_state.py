@@ -9,7 +9,7 @@ import torch
 
 from hooks.scan.gdn import FAMILY
 from interp.patching.run import _answer_metrics
-from interp.patching.window import _groups, _later, _store
+from interp.patching.window import Prefix, _groups, _store
 
 SEQ = ("q", "k", "v", "decay", "beta")
 STATE_BYTES = 1 << 30  # per-position states of the base rows computed at once (and as many of the source's)
@@ -31,6 +31,7 @@ def state_unit(model, cache, src, cells, layer, ans, batch_size, answers, clean_
     per_pos = R * S1.shape[2] * views["base"]["k"].shape[-1] * S1.shape[-1] * 4 * len(views)
     block = max(1, STATE_BYTES // per_pos)
     sums = [[m.clone() for m in base_metrics] for _ in cells]
+    prefix = Prefix(model, cache, layer + 1)
     for b0 in range(0, len(cells), block):
         part = list(range(b0, min(len(cells), b0 + block)))
         pos = [cells[c][0] for c in part]
@@ -38,11 +39,11 @@ def state_unit(model, cache, src, cells, layer, ans, batch_size, answers, clean_
         Ss = FAMILY.states(views["src"], positions=pos) if "src" in views else src.swap(Sb)
         act = [((Ss[:, i] != Sb[:, i]).flatten(1).any(-1) & (ans >= p)).nonzero().flatten() for i, p in enumerate(pos)]
         del Sb
-        for grp in _groups([cells[c] for c in part], act, batch_size):
+        for grp in _groups([cells[c] for c in part], act, batch_size, src.half):
             idx = torch.cat([act[i] for i in grp])
             ppos = torch.cat([torch.full((len(act[i]),), pos[i], device=idx.device) for i in grp])
             S = torch.cat([Ss[act[i], i] for i in grp])
-            lg = _resume(model, cache, views["base"], layer, idx, ppos, S, ans)
+            lg = _resume(model, cache, views["base"], layer, idx, ppos, S, ans, prefix)
             _store([sums[part[i]] for i in range(len(part))], grp, act,
                    _answer_metrics(lg, (answers[0][idx], answers[1][idx]), clean_logp[idx]))
         del Ss
@@ -56,7 +57,7 @@ def _view(blk, x):
     return FAMILY.canonical(blk.mixer.scan_inputs(blk.norm1(x)))
 
 
-def _resume(model, cache, view, layer, idx, ppos, S, ans):
+def _resume(model, cache, view, layer, idx, ppos, S, ans, prefix):
     """Logits at the answer of rows ``idx`` (pairs of the base cache) with layer ``layer``'s state after token
     ``ppos`` [R] replaced by S [R, H, K, V]. Each row's layer output is computed from its own patched position
     on (aligned to it: window index j is position ppos + j; indices past the sequence repeat its last token
@@ -79,5 +80,5 @@ def _resume(model, cache, view, layer, idx, ppos, S, ans):
     keep = tgt < W
     rows = torch.arange(len(idx), device=idx.device)[:, None].expand(-1, W)
     mixed[rows[keep], tgt[keep]] = y[keep].to(mixed.dtype)
-    kv, prev = _later(model, cache, idx, layer + 1, p0)
+    kv, prev = prefix(idx, p0)
     return model.forward_window(x0[idx, p0:] + mixed, layer, p0, kv, at=ans[idx] - p0, prev=prev, mixer_done=True)

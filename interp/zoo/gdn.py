@@ -59,18 +59,19 @@ class GatedDeltaNet(nn.Module):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
         return dict(q=q, k=k, v=v, g=g, beta=beta, scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
 
-    def forward_window(self, x, prev):
+    def forward_window(self, x, prev, initial_state=None, tail_only=False):
         """The outputs at positions P.. given their inputs x [B, W, D] and the inputs of positions 0..P-1,
         ``prev`` [B, P, D], as `forward` on the whole sequence computes them: the state enters from the
         prefix (a scan over ``prev`` keeping only its final state); the scan inputs of both parts come from
-        one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). Used by activation
-        patching to recompute only what a patch at a position >= P can change."""
-        B, W, _ = x.shape
+        one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). ``tail_only``: the
+        state the prefix leaves is given (``initial_state`` [B, H, K, V], None when P = 0) and ``prev``
+        need only hold the prefix's last ``conv_size - 1`` inputs. Used by activation patching to recompute
+        only what a patch at a position >= P can change."""
         P = prev.shape[1]
         inp = self.scan_inputs(torch.cat([prev, x], 1))
         part = [{k: v[:, sl] if torch.is_tensor(v) else v for k, v in inp.items()}
                 for sl in (slice(0, P), slice(P, None))]
-        S0 = self.scan_fn(**part[0], output_final_state=True)[1] if P else None
+        S0 = initial_state if tail_only else self.scan_fn(**part[0], output_final_state=True)[1] if P else None
         o, _ = self.scan_fn(**part[1], initial_state=S0)
         return self.output(o, x)
 
