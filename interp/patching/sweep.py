@@ -71,9 +71,11 @@ def _run_chunk(plan, store, ci, items, bar):
         store.put(base_key(ci), base)
     todo = {d: [u for d_, _, u in items if d_ == d] for d in plan.directions}
     win = {u for u in range(len(plan.units)) if plan.skip_prefix and _window_ok(hm, *plan.units[u])}
-    both = sorted(set(todo.get("denoise", ())) & set(todo.get("noise", ())) & win)
+    # with both directions a window unit always runs on the batch of both (resuming one direction too, so a
+    # resumed sweep equals an uninterrupted one bit for bit)
+    both = sorted({u for us in todo.values() for u in us} & win) if len(plan.directions) == 2 else []
     if both:
-        _run_both(plan, store, ci, both, answers, clean_logp, runs, bar)
+        _run_both(plan, store, ci, both, todo, answers, clean_logp, runs, bar)
     for direction in plan.directions:
         rest = [u for u in todo[direction] if u not in both]
         if not rest:
@@ -85,24 +87,26 @@ def _run_chunk(plan, store, ci, items, bar):
                        base_metrics, win, bar)
 
 
-def _run_both(plan, store, ci, todo, answers, clean_logp, runs, bar):
-    """Window units in both directions at once: one batch of 2n rows, the corrupted prompts (denoising:
-    each patched with its clean activation) then the clean ones (noising), so one cached run serves as
-    both the unchanged run and (halves swapped) the source, and each window carries both directions' rows."""
+def _run_both(plan, store, ci, units_, todo, answers, clean_logp, runs, bar):
+    """Window units ``units_`` in both directions at once: one batch of 2n rows, the corrupted prompts
+    (denoising: each patched with its clean activation) then the clean ones (noising), so one cached run
+    serves as both the unchanged run and (halves swapped) the source, and each window carries both
+    directions' rows. Stores the directions ``todo`` asks for."""
     hm, pairs, units = plan.hm, plan.pairs, plan.units
     a, b = plan.chunks[ci]
     n = b - a
-    cache = _window_cache(hm, torch.cat([pairs.corrupted[a:b], pairs.clean[a:b]]), units, set(todo))
+    cache = _window_cache(hm, torch.cat([pairs.corrupted[a:b], pairs.clean[a:b]]), units, set(units_))
     ans = pairs.answer_pos[a:b].repeat(2)
     answers2, clean_logp2 = tuple(x.repeat(2) for x in answers), clean_logp.repeat(2, 1)
     base_metrics = tuple(torch.cat([x, c]) for x, c in zip(runs["corrupted"], runs["clean"]))
-    for u in todo:
+    for u in units_:
         site, layer, cells = units[u]
         per_pair = _window_unit(hm.model, cache, Source(half=n), cells, site, layer, ans, plan.batch_size,
                                 answers2, clean_logp2, base_metrics)
         for direction, half in (("denoise", slice(0, n)), ("noise", slice(n, 2 * n))):
-            store.put(unit_key(direction, ci, u), _payload(cells, [tuple(m[half] for m in ms) for ms in per_pair]))
-        bar.update(2 * len(cells))
+            if u in todo[direction]:
+                store.put(unit_key(direction, ci, u), _payload(cells, [tuple(m[half] for m in ms) for ms in per_pair]))
+                bar.update(len(cells))
 
 
 def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp, base_metrics, win, bar):
