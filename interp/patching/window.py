@@ -127,8 +127,8 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
     """All cells of one window unit. A row (pair) whose patched activation equals the unchanged one (e.g.
     every position before the changed fact), or whose answer comes before the patch, is not run: its
     metrics are the unchanged run's, exactly. The rest run in groups of <= batch_size rows, each group on
-    the window from its first position. ``src``: a `Source`. Returns [(ld, prob, kl) [n] per cell], in the
-    order of ``cells``."""
+    the window from its first position to its last answer. ``src``: a `Source`. Returns [(ld, prob, kl)
+    [n] per cell], in the order of ``cells``."""
     if site == "rec.state":
         from interp.patching.window_state import state_unit
         return state_unit(model, cache, src, cells, layer, ans, batch_size, answers, clean_logp, base_metrics)
@@ -142,12 +142,13 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
     for grp in _groups(cells, active, batch_size, src.half):
         p0 = cells[grp[0]][0]
         idx = torch.cat([active[c] for c in grp])
-        x = base[idx, p0:].clone()
+        end = int(ans[idx].max()) + 1             # positions after the last answer cannot reach it
+        x = base[idx, p0:end].clone()
         r = torch.arange(len(idx), device=x.device)
         ppos = torch.cat([torch.full((len(active[c]),), cells[c][0], device=x.device) for c in grp])
         x[r, ppos - p0] = srcs[idx, ppos].to(x.dtype)
         if mixer:                                 # the patched mixer output joins the unchanged residual stream
-            x = cache[f"blocks.{layer}.resid_pre"][idx, p0:] + x
+            x = cache[f"blocks.{layer}.resid_pre"][idx, p0:end] + x
         kv, prev = prefix(idx, p0)
         lg = model.forward_window(x, layer, p0, kv, at=ans[idx] - p0, prev=prev, mixer_done=mixer)
         _store(sums, grp, active, _answer_metrics(lg, (answers[0][idx], answers[1][idx]), clean_logp[idx]))

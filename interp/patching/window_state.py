@@ -60,11 +60,12 @@ def _view(blk, x):
 def _resume(model, cache, view, layer, idx, ppos, S, ans, prefix):
     """Logits at the answer of rows ``idx`` (pairs of the base cache) with layer ``layer``'s state after token
     ``ppos`` [R] replaced by S [R, H, K, V]. Each row's layer output is computed from its own patched position
-    on (aligned to it: window index j is position ppos + j; indices past the sequence repeat its last token
-    and are dropped), then the rows share the window from the earliest patched position."""
+    on (aligned to it: window index j is position ppos + j; indices past the last answer repeat its token
+    and are dropped), then the rows share the window from the earliest patched position to the last
+    answer."""
     blk = model.blocks[layer]
     x0 = cache[f"blocks.{layer}.resid_pre"]
-    T = x0.shape[1]
+    T = int(ans[idx].max()) + 1  # positions after the last answer cannot reach it
     p0 = int(ppos.min())
     W = T - p0
     j = torch.arange(W, device=idx.device)
@@ -75,10 +76,10 @@ def _resume(model, cache, view, layer, idx, ppos, S, ans, prefix):
     if W > 1:                                                     # then the recurrence from it
         o = torch.cat([o, FAMILY.scan(cw.sliced(1, W), initial_state=S)[0].to(o.dtype)], 1)
     y = blk.mixer.output(o, blk.norm1(x0[r, gpos]))
-    mixed = cache[f"blocks.{layer}.mixer_out"][idx, p0:].clone()  # unchanged before each row's patch
+    mixed = cache[f"blocks.{layer}.mixer_out"][idx, p0:T].clone()  # unchanged before each row's patch
     tgt = ppos[:, None] - p0 + j
     keep = tgt < W
     rows = torch.arange(len(idx), device=idx.device)[:, None].expand(-1, W)
     mixed[rows[keep], tgt[keep]] = y[keep].to(mixed.dtype)
     kv, prev = prefix(idx, p0)
-    return model.forward_window(x0[idx, p0:] + mixed, layer, p0, kv, at=ans[idx] - p0, prev=prev, mixer_done=True)
+    return model.forward_window(x0[idx, p0:T] + mixed, layer, p0, kv, at=ans[idx] - p0, prev=prev, mixer_done=True)
