@@ -23,7 +23,8 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     layers: default all that have the site; positions: default every position;
     heads: one cell per head (for head sites; with ``positions=None`` each head at all positions);
     direction: 'denoise', 'noise' or 'both' (rows of both, told apart by the ``direction`` column);
-    batch_size: rows per forward pass (pairs x cells; also the size of the pair chunks);
+    batch_size: rows per forward pass (pairs x cells; also the size of the pair chunks; with 'both', a
+    window-path forward carries both directions' rows of its cells: up to 2 x batch_size);
     out: folder of the resumable result (an `interp.store.Store`: one file per finished unit,
     spec-checked, locked; ``overwrite=True`` replaces one made with other settings).
     keep_all: keep every pair (default: only pairs the model answers correctly on both prompts;
