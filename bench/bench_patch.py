@@ -51,8 +51,8 @@ def main(argv=None):
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--extra", action="store_true", help="also time direction='both' on the transformer and a gdn75 "
                     "of the same width and depth at resid_pre, mixer_out and rec.state (every layer and position)")
-    ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would start after "
-                    "this are skipped (and said so)")
+    ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
+                    "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -86,7 +86,7 @@ def main(argv=None):
     b = ours.attrs["baselines"]
     print(f"ours: {t_ours:.2f} s", flush=True)
 
-    extra = timed_extra(a, m, d, L, H, dev, pairs) if a.extra else []
+    extra = timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours) if a.extra else []
     t_tl = err = None
     if not a.skip_tl:
         from transformer_lens import patching as tlp
@@ -122,32 +122,56 @@ def main(argv=None):
     if t_tl is not None:
         print(f"\nSpeed-up over TransformerLens: **{t_tl / t_ours:.1f}x**; max |difference| of the normalised "
               f"logit diff grid: {err:.1e}.")
+    if extra:
+        summary(t_ours, extra)
 
 
-def timed_extra(a, m, d, L, H, dev, pairs):
+def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
     """Issue 26's rows: the same sweep with both directions, and a gdn75 zoo model of the same width and
-    depth swept at resid_pre, mixer_out and rec.state; (label, seconds or None when over the budget)."""
+    depth swept at resid_pre, mixer_out and rec.state; (label, seconds or None when over the budget: a row
+    is skipped when it would end after ``--time-budget`` seconds, guessing it takes ``guess`` times the
+    one-direction sweep's ``t_ours``). The denoising rows of the both-directions sweep are checked against
+    the one-direction sweep ``ours``."""
     start, rows = time.perf_counter(), []
 
-    def one(label, model, site, direction="denoise"):
-        if time.perf_counter() - start > a.time_budget:
+    def one(label, model, site, direction="denoise", guess=1.5):
+        if time.perf_counter() - start + guess * t_ours > a.time_budget:
             rows.append((label, None))
-            return
+            print(f"{label}: skipped (time budget {a.time_budget:.0f} s)", flush=True)
+            return None
         sync()
         t0 = time.perf_counter()
-        patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=a.batch_size, progress=False,
-                       keep_all=True)
+        res = patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=a.batch_size,
+                             progress=False, keep_all=True)
         sync()
         rows.append((label, time.perf_counter() - t0))
         print(f"{label}: {rows[-1][1]:.2f} s", flush=True)
+        return res
 
-    one("interp.patching.sweep, direction both", m, "resid_pre", "both")
+    both = one("transformer resid_pre, direction both", m, "resid_pre", "both", guess=2.0)
+    if both is not None:
+        den = both[both.direction == "denoise"].reset_index(drop=True)
+        err = float(np.abs(den.raw_logit_diff.to_numpy() - ours.raw_logit_diff.to_numpy()).max())
+        print(f"  its denoising rows vs the one-direction sweep: max |raw logit diff difference| {err:.1e}", flush=True)
     g = random_zoo(d, L, H, "gdn75", dev)
-    patching.sweep(g, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev), sites=["rec.state"],
-                   layers=[1], positions=[3], progress=False, keep_all=True)  # warm-up (fla autotuning)
+    patching.sweep(g, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev),
+                   sites=["resid_pre", "mixer_out", "rec.state"], layers=[1], positions=[3], progress=False,
+                   keep_all=True)  # warm-up (fla autotuning)
     for site in ("resid_pre", "mixer_out", "rec.state"):
         one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position)", g, site)
     return rows
+
+
+def summary(t_ours, extra):
+    """Issue 26's table: each row's time over the transformer's one-direction resid_pre sweep, with its target."""
+    target = {"direction both": "<= 1.6x"}
+    print("\n| sweep (every layer x position) | seconds | vs the transformer's resid_pre, one direction | target |")
+    print("| --- | --- | --- | --- |")
+    print(f"| transformer resid_pre, denoising | {t_ours:.2f} | 1.00x | |")
+    for what, t in extra:
+        goal = next((v for k, v in target.items() if k in what), "<= 1.5x" if what.startswith("gdn75") else "")
+        print(f"| {what} | {t:.2f} | {t / t_ours:.2f}x | {goal} |" if t is not None else
+              f"| {what} | not run (time budget) | | {goal} |")
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def _manual_metric(hm, p, name, position, head=None):
                                                ("gdn75", "mixer_out", 3), ("transformer", "mixer_out", 2),
                                                ("transformer", "attn.head_out", 1),
                                                ("transformer", "resid_pre", 1)])
-# the window path: transformer and gdn75 resid_pre (L3 attention only after it; L1 / L2 GDN layers resume from
-# the unchanged run's state; mixer_out: the layer's MLP, then the window); gla75 has no window path
+# the window path: transformer and gdn75 resid_pre / rec.state (L3 attention only after it; L1 / L2 GDN layers
+# resume from the unchanged run's state; mixer_out: the layer's MLP, then the window); gla75 has no window path
 def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     """Batched sweep (many cells per forward, blocks before the layer skipped) == one patch at a
     time by hand; batch size and skip_prefix do not change the numbers."""
@@ -91,8 +91,8 @@ def test_sweep_matches_manual_patches_and_batching(layout, site, layer):
     pos = [3, 8, 13, p.clean.shape[1] - 2]
     heads = site == "attn.head_out"
     a = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False, keep_all=True)
-    assert patching._window_ok(hm, site, layer, [(3, None)]) == (site in ("resid_pre", "mixer_out")
-                                                                  and layout != "gla75")
+    assert patching._window_ok(hm, site, layer, [(3, None)]) == (site in ("resid_pre", "mixer_out", "rec.state")
+                                                                  and layout in ("gdn75", "transformer"))
     b = patching.sweep(hm, p, sites=[site], layers=[layer], positions=pos, heads=heads, progress=False,
                        batch_size=7, skip_prefix=False, keep_all=True)
     np.testing.assert_allclose(a.logit_diff, b.logit_diff, atol=1e-4)

@@ -49,15 +49,17 @@ forward pass (each block of batch rows carries a different cell); blocks before 
 are not recomputed (`HookedModel.start_at` returns the unchanged run's block output); logits are
 computed only at the answer position (`HookedModel.logits_at`); in zoo models a resid_pre or mixer_out
 patch with attention / GDN layers after it recomputes only the positions from the patched one on (keys and
-values of the earlier ones as a KV cache, GDN layers resuming from their state). Work is split into items (a
-direction x a pair chunk x a site and layer); with ``out`` each finished item's per-pair metrics
+values of the earlier ones as a KV cache, GDN layers resuming from their state; a GDN layer's ``rec.state``
+patch resumes that layer from the patched state); with both directions, each window carries both. Work is
+split into items (a direction x a pair chunk x a site and layer); with ``out`` each finished item's per-pair metrics
 are one file of an `interp.store.Store` (atomic, spec-checked, locked), so an interrupted sweep
 resumes where it stopped and gives the numbers of a run that never stopped.
 
 Files, one job each: ``sites`` (site names, checks, cells, writing a cell), ``run`` (one patched
 run, answer metrics), ``plan`` (units, chunks, items, the result spec), ``sweep`` (the sweep loop),
-``window`` (its zoo-only window fast path), ``pairs`` (padded pairs from real prompts), ``units`` (the
-sweep's store, merging distributed parts), ``assemble`` (filtering, cell statistics), ``classes`` (position classes), ``result``
+``window`` (its zoo-only window fast path), ``window_state`` (that path for a GDN layer's
+``rec.state``), ``pairs`` (padded pairs from real prompts), ``units`` (the sweep's store, merging distributed
+parts), ``assemble`` (filtering, cell statistics), ``classes`` (position classes), ``result``
 (`PatchResult`), ``evidence`` (summaries by class, paths, paired differences), ``plot``
 (heatmaps), ``attribution`` (attribution patching and its comparison with exact patching).
 """

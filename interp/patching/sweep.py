@@ -11,7 +11,7 @@ from interp.patching.plan import base_key, plan_sweep, unit_key
 from interp.patching.run import _answer_metrics
 from interp.patching.sites import _write
 from interp.patching.units import open_units
-from interp.patching.window import _window_cache, _window_ok, _window_unit
+from interp.patching.window import Source, _site_names, _window_cache, _window_ok, _window_unit
 
 
 def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False,
@@ -23,7 +23,8 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     layers: default all that have the site; positions: default every position;
     heads: one cell per head (for head sites; with ``positions=None`` each head at all positions);
     direction: 'denoise', 'noise' or 'both' (rows of both, told apart by the ``direction`` column);
-    batch_size: rows per forward pass (pairs x cells; also the size of the pair chunks);
+    batch_size: rows per forward pass (pairs x cells; also the size of the pair chunks; with 'both', a
+    window-path forward carries both directions' rows of its cells: up to 2 x batch_size);
     out: folder of the resumable result (an `interp.store.Store`: one file per finished unit,
     spec-checked, locked; ``overwrite=True`` replaces one made with other settings).
     keep_all: keep every pair (default: only pairs the model answers correctly on both prompts;
@@ -60,7 +61,8 @@ def _bar(total, progress, desc):
 
 # --- one pair chunk -------------------------------------------------------------------------------
 def _run_chunk(plan, store, ci, items, bar):
-    """The ``items`` of pair chunk ``ci``: its baselines, then per direction every unit's metrics."""
+    """The ``items`` of pair chunk ``ci``: its baselines, then every unit's metrics. Window units that
+    run in both directions run once on a batch of both (`_run_both`); the rest per direction."""
     hm, pairs = plan.hm, plan.pairs
     a, b = plan.chunks[ci]
     sl = slice(a, b)
@@ -68,38 +70,67 @@ def _run_chunk(plan, store, ci, items, bar):
     base, clean_logp, runs = _chunk_baselines(hm, pairs, sl, answers, plan.chunk(ci)[0])
     if not store.has(base_key(ci)):
         store.put(base_key(ci), base)
+    todo = {d: [u for d_, _, u in items if d_ == d] for d in plan.directions}
+    win = ({u for u in range(len(plan.units)) if plan.skip_prefix and _window_ok(hm, *plan.units[u])}
+           if plan.chunk(ci)[0] is None else set())             # padded chunks take the general path
+    # with both directions a window unit always runs on the batch of both (resuming one direction too, so a
+    # resumed sweep equals an uninterrupted one bit for bit)
+    both = sorted({u for us in todo.values() for u in us} & win) if len(plan.directions) == 2 else []
+    if both:
+        _run_both(plan, store, ci, both, todo, answers, clean_logp, runs, bar)
     for direction in plan.directions:
-        todo = [u for d, _, u in items if d == direction]
-        if not todo:
+        rest = [u for u in todo[direction] if u not in both]
+        if not rest:
             continue
         base_tok, src_tok = ((pairs.corrupted[sl], pairs.clean[sl]) if direction == "denoise"
                              else (pairs.clean[sl], pairs.corrupted[sl]))
         base_metrics = runs["corrupted" if direction == "denoise" else "clean"]
-        _run_direction(plan, store, ci, direction, todo, (base_tok, src_tok), answers, clean_logp,
-                       base_metrics, bar)
+        _run_direction(plan, store, ci, direction, rest, (base_tok, src_tok), answers, clean_logp,
+                       base_metrics, win, bar)
 
 
-def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp, base_metrics, bar):
+def _run_both(plan, store, ci, units_, todo, answers, clean_logp, runs, bar):
+    """Window units ``units_`` in both directions at once: one batch of 2n rows, the corrupted prompts
+    (denoising: each patched with its clean activation) then the clean ones (noising), so one cached run
+    serves as both the unchanged run and (halves swapped) the source, and each window carries both
+    directions' rows. Stores the directions ``todo`` asks for."""
+    hm, pairs, units = plan.hm, plan.pairs, plan.units
+    a, b = plan.chunks[ci]
+    n = b - a
+    cache = _window_cache(hm, torch.cat([pairs.corrupted[a:b], pairs.clean[a:b]]), units, set(units_))
+    ans = pairs.answer_pos[a:b].repeat(2)
+    answers2, clean_logp2 = tuple(x.repeat(2) for x in answers), clean_logp.repeat(2, 1)
+    base_metrics = tuple(torch.cat([x, c]) for x, c in zip(runs["corrupted"], runs["clean"]))
+    for u in units_:
+        site, layer, cells = units[u]
+        per_pair = _window_unit(hm.model, cache, Source(half=n), cells, site, layer, ans, plan.batch_size,
+                                answers2, clean_logp2, base_metrics)
+        for direction, half in (("denoise", slice(0, n)), ("noise", slice(n, 2 * n))):
+            if u in todo[direction]:
+                store.put(unit_key(direction, ci, u), _payload(cells, [tuple(m[half] for m in ms) for ms in per_pair]))
+                bar.update(len(cells))
+
+
+def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp, base_metrics, win, bar):
     hm, units = plan.hm, plan.units
     base_tok, src_tok = tokens
     a, b = plan.chunks[ci]
     ans = plan.pairs.answer_pos[a:b]
     mask, span = plan.chunk(ci)
-    names = sorted({f"blocks.{units[u][1]}.{units[u][0]}" for u in todo})
-    _, src_cache = hm.run_with_cache(src_tok, names=names, attention_mask=mask)
-    outs = hm.block_outputs(base_tok, mask) if plan.skip_prefix else None
-    win = {u for u in todo if plan.skip_prefix and mask is None and _window_ok(hm, *units[u])}
+    win = {u for u in todo if u in win and mask is None}     # padded chunks take the general path
+    names = {f"blocks.{units[u][1]}.{units[u][0]}" for u in todo if u not in win} | _site_names(units, win)
+    _, src_cache = hm.run_with_cache(src_tok, names=sorted(names), attention_mask=mask)
+    outs = hm.block_outputs(base_tok, mask) if plan.skip_prefix and len(win) < len(todo) else None
     win_cache = _window_cache(hm, base_tok, units, win)
     for u in todo:
         site, layer, cells = units[u]
-        src = src_cache[f"blocks.{layer}.{site}"]
         if u in win:  # only positions >= the patch, only rows the patch changes
-            per_pair = _window_unit(hm.model, win_cache, src, cells, site, layer, ans, plan.batch_size,
-                                    answers, clean_logp, base_metrics)
+            per_pair = _window_unit(hm.model, win_cache, Source(src_cache), cells, site, layer, ans,
+                                    plan.batch_size, answers, clean_logp, base_metrics)
             bar.update(len(cells))
         else:
-            per_pair = _batched_unit(hm, base_tok, src, site, layer, cells, ans, answers, clean_logp, outs,
-                                     plan.batch_size, bar, (mask, span))
+            per_pair = _batched_unit(hm, base_tok, src_cache[f"blocks.{layer}.{site}"], site, layer, cells, ans,
+                                     answers, clean_logp, outs, plan.batch_size, bar, (mask, span))
         store.put(unit_key(direction, ci, u), _payload(cells, per_pair))
 
 

@@ -59,24 +59,29 @@ class GatedDeltaNet(nn.Module):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
         return dict(q=q, k=k, v=v, g=g, beta=beta, scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
 
-    def forward_window(self, x, prev):
+    def forward_window(self, x, prev, initial_state=None, tail_only=False):
         """The outputs at positions P.. given their inputs x [B, W, D] and the inputs of positions 0..P-1,
         ``prev`` [B, P, D], as `forward` on the whole sequence computes them: the state enters from the
         prefix (a scan over ``prev`` keeping only its final state); the scan inputs of both parts come from
-        one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). Used by activation
-        patching to recompute only what a patch at a position >= P can change."""
-        B, W, _ = x.shape
+        one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). ``tail_only``: the
+        state the prefix leaves is given (``initial_state`` [B, H, K, V], None when P = 0) and ``prev``
+        need only hold the prefix's last ``conv_size - 1`` inputs. Used by activation patching to recompute
+        only what a patch at a position >= P can change."""
         P = prev.shape[1]
         inp = self.scan_inputs(torch.cat([prev, x], 1))
         part = [{k: v[:, sl] if torch.is_tensor(v) else v for k, v in inp.items()}
                 for sl in (slice(0, P), slice(P, None))]
-        S0 = self.scan_fn(**part[0], output_final_state=True)[1] if P else None
+        S0 = initial_state if tail_only else self.scan_fn(**part[0], output_final_state=True)[1] if P else None
         o, _ = self.scan_fn(**part[1], initial_state=S0)
-        gate = self.g_proj(x).view(B, W, self.n_heads, self.head_dim)
-        return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, W, -1))
+        return self.output(o, x)
 
-    def forward(self, x):
+    def output(self, o, x):
+        """The layer's output from the scan's readout o [B, T, H, V] and the layer's inputs x [B, T, D] (the
+        output gate): W_o (rmsnorm(o) * silu(W_g x))."""
         B, T, _ = x.shape
-        o, _ = self.scan_fn(**self.scan_inputs(x))
         gate = self.g_proj(x).view(B, T, self.n_heads, self.head_dim)
         return self.o_proj(self.o_norm(o.to(x.dtype), gate).reshape(B, T, -1))
+
+    def forward(self, x):
+        o, _ = self.scan_fn(**self.scan_inputs(x))
+        return self.output(o, x)

@@ -117,8 +117,10 @@ class HybridLM(nn.Module):
         earlier positions left: for attention layers their keys/values (``kv[i] = (k, v)``, [B, offset,
         H, D], after RoPE, as `hooks` captures ``blocks.{i}.attn.k/v``), for GDN layers their block inputs
         (``prev[i]`` [B, offset, D], ``blocks.{i}.resid_pre``: the layer resumes from the state they
-        leave, `GatedDeltaNet.forward_window`). Other layers are refused (`window_ok`). ``at`` [B]: window
-        index per row whose logits to return ([B, 1, vocab]); default all positions. ``mixer_done``: x is
+        leave, `GatedDeltaNet.forward_window`; or ``prev[i] = (the last conv_size - 1 of them, that state
+        [B, H, K, V] or None at offset 0)``, so the prefix is not scanned again). Other layers are refused
+        (`window_ok`). ``at`` [B]: window index per row whose logits to return ([B, 1, vocab]); default all
+        positions. ``mixer_done``: x is
         block ``start``'s residual after its mixer (resid_pre + mixer_out), so that block runs its MLP only.
         Used by activation patching to recompute only what a patch at position >= offset can change."""
         if not self.window_ok(start + mixer_done):
@@ -131,6 +133,9 @@ class HybridLM(nn.Module):
             elif b.kind == "attn":
                 y = b.mixer.forward_window(b.norm1(x), offset, *kv[i], at=at if only else None)
                 x = (x[rows, at].unsqueeze(1) if only else x) + y
+            elif isinstance(prev[i], tuple):  # (the prefix's last inputs, the state it leaves)
+                x = x + b.mixer.forward_window(b.norm1(x), b.norm1(prev[i][0]), prev[i][1], tail_only=True)
+                x = x[rows, at].unsqueeze(1) if only else x
             else:
                 x = x + b.mixer.forward_window(b.norm1(x), b.norm1(prev[i]))
                 x = x[rows, at].unsqueeze(1) if only else x
