@@ -38,6 +38,12 @@ the adapters do); Mamba1: ``[B, D, T|P, T]``, one pattern per channel. Mamba1's 
 readout t, which is exact as that norm (the size of the change of readout_t when x_s is zeroed,
 skip term aside) but is no attention weight: every channel has its own A.
 
+GPU: for CUDA tensors (``impl="auto"``, the default `IMPL`) the pieces of all chunks are formed at once
+(`_pieces_all`, chunks folded into the head dim) and the backwards carry runs as one Triton kernel
+(`hooks.effective_triton`: one program per query-row group and head, R held in registers, products in
+`PRECISION`, "tf32" by default as fla's kernels, or "ieee"); ``impl="torch"`` is this pure-torch path,
+the reference and the CPU default. The Triton path computes in float32 (float64 views stay on torch).
+
 The hook point ``blocks.{i}.rec.pattern`` (`hooks.session.ScanHook`) is `hook_pattern` on the view of the
 layer's scan call, at the capture's ``positions=`` rows, checked against `DEFAULT_BUDGET` first.
 """
@@ -332,9 +338,12 @@ def _attention(family, P, rows, impl=None):
     r = _rows(P, rows)
     if not _use_triton(family, P, impl):
         return _carry(P, r)[0][..., :P.T]
-    from hooks.effective_triton import carry_triton
+    from hooks.effective_triton import carry_triton, gdn_pieces
     n = int(r.max()) // CHUNK + 1 if r.numel() else 1
-    Q, src, Phi, own = _pieces_all(P, n)
+    if P.gdn and not P.per_key:                  # GDN: its pieces by Triton kernels too
+        Q, src, Phi, own = gdn_pieces(P.q, P.k, P.gr(0, P.NT), P.beta, n, PRECISION)
+    else:
+        Q, src, Phi, own = _pieces_all(P, n)
     return carry_triton(Q, src, Phi, own, r, P.T, precision=PRECISION).to(P.dtype)
 
 

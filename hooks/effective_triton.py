@@ -63,6 +63,77 @@ def _carry_kernel(Q, U, PHI, D, A, OUT, POS, GCH, T, N, NTOT, NR, K: tl.constexp
             R = tl.dot(R, phi, input_precision=PREC)
 
 
+@triton.jit
+def _chunk_decays(g, beta, i_bh, j, Tp, C: tl.constexpr):
+    """One chunk's in-chunk log decays G_t (cumulative), exp(G_t - G_s) (s <= t, else 0) and beta."""
+    o_c = tl.arange(0, C)
+    row = i_bh * Tp + j * C + o_c
+    G = tl.cumsum(tl.load(g + row).to(tl.float32), 0)
+    dec = tl.where(o_c[:, None] >= o_c[None, :], tl.exp(G[:, None] - G[None, :]), 0.)
+    return G, dec, tl.load(beta + row).to(tl.float32), row
+
+
+@triton.jit
+def _gdn_gram_kernel(k, g, beta, L, Tp, NT, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
+                     PREC: tl.constexpr):
+    """L[t, s] = beta_t exp(G_t - G_s) k_t.k_s (s < t) of chunk j: program (j, b*H + h)."""
+    j = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_c, o_k = tl.arange(0, C), tl.arange(0, BK)
+    G, dec, b, row = _chunk_decays(g, beta, i_bh, j, Tp, C)
+    kk = tl.load(k + row[:, None] * K + o_k[None, :], mask=o_k[None, :] < K, other=0.).to(tl.float32)
+    gram = tl.dot(kk, tl.trans(kk), input_precision=PREC)
+    out = tl.where(o_c[:, None] > o_c[None, :], b[:, None] * dec * gram, 0.)
+    tl.store(L + ((i_bh * NT + j) * C + o_c)[:, None] * C + o_c[None, :], out)
+
+
+@triton.jit
+def _gdn_pieces_kernel(q, k, g, beta, X, Qo, Uo, PHI, OWN, Tp, NT, K: tl.constexpr, BK: tl.constexpr,
+                       C: tl.constexpr, PREC: tl.constexpr):
+    """GDN chunk j's pieces from X = (I + L)^{-1} diag(beta) (`hooks.effective` module docstring):
+    Q = e^G q - Lqk W, U = X^T K~, Phi = e^G_end I - K~^T W, own = Lqk X; program (j, b*H + h)."""
+    j = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_c, o_k = tl.arange(0, C), tl.arange(0, BK)
+    m_k = o_k[None, :] < K
+    G, dec, b, row = _chunk_decays(g, beta, i_bh, j, Tp, C)
+    kk = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_k, other=0.).to(tl.float32)
+    qq = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_k, other=0.).to(tl.float32)
+    base = (i_bh * NT + j) * C + o_c
+    x = tl.load(X + base[:, None] * C + o_c[None, :]).to(tl.float32)
+    g_end = tl.sum(tl.where(o_c == C - 1, G, 0.), 0)
+    lqk = tl.dot(qq, tl.trans(kk), input_precision=PREC) * dec
+    w = tl.dot(x, tl.exp(G)[:, None] * kk, input_precision=PREC)
+    kt = tl.exp(g_end - G)[:, None] * kk
+    eye = tl.where(o_k[:, None] == o_k[None, :], tl.exp(g_end), 0.)
+    phi = eye - tl.dot(tl.trans(kt), w, input_precision=PREC)
+    tl.store(PHI + ((i_bh * NT + j) * K + o_k)[:, None] * K + o_k[None, :], phi, mask=(o_k[:, None] < K) & m_k)
+    tl.store(Uo + base[:, None] * K + o_k[None, :], tl.dot(tl.trans(x), kt, input_precision=PREC), mask=m_k)
+    qv = tl.exp(G)[:, None] * qq - tl.dot(lqk, w, input_precision=PREC)
+    tl.store(Qo + base[:, None] * K + o_k[None, :], qv, mask=m_k)
+    tl.store(OWN + base[:, None] * C + o_c[None, :], tl.dot(lqk, x, input_precision=PREC))
+
+
+def gdn_pieces(q, k, g, beta, n, precision="tf32"):
+    """GDN's pieces for chunks 0 .. n-1 (as `hooks.effective._pieces_all`, scalar decay): q (scale folded
+    in), k ``[B, H, Tp, K]``, g, beta ``[B, H, Tp]`` (Tp a multiple of the chunk). Two kernels and
+    torch's triangular solve in between, float32: (Q, U, Phi, own)."""
+    B, H, Tp, K = k.shape
+    C = CHUNK
+    f = lambda x: x.float().contiguous()  # noqa: E731
+    q, k, g, beta = f(q), f(k), f(g), f(beta)
+    kw = dict(K=K, BK=max(16, triton.next_power_of_2(K)), C=C, PREC=precision, num_warps=4)
+    L = torch.empty(B, H, n, C, C, dtype=torch.float32, device=k.device)
+    _gdn_gram_kernel[(n, B * H)](k, g, beta, L, Tp, n, **kw)
+    eye = torch.eye(C, dtype=torch.float32, device=k.device)
+    bt = beta.view(B, H, -1, C)[:, :, :n]
+    X = torch.linalg.solve_triangular(L + eye, torch.diag_embed(bt), upper=False, unitriangular=True)
+    Q, U = torch.empty(B, H, n, C, K, device=k.device), torch.empty(B, H, n, C, K, device=k.device)
+    Phi, own = torch.empty(B, H, n, K, K, device=k.device), torch.empty(B, H, n, C, C, device=k.device)
+    _gdn_pieces_kernel[(n, B * H)](q, k, g, beta, X.contiguous(), Q, U, Phi, own, Tp, n, **kw)
+    return Q, U, Phi, own
+
+
 def _groups(rows, block, chunk=CHUNK):
     """Query rows (1-D LongTensor, host) -> (OUT, POS ``[G, block]``, GCH ``[G]``): the rows grouped by
     chunk, at most ``block`` a group, the later chunks (longest walks) first; OUT is the row's index in
