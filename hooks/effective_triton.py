@@ -22,6 +22,8 @@ import triton.language as tl
 
 from hooks.scan._common import CHUNK
 
+SOLVE_IN_KERNEL = True     # X = (I + L)^{-1} diag(beta) by forward substitution in the gram kernel (else torch)
+
 
 @triton.jit
 def _carry_kernel(Q, U, PHI, D, A, OUT, POS, GCH, T, N, NTOT, NR, K: tl.constexpr, BK: tl.constexpr,
@@ -75,8 +77,9 @@ def _chunk_decays(g, beta, i_bh, j, Tp, C: tl.constexpr):
 
 @triton.jit
 def _gdn_gram_kernel(k, g, beta, L, Tp, NT, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
-                     PREC: tl.constexpr):
-    """L[t, s] = beta_t exp(G_t - G_s) k_t.k_s (s < t) of chunk j: program (j, b*H + h)."""
+                     PREC: tl.constexpr, SOLVE: tl.constexpr):
+    """L[t, s] = beta_t exp(G_t - G_s) k_t.k_s (s < t) of chunk j, or (SOLVE) X = (I + L)^{-1} diag(beta):
+    program (j, b*H + h)."""
     j = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     o_c, o_k = tl.arange(0, C), tl.arange(0, BK)
@@ -84,6 +87,14 @@ def _gdn_gram_kernel(k, g, beta, L, Tp, NT, K: tl.constexpr, BK: tl.constexpr, C
     kk = tl.load(k + row[:, None] * K + o_k[None, :], mask=o_k[None, :] < K, other=0.).to(tl.float32)
     gram = tl.dot(kk, tl.trans(kk), input_precision=PREC)
     out = tl.where(o_c[:, None] > o_c[None, :], b[:, None] * dec * gram, 0.)
+    if SOLVE:                      # X = (I + L)^{-1} diag(beta) by forward substitution, row by row
+        x = tl.zeros([C, C], dtype=tl.float32)
+        for t in range(0, C):
+            lt = tl.sum(tl.where(o_c[:, None] == t, out, 0.), 0)               # row t of L
+            bt = tl.sum(tl.where(o_c == t, b, 0.), 0)
+            xt = tl.where(o_c == t, bt, 0.) - tl.sum(lt[:, None] * x, 0)
+            x = tl.where(o_c[:, None] == t, xt[None, :], x)
+        out = x
     tl.store(L + ((i_bh * NT + j) * C + o_c)[:, None] * C + o_c[None, :], out)
 
 
@@ -123,11 +134,12 @@ def gdn_pieces(q, k, g, beta, n, precision="tf32"):
     f = lambda x: x.float().contiguous()  # noqa: E731
     q, k, g, beta = f(q), f(k), f(g), f(beta)
     kw = dict(K=K, BK=max(16, triton.next_power_of_2(K)), C=C, PREC=precision, num_warps=4)
-    L = torch.empty(B, H, n, C, C, dtype=torch.float32, device=k.device)
-    _gdn_gram_kernel[(n, B * H)](k, g, beta, L, Tp, n, **kw)
-    eye = torch.eye(C, dtype=torch.float32, device=k.device)
-    bt = beta.view(B, H, -1, C)[:, :, :n]
-    X = torch.linalg.solve_triangular(L + eye, torch.diag_embed(bt), upper=False, unitriangular=True)
+    X = torch.empty(B, H, n, C, C, dtype=torch.float32, device=k.device)
+    _gdn_gram_kernel[(n, B * H)](k, g, beta, X, Tp, n, SOLVE=SOLVE_IN_KERNEL, **kw)
+    if not SOLVE_IN_KERNEL:
+        eye = torch.eye(C, dtype=torch.float32, device=k.device)
+        bt = beta.view(B, H, -1, C)[:, :, :n]
+        X = torch.linalg.solve_triangular(X + eye, torch.diag_embed(bt), upper=False, unitriangular=True)
     Q, U = torch.empty(B, H, n, C, K, device=k.device), torch.empty(B, H, n, C, K, device=k.device)
     Phi, own = torch.empty(B, H, n, K, K, device=k.device), torch.empty(B, H, n, C, C, device=k.device)
     _gdn_pieces_kernel[(n, B * H)](q, k, g, beta, X.contiguous(), Q, U, Phi, own, Tp, n, **kw)

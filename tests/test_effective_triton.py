@@ -91,3 +91,18 @@ def test_module_default_and_errors(monkeypatch):
     with pytest.raises(ValueError, match="float64"):
         E.pattern("gdn", c64, impl="triton")
     assert E.pattern("gdn", c64, impl="auto").dtype == torch.float64      # CPU: the torch path
+
+
+@pytest.mark.parametrize("solve_in_kernel", [True, False])
+def test_gdn_pieces_equal_torch_pieces(monkeypatch, solve_in_kernel):
+    """GDN's Triton pieces (forward substitution in the kernel, or torch's triangular solve) equal the
+    torch pieces of every chunk (`_pieces_all`, itself the per-chunk `_pieces_gdn` folded)."""
+    from hooks import effective_triton as ET
+    monkeypatch.setattr(ET, "SOLVE_IN_KERNEL", solve_in_kernel)
+    P = E._prep("gdn", view("gdn", seed=2))
+    got = ET.gdn_pieces(P.q, P.k, P.gr(0, P.NT), P.beta, P.NT, "ieee")
+    for name, a, b in zip(("Q", "U", "Phi", "own"), got, E._pieces_all(P, P.NT)):
+        assert rel(a, b) < TOL, name
+    j = 1
+    ref = E._pieces_gdn(P, j, True)
+    assert rel(got[2][:, :, j], ref["Phi"]) < TOL and rel(got[1][:, :, j], ref["src"]) < TOL
