@@ -133,7 +133,8 @@ def gdn_pieces(q, k, g, beta, n, precision="tf32"):
     C = CHUNK
     f = lambda x: x.float().contiguous()  # noqa: E731
     q, k, g, beta = f(q), f(k), f(g), f(beta)
-    kw = dict(K=K, BK=max(16, triton.next_power_of_2(K)), C=C, PREC=precision, num_warps=4)
+    BK = max(16, triton.next_power_of_2(K))
+    kw = dict(K=K, BK=BK, C=C, PREC=precision, num_warps=4 if BK <= 64 else 8)
     X = torch.empty(B, H, n, C, C, dtype=torch.float32, device=k.device)
     _gdn_gram_kernel[(n, B * H)](k, g, beta, X, Tp, n, SOLVE=SOLVE_IN_KERNEL, **kw)
     if not SOLVE_IN_KERNEL:
@@ -178,9 +179,10 @@ def carry_triton(Q, U, Phi, own, rows, T, precision="tf32", block=None):
         return A
     if block is None:
         block = 64 if n >= T and K <= 64 else 32 if n >= T else 16
+    BK = max(16, triton.next_power_of_2(K))
     out, pos, gch = (x.to(Q.device) for x in _groups(rows.cpu(), block, C))
     grid = (gch.numel(), B * H)
     _carry_kernel[grid](Q.contiguous(), U.contiguous(), Phi.contiguous(), own.contiguous(), A, out, pos, gch,
-                        T, N, triton.cdiv(T, C), n, K=K, BK=max(16, triton.next_power_of_2(K)), C=C, BR=block,
-                        DIAG=Phi.dim() == 4, PREC=precision, num_warps=4 if block <= 32 else 8)
+                        T, N, triton.cdiv(T, C), n, K=K, BK=BK, C=C, BR=block, DIAG=Phi.dim() == 4, PREC=precision,
+                        num_warps=4 if block <= 32 and BK <= 64 else 8)
     return A
