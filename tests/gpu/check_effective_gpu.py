@@ -64,7 +64,7 @@ def check(family, size, dev):
             out += [(f"{family} {size} full {prec}", err(A, ref), TOLS[prec]),
                     (f"{family} {size} rows {prec}", err(E.pattern(family, c, rows=rows, impl="triton"), ref_rows),
                      TOLS[prec])]
-            if family == "gdn" and prec == "tf32":
+            if family == "gdn" and prec == "tf32" and not size.get("gva"):
                 o = gdn.scan(**kw)[0]
                 o_hat = torch.einsum("bhts,bshv->bthv", A, kw["v"])
                 out.append((f"{family} {size} readout from A vs fused forward", err(o_hat, o), 5e-3))
