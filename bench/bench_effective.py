@@ -9,12 +9,15 @@ Setting: random q, k (l2-normalised in the kernel, as Qwen3-Next's layers do), v
 ``logsigmoid(N(0,1)) / 4`` and write strengths ``sigmoid(N(0,1))``; B=8, T=2048, H=12, K=V=64, no
 initial state, float32. Each time is the median of ``--reps`` CUDA-event (CPU: perf_counter) timings after
 one warm-up call. The readout A implies (sum_s A[t, s] v_s) is checked against the fused output (relative
-error printed). Nothing is asserted.
+error printed). The Triton path (`hooks.effective_triton`, CUDA with triton, or CPU under TRITON_INTERPRET=1)
+is timed with "tf32" and "ieee" products, full and rows, and compared with the torch path's A (max |diff| /
+max |A| and norm-relative). Nothing is asserted.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -64,6 +67,35 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def triton_ok(device):
+    """Whether the Triton path can run here (CUDA with triton; CPU only under TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def max_rel(a, b):
+    """max |a - b| / max |b|."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def run_triton(c, rows, device, reps, budget, A, Ar):
+    """The Triton path's times and its differences from the torch path's A (full) and Ar (rows)."""
+    out = {}
+    for prec in ("tf32", "ieee"):
+        E.PRECISION = prec
+        t, At = timed(lambda: E.pattern("gdn", c, budget=budget, impl="triton"), device, reps)
+        out[f"triton_{prec}_full_s"], out[f"triton_{prec}_max_rel"] = t, max_rel(At, A)
+        out[f"triton_{prec}_rel_err"] = rel(At, A)
+        del At
+        t, Atr = timed(lambda: E.pattern("gdn", c, rows=rows, budget=budget, impl="triton"), device, reps)
+        out[f"triton_{prec}_rows_s"], out[f"triton_{prec}_rows_max_rel"] = t, max_rel(Atr, Ar)
+    E.PRECISION = "tf32"
+    return out
+
+
 @torch.no_grad()
 def run(p, device, reps):
     kw = make_kw(p["B"], p["T"], p["H"], p["K"], p["V"], device)
@@ -72,15 +104,44 @@ def run(p, device, reps):
     rows = torch.linspace(0, p["T"] - 1, p["rows"]).round().long().tolist()
     t_fused, (o, _) = timed(lambda: gdn.scan(**kw), device, reps)
     t_torch, _ = timed(lambda: gdn.chunk_torch(**kw), device, reps)
-    t_full, A = timed(lambda: E.pattern("gdn", c, budget=budget), device, reps)
-    t_rows, Ar = timed(lambda: E.pattern("gdn", c, rows=rows, budget=budget), device, reps)
+    t_full, A = timed(lambda: E.pattern("gdn", c, budget=budget, impl="torch"), device, reps)
+    t_rows, Ar = timed(lambda: E.pattern("gdn", c, rows=rows, budget=budget, impl="torch"), device, reps)
     o_hat = torch.einsum("bhts,bshv->bthv", A, kw["v"])
     o_rows = torch.einsum("bhts,bshv->bthv", Ar, kw["v"])
-    return dict(fused_backend="fla chunk_gated_delta_rule" if use_kernels(kw["q"]) else "torch chunk scan",
-                fused_s=t_fused, torch_scan_s=t_torch, full_s=t_full, rows_s=t_rows,
-                full_over_fused=t_full / t_fused, rows_over_fused=t_rows / t_fused,
-                readout_rel_err=rel(o_hat.float(), o.float()), rows_rel_err=rel(o_rows.float(), o[:, rows].float()),
-                pattern_bytes=A.numel() * A.element_size())
+    res = dict(fused_backend="fla chunk_gated_delta_rule" if use_kernels(kw["q"]) else "torch chunk scan",
+               fused_s=t_fused, torch_scan_s=t_torch, full_s=t_full, rows_s=t_rows,
+               full_over_fused=t_full / t_fused, rows_over_fused=t_rows / t_fused,
+               readout_rel_err=rel(o_hat.float(), o.float()), rows_rel_err=rel(o_rows.float(), o[:, rows].float()),
+               pattern_bytes=A.numel() * A.element_size())
+    del o_hat, o_rows
+    if triton_ok(device):
+        res.update(run_triton(c, rows, device, reps, budget, A, Ar))
+    return res
+
+
+def table(res, p):
+    """The Markdown table of one run."""
+    f = res["fused_s"]
+    lines = [f"| what | seconds | vs fused forward |", "|---|---|---|",
+             f"| fused forward ({res['fused_backend']}) | {f:.4f} | 1 |",
+             f"| torch chunk scan | {res['torch_scan_s']:.4f} | {res['torch_scan_s'] / f:.2f} |",
+             f"| full A [B, H, T, T], torch | {res['full_s']:.4f} | {res['full_over_fused']:.2f} |",
+             f"| A rows for {p['rows']} query positions, torch | {res['rows_s']:.4f} | {res['rows_over_fused']:.2f} |"]
+    for prec in ("tf32", "ieee"):
+        if f"triton_{prec}_full_s" in res:
+            lines += [f"| full A, triton ({prec}) | {res[f'triton_{prec}_full_s']:.4f} | "
+                      f"{res[f'triton_{prec}_full_s'] / f:.2f} |",
+                      f"| A rows for {p['rows']} query positions, triton ({prec}) | {res[f'triton_{prec}_rows_s']:.4f} | "
+                      f"{res[f'triton_{prec}_rows_s'] / f:.2f} |"]
+    lines.append(f"readout from A (torch) vs fused output: rel err {res['readout_rel_err']:.2e} "
+                 f"(rows {res['rows_rel_err']:.2e})")
+    for prec in ("tf32", "ieee"):
+        if f"triton_{prec}_full_s" in res:
+            lines.append(f"triton ({prec}) vs torch A: max |diff| / max |A| {res[f'triton_{prec}_max_rel']:.2e}, "
+                         f"norm rel {res[f'triton_{prec}_rel_err']:.2e} (rows: max {res[f'triton_{prec}_rows_max_rel']:.2e})")
+    if "triton_tf32_full_s" not in res:
+        lines.append("triton path not run (needs CUDA + triton, or TRITON_INTERPRET=1)")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -99,12 +160,7 @@ def main(argv=None):
                device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
                command="python bench/bench_effective.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
                commit=commit)
-    print(f"| what | seconds | vs fused forward |\n|---|---|---|\n"
-          f"| fused forward ({res['fused_backend']}) | {res['fused_s']:.4f} | 1 |\n"
-          f"| torch chunk scan | {res['torch_scan_s']:.4f} | {res['torch_scan_s'] / res['fused_s']:.2f} |\n"
-          f"| full A [B, H, T, T] | {res['full_s']:.4f} | {res['full_over_fused']:.2f} |\n"
-          f"| A rows for {p['rows']} query positions | {res['rows_s']:.4f} | {res['rows_over_fused']:.2f} |\n"
-          f"readout from A vs fused output: rel err {res['readout_rel_err']:.2e} (rows {res['rows_rel_err']:.2e})")
+    print(table(res, p))
     print(json.dumps(res))
     if a.out:
         with open(a.out, "w") as f:

@@ -38,11 +38,19 @@ the adapters do); Mamba1: ``[B, D, T|P, T]``, one pattern per channel. Mamba1's 
 readout t, which is exact as that norm (the size of the change of readout_t when x_s is zeroed,
 skip term aside) but is no attention weight: every channel has its own A.
 
+GPU: for CUDA tensors (``impl="auto"``, the default `IMPL`) the pieces of all chunks are formed at once
+(`_pieces_all`, chunks folded into the head dim) and the backwards carry runs as one Triton kernel
+(`hooks.effective_triton`: one program per query-row group and head, R held in registers, products in
+`PRECISION`, "tf32" by default as fla's kernels, or "ieee"); ``impl="torch"`` is this pure-torch path,
+the reference and the CPU default. The Triton path computes in float32 (float64 views stay on torch).
+
 The hook point ``blocks.{i}.rec.pattern`` (`hooks.session.ScanHook`) is `hook_pattern` on the view of the
 layer's scan call, at the capture's ``positions=`` rows, checked against `DEFAULT_BUDGET` first.
 """
 from __future__ import annotations
 
+import functools
+import os
 from types import SimpleNamespace
 
 import torch
@@ -111,7 +119,8 @@ def _prep(family, c, heads=None):
                         w=tr(beta) if family == "mamba2" else None, beta=tr(beta) if delta else None,
                         S0=_pick(c.get("initial_state"), heads), D=c.get("D") if family == "mamba2" else None,
                         heads=heads)
-    P.g = lambda j: g[:, :, j * CHUNK:(j + 1) * CHUNK]
+    P.gr = lambda lo, hi: g[:, :, lo * CHUNK:hi * CHUNK]
+    P.g = lambda j: P.gr(j, j + 1)
     if P.D is not None:
         P.D = _pick(work(P.D), heads, dim=0)
     return _shape(P, v.shape[1])
@@ -138,12 +147,13 @@ def _prep_mamba1(c, heads):
     P.D = None if c.get("D") is None else _pick(work(c["D"]), heads, dim=0)
     if dict.__contains__(c, "decay"):
         g = pad_time(_pick(work(dict.__getitem__(c, "decay")).transpose(1, 2), heads), CHUNK)
-        P.g = lambda j: g[:, :, j * CHUNK:(j + 1) * CHUNK]
+        P.gr = lambda lo, hi: g[:, :, lo * CHUNK:hi * CHUNK]
     else:
         dt = c.get("decay_dt")
         dt = pad_time(_pick(work(c["beta"] if dt is None else dt).transpose(1, 2), heads), CHUNK)
         A = _pick(work(c["A"]), heads, dim=0)[None, :, None, :]          # [1, D, 1, N]
-        P.g = lambda j: dt[:, :, j * CHUNK:(j + 1) * CHUNK, None] * A
+        P.gr = lambda lo, hi: dt[:, :, lo * CHUNK:hi * CHUNK, None] * A
+    P.g = lambda j: P.gr(j, j + 1)
     return _shape(P, T)
 
 
@@ -160,7 +170,12 @@ def _pieces_gdn(P, j, intra):
     """GDN / KDA chunk j in the WY / UT form (module docstring): src = U^T ``[C, K]``, Phi ``[K, K]``,
     Q the query vectors ``[C, K]`` and (``intra``) the chunk's own block ``[C, C]``."""
     sl = slice(j * CHUNK, (j + 1) * CHUNK)
-    q, k, g, beta = P.q[:, :, sl], P.k[:, :, sl], P.g(j), P.beta[:, :, sl]
+    return _wy(P, P.q[:, :, sl], P.k[:, :, sl], P.g(j), P.beta[:, :, sl], intra)
+
+
+def _wy(P, q, k, g, beta, intra):
+    """The WY / UT pieces of chunks q, k ``[B, H', C, K]``, g ``[B, H', C(, K)]``, beta ``[B, H', C]``
+    (H' = heads, or heads x chunks folded together by `_pieces_all`)."""
     C = CHUNK
     strict = torch.ones(C, C, dtype=torch.bool, device=P.device).tril(-1)
     eye = torch.eye(C, dtype=P.dtype, device=P.device)
@@ -185,8 +200,11 @@ def _pieces_diag(P, j, intra):
     log decay ``tot``, the query vectors q with their in-chunk log decays ``G`` and (``intra``) the
     chunk's own block ``[C, C]``."""
     sl = slice(j * CHUNK, (j + 1) * CHUNK)
-    q, k, g = P.q[:, :, sl], P.k[:, :, sl], P.g(j)
-    w = None if P.w is None else P.w[:, :, sl]
+    return _diag(P, P.q[:, :, sl], P.k[:, :, sl], P.g(j), None if P.w is None else P.w[:, :, sl], intra)
+
+
+def _diag(P, q, k, g, w, intra):
+    """`_pieces_diag` of chunks q, k ``[B, H', C, K]``, g ``[B, H', C(, K)]``, w ``[B, H', C]`` or None."""
     ex = lambda e: e.exp() if P.per_key else e.exp()[..., None]  # noqa: E731
     src = k * ex(_suffix(g))
     if w is not None:
@@ -258,6 +276,77 @@ def _carry(P, rows, want_A=True):
     return A, _query(P, st)
 
 
+# --- the Triton path (hooks.effective_triton): all chunks' pieces at once, the carry in one kernel ----
+
+IMPL = "auto"            # default ``impl`` of pattern & co: "auto" (Triton for CUDA tensors), "torch", "triton"
+PRECISION = "tf32"       # input precision of the Triton path's products: "tf32" (as fla's kernels) or "ieee"
+PIECE_BYTES = 1 << 28    # working memory of one group of chunks in `_pieces_all`
+
+
+@functools.lru_cache(maxsize=None)
+def _have_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _use_triton(family, P, impl):
+    """Whether `_attention` takes the Triton path: ``auto`` for float32 CUDA tensors where triton imports,
+    ``triton`` always (CPU tensors only under TRITON_INTERPRET=1), ``torch`` never."""
+    impl = IMPL if impl is None else impl
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"unknown impl '{impl}'; valid: auto, torch, triton")
+    if impl == "torch":
+        return False
+    if impl == "auto":
+        return P.device.type == "cuda" and P.dtype != torch.float64 and _have_triton()
+    if P.dtype == torch.float64:
+        raise ValueError("impl='triton' computes in float32; use impl='torch' for float64 views")
+    if P.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1); use impl='torch' or 'auto'")
+    return True
+
+
+def _pieces_all(P, n):
+    """The kernel's inputs for chunks 0 .. n-1, chunks folded into the head dim (`PIECE_BYTES` of working
+    memory a group): Q, src ``[B, H, n, C, K]``, Phi ``[B, H, n, K, K]`` (GLA / Mamba: ``[B, H, n, K]``,
+    exp of the chunk's total log decay), the chunks' own blocks ``[B, H, n, C, C]``."""
+    C, K = CHUNK, P.K
+    per = P.B * P.H * C * (C * (K if P.per_key else 1) + 4 * K) * 8 * P.q.element_size()
+    step = max(1, min(n, PIECE_BYTES // per))
+    ex = lambda e: e.exp() if P.per_key else e.exp()[..., None]  # noqa: E731
+    parts = []
+    for lo in range(0, n, step):
+        m = min(n, lo + step) - lo
+        fold = lambda x: None if x is None else x[:, :, lo * C:(lo + m) * C].reshape(P.B, P.H * m, C, *x.shape[3:])  # noqa: E731
+        g = P.gr(lo, lo + m)
+        g = g.reshape(P.B, P.H * m, C, *g.shape[3:])
+        if P.gdn:
+            pc = _wy(P, fold(P.q), fold(P.k), g, fold(P.beta), True)
+            Q, Phi = pc["Q"], pc["Phi"]
+        else:
+            pc = _diag(P, fold(P.q), fold(P.k), g, fold(P.w), True)
+            Q, Phi = pc["q"] * ex(pc["G"]), ex(pc["tot"]).expand(P.B, P.H * m, K)
+        parts.append([x.reshape(P.B, P.H, m, *x.shape[2:]) for x in (Q, pc["src"], Phi, pc["intra"])])
+    return [torch.cat(xs, 2) for xs in zip(*parts)] if len(parts) > 1 else parts[0]
+
+
+def _attention(family, P, rows, impl=None):
+    """A ``[B, H, P, T]`` at query ``rows`` (`_rows`) by the torch carry or the Triton kernel (`_use_triton`)."""
+    r = _rows(P, rows)
+    if not _use_triton(family, P, impl):
+        return _carry(P, r)[0][..., :P.T]
+    from hooks.effective_triton import carry_triton, gdn_pieces
+    n = int(r.max()) // CHUNK + 1 if r.numel() else 1
+    if P.gdn and not P.per_key:                  # GDN: its pieces by Triton kernels too
+        Q, src, Phi, own = gdn_pieces(P.q, P.k, P.gr(0, P.NT), P.beta, n, PRECISION)
+    else:
+        Q, src, Phi, own = _pieces_all(P, n)
+    return carry_triton(Q, src, Phi, own, r, P.T, precision=PRECISION).to(P.dtype)
+
+
 # --- public API ------------------------------------------------------------------------------------
 
 def _rows(P, rows):
@@ -305,18 +394,19 @@ def check_memory(family, c, rows=None, budget=DEFAULT_BUDGET, heads=None, what="
     return n
 
 
-def pattern(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET):
+def pattern(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, impl=None):
     """Exact effective attention ``A`` ``[B, H, T|P, T]`` (Mamba1: ``[B, D, T|P, T]``) of a canonical
     view (`hooks.recurrence.canonical`): readout_t = sum_s A[t, s] v_s + `init_term` + `skip_term`.
     ``rows``: only these query positions; ``heads``: only these (value) heads / Mamba1 channels;
-    ``budget``: bytes allowed for the result (`check_memory`). float32 (float64 inputs: float64)."""
+    ``budget``: bytes allowed for the result (`check_memory`). float32 (float64 inputs: float64).
+    ``impl``: "auto" (the Triton kernel of `hooks.effective_triton` for float32 CUDA tensors, torch
+    otherwise), "torch" or "triton"; None: the module's `IMPL`."""
     check_memory(family, c, rows, budget, heads)
     own = _own_pattern(family)
     if own is not None:
         return own(c, rows=rows, heads=heads)
     P = _prep(family, c, heads)
-    A, _ = _carry(P, _rows(P, rows))
-    return A[..., :P.T]
+    return _attention(family, P, rows, impl)
 
 
 def hook_pattern(name, family, c, positions=None):
@@ -328,13 +418,12 @@ def hook_pattern(name, family, c, positions=None):
     return pattern(family, c, rows=positions, budget=None)
 
 
-def contributions(family, c, rows, heads=None, budget=DEFAULT_BUDGET):
+def contributions(family, c, rows, heads=None, budget=DEFAULT_BUDGET, impl=None):
     """A[t, s] v_s for every source s of the chosen query ``rows``: ``[B, P, T, H, V]``; summed over
     s it is the readout less `init_term` and `skip_term`. Mamba1: ``[B, P, T, D]`` (A[d, t, s] x_s[d])."""
     check_memory(family, c, rows, budget, heads, what="contributions")
     P = _prep(family, c, heads)
-    A, _ = _carry(P, _rows(P, rows))
-    out = torch.einsum("bhps,bhsv->bpshv", A[..., :P.T], P.v)
+    out = torch.einsum("bhps,bhsv->bpshv", _attention(family, P, rows, impl), P.v)
     return out[..., 0] if family == "mamba1" else out
 
 
@@ -361,17 +450,17 @@ def skip_term(family, c, rows=None, heads=None):
     return out[..., 0] if family == "mamba1" else out
 
 
-def readout(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET):
+def readout(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, impl=None):
     """The readout rebuilt from the effective attention: sum_s A[t, s] v_s + init + skip,
     ``[B, T|P, H, V]`` (Mamba1: ``[B, T|P, D]``); equals `hooks.recurrence.scan`'s readout."""
-    A = pattern(family, c, rows, heads, budget)
+    A = pattern(family, c, rows, heads, budget, impl)
     P = _prep(family, c, heads)
     o = torch.einsum("bhps,bhsv->bphv", A, P.v)
     o = o[..., 0] if family == "mamba1" else o
     return o + init_term(family, c, rows, heads) + skip_term(family, c, rows, heads)
 
 
-def contribution_norms(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, block=None):
+def contribution_norms(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, block=None, impl=None):
     """||A[t, s] v_s|| (L2 over V): ``[B, H, T|P, T]``. Mamba1's reduced view: the norm over its
     channels (``heads``: only those), ``[B, T|P, T]``, computed ``block`` channels at a time without
     forming ``[B, D, P, T]``. Exact as a norm: the size of the change of readout_t when v_s is zeroed
@@ -379,8 +468,7 @@ def contribution_norms(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, 
     if family != "mamba1":
         P = _prep(family, c, heads)
         check_memory(family, c, rows, budget, heads)
-        A, _ = _carry(P, _rows(P, rows))
-        return A[..., :P.T].abs() * P.v.norm(dim=-1)[:, :, None, :]
+        return _attention(family, P, rows, impl).abs() * P.v.norm(dim=-1)[:, :, None, :]
     Dn = c["v"].shape[2]
     chans = torch.arange(Dn) if heads is None else torch.as_tensor(heads, dtype=torch.long).flatten()
     B_, T = c["v"].shape[:2]
@@ -392,7 +480,6 @@ def contribution_norms(family, c, rows=None, heads=None, budget=DEFAULT_BUDGET, 
     out = None
     for i in range(0, chans.numel(), block):
         P = _prep(family, c, chans[i:i + block])
-        A, _ = _carry(P, _rows(P, rows))
-        sq = (A[..., :P.T] * P.v[..., 0][:, :, None, :]).square().sum(1)
+        sq = (_attention(family, P, rows, impl) * P.v[..., 0][:, :, None, :]).square().sum(1)
         out = sq if out is None else out + sq
     return out.sqrt()
