@@ -1,7 +1,7 @@
 """Which dictionary latents hold which task values in the shipped default models: one command, figures + CSV + report.
 
     python bench/sae_figures.py OUTDIR             # GPU host: gdn100 layer 0 and gdn75's 9 GDN layers (~3-4 min)
-    python bench/sae_figures.py OUTDIR --quick     # CPU check: tiny token counts, 2 gdn75 layers (~1-2 min)
+    python bench/sae_figures.py OUTDIR --quick     # CPU check: tiny token counts, 2 gdn75 layers (~2 min, 1 core)
 
 For `gdn100` block 0 (where patching places both tasks) and every GDN block of `gdn75`, three TopK
 dictionaries (eai-sparsify `SparseCoder`, trained by `interp.sae.train`):
@@ -98,11 +98,11 @@ def selectivity(hm, coder, site, d, table, n: int, seed: int):
     """[values x values] mean activation of each value's best latent (columns, in value order) on the points of
     each value (rows), on a fresh held-out batch, each column divided by its maximum."""
     task, target, where, offset = d[1], d[3], d[4], d[5]
-    batch = T.generate(task, n, seed=seed)
+    batch = T.generate(task, n, seed=seed).to(next(hm.model.parameters()).device)
     X, _ = site_vectors(hm, site, batch.tokens)
     b, t, y = points(batch, target, where, offset)
-    Z = dense_latents(coder, X[b, t]).float().numpy()
-    y = y.numpy()
+    Z = dense_latents(coder, X[b, t]).float().cpu().numpy()
+    y = y.cpu().numpy()
     vals = list(table.value)
     M = np.full((len(vals), len(vals)), np.nan)
     for i, v in enumerate(vals):
@@ -186,13 +186,13 @@ def figure(name, summ, mats, path):
     from interp.figsave import save_fig
     s = summ[summ.model == name]
     fig, ax = plt.subplots(2, 3, figsize=(15, 9))
-    for label, g in s.groupby("dictionary", sort=False):
-        ax[0, 0].plot(g.layer, g.values_held / g.n_values, "o-", label=label)
-        ax[0, 1].plot(g.layer, g.fvu, "o-", label=label)
-        ax[0, 2].plot(g.layer, g.acc_sae, "o-", label=f"{label}: spliced")
-    for label, g in s.groupby("dictionary", sort=False):
-        ax[0, 2].plot(g.layer, g.acc_mean, "x:", color="0.5")
-    ax[0, 2].plot(s.layer, s.acc_clean, "k_", ms=12, label="clean model")
+    for j, (label, g) in enumerate(s.groupby("dictionary", sort=False)):
+        x = g.layer + 0.12 * (j - 1)  # side by side where the numbers coincide
+        ax[0, 0].plot(x, g.values_held / g.n_values, "o-", label=label)
+        ax[0, 1].plot(x, g.fvu, "o-", label=label)
+        ax[0, 2].plot(x, g.acc_sae, "o-", label=f"{label}: spliced")
+        ax[0, 2].plot(x, g.acc_mean, "x:", color=f"C{j}", alpha=0.6)
+        ax[0, 2].plot(x, g.acc_clean, "k_", ms=10, label="clean model" if j == 0 else None)
     ax[0, 0].set(title=f"values held by one latent\n(AUROC > null + {MARGIN}, most active on its value, held out)",
                  ylabel="fraction of values", ylim=(-0.02, 1.02))
     ax[0, 1].set(title="held-out FVU", ylabel="FVU", ylim=(0, None))
@@ -200,7 +200,10 @@ def figure(name, summ, mats, path):
     for x in ax[0]:
         x.set_xlabel("block")
         x.set_xticks(sorted(s.layer.unique()))
-        x.legend(fontsize=7)
+        x.set_xlim(s.layer.min() - 0.6, s.layer.max() + 0.6)
+    ax[0, 0].legend(fontsize=7, loc="upper right")
+    ax[0, 1].legend(fontsize=7, loc="lower right")
+    ax[0, 2].legend(fontsize=7, loc="center right", framealpha=0.6)
     for x, (label, g) in zip(ax[1], s.groupby("dictionary", sort=False)):
         best = g.sort_values(["values_held", "auroc_mean"], ascending=False).iloc[0]
         vals, M = mats[(label, int(best.layer))]
@@ -246,12 +249,13 @@ def unexplained(summ) -> list[str]:
              f"- Values without a latent of their own: {int((summ.n_values - summ.values_held).sum())} of "
              f"{int(summ.n_values.sum())} (dictionary, value) cases; where the raw probe decodes the value better than "
              f"the top latents (probe_raw - probe_top8 up to {(summ.probe_raw - summ.probe_top8).max():.2f}), the value "
-             f"is spread over many latents rather than held by one."]
+             f"is spread over many latents, or not linearly in them, rather than held by one."]
     gap = summ.iia_aligned - summ.iia_random
     lines.append(f"- Causal: aligned-latent interchange beats random latents by {gap.min():+.2f} to {gap.max():+.2f}; "
                  f"a latent that scores well on AUROC but does not move the answer when swapped is a correlate, not "
-                 f"(alone) the stored value. For write dictionaries the interchange edits the write at the query "
-                 f"token, which stores nothing the answer needs: read their interchange as a control.")
+                 f"(alone) the stored value. For write dictionaries the interchange swaps latents of the write at the "
+                 f"query token, while their ground truth is scored at the value tokens that store the binding, and the "
+                 f"paired prompts differ in a value written earlier: it does not test the stored binding.")
     lines.append("- Not covered: per-key bindings inside the state (which key slot holds which value) and the "
                  "attention layers of gdn75; one seed, one training run per dictionary.")
     return lines
@@ -271,10 +275,10 @@ def report(summ, a, dev, times, out):
            f"{a.n}. A value is *held* by a latent when that value's best latent has AUROC > its label-permuted null "
            f"+ {MARGIN} and, on the second held-out batch, is most active on that value.",
            "" if not a.quick else "\n**QUICK CPU RUN: tiny token counts, numbers mean nothing; do not commit.**\n",
-           "One dictionary by hand, e.g.:\n\n```bash\ninterp sae train --model gdn100 --site blocks.0.rec.readout "
+           "One dictionary by hand (the CLI streams fresh batches instead of this script's pool), e.g.:\n\n```bash\ninterp sae train --model gdn100 --site blocks.0.rec.readout "
            f"--k {a.k} --features {a.features} --steps {a.steps} --batch-size {a.batch_size} --lr {a.lr} --device cuda "
            "--out runs/sae/gdn100_readout0\ninterp sae eval --coder runs/sae/gdn100_readout0 --model gdn100 "
-           "--site blocks.0.rec.readout --target bound_value\n```\n",
+           "--site blocks.0.rec.readout --target bound_value --device cuda\n```\n",
            *[f"![{m}](sae_{m}.png)" for m in summ.model.unique()], "", markdown(summ[cols], "{:.2f}"),
            "## Reading (generated from the numbers above)\n", *reading(summ),
            "\n## What the dictionaries do not explain\n", *unexplained(summ)]
@@ -298,17 +302,20 @@ def main(argv=None):
     ap.add_argument("--n-pairs", type=int, default=128)
     ap.add_argument("--models", default="gdn100,gdn75")
     ap.add_argument("--dicts", default=",".join(d[0] for d in DICTS), help="which dictionaries (comma-separated)")
-    ap.add_argument("--time-budget", type=float, default=220.0, help="seconds: no dictionary is trained after half "
-                    "of it, none evaluated after all of it (skipped ones are listed in the report)")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds (default 220; none with --quick): no "
+                    "dictionary is trained after half of it, none evaluated after all of it (skipped ones are listed "
+                    "in the report)")
     a = ap.parse_args(argv)
     a.argv = list(argv if argv is not None else sys.argv[1:])
     a.dicts, a.skipped = a.dicts.split(","), []
     unknown = set(a.dicts) - {d[0] for d in DICTS}
     if unknown:
         ap.error(f"unknown --dicts {sorted(unknown)}; valid: {', '.join(d[0] for d in DICTS)}")
-    a.seeds = (0,) if a.quick else (0, 1, 2, 3, 4)  # random-latent seeds of the interchange control
+    if a.time_budget is None:
+        a.time_budget = float("inf") if a.quick else 220.0
+    a.seeds = () if a.quick else (0, 1, 2, 3, 4)  # random-latent seeds of the interchange control (--quick: none)
     if a.quick:
-        a.steps, a.pool, a.batch_size, a.features, a.k, a.n, a.n_pairs = 3, 1, 8, 64, 4, 16, 8
+        a.steps, a.pool, a.batch_size, a.features, a.k, a.n, a.n_pairs = 3, 1, 8, 64, 4, 16, 4
     dev = a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
