@@ -63,6 +63,11 @@ def token_writes(hm, tokens, layers):
             for i in layers}
 
 
+@torch.no_grad()
+def plain(m, tokens):
+    return m(tokens)
+
+
 def final_states(hm, tokens, layer):
     """[B, H, K, V] states after the last token (only the last position is computed and kept)."""
     with torch.no_grad():
@@ -104,7 +109,7 @@ def measure(a, m, dev, budget_start):
     key, val = token_writes(hm, batch(a, 0, dev), [L0])[L0]
     (n_tok, H, K), V = key.shape, val.shape[-1]
     r = {"gdn_layers": gdn, "heads": H, "K": K, "V": V, "tokens_per_forward": n_tok}
-    r["fwd_s"], _ = timed(lambda s: (m(batch(a, s, dev)), 0)[1], a.steps)
+    r["fwd_s"], _ = timed(lambda s: (plain(m, batch(a, s, dev)), 0)[1], a.steps)
     r["writes_fwd_s"], _ = timed(lambda s: (token_writes(hm, batch(a, s, dev), [L0]), 0)[1], a.steps)
     d1 = rank1_dicts(H, K, V, a, dev)
     r["writes_train_s"], r["writes_per_step"] = timed(
