@@ -20,21 +20,8 @@ import torch
 
 from interp import patching, tasks
 from interp.experiment import git_commit
-from interp.tasks import VOCAB
-from interp.zoo import HybridLM, ZooConfig
 from interp.zoo.hf import to_transformer_bridge
-
-
-def random_zoo(d, L, H, layout, dev):
-    """A seeded random zoo model whose weight matrices are scaled up 3x, so its answers depend on the prompt."""
-    torch.manual_seed(0)
-    m = HybridLM(ZooConfig(vocab_size=len(VOCAB), d_model=d, n_layers=L, layout=layout, n_heads=H,
-                           head_dim=d // H)).to(dev).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.mul_(3.0)
-    return m
+from interp.zoo.randinit import random_zoo
 
 
 def sync():

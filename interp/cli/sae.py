@@ -147,6 +147,7 @@ def cmd_eval(a):
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
     model = load_any(a.model, device=a.device)
+    coder = coder.to(a.device)  # saved coders load on the CPU; evaluation runs where the model is
     if a.substitution:
         return _substitution(a, model, coder, site, folder)
     label = None if a.target == "none" else a.target

@@ -24,8 +24,8 @@ def quality(coder, X, dense_threshold: float = 0.1, Y=None) -> dict:
     acts, idx, _ = coder.encode(C.pad(X, coder.d_in).to(coder.dtype))
     rec = coder.decode(acts, idx)[:, :Y.shape[1]]
     fvu = (Y - rec).pow(2).sum() / (Y - Y.mean(0)).pow(2).sum()
-    counts = torch.zeros(coder.num_latents)
-    counts.index_add_(0, idx[acts > 0].flatten(), torch.ones(int((acts > 0).sum())))
+    counts = torch.zeros(coder.num_latents, device=idx.device)
+    counts.index_add_(0, idx[acts > 0].flatten(), torch.ones(int((acts > 0).sum()), device=idx.device))
     freq = counts / X.shape[0]
     return {"fvu": float(fvu), "dead_frac": float((counts == 0).float().mean()),
             "dense_frac": float((freq > dense_threshold).float().mean()), "l0": float((acts > 0).sum(1).float().mean()),

@@ -127,7 +127,8 @@ def groundtruth(coder, X, batch, target: str, where: str = "answer", offset: int
     if len(y) == 0:
         raise InterpError(f"no points for target '{target}' (where={where}, offset={offset})")
     x = X[b, t]
-    Z = (coder.encode(x) if isinstance(coder, Latents) else dense_latents(coder, x)).float().numpy()
+    Z = (coder.encode(x) if isinstance(coder, Latents) else dense_latents(coder, x)).float().cpu().numpy()
+    y, b = y.cpu(), b.cpu()
     table, ranking = best_features(Z, y.numpy(), top)
-    need = features_needed(Z, x.numpy(), y.numpy(), b.numpy(), ranking, seed=seed) if probe else None
+    need = features_needed(Z, x.cpu().numpy(), y.numpy(), b.numpy(), ranking, seed=seed) if probe else None
     return table, ranking, need

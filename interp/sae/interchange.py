@@ -33,7 +33,7 @@ def value_of(token: int) -> int:
 def _run(hm, site, tokens, ap, delta, cache):
     """Answer-position predictions of ``tokens`` with ``delta`` [N, d] added to the site at ``ap``."""
     mask = torch.zeros_like(tokens, dtype=torch.bool)
-    rows = torch.arange(tokens.shape[0])
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
     mask[rows, ap] = True
     hk = splice_hooks(site, lambda x, b, t: x + delta[b].to(x.dtype), mask, family_of(hm, site.layer), cache)
     return hm.run_with_hooks(tokens, hooks=hk)[rows, ap].argmax(-1)
@@ -52,7 +52,7 @@ def interchange(hm, site, coder, pairs, ranking: dict, n_align: int = 1, seeds=(
     from interp.sae.evaluate import clean_run
     pairs.check_unpadded("the SAE interchange test")
     view = as_view(coder, site)
-    ap, rows = pairs.answer_pos, torch.arange(pairs.n)
+    ap, rows = pairs.answer_pos, torch.arange(pairs.n, device=pairs.answer_pos.device)
     lc, Xc, _ = clean_run(hm, view.read, pairs.clean)
     lx, Xx, cache = clean_run(hm, view.read, pairs.corrupted)
     if view.edit != view.read:

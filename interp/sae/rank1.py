@@ -185,7 +185,7 @@ def train_rank1(model, site, source, k: int = 32, features: int = 4096, steps: i
     K = key_dim(model, site.layer)
     x0 = source.rows(0)
     key0, val0 = split_kd(x0, K)
-    coder = Rank1Coder(K, val0.shape[1], features, k, seed)
+    coder = Rank1Coder(K, val0.shape[1], features, k, seed).to(key0.device)  # trains where its rows are
     if init is not None:
         coder.init_from(*init)
     opt = torch.optim.Adam(coder.parameters(), lr=lr)

@@ -18,6 +18,11 @@ from interp.tasks.vocab import PAD
 EVAL_SEED = 999_999_937
 
 
+def _device(model):
+    """The device of the model's first parameter (evaluation data goes there; coders must be there too)."""
+    return next(wrap(model).model.parameters()).device
+
+
 def _gt_rows(table, need, target):
     rows = []
     for r in table.itertuples():
@@ -43,7 +48,7 @@ def causal_rows(hm, coder, site, X, batch, task: str, knobs: dict, n_pairs: int 
     `interp.sae.views.Latents`; ``X``: its read site's vectors [B, T, d] on ``batch``)."""
     table, ranking, need = groundtruth(coder, X, batch, target, where, offset, probe=probe)
     rows = _gt_rows(table, need, target)
-    pairs = T.make_pairs(task, n_pairs, seed=seed, **knobs)
+    pairs = T.make_pairs(task, n_pairs, seed=seed, **knobs).to(X.device)
     for r in interchange(hm, site, coder, pairs, ranking, n_align=n_align, seeds=seeds):
         rows += [{"section": "interchange", "metric": m, "condition": r["condition"],
                   "variable": "" if r["seed"] is None else f"seed={r['seed']}", "value": r[m], "n": r["n"]}
@@ -59,7 +64,7 @@ def run_eval(model, coder, site, task: str = "mqar", knobs: dict | None = None, 
     """Evaluate ``coder`` on ``site`` of ``model`` (sections of `SaeEval`); ``target=None`` skips ground
     truth and interchange."""
     hm, knobs = wrap(model), dict(knobs or {})
-    batch = T.generate(task, n, seed=seed, **knobs)
+    batch = T.generate(task, n, seed=seed, **knobs).to(_device(model))  # where the model is
     _, X, _ = E.clean_run(hm, site, batch.tokens)
     q = E.quality(coder, X[batch.tokens != PAD], dense_threshold)
     rows = [{"section": "quality", "metric": k, "value": float(v), "n": q["rows"]} for k, v in q.items() if k != "rows"]
@@ -90,7 +95,7 @@ def run_eval_rank1(model, coder, site, task: str = "mqar", knobs: dict | None = 
     from interp.sae.views import rank1_view
     check_site(site)
     hm, knobs = wrap(model), dict(knobs or {})
-    batch = T.generate(task, n, seed=seed, **knobs)
+    batch = T.generate(task, n, seed=seed, **knobs).to(_device(model))
     X, _ = site_vectors(hm, site, batch.tokens)
     q = quality(coder, *split_kd(X[batch.tokens != PAD], coder.K), dense_threshold)
     rows = [{"section": "quality", "metric": k, "value": float(v), "n": q["rows"]} for k, v in q.items() if k != "rows"]

@@ -33,10 +33,10 @@ class TrainResult:
 
 
 def _state(coder, opt, fired, step, scale) -> dict:
-    out = {f"coder.{k}": v.detach().clone() for k, v in coder.state_dict().items()}
+    out = {f"coder.{k}": v.detach().cpu().clone() for k, v in coder.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
-        out.update({f"adam.{i}.{n}": torch.as_tensor(v).clone() for n, v in st.items()})
-    out.update(fired=fired.clone(), step=torch.tensor(step), scale=torch.tensor(scale, dtype=torch.float64))
+        out.update({f"adam.{i}.{n}": torch.as_tensor(v).cpu().clone() for n, v in st.items()})
+    out.update(fired=fired.cpu().clone(), step=torch.tensor(step), scale=torch.tensor(scale, dtype=torch.float64))
     return out
 
 
@@ -95,7 +95,8 @@ def fit(coder, opt, source, steps, step_fn, scale, store=None, save_every=100, p
     ``step_fn(batch, scale, dead_mask) -> (metrics dict, latent indices fired)``; with an open `Store`,
     metrics and a checkpoint every ``save_every`` steps, and a run that finds a checkpoint continues from
     it. ``coder.num_latents`` latents. Returns (metrics DataFrame, scale)."""
-    fired = torch.zeros(coder.num_latents, dtype=torch.long)  # rows since each latent last fired
+    dev = next(coder.parameters()).device  # the coder trains where its rows are (`train` moves it there)
+    fired = torch.zeros(coder.num_latents, dtype=torch.long, device=dev)  # rows since each latent last fired
     start = 0
     if store and store.has("checkpoint"):
         start, scale = _restore(store.get("checkpoint"), coder, opt, fired)
@@ -132,7 +133,7 @@ def train(model, site, source, k: int = 32, features: int = 4096, steps: int = 1
     xi, yi = split(x0)
     lr = lr if lr is not None else 2e-4 / (features / 2 ** 14) ** 0.5
     width = xi.shape[1] if yi is None else max(xi.shape[1], yi.shape[1])
-    coder = C.new(width, k, features, seed, transcode=yi is not None)
+    coder = C.new(width, k, features, seed, transcode=yi is not None).to(xi.device)  # where the rows are
     opt = torch.optim.Adam(coder.parameters(), lr=lr)
     scale = rms(xi) if yi is None else (rms(xi), rms(yi))
     with torch.no_grad():

@@ -1,0 +1,48 @@
+"""The SAE bench (bench/bench_sae.py) and the default-model figure script (bench/sae_figures.py) run end to end
+in their --quick CPU modes, through main() in-process, and write finite, positive numbers."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_sae_quick_writes_rates(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    r = _load("bench_sae").main(["--quick", "--out", str(out)])
+    d, m = r["derived"], r["measured"]
+    assert m["gdn_layers"] == [0, 1, 2] and m["heads"] == 4
+    for k in ("writes_per_s_train", "final_states_per_s_train", "extrap_all_shared_s", "extrap_all_alone_s"):
+        assert math.isfinite(d[k]) and d[k] > 0, k
+    # examples per forward: every non-pad token's write against one state per sequence
+    assert d["examples_per_forward_per_head_writes"] == m["tokens_per_forward"] > d["examples_per_forward_per_head_final"]
+    assert m["writes_per_step"] == m["tokens_per_forward"] * m["heads"]
+    assert d["n_dicts"] == 12 and d["extrap_all_alone_s"] > d["extrap_all_shared_s"]
+    saved = json.loads(out.read_text())
+    assert saved["derived"]["n_dicts"] == 12 and "Extrapolation" in saved["markdown"]
+    assert "| ... + one rank-1 dictionary step per head (4) |" in capsys.readouterr().out
+
+
+def test_sae_figures_quick_writes_tables_figure_report(tmp_path):
+    summ = _load("sae_figures").main([str(tmp_path), "--quick", "--models", "gdn100", "--dicts", "mqar readout"])
+    assert list(summ.dictionary) == ["mqar readout"] and list(summ.layer) == [0]
+    for f in ("summary.csv", "features.csv", "sae_gdn100.png", "report.md"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    s = pd.read_csv(tmp_path / "summary.csv")
+    for c in ("fvu", "acc_clean", "auroc_mean", "auroc_null_mean", "probe_raw"):
+        assert s[c].between(0, 1.5).all(), c
+    feats = pd.read_csv(tmp_path / "features.csv")
+    assert len(feats) == s.n_values.iloc[0] and feats.auroc.between(0, 1).all()
+    assert feats.feature.between(0, 63).all()  # --quick: 64 latents
+    assert int(feats.holds.sum()) == s.values_held.iloc[0]
+    assert "QUICK CPU RUN" in (tmp_path / "report.md").read_text()
