@@ -36,7 +36,7 @@ from hooks.cache import Cache
 from hooks.session import HookSession, positions_list
 
 # adapters whose decode step under rec.* hooks raises NotImplementedError (they need the whole sequence)
-_NO_REC_DECODE = ("hf_mamba", "hf_mamba1", "fla", "mamba_ssm")
+_NO_REC_DECODE = ("hf_mamba1", "fla", "mamba_ssm")
 
 
 class CacheUnsupported(N.HookError):
