@@ -23,12 +23,14 @@ Hook functions (``hooks=``) are called as in `run_with_hooks`, on every position
 patch at a prompt position acts on the generation exactly as it acts on a prefill of the same tokens.
 Step hooks (``step_hooks=``) are called as ``fn(x_new, name, step)`` on the positions a step adds:
 step 0 is the prompt (``x[:, :T0]``), step s >= 1 the token chosen at step s - 1 (position T0 + s - 1),
-and the last call covers the last generated token (made by the capture pass). A returned tensor
-replaces those positions and the edit is kept: later steps see the edited values at those positions,
-as a decode loop would keep an edited state or residual in its cache (a ``rec.state`` edit continues
-the recurrence from the edited state). The models are causal, so activations at position p do not
-depend on later tokens: the capture (one pass over the final sequence with the same hook functions and
-the kept edits) holds, at every position, what the step that processed it computed.
+and, with a capture, the last call covers the last generated token. A returned tensor replaces those
+positions and the edit is kept: later steps see the edited values at those positions, as a decode loop
+keeps an edited state or residual in its cache (a ``rec.state`` edit continues the recurrence from the
+edited state; on the cached path the edit is in the model's cache). The models are causal, so
+activations at position p do not depend on later tokens: the capture holds, at every position, what the
+step that processed it computed (recomputation: one pass over the final sequence with the same hook
+functions and the kept edits; cached path: recorded while decoding, plus one one-token forward of the
+last generated token).
 
 Sampling: softmax(logits / temperature) restricted to the top-p nucleus (the smallest set of most
 likely tokens whose probability reaches top_p), drawn with a CPU ``torch.Generator`` seeded by

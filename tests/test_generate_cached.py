@@ -58,14 +58,15 @@ def test_position_wise_hook_cached_equals_recompute_and_prefill(kind):
 @pytest.mark.parametrize("kind,site", [("qwen3_next", "rec.state"), ("llama", "resid_post"),
                                        ("mamba2", "rec.state")])
 def test_step_hook_cached_equals_prefill_with_the_edits(kind, site):
-    """A step hook editing the newest token's state (or residual) at steps 2 and 4: the edits stay in the
-    model's cache, so the tokens are the greedy continuation of a prefill that carries the same edits at the
-    same positions, and the capture equals that prefill's (2e-5); a single edit equals the recomputation path."""
+    """A step hook editing the newest token's state (or residual) at steps 2 and 3: the edits stay in the
+    model's cache (the step-3 hook sees the state continued from the step-2 edit), so the tokens are the greedy
+    continuation of a prefill that carries the same edits at the same positions, and the capture equals that
+    prefill's (2e-5); a single edit equals the recomputation path."""
     m = hf_model(kind)
     hm, x, T0 = hooks.wrap(m), H.toks(vocab(m), B=2, n=5, seed=4), 5
     i = H.rec_layers(hm)[0] if site == "rec.state" else 1
     name, names = f"blocks.{i}.{site}", _names(hm, kind)
-    for edit_steps in ((2,), (2, 4)):
+    for edit_steps in ((2,), (2, 3)):
         edited = {}
 
         def step_fn(xn, hp, step):
