@@ -243,7 +243,9 @@ def _cached_or_none(kw, steps, cache_names, positions, state_dtype, use_cache, g
     if why is None:
         state = gen.get_state()
         try:
-            return C.decode(steps=steps, cache_names=cache_names, positions=positions, state_dtype=state_dtype, **kw)
+            seq, scores, d = C.decode(steps=steps, cache_names=cache_names, state_dtype=state_dtype, **kw)
+            cache = None if d is None else d.capture(hm, seq.shape[1], positions, _grown(kw["mask"], seq))
+            return seq, scores, cache
         except C.CacheUnsupported as e:
             why = str(e)
             gen.set_state(state)      # the recomputation draws the same random numbers from the start

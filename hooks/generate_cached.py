@@ -147,9 +147,10 @@ class Decode:
         return cache
 
 
-def decode(hm, tokens, n, pick, eos, mask, hooks, steps, cache_names, positions, state_dtype):
-    """Tokens [B, T0 + k], scores [B, k, V] and the capture (or None) of a cached decode under ``hooks`` (name,
-    fn) and ``steps`` (`hooks.generate._Steps`, switched to cached mode); ``pick(logits, step)`` chooses."""
+def decode(hm, tokens, n, pick, eos, mask, hooks, steps, cache_names, state_dtype):
+    """Tokens [B, T0 + k], scores [B, k, V] and the `Decode` (its capture: `Decode.capture`; None without
+    ``cache_names``) of a cached decode under ``hooks`` (name, fn) and ``steps`` (`hooks.generate._Steps`,
+    switched to cached mode); ``pick(logits, step)`` chooses."""
     d, grouped = Decode(tokens.shape[1]), {}
     for name, fn in hooks:
         grouped.setdefault(name, []).append(fn)
@@ -160,14 +161,7 @@ def decode(hm, tokens, n, pick, eos, mask, hooks, steps, cache_names, positions,
     with HookSession(hm, session_hooks + steps.hooks(), cache_names=list(cache_names or ()), cache=store,
                      state_dtype=state_dtype):
         seq, scores = _run_generate(hm, tokens, n, pick, eos, mask, d, store, capture)
-    cache = d.capture(hm, seq.shape[1], positions, _grown(mask, seq)) if capture else None
-    return seq, scores, cache
-
-
-def _grown(mask, seq):
-    if mask is None:
-        return None
-    return torch.cat([mask, torch.ones_like(seq[:, mask.shape[1]:], dtype=torch.bool)], 1)
+    return seq, scores, d if capture else None
 
 
 def _run_generate(hm, tokens, n, pick, eos, mask, d, store, capture):
