@@ -22,7 +22,7 @@ What this path refuses (`reason`: ``use_cache="auto"`` then recomputes, ``use_ca
 without an HF decode cache (the zoo, TransformerLens / nnsight wrappers, mamba-ssm), hook functions on
 ``rec.write_k`` / ``rec.write_v`` and on patterns, patterns in the capture, step hooks on ``attn.k`` /
 ``attn.v`` (the KV cache keeps the keys before the hook), and rec.* names on layers whose adapter cannot
-decode under rec hooks (HF Mamba2 / Mamba1 families, fla, mamba-ssm). At run time, a hook function on
+decode under rec hooks (zamba v1, fla, mamba-ssm). At run time, a hook function on
 ``rec.state`` that changes a decode position's state after an earlier change of that name (the recomputation
 path shows it the unedited recurrence's states, a decode step the edited one's) and an adapter's
 NotImplementedError at a decode step raise `CacheUnsupported`, which ``"auto"`` answers by recomputing.
@@ -35,8 +35,9 @@ from hooks import names as N
 from hooks.cache import Cache
 from hooks.session import HookSession, positions_list
 
-# adapters whose decode step under rec.* hooks raises NotImplementedError (they need the whole sequence)
-_NO_REC_DECODE = ("hf_mamba1", "fla", "mamba_ssm")
+# adapters / HF model types whose decode step under rec.* hooks raises NotImplementedError (they need the whole
+# sequence in one forward)
+_NO_REC_DECODE = ("fla", "mamba_ssm", "zamba")
 
 
 class CacheUnsupported(N.HookError):
@@ -61,7 +62,7 @@ def reason(hm, hooks, step_names, cache_names, batch: int, own_cache_ok) -> str 
     if bad:
         return (f"step hooks on {', '.join(bad)}: the KV cache keeps the keys / values from before the hook, so "
                 "the edit would not reach later steps")
-    if hm.adapter.family in _NO_REC_DECODE:
+    if {hm.adapter.family, getattr(getattr(hm.model, "config", None), "model_type", None)} & set(_NO_REC_DECODE):
         rec = sorted(n for n in fn_names | set(step_names) | set(cache_names or ()) if N.parse(n)
                      and N.parse(n)[1] == "rec")
         if rec:

@@ -7,9 +7,16 @@ import torch
 import hooks
 import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
 from hooks.names import HookError
-from test_generate import _fixed, hf_model, vocab, zoo
+from test_adapters_jamba import make as jamba_make
+from test_generate import _fixed, vocab, zoo
+from test_generate import hf_model as _hf_model
 
-KINDS = ["llama", "qwen3_next", "mamba2"]
+KINDS = ["llama", "qwen3_next", "mamba2", "jamba"]   # attention; GDN hybrid; Mamba2; Mamba1 + attention + MoE
+
+
+@H.cached
+def hf_model(kind):
+    return jamba_make("jamba") if kind == "jamba" else _hf_model(kind)
 TOL = dict(atol=2e-5, rtol=2e-5)
 
 
@@ -56,7 +63,7 @@ def test_position_wise_hook_cached_equals_recompute_and_prefill(kind):
 
 
 @pytest.mark.parametrize("kind,site", [("qwen3_next", "rec.state"), ("llama", "resid_post"),
-                                       ("mamba2", "rec.state")])
+                                       ("mamba2", "rec.state"), ("jamba", "rec.state")])
 def test_step_hook_cached_equals_prefill_with_the_edits(kind, site):
     """A step hook editing the newest token's state (or residual) at steps 2 and 3: the edits stay in the
     model's cache (the step-3 hook sees the state continued from the step-2 edit), so the tokens are the greedy
