@@ -26,7 +26,8 @@ step 0 is the prompt (``x[:, :T0]``), step s >= 1 the token chosen at step s - 1
 and, with a capture, the last call covers the last generated token. A returned tensor replaces those
 positions and the edit is kept: later steps see the edited values at those positions, as a decode loop
 keeps an edited state or residual in its cache (a ``rec.state`` edit continues the recurrence from the
-edited state; on the cached path the edit is in the model's cache). The models are causal, so
+edited state, and a later step hook on ``rec.state`` sees the state continued from it: on recomputation
+`_continue` computes it first; on the cached path the edit is in the model's cache). The models are causal, so
 activations at position p do not depend on later tokens: the capture holds, at every position, what the
 step that processed it computed (recomputation: one pass over the final sequence with the same hook
 functions and the kept edits; cached path: recorded while decoding, plus one one-token forward of the
@@ -109,6 +110,7 @@ class _Steps:
         self.edits = {}  # name -> {position: tensor [B, ...]}
         self.T0, self.step = prompt_len, 0
         self.cached, self.decode = False, None   # cached decoding: `hooks.generate_cached.Decode`
+        self.continued, self.silent = {}, False   # recomputation: `_continue`
 
     def span(self):
         return (0, self.T0) if self.step == 0 else (self.T0 + self.step - 1, self.T0 + self.step)
@@ -134,8 +136,8 @@ class _Steps:
                 for p, v in kept.items():
                     out[:, p] = v
             lo, hi = self._cached_span(name, x) if self.cached else self.span()
-            if name in self.fns and hi <= x.shape[1]:
-                old = out[:, lo:hi]
+            if name in self.fns and hi <= x.shape[1] and not self.silent:
+                old = self.continued.get(name, out[:, lo:hi])
                 new = old.clone()   # an in-place edit by a step hook is seen (and kept) like a returned one
                 for f in self.fns[name]:
                     r = f(new, hp, self.step)
@@ -215,11 +217,31 @@ def _grown(mask, seq):
     return torch.cat([mask, torch.ones_like(seq[:, mask.shape[1]:], dtype=torch.bool)], 1)
 
 
+def _continue(hm, seq, hooks, steps, mask):
+    """Step hooks on ``rec.state`` see the state the newest token leaves in the recurrence continued from the
+    kept edits, as a decode loop (and the cached path) shows it, not the state of the unedited recurrence (what a
+    forward shows hook functions there): where an earlier step edited that state, one capture pass with the
+    kept edits (and no step hook calls) gives it first."""
+    steps.continued = {}
+    names = [n for n in steps.fns if n.endswith("rec.state") and steps.edits.get(n)]
+    lo, hi = steps.span()
+    if not names or hi > seq.shape[1]:
+        return
+    steps.silent = True
+    try:
+        with torch.no_grad():
+            _, c = hm.run_with_cache(seq, names, hooks=list(hooks) + steps.hooks(), attention_mask=_grown(mask, seq))
+    finally:
+        steps.silent = False
+    steps.continued = {n: c[n][:, lo:hi] for n in names}
+
+
 def _recompute(hm, tokens, n, pick, eos, hooks, steps, mask=None):
     seq, scores = tokens, []
     done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     for s in range(n):
         steps.step = s
+        _continue(hm, seq, hooks, steps, mask)
         with torch.no_grad():
             logits = hm.run_with_hooks(seq, list(hooks) + steps.hooks(), attention_mask=_grown(mask, seq))
         last = logits[:, -1].float()
@@ -311,6 +333,7 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
         cache = None
         if cache_names is not None:
             steps.step = seq.shape[1] - tokens.shape[1]   # the capture pass adds the last generated token
+            _continue(hm, seq, hooks, steps, mask)
             with torch.no_grad():
                 _, cache = hm.run_with_cache(seq, cache_names, positions=positions, hooks=list(hooks) + steps.hooks(),
                                              state_dtype=state_dtype, attention_mask=_grown(mask, seq))

@@ -68,7 +68,7 @@ def test_step_hook_cached_equals_prefill_with_the_edits(kind, site):
     """A step hook editing the newest token's state (or residual) at steps 2 and 3: the edits stay in the
     model's cache (the step-3 hook sees the state continued from the step-2 edit), so the tokens are the greedy
     continuation of a prefill that carries the same edits at the same positions, and the capture equals that
-    prefill's (2e-5); a single edit equals the recomputation path."""
+    prefill's (2e-5); the recomputation path gives the same tokens and capture."""
     m = hf_model(kind)
     hm, x, T0 = hooks.wrap(m), H.toks(vocab(m), B=2, n=5, seed=4), 5
     i = H.rec_layers(hm)[0] if site == "rec.state" else 1
@@ -89,9 +89,36 @@ def test_step_hook_cached_equals_prefill_with_the_edits(kind, site):
         assert torch.equal(logits[:, T0 - 1:-1].argmax(-1), g.new_tokens)
         torch.testing.assert_close(g.scores, logits[:, T0 - 1:-1].float(), **TOL)
         _assert_capture(g, ref, names + [name])
-        if len(edit_steps) == 1 and kind == "qwen3_next":
-            r = hm.generate(x, 7, step_hooks=[(name, step_fn)], use_cache=False)
+        if kind in ("qwen3_next", "mamba2"):
+            r = hm.generate(x, 7, step_hooks=[(name, step_fn)], cache_names=names + [name], use_cache=False)
             assert r.path == "recompute" and torch.equal(r.tokens, g.tokens)
+            _assert_capture(g, r.cache, names + [name])
+
+
+def test_recompute_step_hooks_see_the_continued_state():
+    """On the recomputation path (the zoo's) a step hook on rec.state at adjacent steps sees the state continued
+    from the earlier edit, as a decode loop shows it: the tokens are the greedy continuation of a prefill with
+    both edits fixed at their positions and the capture equals that prefill's."""
+    m = zoo()
+    hm, T0 = hooks.wrap(m), 6
+    x = torch.randint(0, 40, (2, T0), generator=torch.Generator().manual_seed(3))
+    name, edited, seen = f"blocks.{H.rec_layers(hm)[0]}.rec.state", {}, {}
+
+    def step_fn(xn, hp, step):
+        if step in (2, 3):
+            seen[step] = xn[:, 0].clone()
+            new = xn * -3.0 + 0.5
+            edited[T0 + step - 1] = new[:, 0].clone()
+            return new
+    g = hm.generate(x, 6, step_hooks=[(name, step_fn)], cache_names=[name, "blocks.3.resid_post"])
+    assert g.path == "recompute" and sorted(edited) == [T0 + 1, T0 + 2]
+    logits, ref = hm.run_with_cache(g.tokens, [name, "blocks.3.resid_post"], hooks=[(name, _fixed(sorted(edited.items())))])
+    assert torch.equal(logits[:, T0 - 1:-1].argmax(-1), g.new_tokens)
+    _assert_capture(g, ref, [name, "blocks.3.resid_post"])
+    # what the step-3 hook saw: the state after position T0 + 2 in a prefill carrying the step-2 edit only
+    first = hm.run_with_cache(g.tokens, [name], hooks=[(name, _fixed([(T0 + 1, edited[T0 + 1])]))])[1][name]
+    torch.testing.assert_close(seen[3], first[:, T0 + 2], **TOL)
+    assert (seen[3] - hm.run_with_cache(g.tokens, [name])[1][name][:, T0 + 2]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind,name", [("qwen3_next", "blocks.0.rec.state"), ("llama", "blocks.1.resid_pre")])
