@@ -19,13 +19,20 @@ short-conv states, position ids from a padding mask) is the model's. What the ho
   more one-token forward processes the last generated token, whose values no step computed otherwise).
 
 What this path refuses (`reason`: ``use_cache="auto"`` then recomputes, ``use_cache=True`` raises): models
-without an HF decode cache (the zoo, TransformerLens / nnsight wrappers, mamba-ssm), hook functions on
+without an HF decode cache (the zoo, TransformerLens / nnsight wrappers, mamba-ssm; rwkv with several rows,
+whose own one-token step mixes rows), hook functions on
 ``rec.write_k`` / ``rec.write_v`` and on patterns, patterns in the capture, step hooks on ``attn.k`` /
 ``attn.v`` (the KV cache keeps the keys before the hook), and rec.* names on layers whose adapter cannot
 decode under rec hooks (zamba v1, fla, mamba-ssm). At run time, a hook function on
 ``rec.state`` that changes a decode position's state after an earlier change of that name (the recomputation
-path shows it the unedited recurrence's states, a decode step the edited one's) and an adapter's
-NotImplementedError at a decode step raise `CacheUnsupported`, which ``"auto"`` answers by recomputing.
+path shows it the unedited recurrence's states, a decode step the edited one's), a hooked name that holds
+neither the new positions nor the whole sequence at a decode step (hook functions on ``attn.k`` / ``attn.v`` of
+a sliding-window cache) and an adapter's NotImplementedError raise `CacheUnsupported`, which ``"auto"``
+answers by recomputing from the start (hook functions may then have seen the prompt twice).
+
+Step hooks on ``rec.write_k`` / ``rec.write_v`` of delta-rule layers (GDN, KDA) after an earlier write edit:
+here they see the write computed from the edited past (a decode loop's); recomputation shows the write of
+the unedited past (its step hooks on ``rec.state`` see the continued state, `hooks.generate._continue`).
 """
 from __future__ import annotations
 
