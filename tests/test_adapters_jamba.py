@@ -375,11 +375,16 @@ def test_decoding_and_training_paths(models, monkeypatch):
     x = toks(T=8)
     name = f"blocks.{rec_layers(hm)[0]}.rec.state"
     every = [f"blocks.{i}.rec.state" for i in rec_layers(hm)]
-    with torch.no_grad():
-        out = m(input_ids=x, use_cache=True)
-        with pytest.raises(NotImplementedError, match="decoding one token"):
-            with hm.hooks(cache_names=[name], cache={}):
-                m(input_ids=x[:, :1], **with_cache(m, cache_of(out)), use_cache=True)
+    with torch.no_grad():   # one-token decoding under rec hooks: HF's step, the state the full run reaches
+        step = lambda: m(input_ids=x[:, :1], **with_cache(m, cache_of(m(input_ids=x, use_cache=True))),  # noqa: E731
+                         use_cache=True).logits
+        own, cache = step(), {}
+        with hm.hooks([(name, lambda S, n: None)], cache_names=[name], cache=cache):
+            hooked = step()
+        full = hm.run_with_cache(torch.cat([x, x[:, :1]], 1), names=[name])[1][name]
+    torch.testing.assert_close(hooked, own, atol=1e-5, rtol=1e-4)
+    assert cache[name].shape[1] == 1
+    torch.testing.assert_close(cache[name][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
     no_hooks_left(m)
 
     # training mode: a fused mamba_inner_fn (as with mamba-ssm) is bypassed while rec hooks are on

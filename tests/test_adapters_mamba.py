@@ -410,13 +410,16 @@ def test_unsupported_paths(models, kind):
             padded = m(input_ids=x, attention_mask=mask, use_cache=False).logits
         torch.testing.assert_close(padded, ref, atol=1e-5, rtol=1e-4)
         no_hooks_left(m)
-        # decoding on from a cache: the plain replacement falls back to HF, hooks refuse clearly
-        out = m(input_ids=x, use_cache=True)
+        # decoding on from a cache under a rec hook: the replacement continues from HF's cached state and conv
+        # window, and gives HF's own decode step
         nxt = toks(T=1, seed=5)
         extra = {"cache_position": torch.tensor([x.shape[1]])} if kind == "mamba2" else {}
-        with pytest.raises(NotImplementedError, match="continuing from a cache"):
-            with hm.hooks([(f"blocks.{i}.rec.k", lambda S, n: None)]):
-                m(input_ids=nxt, use_cache=True, **{hf_cache_kw(m.forward, 'cache_params'): cache_of(out)}, **extra)
+        step = lambda: m(input_ids=nxt, use_cache=True, **extra,  # noqa: E731
+                         **{hf_cache_kw(m.forward, 'cache_params'): cache_of(m(input_ids=x, use_cache=True))}).logits
+        own = step()
+        with hm.hooks([(f"blocks.{i}.rec.k", lambda S, n: None)]):
+            hooked = step()
+        torch.testing.assert_close(hooked, own, atol=1e-5, rtol=1e-4)
         no_hooks_left(m)
         with use_scan_forward(m):
             ours = m(input_ids=x, attention_mask=mask, use_cache=False).logits

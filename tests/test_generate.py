@@ -125,7 +125,7 @@ def test_prompt_patch_equals_prefill_patch():
         S[:, 2] = 0
         return S
     g = hm.generate(x, 6, hooks=[(name, zero_at_2)], cache_names=[name])
-    assert g.path == "recompute"
+    assert g.path == "cache"              # decoded on the model's cache (tests/test_generate_cached.py)
     logits, ref = hm.run_with_cache(g.tokens, [name], hooks=[(name, zero_at_2)])
     assert torch.equal(logits[:, 5:-1].argmax(-1), g.new_tokens)
     torch.testing.assert_close(g.cache[name], ref[name])

@@ -68,10 +68,14 @@ the output, bit for bit as without hooks, and the replacement runs beside it wit
 mixer's, so that the change flows on.
 
 Supported paths of the replacement: a full-sequence forward without cache (``use_cache=False``,
-what `HookedModel` runs) or a prefill into an EMPTY cache (it writes the conv and SSM states the
-way HF does), with ``attention_mask`` None or all ones. Anything else (decoding / continuing
-from a cache, padding masks) raises NotImplementedError while rec.* hooks are installed; the
-plain replacement (`use_scan_forward`) falls back to the original forward there.
+what `HookedModel` runs), a prefill into an empty cache (it writes the conv and SSM states the
+way HF does) and continuing from a cache (decoding, a chunked prefill: the scan starts from the
+cached SSM state, the convolution from the cached window, and both are written back; beside a
+capture-only wrapper the equivalent starts from copies taken before the mixer's own forward updates
+them), with a padding mask of the sequence so far (the model's own apply_mask_to_padding_states on
+the new positions). A cache without ``get_recurrent_state`` / ``get_conv_state`` to continue from
+raises NotImplementedError while rec.* hooks are installed; the plain replacement
+(`use_scan_forward`) falls back to the original forward there.
 
 Attention layers are intercepted through ``hooks.adapters.hf_common.patch_attention`` (shared
 with the other HF adapters); q / k / v are what the model hands its attention op (falcon_h1's k
@@ -131,16 +135,27 @@ def _act(name):
 def _unsupported(mixer, hidden_states, cache_params, attention_mask):
     """Why the replacement forward cannot run this call (None: it can)."""
     if attention_mask is not None:
-        if attention_mask.dim() != 2 or attention_mask.shape[:2] != hidden_states.shape[:2]:
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != hidden_states.shape[0] \
+                or attention_mask.shape[1] < hidden_states.shape[1]:
             return f"an attention mask of shape {list(attention_mask.shape)}"
     if cache_params is not None:
         try:
             prev = cache_params.has_previous_state(mixer.layer_idx)
         except Exception as e:  # an unknown cache type
             return f"a cache of type {type(cache_params).__name__} ({e})"
-        if prev:
-            return "continuing from a cache (decoding / chunked prefill)"
+        if prev and not (hasattr(cache_params, "get_recurrent_state") and hasattr(cache_params, "get_conv_state")):
+            return f"continuing from a cache of type {type(cache_params).__name__} (no get_recurrent_state)"
     return None
+
+
+def _continued(mixer, cache_params):
+    """(state, conv window) a forward continues from when the cache holds them (decoding, a chunked prefill):
+    HF's ``[B, H, P, N]`` state as ours ``[B, H, N, P]`` (float32) and the window of the last conv inputs
+    ``[B, conv_dim, K]``, both copied (the model's own forward updates them in place); else (None, None)."""
+    if cache_params is None or not cache_params.has_previous_state(mixer.layer_idx):
+        return None, None
+    S0 = cache_params.get_recurrent_state(mixer.layer_idx).transpose(-1, -2).float().clone()
+    return S0, cache_params.get_conv_state(mixer.layer_idx).clone()
 
 
 def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, attention_mask=None, **kwargs):
@@ -156,9 +171,9 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
             return orig_call()
         raise NotImplementedError(
             f"{type(mixer).__name__} (layer {mixer.layer_idx}): rec.* hooks support a full-sequence "
-            f"forward without cache or a prefill into an empty cache; this call has "
-            f"{why}. Run the prompt in one forward with use_cache=False.")
-    own = None
+            f"forward, a prefill into a cache and continuing from transformers' linear-attention cache; this "
+            f"call has {why}. Run the prompt in one forward with use_cache=False.")
+    own, (S0, window) = None, _continued(mixer, cache_params)
     if getattr(wrapper, "capture_only", False):
         own, cache_params = orig_call(), None
     b, T, _ = hidden_states.shape
@@ -171,13 +186,17 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
     pad = forward_globals(mixer).get("apply_mask_to_padding_states")
     if attention_mask is not None and pad is None and not bool((attention_mask == 1).all()):
         raise NotImplementedError(f"{type(mixer).__name__}: no apply_mask_to_padding_states to follow for a padding mask")
+    if attention_mask is not None:                  # a decode step gets the mask of the whole sequence
+        attention_mask = attention_mask[:, -T:]
     masked = (lambda h: pad(h, attention_mask)) if attention_mask is not None and pad is not None else (lambda h: h)
     proj = fam.project(mixer, masked(hidden_states))
     gate, xBC, dt = proj.split([I, mixer.conv_dim, H], dim=-1)
 
     xBC = xBC.transpose(1, 2)
-    if cache_params is not None:  # prefill into an empty cache (checked above)
+    if cache_params is not None:  # prefill: the new inputs (padded); continuing: the cached window before them
         xBC = cache_params.update_conv_state(xBC, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
+    elif window is not None:      # the equivalent beside the model's own forward: the window it started from
+        xBC = torch.cat([window.to(xBC.dtype), xBC], -1)
     L = xBC.shape[-1]
     xBC = _act(mixer.activation)(mixer.conv1d(xBC.to(mixer.conv1d.weight.dtype))[..., :L]).to(xBC.dtype)
     xBC = masked(xBC[..., -T:].transpose(1, 2))
@@ -189,7 +208,7 @@ def _mixer_forward(mixer, fam, wrapper, orig, hidden_states, cache_params=None, 
         dt = torch.clamp(dt, min=lim[0], max=lim[1])
     A = -torch.exp(mixer.A_log.float())
     kw = dict(x=x.reshape(b, T, H, P).float(), dt=dt.float(), A=A, B=Bm.reshape(b, T, G, N).float(),
-              C=Cm.reshape(b, T, G, N).float(), D=mixer.D.float(), initial_state=None,
+              C=Cm.reshape(b, T, G, N).float(), D=mixer.D.float(), initial_state=S0,
               output_final_state=cache_params is not None)
     if wrapper is None:
         y, final = mamba2_scan.scan(**kw)
@@ -219,7 +238,7 @@ def _swap_mixer_forward(mixer, fam, wrapper):
 @contextmanager
 def use_scan_forward(model):
     """Run every Mamba2 mixer of ``model`` with the `hooks.scan` replacement forward (no hooks);
-    unsupported calls (decoding, padding) use the original forward."""
+    unsupported calls (a cache it cannot continue from) use the original forward."""
     with ExitStack() as stack:
         for L in HFMambaAdapter().layers(model):
             if L.rec is not None:

@@ -49,8 +49,9 @@ mixer:
   (``[B, D, N]``, the layout HF and mamba-ssm use).
 * ``mamba_inner_fn`` returns None (HF's "no fused kernel" answer), so the mixer takes the unfused
   path above even in training mode with mamba-ssm installed.
-* ``mamba_selective_state_update`` (decoding) raises NotImplementedError: rec.* hooks need the
-  whole sequence in one forward.
+* ``mamba_selective_state_update`` (one-token decoding from a cache) goes through the wrappers as a
+  scan of one token from the cached state (``initial_state``), whose final state is written back to
+  the cache's tensor, as the model's own step does; the gate is applied after the wrapper.
 
 Padding masks need nothing special: HF zeroes padded positions before the scan, and the states
 are computed from the scan's actual inputs.
@@ -114,6 +115,35 @@ def _scan_call(orig, wrapper, args, kwargs):
     return (y, final) if last else y
 
 
+def _step_call(chain, args, kwargs):
+    """One decode step, ``mamba_selective_state_update(state, hidden_states, dt, A, B, C, D, dt_bias=,
+    dt_softplus=, z=)`` (``state`` [B, D, N] updated in place, the others one token's), through the wrappers
+    in ``chain``: a scan of one token from ``state``, the final state written back to it, then the gate."""
+    names = ("state", "hidden_states", "dt", "A", "B", "C", "D")
+    kwargs = dict(kwargs)
+    a = dict(zip(names, args))
+    a.update({n: kwargs.pop(n) for n in names if n in kwargs})
+    z, bias, soft = kwargs.pop("z", None), kwargs.pop("dt_bias", None), kwargs.pop("dt_softplus", False)
+    state, x, dt = a["state"], a["hidden_states"], a["dt"]
+    if bias is not None:  # HF's own ops, in its order and dtype
+        dt = dt + bias.to(dt.dtype)
+    if soft:
+        dt = F.softplus(dt)
+    kw = dict(x=x[:, None], dt=dt[:, None], A=a["A"], B=a["B"][:, None], C=a["C"][:, None], D=a.get("D"),
+              initial_state=state.float(), output_final_state=True)
+
+    def run(i, **k):
+        if i == len(chain):
+            return mamba1_scan.scan(**k)
+        return chain[i](k, lambda **kk: run(i + 1, **kk))
+    y, final = run(0, **kw)
+    state.copy_(final.to(state.dtype))
+    y = y[:, 0]
+    if z is not None:
+        y = y * F.silu(z)
+    return y.to(x.dtype)
+
+
 @contextmanager
 def patch_mamba1_scan(mixer, wrapper, scan_name=SCAN, before=None):
     """Make HF Mamba1 mixer ``mixer`` (jamba / mamba / falcon_mamba) call ``wrapper(kwargs, call)``
@@ -164,12 +194,8 @@ def _standin(d, fn, name):
         return inner
     if name == STEP:
         def step(*args, **kwargs):
-            if active():
-                raise NotImplementedError(
-                    "rec.* hooks on Mamba1 layers need the whole sequence in one forward; decoding one "
-                    "token from a cache (mamba_selective_state_update) is not supported. Run the prompt "
-                    "with use_cache=False.")
-            return fn(*args, **kwargs)
+            chain = active()
+            return _step_call(chain, args, kwargs) if chain else fn(*args, **kwargs)
         return step
 
     def scan(*args, **kwargs):
