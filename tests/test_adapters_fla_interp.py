@@ -6,8 +6,8 @@ environment that has triton and fla (never the project's CPU venv) with TRITON_I
 and is skipped elsewhere. It runs the GPU script's own row check (tests/gpu/check_models_gpu.py::check:
 logits unchanged by capture, last state = the model's cached state, states = a float32 step loop,
 a state patch flows forward only, nothing left behind) on the tiny Mamba2 model, fp32 and bf16.
-fla's GDN / GLA kernels do not run under the interpreter (fla 0.6 calls int.to() in them); those rows
-are checked on the GPU only.
+fla's GDN / GLA chunk kernels do not run under the interpreter (fla 0.6 calls int.to() in them); with no
+grad and T <= 64 their fused-recurrent kernels do (tests/test_adapters_fla_classes_interp.py runs those rows).
 """
 import importlib.util
 import os

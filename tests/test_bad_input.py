@@ -241,14 +241,6 @@ def interrupt(argv, ready, prelude=""):
     return p.returncode, err
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocess's setting: same kernels, same bits
-    yield
-    torch.set_num_threads(n)
-
-
 def test_ctrl_c_capture_exits_130_and_resumes(world, tmp_path, capsys, one_thread):
     base = ["capture", "--model", str(world / "model"), "--task", "mqar", "--n", "10", "--names",
             "blocks.0.rec.state", "--batch-size", "2", "--shard-size", "1000"]

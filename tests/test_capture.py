@@ -88,14 +88,6 @@ def files(d):
 
 
 @pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses' setting: same kernels, same bits
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
 def ref(tmp_path, one_thread):
     small_model(tmp_path)
     run_here(tmp_path / "model", tmp_path / "ref")

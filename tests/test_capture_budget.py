@@ -32,14 +32,6 @@ def files(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_pieces_split_each_batch_the_same_wherever_it_starts():
     assert list(pieces(0, 20, 8, 3)) == [(0, 2), (2, 5), (5, 8), (8, 10), (10, 13), (13, 16), (16, 18), (18, 20)]
     assert list(pieces(8, 20, 8, 3)) == list(pieces(0, 20, 8, 3))[3:]      # a resumed shard, another rank

@@ -108,14 +108,6 @@ def dist_run(tmp_path_factory):
     return tmp, pickle.loads((tmp / "dist.pkl").read_bytes())
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' setting: same kernels, same bits
-    yield
-    torch.set_num_threads(n)
-
-
 def test_distributed_sweep_equals_single_process(dist_run, one_thread):
     tmp, got = dist_run
     ref = patching.sweep(load_model(tmp / "model"), pairs(), progress=False, **SWEEP)

@@ -14,14 +14,7 @@ from interp.tasks import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine many threads of several processes slow each
-    other down far more than one thread each."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def make(layout, seed=0, n_layers=4):

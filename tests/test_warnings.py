@@ -19,13 +19,7 @@ from interp.stats import MIN_SEEDS, few_seeds, seed_interval, t975, warn_few_see
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # --- 1. seed intervals ---------------------------------------------------------------------------
