@@ -331,6 +331,26 @@ def test_state_patch_continues_and_decode_step():
     torch.testing.assert_close(cache[f"{p}.state"][:, 0], step[1]["recurrent_state"], atol=1e-5, rtol=1e-5)
 
 
+def test_changed_scan_input_runs_the_recurrence_on_it():
+    """A hook that zeroes rec.b (no rank-1 term: S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T) runs hooks.scan.rwkv7 on
+    the changed inputs: states and readout are the float64 loop of GLA form on the captured inputs."""
+    m = make()
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    p = "blocks.1.rec"
+    with torch.no_grad():
+        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ("q", "k", "v", "decay", "b", "state", "readout")],
+                                   hooks=[(f"{p}.b", lambda b, n: torch.zeros_like(b))])
+    assert c[f"{p}.b"].abs().max() == 0 and not torch.equal(out, m(input_ids=x).logits)
+    q, k, v, w = (c[f"{p}.{s}"].double() for s in ("q", "k", "v", "decay"))
+    S = torch.zeros_like(c[f"{p}.state"][:, 0], dtype=torch.float64)
+    for u in range(T):
+        S = w[:, u].exp()[..., None] * S + k[:, u, :, :, None] * v[:, u, :, None]
+        torch.testing.assert_close(c[f"{p}.state"][:, u].double(), S, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.readout"][:, u].double(), torch.einsum("bhkv,bhk->bhv", S, q[:, u]),
+                                   atol=1e-5, rtol=1e-4)
+
+
 def test_raising_hooks_leave_nothing_behind_and_head_results():
     m = make()
     x = H.toks(V, n=T)
