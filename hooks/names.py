@@ -166,6 +166,28 @@ only (`hooks.scan.mlstm.norm_states`), and a ``rec.state`` patch keeps them:
                                                      den_t does not depend on v
 =============================  ====================  ==========================================
 
+RWKV-7 (``rwkv7``, hooks.scan.rwkv7; fla's ``RWKV7Attention``) is a delta rule whose state transition is a
+diagonal decay plus a rank-1 term, M_t = diag(exp(decay_t)) + b_t a_t^T (fla's ``dplr`` form; RWKV-7 writes it
+transposed, S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T in its [V, K] layout)::
+
+    RWKV7   S_t = diag(a_t) S_{t-1} + b_t (rec.a_t^T S_{t-1}) + k_t v_t^T   (a_t = exp(decay_t) per key dim)
+    readout_t = S_t^T (scale q_t)   (scale 1)
+
+It has the GLA shapes, no ``rec.beta``, and two names of its own (RWKV-7 layers only):
+
+=============================  ====================  ==========================================
+``blocks.{i}.rec.q``           [B, T, H, K]          the receptance r
+``blocks.{i}.rec.decay``       [B, T, H, K]          log decay w_t = -exp(-1/2) sigmoid(w_lora)
+``blocks.{i}.rec.a``           [B, T, H, K]          the transition's rank-1 factors: fla's layer
+``blocks.{i}.rec.b``           [B, T, H, K]          passes a = -kk, b = kk (.) alpha (kk: the
+                                                     l2-normalised removal key, alpha the in-
+                                                     context learning rate), so M_t = diag(a_t) -
+                                                     (kk (.) alpha) kk^T
+``blocks.{i}.rec.readout``     [B, T, H, V]          S_t^T r_t, before the per-head GroupNorm and
+                                                     the bonus term (r_t . (r_k (.) k_t)) v_t
+``blocks.{i}.rec.write_k/v``   [B, T(P), H, K / V]   (k_t, v_t): S_t = M_t S_{t-1} + k_t v_t^T
+=============================  ====================  ==========================================
+
 A hook on ``rec.state`` that changes S_t makes the recurrence continue from the changed state:
 later tokens of that layer, and all later layers, see the change.
 """
@@ -177,7 +199,7 @@ import re
 
 RESID = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "mlp_out")
 ATTN = ("q", "k", "v", "pattern", "head_out")
-REC = ("q", "k", "v", "decay", "beta", "state", "readout", "pattern", "write_k", "write_v")
+REC = ("q", "k", "v", "decay", "beta", "a", "b", "state", "readout", "pattern", "write_k", "write_v")
 BRANCHES = ("attn", "rec")  # parallel layers: blocks.{i}.attn.out / rec.out, each branch's term of mixer_out
 
 HOOK_NAMES = (["embed"] + [f"blocks.{{i}}.{s}" for s in RESID] + [f"blocks.{{i}}.attn.{s}" for s in ATTN]

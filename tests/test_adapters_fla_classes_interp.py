@@ -1,5 +1,5 @@
-"""fla's DeltaNetForCausalLM, KDAForCausalLM and HGRN2ForCausalLM through the fla adapter on CPU, under the
-Triton interpreter (RWKV7ForCausalLM: refused with an error naming the supported classes).
+"""fla's DeltaNetForCausalLM, KDAForCausalLM, HGRN2ForCausalLM and RWKV7ForCausalLM through the fla adapter on
+CPU, under the Triton interpreter.
 
 As tests/test_adapters_fla_interp.py: fla's model classes need triton, so this runs only in a separate
 environment with triton and fla (never the project's CPU venv) with TRITON_INTERPRET=1, e.g.
@@ -12,6 +12,9 @@ float64 step loop written here from the layer's own parameters (projections, cau
 norms; not from our captured scan inputs), whose last state is the model's cached one; a one-token decode
 step from fla's cache continues the state; a state patch continues the recurrence (float64 loop from the
 patched state); hooks, dispatchers and kernel globals are gone after a raising hook and a failing model.
+RWKV7 (fused norms, two blocks: pre_norm and the value residual): its states / readouts / scan inputs equal the
+float64 loop of tests/test_adapters_fla_rwkv7_standin.py (`reference`, from the layer's parameters and its actual
+input), the last one fla's cache; a decode step and a state patch continue the recurrence.
 """
 import importlib.util
 import os
@@ -28,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 V, T = 64, 8
 REC = ("q", "k", "v", "decay", "beta", "state", "readout")
 KINDS = ("deltanet", "deltanet_neg", "kda", "kda_lb", "hgrn2")
-MAIN = ("deltanet", "kda", "hgrn2")  # the GPU rows' plain configs (the interpreter is slow: ~1 s a forward)
+MAIN = ("deltanet", "kda", "hgrn2", "rwkv7")  # the GPU rows' plain configs (the interpreter is slow: ~1 s a forward)
 OLD = ("gdn", "gla")  # the adapter's earlier classes, whose kernel calls share the new code (no_grad, T <= 64)
 _MODELS = {}
 
@@ -53,6 +56,8 @@ def make(kind):
                "kda": lambda: M.KDAConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
                "kda_lb": lambda: M.KDAConfig(num_heads=2, head_dim=16, safe_gate=True, lower_bound=-5.0, **common),
                "hgrn2": lambda: M.HGRN2Config(expand_ratio=16, **common),
+               "rwkv7": lambda: M.RWKV7Config(head_dim=8, decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8,
+                                              v_low_rank_dim=8, **dict(common, num_hidden_layers=2)),
                "gdn": lambda: M.GatedDeltaNetConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
                "gla": lambda: M.GLAConfig(num_heads=2, **common)}[kind]()
         torch.manual_seed(0)
@@ -66,7 +71,7 @@ def _cls(kind):
     from fla import models as M
     return {"deltanet": M.DeltaNetForCausalLM, "deltanet_neg": M.DeltaNetForCausalLM, "kda": M.KDAForCausalLM,
             "kda_lb": M.KDAForCausalLM, "hgrn2": M.HGRN2ForCausalLM, "gdn": M.GatedDeltaNetForCausalLM,
-            "gla": M.GLAForCausalLM}[kind]
+            "gla": M.GLAForCausalLM, "rwkv7": M.RWKV7ForCausalLM}[kind]
 
 
 def toks(seed=0, n=T):
@@ -132,16 +137,23 @@ def scan_inputs(layer, h, lower_bound=None):
     return l2(q).repeat_interleave(r, 2), l2(k).repeat_interleave(r, 2), v, g, beta
 
 
-def step_loop(q, k, v, g, beta, S=None):
+def step_loop(q, k, v, g, beta, S=None, ab=None):
     """float64 per-token states S_t [B, T, H, K, V] and readouts: the delta rule S_t = a_t S_{t-1} + k_t (beta_t
     (v_t - (a_t S_{t-1})^T k_t))^T (beta None: S_t = a_t S_{t-1} + k_t v_t^T), a_t = exp(g_t) per head or per
-    key dim; o_t = S_t^T q_t / sqrt(K)."""
+    key dim; o_t = S_t^T q_t / sqrt(K). ``ab`` = (rec.a, rec.b): RWKV7, S_t = diag(a_t) S_{t-1} + b_t (rec.a_t^T
+    S_{t-1}) + k_t v_t^T, o_t = S_t^T q_t."""
     q, k, v, g = (t.double() for t in (q, k, v, g))
     B, n, H, K = k.shape
     S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64) if S is None else S.double()
     Ss, os_ = [], []
     for t in range(n):
         a = g[:, t].exp()
+        if ab is not None:
+            aS = torch.einsum("bhk,bhkv->bhv", ab[0][:, t].double(), S)
+            S = a[..., None] * S + ab[1][:, t].double()[..., None] * aS[:, :, None] + k[:, t, :, :, None] * v[:, t, :, None]
+            Ss.append(S)
+            os_.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+            continue
         S = S * (a[..., None] if a.dim() == 3 else a[..., None, None])
         if beta is None:
             S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
@@ -170,8 +182,8 @@ def mixer_inputs(m, x, idx):
 
 
 def own_state(layer, S):
-    """fla's cached recurrent state in our [K, V] layout (DeltaNet keeps [K, V]; KDA / HGRN2 [V, K])."""
-    return S.float() if type(layer).__name__ == "DeltaNet" else S.float().transpose(-1, -2)
+    """fla's cached recurrent state in our [K, V] layout (DeltaNet, RWKV7 keep [K, V]; KDA / HGRN2 [V, K])."""
+    return S.float() if type(layer).__name__ in ("DeltaNet", "RWKV7Attention") else S.float().transpose(-1, -2)
 
 
 # --- tests ---------------------------------------------------------------------------------------------------------
@@ -252,7 +264,7 @@ def test_state_patch_continues_the_recurrence(kind):
     m, x = make(kind), toks()
     hm = hooks.wrap(m)
     p, t = "blocks.0.rec", 3
-    ins = [s for s in ("q", "k", "v", "decay", "beta") if f"{p}.{s}" in hm.hook_names]
+    ins = [s for s in ("q", "k", "v", "decay", "beta", "a", "b") if f"{p}.{s}" in hm.hook_names]
     with torch.no_grad():
         ref = m(input_ids=x, use_cache=False).logits
         other = hm.run_with_cache(toks(seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
@@ -260,7 +272,8 @@ def test_state_patch_continues_the_recurrence(kind):
                                    hooks=[(f"{p}.state", H.put_state(other, t))])
     q, k, v, g = (c[f"{p}.{s}"][:, t + 1:] for s in ("q", "k", "v", "decay"))
     beta = c[f"{p}.beta"][:, t + 1:] if "beta" in ins else None
-    S_ref, o_ref = step_loop(q, k, v, g, beta, S=other[:, t])
+    ab = (c[f"{p}.a"][:, t + 1:], c[f"{p}.b"][:, t + 1:]) if "a" in ins else None
+    S_ref, o_ref = step_loop(q, k, v, g, beta, S=other[:, t], ab=ab)
     assert torch.equal(c[f"{p}.state"][:, t], other[:, t])
     torch.testing.assert_close(c[f"{p}.state"][:, t + 1:].double(), S_ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(c[f"{p}.readout"][:, t + 1:].double(), o_ref, atol=1e-5, rtol=1e-4)
@@ -268,10 +281,11 @@ def test_state_patch_continues_the_recurrence(kind):
     assert (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
 
 
-def test_hooks_gone_after_errors(C):
+@pytest.mark.parametrize("kind", ("kda", "rwkv7"))
+def test_hooks_gone_after_errors(C, kind):
     import hooks
     import hf_tiny as H
-    m, x = make("kda"), toks()
+    m, x = make(kind), toks()
     hm = hooks.wrap(m)
     before, snap = C.kernel_globals(m), H.snapshot(m)
     with torch.no_grad():
@@ -289,11 +303,37 @@ def test_hooks_gone_after_errors(C):
         assert torch.equal(m(input_ids=x, use_cache=False).logits, ref)
 
 
-def test_rwkv7_is_refused_naming_the_supported_classes():
+def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
+    """RWKV7 (fla's fused norms / token shift / k update / output correction kernels, its fused recurrent scan):
+    every block's states, readouts and scan inputs equal the float64 loop from the layer's own parameters on its
+    actual input; the last state is fla's cache; block 0's stream starts after pre_norm."""
     import hooks
-    from fla.models import RWKV7Config, RWKV7ForCausalLM
-    m = RWKV7ForCausalLM(RWKV7Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, head_dim=16,
-                                     decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8))
-    with pytest.raises(TypeError, match="RWKV7Attention is not supported.*generalised delta rule.*"
-                                        "DeltaNet, KimiDeltaAttention, HGRN2Attention"):
-        hooks.wrap(m).layers
+    from test_adapters_fla_rwkv7_standin import reference
+    m, x = make("rwkv7"), toks()
+    hm = hooks.wrap(m)
+    assert [L.rec_family for L in hm.layers] == ["rwkv7"] * 2
+    seen = {}
+    hs = [blk.attn.register_forward_pre_hook(
+        lambda mod, a, kw, i=i: seen.__setitem__(i, (kw["hidden_states"], kw["v_first"])), with_kwargs=True)
+        for i, blk in enumerate(m.model.layers)]
+    try:
+        with torch.no_grad():
+            m(input_ids=x, use_cache=False)
+    finally:
+        for h in hs:
+            h.remove()
+    names = [n for n in hm.hook_names if ".rec." in n and not n.endswith(("pattern", "write_k", "write_v"))]
+    with torch.no_grad():
+        _, c = hm.run_with_cache(x, names=names + ["embed", "blocks.0.resid_pre", "blocks.0.resid_mid",
+                                                   "blocks.0.mixer_out"])
+        own = m(input_ids=x, use_cache=True).past_key_values
+        torch.testing.assert_close(c["blocks.0.resid_pre"], m.model.layers[0].pre_norm(c["embed"]))
+    torch.testing.assert_close(c["blocks.0.resid_mid"], c["blocks.0.resid_pre"] + c["blocks.0.mixer_out"])
+    for i, (h, v_first) in seen.items():
+        p = f"blocks.{i}.rec"
+        S_ref, o_ref, ins = reference(m.model.layers[i].attn, h, v_first)
+        torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
+        for s, ref_in in ins.items():
+            torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.state"][:, -1], own[i]["recurrent_state"].float(), atol=1e-5, rtol=1e-5)

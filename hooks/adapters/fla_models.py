@@ -1,8 +1,7 @@
 """Adapter for flash-linear-attention's own model classes (fla 0.6): ``GatedDeltaNetForCausalLM``,
 ``GLAForCausalLM``, ``DeltaNetForCausalLM``, ``KDAForCausalLM``, ``HGRN2ForCausalLM`` (each with its hybrid
-``attn`` layers, ``config.attn = {'layers': [...], ...}``) and ``Mamba2ForCausalLM``. ``RWKV7ForCausalLM``
-is refused (its generalised delta rule, S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, is none of
-our scans).
+``attn`` layers, ``config.attn = {'layers': [...], ...}``), ``RWKV7ForCausalLM`` (family rwkv7,
+`hooks.scan.rwkv7`) and ``Mamba2ForCausalLM``.
 
 fla's models import Triton, so nothing here imports fla: models are recognised by the module
 path of their class (``fla.models.*``) and layers by their class (``fla.layers.<name>``); kernel
@@ -23,6 +22,13 @@ KDA-, HGRN2Block       (``rec``: GatedDeltaNet -> family gdn, GatedLinearAttenti
                        the layers of ``config.attn``, fla's softmax ``Attention`` (``attn``). Blocks
                        with attention residuals (``attnres_block_size``) have no single residual
                        stream: refused.
+RWKV7Block             ``[pre_norm ->] attn_norm -> attn -> + -> ffn_norm -> ffn -> +``: ``mixer_out`` =
+                       ``attn`` (RWKV7Attention, family rwkv7; its output after o_proj), ``mlp_out`` =
+                       ``ffn`` (the channel mix). Block 0 normalises its input first (``pre_norm``): its
+                       ``resid_pre`` is ``pre_norm(embed)``, the stream its terms are added to, so
+                       ``resid_mid = resid_pre + mixer_out`` holds in every block (as HF RWKV-4's
+                       ``pre_ln``, `hooks.adapters.hf_rwkv`). With ``fuse_norm`` the add sits inside
+                       ``ffn_norm`` (fused add + norm); the terms are the same.
 Mamba2Block            ``norm -> mixer -> +``: ``rec`` = ``mixer_out`` = ``mixer`` (family mamba2),
                        no MLP (``mlp_out`` is the zero term of `hooks.adapters.hf_mamba`).
 =====================  =============================================================================
@@ -44,6 +50,19 @@ Interception (everything restored on exit, exceptions included):
   in-kernel gate per key dim ``g = -exp(A_log) softplus(f + dt_bias)`` (or, with ``lower_bound``,
   ``lower_bound sigmoid(exp(A_log) (f + dt_bias))``) ``[B, T, HV, K]``, beta as GDN, q / k repeated to
   the value heads, states converted from ``state_v_first``.
+* RWKV7 (``RWKV7Attention``): ``chunk_rwkv7(r, w, k, v, a, b)`` (grad on or T >= 64) /
+  ``fused_mul_recurrent_rwkv7(r, w, k, v, kk, a)`` likewise, in `hooks.scan.rwkv7.scan`'s signature: q = r,
+  w (the log decay per key dim, -exp(-1/2) sigmoid(w_lora)), k (after the k_a update), v (after the value
+  residual lerp with ``v_first``), a, b (the fused call's (kk, alpha) as the kernel forms them, in float32:
+  a = -kk, b = kk alpha), scale (1); fla's state layout is already ``[K, V]``. ``rec.readout`` is the
+  kernel's output S_t^T r_t ``[B, T, H, V]``, before the per-head GroupNorm (``g_norm``) and before
+  ``gate_output_correction``, which adds the bonus term (r_t . (r_k (.) k_t)) v_t per head after the norm
+  and multiplies by the gate g. That bonus reads the layer's own r, k, v: hooks on ``rec.q / k / v`` change
+  the scan (states and readout) only, not the bonus. ``v_first`` (block 0's ``v_proj`` output, mixed into
+  every later block's values, the value residual) has no hook name: a hook on ``blocks.0.rec.v`` changes
+  block 0's scan, not the ``v_first`` later blocks mix in. The token-shift states (the previous token's
+  normed input, fla's ``conv_state`` / ``ffn_state``) have no hook names. fla scales padded tokens' inputs
+  by the mask but they still decay the state (fla's behaviour, captured as it is).
 * GLA: ``chunk_gla`` / ``fused_recurrent_gla`` likewise (``g`` / ``gk`` is the log decay, per key dim).
   HGRN2 calls the same kernels: q = swish(q_proj), decay = logsigmoid(f_proj) (after the model's
   ``lower_bound`` mix), k = 1 - exp(decay), v = i_proj (``mode='fused_chunk'`` is refused by fla itself).
@@ -67,37 +86,42 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.adapters.base import LayerInfo, swap_attr
 from hooks.adapters.hf_common import HFAdapter, dispatch_globals, forward_globals
 from hooks.adapters.hf_mamba import _ZeroTerm
 from hooks.adapters.hf_mamba1 import mark_running
+from hooks.adapters.hf_rwkv import _StreamStart
 from hooks.scan import gdn as gdn_scan
 from hooks.scan import gla as gla_scan
 from hooks.scan import kda as kda_scan
 from hooks.scan import mamba2 as mamba2_scan
+from hooks.scan import rwkv7 as rwkv7_scan
 
 LAYERS = {("fla.layers.gated_deltanet", "GatedDeltaNet"): "gdn",
           ("fla.layers.gla", "GatedLinearAttention"): "gla",
           ("fla.layers.delta_net", "DeltaNet"): "delta",
           ("fla.layers.kda", "KimiDeltaAttention"): "kda",
           ("fla.layers.hgrn2", "HGRN2Attention"): "gla",
+          ("fla.layers.rwkv7", "RWKV7Attention"): "rwkv7",
           ("fla.layers.mamba2", "Mamba2"): "mamba2",
           ("fla.layers.attn", "Attention"): "attn"}
 KERNELS = {"gdn": ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
            "gla": ("chunk_gla", "fused_recurrent_gla"),
            "delta": ("chunk_delta_rule", "fused_recurrent_delta_rule"),
            "kda": ("chunk_kda", "fused_recurrent_kda"),
+           "rwkv7": ("chunk_rwkv7", "fused_mul_recurrent_rwkv7"),
            "attn": ("flash_attn_func", "flash_attn_varlen_func")}
 KIND_OF = {name: kind for kind, names in KERNELS.items() for name in names}
 FAMILY_OF = {"delta": "gdn"}  # layer kind -> recurrence family where they differ
-SUPPORTED = ("GatedDeltaNet", "GatedLinearAttention", "DeltaNet", "KimiDeltaAttention", "HGRN2Attention", "Mamba2",
-             "Attention")
+SUPPORTED = ("GatedDeltaNet", "GatedLinearAttention", "DeltaNet", "KimiDeltaAttention", "HGRN2Attention",
+             "RWKV7Attention", "Mamba2", "Attention")
 
 
 def layer_kind(m) -> str | None:
-    """'gdn' / 'gla' / 'delta' / 'kda' / 'mamba2' / 'attn' for fla's layer classes (matched by name, no
+    """'gdn' / 'gla' / 'delta' / 'kda' / 'rwkv7' / 'mamba2' / 'attn' for fla's layer classes (matched by name, no
     import; HGRN2Attention is 'gla')."""
     for c in type(m).__mro__:
         k = LAYERS.get((c.__module__, c.__name__))
@@ -207,6 +231,29 @@ def _gla_call(orig, wrapper, args, kwargs):
     return o, _flip(fin, flip)
 
 
+def _rwkv7_call(orig, wrapper, args, kwargs, name):
+    """``chunk_rwkv7(r, w, k, v, a, b, ...)`` or ``fused_mul_recurrent_rwkv7(r, w, k, v, kk, a, ...)`` in
+    `hooks.scan.rwkv7.scan`'s signature (a, b of the fused call: -kk, kk alpha, in float32 as its kernel forms them)."""
+    fused = name == "fused_mul_recurrent_rwkv7"
+    a = _args(("r", "w", "k", "v", "kk", "a") if fused else ("r", "w", "k", "v", "a", "b"), args, kwargs)
+    if a.get("reverse") or a.get("cp_context") is not None:
+        raise NotImplementedError("RWKV7 kernel calls with reverse=True or a context-parallel context are not supported")
+    if fused:
+        kk = a["kk"].float()
+        ra, rb = -kk, kk * a["a"].float()
+    else:
+        ra, rb = a["a"], a["b"]
+    scale = a.get("scale", 1.0)
+    kw = dict(q=a["r"], k=a["k"], v=a["v"], w=a["w"], a=ra, b=rb, scale=1.0 if scale is None else scale,
+              initial_state=a.get("initial_state"), output_final_state=bool(a.get("output_final_state")))
+    own = _own_call(orig, args, kwargs, dict(kw), ("q", "k", "v", "w", "a", "b", "initial_state"), False)
+
+    def call(**kw2):
+        r = own(**kw2)
+        return r if r is not None else rwkv7_scan.scan(**kw2)
+    return wrapper(kw, call)
+
+
 def _attn_call(orig, wrapper, meta, args, kwargs):
     a = dict(zip(("q", "k", "v"), args))
     rest = {n: v for n, v in kwargs.items() if n not in ("q", "k", "v")}
@@ -242,6 +289,8 @@ def _standin(d, fn, name):
                 return _attn_call(nxt, entry[0], entry[1], args, kwargs)
             if kind == "gla":
                 return _gla_call(nxt, entry, args, kwargs)
+            if kind == "rwkv7":
+                return _rwkv7_call(nxt, entry, args, kwargs, name)
             return _delta_call(nxt, entry, args, kwargs, kind)
         return run(0, args, kwargs)
     return kernel
@@ -254,7 +303,7 @@ def _make_standin(d, fn):
 
 @contextmanager
 def patch_kernels(layer, kind, entry):
-    """Dispatch the kernel globals of fla layer ``layer`` (``kind`` gdn / gla / delta / kda / attn) to ``entry``
+    """Dispatch the kernel globals of fla layer ``layer`` (``kind`` gdn / gla / delta / kda / rwkv7 / attn) to ``entry``
     (a scan wrapper, or ``(attention wrapper, meta)``) while it runs."""
     g = forward_globals(layer)
     names = tuple(n for n in KERNELS[kind] if n in g)
@@ -339,7 +388,7 @@ def patch_mamba2(mixer, wrapper):
 class FLAModelAdapter(HFAdapter):
     family = "fla"
     model_types = ("fla GatedDeltaNetForCausalLM", "fla GLAForCausalLM", "fla DeltaNetForCausalLM",
-                   "fla KDAForCausalLM", "fla HGRN2ForCausalLM", "fla Mamba2ForCausalLM")
+                   "fla KDAForCausalLM", "fla HGRN2ForCausalLM", "fla RWKV7ForCausalLM", "fla Mamba2ForCausalLM")
 
     @classmethod
     def matches(cls, model) -> bool:
@@ -364,13 +413,13 @@ class FLAModelAdapter(HFAdapter):
                 mix = getattr(blk, "mixer", None)
             kind = layer_kind(mix) if mix is not None else None
             if kind is None:
-                why = (" (RWKV-7's generalised delta rule S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T is none "
-                       "of hooks' scans)" if type(mix).__name__ == "RWKV7Attention" else "")
                 raise TypeError(f"{type(model).__name__} layer {i} ({type(blk).__name__}): mixer "
-                                f"{type(mix).__name__} is not supported{why}; supported fla layers: "
+                                f"{type(mix).__name__} is not supported; supported fla layers: "
                                 f"{', '.join(SUPPORTED)} (models: {', '.join(self.model_types)})")
             mlp = getattr(blk, "mlp", None)
-            L = LayerInfo(index=i, block=blk, mixer_out=mix, mlp_out=mlp if mlp is not None else _ZeroTerm(blk, "mlp"))
+            mlp = getattr(blk, "ffn", None) if mlp is None else mlp  # RWKV7Block: the channel mix
+            start = _StreamStart(blk, "pre_norm") if isinstance(getattr(blk, "pre_norm", None), nn.Module) else blk
+            L = LayerInfo(index=i, block=start, mixer_out=mix, mlp_out=mlp if mlp is not None else _ZeroTerm(blk, "mlp"))
             if kind == "attn":
                 L.attn = mix
                 L.attn_meta = {"scale": mix.head_dim ** -0.5, "sliding_window": getattr(mix, "window_size", None)}

@@ -75,13 +75,15 @@ def blocks(model) -> nn.ModuleList:
 
 
 class _StreamStart(nn.Module):
-    """Block 0 as residual stream in -> out: its input seen after ``pre_ln`` (module docstring). Forward
-    pre-hooks registered here run on ``pre_ln``'s output (and may replace it); forward hooks, and a
-    ``forward`` set here (`hooks.core.HookedModel.start_at`), go to the block. Not part of the model."""
+    """Block 0 as residual stream in -> out: its input seen after ``pre_ln`` (module docstring; ``norm``: the
+    name of that first norm, fla's RWKV7Block: ``pre_norm``). Forward pre-hooks registered here run on its output
+    (and may replace it); forward hooks, and a ``forward`` set here (`hooks.core.HookedModel.start_at`), go to the
+    block. Not part of the model."""
 
-    def __init__(self, block):
+    def __init__(self, block, norm: str = "pre_ln"):
         super().__init__()
         object.__setattr__(self, "block", block)
+        object.__setattr__(self, "_norm", norm)
         object.__setattr__(self, "_saved", [])
 
     def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
@@ -91,7 +93,7 @@ class _StreamStart(nn.Module):
                 return None
             new = r[0][0] if with_kwargs else (r[0] if isinstance(r, tuple) else r)
             return None if new is out else new
-        return self.block.pre_ln.register_forward_hook(post, prepend=prepend)
+        return getattr(self.block, self._norm).register_forward_hook(post, prepend=prepend)
 
     def register_forward_hook(self, hook, *args, **kwargs):
         return self.block.register_forward_hook(hook, *args, **kwargs)

@@ -1,5 +1,5 @@
 """GPU check of hooks' adapters for fla's own model classes (GatedDeltaNetForCausalLM, GLAForCausalLM with
-hybrid ``attn`` layers, DeltaNetForCausalLM, KDAForCausalLM, HGRN2ForCausalLM, Mamba2ForCausalLM), mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers) and HF
+hybrid ``attn`` layers, DeltaNetForCausalLM, KDAForCausalLM, HGRN2ForCausalLM, RWKV7ForCausalLM, Mamba2ForCausalLM), mamba-ssm's MambaLMHeadModel (Mamba1 / Mamba2 + MHA layers) and HF
 kimi_linear (KDA through fla's kernels on CUDA; `kimi_rows` also runs on a CPU device as a plumbing check).
 
 Run on a CUDA host (from the repo root):
@@ -91,7 +91,8 @@ def rel(a, b):
 
 def loop_states(fam, c, p):
     q, k, v, g = (c[f"{p}.rec.{s}"].float() for s in ("q", "k", "v", "decay"))
-    b = c[f"{p}.rec.beta"].float() if fam != "gla" else None
+    b = c[f"{p}.rec.beta"].float() if fam not in ("gla", "rwkv7") else None
+    b = c[f"{p}.rec.b"].float() if fam == "rwkv7" else b  # RWKV7: S = diag(exp(w)) S + b (rec.a^T S) + k v^T
     if fam == "mamba1":
         S = torch.zeros(v.shape[0], v.shape[2], k.shape[-1], device=v.device)
         out = []
@@ -106,6 +107,9 @@ def loop_states(fam, c, p):
         a = g[:, t].exp()
         if fam == "gla":
             S = a[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        elif fam == "rwkv7":
+            aS = torch.einsum("bhk,bhkv->bhv", c[f"{p}.rec.a"][:, t].float(), S)
+            S = a[..., None] * S + b[:, t, :, :, None] * aS[:, :, None, :] + k[:, t, :, :, None] * v[:, t, :, None, :]
         elif fam == "mamba2":
             S = a[..., None, None] * S + b[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
         else:  # gdn, kda (kda: the decay per key dim)
@@ -130,7 +134,7 @@ def kernel_globals(model):
     names = ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "chunk_gla", "fused_recurrent_gla",
              "chunk_delta_rule", "fused_recurrent_delta_rule", "chunk_kda", "fused_recurrent_kda",
              "flash_attn_func", "flash_attn_varlen_func", "selective_scan_fn", "mamba_chunk_scan_combined", "F",
-             "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention")
+             "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention", "chunk_rwkv7", "fused_mul_recurrent_rwkv7")
     from hooks.adapters.hf_common import forward_globals
     out = {}
     try:  # the function run_with_cache wraps while a GDN call runs (hooks.scan.triton_states.kept_gdn_pieces)
@@ -159,8 +163,8 @@ def check(name, model, x, final_states):
     rec = [L for L in hm.layers if L.rec is not None]
     att = [L for L in hm.layers if L.attn is not None]
     names = [n for n in hm.hook_names if n.endswith(("resid_pre", "resid_post", "mixer_out", "mlp_out"))]
-    names += [f"blocks.{L.index}.rec.{s}" for L in rec for s in ("q", "k", "v", "decay", "beta", "state", "readout")
-              if f"blocks.{L.index}.rec.{s}" in hm.hook_names]
+    names += [f"blocks.{L.index}.rec.{s}" for L in rec for s in ("q", "k", "v", "decay", "beta", "a", "b", "state",
+                                                               "readout") if f"blocks.{L.index}.rec.{s}" in hm.hook_names]
     names += [f"blocks.{L.index}.attn.{s}" for L in att for s in ("q", "k", "v", "pattern", "head_out")]
     with torch.no_grad():
         ref = hm(x)
@@ -232,8 +236,8 @@ def fla_final_states(model, x, hm_layers):
         if L.rec is None:
             continue
         S = cache[L.index]["recurrent_state"].float()
-        # fla: GDN / GLA / HGRN2 / KDA [V, K] (state_v_first), Mamba2 [P, N]; DeltaNet already [K, V]
-        res[L.index] = S if layer_kind(L.rec) == "delta" else S.transpose(-1, -2)
+        # fla: GDN / GLA / HGRN2 / KDA [V, K] (state_v_first), Mamba2 [P, N]; DeltaNet, RWKV7 already [K, V]
+        res[L.index] = S if layer_kind(L.rec) in ("delta", "rwkv7") else S.transpose(-1, -2)
     return res
 
 
@@ -247,7 +251,7 @@ def fla_skip(name, dtype, T):
 def fla_models(dev, dtype):
     from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM, \
         GLAConfig, GLAForCausalLM, HGRN2Config, HGRN2ForCausalLM, KDAConfig, KDAForCausalLM, Mamba2Config, \
-        Mamba2ForCausalLM
+        Mamba2ForCausalLM, RWKV7Config, RWKV7ForCausalLM
     common = dict(vocab_size=512, hidden_size=256, fuse_cross_entropy=False)
     yield "fla GDN (+attn L1, GVA 4->8)", GatedDeltaNetForCausalLM(GatedDeltaNetConfig(
         num_hidden_layers=4, num_heads=4, num_v_heads=8, head_dim=64, expand_v=1.0,
@@ -265,6 +269,9 @@ def fla_models(dev, dtype):
     yield "fla KDA safe-gate lower-bound", KDAForCausalLM(KDAConfig(
         num_hidden_layers=2, num_heads=4, head_dim=64, safe_gate=True, lower_bound=-5.0, **common))
     yield "fla HGRN2", HGRN2ForCausalLM(HGRN2Config(num_hidden_layers=3, expand_ratio=64, **common))
+    yield "fla RWKV7 (pre_norm, value residual)", RWKV7ForCausalLM(RWKV7Config(
+        num_hidden_layers=3, head_dim=64, decay_low_rank_dim=32, gate_low_rank_dim=64, a_low_rank_dim=32,
+        v_low_rank_dim=16, **common))
     yield "fla Mamba2", Mamba2ForCausalLM(Mamba2Config(
         num_hidden_layers=3, num_heads=8, head_dim=64, state_size=64, expand=2, n_groups=1, chunk_size=64,
         **common))
@@ -292,7 +299,7 @@ def main():
     ap.add_argument("--only", default=None,
                     help="comma list of row-name words to run, e.g. GLA,Mamba2 (matched case-insensitively "
                          "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla DeltaNet ...', "
-                         "'fla KDA ...', 'fla HGRN2', 'fla Mamba2', 'mamba-ssm', 'HF kimi_linear')")
+                         "'fla KDA ...', 'fla HGRN2', 'fla RWKV7 ...', 'fla Mamba2', 'mamba-ssm', 'HF kimi_linear')")
     first_config.add_flag(ap)
     args = ap.parse_args()
     first_config.apply(args)

@@ -1,0 +1,372 @@
+"""hooks.adapters.fla_models on fla's RWKV7Attention, on CPU in the project venv (no triton): fla's own layer code
+with torch stand-ins for its Triton pieces.
+
+As tests/test_adapters_fla_classes_standin.py: fla's ``fla/layers/rwkv7.py`` (unchanged) is executed with its
+imports answered by torch stand-ins: the two kernels ``chunk_rwkv7`` / ``fused_mul_recurrent_rwkv7`` are fla's own
+``dplr_recurrence`` (``fla/ops/generalized_delta_rule/dplr/naive.py``, loaded by path) behind fla's signatures,
+``token_shift`` / ``fused_addcmul_rwkv7`` / ``fused_k_rwkv7`` / ``gate_output_correction`` are fla's torch references
+written out (``token_shift_ref``, ``torch_addcmul_rwkv7``, ``k_update_ref``, ``gate_output_correction_ref``), LoRA is
+fla's (Linear -> activation -> Linear). The layers sit in a block / model with fla's RWKV7 layout (``pre_norm`` on
+block 0, ``attn_norm -> attn -> + -> ffn_norm -> ffn -> +``, ``v_first`` handed from block 0 to the others) and
+fla's module paths. Oracles: a float64 step loop written here from each layer's own parameters and its actual
+input (not from our captured scan inputs), the model's cache, a full prefill for a decode step.
+"""
+import functools
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+import hooks
+from test_adapters_fla_classes_standin import _layer_utils
+
+_SPEC = importlib.util.find_spec("fla")
+pytestmark = pytest.mark.skipif(_SPEC is None, reason="needs fla's source files (fla installed)")
+FLA = Path(_SPEC.submodule_search_locations[0]) if _SPEC else None
+V, T, D = 64, 9, 32
+LB = -0.6065306597126334
+
+
+@functools.lru_cache(maxsize=None)
+def _dplr():
+    spec = importlib.util.spec_from_file_location("fla_naive_dplr_standin", FLA / "ops/generalized_delta_rule/dplr/naive.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None, **kw):
+    """fla's chunk_rwkv7 on fla's dplr_recurrence ([B, H, T, K] layout, q scaled by K^-1/2 inside)."""
+    assert cu_seqlens is None
+    tr = lambda x: x.transpose(1, 2).float()  # noqa: E731
+    o, S = _dplr().dplr_recurrence(tr(r) * scale * r.shape[-1] ** 0.5, tr(k), tr(v), tr(a), tr(b), tr(w),
+                                   initial_state, output_final_state)
+    return o.transpose(1, 2).to(v.dtype), S
+
+
+def fused_mul_recurrent_rwkv7(r, w, k, v, kk, a, scale=1.0, initial_state=None, output_final_state=False,
+                              reverse=False, cu_seqlens=None):
+    assert not reverse
+    return chunk_rwkv7(r, w, k, v, -kk, kk * a, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def token_shift(x, cu_seqlens=None, cache=None, output_cache=False):
+    assert cu_seqlens is None
+    prev = torch.zeros_like(x[:, :1]) if cache is None else cache.view(x.shape[0], 1, -1).to(x.dtype)
+    delta = torch.cat([prev, x[:, :-1]], 1) - x
+    return (delta, x[:, -1:].clone()) if output_cache else delta
+
+
+def fused_addcmul_rwkv7(h, delta, *mix):
+    return tuple(torch.addcmul(h, delta, m) for m in mix)
+
+
+def gate_output_correction(o, r, k, r_k, v, g):
+    return (o + ((r * k * r_k.unsqueeze(0).unsqueeze(0)).sum(-1, keepdim=True) * v).view(o.shape)) * g
+
+
+class LoRA(nn.Module):
+    def __init__(self, input_dim, output_dim, low_rank_dim, bias=True, activation="tanh"):
+        super().__init__()
+        act = {None: nn.Identity(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(), "relu": nn.ReLU()}[activation]
+        self.lora = nn.Sequential(nn.Linear(input_dim, low_rank_dim, bias=False), act,
+                                  nn.Linear(low_rank_dim, output_dim, bias=bias))
+
+    def set_bias_value(self, value):
+        pass
+
+    def _initialize_weights(self, m):
+        pass
+
+    def forward(self, x):
+        return self.lora(x)
+
+
+STUBS = {
+    "fla.layers.rwkv6": dict(LoRA=LoRA),
+    "fla.layers.utils": _layer_utils(),
+    "fla.modules": dict(GroupNorm=None),
+    "fla.modules.l2norm": dict(l2_norm=None),
+    "fla.modules.token_shift": dict(token_shift=token_shift),
+    "fla.ops.rwkv7": dict(chunk_rwkv7=chunk_rwkv7, fused_mul_recurrent_rwkv7=fused_mul_recurrent_rwkv7),
+    "fla.ops.rwkv7.fused_addcmul": dict(fused_addcmul_rwkv7=fused_addcmul_rwkv7),
+    "fla.ops.rwkv7.fused_k_update": dict(fused_k_rwkv7=lambda k, a, ka: k.addcmul(k * (a - 1), ka)),
+    "fla.ops.rwkv7.gate_output_correction": dict(gate_output_correction=gate_output_correction),
+}
+_SAVED = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_modules():
+    yield
+    for n, m in _SAVED.items():
+        if m is None:
+            sys.modules.pop(n, None)
+        else:
+            sys.modules[n] = m
+    _SAVED.clear()
+    _MODELS.clear()
+
+
+def _register(mod):
+    _SAVED.setdefault(mod.__name__, sys.modules.get(mod.__name__))
+    sys.modules[mod.__name__] = mod
+    return mod
+
+
+def rwkv7_module():
+    """fla's ``fla/layers/rwkv7.py`` run as ``fla.layers.rwkv7`` with the stand-ins (sys.modules restored after)."""
+    if "fla.layers.rwkv7" in _SAVED:
+        return sys.modules["fla.layers.rwkv7"]
+    mod = types.ModuleType("fla.layers.rwkv7")
+    mod.__file__ = str(FLA / "layers" / "rwkv7.py")
+    names = ("fla", "fla.layers", "fla.ops", "fla.modules", *STUBS)
+    saved = {n: sys.modules.get(n) for n in names}
+    try:
+        for n in names:
+            sys.modules[n] = types.ModuleType(n)
+            vars(sys.modules[n]).update(STUBS.get(n, {}))
+        exec(compile(Path(mod.__file__).read_text(), mod.__file__, "exec"), vars(mod))
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+    return _register(mod)
+
+
+# --- a minimal fla RWKV7 model around the layers (fla's RWKV7Block / RWKV7Model layout) ------------------------
+
+class FFN(nn.Module):
+    """fla's RWKV7FeedForward: value(sqrelu(key(x + delta x_k))), its token-shift state in the cache."""
+
+    def __init__(self, i):
+        super().__init__()
+        self.layer_idx, self.x_k = i, nn.Parameter(torch.zeros(D))
+        self.key, self.value = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
+
+    def forward(self, x, attention_mask=None, state=None):
+        old = state.get(("ffn", self.layer_idx)) if state is not None else None
+        delta, last = token_shift(x, cache=old, output_cache=True)
+        if state is not None:
+            state[("ffn", self.layer_idx)] = last
+        return self.value(F.relu(self.key(x.addcmul(delta, self.x_k))) ** 2), state
+
+
+class Block(nn.Module):
+    def __init__(self, attn, i):
+        super().__init__()
+        if i == 0:
+            self.pre_norm = nn.LayerNorm(D)
+        self.attn_norm, self.attn, self.ffn_norm, self.ffn = nn.LayerNorm(D), attn, nn.LayerNorm(D), FFN(i)
+
+    def forward(self, h, past_key_values=None, use_cache=False, v_first=None):
+        residual = self.pre_norm(h) if hasattr(self, "pre_norm") else h
+        o, _, past_key_values, v_first = self.attn(hidden_states=self.attn_norm(residual),
+                                                   past_key_values=past_key_values, use_cache=use_cache, v_first=v_first)
+        h = residual + o
+        return h + self.ffn(self.ffn_norm(h), None, past_key_values)[0], past_key_values, v_first
+
+
+class Model(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.embeddings, self.layers, self.norm = nn.Embedding(V, D), nn.ModuleList(layers), nn.LayerNorm(D)
+
+
+class RWKV7ForCausalLM(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.model, self.lm_head = Model([Block(a, i) for i, a in enumerate(layers)]), nn.Linear(D, V, bias=False)
+
+    def get_input_embeddings(self):
+        return self.model.embeddings
+
+    def forward(self, input_ids, use_cache=False, past_key_values=None, **kw):
+        past = ({} if use_cache else None) if past_key_values is None else past_key_values
+        h = self.model.embeddings(input_ids)
+        v_first = torch.zeros_like(h)
+        for blk in self.model.layers:
+            h, past, v_first = blk(h, past_key_values=past, use_cache=use_cache, v_first=v_first)
+        return types.SimpleNamespace(logits=self.lm_head(self.model.norm(h)), past_key_values=past)
+
+
+RWKV7ForCausalLM.__module__ = "fla.models.rwkv7.modeling_rwkv7"
+_MODELS = {}
+
+
+def make():
+    if not _MODELS:
+        _register(types.ModuleType(RWKV7ForCausalLM.__module__))
+        L = rwkv7_module()
+        torch.manual_seed(0)
+        layers = [L.RWKV7Attention(hidden_size=D, head_dim=8, decay_low_rank_dim=8, gate_low_rank_dim=8,
+                                   a_low_rank_dim=8, v_low_rank_dim=8, layer_idx=i, num_hidden_layers=2)
+                  for i in range(2)]
+        m = RWKV7ForCausalLM(layers)
+        H.unit_scale_weights(m)  # O(1) weights: every path matters to the logits
+        _MODELS["m"] = m.float().eval()
+    return _MODELS["m"]
+
+
+def reference(attn, x, v_first):
+    """float64 per-token states [B, T, H, K, V] and readouts S_t^T r_t of RWKV7Attention ``attn`` on its input
+    ``x`` [B, T, D], written from its parameters: token shift, mixes, r / w / k / v (value residual) / alpha /
+    kk, the k_a update, S_t = diag(exp(w_t)) S - (kk alpha)_t (kk_t^T S) + k_t v_t^T."""
+    p = {n: t.double() for n, t in attn.named_parameters()}
+    lin = lambda n, z: z @ p[f"{n}.weight"].T  # noqa: E731
+    lora = lambda n, z, act: lin(f"{n}.lora.2", act(lin(f"{n}.lora.0", z))) + p.get(f"{n}.lora.2.bias", 0)  # noqa: E731
+    x = x.double()
+    dx = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1) - x
+    xr, xw, xk, xv, xa = (x + dx * p[f"x_{c}"] for c in "rwkva")
+    r, k, v = lin("r_proj", xr), lin("k_proj", xk), lin("v_proj", xv)
+    w = LB * torch.sigmoid(lora("w_lora", xw, torch.tanh))
+    if attn.layer_idx:
+        v = torch.lerp(v, v_first.double(), torch.sigmoid(lora("v_lora", xv, lambda z: z)))
+    alpha = torch.sigmoid(lora("a_lora", xa, lambda z: z))
+    B, n, Hh, K = *x.shape[:2], attn.num_heads, attn.head_dim
+    hd = lambda z: z.view(B, n, Hh, -1)  # noqa: E731
+    kk = F.normalize(hd(k * p["k_k"]), dim=-1)
+    k = hd(k * (1 + (alpha - 1) * p["k_a"]))
+    r, w, v, alpha = hd(r), hd(w), hd(v), hd(alpha)
+    S = torch.zeros(B, Hh, K, v.shape[-1], dtype=torch.float64)
+    Ss, os_ = [], []
+    for t in range(n):
+        rem = torch.einsum("bhk,bhkv->bhv", kk[:, t], S)
+        S = w[:, t].exp()[..., None] * S - (kk[:, t] * alpha[:, t])[..., None] * rem[:, :, None] \
+            + k[:, t, :, :, None] * v[:, t, :, None, :]
+        Ss.append(S)
+        os_.append(torch.einsum("bhkv,bhk->bhv", S, r[:, t]))
+    return torch.stack(Ss, 1), torch.stack(os_, 1), dict(q=r, k=k, v=v, decay=w, a=-kk, b=kk * alpha)
+
+
+def inputs_of(m, x):
+    """Each attention layer's actual (hidden_states, v_first) in a plain forward."""
+    got, hs = {}, []
+    for i, blk in enumerate(m.model.layers):
+        hs.append(blk.attn.register_forward_pre_hook(
+            lambda mod, a, kw, i=i: got.__setitem__(i, (kw["hidden_states"], kw["v_first"])), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            m(input_ids=x)
+    finally:
+        for h in hs:
+            h.remove()
+    return got
+
+
+@pytest.mark.parametrize("path", ("fused", "chunk"))
+def test_capture_keeps_logits_states_equal_loop_and_cache(path):
+    """fused: no grad, T < 64 (fused_mul_recurrent_rwkv7); chunk: grad on (chunk_rwkv7)."""
+    m = make()
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    assert type(hm.adapter).__name__ == "FLAModelAdapter" and [L.rec_family for L in hm.layers] == ["rwkv7"] * 2
+    assert {f"blocks.0.rec.{s}" for s in ("a", "b", "write_k", "pattern")} <= set(hm.hook_names)
+    assert "blocks.0.rec.beta" not in hm.hook_names
+    if path == "fused":
+        c, ref = H.assert_capture_everything_keeps_logits(hm, x)
+    else:
+        snap, ref = H.snapshot(m), m(input_ids=x).logits
+        out, c = hm.run_with_cache(x, names=hm.hook_names)
+        assert torch.equal(out, ref) and out.requires_grad
+        H.assert_clean(m, snap)
+    with torch.no_grad():
+        own = m(input_ids=x, use_cache=True).past_key_values
+    for i, (h, v_first) in inputs_of(m, x).items():
+        p = f"blocks.{i}.rec"
+        S_ref, o_ref, ins = reference(m.model.layers[i].attn, h, v_first)
+        torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
+        for s, ref_in in ins.items():
+            torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.state"][:, -1], own[i]["recurrent_state"], atol=1e-5, rtol=1e-5)
+        A = c[f"{p}.pattern"]  # readout = sum_s A[t, s] v_s (no initial state)
+        torch.testing.assert_close(torch.einsum("bhts,bshv->bthv", A, c[f"{p}.v"]), c[f"{p}.readout"],
+                                   atol=1e-5, rtol=1e-4)
+    blk0 = m.model.layers[0]  # block 0's stream starts after pre_norm: resid_mid = resid_pre + mixer_out
+    with torch.no_grad():
+        torch.testing.assert_close(c["blocks.0.resid_pre"], blk0.pre_norm(c["embed"]))
+    for i in (0, 1):
+        torch.testing.assert_close(c[f"blocks.{i}.resid_mid"], c[f"blocks.{i}.resid_pre"] + c[f"blocks.{i}.mixer_out"])
+        torch.testing.assert_close(c[f"blocks.{i}.resid_post"], c[f"blocks.{i}.resid_mid"] + c[f"blocks.{i}.mlp_out"])
+
+
+def test_state_patch_continues_and_decode_step():
+    """S_t := another prompt's state: the later states are the float64 loop from it (in the captured scan
+    inputs), logits before t bit-identical; a patched resid_pre of block 0 is what block 0 continues with; one
+    decode step from the model's cache continues the state."""
+    from hooks.cache import Cache
+    m = make()
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    p, t = "blocks.1.rec", 4
+    with torch.no_grad():
+        ref = m(input_ids=x).logits
+        other = hm.run_with_cache(H.toks(V, n=T, seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
+        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ("q", "k", "v", "decay", "a", "b", "state")],
+                                   hooks=[(f"{p}.state", H.put_state(other, t))])
+        zero = hm.run_with_hooks(x, hooks=[("blocks.0.resid_pre", lambda r, n: torch.zeros_like(r))])
+        pkv = m(input_ids=x[:, :-1], use_cache=True).past_key_values
+        cache = Cache()
+        with hm.hooks(cache_names=[f"{p}.state"], cache=cache):
+            step = m(input_ids=x[:, -1:], use_cache=True, past_key_values=pkv).past_key_values
+        full = hm.run_with_cache(x, names=[f"{p}.state"])[1][f"{p}.state"]
+    S = other[:, t].double()
+    for u in range(t + 1, T):
+        g = lambda s: c[f"{p}.{s}"][:, u].double()  # noqa: E731
+        S = g("decay").exp()[..., None] * S + g("b")[..., None] * torch.einsum("bhk,bhkv->bhv", g("a"), S)[:, :, None] \
+            + g("k")[..., None] * g("v")[:, :, None]
+        torch.testing.assert_close(c[f"{p}.state"][:, u].double(), S, atol=1e-5, rtol=1e-4)
+    assert torch.equal(out[:, :t], ref[:, :t]) and (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
+    assert not torch.equal(zero, ref)
+    torch.testing.assert_close(cache[f"{p}.state"][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache[f"{p}.state"][:, 0], step[1]["recurrent_state"], atol=1e-5, rtol=1e-5)
+
+
+def test_changed_scan_input_runs_the_recurrence_on_it():
+    """A hook that zeroes rec.b (no rank-1 term: S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T) runs hooks.scan.rwkv7 on
+    the changed inputs: states and readout are the float64 loop of GLA form on the captured inputs."""
+    m = make()
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    p = "blocks.1.rec"
+    with torch.no_grad():
+        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ("q", "k", "v", "decay", "b", "state", "readout")],
+                                   hooks=[(f"{p}.b", lambda b, n: torch.zeros_like(b))])
+    assert c[f"{p}.b"].abs().max() == 0 and not torch.equal(out, m(input_ids=x).logits)
+    q, k, v, w = (c[f"{p}.{s}"].double() for s in ("q", "k", "v", "decay"))
+    S = torch.zeros_like(c[f"{p}.state"][:, 0], dtype=torch.float64)
+    for u in range(T):
+        S = w[:, u].exp()[..., None] * S + k[:, u, :, :, None] * v[:, u, :, None]
+        torch.testing.assert_close(c[f"{p}.state"][:, u].double(), S, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(c[f"{p}.readout"][:, u].double(), torch.einsum("bhkv,bhk->bhv", S, q[:, u]),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_raising_hooks_leave_nothing_behind_and_head_results():
+    m = make()
+    x = H.toks(V, n=T)
+    hm = hooks.wrap(m)
+    g = type(m.model.layers[0].attn).forward.__globals__
+    kernels = {n: g[n] for n in ("chunk_rwkv7", "fused_mul_recurrent_rwkv7")}
+    ref, snap = m(input_ids=x).logits, H.snapshot(m)
+    for name in ("blocks.0.rec.a", "blocks.1.rec.state", "blocks.0.resid_pre", "blocks.1.mlp_out"):
+        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, H.boom)])
+        H.assert_clean(m, snap)
+        assert all(g[n] is f for n, f in kernels.items())
+    assert all(not vars(blk).get("forward") for blk in m.model.layers)
+    with torch.no_grad():
+        assert torch.equal(m(input_ids=x).logits, ref)
+        _, c = hm.run_with_cache(x, names=["blocks.1.mixer_out"], heads=True)
+    r = c.head_results(1, "rec")  # per-head GroupNorm, bonus and gate: o_proj's columns of each head
+    assert r.shape == (2, T, 4, D)
+    torch.testing.assert_close(r.sum(-2), c["blocks.1.mixer_out"], atol=1e-5, rtol=1e-5)
