@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 
@@ -31,6 +30,7 @@ from hooks import effective as E
 from hooks import recurrence as R
 from hooks.scan import gdn
 from hooks.scan.kernels import use_kernels
+from interp.experiment import git_commit
 
 FULL = dict(B=8, T=2048, H=12, K=64, V=64, rows=64)
 QUICK = dict(B=1, T=256, H=2, K=16, V=16, rows=8)
@@ -155,7 +155,7 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     p = QUICK if a.quick else FULL
     res = dict(p, **run(p, device, a.reps))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()   # INTERP_GIT_COMMIT on a host whose .git is not the tree's
     res.update(date=datetime.now(timezone.utc).isoformat(timespec="minutes"), torch=torch.__version__,
                device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
                command="python bench/bench_effective.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),

@@ -3,6 +3,7 @@ test) next to random subspaces of the same rank and the full-site patch, written
 chart, with the learned R (safetensors) and its spec (JSON) (interp.interventions.train_das)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from interp import InterpError
@@ -23,9 +24,9 @@ def add_parser(sub):
     pa.add_argument("--patience", type=int, default=3, help="epochs without a better val IIA before stopping")
     pa.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the task pairs")
     pa.add_argument("--random-seeds", default="0,1,2,3,4", help="seeds of the random-subspace baseline")
-    pa.add_argument("--cuda-graphs", action="store_true",
-                    help="on a GPU, replay each training and evaluation batch from a CUDA graph (fewer launches; "
-                         "experimental: not yet checked on a GPU)")
+    pa.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="on a GPU, replay each full training and evaluation batch from a CUDA graph (fewer "
+                         "launches, the eager numbers; default on, ignored on a CPU; --no-cuda-graphs runs eagerly)")
     add_n(pa, 512, help="task pairs (each gives two ordered pairs with --order both)")
     add_seed(pa)
     add_device(pa)

@@ -9,9 +9,9 @@ eagerly around it (``R.backward(grad)``). `EvalStep` captures one evaluation bat
 (hits of the source answer and the summed cross-entropy). Replays launch the kernels the eager pass
 launches, on the same inputs, so they should give the eager numbers; the wiring (static inputs, the
 backward through R, the evaluation sums) is tested on CPU with an eager stand-in for the capture
-(tests/test_das_graphs.py), the capture itself has not yet run on a GPU (bench/bench_das.py and
-tests/gpu/check_das_graphs_gpu.py compare both there). Batches of another size (the last of an epoch)
-run eagerly. Opt-in: ``DASConfig(cuda_graphs=True)``, ``interp das --cuda-graphs``.
+(tests/test_das_graphs.py); on a GPU bench/bench_das.py and tests/gpu/check_das_graphs_gpu.py compare both
+(identical R and IIA on an H100, BENCHMARKS.md section 21). Batches of another size (the last of an epoch)
+run eagerly. On by default: ``DASConfig(cuda_graphs=False)`` / ``interp das --no-cuda-graphs`` turn it off.
 
 A capture fails where the model reads the host inside its forward (a ``.item()``, a data-dependent
 shape); `capture` then raises `GraphUnavailable` and the caller runs eagerly (das.fit records which).
