@@ -337,3 +337,29 @@ def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
         for s, ref_in in ins.items():
             torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.state"][:, -1], own[i]["recurrent_state"].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_rwkv7_chunk_A_stage_rounds_non_causally(C):
+    """Why the GPU row check lets the logits of t's 64-token chunk before t move by rounding for RWKV7 at T = 150
+    (check_models_gpu.NONCAUSAL_CHUNK): fla's chunk_rwkv7 A-stage with RWKV7Attention's safe_gate=True
+    (chunk_dplr_fwd_A_kernel_intra_tensorcore) factors exp2(gi[i] - gi[j]) around the chunk's middle row (32), so
+    the decay of a token before the middle row changes the rows before that token by rounding (their exact values
+    do not depend on it), and that of a token after it leaves them bit-identical."""
+    from fla.ops.generalized_delta_rule.dplr.chunk_A_fwd import chunk_dplr_fwd_intra
+    from fla.ops.rwkv6.chunk import chunk_rwkv6_fwd_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+    assert C.NONCAUSAL_CHUNK == {"rwkv7": 64}
+    g = torch.Generator().manual_seed(0)
+    q, k, a, b = (torch.randn(1, 64, 1, 16, generator=g) for _ in range(4))
+    w = -0.6 * torch.rand(1, 64, 1, 16, generator=g)
+
+    def A_qk(w):  # [T, 64]: row i = q_i's intra-chunk scores
+        gi, ge = chunk_rwkv6_fwd_cumsum(w, 64, scale=RCP_LN2)
+        A = chunk_dplr_fwd_intra(q=q, k=k, a=a, b=b, gi=gi, ge=ge, scale=1.0, chunk_size=64, safe_gate=True)[1]
+        return A[0, :, 0]
+    base = A_qk(w)
+    for s in (20, 40):
+        w2 = w.clone()
+        w2[:, s] *= 0.5
+        d = (A_qk(w2) - base)[:s].abs().max().item()  # rows before s
+        assert (0 < d <= 1e-5 * base.abs().max().item()) if s < 32 else d == 0, (s, d)

@@ -9,7 +9,9 @@ written out (``token_shift_ref``, ``torch_addcmul_rwkv7``, ``k_update_ref``, ``g
 fla's (Linear -> activation -> Linear). The layers sit in a block / model with fla's RWKV7 layout (``pre_norm`` on
 block 0, ``attn_norm -> attn -> + -> ffn_norm -> ffn -> +``, ``v_first`` handed from block 0 to the others) and
 fla's module paths. Oracles: a float64 step loop written here from each layer's own parameters and its actual
-input (not from our captured scan inputs), the model's cache, a full prefill for a decode step.
+input (not from our captured scan inputs), the model's cache, a full prefill for a decode step. The GPU
+script's row check runs on it at T = 150 with a chunk stand-in that rounds as fla's chunk_rwkv7 A-stage does
+(`chunk_rwkv7_midrow`: TF32 operands scaled around the chunk's middle row).
 """
 import functools
 import importlib.util
@@ -48,6 +50,26 @@ def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_st
     o, S = _dplr().dplr_recurrence(tr(r) * scale * r.shape[-1] ** 0.5, tr(k), tr(v), tr(a), tr(b), tr(w),
                                    initial_state, output_final_state)
     return o.transpose(1, 2).to(v.dtype), S
+
+
+def tf32(x):
+    """float32 ``x`` rounded to TF32 (10-bit mantissa, to nearest), as tensor cores read float32 dot operands."""
+    i = x.float().contiguous().view(torch.int32)
+    return ((i + 0x1000) & -0x2000).view(torch.float32)
+
+
+def chunk_rwkv7_midrow(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
+                       chunk_size=64, **kw):
+    """`chunk_rwkv7` with the rounding of fla's tensor-core A-stage (``chunk_dplr_fwd_A_kernel_intra_tensorcore``,
+    taken with RWKV7Attention's ``safe_gate=True``): r enters its chunk's dot products as tf32(r exp(gi - gi[mid])),
+    gi the within-chunk cumulative log decay and mid the chunk's middle row, so the rounding of a row's output
+    depends on the decays of later tokens of its chunk, up to the middle row."""
+    r2 = torch.empty_like(r, dtype=torch.float32)
+    for c0 in range(0, r.shape[1], chunk_size):
+        gi = w[:, c0:c0 + chunk_size].float().cumsum(1)
+        off = gi[:, gi.shape[1] // 2:gi.shape[1] // 2 + 1]
+        r2[:, c0:c0 + chunk_size] = tf32(r[:, c0:c0 + chunk_size].float() * (gi - off).exp()) * (off - gi).exp()
+    return chunk_rwkv7(r2.to(r.dtype), w, k, v, a, b, scale, initial_state, output_final_state, cu_seqlens)
 
 
 def fused_mul_recurrent_rwkv7(r, w, k, v, kk, a, scale=1.0, initial_state=None, output_final_state=False,
@@ -370,3 +392,30 @@ def test_raising_hooks_leave_nothing_behind_and_head_results():
     r = c.head_results(1, "rec")  # per-head GroupNorm, bonus and gate: o_proj's columns of each head
     assert r.shape == (2, T, 4, D)
     torch.testing.assert_close(r.sum(-2), c["blocks.1.mixer_out"], atol=1e-5, rtol=1e-5)
+
+
+def test_gpu_row_check_with_fla_chunk_rounding(monkeypatch):
+    """The GPU script's row check (tests/gpu/check_models_gpu.py::check) at T = 150, where fla's layer takes
+    chunk_rwkv7, here with the rounding of its A-stage (`chunk_rwkv7_midrow`): a state patch at t = 75 (block 0)
+    changes block 1's inputs from t on, so its chunk [64, 128) rounds differently (middle row 96) and the logits at
+    64..74 move by rounding while those before 64 and block 0's own output before t stay bit-identical. The
+    check asks for exactness before 64 and lets [64, t) move within the kernel tolerance (the T = 150 GPU rows of
+    fla RWKV7 failed "logits before t unchanged" for this reason)."""
+    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/check_models_gpu.py
+    _gpu_script("first_config")  # the script's sibling import
+    C = _gpu_script("check_models_gpu")
+    m = make()
+    monkeypatch.setattr(rwkv7_module(), "chunk_rwkv7", chunk_rwkv7_midrow)
+    x = H.toks(V, n=150)
+    before = set(sys.modules)
+    try:
+        with torch.no_grad():
+            row = C.check("fla RWKV7 stand-in, A-stage rounding", m, x, C.fla_final_states(m, x, hooks.wrap(m).layers))
+    finally:  # the script's kernel_globals tries the real fla's kernels (no triton here): drop what it imported
+        for n in set(sys.modules) - before:
+            if n == "fla" or n.startswith("fla."):
+                del sys.modules[n]
+    assert row["patch_ok"] and row["clean_ok"] and row["ok"], row
+    assert row["final_rel"] <= 1e-5 and row["loop_rel"] <= 1e-5, row   # states: r does not enter them
+    assert row["patch_exact_before"] == 64 and row["patch_layer_rel"] == 0.0, row
+    assert 1e-5 < row["patch_drift_rel"] <= C.TOL_LOOP, row  # the rounding the former exact check failed on
