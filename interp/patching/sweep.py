@@ -12,6 +12,7 @@ from interp.patching.run import _answer_metrics
 from interp.patching.sites import _write
 from interp.patching.units import open_units
 from interp.patching.window import Source, _site_names, _window_cache, _window_ok, _window_unit
+from interp.patching.window_state import state_unit
 
 
 def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False,
@@ -103,7 +104,7 @@ def _run_both(plan, store, ci, units_, todo, answers, clean_logp, runs, bar):
     base_metrics = tuple(torch.cat([x, c]) for x, c in zip(runs["corrupted"], runs["clean"]))
     for u in units_:
         site, layer, cells = units[u]
-        per_pair = _window_unit(hm.model, cache, Source(half=n), cells, site, layer, ans, plan.batch_size,
+        per_pair = _win_unit(hm.model, cache, Source(half=n), cells, site, layer, ans, plan.batch_size,
                                 answers2, clean_logp2, base_metrics)
         for direction, half in (("denoise", slice(0, n)), ("noise", slice(n, 2 * n))):
             if u in todo[direction]:
@@ -125,13 +126,20 @@ def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp
     for u in todo:
         site, layer, cells = units[u]
         if u in win:  # only positions >= the patch, only rows the patch changes
-            per_pair = _window_unit(hm.model, win_cache, Source(src_cache), cells, site, layer, ans,
+            per_pair = _win_unit(hm.model, win_cache, Source(src_cache), cells, site, layer, ans,
                                     plan.batch_size, answers, clean_logp, base_metrics)
             bar.update(len(cells))
         else:
             per_pair = _batched_unit(hm, base_tok, src_cache[f"blocks.{layer}.{site}"], site, layer, cells, ans,
                                      answers, clean_logp, outs, plan.batch_size, bar, (mask, span))
         store.put(unit_key(direction, ci, u), _payload(cells, per_pair))
+
+
+def _win_unit(model, cache, src, cells, site, layer, *rest):
+    """One unit on the window path: `state_unit` for ``rec.state``, `_window_unit` for resid_pre / mixer_out."""
+    if site == "rec.state":
+        return state_unit(model, cache, src, cells, layer, *rest)
+    return _window_unit(model, cache, src, cells, site, layer, *rest)
 
 
 def _payload(cells, per_pair) -> dict:

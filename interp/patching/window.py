@@ -128,10 +128,7 @@ def _window_unit(model, cache, src, cells, site, layer, ans, batch_size, answers
     every position before the changed fact), or whose answer comes before the patch, is not run: its
     metrics are the unchanged run's, exactly. The rest run in groups of <= batch_size rows, each group on
     the window from its first position to its last answer. ``src``: a `Source`. Returns [(ld, prob, kl)
-    [n] per cell], in the order of ``cells``."""
-    if site == "rec.state":
-        from interp.patching.window_state import state_unit
-        return state_unit(model, cache, src, cells, layer, ans, batch_size, answers, clean_logp, base_metrics)
+    [n] per cell], in the order of ``cells``. (``rec.state`` units: `interp.patching.window_state.state_unit`.)"""
     name, mixer = f"blocks.{layer}.{site}", site == "mixer_out"
     base, srcs = cache[name], src.get(name, cache)
     given = list(cells)
