@@ -26,7 +26,8 @@ def add_parser(sub):
     pa.add_argument("--random-seeds", default="0,1,2,3,4", help="seeds of the random-subspace baseline")
     pa.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                     help="on a GPU, replay each full training and evaluation batch from a CUDA graph (fewer "
-                         "launches, the eager numbers; default on, ignored on a CPU; --no-cuda-graphs runs eagerly)")
+                         "launches, the eager numbers; on by default, ignored on a CPU; the negated flag runs "
+                         "eagerly)")
     add_n(pa, 512, help="task pairs (each gives two ordered pairs with --order both)")
     add_seed(pa)
     add_device(pa)
