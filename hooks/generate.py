@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from hooks import names as N
-from hooks.session import hook_pairs
+from hooks.session import check_return, hook_pairs
 
 
 @dataclass
@@ -142,10 +142,7 @@ class _Steps:
                 for f in self.fns[name]:
                     r = f(new, hp, self.step)
                     if r is not None:
-                        if not isinstance(r, torch.Tensor) or r.shape != new.shape or r.dtype != new.dtype:
-                            raise N.HookError(f"step hook on '{name}' must return None or a tensor of shape "
-                                              f"{tuple(new.shape)} and dtype {new.dtype}; got "
-                                              f"{getattr(r, 'shape', type(r).__name__)}")
+                        check_return(name, r, new, "step hook")
                         new = r
                 if not torch.equal(new, old):
                     out = out.clone() if out is x else out

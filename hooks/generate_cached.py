@@ -40,7 +40,7 @@ import torch
 
 from hooks import names as N
 from hooks.cache import Cache
-from hooks.session import HookSession, positions_list
+from hooks.session import HookSession, check_return, positions_list
 
 # adapters / HF model types whose decode step under rec.* hooks raises NotImplementedError (they need the whole
 # sequence in one forward)
@@ -115,10 +115,7 @@ class Decode:
             for f in fns:
                 r = f(out, hp)
                 if r is not None:
-                    if not isinstance(r, torch.Tensor) or r.shape != out.shape or r.dtype != out.dtype:
-                        raise N.HookError(f"hook on '{name}' must return None or a tensor of shape "
-                                          f"{tuple(out.shape)} and dtype {out.dtype}; got "
-                                          f"{getattr(r, 'shape', type(r).__name__)}")
+                    check_return(name, r, out)
                     out = r
             res = out if full is x else out[:, -T:]
             if name.endswith("rec.state") and not torch.equal(res, orig):

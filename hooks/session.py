@@ -129,6 +129,19 @@ def _grad_fn(name):
     return fn
 
 
+def check_return(name, r, x, what="hook"):
+    """Raise a `HookError` unless a hook function's non-None return ``r`` can replace ``x`` (a tensor of x's
+    shape and dtype); ``what`` names the kind of hook in the message ("hook", "step hook")."""
+    if not isinstance(r, torch.Tensor):
+        raise N.HookError(f"{what} on '{name}' returned {type(r).__name__}; return a tensor of shape "
+                          f"{tuple(x.shape)} and dtype {x.dtype} (the replacement) or None (keep it)")
+    if r.shape != x.shape:
+        raise N.HookError(f"{what} on '{name}' returned shape {tuple(r.shape)}, expected {tuple(x.shape)}")
+    if r.dtype != x.dtype:
+        raise N.HookError(f"{what} on '{name}' returned dtype {r.dtype}, expected {x.dtype} (the "
+                          f"activation's); return r.to({x.dtype})")
+
+
 class HookSession:
     """One ``hooks(...)`` call on a `HookedModel` ``hm``: hook functions by name, the cache to fill and the
     names to cache, the kept positions, the cache device and the dtype of cached states. A context
@@ -168,15 +181,7 @@ class HookSession:
         for fn in self.fns.get(name, ()):
             r = fn(x, self._points.get(name, name))
             if r is not None:
-                if not isinstance(r, torch.Tensor):
-                    raise N.HookError(f"hook on '{name}' returned {type(r).__name__}; return a tensor of shape "
-                                      f"{tuple(x.shape)} and dtype {x.dtype} (the replacement) or None (keep it)")
-                if r.shape != x.shape:
-                    raise N.HookError(f"hook on '{name}' returned shape {tuple(r.shape)}, "
-                                      f"expected {tuple(x.shape)}")
-                if r.dtype != x.dtype:
-                    raise N.HookError(f"hook on '{name}' returned dtype {r.dtype}, expected {x.dtype} (the "
-                                      f"activation's); return r.to({x.dtype})")
+                check_return(name, r, x)
                 # a replacement made elsewhere (a cache on the CPU, another GPU of a sharded
                 # model) goes where the activation lives
                 x = r if r.device == x.device else r.to(x.device)
