@@ -10,35 +10,24 @@ pattern / 64 rows with the triangular solve in the gram kernel or by torch (`SOL
 torch's profiler table of the pieces. Nothing is asserted.
 """
 import torch
-import torch.nn.functional as F
 
 import hooks.effective_triton as ET
 from hooks import effective as E
 from hooks import recurrence as R
 
+from bench_effective import FULL, make_kw, timed   # this script runs from bench/, beside it
+
 
 def tm(fn, n=5):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[n // 2]
+    """Median milliseconds of ``n`` CUDA-event-timed calls after a warm-up (bench_effective's `timed`)."""
+    return timed(fn, torch.device("cuda"), n)[0] * 1e3
 
 
 @torch.no_grad()
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
-    B, T, H, K, V = 8, 2048, 12, 64, 64
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g).cuda()  # noqa: E731
-    c = R.canonical("gdn", dict(q=r(B, T, H, K), k=r(B, T, H, K), v=r(B, T, H, V), g=F.logsigmoid(r(B, T, H)) / 4,
-                                beta=torch.sigmoid(r(B, T, H)), use_qk_l2norm_in_kernel=True))
+    B, T, H, K, V = (FULL[x] for x in "BTHKV")
+    c = R.canonical("gdn", make_kw(B, T, H, K, V, torch.device("cuda")))
     P = E._prep("gdn", c)
     args = (P.q, P.k, P.gr(0, P.NT), P.beta, P.NT)
     print(f"prep {tm(lambda: E._prep('gdn', c)):.3f} ms; torch pieces {tm(lambda: E._pieces_all(P, P.NT)):.3f} ms")
