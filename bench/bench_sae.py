@@ -164,7 +164,7 @@ def markdown(r, d, a, dev, cmd) -> str:
              f"Command: `{cmd}` (commit {git_commit() or 'n/a'}); random-init zoo `gdn75`, {a.layers} layers, "
              f"d={a.d}, {r['heads']} heads of K=V={r['K']} ({len(r['gdn_layers'])} GDN layers), {r['params_m']:.1f}M "
              f"params; mqar, {a.batch_size} x {a.seq_len} tokens per forward ({r['tokens_per_forward']} non-pad); "
-             f"dictionaries: {a.features} latents, k={a.k}; float32, TF32 off; {a.steps} timed steps after warm-up.\n",
+             f"dictionaries: {a.features} latents, k={a.k} (state SAE: sparsify's {a.decoder} sparse decoder); float32, TF32 off; {a.steps} timed steps after warm-up.\n",
              "| what (layer %d unless said) | s / step | examples / forward / head | examples / s (all heads) |" %
              r["gdn_layers"][0], "|---|---|---|---|",
              f"| plain forward | {r['fwd_s']:.4f} | | |",
@@ -205,7 +205,10 @@ def main(argv=None):
     ap.add_argument("--time-budget", type=float, default=150.0, help="seconds: the all-layers row is skipped if the "
                     "rows before it took longer")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--decoder", default="auto", choices=C.DECODERS, help="sparsify's sparse decoder for the "
+                    "state SAE (auto: its Triton kernels where Triton imports)")
     a = ap.parse_args(argv)
+    a.decoder = C.use_decoder(a.decoder)
     dev = "cuda" if torch.cuda.is_available() and not a.quick else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -40,6 +40,7 @@ from interp import tasks as T
 from interp.experiment import git_commit
 from interp.models import load_any
 from interp.sae import SaeSite, run_eval, train
+from interp.sae import coder as C
 from interp.sae.coder import dense_latents
 from interp.sae.data import family_of, site_vectors, wrap
 from interp.sae.groundtruth import points
@@ -148,8 +149,8 @@ def run_model(name, a, dev, log) -> tuple[list, list, dict]:
     log(f"{name}: pools of {a.pool} batches x {a.batch_size} for layers {layers} in {time.perf_counter() - t0:.1f} s")
     coders = {}
     for (label, L), chunks in pools.items():
-        if time.perf_counter() - a.t0 > a.time_budget / 2:
-            a.skipped.append(f"{name} block {L} {label} (not trained: half the time budget spent)")
+        if time.perf_counter() - a.t0 > a.time_budget * a.train_share:
+            a.skipped.append(f"{name} block {L} {label} (not trained: {a.train_share:.0%} of the time budget spent)")
             continue
         d = next(x for x in DICTS if x[0] == label)
         site = SaeSite(f"blocks.{L}.{d[2]}")
@@ -269,7 +270,7 @@ def report(summ, a, dev, times, out):
     from interp.sae.result import markdown
     txt = [f"# Which dictionary latents hold which values: shipped defaults ({datetime.date.today()}, {name})\n",
            f"Command: `{cmd.strip()}` (commit {git_commit() or 'n/a'}); {times}.",
-           f"Per dictionary: TopK SparseCoder (eai-sparsify), {a.features} latents, k={a.k}, lr {a.lr}, {a.steps} "
+           f"Per dictionary: TopK SparseCoder (eai-sparsify, {a.decoder} sparse decoder), {a.features} latents, k={a.k}, lr {a.lr}, {a.steps} "
            f"steps over a pool of {a.pool} task batches x {a.batch_size} examples (every non-pad token a row); "
            f"evaluation on {a.n} held-out examples ({a.n_pairs} pairs for interchange), selectivity on another "
            f"{a.n}. A value is *held* by a latent when that value's best latent has AUROC > its label-permuted null "
@@ -303,8 +304,12 @@ def main(argv=None):
     ap.add_argument("--models", default="gdn100,gdn75")
     ap.add_argument("--dicts", default=",".join(d[0] for d in DICTS), help="which dictionaries (comma-separated)")
     ap.add_argument("--time-budget", type=float, default=None, help="seconds (default 220; none with --quick): no "
-                    "dictionary is trained after half of it, none evaluated after all of it (skipped ones are listed "
-                    "in the report)")
+                    "dictionary is trained after --train-share of it, none evaluated after all of it (skipped ones are "
+                    "listed in the report)")
+    ap.add_argument("--train-share", type=float, default=0.5, help="share of --time-budget after which no "
+                    "dictionary is trained (default 0.5)")
+    ap.add_argument("--decoder", default="auto", choices=C.DECODERS, help="sparsify's sparse decoder (auto: "
+                    "its Triton kernels where Triton imports; bench/sae_decoder_speed.py times both)")
     a = ap.parse_args(argv)
     a.argv = list(argv if argv is not None else sys.argv[1:])
     a.dicts, a.skipped = a.dicts.split(","), []
@@ -313,6 +318,7 @@ def main(argv=None):
         ap.error(f"unknown --dicts {sorted(unknown)}; valid: {', '.join(d[0] for d in DICTS)}")
     if a.time_budget is None:
         a.time_budget = float("inf") if a.quick else 220.0
+    a.decoder = C.use_decoder(a.decoder)
     a.seeds = () if a.quick else (0, 1, 2, 3, 4)  # random-latent seeds of the interchange control (--quick: none)
     if a.quick:
         a.steps, a.pool, a.batch_size, a.features, a.k, a.n, a.n_pairs = 3, 1, 8, 64, 4, 16, 4

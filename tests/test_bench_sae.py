@@ -46,3 +46,33 @@ def test_sae_figures_quick_writes_tables_figure_report(tmp_path):
     assert feats.feature.between(0, 63).all()  # --quick: 64 latents
     assert int(feats.holds.sum()) == s.values_held.iloc[0]
     assert "QUICK CPU RUN" in (tmp_path / "report.md").read_text()
+
+
+def test_decoder_choice_same_reconstruction_and_clear_error():
+    """use_decoder switches sparsify's sparse decoder: the eager decode equals the dense z W_dec + b_dec, the
+    choice is reported back, and a bad name is refused naming the valid ones."""
+    import pytest
+    import torch
+
+    from interp import InterpError
+    from interp.sae import coder as C
+    try:
+        assert C.use_decoder("eager") == "eager"
+        coder = C.new(16, 4, 64, 0)
+        x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+        dense = C.decode_dense(coder, C.dense_latents(coder, x))
+        assert torch.allclose(C.reconstruct(coder, x), dense, atol=1e-5)
+        with pytest.raises(InterpError, match="valid: auto, triton, eager"):
+            C.use_decoder("fast")
+    finally:
+        C.use_decoder("auto")
+
+
+def test_decoder_speed_rows_on_cpu(tmp_path):
+    out = tmp_path / "d.json"
+    mod = _load("sae_decoder_speed")
+    mod.SIZES = [("tiny", 64, 16, 64, 4)]
+    r = mod.main(["--device", "cpu", "--steps", "2", "--out", str(out)])
+    row = r["rows"][0]
+    assert row["eager_s"] > 0 and row["faster"] in ("eager", "triton")
+    assert json.loads(out.read_text())["faster_at_figures"] == row["faster"]

@@ -26,6 +26,28 @@ def _sparsify():
     return sparsify
 
 
+DECODERS = ("auto", "triton", "eager")
+
+
+def use_decoder(impl: str = "auto") -> str:
+    """Choose sparsify's sparse decoder for every coder: ``triton`` (its xformers embedding-bag kernels, the
+    default where Triton imports), ``eager`` (torch's ``embedding_bag``) or ``auto`` (sparsify's own choice).
+    Its Triton backward gives each latent one program that walks every row the latent fired on, so a small
+    dictionary with dense latents (1024 latents over thousands of rows a step) serialises there; time both
+    with ``bench/sae_decoder_speed.py``. Returns the decoder now in use."""
+    from interp import InterpError
+    if impl not in DECODERS:
+        raise InterpError(f"decoder '{impl}' is not valid; valid: {', '.join(DECODERS)}")
+    _sparsify()
+    from sparsify import sparse_coder, utils
+    triton_ok = "xformers_embedding_bag" in vars(utils)          # sparsify imported its Triton kernels
+    if impl == "triton" and not triton_ok:
+        raise InterpError("decoder 'triton' is not available here (Triton does not import); valid: eager, auto")
+    fn = {"auto": utils.decoder_impl, "eager": utils.eager_decode, "triton": utils.triton_decode}[impl]
+    sparse_coder.decoder_impl = fn
+    return "eager" if fn is utils.eager_decode else "triton"
+
+
 def new(d_in: int, k: int, features: int, seed: int = 0, transcode: bool = False):
     """A fresh TopK SparseCoder (sparsify's initialisation: decoder = encoder^T, unit-norm rows), seeded."""
     sp = _sparsify()
