@@ -38,6 +38,7 @@ def main(argv=None):
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--extra", action="store_true", help="also time direction='both' on the transformer and a gdn75 "
                     "of the same width and depth at resid_pre, mixer_out and rec.state (every layer and position)")
+    ap.add_argument("--skip-both", action="store_true", help="with --extra: leave out the both-directions row")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
@@ -135,7 +136,7 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
         print(f"{label}: {rows[-1][1]:.2f} s", flush=True)
         return res
 
-    both = one("transformer resid_pre, direction both", m, "resid_pre", "both", guess=2.0)
+    both = None if a.skip_both else one("transformer resid_pre, direction both", m, "resid_pre", "both", guess=2.0)
     if both is not None:
         den = both[both.direction == "denoise"].reset_index(drop=True)
         err = float(np.abs(den.raw_logit_diff.to_numpy() - ours.raw_logit_diff.to_numpy()).max())
