@@ -22,7 +22,7 @@ import triton.language as tl
 
 from hooks.scan._common import CHUNK
 
-SOLVE_IN_KERNEL = True     # X = (I + L)^{-1} diag(beta) by forward substitution in the gram kernel (else torch)
+SOLVE_IN_KERNEL = False    # X = (I + L)^{-1} diag(beta): forward substitution in the gram kernel, or torch (faster, H100)
 
 
 @triton.jit
