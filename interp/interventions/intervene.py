@@ -117,7 +117,7 @@ def resolve_positions(spec, ip: InterchangePairs, site: Site) -> torch.Tensor:
     if not items:
         raise InterpError("no positions given")
     off, n = (t.to(ip.base.device) for t in ip.span())
-    T = int(n.max())
+    T = ip.base.shape[1]
     cols = []
     for it in items:
         if isinstance(it, int) and not isinstance(it, bool):
