@@ -134,8 +134,8 @@ def test_prompt_pairs_and_refusals():
     bad.answer_pos[0] = 0
     with pytest.raises(InterpError, match="pair 0: its answer position 0 is a pad"):
         patching.sweep(m, bad, layers=[0], progress=False)
-    with pytest.raises(InterpError, match="attribution patching takes pairs of one length"):
-        patching.attribution(m, T.pad_pairs(list(zoo_groups())))
+    with pytest.raises(InterpError, match="pair 0: its answer position 0 is a pad"):
+        patching.attribution(m, bad)
     with pytest.raises(InterpError, match="not one run of real tokens"):
         real_span(torch.tensor([[1, 0, 1]]))
 

@@ -128,8 +128,6 @@ def cmd_patch(a):
     from interp import distributed, patching, tasks as T
     if a.pairs is not None and (a.task is not None or a.knob):
         raise InterpError("give --task (with --knob) or --pairs, not both")
-    if a.pairs is not None and a.attribution:
-        raise InterpError("--attribution takes task pairs of one length; drop it with --pairs")
     model, kind, ctx = load_scaled(a)
     hm = hooks.wrap(model)
     if a.pairs is not None:

@@ -160,6 +160,8 @@ def _graphs(ix: Interchanger, rot: Rotation, cfg: DASConfig, train_rows) -> tupl
         return None, None, "off" if _graphable(dev) else "off (not on a GPU)"
     if ix.site.kind == "state":
         return None, None, "off (a rec.state patch decides on the host which steps to re-scan)"
+    if ix.ip.attention_mask is not None:
+        return None, None, "off (padded pairs: hooks check the padding mask on the host)"
     from interp.interventions.graphs import EvalStep, GradStep, GraphUnavailable
     R0 = rot.R.detach()
     try:

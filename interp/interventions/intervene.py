@@ -19,6 +19,14 @@ token whose next token is the answer: the query), ``'write'`` (the first token w
 differ: the changed fact), either with an offset (``'answer-1'``, ``'write+1'``), or an integer index.
 Default: ``'answer'`` for residual and head sites, ``'answer-1'`` for ``rec.state`` (the state just
 before the query token; the recurrence continues from the edited state). Several positions: a list.
+
+**Padded pairs** (`tasks.pad_pairs`, `tasks.pairs_from_ids`, ``attention_mask`` set; base and source of a pair
+share it) run with their mask, each pair read at its own answer position. Positions count each pair's real
+tokens, as `interp.patching.sweep` does: an anchor (``'answer'``, ``'write'``, with an offset) is that pair's
+token, refused where it falls on a pad or outside the prompt for some pair (as for unpadded pairs); an integer p
+is each pair's p-th real token, and a pair shorter than p + 1 tokens is left out of IIA (not counted in ``n``,
+as a padded sweep's cell is over the pairs that have its position). So padded pairs give each ordered pair the
+intervened logits, and each IIA the counts, of its length group run alone.
 """
 from __future__ import annotations
 
@@ -50,33 +58,50 @@ class InterchangePairs:
     write_pos: torch.Tensor
     pair: torch.Tensor
     base_is_clean: torch.Tensor
+    attention_mask: torch.Tensor | None = None   # [N, T] bool, 1 at real tokens (padded pairs; shared by both)
 
     def __len__(self):
         return self.base.shape[0]
 
+    def _map(self, fn) -> "InterchangePairs":
+        return InterchangePairs(*(None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                                  for f in fields(self)))
+
     def take(self, idx) -> "InterchangePairs":
-        return InterchangePairs(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return self._map(lambda t: t[idx])
 
     def to(self, device) -> "InterchangePairs":
-        return InterchangePairs(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return self._map(lambda t: t.to(device))
+
+    def span(self):
+        """(first real index [N], real tokens [N]) of each row (unpadded: 0 and T)."""
+        N, T = self.base.shape
+        if self.attention_mask is None:
+            return torch.zeros(N, dtype=torch.long), torch.full((N,), T, dtype=torch.long)
+        from interp.tasks.padded import real_span
+        return real_span(self.attention_mask)
 
 
 def interchange_pairs(pairs, order: str = "both") -> InterchangePairs:
     """Ordered base/source pairs from a `tasks.PairBatch` (see the module docstring for ``order``)."""
     if order not in ORDERS:
         raise InterpError(f"order '{order}' is not valid; valid: {', '.join(ORDERS)}")
-    pairs.check_unpadded("interchange interventions (interp.interventions)")
+    from interp.tasks.padded import pair_span
+    mask, _ = pair_span(pairs)        # (checks that the answer positions are real tokens)
+    mask = None if mask is None else mask.to(pairs.clean.device)
     n = len(pairs)
     c = (pairs.clean, pairs.corrupted, pairs.clean_answer, pairs.corrupted_answer)
     cb = InterchangePairs(c[1], c[0], pairs.answer_pos, c[3], c[2], pairs.diff_pos, torch.arange(n),
-                          torch.zeros(n, dtype=torch.bool))
+                          torch.zeros(n, dtype=torch.bool), mask)
     kb = InterchangePairs(c[0], c[1], pairs.answer_pos, c[2], c[3], pairs.diff_pos, torch.arange(n),
-                          torch.ones(n, dtype=torch.bool))
+                          torch.ones(n, dtype=torch.bool), mask)
     if order == "corrupted_base":
         return cb
     if order == "clean_base":
         return kb
-    return InterchangePairs(*(torch.cat([getattr(cb, f.name), getattr(kb, f.name)]) for f in fields(cb)))
+    return InterchangePairs(*(None if getattr(cb, f.name) is None else torch.cat([getattr(cb, f.name),
+                                                                                   getattr(kb, f.name)])
+                              for f in fields(cb)))
 
 
 def default_positions(site: Site):
@@ -84,16 +109,21 @@ def default_positions(site: Site):
 
 
 def resolve_positions(spec, ip: InterchangePairs, site: Site) -> torch.Tensor:
-    """Per-row positions [N, P] from a spec (None, an int, 'answer', 'write-1', or a list of them)."""
+    """Per-row positions [N, P] from a spec (None, an int, 'answer', 'write-1', or a list of them), as
+    indices into the rows. Padded pairs: an integer p is each row's p-th real token, -1 in a row shorter than
+    p + 1 tokens (that row has no such position); an anchor must be a real token in every row."""
     spec = default_positions(site) if spec is None else spec
     items = spec if isinstance(spec, (list, tuple)) else [spec]
     if not items:
         raise InterpError("no positions given")
-    N, T = ip.base.shape
+    off, n = (t.to(ip.base.device) for t in ip.span())
+    T = ip.base.shape[1]
     cols = []
     for it in items:
         if isinstance(it, int) and not isinstance(it, bool):
-            col = torch.full((N,), it, dtype=torch.long)
+            if not 0 <= it < T:
+                raise InterpError(f"position {it} falls outside the prompts (0..{T - 1})")
+            col = torch.where(it < n, off + it, -1)
         else:
             m = _POS.match(str(it).strip())
             if not m:
@@ -101,9 +131,10 @@ def resolve_positions(spec, ip: InterchangePairs, site: Site) -> torch.Tensor:
                                   "or one of them with an offset such as answer-1, write+1")
             anchor = ip.answer_pos if m.group(1) == "answer" else ip.write_pos
             col = anchor.long() + (int(m.group(2).replace(" ", "")) if m.group(2) else 0)
-        bad = (col < 0) | (col >= T)
-        if bool(bad.any()):
-            raise InterpError(f"position '{it}' falls outside the prompts (0..{T - 1}) for {int(bad.sum())} pairs")
+            bad = (col < off) | (col >= off + n)
+            if bool(bad.any()):
+                where = f"0..{T - 1}" if ip.attention_mask is None else "their real tokens"
+                raise InterpError(f"position '{it}' falls outside the prompts ({where}) for {int(bad.sum())} pairs")
         cols.append(col)
     return torch.stack(cols, 1)
 
@@ -125,24 +156,26 @@ def _cat_rows(objs):
     return objs[0]
 
 
-def _gather(hm, tokens, name, pos, batch_size):
-    """Activation ``name`` of runs on ``tokens`` [N, T] at per-row positions pos [N, P] -> [N, P, ...]."""
+def _gather(hm, tokens, name, pos, batch_size, mask=None):
+    """Activation ``name`` of runs on ``tokens`` [N, T] (``mask``: their padding mask) at per-row positions
+    pos [N, P] -> [N, P, ...]."""
     out = []
     with torch.no_grad():
         for s in range(0, tokens.shape[0], batch_size):
             p = pos[s:s + batch_size]
             uniq = torch.unique(p)
-            _, c = hm.run_with_cache(tokens[s:s + batch_size], names=[name], positions=uniq.tolist())
+            _, c = hm.run_with_cache(tokens[s:s + batch_size], names=[name], positions=uniq.tolist(),
+                                     attention_mask=None if mask is None else mask[s:s + batch_size])
             x = c[name]
             where = torch.searchsorted(uniq, p).to(x.device)
             out.append(x[torch.arange(len(p), device=x.device)[:, None], where])
     return torch.cat(out)
 
 
-def _prompt_pass(hm, site: Site, prompts, ans_pos, need, batch_size, prefix_layer):
-    """One run per distinct prompt: predictions at ``ans_pos`` [U], the site at the positions each
-    prompt is a source for (``need``: {prompt: [(ordered row, positions [P])]}) and, for
-    ``prefix_layer`` >= 0, the output of that block (where runs on the prompt as a base start)."""
+def _prompt_pass(hm, site: Site, prompts, ans_pos, need, batch_size, prefix_layer, masks=None):
+    """One run per distinct prompt (``masks``: their padding masks): predictions at ``ans_pos`` [U], the
+    site at the positions each prompt is a source for (``need``: {prompt: [(ordered row, positions [P])]})
+    and, for ``prefix_layer`` >= 0, the output of that block (where runs on the prompt as a base start)."""
     preds, prefix, src = [], [], {}
     for s in range(0, prompts.shape[0], batch_size):
         rows = range(s, min(s + batch_size, prompts.shape[0]))
@@ -154,7 +187,8 @@ def _prompt_pass(hm, site: Site, prompts, ans_pos, need, batch_size, prefix_laye
         try:
             with torch.no_grad(), hm.logits_at(ans_pos[s:s + batch_size]):
                 lg, c = hm.run_with_cache(prompts[s:s + batch_size], names=[site.name] if len(uniq) else [],
-                                          positions=uniq.tolist() if len(uniq) else None)
+                                          positions=uniq.tolist() if len(uniq) else None,
+                                          attention_mask=None if masks is None else masks[s:s + batch_size])
         finally:
             for h in handles:
                 h.remove()
@@ -223,7 +257,8 @@ class Interchanger:
     the source values at the positions, the write keys (`write_keys`, for R = 'write_key': the
     layer's rec.k at ``write_at`` of the base or the source prompt), each base run's output
     of the block before the site's layer (later runs start there, `HookedModel.start_at`) and which
-    pairs the model answers correctly on both prompts (``correct`` [N])."""
+    pairs the model answers correctly on both prompts (``correct`` [N]; padded pairs: and that have every
+    position, ``has_pos`` [N]: rows without one are edited at their answer position but never counted)."""
 
     def __init__(self, model, pairs, site: Site, positions=None, order="both", batch_size: int = 64,
                  write_at="write", key_from="base", skip_prefix: bool = True):
@@ -232,7 +267,9 @@ class Interchanger:
         self.ip = (pairs if isinstance(pairs, InterchangePairs) else interchange_pairs(pairs, order)).to("cpu")
         from interp.models import input_device
         self.device = input_device(self.hm.model)
-        self.pos = resolve_positions(positions, self.ip, site)
+        pos = resolve_positions(positions, self.ip, site)
+        self.has_pos = (pos >= 0).all(1)
+        self.pos = torch.where(pos >= 0, pos, self.ip.answer_pos[:, None].long())
         self.width = site_width(self.hm, site, self.ip.base[:1].to(self.device))
         self.keys, self._key_spec, self._copies = None, (write_at, key_from), {}
         self._prepare(skip_prefix)
@@ -241,7 +278,13 @@ class Interchanger:
         """One pass over the distinct prompts (base and source roles share them; with order 'both'
         every prompt is both): source values, base prefixes, which pairs the model gets right."""
         ip, N = self.ip, len(self.ip)
-        prompts, inv = torch.unique(torch.cat([ip.base, ip.source]), dim=0, return_inverse=True)
+        rows = torch.cat([ip.base, ip.source])
+        if ip.attention_mask is not None:    # a prompt is its tokens and its padding
+            rows = torch.cat([rows, ip.attention_mask.repeat(2, 1).to(rows.dtype)], 1)
+        prompts, inv = torch.unique(rows, dim=0, return_inverse=True)
+        T = ip.base.shape[1]
+        masks = None if ip.attention_mask is None else prompts[:, T:].bool().to(self.device)
+        prompts = prompts[:, :T]
         ans = torch.zeros(len(prompts), dtype=torch.long)
         ans[inv] = torch.cat([ip.answer_pos, ip.answer_pos]).long()
         need = {}
@@ -249,11 +292,11 @@ class Interchanger:
             need.setdefault(int(inv[N + i]), []).append((i, self.pos[i]))
         layer = self.site.layer - 1 if skip_prefix and self.site.layer > 0 else -1
         pred, self._prefix_u, src = _prompt_pass(self.hm, self.site, prompts.to(self.device), ans, need,
-                                                 self.batch_size, layer)
+                                                 self.batch_size, layer, masks)
         self.src = torch.stack([src[i] for i in range(N)])
         self._base_u = inv[:N]
         self.skips_prefix = self._prefix_u is not None
-        self.correct = (pred[inv[:N]] == ip.base_answer) & (pred[inv[N:]] == ip.source_answer)
+        self.correct = (pred[inv[:N]] == ip.base_answer) & (pred[inv[N:]] == ip.source_answer) & self.has_pos
 
     def write_keys(self):
         """The write keys [N, P, H|1, K] (computed once, on first use)."""
@@ -270,8 +313,12 @@ class Interchanger:
             raise InterpError(f"the write-key interchange needs the layer's recurrent key '{name}', "
                               "which this model lacks")
         at = resolve_positions(write_at, self.ip, self.site)[:, :1].expand_as(self.pos)
+        if bool((at < 0).any()):
+            raise InterpError(f"write_at {write_at} is beyond the prompt of {int((at[:, 0] < 0).sum())} padded "
+                              "pairs; valid: a position every pair has, or an anchor such as 'write'")
         toks = (self.ip.base if key_from == "base" else self.ip.source).to(self.device)
-        k = _gather(self.hm, toks, name, at.contiguous(), self.batch_size)       # [N, P, H, K] or [N, P, K]
+        mask = None if self.ip.attention_mask is None else self.ip.attention_mask.to(self.device)
+        k = _gather(self.hm, toks, name, at.contiguous(), self.batch_size, mask)  # [N, P, H, K] or [N, P, K]
         k = k[:, :, None] if k.dim() == 3 else k
         H = self.src.shape[2]
         if k.shape[2] not in (1, H):
@@ -298,8 +345,10 @@ class Interchanger:
             return edit_site(x, site, pos, src, R, keys)
         start = (self.hm.start_at(site.layer, _take_rows(self._prefix_u, self._at(self._base_u, rows)))
                  if self.skips_prefix else nullcontext())
+        mask = None if self.ip.attention_mask is None else self._at(self.ip.attention_mask, rows).to(self.device)
         with self.hm.logits_at(self._at(self.ip.answer_pos, rows)), start:
-            return self.hm.run_with_hooks(self._at(self.ip.base, rows).to(self.device), hooks=[(site.name, fn)])[:, 0]
+            return self.hm.run_with_hooks(self._at(self.ip.base, rows).to(self.device), hooks=[(site.name, fn)],
+                                          attention_mask=mask)[:, 0]
 
     def _at(self, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``table[rows]``: host rows index the table where it lives; CUDA rows index a copy of the

@@ -42,7 +42,9 @@ position counts each pair's real tokens (position p: its p-th real token, wherev
 numbers are over the pairs that have its position (``n`` per cell; the others have NaN per-pair values,
 are left out of its class share and, normalising its logit diff, of the clean / corrupted means), so a
 padded sweep gives each pair the numbers of its length group swept alone. Padded sweeps take the general
-path (not the zoo window path); attribution patching and interventions refuse padded pairs.
+path (not the zoo window path). Attribution patching (`attribution`) takes padded pairs the same way
+(runs with the mask, each pair at its own answer position, ``n`` per cell, ``rec.state`` perturbed at each
+pair's p-th real token); so do interventions / DAS (`interp.interventions`) and the SAE interchange test.
 
 Speed, written by hand because neither TransformerLens nor nnsight does it: many cells run in one
 forward pass (each block of batch rows carries a different cell); blocks before the patched layer

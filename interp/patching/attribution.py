@@ -12,6 +12,7 @@ from interp import InterpError
 from interp.patching.result import PatchResult, _is_zoo_vocab
 from interp.patching.run import _answer_metrics, _model_device
 from interp.patching.sites import RESID_SITES, SITES, _check_choice, check_layers, layer_kind, plan_cells
+from interp.tasks.padded import pair_span, to_real
 
 
 def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, model_name="model",
@@ -23,14 +24,46 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
     (``keep_all``). ``rec.state`` has no gradient on the kernels' path (states are computed beside
     it), so its estimate is the gradient of the state patch itself, d LD / d eps of
     S_t + eps (S_t,clean - S_t): one forward and backward over pairs x positions rows
-    (``batch_size`` rows at a time) per layer, as costly as the exact sweep of that site."""
+    (``batch_size`` rows at a time) per layer, as costly as the exact sweep of that site.
+    Padded pairs (``pairs.attention_mask``) run with their mask, as in `sweep`: each pair is read at its own
+    answer position, position p is each pair's p-th real token, and a cell is over the pairs that have it
+    (``n`` per cell; its logit diff normalised by those pairs' own clean / corrupted logit differences)."""
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
-    pairs.check_unpadded("attribution patching")
     for s in sites:
         _check_choice("site", s, SITES)
     layers = check_layers(layers, hm.n_layers)
     pairs = pairs.to(device or _model_device(hm))
+    mask, span = pair_span(pairs)
     N, T = pairs.clean.shape
+    names = _names(hm, sites, layers, T)
+    grad_names = [x for x in names if x[0] != "rec.state"]
+    clean_cache, acts, ld_c, ld_x, keep = _forward_backward(hm, pairs, grad_names, [n for s, _, n in names], mask)
+    if keep_all:
+        keep[:] = True
+    if not keep.any():
+        raise InterpError(f"the model answers none of the {N} pairs correctly on both prompts; use keep_all=True "
+                          "(--keep-all) to keep every pair")
+    kspan = None if span is None else tuple(t[torch.as_tensor(keep, device=t.device)] for t in span)
+    rows = []
+    for s, i, n in names:
+        if s == "rec.state":
+            per = _state_effects(hm, pairs, i, clean_cache[n], keep, batch_size, mask, span)       # [K, T]
+        else:
+            d = ((clean_cache[n].float() - acts[n].detach().float()) * acts[n].grad.float())[keep]  # [K, ...]
+            d = d.transpose(1, 2) if s == "attn.pattern" else d                  # [K, T, (H, ...)]
+            per_head = s not in RESID_SITES and heads
+            per = d.reshape(*d.shape[:3], -1).sum(-1) if per_head else d.reshape(*d.shape[:2], -1).sum(-1)
+            per = per.double() if kspan is None else to_real(per.double(), kspan)   # [K, T, (H)]
+        per = per.cpu().numpy()
+        for h in (range(per.shape[2]) if per.ndim == 3 else [-1]):
+            v = per if h < 0 else per[:, :, h]
+            rows += [dict(site=s, layer=i, position=p, head=h, col=v[:, p]) for p in range(T)]
+    return _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, keep_all, span is not None)
+
+
+def _names(hm, sites, layers, T) -> list:
+    """(site, layer, hook name) of every site x layer that has it (``layers`` None: every layer; a layer
+    that lacks a site it was asked for is the clear error of `plan_cells`)."""
     names = []
     for s in sites:
         for i in (range(hm.n_layers) if layers is None else layers):
@@ -40,40 +73,17 @@ def attribution(model, pairs, sites=("resid_pre",), layers=None, heads=False, mo
                     plan_cells(hm, s, i, None, False, T)  # raises the clear error
                 continue
             names.append((s, i, f"blocks.{i}.{s}"))
-    grad_names = [x for x in names if x[0] != "rec.state"]
-    clean_cache, acts, ld_c, ld_x, keep = _forward_backward(hm, pairs, grad_names, [n for s, _, n in names])
-    if keep_all:
-        keep[:] = True
-    if not keep.any():
-        raise InterpError(f"the model answers none of the {N} pairs correctly on both prompts; use keep_all=True "
-                          "(--keep-all) to keep every pair")
-    K = int(keep.sum())
-    denom = float(ld_c[keep].mean() - ld_x[keep].mean())
-    rows = []
-    for s, i, n in names:
-        if s == "rec.state":
-            per = _state_effects(hm, pairs, i, clean_cache[n], keep, batch_size)       # [K, T]
-            rows += [dict(site=s, layer=i, position=p, head=-1, ld=float(per[:, p].sum()) / K) for p in range(T)]
-            continue
-        d = ((clean_cache[n].float() - acts[n].detach().float()) * acts[n].grad.float())[keep]  # [K, ...]
-        per = d.sum(0).transpose(0, 1) if s == "attn.pattern" else d.sum(0)   # [T, (H, ...)]
-        if s in RESID_SITES or not heads:
-            v = per.reshape(T, -1).sum(-1) / K
-            rows += [dict(site=s, layer=i, position=p, head=-1, ld=float(v[p])) for p in range(T)]
-        else:
-            v = per.reshape(T, per.shape[1], -1).sum(-1) / K
-            rows += [dict(site=s, layer=i, position=p, head=h, ld=float(v[p, h]))
-                     for h in range(per.shape[1]) for p in range(T)]
-    return _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, denom, keep_all)
+    return names
 
 
-def _forward_backward(hm, pairs, grad_names, cache_names):
+def _forward_backward(hm, pairs, grad_names, cache_names, mask=None):
     """The clean run (cache of every name) and the corrupted run with the gradient of the summed
-    logit diff at every name of ``grad_names``. Returns (clean cache, corrupted activations with
-    .grad, per-pair clean / corrupted logit diff, the pairs answered correctly on both)."""
+    logit diff at every name of ``grad_names`` (``mask``: the pairs' padding mask). Returns (clean cache,
+    corrupted activations with .grad, per-pair clean / corrupted logit diff, the pairs answered correctly
+    on both)."""
     ans, ca, xa = pairs.answer_pos, pairs.clean_answer, pairs.corrupted_answer
     with torch.no_grad(), hm.logits_at(ans):
-        clean_lg, clean_cache = hm.run_with_cache(pairs.clean, names=cache_names)
+        clean_lg, clean_cache = hm.run_with_cache(pairs.clean, names=cache_names, attention_mask=mask)
         ld_c = _answer_metrics(clean_lg, (ca, xa))[0]
     acts = {}
 
@@ -86,7 +96,8 @@ def _forward_backward(hm, pairs, grad_names, cache_names):
     def leaf_embed(x, name):  # makes the graph start at the embeddings even with frozen weights
         return x.detach().requires_grad_(True)
     with torch.enable_grad(), hm.logits_at(ans), _reference_scans(hm):
-        lg = hm.run_with_hooks(pairs.corrupted, hooks=[("embed", leaf_embed)] + [(n, grab) for *_, n in grad_names])
+        lg = hm.run_with_hooks(pairs.corrupted, hooks=[("embed", leaf_embed)] + [(n, grab) for *_, n in grad_names],
+                               attention_mask=mask)
         ld = _answer_metrics(lg, (ca, xa))[0]
         if grad_names:
             ld.sum().backward()
@@ -94,13 +105,17 @@ def _forward_backward(hm, pairs, grad_names, cache_names):
     return clean_cache, acts, ld_c.detach().cpu().double(), ld.detach().cpu().double(), keep
 
 
-def _state_effects(hm, pairs, layer, clean_states, keep, batch_size, eps=1e-3) -> torch.Tensor:
+def _state_effects(hm, pairs, layer, clean_states, keep, batch_size, mask=None, span=None, eps=1e-3):
     """Per kept pair and position t, d LD / d eps of the corrupted run with the state of ``layer``
-    at t set to S_t + eps (S_t,clean - S_t), continuing the recurrence: [K, T]."""
+    at t set to S_t + eps (S_t,clean - S_t), continuing the recurrence: [K, T] float64. Padded pairs
+    (``mask``, ``span``): t is each pair's t-th real token, NaN where a pair has none."""
     idx = torch.as_tensor(np.flatnonzero(keep), device=pairs.clean.device)
     base, src = pairs.corrupted[idx], clean_states[idx]
     K, T = base.shape
     ans, ca, xa = pairs.answer_pos[idx], pairs.clean_answer[idx], pairs.corrupted_answer[idx]
+    m = None if mask is None else mask[idx]
+    off, n = (torch.zeros(K, dtype=torch.long, device=base.device), torch.full((K,), T, device=base.device)) \
+        if span is None else (span[0][idx], span[1][idx])
     out = torch.zeros(K, T, dtype=torch.float64)
     per_fwd = max(1, batch_size // K)
     name = f"blocks.{layer}.rec.state"
@@ -111,31 +126,53 @@ def _state_effects(hm, pairs, layer, clean_states, keep, batch_size, eps=1e-3) -
         def put(S, _name, ts=ts, e=e):
             S = S.clone()
             for j, t in enumerate(ts):
-                r = slice(j * K, (j + 1) * K)
-                S[r, t] = S[r, t] + e[r].view(-1, *[1] * (S.dim() - 2)) * (src[:, t].to(S.dtype) - S[r, t].detach())
+                i = (t < n).nonzero().flatten()          # the pairs that have position t, at their t-th real token
+                r, tt = j * K + i, off[i] + t
+                S[r, tt] = S[r, tt] + e[r].view(-1, *[1] * (S.dim() - 2)) * (src[i, tt].to(S.dtype) - S[r, tt].detach())
             return S
         with torch.enable_grad(), hm.logits_at(ans.repeat(len(ts))), _reference_scans(hm):
-            lg = hm.run_with_hooks(base.repeat(len(ts), 1), hooks=[(name, put)])
+            lg = hm.run_with_hooks(base.repeat(len(ts), 1), hooks=[(name, put)],
+                                   attention_mask=None if m is None else m.repeat(len(ts), 1))
             ld = _answer_metrics(lg, (ca.repeat(len(ts)), xa.repeat(len(ts))))[0]
             g = torch.autograd.grad(ld.sum(), e, allow_unused=True)[0] if ld.requires_grad else None
         if g is not None:
             out[:, ts] = g.detach().double().cpu().view(len(ts), K).T
+    if span is not None:
+        out[torch.arange(T)[None] >= n.cpu()[:, None]] = float("nan")
     return out
 
 
-def _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, denom, keep_all) -> PatchResult:
-    df = pd.DataFrame(rows)
+def _frame(hm, pairs, rows, model_name, keep, ld_c, ld_x, keep_all, padded) -> PatchResult:
+    """The result frame from per-cell rows holding ``col``, the kept pairs' estimates [K] (padded pairs: NaN
+    where a pair lacks the position): each cell's mean over the pairs that have it (``raw_logit_diff``, ``n``),
+    normalised by the mean clean - corrupted logit difference (padded pairs: of the pairs that have it)."""
+    from interp.patching.classes import real_tokens
     from interp.tasks import VOCAB
+    df = pd.DataFrame(rows)
+    kc, kx = ld_c[keep].numpy(), ld_x[keep].numpy()
+    col = np.stack(df.pop("col").to_numpy()) if len(df) else np.zeros((0, len(kc)))
+    K = int(keep.sum())
+    if padded:
+        has = np.isfinite(col)
+        n = has.sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = np.where(has, col, 0.0).sum(1)
+            raw, ld = total / n, total / (has @ (kc - kx))
+    else:
+        n = np.full(len(df), K)
+        raw = col.sum(1) / K
+        ld = raw / float(kc.mean() - kx.mean())
     first = int(np.flatnonzero(keep)[0]) if keep.any() else 0
-    tok0 = pairs.clean[first].tolist()
+    clean, _, _, length = real_tokens(pairs)     # positions count a padded pair's real tokens
+    tok0 = clean[first].tolist()
+    zoo = _is_zoo_vocab(hm)
     res = PatchResult(dict(
         model=model_name, task=pairs.meta.get("task", ""), direction="attribution", site=df.site,
         layer=df.layer, layer_kind=[layer_kind(hm.layers[i]) for i in df.layer], position=df.position,
-        token=[VOCAB.decode([tok0[p]])[0] if _is_zoo_vocab(hm) else "" for p in df.position],
-        head=df["head"], logit_diff=df.ld / denom, prob=np.nan, kl=np.nan, raw_logit_diff=df.ld, n=int(keep.sum())))
-    res.attrs["baselines"] = {"clean_logit_diff": float(ld_c[keep].mean()),
-                              "corrupted_logit_diff": float(ld_x[keep].mean()), "n": int(keep.sum())}
-    res.attrs["pairs"] = {"n": len(keep), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
+        token=[VOCAB.decode([tok0[p]])[0] if zoo and p < length[first] else "" for p in df.position],
+        head=df["head"], logit_diff=ld, prob=np.nan, kl=np.nan, raw_logit_diff=raw, n=n))
+    res.attrs["baselines"] = {"clean_logit_diff": float(kc.mean()), "corrupted_logit_diff": float(kx.mean()), "n": K}
+    res.attrs["pairs"] = {"n": len(keep), "kept": K, "dropped": int((~keep).sum()),
                           "filter": "all pairs" if keep_all else "answered correctly on both prompts"}
     return res
 

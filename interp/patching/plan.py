@@ -92,24 +92,14 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
 
 
 def _span(pairs):
-    """(first real index [N], real tokens [N]) of padded pairs, on their device (None: unpadded); their
-    answer positions must be real tokens."""
-    mask = pairs.attention_mask
-    if mask is None or bool(mask.bool().all()):
+    """(first real index [N], real tokens [N]) of padded pairs, on their device (None: unpadded, and their
+    mask dropped); their answer positions must be real tokens (`interp.tasks.padded.pair_span`)."""
+    from interp.tasks.padded import pair_span
+    mask, span = pair_span(pairs)
+    if mask is None:
         pairs.attention_mask = None
-        return None
-    from interp.tasks.padded import real_span
-    if tuple(mask.shape) != tuple(pairs.clean.shape):
-        raise InterpError(f"the pairs' attention_mask has shape {list(mask.shape)}, their tokens "
-                          f"{list(pairs.clean.shape)}; valid: the same shape")
-    off, n = real_span(mask)
-    ap = pairs.answer_pos.cpu()
-    bad = ((ap < off) | (ap >= off + n)).nonzero().flatten()
-    if len(bad):
-        raise InterpError(f"pair {int(bad[0])}: its answer position {int(ap[bad[0]])} is a pad; valid: a real "
-                          f"token, {int(off[bad[0]])}..{int(off[bad[0]] + n[bad[0]] - 1)}")
-    dev = pairs.clean.device
-    return off.to(dev), n.to(dev)
+    return span
+
 
 def _plan_units(hm, sites, layers, positions, heads, T):
     """The units: (site, layer, cells) for every site x layer; layers that lack a site are skipped

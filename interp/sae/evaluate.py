@@ -48,13 +48,14 @@ def answer_metrics(logits, batch, ref_logp=None) -> dict:
 
 
 @torch.no_grad()
-def clean_run(hm, site, tokens):
-    """(logits, vectors [B, T, d], the layer's scan inputs) of one clean forward."""
+def clean_run(hm, site, tokens, attention_mask=None):
+    """(logits, vectors [B, T, d], the layer's scan inputs) of one clean forward (``attention_mask``: the
+    tokens' padding mask)."""
     from interp.sae.sites import vectors
     fam = family_of(hm, site.layer)
     names = list(dict.fromkeys(site.cache_names(fam) + (site.input_names(fam) if site.kind != "resid" and
                                                         site.kind != "readout" else [])))
-    logits, cache = hm.run_with_cache(tokens, names=names)
+    logits, cache = hm.run_with_cache(tokens, names=names, attention_mask=attention_mask)
     return logits, vectors(site, cache, fam), cache
 
 

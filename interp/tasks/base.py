@@ -65,7 +65,8 @@ class PairBatch:
     diff_pos: torch.Tensor          # [N] first position where the prompts differ (the changed fact)
     meta: dict = field(default_factory=dict)
     attention_mask: torch.Tensor | None = None  # [N, T] 1 at real tokens, shared by clean and corrupted
-    # (a padded batch: `interp.tasks.pad_pairs` / `pairs_from_ids`; positions above index the padded rows)
+    # (a padded batch: `interp.tasks.pad_pairs` / `pairs_from_ids`; positions above index the padded rows;
+    # patching, attribution, interventions and the SAE interchange test take it: `interp.tasks.padded.pair_span`)
 
     def __len__(self):
         return self.clean.shape[0]
@@ -76,13 +77,6 @@ class PairBatch:
 
     def to(self, device) -> "PairBatch":
         return _move(self, device)
-
-    def check_unpadded(self, what: str):
-        """Refuse a padded batch (``attention_mask`` set) in ``what``, which runs prompts of one length."""
-        if self.attention_mask is not None:
-            from interp import InterpError
-            raise InterpError(f"{what} takes pairs of one length; these are padded (attention_mask set): patching "
-                              "(interp.patching.sweep) takes padded pairs, or run each length group alone")
 
 
 @dataclass

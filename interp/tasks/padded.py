@@ -3,10 +3,12 @@
 (1: a real token), and where each row's real tokens lie (`real_span`).
 
 A padded batch runs as each of its prompts alone (`hooks`: ``attention_mask=``). Its ``answer_pos``,
-``diff_pos`` and labels index the padded rows (what the model sees); patching counts positions per row from
-its first real token (`interp.patching`), and probes read real tokens only (labels are -1 at pads). The two
-prompts of a clean/corrupted pair must have the same length: patching writes position p of one prompt into
-position p of the other, so a pair of two lengths is refused (pairs may differ in length from each other)."""
+``diff_pos`` and labels index the padded rows (what the model sees); patching and attribution patching
+(`interp.patching`), interventions (`interp.interventions`) and the SAE interchange test count positions per
+row from its first real token (`pair_span`, `to_real`), and probes read real tokens only (labels are -1 at
+pads). The two prompts of a clean/corrupted pair must have the same length: patching writes position p of one
+prompt into position p of the other, so a pair of two lengths is refused (pairs may differ in length from each
+other)."""
 from __future__ import annotations
 
 import torch
@@ -43,6 +45,40 @@ def real_span(mask) -> tuple[torch.Tensor, torch.Tensor]:
         raise InterpError(f"row {int(bad.nonzero()[0])} of attention_mask is not one run of real tokens; valid: "
                           "left or right padding")
     return offset, length
+
+
+def pair_span(pairs):
+    """(padding mask [N, T] bool or None, (first real index [N], real tokens [N]) or None) of a `PairBatch`, on
+    its device: None, None where nothing is padded (no mask, or one without a pad). Its answer positions must
+    be real tokens (refused naming the pair otherwise). Used by everything that runs padded pairs (patching,
+    attribution, interventions, the SAE interchange test)."""
+    mask = pairs.attention_mask
+    if mask is None or bool(torch.as_tensor(mask).bool().all()):
+        return None, None
+    if tuple(mask.shape) != tuple(pairs.clean.shape):
+        raise InterpError(f"the pairs' attention_mask has shape {list(mask.shape)}, their tokens "
+                          f"{list(pairs.clean.shape)}; valid: the same shape")
+    off, n = real_span(mask)
+    ap = pairs.answer_pos.cpu()
+    bad = ((ap < off) | (ap >= off + n)).nonzero().flatten()
+    if len(bad):
+        raise InterpError(f"pair {int(bad[0])}: its answer position {int(ap[bad[0]])} is a pad; valid: a real "
+                          f"token, {int(off[bad[0]])}..{int(off[bad[0]] + n[bad[0]] - 1)}")
+    dev = pairs.clean.device
+    return mask.to(dev).bool(), (off.to(dev), n.to(dev))
+
+
+def to_real(values, span, fill=float("nan")):
+    """Per-row values in the padded layout ``values`` [N, T, ...] -> each row's real tokens from position 0 on
+    ([N, T, ...]: position p = the row's p-th real token), ``fill`` where a row has no position p. ``span``:
+    (first real index [N], real tokens [N]) (`real_span`)."""
+    off, n = (t.to(values.device) for t in span)
+    N, T = values.shape[:2]
+    p = torch.arange(T, device=values.device)
+    real = p[None] < n[:, None]
+    idx = torch.where(real, off[:, None] + p[None], 0)
+    out = values[torch.arange(N, device=values.device)[:, None], idx]
+    return torch.where(real.view(N, T, *[1] * (values.dim() - 2)), out, torch.as_tensor(fill, dtype=out.dtype))
 
 
 def _ids(x) -> list:
