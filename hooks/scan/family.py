@@ -161,8 +161,9 @@ class Family:
         readout [B, T, H, V]; S_all: the unpatched per-token states [B, T, H, K, V] (optional;
         needed with ``rows``); ``rows``: {t: bool [B]}, the batch rows whose state is replaced at t
         (default: all rows). Rows not replaced at t keep the state their own (possibly already
-        patched) recurrence reaches there, so one batch can hold a different patch in every row. Returns (o, S_T, states) where states
-        are the states the patched run went through (None if S_all is None).
+        patched) recurrence reaches there, so one batch can hold a different patch in every row.
+        Returns (o, S_T, states) where states are the states the patched run went through (None if
+        S_all is None).
         docs/per-token-states.md, "Patching a state", has the algebra."""
         o = o.clone()
         S_orig = S_all
