@@ -13,7 +13,7 @@ norms; not from our captured scan inputs), whose last state is the model's cache
 step from fla's cache continues the state; a state patch continues the recurrence (float64 loop from the
 patched state); hooks, dispatchers and kernel globals are gone after a raising hook and a failing model.
 RWKV7 (fused norms, two blocks: pre_norm and the value residual): its states / readouts / scan inputs equal the
-float64 loop of tests/test_adapters_fla_rwkv7_standin.py (`reference`, from the layer's parameters and its actual
+float64 loop of tests/fla_helpers.py (`rwkv7_reference`, from the layer's parameters and its actual
 input), the last one fla's cache; a decode step and a state patch continue the recurrence.
 """
 import importlib.util
@@ -22,6 +22,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+
+import fla_helpers as FH  # tests/fla_helpers.py, a sibling of this file
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None
@@ -44,34 +46,23 @@ def C():
     return _gpu_script("check_models_gpu")
 
 
+CLASSES = {"deltanet": "DeltaNet", "deltanet_neg": "DeltaNet", "kda": "KDA", "kda_lb": "KDA", "hgrn2": "HGRN2",
+           "rwkv7": "RWKV7", "gdn": "GatedDeltaNet", "gla": "GLA"}  # kind -> fla.models.<name>Config / ForCausalLM
+
+
 def make(kind):
     """A tiny float32 fla model of ``kind`` with O(1) random weights (the GPU script's `spice`), cached."""
     if kind not in _MODELS:
         from fla import models as M
         from test_adapters_fla_interp import _gpu_script
-        common = dict(vocab_size=V, hidden_size=32, fuse_cross_entropy=False, num_hidden_layers=1)
-        cfg = {"deltanet": lambda: M.DeltaNetConfig(num_heads=2, **common),
-               "deltanet_neg": lambda: M.DeltaNetConfig(num_heads=2, allow_neg_eigval=True, qk_norm="sum",
-                                                        qk_activation="relu", **common),
-               "kda": lambda: M.KDAConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
-               "kda_lb": lambda: M.KDAConfig(num_heads=2, head_dim=16, safe_gate=True, lower_bound=-5.0, **common),
-               "hgrn2": lambda: M.HGRN2Config(expand_ratio=16, **common),
-               "rwkv7": lambda: M.RWKV7Config(head_dim=8, decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8,
-                                              v_low_rank_dim=8, **dict(common, num_hidden_layers=2)),
-               "gdn": lambda: M.GatedDeltaNetConfig(num_heads=2, num_v_heads=4, head_dim=8, **common),
-               "gla": lambda: M.GLAConfig(num_heads=2, **common)}[kind]()
+        common = dict(vocab_size=V, hidden_size=32, fuse_cross_entropy=False,
+                      num_hidden_layers=2 if kind == "rwkv7" else 1)
+        cfg = getattr(M, f"{CLASSES[kind]}Config")(**FH.LAYER_KW[kind], **common)
         torch.manual_seed(0)
-        m = _cls(kind)(cfg)
+        m = getattr(M, f"{CLASSES[kind]}ForCausalLM")(cfg)
         _gpu_script("check_models_gpu").spice(m)
         _MODELS[kind] = m.float().eval()
     return _MODELS[kind]
-
-
-def _cls(kind):
-    from fla import models as M
-    return {"deltanet": M.DeltaNetForCausalLM, "deltanet_neg": M.DeltaNetForCausalLM, "kda": M.KDAForCausalLM,
-            "kda_lb": M.KDAForCausalLM, "hgrn2": M.HGRN2ForCausalLM, "gdn": M.GatedDeltaNetForCausalLM,
-            "gla": M.GLAForCausalLM, "rwkv7": M.RWKV7ForCausalLM}[kind]
 
 
 def toks(seed=0, n=T):
@@ -137,55 +128,6 @@ def scan_inputs(layer, h, lower_bound=None):
     return l2(q).repeat_interleave(r, 2), l2(k).repeat_interleave(r, 2), v, g, beta
 
 
-def step_loop(q, k, v, g, beta, S=None, ab=None):
-    """float64 per-token states S_t [B, T, H, K, V] and readouts: the delta rule S_t = a_t S_{t-1} + k_t (beta_t
-    (v_t - (a_t S_{t-1})^T k_t))^T (beta None: S_t = a_t S_{t-1} + k_t v_t^T), a_t = exp(g_t) per head or per
-    key dim; o_t = S_t^T q_t / sqrt(K). ``ab`` = (rec.a, rec.b): RWKV7, S_t = diag(a_t) S_{t-1} + b_t (rec.a_t^T
-    S_{t-1}) + k_t v_t^T, o_t = S_t^T q_t."""
-    q, k, v, g = (t.double() for t in (q, k, v, g))
-    B, n, H, K = k.shape
-    S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64) if S is None else S.double()
-    Ss, os_ = [], []
-    for t in range(n):
-        a = g[:, t].exp()
-        if ab is not None:
-            aS = torch.einsum("bhk,bhkv->bhv", ab[0][:, t].double(), S)
-            S = a[..., None] * S + ab[1][:, t].double()[..., None] * aS[:, :, None] + k[:, t, :, :, None] * v[:, t, :, None]
-            Ss.append(S)
-            os_.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
-            continue
-        S = S * (a[..., None] if a.dim() == 3 else a[..., None, None])
-        if beta is None:
-            S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        else:
-            d = beta[:, t].double()[..., None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
-            S = S + k[:, t, :, :, None] * d[:, :, None, :]
-        Ss.append(S)
-        os_.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]) * K ** -0.5)
-    return torch.stack(Ss, 1), torch.stack(os_, 1)
-
-
-def mixer_inputs(m, x, idx):
-    """{layer: (the hidden states it was called with, its lower_bound kwarg)} on tokens x, from a plain forward."""
-    seen, hs = {}, []
-    for i in idx:
-        hs.append(m.model.layers[i].attn.register_forward_pre_hook(
-            lambda mod, a, kw, i=i: seen.__setitem__(i, (kw["hidden_states"], kw.get("lower_bound"))),
-            with_kwargs=True))
-    try:
-        with torch.no_grad():
-            m(input_ids=x, use_cache=False)
-    finally:
-        for h in hs:
-            h.remove()
-    return seen
-
-
-def own_state(layer, S):
-    """fla's cached recurrent state in our [K, V] layout (DeltaNet, RWKV7 keep [K, V]; KDA / HGRN2 [V, K])."""
-    return S.float() if type(layer).__name__ in ("DeltaNet", "RWKV7Attention") else S.float().transpose(-1, -2)
-
-
 # --- tests ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", MAIN + OLD)
@@ -210,7 +152,7 @@ def test_states_equal_float64_loop_from_layer_parameters(kind):
     hm = hooks.wrap(m)
     idx = [L.index for L in hm.layers if L.rec is not None]
     assert idx == [0]
-    seen = mixer_inputs(m, x, idx)
+    seen = FH.layer_inputs(m, x, ("hidden_states", "lower_bound"), idx)
     with torch.no_grad():
         _, c = hm.run_with_cache(x, names=[f"blocks.{i}.rec.{s}" for i in idx for s in REC if
                                            f"blocks.{i}.rec.{s}" in hm.hook_names])
@@ -218,13 +160,13 @@ def test_states_equal_float64_loop_from_layer_parameters(kind):
     for i in idx:
         layer, p = m.model.layers[i].attn, f"blocks.{i}.rec"
         q, k, v, g, beta = scan_inputs(layer, *seen[i])
-        S_ref, o_ref = step_loop(q, k, v, g, beta)
+        S_ref, o_ref = FH.step_loop(q, k, v, g, beta)
         S = c[f"{p}.state"]
         assert S.shape == S_ref.shape and S.dtype == torch.float32
         torch.testing.assert_close(S.double(), S_ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.decay"].double(), g, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(S[:, -1], own_state(layer, own[i]["recurrent_state"]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(S[:, -1], FH.own_state(layer, own[i]["recurrent_state"]), atol=1e-5, rtol=1e-5)
         if beta is not None:
             torch.testing.assert_close(c[f"{p}.beta"].double(), beta, atol=1e-6, rtol=1e-5)
             assert beta.max() > 1.0 if "neg" in kind else beta.max() < 1.0
@@ -239,20 +181,8 @@ def test_decode_step_continues_from_the_cache(kind):
     """One-token decoding from fla's cache (a prefill of all but the last token) under hooks: the step's state is
     the full run's last state and the model's cached state after the step (the cache's state layout converted)."""
     import hooks
-    from hooks.cache import Cache
     m, x = make(kind), toks()
-    hm = hooks.wrap(m)
-    name = "blocks.0.rec.state"
-    with torch.no_grad():
-        pkv = m(input_ids=x[:, :-1], use_cache=True).past_key_values
-        cache = Cache()
-        with hm.hooks(cache_names=[name], cache=cache):
-            out = m(input_ids=x[:, -1:], past_key_values=pkv, use_cache=True)
-        full = hm.run_with_cache(x, names=[name])[1][name]
-    assert cache[name].shape[1] == 1
-    torch.testing.assert_close(cache[name][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[name][:, 0], own_state(m.model.layers[0].attn, out.past_key_values[0]
-                                                            ["recurrent_state"]), atol=1e-5, rtol=1e-5)
+    FH.check_decode_step(m, hooks.wrap(m), x, 0)
 
 
 @pytest.mark.parametrize("kind", MAIN)
@@ -260,47 +190,20 @@ def test_state_patch_continues_the_recurrence(kind):
     """S_t := another prompt's state at t: states and readouts from t on are the float64 loop continued from it;
     the logits before t are bit-identical, every later position moves."""
     import hooks
-    import hf_tiny as H
     m, x = make(kind), toks()
-    hm = hooks.wrap(m)
-    p, t = "blocks.0.rec", 3
-    ins = [s for s in ("q", "k", "v", "decay", "beta", "a", "b") if f"{p}.{s}" in hm.hook_names]
-    with torch.no_grad():
-        ref = m(input_ids=x, use_cache=False).logits
-        other = hm.run_with_cache(toks(seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
-        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ins + ["state", "readout"]],
-                                   hooks=[(f"{p}.state", H.put_state(other, t))])
-    q, k, v, g = (c[f"{p}.{s}"][:, t + 1:] for s in ("q", "k", "v", "decay"))
-    beta = c[f"{p}.beta"][:, t + 1:] if "beta" in ins else None
-    ab = (c[f"{p}.a"][:, t + 1:], c[f"{p}.b"][:, t + 1:]) if "a" in ins else None
-    S_ref, o_ref = step_loop(q, k, v, g, beta, S=other[:, t], ab=ab)
-    assert torch.equal(c[f"{p}.state"][:, t], other[:, t])
-    torch.testing.assert_close(c[f"{p}.state"][:, t + 1:].double(), S_ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(c[f"{p}.readout"][:, t + 1:].double(), o_ref, atol=1e-5, rtol=1e-4)
-    assert torch.equal(out[:, :t], ref[:, :t])
-    assert (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
+    FH.check_state_patch(m, hooks.wrap(m), x, toks(seed=1), 0, 3)
 
 
 @pytest.mark.parametrize("kind", ("kda", "rwkv7"))
 def test_hooks_gone_after_errors(C, kind):
+    """Raising hooks and a failure inside the model (token ids past the vocabulary) leave no hook, dispatcher or
+    patched kernel global behind."""
     import hooks
-    import hf_tiny as H
     m, x = make(kind), toks()
-    hm = hooks.wrap(m)
-    before, snap = C.kernel_globals(m), H.snapshot(m)
-    with torch.no_grad():
-        ref = m(input_ids=x, use_cache=False).logits
-    for name in ("blocks.0.rec.decay", "blocks.0.rec.state", "blocks.0.rec.readout", "blocks.0.mixer_out"):
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, H.boom)])
-        assert C.leftovers(m, before) == []
-        H.assert_clean(m, snap)
-    with pytest.raises(Exception), torch.no_grad():  # a failure inside the model with every hook on
-        hm.run_with_cache(torch.full((1, 4), V + 5), names=hm.hook_names)
-    assert C.leftovers(m, before) == []
-    H.assert_clean(m, snap)
-    with torch.no_grad():
-        assert torch.equal(m(input_ids=x, use_cache=False).logits, ref)
+    before = C.kernel_globals(m)
+    FH.check_errors_leave_nothing(m, hooks.wrap(m), x, ("blocks.0.rec.decay", "blocks.0.rec.state",
+                                                         "blocks.0.rec.readout", "blocks.0.mixer_out"),
+                                  lambda: C.leftovers(m, before), bad=torch.full((1, 4), V + 5))
 
 
 def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
@@ -308,20 +211,10 @@ def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
     every block's states, readouts and scan inputs equal the float64 loop from the layer's own parameters on its
     actual input; the last state is fla's cache; block 0's stream starts after pre_norm."""
     import hooks
-    from test_adapters_fla_rwkv7_standin import reference
     m, x = make("rwkv7"), toks()
     hm = hooks.wrap(m)
     assert [L.rec_family for L in hm.layers] == ["rwkv7"] * 2
-    seen = {}
-    hs = [blk.attn.register_forward_pre_hook(
-        lambda mod, a, kw, i=i: seen.__setitem__(i, (kw["hidden_states"], kw["v_first"])), with_kwargs=True)
-        for i, blk in enumerate(m.model.layers)]
-    try:
-        with torch.no_grad():
-            m(input_ids=x, use_cache=False)
-    finally:
-        for h in hs:
-            h.remove()
+    seen = FH.layer_inputs(m, x, ("hidden_states", "v_first"))
     names = [n for n in hm.hook_names if ".rec." in n and not n.endswith(("pattern", "write_k", "write_v"))]
     with torch.no_grad():
         _, c = hm.run_with_cache(x, names=names + ["embed", "blocks.0.resid_pre", "blocks.0.resid_mid",
@@ -331,12 +224,13 @@ def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
     torch.testing.assert_close(c["blocks.0.resid_mid"], c["blocks.0.resid_pre"] + c["blocks.0.mixer_out"])
     for i, (h, v_first) in seen.items():
         p = f"blocks.{i}.rec"
-        S_ref, o_ref, ins = reference(m.model.layers[i].attn, h, v_first)
+        S_ref, o_ref, ins = FH.rwkv7_reference(m.model.layers[i].attn, h, v_first)
         torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
         for s, ref_in in ins.items():
             torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(c[f"{p}.state"][:, -1], own[i]["recurrent_state"].float(), atol=1e-5, rtol=1e-5)
+        own_S = FH.own_state(m.model.layers[i].attn, own[i]["recurrent_state"])
+        torch.testing.assert_close(c[f"{p}.state"][:, -1], own_S, atol=1e-5, rtol=1e-5)
 
 
 def test_rwkv7_chunk_A_stage_rounds_non_causally(C):

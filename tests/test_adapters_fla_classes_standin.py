@@ -11,34 +11,19 @@ fla's module paths. This checks the adapter's plumbing (dispatch of the kernel g
 state layouts, GVA, clean-up) where CI runs; fla's real kernels are checked by
 tests/test_adapters_fla_classes_interp.py (Triton interpreter) and tests/gpu/check_models_gpu.py (GPU).
 """
-import functools
-import importlib.util
-import sys
 import types
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+import fla_helpers as FH  # tests/fla_helpers.py, a sibling of this file
+import hf_tiny as H
 import hooks
 
-_SPEC = importlib.util.find_spec("fla")
-pytestmark = pytest.mark.skipif(_SPEC is None, reason="needs fla's source files (fla installed)")
-FLA = Path(_SPEC.submodule_search_locations[0]) if _SPEC else None
+pytestmark = pytest.mark.skipif(FH.FLA is None, reason="needs fla's source files (fla installed)")
 V, T = 64, 9
-REC = ("q", "k", "v", "decay", "beta", "state", "readout")
-
-
-@functools.lru_cache(maxsize=None)
-def _load(rel, name):
-    spec = importlib.util.spec_from_file_location(name, FLA / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # --- torch stand-ins for fla's Triton pieces ---------------------------------------------------------------
@@ -94,7 +79,7 @@ def _delta_rule(q, k, v, beta=None, scale=None, initial_state=None, output_final
                 use_qk_l2norm_in_kernel=False, **kw):
     """fla's chunk_delta_rule / fused_recurrent_delta_rule on fla's naive delta_rule_recurrence."""
     assert cu_seqlens is None and scale is None
-    naive = _load("ops/delta_rule/naive.py", "fla_naive_delta_rule_standin")
+    naive = FH.load_fla_file("ops/delta_rule/naive.py", "fla_naive_delta_rule_standin")
     if use_qk_l2norm_in_kernel:
         q, k = _l2(q), _l2(k)
     beta = torch.ones_like(q[..., 0]) if beta is None else beta
@@ -109,7 +94,7 @@ def _kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=N
     """fla's chunk_kda / fused_recurrent_kda on fla's naive_recurrent_kda (the gate as fla's naive_kda_gate /
     naive_kda_lowerbound_gate, fla/ops/kda/gate.py)."""
     assert cu_seqlens is None
-    naive = _load("ops/kda/naive.py", "fla_naive_kda_standin")
+    naive = FH.load_fla_file("ops/kda/naive.py", "fla_naive_kda_standin")
     if use_qk_l2norm_in_kernel:
         q, k = _l2(q), _l2(k)
     if use_gate_in_kernel:
@@ -128,29 +113,14 @@ def _gla(q, k, v, g=None, gk=None, scale=None, initial_state=None, output_final_
          cu_seqlens=None, **kw):
     """fla's chunk_gla / fused_recurrent_gla on fla's naive_recurrent_gla."""
     assert cu_seqlens is None and scale is None
-    naive = _load("ops/gla/naive.py", "fla_naive_gla_standin")
+    naive = FH.load_fla_file("ops/gla/naive.py", "fla_naive_gla_standin")
     o, S = naive.naive_recurrent_gla(q, k, v, g if g is not None else gk, _flip(initial_state, state_v_first),
                                      output_final_state)
     return o.to(v.dtype), _flip(S, state_v_first)
 
 
-def _layer_utils():
-    def get_layer_cache(layer, past):
-        return past.get(layer.layer_idx) if past is not None else None
-
-    def update_layer_cache(layer, past, **state):
-        if past is not None:
-            past[layer.layer_idx] = state
-
-    def unpad_hidden_states(h, cu_seqlens, attention_mask, q_len):
-        assert attention_mask is None
-        return h, None, cu_seqlens
-    return dict(get_layer_cache=get_layer_cache, update_layer_cache=update_layer_cache,
-                unpad_hidden_states=unpad_hidden_states, repad_hidden_states=lambda o, idx, b, t: o)
-
-
 STUBS = {
-    "fla.layers.utils": _layer_utils(),
+    "fla.layers.utils": FH.layer_utils(),
     "fla.modules": dict(ShortConvolution=ShortConvolution, RMSNorm=RMSNorm, FusedRMSNormGated=FusedRMSNormGated),
     "fla.modules.activations": dict(swish=F.silu, elu_p1=lambda x: F.elu(x) + 1),
     "fla.modules.layernorm": dict(rms_norm_linear=rms_norm_linear),
@@ -160,57 +130,8 @@ STUBS = {
 }
 
 
-@contextmanager
-def _stub_modules():
-    """sys.modules answers fla's imports with the stand-ins while a layer file runs; restored after."""
-    saved = {n: sys.modules.get(n) for n in ("fla", "fla.layers", "fla.ops", *STUBS)}
-    try:
-        for name in ("fla", "fla.layers", "fla.ops"):
-            sys.modules[name] = types.ModuleType(name)
-        for name, attrs in STUBS.items():
-            mod = sys.modules[name] = types.ModuleType(name)
-            vars(mod).update(attrs)
-        yield
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-
-
-_SAVED = {}  # sys.modules entries this file replaced: restored when its tests end
-
-
-def _register(mod):
-    """Register ``mod`` in sys.modules for this file's tests (hf_tiny.snapshot looks modules up there)."""
-    _SAVED.setdefault(mod.__name__, sys.modules.get(mod.__name__))
-    sys.modules[mod.__name__] = mod
-    return mod
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_modules():
-    yield
-    for n, m in _SAVED.items():
-        if m is None:
-            sys.modules.pop(n, None)
-        else:
-            sys.modules[n] = m
-    _SAVED.clear()
-    _MODELS.clear()
-
-
-def fla_layer_module(stem):
-    """fla's ``fla/layers/<stem>.py``, run as the module ``fla.layers.<stem>`` (registered while this file's
-    tests run)."""
-    if f"fla.layers.{stem}" in _SAVED:
-        return sys.modules[f"fla.layers.{stem}"]
-    mod = types.ModuleType(f"fla.layers.{stem}")
-    mod.__file__ = str(FLA / "layers" / f"{stem}.py")
-    with _stub_modules():
-        exec(compile(Path(mod.__file__).read_text(), mod.__file__, "exec"), vars(mod))
-    return _register(mod)
+MODS = FH.Standins(STUBS)  # fla's layer files run with these; sys.modules restored when this file's tests end
+_restore_standins = MODS.fixture()
 
 
 # --- a minimal fla model around the layers -------------------------------------------------------------------
@@ -253,63 +174,25 @@ class ForCausalLM(nn.Module):
 
 ForCausalLM.__module__ = "fla.models.standin.modeling_standin"  # fla's model classes are matched by module path
 
-_MODELS = {}
+LAYERS = {"deltanet": ("delta_net", "DeltaNet"), "deltanet_neg": ("delta_net", "DeltaNet"),
+          "kda": ("kda", "KimiDeltaAttention"), "kda_lb": ("kda", "KimiDeltaAttention"),
+          "hgrn2": ("hgrn2", "HGRN2Attention")}  # kind -> (fla's layer file, its class)
 
 
 def make(kind):
-    if kind not in _MODELS:
-        if ForCausalLM.__module__ not in _SAVED:
-            _register(types.ModuleType(ForCausalLM.__module__))
+    if kind not in MODS.models:
+        if ForCausalLM.__module__ not in MODS.saved:
+            MODS.register(types.ModuleType(ForCausalLM.__module__))
         torch.manual_seed(0)
         d = 32
-        if kind == "deltanet":
-            L = fla_layer_module("delta_net")
-            layers = [L.DeltaNet(hidden_size=d, num_heads=2, layer_idx=i) for i in range(2)]
-        elif kind == "deltanet_neg":
-            L = fla_layer_module("delta_net")
-            layers = [L.DeltaNet(hidden_size=d, num_heads=2, allow_neg_eigval=True, qk_norm="sum", qk_activation="relu",
-                                 layer_idx=i) for i in range(2)]
-        elif kind in ("kda", "kda_lb"):
-            L = fla_layer_module("kda")
-            kw = dict(num_v_heads=4, head_dim=8) if kind == "kda" else dict(head_dim=16, safe_gate=True, lower_bound=-5.0)
-            layers = [L.KimiDeltaAttention(hidden_size=d, num_heads=2, layer_idx=i, **kw) for i in range(2)]
-        else:
-            L = fla_layer_module("hgrn2")
-            layers = [L.HGRN2Attention(hidden_size=d, expand_ratio=16, layer_idx=i) for i in range(2)]
-        m = ForCausalLM(layers, d)
-        H.unit_scale_weights(m)  # O(1) weights: every path matters to the logits
-        with torch.no_grad():
-            for blk in m.model.layers:
-                for n in ("A_log", "dt_bias"):
-                    if hasattr(blk.attn, n):
-                        getattr(blk.attn, n).uniform_(-1, 1)
-        _MODELS[kind] = m.float().eval()
-    return _MODELS[kind]
+        stem, cls = LAYERS[kind]
+        L = MODS.layer_module(stem)
+        layers = [getattr(L, cls)(hidden_size=d, layer_idx=i, **FH.LAYER_KW[kind]) for i in range(2)]
+        MODS.models[kind] = FH.spice(ForCausalLM(layers, d)).float().eval()
+    return MODS.models[kind]
 
 
 KINDS = ("deltanet", "deltanet_neg", "kda", "kda_lb", "hgrn2")
-
-
-def own_state(layer, S):
-    return S.float() if type(layer).__name__ == "DeltaNet" else S.float().transpose(-1, -2)
-
-
-def step_loop(q, k, v, g, beta, S=None):
-    """float64 states S_t [B, T, H, K, V] and readouts of the delta rule (beta None: GLA's S_t = a_t S_{t-1} +
-    k_t v_t^T), a_t = exp(g_t) per head or per key dim, o_t = S_t^T q_t / sqrt(K)."""
-    q, k, v, g = (t.double() for t in (q, k, v, g))
-    B, n, Hh, K = k.shape
-    S = torch.zeros(B, Hh, K, v.shape[-1], dtype=torch.float64) if S is None else S.double()
-    Ss, os_ = [], []
-    for t in range(n):
-        a = g[:, t].exp()
-        S = S * (a[..., None] if a.dim() == 3 else a[..., None, None])
-        w = v[:, t] if beta is None else beta[:, t].double()[..., None] * (
-            v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t]))
-        S = S + k[:, t, :, :, None] * w[:, :, None, :]
-        Ss.append(S)
-        os_.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]) * K ** -0.5)
-    return torch.stack(Ss, 1), torch.stack(os_, 1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -326,10 +209,10 @@ def test_capture_keeps_logits_and_states_equal_loop_and_cache(kind):
     for i in (0, 1):
         p, layer = f"blocks.{i}.rec", m.model.layers[i].attn
         beta = c.get(f"{p}.beta")
-        S_ref, o_ref = step_loop(*(c[f"{p}.{s}"] for s in ("q", "k", "v", "decay")), beta)
+        S_ref, o_ref = FH.step_loop(*(c[f"{p}.{s}"] for s in ("q", "k", "v", "decay")), beta)
         torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(c[f"{p}.state"][:, -1], own_state(layer, own[i]["recurrent_state"]),
+        torch.testing.assert_close(c[f"{p}.state"][:, -1], FH.own_state(layer, own[i]["recurrent_state"]),
                                    atol=1e-5, rtol=1e-5)
         if kind.startswith("deltanet"):
             assert c[f"{p}.decay"].abs().max() == 0 and (beta.max() > 1) == kind.endswith("neg")
@@ -342,60 +225,25 @@ def test_capture_keeps_logits_and_states_equal_loop_and_cache(kind):
 
 @pytest.mark.parametrize("kind", ("deltanet", "kda", "hgrn2"))
 def test_state_patch_continues_and_decode_step(kind):
-    """S_t := another prompt's state: the later states are the loop from it, logits before t bit-identical; one
-    decode step from the model's cache continues the state (the cache's layout converted both ways)."""
-    from hooks.cache import Cache
+    """S_t := another prompt's state: the later states and readouts are the loop from it, logits before t
+    bit-identical; one decode step from the model's cache continues the state (the cache's layout converted both
+    ways)."""
     m = make(kind)
     x = H.toks(V, n=T)
     hm = hooks.wrap(m)
-    p, t = "blocks.1.rec", 4
-    ins = [s for s in ("q", "k", "v", "decay", "beta") if f"{p}.{s}" in hm.hook_names]
-    with torch.no_grad():
-        ref = m(input_ids=x).logits
-        other = hm.run_with_cache(H.toks(V, n=T, seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
-        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ins + ["state"]],
-                                   hooks=[(f"{p}.state", H.put_state(other, t))])
-        pkv = m(input_ids=x[:, :-1], use_cache=True).past_key_values
-        cache = Cache()
-        with hm.hooks(cache_names=[f"{p}.state"], cache=cache):
-            step = m(input_ids=x[:, -1:], use_cache=True, past_key_values=pkv).past_key_values
-        full = hm.run_with_cache(x, names=[f"{p}.state"])[1][f"{p}.state"]
-    S_ref, _ = step_loop(*(c[f"{p}.{s}"][:, t + 1:] for s in ("q", "k", "v", "decay")),
-                         c[f"{p}.beta"][:, t + 1:] if "beta" in ins else None, S=other[:, t])
-    torch.testing.assert_close(c[f"{p}.state"][:, t + 1:].double(), S_ref, atol=1e-5, rtol=1e-4)
-    assert torch.equal(out[:, :t], ref[:, :t]) and (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
-    torch.testing.assert_close(cache[f"{p}.state"][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"{p}.state"][:, 0], own_state(m.model.layers[1].attn, step[1]["recurrent_state"]),
-                               atol=1e-5, rtol=1e-5)
+    FH.check_state_patch(m, hm, x, H.toks(V, n=T, seed=1), 1, 4)
+    FH.check_decode_step(m, hm, x, 1)
 
 
 @pytest.mark.parametrize("kind", ("deltanet", "kda"))
 def test_raising_hooks_leave_nothing_behind(kind):
+    """Raising hooks and a failure inside the model (block 1's MLP) leave no hook behind; the kernel globals
+    are fla's again."""
     m = make(kind)
-    x = H.toks(V, n=T)
-    hm = hooks.wrap(m)
-    g = type(m.model.layers[0].attn).forward.__globals__
-    kernels = {n: g[n] for n in g if n.startswith(("chunk_", "fused_recurrent_"))}
+    kernels, leftovers = FH.kernel_globals(m)
     assert len(kernels) == 2
-    ref, snap = m(input_ids=x).logits, H.snapshot(m)
     names = ["blocks.0.rec.decay", "blocks.1.rec.state", "blocks.0.rec.readout", "blocks.1.mixer_out"]
-    for name in names:
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, H.boom)])
-        H.assert_clean(m, snap)
-        assert all(g[n] is f for n, f in kernels.items())  # the kernel globals are fla's again
-    def fail(mod, a):
-        raise ValueError("inside the model")
-    h = m.model.layers[1].mlp.register_forward_pre_hook(fail)  # a failure inside the model with every hook on
-    try:
-        with pytest.raises(ValueError, match="inside the model"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names)
-    finally:
-        h.remove()
-    H.assert_clean(m, snap)
-    assert all(g[n] is f for n, f in kernels.items())
-    with torch.no_grad():
-        assert torch.equal(m(input_ids=x).logits, ref)
+    FH.check_errors_leave_nothing(m, hooks.wrap(m), H.toks(V, n=T), names, leftovers, bad=m.model.layers[1].mlp)
 
 
 @pytest.mark.parametrize("kind", ("deltanet", "kda", "hgrn2"))

@@ -8,46 +8,33 @@ imports answered by torch stand-ins: the two kernels ``chunk_rwkv7`` / ``fused_m
 written out (``token_shift_ref``, ``torch_addcmul_rwkv7``, ``k_update_ref``, ``gate_output_correction_ref``), LoRA is
 fla's (Linear -> activation -> Linear). The layers sit in a block / model with fla's RWKV7 layout (``pre_norm`` on
 block 0, ``attn_norm -> attn -> + -> ffn_norm -> ffn -> +``, ``v_first`` handed from block 0 to the others) and
-fla's module paths. Oracles: a float64 step loop written here from each layer's own parameters and its actual
-input (not from our captured scan inputs), the model's cache, a full prefill for a decode step. The GPU
+fla's module paths. Oracles: a float64 step loop (tests/fla_helpers.py `rwkv7_reference`) from each layer's own
+parameters and its actual input (not from our captured scan inputs), the model's cache, a full prefill for a decode step. The GPU
 script's row check runs on it at T = 150 with a chunk stand-in that rounds as fla's chunk_rwkv7 A-stage does
 (`chunk_rwkv7_midrow`: TF32 operands scaled around the chunk's middle row).
 """
-import functools
-import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_tiny as H  # tests/hf_tiny.py, a sibling of this file
+import fla_helpers as FH  # tests/fla_helpers.py, a sibling of this file
+import hf_tiny as H
 import hooks
-from test_adapters_fla_classes_standin import _layer_utils
 
-_SPEC = importlib.util.find_spec("fla")
-pytestmark = pytest.mark.skipif(_SPEC is None, reason="needs fla's source files (fla installed)")
-FLA = Path(_SPEC.submodule_search_locations[0]) if _SPEC else None
+pytestmark = pytest.mark.skipif(FH.FLA is None, reason="needs fla's source files (fla installed)")
 V, T, D = 64, 9, 32
-LB = -0.6065306597126334
-
-
-@functools.lru_cache(maxsize=None)
-def _dplr():
-    spec = importlib.util.spec_from_file_location("fla_naive_dplr_standin", FLA / "ops/generalized_delta_rule/dplr/naive.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None, **kw):
     """fla's chunk_rwkv7 on fla's dplr_recurrence ([B, H, T, K] layout, q scaled by K^-1/2 inside)."""
     assert cu_seqlens is None
     tr = lambda x: x.transpose(1, 2).float()  # noqa: E731
-    o, S = _dplr().dplr_recurrence(tr(r) * scale * r.shape[-1] ** 0.5, tr(k), tr(v), tr(a), tr(b), tr(w),
+    dplr = FH.load_fla_file("ops/generalized_delta_rule/dplr/naive.py", "fla_naive_dplr_standin")
+    o, S = dplr.dplr_recurrence(tr(r) * scale * r.shape[-1] ** 0.5, tr(k), tr(v), tr(a), tr(b), tr(w),
                                    initial_state, output_final_state)
     return o.transpose(1, 2).to(v.dtype), S
 
@@ -112,7 +99,7 @@ class LoRA(nn.Module):
 
 STUBS = {
     "fla.layers.rwkv6": dict(LoRA=LoRA),
-    "fla.layers.utils": _layer_utils(),
+    "fla.layers.utils": FH.layer_utils(),
     "fla.modules": dict(GroupNorm=None),
     "fla.modules.l2norm": dict(l2_norm=None),
     "fla.modules.token_shift": dict(token_shift=token_shift),
@@ -121,47 +108,13 @@ STUBS = {
     "fla.ops.rwkv7.fused_k_update": dict(fused_k_rwkv7=lambda k, a, ka: k.addcmul(k * (a - 1), ka)),
     "fla.ops.rwkv7.gate_output_correction": dict(gate_output_correction=gate_output_correction),
 }
-_SAVED = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_modules():
-    yield
-    for n, m in _SAVED.items():
-        if m is None:
-            sys.modules.pop(n, None)
-        else:
-            sys.modules[n] = m
-    _SAVED.clear()
-    _MODELS.clear()
-
-
-def _register(mod):
-    _SAVED.setdefault(mod.__name__, sys.modules.get(mod.__name__))
-    sys.modules[mod.__name__] = mod
-    return mod
+MODS = FH.Standins(STUBS)  # fla's layer file runs with these; sys.modules restored when this file's tests end
+_restore_standins = MODS.fixture()
 
 
 def rwkv7_module():
-    """fla's ``fla/layers/rwkv7.py`` run as ``fla.layers.rwkv7`` with the stand-ins (sys.modules restored after)."""
-    if "fla.layers.rwkv7" in _SAVED:
-        return sys.modules["fla.layers.rwkv7"]
-    mod = types.ModuleType("fla.layers.rwkv7")
-    mod.__file__ = str(FLA / "layers" / "rwkv7.py")
-    names = ("fla", "fla.layers", "fla.ops", "fla.modules", *STUBS)
-    saved = {n: sys.modules.get(n) for n in names}
-    try:
-        for n in names:
-            sys.modules[n] = types.ModuleType(n)
-            vars(sys.modules[n]).update(STUBS.get(n, {}))
-        exec(compile(Path(mod.__file__).read_text(), mod.__file__, "exec"), vars(mod))
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-    return _register(mod)
+    """fla's ``fla/layers/rwkv7.py`` run as ``fla.layers.rwkv7`` with the stand-ins."""
+    return MODS.layer_module("rwkv7")
 
 
 # --- a minimal fla RWKV7 model around the layers (fla's RWKV7Block / RWKV7Model layout) ------------------------
@@ -221,67 +174,17 @@ class RWKV7ForCausalLM(nn.Module):
 
 
 RWKV7ForCausalLM.__module__ = "fla.models.rwkv7.modeling_rwkv7"
-_MODELS = {}
 
 
 def make():
-    if not _MODELS:
-        _register(types.ModuleType(RWKV7ForCausalLM.__module__))
+    if not MODS.models:
+        MODS.register(types.ModuleType(RWKV7ForCausalLM.__module__))
         L = rwkv7_module()
         torch.manual_seed(0)
-        layers = [L.RWKV7Attention(hidden_size=D, head_dim=8, decay_low_rank_dim=8, gate_low_rank_dim=8,
-                                   a_low_rank_dim=8, v_low_rank_dim=8, layer_idx=i, num_hidden_layers=2)
+        layers = [L.RWKV7Attention(hidden_size=D, layer_idx=i, num_hidden_layers=2, **FH.LAYER_KW["rwkv7"])
                   for i in range(2)]
-        m = RWKV7ForCausalLM(layers)
-        H.unit_scale_weights(m)  # O(1) weights: every path matters to the logits
-        _MODELS["m"] = m.float().eval()
-    return _MODELS["m"]
-
-
-def reference(attn, x, v_first):
-    """float64 per-token states [B, T, H, K, V] and readouts S_t^T r_t of RWKV7Attention ``attn`` on its input
-    ``x`` [B, T, D], written from its parameters: token shift, mixes, r / w / k / v (value residual) / alpha /
-    kk, the k_a update, S_t = diag(exp(w_t)) S - (kk alpha)_t (kk_t^T S) + k_t v_t^T."""
-    p = {n: t.double() for n, t in attn.named_parameters()}
-    lin = lambda n, z: z @ p[f"{n}.weight"].T  # noqa: E731
-    lora = lambda n, z, act: lin(f"{n}.lora.2", act(lin(f"{n}.lora.0", z))) + p.get(f"{n}.lora.2.bias", 0)  # noqa: E731
-    x = x.double()
-    dx = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1) - x
-    xr, xw, xk, xv, xa = (x + dx * p[f"x_{c}"] for c in "rwkva")
-    r, k, v = lin("r_proj", xr), lin("k_proj", xk), lin("v_proj", xv)
-    w = LB * torch.sigmoid(lora("w_lora", xw, torch.tanh))
-    if attn.layer_idx:
-        v = torch.lerp(v, v_first.double(), torch.sigmoid(lora("v_lora", xv, lambda z: z)))
-    alpha = torch.sigmoid(lora("a_lora", xa, lambda z: z))
-    B, n, Hh, K = *x.shape[:2], attn.num_heads, attn.head_dim
-    hd = lambda z: z.view(B, n, Hh, -1)  # noqa: E731
-    kk = F.normalize(hd(k * p["k_k"]), dim=-1)
-    k = hd(k * (1 + (alpha - 1) * p["k_a"]))
-    r, w, v, alpha = hd(r), hd(w), hd(v), hd(alpha)
-    S = torch.zeros(B, Hh, K, v.shape[-1], dtype=torch.float64)
-    Ss, os_ = [], []
-    for t in range(n):
-        rem = torch.einsum("bhk,bhkv->bhv", kk[:, t], S)
-        S = w[:, t].exp()[..., None] * S - (kk[:, t] * alpha[:, t])[..., None] * rem[:, :, None] \
-            + k[:, t, :, :, None] * v[:, t, :, None, :]
-        Ss.append(S)
-        os_.append(torch.einsum("bhkv,bhk->bhv", S, r[:, t]))
-    return torch.stack(Ss, 1), torch.stack(os_, 1), dict(q=r, k=k, v=v, decay=w, a=-kk, b=kk * alpha)
-
-
-def inputs_of(m, x):
-    """Each attention layer's actual (hidden_states, v_first) in a plain forward."""
-    got, hs = {}, []
-    for i, blk in enumerate(m.model.layers):
-        hs.append(blk.attn.register_forward_pre_hook(
-            lambda mod, a, kw, i=i: got.__setitem__(i, (kw["hidden_states"], kw["v_first"])), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            m(input_ids=x)
-    finally:
-        for h in hs:
-            h.remove()
-    return got
+        MODS.models["m"] = FH.spice(RWKV7ForCausalLM(layers)).float().eval()
+    return MODS.models["m"]
 
 
 @pytest.mark.parametrize("path", ("fused", "chunk"))
@@ -302,14 +205,15 @@ def test_capture_keeps_logits_states_equal_loop_and_cache(path):
         H.assert_clean(m, snap)
     with torch.no_grad():
         own = m(input_ids=x, use_cache=True).past_key_values
-    for i, (h, v_first) in inputs_of(m, x).items():
+    for i, (h, v_first) in FH.layer_inputs(m, x, ("hidden_states", "v_first")).items():
         p = f"blocks.{i}.rec"
-        S_ref, o_ref, ins = reference(m.model.layers[i].attn, h, v_first)
+        S_ref, o_ref, ins = FH.rwkv7_reference(m.model.layers[i].attn, h, v_first)
         torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
         for s, ref_in in ins.items():
             torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(c[f"{p}.state"][:, -1], own[i]["recurrent_state"], atol=1e-5, rtol=1e-5)
+        own_S = FH.own_state(m.model.layers[i].attn, own[i]["recurrent_state"])
+        torch.testing.assert_close(c[f"{p}.state"][:, -1], own_S, atol=1e-5, rtol=1e-5)
         A = c[f"{p}.pattern"]  # readout = sum_s A[t, s] v_s (no initial state)
         torch.testing.assert_close(torch.einsum("bhts,bshv->bthv", A, c[f"{p}.v"]), c[f"{p}.readout"],
                                    atol=1e-5, rtol=1e-4)
@@ -322,35 +226,17 @@ def test_capture_keeps_logits_states_equal_loop_and_cache(path):
 
 
 def test_state_patch_continues_and_decode_step():
-    """S_t := another prompt's state: the later states are the float64 loop from it (in the captured scan
-    inputs), logits before t bit-identical; a patched resid_pre of block 0 is what block 0 continues with; one
+    """S_t := another prompt's state: the later states and readouts are the float64 loop from it (in the captured
+    scan inputs), logits before t bit-identical; a patched resid_pre of block 0 is what block 0 continues with; one
     decode step from the model's cache continues the state."""
-    from hooks.cache import Cache
     m = make()
     x = H.toks(V, n=T)
     hm = hooks.wrap(m)
-    p, t = "blocks.1.rec", 4
+    FH.check_state_patch(m, hm, x, H.toks(V, n=T, seed=1), 1, 4)
     with torch.no_grad():
-        ref = m(input_ids=x).logits
-        other = hm.run_with_cache(H.toks(V, n=T, seed=1), names=[f"{p}.state"])[1][f"{p}.state"]
-        out, c = hm.run_with_cache(x, names=[f"{p}.{s}" for s in ("q", "k", "v", "decay", "a", "b", "state")],
-                                   hooks=[(f"{p}.state", H.put_state(other, t))])
         zero = hm.run_with_hooks(x, hooks=[("blocks.0.resid_pre", lambda r, n: torch.zeros_like(r))])
-        pkv = m(input_ids=x[:, :-1], use_cache=True).past_key_values
-        cache = Cache()
-        with hm.hooks(cache_names=[f"{p}.state"], cache=cache):
-            step = m(input_ids=x[:, -1:], use_cache=True, past_key_values=pkv).past_key_values
-        full = hm.run_with_cache(x, names=[f"{p}.state"])[1][f"{p}.state"]
-    S = other[:, t].double()
-    for u in range(t + 1, T):
-        g = lambda s: c[f"{p}.{s}"][:, u].double()  # noqa: E731
-        S = g("decay").exp()[..., None] * S + g("b")[..., None] * torch.einsum("bhk,bhkv->bhv", g("a"), S)[:, :, None] \
-            + g("k")[..., None] * g("v")[:, :, None]
-        torch.testing.assert_close(c[f"{p}.state"][:, u].double(), S, atol=1e-5, rtol=1e-4)
-    assert torch.equal(out[:, :t], ref[:, :t]) and (out[:, t:] - ref[:, t:]).abs().amax(-1).min() > 1e-6
-    assert not torch.equal(zero, ref)
-    torch.testing.assert_close(cache[f"{p}.state"][:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache[f"{p}.state"][:, 0], step[1]["recurrent_state"], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(zero, m(input_ids=x).logits)
+    FH.check_decode_step(m, hm, x, 1)
 
 
 def test_changed_scan_input_runs_the_recurrence_on_it():
@@ -374,20 +260,16 @@ def test_changed_scan_input_runs_the_recurrence_on_it():
 
 
 def test_raising_hooks_leave_nothing_behind_and_head_results():
+    """Raising hooks and a failure inside the model (block 1's FFN) leave no hook or forward behind; the kernel
+    globals are fla's again; per-head results sum to mixer_out."""
     m = make()
     x = H.toks(V, n=T)
     hm = hooks.wrap(m)
-    g = type(m.model.layers[0].attn).forward.__globals__
-    kernels = {n: g[n] for n in ("chunk_rwkv7", "fused_mul_recurrent_rwkv7")}
-    ref, snap = m(input_ids=x).logits, H.snapshot(m)
-    for name in ("blocks.0.rec.a", "blocks.1.rec.state", "blocks.0.resid_pre", "blocks.1.mlp_out"):
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
-            hm.run_with_cache(x, names=hm.hook_names, hooks=[(name, H.boom)])
-        H.assert_clean(m, snap)
-        assert all(g[n] is f for n, f in kernels.items())
+    _, leftovers = FH.kernel_globals(m, ("chunk_rwkv7", "fused_mul_recurrent_rwkv7"))
+    FH.check_errors_leave_nothing(m, hm, x, ("blocks.0.rec.a", "blocks.1.rec.state", "blocks.0.resid_pre",
+                                             "blocks.1.mlp_out"), leftovers, bad=m.model.layers[1].ffn)
     assert all(not vars(blk).get("forward") for blk in m.model.layers)
     with torch.no_grad():
-        assert torch.equal(m(input_ids=x).logits, ref)
         _, c = hm.run_with_cache(x, names=["blocks.1.mixer_out"], heads=True)
     r = c.head_results(1, "rec")  # per-head GroupNorm, bonus and gate: o_proj's columns of each head
     assert r.shape == (2, T, 4, D)

@@ -13,6 +13,8 @@ through it.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from hooks.scan._common import l2norm as _l2norm
@@ -134,35 +136,34 @@ class Family:
         """Continue the recurrence from changed writes: where (row, t) has ``new`` = (write_k, write_v)
         different from ``old``, S'_t = decayed_t(S'_{t-1}) + outer(new); every other token takes its own
         step from the edited past (so GDN's delta write is recomputed from it). ``S``: the unchanged
-        per-token states; ``o``: the readout. Returns (o, final state or None if nothing changed, states)."""
+        per-token states; ``o``: the readout. Returns (o, final state or None if nothing changed, states).
+        Each S'_t is made by `continue_from` from the state its run reached before t (one scan a segment)."""
         diff = _changed(old[0], new[0]) | _changed(old[1], new[1])
         ts = diff.any(0).nonzero().flatten().tolist()
         if not ts:
             return o, None, S
-        init, patched, run, last = c.get("initial_state"), {}, None, -1
-        for t in ts:
-            if run is None:    # before the first changed write the states are the unchanged ones
+        init = c.get("initial_state")
+
+        def step(t, prev):
+            if prev is None:   # before the first changed write the states are the unchanged ones
                 prev = S[:, t - 1].float() if t else (torch.zeros_like(S[:, 0], dtype=torch.float32)
                                                       if init is None else init.float())
-            elif t > last + 1:
-                prev = self.scan(c.sliced(last + 1, t, initial_state=run), initial_state=run)[1].float()
-            else:
-                prev = run
-            step = c.sliced(t, t + 1, initial_state=prev)
-            own = self.scan(step, initial_state=prev)[1].float()
-            mine = self.decayed(step, prev[:, None])[:, 0] + self.outer(new[0][:, t].float(), new[1][:, t].float())
-            run = patched[t] = torch.where(diff[:, t].view(-1, *[1] * (own.dim() - 1)), mine, own)
-            last = t
-        return self.continue_from(c, o, patched, S)
+            one = c.sliced(t, t + 1, initial_state=prev)
+            own = self.scan(one, initial_state=prev)[1].float()
+            mine = self.decayed(one, prev[:, None])[:, 0] + self.outer(new[0][:, t].float(), new[1][:, t].float())
+            return torch.where(diff[:, t].view(-1, *[1] * (own.dim() - 1)), mine, own)
+        return self.continue_from(c, o, {t: functools.partial(step, t) for t in ts}, S)
 
     def continue_from(self, c: View, o, patched: dict, S_all=None, rows: dict | None = None):
         """Re-run the recurrence so that S_t := patched[t] at each patched position t, continuing
-        from it (later readouts change too). o: the layer's readout [B, T, H, V]; S_all: the
-        unpatched per-token states [B, T, H, K, V] (optional; needed with ``rows``); ``rows``:
-        {t: bool [B]}, the batch rows whose state is replaced at t (default: all rows). Rows not
-        replaced at t keep the state their own (possibly already patched) recurrence reaches there,
-        so one batch can hold a different patch in every row. Returns (o, S_T, states) where states
-        are the states the patched run went through (None if S_all is None).
+        from it (later readouts change too); a patched[t] may also be a function of the patched run's
+        state before t (None before the first patch) that returns S_t (`rewrite`). o: the layer's
+        readout [B, T, H, V]; S_all: the unpatched per-token states [B, T, H, K, V] (optional;
+        needed with ``rows``); ``rows``: {t: bool [B]}, the batch rows whose state is replaced at t
+        (default: all rows). Rows not replaced at t keep the state their own (possibly already
+        patched) recurrence reaches there, so one batch can hold a different patch in every row.
+        Returns (o, S_T, states) where states are the states the patched run went through (None if
+        S_all is None).
         docs/per-token-states.md, "Patching a state", has the algebra."""
         o = o.clone()
         S_orig = S_all
@@ -173,7 +174,7 @@ class Family:
             raise ValueError("continue_from with rows= needs S_all, the unpatched states")
         run = None  # the patched run's state after position t - 1 (None before the first patch)
         for j, t in enumerate(ts):
-            S = patched[t].float()
+            S = (patched[t](run) if callable(patched[t]) else patched[t]).float()
             if rows is not None and not bool(rows[t].all()):
                 if run is None:  # no earlier patch: the unpatched state is exact
                     here = S_orig[:, t].float()
