@@ -41,8 +41,9 @@ length (a pair of two lengths is refused, naming it). Each pair is read at its o
 position counts each pair's real tokens (position p: its p-th real token, wherever the padding is); a cell's
 numbers are over the pairs that have its position (``n`` per cell; the others have NaN per-pair values,
 are left out of its class share and, normalising its logit diff, of the clean / corrupted means), so a
-padded sweep gives each pair the numbers of its length group swept alone. Padded sweeps take the general
-path (not the zoo window path). Attribution patching (`attribution`) takes padded pairs the same way
+padded sweep gives each pair the numbers of its length group swept alone. Padded sweeps take the zoo window
+path too (left or right padding: its runs use the mask and it reads each pair from its first real token on).
+Attribution patching (`attribution`) takes padded pairs the same way
 (runs with the mask, each pair at its own answer position, ``n`` per cell, ``rec.state`` perturbed at each
 pair's p-th real token); so do interventions / DAS (`interp.interventions`) and the SAE interchange test.
 

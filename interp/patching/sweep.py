@@ -11,7 +11,7 @@ from interp.patching.plan import base_key, plan_sweep, unit_key
 from interp.patching.run import _answer_metrics
 from interp.patching.sites import _write
 from interp.patching.units import open_units
-from interp.patching.window import Source, _site_names, _window_cache, _window_ok, _window_unit
+from interp.patching.window import Source, _real_view, _site_names, _window_cache, _window_ok, _window_unit
 from interp.patching.window_state import state_unit
 
 
@@ -63,7 +63,8 @@ def _bar(total, progress, desc):
 # --- one pair chunk -------------------------------------------------------------------------------
 def _run_chunk(plan, store, ci, items, bar):
     """The ``items`` of pair chunk ``ci``: its baselines, then every unit's metrics. Window units that
-    run in both directions run once on a batch of both (`_run_both`); the rest per direction."""
+    run in both directions run once on a batch of both (`_run_both`); the rest per direction. A padded
+    chunk takes the window path as an unpadded one (`_win_unit` with its span)."""
     hm, pairs = plan.hm, plan.pairs
     a, b = plan.chunks[ci]
     sl = slice(a, b)
@@ -72,8 +73,7 @@ def _run_chunk(plan, store, ci, items, bar):
     if not store.has(base_key(ci)):
         store.put(base_key(ci), base)
     todo = {d: [u for d_, _, u in items if d_ == d] for d in plan.directions}
-    win = ({u for u in range(len(plan.units)) if plan.skip_prefix and _window_ok(hm, *plan.units[u])}
-           if plan.chunk(ci)[0] is None else set())             # padded chunks take the general path
+    win = {u for u in range(len(plan.units)) if plan.skip_prefix and _window_ok(hm, *plan.units[u])}
     # with both directions a window unit always runs on the batch of both (resuming one direction too, so a
     # resumed sweep equals an uninterrupted one bit for bit)
     both = sorted({u for us in todo.values() for u in us} & win) if len(plan.directions) == 2 else []
@@ -94,18 +94,20 @@ def _run_both(plan, store, ci, units_, todo, answers, clean_logp, runs, bar):
     """Window units ``units_`` in both directions at once: one batch of 2n rows, the corrupted prompts
     (denoising: each patched with its clean activation) then the clean ones (noising), so one cached run
     serves as both the unchanged run and (halves swapped) the source, and each window carries both
-    directions' rows. Stores the directions ``todo`` asks for."""
+    directions' rows. Stores the directions ``todo`` asks for. (Padded: both halves have the chunk's mask.)"""
     hm, pairs, units = plan.hm, plan.pairs, plan.units
     a, b = plan.chunks[ci]
     n = b - a
-    cache = _window_cache(hm, torch.cat([pairs.corrupted[a:b], pairs.clean[a:b]]), units, set(units_))
-    ans = pairs.answer_pos[a:b].repeat(2)
+    mask, span = plan.chunk(ci)
+    mask, span = (None, None) if mask is None else (mask.repeat(2, 1), tuple(s_.repeat(2) for s_ in span))
+    cache = _window_cache(hm, torch.cat([pairs.corrupted[a:b], pairs.clean[a:b]]), units, set(units_), mask, span)
+    ans = _real_ans(pairs.answer_pos[a:b].repeat(2), span)
     answers2, clean_logp2 = tuple(x.repeat(2) for x in answers), clean_logp.repeat(2, 1)
     base_metrics = tuple(torch.cat([x, c]) for x, c in zip(runs["corrupted"], runs["clean"]))
     for u in units_:
         site, layer, cells = units[u]
         per_pair = _win_unit(hm.model, cache, Source(half=n), cells, site, layer, ans, plan.batch_size,
-                                answers2, clean_logp2, base_metrics)
+                             answers2, clean_logp2, base_metrics, span=span)
         for direction, half in (("denoise", slice(0, n)), ("noise", slice(n, 2 * n))):
             if u in todo[direction]:
                 store.put(unit_key(direction, ci, u), _payload(cells, [tuple(m[half] for m in ms) for ms in per_pair]))
@@ -118,16 +120,17 @@ def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp
     a, b = plan.chunks[ci]
     ans = plan.pairs.answer_pos[a:b]
     mask, span = plan.chunk(ci)
-    win = {u for u in todo if u in win and mask is None}     # padded chunks take the general path
+    win = {u for u in todo if u in win}
     names = {f"blocks.{units[u][1]}.{units[u][0]}" for u in todo if u not in win} | _site_names(units, win)
     _, src_cache = hm.run_with_cache(src_tok, names=sorted(names), attention_mask=mask)
     outs = hm.block_outputs(base_tok, mask) if plan.skip_prefix and len(win) < len(todo) else None
-    win_cache = _window_cache(hm, base_tok, units, win)
+    win_cache = _window_cache(hm, base_tok, units, win, mask, span)
+    src = Source(_real_view(src_cache, _site_names(units, win), span))
     for u in todo:
         site, layer, cells = units[u]
         if u in win:  # only positions >= the patch, only rows the patch changes
-            per_pair = _win_unit(hm.model, win_cache, Source(src_cache), cells, site, layer, ans,
-                                    plan.batch_size, answers, clean_logp, base_metrics)
+            per_pair = _win_unit(hm.model, win_cache, src, cells, site, layer, _real_ans(ans, span),
+                                 plan.batch_size, answers, clean_logp, base_metrics, span=span)
             bar.update(len(cells))
         else:
             per_pair = _batched_unit(hm, base_tok, src_cache[f"blocks.{layer}.{site}"], site, layer, cells, ans,
@@ -135,11 +138,24 @@ def _run_direction(plan, store, ci, direction, todo, tokens, answers, clean_logp
         store.put(unit_key(direction, ci, u), _payload(cells, per_pair))
 
 
-def _win_unit(model, cache, src, cells, site, layer, *rest):
-    """One unit on the window path: `state_unit` for ``rec.state``, `_window_unit` for resid_pre / mixer_out."""
+def _win_unit(model, cache, src, cells, site, layer, *rest, span=None):
+    """One unit on the window path: `state_unit` for ``rec.state``, `_window_unit` for resid_pre / mixer_out.
+    ``span`` (first real index, real tokens) of padded rows: the caches and answer positions count each row's
+    real tokens (`_real_view`, `_real_ans`) and a row without a cell's position gets NaN metrics there (as on
+    the general path)."""
     if site == "rec.state":
-        return state_unit(model, cache, src, cells, layer, *rest)
-    return _window_unit(model, cache, src, cells, site, layer, *rest)
+        out = state_unit(model, cache, src, cells, layer, *rest)
+    else:
+        out = _window_unit(model, cache, src, cells, site, layer, *rest)
+    if span is None:
+        return out
+    return [tuple(torch.where(p < span[1], x, torch.nan) for x in m) for (p, _), m in zip(cells, out)]
+
+
+def _real_ans(ans, span):
+    """Answer positions as the window path counts them: from each row's first real token (``span``: of padded
+    rows; None: as they are)."""
+    return ans if span is None else ans - span[0]
 
 
 def _payload(cells, per_pair) -> dict:

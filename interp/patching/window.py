@@ -1,6 +1,8 @@
 """The zoo-only window fast path of the sweep: a resid_pre, mixer_out or (GDN) rec.state patch at one position,
 with attention and Gated DeltaNet layers after it, runs on the suffix window, with the unchanged run's keys and
-values as a KV cache and each GDN layer resuming from the state the unchanged run's earlier positions leave."""
+values as a KV cache and each GDN layer resuming from the state the unchanged run's earlier positions leave.
+Padded pairs (left or right) take it too: their runs use the padding mask and the caches are read per pair from
+its first real token on (`_real_view`), so the windows run on real positions as for unpadded pairs."""
 from __future__ import annotations
 
 import torch
@@ -45,10 +47,24 @@ def _site_names(units, win):
     return {f"blocks.{units[u][1]}.{'resid_pre' if units[u][0] == 'rec.state' else units[u][0]}" for u in win}
 
 
-def _window_cache(hm, tokens, units, win):
+def _real_view(cache, names, span):
+    """``cache``'s tensors ``names`` as the window path reads those of a padded chunk: each row's real tokens
+    from index 0 on (`interp.tasks.padded.to_real`; zeros after them), so position p is the row's p-th real
+    token, its keys carry RoPE position p (the masked run counts real tokens) and a GDN scan from index 0 starts
+    at its first real token. ``span``: (first real index, real tokens) of the rows, None: unpadded. Right
+    padding (every first real index 0) is read as it is: the pads come after the real tokens, which a causal
+    model never reads from them."""
+    if span is None or not bool(span[0].any()):
+        return cache
+    from interp.tasks.padded import to_real
+    return {n: to_real(cache[n], span, 0.0) for n in names}
+
+
+def _window_cache(hm, tokens, units, win, mask=None, span=None):
     """The unchanged run's cache that the window units ``win`` read: keys/values of the attention layers and
     inputs of the other layers from the first patched layer on, each unit's site (rec.state: its layer's
-    input and mixer output)."""
+    input and mixer output). ``mask``, ``span``: of a padded chunk (run with the mask, read per row from its
+    first real token, `_real_view`)."""
     if not win:
         return None
     lo = min(units[u][1] for u in win)
@@ -57,7 +73,7 @@ def _window_cache(hm, tokens, units, win):
     names |= {f"blocks.{units[u][1]}.{x}" for u in win
               for x in ({"resid_pre", "mixer_out"} if units[u][0] == "rec.state" else {"resid_pre", units[u][0]})}
     names |= {f"blocks.{i}.resid_pre" for i in range(lo, hm.n_layers) if kinds[i] != "attn"}
-    return hm.run_with_cache(tokens, names=sorted(names))[1]
+    return _real_view(hm.run_with_cache(tokens, names=sorted(names), attention_mask=mask)[1], names, span)
 
 
 def _groups(cells, active, batch_size, half=None):
