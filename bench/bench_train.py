@@ -8,6 +8,7 @@ reference path, in one run.
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from interp.zoo import HybridLM, ZooConfig
 
 
-def bench(layout, backend, batch, seq, steps, warmup=3, train=True):
+def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None):
+    """Time ``steps`` steps after ``warmup``; ``around``: a context manager (e.g. a profiler) entered for the
+    timed steps only (not the model's construction and move to the GPU, nor the warm-up)."""
     torch.manual_seed(0)
     cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
                     mamba_head_dim=64, mamba_state=64)
@@ -27,9 +30,11 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True):
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, 32000, (batch, seq + 1), device="cuda")
     torch.cuda.reset_peak_memory_stats()
+    ctx = around if around is not None else contextlib.nullcontext()
     for i in range(warmup + steps):
         if i == warmup:
             torch.cuda.synchronize()
+            ctx.__enter__()
             t0 = time.perf_counter()
         if not train:
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -43,6 +48,7 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True):
         opt.step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
+    ctx.__exit__(None, None, None)
     return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(), ms_per_step=dt * 1e3,
                 tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
@@ -90,8 +96,8 @@ def profile(batch, seq, steps=3):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
     bench("gdn75", "auto", batch, seq, 2)                   # warm (autotuning, compile)
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        bench("gdn75", "auto", batch, seq, steps, warmup=0)
+    p = prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    bench("gdn75", "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
     ev = p.key_averages()
     total = sum(e.self_device_time_total for e in ev if e.key != "hybrid_interp_dqkwg")
     stand = sum(e.device_time_total for e in ev if e.key == "hybrid_interp_dqkwg")
