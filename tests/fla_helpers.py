@@ -214,6 +214,18 @@ def layer_inputs(m, x, keys, idx=None):
     return seen
 
 
+def assert_rwkv7_layer(c, attn, i, h, v_first, cached_state):
+    """Layer i's captured ``blocks.{i}.rec.state`` / ``.readout`` and scan inputs equal `rwkv7_reference` of its own
+    input ``h`` / ``v_first`` (float64; 1e-5 abs, 1e-4 rel), and its last state equals fla's ``cached_state``."""
+    p = f"blocks.{i}.rec"
+    S_ref, o_ref, ins = rwkv7_reference(attn, h, v_first)
+    torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
+    for s, ref_in in ins.items():
+        torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c[f"{p}.state"][:, -1], own_state(attn, cached_state), atol=1e-5, rtol=1e-5)
+
+
 # --- row checks ----------------------------------------------------------------------------------------------------
 
 def check_decode_step(m, hm, x, i):

@@ -223,14 +223,7 @@ def test_rwkv7_states_equal_float64_loop_from_layer_parameters():
         torch.testing.assert_close(c["blocks.0.resid_pre"], m.model.layers[0].pre_norm(c["embed"]))
     torch.testing.assert_close(c["blocks.0.resid_mid"], c["blocks.0.resid_pre"] + c["blocks.0.mixer_out"])
     for i, (h, v_first) in seen.items():
-        p = f"blocks.{i}.rec"
-        S_ref, o_ref, ins = FH.rwkv7_reference(m.model.layers[i].attn, h, v_first)
-        torch.testing.assert_close(c[f"{p}.state"].double(), S_ref, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(c[f"{p}.readout"].double(), o_ref, atol=1e-5, rtol=1e-4)
-        for s, ref_in in ins.items():
-            torch.testing.assert_close(c[f"{p}.{s}"].double(), ref_in, atol=1e-5, rtol=1e-4)
-        own_S = FH.own_state(m.model.layers[i].attn, own[i]["recurrent_state"])
-        torch.testing.assert_close(c[f"{p}.state"][:, -1], own_S, atol=1e-5, rtol=1e-5)
+        FH.assert_rwkv7_layer(c, m.model.layers[i].attn, i, h, v_first, own[i]["recurrent_state"])
 
 
 def test_rwkv7_chunk_A_stage_rounds_non_causally(C):

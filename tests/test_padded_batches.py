@@ -18,12 +18,7 @@ KEY = ["direction", "site", "layer", "position", "head"]
 model = H.cached(lambda kind: hf_make(kind) if kind == "qwen3_next" else zoo_make(kind))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def zoo_groups():
@@ -170,12 +165,9 @@ def test_probe_on_a_padded_task_batch_equals_the_examples_unpadded():
         pd.testing.assert_frame_equal(acc, acc_ref)
 
 
-@pytest.mark.filterwarnings("ignore:patching")
-def test_cli_patch_pairs_file(tmp_path, capsys):
-    """`interp patch --pairs FILE`: real prompt pairs of two lengths, padded; the written cells equal the API's sweep
-    of the same pairs; bad files and option mixes exit 2 with one line."""
-    from interp.cli import main
-    from interp.models import load_any
+def pairs_file(tmp_path):
+    """zoo_groups' pairs as an `interp patch --pairs` file (clean prompt, corrupted prompt, both answers per line) and
+    those rows of words."""
     words = []
     for g in zoo_groups():
         for i in range(len(g)):
@@ -184,6 +176,16 @@ def test_cli_patch_pairs_file(tmp_path, capsys):
                          + T.VOCAB.decode(torch.stack([g.clean_answer[i], g.corrupted_answer[i]])))
     f = tmp_path / "pairs.tsv"
     f.write_text("\n".join("\t".join(w) for w in words) + "\n")
+    return f, words
+
+
+@pytest.mark.filterwarnings("ignore:patching")
+def test_cli_patch_pairs_file(tmp_path, capsys):
+    """`interp patch --pairs FILE`: real prompt pairs of two lengths, padded; the written cells equal the API's sweep
+    of the same pairs; bad files and option mixes exit 2 with one line."""
+    from interp.cli import main
+    from interp.models import load_any
+    f, words = pairs_file(tmp_path)
     args = ["patch", "--model", "gdn75", "--pairs", str(f), "--layer", "1", "--site", "rec.state", "--keep-all",
             "--direction", "denoise", "--out", str(tmp_path / "out")]
     assert main(args) == 0

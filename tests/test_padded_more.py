@@ -11,7 +11,7 @@ import hooks
 from interp import InterpError, interventions as iv, patching
 from interp import tasks as T
 from interp.tasks.padded import pair_span
-from test_padded_batches import hf_groups, model, zoo_groups
+from test_padded_batches import hf_groups, model, pairs_file, zoo_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 SIDES = ["left", "right"]
@@ -261,14 +261,7 @@ def test_cli_patch_pairs_file_with_attribution(tmp_path, capsys):
     import pandas as pd
     from interp.cli import main
     from interp.models import load_any
-    words = []
-    for g in zoo_groups():
-        for i in range(len(g)):
-            ap = int(g.answer_pos[i])
-            words.append([" ".join(T.VOCAB.decode(x[i, :ap + 1])) for x in (g.clean, g.corrupted)]
-                         + T.VOCAB.decode(torch.stack([g.clean_answer[i], g.corrupted_answer[i]])))
-    f = tmp_path / "pairs.tsv"
-    f.write_text("\n".join("\t".join(w) for w in words) + "\n")
+    f, words = pairs_file(tmp_path)
     assert main(["patch", "--model", "gdn75", "--pairs", str(f), "--layer", "1", "--site", "mixer_out",
                  "--keep-all", "--direction", "denoise", "--attribution", "--out", str(tmp_path / "out")]) == 0
     got = pd.read_csv(tmp_path / "out" / "gdn75_pairs_L1_attribution.csv")

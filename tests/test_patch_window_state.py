@@ -17,12 +17,7 @@ from interp.tasks import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def make(layout, n_layers=4, seed=0):

@@ -18,12 +18,7 @@ from interp.zoo.randinit import random_zoo
 sweep_mod = importlib.import_module("interp.patching.sweep")   # (interp.patching.sweep is also the function)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture
