@@ -40,8 +40,9 @@ def add_parser(sub):
     tr.add_argument("--rank1", action="store_true", help="rank-1 atoms u v^T for one head's factored write "
                     "(--site blocks.<i>.rec.write_kd --head H; hand-written, interp.sae.rank1)")
     tr.add_argument("--target-head", type=int, default=None, help="one head of a rec.* target (default: all)")
-    tr.add_argument("--decoder", default="auto", choices=("auto", "triton", "eager"), help="sparsify's sparse "
-                    "decoder (auto: its Triton kernels where Triton imports; eager is as fast for small dictionaries)")
+    tr.add_argument("--decoder", default="auto", choices=("auto", "triton", "eager"),  # interp.sae.coder.DECODERS
+                    help="sparsify's sparse decoder (auto: its Triton kernels where Triton imports; eager is as fast "
+                    "for small dictionaries)")
     add_seed(tr)
     add_device(tr)
     tr.add_argument("--out", default=None, help="default runs/sae/<model>_<site>_k<k>_f<features>")

@@ -32,9 +32,9 @@ DECODERS = ("auto", "triton", "eager")
 def use_decoder(impl: str = "auto") -> str:
     """Choose sparsify's sparse decoder for every coder: ``triton`` (its xformers embedding-bag kernels, the
     default where Triton imports), ``eager`` (torch's ``embedding_bag``) or ``auto`` (sparsify's own choice).
-    Its Triton backward gives each latent one program that walks every row the latent fired on, so a small
-    dictionary with dense latents (1024 latents over thousands of rows a step) serialises there; time both
-    with ``bench/sae_decoder_speed.py``. Returns the decoder now in use."""
+    Which is faster depends on the size (``bench/sae_decoder_speed.py``; on an H200, BENCHMARKS.md section 26:
+    eager as fast or faster for dictionaries of 1024-4096 latents on narrow inputs, Triton 1.8x faster for a
+    residual-sized one). Returns the decoder now in use."""
     from interp import InterpError
     if impl not in DECODERS:
         raise InterpError(f"decoder '{impl}' is not valid; valid: {', '.join(DECODERS)}")
