@@ -4,6 +4,8 @@ reference path, in one run.
     python bench/bench_train.py [--batch 8 --seq 1024 --steps 20]
     python bench/bench_train.py --profile        # + where gdn75's fla training step spends its GPU time
     HYBRID_INTERP_DQKWG_COMPILE=1 python bench/bench_train.py   # the torch dqkwg stand-in through torch.compile
+    python bench/bench_train.py --modes train --dqkwg torch,auto   # gdn75 with the stand-in, then fla's kernel
+                                                                   # at 32-wide blocks (hooks.scan.fla_dqkwg_triton)
 
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
@@ -59,6 +61,8 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
+    ap.add_argument("--dqkwg", default="auto", help="comma list of HYBRID_INTERP_DQKWG_IMPL values for gdn75's fla "
+                    "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of gdn75 on fla: the "
                     "top GPU ops and the share of hooks.scan.fla_dqkwg's stand-in")
     a = ap.parse_args()
@@ -69,24 +73,35 @@ def main():
         print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (torch): {fla_dqkwg.install()}")
     rows = []
     print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
+    impls = a.dqkwg.split(",")
     for mode in a.modes.split(","):
         # the transformer has no scan, so its two paths are the same model: measured once
-        for l, b in (("transformer", "auto"), ("gdn75", "auto"), ("gdn75", "reference")):
+        runs = [("transformer", "auto", None)] + [("gdn75", "auto", i) for i in impls] + [("gdn75", "reference", None)]
+        for l, b, impl in runs:
+            if impl is not None:
+                os.environ["HYBRID_INTERP_DQKWG_IMPL"] = impl
             try:
-                rows.append(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"))
+                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"), dqkwg=impl or "-"))
             except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
                 print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
                 torch.cuda.empty_cache()
-    print(f"{'layout':12s} {'backend':10s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
+    from hooks.scan import fla_dqkwg_triton
+    print("fla's dqkwg kernel at 32-wide blocks, first-use checks (config: passed):", fla_dqkwg_triton.checked())
+    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} "
+          f"{'peak GiB':>9s}")
     for r in rows:
-        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['mode']:8s} "
-              f"{r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
-    g = {(r["layout"], r["backend"], r["mode"]): r["tokens_per_s"] for r in rows}
+        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['dqkwg']:6s} "
+              f"{r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} "
+              f"{r['peak_gib']:9.2f}")
+    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"]): r["tokens_per_s"] for r in rows}
     for mode in ("train", "forward"):
-        if ("gdn75", "auto", mode) in g and ("gdn75", "reference", mode) in g:
-            print(f"{mode}: gdn75 fla / torch-ref = {g[('gdn75', 'auto', mode)] / g[('gdn75', 'reference', mode)]:.2f}x")
-        if ("gdn75", "auto", mode) in g and ("transformer", "auto", mode) in g:
-            print(f"{mode}: gdn75 fla / transformer = {g[('gdn75', 'auto', mode)] / g[('transformer', 'auto', mode)]:.2f}x")
+        for impl in impls:
+            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl), ("gdn75", "reference", mode, "-"),
+                                               ("transformer", "auto", mode, "-")))
+            if fla and ref:
+                print(f"{mode}: gdn75 fla (dqkwg {impl}) / torch-ref = {fla / ref:.2f}x")
+            if fla and tr:
+                print(f"{mode}: gdn75 fla (dqkwg {impl}) / transformer = {fla / tr:.2f}x")
     if a.profile:
         profile(a.batch, a.seq)
 
@@ -99,10 +114,10 @@ def profile(batch, seq, steps=3):
     p = prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
     bench("gdn75", "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
     ev = p.key_averages()
-    total = sum(e.self_device_time_total for e in ev if e.key != "hybrid_interp_dqkwg")
-    stand = sum(e.device_time_total for e in ev if e.key == "hybrid_interp_dqkwg")
+    total = sum(e.self_device_time_total for e in ev if e.key not in ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32"))
+    stand = sum(e.device_time_total for e in ev if e.key in ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32"))
     print(f"profile of {steps} gdn75 fla training steps: GPU time {total / 1e3:.1f} ms, "
-          f"hybrid_interp_dqkwg {stand / 1e3:.1f} ms ({stand / max(total, 1):.1%})")
+          f"dqkwg (stand-in or 32-wide kernel) {stand / 1e3:.1f} ms ({stand / max(total, 1):.1%})")
     print(ev.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 

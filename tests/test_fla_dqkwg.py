@@ -114,3 +114,58 @@ def test_16bit_simple_gla_calls_warn_once_that_they_are_unverified():
         warnings.simplefilter("error")
         D.chunk_bwd_dqkwg(x, x, x, x, h, h, g=g, chunk_size=64)                    # once per process
         D.chunk_bwd_dqkwg(x, x, x, x, h, h, w=x, g=g, dv=x, chunk_size=64)          # the delta rule: verified
+
+
+def _fake_kernel(monkeypatch, factor):
+    """Route as on a GPU (CPU tensors count as runnable) with dqkwg32 replaced by the torch version's outputs
+    times ``factor``; returns the list the fake appends each call to."""
+    from hooks.scan import fla_dqkwg_triton as FT
+    calls = []
+
+    def fake(*args, block=32, **kw):
+        calls.append(1)
+        return tuple(None if x is None else x * factor for x in D.torch_dqkwg(*args, **kw))
+    monkeypatch.setattr(FT, "runs_here", lambda device: True)
+    monkeypatch.setattr(FT, "dqkwg32", fake)
+    monkeypatch.setattr(FT, "_CHECKED", {})
+    return FT, calls
+
+
+def test_fla_kernel_serves_calls_only_where_its_first_use_check_passes(monkeypatch):
+    """chunk_bwd_dqkwg routes to fla's kernel (at 32-wide blocks) after one check per configuration; a kernel
+    that disagrees with the torch version is dropped with a warning (auto) or raises (triton)."""
+    FT, calls = _fake_kernel(monkeypatch, 1.0)
+    kw = FT.check_inputs("cpu", torch.float32, 2, 4, 16, 8, True, False, chunk_size=16, seed=1)
+    out = D.chunk_bwd_dqkwg(**kw)
+    assert len(calls) == 2 and list(FT.checked().values()) == [True]          # the check, then the call
+    for a, b in zip(out, D.torch_dqkwg(**kw)):
+        torch.testing.assert_close(a, b)
+    D.chunk_bwd_dqkwg(**kw)
+    assert len(calls) == 3                                                     # checked once per configuration
+    FT, calls = _fake_kernel(monkeypatch, 1.5)
+    with pytest.warns(RuntimeWarning, match="failed its check"):
+        out = D.chunk_bwd_dqkwg(**kw)
+    assert len(calls) == 1 and list(FT.checked().values()) == [False]
+    for a, b in zip(out, D.torch_dqkwg(**kw)):
+        assert torch.equal(a, b)                                               # the torch version served it
+    monkeypatch.setattr(FT, "_CHECKED", {})
+    monkeypatch.setenv("HYBRID_INTERP_DQKWG_IMPL", "triton")
+    with pytest.raises(RuntimeError, match="failed its check"):
+        D.chunk_bwd_dqkwg(**kw)
+    n = len(calls)
+    monkeypatch.setenv("HYBRID_INTERP_DQKWG_IMPL", "torch")
+    D.chunk_bwd_dqkwg(**kw)
+    assert len(calls) == n                                                     # torch: the kernel is never tried
+    monkeypatch.setenv("HYBRID_INTERP_DQKWG_IMPL", "fast")
+    with pytest.raises(ValueError, match="valid: auto, torch, triton"):
+        D.chunk_bwd_dqkwg(**kw)
+
+
+def test_on_cpu_without_the_interpreter_the_torch_version_serves(monkeypatch):
+    from hooks.scan import fla_dqkwg_triton as FT
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(FT, "_CHECKED", {})
+    kw = FT.check_inputs("cpu", torch.float32, 1, 1, 16, 16, False, True, chunk_size=16)
+    for a, b in zip(D.chunk_bwd_dqkwg(**kw), D.torch_dqkwg(**kw)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert FT.checked() == {}

@@ -24,7 +24,9 @@ accumulation), with ``g`` the chunk-local cumulative log2 decay ``[B, T, HV]``:
 Checked on CPU against autograd of the chunk equations (tests/test_fla_dqkwg.py) and on the GPU by ``tests/gpu/check_grad_gpu.py``
 (gradients of zoo models on fla's kernels with this backend vs the pure-torch reference path).
 
-``install()`` registers it once, only where fla itself would raise (Hopper, Triton in [3.4, 3.7.1),
+Where fla's own kernel works at 32-wide blocks (checked on first use per configuration against this
+torch version: `hooks.scan.fla_dqkwg_triton`), `chunk_bwd_dqkwg` runs that kernel instead; ``torch_dqkwg``
+is the torch version. ``install()`` registers it once, only where fla itself would raise (Hopper, Triton in [3.4, 3.7.1),
 no TileLang); ``HYBRID_INTERP_DQKWG=0`` turns it off, ``=1`` forces it on other GPUs (for checks).
 ``HYBRID_INTERP_DQKWG_COMPILE=1`` registers it through ``torch.compile`` (its elementwise steps fused;
 bench/bench_train.py measures both). Each call is labelled ``hybrid_interp_dqkwg`` in the torch profiler.
@@ -41,6 +43,18 @@ from hooks.scan._common import pad_time, work
 
 def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
                     cu_seqlens=None, chunk_size=64, chunk_indices=None):
+    """What fla's dispatcher calls: fla's own kernel at 32-wide blocks where its first-use check passed
+    (`hooks.scan.fla_dqkwg_triton`), else `torch_dqkwg`. Same arguments and outputs as `torch_dqkwg`."""
+    from hooks.scan import fla_dqkwg_triton as FT
+    args = (q, k, v, do, h, dh, w, g, g_gamma, dv, scale, state_v_first, cu_seqlens, chunk_size, chunk_indices)
+    if FT.usable(q, k, v, w, state_v_first, torch_dqkwg):
+        with torch.profiler.record_function("hybrid_interp_dqkwg32"):
+            return FT.dqkwg32(*args)
+    return torch_dqkwg(*args)
+
+
+def torch_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
+                cu_seqlens=None, chunk_size=64, chunk_indices=None):
     """Torch version of fla's ``chunk_bwd_dqkwg`` for the gated, fixed-length case (the verifier
     below sends every other call back to fla). q, k ``[B, T, H, K]``; v, do, dv ``[B, T, HV, V]``;
     w ``[B, T, HV, K]``; h, dh ``[B, NT, HV, K, V]`` (``[..., V, K]`` if ``state_v_first``); g
@@ -161,12 +175,12 @@ def install() -> bool:
 
         def chunk_bwd_dqkwg(self, *args, **kwargs):
             return chunk_bwd_dqkwg(*args, **kwargs)
-    if os.environ.get("HYBRID_INTERP_DQKWG_COMPILE") == "1":
-        global _dqkwg
-        _dqkwg = torch.compile(_dqkwg, dynamic=False)
 
         def chunk_bwd_dqkwg_verifier(self, *args, **kwargs):
             return verify(*args, **kwargs)
 
+    if os.environ.get("HYBRID_INTERP_DQKWG_COMPILE") == "1":
+        global _dqkwg
+        _dqkwg = torch.compile(_dqkwg, dynamic=False)
     register("common")(HybridInterpTorchDqkwg)
     return True

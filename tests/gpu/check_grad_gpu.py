@@ -1,7 +1,9 @@
 """GPU check: training gradients of zoo models on fla's kernels equal those of the pure-torch reference
 path, same weights and batch. On Hopper with Triton < 3.7.1, fla's gated backward runs with
 hooks.scan.fla_dqkwg's torch ``chunk_bwd_dqkwg`` in place of the kernel fla refuses (fla #640);
-the table says whether it was called.
+the table says whether it was called (it runs fla's own kernel at 32-wide blocks where that passes its
+first-use check, hooks.scan.fla_dqkwg_triton, and the script compares that kernel at 32- and 64-wide blocks
+with the torch version at a training size).
 
 Run on a CUDA host:  python tests/gpu/check_grad_gpu.py [--layouts gdn100,mamba2100] [--ieee] [--first-config]
 Prints, per layout and dtype, the relative loss difference and the largest relative gradient error over
@@ -32,10 +34,25 @@ def grads(m, x, dtype):
     return loss.item(), {n: p.grad.detach().float().clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
+def widths():
+    """fla's dqkwg kernel at 32- and 64-wide blocks (64: fla's choice on Hopper for K = 64, the miscompile of
+    fla #640) against the torch version at a training size; True where the 32-wide kernel is within tolerance."""
+    from hooks.scan import fla_dqkwg, fla_dqkwg_triton as FT
+    good = True
+    for dtype in (torch.float32, torch.bfloat16):
+        for H, HV, w, svf in ((12, 12, True, False), (4, 8, True, False), (12, 12, False, False), (12, 12, True, True)):
+            kw = FT.check_inputs("cuda", dtype, H, HV, 64, 64, w, svf, B=8, NT=16, seed=1)
+            e32, e64 = (FT.compare(kw, fla_dqkwg.torch_dqkwg, block=b) for b in (32, 64))
+            good &= e32 <= FT.TOLERANCE
+            print(f"dqkwg kernel vs torch  {str(dtype)[6:]:8s} H={H} HV={HV} dw={w!s:5s} v_first={svf!s:5s}  "
+                  f"32-wide: {e32:.2e}  64-wide: {e64:.2e}", flush=True)
+    return good
+
+
 def main():
     args, layouts = first_config.parse_check_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), LAYOUTS)
     assert torch.cuda.is_available(), "needs CUDA"
-    from hooks.scan import fla_dqkwg, use_kernels
+    from hooks.scan import fla_dqkwg, fla_dqkwg_triton, use_kernels
     from interp.zoo import HybridLM, ZooConfig
     dev = torch.device("cuda")
     kernels = use_kernels(torch.empty(1, device=dev))      # also installs the dqkwg stand-in where needed
@@ -78,6 +95,8 @@ def main():
     for r in rows:
         print(f"{r['layout']:14s} {r['dtype']:9s} {r['loss_rel']:9.2e} {r['grad_rel']:9.2e} {r['dqkwg_calls']:11d} "
               f"{r['tol']:6.0e} {r['ok']!s:5s} {r['worst']}")
+    print("fla's dqkwg kernel at 32-wide blocks, first-use checks (config: passed):", fla_dqkwg_triton.checked())
+    ok &= widths()
     if args.out:
         json.dump(rows, open(args.out, "w"), indent=1)
     sys.exit(0 if ok else 1)
