@@ -6,7 +6,7 @@ bench_effective's size (B=8, T=2048, H=12, K=V=64), CUDA only.
 Prints the median CUDA-event milliseconds of: `_prep`; the torch pieces of all chunks (`_pieces_all`); GDN's
 Triton pieces (tf32 / ieee); the carry kernel alone for the full pattern at 16, 32 and 64 rows a program
 (tf32 / ieee) and for 64 rows; a plain torch.zeros of the full A (the memory-bound floor); and the whole
-pattern / 64 rows with the triangular solve in the gram kernel or by torch (`SOLVE_IN_KERNEL`); then
+pattern / 64 rows with the triangular solve by fla's solve_tril, by torch or in the gram kernel (`SOLVE`); then
 torch's profiler table of the pieces. Nothing is asserted.
 """
 import torch
@@ -41,12 +41,12 @@ def main():
                   f"{tm(lambda: ET.carry_triton(Q, U, Phi, own, every, T, prec, block=blk)):.3f} ms")
     print(f"carry kernel, 64 rows: {tm(lambda: ET.carry_triton(Q, U, Phi, own, rows, T, 'tf32')):.3f} ms")
     print(f"torch.zeros of the full A: {tm(lambda: torch.zeros(B, H, T, T, device='cuda')):.3f} ms")
-    for solve in (True, False):
-        ET.SOLVE_IN_KERNEL = solve
-        print(f"SOLVE_IN_KERNEL={solve}: pieces {tm(lambda: ET.gdn_pieces(*args, 'tf32')):.3f} ms, full pattern "
+    for solve in ET.SOLVES:
+        ET.SOLVE = solve
+        print(f"SOLVE={solve}: pieces {tm(lambda: ET.gdn_pieces(*args, 'tf32')):.3f} ms, full pattern "
               f"{tm(lambda: E.pattern('gdn', c, budget=None, impl='triton')):.3f} ms, 64 rows "
               f"{tm(lambda: E.pattern('gdn', c, rows=rows.tolist(), impl='triton')):.3f} ms")
-    ET.SOLVE_IN_KERNEL = True
+    ET.SOLVE = "fla"
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as p:
         E._pieces_all(P, P.NT)
         ET.gdn_pieces(*args, "tf32")

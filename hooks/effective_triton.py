@@ -22,7 +22,18 @@ import triton.language as tl
 
 from hooks.scan._common import CHUNK
 
-SOLVE_IN_KERNEL = False    # X = (I + L)^{-1} diag(beta): forward substitution in the gram kernel, or torch (faster, H100)
+SOLVES = ("fla", "torch", "kernel")
+SOLVE = "fla"   # X = (I + L)^{-1} diag(beta) by fla's blocked solve_tril (torch's where fla is absent), torch's
+                # batched triangular solve, or forward substitution in the gram kernel (slowest: section 28)
+
+
+def _fla_solve_tril():
+    """fla's ``solve_tril`` ((I + A)^{-1} of strictly lower 64 x 64 chunk blocks, ``[B, T, H, 64]``) or None."""
+    try:
+        from fla.ops.utils.solve_tril import solve_tril
+    except ImportError:
+        return None
+    return solve_tril
 
 
 @triton.jit
@@ -76,10 +87,20 @@ def _chunk_decays(g, beta, i_bh, j, Tp, C: tl.constexpr):
 
 
 @triton.jit
-def _gdn_gram_kernel(k, g, beta, L, Tp, NT, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
-                     PREC: tl.constexpr, SOLVE: tl.constexpr):
+def _x_rows(i_bh, j, NT, H, C: tl.constexpr, FLA: tl.constexpr):
+    """Row offsets (in elements) of chunk j's C x C block of L / X: ours ``[B, H, NT, C, C]`` or fla's
+    ``[B, NT*C, H, C]`` (FLA, the layout of its solve_tril)."""
+    o_c = tl.arange(0, C)
+    if FLA:
+        return (((i_bh // H) * NT * C + j * C + o_c) * H + i_bh % H) * C
+    return ((i_bh * NT + j) * C + o_c) * C
+
+
+@triton.jit
+def _gdn_gram_kernel(k, g, beta, L, Tp, NT, H, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
+                     PREC: tl.constexpr, SOLVE: tl.constexpr, FLA: tl.constexpr):
     """L[t, s] = beta_t exp(G_t - G_s) k_t.k_s (s < t) of chunk j, or (SOLVE) X = (I + L)^{-1} diag(beta):
-    program (j, b*H + h)."""
+    program (j, b*H + h); stored in fla's layout when FLA (`_x_rows`)."""
     j = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     o_c, o_k = tl.arange(0, C), tl.arange(0, BK)
@@ -95,14 +116,15 @@ def _gdn_gram_kernel(k, g, beta, L, Tp, NT, K: tl.constexpr, BK: tl.constexpr, C
             xt = tl.where(o_c == t, bt, 0.) - tl.sum(lt[:, None] * x, 0)
             x = tl.where(o_c[:, None] == t, xt[None, :], x)
         out = x
-    tl.store(L + ((i_bh * NT + j) * C + o_c)[:, None] * C + o_c[None, :], out)
+    tl.store(L + _x_rows(i_bh, j, NT, H, C, FLA)[:, None] + o_c[None, :], out)
 
 
 @triton.jit
-def _gdn_pieces_kernel(q, k, g, beta, X, Qo, Uo, PHI, OWN, Tp, NT, K: tl.constexpr, BK: tl.constexpr,
-                       C: tl.constexpr, PREC: tl.constexpr):
+def _gdn_pieces_kernel(q, k, g, beta, X, Qo, Uo, PHI, OWN, Tp, NT, H, K: tl.constexpr, BK: tl.constexpr,
+                       C: tl.constexpr, PREC: tl.constexpr, FLA: tl.constexpr):
     """GDN chunk j's pieces from X = (I + L)^{-1} diag(beta) (`hooks.effective` module docstring):
-    Q = e^G q - Lqk W, U = X^T K~, Phi = e^G_end I - K~^T W, own = Lqk X; program (j, b*H + h)."""
+    Q = e^G q - Lqk W, U = X^T K~, Phi = e^G_end I - K~^T W, own = Lqk X; program (j, b*H + h). FLA: X
+    holds fla's (I + L)^{-1} in its layout (`_x_rows`), the columns scaled by beta here."""
     j = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     o_c, o_k = tl.arange(0, C), tl.arange(0, BK)
@@ -111,7 +133,9 @@ def _gdn_pieces_kernel(q, k, g, beta, X, Qo, Uo, PHI, OWN, Tp, NT, K: tl.constex
     kk = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_k, other=0.).to(tl.float32)
     qq = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_k, other=0.).to(tl.float32)
     base = (i_bh * NT + j) * C + o_c
-    x = tl.load(X + base[:, None] * C + o_c[None, :]).to(tl.float32)
+    x = tl.load(X + _x_rows(i_bh, j, NT, H, C, FLA)[:, None] + o_c[None, :]).to(tl.float32)
+    if FLA:
+        x = x * b[None, :]
     g_end = tl.sum(tl.where(o_c == C - 1, G, 0.), 0)
     lqk = tl.dot(qq, tl.trans(kk), input_precision=PREC) * dec
     w = tl.dot(x, tl.exp(G)[:, None] * kk, input_precision=PREC)
@@ -127,23 +151,29 @@ def _gdn_pieces_kernel(q, k, g, beta, X, Qo, Uo, PHI, OWN, Tp, NT, K: tl.constex
 
 def gdn_pieces(q, k, g, beta, n, precision="tf32"):
     """GDN's pieces for chunks 0 .. n-1 (as `hooks.effective._pieces_all`, scalar decay): q (scale folded
-    in), k ``[B, H, Tp, K]``, g, beta ``[B, H, Tp]`` (Tp a multiple of the chunk). Two kernels and
-    torch's triangular solve in between, float32: (Q, U, Phi, own)."""
+    in), k ``[B, H, Tp, K]``, g, beta ``[B, H, Tp]`` (Tp a multiple of the chunk). Two kernels and the
+    triangular solve (`SOLVE`) in between, float32: (Q, U, Phi, own)."""
     B, H, Tp, K = k.shape
     C = CHUNK
     f = lambda x: x.float().contiguous()  # noqa: E731
     q, k, g, beta = f(q), f(k), f(g), f(beta)
     BK = max(16, triton.next_power_of_2(K))
     kw = dict(K=K, BK=BK, C=C, PREC=precision, num_warps=4 if BK <= 64 else 8)
-    X = torch.empty(B, H, n, C, C, dtype=torch.float32, device=k.device)
-    _gdn_gram_kernel[(n, B * H)](k, g, beta, X, Tp, n, SOLVE=SOLVE_IN_KERNEL, **kw)
-    if not SOLVE_IN_KERNEL:
+    if SOLVE not in SOLVES:
+        raise ValueError(f"unknown SOLVE '{SOLVE}'; valid: {', '.join(SOLVES)}")
+    tril = _fla_solve_tril() if SOLVE == "fla" else None
+    fla = tril is not None
+    X = torch.empty(*((B, n * C, H, C) if fla else (B, H, n, C, C)), dtype=torch.float32, device=k.device)
+    _gdn_gram_kernel[(n, B * H)](k, g, beta, X, Tp, n, H, SOLVE=SOLVE == "kernel", FLA=fla, **kw)
+    if fla:
+        X = tril(X, output_dtype=torch.float32)                      # (I + L)^{-1}; beta scaled in the kernel
+    elif SOLVE != "kernel":
         eye = torch.eye(C, dtype=torch.float32, device=k.device)
         bt = beta.view(B, H, -1, C)[:, :, :n]
         X = torch.linalg.solve_triangular(X + eye, torch.diag_embed(bt), upper=False, unitriangular=True)
     Q, U = torch.empty(B, H, n, C, K, device=k.device), torch.empty(B, H, n, C, K, device=k.device)
     Phi, own = torch.empty(B, H, n, K, K, device=k.device), torch.empty(B, H, n, C, C, device=k.device)
-    _gdn_pieces_kernel[(n, B * H)](q, k, g, beta, X.contiguous(), Q, U, Phi, own, Tp, n, **kw)
+    _gdn_pieces_kernel[(n, B * H)](q, k, g, beta, X.contiguous(), Q, U, Phi, own, Tp, n, H, FLA=fla, **kw)
     return Q, U, Phi, own
 
 

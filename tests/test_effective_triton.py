@@ -22,6 +22,14 @@ TOL = 1e-4
 FAMS = ["gdn", "kda", "gla", "mamba2", "mamba1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def first_config():
+    """GDN's pieces call fla's autotuned solve_tril where fla is installed (`hooks.effective_triton.SOLVE`):
+    the interpreter has no driver to benchmark its configs on, so the first one is kept."""
+    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/first_config.py
+    _gpu_script("first_config").first_config_only()
+
+
 @pytest.fixture(autouse=True)
 def ieee(monkeypatch):
     monkeypatch.setattr(E, "PRECISION", "ieee")
@@ -93,12 +101,14 @@ def test_module_default_and_errors(monkeypatch):
     assert E.pattern("gdn", c64, impl="auto").dtype == torch.float64      # CPU: the torch path
 
 
-@pytest.mark.parametrize("solve_in_kernel", [True, False])
-def test_gdn_pieces_equal_torch_pieces(monkeypatch, solve_in_kernel):
-    """GDN's Triton pieces (forward substitution in the kernel, or torch's triangular solve) equal the
-    torch pieces of every chunk (`_pieces_all`, itself the per-chunk `_pieces_gdn` folded)."""
+@pytest.mark.parametrize("solve", ["fla", "torch", "kernel"])
+def test_gdn_pieces_equal_torch_pieces(monkeypatch, solve):
+    """GDN's Triton pieces (the triangular solve by fla's solve_tril, torch's, or forward substitution in the
+    kernel) equal the torch pieces of every chunk (`_pieces_all`, itself the per-chunk `_pieces_gdn` folded)."""
     from hooks import effective_triton as ET
-    monkeypatch.setattr(ET, "SOLVE_IN_KERNEL", solve_in_kernel)
+    if solve == "fla":
+        pytest.importorskip("fla")
+    monkeypatch.setattr(ET, "SOLVE", solve)
     P = E._prep("gdn", view("gdn", seed=2))
     got = ET.gdn_pieces(P.q, P.k, P.gr(0, P.NT), P.beta, P.NT, "ieee")
     for name, a, b in zip(("Q", "U", "Phi", "own"), got, E._pieces_all(P, P.NT)):
