@@ -135,7 +135,10 @@ def test_fla_kernel_serves_calls_only_where_its_first_use_check_passes(monkeypat
     """chunk_bwd_dqkwg routes to fla's kernel (at 32-wide blocks) after one check per configuration; a kernel
     that disagrees with the torch version is dropped with a warning (auto) or raises (triton)."""
     FT, calls = _fake_kernel(monkeypatch, 1.0)
-    kw = FT.check_inputs("cpu", torch.float32, 2, 4, 16, 8, True, False, chunk_size=16, seed=1)
+    kw32 = FT.check_inputs("cpu", torch.float32, 2, 4, 16, 8, True, False, chunk_size=16, seed=1)
+    D.chunk_bwd_dqkwg(**kw32)
+    assert calls == [] and FT.checked() == {}                                  # auto: fp32 keeps the stand-in
+    kw = FT.check_inputs("cpu", torch.bfloat16, 2, 4, 16, 8, True, False, chunk_size=16, seed=1)
     out = D.chunk_bwd_dqkwg(**kw)
     assert len(calls) == 2 and list(FT.checked().values()) == [True]          # the check, then the call
     for a, b in zip(out, D.torch_dqkwg(**kw)):
