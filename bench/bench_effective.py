@@ -67,6 +67,24 @@ def timed(fn, device, reps):
     return statistics.median(times), out
 
 
+def paired(fn, ref, device, reps):
+    """Median over ``reps`` of time(fn) / time(ref), each ``fn`` call timed right after a ``ref`` call (after
+    `timed`'s warm-up): a ratio that the card's clock drift between rows does not move. CUDA only."""
+    timed(lambda: (ref(), fn()), device, 1)
+    ratios = []
+    for _ in range(reps):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        torch.cuda.synchronize(device)
+        ev[0].record()
+        ref()
+        ev[1].record()
+        fn()
+        ev[2].record()
+        torch.cuda.synchronize(device)
+        ratios.append(ev[1].elapsed_time(ev[2]) / ev[0].elapsed_time(ev[1]))
+    return statistics.median(ratios)
+
+
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -85,17 +103,23 @@ def max_rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def run_triton(c, rows, device, reps, budget, A, Ar):
-    """The Triton path's times and its differences from the torch path's A (full) and Ar (rows)."""
+def run_triton(c, rows, device, reps, budget, A, Ar, fused=None):
+    """The Triton path's times and its differences from the torch path's A (full) and Ar (rows); with
+    ``fused`` (CUDA) also the tf32 rows' `paired` ratios to it."""
     out = {}
     for prec in ("tf32", "ieee"):
         E.PRECISION = prec
-        t, At = timed(lambda: E.pattern("gdn", c, budget=budget, impl="triton"), device, reps)
+        full = lambda: E.pattern("gdn", c, budget=budget, impl="triton")  # noqa: E731
+        part = lambda: E.pattern("gdn", c, rows=rows, budget=budget, impl="triton")  # noqa: E731
+        t, At = timed(full, device, reps)
         out[f"triton_{prec}_full_s"], out[f"triton_{prec}_max_rel"] = t, max_rel(At, A)
         out[f"triton_{prec}_rel_err"] = rel(At, A)
         del At
-        t, Atr = timed(lambda: E.pattern("gdn", c, rows=rows, budget=budget, impl="triton"), device, reps)
+        t, Atr = timed(part, device, reps)
         out[f"triton_{prec}_rows_s"], out[f"triton_{prec}_rows_max_rel"] = t, max_rel(Atr, Ar)
+        if fused is not None and prec == "tf32":
+            out["triton_tf32_full_paired"] = paired(full, fused, device, reps)
+            out["triton_tf32_rows_paired"] = paired(part, fused, device, reps)
     E.PRECISION = "tf32"
     return out
 
@@ -119,7 +143,8 @@ def run(p, device, reps):
                pattern_bytes=A.numel() * A.element_size())
     del o_hat, o_rows
     if triton_ok(device):
-        res.update(run_triton(c, rows, device, reps, budget, A, Ar))
+        res.update(run_triton(c, rows, device, reps, budget, A, Ar,
+                              fused=(lambda: gdn.scan(**kw)) if device.type == "cuda" else None))
     return res
 
 
@@ -143,6 +168,10 @@ def table(res, p):
         if f"triton_{prec}_full_s" in res:
             lines.append(f"triton ({prec}) vs torch A: max |diff| / max |A| {res[f'triton_{prec}_max_rel']:.2e}, "
                          f"norm rel {res[f'triton_{prec}_rel_err']:.2e} (rows: max {res[f'triton_{prec}_rows_max_rel']:.2e})")
+    if "triton_tf32_full_paired" in res:
+        lines.append(f"paired (each call timed right after a fused forward, median of per-call ratios): full A "
+                     f"{res['triton_tf32_full_paired']:.2f}x, {p['rows']} rows {res['triton_tf32_rows_paired']:.2f}x "
+                     f"the fused forward (tf32)")
     if "triton_tf32_full_s" not in res:
         lines.append("triton path not run (needs CUDA + triton, or TRITON_INTERPRET=1)")
     return "\n".join(lines)
