@@ -39,6 +39,8 @@ def main(argv=None):
     ap.add_argument("--extra", action="store_true", help="also time direction='both' on the transformer and a gdn75 "
                     "of the same width and depth at resid_pre, mixer_out and rec.state (every layer and position)")
     ap.add_argument("--skip-both", action="store_true", help="with --extra: leave out the both-directions row")
+    ap.add_argument("--gdn75-sites", default="resid_pre,mixer_out,rec.state",
+                    help="with --extra: the gdn75 sites to time, in this order (comma-separated)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
@@ -116,7 +118,8 @@ def main(argv=None):
 
 def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
     """Issue 26's rows: the same sweep with both directions, and a gdn75 zoo model of the same width and
-    depth swept at resid_pre, mixer_out and rec.state; (label, seconds or None when over the budget: a row
+    depth swept at the ``--gdn75-sites`` (default resid_pre, mixer_out, rec.state, in that order) after a warm-up
+    on the same pairs; (label, seconds or None when over the budget: a row
     is skipped when it would end after ``--time-budget`` seconds, guessing it takes ``guess`` times the
     one-direction sweep's ``t_ours``). The denoising rows of the both-directions sweep are checked against
     the one-direction sweep ``ours``."""
@@ -142,10 +145,12 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
         err = float(np.abs(den.raw_logit_diff.to_numpy() - ours.raw_logit_diff.to_numpy()).max())
         print(f"  its denoising rows vs the one-direction sweep: max |raw logit diff difference| {err:.1e}", flush=True)
     g = random_zoo(d, L, H, "gdn75", dev)
-    patching.sweep(g, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev),
-                   sites=["resid_pre", "mixer_out", "rec.state"], layers=[1], positions=[3], progress=False,
-                   keep_all=True)  # warm-up (fla autotuning)
-    for site in ("resid_pre", "mixer_out", "rec.state"):
+    sites = [s.strip() for s in a.gdn75_sites.split(",") if s.strip()]
+    # warm-up: fla's Triton kernels compile and autotune for each shape key they meet (chunk_local_cumsum: the
+    # batch size; l2norm: rows x positions x heads in buckets), so it runs the timed pairs' batch (one cell a site)
+    patching.sweep(g, pairs, sites=sites, layers=[1], positions=[pairs.clean.shape[1] // 2], batch_size=a.batch_size,
+                   progress=False, keep_all=True)
+    for site in sites:
         one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position)", g, site)
     return rows
 

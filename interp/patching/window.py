@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from interp.patching.run import _answer_metrics
+from interp.zoo.gdn import kernel_inputs
 
 
 def _window_ok(hm, site, layer, cells) -> bool:
@@ -98,7 +99,8 @@ class Prefix:
     """What the layers from ``first`` on need of the positions before a window, for rows of the unchanged
     run's cache: attention keys/values; for GDN layers the state those positions leave, for every row,
     advanced as the windows move right (so a unit scans each layer's prefix once, not once per window),
-    and their last inputs (for the short convolutions)."""
+    and their last inputs (for the short convolutions). (The prefix scans run on every row of the cache, a batch
+    size the unchanged run's forward met already; q and k enter them normalised, `interp.zoo.gdn.kernel_inputs`.)"""
 
     def __init__(self, model, cache, first):
         self.model, self.cache, self.at = model, cache, 0
@@ -108,7 +110,7 @@ class Prefix:
         self.inputs, self.state = {}, dict.fromkeys(self.gdn)
         for i in self.gdn:
             b = model.blocks[i]
-            self.inputs[i] = b.mixer.scan_inputs(b.norm1(cache[f"blocks.{i}.resid_pre"]))
+            self.inputs[i] = kernel_inputs(b.mixer.scan_inputs(b.norm1(cache[f"blocks.{i}.resid_pre"])))
 
     def __call__(self, idx, p0):
         """(kv, prev) of `HybridLM.forward_window` for rows ``idx`` and a window from ``p0``."""

@@ -10,6 +10,7 @@ import torch
 from hooks.scan.gdn import FAMILY
 from interp.patching.run import _answer_metrics
 from interp.patching.window import Prefix, _groups, _store
+from interp.zoo.gdn import scan_rows
 
 SEQ = ("q", "k", "v", "decay", "beta")
 STATE_BYTES = 1 << 30  # per-position states of the base rows computed at once (and as many of the source's)
@@ -74,7 +75,9 @@ def _resume(model, cache, view, layer, idx, ppos, S, ans, prefix):
     cw = FAMILY.view(**{k: view[k][r, gpos] for k in SEQ}, scale=view["scale"], initial_state=None)
     o = FAMILY.readout_at(cw, S, 0)[:, None].to(cw["v"].dtype)   # the readout of the patched state itself
     if W > 1:                                                     # then the recurrence from it
-        o = torch.cat([o, FAMILY.scan(cw.sliced(1, W), initial_state=S)[0].to(o.dtype)], 1)
+        c = cw.sliced(1, W)   # (its rows vary from window to window: `scan_rows` runs them at few batch sizes)
+        kw = dict(q=c["q"], k=c["k"], v=c["v"], g=c["decay"], beta=c["beta"], scale=c["scale"])
+        o = torch.cat([o, scan_rows(FAMILY.run_scan, kw, initial_state=S, output_final_state=True)[0].to(o.dtype)], 1)
     y = blk.mixer.output(o, blk.norm1(x0[r, gpos]))
     mixed = cache[f"blocks.{layer}.mixer_out"][idx, p0:T].clone()  # unchanged before each row's patch
     tgt = ppos[:, None] - p0 + j

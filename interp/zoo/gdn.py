@@ -18,12 +18,58 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.scan import gdn as gdn_scan
+from hooks.scan._common import l2norm
+from hooks.scan.kernels import use_kernels
 from interp.zoo.common import GatedRMSNorm, ShortConv
+
+# Whether the window path's scans take few shapes (`scan_rows`): None = on fla's kernel path only (CUDA), True /
+# False = always / never (tests run the kernel path's inputs through the pure-torch scan on CPU).
+FEW_SHAPES = None
 
 
 def _dt_bias(n: int) -> torch.Tensor:
     dt = torch.exp(torch.rand(n) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+def row_bucket(n: int) -> int:
+    """The batch size a window scan of ``n`` rows runs at: the least of 1, 2, 3, 4, 6, 8, 12, 16, 24, ..., 128, 192,
+    256, 384, ... (2^k and 3 * 2^(k-1)) that is >= n: at most two sizes an octave, at most 1.5x the rows."""
+    p = 1 << max(0, n - 1).bit_length()
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
+def _few_shapes(t) -> bool:
+    return use_kernels(t) if FEW_SHAPES is None else bool(FEW_SHAPES)
+
+
+def kernel_inputs(kw: dict) -> dict:
+    """Scan inputs ``kw`` (`GatedDeltaNet.scan_inputs`) as the window path gives them to fla's kernels: q and k
+    l2-normalised here (`hooks.scan._common.l2norm`, the kernels' formula, in their dtype, as fla's own l2norm
+    returns them) rather than in the kernel, whose l2norm is compiled and autotuned anew for each bucket of
+    rows x positions x heads it meets (``NB``). Unchanged off the kernel path (`FEW_SHAPES`)."""
+    if not (kw.get("use_qk_l2norm_in_kernel") and _few_shapes(kw["q"])):
+        return kw
+    return {**kw, "q": l2norm(kw["q"]).to(kw["q"].dtype), "k": l2norm(kw["k"]).to(kw["k"].dtype),
+            "use_qk_l2norm_in_kernel": False}
+
+
+def scan_rows(fn, kw: dict, initial_state=None, output_final_state=False):
+    """``fn(**kw, initial_state=..., output_final_state=...)``, a GDN scan of the window path, whose number of rows
+    changes from window to window: on fla's kernel path (`FEW_SHAPES`) its inputs are `kernel_inputs` and its rows
+    padded with zero rows (zero state) to `row_bucket` rows, then cut back, since fla's chunk_local_cumsum is
+    compiled and autotuned anew for each batch size (``B`` is a constexpr and autotune key): a sweep of varying
+    windows would otherwise pay a compilation of every size it meets. Each row is scanned alone, so the rows'
+    results are fn's."""
+    kw = kernel_inputs(kw)
+    B = kw["q"].shape[0]
+    n = row_bucket(B) if _few_shapes(kw["q"]) else B
+    if n > B:
+        pad = lambda t: torch.cat([t, t.new_zeros((n - B,) + t.shape[1:])])  # noqa: E731
+        kw = {k: pad(v) if torch.is_tensor(v) else v for k, v in kw.items()}
+        initial_state = None if initial_state is None else pad(initial_state)
+    o, S = fn(**kw, initial_state=initial_state, output_final_state=output_final_state)
+    return o[:B], None if S is None else S[:B]
 
 
 class GatedDeltaNet(nn.Module):
@@ -66,13 +112,13 @@ class GatedDeltaNet(nn.Module):
         one pass over ``prev`` then ``x`` (the causal short convolutions see ``prev``). ``tail_only``: the
         state the prefix leaves is given (``initial_state`` [B, H, K, V], None when P = 0) and ``prev``
         need only hold the prefix's last ``conv_size - 1`` inputs. Used by activation patching to recompute
-        only what a patch at a position >= P can change."""
+        only what a patch at a position >= P can change; its scans take few shapes (`scan_rows`)."""
         P = prev.shape[1]
         inp = self.scan_inputs(torch.cat([prev, x], 1))
         part = [{k: v[:, sl] if torch.is_tensor(v) else v for k, v in inp.items()}
                 for sl in (slice(0, P), slice(P, None))]
-        S0 = initial_state if tail_only else self.scan_fn(**part[0], output_final_state=True)[1] if P else None
-        o, _ = self.scan_fn(**part[1], initial_state=S0)
+        S0 = initial_state if tail_only else scan_rows(self.scan_fn, part[0], output_final_state=True)[1] if P else None
+        o, _ = scan_rows(self.scan_fn, part[1], initial_state=S0)
         return self.output(o, x)
 
     def output(self, o, x):

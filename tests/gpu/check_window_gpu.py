@@ -1,0 +1,66 @@
+"""GPU check: the patching window path's GDN scans at few shapes (`interp.zoo.gdn.scan_rows`: q, k normalised before
+fla's kernel, rows padded to bucket sizes; on by default for CUDA tensors) give the sweep the window path gave
+without them, and the general path's numbers, on a random gdn75 (issue #26).
+
+Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 48] [--seq-len 48]
+Prints max |difference| of the per-pair raw logit difference and p(clean answer) (over the metric's largest
+magnitude) for: few shapes vs the plain window scans (tolerance 1e-4: only the l2norm's rounding differs), and few
+shapes vs the general path (tolerance 5e-3: fla's chunk kernels round fp32 dots to TF32 and the window path's chunks
+start at the window, see check_zoo_gpu.py). Exits 1 if either is above its tolerance. ``--device cpu`` runs the
+kernel path's inputs through the pure-torch scan instead (a smoke test of this script).
+"""
+import argparse
+import importlib
+import sys
+
+import numpy as np
+import torch
+
+from interp import tasks
+from interp.patching.plan import plan_sweep, unit_key
+from interp.patching.units import MemoryUnits
+from interp.zoo import gdn as zgdn
+from interp.zoo.randinit import random_zoo
+
+sweep_mod = importlib.import_module("interp.patching.sweep")
+
+
+def per_pair(m, pairs, **kw):
+    plan = plan_sweep(m, pairs, **kw)
+    store = MemoryUnits()
+    sweep_mod.run_items(plan, store, plan.items, progress=False)
+    keys = [unit_key(d, c, u) for d in plan.directions for u in range(len(plan.units)) for c in range(len(plan.chunks))]
+    return {m_: np.concatenate([store.get(k)[m_].numpy().ravel() for k in keys]) for m_ in ("ld", "prob")}
+
+
+def worst(a, b):
+    return max(float(np.nanmax(np.abs(a[m] - b[m]))) / max(1.0, float(np.nanmax(np.abs(b[m])))) for m in a)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--seq-len", type=int, default=48)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    m = random_zoo(a.d, 12, 4, "gdn75", a.device)
+    pairs = tasks.make_pairs("mqar", a.pairs, seed=0, n_pairs=4, seq_len=a.seq_len).to(a.device)
+    kw = dict(sites=["resid_pre", "mixer_out", "rec.state"], direction="both", batch_size=20)
+    with torch.no_grad():
+        zgdn.FEW_SHAPES = None if a.device != "cpu" else True
+        few = per_pair(m, pairs, **kw)
+        zgdn.FEW_SHAPES = False
+        plain = per_pair(m, pairs, **kw)
+        real, sweep_mod._window_ok = sweep_mod._window_ok, lambda *_: False
+        general = per_pair(m, pairs, **kw)
+        sweep_mod._window_ok = real
+    e_plain, e_general = worst(few, plain), worst(few, general)
+    ok = e_plain <= 1e-4 and e_general <= 5e-3
+    print(f"{a.device}: few shapes vs plain window scans {e_plain:.1e} (<= 1e-4), vs general path {e_general:.1e} "
+          f"(<= 5e-3): {'ok' if ok else 'FAILED'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

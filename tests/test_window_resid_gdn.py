@@ -1,0 +1,175 @@
+"""The window path's GDN scans at few shapes (`interp.zoo.gdn.scan_rows`, issue #26): fla's Triton kernels compile and
+autotune anew for each batch size (chunk_local_cumsum) and each bucket of rows x positions (in-kernel l2norm), so
+on the kernel path the window scans get q, k normalised beforehand and their rows padded to `row_bucket` sizes.
+Run here on CPU through the pure-torch scan (``FEW_SHAPES = True``): the scan of padded rows equals the plain one,
+and resid_pre sweeps on gdn75-like models (every layer; one direction or both; left- and right-padded pairs; next
+to mixer_out and rec.state, which resume the same way) equal the same sweep without it and on the general path;
+spies show resid_pre on a GDN layer runs on the window (that layer resuming from the unchanged run's state and
+last conv inputs, not re-scanning its prefix) with scans at bucket sizes only."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+import hooks
+from hooks.scan import gdn as gdn_scan
+from interp import tasks as T
+from interp.zoo import gdn as zgdn
+from interp.zoo.randinit import random_zoo
+from test_window_padded import per_pair
+
+sweep_mod = importlib.import_module("interp.patching.sweep")   # (interp.patching.sweep is also the function)
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
+
+
+def test_row_bucket_sizes():
+    sizes = [zgdn.row_bucket(n) for n in range(1, 513)]
+    assert all(n <= b <= max(n, 1.5 * n) for n, b in zip(range(1, 513), sizes))
+    assert sorted(set(sizes)) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+
+
+def scan_args(B, Tn=11, H=2, K=4, V=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)   # noqa: E731
+    return dict(q=r(B, Tn, H, K), k=r(B, Tn, H, K), v=r(B, Tn, H, V), g=-torch.rand(B, Tn, H, generator=g),
+                beta=torch.rand(B, Tn, H, generator=g), scale=K ** -0.5, use_qk_l2norm_in_kernel=True), r(B, H, K, V)
+
+
+@pytest.mark.parametrize("B", [1, 5, 7, 9])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_scan_rows_equals_the_scan(B, with_state, monkeypatch):
+    monkeypatch.setattr(zgdn, "FEW_SHAPES", True)
+    kw, S0 = scan_args(B)
+    S0 = S0 if with_state else None
+    seen = []
+
+    def fn(**a):
+        seen.append((a["q"].shape[0], a["use_qk_l2norm_in_kernel"], a["initial_state"] is None))
+        return gdn_scan.chunk_torch(**a)
+    o, S = zgdn.scan_rows(fn, kw, initial_state=S0, output_final_state=True)
+    want_o, want_S = gdn_scan.naive(**{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()},
+                                    initial_state=None if S0 is None else S0.double(), output_final_state=True)
+    assert seen == [(zgdn.row_bucket(B), False, S0 is None)]      # padded, normalised before the kernel
+    assert o.shape == want_o.shape and S.shape == want_S.shape
+    torch.testing.assert_close(o.double(), want_o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(S.double(), want_S.double(), rtol=1e-5, atol=1e-5)
+    plain_o, plain_S = gdn_scan.chunk_torch(**kw, initial_state=S0, output_final_state=True)
+    assert torch.equal(o, plain_o) and torch.equal(S, plain_S)   # the rows' own results, to the bit here
+
+
+def assert_scaled(got, want, what):
+    """Equal NaNs, and every value within 1e-5 of the metric's scale (its largest magnitude)."""
+    for m in ("ld", "prob", "kl"):
+        assert np.array_equal(np.isnan(got[m]), np.isnan(want[m])), (what, m)
+        scale = max(1.0, float(np.nanmax(np.abs(want[m]))))
+        err = float(np.nanmax(np.abs(got[m] - want[m])))
+        assert err <= 1e-5 * scale, (what, m, err, scale)
+
+
+class Spy:
+    """Counts, on one model: the window units by (site, layer); each GDN mixer's forward_window calls (tail_only,
+    prefix inputs given); every GDN scan's batch size and in-kernel l2norm flag, and whether it carried pad rows."""
+
+    def __init__(self, model, monkeypatch):
+        self.units, self.windows, self.scans = [], [], []
+        real_unit = sweep_mod._win_unit
+        layer_of = {id(b.mixer): i for i, b in enumerate(model.blocks)}
+
+        def unit(mdl, cache, src, cells, site, layer, *a, **k):
+            self.units.append((site, layer))
+            return real_unit(mdl, cache, src, cells, site, layer, *a, **k)
+        monkeypatch.setattr(sweep_mod, "_win_unit", unit)
+        real_fw = zgdn.GatedDeltaNet.forward_window
+
+        def fw(mixer, x, prev, initial_state=None, tail_only=False):
+            self.windows.append((layer_of[id(mixer)], tail_only, prev.shape[1]))
+            return real_fw(mixer, x, prev, initial_state, tail_only)
+        monkeypatch.setattr(zgdn.GatedDeltaNet, "forward_window", fw)
+        for b in model.blocks:
+            if b.kind == "gdn":
+                b.mixer.scan_fn = self.scan(b.mixer.scan_fn)
+        monkeypatch.setattr(gdn_scan.FAMILY, "run_scan", self.scan(gdn_scan.FAMILY.run_scan))
+
+    def scan(self, fn):
+        def spied(q, *a, **k):
+            self.scans.append((q.shape[0], bool(k.get("use_qk_l2norm_in_kernel")), bool((q == 0).flatten(1).all(1).any())))
+            return fn(q, *a, **k)
+        return spied
+
+
+def assert_few_shapes(spy, pairs, batch_size, direction):
+    """The window path's scans (those without in-kernel l2norm) run at bucket sizes, some with pad rows, or (the
+    prefix scans of `interp.patching.window.Prefix`) on a whole chunk's rows, as the unchanged run's forward."""
+    N = pairs.clean.shape[0]
+    chunk_rows = {min(batch_size, N - a) * k for a in range(0, N, batch_size) for k in (1, 1 + (direction == "both"))}
+    window = [(B, pad) for B, l2, pad in spy.scans if not l2]
+    assert window and all(B == zgdn.row_bucket(B) or B in chunk_rows for B, _ in window), window
+    assert any(pad for _, pad in window)                                          # rows were padded
+    assert {B for B, l2, _ in spy.scans if l2} <= chunk_rows                      # (the unchanged runs)
+
+
+def sweep3(model, pairs, monkeypatch, **kw):
+    """The sweep with the kernel path's few shapes (and spied), without them (the code before), and on the
+    general path."""
+    hm = hooks.wrap(model)
+    with monkeypatch.context() as mp:
+        mp.setattr(zgdn, "FEW_SHAPES", True)
+        spy = Spy(model, mp)
+        few = per_pair(hm, pairs, **kw)
+    for b in model.blocks:                                   # (the spies off)
+        if b.kind == "gdn":
+            b.mixer.scan_fn = gdn_scan.scan
+    plain = per_pair(hm, pairs, **kw)
+    with monkeypatch.context() as mp:
+        mp.setattr(sweep_mod, "_window_ok", lambda *_: False)
+        general = per_pair(hm, pairs, **kw)
+    return few, plain, general, spy
+
+
+@pytest.mark.parametrize("direction,batch_size", [("denoise", 5), ("both", 7)])
+def test_resid_pre_sweep_at_few_shapes_equals_general_path(direction, batch_size, monkeypatch):
+    model = random_zoo(32, 8, 2, "gdn75", seed=2)            # GDN at 0-2 and 4-6, attention at 3 and 7
+    gdn = [i for i, k in enumerate(model.config.layers) if k == "gdn"]
+    pairs = T.make_pairs("mqar", 6, seed=3, n_pairs=3)
+    few, plain, general, spy = sweep3(model, pairs, monkeypatch, sites=["resid_pre"], direction=direction,
+                                      batch_size=batch_size)
+    assert sorted(set(spy.units)) == [("resid_pre", i) for i in range(8)]      # every layer on the window path
+    starts = {(layer, tail, P) for layer, tail, P in spy.windows}
+    conv = model.config.conv_size
+    assert all(tail and P <= conv - 1 for _, tail, P in starts)                 # resumes, never re-scans a prefix
+    assert {layer for layer, _, _ in starts} == set(gdn)
+    assert_few_shapes(spy, pairs, batch_size, direction)
+    moved = [np.nanmax(v["ld"]) - np.nanmin(v["ld"]) for v in few.values()]
+    assert max(moved) > 1e-2                                                     # the patches act
+    assert few.keys() == general.keys() == plain.keys()
+    for key in few:
+        assert_scaled(few[key], general[key], ("general", key))
+        assert_scaled(few[key], plain[key], ("plain", key))
+
+
+def test_mixer_out_and_rec_state_at_few_shapes_equal_general_path(monkeypatch):
+    model = random_zoo(32, 8, 2, "gdn75", seed=4)
+    pairs = T.make_pairs("mqar", 5, seed=5, n_pairs=3)
+    few, plain, general, spy = sweep3(model, pairs, monkeypatch, sites=["mixer_out", "rec.state"],
+                                      layers=[0, 2, 4], direction="denoise", batch_size=5)
+    assert sorted(set(spy.units)) == [(s, i) for s in ("mixer_out", "rec.state") for i in (0, 2, 4)]
+    assert_few_shapes(spy, pairs, 5, "denoise")
+    for key in few:
+        assert_scaled(few[key], general[key], ("general", key))
+        assert_scaled(few[key], plain[key], ("plain", key))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_pairs_at_few_shapes_equal_general_path(side, monkeypatch):
+    model = random_zoo(32, 8, 2, "gdn75", seed=6)
+    p = T.pad_pairs([T.make_pairs("mqar", 3, seed=0, n_pairs=2), T.make_pairs("mqar", 4, seed=1, n_pairs=4)],
+                    side=side)
+    assert p.attention_mask is not None
+    few, plain, general, spy = sweep3(model, p, monkeypatch, sites=["resid_pre"], direction="both", batch_size=5)
+    assert sorted(set(spy.units)) == [("resid_pre", i) for i in range(8)]
+    assert_few_shapes(spy, p, 5, "both")
+    for key in few:
+        assert_scaled(few[key], general[key], ("general", key))
+        assert_scaled(few[key], plain[key], ("plain", key))
