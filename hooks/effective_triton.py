@@ -8,6 +8,11 @@ Imported by `hooks.effective` only when the Triton path is chosen (CUDA tensors,
     transitions Phi ``[B, H, N, K, K]`` (R <- R Phi; diagonal families: ``[B, H, N, K]``, R <- R diag(Phi)),
     the chunks' own blocks ``[B, H, N, C, C]``.
 
+GDN's pieces have their own two kernels (`gdn_pieces`): a gram kernel forms each chunk's strictly lower
+L = beta_t exp(G_t - G_s) k_t.k_s, the triangular solve X = (I + L)^{-1} diag(beta) runs between them (`SOLVE`:
+fla's blocked ``solve_tril`` by default, where L is written in fla's ``[B, T, H, 64]`` layout and the pieces
+kernel scales the inverse's columns by beta), and the pieces kernel forms Q, U, Phi and the own blocks from X.
+
 One program per (group of up to BR query rows of one chunk i, batch x head) holds its rows' carried
 query vectors R ``[BR, K]`` in registers, stores the own block, zeros for the later chunks, and walks
 j = i-1 .. 0: stores A[rows, chunk j] = R U_j^T, then R <- R Phi_j. Every product is a `tl.dot` with
