@@ -1,7 +1,7 @@
-"""Triton kernel of the exact effective attention's backwards carry (`hooks.effective`, ``impl="triton"``).
+"""Triton kernels of the exact effective attention: GDN's chunk pieces and the backwards carry (``impl="triton"``).
 
 Imported by `hooks.effective` only when the Triton path is chosen (CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1`` in the tests); it needs triton, not fla. Its inputs are the chunk pieces that
+``TRITON_INTERPRET=1`` in the tests); it needs triton, and fla only for the optional ``solve_tril``. The carry's inputs are the chunk pieces that
 `hooks.effective._pieces_all` forms for all chunks at once (module docstring of `hooks.effective`):
 
     query vectors Q ``[B, H, N, C, K]``, sources U ``[B, H, N, C, K]`` (A block = R U^T),
