@@ -70,7 +70,8 @@ def main():
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
     from hooks.scan import fla_dqkwg, use_kernels
     if use_kernels(torch.empty(1, device="cuda")):   # fla's gated backward on Hopper + Triton < 3.7.1: fla #640
-        print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (torch): {fla_dqkwg.install()}")
+        print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (fla's kernel at 32-wide blocks or "
+              f"the torch stand-in, per --dqkwg): {fla_dqkwg.install()}")
     rows = []
     print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
     impls = a.dqkwg.split(",")
