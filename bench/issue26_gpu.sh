@@ -14,9 +14,9 @@ step() {  # step NAME SECONDS COMMAND...
   tail -n 12 "$OUT/$name.txt"
 }
 case "$PART" in
-  1) step patch_gdn75 300 python bench/bench_patch.py --skip-tl --extra --skip-both --gdn75-sites resid_pre,mixer_out \
-       --time-budget 220
-     step check_window 60 python tests/gpu/check_window_gpu.py
+  1) step patch_gdn75 280 python bench/bench_patch.py --skip-tl --extra --skip-both --gdn75-sites resid_pre,mixer_out \
+       --time-budget 200
+     step check_window 100 python tests/gpu/check_window_gpu.py
      step train_a 180 python bench/bench_train.py --modes train --steps 20 --dqkwg auto ;;
   2) step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto
      step check_effective 100 python tests/gpu/check_effective_gpu.py
