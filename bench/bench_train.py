@@ -115,8 +115,9 @@ def profile(batch, seq, steps=3):
     p = prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
     bench("gdn75", "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
     ev = p.key_averages()
-    total = sum(e.self_device_time_total for e in ev if e.key not in ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32"))
-    stand = sum(e.device_time_total for e in ev if e.key in ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32"))
+    labels = ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32")         # the stand-in's and the kernel's
+    total = sum(e.self_device_time_total for e in ev if e.key not in labels)
+    stand = sum(e.device_time_total for e in ev if e.key in labels)
     print(f"profile of {steps} gdn75 fla training steps: GPU time {total / 1e3:.1f} ms, "
           f"dqkwg (stand-in or 32-wide kernel) {stand / 1e3:.1f} ms ({stand / max(total, 1):.1%})")
     print(ev.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))

@@ -38,6 +38,7 @@ import os
 
 import torch
 
+from hooks.scan import fla_dqkwg_triton as FT
 from hooks.scan._common import pad_time, work
 
 
@@ -45,7 +46,6 @@ def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, s
                     cu_seqlens=None, chunk_size=64, chunk_indices=None):
     """What fla's dispatcher calls: fla's own kernel at 32-wide blocks where its first-use check passed
     (`hooks.scan.fla_dqkwg_triton`), else `torch_dqkwg`. Same arguments and outputs as `torch_dqkwg`."""
-    from hooks.scan import fla_dqkwg_triton as FT
     args = (q, k, v, do, h, dh, w, g, g_gamma, dv, scale, state_v_first, cu_seqlens, chunk_size, chunk_indices)
     if FT.usable(q, k, v, w, state_v_first, torch_dqkwg):
         with torch.profiler.record_function("hybrid_interp_dqkwg32"):

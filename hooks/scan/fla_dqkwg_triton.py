@@ -99,9 +99,9 @@ def usable(q, k, v, w, state_v_first, reference) -> bool:
     if mode == "torch" or not runs_here(q.device) or (mode == "auto" and q.dtype not in HALF):
         return False
     key = (str(q.device), q.dtype, k.shape[2], v.shape[2], k.shape[3], v.shape[3], w is not None, state_v_first)
-    if key not in _CHECKED and q.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False            # no check inside a CUDA-graph capture (host copies): the stand-in serves it
     if key not in _CHECKED:
+        if q.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False        # no check inside a CUDA-graph capture (host copies): the stand-in serves it
         try:
             err = compare(check_inputs(q.device, q.dtype, *key[2:]), reference)
         except Exception as e:  # noqa: BLE001  (a kernel that fails to build or launch: the torch version serves)
