@@ -164,6 +164,31 @@ def test_gradcheck_chunk_and_states():
     assert torch.autograd.gradcheck(f, leaves, fast_mode=True)
 
 
+@pytest.mark.parametrize("init", [False, True])
+def test_scan_variable_length_equals_each_sequence(init):
+    """fla's variable-length form off the kernel path: sequences of lengths 1, 70 (two chunks) and 5 back to back in
+    one row, each from its own initial state, equal the step loop of each alone (float64 reference)."""
+    lens = [1, 70, 5]
+    x = inputs(sum(lens), seed=3, B=1)
+    S0 = inputs(1, seed=4, B=3)["S0"] if init else None
+    cu = torch.tensor([0, 1, 71, 76])
+    o, S = gdn.scan(*args(x), scale=0.3, initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                    cu_seqlens=cu)
+    assert o.shape == x["v"].shape and S.shape == (3, 3, 8, 6)
+    for n in range(3):
+        sl = slice(int(cu[n]), int(cu[n + 1]))
+        one = [t[:, sl].double() for t in args(x)]
+        want_o, want_S = gdn.naive(*one, scale=0.3, initial_state=None if S0 is None else S0[n:n + 1].double(),
+                                   output_final_state=True, use_qk_l2norm_in_kernel=True)
+        torch.testing.assert_close(o[:, sl].double(), want_o, **TOL)
+        torch.testing.assert_close(S[n:n + 1].double(), want_S.double(), **TOL)
+    assert gdn.scan.takes_cu_seqlens
+    with pytest.raises(ValueError, match="one row"):
+        gdn.scan(*args(inputs(4, B=2)), cu_seqlens=torch.tensor([0, 2, 4]))
+    with pytest.raises(ValueError, match="initial_state"):
+        gdn.scan(*args(x), initial_state=inputs(1, B=2)["S0"], cu_seqlens=cu)
+
+
 def test_bad_inputs():
     x = inputs(10)
     q, k, v, g, beta = args(x)

@@ -6,6 +6,7 @@ and resid_pre sweeps on gdn75-like models (every layer; one direction or both; l
 to mixer_out and rec.state, which resume the same way) equal the same sweep without it and on the general path;
 spies show resid_pre on a GDN layer runs on the window (that layer resuming from the unchanged run's state and
 last conv inputs, not re-scanning its prefix) with scans at bucket sizes only."""
+import functools
 import importlib
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import hooks
 from hooks.scan import gdn as gdn_scan
 from interp import tasks as T
+from interp.patching.window import STEP_MAX
 from interp.zoo import gdn as zgdn
 from interp.zoo.randinit import random_zoo
 from test_window_padded import per_pair
@@ -59,6 +61,27 @@ def test_scan_rows_equals_the_scan(B, with_state, monkeypatch):
     assert torch.equal(o, plain_o) and torch.equal(S, plain_S)   # the rows' own results, to the bit here
 
 
+@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_scan_rows_back_to_back_equals_the_scan(B, with_state, monkeypatch):
+    """A scan that takes the variable-length form (`hooks.scan.gdn.scan`) gets the rows back to back in one row."""
+    monkeypatch.setattr(zgdn, "FEW_SHAPES", True)
+    kw, S0 = scan_args(B, Tn=70)                              # (longer than a chunk: 64)
+    S0 = S0 if with_state else None
+    seen = []
+
+    @functools.wraps(gdn_scan.scan)
+    def fn(**a):
+        seen.append((a["q"].shape[:2], a["use_qk_l2norm_in_kernel"], a["cu_seqlens"].tolist()))
+        return gdn_scan.scan(**a)
+    o, S = zgdn.scan_rows(fn, kw, initial_state=S0, output_final_state=True)
+    assert seen == [((1, B * 70), False, list(range(0, (B + 1) * 70, 70)))]
+    want_o, want_S = gdn_scan.naive(**{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()},
+                                    initial_state=None if S0 is None else S0.double(), output_final_state=True)
+    torch.testing.assert_close(o.double(), want_o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(S.double(), want_S.double(), rtol=1e-5, atol=1e-5)
+
+
 def assert_scaled(got, want, what):
     """Equal NaNs, and every value within 1e-5 of the metric's scale (its largest magnitude)."""
     for m in ("ld", "prob", "kl"):
@@ -70,10 +93,18 @@ def assert_scaled(got, want, what):
 
 class Spy:
     """Counts, on one model: the window units by (site, layer); each GDN mixer's forward_window calls (tail_only,
-    prefix inputs given); every GDN scan's batch size and in-kernel l2norm flag, and whether it carried pad rows."""
+    prefix inputs given); every GDN scan's batch size, in-kernel l2norm flag, whether it carried pad rows and its
+    sequences in the variable-length form (None: not that form); the prefix steps (`Prefix` by the step recurrence)
+    by their positions. ``varlen=False``: the spied scans do not say they take the variable-length form."""
 
-    def __init__(self, model, monkeypatch):
-        self.units, self.windows, self.scans = [], [], []
+    def __init__(self, model, monkeypatch, varlen=True):
+        self.units, self.windows, self.scans, self.steps, self.varlen = [], [], [], [], varlen
+        real_naive = gdn_scan.naive
+
+        def naive(q, *a, **k):
+            self.steps.append(q.shape[1])
+            return real_naive(q, *a, **k)
+        monkeypatch.setattr(gdn_scan, "naive", naive)
         real_unit = sweep_mod._win_unit
         layer_of = {id(b.mixer): i for i, b in enumerate(model.blocks)}
 
@@ -94,29 +125,38 @@ class Spy:
 
     def scan(self, fn):
         def spied(q, *a, **k):
-            self.scans.append((q.shape[0], bool(k.get("use_qk_l2norm_in_kernel")), bool((q == 0).flatten(1).all(1).any())))
+            cu = k.get("cu_seqlens")
+            self.scans.append((q.shape[0], bool(k.get("use_qk_l2norm_in_kernel")), bool((q == 0).flatten(1).all(1).any()),
+                               None if cu is None else len(cu) - 1))
             return fn(q, *a, **k)
-        return spied
+        return functools.wraps(fn)(spied) if self.varlen else spied
 
 
 def assert_few_shapes(spy, pairs, batch_size, direction):
-    """The window path's scans (those without in-kernel l2norm) run at bucket sizes, some with pad rows, or (the
-    prefix scans of `interp.patching.window.Prefix`) on a whole chunk's rows, as the unchanged run's forward."""
+    """The window path's scans (those without in-kernel l2norm) run in the variable-length form (one row), or (a
+    scan that does not take it) at bucket sizes, some with pad rows, or (the prefix scans of
+    `interp.patching.window.Prefix`) on a whole chunk's rows, as the unchanged run's forward; the prefix advances
+    over <= STEP_MAX positions by the step recurrence."""
     N = pairs.clean.shape[0]
     chunk_rows = {min(batch_size, N - a) * k for a in range(0, N, batch_size) for k in (1, 1 + (direction == "both"))}
-    window = [(B, pad) for B, l2, pad in spy.scans if not l2]
-    assert window and all(B == zgdn.row_bucket(B) or B in chunk_rows for B, _ in window), window
-    assert any(pad for _, pad in window)                                          # rows were padded
-    assert {B for B, l2, _ in spy.scans if l2} <= chunk_rows                      # (the unchanged runs)
+    window = [(B, pad, n) for B, l2, pad, n in spy.scans if not l2]
+    if spy.varlen:
+        assert window and all((B == 1 and n) or (B in chunk_rows and n is None) for B, _, n in window)
+        assert max(n or 0 for _, _, n in window) > 1                              # rows back to back
+    else:
+        assert window and all(B == zgdn.row_bucket(B) or B in chunk_rows for B, _, n in window), window
+        assert any(pad for _, pad, _ in window) and all(n is None for _, _, n in window)   # rows were padded
+    assert {B for B, l2, _, _ in spy.scans if l2} <= chunk_rows                   # (the unchanged runs)
+    assert spy.steps and max(spy.steps) <= STEP_MAX
 
 
-def sweep3(model, pairs, monkeypatch, **kw):
-    """The sweep with the kernel path's few shapes (and spied), without them (the code before), and on the
-    general path."""
+def sweep3(model, pairs, monkeypatch, varlen=True, **kw):
+    """The sweep with the kernel path's few shapes (and spied; ``varlen``: see `Spy`), without them (the code
+    before), and on the general path."""
     hm = hooks.wrap(model)
     with monkeypatch.context() as mp:
         mp.setattr(zgdn, "FEW_SHAPES", True)
-        spy = Spy(model, mp)
+        spy = Spy(model, mp, varlen)
         few = per_pair(hm, pairs, **kw)
     for b in model.blocks:                                   # (the spies off)
         if b.kind == "gdn":
@@ -128,12 +168,12 @@ def sweep3(model, pairs, monkeypatch, **kw):
     return few, plain, general, spy
 
 
-@pytest.mark.parametrize("direction,batch_size", [("denoise", 5), ("both", 7)])
-def test_resid_pre_sweep_at_few_shapes_equals_general_path(direction, batch_size, monkeypatch):
+@pytest.mark.parametrize("direction,batch_size,varlen", [("denoise", 5, True), ("both", 7, True), ("both", 7, False)])
+def test_resid_pre_sweep_at_few_shapes_equals_general_path(direction, batch_size, varlen, monkeypatch):
     model = random_zoo(32, 8, 2, "gdn75", seed=2)            # GDN at 0-2 and 4-6, attention at 3 and 7
     gdn = [i for i, k in enumerate(model.config.layers) if k == "gdn"]
     pairs = T.make_pairs("mqar", 6, seed=3, n_pairs=3)
-    few, plain, general, spy = sweep3(model, pairs, monkeypatch, sites=["resid_pre"], direction=direction,
+    few, plain, general, spy = sweep3(model, pairs, monkeypatch, varlen, sites=["resid_pre"], direction=direction,
                                       batch_size=batch_size)
     assert sorted(set(spy.units)) == [("resid_pre", i) for i in range(8)]      # every layer on the window path
     starts = {(layer, tail, P) for layer, tail, P in spy.windows}

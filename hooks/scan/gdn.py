@@ -131,14 +131,42 @@ def chunk_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_s
 
 
 def scan(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-         use_qk_l2norm_in_kernel=False, **unused):
-    """fla's ``chunk_gated_delta_rule`` for CUDA tensors, ``chunk_torch`` otherwise."""
+         use_qk_l2norm_in_kernel=False, cu_seqlens=None, **unused):
+    """fla's ``chunk_gated_delta_rule`` for CUDA tensors, ``chunk_torch`` otherwise. ``cu_seqlens`` (fla's
+    variable-length form; a LongTensor [N + 1], best on the CPU): the inputs' one row (B = 1) holds N sequences back
+    to back, sequence n at positions cu_seqlens[n] .. cu_seqlens[n+1]-1, each scanned alone from initial_state[n]
+    (``[N, H, K, V]`` or None); the final state is then ``[N, H, K, V]``."""
+    if cu_seqlens is not None and q.shape[0] != 1:
+        raise ValueError(f"scan with cu_seqlens takes one row (B = 1) of sequences back to back, got B = {q.shape[0]}")
     if use_kernels(q):
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        var = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens.to(q.device, non_blocking=True),
+                                                 cu_seqlens_cpu=cu_seqlens.cpu())
         return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale, initial_state=initial_state,
                                       output_final_state=output_final_state,
-                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **var)
+    if cu_seqlens is not None:
+        return _varlen_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                             cu_seqlens)
     return chunk_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+
+
+scan.takes_cu_seqlens = True   # (callers may pass fla's variable-length form, e.g. interp.zoo.gdn.scan_rows)
+
+
+def _varlen_torch(q, k, v, g, beta, scale, initial_state, output_final_state, l2, cu_seqlens):
+    """``scan``'s variable-length form off the kernel path: each sequence by ``chunk_torch`` alone."""
+    cu = [int(x) for x in cu_seqlens.tolist()]
+    n = len(cu) - 1
+    expect(initial_state, "initial_state", (n, q.shape[2], q.shape[3], v.shape[-1]))
+    outs, states = [], []
+    for i in range(n):
+        sl = slice(cu[i], cu[i + 1])
+        o, S = chunk_torch(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], scale,
+                           None if initial_state is None else initial_state[i:i + 1], True, l2)
+        outs.append(o)
+        states.append(S)
+    return torch.cat(outs, 1), (torch.cat(states) if output_final_state else None)
 
 
 def states(q, k, v, g, beta, scale=None, initial_state=None, use_qk_l2norm_in_kernel=False, positions=None,

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from hooks.scan import gdn as gdn_scan
 from interp.patching.run import _answer_metrics
 from interp.zoo.gdn import kernel_inputs
+
+# A `Prefix` advances its GDN states over at most this many positions by the step recurrence (`hooks.scan.gdn.naive`,
+# a few batched ops), over more by the layer's scan: windows mostly move one position, where a chunked kernel's
+# launches and Python cost far more than the step.
+STEP_MAX = 4
 
 
 def _window_ok(hm, site, layer, cells) -> bool:
@@ -98,7 +104,8 @@ def _groups(cells, active, batch_size, half=None):
 class Prefix:
     """What the layers from ``first`` on need of the positions before a window, for rows of the unchanged
     run's cache: attention keys/values; for GDN layers the state those positions leave, for every row,
-    advanced as the windows move right (so a unit scans each layer's prefix once, not once per window),
+    advanced as the windows move right (so a unit scans each layer's prefix once, not once per window; by the step
+    recurrence over <= `STEP_MAX` positions),
     and their last inputs (for the short convolutions). (The prefix scans run on every row of the cache, a batch
     size the unchanged run's forward met already; q and k enter them normalised, `interp.zoo.gdn.kernel_inputs`.)"""
 
@@ -119,7 +126,7 @@ class Prefix:
         for i in self.gdn:
             if p0 > self.at:
                 seg = {k: v[:, self.at:p0] if torch.is_tensor(v) else v for k, v in self.inputs[i].items()}
-                fn = self.model.blocks[i].mixer.scan_fn
+                fn = gdn_scan.naive if p0 - self.at <= STEP_MAX else self.model.blocks[i].mixer.scan_fn
                 self.state[i] = fn(**seg, initial_state=self.state[i], output_final_state=True)[1]
         self.at = p0
         kv = {i: tuple(self.cache[f"blocks.{i}.attn.{t}"][idx, :p0] for t in "kv") for i in self.attn}

@@ -56,14 +56,22 @@ def kernel_inputs(kw: dict) -> dict:
 
 def scan_rows(fn, kw: dict, initial_state=None, output_final_state=False):
     """``fn(**kw, initial_state=..., output_final_state=...)``, a GDN scan of the window path, whose number of rows
-    changes from window to window: on fla's kernel path (`FEW_SHAPES`) its inputs are `kernel_inputs` and its rows
-    padded with zero rows (zero state) to `row_bucket` rows, then cut back, since fla's chunk_local_cumsum is
-    compiled and autotuned anew for each batch size (``B`` is a constexpr and autotune key): a sweep of varying
-    windows would otherwise pay a compilation of every size it meets. Each row is scanned alone, so the rows'
-    results are fn's."""
+    changes from window to window. On fla's kernel path (`FEW_SHAPES`) its inputs are `kernel_inputs`, and since
+    fla's chunk_local_cumsum is compiled and autotuned anew for each batch size (``B`` is a constexpr and autotune
+    key), the rows go in at few batch sizes: a scan that takes fla's variable-length form (``fn.takes_cu_seqlens``,
+    `hooks.scan.gdn.scan`) gets them back to back in one row (B = 1, ``cu_seqlens``: no padding); another one gets
+    them padded with zero rows (zero state) to `row_bucket` rows, cut back after. Each row is scanned alone, so the
+    rows' results are fn's."""
     kw = kernel_inputs(kw)
-    B = kw["q"].shape[0]
-    n = row_bucket(B) if _few_shapes(kw["q"]) else B
+    if not _few_shapes(kw["q"]):
+        return fn(**kw, initial_state=initial_state, output_final_state=output_final_state)
+    B, W = kw["q"].shape[:2]
+    if getattr(fn, "takes_cu_seqlens", False):
+        flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
+        o, S = fn(**flat, initial_state=initial_state, output_final_state=output_final_state,
+                  cu_seqlens=torch.arange(0, (B + 1) * W, W))
+        return o.view(B, W, *o.shape[2:]), S
+    n = row_bucket(B)
     if n > B:
         pad = lambda t: torch.cat([t, t.new_zeros((n - B,) + t.shape[1:])])  # noqa: E731
         kw = {k: pad(v) if torch.is_tensor(v) else v for k, v in kw.items()}

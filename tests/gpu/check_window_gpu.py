@@ -2,9 +2,10 @@
 fla's kernel, rows padded to bucket sizes; on by default for CUDA tensors) give the sweep the window path gave
 without them, and the general path's numbers, on a random gdn75 (issue #26).
 
-Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 48] [--seq-len 48]
-Prints max |difference| of the per-pair raw logit difference and p(clean answer) (over the metric's largest
-magnitude) for: few shapes vs the plain window scans (tolerance 1e-4: only the l2norm's rounding differs), and few
+Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 16] [--seq-len 32] [--layers 0,5,9]
+First checks `hooks.scan.gdn.scan` in fla's variable-length form (the window scans' rows back to back, each from its
+own state) against the same rows batched (tolerance 1e-4 of scale). Then prints max |difference| of the per-pair raw
+logit difference and p(clean answer) (over the metric's largest magnitude) for: few shapes vs the plain window scans (tolerance 1e-4: only the l2norm's rounding differs), and few
 shapes vs the general path (tolerance 5e-3: fla's chunk kernels round fp32 dots to TF32 and the window path's chunks
 start at the window, see check_zoo_gpu.py). Exits 1 if either is above its tolerance. ``--device cpu`` runs the
 kernel path's inputs through the pure-torch scan instead (a smoke test of this script).
@@ -37,16 +38,35 @@ def worst(a, b):
     return max(float(np.nanmax(np.abs(a[m] - b[m]))) / max(1.0, float(np.nanmax(np.abs(b[m])))) for m in a)
 
 
+def varlen_error(device):
+    """max |scan in the variable-length form - the batched scan| over the largest magnitude, outputs and states."""
+    from hooks.scan import gdn as gdn_scan
+    g = torch.Generator().manual_seed(0)
+    B, W, H, K = 5, 70, 4, 32
+    r = lambda *s: torch.randn(*s, generator=g).to(device)   # noqa: E731
+    kw = dict(q=r(B, W, H, K), k=r(B, W, H, K), v=r(B, W, H, K), g=-torch.rand(B, W, H, generator=g).to(device),
+              beta=torch.rand(B, W, H, generator=g).to(device), scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
+    S0 = r(B, H, K, K)
+    o, S = gdn_scan.scan(**kw, initial_state=S0, output_final_state=True)
+    flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
+    ov, Sv = gdn_scan.scan(**flat, initial_state=S0, output_final_state=True, cu_seqlens=torch.arange(0, (B + 1) * W, W))
+    return max(float((ov.view_as(o) - o).abs().max() / o.abs().max()), float((Sv - S).abs().max() / S.abs().max()))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--pairs", type=int, default=48)
-    ap.add_argument("--seq-len", type=int, default=48)
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--layers", default="0,5,9", help="layers swept (comma-separated)")
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
+    e_var = varlen_error(a.device)
+    print(f"{a.device}: scan in the variable-length form vs batched {e_var:.1e} (<= 1e-4)", flush=True)
     m = random_zoo(a.d, 12, 4, "gdn75", a.device)
     pairs = tasks.make_pairs("mqar", a.pairs, seed=0, n_pairs=4, seq_len=a.seq_len).to(a.device)
-    kw = dict(sites=["resid_pre", "mixer_out", "rec.state"], direction="both", batch_size=20)
+    kw = dict(sites=["resid_pre", "mixer_out", "rec.state"], direction="both", batch_size=20,
+              layers=[int(x) for x in a.layers.split(",")])
     with torch.no_grad():
         zgdn.FEW_SHAPES = None if a.device != "cpu" else True
         few = per_pair(m, pairs, **kw)
@@ -56,7 +76,7 @@ def main():
         general = per_pair(m, pairs, **kw)
         sweep_mod._window_ok = real
     e_plain, e_general = worst(few, plain), worst(few, general)
-    ok = e_plain <= 1e-4 and e_general <= 5e-3
+    ok = e_plain <= 1e-4 and e_general <= 5e-3 and e_var <= 1e-4
     print(f"{a.device}: few shapes vs plain window scans {e_plain:.1e} (<= 1e-4), vs general path {e_general:.1e} "
           f"(<= 5e-3): {'ok' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)
