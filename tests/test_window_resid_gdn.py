@@ -1,11 +1,13 @@
 """The window path's GDN scans at few shapes (`interp.zoo.gdn.scan_rows`, issue #26): fla's Triton kernels compile and
 autotune anew for each batch size (chunk_local_cumsum) and each bucket of rows x positions (in-kernel l2norm), so
-on the kernel path the window scans get q, k normalised beforehand and their rows padded to `row_bucket` sizes.
-Run here on CPU through the pure-torch scan (``FEW_SHAPES = True``): the scan of padded rows equals the plain one,
-and resid_pre sweeps on gdn75-like models (every layer; one direction or both; left- and right-padded pairs; next
-to mixer_out and rec.state, which resume the same way) equal the same sweep without it and on the general path;
-spies show resid_pre on a GDN layer runs on the window (that layer resuming from the unchanged run's state and
-last conv inputs, not re-scanning its prefix) with scans at bucket sizes only."""
+on the kernel path the window scans get q, k normalised beforehand and their rows back to back in one row (fla's
+variable-length form, checked against the batched call on each configuration's first use) or, for a scan that does
+not take that form, padded to `row_bucket` sizes; the prefix states advance by the step recurrence over few positions.
+Run here on CPU through the pure-torch scan (``FEW_SHAPES = True``): both forms equal the plain scan, the first-use
+check catches a wrong form, and resid_pre sweeps on gdn75-like models (every layer; one direction or both; left- and
+right-padded pairs; next to mixer_out and rec.state, which resume the same way) equal the same sweep without it and
+on the general path; spies show resid_pre on a GDN layer runs on the window (that layer resuming from the unchanged
+run's state and last conv inputs, not re-scanning its prefix) with scans in those forms only."""
 import functools
 import importlib
 
@@ -66,20 +68,51 @@ def test_scan_rows_equals_the_scan(B, with_state, monkeypatch):
 def test_scan_rows_back_to_back_equals_the_scan(B, with_state, monkeypatch):
     """A scan that takes the variable-length form (`hooks.scan.gdn.scan`) gets the rows back to back in one row."""
     monkeypatch.setattr(zgdn, "FEW_SHAPES", True)
+    monkeypatch.setattr(zgdn, "CHECKED", {})
     kw, S0 = scan_args(B, Tn=70)                              # (longer than a chunk: 64)
     S0 = S0 if with_state else None
     seen = []
 
     @functools.wraps(gdn_scan.scan)
     def fn(**a):
-        seen.append((a["q"].shape[:2], a["use_qk_l2norm_in_kernel"], a["cu_seqlens"].tolist()))
+        cu = a.get("cu_seqlens")
+        seen.append((tuple(a["q"].shape[:2]), a["use_qk_l2norm_in_kernel"], None if cu is None else cu.tolist()))
         return gdn_scan.scan(**a)
     o, S = zgdn.scan_rows(fn, kw, initial_state=S0, output_final_state=True)
-    assert seen == [((1, B * 70), False, list(range(0, (B + 1) * 70, 70)))]
+    back = ((1, B * 70), False, list(range(0, (B + 1) * 70, 70)))
+    assert seen == [((B, 70), False, None), back, back]         # the first use's check (both ways), then served
     want_o, want_S = gdn_scan.naive(**{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()},
                                     initial_state=None if S0 is None else S0.double(), output_final_state=True)
     torch.testing.assert_close(o.double(), want_o, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(S.double(), want_S.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_back_to_back_checked_on_first_use(wrong, monkeypatch):
+    """The variable-length form serves a configuration once its first use matched the batched call; a scan whose
+    form differs (here: it drops the initial states) warns and its windows run batched (padded), still right."""
+    monkeypatch.setattr(zgdn, "FEW_SHAPES", True)
+    monkeypatch.setattr(zgdn, "CHECKED", {})
+    kw, S0 = scan_args(3)
+    calls = []
+
+    @functools.wraps(gdn_scan.scan)
+    def fn(**a):
+        calls.append(a.get("cu_seqlens") is not None)
+        if wrong and a.get("cu_seqlens") is not None:
+            a["initial_state"] = None
+        return gdn_scan.scan(**a)
+    want_o, want_S = gdn_scan.chunk_torch(**kw, initial_state=S0, output_final_state=True)
+    for _ in range(2):
+        if wrong and not calls:
+            with pytest.warns(UserWarning, match="variable-length form differs"):
+                o, S = zgdn.scan_rows(fn, kw, initial_state=S0, output_final_state=True)
+        else:
+            o, S = zgdn.scan_rows(fn, kw, initial_state=S0, output_final_state=True)
+        torch.testing.assert_close(o, want_o, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(S, want_S, rtol=1e-5, atol=1e-5)
+    assert calls == ([False, True, False, False] if wrong else [False, True, True, True])
+    assert list(zgdn.CHECKED.values()) == [not wrong]
 
 
 def assert_scaled(got, want, what):
@@ -141,8 +174,10 @@ def assert_few_shapes(spy, pairs, batch_size, direction):
     chunk_rows = {min(batch_size, N - a) * k for a in range(0, N, batch_size) for k in (1, 1 + (direction == "both"))}
     window = [(B, pad, n) for B, l2, pad, n in spy.scans if not l2]
     if spy.varlen:
-        assert window and all((B == 1 and n) or (B in chunk_rows and n is None) for B, _, n in window)
+        assert all(B == 1 for B, _, n in window if n is not None)
         assert max(n or 0 for _, _, n in window) > 1                              # rows back to back
+        assert spy.checked and all(spy.checked.values())                          # each configuration's first use
+        assert len([B for B, _, n in window if n is None and B not in chunk_rows]) <= len(spy.checked)
     else:
         assert window and all(B == zgdn.row_bucket(B) or B in chunk_rows for B, _, n in window), window
         assert any(pad for _, pad, _ in window) and all(n is None for _, _, n in window)   # rows were padded
@@ -156,8 +191,10 @@ def sweep3(model, pairs, monkeypatch, varlen=True, **kw):
     hm = hooks.wrap(model)
     with monkeypatch.context() as mp:
         mp.setattr(zgdn, "FEW_SHAPES", True)
+        mp.setattr(zgdn, "CHECKED", {})
         spy = Spy(model, mp, varlen)
         few = per_pair(hm, pairs, **kw)
+        spy.checked = dict(zgdn.CHECKED)
     for b in model.blocks:                                   # (the spies off)
         if b.kind == "gdn":
             b.mixer.scan_fn = gdn_scan.scan

@@ -12,6 +12,7 @@ reference otherwise. It is a module attribute so `hooks` can capture the scan in
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -59,18 +60,15 @@ def scan_rows(fn, kw: dict, initial_state=None, output_final_state=False):
     changes from window to window. On fla's kernel path (`FEW_SHAPES`) its inputs are `kernel_inputs`, and since
     fla's chunk_local_cumsum is compiled and autotuned anew for each batch size (``B`` is a constexpr and autotune
     key), the rows go in at few batch sizes: a scan that takes fla's variable-length form (``fn.takes_cu_seqlens``,
-    `hooks.scan.gdn.scan`) gets them back to back in one row (B = 1, ``cu_seqlens``: no padding); another one gets
-    them padded with zero rows (zero state) to `row_bucket` rows, cut back after. Each row is scanned alone, so the
-    rows' results are fn's."""
+    `hooks.scan.gdn.scan`) gets them back to back in one row (B = 1, ``cu_seqlens``: no padding), once its first
+    use in a configuration matched the batched call (`back_to_back_ok`); otherwise they are padded with zero rows
+    (zero state) to `row_bucket` rows, cut back after. Each row is scanned alone, so the rows' results are fn's."""
     kw = kernel_inputs(kw)
     if not _few_shapes(kw["q"]):
         return fn(**kw, initial_state=initial_state, output_final_state=output_final_state)
-    B, W = kw["q"].shape[:2]
-    if getattr(fn, "takes_cu_seqlens", False):
-        flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
-        o, S = fn(**flat, initial_state=initial_state, output_final_state=output_final_state,
-                  cu_seqlens=torch.arange(0, (B + 1) * W, W))
-        return o.view(B, W, *o.shape[2:]), S
+    if getattr(fn, "takes_cu_seqlens", False) and back_to_back_ok(fn, kw, initial_state):
+        return _back_to_back(fn, kw, initial_state, output_final_state)
+    B = kw["q"].shape[0]
     n = row_bucket(B)
     if n > B:
         pad = lambda t: torch.cat([t, t.new_zeros((n - B,) + t.shape[1:])])  # noqa: E731
@@ -78,6 +76,37 @@ def scan_rows(fn, kw: dict, initial_state=None, output_final_state=False):
         initial_state = None if initial_state is None else pad(initial_state)
     o, S = fn(**kw, initial_state=initial_state, output_final_state=output_final_state)
     return o[:B], None if S is None else S[:B]
+
+
+def _back_to_back(fn, kw, initial_state, output_final_state):
+    """``fn`` on the rows of ``kw`` back to back in one row (fla's variable-length form), results per row."""
+    B, W = kw["q"].shape[:2]
+    flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
+    o, S = fn(**flat, initial_state=initial_state, output_final_state=output_final_state,
+              cu_seqlens=torch.arange(0, (B + 1) * W, W))
+    return o.view(B, W, *o.shape[2:]), S
+
+
+CHECKED: dict = {}   # (device, dtype, H, K, V, with a state) -> whether the variable-length form matched
+TOLERANCE = 1e-4     # of the batched call's largest magnitude
+
+
+def back_to_back_ok(fn, kw, initial_state) -> bool:
+    """Whether ``fn``'s variable-length form may serve this configuration: on its first use the rows are scanned
+    both ways and compared (outputs and final states, `TOLERANCE`); a mismatch warns once and leaves the
+    configuration to the padded batched call."""
+    q, v = kw["q"], kw["v"]
+    key = (str(q.device), q.dtype, q.shape[2], q.shape[3], v.shape[-1], initial_state is not None)
+    if key not in CHECKED:
+        o, S = fn(**kw, initial_state=initial_state, output_final_state=True)
+        ov, Sv = _back_to_back(fn, kw, initial_state, True)
+        err = max(float((ov.float() - o.float()).abs().max()) / max(float(o.float().abs().max()), 1e-30),
+                  float((Sv - S).abs().max()) / max(float(S.abs().max()), 1e-30))
+        CHECKED[key] = err <= TOLERANCE
+        if not CHECKED[key]:
+            warnings.warn(f"interp.zoo.gdn.scan_rows: the GDN scan's variable-length form differs from the batched "
+                          f"call by {err:.1e} (> {TOLERANCE:g}) for {key}; its windows run batched (padded) instead")
+    return CHECKED[key]
 
 
 class GatedDeltaNet(nn.Module):
