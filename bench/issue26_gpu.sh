@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU measurements issue #26 still needs after the seventh session (its closing note), in priority order, each
-# under its own timeout so that one slow step leaves the others' logs; fits two 10-minute device calls:
-#   bash bench/issue26_gpu.sh OUTDIR 1    # sweeps after the few-shape window scans, window check, training
-#   bash bench/issue26_gpu.sh OUTDIR 2    # training again (another host), effective-attention check, stacked modes
+# The GPU measurements issue #26 still needs after the eighth session (BENCHMARKS.md section 32), in priority order,
+# each under its own timeout so that one slow step leaves the others' logs; fits two 10-minute device calls:
+#   bash bench/issue26_gpu.sh OUTDIR 1    # window check (fla's variable-length form), the three gdn75 sweeps
+#   bash bench/issue26_gpu.sh OUTDIR 2    # window profile, training, effective-attention check, stacked modes
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 set -uo pipefail
 OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2}
@@ -14,13 +14,12 @@ step() {  # step NAME SECONDS COMMAND...
   tail -n 12 "$OUT/$name.txt"
 }
 case "$PART" in
-  1) step patch_gdn75 280 python bench/bench_patch.py --skip-tl --extra --skip-both --gdn75-sites resid_pre,mixer_out \
-       --time-budget 200
-     step check_window 100 python tests/gpu/check_window_gpu.py
-     step train_a 180 python bench/bench_train.py --modes train --steps 20 --dqkwg auto ;;
-  2) step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto
+  1) step check_window 150 python tests/gpu/check_window_gpu.py
+     step patch_gdn75 400 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 340 ;;
+  2) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6
+     step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto
      step check_effective 100 python tests/gpu/check_effective_gpu.py
-     step train_many 300 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8,4x8,3x16 \
+     step train_many 200 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8,4x8,3x16 \
        --out "$OUT/train_many.json" ;;
   *) echo "part must be 1 or 2, got '$PART'" >&2; exit 2 ;;
 esac
