@@ -6,6 +6,8 @@ reference path, in one run.
     HYBRID_INTERP_DQKWG_COMPILE=1 python bench/bench_train.py   # the torch dqkwg stand-in through torch.compile
     python bench/bench_train.py --modes train --dqkwg torch,auto   # gdn75 with the stand-in, then fla's kernel
                                                                    # at 32-wide blocks (hooks.scan.fla_dqkwg_triton)
+    python bench/bench_train.py --modes train --conv torch,fla     # gdn75's short convs by F.conv1d, then by fla's
+                                                                   # causal_conv1d (HYBRID_INTERP_CONV)
 
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
@@ -63,6 +65,8 @@ def main():
     ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
     ap.add_argument("--dqkwg", default="auto", help="comma list of HYBRID_INTERP_DQKWG_IMPL values for gdn75's fla "
                     "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
+    ap.add_argument("--conv", default="torch", help="comma list of HYBRID_INTERP_CONV values for gdn75's fla rows: "
+                    "torch (F.conv1d), fla (fla's causal_conv1d)")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of gdn75 on fla: the "
                     "top GPU ops and the share of hooks.scan.fla_dqkwg's stand-in")
     a = ap.parse_args()
@@ -74,35 +78,39 @@ def main():
               f"the torch stand-in, per --dqkwg): {fla_dqkwg.install()}")
     rows = []
     print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
-    impls = a.dqkwg.split(",")
+    impls = [(i, c) for i in a.dqkwg.split(",") for c in a.conv.split(",")]
     for mode in a.modes.split(","):
         # the transformer has no scan, so its two paths are the same model: measured once
         runs = [("transformer", "auto", None)] + [("gdn75", "auto", i) for i in impls] + [("gdn75", "reference", None)]
         for l, b, impl in runs:
             if impl is not None:
-                os.environ["HYBRID_INTERP_DQKWG_IMPL"] = impl
+                os.environ["HYBRID_INTERP_DQKWG_IMPL"] = impl[0]
+            os.environ["HYBRID_INTERP_CONV"] = impl[1] if impl is not None else "torch"
             try:
-                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"), dqkwg=impl or "-"))
+                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"),
+                                 dqkwg=impl[0] if impl else "-", conv=impl[1] if impl else "torch"))
             except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
                 print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
                 torch.cuda.empty_cache()
     from hooks.scan import fla_dqkwg_triton
     print("fla's dqkwg kernel at 32-wide blocks, first-use checks (config: passed):", fla_dqkwg_triton.checked())
-    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} "
-          f"{'peak GiB':>9s}")
+    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'conv':6s} {'mode':8s} {'params':>8s} {'ms/step':>9s} "
+          f"{'tokens/s':>10s} {'peak GiB':>9s}")
     for r in rows:
         print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['dqkwg']:6s} "
-              f"{r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} "
-              f"{r['peak_gib']:9.2f}")
-    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"]): r["tokens_per_s"] for r in rows}
+              f"{r['conv']:6s} {r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} "
+              f"{r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
+    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"], r["conv"]): r["tokens_per_s"] for r in rows}
     for mode in ("train", "forward"):
-        for impl in impls:
-            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl), ("gdn75", "reference", mode, "-"),
-                                               ("transformer", "auto", mode, "-")))
+        for impl, conv in impls:
+            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl, conv),
+                                               ("gdn75", "reference", mode, "-", "torch"),
+                                               ("transformer", "auto", mode, "-", "torch")))
+            what = f"gdn75 fla (dqkwg {impl}, conv {conv})"
             if fla and ref:
-                print(f"{mode}: gdn75 fla (dqkwg {impl}) / torch-ref = {fla / ref:.2f}x")
+                print(f"{mode}: {what} / torch-ref = {fla / ref:.2f}x")
             if fla and tr:
-                print(f"{mode}: gdn75 fla (dqkwg {impl}) / transformer = {fla / tr:.2f}x")
+                print(f"{mode}: {what} / transformer = {fla / tr:.2f}x")
     if a.profile:
         profile(a.batch, a.seq)
 

@@ -1,10 +1,27 @@
 """Small building blocks shared by the zoo mixers: RMSNorm, gated RMSNorm, short causal conv, RoPE,
-SwiGLU. Plain torch (nanoGPT-style) so one code path runs on CPU and GPU."""
+SwiGLU. Plain torch (nanoGPT-style) so one code path runs on CPU and GPU (the short conv may take fla's kernel on
+CUDA: `conv_impl`)."""
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from hooks.scan.kernels import use_kernels
+
+CONV_IMPLS = ("torch", "fla")
+
+
+def conv_impl() -> str:
+    """``HYBRID_INTERP_CONV``: how `ShortConv` runs on CUDA tensors: ``torch`` (default, F.conv1d) or ``fla`` (fla's
+    Triton ``causal_conv1d`` with the SiLU fused, the same weights and arithmetic; torch's where fla is absent and on
+    the CPU). A bad value raises naming the valid ones."""
+    impl = os.environ.get("HYBRID_INTERP_CONV", "torch")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"HYBRID_INTERP_CONV={impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    return impl
 
 
 class RMSNorm(nn.Module):
@@ -30,8 +47,9 @@ class GatedRMSNorm(RMSNorm):
 class ShortConv(nn.Module):
     """Depthwise causal conv over time followed by SiLU. x: [B, T, D] -> [B, T, D].
 
-    Written in torch (F.conv1d) rather than fla's ShortConvolution so the CPU and GPU paths share
-    one parameterisation and no Triton is involved; at these sizes it is not a bottleneck."""
+    Written in torch (F.conv1d) rather than fla's ShortConvolution so the CPU and GPU paths share one
+    parameterisation (weight [D, 1, K], as fla's); ``HYBRID_INTERP_CONV=fla`` runs fla's ``causal_conv1d`` on CUDA
+    tensors with the same weights (`conv_impl`)."""
 
     def __init__(self, dim: int, kernel_size: int = 4):
         super().__init__()
@@ -40,6 +58,9 @@ class ShortConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
 
     def forward(self, x):
+        if conv_impl() == "fla" and use_kernels(x):
+            from fla.modules.causal_conv1d import causal_conv1d
+            return causal_conv1d(x, self.weight.squeeze(1), activation="silu")[0]
         T = x.shape[1]
         y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0)), self.weight.to(x.dtype),
                      groups=x.shape[-1])

@@ -1,14 +1,16 @@
 """GPU check: the patching window path's GDN scans at few shapes (`interp.zoo.gdn.scan_rows`: q, k normalised before
-fla's kernel, rows padded to bucket sizes; on by default for CUDA tensors) give the sweep the window path gave
-without them, and the general path's numbers, on a random gdn75 (issue #26).
+fla's kernel, rows back to back in fla's variable-length form or padded to bucket sizes; on by default for CUDA
+tensors) give the sweep the window path gave without them, and the general path's numbers, on a random gdn75
+(issue #26).
 
 Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 16] [--seq-len 32] [--layers 0,5,9]
 First checks `hooks.scan.gdn.scan` in fla's variable-length form (the window scans' rows back to back, each from its
 own state) against the same rows batched (tolerance 1e-4 of scale). Then prints max |difference| of the per-pair raw
-logit difference and p(clean answer) (over the metric's largest magnitude) for: few shapes vs the plain window scans (tolerance 1e-4: only the l2norm's rounding differs), and few
-shapes vs the general path (tolerance 5e-3: fla's chunk kernels round fp32 dots to TF32 and the window path's chunks
-start at the window, see check_zoo_gpu.py). Exits 1 if either is above its tolerance. ``--device cpu`` runs the
-kernel path's inputs through the pure-torch scan instead (a smoke test of this script).
+logit difference and p(clean answer) (over the metric's largest magnitude) for: few shapes vs the plain window scans
+(tolerance 1e-4: only the l2norm's rounding differs), and few shapes vs the general path (tolerance 5e-3: fla's chunk
+kernels round fp32 dots to TF32 and the window path's chunks start at the window, see check_zoo_gpu.py). Exits 1 if
+any is above its tolerance. ``--device cpu`` runs the kernel path's inputs through the pure-torch scan instead (a
+smoke test of this script).
 """
 import argparse
 import importlib
@@ -49,7 +51,8 @@ def varlen_error(device):
     S0 = r(B, H, K, K)
     o, S = gdn_scan.scan(**kw, initial_state=S0, output_final_state=True)
     flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
-    ov, Sv = gdn_scan.scan(**flat, initial_state=S0, output_final_state=True, cu_seqlens=torch.arange(0, (B + 1) * W, W))
+    ov, Sv = gdn_scan.scan(**flat, initial_state=S0, output_final_state=True,
+                           cu_seqlens=torch.arange(0, (B + 1) * W, W))
     return max(float((ov.view_as(o) - o).abs().max() / o.abs().max()), float((Sv - S).abs().max() / S.abs().max()))
 
 
