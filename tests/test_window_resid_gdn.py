@@ -115,6 +115,20 @@ def test_back_to_back_checked_on_first_use(wrong, monkeypatch):
     assert list(zgdn.CHECKED.values()) == [not wrong]
 
 
+def test_back_to_back_check_on_16_bit_inputs(monkeypatch):
+    """bf16 windows: the two forms may round an output either way at one bf16 ulp; the check passes them (16-bit
+    tolerance) and the results are the batched call's to bf16 rounding."""
+    monkeypatch.setattr(zgdn, "FEW_SHAPES", True)
+    monkeypatch.setattr(zgdn, "CHECKED", {})
+    kw, S0 = scan_args(4, Tn=20)
+    kw = {k: v.bfloat16() if torch.is_tensor(v) and k in ("q", "k", "v") else v for k, v in kw.items()}
+    o, S = zgdn.scan_rows(gdn_scan.scan, kw, initial_state=S0, output_final_state=True)
+    assert list(zgdn.CHECKED.values()) == [True] and o.dtype == torch.bfloat16
+    want_o, want_S = gdn_scan.chunk_torch(**zgdn.kernel_inputs(kw), initial_state=S0, output_final_state=True)
+    torch.testing.assert_close(o.float(), want_o.float(), rtol=2e-2, atol=2e-2 * float(want_o.float().abs().max()))
+    torch.testing.assert_close(S, want_S, rtol=1e-4, atol=1e-4)
+
+
 def assert_scaled(got, want, what):
     """Equal NaNs, and every value within 1e-5 of the metric's scale (its largest magnitude)."""
     for m in ("ld", "prob", "kl"):
