@@ -40,7 +40,8 @@ def main(argv=None):
                     "of the same width and depth at resid_pre, mixer_out and rec.state (every layer and position)")
     ap.add_argument("--skip-both", action="store_true", help="with --extra: leave out the both-directions row")
     ap.add_argument("--gdn75-sites", default="resid_pre,mixer_out,rec.state",
-                    help="with --extra: the gdn75 sites to time, in this order (comma-separated)")
+                    help="with --extra: the gdn75 sites to time, in this order (comma-separated; one named twice is "
+                    "timed twice)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
@@ -150,8 +151,9 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
     # batch size; l2norm: rows x positions x heads in buckets), so it runs the timed pairs' batch (one cell a site)
     patching.sweep(g, pairs, sites=sites, layers=[1], positions=[pairs.clean.shape[1] // 2], batch_size=a.batch_size,
                    progress=False, keep_all=True)
-    for site in sites:
-        one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position)", g, site)
+    for i, site in enumerate(sites):   # a site named twice is timed twice (the second: fla's kernels warm)
+        again = ", again" if site in sites[:i] else ""
+        one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position{again})", g, site)
     return rows
 
 

@@ -14,8 +14,9 @@ step() {  # step NAME SECONDS COMMAND...
   tail -n 12 "$OUT/$name.txt"
 }
 case "$PART" in
-  1) step check_window 150 python tests/gpu/check_window_gpu.py
-     step patch_gdn75 400 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 340 ;;
+  1) step check_window 120 python tests/gpu/check_window_gpu.py
+     step patch_gdn75 420 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 360 \
+       --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   2) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6
      step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto --conv torch,fla
      step check_effective 100 python tests/gpu/check_effective_gpu.py
