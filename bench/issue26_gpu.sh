@@ -18,7 +18,7 @@ case "$PART" in
      step patch_gdn75 420 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 360 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   2) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6
-     step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto --conv torch,fla
+     step train_b 180 python bench/bench_train.py --modes train --steps 20 --dqkwg auto --conv torch,fla
      step check_effective 100 python tests/gpu/check_effective_gpu.py
      step train_many 200 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8,4x8,3x16 \
        --out "$OUT/train_many.json" ;;
