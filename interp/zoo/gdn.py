@@ -92,6 +92,16 @@ TOLERANCE = {4: 1e-4, 2: 2e-2}   # of the batched call's largest magnitude, by b
 #                                 wrong form errs by order 1; 16-bit outputs may round either way at one ulp, 8e-3)
 
 
+def back_to_back_error(fn, kw, initial_state) -> float:
+    """max |``fn`` on the rows back to back - ``fn`` batched| over the batched call's largest magnitude, the worse of
+    the outputs and the final states."""
+    o, S = fn(**kw, initial_state=initial_state, output_final_state=True)
+    ov, Sv = _back_to_back(fn, kw, initial_state, True)
+    def rel(a, b):
+        return float((a.float() - b.float()).abs().max()) / max(float(b.float().abs().max()), 1e-30)
+    return max(rel(ov, o), rel(Sv, S))
+
+
 def back_to_back_ok(fn, kw, initial_state) -> bool:
     """Whether ``fn``'s variable-length form may serve this configuration: on its first use the rows are scanned
     both ways and compared (outputs and final states, `TOLERANCE` for the inputs' dtype); a mismatch warns once
@@ -99,10 +109,7 @@ def back_to_back_ok(fn, kw, initial_state) -> bool:
     q, v = kw["q"], kw["v"]
     key = (str(q.device), q.dtype, q.shape[2], q.shape[3], v.shape[-1], initial_state is not None)
     if key not in CHECKED:
-        o, S = fn(**kw, initial_state=initial_state, output_final_state=True)
-        ov, Sv = _back_to_back(fn, kw, initial_state, True)
-        err = max(float((ov.float() - o.float()).abs().max()) / max(float(o.float().abs().max()), 1e-30),
-                  float((Sv - S).abs().max()) / max(float(S.abs().max()), 1e-30))
+        err = back_to_back_error(fn, kw, initial_state)
         tol = TOLERANCE[min(4, max(2, q.element_size()))]
         CHECKED[key] = err <= tol
         if not CHECKED[key]:

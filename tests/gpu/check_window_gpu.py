@@ -41,19 +41,14 @@ def worst(a, b):
 
 
 def varlen_error(device):
-    """max |scan in the variable-length form - the batched scan| over the largest magnitude, outputs and states."""
+    """`interp.zoo.gdn.back_to_back_error` of `hooks.scan.gdn.scan` (fla's variable-length form vs batched)."""
     from hooks.scan import gdn as gdn_scan
     g = torch.Generator().manual_seed(0)
     B, W, H, K = 5, 70, 4, 32
     r = lambda *s: torch.randn(*s, generator=g).to(device)   # noqa: E731
     kw = dict(q=r(B, W, H, K), k=r(B, W, H, K), v=r(B, W, H, K), g=-torch.rand(B, W, H, generator=g).to(device),
               beta=torch.rand(B, W, H, generator=g).to(device), scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
-    S0 = r(B, H, K, K)
-    o, S = gdn_scan.scan(**kw, initial_state=S0, output_final_state=True)
-    flat = {k: v.reshape(1, B * W, *v.shape[2:]) if torch.is_tensor(v) else v for k, v in kw.items()}
-    ov, Sv = gdn_scan.scan(**flat, initial_state=S0, output_final_state=True,
-                           cu_seqlens=torch.arange(0, (B + 1) * W, W))
-    return max(float((ov.view_as(o) - o).abs().max() / o.abs().max()), float((Sv - S).abs().max() / S.abs().max()))
+    return zgdn.back_to_back_error(gdn_scan.scan, kw, r(B, H, K, K))
 
 
 def main():
