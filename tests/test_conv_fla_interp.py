@@ -15,10 +15,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from interp.zoo import common  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def first_config():
-    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/first_config.py
-    _gpu_script("first_config").first_config_only()  # no driver to benchmark fla's autotuned configs on
+pytestmark = pytest.mark.usefixtures("fla_first_config")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("T", [1, 37])

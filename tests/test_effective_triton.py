@@ -22,12 +22,8 @@ TOL = 1e-4
 FAMS = ["gdn", "kda", "gla", "mamba2", "mamba1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def first_config():
-    """GDN's pieces call fla's autotuned solve_tril where fla is installed (`hooks.effective_triton.SOLVE`):
-    the interpreter has no driver to benchmark its configs on, so the first one is kept."""
-    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/first_config.py
-    _gpu_script("first_config").first_config_only()
+# GDN's pieces call fla's autotuned solve_tril where fla is installed (`hooks.effective_triton.SOLVE`)
+pytestmark = pytest.mark.usefixtures("fla_first_config")   # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

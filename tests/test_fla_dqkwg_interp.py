@@ -17,10 +17,7 @@ from hooks.scan import fla_dqkwg as D  # noqa: E402
 from hooks.scan import fla_dqkwg_triton as FT  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def first_config():
-    from test_adapters_fla_interp import _gpu_script  # tests/, a sibling: loads tests/gpu/first_config.py
-    _gpu_script("first_config").first_config_only()  # no driver to benchmark fla's autotuned configs on
+pytestmark = pytest.mark.usefixtures("fla_first_config")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("H,HV,K,V,with_w,state_v_first", [(2, 2, 64, 64, True, False), (1, 2, 64, 32, True, False),
