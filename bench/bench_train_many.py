@@ -6,7 +6,8 @@ stacked in one process (`interp.stacked`), side by side in one call (issue 26, "
     python bench/bench_train_many.py --quick                                             # CPU smoke, seconds
 
 A mode ``PxS`` starts P processes at once on one device; each trains S runs (S = 1: `interp.train.train`,
-today's one process per run; S > 1: `interp.stacked.train_stacked`), so P*S runs, seeds 0 .. P*S-1.
+today's one process per run; S > 1: `interp.stacked.train_stacked`), so P*S runs, seeds 0 .. P*S-1;
+``PxSg``: the stacks replay each step's pass from CUDA graphs (``cuda_graphs=True``, `interp.stacked_graph`).
 Every run is an arm of E1's full profile (experiments/e1_state_recall.py): 8 layers, d=128, 4 heads of
 32, the SwiGLU width matched to the transformer's parameter count, ``state_recall`` (``--training
 cot``: its cot variant), batch 64, lr 1e-3, learning-rate warm-up 150 steps, the default induction
@@ -72,7 +73,7 @@ def child(spec: str) -> int:
     if len(cfgs) == 1:
         train(cfgs[0], resume=False, progress=False)
     else:
-        train_stacked(cfgs, resume=False, progress=False)
+        train_stacked(cfgs, resume=False, progress=False, cuda_graphs=d.get("graphs", False))
     return 0
 
 
@@ -81,16 +82,18 @@ def final_acc(out: Path) -> float:
     return read_log(out / "train_log.jsonl")[-1]["acc/state_recall"]
 
 
-def measure(layout: str, procs: int, stack: int, a, root: Path) -> dict:
-    """Train ``procs`` x ``stack`` runs of ``layout`` at once (module doc); their wall time and accuracy."""
-    root = root / f"{layout}_{procs}x{stack}"
+def measure(layout: str, procs: int, stack: int, graphs: bool, a, root: Path) -> dict:
+    """Train ``procs`` x ``stack`` runs of ``layout`` at once (module doc; ``graphs``: stacks replay their
+    steps from CUDA graphs); their wall time and accuracy."""
+    mode = f"{procs}x{stack}{'g' if graphs else ''}"
+    root = root / f"{layout}_{mode}"
     threads = max(1, (os.cpu_count() or 1) // procs)
     cfgs = run_configs(layout, range(procs * stack), a.steps, root, a)
     root.mkdir(parents=True, exist_ok=True)
     jobs, t0 = [], time.perf_counter()
     for p in range(procs):
         spec = json.dumps({"cfgs": [dataclasses.asdict(c) for c in cfgs[p * stack:(p + 1) * stack]],
-                           "threads": threads})
+                           "threads": threads, "graphs": graphs})
         log = open(root / f"proc{p}.log", "w")
         jobs.append((subprocess.Popen([sys.executable, __file__, "--child", spec], stdout=log,
                                       stderr=subprocess.STDOUT), log))
@@ -98,12 +101,12 @@ def measure(layout: str, procs: int, stack: int, a, root: Path) -> dict:
     wall = time.perf_counter() - t0
     for _, log in jobs:
         log.close()
-    row = dict(layout=layout, mode=f"{procs}x{stack}", procs=procs, stack=stack, runs=procs * stack,
+    row = dict(layout=layout, mode=mode, procs=procs, stack=stack, runs=procs * stack,
                steps=a.steps, wall_s=round(wall, 2), runs_per_gpu_hour=round(procs * stack * 3600 / wall, 1))
     failed = [p for p, c in enumerate(codes) if c != 0]
     if failed:
         tail = (root / f"proc{failed[0]}.log").read_text()[-2000:]
-        print(f"{layout} {procs}x{stack}: process {failed[0]} failed (exit {codes[failed[0]]}):\n{tail}",
+        print(f"{layout} {mode}: process {failed[0]} failed (exit {codes[failed[0]]}):\n{tail}",
               file=sys.stderr)
         return {**row, "runs_per_gpu_hour": None, "error": f"exit {codes[failed[0]]}"}
     accs = [final_acc(Path(c.out)) for c in cfgs]
@@ -136,7 +139,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="steps per run (E1 trains 4000)")
     ap.add_argument("--layouts", default="gdn75,transformer", help="comma-separated zoo layouts")
-    ap.add_argument("--modes", default="1x1,6x1,1x8,1x16", help="comma-separated PxS: P processes of S stacked runs")
+    ap.add_argument("--modes", default="1x1,6x1,1x8,1x16", help="comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs)")
     ap.add_argument("--training", default="direct", choices=["direct", "cot"], help="E1's training variant")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"],
@@ -148,8 +151,17 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.modes, a.device = 4, "1x1,2x1,1x2", "cpu"
-    a.modes = [tuple(int(x) for x in m.split("x")) for m in a.modes.split(",")]
+    a.modes = [parse_mode(m, ap) for m in a.modes.split(",")]
     return a
+
+
+def parse_mode(m: str, ap) -> tuple[int, int, bool]:
+    """(procs, stacked runs, CUDA graphs) of a mode ``PxS`` or ``PxSg``; a bad one exits 2 naming it."""
+    graphs, core = m.endswith("g"), m[:-1] if m.endswith("g") else m
+    parts = core.split("x")
+    if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts) or (graphs and int(parts[1]) < 2):
+        ap.error(f"mode {m!r} is not valid; valid: PxS or PxSg with integers P, S >= 1 (g: S >= 2), e.g. 2x8g")
+    return int(parts[0]), int(parts[1]), graphs
 
 
 def main(argv=None) -> int:
@@ -165,8 +177,8 @@ def main(argv=None) -> int:
     rows = []
     try:
         for layout in a.layouts.split(","):
-            for procs, stack in a.modes:
-                rows.append(measure(layout, procs, stack, a, root))
+            for procs, stack, graphs in a.modes:
+                rows.append(measure(layout, procs, stack, graphs, a, root))
                 print(f"  {rows[-1]}", flush=True)
                 if a.out:  # after every row: a call stopped half-way keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

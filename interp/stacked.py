@@ -28,6 +28,9 @@ any other difference is refused, `check_stack`) with the kernels of one:
   resumes the other's checkpoint (a stack resumes only when all its runs have one at the same step);
   a log row's ``tokens_per_s`` is the run's tokens over the stack's wall time.
 
+On a GPU, ``cuda_graphs=True`` replays each step's pass (forward, loss, backward, clipping; not the
+optimizer) from a CUDA graph per batch shape (`interp.stacked_graph`); off by default until timed.
+
 The losses and weights equal M single runs' up to float rounding (batched matmuls and reductions
 sum in another order; tests/test_stacked.py states the tolerance). bench/bench_train_many.py
 measures runs finished per GPU-hour against one process per run.
@@ -50,6 +53,7 @@ from interp import tasks as T
 from interp.train import (INDUCTION_CHECK, TrainConfig, _append_log, _check_config, _checkpoint_dir, _finish,
                           _held_out_row, _make_optimizer, _make_out, _next_batch, _save_checkpoint, _warmup_over,
                           _warn_config, induction_batch, load_trainer_state, lr_at, resolve_device)
+from interp.stacked_graph import ShapeGraphs
 from interp.zoo import HybridLM, ZooConfig, load_model
 
 MAY_DIFFER = ("out", "seed", "lr", "tasks", "knobs", "grid_max", "command")
@@ -164,6 +168,11 @@ class StackedModel:
         for n in self.names:
             own[n].copy_(self.params[n][m])
         return model
+
+
+def _graphable(device) -> bool:
+    """Whether the stack's pass can be replayed from CUDA graphs on ``device``."""
+    return device.type == "cuda"
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -302,13 +311,17 @@ class _Stack:
     """The state of one stacked training (`train_stacked`): the stack, its optimizer, and per run
     its warm-up, log and checkpoint bookkeeping."""
 
-    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool):
+    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = False):
         self.cfgs, self.outs, self.device, c0 = cfgs, outs, device, cfgs[0]
         mcfg = ZooConfig.from_dict({**c0.model, "vocab_size": len(T.VOCAB)})
         self.sm, self.opt, self.start, self.done_at, self.rngs = _build(cfgs, mcfg, outs, device, resume)
         self.single = HybridLM(mcfg).to(device).set_scan_backend(c0.scan_backend)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else torch.autocast("cpu", enabled=False))
+        # the stack's pass: autocast's cast-weight cache off, which a CUDA-graph capture needs (same numbers)
+        self.pass_autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+                              if device.type == "cuda" else torch.autocast("cpu", enabled=False))
+        self.graphed = ShapeGraphs(self.grads) if cuda_graphs and _graphable(device) else None
         self.evals = [induction_batch(c.eval_n, [c.seed, 7, 7], c.induction_len).to(device)
                       if c.induction_steps else None for c in cfgs]
         if self.start >= c0.induction_steps:
@@ -327,19 +340,25 @@ class _Stack:
                 self.done_at[m] = _warmup_over(self.one(m), self.evals[m], c, step, self.autocast,
                                                self.outs[m] / "train_log.jsonl", self.bar)
 
-    def step(self, step: int, mixture) -> tuple[torch.Tensor, str]:
-        """One optimizer step of every run on its batch of ``step``: (losses [M], run 0's task)."""
-        got = [mixture[m] if self.done_at[m] is not None else _warmup_batch(c, step) for m, c in enumerate(self.cfgs)]
-        tokens, targets, mask = (_to_device(x, self.device) for x in stack_batches([(t, lm) for _, t, lm in got]))
-        for m, (_, t, _) in enumerate(got):
-            self.tokens_seen[m] += t.numel()
-        with self.autocast:
-            losses = stacked_loss(self.sm(tokens), targets, mask)
+    def grads(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
+        """(losses [M],) of a batch (tokens [M, B, T], supervised [M, B, T-1]); every run's clipped
+        gradients in the stack's flat buffer. Reads nothing on the host, so it can be captured."""
+        with self.pass_autocast:
+            losses = stacked_loss(self.sm(tokens), tokens[:, :, 1:], mask)
         self.sm.zero_grad()
         self.sm.backward(losses.sum())
         self.opt.clip(self.cfgs[0].grad_clip)
+        return (losses.detach(),)
+
+    def step(self, step: int, mixture) -> tuple[torch.Tensor, str]:
+        """One optimizer step of every run on its batch of ``step``: (losses [M], run 0's task)."""
+        got = [mixture[m] if self.done_at[m] is not None else _warmup_batch(c, step) for m, c in enumerate(self.cfgs)]
+        tokens, _, mask = (_to_device(x, self.device) for x in stack_batches([(t, lm) for _, t, lm in got]))
+        for m, (_, t, _) in enumerate(got):
+            self.tokens_seen[m] += t.numel()
+        (losses,) = (self.graphed or self.grads)(tokens, mask)
         self.opt.step([lr_at(step, c) for c in self.cfgs])
-        return losses.detach(), got[0][0]
+        return losses, got[0][0]
 
     def log(self, step: int, losses: list[float]):
         """Every run's periodic row after ``step`` (held-out accuracy included) in its train_log.jsonl."""
@@ -365,17 +384,19 @@ class _Stack:
 
 
 def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: int | None = None,
-                  workers: int | None = None) -> list[HybridLM]:
+                  workers: int | None = None, cuda_graphs: bool = False) -> list[HybridLM]:
     """Train (or resume) the runs ``cfgs`` as one stack (module doc) and save each to its ``out`` as
     `interp.train.train` would; returns the trained models. ``stop_after``: stop once this step is
-    reached and checkpointed. ``workers``: processes drawing the batches (default 2 on CUDA, 0 on CPU)."""
+    reached and checkpointed. ``workers``: processes drawing the batches (default 2 on CUDA, 0 on CPU).
+    ``cuda_graphs``: on a GPU, replay each step's pass from a CUDA graph per batch shape
+    (`interp.stacked_graph`; ignored on a CPU)."""
     cfgs = list(cfgs)
     check_stack(cfgs)
     for c in cfgs:
         _check_config(c)
     device = resolve_device(cfgs[0].device)
     outs = [_make_out(c) for c in cfgs]
-    s = _Stack(cfgs, outs, device, resume, progress)
+    s = _Stack(cfgs, outs, device, resume, progress, cuda_graphs)
     for c in cfgs:
         _warn_config(c)
     c0, steps_done = cfgs[0], s.start
