@@ -25,10 +25,10 @@ case "$PART" in
      step train_b 150 python bench/bench_train.py --modes train --steps 20 --dqkwg auto --conv torch,fla
      step check_effective 90 python tests/gpu/check_effective_gpu.py ;;
   3) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
-  4) step check_stacked_graph 70 python tests/gpu/check_stacked_graph_gpu.py
-     step train_many 130 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8g \
+  4) step check_stacked_graph 60 python tests/gpu/check_stacked_graph_gpu.py
+     step train_many 120 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8g \
        --out "$OUT/train_many.json"
-     step patch_gdn75 240 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 200 \
+     step patch_gdn75 180 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 150 \
        --gdn75-sites resid_pre,mixer_out,rec.state
      step check_window 40 python tests/gpu/check_window_gpu.py ;;
   *) echo "part must be 1, 2, 3 or 4, got '$PART'" >&2; exit 2 ;;
