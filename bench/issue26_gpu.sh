@@ -28,8 +28,8 @@ case "$PART" in
   4) step check_stacked_graph 60 python tests/gpu/check_stacked_graph_gpu.py
      step train_many 120 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8g \
        --out "$OUT/train_many.json"
-     step patch_gdn75 180 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 150 \
-       --gdn75-sites resid_pre,mixer_out,rec.state
-     step check_window 40 python tests/gpu/check_window_gpu.py ;;
+     step check_window 40 python tests/gpu/check_window_gpu.py
+     step patch_gdn75 110 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 90 \
+       --gdn75-sites resid_pre ;;
   *) echo "part must be 1, 2, 3 or 4, got '$PART'" >&2; exit 2 ;;
 esac
