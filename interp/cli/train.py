@@ -55,6 +55,9 @@ def add_parser(sub):
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
     t.add_argument("--time-limit", type=finite_float(0), default=0.0, help="minutes; stop early and save (0 = none)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    t.add_argument("--cuda-graphs", action="store_true",
+                   help="with --seeds / --lrs on a GPU: replay each step's pass from a CUDA graph per batch shape "
+                        "(interp.stacked_graph; experimental: not yet checked or timed on a GPU; ignored on a CPU)")
     t.set_defaults(func=cmd_train)
 
 
@@ -110,13 +113,13 @@ def cmd_train(a):
         from interp.stacked import train_stacked
         cfgs = lrsweep.sweep_configs(cfg, a.lrs, a.seeds or [a.seed])
         lrsweep.claim(a.out, cfgs)
-        train_stacked(cfgs, resume=not a.no_resume)
+        train_stacked(cfgs, resume=not a.no_resume, cuda_graphs=a.cuda_graphs)
         print(lrsweep.report(a.out, cfgs))
         return
     if a.seeds:
         from interp.stacked import train_stacked
         cfgs = [dataclasses.replace(cfg, seed=s, out=str(Path(a.out) / f"seed{s}")) for s in a.seeds]
-        for c, m in zip(cfgs, train_stacked(cfgs, resume=not a.no_resume)):
+        for c, m in zip(cfgs, train_stacked(cfgs, resume=not a.no_resume, cuda_graphs=a.cuda_graphs)):
             print(f"saved {c.out} ({m.num_params() / 1e6:.2f}M params)")
         return
     m = train(cfg, resume=not a.no_resume)
