@@ -353,7 +353,8 @@ class _Stack:
     def step(self, step: int, mixture) -> tuple[torch.Tensor, str]:
         """One optimizer step of every run on its batch of ``step``: (losses [M], run 0's task)."""
         got = [mixture[m] if self.done_at[m] is not None else _warmup_batch(c, step) for m, c in enumerate(self.cfgs)]
-        tokens, _, mask = (_to_device(x, self.device) for x in stack_batches([(t, lm) for _, t, lm in got]))
+        tokens, _, mask = stack_batches([(t, lm) for _, t, lm in got])
+        tokens, mask = _to_device(tokens, self.device), _to_device(mask, self.device)
         for m, (_, t, _) in enumerate(got):
             self.tokens_seen[m] += t.numel()
         (losses,) = (self.graphed or self.grads)(tokens, mask)
