@@ -53,6 +53,7 @@ from interp import tasks as T
 from interp.train import (INDUCTION_CHECK, TrainConfig, _append_log, _check_config, _checkpoint_dir, _finish,
                           _held_out_row, _make_optimizer, _make_out, _next_batch, _save_checkpoint, _warmup_over,
                           _warn_config, induction_batch, load_trainer_state, lr_at, resolve_device)
+from interp.interventions import graphs
 from interp.stacked_graph import ShapeGraphs
 from interp.zoo import HybridLM, ZooConfig, load_model
 
@@ -168,11 +169,6 @@ class StackedModel:
         for n in self.names:
             own[n].copy_(self.params[n][m])
         return model
-
-
-def _graphable(device) -> bool:
-    """Whether the stack's pass can be replayed from CUDA graphs on ``device``."""
-    return device.type == "cuda"
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -321,7 +317,7 @@ class _Stack:
         # the stack's pass: autocast's cast-weight cache off, which a CUDA-graph capture needs (same numbers)
         self.pass_autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
                               if device.type == "cuda" else torch.autocast("cpu", enabled=False))
-        self.graphed = ShapeGraphs(self.grads) if cuda_graphs and _graphable(device) else None
+        self.graphed = ShapeGraphs(self.grads) if cuda_graphs and graphs.graphable(device) else None
         self.evals = [induction_batch(c.eval_n, [c.seed, 7, 7], c.induction_len).to(device)
                       if c.induction_steps else None for c in cfgs]
         if self.start >= c0.induction_steps:

@@ -33,7 +33,7 @@ def test_graph_path_equals_eager(model, site, monkeypatch):
     # a batch size that leaves a short last batch, so graphed and eager batches mix in one epoch
     cfg = iv.DASConfig(rank=2, epochs=3, patience=3, batch_size=8, random_seeds=(0,))
     eager = iv.train_das(model, pairs, site, config=cfg)
-    monkeypatch.setattr(das, "_graphable", lambda dev: True)
+    monkeypatch.setattr(graphs, "graphable", lambda dev: True)
     monkeypatch.setattr(graphs, "capture", _fake_capture)
     graphed = iv.train_das(model, pairs, site, config=dataclasses.replace(cfg, cuda_graphs=True))
     want = "on" if "resid" in site else "off (a rec.state patch decides on the host which steps to re-scan)"
@@ -49,7 +49,7 @@ def test_graph_path_equals_eager(model, site, monkeypatch):
 def test_failed_capture_falls_back_to_eager_with_a_warning(model, monkeypatch):
     def broken(body, warmup=2):
         raise graphs.GraphUnavailable("RuntimeError: operation not permitted when stream is capturing")
-    monkeypatch.setattr(das, "_graphable", lambda dev: True)
+    monkeypatch.setattr(graphs, "graphable", lambda dev: True)
     monkeypatch.setattr(graphs, "capture", broken)
     pairs = T.make_pairs("mqar", 24, seed=0)
     cfg = iv.DASConfig(rank=1, epochs=1, batch_size=8, random_seeds=(0,), cuda_graphs=True)

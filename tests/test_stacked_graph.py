@@ -62,7 +62,7 @@ def test_failed_capture_runs_that_shape_eagerly_with_one_warning(monkeypatch):
 def test_graphed_stack_trains_what_the_eager_stack_trains(tmp_path, monkeypatch):
     runs = [(s, lr) for s, lr in RUNS[:2]]
     stacked.train_stacked([cfg(tmp_path, f"eager{s}", s, lr) for s, lr in runs], progress=False)
-    monkeypatch.setattr(stacked, "_graphable", lambda dev: True)
+    monkeypatch.setattr(graphs, "graphable", lambda dev: True)
     monkeypatch.setattr(graphs, "capture", _fake_capture)
     calls.clear()
     stacked.train_stacked([cfg(tmp_path, f"graph{s}", s, lr) for s, lr in runs], progress=False, cuda_graphs=True)

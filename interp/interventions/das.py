@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import hooks
 from interp import InterpError
+from interp.interventions import graphs
 from interp.interventions.intervene import InterchangePairs, Interchanger, describe_positions, result_row, site_width
 from interp.interventions.site import Site
 from interp.interventions.subspace import check_basis, check_rank, random_basis
@@ -148,26 +149,22 @@ def _loss(ix: Interchanger, R, rows) -> torch.Tensor:
     return F.cross_entropy(lg, ix._at(ix.ip.source_answer, rows).to(lg.device))
 
 
-def _graphable(dev: torch.device) -> bool:
-    return dev.type == "cuda"
-
-
 def _graphs(ix: Interchanger, rot: Rotation, cfg: DASConfig, train_rows) -> tuple:
     """(GradStep | None, EvalStep | None, how): CUDA-graph replays of a training batch and an evaluation
     batch when ``cfg.cuda_graphs`` and the model is on a GPU; ``how`` says which (or why not)."""
     dev = ix.src.device
-    if not cfg.cuda_graphs or not _graphable(dev):
-        return None, None, "off" if _graphable(dev) else "off (not on a GPU)"
+    if not cfg.cuda_graphs or not graphs.graphable(dev):
+        return None, None, "off" if graphs.graphable(dev) else "off (not on a GPU)"
     if ix.site.kind == "state":
         return None, None, "off (a rec.state patch decides on the host which steps to re-scan)"
     if ix.ip.attention_mask is not None:
         return None, None, "off (padded pairs: hooks check the padding mask on the host)"
-    from interp.interventions.graphs import EvalStep, GradStep, GraphUnavailable
     R0 = rot.R.detach()
     try:
-        step = GradStep(lambda R, r: _loss(ix, R, r), R0, train_rows[:cfg.batch_size].to(dev))
-        ev = EvalStep(lambda R, r: _hits_loss(ix, R, r), R0, torch.arange(min(ix.batch_size, len(ix.ip)), device=dev))
-    except GraphUnavailable as e:
+        step = graphs.GradStep(lambda R, r: _loss(ix, R, r), R0, train_rows[:cfg.batch_size].to(dev))
+        ev = graphs.EvalStep(lambda R, r: _hits_loss(ix, R, r), R0,
+                             torch.arange(min(ix.batch_size, len(ix.ip)), device=dev))
+    except graphs.GraphUnavailable as e:
         warnings.warn(f"DAS runs without CUDA graphs: capturing the step failed ({e})", stacklevel=3)
         return None, None, f"off (capture failed: {e})"
     return step, ev, "on"

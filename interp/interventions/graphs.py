@@ -21,6 +21,11 @@ from __future__ import annotations
 import torch
 
 
+def graphable(device: torch.device) -> bool:
+    """Whether passes on ``device`` can be replayed from CUDA graphs (DAS's and the stacked trainer's)."""
+    return device.type == "cuda"
+
+
 class GraphUnavailable(RuntimeError):
     """The pass could not be captured into a CUDA graph (the reason is the message)."""
 
