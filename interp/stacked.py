@@ -312,11 +312,9 @@ class _Stack:
         mcfg = ZooConfig.from_dict({**c0.model, "vocab_size": len(T.VOCAB)})
         self.sm, self.opt, self.start, self.done_at, self.rngs = _build(cfgs, mcfg, outs, device, resume)
         self.single = HybridLM(mcfg).to(device).set_scan_backend(c0.scan_backend)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+        # autocast's cast-weight cache off, which a CUDA-graph capture of the pass needs (same numbers)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if device.type == "cuda"
                          else torch.autocast("cpu", enabled=False))
-        # the stack's pass: autocast's cast-weight cache off, which a CUDA-graph capture needs (same numbers)
-        self.pass_autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-                              if device.type == "cuda" else torch.autocast("cpu", enabled=False))
         self.graphed = ShapeGraphs(self.grads) if cuda_graphs and graphs.graphable(device) else None
         self.evals = [induction_batch(c.eval_n, [c.seed, 7, 7], c.induction_len).to(device)
                       if c.induction_steps else None for c in cfgs]
@@ -339,7 +337,7 @@ class _Stack:
     def grads(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
         """(losses [M],) of a batch (tokens [M, B, T], supervised [M, B, T-1]); every run's clipped
         gradients in the stack's flat buffer. Reads nothing on the host, so it can be captured."""
-        with self.pass_autocast:
+        with self.autocast:
             losses = stacked_loss(self.sm(tokens), tokens[:, :, 1:], mask)
         self.sm.zero_grad()
         self.sm.backward(losses.sum())
