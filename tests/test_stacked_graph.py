@@ -13,6 +13,9 @@ from interp.zoo import load_model
 from tests.test_stacked import RUNS, cfg
 
 
+calls: list = []   # the outputs of each stand-in capture
+
+
 def _fake_capture(body, warmup=2):
     for _ in range(warmup):          # as the real capture: warm-up passes run before the capture
         body()
@@ -24,9 +27,6 @@ def _fake_capture(body, warmup=2):
             for o, n in zip(out, body()):
                 o.copy_(n)
     return Replay(), out
-
-
-calls: list = []
 
 
 def test_shape_graphs_capture_once_per_shape_and_copy_inputs_in(monkeypatch):
