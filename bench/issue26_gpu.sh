@@ -16,7 +16,7 @@ step() {  # step NAME SECONDS COMMAND...
   tail -n 12 "$OUT/$name.txt"
 }
 case "$PART" in
-  1) step check_window 120 python tests/gpu/check_window_gpu.py
+  1) step check_window 240 python tests/gpu/check_window_gpu.py
      step patch_gdn75 420 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 360 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   2) step check_stacked_graph 90 python tests/gpu/check_stacked_graph_gpu.py

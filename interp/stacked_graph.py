@@ -16,6 +16,11 @@ launches the kernels of the eager pass on the same inputs, so its outputs should
 the wiring (static inputs, per-shape graphs, outputs copied out before the next replay) is tested on CPU
 with an eager stand-in for the capture (tests/test_stacked_graph.py). A shape whose capture fails
 (`GraphUnavailable`) runs eagerly, with one warning, and ``failed`` records why.
+
+All of a run's graphs share one memory pool: with a pool each, the ~9 graphs of an 8-model stack held
+~16 GiB and two such processes ran out of an H100's memory (BENCHMARKS.md). Sharing is safe here
+because the graphs replay one at a time on one stream and each replay's outputs are copied out before
+the next replay, whose intermediates may reuse that memory.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class ShapeGraphs:
         self.fn = fn
         self.graphs: dict = {}       # shape key -> (graph, static inputs, static outputs)
         self.failed: dict = {}       # shape key -> reason its capture failed
+        self.pool = None             # the memory pool all the graphs share (module doc)
 
     @staticmethod
     def key(tensors) -> tuple:
@@ -45,8 +51,10 @@ class ShapeGraphs:
             return self.fn(*tensors)
         if k not in self.graphs:
             static = [t.clone() for t in tensors]
+            if self.pool is None and tensors[0].is_cuda:
+                self.pool = torch.cuda.graph_pool_handle()
             try:
-                graph, out = graphs.capture(lambda: self.fn(*static))
+                graph, out = graphs.capture(lambda: self.fn(*static), pool=self.pool)
             except graphs.GraphUnavailable as e:
                 self.failed[k] = str(e)
                 warnings.warn(f"stacked training step of input shapes {[s for s, _, _ in k]} runs without CUDA "

@@ -16,7 +16,7 @@ from tests.test_stacked import RUNS, cfg
 calls: list = []   # the outputs of each stand-in capture
 
 
-def _fake_capture(body, warmup=2):
+def _fake_capture(body, warmup=2, pool=None):
     for _ in range(warmup):          # as the real capture: warm-up passes run before the capture
         body()
     out = body()
@@ -48,7 +48,7 @@ def test_shape_graphs_capture_once_per_shape_and_copy_inputs_in(monkeypatch):
 
 
 def test_failed_capture_runs_that_shape_eagerly_with_one_warning(monkeypatch):
-    def broken(body, warmup=2):
+    def broken(body, warmup=2, pool=None):
         raise graphs.GraphUnavailable("RuntimeError: operation not permitted when stream is capturing")
     monkeypatch.setattr(graphs, "capture", broken)
     g = stacked_graph.ShapeGraphs(lambda x: (x + 1,))

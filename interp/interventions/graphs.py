@@ -30,9 +30,11 @@ class GraphUnavailable(RuntimeError):
     """The pass could not be captured into a CUDA graph (the reason is the message)."""
 
 
-def capture(body, warmup: int = 2):
+def capture(body, warmup: int = 2, pool=None):
     """(graph, body's outputs): ``body`` run ``warmup`` times on a side stream (lazy initialisation
-    happens outside the capture), then captured once. Raises `GraphUnavailable` if it cannot be."""
+    happens outside the capture), then captured once, into memory ``pool`` if given (a
+    ``torch.cuda.graph_pool_handle()`` shared by graphs that never run at the same time). Raises
+    `GraphUnavailable` if it cannot be."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -41,7 +43,7 @@ def capture(body, warmup: int = 2):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             out = body()
     except Exception as e:  # noqa: BLE001 - any failure in the capture means: run eagerly
         torch.cuda.synchronize()

@@ -15,6 +15,7 @@ smoke test of this script).
 import argparse
 import importlib
 import sys
+import time
 
 import numpy as np
 import torch
@@ -67,11 +68,17 @@ def main():
               layers=[int(x) for x in a.layers.split(",")])
     with torch.no_grad():
         zgdn.FEW_SHAPES = None if a.device != "cpu" else True
+        t0 = time.time()
         few = per_pair(m, pairs, **kw)
+        print(f"few shapes: {time.time() - t0:.1f} s", flush=True)
         zgdn.FEW_SHAPES = False
+        t0 = time.time()
         plain = per_pair(m, pairs, **kw)
+        print(f"plain window scans: {time.time() - t0:.1f} s", flush=True)
         real, sweep_mod._window_ok = sweep_mod._window_ok, lambda *_: False
+        t0 = time.time()
         general = per_pair(m, pairs, **kw)
+        print(f"general path: {time.time() - t0:.1f} s", flush=True)
         sweep_mod._window_ok = real
     e_plain, e_general = worst(few, plain), worst(few, general)
     ok = e_plain <= 1e-4 and e_general <= 5e-3 and e_var <= 1e-4
