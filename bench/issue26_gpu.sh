@@ -3,7 +3,7 @@
 # each under its own timeout so that one slow step leaves the others' logs; one 10-minute device call each:
 #   bash bench/issue26_gpu.sh OUTDIR 1    # window check (sweep path vs plain scans and the general path) alone
 #   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 1000-step runs (6x1, 2x8g, 1x16g), then on fla's scans
-#   bash bench/issue26_gpu.sh OUTDIR 3    # window profile (where a gdn75 sweep's time goes)
+#   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8 and 32 runs, graphs, scans); window profile
 #   bash bench/issue26_gpu.sh OUTDIR 4    # gdn75 sweeps again (section 33's, with the warm resid_pre rerun)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
@@ -25,7 +25,8 @@ case "$PART" in
        --out "$OUT/train_many.json"
      step train_many_fla 180 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8g \
        --scan-backend auto --out "$OUT/train_many_fla.json" ;;
-  3) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
+  3) step prof_stacked 400 python bench/prof_stacked.py --runs 8,32 --graphs off,on --scan-backend reference,auto
+     step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   *) echo "part must be 1, 2, 3 or 4, got '$PART'" >&2; exit 2 ;;

@@ -1,0 +1,34 @@
+"""The stacked-step profiler (bench/prof_stacked.py) runs end to end in its --quick CPU mode: one timed row per
+combination, the trainer's step function put back afterwards, a bad value refused with exit 2."""
+import importlib.util
+from pathlib import Path
+
+from interp import stacked
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("prof_stacked", ROOT / "bench" / "prof_stacked.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_prof_stacked_quick_times_each_combination(capsys):
+    step = stacked._Stack.step
+    rc = _load().main(["--device", "cpu", "--quick", "--runs", "1,2", "--graphs", "off", "--skip", "2",
+                       "--time", "2", "--prof", "1"])
+    assert rc == 0 and stacked._Stack.step is step
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2]
+    for r in rows:
+        wall, run_steps = float(r[3]), float(r[6])
+        assert wall > 0 and abs(run_steps - int(r[0]) * 1e3 / wall) <= 0.01 * run_steps + 0.1
+
+
+def test_prof_stacked_bad_value_exits_2(capsys):
+    assert _load().main(["--device", "cpu", "--graphs", "maybe"]) == 2
+    err = capsys.readouterr().err
+    assert "maybe" in err and "off|on" in err
