@@ -80,12 +80,9 @@ def torchrun(n, args, **kw):
 
 
 # --- (a) sharded model ------------------------------------------------------------------------------
-def part_shard(a, work: Path, lines: list):
+def _shard_checkpoint(a, work: Path):
+    """(checkpoint dir, layers, width, seconds to write it): the random-init olmo_hybrid, written once."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    import hooks
-    from interp import patching, tasks
-    from interp.capture import capture, load_capture
-    from interp.models import device_summary, load_any, parse_max_memory
     L, d = (4, 256) if a.quick else (a.layers, 3840)
     cfg = AutoConfig.for_model("olmo_hybrid", num_hidden_layers=L, hidden_size=d,
                                **({} if not a.quick else dict(num_attention_heads=4, num_key_value_heads=4,
@@ -104,68 +101,90 @@ def part_shard(a, work: Path, lines: list):
         m.save_pretrained(ck, max_shard_size="4GB")
         del m
         torch.cuda.empty_cache()
-    t_make = time.perf_counter() - t0
-    n_params = None
+    return ck, L, d, time.perf_counter() - t0
 
+
+def _shard_run(tag: str, ck: Path, a, work: Path, pairs, tokens) -> dict:
+    """Load the checkpoint sharded or on one GPU, capture, sweep; the timings, placement and results."""
+    import hooks
+    from interp import patching, tasks
+    from interp.capture import capture, load_capture
+    from interp.models import device_summary, load_any, parse_max_memory
+    T = pairs.clean.shape[1]
+    reset_peaks()
+    t0 = time.perf_counter()
+    if tag == "sharded":
+        model, _ = load_any(str(ck), dtype=DTYPE, device_map="auto", max_memory=parse_max_memory(a.gpu_memory))
+    else:
+        model, _ = load_any(str(ck), dtype=DTYPE, device=DEV0)
+    sync()
+    t_load = time.perf_counter() - t0
+    hm = hooks.wrap(model)
+    where = {}
+    for L_ in hm.layers:
+        where.setdefault(str(next(L_.block.parameters()).device), []).append(L_.index)
+    gdn = [L_.index for L_ in hm.layers if L_.rec is not None]
+    layers = sorted({gdn[1], gdn[-2]})  # one GDN layer early (first GPU) and one late (second GPU)
+    names = [f"blocks.{i}.rec.state" for i in layers] + [f"blocks.{layers[-1]}.resid_post"]
+    after_load = in_use()
+    # warm-up outside the timings: fla autotunes its kernels on the first call in a process
+    # (it would otherwise be charged to whichever configuration runs first)
+    patching.sweep(hm, tasks.make_pairs("mqar", 2, seed=5, n_pairs=8), sites=["resid_pre", "rec.state"],
+                   layers=layers, positions=[2], progress=False, keep_all=True)
+    sync()
+    reset_peaks()
+    out = work / f"capture_{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    capture(model, tokens, names, out, positions=list(range(4, T, max(1, T // 6))), batch_size=16,
+            max_memory="1GB", progress=False)
+    sync()
+    t_cap = time.perf_counter() - t0
+    man = json.loads((out / "manifest.json").read_text())
+    cap_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    pk_cap = peaks()
+    reset_peaks()
+    t0 = time.perf_counter()
+    res = patching.sweep(hm, pairs, sites=["resid_pre", "rec.state"], layers=layers,
+                         positions=list(range(2, T, max(1, T // 8))), batch_size=a.shard_batch, progress=False,
+                         keep_all=True)
+    sync()
+    t_sweep = time.perf_counter() - t0
+    pk_sweep = peaks()
+    r = dict(load=t_load, where=where, after_load=after_load, capture=t_cap, shards=len(man["shards"]),
+             cap_bytes=cap_bytes, pk_cap=pk_cap, sweep=t_sweep, cells=len(res), pk_sweep=pk_sweep, res=res,
+             params_on=device_summary(model), cap=load_capture(out), layers=layers, names=names,
+             n_params=sum(p.numel() for p in model.parameters()))
+    print(f"[{tag}] load {t_load:.1f} s, layers {where}, capture {t_cap:.1f} s ({len(man['shards'])} shards, "
+          f"{cap_bytes / GiB:.2f} GiB), sweep {t_sweep:.1f} s ({len(res)} cells), peaks capture "
+          f"{[round(x, 1) for x in pk_cap]} GiB, sweep {[round(x, 1) for x in pk_sweep]} GiB", flush=True)
+    del model, hm
+    torch.cuda.empty_cache()
+    return r
+
+
+def _shard_cli(ck: Path, layer: int, work: Path):
+    """(return code, seconds) of the documented CLI patch command on the sharded checkpoint."""
+    t0 = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "interp.cli", "patch", "--model", str(ck), "--device-map", "auto",
+                          "--dtype", DTYPE, "--n", "16", "--site", "rec.state", "--layer", str(layer),
+                          "--positions", "4:12", "--out", str(work / "cli_sharded")],
+                         cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    if cli.returncode != 0:
+        print(cli.stderr[-4000:])
+    return cli.returncode, time.perf_counter() - t0
+
+
+def part_shard(a, work: Path, lines: list):
+    from interp import tasks
+    ck, L, d, t_make = _shard_checkpoint(a, work)
     pairs = tasks.make_pairs("mqar", a.shard_pairs, seed=0, n_pairs=8)
     tokens = tasks.generate("mqar", a.shard_examples, seed=1, n_pairs=8).tokens
     T = pairs.clean.shape[1]
-    results = {}
-    for tag in ("sharded", "one_gpu"):
-        reset_peaks()
-        t0 = time.perf_counter()
-        if tag == "sharded":
-            model, _ = load_any(str(ck), dtype=DTYPE, device_map="auto", max_memory=parse_max_memory(a.gpu_memory))
-        else:
-            model, _ = load_any(str(ck), dtype=DTYPE, device=DEV0)
-        sync()
-        t_load = time.perf_counter() - t0
-        hm = hooks.wrap(model)
-        n_params = sum(p.numel() for p in model.parameters())
-        where = {}
-        for L_ in hm.layers:
-            dev = str(next(L_.block.parameters()).device)
-            where.setdefault(dev, []).append(L_.index)
-        gdn = [L_.index for L_ in hm.layers if L_.rec is not None]
-        # one GDN layer early (first GPU) and one late (second GPU)
-        layers = sorted({gdn[1], gdn[-2]})
-        names = [f"blocks.{i}.rec.state" for i in layers] + [f"blocks.{layers[-1]}.resid_post"]
-        after_load = in_use()
-        # warm-up outside the timings: fla autotunes its kernels on the first call in a process
-        # (it would otherwise be charged to whichever configuration runs first)
-        patching.sweep(hm, tasks.make_pairs("mqar", 2, seed=5, n_pairs=8), sites=["resid_pre", "rec.state"],
-                       layers=layers, positions=[2], progress=False, keep_all=True)
-        sync()
-        reset_peaks()
-        out = work / f"capture_{tag}"
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        capture(model, tokens, names, out, positions=list(range(4, T, max(1, T // 6))), batch_size=16,
-                max_memory="1GB", progress=False)
-        sync()
-        t_cap = time.perf_counter() - t0
-        man = json.loads((out / "manifest.json").read_text())
-        cap_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-        pk_cap = peaks()
-        reset_peaks()
-        t0 = time.perf_counter()
-        res = patching.sweep(hm, pairs, sites=["resid_pre", "rec.state"], layers=layers,
-                             positions=list(range(2, T, max(1, T // 8))), batch_size=a.shard_batch, progress=False,
-                             keep_all=True)
-        sync()
-        t_sweep = time.perf_counter() - t0
-        pk_sweep = peaks()
-        results[tag] = dict(load=t_load, where={k: v for k, v in where.items()}, after_load=after_load,
-                            capture=t_cap, shards=len(man["shards"]), cap_bytes=cap_bytes, pk_cap=pk_cap,
-                            sweep=t_sweep, cells=len(res), pk_sweep=pk_sweep, res=res,
-                            params_on=device_summary(model), cap=load_capture(out))
-        print(f"[{tag}] load {t_load:.1f} s, layers {where}, capture {t_cap:.1f} s ({len(man['shards'])} shards, "
-              f"{cap_bytes / GiB:.2f} GiB), sweep {t_sweep:.1f} s ({len(res)} cells), peaks capture "
-              f"{[round(x, 1) for x in pk_cap]} GiB, sweep {[round(x, 1) for x in pk_sweep]} GiB", flush=True)
-        del model, hm
-        torch.cuda.empty_cache()
-
+    results = {tag: _shard_run(tag, ck, a, work, pairs, tokens) for tag in ("sharded", "one_gpu")}
     s, o = results["sharded"], results["one_gpu"]
+    layers, names, n_params = s["layers"], s["names"], s["n_params"]
     d_res = float((s["res"].logit_diff - o["res"].logit_diff).abs().max())
     # the normalised metric divides by (clean - corrupted) logit diff, which is near 0 for a random-init
     # model, so also compare the raw patched logit diff against that gap and against its own scale
@@ -176,17 +195,7 @@ def part_shard(a, work: Path, lines: list):
     d_cap = max(float((s["cap"][k].float() - o["cap"][k].float()).abs().max()
                       / o["cap"][k].float().abs().max().clamp(min=1e-6)) for k in o["cap"])
     split = ", ".join(f"{dev}: layers {v[0]}-{v[-1]} ({len(v)})" for dev, v in s["where"].items())
-
-    # the same through the CLI
-    t0 = time.perf_counter()
-    cli = subprocess.run([sys.executable, "-m", "interp.cli", "patch", "--model", str(ck), "--device-map", "auto",
-                          "--dtype", DTYPE, "--n", "16", "--site", "rec.state", "--layer", str(layers[-1]),
-                          "--positions", "4:12", "--out", str(work / "cli_sharded")],
-                         cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
-    t_cli = time.perf_counter() - t0
-    if cli.returncode != 0:
-        print(cli.stderr[-4000:])
+    cli_rc, t_cli = _shard_cli(ck, layers[-1], work)
     lines += [
         f"**(a) One model over two GPUs.** Random-init HF `olmo_hybrid` with the Olmo-Hybrid-7B shape "
         f"({L} layers, d={d}, 3 GDN : 1 attention), {n_params / 1e9:.2f}B parameters, {DTYPE} "
@@ -212,7 +221,7 @@ def part_shard(a, work: Path, lines: list):
               f"clean - corrupted gap {gap:.2e}); normalised logit diff max |diff| {d_res:.1e}; captures max "
               f"relative diff {d_cap:.1e}. CLI (`python -m interp.cli patch --model <ckpt> --device-map auto --dtype "
               f"{DTYPE} --n 16 --site rec.state --layer {layers[-1]} --positions 4:12`): "
-              + (f"ran in {t_cli:.0f} s including loading." if cli.returncode == 0 else f"FAILED (rc {cli.returncode})."), ""]
+              + (f"ran in {t_cli:.0f} s including loading." if cli_rc == 0 else f"FAILED (rc {cli_rc})."), ""]
     return d_res
 
 

@@ -29,7 +29,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--pairs", type=int, default=256)
@@ -44,7 +44,32 @@ def main(argv=None):
                     "timed twice)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def time_tl(m, pairs, b, grid, dev):
+    """(seconds, max |difference| from ours) of TransformerLens' resid_pre sweep on the same model and pairs."""
+    from transformer_lens import patching as tlp
+    bridge = to_transformer_bridge(m)
+    r = torch.arange(len(pairs.clean), device=dev)
+
+    def metric(logits):
+        ld = (logits[r, pairs.answer_pos, pairs.clean_answer] - logits[r, pairs.answer_pos, pairs.corrupted_answer]).mean()
+        return (ld - b["corrupted_logit_diff"]) / (b["clean_logit_diff"] - b["corrupted_logit_diff"])
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(pairs.clean)
+        sync()
+        t0 = time.perf_counter()
+        tl = tlp.get_act_patch_resid_pre(bridge, pairs.corrupted, cache, metric)
+        sync()
+        t_tl = time.perf_counter() - t0
+    err = float(np.abs(tl.float().cpu().numpy() - grid).max())
+    print(f"TransformerLens: {t_tl:.2f} s, max |diff| {err:.2e}", flush=True)
+    return t_tl, err
+
+
+def main(argv=None):
+    a = parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -78,24 +103,7 @@ def main(argv=None):
     print(f"ours: {t_ours:.2f} s", flush=True)
 
     extra = timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours) if a.extra else []
-    t_tl = err = None
-    if not a.skip_tl:
-        from transformer_lens import patching as tlp
-        bridge = to_transformer_bridge(m)
-        r = torch.arange(N, device=dev)
-
-        def metric(logits):
-            ld = (logits[r, pairs.answer_pos, pairs.clean_answer] - logits[r, pairs.answer_pos, pairs.corrupted_answer]).mean()
-            return (ld - b["corrupted_logit_diff"]) / (b["clean_logit_diff"] - b["corrupted_logit_diff"])
-        with torch.no_grad():
-            _, cache = bridge.run_with_cache(pairs.clean)
-            sync()
-            t0 = time.perf_counter()
-            tl = tlp.get_act_patch_resid_pre(bridge, pairs.corrupted, cache, metric)
-            sync()
-            t_tl = time.perf_counter() - t0
-        err = float(np.abs(tl.float().cpu().numpy() - grid).max())
-        print(f"TransformerLens: {t_tl:.2f} s, max |diff| {err:.2e}", flush=True)
+    t_tl, err = (None, None) if a.skip_tl else time_tl(m, pairs, b, grid, dev)
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
     cmd = "python bench/bench_patch.py " + " ".join(argv if argv is not None else sys.argv[1:])

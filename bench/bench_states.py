@@ -75,6 +75,33 @@ def table(title, rows):
         print(f"{name:52s} {ms:9.3f} {ms / base:12.2f} {ms / base_fn()[0]:11.2f} {kern}", flush=True)
 
 
+def print_autotuned():
+    """Print the configs the state-expansion kernel's autotuner chose, by key."""
+    from hooks.scan.triton_states import _expand_kernel
+    print("\nstate-expansion kernel, autotuned configs (key: K, V, all states?, per-key decay?, arg dtypes):")
+    for key, cfg in _expand_kernel.cache.items():
+        print(f"  {key}: {cfg}")
+
+
+def exactness(q, k, v, g, beta, gk, x, dt, A, Bm, Cm, pos, T, l2):
+    """Print the GPU states' largest error against the fp32 pure-torch reference on the same inputs (batch 0)."""
+    print()
+    s1 = (slice(0, 1),)
+    for name, fast, ref in (
+            ("gdn", lambda **kw: gdn.states(q[s1], k[s1], v[s1], g[s1], beta[s1], **l2, **kw),
+             lambda **kw: gdn.states(q[s1].float(), k[s1].float(), v[s1].float(), g[s1], beta[s1].float(), **l2,
+                                     impl="torch", **kw)),
+            ("gla", lambda **kw: gla.states(q[s1], k[s1], v[s1], gk[s1], **kw),
+             lambda **kw: gla.states(q[s1].float(), k[s1].float(), v[s1].float(), gk[s1], impl="torch", **kw)),
+            ("mamba2", lambda **kw: mamba2.states(x[s1], dt[s1], A, Bm[s1], Cm[s1], **kw),
+             lambda **kw: mamba2.states(x[s1].float(), dt[s1], A, Bm[s1].float(), Cm[s1].float(), impl="torch", **kw))):
+        for what, kw in (("all states", {}), ("64 positions", dict(positions=pos))):
+            st, rf = fast(**kw), ref(**kw)
+            e = (st - rf).abs().max().item()
+            print(f"{name:7s} {what:13s} max abs error vs fp32 torch reference (batch 0, T={T}): {e:.2e}  "
+                  f"relative to max |ref|: {e / rf.abs().max().item():.2e}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
@@ -150,28 +177,9 @@ def main():
             ("states at 64 positions, fp32 (Triton)", t_(lambda: mamba2.states(x, dt, A, Bm, Cm, positions=pos)))]
     table("Mamba2 (G=1 group)", rows)
     del out32
-    from hooks.scan.triton_states import _expand_kernel
-    print("\nstate-expansion kernel, autotuned configs (key: K, V, all states?, per-key decay?, arg dtypes):")
-    for key, cfg in _expand_kernel.cache.items():
-        print(f"  {key}: {cfg}")
+    print_autotuned()
 
-    # exactness: GPU states vs the fp32 pure-torch reference on the same GPU inputs (batch 0)
-    print()
-    s1 = (slice(0, 1),)
-    for name, fast, ref in (
-            ("gdn", lambda **kw: gdn.states(q[s1], k[s1], v[s1], g[s1], beta[s1], **l2, **kw),
-             lambda **kw: gdn.states(q[s1].float(), k[s1].float(), v[s1].float(), g[s1], beta[s1].float(), **l2,
-                                     impl="torch", **kw)),
-            ("gla", lambda **kw: gla.states(q[s1], k[s1], v[s1], gk[s1], **kw),
-             lambda **kw: gla.states(q[s1].float(), k[s1].float(), v[s1].float(), gk[s1], impl="torch", **kw)),
-            ("mamba2", lambda **kw: mamba2.states(x[s1], dt[s1], A, Bm[s1], Cm[s1], **kw),
-             lambda **kw: mamba2.states(x[s1].float(), dt[s1], A, Bm[s1].float(), Cm[s1].float(), impl="torch", **kw))):
-        for what, kw in (("all states", {}), ("64 positions", dict(positions=pos))):
-            st, rf = fast(**kw), ref(**kw)
-            e = (st - rf).abs().max().item()
-            print(f"{name:7s} {what:13s} max abs error vs fp32 torch reference (batch 0, T={T}): {e:.2e}  "
-                  f"relative to max |ref|: {e / rf.abs().max().item():.2e}", flush=True)
-
+    exactness(q, k, v, g, beta, gk, x, dt, A, Bm, Cm, pos, T, l2)
 
 if __name__ == "__main__":
     main()
