@@ -5,13 +5,14 @@
 #   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 1000-step runs (6x1, 2x8g, 1x16g), then on fla's scans
 #   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8 and 32 runs, graphs, scans); window profile
 #   bash bench/issue26_gpu.sh OUTDIR 4    # gdn75 sweeps again (section 33's, with the warm resid_pre rerun)
+#   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -29,7 +30,10 @@ case "$PART" in
      step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
-  *) echo "part must be 1, 2, 3 or 4, got '$PART'" >&2; exit 2 ;;
+  5) for L in transformer gdn100 mamba275 gla75 gdn75-par; do
+       step "check_stacked_graph_$L" 110 python tests/gpu/check_stacked_graph_gpu.py --layout "$L"
+     done ;;
+  *) echo "part must be 1, 2, 3, 4 or 5, got '$PART'" >&2; exit 2 ;;
 esac
 T=$(tar czf - -C ~/.triton cache 2>/dev/null | tee "$OUT/triton.tgz" | wc -c)
 if [ "$T" -gt 16000000 ]; then rm -f "$OUT/triton.tgz"; echo "Triton cache $T bytes: too large to bring back"; fi

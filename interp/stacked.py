@@ -28,8 +28,9 @@ any other difference is refused, `check_stack`) with the kernels of one:
   resumes the other's checkpoint (a stack resumes only when all its runs have one at the same step);
   a log row's ``tokens_per_s`` is the run's tokens over the stack's wall time.
 
-On a GPU, ``cuda_graphs=True`` replays each step's pass (forward, loss, backward, clipping; not the
-optimizer) from a CUDA graph per batch shape (`interp.stacked_graph`); off by default until timed.
+On a GPU, each step's pass (forward, loss, backward, clipping; not the optimizer) is replayed from a CUDA
+graph per batch shape (`interp.stacked_graph`; ``cuda_graphs=False`` runs it eagerly): on an H100 and an
+H200 the same losses and weights as the eager stack, bit for bit, in less time (BENCHMARKS.md section 33).
 
 The losses and weights equal M single runs' up to float rounding (batched matmuls and reductions
 sum in another order; tests/test_stacked.py states the tolerance). bench/bench_train_many.py
@@ -307,7 +308,7 @@ class _Stack:
     """The state of one stacked training (`train_stacked`): the stack, its optimizer, and per run
     its warm-up, log and checkpoint bookkeeping."""
 
-    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = False):
+    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = True):
         self.cfgs, self.outs, self.device, c0 = cfgs, outs, device, cfgs[0]
         mcfg = ZooConfig.from_dict({**c0.model, "vocab_size": len(T.VOCAB)})
         self.sm, self.opt, self.start, self.done_at, self.rngs = _build(cfgs, mcfg, outs, device, resume)
@@ -379,12 +380,12 @@ class _Stack:
 
 
 def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: int | None = None,
-                  workers: int | None = None, cuda_graphs: bool = False) -> list[HybridLM]:
+                  workers: int | None = None, cuda_graphs: bool = True) -> list[HybridLM]:
     """Train (or resume) the runs ``cfgs`` as one stack (module doc) and save each to its ``out`` as
     `interp.train.train` would; returns the trained models. ``stop_after``: stop once this step is
     reached and checkpointed. ``workers``: processes drawing the batches (default 2 on CUDA, 0 on CPU).
     ``cuda_graphs``: on a GPU, replay each step's pass from a CUDA graph per batch shape
-    (`interp.stacked_graph`; ignored on a CPU)."""
+    (`interp.stacked_graph`; ignored on a CPU; False: eagerly)."""
     cfgs = list(cfgs)
     check_stack(cfgs)
     for c in cfgs:

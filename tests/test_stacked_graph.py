@@ -89,5 +89,5 @@ def test_cli_cuda_graphs_reaches_the_stack(tmp_path, monkeypatch):
     argv = ["train", "--out", str(tmp_path / "arm"), "--seeds", "0,1", "--layout", "gdn50", "--d-model", "16",
             "--n-layers", "2", "--n-heads", "2", "--head-dim", "8", "--steps", "2", "--batch-size", "4",
             "--warmup", "1", "--eval-every", "2", "--device", "cpu"]
-    assert main(argv + ["--cuda-graphs"]) == 0 and main(argv + ["--no-resume"]) == 0
-    assert got == [True, False]
+    assert main(argv) == 0 and main(argv + ["--no-resume", "--no-cuda-graphs"]) == 0
+    assert got == [True, False]             # on by default, off when asked
