@@ -8,8 +8,9 @@ autocast on CUDA, no induction warm-up) with `interp.stacked.train_stacked`, and
 the graphs' captures), the wall time of ``--time`` steps; then profiles ``--prof`` more steps with torch's
 profiler and reports the GPU's kernel time and kernel count per step and the kernels that take the most GPU
 time. GPU busy far below the wall time means the step is bound by host work (launches, Python); GPU busy near
-the wall with many short kernels means it is bound by the kernels' count, not their arithmetic. Nothing is
-asserted. ``--device cpu --quick`` is a smoke test of this script.
+the wall with many short kernels means it is bound by the kernels' count, not their arithmetic. Padding %:
+the share of the timed steps' tokens that are padding (every run's batch is padded to the stack's longest,
+so a GPU-bound stack pays for it). Nothing is asserted. ``--device cpu --quick`` is a smoke test of this script.
 """
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ class StepClock:
     def __init__(self, device, skip: int, n_time: int, n_prof: int):
         self.device, self.skip, self.n_time, self.n_prof = device, skip, n_time, n_prof
         self.calls, self.t0, self.wall, self.prof = 0, 0.0, None, None
+        self.real = self.padded = 0     # tokens of the timed steps: the runs' own, and after padding to the stack's
+
+    def count(self, mixture):
+        """Add one step's tokens: each run's own length, and every run padded to the longest."""
+        lengths = [t.shape[1] for _, t, _ in mixture]
+        self.real += sum(lengths)
+        self.padded += len(lengths) * max(lengths)
 
     def wrap(self, step_fn):
         def wrapped(stack, step, mixture):
@@ -56,6 +64,8 @@ class StepClock:
                     acts.append(torch.profiler.ProfilerActivity.CUDA)
                 self.prof = torch.profiler.profile(activities=acts)
                 self.prof.__enter__()
+            if self.skip <= i < self.skip + self.n_time:
+                self.count(mixture)
             out = step_fn(stack, step, mixture)
             if i == self.skip + self.n_time + self.n_prof - 1:
                 sync(self.device)
@@ -91,7 +101,8 @@ def one(a, runs: int, graphs: bool, backend: str, root: Path) -> dict:
         by[name] = (n + 1, t + us)
     busy = sum(us for _, us in ks) / a.prof / 1e3
     row = dict(runs=runs, graphs=graphs, scans=backend, wall_ms=clock.wall * 1e3, gpu_busy_ms=busy,
-               kernels_per_step=len(ks) / a.prof, steps_per_s=1 / clock.wall, run_steps_per_s=runs / clock.wall)
+               kernels_per_step=len(ks) / a.prof, steps_per_s=1 / clock.wall, run_steps_per_s=runs / clock.wall,
+               pad_pct=100 * (1 - clock.real / max(clock.padded, 1)))
     top = sorted(by.items(), key=lambda kv: -kv[1][1])[:a.top]
     return row, [(name[:70], n / a.prof, t / a.prof / 1e3) for name, (n, t) in top]
 
@@ -121,14 +132,14 @@ def main(argv=None) -> int:
     dev = torch.cuda.get_device_name() if torch.device(a.device).type == "cuda" else "cpu"
     print(f"{a.layout}, E1 arm{' (quick)' if a.quick else ''}, {dev}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| runs | graphs | scans | wall ms/step | GPU kernels ms/step | kernels/step | run-steps/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| runs | graphs | scans | wall ms/step | GPU kernels ms/step | kernels/step | run-steps/s | padding % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     tops = []
     with tempfile.TemporaryDirectory(prefix="prof_stacked_") as tmp:
         for i, (r, g, b) in enumerate(itertools.product(runs, flags, backends)):
             row, top = one(a, r, g, b, Path(tmp) / str(i))
             print(f"| {r} | {'on' if g else 'off'} | {b} | {row['wall_ms']:.1f} | {row['gpu_busy_ms']:.1f} | "
-                  f"{row['kernels_per_step']:.0f} | {row['run_steps_per_s']:.1f} |", flush=True)
+                  f"{row['kernels_per_step']:.0f} | {row['run_steps_per_s']:.1f} | {row['pad_pct']:.0f} |", flush=True)
             tops.append((row, top))
     for row, top in tops:
         print(f"\nruns {row['runs']}, graphs {'on' if row['graphs'] else 'off'}, scans {row['scans']}: "
