@@ -6,13 +6,14 @@
 #   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8 and 32 runs, graphs, scans); window profile
 #   bash bench/issue26_gpu.sh OUTDIR 4    # gdn75 sweeps again (section 33's, with the warm resid_pre rerun)
 #   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
+#   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5|6}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5|6}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -33,7 +34,8 @@ case "$PART" in
   5) for L in transformer gdn100 mamba275 gla75 gdn75-par; do
        step "check_stacked_graph_$L" 110 python tests/gpu/check_stacked_graph_gpu.py --layout "$L"
      done ;;
-  *) echo "part must be 1, 2, 3, 4 or 5, got '$PART'" >&2; exit 2 ;;
+  6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
+  *) echo "part must be 1 to 6, got '$PART'" >&2; exit 2 ;;
 esac
 T=$(tar czf - -C ~/.triton cache 2>/dev/null | tee "$OUT/triton.tgz" | wc -c)
 if [ "$T" -gt 16000000 ]; then rm -f "$OUT/triton.tgz"; echo "Triton cache $T bytes: too large to bring back"; fi
