@@ -17,8 +17,8 @@ the wiring (static inputs, per-shape graphs, outputs copied out before the next 
 with an eager stand-in for the capture (tests/test_stacked_graph.py). A shape whose capture fails
 (`GraphUnavailable`) runs eagerly, with one warning, and ``failed`` records why.
 
-All of a run's graphs share one memory pool: with a pool each, the ~9 graphs of an 8-model stack held
-~16 GiB and two such processes ran out of an H100's memory (BENCHMARKS.md). Sharing is safe here
+All of a run's graphs share one memory pool: with a pool each, the ~9 graphs of an 8-model stack held up
+to 39 GiB and two such processes ran out of an H100's memory (BENCHMARKS.md section 33). Sharing is safe here
 because the graphs replay one at a time on one stream and each replay's outputs are copied out before
 the next replay, whose intermediates may reuse that memory.
 """
