@@ -150,8 +150,11 @@ class StackedModel:
                     setattr(m, attr, _folded(getattr(m, attr)))
         self._run = torch.vmap(lambda p, t: torch.func.functional_call(self.base, p, (t,)))
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._run(self.params, tokens)
+    def __call__(self, tokens: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every model (``idx`` None, tokens [M, B, T]) or of models ``idx`` (tokens [len(idx), B, T]);
+        the gradients reach the flat buffer's rows of those models either way."""
+        params = self.params if idx is None else {n: v.index_select(0, idx) for n, v in self.params.items()}
+        return self._run(params, tokens)
 
     def zero_grad(self):
         self.grad.zero_()
@@ -271,6 +274,18 @@ def stack_batches(batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, tokens[:, :, 1:], mask
 
 
+def split_groups(lengths: list[int], min_saving: float = 0.15) -> list[list[int]]:
+    """The runs of one step in one group (all, in order) or two: the shorter batches apart from the longer
+    ones, at the split that pads fewest tokens, when that pads ``min_saving`` of the one group's tokens less
+    (each group is padded to its own longest, `stack_batches`; its pass costs launches of its own)."""
+    M, order = len(lengths), sorted(range(len(lengths)), key=lambda m: (lengths[m], m))
+    top = lengths[order[-1]]
+    cost, k = min((k * lengths[order[k - 1]] + (M - k) * top, k) for k in range(1, M + 1))
+    if k == M or cost > (1 - min_saving) * M * top:
+        return [list(range(M))]
+    return [sorted(order[:k]), sorted(order[k:])]
+
+
 def stacked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[M]: each model's mean next-token cross-entropy on its supervised positions (`interp.train.lm_loss`)."""
     ce = F.cross_entropy(logits[:, :, :-1].flatten(0, 2), targets.flatten(), reduction="none").view(mask.shape)
@@ -308,8 +323,10 @@ class _Stack:
     """The state of one stacked training (`train_stacked`): the stack, its optimizer, and per run
     its warm-up, log and checkpoint bookkeeping."""
 
-    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = True):
+    def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = True,
+                 length_split: bool = False):
         self.cfgs, self.outs, self.device, c0 = cfgs, outs, device, cfgs[0]
+        self.length_split = length_split
         mcfg = ZooConfig.from_dict({**c0.model, "vocab_size": len(T.VOCAB)})
         self.sm, self.opt, self.start, self.done_at, self.rngs = _build(cfgs, mcfg, outs, device, resume)
         self.single = HybridLM(mcfg).to(device).set_scan_backend(c0.scan_backend)
@@ -335,11 +352,18 @@ class _Stack:
                 self.done_at[m] = _warmup_over(self.one(m), self.evals[m], c, step, self.autocast,
                                                self.outs[m] / "train_log.jsonl", self.bar)
 
-    def grads(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
-        """(losses [M],) of a batch (tokens [M, B, T], supervised [M, B, T-1]); every run's clipped
-        gradients in the stack's flat buffer. Reads nothing on the host, so it can be captured."""
+    def grads(self, *parts: torch.Tensor) -> tuple[torch.Tensor]:
+        """(losses [M],) of a batch given as groups of runs, each (tokens [m, B, T], supervised [m, B, T-1],
+        run indices [m]); one group holds every run in order. Every run's clipped gradients in the stack's
+        flat buffer. Reads nothing on the host, so it can be captured."""
+        groups = [parts[i:i + 3] for i in range(0, len(parts), 3)]
         with self.autocast:
-            losses = stacked_loss(self.sm(tokens), tokens[:, :, 1:], mask)
+            if len(groups) == 1:
+                tokens, mask, _ = groups[0]
+                losses = stacked_loss(self.sm(tokens), tokens[:, :, 1:], mask)
+            else:
+                got = [stacked_loss(self.sm(t, idx), t[:, :, 1:], mk) for t, mk, idx in groups]
+                losses = torch.cat(got)[torch.argsort(torch.cat([idx for _, _, idx in groups]))]
         self.sm.zero_grad()
         self.sm.backward(losses.sum())
         self.opt.clip(self.cfgs[0].grad_clip)
@@ -348,11 +372,13 @@ class _Stack:
     def step(self, step: int, mixture) -> tuple[torch.Tensor, str]:
         """One optimizer step of every run on its batch of ``step``: (losses [M], run 0's task)."""
         got = [mixture[m] if self.done_at[m] is not None else _warmup_batch(c, step) for m, c in enumerate(self.cfgs)]
-        tokens, _, mask = stack_batches([(t, lm) for _, t, lm in got])
-        tokens, mask = _to_device(tokens, self.device), _to_device(mask, self.device)
+        parts = []
+        for g in (split_groups([t.shape[1] for _, t, _ in got]) if self.length_split else [list(range(len(got)))]):
+            tokens, _, mask = stack_batches([got[m][1:] for m in g])
+            parts += [_to_device(x, self.device) for x in (tokens, mask, torch.tensor(g))]
         for m, (_, t, _) in enumerate(got):
             self.tokens_seen[m] += t.numel()
-        (losses,) = (self.graphed or self.grads)(tokens, mask)
+        (losses,) = (self.graphed or self.grads)(*parts)
         self.opt.step([lr_at(step, c) for c in self.cfgs])
         return losses, got[0][0]
 
@@ -380,19 +406,22 @@ class _Stack:
 
 
 def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: int | None = None,
-                  workers: int | None = None, cuda_graphs: bool = True) -> list[HybridLM]:
+                  workers: int | None = None, cuda_graphs: bool = True,
+                  length_split: bool = False) -> list[HybridLM]:
     """Train (or resume) the runs ``cfgs`` as one stack (module doc) and save each to its ``out`` as
     `interp.train.train` would; returns the trained models. ``stop_after``: stop once this step is
     reached and checkpointed. ``workers``: processes drawing the batches (default 2 on CUDA, 0 on CPU).
     ``cuda_graphs``: on a GPU, replay each step's pass from a CUDA graph per batch shape
-    (`interp.stacked_graph`; ignored on a CPU; False: eagerly)."""
+    (`interp.stacked_graph`; ignored on a CPU; False: eagerly). ``length_split``: a step whose shorter
+    batches would be padded far past their length runs them in a second, shorter pass (`split_groups`;
+    experimental: the same numbers up to float rounding, fewer padded tokens, one more pass)."""
     cfgs = list(cfgs)
     check_stack(cfgs)
     for c in cfgs:
         _check_config(c)
     device = resolve_device(cfgs[0].device)
     outs = [_make_out(c) for c in cfgs]
-    s = _Stack(cfgs, outs, device, resume, progress, cuda_graphs)
+    s = _Stack(cfgs, outs, device, resume, progress, cuda_graphs, length_split)
     for c in cfgs:
         _warn_config(c)
     c0, steps_done = cfgs[0], s.start
