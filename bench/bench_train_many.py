@@ -7,7 +7,9 @@ stacked in one process (`interp.stacked`), side by side in one call (issue 26, "
 
 A mode ``PxS`` starts P processes at once on one device; each trains S runs (S = 1: `interp.train.train`,
 today's one process per run; S > 1: `interp.stacked.train_stacked`), so P*S runs, seeds 0 .. P*S-1;
-``PxSg``: the stacks replay each step's pass from CUDA graphs (``cuda_graphs=True``, `interp.stacked_graph`).
+``PxSg``: the stacks replay each step's pass from CUDA graphs (``cuda_graphs=True``, `interp.stacked_graph`;
+without g they run eagerly); ``PxSs`` / ``PxSgs``: a step's shorter batches run in a second, shorter pass
+(``length_split=True``, `interp.stacked.split_groups`).
 Every run is an arm of E1's full profile (experiments/e1_state_recall.py): 8 layers, d=128, 4 heads of
 32, the SwiGLU width matched to the transformer's parameter count, ``state_recall`` (``--training
 cot``: its cot variant), batch 64, lr 1e-3, learning-rate warm-up 150 steps, the default induction
@@ -73,7 +75,8 @@ def child(spec: str) -> int:
     if len(cfgs) == 1:
         train(cfgs[0], resume=False, progress=False)
     else:
-        train_stacked(cfgs, resume=False, progress=False, cuda_graphs=d.get("graphs", False))
+        train_stacked(cfgs, resume=False, progress=False, cuda_graphs=d.get("graphs", False),
+                      length_split=d.get("split", False))
     return 0
 
 
@@ -82,10 +85,10 @@ def final_acc(out: Path) -> float:
     return read_log(out / "train_log.jsonl")[-1]["acc/state_recall"]
 
 
-def measure(layout: str, procs: int, stack: int, graphs: bool, a, root: Path) -> dict:
+def measure(layout: str, procs: int, stack: int, graphs: bool, split: bool, a, root: Path) -> dict:
     """Train ``procs`` x ``stack`` runs of ``layout`` at once (module doc; ``graphs``: stacks replay their
-    steps from CUDA graphs); their wall time and accuracy."""
-    mode = f"{procs}x{stack}{'g' if graphs else ''}"
+    steps from CUDA graphs; ``split``: with length groups); their wall time and accuracy."""
+    mode = f"{procs}x{stack}{'g' if graphs else ''}{'s' if split else ''}"
     root = root / f"{layout}_{mode}"
     threads = max(1, (os.cpu_count() or 1) // procs)
     cfgs = run_configs(layout, range(procs * stack), a.steps, root, a)
@@ -93,7 +96,7 @@ def measure(layout: str, procs: int, stack: int, graphs: bool, a, root: Path) ->
     jobs, t0 = [], time.perf_counter()
     for p in range(procs):
         spec = json.dumps({"cfgs": [dataclasses.asdict(c) for c in cfgs[p * stack:(p + 1) * stack]],
-                           "threads": threads, "graphs": graphs})
+                           "threads": threads, "graphs": graphs, "split": split})
         log = open(root / f"proc{p}.log", "w")
         jobs.append((subprocess.Popen([sys.executable, __file__, "--child", spec], stdout=log,
                                       stderr=subprocess.STDOUT), log))
@@ -139,29 +142,33 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="steps per run (E1 trains 4000)")
     ap.add_argument("--layouts", default="gdn75,transformer", help="comma-separated zoo layouts")
-    ap.add_argument("--modes", default="1x1,6x1,1x8,1x16", help="comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs)")
+    ap.add_argument("--modes", default=None, help="default 1x1,6x1,1x8,1x16 (--quick: 1x1,2x1,1x2); comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs; s: length groups)")
     ap.add_argument("--training", default="direct", choices=["direct", "cot"], help="E1's training variant")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"],
                     help="recurrent scans: the pure-torch reference (as E1 trains) or fla kernels on CUDA")
-    ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models, 4 steps, modes 1x1,2x1,1x2")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models, 4 steps (modes 1x1,2x1,1x2 unless --modes)")
     ap.add_argument("--out", help="write the header and rows as JSON here")
     ap.add_argument("--keep", help="keep the trained runs in this directory (default: a temporary one, removed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
-        a.steps, a.modes, a.device = 4, "1x1,2x1,1x2", "cpu"
+        a.steps, a.device = 4, "cpu"
+    a.modes = a.modes or ("1x1,2x1,1x2" if a.quick else "1x1,6x1,1x8,1x16")
     a.modes = [parse_mode(m, ap) for m in a.modes.split(",")]
     return a
 
 
-def parse_mode(m: str, ap) -> tuple[int, int, bool]:
-    """(procs, stacked runs, CUDA graphs) of a mode ``PxS`` or ``PxSg``; a bad one exits 2 naming it."""
-    graphs, core = m.endswith("g"), m[:-1] if m.endswith("g") else m
+def parse_mode(m: str, ap) -> tuple[int, int, bool, bool]:
+    """(procs, stacked runs, CUDA graphs, length groups) of a mode ``PxS[g][s]``; a bad one exits 2 naming it."""
+    core = m.rstrip("gs")
+    flags = m[len(core):]
     parts = core.split("x")
-    if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts) or (graphs and int(parts[1]) < 2):
-        ap.error(f"mode {m!r} is not valid; valid: PxS or PxSg with integers P, S >= 1 (g: S >= 2), e.g. 2x8g")
-    return int(parts[0]), int(parts[1]), graphs
+    if (len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts) or flags not in ("", "g", "s", "gs")
+            or (flags and int(parts[1]) < 2)):
+        ap.error(f"mode {m!r} is not valid; valid: PxS, PxSg, PxSs or PxSgs with integers P, S >= 1 (g, s: S >= 2), "
+                 "e.g. 2x8g")
+    return int(parts[0]), int(parts[1]), "g" in flags, "s" in flags
 
 
 def main(argv=None) -> int:
@@ -177,8 +184,8 @@ def main(argv=None) -> int:
     rows = []
     try:
         for layout in a.layouts.split(","):
-            for procs, stack, graphs in a.modes:
-                rows.append(measure(layout, procs, stack, graphs, a, root))
+            for procs, stack, graphs, split in a.modes:
+                rows.append(measure(layout, procs, stack, graphs, split, a, root))
                 print(f"  {rows[-1]}", flush=True)
                 if a.out:  # after every row: a call stopped half-way keeps what it measured
                     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

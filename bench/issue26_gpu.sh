@@ -2,18 +2,19 @@
 # The GPU measurements issue #26 still needs (BENCHMARKS.md sections 32-33), in priority order,
 # each under its own timeout so that one slow step leaves the others' logs; one 10-minute device call each:
 #   bash bench/issue26_gpu.sh OUTDIR 1    # window check (sweep path vs plain scans and the general path) alone
-#   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 1000-step runs (6x1, 2x8g, 1x16g), then on fla's scans
-#   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8 and 32 runs, graphs, scans); window profile
+#   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 600-step runs (6x1, 2x8g, with length groups), then on fla's scans
+#   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8, 16, 32 runs; graphs, length groups, scans)
 #   bash bench/issue26_gpu.sh OUTDIR 4    # gdn75 sweeps again (section 33's, with the warm resid_pre rerun)
 #   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
 #   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
+#   bash bench/issue26_gpu.sh OUTDIR 7    # window profile (where a gdn75 sweep's time goes)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5|6}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1|2|3|4|5|6}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-7}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-7}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -23,19 +24,20 @@ step() {  # step NAME SECONDS COMMAND...
 }
 case "$PART" in
   1) step check_window 420 python tests/gpu/check_window_gpu.py ;;
-  2) step train_many 330 python bench/bench_train_many.py --steps 1000 --layouts gdn75 --modes 6x1,2x8g,1x16g \
+  2) step train_many 400 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g,2x8gs,1x16gs \
        --out "$OUT/train_many.json"
-     step train_many_fla 180 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8g \
+     step train_many_fla 150 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8gs \
        --scan-backend auto --out "$OUT/train_many_fla.json" ;;
-  3) step prof_stacked 400 python bench/prof_stacked.py --runs 8,32 --graphs off,on --scan-backend reference,auto
-     step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
+  3) step prof_stacked 340 python bench/prof_stacked.py --runs 8,32 --graphs off,on --split off,on
+     step prof_stacked_fla 180 python bench/prof_stacked.py --runs 16 --graphs on --split off,on --scan-backend auto ;;
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   5) for L in transformer gdn100 mamba275 gla75 gdn75-par; do
        step "check_stacked_graph_$L" 110 python tests/gpu/check_stacked_graph_gpu.py --layout "$L"
      done ;;
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
-  *) echo "part must be 1 to 6, got '$PART'" >&2; exit 2 ;;
+  7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
+  *) echo "part must be 1 to 7, got '$PART'" >&2; exit 2 ;;
 esac
 T=$(tar czf - -C ~/.triton cache 2>/dev/null | tee "$OUT/triton.tgz" | wc -c)
 if [ "$T" -gt 16000000 ]; then rm -f "$OUT/triton.tgz"; echo "Triton cache $T bytes: too large to bring back"; fi
