@@ -33,8 +33,9 @@ case "$PART" in
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
        --gdn75-sites resid_pre,mixer_out,rec.state,resid_pre ;;
   5) for L in transformer gdn100 mamba275 gla75 gdn75-par; do
-       step "check_stacked_graph_$L" 110 python tests/gpu/check_stacked_graph_gpu.py --layout "$L"
-     done ;;
+       step "check_stacked_graph_$L" 90 python tests/gpu/check_stacked_graph_gpu.py --layout "$L"
+     done
+     step check_stacked_graph_split 90 python tests/gpu/check_stacked_graph_gpu.py --runs 8 --split ;;
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   *) echo "part must be 1 to 7, got '$PART'" >&2; exit 2 ;;

@@ -1,14 +1,16 @@
 """GPU check: stacked training replayed from CUDA graphs (`train_stacked(..., cuda_graphs=True)`,
 `interp.stacked_graph`) trains what the eager stack trains, on E1's arm (issue #26).
 
-Run on a CUDA host:  python tests/gpu/check_stacked_graph_gpu.py [--layout gdn75] [--runs 4] [--steps 40]
+Run on a CUDA host:  python tests/gpu/check_stacked_graph_gpu.py [--layout gdn75] [--runs 4] [--steps 40] [--split]
 Trains ``--runs`` stacked runs of E1's arm (8 layers, d=128, state_recall, batch 64, bf16 autocast, the
 induction warm-up shortened to a quarter of the steps) twice, eagerly and with CUDA graphs, and prints the
 largest difference of their logged losses and final weights, how many shapes were captured and whether any
 capture failed, and both wall times. A replay launches the eager pass's kernels on the same inputs, so the
 two should agree to rounding (tolerance: losses 1e-3, weights 1e-3 of the largest weight: bf16 kernels
 that pick another reduction order grow over the steps). Exits 1 if a capture failed or a tolerance is
-exceeded. ``--device cpu`` is a smoke test of this script (graphs are off on a CPU).
+exceeded. ``--split``: the graphed run also uses length groups (``length_split=True``: each step's shorter
+batches in a second pass; not bit-equal then, as the passes' shapes differ). ``--device cpu`` is a smoke test
+of this script (graphs are off on a CPU).
 """
 import argparse
 import sys
@@ -39,6 +41,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"])
+    ap.add_argument("--split", action="store_true", help="the graphed run with length groups")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="check_stacked_graph_"))
     made, wall = {}, {}
@@ -46,7 +49,8 @@ def main() -> int:
     stacked.ShapeGraphs = lambda fn: made.setdefault("g", orig(fn))      # keep the stack's graphs to report on
     for name, graphs in (("eager", False), ("graphs", True)):
         t0 = time.perf_counter()
-        stacked.train_stacked(configs(root / name, a), resume=False, progress=False, cuda_graphs=graphs)
+        stacked.train_stacked(configs(root / name, a), resume=False, progress=False, cuda_graphs=graphs,
+                              length_split=graphs and a.split)
         wall[name] = time.perf_counter() - t0
     g = made.get("g")
     dl = dw = 0.0
@@ -55,7 +59,8 @@ def main() -> int:
         dl = max([dl] + [abs(x["loss"] - y["loss"]) for x, y in zip(le, lg)])
         se, sg = (load_model(root / k / f"seed{s}").state_dict() for k in ("eager", "graphs"))
         dw = max([dw] + [float((se[k] - sg[k]).abs().max() / se[k].abs().max().clamp(min=1e-12)) for k in se])
-    print(f"{a.layout} x{a.runs}, {a.steps} steps, scans {a.scan_backend}, {torch.cuda.get_device_name() if a.device != 'cpu' else 'cpu'}")
+    print(f"{a.layout} x{a.runs}, {a.steps} steps, scans {a.scan_backend}, {'length groups in the graphed run, ' if a.split else ''}"
+          f"{torch.cuda.get_device_name() if a.device != 'cpu' else 'cpu'}")
     print(f"graphs captured: {len(g.graphs) if g else 0}, failed: {g.failed if g else 'n/a (not on a GPU)'}")
     print(f"max |loss difference| {dl:.3g} (tol 1e-3); max weight difference / max |weight| {dw:.3g} (tol 1e-3)")
     print(f"wall: eager {wall['eager']:.2f} s, graphs {wall['graphs']:.2f} s ({wall['eager'] / wall['graphs']:.2f}x)")
