@@ -147,7 +147,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"],
                     help="recurrent scans: the pure-torch reference (as E1 trains) or fla kernels on CUDA")
-    ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models, 4 steps (modes 1x1,2x1,1x2 unless --modes)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU smoke run: tiny models, 4 steps (modes 1x1,2x1,1x2 unless --modes)")
     ap.add_argument("--out", help="write the header and rows as JSON here")
     ap.add_argument("--keep", help="keep the trained runs in this directory (default: a temporary one, removed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)

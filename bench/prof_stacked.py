@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="prof_stacked_") as tmp:
         for i, (r, g, sp, b) in enumerate(itertools.product(runs, flags, splits, backends)):
             row, top = one(a, r, g, sp, b, Path(tmp) / str(i))
-            print(f"| {r} | {'on' if g else 'off'} | {'on' if sp else 'off'} | {b} | {row['wall_ms']:.1f} | {row['gpu_busy_ms']:.1f} | "
+            print(f"| {r} | {'on' if g else 'off'} | {'on' if sp else 'off'} | {b} | {row['wall_ms']:.1f} | "
+                  f"{row['gpu_busy_ms']:.1f} | "
                   f"{row['kernels_per_step']:.0f} | {row['run_steps_per_s']:.1f} | {row['pad_pct']:.0f} |", flush=True)
             tops.append((row, top))
     for row, top in tops:

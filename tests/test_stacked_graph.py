@@ -81,13 +81,14 @@ def test_graphs_are_off_on_a_cpu_and_by_default(tmp_path, monkeypatch):
     assert (tmp_path / "cpu0" / "model.safetensors").exists()
 
 
-def test_cli_cuda_graphs_reaches_the_stack(tmp_path, monkeypatch):
+def test_cli_cuda_graphs_and_length_split_reach_the_stack(tmp_path, monkeypatch):
     from interp.cli import main
     got = []
     real = stacked.train_stacked
-    monkeypatch.setattr(stacked, "train_stacked", lambda cfgs, **kw: got.append(kw["cuda_graphs"]) or real(cfgs, **kw))
+    monkeypatch.setattr(stacked, "train_stacked",
+                        lambda cfgs, **kw: got.append((kw["cuda_graphs"], kw["length_split"])) or real(cfgs, **kw))
     argv = ["train", "--out", str(tmp_path / "arm"), "--seeds", "0,1", "--layout", "gdn50", "--d-model", "16",
             "--n-layers", "2", "--n-heads", "2", "--head-dim", "8", "--steps", "2", "--batch-size", "4",
             "--warmup", "1", "--eval-every", "2", "--device", "cpu"]
-    assert main(argv) == 0 and main(argv + ["--no-resume", "--no-cuda-graphs"]) == 0
-    assert got == [True, False]             # on by default, off when asked
+    assert main(argv) == 0 and main(argv + ["--no-resume", "--no-cuda-graphs", "--length-split"]) == 0
+    assert got == [(True, False), (False, True)]    # graphs on and length groups off by default; as asked

@@ -59,7 +59,8 @@ def main() -> int:
         dl = max([dl] + [abs(x["loss"] - y["loss"]) for x, y in zip(le, lg)])
         se, sg = (load_model(root / k / f"seed{s}").state_dict() for k in ("eager", "graphs"))
         dw = max([dw] + [float((se[k] - sg[k]).abs().max() / se[k].abs().max().clamp(min=1e-12)) for k in se])
-    print(f"{a.layout} x{a.runs}, {a.steps} steps, scans {a.scan_backend}, {'length groups in the graphed run, ' if a.split else ''}"
+    print(f"{a.layout} x{a.runs}, {a.steps} steps, scans {a.scan_backend}, "
+          f"{'length groups in the graphed run, ' if a.split else ''}"
           f"{torch.cuda.get_device_name() if a.device != 'cpu' else 'cpu'}")
     print(f"graphs captured: {len(g.graphs) if g else 0}, failed: {g.failed if g else 'n/a (not on a GPU)'}")
     print(f"max |loss difference| {dl:.3g} (tol 1e-3); max weight difference / max |weight| {dw:.3g} (tol 1e-3)")
