@@ -8,7 +8,8 @@ is captured once (`interp.interventions.graphs.capture`: two warm-up passes on a
 capture) and every later call of that shape copies its inputs into the graph's static tensors and
 replays the graph. The caller runs the optimizer eagerly after the replay, so the warm-up passes change
 nothing but the gradients, which every pass overwrites. State-recall batches come in a handful of
-lengths (eight at E1's settings, plus the induction warm-up's), so a run captures a handful of graphs.
+lengths (eight at E1's settings, plus the induction warm-up's), so a run captures a handful of graphs
+(with length groups, `train_stacked(length_split=True)`, one per pair of group shapes: a few dozen).
 
 The function must not read the host (no ``.item()``, no data-dependent shapes) and must run autocast
 with ``cache_enabled=False`` (autocast's cast-weight cache cannot live across a capture). A replay
