@@ -142,7 +142,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="steps per run (E1 trains 4000)")
     ap.add_argument("--layouts", default="gdn75,transformer", help="comma-separated zoo layouts")
-    ap.add_argument("--modes", default=None, help="default 1x1,6x1,1x8,1x16 (--quick: 1x1,2x1,1x2); comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs; s: length groups)")
+    ap.add_argument("--modes", default=None,
+                    help="comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs; s: length "
+                         "groups); default 1x1,6x1,1x8,1x16 (--quick: 1x1,2x1,1x2)")
     ap.add_argument("--training", default="direct", choices=["direct", "cot"], help="E1's training variant")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"],

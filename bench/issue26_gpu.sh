@@ -40,5 +40,7 @@ case "$PART" in
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   *) echo "part must be 1 to 7, got '$PART'" >&2; exit 2 ;;
 esac
-T=$(tar czf - -C ~/.triton cache 2>/dev/null | tee "$OUT/triton.tgz" | wc -c)
-if [ "$T" -gt 16000000 ]; then rm -f "$OUT/triton.tgz"; echo "Triton cache $T bytes: too large to bring back"; fi
+if [ -d ~/.triton/cache ]; then
+  T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
+  if [ "$T" -gt 16000000 ]; then rm -f "$OUT/triton.tgz"; echo "Triton cache $T bytes: too large to bring back"; fi
+fi

@@ -326,7 +326,7 @@ class _Stack:
     def __init__(self, cfgs, outs, device, resume: bool, bar_on: bool, cuda_graphs: bool = True,
                  length_split: bool = False):
         self.cfgs, self.outs, self.device, c0 = cfgs, outs, device, cfgs[0]
-        self.length_split = length_split
+        self.length_split, self.all_runs = length_split, torch.arange(len(cfgs), device=device)
         mcfg = ZooConfig.from_dict({**c0.model, "vocab_size": len(T.VOCAB)})
         self.sm, self.opt, self.start, self.done_at, self.rngs = _build(cfgs, mcfg, outs, device, resume)
         self.single = HybridLM(mcfg).to(device).set_scan_backend(c0.scan_backend)
@@ -372,10 +372,12 @@ class _Stack:
     def step(self, step: int, mixture) -> tuple[torch.Tensor, str]:
         """One optimizer step of every run on its batch of ``step``: (losses [M], run 0's task)."""
         got = [mixture[m] if self.done_at[m] is not None else _warmup_batch(c, step) for m, c in enumerate(self.cfgs)]
+        groups = split_groups([t.shape[1] for _, t, _ in got]) if self.length_split else [list(range(len(got)))]
         parts = []
-        for g in (split_groups([t.shape[1] for _, t, _ in got]) if self.length_split else [list(range(len(got)))]):
+        for g in groups:
             tokens, _, mask = stack_batches([got[m][1:] for m in g])
-            parts += [_to_device(x, self.device) for x in (tokens, mask, torch.tensor(g))]
+            idx = self.all_runs if len(groups) == 1 else _to_device(torch.tensor(g), self.device)
+            parts += [_to_device(tokens, self.device), _to_device(mask, self.device), idx]
         for m, (_, t, _) in enumerate(got):
             self.tokens_seen[m] += t.numel()
         (losses,) = (self.graphed or self.grads)(*parts)
