@@ -8,13 +8,14 @@
 #   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
 #   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
 #   bash bench/issue26_gpu.sh OUTDIR 7    # window profile (where a gdn75 sweep's time goes)
+#   bash bench/issue26_gpu.sh OUTDIR 8    # capture of residuals + all states, states written beside the forward or not
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-7}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-7}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-8}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-8}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -38,7 +39,8 @@ case "$PART" in
      step check_stacked_graph_split 90 python tests/gpu/check_stacked_graph_gpu.py --runs 8 --split ;;
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
-  *) echo "part must be 1 to 7, got '$PART'" >&2; exit 2 ;;
+  8) step capture 240 python bench/bench_capture.py --skip-hf ;;
+  *) echo "part must be 1 to 8, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
