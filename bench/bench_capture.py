@@ -9,9 +9,7 @@ Part 1, zoo ``gdn75`` (9 Gated DeltaNet + 3 attention layers, 12 heads of 64): a
 T per-token states, float32, kept on the device), and each of the two alone; then the states again
 with ``state_dtype=torch.bfloat16`` (computed in float32, written in bf16 by the state kernel: half
 the bytes), with the largest difference to the float32 states rounded to bf16 for one layer.
-Issue #3 target: residuals + states <= 1.5x the plain forward. By default the states are written on a
-second CUDA stream beside the forward (`hooks.scan.side_stream`); a last row runs residuals + states with
-the expansion on the forward's own stream (``HYBRID_INTERP_SIDE_STREAM=0``), compared bit for bit.
+Issue #3 target: residuals + states <= 1.5x the plain forward.
 
 Part 2, a random-init HF ``LlamaForCausalLM`` of the same size (12 layers, d=768, SDPA): a plain
 forward vs saving every layer's input and output (= resid_pre / resid_post) with hooks, with
@@ -29,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import os
 import statistics
 import sys
 import time
@@ -112,28 +109,7 @@ def zoo_part(a, dev, dtype, x, rows):
             rows.append((label, what, t, t / t_plain, paired, note))
             del c
             free()
-        one_stream(a, hm, x, resid + states, plain, (label, t_plain), rows)
     del m, hm
-    free()
-
-
-def one_stream(a, hm, x, names, plain, base, rows):
-    """Residuals + all fp32 states with the state expansion on the forward's own stream
-    (``HYBRID_INTERP_SIDE_STREAM=0``, `hooks.scan.side_stream`), next to the default run that writes them on
-    a second stream; the note gives the largest difference between the two runs' states (0 = bit-equal)."""
-    label, t_plain = base
-    _, side = hm.run_with_cache(x, names=names)
-    side = {n: v for n, v in side.items() if n.endswith(".rec.state")}
-    os.environ["HYBRID_INTERP_SIDE_STREAM"] = "0"
-    try:
-        free()
-        t, (lg, c), paired = timed(lambda: hm.run_with_cache(x, names=names), a.reps, base=plain)
-    finally:
-        del os.environ["HYBRID_INTERP_SIDE_STREAM"]
-    diff = max((c[n].float() - v.float()).abs().max().item() for n, v in side.items()) if side else float("nan")
-    rows.append((label, "run_with_cache: residuals + all rec.state, one stream", t, t / t_plain, paired,
-                 f"states vs the side-stream run: max diff {diff:.1e}"))
-    del lg, c, side
     free()
 
 

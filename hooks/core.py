@@ -17,7 +17,6 @@ from hooks import names as N
 from hooks.adapters import find
 from hooks.adapters.base import swap_attr
 from hooks.cache import Cache
-from hooks.scan.side_stream import side_streams
 from hooks.session import STATE_DTYPES, HookSession, attention_pattern, resolve_state_dtype  # noqa: F401  (public here)
 from hooks.session import positions_list
 
@@ -235,12 +234,9 @@ class HookedModel:
         pos = positions_list(positions, tokens.shape[1])
         cache = Cache(positions=pos, model=self)
         cache.attention_mask = mask
-        # states expanded beside the forward on a second CUDA stream, joined when the session ends (nothing
-        # reads them before: no backward, no move to another device)
-        with side_streams(enabled=device is None and backward is None), \
-                HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=device,
-                            state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names,
-                            key_mask=mask) as s, \
+        with HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=device,
+                         state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names,
+                         key_mask=mask) as s, \
                 (nullcontext() if backward is None else torch.enable_grad()):
             logits = self._forward(tokens, mask)
             if backward is not None:

@@ -32,7 +32,6 @@ import torch
 
 from hooks.scan._common import (CHUNK, expand_states, expect, l2norm, norm_positions, pad_time, segsum, torch_impl,
                                  work)
-from hooks.scan import side_stream
 from hooks.scan.family import Family, materialize
 from hooks.scan.kernels import use_kernels
 
@@ -194,8 +193,7 @@ def kept_states(k, g, positions=None, out_dtype=torch.float32):
     """For CUDA tensors with fla: fla's chunked forward, called inside the block with log decays g
     ``[B, T, H]``, expands its per-token states (as ``states``) from the chunk pieces it computes
     (`triton_states.kept_gdn_pieces`), as soon as they exist, so capture runs no second chunk pass and
-    the expansion overlaps the rest of the call's host work (and, inside `side_stream.side_streams`, the
-    rest of the forward on the GPU). Read the result with `states_from_kept`.
+    the expansion overlaps the rest of the call's host work. Read the result with `states_from_kept`.
     Otherwise (pure-torch path) nothing is recorded."""
     if not use_kernels(k):
         yield []
@@ -205,13 +203,7 @@ def kept_states(k, g, positions=None, out_dtype=torch.float32):
     pos = None if pos is None else pos.to(k.device)  # copied now, not in the middle of the call
 
     def expand(k_, h, d):
-        if not side_stream.active(k_.device) or k_.shape[:3] != g.shape or d.shape[:3] != g.shape:
-            return triton_states.expand_kept([(k_, h, d)], g, pos, out_dtype)
-        B, T, H, K = k_.shape   # states allocated on the forward's stream, written on the side stream
-        out = torch.empty(B, T if pos is None else pos.numel(), H, K, d.shape[-1], dtype=out_dtype,
-                          device=k_.device)
-        return side_stream.beside(lambda: triton_states.expand_kept([(k_, h, d)], g, pos, out_dtype, out=out),
-                                  (k_, h, d, g, pos, out), k_.device)
+        return triton_states.expand_kept([(k_, h, d)], g, pos, out_dtype)
     with triton_states.kept_gdn_pieces(expand) as got:
         yield got
 

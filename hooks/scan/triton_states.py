@@ -104,13 +104,12 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
 
 
-def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK, out=None):
+def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK):
     """Per-token states from chunk-start states h ``[B, NT, H, K, V]``, keys k ``[B, T, H, K]``,
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
     (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
-    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`). ``out``: a
-    contiguous tensor of that shape and ``out_dtype`` to write into (allocated here when None)."""
+    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -119,11 +118,7 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     every = positions is None
     pos = k if every else positions.to(device=k.device, dtype=torch.long).contiguous()  # k: unused pointer
     NP = NT if every else pos.numel()
-    shape = (B, T if every else NP, H, K, V)
-    if out is None:
-        out = torch.empty(shape, dtype=out_dtype, device=k.device)
-    elif out.shape != shape or out.dtype != out_dtype or not out.is_contiguous():
-        raise ValueError(f"out is {out.dtype} {list(out.shape)}, expected contiguous {out_dtype} {list(shape)}")
+    out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
     if NP == 0:
         return out
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), NP, B * H)  # noqa: E731
@@ -162,16 +157,16 @@ def kept_gdn_pieces(expand=None):
         chunk_mod.chunk_gated_delta_rule_fwd_h = orig
 
 
-def expand_kept(got, g, positions, out_dtype=torch.float32, out=None):
+def expand_kept(got, g, positions, out_dtype=torch.float32):
     """States from the pieces `kept_gdn_pieces` recorded for exactly one call with per-token log
     decays g ``[B, T, H]``; None when there is not exactly one usable record or its heads differ
-    from g's (grouped value heads: `gdn_pieces` handles those). ``out``: as `expand_triton`'s."""
+    from g's (grouped value heads: `gdn_pieces` handles those)."""
     if len(got) != 1 or got[0] is None:
         return None
     k, h, d = got[0]
     if k.shape[:3] != g.shape or d.shape[:3] != g.shape:
         return None
-    return expand_triton(h, k, d, g, positions, out_dtype, out=out)
+    return expand_triton(h, k, d, g, positions, out_dtype)
 
 
 def gdn_pieces(k, v, g, beta, initial_state, chunk=CHUNK):
