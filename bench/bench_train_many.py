@@ -19,8 +19,9 @@ held-out examples, a checkpoint every max(50, steps/10) steps, E1's pure-torch r
 
 Each process is a fresh interpreter (start-up, imports and CUDA context included, as a run pays them;
 one untimed process first warms the page cache); wall time runs from starting the mode's processes to
-the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to mode 1x1 of the same
-layout. ``acc`` is the runs' mean final held-out ``state_recall`` accuracy and ``acc seed 0`` that of
+the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to the layout's first mode of
+one run per process (1x1, 6x1, ...). ``acc`` is the runs' mean final held-out ``state_recall`` accuracy
+(sd: their standard deviation; JSON ``accs``: each run's) and ``acc seed 0`` that of
 seed 0, which every mode trains: they show the modes train the same models (seed 0's runs differ by
 rounding alone, which bf16 on CUDA can grow over hundreds of steps). Prints a markdown table with device, date, command and commit; ``--out`` writes it as JSON
 (after every row). Nothing is asserted on timings.
@@ -113,18 +114,25 @@ def measure(layout: str, procs: int, stack: int, graphs: bool, split: bool, a, r
               file=sys.stderr)
         return {**row, "runs_per_gpu_hour": None, "error": f"exit {codes[failed[0]]}"}
     accs = [final_acc(Path(c.out)) for c in cfgs]
-    return {**row, "acc": round(sum(accs) / len(accs), 4), "acc_seed0": round(accs[0], 4)}
+    mean = sum(accs) / len(accs)
+    sd = (sum((x - mean) ** 2 for x in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else float("nan")
+    return {**row, "acc": round(mean, 4), "acc_sd": round(sd, 4), "acc_seed0": round(accs[0], 4),
+            "accs": [round(x, 4) for x in accs]}
 
 
 def table(rows: list[dict]) -> str:
-    base = {r["layout"]: r["runs_per_gpu_hour"] for r in rows if r["mode"] == "1x1" and r["runs_per_gpu_hour"]}
-    out = ["| layout | mode (procs x stacked) | runs | wall s | runs / GPU-hour | vs 1x1 | acc | acc seed 0 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = {}   # per layout: its first mode of one run per process (1x1, 6x1, ...) that finished
     for r in rows:
-        rate, b = r["runs_per_gpu_hour"], base.get(r["layout"])
-        ratio = f"{rate / b:.2f}x" if rate and b else "n/a"
+        if r["stack"] == 1 and r["runs_per_gpu_hour"]:
+            base.setdefault(r["layout"], (r["mode"], r["runs_per_gpu_hour"]))
+    out = ["| layout | mode (procs x stacked) | runs | wall s | runs / GPU-hour | vs one run per process | acc (sd) "
+           "| acc seed 0 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        rate, (bmode, b) = r["runs_per_gpu_hour"], base.get(r["layout"], (None, None))
+        ratio = f"{rate / b:.2f}x ({bmode})" if rate and b else "n/a"
+        acc = f"{r['acc']} ({r['acc_sd']})" if "acc_sd" in r else r.get("acc", "n/a")
         out.append(f"| {r['layout']} | {r['mode']} | {r['runs']} | {r['wall_s']} | {rate if rate else r.get('error')} "
-                   f"| {ratio} | {r.get('acc', 'n/a')} | {r.get('acc_seed0', 'n/a')} |")
+                   f"| {ratio} | {acc} | {r.get('acc_seed0', 'n/a')} |")
     return "\n".join(out)
 
 
