@@ -7,7 +7,10 @@ Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 16]
 First checks `hooks.scan.gdn.scan` in fla's variable-length form (the window scans' rows back to back, each from its
 own state) against the same rows batched (tolerance 1e-4 of scale). Then prints max |difference| of the per-pair raw
 logit difference and p(clean answer) (over the metric's largest magnitude) for: few shapes vs the plain window scans
-(tolerance 1e-4: only the l2norm's rounding differs), and few shapes vs the general path (tolerance 5e-3: fla's chunk
+(tolerance: 1e-4, or twice the plain path's own difference between batch sizes 7 and 20 where that is larger: on an
+H100 the two differed by 2.4e-4, above the 1e-4 first set on the belief that only the l2norm's rounding differs;
+fla's kernels round fp32 dots to TF32, whose unit roundoff 4.9e-4 can turn such rounding into TF32-sized steps;
+BENCHMARKS.md section 34), and few shapes vs the general path (tolerance 5e-3: fla's chunk
 kernels round fp32 dots to TF32 and the window path's chunks start at the window, see check_zoo_gpu.py). Exits 1 if
 any is above its tolerance. ``--device cpu`` runs the kernel path's inputs through the pure-torch scan instead (a
 smoke test of this script).
@@ -33,8 +36,10 @@ def per_pair(m, pairs, **kw):
     plan = plan_sweep(m, pairs, **kw)
     store = MemoryUnits()
     sweep_mod.run_items(plan, store, plan.items, progress=False)
-    keys = [unit_key(d, c, u) for d in plan.directions for u in range(len(plan.units)) for c in range(len(plan.chunks))]
-    return {m_: np.concatenate([store.get(k)[m_].numpy().ravel() for k in keys]) for m_ in ("ld", "prob")}
+    cells = [[store.get(unit_key(d, c, u)) for c in range(len(plan.chunks))]    # each [cells, pairs of chunk c]
+             for d in plan.directions for u in range(len(plan.units))]
+    return {m_: np.concatenate([torch.cat([r[m_] for r in rows], dim=-1).numpy().ravel() for rows in cells])
+            for m_ in ("ld", "prob")}
 
 
 def worst(a, b):
@@ -75,14 +80,18 @@ def main():
         t0 = time.time()
         plain = per_pair(m, pairs, **kw)
         print(f"plain window scans: {time.time() - t0:.1f} s", flush=True)
+        noise = worst(per_pair(m, pairs, **{**kw, "batch_size": 7}), plain)
+        print(f"plain window scans at batch size 7 vs 20 (the path's own rounding under other shapes): {noise:.1e}",
+              flush=True)
         real, sweep_mod._window_ok = sweep_mod._window_ok, lambda *_: False
         t0 = time.time()
         general = per_pair(m, pairs, **kw)
         print(f"general path: {time.time() - t0:.1f} s", flush=True)
         sweep_mod._window_ok = real
     e_plain, e_general = worst(few, plain), worst(few, general)
-    ok = e_plain <= 1e-4 and e_general <= 5e-3 and e_var <= 1e-4
-    print(f"{a.device}: few shapes vs plain window scans {e_plain:.1e} (<= 1e-4), vs general path {e_general:.1e} "
+    tol = max(1e-4, 2 * noise)
+    ok = e_plain <= tol and e_general <= 5e-3 and e_var <= 1e-4
+    print(f"{a.device}: few shapes vs plain window scans {e_plain:.1e} (<= {tol:.1e}), vs general path {e_general:.1e} "
           f"(<= 5e-3): {'ok' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)
 
