@@ -8,14 +8,15 @@
 #   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
 #   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
 #   bash bench/issue26_gpu.sh OUTDIR 7    # window profile (where a gdn75 sweep's time goes)
-#   bash bench/issue26_gpu.sh OUTDIR 8    # capture of residuals + all states, states written beside the forward or not
+#   bash bench/issue26_gpu.sh OUTDIR 8    # capture overhead of residuals + all states (bench_capture, zoo part)
+#   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans alone (part 2's 150 s step ran out compiling)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-8}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-8}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-9}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-9}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -29,6 +30,8 @@ case "$PART" in
        --out "$OUT/train_many.json"
      step train_many_fla 150 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8gs \
        --scan-backend auto --out "$OUT/train_many_fla.json" ;;
+  9) step train_many_fla 560 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g \
+       --scan-backend auto --out "$OUT/train_many_fla.json" ;;
   3) step prof_stacked 340 python bench/prof_stacked.py --runs 8,32 --graphs off,on --split off,on
      step prof_stacked_fla 180 python bench/prof_stacked.py --runs 16 --graphs on --split off,on --scan-backend auto ;;
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
@@ -40,7 +43,7 @@ case "$PART" in
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   8) step capture 240 python bench/bench_capture.py --skip-hf ;;
-  *) echo "part must be 1 to 8, got '$PART'" >&2; exit 2 ;;
+  *) echo "part must be 1 to 9, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
