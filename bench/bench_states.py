@@ -181,5 +181,6 @@ def main():
 
     exactness(q, k, v, g, beta, gk, x, dt, A, Bm, Cm, pos, T, l2)
 
+
 if __name__ == "__main__":
     main()

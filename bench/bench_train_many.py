@@ -35,6 +35,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,9 +115,8 @@ def measure(layout: str, procs: int, stack: int, graphs: bool, split: bool, a, r
               file=sys.stderr)
         return {**row, "runs_per_gpu_hour": None, "error": f"exit {codes[failed[0]]}"}
     accs = [final_acc(Path(c.out)) for c in cfgs]
-    mean = sum(accs) / len(accs)
-    sd = (sum((x - mean) ** 2 for x in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else float("nan")
-    return {**row, "acc": round(mean, 4), "acc_sd": round(sd, 4), "acc_seed0": round(accs[0], 4),
+    sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+    return {**row, "acc": round(statistics.mean(accs), 4), "acc_sd": round(sd, 4), "acc_seed0": round(accs[0], 4),
             "accs": [round(x, 4) for x in accs]}
 
 

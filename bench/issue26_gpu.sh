@@ -2,14 +2,14 @@
 # The GPU measurements issue #26 still needs (BENCHMARKS.md sections 32-33), in priority order,
 # each under its own timeout so that one slow step leaves the others' logs; one 10-minute device call each:
 #   bash bench/issue26_gpu.sh OUTDIR 1    # window check (sweep path vs plain scans and the general path) alone
-#   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 600-step runs (6x1, 2x8g, with length groups), then on fla's scans
+#   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 600-step runs (6x1, 2x8g, with length groups)
 #   bash bench/issue26_gpu.sh OUTDIR 3    # where a stacked step's time goes (8, 16, 32 runs; graphs, length groups, scans)
 #   bash bench/issue26_gpu.sh OUTDIR 4    # gdn75 sweeps again (section 33's, with the warm resid_pre rerun)
 #   bash bench/issue26_gpu.sh OUTDIR 5    # the CUDA-graph check on the experiments' other layouts (on by default)
 #   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
 #   bash bench/issue26_gpu.sh OUTDIR 7    # window profile (where a gdn75 sweep's time goes)
 #   bash bench/issue26_gpu.sh OUTDIR 8    # capture overhead of residuals + all states (bench_capture, zoo part)
-#   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans alone (part 2's 150 s step ran out compiling)
+#   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans (a call of its own: 150 s ran out compiling)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
@@ -27,11 +27,7 @@ step() {  # step NAME SECONDS COMMAND...
 case "$PART" in
   1) step check_window 420 python tests/gpu/check_window_gpu.py ;;
   2) step train_many 400 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g,2x8gs,1x16gs \
-       --out "$OUT/train_many.json"
-     step train_many_fla 150 python bench/bench_train_many.py --steps 300 --layouts gdn75 --modes 6x1,2x8gs \
-       --scan-backend auto --out "$OUT/train_many_fla.json" ;;
-  9) step train_many_fla 560 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g \
-       --scan-backend auto --out "$OUT/train_many_fla.json" ;;
+       --out "$OUT/train_many.json" ;;
   3) step prof_stacked 340 python bench/prof_stacked.py --runs 8,32 --graphs off,on --split off,on
      step prof_stacked_fla 180 python bench/prof_stacked.py --runs 16 --graphs on --split off,on --scan-backend auto ;;
   4) step patch_gdn75 560 python bench/bench_patch.py --skip-tl --extra --skip-both --time-budget 500 \
@@ -43,6 +39,8 @@ case "$PART" in
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   8) step capture 240 python bench/bench_capture.py --skip-hf ;;
+  9) step train_many_fla 560 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g \
+       --scan-backend auto --out "$OUT/train_many_fla.json" ;;
   *) echo "part must be 1 to 9, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then

@@ -30,7 +30,7 @@ any other difference is refused, `check_stack`) with the kernels of one:
 
 On a GPU, each step's pass (forward, loss, backward, clipping; not the optimizer) is replayed from a CUDA
 graph per batch shape (`interp.stacked_graph`; ``cuda_graphs=False`` runs it eagerly): on an H100 and an
-H200 the same losses and weights as the eager stack, bit for bit, in less time (BENCHMARKS.md section 33).
+H200 the same losses and weights as the eager stack, bit for bit, in less time (BENCHMARKS.md sections 33-34).
 
 The losses and weights equal M single runs' up to float rounding (batched matmuls and reductions
 sum in another order; tests/test_stacked.py states the tolerance). bench/bench_train_many.py

@@ -12,8 +12,7 @@ exceeded. ``--split``: both runs use length groups (``length_split=True``: each 
 pass), so the graphs' wiring of the split step is checked against the eager split step. (A split run
 against an unsplit one is not bit-equal, as the passes' shapes differ: on an H100 under bf16 autocast,
 losses 3.9e-4 and weights 6.1e-3 apart after 40 steps; the float32 equality of split and single runs is
-tests/test_stacked_split.py's.) ``--device cpu`` is a smoke test
-of this script (graphs are off on a CPU).
+tests/test_stacked_split.py's.) ``--device cpu`` is a smoke test of this script (graphs are off on a CPU).
 """
 import argparse
 import sys
