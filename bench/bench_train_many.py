@@ -18,7 +18,8 @@ held-out examples, a checkpoint every max(50, steps/10) steps, E1's pure-torch r
 (``--scan-backend auto``: fla kernels), for ``--steps`` steps (E1 trains 4000).
 
 Each process is a fresh interpreter (start-up, imports and CUDA context included, as a run pays them;
-one untimed process first warms the page cache); wall time runs from starting the mode's processes to
+one untimed process first warms the page cache; ``--warm-steps N`` first runs each mode untimed for N steps, so
+that fla's kernels are compiled before any timing, as on a machine that has trained before); wall time runs from starting the mode's processes to
 the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to the layout's first mode of
 one run per process (1x1, 6x1, ...). ``acc`` is the runs' mean final held-out ``state_recall`` accuracy
 (sd: their standard deviation; JSON ``accs``: each run's) and ``acc seed 0`` that of
@@ -160,6 +161,9 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="CPU smoke run: tiny models, 4 steps (modes 1x1,2x1,1x2 unless --modes)")
     ap.add_argument("--out", help="write the header and rows as JSON here")
+    ap.add_argument("--warm-steps", type=int, default=0,
+                    help="before timing a mode, run it once untimed for this many steps (fills Triton's cache with "
+                         "fla's kernels, so that the first mode timed does not pay for compiling them alone); 0: off")
     ap.add_argument("--keep", help="keep the trained runs in this directory (default: a temporary one, removed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -196,6 +200,10 @@ def main(argv=None) -> int:
     try:
         for layout in a.layouts.split(","):
             for procs, stack, graphs, split in a.modes:
+                if a.warm_steps > 0:  # untimed: compiling and autotuning fla's kernels for this mode's shapes
+                    warm = argparse.Namespace(**{**vars(a), "steps": a.warm_steps})
+                    w = measure(layout, procs, stack, graphs, split, warm, root / "warm")
+                    print(f"  warm-up ({a.warm_steps} steps, not timed): {w['wall_s']} s", flush=True)
                 rows.append(measure(layout, procs, stack, graphs, split, a, root))
                 print(f"  {rows[-1]}", flush=True)
                 if a.out:  # after every row: a call stopped half-way keeps what it measured

@@ -9,14 +9,15 @@
 #   bash bench/issue26_gpu.sh OUTDIR 6    # gdn75 training profiled: GPU time vs the step's wall time (0.42x on a fast H100)
 #   bash bench/issue26_gpu.sh OUTDIR 7    # window profile (where a gdn75 sweep's time goes)
 #   bash bench/issue26_gpu.sh OUTDIR 8    # capture overhead of residuals + all states (bench_capture, zoo part)
-#   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans (a call of its own: 150 s ran out compiling)
+#   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans: the graph check, then 6x1 vs 2x8g (warmed first)
+#   bash bench/issue26_gpu.sh OUTDIR 10   # 6x1 on the reference scans (today's E1 setup), to set beside part 9's
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-9}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-9}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-10}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-10}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -39,9 +40,12 @@ case "$PART" in
   6) step train_profile 240 python bench/bench_train.py --modes train --steps 10 --dqkwg auto --profile ;;
   7) step prof_window 100 python bench/prof_window.py --archs gdn75 --layers 0,6 ;;
   8) step capture 240 python bench/bench_capture.py --skip-hf ;;
-  9) step train_many_fla 560 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g \
-       --scan-backend auto --out "$OUT/train_many_fla.json" ;;
-  *) echo "part must be 1 to 9, got '$PART'" >&2; exit 2 ;;
+  9) step check_stacked_graph_fla 150 python tests/gpu/check_stacked_graph_gpu.py --scan-backend auto
+     step train_many_fla 400 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1,2x8g \
+       --scan-backend auto --warm-steps 20 --out "$OUT/train_many_fla.json" ;;
+  10) step train_many_ref6 120 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x1 \
+       --out "$OUT/train_many_ref6.json" ;;
+  *) echo "part must be 1 to 10, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
