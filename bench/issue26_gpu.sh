@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements issue #26 still needs (BENCHMARKS.md sections 32-33), in priority order,
+# The GPU measurements issue #26 still needs (BENCHMARKS.md sections 32-35), in priority order,
 # each under its own timeout so that one slow step leaves the others' logs; one 10-minute device call each:
 #   bash bench/issue26_gpu.sh OUTDIR 1    # window check (sweep path vs plain scans and the general path) alone
 #   bash bench/issue26_gpu.sh OUTDIR 2    # stacked training: 600-step runs (6x1, 2x8g, with length groups)

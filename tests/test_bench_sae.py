@@ -1,25 +1,16 @@
 """The SAE bench (bench/bench_sae.py) and the default-model figure script (bench/sae_figures.py) run end to end
 in their --quick CPU modes, through main() in-process, and write finite, positive numbers."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_scripts import load  # tests/, a sibling
 
 
 def test_bench_sae_quick_writes_rates(tmp_path, capsys):
     out = tmp_path / "b.json"
-    r = _load("bench_sae").main(["--quick", "--out", str(out)])
+    r = load("bench_sae").main(["--quick", "--out", str(out)])
     d, m = r["derived"], r["measured"]
     assert m["gdn_layers"] == [0, 1, 2] and m["heads"] == 4
     for k in ("writes_per_s_train", "final_states_per_s_train", "extrap_all_shared_s", "extrap_all_alone_s"):
@@ -34,7 +25,7 @@ def test_bench_sae_quick_writes_rates(tmp_path, capsys):
 
 
 def test_sae_figures_quick_writes_tables_figure_report(tmp_path):
-    summ = _load("sae_figures").main([str(tmp_path), "--quick", "--models", "gdn100", "--dicts", "mqar readout"])
+    summ = load("sae_figures").main([str(tmp_path), "--quick", "--models", "gdn100", "--dicts", "mqar readout"])
     assert list(summ.dictionary) == ["mqar readout"] and list(summ.layer) == [0]
     for f in ("summary.csv", "features.csv", "sae_gdn100.png", "report.md"):
         assert (tmp_path / f).stat().st_size > 0, f
@@ -70,7 +61,7 @@ def test_decoder_choice_same_reconstruction_and_clear_error():
 
 def test_decoder_speed_rows_on_cpu(tmp_path):
     out = tmp_path / "d.json"
-    mod = _load("sae_decoder_speed")
+    mod = load("sae_decoder_speed")
     mod.SIZES = [("tiny", 64, 16, 64, 4)]
     r = mod.main(["--device", "cpu", "--steps", "2", "--out", str(out)])
     row = r["rows"][0]

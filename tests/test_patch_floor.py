@@ -1,18 +1,12 @@
 """bench/patch_floor.py: the causal-cone count of a resid_pre sweep equals a brute-force loop over (pair, layer,
 position) written here, on random token pairs with the answer before the end."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import load  # tests/, a sibling
 
 
 def _floor():
-    spec = importlib.util.spec_from_file_location("patch_floor", ROOT / "bench" / "patch_floor.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("patch_floor")
 
 
 def test_cone_count_equals_a_loop():

@@ -1,18 +1,12 @@
 """The stacked-step profiler (bench/prof_stacked.py) runs end to end in its --quick CPU mode: one timed row per
 combination, the trainer's step function put back afterwards, a bad value refused with exit 2."""
-import importlib.util
-from pathlib import Path
-
 from interp import stacked
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_scripts import load  # tests/, a sibling
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("prof_stacked", ROOT / "bench" / "prof_stacked.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("prof_stacked")
 
 
 def test_prof_stacked_quick_times_each_combination(capsys):
