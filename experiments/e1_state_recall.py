@@ -152,7 +152,7 @@ def make(ctx, unit, spec, lrs, seed):
     P = ctx.P
     return X.unit_runs(ctx, unit, spec, lrs, seed, steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                        eval_every=max(1, P["steps"] // 4), eval_n=128, save_every=max(50, P["steps"] // 10),
-                       device=ctx.device, scan_backend="reference")
+                       device=ctx.device, scan_backend=ctx.scan_backend)
 
 
 def _fixed(r) -> dict:
@@ -458,7 +458,7 @@ def main(argv=None):
 
 def experiment(ctx, threshold):
     P, root, figs, device, deadline, progress = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline, ctx.progress
-    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"]}, kind=NAME)
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"], **X.backend_spec(P)}, kind=NAME)
     torch.manual_seed(0)
     status, val, best, runs = X.sweep_and_seeds(ctx, arms(P), make, validate)
     X.save_table(status, figs / "lr_sweep_status.csv")

@@ -171,7 +171,7 @@ def make(ctx, unit, spec, lrs, seed):
                        priority={f"{unit}_s{seed}": {"main": 0, "placement": 1, "width": 2}[spec["group"]]},
                        tasks=list(TASKS), grid_max=GRID_MAX, steps=P["steps"], batch_size=P["batch_size"],
                        warmup=P["warmup"], eval_every=max(1, P["steps"] // 4), eval_n=128,
-                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend="reference")
+                       save_every=max(50, P["steps"] // 10), device=ctx.device, scan_backend=ctx.scan_backend)
 
 
 # --- evaluation units ---------------------------------------------------------------------------
@@ -432,7 +432,8 @@ def main(argv=None):
 
 def experiment(ctx, a):
     P, root, figs, device, deadline = ctx.P, ctx.runs, ctx.out, ctx.device, ctx.deadline
-    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"], "tasks": list(TASKS)}, kind=NAME)
+    X.check_spec(root, {"profile": ctx.profile, "steps": P["steps"], "tasks": list(TASKS), **X.backend_spec(P)},
+                 kind=NAME)
     judge = hf_judge(a.judge, device) if a.judge else None     # fail early on a bad path
     torch.manual_seed(0)
     A = arms(P)

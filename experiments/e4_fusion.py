@@ -118,7 +118,7 @@ def make(ctx, unit, spec, lrs, seed):
     P = ctx.P
     return X.unit_runs(ctx, unit, spec, lrs, seed, steps=P["steps"], batch_size=P["batch_size"], warmup=P["warmup"],
                        eval_every=max(1, P["steps"] // 6), eval_n=128, save_every=max(50, P["steps"] // 10),
-                       device=ctx.device, scan_backend="reference")
+                       device=ctx.device, scan_backend=ctx.scan_backend)
 
 
 def validate(ctx, runs):
@@ -467,7 +467,7 @@ def experiment(ctx, a):
         print(f"wrote {ctx.out}/throughput.csv")
         return 0
     X.check_spec(ctx.runs, dict(profile=ctx.profile, seed=ctx.seed, arms=A, P={k: v for k, v in P.items() if k in (
-        "steps", "batch_size", "lrs", "seeds", "warmup", "val_n", "eval_n", "grid")}), kind=NAME)
+        "steps", "batch_size", "lrs", "seeds", "warmup", "val_n", "eval_n", "grid", "scan_backend")}), kind=NAME)
     ctx.P = P = {**P, "seeds": tuple(ctx.seed + s for s in P["seeds"])}    # --seed shifts the training seeds
     status, val, best, runs = X.sweep_and_seeds(ctx, A, make, validate)
     X.save_table(status, ctx.out / "lr_sweep_status.csv")

@@ -35,7 +35,7 @@ from interp.experiment.context import (REPO, Ctx, add_common_args, add_run_args,
                                        with_steps)
 from interp.experiment.report import (PROFILE_FLAGS, header, md_table, pyplot, runs_note, save_figure, save_table,
                                       save_with, sweep_edge_note, write_report)
-from interp.experiment.results import ResultLog, WriterLocks, check_spec
+from interp.experiment.results import ResultLog, WriterLocks, backend_spec, check_spec
 from interp.experiment.runs import (Run, attention_fraction, best_by, load_run, make_runs, matched, n_params,
                                     place, status, train_runs)
 from interp.experiment.seeds import (chosen, fmt, label, lr_edges, n_runs, paired_diff, replicated, rule_text,
@@ -47,7 +47,7 @@ from interp.experiment.toml import TOML_KEYS, check_options, run_toml, toml_argv
 __all__ = ["REPO", "Ctx", "add_common_args", "add_run_args", "cli", "deadline_from", "device_name", "git_commit",
            "out_of_time", "parser", "resolve_device", "setup", "train_devices", "with_steps",
            "PROFILE_FLAGS", "header", "md_table", "pyplot", "runs_note", "save_figure", "save_table", "save_with",
-           "sweep_edge_note", "write_report", "ResultLog", "WriterLocks", "check_spec",
+           "sweep_edge_note", "write_report", "ResultLog", "WriterLocks", "backend_spec", "check_spec",
            "Run", "attention_fraction", "best_by", "load_run", "make_runs", "matched", "n_params", "place", "status",
            "train_runs", "fmt", "label", "lr_edges", "replicated", "rule_text",
            "seed_means", "sweep_and_seeds", "sweep_lines", "paired_diff", "unit_runs", "validate_runs",

@@ -75,6 +75,11 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                     help="train up to this many runs that differ only in seed / learning rate as one stacked "
                          "module per worker process (interp.stacked; several times more runs per GPU-hour at "
                          "d=128, BENCHMARKS.md section 19); 1 = one run per process (None: the profile's, else 1)")
+    ap.add_argument("--scan-backend", default=None, choices=["reference", "auto"],
+                    help="recurrent scans the zoo runs train with: the pure-torch reference (every experiment's "
+                         "default) or auto (fla's kernels on CUDA, the reference elsewhere; with --stack 8 and four "
+                         "--workers on an H100, 3.65x the runs per GPU-hour of six one-run processes on the reference, "
+                         "BENCHMARKS.md section 35); recorded in the runs' spec.json")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps instead of the profile's (a longer budget; the induction warm-up of "
                          "attention arms scales with it: min(2000, steps/4); None: the profile's); the default "
@@ -130,6 +135,11 @@ class Ctx:
     def command(self) -> str:
         return " ".join(["python", f"experiments/{self.name}.py", *map(shlex.quote, self.argv)])
 
+    @property
+    def scan_backend(self) -> str:
+        """The scans the zoo runs train with (``--scan-backend``; the profile's, else ``reference``)."""
+        return self.P.get("scan_backend", "reference")
+
     def out_of_time(self, reserve_s: float = 0.0) -> bool:
         return out_of_time(self.deadline, reserve_s)
 
@@ -149,6 +159,9 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     device = resolve_device(a.device)
     suffix = "" if profile == "full" else f"_{profile}"
     P, runs_suffix = with_steps(dict(profiles[profile]), a.steps, suffix)
+    backend = getattr(a, "scan_backend", None)
+    if backend is not None and backend != P.get("scan_backend", "reference"):
+        P["scan_backend"] = backend     # absent unless set: the runs' spec.json of earlier versions still agrees
     workers = getattr(a, "workers", None)
     if workers is not None and workers < 1:
         raise InterpError(f"--workers {workers} is out of range; valid: integers >= 1")

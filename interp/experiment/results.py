@@ -183,6 +183,12 @@ class ResultLog:
 
 # --- the runs directory's configuration ---------------------------------------------------------
 
+def backend_spec(P: dict) -> dict:
+    """The scan backend as a spec field: ``{"scan_backend": ...}`` when ``--scan-backend`` set one (`setup`
+    puts it in the profile ``P``), else nothing, so that runs made before the flag existed keep their spec."""
+    return {"scan_backend": P["scan_backend"]} if "scan_backend" in P else {}
+
+
 def check_spec(root, spec: dict, kind: str = "experiment") -> None:
     """``<root>/spec.json`` records the configuration that the checkpoints and cached results in
     ``root`` were made with (profile, steps, seed, corpus, ...) and the experiment (``kind``) that made

@@ -53,7 +53,7 @@ def _make(c: Ctx, unit: str, spec: dict, lrs, seed: int) -> list:
     Q = c.P
     return unit_runs(c, unit, spec, lrs, seed, steps=Q["steps"], batch_size=Q["batch_size"], warmup=Q["warmup"],
                      eval_every=max(1, Q["steps"] // 4), eval_n=128, save_every=max(50, Q["steps"] // 10),
-                     device=c.device, scan_backend="reference")
+                     device=c.device, scan_backend=c.scan_backend)
 
 
 def _validate(c: Ctx, runs) -> pd.DataFrame:
