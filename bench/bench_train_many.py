@@ -17,15 +17,15 @@ warm-up (min(2000, steps/4) steps for layouts with attention), evaluation every 
 held-out examples, a checkpoint every max(50, steps/10) steps, E1's pure-torch reference scans
 (``--scan-backend auto``: fla kernels), for ``--steps`` steps (E1 trains 4000).
 
-Each process is a fresh interpreter (start-up, imports and CUDA context included, as a run pays them;
-one untimed process first warms the page cache; ``--warm-steps N`` first runs each mode untimed for N steps, so
-that fla's kernels are compiled before any timing, as on a machine that has trained before); wall time runs from starting the mode's processes to
-the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to the layout's first mode of
-one run per process (1x1, 6x1, ...). ``acc`` is the runs' mean final held-out ``state_recall`` accuracy
-(sd: their standard deviation; JSON ``accs``: each run's) and ``acc seed 0`` that of
-seed 0, which every mode trains: they show the modes train the same models (seed 0's runs differ by
-rounding alone, which bf16 on CUDA can grow over hundreds of steps). Prints a markdown table with device, date, command and commit; ``--out`` writes it as JSON
-(after every row). Nothing is asserted on timings.
+Each process is a fresh interpreter (start-up, imports and CUDA context included, as a run pays them; one untimed
+process first warms the page cache; ``--warm-steps N`` first runs each mode untimed for N steps, so that fla's
+kernels are compiled before any timing, as on a machine that has trained before); wall time runs from starting the
+mode's processes to the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to the layout's
+first mode of one run per process (1x1, 6x1, ...). ``acc`` is the runs' mean final held-out ``state_recall``
+accuracy (sd: their standard deviation; JSON ``accs``: each run's) and ``acc seed 0`` that of seed 0, which every
+mode trains: they show the modes train the same models (seed 0's runs differ by rounding alone, which bf16 on CUDA
+can grow over hundreds of steps). Prints a markdown table with device, date, command and commit; ``--out`` writes
+it as JSON (after every row). Nothing is asserted on timings.
 """
 from __future__ import annotations
 
@@ -167,6 +167,8 @@ def parse_args(argv=None):
     ap.add_argument("--keep", help="keep the trained runs in this directory (default: a temporary one, removed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.warm_steps < 0:
+        ap.error(f"--warm-steps {a.warm_steps} is out of range; valid: integers >= 0 (0: no warm-up)")
     if a.quick:
         a.steps, a.device = 4, "cpu"
     a.modes = a.modes or ("1x1,2x1,1x2" if a.quick else "1x1,6x1,1x8,1x16")

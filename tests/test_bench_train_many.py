@@ -32,3 +32,6 @@ def test_bad_mode_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         _load().main(["--quick", "--modes", "1x1,2y8"])
     assert e.value.code == 2 and "2y8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _load().main(["--quick", "--warm-steps", "-1"])
+    assert e.value.code == 2 and "--warm-steps -1" in capsys.readouterr().err
