@@ -5,6 +5,8 @@
 #
 #   bash bench/experiments_gpu.sh MINUTES [--train-only]      # e.g. 9 --train-only, then 9, 9, ...
 #   ONLY="e3_token_loss" bash bench/experiments_gpu.sh 9       # a subset (space-separated names)
+#   bash bench/experiments_gpu.sh 9 --train-only --scan-backend auto   # flags after MINUTES reach every experiment
+#                                                      # (auto: fla's scans, BENCHMARKS.md section 35; a new ROOT)
 #
 # Placement: E1 and E4 train and evaluate on cuda:0; E2's 38 runs and E3's probe models are spread over
 # all GPUs (--train-devices); E2 evaluates, and E3 trains its text pair and evaluates, on the last GPU. ROOT (default runs/gpu) holds checkpoints
