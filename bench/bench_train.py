@@ -8,6 +8,8 @@ reference path, in one run.
                                                                    # at 32-wide blocks (hooks.scan.fla_dqkwg_triton)
     python bench/bench_train.py --modes train --conv torch,fla     # gdn75's short convs by F.conv1d, then by fla's
                                                                    # causal_conv1d (HYBRID_INTERP_CONV)
+    python bench/bench_train.py --modes train --compile off,mixers # gdn75 eager, then its mixers' non-scan parts
+                                                                   # through torch.compile (compile_mixers)
 
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
@@ -24,13 +26,29 @@ import torch.nn.functional as F
 from interp.zoo import HybridLM, ZooConfig
 
 
-def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None):
+def compile_mixers(m):
+    """Wrap each recurrent mixer's non-scan parts (``scan_inputs``: projections, short convs, gates; ``output``:
+    gate, norm, out projection) in torch.compile, leaving fla's scan eager between them."""
+    for name in ("recompile_limit", "cache_size_limit"):   # one compile per mixer instance may be needed
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    for b in m.blocks:
+        if hasattr(b.mixer, "scan_inputs") and hasattr(b.mixer, "output"):
+            b.mixer.scan_inputs = torch.compile(b.mixer.scan_inputs)
+            b.mixer.output = torch.compile(b.mixer.output)
+    return m
+
+
+def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None, compile_=False):
     """Time ``steps`` steps after ``warmup``; ``around``: a context manager (e.g. a profiler) entered for the
-    timed steps only (not the model's construction and move to the GPU, nor the warm-up)."""
+    timed steps only (not the model's construction and move to the GPU, nor the warm-up); ``compile_``:
+    `compile_mixers` first."""
     torch.manual_seed(0)
     cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
                     mamba_head_dim=64, mamba_state=64)
     m = HybridLM(cfg).cuda().set_scan_backend(backend).train()
+    if compile_:
+        compile_mixers(m)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, 32000, (batch, seq + 1), device="cuda")
     torch.cuda.reset_peak_memory_stats()
@@ -53,8 +71,9 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None)
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     ctx.__exit__(None, None, None)
-    return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(), ms_per_step=dt * 1e3,
-                tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(),
+                ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                compiled=compile_)
 
 
 def main():
@@ -67,8 +86,10 @@ def main():
                     "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
     ap.add_argument("--conv", default="torch", help="comma list of HYBRID_INTERP_CONV values for gdn75's fla rows: "
                     "torch (F.conv1d), fla (fla's causal_conv1d)")
-    ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of gdn75 on fla: the "
-                    "top GPU ops and the share of hooks.scan.fla_dqkwg's stand-in")
+    ap.add_argument("--compile", default="off", help="comma list of off, mixers: gdn75's fla rows with each mixer's "
+                    "non-scan parts through torch.compile (compile_mixers), beside the eager ones")
+    ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of the transformer and "
+                    "of gdn75 on fla: GPU time vs wall time, the top GPU ops, the share of hooks.scan.fla_dqkwg")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
@@ -78,7 +99,10 @@ def main():
               f"the torch stand-in, per --dqkwg): {fla_dqkwg.install()}")
     rows = []
     print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
-    impls = [(i, c) for i in a.dqkwg.split(",") for c in a.conv.split(",")]
+    for c in a.compile.split(","):
+        if c not in ("off", "mixers"):
+            sys.exit(f"bench_train.py: --compile {c!r} is not one of: off, mixers")
+    impls = [(i, c, z == "mixers") for i in a.dqkwg.split(",") for c in a.conv.split(",") for z in a.compile.split(",")]
     for mode in a.modes.split(","):
         # the transformer has no scan, so its two paths are the same model: measured once
         runs = [("transformer", "auto", None)] + [("gdn75", "auto", i) for i in impls] + [("gdn75", "reference", None)]
@@ -87,26 +111,27 @@ def main():
                 os.environ["HYBRID_INTERP_DQKWG_IMPL"] = impl[0]
             os.environ["HYBRID_INTERP_CONV"] = impl[1] if impl is not None else "torch"
             try:
-                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train"),
+                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train",
+                                       compile_=bool(impl and impl[2])),
                                  dqkwg=impl[0] if impl else "-", conv=impl[1] if impl else "torch"))
             except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
                 print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
                 torch.cuda.empty_cache()
     from hooks.scan import fla_dqkwg_triton
     print("fla's dqkwg kernel at 32-wide blocks, first-use checks (config: passed):", fla_dqkwg_triton.checked())
-    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'conv':6s} {'mode':8s} {'params':>8s} {'ms/step':>9s} "
-          f"{'tokens/s':>10s} {'peak GiB':>9s}")
+    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'conv':6s} {'compile':8s} {'mode':8s} {'params':>8s} "
+          f"{'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
     for r in rows:
         print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['dqkwg']:6s} "
-              f"{r['conv']:6s} {r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} "
-              f"{r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
-    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"], r["conv"]): r["tokens_per_s"] for r in rows}
+              f"{r['conv']:6s} {('mixers' if r['compiled'] else 'off'):8s} {r['mode']:8s} {r['params'] / 1e6:7.1f}M "
+              f"{r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
+    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"], r["conv"], r["compiled"]): r["tokens_per_s"] for r in rows}
     for mode in ("train", "forward"):
-        for impl, conv in impls:
-            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl, conv),
-                                               ("gdn75", "reference", mode, "-", "torch"),
-                                               ("transformer", "auto", mode, "-", "torch")))
-            what = f"gdn75 fla (dqkwg {impl}, conv {conv})"
+        for impl, conv, comp in impls:
+            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl, conv, comp),
+                                               ("gdn75", "reference", mode, "-", "torch", False),
+                                               ("transformer", "auto", mode, "-", "torch", False)))
+            what = f"gdn75 fla (dqkwg {impl}, conv {conv}, compile {'mixers' if comp else 'off'})"
             if fla and ref:
                 print(f"{mode}: {what} / torch-ref = {fla / ref:.2f}x")
             if fla and tr:
@@ -116,19 +141,22 @@ def main():
 
 
 def profile(batch, seq, steps=3):
-    """Print the top GPU ops of ``steps`` gdn75 training steps on fla, and the stand-in's share."""
+    """Print, for ``steps`` training steps of the transformer and of gdn75 on fla, the GPU's busy time beside the
+    steps' wall time (their gap: the GPU waiting on Python and launches), the top GPU ops, and the dqkwg share."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
-    bench("gdn75", "auto", batch, seq, 2)                   # warm (autotuning, compile)
-    p = prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    bench("gdn75", "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
-    ev = p.key_averages()
-    labels = ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32")         # the stand-in's and the kernel's
-    total = sum(e.self_device_time_total for e in ev if e.key not in labels)
-    stand = sum(e.device_time_total for e in ev if e.key in labels)
-    print(f"profile of {steps} gdn75 fla training steps: GPU time {total / 1e3:.1f} ms, "
-          f"dqkwg (stand-in or 32-wide kernel) {stand / 1e3:.1f} ms ({stand / max(total, 1):.1%})")
-    print(ev.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    for layout in ("transformer", "gdn75"):
+        bench(layout, "auto", batch, seq, 2)                    # warm (autotuning, compile)
+        p = prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        r = bench(layout, "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
+        ev = p.key_averages()
+        labels = ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32")         # the stand-in's and the kernel's
+        total = sum(e.self_device_time_total for e in ev if e.key not in labels)
+        stand = sum(e.device_time_total for e in ev if e.key in labels)
+        print(f"profile of {steps} {layout} training steps: wall {r['ms_per_step'] * steps:.1f} ms (profiled), "
+              f"GPU time {total / 1e3:.1f} ms, dqkwg (stand-in or 32-wide kernel) {stand / 1e3:.1f} ms "
+              f"({stand / max(total, 1):.1%})")
+        print(ev.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
 
 
 if __name__ == "__main__":
