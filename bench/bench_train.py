@@ -10,6 +10,9 @@ reference path, in one run.
                                                                    # causal_conv1d (HYBRID_INTERP_CONV)
     python bench/bench_train.py --modes train --compile off,mixers # gdn75 eager, then its mixers' non-scan parts
                                                                    # through torch.compile (compile_mixers)
+    python bench/bench_train.py --modes train --norm fla,torch --fuse on,off --repeat 2   # gdn75's gated norm on
+                          # fla's kernel or the composite (HYBRID_INTERP_NORM); its input projections in one matmul
+                          # and conv or one each (interp.zoo.common.FUSE_PROJECTIONS); every row twice, in turn
 
 Prints device, date, command and a table; bf16 autocast, AdamW, full fwd+bwd+step.
 """
@@ -72,72 +75,105 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
     dt = (time.perf_counter() - t0) / steps
     ctx.__exit__(None, None, None)
     return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(),
-                ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-                compiled=compile_)
+                ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
-def main():
+KNOBS = dict(dqkwg=("auto", "torch"), conv=("torch", "fla"), norm=("fla", "torch"), fuse=("on", "off"),
+             compile=("off", "mixers"))
+
+
+def set_knobs(k):
+    """Set gdn75's fla path per the knobs ``k`` (one value each, `KNOBS`; None: the defaults, for the transformer
+    and the reference rows)."""
+    from interp.zoo import common
+    k = k or {n: v[0] for n, v in KNOBS.items()}
+    os.environ["HYBRID_INTERP_DQKWG_IMPL"] = k["dqkwg"]
+    os.environ["HYBRID_INTERP_CONV"] = k["conv"]
+    os.environ["HYBRID_INTERP_NORM"] = k["norm"]
+    common.FUSE_PROJECTIONS = k["fuse"] == "on"
+
+
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=1, help="measure the rows this many times over, in turn (a "
+                    "host's drift shows as the spread between rounds)")
     ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
     ap.add_argument("--dqkwg", default="auto", help="comma list of HYBRID_INTERP_DQKWG_IMPL values for gdn75's fla "
                     "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
     ap.add_argument("--conv", default="torch", help="comma list of HYBRID_INTERP_CONV values for gdn75's fla rows: "
                     "torch (F.conv1d), fla (fla's causal_conv1d)")
+    ap.add_argument("--norm", default="fla", help="comma list of HYBRID_INTERP_NORM values for gdn75's fla rows: "
+                    "fla (fla's rms_norm_gated), torch (the composite)")
+    ap.add_argument("--fuse", default="on", help="comma list of on, off: gdn75's input projections in one matmul "
+                    "and one conv (interp.zoo.common.proj_conv) or one call each")
     ap.add_argument("--compile", default="off", help="comma list of off, mixers: gdn75's fla rows with each mixer's "
                     "non-scan parts through torch.compile (compile_mixers), beside the eager ones")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of the transformer and "
                     "of gdn75 on fla: GPU time vs wall time, the top GPU ops, the share of hooks.scan.fla_dqkwg")
     a = ap.parse_args()
+    for name, valid in KNOBS.items():
+        for v in getattr(a, name).split(","):
+            if v not in valid:
+                ap.error(f"--{name} {v!r} is not one of: {', '.join(valid)}")
+    return a
+
+
+def main():
+    a = parse_args()
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}\ncommand: python {' '.join(sys.argv)}")
     from hooks.scan import fla_dqkwg, use_kernels
     if use_kernels(torch.empty(1, device="cuda")):   # fla's gated backward on Hopper + Triton < 3.7.1: fla #640
         print(f"fla gated backward: chunk_bwd_dqkwg from hooks.scan.fla_dqkwg (fla's kernel at 32-wide blocks or "
               f"the torch stand-in, per --dqkwg): {fla_dqkwg.install()}")
-    rows = []
     print(f"HYBRID_INTERP_DQKWG_COMPILE={os.environ.get('HYBRID_INTERP_DQKWG_COMPILE', '0')}")
-    for c in a.compile.split(","):
-        if c not in ("off", "mixers"):
-            sys.exit(f"bench_train.py: --compile {c!r} is not one of: off, mixers")
-    impls = [(i, c, z == "mixers") for i in a.dqkwg.split(",") for c in a.conv.split(",") for z in a.compile.split(",")]
-    for mode in a.modes.split(","):
-        # the transformer has no scan, so its two paths are the same model: measured once
-        runs = [("transformer", "auto", None)] + [("gdn75", "auto", i) for i in impls] + [("gdn75", "reference", None)]
-        for l, b, impl in runs:
-            if impl is not None:
-                os.environ["HYBRID_INTERP_DQKWG_IMPL"] = impl[0]
-            os.environ["HYBRID_INTERP_CONV"] = impl[1] if impl is not None else "torch"
-            try:
-                rows.append(dict(bench(l, b, a.batch, a.seq, a.steps, train=mode == "train",
-                                       compile_=bool(impl and impl[2])),
-                                 dqkwg=impl[0] if impl else "-", conv=impl[1] if impl else "torch"))
-            except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
-                print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
-                torch.cuda.empty_cache()
+    combos = [dict()]
+    for name in KNOBS:
+        combos = [dict(c, **{name: v}) for c in combos for v in getattr(a, name).split(",")]
+    rows = []
+    for rnd in range(a.repeat):
+        for mode in a.modes.split(","):
+            # the transformer has no scan, so its two paths are the same model: measured once
+            runs = ([("transformer", "auto", None)] + [("gdn75", "auto", k) for k in combos]
+                    + [("gdn75", "reference", None)])
+            for l, b, k in runs:
+                set_knobs(k)
+                try:
+                    r = bench(l, b, a.batch, a.seq, a.steps, train=mode == "train",
+                              compile_=bool(k and k["compile"] == "mixers"))
+                    rows.append(dict(r, round=rnd, knobs=" ".join(f"{n}={v}" for n, v in k.items()) if k else "-"))
+                except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
+                    print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
+                    torch.cuda.empty_cache()
+    set_knobs(None)
     from hooks.scan import fla_dqkwg_triton
     print("fla's dqkwg kernel at 32-wide blocks, first-use checks (config: passed):", fla_dqkwg_triton.checked())
-    print(f"{'layout':12s} {'backend':10s} {'dqkwg':6s} {'conv':6s} {'compile':8s} {'mode':8s} {'params':>8s} "
-          f"{'ms/step':>9s} {'tokens/s':>10s} {'peak GiB':>9s}")
-    for r in rows:
-        print(f"{r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} {r['dqkwg']:6s} "
-              f"{r['conv']:6s} {('mixers' if r['compiled'] else 'off'):8s} {r['mode']:8s} {r['params'] / 1e6:7.1f}M "
-              f"{r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f}")
-    g = {(r["layout"], r["backend"], r["mode"], r["dqkwg"], r["conv"], r["compiled"]): r["tokens_per_s"] for r in rows}
-    for mode in ("train", "forward"):
-        for impl, conv, comp in impls:
-            fla, ref, tr = (g.get(k) for k in (("gdn75", "auto", mode, impl, conv, comp),
-                                               ("gdn75", "reference", mode, "-", "torch", False),
-                                               ("transformer", "auto", mode, "-", "torch", False)))
-            what = f"gdn75 fla (dqkwg {impl}, conv {conv}, compile {'mixers' if comp else 'off'})"
-            if fla and ref:
-                print(f"{mode}: {what} / torch-ref = {fla / ref:.2f}x")
-            if fla and tr:
-                print(f"{mode}: {what} / transformer = {fla / tr:.2f}x")
+    report(rows)
     if a.profile:
         profile(a.batch, a.seq)
+
+
+def report(rows):
+    """The rows as a table, then each gdn75 fla row's tokens/s over the transformer's and the reference path's of
+    the same round and mode."""
+    print(f"{'round':5s} {'layout':12s} {'backend':10s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} "
+          f"{'peak GiB':>9s}  knobs")
+    for r in rows:
+        print(f"{r['round']:5d} {r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} "
+              f"{r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} "
+              f"{r['peak_gib']:9.2f}  {r['knobs']}")
+    base = {(r["round"], r["mode"], r["layout"], r["backend"]): r["tokens_per_s"] for r in rows if r["knobs"] == "-"}
+    for r in rows:
+        if r["knobs"] == "-":
+            continue
+        tr = base.get((r["round"], r["mode"], "transformer", "auto"))
+        ref = base.get((r["round"], r["mode"], "gdn75", "reference"))
+        print(f"round {r['round']} {r['mode']}: gdn75 fla ({r['knobs']}): "
+              + (f"{r['tokens_per_s'] / tr:.2f}x the transformer" if tr else "")
+              + (f", {r['tokens_per_s'] / ref:.2f}x torch-ref" if ref else ""))
 
 
 def profile(batch, seq, steps=3):

@@ -1,6 +1,6 @@
-"""Small building blocks shared by the zoo mixers: RMSNorm, gated RMSNorm, short causal conv, RoPE,
-SwiGLU. Plain torch (nanoGPT-style) so one code path runs on CPU and GPU (the short conv may take fla's kernel on
-CUDA: `conv_impl`)."""
+"""Small building blocks shared by the zoo mixers: RMSNorm, gated RMSNorm, short causal conv, the mixers' input
+projections in one matmul (`proj_conv`), RoPE, SwiGLU. Plain torch (nanoGPT-style) so one code path runs on CPU and
+GPU (the short conv and the gated norm may take fla's kernels on CUDA: `conv_impl`, `norm_impl`)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from hooks.scan.kernels import use_kernels
 
 CONV_IMPLS = ("torch", "fla")
+NORM_IMPLS = ("fla", "torch")
+FUSE_PROJECTIONS = True   # `proj_conv` in one matmul and one conv (False: one per projection, as before; for benches)
 
 
 def conv_impl() -> str:
@@ -21,6 +23,17 @@ def conv_impl() -> str:
     impl = os.environ.get("HYBRID_INTERP_CONV", "torch")
     if impl not in CONV_IMPLS:
         raise ValueError(f"HYBRID_INTERP_CONV={impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    return impl
+
+
+def norm_impl() -> str:
+    """``HYBRID_INTERP_NORM``: how `GatedRMSNorm` runs on CUDA tensors: ``fla`` (default: fla's Triton
+    ``rms_norm_gated``, norm and gate in one kernel each way, float32 inside as here) or ``torch`` (the composite
+    below); torch's where fla is absent, on the CPU and under torch.vmap (`interp.stacked`). A bad value raises
+    naming the valid ones."""
+    impl = os.environ.get("HYBRID_INTERP_NORM", "fla")
+    if impl not in NORM_IMPLS:
+        raise ValueError(f"HYBRID_INTERP_NORM={impl!r}; valid: {', '.join(NORM_IMPLS)}")
     return impl
 
 
@@ -38,10 +51,45 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(RMSNorm):
     """Per-head output norm with a SiLU gate: rmsnorm(o) * silu(gate) (fla's FusedRMSNormGated,
-    norm before gate)."""
+    norm before gate). ``kernels``: whether fla's kernel may serve (`norm_impl`); the model's scan backend sets it
+    (`interp.zoo.model.HybridLM.set_scan_backend`: only ``auto``)."""
+
+    kernels = True
 
     def forward(self, x, gate):
+        # fla's kernel outside functorch transforms only (`interp.stacked` runs the model under torch.vmap, which
+        # cannot enter a Triton kernel: a stack's per-model weights stay on the composite)
+        if (self.kernels and norm_impl() == "fla" and use_kernels(x)
+                and torch._C._functorch.peek_interpreter_stack() is None):
+            from fla.modules.norm.fused_norm_gate import rms_norm_gated
+            return rms_norm_gated(x, gate, self.weight, None, activation="swish", eps=self.eps)
         return (super().forward(x).float() * F.silu(gate.float())).to(x.dtype)
+
+
+def short_conv(x, weight):
+    """Depthwise causal conv over time, then SiLU: x [B, T, D], weight [D, 1, L] -> [B, T, D] (`ShortConv`)."""
+    if conv_impl() == "fla" and use_kernels(x):
+        from fla.modules.causal_conv1d import causal_conv1d
+        return causal_conv1d(x, weight.squeeze(1), activation="silu")[0]
+    T, L = x.shape[1], weight.shape[-1]
+    y = F.conv1d(F.pad(x.transpose(1, 2), (L - 1, 0)), weight.to(x.dtype), groups=x.shape[-1])
+    return F.silu(y[..., :T]).transpose(1, 2)
+
+
+def proj_conv(x, convolved, plain=()):
+    """``[conv(proj(x)) for proj, conv in convolved] + [proj(x) for proj in plain]`` (bias-free nn.Linear
+    projections, `ShortConv`s of one length) from one matmul with the projections' weight rows stacked and one
+    conv with the convs' channels stacked: each output element is the same sum, in far fewer kernels (a GDN layer
+    launched 5 matmuls and 3 convs with their casts, transposes and SiLUs each way). `FUSE_PROJECTIONS` False:
+    one call per projection."""
+    if not FUSE_PROJECTIONS:
+        return [c(p(x)) for p, c in convolved] + [p(x) for p in plain]
+    lins = [p for p, _ in convolved] + list(plain)
+    n = [p.out_features for p in lins]
+    nc = sum(n[:len(convolved)])
+    y = F.linear(x, torch.cat([p.weight for p in lins]))
+    c = short_conv(y[..., :nc], torch.cat([c.weight for _, c in convolved]))
+    return list(c.split(n[:len(convolved)], -1)) + list(y[..., nc:].split(n[len(convolved):], -1))
 
 
 class ShortConv(nn.Module):
@@ -58,13 +106,7 @@ class ShortConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
 
     def forward(self, x):
-        if conv_impl() == "fla" and use_kernels(x):
-            from fla.modules.causal_conv1d import causal_conv1d
-            return causal_conv1d(x, self.weight.squeeze(1), activation="silu")[0]
-        T = x.shape[1]
-        y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0)), self.weight.to(x.dtype),
-                     groups=x.shape[-1])
-        return F.silu(y[..., :T]).transpose(1, 2)
+        return short_conv(x, self.weight)
 
 
 def rope_cache(T: int, dim: int, theta: float, device, dtype=torch.float32):

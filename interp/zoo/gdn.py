@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hooks.scan import gdn as gdn_scan
 from hooks.scan._common import l2norm
 from hooks.scan.kernels import use_kernels
-from interp.zoo.common import GatedRMSNorm, ShortConv
+from interp.zoo.common import GatedRMSNorm, ShortConv, proj_conv
 
 # Whether the window path's scans take few shapes (`scan_rows`): None = on fla's kernel path only (CUDA), True /
 # False = always / never (tests run the kernel path's inputs through the pure-torch scan on CPU).
@@ -142,13 +142,13 @@ class GatedDeltaNet(nn.Module):
     def scan_inputs(self, x):
         B, T, _ = x.shape
         H, K = self.n_heads, self.head_dim
-        q = self.q_conv(self.q_proj(x)).view(B, T, H, K)
-        k = self.k_conv(self.k_proj(x)).view(B, T, H, K)
-        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)
-        beta = self.b_proj(x).float().sigmoid()
+        q, k, v, a, b = proj_conv(x, [(self.q_proj, self.q_conv), (self.k_proj, self.k_conv),
+                                      (self.v_proj, self.v_conv)], [self.a_proj, self.b_proj])
+        q, k, v = (t.reshape(B, T, H, K) for t in (q, k, v))
+        beta = b.float().sigmoid()
         if self.neg_eig:
             beta = beta * 2.0
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
         return dict(q=q, k=k, v=v, g=g, beta=beta, scale=K ** -0.5, use_qk_l2norm_in_kernel=True)
 
     def forward_window(self, x, prev, initial_state=None, tail_only=False):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hooks.scan import gla as gla_scan
-from interp.zoo.common import GatedRMSNorm, ShortConv
+from interp.zoo.common import GatedRMSNorm, ShortConv, proj_conv
 
 GATE_LOGIT_NORMALIZER = 16.0  # fla's default
 
@@ -38,10 +38,10 @@ class GatedLinearAttention(nn.Module):
     def scan_inputs(self, x):
         B, T, _ = x.shape
         shape = (B, T, self.n_heads, self.head_dim)
-        q = self.q_conv(self.q_proj(x)).view(shape)
-        k = self.k_conv(self.k_proj(x)).view(shape)
-        v = self.v_conv(self.v_proj(x)).view(shape)
-        g = F.logsigmoid(self.gk_proj(x).float()).view(shape) / GATE_LOGIT_NORMALIZER
+        q, k, v, low = proj_conv(x, [(self.q_proj, self.q_conv), (self.k_proj, self.k_conv),
+                                     (self.v_proj, self.v_conv)], [self.gk_proj[0]])
+        q, k, v = (t.reshape(shape) for t in (q, k, v))
+        g = F.logsigmoid(self.gk_proj[1](low).float()).view(shape) / GATE_LOGIT_NORMALIZER
         return dict(q=q, k=k, v=v, g=g, scale=self.head_dim ** -0.5)
 
     def forward(self, x):

@@ -145,7 +145,8 @@ class HybridLM(nn.Module):
     def set_scan_backend(self, backend: str = "auto") -> "HybridLM":
         """Choose how recurrent mixers run their scan: ``auto`` (fla kernels for CUDA tensors,
         pure-torch chunked reference otherwise), ``reference`` (pure-torch chunked, any device)
-        or ``naive`` (step-by-step loop; slow, for checks)."""
+        or ``naive`` (step-by-step loop; slow, for checks). The gated output norms follow: fla's kernel under
+        ``auto`` on CUDA (`interp.zoo.common.norm_impl`), torch's composite otherwise."""
         fn = {"auto": "scan", "reference": "chunk_torch", "naive": "naive"}
         if backend not in fn:
             raise ValueError(f"unknown scan backend '{backend}'; valid: {', '.join(fn)}")
@@ -154,6 +155,8 @@ class HybridLM(nn.Module):
             fam = getattr(m, "family", None)
             if fam in FAMILIES and hasattr(m, "scan_fn"):
                 m.scan_fn = getattr(FAMILIES[fam], fn[backend])
+            if hasattr(m, "kernels"):
+                m.kernels = backend == "auto"
         return self
 
     def num_params(self) -> int:
