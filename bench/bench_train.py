@@ -10,7 +10,7 @@ reference path, in one run.
                                                                    # causal_conv1d (HYBRID_INTERP_CONV)
     python bench/bench_train.py --modes train --compile off,mixers # gdn75 eager, then its mixers' non-scan parts
                                                                    # through torch.compile (compile_mixers)
-    python bench/bench_train.py --modes train --norm fla,torch --fuse on,off --repeat 2   # gdn75's gated norm on
+    python bench/bench_train.py --modes train --norm torch,fla --fuse on,off --repeat 2   # gdn75's gated norm on
                           # fla's kernel or the composite (HYBRID_INTERP_NORM); its input projections in one matmul
                           # and conv or one each (interp.zoo.common.FUSE_PROJECTIONS); every row twice, in turn
 
@@ -78,7 +78,7 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
                 ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
-KNOBS = dict(dqkwg=("auto", "torch"), conv=("torch", "fla"), norm=("fla", "torch"), fuse=("on", "off"),
+KNOBS = dict(dqkwg=("auto", "torch"), conv=("torch", "fla"), norm=("torch", "fla"), fuse=("on", "off"),
              compile=("off", "mixers"))
 
 
@@ -105,8 +105,8 @@ def parse_args():
                     "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
     ap.add_argument("--conv", default="torch", help="comma list of HYBRID_INTERP_CONV values for gdn75's fla rows: "
                     "torch (F.conv1d), fla (fla's causal_conv1d)")
-    ap.add_argument("--norm", default="fla", help="comma list of HYBRID_INTERP_NORM values for gdn75's fla rows: "
-                    "fla (fla's rms_norm_gated), torch (the composite)")
+    ap.add_argument("--norm", default="torch", help="comma list of HYBRID_INTERP_NORM values for gdn75's fla rows: "
+                    "torch (the composite), fla (fla's rms_norm_gated)")
     ap.add_argument("--fuse", default="on", help="comma list of on, off: gdn75's input projections in one matmul "
                     "and one conv (interp.zoo.common.proj_conv) or one call each")
     ap.add_argument("--compile", default="off", help="comma list of off, mixers: gdn75's fla rows with each mixer's "
@@ -179,6 +179,7 @@ def report(rows):
 def profile(batch, seq, steps=3):
     """Print, for ``steps`` training steps of the transformer and of gdn75 on fla, the GPU's busy time beside the
     steps' wall time (their gap: the GPU waiting on Python and launches), the top GPU ops, and the dqkwg share."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
     for layout in ("transformer", "gdn75"):
@@ -187,7 +188,9 @@ def profile(batch, seq, steps=3):
         r = bench(layout, "auto", batch, seq, steps, warmup=2, around=p)   # only the training steps are profiled
         ev = p.key_averages()
         labels = ("hybrid_interp_dqkwg", "hybrid_interp_dqkwg32")         # the stand-in's and the kernel's
-        total = sum(e.self_device_time_total for e in ev if e.key not in labels)
+        # the kernels' own rows (the table's "Self CUDA time total"; the host-side ops that launched them carry
+        # the same time again)
+        total = sum(e.self_device_time_total for e in ev if e.device_type != DeviceType.CPU)
         stand = sum(e.device_time_total for e in ev if e.key in labels)
         print(f"profile of {steps} {layout} training steps: wall {r['ms_per_step'] * steps:.1f} ms (profiled), "
               f"GPU time {total / 1e3:.1f} ms, dqkwg (stand-in or 32-wide kernel) {stand / 1e3:.1f} ms "

@@ -439,23 +439,6 @@ def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):
         E1.main(args)                                          # the profile's 3 steps: also another configuration
 
 
-def test_scan_backend_flag_reaches_the_runs_and_their_spec(tmp_path):
-    """--scan-backend auto: every run trains with it and the runs' spec.json records it, so a later call with the
-    default reference scans is refused naming the field; the default adds nothing to the spec (earlier runs agree)."""
-    from interp import InterpError
-    args = ["--tiny", "--out", str(tmp_path / "figs"), "--no-progress", "--device", "cpu", "--train-only"]
-    assert E1.main(args + ["--runs", str(tmp_path / "auto"), "--scan-backend", "auto"]) == 0
-    metas = [json.loads(p.read_text()) for p in (tmp_path / "auto" / "runs").glob("*/meta.json")]
-    assert metas and all(m["train_config"]["scan_backend"] == "auto" for m in metas)
-    assert json.loads((tmp_path / "auto" / "spec.json").read_text())["spec"]["scan_backend"] == "auto"
-    with pytest.raises(InterpError, match="scan_backend"):
-        E1.main(args + ["--runs", str(tmp_path / "auto")])
-    assert E1.main(args + ["--runs", str(tmp_path / "ref"), "--scan-backend", "reference"]) == 0
-    assert "scan_backend" not in json.loads((tmp_path / "ref" / "spec.json").read_text())["spec"]
-    metas = [json.loads(p.read_text()) for p in (tmp_path / "ref" / "runs").glob("*/meta.json")]
-    assert metas and all(m["train_config"]["scan_backend"] == "reference" for m in metas)
-
-
 def test_stacked_jobs_group_only_runs_that_can_stack(tmp_path):
     from interp.experiment import runs as S
     arms = {"a": {"model": _tiny("gdn100")}, "b": {"model": _tiny("transformer")}}

@@ -1,5 +1,5 @@
 """The zoo mixers' input projections in one matmul and one conv (`interp.zoo.common.proj_conv`, issue #26) give the
-scan inputs and gradients of one call per projection; the gated norm's switch (``HYBRID_INTERP_NORM``): fla by
+scan inputs and gradients of one call per projection; the gated norm's switch (``HYBRID_INTERP_NORM``): torch by
 default, a bad value raises naming the valid ones, CPU tensors stay on torch (fla's kernel itself:
 tests/test_norm_fla_interp.py under the Triton interpreter)."""
 import pytest
@@ -52,9 +52,9 @@ def test_fused_projections_in_float64_equal_to_rounding(monkeypatch):
 
 def test_norm_impl_default_and_bad_value(monkeypatch):
     monkeypatch.delenv("HYBRID_INTERP_NORM", raising=False)
-    assert common.norm_impl() == "fla"
+    assert common.norm_impl() == "torch"
     monkeypatch.setenv("HYBRID_INTERP_NORM", "apex")
-    with pytest.raises(ValueError, match="HYBRID_INTERP_NORM='apex'; valid: fla, torch"):
+    with pytest.raises(ValueError, match="HYBRID_INTERP_NORM='apex'; valid: torch, fla"):
         common.norm_impl()
 
 
@@ -75,8 +75,9 @@ def test_gated_norm_on_cpu_is_torchs(impl, monkeypatch):
 
 
 def test_gated_norm_dispatch(monkeypatch):
-    """Where fla's kernel is called: on tensors `use_kernels` accepts, with ``HYBRID_INTERP_NORM=fla``, under the
-    ``auto`` scan backend, outside torch.vmap (interp.stacked); a stand-in for fla's function records the calls."""
+    """Where fla's kernel is called: on tensors `use_kernels` accepts, with ``HYBRID_INTERP_NORM=fla`` (not the
+    default), under the ``auto`` scan backend, outside torch.vmap (interp.stacked); a stand-in for fla's function
+    records the calls."""
     import sys
     import types
 
@@ -89,15 +90,18 @@ def test_gated_norm_dispatch(monkeypatch):
     from interp.zoo import HybridLM, ZooConfig
     m = HybridLM(ZooConfig(vocab_size=11, d_model=16, n_layers=2, layout="gdn100", n_heads=2, head_dim=8))
     norms = [n for n in m.modules() if isinstance(n, common.GatedRMSNorm)]
-    assert len(norms) == 2 and all(n.kernels for n in norms)
     x = torch.randn(2, 3, 2, 8)
+    norms[0](x, x)                                                  # the default: the composite
+    assert calls == []
+    monkeypatch.setenv("HYBRID_INTERP_NORM", "fla")
+    assert len(norms) == 2 and all(n.kernels for n in norms)
     assert torch.equal(norms[0](x, x), torch.zeros_like(x)) and calls == [x.shape]
     torch.vmap(lambda t: norms[0](t, t))(x)                         # under vmap: the composite
     assert calls == [x.shape]
     monkeypatch.setenv("HYBRID_INTERP_NORM", "torch")
     norms[0](x, x)
     assert calls == [x.shape]
-    monkeypatch.delenv("HYBRID_INTERP_NORM")
+    monkeypatch.setenv("HYBRID_INTERP_NORM", "fla")
     m.set_scan_backend("reference")
     assert not any(n.kernels for n in norms)
     norms[0](x, x)

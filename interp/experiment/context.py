@@ -63,8 +63,8 @@ def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> N
 
 
 def add_run_args(ap: argparse.ArgumentParser) -> None:
-    """``--train-only``, ``--train-devices``, ``--stack`` and ``--steps``, shared by every experiment that trains
-    runs."""
+    """``--train-only``, ``--train-devices``, ``--stack``, ``--length-split``, ``--scan-backend`` and ``--steps``,
+    shared by every experiment that trains runs."""
     ap.add_argument("--train-only", action="store_true",
                     help="train (or continue) the runs and stop, without evaluating; exit 0 once all are finished, "
                          "3 while some are not")
@@ -75,6 +75,11 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                     help="train up to this many runs that differ only in seed / learning rate as one stacked "
                          "module per worker process (interp.stacked; several times more runs per GPU-hour at "
                          "d=128, BENCHMARKS.md section 19); 1 = one run per process (None: the profile's, else 1)")
+    ap.add_argument("--length-split", action="store_true",
+                    help="with --stack: a step's shorter batches run in a second, shorter pass (interp.stacked."
+                         "split_groups; the same numbers up to float rounding); with --scan-backend auto, --stack 8 and "
+                         "six --workers on an H100, 4.57x the runs per GPU-hour of six one-run processes on the "
+                         "reference scans, BENCHMARKS.md section 36")
     ap.add_argument("--scan-backend", default=None, choices=["reference", "auto"],
                     help="recurrent scans the zoo runs train with: the pure-torch reference (every experiment's "
                          "default) or auto (fla's kernels on CUDA, the reference elsewhere; with --stack 8 and four "
@@ -113,6 +118,7 @@ class Ctx:
     progress: bool
     workers: int = 1                             # parallel training processes (`train_runs`)
     stack: int = 1                               # runs trained as one stacked module per process (`train_runs`)
+    length_split: bool = False                   # stacks run a step's shorter batches in a second pass
     notes: list = field(default_factory=list)   # lines the report adds under the header
     train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
     train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
@@ -180,7 +186,7 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
                deadline_from(budget, started), not a.no_progress,
                workers or (P.get("workers", 1) if device != "cpu" else 1),
                train_only=a.train_only, train_devices=train_devices(a.train_devices, device),
-               stack=stack or P.get("stack", 1))
+               stack=stack or P.get("stack", 1), length_split=bool(getattr(a, "length_split", False)))
 
 
 def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]:

@@ -99,9 +99,9 @@ def best_by(scores: pd.DataFrame, key="arm", score="val_acc") -> pd.DataFrame:
 
 # --- training in worker processes ---------------------------------------------------------------
 
-def _train_job(cfg_dicts: list, deadline: float | None, threads: int) -> str:
-    """Worker: train (or resume) one run, or several as one stack (`interp.stacked.train_stacked`), until
-    done or until the deadline; the output goes to the first run's ``<out>/train.out`` (and the peak GPU
+def _train_job(cfg_dicts: list, deadline: float | None, threads: int, length_split: bool = False) -> str:
+    """Worker: train (or resume) one run, or several as one stack (`interp.stacked.train_stacked`, with
+    ``length_split``), until done or until the deadline; the output goes to the first run's ``<out>/train.out`` (and the peak GPU
     memory to each run's ``<out>/gpu_peak.json``)."""
     import torch
     torch.set_num_threads(threads)
@@ -124,7 +124,7 @@ def _train_job(cfg_dicts: list, deadline: float | None, threads: int) -> str:
             else:
                 from interp.stacked import train_stacked
                 print(f"stack of {len(cfgs)} runs: {', '.join(c.out for c in cfgs)}", flush=True)
-                train_stacked(cfgs, resume=True, progress=False)
+                train_stacked(cfgs, resume=True, progress=False, length_split=length_split)
         except Exception as e:  # noqa: BLE001 - one failed run (e.g. out of GPU memory) must not stop the others
             import traceback
             traceback.print_exc()
@@ -166,7 +166,7 @@ def place(loads: dict, w: float, capacity: float | None):
 
 
 def _train_parallel(jobs: list, errors: dict, bar, workers: int, deadline, threads: int, weight, capacity,
-                    devices) -> None:
+                    devices, length_split: bool = False) -> None:
     """`train_runs` with ``workers`` spawned processes, one job (a run or a stack, `jobs_of`) each; every
     run's outcome goes to ``errors``."""
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -183,7 +183,7 @@ def _train_parallel(jobs: list, errors: dict, bar, workers: int, deadline, threa
                     job = pending.pop(i)
                     cfgs = [{**dataclasses.asdict(r.cfg), **({"device": dev} if dev is not None else {})} for r in job]
                     try:
-                        running[ex.submit(_train_job, cfgs, deadline, threads)] = (job, w, dev)
+                        running[ex.submit(_train_job, cfgs, deadline, threads, length_split)] = (job, w, dev)
                     except cf.process.BrokenProcessPool as e:   # a worker died: the pool is gone
                         errors.update({r.name: f"failed: BrokenProcessPool: {e}" for r in job})
                         break
@@ -203,7 +203,7 @@ def _train_parallel(jobs: list, errors: dict, bar, workers: int, deadline, threa
 
 def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None, threads: int = 1,
                progress: bool = True, weight=None, capacity: float | None = None,
-               devices: list[str] | None = None, stack: int = 1) -> pd.DataFrame:
+               devices: list[str] | None = None, stack: int = 1, length_split: bool = False) -> pd.DataFrame:
     """Train every unfinished run, highest priority (lowest number) first; ``workers`` > 1 uses that
     many spawned processes (each with ``threads`` torch threads), starting a job only while the
     summed ``weight(run)`` of the running ones stays within ``capacity`` (e.g. estimated GPU GB; a
@@ -212,7 +212,7 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     running jobs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
     trains). ``stack`` > 1: runs that differ only in seed / learning rate train up to ``stack`` at a
     time as one stacked module (`jobs_of`; `interp.stacked`: the same losses as single runs up to float
-    rounding). A run that fails is reported (column ``error``; its traceback in ``<out>/train.out``, of
+    rounding), a step's shorter batches in a second pass with ``length_split``. A run that fails is reported (column ``error``; its traceback in ``<out>/train.out``, of
     the stack's first run) and retried by the next call. Returns the status table."""
     todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
     jobs = jobs_of(todo, stack)
@@ -222,11 +222,11 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     if workers <= 1:
         for job in jobs:
             bar.set_postfix_str(job[0].name)
-            out = _train_job([dataclasses.asdict(r.cfg) for r in job], deadline, threads)
+            out = _train_job([dataclasses.asdict(r.cfg) for r in job], deadline, threads, length_split)
             errors.update({r.name: out for r in job})
             bar.update(len(job))
     else:
-        _train_parallel(jobs, errors, bar, workers, deadline, threads, weight, capacity, devices)
+        _train_parallel(jobs, errors, bar, workers, deadline, threads, weight, capacity, devices, length_split)
     bar.close()
     for name, e in errors.items():
         if e.startswith("failed"):

@@ -55,7 +55,8 @@ def sweep_and_seeds(ctx, specs: dict, make, validate, weight=None, capacity=None
     P = ctx.P
     dl = None if ctx.deadline is None else ctx.deadline - (0 if ctx.train_only else 60 * P["eval_reserve"])
     kw = dict(workers=ctx.workers, progress=ctx.progress, devices=ctx.train_devices, deadline=dl,
-              stack=ctx.stack, weight=weight if ctx.device != "cpu" else None, capacity=capacity)
+              stack=ctx.stack, length_split=ctx.length_split, weight=weight if ctx.device != "cpu" else None,
+              capacity=capacity)
     train = train or train_runs
     sweep = [r for u, s in specs.items() for r in make(ctx, u, s, P["lrs"], P["seeds"][0])]
     st = train(sweep, **kw)
