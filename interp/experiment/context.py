@@ -77,8 +77,8 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                          "d=128, BENCHMARKS.md section 19); 1 = one run per process (None: the profile's, else 1)")
     ap.add_argument("--length-split", action="store_true",
                     help="with --stack: a step's shorter batches run in a second, shorter pass (interp.stacked."
-                         "split_groups; the same numbers up to float rounding); with --scan-backend auto, --stack 8 and "
-                         "six --workers on an H100, 4.57x the runs per GPU-hour of six one-run processes on the "
+                         "split_groups; the same numbers up to float rounding); with --scan-backend auto, --stack 8 "
+                         "and six --workers on an H100, 4.57x the runs per GPU-hour of six one-run processes on the "
                          "reference scans, BENCHMARKS.md section 36")
     ap.add_argument("--scan-backend", default=None, choices=["reference", "auto"],
                     help="recurrent scans the zoo runs train with: the pure-torch reference (every experiment's "

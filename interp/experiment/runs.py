@@ -101,8 +101,8 @@ def best_by(scores: pd.DataFrame, key="arm", score="val_acc") -> pd.DataFrame:
 
 def _train_job(cfg_dicts: list, deadline: float | None, threads: int, length_split: bool = False) -> str:
     """Worker: train (or resume) one run, or several as one stack (`interp.stacked.train_stacked`, with
-    ``length_split``), until done or until the deadline; the output goes to the first run's ``<out>/train.out`` (and the peak GPU
-    memory to each run's ``<out>/gpu_peak.json``)."""
+    ``length_split``), until done or until the deadline; the output goes to the first run's ``<out>/train.out``
+    (and the peak GPU memory to each run's ``<out>/gpu_peak.json``)."""
     import torch
     torch.set_num_threads(threads)
     cfgs = [TrainConfig(**c) for c in cfg_dicts]
@@ -212,8 +212,9 @@ def train_runs(runs: list[Run], workers: int = 1, deadline: float | None = None,
     running jobs, and ``capacity`` holds per device (a run's seed and steps do not depend on where it
     trains). ``stack`` > 1: runs that differ only in seed / learning rate train up to ``stack`` at a
     time as one stacked module (`jobs_of`; `interp.stacked`: the same losses as single runs up to float
-    rounding), a step's shorter batches in a second pass with ``length_split``. A run that fails is reported (column ``error``; its traceback in ``<out>/train.out``, of
-    the stack's first run) and retried by the next call. Returns the status table."""
+    rounding), a step's shorter batches in a second pass with ``length_split``. A run that fails is reported
+    (column ``error``; its traceback in ``<out>/train.out``, of the stack's first run) and retried by the next
+    call. Returns the status table."""
     todo = sorted((r for r in runs if not status(r)["complete"]), key=lambda r: r.priority)
     jobs = jobs_of(todo, stack)
     errors = {}
