@@ -12,13 +12,16 @@
 #   bash bench/issue26_gpu.sh OUTDIR 9    # stacked training on fla's scans: the graph check, then 6x1 vs 2x8g (warmed first)
 #   bash bench/issue26_gpu.sh OUTDIR 10   # 6x1 on the reference scans (today's E1 setup), to set beside part 9's
 #   bash bench/issue26_gpu.sh OUTDIR 11   # section 36's 4x setup: 6x1 on the reference scans, then 6x8gs on fla's
+#   bash bench/issue26_gpu.sh OUTDIR 12   # E1's 4000 steps: 6x1 on the reference scans (~440 s estimated)
+#   bash bench/issue26_gpu.sh OUTDIR 13   # E1's 4000 steps: 3x8gs on fla's scans (~420 s estimated; run it right
+#                                         # after part 11 on the same machine, whose Triton cache has the kernels)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-11}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-11}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-13}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-13}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -51,7 +54,11 @@ case "$PART" in
       # the warm-up compiles fla's kernels for the stacks' shapes: 222 s on a fresh H100 (section 36), 44 s cached
       step train_many_fla68 470 python bench/bench_train_many.py --steps 600 --layouts gdn75 --modes 6x8gs \
        --scan-backend auto --warm-steps 20 --out "$OUT/train_many_fla68.json" ;;
-  *) echo "part must be 1 to 11, got '$PART'" >&2; exit 2 ;;
+  12) step train_many_ref6_4000 550 python bench/bench_train_many.py --steps 4000 --layouts gdn75 --modes 6x1 \
+       --out "$OUT/train_many_ref6_4000.json" ;;
+  13) step train_many_fla38_4000 550 python bench/bench_train_many.py --steps 4000 --layouts gdn75 --modes 3x8gs \
+       --scan-backend auto --out "$OUT/train_many_fla38_4000.json" ;;
+  *) echo "part must be 1 to 13, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
