@@ -78,15 +78,22 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
                 ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
-KNOBS = dict(dqkwg=("auto", "torch"), conv=("torch", "fla"), norm=("torch", "fla"), fuse=("on", "off"),
-             compile=("off", "mixers"))
+KNOBS = {  # gdn75's fla-path settings, each a comma list on the command line (the first value: the default)
+    "dqkwg": (("auto", "torch"), "HYBRID_INTERP_DQKWG_IMPL: auto (fla's kernel at 32-wide blocks where its first-use "
+              "check passes), torch (the stand-in)"),
+    "conv": (("torch", "fla"), "HYBRID_INTERP_CONV: torch (F.conv1d), fla (fla's causal_conv1d)"),
+    "norm": (("torch", "fla"), "HYBRID_INTERP_NORM: torch (the composite), fla (fla's rms_norm_gated)"),
+    "fuse": (("on", "off"), "the input projections in one matmul and one conv (interp.zoo.common.proj_conv) or one "
+             "call each"),
+    "compile": (("off", "mixers"), "each mixer's non-scan parts eager or through torch.compile (compile_mixers)"),
+}
 
 
 def set_knobs(k):
     """Set gdn75's fla path per the knobs ``k`` (one value each, `KNOBS`; None: the defaults, for the transformer
     and the reference rows)."""
     from interp.zoo import common
-    k = k or {n: v[0] for n, v in KNOBS.items()}
+    k = k or {n: valid[0] for n, (valid, _) in KNOBS.items()}
     os.environ["HYBRID_INTERP_DQKWG_IMPL"] = k["dqkwg"]
     os.environ["HYBRID_INTERP_CONV"] = k["conv"]
     os.environ["HYBRID_INTERP_NORM"] = k["norm"]
@@ -101,20 +108,12 @@ def parse_args():
     ap.add_argument("--repeat", type=int, default=1, help="measure the rows this many times over, in turn (a "
                     "host's drift shows as the spread between rounds)")
     ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
-    ap.add_argument("--dqkwg", default="auto", help="comma list of HYBRID_INTERP_DQKWG_IMPL values for gdn75's fla "
-                    "rows: auto (fla's kernel at 32-wide blocks where its first-use check passes), torch (the stand-in)")
-    ap.add_argument("--conv", default="torch", help="comma list of HYBRID_INTERP_CONV values for gdn75's fla rows: "
-                    "torch (F.conv1d), fla (fla's causal_conv1d)")
-    ap.add_argument("--norm", default="torch", help="comma list of HYBRID_INTERP_NORM values for gdn75's fla rows: "
-                    "torch (the composite), fla (fla's rms_norm_gated)")
-    ap.add_argument("--fuse", default="on", help="comma list of on, off: gdn75's input projections in one matmul "
-                    "and one conv (interp.zoo.common.proj_conv) or one call each")
-    ap.add_argument("--compile", default="off", help="comma list of off, mixers: gdn75's fla rows with each mixer's "
-                    "non-scan parts through torch.compile (compile_mixers), beside the eager ones")
+    for name, (valid, what) in KNOBS.items():
+        ap.add_argument(f"--{name}", default=valid[0], help=f"comma list for gdn75's fla rows; {what}")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of the transformer and "
                     "of gdn75 on fla: GPU time vs wall time, the top GPU ops, the share of hooks.scan.fla_dqkwg")
     a = ap.parse_args()
-    for name, valid in KNOBS.items():
+    for name, (valid, _) in KNOBS.items():
         for v in getattr(a, name).split(","):
             if v not in valid:
                 ap.error(f"--{name} {v!r} is not one of: {', '.join(valid)}")

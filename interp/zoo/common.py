@@ -20,10 +20,7 @@ def conv_impl() -> str:
     """``HYBRID_INTERP_CONV``: how `ShortConv` runs on CUDA tensors: ``torch`` (default, F.conv1d) or ``fla`` (fla's
     Triton ``causal_conv1d`` with the SiLU fused, the same weights and arithmetic; torch's where fla is absent and on
     the CPU). A bad value raises naming the valid ones."""
-    impl = os.environ.get("HYBRID_INTERP_CONV", "torch")
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"HYBRID_INTERP_CONV={impl!r}; valid: {', '.join(CONV_IMPLS)}")
-    return impl
+    return _env_choice("HYBRID_INTERP_CONV", CONV_IMPLS)
 
 
 def norm_impl() -> str:
@@ -33,9 +30,15 @@ def norm_impl() -> str:
     within the host's noise, and gdn100's bf16 gradients against the reference path moved from 9.6e-2 to 1.2e-1 of
     tests/gpu/check_grad_gpu.py's 1e-1 tolerance (BENCHMARKS.md section 36). A bad value raises naming the valid
     ones."""
-    impl = os.environ.get("HYBRID_INTERP_NORM", "torch")
-    if impl not in NORM_IMPLS:
-        raise ValueError(f"HYBRID_INTERP_NORM={impl!r}; valid: {', '.join(NORM_IMPLS)}")
+    return _env_choice("HYBRID_INTERP_NORM", NORM_IMPLS)
+
+
+def _env_choice(var: str, valid: tuple) -> str:
+    """The environment variable ``var``'s value, one of ``valid`` (the first when unset); a bad value raises naming
+    the valid ones."""
+    impl = os.environ.get(var, valid[0])
+    if impl not in valid:
+        raise ValueError(f"{var}={impl!r}; valid: {', '.join(valid)}")
     return impl
 
 
