@@ -42,10 +42,58 @@ def compile_mixers(m):
     return m
 
 
-def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None, compile_=False):
+def loss_of(m, x, cache=True):
+    """The next-token loss of ``m`` on tokens ``x`` [B, T+1] under bf16 autocast (``cache=False``: autocast's
+    cast-weight cache off, as a CUDA-graph capture needs)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache):
+        logits = m(x[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+
+def graphed(m, opt, x):
+    """A training step of ``m`` whose forward and backward replay from one CUDA graph (PyTorch's whole-network
+    capture: warm-up on a side stream, gradients set to None before the capture so that the graph allocates them
+    and every replay overwrites them); AdamW runs eagerly after the replay. Returns (step(batch), check()): check
+    compares the replay's gradients with an eager backward's on the same batch and parameters (largest relative
+    difference over the parameters)."""
+    static = x.clone()
+
+    def body():
+        loss = loss_of(m, static, cache=False)
+        loss.backward()
+        return loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+
+    def step(batch):
+        static.copy_(batch)
+        graph.replay()
+        opt.step()
+
+    def check():
+        graph.replay()
+        replayed = [p.grad.detach().clone() for p in m.parameters()]
+        grads = torch.autograd.grad(loss_of(m, static), list(m.parameters()))
+        return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+                   for a, b in zip(replayed, grads))
+    return step, check
+
+
+def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None, compile_=False, graphs=False):
     """Time ``steps`` steps after ``warmup``; ``around``: a context manager (e.g. a profiler) entered for the
     timed steps only (not the model's construction and move to the GPU, nor the warm-up); ``compile_``:
-    `compile_mixers` first."""
+    `compile_mixers` first; ``graphs``: training steps replayed from a CUDA graph (`graphed`, captured after the
+    warm-up; the row's ``graph_grad_diff``: the replay's gradients against an eager backward's)."""
     torch.manual_seed(0)
     cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
                     mamba_head_dim=64, mamba_state=64)
@@ -56,26 +104,31 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
     x = torch.randint(0, 32000, (batch, seq + 1), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     ctx = around if around is not None else contextlib.nullcontext()
+    step = check = None
     for i in range(warmup + steps):
         if i == warmup:
+            if graphs:
+                step, check = graphed(m, opt, x)
             torch.cuda.synchronize()
             ctx.__enter__()
             t0 = time.perf_counter()
+        if step is not None:
+            step(x)
+            continue
         if not train:
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 m(x[:, :-1])
             continue
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = m(x[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        loss = loss_of(m, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     ctx.__exit__(None, None, None)
-    return dict(layout=layout, backend=backend, mode="train" if train else "forward", params=m.num_params(),
-                ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    return dict(layout=layout, backend=backend, mode="graphs" if graphs else "train" if train else "forward",
+                params=m.num_params(), ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt,
+                peak_gib=torch.cuda.max_memory_allocated() / 2**30, graph_grad_diff=check() if check else None)
 
 
 KNOBS = {  # gdn75's fla-path settings, each a comma list on the command line (the first value: the default)
@@ -87,6 +140,9 @@ KNOBS = {  # gdn75's fla-path settings, each a comma list on the command line (t
              "call each"),
     "compile": (("off", "mixers"), "each mixer's non-scan parts eager or through torch.compile (compile_mixers)"),
 }
+
+
+MODES = ("train", "forward", "graphs")
 
 
 def set_knobs(k):
@@ -107,12 +163,16 @@ def parse_args():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=1, help="measure the rows this many times over, in turn (a "
                     "host's drift shows as the spread between rounds)")
-    ap.add_argument("--modes", default="train,forward", help="comma list of train, forward")
+    ap.add_argument("--modes", default="train,forward", help="comma list of train, forward, graphs (training "
+                    "steps replayed from one CUDA graph per model, the transformer's too; no torch-ref row)")
     for name, (valid, what) in KNOBS.items():
         ap.add_argument(f"--{name}", default=valid[0], help=f"comma list for gdn75's fla rows; {what}")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of the transformer and "
                     "of gdn75 on fla: GPU time vs wall time, the top GPU ops, the share of hooks.scan.fla_dqkwg")
     a = ap.parse_args()
+    for v in a.modes.split(","):
+        if v not in MODES:
+            ap.error(f"--modes {v!r} is not one of: {', '.join(MODES)}")
     for name, (valid, _) in KNOBS.items():
         for v in getattr(a, name).split(","):
             if v not in valid:
@@ -137,11 +197,11 @@ def main():
         for mode in a.modes.split(","):
             # the transformer has no scan, so its two paths are the same model: measured once
             runs = ([("transformer", "auto", None)] + [("gdn75", "auto", k) for k in combos]
-                    + [("gdn75", "reference", None)])
+                    + [("gdn75", "reference", None)] * (mode != "graphs"))
             for l, b, k in runs:
                 set_knobs(k)
                 try:
-                    r = bench(l, b, a.batch, a.seq, a.steps, train=mode == "train",
+                    r = bench(l, b, a.batch, a.seq, a.steps, train=mode != "forward", graphs=mode == "graphs",
                               compile_=bool(k and k["compile"] == "mixers"))
                     rows.append(dict(r, round=rnd, knobs=" ".join(f"{n}={v}" for n, v in k.items()) if k else "-"))
                 except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
@@ -157,13 +217,16 @@ def main():
 
 def report(rows):
     """The rows as a table, then each gdn75 fla row's tokens/s over the transformer's and the reference path's of
-    the same round and mode."""
+    the same round and mode (graph/eager grad: a graphs row's largest relative gradient difference between the
+    replay and an eager backward on the same batch, `graphed`)."""
     print(f"{'round':5s} {'layout':12s} {'backend':10s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} "
-          f"{'peak GiB':>9s}  knobs")
+          f"{'peak GiB':>9s} {'graph/eager grad':>16s}  knobs")
     for r in rows:
+        diff = "-" if r["graph_grad_diff"] is None else f"{r['graph_grad_diff']:.1e}"
         print(f"{r['round']:5d} {r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} "
               f"{r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} "
-              f"{r['peak_gib']:9.2f}  {r['knobs']}")
+              f"{r['peak_gib']:9.2f} {diff:>16s}  "
+              f"{r['knobs']}")
     base = {(r["round"], r["mode"], r["layout"], r["backend"]): r["tokens_per_s"] for r in rows if r["knobs"] == "-"}
     for r in rows:
         if r["knobs"] == "-":
