@@ -35,8 +35,8 @@ from interp.interventions import graphs
 class ShapeGraphs:
     """``fn(*tensors) -> tuple of tensors`` replayed from one CUDA graph per input shape (module doc)."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, what: str = "stacked training step"):
+        self.fn, self.what = fn, what
         self.graphs: dict = {}       # shape key -> (graph, static inputs, static outputs)
         self.failed: dict = {}       # shape key -> reason its capture failed
         self.pool = None             # the memory pool all the graphs share (module doc)
@@ -58,7 +58,7 @@ class ShapeGraphs:
                 graph, out = graphs.capture(lambda: self.fn(*static), pool=self.pool)
             except graphs.GraphUnavailable as e:
                 self.failed[k] = str(e)
-                warnings.warn(f"stacked training step of input shapes {[s for s, _, _ in k]} runs without CUDA "
+                warnings.warn(f"{self.what} of input shapes {[s for s, _, _ in k]} runs without CUDA "
                               f"graphs: its capture failed ({e})", stacklevel=2)
                 return self.fn(*tensors)
             self.graphs[k] = (graph, static, out)

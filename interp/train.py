@@ -40,6 +40,8 @@ from tqdm.auto import tqdm
 
 from interp import InterpError
 from interp import tasks as T
+from interp.interventions import graphs
+from interp.train_graph import GradPass
 from interp.zoo import HybridLM, ZooConfig, load_model, save_model
 
 
@@ -141,9 +143,16 @@ def induction_batch(n: int, seed, length: int = 16) -> T.TaskBatch:
 
 
 def lm_loss(model, batch) -> torch.Tensor:
-    logits = model(batch.tokens)
-    mask = batch.loss_mask[:, :-1]
-    return F.cross_entropy(logits[:, :-1][mask], batch.tokens[:, 1:][mask])
+    """The mean next-token cross-entropy of ``model`` on ``batch``'s supervised positions."""
+    return masked_lm_loss(model, batch.tokens, batch.loss_mask)
+
+
+def masked_lm_loss(model, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """`lm_loss` of tokens [B, T] and loss mask [B, T], as a masked sum that reads nothing on the host (no
+    boolean indexing), so that a CUDA graph can capture it (`interp.train_graph`)."""
+    ce = F.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    mask = loss_mask[:, :-1].flatten()
+    return torch.where(mask, ce, 0).sum() / mask.sum()
 
 
 def read_log(path) -> list[dict]:
@@ -344,14 +353,18 @@ def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
     return task, T.generate(task, cfg.batch_size, seed=seed, **knobs).to(device)
 
 
-def _optimizer_step(model, opt, batch, cfg: TrainConfig, step: int, autocast) -> torch.Tensor:
+def _optimizer_step(model, opt, batch, cfg: TrainConfig, step: int, autocast, grad_pass=None) -> torch.Tensor:
+    """One AdamW step on ``batch``; ``grad_pass``: its gradients from `interp.train_graph.GradPass` (CUDA graphs)."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    with autocast:
-        loss = lm_loss(model, batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if grad_pass is not None:
+        loss = grad_pass(batch)
+    else:
+        with autocast:
+            loss = lm_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     return loss
 
@@ -380,15 +393,20 @@ def _finish(model, cfg: TrainConfig, out: Path, steps_done: int, done_at, device
     return model
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HybridLM:
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None,
+          cuda_graphs: bool = False) -> HybridLM:
     """Train (or resume) and save to ``cfg.out``. ``stop_after``: stop once this step is reached
-    and checkpointed (as an interrupted run would be)."""
+    and checkpointed (as an interrupted run would be). ``cuda_graphs``: on a GPU, replay each step's forward and
+    backward from a CUDA graph per batch shape (`interp.train_graph`; the eager step's numbers up to rounding,
+    faster where launches bound the step; ignored on a CPU)."""
     _check_config(cfg)
     device = resolve_device(cfg.device)
     mcfg = ZooConfig.from_dict({**cfg.model, "vocab_size": len(T.VOCAB)})
     out = _make_out(cfg)
     torch.manual_seed(cfg.seed)
     model, opt, start, done_at = _build(cfg, mcfg, out, device, resume)
+    graphed = cuda_graphs and graphs.graphable(device)
+    grad_pass = GradPass(model, cfg.grad_clip, masked_lm_loss, True) if graphed else None
     _warn_config(cfg)
     log_path = out / "train_log.jsonl"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -406,7 +424,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
         if done_at is None and step > 0 and (step % INDUCTION_CHECK == 0 or step >= cfg.induction_steps):
             done_at = _warmup_over(model, induction_eval, cfg, step, autocast, log_path, bar)
         task, batch = _next_batch(cfg, step, rng, done_at is None, device)
-        loss = _optimizer_step(model, opt, batch, cfg, step, autocast)
+        loss = _optimizer_step(model, opt, batch, cfg, step, autocast, grad_pass)
         tokens_seen += batch.tokens.numel()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", task=task)

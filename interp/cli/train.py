@@ -56,9 +56,9 @@ def add_parser(sub):
     t.add_argument("--time-limit", type=finite_float(0), default=0.0, help="minutes; stop early and save (0 = none)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     t.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --seeds / --lrs on a GPU: replay each step's pass from a CUDA graph per batch shape "
-                        "(interp.stacked_graph: the eager stack's numbers, faster; ignored on a CPU); "
-                        "--no-cuda-graphs runs it eagerly")
+                   help="on a GPU: replay each step's forward and backward from a CUDA graph per batch shape "
+                        "(one run: interp.train_graph; --seeds / --lrs: interp.stacked_graph; the eager step's "
+                        "numbers up to rounding, faster; ignored on a CPU); --no-cuda-graphs runs it eagerly")
     t.add_argument("--length-split", action="store_true",
                    help="with --seeds / --lrs: run a step's shorter batches in a second, shorter pass instead of "
                         "padding them to the longest (interp.stacked.split_groups; the same numbers up to float "
@@ -128,5 +128,5 @@ def cmd_train(a):
         for c, m in zip(cfgs, models):
             print(f"saved {c.out} ({m.num_params() / 1e6:.2f}M params)")
         return
-    m = train(cfg, resume=not a.no_resume)
+    m = train(cfg, resume=not a.no_resume, cuda_graphs=a.cuda_graphs)
     print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
