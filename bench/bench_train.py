@@ -3,6 +3,8 @@ reference path, in one run.
 
     python bench/bench_train.py [--batch 8 --seq 1024 --steps 20]
     python bench/bench_train.py --profile        # + where gdn75's fla training step spends its GPU time
+    python bench/bench_train.py --modes train,graphs --repeat 2   # eager steps, then each model's forward and
+                                                 # backward replayed from one CUDA graph (`graphed`), twice in turn
     HYBRID_INTERP_DQKWG_COMPILE=1 python bench/bench_train.py   # the torch dqkwg stand-in through torch.compile
     python bench/bench_train.py --modes train --dqkwg torch,auto   # gdn75 with the stand-in, then fla's kernel
                                                                    # at 32-wide blocks (hooks.scan.fla_dqkwg_triton)

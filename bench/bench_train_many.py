@@ -7,9 +7,10 @@ stacked in one process (`interp.stacked`), side by side in one call (issue 26, "
 
 A mode ``PxS`` starts P processes at once on one device; each trains S runs (S = 1: `interp.train.train`,
 today's one process per run; S > 1: `interp.stacked.train_stacked`), so P*S runs, seeds 0 .. P*S-1;
-``PxSg``: the stacks replay each step's pass from CUDA graphs (``cuda_graphs=True``, `interp.stacked_graph`;
-without g they run eagerly); ``PxSs`` / ``PxSgs``: a step's shorter batches run in a second, shorter pass
-(``length_split=True``, `interp.stacked.split_groups`).
+``PxSg``: each step's pass replays from CUDA graphs (``cuda_graphs=True``: `interp.stacked_graph` for stacks,
+`interp.train_graph` for single runs, ``Px1g``); without g every run steps eagerly, as one-run processes did before
+single runs had graphs (``Px1``: today's baseline); ``PxSs`` / ``PxSgs``: a step's shorter batches run in a second,
+shorter pass (``length_split=True``, `interp.stacked.split_groups`).
 Every run is an arm of E1's full profile (experiments/e1_state_recall.py): 8 layers, d=128, 4 heads of
 32, the SwiGLU width matched to the transformer's parameter count, ``state_recall`` (``--training
 cot``: its cot variant), batch 64, lr 1e-3, learning-rate warm-up 150 steps, the default induction
@@ -21,7 +22,7 @@ Each process is a fresh interpreter (start-up, imports and CUDA context included
 process first warms the page cache; ``--warm-steps N`` first runs each mode untimed for N steps, so that fla's
 kernels are compiled before any timing, as on a machine that has trained before); wall time runs from starting the
 mode's processes to the last one's exit, and runs per GPU-hour = runs * 3600 / wall. Ratios are to the layout's
-first mode of one run per process (1x1, 6x1, ...). ``acc`` is the runs' mean final held-out ``state_recall``
+first eager mode of one run per process (1x1, 6x1, ...; else its first Px1g). ``acc`` is the runs' mean final held-out ``state_recall``
 accuracy (sd: their standard deviation; JSON ``accs``: each run's) and ``acc seed 0`` that of seed 0, which every
 mode trains: they show the modes train the same models (seed 0's runs differ by rounding alone, which bf16 on CUDA
 can grow over hundreds of steps). Prints a markdown table with device, date, command and commit; ``--out`` writes
@@ -76,7 +77,7 @@ def child(spec: str) -> int:
     torch.set_num_threads(d["threads"])
     cfgs = [TrainConfig(**c) for c in d["cfgs"]]
     if len(cfgs) == 1:
-        train(cfgs[0], resume=False, progress=False)
+        train(cfgs[0], resume=False, progress=False, cuda_graphs=d.get("graphs", False))
     else:
         train_stacked(cfgs, resume=False, progress=False, cuda_graphs=d.get("graphs", False),
                       length_split=d.get("split", False))
@@ -89,8 +90,8 @@ def final_acc(out: Path) -> float:
 
 
 def measure(layout: str, procs: int, stack: int, graphs: bool, split: bool, a, root: Path) -> dict:
-    """Train ``procs`` x ``stack`` runs of ``layout`` at once (module doc; ``graphs``: stacks replay their
-    steps from CUDA graphs; ``split``: with length groups); their wall time and accuracy."""
+    """Train ``procs`` x ``stack`` runs of ``layout`` at once (module doc; ``graphs``: steps replayed from CUDA
+    graphs; ``split``: with length groups); their wall time and accuracy."""
     mode = f"{procs}x{stack}{'g' if graphs else ''}{'s' if split else ''}"
     root = root / f"{layout}_{mode}"
     threads = max(1, (os.cpu_count() or 1) // procs)
@@ -122,8 +123,8 @@ def measure(layout: str, procs: int, stack: int, graphs: bool, split: bool, a, r
 
 
 def table(rows: list[dict]) -> str:
-    base = {}   # per layout: its first mode of one run per process (1x1, 6x1, ...) that finished
-    for r in rows:
+    base = {}   # per layout: its first eager mode of one run per process (1x1, 6x1, ...; else Px1g) that finished
+    for r in sorted(rows, key=lambda r: r["mode"].endswith("g")):
         if r["stack"] == 1 and r["runs_per_gpu_hour"]:
             base.setdefault(r["layout"], (r["mode"], r["runs_per_gpu_hour"]))
     out = ["| layout | mode (procs x stacked) | runs | wall s | runs / GPU-hour | vs one run per process | acc (sd) "
@@ -152,8 +153,8 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="steps per run (E1 trains 4000)")
     ap.add_argument("--layouts", default="gdn75,transformer", help="comma-separated zoo layouts")
     ap.add_argument("--modes", default=None,
-                    help="comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs; s: length "
-                         "groups); default 1x1,6x1,1x8,1x16 (--quick: 1x1,2x1,1x2)")
+                    help="comma-separated PxS: P processes of S stacked runs (PxSg: with CUDA graphs, S >= 1; s: "
+                         "length groups, S >= 2); default 1x1,6x1,1x8,1x16 (--quick: 1x1,2x1,1x2)")
     ap.add_argument("--training", default="direct", choices=["direct", "cot"], help="E1's training variant")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     ap.add_argument("--scan-backend", default="reference", choices=["reference", "auto"],
@@ -182,9 +183,9 @@ def parse_mode(m: str, ap) -> tuple[int, int, bool, bool]:
     flags = m[len(core):]
     parts = core.split("x")
     if (len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts) or flags not in ("", "g", "s", "gs")
-            or (flags and int(parts[1]) < 2)):
-        ap.error(f"mode {m!r} is not valid; valid: PxS, PxSg, PxSs or PxSgs with integers P, S >= 1 (g, s: S >= 2), "
-                 "e.g. 2x8g")
+            or ("s" in flags and int(parts[1]) < 2)):
+        ap.error(f"mode {m!r} is not valid; valid: PxS, PxSg, PxSs or PxSgs with integers P, S >= 1 (s: S >= 2), "
+                 "e.g. 2x8g, 6x1g")
     return int(parts[0]), int(parts[1]), "g" in flags, "s" in flags
 
 

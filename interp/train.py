@@ -1,6 +1,7 @@
 """Trainer for zoo models on a mixture of reasoning-primitive tasks.
 
-AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, a progress bar,
+AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, each step's pass replayed
+from a CUDA graph on a GPU (`interp.train_graph`; ``cuda_graphs=False``: eager), a progress bar,
 periodic held-out evaluation, resumable checkpoints (``<out>/checkpoint/``) and a fixed seed.
 Each step draws one batch from one task (round-robin over the mixture); one difficulty knob of
 that task is set to a random value of its difficulty grid, the others keep their defaults, so
@@ -394,11 +395,11 @@ def _finish(model, cfg: TrainConfig, out: Path, steps_done: int, done_at, device
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after: int | None = None,
-          cuda_graphs: bool = False) -> HybridLM:
+          cuda_graphs: bool = True) -> HybridLM:
     """Train (or resume) and save to ``cfg.out``. ``stop_after``: stop once this step is reached
     and checkpointed (as an interrupted run would be). ``cuda_graphs``: on a GPU, replay each step's forward and
     backward from a CUDA graph per batch shape (`interp.train_graph`; the eager step's numbers up to rounding,
-    faster where launches bound the step; ignored on a CPU)."""
+    faster where launches bound the step; ignored on a CPU; ``False``: eager steps)."""
     _check_config(cfg)
     device = resolve_device(cfg.device)
     mcfg = ZooConfig.from_dict({**cfg.model, "vocab_size": len(T.VOCAB)})

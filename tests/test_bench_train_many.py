@@ -35,3 +35,12 @@ def test_bad_mode_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         _load().main(["--quick", "--warm-steps", "-1"])
     assert e.value.code == 2 and "--warm-steps -1" in capsys.readouterr().err
+
+
+def test_single_runs_take_graphs_and_the_eager_row_stays_the_base(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert _load().main(["--quick", "--layouts", "gdn75", "--modes", "1x1g,1x1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["stack"]) for r in rows] == [("1x1g", 1), ("1x1", 1)]
+    assert "| gdn75 | 1x1g | 1 |" in text and "x (1x1) |" in text and "x (1x1g) |" not in text

@@ -48,15 +48,18 @@ def test_failed_capture_runs_eagerly_with_a_warning_and_the_same_numbers(tmp_pat
     _same_run(tmp_path, "eager", "graph")
 
 
-def test_graphs_are_off_on_a_cpu_and_by_default(tmp_path, monkeypatch):
+def test_graphs_are_off_on_a_cpu_and_on_by_default_where_graphable(tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "capture", lambda *a, **k: pytest.fail("captured on a CPU"))
     train(_cfg(tmp_path, "cpu", steps=3), progress=False, cuda_graphs=True)
     assert (tmp_path / "cpu" / "model.safetensors").exists()
     seen = []
-    monkeypatch.setattr(train_mod, "GradPass", lambda *a, **k: seen.append(a) or pytest.fail("GradPass by default"))
+    real = train_mod.GradPass
+    monkeypatch.setattr(train_mod, "GradPass", lambda *a: seen.append(a) or real(*a))
     monkeypatch.setattr(graphs, "graphable", lambda dev: True)
+    monkeypatch.setattr(graphs, "capture", _fake_capture)
     train(_cfg(tmp_path, "default", steps=3), progress=False)
-    assert not seen
+    train(_cfg(tmp_path, "off", steps=3), progress=False, cuda_graphs=False)
+    assert len(seen) == 1                # the default run took the graphed pass, cuda_graphs=False did not
 
 
 def test_lm_loss_is_the_mean_over_supervised_positions():
