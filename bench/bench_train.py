@@ -54,28 +54,20 @@ def loss_of(m, x, cache=True):
 
 def graphed(m, opt, x):
     """A training step of ``m`` whose forward and backward replay from one CUDA graph (PyTorch's whole-network
-    capture: warm-up on a side stream, gradients set to None before the capture so that the graph allocates them
-    and every replay overwrites them); AdamW runs eagerly after the replay. Returns (step(batch), check()): check
-    compares the replay's gradients with an eager backward's on the same batch and parameters (largest relative
-    difference over the parameters)."""
+    capture, by `interp.interventions.graphs.capture`: warm-up on a side stream; each pass sets the gradients to
+    None first, so that the captured pass allocates them and every replay overwrites them); AdamW runs eagerly
+    after the replay. Returns (step(batch), check()): check compares the replay's gradients with an eager
+    backward's on the same batch and parameters (largest relative difference over the parameters)."""
+    from interp.interventions import graphs
     static = x.clone()
 
     def body():
+        opt.zero_grad(set_to_none=True)
         loss = loss_of(m, static, cache=False)
         loss.backward()
         return loss.detach()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            opt.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
+    graph, _ = graphs.capture(body)   # GraphUnavailable (a RuntimeError) if it cannot be captured
 
     def step(batch):
         static.copy_(batch)

@@ -15,12 +15,19 @@ def reference(x, w):
     return F.silu(sum(xp[:, j:j + x.shape[1]] * w[:, 0, j] for j in range(K)))
 
 
-def test_default_torch_and_bad_value(monkeypatch):
-    monkeypatch.delenv("HYBRID_INTERP_CONV", raising=False)
-    assert common.conv_impl() == "torch"
+@pytest.mark.parametrize("reader, var, bad", [("conv_impl", "HYBRID_INTERP_CONV", "cudnn"),
+                                              ("norm_impl", "HYBRID_INTERP_NORM", "apex")])
+def test_impl_switch_default_torch_and_bad_value(reader, var, bad, monkeypatch):
+    """The zoo's implementation switches (one reader, `common._env_choice`): torch unless set; a bad value named."""
+    monkeypatch.delenv(var, raising=False)
+    assert getattr(common, reader)() == "torch"
+    monkeypatch.setenv(var, bad)
+    with pytest.raises(ValueError, match=f"{var}='{bad}'; valid: torch, fla"):
+        getattr(common, reader)()
+
+
+def test_short_conv_refuses_a_bad_switch(monkeypatch):
     monkeypatch.setenv("HYBRID_INTERP_CONV", "cudnn")
-    with pytest.raises(ValueError, match="HYBRID_INTERP_CONV='cudnn'; valid: torch, fla"):
-        common.conv_impl()
     conv = common.ShortConv(6, 4)
     with pytest.raises(ValueError, match="valid: torch, fla"):
         conv(torch.zeros(1, 3, 6))

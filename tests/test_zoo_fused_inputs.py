@@ -50,14 +50,6 @@ def test_fused_projections_in_float64_equal_to_rounding(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_norm_impl_default_and_bad_value(monkeypatch):
-    monkeypatch.delenv("HYBRID_INTERP_NORM", raising=False)
-    assert common.norm_impl() == "torch"
-    monkeypatch.setenv("HYBRID_INTERP_NORM", "apex")
-    with pytest.raises(ValueError, match="HYBRID_INTERP_NORM='apex'; valid: torch, fla"):
-        common.norm_impl()
-
-
 @pytest.mark.parametrize("impl", ["fla", "torch"])
 def test_gated_norm_on_cpu_is_torchs(impl, monkeypatch):
     """On CPU tensors either setting runs the composite (float32 inside): rmsnorm(x) * w * silu(gate), written out
