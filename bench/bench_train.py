@@ -5,6 +5,8 @@ reference path, in one run.
     python bench/bench_train.py --profile        # + where gdn75's fla training step spends its GPU time
     python bench/bench_train.py --modes train,graphs --repeat 2   # eager steps, then each model's forward and
                                                  # backward replayed from one CUDA graph (`graphed`), twice in turn
+    python bench/bench_train.py --modes trainer-eager,trainer   # interp.train's own step (GradPass, its AdamW),
+                                                 # eager, then replayed from CUDA graphs
     HYBRID_INTERP_DQKWG_COMPILE=1 python bench/bench_train.py   # the torch dqkwg stand-in through torch.compile
     python bench/bench_train.py --modes train --dqkwg torch,auto   # gdn75 with the stand-in, then fla's kernel
                                                                    # at 32-wide blocks (hooks.scan.fla_dqkwg_triton)
@@ -83,11 +85,44 @@ def graphed(m, opt, x):
     return step, check
 
 
-def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None, compile_=False, graphs=False):
+def trainer_step(m, x, graphed_):
+    """The trainer's own step (`interp.train._optimizer_step`: `interp.train_graph.GradPass` forward + backward +
+    clipping, replayed from CUDA graphs when ``graphed_``, then the trainer's unfused AdamW with its two
+    weight-decay groups and its learning-rate schedule) on tokens ``x`` [B, T] with every position supervised.
+    Returns (step(batch), check()) as `graphed`; check: the replay's gradients against an eager pass of the same
+    `GradPass` on the same batch (None when not graphed)."""
+    from types import SimpleNamespace
+
+    from interp.train import TrainConfig, _make_optimizer, _optimizer_step, masked_lm_loss
+    from interp.train_graph import GradPass
+    cfg = TrainConfig(out="", model={}, lr=1e-4)
+    opt = _make_optimizer(m, cfg)
+    gp = GradPass(m, cfg.grad_clip, masked_lm_loss, graphed_)
+    batch = SimpleNamespace(tokens=x.clone(), loss_mask=torch.ones(x.shape, dtype=torch.bool, device=x.device))
+    count = [0]
+
+    def step(tokens):
+        batch.tokens.copy_(tokens)
+        _optimizer_step(m, opt, batch, cfg, count[0], None, gp)
+        count[0] += 1
+
+    def check():
+        gp(batch)
+        replayed = [p.grad.detach().clone() for p in gp.params]
+        gp.grads(batch.tokens, batch.loss_mask)
+        return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+                   for a, b in zip(replayed, (p.grad for p in gp.params)))
+    return step, (check if graphed_ else None)
+
+
+def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None, compile_=False, graphs=False,
+          trainer=None):
     """Time ``steps`` steps after ``warmup``; ``around``: a context manager (e.g. a profiler) entered for the
     timed steps only (not the model's construction and move to the GPU, nor the warm-up); ``compile_``:
     `compile_mixers` first; ``graphs``: training steps replayed from a CUDA graph (`graphed`, captured after the
-    warm-up; the row's ``graph_grad_diff``: the replay's gradients against an eager backward's)."""
+    warm-up; the row's ``graph_grad_diff``: the replay's gradients against an eager backward's); ``trainer``:
+    "trainer" or "trainer-eager", the trainer's own step (`trainer_step`, graphed or not; its capture happens in
+    the first warm-up step) on the batch's first ``seq`` tokens."""
     torch.manual_seed(0)
     cfg = ZooConfig(vocab_size=32000, d_model=768, n_layers=12, layout=layout, n_heads=12, head_dim=64,
                     mamba_head_dim=64, mamba_state=64)
@@ -99,6 +134,9 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
     torch.cuda.reset_peak_memory_stats()
     ctx = around if around is not None else contextlib.nullcontext()
     step = check = loss = None
+    if trainer:
+        x = x[:, :seq].contiguous()
+        step, check = trainer_step(m, x, trainer == "trainer")
     for i in range(warmup + steps):
         if i == warmup:
             if graphs:   # no autograd graph of the warm-up left alive (its AccumulateGrad nodes' stream)
@@ -121,7 +159,8 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     ctx.__exit__(None, None, None)
-    return dict(layout=layout, backend=backend, mode="graphs" if graphs else "train" if train else "forward",
+    return dict(layout=layout, backend=backend,
+                mode=trainer or ("graphs" if graphs else "train" if train else "forward"),
                 params=m.num_params(), ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt,
                 peak_gib=torch.cuda.max_memory_allocated() / 2**30, graph_grad_diff=check() if check else None)
 
@@ -137,7 +176,7 @@ KNOBS = {  # gdn75's fla-path settings, each a comma list on the command line (t
 }
 
 
-MODES = ("train", "forward", "graphs")
+MODES = ("train", "forward", "graphs", "trainer", "trainer-eager")
 
 
 def set_knobs(k):
@@ -159,7 +198,9 @@ def parse_args():
     ap.add_argument("--repeat", type=int, default=1, help="measure the rows this many times over, in turn (a "
                     "host's drift shows as the spread between rounds)")
     ap.add_argument("--modes", default="train,forward", help="comma list of train, forward, graphs (training "
-                    "steps replayed from one CUDA graph per model, the transformer's too; no torch-ref row)")
+                    "steps replayed from one CUDA graph per model, the transformer's too; no torch-ref row), trainer "
+                    "(interp.train's own step: GradPass replayed from CUDA graphs, its unfused AdamW, clipping; "
+                    "no torch-ref row), trainer-eager (the same step without graphs)")
     for name, (valid, what) in KNOBS.items():
         ap.add_argument(f"--{name}", default=valid[0], help=f"comma list for gdn75's fla rows; {what}")
     ap.add_argument("--profile", action="store_true", help="also profile 3 training steps of the transformer and "
@@ -192,12 +233,13 @@ def main():
         for mode in a.modes.split(","):
             # the transformer has no scan, so its two paths are the same model: measured once
             runs = ([("transformer", "auto", None)] + [("gdn75", "auto", k) for k in combos]
-                    + [("gdn75", "reference", None)] * (mode != "graphs"))
+                    + [("gdn75", "reference", None)] * (mode in ("train", "forward")))
             for l, b, k in runs:
                 set_knobs(k)
                 try:
                     r = bench(l, b, a.batch, a.seq, a.steps, train=mode != "forward", graphs=mode == "graphs",
-                              compile_=bool(k and k["compile"] == "mixers"))
+                              compile_=bool(k and k["compile"] == "mixers"),
+                              trainer=mode if mode.startswith("trainer") else None)
                     rows.append(dict(r, round=rnd, knobs=" ".join(f"{n}={v}" for n, v in k.items()) if k else "-"))
                 except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
                     print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")

@@ -19,13 +19,15 @@
 #                                         # compiled for part 13's stacks (20 steps of 3x8gs; part 13 comes next)
 #   bash bench/issue26_gpu.sh OUTDIR 15   # E1's 4000 steps: 6x1g, one graphed run per process, on the reference scans
 #                                         # (set beside part 12's eager 6x1; ~100 s estimated)
+#   bash bench/issue26_gpu.sh OUTDIR 16   # gdn75 d=768: eager, whole-step graphs, and the trainer's own step
+#                                         # (interp.train_graph.GradPass) eager and graphed, twice in turn
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-15}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-15}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-16}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-16}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -67,7 +69,9 @@ case "$PART" in
        --scan-backend auto --out "$OUT/warm_fla38.json" ;;
   15) step train_many_ref6g_4000 550 python bench/bench_train_many.py --steps 4000 --layouts gdn75 --modes 6x1g \
        --out "$OUT/train_many_ref6g_4000.json" ;;
-  *) echo "part must be 1 to 15, got '$PART'" >&2; exit 2 ;;
+  16) step train_trainer 440 python bench/bench_train.py --modes train,graphs,trainer-eager,trainer --steps 20 \
+       --repeat 2 ;;
+  *) echo "part must be 1 to 16, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)
