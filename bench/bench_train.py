@@ -59,7 +59,8 @@ def graphed(m, opt, x):
     capture, by `interp.interventions.graphs.capture`: warm-up on a side stream; each pass sets the gradients to
     None first, so that the captured pass allocates them and every replay overwrites them); AdamW runs eagerly
     after the replay. Returns (step(batch), check()): check compares the replay's gradients with an eager
-    backward's on the same batch and parameters (largest relative difference over the parameters)."""
+    backward's on the same batch and parameters, and a second eager backward's with the first (the control: what
+    the kernels' own nondeterminism gives), each as `rel_diff`."""
     from interp.interventions import graphs
     static = x.clone()
 
@@ -79,10 +80,15 @@ def graphed(m, opt, x):
     def check():
         graph.replay()
         replayed = [p.grad.detach().clone() for p in m.parameters()]
-        grads = torch.autograd.grad(loss_of(m, static), list(m.parameters()))
-        return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
-                   for a, b in zip(replayed, grads))
+        eager = [torch.autograd.grad(loss_of(m, static), list(m.parameters())) for _ in range(2)]
+        return rel_diff(replayed, eager[0]), rel_diff(eager[1], eager[0])
     return step, check
+
+
+def rel_diff(xs, refs) -> float:
+    """The largest |x - ref| / max |ref| over the pairs of tensors (a gradient per parameter)."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(xs, refs))
 
 
 def trainer_step(m, x, graphed_):
@@ -109,9 +115,11 @@ def trainer_step(m, x, graphed_):
     def check():
         gp(batch)
         replayed = [p.grad.detach().clone() for p in gp.params]
-        gp.grads(batch.tokens, batch.loss_mask)
-        return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
-                   for a, b in zip(replayed, (p.grad for p in gp.params)))
+        eager = []
+        for _ in range(2):
+            gp.grads(batch.tokens, batch.loss_mask)
+            eager.append([p.grad.detach().clone() for p in gp.params])
+        return rel_diff(replayed, eager[0]), rel_diff(eager[1], eager[0])
     return step, (check if graphed_ else None)
 
 
@@ -241,6 +249,8 @@ def main():
                               compile_=bool(k and k["compile"] == "mixers"),
                               trainer=mode if mode.startswith("trainer") else None)
                     rows.append(dict(r, round=rnd, knobs=" ".join(f"{n}={v}" for n, v in k.items()) if k else "-"))
+                    print(f"done: round {rnd} {l} {b} {mode}: {r['ms_per_step']:.1f} ms/step, graph/eager grad "
+                          f"(eager/eager) {r['graph_grad_diff']}", flush=True)
                 except RuntimeError as e:  # e.g. fla refusing its backward on this Triton/GPU
                     print(f"{l} {b} {mode}: FAILED: {str(e).splitlines()[0][:200]}")
                     torch.cuda.empty_cache()
@@ -254,15 +264,15 @@ def main():
 
 def report(rows):
     """The rows as a table, then each gdn75 fla row's tokens/s over the transformer's and the reference path's of
-    the same round and mode (graph/eager grad: a graphs row's largest relative gradient difference between the
-    replay and an eager backward on the same batch, `graphed`)."""
+    the same round and mode (graph/eager grad: a graphed row's largest relative gradient difference between the
+    replay and an eager backward on the same batch, then in brackets two eager backwards', `graphed`)."""
     print(f"{'round':5s} {'layout':12s} {'backend':10s} {'mode':8s} {'params':>8s} {'ms/step':>9s} {'tokens/s':>10s} "
-          f"{'peak GiB':>9s} {'graph/eager grad':>16s}  knobs")
+          f"{'peak GiB':>9s} {'graph/eager (eager/eager) grad':>30s}  knobs")
     for r in rows:
-        diff = "-" if r["graph_grad_diff"] is None else f"{r['graph_grad_diff']:.1e}"
+        diff = "-" if r["graph_grad_diff"] is None else "{:.1e} ({:.1e})".format(*r["graph_grad_diff"])
         print(f"{r['round']:5d} {r['layout']:12s} {('fla' if r['backend'] == 'auto' else 'torch-ref'):10s} "
               f"{r['mode']:8s} {r['params'] / 1e6:7.1f}M {r['ms_per_step']:9.1f} {r['tokens_per_s']:10.0f} "
-              f"{r['peak_gib']:9.2f} {diff:>16s}  "
+              f"{r['peak_gib']:9.2f} {diff:>30s}  "
               f"{r['knobs']}")
     base = {(r["round"], r["mode"], r["layout"], r["backend"]): r["tokens_per_s"] for r in rows if r["knobs"] == "-"}
     for r in rows:
