@@ -96,7 +96,7 @@ def trainer_step(m, x, graphed_):
     clipping, replayed from CUDA graphs when ``graphed_``, then the trainer's unfused AdamW with its two
     weight-decay groups and its learning-rate schedule) on tokens ``x`` [B, T] with every position supervised.
     Returns (step(batch), check()) as `graphed`; check: the replay's gradients against an eager pass of the same
-    `GradPass` on the same batch (None when not graphed)."""
+    `GradPass` on the same batch, and a second eager pass's against the first (None when not graphed)."""
     from types import SimpleNamespace
 
     from interp.train import TrainConfig, _make_optimizer, _optimizer_step, masked_lm_loss
@@ -128,7 +128,8 @@ def bench(layout, backend, batch, seq, steps, warmup=3, train=True, around=None,
     """Time ``steps`` steps after ``warmup``; ``around``: a context manager (e.g. a profiler) entered for the
     timed steps only (not the model's construction and move to the GPU, nor the warm-up); ``compile_``:
     `compile_mixers` first; ``graphs``: training steps replayed from a CUDA graph (`graphed`, captured after the
-    warm-up; the row's ``graph_grad_diff``: the replay's gradients against an eager backward's); ``trainer``:
+    warm-up; the row's ``graph_grad_diff``: the replay's gradients against an eager backward's, and two eager
+    backwards' against each other); ``trainer``:
     "trainer" or "trainer-eager", the trainer's own step (`trainer_step`, graphed or not; its capture happens in
     the first warm-up step) on the batch's first ``seq`` tokens."""
     torch.manual_seed(0)
