@@ -109,7 +109,7 @@ def trainer_step(m, x, graphed_):
 
     def step(tokens):
         batch.tokens.copy_(tokens)
-        _optimizer_step(m, opt, batch, cfg, count[0], None, gp)
+        _optimizer_step(opt, batch, cfg, count[0], gp)
         count[0] += 1
 
     def check():

@@ -354,18 +354,12 @@ def _next_batch(cfg: TrainConfig, step: int, rng, warming_up: bool, device):
     return task, T.generate(task, cfg.batch_size, seed=seed, **knobs).to(device)
 
 
-def _optimizer_step(model, opt, batch, cfg: TrainConfig, step: int, autocast, grad_pass=None) -> torch.Tensor:
-    """One AdamW step on ``batch``; ``grad_pass``: its gradients from `interp.train_graph.GradPass` (CUDA graphs)."""
+def _optimizer_step(opt, batch, cfg: TrainConfig, step: int, grad_pass: GradPass) -> torch.Tensor:
+    """One AdamW step on ``batch``, its clipped gradients from ``grad_pass`` (`interp.train_graph.GradPass`: replayed
+    from CUDA graphs or eager)."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
-    if grad_pass is not None:
-        loss = grad_pass(batch)
-    else:
-        with autocast:
-            loss = lm_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    loss = grad_pass(batch)
     opt.step()
     return loss
 
@@ -406,8 +400,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     out = _make_out(cfg)
     torch.manual_seed(cfg.seed)
     model, opt, start, done_at = _build(cfg, mcfg, out, device, resume)
-    graphed = cuda_graphs and graphs.graphable(device)
-    grad_pass = GradPass(model, cfg.grad_clip, masked_lm_loss, True) if graphed else None
+    grad_pass = GradPass(model, cfg.grad_clip, masked_lm_loss, cuda_graphs and graphs.graphable(device))
     _warn_config(cfg)
     log_path = out / "train_log.jsonl"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -425,7 +418,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
         if done_at is None and step > 0 and (step % INDUCTION_CHECK == 0 or step >= cfg.induction_steps):
             done_at = _warmup_over(model, induction_eval, cfg, step, autocast, log_path, bar)
         task, batch = _next_batch(cfg, step, rng, done_at is None, device)
-        loss = _optimizer_step(model, opt, batch, cfg, step, autocast, grad_pass)
+        loss = _optimizer_step(opt, batch, cfg, step, grad_pass)
         tokens_seen += batch.tokens.numel()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", task=task)

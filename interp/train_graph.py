@@ -1,4 +1,4 @@
-"""CUDA-graph replay of a single run's training pass: `interp.train.train(cfg, cuda_graphs=True)`.
+"""A single run's training pass (forward, loss, backward, clipping), replayed from CUDA graphs where it can be.
 
 A single run's step is bound by launching kernels from Python, not by arithmetic, at E1's size (8 layers,
 d=128) and still at 12 layers d=768 (gdn75's eager step keeps an H100 busy about half its wall time;
@@ -11,7 +11,10 @@ zeroed in place by every pass, so every graph writes the same tensors, which the
 handful of lengths) and replays it, and the caller runs the optimizer eagerly after the replay. A replay
 launches the eager pass's kernels on the same inputs; the wiring is tested on CPU with an eager stand-in for
 the capture (tests/test_train_graph.py), the real capture on a GPU by tests/gpu/check_stacked_graph_gpu.py
-``--single``. A shape whose capture fails runs eagerly, with one warning.
+``--single``. A shape whose capture fails runs eagerly, with one warning. `interp.train.train` steps through
+a `GradPass` in every run: graphed on a GPU (``cuda_graphs=True``, the default), eager otherwise (the same pass
+called directly; its gradients zeroed in place rather than set to None, which AdamW reads the same way because
+every zoo parameter gets a gradient in every step).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from interp.stacked_graph import ShapeGraphs
 
 
 class GradPass:
-    """A single run's forward + backward + gradient clipping, replayed from CUDA graphs (module doc)."""
+    """A single run's forward + backward + gradient clipping, replayed from CUDA graphs when ``graphed`` (module
+    doc)."""
 
     def __init__(self, model, grad_clip: float, loss_fn, graphed: bool):
         self.model, self.clip, self.loss_fn = model, grad_clip, loss_fn

@@ -1,11 +1,11 @@
 """bench/bench_train.py's trainer modes time the trainer's own update: `trainer_step`, graphed through an eager
-stand-in for the capture (tests/test_stacked_graph.py's) on a CPU, reproduces `interp.train`'s eager step (lm_loss,
+stand-in for the capture (tests/test_stacked_graph.py's) on a CPU, reproduces the trainer's step written out (lm_loss,
 clip, AdamW with its schedule) weight for weight, and its replay-vs-eager check reads 0 there."""
 import torch
 
 from bench_scripts import load  # tests/, a sibling
 from interp.interventions import graphs
-from interp.train import TrainConfig, _make_optimizer, _optimizer_step
+from interp.train import TrainConfig, _make_optimizer, lm_loss, lr_at
 from interp.zoo import HybridLM, ZooConfig
 from tests.test_stacked_graph import _fake_capture, calls
 
@@ -28,8 +28,13 @@ def test_trainer_step_is_the_trainers_eager_step(monkeypatch):
     cfg = TrainConfig(out="", model={}, lr=1e-4)
     opt = _make_optimizer(ref, cfg)
     batch = type("B", (), {"tokens": x, "loss_mask": torch.ones_like(x, dtype=torch.bool)})()
-    for i in range(4):
-        _optimizer_step(ref, opt, batch, cfg, i, torch.autocast("cpu", enabled=False))
+    for i in range(4):                                       # the trainer's step, written out
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, cfg)
+        opt.zero_grad(set_to_none=True)
+        lm_loss(ref, batch).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
+        opt.step()
     moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), _model().parameters()))
     assert moved > 1e-7                                      # the steps did change the weights
     for a, b in zip(ours.parameters(), ref.parameters()):

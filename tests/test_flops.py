@@ -27,9 +27,9 @@ def test_run_flops_equal_the_batches_trained_on(tmp_path, monkeypatch):
     seen = []
     orig = TR._optimizer_step
 
-    def record(model, opt, batch, cfg, step, autocast, *rest):
+    def record(opt, batch, *rest):
         seen.append(tuple(batch.tokens.shape))
-        return orig(model, opt, batch, cfg, step, autocast, *rest)
+        return orig(opt, batch, *rest)
     monkeypatch.setattr(TR, "_optimizer_step", record)
     cfg = TR.TrainConfig(out=str(tmp_path / "run"), model=MODEL, tasks=["mqar", "state_recall"], steps=12,
                          batch_size=3, eval_every=4, eval_n=4, induction_steps=5, induction_until=2.0, device="cpu")
