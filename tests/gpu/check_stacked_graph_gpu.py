@@ -65,7 +65,7 @@ def main() -> int:
             stacked.train_stacked(configs(root / name, a), resume=False, progress=False, cuda_graphs=graphs,
                                   length_split=a.split)
         wall[name] = time.perf_counter() - t0
-    shapes = [made["g"]] if "g" in made else [p.graphs for p in made.get("p", [])]   # each run's ShapeGraphs
+    shapes = [made["g"]] if "g" in made else [p.graphs for p in made.get("p", []) if p.graphs is not None]
     n_graphs, failed = sum(len(x.graphs) for x in shapes), {k: v for x in shapes for k, v in x.failed.items()}
     dl = dw = 0.0
     for s in range(a.runs):
