@@ -21,13 +21,15 @@
 #                                         # (set beside part 12's eager 6x1; ~100 s estimated)
 #   bash bench/issue26_gpu.sh OUTDIR 16   # gdn75 d=768: eager, whole-step graphs, and the trainer's own step
 #                                         # (interp.train_graph.GradPass) eager and graphed, twice in turn
+#   bash bench/issue26_gpu.sh OUTDIR 17   # the state-expansion kernel per config vs the write floor, the scan check
+#                                         # (first configs), then capture overhead (part 8's)
 # Logs go to OUTDIR/<step>.txt; set INTERP_GIT_COMMIT first (a device host's .git may be stale).
 # Triton's cache: a part ends by packing it into OUTDIR/triton.tgz (if it fits the 16 MiB a returned file may
 # have); copy that to .tcache/triton.tgz here and carry .tcache, and the next call starts with fla's kernels
 # compiled (set NO_TRITON_CACHE=1 for timings meant to include a first use's compiling, as part 4's).
 set -uo pipefail
-OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-16}
-PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-16}
+OUT=${1:?usage: bash bench/issue26_gpu.sh OUTDIR 1-17}
+PART=${2:?usage: bash bench/issue26_gpu.sh OUTDIR 1-17}
 mkdir -p "$OUT"
 if [ -f .tcache/triton.tgz ] && [ -z "${NO_TRITON_CACHE:-}" ]; then mkdir -p ~/.triton && tar xzf .tcache/triton.tgz -C ~/.triton; fi
 step() {  # step NAME SECONDS COMMAND...
@@ -71,7 +73,10 @@ case "$PART" in
        --out "$OUT/train_many_ref6g_4000.json" ;;
   16) step train_trainer 440 python bench/bench_train.py --modes train,graphs,trainer-eager,trainer --steps 20 \
        --repeat 2 ;;
-  *) echo "part must be 1 to 16, got '$PART'" >&2; exit 2 ;;
+  17) step prof_expand 240 python bench/prof_expand.py
+      step check_scan 150 python tests/gpu/check_scan_gpu.py --first-config
+      step capture 200 python bench/bench_capture.py --skip-hf ;;
+  *) echo "part must be 1 to 17, got '$PART'" >&2; exit 2 ;;
 esac
 if [ -d ~/.triton/cache ]; then
   T=$(tar czf - -C ~/.triton cache | tee "$OUT/triton.tgz" | wc -c)

@@ -6,11 +6,14 @@ the chunk-start states h ``[B, NT, H, K, V]`` and (for Gated DeltaNet) the effec
 w = d ("v_new": checked equal to d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t), see
 tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:
 
-* all states: `expand_triton`, one Triton program per (V-block, chunk, batch*head) that loads the
-  chunk-start state into registers and steps through the chunk, S = exp(g_t) S + k_t w_t^T,
-  storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound on
-  the write. Chunks are independent, so all run in parallel.
-* selected positions: the same kernel with one program per (V-block, position, batch*head),
+* all states: `expand_triton`, one Triton program per (state block, chunk part, batch*head) that
+  loads its [BK, BV] block of the chunk-start state into registers and steps through the chunk,
+  S = exp(g_t) S + k_t w_t^T, storing S after every token of its part (rows of S evolve
+  independently, so K- and V-blocks need nothing from each other; a chunk cut into SPLIT parts
+  has each part's program step, without storing, from the chunk start to its part). It reads
+  T*(K+V) and writes T*K*V per head: memory bound on the write. Chunks are independent, so all
+  run in parallel. Block sizes, warps and SPLIT are autotuned (`_CONFIGS`).
+* selected positions: the same kernel with one program per (state block, position, batch*head),
   stepping from the start of the position's chunk (at most 64 steps) and storing one state.
 * ``impl="einsum"``: `hooks.scan._common.expand_states`, the torch closed form
   S_p = exp(seg(p, -1)) h_c + sum_{s<=p} exp(seg(p, s)) k_s w_s^T (fallback and cross-check).
@@ -31,45 +34,55 @@ from hooks.scan._common import CHUNK, expand_states
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop V-blocks wider than V needs or holding more than 8192 state values per program."""
+    """Drop K- or V-blocks wider than K / V need, and blocks holding more than 8192 state values."""
     K, V = kwargs.get("K", named_args.get("K")), kwargs.get("V", named_args.get("V"))
-    BK = triton.next_power_of_2(K)
-    cap = max(16, min(triton.next_power_of_2(V), 8192 // BK))
-    kept = [c for c in configs if c.kwargs["BV"] <= cap]
+    pk, pv = triton.next_power_of_2(K), triton.next_power_of_2(V)
+    kept = [c for c in configs if c.kwargs["BK"] <= pk and c.kwargs["BV"] <= max(16, pv)
+            and c.kwargs["BK"] * c.kwargs["BV"] <= 8192]
     return kept or configs[:1]
 
 
-# The first config is the one this kernel used before it was autotuned (and the one `--first-config`
-# check runs take); the others trade V-block width (programs in flight) against warps per program.
+# The first config is the one this kernel used before it was autotuned (the whole K in one block, one program
+# per chunk; the one `--first-config` check runs take); the others trade block size (programs in flight)
+# against warps per program, and SPLIT cuts each chunk into that many programs, each stepping without
+# stores from the chunk start to its own part (bit-equal: the same operations in the same order).
 # (Streaming ".cs" stores as a further axis were tried on an H200: no gain, 1.067 vs 1.064 ms for all
 # states in fp32, and twice the first call's autotuning; BENCHMARKS.md section 3.)
-_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
-            [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
+_CONFIGS = [triton.Config(dict(BK=bk, BV=bv, SPLIT=sp), num_warps=nw) for bk, bv, sp, nw in
+            [(64, 64, 1, 4), (64, 64, 1, 8), (64, 32, 1, 4), (64, 32, 1, 2), (64, 16, 1, 2), (64, 128, 1, 8),
+             (32, 64, 1, 2), (32, 64, 2, 2), (64, 64, 2, 4), (64, 64, 4, 4)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
 def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr,
+                   GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
-    ALL: program (i_v, chunk, b*h) steps through its chunk storing S after every token into
-    out [B,T,H,K,V]; else program (i_v, i, b*h) steps from the start of the chunk holding
-    pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V].
-    Token t+1's k, w, g are loaded before token t's state is formed and stored, so the loads'
-    latency hides behind the store instead of stalling every step."""
-    i_v = tl.program_id(0)
+    Program (i_kv, i_p, b*h) owns a [BK, BV] block of the state (rows of S evolve independently).
+    ALL: i_p = chunk * SPLIT + part; the program steps from the chunk start through its part of the chunk
+    (BT / SPLIT tokens), storing S after each of those tokens into out [B,T,H,K,V]; else i_p = i, the
+    program steps from the start of the chunk holding pos[i] up to pos[i] and stores that one state into
+    out [B,NP,H,K,V]. Token t+1's k, w, g are loaded before token t's state is formed and stored, so
+    the loads' latency hides behind the store instead of stalling every step."""
+    i_kv = tl.program_id(0)
     i_p = tl.program_id(1)
     i_bh = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
+    NV: tl.constexpr = (V + BV - 1) // BV
+    i_k = i_kv // NV
+    i_v = i_kv % NV
     if ALL:
-        i_c = i_p
-        t_end = tl.minimum((i_c + 1) * BT, T)
+        i_c = i_p // SPLIT
+        t_keep = i_c * BT + (i_p % SPLIT) * (BT // SPLIT)       # first token whose state this program stores
+        t_end = tl.minimum(t_keep + BT // SPLIT, T)
     else:
         p = tl.load(pos + i_p)
         i_c = p // BT
+        t_keep = p
         t_end = p + 1
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
@@ -97,19 +110,26 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
-            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
+            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv & (t >= t_keep))
         row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
 
 
-def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK):
+def _grid(K, V, NP, BH, every):
+    """The launch grid for a config's meta-parameters (K- x V-blocks, chunk parts or positions, b*h)."""
+    return lambda meta: (triton.cdiv(K, meta["BK"]) * triton.cdiv(V, meta["BV"]),  # noqa: E731
+                         NP * (meta["SPLIT"] if every else 1), BH)
+
+
+def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK, config=None):
     """Per-token states from chunk-start states h ``[B, NT, H, K, V]``, keys k ``[B, T, H, K]``,
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
     (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
-    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`)."""
+    Block sizes, warps and SPLIT are autotuned once per (K, V, dtype, mode) (`_CONFIGS`); ``config``
+    (a dict with BK, BV, SPLIT, num_warps) runs that one instead (benchmarks and tests)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -121,9 +141,11 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
     if NP == 0:
         return out
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), NP, B * H)  # noqa: E731
-    _expand_kernel[grid](h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
-                         H=H, K=K, V=V, BT=chunk, BK=triton.next_power_of_2(K), GATE_K=g.dim() == 4, ALL=every)
+    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, dict(config))
+    grid = _grid(K, V, NP, B * H, every)
+    kernel[grid if config is None else grid(meta)](
+        h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
+        H=H, K=K, V=V, BT=chunk, GATE_K=g.dim() == 4, ALL=every, **meta)
     return out
 
 

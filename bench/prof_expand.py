@@ -1,0 +1,105 @@
+"""The per-token state-expansion kernel alone, per config, against the time that writing its output takes.
+
+    python bench/prof_expand.py [--reps 20] [--calls 10]
+
+Inputs as fla's GDN chunk forward leaves them (B=8 T=2048 H=12 K=V=64: chunk-start states h and writes
+w in bf16, keys bf16, float32 log decays, scalar per head as in GDN / Mamba2 or per key as in GLA).
+For each `hooks.scan.triton_states._CONFIGS` entry run as given (``config=``), and for the autotuned
+choice: median over ``--reps`` of the CUDA-event time of ``--calls`` back-to-back calls, per call; the
+write floor is ``out.fill_(1.0)`` on a preallocated output of the same shape and dtype, timed the same
+way. Issue #26's target: expansion within 1.1x of the write floor (fp32 output). Every config's output
+is also compared with the first config's (expected bit-equal: the same operations in the same order).
+"""
+import argparse
+from datetime import datetime, timezone
+
+import torch
+
+from hooks.scan import triton_states as ts
+from interp.experiment import git_commit
+
+
+def per_call_ms(fn, reps, calls):
+    """Median over reps of the event time of ``calls`` back-to-back calls, divided by calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(calls):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b) / calls)
+    return sorted(out)[len(out) // 2]
+
+
+def inputs(per_key, B=8, T=2048, H=12, K=64, V=64, chunk=64):
+    """Random pieces of the benchmark's shape (values only need to stay finite)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dev, bf = "cuda", torch.bfloat16
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, K, device=dev, generator=gen), dim=-1).to(bf)
+    w = (torch.randn(B, T, H, V, device=dev, generator=gen) * 0.1).to(bf)
+    h = torch.randn(B, T // chunk, H, K, V, device=dev, generator=gen).to(bf)
+    g = -torch.rand(B, T, H, *((K,) if per_key else ()), device=dev, generator=gen) * 0.1
+    return h, k, w, g
+
+
+def name(cfg):
+    """A config as a short label."""
+    kw = cfg.kwargs
+    return f"BK={kw['BK']:<3d} BV={kw['BV']:<3d} SPLIT={kw['SPLIT']} warps={cfg.num_warps}"
+
+
+def table(per_key, out_dtype, a):
+    """One gate kind and output dtype: the floor, every config, the autotuned choice."""
+    h, k, w, g = inputs(per_key)
+    B, T, H, K = k.shape
+    V = w.shape[-1]
+    floor_out = torch.empty(B, T, H, K, V, dtype=out_dtype, device="cuda")
+    floor = per_call_ms(lambda: floor_out.fill_(1.0), a.reps, a.calls)
+    gb = floor_out.numel() * floor_out.element_size() / 1e9
+    gate = "per key (GLA)" if per_key else "scalar (GDN, Mamba2)"
+    print(f"\ngate {gate}, output {str(out_dtype).replace('torch.', '')}: {gb:.2f} GB written per call", flush=True)
+    print(f"{'what':44s} {'ms':>8s} {'x floor':>8s} {'TB/s':>6s}  same bits as first", flush=True)
+    print(f"{'write floor: fill_':44s} {floor:8.3f} {1.0:8.2f} {gb / floor:6.2f}", flush=True)
+    first, best = None, None
+    for cfg in ts._CONFIGS:
+        meta = dict(cfg.kwargs, num_warps=cfg.num_warps)
+        if meta["BK"] > K or meta["BV"] > V:
+            continue
+        got = ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta)
+        first = got if first is None else first
+        same = bool(torch.equal(got, first))
+        del got
+        ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, a.calls)
+        best = min(best or (ms, name(cfg)), (ms, name(cfg)))
+        print(f"{name(cfg):44s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {same}", flush=True)
+    ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, a.calls)
+    print(f"{'autotuned':44s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
+    print(f"fastest config: {best[1]} ({best[0] / floor:.2f}x the floor)", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--calls", type=int, default=10)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("prof_expand.py needs a CUDA GPU (the kernel is Triton)")
+    commit = git_commit()   # INTERP_GIT_COMMIT on a host whose .git is not the tree's
+    print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+          f"  torch {torch.__version__}  commit {commit}\ncommand: python bench/prof_expand.py --reps {a.reps}"
+          f" --calls {a.calls}", flush=True)
+    for per_key in (False, True):
+        for out_dtype in (torch.float32, torch.bfloat16):
+            table(per_key, out_dtype, a)
+    print("\nautotuned configs (key: K, V, all states?, per-key decay?, arg dtypes):")
+    for key, cfg in ts._expand_kernel.cache.items():
+        print(f"  {key}: {cfg}")
+
+
+if __name__ == "__main__":
+    main()
