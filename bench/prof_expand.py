@@ -8,7 +8,8 @@ For each `hooks.scan.triton_states._CONFIGS` entry run as given (``config=``), a
 choice: median over ``--reps`` of the CUDA-event time of ``--calls`` back-to-back calls, per call; the
 write floor is ``out.fill_(1.0)`` on a preallocated output of the same shape and dtype, timed the same
 way. Issue #26's target: expansion within 1.1x of the write floor (fp32 output). Every config's output
-is also compared with the first config's (expected bit-equal: the same operations in the same order).
+is also compared with the first config's (the same operations in the same order, but the compiler may
+contract multiply-adds differently per block shape: not always bit-equal on a GPU).
 """
 import argparse
 from datetime import datetime, timezone
@@ -50,7 +51,8 @@ def inputs(per_key, B=8, T=2048, H=12, K=64, V=64, chunk=64):
 def name(cfg):
     """A config as a short label."""
     kw = cfg.kwargs
-    return f"BK={kw['BK']:<3d} BV={kw['BV']:<3d} SPLIT={kw['SPLIT']} warps={cfg.num_warps}"
+    return (f"BK={kw['BK']:<3d} BV={kw['BV']:<3d} SPLIT={kw['SPLIT']} HF={kw['HF']} TMA={kw['TMA']} "
+            f"warps={cfg.num_warps}")
 
 
 def table(per_key, out_dtype, a):
@@ -63,8 +65,9 @@ def table(per_key, out_dtype, a):
     gb = floor_out.numel() * floor_out.element_size() / 1e9
     gate = "per key (GLA)" if per_key else "scalar (GDN, Mamba2)"
     print(f"\ngate {gate}, output {str(out_dtype).replace('torch.', '')}: {gb:.2f} GB written per call", flush=True)
-    print(f"{'what':44s} {'ms':>8s} {'x floor':>8s} {'TB/s':>6s}  same bits as first", flush=True)
-    print(f"{'write floor: fill_':44s} {floor:8.3f} {1.0:8.2f} {gb / floor:6.2f}", flush=True)
+    print(f"{'what':52s} {'ms':>8s} {'x floor':>8s} {'TB/s':>6s}  max |diff| to the first / max |first|",
+          flush=True)
+    print(f"{'write floor: fill_':52s} {floor:8.3f} {1.0:8.2f} {gb / floor:6.2f}", flush=True)
     first, best = None, None
     for cfg in ts._CONFIGS:
         meta = dict(cfg.kwargs, num_warps=cfg.num_warps)
@@ -72,13 +75,13 @@ def table(per_key, out_dtype, a):
             continue
         got = ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta)
         first = got if first is None else first
-        same = bool(torch.equal(got, first))
+        diff = ((got.float() - first.float()).abs().max() / first.float().abs().max()).item()
         del got
         ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, a.calls)
         best = min(best or (ms, name(cfg)), (ms, name(cfg)))
-        print(f"{name(cfg):44s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {same}", flush=True)
+        print(f"{name(cfg):52s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
     ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, a.calls)
-    print(f"{'autotuned':44s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
+    print(f"{'autotuned':52s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     print(f"fastest config: {best[1]} ({best[0] / floor:.2f}x the floor)", flush=True)
 
 

@@ -33,12 +33,22 @@ import triton.language as tl
 from hooks.scan._common import CHUNK, expand_states
 
 
+def _tma_ok(named_args, K, V, BK, BV, every):
+    """Whether a TMA config can store this output: all states, whole blocks, 32-bit rows, Hopper or later."""
+    out = named_args["out"]
+    return (every and K % BK == 0 and V % BV == 0 and out.numel() // V < 2 ** 31 and out.is_cuda
+            and torch.cuda.get_device_capability(out.device)[0] >= 9)
+
+
 def _prune(configs, named_args, **kwargs):
-    """Drop K- or V-blocks wider than K / V need, and blocks holding more than 8192 state values."""
+    """Drop K- or V-blocks wider than K / V need, blocks holding more than 8192 state values, and TMA configs
+    where `_tma_ok` says no."""
     K, V = kwargs.get("K", named_args.get("K")), kwargs.get("V", named_args.get("V"))
+    every = kwargs.get("ALL", named_args.get("ALL"))
     pk, pv = triton.next_power_of_2(K), triton.next_power_of_2(V)
     kept = [c for c in configs if c.kwargs["BK"] <= pk and c.kwargs["BV"] <= max(16, pv)
-            and c.kwargs["BK"] * c.kwargs["BV"] <= 8192]
+            and c.kwargs["BK"] * c.kwargs["BV"] <= 8192
+            and (not c.kwargs["TMA"] or _tma_ok(named_args, K, V, c.kwargs["BK"], c.kwargs["BV"], every))]
     return kept or configs[:1]
 
 
@@ -48,28 +58,39 @@ def _prune(configs, named_args, **kwargs):
 # stores from the chunk start to its own part (bit-equal: the same operations in the same order).
 # (Streaming ".cs" stores as a further axis were tried on an H200: no gain, 1.067 vs 1.064 ms for all
 # states in fp32, and twice the first call's autotuning; BENCHMARKS.md section 3.)
-_CONFIGS = [triton.Config(dict(BK=bk, BV=bv, SPLIT=sp), num_warps=nw) for bk, bv, sp, nw in
-            [(64, 64, 1, 4), (64, 64, 1, 8), (64, 32, 1, 4), (64, 32, 1, 2), (64, 16, 1, 2), (64, 128, 1, 8),
-             (32, 64, 1, 2), (32, 64, 2, 2), (64, 64, 2, 4), (64, 64, 4, 4)]]
+_CONFIGS = [triton.Config(dict(BK=bk, BV=bv, SPLIT=sp, HF=hf, TMA=tma), num_warps=nw)
+            for bk, bv, sp, hf, tma, nw in
+            [(64, 64, 1, 0, 0, 4), (64, 64, 1, 0, 0, 8), (64, 32, 1, 0, 0, 4), (64, 32, 1, 0, 0, 2),
+             (64, 16, 1, 0, 0, 2), (64, 128, 1, 0, 0, 8), (32, 64, 1, 0, 0, 2), (32, 64, 2, 0, 0, 2),
+             (64, 64, 2, 0, 0, 4), (64, 64, 4, 0, 0, 4), (64, 64, 1, 1, 0, 4), (64, 64, 1, 1, 0, 8),
+             (64, 64, 1, 0, 1, 4), (64, 64, 1, 0, 1, 8), (64, 32, 1, 0, 1, 4), (32, 64, 1, 0, 1, 4),
+             (64, 64, 1, 1, 1, 4), (64, 64, 1, 1, 1, 8)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
-def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, R, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr,
-                   GATE_K: tl.constexpr, ALL: tl.constexpr):
+                   HF: tl.constexpr, TMA: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
     Program (i_kv, i_p, b*h) owns a [BK, BV] block of the state (rows of S evolve independently).
     ALL: i_p = chunk * SPLIT + part; the program steps from the chunk start through its part of the chunk
     (BT / SPLIT tokens), storing S after each of those tokens into out [B,T,H,K,V]; else i_p = i, the
     program steps from the start of the chunk holding pos[i] up to pos[i] and stores that one state into
     out [B,NP,H,K,V]. Token t+1's k, w, g are loaded before token t's state is formed and stored, so
-    the loads' latency hides behind the store instead of stalling every step."""
-    i_kv = tl.program_id(0)
+    the loads' latency hides behind the store instead of stalling every step.
+    HF: heads first in the grid (program (i_kv * H + i_h, i_p, b)), so that programs launched together write
+    neighbouring heads of the same tokens. TMA (ALL only; BK | K, BV | V, R = out's rows of V < 2**31):
+    states leave through a tensor descriptor over out viewed as [R, V] instead of per-thread stores."""
     i_p = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
+    if HF:
+        i_kv = tl.program_id(0) // H
+        i_h = tl.program_id(0) % H
+        i_b = tl.program_id(2)
+    else:
+        i_kv = tl.program_id(0)
+        i_b = tl.program_id(2) // H
+        i_h = tl.program_id(2) % H
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k = i_kv // NV
     i_v = i_kv % NV
@@ -97,6 +118,8 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
         b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
     else:
         b_g = tl.load(g + row).to(tl.float32)
+    if TMA and ALL:
+        desc = tl.make_tensor_descriptor(out, shape=[R, V], strides=[V, 1], block_shape=[BK, BV])
     for t in range(i_c * BT, t_end):
         nrow = row + H                                       # token t + 1 (loads masked off past the end)
         more = t + 1 < t_end
@@ -110,17 +133,34 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
-            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv & (t >= t_keep))
+            if TMA:
+                if t >= t_keep:
+                    desc.store([(row * K + i_k * BK).to(tl.int32), i_v * BV], b_s.to(out.dtype.element_ty))
+            else:
+                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv & (t >= t_keep))
         row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
 
 
-def _grid(K, V, NP, BH, every):
-    """The launch grid for a config's meta-parameters (K- x V-blocks, chunk parts or positions, b*h)."""
-    return lambda meta: (triton.cdiv(K, meta["BK"]) * triton.cdiv(V, meta["BV"]),  # noqa: E731
-                         NP * (meta["SPLIT"] if every else 1), BH)
+def _grid(B, H, K, V, NP, every):
+    """The launch grid for a config's meta-parameters (K- x V-blocks [x heads], chunk parts or positions,
+    [heads x] batch)."""
+    def grid(meta):
+        kv, parts = triton.cdiv(K, meta["BK"]) * triton.cdiv(V, meta["BV"]), NP * (meta["SPLIT"] if every else 1)
+        return (kv * H, parts, B) if meta["HF"] else (kv, parts, B * H)
+    return grid
+
+
+_ALLOCATOR = []
+
+
+def _tma_scratch():
+    """Triton's in-kernel tensor descriptors need a scratch allocator (fla sets the same one on Hopper)."""
+    if not _ALLOCATOR:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _ALLOCATOR.append(True)
 
 
 def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK, config=None):
@@ -141,11 +181,13 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
     if NP == 0:
         return out
-    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, dict(config))
-    grid = _grid(K, V, NP, B * H, every)
+    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, dict(dict(HF=0, TMA=0), **config))
+    if meta.get("TMA", 1) and every and out.is_cuda:
+        _tma_scratch()
+    grid = _grid(B, H, K, V, NP, every)
     kernel[grid if config is None else grid(meta)](
         h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
-        H=H, K=K, V=V, BT=chunk, GATE_K=g.dim() == 4, ALL=every, **meta)
+        out.numel() // V, H=H, K=K, V=V, BT=chunk, GATE_K=g.dim() == 4, ALL=every, **meta)
     return out
 
 
