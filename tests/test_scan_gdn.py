@@ -253,25 +253,22 @@ def test_interp_expand_kernel_equals_torch(ts, per_key):
 @interp
 @pytest.mark.parametrize("per_key", [False, True])
 def test_interp_expand_kernel_configs_agree(ts, per_key):
-    """Every block shape, chunk split, grid order and store path gives the torch formula's states, and under
-    the interpreter the same bits as the one-program-per-chunk config (each state element sees the same
-    operations in the same order; on a GPU the compiler may contract multiply-adds differently per block
-    shape, bench/prof_expand.py reports by how much)."""
+    """Every V-block width gives the torch formula's states, and under the interpreter the same bits as the
+    first config (each state element sees the same operations in the same order; on a GPU the compiler may
+    contract multiply-adds differently per block shape, bench/prof_expand.py reports by how much)."""
     from hooks.scan._common import expand_states
     gen = torch.Generator().manual_seed(1)
-    B, T, H, K, V = 1, 70, 2, 8, 12
+    B, T, H, K, V = 2, 70, 3, 8, 12
     k, w = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
     h = torch.randn(B, 2, H, K, V, generator=gen)
     g = -torch.rand(B, T, H, *((K,) if per_key else ()), generator=gen) * 3
     full = expand_states(h, k, w, g)
-    base = ts.expand_triton(h, k, w, g, config=dict(BK=8, BV=16, SPLIT=1, num_warps=4))
+    base = ts.expand_triton(h, k, w, g, config=dict(BV=16, num_warps=4))
     torch.testing.assert_close(base, full, **TOL)
-    for cfg in [dict(BK=4, BV=8, SPLIT=2), dict(BK=8, BV=4, SPLIT=4), dict(BK=2, BV=16, SPLIT=1),
-                dict(BK=8, BV=4, SPLIT=1, HF=1), dict(BK=4, BV=4, SPLIT=2, TMA=1), dict(BK=8, BV=4, SPLIT=1, HF=1, TMA=1)]:
-        got = ts.expand_triton(h, k, w, g, config=dict(cfg, num_warps=2))
-        assert torch.equal(got, base), cfg
-        pos = torch.tensor([69, 0, 63, 64], dtype=torch.long)
-        assert torch.equal(ts.expand_triton(h, k, w, g, pos, config=dict(cfg, num_warps=2)), base[:, pos]), cfg
+    pos = torch.tensor([69, 0, 63, 64], dtype=torch.long)
+    for bv in (8, 4):
+        assert torch.equal(ts.expand_triton(h, k, w, g, config=dict(BV=bv, num_warps=2)), base), bv
+        assert torch.equal(ts.expand_triton(h, k, w, g, pos, config=dict(BV=bv, num_warps=2)), base[:, pos]), bv
 
 
 @interp

@@ -6,14 +6,12 @@ the chunk-start states h ``[B, NT, H, K, V]`` and (for Gated DeltaNet) the effec
 w = d ("v_new": checked equal to d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t), see
 tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:
 
-* all states: `expand_triton`, one Triton program per (state block, chunk part, batch*head) that
-  loads its [BK, BV] block of the chunk-start state into registers and steps through the chunk,
-  S = exp(g_t) S + k_t w_t^T, storing S after every token of its part (rows of S evolve
-  independently, so K- and V-blocks need nothing from each other; a chunk cut into SPLIT parts
-  has each part's program step, without storing, from the chunk start to its part). It reads
-  T*(K+V) and writes T*K*V per head: memory bound on the write. Chunks are independent, so all
-  run in parallel. Block sizes, warps and SPLIT are autotuned (`_CONFIGS`).
-* selected positions: the same kernel with one program per (state block, position, batch*head),
+* all states: `expand_triton`, one Triton program per (V-block, head, chunk, batch) that loads the
+  chunk-start state into registers and steps through the chunk, S = exp(g_t) S + k_t w_t^T,
+  storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound on
+  the write (1.2-1.3x the time `fill_` takes to write the same bytes on an H100, BENCHMARKS.md
+  section 39). Chunks are independent, so all run in parallel.
+* selected positions: the same kernel with one program per (V-block, head, position, batch),
   stepping from the start of the position's chunk (at most 64 steps) and storing one state.
 * ``impl="einsum"``: `hooks.scan._common.expand_states`, the torch closed form
   S_p = exp(seg(p, -1)) h_c + sum_{s<=p} exp(seg(p, s)) k_s w_s^T (fallback and cross-check).
@@ -33,77 +31,47 @@ import triton.language as tl
 from hooks.scan._common import CHUNK, expand_states
 
 
-def _tma_ok(named_args, K, V, BK, BV, every):
-    """Whether a TMA config can store this output: all states, whole blocks, 32-bit rows, Hopper or later."""
-    out = named_args["out"]
-    return (every and K % BK == 0 and V % BV == 0 and out.numel() // V < 2 ** 31 and out.is_cuda
-            and torch.cuda.get_device_capability(out.device)[0] >= 9)
-
-
 def _prune(configs, named_args, **kwargs):
-    """Drop K- or V-blocks wider than K / V need, blocks holding more than 8192 state values, and TMA configs
-    where `_tma_ok` says no."""
+    """Drop V-blocks wider than V needs or holding more than 8192 state values per program."""
     K, V = kwargs.get("K", named_args.get("K")), kwargs.get("V", named_args.get("V"))
-    every = kwargs.get("ALL", named_args.get("ALL"))
-    pk, pv = triton.next_power_of_2(K), triton.next_power_of_2(V)
-    kept = [c for c in configs if c.kwargs["BK"] <= pk and c.kwargs["BV"] <= max(16, pv)
-            and c.kwargs["BK"] * c.kwargs["BV"] <= 8192
-            and (not c.kwargs["TMA"] or _tma_ok(named_args, K, V, c.kwargs["BK"], c.kwargs["BV"], every))]
+    BK = triton.next_power_of_2(K)
+    cap = max(16, min(triton.next_power_of_2(V), 8192 // BK))
+    kept = [c for c in configs if c.kwargs["BV"] <= cap]
     return kept or configs[:1]
 
 
-# The first config is the one this kernel used before it was autotuned (the whole K in one block, one program
-# per chunk; the one `--first-config` check runs take); the others trade block size (programs in flight)
-# against warps per program, and SPLIT cuts each chunk into that many programs, each stepping without
-# stores from the chunk start to its own part (bit-equal: the same operations in the same order).
-# (Streaming ".cs" stores as a further axis were tried on an H200: no gain, 1.067 vs 1.064 ms for all
-# states in fp32, and twice the first call's autotuning; BENCHMARKS.md section 3.)
-_CONFIGS = [triton.Config(dict(BK=bk, BV=bv, SPLIT=sp, HF=hf, TMA=tma), num_warps=nw)
-            for bk, bv, sp, hf, tma, nw in
-            [(64, 64, 1, 0, 0, 4), (64, 64, 1, 0, 0, 8), (64, 32, 1, 0, 0, 4), (64, 32, 1, 0, 0, 2),
-             (64, 16, 1, 0, 0, 2), (64, 128, 1, 0, 0, 8), (32, 64, 1, 0, 0, 2), (32, 64, 2, 0, 0, 2),
-             (64, 64, 2, 0, 0, 4), (64, 64, 4, 0, 0, 4), (64, 64, 1, 1, 0, 4), (64, 64, 1, 1, 0, 8),
-             (64, 64, 1, 0, 1, 4), (64, 64, 1, 0, 1, 8), (64, 32, 1, 0, 1, 4), (32, 64, 1, 0, 1, 4),
-             (64, 64, 1, 1, 1, 4), (64, 64, 1, 1, 1, 8)]]
+# The first config is the one this kernel used before it was autotuned (and the one `--first-config`
+# check runs take); the others trade V-block width (programs in flight) against warps per program.
+# Tried on an H100 and not kept (no gain; bench/prof_expand.py, BENCHMARKS.md section 39): K-blocks,
+# chunks cut into 2 or 4 programs, TMA stores through a tensor descriptor; on an H200, streaming ".cs"
+# stores (section 3). Kept: the grid's heads-first order (1-2% faster).
+_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
+            [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
-def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, R, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr,
-                   HF: tl.constexpr, TMA: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
+def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
-    Program (i_kv, i_p, b*h) owns a [BK, BV] block of the state (rows of S evolve independently).
-    ALL: i_p = chunk * SPLIT + part; the program steps from the chunk start through its part of the chunk
-    (BT / SPLIT tokens), storing S after each of those tokens into out [B,T,H,K,V]; else i_p = i, the
-    program steps from the start of the chunk holding pos[i] up to pos[i] and stores that one state into
-    out [B,NP,H,K,V]. Token t+1's k, w, g are loaded before token t's state is formed and stored, so
-    the loads' latency hides behind the store instead of stalling every step.
-    HF: heads first in the grid (program (i_kv * H + i_h, i_p, b)), so that programs launched together write
-    neighbouring heads of the same tokens. TMA (ALL only; BK | K, BV | V, R = out's rows of V < 2**31):
-    states leave through a tensor descriptor over out viewed as [R, V] instead of per-thread stores."""
+    ALL: program (i_v * H + h, chunk, b) steps through its chunk storing S after every token into
+    out [B,T,H,K,V]; else program (i_v * H + h, i, b) steps from the start of the chunk holding
+    pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V]. Heads come first in the grid,
+    so programs launched together write neighbouring heads of the same tokens.
+    Token t+1's k, w, g are loaded before token t's state is formed and stored, so the loads'
+    latency hides behind the store instead of stalling every step."""
+    i_v = tl.program_id(0) // H
+    i_h = tl.program_id(0) % H
     i_p = tl.program_id(1)
-    if HF:
-        i_kv = tl.program_id(0) // H
-        i_h = tl.program_id(0) % H
-        i_b = tl.program_id(2)
-    else:
-        i_kv = tl.program_id(0)
-        i_b = tl.program_id(2) // H
-        i_h = tl.program_id(2) % H
-    NV: tl.constexpr = (V + BV - 1) // BV
-    i_k = i_kv // NV
-    i_v = i_kv % NV
+    i_b = tl.program_id(2)
     if ALL:
-        i_c = i_p // SPLIT
-        t_keep = i_c * BT + (i_p % SPLIT) * (BT // SPLIT)       # first token whose state this program stores
-        t_end = tl.minimum(t_keep + BT // SPLIT, T)
+        i_c = i_p
+        t_end = tl.minimum((i_c + 1) * BT, T)
     else:
         p = tl.load(pos + i_p)
         i_c = p // BT
-        t_keep = p
         t_end = p + 1
-    o_k = i_k * BK + tl.arange(0, BK)
+    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
@@ -118,8 +86,6 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, R, H: tl.constexpr, K: tl.co
         b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
     else:
         b_g = tl.load(g + row).to(tl.float32)
-    if TMA and ALL:
-        desc = tl.make_tensor_descriptor(out, shape=[R, V], strides=[V, 1], block_shape=[BK, BV])
     for t in range(i_c * BT, t_end):
         nrow = row + H                                       # token t + 1 (loads masked off past the end)
         more = t + 1 < t_end
@@ -133,34 +99,16 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, R, H: tl.constexpr, K: tl.co
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
-            if TMA:
-                if t >= t_keep:
-                    desc.store([(row * K + i_k * BK).to(tl.int32), i_v * BV], b_s.to(out.dtype.element_ty))
-            else:
-                tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv & (t >= t_keep))
+            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
         row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
 
 
-def _grid(B, H, K, V, NP, every):
-    """The launch grid for a config's meta-parameters (K- x V-blocks [x heads], chunk parts or positions,
-    [heads x] batch)."""
-    def grid(meta):
-        kv, parts = triton.cdiv(K, meta["BK"]) * triton.cdiv(V, meta["BV"]), NP * (meta["SPLIT"] if every else 1)
-        return (kv * H, parts, B) if meta["HF"] else (kv, parts, B * H)
-    return grid
-
-
-_ALLOCATOR = []
-
-
-def _tma_scratch():
-    """Triton's in-kernel tensor descriptors need a scratch allocator (fla sets the same one on Hopper)."""
-    if not _ALLOCATOR:
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _ALLOCATOR.append(True)
+def _grid(B, H, V, NP):
+    """The launch grid for a config's V-block width: (V-blocks x heads, chunks or positions, batch)."""
+    return lambda meta: (triton.cdiv(V, meta["BV"]) * H, NP, B)  # noqa: E731
 
 
 def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHUNK, config=None):
@@ -168,8 +116,8 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     writes w ``[B, T, H, V]`` and per-step log decays g ``[B, T, H]`` or ``[B, T, H, K]``
     (natural log): ``[B, T, H, K, V]``, or ``[B, P, H, K, V]`` for a 1-D LongTensor of positions
     (each formed from its chunk start, at most 64 steps). Same result as `_common.expand_states`.
-    Block sizes, warps and SPLIT are autotuned once per (K, V, dtype, mode) (`_CONFIGS`); ``config``
-    (a dict with BK, BV, SPLIT, num_warps) runs that one instead (benchmarks and tests)."""
+    The V-block width and warps are autotuned once per (K, V, dtype, mode) (`_CONFIGS`); ``config``
+    (a dict with BV and num_warps) runs that one instead (benchmarks and tests)."""
     B, T, H, K = k.shape
     V = w.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -181,13 +129,11 @@ def expand_triton(h, k, w, g, positions=None, out_dtype=torch.float32, chunk=CHU
     out = torch.empty(B, T if every else NP, H, K, V, dtype=out_dtype, device=k.device)
     if NP == 0:
         return out
-    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, dict(dict(HF=0, TMA=0), **config))
-    if meta.get("TMA", 1) and every and out.is_cuda:
-        _tma_scratch()
-    grid = _grid(B, H, K, V, NP, every)
+    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, dict(config))
+    grid = _grid(B, H, V, NP)
     kernel[grid if config is None else grid(meta)](
         h.contiguous(), k.contiguous(), w.contiguous(), g.float().contiguous(), out, pos, T, NT, NP,
-        out.numel() // V, H=H, K=K, V=V, BT=chunk, GATE_K=g.dim() == 4, ALL=every, **meta)
+        H=H, K=K, V=V, BT=chunk, BK=triton.next_power_of_2(K), GATE_K=g.dim() == 4, ALL=every, **meta)
     return out
 
 
