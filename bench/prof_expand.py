@@ -9,16 +9,52 @@ choice: median over ``--reps`` of the CUDA-event time of ``--calls`` back-to-bac
 write floor is ``out.fill_(1.0)`` on a preallocated output of the same shape and dtype, timed the same
 way. Issue #26's target: expansion within 1.1x of the write floor (fp32 output). Every config's output
 is also compared with the first config's (the same operations in the same order, but the compiler may
-contract multiply-adds differently per block shape: not always bit-equal on a GPU). Other designs tried
+contract multiply-adds differently per block shape: not always bit-equal on a GPU). Two more floors tell
+where the kernel's time goes: the kernel's own stores without its recurrence (the same programs, the same
+addresses, each storing a constant-per-step tile after every token), and the same programs each storing its
+tiles into one contiguous stretch ("linear"). Other designs tried
 with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39.
 """
 import argparse
 from datetime import datetime, timezone
 
 import torch
+import triton
+import triton.language as tl
 
 from hooks.scan import triton_states as ts
 from interp.experiment import git_commit
+
+
+@triton.jit
+def _stores_only(out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                 LINEAR: tl.constexpr):
+    """The expansion's grid (V-block * H + head, chunk, batch) and stores, without loads or recurrence; LINEAR:
+    program p stores its BT tiles of K x BV values one after another from p * BT * K * BV on."""
+    NV: tl.constexpr = V // BV
+    i_v = tl.program_id(0) // H
+    i_h = tl.program_id(0) % H
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2)
+    o_k = tl.arange(0, K)
+    o_v = tl.arange(0, BV)
+    b = tl.zeros([K, BV], dtype=tl.float32) + 1.0
+    p = ((i_b * tl.num_programs(1) + i_c) * (NV * H) + tl.program_id(0)).to(tl.int64)
+    for t in range(BT):
+        if LINEAR:
+            ptr = out + (p * BT + t) * (K * BV) + o_k[:, None] * BV + o_v[None, :]
+        else:
+            row = (i_b * T + i_c * BT + t).to(tl.int64) * H + i_h
+            ptr = out + row * (K * V) + o_k[:, None] * V + (i_v * BV + o_v)[None, :]
+        tl.store(ptr, (b + t).to(out.dtype.element_ty))
+
+
+def stores_only_ms(out, linear, a, BV=64, BT=64):
+    """Per-call time of `_stores_only` over ``out`` [B, T, H, K, V] (8 warps, the autotuner's usual choice)."""
+    B, T, H, K, V = out.shape
+    grid = (V // BV * H, T // BT, B)
+    return per_call_ms(lambda: _stores_only[grid](out, T, H=H, K=K, V=V, BT=BT, BV=BV, LINEAR=linear, num_warps=8),
+                       a.reps, a.calls)
 
 
 def per_call_ms(fn, reps, calls):
@@ -68,6 +104,9 @@ def table(per_key, out_dtype, a):
     print(f"{'what':24s} {'ms':>8s} {'x floor':>8s} {'TB/s':>6s}  max |diff| to the first / max |first|",
           flush=True)
     print(f"{'write floor: fill_':24s} {floor:8.3f} {1.0:8.2f} {gb / floor:6.2f}", flush=True)
+    for label, linear in (("stores only, its pattern", False), ("stores only, linear", True)):
+        ms = stores_only_ms(floor_out, linear, a)
+        print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     first, best = None, None
     for cfg in ts._CONFIGS:
         meta = dict(cfg.kwargs, num_warps=cfg.num_warps)
