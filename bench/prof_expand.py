@@ -12,8 +12,8 @@ is also compared with the first config's (the same operations in the same order,
 contract multiply-adds differently per block shape: not always bit-equal on a GPU). Two more floors tell
 where the kernel's time goes: the kernel's own stores without its recurrence (the same programs, the same
 addresses, each storing a constant-per-step tile after every token), and the same programs each storing its
-tiles into one contiguous stretch ("linear"). Other designs tried
-with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39.
+tiles into one contiguous stretch ("linear"). Other designs tried with this script (K-blocks, chunks cut
+into several programs, TMA stores): BENCHMARKS.md section 39.
 """
 import argparse
 from datetime import datetime, timezone
@@ -129,6 +129,9 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--calls", type=int, default=10)
     a = p.parse_args()
+    for flag, v in (("--reps", a.reps), ("--calls", a.calls)):
+        if v < 1:
+            p.exit(2, f"prof_expand.py: error: {flag} {v}: must be a positive whole number\n")
     if not torch.cuda.is_available():
         raise SystemExit("prof_expand.py needs a CUDA GPU (the kernel is Triton)")
     commit = git_commit()   # INTERP_GIT_COMMIT on a host whose .git is not the tree's
