@@ -27,7 +27,9 @@ from hooks.scan import gdn, gla, mamba2
 from hooks.scan._common import fla_reference
 
 
-def timeit(fn, reps=20, warm=3):
+def timeit(fn, reps=20, warm=3, calls=1):
+    """Median over ``reps`` of the CUDA-event time of ``calls`` back-to-back calls of ``fn``, per call (ms),
+    after ``warm`` untimed calls."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
@@ -35,10 +37,11 @@ def timeit(fn, reps=20, warm=3):
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(calls):
+            fn()
         b.record()
         torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
+        ts.append(a.elapsed_time(b) / calls)
     return sorted(ts)[len(ts) // 2]
 
 

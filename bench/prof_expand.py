@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bench_states import timeit   # this script runs from bench/, beside it
 from hooks.scan import triton_states as ts
 from interp.experiment import git_commit
 
@@ -53,25 +54,8 @@ def stores_only_ms(out, linear, a, BV=64, BT=64):
     """Per-call time of `_stores_only` over ``out`` [B, T, H, K, V] (8 warps, the autotuner's usual choice)."""
     B, T, H, K, V = out.shape
     grid = (V // BV * H, T // BT, B)
-    return per_call_ms(lambda: _stores_only[grid](out, T, H=H, K=K, V=V, BT=BT, BV=BV, LINEAR=linear, num_warps=8),
-                       a.reps, a.calls)
-
-
-def per_call_ms(fn, reps, calls):
-    """Median over reps of the event time of ``calls`` back-to-back calls, divided by calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / calls)
-    return sorted(out)[len(out) // 2]
+    return timeit(lambda: _stores_only[grid](out, T, H=H, K=K, V=V, BT=BT, BV=BV, LINEAR=linear, num_warps=8),
+                  a.reps, calls=a.calls)
 
 
 def inputs(per_key, B=8, T=2048, H=12, K=64, V=64, chunk=64):
@@ -97,7 +81,7 @@ def table(per_key, out_dtype, a):
     B, T, H, K = k.shape
     V = w.shape[-1]
     floor_out = torch.empty(B, T, H, K, V, dtype=out_dtype, device="cuda")
-    floor = per_call_ms(lambda: floor_out.fill_(1.0), a.reps, a.calls)
+    floor = timeit(lambda: floor_out.fill_(1.0), a.reps, calls=a.calls)
     gb = floor_out.numel() * floor_out.element_size() / 1e9
     gate = "per key (GLA)" if per_key else "scalar (GDN, Mamba2)"
     print(f"\ngate {gate}, output {str(out_dtype).replace('torch.', '')}: {gb:.2f} GB written per call", flush=True)
@@ -116,10 +100,10 @@ def table(per_key, out_dtype, a):
         first = got if first is None else first
         diff = ((got.float() - first.float()).abs().max() / first.float().abs().max()).item()
         del got
-        ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, a.calls)
+        ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, calls=a.calls)
         best = min(best or (ms, name(cfg)), (ms, name(cfg)))
         print(f"{name(cfg):24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
-    ms = per_call_ms(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, a.calls)
+    ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, calls=a.calls)
     print(f"{'autotuned':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     print(f"fastest config: {best[1]} ({best[0] / floor:.2f}x the floor)", flush=True)
 

@@ -232,16 +232,21 @@ def fla_kernel(fn):
         raise
 
 
-@interp
-@pytest.mark.parametrize("per_key", [False, True])
-def test_interp_expand_kernel_equals_torch(ts, per_key):
+def expand_case(seed, H, per_key, B=2, T=70, K=8, V=12):
+    """Random expansion inputs over two chunks (h, k, w, g; scalar or per-key log decays) and the torch
+    formula's states for them."""
     from hooks.scan._common import expand_states
-    gen = torch.Generator().manual_seed(0)
-    B, T, H, K, V = 2, 70, 2, 8, 12
+    gen = torch.Generator().manual_seed(seed)
     k, w = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
     h = torch.randn(B, 2, H, K, V, generator=gen)
     g = -torch.rand(B, T, H, *((K,) if per_key else ()), generator=gen) * 3
-    full = expand_states(h, k, w, g)
+    return (h, k, w, g), expand_states(h, k, w, g)
+
+
+@interp
+@pytest.mark.parametrize("per_key", [False, True])
+def test_interp_expand_kernel_equals_torch(ts, per_key):
+    (h, k, w, g), full = expand_case(0, 2, per_key)
     torch.testing.assert_close(ts.expand_triton(h, k, w, g), full, **TOL)
     for pos in ([69, 0, 63, 64, 64], [5], []):
         pos = torch.tensor(pos, dtype=torch.long)
@@ -256,13 +261,7 @@ def test_interp_expand_kernel_configs_agree(ts, per_key):
     """Every V-block width gives the torch formula's states, and under the interpreter the same bits as the
     first config (each state element sees the same operations in the same order; on a GPU the compiler may
     contract multiply-adds differently per block shape, bench/prof_expand.py reports by how much)."""
-    from hooks.scan._common import expand_states
-    gen = torch.Generator().manual_seed(1)
-    B, T, H, K, V = 2, 70, 3, 8, 12
-    k, w = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, V, generator=gen)
-    h = torch.randn(B, 2, H, K, V, generator=gen)
-    g = -torch.rand(B, T, H, *((K,) if per_key else ()), generator=gen) * 3
-    full = expand_states(h, k, w, g)
+    (h, k, w, g), full = expand_case(1, 3, per_key)
     base = ts.expand_triton(h, k, w, g, config=dict(BV=16, num_warps=4))
     torch.testing.assert_close(base, full, **TOL)
     pos = torch.tensor([69, 0, 63, 64], dtype=torch.long)
