@@ -72,7 +72,7 @@ def inputs(per_key, B=8, T=2048, H=12, K=64, V=64, chunk=64):
 def name(cfg):
     """A config as a short label."""
     kw = cfg.kwargs
-    return f"BV={kw['BV']:<3d} warps={cfg.num_warps}"
+    return f"BV={kw['BV']:<3d} PF={kw['PF']} warps={cfg.num_warps}"
 
 
 def table(per_key, out_dtype, a):
