@@ -9,11 +9,12 @@ choice: median over ``--reps`` of the CUDA-event time of ``--calls`` back-to-bac
 write floor is ``out.fill_(1.0)`` on a preallocated output of the same shape and dtype, timed the same
 way. Issue #26's target: expansion within 1.1x of the write floor (fp32 output). Every config's output
 is also compared with the first config's (the same operations in the same order, but the compiler may
-contract multiply-adds differently per block shape: not always bit-equal on a GPU). Two more floors tell
+contract multiply-adds differently per block shape: not always bit-equal on a GPU). Three more floors tell
 where the kernel's time goes: the kernel's own stores without its recurrence (the same programs, the same
-addresses, each storing a constant-per-step tile after every token), and the same programs each storing its
-tiles into one contiguous stretch ("linear"). Other designs tried with this script (K-blocks, chunks cut
-into several programs, TMA stores): BENCHMARKS.md section 39.
+addresses, each storing a constant-per-step tile after every token); the same programs each storing its tiles
+into one contiguous stretch ("linear"); and the recurrence with its stores but without the per-token loads of
+k, w, g (the chunk's first k and w, loaded once, and a fixed decay: "no per-token loads"). Other designs tried
+with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39.
 """
 import argparse
 from datetime import datetime, timezone
@@ -48,6 +49,32 @@ def _stores_only(out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: 
             row = (i_b * T + i_c * BT + t).to(tl.int64) * H + i_h
             ptr = out + row * (K * V) + o_k[:, None] * V + (i_v * BV + o_v)[None, :]
         tl.store(ptr, (b + t).to(out.dtype.element_ty))
+
+
+@triton.jit
+def _loop_no_loads(h, k, w, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """The expansion's grid (one V-block of 64, scalar decay) and recurrence, S = 0.99 S + k w^T stored after every
+    token, but with the chunk's first k and w loaded once before the loop: the per-token loop without its loads."""
+    i_h = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2)
+    o_k = tl.arange(0, K)
+    o_v = tl.arange(0, V)
+    off_kv = o_k[:, None] * V + o_v[None, :]
+    row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
+    b_s = tl.load(h + ((i_b * tl.num_programs(1) + i_c) * H + i_h).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
+    b_k = tl.load(k + row * K + o_k).to(tl.float32)
+    b_w = tl.load(w + row * V + o_v).to(tl.float32)
+    for t in range(BT):
+        b_s = b_s * 0.99 + b_k[:, None] * b_w[None, :]
+        tl.store(out + (row + t * H) * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
+
+
+def no_loads_ms(h, k, w, out, a, BT=64):
+    """Per-call time of `_loop_no_loads` (8 warps) writing ``out`` [B, T, H, K, V]."""
+    B, T, H, K, V = out.shape
+    return timeit(lambda: _loop_no_loads[(H, T // BT, B)](h, k, w, out, T, H=H, K=K, V=V, BT=BT, num_warps=8),
+                  a.reps, calls=a.calls)
 
 
 def stores_only_ms(out, linear, a, BV=64, BT=64):
@@ -91,6 +118,8 @@ def table(per_key, out_dtype, a):
     for label, linear in (("stores only, its pattern", False), ("stores only, linear", True)):
         ms = stores_only_ms(floor_out, linear, a)
         print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
+    ms = no_loads_ms(h, k, w, floor_out, a)
+    print(f"{'loop, no per-token loads':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     first, best = None, None
     for cfg in ts._CONFIGS:
         meta = dict(cfg.kwargs, num_warps=cfg.num_warps)
