@@ -14,8 +14,10 @@ where the kernel's time goes: the kernel's own stores without its recurrence (th
 addresses, each storing a constant-per-step tile after every token); the same programs each storing its tiles
 into one contiguous stretch ("linear"); and the recurrence with its stores but without the per-token loads of
 k, w, g (the chunk's first k and w, loaded once, and a fixed decay: "no per-token loads"). Other designs tried
-with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39. A design
-probe, scalar decay only: four tokens' k, w, g loaded as one tile each, a block of four ahead ("quads").
+with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39. Design
+probes, scalar decay only: one item (a chunk of one head) per program as the kernel, or persistent programs
+(2, 4, 8 per SM) that load their next item's chunk-start state before the current item's loop; k and w loaded as
+vectors or straight into the state's layout ("tile").
 """
 import argparse
 from datetime import datetime, timezone
@@ -72,61 +74,46 @@ def _loop_no_loads(h, k, w, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.cons
 
 
 @triton.jit
-def _quad(ptr, row, H: tl.constexpr, o, W: tl.constexpr, ok):
-    """Rows row, row + H, row + 2H, row + 3H of a [*, W] tensor (zeros unless ``ok``) as four float32 [W]
-    vectors, loaded as one [4, W] tile."""
-    x = tl.load(ptr + (row + tl.arange(0, 4) * H)[:, None] * W + o[None, :], mask=ok, other=0.).to(tl.float32)
-    a, b = tl.split(tl.reshape(tl.trans(x), [W, 2, 2]))     # last axis: token % 2
-    x0, x2 = tl.split(a)
-    x1, x3 = tl.split(b)
-    return x0, x1, x2, x3
-
-
-@triton.jit
-def _step(b_s, b_k, b_w, b_g, out, r, off_kv, KV: tl.constexpr):
-    """One token: S = exp(g) S + k w^T, stored at flat row r."""
-    b_s = b_s * tl.exp(b_g) + b_k[:, None] * b_w[None, :]
-    tl.store(out + r * KV + off_kv, b_s.to(out.dtype.element_ty))
-    return b_s
-
-
-@triton.jit
-def _expand_quads(h, k, w, g, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
-    """A design probe (scalar decay, all states, K = V = the block): the expansion loading four tokens' k, w, g
-    as one tile each, a block of four ahead, then stepping through the four (grid (H, chunks, B))."""
-    i_h = tl.program_id(0)
-    i_c = tl.program_id(1)
-    i_b = tl.program_id(2)
+def _expand_probe(h, k, w, g, out, T, NT, NITEMS, STEP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, TILE: tl.constexpr):
+    """A design probe (scalar decay, all states, K = V = the block): program p expands work items (chunk of one
+    head) p, p + STEP, ... (STEP = NITEMS: one item per program; fewer programs: persistent, each loading its next
+    item's chunk-start state before stepping through the current one). TILE: k and w loaded straight into the
+    state's [K, V] layout (each value repeated across the tile) instead of as vectors broadcast afterwards."""
     o_k = tl.arange(0, K)
     o_v = tl.arange(0, V)
-    o_1 = tl.arange(0, 1)
     off_kv = o_k[:, None] * V + o_v[None, :]
-    row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
-    b_s = tl.load(h + ((i_b * tl.num_programs(1) + i_c) * H + i_h).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
-    k0, k1, k2, k3 = _quad(k, row, H, o_k, K, True)
-    w0, w1, w2, w3 = _quad(w, row, H, o_v, V, True)
-    g0, g1, g2, g3 = _quad(g, row, H, o_1, 1, True)
-    for i in range(BT // 4):
-        nrow = row + 4 * H
-        more = i + 1 < BT // 4
-        f_k = _quad(k, nrow, H, o_k, K, more)
-        f_w = _quad(w, nrow, H, o_v, V, more)
-        f_g = _quad(g, nrow, H, o_1, 1, more)
-        b_s = _step(b_s, k0, w0, g0, out, row, off_kv, K * V)
-        b_s = _step(b_s, k1, w1, g1, out, row + H, off_kv, K * V)
-        b_s = _step(b_s, k2, w2, g2, out, row + 2 * H, off_kv, K * V)
-        b_s = _step(b_s, k3, w3, g3, out, row + 3 * H, off_kv, K * V)
-        k0, k1, k2, k3 = f_k
-        w0, w1, w2, w3 = f_w
-        g0, g1, g2, g3 = f_g
-        row = nrow
+    b_h = tl.load(h + tl.program_id(0).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
+    for it in range(tl.program_id(0), NITEMS, STEP):
+        b_s = b_h
+        nxt = it + STEP
+        b_h = tl.load(h + nxt.to(tl.int64) * (K * V) + off_kv, mask=nxt < NITEMS, other=0.).to(tl.float32)
+        i_h = it % H
+        i_c = (it // H) % NT
+        i_b = it // (H * NT)
+        row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
+        for t in range(BT):
+            if TILE:
+                b_k = tl.load(k + row * K + o_k[:, None] + 0 * o_v[None, :]).to(tl.float32)
+                b_w = tl.load(w + row * V + o_v[None, :] + 0 * o_k[:, None]).to(tl.float32)
+                b_s = b_s * tl.exp(tl.load(g + row)) + b_k * b_w
+            else:
+                b_k = tl.load(k + row * K + o_k).to(tl.float32)
+                b_w = tl.load(w + row * V + o_v).to(tl.float32)
+                b_s = b_s * tl.exp(tl.load(g + row)) + b_k[:, None] * b_w[None, :]
+            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
+            row += H
 
 
-def quads_ms(h, k, w, g, out, a, warps, BT=64):
-    """`_expand_quads` on the pieces: its output (for the diff) and per-call time."""
+def probe_ms(h, k, w, g, out, a, per_sm, tile, warps=8, BT=64):
+    """`_expand_probe` on the pieces with ``per_sm`` programs per SM (0: one program per item): its output
+    (for the diff) and per-call time."""
     B, T, H, K, V = out.shape
-    run = lambda: _expand_quads[(H, T // BT, B)](h, k, w, g, out, T, H=H, K=K, V=V, BT=BT,  # noqa: E731
-                                                 num_warps=warps)
+    NT = T // BT
+    items = B * NT * H
+    n = min(items, per_sm * torch.cuda.get_device_properties(0).multi_processor_count) if per_sm else items
+    run = lambda: _expand_probe[(n,)](h, k, w, g, out, T, NT, items, n, H=H, K=K, V=V, BT=BT,  # noqa: E731
+                                      TILE=tile, num_warps=warps)
     run()
     got = out.clone()
     return got, timeit(run, a.reps, calls=a.calls)
@@ -161,7 +148,7 @@ def inputs(per_key, B=8, T=2048, H=12, K=64, V=64, chunk=64):
 def name(cfg):
     """A config as a short label."""
     kw = cfg.kwargs
-    return f"BV={kw['BV']:<3d} PF={kw['PF']} warps={cfg.num_warps}"
+    return f"BV={kw['BV']:<3d} warps={cfg.num_warps}"
 
 
 def table(per_key, out_dtype, a):
@@ -194,10 +181,11 @@ def table(per_key, out_dtype, a):
         ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, calls=a.calls)
         best = min(best or (ms, name(cfg)), (ms, name(cfg)))
         print(f"{name(cfg):24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
-    for warps in (4, 8) if not per_key else ():
-        got, ms = quads_ms(h, k, w, g, floor_out, a, warps)
+    for per_sm, tile in ((0, False), (0, True), (2, False), (4, False), (8, False), (4, True)) if not per_key else ():
+        got, ms = probe_ms(h, k, w, g, floor_out, a, per_sm, tile)
         diff = ((got.float() - first.float()).abs().max() / first.float().abs().max()).item()
-        print(f"{f'probe: quads, warps={warps}':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
+        label = f"probe: {f'{per_sm}/SM' if per_sm else 'per item'}{', tile' if tile else ''}"
+        print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
     ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, calls=a.calls)
     print(f"{'autotuned':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     print(f"fastest config: {best[1]} ({best[0] / floor:.2f}x the floor)", flush=True)

@@ -43,37 +43,24 @@ def _prune(configs, named_args, **kwargs):
 # The first config is the one this kernel used before it was autotuned (and the one `--first-config`
 # check runs take); the others trade V-block width (programs in flight) against warps per program.
 # Tried on an H100 and not kept (no gain; bench/prof_expand.py, BENCHMARKS.md section 39): K-blocks,
-# chunks cut into 2 or 4 programs, TMA stores through a tensor descriptor; on an H200, streaming ".cs"
-# stores (section 3). Kept: the grid's heads-first order (1-2% faster).
-_CONFIGS = [triton.Config(dict(BV=bv, PF=pf), num_warps=nw) for bv, nw, pf in
-            [(64, 4, 1), (64, 8, 1), (32, 4, 1), (32, 2, 1), (16, 2, 1), (128, 8, 1),
-             (64, 4, 2), (64, 8, 2), (32, 4, 2), (64, 4, 3), (64, 8, 3), (32, 4, 3)]]
-
-
-@triton.jit
-def _token(k, w, g, r, o_k, o_v, m_k, m_v, ok, K: tl.constexpr, V: tl.constexpr, GATE_K: tl.constexpr):
-    """Token row r's key, write and log decay in float32 (zeros where ``ok`` is false)."""
-    b_k = tl.load(k + r * K + o_k, mask=m_k & ok, other=0.).to(tl.float32)
-    b_w = tl.load(w + r * V + o_v, mask=m_v & ok, other=0.).to(tl.float32)
-    if GATE_K:
-        b_g = tl.load(g + r * K + o_k, mask=m_k & ok, other=0.).to(tl.float32)
-    else:
-        b_g = tl.load(g + r, mask=ok, other=0.).to(tl.float32)
-    return b_k, b_w, b_g
+# chunks cut into 2 or 4 programs, TMA stores through a tensor descriptor, loading k, w, g two or three
+# tokens ahead or four tokens at a time (section 40); on an H200, streaming ".cs" stores (section 3).
+# Kept: the grid's heads-first order (1-2% faster).
+_CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
+            [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "ALL", "GATE_K"], prune_configs_by=dict(early_config_prune=_prune))
 @triton.jit
 def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PF: tl.constexpr, GATE_K: tl.constexpr,
-                   ALL: tl.constexpr):
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr, ALL: tl.constexpr):
     """h [B,NT,H,K,V], k [B,T,H,K], w [B,T,H,V], g [B,T,H] or [B,T,H,K] (GATE_K).
     ALL: program (i_v * H + h, chunk, b) steps through its chunk storing S after every token into
     out [B,T,H,K,V]; else program (i_v * H + h, i, b) steps from the start of the chunk holding
     pos[i] up to pos[i] and stores that one state into out [B,NP,H,K,V]. Heads come first in the grid,
     so programs launched together write neighbouring heads of the same tokens.
-    Token t+PF's k, w, g are loaded before token t's state is formed and stored (PF = 1, 2 or 3 steps
-    ahead), so the loads' latency hides behind the stores instead of stalling every step."""
+    Token t+1's k, w, g are loaded before token t's state is formed and stored, so the loads'
+    latency hides behind the store instead of stalling every step."""
     i_v = tl.program_id(0) // H
     i_h = tl.program_id(0) % H
     i_p = tl.program_id(1)
@@ -94,28 +81,27 @@ def _expand_kernel(h, k, w, g, out, pos, T, NT, NP, H: tl.constexpr, K: tl.const
     p_h = h + ((i_b * NT + i_c) * H + i_h).to(tl.int64) * (K * V)
     b_s = tl.load(p_h + off_kv, mask=m_kv, other=0.).to(tl.float32)
     row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h          # flat index of (b, t, h)
-    t0 = i_c * BT
-    b_k, b_w, b_g = _token(k, w, g, row, o_k, o_v, m_k, m_v, t0 < t_end, K, V, GATE_K)
-    if PF >= 2:
-        n_k, n_w, n_g = _token(k, w, g, row + H, o_k, o_v, m_k, m_v, t0 + 1 < t_end, K, V, GATE_K)
-    if PF >= 3:
-        nn_k, nn_w, nn_g = _token(k, w, g, row + 2 * H, o_k, o_v, m_k, m_v, t0 + 2 < t_end, K, V, GATE_K)
-    for t in range(t0, t_end):
-        f_k, f_w, f_g = _token(k, w, g, row + PF * H, o_k, o_v, m_k, m_v, t + PF < t_end, K, V, GATE_K)
+    b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_w = tl.load(w + row * V + o_v, mask=m_v, other=0.).to(tl.float32)
+    if GATE_K:
+        b_g = tl.load(g + row * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    else:
+        b_g = tl.load(g + row).to(tl.float32)
+    for t in range(i_c * BT, t_end):
+        nrow = row + H                                       # token t + 1 (loads masked off past the end)
+        more = t + 1 < t_end
+        n_k = tl.load(k + nrow * K + o_k, mask=m_k & more, other=0.).to(tl.float32)
+        n_w = tl.load(w + nrow * V + o_v, mask=m_v & more, other=0.).to(tl.float32)
         if GATE_K:
+            n_g = tl.load(g + nrow * K + o_k, mask=m_k & more, other=0.).to(tl.float32)
             b_s = b_s * tl.exp(b_g)[:, None]
         else:
+            n_g = tl.load(g + nrow, mask=more, other=0.).to(tl.float32)
             b_s = b_s * tl.exp(b_g)
         b_s += b_k[:, None] * b_w[None, :]
         if ALL:
             tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
-        row = row + H
-        if PF == 3:
-            b_k, b_w, b_g, n_k, n_w, n_g, nn_k, nn_w, nn_g = n_k, n_w, n_g, nn_k, nn_w, nn_g, f_k, f_w, f_g
-        elif PF == 2:
-            b_k, b_w, b_g, n_k, n_w, n_g = n_k, n_w, n_g, f_k, f_w, f_g
-        else:
-            b_k, b_w, b_g = f_k, f_w, f_g
+        row, b_k, b_w, b_g = nrow, n_k, n_w, n_g
     if not ALL:
         p_o = out + ((i_b * NP + i_p) * H + i_h).to(tl.int64) * (K * V)
         tl.store(p_o + off_kv, b_s.to(out.dtype.element_ty), mask=m_kv)
