@@ -13,11 +13,10 @@ contract multiply-adds differently per block shape: not always bit-equal on a GP
 where the kernel's time goes: the kernel's own stores without its recurrence (the same programs, the same
 addresses, each storing a constant-per-step tile after every token); the same programs each storing its tiles
 into one contiguous stretch ("linear"); and the recurrence with its stores but without the per-token loads of
-k, w, g (the chunk's first k and w, loaded once, and a fixed decay: "no per-token loads"). Other designs tried
-with this script (K-blocks, chunks cut into several programs, TMA stores): BENCHMARKS.md section 39. Design
-probes, scalar decay only: one item (a chunk of one head) per program as the kernel, or persistent programs
-(2, 4, 8 per SM) that load their next item's chunk-start state before the current item's loop; k and w loaded as
-vectors or straight into the state's layout ("tile").
+k, w, g (the chunk's first k and w, loaded once, and a fixed decay: "no per-token loads"). For the scalar
+decay also: the kernel's loads and stores without the recurrence (each token's state formed from the chunk-start
+state alone: "loads + stores, no loop"), and the time reading the inputs alone takes. Other designs tried with
+this script: BENCHMARKS.md sections 39-40.
 """
 import argparse
 from datetime import datetime, timezone
@@ -74,49 +73,36 @@ def _loop_no_loads(h, k, w, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.cons
 
 
 @triton.jit
-def _expand_probe(h, k, w, g, out, T, NT, NITEMS, STEP, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  BT: tl.constexpr, TILE: tl.constexpr):
-    """A design probe (scalar decay, all states, K = V = the block): program p expands work items (chunk of one
-    head) p, p + STEP, ... (STEP = NITEMS: one item per program; fewer programs: persistent, each loading its next
-    item's chunk-start state before stepping through the current one). TILE: k and w loaded straight into the
-    state's [K, V] layout (each value repeated across the tile) instead of as vectors broadcast afterwards."""
+def _io_only(h, k, w, g, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """The expansion's grid (one V-block of 64, scalar decay), loads and stores without the recurrence: after the
+    chunk-start state h_c, token t's k, w, g are loaded and exp(g_t) h_c + k_t w_t^T stored (nothing carried from
+    one token to the next): the bytes the kernel reads and writes, in its order."""
+    i_h = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2)
     o_k = tl.arange(0, K)
     o_v = tl.arange(0, V)
     off_kv = o_k[:, None] * V + o_v[None, :]
-    b_h = tl.load(h + tl.program_id(0).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
-    for it in range(tl.program_id(0), NITEMS, STEP):
-        b_s = b_h
-        nxt = it + STEP
-        b_h = tl.load(h + nxt.to(tl.int64) * (K * V) + off_kv, mask=nxt < NITEMS, other=0.).to(tl.float32)
-        i_h = it % H
-        i_c = (it // H) % NT
-        i_b = it // (H * NT)
-        row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
-        for t in range(BT):
-            if TILE:
-                b_k = tl.load(k + row * K + o_k[:, None] + 0 * o_v[None, :]).to(tl.float32)
-                b_w = tl.load(w + row * V + o_v[None, :] + 0 * o_k[:, None]).to(tl.float32)
-                b_s = b_s * tl.exp(tl.load(g + row)) + b_k * b_w
-            else:
-                b_k = tl.load(k + row * K + o_k).to(tl.float32)
-                b_w = tl.load(w + row * V + o_v).to(tl.float32)
-                b_s = b_s * tl.exp(tl.load(g + row)) + b_k[:, None] * b_w[None, :]
-            tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
-            row += H
+    row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
+    b_h = tl.load(h + ((i_b * tl.num_programs(1) + i_c) * H + i_h).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
+    for t in range(BT):
+        b_k = tl.load(k + row * K + o_k).to(tl.float32)
+        b_w = tl.load(w + row * V + o_v).to(tl.float32)
+        b_s = b_h * tl.exp(tl.load(g + row)) + b_k[:, None] * b_w[None, :]
+        tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
+        row += H
 
 
-def probe_ms(h, k, w, g, out, a, per_sm, tile, warps=8, BT=64):
-    """`_expand_probe` on the pieces with ``per_sm`` programs per SM (0: one program per item): its output
-    (for the diff) and per-call time."""
+def io_only_ms(h, k, w, g, out, a, BT=64):
+    """Per-call time of `_io_only` (8 warps) writing ``out`` [B, T, H, K, V]."""
     B, T, H, K, V = out.shape
-    NT = T // BT
-    items = B * NT * H
-    n = min(items, per_sm * torch.cuda.get_device_properties(0).multi_processor_count) if per_sm else items
-    run = lambda: _expand_probe[(n,)](h, k, w, g, out, T, NT, items, n, H=H, K=K, V=V, BT=BT,  # noqa: E731
-                                      TILE=tile, num_warps=warps)
-    run()
-    got = out.clone()
-    return got, timeit(run, a.reps, calls=a.calls)
+    return timeit(lambda: _io_only[(H, T // BT, B)](h, k, w, g, out, T, H=H, K=K, V=V, BT=BT, num_warps=8),
+                  a.reps, calls=a.calls)
+
+
+def reads_ms(h, k, w, g, a):
+    """Per-call time of reading the kernel's inputs alone (a sum over each, so every byte is loaded)."""
+    return timeit(lambda: [x.sum(dtype=torch.float32) for x in (h, k, w, g)], a.reps, calls=a.calls)
 
 
 def no_loads_ms(h, k, w, out, a, BT=64):
@@ -169,6 +155,11 @@ def table(per_key, out_dtype, a):
         print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     ms = no_loads_ms(h, k, w, floor_out, a)
     print(f"{'loop, no per-token loads':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
+    if not per_key:
+        ms = io_only_ms(h, k, w, g, floor_out, a)
+        print(f"{'loads + stores, no loop':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
+        ms = reads_ms(h, k, w, g, a)
+        print(f"{'reads alone (h, k, w, g)':24s} {ms:8.3f} {ms / floor:8.2f}", flush=True)
     first, best = None, None
     for cfg in ts._CONFIGS:
         meta = dict(cfg.kwargs, num_warps=cfg.num_warps)
@@ -181,11 +172,6 @@ def table(per_key, out_dtype, a):
         ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype, config=meta), a.reps, calls=a.calls)
         best = min(best or (ms, name(cfg)), (ms, name(cfg)))
         print(f"{name(cfg):24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
-    for per_sm, tile in ((0, False), (0, True), (2, False), (4, False), (8, False), (4, True)) if not per_key else ():
-        got, ms = probe_ms(h, k, w, g, floor_out, a, per_sm, tile)
-        diff = ((got.float() - first.float()).abs().max() / first.float().abs().max()).item()
-        label = f"probe: {f'{per_sm}/SM' if per_sm else 'per item'}{', tile' if tile else ''}"
-        print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}  {diff:.1e}", flush=True)
     ms = timeit(lambda: ts.expand_triton(h, k, w, g, out_dtype=out_dtype), a.reps, calls=a.calls)
     print(f"{'autotuned':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     print(f"fastest config: {best[1]} ({best[0] / floor:.2f}x the floor)", flush=True)
