@@ -8,9 +8,9 @@ tests/test_scan_gdn.py::test_fla_pieces_interpreted). From those:
 
 * all states: `expand_triton`, one Triton program per (V-block, head, chunk, batch) that loads the
   chunk-start state into registers and steps through the chunk, S = exp(g_t) S + k_t w_t^T,
-  storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound on
-  the write (1.2-1.3x the time `fill_` takes to write the same bytes on an H100, BENCHMARKS.md
-  section 39). Chunks are independent, so all run in parallel.
+  storing S after every token. It reads T*(K+V) and writes T*K*V per head: memory bound (1.2-1.3x
+  the time `fill_` takes to write the same bytes on an H100, the same as its loads and stores take
+  without the recurrence: BENCHMARKS.md sections 39-40). Chunks are independent, so all run in parallel.
 * selected positions: the same kernel with one program per (V-block, head, position, batch),
   stepping from the start of the position's chunk (at most 64 steps) and storing one state.
 * ``impl="einsum"``: `hooks.scan._common.expand_states`, the torch closed form
@@ -42,9 +42,10 @@ def _prune(configs, named_args, **kwargs):
 
 # The first config is the one this kernel used before it was autotuned (and the one `--first-config`
 # check runs take); the others trade V-block width (programs in flight) against warps per program.
-# Tried on an H100 and not kept (no gain; bench/prof_expand.py, BENCHMARKS.md section 39): K-blocks,
+# Tried on an H100 and not kept (no gain; bench/prof_expand.py, BENCHMARKS.md sections 39-40): K-blocks,
 # chunks cut into 2 or 4 programs, TMA stores through a tensor descriptor, loading k, w, g two or three
-# tokens ahead or four tokens at a time (section 40); on an H200, streaming ".cs" stores (section 3).
+# tokens ahead or four tokens at a time, persistent programs, k and w loaded in the state's layout
+# (section 40); on an H200, streaming ".cs" stores (section 3).
 # Kept: the grid's heads-first order (1-2% faster).
 _CONFIGS = [triton.Config(dict(BV=bv), num_warps=nw) for bv, nw in
             [(64, 4), (64, 8), (32, 4), (32, 2), (16, 2), (128, 8)]]
