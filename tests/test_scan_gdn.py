@@ -12,6 +12,7 @@ and is skipped elsewhere.
 """
 import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -268,6 +269,30 @@ def test_interp_expand_kernel_configs_agree(ts, per_key):
     for bv in (8, 4):
         assert torch.equal(ts.expand_triton(h, k, w, g, config=dict(BV=bv, num_warps=2)), base), bv
         assert torch.equal(ts.expand_triton(h, k, w, g, pos, config=dict(BV=bv, num_warps=2)), base[:, pos]), bv
+
+
+@interp
+def test_interp_prof_expand_floors(ts, monkeypatch):
+    """bench/prof_expand.py's two floors compute what they claim: the recurrence with the chunk's first k, w and
+    a fixed decay 0.99 ("no per-token loads"), and every token's exp(g_t) h_c + k_t w_t^T ("no loop")."""
+    import bench_scripts
+    monkeypatch.setitem(sys.modules, "bench_states", bench_scripts.load("bench_states"))
+    pe = bench_scripts.load("prof_expand")
+    B, T, H, K, V, BT = 2, 128, 3, 16, 16, 64
+    gen = torch.Generator().manual_seed(4)
+    h, k = torch.randn(B, T // BT, H, K, V, generator=gen), torch.randn(B, T, H, K, generator=gen)
+    w, g = torch.randn(B, T, H, V, generator=gen), -torch.rand(B, T, H, generator=gen)
+    first = torch.zeros(B, T, H, K, V)
+    pe._loop_no_loads[(H, T // BT, B)](h, k, w, first, T, H=H, K=K, V=V, BT=BT, num_warps=4)
+    io = torch.zeros(B, T, H, K, V)
+    pe._io_only[(H, T // BT, B)](h, k, w, g, io, T, H=H, K=K, V=V, BT=BT, num_warps=4)
+    c = torch.arange(T) // BT
+    kw = torch.einsum("bthk,bthv->bthkv", k.double(), w.double())
+    torch.testing.assert_close(io.double(), h[:, c].double() * g.double().exp()[..., None, None] + kw, **TOL)
+    s = h.double()
+    for t in range(BT):   # a chunk's first write, decayed by 0.99 per step, added every step
+        s = 0.99 * s + kw[:, ::BT]
+        torch.testing.assert_close(first[:, t::BT].double(), s, **TOL)
 
 
 @interp
