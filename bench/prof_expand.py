@@ -54,29 +54,12 @@ def _stores_only(out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: 
 
 
 @triton.jit
-def _loop_no_loads(h, k, w, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
-    """The expansion's grid (one V-block of 64, scalar decay) and recurrence, S = 0.99 S + k w^T stored after every
-    token, but with the chunk's first k and w loaded once before the loop: the per-token loop without its loads."""
-    i_h = tl.program_id(0)
-    i_c = tl.program_id(1)
-    i_b = tl.program_id(2)
-    o_k = tl.arange(0, K)
-    o_v = tl.arange(0, V)
-    off_kv = o_k[:, None] * V + o_v[None, :]
-    row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
-    b_s = tl.load(h + ((i_b * tl.num_programs(1) + i_c) * H + i_h).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
-    b_k = tl.load(k + row * K + o_k).to(tl.float32)
-    b_w = tl.load(w + row * V + o_v).to(tl.float32)
-    for t in range(BT):
-        b_s = b_s * 0.99 + b_k[:, None] * b_w[None, :]
-        tl.store(out + (row + t * H) * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
-
-
-@triton.jit
-def _io_only(h, k, w, g, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
-    """The expansion's grid (one V-block of 64, scalar decay), loads and stores without the recurrence: after the
-    chunk-start state h_c, token t's k, w, g are loaded and exp(g_t) h_c + k_t w_t^T stored (nothing carried from
-    one token to the next): the bytes the kernel reads and writes, in its order."""
+def _floor(h, k, w, g, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+           CARRY: tl.constexpr):
+    """The expansion's grid (one V-block of 64, scalar decay) with half its work, storing a state after every token.
+    CARRY: the recurrence S = 0.99 S + k w^T with the chunk's first k and w loaded once before the loop (the loop
+    without its per-token loads); else token t's k, w, g are loaded and exp(g_t) h_c + k_t w_t^T stored, nothing
+    carried from one token to the next (the bytes the kernel reads and writes, in its order, without its loop)."""
     i_h = tl.program_id(0)
     i_c = tl.program_id(1)
     i_b = tl.program_id(2)
@@ -85,31 +68,31 @@ def _io_only(h, k, w, g, out, T, H: tl.constexpr, K: tl.constexpr, V: tl.constex
     off_kv = o_k[:, None] * V + o_v[None, :]
     row = (i_b * T + i_c * BT).to(tl.int64) * H + i_h
     b_h = tl.load(h + ((i_b * tl.num_programs(1) + i_c) * H + i_h).to(tl.int64) * (K * V) + off_kv).to(tl.float32)
-    for t in range(BT):
+    if CARRY:
+        b_s = b_h
         b_k = tl.load(k + row * K + o_k).to(tl.float32)
         b_w = tl.load(w + row * V + o_v).to(tl.float32)
-        b_s = b_h * tl.exp(tl.load(g + row)) + b_k[:, None] * b_w[None, :]
+    for t in range(BT):
+        if CARRY:
+            b_s = b_s * 0.99 + b_k[:, None] * b_w[None, :]
+        else:
+            b_k = tl.load(k + row * K + o_k).to(tl.float32)
+            b_w = tl.load(w + row * V + o_v).to(tl.float32)
+            b_s = b_h * tl.exp(tl.load(g + row)) + b_k[:, None] * b_w[None, :]
         tl.store(out + row * (K * V) + off_kv, b_s.to(out.dtype.element_ty))
         row += H
 
 
-def io_only_ms(h, k, w, g, out, a, BT=64):
-    """Per-call time of `_io_only` (8 warps) writing ``out`` [B, T, H, K, V]."""
+def floor_ms(h, k, w, g, out, carry, a, BT=64):
+    """Per-call time of `_floor` (8 warps) writing ``out`` [B, T, H, K, V]."""
     B, T, H, K, V = out.shape
-    return timeit(lambda: _io_only[(H, T // BT, B)](h, k, w, g, out, T, H=H, K=K, V=V, BT=BT, num_warps=8),
-                  a.reps, calls=a.calls)
+    return timeit(lambda: _floor[(H, T // BT, B)](h, k, w, g, out, T, H=H, K=K, V=V, BT=BT, CARRY=carry,
+                                                  num_warps=8), a.reps, calls=a.calls)
 
 
 def reads_ms(h, k, w, g, a):
     """Per-call time of reading the kernel's inputs alone (a sum over each, so every byte is loaded)."""
     return timeit(lambda: [x.sum(dtype=torch.float32) for x in (h, k, w, g)], a.reps, calls=a.calls)
-
-
-def no_loads_ms(h, k, w, out, a, BT=64):
-    """Per-call time of `_loop_no_loads` (8 warps) writing ``out`` [B, T, H, K, V]."""
-    B, T, H, K, V = out.shape
-    return timeit(lambda: _loop_no_loads[(H, T // BT, B)](h, k, w, out, T, H=H, K=K, V=V, BT=BT, num_warps=8),
-                  a.reps, calls=a.calls)
 
 
 def stores_only_ms(out, linear, a, BV=64, BT=64):
@@ -153,10 +136,10 @@ def table(per_key, out_dtype, a):
     for label, linear in (("stores only, its pattern", False), ("stores only, linear", True)):
         ms = stores_only_ms(floor_out, linear, a)
         print(f"{label:24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
-    ms = no_loads_ms(h, k, w, floor_out, a)
+    ms = floor_ms(h, k, w, g, floor_out, True, a)
     print(f"{'loop, no per-token loads':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
     if not per_key:
-        ms = io_only_ms(h, k, w, g, floor_out, a)
+        ms = floor_ms(h, k, w, g, floor_out, False, a)
         print(f"{'loads + stores, no loop':24s} {ms:8.3f} {ms / floor:8.2f} {gb / ms:6.2f}", flush=True)
         ms = reads_ms(h, k, w, g, a)
         print(f"{'reads alone (h, k, w, g)':24s} {ms:8.3f} {ms / floor:8.2f}", flush=True)

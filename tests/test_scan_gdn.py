@@ -283,9 +283,9 @@ def test_interp_prof_expand_floors(ts, monkeypatch):
     h, k = torch.randn(B, T // BT, H, K, V, generator=gen), torch.randn(B, T, H, K, generator=gen)
     w, g = torch.randn(B, T, H, V, generator=gen), -torch.rand(B, T, H, generator=gen)
     first = torch.zeros(B, T, H, K, V)
-    pe._loop_no_loads[(H, T // BT, B)](h, k, w, first, T, H=H, K=K, V=V, BT=BT, num_warps=4)
+    pe._floor[(H, T // BT, B)](h, k, w, g, first, T, H=H, K=K, V=V, BT=BT, CARRY=True, num_warps=4)
     io = torch.zeros(B, T, H, K, V)
-    pe._io_only[(H, T // BT, B)](h, k, w, g, io, T, H=H, K=K, V=V, BT=BT, num_warps=4)
+    pe._floor[(H, T // BT, B)](h, k, w, g, io, T, H=H, K=K, V=V, BT=BT, CARRY=False, num_warps=4)
     c = torch.arange(T) // BT
     kw = torch.einsum("bthk,bthv->bthkv", k.double(), w.double())
     torch.testing.assert_close(io.double(), h[:, c].double() * g.double().exp()[..., None, None] + kw, **TOL)
