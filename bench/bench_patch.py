@@ -3,6 +3,7 @@
     python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
     python bench/bench_patch.py --small         # CPU sanity check
     python bench/bench_patch.py --skip-tl --extra  # + both directions, and gdn75 sites (issue 26 rows)
+    python bench/bench_patch.py --skip-tl --tf32   # + the same sweep with TF32 matmuls, against the fp32 grid
 
 Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
 through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--gdn75-sites", default="resid_pre,mixer_out,rec.state",
                     help="with --extra: the gdn75 sites to time, in this order (comma-separated; one named twice is "
                     "timed twice)")
+    ap.add_argument("--tf32", action="store_true", help="also time our sweep with TF32 matmuls and attention "
+                    "(torch.backends allow_tf32) and print its max |difference| from the fp32 grid (the issue's 1e-4)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     return ap.parse_args(argv)
@@ -103,6 +106,8 @@ def main(argv=None):
     print(f"ours: {t_ours:.2f} s", flush=True)
 
     extra = timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours) if a.extra else []
+    if a.tf32:
+        extra.append(timed_tf32(a, m, pairs, grid, t_fwd))
     t_tl, err = (None, None) if a.skip_tl else time_tl(m, pairs, b, grid, dev)
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
@@ -123,6 +128,8 @@ def main(argv=None):
               f"logit diff grid: {err:.1e}.")
     if extra:
         summary(t_ours, extra)
+    if a.tf32 and t_tl is not None:
+        print(f"With TF32 matmuls: **{t_tl / extra[-1][1]:.1f}x** TransformerLens (fp32).")
 
 
 def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
@@ -163,6 +170,38 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
         again = ", again" if site in sites[:i] else ""
         one(f"gdn75 {site} (every layer{' with a state' if site == 'rec.state' else ''} x position{again})", g, site)
     return rows
+
+
+def timed_tf32(a, m, pairs, grid, t_fwd):
+    """(label, seconds) of our resid_pre sweep with TF32 allowed in cuBLAS and cuDNN (which kernel torch picks for
+    fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep), after one TF32 plain forward and a
+    warm-up cell; prints the TF32 plain forward's time
+    and the sweep's max |difference| of the normalised logit diff grid from the fp32 sweep's ``grid``. TF32 is off
+    again afterwards."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.no_grad():
+            m(pairs.clean)
+            sync()
+            t0 = time.perf_counter()
+            m(pairs.clean)
+            sync()
+            t_plain = time.perf_counter() - t0
+        T, L = pairs.clean.shape[1], len(grid)
+        patching.sweep(m, pairs, sites=["resid_pre"], layers=[L - 1], positions=[T - 3], batch_size=a.batch_size,
+                       progress=False, keep_all=True)
+        sync()
+        t0 = time.perf_counter()
+        res = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False, keep_all=True)
+        sync()
+        t = time.perf_counter() - t0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    g = res.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
+    err = float(np.abs(g - grid).max())
+    print(f"TF32: plain forward {t_plain:.4f} s ({t_fwd / t_plain:.2f}x faster than fp32), sweep {t:.2f} s, "
+          f"max |diff| from the fp32 grid {err:.1e} (issue 26 asks 1e-4)", flush=True)
+    return (f"transformer resid_pre with TF32 matmuls (max |diff| from fp32 {err:.1e})", t)
 
 
 def summary(t_ours, extra):
