@@ -296,6 +296,22 @@ def test_interp_prof_expand_floors(ts, monkeypatch):
 
 
 @interp
+def test_interp_prof_tf32x3_matmul(ts, monkeypatch):
+    """bench/prof_tf32x3.py's Triton matmul is x @ w.T on shapes no block divides (its masks and strides; the
+    interpreter computes every input precision in fp32, so the precisions themselves are timed on the GPU only)."""
+    import bench_scripts
+    import triton
+    monkeypatch.setitem(sys.modules, "bench_states", bench_scripts.load("bench_states"))
+    pt = bench_scripts.load("prof_tf32x3")
+    gen = torch.Generator().manual_seed(5)
+    M, N, K = 70, 40, 48
+    x, w = torch.randn(M, K, generator=gen), torch.randn(N, K, generator=gen)
+    y = torch.full((M, N), float("nan"))
+    pt._mm.fn[(triton.cdiv(M, 32), triton.cdiv(N, 16))](x, w, y, M, N, K, PREC="tf32x3", BM=32, BN=16, BK=32)
+    torch.testing.assert_close(y.double(), x.double() @ w.double().T, **TOL)
+
+
+@interp
 def test_interp_fla_pieces(ts):
     """fla's v_new is exactly the effective write d_t = beta_t (v_t - exp(g_t) S_{t-1}^T k_t) and h
     the chunk-start states: equal to the pure-torch chunk pieces, and the GPU-path states equal states()."""
