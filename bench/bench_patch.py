@@ -43,8 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--gdn75-sites", default="resid_pre,mixer_out,rec.state",
                     help="with --extra: the gdn75 sites to time, in this order (comma-separated; one named twice is "
                     "timed twice)")
-    ap.add_argument("--tf32", action="store_true", help="also time our sweep with TF32 matmuls and attention "
-                    "(torch.backends allow_tf32) and print its max |difference| from the fp32 grid (the issue's 1e-4)")
+    ap.add_argument("--tf32", action="store_true", help="also time our sweep with TF32 allowed in cuBLAS and "
+                    "cuDNN (torch.backends' allow_tf32) and print its max |difference| from the fp32 grid (the issue's 1e-4)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     return ap.parse_args(argv)
@@ -175,8 +175,7 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
 def timed_tf32(a, m, pairs, grid, t_fwd):
     """(label, seconds) of our resid_pre sweep with TF32 allowed in cuBLAS and cuDNN (which kernel torch picks for
     fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep), after one TF32 plain forward and a
-    warm-up cell; prints the TF32 plain forward's time
-    and the sweep's max |difference| of the normalised logit diff grid from the fp32 sweep's ``grid``. TF32 is off
+    warm-up cell; prints the TF32 plain forward's time and the sweep's max |difference| of the normalised logit diff grid from the fp32 sweep's ``grid``. TF32 is off
     again afterwards."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
