@@ -175,8 +175,8 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
 def timed_tf32(a, m, pairs, grid, t_fwd):
     """(label, seconds) of our resid_pre sweep with TF32 allowed in cuBLAS and cuDNN (which kernel torch picks for
     fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep), after one TF32 plain forward and a
-    warm-up cell; prints the TF32 plain forward's time and the sweep's max |difference| of the normalised logit diff grid from the fp32 sweep's ``grid``. TF32 is off
-    again afterwards."""
+    warm-up cell; prints the TF32 plain forward's time and the sweep's max |difference| of the normalised logit
+    diff grid from the fp32 sweep's ``grid``. TF32 is off again afterwards."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         with torch.no_grad():
