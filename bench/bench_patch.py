@@ -3,7 +3,8 @@
     python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
     python bench/bench_patch.py --small         # CPU sanity check
     python bench/bench_patch.py --skip-tl --extra  # + both directions, and gdn75 sites (issue 26 rows)
-    python bench/bench_patch.py --skip-tl --tf32   # + the same sweep with TF32 matmuls, against the fp32 grid
+    python bench/bench_patch.py --skip-tl --precision tf32,tf32x3  # + the same sweep with TF32 matmuls, and
+                                                   # with Triton tf32x3 ones, each against the fp32 grid
 
 Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
 through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
@@ -15,9 +16,11 @@ import argparse
 import datetime
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from interp import patching, tasks
 from interp.experiment import git_commit
@@ -43,11 +46,17 @@ def parse_args(argv=None):
     ap.add_argument("--gdn75-sites", default="resid_pre,mixer_out,rec.state",
                     help="with --extra: the gdn75 sites to time, in this order (comma-separated; one named twice is "
                     "timed twice)")
-    ap.add_argument("--tf32", action="store_true", help="also time our sweep with TF32 allowed in cuBLAS and "
-                    "cuDNN (torch.backends' allow_tf32) and print its max |difference| from the fp32 grid (the issue's 1e-4)")
+    ap.add_argument("--precision", default="", help="comma-separated, each also timed as our sweep with its "
+                    "max |difference| from the fp32 grid (the issue's 1e-4): tf32 (TF32 allowed in cuBLAS and cuDNN), "
+                    "tf32x3 (every fp32 F.linear on the GPU through bench/prof_tf32x3.py's Triton matmul at "
+                    "input_precision tf32x3)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    bad = [p for p in a.precision.split(",") if p.strip() not in ("", "tf32", "tf32x3")]
+    if bad:
+        ap.exit(2, f"bench_patch.py: unknown --precision '{bad[0]}'; valid: tf32, tf32x3\n")
+    return a
 
 
 def time_tl(m, pairs, b, grid, dev):
@@ -106,8 +115,8 @@ def main(argv=None):
     print(f"ours: {t_ours:.2f} s", flush=True)
 
     extra = timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours) if a.extra else []
-    if a.tf32:
-        extra.append(timed_tf32(a, m, pairs, grid, t_fwd))
+    for prec in [p.strip() for p in a.precision.split(",") if p.strip()]:
+        extra.append(timed_precision(a, m, pairs, grid, t_fwd, prec))
     t_tl, err = (None, None) if a.skip_tl else time_tl(m, pairs, b, grid, dev)
 
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
@@ -128,8 +137,9 @@ def main(argv=None):
               f"logit diff grid: {err:.1e}.")
     if extra:
         summary(t_ours, extra)
-    if a.tf32 and t_tl is not None:
-        print(f"With TF32 matmuls: **{t_tl / extra[-1][1]:.1f}x** TransformerLens (fp32).")
+    for what, t in extra:
+        if t is not None and t_tl is not None and "precision" in what:
+            print(f"{what}: **{t_tl / t:.1f}x** TransformerLens (fp32).")
 
 
 def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
@@ -172,20 +182,42 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
     return rows
 
 
-def timed_tf32(a, m, pairs, grid, t_fwd):
-    """(label, seconds) of our resid_pre sweep with TF32 allowed in cuBLAS and cuDNN (which kernel torch picks for
-    fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep), after one TF32 plain forward and a
-    warm-up cell; prints the TF32 plain forward's time and the sweep's max |difference| of the normalised logit
-    diff grid from the fp32 sweep's ``grid``. TF32 is off again afterwards."""
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+@contextmanager
+def precision(mode):
+    """While open, fp32 products run in ``mode``: "tf32" allows TF32 in cuBLAS and cuDNN (which kernel torch picks
+    for fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep); "tf32x3" sends every fp32
+    ``F.linear`` on the GPU through prof_tf32x3.py's Triton matmul (three TF32 products a multiply; attention's
+    products stay torch's)."""
+    lin = F.linear
+    if mode == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    elif torch.cuda.is_available():   # on the CPU there is nothing to route
+        from prof_tf32x3 import triton_mm   # this script runs from bench/, beside it
+
+        def linear(x, w, b=None):
+            if not (x.is_cuda and x.dtype == w.dtype == torch.float32):
+                return lin(x, w, b)
+            y = triton_mm(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous(), "tf32x3")
+            return (y if b is None else y + b).view(*x.shape[:-1], w.shape[0])
+        F.linear = linear
     try:
-        with torch.no_grad():
-            m(pairs.clean)
-            sync()
-            t0 = time.perf_counter()
-            m(pairs.clean)
-            sync()
-            t_plain = time.perf_counter() - t0
+        yield
+    finally:
+        F.linear = lin
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def timed_precision(a, m, pairs, grid, t_fwd, mode):
+    """(label, seconds) of our resid_pre sweep under ``precision(mode)``, after one plain forward (timed) and a
+    warm-up cell in it; prints the plain forward's time and the sweep's max |difference| of the normalised logit
+    diff grid from the fp32 sweep's ``grid``."""
+    with precision(mode), torch.no_grad():
+        m(pairs.clean)
+        sync()
+        t0 = time.perf_counter()
+        m(pairs.clean)
+        sync()
+        t_plain = time.perf_counter() - t0
         T, L = pairs.clean.shape[1], len(grid)
         patching.sweep(m, pairs, sites=["resid_pre"], layers=[L - 1], positions=[T - 3], batch_size=a.batch_size,
                        progress=False, keep_all=True)
@@ -194,13 +226,11 @@ def timed_tf32(a, m, pairs, grid, t_fwd):
         res = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False, keep_all=True)
         sync()
         t = time.perf_counter() - t0
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     g = res.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
     err = float(np.abs(g - grid).max())
-    print(f"TF32: plain forward {t_plain:.4f} s ({t_fwd / t_plain:.2f}x faster than fp32), sweep {t:.2f} s, "
+    print(f"{mode}: plain forward {t_plain:.4f} s ({t_fwd / t_plain:.2f}x faster than fp32), sweep {t:.2f} s, "
           f"max |diff| from the fp32 grid {err:.1e} (issue 26 asks 1e-4)", flush=True)
-    return (f"transformer resid_pre with TF32 matmuls (max |diff| from fp32 {err:.1e})", t)
+    return (f"transformer resid_pre, {mode} precision (max |diff| from fp32 {err:.1e})", t)
 
 
 def summary(t_ours, extra):
