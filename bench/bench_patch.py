@@ -33,6 +33,32 @@ def sync():
         torch.cuda.synchronize()
 
 
+def time_plain(m, x):
+    """Seconds of one plain forward of ``x`` through ``m``, after an untimed one (no grad)."""
+    with torch.no_grad():
+        m(x)
+        sync()
+        t0 = time.perf_counter()
+        m(x)
+        sync()
+        return time.perf_counter() - t0
+
+
+def timed_sweep(model, pairs, batch_size, site="resid_pre", direction="denoise"):
+    """(result, seconds) of one sweep of every layer x position of ``site`` over all ``pairs`` (none filtered)."""
+    sync()
+    t0 = time.perf_counter()
+    res = patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=batch_size, progress=False,
+                         keep_all=True)
+    sync()
+    return res, time.perf_counter() - t0
+
+
+def grid_of(res):
+    """The normalised logit diff of a resid_pre sweep as a layer x position array."""
+    return res.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
@@ -94,23 +120,13 @@ def main(argv=None):
     N, T = pairs.clean.shape
     print(f"model {m.num_params() / 1e6:.1f}M params, {N} pairs x {T} tokens, device {dev}", flush=True)
 
-    with torch.no_grad():  # warm-up + one plain forward of the whole batch
-        m(pairs.clean)
-        sync()
-        t0 = time.perf_counter()
-        m(pairs.clean)
-        sync()
-        t_fwd = time.perf_counter() - t0
+    t_fwd = time_plain(m, pairs.clean)   # one plain forward of the whole batch, after a warm-up
 
     patching.sweep(m, tasks.make_pairs("mqar", 4, seed=1, n_pairs=8, seq_len=a.seq_len).to(dev),
                    sites=["resid_pre"], layers=[L - 1], positions=[T - 3], progress=False, keep_all=True)  # warm-up
-    sync()
-    t0 = time.perf_counter()
     # every pair (the random model answers few correctly), as TransformerLens' metric below averages them all
-    ours = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False, keep_all=True)
-    sync()
-    t_ours = time.perf_counter() - t0
-    grid = ours.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
+    ours, t_ours = timed_sweep(m, pairs, a.batch_size)
+    grid = grid_of(ours)
     b = ours.attrs["baselines"]
     print(f"ours: {t_ours:.2f} s", flush=True)
 
@@ -156,12 +172,8 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
             rows.append((label, None))
             print(f"{label}: skipped (time budget {a.time_budget:.0f} s)", flush=True)
             return None
-        sync()
-        t0 = time.perf_counter()
-        res = patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=a.batch_size,
-                             progress=False, keep_all=True)
-        sync()
-        rows.append((label, time.perf_counter() - t0))
+        res, t = timed_sweep(model, pairs, a.batch_size, site, direction)
+        rows.append((label, t))
         print(f"{label}: {rows[-1][1]:.2f} s", flush=True)
         return res
 
@@ -211,23 +223,13 @@ def timed_precision(a, m, pairs, grid, t_fwd, mode):
     """(label, seconds) of our resid_pre sweep under ``precision(mode)``, after one plain forward (timed) and a
     warm-up cell in it; prints the plain forward's time and the sweep's max |difference| of the normalised logit
     diff grid from the fp32 sweep's ``grid``."""
-    with precision(mode), torch.no_grad():
-        m(pairs.clean)
-        sync()
-        t0 = time.perf_counter()
-        m(pairs.clean)
-        sync()
-        t_plain = time.perf_counter() - t0
+    with precision(mode):
+        t_plain = time_plain(m, pairs.clean)
         T, L = pairs.clean.shape[1], len(grid)
         patching.sweep(m, pairs, sites=["resid_pre"], layers=[L - 1], positions=[T - 3], batch_size=a.batch_size,
                        progress=False, keep_all=True)
-        sync()
-        t0 = time.perf_counter()
-        res = patching.sweep(m, pairs, sites=["resid_pre"], batch_size=a.batch_size, progress=False, keep_all=True)
-        sync()
-        t = time.perf_counter() - t0
-    g = res.pivot(index="layer", columns="position", values="logit_diff").to_numpy()
-    err = float(np.abs(g - grid).max())
+        res, t = timed_sweep(m, pairs, a.batch_size)
+    err = float(np.abs(grid_of(res) - grid).max())
     print(f"{mode}: plain forward {t_plain:.4f} s ({t_fwd / t_plain:.2f}x faster than fp32), sweep {t:.2f} s, "
           f"max |diff| from the fp32 grid {err:.1e} (issue 26 asks 1e-4)", flush=True)
     return (f"transformer resid_pre, {mode} precision (max |diff| from fp32 {err:.1e})", t)
