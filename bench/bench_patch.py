@@ -3,8 +3,8 @@
     python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
     python bench/bench_patch.py --small         # CPU sanity check
     python bench/bench_patch.py --skip-tl --extra  # + both directions, and gdn75 sites (issue 26 rows)
-    python bench/bench_patch.py --skip-tl --precision tf32,tf32x3  # + the same sweep with TF32 matmuls, and
-                                                   # with Triton tf32x3 ones, each against the fp32 grid
+    python bench/bench_patch.py --skip-tl --precision tf32,tf32x3,tf32x3-cublas  # + the same sweep with TF32
+        # matmuls, with Triton tf32x3 ones and with three cuBLAS TF32 products, each against the fp32 grid
 
 Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
 through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
@@ -26,6 +26,8 @@ from interp import patching, tasks
 from interp.experiment import git_commit
 from interp.zoo.hf import to_transformer_bridge
 from interp.zoo.randinit import random_zoo
+
+PRECISIONS = ("tf32", "tf32x3", "tf32x3-cublas")
 
 
 def sync():
@@ -75,13 +77,13 @@ def parse_args(argv=None):
     ap.add_argument("--precision", default="", help="comma-separated, each also timed as our sweep with its "
                     "max |difference| from the fp32 grid (the issue's 1e-4): tf32 (TF32 allowed in cuBLAS and cuDNN), "
                     "tf32x3 (every fp32 F.linear on the GPU through bench/prof_tf32x3.py's Triton matmul at "
-                    "input_precision tf32x3)")
+                    "input_precision tf32x3), tf32x3-cublas (the same through its split3_mm: three cuBLAS TF32 GEMMs)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
-    bad = [p for p in a.precision.split(",") if p.strip() not in ("", "tf32", "tf32x3")]
+    bad = [p for p in a.precision.split(",") if p.strip() not in ("", *PRECISIONS)]
     if bad:
-        ap.exit(2, f"bench_patch.py: unknown --precision '{bad[0]}'; valid: tf32, tf32x3\n")
+        ap.exit(2, f"bench_patch.py: unknown --precision '{bad[0]}'; valid: {', '.join(PRECISIONS)}\n")
     return a
 
 
@@ -199,17 +201,18 @@ def precision(mode):
     """While open, fp32 products run in ``mode``: "tf32" allows TF32 in cuBLAS and cuDNN (which kernel torch picks
     for fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep); "tf32x3" sends every fp32
     ``F.linear`` on the GPU through prof_tf32x3.py's Triton matmul (three TF32 products a multiply; attention's
-    products stay torch's)."""
+    products stay torch's), "tf32x3-cublas" through its ``split3_mm`` (the same three products as cuBLAS GEMMs)."""
     lin = F.linear
     if mode == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     elif torch.cuda.is_available():   # on the CPU there is nothing to route
-        from prof_tf32x3 import triton_mm   # this script runs from bench/, beside it
+        from prof_tf32x3 import split3_mm, triton_mm   # this script runs from bench/, beside it
+        mm = split3_mm if mode == "tf32x3-cublas" else (lambda x, w: triton_mm(x, w, "tf32x3"))
 
         def linear(x, w, b=None):
             if not (x.is_cuda and x.dtype == w.dtype == torch.float32):
                 return lin(x, w, b)
-            y = triton_mm(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous(), "tf32x3")
+            y = mm(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous())
             return (y if b is None else y + b).view(*x.shape[:-1], w.shape[0])
         F.linear = linear
     try:

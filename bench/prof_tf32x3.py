@@ -6,9 +6,11 @@ Section 31's floor for the resid_pre sweep assumes the patched forwards run at p
 (section 41) is 3x faster but moves the sweep's grid by ~5e-3, over issue #26's 1e-4. Triton's ``tl.dot``
 also offers ``input_precision="tf32x3"`` (each fp32 operand split into a TF32 high part and a TF32 remainder,
 three TF32 products: near-fp32 accuracy on tensor cores). This times, for the 12-layer d=768 zoo model's weight
-shapes (rows = 256 pairs x 128 tokens; x @ W.T with W of N x K): cuBLAS fp32 (TF32 off), cuBLAS TF32, and one
-Triton matmul kernel (autotuned over a few block shapes) with ``input_precision`` "ieee", "tf32x3" and "tf32",
-each with its max relative error against a float64 product (max |diff| / max |reference|).
+shapes (rows = 256 pairs x 128 tokens; x @ W.T with W of N x K): cuBLAS fp32 (TF32 off), cuBLAS TF32, one
+Triton matmul kernel (autotuned over a few block shapes, keyed on the row count's power-of-two bucket) with
+``input_precision`` "ieee", "tf32x3" and "tf32", and the same three-product split done by cuBLAS (`split3_mm`:
+three cuBLAS TF32 GEMMs of operands already split in torch), each with its max relative error against a float64
+product (max |diff| / max |reference|).
 """
 import argparse
 from datetime import datetime, timezone
@@ -25,10 +27,12 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stage
                                      (128, 128, 16, 8, 4), (128, 256, 32, 8, 3)]]
 
 
-@triton.autotune(configs=_CONFIGS, key=["M", "N", "K", "PREC"])
+@triton.autotune(configs=_CONFIGS, key=["MB", "N", "K", "PREC"])
 @triton.jit
-def _mm(x, w, y, M, N, K, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """y[M, N] = x[M, K] @ w[N, K].T in fp32 with ``tl.dot(..., input_precision=PREC)``."""
+def _mm(x, w, y, M, N, K, MB, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y[M, N] = x[M, K] @ w[N, K].T in fp32 with ``tl.dot(..., input_precision=PREC)``. ``MB``: the row count's
+    power-of-two bucket, only the autotuner's key (keyed on ``M`` itself, a patching sweep's many row counts each
+    re-benchmarked every block shape: section 41's 280.8 s)."""
     pm, pn = tl.program_id(0), tl.program_id(1)
     om = pm * BM + tl.arange(0, BM)
     on = pn * BN + tl.arange(0, BN)
@@ -45,8 +49,30 @@ def triton_mm(x, w, prec):
     M, K = x.shape
     N = w.shape[0]
     y = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    _mm[lambda m: (triton.cdiv(M, m["BM"]), triton.cdiv(N, m["BN"]))](x, w, y, M, N, K, PREC=prec)
+    _mm[lambda m: (triton.cdiv(M, m["BM"]), triton.cdiv(N, m["BN"]))](x, w, y, M, N, K, triton.next_power_of_2(M),
+                                                                     PREC=prec)
     return y
+
+
+def tf32_split(t):
+    """(hi, lo) with hi = ``t`` rounded to TF32's 10 mantissa bits (to nearest, ties away from zero, on the bit
+    pattern) and lo = t - hi, exact in fp32; lo's own TF32 rounding then costs ~2^-22 of |t|."""
+    hi = ((t.contiguous().view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+    return hi, t - hi
+
+
+def split3_mm(x, w):
+    """x[M, K] @ w[N, K].T to about fp32 accuracy from three cuBLAS TF32 GEMMs: x_lo w_hi + x_hi w_lo + x_hi w_hi
+    (the small terms first; x_lo w_lo, ~2^-22 of the product, dropped), each accumulated in fp32 into one output."""
+    (xh, xl), (wh, wl) = tf32_split(x), tf32_split(w)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        y = xl @ wh.T
+        y.addmm_(xh, wl.T)
+        return y.addmm_(xh, wh.T)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def cublas_mm(tf32):
@@ -70,7 +96,8 @@ def main(argv=None):
     ways = {"cuBLAS fp32 (TF32 off)": cublas_mm(False), "cuBLAS TF32": cublas_mm(True),
             "Triton ieee": lambda x, w: triton_mm(x, w, "ieee"),
             "Triton tf32x3": lambda x, w: triton_mm(x, w, "tf32x3"),
-            "Triton tf32": lambda x, w: triton_mm(x, w, "tf32")}
+            "Triton tf32": lambda x, w: triton_mm(x, w, "tf32"),
+            "cuBLAS TF32 x3 (split3_mm)": split3_mm}
     g = torch.Generator(device="cuda").manual_seed(0)
     print("| rows x K -> N | way | ms | TFLOP/s | x cuBLAS fp32 time | max rel error vs float64 |")
     print("| --- | --- | --- | --- | --- | --- |")
