@@ -24,12 +24,13 @@ from interp import patching, tasks
 from interp.experiment import git_commit
 from interp.zoo.randinit import random_zoo
 
-_KINDS = {"matmul": ("gemm", "cutlass", "xmma", "sgemm", "cublas", "_mm", "splitk", "s1688", "s16816"),
-          "attention": ("fmha", "attention", "flash", "mem_eff", "attn")}
+# attention first: SDPA's memory-efficient kernels are CUTLASS ones ("fmha_cutlassF_...")
+_KINDS = {"attention": ("fmha", "attention", "flash", "mem_eff", "attn"),
+          "matmul": ("gemm", "cutlass", "xmma", "sgemm", "cublas", "_mm", "splitk", "s1688", "s16816")}
 
 
 def kind_of(name):
-    """'matmul', 'attention' or 'rest' for one kernel name."""
+    """'attention', 'matmul' or 'rest' for one kernel name."""
     n = name.lower()
     return next((k for k, keys in _KINDS.items() if any(s in n for s in keys)), "rest")
 
