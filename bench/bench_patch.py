@@ -3,8 +3,8 @@
     python bench/bench_patch.py                 # 12 layers, d=768, 256 pairs x 128 tokens (GPU)
     python bench/bench_patch.py --small         # CPU sanity check
     python bench/bench_patch.py --skip-tl --extra  # + both directions, and gdn75 sites (issue 26 rows)
-    python bench/bench_patch.py --skip-tl --precision tf32,tf32x3,tf32x3-cublas  # + the same sweep with TF32
-        # matmuls, with Triton tf32x3 ones and with three cuBLAS TF32 products, each against the fp32 grid
+    python bench/bench_patch.py --skip-tl --precision tf32x3,tf32,triton-tf32x3  # + the same sweep with
+        # matmul="tf32x3" (hooks.matmul), with TF32 matmuls and with a Triton tf32x3 kernel, each against fp32
 
 Same model (a random-init 12-layer d=768 zoo transformer; TransformerLens gets the same weights
 through interp.zoo.hf.to_transformer_bridge), same prompts (mqar pairs), same metric (normalised
@@ -27,7 +27,7 @@ from interp.experiment import git_commit
 from interp.zoo.hf import to_transformer_bridge
 from interp.zoo.randinit import random_zoo
 
-PRECISIONS = ("tf32", "tf32x3", "tf32x3-cublas")
+PRECISIONS = ("tf32x3", "tf32", "triton-tf32x3")
 
 
 def sync():
@@ -46,12 +46,12 @@ def time_plain(m, x):
         return time.perf_counter() - t0
 
 
-def timed_sweep(model, pairs, batch_size, site="resid_pre", direction="denoise"):
+def timed_sweep(model, pairs, batch_size, site="resid_pre", direction="denoise", matmul="fp32"):
     """(result, seconds) of one sweep of every layer x position of ``site`` over all ``pairs`` (none filtered)."""
     sync()
     t0 = time.perf_counter()
     res = patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=batch_size, progress=False,
-                         keep_all=True)
+                         keep_all=True, matmul=matmul)
     sync()
     return res, time.perf_counter() - t0
 
@@ -75,9 +75,9 @@ def parse_args(argv=None):
                     help="with --extra: the gdn75 sites to time, in this order (comma-separated; one named twice is "
                     "timed twice)")
     ap.add_argument("--precision", default="", help="comma-separated, each also timed as our sweep with its "
-                    "max |difference| from the fp32 grid (the issue's 1e-4): tf32 (TF32 allowed in cuBLAS and cuDNN), "
-                    "tf32x3 (every fp32 F.linear on the GPU through bench/prof_tf32x3.py's Triton matmul at "
-                    "input_precision tf32x3), tf32x3-cublas (the same through its split3_mm: three cuBLAS TF32 GEMMs)")
+                    "max |difference| from the fp32 grid (the issue's 1e-4): tf32x3 (the sweep's own matmul='tf32x3', "
+                    "hooks.matmul), tf32 (TF32 allowed in cuBLAS and cuDNN), triton-tf32x3 (every fp32 F.linear on "
+                    "the GPU through bench/prof_tf32x3.py's Triton matmul at input_precision tf32x3)")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds: --extra rows that would end after "
                     "this (guessed from the first sweep's time) are skipped (and said so)")
     a = ap.parse_args(argv)
@@ -199,20 +199,24 @@ def timed_extra(a, m, d, L, H, dev, pairs, ours, t_ours):
 @contextmanager
 def precision(mode):
     """While open, fp32 products run in ``mode``: "tf32" allows TF32 in cuBLAS and cuDNN (which kernel torch picks
-    for fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep); "tf32x3" sends every fp32
-    ``F.linear`` on the GPU through prof_tf32x3.py's Triton matmul (three TF32 products a multiply; attention's
-    products stay torch's), "tf32x3-cublas" through its ``split3_mm`` (the same three products as cuBLAS GEMMs)."""
+    for fp32 attention, and how it rounds, is torch's choice as in the fp32 sweep); "triton-tf32x3" sends every
+    fp32 ``F.linear`` on the GPU through prof_tf32x3.py's Triton matmul (three TF32 products a multiply;
+    attention's products stay torch's); "tf32x3" is the toolkit's own (`hooks.matmul.split_tf32_linears`)."""
     lin = F.linear
     if mode == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    elif mode == "tf32x3":
+        from hooks.matmul import split_tf32_linears
+        with split_tf32_linears():
+            yield
+        return
     elif torch.cuda.is_available():   # on the CPU there is nothing to route
-        from prof_tf32x3 import split3_mm, triton_mm   # this script runs from bench/, beside it
-        mm = split3_mm if mode == "tf32x3-cublas" else (lambda x, w: triton_mm(x, w, "tf32x3"))
+        from prof_tf32x3 import triton_mm   # this script runs from bench/, beside it
 
         def linear(x, w, b=None):
             if not (x.is_cuda and x.dtype == w.dtype == torch.float32):
                 return lin(x, w, b)
-            y = mm(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous())
+            y = triton_mm(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous(), "tf32x3")
             return (y if b is None else y + b).view(*x.shape[:-1], w.shape[0])
         F.linear = linear
     try:
@@ -229,9 +233,10 @@ def timed_precision(a, m, pairs, grid, t_fwd, mode):
     with precision(mode):
         t_plain = time_plain(m, pairs.clean)
         T, L = pairs.clean.shape[1], len(grid)
+        mm = "tf32x3" if mode == "tf32x3" else "fp32"   # the sweep's own setting (its context nests in ours)
         patching.sweep(m, pairs, sites=["resid_pre"], layers=[L - 1], positions=[T - 3], batch_size=a.batch_size,
-                       progress=False, keep_all=True)
-        res, t = timed_sweep(m, pairs, a.batch_size)
+                       progress=False, keep_all=True, matmul=mm)
+        res, t = timed_sweep(m, pairs, a.batch_size, matmul=mm)
     err = float(np.abs(grid_of(res) - grid).max())
     print(f"{mode}: plain forward {t_plain:.4f} s ({t_fwd / t_plain:.2f}x faster than fp32), sweep {t:.2f} s, "
           f"max |diff| from the fp32 grid {err:.1e} (issue 26 asks 1e-4)", flush=True)

@@ -1,6 +1,6 @@
 """Where the resid_pre patching sweep's GPU time goes: matmuls, attention and the rest, per precision (issue 26).
 
-    python bench/prof_sweep_share.py [--layers 0,4,8] [--precision fp32,tf32x3-cublas]
+    python bench/prof_sweep_share.py [--layers 0,4,8] [--precision fp32,tf32x3]
 
 Section 31's floor bounds an exact sweep by its cones' arithmetic at plain-forward speed; section 41 asked whether
 faster fp32-accurate matmuls could beat it. This bounds that question from the other side: it runs
@@ -70,7 +70,7 @@ def one(m, pairs, layers, batch_size, mode):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="0,4,8")
-    ap.add_argument("--precision", default="fp32,tf32x3-cublas")
+    ap.add_argument("--precision", default="fp32,tf32x3")
     ap.add_argument("--batch-size", type=int, default=256)
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():

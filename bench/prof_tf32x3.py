@@ -8,9 +8,10 @@ also offers ``input_precision="tf32x3"`` (each fp32 operand split into a TF32 hi
 three TF32 products: near-fp32 accuracy on tensor cores). This times, for the 12-layer d=768 zoo model's weight
 shapes (rows = 256 pairs x 128 tokens; x @ W.T with W of N x K): cuBLAS fp32 (TF32 off), cuBLAS TF32, one
 Triton matmul kernel (autotuned over a few block shapes, keyed on the row count's power-of-two bucket) with
-``input_precision`` "ieee", "tf32x3" and "tf32", and the same three-product split done by cuBLAS (`split3_mm`:
-three cuBLAS TF32 GEMMs of operands already split in torch), each with its max relative error against a float64
-product (max |diff| / max |reference|).
+``input_precision`` "ieee", "tf32x3" and "tf32", and the toolkit's `hooks.matmul.split_tf32_linear` (the same
+three products as one cuBLAS TF32 GEMM of the split operands side by side), each with its max relative error
+against a float64 product (max |diff| / max |reference|). (Commit b43ec62 timed three separate cuBLAS GEMMs instead,
+BENCHMARKS section 42.)
 """
 import argparse
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 from bench_states import timeit   # this script runs from bench/, beside it
+from hooks.matmul import split_tf32_linear
 from interp.experiment import git_commit
 
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
@@ -54,27 +56,6 @@ def triton_mm(x, w, prec):
     return y
 
 
-def tf32_split(t):
-    """(hi, lo) with hi = ``t`` rounded to TF32's 10 mantissa bits (to nearest, ties away from zero, on the bit
-    pattern) and lo = t - hi, exact in fp32; lo's own TF32 rounding then costs ~2^-22 of |t|."""
-    hi = ((t.contiguous().view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
-    return hi, t - hi
-
-
-def split3_mm(x, w):
-    """x[M, K] @ w[N, K].T to about fp32 accuracy from three cuBLAS TF32 GEMMs: x_lo w_hi + x_hi w_lo + x_hi w_hi
-    (the small terms first; x_lo w_lo, ~2^-22 of the product, dropped), each accumulated in fp32 into one output."""
-    (xh, xl), (wh, wl) = tf32_split(x), tf32_split(w)
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        y = xl @ wh.T
-        y.addmm_(xh, wl.T)
-        return y.addmm_(xh, wh.T)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def cublas_mm(tf32):
     def f(x, w):
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -97,7 +78,7 @@ def main(argv=None):
             "Triton ieee": lambda x, w: triton_mm(x, w, "ieee"),
             "Triton tf32x3": lambda x, w: triton_mm(x, w, "tf32x3"),
             "Triton tf32": lambda x, w: triton_mm(x, w, "tf32"),
-            "cuBLAS TF32 x3 (split3_mm)": split3_mm}
+            "hooks.matmul split_tf32_linear": split_tf32_linear}
     g = torch.Generator(device="cuda").manual_seed(0)
     print("| rows x K -> N | way | ms | TFLOP/s | x cuBLAS fp32 time | max rel error vs float64 |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -67,9 +67,11 @@ def base_key(chunk: int) -> str:
 
 
 def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False, direction="denoise",
-               batch_size=256, skip_prefix=True, model_name="model", device=None) -> Plan:
+               batch_size=256, skip_prefix=True, model_name="model", device=None, matmul="fp32") -> Plan:
     """Check the arguments and plan the sweep (see `interp.patching.sweep`)."""
+    from hooks.matmul import MODES
     dirs = directions_of(direction)
+    _check_choice("matmul", matmul, MODES)
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
     sites = list(sites)
     if not sites:
@@ -88,6 +90,8 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
     chunks = [(a, min(N, a + pair_chunk)) for a in range(0, N, pair_chunk)]
     settings = dict(sites=sites, layers=layers, positions=positions, heads=bool(heads), direction=direction,
                     batch_size=int(batch_size), skip_prefix=bool(skip_prefix))
+    if matmul != "fp32":   # in the spec only when set, so folders of earlier sweeps still resume
+        settings["matmul"] = matmul
     return Plan(hm, pairs, units, chunks, dirs, int(batch_size), bool(skip_prefix), model_name, settings, span)
 
 
@@ -120,7 +124,8 @@ def _plan_units(hm, sites, layers, positions, heads, T):
 def sweep_spec(hm, pairs, model_name, **settings) -> dict:
     """The spec of a sweep's result folder: the model (name and weights digest), the pairs (task,
     knobs, seed, n, length and a digest of their tokens and answers), the settings of the sweep
-    (sites, layers, positions, heads, direction, batch size, skip_prefix) and the device type:
+    (sites, layers, positions, heads, direction, batch size, skip_prefix, a matmul mode other than fp32) and
+    the device type:
     everything that changes the stored numbers. (Which pairs are kept is decided when the result
     is assembled, so the filtering options are not part of it.)"""
     from interp.store import model_digest, spec_digest, tensor_digest

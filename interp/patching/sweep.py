@@ -17,7 +17,7 @@ from interp.patching.window_state import state_unit
 
 def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads=False,
           direction="denoise", batch_size=256, skip_prefix=True, out=None, progress=True,
-          model_name="model", device=None, overwrite=False, keep_all=False, n_boot=1000):
+          model_name="model", device=None, overwrite=False, keep_all=False, n_boot=1000, matmul="fp32"):
     """Patch every cell of ``sites`` x ``layers`` x ``positions`` (x heads) and measure.
 
     model: a model `hooks` supports (or a HookedModel); pairs: a `tasks.PairBatch`;
@@ -31,10 +31,13 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     keep_all: keep every pair (default: only pairs the model answers correctly on both prompts;
     ``res.attrs['pairs']`` says how many were kept); n_boot: bootstrap resamples of the 95%
     intervals over pairs (``*_lo`` / ``*_hi`` columns).
+    matmul: "fp32" (torch's settings as they are) or "tf32x3": the model's float32 CUDA linear layers as one TF32
+    GEMM of split operands (`hooks.matmul`; about fp32's accuracy, 0.5-0.75x an fp32 GEMM's time; recorded in
+    the result folder's spec).
     """
     from interp.patching.assemble import assemble
     plan = plan_sweep(model, pairs, sites, layers, positions, heads, direction, batch_size, skip_prefix,
-                      model_name, device)
+                      model_name, device, matmul)
     store = open_units(out, plan.spec if out is not None else None, overwrite)
     try:
         run_items(plan, store, [it for it in plan.items if not store.has(unit_key(*it))], progress)
@@ -46,8 +49,9 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
 def run_items(plan, store, items, progress=True):
     """Run the (direction, chunk, unit) ``items`` of ``plan``; each chunk's baselines (unless the
     store has them) and each unit's per-pair metrics go to ``store`` as soon as they are done."""
+    from hooks.matmul import matmul_mode
     bar = _bar(sum(len(plan.units[u][2]) for _, _, u in items), progress and bool(items), "patching")
-    with torch.no_grad():
+    with torch.no_grad(), matmul_mode(plan.settings.get("matmul", "fp32")):
         for ci in range(len(plan.chunks)):
             mine = [it for it in items if it[1] == ci]
             if mine:

@@ -1,0 +1,97 @@
+"""GPU check: `hooks.matmul`'s split TF32 linears are as accurate as fp32 ones on the GPU (issue #26).
+
+Run on a CUDA host:  python tests/gpu/check_matmul_gpu.py
+1. The Triton layout kernel (`hooks.matmul_triton.split3`) equals torch's split bit for bit.
+2. `split_tf32_linear` on the patching sweep's shapes (rows 256 x 128, d=768, 4d MLP): its max relative error
+   against a float64 product (max |diff| / max |reference|) at most 4x cuBLAS fp32's own (TF32 off), where plain
+   TF32 is ~100x; a bias and batch dimensions give ``F.linear``'s shape.
+3. A random 12-layer d=768 zoo transformer: logits under `split_tf32_linears()` against a float64 copy of the
+   model, max |difference| over max |logit|, at most 4x fp32's own; a gdn75 (fla's kernels, no float64 copy):
+   split against fp32 logits within 1e-4.
+Exits 1 if any check fails. GPU only.
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from hooks import matmul
+from interp.zoo.randinit import random_zoo
+
+
+def rel(y, ref):
+    return float((y.double() - ref).abs().max() / ref.abs().max())
+
+
+def check_layout(fails):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1000, 333, device="cuda", generator=g) * 10.0 ** torch.randint(-5, 5, (1000, 333), device="cuda",
+                                                                                    generator=g)
+    from hooks.matmul_triton import split3
+    for hi_first in (True, False):
+        hi = matmul.round_tf32(x)
+        ref = torch.cat([hi, x - hi, hi] if hi_first else [hi, hi, x - hi], dim=1)
+        same = torch.equal(split3(x, hi_first), ref)
+        print(f"split3 (hi_first={hi_first}) equals torch's split: {same}")
+        fails += [] if same else [f"split3 hi_first={hi_first}"]
+
+
+def check_products(fails):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for n, k in [(768, 768), (3072, 768), (768, 3072)]:
+        x = torch.randn(256 * 128, k, device="cuda", generator=g)
+        w = torch.randn(n, k, device="cuda", generator=g) / k ** 0.5
+        ref = x.double() @ w.double().T
+        e_split, e_fp32 = rel(matmul.split_tf32_linear(x, w), ref), rel(x @ w.T, ref)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        e_tf32 = rel(x @ w.T, ref)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ok = e_split <= 4 * e_fp32
+        print(f"{x.shape[0]} x {k} -> {n}: split {e_split:.1e}, cuBLAS fp32 {e_fp32:.1e}, TF32 {e_tf32:.1e} "
+              f"({'ok' if ok else 'FAIL'})")
+        fails += [] if ok else [f"product {k}->{n}"]
+    x, w, b = (torch.randn(3, 5, 40, device="cuda"), torch.randn(24, 40, device="cuda"), torch.randn(24, device="cuda"))
+    y = matmul.split_tf32_linear(x, w, b)
+    ok = y.shape == (3, 5, 24) and rel(y, F.linear(x.double(), w.double(), b.double())) < 1e-5
+    print(f"bias and batch dims: {'ok' if ok else 'FAIL'}")
+    fails += [] if ok else ["bias/batch"]
+
+
+def check_models(fails):
+    toks = torch.randint(0, 64, (16, 128), device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+    with torch.no_grad():
+        m = random_zoo(768, 12, 12, "transformer", "cuda")
+        fp32 = m(toks)
+        with matmul.split_tf32_linears():
+            split = m(toks)
+        ref = m.double()(toks)
+        e_split, e_fp32 = rel(split, ref), rel(fp32, ref)
+        ok = e_split <= 4 * e_fp32
+        print(f"transformer logits against a float64 copy: split {e_split:.1e}, fp32 {e_fp32:.1e} "
+              f"({'ok' if ok else 'FAIL'})")
+        fails += [] if ok else ["transformer"]
+        g = random_zoo(768, 12, 12, "gdn75", "cuda")   # fla's kernels: no float64 copy; split against fp32 only
+        fp32 = g(toks)
+        with matmul.split_tf32_linears():
+            split = g(toks)
+        e = rel(split, fp32.double())
+        ok = e < 1e-4
+        print(f"gdn75 logits: split against fp32 {e:.1e} ({'ok' if ok else 'FAIL'}; tolerance 1e-4)")
+        fails += [] if ok else ["gdn75"]
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("check_matmul_gpu.py: needs a GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    fails = []
+    check_layout(fails)
+    check_products(fails)
+    check_models(fails)
+    print("FAILED: " + ", ".join(fails) if fails else "all checks passed")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
