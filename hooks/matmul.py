@@ -19,8 +19,9 @@ which on the patching sweep's shapes takes 0.5-0.75x the time of an fp32 GEMM (B
 - `split_tf32_linear(x, w, b)`: ``F.linear`` this way (any float32 tensors; on the CPU the products are fp32,
   as there is no TF32 there, so only the layout is exercised; tests emulate TF32 in float64).
 - `split_tf32_linears()`: a context manager; while open, every float32 CUDA ``F.linear`` in this process goes
-  this way (``nn.Linear``, HF's projections and our zoo's call it); other devices and dtypes are untouched, and
-  attention's own products (SDPA) stay as they were. One process-wide switch: not for concurrent threads.
+  this way (``nn.Linear``, HF's projections and our zoo's call it) unless autograd tracks it (`takes`: forwards
+  for gradients stay torch's); other devices and dtypes are untouched, and attention's own products (SDPA) stay
+  as they were. One process-wide switch: not for concurrent threads.
 On CUDA the parts are laid out by one Triton kernel (`hooks.matmul_triton`) where triton imports, else by torch.
 """
 from __future__ import annotations
@@ -75,6 +76,15 @@ def split_tf32_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None =
     return y.view(*shape, w.shape[0])
 
 
+def takes(x, w, b=None) -> bool:
+    """Whether `split_tf32_linears` routes this call: float32 CUDA operands, and no gradient to track (the split
+    has no backward of its own: under autograd the call stays torch's)."""
+    ts = (x, w) if b is None else (x, w, b)
+    if not all(t.is_cuda and t.dtype == torch.float32 for t in ts):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+
 @contextlib.contextmanager
 def split_tf32_linears(enabled: bool = True):
     """While open (and ``enabled``), every float32 CUDA ``F.linear`` runs as `split_tf32_linear`; restores
@@ -85,9 +95,7 @@ def split_tf32_linears(enabled: bool = True):
     plain = F.linear
 
     def linear(x, w, b=None):
-        if x.is_cuda and x.dtype == w.dtype == torch.float32 and (b is None or b.dtype == torch.float32):
-            return split_tf32_linear(x, w, b)
-        return plain(x, w, b)
+        return split_tf32_linear(x, w, b) if takes(x, w, b) else plain(x, w, b)
 
     F.linear = linear
     try:

@@ -80,6 +80,17 @@ def test_context_restores_linear_and_leaves_cpu_untouched(monkeypatch):
         matmul.matmul_mode("tf32")
 
 
+def test_takes_float32_cuda_without_autograd_only():
+    from types import SimpleNamespace as NS
+    t = lambda cuda=True, dt=torch.float32, grad=False: NS(is_cuda=cuda, dtype=dt, requires_grad=grad)  # noqa: E731
+    assert matmul.takes(t(), t()) and matmul.takes(t(), t(), t())
+    assert not matmul.takes(t(cuda=False), t()) and not matmul.takes(t(), t(dt=torch.bfloat16))
+    assert not matmul.takes(t(), t(), t(dt=torch.float16))
+    assert not matmul.takes(t(grad=True), t()) and not matmul.takes(t(), t(grad=True))
+    with torch.no_grad():
+        assert matmul.takes(t(grad=True), t(grad=True))
+
+
 def test_sweep_matmul_setting_checked_and_in_spec_only_when_set(tmp_path):
     m = random_zoo(32, 2, 2, "transformer", "cpu")
     pairs = tasks.make_pairs("mqar", 4, seed=0, n_pairs=2, seq_len=12)
