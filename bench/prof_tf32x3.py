@@ -9,9 +9,9 @@ three TF32 products: near-fp32 accuracy on tensor cores). This times, for the 12
 shapes (rows = 256 pairs x 128 tokens; x @ W.T with W of N x K): cuBLAS fp32 (TF32 off), cuBLAS TF32, one
 Triton matmul kernel (autotuned over a few block shapes, keyed on the row count's power-of-two bucket) with
 ``input_precision`` "ieee", "tf32x3" and "tf32", and the toolkit's `hooks.matmul.split_tf32_linear` (the same
-three products as one cuBLAS TF32 GEMM of the split operands side by side), each with its max relative error
-against a float64 product (max |diff| / max |reference|). (Commit b43ec62 timed three separate cuBLAS GEMMs instead,
-BENCHMARKS section 42.)
+three products as three cuBLAS TF32 GEMMs of operands split in torch; at commit b43ec62 this script's own
+``split3_mm``, BENCHMARKS section 42), each with its max relative error against a float64 product
+(max |diff| / max |reference|).
 """
 import argparse
 from datetime import datetime, timezone

@@ -9,25 +9,21 @@ sweep's normalised logit-diff grid moved by 4.7e-3). Split each operand into its
 
 and drop the last term (<= 2^-22 |x||W| a term). The three products left are TF32 products whose own rounding
 (of x_lo and W_lo: 2^-11 of a remainder) is again ~2^-22, so the result is about as accurate as an fp32 GEMM
-(a few times 2^-24 relative, fp32 accumulation). They run as ONE TF32 GEMM of the parts laid side by side,
-
-    [x_hi | x_lo | x_hi] @ [W_hi | W_hi | W_lo]^T      (inner dimension 3K),
-
-which on the patching sweep's shapes takes 0.5-0.75x the time of an fp32 GEMM (BENCHMARKS section 42) and holds
-3x the input's bytes while it runs. `round_tf32` rounds to nearest (ties away from zero) on the bit pattern.
+(a few times 2^-24 relative, fp32 accumulation). They run as three cuBLAS TF32 GEMMs into one fp32 output, the
+small terms first:  y = x_lo W_hi^T;  y += x_hi W_lo^T;  y += x_hi W_hi^T.  On the patching sweep's shapes they
+take 0.56-0.75x an fp32 GEMM's time with the split included, and the sweep 0.76x (BENCHMARKS section 42, H200).
+`round_tf32` rounds to nearest (ties away from zero) on the bit pattern.
 
 - `split_tf32_linear(x, w, b)`: ``F.linear`` this way (any float32 tensors; on the CPU the products are fp32,
-  as there is no TF32 there, so only the layout is exercised; tests emulate TF32 in float64).
+  as there is no TF32 there, so only the sum is exercised; tests emulate TF32 in float64).
 - `split_tf32_linears()`: a context manager; while open, every float32 CUDA ``F.linear`` in this process goes
   this way (``nn.Linear``, HF's projections and our zoo's call it) unless autograd tracks it (`takes`: forwards
   for gradients stay torch's); other devices and dtypes are untouched, and attention's own products (SDPA) stay
   as they were. One process-wide switch: not for concurrent threads.
-On CUDA the parts are laid out by one Triton kernel (`hooks.matmul_triton`) where triton imports, else by torch.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -40,40 +36,26 @@ def round_tf32(t: torch.Tensor) -> torch.Tensor:
     return ((t.contiguous().view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def _have_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def split_operands(x: torch.Tensor, hi_first: bool) -> torch.Tensor:
-    """``x`` [M, K] float32 -> [M, 3K]: ``[hi | lo | hi]`` (``hi_first``, the input's layout) or
-    ``[hi | hi | lo]`` (the weight's), hi = `round_tf32`(x), lo = x - hi."""
-    x = x.contiguous()
-    if x.is_cuda and _have_triton():
-        from hooks.matmul_triton import split3
-        return split3(x, hi_first)
-    hi = round_tf32(x)
-    lo = x - hi
-    return torch.cat([hi, lo, hi] if hi_first else [hi, hi, lo], dim=1)
+def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo): hi = `round_tf32`(t), lo = t - hi (exact in fp32)."""
+    hi = round_tf32(t)
+    return hi, t - hi
 
 
 def split_tf32_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, w, b)`` (x [..., K], w [N, K], float32) from one TF32 GEMM of the split operands (module
-    docstring); TF32 is allowed for that GEMM only and set back after."""
+    """``F.linear(x, w, b)`` (x [..., K], w [N, K], float32) from three TF32 GEMMs of the split operands (module
+    docstring); TF32 is allowed for those GEMMs only and set back after."""
     shape = x.shape[:-1]
-    x3 = split_operands(x.reshape(-1, x.shape[-1]), hi_first=True)
-    w3 = split_operands(w, hi_first=False)
+    (xh, xl), (wh, wl) = split(x.reshape(-1, x.shape[-1])), split(w)
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        y = x3 @ w3.T if b is None else torch.addmm(b, x3, w3.T)
+        y = xl @ wh.T
+        y.addmm_(xh, wl.T)
+        y.addmm_(xh, wh.T)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    return y.view(*shape, w.shape[0])
+    return (y if b is None else y + b).view(*shape, w.shape[0])
 
 
 def takes(x, w, b=None) -> bool:
