@@ -35,8 +35,8 @@ def add_parser(sub):
     pa.add_argument("--top", type=int, default=15, help="rows of the ranked table")
     pa.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (pairs x cells)")
     pa.add_argument("--matmul", default="fp32", choices=["fp32", "tf32x3"], help="fp32 (default) or tf32x3: the "
-                    "model's float32 CUDA linear layers as one TF32 GEMM of split operands, about fp32's accuracy "
-                    "and faster on H100/H200 (hooks.matmul)")
+                    "model's float32 CUDA linear layers as three TF32 GEMMs of split operands, about fp32's "
+                    "accuracy and faster on H100/H200 (hooks.matmul)")
     add_device(pa)
     pa.add_argument("--out", default="runs/patch", help="output folder (units of unfinished sweeps in <out>/.units/)")
     pa.add_argument("--overwrite", action="store_true", help="replace a sweep of this name in --out made with other "

@@ -31,9 +31,9 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     keep_all: keep every pair (default: only pairs the model answers correctly on both prompts;
     ``res.attrs['pairs']`` says how many were kept); n_boot: bootstrap resamples of the 95%
     intervals over pairs (``*_lo`` / ``*_hi`` columns).
-    matmul: "fp32" (torch's settings as they are) or "tf32x3": the model's float32 CUDA linear layers as one TF32
-    GEMM of split operands (`hooks.matmul`; about fp32's accuracy, 0.5-0.75x an fp32 GEMM's time; recorded in
-    the result folder's spec).
+    matmul: "fp32" (torch's settings as they are) or "tf32x3": the model's float32 CUDA linear layers as three
+    TF32 GEMMs of split operands (`hooks.matmul`; about fp32's accuracy, 0.56-0.75x an fp32 GEMM's time on an
+    H200; recorded in the result folder's spec).
     """
     from interp.patching.assemble import assemble
     plan = plan_sweep(model, pairs, sites, layers, positions, heads, direction, batch_size, skip_prefix,
