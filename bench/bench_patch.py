@@ -46,12 +46,13 @@ def time_plain(m, x):
         return time.perf_counter() - t0
 
 
-def timed_sweep(model, pairs, batch_size, site="resid_pre", direction="denoise", matmul="fp32"):
-    """(result, seconds) of one sweep of every layer x position of ``site`` over all ``pairs`` (none filtered)."""
+def timed_sweep(model, pairs, batch_size, site="resid_pre", direction="denoise", matmul="fp32", layers=None):
+    """(result, seconds) of one sweep of every layer (or ``layers``) x position of ``site`` over all ``pairs``
+    (none filtered)."""
     sync()
     t0 = time.perf_counter()
-    res = patching.sweep(model, pairs, sites=[site], direction=direction, batch_size=batch_size, progress=False,
-                         keep_all=True, matmul=matmul)
+    res = patching.sweep(model, pairs, sites=[site], layers=layers, direction=direction, batch_size=batch_size,
+                         progress=False, keep_all=True, matmul=matmul)
     sync()
     return res, time.perf_counter() - t0
 

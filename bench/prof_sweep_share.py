@@ -11,7 +11,6 @@ indexing, the patch's own scatter). The rest does not shrink with faster matmuls
 rest's share is a floor for any matmul precision. Each precision is also timed without the profiler. GPU only.
 """
 import argparse
-import time
 from collections import defaultdict
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -19,8 +18,8 @@ from datetime import datetime, timezone
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_patch import precision, sync   # this script runs from bench/, beside it
-from interp import patching, tasks
+from bench_patch import precision, timed_sweep   # this script runs from bench/, beside it
+from interp import tasks
 from interp.experiment import git_commit
 from interp.zoo.randinit import random_zoo
 
@@ -51,12 +50,7 @@ def kernel_times(prof):
 def one(m, pairs, layers, batch_size, mode):
     """(wall seconds unprofiled, wall seconds profiled, {kind: s}, {name: s}, kernels) of the sweep of ``layers``."""
     def run():
-        sync()
-        t0 = time.perf_counter()
-        patching.sweep(m, pairs, sites=["resid_pre"], layers=layers, batch_size=batch_size, progress=False,
-                       keep_all=True)
-        sync()
-        return time.perf_counter() - t0
+        return timed_sweep(m, pairs, batch_size, layers=layers)[1]
 
     with precision(mode) if mode != "fp32" else nullcontext():
         run()                                                                 # warm-up: autotuners, allocator
