@@ -55,7 +55,7 @@ def split_tf32_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None =
         y.addmm_(xh, wh.T)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    return (y if b is None else y + b).view(*shape, w.shape[0])
+    return (y if b is None else y.add_(b)).view(*shape, w.shape[0])
 
 
 def takes(x, w, b=None) -> bool:
