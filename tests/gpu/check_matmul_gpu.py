@@ -4,9 +4,12 @@ Run on a CUDA host:  python tests/gpu/check_matmul_gpu.py
 1. `split_tf32_linear` on the patching sweep's shapes (rows 256 x 128, d=768, 4d MLP): its max relative error
    against a float64 product (max |diff| / max |reference|) at most 4x cuBLAS fp32's own (TF32 off), where plain
    TF32 is ~100x; a bias and batch dimensions give ``F.linear``'s shape.
-2. A random 12-layer d=768 zoo transformer: logits under `split_tf32_linears()` against a float64 copy of the
-   model, max |difference| over max |logit|, at most 4x fp32's own; a gdn75 (fla's kernels, no float64 copy):
-   split against fp32 logits within 1e-4.
+2. Random 12-layer d=768 zoo models, logits under `split_tf32_linears()` against a float64 copy of the model
+   (max |difference| over max |logit|): the transformer's and gdn75's on its pure-torch scans (``reference``:
+   every product is cuBLAS) at most 4x fp32's own; gdn75 on fla's kernels (``auto``) at most 2x fp32's own.
+   fla's Triton kernels multiply fp32 as TF32 (Triton's default), so there a 1e-7 change of their inputs can
+   flip a rounding and move the logits by ~1e-3: split and fp32 are compared with the float64 model, not with
+   each other.
 Exits 1 if any check fails. GPU only.
 """
 import sys
@@ -43,27 +46,32 @@ def check_products(fails):
     fails += [] if ok else ["bias/batch"]
 
 
+def errors(m, toks, backend=None):
+    """(split, fp32) logits' errors against a float64 copy of the zoo model ``m``; with ``backend``, the fp32 runs
+    use that scan backend and the float64 copy the pure-torch ``reference`` (fla's kernels take no float64)."""
+    if backend:
+        m.set_scan_backend(backend)
+    fp32 = m(toks)
+    with matmul.split_tf32_linears():
+        split = m(toks)
+    if backend:
+        m.set_scan_backend("reference")
+    ref = m.double()(toks)
+    m.float()
+    return rel(split, ref), rel(fp32, ref)
+
+
 def check_models(fails):
     toks = torch.randint(0, 64, (16, 128), device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
     with torch.no_grad():
-        m = random_zoo(768, 12, 12, "transformer", "cuda")
-        fp32 = m(toks)
-        with matmul.split_tf32_linears():
-            split = m(toks)
-        ref = m.double()(toks)
-        e_split, e_fp32 = rel(split, ref), rel(fp32, ref)
-        ok = e_split <= 4 * e_fp32
-        print(f"transformer logits against a float64 copy: split {e_split:.1e}, fp32 {e_fp32:.1e} "
-              f"({'ok' if ok else 'FAIL'})")
-        fails += [] if ok else ["transformer"]
-        g = random_zoo(768, 12, 12, "gdn75", "cuda")   # fla's kernels: no float64 copy; split against fp32 only
-        fp32 = g(toks)
-        with matmul.split_tf32_linears():
-            split = g(toks)
-        e = rel(split, fp32.double())
-        ok = e < 1e-4
-        print(f"gdn75 logits: split against fp32 {e:.1e} ({'ok' if ok else 'FAIL'}; tolerance 1e-4)")
-        fails += [] if ok else ["gdn75"]
+        cases = [("transformer", "transformer", None, 4), ("gdn75, pure-torch scans", "gdn75", "reference", 4),
+                 ("gdn75, fla's kernels", "gdn75", "auto", 2)]
+        for name, layout, backend, factor in cases:
+            e_split, e_fp32 = errors(random_zoo(768, 12, 12, layout, "cuda"), toks, backend)
+            ok = e_split <= factor * e_fp32
+            print(f"{name}: logits against a float64 copy: split {e_split:.1e}, fp32 {e_fp32:.1e} "
+                  f"({'ok' if ok else 'FAIL'}; at most {factor}x fp32's)")
+            fails += [] if ok else [name]
 
 
 def main():
