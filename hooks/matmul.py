@@ -11,7 +11,8 @@ and drop the last term (<= 2^-22 |x||W| a term). The three products left are TF3
 (of x_lo and W_lo: 2^-11 of a remainder) is again ~2^-22, so the result is about as accurate as an fp32 GEMM
 (a few times 2^-24 relative, fp32 accumulation). They run as three cuBLAS TF32 GEMMs into one fp32 output, the
 small terms first:  y = x_lo W_hi^T;  y += x_hi W_lo^T;  y += x_hi W_hi^T.  On the patching sweep's shapes they
-take 0.56-0.75x an fp32 GEMM's time with the split included, and the sweep 0.76x (BENCHMARKS section 42, H200).
+take 0.56-0.75x an fp32 GEMM's time with the split included, and the sweep 0.76x (BENCHMARKS section 42, H200);
+on an H100 0.66-0.88x and the sweep 0.87x (sections 43-44).
 `round_tf32` rounds to nearest (ties away from zero) on the bit pattern.
 
 - `split_tf32_linear(x, w, b)`: ``F.linear`` this way (any float32 tensors; on the CPU the products are fp32,
