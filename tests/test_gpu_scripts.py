@@ -48,3 +48,22 @@ def test_first_config_only_runs_the_first_config_that_launches_and_keeps_it():
         c.run()
     assert c.configs == ["big1", "big2"]
 
+
+
+def test_the_ieee_flag_goes_through_fla_precision(monkeypatch, capsys):
+    """``--ieee`` in the zoo checks' shared options calls `hooks.scan.fla_precision.ieee_dots` (here without fla's
+    kernels, so it sets the environment only) and prints what it set; without the flag nothing is set."""
+    import argparse
+    import os
+
+    from hooks.scan import fla_precision
+    monkeypatch.setattr(fla_precision, "fla_available", lambda: False)
+    for key in fla_precision.ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr("sys.argv", ["check", "--layouts", "gdn75"])
+    args, chosen = _first_config.parse_check_args(argparse.ArgumentParser(), ["gdn75", "gdn100"])
+    assert not args.ieee and chosen == ["gdn75"] and "TRITON_F32_DEFAULT" not in os.environ
+    monkeypatch.setattr("sys.argv", ["check", "--ieee"])
+    args, chosen = _first_config.parse_check_args(argparse.ArgumentParser(), ["gdn75", "gdn100"])
+    assert args.ieee and chosen == ["gdn75", "gdn100"] and os.environ["TRITON_F32_DEFAULT"] == "ieee"
+    assert "--ieee: TRITON_F32_DEFAULT: unset -> ieee" in capsys.readouterr().out

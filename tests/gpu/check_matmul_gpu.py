@@ -1,6 +1,6 @@
 """GPU check: `hooks.matmul`'s split TF32 linears are as accurate as fp32 ones on the GPU (issue #26).
 
-Run on a CUDA host:  python tests/gpu/check_matmul_gpu.py
+Run on a CUDA host:  python tests/gpu/check_matmul_gpu.py [--first-config] [--ieee]
 1. `split_tf32_linear` on the patching sweep's shapes (rows 256 x 128, d=768, 4d MLP): its max relative error
    against a float64 product (max |diff| / max |reference|) at most 4x cuBLAS fp32's own (TF32 off), where plain
    TF32 is ~100x; a bias and batch dimensions give ``F.linear``'s shape.
@@ -9,14 +9,17 @@ Run on a CUDA host:  python tests/gpu/check_matmul_gpu.py
    every product is cuBLAS) at most 4x fp32's own; gdn75 on fla's kernels (``auto``) at most 2x fp32's own.
    fla's Triton kernels multiply fp32 as TF32 (Triton's default), so there a change of their inputs as small as
    the split's (~1e-6) can flip roundings and move the logits by ~1e-3 (BENCHMARKS.md sections 1, 43): split
-   and fp32 are compared with the float64 model, not with each other.
+   and fp32 are compared with the float64 model, not with each other. ``--ieee`` makes all of fla's fp32 products
+   IEEE fp32 (`hooks.scan.fla_precision.ieee_dots`; tests/gpu/first_config.py for both flags).
 Exits 1 if any check fails. GPU only.
 """
+import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
 
+import first_config  # tests/gpu/first_config.py, a sibling of this script
 from hooks import matmul
 from interp.zoo.randinit import random_zoo
 
@@ -75,6 +78,10 @@ def check_models(fails):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    first_config.add_flag(ap)
+    first_config.add_ieee_flag(ap)
+    first_config.apply(ap.parse_args())
     if not torch.cuda.is_available():
         print("check_matmul_gpu.py: needs a GPU", file=sys.stderr)
         return 2

@@ -8,8 +8,10 @@ TF32 dots, the default).
 
 fp32 here means fp32 tensors: on TF32-capable GPUs Triton computes fp32 ``tl.dot`` in TF32 unless
 ``TRITON_F32_DEFAULT=ieee`` (fla's own test suite sets it; fla sets it only for GPUs without TF32),
-and fla's GDN chunk kernels leave most dots at that default. ``--ieee`` sets it before any kernel
-compiles, to tell TF32 rounding apart from a kernel error (BENCHMARKS.md section 1). The TF32 tolerance
+and fla's GDN chunk kernels leave most dots at that default (fla 0.6.0 asks for TF32 by name in the rest).
+``--ieee`` (`hooks.scan.fla_precision.ieee_dots`: the default and fla's named precisions) sets both before any
+kernel compiles, to tell TF32 rounding apart from a kernel error (BENCHMARKS.md sections 1 and 45; section 1's
+``--ieee`` set the default only). The TF32 tolerance
 comes from ``bench/tf32_emulation_cpu.py``: TF32-rounded products in our own chunk scan alone move these
 models' logits by 0.9-1.7e-3 on CPU, and the GPU's fp32 errors were 1.7-1.9x the emulated ones for every
 model (fla's chunk algorithm has more products), so 2e-3 was tighter than TF32 arithmetic allows.

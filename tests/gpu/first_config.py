@@ -57,25 +57,31 @@ def add_flag(ap) -> None:
                          "host; values only, never timings): tests/gpu/first_config.py")
 
 
+def add_ieee_flag(ap) -> None:
+    ap.add_argument("--ieee", action="store_true",
+                    help="fla's fp32 Triton products in IEEE fp32, none as TF32 (hooks.scan.fla_precision.ieee_dots: "
+                         "TRITON_F32_DEFAULT=ieee and fla's named TF32 precisions), set before any kernel compiles")
+
+
 def apply(args) -> None:
+    """``--first-config`` and, where the script takes it, ``--ieee`` (prints what it set)."""
     if args.first_config:
         first_config_only()
+    if getattr(args, "ieee", False):
+        from hooks.scan.fla_precision import ieee_dots
+        print("--ieee: " + "; ".join(ieee_dots()), flush=True)
 
 
 def parse_check_args(ap, layouts: list[str]):
     """The zoo check scripts' shared options: ``--out``, ``--layouts`` (checked against ``layouts``),
-    ``--ieee`` (fp32 Triton dots in IEEE fp32 instead of TF32: ``TRITON_F32_DEFAULT=ieee``, set before any
-    kernel compiles) and ``--first-config`` (applied). Returns (args, the chosen layouts)."""
-    import os
+    ``--ieee`` (fla's fp32 Triton products in IEEE fp32, none as TF32: `add_ieee_flag`) and ``--first-config``
+    (both applied). Returns (args, the chosen layouts)."""
     ap.add_argument("--out")
     ap.add_argument("--layouts", default=",".join(layouts), help=f"comma list out of {layouts}")
-    ap.add_argument("--ieee", action="store_true",
-                    help="fp32 Triton dots in IEEE fp32 (TRITON_F32_DEFAULT=ieee) instead of TF32")
+    add_ieee_flag(ap)
     add_flag(ap)
     args = ap.parse_args()
     apply(args)
-    if args.ieee:
-        os.environ["TRITON_F32_DEFAULT"] = "ieee"
     chosen = args.layouts.split(",")
     bad = [x for x in chosen if x not in layouts]
     if bad:

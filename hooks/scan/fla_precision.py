@@ -1,0 +1,83 @@
+"""fla's fp32 Triton products in IEEE fp32 instead of TF32, for the rest of this process: `ieee_dots`.
+
+On GPUs with TF32 (compute capability 8+), Triton multiplies fp32 tiles as TF32 (a 10-bit mantissa) wherever a
+``tl.dot`` leaves its precision at Triton's default, and fla 0.6.0 also asks for TF32 by name in the block inverse
+of its fused GDN forward (``fla.ops.gated_delta_rule.chunk_fwd``, kkt + solve_tril) and of KDA's
+(``fla.ops.kda.chunk_intra``, which also multiplies its safe-gate blocks as ``bf16x3``). So an fp32 model on fla's
+kernels is ~1e-3 from its float64 copy where the pure-torch scans are ~1e-5 (BENCHMARKS.md sections 1, 43-45).
+``TRITON_F32_DEFAULT=ieee`` alone moves only the default dots.
+
+`ieee_dots()` sets ``TRITON_F32_DEFAULT=ieee`` and ``FLA_TRIL_PRECISION=ieee`` (fla's standalone solve_tril; its
+default) and sets fla's named precisions above to ``ieee``. Call it before the first fla kernel runs in the process:
+Triton keeps kernels compiled earlier as they were (it reads the default at compile time, and refuses a named
+precision that changed after compiling), so `ieee_dots` refuses once one of the patched modules' kernels has
+compiled. It changes nothing else: bf16 inputs are unaffected, and IEEE dots are slower than TF32 ones.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from hooks.scan.kernels import fla_available
+
+# fla module -> the module-level precisions its kernels read by name (fla 0.6.0)
+NAMED = {"fla.ops.gated_delta_rule.chunk_fwd": ("SOLVE_TRIL_DOT_PRECISION",),
+         "fla.ops.kda.chunk_intra": ("SOLVE_TRIL_DOT_PRECISION", "SAFE_GATE_DOT_PRECISION")}
+ENV = {"TRITON_F32_DEFAULT": "ieee", "FLA_TRIL_PRECISION": "ieee"}
+
+
+def _value(v) -> str:
+    """A Triton ``constexpr``'s value (or the value itself)."""
+    return str(getattr(v, "value", v))
+
+
+def _compiled(obj) -> bool:
+    """True if the Triton kernel ``obj`` (a JITFunction, possibly inside autotuner / heuristics wrappers that keep it
+    as ``.fn``) has compiled for some device."""
+    seen = 0
+    while obj is not None and seen < 8:
+        caches = getattr(obj, "device_caches", None)
+        if isinstance(caches, dict):
+            return any(entry and entry[0] for entry in caches.values())
+        obj, seen = getattr(obj, "fn", None), seen + 1
+    return False
+
+
+def _patch_module(name: str, attrs: tuple[str, ...]) -> list[str]:
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        return [f"{name}: not in this fla, nothing to set"]
+    if any(_compiled(v) for v in vars(mod).values()):
+        raise RuntimeError(f"ieee_dots: fla's kernels in {name} already compiled in this process with the "
+                           f"precision they had; call hooks.scan.fla_precision.ieee_dots() before the first fla "
+                           f"kernel runs")
+    done = []
+    for attr in attrs:
+        old = getattr(mod, attr, None)
+        if old is None:
+            done.append(f"{name}.{attr}: not in this fla")
+            continue
+        if _value(old) != "ieee":
+            setattr(mod, attr, type(old)("ieee"))
+        done.append(f"{name}.{attr}: {_value(old)} -> ieee")
+    return done
+
+
+def ieee_dots() -> list[str]:
+    """Make fla's fp32 Triton products IEEE fp32 for the rest of this process (see the module docstring); returns
+    one line per setting, what it was and what it is now. Raises RuntimeError if fla's patched kernels already
+    compiled. On a host without fla's kernels only the environment is set (kernels compiled later follow it)."""
+    done = []
+    for key, val in ENV.items():
+        done.append(f"{key}: {os.environ.get(key, 'unset')} -> {val}")
+        os.environ[key] = val
+    if not fla_available():
+        return done + ["fla's kernels: not available here, no named precisions set"]
+    tril = importlib.import_module("fla.ops.utils.solve_tril")
+    if _value(getattr(tril, "FLA_TRIL_PRECISION", "ieee")) != "ieee":
+        raise RuntimeError("ieee_dots: fla's solve_tril was imported with FLA_TRIL_PRECISION="
+                           f"{tril.FLA_TRIL_PRECISION}; unset it before importing fla")
+    for name, attrs in NAMED.items():
+        done += _patch_module(name, attrs)
+    return done

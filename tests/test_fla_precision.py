@@ -1,0 +1,82 @@
+"""hooks.scan.fla_precision.ieee_dots: sets Triton's fp32 default and fla's named precisions to IEEE, refuses once
+fla's patched kernels have compiled, and only sets the environment where fla's kernels are absent. fla's modules are
+stand-ins here (no GPU); the real ones: tests/gpu/check_scan_gpu.py --ieee (BENCHMARKS.md section 45)."""
+import sys
+import types
+
+import pytest
+
+from hooks.scan import fla_precision as P
+
+
+class Const:
+    """Stands in for ``triton.language.constexpr``: holds ``value``."""
+    def __init__(self, value):
+        self.value = value
+
+
+def kernel(compiled: bool):
+    """A Triton kernel as fla defines it: heuristics / autotuner wrappers keeping the JITFunction as ``.fn``."""
+    jit = types.SimpleNamespace(device_caches={0: ({"key": "binary"} if compiled else {}, {}, None, None, None)})
+    return types.SimpleNamespace(fn=types.SimpleNamespace(fn=jit))
+
+
+@pytest.fixture
+def fake_fla(monkeypatch):
+    for key in P.ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(P, "fla_available", lambda: True)
+    mods = {"fla.ops.utils.solve_tril": dict(FLA_TRIL_PRECISION="ieee"),
+            "fla.ops.gated_delta_rule.chunk_fwd": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"), k=kernel(False)),
+            "fla.ops.kda.chunk_intra": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"),
+                                            SAFE_GATE_DOT_PRECISION=Const("bf16x3"), k=kernel(False))}
+    out = {}
+    for name, attrs in mods.items():
+        mod = types.ModuleType(name)
+        vars(mod).update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+        out[name] = mod
+    return out
+
+
+def test_sets_the_default_and_every_named_precision(fake_fla):
+    import os
+    lines = P.ieee_dots()
+    assert os.environ["TRITON_F32_DEFAULT"] == "ieee" and os.environ["FLA_TRIL_PRECISION"] == "ieee"
+    gdn, kda = fake_fla["fla.ops.gated_delta_rule.chunk_fwd"], fake_fla["fla.ops.kda.chunk_intra"]
+    for v in (gdn.SOLVE_TRIL_DOT_PRECISION, kda.SOLVE_TRIL_DOT_PRECISION, kda.SAFE_GATE_DOT_PRECISION):
+        assert isinstance(v, Const) and v.value == "ieee"
+    assert "fla.ops.kda.chunk_intra.SAFE_GATE_DOT_PRECISION: bf16x3 -> ieee" in lines
+    assert "TRITON_F32_DEFAULT: unset -> ieee" in lines
+
+
+def test_refuses_after_the_kernels_compiled_and_changes_nothing(fake_fla):
+    gdn = fake_fla["fla.ops.gated_delta_rule.chunk_fwd"]
+    gdn.k = kernel(True)
+    with pytest.raises(RuntimeError, match="already compiled"):
+        P.ieee_dots()
+    assert gdn.SOLVE_TRIL_DOT_PRECISION.value == "tf32"
+
+
+def test_refuses_a_solve_tril_imported_with_another_precision(fake_fla):
+    fake_fla["fla.ops.utils.solve_tril"].FLA_TRIL_PRECISION = "tf32"
+    with pytest.raises(RuntimeError, match="FLA_TRIL_PRECISION=tf32"):
+        P.ieee_dots()
+
+
+def test_a_module_or_name_this_fla_lacks_is_reported(fake_fla, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fla.ops.kda.chunk_intra", None)      # import fails
+    del fake_fla["fla.ops.gated_delta_rule.chunk_fwd"].SOLVE_TRIL_DOT_PRECISION
+    lines = P.ieee_dots()
+    assert "fla.ops.kda.chunk_intra: not in this fla, nothing to set" in lines
+    assert "fla.ops.gated_delta_rule.chunk_fwd.SOLVE_TRIL_DOT_PRECISION: not in this fla" in lines
+
+
+def test_without_fla_kernels_only_the_environment_is_set(monkeypatch):
+    import os
+    monkeypatch.delenv("FLA_TRIL_PRECISION", raising=False)
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")
+    monkeypatch.setattr(P, "fla_available", lambda: False)
+    lines = P.ieee_dots()
+    assert os.environ["TRITON_F32_DEFAULT"] == "ieee"
+    assert lines[0] == "TRITON_F32_DEFAULT: tf32 -> ieee" and "not available" in lines[-1]
