@@ -4,6 +4,8 @@ tensors) give the sweep the window path gave without them, and the general path'
 (issue #26).
 
 Run on a CUDA host:  python tests/gpu/check_window_gpu.py [--d 256] [--pairs 16] [--seq-len 32] [--layers 0,5,9]
+[--first-config] [--ieee] (``--ieee``: all of fla's fp32 products in IEEE fp32, to see whether TF32 is what
+separates the plain scans at two batch sizes; tests/gpu/first_config.py)
 First checks `hooks.scan.gdn.scan` in fla's variable-length form (the window scans' rows back to back, each from its
 own state) against the same rows batched (tolerance 1e-4 of scale). Then prints max |difference| of the per-pair raw
 logit difference and p(clean answer) (over the metric's largest magnitude) for: few shapes vs the plain window scans
@@ -23,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+import first_config  # tests/gpu/first_config.py, a sibling of this script
 from interp import tasks
 from interp.patching.plan import plan_sweep, unit_key
 from interp.patching.units import MemoryUnits
@@ -64,7 +67,10 @@ def main():
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--layers", default="0,5,9", help="layers swept (comma-separated)")
     ap.add_argument("--device", default="cuda")
+    first_config.add_flag(ap)
+    first_config.add_ieee_flag(ap)
     a = ap.parse_args()
+    first_config.apply(a)
     e_var = varlen_error(a.device)
     print(f"{a.device}: scan in the variable-length form vs batched {e_var:.1e} (<= 1e-4)", flush=True)
     m = random_zoo(a.d, 12, 4, "gdn75", a.device)
