@@ -80,3 +80,17 @@ def test_without_fla_kernels_only_the_environment_is_set(monkeypatch):
     lines = P.ieee_dots()
     assert os.environ["TRITON_F32_DEFAULT"] == "ieee"
     assert lines[0] == "TRITON_F32_DEFAULT: tf32 -> ieee" and "not available" in lines[-1]
+
+
+def test_the_bench_script_refuses_without_a_gpu_and_builds_fla_shaped_inputs(monkeypatch, capsys):
+    import torch
+
+    import bench_scripts
+    monkeypatch.setitem(sys.modules, "bench_states", bench_scripts.load("bench_states"))   # beside it in bench/
+    pf = bench_scripts.load("prof_fla_ieee")
+    if not torch.cuda.is_available():
+        assert pf.main(["--precision", "tf32"]) == 2 and "needs a GPU" in capsys.readouterr().err
+    kw = pf.scan_inputs(2, 10, dev="cpu")
+    assert kw["q"].shape == (2, 10, 12, 64) and kw["g"].shape == (2, 10, 12) and (kw["g"] <= 0).all()
+    with pytest.raises(SystemExit):
+        pf.main(["--precision", "bf16"])
