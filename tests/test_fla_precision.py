@@ -25,7 +25,7 @@ def kernel(compiled: bool):
 def fake_fla(monkeypatch):
     for key in P.ENV:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(P, "fla_available", lambda: True)
+    monkeypatch.setattr(P, "_fla_ok", lambda: True)
     mods = {"fla.ops.utils.solve_tril": dict(FLA_TRIL_PRECISION="ieee"),
             "fla.ops.gated_delta_rule.chunk_fwd": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"), k=kernel(False)),
             "fla.ops.kda.chunk_intra": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"),
@@ -76,7 +76,7 @@ def test_without_fla_kernels_only_the_environment_is_set(monkeypatch):
     import os
     monkeypatch.delenv("FLA_TRIL_PRECISION", raising=False)
     monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")
-    monkeypatch.setattr(P, "fla_available", lambda: False)
+    monkeypatch.setattr(P, "_fla_ok", lambda: False)
     lines = P.ieee_dots()
     assert os.environ["TRITON_F32_DEFAULT"] == "ieee"
     assert lines[0] == "TRITON_F32_DEFAULT: tf32 -> ieee" and "not available" in lines[-1]
@@ -94,3 +94,29 @@ def test_the_bench_script_refuses_without_a_gpu_and_builds_fla_shaped_inputs(mon
     assert kw["q"].shape == (2, 10, 12, 64) and kw["g"].shape == (2, 10, 12) and (kw["g"] <= 0).all()
     with pytest.raises(SystemExit):
         pf.main(["--precision", "bf16"])
+
+
+@pytest.mark.parametrize("request_env", ["1", None])
+def test_the_environment_request_applies_at_the_kernels_first_use(monkeypatch, request_env):
+    """``HYBRID_INTERP_FLA_IEEE=1``: `hooks.scan.kernels.fla_available`, when fla's kernels can run (stand-ins for
+    triton, fla and a GPU here), calls ieee_dots before any scan uses them; without it, nothing is set."""
+    from hooks.scan import kernels
+    for name in ("triton", "fla", "fla.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernels.fla_dqkwg, "install", lambda: None)
+    calls = []
+    monkeypatch.setattr(P, "ieee_dots", lambda fla_ok=None: calls.append(fla_ok))
+    if request_env is None:
+        monkeypatch.delenv(P.REQUEST_ENV, raising=False)
+    else:
+        monkeypatch.setenv(P.REQUEST_ENV, request_env)
+    assert kernels.fla_available.__wrapped__() is True                # uncached: the cached value is this host's
+    assert calls == ([True] if request_env else [])
+
+
+def test_this_cpu_host_has_no_fla_kernels():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU host")
+    assert P._fla_ok() is False

@@ -57,7 +57,7 @@ def test_the_ieee_flag_goes_through_fla_precision(monkeypatch, capsys):
     import os
 
     from hooks.scan import fla_precision
-    monkeypatch.setattr(fla_precision, "fla_available", lambda: False)
+    monkeypatch.setattr(fla_precision, "_fla_ok", lambda: False)
     for key in fla_precision.ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr("sys.argv", ["check", "--layouts", "gdn75"])

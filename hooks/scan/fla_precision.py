@@ -16,14 +16,22 @@ compiled. It changes nothing else: bf16 inputs are unaffected, and IEEE dots are
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
-from hooks.scan.kernels import fla_available
+import torch
 
 # fla module -> the module-level precisions its kernels read by name (fla 0.6.0)
 NAMED = {"fla.ops.gated_delta_rule.chunk_fwd": ("SOLVE_TRIL_DOT_PRECISION",),
          "fla.ops.kda.chunk_intra": ("SOLVE_TRIL_DOT_PRECISION", "SAFE_GATE_DOT_PRECISION")}
 ENV = {"TRITON_F32_DEFAULT": "ieee", "FLA_TRIL_PRECISION": "ieee"}
+REQUEST_ENV = "HYBRID_INTERP_FLA_IEEE"   # "1": `hooks.scan.kernels.fla_available` calls ieee_dots at first use
+
+
+def _fla_ok() -> bool:
+    """Whether fla's kernels could run here (fla and triton installed, a GPU), without importing either."""
+    return (torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+            and importlib.util.find_spec("fla") is not None)
 
 
 def _value(v) -> str:
@@ -64,15 +72,17 @@ def _patch_module(name: str, attrs: tuple[str, ...]) -> list[str]:
     return done
 
 
-def ieee_dots() -> list[str]:
+def ieee_dots(fla_ok: bool | None = None) -> list[str]:
     """Make fla's fp32 Triton products IEEE fp32 for the rest of this process (see the module docstring); returns
     one line per setting, what it was and what it is now. Raises RuntimeError if fla's patched kernels already
-    compiled. On a host without fla's kernels only the environment is set (kernels compiled later follow it)."""
+    compiled. On a host without fla's kernels (``fla_ok``, found out here when None) only the environment is set.
+    ``HYBRID_INTERP_FLA_IEEE=1`` in the environment has `hooks.scan.kernels.fla_available` call this when the
+    scans first use fla's kernels (so also for the ``interp`` CLI)."""
     done = []
     for key, val in ENV.items():
         done.append(f"{key}: {os.environ.get(key, 'unset')} -> {val}")
         os.environ[key] = val
-    if not fla_available():
+    if not (_fla_ok() if fla_ok is None else fla_ok):
         return done + ["fla's kernels: not available here, no named precisions set"]
     tril = importlib.import_module("fla.ops.utils.solve_tril")
     if _value(getattr(tril, "FLA_TRIL_PRECISION", "ieee")) != "ieee":
