@@ -5,7 +5,7 @@ kimi_linear (KDA through fla's kernels on CUDA; `kimi_rows` also runs on a CPU d
 Run on a CUDA host (from the repo root):
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    PYTHONPATH=$PWD:/tmp/site python3 tests/gpu/check_models_gpu.py [--out results.json]
+    PYTHONPATH=$PWD:/tmp/site python3 tests/gpu/check_models_gpu.py [--out results.json] [--first-config] [--ieee]
 
 For every tiny random model and sequence length (T = 40 takes fla's fused-recurrent kernels,
 T = 150 its chunk kernels) it checks, and prints as a markdown table:
@@ -341,6 +341,7 @@ def main():
                          "against 'fla GDN (+attn L1, GVA 4->8)', 'fla GDN neg-eig', 'fla GLA ...', 'fla DeltaNet ...', "
                          "'fla KDA ...', 'fla HGRN2', 'fla RWKV7 ...', 'fla Mamba2', 'mamba-ssm', 'HF kimi_linear')")
     first_config.add_flag(ap)
+    first_config.add_ieee_flag(ap)
     args = ap.parse_args()
     first_config.apply(args)
     only = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
