@@ -11,7 +11,9 @@ kernels is ~1e-3 from its float64 copy where the pure-torch scans are ~1e-5 (BEN
 default) and sets fla's named precisions above to ``ieee``. Call it before the first fla kernel runs in the process:
 Triton keeps kernels compiled earlier as they were (it reads the default at compile time, and refuses a named
 precision that changed after compiling), so `ieee_dots` refuses once one of the patched modules' kernels has
-compiled. It changes nothing else: bf16 inputs are unaffected, and IEEE dots are slower than TF32 ones.
+compiled. It imports fla (on a host with its kernels), and fla's package imports its layers, so whatever must come
+first (e.g. a flash-attn stand-in) must come before it. It changes nothing else: bf16 inputs are unaffected, and
+IEEE dots are slower than TF32 ones.
 """
 from __future__ import annotations
 

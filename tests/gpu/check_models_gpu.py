@@ -343,7 +343,6 @@ def main():
     first_config.add_flag(ap)
     first_config.add_ieee_flag(ap)
     args = ap.parse_args()
-    first_config.apply(args)
     only = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
 
     def wanted(name):
@@ -351,6 +350,7 @@ def main():
     assert torch.cuda.is_available(), "needs CUDA"
     dev = torch.device("cuda")
     shim = flash_attn_shim()
+    first_config.apply(args)     # after the stand-in: --ieee imports fla, whose Attention looks for flash-attn then
     print(f"device: {torch.cuda.get_device_name()}  date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  "
           f"torch {torch.__version__}" + ("  (flash-attn not installed: SDPA stand-in for fla Attention)" if shim else ""))
     rows = []
