@@ -58,6 +58,13 @@ def test_refuses_after_the_kernels_compiled_and_changes_nothing(fake_fla):
     assert gdn.SOLVE_TRIL_DOT_PRECISION.value == "tf32"
 
 
+def test_a_second_call_after_the_kernels_compiled_changes_nothing_and_passes(fake_fla):
+    P.ieee_dots()
+    fake_fla["fla.ops.gated_delta_rule.chunk_fwd"].k = kernel(True)     # compiled with the IEEE settings
+    lines = P.ieee_dots()
+    assert "fla.ops.gated_delta_rule.chunk_fwd.SOLVE_TRIL_DOT_PRECISION: ieee -> ieee" in lines
+
+
 def test_refuses_a_solve_tril_imported_with_another_precision(fake_fla):
     fake_fla["fla.ops.utils.solve_tril"].FLA_TRIL_PRECISION = "tf32"
     with pytest.raises(RuntimeError, match="FLA_TRIL_PRECISION=tf32"):

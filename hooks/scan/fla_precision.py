@@ -58,7 +58,8 @@ def _patch_module(name: str, attrs: tuple[str, ...]) -> list[str]:
         mod = importlib.import_module(name)
     except ImportError:
         return [f"{name}: not in this fla, nothing to set"]
-    if any(_compiled(v) for v in vars(mod).values()):
+    to_set = [a for a in attrs if getattr(mod, a, None) is not None and _value(getattr(mod, a)) != "ieee"]
+    if to_set and any(_compiled(v) for v in vars(mod).values()):   # (already ieee: a second call changes nothing)
         raise RuntimeError(f"ieee_dots: fla's kernels in {name} already compiled in this process with the "
                            f"precision they had; call hooks.scan.fla_precision.ieee_dots() before the first fla "
                            f"kernel runs")
@@ -68,7 +69,7 @@ def _patch_module(name: str, attrs: tuple[str, ...]) -> list[str]:
         if old is None:
             done.append(f"{name}.{attr}: not in this fla")
             continue
-        if _value(old) != "ieee":
+        if attr in to_set:
             setattr(mod, attr, type(old)("ieee"))
         done.append(f"{name}.{attr}: {_value(old)} -> ieee")
     return done
