@@ -26,6 +26,7 @@ def fake_fla(monkeypatch):
     for key in P.ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(P, "_fla_ok", lambda: True)
+    monkeypatch.setattr(P, "_ACTIVE", [])              # restored after the test: no other test sees it set
     mods = {"fla.ops.utils.solve_tril": dict(FLA_TRIL_PRECISION="ieee"),
             "fla.ops.gated_delta_rule.chunk_fwd": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"), k=kernel(False)),
             "fla.ops.kda.chunk_intra": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"),
@@ -41,7 +42,9 @@ def fake_fla(monkeypatch):
 
 def test_sets_the_default_and_every_named_precision(fake_fla):
     import os
+    assert not P.active()
     lines = P.ieee_dots()
+    assert P.active()
     assert os.environ["TRITON_F32_DEFAULT"] == "ieee" and os.environ["FLA_TRIL_PRECISION"] == "ieee"
     gdn, kda = fake_fla["fla.ops.gated_delta_rule.chunk_fwd"], fake_fla["fla.ops.kda.chunk_intra"]
     for v in (gdn.SOLVE_TRIL_DOT_PRECISION, kda.SOLVE_TRIL_DOT_PRECISION, kda.SAFE_GATE_DOT_PRECISION):
@@ -81,12 +84,28 @@ def test_a_module_or_name_this_fla_lacks_is_reported(fake_fla, monkeypatch):
 
 def test_without_fla_kernels_only_the_environment_is_set(monkeypatch):
     import os
+    monkeypatch.setattr(P, "_ACTIVE", [])
     monkeypatch.delenv("FLA_TRIL_PRECISION", raising=False)
     monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")
     monkeypatch.setattr(P, "_fla_ok", lambda: False)
     lines = P.ieee_dots()
     assert os.environ["TRITON_F32_DEFAULT"] == "ieee"
     assert lines[0] == "TRITON_F32_DEFAULT: tf32 -> ieee" and "not available" in lines[-1]
+    assert not P.active()                              # nothing of fla's changed, so results are unchanged
+
+
+def test_a_sweep_records_ieee_products_in_its_spec_and_a_resume_without_them_is_refused(monkeypatch, tmp_path):
+    from interp import InterpError, patching, tasks
+    from interp.zoo.randinit import random_zoo
+    m = random_zoo(32, 2, 2, "gdn75", "cpu")
+    pairs = tasks.make_pairs("mqar", 4, seed=0, n_pairs=2, seq_len=12)
+    kw = dict(layers=[1], positions=[5, 9], keep_all=True, progress=False, n_boot=10)
+    patching.sweep(m, pairs, out=tmp_path / "a", **kw)
+    assert "fla_products" not in patching.plan_sweep(m, pairs, layers=[1]).spec
+    monkeypatch.setattr(P, "_ACTIVE", [True])
+    assert patching.plan_sweep(m, pairs, layers=[1]).spec["fla_products"] == "ieee"
+    with pytest.raises(InterpError, match="fla_products"):
+        patching.sweep(m, pairs, out=tmp_path / "a", **kw)
 
 
 def test_the_bench_script_refuses_without_a_gpu_and_builds_fla_shaped_inputs(monkeypatch, capsys):

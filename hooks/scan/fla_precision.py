@@ -28,6 +28,13 @@ NAMED = {"fla.ops.gated_delta_rule.chunk_fwd": ("SOLVE_TRIL_DOT_PRECISION",),
          "fla.ops.kda.chunk_intra": ("SOLVE_TRIL_DOT_PRECISION", "SAFE_GATE_DOT_PRECISION")}
 ENV = {"TRITON_F32_DEFAULT": "ieee", "FLA_TRIL_PRECISION": "ieee"}
 REQUEST_ENV = "HYBRID_INTERP_FLA_IEEE"   # "1": `hooks.scan.kernels.fla_available` calls ieee_dots at first use
+_ACTIVE = []                             # [True] once ieee_dots has set fla's named precisions in this process
+
+
+def active() -> bool:
+    """Whether fla's kernels in this process multiply fp32 as IEEE fp32 (`ieee_dots` ran where they are usable):
+    result writers record it in their spec."""
+    return bool(_ACTIVE)
 
 
 def _fla_ok() -> bool:
@@ -93,4 +100,5 @@ def ieee_dots(fla_ok: bool | None = None) -> list[str]:
                            f"{tril.FLA_TRIL_PRECISION}; unset it before importing fla")
     for name, attrs in NAMED.items():
         done += _patch_module(name, attrs)
+    _ACTIVE[:] = [True]
     return done
