@@ -146,3 +146,13 @@ def test_this_cpu_host_has_no_fla_kernels():
     if torch.cuda.is_available():
         pytest.skip("a GPU host")
     assert P._fla_ok() is False
+
+
+def test_the_request_counts_as_active_before_the_first_scan_where_fla_can_run(monkeypatch):
+    """A sweep plans (and writes its spec) before its first scan reaches `fla_available`."""
+    monkeypatch.setattr(P, "_ACTIVE", [])
+    monkeypatch.setenv(P.REQUEST_ENV, "1")
+    monkeypatch.setattr(P, "_fla_ok", lambda: True)
+    assert P.active()
+    monkeypatch.setattr(P, "_fla_ok", lambda: False)    # no fla kernels here: nothing changes, nothing recorded
+    assert not P.active()

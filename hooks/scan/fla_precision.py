@@ -32,9 +32,9 @@ _ACTIVE = []                             # [True] once ieee_dots has set fla's n
 
 
 def active() -> bool:
-    """Whether fla's kernels in this process multiply fp32 as IEEE fp32 (`ieee_dots` ran where they are usable):
-    result writers record it in their spec."""
-    return bool(_ACTIVE)
+    """Whether fla's kernels in this process multiply fp32 as IEEE fp32: `ieee_dots` ran where they are usable, or
+    will at their first use (``HYBRID_INTERP_FLA_IEEE=1`` here). Result writers record it in their spec."""
+    return bool(_ACTIVE) or (os.environ.get(REQUEST_ENV) == "1" and _fla_ok())
 
 
 def _fla_ok() -> bool:
