@@ -26,7 +26,7 @@ def fake_fla(monkeypatch):
     for key in P.ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(P, "_fla_ok", lambda: True)
-    monkeypatch.setattr(P, "_ACTIVE", [])              # restored after the test: no other test sees it set
+    monkeypatch.setattr(P, "_ACTIVE", False)              # restored after the test: no other test sees it set
     mods = {"fla.ops.utils.solve_tril": dict(FLA_TRIL_PRECISION="ieee"),
             "fla.ops.gated_delta_rule.chunk_fwd": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"), k=kernel(False)),
             "fla.ops.kda.chunk_intra": dict(SOLVE_TRIL_DOT_PRECISION=Const("tf32"),
@@ -84,7 +84,7 @@ def test_a_module_or_name_this_fla_lacks_is_reported(fake_fla, monkeypatch):
 
 def test_without_fla_kernels_only_the_environment_is_set(monkeypatch):
     import os
-    monkeypatch.setattr(P, "_ACTIVE", [])
+    monkeypatch.setattr(P, "_ACTIVE", False)
     monkeypatch.delenv("FLA_TRIL_PRECISION", raising=False)
     monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")
     monkeypatch.setattr(P, "_fla_ok", lambda: False)
@@ -102,7 +102,7 @@ def test_a_sweep_records_ieee_products_in_its_spec_and_a_resume_without_them_is_
     kw = dict(layers=[1], positions=[5, 9], keep_all=True, progress=False, n_boot=10)
     patching.sweep(m, pairs, out=tmp_path / "a", **kw)
     assert "fla_products" not in patching.plan_sweep(m, pairs, layers=[1]).spec
-    monkeypatch.setattr(P, "_ACTIVE", [True])
+    monkeypatch.setattr(P, "_ACTIVE", True)
     assert patching.plan_sweep(m, pairs, layers=[1]).spec["fla_products"] == "ieee"
     with pytest.raises(InterpError, match="fla_products"):
         patching.sweep(m, pairs, out=tmp_path / "a", **kw)
@@ -150,7 +150,7 @@ def test_this_cpu_host_has_no_fla_kernels():
 
 def test_the_request_counts_as_active_before_the_first_scan_where_fla_can_run(monkeypatch):
     """A sweep plans (and writes its spec) before its first scan reaches `fla_available`."""
-    monkeypatch.setattr(P, "_ACTIVE", [])
+    monkeypatch.setattr(P, "_ACTIVE", False)
     monkeypatch.setenv(P.REQUEST_ENV, "1")
     monkeypatch.setattr(P, "_fla_ok", lambda: True)
     assert P.active()

@@ -28,13 +28,13 @@ NAMED = {"fla.ops.gated_delta_rule.chunk_fwd": ("SOLVE_TRIL_DOT_PRECISION",),
          "fla.ops.kda.chunk_intra": ("SOLVE_TRIL_DOT_PRECISION", "SAFE_GATE_DOT_PRECISION")}
 ENV = {"TRITON_F32_DEFAULT": "ieee", "FLA_TRIL_PRECISION": "ieee"}
 REQUEST_ENV = "HYBRID_INTERP_FLA_IEEE"   # "1": `hooks.scan.kernels.fla_available` calls ieee_dots at first use
-_ACTIVE = []                             # [True] once ieee_dots has set fla's named precisions in this process
+_ACTIVE = False                          # True once ieee_dots has set fla's named precisions in this process
 
 
 def active() -> bool:
     """Whether fla's kernels in this process multiply fp32 as IEEE fp32: `ieee_dots` ran where they are usable, or
     will at their first use (``HYBRID_INTERP_FLA_IEEE=1`` here). Result writers record it in their spec."""
-    return bool(_ACTIVE) or (os.environ.get(REQUEST_ENV) == "1" and _fla_ok())
+    return _ACTIVE or (os.environ.get(REQUEST_ENV) == "1" and _fla_ok())
 
 
 def _fla_ok() -> bool:
@@ -65,14 +65,14 @@ def _patch_module(name: str, attrs: tuple[str, ...]) -> list[str]:
         mod = importlib.import_module(name)
     except ImportError:
         return [f"{name}: not in this fla, nothing to set"]
-    to_set = [a for a in attrs if getattr(mod, a, None) is not None and _value(getattr(mod, a)) != "ieee"]
+    olds = {a: getattr(mod, a, None) for a in attrs}
+    to_set = [a for a, old in olds.items() if old is not None and _value(old) != "ieee"]
     if to_set and any(_compiled(v) for v in vars(mod).values()):   # (already ieee: a second call changes nothing)
         raise RuntimeError(f"ieee_dots: fla's kernels in {name} already compiled in this process with the "
                            f"precision they had; call hooks.scan.fla_precision.ieee_dots() before the first fla "
                            f"kernel runs")
     done = []
-    for attr in attrs:
-        old = getattr(mod, attr, None)
+    for attr, old in olds.items():
         if old is None:
             done.append(f"{name}.{attr}: not in this fla")
             continue
@@ -88,6 +88,7 @@ def ieee_dots(fla_ok: bool | None = None) -> list[str]:
     compiled. On a host without fla's kernels (``fla_ok``, found out here when None) only the environment is set.
     ``HYBRID_INTERP_FLA_IEEE=1`` in the environment has `hooks.scan.kernels.fla_available` call this when the
     scans first use fla's kernels (so also for the ``interp`` CLI)."""
+    global _ACTIVE
     done = []
     for key, val in ENV.items():
         done.append(f"{key}: {os.environ.get(key, 'unset')} -> {val}")
@@ -100,5 +101,5 @@ def ieee_dots(fla_ok: bool | None = None) -> list[str]:
                            f"{tril.FLA_TRIL_PRECISION}; unset it before importing fla")
     for name, attrs in NAMED.items():
         done += _patch_module(name, attrs)
-    _ACTIVE[:] = [True]
+    _ACTIVE = True
     return done
