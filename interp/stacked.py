@@ -38,6 +38,7 @@ measures runs finished per GPU-hour against one process per run.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -55,6 +56,7 @@ from interp.train import (INDUCTION_CHECK, TrainConfig, _append_log, _check_conf
                           _held_out_row, _make_optimizer, _make_out, _next_batch, _save_checkpoint, _warmup_over,
                           _warn_config, induction_batch, load_trainer_state, lr_at, resolve_device)
 from interp.interventions import graphs
+from interp.runfolder import already_trained, cut_log, open_run
 from interp.stacked_graph import ShapeGraphs
 from interp.zoo import HybridLM, ZooConfig, load_model
 
@@ -303,6 +305,8 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
             models.append(HybridLM(mcfg).to(device))
             rngs.append(torch.get_rng_state())
         sm = StackedModel(models, cfgs[0].scan_backend)
+        for o in outs:
+            cut_log(o, 0)   # rows of a call killed before its first checkpoint
         return sm, StackedAdamW(sm, cfgs[0].weight_decay), 0, [None] * len(cfgs), rngs
     states = [load_trainer_state(ck) if ck is not None else None for ck in cks]
     steps = [s["step"] if s else None for s in states]
@@ -315,6 +319,8 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
     opt = StackedAdamW(sm, cfgs[0].weight_decay)
     for m, (c, s) in enumerate(zip(cfgs, states)):
         opt.load(m, s["optimizer"], models[m], c)
+    for o in outs:
+        cut_log(o, steps[0])   # rows a killed call logged after its checkpoint are logged again from here
     tqdm.write(f"resuming {len(cfgs)} stacked runs at step {steps[0]}")
     return sm, opt, steps[0], [s.get("induction_done_at") for s in states], [s["torch_rng"] for s in states]
 
@@ -423,6 +429,15 @@ def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: 
         _check_config(c)
     device = resolve_device(cfgs[0].device)
     outs = [_make_out(c) for c in cfgs]
+    with contextlib.ExitStack() as held:   # one trainer, one config per run folder (interp.runfolder)
+        runs = [held.enter_context(open_run(o, c, resume)) for o, c in zip(outs, cfgs)]
+        if all(r.finished for r in runs):
+            return [already_trained(o, device) for o in outs]
+        return _train_stack(cfgs, outs, device, resume, progress, stop_after, workers, cuda_graphs, length_split)
+
+
+def _train_stack(cfgs, outs, device, resume, progress, stop_after, workers, cuda_graphs, length_split):
+    """`train_stacked`'s loop, in run folders `interp.runfolder.open_run` holds."""
     s = _Stack(cfgs, outs, device, resume, progress, cuda_graphs, length_split)
     for c in cfgs:
         _warn_config(c)

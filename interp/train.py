@@ -2,7 +2,8 @@
 
 AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, each step's pass replayed
 from a CUDA graph on a GPU (`interp.train_graph`; ``cuda_graphs=False``: eager), a progress bar,
-periodic held-out evaluation, resumable checkpoints (``<out>/checkpoint/``) and a fixed seed.
+periodic held-out evaluation, resumable checkpoints (``<out>/checkpoint/``; a resume only under the config
+that made them, a finished run left as it is: `interp.runfolder`) and a fixed seed.
 Each step draws one batch from one task (round-robin over the mixture); one difficulty knob of
 that task is set to a random value of its difficulty grid, the others keep their defaults, so
 the model sees every knob moving on its own, as the evaluation sweeps do. The loss is next-token
@@ -42,6 +43,8 @@ from tqdm.auto import tqdm
 from interp import InterpError
 from interp import tasks as T
 from interp.interventions import graphs
+from interp.runfolder import already_trained, cut_log, open_run
+from interp.store import atomic_write_text
 from interp.train_graph import GradPass
 from interp.zoo import HybridLM, ZooConfig, load_model, save_model
 
@@ -308,6 +311,7 @@ def _build(cfg: TrainConfig, mcfg: ZooConfig, out: Path, device, resume: bool):
         torch.set_rng_state(state["torch_rng"])
     else:
         model = HybridLM(mcfg).to(device)
+    cut_log(out, start)   # rows a killed call logged after its checkpoint are logged again from here
     model.set_scan_backend(cfg.scan_backend)
     opt = _make_optimizer(model, cfg)
     if start:
@@ -384,7 +388,7 @@ def _finish(model, cfg: TrainConfig, out: Path, steps_done: int, done_at, device
             "command": cfg.command, "torch": torch.__version__, "device": str(device)}
     save_model(model, out, extra=meta)
     if cfg.command:
-        (out / "COMMAND.txt").write_text(cfg.command + "\n")
+        atomic_write_text(out / "COMMAND.txt", cfg.command + "\n")
     return model
 
 
@@ -396,8 +400,16 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     faster where launches bound the step; ignored on a CPU; ``False``: eager steps)."""
     _check_config(cfg)
     device = resolve_device(cfg.device)
-    mcfg = ZooConfig.from_dict({**cfg.model, "vocab_size": len(T.VOCAB)})
     out = _make_out(cfg)
+    with open_run(out, cfg, resume) as run:   # one trainer, one config per folder (interp.runfolder)
+        if run.finished:
+            return already_trained(out, device)
+        return _train(cfg, out, device, resume, progress, stop_after, cuda_graphs)
+
+
+def _train(cfg: TrainConfig, out: Path, device, resume: bool, progress: bool, stop_after, cuda_graphs: bool):
+    """`train`'s loop, in a folder `interp.runfolder.open_run` holds."""
+    mcfg = ZooConfig.from_dict({**cfg.model, "vocab_size": len(T.VOCAB)})
     torch.manual_seed(cfg.seed)
     model, opt, start, done_at = _build(cfg, mcfg, out, device, resume)
     grad_pass = GradPass(model, cfg.grad_clip, masked_lm_loss, cuda_graphs and graphs.graphable(device))

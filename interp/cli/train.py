@@ -20,7 +20,9 @@ def add_parser(sub):
                    "or a comma-separated list of mixers")
     t.add_argument("--task", action="append", default=None,
                    help=f"task (repeatable; default: {', '.join(DEFAULT_TASKS)}); one of {', '.join(TASKS)}")
-    t.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    t.add_argument("--out", required=True,
+                   help="output directory: the same settings again resume its interrupted run (a finished one is "
+                        "left as it is); other settings are refused (interp.runfolder)")
     t.add_argument("--d-model", type=int_at_least(1), default=128, help="residual stream width")
     t.add_argument("--n-layers", type=int_at_least(1), default=12, help="layers")
     t.add_argument("--n-heads", type=int_at_least(1), default=4, help="attention / recurrent heads per layer")
@@ -54,7 +56,8 @@ def add_parser(sub):
     t.add_argument("--scan-backend", default="auto", choices=["auto", "reference"],
                    help="recurrent scans: fla kernels on CUDA (auto) or the pure-torch reference everywhere")
     t.add_argument("--time-limit", type=finite_float(0), default=0.0, help="minutes; stop early and save (0 = none)")
-    t.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start afresh, removing the model, log and checkpoints a run left in --out")
     t.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="on a GPU: replay each step's forward and backward from a CUDA graph per batch shape "
                         "(one run: interp.train_graph; --seeds / --lrs: interp.stacked_graph; the eager step's "

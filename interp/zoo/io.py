@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from interp import InterpError
+from interp.store import atomic_write_text, save_safetensors
 from interp.zoo.config import ZooConfig
 from interp.zoo.hf import attach_tokenizer
 from interp.zoo.model import HybridLM
@@ -19,11 +20,11 @@ def save_model(model: HybridLM, path, extra: dict | None = None) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # shared with embed.weight
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # each file whole or absent (`interp.store.atomic_save`); meta.json (a trainer's steps_done) last
+    save_safetensors(path / "model.safetensors", state, metadata={"format": "pt"})
+    atomic_write_text(path / "config.json", json.dumps(model.config.to_dict(), indent=2) + "\n")
     if extra:
-        (path / "meta.json").write_text(json.dumps(extra, indent=2) + "\n")
+        atomic_write_text(path / "meta.json", json.dumps(extra, indent=2) + "\n")
     return path
 
 

@@ -1,0 +1,170 @@
+"""A training run's output folder kept whole across calls: one trainer at a time, a resume only under the config
+that made it, and a log that holds one row per evaluation.
+
+`interp.train.train` and `interp.stacked.train_stacked` open each run's folder with `open_run` before they build
+a model:
+
+* a second trainer on the same folder is refused while the first runs (`interp.store.Lock`: ``<out>/.lock``;
+  a lock left by a process that no longer runs on this host is taken over);
+* resuming (the default) compares the call's `interp.train.TrainConfig` with the one that made the folder (its
+  checkpoint's ``train_config.json``, and a saved model's ``meta.json``): a difference in any field but
+  `MAY_CHANGE` is refused (InterpError naming the fields and the way out) instead of, say, continuing a run
+  made at ``--lr 1e-3`` at 3e-3 or stretching a 2000-step cosine schedule to 4000 steps;
+* a finished run (``meta.json`` whose ``steps_done`` reaches ``steps``) of the same config is not trained
+  again: the call loads and returns it;
+* `cut_log` drops the log rows after the step a call resumes from (a killed call logged them; the resumed one
+  logs them again), and a line a kill left half written;
+* the temporary files of a killed trainer's atomic writes (`interp.store.atomic_save`) are removed;
+* ``resume=False`` (``--no-resume``) removes what an earlier run left in the folder (`OWNS`: its model, log
+  and checkpoints; never other files) before training starts, so the folder never mixes two runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from interp import InterpError
+from interp.store import Lock, atomic_write_text, is_temp, normalize, spec_diff
+
+# fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
+# may train, which device trains it (numbers equal up to rounding), how often it checkpoints
+MAY_CHANGE = ("out", "command", "time_limit", "device", "save_every")
+# what a trainer writes in a run's folder (`interp.train`, `interp.zoo.save_model`)
+OWNS = ("model.safetensors", "config.json", "meta.json", "COMMAND.txt", "train_log.jsonl",
+        "checkpoint", "checkpoint.old", "checkpoint.tmp")
+LOG = "train_log.jsonl"
+
+
+def _defaults(cfg) -> dict:
+    """The default of every field of ``cfg``'s dataclass that has one."""
+    found = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
+    return found
+
+
+def _comparable(cfg: dict, defaults: dict) -> dict:
+    """``cfg`` (a TrainConfig as a dict, maybe read from JSON of an older version: its missing fields take
+    ``defaults``) without `MAY_CHANGE`, normalized as JSON reads back."""
+    return normalize({k: v for k, v in {**defaults, **cfg}.items() if k not in MAY_CHANGE})
+
+
+def _read(path: Path):
+    """A JSON file as a dict, or None where it is absent or damaged (a damaged one is no evidence either way)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def recorded_configs(out: Path) -> list:
+    """[(source file, config dict)]: the configs the folder's checkpoints and saved model were made with."""
+    found = []
+    for name in ("checkpoint", "checkpoint.old"):
+        cfg = _read(out / name / "train_config.json")
+        if cfg is not None:
+            found.append((out / name / "train_config.json", cfg))
+    meta = _read(out / "meta.json")
+    if meta is not None and isinstance(meta.get("train_config"), dict):
+        found.append((out / "meta.json", meta["train_config"]))
+    return found
+
+
+def config_diff(old: dict, cfg) -> list:
+    """['field: old -> new', ...] between a recorded config and the TrainConfig ``cfg``, over the fields outside
+    `MAY_CHANGE`."""
+    defaults = _defaults(cfg)
+    return spec_diff(_comparable(old, defaults), _comparable(dataclasses.asdict(cfg), defaults))
+
+
+def _finished(out: Path, cfg) -> bool:
+    meta = _read(out / "meta.json")
+    return bool(meta) and (out / "model.safetensors").is_file() and int(meta.get("steps_done") or 0) >= cfg.steps
+
+
+def _clear(out: Path) -> None:
+    for name in OWNS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+class RunFolder:
+    """The open folder of one run (`open_run`); ``finished``: it holds this config's finished run."""
+
+    def __init__(self, out: Path, lock: Lock, finished: bool):
+        self.out, self.lock, self.finished = out, lock, finished
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.lock.held:
+            self.lock.release()
+
+
+def open_run(out, cfg, resume: bool = True) -> RunFolder:
+    """Take ``out``'s writer lock and check it for training ``cfg`` (module doc); InterpError where another
+    trainer holds it or where resuming would continue a run of another config."""
+    out = Path(out)
+    lock = Lock(out)
+    lock.acquire()
+    try:
+        for f in out.iterdir():   # temporary files of a killed trainer's atomic writes (this call holds the lock)
+            if is_temp(f) and f.name.split(".tmp-")[0] in OWNS:
+                shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+        if not resume:
+            _clear(out)
+            return RunFolder(out, lock, False)
+        for src, old in recorded_configs(out):
+            diff = config_diff(old, cfg)
+            if diff:
+                more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+                raise InterpError(f"{out} holds a run made with other settings ({src.name}: {'; '.join(diff[:6])}"
+                                  f"{more}); valid: the same settings to resume it, --no-resume (resume=False) to "
+                                  "train it again from step 0 (replacing it), or another --out")
+        return RunFolder(out, lock, _finished(out, cfg))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def cut_log(out, step: int) -> int:
+    """Keep the rows of ``<out>/train_log.jsonl`` up to ``step`` (and no half-written line), atomically;
+    returns how many rows were dropped."""
+    path = Path(out) / LOG
+    if not path.is_file():
+        return 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            keep.append(ln)
+    if len(keep) < len(lines):
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    return len(lines) - len(keep)
+
+
+def already_trained(out, device):
+    """The finished run in ``out``, loaded for evaluation (a note on stderr says it was not trained again)."""
+    from interp.zoo import load_model
+    meta = _read(Path(out) / "meta.json") or {}
+    print(f"{out} already holds this run, trained for {meta.get('steps_done')} steps: not trained again "
+          "(--no-resume trains it again from step 0)", file=sys.stderr)
+    return load_model(out, device=device).eval()

@@ -1,0 +1,157 @@
+"""A training run's folder across calls (interp.runfolder): resume only under the same config, a finished run
+left as it is, one log row per evaluation after a kill, --no-resume starting clean, one trainer at a time."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from interp import InterpError
+from interp.cli import main
+from interp.runfolder import config_diff, cut_log, open_run
+from interp.train import TrainConfig, train
+
+TINY = dict(d_model=32, n_layers=2, layout="gdn50", n_heads=2, head_dim=16)
+
+
+def cfg(out, **kw):
+    base = dict(out=str(out), model=TINY, tasks=["mqar"], steps=20, batch_size=8, eval_every=5, eval_n=16,
+                save_every=10, warmup=5, seed=0, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def log_rows(out):
+    return [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def snapshot(out):
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.is_file()}
+
+
+def test_resume_with_other_settings_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    train(cfg(out), progress=False, stop_after=10)
+    before = snapshot(out)
+    with pytest.raises(InterpError) as e:
+        train(cfg(out, lr=3e-3, steps=40), progress=False)
+    msg = str(e.value)
+    assert "lr: 0.001 -> 0.003" in msg and "steps: 20 -> 40" in msg and "--no-resume" in msg
+    assert snapshot(out) == before and not (out / ".lock").exists()
+
+
+def test_cli_refusal_is_one_line_exit_2(tmp_path, capsys):
+    argv = ["train", "--layout", "gdn50", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--head-dim", "16",
+            "--task", "mqar", "--steps", "10", "--batch-size", "8", "--eval-every", "5", "--warmup", "2",
+            "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "lr: 0.001 -> 0.01" in err[0]
+
+
+def test_settings_that_may_change_between_calls_resume(tmp_path):
+    out = tmp_path / "run"
+    train(cfg(out), progress=False, stop_after=10)
+    train(cfg(out, save_every=7, time_limit=30.0, command="again"), progress=False)
+    assert [r["step"] for r in log_rows(out) if "loss" in r] == [5, 10, 15, 20]
+
+
+def test_finished_run_is_not_trained_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    a = train(cfg(out), progress=False)
+    before = snapshot(out)
+    b = train(cfg(out), progress=False)
+    assert "not trained again" in capsys.readouterr().err
+    assert snapshot(out) == before
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_resume_after_a_kill_logs_each_evaluation_once(tmp_path):
+    """A call killed after logging step 15 but before a checkpoint past 10 (and mid-line) is resumed from 10: the
+    log ends as an uninterrupted run's, one row per step."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(cfg(whole), progress=False)
+    train(cfg(cut), progress=False, stop_after=10)
+    later = [ln for ln in (whole / "train_log.jsonl").read_text().splitlines() if json.loads(ln)["step"] == 15]
+    with open(cut / "train_log.jsonl", "a") as f:
+        f.write(later[0] + "\n" + '{"step": 2')
+    train(cfg(cut), progress=False)
+    a, b = log_rows(whole), log_rows(cut)
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for ra, rb in zip(a, b):
+        if "loss" in ra:
+            assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_cut_log(tmp_path):
+    (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"ste')
+    assert cut_log(tmp_path, 10) == 2
+    assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 5}\n{"step": 10}\n'
+    assert cut_log(tmp_path, 10) == 0 and cut_log(tmp_path / "absent", 3) == 0
+
+
+def test_no_resume_starts_clean(tmp_path):
+    out = tmp_path / "run"
+    train(cfg(out, steps=30), progress=False)
+    (out / "notes.txt").write_text("mine")
+    train(cfg(out, lr=3e-3), progress=False, resume=False)
+    steps = [r["step"] for r in log_rows(out)]
+    assert steps == sorted(set(steps)) and max(steps) == 20
+    assert json.loads((out / "meta.json").read_text())["train_config"]["lr"] == 3e-3
+    assert (out / "notes.txt").read_text() == "mine"          # not the trainer's: kept
+
+
+def test_second_trainer_is_refused(tmp_path):
+    c = cfg(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    with open_run(tmp_path / "run", c):
+        with pytest.raises(InterpError, match="second writer"):
+            train(c, progress=False)
+    train(c, progress=False)   # released
+
+
+def test_config_of_an_older_version_resumes(tmp_path):
+    """A checkpoint's train_config.json without a field added since (its default) is the same config."""
+    out = tmp_path / "run"
+    train(cfg(out), progress=False, stop_after=10)
+    f = out / "checkpoint" / "train_config.json"
+    old = json.loads(f.read_text())
+    del old["induction_len"]
+    f.write_text(json.dumps(old))
+    assert config_diff(old, cfg(out)) == []
+    assert config_diff(old, cfg(out, induction_len=8)) == ["induction_len: 16 -> 8"]
+    train(cfg(out), progress=False)
+
+
+def test_stacked_runs_are_guarded_too(tmp_path):
+    from interp.stacked import train_stacked
+    cfgs = [cfg(tmp_path / f"seed{s}", seed=s) for s in (0, 1)]
+    train_stacked(cfgs, progress=False, stop_after=10)
+    with pytest.raises(InterpError, match="warmup: 5 -> 3"):
+        train_stacked([cfg(tmp_path / f"seed{s}", seed=s, warmup=3) for s in (0, 1)], progress=False)
+    train_stacked(cfgs, progress=False)
+    before = [snapshot(tmp_path / f"seed{s}") for s in (0, 1)]
+    train_stacked(cfgs, progress=False)
+    assert [snapshot(tmp_path / f"seed{s}") for s in (0, 1)] == before
+    assert [r["step"] for r in log_rows(tmp_path / "seed1") if "loss" in r] == [5, 10, 15, 20]
+
+
+def test_kill_while_saving_the_model_leaves_no_torn_file(tmp_path):
+    """INTERP_STORE_KILL kills the trainer half-way through writing the final model.safetensors (its second, after
+    the checkpoint's): no torn file is left, and the same call again finishes the run from its checkpoint."""
+    out = tmp_path / "run"
+    code = ("import sys; from interp.train import TrainConfig, train; "
+            f"train(TrainConfig(**{dict(vars(cfg(out)))!r}), progress=False)")
+    env = {**os.environ, "INTERP_STORE_KILL": "write:model.safetensors:2"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert not (out / "model.safetensors").exists() and not (out / "meta.json").exists()
+    assert (out / "checkpoint" / "trainer.pt").is_file()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "meta.json").read_text())["steps_done"] == 20
+    assert not [f.name for f in out.iterdir() if ".tmp-" in f.name]    # the killed write's temporary file
