@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 import hooks
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.models import input_device, parse_size
 from hooks.cache import ShardWriter, shard_entry
 from interp.store import (KEY_META, Store, atomic_save, atomic_write_json, load_unit, model_digest, read_json,
@@ -68,6 +69,7 @@ def capture_spec(model, tokens: torch.Tensor, names, positions=None, max_memory=
         {"inputs": {k: tensor_digest(v) for k, v in sorted(_input_tensors(inputs, tokens.shape[0]).items())}}
     if shard_size is not None:
         extra["shard_size"] = parse_size(shard_size)
+    extra.update(kernel_spec())   # kernels that change results at rounding, where not the defaults (interp.kernels)
     return {**extra, "model": {"name": meta.pop("model", None), "digest": model_digest(model)},
             "source": meta,
             "tokens": {"shape": list(tokens.shape), "dtype": str(tokens.dtype).replace("torch.", ""),

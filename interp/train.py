@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from interp import InterpError
 from interp import tasks as T
 from interp.interventions import graphs
+from interp.kernels import kernel_spec
 from interp.runfolder import already_trained, cut_log, open_run
 from interp.store import atomic_write_text
 from interp.train_graph import GradPass
@@ -384,6 +385,7 @@ def _held_out_row(model, cfg: TrainConfig, row: dict, induction_eval, autocast, 
 def _finish(model, cfg: TrainConfig, out: Path, steps_done: int, done_at, device) -> HybridLM:
     model.eval()
     meta = {"train_config": dataclasses.asdict(cfg), "params": model.num_params(), "steps_done": steps_done,
+            **kernel_spec(training=True),
             "induction_done_at": done_at,
             "command": cfg.command, "torch": torch.__version__, "device": str(device)}
     save_model(model, out, extra=meta)

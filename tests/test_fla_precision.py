@@ -101,10 +101,10 @@ def test_a_sweep_records_ieee_products_in_its_spec_and_a_resume_without_them_is_
     pairs = tasks.make_pairs("mqar", 4, seed=0, n_pairs=2, seq_len=12)
     kw = dict(layers=[1], positions=[5, 9], keep_all=True, progress=False, n_boot=10)
     patching.sweep(m, pairs, out=tmp_path / "a", **kw)
-    assert "fla_products" not in patching.plan_sweep(m, pairs, layers=[1]).spec
+    assert "kernels" not in patching.plan_sweep(m, pairs, layers=[1]).spec
     monkeypatch.setattr(P, "_ACTIVE", True)
-    assert patching.plan_sweep(m, pairs, layers=[1]).spec["fla_products"] == "ieee"
-    with pytest.raises(InterpError, match="fla_products"):
+    assert patching.plan_sweep(m, pairs, layers=[1]).spec["kernels"] == {"fla_products": "ieee"}
+    with pytest.raises(InterpError, match=r'kernels: \(absent\) -> \{"fla_products": "ieee"\}'):
         patching.sweep(m, pairs, out=tmp_path / "a", **kw)
 
 

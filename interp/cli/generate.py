@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, finite_float, int_at_least, kv
 
 
@@ -36,7 +37,7 @@ def add_parser(sub):
 
 def _spec(a) -> dict:
     return dict(model=a.model, prompt=a.prompt, task=a.task, knob=sorted(a.knob or []), n=a.n, max_new=a.max_new,
-                samples=a.samples, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+                samples=a.samples, temperature=a.temperature, top_p=a.top_p, seed=a.seed, **kernel_spec())
 
 
 def _prompts(a, model):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.store import (FORMAT, SPEC_FILE, Lock, atomic_write_json, atomic_write_text, is_temp, normalize,
                           read_spec, save_csv, spec_diff)
 
@@ -199,7 +200,8 @@ def check_spec(root, spec: dict, kind: str = "experiment") -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     remove_temps(root, SPEC_FILE + ".tmp-")
-    want = {"kind": kind, "format": FORMAT, "spec": normalize(spec)}
+    # the kernels that trained and ran the models, where not the defaults (interp.kernels)
+    want = {"kind": kind, "format": FORMAT, "spec": normalize({**spec, **kernel_spec(training=True)})}
     head = read_spec(root)
     if head is None:
         atomic_write_json(root / SPEC_FILE, want)

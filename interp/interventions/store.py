@@ -12,12 +12,14 @@ from interp import InterpError
 
 def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
     """Write R and spec; returns (safetensors path, json path)."""
-    from safetensors.torch import save_file
+    from interp.kernels import kernel_spec
+    from interp.store import atomic_write_text, save_safetensors
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     st, js = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".spec.json")
-    save_file({"R": R.detach().float().cpu().contiguous()}, str(st))
-    js.write_text(json.dumps({**spec, "rank": int(R.shape[0]), "width": int(R.shape[1])}, indent=1, default=str))
+    save_safetensors(st, {"R": R.detach().float().cpu().contiguous()})   # each file whole or absent
+    spec = {**spec, "rank": int(R.shape[0]), "width": int(R.shape[1]), **kernel_spec(training=True)}
+    atomic_write_text(js, json.dumps(spec, indent=1, default=str))
     return st, js
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import hooks
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.patching.run import _model_device
 from interp.patching.sites import SITES, _check_choice, check_layers, check_positions, directions_of, plan_cells
 
@@ -70,7 +71,6 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
                batch_size=256, skip_prefix=True, model_name="model", device=None, matmul="fp32") -> Plan:
     """Check the arguments and plan the sweep (see `interp.patching.sweep`)."""
     from hooks.matmul import MODES
-    from hooks.scan import fla_precision
     dirs = directions_of(direction)
     _check_choice("matmul", matmul, MODES)
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
@@ -93,8 +93,7 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
                     batch_size=int(batch_size), skip_prefix=bool(skip_prefix))
     if matmul != "fp32":   # in the spec only when set, so folders of earlier sweeps still resume
         settings["matmul"] = matmul
-    if fla_precision.active():    # fla's kernels in IEEE fp32 (hooks.scan.fla_precision); likewise only when set
-        settings["fla_products"] = "ieee"
+    settings.update(kernel_spec())   # e.g. fla's products in IEEE fp32 (interp.kernels); likewise only when set
     return Plan(hm, pairs, units, chunks, dirs, int(batch_size), bool(skip_prefix), model_name, settings, span)
 
 

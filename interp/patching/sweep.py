@@ -35,8 +35,8 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     TF32 GEMMs of split operands (`hooks.matmul`; about fp32's accuracy, 0.56-0.75x an fp32 GEMM's time on an
     H200, 0.66-0.88x on an H100; recorded in the result folder's spec). fla's kernels in a hybrid's mixers
     multiply fp32 as TF32 either way, so there results move by ~1e-3 of the logits, unless
-    ``HYBRID_INTERP_FLA_IEEE=1`` (`hooks.scan.fla_precision`) makes them IEEE fp32 (then ``fla_products: ieee``
-    in the spec; BENCHMARKS.md sections 1, 43-45).
+    ``HYBRID_INTERP_FLA_IEEE=1`` (`hooks.scan.fla_precision`) makes them IEEE fp32 (then ``kernels.fla_products: ieee``
+    in the spec, `interp.kernels`; BENCHMARKS.md sections 1, 43-45).
     """
     from interp.patching.assemble import assemble
     plan = plan_sweep(model, pairs, sites, layers, positions, heads, direction, batch_size, skip_prefix,

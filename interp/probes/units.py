@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.store import Store, model_digest
 
 # what a probe folder holds beside spec.json and units/ (with the old layout's .units/): --overwrite
@@ -22,7 +23,8 @@ def probe_spec(models: dict, task, target, sites, n, seeds, knob, loads, knobs, 
             "knobs": dict(knobs), "sweep": None if knob is None else {knob: list(loads)}, "sites": list(sites),
             "n": int(n), "seeds": [int(s) for s in seeds], "C": float(C), "backend": backend,
             "split": {"train": split[0], "val": split[1], "test": split[2]}, "controls": list(controls),
-            "flag_at": float(flag_at), "causal": causal, "batch_size": int(batch_size)}
+            "flag_at": float(flag_at), "causal": causal, "batch_size": int(batch_size),
+            **kernel_spec(training=causal is not None)}   # the causal check's interchange trains: its backward
 
 
 def open_store(out, spec: dict, overwrite: bool = False) -> Store:

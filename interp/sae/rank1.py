@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.store import Store, atomic_write_json, model_digest, save_parquet, save_safetensors
 from interp.sae.train import KIND, TrainResult, fit, rms
 
@@ -192,7 +193,8 @@ def train_rank1(model, site, source, k: int = 32, features: int = 4096, steps: i
     scale = (rms(key0), rms(val0))
     spec = {"model": {"name": model_name, "digest": model_digest(model)}, "site": site.label(),
             "source": source.spec(), "coder": {"kind": "rank1", "k": k, "features": features, "lr": lr,
-                                                "seed": seed, "init": init is not None, "lib": "interp.sae.rank1"}}
+                                                "seed": seed, "init": init is not None, "lib": "interp.sae.rank1"},
+            **kernel_spec()}
 
     def step_fn(batch, sc, dead):
         key, val = split_kd(batch, K)

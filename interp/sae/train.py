@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from interp.kernels import kernel_spec
 from interp.sae import coder as C
 from interp.store import Store, model_digest, save_parquet
 
@@ -76,7 +77,7 @@ def spec_of(model, site, source, k, features, lr, auxk_alpha, dead_tokens, seed,
                                                 "dead_tokens": dead_tokens, "seed": seed, "lib": "eai-sparsify"}}
     if target is not None:
         spec["target"] = target.label()
-    return spec
+    return {**spec, **kernel_spec()}   # the model's kernels, where not the defaults (interp.kernels)
 
 
 def rms(x) -> float:
