@@ -7,9 +7,10 @@ a model:
 * a second trainer on the same folder is refused while the first runs (`interp.store.Lock`: ``<out>/.lock``;
   a lock left by a process that no longer runs on this host is taken over);
 * resuming (the default) compares the call's `interp.train.TrainConfig` with the one that made the folder (its
-  checkpoint's ``train_config.json``, and a saved model's ``meta.json``): a difference in any field but
-  `MAY_CHANGE` is refused (InterpError naming the fields and the way out) instead of, say, continuing a run
-  made at ``--lr 1e-3`` at 3e-3 or stretching a 2000-step cosine schedule to 4000 steps;
+  checkpoint's ``train_config.json``, and a saved model's ``meta.json``; each with the kernels that trained it,
+  `interp.kernels`): a difference in any field but `MAY_CHANGE` is refused (InterpError naming the fields and
+  the way out) instead of, say, continuing a run made at ``--lr 1e-3`` at 3e-3 or stretching a 2000-step cosine
+  schedule to 4000 steps;
 * a finished run (``meta.json`` whose ``steps_done`` reaches ``steps``) of the same config is not trained
   again: the call loads and returns it;
 * `cut_log` drops the log rows after the step a call resumes from (a killed call logged them; the resumed one
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from interp import InterpError
+from interp.kernels import kernel_spec
 from interp.store import Lock, atomic_write_text, is_temp, normalize, spec_diff
 
 # fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
@@ -73,15 +75,22 @@ def recorded_configs(out: Path) -> list:
             found.append((out / name / "train_config.json", cfg))
     meta = _read(out / "meta.json")
     if meta is not None and isinstance(meta.get("train_config"), dict):
-        found.append((out / "meta.json", meta["train_config"]))
+        kernels = {"kernels": meta["kernels"]} if "kernels" in meta else {}
+        found.append((out / "meta.json", {**meta["train_config"], **kernels}))
     return found
 
 
+def record(cfg) -> dict:
+    """What a checkpoint records of the call that wrote it (``train_config.json``): the TrainConfig ``cfg`` and the
+    kernels that trained it where not the defaults (`interp.kernels.kernel_spec`)."""
+    return {**dataclasses.asdict(cfg), **kernel_spec(training=True)}
+
+
 def config_diff(old: dict, cfg) -> list:
-    """['field: old -> new', ...] between a recorded config and the TrainConfig ``cfg``, over the fields outside
-    `MAY_CHANGE`."""
+    """['field: old -> new', ...] between a recorded config (`record`) and the TrainConfig ``cfg`` with today's
+    kernels, over the fields outside `MAY_CHANGE`."""
     defaults = _defaults(cfg)
-    return spec_diff(_comparable(old, defaults), _comparable(dataclasses.asdict(cfg), defaults))
+    return spec_diff(_comparable(old, defaults), _comparable(record(cfg), defaults))
 
 
 def _finished(out: Path, cfg) -> bool:

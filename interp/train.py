@@ -44,7 +44,7 @@ from interp import InterpError
 from interp import tasks as T
 from interp.interventions import graphs
 from interp.kernels import kernel_spec
-from interp.runfolder import already_trained, cut_log, open_run
+from interp.runfolder import already_trained, cut_log, open_run, record
 from interp.store import atomic_write_text
 from interp.train_graph import GradPass
 from interp.zoo import HybridLM, ZooConfig, load_model, save_model
@@ -194,7 +194,7 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None, 
     save_model(model, tmp)
     torch.save({"optimizer": opt.state_dict(), "step": step, "induction_done_at": induction_done_at,
                 "torch_rng": torch.get_rng_state() if torch_rng is None else torch_rng}, tmp / "trainer.pt")
-    (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    (tmp / "train_config.json").write_text(json.dumps(record(cfg), indent=2))   # with its kernels (interp.runfolder)
     if ck.exists():
         if old.exists():
             shutil.rmtree(old)

@@ -84,6 +84,11 @@ def test_a_trained_model_and_a_runs_directory_record_them(monkeypatch, tmp_path)
     c = TrainConfig(out=str(tmp_path / "run"), model=dict(d_model=32, n_layers=2, layout="gdn50", n_heads=2,
                     head_dim=16), tasks=["mqar"], steps=2, batch_size=4, eval_every=2, eval_n=8, warmup=1,
                     device="cpu")
+    train(c, progress=False, stop_after=1)
+    with monkeypatch.context() as env:   # the checkpoint records its kernels: resuming under others is refused
+        env.delenv("HYBRID_INTERP_DQKWG_COMPILE")
+        with pytest.raises(InterpError, match=r'kernels: \{"dqkwg_compile": true\} -> \(absent\)'):
+            train(c, progress=False)
     train(c, progress=False)
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["kernels"] == {"dqkwg_compile": True}
     check_spec(tmp_path / "runs", {"profile": "quick"})
