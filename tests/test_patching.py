@@ -210,6 +210,21 @@ def test_hf_models_skip_prefix_and_logits_at():
         torch.testing.assert_close(lg[:, 0], full[torch.arange(4), pb.answer_pos], atol=1e-5, rtol=1e-5)
 
 
+def test_every_site_of_mixed_layers_skips_what_each_lacks():
+    """Every site of an attention and a recurrent layer of a hybrid (``interp patch --layer 1,3``): each layer's
+    own sites are patched, the others skipped with a warning naming them; a site none of the layers has is refused."""
+    m, p = make("gdn75"), pairs()          # 4 layers: attention at 3
+    hm = hooks.wrap(m)
+    sites = patching.sites_of(hm.hook_names, [1, 3])
+    with pytest.warns(UserWarning, match=r"attn.q at 1 \(gdn\).*rec.state at 3 \(attn\)"):
+        plan = patching.plan_sweep(m, p, sites=sites, layers=[1, 3])
+    got = {(s, i) for s, i, _ in plan.units}
+    assert ("attn.q", 3) in got and ("rec.state", 1) in got and ("resid_pre", 1) in got and ("resid_pre", 3) in got
+    assert ("attn.q", 1) not in got and ("rec.state", 3) not in got
+    with pytest.raises(InterpError, match="needs attention, but layer 0 is gdn"):
+        patching.plan_sweep(m, p, sites=["attn.q"], layers=[0, 1])
+
+
 def test_errors():
     m, p = make("transformer"), pairs()
     with pytest.raises(InterpError, match="layer 99 out of range 0..3"):

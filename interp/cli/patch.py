@@ -19,7 +19,8 @@ def add_parser(sub):
                     "task-vocabulary words); a pair's prompts must give equal token counts, pairs of different "
                     "lengths are padded (--pad-side) and positions count each pair's real tokens")
     pa.add_argument("--pad-side", default="left", choices=["left", "right"], help="where --pairs are padded")
-    pa.add_argument("--layer", help="patch every site of this layer (or comma list); default: resid_pre of every layer")
+    pa.add_argument("--layer", help="patch every site of this layer (or comma list: each layer's own sites); "
+                    "default: resid_pre of every layer")
     pa.add_argument("--site", action="append", help="hook site without the block prefix, e.g. resid_pre, "
                     "mixer_out, attn.head_out, rec.state (repeatable)")
     pa.add_argument("--positions", default="all", help="all (default), 3,5,9 or 0:30")

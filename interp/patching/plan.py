@@ -3,13 +3,15 @@ the work items (direction, pair chunk, unit) with their estimated costs, and the
 sweep's result folder (everything that changes its numbers)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import hooks
 from interp import InterpError
 from interp.kernels import kernel_spec
 from interp.patching.run import _model_device
-from interp.patching.sites import SITES, _check_choice, check_layers, check_positions, directions_of, plan_cells
+from interp.patching.sites import (SITES, _check_choice, check_layers, check_positions, directions_of, layer_kind,
+                                   plan_cells)
 
 
 @dataclass
@@ -108,19 +110,26 @@ def _span(pairs):
 
 
 def _plan_units(hm, sites, layers, positions, heads, T):
-    """The units: (site, layer, cells) for every site x layer; layers that lack a site are skipped
-    when ``layers`` is None."""
-    units = []
+    """The units: (site, layer, cells) for every site x layer that has the site. A site none of ``layers`` has is
+    refused (the first such layer named; ``layers`` None: every layer); where only some lack it, those are skipped,
+    with a warning naming them when ``layers`` were given (e.g. every site of ``--layer 1,3`` on a hybrid)."""
+    units, skipped = [], []
     for s in sites:
-        for i in (range(hm.n_layers) if layers is None else layers):
-            L = hm.layers[i]
-            lacks = (s.startswith("attn.") and L.attn is None) or (s.startswith("rec.") and L.rec is None)
-            if layers is None and lacks:
-                continue
-            units.append((s, i, plan_cells(hm, s, i, positions, heads, T)))
+        chosen = list(range(hm.n_layers) if layers is None else layers)
+        have = [i for i in chosen if not _lacks(hm.layers[i], s)]
+        if not have and layers is not None:
+            plan_cells(hm, s, chosen[0], positions, heads, T)   # raises, naming the site and the layer's kind
+        skipped += [f"{s} at {i} ({layer_kind(hm.layers[i])})" for i in chosen if i not in have]
+        units += [(s, i, plan_cells(hm, s, i, positions, heads, T)) for i in have]
     if not units:
         raise InterpError(f"no layer of this model has site(s) {', '.join(sites)}")
+    if skipped and layers is not None:
+        warnings.warn(f"patching: skipped the sites these layers lack: {', '.join(skipped)}", stacklevel=3)
     return units
+
+
+def _lacks(L, site: str) -> bool:
+    return (site.startswith("attn.") and L.attn is None) or (site.startswith("rec.") and L.rec is None)
 
 
 def sweep_spec(hm, pairs, model_name, **settings) -> dict:
