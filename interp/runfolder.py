@@ -32,7 +32,8 @@ from interp.kernels import kernel_spec
 from interp.store import Lock, atomic_write_text, is_temp, normalize, spec_diff
 
 # fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
-# may train, which device trains it (numbers equal up to rounding), how often it checkpoints
+# may train, which device of a kind trains it (cuda:0 or cuda:1; the kind is compared: `record`'s device_type, as
+# CUDA trains under bf16 autocast and the CPU in fp32), how often it checkpoints
 MAY_CHANGE = ("out", "command", "time_limit", "device", "save_every")
 # what a trainer writes in a run's folder (`interp.train`, `interp.zoo.save_model`)
 OWNS = ("model.safetensors", "config.json", "meta.json", "COMMAND.txt", "train_log.jsonl",
@@ -75,22 +76,35 @@ def recorded_configs(out: Path) -> list:
             found.append((out / name / "train_config.json", cfg))
     meta = _read(out / "meta.json")
     if meta is not None and isinstance(meta.get("train_config"), dict):
-        kernels = {"kernels": meta["kernels"]} if "kernels" in meta else {}
-        found.append((out / "meta.json", {**meta["train_config"], **kernels}))
+        extra = {"kernels": meta["kernels"]} if "kernels" in meta else {}
+        if isinstance(meta.get("device"), str):     # the device it trained on, resolved
+            extra["device_type"] = meta["device"].split(":")[0]
+        found.append((out / "meta.json", {**meta["train_config"], **extra}))
     return found
 
 
+def _device_type(device: str) -> str:
+    """'cpu' or 'cuda': the kind of device that ``--device`` (auto, cpu, cuda, cuda:N) trains on here."""
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device).split(":")[0]
+
+
 def record(cfg) -> dict:
-    """What a checkpoint records of the call that wrote it (``train_config.json``): the TrainConfig ``cfg`` and the
-    kernels that trained it where not the defaults (`interp.kernels.kernel_spec`)."""
-    return {**dataclasses.asdict(cfg), **kernel_spec(training=True)}
+    """What a checkpoint records of the call that wrote it (``train_config.json``): the TrainConfig ``cfg``, the
+    kind of device it trained on and the kernels that trained it where not the defaults
+    (`interp.kernels.kernel_spec`)."""
+    return {**dataclasses.asdict(cfg), "device_type": _device_type(cfg.device), **kernel_spec(training=True)}
 
 
 def config_diff(old: dict, cfg) -> list:
     """['field: old -> new', ...] between a recorded config (`record`) and the TrainConfig ``cfg`` with today's
     kernels, over the fields outside `MAY_CHANGE`."""
-    defaults = _defaults(cfg)
-    return spec_diff(_comparable(old, defaults), _comparable(record(cfg), defaults))
+    defaults, new = _defaults(cfg), record(cfg)
+    if "device_type" not in old:    # recorded by an older version: the kind of device is not known
+        new.pop("device_type")
+    return spec_diff(_comparable(old, defaults), _comparable(new, defaults))
 
 
 def _finished(out: Path, cfg) -> bool:

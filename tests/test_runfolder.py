@@ -127,6 +127,22 @@ def test_config_of_an_older_version_resumes(tmp_path):
     train(cfg(out), progress=False)
 
 
+def test_a_run_moved_to_another_kind_of_device_is_refused(tmp_path):
+    """cuda:0 -> cuda:1 may change (MAY_CHANGE); GPU -> CPU may not (bf16 autocast on CUDA, fp32 on the CPU)."""
+    out = tmp_path / "run"
+    train(cfg(out), progress=False, stop_after=10)
+    f = out / "checkpoint" / "train_config.json"
+    rec = json.loads(f.read_text())
+    assert rec["device_type"] == "cpu"
+    f.write_text(json.dumps({**rec, "device": "cuda:1", "device_type": "cuda"}))
+    assert config_diff(json.loads(f.read_text()), cfg(out, device="cuda:0")) == []
+    with pytest.raises(InterpError, match='device_type: "cuda" -> "cpu"'):
+        train(cfg(out), progress=False)
+    del rec["device_type"]                      # written by an older version: the kind is not known
+    f.write_text(json.dumps(rec))
+    train(cfg(out), progress=False)
+
+
 def test_stacked_runs_are_guarded_too(tmp_path):
     from interp.stacked import train_stacked
     cfgs = [cfg(tmp_path / f"seed{s}", seed=s) for s in (0, 1)]
