@@ -36,6 +36,7 @@ from interp import InterpError
 from interp import tasks as T
 from interp.stats import boot_ci
 from interp.figsave import save_fig
+from interp.store import atomic_write_text, save_csv
 from interp.tasks.vocab import PAD
 
 SOURCE_TASKS = ("mqar", "state_recall")
@@ -402,7 +403,7 @@ def pattern_html(panels, words, path, title: str = "", rows=(), src=()):
     page = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title or 'patterns')}</title>",
             f"<script>{js}</script>", '</head><body style="font-family: sans-serif">', *body, "</body></html>"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(page) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(page) + "\n")   # UTF-8, whole or absent
     return Path(path)
 
 
@@ -492,6 +493,6 @@ def write_who_reads(results, out, n_boot: int = 2000) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_who_reads(results, out / "who_reads.png")
-    pd.concat([r.table for r in results]).to_csv(out / "results.csv", index=False, float_format="%.4f")
-    (out / "report.md").write_text("\n".join(report_lines(results, n_boot)) + "\n")
+    save_csv(out / "results.csv", pd.concat([r.table for r in results]), index=False, float_format="%.4f")
+    atomic_write_text(out / "report.md", "\n".join(report_lines(results, n_boot)) + "\n")
     return out
