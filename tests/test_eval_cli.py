@@ -1,4 +1,4 @@
-"""`interp eval`: the printed pivot equals the tidy rows; --out writes the CSV and its figure."""
+"""`interp eval`: the printed pivot equals the tidy rows; --out writes the CSV, its figure and what made them."""
 import pandas as pd
 
 from interp.cli import main
@@ -20,3 +20,11 @@ def test_eval_prints_pivot_and_writes_csv_and_figure(tmp_path, capsys):
     assert "gdn100" in printed.splitlines()[0] and "n_pairs" in printed
     png = out.with_suffix(".png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    from interp.cli.options import load_any
+    from interp.store import model_digest
+    made = json.loads(out.with_suffix(".json").read_text())
+    assert made["spec"] == {"models": {m: model_digest(load_any(m)) for m in ("gdn100", "gdn75")}, "tasks": ["mqar"],
+                            "knobs": ["n_pairs"], "n": 8, "seed": 123}
+    assert made["command"].startswith("interp ")

@@ -250,6 +250,9 @@ def test_cli_draws_patterns_and_the_map(cli, tmp_path, capsys):
     assert len(t) == 12 * 4 and set(t.kind) == {"attn", "gdn"}
     assert ((t.lo <= t.share + 1e-9) & (t.share <= t.hi + 1e-9) & (t.share >= 0) & (t.share <= 1)).all()
     assert "## mqar: top 3 heads per model" in (tmp_path / "map" / "report.md").read_text()
+    import json
+    spec = json.loads((tmp_path / "map" / "spec.json").read_text())["spec"]
+    assert set(spec["models"]) == {"gdn75"} and spec["knobs"] == {"mqar": {}} and spec["n"] == 16
     with pytest.raises(InterpError, match="give --layer"):
         cli("--model", "gdn75", "--out", str(tmp_path))
     with pytest.raises(InterpError, match="layer 3 has attn"):

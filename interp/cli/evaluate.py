@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any
+from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any, write_spec
 
 
 def add_parser(sub):
@@ -35,6 +35,7 @@ def cmd_eval(a):
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         save_csv(a.out, res, index=False)
-        png = Path(a.out).with_suffix(".png")
+        png, js = Path(a.out).with_suffix(".png"), Path(a.out).with_suffix(".json")
         res.plot(png)
-        print(f"wrote {a.out}, {png}")
+        write_spec(js, models, tasks=a.task, knobs=a.knob or [], n=a.n, seed=a.seed)
+        print(f"wrote {a.out}, {png}, {js}")

@@ -1,6 +1,6 @@
 """Options and helpers the `interp` commands share: the --model/--knob/--n/--seed/--device options,
 the scale-out options of capture and patch, checked number types, KNOB=VALUE and position parsing,
-output-path checks and model loading.
+output-path checks, model loading and `write_spec` (what made a one-shot command's output).
 (--task and --out differ in every command: default, repeatable or required; each command defines its own.)"""
 from __future__ import annotations
 
@@ -159,3 +159,16 @@ def load_scaled(a):
     model, kind = load(a.model, device=device, dtype=a.dtype, device_map=a.device_map,
                        max_memory=a.gpu_memory)
     return model, kind, ctx
+
+
+def write_spec(path, models: dict, **settings) -> Path:
+    """``path`` (JSON, atomically): what made a one-shot command's output (one not kept in a `interp.store.Store`
+    folder): the command line, each model's name and weights digest, ``settings`` and the kernels where not the
+    defaults (`interp.kernels`)."""
+    import shlex
+    import sys
+
+    from interp.kernels import kernel_spec
+    from interp.store import atomic_write_json, model_digest, normalize
+    spec = {"models": {name: model_digest(m) for name, m in models.items()}, **settings, **kernel_spec()}
+    return atomic_write_json(path, {"command": "interp " + shlex.join(sys.argv[1:]), "spec": normalize(spec)})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, kv, load_any
+from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, kv, load_any, write_spec
 
 
 def add_parser(sub):
@@ -81,9 +81,9 @@ def _who_reads(a):
     from interp.demo import DEFAULT_SET
     if a.html:
         raise InterpError("--html draws one example's patterns; the --who-reads map has no HTML view")
-    res = []
+    res, models = [], {}
     for spec in a.model or list(DEFAULT_SET):
-        model = load_any(spec, a.device)
+        model = models[spec] = load_any(spec, a.device)
         for task in a.task or list(P.SOURCE_TASKS):
             r = P.who_reads(model, task, n=a.n, seed=a.seed, name=Path(spec).name, n_boot=a.n_boot,
                             knobs=_knobs(a, task))
@@ -92,7 +92,9 @@ def _who_reads(a):
                   f"h{best['head']} share {best['share']:.2f} [{best['lo']:.2f}, {best['hi']:.2f}]")
             res.append(r)
     out = P.write_who_reads(res, a.out, n_boot=a.n_boot)
-    print(f"wrote {out}/who_reads.png, {out}/results.csv, {out}/report.md")
+    tasks = a.task or list(P.SOURCE_TASKS)
+    write_spec(out / "spec.json", models, knobs={t: _knobs(a, t) for t in tasks}, n=a.n, seed=a.seed, n_boot=a.n_boot)
+    print(f"wrote {out}/who_reads.png, {out}/results.csv, {out}/report.md, {out}/spec.json")
 
 
 def cmd_patterns(a):
