@@ -175,9 +175,10 @@ def cut_log(out, step: int) -> int:
     for ln in lines:
         try:
             row = json.loads(ln)
-        except ValueError:
+            at = int(row.get("step", 0)) if isinstance(row, dict) else None
+        except (ValueError, TypeError):     # a line a kill cut, or not a row of this trainer's
             continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+        if at is not None and at <= step:
             keep.append(ln)
     if len(keep) < len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))

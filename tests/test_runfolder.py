@@ -88,8 +88,8 @@ def test_resume_after_a_kill_logs_each_evaluation_once(tmp_path):
 
 
 def test_cut_log(tmp_path):
-    (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"ste')
-    assert cut_log(tmp_path, 10) == 2
+    (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"step": null}\n[3]\n{"ste')
+    assert cut_log(tmp_path, 10) == 4
     assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 5}\n{"step": 10}\n'
     assert cut_log(tmp_path, 10) == 0 and cut_log(tmp_path / "absent", 3) == 0
 
