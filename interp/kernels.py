@@ -51,10 +51,11 @@ def settings(training: bool = False) -> dict:
             found[name] = value
     if training:
         from hooks.scan.fla_dqkwg_triton import impl
-        if os.environ.get("HYBRID_INTERP_DQKWG") is not None:
-            found["dqkwg"] = "off" if os.environ["HYBRID_INTERP_DQKWG"] == "0" else "on"
-        if _checked(impl) != "auto":
-            found["dqkwg_impl"] = impl()
+        use, mode = os.environ.get("HYBRID_INTERP_DQKWG"), _checked(impl)
+        if use is not None:
+            found["dqkwg"] = "off" if use == "0" else "on"
+        if mode != "auto":
+            found["dqkwg_impl"] = mode
         if os.environ.get("HYBRID_INTERP_DQKWG_COMPILE") == "1":
             found["dqkwg_compile"] = True
     return found

@@ -21,6 +21,7 @@ a model:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -112,56 +113,37 @@ def _finished(out: Path, cfg) -> bool:
     return bool(meta) and (out / "model.safetensors").is_file() and int(meta.get("steps_done") or 0) >= cfg.steps
 
 
-def _clear(out: Path) -> None:
-    for name in OWNS:
-        p = out / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def _remove(p: Path) -> None:
+    """Delete a folder with what it holds (not a link's target), a file or a link; nothing if absent (as
+    `interp.store.Store` clears its own files)."""
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
-class RunFolder:
-    """The open folder of one run (`open_run`); ``finished``: it holds this config's finished run."""
-
-    def __init__(self, out: Path, lock: Lock, finished: bool):
-        self.out, self.lock, self.finished = out, lock, finished
-
-    def __enter__(self) -> "RunFolder":
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        if self.lock.held:
-            self.lock.release()
-
-
-def open_run(out, cfg, resume: bool = True) -> RunFolder:
-    """Take ``out``'s writer lock and check it for training ``cfg`` (module doc); InterpError where another
-    trainer holds it or where resuming would continue a run of another config."""
+@contextlib.contextmanager
+def open_run(out, cfg, resume: bool = True):
+    """Hold ``out``'s writer lock while checked for training ``cfg`` (module doc); yields whether it holds this
+    config's finished run. InterpError where another trainer holds it or where resuming would continue a run of
+    another config."""
     out = Path(out)
     lock = Lock(out)
     lock.acquire()
     try:
         for f in out.iterdir():   # temporary files of a killed trainer's atomic writes (this call holds the lock)
             if is_temp(f) and f.name.split(".tmp-")[0] in OWNS:
-                shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+                _remove(f)
         if not resume:
-            _clear(out)
-            return RunFolder(out, lock, False)
-        for src, old in recorded_configs(out):
+            for name in OWNS:
+                _remove(out / name)
+        for src, old in (recorded_configs(out) if resume else []):
             diff = config_diff(old, cfg)
             if diff:
                 more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
                 raise InterpError(f"{out} holds a run made with other settings ({src.name}: {'; '.join(diff[:6])}"
                                   f"{more}); valid: the same settings to resume it, --no-resume (resume=False) to "
                                   "train it again from step 0 (replacing it), or another --out")
-        return RunFolder(out, lock, _finished(out, cfg))
-    except BaseException:
+        yield resume and _finished(out, cfg)
+    finally:
         lock.release()
-        raise
 
 
 def cut_log(out, step: int) -> int:

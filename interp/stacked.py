@@ -430,8 +430,7 @@ def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: 
     device = resolve_device(cfgs[0].device)
     outs = [_make_out(c) for c in cfgs]
     with contextlib.ExitStack() as held:   # one trainer, one config per run folder (interp.runfolder)
-        runs = [held.enter_context(open_run(o, c, resume)) for o, c in zip(outs, cfgs)]
-        if all(r.finished for r in runs):
+        if all([held.enter_context(open_run(o, c, resume)) for o, c in zip(outs, cfgs)]):   # all finished
             return [already_trained(o, device) for o in outs]
         return _train_stack(cfgs, outs, device, resume, progress, stop_after, workers, cuda_graphs, length_split)
 

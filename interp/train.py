@@ -403,8 +403,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_aft
     _check_config(cfg)
     device = resolve_device(cfg.device)
     out = _make_out(cfg)
-    with open_run(out, cfg, resume) as run:   # one trainer, one config per folder (interp.runfolder)
-        if run.finished:
+    with open_run(out, cfg, resume) as finished:   # one trainer, one config per folder (interp.runfolder)
+        if finished:
             return already_trained(out, device)
         return _train(cfg, out, device, resume, progress, stop_after, cuda_graphs)
 

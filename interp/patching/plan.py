@@ -114,8 +114,8 @@ def _plan_units(hm, sites, layers, positions, heads, T):
     refused (the first such layer named; ``layers`` None: every layer); where only some lack it, those are skipped,
     with a warning naming them when ``layers`` were given (e.g. every site of ``--layer 1,3`` on a hybrid)."""
     units, skipped = [], []
+    chosen = list(range(hm.n_layers) if layers is None else layers)
     for s in sites:
-        chosen = list(range(hm.n_layers) if layers is None else layers)
         have = [i for i in chosen if not _lacks(hm.layers[i], s)]
         if not have and layers is not None:
             plan_cells(hm, s, chosen[0], positions, heads, T)   # raises, naming the site and the layer's kind
