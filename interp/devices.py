@@ -1,5 +1,5 @@
-"""Device names checked once for every command: an unknown name, CUDA where there is none, a GPU index
-past the last one."""
+"""Device names checked once for every command: "auto" resolved, an unknown name, CUDA where there is none, a GPU
+index past the last one."""
 from __future__ import annotations
 
 from interp import InterpError
@@ -22,3 +22,19 @@ def check_device(device, valid: str = "cpu, cuda, cuda:N"):
             raise InterpError(f"device '{device}' is not valid: this machine has {n} GPU(s); valid: cpu, "
                               f"cuda:0..cuda:{n - 1}")
     return d
+
+
+def resolve_device(device, valid: str = "auto, cpu, cuda, cuda:N"):
+    """``device`` as a torch.device: "auto" is `device_type`'s choice; any other name is `check_device`'s."""
+    import torch
+    return torch.device(device_type("auto")) if device == "auto" else check_device(device, valid=valid)
+
+
+def device_type(device) -> str:
+    """'cpu' or 'cuda', the kind of device that ``device`` names, without checking that it is here: "auto" is
+    CUDA where this machine has it, else the CPU (the one "auto" rule of the trainers, their run folders and the
+    experiments)."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from interp import InterpError
+from interp.devices import device_type
 from interp.kernels import kernel_spec
 from interp.store import Lock, atomic_write_text, is_temp, normalize, spec_diff
 
@@ -84,19 +85,11 @@ def recorded_configs(out: Path) -> list:
     return found
 
 
-def _device_type(device: str) -> str:
-    """'cpu' or 'cuda': the kind of device that ``--device`` (auto, cpu, cuda, cuda:N) trains on here."""
-    if device == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device).split(":")[0]
-
-
 def record(cfg) -> dict:
     """What a checkpoint records of the call that wrote it (``train_config.json``): the TrainConfig ``cfg``, the
     kind of device it trained on and the kernels that trained it where not the defaults
     (`interp.kernels.kernel_spec`)."""
-    return {**dataclasses.asdict(cfg), "device_type": _device_type(cfg.device), **kernel_spec(training=True)}
+    return {**dataclasses.asdict(cfg), "device_type": device_type(cfg.device), **kernel_spec(training=True)}
 
 
 def config_diff(old: dict, cfg) -> list:

@@ -52,9 +52,10 @@ from tqdm.auto import tqdm
 
 from interp import InterpError
 from interp import tasks as T
+from interp.devices import resolve_device
 from interp.train import (INDUCTION_CHECK, TrainConfig, _append_log, _check_config, _checkpoint_dir, _finish,
                           _held_out_row, _make_optimizer, _make_out, _next_batch, _save_checkpoint, _warmup_over,
-                          _warn_config, induction_batch, load_trainer_state, lr_at, resolve_device)
+                          _warn_config, induction_batch, load_trainer_state, lr_at)
 from interp.interventions import graphs
 from interp.runfolder import already_trained, cut_log, open_run
 from interp.stacked_graph import ShapeGraphs

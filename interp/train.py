@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from interp import InterpError
 from interp import tasks as T
+from interp.devices import resolve_device
 from interp.interventions import graphs
 from interp.kernels import kernel_spec
 from interp.runfolder import already_trained, cut_log, open_run, record
@@ -76,13 +77,6 @@ class TrainConfig:
     induction_len: int = 16        # n, distinct words before <sep> in those sequences
     time_limit: float = 0.0        # minutes; 0 = none. Stops early, saves, records the steps done
     command: str = ""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from interp.devices import check_device
-    return check_device(device, valid="auto, cpu, cuda, cuda:N")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

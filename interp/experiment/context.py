@@ -209,12 +209,9 @@ def out_of_time(deadline: float | None, reserve_s: float = 0.0) -> bool:
 # --- devices and the report's facts -------------------------------------------------------------
 
 def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InterpError(f"device '{device}' requested but CUDA is not available; valid: cpu, auto")
-    return device
+    """``--device`` resolved and checked (`interp.devices.resolve_device`), as the name the runs record."""
+    from interp.devices import resolve_device as resolve
+    return str(resolve(device))
 
 
 def train_devices(spec: str | None, device: str) -> list[str] | None:
