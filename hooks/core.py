@@ -157,6 +157,9 @@ class HookedModel:
         ids = list(getattr(e, "ids", e))
         if len(ids) != 1:
             raise N.HookError(f"{word!r} is {len(ids)} tokens {ids}; an answer needs a single token")
+        unk = _unknown_token(tok)
+        if unk is not None and ids[0] == unk[1] and unk[0] not in word:
+            raise N.HookError(f"{word!r} is not a word the tokenizer knows (it became the unknown token {unk[0]!r})")
         return ids[0]
 
     def __call__(self, tokens, attention_mask=None):

@@ -27,18 +27,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from interp import InterpError
+from interp.lock import LOCK, Lock, alive
 
 FORMAT = 1
 SPEC_FILE = "spec.json"
 UNITS = "units"
-LOCK = ".lock"
 KILL_ENV = "INTERP_STORE_KILL"
 EXTS = (".parquet", ".safetensors", ".json")
 KEY_META = "interp.key"     # the unit's key, kept inside its file (names of long keys are hashed)
@@ -256,80 +254,6 @@ def read_spec(path) -> dict | None:
     return read_json(f) if f.is_file() else None
 
 
-# --- the writer lock --------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        pass
-    return True
-
-
-class Lock:
-    """``<folder>/.lock``: created whole or not at all (a hard link of a written temp file, the
-    O_EXCL of file systems with content), holding pid, host and time."""
-
-    def __init__(self, folder: Path):
-        self.path, self.held = folder / LOCK, False
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-    def acquire(self):
-        tmp = self.path.with_name(f"{LOCK}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.info) + "\n")
-        try:
-            for _ in range(20):
-                try:
-                    os.link(tmp, self.path)
-                    self.held = True
-                    return
-                except FileExistsError:
-                    self._take_over_or_refuse()
-        finally:
-            tmp.unlink(missing_ok=True)
-        raise InterpError(f"could not take the lock {self.path}: other processes keep taking it")
-
-    def _read(self):
-        text = ""
-        try:
-            text = self.path.read_text()
-            info = json.loads(text)
-        except FileNotFoundError:
-            return None, ""
-        except json.JSONDecodeError:
-            return {}, text
-        return (info if isinstance(info, dict) and "pid" in info else {}), text
-
-    def _take_over_or_refuse(self):
-        info, text = self._read()
-        if info is None:  # released meanwhile: try again
-            return
-        pid, host = info.get("pid"), info.get("host")
-        if not (isinstance(pid, int) and host == socket.gethostname() and not _alive(pid)):
-            who = f"pid {pid} on {host} since {info.get('time')}" if info else "an unknown writer"
-            raise InterpError(f"{self.path.parent} is being written by {who}; a second writer is refused. "
-                              f"If no such process runs, delete {self.path}")
-        # stale: move it aside under a name of our own (one taker wins the rename), then check
-        # that what we moved is the stale lock and not a fresh one another taker just made
-        mine = self.path.with_name(f"{LOCK}.stale-{os.getpid()}")
-        try:
-            os.replace(self.path, mine)
-        except FileNotFoundError:
-            return
-        if mine.read_text() != text:
-            os.replace(mine, self.path)
-        else:
-            mine.unlink()
-
-    def release(self):
-        if self.held:
-            info, _ = self._read()
-            if info and info.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-
 # --- the store ---------------------------------------------------------------------------------------
 def _unit_name(key: str) -> str:
     """A readable file-name stem for ``key`` (unsafe characters %-escaped; long keys cut and
@@ -386,7 +310,7 @@ class Store:
             for f in [f for d in (self.path, self.units) if d.is_dir() for f in d.iterdir() if is_temp(f)]:
                 # left by a killed writer (this one holds the lock); a lock's temp file belongs to
                 # another opener until its pid is gone
-                if not f.name.startswith(LOCK) or not _alive(int(f.name.rpartition(".tmp-")[2])):
+                if not f.name.startswith(LOCK) or not alive(int(f.name.rpartition(".tmp-")[2])):
                     f.unlink(missing_ok=True)
             if self.overwrite:
                 self._clear()

@@ -139,6 +139,9 @@ def test_string_prompts_zoo_and_hf():
         hm.run_with_cache([prompt, "<bos> x0 ="])
     with pytest.raises(HookError, match="does not know.*'<pad>'"):
         hm.run_with_cache("<bos> x0 = banana")
+    with pytest.raises(HookError, match="'banana' is not a word the tokenizer knows .*'<pad>'"):
+        hm.to_single_token("banana")                 # an answer word too (interp patch --pairs)
+    assert hm.to_single_token("<pad>") == VOCAB.words.index("<pad>")
     # an HF model with the tokenizer given to wrap
     hf = llama()
     hh = hooks.wrap(hf, tokenizer=word_tokenizer())

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,24 @@ def test_lock_released_on_error_and_foreign_host_refused(tmp_path):
     with Store(tmp_path, "k", {}):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json", "units"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="zombies are read from Linux's /proc")
+def test_a_writer_that_exited_but_is_not_reaped_yet_holds_no_lock(tmp_path):
+    from interp.lock import alive
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 60
+        while open(f"/proc/{zombie.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert not alive(zombie.pid) and alive(os.getpid())
+        (tmp_path / ".lock").write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(), "time": "t"}))
+        with Store(tmp_path, "k", {}):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        zombie.wait()
+    assert not alive(zombie.pid)
 
 
 # --- units --------------------------------------------------------------------------------------------

@@ -65,8 +65,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None) -> int:
-    from interp.tasks import TaskError
-    from hooks.names import HookError
+    try:    # a Ctrl-C while the error types' modules import is an interruption too
+        from interp.tasks import TaskError
+        from hooks.names import HookError
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     try:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
