@@ -370,3 +370,36 @@ def test_cli_wrong_shape_subspace_exit_2(tmp_path, capsys):
     assert cli(["intervene", "--model", "gdn100", "--n", "2", "--site", "blocks.1.resid_pre", "--subspace",
                 str(tmp_path / "bad.safetensors")]) == 2
     assert "has width 16 but the site has width 128" in capsys.readouterr().err
+
+
+def test_cli_outputs_record_what_made_them(tmp_path, capsys):
+    """das and intervene write <stem>.json first (interp.oneshot): other settings into the same files are refused,
+    naming the field, until --overwrite; a saved subspace is refused at another site or for another model."""
+    common = ["--model", "gdn100", "--task", "mqar", "--knob", "n_pairs=2", "--out", str(tmp_path)]
+    das = ["das", *common, "--site", "blocks.11.resid_pre", "--rank", "1", "--epochs", "1", "--random-seeds", "0"]
+    assert cli(das + ["--n", "12"]) == 0
+    stem = tmp_path / "gdn100_mqar_blocks.11.resid_pre_r1"
+    csv = stem.with_name(stem.name + ".csv")
+    before = csv.read_bytes()
+    assert json.loads(stem.with_name(stem.name + ".json").read_text())["spec"]["n"] == 12
+    capsys.readouterr()
+    assert cli(das + ["--n", "14"]) == 2
+    assert "was made with other settings (gdn100_mqar_blocks.11.resid_pre_r1.json: n: 12 -> 14)" in \
+        capsys.readouterr().err and csv.read_bytes() == before
+    R = str(stem.with_name(stem.name + ".safetensors"))
+    iv_args = ["intervene", *common, "--n", "4", "--subspace", R]
+    assert cli(iv_args + ["--site", "blocks.10.resid_pre"]) == 2
+    assert "learned at another site or model: site 'blocks.11.resid_pre' (here 'blocks.10.resid_pre')" in \
+        capsys.readouterr().err
+    assert cli([*iv_args[:2], "gdn75", *iv_args[3:], "--site", "blocks.11.resid_pre"]) == 2
+    assert "model_digest" in capsys.readouterr().err
+    assert cli(iv_args + ["--site", "blocks.11.resid_pre"]) == 0
+    assert cli(iv_args + ["--site", "blocks.11.resid_pre", "--seeds", "0,0"]) == 2
+    assert "--seeds '0,0' is not valid; valid: distinct" in capsys.readouterr().err
+    assert cli(iv_args + ["--site", "blocks.11.resid_pre", "--batch-size", "8"]) == 2
+    assert "batch_size: 64 -> 8" in capsys.readouterr().err
+    assert cli(iv_args + ["--site", "blocks.11.resid_pre", "--batch-size", "8", "--overwrite"]) == 0
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x89PNG not a tensor file")
+    assert cli(iv_args[:-1] + [str(junk), "--site", "blocks.11.resid_pre", "--out", str(tmp_path / "j")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

@@ -255,6 +255,25 @@ def test_cli_draws_patterns_and_the_map(cli, tmp_path, capsys):
     assert set(spec["models"]) == {"gdn75"} and spec["knobs"] == {"mqar": {}} and spec["n"] == 16
     with pytest.raises(InterpError, match="give --layer"):
         cli("--model", "gdn75", "--out", str(tmp_path))
+    # each output records what made it: other settings are refused until --overwrite (interp.oneshot)
+    png = tmp_path / "gdn75_mqar_L3_ex1.png"
+    before = png.read_bytes()
+    assert json.loads((tmp_path / "gdn75_mqar_L3_ex1.png.json").read_text())["spec"]["seed"] == 0
+    with pytest.raises(InterpError, match=r"gdn75_mqar_L3_ex1.png was made with other settings .*seed: 0 -> 1"):
+        cli("--model", "gdn75", "--task", "mqar", "--layer", "3", "--example", "1", "--seed", "1", "--out",
+            str(tmp_path))
+    assert png.read_bytes() == before
+    cli("--model", "gdn75", "--task", "mqar", "--layer", "3", "--example", "1", "--seed", "1", "--overwrite", "--out",
+        str(tmp_path))
+    assert png.read_bytes() != before
+    with pytest.raises(InterpError, match=r"who_reads.png was made with other settings \(spec.json: n: 16 -> 8\)"):
+        cli("--who-reads", "--model", "gdn75", "--task", "mqar", "--n", "8", "--n-boot", "200", "--out",
+            str(tmp_path / "map"))
+    assert len(pd.read_csv(tmp_path / "map" / "results.csv")) == 12 * 4
+    for drawing in (["--layer", "3"], ["--example", "0"], ["--kind", "rec"]):
+        with pytest.raises(InterpError, match=f"{drawing[0]} chooses one example's drawing"):
+            cli("--who-reads", *drawing, "--out", str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
     with pytest.raises(InterpError, match="layer 3 has attn"):
         P.example_pattern(model("zoo_gdn75"), tasks.generate("mqar", 1), 3, kind="rec")
 

@@ -2,6 +2,8 @@
 and transcoders: interchange through a dictionary that holds the writes exactly equals patching the write
 through the hooks, a transcoder's latents are read at its input and its change lands at its target,
 substitution conditions against hooks-level edits. Small and CPU-only."""
+import json
+
 import pytest
 import torch
 
@@ -159,6 +161,29 @@ def test_cli_eval_rank1_groundtruth(tmp_path, capsys):
                  "--no-probe"]) == 0
     out = capsys.readouterr().out
     assert "auroc_mean" in out and "kl[sae]" in out
+
+
+def test_cli_eval_records_its_settings_and_checks_the_coders_model(tmp_path, capsys):
+    """sae eval writes <out>/sae_eval.json first (interp.oneshot): other settings are refused until --overwrite; a
+    coder is evaluated only on the model its run trained on; fewer --steps than a run has done are refused."""
+    base = _trained_rank1(tmp_path, capsys)
+    ev = ["sae", "eval", "--coder", str(tmp_path / "r1"), *base, "--n-pairs", "6", "--no-probe"]
+    assert main(ev + ["--n", "12"]) == 0
+    made = json.loads((tmp_path / "r1" / "eval" / "sae_eval.json").read_text())["spec"]
+    assert made["n"] == 12 and made["site"] == "blocks.0.rec.write_kd.head1" and len(made["coder"]) == 16
+    capsys.readouterr()
+    assert main(ev + ["--n", "10"]) == 2
+    assert "sae_eval.csv was made with other settings (sae_eval.json: n: 12 -> 10)" in capsys.readouterr().err
+    assert main(ev + ["--n", "10", "--overwrite"]) == 0
+    save_model(tiny(seed=5), tmp_path / "other")
+    other = [*ev[:4], "--model", str(tmp_path / "other"), *base[2:], "--n-pairs", "6", "--no-probe", "--n", "10"]
+    capsys.readouterr()
+    assert main(other + ["--out", str(tmp_path / "e2")]) == 2
+    assert "the coder was trained on model" in capsys.readouterr().err and not (tmp_path / "e2").exists()
+    train = ["sae", "train", *base, "--rank1", "--k", "2", "--features", "8", "--batch-size", "2", "--out",
+             str(tmp_path / "r1")]
+    assert main(train + ["--steps", "1"]) == 2
+    assert "holds a coder trained for 2 steps, more than the 1 asked for" in capsys.readouterr().err
 
 
 # --- the WriteSAE substitution protocol -----------------------------------------------------------------

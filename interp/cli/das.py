@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.intervene import add_site_args, out_stem, parse_ints, parse_positions, site_of
-from interp.cli.options import add_device, add_knob, add_model, add_n, add_seed, kv, load_any
+from interp.cli.intervene import add_site_args, one_shot_out, out_stem, parse_positions, site_of
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, finite_float, int_at_least, kv,
+                                 load_any, seed_list)
 
 
 def add_parser(sub):
@@ -17,11 +18,12 @@ def add_parser(sub):
     pa.add_argument("--task", default="mqar")
     add_knob(pa)
     add_site_args(pa)
-    pa.add_argument("--rank", type=int, default=1)
-    pa.add_argument("--epochs", type=int, default=20)
-    pa.add_argument("--lr", type=float, default=1e-2)
-    pa.add_argument("--batch-size", type=int, default=64)
-    pa.add_argument("--patience", type=int, default=3, help="epochs without a better val IIA before stopping")
+    pa.add_argument("--rank", type=int_at_least(1), default=1)
+    pa.add_argument("--epochs", type=int_at_least(1), default=20)
+    pa.add_argument("--lr", type=finite_float(0, above=True), default=1e-2)
+    pa.add_argument("--batch-size", type=int_at_least(1), default=64)
+    pa.add_argument("--patience", type=int_at_least(1), default=3,
+                    help="epochs without a better val IIA before stopping")
     pa.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the task pairs")
     pa.add_argument("--random-seeds", default="0,1,2,3,4", help="seeds of the random-subspace baseline")
     pa.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
@@ -43,20 +45,26 @@ def _split(spec):
 
 
 def cmd_das(a):
+    from dataclasses import asdict
+
     from interp import interventions as iv, tasks as T
+    from interp.store import model_digest
     site = site_of(a)
     cfg = iv.DASConfig(rank=a.rank, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, patience=a.patience,
                        split=_split(a.split), seed=a.seed,
-                       random_seeds=tuple(parse_ints(a.random_seeds, "--random-seeds")),
+                       random_seeds=tuple(seed_list(a.random_seeds, "--random-seeds")),
                        order=a.order, positions=parse_positions(a.positions), cuda_graphs=a.cuda_graphs)
     cfg.check()
     model = load_any(a.model, device=a.device)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
-    res = iv.train_das(model, pairs, site, config=cfg, model_name=Path(a.model).name, progress=True)
-    sp = res.attrs["spec"]
-    print(f"{a.model} on {a.task}: DAS rank {cfg.rank} at {site.label()} (width {sp['width']}), positions "
-          f"{sp['config']['positions']}; kept pairs train/val/test {sp['kept']['train']}/{sp['kept']['val']}/"
-          f"{sp['kept']['test']}; best epoch {sp['best_epoch']}")
-    print(res.summary().drop(columns=["model", "task"]).round(4).to_string(index=False))
-    paths = res.save(a.out, out_stem(a.model, a.task, site, f"_r{cfg.rank}"))
+    stem = out_stem(a.model, a.task, site, f"_r{cfg.rank}")
+    with one_shot_out(a, model, stem, ("csv", "parquet", "png", "safetensors", "spec.json"), config=asdict(cfg)):
+        res = iv.train_das(model, pairs, site, config=cfg, model_name=Path(a.model).name, progress=True)
+        sp = res.attrs["spec"]
+        sp["model_digest"] = model_digest(model)      # `interp intervene --subspace` checks it
+        print(f"{a.model} on {a.task}: DAS rank {cfg.rank} at {site.label()} (width {sp['width']}), positions "
+              f"{sp['config']['positions']}; kept pairs train/val/test {sp['kept']['train']}/{sp['kept']['val']}/"
+              f"{sp['kept']['test']}; best epoch {sp['best_epoch']}")
+        print(res.summary().drop(columns=["model", "task"]).round(4).to_string(index=False))
+        paths = res.save(a.out, stem)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -1,10 +1,11 @@
 """`interp eval`: accuracy of one or more models against each difficulty knob (interp.evaluate)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any, write_spec
+from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any
 
 
 def add_parser(sub):
@@ -15,7 +16,9 @@ def add_parser(sub):
     add_n(e, 200, help="examples per difficulty point")
     add_seed(e, 123)
     add_device(e)
-    e.add_argument("--out", help="also write the table to this CSV file, and its figure next to it (.png)")
+    e.add_argument("--out", help="also write the table to this CSV file, its figure (.png) and what made them (.json) "
+                   "next to it")
+    e.add_argument("--overwrite", action="store_true", help="replace an --out table made with other settings")
     e.set_defaults(func=cmd_eval)
 
 
@@ -27,15 +30,22 @@ def cmd_eval(a):
                           "--task T --knob KNOB")
     if a.out:
         check_out(a.out, file=True)
+        if Path(a.out).suffix.lower() != ".csv":
+            raise InterpError(f"--out '{a.out}': the table is written as CSV, with its figure (.png) and spec (.json) "
+                              "beside it; valid: a path ending in .csv")
     models = {m: load_any(m, a.device) for m in a.model}
     knobs = {t: a.knob for t in a.task} if a.knob else None
-    res = sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)
-    print(res.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
-    print(f"(answer accuracy; {a.n} examples per point, seed {a.seed}; one trained model per column)")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        save_csv(a.out, res, index=False)
-        png, js = Path(a.out).with_suffix(".png"), Path(a.out).with_suffix(".json")
-        res.plot(png)
-        write_spec(js, models, tasks=a.task, knobs=a.knob or [], n=a.n, seed=a.seed)
-        print(f"wrote {a.out}, {png}, {js}")
+    files, held = (), contextlib.nullcontext()
+    if a.out:       # the table, its figure and its spec, checked and locked (interp.oneshot)
+        from interp.oneshot import one_shot, spec_of
+        files = (Path(a.out), Path(a.out).with_suffix(".png"), Path(a.out).with_suffix(".json"))
+        held = one_shot(files[2], files[:2], spec_of(models, tasks=a.task, knobs=a.knob or [], n=a.n, seed=a.seed),
+                        a.overwrite)
+    with held:
+        res = sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)
+        print(res.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
+        print(f"(answer accuracy; {a.n} examples per point, seed {a.seed}; one trained model per column)")
+        if files:
+            save_csv(files[0], res, index=False)
+            res.plot(files[1])
+            print(f"wrote {', '.join(map(str, files))}")

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_model, add_n, add_seed, kv, load_any
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, int_at_least, kv, load_any,
+                                seed_list)
 
 
 def add_site_args(p):
@@ -21,6 +22,8 @@ def add_site_args(p):
     p.add_argument("--positions", default=None, help="comma list of positions: integers, answer, write, or "
                    "either with an offset (answer-1, write+1); default answer (rec.state: answer-1)")
     p.add_argument("--order", default="both", help="base/source order: both (default), corrupted_base, clean_base")
+    p.add_argument("--overwrite", action="store_true", help="replace results in --out made with other settings (each "
+                   "records them in <stem>.json)")
 
 
 def parse_positions(spec):
@@ -32,13 +35,6 @@ def parse_positions(spec):
         part = part.strip()
         out.append(int(part) if re.fullmatch(r"-?\d+", part) else part)
     return out
-
-
-def parse_ints(spec, what):
-    try:
-        return [int(x) for x in str(spec).split(",") if x.strip() != ""]
-    except ValueError:
-        raise InterpError(f"{what} '{spec}' is not valid; expected comma-separated integers, e.g. 0,1,2") from None
 
 
 def site_of(a):
@@ -61,43 +57,67 @@ def add_parser(sub):
                     help="full (whole site / head), random (--rank, one per --seeds), write_key (rec.state: rank 1 "
                          "along the fact's write key), or a .safetensors file with R (e.g. from interp das); "
                          "repeatable; default: full and random")
-    pa.add_argument("--rank", type=int, default=1, help="rank of the random subspaces")
+    pa.add_argument("--rank", type=int_at_least(1), default=1, help="rank of the random subspaces")
     pa.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random subspaces")
     pa.add_argument("--write-at", default="write", help="where the write key is read (a position as in --positions)")
     pa.add_argument("--key-from", default="base", help="write key of the base (default) or source prompt")
     add_n(pa, 256, help="task pairs")
     add_seed(pa)
-    pa.add_argument("--batch-size", type=int, default=64)
+    pa.add_argument("--batch-size", type=int_at_least(1), default=64)
     add_device(pa)
     pa.add_argument("--out", default="runs/intervene")
     pa.set_defaults(func=cmd_intervene)
 
 
-def _subspaces(items):
+def _subspaces(items, site, model):
+    """--subspace's items; a saved basis must come from this site and (where it records one) this model's weights."""
     from interp.interventions import load_subspace
-    out = []
+    from interp.store import model_digest, tensor_digest
+    out, files = [], {}
     for s in items or ["full", "random"]:
-        if s.endswith(".safetensors"):
-            R, _ = load_subspace(s)
-            out.append({Path(s).name[:-len(".safetensors")]: R})
-        else:
+        if not s.endswith(".safetensors"):
             out.append(s)
-    return out
+            continue
+        R, made = load_subspace(s)
+        here = {"site": site.name, "head": site.head, "side": site.side}
+        if made.get("model_digest") not in (None, model_digest(model)):
+            here["model_digest"] = model_digest(model)
+        other = [f"{k} {made[k]!r} (here {v!r})" for k, v in here.items() if k in made and made[k] != v]
+        if other:
+            raise InterpError(f"--subspace {s} was learned at another site or model: {', '.join(other)}; valid: a "
+                              "subspace of this --site / --head / --side and model")
+        out.append({Path(s).name[:-len(".safetensors")]: R})
+        files[s] = tensor_digest(R)
+    return out, files
+
+
+def one_shot_out(a, model, stem: str, outputs, **settings):
+    """`interp.oneshot.one_shot` for the files ``<--out>/<stem>.*`` of intervene and das: ``<stem>.json`` records
+    the model's weights, the task and ``settings``."""
+    from interp.oneshot import one_shot, spec_of
+    out = Path(a.out)
+    made = spec_of({a.model: model}, task=a.task, knobs=sorted(a.knob or []), n=a.n, seed=a.seed, site=a.site,
+                   head=a.head, side=a.side, positions=a.positions, order=a.order, **settings)
+    return one_shot(out / f"{stem}.json", [out / f"{stem}.{ext}" for ext in outputs], made, a.overwrite)
 
 
 def cmd_intervene(a):
     from interp import interventions as iv, tasks as T
     site = site_of(a)
     wa = parse_positions(a.write_at)
+    seeds = seed_list(a.seeds, "--seeds")
     model = load_any(a.model, device=a.device)
+    subspaces, files = _subspaces(a.subspace, site, model)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
-    res = iv.intervene(model, pairs, site, subspaces=_subspaces(a.subspace), rank=a.rank,
-                       seeds=parse_ints(a.seeds, "--seeds"), positions=parse_positions(a.positions), order=a.order,
-                       batch_size=a.batch_size, model_name=Path(a.model).name, write_at=wa[0] if len(wa) == 1 else wa,
-                       key_from=a.key_from)
-    sp = res.attrs["spec"]
-    print(f"{a.model} on {a.task}: {site.label()} at {sp['positions']}, {sp['n_ordered']} ordered pairs "
-          f"({a.order}), {sp['n_kept']} answered correctly on both prompts (kept)")
-    print(res.summary().drop(columns=["model", "task"]).round(4).to_string(index=False))
-    paths = res.save(a.out, out_stem(a.model, a.task, site))
+    stem = out_stem(a.model, a.task, site)
+    with one_shot_out(a, model, stem, ("csv", "parquet", "png"), subspaces=a.subspace, subspace_files=files,
+                      rank=a.rank, seeds=seeds, write_at=a.write_at, key_from=a.key_from, batch_size=a.batch_size):
+        res = iv.intervene(model, pairs, site, subspaces=subspaces, rank=a.rank, seeds=seeds,
+                           positions=parse_positions(a.positions), order=a.order, batch_size=a.batch_size,
+                           model_name=Path(a.model).name, write_at=wa[0] if len(wa) == 1 else wa, key_from=a.key_from)
+        sp = res.attrs["spec"]
+        print(f"{a.model} on {a.task}: {site.label()} at {sp['positions']}, {sp['n_ordered']} ordered pairs "
+              f"({a.order}), {sp['n_kept']} answered correctly on both prompts (kept)")
+        print(res.summary().drop(columns=["model", "task"]).round(4).to_string(index=False))
+        paths = res.save(a.out, stem)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, kv, load_any, write_spec
+from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, int_at_least, kv, load_any
+from interp.oneshot import one_shot, spec_of
 
 
 def add_parser(sub):
@@ -20,7 +21,7 @@ def add_parser(sub):
     add_knob(c, help="task knob KNOB=VALUE (repeatable; on top of state_recall's complexity=assign default)")
     c.add_argument("--layer", type=int, help="the layer to draw (required without --who-reads or --html)")
     c.add_argument("--kind", choices=["attn", "rec"], help="which mixer of a layer that has both (parallel fusion)")
-    c.add_argument("--example", type=int, default=0, help="which example of the task batch to draw")
+    c.add_argument("--example", type=int, default=None, help="which example of the task batch to draw (default 0)")
     c.add_argument("--html", action="store_true",
                    help="write an interactive HTML view (circuitsvis; its JavaScript inlined, so the file opens "
                         "offline) instead of the PNG: --layer's pattern, or without --layer every attention and "
@@ -31,9 +32,12 @@ def add_parser(sub):
                    help="per layer and head, the share of the answer row's pattern on the ground-truth source "
                         "token, over --n examples: who_reads.png, results.csv, report.md")
     add_n(c, 128, help="examples per (model, task) with --who-reads")
-    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the 95%% intervals")
+    c.add_argument("--n-boot", type=int_at_least(1), default=2000, help="bootstrap resamples of the 95%% intervals")
     add_device(c)
     c.add_argument("--out", default="runs/patterns")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a figure or map made with other settings (each records them: <figure>.json, "
+                        "spec.json)")
     c.set_defaults(func=cmd_patterns)
 
 
@@ -53,26 +57,30 @@ def _draw(a):
     if len(a.model or []) > 1 or len(a.task or []) > 1:
         raise InterpError("one --model and one --task for a pattern figure (several only with --who-reads)")
     spec, task = (a.model or ["gdn75"])[0], (a.task or ["mqar"])[0]
+    a.example = 0 if a.example is None else a.example
     if a.example < 0:
         raise InterpError(f"--example {a.example} must be >= 0")
     batch = T.generate(task, a.example + 1, seed=a.seed, **_knobs(a, task))
     model = load_any(spec, a.device)
     rows, src = P.example_marks(batch, a.example)
     name, where = Path(spec).name, f"{task} example {a.example} (seed {a.seed})"
-    if a.layer is None:                                  # --html, every layer
-        panels, words = P.example_patterns(model, batch, a.example)
-        path = P.pattern_html(panels, words, Path(a.out) / f"{name}_{task}_ex{a.example}.html",
-                              f"{name} / {where}, every layer", rows, src)
-        print(f"wrote {path} ({len(panels)} patterns, {len(words)} tokens)")
-        return
-    A, kind, words = P.example_pattern(model, batch, a.layer, a.example, a.kind)
-    title = f"{name} / {where}, layer {a.layer} ({kind})"
-    path = Path(a.out) / f"{name}_{task}_L{a.layer}{a.kind or ''}_ex{a.example}.{'html' if a.html else 'png'}"
-    if a.html:
-        P.pattern_html([(a.layer, kind, A)], words, path, title, rows, src)
-    else:
-        P.plot_pattern(A, kind, words, path, title + "\norange: answer rows"
-                       + ("; green: their ground-truth source" if src else ""), rows, src)
+    layer = "" if a.layer is None else f"_L{a.layer}{a.kind or ''}"    # no --layer: --html of every layer
+    path = Path(a.out) / f"{name}_{task}{layer}_ex{a.example}.{'html' if a.html else 'png'}"
+    made = spec_of({spec: model}, task=task, knobs=_knobs(a, task), seed=a.seed, layer=a.layer, kind=a.kind,
+                   example=a.example)
+    with one_shot(path.with_name(path.name + ".json"), [path], made, a.overwrite):
+        if a.layer is None:
+            panels, words = P.example_patterns(model, batch, a.example)
+            P.pattern_html(panels, words, path, f"{name} / {where}, every layer", rows, src)
+            print(f"wrote {path} ({len(panels)} patterns, {len(words)} tokens)")
+            return
+        A, kind, words = P.example_pattern(model, batch, a.layer, a.example, a.kind)
+        title = f"{name} / {where}, layer {a.layer} ({kind})"
+        if a.html:
+            P.pattern_html([(a.layer, kind, A)], words, path, title, rows, src)
+        else:
+            P.plot_pattern(A, kind, words, path, title + "\norange: answer rows"
+                           + ("; green: their ground-truth source" if src else ""), rows, src)
     print(f"wrote {path} ({A.shape[0]} {'map' if A.shape[0] == 1 else 'heads'}, {A.shape[-1]} tokens)")
 
 
@@ -81,19 +89,26 @@ def _who_reads(a):
     from interp.demo import DEFAULT_SET
     if a.html:
         raise InterpError("--html draws one example's patterns; the --who-reads map has no HTML view")
-    res, models = [], {}
-    for spec in a.model or list(DEFAULT_SET):
-        model = models[spec] = load_any(spec, a.device)
-        for task in a.task or list(P.SOURCE_TASKS):
-            r = P.who_reads(model, task, n=a.n, seed=a.seed, name=Path(spec).name, n_boot=a.n_boot,
-                            knobs=_knobs(a, task))
-            best = r.table.sort_values("share").iloc[-1]
-            print(f"{r.model:>12} {task:>13}: kept {r.kept}/{r.items}; top head L{best['layer']} {best['kind']} "
-                  f"h{best['head']} share {best['share']:.2f} [{best['lo']:.2f}, {best['hi']:.2f}]")
-            res.append(r)
-    out = P.write_who_reads(res, a.out, n_boot=a.n_boot)
+    drawing = [f for f, v in (("--layer", a.layer), ("--kind", a.kind), ("--example", a.example)) if v is not None]
+    if drawing:
+        raise InterpError(f"{drawing[0]} chooses one example's drawing; the --who-reads map covers every layer and "
+                          "head of --n examples; valid: --who-reads without it, or a drawing without --who-reads")
     tasks = a.task or list(P.SOURCE_TASKS)
-    write_spec(out / "spec.json", models, knobs={t: _knobs(a, t) for t in tasks}, n=a.n, seed=a.seed, n_boot=a.n_boot)
+    models = {spec: load_any(spec, a.device) for spec in a.model or list(DEFAULT_SET)}
+    out = Path(a.out)
+    made = spec_of(models, knobs={t: _knobs(a, t) for t in tasks}, n=a.n, seed=a.seed, n_boot=a.n_boot)
+    with one_shot(out / "spec.json", [out / f for f in ("who_reads.png", "results.csv", "report.md")], made,
+                  a.overwrite):
+        res = []
+        for spec, model in models.items():
+            for task in tasks:
+                r = P.who_reads(model, task, n=a.n, seed=a.seed, name=Path(spec).name, n_boot=a.n_boot,
+                                knobs=_knobs(a, task))
+                best = r.table.sort_values("share").iloc[-1]
+                print(f"{r.model:>12} {task:>13}: kept {r.kept}/{r.items}; top head L{best['layer']} {best['kind']} "
+                      f"h{best['head']} share {best['share']:.2f} [{best['lo']:.2f}, {best['hi']:.2f}]")
+                res.append(r)
+        P.write_who_reads(res, out, n_boot=a.n_boot)
     print(f"wrote {out}/who_reads.png, {out}/results.csv, {out}/report.md, {out}/spec.json")
 
 

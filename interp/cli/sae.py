@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_model, add_seed, kv, load_any
+from interp.cli.options import add_device, add_knob, add_model, add_seed, finite_float, int_at_least, kv, load_any
 
 
 def _site_args(p):
@@ -24,15 +24,17 @@ def add_parser(sub):
     tr = s2.add_parser("train", help="train one dictionary (resumable in --out)")
     add_model(tr)
     _site_args(tr)
-    tr.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
-    tr.add_argument("--features", type=int, default=4096, help="dictionary size")
-    tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=32, help="task examples per step (all their tokens)")
-    tr.add_argument("--lr", type=float, default=None, help="default: sparsify's 2e-4 / sqrt(features / 2^14); "
+    tr.add_argument("--k", type=int_at_least(1), default=32, help="active latents per token (TopK)")
+    tr.add_argument("--features", type=int_at_least(1), default=4096, help="dictionary size")
+    tr.add_argument("--steps", type=int_at_least(1), default=1000)
+    tr.add_argument("--batch-size", type=int_at_least(1), default=32, help="task examples per step (all their tokens)")
+    tr.add_argument("--lr", type=finite_float(0, above=True), default=None,
+                    help="default: sparsify's 2e-4 / sqrt(features / 2^14); "
                     "1e-3 with --rank1")
-    tr.add_argument("--auxk-alpha", type=float, default=1 / 32)
-    tr.add_argument("--dead-tokens", type=int, default=50_000, help="a latent silent this many rows counts as dead")
-    tr.add_argument("--save-every", type=int, default=100)
+    tr.add_argument("--auxk-alpha", type=finite_float(0), default=1 / 32)
+    tr.add_argument("--dead-tokens", type=int_at_least(1), default=50_000,
+                    help="a latent silent this many rows counts as dead")
+    tr.add_argument("--save-every", type=int_at_least(1), default=100)
     tr.add_argument("--capture", default=None, help="train on an `interp capture` folder instead of streaming")
     tr.add_argument("--transcode", action="store_true", help="a transcoder: predict --target from --site")
     tr.add_argument("--target", default=None, help="the transcoder's target site, e.g. blocks.0.mlp_out or "
@@ -52,12 +54,13 @@ def add_parser(sub):
     ev.add_argument("--coder", required=True, help="a trained run (--out of train) or its coder/ folder")
     add_model(ev)
     _site_args(ev)
-    ev.add_argument("--n", type=int, default=256, help="held-out examples")
-    ev.add_argument("--n-pairs", type=int, default=256)
+    ev.add_argument("--n", type=int_at_least(1), default=256, help="held-out examples")
+    ev.add_argument("--n-pairs", type=int_at_least(1), default=256)
     ev.add_argument("--target", default="bound_value", help="task label, e.g. bound_value, var_value[0]; none: skip")
     ev.add_argument("--where", default="answer", help="answer (answer positions) or all (every labelled token)")
     ev.add_argument("--offset", type=int, default=0, help="read the site this many tokens after each point")
-    ev.add_argument("--n-align", type=int, default=1, help="aligned latents per value swapped in interchange")
+    ev.add_argument("--n-align", type=int_at_least(1), default=1,
+                    help="aligned latents per value swapped in interchange")
     ev.add_argument("--no-probe", action="store_true", help="skip the latents-needed probes")
     ev.add_argument("--substitution", choices=("firing", "all"), default=None,
                     help="WriteSAE's substitution protocol for a write dictionary (one head's rec.write_kd rank-1, "
@@ -65,6 +68,7 @@ def add_parser(sub):
     ev.add_argument("--eval-seed", type=int, default=None, help="held-out data seed (default interp.sae.run.EVAL_SEED)")
     add_device(ev)
     ev.add_argument("--out", default=None, help="default: <coder run>/eval")
+    ev.add_argument("--overwrite", action="store_true", help="replace an evaluation in --out made with other settings")
     ev.set_defaults(func=cmd_eval)
 
 
@@ -139,50 +143,73 @@ def cmd_train(a):
     print(f"wrote {res.path} (loads with {how})")
 
 
-def cmd_eval(a):
-    from interp.sae import load, run_eval
-    from interp.sae.run import EVAL_SEED
+def _coder(a, site):
+    """(coder, meta, folder) of --coder, checked: a coder there, trained at --site; its run's model (spec.json)."""
+    from interp.sae import load, rank1
     p = Path(a.coder)
     folder = p / "coder" if (p / "coder" / "cfg.json").is_file() else p
     if not (folder / "cfg.json").is_file():
         raise InterpError(f"{a.coder} holds no coder (no cfg.json there or in coder/); train one with interp sae train")
-    from interp.sae import rank1
     coder, meta = rank1.load(folder) if rank1.is_rank1(folder) else load(folder)
-    site = _site(a)
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
         raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
+    return coder, meta, folder
+
+
+def _check_model(folder, model, name):
+    """A coder evaluates the model it was trained on: its run's spec.json names the weights' digest."""
+    from interp.store import model_digest, read_spec
+    run = read_spec(folder.parent) if folder.name == "coder" else None
+    trained = ((run or {}).get("spec") or {}).get("model") or {}
+    if trained.get("digest") not in (None, model_digest(model)):
+        raise InterpError(f"the coder was trained on model {trained.get('name')!r} (weights {trained.get('digest')}), "
+                          f"not on --model {name!r}; valid: the model it was trained on")
+
+
+def cmd_eval(a):
+    from interp.oneshot import one_shot, spec_of
+    from interp.store import model_digest
+    site = _site(a)
+    coder, meta, folder = _coder(a, site)
     model = load_any(a.model, device=a.device)
+    _check_model(folder, model, a.model)
     coder = coder.to(a.device)  # saved coders load on the CPU; evaluation runs where the model is
-    if a.substitution:
-        return _substitution(a, model, coder, site, folder)
+    stem = f"substitution_{a.substitution}" if a.substitution else "sae_eval"
+    out = Path(a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval"))
+    made = spec_of({a.model: model}, coder=model_digest(coder), site=site.label(), task=a.task,
+                   knobs=sorted(a.knob or []), n=a.n, n_pairs=a.n_pairs, target=a.target, where=a.where,
+                   offset=a.offset, n_align=a.n_align, probe=not a.no_probe, substitution=a.substitution,
+                   eval_seed=a.eval_seed)
+    files = [out / f"{stem}{ext}" for ext in (".csv", ".parquet", ".png", "_summary.md")]
+    with one_shot(out / f"{stem}.json", files, made, a.overwrite):
+        ev = _substitution(a, model, coder, site) if a.substitution else _evaluate(a, model, coder, site, meta)
+        print(ev.summary().round(4).to_string(index=False))
+        written = ev.save(out, stem=stem)
+    print("wrote " + ", ".join(str(x) for x in written))
+
+
+def _evaluate(a, model, coder, site, meta):
+    from interp.sae import rank1, run_eval
+    from interp.sae.run import EVAL_SEED
     label = None if a.target == "none" else a.target
+    seed = EVAL_SEED if a.eval_seed is None else a.eval_seed
     causal = dict(n_pairs=a.n_pairs, where=a.where, offset=a.offset, n_align=a.n_align, probe=not a.no_probe)
     if isinstance(coder, rank1.Rank1Coder):
         from interp.sae.run import run_eval_rank1
-        ev = run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n,
-                            seed=EVAL_SEED if a.eval_seed is None else a.eval_seed, model_name=Path(a.model).name,
-                            target=label, **causal)
-    elif meta.get("target"):
+        return run_eval_rank1(model, coder, site, a.task, kv(a.knob), n=a.n, seed=seed, model_name=Path(a.model).name,
+                              target=label, **causal)
+    if meta.get("target"):
         from interp.sae import SaeSite
         from interp.sae.transcode import run_eval_transcoder
-        ev = run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
-                                 kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                                 model_name=Path(a.model).name, target_label=label, **causal)
-    else:
-        ev = run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, n_pairs=a.n_pairs,
-                      seed=EVAL_SEED if a.eval_seed is None else a.eval_seed,
-                      target=None if a.target == "none" else a.target, where=a.where, offset=a.offset,
-                      n_align=a.n_align, probe=not a.no_probe, model_name=Path(a.model).name)
-    print(ev.summary().round(4).to_string(index=False))
-    out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
-    print("wrote " + ", ".join(str(x) for x in ev.save(out)))
+        return run_eval_transcoder(model, coder, site, SaeSite(meta["target"], meta.get("target_head")), a.task,
+                                   kv(a.knob), n=a.n, seed=seed, model_name=Path(a.model).name, target_label=label,
+                                   **causal)
+    return run_eval(model, coder, site, a.task, kv(a.knob), n=a.n, seed=seed, target=label,
+                    model_name=Path(a.model).name, **causal)
 
 
-def _substitution(a, model, coder, site, folder):
+def _substitution(a, model, coder, site):
     from interp.sae.run import EVAL_SEED
     from interp.sae.substitute import substitution
-    ev = substitution(model, coder, site, a.task, kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else
-                      a.eval_seed, where=a.substitution, model_name=Path(a.model).name)
-    print(ev.summary().round(4).to_string(index=False))
-    out = a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval")
-    print("wrote " + ", ".join(str(x) for x in ev.save(out, stem=f"substitution_{a.substitution}")))
+    return substitution(model, coder, site, a.task, kv(a.knob), n=a.n, seed=EVAL_SEED if a.eval_seed is None else
+                        a.eval_seed, where=a.substitution, model_name=Path(a.model).name)

@@ -31,8 +31,16 @@ def load_subspace(path) -> tuple[torch.Tensor, dict]:
         p = p.with_name(p.name + ".safetensors")
     if not p.is_file():
         raise InterpError(f"subspace file '{p}' not found")
-    d = load_file(str(p))
+    try:
+        d = load_file(str(p))
+    except Exception as e:   # safetensors' own errors: a file cut short, or not safetensors at all
+        raise InterpError(f"subspace file '{p}' is not a readable safetensors file ({str(e)[:120]})") from None
     if "R" not in d:
         raise InterpError(f"'{p}' holds no tensor 'R' (keys: {', '.join(d) or 'none'})")
+    R = d["R"]
+    if R.ndim != 2 or not torch.isfinite(R).all():
+        raise InterpError(f"'{p}': R must be a finite [rank, width] matrix; it is {tuple(R.shape)}"
+                          + ("" if R.ndim != 2 else " with NaN or inf entries"))
     js = p.with_name(p.name[:-len(".safetensors")] + ".spec.json")
-    return d["R"], (json.loads(js.read_text()) if js.is_file() else {})
+    from interp.store import read_json
+    return R, (read_json(js) if js.is_file() else {})

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from interp import InterpError
 from interp.kernels import kernel_spec
 from interp.sae import coder as C
 from interp.store import Store, model_digest, save_parquet
@@ -101,6 +102,10 @@ def fit(coder, opt, source, steps, step_fn, scale, store=None, save_every=100, p
     start = 0
     if store and store.has("checkpoint"):
         start, scale = _restore(store.get("checkpoint"), coder, opt, fired)
+        if start > steps:
+            raise InterpError(f"{store.path} holds a coder trained for {start} steps, more than the {steps} asked "
+                              f"for; valid: --steps {start} or more (to continue it), --overwrite (to train it again "
+                              "for fewer), or another --out")
     rows = []
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc)
     for step in range(start, steps):

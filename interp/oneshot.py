@@ -1,0 +1,74 @@
+"""Files a command writes in one go outside a result folder (`interp eval --out x.csv`, a pattern drawing): what
+made them, checked before they are replaced.
+
+`one_shot(spec_path, outputs, spec)` holds a lock beside them (``.<spec file name>.lock``: a second writer is
+refused), compares ``spec`` with the one ``spec_path`` recorded (other settings are refused, naming the fields,
+unless ``overwrite``: then the old files go first), writes ``spec_path`` ({"command", "spec"}) before the outputs
+and lets the caller write them (atomically, `interp.store`); a call that fails before writing any leaves no spec. A
+kill leaves either the old files or files made under the recorded spec, never outputs of other settings under it;
+output files found without a spec are refused as of unknown origin. `spec_of` builds the spec: each model's weights
+digest, the settings and the non-default kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from pathlib import Path
+
+from interp import InterpError
+from interp.lock import Lock
+
+
+def spec_of(models: dict, **settings) -> dict:
+    """{"models": {name: weights digest}, **settings, kernels (where not the defaults)}, as it reads back from JSON."""
+    from interp.kernels import kernel_spec
+    from interp.store import model_digest, normalize
+    return normalize({"models": {name: model_digest(m) for name, m in models.items()}, **settings, **kernel_spec()})
+
+
+def _check(spec_path: Path, outputs: list, spec: dict, overwrite: bool) -> None:
+    from interp.store import read_json, spec_diff
+    found = [p for p in outputs if p.exists()]
+    if overwrite:
+        for p in found + [spec_path]:
+            p.unlink(missing_ok=True)
+        return
+    if spec_path.exists():
+        old = read_json(spec_path)
+        old = old.get("spec") if isinstance(old, dict) else None
+        if not isinstance(old, dict):
+            raise InterpError(f"{spec_path} is not a spec this command wrote; valid: --overwrite to replace it and "
+                              "its files, or another --out")
+        diff = spec_diff(old, spec)
+        if diff and found:
+            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+            raise InterpError(f"{found[0]} was made with other settings ({spec_path.name}: {'; '.join(diff[:6])}"
+                              f"{more}); valid: the same settings, --overwrite to replace it, or another --out")
+    elif found:
+        raise InterpError(f"{found[0]} exists without {spec_path.name}, the record of what made it; valid: "
+                          "--overwrite to replace it, or another --out")
+
+
+@contextlib.contextmanager
+def one_shot(spec_path, outputs, spec: dict, overwrite: bool = False):
+    """Hold the lock of ``spec_path``'s files, check ``spec`` against the recorded one (see the module), write it,
+    then let the caller write ``outputs`` (paths)."""
+    from interp.store import atomic_write_json, normalize
+    spec_path = Path(spec_path)
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = Lock(spec_path.parent, f".{spec_path.name}.lock")
+    lock.acquire()
+    outputs = [Path(p) for p in outputs]
+    try:
+        _check(spec_path, outputs, normalize(spec), overwrite)
+        first = not spec_path.exists()
+        atomic_write_json(spec_path, {"command": "interp " + shlex.join(sys.argv[1:]), "spec": normalize(spec)})
+        try:
+            yield spec_path
+        except BaseException:   # failed before writing anything: leave no spec of nothing behind
+            if first and not any(p.exists() for p in outputs):
+                spec_path.unlink(missing_ok=True)
+            raise
+    finally:
+        lock.release()
