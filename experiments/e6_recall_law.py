@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 
 import hooks
-from interp import probes
+from interp import InterpError, probes
 from interp import experiment as X
 from interp import interventions as iv
 from interp import tasks as T
@@ -452,6 +452,11 @@ def _main(a, ctx):
     P, out = ctx.P, ctx.out
     if a.seq_len:
         P["seq_lens"] = tuple(sorted(set(a.seq_len)))
+        need = 2 + 4 * min(P["pairs"])
+        if min(P["seq_lens"]) < need:
+            raise InterpError(f"--seq-len {min(P['seq_lens'])} is shorter than the {need} tokens that the profile's "
+                              f"fewest pairs ({min(P['pairs'])}) take, so it would change nothing; valid: --seq-len "
+                              f">= {need} (configurations whose pairs need more are padded to 2 + 4 x pairs)")
     X.check_spec(ctx.runs, {"profile": ctx.profile, **{k: P[k] for k in SPEC}}, kind=NAME)
     torch.manual_seed(0)
     specs = units(P, P["seq_lens"])

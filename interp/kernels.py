@@ -2,7 +2,7 @@
 
 Each result writer (capture, probes, patching, SAEs, generation, DAS subspaces, the experiments' runs
 directories, a training run's checkpoints and ``meta.json`` (`interp.runfolder.record`), the one-shot outputs of
-`interp.cli.options.write_spec`) adds `kernel_spec` to the spec it writes, so a folder says which kernels made
+`interp.oneshot.spec_of`) adds `kernel_spec` to the spec it writes, so a folder says which kernels made
 it and a resume under other ones is refused naming the field (``kernels: (absent) -> {"fla_products":
 "ieee"}``). Only settings that differ from the defaults appear, so every folder written with the defaults,
 before this field existed or after, keeps the spec it had:

@@ -151,6 +151,34 @@ CASES = [
     C("unknown-command", ["captur"], "captur", True),
     C("unknown-option", cap("--batchsize", "2"), "--batchsize", False),
     C("missing-out", ["capture", "--model", M, "--task", "mqar"], "--out", False),
+    # numbers and combinations other commands took without a word (session 26's hunt)
+    C("eval-out-not-csv", EVAL + ["--out", "{out}/acc.json"], "acc.json", True),
+    C("patch-top-0", ["patch", "--model", M, "--top", "0", "--out", "{out}"], "--top: 0", True),
+    C("patterns-n-boot-0", ["patterns", "--who-reads", "--model", M, "--n-boot", "0", "--out", "{out}"],
+      "--n-boot: 0", True),
+    C("patterns-who-reads-layer", ["patterns", "--who-reads", "--model", M, "--layer", "1", "--out", "{out}"],
+      "--layer", True),
+    C("generate-empty-prompt", ["generate", "--model", M, "--prompt", "", "--out", "{out}"], "''", True),
+    C("generate-knob-with-prompt", ["generate", "--model", M, "--prompt", "<bos> x0", "--knob", "n_steps=2",
+                                    "--out", "{out}"], "--knob", True),
+    C("probe-seed-and-seeds", ["probe", "--model", M, "--seed", "7", "--seeds", "0,1", "--out", "{out}"], "--seed 7",
+      False),
+    C("probe-seeds-repeated", ["probe", "--model", M, "--seeds", "0,0", "--out", "{out}"], "'0,0'", True),
+    C("probe-flag-at-nan", ["probe", "--model", M, "--flag-at", "nan", "--out", "{out}"], "nan", True),
+    C("sae-k-0", ["sae", "train", "--model", M, "--site", "blocks.0.resid_mid", "--k", "0", "--out", "{out}"],
+      "--k: 0", True),
+    C("sae-lr-nan", ["sae", "train", "--model", M, "--site", "blocks.0.resid_mid", "--lr", "nan", "--out", "{out}"],
+      "nan", True),
+    C("sae-eval-n-align-0", ["sae", "eval", "--coder", "{w}", "--model", M, "--site", "blocks.0.resid_mid",
+                             "--n-align", "0"], "--n-align: 0", True),
+    C("das-split-nan", ["das", "--model", M, "--site", "blocks.0.resid_pre", "--split", "nan,0.5,0.5", "--out",
+                        "{out}"], "nan", False),
+    C("das-lr-inf", ["das", "--model", M, "--site", "blocks.0.resid_pre", "--lr", "inf", "--out", "{out}"], "inf",
+      True),
+    C("intervene-batch-size-0", ["intervene", "--model", M, "--site", "blocks.0.resid_pre", "--batch-size", "0",
+                                 "--out", "{out}"], "--batch-size: 0", True),
+    C("intervene-seeds-empty", ["intervene", "--model", M, "--site", "blocks.0.resid_pre", "--seeds", ",",
+                                "--out", "{out}"], "--seeds ','", True),
 ]
 
 
@@ -254,6 +282,15 @@ def test_ctrl_c_capture_exits_130_and_resumes(world, tmp_path, capsys, one_threa
     from interp.capture import load_capture
     a, b = load_capture(tmp_path / "cap"), load_capture(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_too(monkeypatch, capsys):
+    class Interrupting:
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+    monkeypatch.setitem(sys.modules, "interp.tasks", Interrupting())
+    assert main(["eval", "--model", "gdn75"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run again to resume"
 
 
 def test_ctrl_c_train_exits_130_and_resumes(tmp_path, capsys):

@@ -221,3 +221,13 @@ def test_quick_outputs_default_under_runs(tmp_path, monkeypatch):
     a = E6.build_parser().parse_args(["--quick", "--device", "cpu", "--seq-len", "64"])
     assert E5.context(a, [], E6.NAME, E6.PROFILES).out == Path("runs/e6_recall_law_quick/figures")
     assert not (tmp_path / "figures").exists()
+
+
+def test_e6_refuses_a_seq_len_that_changes_nothing_and_a_nan_budget(tmp_path):
+    from interp import InterpError
+    common = ["--tiny", "--device", "cpu", "--out", str(tmp_path / "f"), "--runs", str(tmp_path / "r")]
+    with pytest.raises(InterpError, match=r"--seq-len 0 is shorter than the 10 tokens .*valid: --seq-len >= 10"):
+        E6.main(common + ["--seq-len", "0"])
+    assert not list((tmp_path / "r").rglob("*.json"))
+    with pytest.raises(SystemExit):
+        E6.build_parser().parse_args(common + ["--time-budget", "nan"])

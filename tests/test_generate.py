@@ -249,16 +249,37 @@ def test_cli_generate_chains_and_prompts(tmp_path, capsys):
 @pytest.mark.parametrize("args,match", [
     (["--task", "mqar"], "unknown knob 'cot'"), (["--temperature", "0"], "temperature"), (["--top-p", "1.5"], "top-p"),
     (["--prompt", "<bos> x0", "--prompt", "<bos> x0 = 3"], "different numbers of tokens"),
+    (["--prompt", " "], "--prompt ' ' is empty"), (["--max-new", "3"], "--max-new does not apply to --task"),
+    (["--prompt", "<bos> x0", "--knob", "n_steps=2"], "--knob does not apply to --prompt"),
+    (["--prompt", "<bos> x0", "--n", "3"], "--n does not apply to --prompt"),
 ])
 def test_cli_generate_bad_input(tmp_path, capsys, args, match):
     from interp.cli import main
     try:
-        rc = main(["generate", "--n", "2", "--out", str(tmp_path / "o")] + args)
+        rc = main(["generate", "--out", str(tmp_path / "o")] + args)
     except SystemExit as e:         # argparse's own usage errors
         rc = e.code
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def test_cli_generate_records_the_weights_not_only_the_name(tmp_path, capsys):
+    """Another model saved under the same path is refused: the spec holds the weights' digest."""
+    import shutil
+
+    from interp.cli import main
+    from interp.demo import default_model_path as default_path
+    m = tmp_path / "m"
+    shutil.copytree(default_path("gdn75"), m)
+    argv = ["generate", "--model", str(m), "--prompt", "<bos> x0 = 3 ; ? x0", "--max-new", "2", "--out",
+            str(tmp_path / "g")]
+    assert main(argv) == 0
+    shutil.rmtree(m)
+    shutil.copytree(default_path("gdn100"), m)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "model.digest:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", HF_KINDS)

@@ -68,7 +68,7 @@ def test_each_writer_records_them(monkeypatch, tmp_path):
                 "probe": probe_spec({"m": m}, "mqar", "answer", ["L0.resid_post"], 8, [0], None, [], {}, "torch",
                                     1.0, (0.5, 0.25, 0.25), [], 0.5, None, 8),
                 "sae": spec_of(m, Site(), Source(), 4, 16, 1e-3, 0.0, 100, 0),
-                "generate": _spec(gen)}
+                "generate": _spec(gen, m)}
 
     assert all("kernels" not in s for s in specs().values())
     monkeypatch.setenv("HYBRID_INTERP_NORM", "fla")

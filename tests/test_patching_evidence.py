@@ -68,6 +68,13 @@ def test_filtering_keeps_pairs_answered_correctly(defaults):
     assert patching.sweep(m, p, keep_all=True, **kw).attrs["pairs"]["kept"] == 12
 
 
+def test_one_kept_pair_says_it_has_no_interval(defaults):
+    p = T.make_pairs("mqar", 1, seed=0)
+    with pytest.warns(UserWarning, match="1 pair of 1 kept .*without intervals"):
+        res = patching.sweep(defaults["gdn75"], p, sites=["resid_pre"], layers=[11], positions=[5], progress=False)
+    assert res.attrs["pairs"]["kept"] == 1 and np.isnan(res.filter(regex="_(lo|hi)$").to_numpy(float)).all()
+
+
 def test_both_directions_intervals_and_paired_differences(defaults):
     m = defaults["gdn75"]
     p = T.make_pairs("mqar", 16, seed=0)

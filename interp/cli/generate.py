@@ -20,9 +20,9 @@ def add_parser(sub):
     src.add_argument("--task", default=None,
                      help="a chain-of-thought task: its fixed tokens are kept, every derived value after 'is' and "
                           "the answer are the model's (default: state_recall with cot=true)")
-    add_knob(c, help="task knob KNOB=VALUE (repeatable; cot=true is always set)")
-    add_n(c, 64, help="task examples")
-    c.add_argument("--max-new", type=int_at_least(1), default=16, help="tokens to generate per --prompt")
+    add_knob(c, help="task knob KNOB=VALUE (repeatable, with --task; cot=true is always set)")
+    add_n(c, None, help="task examples (with --task; default 64)")
+    c.add_argument("--max-new", type=int_at_least(1), default=None, help="tokens to generate per --prompt (default 16)")
     c.add_argument("--samples", type=int_at_least(1), default=1,
                    help="sampled continuations per prompt / sampled chains per task example (majority vote over "
                         "them; 1 = greedy only)")
@@ -35,8 +35,29 @@ def add_parser(sub):
     c.set_defaults(func=cmd_generate)
 
 
-def _spec(a) -> dict:
-    return dict(model=a.model, prompt=a.prompt, task=a.task, knob=sorted(a.knob or []), n=a.n, max_new=a.max_new,
+def _check(a):
+    """Each mode's own options (--knob, --n with a task; --max-new with prompts), their defaults; no empty prompt."""
+    if a.prompt is None:
+        mine, theirs = "--task", [("--max-new", a.max_new)]
+        a.task = a.task or ("state_recall" if a.knob else None)
+        a.n = 64 if a.n is None else a.n
+    else:
+        mine, theirs = "--prompt", [("--knob", a.knob), ("--n", a.n)]
+        a.max_new = 16 if a.max_new is None else a.max_new
+        empty = [p for p in a.prompt if not p.strip()]
+        if empty:
+            raise InterpError(f"--prompt {empty[0]!r} is empty; valid: a prompt of at least one token")
+    wrong = [flag for flag, value in theirs if value is not None]
+    if wrong:
+        raise InterpError(f"{wrong[0]} does not apply to {mine}; valid: --knob and --n with --task, --max-new with "
+                          "--prompt")
+
+
+def _spec(a, model) -> dict:
+    from interp.store import model_digest
+    return dict(model={"name": a.model, "digest": model_digest(model)}, prompt=a.prompt, task=a.task,
+                knob=sorted(a.knob or []), n=a.n if a.prompt is None else None,
+                max_new=a.max_new if a.prompt is not None else None,
                 samples=a.samples, temperature=a.temperature, top_p=a.top_p, seed=a.seed, **kernel_spec())
 
 
@@ -83,12 +104,11 @@ def _chains(a, model):
 def cmd_generate(a):
     from interp.cli.options import load_any, make_out
     from interp.store import Store, atomic_write_json, save_csv
-    if a.prompt is None and a.knob and a.task is None:
-        a.task = "state_recall"
+    _check(a)
     out = make_out(a.out)
-    with Store(out, "generate", _spec(a), overwrite=a.overwrite, owns=("generations.csv", "votes.csv",
-                                                                        "summary.json")):
-        model = load_any(a.model, a.device)
+    model = load_any(a.model, a.device)
+    with Store(out, "generate", _spec(a, model), overwrite=a.overwrite, owns=("generations.csv", "votes.csv",
+                                                                               "summary.json")):
         if a.prompt is not None:
             df, summary = _prompts(a, model)
             name = "generations.csv"

@@ -1,6 +1,6 @@
 """Options and helpers the `interp` commands share: the --model/--knob/--n/--seed/--device options,
 the scale-out options of capture and patch, checked number types, KNOB=VALUE and position parsing,
-output-path checks, model loading and `write_spec` (what made a one-shot command's output).
+output-path checks, seed lists and model loading.
 (--task and --out differ in every command: default, repeatable or required; each command defines its own.)"""
 from __future__ import annotations
 
@@ -64,6 +64,17 @@ def finite_float(lo: float = -math.inf, hi: float = math.inf, above: bool = Fals
         return v
     parse.__name__ = "number"
     return parse
+
+
+def seed_list(spec, what: str = "--seeds") -> list:
+    """Comma-separated seeds: at least one, each a distinct integer >= 0 (a repeated seed would count its run twice)."""
+    try:
+        seeds = [int(x) for x in str(spec).split(",") if x.strip() != ""]
+    except ValueError:
+        seeds = None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise InterpError(f"{what} '{spec}' is not valid; valid: distinct comma-separated integers >= 0, e.g. 0,1,2")
+    return seeds
 
 
 def check_out(path, what: str = "--out", file: bool = False):
@@ -159,16 +170,3 @@ def load_scaled(a):
     model, kind = load(a.model, device=device, dtype=a.dtype, device_map=a.device_map,
                        max_memory=a.gpu_memory)
     return model, kind, ctx
-
-
-def write_spec(path, models: dict, **settings) -> Path:
-    """``path`` (JSON, atomically): what made a one-shot command's output (one not kept in a `interp.store.Store`
-    folder): the command line, each model's name and weights digest, ``settings`` and the kernels where not the
-    defaults (`interp.kernels`)."""
-    import shlex
-    import sys
-
-    from interp.kernels import kernel_spec
-    from interp.store import atomic_write_json, model_digest, normalize
-    spec = {"models": {name: model_digest(m) for name, m in models.items()}, **settings, **kernel_spec()}
-    return atomic_write_json(path, {"command": "interp " + shlex.join(sys.argv[1:]), "spec": normalize(spec)})

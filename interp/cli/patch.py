@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, kv, load_scaled, positions,
-                                scale_args)
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, int_at_least, kv, load_scaled,
+                                positions, scale_args)
 
 
 def add_parser(sub):
@@ -33,8 +33,8 @@ def add_parser(sub):
     pa.add_argument("--attribution", action="store_true", help="also run attribution patching and compare")
     add_n(pa, 64, help="prompt pairs")
     add_seed(pa)
-    pa.add_argument("--top", type=int, default=15, help="rows of the ranked table")
-    pa.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (pairs x cells)")
+    pa.add_argument("--top", type=int_at_least(1), default=15, help="rows of the ranked table")
+    pa.add_argument("--batch-size", type=int_at_least(1), default=256, help="rows per forward pass (pairs x cells)")
     pa.add_argument("--matmul", default="fp32", choices=["fp32", "tf32x3"], help="fp32 (default) or tf32x3: the "
                     "model's float32 CUDA linear layers as three TF32 GEMMs of split operands, about fp32's "
                     "accuracy and faster on H100/H200 (hooks.matmul)")

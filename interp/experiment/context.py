@@ -55,7 +55,8 @@ def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> N
     ap.add_argument("--runs", default=None, help=f"checkpoints and resumable intermediate results (None: "
                                                  f"runs/{name}[_<profile>][_steps<N>])")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    ap.add_argument("--time-budget", type=float, default=None,
+    from interp.cli.options import finite_float
+    ap.add_argument("--time-budget", type=finite_float(0), default=None,
                     help="minutes for this call, evaluation included (0 = none; None: the profile's); stops "
                          "cleanly, calling again continues")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")

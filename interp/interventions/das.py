@@ -56,9 +56,9 @@ class DASConfig:
     cuda_graphs: bool = True
 
     def check(self):
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or min(self.split[:2]) <= 0:
-            raise InterpError(f"split {tuple(self.split)} is not valid: three fractions (train, val, test) summing "
-                              "to 1, train and val above 0")
+        if len(self.split) != 3 or not all(x > 0 for x in self.split) or not abs(sum(self.split) - 1) <= 1e-6:
+            raise InterpError(f"split {tuple(self.split)} is not valid: three fractions (train, val, test) above 0 "
+                              "summing to 1")
         for k in ("epochs", "batch_size", "patience"):
             if int(getattr(self, k)) < 1:
                 raise InterpError(f"{k} must be at least 1, got {getattr(self, k)}")
@@ -237,6 +237,10 @@ def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | N
     splits = split_pairs(ix, cfg.split, cfg.seed)
     dev = ix.src.device
     rot = Rotation(ix.width, cfg.rank, cfg.seed, init).to(dev)
+    empty = [k for k in ("val", "test") if not int(ix.correct[splits[k]].sum())]
+    if empty and int(ix.correct[splits["train"]].sum()):     # (no training pair: `fit` says so)
+        raise InterpError(f"{len(pairs)} task pairs leave no kept pair (right on both prompts) in the {empty[0]} split "
+                          f"of {tuple(cfg.split)}; valid: more pairs (--n) or a larger {empty[0]} fraction")
     R, hist, best_epoch, (_, ev, info) = fit(ix, rot, splits["train"], splits["val"], cfg, progress)
     rows = []
 

@@ -53,6 +53,9 @@ def keep_mask(base, pairs, keep_all: bool) -> tuple[np.ndarray, dict]:
     if not keep.any():
         raise InterpError(f"the model answers none of the {N} pairs correctly on both prompts, so no pair is "
                           "left to patch; use keep_all=True (--keep-all) to keep every pair")
+    if keep.sum() == 1:
+        warnings.warn(f"patching: 1 pair of {N} kept ({info['filter']}): one pair gives effects without intervals "
+                      "(lo and hi are NaN); patch more pairs (--n) for 95% intervals", UserWarning, stacklevel=3)
     return keep, info
 
 

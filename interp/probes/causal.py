@@ -94,6 +94,11 @@ def check(model, task, target, chosen, sites, n, seed, split, backend, C, knobs,
         Xtr, _ = _standardize(X[tr], X[:1])
         W = fit_weights(Xtr, y[tr], len(classes), backend, C)
         R = probe_basis(W, scale=X[tr].std(0).clamp(min=1e-6))
+        if rank and rank > R.shape[0]:
+            import warnings
+            warnings.warn(f"causal rank {rank} is above the probe's rank {R.shape[0]} ({len(classes)} classes) at "
+                          f"layer {layer} {site}: interchanging its {R.shape[0]} directions (the causal_rank column "
+                          "says which rank ran)", stacklevel=2)
         R = R[:rank] if rank else R
         ix = Interchanger(model, ip, where[0], positions=where[1], batch_size=batch_size)
         if ix.width != R.shape[1]:

@@ -29,11 +29,11 @@ def _parse_sweep(spec):
 
 def _parse_seeds(spec, seed):
     if spec is None:
-        return [seed]
-    try:
-        return [int(s) for s in spec.split(",")]
-    except ValueError:
-        raise InterpError(f"--seeds '{spec}' is not valid; expected comma-separated integers, e.g. 0,1,2") from None
+        return [0 if seed is None else seed]
+    if seed is not None:
+        raise InterpError(f"--seed {seed} and --seeds {spec}: give one (--seeds runs every seed it names)")
+    from interp.cli.options import seed_list
+    return seed_list(spec)
 
 
 def _parse_split(spec):
