@@ -457,6 +457,9 @@ def _main(a, ctx):
             raise InterpError(f"--seq-len {min(P['seq_lens'])} is shorter than the {need} tokens that the profile's "
                               f"fewest pairs ({min(P['pairs'])}) take, so it would change nothing; valid: --seq-len "
                               f">= {need} (configurations whose pairs need more are padded to 2 + 4 x pairs)")
+        for t in P["seq_lens"]:       # the task's own range, before any run is trained (TaskError: exit 2)
+            for p in P["pairs"]:
+                T.generate("mqar", 1, seed=0, **mqar_knobs(p, t))
     X.check_spec(ctx.runs, {"profile": ctx.profile, **{k: P[k] for k in SPEC}}, kind=NAME)
     torch.manual_seed(0)
     specs = units(P, P["seq_lens"])

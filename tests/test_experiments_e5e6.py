@@ -229,5 +229,8 @@ def test_e6_refuses_a_seq_len_that_changes_nothing_and_a_nan_budget(tmp_path):
     with pytest.raises(InterpError, match=r"--seq-len 0 is shorter than the 10 tokens .*valid: --seq-len >= 10"):
         E6.main(common + ["--seq-len", "0"])
     assert not list((tmp_path / "r").rglob("*.json"))
+    with pytest.raises(T.TaskError, match="seq_len=100000 is out of range"):    # the task's range, before training
+        E6.main(common + ["--seq-len", "100000"])
+    assert not list((tmp_path / "r").rglob("*.json"))
     with pytest.raises(SystemExit):
         E6.build_parser().parse_args(common + ["--time-budget", "nan"])
