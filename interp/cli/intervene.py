@@ -12,7 +12,7 @@ from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed
 
 
 def add_site_args(p):
-    """--site/--head/--side/--positions/--order, shared with `interp das`."""
+    """--site/--head/--side/--positions/--order and --overwrite, shared with `interp das`."""
     p.add_argument("--site", required=True, help="full hook name, e.g. blocks.0.rec.state, blocks.7.resid_pre, "
                    "blocks.3.attn.head_out")
     p.add_argument("--head", type=int, default=None, help="one head of a per-head site (default: all heads "

@@ -36,8 +36,8 @@ def add_parser(sub):
     add_device(c)
     c.add_argument("--out", default="runs/patterns")
     c.add_argument("--overwrite", action="store_true",
-                   help="replace a figure or map made with other settings (each records them: <figure>.json, "
-                        "spec.json)")
+                   help="replace a figure or map made with other settings (each records them beside it: "
+                        "<figure>.png.json or .html.json, the map's spec.json)")
     c.set_defaults(func=cmd_patterns)
 
 
