@@ -215,6 +215,8 @@ def test_cli_overwrite_and_complete_rerun(tmp_path, capsys):
     got = capsys.readouterr()
     assert "wrote" not in got.out and "capture already complete (4 examples); nothing to do" in got.err
     assert files(out) == first
+    assert main(base + ["--knob", "n_pairs=8"]) == 0           # mqar's default, given: the same spec
+    assert "capture already complete" in capsys.readouterr().err and files(out) == first
     assert main(base + ["--seed", "1"]) == 2
     assert "source.seed: 0 -> 1" in capsys.readouterr().err and files(out) == first
     assert main(base + ["--seed", "1", "--overwrite"]) == 0

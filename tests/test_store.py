@@ -302,3 +302,10 @@ def test_digests():
     x = torch.arange(6)
     assert S.tensor_digest(x) != S.tensor_digest(x.view(2, 3)) != S.tensor_digest(x.float())
     assert S.spec_digest({"a": (1, 2), "b": 1}) == S.spec_digest({"b": 1, "a": [1, 2]})
+
+
+def test_a_knob_given_at_its_default_records_the_spec_of_one_left_out():
+    from interp import tasks as T
+    assert T.spec_knobs("mqar", {"n_pairs": T.knobs("mqar")["n_pairs"].default, "seq_len": 64}) == {"seq_len": 64}
+    assert T.spec_knobs("mqar", None) == {}
+    assert T.spec_knobs("mqar", {"n_pairs": 2}) == {"n_pairs": 2}

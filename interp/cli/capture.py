@@ -42,7 +42,7 @@ def _inputs(a, kind):
     if a.task:
         from interp import tasks as T
         tokens = T.generate(a.task, a.n, seed=a.seed, **kv(a.knob)).tokens
-        return tokens, {"task": a.task, "n": a.n, "seed": a.seed, "knobs": kv(a.knob)}, None
+        return tokens, {"task": a.task, "n": a.n, "seed": a.seed, "knobs": T.spec_knobs(a.task, kv(a.knob))}, None
     from interp.models import tokenize_lines, tokenize_text
     if a.lines:
         tokens, mask = tokenize_lines(a.text, a.model, kind, a.seq_len)

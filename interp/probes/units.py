@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
+from interp import tasks as T
 from interp.kernels import kernel_spec
 from interp.store import Store, model_digest
 
@@ -20,7 +21,7 @@ def probe_spec(models: dict, task, target, sites, n, seeds, knob, loads, knobs, 
     """Everything that determines a probe folder's contents (``causal``: a dict of its settings, or
     None)."""
     return {"models": {name: model_digest(m) for name, m in models.items()}, "task": task, "target": target,
-            "knobs": dict(knobs), "sweep": None if knob is None else {knob: list(loads)}, "sites": list(sites),
+            "knobs": T.spec_knobs(task, knobs), "sweep": None if knob is None else {knob: list(loads)}, "sites": list(sites),
             "n": int(n), "seeds": [int(s) for s in seeds], "C": float(C), "backend": backend,
             "split": {"train": split[0], "val": split[1], "test": split[2]}, "controls": list(controls),
             "flag_at": float(flag_at), "causal": causal, "batch_size": int(batch_size),

@@ -53,7 +53,8 @@ class ModelSource:
         self.knobs, self.batch_size, self.seed, self.device = dict(knobs or {}), batch_size, seed, device
 
     def spec(self) -> dict:
-        return {"kind": "model", "task": self.task, "knobs": self.knobs, "batch_size": self.batch_size,
+        return {"kind": "model", "task": self.task, "knobs": T.spec_knobs(self.task, self.knobs),
+                "batch_size": self.batch_size,
                 "seed": self.seed}
 
     def rows(self, step: int):

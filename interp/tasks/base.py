@@ -258,6 +258,13 @@ def knobs(task: str) -> dict:
     return dict(get(task).knobs)
 
 
+def spec_knobs(task: str, given) -> dict:
+    """The knobs of ``given`` that a result spec records: those set to other than ``task``'s defaults (a knob given
+    at its default makes the same examples as one left out, so both record the same spec)."""
+    defaults = {k: kb.default for k, kb in get(task).knobs.items()} if task in TASKS else {}
+    return {k: v for k, v in dict(given or {}).items() if k not in defaults or v != defaults[k]}
+
+
 def difficulty_grid(task: str) -> dict:
     """knob -> values from easy to hard (each swept with the other knobs at their defaults)."""
     return {k: list(v) for k, v in get(task).grid.items()}
