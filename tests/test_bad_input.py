@@ -293,6 +293,19 @@ def test_ctrl_c_while_the_cli_imports_is_one_line_too(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "interrupted; run again to resume"
 
 
+def test_ctrl_c_says_whether_the_command_resumes(monkeypatch, capsys):
+    from interp.cli import capture, evaluate
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "cmd_eval", interrupted)
+    monkeypatch.setattr(capture, "cmd_capture", interrupted)
+    assert main(["eval", "--model", "gdn75"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run again to redo it (this command does not resume)"
+    assert main(["capture", "--out", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run again to resume"
+
+
 def test_ctrl_c_train_exits_130_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [a.format(out=out) for a in TRAIN]

@@ -15,6 +15,7 @@ from interp import InterpError
 from interp.cli import capture, das, demo, evaluate, generate, intervene, patch, patterns, probe, run, sae, train
 
 INTERRUPTED = "interrupted; run again to resume"
+REDO = "interrupted; run again to redo it (this command does not resume)"   # commands with ``resumes=False``
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    args = None
     try:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(INTERRUPTED if getattr(args, "resumes", True) else REDO, file=sys.stderr)
         return 130
     except OSError as e:  # a file system refusal the commands did not foresee (disk full, permissions)
         where = f" '{e.filename}'" if e.filename else ""

@@ -34,7 +34,7 @@ def add_parser(sub):
     add_seed(pa)
     add_device(pa)
     pa.add_argument("--out", default="runs/das")
-    pa.set_defaults(func=cmd_das)
+    pa.set_defaults(func=cmd_das, resumes=False)
 
 
 def _split(spec):

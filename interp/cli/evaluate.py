@@ -19,7 +19,7 @@ def add_parser(sub):
     e.add_argument("--out", help="also write the table to this CSV file, its figure (.png) and what made them (.json) "
                    "next to it")
     e.add_argument("--overwrite", action="store_true", help="replace an --out table made with other settings")
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(func=cmd_eval, resumes=False)
 
 
 def cmd_eval(a):

@@ -66,7 +66,7 @@ def add_parser(sub):
     pa.add_argument("--batch-size", type=int_at_least(1), default=64)
     add_device(pa)
     pa.add_argument("--out", default="runs/intervene")
-    pa.set_defaults(func=cmd_intervene)
+    pa.set_defaults(func=cmd_intervene, resumes=False)
 
 
 def _subspaces(items, site, model):

@@ -38,7 +38,7 @@ def add_parser(sub):
     c.add_argument("--overwrite", action="store_true",
                    help="replace a figure or map made with other settings (each records them beside it: "
                         "<figure>.png.json or .html.json, the map's spec.json)")
-    c.set_defaults(func=cmd_patterns)
+    c.set_defaults(func=cmd_patterns, resumes=False)
 
 
 def _knobs(a, task):

@@ -69,7 +69,7 @@ def add_parser(sub):
     add_device(ev)
     ev.add_argument("--out", default=None, help="default: <coder run>/eval")
     ev.add_argument("--overwrite", action="store_true", help="replace an evaluation in --out made with other settings")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=cmd_eval, resumes=False)
 
 
 def _site(a):
