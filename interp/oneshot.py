@@ -28,7 +28,7 @@ def spec_of(models: dict, **settings) -> dict:
 
 
 def _check(spec_path: Path, outputs: list, spec: dict, overwrite: bool) -> None:
-    from interp.store import read_json, spec_diff
+    from interp.store import diff_summary, read_json, spec_diff
     found = [p for p in outputs if p.exists()]
     if overwrite:
         for p in found + [spec_path]:
@@ -42,9 +42,8 @@ def _check(spec_path: Path, outputs: list, spec: dict, overwrite: bool) -> None:
                               "its files, or another --out")
         diff = spec_diff(old, spec)
         if diff and found:
-            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
-            raise InterpError(f"{found[0]} was made with other settings ({spec_path.name}: {'; '.join(diff[:6])}"
-                              f"{more}); valid: the same settings, --overwrite to replace it, or another --out")
+            raise InterpError(f"{found[0]} was made with other settings ({spec_path.name}: {diff_summary(diff)}); "
+                              "valid: the same settings, --overwrite to replace it, or another --out")
     elif found:
         raise InterpError(f"{found[0]} exists without {spec_path.name}, the record of what made it; valid: "
                           "--overwrite to replace it, or another --out")

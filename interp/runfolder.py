@@ -31,7 +31,7 @@ from pathlib import Path
 from interp import InterpError
 from interp.devices import device_type
 from interp.kernels import kernel_spec
-from interp.store import Lock, atomic_write_text, is_temp, normalize, spec_diff
+from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normalize, spec_diff
 
 # fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
 # may train, which device of a kind trains it (cuda:0 or cuda:1; the kind is compared: `record`'s device_type, as
@@ -130,9 +130,8 @@ def open_run(out, cfg, resume: bool = True):
         for src, old in (recorded_configs(out) if resume else []):
             diff = config_diff(old, cfg)
             if diff:
-                more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
-                raise InterpError(f"{out} holds a run made with other settings ({src.name}: {'; '.join(diff[:6])}"
-                                  f"{more}); valid: the same settings to resume it, --no-resume (resume=False) to "
+                raise InterpError(f"{out} holds a run made with other settings ({src.name}: {diff_summary(diff)}"
+                                  "); valid: the same settings to resume it, --no-resume (resume=False) to "
                                   "train it again from step 0 (replacing it), or another --out")
         yield resume and _finished(out, cfg)
     finally:

@@ -208,6 +208,11 @@ def spec_diff(old, new, prefix="") -> list:
     return [] if old == new else [f"{prefix or 'spec'}: {_short(old)} -> {_short(new)}"]
 
 
+def diff_summary(diff: list, shown: int = 6) -> str:
+    """The first ``shown`` entries of a `spec_diff`, '; '-joined, with how many more there are."""
+    return "; ".join(diff[:shown]) + (f" (and {len(diff) - shown} more)" if len(diff) > shown else "")
+
+
 def _hash_tensor(h, name, t):
     import torch
     h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
@@ -356,8 +361,7 @@ class Store:
             # nothing was written under the old spec (e.g. a run that failed at once): nothing to mix
             atomic_write_json(self.path / SPEC_FILE, {"kind": self.kind, "format": FORMAT, "spec": self.spec})
         elif diff:
-            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
-            raise InterpError(f"{self.path} holds a {self.kind} made with other settings: {'; '.join(diff[:6])}{more}. "
+            raise InterpError(f"{self.path} holds a {self.kind} made with other settings: {diff_summary(diff)}. "
                               "Resume with the same settings, or use --overwrite (overwrite=True: replaces it) "
                               "or a new --out")
 

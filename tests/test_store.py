@@ -309,3 +309,10 @@ def test_a_knob_given_at_its_default_records_the_spec_of_one_left_out():
     assert T.spec_knobs("mqar", {"n_pairs": T.knobs("mqar")["n_pairs"].default, "seq_len": 64}) == {"seq_len": 64}
     assert T.spec_knobs("mqar", None) == {}
     assert T.spec_knobs("mqar", {"n_pairs": 2}) == {"n_pairs": 2}
+
+
+def test_a_long_spec_difference_is_summed_up():
+    from interp.store import diff_summary
+    diff = [f"f{i}: 0 -> 1" for i in range(8)]
+    assert diff_summary(diff) == "; ".join(diff[:6]) + " (and 2 more)"
+    assert diff_summary(diff[:2]) == "f0: 0 -> 1; f1: 0 -> 1"
