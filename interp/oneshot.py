@@ -21,10 +21,12 @@ from interp.lock import Lock
 
 
 def spec_of(models: dict, **settings) -> dict:
-    """{"models": {name: weights digest}, **settings, kernels (where not the defaults)}, as it reads back from JSON."""
+    """{"models": {name: weights digest}, **settings, kernels (where not the defaults)}, as it reads back from JSON.
+    ``models``: {name: a model, or its `interp.store.model_digest` where the caller needs it too}."""
     from interp.kernels import kernel_spec
     from interp.store import model_digest, normalize
-    return normalize({"models": {name: model_digest(m) for name, m in models.items()}, **settings, **kernel_spec()})
+    digests = {name: m if isinstance(m, str) else model_digest(m) for name, m in models.items()}
+    return normalize({"models": digests, **settings, **kernel_spec()})
 
 
 def _check(spec_path: Path, outputs: list, spec: dict, overwrite: bool) -> None:

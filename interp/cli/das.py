@@ -58,10 +58,11 @@ def cmd_das(a):
     model = load_any(a.model, device=a.device)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
     stem = out_stem(a.model, a.task, site, f"_r{cfg.rank}")
-    with one_shot_out(a, model, stem, ("csv", "parquet", "png", "safetensors", "spec.json"), config=asdict(cfg)):
+    digest = model_digest(model)
+    with one_shot_out(a, digest, stem, ("csv", "parquet", "png", "safetensors", "spec.json"), config=asdict(cfg)):
         res = iv.train_das(model, pairs, site, config=cfg, model_name=Path(a.model).name, progress=True)
         sp = res.attrs["spec"]
-        sp["model_digest"] = model_digest(model)      # `interp intervene --subspace` checks it
+        sp["model_digest"] = digest      # `interp intervene --subspace` checks it
         print(f"{a.model} on {a.task}: DAS rank {cfg.rank} at {site.label()} (width {sp['width']}), positions "
               f"{sp['config']['positions']}; kept pairs train/val/test {sp['kept']['train']}/{sp['kept']['val']}/"
               f"{sp['kept']['test']}; best epoch {sp['best_epoch']}")

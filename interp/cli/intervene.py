@@ -69,10 +69,11 @@ def add_parser(sub):
     pa.set_defaults(func=cmd_intervene, resumes=False)
 
 
-def _subspaces(items, site, model):
-    """--subspace's items; a saved basis must come from this site and (where it records one) this model's weights."""
+def _subspaces(items, site, digest: str):
+    """--subspace's items; a saved basis must come from this site and (where it records one) the model's weights
+    (``digest``, `interp.store.model_digest`)."""
     from interp.interventions import load_subspace
-    from interp.store import model_digest, tensor_digest
+    from interp.store import tensor_digest
     out, files = [], {}
     for s in items or ["full", "random"]:
         if not s.endswith(".safetensors"):
@@ -80,8 +81,8 @@ def _subspaces(items, site, model):
             continue
         R, made = load_subspace(s)
         here = {"site": site.name, "head": site.head, "side": site.side}
-        if made.get("model_digest") not in (None, model_digest(model)):
-            here["model_digest"] = model_digest(model)
+        if made.get("model_digest") not in (None, digest):
+            here["model_digest"] = digest
         other = [f"{k} {made[k]!r} (here {v!r})" for k, v in here.items() if k in made and made[k] != v]
         if other:
             raise InterpError(f"--subspace {s} was learned at another site or model: {', '.join(other)}; valid: a "
@@ -91,26 +92,28 @@ def _subspaces(items, site, model):
     return out, files
 
 
-def one_shot_out(a, model, stem: str, outputs, **settings):
+def one_shot_out(a, digest: str, stem: str, outputs, **settings):
     """`interp.oneshot.one_shot` for the files ``<--out>/<stem>.*`` of intervene and das: ``<stem>.json`` records
-    the model's weights, the task and ``settings``."""
+    the model's weights (``digest``), the task and ``settings``."""
     from interp.oneshot import one_shot, spec_of
     out = Path(a.out)
-    made = spec_of({a.model: model}, task=a.task, knobs=sorted(a.knob or []), n=a.n, seed=a.seed, site=a.site,
+    made = spec_of({a.model: digest}, task=a.task, knobs=sorted(a.knob or []), n=a.n, seed=a.seed, site=a.site,
                    head=a.head, side=a.side, positions=a.positions, order=a.order, **settings)
     return one_shot(out / f"{stem}.json", [out / f"{stem}.{ext}" for ext in outputs], made, a.overwrite)
 
 
 def cmd_intervene(a):
     from interp import interventions as iv, tasks as T
+    from interp.store import model_digest
     site = site_of(a)
     wa = parse_positions(a.write_at)
     seeds = seed_list(a.seeds, "--seeds")
     model = load_any(a.model, device=a.device)
-    subspaces, files = _subspaces(a.subspace, site, model)
+    digest = model_digest(model)
+    subspaces, files = _subspaces(a.subspace, site, digest)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
     stem = out_stem(a.model, a.task, site)
-    with one_shot_out(a, model, stem, ("csv", "parquet", "png"), subspaces=a.subspace, subspace_files=files,
+    with one_shot_out(a, digest, stem, ("csv", "parquet", "png"), subspaces=a.subspace, subspace_files=files,
                       rank=a.rank, seeds=seeds, write_at=a.write_at, key_from=a.key_from, batch_size=a.batch_size):
         res = iv.intervene(model, pairs, site, subspaces=subspaces, rank=a.rank, seeds=seeds,
                            positions=parse_positions(a.positions), order=a.order, batch_size=a.batch_size,

@@ -156,12 +156,12 @@ def _coder(a, site):
     return coder, meta, folder
 
 
-def _check_model(folder, model, name):
-    """A coder evaluates the model it was trained on: its run's spec.json names the weights' digest."""
-    from interp.store import model_digest, read_spec
+def _check_model(folder, digest: str, name):
+    """A coder evaluates the model it was trained on (weights ``digest``): its run's spec.json names the digest."""
+    from interp.store import read_spec
     run = read_spec(folder.parent) if folder.name == "coder" else None
     trained = ((run or {}).get("spec") or {}).get("model") or {}
-    if trained.get("digest") not in (None, model_digest(model)):
+    if trained.get("digest") not in (None, digest):
         raise InterpError(f"the coder was trained on model {trained.get('name')!r} (weights {trained.get('digest')}), "
                           f"not on --model {name!r}; valid: the model it was trained on")
 
@@ -172,11 +172,12 @@ def cmd_eval(a):
     site = _site(a)
     coder, meta, folder = _coder(a, site)
     model = load_any(a.model, device=a.device)
-    _check_model(folder, model, a.model)
+    digest = model_digest(model)
+    _check_model(folder, digest, a.model)
     coder = coder.to(a.device)  # saved coders load on the CPU; evaluation runs where the model is
     stem = f"substitution_{a.substitution}" if a.substitution else "sae_eval"
     out = Path(a.out or (folder.parent / "eval" if folder.name == "coder" else folder / "eval"))
-    made = spec_of({a.model: model}, coder=model_digest(coder), site=site.label(), task=a.task,
+    made = spec_of({a.model: digest}, coder=model_digest(coder), site=site.label(), task=a.task,
                    knobs=sorted(a.knob or []), n=a.n, n_pairs=a.n_pairs, target=a.target, where=a.where,
                    offset=a.offset, n_align=a.n_align, probe=not a.no_probe, substitution=a.substitution,
                    eval_seed=a.eval_seed)
