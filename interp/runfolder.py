@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from interp import InterpError
 from interp.devices import device_type
 from interp.kernels import kernel_spec
-from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normalize, spec_diff
+from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normalize, remove, spec_diff
 
 # fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
 # may train, which device of a kind trains it (cuda:0 or cuda:1; the kind is compared: `record`'s device_type, as
@@ -106,12 +105,6 @@ def _finished(out: Path, cfg) -> bool:
     return bool(meta) and (out / "model.safetensors").is_file() and int(meta.get("steps_done") or 0) >= cfg.steps
 
 
-def _remove(p: Path) -> None:
-    """Delete a folder with what it holds (not a link's target), a file or a link; nothing if absent (as
-    `interp.store.Store` clears its own files)."""
-    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def open_run(out, cfg, resume: bool = True):
     """Hold ``out``'s writer lock while checked for training ``cfg`` (module doc); yields whether it holds this
@@ -123,10 +116,10 @@ def open_run(out, cfg, resume: bool = True):
     try:
         for f in out.iterdir():   # temporary files of a killed trainer's atomic writes (this call holds the lock)
             if is_temp(f) and f.name.split(".tmp-")[0] in OWNS:
-                _remove(f)
+                remove(f)
         if not resume:
             for name in OWNS:
-                _remove(out / name)
+                remove(out / name)
         for src, old in (recorded_configs(out) if resume else []):
             diff = config_diff(old, cfg)
             if diff:

@@ -141,6 +141,12 @@ def save_csv(path, df, **to_csv) -> Path:
     return atomic_save(path, lambda tmp: df.to_csv(tmp, **to_csv))
 
 
+def remove(path) -> None:
+    """Delete a folder with what it holds (not a link's target), a file or a link; nothing if absent."""
+    p = Path(path)
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
 def read_json(path):
     """A JSON file; a damaged one raises InterpError naming it (never a raw JSONDecodeError)."""
     path = Path(path)
@@ -337,7 +343,7 @@ class Store:
 
     def _clear(self):
         for p in self._owned():
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            remove(p)
 
     def _check_spec(self):
         head = read_spec(self.path)
