@@ -29,11 +29,12 @@ def alive(pid: int) -> bool:
 
 
 class Lock:
-    """``<folder>/<name>`` (``.lock``): created whole or not at all (a hard link of a written temp file, the
+    """``<folder>/<name>`` (``.lock``) guarding ``what`` (the folder): created whole or not at all (a hard link of a written temp file, the
     O_EXCL of file systems with content), holding pid, host and time."""
 
-    def __init__(self, folder: Path, name: str = LOCK):
+    def __init__(self, folder: Path, name: str = LOCK, what: Path | None = None):
         self.path, self.held = Path(folder) / name, False
+        self.what = Path(folder) if what is None else Path(what)   # what the refusal names as being written
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def acquire(self):
@@ -69,7 +70,7 @@ class Lock:
         pid, host = info.get("pid"), info.get("host")
         if not (isinstance(pid, int) and host == socket.gethostname() and not alive(pid)):
             who = f"pid {pid} on {host} since {info.get('time')}" if info else "an unknown writer"
-            raise InterpError(f"{self.path.parent} is being written by {who}; a second writer is refused. "
+            raise InterpError(f"{self.what} is being written by {who}; a second writer is refused. "
                               f"If no such process runs, delete {self.path}")
         # stale: move it aside under a name of our own (one taker wins the rename), then check
         # that what we moved is the stale lock and not a fresh one another taker just made

@@ -58,9 +58,9 @@ def one_shot(spec_path, outputs, spec: dict, overwrite: bool = False):
     from interp.store import atomic_write_json, normalize
     spec_path = Path(spec_path)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = Lock(spec_path.parent, f".{spec_path.name}.lock")
-    lock.acquire()
     outputs = [Path(p) for p in outputs]
+    lock = Lock(spec_path.parent, f".{spec_path.name}.lock", what=outputs[0] if outputs else spec_path)
+    lock.acquire()
     try:
         _check(spec_path, outputs, normalize(spec), overwrite)
         first = not spec_path.exists()

@@ -316,3 +316,14 @@ def test_a_long_spec_difference_is_summed_up():
     diff = [f"f{i}: 0 -> 1" for i in range(8)]
     assert diff_summary(diff) == "; ".join(diff[:6]) + " (and 2 more)"
     assert diff_summary(diff[:2]) == "f0: 0 -> 1; f1: 0 -> 1"
+
+
+def test_a_one_shot_output_being_written_is_named_in_the_refusal(tmp_path):
+    from interp.oneshot import one_shot
+    out = tmp_path / "res.csv"
+    with one_shot(tmp_path / "res.csv.json", [out], {"a": 1}):
+        with pytest.raises(InterpError, match=rf"^{re.escape(str(out))} is being written by pid {os.getpid()} "):
+            with one_shot(tmp_path / "res.csv.json", [out], {"a": 1}):
+                pass
+        with one_shot(tmp_path / "other.csv.json", [tmp_path / "other.csv"], {"a": 1}):   # another output: free
+            pass
