@@ -44,12 +44,12 @@ from interp import InterpError
 from interp.kernels import kernel_spec
 from interp.models import input_device, parse_size
 from hooks.cache import ShardWriter, shard_entry
-from interp.store import (KEY_META, Store, atomic_save, atomic_write_json, load_unit, model_digest, read_json,
-                          read_spec, tensor_digest)
+from interp.store import (KEY_META, Store, atomic_save, atomic_write_json, load_unit, matching, model_digest,
+                          read_json, read_spec, tensor_digest)
 
 # what a capture folder holds beside spec.json and units/ (older layouts and distributed parts
 # included): --overwrite removes these, and their presence without a spec.json marks an old folder
-OWNS = ("manifest.json", "shard-*.safetensors", "rank[0-9]*")
+OWNS = ("manifest.json", "shard-*.safetensors", "rank[0-9]*/")
 
 
 def _state_dtype(state_dtype) -> str:
@@ -92,8 +92,9 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
     existing ``out`` with the same spec is resumed (nothing runs if it is complete); with another
     spec it is refused, unless ``overwrite=True``, which replaces it."""
     sdtype = _state_dtype(state_dtype)
-    names, out = list(names), Path(out)
+    names, out = ([names] if isinstance(names, str) else list(names)), Path(out)
     check_inputs(model, tokens, batch_size, max_memory)
+    check_request(model, names, positions, tokens.shape[1], out)   # before anything is written
     shard_bytes = parse_size(max_memory if shard_size is None else shard_size)
     spec = capture_spec(model, tokens, names, positions, max_memory, batch_size, meta, sdtype, inputs, shard_size)
     store = open_store(out, spec, overwrite)
@@ -102,7 +103,7 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
         mf = out / "manifest.json"
         if mf.is_file():
             manifest = read_json(mf)
-        elif any(p.is_dir() for p in out.glob("rank[0-9]*")):
+        elif matching(out, "rank[0-9]*/"):
             raise InterpError(f"{out} holds an unfinished distributed capture (rank*/ folders); resume it with torchrun "
                               "and --distributed on the same number of processes, or use --overwrite or a new --out")
         else:
@@ -142,6 +143,20 @@ def check_inputs(model, tokens, batch_size, max_memory):
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= vocab:
         raise InterpError(f"token id {lo if lo < 0 else hi} is out of range for this model; valid: 0..{vocab - 1}")
+
+
+def check_request(model, names, positions, T: int, out: Path):
+    """Refuse, before ``out`` is made, hook names the model lacks, positions outside 0..T-1 (negative ones count from
+    the end) and an ``out`` that is a file."""
+    from hooks.names import check
+    from hooks.session import positions_list
+    if not names:
+        raise InterpError("no hook name given; valid: one or more of the model's hook names (hooks.wrap(model)"
+                          ".hook_names)")
+    check(names, hooks.wrap(model).hook_names)
+    positions_list(positions, T)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"out {out} is a file; valid: a folder (new, or one this capture made)")
 
 
 def _vocab_size(model) -> int | None:

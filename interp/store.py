@@ -78,6 +78,10 @@ def _fsync(path, directory=False):
             raise
 
 
+_UMASK = os.umask(0o022)   # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 def atomic_save(path, write) -> Path:
     """Create ``path`` atomically through ``write(tmp)``, a function that writes the whole file at
     the path it is given: into ``<name>.tmp-<pid>`` in the same folder, fsynced, renamed over
@@ -87,6 +91,7 @@ def atomic_save(path, write) -> Path:
     armed = _armed(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # the mode a plain open() gives (some writers make their files 0600)
         if armed == "write":
             os.truncate(tmp, os.path.getsize(tmp) // 2)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -290,6 +295,15 @@ def _key_in_file(path: Path) -> str:
     return pq.read_schema(path).metadata[KEY_META.encode()].decode()
 
 
+def matching(folder: Path, pattern: str) -> list:
+    """``folder``'s entries that match the glob ``pattern``, sorted. A pattern ending in '/' matches only folders that
+    are results themselves (hold a spec.json), so that a user's 'rank2023/' or 'rank1_notes.txt' beside a
+    distributed run's 'rank0/' is never taken for one of its parts (nor removed by --overwrite)."""
+    if pattern.endswith("/"):
+        return [p for p in sorted(Path(folder).glob(pattern[:-1])) if (p / SPEC_FILE).is_file()]
+    return sorted(Path(folder).glob(pattern))
+
+
 class Store:
     """A crash-safe, resumable result folder of one ``kind`` ('capture', 'patch', ...), made by
     ``spec`` (a JSON-able dict of everything that determines its contents). Use as a context
@@ -297,7 +311,8 @@ class Store:
     leftover temporary files and writes ``spec.json`` or checks it against ``spec``.
 
     ``owns``: glob patterns of the files and folders the store's user writes beside ``units/``
-    (e.g. 'manifest.json', 'rank[0-9]*'); ``overwrite=True`` removes them with spec.json and
+    (e.g. 'manifest.json', 'rank[0-9]*/': a pattern ending in '/' matches only result folders, see `matching`);
+    ``overwrite=True`` removes them with spec.json and
     units/ (never other files), and a folder holding them without a spec.json is an old-format
     result, refused with how to re-run."""
 
@@ -338,7 +353,7 @@ class Store:
             self._lock = None
 
     def _owned(self) -> list:
-        found = [self.path / SPEC_FILE, self.units] + [p for g in self.owns for p in sorted(self.path.glob(g))]
+        found = [self.path / SPEC_FILE, self.units] + [p for g in self.owns for p in matching(self.path, g)]
         return [p for p in dict.fromkeys(found) if p.exists()]
 
     def _clear(self):
@@ -375,7 +390,7 @@ class Store:
         """Whether anything besides spec.json was written: a unit or a file of ``owns``."""
         units = self.units.iterdir() if self.units.is_dir() else ()
         return any(f.suffix in EXTS and not is_temp(f) for f in units) or \
-            any(next(self.path.glob(g), None) is not None for g in self.owns)
+            any(matching(self.path, g) for g in self.owns)
 
     # units
     def unit_path(self, key: str) -> Path | None:

@@ -42,6 +42,24 @@ def test_streams_shards_and_matches_direct(tmp_path):
         torch.testing.assert_close(got[n], ref[n], atol=1e-6, rtol=1e-5)
 
 
+def test_python_capture_checks_names_positions_and_out_before_writing(tmp_path):
+    m = small_model(tmp_path)
+    x = torch.randint(0, 50, (3, 8))
+    for names, kw, match in [(["blocks.0.nope"], {}, "unknown hook name 'blocks.0.nope'"),
+                             ([], {}, "no hook name given"),
+                             (["blocks.0.resid_post"], {"positions": [8]}, "position 8 out of range for 8 tokens"),
+                             (["blocks.0.resid_post"], {"positions": [1.5]}, "position must be an integer")]:
+        with pytest.raises(ValueError, match=match):
+            capture(m, x, names, tmp_path / "c", progress=False, **kw)
+        assert not (tmp_path / "c").exists()
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(InterpError, match="is a file; valid: a folder"):
+        capture(m, x, ["blocks.0.resid_post"], tmp_path / "f", progress=False)
+    assert (tmp_path / "f").read_text() == "mine"
+    got = load_capture(capture(m, x, "blocks.0.resid_post", tmp_path / "one", progress=False))   # one name
+    assert sorted(got) == ["blocks.0.resid_post"]
+
+
 def test_cli_capture_and_bad_input(tmp_path, capsys):
     small_model(tmp_path)
     out = tmp_path / "cli"

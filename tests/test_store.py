@@ -160,19 +160,25 @@ def test_folder_with_only_a_spec_takes_a_new_one(tmp_path):
 
 
 def test_overwrite_clears_only_the_stores_files(tmp_path):
-    with Store(tmp_path, "capture", SPEC, owns=("manifest.json", "rank[0-9]*")) as st:
+    owns = ("manifest.json", "rank[0-9]*/")
+    with Store(tmp_path, "capture", SPEC, owns=owns) as st:
         st.put("u", {"v": 1})
         S.atomic_write_json(tmp_path / "manifest.json", {"shards": []})
-        (tmp_path / "rank0").mkdir()
-        (tmp_path / "rank0" / "x").write_text("part")
+        with Store(tmp_path / "rank0", "capture", SPEC) as part:   # a distributed run's part: a result itself
+            part.put("x", {"v": 2})
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "ranking").mkdir()
+    (tmp_path / "rank1_notes.txt").write_text("mine too")   # the user's, though the glob matches them
+    (tmp_path / "rank2023").mkdir()
+    (tmp_path / "rank2023" / "paper.tex").write_text("mine")
     new = {**SPEC, "source": {"seed": 7}}
     with pytest.raises(InterpError, match="source.seed"):
-        Store(tmp_path, "capture", new, owns=("manifest.json", "rank[0-9]*")).open()
-    with Store(tmp_path, "capture", new, owns=("manifest.json", "rank[0-9]*"), overwrite=True) as st:
+        Store(tmp_path, "capture", new, owns=owns).open()
+    with Store(tmp_path, "capture", new, owns=owns, overwrite=True) as st:
         assert st.keys() == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "ranking", "spec.json", "units"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "rank1_notes.txt", "rank2023", "ranking",
+                                                          "spec.json", "units"]
+    assert (tmp_path / "rank2023" / "paper.tex").read_text() == "mine"
     assert S.read_spec(tmp_path)["spec"]["source"] == {"seed": 7}
 
 
@@ -327,3 +333,13 @@ def test_a_one_shot_output_being_written_is_named_in_the_refusal(tmp_path):
                 pass
         with one_shot(tmp_path / "other.csv.json", [tmp_path / "other.csv"], {"a": 1}):   # another output: free
             pass
+
+
+def test_unit_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """safetensors makes its files 0600; a result's files all get the user's usual mode."""
+    with Store(tmp_path, "k", {}) as st:
+        st.put("t", {"w": torch.zeros(2)})
+        st.put("j", {"v": 1})
+    want = 0o666 & ~S._UMASK
+    for f in (tmp_path / "units").iterdir():
+        assert os.stat(f).st_mode & 0o777 == want, f.name

@@ -11,7 +11,7 @@ from interp import InterpError
 KIND = "patch"
 # what a sweep folder holds beside spec.json and units/: the layout before interp.store (its
 # presence without a spec.json marks an old folder) and the parts of a distributed sweep
-OWNS = ("units.csv", "baselines.csv", "rank[0-9]*")
+OWNS = ("units.csv", "baselines.csv", "rank[0-9]*/")
 
 
 class MemoryUnits:
