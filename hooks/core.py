@@ -51,6 +51,22 @@ def _unknown_token(tok):
     return None if i is None else (str(text), i)
 
 
+def _device(device):
+    """``device`` (None, a torch.device or its name) checked: one torch cannot name, or a GPU this machine lacks, is a
+    HookError naming it."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise N.HookError(f"device {device!r} is not valid ({str(e).splitlines()[0]}); valid: e.g. 'cpu', 'cuda', "
+                          "'cuda:0'") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise N.HookError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                          "valid: 'cpu'" + (", 'cuda:0'..." if torch.cuda.is_available() else ""))
+    return device
+
+
 class HookedModel:
     """Wrap a model: ``hm = HookedModel(model)`` or ``hooks.wrap(model, tokenizer=None)``.
 
@@ -111,15 +127,23 @@ class HookedModel:
         if tokens.dim() != 2:
             hint = " (one sequence: tokens[None])" if tokens.dim() == 1 else ""
             raise N.HookError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}{hint}")
+        if 0 in tokens.shape:
+            raise N.HookError(f"tokens of shape {tuple(tokens.shape)} are empty; valid: at least one sequence of at "
+                              "least one token")
         if tokens.dtype not in (torch.long, torch.int32):
             tokens = tokens.long()
-        V = getattr(self._embedding(), "num_embeddings", None)
+        V = self.vocab_size
         if tokens.numel() and V and not _capturing(tokens):   # no host sync inside a CUDA-graph capture
             lo, hi = (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= V:
                 raise N.HookError(f"token id {lo if lo < 0 else hi} out of range: the model's vocabulary has {V} "
                                   f"ids (valid: 0..{V - 1})")
         return tokens
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of token ids the model embeds (None where its embedding does not say)."""
+        return getattr(self._embedding(), "num_embeddings", None)
 
     def _embedding(self):
         emb = self.adapter.embed(self.model)
@@ -192,6 +216,10 @@ class HookedModel:
             return None
         if not bool(m.any(-1).all()):
             raise N.HookError("a row of attention_mask has no real token")
+        runs = m[:, 0].long() + (m[:, 1:] & ~m[:, :-1]).sum(-1)   # blocks of real tokens per row
+        if bool((runs > 1).any()):
+            raise N.HookError(f"row {int((runs > 1).nonzero()[0])} of attention_mask has padding between real tokens; "
+                              "valid: padding on the left or the right only (`pad`)")
         if not self.adapter.padding:
             raise N.HookError(f"{self.adapter.family}: padded batches are supported for HF models (hf_* adapters) and "
                               "the zoo; this model runs prompts of one length (run them in groups of equal length)")
@@ -237,7 +265,7 @@ class HookedModel:
         pos = positions_list(positions, tokens.shape[1])
         cache = Cache(positions=pos, model=self)
         cache.attention_mask = mask
-        with HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=device,
+        with HookSession(self, hooks, cache_names=names, positions=pos, cache=cache, cache_device=_device(device),
                          state_dtype=state_dtype, heads=heads, grad_names=() if backward is None else names,
                          key_mask=mask) as s, \
                 (nullcontext() if backward is None else torch.enable_grad()):

@@ -295,7 +295,7 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
     if mask is not None and not bool(mask[:, -1].all()):
         raise N.HookError("generation continues the last token of every row: pad prompts on the left (hm.pad(..., "
                           "side='left'))")
-    V = getattr(hm._embedding(), "num_embeddings", None)
+    V = hm.vocab_size
     if eos_token_id is not None and (not isinstance(eos_token_id, int) or not 0 <= eos_token_id < (V or 1 << 62)):
         raise N.HookError(f"eos_token_id must be a token id in 0..{(V or 0) - 1}, got {eos_token_id!r}")
     gen = torch.Generator().manual_seed(int(seed))

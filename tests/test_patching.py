@@ -1,5 +1,6 @@
 """Activation patching: identities, state patching through the recurrence, batching/skip-prefix
 invariance, resume, TransformerLens agreement, attribution, HF models, CLI and errors."""
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -248,6 +249,32 @@ def test_errors():
         patching.sweep(m, p, layers=[])
     with pytest.raises(InterpError, match="no position selected"):
         patching.sweep(m, p, positions=[])
+    # values never truncated or iterated by character; one int or one site name is a list of one
+    for kw, msg in [(dict(layers=[1.7]), "layer must be an integer, got 1.7 .float.; valid: an int"),
+                    (dict(positions=[2.9]), "position must be an integer, got 2.9"),
+                    (dict(positions=[True]), "position must be an integer, got True"),
+                    (dict(layers=["1"]), "layer must be an integer, got .1. .str."),
+                    (dict(layers="1"), "layers='1' is not valid"),
+                    (dict(batch_size=2.5), r"batch_size=2\.5 is not valid; valid: an integer >= 1"),
+                    (dict(n_boot=0), "n_boot=0 is not valid")]:
+        with pytest.raises(InterpError, match=msg):
+            patching.sweep(m, p, progress=False, **kw)
+    one = patching.sweep(m, p, sites="resid_pre", layers=1, positions=np.int64(3), progress=False, n_boot=10,
+                         keep_all=True)
+    assert list(zip(one.site, one.layer, one.position)) == [("resid_pre", 1, 3)]
+    # pairs whose parts do not fit together: named, before any forward pass
+    rep = dataclasses.replace
+    for bad, msg in [(rep(p, corrupted=p.corrupted[:3]), r"pairs.corrupted has shape \[3, %d\], pairs.clean" % T_),
+                     (rep(p, clean_answer=p.clean_answer[:3]), r"pairs.clean_answer is torch.int64 \[3\]; valid: \[6\]"),
+                     (rep(p, answer_pos=p.answer_pos + 100), "pair 0: answer_pos %d is not valid; valid: 0..%d"
+                      % (int(p.answer_pos[0]) + 100, T_ - 1)),
+                     (rep(p, corrupted_answer=p.corrupted_answer.float()), "pairs.corrupted_answer is torch.float32"),
+                     (rep(p, clean_answer=p.clean_answer + 10_000), r"clean_answer \d+ is not valid; valid: 0\.\.\d+ "
+                      r"\(the vocabulary\)"),
+                     (rep(p, clean=p.clean[:, :0], corrupted=p.corrupted[:, :0]), "a non-empty"),
+                     (p.clean, "pairs must be an interp.tasks.PairBatch")]:
+        with pytest.raises(InterpError, match=msg):
+            patching.sweep(m, bad, progress=False)
     # run_patched: negative / out-of-range positions, base and source of other shapes, heads
     with pytest.raises(InterpError, match=f"position -1 out of range 0..{T_ - 1}"):
         patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=-1)

@@ -169,9 +169,16 @@ def test_plot_side_by_side_with_hatching(defaults, tmp_path):
     assert [a.get_title().split(": ")[1].split(" ")[0] for a in panels] == ["denoising", "noising"]
     hatched = sum(1 for a in panels for pt in a.patches if pt.get_hatch())
     ref = {"denoise": 0.0, "noise": 1.0}
-    want = sum(((res.logit_diff_lo <= res.direction.map(ref)) & (res.direction.map(ref) <= res.logit_diff_hi)))
+    from interp.patching.plot import MIN_RANGE, NOISE
+    no = res.direction.map(ref)
+    want = sum((res.logit_diff_lo - NOISE <= no) & (no <= res.logit_diff_hi + NOISE))
     assert hatched == want > 0
+    half = max(MIN_RANGE, float((res.logit_diff - no).abs().max()))
+    for a, d in zip(panels, ("denoise", "noise")):   # one scale, white at no effect, never narrower than MIN_RANGE
+        assert a.images[0].get_clim() == pytest.approx((ref[d] - half, ref[d] + half))
     assert any("normalised logit diff" in a.get_ylabel() for a in fig.axes)
+    none = res.paths(threshold=1e9)   # nothing passes: an empty frame, not rows of NaN
+    assert none.empty and "effect" in none and list(none.columns) == list(res.paths(threshold=0.0).columns)
     assert "QUERY" in " ".join(t.get_text() for t in panels[0].get_xticklabels())
     import matplotlib.pyplot as plt
     plt.close(fig)

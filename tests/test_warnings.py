@@ -81,9 +81,8 @@ def _cell_stats(clean, corrupted):
     c, x = np.full(K, clean), np.full(K, corrupted)
     per_pair = {"ld": np.array([np.linspace(corrupted, clean, K)]), "prob": np.full((1, K), 0.5),
                 "kl": np.zeros((1, K))}
-    sums = {k: v.sum(1) for k, v in per_pair.items()}
     base = {"clean_logit_diff": clean, "corrupted_logit_diff": corrupted, "n": K}
-    return cell_stats(sums, per_pair, c, x, base, n_boot=50)
+    return cell_stats(per_pair, c, x, base, n_boot=50)
 
 
 def test_patching_warns_on_a_gap_too_small_to_normalise_by():
@@ -104,6 +103,21 @@ def test_patching_warns_on_a_gap_too_small_to_normalise_by():
         warnings.simplefilter("error")
         out = _cell_stats(2.0, -1.0)
     assert out["logit_diff"][0] == pytest.approx(0.5)
+
+
+def test_a_cell_of_rounding_noise_lies_inside_its_own_interval():
+    """The point estimate comes from the same float64 per-pair values as its bootstrap: a cell whose patched logit
+    differences are the corrupted ones up to float32 rounding (a float32 sum of them had put it outside)."""
+    from interp.patching.assemble import cell_stats
+    rng = np.random.default_rng(0)
+    K = 64
+    c, x = rng.normal(3.0, 0.5, K).astype(np.float32), rng.normal(-3.0, 0.5, K).astype(np.float32)
+    ld = (x + rng.normal(0, 1e-6, K).astype(np.float32)).astype(np.float32)
+    per_pair = {"ld": ld[None].astype(np.float64), "prob": np.full((1, K), 0.5), "kl": np.zeros((1, K))}
+    base = {"clean_logit_diff": float(c.mean()), "corrupted_logit_diff": float(x.mean()), "n": K}
+    out = cell_stats(per_pair, c.astype(np.float64), x.astype(np.float64), base, n_boot=200)
+    assert out["logit_diff_lo"][0] <= out["logit_diff"][0] <= out["logit_diff_hi"][0]
+    assert abs(out["logit_diff"][0]) < 1e-6
 
 
 def test_patching_sweep_warns_on_an_untrained_model():

@@ -72,20 +72,21 @@ def chunk_sums(values, keep, chunks) -> np.ndarray:
     return out
 
 
-def cell_stats(sums, per_pair, clean, corrupted, baselines, n_boot: int, seed: int = 0) -> dict:
-    """Columns of the result from the cells' summed metrics ``sums`` {'ld', 'prob', 'kl': [cells]}
-    and per-pair metrics ``per_pair`` (same keys, [cells, K]) over the K kept pairs, their
-    per-pair clean / corrupted logit differences [K] and the baselines (means): normalised logit
-    diff (from the means), mean prob and KL, each with its 95% bootstrap interval over pairs (the
-    same resamples for every cell and metric). Warns when the mean clean and corrupted logit
-    differences are closer than `MIN_LD_GAP` nats or the clean one is not positive."""
+def cell_stats(per_pair, clean, corrupted, baselines, n_boot: int, seed: int = 0) -> dict:
+    """Columns of the result from the cells' per-pair metrics ``per_pair`` {'ld', 'prob', 'kl': [cells, K]}
+    over the K kept pairs, their per-pair clean / corrupted logit differences [K] and the baselines (means):
+    normalised logit diff sum(patched - corrupted) / sum(clean - corrupted), mean prob and KL, each in float64
+    from the same per-pair values as its 95% bootstrap interval over pairs (the same resamples for every cell
+    and metric), so a cell whose effect is rounding noise is not a point outside its own interval. Warns
+    when the mean clean and corrupted logit differences are closer than `MIN_LD_GAP` nats or the clean one
+    is not positive."""
     from interp.stats import boot_ratio_cis
-    x, c, K = baselines["corrupted_logit_diff"], baselines["clean_logit_diff"], baselines["n"]
-    denom = _check_gap(c, x, K)
-    raw = sums["ld"] / K
-    out = {"logit_diff": (raw - x) / denom, "prob": sums["prob"] / K, "kl": sums["kl"] / K, "raw_logit_diff": raw}
+    _check_gap(baselines["clean_logit_diff"], baselines["corrupted_logit_diff"], baselines["n"])
+    ld = per_pair["ld"]
+    out = {"logit_diff": (ld - corrupted).sum(1) / (clean - corrupted).sum(), "prob": per_pair["prob"].mean(1),
+           "kl": per_pair["kl"].mean(1), "raw_logit_diff": ld.mean(1)}
     ones = np.ones(len(clean))
-    for m, num, den in (("logit_diff", per_pair["ld"] - corrupted, clean - corrupted), ("prob", per_pair["prob"], ones),
+    for m, num, den in (("logit_diff", ld - corrupted, clean - corrupted), ("prob", per_pair["prob"], ones),
                         ("kl", per_pair["kl"], ones)):
         lo, hi = boot_ratio_cis(num.T, den, n_boot, np.random.default_rng(seed))
         out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
@@ -154,7 +155,6 @@ def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
         for k in metrics:
             metrics[k].append(m[k])
     values = {k: np.concatenate(v) for k, v in metrics.items()}
-    sums = {k: chunk_sums(v, keep, plan.chunks) for k, v in values.items()} if plan.span is None else None
     per_pair = {k: v[:, keep].astype(np.float64) for k, v in values.items()}
     K = int(keep.sum())
     bsum = {f: chunk_sums(base[f][None], keep, plan.chunks)[0] / K for f in BASE_FIELDS if not f.endswith("_top")}
@@ -162,7 +162,7 @@ def assemble(plan, store, keep_all=False, n_boot=1000, seed=0):
                  "clean_prob": bsum["clean_prob"], "corrupted_prob": bsum["corrupted_prob"],
                  "corrupted_kl": bsum["corrupted_kl"], "n": K}
     clean, corr = (base[f][keep].astype(np.float64) for f in ("clean_ld", "corrupted_ld"))
-    stats = (cell_stats(sums, per_pair, clean, corr, baselines, n_boot, seed) if plan.span is None
+    stats = (cell_stats(per_pair, clean, corr, baselines, n_boot, seed) if plan.span is None
              else padded_stats(per_pair, clean, corr, baselines, n_boot, seed))
     pair_data = dict(ld=per_pair["ld"], clean=clean, corrupted=corr, pairs=np.flatnonzero(keep), codes=codes,
                      differs=differs, n_boot=n_boot, seed=seed)

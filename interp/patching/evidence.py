@@ -128,7 +128,8 @@ def paths(res, threshold=0.3) -> pd.DataFrame:
     ref = s.direction.map(NO_EFFECT).astype(float)
     eff = (s.logit_diff - ref).abs()
     sig = (s.lo > ref) | (s.hi < ref)
-    s = s[(eff >= threshold) & sig & s.position_class.isin(PATH)].assign(effect=eff)
+    s = s.assign(effect=eff)[(eff >= threshold) & sig & s.position_class.isin(PATH)]   # (assign first: an empty
+    # frame given a Series takes the Series' index, i.e. rows of NaN)
     s = s.assign(_o=s.position_class.map({c: i for i, c in enumerate(PATH)}))
     s = s.sort_values(["direction", "_o", "effect"], ascending=[True, True, False], kind="stable")
     return s.drop(columns="_o").reset_index(drop=True)

@@ -10,8 +10,9 @@ import hooks
 from interp import InterpError
 from interp.kernels import kernel_spec
 from interp.patching.run import _model_device
-from interp.patching.sites import (SITES, _check_choice, check_layers, check_positions, directions_of, layer_kind,
-                                   plan_cells)
+from interp.patching.sites import (SITES, _check_choice, check_count, check_layers, check_positions, directions_of,
+                                   layer_kind, plan_cells)
+from interp.tasks.padded import check_pairs
 
 
 @dataclass
@@ -76,14 +77,14 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
     dirs = directions_of(direction)
     _check_choice("matmul", matmul, MODES)
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
-    sites = list(sites)
+    sites = [sites] if isinstance(sites, str) else list(sites)   # one site by its name
     if not sites:
         raise InterpError(f"no site selected; valid: {', '.join(SITES)}")
     for s in sites:
         _check_choice("site", s, SITES)
-    if int(batch_size) < 1:
-        raise InterpError(f"batch size {batch_size} is not valid; valid: integers >= 1")
+    check_count("batch_size", batch_size)
     layers = check_layers(layers, hm.n_layers)
+    check_pairs(pairs, hm.vocab_size)
     pairs = pairs.to(device or _model_device(hm))
     N, T = pairs.clean.shape
     positions = check_positions(positions, T)

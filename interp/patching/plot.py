@@ -12,6 +12,8 @@ from interp.patching.sites import METRICS, _check_choice
 ROLE = {"prefix": "pre", "changed": "chg", "write": "WRITE", "between": "btw", "query": "QUERY", "after": "aft"}
 LABEL = {"logit_diff": "normalised logit diff (0 = corrupted run, 1 = clean run)",
          "prob": "p(clean answer)", "kl": "KL(clean run || patched run)"}
+MIN_RANGE = 0.05   # the normalised logit diff's colour scale spans at least no effect +- this: rounding noise stays white
+NOISE = 1e-6       # an interval this close to no effect counts as including it (float32 rounding of the metrics)
 
 
 def _rows(sub, one_layer):
@@ -48,7 +50,7 @@ def _panel(fig, ax, res, sub, metric, one_layer, vmax, title):
     hi = sub[f"{metric}_hi"] if f"{metric}_hi" in sub else sub[metric] * np.nan
     for r, p, v, a, b in zip(key, sub.position, sub[metric], lo, hi):
         grid[ri[r], pi[p]] = v
-        hatch[ri[r], pi[p]] = bool(np.isfinite(a) and np.isfinite(b) and a <= ref <= b)
+        hatch[ri[r], pi[p]] = bool(np.isfinite(a) and np.isfinite(b) and a - NOISE <= ref <= b + NOISE)
     # logit_diff: white = no effect (denoising 0, noising 1), the same scale around it in every panel
     im = ax.imshow(grid, aspect="auto", cmap="RdBu_r" if metric == "logit_diff" else "viridis",
                    vmin=ref - vmax if vmax else None, vmax=ref + vmax if vmax else None, interpolation="nearest")
@@ -95,7 +97,7 @@ def plot_result(res, path=None, metric="logit_diff", title=None):
                              figsize=(width * len(dirs), 1.6 + 0.45 * len(models) * n_rows))
     vmax = None
     if metric == "logit_diff":
-        vmax = float(np.nanmax(np.abs(df[metric] - df.direction.map({"noise": 1.0}).fillna(0.0))))
+        vmax = max(MIN_RANGE, float(np.nanmax(np.abs(df[metric] - df.direction.map({"noise": 1.0}).fillna(0.0)))))
     lyr = f", layer {df.layer.iloc[0]} ({df.layer_kind.iloc[0]})" if one_layer else ""
     what = {"denoise": "denoising: clean activation into the corrupted run",
             "noise": "noising: corrupted activation into the clean run", "attribution": "attribution estimate"}

@@ -3,6 +3,9 @@ and positions, the cells of one (site, layer), and writing a cell's source activ
 of patched runs."""
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+
 from hooks import names as HN
 from interp import InterpError
 
@@ -26,12 +29,32 @@ def directions_of(direction) -> tuple:
     return DIRECTIONS if direction == "both" else (direction,)
 
 
+def _ints(values, what: str) -> list:
+    """``values`` (an int, or an iterable of them: Python, numpy or 0-d torch ints) as a list of ints; a bool, float
+    or string is an InterpError naming it, never truncated (`hooks.names.as_int`)."""
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InterpError(f"{what}s={values!r} is not valid; valid: an int or a list of ints")
+    try:
+        return [HN.as_int(v, what) for v in values]
+    except HN.HookError as e:
+        raise InterpError(f"{e}; valid: an int") from None
+
+
+def check_count(what: str, value, low: int = 1) -> int:
+    """``value`` as an int >= ``low`` (a bool, float or string is refused, never truncated)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise InterpError(f"{what}={value!r} is not valid; valid: an integer >= {low}")
+    return int(value)
+
+
 def check_layers(layers, n_layers: int, what="layer"):
     """``layers`` (None = every layer) as checked ints: a value out of range or an empty list is an
     InterpError naming it and the valid range."""
     if layers is None:
         return None
-    layers = [int(i) for i in layers]
+    layers = _ints(layers, what)
     if not layers:
         raise InterpError(f"no {what} selected; valid: 0..{n_layers - 1} (e.g. 3, 3,7 or 0:4)")
     for i in layers:
@@ -45,7 +68,7 @@ def check_positions(positions, T: int, what="position"):
     refused, not counted from the end)."""
     if positions is None:
         return None
-    positions = [int(p) for p in positions]
+    positions = _ints(positions, what)
     if not positions:
         raise InterpError(f"no {what} selected; valid: 0..{T - 1} (e.g. 3,5,9 or 0:30)")
     for p in positions:

@@ -47,11 +47,43 @@ def real_span(mask) -> tuple[torch.Tensor, torch.Tensor]:
     return offset, length
 
 
+def check_pairs(pairs, vocab: int | None = None):
+    """Refuse a `PairBatch` whose parts do not fit together (an InterpError naming the part and what is valid):
+    clean and corrupted [N, T] integer ids of one shape with N, T >= 1; answer_pos, clean_answer and
+    corrupted_answer [N] integers; answer positions in 0..T-1; answers in 0..vocab-1 where ``vocab`` is given."""
+    if not isinstance(pairs, PairBatch):
+        raise InterpError(f"pairs must be an interp.tasks.PairBatch (make_pairs, pairs_from_ids, pad_pairs); "
+                          f"got {type(pairs).__name__}")
+    c, k = pairs.clean, pairs.corrupted
+    for name, t in (("clean", c), ("corrupted", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.is_floating_point() or t.dtype == torch.bool \
+                or 0 in t.shape:
+            got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InterpError(f"pairs.{name} is {got}; valid: a non-empty [N, T] tensor of integer token ids")
+    if c.shape != k.shape:
+        raise InterpError(f"pairs.corrupted has shape {list(k.shape)}, pairs.clean {list(c.shape)}; valid: the same "
+                          "(a pair's prompts must be of one length: pad_pairs)")
+    N, T = c.shape
+    for name in ("answer_pos", "clean_answer", "corrupted_answer"):
+        t = getattr(pairs, name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (N,) or t.is_floating_point() or t.dtype == torch.bool:
+            got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InterpError(f"pairs.{name} is {got}; valid: [{N}] integers (one per pair)")
+    for name, t, hi in (("answer_pos", pairs.answer_pos, T), ("clean_answer", pairs.clean_answer, vocab),
+                        ("corrupted_answer", pairs.corrupted_answer, vocab)):
+        bad = ((t < 0) | (t >= hi) if hi else t < 0).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            valid = f"0..{hi - 1}" + (" (a position of the prompt)" if name == "answer_pos" else " (the vocabulary)")
+            raise InterpError(f"pair {i}: {name} {int(t[i])} is not valid; valid: {valid if hi else '>= 0'}")
+
+
 def pair_span(pairs):
     """(padding mask [N, T] bool or None, (first real index [N], real tokens [N]) or None) of a `PairBatch`, on
     its device: None, None where nothing is padded (no mask, or one without a pad). Its answer positions must
     be real tokens (refused naming the pair otherwise). Used by everything that runs padded pairs (patching,
-    attribution, interventions, the SAE interchange test)."""
+    attribution, interventions, the SAE interchange test); checks the pairs first (`check_pairs`)."""
+    check_pairs(pairs)
     mask = pairs.attention_mask
     if mask is None or bool(torch.as_tensor(mask).bool().all()):
         return None, None
