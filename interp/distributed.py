@@ -326,7 +326,7 @@ def capture(model, tokens, names, out, ctx: Context | None = None, batch_size: i
         if a < b:
             try:
                 capture_one(model, tokens[a:b], names, out / f"rank{ctx.rank}", batch_size=batch_size,
-                            meta={**(meta or {}), "range": [a, b]}, progress=progress, **kw)
+                            meta={**(meta or {}), "range": [a, b]}, progress=progress, **_rows_of(kw, N, a, b))
             except InterpError as e:
                 err = str(e)
         _raise_any(ctx.gather(("error", err) if err else ("ok", None)))
@@ -335,6 +335,14 @@ def capture(model, tokens, names, out, ctx: Context | None = None, batch_size: i
         if "store" in held:
             held["store"].close()
     return out
+
+
+def _rows_of(kw: dict, n: int, a: int, b: int) -> dict:
+    """``kw`` with its per-example ``inputs`` (a task batch or a dict of [n, ...] tensors) cut to examples a..b-1."""
+    if kw.get("inputs") is None:
+        return kw
+    from interp.capture import _input_tensors
+    return {**kw, "inputs": {k: v[a:b] for k, v in _input_tensors(kw["inputs"], n).items()}}
 
 
 def _capture_state(out: Path, n: int, ranges) -> bool:
@@ -373,7 +381,8 @@ def merge_captures(out, ranges, meta=None) -> Path:
         if m is None or not m["shards"] or m["shards"][-1]["stop"] != b - a:
             raise InterpError(f"{d} is incomplete (examples {a}..{b})")
         spec = (read_spec(d) or {}).get("spec", {})
-        spec = {k: ({**v, "range": None} if k == "source" else v) for k, v in spec.items() if k != "tokens"}
+        spec = {k: ({**v, "range": None} if k == "source" else v) for k, v in spec.items()
+                if k not in ("tokens", "inputs")}   # (digests of each rank's own rows)
         first = first or (r, spec)
         diff = spec_diff(first[1], spec)
         if diff:

@@ -214,7 +214,8 @@ def tokenize_lines(path, model_dir, kind: str, seq_len: int):
     vocabulary's <pad>), for HF and zoo models (both run padded batches as each example alone)."""
     if not (isinstance(seq_len, int) and seq_len >= 1):
         raise InterpError(f"--seq-len {seq_len!r} is not valid; valid: integers >= 1")
-    lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
+    # lines end at \n (and \r\n) only, as `wc -l` counts them: str.splitlines also splits at \f, \v, \x85, U+2028
+    lines = [ln for ln in read_text(path).split("\n") if ln.strip()]
     if not lines:
         raise InterpError(f"{path}: no non-empty line to capture")
     ids, pad = _encode_lines(lines, model_dir, kind)
@@ -233,7 +234,22 @@ def _encode_lines(lines, model_dir, kind):
                               "read the task vocabulary only (see interp.tasks.VOCAB)")
         return [VOCAB.encode(ln.split()) for ln in lines], 0
     tok = _hf_tokenizer(model_dir)
-    return [tok(ln)["input_ids"] for ln in lines], tok.pad_token_id or 0
+    ids = [tok(ln)["input_ids"] for ln in lines]
+    _refuse_unknown(tok, ids, [f"line {i + 1}" for i in range(len(ids))])
+    return ids, tok.pad_token_id or 0
+
+
+def _refuse_unknown(tok, ids, where):
+    """An InterpError where the tokenizer gave its unknown token (a word it cannot spell): the text would be
+    captured with that word replaced by <unk>, as the zoo's vocabulary check refuses too."""
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None or unk in {getattr(tok, f"{t}_token_id", None) for t in ("bos", "eos", "pad")}:
+        return   # none, or one that doubles as a token the tokenizer adds itself (GPT-2's <|endoftext|>)
+    hits = [w for w, row in zip(where, ids) if unk in row]
+    if hits:
+        raise InterpError(f"the tokenizer cannot spell some of the text: {tok.unk_token!r} (id {unk}) in "
+                          f"{', '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}; valid: text of the "
+                          "tokenizer's vocabulary")
 
 
 def _hf_tokenizer(model_dir):
@@ -261,8 +277,15 @@ def tokenize_text(path, model_dir, kind: str, seq_len: int):
                               "read the task vocabulary only (see interp.tasks.VOCAB)")
         ids = VOCAB.encode(words)
     else:
-        ids = _hf_tokenizer(model_dir)(text)["input_ids"]
+        tok = _hf_tokenizer(model_dir)
+        ids = tok(text)["input_ids"]
+        _refuse_unknown(tok, [ids], ["the text"])
     n = len(ids) // seq_len
     if n == 0:
         raise InterpError(f"text has {len(ids)} tokens, fewer than --seq-len {seq_len}")
+    if len(ids) % seq_len:
+        import warnings
+        warnings.warn(f"--text: {len(ids)} tokens make {n} windows of --seq-len {seq_len}; the last "
+                      f"{len(ids) % seq_len} tokens are left out (--lines keeps every line whole up to --seq-len)",
+                      stacklevel=2)
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)

@@ -51,6 +51,15 @@ def tokens():
     return T.generate("mqar", 7, seed=3, n_pairs=4).tokens
 
 
+def batch():
+    return T.generate("mqar", 7, seed=3, n_pairs=4)
+
+
+LINES = ["<bos> x0 = 3 ;", "<bos> x0 = 3 ; x1 = 5 ; x0 += x1 ;", "<bos> x1 = 2 ;", "<bos> x1 = 2 ; x1 += x1 ;",
+         "<bos> x0 = 1 ; x1 = 5 ;"]
+LINES_CLI = ["capture", "--lines", "--batch-size", "2", "--names", ",".join(NAMES)]
+
+
 def unit_files(d):
     """The unit files (not baselines) of a sweep folder, by key order."""
     return sorted(Path(d).glob("units/*.unit=*.safetensors"), key=lambda f: [int(x) for x in
@@ -90,10 +99,12 @@ def _worker(rank, world, port, tmp):
     after = [len(unit_files(tmp / "sweep" / f"rank{r}")) for r in range(world)]
     cost[1] = sum(after) - sum(before)
     distributed.capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], shard_size=30000,
-                        meta={"x": 1})
+                        meta={"x": 1}, inputs=batch())   # each rank stores its own rows of the labels
     from interp.cli import main
     assert main(PATCH_CLI + ["--model", str(tmp / "model"), "--out", str(tmp / "cli_patch_dist"), "--distributed"]) == 0
     assert main(CAPTURE_CLI + ["--model", str(tmp / "model"), "--out", str(tmp / "cli_cap_dist"), "--distributed"]) == 0
+    assert main(LINES_CLI + ["--model", str(tmp / "model"), "--text", str(tmp / "lines.txt"), "--out",
+                             str(tmp / "cli_lines_dist"), "--distributed"]) == 0
     if rank == 0:
         (tmp / "dist.pkl").write_bytes(pickle.dumps(dict(res=res, res2=res2, ran=ran, rerun_rows=cost[1])))
     torch.distributed.barrier()
@@ -104,6 +115,7 @@ def _worker(rank, world, port, tmp):
 def dist_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     make_model(tmp / "model")
+    (tmp / "lines.txt").write_text("\n".join(LINES) + "\n")
     torch.multiprocessing.spawn(_worker, args=(2, free_port(), str(tmp)), nprocs=2, join=True)
     return tmp, pickle.loads((tmp / "dist.pkl").read_bytes())
 
@@ -182,9 +194,12 @@ def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_pat
     tmp, _ = dist_run
     m = load_model(tmp / "model")
     capture(m, tokens(), NAMES, tmp_path / "one", batch_size=2, positions=[2, 5, 9], shard_size=30000,
-            meta={"x": 1}, progress=False)
+            meta={"x": 1}, progress=False, inputs=batch())
     a, b = load_capture(tmp / "cap"), load_capture(tmp_path / "one")
     assert a.keys() == b.keys() == set(NAMES)
+    assert sorted(a.labels) == sorted(b.labels) == ["answer_pos", "answers", "labels.bound_value",
+                                                    "labels.write_distance"]
+    assert all(torch.equal(a.labels[k], b.labels[k]) for k in b.labels)
     for k in NAMES:
         assert a[k].shape[0] == 7 and torch.equal(a[k], b[k]), k
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (tmp / "cap", tmp_path / "one"))
@@ -194,7 +209,7 @@ def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_pat
         {k: v for k, v in mb.items() if k != "shards"}
     # a single-process resume on the merged directory has nothing left to do
     capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], shard_size=30000, meta={"x": 1},
-            progress=False)
+            progress=False, inputs=batch())
     assert json.loads((tmp / "cap" / "manifest.json").read_text()) == ma
 
 
@@ -237,6 +252,11 @@ def test_cli_distributed_equals_single(dist_run, one_thread, tmp_path):
     assert list((tmp / "cli_patch_dist" / ".units").glob("*/rank1/units/*.safetensors"))
     ca, cb = load_capture(tmp / "cli_cap_dist"), load_capture(tmp_path / "c")
     assert all(torch.equal(ca[k], cb[k]) for k in NAMES)
+    assert main(LINES_CLI + ["--model", str(tmp / "model"), "--text", str(tmp / "lines.txt"), "--out",
+                             str(tmp_path / "l")]) == 0   # padded lines over two processes: as one process
+    la, lb = load_capture(tmp / "cli_lines_dist"), load_capture(tmp_path / "l")
+    assert torch.equal(la.labels["attention_mask"], lb.labels["attention_mask"]) and la.tokens.shape[0] == 5
+    assert all(torch.equal(la[k], lb[k]) for k in NAMES)
 
 
 def test_torchrun_cli_patch(tmp_path, one_thread):

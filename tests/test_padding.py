@@ -193,3 +193,52 @@ def test_capture_text_lines_pads_zoo_lines_and_equals_each_line_alone(tmp_path):
             _, one = hm.run_with_cache(ids, names=names)
         for n in names:
             torch.testing.assert_close(c[n][r, mask[r]], one[n][0], atol=2e-5, rtol=1e-4)
+
+
+def test_text_input_checks(tmp_path, capsys):
+    """--text: words the tokenizer cannot spell are refused (not captured as <unk>); lines end at newlines only;
+    kept --positions that are pads in some line, and a text's left-out tail, are said; each input's own options."""
+    from interp.capture import load_capture
+    from interp.cli import main
+    ckpt = _hf_checkpoint(tmp_path / "ckpt")
+    t = tmp_path / "t.txt"
+    base = ["capture", "--model", str(ckpt), "--text", str(t), "--names", "blocks.0.resid_post"]
+    t.write_text("w3 w5 hello w7\nw1 w2\n")
+    for extra in (["--lines"], ["--seq-len", "2"]):
+        assert main(base + extra + ["--out", str(tmp_path / "u")]) == 2
+        err = capsys.readouterr().err
+        assert "the tokenizer cannot spell some of the text: '<unk>' (id 1) in " in err, err
+        assert ("line 1;" in err) if extra == ["--lines"] else ("the text;" in err)
+    assert not (tmp_path / "u").exists()
+    t.write_text("w3 w5\x0cw6 w7\nw1 w2\n")   # a form feed inside a line: two lines, as wc -l counts
+    assert main(base + ["--lines", "--positions", "0,3", "--out", str(tmp_path / "l")]) == 0
+    err = capsys.readouterr().err
+    assert load_capture(tmp_path / "l").tokens.shape[0] == 2
+    assert "warning: --positions 0,3 with --lines: 1 of 2 lines have padding at a kept position (1 of 4 rows)" in err
+    t.write_text("w1 w2 w3 w4 w5")
+    assert main(base + ["--seq-len", "2", "--out", str(tmp_path / "s")]) == 0
+    assert "warning: --text: 5 tokens make 2 windows of --seq-len 2; the last 1 tokens are left out" in \
+        capsys.readouterr().err
+    for extra, msg in [(["--n", "5"], "--n does not apply to --text"), (["--seed", "1"], "--seed does not apply"),
+                       (["--knob", "n_pairs=2"], "--knob does not apply to --text"), (["--names", " "], "names no hook")]:
+        assert main(base + extra + ["--out", str(tmp_path / "v")]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["capture", "--model", "gdn75", "--task", "mqar", "--seq-len", "9", "--out", str(tmp_path / "w")]) == 2
+    assert "--seq-len does not apply to --task" in capsys.readouterr().err
+
+
+def test_masks_with_gaps_empty_tokens_and_unknown_devices_are_refused():
+    hm = hooks.wrap(model("llama"))
+    x = torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(HookError, match="row 1 of attention_mask has padding between real tokens; valid: padding on "
+                                        "the left or the right only"):
+        hm.run_with_cache(x, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1]]))
+    hm.run_with_cache(x, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]))   # left, right: fine
+    for bad in (x[:, :0], x[:0]):
+        with pytest.raises(HookError, match="are empty; valid: at least one sequence of at least one token"):
+            hm.run_with_cache(bad)
+    with pytest.raises(HookError, match="device 'banana' is not valid"):
+        hm.run_with_cache(x, device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(HookError, match="device 'cuda' is not available here"):
+            hm.run_with_cache(x, device="cuda")

@@ -24,11 +24,11 @@ def add_knob(p, help="task knob KNOB=VALUE (repeatable)"):
     p.add_argument("--knob", action="append", default=None, help=help)
 
 
-def add_n(p, default: int, help=None):
+def add_n(p, default: int | None, help=None):
     p.add_argument("--n", type=int_at_least(1), default=default, help=help or "examples")
 
 
-def add_seed(p, default: int = 0, help="random seed"):
+def add_seed(p, default: int | None = 0, help="random seed"):
     p.add_argument("--seed", type=int_at_least(0), default=default, help=help)
 
 
