@@ -199,6 +199,10 @@ def test_run_errors():
         probes.run(m, "mqar", "bound_value", n=8, backend="jax", progress=False)
     with pytest.raises(InterpError, match="not present in any of the models"):
         probes.run({"t": model("transformer")}, "mqar", "bound_value", sites=["rec.state@query"], progress=False)
+    with pytest.raises(InterpError, match=r"models must be a dict \{name: model\}, got HybridLM"):
+        probes.run(m["a"], "mqar", "bound_value", progress=False)
+    with pytest.raises(InterpError, match="'rec.state@query' is not present in any"):   # one site by its name
+        probes.run({"t": model("transformer")}, "mqar", "bound_value", sites="rec.state@query", progress=False)
 
 
 def test_cli_probe(tmp_path, capsys):

@@ -93,6 +93,10 @@ def run(models: dict, task: str, target: str, sites=("resid_post",), n: int = 25
 def check_run(models, task, target, sites, n, seeds, sweep, backend, C, split, controls, flag_at, batch_size,
               knobs) -> _Run:
     """Every setting of a run checked (one clear InterpError each) before any model runs."""
+    if models is not None and not isinstance(models, dict):
+        raise InterpError(f"models must be a dict {{name: model}}, got {type(models).__name__}; valid: e.g. "
+                          "{'gdn75': model}")
+    sites = [sites] if isinstance(sites, str) else sites   # one site by its name
     check_backend(backend)
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_EXAMPLES:
         raise InterpError(f"n={n} examples is too few: they are split train/val/test by example and each probe "
