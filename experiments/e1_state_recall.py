@@ -45,7 +45,7 @@ activation patching (``interp.patching``).
     python experiments/e1_state_recall.py --quick          # CPU, a few minutes, tiny models
     python experiments/e1_state_recall.py                  # GPU: 8.5-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e1_state_recall; figures/e1_state_recall_quick for --quick): accuracy.png,
+Writes ``--out`` (default runs/e1_state_recall/figures, runs/e1_state_recall_quick/figures for --quick): accuracy.png,
 multihop.png, probes.png, patch_<arm>.png (state_recall arms), results.csv (state_recall), results_multihop.csv,
 lr_sweep.csv, probes.csv, patching.csv and report.md. Checkpoints and
 cached evaluations go to ``--runs`` (default runs/e1_state_recall[_quick]). Also ``interp run

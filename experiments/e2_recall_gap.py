@@ -33,7 +33,7 @@ attention-free arms (``<mixer>100``) get none. Reported:
     python experiments/e2_recall_gap.py --quick      # CPU, a few minutes, tiny models
     python experiments/e2_recall_gap.py              # GPU: 8.5-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e2_recall_gap; figures/e2_recall_gap_quick for --quick): attention.png,
+Writes ``--out`` (default runs/e2_recall_gap/figures, runs/e2_recall_gap_quick/figures for --quick): attention.png,
 sweeps.png, width.png, votes.png, placement.png, taxonomy.png, results.csv, votes.csv, taxonomy.csv, lr_sweep.csv
 (judge.csv) and report.md; checkpoints and cached evaluations go to ``--runs`` (default runs/e2_recall_gap[_quick]).
 Also ``interp run experiments/e2_recall_gap.toml``.

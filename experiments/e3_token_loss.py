@@ -53,7 +53,7 @@ at every closing bracket.
     python experiments/e3_token_loss.py --device cuda   # GPU; 7-minute calls, call again to continue
     python experiments/e3_token_loss.py --model-a ckpt/olmo3 --model-b ckpt/olmo-hybrid --corpus code:src/
 
-Writes ``<out>/`` (default figures/e3_token_loss; figures/e3_token_loss_quick for --quick): token_loss.png and
+Writes ``<out>/`` (default runs/e3_token_loss/figures, runs/e3_token_loss_quick/figures for --quick): token_loss.png and
 token_loss_excess.png (olmo3 vs olmo_hybrid), token_loss_swa.png and token_loss_excess_swa.png (olmo3_swa vs
 olmo_hybrid), summary.csv (per pair, category and domain: means and intervals over seeds), summary_seeds.csv
 (per seed), findings.csv, tokens.parquet (the first seed's tokens), training.png, overfit.csv, lr_sweep.csv,

@@ -23,7 +23,7 @@ and of the forward pass, per sequence length, one arm at a time on an otherwise 
 
 Also held-out accuracy against cumulative training FLOPs (`interp.flops`), next to the throughput.
 
-Writes ``<out>/`` (default figures/e4_fusion; figures/e4_fusion_quick for --quick): accuracy.png, loss.png,
+Writes ``<out>/`` (default runs/e4_fusion/figures, runs/e4_fusion_quick/figures for --quick): accuracy.png, loss.png,
 flops.png, throughput.png, training.png, results.csv (per knob value), examples.parquet (per example), flops.csv,
 throughput.csv, lr_sweep.csv and report.md.
 """

@@ -390,11 +390,8 @@ def build_parser():
 
 
 def context(a, argv, name=NAME, profiles=PROFILES):
-    """`X.setup` with this experiment's (and E6's) defaults: CPU profiles write under runs/, and on a GPU
-    host (``--device cuda``/auto) the runs spread over every visible GPU, ``workers_per_gpu`` each."""
-    prof = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
-    if a.out is None and prof != "full":
-        a.out = f"runs/{name}_{prof}/figures"
+    """`X.setup` with this experiment's (and E6's) defaults: on a GPU host (``--device cuda``/auto) the runs
+    spread over every visible GPU, ``workers_per_gpu`` each."""
     ctx = X.setup(a, name, profiles, argv)
     if ctx.device == "cuda" and ctx.train_devices is None and torch.cuda.device_count() > 1:
         ctx.train_devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]

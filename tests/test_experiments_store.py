@@ -301,11 +301,15 @@ def test_every_option_has_help_with_its_default(name):
     assert text.count("(default:") == len([a for a in ap._actions if a.option_strings and a.dest != "help"])
 
 
-@pytest.mark.parametrize("flags,out,runs", [([], "figures/e4_fusion", "runs/e4_fusion"),
-                                            (["--quick"], "figures/e4_fusion_quick", "runs/e4_fusion_quick"),
-                                            (["--tiny"], "figures/e4_fusion_test", "runs/e4_fusion_test"),
-                                            (["--steps", "9"], "figures/e4_fusion_steps9", "runs/e4_fusion_steps9")])
-def test_default_directories_keep_smoke_runs_off_the_committed_figures(tmp_path, monkeypatch, flags, out, runs):
+@pytest.mark.parametrize("flags,runs", [([], "runs/e4_fusion"), (["--quick"], "runs/e4_fusion_quick"),
+                                       (["--tiny"], "runs/e4_fusion_test"), (["--steps", "9"], "runs/e4_fusion_steps9"),
+                                       (["--runs", "r/x"], "r/x")])
+def test_default_directories_keep_every_run_off_the_committed_figures(tmp_path, monkeypatch, flags, runs):
+    """No profile writes into figures/ (the committed gallery) unless --out names it."""
     monkeypatch.chdir(tmp_path)
     ctx = X.setup(E4.build_parser().parse_args(flags + ["--device", "cpu"]), E4.NAME, E4.PROFILES, flags)
-    assert (str(ctx.out), str(ctx.runs)) == (out, runs)
+    assert (str(ctx.out), str(ctx.runs)) == (f"{runs}/figures", runs)
+    assert not (tmp_path / "figures").exists()
+    ctx = X.setup(E4.build_parser().parse_args(flags + ["--device", "cpu", "--out", "figures/e4_fusion"]), E4.NAME,
+                  E4.PROFILES, flags)
+    assert str(ctx.out) == "figures/e4_fusion"

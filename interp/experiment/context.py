@@ -34,7 +34,8 @@ def parser(name: str, doc: str | None, profiles: dict, seed: bool = False,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(ap, name, profiles)
     if seed:
-        ap.add_argument("--seed", type=int, default=0, help="seed of the models' initialisation and data")
+        from interp.cli.options import int_at_least
+        ap.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the models' initialisation and data")
     if workers:
         ap.add_argument("--workers", type=int, default=None,
                         help="parallel training processes (None: the profile's on a GPU, 1 on CPU)")
@@ -49,9 +50,8 @@ def add_common_args(ap: argparse.ArgumentParser, name: str, profiles: dict) -> N
     g.add_argument("--profile", choices=list(profiles), default=None,
                    help="full | quick | test (None: full, or quick / test with --quick / --tiny)")
     ap.add_argument("--out", "--figures", dest="out", default=None,
-                    help=f"figures, tables and report.md (None: figures/{name} for the full profile, "
-                         f"figures/{name}_quick for --quick, figures/{name}_test for --tiny; with --steps N a "
-                         "_steps<N> suffix)")
+                    help=f"figures, tables and report.md (None: <runs>/figures, e.g. runs/{name}/figures; the "
+                         f"committed gallery figures/{name} is written only when named here)")
     ap.add_argument("--runs", default=None, help=f"checkpoints and resumable intermediate results (None: "
                                                  f"runs/{name}[_<profile>][_steps<N>])")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
@@ -86,7 +86,8 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                          "default) or auto (fla's kernels on CUDA, the reference elsewhere; with --stack 8 and four "
                          "--workers on an H100, 3.65x the runs per GPU-hour of six one-run processes on the reference, "
                          "BENCHMARKS.md section 35); recorded in the runs' spec.json")
-    ap.add_argument("--steps", type=int, default=None,
+    from interp.cli.options import int_at_least
+    ap.add_argument("--steps", type=int_at_least(1), default=None,
                     help="training steps instead of the profile's (a longer budget; the induction warm-up of "
                          "attention arms scales with it: min(2000, steps/4); None: the profile's); the default "
                          "--runs and --out directories get a _steps<N> suffix")
@@ -156,9 +157,9 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     flags as given (default ``sys.argv[1:]``), for the report's command line. Use it as ``with
     setup(...) as ctx:`` so that the call holds its directories' writer locks.
 
-    Default directories: ``figures/<name>`` and ``runs/<name>`` for the full profile (the committed
-    gallery); ``--quick`` / ``--tiny`` and ``--steps N`` add ``_quick`` / ``_test`` and ``_steps<N>``,
-    so a smoke run never overwrites the committed figures."""
+    Default directories: ``runs/<name>`` and its ``figures/`` for the full profile; ``--quick`` / ``--tiny``
+    and ``--steps N`` add ``_quick`` / ``_test`` and ``_steps<N>``. Outputs never go over tracked files by
+    default: the committed gallery ``figures/<name>`` is rewritten only where ``--out`` names it."""
     started = time.time()
     profile = a.profile or ("test" if a.tiny else "quick" if a.quick else "full")
     if profile not in profiles:
@@ -175,9 +176,9 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     stack = getattr(a, "stack", None)
     if stack is not None and stack < 1:
         raise InterpError(f"--stack {stack} is out of range; valid: integers >= 1")
-    out = Path(a.out or f"figures/{name}{runs_suffix}")
-    out.mkdir(parents=True, exist_ok=True)
     runs = Path(a.runs or f"runs/{name}{runs_suffix}")
+    out = Path(a.out or runs / "figures")
+    out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     budget = P.get("time_budget", 0) if a.time_budget is None else a.time_budget
     if budget is not None and budget < 0:
