@@ -37,6 +37,11 @@ def sweep_configs(cfg, lrs, seeds) -> list:
     (`run_dir` under ``cfg.out``) replaced."""
     if len(set(lrs)) < len(lrs):
         raise InterpError(f"--lrs {','.join(f'{x:g}' for x in lrs)} repeats a rate; valid: distinct rates")
+    names = [run_dir("", lr, 0).name for lr in lrs]
+    same = [lr for lr, n in zip(lrs, names) if names.count(n) > 1]
+    if same:
+        raise InterpError(f"--lrs {','.join(repr(x) for x in same)} share the run folder {run_dir('', same[0], 0).name}; "
+                          "valid: rates that differ in their first 6 significant digits")
     return [dataclasses.replace(cfg, lr=float(lr), seed=int(s), out=str(run_dir(cfg.out, lr, s)))
             for lr in sorted(lrs) for s in seeds]
 
@@ -49,16 +54,30 @@ def sweep_spec(cfgs) -> dict:
     return {"train": shared, "lrs": sorted({c.lr for c in cfgs}), "seeds": sorted({c.seed for c in cfgs})}
 
 
-def claim(root, cfgs) -> None:
-    """Record the sweep's spec in ``root/sweep.json``, or refuse (InterpError) if it holds another one."""
+def claim(root, cfgs, resume: bool = True) -> None:
+    """Record the sweep's spec in ``root/sweep.json``, or refuse (InterpError) if it holds another one; the
+    settings that may change between a run's calls (`interp.runfolder.MAY_CHANGE`: the device within its kind,
+    how often it checkpoints) are not compared. ``resume=False`` (``--no-resume``: every run trains again) records
+    the new spec over the old one."""
     path, spec = Path(root) / "sweep.json", normalize(sweep_spec(cfgs))
     old = normalize(read_json(path)) if path.is_file() else None
-    if old is not None and old != spec:
-        diff = spec_diff(old, spec)
+    if resume and old is not None and _comparable(old) != _comparable(spec):
+        diff = spec_diff(_comparable(old), _comparable(spec))
         raise InterpError(f"{root} holds a different sweep ({'; '.join(str(d) for d in diff[:4])}); "
-                          "valid: the same command, or another --out")
+                          "valid: the same command, --no-resume to train every run again from step 0 (replacing "
+                          "them), or another --out")
     Path(root).mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, spec)
+
+
+def _comparable(spec: dict) -> dict:
+    """A sweep spec without the training settings a resume may change; the device as its kind."""
+    from interp.devices import device_type
+    from interp.runfolder import MAY_CHANGE
+    train = {k: v for k, v in (spec.get("train") or {}).items() if k not in MAY_CHANGE}
+    if "device" in (spec.get("train") or {}):
+        train["device_type"] = device_type(spec["train"]["device"])
+    return {**spec, "train": train}
 
 
 def collect(cfgs) -> pd.DataFrame:
@@ -120,7 +139,11 @@ def report(root, cfgs) -> str:
     wide = summ.assign(cell=[f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(summ.acc, summ.lo, summ.hi)])
     table = wide.pivot(index="lr", columns="task", values="cell")[tasks + ["mean"]]
     flat = [f"{t}: {runs[f'gain/{t}'].abs().max():.3f}" for t in tasks]
-    return "\n".join([f"held-out accuracy, mean [95% interval over seeds], {len(runs)} runs:",
-                      table.to_string(), note,
-                      "largest |change over the last evaluation interval| per task: " + ", ".join(flat),
-                      f"wrote {Path(root) / 'sweep.csv'}, {Path(root) / 'sweep_summary.csv'}"])
+    short = int((runs.steps < cfgs[0].steps).sum()) + len(cfgs) - len(runs)
+    head = ([f"UNFINISHED: {short} of {len(cfgs)} runs have not reached step {cfgs[0].steps} (stopped by "
+             "--time-limit or interrupted): these numbers are not the sweep's; the same command resumes it"]
+            if short else [])
+    return "\n".join(head + [f"held-out accuracy, mean [95% interval over seeds], {len(runs)} runs:",
+                             table.to_string(), note,
+                             "largest |change over the last evaluation interval| per task: " + ", ".join(flat),
+                             f"wrote {Path(root) / 'sweep.csv'}, {Path(root) / 'sweep_summary.csv'}"])

@@ -17,7 +17,9 @@ a model:
   logs them again), and a line a kill left half written;
 * the temporary files of a killed trainer's atomic writes (`interp.store.atomic_save`) are removed;
 * ``resume=False`` (``--no-resume``) removes what an earlier run left in the folder (`OWNS`: its model, log
-  and checkpoints; never other files) before training starts, so the folder never mixes two runs.
+  and checkpoints; never other files) before training starts, so the folder never mixes two runs;
+* a folder holding a model, config or checkpoint with no record of a training run (someone else's files) is
+  refused either way.
 """
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ def open_run(out, cfg, resume: bool = True):
         for f in out.iterdir():   # temporary files of a killed trainer's atomic writes (this call holds the lock)
             if is_temp(f) and f.name.split(".tmp-")[0] in OWNS:
                 remove(f)
+        _refuse_foreign(out)
         if not resume:
             for name in OWNS:
                 remove(out / name)
@@ -129,6 +132,20 @@ def open_run(out, cfg, resume: bool = True):
         yield resume and _finished(out, cfg)
     finally:
         lock.release()
+
+
+def _refuse_foreign(out: Path):
+    """An InterpError where ``out`` holds a model, config or checkpoint but no record of a training run (a
+    checkpoint's train_config.json, a trained model's meta.json): someone else's files, which neither a resume nor
+    --no-resume may write over. (A run killed before its first checkpoint has written only COMMAND.txt and its log.)"""
+    if recorded_configs(out):
+        return
+    found = [n for n in ("model.safetensors", "config.json", "meta.json", "checkpoint", "checkpoint.old")
+             if (out / n).exists()]
+    if found:
+        raise InterpError(f"{out} holds {', '.join(found)} but no record of a training run (a checkpoint's "
+                          "train_config.json or a trained model's meta.json), so they are not this trainer's; "
+                          "valid: a new or empty folder, a training run's folder, or another --out")
 
 
 def cut_log(out, step: int) -> int:

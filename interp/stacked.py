@@ -54,8 +54,9 @@ from interp import InterpError
 from interp import tasks as T
 from interp.devices import resolve_device
 from interp.train import (INDUCTION_CHECK, TrainConfig, _append_log, _check_config, _checkpoint_dir, _finish,
-                          _held_out_row, _make_optimizer, _make_out, _next_batch, _save_checkpoint, _warmup_over,
-                          _warn_config, induction_batch, load_trainer_state, lr_at)
+                          _held_out_row, _make_optimizer, _make_out, _next_batch, _warmup_over, _warn_config,
+                          common_checkpoints, drop_old_checkpoint, induction_batch, load_trainer_state, lr_at,
+                          swap_checkpoint, write_checkpoint)
 from interp.interventions import graphs
 from interp.runfolder import already_trained, cut_log, open_run
 from interp.stacked_graph import ShapeGraphs
@@ -299,6 +300,8 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
     """(StackedModel, StackedAdamW, start step, induction_done_at per run, torch RNG state per run):
     fresh models seeded as single runs are, or every run's checkpoint (all at one step)."""
     cks = [_checkpoint_dir(o) if resume else None for o in outs]
+    if any(ck is not None for ck in cks):
+        cks = common_checkpoints(outs) or cks
     if all(ck is None for ck in cks):
         models, rngs = [], []
         for c in cfgs:
@@ -403,15 +406,30 @@ class _Stack:
                                                               f"{k}={v}" for k, v in row.items()))
 
     def checkpoint(self, steps_done: int):
-        """Every run's ``checkpoint/`` after ``steps_done`` steps, as `interp.train` writes it."""
+        """Every run's ``checkpoint/`` after ``steps_done`` steps, as `interp.train` writes it, in three rounds
+        (write every new one, swap every one in, drop every previous one), so that a kill at any point leaves
+        every run a checkpoint at one common step (`interp.train.common_checkpoints`)."""
         for m, c in enumerate(self.cfgs):
             model = self.one(m)
             opt = self.opt.to_torch(m, model, c, lr_at(steps_done - 1, c))
-            _save_checkpoint(self.outs[m], model, opt, steps_done, c, self.done_at[m], torch_rng=self.rngs[m])
+            write_checkpoint(self.outs[m], model, opt, steps_done, c, self.done_at[m], torch_rng=self.rngs[m])
+        for o in self.outs:
+            swap_checkpoint(o)
+        for o in self.outs:
+            drop_old_checkpoint(o)
 
     def finish(self, steps_done: int) -> list[HybridLM]:
         return [copy.deepcopy(_finish(self.one(m), c, self.outs[m], steps_done, self.done_at[m], self.device))
                 for m, c in enumerate(self.cfgs)]
+
+
+def check_configs(cfgs) -> "torch.device":
+    """Check the runs ``cfgs`` can train as one stack (each config, the shared fields, the device), before anything
+    is written; returns the device."""
+    check_stack(cfgs)
+    for c in cfgs:
+        _check_config(c)
+    return resolve_device(cfgs[0].device)
 
 
 def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: int | None = None,
@@ -425,15 +443,17 @@ def train_stacked(cfgs, resume: bool = True, progress: bool = True, stop_after: 
     batches would be padded far past their length runs them in a second, shorter pass (`split_groups`;
     experimental: the same numbers up to float rounding, fewer padded tokens, one more pass)."""
     cfgs = list(cfgs)
-    check_stack(cfgs)
-    for c in cfgs:
-        _check_config(c)
-    device = resolve_device(cfgs[0].device)
+    device = check_configs(cfgs)
     outs = [_make_out(c) for c in cfgs]
     with contextlib.ExitStack() as held:   # one trainer, one config per run folder (interp.runfolder)
-        if all([held.enter_context(open_run(o, c, resume)) for o, c in zip(outs, cfgs)]):   # all finished
-            return [already_trained(o, device) for o in outs]
-        return _train_stack(cfgs, outs, device, resume, progress, stop_after, workers, cuda_graphs, length_split)
+        done = [held.enter_context(open_run(o, c, resume)) for o, c in zip(outs, cfgs)]
+        models = {i: already_trained(outs[i], device) for i, d in enumerate(done) if d}   # finished: left as is
+        todo = [i for i, d in enumerate(done) if not d]
+        if todo:
+            trained = _train_stack([cfgs[i] for i in todo], [outs[i] for i in todo], device, resume, progress,
+                                   stop_after, workers, cuda_graphs, length_split)
+            models.update(zip(todo, trained))
+        return [models[i] for i in range(len(cfgs))]
 
 
 def _train_stack(cfgs, outs, device, resume, progress, stop_after, workers, cuda_graphs, length_split):

@@ -181,21 +181,36 @@ def _save_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None, 
     step, RNG state (``torch_rng``, default the current one): tensors and plain values only, loaded
     with ``weights_only=True``) and the config. Written beside it and swapped in by renames: a crash
     or Ctrl-C at any point leaves a whole checkpoint (the new one, or the previous one as
-    ``checkpoint.old``)."""
-    ck, tmp, old = path / "checkpoint", path / "checkpoint.tmp", path / "checkpoint.old"
+    ``checkpoint.old``). `interp.stacked` runs the three steps for all its runs in turn."""
+    write_checkpoint(path, model, opt, step, cfg, induction_done_at, torch_rng)
+    swap_checkpoint(path)
+    drop_old_checkpoint(path)
+
+
+def write_checkpoint(path: Path, model, opt, step, cfg, induction_done_at=None, torch_rng=None):
+    """The new checkpoint, whole, as ``<path>/checkpoint.tmp/``."""
+    tmp = path / "checkpoint.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a save that stopped half-way
     save_model(model, tmp)
     torch.save({"optimizer": opt.state_dict(), "step": step, "induction_done_at": induction_done_at,
                 "torch_rng": torch.get_rng_state() if torch_rng is None else torch_rng}, tmp / "trainer.pt")
     (tmp / "train_config.json").write_text(json.dumps(record(cfg), indent=2))   # with its kernels (interp.runfolder)
+
+
+def swap_checkpoint(path: Path):
+    """``checkpoint/`` -> ``checkpoint.old/``, then ``checkpoint.tmp/`` -> ``checkpoint/``."""
+    ck, tmp, old = path / "checkpoint", path / "checkpoint.tmp", path / "checkpoint.old"
     if ck.exists():
         if old.exists():
             shutil.rmtree(old)
         ck.rename(old)
     tmp.rename(ck)
-    if old.exists():
-        shutil.rmtree(old)
+
+
+def drop_old_checkpoint(path: Path):
+    if (path / "checkpoint.old").exists():
+        shutil.rmtree(path / "checkpoint.old")
 
 
 def load_trainer_state(ck) -> dict:
@@ -219,6 +234,21 @@ def _checkpoint_dir(out: Path) -> Path | None:
         if (out / name / "trainer.pt").is_file():
             return out / name
     return None
+
+
+def common_checkpoints(outs) -> list | None:
+    """Each run's checkpoint at the latest step every run of ``outs`` has (``checkpoint/`` or ``checkpoint.old/``: a
+    stack killed while swapping its new checkpoints in holds some runs' new one and the others' previous one), or
+    None where no step is common."""
+    have = []
+    for o in outs:
+        steps = {}
+        for name in ("checkpoint.old", "checkpoint"):
+            if (Path(o) / name / "trainer.pt").is_file():
+                steps[int(load_trainer_state(Path(o) / name)["step"])] = Path(o) / name
+        have.append(steps)
+    common = set.intersection(*(set(h) for h in have))
+    return [h[max(common)] for h in have] if common else None
 
 
 def _append_log(path: Path, row: dict):

@@ -47,6 +47,25 @@ def test_claim_refuses_another_sweep_naming_the_field(tmp_path):
         lrsweep.claim(tmp_path, lrsweep.sweep_configs(TrainConfig(**{**cfg.__dict__, "steps": 20}), [1e-3, 3e-3], [0]))
     with pytest.raises(InterpError, match="repeats a rate"):
         lrsweep.sweep_configs(cfg, [1e-3, 1e-3], [0])
+    with pytest.raises(InterpError, match=r"--lrs 0.001,0.0010000001 share the run folder lr0.001_seed0"):
+        lrsweep.sweep_configs(cfg, [1e-3, 0.0010000001], [0])
+    other = {**cfg.__dict__, "save_every": 7, "device": "cpu"}   # may change between calls (runfolder.MAY_CHANGE)
+    lrsweep.claim(tmp_path, lrsweep.sweep_configs(TrainConfig(**other), [1e-3, 3e-3], [0]))
+    steps20 = lrsweep.sweep_configs(TrainConfig(**{**cfg.__dict__, "steps": 20}), [1e-3, 3e-3], [0])
+    lrsweep.claim(tmp_path, steps20, resume=False)                                  # --no-resume: the new spec
+    assert json.loads((tmp_path / "sweep.json").read_text())["train"]["steps"] == 20
+
+
+def test_a_refused_sweep_call_records_nothing(tmp_path, capsys):
+    from interp.cli import main
+    out = tmp_path / "sw"
+    base = ["train", "--layout", "gdn75", "--task", "mqar", "--d-model", "16", "--n-layers", "2", "--n-heads", "2",
+            "--head-dim", "8", "--steps", "2", "--batch-size", "4", "--lrs", "1e-3,1e-2", "--out", str(out)]
+    assert main(base + ["--device", "cuda:7"]) == 2
+    assert "error: " in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as e:   # (argparse's own exit)
+        main(base + ["--device", "cpu", "--steps", str(2 ** 60)])
+    assert e.value.code == 2 and "out of range; valid: integers >= 1 and <= 2**53" in capsys.readouterr().err and not out.exists()
 
 
 def test_cli_sweep_trains_every_run_and_reports_its_log(tmp_path, capsys):
@@ -65,3 +84,17 @@ def test_cli_sweep_trains_every_run_and_reports_its_log(tmp_path, capsys):
         assert r["acc/mqar"] == pytest.approx(last["acc/mqar"])
     assert "best rate" in capsys.readouterr().out
     assert set(pd.read_csv(out / "sweep_summary.csv").task) == {"mqar", "mean"}
+
+
+def test_runs_stopped_by_the_time_limit_are_said_unfinished(tmp_path, capsys):
+    from interp.cli import main
+    base = ["train", "--layout", "gdn75", "--task", "mqar", "--d-model", "16", "--n-layers", "2", "--n-heads", "2",
+            "--head-dim", "8", "--steps", "6", "--eval-every", "2", "--batch-size", "4", "--device", "cpu",
+            "--time-limit", "1e-9"]
+    assert main(base + ["--lrs", "1e-3,1e-2", "--out", str(tmp_path / "sw")]) == 0
+    out = capsys.readouterr().out
+    assert "\nUNFINISHED: 2 of 2 runs have not reached step 6" in out, out
+    assert main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert "UNFINISHED at step 1 of 6 (--time-limit); the same command resumes it" in capsys.readouterr().out
+    assert main(base[:-2] + ["--out", str(tmp_path / "one")]) == 0   # resumed to the end: said finished
+    assert capsys.readouterr().out.strip().endswith("M params)")

@@ -105,6 +105,32 @@ def test_no_resume_starts_clean(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"          # not the trainer's: kept
 
 
+@pytest.mark.parametrize("resume", [True, False])
+def test_someone_elses_model_or_checkpoint_is_not_written_over(tmp_path, resume):
+    out = tmp_path / "mymodel"
+    out.mkdir()
+    mine = {"config.json": '{"mine": 1}', "model.safetensors": "weights", "COMMAND.txt": "mine"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "notes.txt").write_text("mine")
+    with pytest.raises(InterpError, match=r"mymodel holds model.safetensors, config.json, checkpoint but no record of "
+                                          r"a training run .*valid: a new or empty folder"):
+        train(cfg(out), progress=False, resume=resume)
+    assert {n: (out / n).read_text() for n in mine} == mine and (out / "checkpoint" / "notes.txt").exists()
+    for name in ("config.json", "model.safetensors", "checkpoint"):   # a run killed before its first checkpoint
+        (out / name).unlink() if name != "checkpoint" else __import__("shutil").rmtree(out / name)
+    (out / "train_log.jsonl").write_text('{"step": 0}\n')
+    train(cfg(out), progress=False, resume=resume)
+    assert json.loads((out / "meta.json").read_text())["steps_done"] == 20
+
+
+def test_an_empty_out_path_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--layout", "gdn50", "--d-model", "16", "--n-layers", "2", "--steps", "2", "--out", ""]) == 2
+    assert "error: --out '' is empty; valid: a path" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_second_trainer_is_refused(tmp_path):
     c = cfg(tmp_path / "run")
     (tmp_path / "run").mkdir()
@@ -171,3 +197,48 @@ def test_kill_while_saving_the_model_leaves_no_torn_file(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "meta.json").read_text())["steps_done"] == 20
     assert not [f.name for f in out.iterdir() if ".tmp-" in f.name]    # the killed write's temporary file
+
+
+def test_a_stack_killed_while_swapping_its_checkpoints_resumes_at_their_common_step(tmp_path, monkeypatch):
+    """Run 0 swapped its step-20 checkpoint in, run 1 did not (a kill between the two): both resume from step 10
+    (run 0's checkpoint.old) and finish as an uninterrupted stack does."""
+    from interp import stacked, train as TR
+    from interp.stacked import train_stacked
+    cfgs = [cfg(tmp_path / "k" / f"seed{s}", seed=s, steps=30) for s in (0, 1)]
+    train_stacked(cfgs, progress=False, stop_after=10)
+    calls = []
+
+    def swap(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # as a kill between the runs' swaps
+        TR.swap_checkpoint(path)
+    monkeypatch.setattr(stacked, "swap_checkpoint", swap)
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked(cfgs, progress=False, stop_after=20)
+    monkeypatch.undo()
+    steps = [TR.load_trainer_state(tmp_path / "k" / f"seed{s}" / "checkpoint")["step"] for s in (0, 1)]
+    assert steps == [20, 10] and (tmp_path / "k" / "seed0" / "checkpoint.old").is_dir()
+    train_stacked(cfgs, progress=False)
+    ref = [cfg(tmp_path / "r" / f"seed{s}", seed=s, steps=30) for s in (0, 1)]
+    train_stacked(ref, progress=False, stop_after=10)
+    train_stacked(ref, progress=False)
+    for s in (0, 1):
+        a, b = (torch.load(tmp_path / d / f"seed{s}" / "checkpoint" / "trainer.pt", weights_only=True)["step"]
+                for d in ("k", "r"))
+        assert a == b == 20   # the last checkpoint (none is written at the final step)
+        assert (tmp_path / "k" / f"seed{s}" / "model.safetensors").read_bytes() == \
+            (tmp_path / "r" / f"seed{s}" / "model.safetensors").read_bytes()
+        assert [r["step"] for r in log_rows(tmp_path / "k" / f"seed{s}")] == \
+            [r["step"] for r in log_rows(tmp_path / "r" / f"seed{s}")]
+
+
+def test_a_stack_with_finished_runs_trains_only_the_others(tmp_path, capsys):
+    from interp.stacked import train_stacked
+    cfgs = [cfg(tmp_path / f"seed{s}", seed=s) for s in (0, 1, 2)]
+    train_stacked(cfgs[:2], progress=False)
+    before = [snapshot(tmp_path / f"seed{s}") for s in (0, 1)]
+    models = train_stacked(cfgs, progress=False)
+    assert [snapshot(tmp_path / f"seed{s}") for s in (0, 1)] == before and len(models) == 3
+    assert json.loads((tmp_path / "seed2" / "meta.json").read_text())["steps_done"] == 20
+    assert capsys.readouterr().err.count("not trained again") == 2

@@ -36,15 +36,19 @@ def add_device(p, default: str = "cpu", help=None):
     p.add_argument("--device", default=default, help=help or "cpu, cuda or cuda:N")
 
 
+INT_MAX = 2 ** 53   # the largest count, seed or size any option takes (exact in JSON's numbers; torch's seeds,
+# a DataLoader's length and C longs overflow far above it)
+
+
 def int_at_least(lo: int):
-    """An argparse type: an integer >= ``lo`` (the error names the value and the valid range)."""
+    """An argparse type: an integer >= ``lo`` and <= `INT_MAX` (the error names the value and the valid range)."""
     def parse(s):
         try:
             v = int(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{s}' is not an integer; valid: integers >= {lo}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is out of range; valid: integers >= {lo}")
+        if not lo <= v <= INT_MAX:
+            raise argparse.ArgumentTypeError(f"{v} is out of range; valid: integers >= {lo} and <= 2**53")
         return v
     parse.__name__ = f"integer >= {lo}"
     return parse
@@ -72,8 +76,9 @@ def seed_list(spec, what: str = "--seeds") -> list:
         seeds = [int(x) for x in str(spec).split(",") if x.strip() != ""]
     except ValueError:
         seeds = None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise InterpError(f"{what} '{spec}' is not valid; valid: distinct comma-separated integers >= 0, e.g. 0,1,2")
+    if not seeds or min(seeds) < 0 or max(seeds) > INT_MAX or len(set(seeds)) < len(seeds):
+        raise InterpError(f"{what} '{spec}' is not valid; valid: distinct comma-separated integers >= 0 and <= 2**53, "
+                          "e.g. 0,1,2")
     return seeds
 
 
@@ -81,6 +86,8 @@ def check_out(path, what: str = "--out", file: bool = False):
     """Refuse an output path that cannot be written, before any work: a file where a directory
     goes (or a directory where a file goes, ``file``), a path below a file, or a non-writable
     place. Nothing is created."""
+    if not str(path).strip():
+        raise InterpError(f"{what} {str(path)!r} is empty; valid: a path (e.g. runs/x)")
     p = Path(path)
     if p.exists() and p.is_dir() == file:
         want = "a file path (not a directory)" if file else "a directory (new or existing)"

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from interp.cli.options import add_device, add_seed, check_out, finite_float, int_at_least
+from interp.cli.options import INT_MAX, add_device, add_seed, check_out, finite_float, int_at_least
 
 DEFAULT_TASKS = ["mqar", "state_recall"]
 
@@ -31,7 +31,7 @@ def add_parser(sub):
     t.add_argument("--match-params", metavar="LAYOUT", help="size the MLP so the parameter count matches LAYOUT's")
     t.add_argument("--steps", type=int_at_least(1), default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int_at_least(1), default=64, help="sequences per step")
-    t.add_argument("--lr", type=finite_float(0, above=True), default=1e-3, help="peak learning rate (AdamW)")
+    t.add_argument("--lr", type=finite_float(0, 10, above=True), default=1e-3, help="peak learning rate (AdamW)")
     t.add_argument("--warmup", type=int_at_least(0), default=100,
                    help="linear learning-rate warm-up steps (a warning when not fewer than --steps)")
     t.add_argument("--induction-steps", type=int_at_least(0), default=None, metavar="N",
@@ -83,9 +83,10 @@ def _distinct_list(cast, kind: str, noun: str, example: str, ok, valid: str):
     return parse
 
 
-_seed_list = _distinct_list(int, "integers", "seed", "0,1,2", lambda x: x >= 0, "distinct integers >= 0")
-_lr_list = _distinct_list(float, "numbers", "rate", "3e-4,1e-3,3e-3", lambda x: 0 < x < float("inf"),
-                          "distinct rates > 0")
+_seed_list = _distinct_list(int, "integers", "seed", "0,1,2", lambda x: 0 <= x <= INT_MAX,
+                            "distinct integers >= 0 and <= 2**53")
+_lr_list = _distinct_list(float, "numbers", "rate", "3e-4,1e-3,3e-3", lambda x: 0 < x <= 10,
+                          "distinct rates > 0 and <= 10")
 
 
 def _model_fields(a) -> dict:
@@ -118,9 +119,10 @@ def cmd_train(a):
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     if a.lrs:
         from interp import lrsweep
-        from interp.stacked import train_stacked
+        from interp.stacked import check_configs, train_stacked
         cfgs = lrsweep.sweep_configs(cfg, a.lrs, a.seeds or [a.seed])
-        lrsweep.claim(a.out, cfgs)
+        check_configs(cfgs)   # before sweep.json records anything
+        lrsweep.claim(a.out, cfgs, resume=not a.no_resume)
         train_stacked(cfgs, resume=not a.no_resume, cuda_graphs=a.cuda_graphs, length_split=a.length_split)
         print(lrsweep.report(a.out, cfgs))
         return
@@ -129,7 +131,16 @@ def cmd_train(a):
         cfgs = [dataclasses.replace(cfg, seed=s, out=str(Path(a.out) / f"seed{s}")) for s in a.seeds]
         models = train_stacked(cfgs, resume=not a.no_resume, cuda_graphs=a.cuda_graphs, length_split=a.length_split)
         for c, m in zip(cfgs, models):
-            print(f"saved {c.out} ({m.num_params() / 1e6:.2f}M params)")
+            print(f"saved {c.out} ({m.num_params() / 1e6:.2f}M params){_unfinished(c)}")
         return
     m = train(cfg, resume=not a.no_resume, cuda_graphs=a.cuda_graphs)
-    print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params)")
+    print(f"saved {a.out} ({m.num_params() / 1e6:.2f}M params){_unfinished(cfg)}")
+
+
+def _unfinished(cfg) -> str:
+    """'' for a run that reached its steps, else what says it did not (a --time-limit stop)."""
+    from interp.store import read_json
+    meta = Path(cfg.out) / "meta.json"
+    done = int((read_json(meta) if meta.is_file() else {}).get("steps_done") or 0)
+    return "" if done >= cfg.steps else (f": UNFINISHED at step {done} of {cfg.steps} (--time-limit); the same "
+                                         "command resumes it")
