@@ -68,16 +68,26 @@ def load_defaults(names=DEFAULT_SET, device="cpu") -> dict:
     return {n: load_model(default_model_path(n), device=device) for n in names}
 
 
-def run_demo(out="runs/demo", n: int = 96, tasks=None, seed: int = 123, progress: bool = True) -> Path:
+def run_demo(out="runs/demo", n: int = 96, tasks=None, seed: int = 123, progress: bool = True,
+             overwrite: bool = False) -> Path:
+    """Evaluate the default models and write ``out``/results.csv, accuracy.png and report.md, with ``demo.json``
+    (what made them: `interp.oneshot`; other settings are refused unless ``overwrite``, a second writer too)."""
+    from interp.oneshot import one_shot, spec_of
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = load_defaults()
     tasks = tasks or sorted({t for p in DEFAULT_SET
                              for t in json.loads((default_model_path(p) / "meta.json").read_text())
                              ["train_config"]["tasks"]})
-    res = sweep(models, tasks=tasks, n=n, seed=seed, progress=progress)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.csv", out / "accuracy.png", out / "report.md"]
+    with one_shot(out / "demo.json", files, spec_of(models, n=n, seed=seed, tasks=tasks), overwrite):
+        _demo(models, tasks, n, seed, progress, out, t0)
+    return out
+
+
+def _demo(models, tasks, n, seed, progress, out, t0):
+    res = sweep(models, tasks=tasks, n=n, seed=seed, progress=progress)
     save_csv(out / "results.csv", res, index=False)
     res.plot(out / "accuracy.png", title="Default models: answer accuracy vs each difficulty knob")
     lines = [f"# interp demo — {date.today().isoformat()}", "",
@@ -95,4 +105,3 @@ def run_demo(out="runs/demo", n: int = 96, tasks=None, seed: int = 123, progress
     lines.append(f"_{time.time() - t0:.0f} s on {platform.processor() or platform.machine()}, "
                  f"{torch.get_num_threads()} threads._")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    return out

@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from interp.cli import main
 
@@ -52,3 +53,21 @@ def test_eval_out_is_checked_against_what_made_it(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--seed", "7", "--out", str(out)]) == 2
     assert "exists without acc.json" in capsys.readouterr().err
+
+
+def test_demo_records_what_made_it_and_refuses_other_settings(tmp_path, capsys):
+    from interp import InterpError
+    from interp.demo import run_demo
+    out = tmp_path / "demo"
+    run_demo(out, n=2, tasks=["mqar"], progress=False)
+    spec = json.loads((out / "demo.json").read_text())["spec"]
+    assert spec["n"] == 2 and spec["tasks"] == ["mqar"] and sorted(spec["models"]) == ["gdn100", "gdn75",
+                                                                                         "transformer"]
+    first = (out / "results.csv").read_bytes()
+    run_demo(out, n=2, tasks=["mqar"], progress=False)            # the same settings: written again, the same
+    assert (out / "results.csv").read_bytes() == first
+    with pytest.raises(InterpError, match=r"results.csv was made with other settings \(demo.json: n: 2 -> 3\)"):
+        run_demo(out, n=3, tasks=["mqar"], progress=False)
+    assert (out / "results.csv").read_bytes() == first
+    run_demo(out, n=3, tasks=["mqar"], progress=False, overwrite=True)
+    assert json.loads((out / "demo.json").read_text())["spec"]["n"] == 3
