@@ -311,7 +311,7 @@ def test_interp_run_errors(tmp_path, capsys):
     cases = {'script = "e4_fusion.py"\nbogus = 1\n': "unknown key 'bogus' in .*valid keys: script, options, description",
              'script = "e4_fusion.py"\n[options]\ntiny = true\nlayers = 3\n':
                  "unknown option 'layers' in \\[options\\] .*valid options for e4_fusion.py: .*quick",
-             'script = "e4_fusion.py"\n[options]\ntiny = true\nseed = "x"\n': "argument --seed: invalid int value",
+             'script = "e4_fusion.py"\n[options]\ntiny = true\nseed = "x"\n': "argument --seed: 'x' is not an integer; valid: integers >= 0",
              'script = "nothere.py"\n': "script 'nothere.py' .* not found next to it; valid scripts: .*e4_fusion.py",
              'options = 3\nscript = "e4_fusion.py"\n': "'options' in .* must be a table",
              'script = \n': "is not valid TOML"}

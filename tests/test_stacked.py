@@ -102,8 +102,10 @@ def test_refuses_runs_that_cannot_stack(runs, tmp_path):
     refused([cfg(tmp_path, "a", 0, 1e-3), cfg(tmp_path, "a", 1, 1e-3)], "out=", "one output directory per run")
     refused([], "no runs")
     refused([cfg(tmp_path, "a", 0, 0.0)], "lr=0.0")
-    # one run with a checkpoint at step 3, one without: they cannot resume together
+    # one unfinished run with a checkpoint at step 3, one without: they cannot resume together
     shutil.copytree(runs / "single0", tmp_path / "c0")
+    for f in ("meta.json", "model.safetensors", "config.json"):   # (a finished run would be left as it is)
+        (tmp_path / "c0" / f).unlink()
     refused([cfg(tmp_path, "c0", 0, 1e-3), cfg(tmp_path, "c1", 1, 1e-3)], "steps [3, None]", "--no-resume")
     assert not (tmp_path / "c1" / "train_log.jsonl").exists()
 
