@@ -38,7 +38,7 @@ rank and the full site.
     python experiments/e5_state_limit.py --quick     # CPU, about a minute, tiny models (runs/e5_state_limit_quick)
     interp run experiments/e5_state_limit.toml       # GPU, 9-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e5_state_limit; other profiles runs/e5_state_limit_<profile>/figures):
+Writes ``--out`` (default runs/e5_state_limit/figures; other profiles runs/e5_state_limit_<profile>/figures):
 accuracy.png, results.csv, summary.csv, generalisation.csv, lr_sweep.csv, verdicts.csv, probes.csv,
 probe_layers.csv, probes_<task>_<arm>.png, das.csv, report.md. Sizing (full): 4 tasks x 7 arms x (3 learning
 rates + 2 seeds) = 140 runs of 10000 steps x batch 128 at <= 43 tokens; on a GPU host every visible GPU

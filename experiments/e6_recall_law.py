@@ -43,7 +43,7 @@ recurrent layer's state, whole and along the write key (`interp.interventions`).
     python experiments/e6_recall_law.py --quick     # CPU, about a minute, tiny models (runs/e6_recall_law_quick)
     interp run experiments/e6_recall_law.toml       # GPU, 9-minute calls; call again to continue
 
-Writes ``--out`` (default figures/e6_recall_law; other profiles runs/e6_recall_law_<profile>/figures):
+Writes ``--out`` (default runs/e6_recall_law/figures; other profiles runs/e6_recall_law_<profile>/figures):
 accuracy.png, lr.png, results.csv, summary.csv, width_needed.csv, lr_sweep.csv, verdicts.csv,
 probes.csv, probes.png, interventions.csv, report.md. Sizing (full): 11 (arm, depth) layouts x 3 widths x 5
 pair counts = 165 configurations x (4 learning rates + 2 seeds) = 990 runs of 2000 steps x batch 64 x

@@ -61,6 +61,8 @@ def _device(device):
     except (RuntimeError, TypeError) as e:
         raise N.HookError(f"device {device!r} is not valid ({str(e).splitlines()[0]}); valid: e.g. 'cpu', 'cuda', "
                           "'cuda:0'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise N.HookError(f"device {device!r} is not valid; valid: 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise N.HookError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
                           "valid: 'cpu'" + (", 'cuda:0'..." if torch.cuda.is_available() else ""))

@@ -400,8 +400,9 @@ def load_capture(path, names=None, lazy: bool = False) -> hooks.Cache:
     except hooks.HookError as e:
         raise InterpError(str(e)) from None
     one = path / "units" / "inputs.safetensors"
+    ranks = sorted({int(sh["file"].split("/")[0][4:]) for sh in m.get("shards", []) if sh["file"].startswith("rank")})
     parts = [one] if one.is_file() else \
-        [path / f"rank{r}" / "units" / "inputs.safetensors" for r in range(m.get("ranks", 0))]
+        [path / f"rank{r}" / "units" / "inputs.safetensors" for r in ranks]   # (a process given no batch wrote none)
     parts = [load_unit(f) for f in parts] if parts and all(f.is_file() for f in parts) else []
     held = {k: torch.cat([p[k] for p in parts]) for k in (parts[0] if parts else {}) if all(k in p for p in parts)}
     cache.tokens = held.pop("tokens", None)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from interp import InterpError
-from interp.store import atomic_write_json, read_json, read_spec, spec_diff
+from interp.store import atomic_write_json, part_folder, read_json, read_spec, spec_diff
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BACKENDS = ("gloo", "nccl")
@@ -266,7 +266,7 @@ def sweep(model, pairs, out, ctx: Context | None = None, progress=None, overwrit
                      {it: plan.cost(it) for it in plan.items})
         err = None
         try:
-            with Store(out / f"rank{ctx.rank}", KIND, plan.spec) as part:
+            with Store(part_folder(out, ctx.rank), KIND, plan.spec) as part:
                 patching.run_items(plan, part, [it for it in mine if not part.has(unit_key(*it))], progress)
         except InterpError as e:
             err = str(e)
@@ -325,7 +325,7 @@ def capture(model, tokens, names, out, ctx: Context | None = None, batch_size: i
         err = None
         if a < b:
             try:
-                capture_one(model, tokens[a:b], names, out / f"rank{ctx.rank}", batch_size=batch_size,
+                capture_one(model, tokens[a:b], names, part_folder(out, ctx.rank), batch_size=batch_size,
                             meta={**(meta or {}), "range": [a, b]}, progress=progress, **_rows_of(kw, N, a, b))
             except InterpError as e:
                 err = str(e)

@@ -243,8 +243,9 @@ def _refuse_unknown(tok, ids, where):
     """An InterpError where the tokenizer gave its unknown token (a word it cannot spell): the text would be
     captured with that word replaced by <unk>, as the zoo's vocabulary check refuses too."""
     unk = getattr(tok, "unk_token_id", None)
-    if unk is None or unk in {getattr(tok, f"{t}_token_id", None) for t in ("bos", "eos", "pad")}:
-        return   # none, or one that doubles as a token the tokenizer adds itself (GPT-2's <|endoftext|>)
+    if unk is None or unk in {getattr(tok, f"{t}_token_id", None) for t in ("bos", "eos")}:
+        return   # none, or one that doubles as a token the tokenizer adds itself (GPT-2's <|endoftext|>); a pad
+        # that is the unk token (Llama-style) is no reason to skip: lines are padded after they are encoded
     hits = [w for w, row in zip(where, ids) if unk in row]
     if hits:
         raise InterpError(f"the tokenizer cannot spell some of the text: {tok.unk_token!r} (id {unk}) in "

@@ -295,12 +295,24 @@ def _key_in_file(path: Path) -> str:
     return pq.read_schema(path).metadata[KEY_META.encode()].decode()
 
 
+PART = ".part"   # the mark of a distributed run's part folder (`part_folder`)
+
+
+def part_folder(parent, rank: int) -> Path:
+    """``parent/rank<rank>/``, made and marked as a part of the distributed run in ``parent`` (`PART`)."""
+    p = Path(parent) / f"rank{int(rank)}"
+    p.mkdir(parents=True, exist_ok=True)
+    if not (p / PART).is_file():
+        atomic_write_text(p / PART, f"part {int(rank)} of the distributed run in {Path(parent).name}\n")
+    return p
+
+
 def matching(folder: Path, pattern: str) -> list:
-    """``folder``'s entries that match the glob ``pattern``, sorted. A pattern ending in '/' matches only folders that
-    are results themselves (hold a spec.json), so that a user's 'rank2023/' or 'rank1_notes.txt' beside a
-    distributed run's 'rank0/' is never taken for one of its parts (nor removed by --overwrite)."""
+    """``folder``'s entries that match the glob ``pattern``, sorted. A pattern ending in '/' matches only the part
+    folders of a distributed run (`part_folder`: marked `PART`), so that a user's 'rank2023/', 'rank1_notes.txt' or
+    a result of their own nested there is never taken for one of its parts (nor removed by --overwrite)."""
     if pattern.endswith("/"):
-        return [p for p in sorted(Path(folder).glob(pattern[:-1])) if (p / SPEC_FILE).is_file()]
+        return [p for p in sorted(Path(folder).glob(pattern[:-1])) if (p / PART).is_file()]
     return sorted(Path(folder).glob(pattern))
 
 
@@ -311,7 +323,8 @@ class Store:
     leftover temporary files and writes ``spec.json`` or checks it against ``spec``.
 
     ``owns``: glob patterns of the files and folders the store's user writes beside ``units/``
-    (e.g. 'manifest.json', 'rank[0-9]*/': a pattern ending in '/' matches only result folders, see `matching`);
+    (e.g. 'manifest.json', 'rank[0-9]*/': a pattern ending in '/' matches only a distributed run's parts, see
+    `matching`);
     ``overwrite=True`` removes them with spec.json and
     units/ (never other files), and a folder holding them without a spec.json is an old-format
     result, refused with how to re-run."""

@@ -100,6 +100,7 @@ def _worker(rank, world, port, tmp):
     cost[1] = sum(after) - sum(before)
     distributed.capture(m, tokens(), NAMES, tmp / "cap", batch_size=2, positions=[2, 5, 9], shard_size=30000,
                         meta={"x": 1}, inputs=batch())   # each rank stores its own rows of the labels
+    distributed.capture(m, tokens(), NAMES, tmp / "cap1", batch_size=8, inputs=batch())   # one batch: a rank idles
     from interp.cli import main
     assert main(PATCH_CLI + ["--model", str(tmp / "model"), "--out", str(tmp / "cli_patch_dist"), "--distributed"]) == 0
     assert main(CAPTURE_CLI + ["--model", str(tmp / "model"), "--out", str(tmp / "cli_cap_dist"), "--distributed"]) == 0
@@ -200,6 +201,8 @@ def test_distributed_capture_equals_single_process(dist_run, one_thread, tmp_pat
     assert sorted(a.labels) == sorted(b.labels) == ["answer_pos", "answers", "labels.bound_value",
                                                     "labels.write_distance"]
     assert all(torch.equal(a.labels[k], b.labels[k]) for k in b.labels)
+    idle = load_capture(tmp / "cap1")   # the process given no batch wrote no inputs: the others' are read
+    assert torch.equal(idle.tokens, tokens()) and all(torch.equal(idle.labels[k], b.labels[k]) for k in b.labels)
     for k in NAMES:
         assert a[k].shape[0] == 7 and torch.equal(a[k], b[k]), k
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (tmp / "cap", tmp_path / "one"))
@@ -218,14 +221,14 @@ def test_merge_captures_checks_rank_specs_and_process_counts(tmp_path, one_threa
     settings is named by the merge; rank folders cut for another number of processes, or an
     unfinished distributed capture resumed by one process, are refused."""
     from interp.capture import OWNS, capture_spec
-    from interp.store import Store
+    from interp.store import Store, part_folder
     m, x, out = make_model(tmp_path / "model"), tokens(), tmp_path / "cap"
     kw = dict(batch_size=2, positions=[2, 5, 9], shard_size=30000, progress=False)
     ranges = [(0, 4), (4, 7)]
     spec = capture_spec(m, x, NAMES, positions=[2, 5, 9], shard_size=30000, batch_size=2, meta={"x": 1})
     Store(out, "capture", spec, owns=OWNS).open().close()     # what rank 0 does first
     for r, (a, b) in enumerate(ranges):
-        capture(m, x[a:b], NAMES, out / f"rank{r}", meta={"x": 1, "range": [a, b]}, **kw)
+        capture(m, x[a:b], NAMES, part_folder(out, r), meta={"x": 1, "range": [a, b]}, **kw)
     distributed.merge_captures(out, ranges, meta={"x": 1})
     one = load_capture(capture(m, x, NAMES, tmp_path / "one", meta={"x": 1}, **kw))
     assert all(torch.equal(load_capture(out)[k], one[k]) for k in NAMES)

@@ -313,3 +313,6 @@ def test_default_directories_keep_every_run_off_the_committed_figures(tmp_path, 
     ctx = X.setup(E4.build_parser().parse_args(flags + ["--device", "cpu", "--out", "figures/e4_fusion"]), E4.NAME,
                   E4.PROFILES, flags)
     assert str(ctx.out) == "figures/e4_fusion"
+    for flag in ("--out", "--runs"):
+        with pytest.raises(InterpError, match=f"{flag} '' is empty; valid: a path"):
+            X.setup(E4.build_parser().parse_args(flags + ["--device", "cpu", flag, ""]), E4.NAME, E4.PROFILES, flags)

@@ -127,14 +127,14 @@ def test_pad_helper_and_bad_masks(monkeypatch):
         hooks.wrap(zoo).pad(["a"], side="middle")
 
 
-def _hf_checkpoint(path):
+def _hf_checkpoint(path, pad="<pad>"):
     """A tiny qwen3_next (GDN + attention) saved with a word-level tokenizer (no downloads)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     words = ["<pad>", "<unk>"] + [f"w{i}" for i in range(40)]
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad, unk_token="<unk>").save_pretrained(path)
     model("qwen3_next").save_pretrained(path)
     return path
 
@@ -210,6 +210,11 @@ def test_text_input_checks(tmp_path, capsys):
         assert "the tokenizer cannot spell some of the text: '<unk>' (id 1) in " in err, err
         assert ("line 1;" in err) if extra == ["--lines"] else ("the text;" in err)
     assert not (tmp_path / "u").exists()
+    padunk = _hf_checkpoint(tmp_path / "padunk", pad="<unk>")   # Llama-style: the pad token is the unk token
+    assert main(["capture", "--model", str(padunk), "--text", str(t), "--lines", "--out", str(tmp_path / "u")]) == 2
+    assert "cannot spell some of the text" in capsys.readouterr().err
+    assert main(base + ["--positions", "0:99999999999999999999", "--out", str(tmp_path / "u")]) == 2
+    assert "position 99999999999999999998 out of range; valid: positions of the input" in capsys.readouterr().err
     t.write_text("w3 w5\x0cw6 w7\nw1 w2\n")   # a form feed inside a line: two lines, as wc -l counts
     assert main(base + ["--lines", "--positions", "0,3", "--out", str(tmp_path / "l")]) == 0
     err = capsys.readouterr().err
@@ -237,8 +242,9 @@ def test_masks_with_gaps_empty_tokens_and_unknown_devices_are_refused():
     for bad in (x[:, :0], x[:0]):
         with pytest.raises(HookError, match="are empty; valid: at least one sequence of at least one token"):
             hm.run_with_cache(bad)
-    with pytest.raises(HookError, match="device 'banana' is not valid"):
-        hm.run_with_cache(x, device="banana")
+    for bad in ("banana", "meta", "mps"):
+        with pytest.raises(HookError, match=f"device '{bad}' is not valid"):
+            hm.run_with_cache(x, device=bad)
     if not torch.cuda.is_available():
         with pytest.raises(HookError, match="device 'cuda' is not available here"):
             hm.run_with_cache(x, device="cuda")

@@ -255,12 +255,13 @@ def test_errors():
                     (dict(positions=[True]), "position must be an integer, got True"),
                     (dict(layers=["1"]), "layer must be an integer, got .1. .str."),
                     (dict(layers="1"), "layers='1' is not valid"),
+                    (dict(layers=[1, 1]), "layer 1 is given twice"), (dict(sites=None), "sites=None is not valid"),
                     (dict(batch_size=2.5), r"batch_size=2\.5 is not valid; valid: an integer >= 1"),
                     (dict(n_boot=0), "n_boot=0 is not valid")]:
         with pytest.raises(InterpError, match=msg):
             patching.sweep(m, p, progress=False, **kw)
-    one = patching.sweep(m, p, sites="resid_pre", layers=1, positions=np.int64(3), progress=False, n_boot=10,
-                         keep_all=True)
+    one = patching.sweep(m, p, sites="resid_pre", layers=torch.tensor(1), positions=np.int64(3), progress=False,
+                         n_boot=10, keep_all=True)
     assert list(zip(one.site, one.layer, one.position)) == [("resid_pre", 1, 3)]
     # pairs whose parts do not fit together: named, before any forward pass
     rep = dataclasses.replace
@@ -272,7 +273,8 @@ def test_errors():
                      (rep(p, clean_answer=p.clean_answer + 10_000), r"clean_answer \d+ is not valid; valid: 0\.\.\d+ "
                       r"\(the vocabulary\)"),
                      (rep(p, clean=p.clean[:, :0], corrupted=p.corrupted[:, :0]), "a non-empty"),
-                     (p.clean, "pairs must be an interp.tasks.PairBatch")]:
+                     (p.clean, "pairs must be an interp.tasks.PairBatch"),
+                     (rep(p, attention_mask=torch.ones(2, 3)), r"attention_mask has shape \[2, 3\], their tokens")]:
         with pytest.raises(InterpError, match=msg):
             patching.sweep(m, bad, progress=False)
     # run_patched: negative / out-of-range positions, base and source of other shapes, heads

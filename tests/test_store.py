@@ -164,8 +164,10 @@ def test_overwrite_clears_only_the_stores_files(tmp_path):
     with Store(tmp_path, "capture", SPEC, owns=owns) as st:
         st.put("u", {"v": 1})
         S.atomic_write_json(tmp_path / "manifest.json", {"shards": []})
-        with Store(tmp_path / "rank0", "capture", SPEC) as part:   # a distributed run's part: a result itself
+        with Store(S.part_folder(tmp_path, 0), "capture", SPEC) as part:   # a distributed run's part (marked)
             part.put("x", {"v": 2})
+    with Store(tmp_path / "rank7", "capture", SPEC):   # a user's own result nested here: not a part
+        pass
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "ranking").mkdir()
     (tmp_path / "rank1_notes.txt").write_text("mine too")   # the user's, though the glob matches them
@@ -176,8 +178,8 @@ def test_overwrite_clears_only_the_stores_files(tmp_path):
         Store(tmp_path, "capture", new, owns=owns).open()
     with Store(tmp_path, "capture", new, owns=owns, overwrite=True) as st:
         assert st.keys() == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "rank1_notes.txt", "rank2023", "ranking",
-                                                          "spec.json", "units"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "rank1_notes.txt", "rank2023", "rank7",
+                                                          "ranking", "spec.json", "units"]
     assert (tmp_path / "rank2023" / "paper.tex").read_text() == "mine"
     assert S.read_spec(tmp_path)["spec"]["source"] == {"seed": 7}
 

@@ -136,6 +136,9 @@ def kv(items) -> dict:
     return out
 
 
+MAX_POSITION = 2 ** 24   # no input of this toolkit is that many tokens long
+
+
 def positions(spec, what="--positions"):
     """'all' -> None; '3,5,9' or '0:30' (python slice, end exclusive) or a mix -> list of ints."""
     if spec is None or spec == "all":
@@ -151,6 +154,9 @@ def positions(spec, what="--positions"):
         if len(ends) == 2 and ends[1] <= ends[0]:
             raise InterpError(f"{what} '{spec}': the range '{part}' is empty; valid: a:b with a < b (end exclusive), "
                               "e.g. 0:30")
+        if max(ends) > MAX_POSITION:   # (a list of that range would not fit in memory; no input is that long)
+            raise InterpError(f"{what} '{spec}': position {max(ends) - (len(ends) == 2)} out of range; valid: "
+                              f"positions of the input, below {MAX_POSITION}")
         out += list(range(*ends)) if len(ends) == 2 else ends
     return out
 

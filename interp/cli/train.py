@@ -77,8 +77,10 @@ def _distinct_list(cast, kind: str, noun: str, example: str, ok, valid: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of {kind}; "
                                              f"valid: e.g. {example}") from None
-        if not all(ok(x) for x in vals) or len(set(vals)) < len(vals):
-            raise argparse.ArgumentTypeError(f"'{s}' has a repeated {noun} or one out of range; valid: {valid}")
+        bad = [x for x in vals if not ok(x)] + [x for i, x in enumerate(vals) if x in vals[:i]]
+        if bad:
+            what = "out of range" if not ok(bad[0]) else "repeated"
+            raise argparse.ArgumentTypeError(f"'{s}': {noun} {bad[0]:g} is {what}; valid: {valid}")
         return vals
     return parse
 

@@ -176,6 +176,9 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
     stack = getattr(a, "stack", None)
     if stack is not None and stack < 1:
         raise InterpError(f"--stack {stack} is out of range; valid: integers >= 1")
+    for flag, v in (("--runs", a.runs), ("--out", a.out)):
+        if v is not None and not str(v).strip():
+            raise InterpError(f"{flag} {v!r} is empty; valid: a path, or leave {flag} out for the default")
     runs = Path(a.runs or f"runs/{name}{runs_suffix}")
     out = Path(a.out or runs / "figures")
     out.mkdir(parents=True, exist_ok=True)

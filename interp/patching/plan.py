@@ -77,6 +77,8 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
     dirs = directions_of(direction)
     _check_choice("matmul", matmul, MODES)
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    if sites is None:
+        raise InterpError(f"sites=None is not valid; valid: one or more of {', '.join(SITES)}")
     sites = [sites] if isinstance(sites, str) else list(sites)   # one site by its name
     if not sites:
         raise InterpError(f"no site selected; valid: {', '.join(SITES)}")

@@ -32,14 +32,18 @@ def directions_of(direction) -> tuple:
 def _ints(values, what: str) -> list:
     """``values`` (an int, or an iterable of them: Python, numpy or 0-d torch ints) as a list of ints; a bool, float
     or string is an InterpError naming it, never truncated (`hooks.names.as_int`)."""
-    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
-        values = [values]
+    if (isinstance(values, numbers.Integral) and not isinstance(values, bool)) or getattr(values, "ndim", None) == 0:
+        values = [values]   # one int (also a numpy or 0-d torch one)
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise InterpError(f"{what}s={values!r} is not valid; valid: an int or a list of ints")
     try:
-        return [HN.as_int(v, what) for v in values]
+        out = [HN.as_int(v, what) for v in values]
     except HN.HookError as e:
         raise InterpError(f"{e}; valid: an int") from None
+    twice = sorted({v for v in out if out.count(v) > 1})
+    if twice:
+        raise InterpError(f"{what} {twice[0]} is given twice; valid: distinct {what}s (each cell once)")
+    return out
 
 
 def check_count(what: str, value, low: int = 1) -> int:

@@ -85,11 +85,11 @@ def pair_span(pairs):
     attribution, interventions, the SAE interchange test); checks the pairs first (`check_pairs`)."""
     check_pairs(pairs)
     mask = pairs.attention_mask
-    if mask is None or bool(torch.as_tensor(mask).bool().all()):
-        return None, None
-    if tuple(mask.shape) != tuple(pairs.clean.shape):
+    if mask is not None and tuple(mask.shape) != tuple(pairs.clean.shape):
         raise InterpError(f"the pairs' attention_mask has shape {list(mask.shape)}, their tokens "
                           f"{list(pairs.clean.shape)}; valid: the same shape")
+    if mask is None or bool(torch.as_tensor(mask).bool().all()):
+        return None, None
     off, n = real_span(mask)
     ap = pairs.answer_pos.cpu()
     bad = ((ap < off) | (ap >= off + n)).nonzero().flatten()
