@@ -54,12 +54,15 @@ def test_training_reduces_loss(tmp_path):
     (["train", "--layout", "gdn77", "--out", "x"], "unknown recurrent percentage 77"),
     (["train", "--layout", "gdn75", "--task", "mqr", "--out", "x"], "unknown task 'mqr'"),
     (["eval", "--model", "nope_model"], "not found"),
+    (["train", "--d-model", str(2 ** 53), "--out", "x"], "make a model of about 7.8e+33 parameters; valid: up to 1e+11"),
+    (["train", "--n-layers", "100000000", "--out", "x"], "--n-layers 100000000, --n-heads 4, --head-dim 32 make a"),
 ])
 def test_cli_errors(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_help_everywhere():

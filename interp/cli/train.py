@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from interp import InterpError
 from interp.cli.options import INT_MAX, add_device, add_seed, check_out, finite_float, int_at_least
 
 DEFAULT_TASKS = ["mqar", "state_recall"]
@@ -91,12 +92,21 @@ _lr_list = _distinct_list(float, "numbers", "rate", "3e-4,1e-3,3e-3", lambda x: 
                           "distinct rates > 0 and <= 10")
 
 
+MAX_PARAMS = 1e11
+
+
 def _model_fields(a) -> dict:
     """The ZooConfig fields of the command's model, validated (--match-params sizes its MLP)."""
     from interp.tasks import VOCAB
     from interp.zoo import HybridLM, ZooConfig, match_params
     model = dict(d_model=a.d_model, n_layers=a.n_layers, layout=a.layout, n_heads=a.n_heads,
                  head_dim=a.head_dim, gdn_neg_eig=a.neg_eig)
+    d, inner = a.d_model, a.n_heads * a.head_dim   # about: q, k, v, out projections and a 4x MLP per layer
+    approx = a.n_layers * (4 * d * inner + 8 * d * d)
+    if approx > MAX_PARAMS:   # (building it would fail deep in torch, or run for hours before failing)
+        raise InterpError(f"--d-model {d}, --n-layers {a.n_layers}, --n-heads {a.n_heads}, --head-dim {a.head_dim} "
+                          f"make a model of about {approx:.2g} parameters; valid: up to {MAX_PARAMS:.0g} (the zoo's "
+                          "models are small: d=128-768, 4-12 layers)")
     if a.match_params:
         ref = ZooConfig(vocab_size=len(VOCAB), **{**model, "layout": a.match_params})
         target = HybridLM(ref).num_params()
