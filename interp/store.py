@@ -324,10 +324,8 @@ class Store:
 
     ``owns``: glob patterns of the files and folders the store's user writes beside ``units/``
     (e.g. 'manifest.json', 'rank[0-9]*/': a pattern ending in '/' matches only a distributed run's parts, see
-    `matching`);
-    ``overwrite=True`` removes them with spec.json and
-    units/ (never other files), and a folder holding them without a spec.json is an old-format
-    result, refused with how to re-run."""
+    `matching`); ``overwrite=True`` removes them with spec.json and units/ (never other files), and a folder
+    holding them without a spec.json is an old-format result, refused with how to re-run."""
 
     def __init__(self, path, kind: str, spec: dict, overwrite: bool = False, owns=()):
         self.path, self.kind, self.spec = Path(path), kind, normalize(spec)
