@@ -65,7 +65,7 @@ def test_a_refused_sweep_call_records_nothing(tmp_path, capsys):
     assert "error: " in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
         main(base[:-4] + ["--lrs", "1e-3,-1", "--out", str(out), "--device", "cpu"])
-    assert "'1e-3,-1': rate -1 is out of range; valid: distinct rates > 0 and <= 10" in capsys.readouterr().err
+    assert "'1e-3,-1': out-of-range rate -1; valid: distinct rates > 0 and <= 10" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:   # (argparse's own exit)
         main(base + ["--device", "cpu", "--steps", str(2 ** 60)])
     assert e.value.code == 2 and "out of range; valid: integers >= 1 and <= 2**53" in capsys.readouterr().err and not out.exists()

@@ -80,8 +80,8 @@ def _distinct_list(cast, kind: str, noun: str, example: str, ok, valid: str):
                                              f"valid: e.g. {example}") from None
         bad = [x for x in vals if not ok(x)] + [x for i, x in enumerate(vals) if x in vals[:i]]
         if bad:
-            what = "out of range" if not ok(bad[0]) else "repeated"
-            raise argparse.ArgumentTypeError(f"'{s}': {noun} {bad[0]:g} is {what}; valid: {valid}")
+            what = "out-of-range" if not ok(bad[0]) else "repeated"
+            raise argparse.ArgumentTypeError(f"'{s}': {what} {noun} {bad[0]:g}; valid: {valid}")
         return vals
     return parse
 
