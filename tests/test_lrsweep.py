@@ -63,6 +63,8 @@ def test_a_refused_sweep_call_records_nothing(tmp_path, capsys):
             "--head-dim", "8", "--steps", "2", "--batch-size", "4", "--lrs", "1e-3,1e-2", "--out", str(out)]
     assert main(base + ["--device", "cuda:7"]) == 2
     assert "error: " in capsys.readouterr().err and not out.exists()
+    assert main(base + ["--device", "cpu", "--lr", "5"]) == 2   # one rate beside the sweep's: which would it be?
+    assert "--lr 5 does not apply with --lrs" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
         main(base[:-4] + ["--lrs", "1e-3,-1", "--out", str(out), "--device", "cpu"])
     assert "'1e-3,-1': out-of-range rate -1; valid: distinct rates > 0 and <= 10" in capsys.readouterr().err

@@ -32,7 +32,8 @@ def add_parser(sub):
     t.add_argument("--match-params", metavar="LAYOUT", help="size the MLP so the parameter count matches LAYOUT's")
     t.add_argument("--steps", type=int_at_least(1), default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int_at_least(1), default=64, help="sequences per step")
-    t.add_argument("--lr", type=finite_float(0, 10, above=True), default=1e-3, help="peak learning rate (AdamW)")
+    t.add_argument("--lr", type=finite_float(0, 10, above=True), default=None,
+                   help="peak learning rate (AdamW; default 1e-3; not with --lrs)")
     t.add_argument("--warmup", type=int_at_least(0), default=100,
                    help="linear learning-rate warm-up steps (a warning when not fewer than --steps)")
     t.add_argument("--induction-steps", type=int_at_least(0), default=None, metavar="N",
@@ -123,13 +124,16 @@ def cmd_train(a):
     check_out(a.out)
     model = _model_fields(a)
     cfg = TrainConfig(out=a.out, model=model, tasks=a.task, steps=a.steps, batch_size=a.batch_size,
-                      lr=a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
+                      lr=1e-3 if a.lr is None else a.lr, warmup=a.warmup, eval_every=a.eval_every, save_every=a.save_every,
                       seed=a.seed, device=a.device, grid_max={}, scan_backend=a.scan_backend, time_limit=a.time_limit,
                       induction_steps=(default_induction_steps(model, a.steps) if a.induction_steps is None
                                        else a.induction_steps),
                       induction_until=a.induction_until,
                       command="interp " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
     if a.lrs:
+        if a.lr is not None:
+            raise InterpError(f"--lr {a.lr:g} does not apply with --lrs (each run trains at one of its rates); valid: "
+                              "--lr for one rate, or --lrs for a sweep")
         from interp import lrsweep
         from interp.stacked import check_configs, train_stacked
         cfgs = lrsweep.sweep_configs(cfg, a.lrs, a.seeds or [a.seed])
