@@ -300,8 +300,6 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
     """(StackedModel, StackedAdamW, start step, induction_done_at per run, torch RNG state per run):
     fresh models seeded as single runs are, or every run's checkpoint (all at one step)."""
     cks = [_checkpoint_dir(o) if resume else None for o in outs]
-    if any(ck is not None for ck in cks):
-        cks = common_checkpoints(outs) or cks
     if all(ck is None for ck in cks):
         models, rngs = [], []
         for c in cfgs:
@@ -314,6 +312,10 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
         return sm, StackedAdamW(sm, cfgs[0].weight_decay), 0, [None] * len(cfgs), rngs
     states = [load_trainer_state(ck) if ck is not None else None for ck in cks]
     steps = [s["step"] if s else None for s in states]
+    common = common_checkpoints(outs) if len(set(steps)) > 1 else None   # (it reads every trainer.pt: only then)
+    if common:   # a stack killed while swapping its checkpoints in: its latest common step
+        cks, states = common, [load_trainer_state(ck) for ck in common]
+        steps = [s["step"] for s in states]
     if len(set(steps)) > 1:
         raise InterpError(f"stacked runs resume together, but their checkpoints are at steps {steps} "
                           f"({', '.join(map(str, outs))}); valid: checkpoints at one step (or resume=False / "
