@@ -5,7 +5,7 @@ import sys
 
 from interp import InterpError
 from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, check_out, int_at_least, kv,
-                                load_scaled, make_out, positions, scale_args)
+                                load_scaled, make_out, positions, refuse_unused, scale_args)
 
 
 def add_parser(sub):
@@ -49,10 +49,7 @@ def _check_mode(a):
     else:
         mine, theirs = "--text", [("--n", a.n), ("--seed", a.seed), ("--knob", a.knob)]
         a.seq_len = 128 if a.seq_len is None else a.seq_len
-    wrong = [flag for flag, value in theirs if value is not None]
-    if wrong:
-        raise InterpError(f"{wrong[0]} does not apply to {mine}; valid: --n, --seed and --knob with --task, "
-                          "--seq-len and --lines with --text")
+    refuse_unused(mine, theirs, "--n, --seed and --knob with --task, --seq-len and --lines with --text")
     if a.names is not None and not [n for n in a.names.split(",") if n.strip()]:
         raise InterpError(f"--names {a.names!r} names no hook; valid: comma-separated hook names, or leave --names "
                           "out for every resid_post and rec.state")

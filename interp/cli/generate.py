@@ -6,7 +6,8 @@ from pathlib import Path
 
 from interp import InterpError
 from interp.kernels import kernel_spec
-from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, finite_float, int_at_least, kv
+from interp.cli.options import (MODEL_HELP, add_device, add_knob, add_n, add_seed, finite_float, int_at_least, kv,
+                                refuse_unused)
 
 
 def add_parser(sub):
@@ -47,10 +48,7 @@ def _check(a):
         empty = [p for p in a.prompt if not p.strip()]
         if empty:
             raise InterpError(f"--prompt {empty[0]!r} is empty; valid: a prompt of at least one token")
-    wrong = [flag for flag, value in theirs if value is not None]
-    if wrong:
-        raise InterpError(f"{wrong[0]} does not apply to {mine}; valid: --knob and --n with --task, --max-new with "
-                          "--prompt")
+    refuse_unused(mine, theirs, "--knob and --n with --task, --max-new with --prompt")
 
 
 def _spec(a, model) -> dict:

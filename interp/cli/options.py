@@ -40,6 +40,14 @@ INT_MAX = 2 ** 53   # the largest count, seed or size any option takes (exact in
 # a DataLoader's length and C longs overflow far above it)
 
 
+def refuse_unused(mode: str, given, valid: str):
+    """An InterpError naming the first option of ``given`` [(flag, value)] that was set (not None) although it does
+    not apply to ``mode`` (e.g. --n with --text): an option taken and ignored would be recorded but do nothing."""
+    wrong = [flag for flag, value in given if value is not None]
+    if wrong:
+        raise InterpError(f"{wrong[0]} does not apply to {mode}; valid: {valid}")
+
+
 def int_at_least(lo: int):
     """An argparse type: an integer >= ``lo`` and <= `INT_MAX` (the error names the value and the valid range)."""
     def parse(s):
