@@ -18,8 +18,10 @@ a model:
 * the temporary files of a killed trainer's atomic writes (`interp.store.atomic_save`) are removed;
 * ``resume=False`` (``--no-resume``) removes what an earlier run left in the folder (`OWNS`: its model, log
   and checkpoints; never other files) before training starts, so the folder never mixes two runs;
-* a folder holding a model, config or checkpoint with no record of a training run (someone else's files) is
-  refused either way.
+* the call records its config (`record`) in ``<out>/train_config.json`` before it trains, so a run killed before
+  its first checkpoint is known as this trainer's;
+* a folder holding any of the files a trainer writes (`OWNS`) with no record of a training run (someone else's
+  files) is refused either way.
 """
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normali
 MAY_CHANGE = ("out", "command", "time_limit", "device", "save_every")
 # what a trainer writes in a run's folder (`interp.train`, `interp.zoo.save_model`)
 OWNS = ("model.safetensors", "config.json", "meta.json", "COMMAND.txt", "train_log.jsonl",
-        "checkpoint", "checkpoint.old", "checkpoint.tmp")
+        "checkpoint", "checkpoint.old", "checkpoint.tmp", "train_config.json")
 LOG = "train_log.jsonl"
+RECORD = "train_config.json"   # the call's config, written before it trains (`open_run`)
 
 
 def _defaults(cfg) -> dict:
@@ -71,12 +74,12 @@ def _read(path: Path):
 
 
 def recorded_configs(out: Path) -> list:
-    """[(source file, config dict)]: the configs the folder's checkpoints and saved model were made with."""
+    """[(source file, config dict)]: the configs the folder's record, checkpoints and saved model were made with."""
     found = []
-    for name in ("checkpoint", "checkpoint.old"):
-        cfg = _read(out / name / "train_config.json")
+    for path in (out / RECORD, out / "checkpoint" / RECORD, out / "checkpoint.old" / RECORD):
+        cfg = _read(path)
         if cfg is not None:
-            found.append((out / name / "train_config.json", cfg))
+            found.append((path, cfg))
     meta = _read(out / "meta.json")
     if meta is not None and isinstance(meta.get("train_config"), dict):
         extra = {"kernels": meta["kernels"]} if "kernels" in meta else {}
@@ -129,21 +132,23 @@ def open_run(out, cfg, resume: bool = True):
                 raise InterpError(f"{out} holds a run made with other settings ({src.name}: {diff_summary(diff)}"
                                   "); valid: the same settings to resume it, --no-resume (resume=False) to "
                                   "train it again from step 0 (replacing it), or another --out")
-        yield resume and _finished(out, cfg)
+        finished = resume and _finished(out, cfg)
+        if not finished:
+            atomic_write_text(out / RECORD, json.dumps(record(cfg), indent=2))
+        yield finished
     finally:
         lock.release()
 
 
 def _refuse_foreign(out: Path):
-    """An InterpError where ``out`` holds a model, config or checkpoint but no record of a training run (a
-    checkpoint's train_config.json, a trained model's meta.json): someone else's files, which neither a resume nor
-    --no-resume may write over. (A run killed before its first checkpoint has written only COMMAND.txt and its log.)"""
+    """An InterpError where ``out`` holds files a trainer writes (`OWNS`) but no record of a training run (its
+    train_config.json, a checkpoint's, a trained model's meta.json): someone else's files, which neither a resume
+    nor --no-resume may write over."""
     if recorded_configs(out):
         return
-    found = [n for n in ("model.safetensors", "config.json", "meta.json", "checkpoint", "checkpoint.old")
-             if (out / n).exists()]
+    found = [n for n in OWNS if (out / n).exists()]
     if found:
-        raise InterpError(f"{out} holds {', '.join(found)} but no record of a training run (a checkpoint's "
+        raise InterpError(f"{out} holds {', '.join(found)} but no record of a training run (its "
                           "train_config.json or a trained model's meta.json), so they are not this trainer's; "
                           "valid: a new or empty folder, a training run's folder, or another --out")
 

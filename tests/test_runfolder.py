@@ -114,15 +114,35 @@ def test_someone_elses_model_or_checkpoint_is_not_written_over(tmp_path, resume)
         (out / name).write_text(text)
     (out / "checkpoint").mkdir()
     (out / "checkpoint" / "notes.txt").write_text("mine")
-    with pytest.raises(InterpError, match=r"mymodel holds model.safetensors, config.json, checkpoint but no record of "
+    with pytest.raises(InterpError, match=r"mymodel holds model.safetensors, config.json, COMMAND.txt, checkpoint but no record of "
                                           r"a training run .*valid: a new or empty folder"):
         train(cfg(out), progress=False, resume=resume)
     assert {n: (out / n).read_text() for n in mine} == mine and (out / "checkpoint" / "notes.txt").exists()
-    for name in ("config.json", "model.safetensors", "checkpoint"):   # a run killed before its first checkpoint
+    for name in ("config.json", "model.safetensors", "checkpoint"):   # only a log and COMMAND.txt of the user's
         (out / name).unlink() if name != "checkpoint" else __import__("shutil").rmtree(out / name)
-    (out / "train_log.jsonl").write_text('{"step": 0}\n')
-    train(cfg(out), progress=False, resume=resume)
-    assert json.loads((out / "meta.json").read_text())["steps_done"] == 20
+    (out / "train_log.jsonl").write_text('{"step": 0, "mine": 1}\n')
+    with pytest.raises(InterpError, match=r"holds COMMAND.txt, train_log.jsonl but no record"):
+        train(cfg(out), progress=False, resume=resume)
+    assert (out / "train_log.jsonl").read_text() == '{"step": 0, "mine": 1}\n'
+    assert (out / "COMMAND.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_run_killed_before_its_first_checkpoint_is_the_trainers(tmp_path, resume, monkeypatch):
+    import interp.train as tr
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    out = tmp_path / "run"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(tr, "_save_checkpoint", killed)
+        train(cfg(out, save_every=1000), progress=False, stop_after=7)   # logged step 5, killed at its checkpoint
+    assert not (out / "checkpoint").exists() and (out / "train_log.jsonl").exists()
+    if resume:   # its record refuses other settings, as a checkpoint's would
+        with pytest.raises(InterpError, match=r"train_config.json: lr: 0.001 -> 0.003"):
+            train(cfg(out, lr=3e-3, save_every=1000), progress=False)
+    train(cfg(out, save_every=1000), progress=False, resume=resume)
+    assert [r["step"] for r in log_rows(out) if "loss" in r] == [5, 10, 15, 20]
 
 
 def test_an_empty_out_path_is_refused(tmp_path, capsys, monkeypatch):
