@@ -63,7 +63,8 @@ def _state_dtype(state_dtype) -> str:
 def capture_spec(model, tokens: torch.Tensor, names, positions=None, max_memory="1GB", batch_size=16,
                  meta: dict | None = None, state_dtype=None, inputs=None, shard_size=None) -> dict:
     """The spec of a capture folder: everything that determines its files (``inputs``: their digests;
-    ``shard_size`` only when given, so that folders captured before it existed resume)."""
+    ``shard_size`` only when given, so that folders captured before it existed resume; the kind of device it
+    runs on, whose kernels round differently)."""
     meta = dict(meta or {})
     extra = {} if inputs is None else \
         {"inputs": {k: tensor_digest(v) for k, v in sorted(_input_tensors(inputs, tokens.shape[0]).items())}}
@@ -75,7 +76,8 @@ def capture_spec(model, tokens: torch.Tensor, names, positions=None, max_memory=
             "tokens": {"shape": list(tokens.shape), "dtype": str(tokens.dtype).replace("torch.", ""),
                        "digest": tensor_digest(tokens)},
             "names": list(names), "positions": positions, "state_dtype": _state_dtype(state_dtype),
-            "batch_size": int(batch_size), "max_memory": parse_size(max_memory)}
+            "batch_size": int(batch_size), "max_memory": parse_size(max_memory),
+            "device": input_device(model).type}
 
 
 def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory="1GB", batch_size=16,
@@ -186,15 +188,29 @@ def is_complete(out, n: int) -> bool:
 
 def open_store(out, spec: dict, overwrite: bool = False) -> Store:
     """The capture folder ``out`` with ``spec`` (`capture_spec`), opened for writing: locked and
-    checked (a refusal over the state dtype says so first). Close it when done."""
+    checked (a refusal over the state dtype says so first; a folder of a version that did not record the
+    device resumes on any). Close it when done."""
+    old_spec = _old_spec(out)
+    if old_spec is not None and "device" not in old_spec and not overwrite:
+        spec = {k: v for k, v in spec.items() if k != "device"}
     try:
         return Store(out, "capture", spec, overwrite=overwrite, owns=OWNS).open()
     except InterpError as e:
-        old = ((read_spec(out) or {}).get("spec") or {}).get("state_dtype")
+        old = (old_spec or {}).get("state_dtype")
         if old and old != spec["state_dtype"]:
             raise InterpError(f"{out} holds states in {old}, not {spec['state_dtype']} (resume with --state-dtype "
                               f"{old}): {e}") from None
         raise
+
+
+def _old_spec(out) -> dict | None:
+    """The spec a capture folder holds, or None (none, or not readable as one: `Store.open` says so)."""
+    try:
+        head = read_spec(out)
+    except (InterpError, OSError):
+        return None
+    spec = head.get("spec") if isinstance(head, dict) else None
+    return spec if isinstance(spec, dict) else None
 
 
 def padding_mask(inputs):

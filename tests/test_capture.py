@@ -173,6 +173,28 @@ def test_resume_with_other_settings_is_refused_naming_the_field(tmp_path, capsys
     assert files(out) == again
 
 
+def test_a_capture_on_another_kind_of_device_is_refused_and_an_older_folder_resumes(tmp_path):
+    """The spec records the kind of device (its kernels round differently): a resume on another kind is refused
+    naming it; a folder of a version that did not record it resumes."""
+    m = small_model(tmp_path)
+    x = torch.randint(0, 50, (6, 24))
+    out = tmp_path / "cap"
+    capture(m, x, ["blocks.0.rec.state"], out, positions=[0, 3], batch_size=2, shard_size=3000, progress=False)
+    spec_file = out / "spec.json"
+    head = json.loads(spec_file.read_text())
+    assert head["spec"]["device"] == "cpu"
+    head["spec"]["device"] = "cuda"            # as a capture on a GPU would have written it
+    spec_file.write_text(json.dumps(head))
+    before = files(out)
+    with pytest.raises(InterpError, match='device: "cuda" -> "cpu"'):
+        capture(m, x, ["blocks.0.rec.state"], out, positions=[0, 3], batch_size=2, shard_size=3000, progress=False)
+    assert files(out) == before
+    del head["spec"]["device"]                 # an older version's folder
+    spec_file.write_text(json.dumps(head))
+    capture(m, x, ["blocks.0.rec.state"], out, positions=[0, 3], batch_size=2, shard_size=3000, progress=False)
+    assert load_capture(out)["blocks.0.rec.state"].shape[:2] == (6, 2)
+
+
 def test_second_capture_into_one_out_is_refused(tmp_path, ref):
     """A capture runs (held inside its first batch) while a second one starts into the same folder:
     the second is refused; once the first process is gone its lock is taken over."""
