@@ -143,6 +143,7 @@ def report(root, cfgs) -> str:
     head = ([f"UNFINISHED: {short} of {len(cfgs)} runs have not reached step {cfgs[0].steps} (stopped by "
              "--time-limit or interrupted): these numbers are not the sweep's; the same command resumes it"]
             if short else [])
+    note = f"so far (not final): {note}" if short else note
     return "\n".join(head + [f"held-out accuracy, mean [95% interval over seeds], {len(runs)} runs:",
                              table.to_string(), note,
                              "largest |change over the last evaluation interval| per task: " + ", ".join(flat),

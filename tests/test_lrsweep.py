@@ -99,6 +99,7 @@ def test_runs_stopped_by_the_time_limit_are_said_unfinished(tmp_path, capsys):
     assert main(base + ["--lrs", "1e-3,1e-2", "--out", str(tmp_path / "sw")]) == 0
     out = capsys.readouterr().out
     assert "\nUNFINISHED: 2 of 2 runs have not reached step 6" in out, out
+    assert "\nso far (not final): best rate" in out, out
     assert main(base + ["--out", str(tmp_path / "one")]) == 0
     assert "UNFINISHED at step 1 of 6 (--time-limit); the same command resumes it" in capsys.readouterr().out
     assert main(base[:-2] + ["--out", str(tmp_path / "one")]) == 0   # resumed to the end: said finished
