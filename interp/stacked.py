@@ -317,8 +317,10 @@ def _build(cfgs, mcfg: ZooConfig, outs: list[Path], device, resume: bool):
         cks, states = common, [load_trainer_state(ck) for ck in common]
         steps = [s["step"] for s in states]
     if len(set(steps)) > 1:
+        new = "" if None not in steps else ("; a run was added to an unfinished stack: finish the stack with its "
+                                            "own runs first, then add it")
         raise InterpError(f"stacked runs resume together, but their checkpoints are at steps {steps} "
-                          f"({', '.join(map(str, outs))}); valid: checkpoints at one step (or resume=False / "
+                          f"({', '.join(map(str, outs))}){new}; valid: checkpoints at one step (or resume=False / "
                           "--no-resume, or resume each run alone with interp train)")
     models = [load_model(ck, device=device).train() for ck in cks]
     sm = StackedModel(models, cfgs[0].scan_backend)

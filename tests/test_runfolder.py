@@ -262,3 +262,15 @@ def test_a_stack_with_finished_runs_trains_only_the_others(tmp_path, capsys):
     assert [snapshot(tmp_path / f"seed{s}") for s in (0, 1)] == before and len(models) == 3
     assert json.loads((tmp_path / "seed2" / "meta.json").read_text())["steps_done"] == 20
     assert capsys.readouterr().err.count("not trained again") == 2
+
+
+def test_a_run_added_to_an_unfinished_stack_is_refused_saying_so(tmp_path):
+    from interp.stacked import train_stacked
+    cfgs = [cfg(tmp_path / f"seed{s}", seed=s) for s in (0, 1, 2)]
+    train_stacked(cfgs[:2], progress=False, stop_after=10)
+    with pytest.raises(InterpError, match=r"steps \[10, 10, None\].*a run was added to an unfinished stack: finish "
+                                          r"the stack with its own runs first"):
+        train_stacked(cfgs, progress=False)
+    train_stacked(cfgs[:2], progress=False)   # the way out it names
+    train_stacked(cfgs, progress=False)
+    assert json.loads((tmp_path / "seed2" / "meta.json").read_text())["steps_done"] == 20
