@@ -439,7 +439,8 @@ def report(ctx, status, val, best, res, resm, mh, mhm, fails, pr, px, threshold)
     per_seed = {sd: shape_verdicts(seed_means(g), threshold) + flat_verdicts(
         seed_means(g), seed_means(mh[mh.seed == sd]) if len(mh) else mhm, threshold) for sd, g in res.groupby("seed")}
     X.write_report(ctx, "E1 — state recall under graded difficulty", L,
-                   X.replicated(shape_verdicts(resm, threshold) + flat_verdicts(resm, mhm, threshold), per_seed))
+                   X.replicated(shape_verdicts(resm, threshold) + flat_verdicts(resm, mhm, threshold), per_seed),
+                   status=status)
 
 
 def build_parser():
@@ -484,7 +485,7 @@ def experiment(ctx, threshold):
         X.save_table(px, figs / "patching.csv")
     report(ctx, status, val, best, res, resm, mh, mhm, fails, pr, px, threshold)
     print(f"wrote {figs}/report.md")
-    return 0
+    return 0 if X.sweep_complete(status, P, len(arms(P))) and not X.out_of_time(ctx.deadline) else 3   # 3: call again
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ import torch
 # interp.mixer_figures; the names imported but unused here stay reachable as this script's (the tests use them)
 from interp import InterpError  # noqa: F401
 from interp import experiment as X
+from interp.cli.options import int_at_least
 from interp import tasks as T
 from interp.mixer_figures import plot_attention, plot_placement, plot_sweeps, plot_taxonomy, plot_votes, plot_width
 from interp.tasks import word_problems as W
@@ -413,14 +414,14 @@ def report(ctx, A, status, val, best, acc, votes, tax, chance, judged, has_width
         L += [f"LLM judge ({len(judged)} wrong answers): agreement with the mechanical label {agree:.2f}; "
               "see judge.csv.", ""]
     L += ["## Learning-rate sweep and training seeds", ""] + X.sweep_lines(val, best, P["lrs"], P["seeds"])
-    X.write_report(ctx, "E2 — the recall gap against the attention ratio", L, verdicts)
+    X.write_report(ctx, "E2 — the recall gap against the attention ratio", L, verdicts, status=status)
 
 
 def build_parser():
     ap = X.parser(NAME, __doc__, PROFILES, workers=True)
     ap.add_argument("--judge", default=None,
                     help="local HF model directory for the optional LLM judge (None: no judge)")
-    ap.add_argument("--judge-max", type=int, default=100, help="wrong answers sent to the judge")
+    ap.add_argument("--judge-max", type=int_at_least(1), default=100, help="wrong answers sent to the judge")
     return ap
 
 
@@ -481,7 +482,7 @@ def experiment(ctx, a):
     verdicts = X.replicated(shape_verdicts(accm, votem, taxm, chance, gains if len(gains) else None), per_seed)
     report(ctx, A, status, val, best, accm, (votem, gains), taxm, chance, judged, has_width, has_place, verdicts)
     print(f"wrote {figs}/report.md")
-    return 0
+    return 0 if X.sweep_complete(status, P, len(A)) and not X.out_of_time(ctx.deadline) else 3   # 3: call again
 
 
 if __name__ == "__main__":

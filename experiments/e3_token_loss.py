@@ -72,6 +72,7 @@ import torch
 
 from interp import InterpError
 from interp import experiment as X
+from interp.cli.options import int_at_least
 from interp import tokenloss as TL
 # the arms, probes, report sections and seed statistics live in interp.tokenloss; run_name, train_hf and
 # pair_configs stay reachable as this script's names (the tests call them)
@@ -252,7 +253,8 @@ def report(ctx, tr, corpus, user_corpus, frames, summ, vals, probes):
         "vs olmo_hybrid` is the closer counterpart; `olmo3 vs olmo_hybrid` shows what the window changes." if tr else
         "") + " No setting was tuned toward the published shape.", ""]
     V += S.findings_table(rows) + [""] + probes["verdicts"]
-    X.write_report(ctx, "E3 — which tokens does the hybrid predict better? (token-level loss decomposition)", L, V)
+    X.write_report(ctx, "E3 — which tokens does the hybrid predict better? (token-level loss decomposition)", L, V,
+                   status=None if tr is None else tr["status"])
 
 
 def probe_part(ctx, P, spec) -> dict | None:
@@ -301,15 +303,15 @@ def build_parser():
     ap.add_argument("--probe-models", default=None, help="comma-separated zoo models (default names or dirs) for "
                     "the synthetic probes, the first is the reference; 'train' trains them; 'none' skips; None: the "
                     "profile's")
-    ap.add_argument("--seq-len", type=int, default=None, help="evaluation window (tokens; None: the profile's)")
-    ap.add_argument("--stride", type=int, default=None, help="evaluation stride (None: seq_len / 2)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: the profile's)")
+    ap.add_argument("--seq-len", type=int_at_least(2), default=None, help="evaluation window (tokens; None: the profile's)")
+    ap.add_argument("--stride", type=int_at_least(1), default=None, help="evaluation stride (None: seq_len / 2)")
+    ap.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (None: the profile's)")
     return ap
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    with X.setup(a, NAME, PROFILES, argv) as ctx:      # holds the runs and figures directories' writer locks
+    with X.setup(a, NAME, PROFILES, argv, min_budget=3.0) as ctx:   # (scoring keeps 150 s) holds the writer locks
         return experiment(ctx, a)
 
 
@@ -373,7 +375,8 @@ def train_arms(ctx, docs, train_docs, seq_len):
     overfit = S.overfit_table(metas)
     X.save_table(overfit, ctx.out / "overfit.csv")
     S.plot_training(overfit, val, best, ctx.out / "training.png")
-    tr = dict(status=status, val=val, best=best, picked=picked, metas=metas, cfgs=cfgs, steps=steps,
+    tr = dict(status=status, done=X.sweep_complete(status, P, len(specs)), val=val, best=best, picked=picked,
+              metas=metas, cfgs=cfgs, steps=steps,
               train_tokens=len(stream), unigram=unigram, overfit=overfit,
               seed_table=S.seed_table(val, best, unigram))
     return tr, tok, val_docs
@@ -457,7 +460,7 @@ def experiment(ctx, a) -> int:
         return 3
     report(ctx, tr, corpus, bool(a.corpus), frames, summ, vals, probes)
     print(f"wrote {ctx.out}/report.md")
-    return 0
+    return 0 if (tr is None or tr["done"]) and not ctx.out_of_time() else 3   # 3: unfinished runs, call again
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from interp import InterpError
 from interp import experiment as X
+from interp.cli.options import int_at_least
 from interp import tasks as T
 from interp.flops import accuracy_vs_flops
 from interp.tasks.vocab import VOCAB
@@ -438,12 +439,12 @@ def report(ctx, P, A, status, val, best, res, ex, thr, runs0, fl):
     if tr:
         L += ["", "Training-loop tokens/s from the first seed's logs (includes data generation and evaluation; runs "
                   "may have shared the device or a stack with other runs): " + ", ".join(tr) + "."]
-    X.write_report(ctx, "E4 — inter-layer vs intra-layer fusion", L, verdicts(ex))
+    X.write_report(ctx, "E4 — inter-layer vs intra-layer fusion", L, verdicts(ex), status=status)
 
 
 def build_parser():
     ap = X.parser(NAME, __doc__, PROFILES, seed=True, workers=True)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: the profile's)")
+    ap.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (None: the profile's)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="measure the throughput table on --device for every arm (no training, no checkpoints "
                          "needed), write throughput.csv / .png and stop")
@@ -491,7 +492,7 @@ def experiment(ctx, a):
     thr = write_throughput({k: A[k] for k in best}, ctx, P)
     report(ctx, P, A, status, val, best, resm, ex, thr, runs0, fl)
     print(f"wrote {ctx.out}/report.md")
-    return 0
+    return 0 if X.sweep_complete(status, P, len(A)) and not X.out_of_time(ctx.deadline) else 3   # 3: call again
 
 
 if __name__ == "__main__":

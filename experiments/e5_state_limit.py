@@ -27,7 +27,8 @@ between two arms: per-seed differences (independent runs), mean and 95% t-interv
 training and disagrees when one solves; a "can" claim the reverse; else inconclusive (arms not run are
 named). An arm **did not
 converge** on a task when it fails in distribution (it did not learn the training lengths); the report and
-stdout list them, and a "cannot" verdict resting on such an arm says so.
+stdout list them, a "cannot" verdict resting on such an arm says so, and a "can" (or "improves") claim that only such
+arms contradict is inconclusive, not disagreeing.
 
 Then, for the (task, arm) that solve beyond training (``analyse``), seed 0: probes (`interp.probes`) of the
 running count / running product on ``resid_post`` and ``rec.state``, at the longest training length and
@@ -222,6 +223,9 @@ def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             m, lo, hi = seed_interval(a[:k] - b[:k], bounds=(-1, 1))
             verdict = "agrees" if lo > 0 else "disagrees" if hi < 0 else "inconclusive"
             nums = f"{arms[0]} minus {arms[1]} beyond training: {X.fmt(m, lo, hi)}"
+            if verdict == "disagrees" and c.loc[arms[0]].in_label == "fails":   # a training failure
+                verdict = (f"inconclusive ({arms[0]} did not learn the training lengths: a training problem rather "
+                           "than evidence against the claim)")
         else:
             labs = c.beyond_label.tolist()
             good, bad = ("fails", "solves") if kind == "cannot" else ("solves", "fails")
@@ -231,6 +235,10 @@ def verdicts(res: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             stuck = [a for a, r in c.iterrows() if r.in_label == "fails"]
             if kind == "cannot" and verdict == "agrees" and stuck:
                 verdict += f" (but {', '.join(stuck)} did not learn the training lengths either)"
+            if kind != "cannot" and verdict == "disagrees" and all(
+                    a in stuck for a, r in c.iterrows() if r.beyond_label == "fails"):   # a training failure
+                verdict = (f"inconclusive ({', '.join(stuck)} did not learn the training lengths: a training "
+                           "problem rather than evidence against the claim)")
         if missing:
             verdict += f" (without {', '.join(missing)}: not run)"
         out.append(dict(claim=claim, source=source, task=task, arms=", ".join(arms), ours=nums, verdict=verdict))
@@ -380,7 +388,7 @@ def report(ctx, st, val, best, summ, cells, verd, edges, bl, das):
                                        for t, a in dict.fromkeys(zip(bl.task, bl.model))] + [""]
     vt = ["Rule: see above (fixed before the run).", ""] + X.md_table(verd) if len(verd) else [
         "Not enough arms finished to test any claim."]
-    X.write_report(ctx, "E5 — the state-tracking limit", L, vt)
+    X.write_report(ctx, "E5 — the state-tracking limit", L, vt, status=st)
 
 
 # --- main ---------------------------------------------------------------------------------------

@@ -33,12 +33,12 @@ Recurrent models prefer width over depth: per seed k, the mean over pair counts 
 largest) of acc(next width, smallest depth) - acc(w, largest depth); agrees for an arm when the 95%
 t-interval over seeds is above 0, disagrees when below, and overall when all attention-free arms do. A
 configuration **did not converge** when it is not solved at the fewest pairs (a training failure, not a
-capacity limit); the report and stdout list them.
+capacity limit; claim (1) resting on one is inconclusive); the report and stdout list them.
 
-Then the toolkit on one solved and one failed attention-free model (seed 0; the arm, width and depth with
-the largest accuracy drop between two pair counts): probes of the bound value (resid_post, rec.state@key,
-rec.state@query) with their causal check (interchange along the probe's subspace), and interchanges of each
-recurrent layer's state, whole and along the write key (`interp.interventions`).
+Then the toolkit on one solved and one failed attention-free model (seed 0; the arm, width and depth with the
+largest accuracy drop from a pair count it solves to one it fails): probes of the bound value (resid_post,
+rec.state@key, rec.state@query) with their causal check (interchange along the probe's subspace), and
+interchanges of each recurrent layer's state, whole and along the write key (`interp.interventions`).
 
     python experiments/e6_recall_law.py --quick     # CPU, about a minute, tiny models (runs/e6_recall_law_quick)
     interp run experiments/e6_recall_law.toml       # GPU, 9-minute calls; call again to continue
@@ -110,10 +110,9 @@ def aliases(P) -> dict:
     for d in P["depths"]:
         seen = {}
         for a in P["arms"]:
-            key = tuple(resolve_layout(a, d))
-            if key in seen:
-                out[(a, d)] = seen[key]
-            seen.setdefault(key, a)
+            first = seen.setdefault(tuple(resolve_layout(a, d)), a)
+            if first != a:
+                out[(a, d)] = first
     return out
 
 
@@ -132,18 +131,11 @@ def state_size(arm: str, width: int, depth: int, head_dim: int) -> tuple:
 
 def units(P, seq_lens) -> dict:
     """{"<arm>.w<width>.L<depth>.P<pairs>.T<seq_len>": (key values, training spec)}, aliases left out."""
-    skip, out = aliases(P), {}
-    for a in P["arms"]:
-        for d in P["depths"]:
-            if (a, d) in skip:
-                continue
-            for w in P["widths"]:
-                for p in P["pairs"]:
-                    for t in seq_lens:
-                        knobs = {"mqar": mqar_knobs(p, t, P["n_values"])}
-                        out[f"{a}.w{w}.L{d}.P{p}.T{t}"] = (dict(zip(KEYS, (a, w, d, p, t))), {
-                            "model": model_spec(a, w, d, P), "tasks": ["mqar"], "knobs": knobs})
-    return out
+    skip = aliases(P)
+    return {f"{a}.w{w}.L{d}.P{p}.T{t}": (dict(zip(KEYS, (a, w, d, p, t))), {
+            "model": model_spec(a, w, d, P), "tasks": ["mqar"], "knobs": {"mqar": mqar_knobs(p, t, P["n_values"])}})
+            for a in P["arms"] for d in P["depths"] if (a, d) not in skip
+            for w in P["widths"] for p in P["pairs"] for t in seq_lens}
 
 
 def make(ctx, unit, spec, lrs, seed):
@@ -176,8 +168,7 @@ def validate(ctx, runs):
 
 def test(ctx, runs, best, specs) -> pd.DataFrame:
     """Test accuracy of every finished run at its unit's best learning rate, with its configuration."""
-    done = X.chosen(runs, best)
-    res = _evaluate(ctx, done, "test").rename(columns={"acc": "accuracy"})
+    res = _evaluate(ctx, X.chosen(runs, best), "test").rename(columns={"acc": "accuracy"})
     if res.empty:
         return res
     keys = pd.DataFrame([{"unit": u, **k} for u, (k, _) in specs.items()])
@@ -232,11 +223,13 @@ def verdicts(summ: pd.DataFrame, res: pd.DataFrame, win: pd.DataFrame, P) -> pd.
     free = [a for a in attention_free(P["arms"]) if a in set(base.arm)]
     tr = base[(base.arm == "transformer") & (base.width == w0) & (base.depth == d0)]
     if len(tr):
-        labs, no = tr.label.tolist(), "inconclusive"
+        labs = tr.sort_values("pairs").label.tolist()
+        verdict = ("agrees" if all(x == "solves" for x in labs) else "disagrees" if labs[0] == "solves" and "fails"
+                   in labs else "inconclusive" + (" (did not converge: a training problem)" * (labs[0] != "solves")))
         out.append(("Attention solves MQAR at small width", "Arora et al. 2312.04927",
                     f"transformer d={w0}, {d0} layers: " + "; ".join(
                         f"{p} pairs {X.fmt(m, lo, hi)}" for p, m, lo, hi in zip(tr.pairs, tr["mean"], tr.lo, tr.hi)),
-                    "agrees" if all(x == "solves" for x in labs) else "disagrees" if "fails" in labs else no))
+                    verdict))
     wn, per, nums = width_needed(base[base.depth == d0]), {}, []
     for a in free:
         ws = wn[wn.arm == a].sort_values("pairs").width.fillna(np.inf).tolist()
@@ -278,17 +271,19 @@ def not_converged(summ: pd.DataFrame) -> pd.DataFrame:
 # --- the toolkit on one solved and one failed recurrent model ------------------------------------------
 
 def pick(summ: pd.DataFrame, P):
-    """(drop, arm, width, depth, seq_len, pairs solved, pairs failed): the attention-free arm, width and
-    depth with the largest drop in mean accuracy from fewer to more pairs; None if there is none."""
+    """((solved-to-failed, drop), arm, width, depth, seq_len, pairs, more pairs): the attention-free arm, width
+    and depth with the largest accuracy drop from a pair count it solves to one it fails, else (False, ...) from
+    any pair count to a larger one; None if there is none."""
     best = None
     for (a, w, d, t), g in summ[summ.arm.isin(attention_free(P["arms"]))].groupby(
             ["arm", "width", "depth", "seq_len"], sort=False):
         g = g.sort_values("pairs")
-        m, p = g["mean"].to_numpy(), g.pairs.to_numpy()
+        m, p, lab = g["mean"].to_numpy(), g.pairs.to_numpy(), g.label.to_numpy()
         for i in range(len(p)):
             for j in range(i + 1, len(p)):
-                if best is None or m[i] - m[j] > best[0]:
-                    best = (float(m[i] - m[j]), a, int(w), int(d), int(t), int(p[i]), int(p[j]))
+                key = (bool(lab[i] == "solves" and lab[j] == "fails"), float(m[i] - m[j]))
+                if best is None or key > best[0]:
+                    best = (key, a, int(w), int(d), int(t), int(p[i]), int(p[j]))
     return best
 
 
@@ -305,13 +300,13 @@ def interchanges(m, name: str, pairs: int, seq_len: int, P) -> pd.DataFrame:
 
 def analyse(ctx, runs, best, summ):
     """Probes (with their causal check) and state interchanges on the models `pick` names; resumable.
-    Returns (probe layers, interchanges, the pick) or Nones; writes probes_solved.png / probes_failed.png."""
+    Returns (probe layers, interchanges, the pick) or Nones; writes probes_<role>.png (solved / failed)."""
     P, pk = ctx.P, pick(summ, ctx.P)
     if pk is None:
         return None, None, None
-    _, a, w, d, t, p_ok, p_bad = pk
-    pf, xf = [], []
-    for role, p in (("solved", p_ok), ("failed", p_bad)):
+    (strict, _), a, w, d, t, p_ok, p_bad = pk
+    pf, xf = [], []   # roles "higher" / "lower" where no configuration both solves and fails (labels in the report)
+    for role, p in zip(("solved", "failed") if strict else ("higher", "lower"), (p_ok, p_bad)):
         unit = f"{a}.w{w}.L{d}.P{p}.T{t}"
         r = next((r for r in runs if r.unit == unit and r.seed == P["seeds"][0] and r.lr == best.get(unit)), None)
         if r is None or X.out_of_time(ctx.deadline):
@@ -325,8 +320,7 @@ def analyse(ctx, runs, best, summ):
         pf.append(pd.DataFrame(pr.best_layers()).assign(role=role, pairs=p))
         xf.append(X.ResultLog(ctx.runs / "analysis" / f"iv_{r.name}.csv").once(
             lambda: interchanges(m, name, p, t, P)).assign(role=role, pairs=p))
-    cat = (lambda fs: pd.concat(fs, ignore_index=True) if fs else None)
-    return cat(pf), cat(xf), pk
+    return (pd.concat(pf, ignore_index=True) if pf else None), (pd.concat(xf, ignore_index=True) if xf else None), pk
 
 
 # --- figures and report -----------------------------------------------------------------------------
@@ -416,6 +410,8 @@ def report(ctx, st, val, summ, wn, edges, win, verd, pb, xf, pk, specs):
     if pb is None:
         L += ["No attention-free configuration pair to compare (or no time left in this call).", ""]
     else:
+        L += [] if pk[0][0] else ["No attention-free configuration solves one pair count and fails a larger one: "
+                                  "these are the largest drop in accuracy (roles higher / lower).", ""]
         at = summ.set_index(KEYS)
         row = (lambda p: at.loc[(pk[1], pk[2], pk[3], p, pk[4])])
         L += [f"{pk[1]}, d={pk[2]}, {pk[3]} layers, seed 0: " + " against ".join(
@@ -424,13 +420,13 @@ def report(ctx, st, val, summ, wn, edges, win, verd, pb, xf, pk, specs):
             "probe's subspace, against random subspaces of its rank and the whole site):", ""]
         cols = [c for c in ("role", "pairs", "site", "layer", "accuracy", "majority", "iia", "iia_random", "iia_full",
                             "n_iia") if c in pb]
-        L += X.md_table(pb[cols]) + ["", "![solved](probes_solved.png)", "", "![failed](probes_failed.png)", "",
+        L += X.md_table(pb[cols]) + [""] + [f"![{r}](probes_{r}.png)\n" for r in pb.role.unique()] + [
                                      "Interchange of each recurrent layer's state before the last query (full; "
                                      "write_key: rank 1 along the key that wrote the changed value):", ""]
         L += X.md_table(xf[["role", "pairs", "layer", "subspace", "iia", "n", "n_total"]]) + [""]
     vt = ["Rule: see above (fixed before the run).", ""] + X.md_table(verd) if len(verd) else [
         "Not enough configurations finished to test any claim."]
-    X.write_report(ctx, "E6 — the recall law", L, vt)
+    X.write_report(ctx, "E6 — the recall law", L, vt, status=st)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -444,12 +440,14 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    with E5.context(a, argv, NAME, PROFILES) as ctx:   # holds the runs and figures folders' writer locks
+    ctx = E5.context(a, argv, NAME, PROFILES)
+    check_seq_len(a, ctx.P)                            # before the call claims its folders
+    with ctx:                                          # holds the runs and figures folders' writer locks
         return _main(a, ctx)
 
 
-def _main(a, ctx):
-    P, out = ctx.P, ctx.out
+def check_seq_len(a, P):
+    """``--seq-len`` into the profile ``P``, checked against its pair counts and the task's range."""
     if a.seq_len:
         P["seq_lens"] = tuple(sorted(set(a.seq_len)))
         need = 2 + 4 * min(P["pairs"])
@@ -460,6 +458,10 @@ def _main(a, ctx):
         for t in P["seq_lens"]:       # the task's own range, before any run is trained (TaskError: exit 2)
             for p in P["pairs"]:
                 T.generate("mqar", 1, seed=0, **mqar_knobs(p, t))
+
+
+def _main(a, ctx):
+    P, out = ctx.P, ctx.out
     X.check_spec(ctx.runs, {"profile": ctx.profile, **{k: P[k] for k in SPEC}}, kind=NAME)
     torch.manual_seed(0)
     specs = units(P, P["seq_lens"])
@@ -474,8 +476,7 @@ def _main(a, ctx):
         print("no finished runs to test yet; run the same command again")
         return 3
     summ = summary(res)
-    wn = width_needed(summ)
-    edges, win = X.lr_edges(val, P["lrs"], P["seeds"][0]), lr_window(val, specs, P["seeds"][0])
+    wn, edges, win = width_needed(summ), X.lr_edges(val, P["lrs"], P["seeds"][0]), lr_window(val, specs, P["seeds"][0])
     verd = verdicts(summ, res, win, P)
     nc = not_converged(summ)
     print("did not converge (not solved at the fewest pairs): "

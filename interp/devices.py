@@ -1,5 +1,5 @@
-"""Device names checked once for every command: "auto" resolved, an unknown name, CUDA where there is none, a GPU
-index past the last one."""
+"""Device names checked once for every command: "auto" resolved, an unknown name or a kind the toolkit does not
+run on (meta, mps, ...), CUDA where there is none, a GPU index past the last one."""
 from __future__ import annotations
 
 from interp import InterpError
@@ -13,6 +13,8 @@ def check_device(device, valid: str = "cpu, cuda, cuda:N"):
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise InterpError(f"device '{device}' is not valid; valid: {valid}") from None
+    if d.type not in ("cpu", "cuda"):   # meta, mps, xpu ...: the toolkit runs on CPUs and CUDA GPUs
+        raise InterpError(f"device '{device}' is not supported; valid: {valid}")
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise InterpError(f"device '{device}' requested but CUDA is not available on this machine; valid: "

@@ -31,3 +31,10 @@ def test_cuda_without_cuda_names_what_is_valid_here():
     for resolve in (resolve_device, experiment_device):
         with pytest.raises(InterpError, match="'cuda:0' requested but CUDA is not available .*; valid: auto, cpu$"):
             resolve("cuda:0")
+
+
+@pytest.mark.parametrize("name", ["meta", "mps", "xpu:0"])
+def test_kinds_the_toolkit_does_not_run_on_are_refused(name):
+    for resolve in (resolve_device, experiment_device):
+        with pytest.raises(InterpError, match=f"device '{name}' is not supported; valid: auto, cpu, cuda, cuda:N"):
+            resolve(name)

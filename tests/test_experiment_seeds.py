@@ -36,3 +36,25 @@ def test_rule_text_and_label():
     assert X.rule_text("no rule here") == ""
     assert X.label(0.91, 0.99, 0.9) == "solves" and X.label(0.1, 0.5, 0.9) == "fails"
     assert X.label(0.85, 0.95, 0.9) == "undecided" and X.label(float("nan"), float("nan"), 0.9) == "undecided"
+
+
+def test_verdicts_say_what_they_cannot_claim():
+    """Fewer than 3 training seeds, or unfinished runs: the lines above a report's verdicts say so."""
+    from types import SimpleNamespace
+    import pandas as pd
+    from interp.experiment.report import evidence_notes
+    two, three = SimpleNamespace(P={"seeds": (0, 1)}), SimpleNamespace(P={"seeds": (0, 1, 2)})
+    assert "**2 training seeds** (fewer than 3)" in evidence_notes(two)[0]
+    assert evidence_notes(three) == [] and evidence_notes(three, pd.DataFrame({"complete": [True]})) == []
+    notes = evidence_notes(three, pd.DataFrame({"complete": [True, False, False]}))
+    assert notes[0].startswith("**Unfinished**: 2 of 3 runs are not finished") and notes[-1] == ""
+
+
+def test_runs_note_counts_unfinished_runs_apart_and_tables_say_n_a():
+    import pandas as pd
+    from interp.experiment.report import md_table, runs_note
+    st = pd.DataFrame({"trained_now": [True, True, False, False, False], "complete": [True, False, True, False, False]})
+    assert runs_note(st)[0] == ("Runs trained (or continued) in this call: 2 of 5; of the others, 1 were finished by "
+                                "earlier calls of the same command (their checkpoints and cached evaluations are "
+                                "reused) and 2 are not finished yet.")
+    assert md_table(pd.DataFrame({"iia": [float("nan"), 0.5]}))[2:] == ["| n/a |", "| 0.50 |"]

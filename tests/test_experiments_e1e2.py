@@ -433,6 +433,9 @@ def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):
     assert E1.main(args + ["--steps", "4"]) == 0
     metas = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "runs").glob("*/meta.json")]
     assert metas and all(m["steps_done"] == 4 and m["train_config"]["steps"] == 4 for m in metas)
+    with pytest.raises(InterpError, match=r"figs' holds the outputs of another call \(steps: 4 -> 3\)"):
+        E1.main(args + ["--steps", "3"])                       # its figures would mix
+    args[args.index("--out") + 1] = str(tmp_path / "figs2")
     with pytest.raises(InterpError, match="with 4 steps, not test with 3"):
         E1.main(args + ["--steps", "3"])
     with pytest.raises(InterpError, match="with 4 steps"):

@@ -207,7 +207,7 @@ def test_e3_second_call_reuses_everything_and_other_settings_need_other_runs(e3,
     assert E3.main(_args(e3)) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(e3 / "figs" / "tokens.parquet"), before)
     assert stamps == {f: f.stat().st_mtime_ns for f in (e3 / "runs" / "models").glob("*/model.safetensors")}
-    with pytest.raises(InterpError, match="holds runs made with another configuration .*seed"):
+    with pytest.raises(InterpError, match="another (configuration|call) .*seed"):
         E3.main(_args(e3) + ["--seed", "1"])
     monkeypatch.setitem(E3.PROFILES["test"], "lrs", (1e-3, 3e-3, 1e-2))
     with pytest.raises(InterpError, match="holds runs made with another configuration .*lrs"):
@@ -312,7 +312,7 @@ def test_interp_run_errors(tmp_path, capsys):
              'script = "e4_fusion.py"\n[options]\ntiny = true\nlayers = 3\n':
                  "unknown option 'layers' in \\[options\\] .*valid options for e4_fusion.py: .*quick",
              'script = "e4_fusion.py"\n[options]\ntiny = true\nseed = "x"\n': "argument --seed: 'x' is not an integer; valid: integers >= 0",
-             'script = "nothere.py"\n': "script 'nothere.py' .* not found next to it; valid scripts: .*e4_fusion.py",
+             'script = "nothere.py"\n': "script 'nothere.py' .* not found next to it or among the shipped experiments; valid scripts: .*e4_fusion.py",
              'options = 3\nscript = "e4_fusion.py"\n': "'options' in .* must be a table",
              'script = \n': "is not valid TOML"}
     for i, (text, msg) in enumerate(cases.items()):

@@ -58,6 +58,18 @@ def test_e5_label_and_verdicts():
                        "not run)")
 
 
+def test_e5_a_claim_contradicted_only_by_an_arm_that_did_not_learn_is_inconclusive():
+    """A "can" / "improves" claim whose failing arm did not learn the training lengths: a training problem, not
+    evidence against the claim."""
+    stuck, learned_only = [(0.5, 0.5), (0.52, 0.49), (0.51, 0.51)], [(1.0, 0.3), (1.0, 0.35), (1.0, 0.3)]
+    for arm_acc, want in ((stuck, "inconclusive (gdn100-neg did not learn the training lengths"),
+                          (learned_only, "disagrees")):
+        res = _res({("parity", "gdn100-neg"): arm_acc, ("mod3", "gdn100-neg"): arm_acc,
+                    ("mod3", "gdn100"): [(1, .9), (1, .85), (1, .95)]})
+        v = E5.verdicts(res, E5.summary(res)[1]).set_index("task").verdict
+        assert v["parity"].startswith(want) and v["mod3"].startswith(want), v
+
+
 def test_lr_edges():
     val = pd.DataFrame(dict(unit=["in"] * 3 + ["edge"] * 3 + ["flat"] * 3, seed=0, lr=[1e-3, 3e-3, 1e-2] * 3,
                             val_acc=[0.5, 0.9, 0.6, 0.5, 0.6, 0.9, 0.7, 0.705, 0.7]))
@@ -93,7 +105,20 @@ def test_e6_verdicts():
     assert wn[("gdn100", 2, 64)] == 128 and wn[("gdn100", 2, 4)] == 64 and np.isnan(wn[("gdn100", 4, 64)])
     assert E6.not_converged(summ).empty
     pk = E6.pick(summ, P)
-    assert pk[1:] == ("gdn100", 64, 2, 256, 4, 64) and pk[0] == pytest.approx(0.75)
+    assert pk[1:] == ("gdn100", 64, 2, 256, 4, 64) and pk[0][0] and pk[0][1] == pytest.approx(0.75)
+
+
+def test_e6_a_transformer_that_did_not_converge_gives_no_verdict_and_pick_needs_a_solved_and_a_failed_count():
+    P = {**E6.PROFILES["full"], "arms": ("transformer", "gdn100"), "widths": (64,), "depths": (2,), "pairs": (4, 64)}
+    bad, ok = [0.2, 0.25, 0.3], [1.0, 1.0, 1.0]
+    summ, res = _summ6({("transformer", 64, 2, 4): bad, ("transformer", 64, 2, 64): bad,
+                        ("gdn100", 64, 2, 4): [0.5, 0.5, 0.5], ("gdn100", 64, 2, 64): [0.0, 0.0, 0.0]}, P)
+    v = E6.verdicts(summ, res, pd.DataFrame(columns=["unit", "arm", "window"]), P).set_index("claim").verdict
+    assert v["Attention solves MQAR at small width"] == "inconclusive (did not converge: a training problem)"
+    assert E6.pick(summ, P)[0] == (False, 0.5)   # gdn100 drops 0.5 but solves no pair count: not "solved"
+    summ, res = _summ6({("transformer", 64, 2, 4): ok, ("transformer", 64, 2, 64): bad}, P)
+    v = E6.verdicts(summ, res, pd.DataFrame(columns=["unit", "arm", "window"]), P).set_index("claim").verdict
+    assert v["Attention solves MQAR at small width"] == "disagrees"
 
 
 def test_full_profiles_match_the_design():
@@ -186,7 +211,9 @@ def check_e6(figs: Path, P):
     nc = E6.not_converged(summ)
     assert ("(not solved at the fewest pairs): " + (", ".join(f"{a} d={w} L={d}" for a, w, d in zip(
         nc.arm, nc.width, nc.depth)) or "none")) in report
-    for f in ["accuracy.png", "lr.png", "probes.csv", "interventions.csv", "probes_solved.png", "probes_failed.png"]:
+    roles = set(pd.read_csv(figs / "probes.csv").role) if (figs / "probes.csv").is_file() else set()
+    assert roles in ({"solved", "failed"}, {"higher", "lower"}), roles   # "solved" only where one solves
+    for f in ["accuracy.png", "lr.png", "interventions.csv"] + [f"probes_{r}.png" for r in roles]:
         assert (figs / f).is_file(), f
     assert "## Comparison with the published shape" in report and "git commit:" in report
 

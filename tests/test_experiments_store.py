@@ -283,7 +283,7 @@ def test_interp_run_checks_options_before_the_experiment_runs(tmp_path, capsys):
     f = _toml(tmp_path, str(EXPERIMENTS / "e4_fusion.py"), _args(tmp_path) + ["--threads", "x"])
     assert cli.main(["run", str(f)]) == 2
     err = capsys.readouterr().err
-    assert "argument --threads: invalid int value: 'x'; valid options: " in err and err.count("\n") == 1
+    assert "argument --threads: 'x' is not an integer; valid: integers >= 1; valid options: " in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "figs").exists()    # nothing ran
 
 
@@ -316,3 +316,97 @@ def test_default_directories_keep_every_run_off_the_committed_figures(tmp_path, 
     for flag in ("--out", "--runs"):
         with pytest.raises(InterpError, match=f"{flag} '' is empty; valid: a path"):
             X.setup(E4.build_parser().parse_args(flags + ["--device", "cpu", flag, ""]), E4.NAME, E4.PROFILES, flags)
+
+
+def _ctx(tmp_path, *flags):
+    return X.setup(E4.build_parser().parse_args(["--tiny", "--device", "cpu", *flags]), E4.NAME, E4.PROFILES, flags)
+
+
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_is(tmp_path):
+    """--out / --runs holding files that are not an experiment's: refused before anything is made or removed
+    (temporary-looking names included); a gallery folder of an earlier version (its report names the script) is
+    taken over; outputs of another profile in one --out are refused naming the field."""
+    user = tmp_path / "mine"
+    (user / "draft.tmp-1").mkdir(parents=True)
+    (user / "draft.tmp-1" / "chapter1.txt").write_text("thesis")
+    (user / "backup.tmp-20240101").write_text("precious")
+    (user / "results.csv").write_text("mine")
+    before = sorted(str(p.relative_to(user)) for p in user.rglob("*"))
+    for flag in ("--out", "--runs"):
+        other = tmp_path / f"new{flag}"
+        with pytest.raises(InterpError, match=f"{flag} '.*mine' holds backup.tmp-20240101, draft.tmp-1, results.csv "
+                                              "but no .*valid: a new or empty folder"):
+            _ctx(tmp_path, flag, str(user), "--runs" if flag == "--out" else "--out", str(other))
+        assert not other.exists()              # refused before either folder was made
+    assert sorted(str(p.relative_to(user)) for p in user.rglob("*")) == before
+    with pytest.raises(InterpError, match="--out '.*results.csv' is a file"):
+        _ctx(tmp_path, "--out", str(user / "results.csv"))
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    (gallery / "report.md").write_text("# E4\n\n* command: `python experiments/e4_fusion.py --device cuda`\n")
+    with _ctx(tmp_path, "--out", str(gallery), "--runs", str(tmp_path / "r")) as ctx:
+        assert ctx.out == gallery and json.loads((gallery / "outputs.json").read_text())["spec"]["profile"] == "test"
+    args = ["--quick", "--device", "cpu", "--out", str(gallery), "--runs", str(tmp_path / "r2")]
+    with pytest.raises(InterpError, match=r"--out '.*gallery' holds the outputs of another call \(profile: "
+                                          r'"test" -> "quick"'):
+        X.setup(E4.build_parser().parse_args(args), E4.NAME, E4.PROFILES, args).__enter__()
+    assert not (gallery / ".lock").exists()    # the refused call let its locks go
+
+
+def test_cli_refusal_of_a_foreign_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    toml = EXPERIMENTS / "e4_fusion.toml"
+    rc = cli.main(["run", str(toml), "--tiny", "--device", "cpu", "--out", str(tmp_path / "mine"),
+                   "--runs", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "holds notes.txt but no outputs.json" in err[0], err
+    assert not (tmp_path / "r").exists() and (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[options]\nsteps = [2, 4]\n', "option 'steps' in '.*' is a list; valid: one value"),
+    ('[options]\nout = "x"\nfigures = "y"\n', "options 'out' and 'figures' in '.*' set the same setting"),
+    ('[options]\ntime_budget = 5\n"time-budget" = 0\n', "options 'time_budget' and 'time-budget'"),
+    ('description = 5\n', "'description' in '.*' must be a string, got 5")])
+def test_interp_run_refuses_toml_options_it_would_otherwise_drop(tmp_path, capsys, text, message):
+    f = tmp_path / "copy.toml"            # a copied TOML file: its script is found among the shipped experiments
+    f.write_text('script = "e4_fusion.py"\n' + text)
+    assert cli.main(["run", str(f), "--tiny", "--device", "cpu", "--runs", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and __import__("re").search(message, err[0]), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_command_line_flag_replaces_the_tomls_option(tmp_path):
+    from interp.experiment.toml import merge_options
+    ap = E4.build_parser()
+    kept = merge_options(ap, "x.toml", {"steps": 2, "quick": True, "figures": "a"}, ["--steps", "4", "--out=b"])
+    assert kept == {"quick": True}
+    E6 = X.load_experiment(EXPERIMENTS / "e6_recall_law.py")
+    assert merge_options(E6.build_parser(), "x.toml", {"seq_len": [16], "quick": True}, ["--seq-len", "24"]) == \
+        {"quick": True}                    # a repeatable option too: not 16 and 24
+    with pytest.raises(InterpError, match="option 'seq_len' in 'x.toml' is an empty list"):
+        merge_options(E6.build_parser(), "x.toml", {"seq_len": []}, [])
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\x00binary", b"a,b\n1,2\n3,4,5,6\n"])
+def test_a_damaged_cached_table_is_named_not_a_traceback(tmp_path, payload):
+    log = X.ResultLog(tmp_path / "eval" / "val_x.csv")
+    (tmp_path / "eval" / "val_x.csv").write_bytes(payload)
+    with pytest.raises(InterpError, match=r"val_x.csv is damaged \(.*\); delete it and run the same command again"):
+        log.frame()
+    keyed = X.ResultLog(tmp_path / "k.csv", key=["a"])
+    keyed.add([{"a": 1, "b": 2}])
+    (tmp_path / "k.units" / "000000.csv").write_bytes(payload)
+    with pytest.raises(InterpError, match="is damaged"):
+        X.ResultLog(tmp_path / "k.csv", key=["a"]).frame()     # as a later call reads it
+
+
+def test_a_time_budget_too_short_to_make_progress_is_refused(tmp_path):
+    for budget in ("0.15", "0.99"):
+        with pytest.raises(InterpError, match=f"--time-budget {float(budget):g} is out of range; valid: 0 \\(none\\) "
+                                              "or >= 1 minutes"):
+            _ctx(tmp_path, "--time-budget", budget, "--runs", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+    assert _ctx(tmp_path, "--time-budget", "1", "--runs", str(tmp_path / "r")).deadline is not None

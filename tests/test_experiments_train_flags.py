@@ -23,7 +23,8 @@ def test_scan_backend_flag_reaches_the_runs_and_their_spec(tmp_path):
     assert json.loads((tmp_path / "auto" / "spec.json").read_text())["spec"]["scan_backend"] == "auto"
     with pytest.raises(InterpError, match="scan_backend"):
         E1.main(args + ["--runs", str(tmp_path / "auto")])
-    assert E1.main(args + ["--runs", str(tmp_path / "ref"), "--scan-backend", "reference"]) == 0
+    assert E1.main(args + ["--runs", str(tmp_path / "ref"), "--out", str(tmp_path / "figs_ref"), "--scan-backend",
+                          "reference"]) == 0
     assert "scan_backend" not in json.loads((tmp_path / "ref" / "spec.json").read_text())["spec"]
     metas = [json.loads(p.read_text()) for p in (tmp_path / "ref" / "runs").glob("*/meta.json")]
     assert metas and all(m["train_config"]["scan_backend"] == "reference" for m in metas)

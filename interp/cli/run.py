@@ -13,7 +13,8 @@ def add_parser(sub):
                    help="also run a TOML file whose script is not one of the experiments the toolkit ships "
                         "(experiments/e<N>_*.py): that file's code runs, so only for scripts you trust")
     r.add_argument("file", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
-    r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick")
+    r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick (a flag given "
+                   "here replaces the TOML's option of the same setting)")
     r.set_defaults(func=cmd_run)
 
 
@@ -25,5 +26,8 @@ def cmd_run(a):
     if not (root / "experiments").is_dir():
         raise InterpError(f"no experiments/ directory next to the interp package ({root}); `interp run` needs the "
                           "source checkout")
+    if "--allow-any-script" in a.args:
+        raise InterpError("--allow-any-script is an option of interp run, not of the script; valid: interp run "
+                          "--allow-any-script FILE.toml [flags]")
     from interp.experiment import run_toml
     return run_toml(a.file, a.args, allow_any_script=a.allow_any_script)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp import InterpError
-from interp.experiment.results import WriterLocks
+from interp.experiment.folders import check_folders, claim_out, claim_runs
+from interp.experiment.results import WriterLocks, backend_spec
 
 REPO = Path(__file__).resolve().parents[2]      # the source checkout: experiments/ and .git live here
 
@@ -129,6 +130,13 @@ class Ctx:
         """Take the writer locks of the runs and figures directories for this call (a second call
         into either is refused while it runs); released on leaving the ``with`` block."""
         self._locks = WriterLocks(self.runs, self.out).acquire()
+        try:
+            claim_runs(self.runs, self.name)
+            claim_out(self.out, {"experiment": self.name, "profile": self.profile, "steps": self.P.get("steps"),
+                                 "seed": self.seed, **backend_spec(self.P)})
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -152,9 +160,13 @@ class Ctx:
         return out_of_time(self.deadline, reserve_s)
 
 
-def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
+MIN_BUDGET = 1.0   # minutes: a call of less trains nothing (a run needs 0.25 left to start) and evaluates nothing
+
+
+def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None, min_budget: float = MIN_BUDGET) -> Ctx:
     """The `Ctx` of the parsed flags ``a``; makes the figures and runs directories. ``argv``: the
-    flags as given (default ``sys.argv[1:]``), for the report's command line. Use it as ``with
+    flags as given (default ``sys.argv[1:]``), for the report's command line; ``min_budget``: the shortest
+    ``--time-budget`` (minutes) in which a call makes progress. Use it as ``with
     setup(...) as ctx:`` so that the call holds its directories' writer locks.
 
     Default directories: ``runs/<name>`` and its ``figures/`` for the full profile; ``--quick`` / ``--tiny``
@@ -181,16 +193,19 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None) -> Ctx:
             raise InterpError(f"{flag} {v!r} is empty; valid: a path, or leave {flag} out for the default")
     runs = Path(a.runs or f"runs/{name}{runs_suffix}")
     out = Path(a.out or runs / "figures")
+    budget = P.get("time_budget", 0) if a.time_budget is None else a.time_budget
+    if budget is not None and (budget < 0 or 0 < budget < min_budget):
+        raise InterpError(f"--time-budget {budget:g} is out of range; valid: 0 (none) or >= {min_budget:g} minutes (a "
+                          "shorter call cannot finish a step of the experiment, so calling again would never end)")
+    devices = train_devices(a.train_devices, device)
+    check_folders(runs, out, name)      # every check before a folder is made: a refused call leaves none
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    budget = P.get("time_budget", 0) if a.time_budget is None else a.time_budget
-    if budget is not None and budget < 0:
-        raise InterpError(f"--time-budget {budget} is out of range; valid: minutes >= 0 (0 = none)")
     argv = list(sys.argv[1:] if argv is None else argv)
     return Ctx(name, profile, P, out, runs, device, getattr(a, "seed", 0), argv, started,
                deadline_from(budget, started), not a.no_progress,
                workers or (P.get("workers", 1) if device != "cpu" else 1),
-               train_only=a.train_only, train_devices=train_devices(a.train_devices, device),
+               train_only=a.train_only, train_devices=devices,
                stack=stack or P.get("stack", 1), length_split=bool(getattr(a, "length_split", False)))
 
 

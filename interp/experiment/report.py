@@ -30,11 +30,13 @@ def header(ctx: Ctx, title: str) -> list[str]:
             f"* git commit: {git_commit()}", ""] + ctx.notes
 
 
-def write_report(ctx: Ctx, title: str, body: list[str], verdicts: list[str] | None = None) -> Path:
-    """``<out>/report.md``: the header, the body and the comparison with the published shape."""
+def write_report(ctx: Ctx, title: str, body: list[str], verdicts: list[str] | None = None,
+                 status=None) -> Path:
+    """``<out>/report.md``: the header, the body and the comparison with the published shape, under what its
+    verdicts cannot claim (`evidence_notes`; ``status``: the runs' status table)."""
     lines = header(ctx, title) + body
     if verdicts is not None:
-        lines += ["", "## Comparison with the published shape", ""] + verdicts
+        lines += ["", "## Comparison with the published shape", ""] + evidence_notes(ctx, status) + verdicts
     if ctx.profile != "full":
         lines += ["", f"_Profile `{ctx.profile}` uses tiny models trained briefly on CPU: it checks the pipeline end "
                       "to end; its numbers say little about the architectures. The full profile (GPU) is the "
@@ -42,21 +44,40 @@ def write_report(ctx: Ctx, title: str, body: list[str], verdicts: list[str] | No
     return atomic_write_text(ctx.out / "report.md", "\n".join(lines) + "\n")
 
 
+def evidence_notes(ctx: Ctx, status=None) -> list[str]:
+    """The lines above a report's verdicts that say what they cannot claim: fewer than `interp.stats.MIN_SEEDS`
+    training seeds in the profile; runs of ``status`` (a status table with ``complete``) not finished yet."""
+    from interp.stats import MIN_SEEDS
+    k, out = len(ctx.P.get("seeds") or ()), []
+    if 0 < k < MIN_SEEDS:
+        out.append(f"**{k} training seed{'s' if k > 1 else ''}** (fewer than {MIN_SEEDS}): these verdicts describe "
+                   f"this call's runs, not the architectures; a model-level claim needs {MIN_SEEDS} or more seeds.")
+    left = 0 if status is None or not len(status) else int((~status.complete.astype(bool)).sum())
+    if left:
+        out.append(f"**Unfinished**: {left} of {len(status)} runs are not finished, so these verdicts rest on the "
+                   "runs finished so far and may change once the same command finishes them.")
+    return out + [""] if out else []
+
+
 def md_table(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> list[str]:
     """``df`` as markdown table lines; floats formatted with ``floatfmt``."""
     cols = list(df.columns)
     out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        out.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in row) + " |")
+    for _, row in df.iterrows():   # NaN (undefined: no interval from one seed, nothing kept) reads "n/a"
+        out.append("| " + " | ".join(("n/a" if v != v else floatfmt.format(v)) if isinstance(v, float) else str(v)
+                                     for v in row) + " |")
     return out
 
 
 # --- the learning-rate sweep --------------------------------------------------------------------
 
 def runs_note(status: pd.DataFrame) -> list[str]:
-    n = int(status["trained_now"].sum()) if "trained_now" in status else 0
-    return [f"Runs trained (or continued) in this call: {n} of {len(status)}; the others were finished by earlier "
-            "calls of the same command (their checkpoints and cached evaluations are reused).", ""]
+    now = status["trained_now"].astype(bool) if "trained_now" in status else pd.Series(False, index=status.index)
+    others = status[~now]
+    done = int(others.complete.astype(bool).sum()) if "complete" in status else len(others)
+    return [f"Runs trained (or continued) in this call: {int(now.sum())} of {len(status)}; of the others, {done} were "
+            "finished by earlier calls of the same command (their checkpoints and cached evaluations are reused)"
+            + (f" and {len(others) - done} are not finished yet" if len(others) > done else "") + ".", ""]
 
 
 def sweep_edge_note(best_lr: dict, lrs) -> list[str]:

@@ -35,6 +35,11 @@ def remove_temps(folder, prefix: str = "") -> None:
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() and not f.is_symlink() else f.unlink(missing_ok=True)
 
 
+def _damaged(path, e) -> str:
+    return (f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); delete it and run "
+            "the same command again to recompute it")
+
+
 class ResultLog:
     """A table of result rows, read back instead of recomputed by a later call.
 
@@ -71,7 +76,10 @@ class ResultLog:
     def _texts(self) -> list[tuple[Path, str]]:
         out = []
         for f in self._parts():
-            text = f.read_text(encoding="utf-8")
+            try:
+                text = f.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise InterpError(_damaged(f, e)) from None
             if f == self.path and self.units is not None and text and not text.endswith("\n"):
                 raise InterpError(f"{f} ends in a row cut short (an older version was killed while appending to it); "
                                   "delete it and run the same command again to recompute it")
@@ -94,12 +102,13 @@ class ResultLog:
             body.append(rows)
         return header + "\n" + "".join(body)
 
-    @staticmethod
-    def _read(text: str, **kw) -> pd.DataFrame:
+    def _read(self, text: str, **kw) -> pd.DataFrame:
         try:   # 'None' stays a string
             return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], **kw)
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
+        except (pd.errors.ParserError, ValueError) as e:
+            raise InterpError(_damaged(self.units or self.path, e)) from None
 
     # --- reading --------------------------------------------------------------------------------
     def _keys(self) -> set:
@@ -107,7 +116,10 @@ class ResultLog:
             text = self._text()
             self._done = set()
             if text:
-                df = pd.read_csv(io.StringIO(text), usecols=self.key, dtype=str, keep_default_na=False)
+                try:
+                    df = pd.read_csv(io.StringIO(text), usecols=self.key, dtype=str, keep_default_na=False)
+                except (pd.errors.ParserError, ValueError) as e:
+                    raise InterpError(_damaged(self.units or self.path, e)) from None
                 self._done = set(map(tuple, df[self.key].itertuples(index=False)))
         return self._done
 
