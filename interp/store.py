@@ -350,6 +350,7 @@ class Store:
                 if not f.name.startswith(LOCK) or not alive(int(f.name.rpartition(".tmp-")[2])):
                     f.unlink(missing_ok=True)
             if self.overwrite:
+                self._check_replaceable()
                 self._clear()
             self._check_spec()
             self.units.mkdir(exist_ok=True)
@@ -370,6 +371,23 @@ class Store:
     def _clear(self):
         for p in self._owned():
             remove(p)
+
+    def _check_replaceable(self):
+        """Before ``overwrite`` clears the folder: its spec.json (if any) must be a result spec of this kind. A
+        result of another command, or a spec.json that is not a result spec (someone else's), is never replaced."""
+        f = self.path / SPEC_FILE
+        if not f.exists():
+            return
+        try:
+            head = read_json(f)
+        except InterpError:
+            head = None
+        if not isinstance(head, dict) or not isinstance(head.get("spec"), dict):
+            raise InterpError(f"{f} is not a result spec, so --overwrite (overwrite=True) does not replace it; delete "
+                              "it or use a new --out")
+        if head.get("kind") != self.kind:
+            raise InterpError(f"{self.path} holds a {head.get('kind')} result, not a {self.kind}, so --overwrite "
+                              "(overwrite=True) does not replace it; use a new --out")
 
     def _check_spec(self):
         head = read_spec(self.path)

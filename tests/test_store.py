@@ -184,6 +184,27 @@ def test_overwrite_clears_only_the_stores_files(tmp_path):
     assert S.read_spec(tmp_path)["spec"]["source"] == {"seed": 7}
 
 
+def test_overwrite_never_replaces_another_commands_result_or_a_foreign_spec(tmp_path):
+    """--overwrite replaces a result of its own kind only: a capture folder given to another command, or a folder
+    whose spec.json is someone else's, is refused either way and left as it is."""
+    cap = tmp_path / "cap"
+    with Store(cap, "capture", SPEC, owns=("manifest.json",)) as st:
+        st.put("u", {"v": 1})
+        S.atomic_write_json(cap / "manifest.json", {"shards": []})
+    before = sorted(str(p.relative_to(cap)) for p in cap.rglob("*"))
+    with pytest.raises(InterpError, match="holds a capture result, not a generate, so --overwrite"):
+        Store(cap, "generate", SPEC, overwrite=True).open()
+    assert sorted(str(p.relative_to(cap)) for p in cap.rglob("*")) == before and not (cap / ".lock").exists()
+    user = tmp_path / "user"
+    (user / "units").mkdir(parents=True)
+    (user / "units" / "data.txt").write_text("mine")
+    for text in ('{"mine": 1}', "not json"):
+        (user / "spec.json").write_text(text)
+        with pytest.raises(InterpError, match="spec.json is not a result spec, so --overwrite .* does not replace"):
+            Store(user, "generate", SPEC, overwrite=True).open()
+        assert (user / "spec.json").read_text() == text and (user / "units" / "data.txt").read_text() == "mine"
+
+
 def test_old_format_folder_is_refused_with_how_to_rerun(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(InterpError, match=r"without a spec.json \(manifest.json\).*--overwrite.*new --out"):
