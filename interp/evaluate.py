@@ -57,29 +57,72 @@ class SweepResult(pd.DataFrame):
         return fig
 
 
+def _vocab(model) -> int | None:
+    """How many token ids ``model`` embeds (`hooks.HookedModel.vocab_size`); None where it does not say."""
+    import hooks
+    try:
+        return hooks.wrap(model).vocab_size
+    except Exception:     # a model hooks cannot wrap: answer_accuracy runs it unchecked, as before
+        return None
+
+
+def _unique(items, what: str) -> list:
+    items = list(items)
+    twice = [x for x in dict.fromkeys(items) if items.count(x) > 1]
+    if twice:
+        raise InterpError(f"{what} '{twice[0]}' is given twice; valid: each {what} once")
+    return items
+
+
+def plan_sweep(models: dict, tasks=None, knobs=None, n: int = 200, seed: int = 123) -> list:
+    """The checked jobs of `sweep`, before any model runs: [(task, knob, value, batch)]. Refused: no model, a
+    task or a knob given twice, knobs of a task not swept, an unknown task or knob, ``n`` below 1, and a batch with
+    a token id a model's vocabulary lacks."""
+    if not isinstance(models, dict) or not models:
+        raise InterpError(f"models {models!r} is not valid; valid: a dict {{name: model}} with at least one model")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InterpError(f"n {n!r} is not valid; valid: integers >= 1 (examples per difficulty point)")
+    tasks = _unique([tasks] if isinstance(tasks, str) else tasks or T.TASKS, "task")
+    for t in tasks:
+        if t not in T.TASKS:
+            raise InterpError(f"unknown task '{t}'; valid tasks: {', '.join(sorted(T.TASKS))}")
+    other = [t for t in (knobs or {}) if t not in tasks]
+    if other:
+        raise InterpError(f"knobs are given for task '{other[0]}', which is not swept; valid: knobs of the swept "
+                          f"tasks ({', '.join(tasks)})")
+    jobs = []
+    for t in tasks:
+        grid = T.difficulty_grid(t)
+        for knob in _unique((knobs or {}).get(t, grid), f"knob of task {t}"):
+            if knob not in grid:
+                raise InterpError(f"unknown knob '{knob}' for task '{t}'; valid knobs: {', '.join(grid)}")
+            jobs += [(t, knob, v, T.generate(t, n, seed=seed, **{knob: v})) for v in grid[knob]]
+    hi = max(jobs, key=lambda j: int(j[3].tokens.max()), default=None)     # the job with the largest token id
+    for name, model in models.items():
+        V = _vocab(model)
+        if V and hi is not None and int(hi[3].tokens.max()) >= V:
+            raise InterpError(f"model '{name}' cannot read task '{hi[0]}' ({hi[1]}={hi[2]}): token id "
+                              f"{int(hi[3].tokens.max())} out of range; valid: 0..{V - 1} (the model's vocabulary)")
+    return jobs
+
+
+def run_sweep(models: dict, jobs: list, progress: bool = True) -> SweepResult:
+    """Accuracy of each model on each job of `plan_sweep`."""
+    rows = []
+    for t, knob, v, batch in tqdm(jobs, desc="eval", disable=not progress, dynamic_ncols=True):
+        for name, model in models.items():
+            with torch.no_grad():
+                acc = answer_accuracy(model, batch.to(model.device))
+            rows.append(dict(model=name, task=t, knob=knob, value=v, accuracy=acc, n=batch.tokens.shape[0],
+                             seq_len=batch.tokens.shape[1]))
+    return SweepResult(rows)
+
+
 def sweep(models: dict, tasks=None, knobs=None, n: int = 200, seed: int = 123,
           progress: bool = True) -> SweepResult:
     """Evaluate each model on each task, moving one knob at a time over its difficulty grid.
 
-    models: {name: model}; tasks: task names (default: all); knobs: optional {task: [knob, ...]}.
+    models: {name: model} (at least one); tasks: task names (default: all), each once; knobs: optional
+    {task: [knob, ...]} for tasks among ``tasks``. Everything is checked (`plan_sweep`) before any model runs.
     """
-    tasks = list(tasks or T.TASKS)
-    for t in tasks:
-        if t not in T.TASKS:
-            raise InterpError(f"unknown task '{t}'; valid tasks: {', '.join(sorted(T.TASKS))}")
-    jobs = []
-    for t in tasks:
-        grid = T.difficulty_grid(t)
-        for knob in (knobs or {}).get(t, grid):
-            if knob not in grid:
-                raise InterpError(f"unknown knob '{knob}' for task '{t}'; valid knobs: {', '.join(grid)}")
-            jobs += [(t, knob, v) for v in grid[knob]]
-    rows = []
-    for t, knob, v in tqdm(jobs, desc="eval", disable=not progress, dynamic_ncols=True):
-        batch = T.generate(t, n, seed=seed, **{knob: v})
-        for name, model in models.items():
-            with torch.no_grad():
-                acc = answer_accuracy(model, batch.to(model.device))
-            rows.append(dict(model=name, task=t, knob=knob, value=v, accuracy=acc, n=n,
-                             seq_len=batch.tokens.shape[1]))
-    return SweepResult(rows)
+    return run_sweep(models, plan_sweep(models, tasks, knobs, n, seed), progress)

@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.intervene import add_site_args, one_shot_out, out_stem, parse_positions, site_of
-from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, finite_float, int_at_least, kv,
-                                 load_any, seed_list)
+from interp.cli.intervene import add_site_args, one_shot_out, out_stem, parse_positions, site_of, tidy_out
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, check_out, finite_float,
+                                int_at_least, kv, load_any, seed_list)
 
 
 def add_parser(sub):
@@ -48,19 +48,27 @@ def cmd_das(a):
     from dataclasses import asdict
 
     from interp import interventions as iv, tasks as T
+    from interp.interventions.intervene import parse_anchor
     from interp.store import model_digest
+    check_out(a.out)
     site = site_of(a)
+    positions = parse_positions(a.positions)
+    for p in positions or []:
+        if not isinstance(p, int):
+            parse_anchor(p, "--positions")
     cfg = iv.DASConfig(rank=a.rank, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, patience=a.patience,
                        split=_split(a.split), seed=a.seed,
                        random_seeds=tuple(seed_list(a.random_seeds, "--random-seeds")),
-                       order=a.order, positions=parse_positions(a.positions), cuda_graphs=a.cuda_graphs)
+                       order=a.order, positions=positions, cuda_graphs=a.cuda_graphs)
     cfg.check()
     model = load_any(a.model, device=a.device)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
+    plan = iv.plan_das(model, pairs, site, config=cfg)      # every check before --out is made
     stem = out_stem(a.model, a.task, site, f"_r{cfg.rank}")
     digest = model_digest(model)
-    with one_shot_out(a, digest, stem, ("csv", "parquet", "png", "safetensors", "spec.json"), config=asdict(cfg)):
-        res = iv.train_das(model, pairs, site, config=cfg, model_name=Path(a.model).name, progress=True)
+    with tidy_out(a.out), one_shot_out(a, digest, stem, ("csv", "parquet", "png", "safetensors", "spec.json"),
+                                       config=asdict(cfg)):
+        res = plan.run(Path(a.model).name, progress=True)
         sp = res.attrs["spec"]
         sp["model_digest"] = digest      # `interp intervene --subspace` checks it
         print(f"{a.model} on {a.task}: DAS rank {cfg.rank} at {site.label()} (width {sp['width']}), positions "

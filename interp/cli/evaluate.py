@@ -23,11 +23,18 @@ def add_parser(sub):
 
 
 def cmd_eval(a):
-    from interp.evaluate import sweep
+    from interp.evaluate import plan_sweep, run_sweep
     from interp.store import save_csv
     if a.knob and not a.task:
         raise InterpError(f"--knob {a.knob[0]} needs --task (knob names differ between tasks); valid: "
                           "--task T --knob KNOB")
+    if a.overwrite and not a.out:
+        raise InterpError("--overwrite without --out: there is no table to overwrite; valid: --overwrite with "
+                          "--out FILE.csv")
+    for flag, values in (("--model", a.model), ("--task", a.task or []), ("--knob", a.knob or [])):
+        twice = [v for v in dict.fromkeys(values) if values.count(v) > 1]
+        if twice:
+            raise InterpError(f"{flag} {twice[0]} is given twice; valid: each once")
     if a.out:
         check_out(a.out, file=True)
         if Path(a.out).suffix.lower() != ".csv":
@@ -35,6 +42,7 @@ def cmd_eval(a):
                               "beside it; valid: a path ending in .csv")
     models = {m: load_any(m, a.device) for m in a.model}
     knobs = {t: a.knob for t in a.task} if a.knob else None
+    jobs = plan_sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)     # every check before --out
     files, held = (), contextlib.nullcontext()
     if a.out:       # the table, its figure and its spec, checked and locked (interp.oneshot)
         from interp.oneshot import one_shot, spec_of
@@ -42,7 +50,7 @@ def cmd_eval(a):
         held = one_shot(files[2], files[:2], spec_of(models, tasks=a.task, knobs=a.knob or [], n=a.n, seed=a.seed),
                         a.overwrite)
     with held:
-        res = sweep(models, tasks=a.task, knobs=knobs, n=a.n, seed=a.seed)
+        res = run_sweep(models, jobs)
         print(res.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
         print(f"(answer accuracy; {a.n} examples per point, seed {a.seed}; one trained model per column)")
         if files:

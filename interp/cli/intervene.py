@@ -3,12 +3,13 @@ the write-key form, a saved basis), IIA printed and written as CSV / parquet / b
 (interp.interventions). Also the site and position options `interp das` shares."""
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, int_at_least, kv, load_any,
-                                seed_list)
+from interp.cli.options import (add_device, add_knob, add_model, add_n, add_seed, check_out, int_at_least, kv,
+                                load_any, refuse_unused, seed_list)
 
 
 def add_site_args(p):
@@ -69,13 +70,48 @@ def add_parser(sub):
     pa.set_defaults(func=cmd_intervene, resumes=False)
 
 
+def _labels(items) -> dict:
+    """{--subspace file: its label}: the file's name without .safetensors, or the path without it where two files
+    share a name; the same file twice and a built-in name (full, random, write_key) are refused."""
+    from interp.interventions.plan import BUILTIN
+    files = [s for s in items if s.endswith(".safetensors")]
+    seen, out = {}, {}
+    for s in files:
+        key = Path(s).resolve()
+        if key in seen:
+            raise InterpError(f"--subspace {s} is given twice (also as {seen[key]}); valid: each file once")
+        seen[key] = s
+    stems = [Path(s).name[:-len(".safetensors")] for s in files]
+    for s, stem in zip(files, stems):
+        if stem in BUILTIN:
+            raise InterpError(f"--subspace {s}: its name '{stem}' is that of a built-in subspace; valid: a file not "
+                              f"named {', '.join(f'{b}.safetensors' for b in BUILTIN)} (rename it)")
+        out[s] = stem if stems.count(stem) == 1 else s[:-len(".safetensors")]
+    return out
+
+
+def check_subspace_args(items):
+    """--subspace's items (default full, random): built-in names or .safetensors files, each once."""
+    from interp.interventions.plan import BUILTIN
+    items = items or ["full", "random"]
+    for s in items:
+        if s not in BUILTIN and not s.endswith(".safetensors"):
+            raise InterpError(f"--subspace '{s}' is not valid; valid: {', '.join(BUILTIN)} or a .safetensors file "
+                              "with R (e.g. from interp das)")
+    twice = [s for s in BUILTIN if items.count(s) > 1]
+    if twice:
+        raise InterpError(f"--subspace {twice[0]} is given twice; valid: each subspace once")
+    _labels(items)
+    return items
+
+
 def _subspaces(items, site, digest: str):
     """--subspace's items; a saved basis must come from this site and (where it records one) the model's weights
     (``digest``, `interp.store.model_digest`)."""
     from interp.interventions import load_subspace
     from interp.store import tensor_digest
-    out, files = [], {}
-    for s in items or ["full", "random"]:
+    out, files, labels = [], {}, _labels(items)
+    for s in items:
         if not s.endswith(".safetensors"):
             out.append(s)
             continue
@@ -87,9 +123,25 @@ def _subspaces(items, site, digest: str):
         if other:
             raise InterpError(f"--subspace {s} was learned at another site or model: {', '.join(other)}; valid: a "
                               "subspace of this --site / --head / --side and model")
-        out.append({Path(s).name[:-len(".safetensors")]: R})
+        out.append({labels[s]: R})
         files[s] = tensor_digest(R)
     return out, files
+
+
+@contextlib.contextmanager
+def tidy_out(out):
+    """On an error inside, remove the folders ``out`` (and its parents) that did not exist before, where still
+    empty: a refused call (e.g. a DAS run that diverged) leaves no empty --out behind."""
+    new = [p for p in [Path(out), *Path(out).parents] if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def one_shot_out(a, digest: str, stem: str, outputs, **settings):
@@ -102,22 +154,57 @@ def one_shot_out(a, digest: str, stem: str, outputs, **settings):
     return one_shot(out / f"{stem}.json", [out / f"{stem}.{ext}" for ext in outputs], made, a.overwrite)
 
 
+def _check_settings(a, subspaces):
+    """--rank/--seeds (random), --write-at/--key-from (write_key): checked always, refused where no subspace uses
+    them and they differ from their defaults. Returns (seeds, write_at)."""
+    from interp.interventions.intervene import parse_anchor
+    seeds = seed_list(a.seeds, "--seeds")
+    wa = parse_positions(a.write_at)
+    if len(wa) != 1:
+        raise InterpError(f"--write-at '{a.write_at}' names {len(wa)} positions; valid: one position, e.g. write")
+    if not isinstance(wa[0], int):
+        parse_anchor(wa[0], "--write-at")
+    if a.key_from not in ("base", "source"):
+        raise InterpError(f"--key-from '{a.key_from}' is not valid; valid: base, source")
+    for p in parse_positions(a.positions) or []:
+        if not isinstance(p, int):
+            parse_anchor(p, "--positions")
+    if "random" not in subspaces:
+        refuse_unused("--subspace without random", [("--rank", a.rank if a.rank != 1 else None),
+                                                     ("--seeds", a.seeds if seeds != [0, 1, 2, 3, 4] else None)],
+                      "--rank and --seeds with --subspace random")
+    if "write_key" not in subspaces:
+        refuse_unused("--subspace without write_key", [("--write-at", a.write_at if a.write_at != "write" else None),
+                                                        ("--key-from", a.key_from if a.key_from != "base" else None)],
+                      "--write-at and --key-from with --subspace write_key")
+    return seeds, wa[0]
+
+
 def cmd_intervene(a):
     from interp import interventions as iv, tasks as T
     from interp.store import model_digest
+    check_out(a.out)
     site = site_of(a)
-    wa = parse_positions(a.write_at)
-    seeds = seed_list(a.seeds, "--seeds")
+    items = check_subspace_args(a.subspace)
+    seeds, wa = _check_settings(a, items)
+    if a.order not in iv.ORDERS:
+        raise InterpError(f"--order '{a.order}' is not valid; valid: {', '.join(iv.ORDERS)}")
     model = load_any(a.model, device=a.device)
     digest = model_digest(model)
-    subspaces, files = _subspaces(a.subspace, site, digest)
+    subspaces, files = _subspaces(items, site, digest)
     pairs = T.make_pairs(a.task, a.n, seed=a.seed, **kv(a.knob)).to(a.device)
+    plan = iv.plan_intervene(model, pairs, site, subspaces=subspaces, rank=a.rank, seeds=seeds,
+                             positions=parse_positions(a.positions), order=a.order, batch_size=a.batch_size,
+                             write_at=wa, key_from=a.key_from)
+    if not plan.n_kept:
+        raise InterpError(f"none of the {len(plan.ix.ip)} ordered pairs is answered correctly on both prompts, so no "
+                          f"IIA can be measured ({a.model} on {a.task}); valid: a model that solves the task, more "
+                          "pairs (--n) or easier --knob values")
     stem = out_stem(a.model, a.task, site)
-    with one_shot_out(a, digest, stem, ("csv", "parquet", "png"), subspaces=a.subspace, subspace_files=files,
-                      rank=a.rank, seeds=seeds, write_at=a.write_at, key_from=a.key_from, batch_size=a.batch_size):
-        res = iv.intervene(model, pairs, site, subspaces=subspaces, rank=a.rank, seeds=seeds,
-                           positions=parse_positions(a.positions), order=a.order, batch_size=a.batch_size,
-                           model_name=Path(a.model).name, write_at=wa[0] if len(wa) == 1 else wa, key_from=a.key_from)
+    with tidy_out(a.out), one_shot_out(a, digest, stem, ("csv", "parquet", "png"), subspaces=a.subspace,
+                                       subspace_files=files, rank=a.rank, seeds=seeds, write_at=a.write_at,
+                                       key_from=a.key_from, batch_size=a.batch_size):
+        res = plan.run(Path(a.model).name)
         sp = res.attrs["spec"]
         print(f"{a.model} on {a.task}: {site.label()} at {sp['positions']}, {sp['n_ordered']} ordered pairs "
               f"({a.order}), {sp['n_kept']} answered correctly on both prompts (kept)")

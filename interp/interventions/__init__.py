@@ -9,12 +9,13 @@ recurrent state, restricted to a subspace (docs/interventions.md states every fo
     res.plot(); res.save("runs/das", "gdn100_mqar")
 
 Files: ``subspace`` (bases and the interchange op), ``site`` (sites, heads, state sides),
-``intervene`` (pairs, positions, running interchanges, IIA), ``das`` (training), ``result`` (tables
-and plots), ``store`` (R + spec files).
+``intervene`` (pairs, positions, running interchanges, IIA), ``plan`` (`intervene`: its checks, its
+table), ``das`` (training), ``result`` (tables and plots), ``store`` (R + spec files).
 """
-from interp.interventions.das import DASConfig, Rotation, train_das
+from interp.interventions.das import DASConfig, Rotation, plan_das, train_das
 from interp.interventions.intervene import (ORDERS, InterchangePairs, Interchanger, edit_site, interchange_pairs,
-                                            intervene, resolve_positions)
+                                            resolve_positions)
+from interp.interventions.plan import Planned, intervene, plan_intervene
 from interp.interventions.result import DASResult, InterventionResult
 from interp.interventions.site import SIDES, Site
 from interp.interventions.store import load_subspace, save_subspace
@@ -22,6 +23,7 @@ from interp.interventions.subspace import (check_basis, identity_basis, intercha
                                            random_basis, write_key_interchange)
 
 __all__ = ["Site", "SIDES", "ORDERS", "InterchangePairs", "Interchanger", "interchange_pairs", "resolve_positions",
-           "edit_site", "intervene", "train_das", "DASConfig", "Rotation", "InterventionResult", "DASResult",
+           "edit_site", "intervene", "plan_intervene", "Planned", "train_das", "plan_das", "DASConfig", "Rotation",
+           "InterventionResult", "DASResult",
            "identity_basis", "random_basis", "probe_basis", "orthonormalize", "check_basis", "interchange",
            "write_key_interchange", "save_subspace", "load_subspace"]

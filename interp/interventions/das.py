@@ -19,6 +19,8 @@ layer are computed once, not per step.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import time
 import warnings
 from contextlib import contextmanager
@@ -30,7 +32,9 @@ import torch.nn.functional as F
 import hooks
 from interp import InterpError
 from interp.interventions import graphs
-from interp.interventions.intervene import InterchangePairs, Interchanger, describe_positions, result_row, site_width
+from interp.interventions.intervene import (ORDERS, InterchangePairs, Interchanger, check_count, describe_positions,
+                                            result_row, site_width)
+from interp.interventions.plan import check_seeds
 from interp.interventions.site import Site
 from interp.interventions.subspace import check_basis, check_rank, random_basis
 
@@ -59,11 +63,14 @@ class DASConfig:
         if len(self.split) != 3 or not all(x > 0 for x in self.split) or not abs(sum(self.split) - 1) <= 1e-6:
             raise InterpError(f"split {tuple(self.split)} is not valid: three fractions (train, val, test) above 0 "
                               "summing to 1")
-        for k in ("epochs", "batch_size", "patience"):
-            if int(getattr(self, k)) < 1:
-                raise InterpError(f"{k} must be at least 1, got {getattr(self, k)}")
-        if not self.lr > 0:
-            raise InterpError(f"lr must be positive, got {self.lr}")
+        for k in ("rank", "epochs", "batch_size", "patience"):
+            check_count(getattr(self, k), k)
+        top = torch.finfo(torch.float32).max       # (Adam's float32 state cannot hold a larger lr)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not 0 < self.lr <= top:
+            raise InterpError(f"lr {self.lr!r} is not valid; valid: finite numbers > 0 and <= {top:.3g}, e.g. 0.01")
+        check_seeds(self.random_seeds, "random_seeds")
+        if self.order not in ORDERS:
+            raise InterpError(f"order '{self.order}' is not valid; valid: {', '.join(ORDERS)}")
 
 
 class Rotation(torch.nn.Module):
@@ -84,7 +91,7 @@ class Rotation(torch.nn.Module):
             if init is not None:
                 W0 = check_basis(init, width, "init").T.contiguous()
                 if W0.shape[1] != rank:
-                    raise InterpError(f"init has rank {W0.shape[1]}, expected {rank}")
+                    raise InterpError(f"init has rank {W0.shape[1]}; valid: rank {rank} (the DAS rank)")
             self.weight = torch.nn.Parameter(W0)
             torch.nn.utils.parametrizations.orthogonal(self, "weight")
 
@@ -172,7 +179,8 @@ def _graphs(ix: Interchanger, rot: Rotation, cfg: DASConfig, train_rows) -> tupl
 
 def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, progress=False):
     """Train ``rot`` on the correct ``train_rows``; returns (best R, history, best epoch, (GradStep |
-    None, EvalStep | None, {"cuda_graphs": how, "seconds_capture": s}))."""
+    None, EvalStep | None, {"cuda_graphs": how, "seconds_capture": s})). An epoch whose validation loss or R is
+    not finite (diverged) is never the best; with no other, an InterpError says to lower the learning rate."""
     train_rows = train_rows[ix.correct[train_rows]]
     if len(train_rows) == 0:
         raise InterpError("no training pair is answered correctly on both prompts: nothing to train on")
@@ -207,14 +215,82 @@ def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, p
             if progress:
                 print(f"epoch {epoch}: train loss {total / len(perm):.4f}, val IIA {v_iia:.3f} "
                       f"(loss {v_loss:.4f}), {time.perf_counter() - t0:.2f}s", flush=True)
-            key = (v_iia if v_iia == v_iia else -1.0, -v_loss if v_loss == v_loss else 0.0)
-            if best is None or key > best:
+            finite = math.isfinite(v_loss) and bool(torch.isfinite(R).all())   # a diverged epoch is never kept
+            key = (v_iia if v_iia == v_iia else -1.0, -v_loss)
+            if finite and (best is None or key > best):
                 best, best_R, best_epoch, bad = key, R, epoch, 0
             else:
                 bad += 1
-                if bad >= cfg.patience:
+                if bad >= cfg.patience or not bool(torch.isfinite(R).all()):   # (a NaN R stays NaN)
                     break
+    if best is None:
+        losses = ", ".join(f"{h['val_loss']:.4g}" for h in hist)
+        raise InterpError(f"DAS diverged at lr {cfg.lr:g}: no epoch has a finite validation loss and subspace "
+                          f"(validation losses {losses}); valid: a lower learning rate (--lr), e.g. the default 0.01")
     return best_R, hist, best_epoch, (step, ev, info)
+
+
+class DASPlan:
+    """A DAS run checked and prepared (`plan_das`): the `Interchanger` ``ix`` (``ix.correct``: the kept pairs),
+    the config, the splits and the initial `Rotation`; `run` trains it and evaluates (a `DASResult`)."""
+
+    def __init__(self, ix: Interchanger, cfg: DASConfig, pairs, splits: dict, rot: Rotation, t_prep: float):
+        self.ix, self.cfg, self.pairs, self.splits, self.rot, self.t_prep = ix, cfg, pairs, splits, rot, t_prep
+
+    def run(self, model_name="model", progress: bool = False):
+        from interp.interventions.result import DASResult
+        ix, cfg, splits, site, pairs = self.ix, self.cfg, self.splits, self.ix.site, self.pairs
+        dev = ix.src.device
+        R, hist, best_epoch, (_, ev, info) = fit(ix, self.rot.to(dev), splits["train"], splits["val"], cfg, progress)
+        rows = []
+
+        def add(label, Rx, r, split, seed):
+            v, _ = _eval(ix, Rx, splits[split], ev)
+            rows.append(result_row(site, ix, model_name, pairs, cfg.positions, label, r, split, seed, v,
+                                   int(ix.correct[splits[split]].sum()), len(splits[split])))
+        for split in ("train", "val", "test"):
+            add("das", R, cfg.rank, split, -1)
+        for sd in cfg.random_seeds:
+            add("random", random_basis(ix.width, cfg.rank, sd).to(dev), cfg.rank, "test", sd)
+        add("full", None, ix.width, "test", -1)
+        res = DASResult(rows)
+        res.R = R.cpu()
+        res.attrs["history"] = hist
+        res.attrs["spec"] = {**_spec(site, ix, cfg, pairs, splits, best_epoch, model_name, self.t_prep), **info}
+        return res
+
+
+def plan_das(model, pairs, site, rank: int | None = None, config: DASConfig | None = None,
+             batch_size_eval: int | None = None, init=None, **overrides) -> DASPlan:
+    """Every check of `train_das` and its preparation (one pass over the prompts), before any training: the
+    settings, the site and rank, ``init``, the positions and order, a kept pair in each split."""
+    try:
+        cfg = DASConfig(**{**(asdict(config) if config else {}), **overrides,
+                           **({"rank": rank} if rank is not None else {})})
+    except TypeError:
+        bad = next((k for k in overrides if k not in DASConfig.__dataclass_fields__), None)
+        raise InterpError(f"'{bad}' is not a DAS setting; valid: {', '.join(DASConfig.__dataclass_fields__)}") from None
+    cfg.check()
+    site = Site(site) if isinstance(site, str) else site
+    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
+    first = pairs.base[:1] if isinstance(pairs, InterchangePairs) else pairs.clean[:1]
+    from interp.models import input_device
+    width = site_width(hm, site, first.to(input_device(hm.model)))
+    check_rank(cfg.rank, width)                                      # before the costly preparation
+    rot = Rotation(width, cfg.rank, cfg.seed, init)
+    t0 = time.perf_counter()
+    ix = Interchanger(hm, pairs, site, cfg.positions, cfg.order,
+                      max(cfg.batch_size, 64) if batch_size_eval is None else batch_size_eval)
+    t_prep = time.perf_counter() - t0
+    splits = split_pairs(ix, cfg.split, cfg.seed)
+    if not int(ix.correct[splits["train"]].sum()):
+        raise InterpError(f"no training pair is answered correctly on both prompts: nothing to train on ({len(pairs)} "
+                          "task pairs); valid: a model that solves the task, more pairs (--n)")
+    empty = [k for k in ("val", "test") if not int(ix.correct[splits[k]].sum())]
+    if empty:
+        raise InterpError(f"{len(pairs)} task pairs leave no kept pair (right on both prompts) in the {empty[0]} split "
+                          f"of {tuple(cfg.split)}; valid: more pairs (--n) or a larger {empty[0]} fraction")
+    return DASPlan(ix, cfg, pairs, splits, rot, t_prep)
 
 
 def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | None = None, model_name="model",
@@ -222,42 +298,9 @@ def train_das(model, pairs, site, rank: int | None = None, config: DASConfig | N
     """Learn a rank-``rank`` subspace at ``site`` (a `Site` or a hook name) on ``pairs`` (a
     `tasks.PairBatch`). ``config`` (or keyword overrides of `DASConfig` fields) sets the training.
     Returns a `DASResult`: rows ``das`` (train/val/test), ``random`` (test, one per random seed) and
-    ``full`` (test); ``.R`` the learned subspace; ``attrs['spec']`` every setting, seed and split."""
-    from interp.interventions.result import DASResult
-    cfg = DASConfig(**{**(asdict(config) if config else {}), **overrides, **({"rank": rank} if rank else {})})
-    cfg.check()
-    site = Site(site) if isinstance(site, str) else site
-    hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
-    first = pairs.base[:1] if isinstance(pairs, InterchangePairs) else pairs.clean[:1]
-    from interp.models import input_device
-    check_rank(cfg.rank, site_width(hm, site, first.to(input_device(hm.model))))   # before the costly preparation
-    t0 = time.perf_counter()
-    ix = Interchanger(hm, pairs, site, cfg.positions, cfg.order, batch_size_eval or max(cfg.batch_size, 64))
-    t_prep = time.perf_counter() - t0
-    splits = split_pairs(ix, cfg.split, cfg.seed)
-    dev = ix.src.device
-    rot = Rotation(ix.width, cfg.rank, cfg.seed, init).to(dev)
-    empty = [k for k in ("val", "test") if not int(ix.correct[splits[k]].sum())]
-    if empty and int(ix.correct[splits["train"]].sum()):     # (no training pair: `fit` says so)
-        raise InterpError(f"{len(pairs)} task pairs leave no kept pair (right on both prompts) in the {empty[0]} split "
-                          f"of {tuple(cfg.split)}; valid: more pairs (--n) or a larger {empty[0]} fraction")
-    R, hist, best_epoch, (_, ev, info) = fit(ix, rot, splits["train"], splits["val"], cfg, progress)
-    rows = []
-
-    def add(label, Rx, r, split, seed):
-        v, _ = _eval(ix, Rx, splits[split], ev)
-        rows.append(result_row(site, ix, model_name, pairs, cfg.positions, label, r, split, seed, v,
-                               int(ix.correct[splits[split]].sum()), len(splits[split])))
-    for split in ("train", "val", "test"):
-        add("das", R, cfg.rank, split, -1)
-    for sd in cfg.random_seeds:
-        add("random", random_basis(ix.width, cfg.rank, sd).to(dev), cfg.rank, "test", sd)
-    add("full", None, ix.width, "test", -1)
-    res = DASResult(rows)
-    res.R = R.cpu()
-    res.attrs["history"] = hist
-    res.attrs["spec"] = {**_spec(site, ix, cfg, pairs, splits, best_epoch, model_name, t_prep), **info}
-    return res
+    ``full`` (test); ``.R`` the learned subspace; ``attrs['spec']`` every setting, seed and split.
+    A run whose every epoch diverges (NaN or inf) is refused: lower ``lr``."""
+    return plan_das(model, pairs, site, rank, config, batch_size_eval, init, **overrides).run(model_name, progress)
 
 
 def _spec(site: Site, ix: Interchanger, cfg: DASConfig, pairs, splits, best_epoch, model_name, t_prep) -> dict:

@@ -30,6 +30,7 @@ intervened logits, and each IIA the counts, of its length group run alone.
 """
 from __future__ import annotations
 
+import numbers
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -39,7 +40,7 @@ import torch
 import hooks
 from interp import InterpError
 from interp.interventions.site import Site
-from interp.interventions.subspace import check_basis, interchange, write_key_interchange
+from interp.interventions.subspace import interchange, write_key_interchange
 
 ORDERS = ("both", "corrupted_base", "clean_base")
 ANCHORS = ("answer", "write")
@@ -108,6 +109,15 @@ def default_positions(site: Site):
     return ["answer-1"] if site.kind == "state" else ["answer"]
 
 
+def parse_anchor(it, what: str = "position") -> re.Match:
+    """The match of an anchor position ('answer', 'write-1', ...) or an InterpError naming ``it``."""
+    m = _POS.match(str(it).strip())
+    if not m:
+        raise InterpError(f"{what} '{it}' is not valid; valid: an integer, {', '.join(ANCHORS)}, "
+                          "or one of them with an offset such as answer-1, write+1")
+    return m
+
+
 def resolve_positions(spec, ip: InterchangePairs, site: Site) -> torch.Tensor:
     """Per-row positions [N, P] from a spec (None, an int, 'answer', 'write-1', or a list of them), as
     indices into the rows. Padded pairs: an integer p is each row's p-th real token, -1 in a row shorter than
@@ -125,10 +135,7 @@ def resolve_positions(spec, ip: InterchangePairs, site: Site) -> torch.Tensor:
                 raise InterpError(f"position {it} falls outside the prompts (0..{T - 1})")
             col = torch.where(it < n, off + it, -1)
         else:
-            m = _POS.match(str(it).strip())
-            if not m:
-                raise InterpError(f"position '{it}' is not valid; valid: an integer, {', '.join(ANCHORS)}, "
-                                  "or one of them with an offset such as answer-1, write+1")
+            m = parse_anchor(it)
             anchor = ip.answer_pos if m.group(1) == "answer" else ip.write_pos
             col = anchor.long() + (int(m.group(2).replace(" ", "")) if m.group(2) else 0)
             bad = (col < off) | (col >= off + n)
@@ -241,6 +248,13 @@ def _write_key(Sb, Ss, k, site: Site):
     return new[..., 0] if mamba1 else new
 
 
+def check_count(v, what: str, lo: int = 1) -> int:
+    """``v`` as an int >= ``lo`` (an integer, not a bool), else an InterpError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise InterpError(f"{what} {v!r} is not valid; valid: integers >= {lo}")
+    return int(v)
+
+
 def site_width(hm, site: Site, tokens) -> int:
     """Check ``site`` against the model (name, head range) and return its width, from one cheap run
     on ``tokens`` [1, T] (one position kept)."""
@@ -263,7 +277,7 @@ class Interchanger:
     def __init__(self, model, pairs, site: Site, positions=None, order="both", batch_size: int = 64,
                  write_at="write", key_from="base", skip_prefix: bool = True):
         self.hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
-        self.site, self.batch_size = site, int(batch_size)
+        self.site, self.batch_size = site, check_count(batch_size, "batch_size")
         self.ip = (pairs if isinstance(pairs, InterchangePairs) else interchange_pairs(pairs, order)).to("cpu")
         from interp.models import input_device
         self.device = input_device(self.hm.model)
@@ -379,54 +393,6 @@ class Interchanger:
         if len(rows) == 0:
             return float("nan"), 0
         return float(self.switched(R, rows).float().mean()), int(len(rows))
-
-
-def subspace_items(subspaces, rank, seeds, width, site: Site):
-    """[(label, R | None | 'write_key', rank, seed)] from the ``subspaces`` argument of `intervene`."""
-    from interp.interventions.subspace import random_basis
-    items = []
-    for s in ([subspaces] if isinstance(subspaces, (str, torch.Tensor, dict)) else list(subspaces)):
-        if isinstance(s, dict):
-            items += [(str(k), check_basis(v, width, f"subspace '{k}'"), None, -1) for k, v in s.items()]
-        elif isinstance(s, torch.Tensor):
-            items.append(("given", check_basis(s, width), None, -1))
-        elif s == "full":
-            items.append(("full", None, width, -1))
-        elif s == "write_key":
-            if site.kind != "state":
-                raise InterpError("the write-key interchange acts on a recurrent state (rec.state), "
-                                  f"not on '{site.name}'")
-            items.append(("write_key", "write_key", 1, -1))
-        elif s == "random":
-            items += [("random", random_basis(width, rank, seed), rank, int(seed)) for seed in seeds]
-        else:
-            raise InterpError(f"subspace '{s}' is not valid; valid: full, random, write_key, a tensor [rank, "
-                              f"{width}] or a dict of them")
-    return [(lb, R, R.shape[0] if r is None else r, sd) for lb, R, r, sd in items]
-
-
-def intervene(model, pairs, site, subspaces=("full",), rank: int = 1, seeds=(0, 1, 2, 3, 4), positions=None,
-              order: str = "both", batch_size: int = 64, model_name: str = "model", write_at="write",
-              key_from: str = "base"):
-    """IIA of interchanges at ``site`` (a `Site` or a hook name) on ``pairs`` (a `tasks.PairBatch`).
-    ``subspaces``: any of 'full' (the whole site, or one head), 'random' (rank ``rank``, one row per
-    seed of ``seeds``), 'write_key' (``rec.state`` only: the rank-1 form along the layer's rec.k at
-    ``write_at`` of the base prompt, or of the source with ``key_from='source'``), a tensor R
-    [r, width] or a dict {label: R}. Returns an `InterventionResult` (split 'all')."""
-    from interp.interventions.result import InterventionResult
-    site = Site(site) if isinstance(site, str) else site
-    ix = Interchanger(model, pairs, site, positions, order, batch_size, write_at, key_from)
-    items = subspace_items(subspaces, rank, seeds, ix.width, site)
-    rows = []
-    for label, R, r, seed in items:
-        v, n = ix.iia(R)
-        rows.append(result_row(site, ix, model_name, pairs, positions, label, r, "all", seed, v, n, len(ix.ip)))
-    res = InterventionResult(rows)
-    res.attrs["spec"] = dict(site=site.name, head=site.head, side=site.side, width=ix.width, order=order,
-                             positions=describe_positions(positions, site), n_pairs=len(pairs),
-                             n_ordered=len(ix.ip), n_kept=int(ix.correct.sum()), seeds=list(seeds),
-                             task=dict(getattr(pairs, "meta", {}) or {}), write_at=write_at, key_from=key_from)
-    return res
 
 
 def describe_positions(positions, site: Site) -> str:

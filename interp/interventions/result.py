@@ -107,7 +107,8 @@ class DASResult(InterventionResult):
 
     def save(self, out, name: str, plot: bool = True):
         """Also writes ``name``.safetensors (R) and ``name``.spec.json (`store.save_subspace`)."""
-        from interp.interventions.store import save_subspace
+        from interp.interventions.store import check_finite, save_subspace
+        check_finite(self.R)                 # before any file: a diverged R is not saved
         paths = super().save(out, name, plot=plot)
         spec = {**self.attrs.get("spec", {}), "history": self.attrs.get("history", [])}
         return paths + list(save_subspace(self.R, spec, Path(out) / name))

@@ -40,8 +40,8 @@ class Site:
 
     def __post_init__(self):
         kind = self.kind  # validates the name's form
-        if self.head is not None and (not isinstance(self.head, int) or self.head < 0):
-            raise InterpError(f"head must be a non-negative integer or None, got {self.head!r}")
+        if self.head is not None and (not isinstance(self.head, int) or isinstance(self.head, bool) or self.head < 0):
+            raise InterpError(f"head {self.head!r} is not valid; valid: a non-negative integer or None (all heads)")
         if kind == "resid" and self.head is not None:
             raise InterpError(f"site '{self.name}' has no heads; per-head sites: "
                               f"{', '.join(HEADED + (STATE,))}")

@@ -11,9 +11,10 @@ from interp import InterpError
 
 
 def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
-    """Write R and spec; returns (safetensors path, json path)."""
+    """Write R and spec; returns (safetensors path, json path). A non-finite R is refused (nothing written)."""
     from interp.kernels import kernel_spec
     from interp.store import atomic_write_text, save_safetensors
+    check_finite(R)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     st, js = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".spec.json")
@@ -21,6 +22,14 @@ def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
     spec = {**spec, "rank": int(R.shape[0]), "width": int(R.shape[1]), **kernel_spec(training=True)}
     atomic_write_text(js, json.dumps(spec, indent=1, default=str))
     return st, js
+
+
+def check_finite(R):
+    """Refuse an R that is not a finite [rank, width] matrix (e.g. of a diverged DAS run)."""
+    if not isinstance(R, torch.Tensor) or R.dim() != 2 or not bool(torch.isfinite(R).all()):
+        what = tuple(R.shape) if isinstance(R, torch.Tensor) else type(R).__name__
+        raise InterpError(f"subspace R {what} is not a finite [rank, width] matrix (NaN or inf entries?); valid: a "
+                          "finite R, e.g. from a DAS run that did not diverge (lower its lr)")
 
 
 def load_subspace(path) -> tuple[torch.Tensor, dict]:

@@ -39,7 +39,7 @@ def is_orthonormal(R: torch.Tensor, tol: float = ORTHO_TOL) -> bool:
 
 def check_basis(R: torch.Tensor, width: int, what: str = "subspace") -> torch.Tensor:
     """``R`` as a [r, width] float matrix with orthonormal rows: shape checked against the site's
-    ``width`` (clear errors for a wrong width or a rank above it), orthonormalised if it is not."""
+    ``width`` (clear errors for a wrong width or a rank above it), finite, orthonormalised if it is not."""
     if not isinstance(R, torch.Tensor):
         raise InterpError(f"{what} must be a tensor [rank, {width}], got {type(R).__name__}")
     if R.dim() == 1:
@@ -50,6 +50,8 @@ def check_basis(R: torch.Tensor, width: int, what: str = "subspace") -> torch.Te
         raise InterpError(f"{what} has width {R.shape[1]} but the site has width {width} "
                           f"(expected shape [rank, {width}], got {tuple(R.shape)})")
     check_rank(R.shape[0], width)
+    if R.is_complex() or not bool(torch.isfinite(R).all()):
+        raise InterpError(f"{what} {tuple(R.shape)} has NaN or inf entries; valid: a finite real [rank, {width}]")
     R = R.float()
     return R if is_orthonormal(R) else orthonormalize(R, what)
 
