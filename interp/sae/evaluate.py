@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from interp import InterpError
 from interp.sae import coder as C
 from interp.sae.data import family_of
 from interp.tasks.vocab import PAD
@@ -19,17 +20,36 @@ from interp.tasks.vocab import PAD
 def quality(coder, X, dense_threshold: float = 0.1, Y=None) -> dict:
     """FVU (sum of squared errors over the total variance of the target: ``X`` [N, d], or ``Y`` [N, d'] for
     a transcoder reading X), ``dead_frac`` (latents that never fire on X), ``dense_frac`` (latents firing
-    on more than ``dense_threshold`` of the rows), ``l0`` (mean active latents per row) and ``rows``."""
+    on more than ``dense_threshold`` of the rows), ``l0`` (mean active latents per row) and ``rows``. Rows of
+    another width than the coder's, no rows, and targets that do not vary (FVU undefined) are refused."""
+    check_width(coder, X.shape[-1], None if Y is None else Y.shape[-1])
     Y = X if Y is None else Y
+    if X.shape[0] == 0 or Y.shape[0] != X.shape[0]:
+        raise InterpError(f"quality needs rows: got {X.shape[0]} input and {Y.shape[0]} target rows; valid: as many "
+                          "of each, at least 2")
     acts, idx, _ = coder.encode(C.pad(X, coder.d_in).to(coder.dtype))
     rec = coder.decode(acts, idx)[:, :Y.shape[1]]
-    fvu = (Y - rec).pow(2).sum() / (Y - Y.mean(0)).pow(2).sum()
+    total = (Y - Y.mean(0)).pow(2).sum()
+    if not total > 0:
+        raise InterpError(f"FVU is undefined here: the {Y.shape[0]} rows do not vary (total variance {float(total):g});"
+                          " valid: at least 2 rows that differ")
+    fvu = (Y - rec).pow(2).sum() / total
     counts = torch.zeros(coder.num_latents, device=idx.device)
     counts.index_add_(0, idx[acts > 0].flatten(), torch.ones(int((acts > 0).sum()), device=idx.device))
     freq = counts / X.shape[0]
     return {"fvu": float(fvu), "dead_frac": float((counts == 0).float().mean()),
             "dense_frac": float((freq > dense_threshold).float().mean()), "l0": float((acts > 0).sum(1).float().mean()),
             "rows": int(X.shape[0])}
+
+
+def check_width(coder, d_x: int, d_y: int | None = None):
+    """Refuse rows the coder does not read: an autoencoder reads and writes ``coder.d_in``-wide rows, a
+    transcoder the wider of its input and target (`interp.sae.transcode`)."""
+    want = d_x if d_y is None else max(d_x, d_y)
+    if want != coder.d_in:
+        site = f"{d_x}" if d_y is None else f"{d_x} (input) and {d_y} (target)"
+        raise InterpError(f"the coder is {coder.d_in} wide but the site's rows are {site} wide; valid: a coder "
+                          "trained on this site (of this model)")
 
 
 def answer_metrics(logits, batch, ref_logp=None) -> dict:

@@ -153,8 +153,9 @@ def split_kd(x, K: int):
 
 def key_dim(model, layer: int) -> int:
     """K of block ``layer``'s recurrent state (one two-token forward)."""
-    from interp.sae.data import wrap
+    from interp.sae.data import family_of, wrap
     hm = wrap(model)
+    family_of(hm, layer)                   # (refuses a block the model does not have)
     _, c = hm.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names=[f"blocks.{layer}.rec.k"])
     return int(c[f"blocks.{layer}.rec.k"].shape[-1])
 
@@ -182,7 +183,12 @@ def train_rank1(model, site, source, k: int = 32, features: int = 4096, steps: i
     steps, resumable in ``out`` (a changed setting is refused, naming it). ``init``: optional (key, val)
     rows whose directions seed the atoms (`Rank1Coder.init_from`). Returns a `TrainResult` with the
     folded coder (``scale`` = (key scale, value scale))."""
+    from interp.sae import checks
+    from interp.sae.data import check_capture_model
     check_site(site)
+    lr = 1e-3 if lr is None else lr
+    checks.train_args(k, features, steps, save_every, seed, lr, out=out)
+    check_capture_model(source, model)
     K = key_dim(model, site.layer)
     x0 = source.rows(0)
     key0, val0 = split_kd(x0, K)
@@ -199,10 +205,11 @@ def train_rank1(model, site, source, k: int = 32, features: int = 4096, steps: i
     def step_fn(batch, sc, dead):
         key, val = split_kd(batch, K)
         return _step(coder, opt, key / sc[0], val / sc[1])
-    store = Store(out, KIND, spec, overwrite=overwrite, owns=("coder", "metrics.parquet")) if out else None
-    with store if store else contextlib.nullcontext():
+    store = Store(out, KIND, spec, overwrite=overwrite, owns=checks.OWNS) if out else None
+    with (checks.tidy_on_failure(out) if out else contextlib.nullcontext()), (store or contextlib.nullcontext()):
         metrics, scale = fit(coder, opt, source, steps, step_fn, scale, store, save_every, progress,
                              f"rank1 {site.label()}", x0=x0)
+        checks.finite_coder(coder, lr)
         folded = fold(coder, *scale)
         path = None
         if store:

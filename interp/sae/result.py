@@ -77,10 +77,11 @@ class SaeEval(pd.DataFrame):
         q = {r.metric: r.value for r in self.get("quality").itertuples()}
         site = sp.get("site", "") + (f" -> {sp['target_site']}" if sp.get("target_site") else "")
         kind = {"transcoder": "transcoder, ", "rank1": "rank-1 atoms, "}.get(sp.get("coder"), "")
+        qual = (f", FVU {q['fvu']:.3f}, dead {q.get('dead_frac', np.nan):.2f}, dense {q.get('dense_frac', np.nan):.2f}"
+                if "fvu" in q else "")      # (a substitution table has no quality rows)
         fig.suptitle(title or f"{sp.get('model', '')} {site} on {sp.get('task', '')}: {kind}"
                      + ("\n" if len(panels) < 3 else "")
-                     + f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents, FVU {q.get('fvu', np.nan):.3f}, "
-                     f"dead {q.get('dead_frac', np.nan):.2f}, dense {q.get('dense_frac', np.nan):.2f}", fontsize=10)
+                     + f"k={sp.get('k', '?')} of {sp.get('features', '?')} latents{qual}", fontsize=10)
         fig.tight_layout()
         if path is not None:
             save_fig(fig, path, dpi=110)
@@ -160,7 +161,11 @@ class SaeEval(pd.DataFrame):
         ax.set_title(f"swap latents clean -> corrupted (n={int(ic.n.iloc[0])})", fontsize=9)
 
     def save(self, out, stem: str = "sae_eval") -> list[Path]:
-        """<out>/<stem>.csv, .parquet, .png and <stem>_summary.md."""
+        """<out>/<stem>.csv, .parquet, .png and <stem>_summary.md (an empty table is refused: nothing to save)."""
+        if not len(self) or not self.section.notna().any():
+            from interp import InterpError
+            raise InterpError("this SaeEval holds no rows, so there is nothing to save; valid: the table of an "
+                              "evaluation (interp.sae.run_eval, run_eval_rank1, run_eval_transcoder, substitution)")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         df = pd.DataFrame(self)

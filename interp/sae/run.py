@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from interp import InterpError
 from interp import tasks as T
 from interp.sae import evaluate as E
 from interp.sae.data import wrap
@@ -45,8 +46,12 @@ def causal_rows(hm, coder, site, X, batch, task: str, knobs: dict, n_pairs: int 
                 target: str = "bound_value", where: str = "answer", offset: int = 0, n_align: int = 1,
                 seeds=(0, 1, 2, 3, 4), probe: bool = True) -> list[dict]:
     """The ground-truth, needed and interchange rows of ``coder`` (a TopK coder on ``site`` or an
-    `interp.sae.views.Latents`; ``X``: its read site's vectors [B, T, d] on ``batch``)."""
-    table, ranking, need = groundtruth(coder, X, batch, target, where, offset, probe=probe)
+    `interp.sae.views.Latents`; ``X``: its read site's vectors [B, T, d] on ``batch``). The ranking keeps the top
+    max(16, ``n_align``) latents per value, so that ``n_align`` aligned latents are swapped."""
+    from interp.sae.checks import integer
+    integer("n_align", n_align, 1, coder.num_latents)
+    integer("n_pairs", n_pairs)
+    table, ranking, need = groundtruth(coder, X, batch, target, where, offset, top=max(16, n_align), probe=probe)
     rows = _gt_rows(table, need, target)
     pairs = T.make_pairs(task, n_pairs, seed=seed, **knobs).to(X.device)
     for r in interchange(hm, site, coder, pairs, ranking, n_align=n_align, seeds=seeds):
@@ -97,6 +102,9 @@ def run_eval_rank1(model, coder, site, task: str = "mqar", knobs: dict | None = 
     hm, knobs = wrap(model), dict(knobs or {})
     batch = T.generate(task, n, seed=seed, **knobs).to(_device(model))
     X, _ = site_vectors(hm, site, batch.tokens)
+    if X.shape[-1] != coder.K + coder.V:
+        raise InterpError(f"the rank-1 coder reads {coder.K} + {coder.V} wide write_kd rows but {site.label()} gives "
+                          f"{X.shape[-1]}; valid: a coder trained on this site (of this model)")
     q = quality(coder, *split_kd(X[batch.tokens != PAD], coder.K), dense_threshold)
     rows = [{"section": "quality", "metric": k, "value": float(v), "n": q["rows"]} for k, v in q.items() if k != "rows"]
     full = SaeSite(f"blocks.{site.layer}.rec.write", site.head)

@@ -17,6 +17,7 @@ from S' (`hooks` continues its recurrence from each changed state). So errors of
 carry through the recurrence as they would in the model."""
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -41,8 +42,14 @@ class SaeSite:
         if not m or m.group(2) not in KINDS:
             raise InterpError(f"SAE site '{self.name}' is not valid; valid: blocks.<i>.<x> with x one of "
                               f"{', '.join(KINDS)}")
-        if self.head is not None and KINDS[m.group(2)] == "resid":
+        if self.head is None:
+            return
+        if KINDS[m.group(2)] == "resid":
             raise InterpError(f"--head needs a per-head site (rec.*), not {self.name}")
+        if isinstance(self.head, bool) or not isinstance(self.head, numbers.Integral) or self.head < 0:
+            raise InterpError(f"head {self.head!r} of {self.name} is not valid; valid: an integer >= 0 (a head of the "
+                              "layer), or None for all heads")
+        object.__setattr__(self, "head", int(self.head))
 
     @property
     def layer(self) -> int:
@@ -67,10 +74,17 @@ class SaeSite:
                 if n in W.needs(family) or n == "decay"]
 
     # --- [B, T, ...] tensors <-> vectors ----------------------------------------------------------
+    def check_head(self, n_heads: int):
+        """Refuse a head the layer does not have (it has ``n_heads``)."""
+        if self.head is not None and self.head >= n_heads:
+            raise InterpError(f"head {self.head} of {self.name} does not exist; valid: 0..{n_heads - 1} (block "
+                              f"{self.layer} has {n_heads} heads)")
+
     def flat(self, x):
         """[B, T, H, ...] -> [B, T, d] (the head, or all heads); residual sites stay [B, T, D]."""
         if self.kind == "resid":
             return x.float()
+        self.check_head(x.shape[2])
         x = x if self.head is None else x[:, :, self.head:self.head + 1]
         return x.float().flatten(2)
 

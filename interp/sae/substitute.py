@@ -160,6 +160,10 @@ def substitution_rows(hm, wc: WriteCoder, batch, where: str = "firing", seed: in
     """Rows (section ``substitution``, metric, condition, value, lo, hi, n), module docstring."""
     from interp.sae.evaluate import clean_run
     clean, X, cache = clean_run(hm, wc.site, batch.tokens)
+    if X.shape[-1] != wc.K * wc.V or (not wc.rank1 and wc.coder.d_in != X.shape[-1]):
+        width = f"{wc.K} x {wc.V}" if wc.rank1 else str(wc.coder.d_in)
+        raise InterpError(f"the coder reads {width} wide writes but {wc.site.label()} gives {X.shape[-1]}; valid: a "
+                          "coder trained on this site (of this model)")
     mask = positions(wc, X, batch, where, seed)
     if not mask.any():
         raise InterpError("no token to substitute at (the dictionary fires nowhere before an answer)")

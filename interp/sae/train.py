@@ -11,6 +11,7 @@ finished coder is saved folded to raw activations in ``<out>/coder`` (sparsify's
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 
 from interp import InterpError
 from interp.kernels import kernel_spec
+from interp.sae import checks
 from interp.sae import coder as C
+from interp.sae.data import check_capture_model
 from interp.store import Store, model_digest, save_parquet
 
 KIND = "sae"
@@ -107,21 +110,24 @@ def fit(coder, opt, source, steps, step_fn, scale, store=None, save_every=100, p
                               f"for; valid: --steps {start} or more (to continue it), --overwrite (to train it again "
                               "for fewer), or another --out")
     rows = []
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc)
-    for step in range(start, steps):
-        batch = x0 if step == 0 and x0 is not None else source.rows(step)
-        m, idx = step_fn(batch, scale, fired > dead_tokens)
-        n = int(split(batch)[0].shape[0])
-        fired += n
-        fired[idx.flatten().unique()] = 0
-        rows.append({"step": step + 1, **m, "dead_frac": float((fired > dead_tokens).float().mean()), "rows": n})
-        bar.update(1)
-        bar.set_postfix(fvu=f"{rows[-1]['fvu']:.3f}")
-        if store and ((step + 1) % save_every == 0 or step + 1 == steps):
-            store.put(f"metrics/step={step + 1:08d}", pd.DataFrame(rows))
-            store.put("checkpoint", _state(coder, opt, fired, step + 1, scale))
-            rows = []
-    bar.close()
+    with tqdm(total=steps, initial=start, disable=not progress, desc=desc) as bar:   # (closed before an error)
+        for step in range(start, steps):
+            batch = x0 if step == 0 and x0 is not None else source.rows(step)
+            m, idx = step_fn(batch, scale, fired > dead_tokens)
+            if not all(math.isfinite(v) for v in m.values()):
+                got = ", ".join(f"{k} {v:g}" for k, v in m.items())
+                raise InterpError(f"training diverged at step {step + 1} ({got}); no coder was saved; valid: a lower "
+                                  f"--lr than {opt.param_groups[0]['lr']:g}")
+            n = int(split(batch)[0].shape[0])
+            fired += n
+            fired[idx.flatten().unique()] = 0
+            rows.append({"step": step + 1, **m, "dead_frac": float((fired > dead_tokens).float().mean()), "rows": n})
+            bar.update(1)
+            bar.set_postfix(fvu=f"{rows[-1]['fvu']:.3f}")
+            if store and ((step + 1) % save_every == 0 or step + 1 == steps):
+                store.put(f"metrics/step={step + 1:08d}", pd.DataFrame(rows))
+                store.put("checkpoint", _state(coder, opt, fired, step + 1, scale))
+                rows = []
     return _metrics(store, rows), scale
 
 
@@ -134,7 +140,11 @@ def train(model, site, source, k: int = 32, features: int = 4096, steps: int = 1
     transcoder: ``source.rows`` gives (input, target) row pairs (`interp.sae.transcode.PairSource`) and
     the coder predicts the target from the input (sparsify's ``transcode=True``; inputs and targets have
     a scale each, and the narrower side is padded with zeros, `interp.sae.transcode`). Returns a
-    `TrainResult` (``scale``: a float, or (input scale, target scale) for a transcoder)."""
+    `TrainResult` (``scale``: a float, or (input scale, target scale) for a transcoder). Settings out of range,
+    a capture of other weights and a folder of someone else's files are refused before anything runs; a run
+    that diverges saves no coder."""
+    checks.train_args(k, features, steps, save_every, seed, lr, auxk_alpha, dead_tokens, out)
+    check_capture_model(source, model)
     x0 = source.rows(0)
     xi, yi = split(x0)
     lr = lr if lr is not None else 2e-4 / (features / 2 ** 14) ** 0.5
@@ -152,10 +162,11 @@ def train(model, site, source, k: int = 32, features: int = 4096, steps: int = 1
         if y is None:
             return _one_step(coder, opt, x / sc, None, dead, auxk_alpha)
         return _one_step(coder, opt, C.pad(x / sc[0], width), C.pad(y / sc[1], width), dead, auxk_alpha)
-    store = Store(out, KIND, spec, overwrite=overwrite, owns=("coder", "metrics.parquet")) if out else None
-    with store if store else contextlib.nullcontext():
+    store = Store(out, KIND, spec, overwrite=overwrite, owns=checks.OWNS) if out else None
+    with (checks.tidy_on_failure(out) if out else contextlib.nullcontext()), (store or contextlib.nullcontext()):
         metrics, scale = fit(coder, opt, source, steps, step_fn, scale, store, save_every, progress,
                              f"{'transcoder' if target else 'sae'} {site.label()}", dead_tokens, x0)
+        checks.finite_coder(coder, lr)
         folded = C.fold(coder, *(scale if isinstance(scale, tuple) else (scale,)))
         path = None
         if store:

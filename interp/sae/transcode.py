@@ -19,7 +19,7 @@ from interp import InterpError
 from interp import tasks as T
 from interp.sae import coder as C
 from interp.sae import evaluate as E
-from interp.sae.data import STRIDE, _shuffle, family_of, wrap
+from interp.sae.data import _shuffle, family_of, step_seed, wrap
 from interp.sae.result import SaeEval
 from interp.sae.sites import SaeSite, vectors
 from interp.tasks.vocab import PAD
@@ -69,7 +69,7 @@ class PairSource:
                 "seed": self.seed}
 
     def rows(self, step: int):
-        b = T.generate(self.task, self.batch_size, seed=self.seed * STRIDE + step, **self.knobs).to(self.device)
+        b = T.generate(self.task, self.batch_size, seed=step_seed(self.seed, step), **self.knobs).to(self.device)
         x, y = pair_vectors(self.hm, self.site, self.target, b.tokens)
         keep = b.tokens != PAD
         return _shuffle(x[keep], self.seed, step), _shuffle(y[keep], self.seed, step)
