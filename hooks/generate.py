@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from hooks import names as N
@@ -75,9 +77,9 @@ class Generation:
 
 
 def check_sampling(temperature: float, top_p: float):
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise N.HookError(f"temperature must be a number > 0, got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise N.HookError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise N.HookError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
@@ -86,7 +88,8 @@ def choose(logits: torch.Tensor, sample: bool, temperature: float = 1.0, top_p: 
     """The next token per row of ``logits`` [B, V]: the argmax, or a nucleus sample (module docstring)."""
     if not sample:
         return logits.argmax(-1)
-    p = torch.softmax(logits.detach().double().cpu() / temperature, -1)
+    z = logits.detach().double().cpu()
+    p = torch.softmax((z - z.amax(-1, keepdim=True)) / temperature, -1)   # (shifted: a tiny temperature is argmax)
     if top_p < 1:
         srt, idx = p.sort(-1, descending=True)
         drop = (srt.cumsum(-1) - srt) >= top_p       # tokens after the nucleus is already full

@@ -12,12 +12,70 @@ the same greedy chains through the general decoder (tests/test_generate.py check
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hooks.generate import choose
+from interp import InterpError
 from interp.tasks.vocab import VOCAB
 
 IS = VOCAB.id("is")
+MIN_TEMPERATURE = 1e-6   # colder sampling is the argmax in effect, and far colder overflows logits / temperature
+
+
+def check_sampling(temperature, top_p, names=("temperature", "top_p")):
+    """An InterpError naming a temperature that is not a finite number >= `MIN_TEMPERATURE` or a top_p not in
+    (0, 1] (`hooks.generate.check_sampling`'s rule, plus the lower bound that keeps softmax(logits / temperature)
+    finite); ``names``: what the message calls them (the CLI's flags)."""
+    from hooks.generate import check_sampling as hooks_check
+    from hooks.names import HookError
+    valid = (f"finite numbers >= {MIN_TEMPERATURE:g} (colder is greedy in effect: sample=False, --samples 1)",
+             "numbers in (0, 1]")
+    for i, v in enumerate((temperature, top_p)):
+        try:
+            hooks_check(*[v if j == i else 1.0 for j in range(2)])     # a number: > 0, top_p <= 1
+            ok = not isinstance(v, bool) and math.isfinite(v) and (i == 1 or v >= MIN_TEMPERATURE)
+        except HookError:
+            ok = False
+        if not ok:
+            raise InterpError(f"{names[i]} {v!r} is out of range; valid: {valid[i]}")
+
+
+def check_count(k, what="k"):
+    """An InterpError unless ``k`` (named ``what``) is an integer >= 1."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InterpError(f"{what}={k!r} is not valid; valid: integers >= 1")
+
+
+def check_vocab(model, tokens, what="the task's tokens"):
+    """An InterpError where ``tokens`` hold an id the model does not embed (a model with a smaller vocabulary than
+    the task vocabulary), naming the id and the model's range; models whose embedding size is unknown pass."""
+    import hooks
+    from hooks.names import HookError
+    try:
+        V = hooks.wrap(model).vocab_size
+    except (TypeError, HookError):   # not a model hooks can wrap (a stand-in module): nothing to check against
+        V = None
+    hi = int(tokens.max()) if tokens.numel() else 0
+    if V and hi >= V:
+        raise InterpError(f"token id {hi} of {what} out of range 0..{V - 1} (the model's vocabulary has {V} ids); "
+                          f"valid: a model of the task vocabulary ({len(VOCAB)} ids, e.g. a zoo model)")
+
+
+def _one_layout(batch, marker) -> tuple[list, int]:
+    """(marker positions, answer position) shared by every row of ``batch``, else an InterpError."""
+    at, ap = batch.tokens == marker, batch.answer_pos[:, 0]
+    mask = getattr(batch, "attention_mask", None)
+    padded = torch.zeros_like(ap, dtype=torch.bool) if mask is None else ~mask.bool().all(1)
+    moved = (at != at[:1]).any(1) | (ap != ap[0])
+    for bad, what in ((padded, "is padded (attention_mask)"),
+                      (moved, "has its markers or answer elsewhere than row 0")):
+        if bool(bad.any()):
+            raise InterpError(f"batch row {int(bad.nonzero()[0])} {what}: sample_chains needs one layout; valid: a "
+                              "batch of one layout (one T.generate call with fixed knobs; a padded mix of layouts "
+                              "one layout at a time)")
+    return at[0].nonzero().flatten().tolist(), int(ap[0])
 
 
 @torch.no_grad()
@@ -27,10 +85,15 @@ def sample_chains(model, batch, k: int = 1, sample: bool = False, temperature: f
     same positions), each written by the model as the module docstring says. Returns ``answers`` [n, k]
     (the final answers chosen), ``right`` [n, k] bool (the answer is the gold one), ``steps_right`` [n, k]
     (fraction of the chain's intermediate values equal to the gold ones; NaN without markers) and
-    ``tokens`` [n, k, T] (the written sequences up to the answer)."""
+    ``tokens`` [n, k, T] (the written sequences up to the answer). A batch of several layouts, a token the
+    model does not embed, k < 1 or (``sample``) a bad temperature / top_p raise an InterpError."""
+    check_count(k)
+    check_count(chunk, "chunk")
+    if sample:
+        check_sampling(temperature, top_p)
+    pos, ap = _one_layout(batch, marker)
+    check_vocab(model, batch.tokens)
     toks = batch.tokens.to(model.device)
-    pos = (toks[0] == marker).nonzero().flatten().tolist()      # one layout per batch
-    ap = int(batch.answer_pos[0, 0])
     n = toks.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     rows = toks.repeat_interleave(k, 0)                          # example i's chains are rows i*k .. i*k+k-1

@@ -8,22 +8,19 @@ read at the answer rows only (``positions=``). For a head with pattern A, answer
     weight share = |A[t, src]| / sum_{s <= t} |A[t, s]|
     value share  = ||A[t, src] v_src|| / sum_{s <= t} ||A[t, s] v_s|| = |A[t, src]| ||v_src|| / sum_s |A[t, s]| ||v_s||
 
-The weight share is the map's measure. For softmax heads it *is* the attention weight on src (the weights are
-non-negative and sum to 1), so attention and recurrent heads are read on one scale. A recurrent A is signed (the
-delta rule's key removal gives negative entries) and does not sum to 1, so its magnitudes are normalised over
-the row: the fraction of the row's total |A| mass on src. It ignores what the values hold; the value share weighs
-each source by the size of the vector it adds, i.e. the share of the per-source contribution norms of
-`hooks.effective.contributions` (reported beside it). Neither counts the skip D v_t of Mamba layers (not part
-of A). Mamba1 layers have one pattern per channel, not per head; they are not mapped here (use `contributions`).
+The weight share is the map's measure. For softmax heads it *is* the attention weight on src, so attention and
+recurrent heads are read on one scale. A recurrent A is signed (the delta rule's key removal) and does not sum to
+1: the share is the fraction of the row's |A| mass on src. The value share weighs each source by the size of the
+vector it adds (the per-source contribution norms of `hooks.effective.contributions`). Neither counts the skip
+D v_t of Mamba layers. Mamba1 layers have one pattern per channel, not per head: not mapped (use `contributions`).
 
-Ground-truth source (`fact_sources`): mqar, the value token bound to the queried key in the context; state_recall,
-the value token of the last statement that wrote the queried variable (with ``complexity=assign``, the default
-here, that constant is the answer). Only answers the model gets right are kept; intervals are 95% bootstraps
-over examples (`interp.stats.boot_ci`).
+Ground-truth source (`fact_sources`): mqar, the value token bound to the queried key; state_recall, the value token
+of the last statement that wrote the queried variable (with ``complexity=assign``, the default here, the answer).
+Only answers the model gets right are kept; intervals are 95% bootstraps over examples (`interp.stats.boot_ci`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,7 +46,6 @@ def _hm(model) -> HookedModel:
 
 
 # --- the fact and where it sits --------------------------------------------------------------------
-
 def fact_sources(batch) -> tuple[list[int], torch.Tensor]:
     """(rows, src): the answer rows (positions whose next token is an answer; the same in every example)
     and the ground-truth source position of each answer ``[N, Q]`` (module docstring)."""
@@ -76,22 +72,16 @@ def fact_sources(batch) -> tuple[list[int], torch.Tensor]:
 def example_marks(batch, example: int) -> tuple[list[int], list[int]]:
     """(answer rows, their ground-truth sources) of one example, for marking a figure; no sources (and
     the answer rows alone) for a task without them."""
-    import dataclasses
-    one = dataclasses.replace(batch, tokens=batch.tokens[example:example + 1],
-                              answer_pos=batch.answer_pos[example:example + 1],
-                              answers=batch.answers[example:example + 1],
-                              labels={k: v[example:example + 1] for k, v in batch.labels.items()},
-                              loss_mask=batch.loss_mask[example:example + 1])
-    rows = [int(p) for p in one.answer_pos[0] if p >= 0]
+    one = replace(batch, labels={k: v[example:example + 1] for k, v in batch.labels.items()}, **{
+        f: getattr(batch, f)[example:example + 1] for f in ("tokens", "answer_pos", "answers", "loss_mask")})
     k = batch.meta["knobs"]
     if batch.meta.get("task") not in SOURCE_TASKS or k.get("cot") or k.get("query_first"):
-        return rows, []
+        return [int(p) for p in one.answer_pos[0] if p >= 0], []
     rows, src = fact_sources(one)
     return rows, src[0].tolist()
 
 
 # --- per-head shares --------------------------------------------------------------------------------
-
 class Unit(NamedTuple):
     layer: int
     kind: str           # 'attn' or the recurrence family
@@ -141,9 +131,8 @@ def head_shares(model, tokens, rows, src, batch_size: int = 64):
                                           hooks=[(u.v, grab) for u in us])
         preds.append(lg[:, rows].argmax(-1).cpu())
         for u in us:
-            w, c = _shares(cache[u.pattern], vs[u.v], src[a:a + batch_size])
-            out[u][0].append(w.cpu())
-            out[u][1].append(c.cpu())
+            for got, x in zip(out[u], _shares(cache[u.pattern], vs[u.v], src[a:a + batch_size])):
+                got.append(x.cpu())
     return torch.cat(preds), {u: (torch.cat(w), torch.cat(c)) for u, (w, c) in out.items()}
 
 
@@ -167,8 +156,7 @@ def _mean_ci(x, keep, n_boot, rng):
     sums = (x * keep).sum(1).numpy().astype(float)
     counts = keep.sum(1).numpy().astype(float)
     mean = sums.sum() / max(counts.sum(), 1e-12)
-    lo, hi = boot_ci(sums, counts, n_boot, rng)
-    return mean, lo, hi
+    return (mean, *boot_ci(sums, counts, n_boot, rng))
 
 
 def who_reads(model, task: str, n: int = 128, seed: int = 0, name: str = "model", batch_size: int = 64,
@@ -176,6 +164,9 @@ def who_reads(model, task: str, n: int = 128, seed: int = 0, name: str = "model"
     """The who-reads-the-fact table of one model on one task (module docstring). ``knobs``: task knobs
     (default `DEFAULT_KNOBS`)."""
     import pandas as pd
+    for what, v, lo in (("n", n, 2), ("n_boot", n_boot, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:   # (n: an interval needs two)
+            raise InterpError(f"{what}={v!r} is out of range; valid: integers >= {lo}")
     knobs = dict(DEFAULT_KNOBS.get(task, {}) if knobs is None else knobs)
     batch = T.generate(task, n, seed=seed, **knobs)
     rows, src = fact_sources(batch)
@@ -194,7 +185,6 @@ def who_reads(model, task: str, n: int = 128, seed: int = 0, name: str = "model"
 
 
 # --- per-source contribution vectors ----------------------------------------------------------------
-
 class Contributions(NamedTuple):
     """``contributions`` A[t, s] v_s ``[B, P, T, H, V]`` (Mamba1 ``[B, P, T, D]``), the layer's ``readout`` at
     those rows ``[B, P, H, V]`` (Mamba1 ``[B, P, D]``) and ``rest`` = readout - sum_s contributions (the
@@ -219,23 +209,17 @@ def contributions(model, tokens, layer: int, positions) -> Contributions:
         _, cache = hm.run_with_cache(tokens, names=[f"{p}.pattern", f"{p}.readout"], positions=positions,
                                      hooks=[(f"{p}.v", lambda x, name: vs.__setitem__("v", x.detach()))])
     A, v = cache[f"{p}.pattern"], vs["v"].float().to(cache[f"{p}.pattern"].device)
-    if hm.layers[layer].rec_family in PER_CHANNEL:
-        con = torch.einsum("bdps,bsd->bpsd", A, v)
-    else:
-        con = torch.einsum("bhps,bshv->bpshv", A, v)
+    con = torch.einsum("bdps,bsd->bpsd" if hm.layers[layer].rec_family in PER_CHANNEL else "bhps,bshv->bpshv", A, v)
     o = cache[f"{p}.readout"].float()
     return Contributions(con, o, o - con.sum(2), positions)
 
 
 # --- one example's pattern --------------------------------------------------------------------------
-
 def _read_patterns(hm, toks, mixers) -> list:
     """The pattern ``[H, T, T]`` (numpy) of each ``(layer, 'attn' | 'rec')`` in ``mixers``, all from one
     forward of ``toks`` ``[1, T]``; Mamba1 layers give their reduced view (`example_pattern`)."""
     vs = {}
-
-    def grab(i):
-        return lambda x, n: vs.__setitem__(i, x.detach())
+    grab = lambda i: (lambda x, n: vs.__setitem__(i, x.detach()))  # noqa: E731
     names = [f"blocks.{i}.{k}.pattern" for i, k in mixers]
     fns = [(f"blocks.{i}.rec.v", grab(i)) for i, k in mixers if k == "rec" and hm.layers[i].rec_family in PER_CHANNEL]
     with torch.no_grad():
@@ -250,8 +234,8 @@ def _read_patterns(hm, toks, mixers) -> list:
 
 
 def _example_tokens(batch, example: int):
-    if not 0 <= example < len(batch):
-        raise InterpError(f"example {example} out of range 0..{len(batch) - 1}")
+    if not isinstance(example, (int, np.integer)) or isinstance(example, bool) or not 0 <= example < len(batch):
+        raise InterpError(f"example {example!r} out of range; valid: 0..{len(batch) - 1}")
     toks = batch.tokens[example]
     return toks[:int((toks != PAD).nonzero().max()) + 1][None]
 
@@ -260,23 +244,30 @@ def _kind(L, kind) -> str:
     return "attn" if kind == "attn" else L.rec_family
 
 
-def example_pattern(model, batch, layer: int, example: int = 0, kind: str | None = None):
-    """(pattern ``[H, T, T]`` as numpy, kind, words) of one example at ``layer``: the softmax pattern
-    (``kind='attn'``) or the recurrent layer's effective attention (``kind='rec'``; Mamba1: the reduced
-    view, the norm over channels of A[d, t, s] x_s[d], one map). ``kind`` may be left out where the layer
-    has one mixer."""
+def check_mixer(model, layer, kind: str | None = None) -> str:
+    """The mixer ``kind`` ('attn' or 'rec'; left out: the only one) of ``layer``, else an InterpError saying why."""
     hm = _hm(model)
-    if not 0 <= layer < hm.n_layers:
-        raise InterpError(f"layer {layer} out of range 0..{hm.n_layers - 1}")
-    toks = _example_tokens(batch, example)
+    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer < hm.n_layers:
+        raise InterpError(f"layer {layer!r} out of range; valid: integers 0..{hm.n_layers - 1}")
     L = hm.layers[layer]
     have = [k for k, m in (("attn", L.attn), ("rec", L.rec)) if m is not None]
     kind = kind or (have[0] if len(have) == 1 else None)
     if kind not in have:
-        raise InterpError(f"layer {layer} has no attention or recurrent mixer" if not have else
-                          f"layer {layer} has {' and '.join(have)}: pick one of {', '.join(have)}")
+        raise InterpError(f"layer {layer} has {' and '.join(have) or 'no attention or recurrent mixer'}"
+                          f"{f', not {kind}' if kind else ': pick one'}; valid: {', '.join(have) or 'another layer'}")
+    return kind
+
+
+def example_pattern(model, batch, layer: int, example: int = 0, kind: str | None = None):
+    """(pattern ``[H, T, T]`` as numpy, kind, words) of one example at ``layer``: the softmax pattern
+    (``kind='attn'``) or the recurrent layer's effective attention (``kind='rec'``; Mamba1: the reduced
+    view, the norm over channels of A[d, t, s] x_s[d], one map). ``kind`` may be left out where the layer
+    has one mixer (`check_mixer`)."""
+    hm = _hm(model)
+    kind = check_mixer(hm, layer, kind)
+    toks = _example_tokens(batch, example)
     A, = _read_patterns(hm, toks, [(layer, kind)])
-    return A, _kind(L, kind), batch.words(example)[:toks.shape[1]]
+    return A, _kind(hm.layers[layer], kind), batch.words(example)[:toks.shape[1]]
 
 
 def example_patterns(model, batch, example: int = 0):
@@ -293,7 +284,6 @@ def example_patterns(model, batch, example: int = 0):
 
 
 # --- figures and the report -------------------------------------------------------------------------
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -316,6 +306,16 @@ def _label_axes(ax, words, rows=(), src=()):
                 lab.set_fontweight("bold")
 
 
+def _check_drawing(A, words, rows, src):
+    """An InterpError unless ``A`` is a pattern [H >= 1, T, T] of T ``words`` and the marks lie in 0..T-1."""
+    shape = tuple(getattr(A, "shape", ()))
+    if len(shape) != 3 or 0 in shape or shape[1] != shape[2] or shape[2] != len(words):
+        raise InterpError(f"a pattern of shape {shape} with {len(words)} words; valid: [H >= 1, T, T] with T words")
+    bad = [t for t in [*rows, *src] if not isinstance(t, (int, np.integer)) or not 0 <= t < shape[2]]
+    if bad:
+        raise InterpError(f"marked row or source {bad[0]!r} is out of range; valid: positions 0..{shape[2] - 1}")
+
+
 def _what(kind: str) -> str:
     return "softmax weights" if kind == "attn" else ("||A[d,t,s] x_s[d]||_d" if kind in PER_CHANNEL
                                                      else f"{kind} effective attention A (signed)")
@@ -327,17 +327,16 @@ def plot_pattern(A, kind: str, words, path, title: str = "", rows=(), src=()):
     (row, ``src``) cell is outlined in green. Softmax weights and Mamba1's norms on a white-blue scale from
     0, a recurrent A on a red-blue scale centred at 0 (it is signed). Writes ``path`` (png), returns it."""
     from matplotlib.patches import Rectangle
+    _check_drawing(A, words, rows, src)
     plt = _plt()
     H, Tn = A.shape[0], A.shape[-1]
     ncol = min(H, 2 if H <= 4 else 4)
-    nrow = -(-H // ncol)
-    side = min(7.0, max(3.8, Tn * 0.11))
+    nrow, side = -(-H // ncol), min(7.0, max(3.8, Tn * 0.11))
     fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1, side * nrow + 0.6), squeeze=False)
     signed, what = kind not in ("attn",) + PER_CHANNEL, _what(kind)
-    for h, ax in enumerate(axes.flat):
-        if h >= H:
-            ax.axis("off")
-            continue
+    for ax in axes.flat[H:]:
+        ax.axis("off")
+    for h, ax in enumerate(axes.flat[:H]):
         m = float(np.abs(A[h]).max()) or 1.0
         im = ax.imshow(A[h], cmap="RdBu_r" if signed else "Blues", vmin=-m if signed else 0, vmax=m,
                        interpolation="nearest")
@@ -383,14 +382,14 @@ def _panel(n: int, layer: int, kind: str, A, words) -> list[str]:
 
 
 def pattern_html(panels, words, path, title: str = "", rows=(), src=()):
-    """An interactive page of one example's patterns, one circuitsvis ``AttentionHeads`` view per panel (click
-    a head to enlarge it, hover a cell for its value), circuitsvis's JavaScript inlined so the file opens
-    offline. ``panels``: [(layer, kind, A ``[H, T, T]``)] (`example_patterns`); colours as in `plot_pattern`
-    (a signed recurrent A blue < 0 < red on a scale symmetric about 0; softmax weights and Mamba1's norms
-    blue from 0), one scale per panel, values to 4 significant digits of its max; the answer ``rows`` and
-    their sources ``src`` are listed above the views. Needs circuitsvis (otherwise an InterpError naming
-    ``pip install circuitsvis``). Writes ``path`` (html), returns it."""
+    """An interactive page of one example's patterns, one circuitsvis ``AttentionHeads`` view per panel (click a
+    head to enlarge it, hover a cell for its value), its JavaScript inlined (opens offline). ``panels``: [(layer,
+    kind, A ``[H, T, T]``)] (`example_patterns`); colours as in `plot_pattern`, one scale per panel, values to 4
+    significant digits of its max; the answer ``rows`` and their sources ``src`` listed above the views. Needs
+    circuitsvis (else an InterpError naming ``pip install circuitsvis``). Writes ``path`` (html), returns it."""
     import html
+    for _, _, A in panels:
+        _check_drawing(A, words, rows, src)
     js = circuitsvis_js()
     body = [f"<h2>{html.escape(title)}</h2>"] if title else []
     w = [html.escape(repr(str(x))) for x in words]
@@ -420,6 +419,10 @@ def _grid(table):
 def plot_who_reads(results, path, title="Who reads the fact: share of the answer row's |pattern| on the source"):
     """Heatmaps layers x heads of the weight share, one panel per (task, model) of ``results`` (WhoReads);
     attention layers labelled in red, recurrent ones in blue. Writes ``path`` and returns it."""
+    pairs = [(getattr(r, "model", None), getattr(r, "task", None)) for r in results or []]
+    if not results or not all(isinstance(r, WhoReads) for r in results) or len(set(pairs)) < len(pairs):
+        raise InterpError(f"results {str(pairs):.80} are not valid; valid: a non-empty list of WhoReads (who_reads), "
+                          "one per (model, task): models of one name need distinct names")
     plt = _plt()
     tasks = list(dict.fromkeys(r.task for r in results))
     models = list(dict.fromkeys(r.model for r in results))
@@ -448,8 +451,7 @@ def plot_who_reads(results, path, title="Who reads the fact: share of the answer
 
 def _cell(r, value=False):
     """'mean [lo, hi]' of one head's record (a dict of its `WhoReads` table row)."""
-    p = "value_" if value else ""
-    return f"{r[p + 'share']:.2f} [{r[p + 'lo']:.2f}, {r[p + 'hi']:.2f}]"
+    return "{:.2f} [{:.2f}, {:.2f}]".format(*(r[("value_" if value else "") + k] for k in ("share", "lo", "hi")))
 
 
 def report_lines(results, n_boot: int) -> list[str]:
@@ -491,8 +493,7 @@ def write_who_reads(results, out, n_boot: int = 2000) -> Path:
     """``out``/who_reads.png (`plot_who_reads`), results.csv (every head) and report.md (`report_lines`)."""
     import pandas as pd
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_who_reads(results, out / "who_reads.png")
+    plot_who_reads(results, out / "who_reads.png")      # (checks the results, then makes the folder)
     save_csv(out / "results.csv", pd.concat([r.table for r in results]), index=False, float_format="%.4f")
     atomic_write_text(out / "report.md", "\n".join(report_lines(results, n_boot)) + "\n")
     return out

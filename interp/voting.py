@@ -6,15 +6,35 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from interp import InterpError
+from interp.closedloop import check_count, check_sampling
 from interp.tasks.vocab import VOCAB
 
 VOTE_NS = (1, 2, 4, 8, 16, 32, 64)
 TEMPERATURE, TOP_P = 0.8, 0.9
 
 
+def check_ns(ns, K=None) -> list:
+    """``ns`` as a list of distinct integers >= 1 (and <= ``K``, the samples per example, where given), else an
+    InterpError naming the bad N."""
+    ns = list(ns) if isinstance(ns, (list, tuple, range)) else [ns]
+    hi = f" and <= {K} (the samples per example)" if K is not None else ""
+    for N in ns:
+        if not isinstance(N, int) or isinstance(N, bool) or N < 1 or (K is not None and N > K):
+            raise InterpError(f"ns has N={N!r}; valid: integers >= 1{hi}")
+    if not ns or len(set(ns)) < len(ns):
+        raise InterpError(f"ns={ns!r} is empty or repeats an N; valid: distinct integers >= 1{hi}, e.g. (1, 2, 4)")
+    return ns
+
+
 def sample_answers(logits: torch.Tensor, k: int, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> torch.Tensor:
     """k samples per row from softmax(logits / temperature) restricted to the top-p nucleus
     (the smallest set of most likely tokens whose mass reaches top_p). logits [n, V] -> [n, k]."""
+    check_count(k)
+    check_sampling(temperature, top_p)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or 0 in logits.shape:
+        raise InterpError(f"logits of shape {tuple(getattr(logits, 'shape', ()))} are not valid; valid: a "
+                          "non-empty [n, V] tensor")
     probs = (logits.float() / temperature).softmax(-1)
     sp, si = probs.sort(-1, descending=True)
     keep = sp.cumsum(-1) - sp < top_p          # a token is kept if the mass before it is < top_p
@@ -35,12 +55,10 @@ def majority(samples: torch.Tensor, n_vocab: int) -> torch.Tensor:
 
 def vote_curve(samples: torch.Tensor, answers: torch.Tensor, ns=VOTE_NS, n_vocab=len(VOCAB)) -> list[dict]:
     """Majority-vote accuracy and pass@N for each N, averaged over the disjoint groups of N of
-    the samples [n, K] (K // N groups)."""
+    the samples [n, K] (K // N groups); every N must be <= K."""
     K = samples.shape[1]
     rows = []
-    for N in ns:
-        if N > K:
-            continue
+    for N in check_ns(ns, K):
         groups = samples[:, : (K // N) * N].reshape(samples.shape[0], K // N, N)
         maj = torch.stack([majority(groups[:, g], n_vocab) for g in range(groups.shape[1])], 1)
         acc = (maj == answers[:, None]).float().mean().item()
@@ -63,6 +81,8 @@ def answer_logits(model, batch, chunk: int = 256) -> torch.Tensor:
 def vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> list[dict]:
     """``vote_curve`` of ``max(ns)`` answers sampled per example of ``batch`` (its last answer
     position), each row with ``greedy_acc``, the accuracy of the most likely answer."""
+    ns = check_ns(ns)
+    check_sampling(temperature, top_p)
     lg = answer_logits(model, batch)
     ans = batch.answers[:, -1]
     smp = sample_answers(lg, max(ns), temperature=temperature, top_p=top_p, seed=seed)
@@ -77,6 +97,8 @@ def chain_vote_rows(model, batch, ns=VOTE_NS, temperature=TEMPERATURE, top_p=TOP
     has ``greedy_acc`` (the greedy chain's answer, closed loop) and ``chain_acc`` (the sampled chains'
     share of intermediate values right)."""
     from interp.closedloop import sample_chains
+    ns = check_ns(ns)
+    check_sampling(temperature, top_p)
     greedy = sample_chains(model, batch, 1)
     c = sample_chains(model, batch, max(ns), sample=True, temperature=temperature, top_p=top_p, seed=seed)
     extra = dict(greedy_acc=greedy["right"].float().mean().item(), chain_acc=c["steps_right"].mean().item())

@@ -247,7 +247,8 @@ def test_cli_generate_chains_and_prompts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--task", "mqar"], "unknown knob 'cot'"), (["--temperature", "0"], "temperature"), (["--top-p", "1.5"], "top-p"),
+    (["--task", "mqar"], "--task mqar has no chain-of-thought form"), (["--temperature", "0"], "temperature"),
+    (["--top-p", "1.5"], "top-p"),
     (["--prompt", "<bos> x0", "--prompt", "<bos> x0 = 3"], "different numbers of tokens"),
     (["--prompt", " "], "--prompt ' ' is empty"), (["--max-new", "3"], "--max-new does not apply to --task"),
     (["--prompt", "<bos> x0", "--knob", "n_steps=2"], "--knob does not apply to --prompt"),
@@ -310,3 +311,13 @@ def test_rwkv_batches_decode_by_recomputation():
     for r in range(2):
         one = hm.generate(x[r:r + 1], 4)
         assert one.path == "cache" and torch.equal(one.tokens[0], g.tokens[r])
+
+
+def test_a_tiny_temperature_samples_the_argmax_and_bad_sampling_settings_are_refused():
+    from hooks.generate import check_sampling, choose
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    assert choose(logits, True, temperature=1e-310, generator=g).tolist() == [1, 0]   # was NaN probabilities
+    for t, p in ((True, 1.0), (float("inf"), 1.0), (1.0, True)):
+        with pytest.raises(HookError):
+            check_sampling(t, p)
