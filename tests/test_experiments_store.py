@@ -410,3 +410,12 @@ def test_a_time_budget_too_short_to_make_progress_is_refused(tmp_path):
             _ctx(tmp_path, "--time-budget", budget, "--runs", str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
     assert _ctx(tmp_path, "--time-budget", "1", "--runs", str(tmp_path / "r")).deadline is not None
+
+
+def test_a_call_refused_by_another_calls_lock_leaves_no_folder_it_made(tmp_path):
+    with _ctx(tmp_path, "--runs", str(tmp_path / "r"), "--out", str(tmp_path / "f")):      # the first, running
+        second = _ctx(tmp_path, "--runs", str(tmp_path / "r"), "--out", str(tmp_path / "f2"))
+        assert (tmp_path / "f2").is_dir()
+        with pytest.raises(InterpError, match="is being written by pid"):
+            second.__enter__()
+        assert not (tmp_path / "f2").exists() and (tmp_path / "r").is_dir()

@@ -9,6 +9,7 @@ and ``test`` (``--tiny``: the test suite's size, seconds; its numbers mean nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -125,17 +126,22 @@ class Ctx:
     notes: list = field(default_factory=list)   # lines the report adds under the header
     train_only: bool = False                     # --train-only: train what is unfinished, evaluate nothing
     train_devices: list | None = None            # --train-devices: GPUs the training runs are spread over
+    made: list = field(default_factory=list)     # the folders `setup` made (removed again if this call is refused)
 
     def __enter__(self) -> "Ctx":
         """Take the writer locks of the runs and figures directories for this call (a second call
         into either is refused while it runs); released on leaving the ``with`` block."""
-        self._locks = WriterLocks(self.runs, self.out).acquire()
         try:
+            self._locks = WriterLocks(self.runs, self.out).acquire()
             claim_runs(self.runs, self.name)
             claim_out(self.out, {"experiment": self.name, "profile": self.profile, "steps": self.P.get("steps"),
                                  "seed": self.seed, **backend_spec(self.P)})
         except BaseException:
             self.__exit__()
+            for folder in sorted(self.made, key=lambda f: -len(f.resolve().parts)):   # a refused call leaves no
+                # folder it made (an empty one only)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
         return self
 
@@ -199,6 +205,7 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None, min_budge
                           "shorter call cannot finish a step of the experiment, so calling again would never end)")
     devices = train_devices(a.train_devices, device)
     check_folders(runs, out, name)      # every check before a folder is made: a refused call leaves none
+    made = [f for f in (out, runs) if not f.exists()]
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -206,7 +213,7 @@ def setup(a: argparse.Namespace, name: str, profiles: dict, argv=None, min_budge
                deadline_from(budget, started), not a.no_progress,
                workers or (P.get("workers", 1) if device != "cpu" else 1),
                train_only=a.train_only, train_devices=devices,
-               stack=stack or P.get("stack", 1), length_split=bool(getattr(a, "length_split", False)))
+               stack=stack or P.get("stack", 1), length_split=bool(getattr(a, "length_split", False)), made=made)
 
 
 def with_steps(P: dict, steps: int | None, runs_suffix: str) -> tuple[dict, str]:
