@@ -188,3 +188,16 @@ def test_api_intervene_without_kept_pairs_is_nan_with_n_0(untrained):
     assert plan.n_kept == 0
     res = plan.run()
     assert res.n.item() == 0 and res.iia.isna().all()
+
+
+def test_das_on_a_head_that_carries_nothing_is_one_line_and_no_cuda_graphs_is_no_other_setting(tmp_path, capsys):
+    """gdn100's layer-0 state, head 2, holds the same values in both prompts of every mqar pair: the patch cannot
+    change a base run, so there is no gradient (a RuntimeError traceback before); --no-cuda-graphs (ignored on a
+    CPU, the same R on a GPU) is not a setting of the result, so a rerun with it is not refused."""
+    base = ["das", "--model", "gdn100", "--task", "mqar", "--site", "blocks.0.rec.state", "--n", "64", "--epochs", "1"]
+    assert main(base + ["--side", "value", "--head", "2", "--rank", "8", "--out", str(tmp_path / "h2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not depend on R on these pairs" in err[0] and not (tmp_path / "h2").exists()
+    out = ["--rank", "1", "--out", str(tmp_path / "o")]
+    assert main(base + out) == 0
+    assert main(base + out + ["--no-cuda-graphs"]) == 0

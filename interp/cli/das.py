@@ -67,7 +67,8 @@ def cmd_das(a):
     stem = out_stem(a.model, a.task, site, f"_r{cfg.rank}")
     digest = model_digest(model)
     with tidy_out(a.out), one_shot_out(a, digest, stem, ("csv", "parquet", "png", "safetensors", "spec.json"),
-                                       config=asdict(cfg)):
+                                       config={k: v for k, v in asdict(cfg).items() if k != "cuda_graphs"}):
+        # (CUDA graphs replay the eager step: the same R, and ignored on a CPU; not a setting of the result)
         res = plan.run(Path(a.model).name, progress=True)
         sp = res.attrs["spec"]
         sp["model_digest"] = digest      # `interp intervene --subspace` checks it

@@ -203,6 +203,10 @@ def fit(ix: Interchanger, rot: Rotation, train_rows, val_rows, cfg: DASConfig, p
                     R.backward(grad)
                 else:
                     loss = _loss(ix, R, r)
+                    if not loss.requires_grad:   # the patch leaves every base run as it was: no gradient
+                        raise InterpError(f"the interchange at {ix.site.label()} does not depend on R on these "
+                                          "pairs (the site holds the same values in both prompts), so DAS has "
+                                          "nothing to learn; valid: another site, head or side")
                     loss.backward()
                 opt.step()
                 total += loss.detach().double() * len(r)
