@@ -5,7 +5,7 @@ import contextlib
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any
+from interp.cli.options import add_device, add_knob, add_n, add_seed, check_out, load_any, once
 
 
 def add_parser(sub):
@@ -31,10 +31,8 @@ def cmd_eval(a):
     if a.overwrite and not a.out:
         raise InterpError("--overwrite without --out: there is no table to overwrite; valid: --overwrite with "
                           "--out FILE.csv")
-    for flag, values in (("--model", a.model), ("--task", a.task or []), ("--knob", a.knob or [])):
-        twice = [v for v in dict.fromkeys(values) if values.count(v) > 1]
-        if twice:
-            raise InterpError(f"{flag} {twice[0]} is given twice; valid: each once")
+    for flag, values in (("--model", a.model), ("--task", a.task), ("--knob", a.knob)):
+        once(flag, values)
     if a.out:
         check_out(a.out, file=True)
         if Path(a.out).suffix.lower() != ".csv":

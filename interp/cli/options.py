@@ -40,6 +40,15 @@ INT_MAX = 2 ** 53   # the largest count, seed or size any option takes (exact in
 # a DataLoader's length and C longs overflow far above it)
 
 
+def once(flag: str, values) -> None:
+    """An InterpError naming a value of the repeatable option ``flag`` given twice (it would run twice, or one
+    would be silently dropped)."""
+    values = list(values or [])
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise InterpError(f"{flag} {twice[0]} is given twice; valid: each {flag} once")
+
+
 def refuse_unused(mode: str, given, valid: str):
     """An InterpError naming the first option of ``given`` [(flag, value)] that was set (not None) although it does
     not apply to ``mode`` (e.g. --n with --text): an option taken and ignored would be recorded but do nothing."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
-from interp.cli.options import MODEL_HELP, add_device, add_knob, add_n, add_seed, int_at_least, load_any, refuse_unused
+from interp.cli.options import (MODEL_HELP, add_device, add_knob, add_n, add_seed, int_at_least, load_any, once,
+                                refuse_unused)
 from interp.oneshot import one_shot, spec_of
 
 MAX_EXAMPLE = 9999   # example i is drawn from a batch of i + 1 (a task's examples come from one seeded stream)
@@ -58,13 +59,6 @@ def _spec_knobs(a, task):
     """The knobs a spec records: those other than the task's defaults (a knob given at its default draws the same)."""
     from interp.tasks import spec_knobs
     return spec_knobs(task, _knobs(a, task))
-
-
-def _once(flag, values):
-    """A repeated --model / --task would be drawn twice (or merged): refused."""
-    twice = [v for i, v in enumerate(values) if v in values[:i]]
-    if twice:
-        raise InterpError(f"{flag} {twice[0]} is given twice; valid: each {flag} once")
 
 
 def _draw(a):
@@ -129,8 +123,8 @@ def _who_reads(a):
         raise InterpError(f"--n {a.n} is out of range with --who-reads; valid: integers >= 2 (a bootstrap interval "
                           "needs two examples)")
     tasks, specs = a.task or list(P.SOURCE_TASKS), a.model or list(DEFAULT_SET)
-    _once("--task", tasks)
-    _once("--model", specs)
+    once("--task", tasks)
+    once("--model", specs)
     for t in tasks:      # the task, its knobs and its fact's source, before any model loads
         P.fact_sources(T.generate(t, 2, seed=a.seed, **_knobs(a, t)))
     names = [Path(s).name for s in specs]     # a model's label: its folder name, or all of it where names collide
