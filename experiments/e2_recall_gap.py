@@ -232,6 +232,10 @@ def _mono(xs, ys):
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _rho(r) -> str:
+    return "n/a (fewer than 2 layouts, or a constant accuracy)" if np.isnan(r) else f"{r:+.2f}"
+
+
 STRONG_RHO = 0.8   # a "clear trend" over the 4 attention ratios of one mixer: (nearly) monotone
 
 
@@ -254,7 +258,7 @@ def shape_verdicts(acc, votes, tax, chance, gains=None) -> list[str]:
              "far from a clear trend)" if ok and all(r > 0 for r in ok) else
              "**disagrees**" if ok and all(r <= 0 for r in ok) else "**mixed / inconclusive**")
         out.append(f"* More attention layers, better {label} (paper: a clear trend): Spearman rank correlation of "
-                   f"accuracy with attention % per mixer: " + ", ".join(f"{m} {r:+.2f}" for m, r in rhos.items())
+                   f"accuracy with attention % per mixer: " + ", ".join(f"{m} {_rho(r)}" for m, r in rhos.items())
                    + f": {v}.")
     if len(rec) and "transformer" in set(main.arm):
         wp = main[(main.task == "word_problems") & (main.knob == "default")]

@@ -417,6 +417,10 @@ def test_e2_trend_verdict_needs_a_clear_trend():
     mono.loc[sel, "accuracy"] = mono.loc[sel, "attn_pct"] / 100 + 0.01
     recall = next(x for x in E2.shape_verdicts(mono, votes, tax, chance) if "better recall" in x)
     assert recall.endswith("**agrees**.")
+    flat = acc.copy()                   # one mixer's accuracy constant: no rank correlation, said in words
+    flat.loc[sel & (flat.mixer == "gdn"), "accuracy"] = 0.5
+    recall = next(x for x in E2.shape_verdicts(flat, votes, tax, chance) if "better recall" in x)
+    assert "gdn n/a (fewer than 2 layouts, or a constant accuracy)" in recall and "nan" not in recall
 
 
 def test_steps_flag_trains_longer_in_its_own_runs_directory(tmp_path):

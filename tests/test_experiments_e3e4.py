@@ -295,7 +295,8 @@ def test_interp_run_tiny_profile(tmp_path, capsys):
     toml.write_text(f'script = "{script}"\ndescription = "test"\n[options]\ntiny = true\nno_progress = true\n'
                     f'device = "cpu"\nruns = "{tmp_path / "runs"}"\nout = "{tmp_path / "figs"}"\n')
     assert cli.main(["run", str(toml)]) == 0
-    assert (tmp_path / "figs" / "report.md").is_file()
+    head = (tmp_path / "figs" / "report.md").read_text().split("\n")[2]      # the command, and the TOML it came from
+    assert head.startswith("* command: `python experiments/e4_fusion.py --tiny") and f"(run as `interp run {toml}`)" in head
     before = (tmp_path / "figs" / "results.csv").read_text()
     assert cli.main(["run", str(toml), "--seed", "0"]) == 0             # extra flags go to the script; resumes
     assert (tmp_path / "figs" / "results.csv").read_text() == before
@@ -303,7 +304,11 @@ def test_interp_run_tiny_profile(tmp_path, capsys):
 
 def test_interp_run_errors(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
-    assert "error: experiment file" in capsys.readouterr().err
+    err = capsys.readouterr().err       # an empty folder: the shipped experiments are the valid choices
+    assert "error: experiment file" in err and "available: " in err and "e4_fusion.toml" in err
+    assert cli.main(["run"]) == 2       # argparse named the script's flags 'args' as a missing argument
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs an experiment file; valid: experiments/e1_state_recall.toml" in err, err
     root = Path(E4.__file__).resolve().parent
     assert cli.main(["run", str(root / "nope.toml")]) == 2
     err = capsys.readouterr().err

@@ -60,6 +60,21 @@ def test_once_saves_the_table_atomically_and_returns_it_as_read_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["val.csv"]
 
 
+def test_a_cached_validation_with_other_columns_is_refused_not_dropped(tmp_path):
+    """A run's cached validation row without val_acc (or unit, lr, seed) used to vanish from the sweep's
+    table, so the unit never got a best rate and nothing said why; it is refused, naming the file."""
+    from interp.experiment.seeds import validate_runs
+    ctx = SimpleNamespace(runs=tmp_path, device="cpu", out_of_time=lambda: False)
+    run = SimpleNamespace(name="a_s0_lr0.001", unit="a", lr=1e-3, seed=0)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "val_a_s0_lr0.001.csv").write_text("unit,lr,seed,accuracy\na,0.001,0,0.5\n")
+    with pytest.raises(InterpError, match=r"cached validation '.*val_a_s0_lr0.001.csv' is damaged \(1 rows, columns "
+                                          r"unit, lr, seed, accuracy\); valid: one row with unit, lr, seed, val_acc"):
+        validate_runs(ctx, [run], score=None)
+    (tmp_path / "eval" / "val_a_s0_lr0.001.csv").write_text("unit,lr,seed,val_acc\na,0.001,0,0.5\n")
+    assert validate_runs(ctx, [run], score=None).val_acc.tolist() == [0.5]
+
+
 def test_old_csv_caches_still_load_and_a_cut_short_one_is_refused(tmp_path):
     old = tmp_path / "probes.csv"                  # a keyed cache as versions before the units appended it
     old.write_text("arm,value,x\na,1,0.5\na,2,0.25\n")

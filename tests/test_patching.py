@@ -243,7 +243,7 @@ def test_errors():
     with pytest.raises(InterpError, match="direction 'sideways'"):
         patching.sweep(m, p, direction="sideways")
     T_ = p.clean.shape[1]
-    with pytest.raises(InterpError, match=f"position -1 out of range 0..{T_ - 1}"):
+    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; valid: 0..{T_ - 1}"):
         patching.sweep(m, p, positions=[-1])
     with pytest.raises(InterpError, match="no layer selected; valid: 0..3"):
         patching.sweep(m, p, layers=[])
@@ -278,7 +278,7 @@ def test_errors():
         with pytest.raises(InterpError, match=msg):
             patching.sweep(m, bad, progress=False)
     # run_patched: negative / out-of-range positions, base and source of other shapes, heads
-    with pytest.raises(InterpError, match=f"position -1 out of range 0..{T_ - 1}"):
+    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; valid: 0..{T_ - 1}"):
         patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=-1)
     with pytest.raises(InterpError, match=f"position {T_} out of range"):
         patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=T_)
@@ -309,10 +309,12 @@ def test_cli_patch_layer(tmp_path, capsys):
     assert main(["patch", "--metric", "acc", "--n", "2"]) == 2
     assert "metric 'acc' is not valid" in capsys.readouterr().err
     for args, msg in [(["--layer", "3:1"], "--layer '3:1': the range '3:1' is empty"),
-                      (["--positions", "-1"], "position -1 out of range 0..25"),
+                      (["--positions", "-1"], "position -1 out of range: the prompts have 26 tokens; valid: 0..25"),
+                      (["--positions", "0:30"], "positions 26,27,28,29 out of range: the prompts have 26 tokens; "
+                                                "valid: 0..25 (e.g. 0:26)"),
                       (["--positions", "5:2"], "--positions '5:2': the range '5:2' is empty"),
                       (["--layer", "-1"], "layer -1 out of range 0..11"),
-                      (["--positions", "30"], "position 30 out of range 0..25")]:
+                      (["--positions", "30"], "position 30 out of range: the prompts have 26 tokens")]:
         assert main(["patch", "--n", "2", "--out", str(tmp_path / "bad"), *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and msg in err, err

@@ -23,7 +23,7 @@ def add_parser(sub):
                     "default: resid_pre of every layer")
     pa.add_argument("--site", action="append", help="hook site without the block prefix, e.g. resid_pre, "
                     "mixer_out, attn.head_out, rec.state (repeatable)")
-    pa.add_argument("--positions", default="all", help="all (default), 3,5,9 or 0:30")
+    pa.add_argument("--positions", default="all", help="all (default), 3,5,9 or 0:20 (end exclusive; within the prompts' length)")
     pa.add_argument("--heads", action="store_true", help="one cell per head (head sites)")
     pa.add_argument("--metric", default="logit_diff", help="logit_diff (normalised), prob or kl: ranks and colours")
     pa.add_argument("--direction", default="both", choices=["both", "denoise", "noise"],
@@ -61,7 +61,7 @@ def _positions(spec, T: int):
     from interp.patching import check_positions
     pos = positions(spec)
     if pos is not None and not pos:
-        raise InterpError(f"--positions '{spec}' selects no position; valid: 0..{T - 1} (e.g. 3,5,9 or 0:30)")
+        raise InterpError(f"--positions '{spec}' selects no position; valid: 0..{T - 1} (e.g. 3,5,9 or 0:{T})")
     return check_positions(pos, T)
 
 

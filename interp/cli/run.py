@@ -12,7 +12,7 @@ def add_parser(sub):
     r.add_argument("--allow-any-script", action="store_true",
                    help="also run a TOML file whose script is not one of the experiments the toolkit ships "
                         "(experiments/e<N>_*.py): that file's code runs, so only for scripts you trust")
-    r.add_argument("file", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
+    r.add_argument("file", nargs="?", help="experiments/<name>.toml (script = ..., [options] = the script's flags)")
     r.add_argument("args", nargs=argparse.REMAINDER, help="more flags for the script, e.g. --quick (a flag given "
                    "here replaces the TOML's option of the same setting)")
     r.set_defaults(func=cmd_run)
@@ -26,6 +26,9 @@ def cmd_run(a):
     if not (root / "experiments").is_dir():
         raise InterpError(f"no experiments/ directory next to the interp package ({root}); `interp run` needs the "
                           "source checkout")
+    if a.file is None:
+        shipped = sorted(f"experiments/{p.name}" for p in (root / "experiments").glob("*.toml"))
+        raise InterpError(f"interp run needs an experiment file; valid: {', '.join(shipped)} (or your own copy)")
     if "--allow-any-script" in a.args:
         raise InterpError("--allow-any-script is an option of interp run, not of the script; valid: interp run "
                           "--allow-any-script FILE.toml [flags]")

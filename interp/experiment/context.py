@@ -166,6 +166,7 @@ class Ctx:
         return out_of_time(self.deadline, reserve_s)
 
 
+FROM_TOML = None   # the `interp run` call running this experiment (set by interp.experiment.toml.run_toml)
 MIN_BUDGET = 1.0   # minutes: a call of less trains nothing (a run needs 0.25 left to start) and evaluates nothing
 
 

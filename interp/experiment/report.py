@@ -20,9 +20,9 @@ PROFILE_FLAGS = {"quick": "--quick", "test": "--tiny"}
 
 
 def header(ctx: Ctx, title: str) -> list[str]:
+    from interp.experiment import context
     return [f"# {title}", "",
-            f"* command: `{ctx.command}` (or `interp run experiments/{ctx.name}.toml`"
-            + (f" `{PROFILE_FLAGS[ctx.profile]}`" if ctx.profile in PROFILE_FLAGS else "") + ")",
+            f"* command: `{ctx.command}`" + (f" (run as `{context.FROM_TOML}`)" if context.FROM_TOML else ""),
             f"* profile: `{ctx.profile}`",
             f"* device: {device_name(ctx.device)}",
             f"* date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; this call took "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interp import InterpError
 from interp.experiment.report import md_table
 from interp.experiment.results import ResultLog
 from interp.experiment.runs import best_by, load_run, make_runs, status, train_runs
@@ -29,6 +30,9 @@ def unit_runs(ctx, unit: str, spec: dict, lrs, seed: int, **train_kw) -> list:
     return runs
 
 
+VAL_COLUMNS = ("unit", "lr", "seed", "val_acc")
+
+
 def validate_runs(ctx, runs, score, backend: str = "reference") -> pd.DataFrame:
     """Validation rows (unit, lr, seed and the dict ``score(model, run)`` returns, which holds ``val_acc``) of
     the finished ``runs``, each cached in ``<runs>/eval/val_<run>.csv``; stops at the call's deadline."""
@@ -40,7 +44,14 @@ def validate_runs(ctx, runs, score, backend: str = "reference") -> pd.DataFrame:
         def one(r=r):
             m = load_run(r, ctx.device).set_scan_backend(backend)
             return pd.DataFrame([{"unit": r.unit, "lr": r.lr, "seed": r.seed, **score(m, r)}])
-        rows.append(ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv").once(one))
+        log = ResultLog(ctx.runs / "eval" / f"val_{r.name}.csv")
+        df = log.once(one)
+        missing = [c for c in VAL_COLUMNS if c not in df.columns]
+        if missing or len(df) != 1:
+            raise InterpError(f"cached validation '{log.path}' is damaged ({len(df)} rows, columns "
+                              f"{', '.join(map(str, df.columns)) or 'none'}); valid: one row with "
+                              f"{', '.join(VAL_COLUMNS)} (delete the file and call again to recompute it)")
+        rows.append(df)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unit", "lr", "seed", "val_acc"])
 
 

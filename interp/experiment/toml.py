@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 from pathlib import Path
 
 from interp import InterpError
@@ -96,8 +97,10 @@ def _read(toml_path) -> tuple[Path, dict]:
     import tomllib
     p = Path(toml_path)
     if not p.is_file():
+        import interp
+        shipped = Path(interp.__file__).resolve().parent.parent / "experiments"
         here = sorted(str(x) for x in (p.parent if p.parent.is_dir() else Path("experiments")).glob("*.toml")
-                      if x.is_file())
+                      if x.is_file()) or sorted(str(x) for x in shipped.glob("*.toml"))
         raise InterpError(f"experiment file '{toml_path}' not found" + (f"; available: {', '.join(here)}"
                                                                          if here else ""))
     try:
@@ -152,7 +155,12 @@ def run_toml(toml_path, extra=(), allow_any_script: bool = False) -> int:
         kept = options if ap is None else merge_options(ap, toml_path, options, extra)
         argv = toml_argv(kept) + list(extra)
         check_options(mod, toml_path, found.name, options, argv)
-        rc = mod.main(argv)
+        from interp.experiment import context
+        context.FROM_TOML = " ".join(["interp run", shlex.quote(str(toml_path)), *map(shlex.quote, extra)])
+        try:
+            rc = mod.main(argv)
+        finally:
+            context.FROM_TOML = None
     except SystemExit as e:          # --help
         if e.code in (0, None):
             return 0

@@ -74,10 +74,11 @@ def check_positions(positions, T: int, what="position"):
         return None
     positions = _ints(positions, what)
     if not positions:
-        raise InterpError(f"no {what} selected; valid: 0..{T - 1} (e.g. 3,5,9 or 0:30)")
-    for p in positions:
-        if not 0 <= p < T:
-            raise InterpError(f"{what} {p} out of range 0..{T - 1}")
+        raise InterpError(f"no {what} selected; valid: 0..{T - 1} (e.g. 3,5,9 or 0:{T})")
+    bad = [p for p in positions if not 0 <= p < T]
+    if bad:
+        shown = ",".join(map(str, bad[:5])) + (",..." if len(bad) > 5 else "")
+        raise InterpError(f"{what}{'s' if len(bad) > 1 else ''} {shown} out of range: the prompts have {T} tokens; valid: 0..{T - 1} (e.g. 0:{T})")
     return positions
 
 
