@@ -187,6 +187,20 @@ class HookSession:
                 x = r if r.device == x.device else r.to(x.device)
         return x
 
+    def run_fns_derived(self, name, x):
+        """`run_fns` on a value the session derived for the hook (scan inputs, states, write factors), which the
+        layer does not read back: returns (result, edited), ``edited`` when a hook function changed ``x`` in place
+        (TransformerLens's habit: edit and return it, or return None), so that ``x`` no longer holds the value
+        the layer computed and the caller must not take the result for an unchanged one."""
+        if name not in self.fns:
+            return x, False
+        try:
+            v0 = x._version
+        except RuntimeError:        # an inference tensor tracks no version: the functions edit a copy
+            return self.run_fns(name, x.clone()), False
+        new = self.run_fns(name, x)
+        return new, x._version != v0
+
     def store(self, name, x, dtype=None):
         """Cache ``x``, which already holds only the kept positions."""
         x = x.detach()
@@ -386,8 +400,8 @@ class ScanHook:
             if fin is not None and kw.get("output_final_state"):
                 final = fin
         if self.patch_state:  # the hook sees every state; changed ones are continued from
-            S = S if S is not None else fam.states(c) if modified else fam.own_states(kw, c)
-            o, fin = self._patch_states(c, o, S)
+            fresh = None if S is not None else (lambda: fam.states(c) if modified else fam.own_states(kw, c))
+            o, fin = self._patch_states(c, o, S if S is not None else fresh(), fresh)
             if fin is not None and kw.get("output_final_state"):
                 final = fin
         elif self.cache_state:
@@ -401,11 +415,16 @@ class ScanHook:
         """Hook functions and caching on ``rec.write_k`` / ``rec.write_v``; changed writes are continued
         from (`Family.rewrite`). Returns (readout, final state or None if unchanged, states)."""
         fam = self.family
-        old = fam.write_factors(c, previous(S.float(), c.get("initial_state")))
-        new = tuple(self.s.apply(n, w) for n, w in zip(self.wnames, old))
+        def factors():
+            return fam.write_factors(c, previous(S.float(), c.get("initial_state")))
+        old, new, edited = factors(), [], False
+        for n, w in zip(self.wnames, old):
+            w, e = self.s.run_fns_derived(n, w)
+            new.append(self.s.keep(n, w))
+            edited |= e
         if not self.rewrite:
             return o, None, S
-        return fam.rewrite(c, o, S, old, new)
+        return fam.rewrite(c, o, S, factors() if edited else old, tuple(new))
 
     def _pattern(self, c):
         """``rec.pattern``: the exact effective attention of view ``c`` (after the hooks on its inputs) at
@@ -428,17 +447,23 @@ class ScanHook:
         modified = False
         for x in self.inputs:
             if x in c:
-                new = self.s.apply(f"{self.p}.rec.{x}", c[x])
+                name = f"{self.p}.rec.{x}"
+                new, edited = self.s.run_fns_derived(name, c[x])
+                new = self.s.keep(name, new)
                 # an identical replacement keeps the layer's own kernel (bit-exact clean runs);
-                # one that carries a gradient graph must be on the path that is differentiated
-                modified |= new is not c[x] and (new.requires_grad or not torch.equal(new, c[x]))
+                # one that carries a gradient graph must be on the path that is differentiated;
+                # one edited in place (q, k are the layer's arguments normalised: a copy) runs the scan on it
+                modified |= edited or new is not c[x] and (new.requires_grad or not torch.equal(new, c[x]))
                 c[x] = new
         return modified
 
-    def _patch_states(self, c, o, S):
+    def _patch_states(self, c, o, S, fresh=None):
         """Run the hook functions on the states S; continue the recurrence from the states they changed
-        and cache the states the run went through. Returns (readout, final state or None if unchanged)."""
-        S_new = self.s.run_fns(self.sname, S)
+        and cache the states the run went through. ``fresh()`` makes S again, should a hook function edit it in
+        place (None: S is copied first). Returns (readout, final state or None if unchanged)."""
+        S_new, edited = self.s.run_fns_derived(self.sname, S if fresh is not None else S.clone())
+        if edited and fresh is not None:
+            S = fresh()
         diff = (S_new != S).flatten(2).any(-1)  # [B, T]: which rows changed which states
         changed = diff.any(0).nonzero().flatten().tolist()
         fin = None

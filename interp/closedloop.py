@@ -18,6 +18,7 @@ import torch
 
 from hooks.generate import choose
 from interp import InterpError
+from interp.checks import check_count
 from interp.tasks.vocab import VOCAB
 
 IS = VOCAB.id("is")
@@ -40,12 +41,6 @@ def check_sampling(temperature, top_p, names=("temperature", "top_p")):
             ok = False
         if not ok:
             raise InterpError(f"{names[i]} {v!r} is out of range; valid: {valid[i]}")
-
-
-def check_count(k, what="k"):
-    """An InterpError unless ``k`` (named ``what``) is an integer >= 1."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InterpError(f"{what}={k!r} is not valid; valid: integers >= 1")
 
 
 def check_vocab(model, tokens, what="the task's tokens"):
@@ -87,7 +82,7 @@ def sample_chains(model, batch, k: int = 1, sample: bool = False, temperature: f
     (fraction of the chain's intermediate values equal to the gold ones; NaN without markers) and
     ``tokens`` [n, k, T] (the written sequences up to the answer). A batch of several layouts, a token the
     model does not embed, k < 1 or (``sample``) a bad temperature / top_p raise an InterpError."""
-    check_count(k)
+    check_count(k, "k")
     check_count(chunk, "chunk")
     if sample:
         check_sampling(temperature, top_p)

@@ -152,13 +152,20 @@ def remove(path) -> None:
     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
+def damaged(path, e=None) -> InterpError:
+    """The one error for a result file cut short or overwritten: names it, says why (``e``'s first line) and
+    what to do."""
+    msg = "" if e is None else f" ({(str(e).splitlines() or [type(e).__name__])[0][:200]})"
+    return InterpError(f"{path} is damaged{msg}; delete it and run the same command again to recompute it")
+
+
 def read_json(path):
     """A JSON file; a damaged one raises InterpError naming it (never a raw JSONDecodeError)."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InterpError(f"{path} is damaged ({e}); delete it (or the folder) and re-run") from None
+        raise damaged(path, e) from None
 
 
 def load_unit(path):
@@ -176,8 +183,7 @@ def load_unit(path):
             return load_file(str(path))
         return json.loads(path.read_text())["value"]
     except Exception as e:  # pyarrow / safetensors / JSON errors of a file cut short or overwritten
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise InterpError(f"{path} is damaged ({msg}); delete it and re-run to recompute it") from None
+        raise damaged(path, e) from None
 
 
 # --- specs and digests -------------------------------------------------------------------------------
@@ -474,5 +480,5 @@ class Store:
             try:
                 out.append(_key_in_file(f))
             except Exception:
-                raise InterpError(f"{f} is damaged; delete it and re-run to recompute it") from None
+                raise damaged(f) from None
         return out

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from interp import InterpError
-from interp.closedloop import check_count, check_sampling
+from interp.checks import check_count
+from interp.closedloop import check_sampling
 from interp.tasks.vocab import VOCAB
 
 VOTE_NS = (1, 2, 4, 8, 16, 32, 64)
@@ -30,7 +31,7 @@ def check_ns(ns, K=None) -> list:
 def sample_answers(logits: torch.Tensor, k: int, temperature=TEMPERATURE, top_p=TOP_P, seed=0) -> torch.Tensor:
     """k samples per row from softmax(logits / temperature) restricted to the top-p nucleus
     (the smallest set of most likely tokens whose mass reaches top_p). logits [n, V] -> [n, k]."""
-    check_count(k)
+    check_count(k, "k")
     check_sampling(temperature, top_p)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or 0 in logits.shape:
         raise InterpError(f"logits of shape {tuple(getattr(logits, 'shape', ()))} are not valid; valid: a "

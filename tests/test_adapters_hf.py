@@ -239,6 +239,43 @@ def test_changing_scan_inputs_reruns_the_scan(kind):
     assert (diff - ref).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("kind", ["olmo_hybrid", "qwen3_next", "zoo"])
+def test_a_hook_that_edits_in_place_acts_as_one_that_returns_a_copy(kind, mode):
+    """TransformerLens's habit (edit the tensor in place, return it or None) on rec.* names: the states, q, k
+    and the write factors are values derived for the hook, so such an edit was ignored (the logits unchanged,
+    the cache showing it); now it acts exactly as returning an edited copy, and the cache holds what ran."""
+    if kind == "zoo":
+        from interp.models import load_any
+        m, x = load_any("gdn75")[0], toks(B=2, n=14) % 32
+    else:
+        m, x = model(kind), toks()
+    hm = hooks.wrap(m)
+    i = rec_layers(hm)[0]
+
+    def in_place(v, hook):
+        v[:, 4] = 0
+        return v
+
+    def in_place_none(v, hook):
+        v[:, 4] = 0
+
+    def copy(v, hook):
+        v = v.clone()
+        v[:, 4] = 0
+        return v
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        ref = hm(x)
+        for site in ("state", "q", "k", "v", "beta", "write_k", "write_v"):
+            name = f"blocks.{i}.rec.{site}"
+            want, c0 = hm.run_with_cache(x, names=[name], hooks=[(name, copy)])
+            assert (want - ref).abs().max() > 1e-6, name
+            for fn in (in_place, in_place_none):
+                got, c = hm.run_with_cache(x, names=[name], hooks=[(name, fn)])
+                torch.testing.assert_close(got, want, atol=0, rtol=0, msg=f"{name} {fn.__name__}")
+                torch.testing.assert_close(c[name], c0[name], atol=0, rtol=0)
+
+
 # --- errors ------------------------------------------------------------------------------------------
 
 def test_unknown_hook_name_lists_close_matches():

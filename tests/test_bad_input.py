@@ -179,6 +179,10 @@ CASES = [
                                  "--out", "{out}"], "--batch-size: 0", True),
     C("intervene-seeds-empty", ["intervene", "--model", M, "--site", "blocks.0.resid_pre", "--seeds", ",",
                                 "--out", "{out}"], "--seeds ','", True),
+    # a knob given twice: every command kept the last one without a word (only generate and patterns refused)
+    C("das-knob-twice", ["das", "--model", M, "--site", "blocks.0.resid_pre", "--knob", "n_pairs=4", "--knob",
+                         "n_pairs=8", "--out", "{out}"], "--knob n_pairs is given twice (n_pairs=4, n_pairs=8)", True),
+    C("capture-knob-twice", cap("--knob", "n_pairs=4", "--knob", "n_pairs=8"), "--knob n_pairs is given twice", True),
 ]
 
 

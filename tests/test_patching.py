@@ -243,7 +243,8 @@ def test_errors():
     with pytest.raises(InterpError, match="direction 'sideways'"):
         patching.sweep(m, p, direction="sideways")
     T_ = p.clean.shape[1]
-    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; valid: 0..{T_ - 1}"):
+    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; "
+                                          f"valid: 0..{T_ - 1}"):
         patching.sweep(m, p, positions=[-1])
     with pytest.raises(InterpError, match="no layer selected; valid: 0..3"):
         patching.sweep(m, p, layers=[])
@@ -256,7 +257,7 @@ def test_errors():
                     (dict(layers=["1"]), "layer must be an integer, got .1. .str."),
                     (dict(layers="1"), "layers='1' is not valid"),
                     (dict(layers=[1, 1]), "layer 1 is given twice"), (dict(sites=None), "sites=None is not valid"),
-                    (dict(batch_size=2.5), r"batch_size=2\.5 is not valid; valid: an integer >= 1"),
+                    (dict(batch_size=2.5), r"batch_size=2\.5 is not valid; valid: integers >= 1"),
                     (dict(n_boot=0), "n_boot=0 is not valid")]:
         with pytest.raises(InterpError, match=msg):
             patching.sweep(m, p, progress=False, **kw)
@@ -278,7 +279,8 @@ def test_errors():
         with pytest.raises(InterpError, match=msg):
             patching.sweep(m, bad, progress=False)
     # run_patched: negative / out-of-range positions, base and source of other shapes, heads
-    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; valid: 0..{T_ - 1}"):
+    with pytest.raises(InterpError, match=f"position -1 out of range: the prompts have {T_} tokens; "
+                                          f"valid: 0..{T_ - 1}"):
         patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=-1)
     with pytest.raises(InterpError, match=f"position {T_} out of range"):
         patching.run_patched(m, p.corrupted, p.clean, "resid_pre", 1, position=T_)

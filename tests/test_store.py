@@ -308,7 +308,7 @@ def test_damaged_unit_raises_naming_the_file(tmp_path, payload):
     with Store(tmp_path, "k", {}) as st:
         f = st.put("u", payload)
     os.truncate(f, f.stat().st_size // 2)
-    with pytest.raises(InterpError, match=rf"{f.name} is damaged \(.*\); delete it and re-run"):
+    with pytest.raises(InterpError, match=rf"{f.name} is damaged \(.*\); delete it and run the same command again"):
         Store(tmp_path, "k", {}).get("u")
     with pytest.raises(InterpError, match="is missing"):
         S.load_unit(tmp_path / "units" / "gone.json")

@@ -43,17 +43,6 @@ def add_parser(sub):
     c.set_defaults(func=cmd_generate)
 
 
-def knobs_once(items) -> dict:
-    """--knob KNOB=VALUE items as a dict (`kv`); a knob given twice is refused (one would be silently dropped)."""
-    seen = {}
-    for it in items or []:
-        k = str(it).split("=", 1)[0]
-        if k in seen:
-            raise InterpError(f"--knob {k} is given twice ({seen[k]}, {it}); valid: each knob once")
-        seen[k] = it
-    return kv(items)
-
-
 def _check(a):
     """Each mode's own options (--knob, --n with a task; --max-new with prompts; the sampling options with
     --samples >= 2), their defaults and bounds; no empty prompt."""
@@ -114,7 +103,7 @@ def _task_batch(a):
     if not _has_steps(T.generate(task, 1, seed=0, **cot)):
         raise InterpError(f"--task {task} has no chain-of-thought form (no 'is' steps); valid: "
                           f"{', '.join(cot_tasks())}")
-    knobs = knobs_once(a.knob)
+    knobs = kv(a.knob)
     if "cot" in knobs:
         other = ", ".join(k for k in kn if k != "cot") or "none"
         raw = next(k for k in a.knob if k.split("=", 1)[0] == "cot")

@@ -140,12 +140,16 @@ def scale_args(parser):
 
 
 def kv(items) -> dict:
-    """['n_pairs=8', 'group=S5'] -> {'n_pairs': 8, 'group': 'S5'} (values read as JSON where they parse)."""
-    out = {}
+    """['n_pairs=8', 'group=S5'] -> {'n_pairs': 8, 'group': 'S5'} (values read as JSON where they parse); a knob
+    given twice is refused (one would be silently dropped)."""
+    out, seen = {}, {}
     for it in items or []:
         if "=" not in it:
             raise InterpError(f"--knob '{it}' is not valid; valid: KNOB=VALUE, e.g. n_pairs=8")
         k, v = it.split("=", 1)
+        if k in seen:
+            raise InterpError(f"--knob {k} is given twice ({seen[k]}, {it}); valid: each knob once")
+        seen[k] = it
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:

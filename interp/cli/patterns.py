@@ -50,9 +50,9 @@ def add_parser(sub):
 
 
 def _knobs(a, task):
-    from interp.cli.generate import knobs_once
+    from interp.cli.options import kv
     from interp.patterns import DEFAULT_KNOBS
-    return {**DEFAULT_KNOBS.get(task, {}), **knobs_once(a.knob)}
+    return {**DEFAULT_KNOBS.get(task, {}), **kv(a.knob)}
 
 
 def _spec_knobs(a, task):

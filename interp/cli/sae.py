@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp import InterpError
+from interp.checks import MAX_EXAMPLES, MAX_FEATURES
 from interp.cli.options import (add_device, add_knob, add_model, add_seed, check_out, finite_float, int_at_least, kv,
                                 load_any, refuse_unused)
 
-MAX_FEATURES, MAX_EXAMPLES = 2 ** 22, 2 ** 16   # interp.sae.checks' (not imported here: `interp --help` stays light)
 TASK = "mqar"   # --task's default (None until then, so that --capture can refuse it)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from interp import InterpError
 from interp.kernels import kernel_spec
-from interp.store import (FORMAT, SPEC_FILE, Lock, atomic_write_json, atomic_write_text, is_temp, normalize,
+from interp.store import (FORMAT, SPEC_FILE, Lock, damaged, atomic_write_json, atomic_write_text, is_temp, normalize,
                           read_spec, save_csv, spec_diff)
 
 UNITS_SUFFIX = ".units"     # a keyed log's folder of units: <name>.units/000000.csv, 000001.csv, ...
@@ -33,11 +33,6 @@ def remove_temps(folder, prefix: str = "") -> None:
         if is_temp(f) and f.name.startswith(prefix) and not f.name.startswith(".lock") \
                 and f.name.rpartition(".tmp-")[2] != str(os.getpid()):
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() and not f.is_symlink() else f.unlink(missing_ok=True)
-
-
-def _damaged(path, e) -> str:
-    return (f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); delete it and run "
-            "the same command again to recompute it")
 
 
 class ResultLog:
@@ -79,7 +74,7 @@ class ResultLog:
             try:
                 text = f.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise InterpError(_damaged(f, e)) from None
+                raise damaged(f, e) from None
             if f == self.path and self.units is not None and text and not text.endswith("\n"):
                 raise InterpError(f"{f} ends in a row cut short (an older version was killed while appending to it); "
                                   "delete it and run the same command again to recompute it")
@@ -108,7 +103,7 @@ class ResultLog:
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
         except (pd.errors.ParserError, ValueError) as e:
-            raise InterpError(_damaged(self.units or self.path, e)) from None
+            raise damaged(self.units or self.path, e) from None
 
     # --- reading --------------------------------------------------------------------------------
     def _keys(self) -> set:
@@ -119,7 +114,7 @@ class ResultLog:
                 try:
                     df = pd.read_csv(io.StringIO(text), usecols=self.key, dtype=str, keep_default_na=False)
                 except (pd.errors.ParserError, ValueError) as e:
-                    raise InterpError(_damaged(self.units or self.path, e)) from None
+                    raise damaged(self.units or self.path, e) from None
                 self._done = set(map(tuple, df[self.key].itertuples(index=False)))
         return self._done
 

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 import hooks
 from interp import InterpError
+from interp.checks import check_count
 from interp.interventions import graphs
-from interp.interventions.intervene import (ORDERS, InterchangePairs, Interchanger, check_count, describe_positions,
+from interp.interventions.intervene import (ORDERS, InterchangePairs, Interchanger, describe_positions,
                                             result_row, site_width)
 from interp.interventions.plan import check_seeds
 from interp.interventions.site import Site

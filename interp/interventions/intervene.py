@@ -30,7 +30,6 @@ intervened logits, and each IIA the counts, of its length group run alone.
 """
 from __future__ import annotations
 
-import numbers
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -39,6 +38,7 @@ import torch
 
 import hooks
 from interp import InterpError
+from interp.checks import check_count
 from interp.interventions.site import Site
 from interp.interventions.subspace import interchange, write_key_interchange
 
@@ -246,13 +246,6 @@ def _write_key(Sb, Ss, k, site: Site):
         new = Sb.clone()
         new[:, h] = write_key_interchange(Sb[:, h], Ss[:, h], k[:, 0 if k.shape[1] == 1 else h])
     return new[..., 0] if mamba1 else new
-
-
-def check_count(v, what: str, lo: int = 1) -> int:
-    """``v`` as an int >= ``lo`` (an integer, not a bool), else an InterpError naming it."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise InterpError(f"{what} {v!r} is not valid; valid: integers >= {lo}")
-    return int(v)
 
 
 def site_width(hm, site: Site, tokens) -> int:

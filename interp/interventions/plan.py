@@ -7,7 +7,8 @@ import torch
 
 import hooks
 from interp import InterpError
-from interp.interventions.intervene import (InterchangePairs, Interchanger, check_count, describe_positions,
+from interp.checks import check_count
+from interp.interventions.intervene import (InterchangePairs, Interchanger, describe_positions,
                                             interchange_pairs, resolve_positions, result_row, site_width)
 from interp.interventions.site import Site
 from interp.interventions.subspace import check_basis, random_basis

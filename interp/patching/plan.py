@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 import hooks
 from interp import InterpError
+from interp.checks import check_count
 from interp.kernels import kernel_spec
 from interp.patching.run import _model_device
-from interp.patching.sites import (SITES, _check_choice, check_count, check_layers, check_positions, directions_of,
+from interp.patching.sites import (SITES, _check_choice, check_layers, check_positions, directions_of,
                                    layer_kind, plan_cells)
 from interp.tasks.padded import check_pairs
 
@@ -84,7 +85,7 @@ def plan_sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, 
         raise InterpError(f"no site selected; valid: {', '.join(SITES)}")
     for s in sites:
         _check_choice("site", s, SITES)
-    check_count("batch_size", batch_size)
+    check_count(batch_size, "batch_size")
     layers = check_layers(layers, hm.n_layers)
     check_pairs(pairs, hm.vocab_size)
     pairs = pairs.to(device or _model_device(hm))

@@ -46,13 +46,6 @@ def _ints(values, what: str) -> list:
     return out
 
 
-def check_count(what: str, value, low: int = 1) -> int:
-    """``value`` as an int >= ``low`` (a bool, float or string is refused, never truncated)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise InterpError(f"{what}={value!r} is not valid; valid: an integer >= {low}")
-    return int(value)
-
-
 def check_layers(layers, n_layers: int, what="layer"):
     """``layers`` (None = every layer) as checked ints: a value out of range or an empty list is an
     InterpError naming it and the valid range."""
@@ -78,7 +71,8 @@ def check_positions(positions, T: int, what="position"):
     bad = [p for p in positions if not 0 <= p < T]
     if bad:
         shown = ",".join(map(str, bad[:5])) + (",..." if len(bad) > 5 else "")
-        raise InterpError(f"{what}{'s' if len(bad) > 1 else ''} {shown} out of range: the prompts have {T} tokens; valid: 0..{T - 1} (e.g. 0:{T})")
+        raise InterpError(f"{what}{'s' if len(bad) > 1 else ''} {shown} out of range: the prompts have {T} tokens; "
+                          f"valid: 0..{T - 1} (e.g. 0:{T})")
     return positions
 
 

@@ -7,9 +7,10 @@ from contextlib import nullcontext
 
 import torch
 
+from interp.checks import check_count
 from interp.patching.plan import base_key, plan_sweep, unit_key
 from interp.patching.run import _answer_metrics
-from interp.patching.sites import _write, check_count
+from interp.patching.sites import _write
 from interp.patching.units import open_units
 from interp.patching.window import Source, _real_view, _site_names, _window_cache, _window_ok, _window_unit
 from interp.patching.window_state import state_unit
@@ -39,7 +40,7 @@ def sweep(model, pairs, sites=("resid_pre",), layers=None, positions=None, heads
     in the spec, `interp.kernels`; BENCHMARKS.md sections 1, 43-45).
     """
     from interp.patching.assemble import assemble
-    check_count("n_boot", n_boot)   # before the sweep, not after it
+    check_count(n_boot, "n_boot")   # before the sweep, not after it
     plan = plan_sweep(model, pairs, sites, layers, positions, heads, direction, batch_size, skip_prefix,
                       model_name, device, matmul)
     store = open_units(out, plan.spec if out is not None else None, overwrite)

@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 from interp import InterpError
+from interp.checks import MAX_EXAMPLES, MAX_FEATURES
 
-MAX_FEATURES = 2 ** 22      # latents of one dictionary (a d=768 encoder of this many is 12 GB)
-MAX_EXAMPLES = 2 ** 16      # task examples of one training step or one evaluation (each is every token's vector)
 MAX_SEED = 2 ** 53          # as interp.cli.options.INT_MAX
 OWNS = ("coder", "metrics.parquet", "eval")   # what a training run writes beside spec.json and units/
 
