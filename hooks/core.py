@@ -234,8 +234,13 @@ class HookedModel:
 
     def run_with_hooks(self, tokens, hooks=(), positions=None, attention_mask=None):
         """Logits with ``hooks`` ([(name, fn), ...], one pair, or {name: fn}; a name may be a filter
-        function) installed; ``positions``: what ``positions`` hooks (rec.state, attn.pattern rows) see;
-        ``attention_mask``: [B, T] 1 for real tokens, 0 for padding (HF and zoo models; `pad`)."""
+        function) installed; ``attention_mask``: [B, T] 1 for real tokens, 0 for padding (HF and zoo models;
+        `pad`). Hook functions see every position (one that patches position t indexes it); ``positions=``,
+        which limits what a *cache* keeps (`run_with_cache`), is refused here, where nothing is cached."""
+        if positions is not None:
+            raise N.HookError(f"run_with_hooks(positions={positions!r}): positions= limits what a cache keeps and "
+                              "hook functions see every position; valid: positions=None (index the position you "
+                              "patch in the hook function), or run_with_cache(..., positions=...) to cache a few")
         tokens = self.to_tokens(tokens)
         mask = self._mask(tokens, attention_mask)
         with HookSession(self, hooks, positions=positions_list(positions, tokens.shape[1]), key_mask=mask):
@@ -243,19 +248,19 @@ class HookedModel:
 
     def run_with_cache(self, tokens, names=None, positions=None, device=None, hooks=(), state_dtype=None,
                        heads=False, backward=None, attention_mask=None):
-        """Returns (logits, Cache). names: a hook name, a list of them or a filter function (default:
-        every ``resid_pre`` / ``resid_post``); positions: keep only these token positions (states are
-        computed only there; negative ones count from the end); device: move cached tensors there;
-        state_dtype: the dtype of cached ``rec.state`` tensors (None = float32, exact; bfloat16 /
-        float16 halve their bytes: the states are computed in float32 and rounded once where they
-        are written). Hooks on ``rec.state`` still see float32. ``heads``: also cache what per-head
-        results need (every ``attn.head_out`` / ``rec.readout`` and the out-projection inputs,
-        `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar
-        metric; ``cache.grad`` then holds d metric / d activation at the same names. The cache knows
-        this model (``cache.model``) for its analysis methods. ``attention_mask``: [B, T], 1 for real tokens and
-        0 for padding (HF and zoo models; `pad` makes both): pads write nothing into recurrent states, patterns give
-        them weight 0, positions count real tokens; the cache keeps the mask (``cache.attention_mask``, bool)
-        so that results can leave pads out."""
+        """Returns (logits, Cache). names: a hook name, a list of them or a filter function (default: every
+        ``resid_pre`` / ``resid_post``); positions: keep only these token positions in the cache (states are
+        computed only there; negative ones count from the end; hook functions still see every position); device:
+        move cached tensors there; state_dtype: the dtype of cached ``rec.state`` tensors (None = float32,
+        exact; bfloat16 / float16 halve their bytes: the states are computed in float32 and rounded once where
+        they are written). Hooks on ``rec.state`` still see float32. ``heads``: also cache what per-head results
+        need (every ``attn.head_out`` / ``rec.readout`` and the out-projection inputs,
+        `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar metric;
+        ``cache.grad`` then holds d metric / d activation at the same names. The cache knows this model
+        (``cache.model``) for its analysis methods. ``attention_mask``: [B, T], 1 for real tokens and 0 for
+        padding (HF and zoo models; `pad` makes both): pads write nothing into recurrent states, patterns give
+        them weight 0, positions count real tokens; the cache keeps the mask (``cache.attention_mask``, bool) so
+        that results can leave pads out."""
         if backward is not None and not callable(backward):
             raise N.HookError(f"backward must be a function of the logits returning a scalar, got {backward!r}")
         tokens = self.to_tokens(tokens)
@@ -290,7 +295,8 @@ class HookedModel:
     @contextmanager
     def hooks(self, hooks=(), cache_names=(), positions=None, cache=None, cache_device=None, state_dtype=None):
         """Context manager: install ``hooks`` [(name, fn), ...] and caching of ``cache_names``
-        into ``cache``; remove everything on exit. ``state_dtype``: dtype of the *cached*
+        into ``cache``; remove everything on exit. ``positions``: the positions the cache keeps (hook functions
+        see every position). ``state_dtype``: dtype of the *cached*
         ``rec.state`` tensors (see `run_with_cache`); a hook function on ``rec.state`` always
         receives (and may return) float32 states, whatever this is."""
         with HookSession(self, hooks, cache_names=cache_names, positions=positions, cache=cache,

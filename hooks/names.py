@@ -1,7 +1,7 @@
 """The hook-name vocabulary, one for every model family.
 
-Shapes: B batch, T tokens (P when ``positions=`` selects P of them), D model width, H heads,
-Hkv key/value heads (GQA), Dh head dim, K / V key / value dim of a recurrent state.
+Shapes: B batch, T tokens (P in a cache made with ``positions=`` P of them; hook functions always see all T),
+D model width, H heads, Hkv key/value heads (GQA), Dh head dim, K / V key / value dim of a recurrent state.
 
 =============================  ====================  ==========================================
 name                           shape                 what

@@ -18,6 +18,7 @@ from hooks import effective
 from hooks import names as N
 from hooks import recurrence as R
 from hooks.scan.family import previous
+from hooks.session_checks import active_sessions, check_nesting, warn_if_dropout
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -41,7 +42,7 @@ def resolve_state_dtype(dtype) -> torch.dtype:
 
 
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None, key_mask=None):
-    """Softmax pattern [B, H, T(P), T] in float32 from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
+    """Softmax pattern [B, H, T(P), T] in float32 (float64 for float64 q) from q [B,T,H,D], k [B,T,Hkv,D] (GQA repeats
     k), causal, optionally limited to a sliding window of that many keys. ``rows``: only these
     query positions. ``softcap``: the logits are soft-capped before the mask, as gemma2's attention
     op does (``softcap * tanh(scale * q k^T / softcap)``). ``key_mask``: [B, T] bool, the real
@@ -51,7 +52,8 @@ def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softca
     kk = k.repeat_interleave(H // Hkv, dim=2) if Hkv != H else k
     qi = torch.arange(T, device=q.device) if rows is None else torch.as_tensor(rows, device=q.device)
     qq = q[:, qi]
-    s = torch.einsum("bihd,bjhd->bhij", qq.float(), kk.float()) * scale
+    dt = torch.promote_types(q.dtype, torch.float32)
+    s = torch.einsum("bihd,bjhd->bhij", qq.to(dt), kk.to(dt)) * scale
     if softcap:
         s = torch.tanh(s / softcap) * softcap
     j = torch.arange(T, device=q.device)
@@ -158,6 +160,7 @@ class HookSession:
         self.fns = defaultdict(list)
         for name, fn in hook_pairs(hooks, hm.hook_names):
             self.fns[name].append(fn)
+        self.user_fns = set(self.fns)       # (not the gradient taps added below)
         self.want = set(cache_names or ())
         self.grad_want = set(grad_names or ())
         N.check(list(self.fns) + sorted(self.want | self.grad_want, key=str), hm.hook_names)
@@ -223,7 +226,12 @@ class HookSession:
 
     # --- installing and removing -----------------------------------------------------------------
     def __enter__(self):
+        warn_if_dropout(self.hm)
+        outer = active_sessions(self.hm.model)
+        check_nesting(self, outer)
         stack, self._handles = ExitStack(), []
+        outer.append(self)
+        stack.callback(outer.remove, self)
         handles = self._handles
         stack.callback(lambda: [h.remove() for h in handles])  # torch hooks go last, after the op patches
         try:
@@ -345,7 +353,7 @@ class AttentionHook:
             pat = s.apply(name, pat, dim=2)
             H, Hkv = q.shape[2], v.shape[2]
             vv = v.repeat_interleave(H // Hkv, dim=2) if Hkv != H else v
-            o = torch.einsum("bhij,bjhd->bihd", pat, vv.float()).to(v.dtype)
+            o = torch.einsum("bhij,bjhd->bihd", pat, vv.to(pat.dtype)).to(v.dtype)
         else:
             o = call(q, k, v)
             if name in s.want:

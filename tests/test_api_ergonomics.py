@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import hooks
 from hooks.names import HookError, HookNameError
+from hooks.session_checks import active_sessions
 from interp.tasks import VOCAB
 from interp.zoo import HybridLM, ZooConfig
 from interp.zoo.hf import attach_tokenizer, word_tokenizer
@@ -278,3 +279,83 @@ def test_bad_tokens(which):
     with torch.no_grad():  # lists of ids and smaller integer dtypes are fine
         torch.testing.assert_close(hm(x.tolist()), hm(x), atol=0, rtol=0)
         torch.testing.assert_close(hm(x.to(torch.int16)), hm(x), atol=0, rtol=0)
+
+
+def test_run_with_hooks_refuses_positions():
+    """positions= limits what a cache keeps; hook functions see every position, so run_with_hooks (no cache)
+    used to take it and do nothing with it."""
+    hm = hooks.wrap(zoo())
+    x = torch.randint(0, V, (2, T))
+    seen = []
+    with pytest.raises(HookError, match=r"run_with_hooks\(positions=\[5\]\): positions= limits what a cache keeps"):
+        hm.run_with_hooks(x, hooks=[("blocks.0.rec.state", lambda S, n: seen.append(S.shape))], positions=[5])
+    hm.run_with_cache(x, names=["blocks.0.rec.state"], positions=[5],
+                      hooks=[("blocks.0.rec.state", lambda S, n: seen.append(S.shape[1]))])
+    assert seen == [T]          # the hook function saw every position, the cache one
+
+
+@pytest.mark.parametrize("layout", ["gdn100", "gla100", "mamba2100"])
+def test_float64_models_patch_states_and_patterns(layout):
+    """A float64 model: a patched rec.state continues the recurrence (the float32 state met float64 inputs:
+    'expected scalar type Float but found Double'), as the float32 model does up to float32 rounding; an
+    identity hook on a pattern leaves float64 logits exactly as they are (it was recomputed in float32)."""
+    x = torch.randint(0, V, (2, 20))
+
+    def put(S, n):
+        S[:, 6] = 0
+
+    out = {}
+    for dt in (torch.float32, torch.float64):
+        hm = hooks.wrap(zoo(layout).to(dt))
+        with torch.no_grad():
+            out[dt] = hm.run_with_hooks(x, hooks=[("blocks.0.rec.state", put)]).double(), hm(x).double()
+    (p32, r32), (p64, r64) = out[torch.float32], out[torch.float64]
+    assert (p64 - r64).abs().max() > 1e-6
+    torch.testing.assert_close(p64, p32, atol=1e-5, rtol=1e-5)
+    hm = hooks.wrap(zoo("gdn75").to(torch.float64))
+    with torch.no_grad():
+        ref = hm(x)
+        same = hm.run_with_hooks(x, hooks=[("blocks.3.attn.pattern", lambda p, n: p)])
+    assert torch.equal(same, ref)
+
+
+def test_a_model_in_training_mode_with_dropout_is_warned_about_once():
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, attention_dropout=0.3)
+    m = AutoModelForCausalLM.from_config(cfg)       # HF returns it in training mode
+    hm, x = hooks.wrap(m), torch.randint(0, V, (2, T))
+    with pytest.warns(UserWarning, match="training mode with dropout: identical runs differ at random"):
+        hm.run_with_cache(x, names=["blocks.0.resid_post"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hm.run_with_cache(x, names=["blocks.0.resid_post"])          # once per wrapped model
+        m.eval()
+        hooks.wrap(m).run_with_cache(x, names=["blocks.0.resid_post"])
+        hooks.wrap(zoo().train()).run_with_cache(x, names=["blocks.0.resid_post"])   # no dropout: no warning
+
+
+def test_a_cache_nested_inside_a_patching_session_is_refused_where_it_would_disagree():
+    """An inner session wraps the attention / scan op outside the outer one, so it saw q, k, v, patterns and
+    states before the outer session's hook functions changed them while the logits included the change."""
+    m = zoo()
+    hm = hooks.wrap(m)
+    x = torch.randint(0, V, (2, T))
+
+    def zero(t, n):
+        return torch.zeros_like(t)
+    with torch.no_grad():
+        with hm.hooks(hooks=[("blocks.3.attn.q", zero)]):
+            with pytest.raises(HookError, match="caching 'blocks.3.attn.pattern' inside another hooks session whose "
+                                                "hook function changes 'blocks.3.attn.q'"):
+                hm.run_with_cache(x, names=["blocks.3.attn.pattern"])
+            with pytest.raises(HookError, match="caching 'blocks.3.attn.k'"):   # through another wrapper of m too
+                hooks.wrap(m).run_with_cache(x, names=["blocks.3.attn.k"])
+        # the one-call form, a cache of another layer or of a module name, and nested captures are fine
+        lg, c = hm.run_with_cache(x, names=["blocks.3.attn.pattern"], hooks=[("blocks.3.attn.q", zero)])
+        assert torch.allclose(c["blocks.3.attn.pattern"][0, 0, 4, :5], torch.full((5,), 0.2))
+        with hm.hooks(hooks=[("blocks.3.attn.q", zero)]):
+            lg2, c2 = hm.run_with_cache(x, names=["blocks.0.rec.state", "blocks.3.resid_post"])
+        assert torch.equal(lg2, lg)
+    assert active_sessions(m) == []

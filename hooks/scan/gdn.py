@@ -99,7 +99,7 @@ def _chunks(q, k, v, g, beta, scale, S0, keep=False):
     C = CHUNK
     tr = lambda x: pad_time(work(x).transpose(1, 2), C)  # noqa: E731  [B, H, Tp, ...]
     q, k, v, g, beta = tr(q) * scale, tr(k), tr(v), tr(g), tr(beta)
-    S = work(S0) if S0 is not None else q.new_zeros(B, H, K, V)
+    S = work(S0).to(q.dtype) if S0 is not None else q.new_zeros(B, H, K, V)
     strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
     eye = torch.eye(C, device=q.device, dtype=q.dtype)
     os, hs, ds = [], [], []

@@ -59,7 +59,7 @@ def _chunks(q, k, v, g, scale, S0, keep=False):
     scalar = g.dim() == 3
     tr = lambda x: pad_time(work(x).transpose(1, 2), C)  # noqa: E731  [B, H, Tp, ...]
     q, k, v, g = tr(q) * scale, tr(k), tr(v), tr(g)
-    S = work(S0) if S0 is not None else q.new_zeros(B, H, K, V)
+    S = work(S0).to(q.dtype) if S0 is not None else q.new_zeros(B, H, K, V)
     os, hs = [], []
     for c in range(q.shape[2] // C):
         sl = slice(c * C, (c + 1) * C)
