@@ -18,12 +18,12 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def parse_dtype(s):
-    """'bfloat16' -> torch.bfloat16 (None stays None)."""
+    """'bfloat16' -> torch.bfloat16 (None stays None; a floating torch dtype, float64 included, as it is)."""
     import torch
-    if s is None or isinstance(s, torch.dtype):
+    if s is None or isinstance(s, torch.dtype) and s.is_floating_point:
         return s
     if s not in DTYPES:
-        raise InterpError(f"dtype '{s}' is not valid; valid: {', '.join(DTYPES)}")
+        raise InterpError(f"dtype '{s}' is not valid; valid: {', '.join(DTYPES)} or a floating torch dtype")
     return getattr(torch, s)
 
 

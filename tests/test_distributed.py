@@ -403,6 +403,9 @@ def test_load_any_device_map_errors(tmp_path):
         load_any("gdn75", max_memory="1GiB")
     with pytest.raises(InterpError, match="dtype 'int8' is not valid; valid: float32, bfloat16, float16"):
         load_any("gdn75", dtype="int8")
+    with pytest.raises(InterpError, match="dtype 'torch.int64' is not valid; .*or a floating torch dtype"):
+        load_any("gdn75", dtype=torch.int64)       # was a raw TypeError from nn.Module.to
+    assert next(load_any("gdn75", dtype=torch.float64)[0].parameters()).dtype == torch.float64
     assert parse_max_memory("0=20GiB,1=30GiB,cpu=64GiB") == {0: "20GiB", 1: "30GiB", "cpu": "64GiB"}
     with pytest.raises(InterpError, match="max memory device 'gpu7' is not valid"):
         parse_max_memory("gpu7=3GiB")
