@@ -10,8 +10,9 @@ The analysis methods need the model's pieces (final norm, unembedding, out-proje
 from __future__ import annotations
 
 import json
-import math
-import struct
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -19,6 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hooks import names as N
+from hooks.shards import (ShardedView, check_names, damaged, read_manifest, save_target, shard_entry, swap_in,
+                          write_synced)
+from hooks.shards import ShardWriter  # noqa: F401 (interp.capture imports it from here)
 
 _DECOMPOSE = "names=lambda n: n == 'embed' or n.endswith(('mixer_out', 'mlp_out'))"
 
@@ -39,14 +43,14 @@ class Cache(dict):
         super().__init__(*a, **kw)
         self.positions = positions
         self.model = model
-        self.head_inputs = {}
-        self.grad = None
+        self.head_inputs, self.grad, self.attention_mask = {}, None, None
 
     def to(self, device=None, dtype=None) -> "Cache":
         move = lambda v: v.to(device=device, dtype=dtype if v.is_floating_point() else None)  # noqa: E731
         out = Cache({k: move(v) for k, v in self.items()}, positions=self.positions, model=self.model)
         out.head_inputs = {k: move(v) for k, v in self.head_inputs.items()}
         out.grad = None if self.grad is None else self.grad.to(device, dtype)
+        out.attention_mask = None if self.attention_mask is None else self.attention_mask.to(device)
         return out
 
     def cpu(self) -> "Cache":
@@ -57,38 +61,62 @@ class Cache(dict):
         self.model = hm
         return self
 
-    def save(self, path, meta: dict | None = None) -> Path:
+    def save(self, path, meta: dict | None = None, overwrite: bool = False) -> Path:
         """Write the layout ``interp capture`` writes (`ShardWriter`, `shard_entry`): ``path/manifest.json``
-        (names, shapes, dtypes, positions, meta, one shard) and ``path/units/shard-00000.safetensors``."""
-        path, tensors = Path(path), {k: v.detach().cpu() for k, v in self.items()}
+        (names, shapes, dtypes, positions, meta, one shard), ``path/units/shard-00000.safetensors`` and, where the
+        cache has them, ``units/extras.safetensors`` (``attention_mask``, ``head_inputs``, ``grad``). ``path``: a
+        new or empty folder; ``overwrite=True`` also replaces a saved cache or capture there (a folder holding only
+        what those write: other files are refused, never deleted). Written into a temporary sibling folder and
+        renamed into place, so a crash leaves the old folder or the new one, never a mix of both."""
+        path, tensors = Path(path), {k: self[k].detach().cpu() for k in self}
         rows = {int(v.shape[0]) if v.dim() else None for v in tensors.values()}
         if len(rows) > 1 or None in rows:
             raise N.HookError(f"save needs tensors with one batch dimension; these have {sorted(rows, key=str)} rows")
-        n = rows.pop() if rows else 0
-        (path / "units").mkdir(parents=True, exist_ok=True)
-        with open(path / "units" / "shard-00000.safetensors", "wb") as fh:
-            ShardWriter(fh, tensors).write(tensors)
-        m = {"names": list(self), "positions": None if self.positions is None else [int(p) for p in self.positions],
-             "n_examples": n, "meta": meta or {}, "shards": [shard_entry(fh.name, path, 0, n, tensors)]}
-        (path / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+        n, dest = rows.pop() if rows else 0, save_target(path, overwrite)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            (tmp / "units").mkdir(parents=True)
+            f = write_synced(tmp / "units" / "shard-00000.safetensors", tensors)
+            m = {"names": list(self), "positions": None if self.positions is None else [int(p) for p in self.positions],
+                 "n_examples": n, "meta": meta or {}, "shards": [shard_entry(f, tmp, 0, n, tensors)]}
+            if extras := self._extras():  # attention_mask, head_inputs, grad: units/extras.safetensors
+                m["extras"] = write_synced(tmp / "units" / "extras.safetensors", extras).relative_to(tmp).as_posix()
+            write_synced(tmp / "manifest.json", (json.dumps(m, indent=2) + "\n").encode())
+            swap_in(tmp, dest, overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # what a failed save left (gone after a swap)
         return path
+
+    def _extras(self) -> dict:
+        """The attention mask, head inputs and gradients `save` keeps beside the activations, by file key."""
+        x = {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
+        x.update({f"head_inputs.{i}.{kind}": v for (i, kind), v in self.head_inputs.items()})
+        x.update({f"grad.{k}": self.grad[k] for k in (self.grad or {})})
+        return {k: v.detach().cpu() for k, v in x.items()}
 
     @classmethod
     def load(cls, path, device="cpu", names=None, lazy=False) -> "Cache":
         """A cache saved by `save` or written by ``interp capture`` (and the older single-file layout):
-        every shard's rows concatenated (``names``: only these). ``lazy``: see `LazyCache`."""
-        path = Path(path)
-        m = json.loads((path / "manifest.json").read_text())
+        every shard's rows concatenated (``names``: only these; a name the folder lacks is refused, naming
+        close matches), with the ``attention_mask``, ``head_inputs`` and ``grad`` `save` kept (read at once,
+        lazy or not). ``lazy``: see `LazyCache`. A missing folder or a damaged manifest raises HookError."""
+        path, names = Path(path), [names] if isinstance(names, str) else names
+        m = read_manifest(path)
         pos = m.get("positions")
         if "shards" not in m:  # the older layout: one activations.safetensors
-            return cls({k: v for k, v in load_file(str(path / "activations.safetensors"), device=device).items()
-                        if names is None or k in names}, positions=pos)
-        held = m["shards"][0].get("shapes") or safe_open(str(path / m["shards"][0]["file"]), "pt").keys() \
-            if m["shards"] else {}
-        views = {k: ShardedView(path, m["shards"], k) for k in held if names is None or k in names}
-        if lazy:
-            return LazyCache(views, positions=pos)
-        return cls({k: v.load(device) for k, v in views.items()}, positions=pos)
+            held = load_file(str(path / "activations.safetensors"), device=device)
+            check_names(names, list(held), path)
+            return cls({k: v for k, v in held.items() if names is None or k in names}, positions=pos)
+        try:
+            sh = m["shards"]
+            held = list(sh[0].get("shapes") or safe_open(str(path / sh[0]["file"]), "pt").keys()) if sh else []
+            views = {k: ShardedView(path, sh, k) for k in held if names is None or k in names}
+        except (KeyError, TypeError, AttributeError) as e:  # a manifest missing its fields
+            raise damaged(path, f"manifest.json lacks {e}") from None
+        check_names(names, held, path)
+        cache = LazyCache(views, positions=pos) if lazy else cls({k: v.load(device) for k, v in views.items()},
+                                                                  positions=pos)
+        return _load_extras(cache, path, m.get("extras"), device, names)
 
     def __repr__(self):
         body = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.items())
@@ -398,89 +426,17 @@ def frozen_norm(norm, x):
     return apply
 
 
-
-# --- the on-disk layout, shared with interp.capture: manifest.json + shards (`shard_entry`) ------------------
-_ST = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64",
-       torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-class ShardWriter:
-    """A safetensors file written batch by batch into open file ``fh``: the header (shapes ``[rows, ...]``
-    from ``first`` {name: [b, ...]}; rows default b), then each `write` puts a batch's rows at their offsets."""
-
-    def __init__(self, fh, first: dict, rows: int | None = None, metadata: dict | None = None):
-        header, off, self.slots = {}, 0, {}
-        for k in sorted(first):
-            t = first[k]
-            shape = [int(t.shape[0] if rows is None else rows), *t.shape[1:]]
-            nbytes = math.prod(shape) * t.element_size()
-            header[k] = {"dtype": _ST[t.dtype], "shape": shape, "data_offsets": [off, off + nbytes]}
-            self.slots[k] = (off, nbytes // max(1, shape[0]), t.dtype, shape)
-            off += nbytes
-        meta = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-        h = json.dumps({**header, **meta}, separators=(",", ":")).encode()
-        h += b" " * (-len(h) % 8)
-        fh.write(struct.pack("<Q", len(h)) + h)
-        self.fh, self.base, self.row = fh, 8 + len(h), 0
-        fh.truncate(self.base + off)
-
-    def write(self, batch: dict):
-        for k, (off, row_bytes, dtype, shape) in self.slots.items():
-            t = batch[k].detach().cpu().contiguous()
-            n = t.shape[0]
-            if t.dtype != dtype or list(t.shape[1:]) != shape[1:] or self.row + n > shape[0]:
-                raise N.HookError(f"'{k}': {list(t.shape)} {t.dtype} does not fit rows {self.row}.. of {shape} {dtype}")
-            self.fh.seek(self.base + off + self.row * row_bytes)
-            self.fh.write(t.reshape(-1).view(torch.uint8).numpy())
-        self.row += n
-
-
-def shard_entry(file, root, start, stop, tensors: dict) -> dict:
-    """The manifest's entry for shard ``file`` (named relative to ``root``) holding rows start..stop."""
-    return {"file": Path(file).relative_to(root).as_posix(), "start": start, "stop": stop,
-            "shapes": {k: [stop - start, *t.shape[1:]] if t.dim() else [] for k, t in sorted(tensors.items())},
-            "dtypes": {k: str(t.dtype).replace("torch.", "") for k, t in sorted(tensors.items())}}
-
-
-class ShardedView:
-    """One name across a saved folder's shards, memory-mapped (safetensors' ``safe_open``): ``shape``,
-    ``dtype``; ``view[i]`` / ``view[a:b]`` (rows) reads only the shards holding those rows, ``load()``
-    all of them into one tensor. Shard shapes are checked against the manifest; a damaged shard is named."""
-
-    def __init__(self, root, shards, name):
-        self.root, self.shards, self.name = Path(root), shards, name
-        self.rows = [(s["start"], s["stop"]) for s in shards]
-        self.dtype, shape = self._read(0)
-        self.shape = torch.Size([self.rows[-1][1], *shape[1:]])
-
-    def _read(self, i, a=None, b=None, device="cpu"):
-        """Rows a..b of shard i (a None: its (dtype, shape)), its shape checked against the manifest."""
-        f, want = self.root / self.shards[i]["file"], self.shards[i].get("shapes", {}).get(self.name)
-        try:
-            with safe_open(str(f), "pt", device=str(device)) as h:
-                s = h.get_slice(self.name)
-                dtype, shape = {v: k for k, v in _ST.items()}[s.get_dtype()], list(s.get_shape())
-                out = None if a is None or shape != (want or shape) else s[a:b]
-        except Exception as e:  # a file cut short, overwritten or missing
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise N.HookError(f"{f} is damaged ({msg}); delete it and re-run to recompute it") from None
-        if shape != (want or shape):
-            raise N.HookError(f"{f}: '{self.name}' has shape {shape}, the manifest lists {want}; the file is not this "
-                              "folder's: capture again (--overwrite) or into a new --out")
-        return (dtype, shape) if a is None else out
-
-    def load(self, device="cpu") -> torch.Tensor:
-        out = torch.empty(self.shape, dtype=self.dtype, device=device)
-        for i, (a, b) in enumerate(self.rows):
-            out[a:b] = self._read(i, 0, b - a, device)
-        return out
-
-    def __getitem__(self, idx):
-        one = not isinstance(idx, slice)
-        lo, hi, step = (slice(idx, idx + 1 if idx != -1 else None) if one else idx).indices(self.shape[0])
-        parts = [self._read(i, max(lo, a) - a, min(hi, b) - a) for i, (a, b) in enumerate(self.rows) if lo < b > a < hi]
-        got = torch.cat(parts)[::step] if parts else torch.empty(0, *self.shape[1:], dtype=self.dtype)
-        return got[0] if one else got
+def _load_extras(cache, path: Path, file, device, names):
+    """Give ``cache`` the attention mask, head inputs and gradients `Cache.save` kept in ``file``."""
+    try:
+        t = load_file(str(path / file), device=device) if file else {}
+    except Exception as e:  # a file cut short, overwritten or missing
+        raise damaged(path / str(file), e) from None
+    cache.attention_mask = t.get("attention_mask")
+    cache.head_inputs = {(int(k.split(".")[1]), k.split(".")[2]): v for k, v in t.items() if k.startswith("head_in")}
+    grad = {k[5:]: v for k, v in t.items() if k.startswith("grad.") and (names is None or k[5:] in names)}
+    cache.grad = Cache(grad, positions=cache.positions) if grad else None
+    return cache
 
 
 class LazyCache(Cache):
