@@ -71,7 +71,8 @@ def cmd_das(a):
         # (CUDA graphs replay the eager step: the same R, and ignored on a CPU; not a setting of the result)
         res = plan.run(Path(a.model).name, progress=True)
         sp = res.attrs["spec"]
-        sp["model_digest"] = digest      # `interp intervene --subspace` checks it
+        sp["model_digest"] = digest      # in the .spec.json and the .safetensors' own metadata (with site, head,
+        # side, width): `interp intervene --subspace` checks it even for the .safetensors copied alone
         print(f"{a.model} on {a.task}: DAS rank {cfg.rank} at {site.label()} (width {sp['width']}), positions "
               f"{sp['config']['positions']}; kept pairs train/val/test {sp['kept']['train']}/{sp['kept']['val']}/"
               f"{sp['kept']['test']}; best epoch {sp['best_epoch']}")

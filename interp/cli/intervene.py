@@ -107,7 +107,8 @@ def check_subspace_args(items):
 
 def _subspaces(items, site, digest: str):
     """--subspace's items; a saved basis must come from this site and (where it records one) the model's weights
-    (``digest``, `interp.store.model_digest`)."""
+    (``digest``, `interp.store.model_digest`), as its file's metadata and the .spec.json beside it record (they
+    must agree: `load_subspace`). A basis that records neither (a user's own) is taken with a warning."""
     from interp.interventions import load_subspace
     from interp.store import tensor_digest
     out, files, labels = [], {}, _labels(items)
@@ -123,9 +124,23 @@ def _subspaces(items, site, digest: str):
         if other:
             raise InterpError(f"--subspace {s} was learned at another site or model: {', '.join(other)}; valid: a "
                               "subspace of this --site / --head / --side and model")
+        _warn_unchecked(s, made)
         out.append({labels[s]: R})
         files[s] = tensor_digest(R)
     return out, files
+
+
+def _warn_unchecked(s, made: dict):
+    """One warning where a basis records no site or no model's weights digest (a user's own basis, or one saved
+    through the Python API without a digest): what cannot be checked is taken on trust."""
+    import warnings
+    miss = [w for k, w in (("site", "site"), ("model_digest", "model weights digest")) if k not in made]
+    if not miss:
+        return
+    against = "--site or the model" if len(miss) == 2 else "--site" if "site" not in made else "the model's weights"
+    where = "" if made else " (no metadata in the file, no .spec.json beside it)"
+    warnings.warn(f"--subspace {s} records no {' or '.join(miss)}{where}, so it cannot be checked against "
+                  f"{against}; using it as given", stacklevel=2)
 
 
 @contextlib.contextmanager

@@ -106,7 +106,8 @@ class DASResult(InterventionResult):
         return DASResult
 
     def save(self, out, name: str, plot: bool = True):
-        """Also writes ``name``.safetensors (R) and ``name``.spec.json (`store.save_subspace`)."""
+        """Also writes ``name``.safetensors (R; site, head, side, width, rank and any model_digest of the spec in
+        its metadata) and ``name``.spec.json (`store.save_subspace`)."""
         from interp.interventions.store import check_finite, save_subspace
         check_finite(self.R)                 # before any file: a diverged R is not saved
         paths = super().save(out, name, plot=plot)
