@@ -3,6 +3,7 @@ interchanges into an IIA table (`plan_intervene` does the checks and the prepara
 interchanges; `interp intervene` checks everything before it makes its output folder)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import hooks
@@ -33,11 +34,11 @@ def subspace_items(subspaces, rank, seeds, width, site: Site):
     """[(label, R | None | 'write_key', rank, seed)] from the ``subspaces`` argument of `intervene`; each label
     once (bare tensors are 'given', or 'given0', 'given1', ... when there are several), none a `BUILTIN` name
     but its own."""
-    given = [subspaces] if isinstance(subspaces, (str, torch.Tensor, dict)) else list(subspaces)
-    valid = f"full, random, write_key, a tensor [rank, {width}] or a dict {{label: tensor}}"
+    given = [subspaces] if isinstance(subspaces, (str, torch.Tensor, np.ndarray, dict)) else list(subspaces)
+    valid = f"full, random, write_key, a tensor (or numpy array) [rank, {width}] or a dict {{label: tensor}}"
     if not given:
         raise InterpError(f"no subspace given; valid: one or more of {valid}")
-    n_bare = sum(isinstance(s, torch.Tensor) for s in given)
+    n_bare = sum(isinstance(s, (torch.Tensor, np.ndarray)) for s in given)
     items, j = [], 0
     for s in given:
         if isinstance(s, dict):
@@ -46,7 +47,7 @@ def subspace_items(subspaces, rank, seeds, width, site: Site):
                     raise InterpError(f"subspace label '{k}' is the name of a built-in subspace; valid: a label "
                                       f"other than {', '.join(BUILTIN)}")
                 items.append((str(k), check_basis(v, width, f"subspace '{k}'"), None, -1))
-        elif isinstance(s, torch.Tensor):
+        elif isinstance(s, (torch.Tensor, np.ndarray)):
             lb = "given" if n_bare == 1 else f"given{j}"
             j += 1
             items.append((lb, check_basis(s, width, f"subspace '{lb}'"), None, -1))
@@ -62,7 +63,7 @@ def subspace_items(subspaces, rank, seeds, width, site: Site):
                 raise InterpError("subspace 'random' needs at least one seed; valid: seeds such as (0, 1, 2)")
             items += [("random", random_basis(width, rank, seed), rank, int(seed)) for seed in seeds]
         else:
-            raise InterpError(f"subspace {s!r} is not valid; valid: {valid}")
+            raise InterpError(f"subspace {_describe(s)} is not valid; valid: {valid}")
     labels = [lb for lb, *_ in items if lb != "random"]
     labels += ["random" for s in given if isinstance(s, str) and s == "random"]
     twice = [lb for lb in dict.fromkeys(labels) if labels.count(lb) > 1]
@@ -70,6 +71,14 @@ def subspace_items(subspaces, rank, seeds, width, site: Site):
         raise InterpError(f"subspace '{twice[0]}' is given twice; valid: each subspace once, under a label of "
                           "its own")
     return [(lb, R, R.shape[0] if r is None else r, sd) for lb, R, r, sd in items]
+
+
+def _describe(x) -> str:
+    """A value for an error message: an array-like as its type and shape, anything else as a short repr."""
+    if hasattr(x, "shape") and not isinstance(x, str):
+        return f"{type(x).__name__} of shape {tuple(x.shape)}"
+    r = repr(x).replace("\n", " ")
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 class Planned:
@@ -132,8 +141,8 @@ def intervene(model, pairs, site, subspaces=("full",), rank: int = 1, seeds=(0, 
     ``subspaces``: any of 'full' (the whole site, or one head), 'random' (rank ``rank``, one row per
     seed of ``seeds``: distinct integers >= 0), 'write_key' (``rec.state`` only: the rank-1 form along the layer's
     rec.k at ``write_at`` of the base prompt, or of the source with ``key_from='source'``), a tensor R
-    [r, width] or a dict {label: R} (each subspace once; labels not 'full', 'random' or 'write_key'). Returns an
-    `InterventionResult` (split 'all'); with no pair kept (none answered right on both prompts) its IIA is NaN
-    and ``n`` 0 (`plan_intervene(...).n_kept` tells before any interchange runs)."""
+    [r, width] (or a numpy array) or a dict {label: R} (each subspace once; labels not 'full', 'random' or
+    'write_key'). Returns an `InterventionResult` (split 'all'); with no pair kept (none answered right on both
+    prompts) its IIA is NaN and ``n`` 0 (`plan_intervene(...).n_kept` tells before any interchange runs)."""
     return plan_intervene(model, pairs, site, subspaces, rank, seeds, positions, order, batch_size, write_at,
                           key_from).run(model_name)

@@ -7,6 +7,7 @@ keeps its row space and so the same projector.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from interp import InterpError
@@ -39,7 +40,10 @@ def is_orthonormal(R: torch.Tensor, tol: float = ORTHO_TOL) -> bool:
 
 def check_basis(R: torch.Tensor, width: int, what: str = "subspace") -> torch.Tensor:
     """``R`` as a [r, width] float matrix with orthonormal rows: shape checked against the site's
-    ``width`` (clear errors for a wrong width or a rank above it), finite, orthonormalised if it is not."""
+    ``width`` (clear errors for a wrong width or a rank above it), finite, orthonormalised if it is not; a numpy
+    array is taken as the tensor it converts to."""
+    if isinstance(R, np.ndarray) and R.dtype.kind in "biufc":
+        R = torch.as_tensor(R)
     if not isinstance(R, torch.Tensor):
         raise InterpError(f"{what} must be a tensor [rank, {width}], got {type(R).__name__}")
     if R.dim() == 1:

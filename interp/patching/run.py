@@ -18,6 +18,7 @@ def run_patched(model, base_tokens, source_tokens, site: str, layer: int, positi
     hm = model if isinstance(model, hooks.HookedModel) else hooks.wrap(model)
     _check_choice("site", site, SITES)
     check_layers([layer], hm.n_layers)
+    base_tokens, source_tokens = _as_tokens(base_tokens, "base"), _as_tokens(source_tokens, "source")
     if tuple(base_tokens.shape) != tuple(source_tokens.shape) or base_tokens.dim() != 2:
         raise InterpError(f"base and source tokens must have the same shape [batch, positions]; got "
                           f"{list(base_tokens.shape)} and {list(source_tokens.shape)}")
@@ -45,6 +46,22 @@ def run_patched(model, base_tokens, source_tokens, site: str, layer: int, positi
         return hm.run_with_hooks(base_tokens, hooks=[(name, lambda x, _: _write(x, src[name], x.shape[0],
                                                                                 [(position, head)], site, span))],
                                  attention_mask=attention_mask)
+
+
+def _as_tokens(tokens, what: str) -> torch.Tensor:
+    """``tokens`` (a tensor, numpy array or nested list of ids, as hooks' run_with_cache takes them) as an integer
+    tensor; float, bool or complex ones are refused, as hooks refuses them."""
+    if not isinstance(tokens, torch.Tensor):
+        try:
+            tokens = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InterpError(f"{what} tokens of type {type(tokens).__name__} are not valid ({e}); valid: a [batch, "
+                              "positions] tensor, numpy array or list of lists of integer token ids") from None
+    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+        hint = " (tokens.long() if they are whole numbers)" if tokens.is_floating_point() else ""
+        raise InterpError(f"{what} tokens must be integer token ids, got dtype {tokens.dtype}; valid: integer "
+                          f"dtypes{hint}")
+    return tokens
 
 
 def _answer_metrics(logits, pairs_rows, clean_logp=None):

@@ -7,6 +7,7 @@ import torch
 import hooks
 from interp import InterpError
 from interp import tasks as T
+from interp.checks import check_count
 from interp.probes.targets import points
 
 PLAIN = ("resid_post", "resid_pre", "resid_mid", "mixer_out", "mlp_out", "attn.head_out", "rec.state",
@@ -57,6 +58,7 @@ def collect(model, task: str, target: str, sites=("resid_post",), n: int = 256, 
     a TaskBatch to use instead of generating ``n`` examples (a padded one, e.g. `interp.tasks.pad_batches`,
     runs with its ``attention_mask``: points at real tokens only, each example's features as it gives
     them alone); ``layers``: only these layers."""
+    batch_size = check_count(batch_size, "batch_size")
     batch = batch if batch is not None else T.generate(task, n, seed=seed, **knobs)
     pts = points(batch, target)
     hm = hooks.wrap(model)

@@ -4,6 +4,8 @@ each site's layer on the validation split, runs the causal check there and retur
 seed-aggregated `ProbeResult`; `check_run` validates a run's settings before any model runs."""
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -12,6 +14,7 @@ import pandas as pd
 import hooks
 from interp import InterpError
 from interp import tasks as T
+from interp.checks import check_count
 from interp.probes import causal as CA
 from interp.probes.controls import FLAG_AT, check_controls, untrained_copy
 from interp.probes.features import SITES, _present, _site_names, collect
@@ -98,6 +101,7 @@ def check_run(models, task, target, sites, n, seeds, sweep, backend, C, split, c
                           "{'gdn75': model}")
     sites = [sites] if isinstance(sites, str) else sites   # one site by its name
     check_backend(backend)
+    batch_size, flag_at = check_count(batch_size, "batch_size"), check_flag_at(flag_at)
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_EXAMPLES:
         raise InterpError(f"n={n} examples is too few: they are split train/val/test by example and each probe "
                           f"is fitted on the training part, so nothing can be learned; use at least {MIN_EXAMPLES} "
@@ -116,7 +120,17 @@ def check_run(models, task, target, sites, n, seeds, sweep, backend, C, split, c
                 raise InterpError(f"the untrained control rebuilds a model from its config, and model '{name}' "
                                   f"({type(m).__name__}) has none; leave 'untrained' out of the controls")
     return _Run(task, target, list(sites), n, list(seeds), backend, check_C(C), check_split(split), controls,
-                float(flag_at), int(batch_size), knob, loads, dict(knobs), multi=models is not None and len(models) > 1)
+                flag_at, batch_size, knob, loads, dict(knobs), multi=models is not None and len(models) > 1)
+
+
+def check_flag_at(flag_at) -> float:
+    """``flag_at`` as a float: a control accuracy at or above it is flagged uninformative, so it is an accuracy,
+    a finite number in [0, 1] (the CLI's --flag-at takes the same)."""
+    if isinstance(flag_at, bool) or not isinstance(flag_at, numbers.Real) or not math.isfinite(flag_at) \
+            or not 0 <= flag_at <= 1:
+        raise InterpError(f"flag_at={flag_at!r} is not valid; valid: finite numbers >= 0 and <= 1 (a control "
+                          f"accuracy at or above it is flagged uninformative; default {FLAG_AT})")
+    return float(flag_at)
 
 
 def _causal_settings(r: _Run, causal, pairs, rank):
