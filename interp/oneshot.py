@@ -12,6 +12,7 @@ digest, the settings and the non-default kernels.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,22 +30,40 @@ def spec_of(models: dict, **settings) -> dict:
     return normalize({"models": digests, **settings, **kernel_spec()})
 
 
+RECORD_KEYS = {"command", "spec", "outputs"}     # what `one_shot` writes ("outputs" since 2026-12-07)
+
+
+def _record(spec_path: Path):
+    """The record `one_shot` wrote at ``spec_path``, or None where there is none; another file there (a capture's or
+    a model's JSON, a user's file) is refused, even with --overwrite: it is not this command's to replace."""
+    from interp.store import read_json
+    if not spec_path.exists():
+        return None
+    try:
+        old = read_json(spec_path)
+    except InterpError:
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("spec"), dict) and set(old) <= RECORD_KEYS):
+        raise InterpError(f"{spec_path} is not a record of this kind of output (another command's or a user's "
+                          "file); valid: another --out")
+    return old
+
+
 def _check(spec_path: Path, outputs: list, spec: dict, overwrite: bool) -> None:
-    from interp.store import diff_summary, read_json, spec_diff
+    from interp.store import diff_summary, spec_diff
+    old = _record(spec_path)
     found = [p for p in outputs if p.exists()]
+    # the files the recorded call wrote (records written before 2026-12-07 do not list them)
+    theirs = [spec_path.parent / n for n in (old or {}).get("outputs", []) if (spec_path.parent / n).exists()]
     if overwrite:
-        for p in found + [spec_path]:
+        for p in dict.fromkeys(found + theirs + [spec_path]):
             p.unlink(missing_ok=True)
         return
-    if spec_path.exists():
-        old = read_json(spec_path)
-        old = old.get("spec") if isinstance(old, dict) else None
-        if not isinstance(old, dict):
-            raise InterpError(f"{spec_path} is not a spec this command wrote; valid: --overwrite to replace it and "
-                              "its files, or another --out")
-        diff = spec_diff(old, spec)
-        if diff and found:
-            raise InterpError(f"{found[0]} was made with other settings ({spec_path.name}: {diff_summary(diff)}); "
+    if old is not None:
+        diff = spec_diff(old["spec"], spec)
+        if diff and (found or theirs):
+            made = (found or theirs)[0]
+            raise InterpError(f"{made} was made with other settings ({spec_path.name}: {diff_summary(diff)}); "
                               "valid: the same settings, --overwrite to replace it, or another --out")
     elif found:
         raise InterpError(f"{found[0]} exists without {spec_path.name}, the record of what made it; valid: "
@@ -64,7 +83,8 @@ def one_shot(spec_path, outputs, spec: dict, overwrite: bool = False):
     try:
         _check(spec_path, outputs, normalize(spec), overwrite)
         first = not spec_path.exists()
-        atomic_write_json(spec_path, {"command": "interp " + shlex.join(sys.argv[1:]), "spec": normalize(spec)})
+        atomic_write_json(spec_path, {"command": "interp " + shlex.join(sys.argv[1:]), "spec": normalize(spec),
+                                      "outputs": [os.path.relpath(p, spec_path.parent) for p in outputs]})
         try:
             yield spec_path
         except BaseException:   # failed before writing anything: leave no spec of nothing behind
