@@ -97,8 +97,11 @@ def load_any(spec: str, device="cpu", dtype=None, device_map=None, max_memory=No
         return _load_hf(spec, device, dtype, device_map, max_memory, local=False), "hf"
     cfgf = p / "config.json"
     if not cfgf.is_file():
-        raise InterpError(f"no config.json in '{p}'; valid: a zoo model directory (config.json, model.safetensors), "
-                          "a Hugging Face checkpoint directory or a default model name")
+        runs = sorted(d.name for d in p.iterdir() if (d / "config.json").is_file()) if p.is_dir() else []
+        inside = (f" (it holds the runs {', '.join(runs[:4])}{', ...' if len(runs) > 4 else ''}: name one, e.g. "
+                  f"'{p / runs[0]}')" if runs else "")
+        raise InterpError(f"no config.json in '{p}'{inside}; valid: a zoo model directory (config.json, "
+                          "model.safetensors), a Hugging Face checkpoint directory or a default model name")
     try:
         cfg = json.loads(cfgf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -34,7 +34,7 @@ from pathlib import Path
 from interp import InterpError
 from interp.devices import device_type
 from interp.kernels import kernel_spec
-from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normalize, remove, spec_diff
+from interp.store import Lock, atomic_write_text, diff_summary, is_temp, normalize, read_spec, remove, spec_diff
 
 # fields that may differ between the calls of one run: where it is written, how it was invoked, how long a call
 # may train, which device of a kind trains it (cuda:0 or cuda:1; the kind is compared: `record`'s device_type, as
@@ -144,6 +144,10 @@ def _refuse_foreign(out: Path):
     """An InterpError where ``out`` holds files a trainer writes (`OWNS`) but no record of a training run (its
     train_config.json, a checkpoint's, a trained model's meta.json): someone else's files, which neither a resume
     nor --no-resume may write over."""
+    result = read_spec(out) if (out / "spec.json").is_file() else None
+    if isinstance(result, dict) and "kind" in result:     # a result folder of interp.store (a capture, an sae run)
+        raise InterpError(f"{out} holds a {result.get('kind')} result (spec.json), not a training run; valid: a new or "
+                          "empty folder, a training run's folder, or another --out")
     if recorded_configs(out):
         return
     found = [n for n in OWNS if (out / n).exists()]

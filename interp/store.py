@@ -398,6 +398,9 @@ class Store:
     def _check_spec(self):
         head = read_spec(self.path)
         if head is None:
+            if (self.path / "config.json").is_file():
+                raise InterpError(f"{self.path} holds a model (config.json), not a {self.kind} result; valid: a new "
+                                  "or empty folder, or another --out")
             if self._holds_results():
                 old = [p.name for p in self._owned()]
                 raise InterpError(f"{self.path} holds a {self.kind} result without a spec.json ({', '.join(old[:3])}): "

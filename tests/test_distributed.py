@@ -453,3 +453,12 @@ def test_two_gpu_split_equals_one_gpu(tmp_path, kind):
     capture(two, x.cpu(), [name, "blocks.3.resid_post"], tmp_path / "c2", batch_size=4, progress=False)
     got = load_capture(tmp_path / "c2")
     assert rel(got[name], c1[name]) < 1e-3
+
+
+def test_a_sweep_root_as_model_names_its_runs(tmp_path):
+    from interp.models import load_any
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "config.json").write_text("{}")
+    with pytest.raises(InterpError, match=r"no config.json in '.*' \(it holds the runs seed0: name one, e.g. "
+                                          r"'.*seed0'\); valid: a zoo model directory"):
+        load_any(str(tmp_path))

@@ -290,3 +290,12 @@ def test_cli_defaults_per_device():
     assert _settings(a, kv)["n"] == 256 and _settings(a, kv)["causal_pairs"] == 256
     a.device = "cuda"
     assert _settings(a, kv)["n"] == 2048 and _settings(a, kv)["causal_pairs"] == 1024
+
+
+def test_models_that_share_a_folder_name_keep_both():
+    """Two stacks' seed0 folders were both labelled 'seed0': one model silently vanished from the results."""
+    from interp.probes.cli import model_labels
+    assert model_labels(["gdn100", "runs/a/seed0", "runs/b/seed0/"]) == ["gdn100", "runs/a/seed0", "runs/b/seed0"]
+    assert model_labels(["runs/a/seed0", "runs/b/seed1"]) == ["seed0", "seed1"]
+    with pytest.raises(InterpError, match="--model runs/a/seed0 is given twice; valid: each model once"):
+        model_labels(["runs/a/seed0", "runs/a/seed0/"])

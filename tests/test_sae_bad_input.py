@@ -319,3 +319,9 @@ def test_empty_eval_table_and_substitution_title(tmp_path):
             for c in ("identity", "zero")]
     fig = SaeEval.from_rows(rows, {"site": "s", "k": 2, "features": 8}).plot()
     assert "nan" not in fig._suptitle.get_text()
+
+
+def test_a_coder_of_another_site_says_which_site_is_valid(w, capsys, tmp_path):
+    err = err_of(capsys, eval_cli(w, "--target", "none", "--out", str(tmp_path / "e"), site="blocks.1.resid_post"))
+    assert "the coder was trained on blocks.0.resid_post head None, not blocks.1.resid_post; valid: --site " \
+           "blocks.0.resid_post" in err and not (tmp_path / "e").exists()

@@ -366,3 +366,21 @@ def test_unit_files_get_the_mode_a_plain_open_gives(tmp_path):
     want = 0o666 & ~S._UMASK
     for f in (tmp_path / "units").iterdir():
         assert os.stat(f).st_mode & 0o777 == want, f.name
+
+
+def test_a_result_is_not_written_into_a_model_folder_nor_a_model_into_a_result(tmp_path):
+    """`interp capture --out <a model folder>` mixed its spec.json, manifest and units into the model's files;
+    `interp train --out <a capture folder>` mixed a model into the capture."""
+    from interp.runfolder import _refuse_foreign
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for overwrite in (False, True):
+        with pytest.raises(InterpError, match=r"model holds a model \(config.json\), not a capture result; valid: a "
+                                              r"new or empty folder"):
+            S.Store(model, "capture", {"n": 1}, overwrite=overwrite).open()
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+    with S.Store(tmp_path / "cap", "capture", {"n": 1}) as st:
+        st.put("a", {"x": torch.zeros(2)})
+    with pytest.raises(InterpError, match=r"cap holds a capture result \(spec.json\), not a training run"):
+        _refuse_foreign(tmp_path / "cap")

@@ -147,3 +147,17 @@ def test_every_option_shows_its_default():
     assert "--batch-size BATCH_SIZE examples per forward pass (default: 16)" in " ".join(
         sub.choices["capture"].format_help().split())
     assert "(default: runs/demo)" in " ".join(sub.choices["demo"].format_help().split())
+
+
+def test_a_finished_run_is_kept_not_said_to_be_saved_again(tmp_path, capsys):
+    args = ["train", "--layout", "gdn50", "--d-model", "16", "--n-layers", "2", "--n-heads", "2", "--head-dim", "8",
+            "--steps", "3", "--eval-every", "3", "--batch-size", "2", "--warmup", "1", "--device", "cpu",
+            "--task", "mqar"]
+    for extra in ([], ["--seeds", "0,1"]):
+        argv = args + extra + ["--out", str(tmp_path / ("stack" if extra else "one"))]
+        assert main(argv) == 0
+        first = capsys.readouterr().out
+        assert main(argv) == 0
+        again = capsys.readouterr().out
+        assert first.count("saved ") == (2 if extra else 1), first
+        assert "saved " not in again and again.count("kept ") == (2 if extra else 1), again

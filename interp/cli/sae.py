@@ -198,7 +198,9 @@ def _coder(a, site):
         raise InterpError(f"{a.coder} holds no coder (no cfg.json there or in coder/); train one with interp sae train")
     coder, meta = rank1.load(folder) if rank1.is_rank1(folder) else load(folder)
     if meta and (meta.get("site"), meta.get("head")) != (site.name, site.head):
-        raise InterpError(f"the coder was trained on {meta.get('site')} head {meta.get('head')}, not {site.label()}")
+        hd = meta.get("head")
+        raise InterpError(f"the coder was trained on {meta.get('site')} head {hd}, not {site.label()}; valid: --site "
+                          f"{meta.get('site')}" + ("" if hd is None else f" --head {hd}"))
     return coder, meta, folder
 
 

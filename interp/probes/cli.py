@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,17 @@ def _print(res, sweep, seeds):
                   f"rows: selectivity against it is uninformative there (column flag_{k})")
 
 
+def model_labels(paths) -> list:
+    """Each --model's label: its folder name, or the path as given where two share a name (the seed<S> folders of
+    two stacks); the same path twice is refused."""
+    paths = [os.path.normpath(str(p)) for p in paths]
+    twice = [p for i, p in enumerate(paths) if p in paths[:i]]
+    if twice:
+        raise InterpError(f"--model {twice[0]} is given twice; valid: each model once")
+    names = [Path(p).name for p in paths]
+    return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
+
+
 def cli_run(a, load_model, parse_knobs):
     """`interp probe`: check the settings, run into the --out folder (resuming it; probes.csv /
     .parquet, probes.png, distance.png when the target has distances, load.png with --sweep; its
@@ -104,7 +116,7 @@ def cli_run(a, load_model, parse_knobs):
     import time
     t0 = time.time()
     kw = _settings(a, parse_knobs)
-    models = {Path(m).name: load_model(m, a.device) for m in a.model}
+    models = {label: load_model(m, a.device) for label, m in zip(model_labels(a.model), a.model)}
     knobs = kw.pop("knobs")
     res = run(models, **kw, batch_size=64, out=a.out, overwrite=a.overwrite, save=True, **knobs)
     _print(res, kw["sweep"], kw["seeds"])
