@@ -403,6 +403,9 @@ def test_a_command_line_flag_replaces_the_tomls_option(tmp_path):
         {"quick": True}                    # a repeatable option too: not 16 and 24
     with pytest.raises(InterpError, match="option 'seq_len' in 'x.toml' is an empty list"):
         merge_options(E6.build_parser(), "x.toml", {"seq_len": []}, [])
+    # a profile flag replaces the TOML's profile (they are exclusive flags, so both were refused together)
+    assert merge_options(ap, "x.toml", {"quick": True, "steps": 2}, ["--tiny"]) == {"steps": 2}
+    assert merge_options(ap, "x.toml", {"tiny": True}, ["--profile", "quick"]) == {}
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xfe\x00binary", b"a,b\n1,2\n3,4,5,6\n"])

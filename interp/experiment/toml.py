@@ -45,7 +45,8 @@ def _actions(ap) -> dict:
 def merge_options(ap, toml_path, options: dict, extra) -> dict:
     """The TOML's ``[options]`` checked against the parser ``ap`` (an option given twice, e.g. ``out`` and its
     alias ``figures`` or ``time_budget`` and ``time-budget``; a list for an option that takes one value; an empty
-    list), less the options that a flag of ``extra`` (the command line) sets: the command line replaces them."""
+    list), less the options that a flag of ``extra`` (the command line) sets, or one exclusive with them (a profile:
+    quick, tiny, profile): the command line replaces them."""
     acts, seen = _actions(ap), {}
     for k, v in options.items():
         act = acts.get(str(k).replace("-", "_"))
@@ -64,6 +65,9 @@ def merge_options(ap, toml_path, options: dict, extra) -> dict:
         act = ap._option_string_actions.get(str(tok).split("=")[0]) if str(tok).startswith("--") else None
         if act is not None:
             given.add(act.dest)
+            # a flag replaces the TOML's choice among exclusive ones too (--tiny over quick = true)
+            given.update(a.dest for g in ap._mutually_exclusive_groups if act in g._group_actions
+                         for a in g._group_actions)
     return {k: v for k, v in options.items()
             if str(k).replace("-", "_") not in acts or acts[str(k).replace("-", "_")].dest not in given}
 
