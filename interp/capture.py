@@ -18,7 +18,8 @@ batches that reach ``shard_size`` (default ``--max-memory``) bytes; it is writte
 forward by forward, so memory holds one forward's captures, never a shard's
 (`bench/bench_capture_memory.py`). Every file is written atomically and the manifest after each
 shard, so a run that stops, even killed inside a write, resumes where its manifest ends and gives
-the same files as a run that never stopped.
+the same files as a run that never stopped. A resume checks each listed shard's header and recomputes
+from the first missing or damaged one (`_cut_at_bad_shard`); `load_capture` refuses an unfinished capture.
 Resuming with other settings is refused, naming the fields that differ (``overwrite=True``,
 ``--overwrite``: capture again); a second capture into a folder being written is refused.
 Folders written before ``spec.json`` existed (shards beside the manifest) still load.
@@ -113,6 +114,7 @@ def capture(model, tokens: torch.Tensor, names, out, positions=None, max_memory=
                         "state_dtype": sdtype, "meta": meta or {}, "shards": []}
         done = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
         if done >= n:
+            _save_inputs(store, tokens, inputs)   # (rewritten where missing or damaged)
             if progress:
                 print(f"{out}: capture already complete ({n} examples); nothing to do "
                       "(--overwrite captures again)", file=sys.stderr)
@@ -178,29 +180,86 @@ def _vocab_size(model) -> int | None:
 
 
 def is_complete(out, n: int) -> bool:
-    """Whether ``out`` holds a finished capture of ``n`` examples (its manifest reaches example ``n``)."""
-    mf = Path(out) / "manifest.json"
+    """Whether ``out`` holds a finished capture of ``n`` examples: its manifest reaches example ``n`` and every
+    shard it lists (and its inputs unit) is whole (`bad_shard`; headers only)."""
+    out, mf = Path(out), Path(out) / "manifest.json"
     if not mf.is_file():
         return False
-    shards = read_json(mf).get("shards") or []
-    return bool(shards) and shards[-1].get("stop") == n
+    m = read_json(mf)
+    if _extent(m)[0] != n or not m["shards"] or bad_shard(out, m):
+        return False
+    inputs = out / "units" / "inputs.safetensors"   # (a distributed capture's are in its rank folders)
+    return "ranks" in m or not (out / "spec.json").is_file() or _damage(inputs) is None
+
+
+def _damage(f: Path, entry: dict | None = None) -> str | None:
+    """What is wrong with the safetensors file ``f`` ('missing', 'damaged (why)', or not holding the shapes its
+    manifest ``entry`` lists), or None: only its header is read."""
+    if not f.is_file():
+        return "missing"
+    from safetensors import safe_open
+    try:
+        with safe_open(str(f), "pt") as h:
+            held = {k: list(h.get_slice(k).get_shape()) for k in h.keys()}
+    except Exception as e:  # a file cut short or overwritten
+        return f"damaged ({(str(e).splitlines() or [type(e).__name__])[0][:200]})"
+    want = (entry or {}).get("shapes")
+    if isinstance(want, dict) and held != {k: list(v) for k, v in want.items()}:
+        return "not the shard the manifest lists (other tensors or shapes)"
+    return None
+
+
+def bad_shard(out, manifest: dict) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first shard ``manifest`` lists that is missing or damaged (`_damage`), or None."""
+    for i, sh in enumerate(manifest.get("shards") or []):
+        f = sh.get("file") if isinstance(sh, dict) else None
+        why = _damage(Path(out) / f, sh) if isinstance(f, str) else "listed without its file"
+        if why:
+            return i, why
+    return None
+
+
+def _cut_at_bad_shard(out: Path):
+    """(Holding the lock.) Where the manifest lists a missing or damaged shard, cut it before that shard (written
+    atomically; removed if none is left) and remove the later shards of this folder, saying so: the resume
+    recomputes them. A distributed capture's merged manifest is cut alike; its ranks check their own shards."""
+    mf = out / "manifest.json"
+    m = read_json(mf) if mf.is_file() else None
+    if not (isinstance(m, dict) and isinstance(m.get("shards"), list)) or (bad := bad_shard(out, m)) is None:
+        return
+    i, why = bad
+    dropped, m["shards"] = m["shards"][i:], m["shards"][:i]
+    atomic_write_json(mf, m) if m["shards"] else mf.unlink()
+    for f in [sh.get("file") for sh in dropped if isinstance(sh, dict)]:
+        if isinstance(f, str) and not f.startswith("rank"):
+            (out / f).unlink(missing_ok=True)
+    first = dropped[0].get("file", i) if isinstance(dropped[0], dict) else i
+    warnings.warn(f"{out}: shard {first} is {why}: recomputing it"
+                  f"{f' and the {len(dropped) - 1} after it' * (len(dropped) > 1)}", stacklevel=3)
 
 
 def open_store(out, spec: dict, overwrite: bool = False) -> Store:
     """The capture folder ``out`` with ``spec`` (`capture_spec`), opened for writing: locked and
     checked (a refusal over the state dtype says so first; a folder of a version that did not record the
-    device resumes on any). Close it when done."""
+    device resumes on any), its manifest cut before a missing or damaged shard (`_cut_at_bad_shard`). Close it
+    when done."""
     old_spec = _old_spec(out)
     if old_spec is not None and "device" not in old_spec and not overwrite:
         spec = {k: v for k, v in spec.items() if k != "device"}
     try:
-        return Store(out, "capture", spec, overwrite=overwrite, owns=OWNS).open()
+        store = Store(out, "capture", spec, overwrite=overwrite, owns=OWNS).open()
     except InterpError as e:
         old = (old_spec or {}).get("state_dtype")
         if old and old != spec["state_dtype"]:
             raise InterpError(f"{out} holds states in {old}, not {spec['state_dtype']} (resume with --state-dtype "
                               f"{old}): {e}") from None
         raise
+    try:
+        _cut_at_bad_shard(store.path)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _old_spec(out) -> dict | None:
@@ -377,7 +436,7 @@ def _save_inputs(store, tokens, inputs):
     """The unit ``units/inputs.safetensors``: the input ``tokens`` and the per-example ``inputs`` (a task
     batch's ``labels.<name>``, ``answer_pos``, ``answers``), once (not listed in the manifest, whose
     fields `interp.distributed.merge_captures` keeps equal to a single process's)."""
-    if not store.has("inputs"):
+    if _damage(store.units / "inputs.safetensors") is not None:   # absent, or cut short / overwritten
         store.put("inputs", {"tokens": tokens.detach().cpu().contiguous(), **_input_tensors(inputs, tokens.shape[0])})
 
 
@@ -397,20 +456,25 @@ def _input_tensors(inputs, n: int) -> dict:
     return out
 
 
-def load_capture(path, names=None, lazy: bool = False) -> hooks.Cache:
+def load_capture(path, names=None, lazy: bool = False, partial: bool = False) -> hooks.Cache:
     """A capture folder as a `hooks.Cache` {name: tensor [N, ...]} (``names``: only these) that knows
     its ``positions`` (the token positions kept, None: all), ``tokens`` [N, T] and ``labels`` ({name:
     tensor}: a task's ``labels.<name>``, ``answer_pos``, ``answers``; empty if the capture was given no
     inputs) (both None for folders written before they were stored). Each shard is checked against the
     shapes the manifest lists for it. ``lazy``: nothing is read until a name is accessed (memory-mapped
     shards; `hooks.cache.LazyCache`): ``cache[name]`` reads and concatenates that name's shards at each
-    access, ``cache.view(name)[a:b]`` only the shards holding those rows; tokens and labels are read."""
+    access, ``cache.view(name)[a:b]`` only the shards holding those rows; tokens and labels are read.
+    An unfinished capture is refused; ``partial=True`` gives the examples it holds (tokens, labels cut alike)."""
     path = Path(path)
     mf = path / "manifest.json"
     if not mf.is_file():
         started = " (a capture started there has not finished its first shard)" if (path / "spec.json").is_file() else ""
         raise InterpError(f"{path} holds no capture: no manifest.json{started}")
     m = read_json(mf)
+    done, n = _extent(m)
+    if done != n and not partial:
+        raise InterpError(f"{path} holds an unfinished capture ({done} of {n} examples); valid: run the same "
+                          "interp capture command again to finish it (or load_capture(..., partial=True): those held)")
     try:
         cache = hooks.Cache.load(path, names=names, lazy=lazy)
     except hooks.HookError as e:
@@ -420,7 +484,17 @@ def load_capture(path, names=None, lazy: bool = False) -> hooks.Cache:
     parts = [one] if one.is_file() else \
         [path / f"rank{r}" / "units" / "inputs.safetensors" for r in ranks]   # (a process given no batch wrote none)
     parts = [load_unit(f) for f in parts] if parts and all(f.is_file() for f in parts) else []
-    held = {k: torch.cat([p[k] for p in parts]) for k in (parts[0] if parts else {}) if all(k in p for p in parts)}
+    held = {k: torch.cat([p[k] for p in parts])[:done if partial else None]   # (partial: the rows held)
+            for k in (parts[0] if parts else {}) if all(k in p for p in parts)}
     cache.tokens = held.pop("tokens", None)
     cache.labels = held if cache.tokens is not None else None
     return cache
+
+
+def _extent(manifest) -> tuple:
+    """(examples the shards hold, examples the capture has); (None, None) where the manifest does not say."""
+    m = manifest if isinstance(manifest, dict) else {}
+    shards, n = m.get("shards"), m.get("n_examples")
+    last = shards[-1] if isinstance(shards, list) and shards else {"stop": 0}
+    done = last.get("stop") if isinstance(last, dict) else None   # (a damaged entry: `hooks.Cache.load` says so)
+    return (done, n) if isinstance(n, int) and isinstance(done, int) and isinstance(shards, list) else (None, None)

@@ -126,7 +126,7 @@ def test_killed_capture_resumes_bit_for_bit(tmp_path, ref, kill):
     r = run_capture(tmp_path / "model", out, env={"INTERP_STORE_KILL": kill})
     assert r.returncode == -9, r.stderr[-2000:]
     if (out / "manifest.json").is_file():          # what was written is complete and readable
-        part = load_capture(out)
+        part = load_capture(out, partial=True)
         n = json.loads((out / "manifest.json").read_text())["shards"][-1]["stop"]
         assert all(v.shape[0] == n for v in part.values())
     for f in (out / "units").glob("*.safetensors") if (out / "units").is_dir() else ():

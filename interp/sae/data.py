@@ -98,7 +98,7 @@ class CaptureSource:
             raise InterpError(f"capture {path} lacks {', '.join(missing)}; capture them with --names")
         _check_positions(site, family, cap.positions, path)
         x = vectors(site, cap, family)
-        keep = _real_tokens(cap, x.shape[1], task)
+        keep = _real_tokens(cap, x.shape[:2], task, path)
         self.x = (x[keep] if keep is not None else x.flatten(0, 1)).to(device)
         if self.x.shape[0] == 0:
             raise InterpError(f"capture {path} holds no real token at {site.label()}; valid: a capture with tokens")
@@ -153,10 +153,15 @@ def _short(positions) -> str:
     return ",".join(map(str, p[:6])) + (",..." if len(p) > 6 else "")
 
 
-def _real_tokens(cap, n_pos: int, task: bool):
+def _real_tokens(cap, shape, task: bool, path=None):
     """[N, P] bool of the captured rows at real tokens (padded captures: their attention_mask; task captures: the
-    non-pad tokens), or None where every row is one."""
+    non-pad tokens), or None where every row is one. ``shape``: (N, P) of the rows; tokens for other than N
+    examples (a capture cut short) are refused."""
     labels, tokens = cap.labels or {}, cap.tokens
+    n_pos = shape[1]
+    if tokens is not None and tokens.shape[0] != shape[0]:
+        raise InterpError(f"capture {path} holds activations of {shape[0]} examples but tokens of {tokens.shape[0]}; "
+                          "valid: a finished capture (run the same interp capture command again to finish it)")
     if labels.get("attention_mask") is not None:
         real = torch.as_tensor(labels["attention_mask"]).bool()
     elif tokens is not None and task:      # a task's batch: pads are PAD tokens
