@@ -425,3 +425,22 @@ def test_unforeseen_os_error_is_one_line(world, tmp_path, capsys, monkeypatch):
     assert rc == 2 and err[-1] == (f"error: cannot use '{tmp_path / 'r.csv'}': No space left on device; valid: a "
                                    "readable input / writable output path")
     assert [x for x in err if x.startswith("error") or "Traceback" in x] == err[-1:]   # the rest: eval's progress bar
+
+
+def test_ctrl_c_in_an_experiment_script_is_one_line_and_on_its_own_line(capsys):
+    """An experiment script printed a KeyboardInterrupt traceback; a bar being drawn got the message appended."""
+    from tqdm import tqdm
+    from interp.experiment.context import cli
+
+    def stopped():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        cli(stopped)
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted; run again to resume\n"
+    bar = tqdm(total=3, file=sys.stderr)
+    try:
+        with pytest.raises(SystemExit):
+            cli(stopped)
+    finally:
+        bar.close()
+    assert "\ninterrupted; run again to resume\n" in capsys.readouterr().err

@@ -12,10 +12,8 @@ import sys
 import warnings
 
 from interp import InterpError
+from interp.interrupts import INTERRUPTED, REDO, interrupted
 from interp.cli import capture, das, demo, evaluate, generate, intervene, patch, patterns, probe, run, sae, train
-
-INTERRUPTED = "interrupted; run again to resume"
-REDO = "interrupted; run again to redo it (this command does not resume)"   # commands with ``resumes=False``
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -82,7 +80,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(INTERRUPTED if getattr(args, "resumes", True) else REDO, file=sys.stderr)
+        interrupted(INTERRUPTED if getattr(args, "resumes", True) else REDO)
         return 130
     except OSError as e:  # a file system refusal the commands did not foresee (disk full, permissions)
         where = f" '{e.filename}'" if e.filename else ""

@@ -96,12 +96,17 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cli(main):
-    """Run ``main()`` as a command: an `InterpError` prints ``error: ...`` and exits with 2."""
+    """Run ``main()`` as a command: an `InterpError` prints ``error: ...`` and exits with 2; Ctrl-C prints that
+    the same command resumes and exits with 130 (no traceback)."""
     try:
         sys.exit(main())
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        from interp.interrupts import interrupted
+        interrupted()
+        sys.exit(130)
 
 
 # --- the resolved context -----------------------------------------------------------------------
