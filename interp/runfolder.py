@@ -105,7 +105,8 @@ def config_diff(old: dict, cfg) -> list:
     return spec_diff(_comparable(old, defaults), _comparable(new, defaults))
 
 
-def _finished(out: Path, cfg) -> bool:
+def is_finished(out: Path, cfg) -> bool:
+    """Whether ``out`` holds the trained model of ``cfg``, all its steps done (what a resume leaves as it is)."""
     meta = _read(out / "meta.json")
     return bool(meta) and (out / "model.safetensors").is_file() and int(meta.get("steps_done") or 0) >= cfg.steps
 
@@ -132,7 +133,7 @@ def open_run(out, cfg, resume: bool = True):
                 raise InterpError(f"{out} holds a run made with other settings ({src.name}: {diff_summary(diff)}"
                                   "); valid: the same settings to resume it, --no-resume (resume=False) to "
                                   "train it again from step 0 (replacing it), or another --out")
-        finished = resume and _finished(out, cfg)
+        finished = resume and is_finished(out, cfg)
         if not finished:
             atomic_write_text(out / RECORD, json.dumps(record(cfg), indent=2))
         yield finished

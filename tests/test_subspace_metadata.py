@@ -12,20 +12,11 @@ from safetensors.torch import save_file
 
 from interp import InterpError, interventions as iv
 from interp.cli import main
+from test_interventions_checks import offline, run  # noqa: F401 (offline: the autouse no-hub fixture)
 
 torch.set_num_threads(1)   # 2 shared cores
 SITE = "blocks.3.resid_pre"
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub look-ups
-
-
-def run(argv, capsys):
-    capsys.readouterr()
-    rc = main(argv)
-    return rc, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,7 @@ def _model_fields(a) -> dict:
 
 
 def cmd_train(a):
+    from interp.runfolder import is_finished
     from interp.train import TrainConfig, default_induction_steps, train
     if a.task is None:
         a.task = list(DEFAULT_TASKS)
@@ -145,24 +146,20 @@ def cmd_train(a):
     if a.seeds:
         from interp.stacked import train_stacked
         cfgs = [dataclasses.replace(cfg, seed=s, out=str(Path(a.out) / f"seed{s}")) for s in a.seeds]
-        kept = [not a.no_resume and _steps_done(c) >= c.steps for c in cfgs]
+        kept = [not a.no_resume and is_finished(Path(c.out), c) for c in cfgs]
         models = train_stacked(cfgs, resume=not a.no_resume, cuda_graphs=a.cuda_graphs, length_split=a.length_split)
         for c, m, k in zip(cfgs, models, kept):
             print(f"{'kept' if k else 'saved'} {c.out} ({m.num_params() / 1e6:.2f}M params){_unfinished(c)}")
         return
-    kept = not a.no_resume and _steps_done(cfg) >= cfg.steps
+    kept = not a.no_resume and is_finished(Path(cfg.out), cfg)
     m = train(cfg, resume=not a.no_resume, cuda_graphs=a.cuda_graphs)
     print(f"{'kept' if kept else 'saved'} {a.out} ({m.num_params() / 1e6:.2f}M params){_unfinished(cfg)}")
 
 
-def _steps_done(cfg) -> int:
-    from interp.store import read_json
-    meta = Path(cfg.out) / "meta.json"
-    return int((read_json(meta) if meta.is_file() else {}).get("steps_done") or 0)
-
-
 def _unfinished(cfg) -> str:
     """'' for a run that reached its steps, else what says it did not (a --time-limit stop)."""
-    done = _steps_done(cfg)
+    from interp.store import read_json
+    meta = Path(cfg.out) / "meta.json"
+    done = int((read_json(meta) if meta.is_file() else {}).get("steps_done") or 0)
     return "" if done >= cfg.steps else (f": UNFINISHED at step {done} of {cfg.steps} (--time-limit); the same "
                                          "command resumes it")
