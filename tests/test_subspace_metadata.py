@@ -39,8 +39,8 @@ def test_save_subspace_writes_where_R_acts_into_the_file(tmp_path):
     st, js = iv.save_subspace(iv.random_basis(32, 2, 0), spec, tmp_path / "r")
     with safe_open(str(st), framework="pt") as f:
         meta = f.metadata()
-    assert meta == {"interp.site": "blocks.2.rec.state", "interp.head": "", "interp.side": "key",
-                    "interp.width": "32", "interp.rank": "2", "interp.model_digest": "0123abcd"}
+    assert meta == {"interp": json.dumps({"head": "", "model_digest": "0123abcd", "rank": "2", "side": "key",
+                                          "site": "blocks.2.rec.state", "width": "32"})}
     js.unlink()                                     # the file alone still says where it acts
     R, made = iv.load_subspace(st)
     assert made == {"site": "blocks.2.rec.state", "head": None, "side": "key", "width": 32, "rank": 2,
@@ -77,11 +77,20 @@ def test_file_and_sidecar_that_disagree_are_refused(tmp_path, capsys):
         assert rc == 2 and "disagree: site" in err and len(err.strip().splitlines()) == 1 and not out.exists(), err
 
 
+def test_equal_saves_write_equal_bytes(tmp_path):
+    """safetensors writes several metadata keys in a random order: two equal saves differed in bytes."""
+    spec = {"site": "blocks.2.rec.state", "head": None, "side": "key", "model_digest": "0123abcd"}
+    files = [iv.save_subspace(iv.random_basis(32, 2, 0), spec, tmp_path / f"r{i}")[0].read_bytes() for i in range(6)]
+    assert all(f == files[0] for f in files)
+
+
 def test_metadata_that_does_not_fit_R_is_refused(tmp_path):
     R = iv.random_basis(128, 2, 0)
-    for meta, msg in [({"interp.width": "64"}, r"width 64 \(R has 128\)"),
+    for meta, msg in [({"interp.width": "64"}, r"width 64 \(R has 128\)"),             # an earlier version's keys
                       ({"interp.rank": "1"}, r"rank 1 \(R has 2\)"),
-                      ({"interp.head": "x"}, "metadata interp.head 'x' is not valid; valid: an integer")]:
+                      ({"interp.head": "x"}, "metadata interp.head 'x' is not valid; valid: an integer"),
+                      ({"interp": json.dumps({"width": "64"})}, r"width 64 \(R has 128\)"),   # this version's
+                      ({"interp": "[1]"}, "metadata 'interp' is not a JSON object")]:
         save_file({"R": R}, str(tmp_path / "m.safetensors"), metadata=meta)
         with pytest.raises(InterpError, match=msg):
             iv.load_subspace(tmp_path / "m.safetensors")

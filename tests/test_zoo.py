@@ -119,3 +119,25 @@ def test_load_errors(tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"vocab_size": 10, "layout": "gdn99"}')
     with pytest.raises(InterpError, match="unknown recurrent percentage 99"):
         load_model(tmp_path / "bad")
+
+
+def test_load_failure_on_a_whole_file_is_not_called_damage(tmp_path, monkeypatch):
+    """A load that fails on an intact file (Ctrl-C inside torch's storage calls once came out as a ValueError) says
+    to run again; a file cut short is still called damaged."""
+    import interp.zoo.io as zio
+    save_model(HybridLM(tiny("gdn75")), tmp_path / "m")
+    wf = tmp_path / "m" / "model.safetensors"
+    assert zio.safetensors_intact(wf)
+
+    def broken(*a, **k):
+        raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+    monkeypatch.setattr(zio, "load_file", broken)
+    with pytest.raises(InterpError, match="although the file is whole.*run the same command again"):
+        load_model(tmp_path / "m")
+    monkeypatch.undo()
+    wf.write_bytes(wf.read_bytes()[:-10])
+    assert not zio.safetensors_intact(wf)
+    with pytest.raises(InterpError, match="is damaged or not safetensors"):
+        load_model(tmp_path / "m")
+    wf.write_bytes(b"\x00" * 4)
+    assert not zio.safetensors_intact(wf)

@@ -1,7 +1,9 @@
 """Files of a subspace: R [rank, width] as safetensors (key ``R``) and its spec (site, rank, width,
 seeds, splits, ...) as JSON next to it: ``<stem>.safetensors`` and ``<stem>.spec.json``. Where R acts (site,
 head, side), its width and rank and the model's weights digest are also written into the safetensors file's own
-metadata (keys ``interp.<field>``), so a basis copied without its JSON can still be checked (`load_subspace`)."""
+metadata (one key ``interp``: those fields as JSON with sorted keys, so two equal runs write equal bytes; files of
+earlier versions hold them as keys ``interp.<field>``, still read), so a basis copied without its JSON can still be
+checked (`load_subspace`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,8 @@ import torch
 from interp import InterpError
 
 META = ("site", "head", "side", "width", "rank", "model_digest")   # fields kept in the file's metadata
-PREFIX = "interp."
+KEY = "interp"      # the one metadata key (safetensors writes several keys in a random order)
+PREFIX = "interp."  # earlier files: one key per field
 
 
 def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
@@ -33,16 +36,28 @@ def save_subspace(R: torch.Tensor, spec: dict, stem) -> tuple[Path, Path]:
 
 
 def _to_meta(spec: dict) -> dict:
-    """{'interp.<field>': str} of `META`'s fields in ``spec``; a head or side of None (all heads; not rec.state)
-    is written as ''."""
-    return {PREFIX + k: "" if spec[k] is None else str(spec[k]) for k in META if k in spec}
+    """{'interp': JSON of {field: str}} of `META`'s fields in ``spec``, keys sorted; a head or side of None (all
+    heads; not rec.state) is written as ''."""
+    fields = {k: "" if spec[k] is None else str(spec[k]) for k in META if k in spec}
+    return {KEY: json.dumps(fields, sort_keys=True)}
 
 
 def _from_meta(meta: dict, p: Path) -> dict:
-    """The fields `_to_meta` wrote, decoded ({} for a file without them); a malformed one is refused."""
+    """The fields `_to_meta` wrote (or an earlier version's ``interp.<field>`` keys), decoded ({} for a file
+    without them); a malformed one is refused."""
+    if KEY in meta:
+        try:
+            fields = json.loads(meta[KEY])
+        except json.JSONDecodeError:
+            fields = None
+        if not isinstance(fields, dict):
+            raise InterpError(f"'{p}': metadata '{KEY}' is not a JSON object; valid: a file as `interp das` / "
+                              "save_subspace wrote it")
+    else:
+        fields = {k[len(PREFIX):]: v for k, v in meta.items() if k.startswith(PREFIX)}
     out = {}
     for k in META:
-        v = meta.get(PREFIX + k)
+        v = fields.get(k)
         if v is None:
             continue
         if k in ("head", "width", "rank"):

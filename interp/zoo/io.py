@@ -14,6 +14,21 @@ from interp.zoo.hf import attach_tokenizer
 from interp.zoo.model import HybridLM
 
 
+def safetensors_intact(path) -> bool:
+    """Whether ``path`` is a whole safetensors file: its JSON header parses and the tensors' byte ranges end exactly
+    at the end of the file (a file cut short or overwritten fails this)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                return False
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return Path(path).stat().st_size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return False
+
+
 def save_model(model: HybridLM, path, extra: dict | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -63,6 +78,9 @@ def load_model(path, device="cpu", dtype=None) -> HybridLM:
     try:
         state = load_file(str(wf), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for damaged files
+        if safetensors_intact(wf):  # not damage: e.g. Ctrl-C landing inside torch's storage calls
+            raise InterpError(f"loading {wf} failed ({e}), although the file is whole (its header and size "
+                              "agree): was the load interrupted? valid: run the same command again") from None
         raise InterpError(f"weights file {wf} is damaged or not safetensors ({e}); valid: the "
                           "model.safetensors save_model writes (train again or restore the file)") from None
     if cfg.tie_embeddings and "embed.weight" in state:
