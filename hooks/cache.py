@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hooks import names as N
-from hooks.shards import (ShardedView, check_names, damaged, read_manifest, save_target, shard_entry, swap_in,
-                          write_synced)
+from hooks.shards import (ShardedView, check_extent, check_names, damaged, read_manifest, save_target, shard_entry,
+                          swap_in, write_synced)
 from hooks.shards import ShardWriter  # noqa: F401 (interp.capture imports it from here)
 
 _DECOMPOSE = "names=lambda n: n == 'embed' or n.endswith(('mixer_out', 'mlp_out'))"
@@ -95,11 +95,12 @@ class Cache(dict):
         return {k: v.detach().cpu() for k, v in x.items()}
 
     @classmethod
-    def load(cls, path, device="cpu", names=None, lazy=False) -> "Cache":
+    def load(cls, path, device="cpu", names=None, lazy=False, partial=False) -> "Cache":
         """A cache saved by `save` or written by ``interp capture`` (and the older single-file layout):
         every shard's rows concatenated (``names``: only these; a name the folder lacks is refused, naming
         close matches), with the ``attention_mask``, ``head_inputs`` and ``grad`` `save` kept (read at once,
-        lazy or not). ``lazy``: see `LazyCache`. A missing folder or a damaged manifest raises HookError."""
+        lazy or not). ``lazy``: see `LazyCache`. A missing folder or a damaged manifest raises HookError;
+        so does an unfinished capture, unless ``partial`` (then the rows its shards hold are read)."""
         path, names = Path(path), [names] if isinstance(names, str) else names
         m = read_manifest(path)
         pos = m.get("positions")
@@ -107,6 +108,7 @@ class Cache(dict):
             held = load_file(str(path / "activations.safetensors"), device=device)
             check_names(names, list(held), path)
             return cls({k: v for k, v in held.items() if names is None or k in names}, positions=pos)
+        check_extent(path, m, partial)
         try:
             sh = m["shards"]
             held = list(sh[0].get("shapes") or safe_open(str(path / sh[0]["file"]), "pt").keys()) if sh else []

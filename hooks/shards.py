@@ -91,6 +91,22 @@ def read_manifest(path: Path) -> dict:
     raise damaged(path, "manifest.json is not a cache's manifest")
 
 
+def check_extent(path: Path, m: dict, partial: bool):
+    """Refuse shards that do not tile rows 0.. in order (damaged), and a folder whose shards hold fewer rows than
+    its ``n_examples`` (an unfinished ``interp capture``; ``partial``: allowed, the rows held are read)."""
+    sh, n = m["shards"], m.get("n_examples")
+    try:
+        stops = [(int(s["start"]), int(s["stop"])) for s in sh]
+    except (KeyError, TypeError, ValueError) as e:
+        raise damaged(path, f"manifest.json's shard entries lack {e}") from None
+    if any(a != b for a, b in zip([0] + [b for _, b in stops], [a for a, _ in stops])):
+        raise damaged(path, "manifest.json's shards do not hold rows 0.. in order")
+    done = stops[-1][1] if stops else 0
+    if isinstance(n, int) and done != n and not partial:
+        raise N.HookError(f"{path} holds an unfinished capture ({done} of {n} examples); valid: run the same "
+                          "interp capture command again to finish it, or Cache.load(..., partial=True) for those held")
+
+
 def check_names(names, held: list, path):
     """Refuse ``names`` the folder does not hold, naming close matches and what it holds."""
     if unknown := [n for n in names or () if n not in held]:

@@ -476,7 +476,7 @@ def load_capture(path, names=None, lazy: bool = False, partial: bool = False) ->
         raise InterpError(f"{path} holds an unfinished capture ({done} of {n} examples); valid: run the same "
                           "interp capture command again to finish it (or load_capture(..., partial=True): those held)")
     try:
-        cache = hooks.Cache.load(path, names=names, lazy=lazy)
+        cache = hooks.Cache.load(path, names=names, lazy=lazy, partial=partial)
     except hooks.HookError as e:
         raise InterpError(str(e)) from None
     one = path / "units" / "inputs.safetensors"

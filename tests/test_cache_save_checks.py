@@ -168,3 +168,16 @@ def test_load_names_a_missing_or_damaged_folder(tmp_path):
         with pytest.raises(HookError, match=r"^\S*c is damaged \(manifest\.json.*\); delete it and run the same "
                                             r"command again to recompute it$"):
             Cache.load(p)
+
+
+def test_load_refuses_shards_out_of_order_and_an_unfinished_folder(tmp_path):
+    p = small_cache(rows=4).save(tmp_path / "c")
+    m = json.loads((p / "manifest.json").read_text())
+    (p / "manifest.json").write_text(json.dumps({**m, "n_examples": 6}))
+    with pytest.raises(HookError, match=r"c holds an unfinished capture \(4 of 6 examples\)"):
+        Cache.load(p)
+    assert Cache.load(p, partial=True)["blocks.0.resid_pre"].shape[0] == 4
+    m["shards"][0]["start"] = 1
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(HookError, match=r"c is damaged \(manifest\.json's shards do not hold rows 0\.\. in order\)"):
+        Cache.load(p)

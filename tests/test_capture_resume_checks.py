@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import hooks
 import interp.capture as C
 from interp import InterpError
 from interp.capture import capture, is_complete, load_capture
@@ -147,7 +148,10 @@ def test_load_capture_refuses_an_interrupted_capture_and_partial_gives_what_it_h
                                           r"interp capture command again to finish it") as e:
         load_capture(out)
     assert "\n" not in str(e.value)
-    for lazy in (False, True):
+    for lazy in (False, True):   # hooks.Cache.load alike (it returned the 4 rows as if they were all)
+        with pytest.raises(hooks.HookError, match=r"c holds an unfinished capture \(4 of 7 examples\); valid: run"):
+            hooks.Cache.load(out, lazy=lazy)
+        assert all(hooks.Cache.load(out, lazy=lazy, partial=True)[k].shape[0] == 4 for k in NAMES)
         part, ref = load_capture(out, partial=True, lazy=lazy), load_capture(w / "ref")
         assert part.tokens.shape[0] == 4 and torch.equal(part.tokens, ref.tokens[:4])
         assert part.labels and all(torch.equal(v, ref.labels[k][:4]) for k, v in part.labels.items())
