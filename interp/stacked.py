@@ -350,7 +350,7 @@ class _Stack:
         self.graphed = ShapeGraphs(self.grads) if cuda_graphs and graphs.graphable(device) else None
         self.evals = [induction_batch(c.eval_n, [c.seed, 7, 7], c.induction_len).to(device)
                       if c.induction_steps else None for c in cfgs]
-        if self.start >= c0.induction_steps:
+        if self.start > c0.induction_steps or not c0.induction_steps:   # (as `interp.train._train`)
             self.done_at = [c0.induction_steps if d is None else d for d in self.done_at]
         self.bar = tqdm(range(self.start, c0.steps), initial=self.start, total=c0.steps, disable=not bar_on,
                         desc=f"train {mcfg.layout} x{len(cfgs)}", dynamic_ncols=True)

@@ -449,8 +449,8 @@ def _train(cfg: TrainConfig, out: Path, device, resume: bool, progress: bool, st
     model.train()
     induction_eval = (induction_batch(cfg.eval_n, [cfg.seed, 7, 7], cfg.induction_len).to(device)
                       if cfg.induction_steps else None)
-    if done_at is None and start >= cfg.induction_steps:
-        done_at = cfg.induction_steps
+    if done_at is None and (start > cfg.induction_steps or not cfg.induction_steps):   # (at start == induction_steps
+        done_at = cfg.induction_steps          # the loop's first step runs the warm-up's last check, as unbroken)
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
         if done_at is None and step > 0 and (step % INDUCTION_CHECK == 0 or step >= cfg.induction_steps):

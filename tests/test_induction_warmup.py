@@ -76,6 +76,19 @@ def test_warmup_ends_early_and_resume_keeps_it(tmp_path):
     assert json.loads((tmp_path / "c" / "run" / "meta.json").read_text())["induction_done_at"] == 70
 
 
+def test_resume_at_the_warmups_last_step_logs_its_end(tmp_path):
+    """A run stopped by the checkpoint at step induction_steps (the default sizes put save_every there) resumed
+    without the warm-up's end row in train_log.jsonl (and its warning); the log now equals the unbroken run's."""
+    kw = dict(induction_steps=40, induction_until=2.0, steps=60, eval_every=20)
+    train(_tiny(tmp_path / "a", **kw), progress=False)
+    train(_tiny(tmp_path / "b", **kw), progress=False, stop_after=40)
+    train(_tiny(tmp_path / "b", **kw), progress=False)
+    logs = [[{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"}
+             for x in (tmp_path / d / "run" / "train_log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert [r for r in logs[0] if "induction_done_at" in r] == [r for r in logs[1] if "induction_done_at" in r]
+    assert [r["step"] for r in logs[1] if "induction_done_at" in r] == [40]
+
+
 def _mqar_after(tmp_path, induction_steps, steps=700):
     torch.manual_seed(0)
     c = TrainConfig(out=str(tmp_path / f"ind{induction_steps}"),

@@ -91,6 +91,19 @@ def test_stacked_checkpoints_resume_in_either_trainer(runs):
         assert_same_run(runs / f"single{s}", root / f"r{s}")
 
 
+def test_stack_resumed_at_the_warmups_last_step_logs_its_end(runs):
+    """Stopped by the checkpoint at step induction_steps, the resumed stack logged no end of the warm-up."""
+    root = runs / "resume_at_warmup"
+    cfgs = [cfg(root, f"r{s}", s, lr) for s, lr in RUNS]
+    train_stacked(cfgs, progress=False, stop_after=KW["induction_steps"], workers=1)
+    train_stacked(cfgs, progress=False)
+    for s, _ in RUNS:
+        ends = [[{k: v for k, v in json.loads(x).items()} for x in (d / "train_log.jsonl").read_text().splitlines()
+                 if "induction_done_at" in x] for d in (runs / f"single{s}", root / f"r{s}")]
+        assert len(ends[0]) == 1 and [r["step"] for r in ends[1]] == [r["step"] for r in ends[0]]
+        assert ends[1][0]["acc/induction"] == pytest.approx(ends[0][0]["acc/induction"], abs=1e-6)
+
+
 def test_refuses_runs_that_cannot_stack(runs, tmp_path):
     def refused(cfgs, *words):
         with pytest.raises(InterpError) as e:
