@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from interp import InterpError
-from interp.interrupts import INTERRUPTED, REDO, interrupted
+from interp.interrupts import INTERRUPTED, REDO, exit_code, interrupted, sigterm_interrupts
 from interp.cli import capture, das, demo, evaluate, generate, intervene, patch, patterns, probe, run, sae, train
 
 
@@ -73,15 +73,15 @@ def main(argv=None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_interrupts():   # SIGTERM: as Ctrl-C, exit 143
             warnings.showwarning = _show_warning
             rc = args.func(args)
     except (InterpError, TaskError, HookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        interrupted(INTERRUPTED if getattr(args, "resumes", True) else REDO)
-        return 130
+    except KeyboardInterrupt as e:
+        interrupted(INTERRUPTED if getattr(args, "resumes", True) else REDO, e)
+        return exit_code(e)
     except OSError as e:  # a file system refusal the commands did not foresee (disk full, permissions)
         where = f" '{e.filename}'" if e.filename else ""
         print(f"error: cannot use{where}: {e.strerror or e}; valid: a readable input / writable output path",

@@ -96,17 +96,19 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cli(main):
-    """Run ``main()`` as a command: an `InterpError` prints ``error: ...`` and exits with 2; Ctrl-C prints that
-    the same command resumes and exits with 130 (no traceback)."""
+    """Run ``main()`` as a command: an `InterpError` prints ``error: ...`` and exits with 2; Ctrl-C (SIGTERM)
+    prints that the same command resumes and exits with 130 (143) (no traceback)."""
+    from interp.interrupts import exit_code, interrupted, sigterm_interrupts
     try:
-        sys.exit(main())
+        with sigterm_interrupts():
+            rc = main()
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        from interp.interrupts import interrupted
-        interrupted()
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        interrupted(e=e)
+        sys.exit(exit_code(e))
+    sys.exit(rc)
 
 
 # --- the resolved context -----------------------------------------------------------------------

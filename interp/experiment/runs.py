@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -169,11 +168,11 @@ def _train_parallel(jobs: list, errors: dict, bar, workers: int, deadline, threa
                     devices, length_split: bool = False) -> None:
     """`train_runs` with ``workers`` spawned processes, one job (a run or a stack, `jobs_of`) each; every
     run's outcome goes to ``errors``."""
+    from interp.workers import spawn_pool
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    ctx = mp.get_context("spawn")
     pending, running = list(jobs), {}       # running: future -> (job, weight, device)
     devs = list(devices or [None])
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    with spawn_pool(workers) as ex:         # (its workers stop with this process: interrupted or killed)
         while (pending or running) and not any(e.startswith("failed: BrokenProcessPool") for e in errors.values()):
             i = 0
             while i < len(pending) and len(running) < workers:

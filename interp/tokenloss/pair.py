@@ -405,9 +405,9 @@ def train_text_runs(runs: list, data: TextData, ctx: Ctx, P: dict, deadline=None
                 break
             result[r.name] = "ran" if _train_run(r, data, c, P) else "stopped"
     else:
-        import multiprocessing as mp
+        from interp.workers import spawn_pool
         devs = devices or [ctx.device]
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        with spawn_pool(workers) as ex:   # (its workers stop with this process: interrupted or killed)
             futs = {ex.submit(_text_worker, r, data, c, P, devs[i % len(devs)]): r for i, r in enumerate(todo)}
             for f in cf.as_completed(futs):
                 try:
