@@ -157,3 +157,23 @@ def test_cli_refuses_other_settings_and_overwrites(tmp_path, capsys, one_thread)
     a, b = (patching.read_csv_exact(tmp_path / "o" / "model_mqar.csv"), pd.read_csv(pd.io.common.StringIO(
         first["model_mqar.csv"].decode())))
     pd.testing.assert_frame_equal(a[["site", "position"]], b[["site", "position"]])
+
+
+def test_cli_overwrite_stopped_midway_leaves_no_old_outputs(tmp_path, capsys, one_thread, monkeypatch):
+    """A stopped --overwrite call left the old settings' CSV/JSON/PNG beside the new settings' spec (the files read
+    as results of the new call); now they go with the old units."""
+    from interp.cli import main
+    from interp.store import Store
+    small_model(tmp_path / "model")
+    base = ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
+            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+    assert main(base) == 0 and (tmp_path / "o" / "model_mqar.csv").is_file()
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Store, "put", stop)
+    assert main(base + ["--seed", "1", "--overwrite"]) == 130
+    capsys.readouterr()
+    left = files(tmp_path / "o")
+    assert not [f for f in left if f.startswith("model_mqar")], left
+    assert '"seed": 1' in left[".units/model_mqar/spec.json"].decode()

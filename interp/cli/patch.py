@@ -127,6 +127,9 @@ def _compare_attribution(hm, pairs, res, sites, layers, a, path: Path):
     save_csv(path, m, index=False)
 
 
+OUTPUTS = (".csv", ".parquet", ".png", ".json", "_attribution.csv")   # a sweep's files beside its .units/<name>
+
+
 def cmd_patch(a):
     import hooks
     from interp import distributed, patching, tasks as T
@@ -147,6 +150,9 @@ def cmd_patch(a):
     sites = a.site or patching.sites_of(hm.hook_names, layers)
     pos = _positions(a.positions, pairs.clean.shape[1])
     name, out, model_name = patching.run_name(a.model, task, layers), Path(a.out), Path(a.model).name
+    if a.overwrite and (ctx is None or ctx.is_main):   # the old outputs go with the old units: a call stopped
+        for suffix in OUTPUTS:                          # before it writes its own leaves none under the new spec
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
     res = distributed.sweep(hm, pairs, out=patching.units_dir(out, name), ctx=ctx or distributed.Context(),
                             sites=sites, layers=layers, positions=pos, heads=a.heads, direction=a.direction,
                             batch_size=a.batch_size, model_name=model_name, overwrite=a.overwrite,
