@@ -229,15 +229,14 @@ class WKVFamily(Family):
             final = S
             if S_all is not None:
                 S_all[:, t] = S
-            stop = min(T, max(end, t + 2))  # readout t + 1 reads S_t even where S_{t+1} is patched too
-            if t + 1 < stop:
-                seg = c.sliced(t + 1, stop, initial_state=S)
-                o_seg, fin = self.scan(seg, initial_state=S)
-                o[:, t + 1:stop] = o_seg.to(o.dtype)
-                if end > t + 1:
-                    final = fin
-                    if S_all is not None:
-                        S_all[:, t + 1:end] = self.states(seg)
+            if t + 1 < end:   # states t + 1 .. end - 1 and their readouts follow S_t
+                seg = c.sliced(t + 1, end, initial_state=S)
+                o_seg, final = self.scan(seg, initial_state=S)
+                o[:, t + 1:end] = o_seg.to(o.dtype)
+                if S_all is not None:
+                    S_all[:, t + 1:end] = self.states(seg)
+            if end < T:       # readout `end` reads S_{end-1} (this run's), not the S_end patched next
+                o[:, end] = self.scan(c.sliced(end, end + 1), initial_state=final)[0][:, 0].to(o.dtype)
             run = final.float()
         return o, final, S_all
 
