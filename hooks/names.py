@@ -2,6 +2,9 @@
 
 Shapes: B batch, T tokens (P in a cache made with ``positions=`` P of them; hook functions always see all T),
 D model width, H heads, Hkv key/value heads (GQA), Dh head dim, K / V key / value dim of a recurrent state.
+"float32" below: the recurrent tensors the toolkit computes (states, writes, readouts) are float64 where the
+layer's scan inputs are float64 (a float64 model whose layer does not compute its scan in float32), else float32
+(`hooks.state_dtypes.work_dtype`); a cache's ``state_dtype`` rounds the cached states.
 
 =============================  ====================  ==========================================
 name                           shape                 what

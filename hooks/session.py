@@ -18,27 +18,11 @@ from hooks import effective
 from hooks import names as N
 from hooks import recurrence as R
 from hooks.scan.family import previous
+from hooks import state_dtypes as _sdt
 from hooks.session_checks import active_sessions, check_nesting, warn_if_dropout
+from hooks.state_dtypes import cached_dtype, resolve_state_dtype, work_dtype
 
-STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
-
-
-def resolve_state_dtype(dtype) -> torch.dtype:
-    """The dtype cached ``rec.state`` tensors are written in: None -> float32 (exact); a torch
-    dtype or its name among float32, bfloat16, float16 (aliases fp32, bf16, fp16). Anything else
-    raises a ValueError naming the valid choices."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        key = dtype.lower().removeprefix("torch.")
-        key = _STATE_ALIASES.get(key, key)
-        if key in STATE_DTYPES:
-            return STATE_DTYPES[key]
-    elif isinstance(dtype, torch.dtype) and dtype in STATE_DTYPES.values():
-        return dtype
-    raise ValueError(f"state_dtype {dtype!r} is not supported; valid: None (float32), "
-                     f"{', '.join(STATE_DTYPES)} (a torch dtype or its name)")
+STATE_DTYPES = _sdt.STATE_DTYPES   # (public here: hooks.core re-exports it)
 
 
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None, key_mask=None):
@@ -157,6 +141,7 @@ class HookSession:
         self.hm = hm
         self.key_mask = key_mask   # [B, T] bool of real tokens (padded batches), or None
         self.state_dtype = resolve_state_dtype(state_dtype)
+        self.state_dtype_asked = None if state_dtype is None else self.state_dtype   # None: the working dtype
         self.fns = defaultdict(list)
         for name, fn in hook_pairs(hooks, hm.hook_names):
             self.fns[name].append(fn)
@@ -361,6 +346,16 @@ class AttentionHook:
         return s.apply(f"{p}.attn.head_out", o)
 
 
+def _pad_masked(A, key_mask, rows=None):
+    """A pattern ``[B, H, T|P, T]`` with every entry whose query or key is padding set to 0 (as
+    `attention_pattern` does); ``key_mask`` [B, T] bool of real tokens, or None (no padding; a decode step)."""
+    if key_mask is None or key_mask.shape != (A.shape[0], A.shape[-1]):
+        return A
+    km = key_mask.to(A.device, torch.bool)
+    qm = km if rows is None else km[:, rows.to(A.device)]
+    return A.masked_fill(~(qm[:, None, :, None] & km[:, None, None, :]), 0)
+
+
 class ScanHook:
     """What a layer calls instead of its scan kernel while rec.* names are hooked: ``hook(kw, call)``
     with ``kw`` in the signature of ``hooks.scan.<family>.scan`` (the adapters' protocol,
@@ -368,8 +363,9 @@ class ScanHook:
 
     ``capture_only``: no hook function on this layer's rec names, only caching; adapters whose hooked
     forward is an equivalent of the model's (not its own kernel) then keep the model's own output and
-    run the equivalent beside it. Cached states are written in the session's ``state_dtype``; hooked
-    states are float32 (the hook sees and returns them so), only their cached copy is cast."""
+    run the equivalent beside it. States are computed in the working dtype of the scan inputs (float32; float64
+    for float64 models, `hooks.state_dtypes.work_dtype`): hook functions see and return them so, and the cache
+    writes them in the session's ``state_dtype`` where one was asked for, else in that working dtype."""
 
     def __init__(self, session: HookSession, L):
         self.s, self.family = session, R.get_family(L.rec_family)
@@ -388,8 +384,10 @@ class ScanHook:
         self.capture_only = not any(f"{p}.rec.{x}" in session.fns for x in N.REC if x != "pattern")
 
     def __call__(self, kw, call):
-        s, fam, pos, sdtype = self.s, self.family, self.s.positions, self.s.state_dtype
+        s, fam, pos = self.s, self.family, self.s.positions
         c = fam.canonical(kw, lazy_qk=self.lazy_qk)
+        wd = self.wd = work_dtype(c)
+        sdtype = self.sdtype = cached_dtype(s.state_dtype_asked, wd)
         modified = self._apply_inputs(c)
         if self.pattern:
             self._pattern(c)
@@ -403,12 +401,13 @@ class ScanHook:
             o, final = call(**kw)
         S = None
         if self.writes:       # the writes need every state (S_{t-1}); changed ones are continued from
-            S = fam.states(c) if modified else fam.own_states(kw, c)
+            S = fam.states(c, out_dtype=wd) if modified else fam.own_states(kw, c, out_dtype=wd)
             o, fin, S = self._writes(c, o, S)
             if fin is not None and kw.get("output_final_state"):
                 final = fin
         if self.patch_state:  # the hook sees every state; changed ones are continued from
-            fresh = None if S is not None else (lambda: fam.states(c) if modified else fam.own_states(kw, c))
+            fresh = None if S is not None else (lambda: fam.states(c, out_dtype=wd) if modified
+                                                else fam.own_states(kw, c, out_dtype=wd))
             o, fin = self._patch_states(c, o, S if S is not None else fresh(), fresh)
             if fin is not None and kw.get("output_final_state"):
                 final = fin
@@ -424,7 +423,7 @@ class ScanHook:
         from (`Family.rewrite`). Returns (readout, final state or None if unchanged, states)."""
         fam = self.family
         def factors():
-            return fam.write_factors(c, previous(S.float(), c.get("initial_state")))
+            return fam.write_factors(c, previous(S.to(self.wd), c.get("initial_state")))
         old, new, edited = factors(), [], False
         for n, w in zip(self.wnames, old):
             w, e = self.s.run_fns_derived(n, w)
@@ -439,7 +438,8 @@ class ScanHook:
         the kept query rows, `hooks.effective.hook_pattern`. Hook functions on it see it; one that
         changes it raises NotImplementedError (the pattern is not fed back into the layer)."""
         name = f"{self.p}.rec.pattern"
-        A = effective.hook_pattern(name, self.family.name, c, self.s.positions)
+        A = _pad_masked(effective.hook_pattern(name, self.family.name, c, self.s.positions), self.s.key_mask,
+                        self.s.positions)
         if name in self.s.fns:
             new = self.s.run_fns(name, A)
             if new is not A and not torch.equal(new, A):
@@ -478,5 +478,5 @@ class ScanHook:
         if changed:
             o, fin, S_new = self.family.continue_from(c, o, {t: S_new[:, t] for t in changed}, S,
                                                       rows={t: diff[:, t] for t in changed})
-        self.s.keep(self.sname, S_new, dtype=self.s.state_dtype)
+        self.s.keep(self.sname, S_new, dtype=self.sdtype)
         return o, fin

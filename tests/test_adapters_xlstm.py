@@ -360,6 +360,37 @@ def test_state_patch_continues_the_recurrence():
     assert ((patched - base).abs().amax(-1)[0, t:] > 1e-4).all()
 
 
+
+def test_state_patch_on_a_float64_model_continues_in_float64():
+    """A float64 model (``.double()``): a rec.state hook that edits C_t of row 0 runs (it raised a dtype error), and
+    the readouts from t on are the float64 loop continued from the edited state (1e-9: computed in float64)."""
+    m = make("xlstm").double()
+    hm = hooks.wrap(m)
+    b, t, p = toks(B=2, seed=2), 5, "blocks.0.rec"
+    name, ins = f"{p}.state", [f"{p}.{s}" for s in ("q", "k", "v", "decay", "beta")]
+    got = {}
+
+    def edit(S, n):
+        S = S.clone()
+        S[0, t] = S[0, t] * 2 + 0.1
+        got["C"] = S[0, t].double()
+        return S
+    with torch.no_grad():
+        _, cb = hm.run_with_cache(b, names=ins + [f"{p}.readout"])
+        _, after = hm.run_with_cache(b, names=[f"{p}.readout"], hooks=[(name, edit)])
+    assert after[f"{p}.readout"].dtype == torch.float64   # (HF returns float32 logits)
+    q, k, v, g, ig = (cb[n].double() for n in ins)
+    _, n_, m_, _ = step_loop(q, k, v, g, ig)
+    _, _, _, o2 = step_loop(q[:1, t + 1:], k[:1, t + 1:], v[:1, t + 1:], g[:1, t + 1:], ig[:1, t + 1:],
+                            state=(got["C"][None], n_[:1, t], m_[:1, t]))
+    qs = q[0, t] / K ** 0.5
+    ro_t = torch.einsum("hk,hkv->hv", qs, got["C"])
+    ro_t = ro_t / (torch.maximum((qs * n_[0, t]).sum(-1).abs(), torch.exp(-m_[0, t])) + EPS)[:, None]
+    y = after[f"{p}.readout"]
+    torch.testing.assert_close(y[0, t], ro_t, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(y[0, t + 1:], o2[0], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(y[1], cb[f"{p}.readout"][1], atol=1e-5, rtol=1e-5)   # its own state, maybe rounded
+
 def test_changed_inputs_equal_the_model_with_changed_weights():
     """rec.q and rec.v scaled per channel at layer 1 (hooks.scan.mlstm runs) == the model whose q / v projection
     rows are scaled so (HF's own kernels run; a uniform scale would mostly cancel in the normaliser and the

@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from hooks.scan._common import l2norm as _l2norm
+from hooks.scan._common import l2norm as _l2norm, work
 
 SEQ_KEYS = ("q", "k", "v", "decay", "beta", "decay_dt")  # per-token entries of a view ([B, T, ...])
 
@@ -91,8 +91,8 @@ class Family:
         raise NotImplementedError
 
     def states(self, c: dict, positions=None, out_dtype=torch.float32):
-        """Per-token states S_t (after token t) ``[B, T|P, H, K, V]``, computed in float32, written in
-        ``out_dtype``."""
+        """Per-token states S_t (after token t) ``[B, T|P, H, K, V]``, computed in float32 (float64 views: float64),
+        written in ``out_dtype``."""
         raise NotImplementedError
 
     def own_states(self, kw: dict, c: dict, positions=None, out_dtype=torch.float32):
@@ -107,26 +107,26 @@ class Family:
 
     def readout_at(self, c: dict, S, t: int):
         """o_t = S_t^T (scale q_t) (+ D v_t where the view has D) for one position; S ``[B, H, K, V]``."""
-        q = c["q"][:, t].float() * c["scale"]
-        o = torch.einsum("bhk,bhkv->bhv", q, S.float())
+        q = work(c["q"][:, t]) * c["scale"]
+        o = torch.einsum("bhk,bhkv->bhv", q, work(S).to(q.dtype))
         if c.get("D") is not None:
-            o = o + c["v"][:, t].float() * c["D"].view(1, -1, 1).float()
+            o = o + work(c["v"][:, t]) * work(c["D"]).view(1, -1, 1)
         return o
 
     # --- per-token writes ------------------------------------------------------------------------------
     def decayed(self, c: dict, S_prev):
         """a_t S_{t-1} for every t of the view: ``S_prev`` ``[B, T, H, K, V]`` holds S_{t-1} at t; the
         decay is a scalar per head, or per key dim (GLA, KDA: ``[B, T, H, K]``)."""
-        a = c["decay"].float().exp()
-        return S_prev.float() * (a[..., None] if a.dim() == S_prev.dim() - 1 else a[..., None, None])
+        a = work(c["decay"]).exp()
+        return work(S_prev) * (a[..., None] if a.dim() == S_prev.dim() - 1 else a[..., None, None])
 
     def write_factors(self, c: dict, S_prev):
-        """(write_k ``[B, T, H, K]``, write_v ``[B, T, H, V]``) of every token, float32: here k and beta v
-        (v where the family has no beta)."""
-        v = c["v"].float()
+        """(write_k ``[B, T, H, K]``, write_v ``[B, T, H, V]``) of every token, float32 (float64 views: float64):
+        here k and beta v (v where the family has no beta)."""
+        v = work(c["v"])
         if c.get("beta") is not None:
-            v = v * c["beta"].float()[..., None]
-        return c["k"].float(), v
+            v = v * work(c["beta"])[..., None]
+        return work(c["k"]), v
 
     def outer(self, wk, wv):
         """The write as the state holds it: ``[..., K, V]`` = write_k write_v^T."""
@@ -146,11 +146,11 @@ class Family:
 
         def step(t, prev):
             if prev is None:   # before the first changed write the states are the unchanged ones
-                prev = S[:, t - 1].float() if t else (torch.zeros_like(S[:, 0], dtype=torch.float32)
-                                                      if init is None else init.float())
+                prev = work(S[:, t - 1]) if t else (torch.zeros_like(work(S[:, 0])) if init is None
+                                                    else work(init).to(work(S).dtype))
             one = c.sliced(t, t + 1, initial_state=prev)
-            own = self.scan(one, initial_state=prev)[1].float()
-            mine = self.decayed(one, prev[:, None])[:, 0] + self.outer(new[0][:, t].float(), new[1][:, t].float())
+            own = work(self.scan(one, initial_state=prev)[1])
+            mine = self.decayed(one, prev[:, None])[:, 0] + self.outer(work(new[0][:, t]), work(new[1][:, t]))
             return torch.where(diff[:, t].view(-1, *[1] * (own.dim() - 1)), mine, own)
         return self.continue_from(c, o, {t: functools.partial(step, t) for t in ts}, S)
 
@@ -174,12 +174,12 @@ class Family:
             raise ValueError("continue_from with rows= needs S_all, the unpatched states")
         run = None  # the patched run's state after position t - 1 (None before the first patch)
         for j, t in enumerate(ts):
-            S = (patched[t](run) if callable(patched[t]) else patched[t]).float()
+            S = work(patched[t](run) if callable(patched[t]) else patched[t])
             if rows is not None and not bool(rows[t].all()):
                 if run is None:  # no earlier patch: the unpatched state is exact
-                    here = S_orig[:, t].float()
+                    here = work(S_orig[:, t])
                 else:            # one step of the (already patched) recurrence from the running state
-                    here = self.scan(c.sliced(t, t + 1), initial_state=run)[1].float()
+                    here = work(self.scan(c.sliced(t, t + 1), initial_state=run)[1])
                 S = torch.where(rows[t].view(-1, *[1] * (S.dim() - 1)), S, here)
             o[:, t] = self.readout_at(c, S, t).to(o.dtype)
             end = ts[j + 1] if j + 1 < len(ts) else T  # the next patched state overrides from there
@@ -191,6 +191,6 @@ class Family:
                 o_seg, final = self.scan(seg, initial_state=S)
                 o[:, t + 1:end] = o_seg.to(o.dtype)
                 if S_all is not None:
-                    S_all[:, t + 1:end] = self.states(seg)
-            run = final.float()
+                    S_all[:, t + 1:end] = self.states(seg, out_dtype=S_all.dtype)
+            run = work(final)
         return o, final, S_all

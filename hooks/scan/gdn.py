@@ -230,9 +230,10 @@ class GDNFamily(Family):
 
     def write_factors(self, c, S_prev):
         """(k_t, d_t): the delta-rule write d_t = beta_t (v_t - (a_t S_{t-1})^T k_t), k after its l2-norm."""
-        k = materialize(c)["k"].float()
-        pred = torch.einsum("...hkv,...hk->...hv", self.decayed(c, S_prev), k)
-        return k, c["beta"].float()[..., None] * (c["v"].float() - pred)
+        k = work(materialize(c)["k"])
+        dec = self.decayed(c, S_prev)
+        pred = torch.einsum("...hkv,...hk->...hv", dec, k.to(dec.dtype))
+        return k, work(c["beta"])[..., None] * (work(c["v"]) - pred)
 
     def canonical(self, kw, lazy_qk=False):
         """A view of a `scan` call; ``lazy_qk``: a layer that l2-normalises q, k in its kernel gets them

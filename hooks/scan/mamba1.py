@@ -100,10 +100,11 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
     """The three passes of the module docstring. Returns (y [B,T,D] f32 or None, h_T, states or None)."""
     b, T, Dn = x.shape
     N = A.shape[1]
+    wt = work(x).dtype   # float32; float64 inputs stay float64
     if T == 0:
-        h0 = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, N, dtype=torch.float32)
+        h0 = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, N, dtype=wt)
         P = 0 if positions is None else positions.numel()
-        return x.new_zeros(b, 0, Dn, dtype=torch.float32), h0, x.new_zeros(b, P, Dn, N, dtype=out_dtype)
+        return x.new_zeros(b, 0, Dn, dtype=wt), h0, x.new_zeros(b, P, Dn, N, dtype=out_dtype)
     Cn = _chunk_len(T, chunk)
     NT = -(-T // Cn)
     pad = NT * Cn - T
@@ -127,7 +128,7 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
         G = lambda j: dtt[:, :, j, :, None] * Af  # noqa: E731
 
     # (1) every chunk from a zero state: its end state and its total log decay
-    h = x.new_zeros(b, NT, Dn, N, dtype=torch.float32)
+    h = x.new_zeros(b, NT, Dn, N, dtype=wt)
     tot = torch.zeros_like(h)                             # [B, NT, D, N]
     for j in range(Cn):
         gj = G(j)
@@ -135,14 +136,14 @@ def _two_level(x, dt, A, B, C, initial_state, g, dt_decay, chunk, want_y, positi
         h = gj.exp() * h + u[:, :, j, :, None] * Bj(j)
     # (2) carry the state across chunk starts
     start = []
-    s = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, N, dtype=torch.float32)
+    s = work(initial_state) if initial_state is not None else x.new_zeros(b, Dn, N, dtype=wt)
     for c in range(NT):
         start.append(s)
         s = tot[:, c].exp() * s + h[:, c]
     final = s
     # (3) every chunk again from its true start state; emit what is wanted
     h = torch.stack(start, 1)
-    ys = x.new_zeros(b, NT, Cn, Dn, dtype=torch.float32) if want_y else None
+    ys = x.new_zeros(b, NT, Cn, Dn, dtype=wt) if want_y else None
     S_all = x.new_empty(b, NT, Cn, Dn, N, dtype=out_dtype) if all_states else None
     S_pos = None
     if positions is not None:
@@ -245,11 +246,11 @@ class Mamba1Family(Family):
 
     def decayed(self, c, S_prev):
         """exp(dt A) (.) S_{t-1}, elementwise ``[B, T, D, N]``."""
-        return S_prev.float() * c["decay"].float().exp()
+        return work(S_prev) * work(c["decay"]).exp()
 
     def write_factors(self, c, S_prev):
         """(write_k = B_t ``[B, T, N]`` (grouped ``[B, T, G, N]``), write_v = dt_t x_t ``[B, T, D]``)."""
-        return c["k"].float(), c["beta"].float() * c["v"].float()
+        return work(c["k"]), work(c["beta"]) * work(c["v"])
 
     def outer(self, wk, wv):
         """``[..., D, N]``: write_v[d] write_k[n] (write_k of d's group when grouped)."""
@@ -257,9 +258,10 @@ class Mamba1Family(Family):
 
     def readout_at(self, c, S, t):
         """o_t[d] = sum_n S[d, n] C_t[n] + D[d] x_t[d] (C_t of d's group when grouped), S ``[B, D, N]``."""
-        o = (S.float() * per_channel(c["q"][:, t].float(), S.shape[1], c["q"].dim() == 4)).sum(-1)
+        q = work(c["q"][:, t])
+        o = (work(S).to(q.dtype) * per_channel(q, S.shape[1], c["q"].dim() == 4)).sum(-1)
         if c.get("D") is not None:
-            o = o + c["v"][:, t].float() * c["D"].float()
+            o = o + work(c["v"][:, t]) * work(c["D"])
         return o
 
 

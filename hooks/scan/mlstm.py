@@ -77,8 +77,9 @@ def _start(k, v, initial_state):
     if initial_state is None:
         z = work(k).new_zeros
         return z(B, H, K, v.shape[-1]), z(B, H, K), z(B, H)
-    C0, n0, m0 = initial_state
-    return work(C0), work(n0), work(m0)[..., 0]
+    C0, n0, m0 = initial_state   # in k's working dtype: a float32 (e.g. patched) state continues a float64 run
+    dt = work(k).dtype
+    return C0.to(dt), n0.to(dt), m0.to(dt)[..., 0]
 
 
 def naive(q, k, v, g, i, scale=None, eps=1e-6, initial_state=None, output_final_state=False, **unused):
@@ -215,8 +216,8 @@ def readout(S, n, m, q, scale=None, eps=1e-6):
     """h_t from states: S ``[B, T, H, K, V]``, n ``[B, T, H, K]``, m ``[B, T, H]``, q ``[B, T, H, K]``."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qs = work(q) * scale
-    den = torch.maximum((qs * work(n)).sum(-1).abs(), torch.exp(-work(m))) + eps
-    return torch.einsum("bthk,bthkv->bthv", qs, work(S)) / den[..., None]
+    den = torch.maximum((qs * n.to(qs.dtype)).sum(-1).abs(), torch.exp(-m.to(qs.dtype))) + eps   # q's working dtype
+    return torch.einsum("bthk,bthkv->bthv", qs, S.to(qs.dtype)) / den[..., None]
 
 
 def pattern(q, k, v, g, i, scale=None, eps=1e-6, initial_state=None, rows=None, heads=None, **unused):
@@ -294,9 +295,9 @@ class MLSTMFamily(Family):
         n_all, m_all = self.norm_states(c)
         T, ts, run = o.shape[1], sorted(patched), None
         for j, t in enumerate(ts):
-            S = patched[t].float()
+            S = work(patched[t])
             if rows is not None and not bool(rows[t].all()):
-                here = S_orig[:, t].float() if run is None else self.scan(c.sliced(t, t + 1), initial_state=run)[1][0]
+                here = work(S_orig[:, t]) if run is None else self.scan(c.sliced(t, t + 1), initial_state=run)[1][0]
                 S = torch.where(rows[t].view(-1, 1, 1, 1), S, here)
             n, m = n_all[:, t], m_all[:, t]
             o[:, t] = self.readout_at(c, S, t, n, m).to(o.dtype)
@@ -309,7 +310,7 @@ class MLSTMFamily(Family):
                 o_seg, final = self.scan(seg, initial_state=final)
                 o[:, t + 1:end] = o_seg.to(o.dtype)
                 if S_all is not None:
-                    S_all[:, t + 1:end] = self.states(seg)
+                    S_all[:, t + 1:end] = self.states(seg, out_dtype=S_all.dtype)
             run = final
         return o, final, S_all
 

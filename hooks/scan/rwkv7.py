@@ -153,9 +153,9 @@ class RWKV7Family(Family):
 
     def decayed(self, c, S_prev):
         """M_t S_{t-1} = exp(w_t) S_{t-1} + b_t (a_t^T S_{t-1}) for every t (``S_prev`` ``[B, T, H, K, V]``)."""
-        S = S_prev.float()
-        ab = torch.einsum("bthk,bthkv->bthv", c["a"].float(), S)
-        return c["decay"].float().exp()[..., None] * S + c["b"].float()[..., None] * ab[..., None, :]
+        S = work(S_prev)
+        ab = torch.einsum("bthk,bthkv->bthv", work(c["a"]).to(S.dtype), S)
+        return work(c["decay"]).exp()[..., None] * S + work(c["b"])[..., None] * ab[..., None, :]
 
     def pattern(self, c, rows=None, heads=None):
         """`pattern` of a view, for `hooks.effective.pattern`."""
