@@ -204,8 +204,11 @@ class HookedModel:
         w = getattr(self._embedding(), "weight", None)
         return (tokens, mask) if w is None else (tokens.to(w.device), mask.to(w.device))
 
-    def _mask(self, tokens, attention_mask):
-        """The checked padding mask as ``[B, T]`` bool (True: a real token), or None where there is no padding."""
+    def _mask(self, tokens, attention_mask, generating=False):
+        """The checked padding mask as ``[B, T]`` bool (True: a real token), or None where there is no padding.
+        An adapter whose ``padding`` is "right" takes right padding only (`hooks.adapters.hf_common.HFAdapter`):
+        a row with a pad before its real tokens is refused (``generating``: any padding, as `generate` needs
+        left padding)."""
         if attention_mask is None:
             return None
         m = torch.as_tensor(attention_mask)
@@ -225,6 +228,15 @@ class HookedModel:
         if not self.adapter.padding:
             raise N.HookError(f"{self.adapter.family}: padded batches are supported for HF models (hf_* adapters) and "
                               "the zoo; this model runs prompts of one length (run them in groups of equal length)")
+        if self.adapter.padding == "right" and (generating or not bool(m[:, 0].all())):
+            why = getattr(self.adapter, "padding_why", "") or "its forward does not keep pads out of later tokens"
+            if generating:
+                raise N.HookError(f"{self.adapter.family}: generation from padded prompts needs left padding, which "
+                                  f"this model does not take ({why}); valid: prompts of one length (generate each "
+                                  "length group on its own)")
+            raise N.HookError(f"{self.adapter.family}: row {int((~m[:, 0]).nonzero()[0])} of attention_mask is padded "
+                              f"on the left, which this model does not take ({why}); valid: right padding "
+                              "(pad(..., side='right')) or prompts of one length")
         return m
 
     def _forward(self, tokens, mask=None):
@@ -251,9 +263,10 @@ class HookedModel:
         """Returns (logits, Cache). names: a hook name, a list of them or a filter function (default: every
         ``resid_pre`` / ``resid_post``); positions: keep only these token positions in the cache (states are
         computed only there; negative ones count from the end; hook functions still see every position); device:
-        move cached tensors there; state_dtype: the dtype of cached ``rec.state`` tensors (None = float32,
-        exact; bfloat16 / float16 halve their bytes: the states are computed in float32 and rounded once where
-        they are written). Hooks on ``rec.state`` still see float32. ``heads``: also cache what per-head results
+        move cached tensors there; state_dtype: the dtype of cached ``rec.state`` tensors (None = the working
+        dtype, float32, float64 for a float64 model, exact; bfloat16 / float16 halve their bytes: the states are
+        computed in float32 and rounded once where they are written). Hooks on ``rec.state`` still see the working
+        dtype (`hooks.state_dtypes`). ``heads``: also cache what per-head results
         need (every ``attn.head_out`` / ``rec.readout`` and the out-projection inputs,
         `Cache.stack_head_results`). ``backward``: a function of the logits returning a scalar metric;
         ``cache.grad`` then holds d metric / d activation at the same names. The cache knows this model
@@ -298,7 +311,8 @@ class HookedModel:
         into ``cache``; remove everything on exit. ``positions``: the positions the cache keeps (hook functions
         see every position). ``state_dtype``: dtype of the *cached*
         ``rec.state`` tensors (see `run_with_cache`); a hook function on ``rec.state`` always
-        receives (and may return) float32 states, whatever this is."""
+        receives (and may return) states in the working dtype (float32; float64 models: float64), whatever this
+        is."""
         with HookSession(self, hooks, cache_names=cache_names, positions=positions, cache=cache,
                          cache_device=cache_device, state_dtype=state_dtype):
             yield self

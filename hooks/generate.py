@@ -294,7 +294,7 @@ def generate(hm, tokens, max_new_tokens: int = 16, *, sample: bool = False, temp
     if use_cache not in (True, False, "auto"):
         raise N.HookError(f"use_cache must be 'auto', True or False, got {use_cache!r}")
     tokens = hm.to_tokens(tokens)
-    mask = hm._mask(tokens, attention_mask)
+    mask = hm._mask(tokens, attention_mask, generating=True)
     if mask is not None and not bool(mask[:, -1].all()):
         raise N.HookError("generation continues the last token of every row: pad prompts on the left (hm.pad(..., "
                           "side='left'))")

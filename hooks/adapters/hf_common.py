@@ -276,7 +276,11 @@ class HFAdapter(Adapter):
     def embed(self, model):
         return model.get_input_embeddings()
 
-    padding = True   # forward takes a padding attention_mask
+    # True: forward takes a padding attention_mask, left or right padding. "right": right padding only, for models
+    # whose forward lets pads reach the tokens after them (it ignores the mask, or a convolution window reads pads);
+    # pads after the real tokens are harmless in a causal model. ``padding_why`` says how (hooks' refusal names it).
+    padding = True
+    padding_why = ""
 
     def forward(self, model, tokens, attention_mask=None):
         return forward_logits(model, tokens, attention_mask)

@@ -136,6 +136,8 @@ def patch_rglru_scan(block, wrapper):
 class HFRecurrentGemmaAdapter(HFAdapter):
     family = "hf_recurrent_gemma"
     model_types = MODEL_TYPES
+    padding = "right"   # right padding only (HFAdapter.padding)
+    padding_why = "HF's RecurrentGemma's recurrent blocks ignore attention_mask: their convolution reads left pads"
 
     def layers(self, model):
         out = []

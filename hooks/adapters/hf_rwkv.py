@@ -168,6 +168,8 @@ def patch_wkv(mod, wrapper):
 class HFRwkvAdapter(HFAdapter):
     family = "hf_rwkv"
     model_types = MODEL_TYPES
+    padding = "right"   # right padding only (HFAdapter.padding)
+    padding_why = "HF's RWKV ignores attention_mask: left pads enter the WKV state"
 
     def layers(self, model):
         out = []

@@ -114,6 +114,8 @@ def patch_mlstm_scan(layer_module, wrapper, model_backbone=None):
 class HFXLSTMAdapter(HFAdapter):
     family = "hf_xlstm"
     model_types = MODEL_TYPES
+    padding = "right"   # right padding only (HFAdapter.padding)
+    padding_why = "HF's xLSTM ignores attention_mask: left pads enter the mLSTM state"
 
     def layers(self, model):
         self._backbone = backbone(model)

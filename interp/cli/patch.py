@@ -18,7 +18,9 @@ def add_parser(sub):
                     "corrupted<TAB>clean answer<TAB>corrupted answer (an answer is one token; zoo models read "
                     "task-vocabulary words); a pair's prompts must give equal token counts, pairs of different "
                     "lengths are padded (--pad-side) and positions count each pair's real tokens")
-    pa.add_argument("--pad-side", default="left", choices=["left", "right"], help="where --pairs are padded")
+    pa.add_argument("--pad-side", default=None, choices=["left", "right"],
+                    help="where --pairs are padded (None: left, or right for a model that takes right padding only: "
+                         "HF rwkv, xlstm, recurrent_gemma)")
     pa.add_argument("--layer", help="patch every site of this layer (or comma list: each layer's own sites); "
                     "default: resid_pre of every layer")
     pa.add_argument("--site", action="append", help="hook site without the block prefix, e.g. resid_pre, "
