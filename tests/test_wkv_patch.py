@@ -46,6 +46,24 @@ def test_continue_from_equals_a_float64_step_loop(ts):
     torch.testing.assert_close(fin.double(), want_fin, atol=1e-5, rtol=1e-5)
 
 
+def test_continue_from_keeps_float64_in_float64():
+    """A float64 view's patched states are continued from in float64 (they were rounded to float32)."""
+    g = torch.Generator().manual_seed(3)
+    k, v = (torch.randn(B, T, D, generator=g, dtype=torch.float64) for _ in range(2))
+    w = -torch.rand(B, T, D, generator=g, dtype=torch.float64) - 0.1
+    u, r = torch.randn(D, generator=g, dtype=torch.float64), torch.rand(B, T, D, generator=g, dtype=torch.float64)
+    c = wkv.FAMILY.view(q=r, k=k, v=v, decay=w, u=u, scale=1.0, initial_state=None)
+    o, _ = wkv.FAMILY.scan(c)
+    S = wkv.FAMILY.states(c, out_dtype=torch.float64)
+    P = {t: torch.stack([torch.randn(B, D, generator=g, dtype=torch.float64),
+                         torch.rand(B, D, generator=g, dtype=torch.float64) + 0.5], -1) for t in (2, 6)}
+    o2, fin, S2 = wkv.FAMILY.continue_from(c, o, P, S)
+    want_o, want_fin, want_S = oracle(k, v, w, u, r, P)
+    assert o2.dtype == S2.dtype == fin.dtype == torch.float64
+    for got, want in ((o2, want_o), (S2, want_S), (fin, want_fin)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
 def _patch(rows_at):
     """A rec.state hook: S[r, t] := 3 S[r, t] + 0.5 for each (r, t) of ``rows_at``."""
     def fn(S, _):

@@ -220,10 +220,10 @@ class WKVFamily(Family):
         run = None  # the patched run's state after position t - 1 (None before the first patch)
         final = None
         for j, t in enumerate(ts):
-            S = patched[t].float()
+            S = work(patched[t])
             if rows is not None and not bool(rows[t].all()):
-                here = (S_orig[:, t].float() if run is None
-                        else self.scan(c.sliced(t, t + 1), initial_state=run)[1].float())
+                here = (work(S_orig[:, t]) if run is None
+                        else work(self.scan(c.sliced(t, t + 1), initial_state=run)[1]))
                 S = torch.where(rows[t].view(-1, *[1] * (S.dim() - 1)), S, here)
             end = ts[j + 1] if j + 1 < len(ts) else T   # the next patched state overrides from there
             final = S
@@ -234,10 +234,10 @@ class WKVFamily(Family):
                 o_seg, final = self.scan(seg, initial_state=S)
                 o[:, t + 1:end] = o_seg.to(o.dtype)
                 if S_all is not None:
-                    S_all[:, t + 1:end] = self.states(seg)
+                    S_all[:, t + 1:end] = self.states(seg, out_dtype=S_all.dtype)
             if end < T:       # readout `end` reads S_{end-1} (this run's), not the S_end patched next
                 o[:, end] = self.scan(c.sliced(end, end + 1), initial_state=final)[0][:, 0].to(o.dtype)
-            run = final.float()
+            run = work(final)
         return o, final, S_all
 
 
