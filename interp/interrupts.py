@@ -24,7 +24,7 @@ def sigterm_interrupts():
     """Within: SIGTERM raises `Terminated` in the main thread (elsewhere, or where SIGTERM is ignored: unchanged);
     the previous handler is restored on leaving."""
     if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN, None):   # (None: a handler not set from Python)
         yield
         return
     old = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -177,3 +177,25 @@ def test_cli_overwrite_stopped_midway_leaves_no_old_outputs(tmp_path, capsys, on
     left = files(tmp_path / "o")
     assert not [f for f in left if f.startswith("model_mqar")], left
     assert '"seed": 1' in left[".units/model_mqar/spec.json"].decode()
+
+
+def test_cli_overwrite_refused_by_a_running_sweep_keeps_the_outputs(tmp_path, capsys, one_thread):
+    """--overwrite deleted the old outputs before the sweep's lock refused it (another sweep of that name running)."""
+    from interp.cli import main
+    from interp.lock import Lock
+    small_model(tmp_path / "model")
+    base = ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
+            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+    assert main(base) == 0
+    before = files(tmp_path / "o")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = Lock(patching.units_dir(tmp_path / "o", "model_mqar"))
+        lock.info["pid"] = other.pid                     # a live writer of that name
+        lock.acquire()
+        capsys.readouterr()
+        assert main(base + ["--seed", "1", "--overwrite"]) == 2
+        assert "model_mqar" in capsys.readouterr().err
+        assert {k: v for k, v in files(tmp_path / "o").items() if not k.endswith(".lock")} == before
+    finally:
+        other.kill()

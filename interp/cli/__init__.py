@@ -3,7 +3,7 @@
 One module per command (train, eval, capture, probe, patch, patterns, intervene, das, generate, sae, demo, run), each with
 its ``add_parser(sub)`` and ``cmd_*``; the options they share are in `interp.cli.options`. The
 parser class here gives every command's help the defaults of its options and turns argparse's
-usage errors into the same one line (exit 2); Ctrl-C prints one line and exits with 130; warnings
+usage errors into the same one line (exit 2); Ctrl-C (SIGTERM) prints one line and exits with 130 (143); warnings
 print as one line ``warning: ...`` on stderr (above any progress bar)."""
 from __future__ import annotations
 

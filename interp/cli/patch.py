@@ -132,6 +132,23 @@ def _compare_attribution(hm, pairs, res, sites, layers, a, path: Path):
 OUTPUTS = (".csv", ".parquet", ".png", ".json", "_attribution.csv")   # a sweep's files beside its .units/<name>
 
 
+def _drop_outputs(out: Path, name: str):
+    """--overwrite: the old outputs of ``name`` go with its old units (a call stopped before it writes its own leaves
+    none beside the new spec), under the units' writer lock (a sweep of that name running now refuses this)."""
+    from interp.lock import Lock
+    from interp.patching import units_dir
+    units = units_dir(out, name)
+    lock = Lock(units) if units.is_dir() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        for suffix in OUTPUTS:
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def cmd_patch(a):
     import hooks
     from interp import distributed, patching, tasks as T
@@ -152,9 +169,8 @@ def cmd_patch(a):
     sites = a.site or patching.sites_of(hm.hook_names, layers)
     pos = _positions(a.positions, pairs.clean.shape[1])
     name, out, model_name = patching.run_name(a.model, task, layers), Path(a.out), Path(a.model).name
-    if a.overwrite and (ctx is None or ctx.is_main):   # the old outputs go with the old units: a call stopped
-        for suffix in OUTPUTS:                          # before it writes its own leaves none under the new spec
-            (out / f"{name}{suffix}").unlink(missing_ok=True)
+    if a.overwrite and (ctx is None or ctx.is_main):
+        _drop_outputs(out, name)
     res = distributed.sweep(hm, pairs, out=patching.units_dir(out, name), ctx=ctx or distributed.Context(),
                             sites=sites, layers=layers, positions=pos, heads=a.heads, direction=a.direction,
                             batch_size=a.batch_size, model_name=model_name, overwrite=a.overwrite,
