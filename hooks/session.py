@@ -18,11 +18,8 @@ from hooks import effective
 from hooks import names as N
 from hooks import recurrence as R
 from hooks.scan.family import previous
-from hooks import state_dtypes as _sdt
 from hooks.session_checks import active_sessions, check_nesting, warn_if_dropout
-from hooks.state_dtypes import cached_dtype, resolve_state_dtype, work_dtype
-
-STATE_DTYPES = _sdt.STATE_DTYPES   # (public here: hooks.core re-exports it)
+from hooks.state_dtypes import STATE_DTYPES, cached_dtype, resolve_state_dtype, work_dtype  # noqa: F401
 
 
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None, key_mask=None):
