@@ -13,7 +13,7 @@ from interp import InterpError, patching
 from test_adapters_recurrent_gemma import make as rg_make
 from test_adapters_rwkv import make as rwkv_make
 from test_adapters_xlstm import make as xlstm_make
-from test_padding import LENS, names_of, padded
+from test_padding import LENS, assert_padded_equals_each_alone, padded
 
 torch.set_num_threads(1)
 MODELS = {"rwkv": lambda: rwkv_make("plain"), "xlstm": xlstm_make, "recurrent_gemma": rg_make}
@@ -53,21 +53,7 @@ def test_left_padding_is_refused_everywhere(kind, tmp_path):
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_right_padding_equals_each_prompt_alone(kind):
     hm = hooks.wrap(model(kind))
-    prompts = _prompts(hm.model)
-    toks, mask = padded(prompts, "right")
-    names = names_of(hm)
-    with torch.no_grad():
-        lg, c = hm.run_with_cache(toks, names=names, attention_mask=mask)
-    for r, p in enumerate(prompts):
-        real = mask[r].bool()
-        with torch.no_grad():
-            lg1, c1 = hm.run_with_cache(p[None], names=names)
-        torch.testing.assert_close(lg[r, real], lg1[0], atol=2e-5, rtol=1e-4)
-        for n in names:
-            if n.endswith("attn.pattern"):
-                torch.testing.assert_close(c[n][r][:, real][:, :, real], c1[n][0], atol=2e-5, rtol=1e-4)
-            else:
-                torch.testing.assert_close(c[n][r, real], c1[n][0], atol=2e-5, rtol=1e-4)
+    assert_padded_equals_each_alone(hm, _prompts(hm.model), "right", pads_zero=False)
 
 
 def _ids(V, n, L, seed):

@@ -138,11 +138,16 @@ def test_old_units_csv_folder_is_refused(tmp_path, one_thread):
     assert not (old / "units.csv").exists() and len(res) == 2 * 7 * 4
 
 
+def cli_sweep(tmp_path) -> list:
+    """The `interp patch` arguments of a small sweep of a model saved under ``tmp_path`` into ``tmp_path/o``."""
+    small_model(tmp_path / "model")
+    return ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
+            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+
+
 def test_cli_refuses_other_settings_and_overwrites(tmp_path, capsys, one_thread):
     from interp.cli import main
-    small_model(tmp_path / "model")
-    base = ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
-            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+    base = cli_sweep(tmp_path)
     assert main(base) == 0
     first = files(tmp_path / "o")
     assert "model_mqar.csv" in first and "model_mqar.json" in first and ".units/model_mqar/spec.json" in first
@@ -164,9 +169,7 @@ def test_cli_overwrite_stopped_midway_leaves_no_old_outputs(tmp_path, capsys, on
     as results of the new call); now they go with the old units."""
     from interp.cli import main
     from interp.store import Store
-    small_model(tmp_path / "model")
-    base = ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
-            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+    base = cli_sweep(tmp_path)
     assert main(base) == 0 and (tmp_path / "o" / "model_mqar.csv").is_file()
 
     def stop(*a, **k):
@@ -183,9 +186,7 @@ def test_cli_overwrite_refused_by_a_running_sweep_keeps_the_outputs(tmp_path, ca
     """--overwrite deleted the old outputs before the sweep's lock refused it (another sweep of that name running)."""
     from interp.cli import main
     from interp.lock import Lock
-    small_model(tmp_path / "model")
-    base = ["patch", "--model", str(tmp_path / "model"), "--knob", "n_pairs=4", "--n", "6", "--site", "resid_pre",
-            "--positions", "2:6", "--keep-all", "--batch-size", "4", "--out", str(tmp_path / "o")]
+    base = cli_sweep(tmp_path)
     assert main(base) == 0
     before = files(tmp_path / "o")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
