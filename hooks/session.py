@@ -19,7 +19,7 @@ from hooks import names as N
 from hooks import recurrence as R
 from hooks.scan.family import previous
 from hooks.session_checks import active_sessions, check_nesting, warn_if_dropout
-from hooks.state_dtypes import STATE_DTYPES, cached_dtype, resolve_state_dtype, work_dtype  # noqa: F401
+from hooks.state_dtypes import STATE_DTYPES, resolve_state_dtype, work_dtype  # noqa: F401
 
 
 def attention_pattern(q, k, scale: float, sliding_window=None, rows=None, softcap=None, key_mask=None):
@@ -137,8 +137,8 @@ class HookSession:
                  heads=False, grad_names=(), key_mask=None):
         self.hm = hm
         self.key_mask = key_mask   # [B, T] bool of real tokens (padded batches), or None
-        self.state_dtype = resolve_state_dtype(state_dtype)
-        self.state_dtype_asked = None if state_dtype is None else self.state_dtype   # None: the working dtype
+        # the dtype cached states are written in; None: the scan's working dtype (`hooks.state_dtypes.work_dtype`)
+        self.state_dtype = None if state_dtype is None else resolve_state_dtype(state_dtype)
         self.fns = defaultdict(list)
         for name, fn in hook_pairs(hooks, hm.hook_names):
             self.fns[name].append(fn)
@@ -384,7 +384,7 @@ class ScanHook:
         s, fam, pos = self.s, self.family, self.s.positions
         c = fam.canonical(kw, lazy_qk=self.lazy_qk)
         wd = self.wd = work_dtype(c)
-        sdtype = self.sdtype = cached_dtype(s.state_dtype_asked, wd)
+        sdtype = self.sdtype = s.state_dtype or wd
         modified = self._apply_inputs(c)
         if self.pattern:
             self._pattern(c)

@@ -4,7 +4,7 @@ the working dtype of a scan call.
 States are computed in the working dtype of the layer's scan inputs (`work_dtype`): float32 for float32,
 bfloat16 and float16 models, float64 for float64 models (as the scan modules' pure-torch paths compute,
 `hooks.scan._common.work`). Hook functions on ``rec.state`` see and return them in that dtype; the cache
-writes them in ``state_dtype`` when one is given, else in the working dtype (`cached_dtype`).
+writes them in ``state_dtype`` when one is given, else in the working dtype (`hooks.session.HookSession`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ _STATE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "hal
 
 
 def resolve_state_dtype(dtype) -> torch.dtype:
-    """The dtype cached ``rec.state`` tensors are written in: None -> float32 (exact; float64 models: float64,
-    `cached_dtype`); a torch dtype or its name among float32, bfloat16, float16 (aliases fp32, bf16, fp16).
-    Anything else raises a ValueError naming the valid choices."""
+    """The dtype cached ``rec.state`` tensors are written in: None -> float32 (exact; a hook session given None
+    writes the working dtype, float64 for float64 models); a torch dtype or its name among float32, bfloat16,
+    float16 (aliases fp32, bf16, fp16). Anything else raises a ValueError naming the valid choices."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -39,9 +39,3 @@ def work_dtype(c) -> torch.dtype:
         if isinstance(t, torch.Tensor):
             return torch.float64 if t.dtype == torch.float64 else torch.float32
     return torch.float32
-
-
-def cached_dtype(requested, work: torch.dtype) -> torch.dtype:
-    """The dtype cached states are written in: the ``state_dtype`` the user asked for (resolved), else the
-    working dtype ``work`` (float64 models keep float64 states)."""
-    return work if requested is None else requested
